@@ -1,0 +1,420 @@
+"""The dataset container and bgmrec's native on-disk format.
+
+A dataset folder holds::
+
+    manifest.json                 format version, counts, modality dims, genres, splits, provenance
+    videos.csv                    id,uploader,source          (row i = video index i; uploader -1 for PGC)
+    tracks.csv                    id,genre,title,artist,new   (row j = track index j; new=1: held out)
+    uploaders.npy                 float32 [U, G]  each uploader's genre-preference distribution
+    features/video_visual.npy     float32 [N, Dv]
+    features/video_text.npy       float32 [N, Dt]
+    features/video_text_mask.npy  bool    [N]     False: the video has no usable text
+    features/music.npy            float32 [M, Dm]
+    splits/<name>.npy             int64   [n, 3]  (video, track, uploader) per interaction
+    negatives/<name>.npy          int64   [n, K]  frozen sampled-protocol negatives (evaluation splits)
+    weights/<name>.npy            float64 [n]     optional per-row IPW weights (else inverse popularity)
+    truth/                        simulated worlds only: the ground truth (see ``bgmrec.data.simulate``)
+
+Feature matrices are memory-mapped on load. Everything is validated on load, and writing is
+atomic: the folder is built under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SPLIT_ROLES = ("train", "val", "test", "teacher")
+CANDIDATE_SETS = ("existing", "new", "all")
+
+
+class DatasetError(ValueError):
+    """A dataset folder or array is malformed. The message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """How one split is used."""
+
+    role: str  # "train" | "val" | "test" | "teacher" (the PGC set a teacher trains on)
+    candidates: str  # which tracks a query of this split is ranked among: "existing" | "new" | "all"
+
+
+@dataclass
+class Dataset:
+    """Videos, tracks, uploaders, features and interactions of one dataset, all indexed from 0.
+
+    Arrays are held as given (memory-mapped when loaded from disk). Use :func:`load_dataset` and
+    :func:`save_dataset` for the on-disk format; :meth:`validate` is called by both.
+    """
+
+    genres: list[str]  # genre names, index = genre id
+    video_ids: list[str]  # external id of each video
+    video_uploader: np.ndarray  # int64 [N]; -1 for professionally made (PGC) videos
+    video_source: list[str]  # "ugc" | "pgc" per video
+    track_ids: list[str]  # external id of each track
+    track_genre: np.ndarray  # int64 [M]
+    track_title: list[str]
+    track_artist: list[str]
+    track_new: np.ndarray  # bool [M]; True: held out of training (strong generalisation)
+    uploader_pref: np.ndarray  # float32 [U, G]; rows sum to 1
+    video_visual: np.ndarray  # float32 [N, Dv]
+    video_text: np.ndarray  # float32 [N, Dt]
+    video_text_mask: np.ndarray  # bool [N]
+    music: np.ndarray  # float32 [M, Dm]
+    splits: dict[str, np.ndarray]  # name -> int64 [n, 3] (video, track, uploader)
+    split_info: dict[str, SplitInfo]
+    negatives: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int64 [n, K]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # name -> float64 [n]
+    provenance: dict = field(default_factory=dict)  # how it was made (simulator config, importer, ...)
+    root: Path | None = None  # folder it was loaded from
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def n_videos(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.track_ids)
+
+    @property
+    def n_uploaders(self) -> int:
+        return int(self.uploader_pref.shape[0])
+
+    @property
+    def n_genres(self) -> int:
+        return len(self.genres)
+
+    def dims(self) -> dict[str, int]:
+        """Feature dimensions by modality, as recorded in the manifest."""
+        return {
+            "video_visual": int(self.video_visual.shape[1]),
+            "video_text": int(self.video_text.shape[1]),
+            "music": int(self.music.shape[1]),
+        }
+
+    # ---- views ---------------------------------------------------------------------------------
+    def candidate_tracks(self, split: str) -> np.ndarray:
+        """Track indices that a query of ``split`` is ranked among (int64, ascending)."""
+        kind = self.split_info[split].candidates
+        if kind == "existing":
+            return np.flatnonzero(~self.track_new)
+        if kind == "new":
+            return np.flatnonzero(self.track_new)
+        return np.arange(self.n_tracks)
+
+    def confounder(self, uploader: np.ndarray) -> np.ndarray:
+        """Genre-preference rows [n, G] for uploader indices; PGC (-1) gets the uniform vector."""
+        uploader = np.asarray(uploader)
+        out = np.full((len(uploader), self.n_genres), 1.0 / self.n_genres, dtype=np.float32)
+        has = uploader >= 0
+        out[has] = self.uploader_pref[uploader[has]]
+        return out
+
+    def ipw_weights(self, split: str) -> np.ndarray:
+        """Per-row inverse-popularity weights summing to 1 (DecCM's IPW protocol).
+
+        Stored weights are used when the dataset has them (e.g. imported TT-150k); otherwise each row
+        is weighted by 1 / (1 + training count of its positive track), normalised.
+        """
+        if split in self.weights:
+            w = np.asarray(self.weights[split], dtype=np.float64)
+        else:
+            counts = np.bincount(self.train_rows()[:, 1], minlength=self.n_tracks)
+            w = 1.0 / (1.0 + counts[self.splits[split][:, 1]])
+        return w / w.sum()
+
+    def train_rows(self) -> np.ndarray:
+        """The interactions of every split whose role is "train"."""
+        rows = [self.splits[s] for s, info in self.split_info.items() if info.role == "train"]
+        return np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+
+    def split_names(self, role: str | None = None) -> list[str]:
+        return [s for s, info in self.split_info.items() if role is None or info.role == role]
+
+    # ---- validation ----------------------------------------------------------------------------
+    def validate(self, where: str = "dataset") -> None:
+        """Check every invariant of the format; raise :class:`DatasetError` naming the file."""
+        n, m, g = self.n_videos, self.n_tracks, self.n_genres
+        u = self.uploader_pref.shape[0] if self.uploader_pref.ndim == 2 else -1
+        _expect(len(self.video_uploader) == n, where, "videos.csv", f"{n} uploader entries")
+        _expect(len(self.video_source) == n, where, "videos.csv", f"{n} source entries")
+        _check_matrix(self.video_visual, (n, None), where, "features/video_visual.npy")
+        _check_matrix(self.video_text, (n, None), where, "features/video_text.npy")
+        _check_shape(self.video_text_mask, (n,), where, "features/video_text_mask.npy")
+        _check_matrix(self.music, (m, None), where, "features/music.npy")
+        _check_matrix(self.uploader_pref, (None, g), where, "uploaders.npy")
+        if u > 0:
+            sums = self.uploader_pref.sum(axis=1)
+            bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
+            _expect(bad.size == 0, where, "uploaders.npy",
+                    f"rows summing to 1 (row {bad[:1].tolist()} sums to {sums[bad[:1]].tolist()})")
+            _expect(bool((self.uploader_pref >= 0).all()), where, "uploaders.npy", "non-negative entries")
+        for name, arr, hi in (("videos.csv uploader", self.video_uploader, u),
+                              ("tracks.csv genre", self.track_genre, g)):
+            _check_range(arr, -1 if "uploader" in name else 0, hi, where, name)
+        _check_shape(self.track_new, (m,), where, "tracks.csv new")
+        for s, rows in self.splits.items():
+            fname = f"splits/{s}.npy"
+            _expect(s in self.split_info, where, "manifest.json", f"an entry for split {s!r}")
+            _check_shape(rows, (None, 3), where, fname)
+            _check_range(rows[:, 0], 0, n, where, fname + " column video")
+            _check_range(rows[:, 1], 0, m, where, fname + " column track")
+            _check_range(rows[:, 2], -1, u, where, fname + " column uploader")
+            info = self.split_info[s]
+            _expect(info.role in SPLIT_ROLES, where, "manifest.json", f"split role in {SPLIT_ROLES}")
+            _expect(info.candidates in CANDIDATE_SETS, where, "manifest.json",
+                    f"candidates in {CANDIDATE_SETS}")
+        for s, neg in self.negatives.items():
+            fname = f"negatives/{s}.npy"
+            _expect(s in self.splits, where, fname, "a split of the same name")
+            _check_shape(neg, (len(self.splits[s]), None), where, fname)
+            _check_range(neg, 0, m, where, fname)
+            _expect(not (neg == self.splits[s][:, 1:2]).any(), where, fname,
+                    "negatives that differ from the row's positive track")
+        for s, w in self.weights.items():
+            fname = f"weights/{s}.npy"
+            _expect(s in self.splits, where, fname, "a split of the same name")
+            _check_shape(w, (len(self.splits[s]),), where, fname)
+            _expect(bool(np.isfinite(w).all() and (w >= 0).all()), where, fname, "finite weights >= 0")
+
+
+def _expect(ok: bool, where: str, fname: str, expected: str) -> None:
+    if not ok:
+        raise DatasetError(f"{where}/{fname}: expected {expected}")
+
+
+def _check_shape(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
+    ok = arr.ndim == len(shape) and all(s is None or s == a for s, a in zip(shape, arr.shape, strict=True))
+    want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+    _expect(ok, where, fname, f"shape {want}, found {list(arr.shape)}")
+
+
+def _check_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
+    _check_shape(arr, shape, where, fname)
+    _expect(np.issubdtype(arr.dtype, np.floating), where, fname, f"a float array, found {arr.dtype}")
+    finite = np.isfinite(arr).all(axis=tuple(range(1, arr.ndim))) if arr.size else np.ones(0, bool)
+    bad = np.flatnonzero(~finite)
+    _expect(bad.size == 0, where, fname, f"finite values (row {bad[:1].tolist()} has NaN or inf)")
+
+
+def _check_range(arr: np.ndarray, lo: int, hi: int, where: str, fname: str) -> None:
+    arr = np.asarray(arr)
+    _expect(np.issubdtype(arr.dtype, np.integer), where, fname, f"integer ids, found {arr.dtype}")
+    if arr.size:
+        bad = np.flatnonzero((arr < lo) | (arr >= hi))
+        _expect(bad.size == 0, where, fname,
+                f"ids in [{lo}, {hi}) (entry {bad[:1].tolist()} is {arr.ravel()[bad[:1]].tolist()})")
+
+
+# ---- on-disk format --------------------------------------------------------------------------------
+
+def _atomic_write_dir(out: Path, write) -> None:
+    """Build a folder under a temporary name beside ``out``, then rename it into place."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    """Write one ``.npy`` file through a temporary name and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_dataset(ds: Dataset, out: Path, extra_files: dict[str, np.ndarray] | None = None,
+                 extra_json: dict[str, object] | None = None) -> Path:
+    """Validate ``ds`` and write it to ``out`` atomically.
+
+    ``extra_files`` / ``extra_json`` map relative paths (e.g. ``truth/track_content.npy``) to
+    arrays / JSON objects written alongside, inside the same atomic rename.
+    """
+    ds.validate(str(out))
+    out = Path(out)
+
+    def write(tmp: Path) -> None:
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "counts": {"videos": ds.n_videos, "tracks": ds.n_tracks, "uploaders": ds.n_uploaders,
+                       "genres": ds.n_genres},
+            "modalities": ds.dims(),
+            "genres": list(ds.genres),
+            "splits": {s: {"rows": int(len(r)), "role": ds.split_info[s].role,
+                           "candidates": ds.split_info[s].candidates,
+                           "negatives": int(ds.negatives[s].shape[1]) if s in ds.negatives else 0,
+                           "weights": s in ds.weights}
+                       for s, r in ds.splits.items()},
+            "provenance": ds.provenance,
+        }
+        with open(tmp / "videos.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "uploader", "source"])
+            w.writerows(zip(ds.video_ids, ds.video_uploader.tolist(), ds.video_source, strict=True))
+        with open(tmp / "tracks.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "genre", "title", "artist", "new"])
+            w.writerows(zip(ds.track_ids, ds.track_genre.tolist(), ds.track_title, ds.track_artist,
+                            ds.track_new.astype(int).tolist(), strict=True))
+        arrays = {
+            "uploaders.npy": np.asarray(ds.uploader_pref, np.float32),
+            "features/video_visual.npy": np.asarray(ds.video_visual, np.float32),
+            "features/video_text.npy": np.asarray(ds.video_text, np.float32),
+            "features/video_text_mask.npy": np.asarray(ds.video_text_mask, bool),
+            "features/music.npy": np.asarray(ds.music, np.float32),
+        }
+        arrays.update({f"splits/{s}.npy": np.asarray(r, np.int64) for s, r in ds.splits.items()})
+        arrays.update({f"negatives/{s}.npy": np.asarray(r, np.int64) for s, r in ds.negatives.items()})
+        arrays.update({f"weights/{s}.npy": np.asarray(r, np.float64) for s, r in ds.weights.items()})
+        arrays.update(extra_files or {})
+        for rel, arr in arrays.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(tmp / rel, arr, allow_pickle=False)
+        for rel, obj in (extra_json or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(json.dumps(obj, indent=2) + "\n")
+        # the manifest goes last: a folder without one is never a dataset
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    _atomic_write_dir(out, write)
+    ds.root = out
+    return out
+
+
+def load_npy(path: Path, where: str | None = None, mmap: bool = True) -> np.ndarray:
+    """Load an ``.npy`` file without pickle; errors name the file."""
+    path = Path(path)
+    label = where or str(path)
+    if not path.is_file():
+        raise DatasetError(f"{label}: file is missing")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DatasetError(f"{label}: holds Python objects (pickle); expected a numeric array") from None
+        raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
+
+
+def read_json(path: Path, where: str | None = None) -> dict:
+    label = where or str(path)
+    if not Path(path).is_file():
+        raise DatasetError(f"{label}: file is missing")
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{label}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{label}: expected a JSON object")
+    return obj
+
+
+def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != columns:
+            raise DatasetError(f"{path}: expected header {','.join(columns)}, found {header}")
+        rows = list(reader)
+    bad = [i for i, r in enumerate(rows) if len(r) != len(columns)]
+    if bad:
+        raise DatasetError(f"{path}: row {bad[0] + 2} has {len(rows[bad[0]])} fields, expected {len(columns)}")
+    return {c: [r[i] for r in rows] for i, c in enumerate(columns)}
+
+
+def _ints(values: list[str], where: str) -> np.ndarray:
+    try:
+        return np.asarray([int(v) for v in values], dtype=np.int64)
+    except ValueError as e:
+        raise DatasetError(f"{where}: expected integers ({e})") from None
+
+
+def load_dataset(root: Path, mmap: bool = True) -> Dataset:
+    """Load and validate a dataset folder written by :func:`save_dataset` (or an importer)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a dataset folder (it does not exist)")
+    man = read_json(root / "manifest.json", f"{root}/manifest.json")
+    for key in ("format_version", "counts", "modalities", "genres", "splits"):
+        if key not in man:
+            raise DatasetError(f"{root}/manifest.json: missing field {key!r}")
+    if man["format_version"] != FORMAT_VERSION:
+        raise DatasetError(f"{root}/manifest.json: format_version {man['format_version']}, "
+                           f"this bgmrec reads {FORMAT_VERSION}")
+    vids = _read_csv(root / "videos.csv", ["id", "uploader", "source"])
+    trks = _read_csv(root / "tracks.csv", ["id", "genre", "title", "artist", "new"])
+
+    def arr(rel: str) -> np.ndarray:
+        return load_npy(root / rel, f"{root}/{rel}", mmap)
+
+    try:
+        split_info = {s: SplitInfo(v["role"], v["candidates"]) for s, v in man["splits"].items()}
+    except (TypeError, KeyError) as e:
+        raise DatasetError(f"{root}/manifest.json: split entries need 'role' and 'candidates' ({e})") from None
+    ds = Dataset(
+        genres=list(man["genres"]),
+        video_ids=vids["id"],
+        video_uploader=_ints(vids["uploader"], f"{root}/videos.csv column uploader"),
+        video_source=vids["source"],
+        track_ids=trks["id"],
+        track_genre=_ints(trks["genre"], f"{root}/tracks.csv column genre"),
+        track_title=trks["title"],
+        track_artist=trks["artist"],
+        track_new=_ints(trks["new"], f"{root}/tracks.csv column new").astype(bool),
+        uploader_pref=arr("uploaders.npy"),
+        video_visual=arr("features/video_visual.npy"),
+        video_text=arr("features/video_text.npy"),
+        video_text_mask=arr("features/video_text_mask.npy"),
+        music=arr("features/music.npy"),
+        splits={s: arr(f"splits/{s}.npy") for s in split_info},
+        split_info=split_info,
+        negatives={s: arr(f"negatives/{s}.npy") for s, v in man["splits"].items() if v.get("negatives")},
+        weights={s: arr(f"weights/{s}.npy") for s, v in man["splits"].items() if v.get("weights")},
+        provenance=man.get("provenance", {}),
+        root=root,
+    )
+    ds.validate(str(root))
+    counts = man["counts"]
+    for key, have in (("videos", ds.n_videos), ("tracks", ds.n_tracks), ("genres", ds.n_genres)):
+        if counts.get(key) != have:
+            raise DatasetError(f"{root}/manifest.json: counts.{key} is {counts.get(key)}, the tables hold {have}")
+    for mod, dim in ds.dims().items():
+        if man["modalities"].get(mod) != dim:
+            raise DatasetError(f"{root}/manifest.json: modalities.{mod} is {man['modalities'].get(mod)}, "
+                               f"features/{mod}.npy has {dim} columns")
+    return ds

@@ -1,0 +1,318 @@
+"""The simulated world: micro-video uploads choosing background music, with the ground truth kept.
+
+The real TT-150k is not public, so bgmrec's default dataset is a world with the same causal story
+(Yi et al., CMVAE, arXiv 2107.07268; Yi & Chen, DecCM, ACM TIST 15(3) 2024) whose truth is known:
+
+* tracks have a genre (imbalanced shares), a content latent near their genre's centroid, a
+  long-tailed popularity, and audio features made from latent and genre by a fixed random
+  non-linear map plus noise;
+* uploaders have a genre-preference distribution pi_u (Dirichlet, skewed to the majority genre)
+  and a long-tailed activity; optionally their videos' content leans to their favourite genres;
+* videos have a content latent; visual features from it by a fixed random map plus noise; text
+  features likewise, but with a per-video noise level, and a share of videos with unrelated text
+  (wrong hashtags) or no text at all;
+* an upload chooses track m with P(m | v, u) ∝ exp(beta match(v, m) + gamma log pi_u[genre(m)]
+  + delta log pop(m)), match(v, m) = <z_v, z_m> / sqrt(d). gamma is the confounding strength,
+  delta the popularity bias;
+* professional music videos (PGC, the DecCM teacher's data) choose by content alone.
+
+Splits: ``train``, ``val``, ``test`` (existing music), ``test_new_music`` (uploads whose track was
+held out of training), ``test_unbiased`` (the ``test`` videos with the positive redrawn with
+gamma = delta = 0) and ``pgc``. ``truth/`` keeps the latents, popularity and each split's process
+so that :class:`bgmrec.models.oracle.Oracle` can rank by the true logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from bgmrec.data.dataset import Dataset, SplitInfo, load_npy, read_json, save_dataset
+from bgmrec.data.negatives import sample_negatives
+
+GENRE_NAMES = ("pop", "hiphop", "electronic", "rock", "classical", "folk", "jazz", "metal", "country", "latin")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Every parameter of the simulated world. Defaults are the ``small`` scale."""
+
+    seed: int = 0  # one seed gives the same world, byte for byte
+    n_videos: int = 20_000  # user uploads (UGC)
+    n_tracks: int = 1_000  # music catalogue size
+    n_uploaders: int = 3_000  # uploaders of the UGC videos
+    n_pgc_videos: int = 4_000  # professional music videos (teacher data), fewer than the uploads
+    genre_shares: tuple[float, ...] = (0.40, 0.20, 0.14, 0.12, 0.08, 0.06)  # G genres, a majority near 40%
+    content_dim: int = 8  # size of the content latent (mood, tempo, energy, scene, ...)
+    genre_spread: float = 1.0  # std of genre centroids around 0: larger separates genres more
+    track_spread: float = 0.8  # std of a track's latent around its genre centroid: overlap between genres
+    video_spread: float = 0.8  # std of a video's latent around the centroid of the genre it evokes
+    popularity_sigma: float = 1.0  # log-normal sigma of track popularity (long tail)
+    pref_concentration: float = 0.6  # Dirichlet concentration per genre share: small = peaky tastes
+    activity_sigma: float = 1.2  # log-normal sigma of uploader activity (long tail)
+    content_lean: float = 0.3  # share of uploads whose content is drawn from the uploader's taste
+    visual_dim: int = 128  # visual feature dimension
+    text_dim: int = 64  # text feature dimension
+    music_dim: int = 96  # audio feature dimension
+    hidden_dim: int = 64  # width of the fixed random maps from latents to features
+    visual_noise: float = 0.5  # std of the noise on visual features (features have unit scale)
+    music_noise: float = 0.3  # std of the noise on audio features
+    music_genre_weight: float = 1.0  # how strongly a track's genre shows in its audio features
+    text_noise: float = 0.4  # median std of the noise on informative text features
+    text_noise_spread: float = 0.8  # log-normal sigma of the per-video text noise level
+    text_unrelated_share: float = 0.2  # share of videos whose text describes other content
+    text_empty_share: float = 0.15  # share of videos with no text (empty caption, no hashtags)
+    beta: float = 4.0  # weight of content match in the choice of music
+    gamma: float = 1.0  # confounding strength: weight of log pi_u[genre] (0 removes taste)
+    delta: float = 0.5  # popularity bias: weight of log pop (0 removes it)
+    new_track_share: float = 0.15  # share of tracks held out of training (new music)
+    val_share: float = 0.1  # share of existing-music uploads in val
+    test_share: float = 0.1  # share of existing-music uploads in test
+    n_negatives: int = 100  # frozen negatives per evaluation row (sampled protocol)
+
+    @property
+    def n_genres(self) -> int:
+        return len(self.genre_shares)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["genre_shares"] = list(self.genre_shares)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> WorldConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown world parameters: {sorted(unknown)}")
+        d = dict(d)
+        if "genre_shares" in d:
+            d["genre_shares"] = tuple(float(x) for x in d["genre_shares"])
+        return cls(**d)
+
+
+SCALES: dict[str, dict] = {
+    "tiny": dict(n_videos=2_000, n_tracks=200, n_uploaders=300, n_pgc_videos=600,
+                 visual_dim=32, text_dim=16, music_dim=24, hidden_dim=32),
+    "small": {},
+    "tt150k": dict(n_videos=150_000, n_tracks=3_000, n_uploaders=20_000, n_pgc_videos=15_000),
+}
+
+
+def world_config(scale: str = "small", **overrides) -> WorldConfig:
+    """The preset for ``scale`` ("tiny", "small", "tt150k") with ``overrides`` applied."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
+    return replace(WorldConfig(**SCALES[scale]), **overrides)
+
+
+@dataclass(frozen=True)
+class SplitProcess:
+    """The selection process that drew a split's positives (what the oracle ranks by)."""
+
+    beta: float
+    gamma: float
+    delta: float
+
+
+@dataclass
+class WorldTruth:
+    """Ground truth of a simulated world (``truth/`` in the dataset folder)."""
+
+    config: WorldConfig
+    video_content: np.ndarray  # float32 [N, d] content latents of every video (UGC and PGC)
+    track_content: np.ndarray  # float32 [M, d]
+    track_popularity: np.ndarray  # float64 [M], sums to 1
+    video_text_kind: np.ndarray  # int8 [N]: 0 informative, 1 unrelated, 2 empty
+    processes: dict[str, SplitProcess] = field(default_factory=dict)  # split -> its selection process
+
+    def logits(self, split: str, videos: np.ndarray, uploader_pref: np.ndarray, genre: np.ndarray,
+               tracks: np.ndarray | None = None) -> np.ndarray:
+        """True selection logits [n, M'] of ``split``'s process for videos against tracks."""
+        p = self.processes[split]
+        tracks = np.arange(len(self.track_content)) if tracks is None else np.asarray(tracks)
+        zv = self.video_content[np.asarray(videos)].astype(np.float64)
+        zm = self.track_content[tracks].astype(np.float64)
+        out = p.beta * (zv @ zm.T) / math.sqrt(zv.shape[1])
+        if p.gamma:
+            out += p.gamma * np.log(np.maximum(uploader_pref[:, genre[tracks]], 1e-12))
+        if p.delta:
+            out += p.delta * np.log(self.track_popularity[tracks])[None, :]
+        return out
+
+
+def _random_map(rng: np.random.Generator, d_in: int, d_hidden: int, d_out: int):
+    """A fixed random two-layer tanh network, output scaled to unit variance per feature."""
+    w1 = rng.normal(0, 1 / math.sqrt(d_in), (d_in, d_hidden))
+    b1 = rng.normal(0, 0.5, d_hidden)
+    w2 = rng.normal(0, 1 / math.sqrt(d_hidden), (d_hidden, d_out))
+
+    def f(x: np.ndarray) -> np.ndarray:
+        h = np.tanh(x @ w1 + b1) @ w2
+        return h / (h.std(axis=0, keepdims=True) + 1e-8)
+
+    return f
+
+
+def _choose(rng: np.random.Generator, logits_fn, n: int, chunk: int = 4096) -> np.ndarray:
+    """Gumbel-max sampling of one index per row from logits computed chunk by chunk."""
+    out = np.empty(n, np.int64)
+    for s in range(0, n, chunk):
+        rows = np.arange(s, min(n, s + chunk))
+        lg = logits_fn(rows)
+        out[rows] = np.argmax(lg - np.log(-np.log(rng.random(lg.shape))), axis=1)
+    return out
+
+
+def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
+    """Draw a world from ``config``. Pure: same config, same arrays."""
+    c = config
+    g_count = c.n_genres
+    shares = np.asarray(c.genre_shares, np.float64)
+    if not np.isclose(shares.sum(), 1.0) or (shares <= 0).any():
+        raise ValueError("genre_shares must be positive and sum to 1")
+    if g_count > len(GENRE_NAMES):
+        raise ValueError(f"at most {len(GENRE_NAMES)} genres")
+    root = np.random.SeedSequence(c.seed)
+    r_struct, r_track, r_upl, r_video, r_feat, r_choice, r_split, r_neg = (
+        np.random.default_rng(s) for s in root.spawn(8))
+    d = c.content_dim
+    n_all = c.n_videos + c.n_pgc_videos
+
+    # tracks
+    centroids = r_struct.normal(0, c.genre_spread, (g_count, d))
+    track_genre = r_track.choice(g_count, size=c.n_tracks, p=shares)
+    track_content = centroids[track_genre] + r_track.normal(0, c.track_spread, (c.n_tracks, d))
+    pop = np.exp(r_track.normal(0, c.popularity_sigma, c.n_tracks))
+    pop /= pop.sum()
+    track_new = np.zeros(c.n_tracks, bool)
+    track_new[r_track.permutation(c.n_tracks)[: int(round(c.new_track_share * c.n_tracks))]] = True
+
+    # uploaders
+    uploader_pref = r_upl.dirichlet(c.pref_concentration * g_count * shares, size=c.n_uploaders)
+    uploader_pref = np.maximum(uploader_pref, 1e-6)
+    uploader_pref /= uploader_pref.sum(axis=1, keepdims=True)
+    activity = np.exp(r_upl.normal(0, c.activity_sigma, c.n_uploaders))
+    video_uploader = np.concatenate([
+        r_upl.choice(c.n_uploaders, size=c.n_videos, p=activity / activity.sum()),
+        np.full(c.n_pgc_videos, -1)])
+
+    # videos: the genre a video's content evokes leans to its uploader's taste for a share of uploads
+    lean = r_video.random(n_all) < c.content_lean
+    evoked = r_video.choice(g_count, size=n_all, p=shares)
+    ugc_lean = np.flatnonzero(lean[: c.n_videos])
+    cum = np.cumsum(uploader_pref[video_uploader[ugc_lean]], axis=1)
+    evoked[ugc_lean] = np.minimum((cum < r_video.random((len(ugc_lean), 1))).sum(axis=1), g_count - 1)
+    video_content = centroids[evoked] + r_video.normal(0, c.video_spread, (n_all, d))
+
+    # features
+    visual_map = _random_map(r_struct, d, c.hidden_dim, c.visual_dim)
+    text_map = _random_map(r_struct, d, c.hidden_dim, c.text_dim)
+    music_map = _random_map(r_struct, d + g_count, c.hidden_dim, c.music_dim)
+    visual = visual_map(video_content) + r_feat.normal(0, c.visual_noise, (n_all, c.visual_dim))
+    kind = r_feat.choice(3, size=n_all, p=[1 - c.text_unrelated_share - c.text_empty_share,
+                                           c.text_unrelated_share, c.text_empty_share]).astype(np.int8)
+    text_source = video_content.copy()
+    unrelated = kind == 1
+    text_source[unrelated] = centroids[r_feat.choice(g_count, unrelated.sum(), p=shares)] + r_feat.normal(
+        0, c.video_spread, (unrelated.sum(), d))
+    text_sd = c.text_noise * np.exp(r_feat.normal(0, c.text_noise_spread, (n_all, 1)))
+    text = text_map(text_source) + text_sd * r_feat.normal(0, 1, (n_all, c.text_dim))
+    text[kind == 2] = 0.0
+    genre_onehot = np.eye(g_count)[track_genre] * c.music_genre_weight
+    music = music_map(np.hstack([track_content, genre_onehot])) + r_feat.normal(
+        0, c.music_noise, (c.n_tracks, c.music_dim))
+
+    # choices
+    ugc = np.arange(c.n_videos)
+    pgc = np.arange(c.n_videos, n_all)
+    processes = {"biased": SplitProcess(c.beta, c.gamma, c.delta), "content": SplitProcess(c.beta, 0.0, 0.0)}
+    truth = WorldTruth(c, video_content.astype(np.float32), track_content.astype(np.float32), pop, kind,
+                       processes)
+    existing = np.flatnonzero(~track_new)
+    pref_of = uploader_pref[np.maximum(video_uploader, 0)]
+
+    def logits(split: str, vids: np.ndarray, tracks: np.ndarray | None = None):
+        return lambda rows: truth.logits(split, vids[rows], pref_of[vids[rows]], track_genre, tracks)
+
+    ugc_choice = _choose(r_choice, logits("biased", ugc), len(ugc))
+    pgc_choice = existing[_choose(r_choice, logits("content", pgc, existing), len(pgc))]
+
+    chose_new = track_new[ugc_choice]
+    old_rows = r_split.permutation(np.flatnonzero(~chose_new))
+    n_val, n_test = int(c.val_share * len(old_rows)), int(c.test_share * len(old_rows))
+    parts = {"val": np.sort(old_rows[:n_val]), "test": np.sort(old_rows[n_val:n_val + n_test]),
+             "train": np.sort(old_rows[n_val + n_test:]), "test_new_music": np.flatnonzero(chose_new)}
+    unbiased_choice = existing[_choose(r_choice, logits("content", parts["test"], existing), len(parts["test"]))]
+
+    def rows(vids, tracks):
+        return np.stack([vids, tracks, video_uploader[vids]], axis=1).astype(np.int64)
+
+    splits = {name: rows(v, ugc_choice[v]) for name, v in parts.items()}
+    splits["test_unbiased"] = rows(parts["test"], unbiased_choice)
+    splits["pgc"] = rows(pgc, pgc_choice)
+    split_info = {
+        "train": SplitInfo("train", "existing"), "val": SplitInfo("val", "existing"),
+        "test": SplitInfo("test", "existing"), "test_new_music": SplitInfo("test", "new"),
+        "test_unbiased": SplitInfo("test", "existing"), "pgc": SplitInfo("teacher", "existing"),
+    }
+    truth.processes = {s: processes["content" if s in ("test_unbiased", "pgc") else "biased"] for s in split_info}
+    negatives = {}
+    for s in ("val", "test", "test_new_music", "test_unbiased"):
+        if len(splits[s]) == 0:
+            continue
+        cand = np.flatnonzero(track_new) if split_info[s].candidates == "new" else existing
+        negatives[s] = sample_negatives(splits[s][:, 1], cand, min(c.n_negatives, len(cand) - 1), r_neg)
+
+    genres = list(GENRE_NAMES[:g_count])
+    ds = Dataset(
+        genres=genres,
+        video_ids=[f"v{i:06d}" for i in range(n_all)],
+        video_uploader=video_uploader.astype(np.int64),
+        video_source=["ugc"] * c.n_videos + ["pgc"] * c.n_pgc_videos,
+        track_ids=[f"t{j:05d}" for j in range(c.n_tracks)],
+        track_genre=track_genre.astype(np.int64),
+        track_title=[f"{genres[g]} track {j}" for j, g in enumerate(track_genre)],
+        track_artist=[f"artist {j % max(1, c.n_tracks // 4)}" for j in range(c.n_tracks)],
+        track_new=track_new,
+        uploader_pref=uploader_pref.astype(np.float32),
+        video_visual=visual.astype(np.float32),
+        video_text=text.astype(np.float32),
+        video_text_mask=kind != 2,
+        music=music.astype(np.float32),
+        splits=splits,
+        split_info=split_info,
+        negatives=negatives,
+        provenance={"simulator": "bgmrec.data.simulate", "world": c.to_json()},
+    )
+    return ds, truth
+
+
+def save_world(ds: Dataset, truth: WorldTruth, out: Path) -> Path:
+    """Write a simulated world: the dataset plus ``truth/`` (atomic)."""
+    arrays = {
+        "truth/video_content.npy": truth.video_content,
+        "truth/track_content.npy": truth.track_content,
+        "truth/track_popularity.npy": truth.track_popularity,
+        "truth/video_text_kind.npy": truth.video_text_kind,
+    }
+    meta = {"truth/world.json": {"config": truth.config.to_json(),
+                                 "processes": {s: asdict(p) for s, p in truth.processes.items()}}}
+    return save_dataset(ds, out, arrays, meta)
+
+
+def load_truth(root: Path) -> WorldTruth:
+    """Read ``truth/`` of a simulated dataset folder."""
+    root = Path(root)
+    meta = read_json(root / "truth" / "world.json", f"{root}/truth/world.json")
+    return WorldTruth(
+        config=WorldConfig.from_json(meta["config"]),
+        video_content=load_npy(root / "truth/video_content.npy", mmap=False),
+        track_content=load_npy(root / "truth/track_content.npy", mmap=False),
+        track_popularity=load_npy(root / "truth/track_popularity.npy", mmap=False),
+        video_text_kind=load_npy(root / "truth/video_text_kind.npy", mmap=False),
+        processes={s: SplitProcess(**p) for s, p in meta["processes"].items()},
+    )

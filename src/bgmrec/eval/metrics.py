@@ -1,0 +1,92 @@
+"""Ranking metrics as pure functions.
+
+Every query has exactly one relevant track (the upload's chosen music), so each metric is a
+function of the 1-based rank of that track among the query's candidates. Weighted variants take a
+weight per query; weights are normalised to sum to 1 (DecCM's inverse-popularity protocol).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _weights(ranks: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise ValueError(f"ranks must be a non-empty 1-d array, got shape {ranks.shape}")
+    if (ranks < 1).any():
+        raise ValueError("ranks are 1-based")
+    if weights is None:
+        return np.full(len(ranks), 1.0 / len(ranks))
+    w = np.asarray(weights, np.float64)
+    if w.shape != ranks.shape or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weights must be non-negative, one per rank, not all zero")
+    return w / w.sum()
+
+
+def recall_at_k(ranks: np.ndarray, k: int, weights: np.ndarray | None = None) -> float:
+    """Share of queries whose relevant item is within the top ``k`` (HR@k with one positive)."""
+    return float(np.dot(_weights(ranks, weights), np.asarray(ranks) <= k))
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int, weights: np.ndarray | None = None) -> float:
+    """NDCG@k with one relevant item: 1 / log2(rank + 1) if rank <= k else 0 (the ideal DCG is 1)."""
+    r = np.asarray(ranks, np.float64)
+    gain = np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
+    return float(np.dot(_weights(ranks, weights), gain))
+
+
+def mrr(ranks: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean reciprocal rank."""
+    return float(np.dot(_weights(ranks, weights), 1.0 / np.asarray(ranks, np.float64)))
+
+
+def median_rank(ranks: np.ndarray) -> float:
+    """Median 1-based rank of the relevant item."""
+    _weights(ranks, None)
+    return float(np.median(ranks))
+
+
+def ranks_from_scores(scores: np.ndarray, positive_col: np.ndarray, tie_break: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's positive column with ties broken uniformly at random.
+
+    ``rank = 1 + #(scores > s_pos) + floor(u * (#ties + 1))`` with ``u`` in [0, 1) given per row
+    (``tie_break``), which is exactly the rank under a random order of the tied items. A model
+    that scores everything equal therefore gets chance-level ranks, not the best or worst ones.
+    """
+    scores = np.asarray(scores)
+    rows = np.arange(len(scores))
+    pos = scores[rows, positive_col][:, None]
+    greater = (scores > pos).sum(axis=1)
+    ties = (scores == pos).sum(axis=1) - 1
+    return 1 + greater + np.floor(np.asarray(tie_break) * (ties + 1)).astype(np.int64)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """Total variation distance 0.5 * sum |p - q| between two distributions (each normalised)."""
+    p = np.asarray(p, np.float64)
+    q = np.asarray(q, np.float64)
+    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
+        raise ValueError("p and q must be non-empty distributions of the same shape")
+    return float(0.5 * np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def genre_shares(track_ids: np.ndarray, track_genre: np.ndarray, n_genres: int) -> np.ndarray:
+    """Share of each genre among the given track ids (any shape, e.g. all top-10 lists)."""
+    counts = np.bincount(track_genre[np.asarray(track_ids).ravel()], minlength=n_genres).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def coverage(top_lists: np.ndarray, n_candidates: int) -> float:
+    """Share of the candidate catalogue that appears in at least one top list."""
+    return float(len(np.unique(np.asarray(top_lists))) / n_candidates)
+
+
+def per_group_recall_at_k(ranks: np.ndarray, groups: np.ndarray, n_groups: int, k: int) -> np.ndarray:
+    """Recall@k within each group of queries (NaN for a group without queries)."""
+    ranks = np.asarray(ranks)
+    groups = np.asarray(groups)
+    hits = np.bincount(groups, weights=(ranks <= k).astype(np.float64), minlength=n_groups)
+    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
