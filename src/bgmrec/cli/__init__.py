@@ -1,0 +1,21 @@
+"""The command line. Only this package (and the service) reads argv, files and the environment."""
+
+from __future__ import annotations
+
+import sys
+
+from bgmrec.cli import core, interop, media  # noqa: F401  (modules register their commands)
+from bgmrec.cli.app import app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (tests call this directly); returns the exit code."""
+    try:
+        app(args=sys.argv[1:] if argv is None else argv, prog_name="bgmrec", standalone_mode=False)
+    except SystemExit as e:  # typer raises for --help and usage errors
+        return int(e.code or 0)
+    except Exception as e:  # noqa: BLE001 - the CLI turns known errors into one line
+        from bgmrec.cli.core import report_error
+
+        return report_error(e)
+    return 0

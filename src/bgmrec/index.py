@@ -1,0 +1,89 @@
+"""Top-k search over music embeddings: exact (the reference) and approximate (FAISS).
+
+As in implicit's ``ann/faiss.py`` and Cornac's ``models/ann``, an index wraps a trained model's
+music embeddings; exact search is the reference that approximate search is tested against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _exclusion_mask(n_queries: int, n_items: int, exclude) -> np.ndarray | None:
+    if exclude is None:
+        return None
+    mask = np.zeros((n_queries, n_items), bool)
+    if isinstance(exclude, list | tuple) and exclude and not np.isscalar(exclude[0]):
+        if len(exclude) != n_queries:
+            raise ValueError(f"exclude has {len(exclude)} lists for {n_queries} queries")
+        for i, ex in enumerate(exclude):
+            mask[i, np.asarray(ex, np.int64)] = True
+    else:
+        mask[:, np.asarray(exclude, np.int64)] = True
+    return mask
+
+
+class ExactIndex:
+    """Exact maximum-inner-product search: one matrix product per chunk of queries, then top-k."""
+
+    def __init__(self, item_embeddings: np.ndarray, chunk: int = 4096) -> None:
+        self.items = torch.from_numpy(np.ascontiguousarray(item_embeddings, np.float32))
+        self.chunk = chunk
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        """Item positions [n, k] and scores [n, k], best first; excluded items never returned."""
+        q = np.ascontiguousarray(queries, np.float32)
+        mask = _exclusion_mask(len(q), len(self.items), exclude)
+        allowed = len(self.items) - (0 if mask is None else int(mask.sum(axis=1).max(initial=0)))
+        k = min(k, allowed)
+        ids = np.empty((len(q), k), np.int64)
+        scores = np.empty((len(q), k), np.float32)
+        for s in range(0, len(q), self.chunk):
+            sc = torch.from_numpy(q[s:s + self.chunk]) @ self.items.T
+            if mask is not None:
+                sc[torch.from_numpy(mask[s:s + self.chunk])] = -torch.inf
+            top = torch.topk(sc, k, dim=1)
+            ids[s:s + self.chunk] = top.indices.numpy()
+            scores[s:s + self.chunk] = top.values.numpy()
+        return ids, scores
+
+
+class FaissIndex:
+    """Approximate inner-product search with FAISS HNSW, for catalogues too large for exact search.
+
+    ``oversample`` extra neighbours are fetched so that exclusions can be filtered afterwards.
+    """
+
+    def __init__(self, item_embeddings: np.ndarray, m: int = 32, ef_search: int = 128,
+                 oversample: int = 32) -> None:
+        import faiss
+
+        items = np.ascontiguousarray(item_embeddings, np.float32)
+        self.index = faiss.IndexHNSWFlat(items.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efSearch = ef_search
+        self.index.add(items)
+        self.n_items = len(items)
+        self.oversample = oversample
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, np.float32)
+        mask = _exclusion_mask(len(q), self.n_items, exclude)
+        fetch = min(self.n_items, k + (self.oversample if mask is not None else 0))
+        scores, ids = self.index.search(q, fetch)
+        if mask is None:
+            return ids[:, :k].astype(np.int64), scores[:, :k]
+        out_ids = np.full((len(q), k), -1, np.int64)
+        out_sc = np.full((len(q), k), -np.inf, np.float32)
+        for i in range(len(q)):  # filtering a few dozen candidates per query
+            keep = (ids[i] >= 0) & ~mask[i, np.maximum(ids[i], 0)]
+            kept_ids, kept_sc = ids[i][keep][:k], scores[i][keep][:k]
+            out_ids[i, : len(kept_ids)] = kept_ids
+            out_sc[i, : len(kept_sc)] = kept_sc
+        return out_ids, out_sc

@@ -1,0 +1,311 @@
+"""The one recommender contract every model implements (baselines included).
+
+Modelled on Cornac's ``Recommender`` and implicit's ``RecommenderBase``: ``fit`` on a training
+split with a validation split for model selection, encoders for each side, scores as the inner
+product of the two encodings (so every model can be served by the same exact or FAISS index),
+``recommend`` with exclusions, and ``save``/``load`` to a folder of ``config.json`` plus
+``weights.safetensors`` -- never a pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+import bgmrec
+from bgmrec.data.dataset import Dataset, DatasetError, write_json_atomic
+
+
+# ---- what a model eats ------------------------------------------------------------------------------
+
+@dataclass
+class VideoQuery:
+    """Content of a batch of videos, as feature arrays (models receive arrays, never paths)."""
+
+    visual: np.ndarray  # float32 [n, Dv] frame features
+    text: np.ndarray  # float32 [n, Dt] caption + hashtag features (ignored where text_mask is False)
+    text_mask: np.ndarray  # bool [n]; False: the video has no usable text
+    confounder: np.ndarray | None = None  # float32 [n, G] the uploader's genre preferences, if known
+    index: np.ndarray | None = None  # int64 [n] dataset video indices (only the oracle uses them)
+    split: str | None = None  # the split the queries come from (only the oracle uses it)
+
+    def __post_init__(self) -> None:
+        n = len(self.visual)
+        for name in ("text", "text_mask", "confounder", "index"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise ValueError(f"VideoQuery.{name} has {len(v)} rows, visual has {n}")
+
+    def __len__(self) -> int:
+        return len(self.visual)
+
+    def subset(self, rows: np.ndarray | slice) -> VideoQuery:
+        def pick(a):
+            return None if a is None else a[rows]
+
+        return VideoQuery(self.visual[rows], self.text[rows], self.text_mask[rows], pick(self.confounder),
+                          pick(self.index), self.split)
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, videos: np.ndarray, uploaders: np.ndarray | None = None,
+                     split: str | None = None) -> VideoQuery:
+        videos = np.asarray(videos, np.int64)
+        return cls(
+            visual=np.asarray(ds.video_visual[videos], np.float32),
+            text=np.asarray(ds.video_text[videos], np.float32),
+            text_mask=np.asarray(ds.video_text_mask[videos], bool),
+            confounder=None if uploaders is None else ds.confounder(uploaders),
+            index=videos,
+            split=split,
+        )
+
+
+@dataclass
+class MusicCatalog:
+    """A music catalogue as arrays: features and genre of every track."""
+
+    features: np.ndarray  # float32 [M, Dm]
+    genre: np.ndarray  # int64 [M]
+    index: np.ndarray | None = None  # int64 [M] dataset track indices (only the oracle uses them)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> MusicCatalog:
+        return cls(np.asarray(ds.music, np.float32), np.asarray(ds.track_genre, np.int64),
+                   np.arange(ds.n_tracks))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The features a model was trained on; checked whenever it is given data."""
+
+    video_visual: int  # visual feature dimension
+    video_text: int  # text feature dimension
+    music: int  # music feature dimension
+    genres: tuple[str, ...]  # genre names, index = genre id
+
+    @classmethod
+    def of(cls, ds: Dataset) -> FeatureSpec:
+        d = ds.dims()
+        return cls(d["video_visual"], d["video_text"], d["music"], tuple(ds.genres))
+
+    def check_videos(self, q: VideoQuery) -> None:
+        for name, arr, dim in (("visual", q.visual, self.video_visual), ("text", q.text, self.video_text)):
+            if arr.ndim != 2 or arr.shape[1] != dim:
+                raise DatasetError(f"video {name} features: expected shape [n, {dim}], found {list(arr.shape)}")
+            if not np.isfinite(arr).all():
+                raise DatasetError(f"video {name} features: contain NaN or inf")
+        if q.confounder is not None and q.confounder.shape[1:] != (len(self.genres),):
+            raise DatasetError(f"confounder: expected shape [n, {len(self.genres)}], found {list(q.confounder.shape)}")
+
+    def check_music(self, c: MusicCatalog) -> None:
+        if c.features.ndim != 2 or c.features.shape[1] != self.music:
+            raise DatasetError(f"music features: expected shape [M, {self.music}], found {list(c.features.shape)}")
+        if not np.isfinite(c.features).all():
+            raise DatasetError("music features: contain NaN or inf")
+
+
+@dataclass
+class SplitView:
+    """One split of a dataset: what ``fit`` receives for training and validation."""
+
+    dataset: Dataset
+    name: str
+
+    @property
+    def rows(self) -> np.ndarray:
+        """int64 [n, 3] (video, track, uploader)."""
+        return np.asarray(self.dataset.splits[self.name])
+
+
+@dataclass
+class ModelConfig:
+    """Base of every model config; subclasses add fields, each with a comment."""
+
+    seed: int = 0  # seeds initialisation, batching and sampling
+
+
+# ---- the contract --------------------------------------------------------------------------------------
+
+class Recommender(ABC):
+    """Base contract. Subclasses set ``name`` and ``config_class`` and implement the abstract methods.
+
+    Constructors only build state from ``config`` and ``spec``; fitting, loading and any teacher
+    wiring happen in ``fit``, :meth:`load` and the factories of :mod:`bgmrec.models.registry`.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    #: True when ``fit`` learns from data (the CLI trains it); False for fixed rules (random, oracle)
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
+        self.config = config
+        self.spec = spec
+        self.history: list[dict] = []  # one entry per epoch for trained models
+
+    # -- learning and encoding --
+    @abstractmethod
+    def fit(self, train: SplitView, val: SplitView | None = None) -> Recommender:
+        """Learn from ``train``; use ``val`` (never test) for early stopping and selection."""
+
+    @abstractmethod
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        ...
+
+    @abstractmethod
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        ...
+
+    def encode_videos(self, q: VideoQuery) -> np.ndarray:
+        """Video embeddings [n, d] (float32); ``score`` is their inner product with music embeddings."""
+        self.spec.check_videos(q)
+        return np.ascontiguousarray(self._encode_videos(q), np.float32)
+
+    def encode_music(self, c: MusicCatalog) -> np.ndarray:
+        """Music embeddings [M, d] (float32)."""
+        self.spec.check_music(c)
+        return np.ascontiguousarray(self._encode_music(c), np.float32)
+
+    def score(self, q: VideoQuery, c: MusicCatalog) -> np.ndarray:
+        """Scores [n, M]: higher means a better fit of the track to the video."""
+        return self.encode_videos(q) @ self.encode_music(c).T
+
+    def recommend(self, q: VideoQuery, c: MusicCatalog, k: int = 10,
+                  exclude: np.ndarray | list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` track positions in ``c`` and their scores for each video, best first.
+
+        ``exclude`` is an array of track positions never to return (for every query), or a list
+        with one such array per query.
+        """
+        from bgmrec.index import ExactIndex
+
+        index = ExactIndex(self.encode_music(c))
+        return index.search(self.encode_videos(q), k, exclude)
+
+    # -- persistence --
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Learned state as named arrays (saved as safetensors)."""
+        return {}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_arrays` returned."""
+
+    def extra_config(self) -> dict[str, Any]:
+        """JSON-able facts learned in ``fit`` that are not arrays (saved in config.json)."""
+        return {}
+
+    def load_extra_config(self, extra: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_config` returned."""
+
+    def after_load(self, folder: Path, **kwargs: Any) -> None:
+        """Hook after weights are restored from ``folder`` (DecCM resolves its teacher here)."""
+
+    def save(self, out: Path) -> Path:
+        """Write ``config.json`` and ``weights.safetensors`` into the folder ``out``."""
+        from safetensors.numpy import save_file
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
+        tmp = out / ".weights.safetensors.tmp"
+        save_file(arrays, str(tmp))
+        tmp.replace(out / "weights.safetensors")
+        write_json_atomic(out / "config.json", {
+            "model": self.name,
+            "bgmrec_version": bgmrec.__version__,
+            "config": asdict(self.config),
+            "spec": asdict(self.spec),
+            "learned": self.extra_config(),
+        })
+        if self.history:
+            write_json_atomic(out / "history.json", self.history)
+        return out
+
+    @classmethod
+    def from_folder_config(cls, meta: dict) -> Recommender:
+        """Build an untrained model from a saved ``config.json`` object."""
+        spec = meta["spec"]
+        spec = FeatureSpec(spec["video_visual"], spec["video_text"], spec["music"], tuple(spec["genres"]))
+        return cls(config_from_dict(cls.config_class, meta["config"]), spec)
+
+
+def load_model(folder: Path, **factory_kwargs) -> Recommender:
+    """Load any saved model folder (the registry picks the class from ``config.json``)."""
+    from safetensors.numpy import load_file
+
+    from bgmrec.models.registry import model_class
+
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise DatasetError(f"{cfg_path}: file is missing (not a saved model folder)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{cfg_path}: not valid JSON ({e})") from None
+    for key in ("model", "config", "spec"):
+        if key not in meta:
+            raise DatasetError(f"{cfg_path}: missing field {key!r}")
+    cls = model_class(meta["model"])
+    model = cls.from_folder_config(meta)
+    wpath = folder / "weights.safetensors"
+    if not wpath.is_file():
+        raise DatasetError(f"{wpath}: file is missing")
+    model.load_state_arrays(load_file(str(wpath)))
+    model.load_extra_config(meta.get("learned", {}))
+    hist = folder / "history.json"
+    if hist.is_file():
+        model.history = json.loads(hist.read_text())
+    model.after_load(folder, **factory_kwargs)
+    return model
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Convert a JSON or command-line value to a dataclass field's declared type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or value == "none":
+            return None
+        return _coerce(args[0], value)
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"expected a boolean, got {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    if tp in (int, float, str):
+        return tp(value)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        inner = typing.get_args(tp)[0]
+        return tuple(_coerce(inner, x) for x in items)
+    return value
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build config dataclass ``cls`` from a dict, converting types and rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(known)}")
+    return cls(**{k: _coerce(hints[k], v) for k, v in values.items()})
+
+
+def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of a config dataclass with string or typed overrides applied (``--set key=value``)."""
+    merged = {**asdict(config), **overrides}
+    return config_from_dict(type(config), merged) if overrides else dataclasses.replace(config)
+
