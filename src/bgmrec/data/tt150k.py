@@ -1,0 +1,872 @@
+"""Import and export of the TT-150k / DecCM reference layout (issue #5).
+
+The features of TT-150k-genre are shared privately by the DecCM authors in the layout that the public
+DecCM code reads (GitHub ``jing-1/DecCM``, commit 78dc2f8: ``DataLoad.py``, ``DataLoad_teacher.py``,
+``train_with_pgc_distillation.py``, ``train_teacher_net.py``, ``evaluate.py``, ``README.md``). What those
+scripts read, and therefore what this module reads and writes::
+
+    data_matching/                            the user uploads (UGC): the student's data
+        visual_features_resnet_V.npy          float [N, Dv]   ResNet frames (the scripts hard-code 2048)
+        music_features.npy                    float [M, 128]  VGGish
+        new_music_smile_features_norm.npy     float [M, 128]  openSMILE; concatenated after VGGish
+        train.npy                             object [n, 5]   [video, music, genre string such as '3',
+                                                               uploader genre distribution (G floats),
+                                                               propensity for IPS]
+        100neg/val.npy, 100neg/test.npy       object [n, 3]   [video, music, ndarray of 100 negative ids]
+        video_popularity_val.npy, ..._test.npy float [n]      inverse-popularity weight per row
+        user_prior_mean.npy                   float [G]       mean uploader distribution over train
+        text_features.npy                     float [N, Dt]   optional (bgmrec's addition; the scripts
+                                                              declare ``dim_t`` but read no text)
+        100neg/<name>.npy + video_popularity_<name>.npy      optional further test splits
+    data_pgc/                                 professional music videos (PGC): the teacher's data
+        mv_video_resnet_features.npy          float [P, Dv]
+        vggish_features.npy                   float [M', 128]
+        opensmile_features_norm.npy           float [M', 128]
+        train.npy                             int [n, 2]      [video, music]; read *without* pickle
+        val.npy                               int [n, 2]      teacher validation, full ranking
+
+Details learnt from the scripts: ``DataLoad.py`` unpacks each train row into exactly five values, so the
+genre distribution is one nested element (``np.array(user_prior, float32)``); the genre is a string that
+the script ``eval``s to an int (bgmrec parses it as an integer, never evaluates it). The evaluation does
+``dataset[:, 0].astype(int)`` and ``dataset[i][2].tolist()``, so the negative files are 2-D object arrays
+whose third cell is an ndarray, and it hard-codes ``num_neg=100``. The weights are multiplied into the hit
+counts and summed, so they are expected to sum to 1. The teacher (``DataLoad_teacher.py``) loads
+``data_pgc/train.npy`` without ``allow_pickle`` and squeezes it. Both scripts default to
+``num_music=3003`` and the student feeds its own music features to the teacher's music encoder, so the
+PGC music is read as the same catalogue when its feature files equal the UGC ones (``pgc_music="auto"``);
+otherwise the PGC tracks are appended as their own tracks (ids ``pgc:<j>``) marked ``new`` in
+``tracks.csv``, so that the UGC splits (candidates ``existing``) rank the UGC catalogue and the teacher
+split (candidates ``new``) its own.
+
+Accepted beyond the scripts: the genre distribution as G separate float columns (rows of 4 + G values);
+1-D object arrays of row sequences; plain numeric arrays where no nesting is needed; ids stored as
+integral floats or digit strings.
+
+Mapping to the native dataset (:mod:`bgmrec.data.dataset`): UGC videos keep their ids as indices, PGC
+videos are appended (source ``pgc``, uploader -1). Splits ``train``, ``val``, ``test``, further test files
+by their stem (role ``test``), ``pgc`` (role ``teacher``); ``data_pgc/val.npy`` is kept as
+``extra/pgc_val.npy`` (the native format has no teacher-validation role). Each distinct training genre
+distribution becomes one "uploader" (renormalised); val/test rows get uploader -1. Track genres are the
+majority genre of their training rows; tracks never seen in train get the most frequent genre (both
+reported). The propensity column is kept in ``extra/train_propensity.npy``; ``user_prior_mean`` in the
+manifest's provenance. Without ``text_features.npy`` the text matrix is one zero column, masked out.
+
+Export writes any native dataset in that layout. Music features wider than 256 are split in halves; up
+to 256 they fill VGGish's 128 columns then openSMILE's, zero-padded. ``bgmrec_export.json`` records what
+the layout cannot hold (true music width, genre names, track genres and ``new`` flags, split names and
+candidate sets, ids, the PGC validation hold-out) and import reads it when present, so
+``import(export(ds))`` recovers features, interactions, negatives and weights exactly. Splits without
+exactly 100 frozen negatives (the reference hard-codes 100) get 100 fresh ones from the whole catalogue,
+seeded and reported. The object arrays are pickled with NumPy's pre-2.0 module names
+(``numpy.core.multiarray``) so that the reference code's old NumPy can read them.
+
+Safety: this is the one documented place in bgmrec where pickle is parsed on purpose. The object arrays
+are read by :func:`read_npy` with :class:`RestrictedUnpickler`, which admits only NumPy's array
+reconstruction callables and plain data; any other global (``os.system``, ``builtins.eval``, ...) is
+refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bgmrec.data.dataset import (
+    Dataset,
+    DatasetError,
+    SplitInfo,
+    _atomic_write_dir,
+    load_dataset,
+    save_dataset,
+)
+
+REF_NEGATIVES = 100  # the reference evaluation hard-codes 1 + 100 candidates
+MUSIC_PART = 128  # width of each of the two reference music files (VGGish, openSMILE)
+SIDECAR = "bgmrec_export.json"
+SIDECAR_VERSION = 1
+PGC_VAL_SHARE = 0.1  # share of the teacher split exported as data_pgc/val.npy (its last rows)
+
+M_DIR, P_DIR = "data_matching", "data_pgc"
+F_VISUAL = f"{M_DIR}/visual_features_resnet_V.npy"
+F_VGGISH = f"{M_DIR}/music_features.npy"
+F_SMILE = f"{M_DIR}/new_music_smile_features_norm.npy"
+F_TEXT = f"{M_DIR}/text_features.npy"
+F_TRAIN = f"{M_DIR}/train.npy"
+F_PRIOR = f"{M_DIR}/user_prior_mean.npy"
+F_P_VISUAL = f"{P_DIR}/mv_video_resnet_features.npy"
+F_P_VGGISH = f"{P_DIR}/vggish_features.npy"
+F_P_SMILE = f"{P_DIR}/opensmile_features_norm.npy"
+F_P_TEXT = f"{P_DIR}/text_features.npy"
+F_P_TRAIN = f"{P_DIR}/train.npy"
+F_P_VAL = f"{P_DIR}/val.npy"
+
+
+def _neg_file(name: str) -> str:
+    return f"{M_DIR}/100neg/{name}.npy"
+
+
+def _weight_file(name: str) -> str:
+    return f"{M_DIR}/video_popularity_{name}.npy"
+
+
+# ---- restricted pickle -------------------------------------------------------------------------------
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    from numpy._core import multiarray, numeric
+
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): __import__("codecs").encode,  # bytes in protocol-2 pickles (Python 2 era)
+    }
+    for mod in ("numpy.core", "numpy._core"):
+        allowed[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{mod}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only NumPy's array/dtype/scalar reconstruction callables.
+
+    Plain Python data (ints, floats, strings, lists, tuples, dicts) needs no global lookup; any other
+    global raises :class:`pickle.UnpicklingError` before it is called.
+    """
+
+    _allowed = None
+
+    def find_class(self, module: str, name: str):
+        if RestrictedUnpickler._allowed is None:
+            RestrictedUnpickler._allowed = _numpy_globals()
+        try:
+            return RestrictedUnpickler._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: only NumPy arrays and plain "
+                                         "data may appear in a TT-150k file") from None
+
+
+_PLAIN = (int, float, str, bool, type(None), np.integer, np.floating, np.str_, np.bool_)
+
+
+def _check_plain(obj, label: str, depth: int = 0) -> None:
+    """Refuse anything but numbers, strings and (nested) lists/tuples/arrays of them."""
+    if depth > 4:
+        raise DatasetError(f"{label}: nested more deeply than a TT-150k row")
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            for x in obj.ravel():
+                _check_plain(x, label, depth + 1)
+        elif obj.dtype.kind not in "biufU":
+            raise DatasetError(f"{label}: holds an array of dtype {obj.dtype}")
+    elif isinstance(obj, list | tuple):
+        for x in obj:
+            _check_plain(x, label, depth + 1)
+    elif not isinstance(obj, _PLAIN):
+        raise DatasetError(f"{label}: holds a {type(obj).__name__}; expected numbers, strings and arrays")
+
+
+def read_npy(path: Path, label: str, objects: bool = False) -> np.ndarray:
+    """Read one ``.npy`` file; object arrays (``objects=True``) go through :class:`RestrictedUnpickler`.
+
+    Errors are :class:`DatasetError` naming ``label``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{label}: required file is missing")
+    from numpy.lib import format as npf
+
+    try:
+        with open(path, "rb") as f:
+            version = npf.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npf.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npf.read_array_header_2_0(f)
+            else:
+                raise DatasetError(f"{label}: unsupported .npy version {version}")
+            if not dtype.hasobject:
+                arr = np.load(path, allow_pickle=False)
+            elif not objects:
+                raise DatasetError(f"{label}: holds Python objects; expected a numeric array")
+            else:
+                try:
+                    arr = RestrictedUnpickler(f).load()
+                except pickle.UnpicklingError as e:
+                    raise DatasetError(f"{label}: refused to read it ({e})") from None
+                except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+                    raise DatasetError(f"{label}: not a readable object array ({e})") from None
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"{label}: not a readable .npy file ({e})") from None
+    if not isinstance(arr, np.ndarray) or tuple(arr.shape) != tuple(shape):
+        raise DatasetError(f"{label}: the pickle is not the array of shape {list(shape)} "
+                           "that its header announces")
+    if dtype.hasobject:
+        _check_plain(arr, label)
+    return arr
+
+
+class _LegacyNumpyPickler(pickle._Pickler):
+    """Writes NumPy globals under their pre-2.0 module names so that NumPy 1.x (the reference code's)
+    can read them; NumPy 2 reads them too."""
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", None) or ""
+        if module.startswith("numpy._core"):
+            legacy = module.replace("numpy._core", "numpy.core", 1)
+            qual = name or obj.__name__
+            self.write(pickle.GLOBAL + legacy.encode() + b"\n" + qual.encode() + b"\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def save_object_npy(path: Path, arr: np.ndarray) -> None:
+    """``np.save(..., allow_pickle=True)`` for an object array, with legacy NumPy module names."""
+    from numpy.lib import format as npf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    _LegacyNumpyPickler(buf, protocol=3).dump(arr)
+    with open(path, "wb") as f:
+        npf.write_array_header_1_0(f, npf.header_data_from_array_1_0(arr))
+        f.write(buf.getvalue())
+
+
+# ---- reports -----------------------------------------------------------------------------------------
+
+@dataclass
+class InteropReport:
+    """What an import or export found and did (printed by the CLI, saved as JSON by import)."""
+
+    counts: dict[str, int] = field(default_factory=dict)  # videos, tracks, uploaders, rows per split ...
+    dims: dict[str, int] = field(default_factory=dict)  # feature widths
+    missing: list[str] = field(default_factory=list)  # optional parts not found
+    notes: list[str] = field(default_factory=list)  # decisions and repairs worth knowing
+
+    def to_json(self) -> dict:
+        return {"counts": self.counts, "dims": self.dims, "missing": self.missing, "notes": self.notes}
+
+
+# ---- parsing helpers ---------------------------------------------------------------------------------
+
+def _ids(col, label: str) -> np.ndarray:
+    """Integer ids from a column of ints, integral floats or digit strings."""
+    arr = np.asarray(col)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    try:
+        if arr.dtype.kind == "f":
+            out = arr.astype(np.int64)
+            ok = np.isfinite(arr).all() and (out == arr).all()
+        else:
+            out = np.asarray([int(str(x).strip()) if not isinstance(x, float | np.floating) else int(x)
+                              for x in arr.ravel()], np.int64).reshape(arr.shape)
+            ok = all(not isinstance(x, float | np.floating) or float(x).is_integer() for x in arr.ravel())
+    except (ValueError, TypeError, OverflowError) as e:
+        raise DatasetError(f"{label}: expected integer ids ({e})") from None
+    if not ok:
+        raise DatasetError(f"{label}: expected integer ids, found non-integral values")
+    return out
+
+
+def _in_range(ids: np.ndarray, n: int, label: str, what: str) -> None:
+    bad = np.flatnonzero((ids < 0) | (ids >= n))
+    if bad.size:
+        raise DatasetError(f"{label}: {what} id {int(ids.ravel()[bad[0]])} (row {int(bad[0])}) is out of "
+                           f"range [0, {n})")
+
+
+def _float_matrix(arr: np.ndarray, label: str, rows: int | None = None) -> np.ndarray:
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+        raise DatasetError(f"{label}: expected a numeric matrix, found {arr.dtype} "
+                           f"of shape {list(arr.shape)}")
+    if rows is not None and arr.shape[0] != rows:
+        raise DatasetError(f"{label}: has {arr.shape[0]} rows, expected {rows}")
+    arr = np.asarray(arr, np.float32)
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:
+        raise DatasetError(f"{label}: row {int(bad[0])} has NaN or inf")
+    return arr
+
+
+def _rows_of(arr: np.ndarray, label: str) -> list:
+    """Rows of a 2-D (object or numeric) array or a 1-D object array of sequences, as lists."""
+    if arr.ndim == 2:
+        return list(arr)
+    if arr.ndim == 1 and arr.dtype.hasobject:
+        out = []
+        for i, r in enumerate(arr):
+            if not isinstance(r, list | tuple | np.ndarray):
+                raise DatasetError(f"{label}: row {i} is a {type(r).__name__}, expected a sequence")
+            out.append(list(r))
+        return out
+    raise DatasetError(f"{label}: expected rows (a 2-D array), found shape {list(arr.shape)}")
+
+
+def _parse_train(arr: np.ndarray, n_genres: int, label: str):
+    """(video, music, genre, prior [n, G], propensity) from DecCM train rows, nested or flat."""
+    rows = _rows_of(arr, label)
+    if not rows:
+        raise DatasetError(f"{label}: has no rows")
+    lengths = {len(r) for r in rows}
+    if len(lengths) != 1:
+        raise DatasetError(f"{label}: rows of different lengths {sorted(lengths)}")
+    width = lengths.pop()
+    nested = width == 5 and isinstance(rows[0][3], list | tuple | np.ndarray)
+    if nested:
+        table = np.empty((len(rows), 5), object)
+        for i, r in enumerate(rows):
+            table[i, :] = [r[0], r[1], r[2], None, r[4]]
+            table[i, 3] = r[3]
+        try:
+            prior = np.asarray([np.asarray(p, np.float64).ravel() for p in table[:, 3]])
+        except (ValueError, TypeError) as e:
+            raise DatasetError(f"{label}: column 3 (genre distribution) is not numeric ({e})") from None
+        if prior.ndim != 2 or prior.shape[1] != n_genres:
+            raise DatasetError(f"{label}: genre distributions of {prior.shape[1:] or 'ragged'} entries; "
+                               f"user_prior_mean.npy has {n_genres}")
+        prop_col = table[:, 4]
+    elif width == 4 + n_genres:
+        table = np.asarray(rows, object)
+        try:
+            prior = table[:, 3:3 + n_genres].astype(np.float64)
+        except (ValueError, TypeError) as e:
+            raise DatasetError(f"{label}: genre distribution columns are not numeric ({e})") from None
+        prop_col = table[:, 3 + n_genres]
+    else:
+        raise DatasetError(f"{label}: rows of {width} values; expected 5 ([video, music, genre, "
+                           f"distribution, propensity]) or {4 + n_genres} (the distribution as "
+                           f"{n_genres} columns)")
+    video = _ids(table[:, 0], f"{label} column 0 (video)")
+    music = _ids(table[:, 1], f"{label} column 1 (music)")
+    genre = _ids(table[:, 2], f"{label} column 2 (genre)")
+    try:
+        propensity = np.asarray(prop_col, np.float64)
+    except (ValueError, TypeError) as e:
+        raise DatasetError(f"{label}: propensity column is not numeric ({e})") from None
+    return video, music, genre, prior, propensity
+
+
+def _parse_neg(arr: np.ndarray, label: str):
+    """(video, music, negatives [n, 100]) from DecCM ``100neg`` rows."""
+    if arr.ndim == 2 and not arr.dtype.hasobject:
+        if arr.shape[1] != 2 + REF_NEGATIVES:
+            raise DatasetError(f"{label}: rows of {arr.shape[1] - 2} negatives, expected {REF_NEGATIVES}")
+        return _ids(arr[:, 0], label), _ids(arr[:, 1], label), _ids(arr[:, 2:], f"{label} negatives")
+    rows = _rows_of(arr, label)
+    if not rows:
+        raise DatasetError(f"{label}: has no rows")
+    video, music, neg = [], [], np.empty((len(rows), REF_NEGATIVES), np.int64)
+    for i, r in enumerate(rows):
+        if len(r) != 3:
+            raise DatasetError(f"{label}: row {i} has {len(r)} cells, expected [video, music, negatives]")
+        n = np.asarray(r[2]).ravel()
+        if n.size != REF_NEGATIVES:
+            raise DatasetError(f"{label}: row {i} has {n.size} negatives, expected {REF_NEGATIVES}")
+        neg[i] = _ids(n, f"{label} row {i} negatives")
+        video.append(r[0])
+        music.append(r[1])
+    return _ids(np.asarray(video, object), label), _ids(np.asarray(music, object), label), neg
+
+
+def _pair_rows(arr: np.ndarray, label: str) -> np.ndarray:
+    arr = np.squeeze(arr) if arr.ndim > 2 else arr
+    if arr.ndim == 1 and arr.shape[0] == 2:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise DatasetError(f"{label}: expected [video, music] rows, found shape {list(arr.shape)}")
+    return _ids(arr, label)
+
+
+def _weights(path: Path, label: str, n: int) -> np.ndarray:
+    w = read_npy(path, label).astype(np.float64).ravel()
+    if len(w) != n:
+        raise DatasetError(f"{label}: has {len(w)} weights, its split has {n} rows")
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise DatasetError(f"{label}: expected finite weights >= 0")
+    return w
+
+
+# ---- import ------------------------------------------------------------------------------------------
+
+def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, np.ndarray], InteropReport]:
+    """Read a reference-layout folder into a validated :class:`Dataset` (not yet written).
+
+    Parameters
+    ----------
+    src : folder holding ``data_matching/`` (required) and ``data_pgc/`` (optional).
+    pgc_music : "auto" (shared catalogue if the PGC music files equal the UGC ones), "shared" (same track
+        ids, UGC features kept) or "own" (PGC tracks appended as their own tracks).
+
+    Returns
+    -------
+    The dataset, side files for ``save_dataset`` (``extra/...``) and the report.
+    """
+    if pgc_music not in ("auto", "shared", "own"):
+        raise ValueError(f"pgc_music must be auto, shared or own, not {pgc_music!r}")
+    src = Path(src)
+    if not (src / M_DIR).is_dir():
+        raise DatasetError(f"{src}/{M_DIR}: required folder is missing (is this a DecCM-layout folder?)")
+    rep = InteropReport()
+
+    def path(rel: str) -> Path:
+        return src / rel
+
+    def lab(rel: str) -> str:
+        return f"{src}/{rel}"
+
+    side = _read_sidecar(src)
+    if side:
+        rep.notes.append(f"{SIDECAR} found: restoring what the layout cannot hold (written by bgmrec export)")
+
+    # features
+    visual = _float_matrix(read_npy(path(F_VISUAL), lab(F_VISUAL)), lab(F_VISUAL))
+    n_ugc = visual.shape[0]
+    vgg = _float_matrix(read_npy(path(F_VGGISH), lab(F_VGGISH)), lab(F_VGGISH))
+    smile = _float_matrix(read_npy(path(F_SMILE), lab(F_SMILE)), lab(F_SMILE))
+    if vgg.shape[0] != smile.shape[0]:
+        raise DatasetError(f"{lab(F_SMILE)}: has {smile.shape[0]} tracks but {F_VGGISH} has {vgg.shape[0]}")
+    music = np.hstack([vgg, smile])
+    if side:
+        music = music[:, : int(side["music_dim"])]
+    n_m = music.shape[0]
+    if path(F_TEXT).is_file():
+        text = _float_matrix(read_npy(path(F_TEXT), lab(F_TEXT)), lab(F_TEXT), rows=n_ugc)
+        text_mask = np.abs(text).sum(axis=1) > 0
+        rep.notes.append(f"text: {int((~text_mask).sum())} videos with all-zero text rows are masked out")
+    else:
+        text, text_mask = None, np.zeros(n_ugc, bool)
+        rep.missing.append(F_TEXT)
+        rep.notes.append("no text features: a 1-column zero text matrix is written, masked out "
+                         "(models use frames alone)")
+
+    prior_mean = read_npy(path(F_PRIOR), lab(F_PRIOR)).astype(np.float64).ravel()
+    n_genres = len(prior_mean)
+    if n_genres < 1 or not np.isfinite(prior_mean).all():
+        raise DatasetError(f"{lab(F_PRIOR)}: expected a finite genre distribution")
+
+    # train
+    t_vid, t_mus, t_gen, t_prior, t_prop = _parse_train(read_npy(path(F_TRAIN), lab(F_TRAIN), objects=True),
+                                                        n_genres, lab(F_TRAIN))
+    _in_range(t_vid, n_ugc, lab(F_TRAIN), "video")
+    _in_range(t_mus, n_m, lab(F_TRAIN), "music")
+    _in_range(t_gen, n_genres, lab(F_TRAIN), "genre")
+    if not np.isfinite(t_prior).all() or (t_prior < 0).any():
+        row = int(np.flatnonzero(~(np.isfinite(t_prior) & (t_prior >= 0)).all(axis=1))[0])
+        raise DatasetError(f"{lab(F_TRAIN)}: row {row} has a negative or NaN genre distribution")
+    sums = t_prior.sum(axis=1)
+    if (sums <= 0).any():
+        row = int(np.flatnonzero(sums <= 0)[0])
+        raise DatasetError(f"{lab(F_TRAIN)}: row {row} has an all-zero genre distribution")
+    uploader_pref, t_upl = np.unique(t_prior, axis=0, return_inverse=True)
+    t_upl = t_upl.ravel().astype(np.int64)
+    off = np.abs(uploader_pref.sum(axis=1) - 1.0) > 1e-6  # rows already summing to 1 are kept bit for bit
+    uploader_pref[off] /= uploader_pref[off].sum(axis=1, keepdims=True)
+    rep.notes.append(f"confounder: {len(uploader_pref)} distinct training genre distributions become "
+                     f"uploaders; val/test rows get uploader -1 (the model's prior)")
+
+    splits = {"train": np.stack([t_vid, t_mus, t_upl], axis=1)}
+    split_info = {"train": SplitInfo("train", "existing")}
+    negatives, weights = {}, {}
+
+    # evaluation splits
+    neg_dir = path(f"{M_DIR}/100neg")
+    stems = sorted(p.stem for p in neg_dir.glob("*.npy")) if neg_dir.is_dir() else []
+    for req in ("val", "test"):
+        if req not in stems:
+            raise DatasetError(f"{lab(_neg_file(req))}: required file is missing")
+    for stem in ["val", "test"] + [s for s in stems if s not in ("val", "test")]:
+        if stem in ("train", "pgc"):
+            raise DatasetError(f"{lab(_neg_file(stem))}: the split name {stem!r} is reserved")
+        fn = _neg_file(stem)
+        vid, mus, neg = _parse_neg(read_npy(path(fn), lab(fn), objects=True), lab(fn))
+        _in_range(vid, n_ugc, lab(fn), "video")
+        _in_range(mus, n_m, lab(fn), "music")
+        _in_range(neg, n_m, lab(fn), "negative music")
+        hit = np.flatnonzero((neg == mus[:, None]).any(axis=1))
+        if hit.size:
+            raise DatasetError(f"{lab(fn)}: row {int(hit[0])} lists its positive music among the negatives")
+        splits[stem] = np.stack([vid, mus, np.full(len(vid), -1)], axis=1)
+        split_info[stem] = SplitInfo("val" if stem == "val" else "test", "existing")
+        negatives[stem] = neg
+        wf = _weight_file(stem)
+        if path(wf).is_file() or stem in ("val", "test"):
+            weights[stem] = _weights(path(wf), lab(wf), len(vid))
+        else:
+            rep.missing.append(wf)
+            rep.notes.append(f"{stem}: no {wf}; bgmrec uses inverse training popularity as its weights")
+
+    # PGC (teacher) data
+    pgc_visual = pgc_text = None
+    pgc_rows = pgc_val = None
+    own_music = None
+    if (src / P_DIR).is_dir():
+        pgc_visual = _float_matrix(read_npy(path(F_P_VISUAL), lab(F_P_VISUAL)), lab(F_P_VISUAL))
+        if pgc_visual.shape[1] != visual.shape[1]:
+            raise DatasetError(f"{lab(F_P_VISUAL)}: {pgc_visual.shape[1]} columns, {F_VISUAL} has "
+                               f"{visual.shape[1]} (one visual extractor serves both)")
+        p_vgg = _float_matrix(read_npy(path(F_P_VGGISH), lab(F_P_VGGISH)), lab(F_P_VGGISH))
+        p_smile = _float_matrix(read_npy(path(F_P_SMILE), lab(F_P_SMILE)), lab(F_P_SMILE))
+        if p_vgg.shape[0] != p_smile.shape[0]:
+            raise DatasetError(f"{lab(F_P_SMILE)}: has {p_smile.shape[0]} tracks but {F_P_VGGISH} has "
+                               f"{p_vgg.shape[0]}")
+        p_music = np.hstack([p_vgg, p_smile])[:, : music.shape[1]]
+        if p_music.shape[1] != music.shape[1]:
+            raise DatasetError(f"{lab(F_P_VGGISH)}: music width {p_music.shape[1]} differs from the UGC "
+                               f"music's {music.shape[1]}")
+        same = p_music.shape == music.shape and np.array_equal(p_music, music)
+        mode = pgc_music if pgc_music != "auto" else ("shared" if same else "own")
+        if side:
+            mode = side.get("pgc_music", mode)
+        if mode == "shared" and p_music.shape[0] != n_m:
+            raise DatasetError(f"{lab(F_P_VGGISH)}: {p_music.shape[0]} tracks cannot be the UGC catalogue of "
+                               f"{n_m} (pgc_music='shared')")
+        if mode == "shared" and not same:
+            rep.notes.append("pgc music: shared catalogue by request, although its feature files differ; "
+                             "the UGC features are used")
+        if mode == "own":
+            own_music = p_music
+        what = "the UGC catalogue" if mode == "shared" else "its own tracks, appended"
+        rep.notes.append(f"pgc music: {what}")
+        n_pgc_m = n_m if mode == "shared" else p_music.shape[0]
+        p_rows = _pair_rows(read_npy(path(F_P_TRAIN), lab(F_P_TRAIN)), lab(F_P_TRAIN))
+        _in_range(p_rows[:, 0], len(pgc_visual), lab(F_P_TRAIN), "video")
+        _in_range(p_rows[:, 1], n_pgc_m, lab(F_P_TRAIN), "music")
+        pgc_rows = p_rows
+        if path(F_P_VAL).is_file():
+            pv = _pair_rows(read_npy(path(F_P_VAL), lab(F_P_VAL)), lab(F_P_VAL))
+            _in_range(pv[:, 0], len(pgc_visual), lab(F_P_VAL), "video")
+            _in_range(pv[:, 1], n_pgc_m, lab(F_P_VAL), "music")
+            pgc_val = pv
+        else:
+            rep.missing.append(F_P_VAL)
+        if path(F_P_TEXT).is_file():
+            pgc_text = _float_matrix(read_npy(path(F_P_TEXT), lab(F_P_TEXT)), lab(F_P_TEXT),
+                                     rows=len(pgc_visual))
+        elif text is not None:
+            rep.missing.append(F_P_TEXT)
+    else:
+        rep.missing.append(f"{P_DIR}/")
+        rep.notes.append("no data_pgc/: no teacher split")
+
+    # assemble videos
+    n_pgc = 0 if pgc_visual is None else len(pgc_visual)
+    all_visual = visual if n_pgc == 0 else np.vstack([visual, pgc_visual])
+    dt = text.shape[1] if text is not None else (pgc_text.shape[1] if pgc_text is not None else 1)
+    all_text = np.zeros((n_ugc + n_pgc, dt), np.float32)
+    all_mask = np.zeros(n_ugc + n_pgc, bool)
+    if text is not None:
+        all_text[:n_ugc], all_mask[:n_ugc] = text, text_mask
+    if pgc_text is not None:
+        if pgc_text.shape[1] != dt:
+            raise DatasetError(f"{lab(F_P_TEXT)}: {pgc_text.shape[1]} columns, {F_TEXT} has {dt}")
+        all_text[n_ugc:] = pgc_text
+        all_mask[n_ugc:] = np.abs(pgc_text).sum(axis=1) > 0
+    video_uploader = np.full(n_ugc + n_pgc, -1, np.int64)
+    first = np.unique(t_vid, return_index=True)
+    video_uploader[first[0]] = t_upl[first[1]]
+
+    # assemble tracks
+    all_music = music if own_music is None else np.vstack([music, own_music])
+    n_tracks = len(all_music)
+    track_new = np.zeros(n_tracks, bool)
+    track_new[n_m:] = True
+    votes = np.zeros((n_tracks, n_genres), np.int64)
+    np.add.at(votes, (t_mus, t_gen), 1)
+    seen = votes.sum(axis=1) > 0
+    track_genre = votes.argmax(axis=1)
+    top = np.sort(votes, axis=1)
+    conflicted = int((seen & (votes.max(axis=1) < votes.sum(axis=1))).sum())
+    ties = int((seen & (top[:, -1] == top[:, -2])).sum()) if n_genres > 1 else 0
+    majority = int(np.bincount(track_genre[seen], minlength=n_genres).argmax()) if seen.any() else 0
+    track_genre[~seen] = majority
+    rep.counts["tracks_never_in_train"] = int((~seen).sum())
+    rep.notes.append(f"track genres: majority vote over training rows; {conflicted} tracks had "
+                     f"inconsistent genres ({ties} ties, lowest genre id kept); {int((~seen).sum())} "
+                     f"tracks never in train got the most frequent genre ({majority})")
+    genres = [str(g) for g in range(n_genres)]
+    if pgc_rows is not None:
+        offset = n_m if own_music is not None else 0
+        splits["pgc"] = np.stack([pgc_rows[:, 0] + n_ugc, pgc_rows[:, 1] + offset,
+                                  np.full(len(pgc_rows), -1)], axis=1)
+        split_info["pgc"] = SplitInfo("teacher", "new" if own_music is not None else "existing")
+
+    video_ids = [str(i) for i in range(n_ugc)] + [f"pgc:{j}" for j in range(n_pgc)]
+    track_ids = [str(j) for j in range(n_m)] + [f"pgc:{j}" for j in range(n_tracks - n_m)]
+    extra = {"extra/train_propensity.npy": t_prop}
+    if pgc_val is not None:
+        offset = n_m if own_music is not None else 0
+        extra["extra/pgc_val.npy"] = np.stack([pgc_val[:, 0] + n_ugc, pgc_val[:, 1] + offset,
+                                               np.full(len(pgc_val), -1)], axis=1).astype(np.int64)
+
+    if side:
+        genres, track_genre, track_new, video_ids, track_ids = _apply_sidecar(
+            side, src, genres, track_genre, track_new, video_ids, track_ids)
+        if side.get("pgc_val_holdout") and "pgc" in splits and "extra/pgc_val.npy" in extra:
+            splits["pgc"] = np.concatenate([splits["pgc"], extra.pop("extra/pgc_val.npy")])
+        meta = side.get("splits", {})
+
+        def nm(stem: str) -> str:
+            return str(meta.get(stem, {}).get("name", stem))
+
+        split_info = {nm(s): SplitInfo(str(meta.get(s, {}).get("role", info.role)),
+                                       str(meta.get(s, {}).get("candidates", info.candidates)))
+                      for s, info in split_info.items()}
+        splits = {nm(s): r for s, r in splits.items()}
+        negatives = {nm(s): r for s, r in negatives.items()}
+        weights = {nm(s): r for s, r in weights.items()}
+        for name in side.get("resampled_negatives", []):
+            if name in negatives:
+                rep.notes.append(f"{name}: its negatives were drawn by bgmrec export (the native split had "
+                                 f"no {REF_NEGATIVES} frozen ones)")
+
+    ds = Dataset(
+        genres=genres,
+        video_ids=video_ids,
+        video_uploader=video_uploader,
+        video_source=["ugc"] * n_ugc + ["pgc"] * n_pgc,
+        track_ids=track_ids,
+        track_genre=np.asarray(track_genre, np.int64),
+        track_title=[""] * n_tracks,
+        track_artist=[""] * n_tracks,
+        track_new=np.asarray(track_new, bool),
+        uploader_pref=uploader_pref.astype(np.float32),
+        video_visual=all_visual,
+        video_text=all_text,
+        video_text_mask=all_mask,
+        music=np.asarray(all_music, np.float32),
+        splits={k: np.asarray(v, np.int64) for k, v in splits.items()},
+        split_info=split_info,
+        negatives=negatives,
+        weights=weights,
+        provenance={"importer": "bgmrec.data.tt150k", "layout": "DecCM data_matching/ + data_pgc/",
+                    "source": str(src), "user_prior_mean": prior_mean.tolist(),
+                    "train_propensity": "extra/train_propensity.npy",
+                    "pgc_val": "extra/pgc_val.npy" if "extra/pgc_val.npy" in extra else None,
+                    "pgc_music": "own" if own_music is not None else "shared"},
+    )
+    ds.validate(str(src))
+    rep.counts = {"ugc_videos": n_ugc, "pgc_videos": n_pgc, "tracks": n_tracks, "genres": n_genres,
+                  "uploaders": ds.n_uploaders, **{f"rows_{s}": len(r) for s, r in ds.splits.items()}}
+    if pgc_val is not None and "extra/pgc_val.npy" in extra:
+        rep.counts["rows_pgc_val"] = len(pgc_val)
+    rep.dims = ds.dims()
+    rep.notes.append(f"user_prior_mean {np.round(prior_mean, 4).tolist()} is kept in the manifest's "
+                     "provenance")
+    return ds, extra, rep
+
+
+def _read_sidecar(src: Path) -> dict | None:
+    p = src / SIDECAR
+    if not p.is_file():
+        return None
+    try:
+        side = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{p}: not valid JSON ({e})") from None
+    if (not isinstance(side, dict) or side.get("sidecar_version") != SIDECAR_VERSION
+            or not isinstance(side.get("music_dim"), int)):
+        raise DatasetError(f"{p}: not a bgmrec export record of version {SIDECAR_VERSION}")
+    return side
+
+
+def _apply_sidecar(side, src, genres, track_genre, track_new, video_ids, track_ids):
+    label = f"{src}/{SIDECAR}"
+    n_t, n_v = len(track_ids), len(video_ids)
+    for key, n in (("track_genre", n_t), ("track_new", n_t), ("track_ids", n_t), ("video_ids", n_v)):
+        if key in side and len(side[key]) != n:
+            raise DatasetError(f"{label}: {key} has {len(side[key])} entries, the data has {n}")
+    genres = list(side.get("genres", genres))
+    tg = np.asarray(side.get("track_genre", track_genre), np.int64)
+    if tg.size and (tg.min() < 0 or tg.max() >= len(genres)):
+        raise DatasetError(f"{label}: track_genre out of range")
+    return (genres, tg, np.asarray(side.get("track_new", track_new), bool),
+            list(side.get("video_ids", video_ids)), list(side.get("track_ids", track_ids)))
+
+
+def import_tt150k(src: Path, out: Path, pgc_music: str = "auto") -> InteropReport:
+    """Import a DecCM reference-layout folder ``src`` as a native dataset at ``out`` (atomic)."""
+    ds, extra, rep = read_tt150k(src, pgc_music)
+    save_dataset(ds, Path(out), extra_files=extra, extra_json={"extra/import_report.json": rep.to_json()})
+    return rep
+
+
+# ---- export ------------------------------------------------------------------------------------------
+
+def _split_music(music: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = music.shape[1]
+    if d <= 2 * MUSIC_PART:
+        padded = np.zeros((music.shape[0], 2 * MUSIC_PART), np.float32)
+        padded[:, :d] = music
+        return padded[:, :MUSIC_PART], padded[:, MUSIC_PART:]
+    half = (d + 1) // 2
+    second = np.zeros((music.shape[0], half), np.float32)
+    second[:, : d - half] = music[:, half:]
+    return np.ascontiguousarray(music[:, :half]), second
+
+
+def export_tt150k(data: Dataset | Path, out: Path, seed: int = 0) -> InteropReport:
+    """Write a native dataset (a folder or a :class:`Dataset`) in the DecCM reference layout at ``out``.
+
+    ``out`` receives ``data_matching/``, ``data_pgc/`` and ``bgmrec_export.json``, written under a
+    temporary name and renamed into place. See the module docstring for the layout and for the choices
+    made where the layout cannot hold the native data. ``seed`` draws the negatives of splits that have
+    no 100 frozen ones.
+    """
+    ds = data if isinstance(data, Dataset) else load_dataset(Path(data))
+    ds.validate("export")
+    reports: list[InteropReport] = []
+    _atomic_write_dir(Path(out), lambda tmp: reports.append(_export_into(ds, tmp, seed)))
+    return reports[0]
+
+
+def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
+    rep = InteropReport()
+    src = np.asarray(ds.video_source)
+    ugc = np.flatnonzero(src != "pgc")
+    pgc = np.flatnonzero(src == "pgc")
+    ref_of = np.full(ds.n_videos, -1, np.int64)
+    ref_of[ugc] = np.arange(len(ugc))
+    ref_of[pgc] = np.arange(len(pgc))
+    rng = np.random.default_rng(seed)
+
+    def check_source(name: str, rows: np.ndarray, want_pgc: bool) -> None:
+        wrong = (src[rows[:, 0]] == "pgc") != want_pgc
+        if wrong.any():
+            raise ValueError(f"split {name!r}: row {int(np.flatnonzero(wrong)[0])} uses a "
+                             f"{'UGC' if want_pgc else 'PGC'} video; the layout keeps UGC and PGC apart")
+
+    by_role = {r: ds.split_names(r) for r in ("train", "val", "test", "teacher")}
+    if len(by_role["train"]) != 1 or len(by_role["val"]) != 1 or not by_role["test"]:
+        raise ValueError(f"the layout needs one train split, one val split and at least one test split; "
+                         f"found {by_role}")
+    tests = sorted(by_role["test"], key=lambda s: s != "test")
+    stems = {by_role["train"][0]: "train", by_role["val"][0]: "val", tests[0]: "test"}
+    for s in tests[1:]:
+        if s in ("train", "val", "test", "pgc"):
+            raise ValueError(f"test split {s!r} would collide with a reference file name")
+        stems[s] = s
+
+    m = out / M_DIR
+    m.mkdir(parents=True, exist_ok=True)
+    (m / "100neg").mkdir(exist_ok=True)
+    music = np.asarray(ds.music, np.float32)
+    vgg, smile = _split_music(music)
+    np.save(m / "visual_features_resnet_V.npy", np.asarray(ds.video_visual, np.float32)[ugc])
+    np.save(m / "music_features.npy", vgg)
+    np.save(m / "new_music_smile_features_norm.npy", smile)
+    mask = np.asarray(ds.video_text_mask, bool)
+    text = np.where(mask[:, None], np.asarray(ds.video_text, np.float32), 0.0).astype(np.float32)
+    if mask[ugc].any():
+        np.save(m / "text_features.npy", text[ugc])
+    if music.shape[1] != 2 * MUSIC_PART:
+        rep.notes.append(f"music: {music.shape[1]} columns written as two files of {vgg.shape[1]} "
+                         f"(zero-padded); the true width is in {SIDECAR}")
+
+    train_name = by_role["train"][0]
+    tr = np.asarray(ds.splits[train_name])
+    check_source(train_name, tr, False)
+    prior = ds.confounder(tr[:, 2]).astype(np.float64)
+    counts = np.bincount(tr[:, 1], minlength=ds.n_tracks)
+    propensity = counts[tr[:, 1]] / max(1, len(tr))
+    rows = np.empty((len(tr), 5), object)
+    vids, mus, gen = ref_of[tr[:, 0]].tolist(), tr[:, 1].tolist(), ds.track_genre[tr[:, 1]].tolist()
+    for i in range(len(tr)):
+        rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 4] = vids[i], mus[i], str(gen[i]), float(propensity[i])
+        rows[i, 3] = prior[i].tolist()
+    save_object_npy(m / "train.npy", rows)
+    mean = prior.mean(axis=0) if len(prior) else np.full(ds.n_genres, 1 / ds.n_genres)
+    np.save(m / "user_prior_mean.npy", mean)
+
+    resampled = []
+    for name, stem in stems.items():
+        if stem == "train":
+            continue
+        r = np.asarray(ds.splits[name])
+        check_source(name, r, False)
+        neg = ds.negatives.get(name)
+        if neg is None or neg.shape[1] != REF_NEGATIVES:
+            if ds.n_tracks - 1 < REF_NEGATIVES:
+                raise ValueError(f"split {name!r}: {ds.n_tracks} tracks cannot give "
+                                 f"{REF_NEGATIVES} negatives")
+            from bgmrec.data.negatives import sample_negatives
+
+            neg = sample_negatives(r[:, 1], np.arange(ds.n_tracks), REF_NEGATIVES, rng)
+            resampled.append(name)
+            had = "no" if ds.negatives.get(name) is None else ds.negatives[name].shape[1]
+            rep.notes.append(f"{name}: {had} frozen negatives; {REF_NEGATIVES} drawn from the whole "
+                             f"catalogue (seed {seed})")
+        table = np.empty((len(r), 3), object)
+        vr, mr = ref_of[r[:, 0]].tolist(), r[:, 1].tolist()
+        neg = np.asarray(neg, np.int64)
+        for i in range(len(r)):
+            table[i, 0], table[i, 1], table[i, 2] = vr[i], mr[i], neg[i].copy()
+        save_object_npy(m / "100neg" / f"{stem}.npy", table)
+        w = np.asarray(ds.weights[name], np.float64) if name in ds.weights else ds.ipw_weights(name)
+        np.save(m / f"video_popularity_{stem}.npy", w)
+        rep.counts[f"rows_{stem}"] = len(r)
+
+    pgc_holdout = 0
+    if by_role["teacher"]:
+        if len(by_role["teacher"]) > 1:
+            raise ValueError(f"the layout holds one teacher split; found {by_role['teacher']}")
+        name = by_role["teacher"][0]
+        r = np.asarray(ds.splits[name])
+        check_source(name, r, True)
+        p = out / P_DIR
+        p.mkdir(parents=True, exist_ok=True)
+        np.save(p / "mv_video_resnet_features.npy", np.asarray(ds.video_visual, np.float32)[pgc])
+        np.save(p / "vggish_features.npy", vgg)
+        np.save(p / "opensmile_features_norm.npy", smile)
+        if mask[pgc].any():
+            np.save(p / "text_features.npy", text[pgc])
+        pairs = np.stack([ref_of[r[:, 0]], r[:, 1]], axis=1).astype(np.int64)
+        pgc_holdout = int(np.ceil(PGC_VAL_SHARE * len(pairs))) if len(pairs) > 1 else 0
+        np.save(p / "train.npy", pairs[: len(pairs) - pgc_holdout])
+        np.save(p / "val.npy", pairs[len(pairs) - pgc_holdout:])
+        rep.counts["rows_pgc_train"], rep.counts["rows_pgc_val"] = len(pairs) - pgc_holdout, pgc_holdout
+        rep.notes.append(f"data_pgc/val.npy: the last {pgc_holdout} rows of {name!r} (the teacher script "
+                         "needs a validation file); import puts them back")
+    else:
+        rep.missing.append(f"{P_DIR}/ (the dataset has no teacher split)")
+
+    split_meta = {stem: {"name": name, "role": ds.split_info[name].role,
+                         "candidates": ds.split_info[name].candidates} for name, stem in stems.items()}
+    if by_role["teacher"]:
+        name = by_role["teacher"][0]
+        split_meta["pgc"] = {"name": name, "role": "teacher", "candidates": ds.split_info[name].candidates}
+    side = {
+        "sidecar_version": SIDECAR_VERSION,
+        "written_by": "bgmrec.data.tt150k.export_tt150k",
+        "music_dim": int(music.shape[1]),
+        "genres": list(ds.genres),
+        "track_genre": ds.track_genre.tolist(),
+        "track_new": np.asarray(ds.track_new, bool).astype(int).tolist(),
+        "track_ids": list(ds.track_ids),
+        "video_ids": [ds.video_ids[i] for i in np.concatenate([ugc, pgc])],
+        "pgc_music": "shared",
+        "pgc_val_holdout": pgc_holdout > 0,
+        "splits": split_meta,
+        "resampled_negatives": resampled,
+        "source_provenance": ds.provenance,
+        "note": "Not read by the DecCM scripts. They hard-code dim_v=2048 and dim_m=256 and default "
+                "num_music=3003; set them to the counts/dims here when running them on this folder.",
+    }
+    (out / SIDECAR).write_text(json.dumps(side, indent=1) + "\n", encoding="utf-8")
+    if len(ugc) and not np.array_equal(np.concatenate([ugc, pgc]), np.arange(ds.n_videos)):
+        rep.notes.append("videos were reordered (UGC first, then PGC); ids are kept in the sidecar")
+    rep.counts.update({"ugc_videos": len(ugc), "pgc_videos": len(pgc), "tracks": ds.n_tracks,
+                       "genres": ds.n_genres, "rows_train": len(tr)})
+    rep.dims = {"video_visual": int(ds.video_visual.shape[1]), "video_text": int(ds.video_text.shape[1]),
+                "music": int(music.shape[1]), "music_files": int(vgg.shape[1])}
+    rep.notes.append("the DecCM scripts hard-code dim_v=2048, dim_m=256 and num_music=3003: edit them to "
+                     f"dim_v={rep.dims['video_visual']}, dim_m={2 * vgg.shape[1]}, num_music={ds.n_tracks}")
+    return rep
