@@ -654,8 +654,9 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
                     "pgc_music": "own" if own_music is not None else "shared"},
     )
     ds.validate(str(src))
-    rep.counts = {"ugc_videos": n_ugc, "pgc_videos": n_pgc, "tracks": n_tracks, "genres": n_genres,
-                  "uploaders": ds.n_uploaders, **{f"rows_{s}": len(r) for s, r in ds.splits.items()}}
+    rep.counts = {**{"ugc_videos": n_ugc, "pgc_videos": n_pgc, "tracks": n_tracks, "genres": n_genres,
+                     "uploaders": ds.n_uploaders}, **rep.counts,
+                  **{f"rows_{s}": len(r) for s, r in ds.splits.items()}}
     if pgc_val is not None and "extra/pgc_val.npy" in extra:
         rep.counts["rows_pgc_val"] = len(pgc_val)
     rep.dims = ds.dims()

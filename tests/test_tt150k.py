@@ -1,0 +1,330 @@
+"""Import/export of the TT-150k / DecCM reference layout (bgmrec.data.tt150k, issue #5)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bgmrec.data.dataset import DatasetError, load_dataset
+from bgmrec.data.simulate import simulate, world_config
+from bgmrec.data.tt150k import (
+    SIDECAR,
+    export_tt150k,
+    import_tt150k,
+    read_npy,
+    read_tt150k,
+    save_object_npy,
+)
+from tt150k_fixtures import N_NEG, _object_rows, build_reference
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    ds, _ = simulate(world_config("tiny"))
+    return ds
+
+
+# ---- import ------------------------------------------------------------------------------------------
+
+def test_valid_folder_imports_and_loads(tmp_path):
+    src = build_reference(tmp_path / "ref")
+    rep = import_tt150k(src, tmp_path / "ds")
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.n_videos == 60 + 30 and ds.n_tracks == 150 and ds.genres == [str(g) for g in range(6)]
+    assert ds.video_source.count("pgc") == 30 and (ds.video_uploader[60:] == -1).all()
+    assert {s: i.role for s, i in ds.split_info.items()} == {"train": "train", "val": "val", "test": "test",
+                                                             "pgc": "teacher"}
+    assert ds.negatives["val"].shape == (20, N_NEG) and ds.negatives["test"].shape == (20, N_NEG)
+    # the given negatives and weights are kept as they are
+    ref_test = np.load(src / "data_matching/100neg/test.npy", allow_pickle=True)
+    assert np.array_equal(ds.negatives["test"], np.stack(ref_test[:, 2]))
+    assert np.array_equal(ds.splits["test"][:, :2], ref_test[:, :2].astype(np.int64))
+    assert np.array_equal(ds.weights["val"], np.load(src / "data_matching/video_popularity_val.npy"))
+    assert (ds.splits["val"][:, 2] == -1).all() and (ds.splits["test"][:, 2] == -1).all()
+    # one uploader per distinct genre distribution, each a distribution
+    train = np.load(src / "data_matching/train.npy", allow_pickle=True)
+    assert ds.n_uploaders == len({tuple(np.round(p, 6)) for p in train[:, 3]})
+    assert np.allclose(ds.uploader_pref.sum(axis=1), 1.0)
+    conf = ds.confounder(ds.splits["train"][:, 2])
+    assert np.allclose(conf, np.stack(train[:, 3]).astype(np.float64), atol=1e-6)
+    # track genres from the rows; unseen tracks get the most frequent genre, counted
+    t_gen = {int(t): int(g) for t, g in zip(train[:, 1], train[:, 2], strict=True)}
+    assert all(ds.track_genre[t] == g for t, g in t_gen.items())
+    assert rep.counts["tracks_never_in_train"] == 150 - len(t_gen)
+    # no text: one zero column, masked out, reported
+    assert ds.video_text.shape == (90, 1) and not ds.video_text_mask.any()
+    assert "data_matching/text_features.npy" in rep.missing
+    # provenance, propensity, the teacher's validation rows
+    assert np.allclose(ds.provenance["user_prior_mean"], np.load(src / "data_matching/user_prior_mean.npy"))
+    prop = np.load(tmp_path / "ds/extra/train_propensity.npy")
+    assert np.allclose(prop, train[:, 4].astype(np.float64))
+    assert np.load(tmp_path / "ds/extra/pgc_val.npy").shape == (10, 3)
+    assert ds.splits["pgc"][:, 0].min() >= 60
+
+
+def test_flat_distribution_columns_give_the_same_dataset(tmp_path):
+    a, _, _ = read_tt150k(build_reference(tmp_path / "a", nested=True))
+    b, _, _ = read_tt150k(build_reference(tmp_path / "b", nested=False))
+    assert np.array_equal(a.splits["train"], b.splits["train"])
+    assert np.allclose(a.uploader_pref, b.uploader_pref, atol=1e-6)
+    assert np.array_equal(a.track_genre, b.track_genre)
+
+
+def test_text_features_and_extra_test_split(tmp_path):
+    src = build_reference(tmp_path / "ref", text=True, extra_test=True)
+    ds, _, rep = read_tt150k(src)
+    assert ds.video_text.shape == (90, 8)
+    assert ds.video_text_mask[:60].sum() == 60 - 12 and not ds.video_text_mask[60:].any()
+    assert ds.split_info["test_cold"].role == "test" and ds.negatives["test_cold"].shape == (10, N_NEG)
+    assert "test_cold" in ds.weights
+
+
+def test_pgc_with_its_own_music_is_appended(tmp_path):
+    ds, _, _ = read_tt150k(build_reference(tmp_path / "ref", pgc_own_music=True))
+    assert ds.n_tracks == 150 + 40 and ds.track_new[150:].all() and not ds.track_new[:150].any()
+    assert ds.split_info["pgc"].candidates == "new" and ds.splits["pgc"][:, 1].min() >= 150
+    assert ds.split_info["test"].candidates == "existing"
+    shared, _, _ = read_tt150k(build_reference(tmp_path / "ref2"))
+    assert shared.n_tracks == 150 and shared.provenance["pgc_music"] == "shared"
+
+
+def test_missing_optional_pgc_is_reported(tmp_path):
+    ds, _, rep = read_tt150k(build_reference(tmp_path / "ref", pgc=False))
+    assert "pgc" not in ds.splits and "data_pgc/" in rep.missing
+
+
+# ---- refusals ----------------------------------------------------------------------------------------
+
+def _edit_train(src: Path, fn) -> None:
+    p = src / "data_matching/train.npy"
+    arr = np.load(p, allow_pickle=True)
+    fn(arr)
+    np.save(p, arr, allow_pickle=True)
+
+
+def _edit_neg(src: Path, name: str, fn) -> None:
+    p = src / f"data_matching/100neg/{name}.npy"
+    arr = np.load(p, allow_pickle=True)
+    fn(arr)
+    np.save(p, arr, allow_pickle=True)
+
+
+def _set(arr, i, j, v):
+    arr[i, j] = v
+
+
+def _save(rel: str, value):
+    return lambda src: np.save(src / rel, value)
+
+
+REFUSALS = {
+    "train video id out of range": (lambda s: _edit_train(s, lambda a: _set(a, 3, 0, 60)),
+                                    "train.npy", "video id 60"),
+    "train music id out of range": (lambda s: _edit_train(s, lambda a: _set(a, 0, 1, 150)),
+                                    "train.npy", "music id 150"),
+    "negative id out of range": (lambda s: _edit_neg(s, "test", lambda a: _set(
+        a, 2, 2, np.r_[a[2, 2][:-1], 999])), "test.npy", "negative music id 999"),
+    "99 negatives": (lambda s: _edit_neg(s, "val", lambda a: _set(a, 4, 2, a[4, 2][:99])),
+                     "val.npy", "row 4 has 99 negatives"),
+    "positive among negatives": (lambda s: _edit_neg(s, "val", lambda a: _set(
+        a, 1, 2, np.r_[a[1, 2][:-1], a[1, 1]])), "val.npy", "positive"),
+    "weight length mismatch": (_save("data_matching/video_popularity_test.npy", np.ones(19) / 19),
+                               "video_popularity_test.npy", "19 weights"),
+    "music feature counts differ": (_save("data_matching/new_music_smile_features_norm.npy",
+                                          np.zeros((149, 128), np.float32)),
+                                    "new_music_smile_features_norm.npy", "149 tracks"),
+    "NaN in visual features": (_save("data_matching/visual_features_resnet_V.npy",
+                                     np.full((60, 16), np.nan, np.float32)),
+                               "visual_features_resnet_V.npy", "NaN"),
+    "negative genre distribution": (lambda s: _edit_train(s, lambda a: _set(a, 5, 3, -np.ones(6))),
+                                    "train.npy", "negative or NaN"),
+    "genre distribution of the wrong length": (lambda s: _edit_train(s, lambda a: _set(a, 5, 3, np.ones(5))),
+                                               "train.npy", "genre distribution"),
+    "unparseable genre": (lambda s: _edit_train(s, lambda a: _set(a, 2, 2, "__import__('os')")),
+                          "train.npy", "integer"),
+    "missing user_prior_mean": (lambda s: os.remove(s / "data_matching/user_prior_mean.npy"),
+                                "user_prior_mean.npy", "missing"),
+    "missing test file": (lambda s: os.remove(s / "data_matching/100neg/test.npy"), "test.npy", "missing"),
+    "missing pgc features": (lambda s: os.remove(s / "data_pgc/mv_video_resnet_features.npy"),
+                             "mv_video_resnet_features.npy", "missing"),
+    "pgc music id out of range": (_save("data_pgc/train.npy", np.array([[0, 150]])), "data_pgc/train.npy",
+                                  "music id 150"),
+    "missing data_matching": (lambda s: shutil.rmtree(s / "data_matching"), "data_matching", "missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_inconsistent_input_is_refused_naming_the_file(tmp_path, case):
+    src = build_reference(tmp_path / "ref")
+    edit, fname, words = REFUSALS[case]
+    edit(src)
+    with pytest.raises(DatasetError) as err:
+        import_tt150k(src, tmp_path / "ds")
+    assert fname in str(err.value) and words in str(err.value), str(err.value)
+    assert not (tmp_path / "ds").exists()
+
+
+# ---- the restricted unpickler ------------------------------------------------------------------------
+
+class _RunsCommand:
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def _malicious_npy(path: Path, marker: Path) -> None:
+    """A well-formed object-array .npy header followed by a pickle that would run a command."""
+    from numpy.lib import format as npf
+
+    arr = _object_rows([[0, 1, "0", [1.0, 0, 0, 0, 0, 0], 0.5]])
+    arr[0, 3] = _RunsCommand(f"touch {marker}")
+    with open(path, "wb") as f:
+        npf.write_array_header_1_0(f, npf.header_data_from_array_1_0(arr))
+        pickle.dump(arr, f, protocol=3)
+
+
+def test_malicious_pickle_is_refused_without_running_anything(tmp_path):
+    src = build_reference(tmp_path / "ref")
+    marker = tmp_path / "pwned"
+    _malicious_npy(src / "data_matching/train.npy", marker)
+    with pytest.raises(DatasetError, match=r"train\.npy: refused .*(posix|os)\.system"):
+        import_tt150k(src, tmp_path / "ds")
+    assert not marker.exists()
+    assert not (tmp_path / "ds").exists()
+    # the same file would run the command through plain np.load: the threat is real
+    np.load(src / "data_matching/train.npy", allow_pickle=True)
+    assert marker.exists()
+
+
+def test_restricted_reader_refuses_other_globals_and_objects(tmp_path):
+    from numpy.lib import format as npf
+
+    p = tmp_path / "x.npy"
+    arr = np.empty(1, object)
+    arr[0] = {1, 2}  # a set is not plain TT-150k data (needs builtins.set)
+    with open(p, "wb") as f:
+        npf.write_array_header_1_0(f, npf.header_data_from_array_1_0(arr))
+        pickle.dump(arr, f, protocol=2)
+    with pytest.raises(DatasetError, match="x.npy"):
+        read_npy(p, "x.npy", objects=True)
+    # an object array where a numeric one is expected is refused before any pickle is read
+    np.save(p, _object_rows([[1, 2]]), allow_pickle=True)
+    with pytest.raises(DatasetError, match="Python objects"):
+        read_npy(p, "x.npy")
+    # numeric arrays and plain object rows are read
+    assert read_npy(p, "x.npy", objects=True).tolist() == [[1, 2]]
+
+
+def test_objects_are_written_with_legacy_numpy_module_names(tmp_path):
+    arr = _object_rows([[1, 2, np.arange(3)]])
+    save_object_npy(tmp_path / "a.npy", arr)
+    raw = (tmp_path / "a.npy").read_bytes()
+    assert b"numpy.core.multiarray" in raw and b"numpy._core" not in raw
+    back = read_npy(tmp_path / "a.npy", "a.npy", objects=True)
+    assert back[0, 0] == 1 and np.array_equal(back[0, 2], np.arange(3))
+    plain = np.load(io.BytesIO(raw), allow_pickle=True)  # what the reference code does
+    assert plain[0, 1] == 2 and np.array_equal(plain[0, 2], np.arange(3))
+
+
+# ---- export ------------------------------------------------------------------------------------------
+
+def test_export_import_round_trip_is_exact(tmp_path, tiny_world):
+    ds = tiny_world
+    rep = export_tt150k(ds, tmp_path / "ref")
+    assert (tmp_path / "ref" / SIDECAR).is_file()
+    assert any("test_new_music" in n for n in rep.notes)  # 29 frozen negatives: redrawn, reported
+    import_tt150k(tmp_path / "ref", tmp_path / "back")
+    back = load_dataset(tmp_path / "back")
+    for name in ("video_visual", "video_text", "video_text_mask", "music", "track_genre", "track_new"):
+        assert np.array_equal(np.asarray(getattr(ds, name)), np.asarray(getattr(back, name))), name
+    assert back.video_ids == ds.video_ids and back.track_ids == ds.track_ids and back.genres == ds.genres
+    assert back.video_source == ds.video_source
+    assert back.split_info == ds.split_info
+    for s in ds.splits:
+        assert np.array_equal(ds.splits[s][:, :2], back.splits[s][:, :2]), s
+        assert np.allclose(ds.ipw_weights(s), back.weights[s], rtol=0, atol=1e-15) if s != "train" and \
+            s != "pgc" else True
+    for s, neg in ds.negatives.items():
+        if neg.shape[1] == N_NEG:
+            assert np.array_equal(neg, back.negatives[s]), s
+    # the confounder value of every training upload survives (uploaders renumbered by distribution)
+    tr, tb = ds.splits["train"], back.splits["train"]
+    assert np.array_equal(ds.confounder(tr[:, 2]), back.confounder(tb[:, 2]))
+
+
+def test_export_is_readable_the_way_the_reference_code_reads_it(tmp_path, tiny_world):
+    export_tt150k(tiny_world, tmp_path / "ref")
+    m, p = tmp_path / "ref/data_matching", tmp_path / "ref/data_pgc"
+    train = np.load(m / "train.npy", allow_pickle=True)
+    video, music, genre, prior, _prop = train[0]  # DataLoad.py unpacks five values
+    assert int(genre) in range(6) and np.asarray(prior, np.float32).shape == (6,)
+    test = np.load(m / "100neg/test.npy", allow_pickle=True)
+    neg = np.array([test[i][2].tolist() for i in range(len(test))])  # evaluate.py
+    assert neg.shape == (len(test), N_NEG) and test[:, 0].astype(int).max() < 2000
+    vis = np.load(m / "visual_features_resnet_V.npy")
+    mus = np.concatenate([np.load(m / "music_features.npy"),
+                          np.load(m / "new_music_smile_features_norm.npy")], axis=1)
+    assert vis.shape == (2000, 32) and mus.shape == (200, 256)
+    w = np.load(m / "video_popularity_test.npy")
+    assert len(w) == len(test) and np.isclose(w.sum(), 1.0)
+    pairs = np.load(p / "train.npy").squeeze()  # DataLoad_teacher.py: no allow_pickle
+    assert pairs.shape[1] == 2 and pairs[:, 0].max() < len(np.load(p / "mv_video_resnet_features.npy"))
+    assert np.load(m / "user_prior_mean.npy").shape == (6,)
+
+
+def test_export_of_a_saved_folder_and_reimport_of_an_import(tmp_path):
+    import_tt150k(build_reference(tmp_path / "ref", text=True, extra_test=True), tmp_path / "ds")
+    export_tt150k(tmp_path / "ds", tmp_path / "ref2")
+    import_tt150k(tmp_path / "ref2", tmp_path / "ds2")
+    a, b = load_dataset(tmp_path / "ds"), load_dataset(tmp_path / "ds2")
+    assert np.array_equal(a.music, b.music) and np.array_equal(a.video_text, b.video_text)
+    for s in a.splits:
+        assert np.array_equal(a.splits[s][:, :2], b.splits[s][:, :2]), s
+    for s in a.negatives:
+        assert np.array_equal(a.negatives[s], b.negatives[s])
+        assert np.array_equal(a.weights[s], b.weights[s])
+    assert np.array_equal(a.uploader_pref, b.uploader_pref)
+
+
+def test_bad_sidecar_is_refused(tmp_path, tiny_world):
+    export_tt150k(tiny_world, tmp_path / "ref")
+    (tmp_path / "ref" / SIDECAR).write_text('{"sidecar_version": 99}')
+    with pytest.raises(DatasetError, match=SIDECAR):
+        read_tt150k(tmp_path / "ref")
+
+
+# ---- models and CLI ----------------------------------------------------------------------------------
+
+def test_a_model_trains_on_imported_data(tmp_path):
+    baselines = pytest.importorskip("bgmrec.models.baselines")
+    from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, SplitView, VideoQuery
+
+    import_tt150k(build_reference(tmp_path / "ref"), tmp_path / "ds")
+    ds = load_dataset(tmp_path / "ds")
+    model = baselines.PopularityRecommender(ModelConfig(), FeatureSpec.of(ds))
+    model.fit(SplitView(ds, "train"), SplitView(ds, "val"))
+    q = VideoQuery.from_dataset(ds, ds.splits["test"][:, 0])
+    scores = model.score(q, MusicCatalog.from_dataset(ds))
+    assert scores.shape == (20, ds.n_tracks) and np.isfinite(scores).all()
+
+
+def test_cli_commands(tmp_path, tiny_world):
+    try:
+        from bgmrec.cli import main
+    except ImportError:
+        pytest.skip("the core CLI (bgmrec.cli.core) has not landed yet")
+    src = build_reference(tmp_path / "ref")
+    assert main(["import-tt150k", str(src), str(tmp_path / "ds")]) == 0
+    assert load_dataset(tmp_path / "ds").n_tracks == 150
+    assert main(["export-tt150k", str(tmp_path / "ds"), str(tmp_path / "ref2")]) == 0
+    assert (tmp_path / "ref2/data_matching/100neg/test.npy").is_file()
+    os.remove(src / "data_matching/user_prior_mean.npy")
+    assert main(["import-tt150k", str(src), str(tmp_path / "bad")]) != 0
