@@ -45,11 +45,15 @@ integral floats or digit strings.
 Mapping to the native dataset (:mod:`bgmrec.data.dataset`): UGC videos keep their ids as indices, PGC
 videos are appended (source ``pgc``, uploader -1). Splits ``train``, ``val``, ``test``, further test files
 by their stem (role ``test``), ``pgc`` (role ``teacher``); ``data_pgc/val.npy`` is kept as
-``extra/pgc_val.npy`` (the native format has no teacher-validation role). Each distinct training genre
-distribution becomes one "uploader" (renormalised); val/test rows get uploader -1. Track genres are the
-majority genre of their training rows; tracks never seen in train get the most frequent genre (both
-reported). The propensity column is kept in ``extra/train_propensity.npy``; ``user_prior_mean`` in the
-manifest's provenance. Without ``text_features.npy`` the text matrix is one zero column, masked out.
+``extra/pgc_val.npy`` (the native format has no teacher-validation role). UGC splits rank the
+``existing`` tracks, which is the whole catalogue unless PGC music was appended as its own tracks. Each
+distinct training genre distribution becomes one "uploader" (renormalised where it does not sum to 1;
+negative or NaN entries are refused); val/test rows get uploader -1 (the model's prior). The README
+calls the genre column "genre of the video"; it is the genre label of the row's chosen music, so a
+track's genre is the majority genre of its training rows (disagreements and ties reported); tracks
+never seen in train get the most frequent genre (counted in the report). The propensity column is
+kept in ``extra/train_propensity.npy``; ``user_prior_mean`` in the manifest's provenance. Without
+``text_features.npy`` the text matrix is one zero column, masked out (all-zero text rows are masked).
 
 Export writes any native dataset in that layout. Music features wider than 256 are split in halves; up
 to 256 they fill VGGish's 128 columns then openSMILE's, zero-padded. ``bgmrec_export.json`` records what
