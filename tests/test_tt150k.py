@@ -292,6 +292,9 @@ def test_export_of_a_saved_folder_and_reimport_of_an_import(tmp_path):
         assert np.array_equal(a.negatives[s], b.negatives[s])
         assert np.array_equal(a.weights[s], b.weights[s])
     assert np.array_equal(a.uploader_pref, b.uploader_pref)
+    # the teacher's own validation rows travel through extra/pgc_val.npy, not carved from its split
+    kept = [np.load(tmp_path / d / "extra/pgc_val.npy") for d in ("ds", "ds2")]
+    assert np.array_equal(*kept) and np.array_equal(a.splits["pgc"], b.splits["pgc"])
 
 
 def test_bad_sidecar_is_refused(tmp_path, tiny_world):

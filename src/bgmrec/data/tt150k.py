@@ -834,12 +834,24 @@ def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
         if mask[pgc].any():
             np.save(p / "text_features.npy", text[pgc])
         pairs = np.stack([ref_of[r[:, 0]], r[:, 1]], axis=1).astype(np.int64)
-        pgc_holdout = int(np.ceil(PGC_VAL_SHARE * len(pairs))) if len(pairs) > 1 else 0
-        np.save(p / "train.npy", pairs[: len(pairs) - pgc_holdout])
-        np.save(p / "val.npy", pairs[len(pairs) - pgc_holdout:])
-        rep.counts["rows_pgc_train"], rep.counts["rows_pgc_val"] = len(pairs) - pgc_holdout, pgc_holdout
-        rep.notes.append(f"data_pgc/val.npy: the last {pgc_holdout} rows of {name!r} (the teacher script "
-                         "needs a validation file); import puts them back")
+        kept_val = None if ds.root is None else Path(ds.root) / "extra" / "pgc_val.npy"
+        if kept_val is not None and kept_val.is_file():  # an imported dataset: its own teacher validation
+            val = np.load(kept_val, allow_pickle=False)
+            if val.ndim != 2 or val.shape[1] != 3 or ((val[:, 0] < 0) | (val[:, 0] >= ds.n_videos)).any():
+                raise DatasetError(f"{kept_val}: expected int rows [video, track, -1] of this dataset")
+            check_source("extra/pgc_val", val, True)
+            np.save(p / "train.npy", pairs)
+            np.save(p / "val.npy", np.stack([ref_of[val[:, 0]], val[:, 1]], axis=1).astype(np.int64))
+            rep.counts["rows_pgc_train"], rep.counts["rows_pgc_val"] = len(pairs), len(val)
+            rep.notes.append("data_pgc/val.npy: the teacher validation rows kept at import "
+                             "(extra/pgc_val.npy)")
+        else:
+            pgc_holdout = int(np.ceil(PGC_VAL_SHARE * len(pairs))) if len(pairs) > 1 else 0
+            np.save(p / "train.npy", pairs[: len(pairs) - pgc_holdout])
+            np.save(p / "val.npy", pairs[len(pairs) - pgc_holdout:])
+            rep.counts["rows_pgc_train"], rep.counts["rows_pgc_val"] = len(pairs) - pgc_holdout, pgc_holdout
+            rep.notes.append(f"data_pgc/val.npy: the last {pgc_holdout} rows of {name!r} (the teacher script "
+                             "needs a validation file); import puts them back")
     else:
         rep.missing.append(f"{P_DIR}/ (the dataset has no teacher split)")
 
