@@ -1,0 +1,440 @@
+"""Music tracks -> feature vectors, and the music catalogue folder (``bgmrec extract-music``).
+
+Each track is decoded with PyAV (so wav, mp3, ogg, flac and m4a all work), mixed to mono,
+resampled to :attr:`AudioConfig.sample_rate` and cut to its first
+:attr:`AudioConfig.max_seconds` seconds while decoding (a 10-hour file is never decoded whole).
+Its vector joins, in this order (173 values with the defaults):
+
+- the openSMILE eGeMAPSv02 functionals (88; Eyben et al. 2016, the openSMILE features the CMVAE
+  paper adds to VGGish);
+- timbre: MFCC means and standard deviations over frames (2 x 20);
+- harmony: chroma (STFT) means and standard deviations (2 x 12);
+- spectral contrast means and standard deviations (2 x 7);
+- rhythm: global tempo (BPM), local-tempo mean and std, beats per second, inter-beat-interval
+  coefficient of variation, onset-strength mean and std (7).
+
+Vectors are raw (not standardised): standardisation depends on the catalogue, so it belongs to the
+model. Decoding and analysis are deterministic: two runs over one file give identical vectors.
+
+A catalogue folder (CATALOG_DIR) holds::
+
+    music.npy       float32 [M, D]   row j = track j of tracks.csv (saved with allow_pickle=False)
+    tracks.csv      id,title,artist,genre,file,sha256   (id = file stem; genre may be empty)
+    manifest.json   kind "music-catalog", extractor names and versions, settings, dim, feature
+                    names, id order, counts, content hash (SHA-256 of music.npy's bytes)
+    failures.csv    file,reason   one row per skipped input
+    .cache/audio/   per-file vectors keyed by content hash (see :mod:`bgmrec.features.cache`)
+
+The optional metadata CSV (``--meta``) has a column ``id`` (the file stem) or ``file`` (the file
+name) and any of ``title``, ``artist``, ``genre``; missing titles default to the id.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bgmrec.data.dataset import DatasetError, load_npy, read_json, save_npy_atomic, write_json_atomic
+from bgmrec.features.cache import (
+    FeatureCache,
+    MediaError,
+    files_in,
+    one_line,
+    progress_bar,
+    sha256_file,
+    write_csv_atomic,
+    write_failures,
+)
+
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".ogg", ".flac", ".m4a")
+CATALOG_KIND = "music-catalog"
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Settings of the music feature extractor (saved in the catalogue manifest)."""
+
+    sample_rate: int = 22050  # Hz; every track is resampled to this rate, mono
+    max_seconds: float = 60.0  # only the first this many seconds are decoded and analysed
+    min_seconds: float = 0.5  # shorter tracks are reported as failures
+    n_fft: int = 2048  # STFT window (samples)
+    hop_length: int = 512  # STFT hop (samples)
+    n_mfcc: int = 20  # MFCC coefficients
+    n_mels: int = 128  # mel bands the MFCCs are computed from
+    opensmile_set: str = "eGeMAPSv02"  # openSMILE feature set (functionals level)
+
+
+# ---- decoding -------------------------------------------------------------------------------------
+
+def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0,
+                 min_seconds: float = 0.0) -> np.ndarray:
+    """Decode the first ``max_seconds`` of a file's first audio stream to mono float32 at ``sample_rate``.
+
+    Raises :class:`MediaError` with a one-line reason for empty, unreadable, truncated or
+    corrupt files and for files with no audio stream.
+    """
+    import av
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise MediaError("empty file (0 bytes)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as e:
+        raise MediaError(f"cannot open as media: {one_line(e)}") from None
+    need = int(round(max_seconds * sample_rate))
+    chunks: list[np.ndarray] = []
+    got = 0
+    with container:
+        if not container.streams.audio:
+            raise MediaError("no audio stream")
+        stream = container.streams.audio[0]
+        declared = _declared_seconds(container, stream)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    for out in resampler.resample(frame):
+                        chunks.append(out.to_ndarray().reshape(-1))
+                        got += chunks[-1].size
+                if got >= need:
+                    break
+            else:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    got += chunks[-1].size
+        except av.FFmpegError as e:
+            raise MediaError(f"corrupt audio after {got / sample_rate:.1f} s: {one_line(e)}") from None
+        codec = stream.codec_context.name or ""
+    y = np.concatenate(chunks)[:need] if chunks else np.zeros(0, np.float32)
+    seconds = len(y) / sample_rate
+    if declared is not None and not codec.startswith("mp3"):  # mp3 durations are estimates
+        expected = min(declared, max_seconds)
+        if seconds < 0.9 * expected - 0.25:
+            raise MediaError(f"truncated: decoded {seconds:.2f} s of a declared {declared:.2f} s")
+    if seconds < min_seconds:
+        raise MediaError(f"too short: {seconds:.2f} s of audio (need {min_seconds:g} s)")
+    return np.ascontiguousarray(y, np.float32)
+
+
+def _declared_seconds(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+# ---- features -------------------------------------------------------------------------------------
+
+class AudioExtractor:
+    """Signal -> feature vector (openSMILE functionals + librosa descriptors; see the module docstring).
+
+    Construction is cheap; openSMILE and librosa are imported on first use.
+    """
+
+    def __init__(self, config: AudioConfig | None = None) -> None:
+        self.config = config or AudioConfig()
+        self._smile = None
+
+    @property
+    def settings(self) -> dict:
+        """Settings and library versions; their hash keys the cache."""
+        import librosa
+        import opensmile
+
+        return {"extractor": "bgmrec.audio/1", **asdict(self.config),
+                "opensmile": opensmile.__version__, "librosa": librosa.__version__}
+
+    def _opensmile(self):
+        if self._smile is None:
+            import opensmile
+
+            fset = getattr(opensmile.FeatureSet, self.config.opensmile_set)
+            self._smile = opensmile.Smile(feature_set=fset, feature_level=opensmile.FeatureLevel.Functionals)
+        return self._smile
+
+    def feature_names(self) -> list[str]:
+        c = self.config
+        names = [f"smile_{n}" for n in self._opensmile().feature_names]
+        for stat in ("mean", "std"):
+            names += [f"mfcc{i}_{stat}" for i in range(c.n_mfcc)]
+        for stat in ("mean", "std"):
+            names += [f"chroma_{p}_{stat}" for p in
+                      ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")]
+        for stat in ("mean", "std"):
+            names += [f"contrast{i}_{stat}" for i in range(7)]
+        names += ["tempo_bpm", "local_tempo_mean", "local_tempo_std", "beats_per_second", "ibi_cv",
+                  "onset_mean", "onset_std"]
+        return names
+
+    def extract_signal(self, y: np.ndarray) -> np.ndarray:
+        """Features [D] (float32) of a mono signal at ``config.sample_rate``."""
+        import librosa
+
+        c, sr = self.config, self.config.sample_rate
+        y = np.asarray(y, np.float32)
+        smile = self._opensmile().process_signal(y, sr).to_numpy(np.float64).reshape(-1)
+        spec = np.abs(librosa.stft(y, n_fft=c.n_fft, hop_length=c.hop_length))
+        power = spec ** 2
+        logmel = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr, n_mels=c.n_mels))
+        mfcc = librosa.feature.mfcc(S=logmel, n_mfcc=c.n_mfcc)
+        chroma = librosa.feature.chroma_stft(S=power, sr=sr, n_fft=c.n_fft)
+        contrast = librosa.feature.spectral_contrast(S=spec, sr=sr, n_fft=c.n_fft)
+        onset = librosa.onset.onset_strength(S=logmel, sr=sr)
+        tempo, beats = librosa.beat.beat_track(onset_envelope=onset, sr=sr, hop_length=c.hop_length)
+        local = librosa.feature.tempo(onset_envelope=onset, sr=sr, hop_length=c.hop_length, aggregate=None)
+        seconds = max(len(y) / sr, 1e-6)
+        beat_t = librosa.frames_to_time(beats, sr=sr, hop_length=c.hop_length)
+        ibi = np.diff(beat_t)
+        ibi_cv = float(ibi.std() / ibi.mean()) if len(ibi) > 1 and ibi.mean() > 0 else 0.0
+        rhythm = [float(np.atleast_1d(tempo)[0]), float(local.mean()), float(local.std()),
+                  len(beats) / seconds, ibi_cv, float(onset.mean()), float(onset.std())]
+        vec = np.concatenate([smile, mfcc.mean(1), mfcc.std(1), chroma.mean(1), chroma.std(1),
+                              contrast.mean(1), contrast.std(1), rhythm])
+        return np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+    def extract_file(self, path: Path) -> np.ndarray:
+        """Decode (capped) and analyse one file; :class:`MediaError` on bad media."""
+        c = self.config
+        y = decode_audio(path, c.sample_rate, c.max_seconds, c.min_seconds)
+        return self.extract_signal(y)
+
+
+# ---- worker processes -------------------------------------------------------------------------------
+
+_WORKER: AudioExtractor | None = None
+
+
+def _init_worker(config: AudioConfig) -> None:
+    global _WORKER
+    _WORKER = AudioExtractor(config)
+
+
+def _worker_job(path: str, key: str, cache_root: str, settings: dict) -> tuple[str, np.ndarray | None, str]:
+    """Extract one file in a worker process and write its cache entry there (so a crash loses nothing)."""
+    try:
+        vec = _WORKER.extract_file(Path(path))
+    except MediaError as e:
+        return path, None, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+        return path, None, one_line(e)
+    FeatureCache(Path(cache_root), settings).put(key, vec)
+    return path, vec, ""
+
+
+# ---- the catalogue --------------------------------------------------------------------------------------
+
+@dataclass
+class Catalog:
+    """A music catalogue folder loaded into memory (see the module docstring for the format)."""
+
+    ids: list[str]
+    title: list[str]
+    artist: list[str]
+    genre: list[str]  # "" when unknown
+    file: list[str]
+    sha256: list[str]
+    features: np.ndarray  # float32 [M, D]
+    manifest: dict = field(default_factory=dict)
+    root: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+@dataclass
+class ExtractReport:
+    """What one extraction run did."""
+
+    out: Path
+    done: int  # inputs in the output
+    extracted: int  # inputs analysed in this run (the others came from the cache)
+    cached: int
+    failures: list[tuple[str, str]]  # (file, reason)
+
+
+def read_track_meta(path: Path) -> dict[str, dict[str, str]]:
+    """Metadata CSV -> {id or file name: {"title", "artist", "genre"}}."""
+    rows = read_csv_utf8(Path(path))
+    if not rows:
+        return {}
+    cols = set(rows[0])
+    if not cols & {"id", "file"}:
+        raise DatasetError(f"{path}: expected a column 'id' (file stem) or 'file', found {sorted(cols)}")
+    out: dict[str, dict[str, str]] = {}
+    for r in rows:
+        info = {k: (r.get(k) or "").strip() for k in ("title", "artist", "genre")}
+        for key in (r.get("id"), r.get("file")):
+            if key:
+                out[key.strip()] = info
+    return out
+
+
+def read_csv_utf8(path: Path) -> list[dict[str, str]]:
+    """A whole CSV as dicts; a clear one-line error when it is missing or not UTF-8."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    reader = csv.DictReader(text.splitlines())
+    return [{(k or "").strip().lower(): v for k, v in r.items()} for r in reader]
+
+
+def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: AudioConfig | None = None,
+                  workers: int = 2, cache_dir: Path | None = None, progress: bool = True,
+                  extractor: AudioExtractor | None = None) -> ExtractReport:
+    """Extract every track of ``audio_dir`` into the catalogue folder ``out``.
+
+    Inputs already in the cache are not analysed again; every analysed file is cached at once, so
+    an interrupted run resumes. ``workers`` > 1 analyses in that many processes; an explicit
+    ``extractor`` (tests) runs in this process. Bad files are reported in ``failures.csv`` and
+    skipped; the batch continues.
+    """
+    audio_dir, out = Path(audio_dir), Path(out)
+    inline = extractor is not None or workers <= 1
+    extractor = extractor or AudioExtractor(config)
+    config = extractor.config
+    settings = extractor.settings
+    cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings)
+    cache.describe()
+    metadata = read_track_meta(Path(meta)) if meta else {}
+
+    failures: list[tuple[str, str]] = []
+    items: list[tuple[str, Path, str]] = []  # (id, path, sha256)
+    seen: dict[str, str] = {}
+    for p in files_in(audio_dir):
+        rel = str(p.relative_to(audio_dir))
+        if p.suffix.lower() not in AUDIO_EXTENSIONS:
+            failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
+                                  f"(expected {', '.join(e[1:] for e in AUDIO_EXTENSIONS)})"))
+            continue
+        if p.stat().st_size == 0:
+            failures.append((rel, "empty file (0 bytes)"))
+            continue
+        if p.stem in seen:
+            failures.append((rel, f"duplicate track id {p.stem!r} (also {seen[p.stem]})"))
+            continue
+        seen[p.stem] = rel
+        try:
+            items.append((p.stem, p, sha256_file(p)))
+        except OSError as e:
+            failures.append((rel, f"cannot read: {one_line(e)}"))
+
+    vectors: dict[str, np.ndarray] = {}
+    todo = []
+    for tid, p, key in items:
+        vec = cache.get(key)
+        if vec is None:
+            todo.append((tid, p, key))
+        else:
+            vectors[tid] = vec
+    cached = len(vectors)
+    bad: dict[str, str] = {}
+    with progress_bar("extract-music", len(todo), progress and bool(todo)) as advance:
+        if inline or len(todo) <= 1:
+            for tid, p, key in todo:
+                try:
+                    vec = extractor.extract_file(p)
+                    cache.put(key, vec)
+                    vectors[tid] = vec
+                except MediaError as e:
+                    bad[tid] = str(e)
+                except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+                    bad[tid] = one_line(e)
+                advance()
+        else:
+            import multiprocessing as mp
+
+            by_path = {str(p): tid for tid, p, _ in todo}
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(config,)) as pool:
+                futs = [pool.submit(_worker_job, str(p), key, str(cache.root), settings)
+                        for _, p, key in todo]
+                for fut in as_completed(futs):
+                    path, vec, reason = fut.result()
+                    if vec is None:
+                        bad[by_path[path]] = reason
+                    else:
+                        vectors[by_path[path]] = vec
+                    advance()
+    for tid, p, _ in items:
+        if tid in bad:
+            failures.append((str(p.relative_to(audio_dir)), bad[tid]))
+    failures.sort()
+
+    kept = [(tid, p, key) for tid, p, key in items if tid in vectors]
+    dim = len(extractor.feature_names())
+    music = (np.stack([vectors[t] for t, _, _ in kept]).astype(np.float32) if kept
+             else np.zeros((0, dim), np.float32))
+    rows = []
+    for tid, p, key in kept:
+        m = metadata.get(tid) or metadata.get(p.name) or {}
+        rows.append([tid, m.get("title") or tid, m.get("artist", ""), m.get("genre", ""),
+                     str(p.relative_to(audio_dir)), key])
+    out.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(out / "music.npy", music)
+    write_csv_atomic(out / "tracks.csv", ["id", "title", "artist", "genre", "file", "sha256"], rows)
+    write_failures(out / "failures.csv", failures)
+    write_json_atomic(out / "manifest.json", {
+        "kind": CATALOG_KIND,
+        "extractors": {"opensmile": {"feature_set": config.opensmile_set, "level": "functionals",
+                                     "version": settings["opensmile"]},
+                       "librosa": {"version": settings["librosa"]},
+                       "decoder": {"name": "pyav", "version": _av_version()}},
+        "settings": asdict(config),
+        "dim": int(music.shape[1]),
+        "feature_names": extractor.feature_names(),
+        "ids": [r[0] for r in rows],
+        "counts": {"tracks": len(rows), "failures": len(failures), "inputs": len(rows) + len(failures)},
+        "content_hash": _array_hash(music),
+    })
+    return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures)
+
+
+def _av_version() -> str:
+    import av
+
+    return av.__version__
+
+
+def _array_hash(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def load_catalog(root: Path) -> Catalog:
+    """Load and check a catalogue folder written by :func:`extract_music`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a music catalogue folder (it does not exist)")
+    man = read_json(root / "manifest.json", f"{root}/manifest.json")
+    if man.get("kind") != CATALOG_KIND:
+        raise DatasetError(f"{root}/manifest.json: expected kind {CATALOG_KIND!r}, found {man.get('kind')!r}")
+    rows = read_csv_utf8(root / "tracks.csv")
+    feats = load_npy(root / "music.npy", f"{root}/music.npy", mmap=False)
+    if feats.ndim != 2 or len(feats) != len(rows):
+        raise DatasetError(f"{root}/music.npy: expected shape [{len(rows)}, *] (one row per tracks.csv row), "
+                           f"found {list(feats.shape)}")
+    ids = [r["id"] for r in rows]
+    if man.get("ids") is not None and man["ids"] != ids:
+        raise DatasetError(f"{root}/tracks.csv: ids differ from the id order in manifest.json")
+    return Catalog(ids, [r.get("title", "") for r in rows], [r.get("artist", "") for r in rows],
+                   [r.get("genre", "") for r in rows], [r.get("file", "") for r in rows],
+                   [r.get("sha256", "") for r in rows], np.asarray(feats, np.float32), man, root)
+
+
+def default_workers() -> int:
+    """Both cores of a small machine, at most the CPU count."""
+    return max(1, min(2, os.cpu_count() or 1))

@@ -1,0 +1,157 @@
+"""Shared plumbing of the media extractors: content-hash cache, failure report, progress bar.
+
+Cache layout (one folder per extractor, by default ``<OUT_DIR>/.cache/<namespace>/``)::
+
+    <namespace>/<config-key>/<sha256[:2]>/<sha256>.npy    one float32 vector per input
+
+The key is the SHA-256 of the input's bytes (or of a caption's UTF-8 text), so a renamed or
+copied file is not extracted twice, an edited one is; ``config-key`` is a short hash of the
+extractor settings and versions, so changing them never reuses stale vectors. Every entry is
+written atomically (temporary name, then :func:`os.replace`): an interrupted run leaves only
+complete entries, and the next run resumes from them.
+
+``failures.csv`` has the columns ``file,reason``: one row per input that was skipped (or, for
+captions, used without text), the reason on one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class MediaError(ValueError):
+    """One input file cannot be used; the message is a one-line reason."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (large files are never held in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def config_key(settings: dict) -> str:
+    """A short stable hash of a JSON-able settings dict (extractor parameters and versions)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def one_line(err: BaseException | str) -> str:
+    """An exception as one short line (no newlines, no traceback)."""
+    if type(err).__module__.startswith("av") and getattr(err, "strerror", None):
+        text = f"{type(err).__name__}: {err.strerror}"  # PyAV: drop the errno and the file name
+    else:
+        text = str(err) if isinstance(err, str) else (str(err) or type(err).__name__)
+    if not isinstance(err, str | MediaError) and type(err).__name__ not in text:
+        text = f"{type(err).__name__}: {text}"
+    text = " ".join(text.split())
+    return text[:300]
+
+
+@dataclass
+class FeatureCache:
+    """Vectors keyed by content hash, stored as one ``.npy`` per key (see the module docstring)."""
+
+    root: Path  # the namespace folder, e.g. OUT_DIR/.cache/audio
+    settings: dict  # extractor settings; their hash separates incompatible entries
+    hits: int = 0  # lookups answered from the cache in this process
+    folder: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.folder = self.root / config_key(self.settings)
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached vector, or None when absent or unreadable (an unreadable entry is redone)."""
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            return None
+        self.hits += 1
+        return arr
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        """Store atomically: a temporary file in the same folder, then a rename."""
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(arr), allow_pickle=False)
+        os.replace(tmp, p)
+
+    def describe(self) -> None:
+        """Record the settings beside the entries (for humans; never read back)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info = self.folder / "settings.json"
+        if not info.is_file():
+            tmp = info.with_name(f".settings.json.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(self.settings, indent=2, default=str) + "\n")
+            os.replace(tmp, info)
+
+
+def write_csv_atomic(path: Path, header: list[str], rows: list[list]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    """``failures.csv``: ``file,reason`` per failed input (written even when empty)."""
+    write_csv_atomic(path, ["file", "reason"], [[f, one_line(r)] for f, r in failures])
+
+
+def files_in(folder: Path) -> list[Path]:
+    """Regular, non-hidden files under ``folder`` (recursively), in sorted order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    out = [p for p in folder.rglob("*")
+           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator:
+    """A Rich progress bar; yields ``advance(n=1)``. Disabled (a no-op) when ``enabled`` is False."""
+    if not enabled:
+        yield lambda n=1: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n=1: prog.advance(task, n)

