@@ -112,10 +112,21 @@ class Dataset:
             return np.flatnonzero(self.track_new)
         return np.arange(self.n_tracks)
 
+    def confounder_prior(self) -> np.ndarray:
+        """The confounder value of an upload whose uploader is unknown (-1), [G].
+
+        ``provenance["user_prior_mean"]`` when the dataset has one (imported TT-150k), else uniform.
+        """
+        prior = self.provenance.get("user_prior_mean")
+        if prior is not None and len(prior) == self.n_genres:
+            p = np.asarray(prior, np.float64)
+            return (p / p.sum()).astype(np.float32)
+        return np.full(self.n_genres, 1.0 / self.n_genres, np.float32)
+
     def confounder(self, uploader: np.ndarray) -> np.ndarray:
-        """Genre-preference rows [n, G] for uploader indices; PGC (-1) gets the uniform vector."""
+        """Genre-preference rows [n, G] for uploader indices; unknown (-1) gets :meth:`confounder_prior`."""
         uploader = np.asarray(uploader)
-        out = np.full((len(uploader), self.n_genres), 1.0 / self.n_genres, dtype=np.float32)
+        out = np.tile(self.confounder_prior(), (len(uploader), 1))
         has = uploader >= 0
         out[has] = self.uploader_pref[uploader[has]]
         return out
@@ -218,7 +229,7 @@ def _check_range(arr: np.ndarray, lo: int, hi: int, where: str, fname: str) -> N
 
 # ---- on-disk format --------------------------------------------------------------------------------
 
-def _atomic_write_dir(out: Path, write) -> None:
+def atomic_write_dir(out: Path, write) -> None:
     """Build a folder under a temporary name beside ``out``, then rename it into place."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +319,7 @@ def save_dataset(ds: Dataset, out: Path, extra_files: dict[str, np.ndarray] | No
         # the manifest goes last: a folder without one is never a dataset
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
-    _atomic_write_dir(out, write)
+    atomic_write_dir(out, write)
     ds.root = out
     return out
 

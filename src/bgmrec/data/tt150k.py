@@ -84,7 +84,7 @@ from bgmrec.data.dataset import (
     Dataset,
     DatasetError,
     SplitInfo,
-    _atomic_write_dir,
+    atomic_write_dir,
     load_dataset,
     save_dataset,
 )
@@ -729,7 +729,7 @@ def export_tt150k(data: Dataset | Path, out: Path, seed: int = 0) -> InteropRepo
     ds = data if isinstance(data, Dataset) else load_dataset(Path(data))
     ds.validate("export")
     reports: list[InteropReport] = []
-    _atomic_write_dir(Path(out), lambda tmp: reports.append(_export_into(ds, tmp, seed)))
+    atomic_write_dir(Path(out), lambda tmp: reports.append(_export_into(ds, tmp, seed)))
     return reports[0]
 
 

@@ -148,16 +148,31 @@ class Recommender(ABC):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     #: True when ``fit`` learns from data (the CLI trains it); False for fixed rules (random, oracle)
     trainable: ClassVar[bool] = True
+    #: inference modes a model offers (DecCM: backdoor, content, personalised); empty for one mode
+    inference_modes: ClassVar[tuple[str, ...]] = ()
+    #: True when the model is trained with a frozen teacher (DecCM); the factory attaches it
+    uses_teacher: ClassVar[bool] = False
+    inference_mode: str | None = None
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         self.config = config
         self.spec = spec
         self.history: list[dict] = []  # one entry per epoch for trained models
 
+    def set_inference_mode(self, mode: str) -> None:
+        """Choose how the model scores (only for models with several ``inference_modes``)."""
+        if mode not in self.inference_modes:
+            offered = ", ".join(self.inference_modes) or "only its one mode"
+            raise ValueError(f"model {self.name!r} offers {offered}; got mode {mode!r}")
+        self.inference_mode = mode
+
     # -- learning and encoding --
     @abstractmethod
-    def fit(self, train: SplitView, val: SplitView | None = None) -> Recommender:
-        """Learn from ``train``; use ``val`` (never test) for early stopping and selection."""
+    def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Recommender:
+        """Learn from ``train``; use ``val`` (never test) for early stopping and selection.
+
+        ``progress`` shows a progress bar (the CLI sets it; the library stays quiet by default).
+        """
 
     @abstractmethod
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:

@@ -1,0 +1,190 @@
+"""Core commands: simulate, models, train, evaluate, demo."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from bgmrec.cli.app import app
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def report_error(e: Exception) -> int:
+    """Known errors (bad data, bad arguments) become one line on stderr and exit code 2."""
+    from bgmrec.data.dataset import DatasetError
+
+    if isinstance(e, DatasetError | ValueError | FileNotFoundError | KeyError):
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, markup=True)
+        return 2
+    raise e
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``--set key=value`` pairs -> dict (values converted later to the config's field types)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    import os
+
+    import torch
+
+    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}, torch {torch.__version__}").replace("  ", " ")
+
+
+@app.command()
+def simulate(
+    out_dir: Path = typer.Argument(..., help="folder to write the world to (replaced atomically)"),
+    scale: str = typer.Option("small", help="preset: tiny | small | tt150k"),
+    seed: int = typer.Option(0, help="same seed, same world (byte-identical arrays)"),
+    gamma: float | None = typer.Option(None, help="confounding strength (weight of log pi_u[genre]); 0 removes it"),
+    delta: float | None = typer.Option(None, help="popularity bias (weight of log pop); 0 removes it"),
+    set_: list[str] | None = typer.Option(None, "--set", help="any other world parameter, key=value"),
+) -> None:
+    """Simulate a world (the built-in dataset) with its ground truth in OUT_DIR/truth."""
+    from bgmrec.data.simulate import WorldConfig, save_world, simulate, world_config
+
+    overrides = parse_sets(set_)
+    if gamma is not None:
+        overrides["gamma"] = gamma
+    if delta is not None:
+        overrides["delta"] = delta
+    cfg = world_config(scale, seed=seed)
+    if overrides:
+        from bgmrec.models.base import with_overrides
+
+        cfg = with_overrides(cfg, overrides)
+    assert isinstance(cfg, WorldConfig)
+    t0 = time.perf_counter()
+    with console.status(f"simulating the {scale} world"):
+        ds, truth = simulate(cfg)
+        save_world(ds, truth, out_dir)
+    console.print(f"wrote {out_dir}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders; "
+                  + ", ".join(f"{s} {len(r)}" for s, r in ds.splits.items())
+                  + f" ({time.perf_counter() - t0:.1f} s)")
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the model names accepted by --model."""
+    from rich.table import Table
+
+    from bgmrec.models.registry import VARIANTS, model_class, model_names
+
+    t = Table("name", "what it is")
+    for name in model_names():
+        if name in VARIANTS:
+            base, ov = VARIANTS[name]
+            t.add_row(name, f"ablation of {base}: " + ", ".join(f"{k}={v}" for k, v in ov.items()))
+        else:
+            doc = (model_class(name).__doc__ or "").strip().splitlines()[0]
+            t.add_row(name, doc)
+    console.print(t)
+
+
+def train_model(data: Path, model: str, out: Path, epochs: int | None = None, seed: int = 0,
+                sets: dict | None = None, teacher: Path | None = None, progress: bool = True):
+    """Build, fit and save one model; the library-level body of ``bgmrec train``."""
+    from bgmrec.data.dataset import load_dataset
+    from bgmrec.models.base import FeatureSpec, SplitView
+    from bgmrec.models.registry import build, prepare_teacher
+
+    ds = load_dataset(data)
+    overrides = dict(sets or {})
+    overrides["seed"] = seed
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    spec = FeatureSpec.of(ds)
+    rec = build(model, spec, overrides)
+    prepare_teacher(rec, ds, Path(out), teacher, progress)
+    t0 = time.perf_counter()
+    rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
+    seconds = time.perf_counter() - t0
+    rec.save(out)
+    from bgmrec.data.dataset import write_json_atomic
+
+    write_json_atomic(Path(out) / "run.json", {
+        "data": str(Path(data).resolve()), "model": model, "seconds": seconds, "epochs_run": len(rec.history),
+        "commit": git_commit(), "argv": sys.argv[1:],
+    })
+    return rec, seconds
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., help="dataset folder"),
+    model: str = typer.Option(..., help="model name (see `bgmrec models`)"),
+    out: Path = typer.Option(..., help="run folder to write (config.json, weights.safetensors, history.json)"),
+    epochs: int | None = typer.Option(None, help="maximum epochs (trainable models)"),
+    seed: int = typer.Option(0, help="seed for initialisation and batching"),
+    set_: list[str] | None = typer.Option(None, "--set", help="config field override, key=value (repeatable)"),
+    teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
+) -> None:
+    """Train a model on the dataset's train split (early stopping on val) and save it."""
+    rec, seconds = train_model(data, model, out, epochs, seed, parse_sets(set_), teacher)
+    best = max((h.get("val_recall@10", float("nan")) for h in rec.history), default=None)
+    console.print(f"saved {model} to {out} ({seconds:.1f} s, {len(rec.history)} epochs"
+                  + (f", best val Recall@10 {best:.3f})" if best is not None else ")"))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., help="run folder written by `bgmrec train`"),
+    data: Path = typer.Option(..., help="dataset folder"),
+    split: str = typer.Option("test", help="split to evaluate (test, test_new_music, test_unbiased, ...)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the full result object to this file"),
+    mode: str | None = typer.Option(None, help="inference mode for models that have several (DecCM)"),
+) -> None:
+    """Evaluate a trained model: full-catalogue ranking, sampled 1+K, IPW and bias figures."""
+    from bgmrec.data.dataset import load_dataset, write_json_atomic
+    from bgmrec.eval.protocol import evaluate as run_eval
+    from bgmrec.eval.report import rich_tables
+    from bgmrec.models.base import load_model
+
+    ds = load_dataset(data)
+    rec = load_model(run)
+    if mode is not None:
+        rec.set_inference_mode(mode)
+    result = run_eval(rec, ds, split)
+    for t in rich_tables([result]):
+        console.print(t)
+    if json_out is not None:
+        write_json_atomic(json_out, result)
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+def demo(
+    scale: str = typer.Option("small", help="world preset"),
+    out: Path = typer.Option(Path("runs/demo"), help="folder for data, runs, report.md and plots"),
+    seed: int = typer.Option(0, help="world and training seed"),
+    models: str | None = typer.Option(None, help="comma-separated model names (default: all)"),
+) -> None:
+    """Simulate a world, train every model, evaluate them, print the table, write report.md and plots."""
+    from bgmrec.demo import run_demo
+
+    run_demo(scale, out, seed, models.split(",") if models else None, console)
+

@@ -1,0 +1,115 @@
+"""The evaluation protocol: full-catalogue ranking (main), the papers' sampled 1 + K protocol on frozen
+negatives, inverse-popularity weighting, and bias diagnostics. One code path for every model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bgmrec.data.dataset import Dataset
+from bgmrec.eval import metrics as M
+from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery
+
+FULL_KS = (1, 5, 10, 20)
+SAMPLED_KS = (10, 15, 20, 25)
+CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50, 100)
+
+
+@dataclass
+class FullRanking:
+    """Ranks of each query's positive among the split's candidates, and each query's top list."""
+
+    ranks: np.ndarray  # int64 [n], 1-based
+    top: np.ndarray  # int64 [n, k] dataset track indices, best first
+    n_candidates: int
+
+
+def _tie_break(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(n)
+
+
+def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | None = None,
+               top_k: int = 10, chunk: int = 2048, seed: int = 0) -> FullRanking:
+    """Score every query of ``split`` against all of the split's candidate tracks, chunk by chunk."""
+    rows = np.asarray(ds.splits[split] if rows is None else rows)
+    cand = ds.candidate_tracks(split)
+    col = np.full(ds.n_tracks, -1, np.int64)
+    col[cand] = np.arange(len(cand))
+    pos_col = col[rows[:, 1]]
+    if (pos_col < 0).any():
+        raise ValueError(f"split {split!r}: a positive track is outside the split's candidate set")
+    music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds))[cand])
+    tie = _tie_break(len(rows), seed)
+    ranks = np.empty(len(rows), np.int64)
+    k = min(top_k, len(cand))
+    top = np.empty((len(rows), k), np.int64)
+    for s in range(0, len(rows), chunk):
+        part = rows[s:s + chunk]
+        q = VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split)
+        scores = torch.from_numpy(model.encode_videos(q)) @ music.T
+        ranks[s:s + chunk] = M.ranks_from_scores(scores.numpy(), pos_col[s:s + chunk], tie[s:s + chunk])
+        top[s:s + chunk] = cand[torch.topk(scores, k, dim=1).indices.numpy()]
+    return FullRanking(ranks, top, len(cand))
+
+
+def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096, seed: int = 0) -> np.ndarray:
+    """Rank of each positive among itself and the split's frozen negatives (the papers' protocol)."""
+    rows = np.asarray(ds.splits[split])
+    cands = np.hstack([rows[:, 1:2], np.asarray(ds.negatives[split])])
+    music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds)))
+    tie = _tie_break(len(rows), seed + 1)
+    ranks = np.empty(len(rows), np.int64)
+    for s in range(0, len(rows), chunk):
+        part = rows[s:s + chunk]
+        v = torch.from_numpy(model.encode_videos(VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split)))
+        scores = torch.einsum("nd,nkd->nk", v, music[torch.from_numpy(cands[s:s + chunk])])
+        ranks[s:s + chunk] = M.ranks_from_scores(scores.numpy(), np.zeros(len(part), np.int64), tie[s:s + chunk])
+    return ranks
+
+
+def _ranking_metrics(ranks: np.ndarray, ks, weights=None) -> dict[str, float]:
+    out = {f"recall@{k}": M.recall_at_k(ranks, k, weights) for k in ks}
+    out.update({f"ndcg@{k}": M.ndcg_at_k(ranks, k, weights) for k in ks})
+    return out
+
+
+def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0) -> dict:
+    """Every figure of the protocol for one model on one split, as the JSON object ``evaluate --json`` writes."""
+    if split not in ds.splits:
+        raise ValueError(f"unknown split {split!r}; the dataset has {', '.join(ds.splits)}")
+    rows = np.asarray(ds.splits[split])
+    if len(rows) == 0:
+        raise ValueError(f"split {split!r} has no queries")
+    full = full_ranks(model, ds, split, seed=seed)
+    r = full.ranks
+    result: dict = {"model": model.name, "split": split, "n_queries": int(len(rows)),
+                    "n_candidates": full.n_candidates}
+    mode = getattr(model, "inference_mode", None)
+    if mode:
+        result["inference_mode"] = mode
+    result["full"] = {f"recall@{k}": M.recall_at_k(r, k) for k in FULL_KS}
+    result["full"].update({"ndcg@10": M.ndcg_at_k(r, 10), "ndcg@20": M.ndcg_at_k(r, 20), "mrr": M.mrr(r),
+                           "median_rank": M.median_rank(r)})
+    result["full_recall_curve"] = {str(k): M.recall_at_k(r, k) for k in CURVE_KS}
+    if split in ds.negatives:
+        sr = sampled_ranks(model, ds, split, seed=seed)
+        result["n_negatives"] = int(ds.negatives[split].shape[1])
+        result["sampled"] = _ranking_metrics(sr, SAMPLED_KS)
+        result["ipw"] = _ranking_metrics(sr, SAMPLED_KS, ds.ipw_weights(split))
+    else:
+        result["sampled"] = result["ipw"] = None
+    g = ds.n_genres
+    top_share = M.genre_shares(full.top, ds.track_genre, g)
+    truth_share = M.genre_shares(rows[:, 1], ds.track_genre, g)
+    result["bias"] = {
+        "exposure_tvd@10": M.total_variation(top_share, truth_share),
+        "coverage@10": M.coverage(full.top, full.n_candidates),
+        "genre_share@10": dict(zip(ds.genres, top_share.tolist(), strict=True)),
+        "truth_genre_share": dict(zip(ds.genres, truth_share.tolist(), strict=True)),
+    }
+    per_genre = M.per_group_recall_at_k(r, ds.track_genre[rows[:, 1]], g, 10)
+    result["per_genre_recall@10"] = {name: (None if np.isnan(v) else float(v))
+                                     for name, v in zip(ds.genres, per_genre, strict=True)}
+    return result

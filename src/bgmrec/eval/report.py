@@ -1,0 +1,128 @@
+"""Comparison tables (Rich and Markdown) and plots of evaluation results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = (  # (header, path into an evaluate() result)
+    ("R@10", ("full", "recall@10")),
+    ("NDCG@10", ("full", "ndcg@10")),
+    ("MRR", ("full", "mrr")),
+    ("med.rank", ("full", "median_rank")),
+    ("s-R@10", ("sampled", "recall@10")),
+    ("s-NDCG@10", ("sampled", "ndcg@10")),
+    ("IPW s-R@10", ("ipw", "recall@10")),
+    ("TVD@10", ("bias", "exposure_tvd@10")),
+    ("cov@10", ("bias", "coverage@10")),
+)
+
+
+def _get(result: dict, path: tuple[str, ...]):
+    for key in path:
+        if result is None:
+            return None
+        result = result.get(key)
+    return result
+
+
+def label(result: dict) -> str:
+    """Row label: the run's label (or model name), with the inference mode when it has one."""
+    name = result.get("label", result["model"])
+    mode = result.get("inference_mode")
+    return f"{name} [{mode}]" if mode and f"[{mode}]" not in name else name
+
+
+def rows_for_split(results: list[dict], split: str) -> list[list[str]]:
+    """Table rows (label, metrics..., ratio of R@10 to the oracle's) for one split."""
+    subset = [r for r in results if r["split"] == split]
+    oracle = next((r for r in subset if r["model"] == "oracle"), None)
+    base = _get(oracle, ("full", "recall@10")) if oracle else None
+    out = []
+    for r in subset:
+        cells = [label(r)]
+        for _, path in COLUMNS:
+            v = _get(r, path)
+            cells.append("-" if v is None else (f"{v:.0f}" if path[-1] == "median_rank" else f"{v:.3f}"))
+        ratio = _get(r, ("full", "recall@10"))
+        cells.append(f"{ratio / base:.2f}" if base and ratio is not None else "-")
+        out.append(cells)
+    return out
+
+
+def headers() -> list[str]:
+    return ["model"] + [h for h, _ in COLUMNS] + ["R@10 / oracle"]
+
+
+def rich_tables(results: list[dict]):
+    """One Rich table per split."""
+    from rich.table import Table
+
+    tables = []
+    for split in dict.fromkeys(r["split"] for r in results):
+        n = next(r["n_queries"] for r in results if r["split"] == split)
+        t = Table(title=f"split {split} ({n} queries)")
+        for h in headers():
+            t.add_column(h, justify="left" if h == "model" else "right")
+        for row in rows_for_split(results, split):
+            t.add_row(*row)
+        tables.append(t)
+    return tables
+
+
+def markdown_table(results: list[dict], split: str) -> str:
+    lines = ["| " + " | ".join(headers()) + " |", "|" + "---|" * len(headers())]
+    lines += ["| " + " | ".join(row) + " |" for row in rows_for_split(results, split)]
+    return "\n".join(lines)
+
+
+def plot_recall_curves(results: list[dict], split: str, out: Path) -> Path:
+    """Full-catalogue Recall@K against K for every model of one split (oracle dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in (r for r in results if r["split"] == split):
+        ks = [int(k) for k in r["full_recall_curve"]]
+        ax.plot(ks, list(r["full_recall_curve"].values()), "--" if r["model"] == "oracle" else "-",
+                marker="o", ms=3, label=label(r))
+    ax.set_xscale("log")
+    ax.set_xlabel("K (log scale)")
+    ax.set_ylabel("full-catalogue Recall@K")
+    ax.set_title(f"Recall@K on {split}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_genre_shares(results: list[dict], split: str, out: Path) -> Path:
+    """Genre shares of each model's top-10 lists beside the genre shares of the true positives."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subset = [r for r in results if r["split"] == split]
+    genres = list(subset[0]["bias"]["truth_genre_share"])
+    series = [("truth (positives)", subset[0]["bias"]["truth_genre_share"])]
+    series += [(label(r), r["bias"]["genre_share@10"]) for r in subset]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(genres) + 0.25 * len(series)), 4.5))
+    x = np.arange(len(genres))
+    for i, (name, shares) in enumerate(series):
+        ax.bar(x + i * width, [shares[g] for g in genres], width, label=name,
+               color="black" if i == 0 else None)
+    ax.set_xticks(x + 0.4 - width / 2, genres)
+    ax.set_ylabel("share of top-10 slots")
+    ax.set_title(f"Genre exposure in top-10 lists vs the truth, {split}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,143 @@
+"""Non-neural baselines: random, popularity and CCA (as in the CMVAE paper's comparison)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
+
+
+def video_input(q: VideoQuery) -> np.ndarray:
+    """Visual features, text features (zeroed where absent) and the text mask, side by side."""
+    mask = np.asarray(q.text_mask, np.float32)[:, None]
+    return np.hstack([q.visual, q.text * mask, mask]).astype(np.float64)
+
+
+@dataclass
+class RandomConfig(ModelConfig):
+    dim: int = 32  # width of the random projections
+
+
+class RandomRecommender(Recommender):
+    """Chance level: scores are inner products of two independent fixed random projections.
+
+    The projections ignore every relation between video and music, so the ranking of the positive
+    is uniform in expectation; they depend only on the content (batch equals one-by-one).
+    """
+
+    name = "random"
+    config_class = RandomConfig
+    trainable = False
+
+    def __init__(self, config: RandomConfig, spec: FeatureSpec) -> None:
+        super().__init__(config, spec)
+        rng = np.random.default_rng(config.seed)
+        self.video_proj = rng.normal(size=(spec.video_visual + spec.video_text + 1, config.dim))
+        self.music_proj = rng.normal(size=(spec.music, config.dim))
+
+    def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> RandomRecommender:
+        return self
+
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        return video_input(q) @ self.video_proj
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        return c.features.astype(np.float64) @ self.music_proj
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {"video_proj": self.video_proj, "music_proj": self.music_proj}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.video_proj, self.music_proj = arrays["video_proj"], arrays["music_proj"]
+
+
+class PopularityRecommender(Recommender):
+    """PopularRank: every video gets the tracks ordered by their training count (content-blind).
+
+    Tracks are identified by their catalogue position, so the catalogue must be the training one.
+    """
+
+    name = "popularity"
+
+    def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
+        super().__init__(config, spec)
+        self.counts = np.zeros(0, np.float64)
+
+    def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> PopularityRecommender:
+        self.counts = np.bincount(train.rows[:, 1], minlength=train.dataset.n_tracks).astype(np.float64)
+        return self
+
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        return np.ones((len(q), 1))
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        idx = np.arange(len(c)) if c.index is None else c.index
+        counts = np.zeros(len(c))
+        known = idx < len(self.counts)
+        counts[known] = self.counts[idx[known]]
+        return np.log1p(counts)[:, None]
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.counts = arrays["counts"]
+
+
+@dataclass
+class CCAConfig(ModelConfig):
+    dim: int = 32  # canonical components kept
+    ridge: float = 1e-2  # added to each covariance's diagonal (relative to its mean variance)
+
+
+class CCARecommender(Recommender):
+    """Canonical correlation analysis between video and music features of training pairs.
+
+    Solves max corr(a^T x_v, b^T x_m) by whitening both sides (ridge-regularised covariances) and an
+    SVD of the whitened cross-covariance; scores are inner products of the canonical variates,
+    the video side weighted by the canonical correlations.
+    """
+
+    name = "cca"
+    config_class = CCAConfig
+
+    def __init__(self, config: CCAConfig, spec: FeatureSpec) -> None:
+        super().__init__(config, spec)
+        d_v = spec.video_visual + spec.video_text + 1
+        self.mean_v, self.mean_m = np.zeros(d_v), np.zeros(spec.music)
+        self.proj_v, self.proj_m = np.zeros((d_v, config.dim)), np.zeros((spec.music, config.dim))
+
+    def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> CCARecommender:
+        ds, rows = train.dataset, train.rows
+        x = video_input(VideoQuery.from_dataset(ds, rows[:, 0]))
+        y = np.asarray(ds.music, np.float64)[rows[:, 1]]
+        self.mean_v, self.mean_m = x.mean(0), y.mean(0)
+        x, y = x - self.mean_v, y - self.mean_m
+        n = len(x)
+
+        def inv_sqrt(c: np.ndarray) -> np.ndarray:
+            c = c + self.config.ridge * np.trace(c) / len(c) * np.eye(len(c))
+            w, v = np.linalg.eigh(c)
+            return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+
+        wx, wy = inv_sqrt(x.T @ x / n), inv_sqrt(y.T @ y / n)
+        u, s, vt = np.linalg.svd(wx @ (x.T @ y / n) @ wy)
+        k = min(self.config.dim, len(s))
+        self.proj_v = wx @ u[:, :k] * s[:k]
+        self.proj_m = wy @ vt[:k].T
+        return self
+
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        return (video_input(q) - self.mean_v) @ self.proj_v
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        return (c.features - self.mean_m) @ self.proj_m
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean_v": self.mean_v, "mean_m": self.mean_m, "proj_v": self.proj_v, "proj_m": self.proj_m}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for k, v in arrays.items():
+            setattr(self, k, v)

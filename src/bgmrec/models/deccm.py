@@ -1,0 +1,222 @@
+"""DecCM: deconfounded cross-modal matching of Yi and Chen, "Deconfounded Cross-modal Matching for
+Content-based Micro-video Background Music Recommendation" (ACM TIST 15(3), 2024).
+
+The uploader's genre-preference distribution c confounds uploads: it drives both the genre of the
+chosen track and the choice. The student models P(Y | V, M, c) explicitly,
+
+    logit(v, m, c) = sim(z_v, z_m) / tau + t(c)[genre(m)],   t(c) = W log c + b,
+
+so the taste signal is absorbed by t instead of leaking into the content embeddings, and it is
+fitted on the observed (v, m, c) of each upload (c blocks the backdoor path, which is what makes
+P(Y | V, M, c) estimable from observational data). The backdoor adjustment
+P(Y | do(V, M)) = sum_c P(Y | V, M, c) P(c) is then evaluated by Monte Carlo over confounder values
+sampled from the training uploads, with P(m | v, c) normalised over the training catalogue:
+
+    score(v, m) = log sum_k P(c_k) exp(sim(v, m)/tau + t(c_k)[g(m)] - log Z(v, c_k)).
+
+Three inference modes: ``backdoor`` (the paper's estimand; keeps the population-average taste),
+``content`` (the taste path switched off: the world of ``test_unbiased``), ``personalised``
+(one uploader's c). Every mode changes the order of tracks through their genre -- unlike the
+public code's constant vector added to every music embedding, which cannot change any ranking.
+
+A teacher (the same CMVAE backbone trained on professional music videos, matched by content) is
+passed in frozen and in eval mode; the student adds alpha * KL(q_student || q_teacher) for the
+video and music posteriors (closed form, 0 for identical Gaussians -- the public code has the sign
+wrong). The teacher's weights are not saved in the student; the student's config names its folder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bgmrec.models.base import Recommender, SplitView, load_model
+from bgmrec.models.cmvae import CMVAE, CMVAEConfig, CMVAEModule
+from bgmrec.models.layers import kl_normal
+from bgmrec.train import Batch, FeatureTensors
+
+MODES = ("backdoor", "content", "personalised")
+_EPS = 1e-6
+
+
+@dataclass
+class DecCMConfig(CMVAEConfig):
+    adjustment: bool = True  # model the taste path t(c)[genre] (False: the "no adjustment" ablation)
+    teacher: bool = True  # distil from a frozen PGC teacher (False: the "no teacher" ablation)
+    alpha: float = 0.5  # weight of KL(q_student || q_teacher), per latent dimension, video + music
+    prior_samples: int = 512  # confounder values sampled from training uploads to estimate P(c)
+    reference_tracks: int = 4000  # at most this many training tracks normalise P(m | v, c)
+    inference: str = "backdoor"  # default inference mode: "backdoor" | "content" | "personalised"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.inference not in MODES:
+            raise ValueError(f"inference must be one of {MODES}, got {self.inference!r}")
+
+
+class DecCMModule(CMVAEModule):
+    """CMVAE backbone + the taste path + what backdoor inference needs (saved as buffers)."""
+
+    def __init__(self, cfg: DecCMConfig, spec) -> None:
+        super().__init__(cfg, spec)
+        g = len(spec.genres)
+        self.taste = nn.Linear(g, g)
+        nn.init.zeros_(self.taste.weight)
+        nn.init.zeros_(self.taste.bias)
+        self.register_buffer("prior_c", torch.full((cfg.prior_samples, g), 1.0 / g))
+        self.register_buffer("ref_music", torch.zeros(0, spec.music))
+        self.register_buffer("ref_genre", torch.zeros(0, dtype=torch.long))
+
+    def taste_logits(self, c: torch.Tensor) -> torch.Tensor:
+        """t(c) [n, G]: how the uploader's taste shifts the logit of each genre."""
+        return self.taste(torch.log(c + _EPS))
+
+
+class DecCM(CMVAE):
+    """Deconfounded cross-modal matching with backdoor adjustment and a PGC teacher (Yi & Chen, TIST 2024)."""
+
+    name = "deccm"
+    config_class = DecCMConfig
+    inference_modes = MODES
+    uses_teacher = True
+
+    def __init__(self, config: DecCMConfig, spec) -> None:
+        super().__init__(config, spec)
+        self.inference_mode = config.inference if config.adjustment else "content"
+        self.teacher: CMVAE | None = None
+        self.teacher_dir: str | None = None
+
+    def build_module(self) -> nn.Module:
+        return DecCMModule(self.config, self.spec)
+
+    def set_inference_mode(self, mode: str) -> None:
+        if not self.config.adjustment and mode != "content":
+            raise ValueError("a DecCM trained without adjustment has no taste path: only mode 'content'")
+        super().set_inference_mode(mode)
+
+    # -- teacher --
+    def set_teacher(self, teacher: CMVAE, folder: Path | None) -> None:
+        """Attach a frozen teacher: no gradients, eval mode for good, not part of ``self.module``."""
+        if teacher.config.latent_dim != self.config.latent_dim:
+            raise ValueError(f"teacher latent_dim {teacher.config.latent_dim} != student's {self.config.latent_dim}")
+        if (teacher.spec.video_visual, teacher.spec.video_text, teacher.spec.music) != (
+                self.spec.video_visual, self.spec.video_text, self.spec.music):
+            raise ValueError("the teacher was trained on other feature dimensions than the student")
+        for p in teacher.module.parameters():
+            p.requires_grad_(False)
+        teacher.module.eval()
+        teacher.module.train = lambda mode=True: teacher.module  # stays in eval mode (as open_clip's distillation)
+        self.teacher = teacher
+        self.teacher_dir = None if folder is None else str(Path(folder).resolve())
+
+    # -- training --
+    def prepare(self, feats: FeatureTensors, rows: np.ndarray) -> None:
+        super().prepare(feats, rows)
+        cfg: DecCMConfig = self.config
+        rng = np.random.default_rng(cfg.seed + 1)
+        sample = rows[rng.choice(len(rows), cfg.prior_samples, replace=len(rows) < cfg.prior_samples)]
+        self.module.prior_c.copy_(torch.from_numpy(feats.dataset.confounder(sample[:, 2])))
+        tracks = np.unique(rows[:, 1])
+        if len(tracks) > cfg.reference_tracks:
+            tracks = np.sort(rng.choice(tracks, cfg.reference_tracks, replace=False))
+        self.module.ref_music = feats.music[torch.from_numpy(tracks)].clone()
+        self.module.ref_genre = feats.genre[torch.from_numpy(tracks)].clone()
+        if cfg.teacher and self.teacher is None:
+            raise ValueError("DecCM with teacher=true needs a teacher: train it with `bgmrec train --model deccm` "
+                             "(it trains one) or pass --teacher RUN_DIR, or use --set teacher=false")
+
+    def training_loss(self, batch: Batch, step: int, steps_per_epoch: int):
+        cfg: DecCMConfig = self.config
+        video_post, music_post = self.posteriors(batch)
+        sim = self.embed(video_post[0]) @ self.embed(music_post[0]).T
+        if cfg.adjustment:
+            # logit_ij = sim_ij / tau + t(c_i)[g_j]: row i's uploader taste applied to column j's genre
+            sim = sim + cfg.temperature * self.module.taste_logits(batch.confounder)[:, batch.genre]
+        match = self.matching_loss(sim, batch)
+        vae, logs = self.vae_terms(batch, video_post, music_post, step, steps_per_epoch)
+        loss = cfg.match_weight * match + vae
+        if cfg.teacher and self.teacher is not None:
+            with torch.no_grad():
+                t_video = self.teacher.module.video_posterior(batch.visual, batch.text, batch.text_mask)
+                t_music = self.teacher.module.music_posterior(batch.music)
+            distil = (kl_normal(*video_post, *t_video) + kl_normal(*music_post, *t_music)).mean() / cfg.latent_dim
+            loss = loss + cfg.alpha * distil
+            logs["teacher_kl"] = distil.item()
+        return loss, {"loss": loss.item(), "match": match.item(), **logs}
+
+    # -- scoring --
+    def backdoor_offsets(self, e_v: torch.Tensor) -> torch.Tensor:
+        """h(v, g) = log sum_k P(c_k) exp(t(c_k)[g] - log Z(v, c_k)) for each genre g, [n, G]."""
+        mod = self.module
+        g = len(self.spec.genres)
+        e_r = self.embed(mod.music_posterior(mod.ref_music)[0])
+        s = e_v @ e_r.T / self.config.temperature  # [n, R]
+        onehot = nn.functional.one_hot(mod.ref_genre, g).bool()  # [R, G]
+        s_g = torch.stack([torch.logsumexp(s.masked_fill(~onehot[:, j], -torch.inf), dim=1) for j in range(g)], 1)
+        t = mod.taste_logits(mod.prior_c)  # [K, G]
+        log_z = torch.logsumexp(s_g[:, None, :] + t[None, :, :], dim=2)  # [n, K]
+        h = torch.logsumexp(t[None, :, :] - log_z[:, :, None], dim=1) - math.log(len(t))  # [n, G]
+        return torch.nan_to_num(h, neginf=-1e4)
+
+    def video_embedding(self, visual, text, text_mask, confounder):
+        e_v = self.embed(self.module.video_posterior(visual, text, text_mask)[0])
+        mode = self.inference_mode
+        if mode == "content":
+            offsets = torch.zeros(len(e_v), len(self.spec.genres))
+        elif mode == "personalised":
+            if confounder is None:
+                raise ValueError("personalised inference needs the uploader's genre preferences (VideoQuery.confounder)")
+            offsets = self.module.taste_logits(confounder)
+        else:
+            offsets = self.backdoor_offsets(e_v)
+        return torch.cat([e_v, self.config.temperature * offsets], dim=1)
+
+    def music_embedding(self, music, genre):
+        e_m = self.embed(self.module.music_posterior(music)[0])
+        return torch.cat([e_m, nn.functional.one_hot(genre, len(self.spec.genres)).to(e_m.dtype)], dim=1)
+
+    # -- persistence --
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.module.ref_music = torch.zeros(arrays["ref_music"].shape)
+        self.module.ref_genre = torch.zeros(arrays["ref_genre"].shape, dtype=torch.long)
+        super().load_state_arrays(arrays)
+
+    def extra_config(self) -> dict:
+        return {"teacher_run": self.teacher_dir, "inference_mode": self.inference_mode}
+
+    def load_extra_config(self, extra: dict) -> None:
+        self.teacher_dir = extra.get("teacher_run")
+
+
+def teacher_config(student: DecCMConfig) -> CMVAEConfig:
+    """The teacher's config: the student's backbone fields (same architecture and latent space)."""
+    shared = {f.name for f in fields(CMVAEConfig)}
+    return CMVAEConfig(**{k: v for k, v in asdict(student).items() if k in shared})
+
+
+def attach_teacher(model: Recommender, ds, out: Path, teacher_dir: Path | None = None,
+                   progress: bool = False) -> None:
+    """Factory: load the teacher at ``teacher_dir`` or train one on the PGC split into ``out/teacher``."""
+    assert isinstance(model, DecCM)
+    if not model.config.teacher:
+        return
+    if teacher_dir is not None:
+        teacher = load_model(teacher_dir)
+        if not isinstance(teacher, CMVAE) or isinstance(teacher, DecCM):
+            raise ValueError(f"{teacher_dir}: a teacher must be a cmvae run, found {teacher.name!r}")
+        model.set_teacher(teacher, teacher_dir)
+        return
+    pgc = [s for s in ds.split_names("teacher") if len(ds.splits[s])]
+    if not pgc:
+        raise ValueError("the dataset has no teacher split (professional music videos); "
+                         "pass --teacher RUN_DIR or --set teacher=false")
+    teacher = CMVAE(teacher_config(model.config), model.spec)
+    teacher.fit(SplitView(ds, pgc[0]), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
+    folder = Path(out) / "teacher"
+    teacher.save(folder)
+    model.set_teacher(teacher, folder)

@@ -1,0 +1,158 @@
+"""Shared layers and losses: MLPs, Gaussian encoders, product of experts, KL, matching losses.
+
+Every function here is written from its definition and unit-tested against hand-computed values
+(``tests/models/test_layers.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LOGVAR_MIN, LOGVAR_MAX = -8.0, 8.0
+
+
+def mlp(d_in: int, hidden: tuple[int, ...], d_out: int, dropout: float = 0.0) -> nn.Sequential:
+    """Linear -> GELU -> Dropout blocks, then a linear output layer (no activation on the output)."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(d_in, h), nn.GELU(), nn.Dropout(dropout)]
+        d_in = h
+    layers.append(nn.Linear(d_in, d_out))
+    return nn.Sequential(*layers)
+
+
+class GaussianEncoder(nn.Module):
+    """q(z | x) = N(mu(x), diag exp(logvar(x))), both heads from one MLP trunk."""
+
+    def __init__(self, d_in: int, hidden: tuple[int, ...], d_latent: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = mlp(d_in, hidden, 2 * d_latent, dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
+class Standardizer(nn.Module):
+    """Fixed per-feature standardisation (fitted on training data, saved with the weights)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        if weights is not None:
+            x = x[weights > 0]
+        if len(x) == 0:
+            return
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0, unbiased=False).clamp_min(1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def product_of_experts(mus: torch.Tensor, logvars: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Product of Gaussian experts (Wu & Goodman 2018; CMVAE's video-side fusion).
+
+    The product of N(mu_e, var_e) is Gaussian with precision T = sum_e T_e (T_e = 1 / var_e) and
+    mean sum_e T_e mu_e / T: the more certain (noisier-free) expert gets the larger weight.
+
+    Parameters
+    ----------
+    mus, logvars : [E, B, d]
+        The experts' means and log-variances (include a standard-normal prior expert yourself).
+    mask : [E, B] bool, optional
+        False where an expert is absent for that sample (e.g. a video without text).
+    """
+    precision = torch.exp(-logvars)
+    if mask is not None:
+        precision = precision * mask.unsqueeze(-1).to(precision.dtype)
+    total = precision.sum(0)
+    mu = (precision * mus).sum(0) / total
+    return mu, -torch.log(total)
+
+
+def kl_normal(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor,
+              logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) for diagonal Gaussians, summed over the last dim.
+
+    KL = 1/2 sum_d [ log(var_p / var_q) + (var_q + (mu_q - mu_p)^2) / var_p - 1 ]; 0 iff q = p.
+    """
+    var_ratio = torch.exp(logvar_q - logvar_p)
+    sq = (mu_q - mu_p) ** 2 * torch.exp(-logvar_p)
+    return 0.5 * (logvar_p - logvar_q + var_ratio + sq - 1.0).sum(-1)
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, var) || N(0, I)) = 1/2 sum_d (var + mu^2 - 1 - log var)."""
+    return 0.5 * (torch.exp(logvar) + mu**2 - 1.0 - logvar).sum(-1)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I)."""
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def _negative_mask(sim: torch.Tensor, same_item: torch.Tensor | None) -> torch.Tensor:
+    """True where (i, j) is a genuine negative: off the diagonal and not the same track."""
+    mask = ~torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    if same_item is not None:
+        mask &= ~same_item
+    return mask
+
+
+def hardest_negative_hinge(sim: torch.Tensor, margin: float, same_item: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+    """VSE++ max-of-hinges (Faghri et al. 2018) on a [B, B] similarity matrix, positives on the diagonal.
+
+    loss = mean_i [ max_j (margin + s_ij - s_ii)_+  +  max_j (margin + s_ji - s_ii)_+ ],
+    maximum over genuine negatives j. It is 0 exactly when every positive beats every negative
+    of its row and column by at least ``margin`` and positive otherwise -- minimised, not maximised
+    (the public DecCM code points this hinge the wrong way).
+    """
+    pos = sim.diagonal()
+    neg = _negative_mask(sim, same_item)
+    fill = torch.finfo(sim.dtype).min
+    hardest_col = sim.masked_fill(~neg, fill).max(dim=1).values  # hardest track for each video
+    hardest_row = sim.masked_fill(~neg, fill).max(dim=0).values  # hardest video for each track
+    loss_v = torch.clamp(margin + hardest_col - pos, min=0.0)
+    loss_m = torch.clamp(margin + hardest_row - pos, min=0.0)
+    has_v, has_m = neg.any(1), neg.any(0)
+    return (loss_v * has_v).mean() + (loss_m * has_m).mean()
+
+
+def symmetric_info_nce(logits: torch.Tensor, same_item: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP, Radford et al. 2021) on [B, B] logits, positives on the diagonal.
+
+    mean of the cross-entropies of rows and of columns against the diagonal; other entries that are
+    the same track as the row's positive are removed from the denominator (not false negatives).
+    """
+    keep = _negative_mask(logits, same_item) | torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    masked = logits.masked_fill(~keep, float("-inf"))
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (nn.functional.cross_entropy(masked, target) + nn.functional.cross_entropy(masked.T, target))
+
+
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of x under N(mean, I), up to the constant, summed over features."""
+    return 0.5 * ((x - mean) ** 2).sum(-1)
+
+
+def linear_anneal(step: int, warmup_steps: int) -> float:
+    """Weight rising linearly from 0 to 1 over ``warmup_steps`` (KL annealing)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def log_mean_exp(x: torch.Tensor, dim: int, log_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """log sum_k w_k exp(x_k) with w summing to 1 (uniform when not given), computed stably."""
+    if log_weights is None:
+        return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
+    return torch.logsumexp(x + log_weights, dim=dim)

@@ -1,0 +1,69 @@
+"""The oracle: ranks by the true selection logits of each split's own process (simulated worlds only).
+
+For a query of split s it scores track m by beta_s <z_v, z_m> / sqrt(d) + gamma_s log pi_u[g(m)]
++ delta_s log pop(m), written as an inner product of two encodings so it is served like any model.
+It is the upper bound every model is reported against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bgmrec.models.base import ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
+
+
+class Oracle(Recommender):
+    name = "oracle"
+    trainable = False
+
+    def __init__(self, config: ModelConfig, spec) -> None:
+        super().__init__(config, spec)
+        self.video_content = np.zeros((0, 1), np.float32)
+        self.track_content = np.zeros((0, 1), np.float32)
+        self.track_popularity = np.zeros(0)
+        self.processes: dict[str, dict] = {}
+
+    def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Oracle:
+        from bgmrec.data.simulate import load_truth
+
+        ds = train.dataset
+        if ds.root is None or not (ds.root / "truth").is_dir():
+            raise ValueError(f"the oracle needs a simulated dataset with truth/ (got {ds.root})")
+        truth = load_truth(ds.root)
+        self.video_content, self.track_content = truth.video_content, truth.track_content
+        self.track_popularity = truth.track_popularity
+        self.processes = {s: vars(p) for s, p in truth.processes.items()}
+        return self
+
+    def _process(self, split: str | None) -> dict:
+        return self.processes[split if split in self.processes else "train"]
+
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        if q.index is None:
+            raise ValueError("the oracle scores dataset videos only (VideoQuery.index is required)")
+        p = self._process(q.split)
+        z = self.video_content[q.index].astype(np.float64)
+        conf = np.full((len(q), len(self.spec.genres)), 1.0) if q.confounder is None else q.confounder
+        taste = p["gamma"] * np.log(np.maximum(conf, 1e-12)) if p["gamma"] else np.zeros(conf.shape)
+        return np.hstack([p["beta"] * z / math.sqrt(z.shape[1]), taste, np.full((len(q), 1), p["delta"])])
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        idx = np.arange(len(c)) if c.index is None else c.index
+        onehot = np.eye(len(self.spec.genres))[c.genre]
+        return np.hstack([self.track_content[idx], onehot, np.log(self.track_popularity[idx])[:, None]])
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {"video_content": self.video_content, "track_content": self.track_content,
+                "track_popularity": self.track_popularity}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.video_content, self.track_content = arrays["video_content"], arrays["track_content"]
+        self.track_popularity = arrays["track_popularity"]
+
+    def extra_config(self) -> dict:
+        return {"processes": self.processes}
+
+    def load_extra_config(self, extra: dict) -> None:
+        self.processes = extra.get("processes", {})

@@ -1,0 +1,150 @@
+"""The one training loop, shared by every trainable neural model.
+
+Batches are gathered straight from feature tensors held in memory (no DataLoader, no per-sample
+Python); after every epoch the model is scored on the validation split (full-catalogue Recall@10,
+never test) and the best state is kept; training stops after ``patience`` epochs without gain.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bgmrec.data.dataset import Dataset
+from bgmrec.models.base import ModelConfig, SplitView
+
+
+@dataclass
+class TrainConfig(ModelConfig):
+    """Training fields every neural model's config inherits."""
+
+    epochs: int = 40  # upper bound on passes over the training interactions
+    batch_size: int = 512  # interactions per step; the other rows of a batch are the in-batch negatives
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    grad_clip: float = 5.0  # gradient-norm clip
+    patience: int = 6  # epochs without a better validation Recall@10 before stopping
+    val_queries: int = 4000  # validation queries scored per epoch (a fixed seeded subset)
+
+
+@dataclass
+class Batch:
+    """One training batch as tensors, gathered from :class:`FeatureTensors`."""
+
+    video: torch.Tensor  # int64 [B] video indices
+    track: torch.Tensor  # int64 [B] track indices
+    visual: torch.Tensor  # [B, Dv]
+    text: torch.Tensor  # [B, Dt]
+    text_mask: torch.Tensor  # bool [B]
+    music: torch.Tensor  # [B, Dm]
+    genre: torch.Tensor  # int64 [B] genre of each positive track
+    confounder: torch.Tensor  # [B, G] uploader genre preferences (uniform for PGC rows)
+
+    @property
+    def same_track(self) -> torch.Tensor:
+        """[B, B] True where rows i and j share their positive track."""
+        return self.track[:, None] == self.track[None, :]
+
+
+class FeatureTensors:
+    """All feature matrices of a dataset as tensors, built once per ``fit``."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.visual = torch.from_numpy(np.array(ds.video_visual, np.float32))
+        self.text = torch.from_numpy(np.array(ds.video_text, np.float32))
+        self.text_mask = torch.from_numpy(np.array(ds.video_text_mask, bool))
+        self.music = torch.from_numpy(np.array(ds.music, np.float32))
+        self.genre = torch.from_numpy(np.array(ds.track_genre, np.int64))
+        self.dataset = ds
+
+    def batch(self, rows: np.ndarray) -> Batch:
+        v = torch.from_numpy(rows[:, 0])
+        t = torch.from_numpy(rows[:, 1])
+        return Batch(v, t, self.visual[v], self.text[v], self.text_mask[v], self.music[t], self.genre[t],
+                     torch.from_numpy(self.dataset.confounder(rows[:, 2])))
+
+
+def validation_recall(model, val: SplitView, n_queries: int, seed: int) -> float:
+    """Full-catalogue Recall@10 on a fixed seeded subset of the validation split."""
+    from bgmrec.eval.metrics import recall_at_k
+    from bgmrec.eval.protocol import full_ranks
+
+    rows = val.rows
+    if len(rows) > n_queries:
+        rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), n_queries, replace=False))]
+    return recall_at_k(full_ranks(model, val.dataset, val.name, rows=rows).ranks, 10)
+
+
+def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = False) -> list[dict]:
+    """Train ``model`` (a :class:`bgmrec.models.neural.TorchRecommender`) with early stopping on ``val``.
+
+    Returns the per-epoch history (loss terms, validation Recall@10, seconds) and leaves the model
+    in eval mode holding its best validation state.
+    """
+    cfg: TrainConfig = model.config
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    feats = FeatureTensors(train.dataset)
+    rows = train.rows
+    if len(rows) == 0:
+        raise ValueError(f"split {train.name!r} has no interactions to train on")
+    model.prepare(feats, rows)
+    params = [p for p in model.module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(rows) // cfg.batch_size)
+    best, best_state, since_best, history = -1.0, None, 0, []
+    bar = _progress(progress, cfg.epochs, model.name)
+    step = 0
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.module.train()
+        order = rng.permutation(len(rows))
+        sums: dict[str, float] = {}
+        for b in range(steps_per_epoch):
+            batch = feats.batch(rows[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
+            loss, logs = model.training_loss(batch, step, steps_per_epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        model.module.eval()
+        entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                 **{k: v / steps_per_epoch for k, v in sums.items()}}
+        if val is not None and len(val.rows):
+            with torch.no_grad():
+                entry["val_recall@10"] = validation_recall(model, val, cfg.val_queries, cfg.seed)
+            if entry["val_recall@10"] > best:
+                best, since_best = entry["val_recall@10"], 0
+                best_state = copy.deepcopy(model.module.state_dict())
+            else:
+                since_best += 1
+        history.append(entry)
+        if bar is not None:
+            bar[0].update(bar[1], advance=1, description=f"{model.name} epoch {epoch + 1} "
+                          f"loss {entry.get('loss', 0):.3f} val R@10 {entry.get('val_recall@10', float('nan')):.3f}")
+        if val is not None and since_best >= cfg.patience:
+            break
+    if bar is not None:
+        bar[0].stop()
+    if best_state is not None:
+        model.module.load_state_dict(best_state)
+    model.module.eval()
+    return history
+
+
+def _progress(enabled: bool, total: int, name: str):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    task = bar.add_task(f"{name}", total=total)
+    bar.start()
+    return bar, task
