@@ -6,6 +6,8 @@ tempo, and moving test-pattern videos with or without an audio track, a few seco
 
 from __future__ import annotations
 
+import csv
+import functools
 from fractions import Fraction
 from pathlib import Path
 
@@ -66,10 +68,8 @@ def write_audio(path: Path, signal: np.ndarray, sr: int = SR, stereo: bool = Fal
         planar = sample_fmt.endswith("p")
         for s in range(0, data.shape[1], frame_size):
             chunk = np.ascontiguousarray(data[:, s:s + frame_size], np.float32)
-            if sample_fmt.startswith("s16"):
-                arr = (np.clip(chunk, -1, 1) * 32767).astype(np.int16)
-            else:
-                arr = chunk
+            is_int = sample_fmt.startswith("s16")
+            arr = (np.clip(chunk, -1, 1) * 32767).astype(np.int16) if is_int else chunk
             if not planar:
                 arr = np.ascontiguousarray(arr.T.reshape(1, -1))
             frame = av.AudioFrame.from_ndarray(arr, format=sample_fmt, layout=layout)
@@ -145,3 +145,62 @@ def truncate(src: Path, dst: Path, keep: float = 0.3) -> Path:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: max(1, int(len(data) * keep))])
     return Path(dst)
+
+
+# ---- expensive objects, built once per test process (shared by every media test module) ----------------
+
+@functools.cache
+def frame_encoder():
+    from bgmrec.features.video import FrameEncoder
+
+    return FrameEncoder(threads=2)
+
+
+@functools.cache
+def text_encoder():
+    from bgmrec.features.text import TextEncoder
+
+    return TextEncoder(threads=2)
+
+
+@functools.cache
+def audio_extractor():
+    from bgmrec.features.audio import AudioExtractor
+
+    return AudioExtractor()
+
+
+def write_catalog_folder(out: Path, features: np.ndarray, genres: list[str]) -> Path:
+    """A catalogue folder in the extract-music format from arrays (no media, for fast tests)."""
+    from bgmrec.data.dataset import save_npy_atomic, write_json_atomic
+
+    out = Path(out)
+    ids = [f"t{j}" for j in range(len(features))]
+    out.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(out / "music.npy", np.asarray(features, np.float32))
+    with open(out / "tracks.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "artist", "genre", "file", "sha256"])
+        w.writerows([i, f"Title {i}", "Artist", g, f"{i}.wav", ""] for i, g in zip(ids, genres, strict=True))
+    write_json_atomic(out / "manifest.json", {"kind": "music-catalog", "dim": features.shape[1], "ids": ids})
+    return out
+
+
+def write_videos_folder(out: Path, n: int, seed: int = 0, no_text: tuple[int, ...] = ()) -> Path:
+    """A videos folder in the extract-videos format with random vectors (no media, for fast tests)."""
+    from bgmrec.data.dataset import save_npy_atomic, write_json_atomic
+
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    ids = [f"v{i}" for i in range(n)]
+    mask = np.array([i not in no_text for i in range(n)])
+    text = rng.standard_normal((n, 384)).astype(np.float32) * mask[:, None]
+    save_npy_atomic(out / "visual.npy", rng.standard_normal((n, 1280)).astype(np.float32))
+    save_npy_atomic(out / "text.npy", text)
+    save_npy_atomic(out / "text_mask.npy", mask)
+    with open(out / "videos.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "file", "caption"])
+        w.writerows([i, f"{i}.mp4", "" if not m else f"caption {i}"] for i, m in zip(ids, mask, strict=True))
+    write_json_atomic(out / "manifest.json", {"kind": "video-features", "ids": ids})
+    return out

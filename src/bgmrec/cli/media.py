@@ -1,1 +1,178 @@
-"""CLI commands (placeholder module, filled by its issue)."""
+"""Commands from raw media to recommendations: extract-music, extract-videos, build-dataset, recommend,
+bench-media.
+
+The work is done by :mod:`bgmrec.features` and :mod:`bgmrec.data.build`, imported lazily (PyAV,
+librosa, openSMILE, torch and the sentence model are heavy); these commands parse arguments and
+print what happened. Folder formats are documented in :mod:`bgmrec.features.audio` (catalogue),
+:mod:`bgmrec.features.video` (videos) and :mod:`bgmrec.data.build` (dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from bgmrec.cli.app import app
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failures: list) -> None:
+    con = _console()
+    failed = [f for f in failures if not f[1].startswith("kept without text")]
+    warned = len(failures) - len(failed)
+    con.print(f"wrote {done} {what} to {out} ({extracted} extracted, {cached} from the cache, "
+              f"{len(failed)} failed" + (f", {warned} without text" if warned else "") + ")")
+    for f, reason in failures[:10]:
+        con.print(f"  {f}: {reason}", markup=False)
+    if len(failures) > 10:
+        con.print(f"  ... {len(failures) - 10} more in {out / 'failures.csv'}")
+
+
+@app.command("extract-music")
+def extract_music_cmd(
+    audio_dir: Path = typer.Argument(..., help="folder of tracks: wav, mp3, ogg, flac, m4a (recursive)"),
+    out: Path = typer.Option(..., help="catalogue folder to write (music.npy, tracks.csv, manifest.json)"),
+    meta: Path | None = typer.Option(None, help="CSV with id (or file) and title, artist, genre"),
+    workers: int = typer.Option(2, help="processes analysing tracks in parallel"),
+    seconds: float = typer.Option(60.0, help="analyse only the first this many seconds of each track"),
+    sample_rate: int = typer.Option(22050, help="tracks are resampled to this rate (Hz), mono"),
+    cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache/audio)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Decode every track and compute its feature vector (openSMILE eGeMAPS + librosa descriptors)."""
+    from bgmrec.features.audio import AudioConfig, extract_music
+
+    cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)
+    r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
+                      progress=progress)
+    _summary("tracks", out, r.done, r.extracted, r.cached, r.failures)
+
+
+@app.command("extract-videos")
+def extract_videos_cmd(
+    video_dir: Path = typer.Argument(..., help="folder of videos (mp4, mov, m4v, mkv, webm, avi)"),
+    out: Path = typer.Option(..., help="folder to write (visual.npy, text.npy, text_mask.npy, videos.csv)"),
+    captions: Path | None = typer.Option(None, help="CSV with id (or file), caption[, hashtags]"),
+    frames: int = typer.Option(8, help="frames sampled evenly over each clip"),
+    threads: int = typer.Option(2, help="torch threads for the frame network"),
+    cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Embed each video's frames (EfficientNet-Lite0, 1280-d) and caption (MiniLM, 384-d)."""
+    from bgmrec.features.video import VideoConfig, extract_videos
+
+    if frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {frames}")
+    cfg = VideoConfig(frames=frames, threads=threads)
+    r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
+    _summary("videos", out, r.done, r.extracted, r.cached, r.failures)
+
+
+@app.command("build-dataset")
+def build_dataset_cmd(
+    videos: Path = typer.Option(..., help="videos folder written by extract-videos"),
+    music: Path = typer.Option(..., help="catalogue folder written by extract-music"),
+    pairs: Path = typer.Option(..., help="CSV: video, track, uploader[, time]"),
+    out: Path = typer.Option(..., help="dataset folder to write (replaced atomically)"),
+    seed: int = typer.Option(0, help="seed of the random split (when pairs have no time) and the negatives"),
+    val_share: float = typer.Option(0.1, help="share of videos in validation"),
+    test_share: float = typer.Option(0.1, help="share of videos in test"),
+    negatives: int = typer.Option(100, help="frozen negatives per val/test row"),
+) -> None:
+    """Join extracted videos, a catalogue and an upload log into a dataset every model trains on."""
+    from bgmrec.data.build import BuildConfig, build_dataset
+
+    ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
+                                                              test_share=test_share, negatives=negatives))
+    split_by = ds.provenance.get("split_by")
+    dropped = ds.provenance.get("pairs", {}).get("dropped", {})
+    _console().print(f"wrote {out}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders, "
+                     f"{ds.n_genres} genres; " + ", ".join(f"{s} {len(r)}" for s, r in ds.splits.items())
+                     + f" (split by {split_by})"
+                     + ("; dropped pairs: " + ", ".join(f"{k} {v}" for k, v in dropped.items() if v)
+                        if any(dropped.values()) else ""))
+
+
+@app.command("recommend")
+def recommend_cmd(
+    run: Path = typer.Option(..., help="run folder of a trained model"),
+    catalog: Path = typer.Option(..., help="catalogue folder written by extract-music"),
+    video: str | None = typer.Option(None, help="a video file; with --features: the video id"),
+    caption: str | None = typer.Option(None, help="caption and hashtags of the video file"),
+    features: Path | None = typer.Option(None, help="videos folder of extract-videos (with --video-id)"),
+    video_id: str | None = typer.Option(None, help="id of a video in --features"),
+    top: int = typer.Option(10, help="how many tracks"),
+    json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
+    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.recommend import ClipFeatures, recommend_clip
+    from bgmrec.models.base import load_model
+
+    model = load_model(run)
+    cat = load_catalog(catalog)
+    if features is not None:
+        vid = video_id or video
+        if not vid:
+            raise ValueError("--features needs --video-id ID (a video id in its videos.csv)")
+        from bgmrec.features.video import load_video_features
+
+        vf = load_video_features(features)
+        i = vf.position(vid)
+        clip = ClipFeatures(vf.visual[i], vf.text[i], bool(vf.text_mask[i]))
+        label = f"{vid} (from {features})"
+    elif video is not None:
+        from bgmrec.features.cache import MediaError
+        from bgmrec.features.text import TextEncoder
+        from bgmrec.features.video import FrameEncoder, embed_clip
+
+        if not Path(video).is_file():
+            raise ValueError(f"{video}: no such video file")
+        try:
+            visual, text, has_text = embed_clip(Path(video), caption, FrameEncoder(), TextEncoder())
+        except MediaError as e:
+            raise ValueError(f"{video}: {e}") from None
+        clip = ClipFeatures(visual, text, has_text)
+        label = video
+    else:
+        raise ValueError("give --video FILE [--caption TEXT], or --features DIR --video-id ID")
+    result = recommend_clip(model, cat, clip, top)
+    if json_:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table("#", "title", "artist", "genre", "score", title=f"{model.name}: tracks for {label}")
+    for i, tr in enumerate(result["tracks"], 1):
+        t.add_row(str(i), tr["title"], tr["artist"], tr["genre"], f"{tr['score']:.3f}")
+    con = _console()
+    con.print(t)
+    share = result["modality_share"]
+    if share["visual"] is None:
+        con.print("modality share: not reported by this model (frames and caption both used)")
+    else:
+        con.print(f"modality share: frames {100 * share['visual']:.0f}%, caption {100 * share['text']:.0f}%")
+
+
+@app.command("bench-media")
+def bench_media_cmd(
+    out: Path = typer.Option(Path("docs/bench_media.md"), help="Markdown file to write"),
+    tracks: int = typer.Option(6, help="synthetic 60-s tracks timed for music extraction"),
+    catalog_size: int = typer.Option(3000, help="tracks in the random-feature catalogue for recommend"),
+    repeats: int = typer.Option(5, help="timed repeats of the warm clip and recommend measurements"),
+) -> None:
+    """Time music extraction, clip embedding and recommend; write a Markdown table with the machine."""
+    from bgmrec.features.bench import run_bench, write_markdown
+
+    res = run_bench(n_tracks=tracks, catalog_size=catalog_size, repeats=repeats,
+                    log=lambda m: _console(stderr=True).print(m, markup=False))
+    write_markdown(res, out)
+    _console().print(Path(out).read_text(), markup=False)

@@ -82,8 +82,10 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
     import av
 
     path = Path(path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise MediaError("empty file (0 bytes)")
+    _check_riff(path, size)
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError) as e:
@@ -121,6 +123,16 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
     if seconds < min_seconds:
         raise MediaError(f"too short: {seconds:.2f} s of audio (need {min_seconds:g} s)")
     return np.ascontiguousarray(y, np.float32)
+
+
+def _check_riff(path: Path, size: int) -> None:
+    """WAV/RIFF: the header states the file's length; FFmpeg silently decodes a cut file, we report it."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        declared = int.from_bytes(head[4:8], "little") + 8
+        if 44 < declared < 0xFFFFFFFF and declared > size:  # 0 / 0xFFFFFFFF: written as a stream
+            raise MediaError(f"truncated: the RIFF header declares {declared} bytes, the file has {size}")
 
 
 def _declared_seconds(container, stream) -> float | None:
@@ -185,7 +197,7 @@ class AudioExtractor:
         power = spec ** 2
         logmel = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr, n_mels=c.n_mels))
         mfcc = librosa.feature.mfcc(S=logmel, n_mfcc=c.n_mfcc)
-        chroma = librosa.feature.chroma_stft(S=power, sr=sr, n_fft=c.n_fft)
+        chroma = librosa.feature.chroma_stft(S=power, sr=sr, n_fft=c.n_fft, tuning=0.0)
         contrast = librosa.feature.spectral_contrast(S=spec, sr=sr, n_fft=c.n_fft)
         onset = librosa.onset.onset_strength(S=logmel, sr=sr)
         tempo, beats = librosa.beat.beat_track(onset_envelope=onset, sr=sr, hop_length=c.hop_length)

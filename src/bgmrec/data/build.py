@@ -1,0 +1,225 @@
+"""Extracted media + an upload log -> a native dataset (``bgmrec build-dataset``).
+
+Inputs: a videos folder (:mod:`bgmrec.features.video`), a music catalogue folder
+(:mod:`bgmrec.features.audio`) and a pairs CSV with one row per upload::
+
+    video,track,uploader[,time]
+
+(``video_id``/``track_id``/``uploader_id``/``timestamp`` are accepted as column names too; ids are
+the file stems used by the extractors; ``time`` is a number or an ISO-8601 date-time).
+
+What is written (the format of :mod:`bgmrec.data.dataset`):
+
+- every extracted video (``source`` "ugc") and every catalogue track (``track_new`` all False);
+- genres: the sorted genre names of the catalogue, tracks without one get "unknown";
+- splits train / val / test of the pairs, by video (all rows of one video land in one split):
+  by time when every row has one (earliest video time first), else a seeded random permutation;
+  every split is ranked among the existing tracks;
+- frozen negatives for val and test: up to 100 per row (fewer when the catalogue is smaller),
+  drawn with :func:`bgmrec.data.negatives.sample_negatives`;
+- ``uploaders.npy``: each uploader's genre distribution from their *training* pairs, smoothed
+  towards the population share: ``(counts_u + alpha * p) / (n_u + alpha)`` with ``p`` the genre
+  shares of all training pairs (add-one smoothed), so rows sum to 1 and an uploader with no
+  training pair gets ``p``;
+- ``uploaders.json`` (uploader ids, row order of uploaders.npy) and the provenance (inputs, their
+  content hashes, seed, how many pair rows were dropped and why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from bgmrec.data.dataset import Dataset, DatasetError, SplitInfo, save_dataset
+from bgmrec.data.negatives import sample_negatives
+
+COLUMN_NAMES = {
+    "video": ("video", "video_id"),
+    "track": ("track", "track_id", "music", "music_id"),
+    "uploader": ("uploader", "uploader_id", "user", "user_id"),
+    "time": ("time", "timestamp", "date"),
+}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How pairs become splits (saved in the dataset's provenance)."""
+
+    seed: int = 0  # seeds the random split and the negatives
+    val_share: float = 0.1  # share of videos in validation
+    test_share: float = 0.1  # share of videos in test
+    negatives: int = 100  # frozen negatives per val/test row (at most the catalogue size - 1)
+    alpha: float = 1.0  # pseudo-count of the population share in each uploader's genre distribution
+
+
+@dataclass
+class Pairs:
+    video: list[str]
+    track: list[str]
+    uploader: list[str]
+    time: list[float] | None  # None when the column is absent or any row lacks a time
+
+
+def read_pairs(path: Path) -> Pairs:
+    """Read a pairs CSV (see the module docstring); errors name the file, line and column."""
+    from bgmrec.features.audio import read_csv_utf8
+
+    path = Path(path)
+    rows = read_csv_utf8(path)
+    if not rows:
+        raise DatasetError(f"{path}: no rows (expected a header video,track,uploader[,time], one row a pair)")
+    cols = {}
+    for want, names in COLUMN_NAMES.items():
+        found = next((n for n in names if n in rows[0]), None)
+        if found is None and want != "time":
+            raise DatasetError(f"{path}: missing column {want!r} (accepted names: {', '.join(names)}); "
+                               f"found {sorted(rows[0])}")
+        cols[want] = found
+    get = {k: [(r.get(c) or "").strip() for r in rows] for k, c in cols.items() if c}
+    for k in ("video", "track", "uploader"):
+        empty = [i for i, v in enumerate(get[k]) if not v]
+        if empty:
+            raise DatasetError(f"{path}: line {empty[0] + 2} has an empty {k!r}")
+    times = None
+    if "time" in get and all(get["time"]):
+        times = [_parse_time(v, path, i + 2) for i, v in enumerate(get["time"])]
+    return Pairs(get["video"], get["track"], get["uploader"], times)
+
+
+def _parse_time(value: str, path: Path, line: int) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise DatasetError(f"{path}: line {line}: time {value!r} is neither a number nor ISO-8601") from None
+
+
+def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> np.ndarray:
+    """Split id per video (0 train, 1 val, 2 test): latest videos are test when times are given."""
+    rng = np.random.default_rng(config.seed)
+    order = np.argsort(video_time, kind="stable") if video_time is not None else rng.permutation(n)
+    n_test = int(round(config.test_share * n))
+    n_val = int(round(config.val_share * n))
+    if n >= 3:  # every split gets at least one video
+        n_test, n_val = max(n_test, 1), max(n_val, 1)
+    n_train = max(n - n_val - n_test, 0)
+    split = np.empty(n, np.int64)
+    split[order[:n_train]] = 0
+    split[order[n_train:n_train + n_val]] = 1
+    split[order[n_train + n_val:]] = 2
+    return split
+
+
+def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_uploaders: int,
+                         n_genres: int, alpha: float = 1.0) -> np.ndarray:
+    """Genre distributions [U, G] from training pairs, smoothed towards the population share."""
+    pop = np.bincount(train_genre, minlength=n_genres).astype(np.float64) + 1.0
+    pop /= pop.sum()
+    counts = np.zeros((n_uploaders, n_genres), np.float64)
+    np.add.at(counts, (train_uploader, train_genre), 1.0)
+    pref = (counts + alpha * pop[None, :]) / (counts.sum(1, keepdims=True) + alpha)
+    return (pref / pref.sum(1, keepdims=True)).astype(np.float32)
+
+
+def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
+                  config: BuildConfig | None = None) -> Dataset:
+    """Join extracted videos, a catalogue and a pairs CSV into a dataset folder at ``out``."""
+    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.video import load_video_features
+
+    config = config or BuildConfig()
+    vids = load_video_features(Path(videos_dir))
+    cat = load_catalog(Path(music_dir))
+    pairs = read_pairs(Path(pairs_csv))
+    if len(cat) < 2:
+        raise DatasetError(f"{music_dir}: the catalogue has {len(cat)} track(s); a dataset needs at least 2")
+
+    vpos = {v: i for i, v in enumerate(vids.ids)}
+    tpos = {t: j for j, t in enumerate(cat.ids)}
+    keep = [i for i in range(len(pairs.video)) if pairs.video[i] in vpos and pairs.track[i] in tpos]
+    dropped = {"unknown_video": sum(1 for v in pairs.video if v not in vpos),
+               "unknown_track": sum(1 for v, t in zip(pairs.video, pairs.track, strict=True)
+                                    if v in vpos and t not in tpos)}
+    if not keep:
+        raise DatasetError(f"{pairs_csv}: no row names both an extracted video (from {videos_dir}) "
+                           f"and a catalogue track (from {music_dir})")
+    uploaders = sorted({pairs.uploader[i] for i in keep})
+    upos = {u: k for k, u in enumerate(uploaders)}
+    rows = np.array([[vpos[pairs.video[i]], tpos[pairs.track[i]], upos[pairs.uploader[i]]] for i in keep],
+                    np.int64)
+    rows = np.unique(rows, axis=0)  # a repeated (video, track, uploader) row counts once
+
+    genres = sorted({g.strip() or "unknown" for g in cat.genre})
+    gpos = {g: k for k, g in enumerate(genres)}
+    track_genre = np.array([gpos[g.strip() or "unknown"] for g in cat.genre], np.int64)
+
+    # splits by video
+    vids_in = np.unique(rows[:, 0])
+    vtime = None
+    if pairs.time is not None:
+        first = {}
+        for i in keep:
+            v = vpos[pairs.video[i]]
+            first[v] = min(first.get(v, np.inf), pairs.time[i])
+        vtime = np.array([first[v] for v in vids_in])
+    split_of_video = np.full(len(vids), -1, np.int64)
+    split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
+    which = split_of_video[rows[:, 0]]
+    splits = {name: rows[which == s] for s, name in enumerate(("train", "val", "test"))}
+
+    train = splits["train"]
+    uploader_pref = uploader_preferences(train[:, 2], track_genre[train[:, 1]], len(uploaders), len(genres),
+                                         config.alpha)
+    video_uploader = np.full(len(vids), -1, np.int64)
+    # a video's uploader: the one of its (first) pair; videos without pairs have none (-1)
+    for v, u in rows[::-1, [0, 2]]:
+        video_uploader[v] = u
+
+    rng = np.random.default_rng(config.seed + 1)
+    candidates = np.arange(len(cat))
+    k = min(config.negatives, len(candidates) - 1)
+    negatives = {s: sample_negatives(splits[s][:, 1], candidates, k, rng) for s in ("val", "test")}
+
+    ds = Dataset(
+        genres=genres,
+        video_ids=list(vids.ids),
+        video_uploader=video_uploader,
+        video_source=["ugc"] * len(vids),
+        track_ids=list(cat.ids),
+        track_genre=track_genre,
+        track_title=list(cat.title),
+        track_artist=list(cat.artist),
+        track_new=np.zeros(len(cat), bool),
+        uploader_pref=uploader_pref,
+        video_visual=vids.visual,
+        video_text=vids.text,
+        video_text_mask=vids.text_mask,
+        music=cat.features,
+        splits=splits,
+        split_info={s: SplitInfo(s, "existing") for s in ("train", "val", "test")},
+        negatives=negatives,
+        provenance={
+            "builder": "bgmrec.data.build",
+            "config": {**config.__dict__},
+            "split_by": "time" if vtime is not None else "random",
+            "inputs": {"videos": str(videos_dir), "videos_hash": vids.manifest.get("content_hash"),
+                       "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
+                       "pairs": str(pairs_csv), "pairs_sha256": _file_hash(Path(pairs_csv))},
+            "pairs": {"rows": len(pairs.video), "used": len(rows), "dropped": dropped},
+            "extractors": {"videos": vids.manifest.get("extractors"),
+                           "music": cat.manifest.get("extractors")},
+        },
+    )
+    save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}})
+    return ds
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,213 @@
+"""Music decoding, features, catalogue folder, bad media and the content-hash cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import media_fixtures as mf
+import numpy as np
+import pytest
+
+from bgmrec.data.dataset import DatasetError
+from bgmrec.features.audio import (
+    AudioExtractor,
+    MediaError,
+    decode_audio,
+    extract_music,
+    load_catalog,
+)
+
+pytestmark = pytest.mark.media
+SR = 22050
+
+
+def features(path):
+    return mf.audio_extractor().extract_file(path)
+
+
+def chroma_means(vec):
+    names = mf.audio_extractor().feature_names()
+    idx = [i for i, n in enumerate(names) if n.startswith("chroma_") and n.endswith("_mean")]
+    return [names[i].split("_")[1] for i in idx], vec[idx]
+
+
+@pytest.mark.parametrize("ext", [".wav", ".flac", ".mp3", ".ogg", ".m4a"])
+def test_every_format_decodes_to_mono_at_the_target_rate(tmp_path, ext):
+    path = mf.write_audio(tmp_path / f"a{ext}", mf.tone(440, 2.0), stereo=ext in (".mp3", ".m4a"))
+    y = decode_audio(path, SR, 60.0)
+    assert y.dtype == np.float32 and y.ndim == 1
+    assert abs(len(y) / SR - 2.0) < 0.1
+    # the dominant frequency survives decoding and resampling
+    spec = np.abs(np.fft.rfft(y))
+    assert abs(np.argmax(spec) * SR / len(y) - 440) < 3
+
+
+def test_decode_is_capped(tmp_path):
+    path = mf.write_audio(tmp_path / "long.wav", mf.noise(8.0))
+    assert len(decode_audio(path, SR, max_seconds=1.5)) == int(1.5 * SR)
+
+
+def test_feature_vector_shape_names_and_determinism(tmp_path):
+    path = mf.write_audio(tmp_path / "c.mp3", mf.chord([261.63, 329.63, 392.0], 3.0))
+    a, b = features(path), AudioExtractor().extract_file(path)  # a second decode, a fresh extractor
+    assert a.shape == (len(mf.audio_extractor().feature_names()),) == (173,)
+    assert a.dtype == np.float32 and np.isfinite(a).all()
+    assert np.array_equal(a, b)
+
+
+def test_lossless_formats_agree(tmp_path):
+    sig = mf.chord([220.0, 277.18, 329.63], 2.0)
+    wav = features(mf.write_audio(tmp_path / "x.wav", sig))
+    flac = features(mf.write_audio(tmp_path / "x.flac", sig))
+    assert np.allclose(wav, flac, rtol=1e-4, atol=1e-4)
+
+
+def test_tone_differs_from_noise_and_pitch_shows_in_chroma(tmp_path):
+    tone = features(mf.write_audio(tmp_path / "tone.wav", mf.tone(440.0, 3.0)))
+    noise = features(mf.write_audio(tmp_path / "noise.wav", mf.noise(3.0)))
+    rel = np.abs(tone - noise) / (np.abs(tone) + np.abs(noise) + 1e-6)
+    assert np.mean(rel > 0.2) > 0.3  # many features differ by a lot
+    names, chroma = chroma_means(tone)
+    assert names[int(np.argmax(chroma))] == "A"
+    names, chroma = chroma_means(features(mf.write_audio(tmp_path / "cmaj.wav",
+                                                         mf.chord([261.63, 329.63, 392.0], 3.0))))
+    assert set(np.array(names)[np.argsort(chroma)[-3:]]) == {"C", "E", "G"}
+
+
+def test_tempo_of_a_click_track(tmp_path):
+    names = mf.audio_extractor().feature_names()
+    vec = features(mf.write_audio(tmp_path / "clicks.wav", mf.clicks(120.0, 8.0)))
+    bpm = vec[names.index("tempo_bpm")]
+    assert min(abs(bpm - 120), abs(bpm - 60), abs(bpm - 240)) < 6
+    assert abs(vec[names.index("beats_per_second")] * 60 - bpm) < 0.25 * bpm
+
+
+@pytest.mark.parametrize("case", ["truncated.wav", "truncated.flac", "truncated.m4a", "empty", "no_audio",
+                                  "garbage", "too_short"])
+def test_bad_files_give_a_one_line_reason(tmp_path, case):
+    if case.startswith("truncated"):
+        ext = case[len("truncated"):]
+        ok = mf.write_audio(tmp_path / f"ok{ext}", mf.tone(330, 3.0))
+        path = mf.truncate(ok, tmp_path / f"cut{ext}", 0.4)
+        want = "truncated" if ext == ".wav" else ""
+    elif case == "empty":
+        path = tmp_path / "empty.mp3"
+        path.write_bytes(b"")
+        want = "empty file"
+    elif case == "no_audio":
+        path = mf.write_video(tmp_path / "silent.m4a", 1.0, audio=False)
+        want = "no audio stream"
+    elif case == "garbage":
+        path = tmp_path / "junk.mp3"
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+        want = "cannot open"
+    else:
+        path = mf.write_audio(tmp_path / "blip.wav", mf.tone(440, 0.1))
+        want = "too short"
+    with pytest.raises(MediaError) as e:
+        mf.audio_extractor().extract_file(path)
+    assert want in str(e.value) and "\n" not in str(e.value)
+
+
+class Counting(AudioExtractor):
+    """Counts analysed files; can fail (simulated interruption) after some."""
+
+    def __init__(self, stop_after: int | None = None):
+        super().__init__()
+        self.calls = 0
+        self.stop_after = stop_after
+        self._smile = mf.audio_extractor()._opensmile()
+
+    def extract_file(self, path):
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return super().extract_file(path)
+
+
+@pytest.fixture
+def music_dir(tmp_path):
+    d = tmp_path / "music"
+    d.mkdir()
+    for i, (ext, f) in enumerate([(".wav", 220.0), (".mp3", 330.0), (".flac", 440.0), (".ogg", 550.0),
+                                  (".m4a", 660.0)]):
+        mf.write_audio(d / f"track{i}{ext}", mf.chord([f, f * 1.25, f * 1.5], 1.5))
+    return d
+
+
+def test_batch_reports_bad_files_and_continues(tmp_path, music_dir):
+    (music_dir / "notes.txt").write_text("not audio")
+    (music_dir / "zero.wav").write_bytes(b"")
+    mf.truncate(music_dir / "track0.wav", music_dir / "cut.wav", 0.3)
+    mf.write_video(music_dir / "videoonly.m4a", 1.0, audio=False)
+    (music_dir / "zz").mkdir()
+    mf.write_audio(music_dir / "zz" / "track1.wav", mf.tone(100, 1.0))
+    meta = tmp_path / "meta.csv"
+    meta.write_text("id,title,artist,genre\ntrack0,Low,Ann,jazz\ntrack2,Mid,Bob,pop\nghost,X,Y,Z\n",
+                    encoding="utf-8")
+    out = tmp_path / "cat"
+    rep = extract_music(music_dir, out, meta=meta, extractor=Counting(), progress=False)
+    assert rep.done == 5
+    with open(out / "failures.csv", encoding="utf-8") as f:
+        fails = {r["file"]: r["reason"] for r in csv.DictReader(f)}
+    assert set(fails) == {"notes.txt", "zero.wav", "cut.wav", "videoonly.m4a", "zz/track1.wav"}
+    assert "unsupported format" in fails["notes.txt"]
+    assert "empty" in fails["zero.wav"]
+    assert "truncated" in fails["cut.wav"]
+    assert "no audio stream" in fails["videoonly.m4a"]
+    assert "duplicate track id" in fails["zz/track1.wav"]
+    cat = load_catalog(out)
+    assert cat.ids == [f"track{i}" for i in range(5)]
+    assert cat.features.shape == (5, 173) and cat.features.dtype == np.float32
+    assert (cat.title[0], cat.artist[0], cat.genre[0]) == ("Low", "Ann", "jazz")
+    assert (cat.title[1], cat.genre[1]) == ("track1", "")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["dim"] == 173 and len(man["feature_names"]) == 173 and man["ids"] == cat.ids
+    assert man["counts"] == {"tracks": 5, "failures": 5, "inputs": 10}
+    assert np.load(out / "music.npy", allow_pickle=False).shape == (5, 173)
+
+
+def test_cache_skips_done_files_and_resumes_after_interruption(tmp_path, music_dir):
+    out = tmp_path / "cat"
+    first = Counting(stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        extract_music(music_dir, out, extractor=first, progress=False)
+    assert first.calls == 2
+    resumed = Counting()
+    rep = extract_music(music_dir, out, extractor=resumed, progress=False)
+    assert resumed.calls == 3 and rep.cached == 2 and rep.done == 5
+    before = np.load(out / "music.npy")
+    again = Counting()
+    rep = extract_music(music_dir, out, extractor=again, progress=False)
+    assert again.calls == 0 and rep.cached == 5
+    assert np.array_equal(before, np.load(out / "music.npy"))
+    # a renamed copy has the same content: no new analysis
+    (music_dir / "track0.wav").rename(music_dir / "renamed.wav")
+    again = Counting()
+    extract_music(music_dir, out, extractor=again, progress=False)
+    assert again.calls == 0 and "renamed" in load_catalog(out).ids
+    assert not list(out.rglob("*.tmp-*"))  # atomic writes leave no temporaries
+
+
+def test_two_worker_processes_match_one(tmp_path, music_dir):
+    one = extract_music(music_dir, tmp_path / "one", extractor=Counting(), progress=False)
+    two = extract_music(music_dir, tmp_path / "two", workers=2, progress=False)
+    assert one.done == two.done == 5 and two.extracted == 5
+    assert np.array_equal(np.load(tmp_path / "one" / "music.npy"), np.load(tmp_path / "two" / "music.npy"))
+
+
+def test_non_utf8_metadata_is_a_clear_error(tmp_path, music_dir):
+    meta = tmp_path / "meta.csv"
+    meta.write_bytes("id,title\ntrack0,Caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
+
+
+def test_load_catalog_checks_the_folder(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_catalog(tmp_path / "nope")
+    d = mf.write_catalog_folder(tmp_path / "c", np.zeros((3, 5), np.float32), ["a", "b", "c"])
+    np.save(d / "music.npy", np.zeros((2, 5), np.float32))
+    with pytest.raises(DatasetError, match="one row per tracks.csv row"):
+        load_catalog(d)
