@@ -31,14 +31,16 @@ def recall_at_k(ranks: np.ndarray, k: int, weights: np.ndarray | None = None) ->
 
 def ndcg_at_k(ranks: np.ndarray, k: int, weights: np.ndarray | None = None) -> float:
     """NDCG@k with one relevant item: 1 / log2(rank + 1) if rank <= k else 0 (the ideal DCG is 1)."""
+    w = _weights(ranks, weights)  # validate first: rank 0 would divide by log2(1) = 0
     r = np.asarray(ranks, np.float64)
     gain = np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
-    return float(np.dot(_weights(ranks, weights), gain))
+    return float(np.dot(w, gain))
 
 
 def mrr(ranks: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Mean reciprocal rank."""
-    return float(np.dot(_weights(ranks, weights), 1.0 / np.asarray(ranks, np.float64)))
+    w = _weights(ranks, weights)  # validate first: rank 0 would divide by zero
+    return float(np.dot(w, 1.0 / np.asarray(ranks, np.float64)))
 
 
 def median_rank(ranks: np.ndarray) -> float:

@@ -1,0 +1,46 @@
+"""Shared fixtures: one tiny simulated world per test session (per xdist worker), written once.
+
+Tests that modify a dataset folder copy it first (``tiny_copy``); the session folder stays pristine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bgmrec.data.dataset import Dataset, load_dataset
+from bgmrec.data.simulate import WorldTruth, save_world, simulate, world_config
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> tuple[Dataset, WorldTruth]:
+    """The ``tiny`` world in memory (seed 0), as :func:`bgmrec.data.simulate.simulate` returns it."""
+    return simulate(world_config("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_world) -> Path:
+    """The ``tiny`` world saved with its truth; never modify it (use ``tiny_copy``)."""
+    ds, truth = tiny_world
+    return save_world(ds, truth, tmp_path_factory.mktemp("world") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_ds(tiny_dir) -> Dataset:
+    """The ``tiny`` world loaded back from disk (memory-mapped, ``root`` set: the oracle can fit)."""
+    return load_dataset(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_ds):
+    from bgmrec.models.base import FeatureSpec
+
+    return FeatureSpec.of(tiny_ds)
+
+
+@pytest.fixture
+def tiny_copy(tiny_dir, tmp_path) -> Path:
+    """A private copy of the tiny dataset folder that a test may damage."""
+    return Path(shutil.copytree(tiny_dir, tmp_path / "tiny"))

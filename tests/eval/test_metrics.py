@@ -1,0 +1,233 @@
+"""Ranking and bias metrics against values worked out by hand, an independent DCG, and properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bgmrec.eval import metrics as M
+
+# Four queries whose positives landed at ranks 1, 3, 11 and 2.
+RANKS = np.array([1, 3, 11, 2])
+
+
+# ---- hand-computed values ------------------------------------------------------------------------
+
+def test_recall_by_hand():
+    # hits within k: k=1 -> {1}; k=2 -> {1,2}; k=3 -> {1,3,2}; k=10 -> same 3; k=11 -> all 4
+    assert M.recall_at_k(RANKS, 1) == pytest.approx(1 / 4)
+    assert M.recall_at_k(RANKS, 2) == pytest.approx(2 / 4)
+    assert M.recall_at_k(RANKS, 3) == pytest.approx(3 / 4)
+    assert M.recall_at_k(RANKS, 10) == pytest.approx(3 / 4)
+    assert M.recall_at_k(RANKS, 11) == pytest.approx(1.0)
+
+
+def test_ndcg_by_hand():
+    # gain 1/log2(rank+1): rank1 -> 1, rank3 -> 1/2, rank2 -> 1/log2(3) = 0.6309297535714575,
+    # rank 11 -> 0 at k=10 and 1/log2(12) = 0.2789429456511298 at k=11; ideal DCG is 1.
+    assert M.ndcg_at_k(RANKS, 10) == pytest.approx((1 + 0.5 + 0.6309297535714575) / 4)
+    assert M.ndcg_at_k(RANKS, 11) == pytest.approx((1 + 0.5 + 0.6309297535714575 + 0.2789429456511298) / 4)
+    assert M.ndcg_at_k(RANKS, 1) == pytest.approx(1 / 4)
+    assert M.ndcg_at_k(np.array([1, 1]), 5) == 1.0
+
+
+def test_mrr_and_median_by_hand():
+    # (1 + 1/3 + 1/11 + 1/2) / 4 = (66 + 22 + 6 + 33) / 66 / 4 = 127 / 264
+    assert M.mrr(RANKS) == pytest.approx(127 / 264)
+    # sorted 1, 2, 3, 11 -> median (2 + 3) / 2
+    assert M.median_rank(RANKS) == 2.5
+    assert M.median_rank(np.array([7])) == 7.0
+
+
+def test_weighted_by_hand():
+    # weights 1,1,2,0 normalise to 1/4, 1/4, 1/2, 0 (rank 11 gets half of the weight)
+    w = np.array([1.0, 1.0, 2.0, 0.0])
+    assert M.recall_at_k(RANKS, 1, w) == pytest.approx(0.25)
+    assert M.recall_at_k(RANKS, 3, w) == pytest.approx(0.5)  # ranks 1 and 3
+    assert M.recall_at_k(RANKS, 11, w) == pytest.approx(1.0)
+    assert M.ndcg_at_k(RANKS, 10, w) == pytest.approx(0.25 * 1 + 0.25 * 0.5)
+    assert M.mrr(RANKS, w) == pytest.approx(0.25 + 0.25 / 3 + 0.5 / 11)
+
+
+def test_weights_are_normalised_and_equal_weights_are_unweighted():
+    w = np.array([1.0, 1.0, 2.0, 0.5])
+    for k in (1, 3, 10):
+        assert M.recall_at_k(RANKS, k, w) == pytest.approx(M.recall_at_k(RANKS, k, 37 * w))
+        assert M.ndcg_at_k(RANKS, k, w) == pytest.approx(M.ndcg_at_k(RANKS, k, 0.01 * w))
+        assert M.recall_at_k(RANKS, k, np.full(4, 3.0)) == pytest.approx(M.recall_at_k(RANKS, k))
+        assert M.ndcg_at_k(RANKS, k, np.full(4, 0.2)) == pytest.approx(M.ndcg_at_k(RANKS, k))
+    assert M.mrr(RANKS, np.ones(4)) == pytest.approx(M.mrr(RANKS))
+
+
+def test_ranks_from_scores_by_hand():
+    scores = np.array([
+        [0.1, 0.5, 0.3, 0.5],  # positive col 2 (0.3): two greater, no tie -> rank 3 whatever u
+        [0.1, 0.5, 0.3, 0.5],  # positive col 1 (0.5): none greater, one tie -> 1 + floor(2u)
+        [0.1, 0.5, 0.3, 0.5],
+        [0.2, 0.2, 0.2, 0.2],  # all tied: 1 + floor(4u)
+        [0.2, 0.2, 0.2, 0.2],
+    ])
+    pos = np.array([2, 1, 1, 0, 3])
+    u = np.array([0.99, 0.49, 0.5, 0.0, 0.76])
+    np.testing.assert_array_equal(M.ranks_from_scores(scores, pos, u), [3, 1, 2, 1, 4])
+    # tie_break 0: rank = 1 + #greater
+    np.testing.assert_array_equal(M.ranks_from_scores(scores, pos, np.zeros(5)), [3, 1, 1, 1, 1])
+
+
+def test_all_equal_scores_spread_ranks_uniformly():
+    n, m = 400, 8
+    scores = np.zeros((n, m))
+    pos = np.arange(n) % m
+    u = (np.arange(n) + 0.5) / n  # evenly spread tie-breakers
+    ranks = M.ranks_from_scores(scores, pos, u)
+    # 1 + floor(8u) takes each value 1..8 exactly n/8 = 50 times
+    np.testing.assert_array_equal(np.bincount(ranks, minlength=m + 1)[1:], np.full(m, n // m))
+    # with random tie-breakers the mean rank is near (m + 1) / 2, far from 1 (optimistic) and m (pessimistic)
+    rng = np.random.default_rng(0)
+    r = M.ranks_from_scores(np.zeros((20_000, m)), np.zeros(20_000, np.int64), rng.random(20_000))
+    assert r.min() == 1 and r.max() == m
+    assert abs(r.mean() - (m + 1) / 2) < 0.05
+
+
+def test_total_variation_by_hand():
+    assert M.total_variation(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+    assert M.total_variation(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0.0
+    # [2,1,1] normalises to [.5,.25,.25]; 0.5 * (|.5-.25| + 0 + |.25-.5|) = 0.25
+    assert M.total_variation(np.array([2.0, 1.0, 1.0]), np.array([0.25, 0.25, 0.5])) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        M.total_variation(np.array([1.0, 0.0]), np.array([1.0, 0.0, 0.0]))
+    with pytest.raises(ValueError):
+        M.total_variation(np.zeros(3), np.ones(3))
+
+
+def test_genre_shares_by_hand():
+    track_genre = np.array([0, 1, 1, 2])
+    # top lists name tracks 0,1 / 2,0 -> genres 0,1,1,0 -> shares [.5, .5, 0]
+    np.testing.assert_allclose(M.genre_shares(np.array([[0, 1], [2, 0]]), track_genre, 3), [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(M.genre_shares(np.array([3, 3, 1]), track_genre, 4), [0, 1 / 3, 2 / 3, 0])
+    np.testing.assert_array_equal(M.genre_shares(np.zeros(0, np.int64), track_genre, 3), np.zeros(3))
+
+
+def test_coverage_by_hand():
+    # tracks 0, 1, 2 appear among 10 candidates
+    assert M.coverage(np.array([[0, 1], [1, 2]]), 10) == pytest.approx(0.3)
+    assert M.coverage(np.array([[4]]), 1) == 1.0
+
+
+def test_per_group_recall_by_hand():
+    ranks = np.array([1, 6, 20, 2])
+    groups = np.array([0, 0, 1, 0])
+    out = M.per_group_recall_at_k(ranks, groups, 3, 5)
+    # group 0: ranks 1, 6, 2 -> 2 of 3 within 5; group 1: rank 20 -> 0; group 2: no queries -> NaN
+    assert out[0] == pytest.approx(2 / 3)
+    assert out[1] == 0.0
+    assert np.isnan(out[2])
+
+
+# ---- an independent implementation ----------------------------------------------------------------
+
+def _ndcg_from_scores(scores: np.ndarray, pos: np.ndarray, k: int) -> float:
+    """Textbook NDCG@k from a score matrix: sort, sum rel_i / log2(i + 1) over the top k, divide by IDCG."""
+    out = []
+    for row, p in zip(scores, pos, strict=True):
+        order = sorted(range(len(row)), key=lambda j: -row[j])
+        rel = [1.0 if j == p else 0.0 for j in order]
+        dcg = sum(r / math.log2(i + 2) for i, r in enumerate(rel[:k]))
+        idcg = sum(r / math.log2(i + 2) for i, r in enumerate(sorted(rel, reverse=True)[:k]))
+        out.append(dcg / idcg)
+    return float(np.mean(out))
+
+
+def test_ndcg_matches_textbook_formula_on_scores():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(50, 30))  # continuous scores: no ties
+    pos = rng.integers(0, 30, 50)
+    ranks = M.ranks_from_scores(scores, pos, np.zeros(50))
+    for k in (1, 5, 10, 30):
+        assert M.ndcg_at_k(ranks, k) == pytest.approx(_ndcg_from_scores(scores, pos, k), abs=1e-12)
+    # recall is the share of positives among the top k of the sorted scores
+    top10 = np.argsort(-scores, axis=1)[:, :10]
+    hits = [p in t for p, t in zip(pos, top10, strict=True)]
+    assert M.recall_at_k(ranks, 10) == pytest.approx(np.mean(hits))
+
+
+def test_median_rank_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    r = rng.integers(1, 100, 31)
+    assert M.median_rank(r) == stats.scoreatpercentile(r, 50)
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [lambda r: M.recall_at_k(r, 10), lambda r: M.ndcg_at_k(r, 10), M.mrr,
+                                M.median_rank], ids=["recall", "ndcg", "mrr", "median_rank"])
+@pytest.mark.parametrize("ranks", [np.zeros(0, np.int64), np.array([1, 0, 3]), np.array([[1, 2]])],
+                         ids=["empty", "rank0", "2d"])
+def test_bad_ranks_raise(fn, ranks):
+    with pytest.raises(ValueError):
+        fn(ranks)
+
+
+@pytest.mark.parametrize("w", [np.array([1.0, -0.5, 1.0, 1.0]), np.zeros(4), np.ones(3)],
+                         ids=["negative", "all-zero", "wrong-length"])
+def test_bad_weights_raise(w):
+    with pytest.raises(ValueError):
+        M.recall_at_k(RANKS, 10, w)
+    with pytest.raises(ValueError):
+        M.ndcg_at_k(RANKS, 10, w)
+    with pytest.raises(ValueError):
+        M.mrr(RANKS, w)
+
+
+# ---- properties -----------------------------------------------------------------------------------
+
+ranks_st = hnp.arrays(np.int64, st.integers(1, 60), elements=st.integers(1, 500))
+
+
+@given(ranks_st, st.integers(1, 600), st.integers(0, 100))
+def test_recall_monotone_in_k(ranks, k, extra):
+    assert M.recall_at_k(ranks, k) <= M.recall_at_k(ranks, k + extra) + 1e-12
+
+
+@given(ranks_st, st.integers(1, 600))
+def test_ndcg_in_unit_interval_and_below_recall(ranks, k):
+    v = M.ndcg_at_k(ranks, k)
+    assert 0.0 <= v <= 1.0 + 1e-12
+    assert v <= M.recall_at_k(ranks, k) + 1e-12  # each hit's gain is at most 1
+    assert 0.0 < M.mrr(ranks) <= 1.0 + 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(2, 25), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_chunked_ranks_and_metrics_equal_full(n, m, chunk, seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, (n, m)).astype(np.float64)  # few distinct values: many ties
+    pos = rng.integers(0, m, n)
+    u = rng.random(n)
+    full = M.ranks_from_scores(scores, pos, u)
+    parts = np.concatenate([M.ranks_from_scores(scores[s:s + chunk], pos[s:s + chunk], u[s:s + chunk])
+                            for s in range(0, n, chunk)])
+    np.testing.assert_array_equal(parts, full)
+    assert ((full >= 1) & (full <= m)).all()
+    # a size-weighted mean of chunk metrics is the full metric
+    sizes = [len(full[s:s + chunk]) for s in range(0, n, chunk)]
+    chunked = sum(M.recall_at_k(full[s:s + chunk], 3) * sz for s, sz in zip(range(0, n, chunk), sizes,
+                                                                           strict=True)) / n
+    assert chunked == pytest.approx(M.recall_at_k(full, 3))
+
+
+@given(ranks_st.flatmap(lambda r: st.tuples(st.just(r), hnp.arrays(np.float64, len(r),
+                                                                  elements=st.floats(0.01, 100)))),
+       st.integers(1, 600))
+def test_weighted_recall_is_a_convex_combination(rw, k):
+    ranks, w = rw
+    v = M.recall_at_k(ranks, k, w)
+    assert 0.0 <= v <= 1.0 + 1e-12
+    assert v == pytest.approx(np.sum(w * (ranks <= k)) / np.sum(w))
