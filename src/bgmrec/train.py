@@ -93,8 +93,9 @@ def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = F
     if len(rows) == 0:
         raise ValueError(f"split {train.name!r} has no interactions to train on")
     model.prepare(feats, rows)
-    params = [p for p in model.module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = model.param_groups()
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)
     best, best_state, since_best, history = -1.0, None, 0, []
     bar = _progress(progress, cfg.epochs, model.name)

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from bgmrec.cli.app import app
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 200)  # wide tables when piped or logged
 err_console = Console(stderr=True)
 
 

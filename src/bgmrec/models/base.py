@@ -23,7 +23,6 @@ import numpy as np
 import bgmrec
 from bgmrec.data.dataset import Dataset, DatasetError, write_json_atomic
 
-
 # ---- what a model eats ------------------------------------------------------------------------------
 
 @dataclass

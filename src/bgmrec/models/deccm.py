@@ -49,6 +49,7 @@ class DecCMConfig(CMVAEConfig):
     adjustment: bool = True  # model the taste path t(c)[genre] (False: the "no adjustment" ablation)
     teacher: bool = True  # distil from a frozen PGC teacher (False: the "no teacher" ablation)
     alpha: float = 0.5  # weight of KL(q_student || q_teacher), per latent dimension, video + music
+    taste_lr_scale: float = 20.0  # learning-rate multiplier of the taste path (few weights, O(1) values)
     prior_samples: int = 512  # confounder values sampled from training uploads to estimate P(c)
     reference_tracks: int = 4000  # at most this many training tracks normalise P(m | v, c)
     inference: str = "backdoor"  # default inference mode: "backdoor" | "content" | "personalised"
@@ -115,6 +116,12 @@ class DecCM(CMVAE):
         self.teacher_dir = None if folder is None else str(Path(folder).resolve())
 
     # -- training --
+    def param_groups(self) -> list[dict]:
+        taste = list(self.module.taste.parameters())
+        rest = [p for n, p in self.module.named_parameters() if not n.startswith("taste.")]
+        return [{"params": rest}, {"params": taste, "lr": self.config.lr * self.config.taste_lr_scale,
+                                   "weight_decay": 0.0}]
+
     def prepare(self, feats: FeatureTensors, rows: np.ndarray) -> None:
         super().prepare(feats, rows)
         cfg: DecCMConfig = self.config

@@ -61,6 +61,10 @@ class TorchRecommender(Recommender):
     def music_embedding(self, music: torch.Tensor, genre: torch.Tensor) -> torch.Tensor:
         """Music encodings for scoring (inputs not yet standardised)."""
 
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups (one group at the config's learning rate by default)."""
+        return [{"params": [p for p in self.module.parameters() if p.requires_grad]}]
+
     def prepare(self, feats: FeatureTensors, rows: np.ndarray) -> None:
         """Called by the training loop before the first step: fit input standardisation."""
         self.module.norms.fit(feats, rows)

@@ -14,6 +14,7 @@ MODEL_PATHS: dict[str, str] = {
     "twotower-hinge": "bgmrec.models.twotower:TwoTowerHinge",
     "twotower-infonce": "bgmrec.models.twotower:TwoTowerInfoNCE",
     "cmvae": "bgmrec.models.cmvae:CMVAE",
+    "deccm": "bgmrec.models.deccm:DecCM",
     "oracle": "bgmrec.models.oracle:Oracle",
 }
 
@@ -23,6 +24,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "cmvae-visual": ("cmvae", {"fusion": "visual"}),
     "cmvae-concat": ("cmvae", {"fusion": "concat"}),
     "cmvae-nocrossgen": ("cmvae", {"cross_generation": False}),
+    "deccm-noadjust": ("deccm", {"adjustment": False}),
+    "deccm-noteacher": ("deccm", {"teacher": False}),
 }
 
 
