@@ -177,7 +177,8 @@ class DecCM(CMVAE):
             offsets = torch.zeros(len(e_v), len(self.spec.genres))
         elif mode == "personalised":
             if confounder is None:
-                raise ValueError("personalised inference needs the uploader's genre preferences (VideoQuery.confounder)")
+                raise ValueError("personalised inference needs the uploader's genre preferences "
+                                 "(VideoQuery.confounder)")
             offsets = self.module.taste_logits(confounder)
         else:
             offsets = self.backdoor_offsets(e_v)
