@@ -188,3 +188,39 @@ def demo(
 
     run_demo(scale, out, seed, models.split(",") if models else None, console)
 
+
+
+bench_app = typer.Typer(help="Benchmarks (long runs; not part of the test suite).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("quality")
+def bench_quality(
+    out: Path = typer.Option(Path("docs/benchmarks.md"), help="Markdown report to write (plots beside it)"),
+    scales: str = typer.Option("small", help="comma-separated world presets, e.g. small,tt150k"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated seeds (one world per seed)"),
+    models: str | None = typer.Option(None, help="comma-separated models (default: every demo model)"),
+    work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
+) -> None:
+    """Every model on every split of simulated worlds, mean and spread over seeds -> docs/benchmarks.md."""
+    from bgmrec.bench import run_quality
+
+    command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench quality"
+    run_quality(scales.split(","), [int(s) for s in seeds.split(",")], out, work,
+                models.split(",") if models else None, console, command)
+
+
+@bench_app.command("speed")
+def bench_speed(
+    work: Path = typer.Option(Path("runs/bench"), help="folder for the tt150k world"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the figures to this file"),
+) -> None:
+    """Simulation time and memory at tt150k, seconds per training epoch, full-catalogue scoring time."""
+    from bgmrec.bench import run_speed
+    from bgmrec.data.dataset import write_json_atomic
+
+    figures = run_speed(work, console)
+    figures["machine"] = machine()
+    figures["commit"] = git_commit()
+    if json_out is not None:
+        write_json_atomic(json_out, figures)
