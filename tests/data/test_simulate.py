@@ -1,0 +1,159 @@
+"""The simulated world: reproducibility, the causal story it claims, and the structure of its splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bgmrec.data.simulate import WorldConfig, load_truth, save_world, simulate, world_config
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path, tiny_dir):
+    ds, truth = simulate(world_config("tiny"))  # a second, independent run with seed 0
+    again = _files(save_world(ds, truth, tmp_path / "again"))
+    first = _files(tiny_dir)
+    assert set(again) == set(first)
+    assert any(name.endswith(".npy") for name in first)
+    for name in first:
+        assert again[name] == first[name], name
+
+
+def test_different_seed_differs(tiny_world):
+    ds0, truth0 = tiny_world
+    ds1, truth1 = simulate(world_config("tiny", seed=1))
+    assert not np.array_equal(ds0.music, ds1.music)
+    assert not np.array_equal(ds0.video_visual, ds1.video_visual)
+    assert not np.array_equal(truth0.track_content, truth1.track_content)
+    assert not np.array_equal(ds0.splits["train"][:, 1], ds1.splits["train"][:len(ds0.splits["train"]), 1])
+
+
+def _taste_association(gamma: float) -> float:
+    """z-score of mean pi_u[genre(chosen)] against a permutation null that pairs each choice with the
+    uploader of another upload.
+
+    The uploader's taste can only be associated with the chosen genre through the taste path (gamma)
+    once content does not lean to taste (content_lean = 0). Comparing with a shuffle of the uploads
+    (rather than with a random track) keeps the marginal distribution of chosen genres, which content
+    match and popularity make different from the catalogue's.
+    """
+    ds, _ = simulate(world_config("tiny", n_videos=6000, gamma=gamma, content_lean=0.0))
+    rows = np.concatenate([ds.splits[s] for s in ("train", "val", "test", "test_new_music")])
+    assert len(rows) == 6000
+    pi = np.asarray(ds.uploader_pref)[rows[:, 2]]
+    genre = ds.track_genre[rows[:, 1]]
+    observed = pi[np.arange(len(rows)), genre].mean()
+    rng = np.random.default_rng(0)
+    null = np.array([pi[rng.permutation(len(rows)), genre].mean() for _ in range(200)])
+    return float((observed - null.mean()) / null.std())
+
+
+def test_without_confounding_genre_is_independent_of_taste():
+    assert abs(_taste_association(0.0)) < 4.0
+
+
+def test_with_confounding_genre_follows_taste():
+    assert _taste_association(2.0) > 10.0
+
+
+def test_content_lean_links_content_to_taste():
+    """With gamma = 0, the second confounding path (content leaning to taste) alone associates them."""
+    ds, _ = simulate(world_config("tiny", n_videos=6000, gamma=0.0, content_lean=1.0))
+    rows = np.concatenate([ds.splits[s] for s in ("train", "val", "test", "test_new_music")])
+    pi = np.asarray(ds.uploader_pref)[rows[:, 2]]
+    genre = ds.track_genre[rows[:, 1]]
+    observed = pi[np.arange(len(rows)), genre].mean()
+    rng = np.random.default_rng(0)
+    null = np.array([pi[rng.permutation(len(rows)), genre].mean() for _ in range(100)])
+    assert (observed - null.mean()) / null.std() > 10.0
+
+
+def test_unbiased_split_has_the_test_videos(tiny_world):
+    ds, truth = tiny_world
+    test, unb = ds.splits["test"], ds.splits["test_unbiased"]
+    np.testing.assert_array_equal(unb[:, 0], test[:, 0])
+    np.testing.assert_array_equal(unb[:, 2], test[:, 2])
+    assert not np.array_equal(unb[:, 1], test[:, 1])  # the positives are redrawn
+    assert not ds.track_new[unb[:, 1]].any()
+    assert truth.processes["test_unbiased"].gamma == 0.0 and truth.processes["test_unbiased"].delta == 0.0
+    assert truth.processes["test"].gamma == truth.config.gamma
+
+
+def test_new_music_is_held_out_of_training(tiny_world):
+    ds, _ = tiny_world
+    assert ds.track_new.sum() == round(0.15 * ds.n_tracks)
+    assert len(ds.splits["test_new_music"]) > 0
+    assert ds.track_new[ds.splits["test_new_music"][:, 1]].all()
+    for s in ("train", "val", "test", "test_unbiased", "pgc"):
+        assert not ds.track_new[ds.splits[s][:, 1]].any(), s
+    assert ds.split_info["test_new_music"].candidates == "new"
+    # every UGC upload is in exactly one of train / val / test / test_new_music
+    ugc = np.concatenate([ds.splits[s][:, 0] for s in ("train", "val", "test", "test_new_music")])
+    np.testing.assert_array_equal(np.sort(ugc), np.arange(world_config("tiny").n_videos))
+
+
+def test_genre_shares_near_configured():
+    cfg = world_config("tiny", n_tracks=3000)
+    ds, _ = simulate(cfg)
+    shares = np.bincount(ds.track_genre, minlength=cfg.n_genres) / ds.n_tracks
+    np.testing.assert_allclose(shares, cfg.genre_shares, atol=0.03)
+    assert shares.argmax() == 0 and shares[0] > 0.35  # one majority genre near 40%
+
+
+def test_pgc_rows_have_no_uploader(tiny_world):
+    ds, truth = tiny_world
+    cfg = truth.config
+    pgc = ds.splits["pgc"]
+    assert len(pgc) == cfg.n_pgc_videos
+    assert (pgc[:, 2] == -1).all()
+    assert (ds.video_uploader[pgc[:, 0]] == -1).all()
+    assert all(ds.video_source[v] == "pgc" for v in pgc[:, 0])
+    assert (ds.video_uploader[: cfg.n_videos] >= 0).all()
+    assert ds.video_source[: cfg.n_videos] == ["ugc"] * cfg.n_videos
+    assert ds.split_info["pgc"].role == "teacher"
+    assert truth.processes["pgc"].gamma == 0.0
+
+
+def test_negatives_are_frozen_valid_and_exclude_the_positive(tiny_world):
+    ds, _ = tiny_world
+    for s, neg in ds.negatives.items():
+        pos = ds.splits[s][:, 1]
+        assert not (neg == pos[:, None]).any(), s
+        assert np.isin(neg, ds.candidate_tracks(s)).all(), s
+        assert all(len(set(r)) == neg.shape[1] for r in neg.tolist()), s  # distinct per row
+    assert ds.negatives["test"].shape[1] == 100
+    assert ds.negatives["test_new_music"].shape[1] == int(ds.track_new.sum()) - 1
+
+
+def test_truth_round_trip_and_logits(tiny_world, tiny_dir):
+    ds, truth = tiny_world
+    back = load_truth(tiny_dir)
+    assert back.config == truth.config
+    np.testing.assert_array_equal(back.track_content, truth.track_content)
+    assert back.processes == truth.processes
+    # logits by hand for one video and two tracks
+    v, u = ds.splits["test"][0, 0], ds.splits["test"][0, 2]
+    pref = np.asarray(ds.uploader_pref)[[u]]
+    got = truth.logits("test", np.array([v]), pref, ds.track_genre, np.array([0, 1]))
+    c = truth.config
+    for j, t in enumerate([0, 1]):
+        want = (c.beta * float(truth.video_content[v].astype(np.float64) @ truth.track_content[t])
+                / np.sqrt(c.content_dim) + c.gamma * np.log(pref[0, ds.track_genre[t]])
+                + c.delta * np.log(truth.track_popularity[t]))
+        assert got[0, j] == pytest.approx(want, rel=1e-6)
+
+
+def test_config_json_round_trip_and_validation():
+    cfg = world_config("tiny", gamma=0.5)
+    assert WorldConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="unknown world parameters"):
+        WorldConfig.from_json({"nosuch": 1})
+    with pytest.raises(ValueError, match="unknown scale"):
+        world_config("huge")
+    with pytest.raises(ValueError, match="sum to 1"):
+        simulate(world_config("tiny", genre_shares=(0.5, 0.2)))
