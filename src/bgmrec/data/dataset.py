@@ -333,7 +333,7 @@ def load_npy(path: Path, where: str | None = None, mmap: bool = True) -> np.ndar
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as e:
-        if "pickle" in str(e).lower():
+        if "pickle" in str(e).lower() or "python objects" in str(e).lower():  # the mmap path says the latter
             raise DatasetError(f"{label}: holds Python objects (pickle); expected a numeric array") from None
         raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
     except (OSError, EOFError) as e:
@@ -421,9 +421,18 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     )
     ds.validate(str(root))
     counts = man["counts"]
-    for key, have in (("videos", ds.n_videos), ("tracks", ds.n_tracks), ("genres", ds.n_genres)):
+    for key, have in (("videos", ds.n_videos), ("tracks", ds.n_tracks), ("uploaders", ds.n_uploaders),
+                      ("genres", ds.n_genres)):
         if counts.get(key) != have:
             raise DatasetError(f"{root}/manifest.json: counts.{key} is {counts.get(key)}, the tables hold {have}")
+    for s, entry in man["splits"].items():
+        if "rows" in entry and entry["rows"] != len(ds.splits[s]):
+            raise DatasetError(f"{root}/manifest.json: splits.{s}.rows is {entry['rows']}, "
+                               f"splits/{s}.npy has {len(ds.splits[s])} rows")
+        k = entry.get("negatives")
+        if k and k != ds.negatives[s].shape[1]:
+            raise DatasetError(f"{root}/manifest.json: splits.{s}.negatives is {k}, "
+                               f"negatives/{s}.npy has {ds.negatives[s].shape[1]} columns")
     for mod, dim in ds.dims().items():
         if man["modalities"].get(mod) != dim:
             raise DatasetError(f"{root}/manifest.json: modalities.{mod} is {man['modalities'].get(mod)}, "
