@@ -1,0 +1,262 @@
+"""The native dataset format: round trip, refusal of malformed folders (naming the file), atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bgmrec.data.dataset import DatasetError, load_dataset, save_dataset
+
+
+def _assert_same(a, b) -> None:
+    for name in ("genres", "video_ids", "video_source", "track_ids", "track_title", "track_artist"):
+        assert list(getattr(a, name)) == list(getattr(b, name)), name
+    for name in ("video_uploader", "track_genre", "track_new", "uploader_pref", "video_visual", "video_text",
+                 "video_text_mask", "music"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
+    assert set(a.splits) == set(b.splits)
+    for s in a.splits:
+        np.testing.assert_array_equal(np.asarray(a.splits[s]), np.asarray(b.splits[s]))
+    assert set(a.negatives) == set(b.negatives)
+    for s in a.negatives:
+        np.testing.assert_array_equal(np.asarray(a.negatives[s]), np.asarray(b.negatives[s]))
+    assert a.split_info == b.split_info
+    assert a.provenance == b.provenance
+
+
+def test_round_trip(tiny_world, tiny_ds, tmp_path):
+    ds, _ = tiny_world
+    _assert_same(ds, tiny_ds)
+    assert tiny_ds.video_visual.dtype == np.float32 and tiny_ds.splits["train"].dtype == np.int64
+    # a second save of the loaded dataset reproduces it, weights included
+    tiny_ds_w = load_dataset(tiny_ds.root)
+    tiny_ds_w.weights = {"test": np.linspace(1, 2, len(tiny_ds_w.splits["test"]))}
+    back = load_dataset(save_dataset(tiny_ds_w, tmp_path / "again"))
+    _assert_same(tiny_ds, back)
+    np.testing.assert_array_equal(back.weights["test"], tiny_ds_w.weights["test"])
+    w = back.ipw_weights("test")
+    assert w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, tiny_ds_w.weights["test"] / tiny_ds_w.weights["test"].sum())
+
+
+def test_ipw_weights_default_inverse_popularity(tiny_ds):
+    counts = np.bincount(tiny_ds.splits["train"][:, 1], minlength=tiny_ds.n_tracks)
+    want = 1.0 / (1.0 + counts[tiny_ds.splits["test"][:, 1]])
+    np.testing.assert_allclose(tiny_ds.ipw_weights("test"), want / want.sum())
+
+
+def test_confounder_prior_for_unknown_uploader(tiny_ds):
+    c = tiny_ds.confounder(np.array([-1, 0]))
+    np.testing.assert_allclose(c[0], np.full(tiny_ds.n_genres, 1 / tiny_ds.n_genres))
+    np.testing.assert_array_equal(c[1], tiny_ds.uploader_pref[0])
+
+
+# ---- malformed folders ----------------------------------------------------------------------------
+
+def _save_npy(path: Path, arr) -> None:
+    np.save(path, arr, allow_pickle=False)
+
+
+def _edit_manifest(root: Path, fn) -> None:
+    man = json.loads((root / "manifest.json").read_text())
+    fn(man)
+    (root / "manifest.json").write_text(json.dumps(man))
+
+
+def _missing(root):
+    (root / "features" / "music.npy").unlink()
+
+
+def _feature_rows(root):
+    x = np.load(root / "features/video_visual.npy")
+    _save_npy(root / "features/video_visual.npy", x[:-1])
+
+
+def _feature_width(root):
+    x = np.load(root / "features/music.npy")
+    _save_npy(root / "features/music.npy", np.hstack([x, x[:, :1]]))
+
+
+def _nan(root):
+    x = np.load(root / "features/video_text.npy")
+    x[5, 3] = np.nan
+    _save_npy(root / "features/video_text.npy", x)
+
+
+def _int_features(root):
+    x = np.load(root / "features/video_visual.npy")
+    _save_npy(root / "features/video_visual.npy", x.astype(np.int64))
+
+
+def _split_range(root):
+    x = np.load(root / "splits/train.npy")
+    x[3, 1] = 10_000
+    _save_npy(root / "splits/train.npy", x)
+
+
+def _split_negative(root):
+    x = np.load(root / "splits/val.npy")
+    x[0, 0] = -1
+    _save_npy(root / "splits/val.npy", x)
+
+
+def _split_shape(root):
+    x = np.load(root / "splits/test.npy")
+    _save_npy(root / "splits/test.npy", x[:, :2])
+
+
+def _truncated_manifest(root):
+    text = (root / "manifest.json").read_text()
+    (root / "manifest.json").write_text(text[: len(text) // 2])
+
+
+def _counts_tracks(root):
+    _edit_manifest(root, lambda m: m["counts"].__setitem__("tracks", m["counts"]["tracks"] + 1))
+
+
+def _counts_uploaders(root):
+    _edit_manifest(root, lambda m: m["counts"].__setitem__("uploaders", m["counts"]["uploaders"] + 5))
+
+
+def _split_rows(root):
+    _edit_manifest(root, lambda m: m["splits"]["test"].__setitem__("rows", m["splits"]["test"]["rows"] + 1))
+
+
+def _modalities(root):
+    _edit_manifest(root, lambda m: m["modalities"].__setitem__("music", 7))
+
+
+def _uploader_rows(root):
+    x = np.load(root / "uploaders.npy")
+    x[2] *= 2
+    _save_npy(root / "uploaders.npy", x)
+
+
+def _negatives_hold_positive(root):
+    neg = np.load(root / "negatives/test.npy")
+    pos = np.load(root / "splits/test.npy")[:, 1]
+    neg[4, 7] = pos[4]
+    _save_npy(root / "negatives/test.npy", neg)
+
+
+def _pickled(root):
+    np.save(root / "splits/val.npy", np.array([{"video": 1}, None], dtype=object), allow_pickle=True)
+
+
+def _bad_csv(root):
+    lines = (root / "tracks.csv").read_text().splitlines()
+    lines[3] = lines[3] + ",extra"
+    (root / "tracks.csv").write_text("\n".join(lines) + "\n")
+
+
+def _format_version(root):
+    _edit_manifest(root, lambda m: m.__setitem__("format_version", 99))
+
+
+# (damage, file the error must name, a word the message must contain)
+CASES = {
+    "missing-file": (_missing, "features/music.npy", "missing"),
+    "feature-rows": (_feature_rows, "features/video_visual.npy", "shape"),
+    "feature-width": (_feature_width, "features/music.npy", "columns"),
+    "nan-features": (_nan, "features/video_text.npy", "NaN"),
+    "int-features": (_int_features, "features/video_visual.npy", "float"),
+    "split-out-of-range": (_split_range, "splits/train.npy", "ids in"),
+    "split-negative-id": (_split_negative, "splits/val.npy", "ids in"),
+    "split-shape": (_split_shape, "splits/test.npy", "shape"),
+    "truncated-manifest": (_truncated_manifest, "manifest.json", "JSON"),
+    "counts-tracks": (_counts_tracks, "manifest.json", "counts.tracks"),
+    "counts-uploaders": (_counts_uploaders, "manifest.json", "counts.uploaders"),
+    "split-rows": (_split_rows, "manifest.json", "test"),
+    "modalities": (_modalities, "manifest.json", "modalities.music"),
+    "uploader-rows": (_uploader_rows, "uploaders.npy", "sum"),
+    "negatives-hold-positive": (_negatives_hold_positive, "negatives/test.npy", "positive"),
+    "pickled-npy": (_pickled, "splits/val.npy", "pickle"),
+    "bad-csv": (_bad_csv, "tracks.csv", "fields"),
+    "format-version": (_format_version, "manifest.json", "format_version"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_malformed_folder_raises_naming_the_file(tiny_copy, case):
+    damage, fname, word = CASES[case]
+    damage(tiny_copy)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(tiny_copy)
+    msg = str(err.value)
+    assert fname in msg, msg
+    assert word.lower() in msg.lower(), msg
+    assert "\n" not in msg  # one line
+
+
+def test_pickled_npy_is_refused_without_mmap_too(tiny_copy):
+    _pickled(tiny_copy)
+    with pytest.raises(DatasetError, match="pickle"):
+        load_dataset(tiny_copy, mmap=False)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_save_refuses_invalid_dataset(tiny_ds, tmp_path):
+    bad = load_dataset(tiny_ds.root, mmap=False)
+    bad.music = bad.music.copy()
+    bad.music[0, 0] = np.inf
+    with pytest.raises(DatasetError, match="features/music.npy"):
+        save_dataset(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+# ---- atomic writes ---------------------------------------------------------------------------------
+
+def _failing_save(monkeypatch):
+    real = np.save
+    calls = []
+
+    def save(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) > 1:
+            raise OSError("disk full (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save)
+    return calls
+
+
+def test_failed_write_leaves_previous_dataset_unchanged(tiny_ds, tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    save_dataset(load_dataset(tiny_ds.root), out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    changed = load_dataset(tiny_ds.root, mmap=False)
+    changed.music = changed.music + 1.0
+    calls = _failing_save(monkeypatch)
+    with pytest.raises(OSError, match="disk full"):
+        save_dataset(changed, out)
+    monkeypatch.undo()
+    assert len(calls) == 2
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    _assert_same(load_dataset(out), tiny_ds)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary folder left
+
+
+def test_failed_first_write_leaves_nothing(tiny_ds, tmp_path, monkeypatch):
+    _failing_save(monkeypatch)
+    with pytest.raises(OSError):
+        save_dataset(load_dataset(tiny_ds.root), tmp_path / "data")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_dataset(tiny_ds, tmp_path):
+    out = tmp_path / "data"
+    save_dataset(load_dataset(tiny_ds.root), out)
+    changed = load_dataset(tiny_ds.root, mmap=False)
+    changed.music = changed.music + 1.0
+    save_dataset(changed, out)
+    np.testing.assert_array_equal(load_dataset(out).music, np.asarray(tiny_ds.music) + 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
