@@ -1,0 +1,227 @@
+"""Shared layers and losses against hand-computed values and independent implementations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bgmrec.models import layers as L
+
+
+def t(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+# ---- product of experts ---------------------------------------------------------------------------
+
+def test_poe_by_hand():
+    # N(0, 1) x N(2, 1/3): precisions 1 + 3 = 4 -> var 1/4; mean (1*0 + 3*2) / 4 = 1.5
+    mus = t([[[0.0]], [[2.0]]])  # [E=2, B=1, d=1]
+    lvs = t([[[0.0]], [[math.log(1 / 3)]]])
+    mu, lv = L.product_of_experts(mus, lvs)
+    assert mu.item() == pytest.approx(1.5)
+    assert lv.item() == pytest.approx(math.log(0.25))
+
+
+def test_poe_three_experts_two_dims_by_hand():
+    # dim 0: N(1, 1), N(-1, 1), N(4, 2) -> precision 1 + 1 + 0.5 = 2.5, mean (1 - 1 + 2) / 2.5 = 0.8
+    # dim 1: N(0, 0.5), N(0, 0.5), N(3, 1) -> precision 2 + 2 + 1 = 5, mean 3 / 5 = 0.6
+    mus = t([[[1.0, 0.0]], [[-1.0, 0.0]], [[4.0, 3.0]]])
+    lvs = torch.log(t([[[1.0, 0.5]], [[1.0, 0.5]], [[2.0, 1.0]]]))
+    mu, lv = L.product_of_experts(mus, lvs)
+    torch.testing.assert_close(mu, t([[0.8, 0.6]]))
+    torch.testing.assert_close(lv, torch.log(t([[1 / 2.5, 1 / 5]])))
+
+
+def test_poe_uncertain_expert_barely_moves_the_others():
+    # a prior N(0,1) and an expert at the clamp (logvar = +8, precision e^-8) with mean 5
+    mus = t([[[0.0]], [[5.0]]])
+    lvs = t([[[0.0]], [[L.LOGVAR_MAX]]])
+    mu, lv = L.product_of_experts(mus, lvs)
+    p = math.exp(-8.0)
+    assert mu.item() == pytest.approx(5 * p / (1 + p))
+    assert abs(mu.item()) < 2e-3
+    assert lv.item() == pytest.approx(-math.log(1 + p))
+    assert abs(lv.item()) < 1e-3
+
+
+def test_poe_mask_removes_expert_exactly():
+    torch.manual_seed(0)
+    mus, lvs = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[2, 1] = False  # sample 1 has no third expert
+    mu, lv = L.product_of_experts(mus, lvs, mask)
+    mu2, lv2 = L.product_of_experts(mus[:2, 1:2], lvs[:2, 1:2])
+    assert torch.equal(mu[1:2], mu2) and torch.equal(lv[1:2], lv2)
+    mu3, lv3 = L.product_of_experts(mus[:, [0, 2, 3]], lvs[:, [0, 2, 3]])
+    assert torch.equal(mu[[0, 2, 3]], mu3) and torch.equal(lv[[0, 2, 3]], lv3)
+
+
+def test_gaussian_encoder_clamps_logvar():
+    enc = L.GaussianEncoder(3, (4,), 2)
+    with torch.no_grad():
+        enc.net[-1].bias[2:] = 100.0  # huge log-variance
+        enc.net[-1].bias[:2] = 0.0
+    _, lv = enc(torch.zeros(5, 3))
+    assert torch.all(lv <= L.LOGVAR_MAX) and torch.allclose(lv, torch.full_like(lv, L.LOGVAR_MAX))
+    with torch.no_grad():
+        enc.net[-1].bias[2:] = -100.0
+    _, lv = enc(torch.zeros(5, 3))
+    assert torch.allclose(lv, torch.full_like(lv, L.LOGVAR_MIN))
+
+
+# ---- KL ------------------------------------------------------------------------------------------
+
+def test_kl_of_identical_gaussians_is_zero():
+    torch.manual_seed(1)
+    mu, lv = torch.randn(7, 4), torch.randn(7, 4)
+    kl = L.kl_normal(mu, lv, mu, lv)
+    assert kl.shape == (7,)
+    torch.testing.assert_close(kl, torch.zeros(7), atol=1e-6, rtol=0)
+
+
+def test_kl_by_hand():
+    # KL(N(0,1) || N(1,1)) = 1/2; KL(N(0,1) || N(0,4)) = 1/2 (log 4 + 1/4 - 1)
+    assert L.kl_normal(t([0.0]), t([0.0]), t([1.0]), t([0.0])).item() == pytest.approx(0.5)
+    want = 0.5 * (math.log(4) + 0.25 - 1)
+    assert L.kl_normal(t([0.0]), t([0.0]), t([0.0]), t([math.log(4)])).item() == pytest.approx(want)
+    # summed over the last dimension
+    assert L.kl_normal(t([0.0, 0.0]), t([0.0, 0.0]), t([1.0, 0.0]), t([0.0, math.log(4)])).item() == (
+        pytest.approx(0.5 + want))
+
+
+def test_kl_matches_torch_distributions_and_monte_carlo():
+    mu_q, var_q = t([0.5, -1.0, 0.0]), t([0.5, 2.0, 1.3])
+    mu_p, var_p = t([0.0, 0.5, -0.7]), t([1.0, 0.7, 3.0])
+    kl = L.kl_normal(mu_q, torch.log(var_q), mu_p, torch.log(var_p))
+    q = torch.distributions.Normal(mu_q, var_q.sqrt())
+    p = torch.distributions.Normal(mu_p, var_p.sqrt())
+    ref = torch.distributions.kl_divergence(q, p).sum(-1)
+    assert kl.item() == pytest.approx(ref.item(), rel=1e-10)
+    # Monte Carlo: E_q[log q(z) - log p(z)] over 200k samples (standard error about 0.005 here)
+    gen = torch.Generator().manual_seed(0)
+    z = mu_q + var_q.sqrt() * torch.randn(200_000, 3, generator=gen, dtype=torch.float64)
+    mc = (q.log_prob(z) - p.log_prob(z)).sum(-1).mean().item()
+    assert kl.item() == pytest.approx(mc, abs=0.03)
+    assert kl.item() > 0.5  # not a degenerate case
+
+
+def test_kl_standard_normal_is_kl_to_unit_gaussian():
+    torch.manual_seed(2)
+    mu, lv = torch.randn(6, 3), torch.randn(6, 3)
+    torch.testing.assert_close(L.kl_standard_normal(mu, lv),
+                               L.kl_normal(mu, lv, torch.zeros_like(mu), torch.zeros_like(lv)))
+    assert L.kl_standard_normal(torch.zeros(2, 3), torch.zeros(2, 3)).abs().max().item() == 0.0
+
+
+def test_reparameterize_moments():
+    gen = torch.Generator().manual_seed(0)
+    mu, lv = torch.full((100_000, 1), 2.0), torch.full((100_000, 1), math.log(0.25))
+    z = L.reparameterize(mu, lv, gen)
+    assert z.mean().item() == pytest.approx(2.0, abs=0.01)
+    assert z.std().item() == pytest.approx(0.5, abs=0.01)
+
+
+# ---- matching losses -----------------------------------------------------------------------------
+
+def test_hinge_is_zero_once_the_margin_holds():
+    # every positive beats every negative of its row and column by more than 0.2
+    sim = t([[0.9, 0.1], [0.2, 0.8]])
+    assert L.hardest_negative_hinge(sim, 0.2).item() == 0.0
+    # with margin 0.7 row 1: 0.7 + 0.2 - 0.8 = 0.1 and column 0: 0.7 + 0.2 - 0.9 = 0, column 1: 0.7 + 0.1 - 0.8 = 0
+    # row 0: 0.7 + 0.1 - 0.9 = -0.1 -> 0. mean over rows 0.05 + mean over columns 0
+    assert L.hardest_negative_hinge(sim, 0.7).item() == pytest.approx(0.05)
+
+
+SIM3 = [[0.5, 0.6, 0.1],
+        [0.0, 0.9, 0.3],
+        [0.2, 0.85, 0.7]]
+
+
+def test_hinge_by_hand_3x3():
+    # rows (video i vs its hardest track): 0.2+0.6-0.5 = 0.3; 0.2+0.3-0.9 < 0; 0.2+0.85-0.7 = 0.35
+    # columns (track j vs its hardest video): 0.2+0.2-0.5 < 0; 0.2+0.85-0.9 = 0.15; 0.2+0.3-0.7 < 0
+    loss = L.hardest_negative_hinge(t(SIM3), 0.2)
+    assert loss.item() == pytest.approx((0.3 + 0.35) / 3 + 0.15 / 3)
+
+
+def test_hinge_same_item_mask_removes_false_negatives():
+    # rows 0 and 1 share their track: (0,1) and (1,0) are not negatives.
+    # rows: 0.2+0.1-0.5 < 0; 0.2+0.3-0.9 < 0; 0.35. columns: 0.2+0.2-0.5 < 0; 0.2+0.85-0.9 = 0.15; < 0
+    same = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    loss = L.hardest_negative_hinge(t(SIM3), 0.2, same)
+    assert loss.item() == pytest.approx(0.35 / 3 + 0.15 / 3)
+    # a batch where every row is the same track has no negatives at all: loss 0
+    assert L.hardest_negative_hinge(t(SIM3), 0.2, torch.ones(3, 3, dtype=torch.bool)).item() == 0.0
+
+
+def test_hinge_is_minimised_by_raising_positives():
+    sim = t(SIM3).requires_grad_(True)
+    L.hardest_negative_hinge(sim, 0.2).backward()
+    assert sim.grad[0, 0] < 0 and sim.grad[2, 2] < 0  # gradient descent raises the active positives
+    assert sim.grad[0, 1] > 0 and sim.grad[2, 1] > 0  # and lowers the hardest negatives
+
+
+def _ce(row: list[float], target: int) -> float:
+    return -row[target] + math.log(sum(math.exp(x) for x in row))
+
+
+def test_info_nce_by_hand_2x2():
+    # rows: CE([2,0], 0) = log(1 + e^-2), CE([1,3], 1) = log(1 + e^-2)
+    # columns: CE([2,1], 0) = log(1 + e^-1), CE([0,3], 1) = log(1 + e^-3)
+    logits = t([[2.0, 0.0], [1.0, 3.0]])
+    rows = math.log(1 + math.exp(-2))
+    cols = 0.5 * (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-3)))
+    assert L.symmetric_info_nce(logits).item() == pytest.approx(0.5 * (rows + cols))
+    # rows 0 and 1 the same track: nothing left to contrast, each cross-entropy is over one entry
+    assert L.symmetric_info_nce(logits, torch.ones(2, 2, dtype=torch.bool)).item() == pytest.approx(0.0)
+
+
+def test_info_nce_masked_entry_is_excluded():
+    lg = [[1.0, 2.0, 0.5], [0.3, 1.5, -1.0], [0.0, 0.7, 2.5]]
+    same = torch.tensor([[True, False, True], [False, True, False], [True, False, True]])  # rows 0, 2 share
+    got = L.symmetric_info_nce(t(lg), same).item()
+    rows = [_ce([lg[0][0], lg[0][1]], 0), _ce(lg[1], 1), _ce([lg[2][1], lg[2][2]], 1)]
+    cols = [_ce([lg[0][0], lg[1][0]], 0), _ce([lg[0][1], lg[1][1], lg[2][1]], 1), _ce([lg[1][2], lg[2][2]], 1)]
+    assert got == pytest.approx(0.5 * (np.mean(rows) + np.mean(cols)))
+    unmasked = [_ce(lg[i], i) for i in range(3)]
+    unmasked_cols = [_ce([lg[r][j] for r in range(3)], j) for j in range(3)]
+    assert L.symmetric_info_nce(t(lg)).item() == pytest.approx(0.5 * (np.mean(unmasked) + np.mean(unmasked_cols)))
+    assert got < L.symmetric_info_nce(t(lg)).item()
+
+
+def test_gaussian_nll_by_hand():
+    # 1/2 * ((1-0)^2 + (2-4)^2) = 2.5
+    assert L.gaussian_nll(t([[1.0, 2.0]]), t([[0.0, 4.0]])).item() == pytest.approx(2.5)
+
+
+# ---- schedules and reductions --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("step", "warmup", "want"), [(0, 10, 0.0), (5, 10, 0.5), (10, 10, 1.0), (25, 10, 1.0),
+                                                      (3, 0, 1.0), (3, -1, 1.0)])
+def test_linear_anneal(step, warmup, want):
+    assert L.linear_anneal(step, warmup) == pytest.approx(want)
+
+
+def test_log_mean_exp():
+    x = torch.log(t([[1.0, 3.0]]))
+    assert L.log_mean_exp(x, 1).item() == pytest.approx(math.log(2.0))
+    w = torch.log(t([0.25, 0.75]))
+    assert L.log_mean_exp(x, 1, w).item() == pytest.approx(math.log(0.25 + 2.25))
+    big = t([[1000.0, 1000.0, 1000.0]])
+    assert L.log_mean_exp(big, 1).item() == pytest.approx(1000.0)  # no overflow
+    assert L.log_mean_exp(-big, 1).item() == pytest.approx(-1000.0)  # no underflow
+
+
+def test_mlp_and_standardizer():
+    net = L.mlp(4, (8, 6), 3)
+    assert net(torch.zeros(2, 4)).shape == (2, 3)
+    s = L.Standardizer(2)
+    x = t([[1.0, 10.0], [3.0, 10.0], [100.0, 0.0]]).float()
+    s.fit(x, weights=torch.tensor([1.0, 1.0, 0.0]))  # the third row is excluded
+    torch.testing.assert_close(s.mean, torch.tensor([2.0, 10.0]))
+    torch.testing.assert_close(s.std, torch.tensor([1.0, 1e-4]))  # constant feature clamped
+    torch.testing.assert_close(s(torch.tensor([[4.0, 10.0]])), torch.tensor([[2.0, 0.0]]))
