@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import json
 
-import media_fixtures as mf
 import numpy as np
 import pytest
 
+import media_fixtures as mf
 from bgmrec.data.dataset import DatasetError
 from bgmrec.features.audio import (
     AudioExtractor,

@@ -110,6 +110,7 @@ def recommend_cmd(
     features: Path | None = typer.Option(None, help="videos folder of extract-videos (with --video-id)"),
     video_id: str | None = typer.Option(None, help="id of a video in --features"),
     top: int = typer.Option(10, help="how many tracks"),
+    frames: int = typer.Option(8, help="frames sampled from --video (as extract-videos did for training)"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
@@ -132,12 +133,13 @@ def recommend_cmd(
     elif video is not None:
         from bgmrec.features.cache import MediaError
         from bgmrec.features.text import TextEncoder
-        from bgmrec.features.video import FrameEncoder, embed_clip
+        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
 
         if not Path(video).is_file():
             raise ValueError(f"{video}: no such video file")
         try:
-            visual, text, has_text = embed_clip(Path(video), caption, FrameEncoder(), TextEncoder())
+            visual, text, has_text = embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
+                                                VideoConfig(frames=frames))
         except MediaError as e:
             raise ValueError(f"{video}: {e}") from None
         clip = ClipFeatures(visual, text, has_text)

@@ -1,0 +1,163 @@
+"""Frame sampling, frame and caption embeddings, the videos folder, bad media and the cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import media_fixtures as mf
+from bgmrec.data.dataset import DatasetError
+from bgmrec.features.text import caption_text
+from bgmrec.features.video import (
+    FrameEncoder,
+    MediaError,
+    VideoConfig,
+    extract_videos,
+    load_video_features,
+    read_captions,
+    sample_frames,
+)
+
+pytestmark = pytest.mark.media
+
+
+def test_frames_are_sampled_evenly_and_squared(tmp_path):
+    path = mf.write_video(tmp_path / "a.mp4", 2.0, 160, 120, 10, kind=0)
+    frames = sample_frames(path, 8, 224)
+    assert frames.shape == (8, 224, 224, 3) and frames.dtype == np.uint8
+    # a moving pattern: consecutive samples differ
+    assert all(np.abs(frames[i].astype(int) - frames[i + 1]).mean() > 1 for i in range(7))
+    portrait = mf.write_video(tmp_path / "p.mp4", 1.0, 96, 160, 10, kind=2)
+    assert sample_frames(portrait, 3, 224).shape == (3, 224, 224, 3)
+    assert np.array_equal(sample_frames(path, 8, 224), frames)  # decoding is deterministic
+
+
+def test_frame_embeddings_shape_determinism_and_content(tmp_path):
+    enc = mf.frame_encoder()
+    a = sample_frames(mf.write_video(tmp_path / "a.mp4", 1.0, kind=0), 4)
+    b = sample_frames(mf.write_video(tmp_path / "b.mp4", 1.0, kind=2), 4)
+    va, vb = enc.embed_clip(a), enc.embed_clip(b)
+    assert va.shape == (1280,) and va.dtype == np.float32 and np.isfinite(va).all()
+    assert np.array_equal(va, enc.embed_clip(a))
+    cos = va @ vb / np.linalg.norm(va) / np.linalg.norm(vb)
+    assert cos < 0.99
+    assert enc.embed(a).shape == (4, 1280)
+
+
+def test_caption_text_and_empty_caption_is_no_text():
+    assert caption_text("Beach day", "#sun_set #surf") == "Beach day sun set surf"
+    emb, mask = mf.text_encoder().encode(["a happy dance", "", "   ", "#rain"])
+    assert emb.shape == (4, 384) and emb.dtype == np.float32
+    assert mask.tolist() == [True, False, False, True]
+    assert not emb[1].any() and not emb[2].any()
+    assert abs(np.linalg.norm(emb[0]) - 1) < 1e-4
+
+
+def test_bad_videos_give_one_line_reasons(tmp_path):
+    good = mf.write_video(tmp_path / "good.mp4", 1.0)
+    cases = {
+        "truncated": mf.truncate(good, tmp_path / "cut.mp4", 0.5),
+        "empty": tmp_path / "empty.mp4",
+        "no video stream": mf.write_video(tmp_path / "audio_only.mp4", 1.0, video=False),
+        "cannot open": tmp_path / "junk.mp4",
+    }
+    cases["empty"].write_bytes(b"")
+    cases["cannot open"].write_bytes(np.random.default_rng(1).bytes(3000))
+    for want, path in cases.items():
+        with pytest.raises(MediaError) as e:
+            sample_frames(path, 4)
+        msg = str(e.value)
+        assert "\n" not in msg and len(msg) < 200
+        if want not in ("truncated",):
+            assert want in msg
+    # no audio is fine: frames are all we need
+    assert sample_frames(mf.write_video(tmp_path / "mute.mp4", 1.0, audio=False), 4).shape[0] == 4
+
+
+class CountingFrames(FrameEncoder):
+    def __init__(self):
+        super().__init__()
+        self._net = mf.frame_encoder().net()
+        self.calls = 0
+
+    def embed_clip(self, frames):
+        self.calls += 1
+        return super().embed_clip(frames)
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    for i in range(4):
+        mf.write_video(d / f"clip{i}.mp4", 1.0, 128, 96, 8, kind=i, audio=i % 2 == 0)
+    mf.write_video(d / "mute.mp4", 1.0, 128, 96, 8, kind=1, audio=False)
+    mf.write_video(d / "sound_only.mp4", 1.0, video=False)
+    mf.truncate(d / "clip0.mp4", d / "cut.mp4", 0.5)
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "anim.gif").write_bytes(b"GIF89a")
+    return d
+
+
+def write_captions(path):
+    rows = ["id,caption,hashtags", "clip0,Surfing at dawn,#surf #waves", "clip1,,",
+            "clip2,Caf\xe9 morning,#coffee", "mute,Quiet city,#night"]
+    path.write_bytes("\n".join(rows).encode("latin-1") + b"\n")  # not UTF-8: clip2's row is unusable
+    return path
+
+
+def test_batch_reports_bad_media_and_caption_problems(tmp_path, video_dir):
+    out = tmp_path / "vids"
+    caps = write_captions(tmp_path / "captions.csv")
+    rep = extract_videos(video_dir, out, captions=caps, config=VideoConfig(frames=4), progress=False,
+                         frames=CountingFrames(), text=mf.text_encoder())
+    vf = load_video_features(out)
+    assert vf.ids == ["clip0", "clip1", "clip2", "clip3", "mute"] and rep.done == 5
+    assert vf.visual.shape == (5, 1280) and vf.visual.dtype == np.float32
+    assert vf.text.shape == (5, 384) and vf.text_mask.dtype == bool
+    assert vf.text_mask.tolist() == [True, False, False, False, True]
+    assert not vf.text[~vf.text_mask].any()
+    assert vf.caption[0] == "Surfing at dawn surf waves"
+    with open(out / "failures.csv", encoding="utf-8") as f:
+        fails = {r["file"]: r["reason"] for r in csv.DictReader(f)}
+    assert set(fails) == {"cut.mp4", "zero.mp4", "anim.gif", "sound_only.mp4", "clip2.mp4", "clip3.mp4"}
+    assert "no video stream" in fails["sound_only.mp4"]
+    assert "unsupported format" in fails["anim.gif"]
+    assert "not UTF-8" in fails["clip2.mp4"] and fails["clip2.mp4"].startswith("kept without text")
+    assert "no caption" in fails["clip3.mp4"]
+    assert all("\n" not in r for r in fails.values())
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["dims"] == {"visual": 1280, "text": 384} and man["ids"] == vf.ids
+    assert man["counts"] == {"videos": 5, "with_text": 2, "failed": 4}
+
+
+def test_cache_skips_done_videos_and_results_are_identical(tmp_path, video_dir):
+    out = tmp_path / "vids"
+    first = CountingFrames()
+    extract_videos(video_dir, out, config=VideoConfig(frames=4), progress=False, frames=first,
+                   text=mf.text_encoder())
+    assert first.calls == 5
+    before = load_video_features(out)
+    again = CountingFrames()
+    rep = extract_videos(video_dir, out, config=VideoConfig(frames=4), progress=False, frames=again,
+                         text=mf.text_encoder())
+    assert again.calls == 0 and rep.cached == 5
+    after = load_video_features(out)
+    assert np.array_equal(before.visual, after.visual) and np.array_equal(before.text_mask, after.text_mask)
+    # other settings (frames) are a different cache entry, never a stale reuse
+    other = CountingFrames()
+    extract_videos(video_dir, tmp_path / "v2", config=VideoConfig(frames=2), progress=False, frames=other,
+                   text=mf.text_encoder(), cache_dir=out / ".cache")
+    assert other.calls == 5
+
+
+def test_captions_csv_needs_its_columns(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("name,text\na,b\n")
+    with pytest.raises(DatasetError, match="caption"):
+        read_captions(p)
+    p.write_text("file,caption\nx.mp4,hello #world\n")
+    ok, bad = read_captions(p)
+    assert ok == {"x.mp4": "hello world"} and bad == {}

@@ -1,0 +1,102 @@
+"""build-dataset: extracted folders + a pairs CSV -> a native dataset (no media needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import media_fixtures as mf
+from bgmrec.data.build import BuildConfig, build_dataset, read_pairs, uploader_preferences
+from bgmrec.data.dataset import DatasetError, load_dataset
+
+GENRES = ["pop", "rock", "", "pop", "jazz", "rock", "pop", "pop"]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    vids = mf.write_videos_folder(tmp_path / "videos", 30, no_text=(3, 4))
+    cat = mf.write_catalog_folder(tmp_path / "music",
+                                  np.random.default_rng(1).standard_normal((8, 12)).astype(np.float32), GENRES)
+    return vids, cat
+
+
+def write_pairs(path, n_videos=30, with_time=True, extra=()):
+    rng = np.random.default_rng(0)
+    lines = ["video_id,track_id,uploader_id" + (",time" if with_time else "")]
+    for i in range(n_videos):
+        row = f"v{i},t{rng.integers(0, 8)},u{i % 5}"
+        lines.append(row + (f",2024-01-{1 + i % 28:02d}T{i % 24:02d}:00:00" if with_time else ""))
+    lines += list(extra)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_builds_a_valid_dataset_split_by_time(tmp_path, folders):
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", extra=["ghost,t1,u9,2024-02-01T00:00:00",
+                                                       "v1,nosuch,u1,2024-02-01T00:00:00"])
+    ds = build_dataset(vids, cat, pairs, tmp_path / "data", BuildConfig(seed=0))
+    loaded = load_dataset(tmp_path / "data")
+    assert loaded.n_videos == 30 and loaded.n_tracks == 8
+    assert loaded.genres == ["jazz", "pop", "rock", "unknown"]
+    assert loaded.track_genre.tolist() == [1, 2, 3, 1, 0, 2, 1, 1]
+    assert not loaded.track_new.any() and set(loaded.video_source) == {"ugc"}
+    assert {s: len(r) for s, r in loaded.splits.items()} == {"train": 24, "val": 3, "test": 3}
+    # by time: every test video is later than every training video
+    t = {f"v{i}": (1 + i % 28) * 100 + i % 24 for i in range(30)}
+    train_t = [t[loaded.video_ids[v]] for v in loaded.splits["train"][:, 0]]
+    test_t = [t[loaded.video_ids[v]] for v in loaded.splits["test"][:, 0]]
+    assert max(train_t) <= min(test_t)
+    assert ds.provenance["split_by"] == "time"
+    assert ds.provenance["pairs"]["dropped"] == {"unknown_video": 1, "unknown_track": 1}
+    # frozen negatives: as many as the catalogue allows, never the positive
+    for s in ("val", "test"):
+        neg = loaded.negatives[s]
+        assert neg.shape == (len(loaded.splits[s]), 7)
+        assert not (neg == loaded.splits[s][:, 1:2]).any()
+    assert np.allclose(loaded.uploader_pref.sum(1), 1, atol=1e-5)
+    ids = json.loads((tmp_path / "data" / "uploaders.json").read_text())["ids"]
+    assert ids == [f"u{i}" for i in range(5)]
+    assert loaded.video_text_mask.tolist()[3:5] == [False, False]
+
+
+def test_random_split_is_seeded(tmp_path, folders):
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", with_time=False)
+    a = build_dataset(vids, cat, pairs, tmp_path / "a", BuildConfig(seed=3))
+    b = build_dataset(vids, cat, pairs, tmp_path / "b", BuildConfig(seed=3))
+    c = build_dataset(vids, cat, pairs, tmp_path / "c", BuildConfig(seed=4))
+    assert a.provenance["split_by"] == "random"
+    assert all(np.array_equal(a.splits[s], b.splits[s]) for s in a.splits)
+    assert np.array_equal(a.negatives["test"], b.negatives["test"])
+    assert not all(np.array_equal(a.splits[s], c.splits[s]) for s in a.splits)
+
+
+def test_uploader_preferences_are_smoothed_and_cold_uploaders_get_the_population_share():
+    pref = uploader_preferences(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 2]), 3, 3, alpha=1.0)
+    pop = np.array([3, 2, 2]) / 7  # add-one smoothed genre shares of the training pairs
+    assert np.allclose(pref.sum(1), 1)
+    assert np.allclose(pref[2], pop)  # no training pair
+    assert np.allclose(pref[0], (np.array([2, 1, 0]) + pop) / 4)
+    assert (pref > 0).all()
+
+
+def test_bad_pairs_files_are_clear_errors(tmp_path, folders):
+    vids, cat = folders
+    p = tmp_path / "p.csv"
+    p.write_text("video,track\nv1,t1\n")
+    with pytest.raises(DatasetError, match="missing column 'uploader'"):
+        read_pairs(p)
+    p.write_bytes(b"video,track,uploader\nv1,t\xe91,u\n")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        read_pairs(p)
+    p.write_text("video,track,uploader,time\nv1,t1,u1,yesterday\n")
+    with pytest.raises(DatasetError, match="neither a number nor ISO-8601"):
+        read_pairs(p)
+    p.write_text("video,track,uploader\nzz,t1,u1\n")
+    with pytest.raises(DatasetError, match="no row names both"):
+        build_dataset(vids, cat, p, tmp_path / "d")
+    with pytest.raises(DatasetError, match="not a video features folder"):
+        build_dataset(tmp_path / "nope", cat, p, tmp_path / "d")

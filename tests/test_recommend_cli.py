@@ -1,0 +1,118 @@
+"""End to end from raw media: extract-music, extract-videos, build-dataset, train, recommend (CLI)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import media_fixtures as mf
+from bgmrec.cli import main
+
+pytestmark = pytest.mark.media
+
+GENRES = ["pop", "rock", "jazz", "pop", "rock", "pop"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """6 tracks, 12 clips, captions, metadata and an upload log, extracted and built once."""
+    root = tmp_path_factory.mktemp("e2e")
+    audio, videos = root / "audio", root / "videos"
+    audio.mkdir()
+    videos.mkdir()
+    exts = [".wav", ".mp3", ".flac", ".ogg", ".m4a", ".wav"]
+    for j, ext in enumerate(exts):
+        f = 200.0 * 1.2 ** j
+        sig = mf.chord([f, f * 1.26, f * 1.5], 2.0) + 0.5 * mf.clicks(80 + 20 * j, 2.0)
+        mf.write_audio(audio / f"song{j}{ext}", sig.astype(np.float32))
+    (root / "meta.csv").write_text("id,title,artist,genre\n" + "".join(
+        f"song{j},Song {j},Band {j % 2},{g}\n" for j, g in enumerate(GENRES)), encoding="utf-8")
+    for i in range(12):
+        mf.write_video(videos / f"clip{i:02d}.mp4", 1.0, 96, 64, 8, kind=i, audio=i % 3 == 0)
+    (root / "captions.csv").write_text("id,caption,hashtags\n" + "".join(
+        f"clip{i:02d},{'' if i % 4 == 0 else f'clip number {i}'},{'' if i % 4 == 0 else f'#tag{i % 3}'}\n"
+        for i in range(12)),
+        encoding="utf-8")
+    rows = [f"clip{i:02d},song{(i * 5) % 6},u{i % 3},{1000 + 10 * i}" for i in range(12)]
+    (root / "pairs.csv").write_text("video,track,uploader,time\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+    assert main(["extract-music", str(audio), "--out", str(root / "catalog"), "--meta", str(root / "meta.csv"),
+                 "--workers", "1", "--no-progress"]) == 0
+    assert main(["extract-videos", str(videos), "--out", str(root / "vf"), "--captions",
+                 str(root / "captions.csv"), "--frames", "4", "--no-progress"]) == 0
+    assert main(["build-dataset", "--videos", str(root / "vf"), "--music", str(root / "catalog"), "--pairs",
+                 str(root / "pairs.csv"), "--out", str(root / "data"), "--seed", "0"]) == 0
+    assert main(["train", "--data", str(root / "data"), "--model", "random", "--out", str(root / "run")]) == 0
+    return root
+
+
+def recommend_json(capsys, args):
+    capsys.readouterr()
+    assert main(["recommend", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_from_a_clip_file_to_ranked_tracks(world, capsys):
+    res = recommend_json(capsys, ["--run", str(world / "run"), "--catalog", str(world / "catalog"),
+                                  "--video", str(world / "videos" / "clip03.mp4"), "--caption",
+                                  "street dance #city", "--top", "4"])
+    assert len(res["tracks"]) == 4
+    assert set(res["tracks"][0]) == {"id", "title", "artist", "genre", "score"}
+    scores = [t["score"] for t in res["tracks"]]
+    assert scores == sorted(scores, reverse=True)
+    assert {t["id"] for t in res["tracks"]} <= {f"song{j}" for j in range(6)}
+    assert res["tracks"][0]["title"].startswith("Song ")
+    assert res["modality_share"] == {"visual": None, "text": None}  # the model does not say
+    no_text = recommend_json(capsys, ["--run", str(world / "run"), "--catalog", str(world / "catalog"),
+                                      "--video", str(world / "videos" / "clip03.mp4")])
+    assert len(no_text["tracks"]) == 6  # --top 10 capped at the catalogue size
+    assert no_text["modality_share"] == {"visual": 1.0, "text": 0.0}
+
+
+def test_from_precomputed_features_matches_the_file(world, capsys):
+    base = ["--run", str(world / "run"), "--catalog", str(world / "catalog"), "--top", "6"]
+    pre = recommend_json(capsys, [*base, "--features", str(world / "vf"), "--video-id", "clip05"])
+    caption = (world / "vf" / "videos.csv").read_text().splitlines()[6].split(",", 2)[2]
+    assert caption == "clip number 5 tag2"
+    # the same clip from its file and caption, with the same frames setting, gives the same answer
+    raw = recommend_json(capsys, [*base, "--video", str(world / "videos" / "clip05.mp4"), "--caption",
+                                  "clip number 5 #tag2", "--frames", "4"])
+    assert [t["id"] for t in pre["tracks"]] == [t["id"] for t in raw["tracks"]]
+    assert np.allclose([t["score"] for t in pre["tracks"]], [t["score"] for t in raw["tracks"]], rtol=1e-4)
+
+
+def test_table_output_and_cmvae_modality_share(world, capsys):
+    assert main(["train", "--data", str(world / "data"), "--model", "cmvae", "--out", str(world / "cmvae"),
+                 "--epochs", "1"]) == 0
+    res = recommend_json(capsys, ["--run", str(world / "cmvae"), "--catalog", str(world / "catalog"),
+                                  "--features", str(world / "vf"), "--video-id", "clip01", "--top", "3"])
+    share = res["modality_share"]
+    assert len(res["tracks"]) == 3 and abs(share["visual"] + share["text"] - 1) < 1e-6
+    assert 0 < share["text"] < 1
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"),
+                 "--features", str(world / "vf"), "--video-id", "clip00", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Song" in out and "frames 100%" in out
+
+
+def one_line_err(capsys) -> str:
+    return " ".join(capsys.readouterr().err.split())  # the console may wrap a long line
+
+
+def test_clear_errors(world, tmp_path, capsys):
+    wrong = mf.write_catalog_folder(tmp_path / "wrong", np.zeros((3, 5), np.float32), ["a", "b", "c"])
+    capsys.readouterr()
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(wrong), "--features",
+                 str(world / "vf"), "--video-id", "clip00"])
+    assert code == 2 and "trained on music features of dimension 173" in one_line_err(capsys)
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(world / "vf"), "--video-id", "nope"])
+    assert code == 2 and "no video with id 'nope'" in one_line_err(capsys)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--video",
+                 str(bad)])
+    assert code == 2 and "cannot open as media" in one_line_err(capsys)
