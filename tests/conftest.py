@@ -5,6 +5,7 @@ Tests that modify a dataset folder copy it first (``tiny_copy``); the session fo
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,14 @@ import pytest
 
 from bgmrec.data.dataset import Dataset, load_dataset
 from bgmrec.data.simulate import WorldTruth, save_world, simulate, world_config
+
+
+def pytest_configure(config) -> None:
+    # under pytest-xdist every worker is one process per core: one torch thread each avoids oversubscription
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,184 @@
+"""The recommender contract test mixin (after implicit's ``RecommenderBaseTestMixin``).
+
+Every model's test class inherits :class:`RecommenderContractMixin` and names the model; the mixin
+fits it once per class on the tiny simulated world (session fixtures ``tiny_ds`` and ``tiny_spec``
+from ``tests/conftest.py``) and checks what :class:`bgmrec.models.base.Recommender` promises:
+
+* encoder shapes and dtypes, ``score`` shape ``[n, M]`` equal to the inner product of the encodings;
+* ``recommend`` returns valid, distinct ids with scores sorted best first;
+* a batch of videos is encoded exactly as each video alone;
+* excluded ids never come back (one array for every query, or one list per query);
+* two fits with the same seed give identical scores;
+* ``save`` then :func:`bgmrec.models.base.load_model` gives identical scores, and the folder holds
+  only ``config.json``, ``weights.safetensors`` (and ``history.json``) -- no pickle;
+* features of the wrong width raise :class:`bgmrec.data.dataset.DatasetError` with a clear message.
+
+Adding a model
+--------------
+Register it in :mod:`bgmrec.models.registry`, then in ``tests/models/test_contract.py``::
+
+    class TestMyModel(RecommenderContractMixin):
+        model_name = "my-model"            # the --model name
+        overrides = {"epochs": 2, **SMALL_NET}  # --set overrides that keep the fit quick
+
+Set ``teacher = True`` when the model needs a frozen teacher (it is prepared with
+:func:`bgmrec.models.registry.prepare_teacher` before ``fit``), and override :meth:`make` for any other
+factory step. Model-specific tests go in the same class and may use the ``model`` fixture (the
+fitted model, shared by the class -- do not mutate it; ``fresh_model`` gives a private copy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from bgmrec.data.dataset import DatasetError
+from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, load_model
+from bgmrec.models.registry import build, prepare_teacher
+
+#: overrides that make every neural model small and quick on the tiny world
+SMALL_NET = {"hidden": "32", "latent_dim": 16, "batch_size": 256, "val_queries": 100}
+
+N_QUERIES = 24
+PICKLE_MAGIC = b"\x80"
+
+
+class RecommenderContractMixin:
+    """Contract tests shared by every model; subclasses set ``model_name`` (and ``overrides``)."""
+
+    model_name: ClassVar[str]
+    overrides: ClassVar[dict] = {}
+    teacher: ClassVar[bool] = False  # prepare a frozen teacher before fit (DecCM)
+    split: ClassVar[str] = "test"  # where the queries come from
+
+    # ---- building ------------------------------------------------------------------------------
+    @classmethod
+    def make(cls, ds, spec, workdir: Path) -> Recommender:
+        """Build and fit the model under test (the factory steps the CLI's ``train`` would run)."""
+        model = build(cls.model_name, spec, dict(cls.overrides))
+        if cls.teacher:
+            prepare_teacher(model, ds, workdir)
+        return model.fit(SplitView(ds, "train"), SplitView(ds, "val"))
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, tiny_ds, tiny_spec, tmp_path_factory) -> Recommender:
+        return cls.make(tiny_ds, tiny_spec, tmp_path_factory.mktemp("fit"))
+
+    @pytest.fixture
+    def fresh_model(self, tiny_ds, tiny_spec, tmp_path) -> Recommender:
+        return self.make(tiny_ds, tiny_spec, tmp_path / "fit")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def queries(cls, tiny_ds) -> VideoQuery:
+        rows = np.asarray(tiny_ds.splits[cls.split])[:N_QUERIES]
+        return VideoQuery.from_dataset(tiny_ds, rows[:, 0], rows[:, 2], cls.split)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def catalog(cls, tiny_ds) -> MusicCatalog:
+        return MusicCatalog.from_dataset(tiny_ds)
+
+    # ---- the contract --------------------------------------------------------------------------
+    def test_encode_shapes(self, model, queries, catalog):
+        v = model.encode_videos(queries)
+        m = model.encode_music(catalog)
+        assert v.ndim == 2 and v.shape[0] == len(queries)
+        assert m.ndim == 2 and m.shape[0] == len(catalog)
+        assert v.shape[1] == m.shape[1] >= 1
+        assert v.dtype == np.float32 and m.dtype == np.float32
+        assert np.isfinite(v).all() and np.isfinite(m).all()
+
+    def test_score_shape_and_definition(self, model, queries, catalog):
+        s = model.score(queries, catalog)
+        assert s.shape == (len(queries), len(catalog))
+        np.testing.assert_allclose(s, model.encode_videos(queries) @ model.encode_music(catalog).T,
+                                   rtol=1e-5, atol=1e-5)
+
+    def test_scores_are_not_constant(self, model, queries, catalog):
+        s = model.score(queries, catalog)
+        assert (s.max(axis=1) > s.min(axis=1)).all()
+
+    def test_recommend_sorted_and_valid(self, model, queries, catalog):
+        k = 15
+        ids, scores = model.recommend(queries, catalog, k=k)
+        assert ids.shape == scores.shape == (len(queries), k)
+        assert ((ids >= 0) & (ids < len(catalog))).all()
+        assert all(len(set(r)) == k for r in ids.tolist())
+        assert (np.diff(scores, axis=1) <= 1e-6).all()
+        full = model.score(queries, catalog)
+        np.testing.assert_allclose(scores, np.take_along_axis(full, ids, 1), rtol=1e-5, atol=1e-5)
+        # nothing outside the list scores higher than its last entry
+        assert (full.max(axis=1) <= scores[:, 0] + 1e-5).all()
+        kth = np.sort(full, axis=1)[:, -k]
+        np.testing.assert_allclose(scores[:, -1], kth, rtol=1e-5, atol=1e-5)
+
+    def test_batch_equals_one_by_one(self, model, queries):
+        five = queries.subset(slice(0, 5))
+        together = model.encode_videos(five)
+        alone = np.vstack([model.encode_videos(five.subset(slice(i, i + 1))) for i in range(5)])
+        np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+        # and the order of the batch does not matter
+        rev = model.encode_videos(five.subset(np.arange(4, -1, -1)))
+        np.testing.assert_allclose(rev[::-1], together, rtol=1e-5, atol=1e-6)
+
+    def test_excluded_ids_absent(self, model, queries, catalog):
+        best, _ = model.recommend(queries, catalog, k=5)
+        exclude = np.unique(best[:, :3])  # the favourites of every query
+        ids, scores = model.recommend(queries, catalog, k=10, exclude=exclude)
+        assert ids.shape == (len(queries), 10)
+        assert not np.isin(ids, exclude).any()
+        assert np.isfinite(scores).all()
+        per_query = [row[:2] for row in best]
+        ids, _ = model.recommend(queries, catalog, k=10, exclude=per_query)
+        for row, ex in zip(ids, per_query, strict=True):
+            assert not np.isin(row, ex).any()
+        # a per-query list only removes that query's ids: the rest of the ranking is unchanged
+        full = model.score(queries, catalog)
+        for i, ex in enumerate(per_query):
+            allowed = np.setdiff1d(np.arange(len(catalog)), ex)
+            np.testing.assert_allclose(np.sort(full[i, ids[i]]), np.sort(np.sort(full[i, allowed])[-10:]),
+                                       rtol=1e-5, atol=1e-5)
+
+    def test_seeded_determinism(self, model, fresh_model, queries, catalog):
+        np.testing.assert_array_equal(fresh_model.score(queries, catalog), model.score(queries, catalog))
+
+    def test_save_load_round_trip(self, model, queries, catalog, tmp_path):
+        folder = model.save(tmp_path / "run")
+        files = sorted(p.name for p in folder.iterdir())
+        assert set(files) <= {"config.json", "weights.safetensors", "history.json"}
+        assert {"config.json", "weights.safetensors"} <= set(files)
+        for p in folder.iterdir():
+            head = p.read_bytes()[:2]
+            assert not head.startswith(PICKLE_MAGIC), f"{p.name} looks like a pickle"
+        meta = json.loads((folder / "config.json").read_text())
+        assert meta["model"] == model.name
+        assert {"config", "spec", "bgmrec_version"} <= set(meta)
+        loaded = load_model(folder)
+        assert type(loaded) is type(model)
+        assert loaded.config == model.config
+        np.testing.assert_array_equal(loaded.score(queries, catalog), model.score(queries, catalog))
+        assert loaded.history == json.loads(json.dumps(model.history))
+
+    def test_wrong_feature_width_raises(self, model, queries, catalog):
+        wide = VideoQuery(np.hstack([queries.visual, queries.visual[:, :1]]), queries.text, queries.text_mask,
+                          queries.confounder, queries.index, queries.split)
+        with pytest.raises(DatasetError, match=rf"visual features: expected shape \[n, {model.spec.video_visual}\]"):
+            model.encode_videos(wide)
+        narrow = VideoQuery(queries.visual, queries.text[:, :-1], queries.text_mask, queries.confounder,
+                            queries.index, queries.split)
+        with pytest.raises(DatasetError, match="text features"):
+            model.score(narrow, catalog)
+        bad_music = MusicCatalog(catalog.features[:, :-2], catalog.genre, catalog.index)
+        with pytest.raises(DatasetError, match=rf"music features: expected shape \[M, {model.spec.music}\]"):
+            model.encode_music(bad_music)
+        nan = VideoQuery(queries.visual.copy(), queries.text, queries.text_mask, queries.confounder,
+                         queries.index, queries.split)
+        nan.visual[0, 0] = np.nan
+        with pytest.raises(DatasetError, match="NaN"):
+            model.encode_videos(nan)

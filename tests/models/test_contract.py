@@ -1,0 +1,104 @@
+"""Every registered model passes the recommender contract (see ``contract.py`` for how to add one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from contract import SMALL_NET, RecommenderContractMixin
+
+from bgmrec.models.registry import MODEL_PATHS
+
+
+class TestRandom(RecommenderContractMixin):
+    model_name = "random"
+
+
+class TestPopularity(RecommenderContractMixin):
+    model_name = "popularity"
+
+
+class TestCCA(RecommenderContractMixin):
+    model_name = "cca"
+    overrides = {"dim": 8}
+
+
+class TestOracle(RecommenderContractMixin):
+    model_name = "oracle"
+
+
+class TestTwoTowerHinge(RecommenderContractMixin):
+    model_name = "twotower-hinge"
+    overrides = {"epochs": 2, **SMALL_NET}
+
+
+class TestTwoTowerInfoNCE(RecommenderContractMixin):
+    model_name = "twotower-infonce"
+    overrides = {"epochs": 2, **SMALL_NET}
+
+
+class TestCMVAE(RecommenderContractMixin):
+    model_name = "cmvae"
+    overrides = {"epochs": 2, **SMALL_NET}
+
+    def test_modality_shares(self, model, queries):
+        shares = model.modality_shares(queries)
+        assert shares.shape == (len(queries), 2)
+        np.testing.assert_allclose(shares.sum(1), 1.0, rtol=1e-6)
+        no_text = ~np.asarray(queries.text_mask)
+        assert no_text.any()
+        np.testing.assert_allclose(shares[no_text], np.tile([1.0, 0.0], (int(no_text.sum()), 1)))
+
+
+class TestDecCMNoTeacher(RecommenderContractMixin):
+    model_name = "deccm"
+    overrides = {"epochs": 2, "teacher": False, "prior_samples": 64, **SMALL_NET}
+
+    @pytest.mark.parametrize("mode", ["backdoor", "content", "personalised"])
+    def test_every_inference_mode_keeps_the_contract(self, model, queries, catalog, mode):
+        before = model.inference_mode
+        try:
+            model.set_inference_mode(mode)
+            s = model.score(queries, catalog)
+            assert s.shape == (len(queries), len(catalog)) and np.isfinite(s).all()
+            five = queries.subset(slice(0, 5))
+            alone = np.vstack([model.encode_videos(five.subset(slice(i, i + 1))) for i in range(5)])
+            np.testing.assert_allclose(model.encode_videos(five), alone, rtol=1e-5, atol=1e-6)
+        finally:
+            model.set_inference_mode(before)
+
+    def test_personalised_needs_the_uploader(self, model, queries):
+        before = model.inference_mode
+        try:
+            model.set_inference_mode("personalised")
+            with pytest.raises(ValueError, match="confounder"):
+                model.encode_videos(queries.subset(slice(0, 3)).__class__(
+                    queries.visual[:3], queries.text[:3], queries.text_mask[:3]))
+        finally:
+            model.set_inference_mode(before)
+
+    def test_unknown_mode_raises(self, model):
+        with pytest.raises(ValueError, match="nosuchmode"):
+            model.set_inference_mode("nosuchmode")
+
+
+class TestDecCMWithTeacher(RecommenderContractMixin):
+    model_name = "deccm"
+    overrides = {"epochs": 2, "prior_samples": 64, **SMALL_NET}
+    teacher = True
+
+    def test_teacher_is_frozen_and_not_saved(self, model, tmp_path):
+        assert model.teacher is not None
+        assert not model.teacher.module.training
+        assert not any(p.requires_grad for p in model.teacher.module.parameters())
+        model.teacher.module.train()  # a training loop switching modes must not unfreeze it
+        assert not model.teacher.module.training
+        from safetensors.numpy import load_file
+
+        weights = load_file(str(model.save(tmp_path / "run") / "weights.safetensors"))
+        assert set(weights) == set(model.module.state_dict())
+        assert model.history and "teacher_kl" in model.history[0]
+
+
+def test_every_registered_model_has_a_contract_class():
+    tested = {cls.model_name for cls in RecommenderContractMixin.__subclasses__()}
+    assert set(MODEL_PATHS) <= tested, set(MODEL_PATHS) - tested
