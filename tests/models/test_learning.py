@@ -1,0 +1,105 @@
+"""The models learn on the tiny world: they beat chance (and popularity), early stopping keeps the best epoch,
+and training reads the validation split only (never test)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bgmrec.data.dataset import load_dataset
+from bgmrec.eval.protocol import evaluate
+from bgmrec.models.base import SplitView, load_model
+from bgmrec.models.registry import build
+from bgmrec.train import validation_recall
+
+# Full-catalogue Recall@10 on test of the tiny world (seed 0, 170 candidate tracks, 184 queries) when
+# these tests were written: random 0.03, popularity 0.46, CCA 0.52, twotower-infonce 0.64, cmvae 0.63.
+
+
+def _fit(ds, name, overrides=None):
+    return build(name, _spec(ds), overrides or {}).fit(SplitView(ds, "train"), SplitView(ds, "val"))
+
+
+def _spec(ds):
+    from bgmrec.models.base import FeatureSpec
+
+    return FeatureSpec.of(ds)
+
+
+def _r10(model, ds, split="test") -> float:
+    return evaluate(model, ds, split)["full"]["recall@10"]
+
+
+@pytest.fixture(scope="module")
+def baselines(tiny_ds):
+    return {name: _r10(_fit(tiny_ds, name), tiny_ds) for name in ("random", "popularity")}
+
+
+@pytest.fixture(scope="module")
+def cmvae(tiny_ds):
+    # 6 epochs at most, stop after 2 without gain: on this world the best epoch is not the last one
+    return _fit(tiny_ds, "cmvae", {"epochs": 6, "patience": 2})
+
+
+def test_cmvae_beats_random_and_popularity(tiny_ds, cmvae, baselines):
+    r = _r10(cmvae, tiny_ds)
+    assert r >= baselines["random"] + 0.4
+    assert r >= baselines["popularity"] + 0.1
+    # strong generalisation: ranking held-out tracks it never saw in training, far above chance (10/30)
+    assert _r10(cmvae, tiny_ds, "test_new_music") >= _r10(_fit(tiny_ds, "random"), tiny_ds, "test_new_music") + 0.3
+
+
+def test_twotower_infonce_beats_random(tiny_ds, baselines):
+    r = _r10(_fit(tiny_ds, "twotower-infonce", {"epochs": 4}), tiny_ds)
+    assert r >= baselines["random"] + 0.4
+
+
+def test_cca_beats_random(tiny_ds, baselines):
+    assert _r10(_fit(tiny_ds, "cca"), tiny_ds) >= baselines["random"] + 0.3
+
+
+def test_history_has_validation_recall(cmvae):
+    assert len(cmvae.history) >= 2
+    for epoch, h in enumerate(cmvae.history, start=1):
+        assert h["epoch"] == epoch
+        assert 0.0 <= h["val_recall@10"] <= 1.0
+        assert np.isfinite(h["loss"])
+    assert {"match", "kl", "recon"} <= set(cmvae.history[0])
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_ds, cmvae, tmp_path):
+    vals = [h["val_recall@10"] for h in cmvae.history]
+    best = max(vals)
+    cfg = cmvae.config
+    val = SplitView(tiny_ds, "val")
+    assert validation_recall(cmvae, val, cfg.val_queries, cfg.seed) == pytest.approx(best, abs=1e-9)
+    # the run stopped early: patience epochs after the best one, and the best is not the last epoch
+    best_epoch = int(np.argmax(vals))
+    assert best_epoch < len(vals) - 1
+    assert len(vals) == min(cfg.epochs, best_epoch + 1 + cfg.patience)
+    loaded = load_model(cmvae.save(tmp_path / "run"))
+    assert validation_recall(loaded, val, cfg.val_queries, cfg.seed) == pytest.approx(best, abs=1e-9)
+
+
+class _RecordingDict(dict):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("name", ["cmvae", "cca", "popularity", "twotower-hinge"])
+def test_training_never_reads_test_splits(tiny_dir, name):
+    ds = load_dataset(tiny_dir)
+    ds.splits = _RecordingDict(ds.splits)
+    ds.negatives = _RecordingDict(ds.negatives)
+    _fit(ds, name, {"epochs": 1} if name in ("cmvae", "twotower-hinge") else {})
+    assert not {s for s in ds.splits.read | ds.negatives.read if s.startswith("test")}
+    assert "train" in ds.splits.read
