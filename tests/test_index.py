@@ -1,0 +1,96 @@
+"""Exact top-k against a brute-force numpy argsort; FAISS against exact; exclusions in both."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bgmrec.index import ExactIndex, FaissIndex
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(2000, 32)).astype(np.float32)
+    queries = rng.normal(size=(100, 32)).astype(np.float32)
+    return items, queries
+
+
+def _brute(items, queries, k, exclude_mask=None):
+    s = queries.astype(np.float64) @ items.T.astype(np.float64)
+    if exclude_mask is not None:
+        s[exclude_mask] = -np.inf
+    ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return ids, np.take_along_axis(s, ids, 1)
+
+
+def test_exact_matches_brute_force(data):
+    items, queries = data
+    ids, scores = ExactIndex(items, chunk=17).search(queries, 10)
+    want_ids, want_scores = _brute(items, queries, 10)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
+    assert len(ExactIndex(items)) == 2000
+
+
+def test_exact_k_larger_than_catalogue():
+    items = np.eye(3, dtype=np.float32)
+    ids, scores = ExactIndex(items).search(np.array([[0.1, 0.3, 0.2]], np.float32), 10)
+    np.testing.assert_array_equal(ids, [[1, 2, 0]])
+    np.testing.assert_allclose(scores, [[0.3, 0.2, 0.1]])
+
+
+def test_exact_exclusions(data):
+    items, queries = data
+    top, _ = _brute(items, queries, 5)
+    glob = np.unique(top[:, 0])
+    ids, _ = ExactIndex(items).search(queries, 10, exclude=glob)
+    mask = np.zeros((len(queries), len(items)), bool)
+    mask[:, glob] = True
+    np.testing.assert_array_equal(ids, _brute(items, queries, 10, mask)[0])
+    per = [row[:3] for row in top]
+    ids, _ = ExactIndex(items).search(queries, 10, exclude=per)
+    mask = np.zeros((len(queries), len(items)), bool)
+    for i, ex in enumerate(per):
+        mask[i, ex] = True
+    np.testing.assert_array_equal(ids, _brute(items, queries, 10, mask)[0])
+    # python lists per query, of different lengths
+    per_lists = [list(map(int, row[: 1 + i % 3])) for i, row in enumerate(top)]
+    ids, _ = ExactIndex(items).search(queries, 10, exclude=per_lists)
+    for row, ex in zip(ids, per_lists, strict=True):
+        assert not np.isin(row, ex).any()
+        assert len(set(row.tolist())) == 10
+
+
+def test_exclusion_list_length_must_match():
+    with pytest.raises(ValueError, match="2 lists for 3 queries"):
+        ExactIndex(np.eye(4, dtype=np.float32)).search(np.ones((3, 4), np.float32), 2,
+                                                     exclude=[np.array([0]), np.array([1])])
+
+
+def test_faiss_recall_of_exact_top10(data):
+    items, queries = data
+    exact, _ = ExactIndex(items).search(queries, 10)
+    ids, scores = FaissIndex(items).search(queries, 10)
+    assert ids.shape == scores.shape == (100, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist(), strict=True)])
+    assert recall >= 0.9
+    assert (np.diff(scores, axis=1) <= 1e-5).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, ids, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_faiss_exclusions(data):
+    items, queries = data
+    exact, _ = ExactIndex(items).search(queries, 5)
+    glob = np.unique(exact[:, 0])
+    ids, _ = FaissIndex(items).search(queries, 10, exclude=glob)
+    assert (ids >= 0).all()
+    assert not np.isin(ids, glob).any()
+    per = [row[:3] for row in exact]
+    ids, _ = FaissIndex(items).search(queries, 10, exclude=per)
+    assert (ids >= 0).all()
+    for row, ex in zip(ids, per, strict=True):
+        assert not np.isin(row, ex).any()
+    ex_ids, _ = ExactIndex(items).search(queries, 10, exclude=per)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), ex_ids.tolist(), strict=True)])
+    assert recall >= 0.9
