@@ -1,0 +1,187 @@
+"""The command line through ``bgmrec.cli.main(argv)``: simulate -> train -> evaluate, help, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from bgmrec.cli import main
+from bgmrec.cli.app import app
+from bgmrec.models.registry import model_names
+
+FULL_KEYS = {"recall@1", "recall@5", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "median_rank"}
+SAMPLED_KEYS = {"recall@10", "recall@15", "recall@20", "recall@25", "ndcg@10", "ndcg@15", "ndcg@20", "ndcg@25"}
+BIAS_KEYS = {"exposure_tvd@10", "coverage@10", "genre_share@10", "truth_genre_share"}
+REQUIRED_KEYS = {"model", "split", "n_queries", "full", "sampled", "ipw", "bias", "per_genre_recall@10"}
+
+
+def _commands() -> list[list[str]]:
+    """Every command path of the app (``["train"]``, ``["bench", "quality"]``, ...)."""
+    out = []
+    for name, cmd in typer.main.get_command(app).commands.items():
+        out.append([name])
+        out += [[name, sub] for sub in getattr(cmd, "commands", {})]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "world"
+    assert main(["simulate", str(out), "--scale", "tiny"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def popularity_run(cli_world) -> Path:
+    run = cli_world.parent / "runs" / "popularity"
+    assert main(["train", "--data", str(cli_world), "--model", "popularity", "--out", str(run)]) == 0
+    return run
+
+
+def test_simulate_writes_the_tiny_world(cli_world, tiny_dir):
+    from bgmrec.data.dataset import load_dataset
+
+    ds = load_dataset(cli_world)
+    assert (ds.n_videos, ds.n_tracks) == (2600, 200)
+    # the CLI's world is the library's world: same bytes for the same seed
+    for rel in ("features/music.npy", "splits/train.npy", "negatives/test.npy", "truth/track_content.npy"):
+        assert (cli_world / rel).read_bytes() == (tiny_dir / rel).read_bytes(), rel
+
+
+def test_train_then_evaluate_json(cli_world, popularity_run, tmp_path, capsys):
+    assert {"config.json", "weights.safetensors", "run.json"} <= {p.name for p in popularity_run.iterdir()}
+    j = tmp_path / "result.json"
+    rc = main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--split", "test",
+               "--json", str(j)])
+    assert rc == 0
+    res = json.loads(j.read_text())
+    assert set(res) >= REQUIRED_KEYS
+    # beyond the documented keys the object only adds counts and the recall curve
+    assert set(res) - REQUIRED_KEYS <= {"n_candidates", "n_negatives", "full_recall_curve", "inference_mode"}
+    assert res["model"] == "popularity" and res["split"] == "test"
+    assert res["n_queries"] == 184
+    assert set(res["full"]) == FULL_KEYS
+    assert set(res["sampled"]) == SAMPLED_KEYS
+    assert set(res["ipw"]) == SAMPLED_KEYS
+    assert set(res["bias"]) == BIAS_KEYS
+    assert set(res["per_genre_recall@10"]) == {"pop", "hiphop", "electronic", "rock", "classical", "folk"}
+    assert 0.0 <= res["full"]["recall@10"] <= 1.0
+    assert "R@10" in capsys.readouterr().out  # the table is printed too
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError,
+                   reason="`bgmrec models` takes the first docstring line of each class; Oracle has no docstring "
+                   "(src/bgmrec/models/oracle.py:17) so src/bgmrec/cli/core.py:103 raises IndexError")
+def test_models_lists_every_registry_name(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in model_names():
+        assert name in out, name
+
+
+@pytest.mark.parametrize("cmd", _commands(), ids=lambda c: " ".join(c))
+def test_help_for_every_command(cmd, capsys):
+    assert main([*cmd, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage" in out and cmd[-1] in out
+
+
+def test_top_level_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("simulate", "train", "evaluate", "models"):
+        assert name in out
+
+
+def _error(capsys) -> str:
+    """The error printed on stderr, with Rich's line wrapping undone; no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("error:"), err
+    return err.replace("\n", "")
+
+
+def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    """name -> (argv, words the error must contain). The truncated manifest is made here."""
+    import shutil
+
+    data = Path(shutil.copytree(world, tmp / "world"))
+    text = (data / "manifest.json").read_text()
+    (data / "manifest.json").write_text(text[: len(text) // 2])
+    out = str(tmp / "r")
+    return {
+        "missing-data": (["train", "--data", str(tmp / "nope"), "--model", "popularity", "--out", out],
+                         ("nope", "does not exist")),
+        "unknown-model": (["train", "--data", str(world), "--model", "nosuchmodel", "--out", out],
+                          ("unknown model 'nosuchmodel'", "popularity")),
+        "unknown-set-field": (["train", "--data", str(world), "--model", "cmvae", "--out", out,
+                               "--set", "nosuchfield=1"], ("nosuchfield",)),
+        "truncated-manifest": (["train", "--data", str(data), "--model", "popularity", "--out", out],
+                               ("manifest.json", "not valid JSON")),
+        "missing-run": (["evaluate", "--run", str(tmp / "norun"), "--data", str(world)],
+                        ("norun/config.json", "missing")),
+        "unknown-split": (["evaluate", "--run", str(world.parent / "runs" / "popularity"), "--data", str(world),
+                           "--split", "nosuch"], ("unknown split 'nosuch'",)),
+        "bad-set-value": (["train", "--data", str(world), "--model", "cmvae", "--out", out,
+                           "--set", "epochs=abc"], ("abc",)),
+    }
+
+
+BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest", "missing-run", "unknown-split",
+       "bad-set-value"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_exits_2_with_a_clear_error(cli_world, popularity_run, tmp_path, capsys, case):
+    argv, words = _bad_inputs(cli_world, tmp_path)[case]
+    assert main(argv) == 2
+    err = _error(capsys)
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+@pytest.mark.xfail(strict=True, reason="report_error prints through a Rich console that wraps at 80 columns "
+                   "(src/bgmrec/cli/core.py:25), so a message with a long path or list spans several lines")
+@pytest.mark.parametrize("case", ["unknown-model", "unknown-set-field", "truncated-manifest"])
+def test_bad_input_error_is_one_line(cli_world, popularity_run, tmp_path, capsys, case):
+    argv, _ = _bad_inputs(cli_world, tmp_path)[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+
+
+@pytest.mark.xfail(strict=True, reason="a --set value of the wrong type reports only Python's conversion error "
+                   "(\"invalid literal for int() with base 10: 'abc'\"), not the field (src/bgmrec/models/base.py "
+                   "_coerce / config_from_dict)")
+def test_bad_set_value_names_the_field(cli_world, tmp_path, capsys):
+    rc = main(["train", "--data", str(cli_world), "--model", "cmvae", "--out", str(tmp_path / "r"),
+               "--set", "epochs=abc"])
+    assert rc == 2
+    assert "epochs" in _error(capsys)
+
+
+@pytest.mark.xfail(strict=True, reason="usage errors (missing option, unknown command) escape main() as click "
+                   "exceptions: with standalone_mode=False click raises UsageError, which report_error re-raises "
+                   "(src/bgmrec/cli/__init__.py main, src/bgmrec/cli/core.py report_error)")
+@pytest.mark.parametrize("argv", [["train", "--data", "x"], ["nosuchcommand"], ["simulate", "out", "--seed", "abc"]],
+                         ids=["missing-option", "unknown-command", "bad-int"])
+def test_usage_errors_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_train_cmvae_with_set_epochs(cli_world, tmp_path):
+    run = tmp_path / "cmvae"
+    rc = main(["train", "--data", str(cli_world), "--model", "cmvae", "--out", str(run), "--set", "epochs=2",
+               "--set", "hidden=32", "--set", "latent_dim=8"])
+    assert rc == 0
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["model"] == "cmvae"
+    assert meta["config"]["epochs"] == 2 and meta["config"]["hidden"] == [32] and meta["config"]["latent_dim"] == 8
+    history = json.loads((run / "history.json").read_text())
+    assert 1 <= len(history) <= 2 and "val_recall@10" in history[0]
+    assert json.loads((run / "run.json").read_text())["epochs_run"] == len(history)
