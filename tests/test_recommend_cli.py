@@ -111,6 +111,9 @@ def test_clear_errors(world, tmp_path, capsys):
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(world / "vf"), "--video-id", "nope"])
     assert code == 2 and "no video with id 'nope'" in one_line_err(capsys)
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(world / "vf"), "--video-id", "clip00", "--mode", "content"])
+    assert code == 2 and "content" in one_line_err(capsys)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 100)
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--video",

@@ -111,6 +111,8 @@ def recommend_cmd(
     video_id: str | None = typer.Option(None, help="id of a video in --features"),
     top: int = typer.Option(10, help="how many tracks"),
     frames: int = typer.Option(8, help="frames sampled from --video (as extract-videos did for training)"),
+    mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
+                                               "content; personalised needs an uploader and is not offered here)"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
@@ -119,6 +121,8 @@ def recommend_cmd(
     from bgmrec.models.base import load_model
 
     model = load_model(run)
+    if mode is not None:
+        model.set_inference_mode(mode)
     cat = load_catalog(catalog)
     if features is not None:
         vid = video_id or video

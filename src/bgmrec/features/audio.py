@@ -373,10 +373,13 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
             by_path = {str(p): tid for tid, p, _ in todo}
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                      initializer=_init_worker, initargs=(config,)) as pool:
-                futs = [pool.submit(_worker_job, str(p), key, str(cache.root), settings)
-                        for _, p, key in todo]
+                futs = {pool.submit(_worker_job, str(p), key, str(cache.root), settings): str(p)
+                        for _, p, key in todo}
                 for fut in as_completed(futs):
-                    path, vec, reason = fut.result()
+                    try:
+                        path, vec, reason = fut.result()
+                    except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
+                        path, vec, reason = futs[fut], None, f"worker process failed: {one_line(e)}"
                     if vec is None:
                         bad[by_path[path]] = reason
                     else:
