@@ -94,3 +94,28 @@ def test_faiss_exclusions(data):
     ex_ids, _ = ExactIndex(items).search(queries, 10, exclude=per)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), ex_ids.tolist(), strict=True)])
     assert recall >= 0.9
+
+
+def test_faiss_many_exclusions_still_fill_k(data):
+    """Excluding more ids than the oversampling margin must not leave holes (-1 ids) in the results."""
+    items, queries = data
+    top, _ = ExactIndex(items).search(queries, 60)
+    per = [row for row in top]  # each query's 60 best items are all excluded
+    ids, scores = FaissIndex(items, oversample=8).search(queries, 10, exclude=per)
+    assert ids.shape == (100, 10)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    for row, ex in zip(ids, per, strict=True):
+        assert not np.isin(row, ex).any()
+    exact, _ = ExactIndex(items).search(queries, 10, exclude=per)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist(), strict=True)])
+    assert recall >= 0.9
+
+
+def test_faiss_k_larger_than_catalogue():
+    items = np.eye(3, dtype=np.float32)
+    q = np.array([[0.1, 0.3, 0.2]], np.float32)
+    ids, scores = FaissIndex(items).search(q, 10)
+    np.testing.assert_array_equal(ids, [[1, 2, 0]])
+    np.testing.assert_allclose(scores, [[0.3, 0.2, 0.1]], rtol=1e-6)
+    ids, _ = FaissIndex(items).search(q, 10, exclude=np.array([2]))
+    np.testing.assert_array_equal(ids, [[1, 0]])

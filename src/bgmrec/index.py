@@ -55,7 +55,9 @@ class ExactIndex:
 class FaissIndex:
     """Approximate inner-product search with FAISS HNSW, for catalogues too large for exact search.
 
-    ``oversample`` extra neighbours are fetched so that exclusions can be filtered afterwards.
+    With exclusions, ``k`` plus the largest number of ids any query excludes (plus ``oversample``) are
+    fetched and the excluded ones filtered out afterwards, so every query still gets ``k`` results
+    (as :class:`ExactIndex`, ``k`` is capped at what the most-excluding query has left).
     """
 
     def __init__(self, item_embeddings: np.ndarray, m: int = 32, ef_search: int = 128,
@@ -75,7 +77,13 @@ class FaissIndex:
     def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, np.float32)
         mask = _exclusion_mask(len(q), self.n_items, exclude)
-        fetch = min(self.n_items, k + (self.oversample if mask is not None else 0))
+        if mask is None:
+            fetch = k = min(k, self.n_items)
+        else:
+            most = int(mask.sum(axis=1).max(initial=0))
+            k = min(k, self.n_items - most)
+            # at most `most` of the fetched ids are excluded: k of them always survive the filter
+            fetch = min(self.n_items, k + most + self.oversample)
         scores, ids = self.index.search(q, fetch)
         if mask is None:
             return ids[:, :k].astype(np.int64), scores[:, :k]
