@@ -162,6 +162,8 @@ class Dataset:
         _check_matrix(self.video_visual, (n, None), where, "features/video_visual.npy")
         _check_matrix(self.video_text, (n, None), where, "features/video_text.npy")
         _check_shape(self.video_text_mask, (n,), where, "features/video_text_mask.npy")
+        _expect(np.asarray(self.video_text_mask).dtype == bool, where, "features/video_text_mask.npy",
+                f"a bool array, found {np.asarray(self.video_text_mask).dtype}")
         _check_matrix(self.music, (m, None), where, "features/music.npy")
         _check_matrix(self.uploader_pref, (None, g), where, "uploaders.npy")
         if u > 0:
