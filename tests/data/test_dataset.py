@@ -260,3 +260,44 @@ def test_overwrite_replaces_dataset(tiny_ds, tmp_path):
     save_dataset(changed, out)
     np.testing.assert_array_equal(load_dataset(out).music, np.asarray(tiny_ds.music) + 1.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# ---- frozen negatives ------------------------------------------------------------------------------
+
+def test_sample_negatives_distinct_never_positive_and_uniform():
+    from bgmrec.data.negatives import sample_negatives
+
+    rng = np.random.default_rng(0)
+    cand = np.arange(10, 30)  # 20 candidates
+    pos = np.tile(np.array([10, 15, 29]), 2000)
+    neg = sample_negatives(pos, cand, 5, rng, chunk=97)
+    assert neg.shape == (6000, 5) and neg.dtype == np.int64
+    assert not (neg == pos[:, None]).any()
+    assert np.isin(neg, cand).all()
+    assert all(len(set(r)) == 5 for r in neg.tolist())
+    # each of the 19 other candidates is drawn with probability 5/19 per row
+    rows = neg[pos == 15]
+    counts = np.bincount(rows.ravel(), minlength=30)[cand]
+    expected = len(rows) * 5 / 19
+    assert counts[cand == 15] == 0
+    others = counts[cand != 15]
+    assert np.abs(others - expected).max() < 5 * np.sqrt(expected)
+    # the same generator state gives the same negatives (frozen on disk, but also reproducible)
+    np.testing.assert_array_equal(sample_negatives(pos, cand, 5, np.random.default_rng(0), chunk=97), neg)
+
+
+def test_sample_negatives_all_others_and_too_many():
+    from bgmrec.data.negatives import sample_negatives
+
+    rng = np.random.default_rng(1)
+    neg = sample_negatives(np.array([2, 0]), np.array([0, 1, 2, 3, 3]), 3, rng)  # duplicates are ignored
+    assert [sorted(r) for r in neg.tolist()] == [[0, 1, 3], [1, 2, 3]]
+    with pytest.raises(ValueError, match="cannot draw 4 negatives from 4 candidates"):
+        sample_negatives(np.array([0]), np.arange(4), 4, rng)
+
+
+def test_text_mask_must_be_boolean(tiny_copy):
+    m = np.load(tiny_copy / "features/video_text_mask.npy")
+    _save_npy(tiny_copy / "features/video_text_mask.npy", m.astype(np.float64) * 0.5)
+    with pytest.raises(DatasetError, match="features/video_text_mask.npy"):
+        load_dataset(tiny_copy)
