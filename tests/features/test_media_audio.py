@@ -211,3 +211,10 @@ def test_load_catalog_checks_the_folder(tmp_path):
     np.save(d / "music.npy", np.zeros((2, 5), np.float32))
     with pytest.raises(DatasetError, match="one row per tracks.csv row"):
         load_catalog(d)
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back(music_dir):
+    out = music_dir / "catalog"
+    extract_music(music_dir, out, extractor=Counting(), progress=False)
+    rep = extract_music(music_dir, out, extractor=Counting(), progress=False)
+    assert rep.done == 5 and rep.failures == []

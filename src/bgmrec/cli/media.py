@@ -31,7 +31,7 @@ def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failu
     con.print(f"wrote {done} {what} to {out} ({extracted} extracted, {cached} from the cache, "
               f"{len(failed)} failed" + (f", {warned} without text" if warned else "") + ")")
     for f, reason in failures[:10]:
-        con.print(f"  {f}: {reason}", markup=False)
+        con.print(f"  {f}: {reason}", markup=False, soft_wrap=True)
     if len(failures) > 10:
         con.print(f"  ... {len(failures) - 10} more in {out / 'failures.csv'}")
 

@@ -327,7 +327,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     failures: list[tuple[str, str]] = []
     items: list[tuple[str, Path, str]] = []  # (id, path, sha256)
     seen: dict[str, str] = {}
-    for p in files_in(audio_dir):
+    for p in files_in(audio_dir, exclude=out):
         rel = str(p.relative_to(audio_dir))
         if p.suffix.lower() not in AUDIO_EXTENSIONS:
             failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "

@@ -126,13 +126,18 @@ def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
     write_csv_atomic(path, ["file", "reason"], [[f, one_line(r)] for f, r in failures])
 
 
-def files_in(folder: Path) -> list[Path]:
-    """Regular, non-hidden files under ``folder`` (recursively), in sorted order."""
+def files_in(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Regular, non-hidden files under ``folder`` (recursively), in sorted order.
+
+    ``exclude`` (the output folder, when it lies inside the input folder) is skipped.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
+    skip = Path(exclude).resolve() if exclude is not None else None
     out = [p for p in folder.rglob("*")
-           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+           and (skip is None or skip not in p.resolve().parents)]
     return sorted(out)
 
 

@@ -338,7 +338,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     failures: list[tuple[str, str]] = []
     items: list[tuple[str, Path, str]] = []
     seen: dict[str, str] = {}
-    for p in files_in(video_dir):
+    for p in files_in(video_dir, exclude=out):
         rel = str(p.relative_to(video_dir))
         if p.suffix.lower() not in VIDEO_EXTENSIONS:
             failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
