@@ -76,6 +76,29 @@ class TestDecCMNoTeacher(RecommenderContractMixin):
         finally:
             model.set_inference_mode(before)
 
+    def test_adjustment_is_a_genre_offset_that_changes_rankings(self, model, queries, catalog, tiny_ds):
+        """Backdoor scores = content scores + an offset h(v, genre(m)): the same for every track of a genre,
+        different across genres (unlike the public code's constant vector, which cannot change a ranking)."""
+        before = model.inference_mode
+        try:
+            model.set_inference_mode("content")
+            content = model.score(queries, catalog)
+            model.set_inference_mode("backdoor")
+            backdoor = model.score(queries, catalog)
+        finally:
+            model.set_inference_mode(before)
+        d = backdoor - content
+        genre = np.asarray(tiny_ds.track_genre)
+        spread = []
+        for g in range(tiny_ds.n_genres):
+            dg = d[:, genre == g]
+            np.testing.assert_allclose(dg, np.repeat(dg[:, :1], dg.shape[1], 1), atol=1e-5)
+            spread.append(dg[:, 0])
+        spread = np.stack(spread, 1)
+        assert (spread.max(1) - spread.min(1)).max() > 1e-4
+        top = lambda s: np.argsort(-s, 1)[:, :10]  # noqa: E731
+        assert any(set(a) != set(b) for a, b in zip(top(backdoor), top(content), strict=True))
+
     def test_unknown_mode_raises(self, model):
         with pytest.raises(ValueError, match="nosuchmode"):
             model.set_inference_mode("nosuchmode")
@@ -97,6 +120,32 @@ class TestDecCMWithTeacher(RecommenderContractMixin):
         weights = load_file(str(model.save(tmp_path / "run") / "weights.safetensors"))
         assert set(weights) == set(model.module.state_dict())
         assert model.history and "teacher_kl" in model.history[0]
+
+
+class TestDecCMNoAdjustment(RecommenderContractMixin):
+    model_name = "deccm-noadjust"
+    overrides = {"epochs": 2, "teacher": False, "prior_samples": 64, **SMALL_NET}
+
+    def test_only_content_mode(self, model):
+        assert model.inference_mode == "content"
+        with pytest.raises(ValueError, match="only mode 'content'"):
+            model.set_inference_mode("backdoor")
+
+
+class TestCMVAEConcat(RecommenderContractMixin):
+    model_name = "cmvae-concat"
+    overrides = {"epochs": 2, **SMALL_NET}
+
+
+class TestCMVAEVisual(RecommenderContractMixin):
+    model_name = "cmvae-visual"
+    overrides = {"epochs": 2, **SMALL_NET}
+
+    def test_text_is_ignored(self, model, queries):
+        blank = queries.subset(slice(0, 5))
+        blank = type(blank)(blank.visual, np.zeros_like(blank.text), np.zeros(5, bool), blank.confounder,
+                            blank.index, blank.split)
+        np.testing.assert_array_equal(model.encode_videos(blank), model.encode_videos(queries.subset(slice(0, 5))))
 
 
 def test_every_registered_model_has_a_contract_class():
