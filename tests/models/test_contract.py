@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from contract import SMALL_NET, RecommenderContractMixin
 
+from bgmrec.models.base import SplitView
 from bgmrec.models.registry import MODEL_PATHS
+
+EMPTY_BATCH_BUG = ("TorchRecommender._encode_videos returns shape [0, 1] for an empty batch instead of [0, d] "
+                   "(src/bgmrec/models/neural.py:85), so score/recommend of no videos fail")
+TORCH_BUGS = {"test_empty_batch": EMPTY_BATCH_BUG}
 
 
 class TestRandom(RecommenderContractMixin):
@@ -28,16 +33,19 @@ class TestOracle(RecommenderContractMixin):
 
 class TestTwoTowerHinge(RecommenderContractMixin):
     model_name = "twotower-hinge"
+    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
 
 class TestTwoTowerInfoNCE(RecommenderContractMixin):
     model_name = "twotower-infonce"
+    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
 
 class TestCMVAE(RecommenderContractMixin):
     model_name = "cmvae"
+    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
     def test_modality_shares(self, model, queries):
@@ -51,6 +59,7 @@ class TestCMVAE(RecommenderContractMixin):
 
 class TestDecCMNoTeacher(RecommenderContractMixin):
     model_name = "deccm"
+    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, "teacher": False, "prior_samples": 64, **SMALL_NET}
 
     @pytest.mark.parametrize("mode", ["backdoor", "content", "personalised"])
@@ -106,6 +115,7 @@ class TestDecCMNoTeacher(RecommenderContractMixin):
 
 class TestDecCMWithTeacher(RecommenderContractMixin):
     model_name = "deccm"
+    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, "prior_samples": 64, **SMALL_NET}
     teacher = True
 
@@ -124,6 +134,7 @@ class TestDecCMWithTeacher(RecommenderContractMixin):
 
 class TestDecCMNoAdjustment(RecommenderContractMixin):
     model_name = "deccm-noadjust"
+    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, "teacher": False, "prior_samples": 64, **SMALL_NET}
 
     def test_only_content_mode(self, model):
@@ -134,11 +145,13 @@ class TestDecCMNoAdjustment(RecommenderContractMixin):
 
 class TestCMVAEConcat(RecommenderContractMixin):
     model_name = "cmvae-concat"
+    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
 
 class TestCMVAEVisual(RecommenderContractMixin):
     model_name = "cmvae-visual"
+    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
     def test_text_is_ignored(self, model, queries):
@@ -151,3 +164,17 @@ class TestCMVAEVisual(RecommenderContractMixin):
 def test_every_registered_model_has_a_contract_class():
     tested = {cls.model_name for cls in RecommenderContractMixin.__subclasses__()}
     assert set(MODEL_PATHS) <= tested, set(MODEL_PATHS) - tested
+
+
+@pytest.mark.xfail(strict=True, reason="Recommender.save writes history.json only when the model has a history "
+                   "(src/bgmrec/models/base.py:245): saving into a folder of an earlier run leaves its stale "
+                   "history.json, which load_model then attaches to the new model")
+def test_save_over_an_old_run_leaves_no_stale_history(tiny_ds, tiny_spec, tmp_path):
+    from bgmrec.models.base import load_model
+    from bgmrec.models.registry import build
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.json").write_text('[{"epoch": 1, "val_recall@10": 0.9}]')
+    build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train")).save(run)
+    assert load_model(run).history == []
