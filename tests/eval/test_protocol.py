@@ -147,3 +147,32 @@ def test_constant_scores_get_chance_ranks_not_the_best(tiny_ds, tiny_spec):
     assert res["full"]["recall@1"] < 0.05
     assert abs(res["full"]["median_rank"] - (n_cand + 1) / 2) < n_cand * 0.15
     assert res["sampled"]["recall@10"] < 0.25  # chance is 10 / 101
+
+
+@pytest.mark.parametrize("split", ["test", "test_unbiased", "test_new_music"])
+def test_oracle_ranks_equal_ranks_of_the_true_logits(tiny_ds, tiny_dir, fitted, split):
+    """Independent check of protocol + oracle: rank the split's positives by the simulator's own logits."""
+    from bgmrec.data.simulate import load_truth
+
+    truth = load_truth(tiny_dir)
+    rows = np.asarray(tiny_ds.splits[split])
+    cand = tiny_ds.candidate_tracks(split)
+    logits = truth.logits(split, rows[:, 0], tiny_ds.confounder(rows[:, 2]), tiny_ds.track_genre, cand)
+    pos = np.searchsorted(cand, rows[:, 1])
+    want = 1 + (logits > logits[np.arange(len(rows)), pos][:, None]).sum(1)
+    got = P.full_ranks(fitted["oracle"], tiny_ds, split).ranks
+    # float32 encodings against float64 logits: allow a swap of near-equal neighbours
+    assert np.abs(got - want).max() <= 1
+    assert np.mean(got == want) > 0.98
+
+
+def test_split_without_negatives_has_no_sampled_figures(tiny_ds, fitted):
+    res = P.evaluate(fitted["popularity"], tiny_ds, "pgc")
+    assert res["sampled"] is None and res["ipw"] is None
+    assert set(res["full"]) == FULL_KEYS
+
+
+def test_positive_outside_candidates_raises(tiny_ds, fitted):
+    rows = np.asarray(tiny_ds.splits["test_new_music"])[:3]  # new tracks, ranked among existing ones
+    with pytest.raises(ValueError, match="outside the split's candidate set"):
+        P.full_ranks(fitted["random"], tiny_ds, "test", rows=rows)
