@@ -185,3 +185,32 @@ def test_train_cmvae_with_set_epochs(cli_world, tmp_path):
     history = json.loads((run / "history.json").read_text())
     assert 1 <= len(history) <= 2 and "val_recall@10" in history[0]
     assert json.loads((run / "run.json").read_text())["epochs_run"] == len(history)
+
+
+def test_simulate_options_reach_the_world(tmp_path):
+    out = tmp_path / "w"
+    assert main(["simulate", str(out), "--scale", "tiny", "--seed", "3", "--gamma", "0", "--set", "n_tracks=120"]) == 0
+    world = json.loads((out / "truth" / "world.json").read_text())["config"]
+    assert (world["seed"], world["gamma"], world["n_tracks"]) == (3, 0.0, 120)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["tracks"] == 120
+
+
+def test_evaluate_mode_on_a_single_mode_model(cli_world, popularity_run, capsys):
+    rc = main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--mode", "backdoor"])
+    assert rc == 2
+    assert "offers only its one mode" in _error(capsys)
+
+
+def test_deccm_modes_through_the_cli(cli_world, tmp_path):
+    run = tmp_path / "deccm"
+    assert main(["train", "--data", str(cli_world), "--model", "deccm-noteacher", "--out", str(run),
+                 "--epochs", "1", "--set", "hidden=32", "--set", "latent_dim=8", "--set", "prior_samples=32"]) == 0
+    results = {}
+    for mode in ("backdoor", "content", "personalised"):
+        j = tmp_path / f"{mode}.json"
+        assert main(["evaluate", "--run", str(run), "--data", str(cli_world), "--split", "test_unbiased",
+                     "--mode", mode, "--json", str(j)]) == 0
+        results[mode] = json.loads(j.read_text())
+        assert results[mode]["inference_mode"] == mode
+        assert results[mode]["model"] == "deccm"
+    assert json.loads((run / "config.json").read_text())["config"]["teacher"] is False
