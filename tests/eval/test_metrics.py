@@ -191,11 +191,13 @@ def test_bad_weights_raise(w):
 ranks_st = hnp.arrays(np.int64, st.integers(1, 60), elements=st.integers(1, 500))
 
 
+@settings(deadline=None)  # no per-example deadline: the suite runs beside other jobs
 @given(ranks_st, st.integers(1, 600), st.integers(0, 100))
 def test_recall_monotone_in_k(ranks, k, extra):
     assert M.recall_at_k(ranks, k) <= M.recall_at_k(ranks, k + extra) + 1e-12
 
 
+@settings(deadline=None)
 @given(ranks_st, st.integers(1, 600))
 def test_ndcg_in_unit_interval_and_below_recall(ranks, k):
     v = M.ndcg_at_k(ranks, k)
@@ -223,6 +225,7 @@ def test_chunked_ranks_and_metrics_equal_full(n, m, chunk, seed):
     assert chunked == pytest.approx(M.recall_at_k(full, 3))
 
 
+@settings(deadline=None)
 @given(ranks_st.flatmap(lambda r: st.tuples(st.just(r), hnp.arrays(np.float64, len(r),
                                                                   elements=st.floats(0.01, 100)))),
        st.integers(1, 600))
