@@ -57,6 +57,9 @@ def ranks_from_scores(scores: np.ndarray, positive_col: np.ndarray, tie_break: n
     that scores everything equal therefore gets chance-level ranks, not the best or worst ones.
     """
     scores = np.asarray(scores)
+    bad = np.flatnonzero(np.isnan(scores).any(axis=1)) if scores.size else np.zeros(0, np.int64)
+    if bad.size:  # NaN compares false with everything: it would rank the positive first
+        raise ValueError(f"scores contain NaN (row {int(bad[0])}); the model's embeddings are not finite")
     rows = np.arange(len(scores))
     pos = scores[rows, positive_col][:, None]
     greater = (scores > pos).sum(axis=1)
