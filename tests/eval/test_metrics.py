@@ -234,3 +234,15 @@ def test_weighted_recall_is_a_convex_combination(rw, k):
     v = M.recall_at_k(ranks, k, w)
     assert 0.0 <= v <= 1.0 + 1e-12
     assert v == pytest.approx(np.sum(w * (ranks <= k)) / np.sum(w))
+
+
+def test_nan_scores_raise_instead_of_ranking_first():
+    # NaN compares false with everything: without a check a NaN model would get rank 1 everywhere
+    scores = np.array([[0.3, 0.1, 0.2], [np.nan, 0.5, 0.1]])
+    with pytest.raises(ValueError, match="NaN"):
+        M.ranks_from_scores(scores, np.array([0, 0]), np.zeros(2))
+    with pytest.raises(ValueError, match="NaN"):
+        M.ranks_from_scores(np.full((2, 4), np.nan), np.array([1, 2]), np.full(2, 0.5))
+    # infinities are ordered values, not errors
+    inf = np.array([[np.inf, 0.0, -np.inf]])
+    np.testing.assert_array_equal(M.ranks_from_scores(inf, np.array([1]), np.zeros(1)), [2])

@@ -176,3 +176,17 @@ def test_positive_outside_candidates_raises(tiny_ds, fitted):
     rows = np.asarray(tiny_ds.splits["test_new_music"])[:3]  # new tracks, ranked among existing ones
     with pytest.raises(ValueError, match="outside the split's candidate set"):
         P.full_ranks(fitted["random"], tiny_ds, "test", rows=rows)
+
+
+class NaNRecommender(ConstantRecommender):
+    """A diverged model: its video embeddings are NaN."""
+
+    name = "nan"
+
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        return np.full((len(q), 1), np.nan)
+
+
+def test_a_diverged_model_is_refused_not_ranked_first(tiny_ds, tiny_spec):
+    with pytest.raises(ValueError, match="NaN"):
+        P.evaluate(NaNRecommender(ModelConfig(), tiny_spec), tiny_ds, "test")
