@@ -161,3 +161,24 @@ def test_captions_csv_needs_its_columns(tmp_path):
     p.write_text("file,caption\nx.mp4,hello #world\n")
     ok, bad = read_captions(p)
     assert ok == {"x.mp4": "hello world"} and bad == {}
+
+
+def test_a_stream_without_duration_is_scanned_evenly(tmp_path):
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as out:
+        vs = out.add_stream("libx264", rate=10)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        for i in range(30):
+            fr = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 8, np.uint8), format="rgb24")
+            fr.pts, fr.time_base = i, Fraction(1, 10)
+            for p in vs.encode(fr):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    frames = sample_frames(path, 4, 32)
+    level = frames[:, 0, 0, 0].astype(int)
+    assert frames.shape == (4, 32, 32, 3) and (np.diff(level) > 20).all()  # first to last, increasing

@@ -141,16 +141,21 @@ def _frames_by_seeking(container, stream, start: float, duration: float, n: int,
 
 
 def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: float) -> list:
-    kept, last = [], -1.0
-    for f in container.decode(stream):
-        t = f.time or 0.0
+    """Streams without a duration: decode up to ``scan_seconds``, keeping evenly spaced frames.
+
+    Every ``step``-th frame is kept; when more than 4n are kept, every other one is dropped and the
+    step doubles, so memory stays bounded and the kept frames stay evenly spaced.
+    """
+    rate = float(stream.average_rate or stream.guessed_rate or 25.0)
+    kept, step = [], 1
+    for index, f in enumerate(container.decode(stream)):
+        t = f.time if f.time is not None else index / rate  # raw streams carry no timestamps
         if t > scan_seconds:
             break
-        if t - last >= 1.0 or not kept:  # about one frame a second
+        if index % step == 0:
             kept.append(f)
-            last = t
-            if len(kept) > 4 * scan_seconds:
-                break
+            if len(kept) > 4 * n:
+                kept, step = kept[::2], step * 2
     if not kept:
         return []
     pick = np.linspace(0, len(kept) - 1, n).round().astype(int)
