@@ -67,18 +67,42 @@ def test_history_has_validation_recall(cmvae):
     assert {"match", "kl", "recon"} <= set(cmvae.history[0])
 
 
-def test_early_stopping_keeps_the_best_epoch(tiny_ds, cmvae, tmp_path):
+def test_trained_model_holds_its_best_validation_state(tiny_ds, cmvae, tmp_path):
     vals = [h["val_recall@10"] for h in cmvae.history]
     best = max(vals)
     cfg = cmvae.config
     val = SplitView(tiny_ds, "val")
     assert validation_recall(cmvae, val, cfg.val_queries, cfg.seed) == pytest.approx(best, abs=1e-9)
-    # the run stopped early: patience epochs after the best one, and the best is not the last epoch
     best_epoch = int(np.argmax(vals))
-    assert best_epoch < len(vals) - 1
     assert len(vals) == min(cfg.epochs, best_epoch + 1 + cfg.patience)
     loaded = load_model(cmvae.save(tmp_path / "run"))
     assert validation_recall(loaded, val, cfg.val_queries, cfg.seed) == pytest.approx(best, abs=1e-9)
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_ds, monkeypatch):
+    """With a scripted validation curve the loop must stop after ``patience`` epochs without gain and hold
+    exactly the weights it had after the best epoch (independent of how well the model learns)."""
+    import copy
+
+    import torch
+
+    import bgmrec.train
+
+    curve = [0.10, 0.50, 0.30, 0.45, 0.20, 0.90, 0.95]  # best at epoch 2; patience 3 stops after epoch 5
+    snapshots = []
+
+    def scripted(model, val, n_queries, seed):
+        snapshots.append(copy.deepcopy(model.module.state_dict()))
+        return curve[len(snapshots) - 1]
+
+    monkeypatch.setattr(bgmrec.train, "validation_recall", scripted)
+    model = _fit(tiny_ds, "twotower-infonce", {"epochs": 7, "patience": 3, "hidden": "16", "latent_dim": 8})
+    assert [h["val_recall@10"] for h in model.history] == curve[:5]
+    state = model.module.state_dict()
+    for k, v in snapshots[1].items():
+        assert torch.equal(state[k], v), k
+    assert any(not torch.equal(snapshots[1][k], snapshots[4][k]) for k in state)  # it did train on
+    assert not model.module.training
 
 
 class _RecordingDict(dict):
