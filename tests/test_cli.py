@@ -214,3 +214,25 @@ def test_deccm_modes_through_the_cli(cli_world, tmp_path):
         assert results[mode]["inference_mode"] == mode
         assert results[mode]["model"] == "deccm"
     assert json.loads((run / "config.json").read_text())["config"]["teacher"] is False
+
+
+@pytest.fixture(scope="module")
+def narrow_world(cli_world) -> Path:
+    out = cli_world.parent / "narrow"
+    assert main(["simulate", str(out), "--scale", "tiny", "--set", "visual_dim=20"]) == 0
+    return out
+
+
+def test_evaluate_on_features_of_another_width(narrow_world, popularity_run, capsys):
+    rc = main(["evaluate", "--run", str(popularity_run), "--data", str(narrow_world)])
+    assert rc == 2
+    err = _error(capsys)
+    assert "visual features" in err and "20]" in err
+
+
+@pytest.mark.xfail(strict=True, reason="report_error prints the message as Rich markup (src/bgmrec/cli/core.py:25, "
+                   "markup=True): '[n, 32]' is taken for a style tag and vanishes, and a message holding '[/x]' "
+                   "raises rich.errors.MarkupError")
+def test_error_messages_are_printed_verbatim(narrow_world, popularity_run, capsys):
+    main(["evaluate", "--run", str(popularity_run), "--data", str(narrow_world)])
+    assert "expected shape [n, 32]" in _error(capsys)
