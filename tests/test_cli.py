@@ -70,11 +70,6 @@ def test_train_then_evaluate_json(cli_world, popularity_run, tmp_path, capsys):
     assert set(res["per_genre_recall@10"]) == {"pop", "hiphop", "electronic", "rock", "classical", "folk"}
     assert 0.0 <= res["full"]["recall@10"] <= 1.0
     assert "R@10" in capsys.readouterr().out  # the table is printed too
-
-
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="`bgmrec models` takes the first docstring line of each class; Oracle has no docstring "
-                   "(src/bgmrec/models/oracle.py:17) so src/bgmrec/cli/core.py:103 raises IndexError")
 def test_models_lists_every_registry_name(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -142,31 +137,17 @@ def test_bad_input_exits_2_with_a_clear_error(cli_world, popularity_run, tmp_pat
     for w in words:
         assert w in err, err
     assert not (tmp_path / "r").exists()  # nothing half-written
-
-
-@pytest.mark.xfail(strict=True, reason="report_error prints through a Rich console that wraps at 80 columns "
-                   "(src/bgmrec/cli/core.py:25), so a message with a long path or list spans several lines")
 @pytest.mark.parametrize("case", ["unknown-model", "unknown-set-field", "truncated-manifest"])
 def test_bad_input_error_is_one_line(cli_world, popularity_run, tmp_path, capsys, case):
     argv, _ = _bad_inputs(cli_world, tmp_path)[case]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
-
-
-@pytest.mark.xfail(strict=True, reason="a --set value of the wrong type reports only Python's conversion error "
-                   "(\"invalid literal for int() with base 10: 'abc'\"), not the field (src/bgmrec/models/base.py "
-                   "_coerce / config_from_dict)")
 def test_bad_set_value_names_the_field(cli_world, tmp_path, capsys):
     rc = main(["train", "--data", str(cli_world), "--model", "cmvae", "--out", str(tmp_path / "r"),
                "--set", "epochs=abc"])
     assert rc == 2
     assert "epochs" in _error(capsys)
-
-
-@pytest.mark.xfail(strict=True, reason="usage errors (missing option, unknown command) escape main() as click "
-                   "exceptions: with standalone_mode=False click raises UsageError, which report_error re-raises "
-                   "(src/bgmrec/cli/__init__.py main, src/bgmrec/cli/core.py report_error)")
 @pytest.mark.parametrize("argv", [["train", "--data", "x"], ["nosuchcommand"], ["simulate", "out", "--seed", "abc"]],
                          ids=["missing-option", "unknown-command", "bad-int"])
 def test_usage_errors_exit_2(argv, capsys):
@@ -228,11 +209,6 @@ def test_evaluate_on_features_of_another_width(narrow_world, popularity_run, cap
     assert rc == 2
     err = _error(capsys)
     assert "visual features" in err and "20]" in err
-
-
-@pytest.mark.xfail(strict=True, reason="report_error prints the message as Rich markup (src/bgmrec/cli/core.py:25, "
-                   "markup=True): '[n, 32]' is taken for a style tag and vanishes, and a message holding '[/x]' "
-                   "raises rich.errors.MarkupError")
 def test_error_messages_are_printed_verbatim(narrow_world, popularity_run, capsys):
     main(["evaluate", "--run", str(popularity_run), "--data", str(narrow_world)])
     assert "expected shape [n, 32]" in _error(capsys)

@@ -89,7 +89,7 @@ def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = F
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     feats = FeatureTensors(train.dataset)
-    rows = train.rows
+    rows = np.array(train.rows)  # a private, writable copy (the split may be memory-mapped)
     if len(rows) == 0:
         raise ValueError(f"split {train.name!r} has no interactions to train on")
     model.prepare(feats, rows)

@@ -9,10 +9,6 @@ from contract import SMALL_NET, RecommenderContractMixin
 from bgmrec.models.base import SplitView
 from bgmrec.models.registry import MODEL_PATHS
 
-EMPTY_BATCH_BUG = ("TorchRecommender._encode_videos returns shape [0, 1] for an empty batch instead of [0, d] "
-                   "(src/bgmrec/models/neural.py:85), so score/recommend of no videos fail")
-TORCH_BUGS = {"test_empty_batch": EMPTY_BATCH_BUG}
-
 
 class TestRandom(RecommenderContractMixin):
     model_name = "random"
@@ -33,19 +29,16 @@ class TestOracle(RecommenderContractMixin):
 
 class TestTwoTowerHinge(RecommenderContractMixin):
     model_name = "twotower-hinge"
-    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
 
 class TestTwoTowerInfoNCE(RecommenderContractMixin):
     model_name = "twotower-infonce"
-    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
 
 class TestCMVAE(RecommenderContractMixin):
     model_name = "cmvae"
-    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
     def test_modality_shares(self, model, queries):
@@ -59,7 +52,6 @@ class TestCMVAE(RecommenderContractMixin):
 
 class TestDecCMNoTeacher(RecommenderContractMixin):
     model_name = "deccm"
-    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, "teacher": False, "prior_samples": 64, **SMALL_NET}
 
     @pytest.mark.parametrize("mode", ["backdoor", "content", "personalised"])
@@ -107,10 +99,6 @@ class TestDecCMNoTeacher(RecommenderContractMixin):
         assert (spread.max(1) - spread.min(1)).max() > 1e-4
         top = lambda s: np.argsort(-s, 1)[:, :10]  # noqa: E731
         assert any(set(a) != set(b) for a, b in zip(top(backdoor), top(content), strict=True))
-
-    @pytest.mark.xfail(strict=True, reason="DecCM.extra_config saves inference_mode but load_extra_config ignores "
-                       "it (src/bgmrec/models/deccm.py:200): a model saved in 'content' mode loads "
-                       "in the config's default mode and scores differently")
     def test_save_load_keeps_the_inference_mode(self, model, queries, catalog, tmp_path):
         from bgmrec.models.base import load_model
 
@@ -132,7 +120,6 @@ class TestDecCMNoTeacher(RecommenderContractMixin):
 
 class TestDecCMWithTeacher(RecommenderContractMixin):
     model_name = "deccm"
-    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, "prior_samples": 64, **SMALL_NET}
     teacher = True
 
@@ -151,7 +138,6 @@ class TestDecCMWithTeacher(RecommenderContractMixin):
 
 class TestDecCMNoAdjustment(RecommenderContractMixin):
     model_name = "deccm-noadjust"
-    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, "teacher": False, "prior_samples": 64, **SMALL_NET}
 
     def test_only_content_mode(self, model):
@@ -162,13 +148,11 @@ class TestDecCMNoAdjustment(RecommenderContractMixin):
 
 class TestCMVAEConcat(RecommenderContractMixin):
     model_name = "cmvae-concat"
-    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
 
 class TestCMVAEVisual(RecommenderContractMixin):
     model_name = "cmvae-visual"
-    known_bugs = TORCH_BUGS
     overrides = {"epochs": 2, **SMALL_NET}
 
     def test_text_is_ignored(self, model, queries):
@@ -181,11 +165,6 @@ class TestCMVAEVisual(RecommenderContractMixin):
 def test_every_registered_model_has_a_contract_class():
     tested = {cls.model_name for cls in RecommenderContractMixin.__subclasses__()}
     assert set(MODEL_PATHS) <= tested, set(MODEL_PATHS) - tested
-
-
-@pytest.mark.xfail(strict=True, reason="Recommender.save writes history.json only when the model has a history "
-                   "(src/bgmrec/models/base.py:245): saving into a folder of an earlier run leaves its stale "
-                   "history.json, which load_model then attaches to the new model")
 def test_save_over_an_old_run_leaves_no_stale_history(tiny_ds, tiny_spec, tmp_path):
     from bgmrec.models.base import load_model
     from bgmrec.models.registry import build

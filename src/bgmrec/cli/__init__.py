@@ -10,10 +10,18 @@ from bgmrec.cli.app import app
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (tests call this directly); returns the exit code."""
+    import typer
+
     try:
         app(args=sys.argv[1:] if argv is None else argv, prog_name="bgmrec", standalone_mode=False)
-    except SystemExit as e:  # typer raises for --help and usage errors
+    except SystemExit as e:  # --help and similar exits
         return int(e.code or 0)
+    except typer.TyperException as e:  # usage errors: missing option, unknown command, bad value
+        e.show()
+        return e.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - the CLI turns known errors into one line
         from bgmrec.cli.core import report_error
 

@@ -14,7 +14,6 @@ from rich.console import Console
 from bgmrec.cli.app import app
 
 console = Console(width=None if Console().is_terminal else 200)  # wide tables when piped or logged
-err_console = Console(stderr=True)
 
 
 def report_error(e: Exception) -> int:
@@ -22,7 +21,8 @@ def report_error(e: Exception) -> int:
     from bgmrec.data.dataset import DatasetError
 
     if isinstance(e, DatasetError | ValueError | FileNotFoundError | KeyError):
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, markup=True)
+        message = " ".join(str(e).split())  # one line, printed as is (no markup, no wrapping)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     raise e
 

@@ -244,6 +244,8 @@ class Recommender(ABC):
         })
         if self.history:
             write_json_atomic(out / "history.json", self.history)
+        else:
+            (out / "history.json").unlink(missing_ok=True)  # never leave an older run's history behind
         return out
 
     @classmethod
@@ -315,7 +317,13 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(known)}")
-    return cls(**{k: _coerce(hints[k], v) for k, v in values.items()})
+    converted = {}
+    for k, v in values.items():
+        try:
+            converted[k] = _coerce(hints[k], v)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{cls.__name__}.{k}: cannot use {v!r} as {hints[k]} ({e})") from None
+    return cls(**converted)
 
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:

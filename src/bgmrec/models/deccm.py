@@ -110,6 +110,7 @@ class DecCM(CMVAE):
             raise ValueError("the teacher was trained on other feature dimensions than the student")
         for p in teacher.module.parameters():
             p.requires_grad_(False)
+            p.grad = None
         teacher.module.eval()
         teacher.module.train = lambda mode=True: teacher.module  # stays in eval mode (as open_clip's distillation)
         self.teacher = teacher
@@ -199,6 +200,8 @@ class DecCM(CMVAE):
 
     def load_extra_config(self, extra: dict) -> None:
         self.teacher_dir = extra.get("teacher_run")
+        if extra.get("inference_mode") in MODES:
+            self.inference_mode = extra["inference_mode"]
 
 
 def teacher_config(student: DecCMConfig) -> CMVAEConfig:

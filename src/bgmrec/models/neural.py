@@ -77,12 +77,12 @@ class TorchRecommender(Recommender):
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
         self.module.eval()
         out = []
-        for s in range(0, len(q), self.encode_chunk):
+        for s in range(0, max(len(q), 1), self.encode_chunk):  # an empty query still gives [0, d]
             part = q.subset(slice(s, s + self.encode_chunk))
             conf = None if part.confounder is None else torch.from_numpy(np.asarray(part.confounder, np.float32))
             out.append(self.video_embedding(torch.from_numpy(part.visual), torch.from_numpy(part.text),
                                             torch.from_numpy(np.asarray(part.text_mask, bool)), conf))
-        return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+        return torch.cat(out).numpy()
 
     @torch.no_grad()
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:

@@ -15,6 +15,8 @@ from bgmrec.models.base import ModelConfig, MusicCatalog, Recommender, SplitView
 
 
 class Oracle(Recommender):
+    """The simulated world's true selection logits for each split's own process (upper bound)."""
+
     name = "oracle"
     trainable = False
 
