@@ -160,7 +160,7 @@ def frame_encoder():
 def text_encoder():
     from bgmrec.features.text import TextEncoder
 
-    return TextEncoder(threads=2)
+    return TextEncoder()
 
 
 @functools.cache

@@ -62,7 +62,7 @@ def extract_videos_cmd(
     out: Path = typer.Option(..., help="folder to write (visual.npy, text.npy, text_mask.npy, videos.csv)"),
     captions: Path | None = typer.Option(None, help="CSV with id (or file), caption[, hashtags]"),
     frames: int = typer.Option(8, help="frames sampled evenly over each clip"),
-    threads: int = typer.Option(2, help="torch threads for the frame network"),
+    threads: int = typer.Option(2, help="frames embedded in parallel (one torch thread each)"),
     cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:

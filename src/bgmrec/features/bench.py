@@ -176,7 +176,7 @@ def bench_clip(tmp: Path, repeats: int, log) -> tuple[dict, object]:
     log("writing a 15-s 720p30 clip")
     clip = write_clip(tmp / "clip.mp4")
     cfg = VideoConfig()
-    frames, text = FrameEncoder(threads=cfg.threads), TextEncoder(threads=cfg.threads)
+    frames, text = FrameEncoder(threads=cfg.threads), TextEncoder()
     caption = "sunset skate session with friends #summer #skate_life"
     t0 = time.perf_counter()
     frames.embed_clip(sample_frames(clip, cfg.frames, cfg.size))
