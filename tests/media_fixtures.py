@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def truncate(src: Path, dst: Path, keep: float = 0.3) -> Path:
 def frame_encoder():
     from bgmrec.features.video import FrameEncoder
 
-    return FrameEncoder(threads=2)
+    # under pytest-xdist each worker process has one core
+    return FrameEncoder(threads=1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @functools.cache
