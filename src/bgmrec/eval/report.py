@@ -57,6 +57,7 @@ def headers() -> list[str]:
 
 def rich_tables(results: list[dict]):
     """One Rich table per split."""
+    from rich.markup import escape
     from rich.table import Table
 
     tables = []
@@ -66,7 +67,7 @@ def rich_tables(results: list[dict]):
         for h in headers():
             t.add_column(h, justify="left" if h == "model" else "right")
         for row in rows_for_split(results, split):
-            t.add_row(*row)
+            t.add_row(*map(escape, row))  # labels hold "[mode]", which Rich would read as markup
         tables.append(t)
     return tables
 

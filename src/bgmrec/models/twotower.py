@@ -19,8 +19,8 @@ from bgmrec.train import Batch, TrainConfig
 @dataclass
 class TwoTowerConfig(TrainConfig):
     latent_dim: int = 64  # size of the shared embedding space
-    hidden: tuple[int, ...] = (256,)  # hidden widths of each tower
-    dropout: float = 0.1  # dropout in the towers
+    hidden: tuple[int, ...] = (512,)  # hidden widths of each tower (chosen on val of the small world)
+    dropout: float = 0.2  # dropout in the towers
     temperature: float = 0.1  # InfoNCE temperature (logits = cosine / temperature)
     margin: float = 0.2  # hinge margin on cosine similarities
 
