@@ -74,6 +74,18 @@ def test_random_split_is_seeded(tmp_path, folders):
     assert not all(np.array_equal(a.splits[s], c.splits[s]) for s in a.splits)
 
 
+def test_videos_without_pairs_are_left_out(tmp_path, folders):
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", n_videos=20)
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d")
+    assert ds.video_ids == [f"v{i}" for i in range(20)] and ds.provenance["videos_without_pairs"] == 10
+    assert (ds.video_uploader >= 0).all()  # -1 stays reserved for professionally made videos
+    from bgmrec.features.video import load_video_features
+
+    full = load_video_features(vids)
+    assert np.array_equal(load_dataset(tmp_path / "d").video_visual, full.visual[:20])
+
+
 def test_uploader_preferences_are_smoothed_and_cold_uploaders_get_the_population_share():
     pref = uploader_preferences(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 2]), 3, 3, alpha=1.0)
     pop = np.array([3, 2, 2]) / 7  # add-one smoothed genre shares of the training pairs

@@ -10,7 +10,8 @@ the file stems used by the extractors; ``time`` is a number or an ISO-8601 date-
 
 What is written (the format of :mod:`bgmrec.data.dataset`):
 
-- every extracted video (``source`` "ugc") and every catalogue track (``track_new`` all False);
+- every extracted video with at least one usable pair (``source`` "ugc"; its uploader is the one of
+  its first pair), and every catalogue track (``track_new`` all False);
 - genres: the sorted genre names of the catalogue, tracks without one get "unknown";
 - splits train / val / test of the pairs, by video (all rows of one video land in one split):
   by time when every row has one (earliest video time first), else a seeded random permutation;
@@ -141,15 +142,20 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     if len(cat) < 2:
         raise DatasetError(f"{music_dir}: the catalogue has {len(cat)} track(s); a dataset needs at least 2")
 
-    vpos = {v: i for i, v in enumerate(vids.ids)}
+    extracted = set(vids.ids)
     tpos = {t: j for j, t in enumerate(cat.ids)}
-    keep = [i for i in range(len(pairs.video)) if pairs.video[i] in vpos and pairs.track[i] in tpos]
-    dropped = {"unknown_video": sum(1 for v in pairs.video if v not in vpos),
+    keep = [i for i in range(len(pairs.video)) if pairs.video[i] in extracted and pairs.track[i] in tpos]
+    dropped = {"unknown_video": sum(1 for v in pairs.video if v not in extracted),
                "unknown_track": sum(1 for v, t in zip(pairs.video, pairs.track, strict=True)
-                                    if v in vpos and t not in tpos)}
+                                    if v in extracted and t not in tpos)}
     if not keep:
         raise DatasetError(f"{pairs_csv}: no row names both an extracted video (from {videos_dir}) "
                            f"and a catalogue track (from {music_dir})")
+    # the dataset's videos: those with at least one usable pair, in the videos folder's order
+    paired = {pairs.video[i] for i in keep}
+    sel = np.array([i for i, v in enumerate(vids.ids) if v in paired], np.int64)
+    video_ids = [vids.ids[i] for i in sel]
+    vpos = {v: i for i, v in enumerate(video_ids)}
     uploaders = sorted({pairs.uploader[i] for i in keep})
     upos = {u: k for k, u in enumerate(uploaders)}
     rows = np.array([[vpos[pairs.video[i]], tpos[pairs.track[i]], upos[pairs.uploader[i]]] for i in keep],
@@ -169,7 +175,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             v = vpos[pairs.video[i]]
             first[v] = min(first.get(v, np.inf), pairs.time[i])
         vtime = np.array([first[v] for v in vids_in])
-    split_of_video = np.full(len(vids), -1, np.int64)
+    split_of_video = np.full(len(video_ids), -1, np.int64)
     split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
     which = split_of_video[rows[:, 0]]
     splits = {name: rows[which == s] for s, name in enumerate(("train", "val", "test"))}
@@ -177,8 +183,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     train = splits["train"]
     uploader_pref = uploader_preferences(train[:, 2], track_genre[train[:, 1]], len(uploaders), len(genres),
                                          config.alpha)
-    video_uploader = np.full(len(vids), -1, np.int64)
-    # a video's uploader: the one of its (first) pair; videos without pairs have none (-1)
+    video_uploader = np.full(len(video_ids), -1, np.int64)
+    # a video's uploader: the one of its (first) pair
     for v, u in rows[::-1, [0, 2]]:
         video_uploader[v] = u
 
@@ -189,18 +195,18 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
 
     ds = Dataset(
         genres=genres,
-        video_ids=list(vids.ids),
+        video_ids=video_ids,
         video_uploader=video_uploader,
-        video_source=["ugc"] * len(vids),
+        video_source=["ugc"] * len(video_ids),
         track_ids=list(cat.ids),
         track_genre=track_genre,
         track_title=list(cat.title),
         track_artist=list(cat.artist),
         track_new=np.zeros(len(cat), bool),
         uploader_pref=uploader_pref,
-        video_visual=vids.visual,
-        video_text=vids.text,
-        video_text_mask=vids.text_mask,
+        video_visual=vids.visual[sel],
+        video_text=vids.text[sel],
+        video_text_mask=vids.text_mask[sel],
         music=cat.features,
         splits=splits,
         split_info={s: SplitInfo(s, "existing") for s in ("train", "val", "test")},
@@ -213,6 +219,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                        "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
                        "pairs": str(pairs_csv), "pairs_sha256": _file_hash(Path(pairs_csv))},
             "pairs": {"rows": len(pairs.video), "used": len(rows), "dropped": dropped},
+            "videos_without_pairs": len(vids) - len(video_ids),
             "extractors": {"videos": vids.manifest.get("extractors"),
                            "music": cat.manifest.get("extractors")},
         },
