@@ -218,3 +218,11 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_back(music_dir):
     extract_music(music_dir, out, extractor=Counting(), progress=False)
     rep = extract_music(music_dir, out, extractor=Counting(), progress=False)
     assert rep.done == 5 and rep.failures == []
+
+
+def test_the_cap_stops_decoding_before_later_damage(tmp_path):
+    full = mf.write_audio(tmp_path / "long.flac", mf.chord([220.0, 330.0], 10.0))
+    path = mf.truncate(full, tmp_path / "cut.flac", 0.7)  # damage after about 7 s
+    assert len(decode_audio(path, SR, max_seconds=1.0)) == SR  # the capped decode never reaches it
+    with pytest.raises(MediaError):
+        decode_audio(path, SR, max_seconds=60.0)
