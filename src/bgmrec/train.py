@@ -62,8 +62,8 @@ class FeatureTensors:
         self.dataset = ds
 
     def batch(self, rows: np.ndarray) -> Batch:
-        v = torch.from_numpy(rows[:, 0])
-        t = torch.from_numpy(rows[:, 1])
+        v = torch.from_numpy(np.array(rows[:, 0], np.int64))
+        t = torch.from_numpy(np.array(rows[:, 1], np.int64))
         return Batch(v, t, self.visual[v], self.text[v], self.text_mask[v], self.music[t], self.genre[t],
                      torch.from_numpy(self.dataset.confounder(rows[:, 2])))
 
