@@ -44,10 +44,10 @@ from bgmrec.data.dataset import DatasetError, load_npy, read_json, save_npy_atom
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
-    files_in,
     one_line,
     progress_bar,
-    sha256_file,
+    scan_media,
+    split_cached,
     write_csv_atomic,
     write_failures,
 )
@@ -324,35 +324,8 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     cache.describe()
     metadata = read_track_meta(Path(meta)) if meta else {}
 
-    failures: list[tuple[str, str]] = []
-    items: list[tuple[str, Path, str]] = []  # (id, path, sha256)
-    seen: dict[str, str] = {}
-    for p in files_in(audio_dir, exclude=out):
-        rel = str(p.relative_to(audio_dir))
-        if p.suffix.lower() not in AUDIO_EXTENSIONS:
-            failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
-                                  f"(expected {', '.join(e[1:] for e in AUDIO_EXTENSIONS)})"))
-            continue
-        if p.stat().st_size == 0:
-            failures.append((rel, "empty file (0 bytes)"))
-            continue
-        if p.stem in seen:
-            failures.append((rel, f"duplicate track id {p.stem!r} (also {seen[p.stem]})"))
-            continue
-        seen[p.stem] = rel
-        try:
-            items.append((p.stem, p, sha256_file(p)))
-        except OSError as e:
-            failures.append((rel, f"cannot read: {one_line(e)}"))
-
-    vectors: dict[str, np.ndarray] = {}
-    todo = []
-    for tid, p, key in items:
-        vec = cache.get(key)
-        if vec is None:
-            todo.append((tid, p, key))
-        else:
-            vectors[tid] = vec
+    items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=out)
+    vectors, todo = split_cached(items, cache)
     cached = len(vectors)
     bad: dict[str, str] = {}
     with progress_bar("extract-music", len(todo), progress and bool(todo)) as advance:

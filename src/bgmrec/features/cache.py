@@ -160,3 +160,45 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
                   TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
+
+
+def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: Path | None = None
+               ) -> tuple[list[tuple[str, Path, str]], list[tuple[str, str]]]:
+    """Media files of ``folder`` as (id = file stem, path, sha256) items, and per-file failures.
+
+    Unsupported extensions, empty files, duplicate ids and unreadable files become a one-line reason
+    each (``kind`` names the id in messages, e.g. "track"); the scan continues.
+    """
+    failures: list[tuple[str, str]] = []
+    items: list[tuple[str, Path, str]] = []
+    seen: dict[str, str] = {}
+    for p in files_in(folder, exclude=exclude):
+        rel = str(p.relative_to(folder))
+        if p.suffix.lower() not in extensions:
+            failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
+                                  f"(expected {', '.join(e[1:] for e in extensions)})"))
+        elif p.stat().st_size == 0:
+            failures.append((rel, "empty file (0 bytes)"))
+        elif p.stem in seen:
+            failures.append((rel, f"duplicate {kind} id {p.stem!r} (also {seen[p.stem]})"))
+        else:
+            seen[p.stem] = rel
+            try:
+                items.append((p.stem, p, sha256_file(p)))
+            except OSError as e:
+                failures.append((rel, f"cannot read: {one_line(e)}"))
+    return items, failures
+
+
+def split_cached(items: list[tuple[str, Path, str]], cache: FeatureCache
+                 ) -> tuple[dict[str, np.ndarray], list[tuple[str, Path, str]]]:
+    """Vectors already in ``cache`` by id, and the items still to extract."""
+    done: dict[str, np.ndarray] = {}
+    todo = []
+    for item_id, p, key in items:
+        vec = cache.get(key)
+        if vec is None:
+            todo.append((item_id, p, key))
+        else:
+            done[item_id] = vec
+    return done, todo

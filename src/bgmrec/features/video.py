@@ -41,11 +41,11 @@ from bgmrec.data.dataset import DatasetError, load_npy, read_json, save_npy_atom
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
-    files_in,
     one_line,
     progress_bar,
-    sha256_file,
+    scan_media,
     sha256_text,
+    split_cached,
     write_csv_atomic,
     write_failures,
 )
@@ -352,33 +352,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     tcache.describe()
     caps_ok, caps_bad = read_captions(captions) if captions else ({}, {})
 
-    failures: list[tuple[str, str]] = []
-    items: list[tuple[str, Path, str]] = []
-    seen: dict[str, str] = {}
-    for p in files_in(video_dir, exclude=out):
-        rel = str(p.relative_to(video_dir))
-        if p.suffix.lower() not in VIDEO_EXTENSIONS:
-            failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
-                                  f"(expected {', '.join(e[1:] for e in VIDEO_EXTENSIONS)})"))
-        elif p.stat().st_size == 0:
-            failures.append((rel, "empty file (0 bytes)"))
-        elif p.stem in seen:
-            failures.append((rel, f"duplicate video id {p.stem!r} (also {seen[p.stem]})"))
-        else:
-            seen[p.stem] = rel
-            try:
-                items.append((p.stem, p, sha256_file(p)))
-            except OSError as e:
-                failures.append((rel, f"cannot read: {one_line(e)}"))
-
-    visual: dict[str, np.ndarray] = {}
-    todo = []
-    for vid, p, key in items:
-        vec = vcache.get(key)
-        if vec is None:
-            todo.append((vid, p, key))
-        else:
-            visual[vid] = vec
+    items, failures = scan_media(video_dir, VIDEO_EXTENSIONS, "video", exclude=out)
+    visual, todo = split_cached(items, vcache)
     cached = len(visual)
     bad: dict[str, str] = {}
 
