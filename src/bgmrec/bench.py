@@ -45,15 +45,9 @@ differ** (real uploads and real features there, a simulated world here):
 """
 
 
-def _get(r: dict, path):
-    for k in path:
-        r = None if r is None else r.get(k)
-    return r
-
-
 def aggregate(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
     """(label, split) -> metric header -> (mean, std, n) over seeds."""
-    from bgmrec.eval.report import label
+    from bgmrec.eval.report import label, metric_at
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
@@ -62,7 +56,7 @@ def aggregate(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[floa
     for key, rs in groups.items():
         cells = {}
         for header, path in QUALITY_METRICS:
-            vals = [v for v in (_get(r, path) for r in rs) if v is not None]
+            vals = [v for v in (metric_at(r, path) for r in rs) if v is not None]
             if vals:
                 cells[header] = (float(np.mean(vals)), float(np.std(vals)), len(vals))
         out[key] = cells

@@ -5,7 +5,6 @@ Application code (it writes files and prints); the library parts it uses take ex
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -103,6 +102,3 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
     console.print(f"wrote {out / 'report.md'}, {len(plots)} plots and results.json; demo wall time {wall:.0f} s")
     return results
 
-
-def load_results(path: Path) -> list[dict]:
-    return json.loads(Path(path).read_text())

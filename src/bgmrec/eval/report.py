@@ -19,7 +19,8 @@ COLUMNS = (  # (header, path into an evaluate() result)
 )
 
 
-def _get(result: dict, path: tuple[str, ...]):
+def metric_at(result: dict | None, path: tuple[str, ...]):
+    """The value at ``path`` in an evaluate() result, or None where any level is missing."""
     for key in path:
         if result is None:
             return None
@@ -38,14 +39,14 @@ def rows_for_split(results: list[dict], split: str) -> list[list[str]]:
     """Table rows (label, metrics..., ratio of R@10 to the oracle's) for one split."""
     subset = [r for r in results if r["split"] == split]
     oracle = next((r for r in subset if r["model"] == "oracle"), None)
-    base = _get(oracle, ("full", "recall@10")) if oracle else None
+    base = metric_at(oracle, ("full", "recall@10")) if oracle else None
     out = []
     for r in subset:
         cells = [label(r)]
         for _, path in COLUMNS:
-            v = _get(r, path)
+            v = metric_at(r, path)
             cells.append("-" if v is None else (f"{v:.0f}" if path[-1] == "median_rank" else f"{v:.3f}"))
-        ratio = _get(r, ("full", "recall@10"))
+        ratio = metric_at(r, ("full", "recall@10"))
         cells.append(f"{ratio / base:.2f}" if base and ratio is not None else "-")
         out.append(cells)
     return out
