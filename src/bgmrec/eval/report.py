@@ -87,6 +87,7 @@ def plot_recall_curves(results: list[dict], split: str, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 distinguishable series
     for r in (r for r in results if r["split"] == split):
         ks = [int(k) for k in r["full_recall_curve"]]
         ax.plot(ks, list(r["full_recall_curve"].values()), "--" if r["model"] == "oracle" else "-",
@@ -117,9 +118,9 @@ def plot_genre_shares(results: list[dict], split: str, out: Path) -> Path:
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(genres) + 0.25 * len(series)), 4.5))
     x = np.arange(len(genres))
+    colors = ["black", *plt.cm.tab20.colors]
     for i, (name, shares) in enumerate(series):
-        ax.bar(x + i * width, [shares[g] for g in genres], width, label=name,
-               color="black" if i == 0 else None)
+        ax.bar(x + i * width, [shares[g] for g in genres], width, label=name, color=colors[i % len(colors)])
     ax.set_xticks(x + 0.4 - width / 2, genres)
     ax.set_ylabel("share of top-10 slots")
     ax.set_title(f"Genre exposure in top-10 lists vs the truth, {split}")
