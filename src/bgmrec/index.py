@@ -57,7 +57,9 @@ class FaissIndex:
 
     With exclusions, ``k`` plus the largest number of ids any query excludes (plus ``oversample``) are
     fetched and the excluded ones filtered out afterwards, so every query still gets ``k`` results
-    (as :class:`ExactIndex`, ``k`` is capped at what the most-excluding query has left).
+    (as :class:`ExactIndex`, ``k`` is capped at what the most-excluding query has left). HNSW graphs are
+    built with several threads, so approximate results may differ between builds; :class:`ExactIndex` is
+    the deterministic reference.
     """
 
     def __init__(self, item_embeddings: np.ndarray, m: int = 32, ef_search: int = 128,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -301,3 +302,12 @@ def test_text_mask_must_be_boolean(tiny_copy):
     _save_npy(tiny_copy / "features/video_text_mask.npy", m.astype(np.float64) * 0.5)
     with pytest.raises(DatasetError, match="features/video_text_mask.npy"):
         load_dataset(tiny_copy)
+
+
+def test_a_training_row_with_held_out_music_is_refused(tiny_world, tmp_path):
+    ds, _ = tiny_world
+    rows = np.array(ds.splits["train"])
+    rows[0, 1] = int(np.flatnonzero(ds.track_new)[0])
+    bad = dataclasses.replace(ds, splits={**ds.splits, "train": rows})
+    with pytest.raises(DatasetError, match="splits/train.npy.*held-out track"):
+        save_dataset(bad, tmp_path / "bad")

@@ -190,3 +190,14 @@ class NaNRecommender(ConstantRecommender):
 def test_a_diverged_model_is_refused_not_ranked_first(tiny_ds, tiny_spec):
     with pytest.raises(ValueError, match="NaN"):
         P.evaluate(NaNRecommender(ModelConfig(), tiny_spec), tiny_ds, "test")
+
+
+def test_oracle_refuses_an_unknown_split_and_a_missing_taste(tiny_ds, tiny_spec):
+    from bgmrec.models.oracle import Oracle
+
+    oracle = Oracle(Oracle.config_class(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(3), np.asarray(tiny_ds.video_uploader[:3]), split="nosuch")
+    with pytest.raises(ValueError, match="nosuch"):
+        oracle.encode_videos(q)
+    with pytest.raises(ValueError, match="genre preferences"):
+        oracle.encode_videos(VideoQuery.from_dataset(tiny_ds, np.arange(3), split="test"))

@@ -55,14 +55,18 @@ def test_a_constant_added_to_every_track_cannot_change_rankings(tiny_ds):
     by a constant. Our offsets differ by genre, so they do change rankings (test above)."""
     model = _with_taste(tiny_ds)
     q = VideoQuery.from_dataset(tiny_ds, np.arange(10))
-    v = model.encode_videos(q)
-    m = model.encode_music(MusicCatalog.from_dataset(tiny_ds))
-    shifted = m + np.random.default_rng(0).normal(size=(1, m.shape[1])).astype(np.float32)
-    assert np.array_equal(np.argsort(-(v @ m.T), 1), np.argsort(-(v @ shifted.T), 1))
+    v = model.encode_videos(q).astype(np.float64)
+    m = model.encode_music(MusicCatalog.from_dataset(tiny_ds)).astype(np.float64)
+    shifted = m + np.random.default_rng(0).normal(size=(1, m.shape[1]))
+    shift = v @ shifted.T - v @ m.T
+    assert np.ptp(shift, axis=1).max() < 1e-9  # the same amount for every track of a query
+    assert np.array_equal(np.argsort(-(v @ m.T), 1, kind="stable"), np.argsort(-(v @ shifted.T), 1, kind="stable"))
 
 
 def test_backdoor_score_is_the_monte_carlo_marginal(tiny_ds):
-    """score(v, m) / tau == log (1/K) sum_k exp(s_vm + t(c_k)[g_m]) / Z(v, c_k), by brute force."""
+    """score(v, m) / tau == log P(m | do(v)) - log Q(m), by brute force, where
+    P(m | v, c) = softmax_r(f_vr + t(c)[g_r] + log Q(r)) (in-batch training learns f up to log Q) and
+    P(m | do(v)) = (1/K) sum_k P(m | v, c_k)."""
     model = _with_taste(tiny_ds)
     model.set_inference_mode("backdoor")
     mod, tau = model.module, model.config.temperature
@@ -71,14 +75,15 @@ def test_backdoor_score_is_the_monte_carlo_marginal(tiny_ds):
         e_v = model.embed(mod.video_posterior(torch.from_numpy(q.visual), torch.from_numpy(q.text),
                                               torch.from_numpy(q.text_mask))[0]).double()
         e_r = model.embed(mod.music_posterior(mod.ref_music)[0]).double()
+        log_q = mod.ref_log_share.double()
         s = e_v @ e_r.T / tau  # [n, R]
         t = mod.taste_logits(mod.prior_c).double()[:, mod.ref_genre]  # [K, R]
-        logits = s[:, None, :] + t[None]  # [n, K, R]
-        p = torch.softmax(logits, dim=2).mean(1)  # P(m | do(v)) over the reference catalogue
+        p = torch.softmax(s[:, None, :] + t[None] + log_q, dim=2).mean(1)  # P(m | do(v)) over the reference tracks
         ref = MusicCatalog(mod.ref_music.numpy(), mod.ref_genre.numpy())
         ours = model.score(q, ref) / tau
-    assert np.allclose(ours, np.log(p.numpy()), atol=2e-4)
-    assert np.allclose(np.exp(ours).sum(1), 1.0, atol=1e-3)  # a distribution over the catalogue
+    assert np.allclose(ours, np.log(p.numpy()) - log_q.numpy(), atol=2e-4)
+    assert np.allclose((np.exp(ours) * np.exp(log_q.numpy())).sum(1), 1.0, atol=1e-3)
+    assert np.isclose(np.exp(log_q.numpy()).sum(), 1.0)  # Q is the training share of each reference track
 
 
 def test_personalised_mode_needs_the_uploader(tiny_ds):
@@ -161,3 +166,12 @@ def test_without_confounding_deconfounded_and_plain_models_agree(tmp_path):
         r_plain = evaluate(cmvae, ds, "test")["full"]["recall@10"]
         r_dec = evaluate(deccm, ds, "test")["full"]["recall@10"]
         assert math.isclose(r_plain, r_dec, abs_tol=0.06), (mode, r_plain, r_dec)
+
+
+def test_holdout_partitions_a_split_reproducibly(tiny_ds):
+    rest, held = SplitView(tiny_ds, "pgc").holdout(0.1, seed=3)
+    n = len(tiny_ds.splits["pgc"])
+    both = np.concatenate([rest.row_index, held.row_index])
+    assert len(held.rows) == round(0.1 * n) and np.array_equal(np.sort(both), np.arange(n))
+    again = SplitView(tiny_ds, "pgc").holdout(0.1, seed=3)[1]
+    assert np.array_equal(again.row_index, held.row_index)

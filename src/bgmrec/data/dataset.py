@@ -187,6 +187,10 @@ class Dataset:
             _expect(info.role in SPLIT_ROLES, where, "manifest.json", f"split role in {SPLIT_ROLES}")
             _expect(info.candidates in CANDIDATE_SETS, where, "manifest.json",
                     f"candidates in {CANDIDATE_SETS}")
+            if info.role in ("train", "val") and len(rows):
+                # held-out (new) music must never be seen in training or model selection
+                _expect(not self.track_new[rows[:, 1]].any(), where, fname,
+                        "only tracks not marked new in tracks.csv (a train/val row uses a held-out track)")
         for s, neg in self.negatives.items():
             fname = f"negatives/{s}.npy"
             _expect(s in self.splits, where, fname, "a split of the same name")

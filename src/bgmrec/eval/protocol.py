@@ -40,6 +40,9 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
     pos_col = col[rows[:, 1]]
     if (pos_col < 0).any():
         raise ValueError(f"split {split!r}: a positive track is outside the split's candidate set")
+    # top lists break exact ties by a seeded random order of the candidates (torch.topk keeps the first)
+    shuffle = np.random.default_rng(seed + 2).permutation(len(cand))
+    cand, pos_col = cand[shuffle], np.argsort(shuffle)[pos_col]
     music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds))[cand])
     tie = _tie_break(len(rows), seed)
     ranks = np.empty(len(rows), np.int64)

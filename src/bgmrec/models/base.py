@@ -120,11 +120,22 @@ class SplitView:
 
     dataset: Dataset
     name: str
+    row_index: np.ndarray | None = None  # a subset of the split's rows (None: all of them)
 
     @property
     def rows(self) -> np.ndarray:
         """int64 [n, 3] (video, track, uploader)."""
-        return np.asarray(self.dataset.splits[self.name])
+        rows = np.asarray(self.dataset.splits[self.name])
+        return rows if self.row_index is None else rows[self.row_index]
+
+    def holdout(self, share: float, seed: int) -> tuple[SplitView, SplitView]:
+        """(rest, held-out share) of this split's rows, seeded: a validation set carved from a split."""
+        n = len(self.rows)
+        perm = np.random.default_rng(seed).permutation(n)
+        k = max(1, int(round(share * n))) if n > 1 else 0
+        base = np.arange(n) if self.row_index is None else self.row_index
+        return (SplitView(self.dataset, self.name, np.sort(base[perm[k:]])),
+                SplitView(self.dataset, self.name, np.sort(base[perm[:k]])))
 
 
 @dataclass

@@ -58,6 +58,8 @@ class DecCMConfig(CMVAEConfig):
         super().__post_init__()
         if self.inference not in MODES:
             raise ValueError(f"inference must be one of {MODES}, got {self.inference!r}")
+        if self.adjustment and self.matching != "infonce":
+            raise ValueError("DecCM's adjustment needs matching='infonce' (its logits must be log-probabilities)")
 
 
 class DecCMModule(CMVAEModule):
@@ -72,6 +74,7 @@ class DecCMModule(CMVAEModule):
         self.register_buffer("prior_c", torch.full((cfg.prior_samples, g), 1.0 / g))
         self.register_buffer("ref_music", torch.zeros(0, spec.music))
         self.register_buffer("ref_genre", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("ref_log_share", torch.zeros(0))  # log Q(r): training share of each reference track
 
     def taste_logits(self, c: torch.Tensor) -> torch.Tensor:
         """t(c) [n, G]: how the uploader's taste shifts the logit of each genre."""
@@ -134,6 +137,8 @@ class DecCM(CMVAE):
             tracks = np.sort(rng.choice(tracks, cfg.reference_tracks, replace=False))
         self.module.ref_music = feats.music[torch.from_numpy(tracks)].clone()
         self.module.ref_genre = feats.genre[torch.from_numpy(tracks)].clone()
+        counts = np.bincount(rows[:, 1], minlength=feats.dataset.n_tracks)[tracks].astype(np.float64)
+        self.module.ref_log_share = torch.from_numpy(np.log(counts / counts.sum())).float()
         if cfg.teacher and self.teacher is None:
             raise ValueError("DecCM with teacher=true needs a teacher: train it with `bgmrec train --model deccm` "
                              "(it trains one) or pass --teacher RUN_DIR, or use --set teacher=false")
@@ -159,11 +164,18 @@ class DecCM(CMVAE):
 
     # -- scoring --
     def backdoor_offsets(self, e_v: torch.Tensor) -> torch.Tensor:
-        """h(v, g) = log sum_k P(c_k) exp(t(c_k)[g] - log Z(v, c_k)) for each genre g, [n, G]."""
+        """h(v, g) = log sum_k P(c_k) exp(t(c_k)[g] - log Z(v, c_k)) for each genre g, [n, G].
+
+        With these offsets, score(v, m) / tau = log P(m | do(v)) - log Q(m): the backdoor marginal
+        divided by the track's training share, the same pointwise-mutual-information scale on which
+        every in-batch-trained model (CMVAE included) ranks, so new tracks (no Q) are scored alike.
+        """
         mod = self.module
         g = len(self.spec.genres)
         e_r = self.embed(mod.music_posterior(mod.ref_music)[0])
-        s = e_v @ e_r.T / self.config.temperature  # [n, R]
+        # in-batch softmax training learns f = log P(m | v, c) - log Q(m) + const(v, c), Q the training
+        # share of m (negatives are other rows' positives); so Z(v, c) = sum_r Q(r) exp(f_vr + t(c)[g_r])
+        s = e_v @ e_r.T / self.config.temperature + mod.ref_log_share  # [n, R]
         onehot = nn.functional.one_hot(mod.ref_genre, g).bool()  # [R, G]
         s_g = torch.stack([torch.logsumexp(s.masked_fill(~onehot[:, j], -torch.inf), dim=1) for j in range(g)], 1)
         t = mod.taste_logits(mod.prior_c)  # [K, G]
@@ -193,6 +205,7 @@ class DecCM(CMVAE):
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.module.ref_music = torch.zeros(arrays["ref_music"].shape)
         self.module.ref_genre = torch.zeros(arrays["ref_genre"].shape, dtype=torch.long)
+        self.module.ref_log_share = torch.zeros(arrays["ref_log_share"].shape)
         super().load_state_arrays(arrays)
 
     def extra_config(self) -> dict:
@@ -227,7 +240,9 @@ def attach_teacher(model: Recommender, ds, out: Path, teacher_dir: Path | None =
         raise ValueError("the dataset has no teacher split (professional music videos); "
                          "pass --teacher RUN_DIR or --set teacher=false")
     teacher = CMVAE(teacher_config(model.config), model.spec)
-    teacher.fit(SplitView(ds, pgc[0]), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
+    # early stopping on held-out professional videos: the uploads' val split carries the taste bias
+    train_pgc, val_pgc = SplitView(ds, pgc[0]).holdout(0.1, model.config.seed)
+    teacher.fit(train_pgc, val_pgc, progress=progress)
     folder = Path(out) / "teacher"
     teacher.save(folder)
     model.set_teacher(teacher, folder)

@@ -40,13 +40,17 @@ class Oracle(Recommender):
         return self
 
     def _process(self, split: str | None) -> dict:
-        return self.processes[split if split in self.processes else "train"]
+        if split is not None and split not in self.processes:
+            raise ValueError(f"the oracle knows no selection process for split {split!r}")
+        return self.processes[split or "train"]
 
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
         if q.index is None:
             raise ValueError("the oracle scores dataset videos only (VideoQuery.index is required)")
         p = self._process(q.split)
         z = self.video_content[q.index].astype(np.float64)
+        if q.confounder is None and p["gamma"]:
+            raise ValueError("the oracle needs the uploaders' genre preferences (VideoQuery.confounder)")
         conf = np.full((len(q), len(self.spec.genres)), 1.0) if q.confounder is None else q.confounder
         taste = p["gamma"] * np.log(np.maximum(conf, 1e-12)) if p["gamma"] else np.zeros(conf.shape)
         return np.hstack([p["beta"] * z / math.sqrt(z.shape[1]), taste, np.full((len(q), 1), p["delta"])])
