@@ -40,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import DatasetError, load_npy, read_json, save_npy_atomic, write_json_atomic
+from bgmrec.data.dataset import DatasetError, load_npy, save_npy_atomic, write_json_atomic
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
     one_line,
     progress_bar,
+    read_manifest,
     scan_media,
     split_cached,
     write_csv_atomic,
@@ -405,11 +406,7 @@ def _array_hash(arr: np.ndarray) -> str:
 def load_catalog(root: Path) -> Catalog:
     """Load and check a catalogue folder written by :func:`extract_music`."""
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a music catalogue folder (it does not exist)")
-    man = read_json(root / "manifest.json", f"{root}/manifest.json")
-    if man.get("kind") != CATALOG_KIND:
-        raise DatasetError(f"{root}/manifest.json: expected kind {CATALOG_KIND!r}, found {man.get('kind')!r}")
+    man = read_manifest(root, CATALOG_KIND, "music catalogue")
     rows = read_csv_utf8(root / "tracks.csv")
     feats = load_npy(root / "music.npy", f"{root}/music.npy", mmap=False)
     if feats.ndim != 2 or len(feats) != len(rows):

@@ -162,6 +162,18 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n=1: prog.advance(task, n)
 
 
+def read_manifest(root: Path, kind: str, what: str) -> dict:
+    """The manifest of an extracted folder, checked to be of ``kind`` (errors name the folder)."""
+    from bgmrec.data.dataset import DatasetError, read_json
+
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: not a {what} folder (it does not exist)")
+    man = read_json(Path(root) / "manifest.json", f"{root}/manifest.json")
+    if man.get("kind") != kind:
+        raise DatasetError(f"{root}/manifest.json: expected kind {kind!r}, found {man.get('kind')!r}")
+    return man
+
+
 def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: Path | None = None
                ) -> tuple[list[tuple[str, Path, str]], list[tuple[str, str]]]:
     """Media files of ``folder`` as (id = file stem, path, sha256) items, and per-file failures.

@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import DatasetError, load_npy, read_json, save_npy_atomic, write_json_atomic
+from bgmrec.data.dataset import DatasetError, load_npy, save_npy_atomic, write_json_atomic
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
     one_line,
     progress_bar,
+    read_manifest,
     scan_media,
     sha256_text,
     split_cached,
@@ -446,11 +447,7 @@ def _av_version() -> str:
 def load_video_features(root: Path) -> VideoFeatures:
     """Load and check a videos folder written by :func:`extract_videos`."""
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a video features folder (it does not exist)")
-    man = read_json(root / "manifest.json", f"{root}/manifest.json")
-    if man.get("kind") != VIDEOS_KIND:
-        raise DatasetError(f"{root}/manifest.json: expected kind {VIDEOS_KIND!r}, found {man.get('kind')!r}")
+    man = read_manifest(root, VIDEOS_KIND, "video features")
     path = root / "videos.csv"
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
