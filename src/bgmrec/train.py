@@ -116,6 +116,7 @@ def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = F
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         model.module.eval()
+        model.end_epoch(feats)
         entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                  **{k: v / steps_per_epoch for k, v in sums.items()}}
         if val is not None and len(val.rows):

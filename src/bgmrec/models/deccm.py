@@ -167,8 +167,8 @@ class DecCM(CMVAE):
         """h(v, g) = log sum_k P(c_k) exp(t(c_k)[g] - log Z(v, c_k)) for each genre g, [n, G].
 
         With these offsets, score(v, m) / tau = log P(m | do(v)) - log Q(m): the backdoor marginal
-        divided by the track's training share, the same pointwise-mutual-information scale on which
-        every in-batch-trained model (CMVAE included) ranks, so new tracks (no Q) are scored alike.
+        divided by the track's training share, the scale on which every in-batch-trained model
+        learns; the track prior column (:class:`TrackPrior`) adds log Q(m) back, as for CMVAE.
         """
         mod = self.module
         g = len(self.spec.genres)
@@ -202,12 +202,6 @@ class DecCM(CMVAE):
         return torch.cat([e_m, nn.functional.one_hot(genre, len(self.spec.genres)).to(e_m.dtype)], dim=1)
 
     # -- persistence --
-    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.module.ref_music = torch.zeros(arrays["ref_music"].shape)
-        self.module.ref_genre = torch.zeros(arrays["ref_genre"].shape, dtype=torch.long)
-        self.module.ref_log_share = torch.zeros(arrays["ref_log_share"].shape)
-        super().load_state_arrays(arrays)
-
     def extra_config(self) -> dict:
         return {"teacher_run": self.teacher_dir, "inference_mode": self.inference_mode}
 

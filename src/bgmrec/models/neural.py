@@ -1,5 +1,6 @@
-"""Plumbing shared by the PyTorch models: construction under a seed, input standardisation,
-``fit`` through the shared training loop, batched no-grad encoding, state as safetensors arrays."""
+"""Plumbing shared by the PyTorch models: construction under a seed, input standardisation, the
+track prior of in-batch softmax models, ``fit`` through the shared training loop, batched no-grad
+encoding, state as safetensors arrays."""
 
 from __future__ import annotations
 
@@ -31,6 +32,78 @@ class InputNorms(nn.Module):
         self.music.fit(feats.music[tracks])
 
 
+def _feature_checksum(features: np.ndarray) -> np.ndarray:
+    """[M, 2] (sum, sum of squares) of each feature row: recognises a training track in a catalogue."""
+    f = np.asarray(features, np.float64)
+    return np.stack([f.sum(1), (f * f).sum(1)], axis=1)
+
+
+class TrackPrior(nn.Module):
+    """log Q(m), each track's share of the training interactions, added back to in-batch softmax scores.
+
+    In-batch negatives are the other rows' positives, so they are drawn in proportion to Q; a model
+    trained by in-batch InfoNCE therefore learns logit(v, m) = log P(m | v) - log Q(m) + const(v)
+    (the sampling bias corrected by Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large
+    Corpus Item Recommendations", RecSys 2019). Ranking by logit + log Q(m) ranks by log P(m | v).
+
+    A track of the training catalogue (same dataset index, same features) gets its exact share. Any
+    other track (new music, another catalogue) gets log Q predicted by a ridge regression from its
+    embedding and genre, fitted on the training tracks after training; before that fit, the mean.
+    """
+
+    ridge = 1.0  # L2 penalty of the regression (embeddings are O(1); the intercept is not penalised)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("log_share", torch.zeros(0, dtype=torch.float64))  # [N]; -inf: unseen in training
+        self.register_buffer("checksum", torch.zeros(0, 2, dtype=torch.float64))  # [N, 2] of the features
+        self.register_buffer("x_mean", torch.zeros(0, dtype=torch.float64))  # [d + G] regression input mean
+        self.register_buffer("coef", torch.zeros(0, dtype=torch.float64))  # [d + G] regression weights
+        self.register_buffer("y_mean", torch.zeros((), dtype=torch.float64))  # mean log Q of training tracks
+
+    def set_shares(self, tracks: np.ndarray, music: np.ndarray) -> None:
+        """Count the training interactions' ``tracks`` among the ``music`` rows of their dataset."""
+        counts = np.bincount(tracks, minlength=len(music)).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            log_share = np.log(counts / counts.sum())  # -inf: not in training
+        self.log_share = torch.from_numpy(log_share)
+        self.checksum = torch.from_numpy(_feature_checksum(music))
+        self.y_mean = torch.tensor(float(log_share[counts > 0].mean()), dtype=torch.float64)
+        self.x_mean = torch.zeros(0, dtype=torch.float64)
+        self.coef = torch.zeros(0, dtype=torch.float64)
+
+    @staticmethod
+    def _inputs(embedding: np.ndarray, genre: np.ndarray, n_genres: int) -> np.ndarray:
+        return np.hstack([np.asarray(embedding, np.float64), np.eye(n_genres)[np.asarray(genre)]])
+
+    def fit_regression(self, embedding: np.ndarray, genre: np.ndarray, n_genres: int) -> None:
+        """Ridge regression of log Q on [embedding, one-hot genre] over the training tracks (rows of the dataset)."""
+        seen = np.isfinite(self.log_share.numpy())
+        x = self._inputs(embedding[seen], genre[seen], n_genres)
+        y = self.log_share.numpy()[seen]
+        x_mean = x.mean(0)
+        xc = x - x_mean
+        coef = np.linalg.solve(xc.T @ xc + self.ridge * np.eye(x.shape[1]), xc.T @ (y - y.mean()))
+        self.x_mean, self.coef = torch.from_numpy(x_mean), torch.from_numpy(coef)
+
+    def log_q(self, catalog: MusicCatalog, embedding: np.ndarray, n_genres: int) -> np.ndarray:
+        """[M] log Q of each catalogue track: exact for training tracks, predicted for the others."""
+        out = np.full(len(catalog), float(self.y_mean))
+        if len(self.coef):
+            out = self.y_mean.item() + (self._inputs(embedding, catalog.genre, n_genres)
+                                        - self.x_mean.numpy()) @ self.coef.numpy()
+        if catalog.index is not None and len(self.log_share):
+            idx = np.asarray(catalog.index, np.int64)
+            known = (idx >= 0) & (idx < len(self.log_share))
+            rows = np.flatnonzero(known)
+            same = np.isclose(_feature_checksum(catalog.features[rows]), self.checksum.numpy()[idx[rows]],
+                              rtol=1e-6, atol=1e-6).all(1)
+            exact = self.log_share.numpy()[idx[rows[same]]]
+            keep = np.isfinite(exact)
+            out[rows[same][keep]] = exact[keep]
+        return out
+
+
 class TorchRecommender(Recommender):
     """A recommender whose state is one ``nn.Module`` (``self.module``) trained by :func:`fit_torch`."""
 
@@ -42,6 +115,7 @@ class TorchRecommender(Recommender):
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.module = self.build_module()
+        self.module.track_prior = TrackPrior()  # empty unless ``prior_scale`` is set; saved with the module
         self.module.eval()
 
     @abstractmethod
@@ -61,13 +135,29 @@ class TorchRecommender(Recommender):
     def music_embedding(self, music: torch.Tensor, genre: torch.Tensor) -> torch.Tensor:
         """Music encodings for scoring (inputs not yet standardised)."""
 
+    def prior_scale(self) -> float | None:
+        """Weight of log Q(m) in the score (the InfoNCE temperature), or None to rank without :class:`TrackPrior`.
+
+        Only models trained by in-batch softmax learn log P(m | v) - log Q(m); they override this.
+        """
+        return None
+
     def param_groups(self) -> list[dict]:
         """Optimiser parameter groups (one group at the config's learning rate by default)."""
         return [{"params": [p for p in self.module.parameters() if p.requires_grad]}]
 
     def prepare(self, feats: FeatureTensors, rows: np.ndarray) -> None:
-        """Called by the training loop before the first step: fit input standardisation."""
+        """Called by the training loop before the first step: fit input standardisation, count track shares."""
         self.module.norms.fit(feats, rows)
+        if self.prior_scale() is not None:
+            self.module.track_prior.set_shares(rows[:, 1], feats.music.numpy())
+
+    def end_epoch(self, feats: FeatureTensors) -> None:
+        """Called by the training loop after each epoch, before validation: refit the track prior's regression."""
+        if self.prior_scale() is not None:
+            catalog = MusicCatalog(feats.music.numpy(), feats.genre.numpy())
+            self.module.track_prior.fit_regression(self._music_embedding(catalog), catalog.genre,
+                                                   len(self.spec.genres))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> TorchRecommender:
         self.history = fit_torch(self, train, val, progress)
@@ -82,17 +172,33 @@ class TorchRecommender(Recommender):
             conf = None if part.confounder is None else torch.from_numpy(np.asarray(part.confounder, np.float32))
             out.append(self.video_embedding(torch.from_numpy(part.visual), torch.from_numpy(part.text),
                                             torch.from_numpy(np.asarray(part.text_mask, bool)), conf))
-        return torch.cat(out).numpy()
+        e_v = torch.cat(out).numpy()
+        scale = self.prior_scale()
+        if scale is None:
+            return e_v
+        return np.hstack([e_v, np.full((len(e_v), 1), scale, e_v.dtype)])  # times the music side's log Q
 
     @torch.no_grad()
-    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+    def _music_embedding(self, c: MusicCatalog) -> np.ndarray:
         self.module.eval()
         return self.music_embedding(torch.from_numpy(np.array(c.features, np.float32)),
                                     torch.from_numpy(np.array(c.genre, np.int64))).numpy()
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        e_m = self._music_embedding(c)
+        if self.prior_scale() is None:
+            return e_m
+        log_q = self.module.track_prior.log_q(c, e_m, len(self.spec.genres))
+        return np.hstack([e_m, log_q[:, None].astype(e_m.dtype)])
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+        for name, buf in self.module.named_buffers():  # buffers sized by the data take the saved shapes
+            if name in tensors and buf.shape != tensors[name].shape:
+                owner, _, attr = name.rpartition(".")
+                setattr(self.module.get_submodule(owner), attr, torch.zeros_like(tensors[name]))
+        self.module.load_state_dict(tensors)
         self.module.eval()

@@ -24,6 +24,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "cmvae-visual": ("cmvae", {"fusion": "visual"}),
     "cmvae-concat": ("cmvae", {"fusion": "concat"}),
     "cmvae-nocrossgen": ("cmvae", {"cross_generation": False}),
+    "cmvae-noprior": ("cmvae", {"track_prior": False}),
     "deccm-noadjust": ("deccm", {"adjustment": False}),
     "deccm-noteacher": ("deccm", {"teacher": False}),
 }

@@ -1,7 +1,8 @@
 """Two-tower baselines: an MLP per side into one normalised space, trained on in-batch negatives.
 
 * ``twotower-hinge``: the VSE++ max-of-hinges on the hardest in-batch negatives (Faghri et al. 2018);
-* ``twotower-infonce``: symmetric InfoNCE, CLIP style (Radford et al. 2021).
+* ``twotower-infonce``: symmetric InfoNCE, CLIP style (Radford et al. 2021), ranking with the
+  track prior log Q(m) as every in-batch softmax model here (:class:`~bgmrec.models.neural.TrackPrior`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,17 @@ class TwoTowerConfig(TrainConfig):
     latent_dim: int = 64  # size of the shared embedding space
     hidden: tuple[int, ...] = (512,)  # hidden widths of each tower (chosen on val of the small world)
     dropout: float = 0.2  # dropout in the towers
-    temperature: float = 0.1  # InfoNCE temperature (logits = cosine / temperature)
+
+
+@dataclass
+class TwoTowerHingeConfig(TwoTowerConfig):
     margin: float = 0.2  # hinge margin on cosine similarities
+
+
+@dataclass
+class TwoTowerInfoNCEConfig(TwoTowerConfig):
+    temperature: float = 0.1  # InfoNCE temperature (logits = cosine / temperature)
+    track_prior: bool = True  # add temperature * log Q(m) to scores (InfoNCE learns log P(m|v) - log Q(m))
 
 
 class TwoTowerModule(nn.Module):
@@ -42,8 +52,6 @@ class TwoTowerModule(nn.Module):
 
 
 class _TwoTower(TorchRecommender):
-    config_class = TwoTowerConfig
-
     def build_module(self) -> nn.Module:
         return TwoTowerModule(self.config, self.spec)
 
@@ -63,6 +71,7 @@ class TwoTowerHinge(_TwoTower):
     """Two towers trained with the VSE++ hardest-negative hinge."""
 
     name = "twotower-hinge"
+    config_class = TwoTowerHingeConfig
 
     def training_loss(self, batch, step, steps_per_epoch):
         loss = hardest_negative_hinge(self.similarity(batch), self.config.margin, batch.same_track)
@@ -73,6 +82,10 @@ class TwoTowerInfoNCE(_TwoTower):
     """Two towers trained with symmetric InfoNCE."""
 
     name = "twotower-infonce"
+    config_class = TwoTowerInfoNCEConfig
+
+    def prior_scale(self) -> float | None:
+        return self.config.temperature if self.config.track_prior else None
 
     def training_loss(self, batch, step, steps_per_epoch):
         loss = symmetric_info_nce(self.similarity(batch) / self.config.temperature, batch.same_track)
