@@ -99,9 +99,25 @@ def plot(agg: dict, split: str, title: str, out: Path) -> Path:
     return out
 
 
+def finished_run(run: Path, name: str, seed: int, commit: str) -> float | None:
+    """Training seconds of a complete run of ``name`` at ``seed`` made by ``commit``, else None."""
+    from bgmrec.data.dataset import read_json
+
+    if not all((run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
+        return None
+    info, config = read_json(run / "run.json"), read_json(run / "config.json")
+    if info.get("commit") != commit or info.get("model") != name or config["config"].get("seed") != seed:
+        return None
+    return float(info["seconds"])
+
+
 def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
-                console: Console, command: str) -> Path:
-    """Train and evaluate ``models`` on each scale and seed; write the Markdown report at ``out``."""
+                console: Console, command: str, resume: bool = False) -> Path:
+    """Train and evaluate ``models`` on each scale and seed; write the Markdown report at ``out``.
+
+    ``resume`` reuses the runs in ``work`` that the same commit trained (seeds can then run as
+    separate processes, and an interrupted benchmark continues where it stopped).
+    """
     from bgmrec.cli.core import git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset, write_json_atomic
 
@@ -128,7 +144,9 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             ds = load_dataset(data)
             for name in models or DEMO_MODELS:
                 run = data.parent / "runs" / name
-                _, sec = train_model(data, name, run, seed=seed, progress=True)
+                sec = finished_run(run, name, seed, git_commit()) if resume else None
+                if sec is None:
+                    _, sec = train_model(data, name, run, seed=seed, progress=True)
                 seconds.setdefault(name, []).append(sec)
                 res = evaluate_run(run, ds, label=name)
                 for r in res:

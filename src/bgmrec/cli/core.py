@@ -201,13 +201,14 @@ def bench_quality(
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds (one world per seed)"),
     models: str | None = typer.Option(None, help="comma-separated models (default: every demo model)"),
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
+    resume: bool = typer.Option(False, help="reuse runs in WORK trained by the same commit instead of retraining"),
 ) -> None:
     """Every model on every split of simulated worlds, mean and spread over seeds -> docs/benchmarks.md."""
     from bgmrec.bench import run_quality
 
     command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench quality"
     run_quality(scales.split(","), [int(s) for s in seeds.split(",")], out, work,
-                models.split(",") if models else None, console, command)
+                models.split(",") if models else None, console, command, resume)
 
 
 @bench_app.command("speed")
