@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from rich.console import Console
 
 import bgmrec.cli.core
@@ -37,3 +38,33 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(bgmrec.cli.core, "train_model", counted)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     assert called == ["popularity"]
+
+
+def _truth_scores(ds, truth, mode, videos, tracks):
+    from bgmrec.bench import TruthRanker
+    from bgmrec.models.base import MusicCatalog, VideoQuery
+
+    ranker = TruthRanker(ds, truth, mode, n_confounders=64)
+    q = VideoQuery.from_dataset(ds, videos)
+    cat = MusicCatalog(np.asarray(ds.music)[tracks], np.asarray(ds.track_genre)[tracks], tracks)
+    return ranker.encode_videos(q).astype(np.float64) @ ranker.encode_music(cat).T.astype(np.float64), ranker
+
+
+def test_truth_bound_backdoor_is_the_interventional_distribution(tiny_ds):
+    """exp(score) over the training catalogue is (1/K) sum_k softmax(true logits with c_k): by brute force."""
+    from bgmrec.data.simulate import load_truth
+
+    truth = load_truth(tiny_ds.root)
+    videos = np.asarray(tiny_ds.splits["test"])[:5, 0]
+    ref = np.flatnonzero(~np.asarray(tiny_ds.track_new))
+    ours, ranker = _truth_scores(tiny_ds, truth, "backdoor", videos, ref)
+    p = truth.processes["train"]
+    base = truth.logits("train", videos, np.ones((5, len(tiny_ds.genres))), np.asarray(tiny_ds.track_genre), ref)
+    taste = ranker.taste.numpy()[:, np.asarray(tiny_ds.track_genre)[ref]]  # [K, R], gamma log c_k[g]
+    logits = base[:, None, :] + taste[None]
+    brute = np.exp(logits - logits.max(2, keepdims=True))
+    brute = (brute / brute.sum(2, keepdims=True)).mean(1)
+    assert p.gamma > 0
+    assert np.allclose(np.exp(ours), brute, atol=1e-5)
+    content, _ = _truth_scores(tiny_ds, truth, "content", videos, ref)
+    assert np.allclose(content, base, atol=1e-4)  # taste removed: beta match + delta log pop

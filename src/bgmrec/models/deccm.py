@@ -27,7 +27,6 @@ wrong). The teacher's weights are not saved in the student; the student's config
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from torch import nn
 
 from bgmrec.models.base import Recommender, SplitView, load_model
 from bgmrec.models.cmvae import CMVAE, CMVAEConfig, CMVAEModule
-from bgmrec.models.layers import kl_normal
+from bgmrec.models.layers import backdoor_genre_offsets, kl_normal
 from bgmrec.train import Batch, FeatureTensors
 
 MODES = ("backdoor", "content", "personalised")
@@ -171,17 +170,11 @@ class DecCM(CMVAE):
         learns; the track prior column (:class:`TrackPrior`) adds log Q(m) back, as for CMVAE.
         """
         mod = self.module
-        g = len(self.spec.genres)
         e_r = self.embed(mod.music_posterior(mod.ref_music)[0])
         # in-batch softmax training learns f = log P(m | v, c) - log Q(m) + const(v, c), Q the training
         # share of m (negatives are other rows' positives); so Z(v, c) = sum_r Q(r) exp(f_vr + t(c)[g_r])
         s = e_v @ e_r.T / self.config.temperature + mod.ref_log_share  # [n, R]
-        onehot = nn.functional.one_hot(mod.ref_genre, g).bool()  # [R, G]
-        s_g = torch.stack([torch.logsumexp(s.masked_fill(~onehot[:, j], -torch.inf), dim=1) for j in range(g)], 1)
-        t = mod.taste_logits(mod.prior_c)  # [K, G]
-        log_z = torch.logsumexp(s_g[:, None, :] + t[None, :, :], dim=2)  # [n, K]
-        h = torch.logsumexp(t[None, :, :] - log_z[:, :, None], dim=1) - math.log(len(t))  # [n, G]
-        return torch.nan_to_num(h, neginf=-1e4)
+        return backdoor_genre_offsets(s, mod.ref_genre, mod.taste_logits(mod.prior_c))
 
     def video_embedding(self, visual, text, text_mask, confounder):
         e_v = self.embed(self.module.video_posterior(visual, text, text_mask)[0])

@@ -129,16 +129,21 @@ def hardest_negative_hinge(sim: torch.Tensor, margin: float, same_item: torch.Te
     return (loss_v * has_v).mean() + (loss_m * has_m).mean()
 
 
-def symmetric_info_nce(logits: torch.Tensor, same_item: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP, Radford et al. 2021) on [B, B] logits, positives on the diagonal.
+def info_nce(logits: torch.Tensor, same_item: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE over the rows of [B, B] logits (van den Oord et al. 2018), positives on the diagonal.
 
-    mean of the cross-entropies of rows and of columns against the diagonal; other entries that are
-    the same track as the row's positive are removed from the denominator (not false negatives).
+    Row i is a softmax over the batch's tracks for video i: the cross-entropy of the diagonal, with the
+    other entries that are the same track as the row's positive removed from the denominator.
     """
     keep = _negative_mask(logits, same_item) | torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    masked = logits.masked_fill(~keep, float("-inf"))
     target = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (nn.functional.cross_entropy(masked, target) + nn.functional.cross_entropy(masked.T, target))
+    return nn.functional.cross_entropy(logits.masked_fill(~keep, float("-inf")), target)
+
+
+def symmetric_info_nce(logits: torch.Tensor, same_item: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP, Radford et al. 2021): the mean of :func:`info_nce` over rows and over columns."""
+    same_t = None if same_item is None else same_item.T
+    return 0.5 * (info_nce(logits, same_item) + info_nce(logits.T, same_t))
 
 
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -156,3 +161,18 @@ def log_mean_exp(x: torch.Tensor, dim: int, log_weights: torch.Tensor | None = N
     if log_weights is None:
         return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
     return torch.logsumexp(x + log_weights, dim=dim)
+
+
+def backdoor_genre_offsets(scores: torch.Tensor, ref_genre: torch.Tensor, taste: torch.Tensor) -> torch.Tensor:
+    """h(v, g) = log (1/K) sum_k exp(taste_k[g] - log Z(v, k)), Z(v, k) = sum_r exp(scores_vr + taste_k[g_r]).
+
+    The genre offsets of a backdoor marginal P(m | do(v)) = (1/K) sum_k P(m | v, c_k) when the
+    confounder acts on a track only through its genre: log P(m | do(v)) = scores_vm + h(v, g(m)).
+    ``scores`` [n, R] over the reference tracks, ``ref_genre`` [R] their genres, ``taste`` [K, G].
+    """
+    g = taste.shape[1]
+    onehot = nn.functional.one_hot(ref_genre, g).bool()  # [R, G]
+    s_g = torch.stack([torch.logsumexp(scores.masked_fill(~onehot[:, j], -torch.inf), dim=1) for j in range(g)], 1)
+    log_z = torch.logsumexp(s_g[:, None, :] + taste[None, :, :], dim=2)  # [n, K]
+    h = torch.logsumexp(taste[None, :, :] - log_z[:, :, None], dim=1) - math.log(len(taste))  # [n, G]
+    return torch.nan_to_num(h, neginf=-1e4)  # a genre without reference tracks
