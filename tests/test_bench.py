@@ -44,7 +44,7 @@ def _truth_scores(ds, truth, mode, videos, tracks):
     from bgmrec.bench import TruthRanker
     from bgmrec.models.base import MusicCatalog, VideoQuery
 
-    ranker = TruthRanker(ds, truth, mode, n_confounders=64)
+    ranker = TruthRanker(ds, mode, n_confounders=64)
     q = VideoQuery.from_dataset(ds, videos)
     cat = MusicCatalog(np.asarray(ds.music)[tracks], np.asarray(ds.track_genre)[tracks], tracks)
     return ranker.encode_videos(q).astype(np.float64) @ ranker.encode_music(cat).T.astype(np.float64), ranker

@@ -24,24 +24,26 @@ def _prior(tracks=(0, 0, 1, 3, 0, 1)) -> TrackPrior:
 
 def test_shares_by_hand():
     prior = _prior()  # counts 3, 2, 0, 1 of 6
-    expected = np.array([np.log(3 / 6), np.log(2 / 6), -np.inf, np.log(1 / 6)])
-    assert np.allclose(prior.log_share.numpy(), expected)
+    found, log_share = prior.exact(MUSIC)
+    assert found.tolist() == [True, True, False, True]
+    assert log_share[[0, 1, 3]] == pytest.approx(np.log([3 / 6, 2 / 6, 1 / 6]))
     assert prior.y_mean.item() == pytest.approx(np.log([3 / 6, 2 / 6, 1 / 6]).mean())
 
 
-def test_known_tracks_get_their_exact_share_others_the_mean_before_any_regression():
+def test_training_tracks_are_recognised_by_their_features_in_any_catalogue():
     prior = _prior()
-    emb = np.zeros((4, 2))
-    genre = np.zeros(4, np.int64)
-    exact = prior.log_q(MusicCatalog(MUSIC, genre, np.arange(4)), emb, 1)
-    assert exact[[0, 1, 3]] == pytest.approx(np.log([3 / 6, 2 / 6, 1 / 6]))
-    assert exact[2] == pytest.approx(prior.y_mean.item())  # in the catalogue but never chosen in training
-    no_index = prior.log_q(MusicCatalog(MUSIC, genre), emb, 1)
-    assert no_index == pytest.approx(np.full(4, prior.y_mean.item()))
-    moved = MUSIC.copy()
-    moved[0] += 1.0  # same index, other features: another dataset's track 0, not ours
-    other = prior.log_q(MusicCatalog(moved, genre, np.arange(4)), emb, 1)
-    assert other[0] == pytest.approx(prior.y_mean.item()) and other[1] == pytest.approx(np.log(2 / 6))
+    emb, genre = np.zeros((4, 2)), np.zeros(4, np.int64)
+    mean = prior.y_mean.item()
+    for catalog in (MusicCatalog(MUSIC, genre, np.arange(4)), MusicCatalog(MUSIC, genre),  # with or without index
+                    MusicCatalog(MUSIC.astype(np.float64), genre)):  # float64 copies of the same tracks
+        log_q = prior.log_q(catalog, emb, 1)
+        assert log_q[[0, 1, 3]] == pytest.approx(np.log([3 / 6, 2 / 6, 1 / 6]))
+        assert log_q[2] == pytest.approx(mean)  # in the catalogue but never chosen in training
+    shuffled = MUSIC[::-1].copy()  # other order: rows 3, 2, 1, 0
+    expected = [np.log(1 / 6), mean, np.log(2 / 6), np.log(3 / 6)]
+    assert prior.log_q(MusicCatalog(shuffled, genre), emb, 1) == pytest.approx(expected)
+    reversed_features = MUSIC[:, ::-1].copy()  # same sums, other tracks
+    assert prior.log_q(MusicCatalog(reversed_features, genre), emb, 1) == pytest.approx(np.full(4, mean))
 
 
 def test_regression_predicts_a_linear_log_share():
@@ -49,19 +51,28 @@ def test_regression_predicts_a_linear_log_share():
     n, d = 400, 3
     music = rng.normal(size=(n, 5)).astype(np.float32)
     emb = rng.normal(size=(n, d))
-    w = np.array([0.5, -1.0, 0.25])
-    share = np.exp(emb @ w)
+    share = np.exp(emb @ np.array([0.5, -1.0, 0.25]))
     counts = rng.multinomial(2_000_000, share / share.sum())
     counts[-50:] = 0  # these never appear in training
     prior = TrackPrior()
     prior.set_shares(np.repeat(np.arange(n), counts), music)
     genre = np.zeros(n, np.int64)
-    prior.fit_regression(emb, genre, 1)
+    prior.fit_regression(music, emb, genre, 1)
     pred = prior.log_q(MusicCatalog(music, genre), emb, 1)
-    truth = np.log(share)  # log Q up to the normalisation constant
-    centred = (pred - truth)[-50:] - (pred - truth)[-50:].mean()
-    assert np.abs(centred).max() < 0.05  # the unseen tracks' log Q, up to the normalisation constant
-    assert np.corrcoef(pred[-50:], truth[-50:])[0, 1] > 0.999
+    err = (pred - np.log(share))[-50:]  # log Q of the unseen tracks, up to the normalisation constant
+    assert np.abs(err - err.mean()).max() < 0.05
+    assert np.corrcoef(pred[-50:], np.log(share[-50:]))[0, 1] > 0.999
+
+
+def test_a_genre_absent_from_training_still_gets_a_finite_prediction():
+    rng = np.random.default_rng(0)
+    music = rng.normal(size=(30, 4)).astype(np.float32)
+    genre = np.repeat([0, 1, 2], 10)
+    prior = TrackPrior()
+    prior.set_shares(rng.integers(0, 20, size=200), music)  # genre 2 (tracks 20-29) never chosen
+    prior.fit_regression(music, music.astype(np.float64), genre, 3)
+    log_q = prior.log_q(MusicCatalog(music, genre), music, 3)
+    assert np.isfinite(log_q).all()
 
 
 def test_in_batch_infonce_learns_log_p_minus_log_q():
@@ -102,17 +113,19 @@ def test_score_is_similarity_plus_temperature_times_log_q(tiny_ds):
     model.fit(SplitView(tiny_ds, "train"))
     catalog = MusicCatalog.from_dataset(tiny_ds)
     q = VideoQuery.from_dataset(tiny_ds, np.arange(6))
-    plain = model.score(q, catalog)
     tau = model.config.temperature
     with torch.no_grad():
         e_v = model.video_embedding(torch.from_numpy(q.visual), torch.from_numpy(q.text),
                                     torch.from_numpy(q.text_mask), None).numpy()
     e_m = model._music_embedding(catalog)
-    log_q = model.module.track_prior.log_q(catalog, e_m, len(spec.genres))
-    assert np.allclose(plain, e_v @ e_m.T + tau * log_q[None, :], atol=1e-4)
-    train_tracks = np.unique(np.asarray(tiny_ds.splits["train"])[:, 1])
-    counts = np.bincount(np.asarray(tiny_ds.splits["train"])[:, 1], minlength=tiny_ds.n_tracks)
-    assert np.allclose(log_q[train_tracks], np.log(counts[train_tracks] / counts.sum()))
+    rows = np.asarray(tiny_ds.splits["train"])[:, 1]
+    counts = np.bincount(rows, minlength=tiny_ds.n_tracks)
+    seen = counts > 0
+    scores = model.score(q, catalog)
+    log_q = (scores - e_v @ e_m.T) / tau
+    assert np.ptp(log_q, axis=0).max() < 1e-3  # one value per track, the same for every video
+    assert np.allclose(log_q[0, seen], np.log(counts[seen] / counts.sum()), atol=1e-3)
+    assert np.isfinite(log_q).all()  # tracks never chosen in training get a prediction
 
 
 def test_the_prior_is_an_option_and_needs_infonce(tiny_ds):
@@ -121,7 +134,29 @@ def test_the_prior_is_an_option_and_needs_infonce(tiny_ds):
     without = build("cmvae-noprior", spec, {"hidden": "16", "latent_dim": 8})
     catalog = MusicCatalog.from_dataset(tiny_ds)
     assert with_prior.encode_music(catalog).shape[1] == 9 and without.encode_music(catalog).shape[1] == 8
-    assert build("twotower-hinge", spec, {}).prior_scale() is None
+    hinge = build("twotower-hinge", spec, {})
+    assert hinge.prior_scale() is None and not hasattr(hinge.module, "track_prior")
     with pytest.raises(ValueError, match="track_prior"):
         CMVAEConfig(matching="hinge")
     assert CMVAEConfig(matching="hinge", track_prior=False).matching == "hinge"
+
+
+def test_a_checkpoint_saved_without_the_prior_ranks_by_similarity(tiny_ds, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from bgmrec.models.base import load_model
+
+    spec = FeatureSpec.of(tiny_ds)
+    model = build("cmvae", spec, {"epochs": 1, "hidden": "16", "latent_dim": 8})
+    model.fit(SplitView(tiny_ds, "train"))
+    folder = model.save(tmp_path / "run")
+    weights = load_file(str(folder / "weights.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("track_prior.")},
+              str(folder / "weights.safetensors"))  # as written before the track prior existed
+    old = load_model(folder)
+    catalog = MusicCatalog.from_dataset(tiny_ds)
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(6))
+    plain = build("cmvae-noprior", spec, {"hidden": "16", "latent_dim": 8})
+    plain.module.load_state_dict({k: v for k, v in model.module.state_dict().items()
+                                  if not k.startswith("track_prior.")})
+    assert np.allclose(old.score(q, catalog), plain.score(q, catalog), atol=1e-5)

@@ -128,9 +128,6 @@ class CMVAE(TorchRecommender):
     def build_module(self) -> nn.Module:
         return CMVAEModule(self.config, self.spec)
 
-    def prior_scale(self) -> float | None:
-        return self.config.temperature if self.config.track_prior else None
-
     def posteriors(self, batch: Batch):
         """(mu, logvar) of the video and of the music posteriors of a batch."""
         return (self.module.video_posterior(batch.visual, batch.text, batch.text_mask),

@@ -12,7 +12,10 @@ P(Y | V, M, c) estimable from observational data). The backdoor adjustment
 P(Y | do(V, M)) = sum_c P(Y | V, M, c) P(c) is then evaluated by Monte Carlo over confounder values
 sampled from the training uploads, with P(m | v, c) normalised over the training catalogue:
 
-    score(v, m) = log sum_k P(c_k) exp(sim(v, m)/tau + t(c_k)[g(m)] - log Z(v, c_k)).
+    score(v, m) / tau = log sum_k P(c_k) exp(sim(v, m)/tau + t(c_k)[g(m)] + log Q(m) - log Z(v, c_k)),
+
+where log Q(m), the track's training share, undoes what in-batch training removes (the track prior
+of :class:`~bgmrec.models.neural.TrackPrior`): this is log P(m | do(v)).
 
 Three inference modes: ``backdoor`` (the paper's estimand; keeps the population-average taste),
 ``content`` (the taste path switched off: the world of ``test_unbiased``), ``personalised``

@@ -169,10 +169,12 @@ def backdoor_genre_offsets(scores: torch.Tensor, ref_genre: torch.Tensor, taste:
     The genre offsets of a backdoor marginal P(m | do(v)) = (1/K) sum_k P(m | v, c_k) when the
     confounder acts on a track only through its genre: log P(m | do(v)) = scores_vm + h(v, g(m)).
     ``scores`` [n, R] over the reference tracks, ``ref_genre`` [R] their genres, ``taste`` [K, G].
+    Without reference tracks (an unfitted model) there is nothing to normalise: the offsets are 0.
     """
     g = taste.shape[1]
+    if scores.shape[1] == 0:
+        return torch.zeros(len(scores), g, dtype=scores.dtype)
     onehot = nn.functional.one_hot(ref_genre, g).bool()  # [R, G]
     s_g = torch.stack([torch.logsumexp(scores.masked_fill(~onehot[:, j], -torch.inf), dim=1) for j in range(g)], 1)
     log_z = torch.logsumexp(s_g[:, None, :] + taste[None, :, :], dim=2)  # [n, K]
-    h = torch.logsumexp(taste[None, :, :] - log_z[:, :, None], dim=1) - math.log(len(taste))  # [n, G]
-    return torch.nan_to_num(h, neginf=-1e4)  # a genre without reference tracks
+    return torch.logsumexp(taste[None, :, :] - log_z[:, :, None], dim=1) - math.log(len(taste))  # [n, G]

@@ -4,6 +4,7 @@ encoding, state as safetensors arrays."""
 
 from __future__ import annotations
 
+import hashlib
 from abc import abstractmethod
 
 import numpy as np
@@ -32,10 +33,11 @@ class InputNorms(nn.Module):
         self.music.fit(feats.music[tracks])
 
 
-def _feature_checksum(features: np.ndarray) -> np.ndarray:
-    """[M, 2] (sum, sum of squares) of each feature row: recognises a training track in a catalogue."""
-    f = np.asarray(features, np.float64)
-    return np.stack([f.sum(1), (f * f).sum(1)], axis=1)
+def feature_digests(features: np.ndarray) -> np.ndarray:
+    """int64 [M]: a 64-bit hash of each row's float32 bytes, by which a training track is recognised."""
+    rows = np.ascontiguousarray(features, np.float32)
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little", signed=True)
+                     for r in rows], np.int64)
 
 
 class TrackPrior(nn.Module):
@@ -46,41 +48,54 @@ class TrackPrior(nn.Module):
     (the sampling bias corrected by Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large
     Corpus Item Recommendations", RecSys 2019). Ranking by logit + log Q(m) ranks by log P(m | v).
 
-    A track of the training catalogue (same dataset index, same features) gets its exact share. Any
-    other track (new music, another catalogue) gets log Q predicted by a ridge regression from its
-    embedding and genre, fitted on the training tracks after training; before that fit, the mean.
+    A track with the features of a training track (recognised by a hash of its float32 features, in
+    any catalogue) gets that track's exact share. Any other track (new music) gets log Q predicted by a
+    ridge regression from its embedding and genre, refitted on the training tracks after every epoch;
+    before the first fit, the mean log share. An empty prior (a checkpoint from before the prior
+    existed) gives every track the same value, i.e. ranks by the similarity alone.
     """
 
     ridge = 1.0  # L2 penalty of the regression (embeddings are O(1); the intercept is not penalised)
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("log_share", torch.zeros(0, dtype=torch.float64))  # [N]; -inf: unseen in training
-        self.register_buffer("checksum", torch.zeros(0, 2, dtype=torch.float64))  # [N, 2] of the features
+        # every buffer is sized by the data (empty until ``set_shares``)
+        self.register_buffer("digest", torch.zeros(0, dtype=torch.int64))  # [S] sorted feature hashes of seen tracks
+        self.register_buffer("log_share", torch.zeros(0, dtype=torch.float64))  # [S] their log training share
         self.register_buffer("x_mean", torch.zeros(0, dtype=torch.float64))  # [d + G] regression input mean
         self.register_buffer("coef", torch.zeros(0, dtype=torch.float64))  # [d + G] regression weights
-        self.register_buffer("y_mean", torch.zeros((), dtype=torch.float64))  # mean log Q of training tracks
+        self.register_buffer("y_mean", torch.zeros(0, dtype=torch.float64))  # [1] mean log share of seen tracks
 
     def set_shares(self, tracks: np.ndarray, music: np.ndarray) -> None:
-        """Count the training interactions' ``tracks`` among the ``music`` rows of their dataset."""
+        """Count the training interactions' ``tracks`` (row indices of ``music``, the dataset's features)."""
         counts = np.bincount(tracks, minlength=len(music)).astype(np.float64)
-        with np.errstate(divide="ignore"):
-            log_share = np.log(counts / counts.sum())  # -inf: not in training
-        self.log_share = torch.from_numpy(log_share)
-        self.checksum = torch.from_numpy(_feature_checksum(music))
-        self.y_mean = torch.tensor(float(log_share[counts > 0].mean()), dtype=torch.float64)
+        seen = np.flatnonzero(counts > 0)
+        digest = feature_digests(music[seen])
+        order = np.argsort(digest, kind="stable")
+        log_share = np.log(counts[seen] / counts.sum())
+        self.digest = torch.from_numpy(digest[order])
+        self.log_share = torch.from_numpy(log_share[order])
+        self.y_mean = torch.tensor([log_share.mean()], dtype=torch.float64)
         self.x_mean = torch.zeros(0, dtype=torch.float64)
         self.coef = torch.zeros(0, dtype=torch.float64)
+
+    def exact(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found [M] bool, log share [M], NaN where not found) of tracks given by their features."""
+        digest = feature_digests(features)
+        known = self.digest.numpy()
+        pos = np.minimum(np.searchsorted(known, digest), max(len(known) - 1, 0))
+        found = (known[pos] == digest) if len(known) else np.zeros(len(digest), bool)
+        return found, np.where(found, self.log_share.numpy()[pos] if len(known) else np.nan, np.nan)
 
     @staticmethod
     def _inputs(embedding: np.ndarray, genre: np.ndarray, n_genres: int) -> np.ndarray:
         return np.hstack([np.asarray(embedding, np.float64), np.eye(n_genres)[np.asarray(genre)]])
 
-    def fit_regression(self, embedding: np.ndarray, genre: np.ndarray, n_genres: int) -> None:
-        """Ridge regression of log Q on [embedding, one-hot genre] over the training tracks (rows of the dataset)."""
-        seen = np.isfinite(self.log_share.numpy())
-        x = self._inputs(embedding[seen], genre[seen], n_genres)
-        y = self.log_share.numpy()[seen]
+    def fit_regression(self, features: np.ndarray, embedding: np.ndarray, genre: np.ndarray, n_genres: int) -> None:
+        """Ridge regression of log Q on [embedding, one-hot genre] over the tracks of ``features`` seen in training."""
+        found, log_share = self.exact(features)
+        x = self._inputs(embedding[found], genre[found], n_genres)
+        y = log_share[found]
         x_mean = x.mean(0)
         xc = x - x_mean
         coef = np.linalg.solve(xc.T @ xc + self.ridge * np.eye(x.shape[1]), xc.T @ (y - y.mean()))
@@ -88,19 +103,13 @@ class TrackPrior(nn.Module):
 
     def log_q(self, catalog: MusicCatalog, embedding: np.ndarray, n_genres: int) -> np.ndarray:
         """[M] log Q of each catalogue track: exact for training tracks, predicted for the others."""
-        out = np.full(len(catalog), float(self.y_mean))
+        if not len(self.y_mean):
+            return np.zeros(len(catalog))
+        out = np.full(len(catalog), self.y_mean.item())
         if len(self.coef):
-            out = self.y_mean.item() + (self._inputs(embedding, catalog.genre, n_genres)
-                                        - self.x_mean.numpy()) @ self.coef.numpy()
-        if catalog.index is not None and len(self.log_share):
-            idx = np.asarray(catalog.index, np.int64)
-            known = (idx >= 0) & (idx < len(self.log_share))
-            rows = np.flatnonzero(known)
-            same = np.isclose(_feature_checksum(catalog.features[rows]), self.checksum.numpy()[idx[rows]],
-                              rtol=1e-6, atol=1e-6).all(1)
-            exact = self.log_share.numpy()[idx[rows[same]]]
-            keep = np.isfinite(exact)
-            out[rows[same][keep]] = exact[keep]
+            out = out + (self._inputs(embedding, catalog.genre, n_genres) - self.x_mean.numpy()) @ self.coef.numpy()
+        found, log_share = self.exact(catalog.features)
+        out[found] = log_share[found]
         return out
 
 
@@ -115,7 +124,8 @@ class TorchRecommender(Recommender):
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.module = self.build_module()
-        self.module.track_prior = TrackPrior()  # empty unless ``prior_scale`` is set; saved with the module
+        if self.prior_scale() is not None:
+            self.module.track_prior = TrackPrior()  # saved with the module
         self.module.eval()
 
     @abstractmethod
@@ -138,9 +148,10 @@ class TorchRecommender(Recommender):
     def prior_scale(self) -> float | None:
         """Weight of log Q(m) in the score (the InfoNCE temperature), or None to rank without :class:`TrackPrior`.
 
-        Only models trained by in-batch softmax learn log P(m | v) - log Q(m); they override this.
+        Only models trained by in-batch softmax learn log P(m | v) - log Q(m): their configs have a
+        ``track_prior`` field (and a ``temperature``), which switches it on.
         """
-        return None
+        return self.config.temperature if getattr(self.config, "track_prior", False) else None
 
     def param_groups(self) -> list[dict]:
         """Optimiser parameter groups (one group at the config's learning rate by default)."""
@@ -156,7 +167,7 @@ class TorchRecommender(Recommender):
         """Called by the training loop after each epoch, before validation: refit the track prior's regression."""
         if self.prior_scale() is not None:
             catalog = MusicCatalog(feats.music.numpy(), feats.genre.numpy())
-            self.module.track_prior.fit_regression(self._music_embedding(catalog), catalog.genre,
+            self.module.track_prior.fit_regression(catalog.features, self._music_embedding(catalog), catalog.genre,
                                                    len(self.spec.genres))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> TorchRecommender:
@@ -196,9 +207,12 @@ class TorchRecommender(Recommender):
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-        for name, buf in self.module.named_buffers():  # buffers sized by the data take the saved shapes
-            if name in tensors and buf.shape != tensors[name].shape:
+        for name, buf in self.module.named_buffers():  # buffers registered empty are sized by the data
+            if name in tensors and buf.numel() == 0:
                 owner, _, attr = name.rpartition(".")
                 setattr(self.module.get_submodule(owner), attr, torch.zeros_like(tensors[name]))
+        prior = {k for k in self.module.state_dict() if k.startswith("track_prior.")}
+        if prior and not prior & set(tensors):  # saved before the track prior existed: it stays empty
+            tensors.update({k: v for k, v in self.module.state_dict().items() if k in prior})
         self.module.load_state_dict(tensors)
         self.module.eval()

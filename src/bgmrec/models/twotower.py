@@ -84,9 +84,6 @@ class TwoTowerInfoNCE(_TwoTower):
     name = "twotower-infonce"
     config_class = TwoTowerInfoNCEConfig
 
-    def prior_scale(self) -> float | None:
-        return self.config.temperature if self.config.track_prior else None
-
     def training_loss(self, batch, step, steps_per_epoch):
         loss = symmetric_info_nce(self.similarity(batch) / self.config.temperature, batch.same_track)
         return loss, {"loss": loss.item()}
