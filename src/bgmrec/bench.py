@@ -128,7 +128,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         "# Benchmarks: quality on the simulated worlds",
         "",
         f"Regenerate with `{command}` (commit {git_commit()}, {machine()}, "
-        f"{time.strftime('%Y-%m-%d')}). Each figure is the mean ± standard deviation over seeds "
+        f"{time.strftime('%Y-%m-%d')}). Each figure is the mean ± population standard deviation over seeds "
         f"{', '.join(map(str, seeds))} where more than one seed ran; each seed is a new world (same parameters), "
         "new splits and new initialisations. Full-catalogue ranking is the main protocol; `s-` figures are the "
         "papers' sampled protocol (1 positive + 100 frozen negatives); IPW weights queries by the inverse "
