@@ -177,4 +177,4 @@ def backdoor_genre_offsets(scores: torch.Tensor, ref_genre: torch.Tensor, taste:
     onehot = nn.functional.one_hot(ref_genre, g).bool()  # [R, G]
     s_g = torch.stack([torch.logsumexp(scores.masked_fill(~onehot[:, j], -torch.inf), dim=1) for j in range(g)], 1)
     log_z = torch.logsumexp(s_g[:, None, :] + taste[None, :, :], dim=2)  # [n, K]
-    return torch.logsumexp(taste[None, :, :] - log_z[:, :, None], dim=1) - math.log(len(taste))  # [n, G]
+    return log_mean_exp(taste[None, :, :] - log_z[:, :, None], dim=1)  # [n, G]

@@ -81,11 +81,13 @@ class TrackPrior(nn.Module):
 
     def exact(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found [M] bool, log share [M], NaN where not found) of tracks given by their features."""
-        digest = feature_digests(features)
         known = self.digest.numpy()
-        pos = np.minimum(np.searchsorted(known, digest), max(len(known) - 1, 0))
-        found = (known[pos] == digest) if len(known) else np.zeros(len(digest), bool)
-        return found, np.where(found, self.log_share.numpy()[pos] if len(known) else np.nan, np.nan)
+        if not len(known):
+            return np.zeros(len(features), bool), np.full(len(features), np.nan)
+        digest = feature_digests(features)
+        pos = np.minimum(np.searchsorted(known, digest), len(known) - 1)
+        found = known[pos] == digest
+        return found, np.where(found, self.log_share.numpy()[pos], np.nan)
 
     @staticmethod
     def _inputs(embedding: np.ndarray, genre: np.ndarray, n_genres: int) -> np.ndarray:
