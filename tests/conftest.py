@@ -5,6 +5,7 @@ Tests that modify a dataset folder copy it first (``tiny_copy``); the session fo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,12 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(1)
+    elif importlib.util.find_spec("librosa") and importlib.util.find_spec("opensmile"):
+        # before any xdist worker starts: compile librosa's numba functions once, here, so that workers
+        # never write numba's cache at the same time (numba/numba#10128 crashes them on a fresh install)
+        from bgmrec.features.audio import AudioExtractor
+
+        AudioExtractor().warm_up()
 
 
 @pytest.fixture(scope="session")

@@ -226,3 +226,33 @@ def test_the_cap_stops_decoding_before_later_damage(tmp_path):
     assert len(decode_audio(path, SR, max_seconds=1.0)) == SR  # the capped decode never reaches it
     with pytest.raises(MediaError):
         decode_audio(path, SR, max_seconds=60.0)
+
+
+def test_numba_cache_is_warmed_before_worker_processes_start(tmp_path, music_dir, monkeypatch):
+    """Worker processes compiling librosa's numba functions at once can crash (numba/numba#10128):
+    the parent compiles them first."""
+    import bgmrec.features.audio as audio
+
+    events = []
+    monkeypatch.setattr(audio.AudioExtractor, "warm_up", lambda self: events.append("warm_up"))
+    real_pool = audio.ProcessPoolExecutor
+
+    def pool(*args, **kwargs):
+        events.append("pool")
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(audio, "ProcessPoolExecutor", pool)
+    extract_music(music_dir, tmp_path / "out", workers=2, progress=False)
+    assert events == ["warm_up", "pool"]
+
+
+def test_warm_up_runs_the_whole_analysis():
+    calls = []
+
+    class Recording(AudioExtractor):
+        def extract_signal(self, y):
+            calls.append(len(y))
+            return super().extract_signal(y)
+
+    Recording().warm_up()
+    assert calls == [2 * AudioExtractor().config.sample_rate]

@@ -213,6 +213,14 @@ class AudioExtractor:
                               contrast.mean(1), contrast.std(1), rhythm])
         return np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
+    def warm_up(self) -> None:
+        """Analyse two seconds of a synthetic signal, so that librosa's numba functions are compiled and
+        written to numba's on-disk cache by this one process. Processes compiling the same
+        ``guvectorize(cache=True)`` function at once can leave mismatched cache files and crash
+        (numba/numba#10128, librosa/librosa#1998): call this before starting worker processes."""
+        t = np.arange(2 * self.config.sample_rate) / self.config.sample_rate
+        self.extract_signal(0.1 * np.sin(2 * np.pi * 440.0 * t) * (np.sin(2 * np.pi * 2.0 * t) > 0))
+
     def extract_file(self, path: Path) -> np.ndarray:
         """Decode (capped) and analyse one file; :class:`MediaError` on bad media."""
         c = self.config
@@ -345,6 +353,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
             import multiprocessing as mp
 
             by_path = {str(p): tid for tid, p, _ in todo}
+            extractor.warm_up()  # numba's cache written once, before the workers read it
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                      initializer=_init_worker, initargs=(config,)) as pool:
                 futs = {pool.submit(_worker_job, str(p), key, str(cache.root), settings): str(p)
