@@ -127,6 +127,58 @@ def test_teacher_is_frozen_in_eval_mode_and_not_saved(tiny_dir, tmp_path):
     assert np.allclose(again.score(q, cat), model.score(q, cat), atol=1e-5)
 
 
+def _student_with_teacher(ds, folder):
+    model = build("deccm", FeatureSpec.of(ds), {"epochs": 1, "batch_size": 256, "prior_samples": 64})
+    prepare_teacher(model, ds, folder, None)
+    return model.fit(SplitView(ds, "train"), None)
+
+
+def test_content_mode_is_the_geometric_mixture_of_student_and_teacher(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    q, cat = VideoQuery.from_dataset(ds, np.arange(8)), MusicCatalog.from_dataset(ds)
+    w = model.config.teacher_mix
+    assert 0 < w < 1
+    model.set_inference_mode("content")
+    mixed = model.score(q, cat)
+    backdoor = {}
+    for mix in (w, 0.0):
+        model.config.teacher_mix = mix
+        model.set_inference_mode("backdoor")
+        backdoor[mix] = model.score(q, cat)
+    model.set_inference_mode("content")
+    student = model.score(q, cat)  # teacher_mix = 0: the student alone
+    assert np.allclose(mixed, (1 - w) * student + w * model.teacher.score(q, cat), atol=1e-5)
+    assert not np.allclose(mixed, student, atol=1e-3)
+    assert np.array_equal(backdoor[w], backdoor[0.0])  # the other modes never use the teacher
+
+
+def test_a_loaded_student_finds_its_teacher_or_says_it_is_missing(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    model.set_inference_mode("content")
+    model.save(tmp_path / "run")
+    q, cat = VideoQuery.from_dataset(ds, np.arange(6)), MusicCatalog.from_dataset(ds)
+    expected = model.score(q, cat)
+    (tmp_path / "run").rename(tmp_path / "moved")  # the recorded teacher path is stale: folder/teacher is used
+    again = load_model(tmp_path / "moved")
+    assert again.inference_mode == "content" and again.teacher is not None
+    assert np.allclose(again.score(q, cat), expected, atol=1e-5)
+    import shutil
+
+    shutil.rmtree(tmp_path / "moved" / "teacher")
+    orphan = load_model(tmp_path / "moved")
+    with pytest.raises(ValueError, match="teacher"):
+        orphan.score(q, cat)
+    orphan.set_inference_mode("backdoor")
+    assert np.isfinite(orphan.score(q, cat)).all()
+
+
+def test_teacher_mix_must_be_a_weight(tiny_ds):
+    with pytest.raises(ValueError, match="teacher_mix"):
+        build("deccm", FeatureSpec.of(tiny_ds), {"teacher_mix": 1.5})
+
+
 def test_reusing_a_teacher_checks_its_latent_size(tiny_dir, tmp_path):
     ds = load_dataset(tiny_dir)
     teacher = build("cmvae", FeatureSpec.of(ds), {"latent_dim": 16, "epochs": 1})

@@ -26,6 +26,17 @@ A teacher (the same CMVAE backbone trained on professional music videos, matched
 passed in frozen and in eval mode; the student adds alpha * KL(q_student || q_teacher) for the
 video and music posteriors (closed form, 0 for identical Gaussians -- the public code has the sign
 wrong). The teacher's weights are not saved in the student; the student's config names its folder.
+
+Beyond the paper, content mode also uses the teacher at inference. The teacher was fitted on the
+professional videos, whose tracks were chosen by content alone, so its score (with its own track
+prior) estimates log P(m | v) of exactly the process content mode targets, from data the student
+never saw. Content mode ranks by the geometric mixture of the two estimates,
+
+    score = (1 - w) * student content score + w * teacher score,   w = ``teacher_mix``,
+
+one more block of the inner product, so exact search and FAISS serve it unchanged. The backdoor and
+personalised modes keep the uploads' taste and popularity, which the teacher does not model: they
+use the student alone.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgmrec.models.base import Recommender, SplitView, load_model
+from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, load_model
 from bgmrec.models.cmvae import CMVAE, CMVAEConfig, CMVAEModule
 from bgmrec.models.layers import backdoor_genre_offsets, kl_normal
 from bgmrec.train import Batch, FeatureTensors
@@ -55,11 +66,14 @@ class DecCMConfig(CMVAEConfig):
     prior_samples: int = 512  # confounder values sampled from training uploads to estimate P(c)
     reference_tracks: int = 4000  # at most this many training tracks normalise P(m | v, c)
     inference: str = "backdoor"  # default inference mode: "backdoor" | "content" | "personalised"
+    teacher_mix: float = 0.5  # content mode: weight w of the teacher's score, (1 - w) the student's (0: student alone)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.inference not in MODES:
             raise ValueError(f"inference must be one of {MODES}, got {self.inference!r}")
+        if not 0.0 <= self.teacher_mix <= 1.0:
+            raise ValueError(f"teacher_mix must be in [0, 1], got {self.teacher_mix}")
         if self.adjustment and self.matching != "infonce":
             raise ValueError("DecCM's adjustment needs matching='infonce' (its logits must be log-probabilities)")
 
@@ -197,6 +211,32 @@ class DecCM(CMVAE):
         e_m = self.embed(self.module.music_posterior(music)[0])
         return torch.cat([e_m, nn.functional.one_hot(genre, len(self.spec.genres)).to(e_m.dtype)], dim=1)
 
+    def mixes_teacher(self) -> bool:
+        """True when scores mix in the teacher's: content mode of a student trained with a teacher, w > 0."""
+        cfg: DecCMConfig = self.config
+        return self.inference_mode == "content" and cfg.teacher and cfg.teacher_mix > 0
+
+    def _attached_teacher(self) -> CMVAE:
+        if self.teacher is None:
+            where = f"no teacher folder at {self.teacher_dir}" if self.teacher_dir else "no teacher attached"
+            raise ValueError(f"DecCM's content mode mixes its teacher's scores (teacher_mix="
+                             f"{self.config.teacher_mix}) but there is {where}: keep the teacher folder "
+                             "beside the student, or use another inference mode")
+        return self.teacher
+
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        e_v = super()._encode_videos(q)
+        if not self.mixes_teacher():
+            return e_v
+        w = self.config.teacher_mix
+        return np.hstack([(1.0 - w) * e_v, w * self._attached_teacher().encode_videos(q)])
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        e_m = super()._encode_music(c)
+        if not self.mixes_teacher():
+            return e_m
+        return np.hstack([e_m, self._attached_teacher().encode_music(c)])
+
     # -- persistence --
     def extra_config(self) -> dict:
         return {"teacher_run": self.teacher_dir, "inference_mode": self.inference_mode}
@@ -205,6 +245,15 @@ class DecCM(CMVAE):
         self.teacher_dir = extra.get("teacher_run")
         if extra.get("inference_mode") in MODES:
             self.inference_mode = extra["inference_mode"]
+
+    def after_load(self, folder: Path, **kwargs) -> None:
+        """Attach the teacher that content mode mixes in: the recorded folder, else ``folder/teacher``."""
+        if not (self.config.teacher and self.config.teacher_mix > 0):
+            return
+        for candidate in ([Path(self.teacher_dir)] if self.teacher_dir else []) + [Path(folder) / "teacher"]:
+            if (candidate / "config.json").is_file():
+                self.set_teacher(load_model(candidate), candidate)
+                return
 
 
 def teacher_config(student: DecCMConfig) -> CMVAEConfig:
