@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -164,14 +165,36 @@ def test_a_loaded_student_finds_its_teacher_or_says_it_is_missing(tiny_dir, tmp_
     again = load_model(tmp_path / "moved")
     assert again.inference_mode == "content" and again.teacher is not None
     assert np.allclose(again.score(q, cat), expected, atol=1e-5)
-    import shutil
-
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")  # a copy uses its own teacher, not the original's
+    assert load_model(tmp_path / "copy").teacher_dir == str((tmp_path / "copy" / "teacher").resolve())
     shutil.rmtree(tmp_path / "moved" / "teacher")
     orphan = load_model(tmp_path / "moved")
     with pytest.raises(ValueError, match="teacher"):
         orphan.score(q, cat)
     orphan.set_inference_mode("backdoor")
     assert np.isfinite(orphan.score(q, cat)).all()
+
+
+def test_a_student_saved_before_teacher_mixing_ranks_as_before(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    model.config.teacher_mix = 0.0
+    model.set_inference_mode("content")
+    model.save(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    del meta["config"]["teacher_mix"]  # as written before the field existed
+    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))
+    old = load_model(tmp_path / "run")
+    assert old.config.teacher_mix == 0.0 and not old.mixes_teacher()
+    q, cat = VideoQuery.from_dataset(ds, np.arange(6)), MusicCatalog.from_dataset(ds)
+    assert np.allclose(old.score(q, cat), model.score(q, cat), atol=1e-5)
+
+
+def test_an_ablation_with_content_mode_only_says_how_to_do_without_its_teacher(tiny_ds):
+    model = build("deccm-noadjust", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
+    assert model.mixes_teacher()
+    with pytest.raises(ValueError, match="teacher_mix=0"):
+        model.encode_music(MusicCatalog.from_dataset(tiny_ds))
 
 
 def test_teacher_mix_must_be_a_weight(tiny_ds):

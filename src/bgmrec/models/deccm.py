@@ -212,16 +212,22 @@ class DecCM(CMVAE):
         return torch.cat([e_m, nn.functional.one_hot(genre, len(self.spec.genres)).to(e_m.dtype)], dim=1)
 
     def mixes_teacher(self) -> bool:
-        """True when scores mix in the teacher's: content mode of a student trained with a teacher, w > 0."""
+        """True when scores mix in the teacher's: content mode of a student trained with a teacher, w > 0.
+
+        Validation during ``fit`` scores the model as it ranks: a student whose default mode is content
+        (``deccm-noadjust``) is early-stopped on the mixed score.
+        """
         cfg: DecCMConfig = self.config
         return self.inference_mode == "content" and cfg.teacher and cfg.teacher_mix > 0
 
-    def _attached_teacher(self) -> CMVAE:
+    def _require_teacher(self) -> CMVAE:
         if self.teacher is None:
             where = f"no teacher folder at {self.teacher_dir}" if self.teacher_dir else "no teacher attached"
+            way_out = ("use another inference mode" if self.config.adjustment
+                       else "retrain with --set teacher_mix=0")
             raise ValueError(f"DecCM's content mode mixes its teacher's scores (teacher_mix="
                              f"{self.config.teacher_mix}) but there is {where}: keep the teacher folder "
-                             "beside the student, or use another inference mode")
+                             f"beside the student, or {way_out}")
         return self.teacher
 
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
@@ -229,13 +235,13 @@ class DecCM(CMVAE):
         if not self.mixes_teacher():
             return e_v
         w = self.config.teacher_mix
-        return np.hstack([(1.0 - w) * e_v, w * self._attached_teacher().encode_videos(q)])
+        return np.hstack([(1.0 - w) * e_v, w * self._require_teacher().encode_videos(q)])
 
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:
         e_m = super()._encode_music(c)
         if not self.mixes_teacher():
             return e_m
-        return np.hstack([e_m, self._attached_teacher().encode_music(c)])
+        return np.hstack([e_m, self._require_teacher().encode_music(c)])
 
     # -- persistence --
     def extra_config(self) -> dict:
@@ -247,13 +253,27 @@ class DecCM(CMVAE):
             self.inference_mode = extra["inference_mode"]
 
     def after_load(self, folder: Path, **kwargs) -> None:
-        """Attach the teacher that content mode mixes in: the recorded folder, else ``folder/teacher``."""
+        """Attach the teacher that content mode mixes in: ``folder/teacher``, else the folder recorded in training."""
         if not (self.config.teacher and self.config.teacher_mix > 0):
             return
-        for candidate in ([Path(self.teacher_dir)] if self.teacher_dir else []) + [Path(folder) / "teacher"]:
+        for candidate in [Path(folder) / "teacher"] + ([Path(self.teacher_dir)] if self.teacher_dir else []):
             if (candidate / "config.json").is_file():
-                self.set_teacher(load_model(candidate), candidate)
+                self.set_teacher(load_teacher(candidate), candidate)
                 return
+
+    @classmethod
+    def from_folder_config(cls, meta: dict) -> DecCM:
+        if "teacher_mix" not in meta["config"]:  # saved before content mode mixed in the teacher: student alone
+            meta = {**meta, "config": {**meta["config"], "teacher_mix": 0.0}}
+        return super().from_folder_config(meta)
+
+
+def load_teacher(folder: Path) -> CMVAE:
+    """Load a saved teacher, which must be a plain CMVAE run (not a DecCM student)."""
+    teacher = load_model(folder)
+    if not isinstance(teacher, CMVAE) or isinstance(teacher, DecCM):
+        raise ValueError(f"{folder}: a teacher must be a cmvae run, found {teacher.name!r}")
+    return teacher
 
 
 def teacher_config(student: DecCMConfig) -> CMVAEConfig:
@@ -269,10 +289,7 @@ def attach_teacher(model: Recommender, ds, out: Path, teacher_dir: Path | None =
     if not model.config.teacher:
         return
     if teacher_dir is not None:
-        teacher = load_model(teacher_dir)
-        if not isinstance(teacher, CMVAE) or isinstance(teacher, DecCM):
-            raise ValueError(f"{teacher_dir}: a teacher must be a cmvae run, found {teacher.name!r}")
-        model.set_teacher(teacher, teacher_dir)
+        model.set_teacher(load_teacher(teacher_dir), teacher_dir)
         return
     pgc = [s for s in ds.split_names("teacher") if len(ds.splits[s])]
     if not pgc:
