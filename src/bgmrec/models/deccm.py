@@ -217,8 +217,10 @@ class DecCM(CMVAE):
         Validation during ``fit`` scores the model as it ranks: a student whose default mode is content
         (``deccm-noadjust``) is early-stopped on the mixed score.
         """
-        cfg: DecCMConfig = self.config
-        return self.inference_mode == "content" and cfg.teacher and cfg.teacher_mix > 0
+        return self.inference_mode == "content" and self._content_mode_mixes_teacher()
+
+    def _content_mode_mixes_teacher(self) -> bool:
+        return self.config.teacher and self.config.teacher_mix > 0
 
     def _require_teacher(self) -> CMVAE:
         if self.teacher is None:
@@ -254,7 +256,7 @@ class DecCM(CMVAE):
 
     def after_load(self, folder: Path, **kwargs) -> None:
         """Attach the teacher that content mode mixes in: ``folder/teacher``, else the folder recorded in training."""
-        if not (self.config.teacher and self.config.teacher_mix > 0):
+        if not self._content_mode_mixes_teacher():
             return
         for candidate in [Path(folder) / "teacher"] + ([Path(self.teacher_dir)] if self.teacher_dir else []):
             if (candidate / "config.json").is_file():
