@@ -10,12 +10,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file, save_file
 
 from bgmrec.data.dataset import load_dataset
 from bgmrec.data.simulate import save_world, simulate, world_config
 from bgmrec.eval.protocol import evaluate
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery, load_model
-from bgmrec.models.deccm import DecCM
+from bgmrec.models.deccm import DecCM, content_log_share, negative_binomial_shape
 from bgmrec.models.registry import build, prepare_teacher
 from bgmrec.train import FeatureTensors
 
@@ -188,6 +189,84 @@ def test_a_student_saved_before_teacher_mixing_ranks_as_before(tiny_dir, tmp_pat
     assert old.config.teacher_mix == 0.0 and not old.mixes_teacher()
     q, cat = VideoQuery.from_dataset(ds, np.arange(6)), MusicCatalog.from_dataset(ds)
     assert np.allclose(old.score(q, cat), model.score(q, cat), atol=1e-5)
+
+
+def test_content_log_share_by_hand():
+    # one genre, k = 1: expected choices 2 and 2, genre ratio (4 + 1) / (4 + 1) = 1,
+    # E[log theta | n] = digamma(1 + n) - log(1 + 2): digamma(1) = -0.5772157, digamma(5) = 1.5061177
+    out = content_log_share(np.log([0.5, 0.5]), np.array([0, 4]), np.array([0, 0]), 1, shape=1.0)
+    assert np.allclose(out, [-2.3689752, -0.2856418], atol=1e-6)
+    # two genres, k = 2: expected 1, 1, 2; genre ratios 5/3 and 1/3; expected after them 5/3, 5/3, 2/3;
+    # log Q + log ratio + digamma(2 + n) - log(2 + e), with digamma(3) = 0.9227843, digamma(2) = 0.4227843
+    out = content_log_share(np.log([0.25, 0.25, 0.5]), np.array([3, 1, 0]), np.array([0, 0, 1]), 2, shape=2.0)
+    assert np.allclose(out, [-0.6686341, -1.2519675, -2.3498045], atol=1e-6)
+
+
+def test_negative_binomial_shape_recovers_the_gamma_shape():
+    rng = np.random.default_rng(0)
+    expected = rng.uniform(1.0, 20.0, 20000)
+    counts = rng.poisson(expected * rng.gamma(2.0, 1 / 2.0, len(expected)))
+    assert 1.6 < negative_binomial_shape(counts, expected) < 2.5
+    plain = rng.poisson(expected)  # no over-dispersion: the shape runs to the grid's top
+    assert negative_binomial_shape(plain, expected) > 50
+
+
+def test_content_log_share_removes_popularity_and_genre_taste():
+    rng = np.random.default_rng(1)
+    n_tracks, n_genres = 3000, 3
+    genre = rng.integers(0, n_genres, n_tracks)
+    log_content = rng.normal(0.0, 1.0, n_tracks)  # the share under choice by content alone (log, unnormalised)
+    log_uploads = log_content + 0.8 * rng.normal(0.0, 1.0, n_tracks) + np.array([1.0, 0.0, -1.0])[genre]
+    content = np.exp(log_content - log_content.max())
+    counts = rng.multinomial(6000, content / content.sum())  # 2 professional choices per track on average
+    est = content_log_share(log_uploads - np.log(np.exp(log_uploads).sum()), counts, genre, n_genres)
+
+    def corr(x):
+        return np.corrcoef(x, log_content)[0, 1]
+
+    assert corr(est) > corr(log_uploads) + 0.05
+    assert corr(est) > corr(np.log(counts + 0.5))  # better than the professional counts alone
+    bias = [np.mean((est - log_content)[genre == g]) for g in range(n_genres)]
+    assert np.ptp(bias) < 0.15  # the genres' taste (a spread of 2 in log share) is gone
+
+
+def test_content_mode_ranks_with_the_content_share(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    model.config.teacher_mix = 0.0
+    cat = MusicCatalog.from_dataset(ds)
+    known = np.flatnonzero(~np.asarray(ds.track_new))
+    model.set_inference_mode("backdoor")
+    uploads = model.encode_music(cat)[:, -1]
+    model.set_inference_mode("content")
+    content = model.encode_music(cat)[:, -1]
+    expected = content_log_share(uploads[known], model.teacher_counts[known], ds.track_genre[known], ds.n_genres)
+    assert np.allclose(content[known], expected, atol=1e-5)
+    assert np.isfinite(content).all()  # new music: predicted from its embedding and genre
+    model.save(tmp_path / "run")
+    assert np.allclose(load_model(tmp_path / "run").encode_music(cat)[:, -1], content, atol=1e-6)
+    plain = build("deccm", FeatureSpec.of(ds), {"content_share": False, "teacher_mix": 0.0, "inference": "content",
+                                                "epochs": 1, "batch_size": 256, "prior_samples": 64})
+    assert not hasattr(plain.module, "content_prior")
+
+
+def test_a_student_saved_before_the_content_share_ranks_as_before(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    model.config.teacher_mix = 0.0
+    model.save(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    del meta["config"]["content_share"]  # as written before the field (and the weights' content prior) existed
+    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))
+    weights = load_file(tmp_path / "run" / "weights.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("content_prior.")},
+              tmp_path / "run" / "weights.safetensors")
+    old = load_model(tmp_path / "run")
+    assert not old.config.content_share
+    cat = MusicCatalog.from_dataset(ds)
+    model.set_inference_mode("backdoor")
+    old.set_inference_mode("content")
+    assert np.allclose(old.encode_music(cat)[:, -1], model.encode_music(cat)[:, -1], atol=1e-6)
 
 
 def test_an_ablation_with_content_mode_only_says_how_to_do_without_its_teacher(tiny_ds):

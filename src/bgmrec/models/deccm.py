@@ -37,6 +37,12 @@ never saw. Content mode ranks by the geometric mixture of the two estimates,
 one more block of the inner product, so exact search and FAISS serve it unchanged. The backdoor and
 personalised modes keep the uploads' taste and popularity, which the teacher does not model: they
 use the student alone.
+
+The professional videos also correct the student's track prior in content mode. log Q(m), the
+track's share of the uploads, carries the uploaders' popularity and taste, which content mode must
+drop; the professionals' choices of each track estimate its share under choice by content alone,
+but from few choices per track. :func:`content_log_share` combines the two by empirical Bayes: the
+uploads' share times a per-genre and a shrunk per-track ratio of professional to expected choices.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from torch import nn
 from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, load_model
 from bgmrec.models.cmvae import CMVAE, CMVAEConfig, CMVAEModule
 from bgmrec.models.layers import backdoor_genre_offsets, kl_normal
+from bgmrec.models.neural import TrackPrior
 from bgmrec.train import Batch, FeatureTensors
 
 MODES = ("backdoor", "content", "personalised")
@@ -67,6 +74,7 @@ class DecCMConfig(CMVAEConfig):
     reference_tracks: int = 4000  # at most this many training tracks normalise P(m | v, c)
     inference: str = "backdoor"  # default inference mode: "backdoor" | "content" | "personalised"
     teacher_mix: float = 0.5  # content mode: weight w of the teacher's score, (1 - w) the student's (0: student alone)
+    content_share: bool = True  # content mode: track shares re-estimated on the professional videos (needs teacher)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -110,6 +118,9 @@ class DecCM(CMVAE):
         self.inference_mode = config.inference if config.adjustment else "content"
         self.teacher: CMVAE | None = None
         self.teacher_dir: str | None = None
+        self.teacher_counts: np.ndarray | None = None  # [n_tracks] choices of the teacher's training videos (fit only)
+        if self.prior_scale() is not None and config.teacher and config.content_share:
+            self.module.content_prior = TrackPrior()  # content mode's log Q: :func:`content_log_share`
 
     def build_module(self) -> nn.Module:
         return DecCMModule(self.config, self.spec)
@@ -158,6 +169,22 @@ class DecCM(CMVAE):
         if cfg.teacher and self.teacher is None:
             raise ValueError("DecCM with teacher=true needs a teacher: train it with `bgmrec train --model deccm` "
                              "(it trains one) or pass --teacher RUN_DIR, or use --set teacher=false")
+        pgc = teacher_split(feats.dataset, cfg.seed)
+        self.teacher_counts = None if pgc is None else np.bincount(pgc[0].rows[:, 1], minlength=feats.dataset.n_tracks)
+
+    def end_epoch(self, feats: FeatureTensors) -> None:
+        """Refit the track prior, then the content share from it and the professional videos' choices."""
+        super().end_epoch(feats)
+        if not hasattr(self.module, "content_prior") or self.teacher_counts is None:
+            return
+        known = np.flatnonzero(~np.asarray(feats.dataset.track_new))  # the training catalogue
+        catalog = MusicCatalog(feats.music.numpy()[known], feats.genre.numpy()[known])
+        e_m = self._music_embedding(catalog)
+        g = len(self.spec.genres)
+        log_share = content_log_share(self.module.track_prior.log_q(catalog, e_m, g), self.teacher_counts[known],
+                                      catalog.genre, g)
+        self.module.content_prior.set_log_shares(catalog.features, log_share)
+        self.module.content_prior.fit_regression(catalog.features, e_m, catalog.genre, g)
 
     def training_loss(self, batch: Batch, step: int, steps_per_epoch: int):
         cfg: DecCMConfig = self.config
@@ -210,6 +237,12 @@ class DecCM(CMVAE):
     def music_embedding(self, music, genre):
         e_m = self.embed(self.module.music_posterior(music)[0])
         return torch.cat([e_m, nn.functional.one_hot(genre, len(self.spec.genres)).to(e_m.dtype)], dim=1)
+
+    def _track_log_q(self, c: MusicCatalog, e_m: np.ndarray) -> np.ndarray:
+        prior = getattr(self.module, "content_prior", None)
+        if self.inference_mode == "content" and prior is not None and len(prior.y_mean):
+            return prior.log_q(c, e_m, len(self.spec.genres))
+        return super()._track_log_q(c, e_m)
 
     def mixes_teacher(self) -> bool:
         """True when scores mix in the teacher's: content mode of a student trained with a teacher, w > 0.
@@ -265,9 +298,46 @@ class DecCM(CMVAE):
 
     @classmethod
     def from_folder_config(cls, meta: dict) -> DecCM:
-        if "teacher_mix" not in meta["config"]:  # saved before content mode mixed in the teacher: student alone
-            meta = {**meta, "config": {**meta["config"], "teacher_mix": 0.0}}
+        old = {"teacher_mix": 0.0, "content_share": False}  # saved before these existed: rank as then
+        meta = {**meta, "config": {**old, **meta["config"]}}
         return super().from_folder_config(meta)
+
+
+def content_log_share(log_share: np.ndarray, counts: np.ndarray, genre: np.ndarray, n_genres: int,
+                      shape: float | None = None) -> np.ndarray:
+    """[M] log shares of the tracks under choice by content alone, from the uploads' shares and few unbiased choices.
+
+    ``log_share`` is log Q(m), each track's share of the uploads (which popularity and taste inflate or
+    deflate); ``counts`` how often the N professional videos (chosen by content) picked each track.
+    Poisson-gamma model: counts_m ~ Poisson(e_m theta_m) with e_m = N Q(m) f_g(m) / sum Q, where f_g,
+    the genre's ratio of professional to expected choices, is its posterior mean under a Gamma(1, 1)
+    prior, (sum n + 1) / (sum e + 1), and theta_m ~ Gamma(k, rate k) is the track's own ratio; k is
+    ``shape`` or, if None, the maximum of the negative-binomial marginal likelihood
+    (:func:`negative_binomial_shape`). Returns log Q(m) + log f_g + E[log theta_m | counts_m], where
+    E[log theta | n] = digamma(k + n) - log(k + e): few choices keep a track near its genre's ratio.
+    """
+    log_share, counts = np.asarray(log_share, np.float64), np.asarray(counts, np.float64)
+    share = np.exp(log_share - log_share.max())
+    expected = counts.sum() * share / share.sum()
+    genre_ratio = (np.bincount(genre, counts, n_genres) + 1.0) / (np.bincount(genre, expected, n_genres) + 1.0)
+    expected = expected * genre_ratio[genre]
+    k = negative_binomial_shape(counts, expected) if shape is None else shape
+    log_theta = torch.special.digamma(torch.from_numpy(k + counts)).numpy() - np.log(k + expected)
+    return log_share + np.log(genre_ratio[genre]) + log_theta
+
+
+def negative_binomial_shape(counts: np.ndarray, expected: np.ndarray) -> float:
+    """Shape k maximising sum_m log NB(counts_m; mean expected_m, shape k), the Poisson-gamma marginal.
+
+    log NB(n; e, k) = lgamma(n + k) - lgamma(k) - lgamma(n + 1) + k log(k / (k + e)) + n log(e / (k + e)).
+    Searched on a log grid over [e^-4, e^6]: the upper end stands for "no over-dispersion" (Poisson).
+    """
+    n = torch.as_tensor(np.asarray(counts, np.float64))[None, :]
+    e = torch.as_tensor(np.asarray(expected, np.float64))[None, :]
+    k = torch.exp(torch.linspace(-4.0, 6.0, 201, dtype=torch.float64))[:, None]
+    ll = (torch.lgamma(n + k) - torch.lgamma(k) - torch.lgamma(n + 1) + k * torch.log(k / (k + e))
+          + n * torch.log(e / (k + e))).sum(1)
+    return float(k[int(torch.argmax(ll)), 0])
 
 
 def load_teacher(folder: Path) -> CMVAE:
@@ -276,6 +346,15 @@ def load_teacher(folder: Path) -> CMVAE:
     if not isinstance(teacher, CMVAE) or isinstance(teacher, DecCM):
         raise ValueError(f"{folder}: a teacher must be a cmvae run, found {teacher.name!r}")
     return teacher
+
+
+def teacher_split(ds, seed: int) -> tuple[SplitView, SplitView] | None:
+    """(training, early-stopping) rows of the dataset's professional music videos, or None when it has none.
+
+    The teacher early-stops on held-out professional videos: the uploads' val split carries the taste bias.
+    """
+    pgc = [s for s in ds.split_names("teacher") if len(ds.splits[s])]
+    return None if not pgc else SplitView(ds, pgc[0]).holdout(0.1, seed)
 
 
 def teacher_config(student: DecCMConfig) -> CMVAEConfig:
@@ -293,14 +372,12 @@ def attach_teacher(model: Recommender, ds, out: Path, teacher_dir: Path | None =
     if teacher_dir is not None:
         model.set_teacher(load_teacher(teacher_dir), teacher_dir)
         return
-    pgc = [s for s in ds.split_names("teacher") if len(ds.splits[s])]
-    if not pgc:
+    pgc = teacher_split(ds, model.config.seed)
+    if pgc is None:
         raise ValueError("the dataset has no teacher split (professional music videos); "
                          "pass --teacher RUN_DIR or --set teacher=false")
     teacher = CMVAE(teacher_config(model.config), model.spec)
-    # early stopping on held-out professional videos: the uploads' val split carries the taste bias
-    train_pgc, val_pgc = SplitView(ds, pgc[0]).holdout(0.1, model.config.seed)
-    teacher.fit(train_pgc, val_pgc, progress=progress)
+    teacher.fit(*pgc, progress=progress)
     folder = Path(out) / "teacher"
     teacher.save(folder)
     model.set_teacher(teacher, folder)

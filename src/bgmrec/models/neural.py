@@ -70,9 +70,13 @@ class TrackPrior(nn.Module):
         """Count the training interactions' ``tracks`` (row indices of ``music``, the dataset's features)."""
         counts = np.bincount(tracks, minlength=len(music)).astype(np.float64)
         seen = np.flatnonzero(counts > 0)
-        digest = feature_digests(music[seen])
+        self.set_log_shares(music[seen], np.log(counts[seen] / counts.sum()))
+
+    def set_log_shares(self, features: np.ndarray, log_share: np.ndarray) -> None:
+        """Give the tracks of ``features`` [S, d] these log shares [S]; the regression is cleared until refitted."""
+        digest = feature_digests(features)
         order = np.argsort(digest, kind="stable")
-        log_share = np.log(counts[seen] / counts.sum())
+        log_share = np.asarray(log_share, np.float64)
         self.digest = torch.from_numpy(digest[order])
         self.log_share = torch.from_numpy(log_share[order])
         self.y_mean = torch.tensor([log_share.mean()], dtype=torch.float64)
@@ -201,8 +205,11 @@ class TorchRecommender(Recommender):
         e_m = self._music_embedding(c)
         if self.prior_scale() is None:
             return e_m
-        log_q = self.module.track_prior.log_q(c, e_m, len(self.spec.genres))
-        return np.hstack([e_m, log_q[:, None].astype(e_m.dtype)])
+        return np.hstack([e_m, self._track_log_q(c, e_m)[:, None].astype(e_m.dtype)])
+
+    def _track_log_q(self, c: MusicCatalog, e_m: np.ndarray) -> np.ndarray:
+        """[M] the log Q column of the catalogue's music encodings ``e_m`` (the track prior's)."""
+        return self.module.track_prior.log_q(c, e_m, len(self.spec.genres))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
@@ -213,8 +220,8 @@ class TorchRecommender(Recommender):
             if name in tensors and buf.numel() == 0:
                 owner, _, attr = name.rpartition(".")
                 setattr(self.module.get_submodule(owner), attr, torch.zeros_like(tensors[name]))
-        prior = {k for k in self.module.state_dict() if k.startswith("track_prior.")}
-        if prior and not prior & set(tensors):  # saved before the track prior existed: it stays empty
-            tensors.update({k: v for k, v in self.module.state_dict().items() if k in prior})
+        for name, sub in self.module.named_modules():
+            if isinstance(sub, TrackPrior) and not any(k.startswith(name + ".") for k in tensors):
+                tensors.update({f"{name}.{k}": v for k, v in sub.state_dict().items()})  # saved before it existed
         self.module.load_state_dict(tensors)
         self.module.eval()
