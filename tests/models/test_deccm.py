@@ -181,25 +181,35 @@ def test_a_student_saved_before_teacher_mixing_ranks_as_before(tiny_dir, tmp_pat
     model = _student_with_teacher(ds, tmp_path / "run")
     model.config.teacher_mix = 0.0
     model.set_inference_mode("content")
-    model.save(tmp_path / "run")
-    meta = json.loads((tmp_path / "run" / "config.json").read_text())
-    del meta["config"]["teacher_mix"]  # as written before the field existed
-    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))
+    _as_saved_before_content_share(model, tmp_path / "run")
+    del model.module.content_prior  # the student alone, with the uploads' shares
     old = load_model(tmp_path / "run")
     assert old.config.teacher_mix == 0.0 and not old.mixes_teacher()
     q, cat = VideoQuery.from_dataset(ds, np.arange(6)), MusicCatalog.from_dataset(ds)
     assert np.allclose(old.score(q, cat), model.score(q, cat), atol=1e-5)
 
 
+def _as_saved_before_content_share(model, folder):
+    """Save ``model`` as a student was written before teacher mixing and the content share existed."""
+    model.save(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    del meta["config"]["teacher_mix"], meta["config"]["content_share"]
+    (folder / "config.json").write_text(json.dumps(meta))
+    weights = load_file(folder / "weights.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("content_prior.")}, folder / "weights.safetensors")
+
+
 def test_content_log_share_by_hand():
     # one genre, k = 1: expected choices 2 and 2, genre ratio (4 + 1) / (4 + 1) = 1,
-    # E[log theta | n] = digamma(1 + n) - log(1 + 2): digamma(1) = -0.5772157, digamma(5) = 1.5061177
+    # E[theta | n] = (1 + n) / (1 + 2): log 0.5 + log(1/3) and log 0.5 + log(5/3)
     out = content_log_share(np.log([0.5, 0.5]), np.array([0, 4]), np.array([0, 0]), 1, shape=1.0)
-    assert np.allclose(out, [-2.3689752, -0.2856418], atol=1e-6)
+    assert np.allclose(out, [-1.7917595, -0.1823216], atol=1e-6)
     # two genres, k = 2: expected 1, 1, 2; genre ratios 5/3 and 1/3; expected after them 5/3, 5/3, 2/3;
-    # log Q + log ratio + digamma(2 + n) - log(2 + e), with digamma(3) = 0.9227843, digamma(2) = 0.4227843
+    # Q * ratio * (2 + n) / (2 + e) = 0.25 * 5/3 * 15/11, 0.25 * 5/3 * 9/11, 0.5 * 1/3 * 3/4 = 1/8
     out = content_log_share(np.log([0.25, 0.25, 0.5]), np.array([3, 1, 0]), np.array([0, 0, 1]), 2, shape=2.0)
-    assert np.allclose(out, [-0.6686341, -1.2519675, -2.3498045], atol=1e-6)
+    assert np.allclose(out, np.log([0.25 * 5 / 3 * 15 / 11, 0.25 * 5 / 3 * 9 / 11, 1 / 8]), atol=1e-9)
+    with pytest.raises(ValueError, match="not all 0"):
+        content_log_share(np.log([0.5, 0.5]), np.array([0, 0]), np.array([0, 0]), 1)
 
 
 def test_negative_binomial_shape_recovers_the_gamma_shape():
@@ -209,6 +219,9 @@ def test_negative_binomial_shape_recovers_the_gamma_shape():
     assert 1.6 < negative_binomial_shape(counts, expected) < 2.5
     plain = rng.poisson(expected)  # no over-dispersion: the shape runs to the grid's top
     assert negative_binomial_shape(plain, expected) > 50
+    # a track expected never to be chosen says nothing about k (and must not make the likelihood NaN)
+    assert negative_binomial_shape(np.append(counts, 0), np.append(expected, 0.0)) == negative_binomial_shape(
+        counts, expected)
 
 
 def test_content_log_share_removes_popularity_and_genre_taste():
@@ -219,13 +232,18 @@ def test_content_log_share_removes_popularity_and_genre_taste():
     log_uploads = log_content + 0.8 * rng.normal(0.0, 1.0, n_tracks) + np.array([1.0, 0.0, -1.0])[genre]
     content = np.exp(log_content - log_content.max())
     counts = rng.multinomial(6000, content / content.sum())  # 2 professional choices per track on average
-    est = content_log_share(log_uploads - np.log(np.exp(log_uploads).sum()), counts, genre, n_genres)
+    log_uploads -= np.log(np.exp(log_uploads).sum())
+    est = content_log_share(log_uploads, counts, genre, n_genres)
 
     def corr(x):
         return np.corrcoef(x, log_content)[0, 1]
 
-    assert corr(est) > corr(log_uploads) + 0.05
-    assert corr(est) > corr(np.log(counts + 0.5))  # better than the professional counts alone
+    assert corr(est) > corr(log_uploads) + 0.1
+    assert corr(est) > corr(np.log(counts + 0.5)) + 0.1  # better than the professional counts alone
+    genre_only = content_log_share(log_uploads, counts, genre, n_genres, shape=1e12)  # no per-track ratio
+    assert corr(est) > corr(genre_only) + 0.05  # the shrunk per-track ratio removes popularity
+    for shape in (0.3, 5.0):  # the fitted shrinkage beats too much and too little of it
+        assert corr(est) > corr(content_log_share(log_uploads, counts, genre, n_genres, shape=shape)) + 0.01
     bias = [np.mean((est - log_content)[genre == g]) for g in range(n_genres)]
     assert np.ptp(bias) < 0.15  # the genres' taste (a spread of 2 in log share) is gone
 
@@ -240,8 +258,10 @@ def test_content_mode_ranks_with_the_content_share(tiny_dir, tmp_path):
     uploads = model.encode_music(cat)[:, -1]
     model.set_inference_mode("content")
     content = model.encode_music(cat)[:, -1]
-    expected = content_log_share(uploads[known], model.teacher_counts[known], ds.track_genre[known], ds.n_genres)
+    expected = content_log_share(uploads[known], model.professional_counts[known], ds.track_genre[known],
+                                 ds.n_genres)
     assert np.allclose(content[known], expected, atol=1e-5)
+    assert not np.allclose(content - content.mean(), uploads - uploads.mean(), atol=1e-2)  # not a constant shift
     assert np.isfinite(content).all()  # new music: predicted from its embedding and genre
     model.save(tmp_path / "run")
     assert np.allclose(load_model(tmp_path / "run").encode_music(cat)[:, -1], content, atol=1e-6)
@@ -254,19 +274,24 @@ def test_a_student_saved_before_the_content_share_ranks_as_before(tiny_dir, tmp_
     ds = load_dataset(tiny_dir)
     model = _student_with_teacher(ds, tmp_path / "run")
     model.config.teacher_mix = 0.0
-    model.save(tmp_path / "run")
-    meta = json.loads((tmp_path / "run" / "config.json").read_text())
-    del meta["config"]["content_share"]  # as written before the field (and the weights' content prior) existed
-    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))
-    weights = load_file(tmp_path / "run" / "weights.safetensors")
-    save_file({k: v for k, v in weights.items() if not k.startswith("content_prior.")},
-              tmp_path / "run" / "weights.safetensors")
+    _as_saved_before_content_share(model, tmp_path / "run")
     old = load_model(tmp_path / "run")
     assert not old.config.content_share
     cat = MusicCatalog.from_dataset(ds)
     model.set_inference_mode("backdoor")
     old.set_inference_mode("content")
     assert np.allclose(old.encode_music(cat)[:, -1], model.encode_music(cat)[:, -1], atol=1e-6)
+
+
+def test_content_share_without_professional_videos_says_it_has_no_effect(tiny_ds, monkeypatch):
+    import bgmrec.models.deccm as deccm
+
+    monkeypatch.setattr(deccm, "professional_split", lambda ds: None)
+    model = build("deccm", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
+    model.teacher = object()  # as with --teacher RUN_DIR on a dataset without professional videos
+    with pytest.warns(UserWarning, match="content_share=true has no effect"):
+        model.prepare(FeatureTensors(tiny_ds), np.asarray(tiny_ds.splits["train"]))
+    assert model.professional_counts is None
 
 
 def test_an_ablation_with_content_mode_only_says_how_to_do_without_its_teacher(tiny_ds):

@@ -227,6 +227,20 @@ def bench_speed(
         write_json_atomic(json_out, figures)
 
 
+@bench_app.command("ceiling")
+def bench_ceiling(
+    out: Path = typer.Option(Path("docs/track_term_ceiling.md"), help="Markdown report to write"),
+    scale: str = typer.Option("small", help="world preset of the quality benchmark's runs"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated seeds whose runs to read"),
+    work: Path = typer.Option(Path("runs/bench"), help="the quality benchmark's folder for worlds and runs"),
+) -> None:
+    """How far the best per-track term (fitted to the world's truth) takes each model of the quality benchmark."""
+    from bgmrec.bench import run_track_term_ceiling
+
+    run_track_term_ceiling(scale, [int(s) for s in seeds.split(",")], work, out, console,
+                           "bgmrec " + " ".join(sys.argv[1:]))
+
+
 @bench_app.command("gamma")
 def bench_gamma(
     out: Path = typer.Option(Path("docs/gamma_sweep.md"), help="Markdown report (plot beside it)"),

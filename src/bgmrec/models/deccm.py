@@ -43,10 +43,12 @@ track's share of the uploads, carries the uploaders' popularity and taste, which
 drop; the professionals' choices of each track estimate its share under choice by content alone,
 but from few choices per track. :func:`content_log_share` combines the two by empirical Bayes: the
 uploads' share times a per-genre and a shrunk per-track ratio of professional to expected choices.
+The teacher's block of the mixture keeps the teacher's own prior (its professional shares).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -74,7 +76,8 @@ class DecCMConfig(CMVAEConfig):
     reference_tracks: int = 4000  # at most this many training tracks normalise P(m | v, c)
     inference: str = "backdoor"  # default inference mode: "backdoor" | "content" | "personalised"
     teacher_mix: float = 0.5  # content mode: weight w of the teacher's score, (1 - w) the student's (0: student alone)
-    content_share: bool = True  # content mode: track shares re-estimated on the professional videos (needs teacher)
+    content_share: bool = True  # content mode: track shares re-estimated on the professional videos' choices
+    #   (needs teacher=true, track_prior=true and a professional split in the dataset; else the uploads' shares)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,7 +121,7 @@ class DecCM(CMVAE):
         self.inference_mode = config.inference if config.adjustment else "content"
         self.teacher: CMVAE | None = None
         self.teacher_dir: str | None = None
-        self.teacher_counts: np.ndarray | None = None  # [n_tracks] choices of the teacher's training videos (fit only)
+        self.professional_counts: np.ndarray | None = None  # [n_tracks] professional videos' choices (fit only)
         if self.prior_scale() is not None and config.teacher and config.content_share:
             self.module.content_prior = TrackPrior()  # content mode's log Q: :func:`content_log_share`
 
@@ -169,20 +172,29 @@ class DecCM(CMVAE):
         if cfg.teacher and self.teacher is None:
             raise ValueError("DecCM with teacher=true needs a teacher: train it with `bgmrec train --model deccm` "
                              "(it trains one) or pass --teacher RUN_DIR, or use --set teacher=false")
-        pgc = teacher_split(feats.dataset, cfg.seed)
-        self.teacher_counts = None if pgc is None else np.bincount(pgc[0].rows[:, 1], minlength=feats.dataset.n_tracks)
+        self.professional_counts = None
+        if hasattr(self.module, "content_prior"):
+            ds = feats.dataset
+            split = professional_split(ds)
+            counts = None if split is None else np.bincount(np.asarray(ds.splits[split])[:, 1], minlength=ds.n_tracks)
+            if counts is None or not counts[~np.asarray(ds.track_new)].any():
+                warnings.warn("content_share=true has no effect: the dataset has no professional videos choosing "
+                              "tracks of the training catalogue; content mode ranks with the uploads' shares",
+                              stacklevel=2)
+            else:
+                self.professional_counts = counts
 
     def end_epoch(self, feats: FeatureTensors) -> None:
         """Refit the track prior, then the content share from it and the professional videos' choices."""
         super().end_epoch(feats)
-        if not hasattr(self.module, "content_prior") or self.teacher_counts is None:
+        if self.professional_counts is None:
             return
         known = np.flatnonzero(~np.asarray(feats.dataset.track_new))  # the training catalogue
         catalog = MusicCatalog(feats.music.numpy()[known], feats.genre.numpy()[known])
         e_m = self._music_embedding(catalog)
         g = len(self.spec.genres)
-        log_share = content_log_share(self.module.track_prior.log_q(catalog, e_m, g), self.teacher_counts[known],
-                                      catalog.genre, g)
+        log_share = content_log_share(self.module.track_prior.log_q(catalog, e_m, g),
+                                      self.professional_counts[known], catalog.genre, g)
         self.module.content_prior.set_log_shares(catalog.features, log_share)
         self.module.content_prior.fit_regression(catalog.features, e_m, catalog.genre, g)
 
@@ -305,7 +317,7 @@ class DecCM(CMVAE):
 
 def content_log_share(log_share: np.ndarray, counts: np.ndarray, genre: np.ndarray, n_genres: int,
                       shape: float | None = None) -> np.ndarray:
-    """[M] log shares of the tracks under choice by content alone, from the uploads' shares and few unbiased choices.
+    """[M] log shares (up to a constant) of tracks chosen by content alone, from uploads' shares and few such choices.
 
     ``log_share`` is log Q(m), each track's share of the uploads (which popularity and taste inflate or
     deflate); ``counts`` how often the N professional videos (chosen by content) picked each track.
@@ -313,31 +325,37 @@ def content_log_share(log_share: np.ndarray, counts: np.ndarray, genre: np.ndarr
     the genre's ratio of professional to expected choices, is its posterior mean under a Gamma(1, 1)
     prior, (sum n + 1) / (sum e + 1), and theta_m ~ Gamma(k, rate k) is the track's own ratio; k is
     ``shape`` or, if None, the maximum of the negative-binomial marginal likelihood
-    (:func:`negative_binomial_shape`). Returns log Q(m) + log f_g + E[log theta_m | counts_m], where
-    E[log theta | n] = digamma(k + n) - log(k + e): few choices keep a track near its genre's ratio.
+    (:func:`negative_binomial_shape`). Returns log Q(m) + log f_g + log E[theta_m | counts_m], with
+    E[theta | n] = (k + n) / (k + e) (the plug-in that keeps P(m | v), which is linear in theta, unbiased):
+    a track expected to be chosen rarely stays near its genre's ratio, a track expected often moves to
+    its own.
     """
     log_share, counts = np.asarray(log_share, np.float64), np.asarray(counts, np.float64)
+    if not np.isfinite(log_share).all() or (counts < 0).any() or counts.sum() == 0:
+        raise ValueError("content_log_share needs finite log shares and non-negative counts, not all 0")
     share = np.exp(log_share - log_share.max())
     expected = counts.sum() * share / share.sum()
     genre_ratio = (np.bincount(genre, counts, n_genres) + 1.0) / (np.bincount(genre, expected, n_genres) + 1.0)
     expected = expected * genre_ratio[genre]
     k = negative_binomial_shape(counts, expected) if shape is None else shape
-    log_theta = torch.special.digamma(torch.from_numpy(k + counts)).numpy() - np.log(k + expected)
-    return log_share + np.log(genre_ratio[genre]) + log_theta
+    return log_share + np.log(genre_ratio[genre]) + np.log(k + counts) - np.log(k + expected)
 
 
 def negative_binomial_shape(counts: np.ndarray, expected: np.ndarray) -> float:
     """Shape k maximising sum_m log NB(counts_m; mean expected_m, shape k), the Poisson-gamma marginal.
 
     log NB(n; e, k) = lgamma(n + k) - lgamma(k) - lgamma(n + 1) + k log(k / (k + e)) + n log(e / (k + e)).
-    Searched on a log grid over [e^-4, e^6]: the upper end stands for "no over-dispersion" (Poisson).
+    Tracks with e = 0 carry no information on k and are left out. Searched on a log grid over
+    [e^-4, e^6], one grid point at a time (memory O(M)); the upper end stands for "no over-dispersion".
     """
-    n = torch.as_tensor(np.asarray(counts, np.float64))[None, :]
-    e = torch.as_tensor(np.asarray(expected, np.float64))[None, :]
-    k = torch.exp(torch.linspace(-4.0, 6.0, 201, dtype=torch.float64))[:, None]
-    ll = (torch.lgamma(n + k) - torch.lgamma(k) - torch.lgamma(n + 1) + k * torch.log(k / (k + e))
-          + n * torch.log(e / (k + e))).sum(1)
-    return float(k[int(torch.argmax(ll)), 0])
+    n, e = np.asarray(counts, np.float64), np.asarray(expected, np.float64)
+    n, e = torch.from_numpy(n[e > 0]), torch.from_numpy(e[e > 0])
+    grid = torch.exp(torch.linspace(-4.0, 6.0, 201, dtype=torch.float64))
+    ll = torch.stack([(torch.lgamma(n + k) - torch.lgamma(k) - torch.lgamma(n + 1) + k * torch.log(k / (k + e))
+                       + torch.xlogy(n, e / (k + e))).sum() for k in grid])
+    if not torch.isfinite(ll).all():
+        raise ValueError("negative_binomial_shape: the likelihood is not finite (negative counts or means?)")
+    return float(grid[int(torch.argmax(ll))])
 
 
 def load_teacher(folder: Path) -> CMVAE:
@@ -348,13 +366,9 @@ def load_teacher(folder: Path) -> CMVAE:
     return teacher
 
 
-def teacher_split(ds, seed: int) -> tuple[SplitView, SplitView] | None:
-    """(training, early-stopping) rows of the dataset's professional music videos, or None when it has none.
-
-    The teacher early-stops on held-out professional videos: the uploads' val split carries the taste bias.
-    """
-    pgc = [s for s in ds.split_names("teacher") if len(ds.splits[s])]
-    return None if not pgc else SplitView(ds, pgc[0]).holdout(0.1, seed)
+def professional_split(ds) -> str | None:
+    """The name of the dataset's split of professional music videos (role ``teacher``), or None when it has none."""
+    return next((s for s in ds.split_names("teacher") if len(ds.splits[s])), None)
 
 
 def teacher_config(student: DecCMConfig) -> CMVAEConfig:
@@ -372,12 +386,13 @@ def attach_teacher(model: Recommender, ds, out: Path, teacher_dir: Path | None =
     if teacher_dir is not None:
         model.set_teacher(load_teacher(teacher_dir), teacher_dir)
         return
-    pgc = teacher_split(ds, model.config.seed)
-    if pgc is None:
+    split = professional_split(ds)
+    if split is None:
         raise ValueError("the dataset has no teacher split (professional music videos); "
                          "pass --teacher RUN_DIR or --set teacher=false")
     teacher = CMVAE(teacher_config(model.config), model.spec)
-    teacher.fit(*pgc, progress=progress)
+    # early stopping on held-out professional videos: the uploads' val split carries the taste bias
+    teacher.fit(*SplitView(ds, split).holdout(0.1, model.config.seed), progress=progress)
     folder = Path(out) / "teacher"
     teacher.save(folder)
     model.set_teacher(teacher, folder)

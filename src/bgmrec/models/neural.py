@@ -52,14 +52,15 @@ class TrackPrior(nn.Module):
     any catalogue) gets that track's exact share. Any other track (new music) gets log Q predicted by a
     ridge regression from its embedding and genre, refitted on the training tracks after every epoch;
     before the first fit, the mean log share. An empty prior (a checkpoint from before the prior
-    existed) gives every track the same value, i.e. ranks by the similarity alone.
+    existed) gives every track the same value, i.e. ranks by the similarity alone. ``set_log_shares``
+    gives the tracks any other log shares (DecCM's content mode uses one for shares by content alone).
     """
 
     ridge = 1.0  # L2 penalty of the regression (embeddings are O(1); the intercept is not penalised)
 
     def __init__(self) -> None:
         super().__init__()
-        # every buffer is sized by the data (empty until ``set_shares``)
+        # every buffer is sized by the data (empty until ``set_shares`` or ``set_log_shares``)
         self.register_buffer("digest", torch.zeros(0, dtype=torch.int64))  # [S] sorted feature hashes of seen tracks
         self.register_buffer("log_share", torch.zeros(0, dtype=torch.float64))  # [S] their log training share
         self.register_buffer("x_mean", torch.zeros(0, dtype=torch.float64))  # [d + G] regression input mean
