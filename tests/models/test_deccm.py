@@ -356,3 +356,16 @@ def test_holdout_partitions_a_split_reproducibly(tiny_ds):
     assert len(held.rows) == round(0.1 * n) and np.array_equal(np.sort(both), np.arange(n))
     again = SplitView(tiny_ds, "pgc").holdout(0.1, seed=3)[1]
     assert np.array_equal(again.row_index, held.row_index)
+
+
+def test_training_is_deterministic_with_several_threads(tiny_ds):
+    """The taste path's batch logits have a backward free of parallel scatter-adds, so threads cannot reorder sums."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        states = [build("deccm", FeatureSpec.of(tiny_ds), {"teacher": False, "epochs": 1, "batch_size": 256,
+                                                           "prior_samples": 64}).fit(SplitView(tiny_ds, "train"))
+                  .module.state_dict() for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -204,7 +204,8 @@ class DecCM(CMVAE):
         sim = self.embed(video_post[0]) @ self.embed(music_post[0]).T
         if cfg.adjustment:
             # logit_ij = sim_ij / tau + t(c_i)[g_j]: row i's uploader taste applied to column j's genre
-            sim = sim + cfg.temperature * self.module.taste_logits(batch.confounder)[:, batch.genre]
+            genre = nn.functional.one_hot(batch.genre, len(self.spec.genres)).to(sim.dtype)
+            sim = sim + cfg.temperature * self.module.taste_logits(batch.confounder) @ genre.T
         match = self.matching_loss(sim, batch)
         vae, logs = self.vae_terms(batch, video_post, music_post, step, steps_per_epoch)
         loss = cfg.match_weight * match + vae
