@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -204,15 +204,24 @@ def run_speed(work: Path, console: Console) -> dict:
     return figures
 
 
+def fit_oracle(ds):
+    """The simulated world's oracle (its true selection logits), fitted on the dataset's train split."""
+    from bgmrec.models.base import FeatureSpec, ModelConfig, SplitView
+    from bgmrec.models.oracle import Oracle
+
+    return Oracle(ModelConfig(), FeatureSpec.of(ds)).fit(SplitView(ds, "train"))
+
+
 class TruthRanker:
     """Reference rankings from a simulated world's truth, to tell how much deconfounding can gain.
 
     Both rank by the training process's true logits (the oracle's, popularity included) with the
     uploader's taste term gamma log c[g(m)] either marginalised over ``n_confounders`` training uploads
     (``backdoor``: log P(m | do(v)), what a perfect taste-marginalising model ranks by) or removed
-    (``content``: what a perfect DecCM content mode ranks by). On ``test_unbiased`` (positives drawn by
-    content alone) neither is the ceiling -- the oracle is -- but their difference is the gain that
-    removing the taste is worth when both models are perfect.
+    (``content``: what a content mode that drops the taste but keeps the uploads' popularity ranks by).
+    On ``test_unbiased`` (positives drawn by content alone) neither is the ceiling -- the oracle is, and
+    DecCM's content mode, whose content share drops popularity too, aims at it -- but their difference
+    is the gain that removing the taste is worth when both models are perfect.
     """
 
     name = "truth-reference"
@@ -220,11 +229,10 @@ class TruthRanker:
     def __init__(self, ds, mode: str, n_confounders: int = 512, seed: int = 0) -> None:
         import torch
 
-        from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, SplitView
-        from bgmrec.models.oracle import Oracle
+        from bgmrec.models.base import MusicCatalog
 
         self.mode, self.n_genres = mode, len(ds.genres)
-        self.oracle = Oracle(ModelConfig(), FeatureSpec.of(ds)).fit(SplitView(ds, "train"))
+        self.oracle = fit_oracle(ds)
         train = self.oracle.processes["train"]
         self.oracle.processes["content"] = {**train, "gamma": 0.0}  # the training process without taste
         rows = np.asarray(ds.splits["train"])
@@ -250,39 +258,57 @@ class TruthRanker:
         return self.oracle.encode_music(c)
 
 
+@dataclass
+class ChoiceTruth:
+    """True choice probabilities of a split's process for a set of videos (simulated worlds only)."""
+
+    query: object  # VideoQuery: the videos, with their uploaders' tastes and the split whose process applies
+    catalog: object  # MusicCatalog: the dataset's tracks
+    candidates: np.ndarray  # [C] indices of the tracks the split ranks
+    probabilities: np.ndarray  # [n, C] P(m | v) of the split's process over the candidates
+
+
+def choice_truth(ds, split: str, oracle, videos: str = "val", max_videos: int = 4000, seed: int = 0) -> ChoiceTruth:
+    """The oracle's P(m | v) under ``split``'s process for the videos of split ``videos`` (untrained, untested)."""
+    from bgmrec.models.base import MusicCatalog, VideoQuery
+
+    rows = np.asarray(ds.splits[videos])
+    if len(rows) > max_videos:  # a seeded sample bounds the fit's memory and time
+        rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), max_videos, replace=False))]
+    q = VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], split)
+    cat = MusicCatalog.from_dataset(ds)
+    cand = ds.candidate_tracks(split)
+    logits = oracle.encode_videos(q).astype(np.float64) @ oracle.encode_music(cat)[cand].T.astype(np.float64)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return ChoiceTruth(q, cat, cand, p / p.sum(1, keepdims=True))
+
+
 class TrackTermFit:
-    """A model's scores with the per-track term that best fits a split's true process (simulated worlds only).
+    """A model's scores with a per-track term fitted to a split's true choice probabilities (simulated worlds only).
 
     Every model here scores as similarity(v, m) plus a per-track term (its track prior), and the two
     can fail apart. This diagnostic keeps the model's scores s(v, m) and fits a scale kappa and a term
-    a(m) per candidate track minimising the cross-entropy between the oracle's P(m | v) under
-    ``split``'s process and softmax_m(kappa s(v, m) + a(m)), over ``n_videos`` training videos (whose
-    true distributions are known; the split's own positives are never used). What it ranks by is the
-    best that any per-track correction of the model can reach: the gap left to the oracle is in the
-    similarity itself.
+    a(m) per candidate track minimising the cross-entropy between the true P(m | v) of ``truth`` (the
+    split's process, on videos the model neither trained on nor is tested on) and
+    softmax_m(kappa s(v, m) + a(m)). Ranking by kappa s + a is ranking by s + a / kappa: only the
+    per-track term changes. The fit minimises cross-entropy, not Recall@10, so it is a strong
+    per-track correction, not provably the best one for every metric.
     """
 
     name = "track-term-fit"
 
-    def __init__(self, model, ds, split: str, n_videos: int = 4000, seed: int = 0) -> None:
+    def __init__(self, model, truth: ChoiceTruth) -> None:
         import torch
 
-        from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, SplitView, VideoQuery
-        from bgmrec.models.oracle import Oracle
-
         self.model = model
-        rows = np.asarray(ds.splits["train"])
-        rows = rows[np.random.default_rng(seed).permutation(len(rows))[:n_videos]]
-        q = VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], split)
-        cat = MusicCatalog.from_dataset(ds)
-        cand = ds.candidate_tracks(split)
-        oracle = Oracle(ModelConfig(), FeatureSpec.of(ds)).fit(SplitView(ds, "train"))
-        target = torch.softmax(torch.from_numpy(oracle.score(q, cat)[:, cand].astype(np.float64)), 1)
-        scores = torch.from_numpy(model.score(q, cat)[:, cand].astype(np.float64))
-        scores = scores - scores.mean(1, keepdim=True)
+        scores = model.score(truth.query, truth.catalog)[:, truth.candidates].astype(np.float64)
+        if not np.isfinite(scores).all():
+            raise ValueError(f"{getattr(model, 'name', 'model')}: scores are not finite")
+        scores = torch.from_numpy(scores - scores.mean(1, keepdims=True))  # softmax ignores a per-row shift
+        target = torch.from_numpy(truth.probabilities)
         kappa = torch.ones((), dtype=torch.float64, requires_grad=True)
-        term = torch.zeros(len(cand), dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([kappa, term], max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+        term = torch.zeros(len(truth.candidates), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([kappa, term], max_iter=500, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
@@ -292,8 +318,8 @@ class TrackTermFit:
 
         opt.step(closure)
         self.kappa = float(kappa.detach())
-        self.term = np.zeros(ds.n_tracks)  # only the split's candidates are ever ranked
-        self.term[cand] = term.detach().numpy()
+        self.term = np.zeros(len(truth.catalog))  # only the split's candidates are ever ranked
+        self.term[truth.candidates] = term.detach().numpy()
 
     def encode_videos(self, q) -> np.ndarray:
         e = self.model.encode_videos(q).astype(np.float64)
@@ -301,7 +327,11 @@ class TrackTermFit:
 
     def encode_music(self, c) -> np.ndarray:
         e = self.model.encode_music(c).astype(np.float64)
-        return np.hstack([e, self.term[c.index][:, None]]).astype(np.float32)
+        index = np.arange(len(c)) if c.index is None else c.index
+        return np.hstack([e, self.term[index][:, None]]).astype(np.float32)
+
+    def score(self, q, c) -> np.ndarray:
+        return self.encode_videos(q) @ self.encode_music(c).T
 
 
 CEILING_MODELS = ("twotower-infonce", "cmvae", "cmvae-noprior", "deccm", "deccm-noadjust", "deccm-noteacher")
@@ -309,62 +339,77 @@ CEILING_MODELS = ("twotower-infonce", "cmvae", "cmvae-noprior", "deccm", "deccm-
 
 def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, console: Console, command: str,
                            models: tuple[str, ...] = CEILING_MODELS, splits=("test", "test_unbiased")) -> Path:
-    """R@10 of the quality benchmark's saved runs as ranked and with :class:`TrackTermFit`'s term (Markdown)."""
+    """R@10 of the quality benchmark's saved runs as they rank and with :class:`TrackTermFit` (Markdown report)."""
     from bgmrec.cli.core import git_commit, machine
     from bgmrec.data.dataset import load_dataset, read_json
+    from bgmrec.demo import evaluation_modes
     from bgmrec.eval.metrics import recall_at_k
     from bgmrec.eval.protocol import full_ranks
-    from bgmrec.models.base import FeatureSpec, ModelConfig, SplitView, load_model
-    from bgmrec.models.oracle import Oracle
+    from bgmrec.models.base import load_model
 
-    found: dict[tuple[str, str], dict[str, list[float]]] = {}
-    commits = set()
-    for seed in seeds:
-        data = Path(work) / f"{scale}-seed{seed}" / "data"
-        missing = [m for m in models if not (data.parent / "runs" / m / "weights.safetensors").is_file()]
-        if not (data / "truth").is_dir() or missing:
-            raise ValueError(f"{data.parent}: no saved runs of {', '.join(missing) or 'the simulated world'}; "
-                             f"run `bgmrec bench quality --scales {scale} --seeds {seed} --work {work}` first")
-        ds = load_dataset(data)
-        oracle = Oracle(ModelConfig(), FeatureSpec.of(ds)).fit(SplitView(ds, "train"))
+    worlds = {seed: Path(work) / f"{scale}-seed{seed}" for seed in seeds}
+    run_files = ("run.json", "config.json", "weights.safetensors")
+    missing = []
+    for seed, world in worlds.items():
+        if not (world / "data" / "truth").is_dir():
+            missing.append(f"seed {seed}: the world")
+        missing += [f"seed {seed}: {name}" for name in models
+                    if not all((world / "runs" / name / f).is_file() for f in run_files)]
+    if missing:
+        raise ValueError(f"{work}: the quality benchmark's runs are missing ({'; '.join(missing)}); make "
+                         f"them with `bgmrec bench quality --scales {scale} --seeds {','.join(map(str, seeds))} "
+                         f"--models {','.join(models)} --work {work} --resume --out <report.md>`")
+    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    commits, n_videos = set(), []
+    for seed, world in worlds.items():
+        ds = load_dataset(world / "data")
+        oracle = fit_oracle(ds)
+        truths = {split: choice_truth(ds, split, oracle, seed=seed) for split in splits}
+        n_videos.append(len(truths[splits[0]].query))
         for split in splits:
-            r = recall_at_k(full_ranks(oracle, ds, split).ranks, 10)
-            found.setdefault(("oracle", split), {}).setdefault("ranked", []).append(r)
+            cells.setdefault(("oracle", split), {}).setdefault("ranked", []).append(
+                recall_at_k(full_ranks(oracle, ds, split).ranks, 10))
         for name in models:
-            run = data.parent / "runs" / name
+            run = world / "runs" / name
             commits.add(read_json(run / "run.json").get("commit", "unknown"))
             model = load_model(run)
-            modes = model.inference_modes if model.inference_mode is not None and model.config.adjustment else [None]
-            for mode in modes:
+            for mode in evaluation_modes(model):
                 if mode is not None:
                     model.set_inference_mode(mode)
-                label = name if mode is None else f"{name} [{mode}]"
+                label = f"{name} [{model.inference_mode}]" if model.inference_mode else name
                 for split in splits:
-                    cell = found.setdefault((label, split), {})
+                    cell = cells.setdefault((label, split), {})
                     cell.setdefault("ranked", []).append(recall_at_k(full_ranks(model, ds, split).ranks, 10))
-                    fitted = TrackTermFit(model, ds, split, seed=seed)
+                    fitted = TrackTermFit(model, truths[split])
                     cell.setdefault("fitted", []).append(recall_at_k(full_ranks(fitted, ds, split).ranks, 10))
             console.print(f"{scale} seed {seed}: {name} done")
-    lines = [f"# How far a per-track correction can take each model ({scale} world, seeds "
+    now = git_commit()
+    lines = [f"# How much of each model's error is in its per-track term ({scale} world, seeds "
              f"{', '.join(map(str, seeds))})", "",
-             f"Made by `{command}` at commit {git_commit()} on {machine()}, {time.strftime('%Y-%m-%d')}, from the "
-             f"runs of `bgmrec bench quality` (trained at commit {', '.join(sorted(commits))}). Full-catalogue "
-             "Recall@10, mean over seeds. *ranked*: the model as it ranks. *best track term*: the same scores "
-             "with a scale and a per-track term fitted to the split's true choice probabilities on 4,000 "
-             "training videos (`TrackTermFit`; the truth of a simulated world, so a diagnostic, not a method). "
-             "The gap from *ranked* to *best track term* is what the model's per-track term (its track prior) "
-             "loses; the gap from there to the oracle is in the similarity itself.", ""]
+             f"Made by `{command}` at commit {now} on {machine()}, {time.strftime('%Y-%m-%d')}, from the runs of "
+             f"`bgmrec bench quality` trained at commit {', '.join(sorted(commits))}"
+             + ("" if commits == {now} else f" (scored with the code of commit {now})") + ". "
+             "Full-catalogue Recall@10, mean ± standard deviation over seeds. *ranked*: the model as it ranks. "
+             "*fitted track term*: the same scores with a scale and a per-track term fitted to the split's true "
+             "choice probabilities by cross-entropy, on the val videos "
+             f"({', '.join(map(str, sorted(set(n_videos))))} per world; `TrackTermFit`: the truth of a simulated "
+             "world, so a diagnostic, not a method). *change*: the relative change of the mean. What the fitted "
+             "term gains is what the model's own per-track term (its track prior) loses; on `test_unbiased` "
+             "(choice by content alone) the gap left to the oracle is in the similarity itself, on `test` it "
+             "also holds the uploader's taste, which only a model told the uploader can see.", ""]
+
+    def cell_text(values: list[float]) -> str:
+        return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
     for split in splits:
-        lines += [f"## `{split}`", "", "| model | ranked | best track term | gain |", "|---|---|---|---|"]
-        for (label, sp), cell in found.items():
+        lines += [f"## `{split}`", "", "| model | ranked | fitted track term | change |", "|---|---|---|---|"]
+        for (label, sp), cell in cells.items():
             if sp != split:
                 continue
-            ranked = float(np.mean(cell["ranked"]))
-            if "fitted" in cell:
-                fitted = float(np.mean(cell["fitted"]))
-                lines.append(f"| {label} | {ranked:.3f} | {fitted:.3f} | {100 * (fitted / ranked - 1):+.1f}% |")
-            else:
-                lines.append(f"| {label} | {ranked:.3f} | | |")
+            ranked, fitted = cell["ranked"], cell.get("fitted")
+            change = ("" if not fitted or not np.mean(ranked)
+                      else f"{100 * (np.mean(fitted) / np.mean(ranked) - 1):+.1f}%")
+            lines.append(f"| {label} | {cell_text(ranked)} | {cell_text(fitted) if fitted else ''} | {change} |")
         lines.append("")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text("\n".join(lines))
@@ -380,8 +425,6 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
     from bgmrec.data.simulate import save_world, simulate, world_config
     from bgmrec.eval.metrics import recall_at_k
     from bgmrec.eval.protocol import full_ranks
-    from bgmrec.models.base import FeatureSpec, ModelConfig, SplitView
-    from bgmrec.models.oracle import Oracle
 
     rows = []
     for gamma in gammas:
@@ -397,7 +440,7 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
         base = res[("cmvae", None)]
         reference = {mode: recall_at_k(full_ranks(TruthRanker(ds, mode, seed=seed), ds, "test_unbiased").ranks, 10)
                      for mode in ("backdoor", "content")}
-        oracle = Oracle(ModelConfig(), FeatureSpec.of(ds)).fit(SplitView(ds, "train"))
+        oracle = fit_oracle(ds)
         reference["oracle"] = recall_at_k(full_ranks(oracle, ds, "test_unbiased").ranks, 10)
         for mode in ("backdoor", "content", "personalised"):
             r = res[("deccm", mode)]
@@ -439,10 +482,10 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
                      f"{r['deccm_tvd']:.3f} | {100 * (1 - r['deccm_tvd'] / r['cmvae_tvd']):+.0f}% |")
     lines += ["", "What deconfounding can gain, from the world's truth (`TruthRanker`): Recall@10 on `test_unbiased` "
               "of the training process's true logits with the uploader's taste marginalised (log P(m | do(v)), what a "
-              "perfect taste-marginalising model such as CMVAE ranks by) and with the taste removed (what a perfect "
-              "DecCM content mode ranks by; popularity stays in both), and of the oracle (`test_unbiased`'s own "
-              "process: content alone). The first gain is what removing the taste is worth when both models are "
-              "perfect; the second adds removing popularity.", "",
+              "perfect taste-marginalising model such as CMVAE ranks by) and with the taste removed (popularity stays "
+              "in both), and of the oracle (`test_unbiased`'s own process: content alone, what a perfect DecCM "
+              "content mode ranks by, its content share dropping popularity as well). The first gain is what "
+              "removing the taste is worth when both models are perfect; the second adds removing popularity.", "",
               "| gamma | taste marginalised | taste removed | oracle | gain of removing taste | gain of the oracle |",
               "|---|---|---|---|---|---|"]
     for r in rows[::3]:

@@ -33,6 +33,11 @@ def ensure_world(scale: str, seed: int, data: Path, console: Console) -> None:
     console.print(f"simulated the {scale} world into {data} ({time.perf_counter() - t0:.1f} s)")
 
 
+def evaluation_modes(model) -> list[str | None]:
+    """The inference modes a model is evaluated in: each of a DecCM with a taste path, else its own (None)."""
+    return list(model.inference_modes) if model.inference_mode is not None and model.config.adjustment else [None]
+
+
 def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None) -> list[dict]:
     """Evaluate a saved run on ``splits``, once per inference mode for models that have several."""
     from bgmrec.eval.protocol import evaluate
@@ -40,7 +45,7 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None) ->
 
     model = load_model(run)
     results = []
-    for mode in model.inference_modes if model.inference_mode is not None and model.config.adjustment else [None]:
+    for mode in evaluation_modes(model):
         if mode is not None:
             model.set_inference_mode(mode)
         for split in splits:

@@ -237,8 +237,8 @@ def bench_ceiling(
     """How far the best per-track term (fitted to the world's truth) takes each model of the quality benchmark."""
     from bgmrec.bench import run_track_term_ceiling
 
-    run_track_term_ceiling(scale, [int(s) for s in seeds.split(",")], work, out, console,
-                           "bgmrec " + " ".join(sys.argv[1:]))
+    command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench ceiling"
+    run_track_term_ceiling(scale, [int(s) for s in seeds.split(",")], work, out, console, command)
 
 
 @bench_app.command("gamma")
