@@ -234,7 +234,7 @@ def bench_ceiling(
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds whose runs to read"),
     work: Path = typer.Option(Path("runs/bench"), help="the quality benchmark's folder for worlds and runs"),
 ) -> None:
-    """How far the best per-track term (fitted to the world's truth) takes each model of the quality benchmark."""
+    """Each quality-benchmark model as it ranks and with a per-track term fitted to the world's truth."""
     from bgmrec.bench import run_track_term_ceiling
 
     command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench ceiling"
