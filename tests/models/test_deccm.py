@@ -210,6 +210,8 @@ def test_content_log_share_by_hand():
     assert np.allclose(out, np.log([0.25 * 5 / 3 * 15 / 11, 0.25 * 5 / 3 * 9 / 11, 1 / 8]), atol=1e-9)
     with pytest.raises(ValueError, match="not all 0"):
         content_log_share(np.log([0.5, 0.5]), np.array([0, 0]), np.array([0, 0]), 1)
+    with pytest.raises(ValueError, match="finite log shares"):
+        content_log_share(np.array([np.nan, -1.0]), np.array([1, 1]), np.array([0, 0]), 1)
 
 
 def test_negative_binomial_shape_recovers_the_gamma_shape():

@@ -184,14 +184,13 @@ class DecCM(CMVAE):
             else:
                 self.professional_counts = counts
 
-    def end_epoch(self, feats: FeatureTensors) -> None:
+    def refit_priors(self, feats: FeatureTensors, catalog: MusicCatalog, e_m: np.ndarray) -> None:
         """Refit the track prior, then the content share from it and the professional videos' choices."""
-        super().end_epoch(feats)
+        super().refit_priors(feats, catalog, e_m)
         if self.professional_counts is None:
             return
         known = np.flatnonzero(~np.asarray(feats.dataset.track_new))  # the training catalogue
-        catalog = MusicCatalog(feats.music.numpy()[known], feats.genre.numpy()[known])
-        e_m = self._music_embedding(catalog)
+        catalog, e_m = MusicCatalog(catalog.features[known], catalog.genre[known]), e_m[known]
         g = len(self.spec.genres)
         log_share = content_log_share(self.module.track_prior.log_q(catalog, e_m, g),
                                       self.professional_counts[known], catalog.genre, g)

@@ -174,8 +174,11 @@ class TorchRecommender(Recommender):
         """Called by the training loop after each epoch, before validation: refit the track prior's regression."""
         if self.prior_scale() is not None:
             catalog = MusicCatalog(feats.music.numpy(), feats.genre.numpy())
-            self.module.track_prior.fit_regression(catalog.features, self._music_embedding(catalog), catalog.genre,
-                                                   len(self.spec.genres))
+            self.refit_priors(feats, catalog, self._music_embedding(catalog))
+
+    def refit_priors(self, feats: FeatureTensors, catalog: MusicCatalog, e_m: np.ndarray) -> None:
+        """Refit what depends on the music embeddings ``e_m`` of the dataset's ``catalog``: the track prior."""
+        self.module.track_prior.fit_regression(catalog.features, e_m, catalog.genre, len(self.spec.genres))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> TorchRecommender:
         self.history = fit_torch(self, train, val, progress)
