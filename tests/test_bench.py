@@ -105,6 +105,47 @@ def test_track_term_fit_recovers_a_hidden_per_track_term(tiny_ds, split):
     assert abs(r10["track-term-fit"] - r10["oracle"]) < 0.01
 
 
+def _log_choice_probability(ds, oracle, rows, split):
+    """log P(track | video) of each row under ``split``'s true process, over the training catalogue."""
+    from bgmrec.models.base import MusicCatalog, VideoQuery
+
+    cand = ds.candidate_tracks("train")
+    q = VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], split)
+    logits = oracle.encode_videos(q).astype(np.float64) @ oracle.encode_music(MusicCatalog.from_dataset(ds))[
+        cand].T.astype(np.float64)
+    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    col = np.searchsorted(cand, rows[:, 1])
+    return logp[np.arange(len(rows)), col]
+
+
+def test_intervened_dataset_redraws_train_and_val_by_content_alone(tiny_ds):
+    from bgmrec.bench import fit_oracle, intervened_dataset
+
+    oracle = fit_oracle(tiny_ds)
+    before = {k: np.array(v) for k, v in tiny_ds.splits.items()}
+    world = intervened_dataset(tiny_ds, oracle, seed=3)
+    assert all(np.array_equal(tiny_ds.splits[k], v) for k, v in before.items())  # the input is untouched
+    for split in ("train", "val"):
+        old, new = before[split], world.splits[split]
+        assert np.array_equal(old[:, [0, 2]], new[:, [0, 2]])  # same videos and uploaders
+        assert np.isin(new[:, 1], tiny_ds.candidate_tracks(split)).all()
+        assert (old[:, 1] != new[:, 1]).mean() > 0.5
+        assert split not in world.negatives  # drawn against the old positives
+    for split in set(before) - {"train", "val"}:
+        assert np.array_equal(world.splits[split], before[split])
+    assert set(world.negatives) == set(tiny_ds.negatives) - {"val"}
+    again = intervened_dataset(tiny_ds, oracle, seed=3)
+    assert np.array_equal(again.splits["train"], world.splits["train"])
+    assert not np.array_equal(intervened_dataset(tiny_ds, oracle, seed=4).splits["train"], world.splits["train"])
+    # the redrawn tracks are likelier under the content process, the uploads' under the biased one
+    old, new = before["train"], world.splits["train"]
+    content_old = _log_choice_probability(tiny_ds, oracle, old, "test_unbiased").mean()
+    content_new = _log_choice_probability(tiny_ds, oracle, new, "test_unbiased").mean()
+    biased_old = _log_choice_probability(tiny_ds, oracle, old, "train").mean()
+    biased_new = _log_choice_probability(tiny_ds, oracle, new, "train").mean()
+    assert content_new > content_old + 0.1 and biased_old > biased_new + 0.1
+
+
 def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):
     from bgmrec.bench import run_track_term_ceiling
 
@@ -113,9 +154,19 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):
     with pytest.raises(ValueError, match="seed 0: the world; seed 0: popularity.*bench quality --scales tiny"):
         run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",))
     run_quality(["tiny"], [0], tmp_path / "q.md", work, ["popularity"], console, "cmd")
-    out = run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",))
-    sections = {part.split("`")[0]: part for part in out.read_text().split("## `")[1:]}
-    assert set(sections) == {"test", "test_unbiased"}
+    out = run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",),
+                                 intervened=("popularity",))
+    sections = {part.split("\n", 1)[0]: part for part in out.read_text().split("## ")[1:]}
+    learners = "`test_unbiased`: the learners trained on the intervened world"
+    assert set(sections) == {"`test`", "`test_unbiased`", learners}
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in sections.pop(learners).splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}
+    on_uploads = float(rows["popularity"][1])
+    intervened = float(rows["popularity, trained on the intervened world"][1])
+    assert set(rows) == {"popularity", "popularity, trained on the intervened world", "oracle",
+                         "popularity, trained on the intervened world + professional videos"}
+    # the share of choices by content alone is the better popularity for test_unbiased, which chose so
+    assert intervened > on_uploads
     for text in sections.values():
         rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()
                 if line.startswith("| ") and not line.startswith("| model")}
