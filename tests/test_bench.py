@@ -155,7 +155,7 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):
         run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",))
     run_quality(["tiny"], [0], tmp_path / "q.md", work, ["popularity"], console, "cmd")
     out = run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",),
-                                 intervened=("popularity",))
+                                 intervened=("popularity",), redraws=2)
     sections = {part.split("\n", 1)[0]: part for part in out.read_text().split("## ")[1:]}
     learners = "`test_unbiased`: the learners trained on the intervened world"
     assert set(sections) == {"`test`", "`test_unbiased`", learners}
