@@ -105,17 +105,13 @@ def test_track_term_fit_recovers_a_hidden_per_track_term(tiny_ds, split):
     assert abs(r10["track-term-fit"] - r10["oracle"]) < 0.01
 
 
-def _log_choice_probability(ds, oracle, rows, split):
-    """log P(track | video) of each row under ``split``'s true process, over the training catalogue."""
-    from bgmrec.models.base import MusicCatalog, VideoQuery
+def _log_choice_probabilities(ds, oracle, rows, split):
+    """log P(m | video) [rows, tracks] under ``split``'s true process, over the training catalogue."""
+    from bgmrec.bench import choice_logits
 
     cand = ds.candidate_tracks("train")
-    q = VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], split)
-    logits = oracle.encode_videos(q).astype(np.float64) @ oracle.encode_music(MusicCatalog.from_dataset(ds))[
-        cand].T.astype(np.float64)
-    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-    col = np.searchsorted(cand, rows[:, 1])
-    return logp[np.arange(len(rows)), col]
+    logits = choice_logits(ds, oracle, rows, split, cand)
+    return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
 
 
 def test_intervened_dataset_redraws_train_and_val_by_content_alone(tiny_ds):
@@ -139,11 +135,31 @@ def test_intervened_dataset_redraws_train_and_val_by_content_alone(tiny_ds):
     assert not np.array_equal(intervened_dataset(tiny_ds, oracle, seed=4).splits["train"], world.splits["train"])
     # the redrawn tracks are likelier under the content process, the uploads' under the biased one
     old, new = before["train"], world.splits["train"]
-    content_old = _log_choice_probability(tiny_ds, oracle, old, "test_unbiased").mean()
-    content_new = _log_choice_probability(tiny_ds, oracle, new, "test_unbiased").mean()
-    biased_old = _log_choice_probability(tiny_ds, oracle, old, "train").mean()
-    biased_new = _log_choice_probability(tiny_ds, oracle, new, "train").mean()
-    assert content_new > content_old + 0.1 and biased_old > biased_new + 0.1
+    mean_logp = {}
+    for process in ("test_unbiased", "train"):
+        logp = _log_choice_probabilities(tiny_ds, oracle, old, process)
+        for name, rows in (("old", old), ("new", new)):
+            col = np.searchsorted(tiny_ds.candidate_tracks("train"), rows[:, 1])
+            mean_logp[process, name] = logp[np.arange(len(rows)), col].mean()
+        if process == "test_unbiased":  # sampled, not the argmax nor a sharper softmax: E[log p] = -entropy
+            expected = (np.exp(logp) * logp).sum(1).mean()
+            assert abs(mean_logp[process, "new"] - expected) < 0.12  # about 3.5 standard errors
+    assert mean_logp["test_unbiased", "new"] > mean_logp["test_unbiased", "old"] + 0.1
+    assert mean_logp["train", "old"] > mean_logp["train", "new"] + 0.1
+    with pytest.raises(ValueError, match="'test': its process is not content alone"):
+        intervened_dataset(tiny_ds, oracle, process="test")
+
+
+def test_fit_on_intervened_world_leaves_the_dataset_and_refuses_a_teacher(tiny_ds):
+    from bgmrec.bench import fit_on_intervened_world, fit_oracle
+
+    oracle = fit_oracle(tiny_ds)
+    before = {k: np.array(v) for k, v in tiny_ds.splits.items()}
+    model = fit_on_intervened_world(tiny_ds, oracle, "popularity", seed=0, professional=True)
+    assert model.name == "popularity"
+    assert all(np.array_equal(tiny_ds.splits[k], v) for k, v in before.items())
+    with pytest.raises(ValueError, match="deccm: a teacher-guided model"):
+        fit_on_intervened_world(tiny_ds, oracle, "deccm", seed=0, professional=False)
 
 
 def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):

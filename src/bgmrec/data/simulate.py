@@ -157,8 +157,8 @@ def _random_map(rng: np.random.Generator, d_in: int, d_hidden: int, d_out: int):
     return f
 
 
-def _choose(rng: np.random.Generator, logits_fn, n: int, chunk: int = 4096) -> np.ndarray:
-    """Gumbel-max sampling of one index per row from logits computed chunk by chunk."""
+def gumbel_max_choice(rng: np.random.Generator, logits_fn, n: int, chunk: int = 4096) -> np.ndarray:
+    """One index per row drawn from softmax(logits) by Gumbel-max, ``logits_fn(rows)`` computed chunk by chunk."""
     out = np.empty(n, np.int64)
     for s in range(0, n, chunk):
         rows = np.arange(s, min(n, s + chunk))
@@ -238,15 +238,16 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     def logits(split: str, vids: np.ndarray, tracks: np.ndarray | None = None):
         return lambda rows: truth.logits(split, vids[rows], pref_of[vids[rows]], track_genre, tracks)
 
-    ugc_choice = _choose(r_choice, logits("biased", ugc), len(ugc))
-    pgc_choice = existing[_choose(r_choice, logits("content", pgc, existing), len(pgc))]
+    ugc_choice = gumbel_max_choice(r_choice, logits("biased", ugc), len(ugc))
+    pgc_choice = existing[gumbel_max_choice(r_choice, logits("content", pgc, existing), len(pgc))]
 
     chose_new = track_new[ugc_choice]
     old_rows = r_split.permutation(np.flatnonzero(~chose_new))
     n_val, n_test = int(c.val_share * len(old_rows)), int(c.test_share * len(old_rows))
     parts = {"val": np.sort(old_rows[:n_val]), "test": np.sort(old_rows[n_val:n_val + n_test]),
              "train": np.sort(old_rows[n_val + n_test:]), "test_new_music": np.flatnonzero(chose_new)}
-    unbiased_choice = existing[_choose(r_choice, logits("content", parts["test"], existing), len(parts["test"]))]
+    unbiased_choice = existing[gumbel_max_choice(r_choice, logits("content", parts["test"], existing),
+                                                 len(parts["test"]))]
 
     def rows(vids, tracks):
         return np.stack([vids, tracks, video_uploader[vids]], axis=1).astype(np.int64)
