@@ -122,11 +122,14 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
                            "--split", "nosuch"], ("unknown split 'nosuch'",)),
         "bad-set-value": (["train", "--data", str(world), "--model", "cmvae", "--out", out,
                            "--set", "epochs=abc"], ("abc",)),
+        "ceiling-without-runs": (["bench", "ceiling", "--scale", "tiny", "--seeds", "0", "--work", str(tmp / "w"),
+                                  "--models", "popularity", "--out", out],
+                                 ("seed 0: the world; seed 0: popularity)", "--models popularity --work")),
     }
 
 
 BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest", "missing-run", "unknown-split",
-       "bad-set-value"]
+       "bad-set-value", "ceiling-without-runs"]
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -234,14 +234,16 @@ def bench_ceiling(
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds whose runs to read"),
     work: Path = typer.Option(Path("runs/bench"), help="the quality benchmark's folder for worlds and runs"),
     redraws: int = typer.Option(3, min=1, help="draws of the intervened world per seed (CMVAE is trained on each)"),
+    models: str = typer.Option("", help="comma-separated quality-benchmark runs to read (default: the two-tower, "
+                               "CMVAE, cmvae-noprior, DecCM and its ablations)"),
 ) -> None:
     """Each quality-benchmark model as it ranks and with a per-track term fitted to the world's truth;
     CMVAE trained on the intervened world (the uploads' choices redrawn by content alone)."""
-    from bgmrec.bench import run_track_term_ceiling
+    from bgmrec.bench import CEILING_MODELS, run_track_term_ceiling
 
     command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench ceiling"
     run_track_term_ceiling(scale, [int(s) for s in seeds.split(",")], work, out, console, command,
-                           redraws=redraws)
+                           models=tuple(models.split(",")) if models else CEILING_MODELS, redraws=redraws)
 
 
 @bench_app.command("gamma")
