@@ -123,13 +123,22 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
         "bad-set-value": (["train", "--data", str(world), "--model", "cmvae", "--out", out,
                            "--set", "epochs=abc"], ("abc",)),
         "ceiling-without-runs": (["bench", "ceiling", "--scale", "tiny", "--seeds", "0", "--work", str(tmp / "w"),
-                                  "--models", "popularity", "--out", out],
-                                 ("seed 0: the world; seed 0: popularity)", "--models popularity --work")),
+                                  "--models", "popularity, cca,", "--out", out],
+                                 ("(seed 0: the world; seed 0: popularity; seed 0: cca)",
+                                  "--models popularity,cca --work")),
+        "ceiling-default-models": (["bench", "ceiling", "--scale", "tiny", "--seeds", "0", "--work", str(tmp / "w"),
+                                    "--out", out],
+                                   ("seed 0: twotower-infonce; seed 0: cmvae; seed 0: cmvae-noprior; seed 0: deccm;",
+                                    "seed 0: deccm-noteacher)")),
+        "ceiling-unknown-model": (["bench", "ceiling", "--scale", "tiny", "--work", str(tmp / "w"), "--models",
+                                   "cmvae", "--intervened", "cmvea", "--out", out],
+                                  ("unknown model 'cmvea'", "choose among random")),
     }
 
 
 BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest", "missing-run", "unknown-split",
-       "bad-set-value", "ceiling-without-runs"]
+       "bad-set-value", "ceiling-without-runs", "ceiling-default-models",
+       "ceiling-unknown-model"]
 
 
 @pytest.mark.parametrize("case", BAD)

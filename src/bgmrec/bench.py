@@ -438,7 +438,11 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     from bgmrec.eval.metrics import recall_at_k
     from bgmrec.eval.protocol import full_ranks
     from bgmrec.models.base import load_model
+    from bgmrec.models.registry import model_names
 
+    unknown = [name for name in (*models, *intervened) if name not in model_names()]
+    if unknown:
+        raise ValueError(f"unknown model {', '.join(map(repr, unknown))}; choose among {', '.join(model_names())}")
     worlds = {seed: Path(work) / f"{scale}-seed{seed}" for seed in seeds}
     run_files = ("run.json", "config.json", "weights.safetensors")
     missing = []

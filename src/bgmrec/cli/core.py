@@ -233,9 +233,12 @@ def bench_ceiling(
     scale: str = typer.Option("small", help="world preset of the quality benchmark's runs"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds whose runs to read"),
     work: Path = typer.Option(Path("runs/bench"), help="the quality benchmark's folder for worlds and runs"),
-    redraws: int = typer.Option(3, min=1, help="draws of the intervened world per seed (CMVAE is trained on each)"),
-    models: str = typer.Option("", help="comma-separated quality-benchmark runs to read (default: the two-tower, "
-                               "CMVAE, cmvae-noprior, DecCM and its ablations)"),
+    redraws: int = typer.Option(3, min=1, help="draws of the intervened world per seed (a training for each)"),
+    models: str | None = typer.Option(None, help="comma-separated quality-benchmark runs to read (default: "
+                                      "twotower-infonce, cmvae, cmvae-noprior, deccm, deccm-noadjust, "
+                                      "deccm-noteacher)"),
+    intervened: str = typer.Option("cmvae", help="comma-separated models to train on the intervened world "
+                                   "('' for none)"),
 ) -> None:
     """Each quality-benchmark model as it ranks and with a per-track term fitted to the world's truth;
     CMVAE trained on the intervened world (the uploads' choices redrawn by content alone)."""
@@ -243,7 +246,13 @@ def bench_ceiling(
 
     command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench ceiling"
     run_track_term_ceiling(scale, [int(s) for s in seeds.split(",")], work, out, console, command,
-                           models=tuple(models.split(",")) if models else CEILING_MODELS, redraws=redraws)
+                           models=comma_list(models) if models else CEILING_MODELS,
+                           intervened=comma_list(intervened), redraws=redraws)
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """``"a, b,"`` -> ``("a", "b")``: a comma-separated option's names, stripped, empty ones left out."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 @bench_app.command("gamma")
