@@ -183,6 +183,13 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):
                          "popularity, trained on the intervened world + professional videos"}
     # the share of choices by content alone is the better popularity for test_unbiased, which chose so
     assert intervened > on_uploads
+    only = run_track_term_ceiling("tiny", [0], work, tmp_path / "i.md", console, "cmd", models=("popularity",),
+                                  intervened=("popularity",), redraws=1, fit_track_terms=False).read_text()
+    assert only.startswith("# The models against the learners trained on the intervened world")
+    assert [line.split(" | ")[0] for line in only.splitlines() if line.startswith("| ")] == [
+        "| model", "| oracle", "| popularity", "| popularity, trained on the intervened world",
+        "| popularity, trained on the intervened world + professional videos"]
+    assert f"| popularity | {rows['popularity'][1]} |" in only  # the same run, ranked alike
     for text in sections.values():
         rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()
                 if line.startswith("| ") and not line.startswith("| model")}
@@ -190,3 +197,13 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):
         ranked, fitted = float(rows["popularity"][1]), float(rows["popularity"][2])
         # log popularity is one per-track term; the one fitted to the truth ranks better
         assert fitted > ranked
+
+
+def test_write_report_replaces_the_old_report_through_a_temporary_file(tmp_path):
+    from bgmrec.bench import write_report
+
+    out = tmp_path / "docs" / "r.md"
+    write_report(out, ["# old"], Console(quiet=True))
+    write_report(out, ["# new", "", "text"], Console(quiet=True))
+    assert out.read_text() == "# new\n\ntext"
+    assert [p.name for p in out.parent.iterdir()] == ["r.md"]  # no temporary file left

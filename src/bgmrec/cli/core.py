@@ -239,6 +239,8 @@ def bench_ceiling(
                                       "deccm-noteacher)"),
     intervened: str = typer.Option("cmvae", help="comma-separated models to train on the intervened world "
                                    "('' for none)"),
+    fit: bool = typer.Option(True, help="fit the per-track terms (minutes per model at tt150k); --no-fit "
+                             "reports the intervened world's table alone"),
 ) -> None:
     """Each quality-benchmark model as it ranks and with a per-track term fitted to the world's truth;
     CMVAE trained on the intervened world (the uploads' choices redrawn by content alone)."""
@@ -247,7 +249,7 @@ def bench_ceiling(
     command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench ceiling"
     run_track_term_ceiling(scale, [int(s) for s in seeds.split(",")], work, out, console, command,
                            models=comma_list(models) if models else CEILING_MODELS,
-                           intervened=comma_list(intervened), redraws=redraws)
+                           intervened=comma_list(intervened), redraws=redraws, fit_track_terms=fit)
 
 
 def comma_list(text: str) -> tuple[str, ...]:
