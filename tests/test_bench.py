@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from rich.console import Console
 
+import bgmrec.bench
 import bgmrec.cli.core
 from bgmrec.bench import finished_run, run_quality
 
@@ -162,7 +165,7 @@ def test_fit_on_intervened_world_leaves_the_dataset_and_refuses_a_teacher(tiny_d
         fit_on_intervened_world(tiny_ds, oracle, "deccm", seed=0, professional=False)
 
 
-def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):
+def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path, monkeypatch):
     from bgmrec.bench import run_track_term_ceiling
 
     console = Console(quiet=True)
@@ -183,6 +186,10 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):
                          "popularity, trained on the intervened world + professional videos"}
     # the share of choices by content alone is the better popularity for test_unbiased, which chose so
     assert intervened > on_uploads
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a per-track term was fitted")
+
+    monkeypatch.setattr(bgmrec.bench, "TrackTermFit", no_fit)
     only = run_track_term_ceiling("tiny", [0], work, tmp_path / "i.md", console, "cmd", models=("popularity",),
                                   intervened=("popularity",), redraws=1, fit_track_terms=False).read_text()
     assert only.startswith("# The models against the learners trained on the intervened world")
@@ -199,7 +206,7 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path):
         assert fitted > ranked
 
 
-def test_write_report_replaces_the_old_report_through_a_temporary_file(tmp_path):
+def test_write_report_replaces_the_old_report_through_a_temporary_file(tmp_path, monkeypatch):
     from bgmrec.bench import write_report
 
     out = tmp_path / "docs" / "r.md"
@@ -207,3 +214,12 @@ def test_write_report_replaces_the_old_report_through_a_temporary_file(tmp_path)
     write_report(out, ["# new", "", "text"], Console(quiet=True))
     assert out.read_text() == "# new\n\ntext"
     assert [p.name for p in out.parent.iterdir()] == ["r.md"]  # no temporary file left
+
+    def full_disk(src, dst):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="no space"):
+        write_report(out, ["# newer ± 1"], Console(quiet=True))
+    assert out.read_text() == "# new\n\ntext"  # the old report is kept
+    assert [p.name for p in out.parent.iterdir()] == ["r.md"]

@@ -129,7 +129,12 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
         "ceiling-default-models": (["bench", "ceiling", "--scale", "tiny", "--seeds", "0", "--work", str(tmp / "w"),
                                     "--out", out],
                                    ("seed 0: twotower-infonce; seed 0: cmvae; seed 0: cmvae-noprior; seed 0: deccm;",
-                                    "seed 0: deccm-noteacher)")),
+                                    "seed 0: deccm-noadjust; seed 0: deccm-noteacher)")),
+        "ceiling-nothing-to-report": (["bench", "ceiling", "--scale", "tiny", "--work", str(tmp / "w"), "--no-fit",
+                                       "--intervened", "", "--out", out], ("--no-fit", "--intervened cmvae")),
+        "ceiling-teacher-on-the-intervened-world": (["bench", "ceiling", "--scale", "tiny", "--work", str(tmp / "w"),
+                                                     "--intervened", "cmvae,deccm", "--out", out],
+                                                    ("deccm: a teacher-guided model",)),
         "ceiling-unknown-model": (["bench", "ceiling", "--scale", "tiny", "--work", str(tmp / "w"), "--models",
                                    "cmvae", "--intervened", "cmvea", "--out", out],
                                   ("unknown model 'cmvea'", "choose among random")),
@@ -138,7 +143,7 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
 
 BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest", "missing-run", "unknown-split",
        "bad-set-value", "ceiling-without-runs", "ceiling-default-models",
-       "ceiling-unknown-model"]
+       "ceiling-unknown-model", "ceiling-nothing-to-report", "ceiling-teacher-on-the-intervened-world"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -224,3 +229,11 @@ def test_evaluate_on_features_of_another_width(narrow_world, popularity_run, cap
 def test_error_messages_are_printed_verbatim(narrow_world, popularity_run, capsys):
     main(["evaluate", "--run", str(popularity_run), "--data", str(narrow_world)])
     assert "expected shape [n, 32]" in _error(capsys)
+
+
+def test_ceiling_help_names_the_default_models(capsys):
+    from bgmrec.bench import CEILING_MODELS
+
+    assert main(["bench", "ceiling", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert ", ".join(CEILING_MODELS) in help_text

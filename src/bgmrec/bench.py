@@ -9,7 +9,6 @@ world's truth, how much of each model's error is in its per-track term and how m
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from dataclasses import dataclass, replace
@@ -387,15 +386,35 @@ def fit_on_intervened_world(ds, oracle, name: str, seed: int, professional: bool
     from bgmrec.models.deccm import professional_split
     from bgmrec.models.registry import build
 
+    check_intervened_models([name])
     model = build(name, FeatureSpec.of(ds), {"seed": seed})
-    if model.uses_teacher and getattr(model.config, "teacher", False):
-        raise ValueError(f"{name}: a teacher-guided model cannot be trained on the intervened world here; "
-                         "pick a model without a teacher (e.g. cmvae)")
     world = intervened_dataset(ds, oracle, int(np.random.SeedSequence([seed, redraw]).generate_state(1)[0]))
     pro = professional_split(ds) if professional else None
     if pro is not None:
         world.splits["train"] = np.vstack([world.splits["train"], np.asarray(ds.splits[pro])])
     return model.fit(SplitView(world, "train"), SplitView(world, "val"))
+
+
+def check_model_names(names) -> None:
+    """Refuse names the registry does not know, all at once."""
+    from bgmrec.models.registry import model_names
+
+    unknown = [name for name in names if name not in model_names()]
+    if unknown:
+        raise ValueError(f"unknown model {', '.join(map(repr, unknown))}; choose among {', '.join(model_names())}")
+
+
+def check_intervened_models(names) -> None:
+    """Refuse unknown models and those that need a teacher (:func:`fit_on_intervened_world` trains none)."""
+    from bgmrec.models.base import with_overrides
+    from bgmrec.models.registry import model_class, resolve
+
+    check_model_names(names)
+    for name in names:
+        cls = model_class(name)
+        if cls.uses_teacher and getattr(with_overrides(cls.config_class(), resolve(name)[1]), "teacher", False):
+            raise ValueError(f"{name}: a teacher-guided model cannot be trained on the intervened world here; "
+                             "pick a model without a teacher (e.g. cmvae)")
 
 
 def intervened_section(cells: dict, learners: dict[str, dict[str, list[float]]], seeds: list[int],
@@ -442,16 +461,18 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     from bgmrec.eval.metrics import recall_at_k
     from bgmrec.eval.protocol import full_ranks
     from bgmrec.models.base import load_model
-    from bgmrec.models.registry import model_names
-
-    unknown = [name for name in (*models, *intervened) if name not in model_names()]
-    if unknown:
-        raise ValueError(f"unknown model {', '.join(map(repr, unknown))}; choose among {', '.join(model_names())}")
+    if not models:
+        raise ValueError("no quality-benchmark runs to read: name at least one model")
+    check_model_names(models)
+    check_intervened_models(intervened)
+    if intervened and "test_unbiased" not in splits:
+        raise ValueError("the intervened world's models are reported on test_unbiased: add it to the splits")
     worlds = {seed: Path(work) / f"{scale}-seed{seed}" for seed in seeds}
     run_files = ("run.json", "config.json", "weights.safetensors")
     if not fit_track_terms:
         if not intervened:
-            raise ValueError("nothing to report: no track-term fits and no model for the intervened world")
+            raise ValueError("nothing to report without the per-track fits (--no-fit) and with no model for the "
+                             "intervened world: name one (--intervened cmvae)")
         splits = ("test_unbiased",)
     missing = []
     for seed, world in worlds.items():
@@ -538,14 +559,12 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
 
 
 def write_report(out: Path, lines: list[str], console: Console) -> Path:
-    """Write a Markdown report through a temporary file and a rename: an interrupted write leaves the old one."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    """Write a Markdown report atomically (:func:`bgmrec.data.dataset.write_text_atomic`)."""
+    from bgmrec.data.dataset import write_text_atomic
+
+    write_text_atomic(out, "\n".join(lines))
     console.print(f"wrote {out}")
-    return out
+    return Path(out)
 
 
 def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out: Path, console: Console,

@@ -229,7 +229,8 @@ def bench_speed(
 
 @bench_app.command("ceiling")
 def bench_ceiling(
-    out: Path = typer.Option(Path("docs/track_term_ceiling.md"), help="Markdown report to write"),
+    out: Path | None = typer.Option(None, help="Markdown report to write (default: docs/track_term_ceiling.md, "
+                                    "with --no-fit docs/intervened_SCALE.md)"),
     scale: str = typer.Option("small", help="world preset of the quality benchmark's runs"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds whose runs to read"),
     work: Path = typer.Option(Path("runs/bench"), help="the quality benchmark's folder for worlds and runs"),
@@ -242,13 +243,15 @@ def bench_ceiling(
     fit: bool = typer.Option(True, help="fit the per-track terms (minutes per model at tt150k); --no-fit "
                              "reports the intervened world's table alone"),
 ) -> None:
-    """Each quality-benchmark model as it ranks and with a per-track term fitted to the world's truth;
-    CMVAE trained on the intervened world (the uploads' choices redrawn by content alone)."""
+    """Each quality-benchmark model as it ranks and with a per-track term fitted to the world's truth,
+    against the --intervened models trained on the intervened world (choices redrawn by content alone)."""
     from bgmrec.bench import CEILING_MODELS, run_track_term_ceiling
 
     command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench ceiling"
-    run_track_term_ceiling(scale, [int(s) for s in seeds.split(",")], work, out, console, command,
-                           models=comma_list(models) if models else CEILING_MODELS,
+    if out is None:
+        out = Path("docs/track_term_ceiling.md" if fit else f"docs/intervened_{scale}.md")
+    run_track_term_ceiling(scale, [int(s) for s in comma_list(seeds)], work, out, console, command,
+                           models=CEILING_MODELS if models is None else comma_list(models),
                            intervened=comma_list(intervened), redraws=redraws, fit_track_terms=fit)
 
 
