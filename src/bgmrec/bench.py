@@ -3,7 +3,8 @@
 ``bgmrec bench quality`` trains and evaluates every model on simulated worlds over several seeds and
 writes mean and spread; ``bgmrec bench speed`` measures simulation, training epochs and scoring;
 ``bgmrec bench gamma`` sweeps the confounding strength; ``bgmrec bench ceiling`` tells, from the
-world's truth, how much of each model's error is in its per-track term and how much in its similarity.
+world's truth, how much of each model's error is in its per-track term and how much in its similarity;
+both set the models beside CMVAE trained on the intervened world (the confounding removed from its data).
 """
 
 from __future__ import annotations
@@ -461,6 +462,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     from bgmrec.eval.metrics import recall_at_k
     from bgmrec.eval.protocol import full_ranks
     from bgmrec.models.base import load_model
+
     if not models:
         raise ValueError("no quality-benchmark runs to read: name at least one model")
     check_model_names(models)
