@@ -206,6 +206,41 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path, m
         assert fitted > ranked
 
 
+def test_ceiling_report_mixes_the_teacher_of_a_benchmarked_student(tmp_path):
+    from bgmrec.bench import benchmarked_teacher, full_recall_at_10, run_track_term_ceiling
+    from bgmrec.data.dataset import load_dataset
+    from bgmrec.models.base import load_model
+    from bgmrec.models.deccm import TeacherMixture
+
+    console = Console(quiet=True)
+    work = tmp_path / "work"
+    run_quality(["tiny"], [0], tmp_path / "q.md", work, ["cmvae", "deccm"], console, "cmd")
+    runs = work / "tiny-seed0" / "runs"
+    assert benchmarked_teacher(runs, ("cmvae",)) is None  # CMVAE mixes no teacher in
+    name, teacher, weight = benchmarked_teacher(runs, ("cmvae", "deccm"))
+    student = load_model(runs / "deccm")
+    assert (name, teacher.name, weight) == ("deccm", "cmvae", student.config.teacher_mix)
+
+    out = run_track_term_ceiling("tiny", [0], work, tmp_path / "i.md", console, "cmd",
+                                 models=("cmvae", "deccm"), intervened=("cmvae",), redraws=1,
+                                 fit_track_terms=False).read_text()
+    rows = {line.split(" | ")[0].strip("| "): float(line.split(" | ")[1]) for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}
+    assert list(rows)[-4:] == ["cmvae (benchmarked), mixed with deccm's teacher",
+                               "cmvae, trained on the intervened world",
+                               "cmvae, trained on the intervened world, mixed with deccm's teacher",
+                               "cmvae, trained on the intervened world + professional videos"]
+    assert "the like-for-like references for that content mode" in out
+    ds = load_dataset(work / "tiny-seed0" / "data")
+    expected = full_recall_at_10(TeacherMixture(load_model(runs / "cmvae"), teacher, weight), ds)
+    assert rows["cmvae (benchmarked), mixed with deccm's teacher"] == pytest.approx(expected, abs=5e-4)
+    # DecCM's content mode is its student mixed so: the same wrapper around the student alone ranks alike
+    student.set_inference_mode("content")
+    student.config.teacher_mix = 0.0
+    assert rows["deccm [content]"] == pytest.approx(
+        full_recall_at_10(TeacherMixture(student, teacher, weight), ds), abs=5e-4)
+
+
 def test_write_report_replaces_the_old_report_through_a_temporary_file(tmp_path, monkeypatch):
     from bgmrec.bench import write_report
 

@@ -396,6 +396,36 @@ def fit_on_intervened_world(ds, oracle, name: str, seed: int, professional: bool
     return model.fit(SplitView(world, "train"), SplitView(world, "val"))
 
 
+def full_recall_at_10(model, ds, split: str = "test_unbiased") -> float:
+    """Full-catalogue Recall@10 of ``model`` on ``split`` of ``ds``."""
+    from bgmrec.eval.metrics import recall_at_k
+    from bgmrec.eval.protocol import full_ranks
+
+    return recall_at_k(full_ranks(model, ds, split).ranks, 10)
+
+
+def add_learner(learners: dict[str, dict[str, list[float]]], label: str, r10: list[float]) -> None:
+    """Append one seed's Recall@10 (the mean over draws, and their spread when there are several) to ``label``."""
+    learner = learners.setdefault(label, {"mean": [], "spread": []})
+    learner["mean"].append(float(np.mean(r10)))
+    learner["spread"] += [float(np.std(r10))] if len(r10) > 1 else []
+
+
+def benchmarked_teacher(runs: Path, models) -> tuple[str, Recommender, float] | None:
+    """(run name, teacher, weight) of the first of ``models`` whose saved run mixes a teacher into its
+    content mode (a DecCM student with ``teacher_mix`` > 0 and its ``teacher`` folder), else None."""
+    from bgmrec.data.dataset import read_json
+    from bgmrec.models.deccm import load_teacher
+
+    for name in models:
+        folder = Path(runs) / name
+        config = read_json(folder / "config.json").get("config", {})
+        mixes = config.get("teacher") and config.get("teacher_mix", 0.0) > 0
+        if mixes and (folder / "teacher" / "config.json").is_file():
+            return name, load_teacher(folder / "teacher"), float(config["teacher_mix"])
+    return None
+
+
 def check_model_names(names) -> None:
     """Refuse names the registry does not know, all at once."""
     from bgmrec.models.registry import model_names
@@ -422,9 +452,13 @@ def intervened_section(cells: dict, learners: dict[str, dict[str, list[float]]],
                        redraws: int) -> list[str]:
     """The report's table of ``test_unbiased`` R@10 per seed: the benchmarked runs (``cells``), the
     same learners trained on the intervened world (``learners``: label -> mean and spread per seed)."""
-    spread = np.mean([s for cell in learners.values() for s in cell["spread"]])
-    draws = (f"; the mean of {redraws} draws per seed, whose standard deviation is {spread:.3f} on average"
-             if redraws > 1 else "; one draw per seed")
+    spreads = [s for cell in learners.values() for s in cell["spread"]]
+    draws = (f"; the mean of {redraws} draws per seed, whose standard deviation is {np.mean(spreads):.3f} on average"
+             if spreads else "; one draw per seed")
+    mixed = ("" if not any("teacher" in label for label in learners) else
+             " DecCM's content mode mixes its teacher's score into its student's (`teacher_mix`); the rows "
+             "*mixed with ...'s teacher* mix that same teacher, with the same weight, into the benchmarked and "
+             "the intervened learner (`TeacherMixture`): the like-for-like references for that content mode.")
     lines = ["## `test_unbiased`: the learners trained on the intervened world", "",
              "Each model's full Recall@10 on `test_unbiased`, per seed: as benchmarked (trained on the uploads, "
              "whose choices carry the uploaders' taste and the tracks' popularity) and trained on the "
@@ -434,7 +468,7 @@ def intervened_section(cells: dict, learners: dict[str, dict[str, list[float]]],
              f"sees{draws}). It is a reference point, not a ceiling: the same learner and config trained on "
              "the distribution it is tested on, early-stopped on a val split of that distribution too, which "
              "no deconfounding method has. What it gains over the benchmarked run is about what removing the "
-             "confounding from the training data is worth to that learner.", "",
+             "confounding from the training data is worth to that learner." + mixed, "",
              "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "|---|" + "---|" * (len(seeds) + 1)]
     rows = [(label, cell["ranked"]) for (label, split), cell in cells.items() if split == "test_unbiased"]
@@ -459,9 +493,8 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     from bgmrec.cli.core import git_commit, machine
     from bgmrec.data.dataset import load_dataset, read_json
     from bgmrec.demo import evaluation_modes
-    from bgmrec.eval.metrics import recall_at_k
-    from bgmrec.eval.protocol import full_ranks
     from bgmrec.models.base import load_model
+    from bgmrec.models.deccm import TeacherMixture
 
     if not models:
         raise ValueError("no quality-benchmark runs to read: name at least one model")
@@ -496,7 +529,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
         n_videos += [len(truth.query) for truth in truths.values()][:1]
         for split in splits:
             cells.setdefault(("oracle", split), {}).setdefault("ranked", []).append(
-                recall_at_k(full_ranks(oracle, ds, split).ranks, 10))
+                full_recall_at_10(oracle, ds, split))
         for name in models:
             run = world / "runs" / name
             commits.add(read_json(run / "run.json").get("commit", "unknown"))
@@ -507,20 +540,25 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
                 label = f"{name} [{model.inference_mode}]" if model.inference_mode else name
                 for split in splits:
                     cell = cells.setdefault((label, split), {})
-                    cell.setdefault("ranked", []).append(recall_at_k(full_ranks(model, ds, split).ranks, 10))
+                    cell.setdefault("ranked", []).append(full_recall_at_10(model, ds, split))
                     if not fit_track_terms:
                         continue
                     fitted = TrackTermFit(model, truths[split])
-                    cell.setdefault("fitted", []).append(recall_at_k(full_ranks(fitted, ds, split).ranks, 10))
+                    cell.setdefault("fitted", []).append(full_recall_at_10(fitted, ds, split))
             console.print(f"{scale} seed {seed}: {name} done")
+        teacher = benchmarked_teacher(world / "runs", models)
         for name in intervened:
+            if teacher is not None and name in models:
+                mixture = TeacherMixture(load_model(world / "runs" / name), *teacher[1:])
+                add_learner(learners, f"{name} (benchmarked), mixed with {teacher[0]}'s teacher",
+                            [full_recall_at_10(mixture, ds)])
             for professional in (False, True):
                 label = f"{name}, trained on the intervened world" + (" + professional videos" if professional else "")
-                r10 = [recall_at_k(full_ranks(fit_on_intervened_world(ds, oracle, name, seed, professional, r),
-                                              ds, "test_unbiased").ranks, 10) for r in range(redraws)]
-                learner = learners.setdefault(label, {"mean": [], "spread": []})
-                learner["mean"].append(float(np.mean(r10)))
-                learner["spread"].append(float(np.std(r10)))
+                fits = [fit_on_intervened_world(ds, oracle, name, seed, professional, r) for r in range(redraws)]
+                add_learner(learners, label, [full_recall_at_10(m, ds) for m in fits])
+                if teacher is not None and not professional:
+                    add_learner(learners, f"{label}, mixed with {teacher[0]}'s teacher",
+                                [full_recall_at_10(TeacherMixture(m, *teacher[1:]), ds) for m in fits])
             console.print(f"{scale} seed {seed}: {name} on the intervened world done")
     now = git_commit()
     made = (f"Made by `{command}` at commit {now} on {machine()}, {time.strftime('%Y-%m-%d')}, from the runs of "
@@ -576,8 +614,6 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
     from bgmrec.cli.core import git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset
     from bgmrec.data.simulate import save_world, simulate, world_config
-    from bgmrec.eval.metrics import recall_at_k
-    from bgmrec.eval.protocol import full_ranks
 
     rows = []
     for gamma in gammas:
@@ -591,14 +627,13 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
             for r in evaluate_run(run, ds, splits=("test_unbiased",), label=name):
                 res[(name, r.get("inference_mode"))] = r
         base = res[("cmvae", None)]
-        reference = {mode: recall_at_k(full_ranks(TruthRanker(ds, mode, seed=seed), ds, "test_unbiased").ranks, 10)
-                     for mode in ("backdoor", "content")}
+        reference = {mode: full_recall_at_10(TruthRanker(ds, mode, seed=seed), ds) for mode in ("backdoor", "content")}
         oracle = fit_oracle(ds)
-        reference["oracle"] = recall_at_k(full_ranks(oracle, ds, "test_unbiased").ranks, 10)
+        reference["oracle"] = full_recall_at_10(oracle, ds)
         for professional in (False, True):
             reference["intervened" + ("_professional" if professional else "")] = float(np.mean([
-                recall_at_k(full_ranks(fit_on_intervened_world(ds, oracle, "cmvae", seed, professional, r), ds,
-                                       "test_unbiased").ranks, 10) for r in range(redraws)]))
+                full_recall_at_10(fit_on_intervened_world(ds, oracle, "cmvae", seed, professional, r), ds)
+                for r in range(redraws)]))
         for mode in ("backdoor", "content", "personalised"):
             r = res[("deccm", mode)]
             rows.append({"gamma": gamma, "mode": mode,

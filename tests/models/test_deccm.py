@@ -16,7 +16,7 @@ from bgmrec.data.dataset import load_dataset
 from bgmrec.data.simulate import save_world, simulate, world_config
 from bgmrec.eval.protocol import evaluate
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery, load_model
-from bgmrec.models.deccm import DecCM, content_log_share, negative_binomial_shape
+from bgmrec.models.deccm import DecCM, TeacherMixture, content_log_share, negative_binomial_shape
 from bgmrec.models.registry import build, prepare_teacher
 from bgmrec.train import FeatureTensors
 
@@ -153,6 +153,12 @@ def test_content_mode_is_the_geometric_mixture_of_student_and_teacher(tiny_dir, 
     assert np.allclose(mixed, (1 - w) * student + w * model.teacher.score(q, cat), atol=1e-5)
     assert not np.allclose(mixed, student, atol=1e-3)
     assert np.array_equal(backdoor[w], backdoor[0.0])  # the other modes never use the teacher
+    # the benchmarks' wrapper mixes any model so; around the student alone it is content mode itself
+    wrapped = TeacherMixture(model, model.teacher, w)
+    assert wrapped.name == "deccm+teacher"
+    assert np.allclose(wrapped.encode_videos(q) @ wrapped.encode_music(cat).T, mixed, atol=1e-5)
+    with pytest.raises(ValueError, match=r"weight must be in \[0, 1\], got -0.5"):
+        TeacherMixture(model, model.teacher, -0.5)
 
 
 def test_a_loaded_student_finds_its_teacher_or_says_it_is_missing(tiny_dir, tmp_path):

@@ -281,8 +281,7 @@ class DecCM(CMVAE):
         e_v = super()._encode_videos(q)
         if not self.mixes_teacher():
             return e_v
-        w = self.config.teacher_mix
-        return np.hstack([(1.0 - w) * e_v, w * self._require_teacher().encode_videos(q)])
+        return mix_video_embeddings(e_v, self._require_teacher().encode_videos(q), self.config.teacher_mix)
 
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:
         e_m = super()._encode_music(c)
@@ -313,6 +312,35 @@ class DecCM(CMVAE):
         old = {"teacher_mix": 0.0, "content_share": False}  # saved before these existed: rank as then
         meta = {**meta, "config": {**old, **meta["config"]}}
         return super().from_folder_config(meta)
+
+
+def mix_video_embeddings(model_videos: np.ndarray, teacher_videos: np.ndarray, weight: float) -> np.ndarray:
+    """[n, d1 + d2] video side of the geometric mixture (1 - w) * model score + w * teacher score.
+
+    Its inner product with ``hstack([model music, teacher music])`` is the mixed score: one more block
+    of the inner product, so exact search and FAISS serve it unchanged.
+    """
+    return np.hstack([(1.0 - weight) * model_videos, weight * teacher_videos])
+
+
+class TeacherMixture:
+    """Any model's scores mixed with a frozen teacher's as DecCM's content mode mixes its student's.
+
+    score = (1 - w) * model score + w * teacher score. A reference for benchmarks: what mixing in the
+    teacher gives a model without DecCM's deconfounding (see ``bgmrec bench ceiling``).
+    """
+
+    def __init__(self, model: Recommender, teacher: CMVAE, weight: float) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"the teacher's weight must be in [0, 1], got {weight}")
+        self.model, self.teacher, self.weight = model, teacher, weight
+        self.name = f"{model.name}+teacher"
+
+    def encode_videos(self, q: VideoQuery) -> np.ndarray:
+        return mix_video_embeddings(self.model.encode_videos(q), self.teacher.encode_videos(q), self.weight)
+
+    def encode_music(self, c: MusicCatalog) -> np.ndarray:
+        return np.hstack([self.model.encode_music(c), self.teacher.encode_music(c)])
 
 
 def content_log_share(log_share: np.ndarray, counts: np.ndarray, genre: np.ndarray, n_genres: int,
