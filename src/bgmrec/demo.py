@@ -15,7 +15,7 @@ from bgmrec.data.dataset import load_dataset, read_json, write_json_atomic
 EVAL_SPLITS = ("test", "test_new_music", "test_unbiased")
 DEMO_MODELS = ("random", "popularity", "cca", "twotower-hinge", "twotower-infonce", "cmvae", "cmvae-visual",
                "cmvae-concat", "cmvae-nocrossgen", "cmvae-noprior", "deccm", "deccm-noadjust", "deccm-noteacher",
-               "oracle")
+               "deccm-teachermix", "oracle")
 
 
 def ensure_world(scale: str, seed: int, data: Path, console: Console) -> None:

@@ -312,6 +312,8 @@ def test_an_ablation_with_content_mode_only_says_how_to_do_without_its_teacher(t
 def test_teacher_mix_must_be_a_weight(tiny_ds):
     with pytest.raises(ValueError, match="teacher_mix"):
         build("deccm", FeatureSpec.of(tiny_ds), {"teacher_mix": 1.5})
+    with pytest.raises(ValueError, match="alpha must be >= 0, got -0.1"):
+        build("deccm", FeatureSpec.of(tiny_ds), {"alpha": -0.1})
 
 
 def test_reusing_a_teacher_checks_its_latent_size(tiny_dir, tmp_path):

@@ -70,7 +70,7 @@ _EPS = 1e-6
 class DecCMConfig(CMVAEConfig):
     adjustment: bool = True  # model the taste path t(c)[genre] (False: the "no adjustment" ablation)
     teacher: bool = True  # distil from a frozen PGC teacher (False: the "no teacher" ablation)
-    alpha: float = 0.5  # weight of KL(q_student || q_teacher), per latent dimension, video + music
+    alpha: float = 0.5  # weight of KL(q_student || q_teacher), per latent dimension, video + music (0: none)
     taste_lr_scale: float = 20.0  # learning-rate multiplier of the taste path (few weights, O(1) values)
     prior_samples: int = 512  # confounder values sampled from training uploads to estimate P(c)
     reference_tracks: int = 4000  # at most this many training tracks normalise P(m | v, c)
@@ -83,6 +83,8 @@ class DecCMConfig(CMVAEConfig):
         super().__post_init__()
         if self.inference not in MODES:
             raise ValueError(f"inference must be one of {MODES}, got {self.inference!r}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         if not 0.0 <= self.teacher_mix <= 1.0:
             raise ValueError(f"teacher_mix must be in [0, 1], got {self.teacher_mix}")
         if self.adjustment and self.matching != "infonce":
@@ -208,7 +210,7 @@ class DecCM(CMVAE):
         match = self.matching_loss(sim, batch)
         vae, logs = self.vae_terms(batch, video_post, music_post, step, steps_per_epoch)
         loss = cfg.match_weight * match + vae
-        if cfg.teacher and self.teacher is not None:
+        if cfg.teacher and self.teacher is not None and cfg.alpha > 0:
             with torch.no_grad():
                 t_video = self.teacher.module.video_posterior(batch.visual, batch.text, batch.text_mask)
                 t_music = self.teacher.module.music_posterior(batch.music)

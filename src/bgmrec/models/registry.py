@@ -27,6 +27,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "cmvae-noprior": ("cmvae", {"track_prior": False}),
     "deccm-noadjust": ("deccm", {"adjustment": False}),
     "deccm-noteacher": ("deccm", {"teacher": False}),
+    # CMVAE trained on the uploads, its content mode mixed with the PGC teacher; nothing else of DecCM
+    "deccm-teachermix": ("deccm", {"adjustment": False, "alpha": 0.0, "content_share": False}),
 }
 
 
