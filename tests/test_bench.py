@@ -273,3 +273,18 @@ def test_gamma_sweep_reports_the_intervened_world_beside_cmvae_and_deccm(tmp_pat
     # on the world it is tested on's own process, and with strong confounding, the intervened CMVAE is better
     assert intervened > cmvae and professional > cmvae
     assert row[5] == f"{100 * (intervened / cmvae - 1):+.1f}%"
+    # CMVAE with DecCM's teacher mixed in, recomputed here from the saved runs
+    from bgmrec.bench import benchmarked_teacher, full_recall_at_10
+    from bgmrec.data.dataset import load_dataset
+    from bgmrec.models.base import load_model
+    from bgmrec.models.deccm import TeacherMixture
+
+    table = out.split("| gamma | CMVAE + teacher R@10 | DecCM content R@10")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| 2 |")).split(" | ")
+    mixed, content = float(row[1]), float(row[2])
+    assert content == deccm and row[5] == f"{100 * (mixed / cmvae - 1):+.1f}%"
+    world = tmp_path / "work" / "gamma2-tiny-seed0"
+    _, teacher, weight = benchmarked_teacher(world / "runs", ("deccm",))
+    recomputed = full_recall_at_10(TeacherMixture(load_model(world / "runs" / "cmvae"), teacher, weight),
+                                   load_dataset(world / "data"))
+    assert mixed == pytest.approx(recomputed, abs=5e-4)
