@@ -404,26 +404,33 @@ def full_recall_at_10(model, ds, split: str = "test_unbiased") -> float:
     return recall_at_k(full_ranks(model, ds, split).ranks, 10)
 
 
-def add_learner(learners: dict[str, dict[str, list[float]]], label: str, r10: list[float]) -> None:
-    """Append one seed's Recall@10 (the mean over draws, and their spread when there are several) to ``label``."""
-    learner = learners.setdefault(label, {"mean": [], "spread": []})
-    learner["mean"].append(float(np.mean(r10)))
-    learner["spread"] += [float(np.std(r10))] if len(r10) > 1 else []
+Learners = dict[str, dict[int, list[float]]]  # row label -> seed -> Recall@10 of each draw
 
 
-def benchmarked_teacher(runs: Path, models) -> tuple[str, Recommender, float] | None:
-    """(run name, teacher, weight) of the first of ``models`` whose saved run mixes a teacher into its
-    content mode (a DecCM student with ``teacher_mix`` > 0 and its ``teacher`` folder), else None."""
-    from bgmrec.data.dataset import read_json
-    from bgmrec.models.deccm import load_teacher
+def add_learner(learners: Learners, label: str, seed: int, r10: list[float]) -> None:
+    """Record the Recall@10 of ``seed``'s draws (one per draw) for the row ``label``."""
+    learners.setdefault(label, {})[seed] = [float(v) for v in r10]
 
-    for name in models:
-        folder = Path(runs) / name
-        config = read_json(folder / "config.json").get("config", {})
-        mixes = config.get("teacher") and config.get("teacher_mix", 0.0) > 0
-        if mixes and (folder / "teacher" / "config.json").is_file():
-            return name, load_teacher(folder / "teacher"), float(config["teacher_mix"])
-    return None
+
+@dataclass(frozen=True)
+class RunTeacher:
+    """The frozen teacher that a saved run mixes into its content mode, and with what weight."""
+
+    run: str  # the run's model name, e.g. "deccm"
+    teacher: Recommender  # its teacher as the run loads it (``DecCM.after_load``)
+    weight: float  # its ``teacher_mix``
+
+    @classmethod
+    def of(cls, run: str, model: Recommender) -> RunTeacher | None:
+        """The teacher ``model`` (loaded from run ``run``) mixes in, or None when it mixes none."""
+        teacher = getattr(model, "teacher", None)  # attached on load only when content mode mixes it
+        return None if teacher is None else cls(run, teacher, float(model.config.teacher_mix))
+
+    def mix(self, model: Recommender):
+        """``model``'s scores mixed with this teacher's, as the run's content mode mixes its student's."""
+        from bgmrec.models.deccm import TeacherMixture
+
+        return TeacherMixture(model, self.teacher, self.weight)
 
 
 def check_model_names(names) -> None:
@@ -448,14 +455,14 @@ def check_intervened_models(names) -> None:
                              "pick a model without a teacher (e.g. cmvae)")
 
 
-def intervened_section(cells: dict, learners: dict[str, dict[str, list[float]]], seeds: list[int],
-                       redraws: int) -> list[str]:
+def intervened_section(cells: dict, learners: Learners, seeds: list[int], redraws: int) -> list[str]:
     """The report's table of ``test_unbiased`` R@10 per seed: the benchmarked runs (``cells``), the
-    same learners trained on the intervened world (``learners``: label -> mean and spread per seed)."""
-    spreads = [s for cell in learners.values() for s in cell["spread"]]
+    same learners trained on the intervened world and the teacher-mixed references (``learners``; a
+    seed without a value shows "–")."""
+    spreads = [np.std(r10) for per_seed in learners.values() for r10 in per_seed.values() if len(r10) > 1]
     draws = (f"; the mean of {redraws} draws per seed, whose standard deviation is {np.mean(spreads):.3f} on average"
              if spreads else "; one draw per seed")
-    mixed = ("" if not any("teacher" in label for label in learners) else
+    mixed = ("" if not any(", mixed with " in label for label in learners) else
              " DecCM's content mode mixes its teacher's score into its student's (`teacher_mix`); the rows "
              "*mixed with ...'s teacher* mix that same teacher, with the same weight, into the benchmarked and "
              "the intervened learner (`TeacherMixture`): the like-for-like references for that content mode.")
@@ -472,8 +479,12 @@ def intervened_section(cells: dict, learners: dict[str, dict[str, list[float]]],
              "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "|---|" + "---|" * (len(seeds) + 1)]
     rows = [(label, cell["ranked"]) for (label, split), cell in cells.items() if split == "test_unbiased"]
-    for label, values in rows + [(label, cell["mean"]) for label, cell in learners.items()]:
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {np.mean(values):.3f} |")
+    rows += [(label, [float(np.mean(per_seed[s])) if s in per_seed else None for s in seeds])
+             for label, per_seed in learners.items()]
+    for label, values in rows:
+        present = [v for v in values if v is not None]
+        lines.append(f"| {label} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in values)
+                     + f" | {np.mean(present):.3f} |")
     return lines + [""]
 
 
@@ -486,6 +497,8 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
                            fit_track_terms: bool = True) -> Path:
     """R@10 of the quality benchmark's saved runs as they rank and with :class:`TrackTermFit`, and of the
     ``intervened`` models trained on :func:`intervened_dataset` (mean of ``redraws`` draws; Markdown report).
+    When one of the runs mixes a teacher into its content mode (DecCM), that teacher is also mixed into the
+    benchmarked and the intervened ``intervened`` models (:class:`RunTeacher`), the like-for-like references.
 
     Without ``fit_track_terms`` (the fits take minutes per model at ``tt150k``) the report holds the
     intervened world's table alone, on ``test_unbiased``.
@@ -494,7 +507,6 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     from bgmrec.data.dataset import load_dataset, read_json
     from bgmrec.demo import evaluation_modes
     from bgmrec.models.base import load_model
-    from bgmrec.models.deccm import TeacherMixture
 
     if not models:
         raise ValueError("no quality-benchmark runs to read: name at least one model")
@@ -520,7 +532,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
                          f"them with `bgmrec bench quality --scales {scale} --seeds {','.join(map(str, seeds))} "
                          f"--models {','.join(models)} --work {work} --resume --out <report.md>`")
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
-    learners: dict[str, dict[str, list[float]]] = {}  # models trained on the intervened world
+    learners: Learners = {}  # models trained on the intervened world, and the teacher-mixed references
     commits, n_videos = set(), []
     for seed, world in worlds.items():
         ds = load_dataset(world / "data")
@@ -530,10 +542,13 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
         for split in splits:
             cells.setdefault(("oracle", split), {}).setdefault("ranked", []).append(
                 full_recall_at_10(oracle, ds, split))
+        loaded, mixing = {}, None  # the runs, and the first one mixing a teacher into its content mode
         for name in models:
             run = world / "runs" / name
             commits.add(read_json(run / "run.json").get("commit", "unknown"))
             model = load_model(run)
+            loaded[name] = model
+            mixing = mixing or RunTeacher.of(name, model)
             for mode in evaluation_modes(model):
                 if mode is not None:
                     model.set_inference_mode(mode)
@@ -546,19 +561,19 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
                     fitted = TrackTermFit(model, truths[split])
                     cell.setdefault("fitted", []).append(full_recall_at_10(fitted, ds, split))
             console.print(f"{scale} seed {seed}: {name} done")
-        teacher = benchmarked_teacher(world / "runs", models)
         for name in intervened:
-            if teacher is not None and name in models:
-                mixture = TeacherMixture(load_model(world / "runs" / name), *teacher[1:])
-                add_learner(learners, f"{name} (benchmarked), mixed with {teacher[0]}'s teacher",
-                            [full_recall_at_10(mixture, ds)])
+            if mixing is not None and name in loaded:
+                if "content" in loaded[name].inference_modes:
+                    loaded[name].set_inference_mode("content")  # the mode DecCM mixes its teacher into
+                add_learner(learners, f"{name} (benchmarked), mixed with {mixing.run}'s teacher", seed,
+                            [full_recall_at_10(mixing.mix(loaded[name]), ds)])
             for professional in (False, True):
                 label = f"{name}, trained on the intervened world" + (" + professional videos" if professional else "")
                 fits = [fit_on_intervened_world(ds, oracle, name, seed, professional, r) for r in range(redraws)]
-                add_learner(learners, label, [full_recall_at_10(m, ds) for m in fits])
-                if teacher is not None and not professional:
-                    add_learner(learners, f"{label}, mixed with {teacher[0]}'s teacher",
-                                [full_recall_at_10(TeacherMixture(m, *teacher[1:]), ds) for m in fits])
+                add_learner(learners, label, seed, [full_recall_at_10(m, ds) for m in fits])
+                if mixing is not None and not professional:
+                    add_learner(learners, f"{label}, mixed with {mixing.run}'s teacher", seed,
+                                [full_recall_at_10(mixing.mix(m), ds) for m in fits])
             console.print(f"{scale} seed {seed}: {name} on the intervened world done")
     now = git_commit()
     made = (f"Made by `{command}` at commit {now} on {machine()}, {time.strftime('%Y-%m-%d')}, from the runs of "
@@ -610,13 +625,13 @@ def write_report(out: Path, lines: list[str], console: Console) -> Path:
 def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out: Path, console: Console,
                     command: str, redraws: int = 3) -> Path:
     """CMVAE vs DecCM on ``test_unbiased`` as the confounding strength gamma grows (Markdown + plot), with
-    CMVAE trained on each world's intervened version (:func:`intervened_dataset`, mean of ``redraws``)."""
+    CMVAE trained on each world's intervened version (:func:`intervened_dataset`, mean of ``redraws``) and
+    CMVAE with DecCM's teacher mixed in (:class:`RunTeacher`)."""
     from bgmrec.cli.core import git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset
     from bgmrec.data.simulate import save_world, simulate, world_config
     from bgmrec.eval.protocol import evaluate
     from bgmrec.models.base import load_model
-    from bgmrec.models.deccm import TeacherMixture
 
     rows = []
     for gamma in gammas:
@@ -630,9 +645,11 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
             for r in evaluate_run(run, ds, splits=("test_unbiased",), label=name):
                 res[(name, r.get("inference_mode"))] = r
         base = res[("cmvae", None)]
-        _, teacher, weight = benchmarked_teacher(data.parent / "runs", ("deccm",))
-        mixed = evaluate(TeacherMixture(load_model(data.parent / "runs" / "cmvae"), teacher, weight), ds,
-                         "test_unbiased")
+        mixing = RunTeacher.of("deccm", load_model(data.parent / "runs" / "deccm"))
+        if mixing is None:
+            raise ValueError(f"{data.parent / 'runs' / 'deccm'}: the DecCM run mixes no teacher into its content "
+                             "mode (teacher=false or teacher_mix=0, or its teacher folder is missing)")
+        mixed = evaluate(mixing.mix(load_model(data.parent / "runs" / "cmvae")), ds, "test_unbiased")
         reference = {mode: full_recall_at_10(TruthRanker(ds, mode, seed=seed), ds) for mode in ("backdoor", "content")}
         oracle = fit_oracle(ds)
         reference["oracle"] = full_recall_at_10(oracle, ds)

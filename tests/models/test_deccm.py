@@ -153,12 +153,42 @@ def test_content_mode_is_the_geometric_mixture_of_student_and_teacher(tiny_dir, 
     assert np.allclose(mixed, (1 - w) * student + w * model.teacher.score(q, cat), atol=1e-5)
     assert not np.allclose(mixed, student, atol=1e-3)
     assert np.array_equal(backdoor[w], backdoor[0.0])  # the other modes never use the teacher
-    # the benchmarks' wrapper mixes any model so; around the student alone it is content mode itself
+    # the benchmarks' wrapper around the student alone (teacher_mix = 0, as above) is content mode itself
+    assert model.config.teacher_mix == 0.0
     wrapped = TeacherMixture(model, model.teacher, w)
     assert wrapped.name == "deccm+teacher"
     assert np.allclose(wrapped.encode_videos(q) @ wrapped.encode_music(cat).T, mixed, atol=1e-5)
+    # ... and around any model it is the weighted sum of the two scores
+    popularity = build("popularity", FeatureSpec.of(ds)).fit(SplitView(ds, "train"), None)
+    other = TeacherMixture(popularity, model.teacher, 0.3)
+    assert np.allclose(other.encode_videos(q) @ other.encode_music(cat).T,
+                       0.7 * popularity.score(q, cat) + 0.3 * model.teacher.score(q, cat), atol=1e-5)
     with pytest.raises(ValueError, match=r"weight must be in \[0, 1\], got -0.5"):
         TeacherMixture(model, model.teacher, -0.5)
+
+
+def test_teachermix_trains_as_cmvae_and_mixes_the_teacher_in(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    overrides = {"epochs": 2, "batch_size": 256}
+    cmvae = build("cmvae", FeatureSpec.of(ds), overrides).fit(SplitView(ds, "train"), None)
+    mixed = build("deccm-teachermix", FeatureSpec.of(ds), {**overrides, "prior_samples": 64})
+    prepare_teacher(mixed, ds, tmp_path / "run", None)
+    mixed.fit(SplitView(ds, "train"), None)
+    # the same training as CMVAE: no taste path, no KL term (alpha = 0), the same batches and weights
+    assert [h["loss"] for h in mixed.history] == pytest.approx([h["loss"] for h in cmvae.history], rel=1e-5)
+    assert "teacher_kl" not in mixed.history[0]
+    # the regression that predicts new music's share reads DecCM's music side, which carries the genre too
+    new_music_regression = {"track_prior.x_mean", "track_prior.coef"}
+    for key, value in cmvae.module.state_dict().items():
+        if key not in new_music_regression:
+            assert torch.allclose(mixed.module.state_dict()[key], value, atol=1e-5), key
+    # content mode (its only mode) with the uploads' shares, plus the teacher's block
+    assert mixed.inference_mode == "content" and not hasattr(mixed.module, "content_prior")
+    q, cat = VideoQuery.from_dataset(ds, np.arange(8)), MusicCatalog.from_dataset(ds)
+    known = np.unique(np.asarray(ds.splits["train"])[:, 1])  # seen in training: exact shares, no regression
+    w = mixed.config.teacher_mix
+    expected = (1 - w) * cmvae.score(q, cat) + w * mixed.teacher.score(q, cat)
+    assert np.allclose(mixed.score(q, cat)[:, known], expected[:, known], atol=1e-4)
 
 
 def test_a_loaded_student_finds_its_teacher_or_says_it_is_missing(tiny_dir, tmp_path):

@@ -239,7 +239,8 @@ def bench_ceiling(
                                       "twotower-infonce, cmvae, cmvae-noprior, deccm, deccm-noadjust, "
                                       "deccm-noteacher)"),
     intervened: str = typer.Option("cmvae", help="comma-separated models to train on the intervened world "
-                                   "('' for none)"),
+                                   "('' for none); each is also reported mixed with the teacher of the first "
+                                   "run that mixes one into its content mode (deccm)"),
     fit: bool = typer.Option(True, help="fit the per-track terms (minutes per model at tt150k); --no-fit "
                              "reports the intervened world's table alone"),
 ) -> None:

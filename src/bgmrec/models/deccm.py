@@ -339,9 +339,11 @@ class TeacherMixture:
         self.name = f"{model.name}+teacher"
 
     def encode_videos(self, q: VideoQuery) -> np.ndarray:
+        """[n, d_model + d_teacher]: the weighted video sides (:func:`mix_video_embeddings`)."""
         return mix_video_embeddings(self.model.encode_videos(q), self.teacher.encode_videos(q), self.weight)
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
+        """[m, d_model + d_teacher]: the model's and the teacher's music sides side by side."""
         return np.hstack([self.model.encode_music(c), self.teacher.encode_music(c)])
 
 
