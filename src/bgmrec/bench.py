@@ -23,6 +23,7 @@ from bgmrec.demo import DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run
 
 if TYPE_CHECKING:
     from bgmrec.models.base import Recommender
+    from bgmrec.models.deccm import TeacherMixture
 
 QUALITY_METRICS = (  # (header, path)
     ("R@10", ("full", "recall@10")),
@@ -426,7 +427,7 @@ class RunTeacher:
         teacher = getattr(model, "teacher", None)  # attached on load only when content mode mixes it
         return None if teacher is None else cls(run, teacher, float(model.config.teacher_mix))
 
-    def mix(self, model: Recommender):
+    def mix(self, model: Recommender) -> TeacherMixture:
         """``model``'s scores mixed with this teacher's, as the run's content mode mixes its student's."""
         from bgmrec.models.deccm import TeacherMixture
 
