@@ -397,6 +397,11 @@ def fit_on_intervened_world(ds, oracle, name: str, seed: int, professional: bool
     return model.fit(SplitView(world, "train"), SplitView(world, "val"))
 
 
+def fit_intervened_draws(ds, oracle, name: str, seed: int, professional: bool, redraws: int) -> list[Recommender]:
+    """``redraws`` models ``name`` trained by :func:`fit_on_intervened_world`, one per draw of the world."""
+    return [fit_on_intervened_world(ds, oracle, name, seed, professional, r) for r in range(redraws)]
+
+
 def full_recall_at_10(model, ds, split: str = "test_unbiased") -> float:
     """Full-catalogue Recall@10 of ``model`` on ``split`` of ``ds``."""
     from bgmrec.eval.metrics import recall_at_k
@@ -570,7 +575,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
                             [full_recall_at_10(mixing.mix(loaded[name]), ds)])
             for professional in (False, True):
                 label = f"{name}, trained on the intervened world" + (" + professional videos" if professional else "")
-                fits = [fit_on_intervened_world(ds, oracle, name, seed, professional, r) for r in range(redraws)]
+                fits = fit_intervened_draws(ds, oracle, name, seed, professional, redraws)
                 add_learner(learners, label, seed, [full_recall_at_10(m, ds) for m in fits])
                 if mixing is not None and not professional:
                     add_learner(learners, f"{label}, mixed with {mixing.run}'s teacher", seed,
@@ -656,8 +661,8 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
         reference["oracle"] = full_recall_at_10(oracle, ds)
         for professional in (False, True):
             reference["intervened" + ("_professional" if professional else "")] = float(np.mean([
-                full_recall_at_10(fit_on_intervened_world(ds, oracle, "cmvae", seed, professional, r), ds)
-                for r in range(redraws)]))
+                full_recall_at_10(m, ds) for m in fit_intervened_draws(ds, oracle, "cmvae", seed, professional,
+                                                                       redraws)]))
         for mode in ("backdoor", "content", "personalised"):
             r = res[("deccm", mode)]
             rows.append({"gamma": gamma, "mode": mode,
