@@ -177,18 +177,18 @@ def test_teachermix_trains_as_cmvae_and_mixes_the_teacher_in(tiny_dir, tmp_path)
     # the same training as CMVAE: no taste path, no KL term (alpha = 0), the same batches and weights
     assert [h["loss"] for h in mixed.history] == pytest.approx([h["loss"] for h in cmvae.history], rel=1e-5)
     assert "teacher_kl" not in mixed.history[0]
-    # the regression that predicts new music's share reads DecCM's music side, which carries the genre too
-    new_music_regression = {"track_prior.x_mean", "track_prior.coef"}
+    # every weight and buffer as CMVAE's, the regression that predicts new music's share too: it reads
+    # the latent part of DecCM's music side, without the genre one-hot that the regression adds itself
     for key, value in cmvae.module.state_dict().items():
-        if key not in new_music_regression:
-            assert torch.allclose(mixed.module.state_dict()[key], value, atol=1e-5), key
-    # content mode (its only mode) with the uploads' shares, plus the teacher's block
+        assert torch.allclose(mixed.module.state_dict()[key], value, atol=1e-5), key
+    assert len(mixed.module.track_prior.coef) == mixed.config.latent_dim + ds.n_genres
+    # content mode (its only mode) with the uploads' shares, plus the teacher's block, on new music too
     assert mixed.inference_mode == "content" and not hasattr(mixed.module, "content_prior")
     q, cat = VideoQuery.from_dataset(ds, np.arange(8)), MusicCatalog.from_dataset(ds)
-    known = np.unique(np.asarray(ds.splits["train"])[:, 1])  # seen in training: exact shares, no regression
+    assert np.asarray(ds.track_new).any()
     w = mixed.config.teacher_mix
     expected = (1 - w) * cmvae.score(q, cat) + w * mixed.teacher.score(q, cat)
-    assert np.allclose(mixed.score(q, cat)[:, known], expected[:, known], atol=1e-4)
+    assert np.allclose(mixed.score(q, cat), expected, atol=1e-4)
 
 
 def test_a_loaded_student_finds_its_teacher_or_says_it_is_missing(tiny_dir, tmp_path):
@@ -319,6 +319,24 @@ def test_a_student_saved_before_the_content_share_ranks_as_before(tiny_dir, tmp_
     model.set_inference_mode("backdoor")
     old.set_inference_mode("content")
     assert np.allclose(old.encode_music(cat)[:, -1], model.encode_music(cat)[:, -1], atol=1e-6)
+
+
+def test_a_student_whose_regression_read_the_genre_twice_predicts_new_music_as_before(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    model.set_inference_mode("backdoor")
+    cat, g = MusicCatalog.from_dataset(ds), ds.n_genres
+    music_side = model._music_embedding(cat)  # [latent, genre one-hot]
+    prior = model.module.track_prior
+    prior.fit_regression(cat.features, music_side, cat.genre, g)  # as fitted before: one-hot read twice
+    assert len(prior.coef) == model.config.latent_dim + 2 * g
+    model.save(tmp_path / "run")
+    new = np.flatnonzero(np.asarray(ds.track_new))
+    inputs = np.hstack([music_side, np.eye(g)[cat.genre]])[new]
+    expected = prior.y_mean.item() + (inputs - prior.x_mean.numpy()) @ prior.coef.numpy()
+    old = load_model(tmp_path / "run")
+    old.set_inference_mode("backdoor")
+    assert np.allclose(old.encode_music(cat)[new, -1], expected, atol=1e-5)
 
 
 def test_content_share_without_professional_videos_says_it_has_no_effect(tiny_ds, monkeypatch):

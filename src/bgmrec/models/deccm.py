@@ -252,6 +252,13 @@ class DecCM(CMVAE):
         e_m = self.embed(self.module.music_posterior(music)[0])
         return torch.cat([e_m, nn.functional.one_hot(genre, len(self.spec.genres)).to(e_m.dtype)], dim=1)
 
+    def prior_embedding(self, e_m: np.ndarray) -> np.ndarray:
+        """The latent part of the music encodings: without the genre one-hot, which the regression adds itself."""
+        g = len(self.spec.genres)
+        if len(self.module.track_prior.coef) == e_m.shape[1] + g:  # saved before: its regression read it twice
+            return e_m
+        return e_m[:, :-g]
+
     def _track_log_q(self, c: MusicCatalog, e_m: np.ndarray) -> np.ndarray:
         prior = getattr(self.module, "content_prior", None)
         if self.inference_mode == "content" and prior is not None and len(prior.y_mean):

@@ -174,10 +174,14 @@ class TorchRecommender(Recommender):
         """Called by the training loop after each epoch, before validation: refit the track prior's regression."""
         if self.prior_scale() is not None:
             catalog = MusicCatalog(feats.music.numpy(), feats.genre.numpy())
-            self.refit_priors(feats, catalog, self._music_embedding(catalog))
+            self.refit_priors(feats, catalog, self.prior_embedding(self._music_embedding(catalog)))
+
+    def prior_embedding(self, e_m: np.ndarray) -> np.ndarray:
+        """What the track prior's regression reads of the music encodings ``e_m`` (the regression adds the genre)."""
+        return e_m
 
     def refit_priors(self, feats: FeatureTensors, catalog: MusicCatalog, e_m: np.ndarray) -> None:
-        """Refit what depends on the music embeddings ``e_m`` of the dataset's ``catalog``: the track prior."""
+        """Refit what depends on the music embeddings ``e_m`` (:meth:`prior_embedding`) of the dataset's ``catalog``."""
         self.module.track_prior.fit_regression(catalog.features, e_m, catalog.genre, len(self.spec.genres))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> TorchRecommender:
@@ -209,10 +213,10 @@ class TorchRecommender(Recommender):
         e_m = self._music_embedding(c)
         if self.prior_scale() is None:
             return e_m
-        return np.hstack([e_m, self._track_log_q(c, e_m)[:, None].astype(e_m.dtype)])
+        return np.hstack([e_m, self._track_log_q(c, self.prior_embedding(e_m))[:, None].astype(e_m.dtype)])
 
     def _track_log_q(self, c: MusicCatalog, e_m: np.ndarray) -> np.ndarray:
-        """[M] the log Q column of the catalogue's music encodings ``e_m`` (the track prior's)."""
+        """[M] the log Q column of the catalogue's music encodings (``e_m``: their :meth:`prior_embedding`)."""
         return self.module.track_prior.log_q(c, e_m, len(self.spec.genres))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
