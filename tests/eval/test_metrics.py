@@ -94,6 +94,72 @@ def test_all_equal_scores_spread_ranks_uniformly():
     assert abs(r.mean() - (m + 1) / 2) < 0.05
 
 
+def test_rank_and_top_by_hand():
+    scores = np.array([
+        [0.9, 0.5, 0.5, 0.5, 0.1],  # positive col 3, tied with cols 1 and 2 across the boundary of k = 2
+        [0.9, 0.5, 0.5, 0.5, 0.1],
+        [0.1, 0.2, 0.9, 0.8, 0.3],  # no tie: the order of the scores, keys never asked for
+    ])
+    keys = np.array([[0.0, 0.7, 0.2, 0.1, 0.0],  # ties ordered by key: col 3 (0.1), col 2 (0.2), col 1 (0.7)
+                     [0.0, 0.1, 0.2, 0.7, 0.0]])  # col 1, col 2, col 3
+    asked = []
+
+    def tie_keys(which):
+        asked.append(which.tolist())
+        return keys[which]
+
+    ranks, top = M.rank_and_top(scores, np.array([3, 3, 4]), 2, tie_keys)
+    np.testing.assert_array_equal(ranks, [2, 4, 3])
+    np.testing.assert_array_equal(top, [[0, 3], [0, 1], [2, 3]])
+    assert asked == [[0, 1]]
+    # k = 0: no lists, ranks as before; k beyond the columns is refused
+    ranks0, top0 = M.rank_and_top(scores, np.array([3, 3, 4]), 0, tie_keys)
+    np.testing.assert_array_equal(ranks0, ranks)
+    assert top0.shape == (3, 0)
+    with pytest.raises(ValueError, match="k must be"):
+        M.rank_and_top(scores, np.array([3, 3, 4]), 6, tie_keys)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.int8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+                  elements=st.integers(0, 3)), st.data())
+def test_rank_and_top_is_one_order(scores, data):
+    """Ranks and top lists are read off one order: by score, then by key (many ties: scores in 0..3)."""
+    scores = scores.astype(np.float32)
+    n, m = scores.shape
+    k = data.draw(st.integers(0, m))
+    pos = np.array(data.draw(st.lists(st.integers(0, m - 1), min_size=n, max_size=n)))
+    keys = np.random.default_rng(n * 100 + m).random((n, m))
+    ranks, top = M.rank_and_top(scores, pos, k, lambda which: keys[which])
+    order = np.lexsort((keys, -scores), axis=-1)  # the full order, by brute force
+    np.testing.assert_array_equal(ranks, 1 + np.argmax(order == pos[:, None], axis=1))
+    np.testing.assert_array_equal(top, order[:, :k])
+    np.testing.assert_array_equal((ranks <= k), (top == pos[:, None]).any(axis=1))
+    # without ties at the positive, the rank is the tie-free one of ranks_from_scores
+    untied = (scores == scores[np.arange(n), pos][:, None]).sum(1) == 1
+    np.testing.assert_array_equal(ranks[untied], M.ranks_from_scores(scores, pos, np.zeros(n))[untied])
+
+
+def test_rank_functions_refuse_columns_and_tie_breaks_out_of_range():
+    scores = np.array([[0.3, 0.1, 0.2]])
+    for bad in ([-1], [3], [0.5]):
+        with pytest.raises(ValueError, match="positive column"):
+            M.ranks_from_scores(scores, np.array(bad), np.zeros(1))
+        with pytest.raises(ValueError, match="positive column"):
+            M.rank_and_top(scores, np.array(bad), 1, lambda which: np.zeros((len(which), 3)))
+    for u in (1.0, -0.5, np.nan):
+        with pytest.raises(ValueError, match="tie_break"):
+            M.ranks_from_scores(scores, np.array([0]), np.array([u]))
+
+
+def test_non_finite_weights_or_ranks_are_refused_not_turned_into_nan():
+    for w in ([np.nan, 1.0], [np.inf, 1.0], [0.0, 0.0]):
+        with pytest.raises(ValueError, match="weights"):
+            M.recall_at_k(np.array([1, 2]), 1, np.array(w))
+    with pytest.raises(ValueError, match="finite"):
+        M.recall_at_k(np.array([np.nan, 2.0]), 1)
+
+
 def test_total_variation_by_hand():
     assert M.total_variation(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
     assert M.total_variation(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0.0

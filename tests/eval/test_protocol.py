@@ -149,6 +149,17 @@ def test_constant_scores_get_chance_ranks_not_the_best(tiny_ds, tiny_spec):
     assert res["sampled"]["recall@10"] < 0.25  # chance is 10 / 101
 
 
+@pytest.mark.parametrize("name", ["constant", "popularity"])
+def test_ranks_and_top_lists_break_ties_alike(tiny_ds, tiny_spec, fitted, name):
+    """A positive is in its top-10 list exactly when its rank is at most 10, ties or not."""
+    model = ConstantRecommender(ModelConfig(), tiny_spec) if name == "constant" else fitted[name]
+    fr = P.full_ranks(model, tiny_ds, "test")
+    positives = np.asarray(tiny_ds.splits["test"])[:, 1]
+    np.testing.assert_array_equal(fr.ranks <= 10, (fr.top == positives[:, None]).any(axis=1))
+    if name == "constant":  # ties fall in a random order per query: its lists differ between queries
+        assert len({tuple(t) for t in fr.top}) > len(fr.top) // 2
+
+
 @pytest.mark.parametrize("split", ["test", "test_unbiased", "test_new_music"])
 def test_oracle_ranks_equal_ranks_of_the_true_logits(tiny_ds, tiny_dir, fitted, split):
     """Independent check of protocol + oracle: rank the split's positives by the simulator's own logits."""

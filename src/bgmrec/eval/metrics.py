@@ -14,13 +14,13 @@ def _weights(ranks: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     ranks = np.asarray(ranks)
     if ranks.ndim != 1 or ranks.size == 0:
         raise ValueError(f"ranks must be a non-empty 1-d array, got shape {ranks.shape}")
-    if (ranks < 1).any():
-        raise ValueError("ranks are 1-based")
+    if not np.isfinite(ranks).all() or (ranks < 1).any():
+        raise ValueError("ranks are 1-based and finite")
     if weights is None:
         return np.full(len(ranks), 1.0 / len(ranks))
     w = np.asarray(weights, np.float64)
-    if w.shape != ranks.shape or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("weights must be non-negative, one per rank, not all zero")
+    if w.shape != ranks.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weights must be finite and non-negative, one per rank, not all zero")
     return w / w.sum()
 
 
@@ -56,15 +56,68 @@ def ranks_from_scores(scores: np.ndarray, positive_col: np.ndarray, tie_break: n
     (``tie_break``), which is exactly the rank under a random order of the tied items. A model
     that scores everything equal therefore gets chance-level ranks, not the best or worst ones.
     """
-    scores = np.asarray(scores)
-    bad = np.flatnonzero(np.isnan(scores).any(axis=1)) if scores.size else np.zeros(0, np.int64)
-    if bad.size:  # NaN compares false with everything: it would rank the positive first
-        raise ValueError(f"scores contain NaN (row {int(bad[0])}); the model's embeddings are not finite")
+    scores = _finite_scores(scores)
     rows = np.arange(len(scores))
+    positive_col = _columns(positive_col, *scores.shape)
+    u = np.asarray(tie_break, np.float64)
+    if u.shape != rows.shape or not ((u >= 0) & (u < 1)).all():
+        raise ValueError(f"tie_break must be {len(rows)} values in [0, 1), one per row")
     pos = scores[rows, positive_col][:, None]
     greater = (scores > pos).sum(axis=1)
     ties = (scores == pos).sum(axis=1) - 1
-    return 1 + greater + np.floor(np.asarray(tie_break) * (ties + 1)).astype(np.int64)
+    return 1 + greater + np.floor(u * (ties + 1)).astype(np.int64)
+
+
+def rank_and_top(scores: np.ndarray, positive_col: np.ndarray, k: int, tie_keys) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based rank of each row's positive column [n], the row's best ``k`` columns [n, k]) in one order.
+
+    The order is by score, best first, exact ties broken by ascending ``tie_keys(rows)`` ([r, M]
+    keys for those rows of ``scores``; random in the protocol, so ties fall in a random order per
+    row, as in :func:`ranks_from_scores`). Ranks and top lists come from that one order, so a
+    positive is in its row's top list exactly when its rank is at most ``k``. Keys are asked for only
+    for the rows where the order of ties matters: a tie among the best ``k + 1`` or at the positive.
+    """
+    scores = _finite_scores(scores)
+    n, m = scores.shape
+    if not 0 <= k <= m:
+        raise ValueError(f"k must be in [0, {m}] (the number of columns), got {k}")
+    positive_col = _columns(positive_col, n, m)
+    pos = scores[np.arange(n), positive_col][:, None]
+    ranks = 1 + (scores > pos).sum(axis=1)
+    tied = (scores == pos).sum(axis=1) > 1
+    top = np.zeros((n, 0), np.int64)
+    if k:
+        kk = min(k + 1, m)  # one more than the list: a tie across its boundary shows
+        best = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        best_scores = np.take_along_axis(scores, best, 1)
+        by_score = np.argsort(-best_scores, axis=1, kind="stable")
+        top = np.take_along_axis(best, by_score, 1)[:, :k]
+        tied |= (np.diff(np.take_along_axis(best_scores, by_score, 1), axis=1) == 0).any(axis=1)
+    if tied.any():
+        which = np.flatnonzero(tied)
+        order = np.lexsort((np.asarray(tie_keys(which)), -scores[which]), axis=-1)
+        ranks[which] = 1 + np.argmax(order == positive_col[which][:, None], axis=1)
+        top[which] = order[:, :k]
+    return ranks.astype(np.int64), top.astype(np.int64)
+
+
+def _finite_scores(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [queries, candidates], got shape {scores.shape}")
+    bad = np.flatnonzero(np.isnan(scores).any(axis=1)) if scores.size else np.zeros(0, np.int64)
+    if bad.size:  # NaN compares false with everything: it would rank the positive first
+        raise ValueError(f"scores contain NaN (row {int(bad[0])}); the model's embeddings are not finite")
+    return scores
+
+
+def _columns(cols: np.ndarray, n: int, m: int) -> np.ndarray:
+    cols = np.asarray(cols)
+    if cols.shape != (n,) or not np.issubdtype(cols.dtype, np.integer):
+        raise ValueError(f"positive columns must be {n} integers (one per row), got shape {cols.shape}")
+    if n and (cols.min() < 0 or cols.max() >= m):
+        raise ValueError(f"a positive column is outside [0, {m})")
+    return cols
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:

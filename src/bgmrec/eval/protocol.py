@@ -32,7 +32,12 @@ def _tie_break(n: int, seed: int) -> np.ndarray:
 
 def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | None = None,
                top_k: int = 10, chunk: int = 2048, seed: int = 0) -> FullRanking:
-    """Score every query of ``split`` against all of the split's candidate tracks, chunk by chunk."""
+    """Score every query of ``split`` against all of the split's candidate tracks, chunk by chunk.
+
+    Ranks and top lists come from one order per query (:func:`~bgmrec.eval.metrics.rank_and_top`):
+    by score, exact ties in a seeded random order, so a positive is in its top list exactly when
+    its rank is at most ``top_k``.
+    """
     rows = np.asarray(ds.splits[split] if rows is None else rows)
     cand = ds.candidate_tracks(split)
     col = np.full(ds.n_tracks, -1, np.int64)
@@ -40,20 +45,21 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
     pos_col = col[rows[:, 1]]
     if (pos_col < 0).any():
         raise ValueError(f"split {split!r}: a positive track is outside the split's candidate set")
-    # top lists break exact ties by a seeded random order of the candidates (torch.topk keeps the first)
-    shuffle = np.random.default_rng(seed + 2).permutation(len(cand))
-    cand, pos_col = cand[shuffle], np.argsort(shuffle)[pos_col]
     music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds))[cand])
-    tie = _tie_break(len(rows), seed)
     ranks = np.empty(len(rows), np.int64)
     k = min(top_k, len(cand))
     top = np.empty((len(rows), k), np.int64)
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         q = VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split)
-        scores = torch.from_numpy(model.encode_videos(q)) @ music.T
-        ranks[s:s + chunk] = M.ranks_from_scores(scores.numpy(), pos_col[s:s + chunk], tie[s:s + chunk])
-        top[s:s + chunk] = cand[torch.topk(scores, k, dim=1).indices.numpy()]
+        scores = (torch.from_numpy(model.encode_videos(q)) @ music.T).numpy()
+
+        def tie_keys(which: np.ndarray, start: int = s) -> np.ndarray:
+            # a seeded random order of the candidates per query, the same whatever the chunking
+            return np.stack([np.random.default_rng([seed, start + int(i)]).random(len(cand)) for i in which])
+
+        ranks[s:s + chunk], cols = M.rank_and_top(scores, pos_col[s:s + chunk], k, tie_keys)
+        top[s:s + chunk] = cand[cols]
     return FullRanking(ranks, top, len(cand))
 
 

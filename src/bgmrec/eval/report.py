@@ -45,7 +45,7 @@ def rows_for_split(results: list[dict], split: str) -> list[list[str]]:
         cells = [label(r)]
         for _, path in COLUMNS:
             v = metric_at(r, path)
-            cells.append("-" if v is None else (f"{v:.0f}" if path[-1] == "median_rank" else f"{v:.3f}"))
+            cells.append("-" if v is None else (f"{v:g}" if path[-1] == "median_rank" else f"{v:.3f}"))
         ratio = metric_at(r, ("full", "recall@10"))
         cells.append(f"{ratio / base:.2f}" if base and ratio is not None else "-")
         out.append(cells)
@@ -75,7 +75,8 @@ def rich_tables(results: list[dict]):
 
 def markdown_table(results: list[dict], split: str) -> str:
     lines = ["| " + " | ".join(headers()) + " |", "|" + "---|" * len(headers())]
-    lines += ["| " + " | ".join(row) + " |" for row in rows_for_split(results, split)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+              for row in rows_for_split(results, split)]
     return "\n".join(lines)
 
 
