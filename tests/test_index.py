@@ -135,3 +135,40 @@ def test_faiss_with_a_bias_column_as_the_track_prior_adds(data):
     ids, _ = FaissIndex(biased).search(q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist(), strict=True)])
     assert recall >= 0.95
+
+
+def test_a_2d_exclude_array_is_one_row_per_query():
+    items = np.diag([4.0, 3.0, 2.0, 1.0]).astype(np.float32)
+    queries = np.ones((2, 4), np.float32)
+    for index in (ExactIndex(items), FaissIndex(items)):
+        ids, _ = index.search(queries, 2, exclude=np.array([[0], [1]]))
+        np.testing.assert_array_equal(ids, [[1, 2], [0, 2]])
+
+
+@pytest.mark.parametrize("bad", [[-1], [4], [0.5]])
+def test_exclude_positions_out_of_range_are_refused(bad):
+    items = np.eye(4, dtype=np.float32)
+    for index in (ExactIndex(items), FaissIndex(items)):
+        with pytest.raises(ValueError, match=r"item positions must be integers in \[0, 4\)"):
+            index.search(np.ones((1, 4), np.float32), 2, exclude=bad)
+
+
+def test_k_zero_gives_empty_results_and_negative_k_is_refused():
+    items, q = np.eye(4, dtype=np.float32), np.ones((3, 4), np.float32)
+    for index in (ExactIndex(items), FaissIndex(items)):
+        ids, scores = index.search(q, 0)
+        assert ids.shape == scores.shape == (3, 0)
+        with pytest.raises(ValueError, match="k must be >= 0"):
+            index.search(q, -1)
+
+
+def test_faiss_fills_k_when_k_is_most_of_the_catalogue():
+    """A large k on a graph searched with a small ef_search: every query still gets k distinct items."""
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(500, 16)).astype(np.float32)
+    items[:, 0] *= 5  # one dominant coordinate, as a bias column
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+    for k in (400, 500):
+        ids, scores = FaissIndex(items, ef_search=16).search(queries, k)
+        assert ids.shape == (40, k) and (ids >= 0).all() and np.isfinite(scores).all()
+        assert all(len(set(row)) == k for row in ids.tolist())

@@ -11,17 +11,27 @@ import torch
 
 
 def _exclusion_mask(n_queries: int, n_items: int, exclude) -> np.ndarray | None:
+    """[n_queries, n_items] bool, True where excluded: ``exclude`` is one list of item positions for
+    every query, or one list per query (a sequence of sequences, or a 2-d array with a row per query)."""
     if exclude is None:
         return None
+    per_query = (isinstance(exclude, np.ndarray) and exclude.ndim == 2) or (
+        isinstance(exclude, list | tuple) and len(exclude) > 0 and not np.isscalar(exclude[0]))
+    lists = list(exclude) if per_query else [exclude]
+    if per_query and len(lists) != n_queries:
+        raise ValueError(f"exclude has {len(lists)} lists for {n_queries} queries")
     mask = np.zeros((n_queries, n_items), bool)
-    if isinstance(exclude, list | tuple) and exclude and not np.isscalar(exclude[0]):
-        if len(exclude) != n_queries:
-            raise ValueError(f"exclude has {len(exclude)} lists for {n_queries} queries")
-        for i, ex in enumerate(exclude):
-            mask[i, np.asarray(ex, np.int64)] = True
-    else:
-        mask[:, np.asarray(exclude, np.int64)] = True
+    for i, ex in enumerate(lists):
+        ids = np.asarray(ex)
+        if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= n_items):
+            raise ValueError(f"exclude: item positions must be integers in [0, {n_items}), got {ids.ravel()[:5]}")
+        mask[i if per_query else slice(None), ids.astype(np.int64).ravel()] = True
     return mask
+
+
+def _check_k(k: int) -> None:
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
 
 
 class ExactIndex:
@@ -36,8 +46,12 @@ class ExactIndex:
 
     def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """Item positions [n, k] and scores [n, k], best first; excluded items never returned."""
+        _check_k(k)
         q = np.ascontiguousarray(queries, np.float32)
-        mask = _exclusion_mask(len(q), len(self.items), exclude)
+        return self.search_masked(q, k, _exclusion_mask(len(q), len(self.items), exclude))
+
+    def search_masked(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with the exclusions as a [n, items] bool mask (None: nothing excluded)."""
         allowed = len(self.items) - (0 if mask is None else int(mask.sum(axis=1).max(initial=0)))
         k = min(k, allowed)
         ids = np.empty((len(q), k), np.int64)
@@ -57,9 +71,10 @@ class FaissIndex:
 
     With exclusions, ``k`` plus the largest number of ids any query excludes (plus ``oversample``) are
     fetched and the excluded ones filtered out afterwards, so every query still gets ``k`` results
-    (as :class:`ExactIndex`, ``k`` is capped at what the most-excluding query has left). HNSW graphs are
-    built with several threads, so approximate results may differ between builds; :class:`ExactIndex` is
-    the deterministic reference.
+    (as :class:`ExactIndex`, ``k`` is capped at what the most-excluding query has left); the graph is
+    searched with ``ef_search`` at least the number fetched, and a query for which it still finds too
+    few is searched exactly. HNSW graphs are built with several threads, so approximate results may
+    differ between builds; :class:`ExactIndex` is the deterministic reference.
 
     The graph is built for Euclidean distance on items extended by one coordinate,
     sqrt(max_j |x_j|^2 - |x_i|^2), with queries extended by 0: then |q - x_i|^2 = |q|^2 + max^2 - 2 q.x_i,
@@ -77,7 +92,7 @@ class FaissIndex:
         lift = np.sqrt(np.maximum(norms.max(initial=0.0) - norms, 0.0))[:, None]
         self.items = np.ascontiguousarray(items, np.float32)
         self.index = faiss.IndexHNSWFlat(items.shape[1] + 1, m, faiss.METRIC_L2)
-        self.index.hnsw.efSearch = ef_search
+        self.ef_search = ef_search
         self.index.add(np.ascontiguousarray(np.hstack([items, lift]), np.float32))
         self.n_items = len(items)
         self.oversample = oversample
@@ -86,28 +101,32 @@ class FaissIndex:
         return self.n_items
 
     def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        _check_k(k)
         q = np.asarray(queries, np.float64)
         mask = _exclusion_mask(len(q), self.n_items, exclude)
-        if mask is None:
-            fetch = k = min(k, self.n_items)
-        else:
-            most = int(mask.sum(axis=1).max(initial=0))
-            k = min(k, self.n_items - most)
-            # at most `most` of the fetched ids are excluded: k of them always survive the filter
-            fetch = min(self.n_items, k + most + self.oversample)
+        most = 0 if mask is None else int(mask.sum(axis=1).max(initial=0))
+        k = min(k, self.n_items - most)
+        if k == 0:
+            return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
+        # at most `most` of the fetched ids are excluded: k of them survive the filter
+        fetch = min(self.n_items, k + most + (self.oversample if most else 0))
+        self.index.hnsw.efSearch = max(self.ef_search, fetch)  # HNSW returns at most efSearch results
         _, ids = self.index.search(np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1))]), np.float32), fetch)
         # the candidates' exact inner products, best first (a missing candidate, id -1, scores -inf)
         scores = np.einsum("nd,nkd->nk", q.astype(np.float32), self.items[np.maximum(ids, 0)])
         scores[ids < 0] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")
         ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
-        if mask is None:
-            return ids[:, :k].astype(np.int64), scores[:, :k]
         out_ids = np.full((len(q), k), -1, np.int64)
         out_sc = np.full((len(q), k), -np.inf, np.float32)
         for i in range(len(q)):  # filtering a few dozen candidates per query
-            keep = (ids[i] >= 0) & ~mask[i, np.maximum(ids[i], 0)]
+            keep = (ids[i] >= 0) & (True if mask is None else ~mask[i, np.maximum(ids[i], 0)])
             kept_ids, kept_sc = ids[i][keep][:k], scores[i][keep][:k]
             out_ids[i, : len(kept_ids)] = kept_ids
             out_sc[i, : len(kept_sc)] = kept_sc
+        short = np.flatnonzero((out_ids < 0).any(axis=1))
+        if short.size:  # the graph search came back with too few: those queries are searched exactly
+            exact = ExactIndex(self.items).search_masked(q[short].astype(np.float32), k,
+                                                         None if mask is None else mask[short])
+            out_ids[short], out_sc[short] = exact
         return out_ids, out_sc

@@ -210,8 +210,8 @@ class Recommender(ABC):
                   exclude: np.ndarray | list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` track positions in ``c`` and their scores for each video, best first.
 
-        ``exclude`` is an array of track positions never to return (for every query), or a list
-        with one such array per query.
+        ``exclude`` is a 1-d array of track positions never to return (for every query), or one such
+        list per query (a list of arrays, or a 2-d array with a row per query).
         """
         from bgmrec.index import ExactIndex
 
