@@ -157,6 +157,15 @@ def _format_version(root):
     _edit_manifest(root, lambda m: m.__setitem__("format_version", 99))
 
 
+def _weights_of(fill):
+    def damage(root):
+        n = len(np.load(root / "splits/test.npy"))
+        (root / "weights").mkdir(exist_ok=True)
+        _save_npy(root / "weights/test.npy", np.full(n, fill))
+        _edit_manifest(root, lambda m: m["splits"]["test"].__setitem__("weights", True))
+    return damage
+
+
 # (damage, file the error must name, a word the message must contain)
 CASES = {
     "missing-file": (_missing, "features/music.npy", "missing"),
@@ -177,6 +186,8 @@ CASES = {
     "pickled-npy": (_pickled, "splits/val.npy", "pickle"),
     "bad-csv": (_bad_csv, "tracks.csv", "fields"),
     "format-version": (_format_version, "manifest.json", "format_version"),
+    "zero-weights": (_weights_of(0.0), "weights/test.npy", "not all zero"),
+    "text-weights": (_weights_of("1.0"), "weights/test.npy", "numeric"),
 }
 
 

@@ -202,7 +202,9 @@ class Dataset:
             fname = f"weights/{s}.npy"
             _expect(s in self.splits, where, fname, "a split of the same name")
             _check_shape(w, (len(self.splits[s]),), where, fname)
-            _expect(bool(np.isfinite(w).all() and (w >= 0).all()), where, fname, "finite weights >= 0")
+            numeric = np.issubdtype(w.dtype, np.integer) or np.issubdtype(w.dtype, np.floating)
+            _expect(numeric and bool(np.isfinite(w).all() and (w >= 0).all() and (len(w) == 0 or w.sum() > 0)),
+                    where, fname, "finite numeric weights >= 0, not all zero")
 
 
 def _expect(ok: bool, where: str, fname: str, expected: str) -> None:
