@@ -331,3 +331,14 @@ def test_cli_commands(tmp_path, tiny_world):
     assert (tmp_path / "ref2/data_matching/100neg/test.npy").is_file()
     os.remove(src / "data_matching/user_prior_mean.npy")
     assert main(["import-tt150k", str(src), str(tmp_path / "bad")]) != 0
+
+
+def test_export_replaces_an_earlier_export_but_no_other_folder(tiny_world, tmp_path):
+    export_tt150k(tiny_world, tmp_path / "ref")
+    export_tt150k(tiny_world, tmp_path / "ref")  # an earlier export is replaced
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="holds no bgmrec_export.json"):
+        export_tt150k(tiny_world, other)
+    assert (other / "notes.txt").read_text() == "mine"

@@ -166,6 +166,22 @@ def _weights_of(fill):
     return damage
 
 
+def _text_npy(root):
+    (root / "splits/val.npy").write_text("video,track,uploader\n1,2,3\n")
+
+
+def _huge_header(root):
+    x = np.load(root / "features/music.npy")
+    with open(root / "features/music.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (10**12, x.shape[1])})
+        f.write(x.tobytes())
+
+
+def _manifest_field(key, value):
+    return lambda root: _edit_manifest(root, lambda m: m.__setitem__(key, value))
+
+
 # (damage, file the error must name, a word the message must contain)
 CASES = {
     "missing-file": (_missing, "features/music.npy", "missing"),
@@ -188,6 +204,14 @@ CASES = {
     "format-version": (_format_version, "manifest.json", "format_version"),
     "zero-weights": (_weights_of(0.0), "weights/test.npy", "not all zero"),
     "text-weights": (_weights_of("1.0"), "weights/test.npy", "numeric"),
+    "text-as-npy": (_text_npy, "splits/val.npy", "not a .npy file"),
+    "huge-header": (_huge_header, "features/music.npy", "declares shape"),
+    "splits-list": (_manifest_field("splits", ["train"]), "manifest.json", "'splits' must be a JSON object"),
+    "counts-list": (_manifest_field("counts", [1, 2]), "manifest.json", "'counts' must be a JSON object"),
+    "genres-null": (_manifest_field("genres", None), "manifest.json", "'genres' must be a JSON list"),
+    "genres-numbers": (_manifest_field("genres", [1, 2, 3, 4, 5, 6]), "manifest.json", "list of names"),
+    "provenance-text": (_manifest_field("provenance", "x"), "manifest.json", "'provenance' must be"),
+    "format-version-text": (_manifest_field("format_version", "1"), "manifest.json", "must be a JSON integer"),
 }
 
 
@@ -272,6 +296,33 @@ def test_overwrite_replaces_dataset(tiny_ds, tmp_path):
     save_dataset(changed, out)
     np.testing.assert_array_equal(load_dataset(out).music, np.asarray(tiny_ds.music) + 1.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_an_existing_folder_that_bgmrec_did_not_write_is_never_replaced(tiny_ds, tmp_path):
+    notes = tmp_path / "thesis"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("years of work")
+    with pytest.raises(DatasetError, match="holds no manifest.json.*refusing to replace"):
+        save_dataset(load_dataset(tiny_ds.root), notes)
+    assert [p.name for p in notes.iterdir()] == ["thesis.tex"]
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("keep me")
+    with pytest.raises(DatasetError, match="exists and is not a folder"):
+        save_dataset(load_dataset(tiny_ds.root), a_file)
+    assert a_file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "thesis"]  # nothing hidden or left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_dataset(load_dataset(tiny_ds.root), empty)  # an empty folder is filled
+    _assert_same(load_dataset(empty), tiny_ds)
+
+
+def test_unsigned_and_narrow_integer_ids_load_as_int64(tiny_copy):
+    for rel in ("splits/test.npy", "negatives/test.npy"):
+        _save_npy(tiny_copy / rel, np.load(tiny_copy / rel).astype(np.uint32 if "neg" in rel else np.uint64))
+    ds = load_dataset(tiny_copy)
+    assert ds.splits["test"].dtype == np.int64 and ds.negatives["test"].dtype == np.int64
+    np.testing.assert_array_equal(ds.splits["test"], np.load(tiny_copy / "splits/test.npy").astype(np.int64))
 
 
 # ---- frozen negatives ------------------------------------------------------------------------------

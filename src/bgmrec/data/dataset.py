@@ -237,9 +237,18 @@ def _check_range(arr: np.ndarray, lo: int, hi: int, where: str, fname: str) -> N
 
 # ---- on-disk format --------------------------------------------------------------------------------
 
-def atomic_write_dir(out: Path, write) -> None:
-    """Build a folder under a temporary name beside ``out``, then rename it into place."""
+def atomic_write_dir(out: Path, write, marker: str = "manifest.json") -> None:
+    """Build a folder under a temporary name beside ``out``, then rename it into place.
+
+    An existing ``out`` is replaced only when it is an empty folder or one that this kind of writer
+    made (it holds ``marker``): anything else there is refused before any work, never deleted.
+    """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise DatasetError(f"{out}: the folder is not empty and holds no {marker}, so bgmrec did not write it; "
+                           "refusing to replace it (choose another output folder or empty this one)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -348,14 +357,35 @@ def load_npy(path: Path, where: str | None = None, mmap: bool = True) -> np.ndar
     label = where or str(path)
     if not path.is_file():
         raise DatasetError(f"{label}: file is missing")
+    _check_npy_header(path, label)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e).lower() or "python objects" in str(e).lower():  # the mmap path says the latter
-            raise DatasetError(f"{label}: holds Python objects (pickle); expected a numeric array") from None
+    except (ValueError, OSError, EOFError) as e:
         raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
-    except (OSError, EOFError) as e:
-        raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
+
+
+def _check_npy_header(path: Path, label: str) -> None:
+    """Refuse a file that is not ``.npy`` or whose header promises more data than the file holds."""
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise DatasetError(f"{label}: not a .npy file (no NumPy header)")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return  # a newer header: np.load itself checks it
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        except (ValueError, OSError, EOFError) as e:
+            raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
+        data_start = f.tell()
+    if dtype.hasobject:
+        raise DatasetError(f"{label}: holds Python objects (pickle); expected a numeric array")
+    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    have = path.stat().st_size - data_start
+    if need > have:
+        raise DatasetError(f"{label}: its header declares shape {list(shape)} ({dtype}, {need} bytes) but the "
+                           f"file holds {have} bytes of data (truncated?)")
 
 
 def read_json(path: Path, where: str | None = None) -> dict:
@@ -393,18 +423,32 @@ def _ints(values: list[str], where: str) -> np.ndarray:
         raise DatasetError(f"{where}: expected integers ({e})") from None
 
 
+_JSON_KINDS = {int: "integer", dict: "object", list: "list"}
+
+
+def _ids(arr: np.ndarray) -> np.ndarray:
+    """Integer id arrays as int64 (what indexing expects); anything else is left for ``validate`` to name."""
+    return np.asarray(arr, np.int64) if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.int64 else arr
+
+
 def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     """Load and validate a dataset folder written by :func:`save_dataset` (or an importer)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a dataset folder (it does not exist)")
     man = read_json(root / "manifest.json", f"{root}/manifest.json")
-    for key in ("format_version", "counts", "modalities", "genres", "splits"):
-        if key not in man:
+    for key, kind in (("format_version", int), ("counts", dict), ("modalities", dict), ("genres", list),
+                      ("splits", dict), ("provenance", dict)):
+        if key not in man and key != "provenance":
             raise DatasetError(f"{root}/manifest.json: missing field {key!r}")
+        if key in man and not isinstance(man[key], kind):
+            raise DatasetError(f"{root}/manifest.json: field {key!r} must be a JSON "
+                               f"{_JSON_KINDS[kind]}, found {type(man[key]).__name__}")
     if man["format_version"] != FORMAT_VERSION:
-        raise DatasetError(f"{root}/manifest.json: format_version {man['format_version']}, "
+        raise DatasetError(f"{root}/manifest.json: format_version {man['format_version']!r}, "
                            f"this bgmrec reads {FORMAT_VERSION}")
+    if not all(isinstance(g, str) for g in man["genres"]):
+        raise DatasetError(f"{root}/manifest.json: genres must be a list of names (strings)")
     vids = _read_csv(root / "videos.csv", ["id", "uploader", "source"])
     trks = _read_csv(root / "tracks.csv", ["id", "genre", "title", "artist", "new"])
 
@@ -430,9 +474,9 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
         video_text=arr("features/video_text.npy"),
         video_text_mask=arr("features/video_text_mask.npy"),
         music=arr("features/music.npy"),
-        splits={s: arr(f"splits/{s}.npy") for s in split_info},
+        splits={s: _ids(arr(f"splits/{s}.npy")) for s in split_info},
         split_info=split_info,
-        negatives={s: arr(f"negatives/{s}.npy") for s, v in man["splits"].items() if v.get("negatives")},
+        negatives={s: _ids(arr(f"negatives/{s}.npy")) for s, v in man["splits"].items() if v.get("negatives")},
         weights={s: arr(f"weights/{s}.npy") for s, v in man["splits"].items() if v.get("weights")},
         provenance=man.get("provenance", {}),
         root=root,

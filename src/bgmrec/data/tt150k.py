@@ -729,7 +729,7 @@ def export_tt150k(data: Dataset | Path, out: Path, seed: int = 0) -> InteropRepo
     ds = data if isinstance(data, Dataset) else load_dataset(Path(data))
     ds.validate("export")
     reports: list[InteropReport] = []
-    atomic_write_dir(Path(out), lambda tmp: reports.append(_export_into(ds, tmp, seed)))
+    atomic_write_dir(Path(out), lambda tmp: reports.append(_export_into(ds, tmp, seed)), marker=SIDECAR)
     return reports[0]
 
 
