@@ -166,6 +166,10 @@ def _weights_of(fill):
     return damage
 
 
+def _latin1_csv(root):
+    (root / "videos.csv").write_bytes((root / "videos.csv").read_bytes() + "v9,0,caf\xe9\n".encode("latin-1"))
+
+
 def _text_npy(root):
     (root / "splits/val.npy").write_text("video,track,uploader\n1,2,3\n")
 
@@ -205,6 +209,7 @@ CASES = {
     "zero-weights": (_weights_of(0.0), "weights/test.npy", "not all zero"),
     "text-weights": (_weights_of("1.0"), "weights/test.npy", "numeric"),
     "text-as-npy": (_text_npy, "splits/val.npy", "not a .npy file"),
+    "latin1-csv": (_latin1_csv, "videos.csv", "not UTF-8"),
     "huge-header": (_huge_header, "features/music.npy", "declares shape"),
     "splits-list": (_manifest_field("splits", ["train"]), "manifest.json", "'splits' must be a JSON object"),
     "counts-list": (_manifest_field("counts", [1, 2]), "manifest.json", "'counts' must be a JSON object"),

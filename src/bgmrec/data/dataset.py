@@ -404,12 +404,15 @@ def read_json(path: Path, where: str | None = None) -> dict:
 def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != columns:
-            raise DatasetError(f"{path}: expected header {','.join(columns)}, found {header}")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != columns:
+                raise DatasetError(f"{path}: expected header {','.join(columns)}, found {header}")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     bad = [i for i, r in enumerate(rows) if len(r) != len(columns)]
     if bad:
         raise DatasetError(f"{path}: row {bad[0] + 2} has {len(rows[bad[0]])} fields, expected {len(columns)}")
