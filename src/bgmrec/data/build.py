@@ -67,7 +67,7 @@ class Pairs:
 
 def read_pairs(path: Path) -> Pairs:
     """Read a pairs CSV (see the module docstring); errors name the file, line and column."""
-    from bgmrec.features.audio import read_csv_utf8
+    from bgmrec.features.cache import read_csv_utf8
 
     path = Path(path)
     rows = read_csv_utf8(path)
