@@ -199,6 +199,14 @@ def test_evaluate_mode_on_a_single_mode_model(cli_world, popularity_run, capsys)
     assert "offers only its one mode" in _error(capsys)
 
 
+def test_evaluate_json_to_a_folder_is_refused_before_any_work(cli_world, popularity_run, tmp_path, capsys):
+    rc = main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--json", str(tmp_path)])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before loading anything: no evaluation table
+    assert captured.err.replace("\n", "").startswith(f"error: --json {tmp_path}: is a folder")
+
+
 def test_deccm_modes_through_the_cli(cli_world, tmp_path):
     run = tmp_path / "deccm"
     assert main(["train", "--data", str(cli_world), "--model", "deccm-noteacher", "--out", str(run),
