@@ -193,10 +193,28 @@ def test_simulate_options_reach_the_world(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["counts"]["tracks"] == 120
 
 
+@pytest.mark.parametrize(("option", "name", "value"), [(["--gamma", "nan"], "gamma", "nan"),
+                                                      (["--set", "beta=inf"], "beta", "inf")],
+                         ids=["gamma-nan", "beta-inf"])
+def test_simulate_refuses_a_non_finite_parameter(tmp_path, capsys, option, name, value):
+    out = tmp_path / "w"
+    assert main(["simulate", str(out), "--scale", "tiny", *option]) == 2
+    assert f"world parameter {name} must be a finite number, got {value}" in _error(capsys)
+    assert not out.exists()
+
+
 def test_evaluate_mode_on_a_single_mode_model(cli_world, popularity_run, capsys):
     rc = main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--mode", "backdoor"])
     assert rc == 2
     assert "offers only its one mode" in _error(capsys)
+
+
+def test_evaluate_json_to_a_folder_is_refused_before_any_work(cli_world, popularity_run, tmp_path, capsys):
+    rc = main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--json", str(tmp_path)])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before loading anything: no evaluation table
+    assert captured.err.replace("\n", "").startswith(f"error: --json {tmp_path}: is a folder")
 
 
 def test_deccm_modes_through_the_cli(cli_world, tmp_path):

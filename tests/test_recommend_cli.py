@@ -108,6 +108,10 @@ def test_clear_errors(world, tmp_path, capsys):
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(wrong), "--features",
                  str(world / "vf"), "--video-id", "clip00"])
     assert code == 2 and "trained on music features of dimension 173" in one_line_err(capsys)
+    (wrong / "tracks.csv").write_text("id,title,artist,genre,file,sha256\na\nb,B,C,rock,b.wav,\nc,B,C,pop,c.wav,\n")
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(wrong), "--features",
+                 str(world / "vf"), "--video-id", "clip00"])
+    assert code == 2 and "tracks.csv: line 2: 1 field(s), expected 6" in one_line_err(capsys)
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(world / "vf"), "--video-id", "nope"])
     assert code == 2 and "no video with id 'nope'" in one_line_err(capsys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -156,6 +157,14 @@ REFUSALS = {
     "pgc music id out of range": (_save("data_pgc/train.npy", np.array([[0, 150]])), "data_pgc/train.npy",
                                   "music id 150"),
     "missing data_matching": (lambda s: shutil.rmtree(s / "data_matching"), "data_matching", "missing"),
+    "all-zero user_prior_mean": (_save("data_matching/user_prior_mean.npy", np.zeros(6)), "user_prior_mean.npy",
+                                 "finite values >= 0, not all zero"),
+    "2x3 user_prior_mean": (_save("data_matching/user_prior_mean.npy", np.full((2, 3), 1 / 6)),
+                            "user_prior_mean.npy", "found float64 of shape [2, 3]"),
+    "string user_prior_mean": (_save("data_matching/user_prior_mean.npy", np.array(["0.5"] * 6)),
+                               "user_prior_mean.npy", "of numbers"),
+    "all-zero weights": (_save("data_matching/video_popularity_test.npy", np.zeros(20)),
+                         "video_popularity_test.npy", "not all zero"),
 }
 
 
@@ -302,6 +311,37 @@ def test_bad_sidecar_is_refused(tmp_path, tiny_world):
     (tmp_path / "ref" / SIDECAR).write_text('{"sidecar_version": 99}')
     with pytest.raises(DatasetError, match=SIDECAR):
         read_tt150k(tmp_path / "ref")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_world) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "ref"
+    export_tt150k(tiny_world, out)
+    return out
+
+
+# edit of the sidecar's JSON -> words of the error
+SIDECAR_REFUSALS = {
+    "splits.test a string": (lambda side: side["splits"].update(test="x"), "field 'splits.test' must be an object"),
+    "track_ids an int": (lambda side: side.update(track_ids=5), "field 'track_ids' must be a list"),
+    "music_dim 0": (lambda side: side.update(music_dim=0), "field 'music_dim' must be a positive integer, found 0"),
+    "music_dim negative": (lambda side: side.update(music_dim=-5), "field 'music_dim' must be a positive integer"),
+    "music_dim wider than the files": (lambda side: side.update(music_dim=257), "field 'music_dim' is 257, but"),
+    "two splits of one name": (lambda side: side["splits"]["test"].update(name="val"), "the same name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIDECAR_REFUSALS))
+def test_malformed_sidecar_fields_are_refused_naming_the_field(tmp_path, exported, case):
+    src = Path(shutil.copytree(exported, tmp_path / "ref"))
+    edit, words = SIDECAR_REFUSALS[case]
+    side = json.loads((src / SIDECAR).read_text())
+    edit(side)
+    (src / SIDECAR).write_text(json.dumps(side))
+    with pytest.raises(DatasetError) as err:
+        import_tt150k(src, tmp_path / "ds")
+    assert f"{src}/{SIDECAR}: " in str(err.value) and words in str(err.value), str(err.value)
+    assert not (tmp_path / "ds").exists()
 
 
 # ---- models and CLI ----------------------------------------------------------------------------------

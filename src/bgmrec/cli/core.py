@@ -164,6 +164,8 @@ def evaluate(
     from bgmrec.eval.report import rich_tables
     from bgmrec.models.base import load_model
 
+    if json_out is not None and json_out.is_dir():
+        raise ValueError(f"--json {json_out}: is a folder; give the path of a file to write the result to")
     ds = load_dataset(data)
     rec = load_model(run)
     if mode is not None:

@@ -73,6 +73,13 @@ class WorldConfig:
     test_share: float = 0.1  # share of existing-music uploads in test
     n_negatives: int = 100  # frozen negatives per evaluation row (sampled protocol)
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            for x in value if isinstance(value, tuple) else (value,):
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ValueError(f"world parameter {f.name} must be a finite number, got {x}")
+
     @property
     def n_genres(self) -> int:
         return len(self.genre_shares)

@@ -81,6 +81,8 @@ from pathlib import Path
 import numpy as np
 
 from bgmrec.data.dataset import (
+    CANDIDATE_SETS,
+    SPLIT_ROLES,
     Dataset,
     DatasetError,
     SplitInfo,
@@ -390,12 +392,21 @@ def _pair_rows(arr: np.ndarray, label: str) -> np.ndarray:
     return _ids(arr, label)
 
 
+def _distribution(arr: np.ndarray, label: str, what: str) -> np.ndarray:
+    """A 1-D float64 vector of finite values >= 0, not all zero (a distribution or weights)."""
+    v = arr.reshape(-1) if sum(d != 1 for d in arr.shape) <= 1 else arr  # [G], [1, G], [G, 1]
+    if v.ndim != 1 or v.size < 1 or arr.dtype.kind not in "fiu":
+        raise DatasetError(f"{label}: expected a {what} of numbers, found {arr.dtype} of shape {list(arr.shape)}")
+    v = v.astype(np.float64)
+    if not (np.isfinite(v).all() and (v >= 0).all()) or v.sum() <= 0:
+        raise DatasetError(f"{label}: expected a {what} of finite values >= 0, not all zero")
+    return v
+
+
 def _weights(path: Path, label: str, n: int) -> np.ndarray:
-    w = read_npy(path, label).astype(np.float64).ravel()
+    w = _distribution(read_npy(path, label), label, "weight per row [n]")
     if len(w) != n:
         raise DatasetError(f"{label}: has {len(w)} weights, its split has {n} rows")
-    if not (np.isfinite(w).all() and (w >= 0).all()):
-        raise DatasetError(f"{label}: expected finite weights >= 0")
     return w
 
 
@@ -440,7 +451,10 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         raise DatasetError(f"{lab(F_SMILE)}: has {smile.shape[0]} tracks but {F_VGGISH} has {vgg.shape[0]}")
     music = np.hstack([vgg, smile])
     if side:
-        music = music[:, : int(side["music_dim"])]
+        if side["music_dim"] > music.shape[1]:
+            raise DatasetError(f"{src}/{SIDECAR}: field 'music_dim' is {side['music_dim']}, but {F_VGGISH} and "
+                               f"{F_SMILE} hold {music.shape[1]} columns")
+        music = music[:, : side["music_dim"]]
     n_m = music.shape[0]
     if path(F_TEXT).is_file():
         text = _float_matrix(read_npy(path(F_TEXT), lab(F_TEXT)), lab(F_TEXT), rows=n_ugc)
@@ -452,10 +466,8 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         rep.notes.append("no text features: a 1-column zero text matrix is written, masked out "
                          "(models use frames alone)")
 
-    prior_mean = read_npy(path(F_PRIOR), lab(F_PRIOR)).astype(np.float64).ravel()
+    prior_mean = _distribution(read_npy(path(F_PRIOR), lab(F_PRIOR)), lab(F_PRIOR), "genre distribution [G]")
     n_genres = len(prior_mean)
-    if n_genres < 1 or not np.isfinite(prior_mean).all():
-        raise DatasetError(f"{lab(F_PRIOR)}: expected a finite genre distribution")
 
     # train
     t_vid, t_mus, t_gen, t_prior, t_prop = _parse_train(read_npy(path(F_TRAIN), lab(F_TRAIN), objects=True),
@@ -677,10 +689,39 @@ def _read_sidecar(src: Path) -> dict | None:
         side = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{p}: not valid JSON ({e})") from None
-    if (not isinstance(side, dict) or side.get("sidecar_version") != SIDECAR_VERSION
-            or not isinstance(side.get("music_dim"), int)):
+    if not isinstance(side, dict) or side.get("sidecar_version") != SIDECAR_VERSION:
         raise DatasetError(f"{p}: not a bgmrec export record of version {SIDECAR_VERSION}")
+    for key, (expected, ok) in _SIDECAR_FIELDS.items():
+        if (key in side or key == "music_dim") and not ok(side.get(key)):
+            raise DatasetError(f"{p}: field {key!r} must be {expected}, found {json.dumps(side.get(key))[:60]}")
+    for stem, meta in side.get("splits", {}).items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("name", ""), str)
+                and meta.get("role", "test") in SPLIT_ROLES and meta.get("candidates", "all") in CANDIDATE_SETS):
+            raise DatasetError(f"{p}: field 'splits.{stem}' must be an object with a string name, a role in "
+                               f"{SPLIT_ROLES} and candidates in {CANDIDATE_SETS}, found {json.dumps(meta)[:60]}")
+    names = [str(meta.get("name", stem)) for stem, meta in side.get("splits", {}).items()]
+    if len(set(names)) < len(names):
+        raise DatasetError(f"{p}: field 'splits' gives two splits the same name ({sorted(names)})")
     return side
+
+
+def _list_of(kind: type):
+    return lambda v: isinstance(v, list) and all(isinstance(x, kind) for x in v)
+
+
+# field -> (what it must be, check); 'music_dim' is required, the others optional
+_SIDECAR_FIELDS = {
+    "music_dim": ("a positive integer", lambda v: type(v) is int and v > 0),
+    "genres": ("a list of genre names", _list_of(str)),
+    "track_genre": ("a list of genre ids", _list_of(int)),
+    "track_new": ("a list of 0/1 flags", lambda v: _list_of(int)(v) and set(v) <= {0, 1}),
+    "track_ids": ("a list of track ids (strings)", _list_of(str)),
+    "video_ids": ("a list of video ids (strings)", _list_of(str)),
+    "pgc_music": ("'shared' or 'own'", lambda v: v in ("shared", "own")),
+    "pgc_val_holdout": ("true or false", lambda v: isinstance(v, bool)),
+    "splits": ("an object {file stem: {name, role, candidates}}", lambda v: isinstance(v, dict)),
+    "resampled_negatives": ("a list of split names", _list_of(str)),
+}
 
 
 def _apply_sidecar(side, src, genres, track_genre, track_new, video_ids, track_ids):

@@ -31,7 +31,6 @@ name) and any of ``title``, ``artist``, ``genre``; missing titles default to the
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -46,6 +45,7 @@ from bgmrec.features.cache import (
     MediaError,
     one_line,
     progress_bar,
+    read_csv_utf8,
     read_manifest,
     scan_media,
     split_cached,
@@ -302,18 +302,6 @@ def read_track_meta(path: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def read_csv_utf8(path: Path) -> list[dict[str, str]]:
-    """A whole CSV as dicts; a clear one-line error when it is missing or not UTF-8."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: file is missing")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    reader = csv.DictReader(text.splitlines())
-    return [{(k or "").strip().lower(): v for k, v in r.items()} for r in reader]
-
-
 def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: AudioConfig | None = None,
                   workers: int = 2, cache_dir: Path | None = None, progress: bool = True,
                   extractor: AudioExtractor | None = None) -> ExtractReport:
@@ -416,7 +404,7 @@ def load_catalog(root: Path) -> Catalog:
     """Load and check a catalogue folder written by :func:`extract_music`."""
     root = Path(root)
     man = read_manifest(root, CATALOG_KIND, "music catalogue")
-    rows = read_csv_utf8(root / "tracks.csv")
+    rows = read_csv_utf8(root / "tracks.csv", ("id",))
     feats = load_npy(root / "music.npy", f"{root}/music.npy", mmap=False)
     if feats.ndim != 2 or len(feats) != len(rows):
         raise DatasetError(f"{root}/music.npy: expected shape [{len(rows)}, *] (one row per tracks.csv row), "

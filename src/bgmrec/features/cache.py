@@ -162,6 +162,40 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n=1: prog.advance(task, n)
 
 
+def read_csv_utf8(path: Path, columns: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """A whole CSV as dicts (header names stripped and lower-cased); one-line errors name the file.
+
+    A missing file and text that is not UTF-8 (the line is named) are errors. With ``columns`` (a
+    file bgmrec wrote) the header must have them and every row exactly the header's fields.
+    """
+    from bgmrec.data.dataset import DatasetError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}: line {line}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    reader = csv.reader(text.splitlines())
+    header = [h.strip().lower() for h in next(reader, [])]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: line 1: missing column {missing[0]!r} (expected a header with "
+                           f"{','.join(columns)}), found {','.join(header) or 'no header'}")
+    rows = []
+    for values in reader:
+        if not values:
+            continue  # a blank line
+        if columns and len(values) != len(header):
+            raise DatasetError(f"{path}: line {reader.line_num}: {len(values)} field(s), expected "
+                               f"{len(header)} ({','.join(header)})")
+        rows.append({h: values[i] if i < len(values) else None for i, h in enumerate(header)})
+    return rows
+
+
 def read_manifest(root: Path, kind: str, what: str) -> dict:
     """The manifest of an extracted folder, checked to be of ``kind`` (errors name the folder)."""
     from bgmrec.data.dataset import DatasetError, read_json

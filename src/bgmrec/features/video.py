@@ -43,6 +43,7 @@ from bgmrec.features.cache import (
     MediaError,
     one_line,
     progress_bar,
+    read_csv_utf8,
     read_manifest,
     scan_media,
     sha256_text,
@@ -448,11 +449,7 @@ def load_video_features(root: Path) -> VideoFeatures:
     """Load and check a videos folder written by :func:`extract_videos`."""
     root = Path(root)
     man = read_manifest(root, VIDEOS_KIND, "video features")
-    path = root / "videos.csv"
-    if not path.is_file():
-        raise DatasetError(f"{path}: file is missing")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv_utf8(root / "videos.csv", ("id", "file", "caption"))
     vis = np.asarray(load_npy(root / "visual.npy", f"{root}/visual.npy", mmap=False), np.float32)
     txt = np.asarray(load_npy(root / "text.npy", f"{root}/text.npy", mmap=False), np.float32)
     mask = np.asarray(load_npy(root / "text_mask.npy", f"{root}/text_mask.npy", mmap=False), bool)

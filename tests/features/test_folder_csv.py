@@ -1,0 +1,49 @@
+"""The CSVs of extracted folders (a catalogue's tracks.csv, a videos folder's videos.csv) as read back:
+bad ones are one-line errors naming the file, the line and the columns expected (no media needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import media_fixtures as mf
+from bgmrec.data.dataset import DatasetError
+from bgmrec.features.audio import load_catalog
+from bgmrec.features.video import load_video_features
+
+TRACKS_HEADER = "id,title,artist,genre,file,sha256\n"
+VIDEOS_HEADER = "id,file,caption\n"
+
+# name -> (folder kind, tracks.csv / videos.csv bytes, words the error must contain)
+CASES = {
+    "track row of one field": ("catalog", (TRACKS_HEADER + "t0\nt1,B,C,pop,t1.wav,\nt2,B,C,pop,t2.wav,\n").encode(),
+                               ("tracks.csv: line 2: 1 field(s), expected 6 (id,title,artist,genre,file,sha256)",)),
+    "tracks without id": ("catalog", b"name,title\nt0,A\nt1,B\nt2,C\n",
+                          ("tracks.csv: line 1: missing column 'id'", "found name,title")),
+    "tracks not UTF-8": ("catalog", (TRACKS_HEADER + "t0,A,C,pop,t0.wav,\nt1,Caf\xe9,C,pop,t1.wav,\n"
+                                     "t2,B,C,pop,t2.wav,\n").encode("latin-1"),
+                         ("tracks.csv: line 3: not UTF-8 text",)),
+    "videos not UTF-8": ("videos", (VIDEOS_HEADER + "v0,v0.mp4,caf\xe9\nv1,v1.mp4,\nv2,v2.mp4,\n").encode("latin-1"),
+                         ("videos.csv: line 2: not UTF-8 text",)),
+    "videos without caption": ("videos", b"id,file\nv0,v0.mp4\nv1,v1.mp4\nv2,v2.mp4\n",
+                               ("videos.csv: line 1: missing column 'caption'", "id,file,caption")),
+    "video row of one field": ("videos", (VIDEOS_HEADER + "v0,v0.mp4,\nv1\nv2,v2.mp4,\n").encode(),
+                               ("videos.csv: line 3: 1 field(s), expected 3 (id,file,caption)",)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_bad_csv_names_the_file_line_and_columns(tmp_path, case):
+    kind, data, words = CASES[case]
+    if kind == "catalog":
+        root = mf.write_catalog_folder(tmp_path / "c", np.zeros((3, 5), np.float32), ["pop"] * 3)
+        (root / "tracks.csv").write_bytes(data)
+        load = load_catalog
+    else:
+        root = mf.write_videos_folder(tmp_path / "v", 3)
+        (root / "videos.csv").write_bytes(data)
+        load = load_video_features
+    with pytest.raises(DatasetError) as err:
+        load(root)
+    for w in words:
+        assert w in str(err.value), str(err.value)
