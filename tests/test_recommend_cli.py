@@ -123,3 +123,26 @@ def test_clear_errors(world, tmp_path, capsys):
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--video",
                  str(bad)])
     assert code == 2 and "cannot open as media" in one_line_err(capsys)
+
+
+def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.recommend import ClipRecommender
+    from bgmrec.models.base import load_model
+    from bgmrec.service import create_app
+
+    client = TestClient(create_app(ClipRecommender(load_model(world / "run"), load_catalog(world / "catalog")),
+                                   frames=4))
+    clip = world / "videos" / "clip05.mp4"
+    cli = recommend_json(capsys, ["--run", str(world / "run"), "--catalog", str(world / "catalog"), "--top", "3",
+                                  "--video", str(clip), "--caption", "clip number 5 #tag2", "--frames", "4"])
+    r = client.post("/recommend/video", files={"video": ("clip05.mp4", clip.read_bytes(), "video/mp4")},
+                    data={"caption": "clip number 5 #tag2", "top": "3"})
+    assert r.status_code == 200
+    assert [t["id"] for t in r.json()["tracks"]] == [t["id"] for t in cli["tracks"]]
+    assert np.allclose([t["score"] for t in r.json()["tracks"]], [t["score"] for t in cli["tracks"]], rtol=1e-4)
+    broken = client.post("/recommend/video", files={"video": ("broken.mp4", b"not a video", "video/mp4")})
+    assert broken.status_code == 422 and broken.json()["detail"].startswith("video broken.mp4: ")

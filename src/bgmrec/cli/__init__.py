@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bgmrec.cli import core, interop, media  # noqa: F401  (modules register their commands)
+from bgmrec.cli import core, interop, media, serve  # noqa: F401  (modules register their commands)
 from bgmrec.cli.app import app
 
 

@@ -63,38 +63,71 @@ def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatal
     return MusicCatalog(np.asarray(catalog.features, np.float32), np.asarray(ids, np.int64))
 
 
-def modality_share(model: Recommender, q: VideoQuery) -> dict[str, float | None]:
-    """Visual and text shares of one query (see the module docstring)."""
+def modality_shares(model: Recommender, q: VideoQuery) -> list[dict[str, float | None]]:
+    """Visual and text shares of each query (see the module docstring)."""
     fn = getattr(model, "modality_shares", None)
     if callable(fn):
         try:
-            v, t = np.asarray(fn(q), np.float64)[0]
-            return {"visual": float(v), "text": float(t)}
+            return [{"visual": float(v), "text": float(t)} for v, t in np.asarray(fn(q), np.float64)]
         except ValueError:  # e.g. a fusion that does not separate the modalities
             pass
-    if not bool(q.text_mask[0]):
-        return {"visual": 1.0, "text": 0.0}
-    return {"visual": None, "text": None}
+    return [{"visual": 1.0, "text": 0.0} if not has_text else {"visual": None, "text": None}
+            for has_text in np.asarray(q.text_mask, bool)]
 
 
-def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10,
-                   music: MusicCatalog | None = None) -> dict:
-    """Top-``k`` tracks of ``catalog`` for one clip, and the modality share (the ``--json`` object).
+class ClipRecommender:
+    """A trained model and a catalogue, ready for many clips: the catalogue is encoded and indexed once.
 
-    ``music`` may be passed to reuse a :func:`music_catalog` built once for many clips.
+    What ``bgmrec recommend`` and ``bgmrec serve`` answer with. ``index`` is ``"exact"``
+    (:class:`~bgmrec.index.ExactIndex`, the reference) or ``"faiss"`` (:class:`~bgmrec.index.FaissIndex`,
+    approximate, for large catalogues); ``warn`` is told about catalogue genres the model does not know.
     """
-    if k < 1:
-        raise ValueError(f"--top must be at least 1, got {k}")
-    music = music if music is not None else music_catalog(model, catalog, warn=_stderr)
-    q = VideoQuery(visual=np.asarray(clip.visual, np.float32)[None, :],
-                   text=np.asarray(clip.text, np.float32)[None, :],
-                   text_mask=np.array([clip.has_text], bool))
-    ids, scores = model.recommend(q, music, min(k, len(catalog)))
-    tracks = [{"id": catalog.ids[j], "title": catalog.title[j], "artist": catalog.artist[j],
-               "genre": catalog.genre[j] or "unknown", "score": float(s)}
-              for j, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True) if j >= 0]
-    return {"tracks": tracks, "modality_share": modality_share(model, q)}
+
+    def __init__(self, model: Recommender, catalog: Catalog, index: str = "exact", warn=None) -> None:
+        from bgmrec.index import ExactIndex, FaissIndex
+
+        if index not in ("exact", "faiss"):
+            raise ValueError(f"index must be 'exact' or 'faiss', got {index!r}")
+        self.model, self.catalog = model, catalog
+        self.music = music_catalog(model, catalog, warn=warn)
+        embeddings = model.encode_music(self.music)
+        self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings)
+        self.position = {track_id: j for j, track_id in enumerate(catalog.ids)}
+
+    def recommend(self, clips: list[ClipFeatures], k: int = 10, exclude: list[list[str]] | None = None,
+                  taste: np.ndarray | None = None) -> list[dict]:
+        """The ``--json`` object of each clip: its top-``k`` tracks, best first, and its modality share.
+
+        ``exclude`` gives track ids never to return, one list per clip; ``taste`` [n, G] the uploaders'
+        genre preferences, which only a model in personalised mode reads.
+        """
+        if k < 1:
+            raise ValueError(f"top must be at least 1, got {k}")
+        if exclude is not None and len(exclude) != len(clips):
+            raise ValueError(f"exclude has {len(exclude)} lists for {len(clips)} clips")
+        q = VideoQuery(visual=np.stack([np.asarray(c.visual, np.float32) for c in clips]),
+                       text=np.stack([np.asarray(c.text, np.float32) for c in clips]),
+                       text_mask=np.array([c.has_text for c in clips], bool),
+                       confounder=None if taste is None else np.asarray(taste, np.float32))
+        excluded = None if exclude is None else [[self._position_of(t) for t in ids] for ids in exclude]
+        ids, scores = self.index.search(self.model.encode_videos(q), min(k, len(self.catalog)), excluded)
+        cat = self.catalog
+        return [{"tracks": [{"id": cat.ids[j], "title": cat.title[j], "artist": cat.artist[j],
+                             "genre": cat.genre[j] or "unknown", "score": float(s)}
+                            for j, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True) if j >= 0],
+                 "modality_share": share}
+                for row_ids, row_scores, share in zip(ids, scores, modality_shares(self.model, q), strict=True)]
+
+    def _position_of(self, track_id: str) -> int:
+        if track_id not in self.position:
+            raise ValueError(f"exclude: no track {track_id!r} in the catalogue {self.catalog.root or ''}".rstrip())
+        return self.position[track_id]
 
 
-def _stderr(msg: str) -> None:
+def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10) -> dict:
+    """Top-``k`` tracks of ``catalog`` for one clip, and the modality share (the ``--json`` object)."""
+    return ClipRecommender(model, catalog, warn=warn_on_stderr).recommend([clip], k)[0]
+
+
+def warn_on_stderr(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)

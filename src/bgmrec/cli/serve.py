@@ -1,0 +1,38 @@
+"""``bgmrec serve``: the HTTP service of :mod:`bgmrec.service` (needs the ``serve`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bgmrec.cli.app import app
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Path = typer.Option(..., help="run folder of a trained model"),
+    catalog: Path = typer.Option(..., help="catalogue folder written by extract-music"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
+    index: str = typer.Option("exact", help="top-k search: exact, or faiss (approximate, for large catalogues)"),
+    mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
+                                               "content, personalised: requests then carry the uploader's taste)"),
+    frames: int = typer.Option(8, min=1, help="frames sampled from uploaded videos (as extract-videos did)"),
+) -> None:
+    """Serve "music for this video" over HTTP: POST /recommend, /recommend/batch, /recommend/video; GET /health."""
+    try:
+        import uvicorn
+
+        from bgmrec.service import create_app
+    except ImportError as e:
+        raise ValueError(f"bgmrec serve needs the serve extra (pip install 'bgmrec[serve]'): {e}") from None
+    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.recommend import ClipRecommender, warn_on_stderr
+    from bgmrec.models.base import load_model
+
+    model = load_model(run)
+    if mode is not None:
+        model.set_inference_mode(mode)
+    recommender = ClipRecommender(model, load_catalog(catalog), index, warn=warn_on_stderr)
+    uvicorn.run(create_app(recommender, frames), host=host, port=port, log_level="info")

@@ -1,0 +1,172 @@
+"""The HTTP service: "music for this video" for an app's backend (``bgmrec serve``; needs the ``serve`` extra).
+
+:func:`create_app` wraps a :class:`~bgmrec.features.recommend.ClipRecommender` (a trained model and a
+catalogue, encoded and indexed once at start-up) in a FastAPI application:
+
+- ``GET /health``: the model, its inference mode, the catalogue size, the index, and the feature sizes
+  a request must have;
+- ``POST /recommend``: one clip's features (``visual``, optional ``text``; optional ``taste``, the
+  uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
+  the answer is the object ``bgmrec recommend --json`` prints;
+- ``POST /recommend/batch``: ``{"clips": [...], "top": k}``, one matrix product for all clips, the
+  answers in order under ``results``;
+- ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
+  as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
+
+Bad input gets HTTP 422 with a one-line ``detail`` naming the field and the expected size.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from bgmrec.features.recommend import ClipFeatures, ClipRecommender
+
+MAX_TOP = 1000  # the most tracks one answer may hold
+MAX_BATCH = 1024  # the most clips one batch request may hold
+
+
+class Clip(BaseModel):
+    """One clip's content features, as ``extract-videos`` writes them (``GET /health`` gives the sizes)."""
+
+    visual: list[float] = Field(description="frame features")
+    text: list[float] | None = Field(None, description="caption features; null: no usable caption")
+    taste: dict[str, float] | None = Field(None, description="the uploader's genre preferences, genre -> "
+                                                             "weight (read in personalised mode)")
+    exclude: list[str] = Field(default_factory=list, description="track ids never to return")
+
+
+class OneClip(Clip):
+    top: int = Field(10, ge=1, le=MAX_TOP, description="how many tracks")
+
+
+class Batch(BaseModel):
+    clips: list[Clip] = Field(min_length=1, max_length=MAX_BATCH)
+    top: int = Field(10, ge=1, le=MAX_TOP, description="how many tracks per clip")
+
+
+def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
+    """The FastAPI application answering with ``recommender``; ``frames`` sampled per uploaded video."""
+    spec = recommender.model.spec
+
+    app = FastAPI(title="bgmrec", summary="background music for micro-videos",
+                  version=_version(), description=__doc__)
+
+    @app.exception_handler(ValueError)
+    def bad_input(_: Request, exc: ValueError):
+        return JSONResponse(status_code=422, content={"detail": str(exc).splitlines()[0]})
+
+    def answer(clips: list[Clip], top: int) -> list[dict]:
+        features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if len(clips) > 1 else "")
+                    for i, c in enumerate(clips)]
+        taste = None
+        if any(c.taste is not None for c in clips):
+            taste = np.stack([taste_vector(c.taste, spec.genres) for c in clips])
+        return recommender.recommend(features, top, [c.exclude for c in clips], taste)
+
+    @app.get("/health")
+    def health() -> dict:
+        """The model and catalogue being served, and the feature sizes a request must have."""
+        return {"status": "ok", "model": recommender.model.name,
+                "inference_mode": getattr(recommender.model, "inference_mode", None),
+                "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
+                "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres)}
+
+    @app.post("/recommend")
+    def recommend(body: OneClip) -> dict:
+        """The top tracks for one clip's features."""
+        return answer([body], body.top)[0]
+
+    @app.post("/recommend/batch")
+    def recommend_batch(body: Batch) -> dict:
+        """The top tracks for each of many clips, in order."""
+        return {"results": answer(body.clips, body.top)}
+
+    encoders = _MediaEncoders(frames)
+
+    @app.post("/recommend/video")
+    def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
+                        top: int = Form(10, ge=1, le=MAX_TOP)) -> dict:
+        """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does)."""
+        suffix = Path(video.filename or "clip.mp4").suffix or ".mp4"
+        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+            f.write(video.file.read())
+            f.flush()
+            clip = encoders.embed(Path(f.name), caption, video.filename or "video")
+        return recommender.recommend([clip], top)[0]
+
+    return app
+
+
+def clip_features(visual: list[float], text: list[float] | None, spec, where: str = "") -> ClipFeatures:
+    """One clip's request fields as :class:`ClipFeatures`, checked against the model's feature sizes."""
+    prefix = f"{where}." if where else ""
+    v = _vector(visual, spec.video_visual, prefix + "visual")
+    if text is None:
+        return ClipFeatures(v, np.zeros(spec.video_text, np.float32), False)
+    return ClipFeatures(v, _vector(text, spec.video_text, prefix + "text"), True)
+
+
+def taste_vector(taste: dict[str, float] | None, genres) -> np.ndarray:
+    """[G] genre preferences from ``{genre: weight}``, normalised to sum to 1 (None: uniform)."""
+    g = list(genres)
+    if taste is None:
+        return np.full(len(g), 1.0 / len(g), np.float32)
+    unknown = sorted(set(taste) - set(g))
+    if unknown:
+        raise ValueError(f"taste: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
+    w = np.array([taste.get(name, 0.0) for name in g], np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("taste: weights must be finite, non-negative and not all zero")
+    return (w / w.sum()).astype(np.float32)
+
+
+def _vector(values: list[float], size: int, field: str) -> np.ndarray:
+    if len(values) != size:
+        raise ValueError(f"{field}: expected {size} values (the model's feature size), got {len(values)}")
+    if not all(math.isfinite(x) for x in values):
+        raise ValueError(f"{field}: values must be finite numbers")
+    return np.asarray(values, np.float32)
+
+
+class _MediaEncoders:
+    """The frame and caption encoders of ``extract-videos``, loaded on first use and shared by requests."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self._lock = threading.Lock()
+        self._loaded = None
+
+    def embed(self, path: Path, caption: str, name: str) -> ClipFeatures:
+        try:
+            from bgmrec.features.cache import MediaError
+            from bgmrec.features.video import VideoConfig, embed_clip
+        except ImportError as e:
+            raise ValueError(f"video upload needs the media extra (pip install 'bgmrec[media]'): {e}") from None
+        with self._lock:
+            if self._loaded is None:
+                from bgmrec.features.text import TextEncoder
+                from bgmrec.features.video import FrameEncoder
+
+                self._loaded = (FrameEncoder(), TextEncoder())
+            frame_encoder, text_encoder = self._loaded
+            try:
+                visual, text, has_text = embed_clip(path, caption or None, frame_encoder, text_encoder,
+                                                    VideoConfig(frames=self.frames))
+            except MediaError as e:
+                raise ValueError(f"video {name}: {e}") from None
+        return ClipFeatures(visual, text, has_text)
+
+
+def _version() -> str:
+    import bgmrec
+
+    return bgmrec.__version__

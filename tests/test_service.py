@@ -1,0 +1,154 @@
+"""The HTTP service on the tiny world: answers equal the library's, bad requests get a 422 naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bgmrec.features.audio import Catalog
+from bgmrec.features.recommend import ClipFeatures, ClipRecommender, recommend_clip
+from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery
+from bgmrec.models.registry import build
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from bgmrec.service import create_app  # noqa: E402
+
+
+def tiny_catalog(ds) -> Catalog:
+    """The tiny world's tracks as an extracted catalogue (genre names, features as the dataset's)."""
+    ids = list(ds.track_ids)
+    return Catalog(ids, [f"title {i}" for i in ids], [f"artist {i}" for i in ids],
+                   [ds.genres[g] for g in ds.track_genre], [""] * len(ids), [""] * len(ids),
+                   np.asarray(ds.music, np.float32))
+
+
+@pytest.fixture(scope="module")
+def cmvae(tiny_ds):
+    return build("cmvae", FeatureSpec.of(tiny_ds), {"epochs": 1, "batch_size": 256}).fit(
+        SplitView(tiny_ds, "train"), None)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_ds, cmvae):
+    return TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds))))
+
+
+def clip_body(ds, video: int, **extra) -> dict:
+    text = np.asarray(ds.video_text[video]).tolist() if ds.video_text_mask[video] else None
+    return {"visual": np.asarray(ds.video_visual[video]).tolist(), "text": text, **extra}
+
+
+def clip_of(ds, video: int) -> ClipFeatures:
+    return ClipFeatures(np.asarray(ds.video_visual[video]), np.asarray(ds.video_text[video]),
+                        bool(ds.video_text_mask[video]))
+
+
+def test_health_says_what_is_served_and_what_a_request_needs(client, tiny_ds):
+    info = client.get("/health").json()
+    assert info["status"] == "ok" and info["model"] == "cmvae" and info["tracks"] == tiny_ds.n_tracks
+    assert info["features"] == {"visual": tiny_ds.video_visual.shape[1], "text": tiny_ds.video_text.shape[1]}
+    assert info["genres"] == list(tiny_ds.genres) and info["index"] == "ExactIndex"
+
+
+def test_an_answer_is_the_recommend_json_object_and_ranks_as_the_model(client, tiny_ds, cmvae):
+    catalog = tiny_catalog(tiny_ds)
+    for video in (0, int(np.flatnonzero(~np.asarray(tiny_ds.video_text_mask))[0])):  # with and without text
+        got = client.post("/recommend", json=clip_body(tiny_ds, video, top=5)).json()
+        assert got == json.loads(json.dumps(recommend_clip(cmvae, catalog, clip_of(tiny_ds, video), 5)))
+        q = VideoQuery.from_dataset(tiny_ds, np.array([video]))
+        scores = cmvae.score(q, MusicCatalog.from_dataset(tiny_ds))[0]
+        assert [t["id"] for t in got["tracks"]] == [tiny_ds.track_ids[j] for j in np.argsort(-scores)[:5]]
+        assert got["tracks"][0]["score"] == pytest.approx(float(scores.max()), rel=1e-5)
+        share = got["modality_share"]
+        assert share["visual"] + share["text"] == pytest.approx(1.0)
+        if not tiny_ds.video_text_mask[video]:
+            assert share == {"visual": 1.0, "text": 0.0}
+
+
+def test_a_batch_answers_as_single_requests_in_order(client, tiny_ds):
+    videos = [3, 1, 4, 1]
+    batch = client.post("/recommend/batch", json={"clips": [clip_body(tiny_ds, v) for v in videos], "top": 3})
+    singles = [client.post("/recommend", json=clip_body(tiny_ds, v, top=3)).json() for v in videos]
+    assert batch.status_code == 200
+    for got, want in zip(batch.json()["results"], singles, strict=True):
+        assert [t["id"] for t in got["tracks"]] == [t["id"] for t in want["tracks"]]
+        assert [t["score"] for t in got["tracks"]] == pytest.approx([t["score"] for t in want["tracks"]], rel=1e-5)
+
+
+def test_excluded_tracks_are_never_returned(client, tiny_ds):
+    first = client.post("/recommend", json=clip_body(tiny_ds, 2, top=4)).json()["tracks"]
+    gone = [first[0]["id"], first[2]["id"]]
+    again = client.post("/recommend", json=clip_body(tiny_ds, 2, top=4, exclude=gone)).json()["tracks"]
+    assert [t["id"] for t in again] == [first[1]["id"], first[3]["id"]] + [t["id"] for t in again[2:]]
+    assert not {t["id"] for t in again} & set(gone)
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"visual": [0.1, 0.2]}, "visual: expected"),
+    ({"text": [0.0]}, "text: expected"),
+    ({"exclude": ["no-such-track"]}, "no track 'no-such-track'"),
+    ({"top": 0}, "top"),
+    ({"taste": {"polka": 1.0}}, "unknown genre(s) polka"),
+])
+def test_bad_requests_get_a_422_naming_the_field(client, tiny_ds, change, words):
+    r = client.post("/recommend", json={**clip_body(tiny_ds, 0), **change})
+    assert r.status_code == 422
+    assert words in json.dumps(r.json()["detail"])
+
+
+def test_non_finite_features_are_refused(client, tiny_ds):
+    body = clip_body(tiny_ds, 0)
+    body["visual"][3] = float("nan")
+    r = client.post("/recommend", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "visual: values must be finite" in r.json()["detail"]
+    bad = {"clips": [clip_body(tiny_ds, 0), {**clip_body(tiny_ds, 1), "visual": [1.0]}]}
+    assert "clips[1].visual: expected" in client.post("/recommend/batch", json=bad).json()["detail"]
+
+
+def test_personalised_mode_reads_the_uploaders_taste(tiny_ds):
+    model = build("deccm-noteacher", FeatureSpec.of(tiny_ds), {"epochs": 1, "batch_size": 256, "prior_samples": 64})
+    model.fit(SplitView(tiny_ds, "train"), None)
+    with torch.no_grad():  # a strong taste path, so that taste must move the ranking
+        model.module.taste.weight.copy_(3.0 * torch.eye(tiny_ds.n_genres))
+    model.set_inference_mode("personalised")
+    client = TestClient(create_app(ClipRecommender(model, tiny_catalog(tiny_ds))))
+    assert "needs the uploader" in client.post("/recommend", json=clip_body(tiny_ds, 0)).json()["detail"]
+    genres = list(tiny_ds.genres)
+    for liked in genres[:2]:
+        taste = {g: (0.9 if g == liked else 0.02) for g in genres}
+        got = client.post("/recommend", json=clip_body(tiny_ds, 0, top=10, taste=taste)).json()["tracks"]
+        share = np.mean([t["genre"] == liked for t in got])
+        assert share >= 0.5, (liked, [t["genre"] for t in got])
+
+
+def test_faiss_index_serves_the_same_tracks(tiny_ds, cmvae, client):
+    approx = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds), index="faiss")))
+    assert approx.get("/health").json()["index"] == "FaissIndex"
+    overlap = []
+    for video in range(20):
+        a = {t["id"] for t in approx.post("/recommend", json=clip_body(tiny_ds, video)).json()["tracks"]}
+        b = {t["id"] for t in client.post("/recommend", json=clip_body(tiny_ds, video)).json()["tracks"]}
+        overlap.append(len(a & b) / 10)
+    assert np.mean(overlap) >= 0.95
+
+
+def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, cmvae, tmp_path, monkeypatch):
+    import uvicorn
+
+    from bgmrec.cli import main
+
+    cmvae.save(tmp_path / "run")
+    catalog = tiny_catalog(tiny_ds)
+    monkeypatch.setattr("bgmrec.features.audio.load_catalog", lambda root: catalog)
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"), "--port", "8123"]) == 0
+    assert started["port"] == 8123 and started["host"] == "127.0.0.1"
+    assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
+    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"),
+                 "--index", "annoy"]) == 2
