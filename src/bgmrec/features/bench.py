@@ -7,7 +7,9 @@ Measured in one run, on synthetic media written to a temporary folder:
   start-up included); plus a 10-minute file, to show the decode cap;
 - one 15-s 720p30 H.264 clip: 8 frames + caption to vectors, warm (median of repeats);
 - ``recommend`` for one new clip against a 3,000-track random-feature catalogue, warm, model load
-  excluded, for an untrained-but-saved-and-loaded random baseline and CMVAE;
+  excluded, for an untrained-but-saved-and-loaded random baseline and CMVAE; and the same request to a
+  started service (:class:`~bgmrec.features.recommend.ClipRecommender`, and ``POST /recommend`` of
+  ``bgmrec serve``), whose catalogue is encoded and indexed once;
 - peak resident memory (VmHWM, else ``resource.getrusage``) of one extraction worker and of the
   benchmarking process after each stage.
 
@@ -234,7 +236,35 @@ def bench_recommend(tmp: Path, catalog_size: int, repeats: int, clip_ctx, log) -
         t_given, _ = _median_time(lambda model=model, feats=feats: recommend_clip(model, cat, feats, 10),
                                   repeats)
         t_new, res = _median_time(new_clip, repeats)
-        out[name] = {"features_given_s": t_given, "new_clip_s": t_new, "k": len(res["tracks"])}
+        out[name] = {"features_given_s": t_given, "new_clip_s": t_new, "k": len(res["tracks"]),
+                     **bench_served(model, cat, feats, repeats)}
+    return out
+
+
+def bench_served(model, cat, feats, repeats: int) -> dict:
+    """Per-request times of a started service: the catalogue encoded and indexed once, features given.
+
+    ``served_s``: :class:`ClipRecommender` in process; ``served_batch64_s``: 64 clips in one call, per
+    clip; ``http_s``: ``POST /recommend`` through FastAPI's in-process test client (JSON both ways),
+    when the ``serve`` extra is installed.
+    """
+    from bgmrec.features.recommend import ClipRecommender
+
+    recommender = ClipRecommender(model, cat)
+    recommender.recommend([feats], 10)  # warm
+    t_served, _ = _median_time(lambda: recommender.recommend([feats], 10), repeats)
+    t_batch, _ = _median_time(lambda: recommender.recommend([feats] * 64, 10), repeats)
+    out = {"served_s": t_served, "served_batch64_s": t_batch / 64}
+    try:
+        from fastapi.testclient import TestClient
+
+        from bgmrec.service import create_app
+    except ImportError:
+        return out
+    client = TestClient(create_app(recommender))
+    body = {"visual": feats.visual.tolist(), "text": feats.text.tolist(), "top": 10}
+    client.post("/recommend", json=body)  # warm
+    out["http_s"], _ = _median_time(lambda: client.post("/recommend", json=body).raise_for_status(), repeats)
     return out
 
 
@@ -298,6 +328,14 @@ def write_markdown(res: dict, out: Path) -> Path:
                      ok(v["features_given_s"], TARGETS["recommend_s"])))
         rows.append((f"recommend ({name}) for one new clip (file + caption -> top 10), warm",
                      f"{v['new_clip_s']:.3f} s", "< 1 s", ok(v["new_clip_s"], TARGETS["recommend_s"])))
+        if "served_s" in v:
+            rows.append((f"served ({name}): one clip's features -> top 10, catalogue indexed once",
+                         f"{v['served_s'] * 1000:.2f} ms", "", ""))
+            rows.append((f"served ({name}): 64 clips in one call, per clip", f"{v['served_batch64_s'] * 1000:.2f} ms",
+                         "", ""))
+        if "http_s" in v:
+            rows.append((f"served over HTTP ({name}): `POST /recommend`, in-process client",
+                         f"{v['http_s'] * 1000:.1f} ms", "", ""))
     for stage, mb in res["peak_rss_mb"].items():
         rows.append((f"peak memory (RSS): {stage}", f"{mb:.0f} MB", "", ""))
     mach = res["machine"]
