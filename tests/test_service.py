@@ -119,6 +119,8 @@ def test_personalised_mode_reads_the_uploaders_taste(tiny_ds):
     client = TestClient(create_app(ClipRecommender(model, tiny_catalog(tiny_ds))))
     assert "needs the uploader" in client.post("/recommend", json=clip_body(tiny_ds, 0)).json()["detail"]
     genres = list(tiny_ds.genres)
+    mixed = {"clips": [clip_body(tiny_ds, 0, taste={genres[0]: 1.0}), clip_body(tiny_ds, 1)]}
+    assert "every clip of a batch or for none" in client.post("/recommend/batch", json=mixed).json()["detail"]
     for liked in genres[:2]:
         taste = {g: (0.9 if g == liked else 0.02) for g in genres}
         got = client.post("/recommend", json=clip_body(tiny_ds, 0, top=10, taste=taste)).json()["tracks"]

@@ -67,9 +67,10 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
     def answer(clips: list[Clip], top: int) -> list[dict]:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if len(clips) > 1 else "")
                     for i, c in enumerate(clips)]
-        taste = None
-        if any(c.taste is not None for c in clips):
-            taste = np.stack([taste_vector(c.taste, spec.genres) for c in clips])
+        given = [c.taste is not None for c in clips]
+        if any(given) and not all(given):
+            raise ValueError("taste: give it for every clip of a batch or for none")
+        taste = np.stack([taste_vector(c.taste, spec.genres) for c in clips]) if all(given) else None
         return recommender.recommend(features, top, [c.exclude for c in clips], taste)
 
     @app.get("/health")
@@ -115,11 +116,9 @@ def clip_features(visual: list[float], text: list[float] | None, spec, where: st
     return ClipFeatures(v, _vector(text, spec.video_text, prefix + "text"), True)
 
 
-def taste_vector(taste: dict[str, float] | None, genres) -> np.ndarray:
-    """[G] genre preferences from ``{genre: weight}``, normalised to sum to 1 (None: uniform)."""
+def taste_vector(taste: dict[str, float], genres) -> np.ndarray:
+    """[G] genre preferences from ``{genre: weight}`` (a genre left out weighs 0), normalised to sum to 1."""
     g = list(genres)
-    if taste is None:
-        return np.full(len(g), 1.0 / len(g), np.float32)
     unknown = sorted(set(taste) - set(g))
     if unknown:
         raise ValueError(f"taste: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
