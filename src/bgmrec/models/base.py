@@ -140,9 +140,36 @@ class SplitView:
 
 @dataclass
 class ModelConfig:
-    """Base of every model config; subclasses add fields, each with a comment."""
+    """Base of every model config; subclasses add fields, each with a comment (and their ranges to
+    :func:`check_bounds` in ``__post_init__``, calling the parent's first)."""
 
     seed: int = 0  # seeds initialisation, batching and sampling
+
+    def __post_init__(self) -> None:
+        check_bounds(self, seed=">= 0")
+
+
+#: the ranges :func:`check_bounds` knows, by how its messages write them
+BOUNDS = {
+    ">= 0": lambda v: v >= 0,
+    "> 0": lambda v: v > 0,
+    ">= 1": lambda v: v >= 1,
+    ">= 2": lambda v: v >= 2,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}
+
+
+def check_bounds(config: Any, **bounds: str) -> None:
+    """Raise ``ValueError("FIELD must be RANGE, got VALUE")`` for the first field of ``config`` out of its range.
+
+    ``bounds`` maps field names to keys of :data:`BOUNDS` (NaN is never in range); a tuple field is
+    checked element by element.
+    """
+    for name, bound in bounds.items():
+        value = getattr(config, name)
+        if not all(BOUNDS[bound](v) for v in (value if isinstance(value, tuple) else (value,))):
+            each = "each of " if isinstance(value, tuple) else ""
+            raise ValueError(f"{each}{name} must be {bound}, got {value!r}")
 
 
 # ---- the contract --------------------------------------------------------------------------------------

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
+from bgmrec.models.base import (
+    FeatureSpec,
+    ModelConfig,
+    MusicCatalog,
+    Recommender,
+    SplitView,
+    VideoQuery,
+    check_bounds,
+)
 
 
 def video_input(q: VideoQuery) -> np.ndarray:
@@ -18,6 +26,10 @@ def video_input(q: VideoQuery) -> np.ndarray:
 @dataclass
 class RandomConfig(ModelConfig):
     dim: int = 32  # width of the random projections
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds(self, dim=">= 1")
 
 
 class RandomRecommender(Recommender):
@@ -88,8 +100,12 @@ class PopularityRecommender(Recommender):
 
 @dataclass
 class CCAConfig(ModelConfig):
-    dim: int = 32  # canonical components kept
+    dim: int = 32  # canonical components kept (fewer when a side has fewer features)
     ridge: float = 1e-2  # added to each covariance's diagonal (relative to its mean variance)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds(self, dim=">= 1", ridge=">= 0")
 
 
 class CCARecommender(Recommender):

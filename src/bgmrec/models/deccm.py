@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, load_model
+from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, check_bounds, load_model
 from bgmrec.models.cmvae import CMVAE, CMVAEConfig, CMVAEModule
 from bgmrec.models.layers import backdoor_genre_offsets, kl_normal
 from bgmrec.models.neural import TrackPrior
@@ -81,6 +81,7 @@ class DecCMConfig(CMVAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_bounds(self, taste_lr_scale=">= 0", prior_samples=">= 1", reference_tracks=">= 1")
         if self.inference not in MODES:
             raise ValueError(f"inference must be one of {MODES}, got {self.inference!r}")
         if self.alpha < 0:

@@ -11,9 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgmrec.models.base import FeatureSpec, MusicCatalog, Recommender, SplitView, VideoQuery
+from bgmrec.models.base import FeatureSpec, MusicCatalog, Recommender, SplitView, VideoQuery, check_bounds
 from bgmrec.models.layers import Standardizer
 from bgmrec.train import Batch, FeatureTensors, TrainConfig, fit_torch
+
+
+def check_network(config) -> None:
+    """Range checks of the fields every network config has: ``latent_dim``, ``hidden`` and ``dropout``."""
+    check_bounds(config, latent_dim=">= 1", hidden=">= 1", dropout="in [0, 1)")
 
 
 class InputNorms(nn.Module):
