@@ -1,12 +1,163 @@
-"""Config values out of range are refused by name, with the allowed range, when a model is built."""
+"""Bad input to the models: damaged checkpoints, edited config.json files and config values out of range
+all raise one clear ValueError naming the file, the field and what was expected -- never a traceback from
+safetensors, torch or numpy."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
+from bgmrec.data.dataset import DatasetError
+from bgmrec.models.base import SplitView, load_model
+from bgmrec.models.cmvae import CMVAE
+from bgmrec.models.deccm import teacher_config
 from bgmrec.models.registry import build, model_names
+
+SMALL = {"hidden": "16", "latent_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_ds, tiny_spec, tmp_path_factory) -> dict[str, Path]:
+    """Saved runs, pristine: a test damages a copy (:func:`_copy`). Unfitted where fitting adds nothing."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {name: build(name, tiny_spec, SMALL).save(root / name) for name in ("cmvae", "deccm")}
+    out["cca"] = build("cca", tiny_spec).fit(SplitView(tiny_ds, "train")).save(root / "cca")
+    out["popularity"] = build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train")).save(root / "popularity")
+    return out
+
+
+def _copy(runs, name: str, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(runs[name], tmp_path / name))
+
+
+def _edit_weights(folder: Path, change) -> None:
+    arrays = load_file(str(folder / "weights.safetensors"))
+    change(arrays)
+    save_file(arrays, str(folder / "weights.safetensors"))
+
+
+def _edit_config(folder: Path, change) -> None:
+    meta = json.loads((folder / "config.json").read_text())
+    change(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+
+
+def _load_error(folder: Path) -> str:
+    with pytest.raises(DatasetError) as e:
+        load_model(folder)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+# ---- weights.safetensors ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[: len(b) // 2],  # truncated
+    lambda b: b"",  # empty
+    lambda b: b"not a safetensors file at all" * 4,  # garbage
+], ids=["truncated", "empty", "garbage"])
+def test_unreadable_weights_name_the_file(runs, tmp_path, damage):
+    folder = _copy(runs, "cmvae", tmp_path)
+    path = folder / "weights.safetensors"
+    path.write_bytes(damage(path.read_bytes()))
+    assert _load_error(folder).startswith(f"{path}: not a safetensors file (")
+
+
+def test_a_weight_of_another_shape_names_the_key_and_both_shapes(runs, tmp_path):
+    folder = _copy(runs, "cmvae", tmp_path)
+    _edit_weights(folder, lambda a: a.update({"music_enc.net.0.weight": a["music_enc.net.0.weight"][:, :-1].copy()}))
+    assert _load_error(folder) == (f"{folder}/weights.safetensors: music_enc.net.0.weight has shape [16, 23], "
+                                   "config.json implies [16, 24]")
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("cmvae", lambda a: a.pop("music_enc.net.0.bias"), "missing keys music_enc.net.0.bias"),
+    ("cmvae", lambda a: a.update(junk=np.zeros(3, np.float32)), "unexpected keys junk"),
+    ("cca", lambda a: a.update(spec=np.zeros(3)), "unexpected keys spec"),  # was set as an attribute
+    ("cca", lambda a: a.pop("proj_m"), "missing keys proj_m"),  # was silently left at zeros
+    ("cca", lambda a: a.update(mean_m=np.zeros(5)), "mean_m has shape [5], config.json implies [24]"),
+    ("cca", lambda a: a.update(proj_m=a["proj_m"][:, :-1].copy()),
+     "proj_v and proj_m must have the same number of columns"),
+    ("popularity", lambda a: a.update(counts=np.zeros((2, 3))), "counts has shape [2, 3], config.json implies [n]"),
+])
+def test_wrong_keys_and_shapes_are_refused(runs, tmp_path, name, change, message):
+    folder = _copy(runs, name, tmp_path)
+    _edit_weights(folder, change)
+    error = _load_error(folder)
+    assert error.startswith(f"{folder}/weights.safetensors: ") and message in error, error
+
+
+def test_a_damaged_teacher_of_a_student_names_the_teacher_file(runs, tiny_spec, tmp_path):
+    folder = _copy(runs, "deccm", tmp_path)
+    student = load_model(folder)
+    CMVAE(teacher_config(student.config), tiny_spec).save(folder / "teacher")
+    assert load_model(folder).teacher is not None
+    path = folder / "teacher" / "weights.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    assert _load_error(folder).startswith(f"{path}: not a safetensors file")
+
+
+# ---- config.json and history.json ---------------------------------------------------------------------
+
+def _five_genres(meta):
+    meta["spec"]["genres"] = meta["spec"]["genres"][:5]
+
+
+CONFIG_EDITS = {
+    "spec-field-missing": ("cmvae", lambda m: m["spec"].pop("music"), "config.json: spec: missing field(s) music"),
+    "spec-field-a-string": ("cmvae", lambda m: m["spec"].update(music="24"),
+                            "config.json: spec.music must be a non-negative integer (a feature dimension), got '24'"),
+    "spec-genres-a-string": ("cmvae", lambda m: m["spec"].update(genres="pop"),
+                             "config.json: spec.genres must be a list of genre names (strings)"),
+    "spec-other-width": ("cmvae", lambda m: m["spec"].update(music=25),
+                         "weights.safetensors: norms.music.mean has shape [24], config.json implies [25]"),
+    "five-genres": ("deccm", _five_genres, "weights.safetensors: prior_c has shape [512, 6], config.json implies "
+                                           "[512, 5]"),
+    "config-null": ("cmvae", lambda m: m.update(config=None), "config.json: field 'config' must be an object, "
+                                                               "found null"),
+    "model-a-number": ("cmvae", lambda m: m.update(model=3), "config.json: field 'model' must be a string, found 3"),
+    "learned-a-list": ("deccm", lambda m: m.update(learned=[1]), "config.json: field 'learned' must be an object"),
+    "teacher-run-a-number": ("deccm", lambda m: m["learned"].update(teacher_run=3),
+                             "config.json: learned.teacher_run must be a folder path (string) or null, got 3"),
+    "config-field-a-word": ("cmvae", lambda m: m["config"].update(latent_dim="x"),
+                            "config.json: CMVAEConfig.latent_dim: cannot use 'x' as int"),
+    "config-field-a-fraction": ("cmvae", lambda m: m["config"].update(latent_dim=2.5),
+                                "config.json: CMVAEConfig.latent_dim: cannot use 2.5 as int (expected an integer)"),
+    "config-field-out-of-range": ("cmvae", lambda m: m["config"].update(batch_size=0),
+                                  "config.json: batch_size must be >= 2, got 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_EDITS))
+def test_an_edited_config_names_the_file_and_the_field(runs, tmp_path, case):
+    name, change, message = CONFIG_EDITS[case]
+    folder = _copy(runs, name, tmp_path)
+    _edit_config(folder, change)
+    error = _load_error(folder)
+    assert error.startswith(str(folder)) and message in error, error
+
+
+@pytest.mark.parametrize("file,content,message", [
+    ("config.json", b'"a JSON string"', "config.json: expected a JSON object"),
+    ("config.json", b'{"model": "\xff"}', "config.json: not valid JSON ("),
+    ("history.json", b"[{", "history.json: not valid JSON ("),
+    ("history.json", b"\xff\xfe", "history.json: not valid JSON ("),
+    ("history.json", b'{"epoch": 1}', "history.json: expected a JSON list with one object per epoch"),
+])
+def test_an_unreadable_json_file_is_named(runs, tmp_path, file, content, message):
+    folder = _copy(runs, "cmvae", tmp_path)
+    (folder / file).write_bytes(content)
+    error = _load_error(folder)
+    assert error.startswith(f"{folder}/{message}"), error
+
 
 # ---- config ranges ------------------------------------------------------------------------------------
 

@@ -93,10 +93,31 @@ class FeatureSpec:
     music: int  # music feature dimension
     genres: tuple[str, ...]  # genre names, index = genre id
 
+    def __post_init__(self) -> None:
+        for name in ("video_visual", "video_text", "music"):
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer (a feature dimension), got {v!r}")
+        if not isinstance(self.genres, tuple) or not all(isinstance(g, str) for g in self.genres):
+            raise ValueError(f"genres must be a list of genre names (strings), got {self.genres!r}")
+
     @classmethod
     def of(cls, ds: Dataset) -> FeatureSpec:
         d = ds.dims()
         return cls(d["video_visual"], d["video_text"], d["music"], tuple(ds.genres))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        """The spec saved in a ``config.json`` (``asdict`` of one); errors name the field as ``spec.FIELD``."""
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise ValueError(f"spec: missing field(s) {', '.join(missing)}")
+        genres = d["genres"]
+        try:
+            return cls(d["video_visual"], d["video_text"], d["music"],
+                       tuple(genres) if isinstance(genres, list) else genres)
+        except ValueError as e:
+            raise ValueError(f"spec.{e}") from None
 
     def check_videos(self, q: VideoQuery) -> None:
         for name, arr, dim in (("visual", q.visual, self.video_visual), ("text", q.text, self.video_text)):
@@ -251,7 +272,28 @@ class Recommender(ABC):
         return {}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_arrays` returned."""
+        """Restore what :meth:`state_arrays` returned (:func:`load_model` checks them first)."""
+
+    def state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """The shape each array of :meth:`state_arrays` must have, None where the data sizes it.
+
+        By default the shapes of the unfitted model's arrays; an array empty before ``fit`` is sized
+        by the data, so only its number of dimensions is fixed.
+        """
+        return {k: (None,) * np.ndim(v) if np.size(v) == 0 else np.shape(v) for k, v in self.state_arrays().items()}
+
+    def check_state_arrays(self, arrays: dict[str, Any]) -> None:
+        """Raise ValueError unless ``arrays`` holds exactly the keys of :meth:`state_shapes`, of those shapes."""
+        want = self.state_shapes()
+        missing, extra = [k for k in want if k not in arrays], sorted(set(arrays) - set(want))
+        if missing or extra:
+            raise ValueError("; ".join(f"{what} {_names(keys)}" for what, keys in
+                                       (("missing keys", missing), ("unexpected keys", extra)) if keys))
+        for k, shape in want.items():
+            found = tuple(arrays[k].shape)
+            if len(found) != len(shape) or any(w is not None and w != n for w, n in zip(shape, found, strict=False)):
+                implied = ", ".join("n" if n is None else str(n) for n in shape)
+                raise ValueError(f"{k} has shape {list(found)}, config.json implies [{implied}]")
 
     def extra_config(self) -> dict[str, Any]:
         """JSON-able facts learned in ``fit`` that are not arrays (saved in config.json)."""
@@ -288,41 +330,76 @@ class Recommender(ABC):
 
     @classmethod
     def from_folder_config(cls, meta: dict) -> Recommender:
-        """Build an untrained model from a saved ``config.json`` object."""
-        spec = meta["spec"]
-        spec = FeatureSpec(spec["video_visual"], spec["video_text"], spec["music"], tuple(spec["genres"]))
-        return cls(config_from_dict(cls.config_class, meta["config"]), spec)
+        """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
+        return cls(config_from_dict(cls.config_class, meta["config"]), FeatureSpec.from_dict(meta["spec"]))
+
+
+def _names(keys: list[str], shown: int = 5) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+#: the fields of a saved config.json that :func:`load_model` reads, and the JSON type each must have
+SAVED_FIELDS = {"model": (str, "a string"), "config": (dict, "an object"), "spec": (dict, "an object"),
+                "learned": (dict, "an object")}
 
 
 def load_model(folder: Path, **factory_kwargs) -> Recommender:
-    """Load any saved model folder (the registry picks the class from ``config.json``)."""
+    """Load any saved model folder (the registry picks the class from ``config.json``).
+
+    Anything malformed in the folder raises :class:`DatasetError` naming the file and what was expected.
+    """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from bgmrec.data.dataset import read_json
     from bgmrec.models.registry import model_class
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise DatasetError(f"{cfg_path}: file is missing (not a saved model folder)")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{cfg_path}: not valid JSON ({e})") from None
-    for key in ("model", "config", "spec"):
-        if key not in meta:
+    meta = read_json(cfg_path)
+    for key, (kind, what) in SAVED_FIELDS.items():
+        if key not in meta and key != "learned":
             raise DatasetError(f"{cfg_path}: missing field {key!r}")
-    cls = model_class(meta["model"])
-    model = cls.from_folder_config(meta)
+        if key in meta and not isinstance(meta[key], kind):
+            raise DatasetError(f"{cfg_path}: field {key!r} must be {what}, found {json.dumps(meta[key])[:80]}")
+    try:
+        model = model_class(meta["model"]).from_folder_config(meta)
+    except ValueError as e:
+        raise DatasetError(f"{cfg_path}: {e}") from None
     wpath = folder / "weights.safetensors"
     if not wpath.is_file():
         raise DatasetError(f"{wpath}: file is missing")
-    model.load_state_arrays(load_file(str(wpath)))
-    model.load_extra_config(meta.get("learned", {}))
+    try:
+        arrays = load_file(str(wpath))
+    except (SafetensorError, OSError) as e:
+        raise DatasetError(f"{wpath}: not a safetensors file ({e})") from None
+    try:
+        model.check_state_arrays(arrays)
+        model.load_state_arrays(arrays)
+    except ValueError as e:
+        raise DatasetError(f"{wpath}: {e}") from None
+    try:
+        model.load_extra_config(meta.get("learned", {}))
+    except ValueError as e:
+        raise DatasetError(f"{cfg_path}: learned.{e}") from None
     hist = folder / "history.json"
     if hist.is_file():
-        model.history = json.loads(hist.read_text())
+        model.history = _read_history(hist)
     model.after_load(folder, **factory_kwargs)
     return model
+
+
+def _read_history(path: Path) -> list[dict]:
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise DatasetError(f"{path}: expected a JSON list with one object per epoch")
+    return history
 
 
 def _coerce(tp: Any, value: Any) -> Any:
@@ -339,6 +416,8 @@ def _coerce(tp: Any, value: Any) -> Any:
                 raise ValueError(f"expected a boolean, got {value!r}")
             return value.lower() in ("true", "1", "yes")
         return bool(value)
+    if tp is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+        raise ValueError("expected an integer")
     if tp in (int, float, str):
         return tp(value)
     if origin is tuple:
@@ -360,7 +439,8 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
         try:
             converted[k] = _coerce(hints[k], v)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{cls.__name__}.{k}: cannot use {v!r} as {hints[k]} ({e})") from None
+            kind = hints[k].__name__ if isinstance(hints[k], type) else str(hints[k])
+            raise ValueError(f"{cls.__name__}.{k}: cannot use {v!r} as {kind} ({e})") from None
     return cls(**converted)
 
 

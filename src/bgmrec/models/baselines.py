@@ -154,6 +154,16 @@ class CCARecommender(Recommender):
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"mean_v": self.mean_v, "mean_m": self.mean_m, "proj_v": self.proj_v, "proj_m": self.proj_m}
 
+    def state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        shapes = super().state_shapes()  # fit keeps min(dim, feature counts) components: any number of columns
+        return {**shapes, "proj_v": shapes["proj_v"][:1] + (None,), "proj_m": shapes["proj_m"][:1] + (None,)}
+
+    def check_state_arrays(self, arrays: dict) -> None:
+        super().check_state_arrays(arrays)
+        if not arrays["proj_v"].shape[1] == arrays["proj_m"].shape[1] <= self.config.dim:
+            raise ValueError(f"proj_v and proj_m must have the same number of columns, at most dim = "
+                             f"{self.config.dim}; found {arrays['proj_v'].shape[1]} and {arrays['proj_m'].shape[1]}")
+
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        for k, v in arrays.items():
-            setattr(self, k, v)
+        self.mean_v, self.mean_m = arrays["mean_v"], arrays["mean_m"]
+        self.proj_v, self.proj_m = arrays["proj_v"], arrays["proj_m"]

@@ -305,6 +305,8 @@ class DecCM(CMVAE):
 
     def load_extra_config(self, extra: dict) -> None:
         self.teacher_dir = extra.get("teacher_run")
+        if self.teacher_dir is not None and not isinstance(self.teacher_dir, str):
+            raise ValueError(f"teacher_run must be a folder path (string) or null, got {self.teacher_dir!r}")
         if extra.get("inference_mode") in MODES:
             self.inference_mode = extra["inference_mode"]
 

@@ -227,14 +227,22 @@ class TorchRecommender(Recommender):
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
 
+    def _with_missing_priors(self, arrays: dict) -> dict:
+        """``arrays`` plus the empty state of each :class:`TrackPrior` they lack (saved before it existed)."""
+        out = dict(arrays)
+        for name, sub in self.module.named_modules():
+            if isinstance(sub, TrackPrior) and not any(k.startswith(name + ".") for k in arrays):
+                out.update({f"{name}.{k}": v for k, v in sub.state_dict().items()})
+        return out
+
+    def check_state_arrays(self, arrays: dict) -> None:
+        super().check_state_arrays(self._with_missing_priors(arrays))
+
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+        tensors = self._with_missing_priors({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         for name, buf in self.module.named_buffers():  # buffers registered empty are sized by the data
             if name in tensors and buf.numel() == 0:
                 owner, _, attr = name.rpartition(".")
                 setattr(self.module.get_submodule(owner), attr, torch.zeros_like(tensors[name]))
-        for name, sub in self.module.named_modules():
-            if isinstance(sub, TrackPrior) and not any(k.startswith(name + ".") for k in tensors):
-                tensors.update({f"{name}.{k}": v for k, v in sub.state_dict().items()})  # saved before it existed
         self.module.load_state_dict(tensors)
         self.module.eval()
