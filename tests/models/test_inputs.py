@@ -1,6 +1,6 @@
-"""Bad input to the models: damaged checkpoints, edited config.json files and config values out of range
-all raise one clear ValueError naming the file, the field and what was expected -- never a traceback from
-safetensors, torch or numpy."""
+"""Bad input to the models: damaged checkpoints, edited config.json files, a dataset listing its genres
+otherwise, and config values out of range all raise one clear ValueError naming the file, the field and
+what was expected -- never a traceback from safetensors, torch or numpy."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from bgmrec.data.dataset import DatasetError
-from bgmrec.models.base import SplitView, load_model
+from bgmrec.models.base import MusicCatalog, SplitView, VideoQuery, load_model
 from bgmrec.models.cmvae import CMVAE
 from bgmrec.models.deccm import teacher_config
 from bgmrec.models.registry import build, model_names
@@ -157,6 +157,47 @@ def test_an_unreadable_json_file_is_named(runs, tmp_path, file, content, message
     (folder / file).write_bytes(content)
     error = _load_error(folder)
     assert error.startswith(f"{folder}/{message}"), error
+
+
+# ---- the genre list -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reordered(tiny_ds):
+    """The tiny world with its genres listed in reverse order (ids, tracks and uploaders' tastes remapped)."""
+    new_id = np.arange(tiny_ds.n_genres)[::-1]  # new id of old genre id g
+    old_of_new = np.argsort(new_id)
+    return dataclasses.replace(tiny_ds, genres=[tiny_ds.genres[g] for g in old_of_new],
+                               track_genre=new_id[np.asarray(tiny_ds.track_genre)],
+                               uploader_pref=np.asarray(tiny_ds.uploader_pref)[:, old_of_new])
+
+
+@pytest.mark.parametrize("name", ["deccm", "cmvae"])  # the genre one-hot; the track prior's regression
+def test_a_model_reading_genre_ids_refuses_a_dataset_listing_genres_otherwise(runs, tiny_ds, reordered, name):
+    model = load_model(runs[name])
+    assert model.encode_music(MusicCatalog.from_dataset(tiny_ds)).shape[0] == tiny_ds.n_tracks
+    with pytest.raises(DatasetError) as e:
+        model.encode_music(MusicCatalog.from_dataset(reordered))
+    assert str(e.value).startswith(
+        f"music genres: the data lists {reordered.genres}, the model was trained on {tiny_ds.genres} "
+        f"(the model's spec in {runs[name]}/config.json)")
+
+
+@pytest.mark.parametrize("name", ["random", "popularity", "cca", "twotower-hinge", "cmvae-noprior"])
+def test_a_model_not_reading_genre_ids_scores_a_reordered_dataset_alike(tiny_ds, tiny_spec, reordered, name):
+    model = build(name, tiny_spec, {} if name in ("random", "popularity", "cca") else SMALL)
+    if name in ("popularity", "cca"):
+        model.fit(SplitView(tiny_ds, "train"))
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(8), np.zeros(8, np.int64))
+    np.testing.assert_array_equal(model.score(q, MusicCatalog.from_dataset(reordered)),
+                                  model.score(q, MusicCatalog.from_dataset(tiny_ds)))
+
+
+def test_a_feature_width_error_names_the_run_it_came_from(runs, tiny_ds):
+    model = load_model(runs["popularity"])
+    narrow = MusicCatalog(np.asarray(tiny_ds.music)[:, :20], np.asarray(tiny_ds.track_genre))
+    with pytest.raises(DatasetError, match=r"^music features: expected shape \[M, 24\], found \[200, 20\] "
+                                           rf"\(the model's spec in {runs['popularity']}/config.json\)$"):
+        model.encode_music(narrow)
 
 
 # ---- config ranges ------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ class MusicCatalog:
     features: np.ndarray  # float32 [M, Dm]
     genre: np.ndarray  # int64 [M]
     index: np.ndarray | None = None  # int64 [M] dataset track indices (only the oracle uses them)
+    genres: tuple[str, ...] | None = None  # the names of the genre ids (None: ids already in the model's order)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -81,7 +82,7 @@ class MusicCatalog:
     @classmethod
     def from_dataset(cls, ds: Dataset) -> MusicCatalog:
         return cls(np.asarray(ds.music, np.float32), np.asarray(ds.track_genre, np.int64),
-                   np.arange(ds.n_tracks))
+                   np.arange(ds.n_tracks), tuple(ds.genres))
 
 
 @dataclass(frozen=True)
@@ -119,20 +120,33 @@ class FeatureSpec:
         except ValueError as e:
             raise ValueError(f"spec.{e}") from None
 
-    def check_videos(self, q: VideoQuery) -> None:
+    def check_videos(self, q: VideoQuery, source: str | None = None) -> None:
+        """Refuse videos whose features do not have this spec's widths (``source``: where the spec was read)."""
         for name, arr, dim in (("visual", q.visual, self.video_visual), ("text", q.text, self.video_text)):
             if arr.ndim != 2 or arr.shape[1] != dim:
-                raise DatasetError(f"video {name} features: expected shape [n, {dim}], found {list(arr.shape)}")
+                raise DatasetError(f"video {name} features: expected shape [n, {dim}], found {list(arr.shape)}"
+                                   + _recorded_in(source))
             if not np.isfinite(arr).all():
                 raise DatasetError(f"video {name} features: contain NaN or inf")
         if q.confounder is not None and q.confounder.shape[1:] != (len(self.genres),):
-            raise DatasetError(f"confounder: expected shape [n, {len(self.genres)}], found {list(q.confounder.shape)}")
+            raise DatasetError(f"confounder: expected shape [n, {len(self.genres)}], found {list(q.confounder.shape)}"
+                               + _recorded_in(source))
 
-    def check_music(self, c: MusicCatalog) -> None:
+    def check_music(self, c: MusicCatalog, source: str | None = None, genre_ids: bool = True) -> None:
+        """Refuse a catalogue of other feature width; with ``genre_ids``, also one naming its genre ids otherwise."""
         if c.features.ndim != 2 or c.features.shape[1] != self.music:
-            raise DatasetError(f"music features: expected shape [M, {self.music}], found {list(c.features.shape)}")
+            raise DatasetError(f"music features: expected shape [M, {self.music}], found {list(c.features.shape)}"
+                               + _recorded_in(source))
         if not np.isfinite(c.features).all():
             raise DatasetError("music features: contain NaN or inf")
+        if genre_ids and c.genres is not None and tuple(c.genres) != self.genres:
+            raise DatasetError(f"music genres: the data lists {list(c.genres)}, the model was trained on "
+                               f"{list(self.genres)}{_recorded_in(source)}; genre ids would mean other genres "
+                               "(the names and their order must match)")
+
+
+def _recorded_in(source: str | None) -> str:
+    return "" if source is None else f" (the model's spec in {source})"
 
 
 @dataclass
@@ -211,11 +225,14 @@ class Recommender(ABC):
     #: True when the model is trained with a frozen teacher (DecCM); the factory attaches it
     uses_teacher: ClassVar[bool] = False
     inference_mode: str | None = None
+    #: True when scores depend on the catalogue's genre ids: then its genre names must be the spec's
+    reads_genre: bool = True
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         self.config = config
         self.spec = spec
         self.history: list[dict] = []  # one entry per epoch for trained models
+        self.source: str | None = None  # the config.json it was loaded from (named in input errors)
 
     def set_inference_mode(self, mode: str) -> None:
         """Choose how the model scores (only for models with several ``inference_modes``)."""
@@ -242,12 +259,12 @@ class Recommender(ABC):
 
     def encode_videos(self, q: VideoQuery) -> np.ndarray:
         """Video embeddings [n, d] (float32); ``score`` is their inner product with music embeddings."""
-        self.spec.check_videos(q)
+        self.spec.check_videos(q, self.source)
         return np.ascontiguousarray(self._encode_videos(q), np.float32)
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
         """Music embeddings [M, d] (float32)."""
-        self.spec.check_music(c)
+        self.spec.check_music(c, self.source, self.reads_genre)
         return np.ascontiguousarray(self._encode_music(c), np.float32)
 
     def score(self, q: VideoQuery, c: MusicCatalog) -> np.ndarray:
@@ -369,6 +386,7 @@ def load_model(folder: Path, **factory_kwargs) -> Recommender:
         model = model_class(meta["model"]).from_folder_config(meta)
     except ValueError as e:
         raise DatasetError(f"{cfg_path}: {e}") from None
+    model.source = str(cfg_path)
     wpath = folder / "weights.safetensors"
     if not wpath.is_file():
         raise DatasetError(f"{wpath}: file is missing")

@@ -42,6 +42,7 @@ class RandomRecommender(Recommender):
     name = "random"
     config_class = RandomConfig
     trainable = False
+    reads_genre = False
 
     def __init__(self, config: RandomConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
@@ -72,6 +73,7 @@ class PopularityRecommender(Recommender):
     """
 
     name = "popularity"
+    reads_genre = False
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
@@ -118,6 +120,7 @@ class CCARecommender(Recommender):
 
     name = "cca"
     config_class = CCAConfig
+    reads_genre = False
 
     def __init__(self, config: CCAConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)

@@ -188,7 +188,7 @@ class CMVAE(TorchRecommender):
         both data experts (the prior expert's constant share is left out). A video without text
         gets (1, 0). Only defined for PoE fusion; frames-only fusion gives (1, 0) everywhere.
         """
-        self.spec.check_videos(q)
+        self.spec.check_videos(q, self.source)
         if self.config.fusion == "concat":
             raise ValueError("modality shares need fusion='poe' (concatenation mixes the modalities)")
         self.module.eval()

@@ -122,6 +122,7 @@ class DecCM(CMVAE):
     def __init__(self, config: DecCMConfig, spec) -> None:
         super().__init__(config, spec)
         self.inference_mode = config.inference if config.adjustment else "content"
+        self.reads_genre = True  # the music side carries the genre one-hot
         self.teacher: CMVAE | None = None
         self.teacher_dir: str | None = None
         self.professional_counts: np.ndarray | None = None  # [n_tracks] professional videos' choices (fit only)

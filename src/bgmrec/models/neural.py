@@ -138,6 +138,7 @@ class TorchRecommender(Recommender):
             self.module = self.build_module()
         if self.prior_scale() is not None:
             self.module.track_prior = TrackPrior()  # saved with the module
+        self.reads_genre = self.prior_scale() is not None  # the prior's regression reads the genre
         self.module.eval()
 
     @abstractmethod
