@@ -185,6 +185,23 @@ def test_train_cmvae_with_set_epochs(cli_world, tmp_path):
     assert json.loads((run / "run.json").read_text())["epochs_run"] == len(history)
 
 
+def test_train_seed_by_option_or_set_and_refused_when_they_disagree(cli_world, popularity_run, tmp_path, capsys):
+    def seed_of(run: Path) -> int:
+        return json.loads((run / "config.json").read_text())["config"]["seed"]
+
+    train = ["train", "--data", str(cli_world), "--model", "popularity", "--out"]
+    assert seed_of(popularity_run) == 0  # neither given: the config's default
+    assert main([*train, str(tmp_path / "set"), "--set", "seed=7"]) == 0
+    assert seed_of(tmp_path / "set") == 7  # was replaced by --seed's default 0
+    assert main([*train, str(tmp_path / "both"), "--seed", "7", "--set", "seed=7"]) == 0
+    assert seed_of(tmp_path / "both") == 7
+    assert main([*train, str(tmp_path / "clash"), "--seed", "3", "--set", "seed=7"]) == 2
+    assert "--seed 3 and --set seed=7 disagree; give seed once" in _error(capsys)
+    assert main([*train, str(tmp_path / "clash"), "--epochs", "3", "--set", "epochs=5"]) == 2
+    assert "--epochs 3 and --set epochs=5 disagree" in _error(capsys)
+    assert not (tmp_path / "clash").exists()
+
+
 def test_simulate_options_reach_the_world(tmp_path):
     out = tmp_path / "w"
     assert main(["simulate", str(out), "--scale", "tiny", "--seed", "3", "--gamma", "0", "--set", "n_tracks=120"]) == 0

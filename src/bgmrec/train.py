@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bgmrec.data.dataset import Dataset
-from bgmrec.models.base import ModelConfig, SplitView
+from bgmrec.models.base import ModelConfig, SplitView, check_bounds
 
 
 @dataclass
@@ -29,6 +29,11 @@ class TrainConfig(ModelConfig):
     grad_clip: float = 5.0  # gradient-norm clip
     patience: int = 6  # epochs without a better validation Recall@10 before stopping
     val_queries: int = 4000  # validation queries scored per epoch (a fixed seeded subset)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds(self, epochs=">= 1", batch_size=">= 2", lr="> 0", weight_decay=">= 0", grad_clip="> 0",
+                     patience=">= 1", val_queries=">= 1")
 
 
 @dataclass

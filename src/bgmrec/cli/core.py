@@ -105,18 +105,30 @@ def list_models() -> None:
     console.print(t)
 
 
-def train_model(data: Path, model: str, out: Path, epochs: int | None = None, seed: int = 0,
+def option_into_sets(sets: dict, name: str, value) -> None:
+    """Put the option ``--NAME value`` into the ``--set`` overrides; refuse a ``--set NAME`` with another value."""
+    if value is None:
+        return
+    if name in sets and str(sets[name]).strip() != str(value):
+        raise ValueError(f"--{name} {value} and --set {name}={sets[name]} disagree; give {name} once")
+    sets[name] = value
+
+
+def train_model(data: Path, model: str, out: Path, epochs: int | None = None, seed: int | None = None,
                 sets: dict | None = None, teacher: Path | None = None, progress: bool = True):
-    """Build, fit and save one model; the library-level body of ``bgmrec train``."""
+    """Build, fit and save one model; the library-level body of ``bgmrec train``.
+
+    ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
+    config's default, seed 0); giving one both ways with different values is refused.
+    """
     from bgmrec.data.dataset import load_dataset
     from bgmrec.models.base import FeatureSpec, SplitView
     from bgmrec.models.registry import build, prepare_teacher
 
     ds = load_dataset(data)
     overrides = dict(sets or {})
-    overrides["seed"] = seed
-    if epochs is not None:
-        overrides["epochs"] = epochs
+    option_into_sets(overrides, "seed", seed)
+    option_into_sets(overrides, "epochs", epochs)
     spec = FeatureSpec.of(ds)
     rec = build(model, spec, overrides)
     prepare_teacher(rec, ds, Path(out), teacher, progress)
@@ -138,8 +150,9 @@ def train(
     data: Path = typer.Option(..., help="dataset folder"),
     model: str = typer.Option(..., help="model name (see `bgmrec models`)"),
     out: Path = typer.Option(..., help="run folder to write (config.json, weights.safetensors, history.json)"),
-    epochs: int | None = typer.Option(None, help="maximum epochs (trainable models)"),
-    seed: int = typer.Option(0, help="seed for initialisation and batching"),
+    epochs: int | None = typer.Option(None, help="maximum epochs (trainable models); same as --set epochs=N"),
+    seed: int | None = typer.Option(None, help="seed for initialisation and batching (default 0); same as "
+                                    "--set seed=N"),
     set_: list[str] | None = typer.Option(None, "--set", help="config field override, key=value (repeatable)"),
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
 ) -> None:

@@ -74,6 +74,7 @@ class MusicCatalog:
     features: np.ndarray  # float32 [M, Dm]
     genre: np.ndarray  # int64 [M]
     index: np.ndarray | None = None  # int64 [M] dataset track indices (only the oracle uses them)
+    genres: tuple[str, ...] | None = None  # the names of the genre ids (None: ids already in the model's order)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -81,7 +82,7 @@ class MusicCatalog:
     @classmethod
     def from_dataset(cls, ds: Dataset) -> MusicCatalog:
         return cls(np.asarray(ds.music, np.float32), np.asarray(ds.track_genre, np.int64),
-                   np.arange(ds.n_tracks))
+                   np.arange(ds.n_tracks), tuple(ds.genres))
 
 
 @dataclass(frozen=True)
@@ -93,25 +94,59 @@ class FeatureSpec:
     music: int  # music feature dimension
     genres: tuple[str, ...]  # genre names, index = genre id
 
+    def __post_init__(self) -> None:
+        for name in ("video_visual", "video_text", "music"):
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer (a feature dimension), got {v!r}")
+        if not isinstance(self.genres, tuple) or not all(isinstance(g, str) for g in self.genres):
+            raise ValueError(f"genres must be a list of genre names (strings), got {self.genres!r}")
+
     @classmethod
     def of(cls, ds: Dataset) -> FeatureSpec:
         d = ds.dims()
         return cls(d["video_visual"], d["video_text"], d["music"], tuple(ds.genres))
 
-    def check_videos(self, q: VideoQuery) -> None:
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        """The spec saved in a ``config.json`` (``asdict`` of one); errors name the field as ``spec.FIELD``."""
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise ValueError(f"spec: missing field(s) {', '.join(missing)}")
+        genres = d["genres"]
+        try:
+            return cls(d["video_visual"], d["video_text"], d["music"],
+                       tuple(genres) if isinstance(genres, list) else genres)
+        except ValueError as e:
+            raise ValueError(f"spec.{e}") from None
+
+    def check_videos(self, q: VideoQuery, source: str | None = None) -> None:
+        """Refuse videos whose features do not have this spec's widths (``source``: where the spec was read)."""
         for name, arr, dim in (("visual", q.visual, self.video_visual), ("text", q.text, self.video_text)):
             if arr.ndim != 2 or arr.shape[1] != dim:
-                raise DatasetError(f"video {name} features: expected shape [n, {dim}], found {list(arr.shape)}")
+                raise DatasetError(f"video {name} features: expected shape [n, {dim}], found {list(arr.shape)}"
+                                   + _recorded_in(source))
             if not np.isfinite(arr).all():
                 raise DatasetError(f"video {name} features: contain NaN or inf")
         if q.confounder is not None and q.confounder.shape[1:] != (len(self.genres),):
-            raise DatasetError(f"confounder: expected shape [n, {len(self.genres)}], found {list(q.confounder.shape)}")
+            raise DatasetError(f"confounder: expected shape [n, {len(self.genres)}], found {list(q.confounder.shape)}"
+                               + _recorded_in(source))
 
-    def check_music(self, c: MusicCatalog) -> None:
+    def check_music(self, c: MusicCatalog, source: str | None = None, genre_ids: bool = True) -> None:
+        """Refuse a catalogue of other feature width; with ``genre_ids``, also one naming its genre ids otherwise."""
         if c.features.ndim != 2 or c.features.shape[1] != self.music:
-            raise DatasetError(f"music features: expected shape [M, {self.music}], found {list(c.features.shape)}")
+            raise DatasetError(f"music features: expected shape [M, {self.music}], found {list(c.features.shape)}"
+                               + _recorded_in(source))
         if not np.isfinite(c.features).all():
             raise DatasetError("music features: contain NaN or inf")
+        if genre_ids and c.genres is not None and tuple(c.genres) != self.genres:
+            raise DatasetError(f"music genres: the data lists {list(c.genres)}, the model was trained on "
+                               f"{list(self.genres)}{_recorded_in(source)}; genre ids would mean other genres "
+                               "(the names and their order must match)")
+
+
+def _recorded_in(source: str | None) -> str:
+    return "" if source is None else f" (the model's spec in {source})"
 
 
 @dataclass
@@ -140,9 +175,36 @@ class SplitView:
 
 @dataclass
 class ModelConfig:
-    """Base of every model config; subclasses add fields, each with a comment."""
+    """Base of every model config; subclasses add fields, each with a comment (and their ranges to
+    :func:`check_bounds` in ``__post_init__``, calling the parent's first)."""
 
     seed: int = 0  # seeds initialisation, batching and sampling
+
+    def __post_init__(self) -> None:
+        check_bounds(self, seed=">= 0")
+
+
+#: the ranges :func:`check_bounds` knows, by how its messages write them
+BOUNDS = {
+    ">= 0": lambda v: v >= 0,
+    "> 0": lambda v: v > 0,
+    ">= 1": lambda v: v >= 1,
+    ">= 2": lambda v: v >= 2,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}
+
+
+def check_bounds(config: Any, **bounds: str) -> None:
+    """Raise ``ValueError("FIELD must be RANGE, got VALUE")`` for the first field of ``config`` out of its range.
+
+    ``bounds`` maps field names to keys of :data:`BOUNDS` (NaN is never in range); a tuple field is
+    checked element by element.
+    """
+    for name, bound in bounds.items():
+        value = getattr(config, name)
+        if not all(BOUNDS[bound](v) for v in (value if isinstance(value, tuple) else (value,))):
+            each = "each of " if isinstance(value, tuple) else ""
+            raise ValueError(f"{each}{name} must be {bound}, got {value!r}")
 
 
 # ---- the contract --------------------------------------------------------------------------------------
@@ -163,11 +225,14 @@ class Recommender(ABC):
     #: True when the model is trained with a frozen teacher (DecCM); the factory attaches it
     uses_teacher: ClassVar[bool] = False
     inference_mode: str | None = None
+    #: True when scores depend on the catalogue's genre ids: then its genre names must be the spec's
+    reads_genre: bool = True
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         self.config = config
         self.spec = spec
         self.history: list[dict] = []  # one entry per epoch for trained models
+        self.source: str | None = None  # the config.json it was loaded from (named in input errors)
 
     def set_inference_mode(self, mode: str) -> None:
         """Choose how the model scores (only for models with several ``inference_modes``)."""
@@ -194,12 +259,12 @@ class Recommender(ABC):
 
     def encode_videos(self, q: VideoQuery) -> np.ndarray:
         """Video embeddings [n, d] (float32); ``score`` is their inner product with music embeddings."""
-        self.spec.check_videos(q)
+        self.spec.check_videos(q, self.source)
         return np.ascontiguousarray(self._encode_videos(q), np.float32)
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
         """Music embeddings [M, d] (float32)."""
-        self.spec.check_music(c)
+        self.spec.check_music(c, self.source, self.reads_genre)
         return np.ascontiguousarray(self._encode_music(c), np.float32)
 
     def score(self, q: VideoQuery, c: MusicCatalog) -> np.ndarray:
@@ -224,7 +289,28 @@ class Recommender(ABC):
         return {}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_arrays` returned."""
+        """Restore what :meth:`state_arrays` returned (:func:`load_model` checks them first)."""
+
+    def state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """The shape each array of :meth:`state_arrays` must have, None where the data sizes it.
+
+        By default the shapes of the unfitted model's arrays; an array empty before ``fit`` is sized
+        by the data, so only its number of dimensions is fixed.
+        """
+        return {k: (None,) * np.ndim(v) if np.size(v) == 0 else np.shape(v) for k, v in self.state_arrays().items()}
+
+    def check_state_arrays(self, arrays: dict[str, Any]) -> None:
+        """Raise ValueError unless ``arrays`` holds exactly the keys of :meth:`state_shapes`, of those shapes."""
+        want = self.state_shapes()
+        missing, extra = [k for k in want if k not in arrays], sorted(set(arrays) - set(want))
+        if missing or extra:
+            raise ValueError("; ".join(f"{what} {_names(keys)}" for what, keys in
+                                       (("missing keys", missing), ("unexpected keys", extra)) if keys))
+        for k, shape in want.items():
+            found = tuple(arrays[k].shape)
+            if len(found) != len(shape) or any(w is not None and w != n for w, n in zip(shape, found, strict=False)):
+                implied = ", ".join("n" if n is None else str(n) for n in shape)
+                raise ValueError(f"{k} has shape {list(found)}, config.json implies [{implied}]")
 
     def extra_config(self) -> dict[str, Any]:
         """JSON-able facts learned in ``fit`` that are not arrays (saved in config.json)."""
@@ -261,41 +347,77 @@ class Recommender(ABC):
 
     @classmethod
     def from_folder_config(cls, meta: dict) -> Recommender:
-        """Build an untrained model from a saved ``config.json`` object."""
-        spec = meta["spec"]
-        spec = FeatureSpec(spec["video_visual"], spec["video_text"], spec["music"], tuple(spec["genres"]))
-        return cls(config_from_dict(cls.config_class, meta["config"]), spec)
+        """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
+        return cls(config_from_dict(cls.config_class, meta["config"]), FeatureSpec.from_dict(meta["spec"]))
+
+
+def _names(keys: list[str], shown: int = 5) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+#: the fields of a saved config.json that :func:`load_model` reads, and the JSON type each must have
+SAVED_FIELDS = {"model": (str, "a string"), "config": (dict, "an object"), "spec": (dict, "an object"),
+                "learned": (dict, "an object")}
 
 
 def load_model(folder: Path, **factory_kwargs) -> Recommender:
-    """Load any saved model folder (the registry picks the class from ``config.json``)."""
+    """Load any saved model folder (the registry picks the class from ``config.json``).
+
+    Anything malformed in the folder raises :class:`DatasetError` naming the file and what was expected.
+    """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from bgmrec.data.dataset import read_json
     from bgmrec.models.registry import model_class
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise DatasetError(f"{cfg_path}: file is missing (not a saved model folder)")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{cfg_path}: not valid JSON ({e})") from None
-    for key in ("model", "config", "spec"):
-        if key not in meta:
+    meta = read_json(cfg_path)
+    for key, (kind, what) in SAVED_FIELDS.items():
+        if key not in meta and key != "learned":
             raise DatasetError(f"{cfg_path}: missing field {key!r}")
-    cls = model_class(meta["model"])
-    model = cls.from_folder_config(meta)
+        if key in meta and not isinstance(meta[key], kind):
+            raise DatasetError(f"{cfg_path}: field {key!r} must be {what}, found {json.dumps(meta[key])[:80]}")
+    try:
+        model = model_class(meta["model"]).from_folder_config(meta)
+    except ValueError as e:
+        raise DatasetError(f"{cfg_path}: {e}") from None
+    model.source = str(cfg_path)
     wpath = folder / "weights.safetensors"
     if not wpath.is_file():
         raise DatasetError(f"{wpath}: file is missing")
-    model.load_state_arrays(load_file(str(wpath)))
-    model.load_extra_config(meta.get("learned", {}))
+    try:
+        arrays = load_file(str(wpath))
+    except (SafetensorError, OSError) as e:
+        raise DatasetError(f"{wpath}: not a safetensors file ({e})") from None
+    try:
+        model.check_state_arrays(arrays)
+        model.load_state_arrays(arrays)
+    except ValueError as e:
+        raise DatasetError(f"{wpath}: {e}") from None
+    try:
+        model.load_extra_config(meta.get("learned", {}))
+    except ValueError as e:
+        raise DatasetError(f"{cfg_path}: learned.{e}") from None
     hist = folder / "history.json"
     if hist.is_file():
-        model.history = json.loads(hist.read_text())
+        model.history = _read_history(hist)
     model.after_load(folder, **factory_kwargs)
     return model
+
+
+def _read_history(path: Path) -> list[dict]:
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise DatasetError(f"{path}: expected a JSON list with one object per epoch")
+    return history
 
 
 def _coerce(tp: Any, value: Any) -> Any:
@@ -312,6 +434,8 @@ def _coerce(tp: Any, value: Any) -> Any:
                 raise ValueError(f"expected a boolean, got {value!r}")
             return value.lower() in ("true", "1", "yes")
         return bool(value)
+    if tp is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+        raise ValueError("expected an integer")
     if tp in (int, float, str):
         return tp(value)
     if origin is tuple:
@@ -333,7 +457,8 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
         try:
             converted[k] = _coerce(hints[k], v)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{cls.__name__}.{k}: cannot use {v!r} as {hints[k]} ({e})") from None
+            kind = hints[k].__name__ if isinstance(hints[k], type) else str(hints[k])
+            raise ValueError(f"{cls.__name__}.{k}: cannot use {v!r} as {kind} ({e})") from None
     return cls(**converted)
 
 

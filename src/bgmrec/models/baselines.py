@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
+from bgmrec.models.base import (
+    FeatureSpec,
+    ModelConfig,
+    MusicCatalog,
+    Recommender,
+    SplitView,
+    VideoQuery,
+    check_bounds,
+)
 
 
 def video_input(q: VideoQuery) -> np.ndarray:
@@ -19,6 +27,10 @@ def video_input(q: VideoQuery) -> np.ndarray:
 class RandomConfig(ModelConfig):
     dim: int = 32  # width of the random projections
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds(self, dim=">= 1")
+
 
 class RandomRecommender(Recommender):
     """Chance level: scores are inner products of two independent fixed random projections.
@@ -30,6 +42,7 @@ class RandomRecommender(Recommender):
     name = "random"
     config_class = RandomConfig
     trainable = False
+    reads_genre = False
 
     def __init__(self, config: RandomConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
@@ -60,6 +73,7 @@ class PopularityRecommender(Recommender):
     """
 
     name = "popularity"
+    reads_genre = False
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
@@ -88,8 +102,12 @@ class PopularityRecommender(Recommender):
 
 @dataclass
 class CCAConfig(ModelConfig):
-    dim: int = 32  # canonical components kept
+    dim: int = 32  # canonical components kept (fewer when a side has fewer features)
     ridge: float = 1e-2  # added to each covariance's diagonal (relative to its mean variance)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds(self, dim=">= 1", ridge=">= 0")
 
 
 class CCARecommender(Recommender):
@@ -102,6 +120,7 @@ class CCARecommender(Recommender):
 
     name = "cca"
     config_class = CCAConfig
+    reads_genre = False
 
     def __init__(self, config: CCAConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
@@ -138,6 +157,16 @@ class CCARecommender(Recommender):
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"mean_v": self.mean_v, "mean_m": self.mean_m, "proj_v": self.proj_v, "proj_m": self.proj_m}
 
+    def state_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        shapes = super().state_shapes()  # fit keeps min(dim, feature counts) components: any number of columns
+        return {**shapes, "proj_v": shapes["proj_v"][:1] + (None,), "proj_m": shapes["proj_m"][:1] + (None,)}
+
+    def check_state_arrays(self, arrays: dict) -> None:
+        super().check_state_arrays(arrays)
+        if not arrays["proj_v"].shape[1] == arrays["proj_m"].shape[1] <= self.config.dim:
+            raise ValueError(f"proj_v and proj_m must have the same number of columns, at most dim = "
+                             f"{self.config.dim}; found {arrays['proj_v'].shape[1]} and {arrays['proj_m'].shape[1]}")
+
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        for k, v in arrays.items():
-            setattr(self, k, v)
+        self.mean_v, self.mean_m = arrays["mean_v"], arrays["mean_m"]
+        self.proj_v, self.proj_m = arrays["proj_v"], arrays["proj_m"]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgmrec.models.base import VideoQuery
+from bgmrec.models.base import VideoQuery, check_bounds
 from bgmrec.models.layers import (
     GaussianEncoder,
     gaussian_nll,
@@ -40,7 +40,7 @@ from bgmrec.models.layers import (
     reparameterize,
     symmetric_info_nce,
 )
-from bgmrec.models.neural import InputNorms, TorchRecommender
+from bgmrec.models.neural import InputNorms, TorchRecommender, check_network
 from bgmrec.train import Batch, TrainConfig
 
 FUSIONS = ("poe", "concat", "visual")
@@ -66,6 +66,10 @@ class CMVAEConfig(TrainConfig):
     track_prior: bool = True  # add temperature * log Q(m) to scores (InfoNCE learns log P(m|v) - log Q(m))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_network(self)
+        check_bounds(self, recon_weight=">= 0", kl_weight=">= 0", kl_anneal_epochs=">= 0", match_weight=">= 0",
+                     temperature="> 0", margin=">= 0")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.similarity not in SIMILARITIES:
@@ -184,7 +188,7 @@ class CMVAE(TorchRecommender):
         both data experts (the prior expert's constant share is left out). A video without text
         gets (1, 0). Only defined for PoE fusion; frames-only fusion gives (1, 0) everywhere.
         """
-        self.spec.check_videos(q)
+        self.spec.check_videos(q, self.source)
         if self.config.fusion == "concat":
             raise ValueError("modality shares need fusion='poe' (concatenation mixes the modalities)")
         self.module.eval()

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, load_model
+from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, check_bounds, load_model
 from bgmrec.models.cmvae import CMVAE, CMVAEConfig, CMVAEModule
 from bgmrec.models.layers import backdoor_genre_offsets, kl_normal
 from bgmrec.models.neural import TrackPrior
@@ -81,6 +81,7 @@ class DecCMConfig(CMVAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_bounds(self, taste_lr_scale=">= 0", prior_samples=">= 1", reference_tracks=">= 1")
         if self.inference not in MODES:
             raise ValueError(f"inference must be one of {MODES}, got {self.inference!r}")
         if self.alpha < 0:
@@ -121,6 +122,7 @@ class DecCM(CMVAE):
     def __init__(self, config: DecCMConfig, spec) -> None:
         super().__init__(config, spec)
         self.inference_mode = config.inference if config.adjustment else "content"
+        self.reads_genre = True  # the music side carries the genre one-hot
         self.teacher: CMVAE | None = None
         self.teacher_dir: str | None = None
         self.professional_counts: np.ndarray | None = None  # [n_tracks] professional videos' choices (fit only)
@@ -304,6 +306,8 @@ class DecCM(CMVAE):
 
     def load_extra_config(self, extra: dict) -> None:
         self.teacher_dir = extra.get("teacher_run")
+        if self.teacher_dir is not None and not isinstance(self.teacher_dir, str):
+            raise ValueError(f"teacher_run must be a folder path (string) or null, got {self.teacher_dir!r}")
         if extra.get("inference_mode") in MODES:
             self.inference_mode = extra["inference_mode"]
 

@@ -11,9 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgmrec.models.base import FeatureSpec, MusicCatalog, Recommender, SplitView, VideoQuery
+from bgmrec.models.base import FeatureSpec, MusicCatalog, Recommender, SplitView, VideoQuery, check_bounds
 from bgmrec.models.layers import Standardizer
 from bgmrec.train import Batch, FeatureTensors, TrainConfig, fit_torch
+
+
+def check_network(config) -> None:
+    """Range checks of the fields every network config has: ``latent_dim``, ``hidden`` and ``dropout``."""
+    check_bounds(config, latent_dim=">= 1", hidden=">= 1", dropout="in [0, 1)")
 
 
 class InputNorms(nn.Module):
@@ -133,6 +138,7 @@ class TorchRecommender(Recommender):
             self.module = self.build_module()
         if self.prior_scale() is not None:
             self.module.track_prior = TrackPrior()  # saved with the module
+        self.reads_genre = self.prior_scale() is not None  # the prior's regression reads the genre
         self.module.eval()
 
     @abstractmethod
@@ -222,14 +228,22 @@ class TorchRecommender(Recommender):
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
 
+    def _with_missing_priors(self, arrays: dict) -> dict:
+        """``arrays`` plus the empty state of each :class:`TrackPrior` they lack (saved before it existed)."""
+        out = dict(arrays)
+        for name, sub in self.module.named_modules():
+            if isinstance(sub, TrackPrior) and not any(k.startswith(name + ".") for k in arrays):
+                out.update({f"{name}.{k}": v for k, v in sub.state_dict().items()})
+        return out
+
+    def check_state_arrays(self, arrays: dict) -> None:
+        super().check_state_arrays(self._with_missing_priors(arrays))
+
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+        tensors = self._with_missing_priors({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         for name, buf in self.module.named_buffers():  # buffers registered empty are sized by the data
             if name in tensors and buf.numel() == 0:
                 owner, _, attr = name.rpartition(".")
                 setattr(self.module.get_submodule(owner), attr, torch.zeros_like(tensors[name]))
-        for name, sub in self.module.named_modules():
-            if isinstance(sub, TrackPrior) and not any(k.startswith(name + ".") for k in tensors):
-                tensors.update({f"{name}.{k}": v for k, v in sub.state_dict().items()})  # saved before it existed
         self.module.load_state_dict(tensors)
         self.module.eval()

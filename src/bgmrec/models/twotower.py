@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bgmrec.models.base import check_bounds
 from bgmrec.models.layers import hardest_negative_hinge, mlp, symmetric_info_nce
-from bgmrec.models.neural import InputNorms, TorchRecommender
+from bgmrec.models.neural import InputNorms, TorchRecommender, check_network
 from bgmrec.train import Batch, TrainConfig
 
 
@@ -23,16 +24,28 @@ class TwoTowerConfig(TrainConfig):
     hidden: tuple[int, ...] = (512,)  # hidden widths of each tower (chosen on val of the small world)
     dropout: float = 0.2  # dropout in the towers
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_network(self)
+
 
 @dataclass
 class TwoTowerHingeConfig(TwoTowerConfig):
     margin: float = 0.2  # hinge margin on cosine similarities
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds(self, margin=">= 0")
 
 
 @dataclass
 class TwoTowerInfoNCEConfig(TwoTowerConfig):
     temperature: float = 0.1  # InfoNCE temperature (logits = cosine / temperature)
     track_prior: bool = True  # add temperature * log Q(m) to scores (InfoNCE learns log P(m|v) - log Q(m))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds(self, temperature="> 0")
 
 
 class TwoTowerModule(nn.Module):

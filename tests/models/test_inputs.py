@@ -1,0 +1,240 @@
+"""Bad input to the models: damaged checkpoints, edited config.json files, a dataset listing its genres
+otherwise, and config values out of range all raise one clear ValueError naming the file, the field and
+what was expected -- never a traceback from safetensors, torch or numpy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from bgmrec.data.dataset import DatasetError
+from bgmrec.models.base import MusicCatalog, SplitView, VideoQuery, load_model
+from bgmrec.models.cmvae import CMVAE
+from bgmrec.models.deccm import teacher_config
+from bgmrec.models.registry import build, model_names
+
+SMALL = {"hidden": "16", "latent_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_ds, tiny_spec, tmp_path_factory) -> dict[str, Path]:
+    """Saved runs, pristine: a test damages a copy (:func:`_copy`). Unfitted where fitting adds nothing."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {name: build(name, tiny_spec, SMALL).save(root / name) for name in ("cmvae", "deccm")}
+    out["cca"] = build("cca", tiny_spec).fit(SplitView(tiny_ds, "train")).save(root / "cca")
+    out["popularity"] = build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train")).save(root / "popularity")
+    return out
+
+
+def _copy(runs, name: str, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(runs[name], tmp_path / name))
+
+
+def _edit_weights(folder: Path, change) -> None:
+    arrays = load_file(str(folder / "weights.safetensors"))
+    change(arrays)
+    save_file(arrays, str(folder / "weights.safetensors"))
+
+
+def _edit_config(folder: Path, change) -> None:
+    meta = json.loads((folder / "config.json").read_text())
+    change(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+
+
+def _load_error(folder: Path) -> str:
+    with pytest.raises(DatasetError) as e:
+        load_model(folder)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+# ---- weights.safetensors ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[: len(b) // 2],  # truncated
+    lambda b: b"",  # empty
+    lambda b: b"not a safetensors file at all" * 4,  # garbage
+], ids=["truncated", "empty", "garbage"])
+def test_unreadable_weights_name_the_file(runs, tmp_path, damage):
+    folder = _copy(runs, "cmvae", tmp_path)
+    path = folder / "weights.safetensors"
+    path.write_bytes(damage(path.read_bytes()))
+    assert _load_error(folder).startswith(f"{path}: not a safetensors file (")
+
+
+def test_a_weight_of_another_shape_names_the_key_and_both_shapes(runs, tmp_path):
+    folder = _copy(runs, "cmvae", tmp_path)
+    _edit_weights(folder, lambda a: a.update({"music_enc.net.0.weight": a["music_enc.net.0.weight"][:, :-1].copy()}))
+    assert _load_error(folder) == (f"{folder}/weights.safetensors: music_enc.net.0.weight has shape [16, 23], "
+                                   "config.json implies [16, 24]")
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("cmvae", lambda a: a.pop("music_enc.net.0.bias"), "missing keys music_enc.net.0.bias"),
+    ("cmvae", lambda a: a.update(junk=np.zeros(3, np.float32)), "unexpected keys junk"),
+    ("cca", lambda a: a.update(spec=np.zeros(3)), "unexpected keys spec"),  # was set as an attribute
+    ("cca", lambda a: a.pop("proj_m"), "missing keys proj_m"),  # was silently left at zeros
+    ("cca", lambda a: a.update(mean_m=np.zeros(5)), "mean_m has shape [5], config.json implies [24]"),
+    ("cca", lambda a: a.update(proj_m=a["proj_m"][:, :-1].copy()),
+     "proj_v and proj_m must have the same number of columns"),
+    ("popularity", lambda a: a.update(counts=np.zeros((2, 3))), "counts has shape [2, 3], config.json implies [n]"),
+])
+def test_wrong_keys_and_shapes_are_refused(runs, tmp_path, name, change, message):
+    folder = _copy(runs, name, tmp_path)
+    _edit_weights(folder, change)
+    error = _load_error(folder)
+    assert error.startswith(f"{folder}/weights.safetensors: ") and message in error, error
+
+
+def test_a_damaged_teacher_of_a_student_names_the_teacher_file(runs, tiny_spec, tmp_path):
+    folder = _copy(runs, "deccm", tmp_path)
+    student = load_model(folder)
+    CMVAE(teacher_config(student.config), tiny_spec).save(folder / "teacher")
+    assert load_model(folder).teacher is not None
+    path = folder / "teacher" / "weights.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    assert _load_error(folder).startswith(f"{path}: not a safetensors file")
+
+
+# ---- config.json and history.json ---------------------------------------------------------------------
+
+def _five_genres(meta):
+    meta["spec"]["genres"] = meta["spec"]["genres"][:5]
+
+
+CONFIG_EDITS = {
+    "spec-field-missing": ("cmvae", lambda m: m["spec"].pop("music"), "config.json: spec: missing field(s) music"),
+    "spec-field-a-string": ("cmvae", lambda m: m["spec"].update(music="24"),
+                            "config.json: spec.music must be a non-negative integer (a feature dimension), got '24'"),
+    "spec-genres-a-string": ("cmvae", lambda m: m["spec"].update(genres="pop"),
+                             "config.json: spec.genres must be a list of genre names (strings)"),
+    "spec-other-width": ("cmvae", lambda m: m["spec"].update(music=25),
+                         "weights.safetensors: norms.music.mean has shape [24], config.json implies [25]"),
+    "five-genres": ("deccm", _five_genres, "weights.safetensors: prior_c has shape [512, 6], config.json implies "
+                                           "[512, 5]"),
+    "config-null": ("cmvae", lambda m: m.update(config=None), "config.json: field 'config' must be an object, "
+                                                               "found null"),
+    "model-a-number": ("cmvae", lambda m: m.update(model=3), "config.json: field 'model' must be a string, found 3"),
+    "learned-a-list": ("deccm", lambda m: m.update(learned=[1]), "config.json: field 'learned' must be an object"),
+    "teacher-run-a-number": ("deccm", lambda m: m["learned"].update(teacher_run=3),
+                             "config.json: learned.teacher_run must be a folder path (string) or null, got 3"),
+    "config-field-a-word": ("cmvae", lambda m: m["config"].update(latent_dim="x"),
+                            "config.json: CMVAEConfig.latent_dim: cannot use 'x' as int"),
+    "config-field-a-fraction": ("cmvae", lambda m: m["config"].update(latent_dim=2.5),
+                                "config.json: CMVAEConfig.latent_dim: cannot use 2.5 as int (expected an integer)"),
+    "config-field-out-of-range": ("cmvae", lambda m: m["config"].update(batch_size=0),
+                                  "config.json: batch_size must be >= 2, got 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_EDITS))
+def test_an_edited_config_names_the_file_and_the_field(runs, tmp_path, case):
+    name, change, message = CONFIG_EDITS[case]
+    folder = _copy(runs, name, tmp_path)
+    _edit_config(folder, change)
+    error = _load_error(folder)
+    assert error.startswith(str(folder)) and message in error, error
+
+
+@pytest.mark.parametrize("file,content,message", [
+    ("config.json", b'"a JSON string"', "config.json: expected a JSON object"),
+    ("config.json", b'{"model": "\xff"}', "config.json: not valid JSON ("),
+    ("history.json", b"[{", "history.json: not valid JSON ("),
+    ("history.json", b"\xff\xfe", "history.json: not valid JSON ("),
+    ("history.json", b'{"epoch": 1}', "history.json: expected a JSON list with one object per epoch"),
+])
+def test_an_unreadable_json_file_is_named(runs, tmp_path, file, content, message):
+    folder = _copy(runs, "cmvae", tmp_path)
+    (folder / file).write_bytes(content)
+    error = _load_error(folder)
+    assert error.startswith(f"{folder}/{message}"), error
+
+
+# ---- the genre list -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reordered(tiny_ds):
+    """The tiny world with its genres listed in reverse order (ids, tracks and uploaders' tastes remapped)."""
+    new_id = np.arange(tiny_ds.n_genres)[::-1]  # new id of old genre id g
+    old_of_new = np.argsort(new_id)
+    return dataclasses.replace(tiny_ds, genres=[tiny_ds.genres[g] for g in old_of_new],
+                               track_genre=new_id[np.asarray(tiny_ds.track_genre)],
+                               uploader_pref=np.asarray(tiny_ds.uploader_pref)[:, old_of_new])
+
+
+@pytest.mark.parametrize("name", ["deccm", "cmvae"])  # the genre one-hot; the track prior's regression
+def test_a_model_reading_genre_ids_refuses_a_dataset_listing_genres_otherwise(runs, tiny_ds, reordered, name):
+    model = load_model(runs[name])
+    assert model.encode_music(MusicCatalog.from_dataset(tiny_ds)).shape[0] == tiny_ds.n_tracks
+    with pytest.raises(DatasetError) as e:
+        model.encode_music(MusicCatalog.from_dataset(reordered))
+    assert str(e.value).startswith(
+        f"music genres: the data lists {reordered.genres}, the model was trained on {tiny_ds.genres} "
+        f"(the model's spec in {runs[name]}/config.json)")
+
+
+@pytest.mark.parametrize("name", ["random", "popularity", "cca", "twotower-hinge", "cmvae-noprior"])
+def test_a_model_not_reading_genre_ids_scores_a_reordered_dataset_alike(tiny_ds, tiny_spec, reordered, name):
+    model = build(name, tiny_spec, {} if name in ("random", "popularity", "cca") else SMALL)
+    if name in ("popularity", "cca"):
+        model.fit(SplitView(tiny_ds, "train"))
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(8), np.zeros(8, np.int64))
+    np.testing.assert_array_equal(model.score(q, MusicCatalog.from_dataset(reordered)),
+                                  model.score(q, MusicCatalog.from_dataset(tiny_ds)))
+
+
+def test_a_feature_width_error_names_the_run_it_came_from(runs, tiny_ds):
+    model = load_model(runs["popularity"])
+    narrow = MusicCatalog(np.asarray(tiny_ds.music)[:, :20], np.asarray(tiny_ds.track_genre))
+    with pytest.raises(DatasetError, match=r"^music features: expected shape \[M, 24\], found \[200, 20\] "
+                                           rf"\(the model's spec in {runs['popularity']}/config.json\)$"):
+        model.encode_music(narrow)
+
+
+# ---- config ranges ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,field,value,message", [
+    ("twotower-infonce", "batch_size", 0, "batch_size must be >= 2, got 0"),  # was ZeroDivisionError
+    ("twotower-hinge", "batch_size", -5, "batch_size must be >= 2, got -5"),
+    ("cmvae", "latent_dim", -3, "latent_dim must be >= 1, got -3"),  # was a torch RuntimeError
+    ("twotower-infonce", "latent_dim", 0, "latent_dim must be >= 1, got 0"),
+    ("cmvae", "val_queries", 0, "val_queries must be >= 1, got 0"),
+    ("cmvae", "epochs", 0, "epochs must be >= 1, got 0"),
+    ("deccm", "epochs", -1, "epochs must be >= 1, got -1"),
+    ("cmvae", "patience", 0, "patience must be >= 1, got 0"),
+    ("cmvae", "lr", "nan", "lr must be > 0, got nan"),
+    ("cmvae", "dropout", 1, "dropout must be in [0, 1), got 1.0"),
+    ("twotower-hinge", "hidden", "32,0", "each of hidden must be >= 1, got (32, 0)"),
+    ("twotower-hinge", "margin", -0.1, "margin must be >= 0, got -0.1"),
+    ("twotower-infonce", "temperature", 0, "temperature must be > 0, got 0.0"),
+    ("cmvae", "kl_weight", -1, "kl_weight must be >= 0, got -1.0"),
+    ("deccm", "prior_samples", 0, "prior_samples must be >= 1, got 0"),
+    ("cca", "dim", 0, "dim must be >= 1, got 0"),
+    ("cca", "ridge", -1, "ridge must be >= 0, got -1.0"),
+    ("random", "dim", 0, "dim must be >= 1, got 0"),
+    ("popularity", "seed", -1, "seed must be >= 0, got -1"),
+])
+def test_config_values_out_of_range_are_refused_by_name(tiny_spec, name, field, value, message):
+    with pytest.raises(ValueError) as e:
+        build(name, tiny_spec, {field: value})
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_builds_with_its_defaults_and_the_smallest_allowed_values(tiny_spec, name):
+    config = type(build(name, tiny_spec).config)
+    smallest = {"epochs": 1, "batch_size": 2, "val_queries": 1, "patience": 1, "latent_dim": 1, "dropout": 0,
+                "weight_decay": 0, "dim": 1, "ridge": 0, "seed": 0, "prior_samples": 1, "reference_tracks": 1,
+                "kl_anneal_epochs": 0, "margin": 0}
+    known = {f.name for f in dataclasses.fields(config)}
+    model = build(name, tiny_spec, {k: v for k, v in smallest.items() if k in known})
+    assert all(getattr(model.config, k) == v for k, v in smallest.items() if k in known)
