@@ -118,7 +118,7 @@ def test_faiss_k_larger_than_catalogue():
     np.testing.assert_array_equal(ids, [[1, 2, 0]])
     np.testing.assert_allclose(scores, [[0.3, 0.2, 0.1]], rtol=1e-6)
     ids, _ = FaissIndex(items).search(q, 10, exclude=np.array([2]))
-    np.testing.assert_array_equal(ids, [[1, 0]])
+    np.testing.assert_array_equal(ids, [[1, 0, -1]])  # the excluded item's place is -1
 
 
 def test_faiss_with_a_bias_column_as_the_track_prior_adds(data):
@@ -172,3 +172,33 @@ def test_faiss_fills_k_when_k_is_most_of_the_catalogue():
         ids, scores = FaissIndex(items, ef_search=16).search(queries, k)
         assert ids.shape == (40, k) and (ids >= 0).all() and np.isfinite(scores).all()
         assert all(len(set(row)) == k for row in ids.tolist())
+
+
+def test_each_query_of_a_batch_gets_its_own_top_k_whatever_the_others_exclude(data):
+    items, queries = data
+    q = queries[:2]
+    heavy = [np.arange(len(items) - 3), np.array([], np.int64)]  # query 0 leaves 3 items, query 1 all
+    for index in (ExactIndex(items), FaissIndex(items)):
+        ids, scores = index.search(q, 10, exclude=heavy)
+        alone, _ = index.search(q[1:], 10)
+        np.testing.assert_array_equal(ids[1], alone[0])  # query 1 as if searched alone
+        assert sorted(ids[0, :3].tolist()) == list(range(len(items) - 3, len(items)))
+        assert (ids[0, 3:] == -1).all()
+
+
+def test_faiss_searches_exactly_the_queries_the_graph_leaves_short(data, monkeypatch):
+    items, queries = data
+    index = FaissIndex(items)
+    real = index.index.search
+
+    def short_for_even_queries(x, k, params=None):
+        dist, ids = real(x, k, params=params)
+        ids[::2, k // 2:] = -1  # as if the graph had found only half of what was asked, for some queries
+        return dist, ids
+
+    monkeypatch.setattr(index.index, "search", short_for_even_queries)
+    ids, scores = index.search(queries[:10], 10)
+    exact, exact_scores = ExactIndex(items).search(queries[:10], 10)
+    np.testing.assert_array_equal(ids[::2], exact[::2])
+    np.testing.assert_allclose(scores[::2], exact_scores[::2], rtol=1e-5)
+    assert (ids >= 0).all()

@@ -45,15 +45,19 @@ class ExactIndex:
         return len(self.items)
 
     def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        """Item positions [n, k] and scores [n, k], best first; excluded items never returned."""
+        """Item positions [n, k] and scores [n, k], best first, ``k`` at most the number of items.
+
+        Excluded items are never returned: a query that excludes all but j < k items gets those j and
+        then -1 (each query as if searched alone, whatever the others exclude).
+        """
         _check_k(k)
         q = np.ascontiguousarray(queries, np.float32)
         return self.search_masked(q, k, _exclusion_mask(len(q), len(self.items), exclude))
 
     def search_masked(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` with the exclusions as a [n, items] bool mask (None: nothing excluded)."""
-        allowed = len(self.items) - (0 if mask is None else int(mask.sum(axis=1).max(initial=0)))
-        k = min(k, allowed)
+        _check_k(k)
+        k = min(k, len(self.items))
         ids = np.empty((len(q), k), np.int64)
         scores = np.empty((len(q), k), np.float32)
         for s in range(0, len(q), self.chunk):
@@ -63,6 +67,8 @@ class ExactIndex:
             top = torch.topk(sc, k, dim=1)
             ids[s:s + self.chunk] = top.indices.numpy()
             scores[s:s + self.chunk] = top.values.numpy()
+        if mask is not None:  # past a query's own allowance: excluded items, given as -1
+            ids[np.take_along_axis(mask, ids, 1)] = -1
         return ids, scores
 
 
@@ -70,11 +76,12 @@ class FaissIndex:
     """Approximate inner-product search with FAISS HNSW, for catalogues too large for exact search.
 
     With exclusions, ``k`` plus the largest number of ids any query excludes (plus ``oversample``) are
-    fetched and the excluded ones filtered out afterwards, so every query still gets ``k`` results
-    (as :class:`ExactIndex`, ``k`` is capped at what the most-excluding query has left); the graph is
-    searched with ``ef_search`` at least the number fetched, and a query for which it still finds too
-    few is searched exactly. HNSW graphs are built with several threads, so approximate results may
-    differ between builds; :class:`ExactIndex` is the deterministic reference.
+    fetched and the excluded ones filtered out afterwards, so every query still gets ``k`` results (as
+    with :class:`ExactIndex`, a query that excludes all but j < k items gets those j, then -1); the
+    graph is searched with ``ef_search`` at least the number fetched (a per-call parameter, so threads
+    can share the index), and a query for which it still finds too few is searched exactly. HNSW
+    graphs are built with several threads, so approximate results may differ between builds;
+    :class:`ExactIndex` is the deterministic reference.
 
     The graph is built for Euclidean distance on items extended by one coordinate,
     sqrt(max_j |x_j|^2 - |x_i|^2), with queries extended by 0: then |q - x_i|^2 = |q|^2 + max^2 - 2 q.x_i,
@@ -101,17 +108,20 @@ class FaissIndex:
         return self.n_items
 
     def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
         _check_k(k)
         q = np.asarray(queries, np.float64)
         mask = _exclusion_mask(len(q), self.n_items, exclude)
-        most = 0 if mask is None else int(mask.sum(axis=1).max(initial=0))
-        k = min(k, self.n_items - most)
+        k = min(k, self.n_items)
         if k == 0:
             return np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32)
-        # at most `most` of the fetched ids are excluded: k of them survive the filter
-        fetch = min(self.n_items, k + most + (self.oversample if most else 0))
-        self.index.hnsw.efSearch = max(self.ef_search, fetch)  # HNSW returns at most efSearch results
-        _, ids = self.index.search(np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1))]), np.float32), fetch)
+        excluded = np.zeros(len(q), np.int64) if mask is None else mask.sum(axis=1)
+        # at most `excluded` of a query's fetched ids are excluded: k of them survive the filter
+        fetch = min(self.n_items, k + int(excluded.max(initial=0)) + (self.oversample if excluded.any() else 0))
+        params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, fetch))  # HNSW returns <= efSearch
+        _, ids = self.index.search(np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1))]), np.float32), fetch,
+                                   params=params)
         # the candidates' exact inner products, best first (a missing candidate, id -1, scores -inf)
         scores = np.einsum("nd,nkd->nk", q.astype(np.float32), self.items[np.maximum(ids, 0)])
         scores[ids < 0] = -np.inf
@@ -124,7 +134,7 @@ class FaissIndex:
             kept_ids, kept_sc = ids[i][keep][:k], scores[i][keep][:k]
             out_ids[i, : len(kept_ids)] = kept_ids
             out_sc[i, : len(kept_sc)] = kept_sc
-        short = np.flatnonzero((out_ids < 0).any(axis=1))
+        short = np.flatnonzero((out_ids >= 0).sum(axis=1) < np.minimum(k, self.n_items - excluded))
         if short.size:  # the graph search came back with too few: those queries are searched exactly
             exact = ExactIndex(self.items).search_masked(q[short].astype(np.float32), k,
                                                          None if mask is None else mask[short])

@@ -276,7 +276,8 @@ class Recommender(ABC):
         """Top-``k`` track positions in ``c`` and their scores for each video, best first.
 
         ``exclude`` is a 1-d array of track positions never to return (for every query), or one such
-        list per query (a list of arrays, or a 2-d array with a row per query).
+        list per query (a list of arrays, or a 2-d array with a row per query); a query that excludes
+        all but j < k tracks gets those j, then position -1.
         """
         from bgmrec.index import ExactIndex
 
