@@ -140,6 +140,14 @@ def test_rank_and_top_is_one_order(scores, data):
     np.testing.assert_array_equal(ranks[untied], M.ranks_from_scores(scores, pos, np.zeros(n))[untied])
 
 
+def test_rank_and_top_breaks_ties_among_infinities_by_key():
+    scores = np.array([[1.0, -np.inf, -np.inf, -np.inf]])
+    keys = np.array([[0.0, 0.9, 0.5, 0.1]])
+    ranks, top = M.rank_and_top(scores, np.array([2]), 3, lambda which: keys[which])
+    np.testing.assert_array_equal(top, [[0, 3, 2]])
+    np.testing.assert_array_equal(ranks, [3])
+
+
 def test_rank_functions_refuse_columns_and_tie_breaks_out_of_range():
     scores = np.array([[0.3, 0.1, 0.2]])
     for bad in ([-1], [3], [0.5]):

@@ -10,9 +10,10 @@ def _result(model: str, median: float) -> dict:
 
 
 def test_median_ranks_are_written_as_they_are_not_rounded_to_even():
-    table = markdown_table([_result("a", 96.5), _result("b", 89.5), _result("c", 7.0)], "test")
+    table = markdown_table([_result("a", 96.5), _result("b", 89.5), _result("c", 7.0), _result("d", 1234567.0)],
+                           "test")
     medians = [line.split(" | ")[headers().index("med.rank")] for line in table.splitlines()[2:]]
-    assert medians == ["96.5", "89.5", "7"]
+    assert medians == ["96.5", "89.5", "7", "1234567"]
 
 
 def test_a_pipe_in_a_label_is_escaped():

@@ -92,7 +92,8 @@ def rank_and_top(scores: np.ndarray, positive_col: np.ndarray, k: int, tie_keys)
         best_scores = np.take_along_axis(scores, best, 1)
         by_score = np.argsort(-best_scores, axis=1, kind="stable")
         top = np.take_along_axis(best, by_score, 1)[:, :k]
-        tied |= (np.diff(np.take_along_axis(best_scores, by_score, 1), axis=1) == 0).any(axis=1)
+        ordered = np.take_along_axis(best_scores, by_score, 1)
+        tied |= (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)  # equality, not a difference: inf ties too
     if tied.any():
         which = np.flatnonzero(tied)
         order = np.lexsort((np.asarray(tie_keys(which)), -scores[which]), axis=-1)

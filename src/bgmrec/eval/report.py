@@ -45,7 +45,10 @@ def rows_for_split(results: list[dict], split: str) -> list[list[str]]:
         cells = [label(r)]
         for _, path in COLUMNS:
             v = metric_at(r, path)
-            cells.append("-" if v is None else (f"{v:g}" if path[-1] == "median_rank" else f"{v:.3f}"))
+            if v is None:
+                cells.append("-")
+            else:  # a median rank is a whole or a half number, written as such
+                cells.append(f"{v:.1f}".removesuffix(".0") if path[-1] == "median_rank" else f"{v:.3f}")
         ratio = metric_at(r, ("full", "recall@10"))
         cells.append(f"{ratio / base:.2f}" if base and ratio is not None else "-")
         out.append(cells)
