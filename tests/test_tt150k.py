@@ -379,6 +379,6 @@ def test_export_replaces_an_earlier_export_but_no_other_folder(tiny_world, tmp_p
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(DatasetError, match="holds no bgmrec_export.json"):
+    with pytest.raises(DatasetError, match="is not a TT-150k export"):
         export_tt150k(tiny_world, other)
     assert (other / "notes.txt").read_text() == "mine"

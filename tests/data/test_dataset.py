@@ -307,7 +307,7 @@ def test_an_existing_folder_that_bgmrec_did_not_write_is_never_replaced(tiny_ds,
     notes = tmp_path / "thesis"
     notes.mkdir()
     (notes / "thesis.tex").write_text("years of work")
-    with pytest.raises(DatasetError, match="holds no manifest.json.*refusing to replace"):
+    with pytest.raises(DatasetError, match="is not a dataset.*refusing to replace"):
         save_dataset(load_dataset(tiny_ds.root), notes)
     assert [p.name for p in notes.iterdir()] == ["thesis.tex"]
     a_file = tmp_path / "a.txt"
@@ -316,6 +316,12 @@ def test_an_existing_folder_that_bgmrec_did_not_write_is_never_replaced(tiny_ds,
         save_dataset(load_dataset(tiny_ds.root), a_file)
     assert a_file.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "thesis"]  # nothing hidden or left behind
+    catalogue = tmp_path / "catalog"  # another bgmrec folder with a manifest: not a dataset either
+    catalogue.mkdir()
+    (catalogue / "manifest.json").write_text('{"kind": "music catalogue", "format_version": 1}')
+    with pytest.raises(DatasetError, match="is not a dataset"):
+        save_dataset(load_dataset(tiny_ds.root), catalogue)
+    assert (catalogue / "manifest.json").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
     save_dataset(load_dataset(tiny_ds.root), empty)  # an empty folder is filled

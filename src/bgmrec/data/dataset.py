@@ -237,18 +237,20 @@ def _check_range(arr: np.ndarray, lo: int, hi: int, where: str, fname: str) -> N
 
 # ---- on-disk format --------------------------------------------------------------------------------
 
-def atomic_write_dir(out: Path, write, marker: str = "manifest.json") -> None:
+def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_key: str = "format_version",
+                     what: str = "a dataset") -> None:
     """Build a folder under a temporary name beside ``out``, then rename it into place.
 
-    An existing ``out`` is replaced only when it is an empty folder or one that this kind of writer
-    made (it holds ``marker``): anything else there is refused before any work, never deleted.
+    An existing ``out`` is replaced only when it is an empty folder or ``what`` this writer makes: its
+    ``marker`` file holds a JSON object with ``version_key`` and no ``kind`` (an extracted catalogue or
+    videos folder has one). Anything else there is refused before any work, never deleted.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
-        raise DatasetError(f"{out}: the folder is not empty and holds no {marker}, so bgmrec did not write it; "
-                           "refusing to replace it (choose another output folder or empty this one)")
+    if out.is_dir() and any(out.iterdir()) and not _written_here(out / marker, version_key):
+        raise DatasetError(f"{out}: the folder is not empty and is not {what} (no {marker} of one); refusing "
+                           "to replace it (choose another output folder or empty this one)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -263,6 +265,14 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json") -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _written_here(marker: Path, version_key: str) -> bool:
+    try:
+        obj = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and version_key in obj and "kind" not in obj
 
 
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:

@@ -770,7 +770,8 @@ def export_tt150k(data: Dataset | Path, out: Path, seed: int = 0) -> InteropRepo
     ds = data if isinstance(data, Dataset) else load_dataset(Path(data))
     ds.validate("export")
     reports: list[InteropReport] = []
-    atomic_write_dir(Path(out), lambda tmp: reports.append(_export_into(ds, tmp, seed)), marker=SIDECAR)
+    atomic_write_dir(Path(out), lambda tmp: reports.append(_export_into(ds, tmp, seed)), marker=SIDECAR,
+                     version_key="sidecar_version", what="a TT-150k export")
     return reports[0]
 
 
