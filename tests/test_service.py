@@ -92,7 +92,7 @@ def test_excluded_tracks_are_never_returned(client, tiny_ds):
     ({"visual": [0.1, 0.2]}, "visual: expected"),
     ({"text": [0.0]}, "text: expected"),
     ({"exclude": ["no-such-track"]}, "no track 'no-such-track'"),
-    ({"top": 0}, "top"),
+    ({"top": 0}, "top: Input should be greater than or equal to 1"),
     ({"taste": {"polka": 1.0}}, "unknown genre(s) polka"),
 ])
 def test_bad_requests_get_a_422_naming_the_field(client, tiny_ds, change, words):
@@ -108,6 +108,10 @@ def test_non_finite_features_are_refused(client, tiny_ds):
     assert r.status_code == 422 and "visual: values must be finite" in r.json()["detail"]
     bad = {"clips": [clip_body(tiny_ds, 0), {**clip_body(tiny_ds, 1), "visual": [1.0]}]}
     assert "clips[1].visual: expected" in client.post("/recommend/batch", json=bad).json()["detail"]
+    one = {"clips": [{**clip_body(tiny_ds, 1), "visual": [1.0]}]}  # a batch of one names its clip too
+    assert client.post("/recommend/batch", json=one).json()["detail"].startswith("clips[0].visual: expected")
+    wrong_type = client.post("/recommend/batch", json={"clips": [clip_body(tiny_ds, 0)], "top": "many"})
+    assert wrong_type.status_code == 422 and wrong_type.json()["detail"].startswith("top: ")
 
 
 def test_personalised_mode_reads_the_uploaders_taste(tiny_ds):
@@ -118,6 +122,8 @@ def test_personalised_mode_reads_the_uploaders_taste(tiny_ds):
     model.set_inference_mode("personalised")
     client = TestClient(create_app(ClipRecommender(model, tiny_catalog(tiny_ds))))
     assert "needs the uploader" in client.post("/recommend", json=clip_body(tiny_ds, 0)).json()["detail"]
+    upload = client.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})
+    assert upload.status_code == 422 and "takes no uploader taste" in upload.json()["detail"]
     genres = list(tiny_ds.genres)
     mixed = {"clips": [clip_body(tiny_ds, 0, taste={genres[0]: 1.0}), clip_body(tiny_ds, 1)]}
     assert "every clip of a batch or for none" in client.post("/recommend/batch", json=mixed).json()["detail"]

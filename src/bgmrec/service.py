@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -45,10 +46,14 @@ class Clip(BaseModel):
 
 
 class OneClip(Clip):
+    """The body of ``POST /recommend``: one clip and how many tracks."""
+
     top: int = Field(10, ge=1, le=MAX_TOP, description="how many tracks")
 
 
 class Batch(BaseModel):
+    """The body of ``POST /recommend/batch``: clips answered in order, the same number of tracks each."""
+
     clips: list[Clip] = Field(min_length=1, max_length=MAX_BATCH)
     top: int = Field(10, ge=1, le=MAX_TOP, description="how many tracks per clip")
 
@@ -64,8 +69,14 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
     def bad_input(_: Request, exc: ValueError):
         return JSONResponse(status_code=422, content={"detail": str(exc).splitlines()[0]})
 
-    def answer(clips: list[Clip], top: int) -> list[dict]:
-        features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if len(clips) > 1 else "")
+    @app.exception_handler(RequestValidationError)
+    def bad_request(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0]  # the body's shape or types: named as "clips[1].top: message"
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"] if p != "body")
+        return JSONResponse(status_code=422, content={"detail": f"{where.lstrip('.') or 'body'}: {first['msg']}"})
+
+    def answer(clips: list[Clip], top: int, batch: bool = False) -> list[dict]:
+        features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
                     for i, c in enumerate(clips)]
         given = [c.taste is not None for c in clips]
         if any(given) and not all(given):
@@ -89,7 +100,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
     @app.post("/recommend/batch")
     def recommend_batch(body: Batch) -> dict:
         """The top tracks for each of many clips, in order."""
-        return {"results": answer(body.clips, body.top)}
+        return {"results": answer(body.clips, body.top, batch=True)}
 
     encoders = _MediaEncoders(frames)
 
@@ -97,6 +108,9 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
     def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
                         top: int = Form(10, ge=1, le=MAX_TOP)) -> dict:
         """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does)."""
+        if getattr(recommender.model, "inference_mode", None) == "personalised":
+            raise ValueError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
+                             "clip's features and POST /recommend with 'taste'")
         suffix = Path(video.filename or "clip.mp4").suffix or ".mp4"
         with tempfile.NamedTemporaryFile(suffix=suffix) as f:
             f.write(video.file.read())

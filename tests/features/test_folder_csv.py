@@ -47,3 +47,15 @@ def test_a_bad_csv_names_the_file_line_and_columns(tmp_path, case):
         load(root)
     for w in words:
         assert w in str(err.value), str(err.value)
+
+
+def test_captions_with_line_breaks_read_back_as_written(tmp_path):
+    import csv
+
+    root = mf.write_videos_folder(tmp_path / "v", 3)
+    captions = ["two\nlines", "a form feed \x0c and a line separator \u2028 inside", "plain"]
+    with open(root / "videos.csv", "w", newline="", encoding="utf-8") as f:  # as extract-videos writes it
+        w = csv.writer(f)
+        w.writerow(["id", "file", "caption"])
+        w.writerows([f"v{i}", f"v{i}.mp4", c] for i, c in enumerate(captions))
+    assert load_video_features(root).caption == captions

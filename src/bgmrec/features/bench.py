@@ -259,7 +259,7 @@ def bench_served(model, cat, feats, repeats: int) -> dict:
         from fastapi.testclient import TestClient
 
         from bgmrec.service import create_app
-    except ImportError:
+    except (ImportError, RuntimeError):  # no serve extra, or no httpx (the test client's RuntimeError)
         return out
     client = TestClient(create_app(recommender))
     body = {"visual": feats.visual.tolist(), "text": feats.text.tolist(), "top": 10}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -179,7 +180,7 @@ def read_csv_utf8(path: Path, columns: tuple[str, ...] = ()) -> list[dict[str, s
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise DatasetError(f"{path}: line {line}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    reader = csv.reader(text.splitlines())
+    reader = csv.reader(io.StringIO(text, newline=""))  # quoted fields may hold line breaks
     header = [h.strip().lower() for h in next(reader, [])]
     missing = [c for c in columns if c not in header]
     if missing:

@@ -109,7 +109,8 @@ class ClipRecommender:
                        text=np.stack([np.asarray(c.text, np.float32) for c in clips]),
                        text_mask=np.array([c.has_text for c in clips], bool),
                        confounder=None if taste is None else np.asarray(taste, np.float32))
-        excluded = None if exclude is None else [[self._position_of(t) for t in ids] for ids in exclude]
+        excluded = None if not exclude or not any(exclude) else [[self._position_of(t) for t in ids]
+                                                                   for ids in exclude]
         ids, scores = self.index.search(self.model.encode_videos(q), min(k, len(self.catalog)), excluded)
         cat = self.catalog
         return [{"tracks": [{"id": cat.ids[j], "title": cat.title[j], "artist": cat.artist[j],
@@ -130,4 +131,5 @@ def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: 
 
 
 def warn_on_stderr(msg: str) -> None:
+    """Print a warning on standard error (what the commands pass as ``warn``)."""
     print(f"warning: {msg}", file=sys.stderr)
