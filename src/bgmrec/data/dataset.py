@@ -374,20 +374,30 @@ def load_npy(path: Path, where: str | None = None, mmap: bool = True) -> np.ndar
         raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
 
 
+def read_npy_header(f, label: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of the ``.npy`` file open at its start in ``f``, which is left at the data.
+
+    Errors are :class:`DatasetError` naming ``label``: not a ``.npy`` file, an unreadable header, a
+    header version other than 1.0 and 2.0 (what NumPy writes).
+    """
+    if f.read(6) != b"\x93NUMPY":
+        raise DatasetError(f"{label}: not a .npy file (no NumPy header)")
+    f.seek(-6, os.SEEK_CUR)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise DatasetError(f"{label}: unsupported .npy version {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except (ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
+    return shape, dtype
+
+
 def _check_npy_header(path: Path, label: str) -> None:
     """Refuse a file that is not ``.npy`` or whose header promises more data than the file holds."""
     with open(path, "rb") as f:
-        if f.read(6) != b"\x93NUMPY":
-            raise DatasetError(f"{label}: not a .npy file (no NumPy header)")
-        f.seek(0)
-        try:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                return  # a newer header: np.load itself checks it
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-        except (ValueError, OSError, EOFError) as e:
-            raise DatasetError(f"{label}: not a readable .npy array ({e})") from None
+        shape, dtype = read_npy_header(f, label)
         data_start = f.tell()
     if dtype.hasobject:
         raise DatasetError(f"{label}: holds Python objects (pickle); expected a numeric array")

@@ -88,6 +88,7 @@ from bgmrec.data.dataset import (
     SplitInfo,
     atomic_write_dir,
     load_dataset,
+    read_npy_header,
     save_dataset,
 )
 
@@ -184,17 +185,9 @@ def read_npy(path: Path, label: str, objects: bool = False) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{label}: required file is missing")
-    from numpy.lib import format as npf
-
     try:
         with open(path, "rb") as f:
-            version = npf.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = npf.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = npf.read_array_header_2_0(f)
-            else:
-                raise DatasetError(f"{label}: unsupported .npy version {version}")
+            shape, dtype = read_npy_header(f, label)
             if not dtype.hasobject:
                 arr = np.load(path, allow_pickle=False)
             elif not objects:
