@@ -19,11 +19,11 @@ demo: $(STAMP)
 	$(BIN)/bgmrec demo --scale small --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
 
 bench: $(STAMP)
 	$(BIN)/bgmrec bench quality --out docs/benchmarks.md

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bgmrec.data.dataset import Dataset, load_dataset
-from bgmrec.data.simulate import WorldTruth, save_world, simulate, world_config
+from bgmrec.data.simulate import WorldTruth, simulate, world_config
+from bgmrec.testing import tiny_world_folder
 
 
 def pytest_configure(config) -> None:
@@ -37,10 +38,10 @@ def tiny_world(tmp_path_factory) -> tuple[Dataset, WorldTruth]:
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tiny_world) -> Path:
-    """The ``tiny`` world saved with its truth; never modify it (use ``tiny_copy``)."""
-    ds, truth = tiny_world
-    return save_world(ds, truth, tmp_path_factory.mktemp("world") / "tiny")
+def tiny_dir() -> Path:
+    """The ``tiny`` world saved with its truth (the contract mixin's, one per process); never modify it
+    (use ``tiny_copy``)."""
+    return tiny_world_folder()
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
-"""Every registered model passes the recommender contract (see ``contract.py`` for how to add one)."""
+"""Every registered model passes the recommender contract (see :mod:`bgmrec.testing` for how to add one)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from contract import SMALL_NET, RecommenderContractMixin
 
 from bgmrec.models.base import SplitView
 from bgmrec.models.registry import MODEL_PATHS
+from bgmrec.testing import SMALL_NET, RecommenderContractMixin
 
 
 class TestRandom(RecommenderContractMixin):

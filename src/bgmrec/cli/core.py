@@ -89,7 +89,9 @@ def simulate(
 
 @app.command("models")
 def list_models() -> None:
-    """List the model names accepted by --model."""
+    """List the model names accepted by --model (built-in, ablations, and models of installed packages)."""
+    import inspect
+
     from rich.table import Table
 
     from bgmrec.models.registry import VARIANTS, model_class, model_names
@@ -99,9 +101,12 @@ def list_models() -> None:
         if name in VARIANTS:
             base, ov = VARIANTS[name]
             t.add_row(name, f"ablation of {base}: " + ", ".join(f"{k}={v}" for k, v in ov.items()))
-        else:
-            doc = (model_class(name).__doc__ or "").strip().splitlines()[0]
-            t.add_row(name, doc)
+            continue
+        try:
+            doc = inspect.getdoc(model_class(name)) or ""
+        except ValueError as e:  # a broken plugin is listed with why, not a crash of the whole listing
+            doc = f"[red]cannot be used:[/red] {e}"
+        t.add_row(name, doc.splitlines()[0] if doc else "")
     console.print(t)
 
 

@@ -1,10 +1,28 @@
-"""Model names for ``--model`` and the factories that build them."""
+"""Model names for ``--model`` and the factories that build them.
+
+Three sources of names: the built-in models below, the named ablations (:data:`VARIANTS`), and
+models of other packages. A package makes its model a ``--model`` name by declaring an entry point
+in the group ``bgmrec.models`` (in its ``pyproject.toml``)::
+
+    [project.entry-points."bgmrec.models"]
+    track-centroid = "my_package.models:TrackCentroid"
+
+or, within one process (a notebook, a test), by :func:`register_model`. Either way the class must
+subclass :class:`~bgmrec.models.base.Recommender`; every command (``train``, ``evaluate``, ``bench``,
+``serve``) and :func:`~bgmrec.models.base.load_model` then take it like a built-in model, and
+:class:`bgmrec.testing.RecommenderContractMixin` tests it against the same contract.
+"""
 
 from __future__ import annotations
 
 import importlib
+import warnings
+from functools import cache
+from importlib.metadata import entry_points
 
 from bgmrec.models.base import Recommender
+
+ENTRY_POINT_GROUP = "bgmrec.models"  # the entry-point group other packages declare their models in
 
 # name -> "module:Class"; imported lazily so that listing models stays cheap
 MODEL_PATHS: dict[str, str] = {
@@ -31,23 +49,85 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deccm-teachermix": ("deccm", {"adjustment": False, "alpha": 0.0, "content_share": False}),
 }
 
+#: models registered in this process by :func:`register_model`: name -> class or "module:Class"
+_REGISTERED: dict[str, type[Recommender] | str] = {}
+
+
+def register_model(name: str, model: type[Recommender] | str) -> None:
+    """Make ``model`` (a :class:`Recommender` subclass, or ``"module:Class"`` imported on first use) the
+    ``--model`` name ``name`` in this process; ``name`` must be the class's ``name`` (saved runs record
+    it). Registering the same model twice is allowed; taking a built-in, an ablation's or another
+    model's name is refused."""
+    if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
+        raise ValueError(f"a model name must be a non-empty string without spaces, got {name!r}")
+    if isinstance(model, str):
+        _split_path(model, f"model {name!r}")
+    elif not (isinstance(model, type) and issubclass(model, Recommender)):
+        raise ValueError(f"model {name!r}: expected a Recommender subclass or 'module:Class', got {model!r}")
+    else:
+        _check_name(model, name, model.__qualname__)
+    taken = _builtin_or_plugin(name)
+    if name in VARIANTS or (taken is not None and taken != model) or _REGISTERED.get(name, model) != model:
+        raise ValueError(f"model name {name!r} is taken ({_source(name)}); register under another name")
+    _REGISTERED[name] = model
+
+
+def unregister_model(name: str) -> None:
+    """Forget a model :func:`register_model` registered (built-in and entry-point models stay)."""
+    if name not in _REGISTERED:
+        raise ValueError(f"no model {name!r} was registered with register_model")
+    del _REGISTERED[name]
+
+
+@cache
+def plugin_models() -> dict[str, str]:
+    """name -> "module:Class" of the models other packages declare in the ``bgmrec.models`` entry points.
+
+    Read once per process. An entry point whose name is a built-in model's or an ablation's is
+    ignored with a warning (the built-in keeps its name).
+    """
+    found: dict[str, str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in MODEL_PATHS or ep.name in VARIANTS:
+            warnings.warn(f"entry point {ep.value!r} of group {ENTRY_POINT_GROUP!r} takes the built-in model "
+                          f"name {ep.name!r}: ignored", stacklevel=2)
+            continue
+        found[ep.name] = ep.value
+    return found
+
 
 def model_names(include_variants: bool = True) -> list[str]:
-    return list(MODEL_PATHS) + (list(VARIANTS) if include_variants else [])
+    """Every ``--model`` name: built-in models, ablations (unless ``include_variants`` is False), then
+    the models of other packages and those registered in this process."""
+    extra = [n for n in {**plugin_models(), **_REGISTERED} if n not in MODEL_PATHS]
+    return list(MODEL_PATHS) + (list(VARIANTS) if include_variants else []) + extra
 
 
 def resolve(name: str) -> tuple[str, dict]:
     """``--model`` name -> (base model name, config overrides)."""
     if name in VARIANTS:
         return VARIANTS[name]
-    if name not in MODEL_PATHS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+    if _model_target(name) is None:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())} (a model of "
+                         f"another package is known once that package is installed: see `bgmrec models`)")
     return name, {}
 
 
 def model_class(name: str) -> type[Recommender]:
-    module, cls = MODEL_PATHS[resolve(name)[0]].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The class behind a ``--model`` name (imported on first use)."""
+    base = resolve(name)[0]
+    target = _model_target(base)
+    if isinstance(target, type):
+        return target
+    module, attr = _split_path(target, f"model {base!r} ({_source(base)})")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"model {base!r} ({_source(base)}): cannot import {target!r}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Recommender)):
+        raise ValueError(f"model {base!r} ({_source(base)}): {target!r} is not a Recommender subclass")
+    _check_name(cls, base, target)
+    return cls
 
 
 def build(name: str, spec, overrides: dict | None = None) -> Recommender:
@@ -65,3 +145,35 @@ def prepare_teacher(model: Recommender, ds, out, teacher_dir=None, progress: boo
         from bgmrec.models.deccm import attach_teacher
 
         attach_teacher(model, ds, out, teacher_dir, progress)
+
+
+def _builtin_or_plugin(name: str) -> str | None:
+    return MODEL_PATHS.get(name) or plugin_models().get(name)
+
+
+def _model_target(name: str) -> type[Recommender] | str | None:
+    return _REGISTERED.get(name) or _builtin_or_plugin(name)
+
+
+def _source(name: str) -> str:
+    if name in VARIANTS:
+        return "an ablation of bgmrec"
+    if name in MODEL_PATHS:
+        return "a bgmrec model"
+    if name in _REGISTERED:
+        return "registered with register_model"
+    return f"entry point of group {ENTRY_POINT_GROUP!r}"
+
+
+def _check_name(cls: type[Recommender], name: str, target: str) -> None:
+    # a run's config.json records cls.name, and load_model finds the class by it: the two must agree
+    if getattr(cls, "name", None) != name:
+        raise ValueError(f"model {name!r}: {target} has name {getattr(cls, 'name', None)!r}; its runs are saved "
+                         f"under that name, so make it the --model name (or set the class's name to {name!r})")
+
+
+def _split_path(path: str, what: str) -> tuple[str, str]:
+    module, sep, attr = path.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"{what}: expected 'module:Class', got {path!r}")
+    return module, attr

@@ -1,8 +1,9 @@
-"""The recommender contract test mixin (after implicit's ``RecommenderBaseTestMixin``).
+"""The recommender contract as a test mixin, for bgmrec's models and any other package's (needs pytest).
 
-Every model's test class inherits :class:`RecommenderContractMixin` and names the model; the mixin
-fits it once per class on the tiny simulated world (session fixtures ``tiny_ds`` and ``tiny_spec``
-from ``tests/conftest.py``) and checks what :class:`bgmrec.models.base.Recommender` promises:
+After implicit's ``RecommenderBaseTestMixin`` and scikit-learn's ``check_estimator``: a model's test
+class inherits :class:`RecommenderContractMixin` and names the model; the mixin fits it once per
+class on the tiny simulated world (:func:`tiny_world_folder`, fixtures ``contract_ds`` and
+``contract_spec``) and checks what :class:`bgmrec.models.base.Recommender` promises:
 
 * encoder shapes and dtypes, ``score`` shape ``[n, M]`` equal to the inner product of the encodings;
 * ``recommend`` returns valid, distinct ids with scores sorted best first;
@@ -13,9 +14,12 @@ from ``tests/conftest.py``) and checks what :class:`bgmrec.models.base.Recommend
   only ``config.json``, ``weights.safetensors`` (and ``history.json``) -- no pickle;
 * features of the wrong width raise :class:`bgmrec.data.dataset.DatasetError` with a clear message.
 
-Adding a model
---------------
-Register it in :mod:`bgmrec.models.registry`, then in ``tests/models/test_contract.py``::
+Testing a model
+---------------
+Make it a ``--model`` name (an entry point of group ``bgmrec.models``, or
+:func:`bgmrec.models.registry.register_model`; bgmrec's own models are in the registry), then::
+
+    from bgmrec.testing import SMALL_NET, RecommenderContractMixin
 
     class TestMyModel(RecommenderContractMixin):
         model_name = "my-model"            # the --model name
@@ -35,16 +39,19 @@ fitted model, shared by the class -- do not mutate it; ``fresh_model`` gives a p
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from bgmrec.data.dataset import DatasetError
-from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, load_model
+from bgmrec.data.dataset import Dataset, DatasetError, load_dataset
+from bgmrec.models.base import FeatureSpec, MusicCatalog, Recommender, SplitView, VideoQuery, load_model
 from bgmrec.models.registry import build, prepare_teacher
 
 #: overrides that make every neural model small and quick on the tiny world
@@ -52,6 +59,17 @@ SMALL_NET = {"hidden": "32", "latent_dim": 16, "batch_size": 256, "val_queries":
 
 N_QUERIES = 24
 PICKLE_MAGIC = b"\x80"
+
+
+@functools.cache
+def tiny_world_folder() -> Path:
+    """The ``tiny`` simulated world (seed 0) saved with its truth, once per process, in a temporary folder
+    removed at exit. Never modify it: copy it first."""
+    from bgmrec.data.simulate import save_world, simulate, world_config
+
+    root = Path(tempfile.mkdtemp(prefix="bgmrec-tiny-"))
+    atexit.register(shutil.rmtree, root, True)
+    return save_world(*simulate(world_config("tiny")), root / "tiny")
 
 
 def known_bug(test, reason: str):
@@ -70,13 +88,13 @@ class RecommenderContractMixin:
     model_name: ClassVar[str]
     overrides: ClassVar[dict] = {}
     known_bugs: ClassVar[dict[str, str]] = {}  # test name -> reason: strict xfail for this class only
+    teacher: ClassVar[bool] = False  # prepare a frozen teacher before fit (DecCM)
+    split: ClassVar[str] = "test"  # where the queries come from
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         for name, reason in cls.__dict__.get("known_bugs", {}).items():
             setattr(cls, name, known_bug(getattr(cls, name), reason))
-    teacher: ClassVar[bool] = False  # prepare a frozen teacher before fit (DecCM)
-    split: ClassVar[str] = "test"  # where the queries come from
 
     # ---- building ------------------------------------------------------------------------------
     @classmethod
@@ -89,23 +107,34 @@ class RecommenderContractMixin:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def model(cls, tiny_ds, tiny_spec, tmp_path_factory) -> Recommender:
-        return cls.make(tiny_ds, tiny_spec, tmp_path_factory.mktemp("fit"))
+    def contract_ds(cls) -> Dataset:
+        """The world the model is fitted and queried on: the tiny world of :func:`tiny_world_folder`."""
+        return load_dataset(tiny_world_folder())
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def contract_spec(cls, contract_ds) -> FeatureSpec:
+        return FeatureSpec.of(contract_ds)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, contract_ds, contract_spec, tmp_path_factory) -> Recommender:
+        return cls.make(contract_ds, contract_spec, tmp_path_factory.mktemp("fit"))
 
     @pytest.fixture
-    def fresh_model(self, tiny_ds, tiny_spec, tmp_path) -> Recommender:
-        return self.make(tiny_ds, tiny_spec, tmp_path / "fit")
+    def fresh_model(self, contract_ds, contract_spec, tmp_path) -> Recommender:
+        return self.make(contract_ds, contract_spec, tmp_path / "fit")
 
     @pytest.fixture(scope="class")
     @classmethod
-    def queries(cls, tiny_ds) -> VideoQuery:
-        rows = np.asarray(tiny_ds.splits[cls.split])[:N_QUERIES]
-        return VideoQuery.from_dataset(tiny_ds, rows[:, 0], rows[:, 2], cls.split)
+    def queries(cls, contract_ds) -> VideoQuery:
+        rows = np.asarray(contract_ds.splits[cls.split])[:N_QUERIES]
+        return VideoQuery.from_dataset(contract_ds, rows[:, 0], rows[:, 2], cls.split)
 
     @pytest.fixture(scope="class")
     @classmethod
-    def catalog(cls, tiny_ds) -> MusicCatalog:
-        return MusicCatalog.from_dataset(tiny_ds)
+    def catalog(cls, contract_ds) -> MusicCatalog:
+        return MusicCatalog.from_dataset(contract_ds)
 
     # ---- the contract --------------------------------------------------------------------------
     def test_encode_shapes(self, model, queries, catalog):

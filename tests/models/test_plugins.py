@@ -1,0 +1,181 @@
+"""Models of other packages: entry points of group ``bgmrec.models``, :func:`register_model`, and the
+example package ``examples/plugin_model`` passing the contract and every command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bgmrec.cli import main
+from bgmrec.models import registry
+from bgmrec.models.base import Recommender, load_model
+from bgmrec.models.registry import ENTRY_POINT_GROUP, model_class, model_names, register_model, unregister_model
+from bgmrec.testing import RecommenderContractMixin
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugin_model"
+EXAMPLE_CLASS = "bgmrec_audio_ridge:AudioRidge"
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugin_cache():
+    """Entry points are read once per process: every test here starts and ends with them unread."""
+    registry.plugin_models.cache_clear()
+    yield
+    registry.plugin_models.cache_clear()
+
+
+@pytest.fixture
+def example_on_path(monkeypatch):
+    """The example package importable (as if installed), its entry points not (yet) visible."""
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+
+
+def install_entry_points(monkeypatch, root: Path, dist: str, entries: dict[str, str]) -> None:
+    """A distribution's metadata folder declaring ``entries`` in the group ``bgmrec.models``, on sys.path:
+    what ``pip install`` leaves for importlib.metadata to find."""
+    info = root / f"{dist}-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entries.items())
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}")
+    monkeypatch.syspath_prepend(str(root))
+    registry.plugin_models.cache_clear()
+
+
+@pytest.fixture
+def installed_plugin(example_on_path, monkeypatch, tmp_path) -> Path:
+    """A package ``ep_ridge`` (the example's model under the name ``ep-ridge``, so that nothing else of
+    this file registers its name) installed with its entry point; returns its site folder."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "ep_ridge.py").write_text("from bgmrec_audio_ridge import AudioRidge\n\n\n"
+                                      "class EpRidge(AudioRidge):\n    name = 'ep-ridge'\n")
+    assert "ep-ridge" not in model_names()
+    install_entry_points(monkeypatch, site, "ep_ridge", {"ep-ridge": "ep_ridge:EpRidge"})
+    return site
+
+
+@pytest.fixture
+def registered():
+    """Names registered by a test, unregistered after it."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        if name in registry._REGISTERED:
+            unregister_model(name)
+
+
+def test_an_installed_package_s_entry_point_is_a_model_name(installed_plugin):
+    assert "ep-ridge" in model_names() and "ep-ridge" not in model_names()[:len(registry.MODEL_PATHS)]
+    assert model_class("ep-ridge").__name__ == "EpRidge"
+
+
+def test_every_command_takes_the_plugin_model(installed_plugin, tmp_path, tiny_dir, capsys):
+    assert main(["models"]) == 0
+    assert "ep-ridge" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dir), "--model", "ep-ridge", "--out", str(run),
+                 "--set", "ridge=0.5"]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["ridge"] == 0.5
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--run", str(run), "--data", str(tiny_dir), "--json", str(out)]) == 0
+    plugin = json.loads(out.read_text())["full"]["recall@10"]
+    base = tmp_path / "random"
+    assert main(["train", "--data", str(tiny_dir), "--model", "random", "--out", str(base)]) == 0
+    assert main(["evaluate", "--run", str(base), "--data", str(tiny_dir), "--json", str(out)]) == 0
+    assert plugin > json.loads(out.read_text())["full"]["recall@10"] + 0.2  # it learns, far above chance
+
+
+def test_a_run_of_an_uninstalled_plugin_names_what_is_missing(installed_plugin, monkeypatch, tmp_path, tiny_ds):
+    from bgmrec.models.base import FeatureSpec, SplitView
+
+    folder = registry.build("ep-ridge", FeatureSpec.of(tiny_ds)).fit(SplitView(tiny_ds, "train")).save(
+        tmp_path / "run")
+    assert type(load_model(folder)).__name__ == "EpRidge"
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(installed_plugin)])
+    registry.plugin_models.cache_clear()
+    with pytest.raises(ValueError, match=r"config.json: unknown model 'ep-ridge'.*once that package is installed"):
+        load_model(folder)
+
+
+def test_a_model_is_known_by_its_class_s_name(installed_plugin, monkeypatch, registered):
+    install_entry_points(monkeypatch, installed_plugin.parent / "other", "misnamed", {"misnamed": "ep_ridge:EpRidge"})
+    with pytest.raises(ValueError, match="model 'misnamed': ep_ridge:EpRidge has name 'ep-ridge'; its runs are saved"):
+        model_class("misnamed")
+    from ep_ridge import EpRidge
+
+    with pytest.raises(ValueError, match="has name 'ep-ridge'"):
+        register_model("another-name", EpRidge)
+
+
+def test_a_broken_entry_point_fails_on_use_naming_it(monkeypatch, tmp_path, capsys):
+    install_entry_points(monkeypatch, tmp_path, "broken_plugin", {"broken": "no_such_module_xyz:Model",
+                                                                  "not-a-model": "json:dumps"})
+    assert {"broken", "not-a-model"} <= set(model_names())  # listing does not import anything
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "cmvae" in listing and "cannot be used" in listing  # one broken plugin does not hide the others
+    with pytest.raises(ValueError, match=r"model 'broken' \(entry point of group 'bgmrec.models'\): cannot "
+                                         r"import 'no_such_module_xyz:Model'"):
+        model_class("broken")
+    with pytest.raises(ValueError, match="'json:dumps' is not a Recommender subclass"):
+        model_class("not-a-model")
+
+
+def test_an_entry_point_cannot_take_a_built_in_name(monkeypatch, tmp_path):
+    install_entry_points(monkeypatch, tmp_path, "greedy_plugin", {"cmvae": "json:dumps"})
+    with pytest.warns(UserWarning, match="takes the built-in model name 'cmvae': ignored"):
+        names = model_names()
+    assert names.count("cmvae") == 1 and model_class("cmvae").__name__ == "CMVAE"
+
+
+def test_register_model_in_process(example_on_path, registered):
+    from bgmrec_audio_ridge import AudioRidge
+
+    class MyRidge(AudioRidge):
+        name = "my-ridge"
+
+    register_model("my-ridge", MyRidge)
+    registered.append("my-ridge")
+    assert model_class("my-ridge") is MyRidge and "my-ridge" in model_names()
+    register_model("my-ridge", MyRidge)  # the same model again: allowed
+    with pytest.raises(ValueError, match="'my-ridge' is taken"):
+        register_model("my-ridge", EXAMPLE_CLASS)
+    for name in ("cmvae", "deccm-noadjust"):
+        with pytest.raises(ValueError, match=f"'{name}' is taken"):
+            register_model(name, type("Named", (AudioRidge,), {"name": name}))
+    with pytest.raises(ValueError, match="Recommender subclass or 'module:Class'"):
+        register_model("x", dict)
+    with pytest.raises(ValueError, match="expected 'module:Class'"):
+        register_model("x", "bgmrec_audio_ridge.AudioRidge")
+    with pytest.raises(ValueError, match="without spaces"):
+        register_model("my ridge", MyRidge)
+    unregister_model("my-ridge")
+    assert "my-ridge" not in model_names()
+    with pytest.raises(ValueError, match="unknown model 'my-ridge'"):
+        model_class("my-ridge")
+
+
+class TestExamplePluginContract(RecommenderContractMixin):
+    """The example package's model passes the whole contract (registered by a string, imported lazily)."""
+
+    model_name = "audio-ridge"
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def registered_example(cls):
+        sys.path.insert(0, str(EXAMPLE / "src"))
+        register_model(cls.model_name, EXAMPLE_CLASS)
+        yield
+        unregister_model(cls.model_name)
+        sys.path.remove(str(EXAMPLE / "src"))
+
+    def test_new_music_gets_scores_from_its_audio(self, model, queries, catalog):
+        assert isinstance(model, Recommender)
+        rolled = type(catalog)(np.roll(catalog.features, 1, axis=0), catalog.genre)  # tracks never seen as such
+        s = model.score(queries, rolled)
+        np.testing.assert_allclose(s, np.roll(model.score(queries, catalog), 1, axis=1), rtol=1e-5, atol=1e-5)
