@@ -1,15 +1,19 @@
-"""The HTTP service on the tiny world: answers equal the library's, bad requests get a 422 naming the field."""
+"""The HTTP service on the tiny world: answers equal the library's, bad requests get a 422 naming the field,
+server faults a 500 with the traceback logged, not shown."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from bgmrec.features.audio import Catalog
-from bgmrec.features.recommend import ClipFeatures, ClipRecommender, recommend_clip
+from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, recommend_clip
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery
 from bgmrec.models.registry import build
 
@@ -101,6 +105,46 @@ def test_bad_requests_get_a_422_naming_the_field(client, tiny_ds, change, words)
     assert words in json.dumps(r.json()["detail"])
 
 
+@pytest.mark.parametrize(("k", "exclude", "words"), [
+    (0, None, "top must be at least 1"),
+    (3, [[], []], "exclude has 2 lists for 1 clips"),
+    (3, [["no-such-track"]], "exclude: no track 'no-such-track'"),
+])
+def test_the_library_raises_a_request_error_for_the_callers_mistakes(tiny_ds, cmvae, k, exclude, words):
+    with pytest.raises(RequestError, match=re.escape(words)):
+        ClipRecommender(cmvae, tiny_catalog(tiny_ds)).recommend([clip_of(tiny_ds, 0)], k, exclude)
+
+
+@pytest.mark.parametrize("fault", [ValueError("boom"), RuntimeError("boom")])
+def test_a_server_fault_gets_a_500_and_its_traceback_is_logged_not_shown(tiny_ds, cmvae, monkeypatch, caplog,
+                                                                          fault):
+    recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds))
+
+    def search(*args):
+        raise fault
+
+    monkeypatch.setattr(recommender.index, "search", search)
+    client = TestClient(create_app(recommender), raise_server_exceptions=False)
+    with caplog.at_level(logging.ERROR, logger="bgmrec.service"):
+        r = client.post("/recommend", json=clip_body(tiny_ds, 0))
+    assert r.status_code == 500 and r.json() == {"detail": "internal error; see the server log"}
+    [record] = [rec for rec in caplog.records if rec.name == "bgmrec.service"]
+    assert record.exc_info[1] is fault and record.getMessage() == "POST /recommend failed"
+    assert "Traceback" in caplog.text and "boom" in caplog.text
+
+
+def test_a_video_upload_without_the_media_packages_gets_a_501(client, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # "import av" fails, as without the media extra
+    r = client.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})
+    assert r.status_code == 501 and r.json()["detail"].startswith("video upload needs the media extra")
+
+
+def test_a_batch_gives_taste_for_every_clip_or_for_none(client, tiny_ds):
+    mixed = {"clips": [clip_body(tiny_ds, 0, taste={tiny_ds.genres[0]: 1.0}), clip_body(tiny_ds, 1)]}
+    r = client.post("/recommend/batch", json=mixed)
+    assert r.status_code == 422 and "every clip of a batch or for none" in r.json()["detail"]
+
+
 def test_non_finite_features_are_refused(client, tiny_ds):
     body = clip_body(tiny_ds, 0)
     body["visual"][3] = float("nan")
@@ -121,12 +165,13 @@ def test_personalised_mode_reads_the_uploaders_taste(tiny_ds):
         model.module.taste.weight.copy_(3.0 * torch.eye(tiny_ds.n_genres))
     model.set_inference_mode("personalised")
     client = TestClient(create_app(ClipRecommender(model, tiny_catalog(tiny_ds))))
-    assert "needs the uploader" in client.post("/recommend", json=clip_body(tiny_ds, 0)).json()["detail"]
+    no_taste = client.post("/recommend", json=clip_body(tiny_ds, 0))
+    assert no_taste.status_code == 422 and no_taste.json()["detail"].startswith("taste: required in personalised")
     upload = client.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})
     assert upload.status_code == 422 and "takes no uploader taste" in upload.json()["detail"]
     genres = list(tiny_ds.genres)
     mixed = {"clips": [clip_body(tiny_ds, 0, taste={genres[0]: 1.0}), clip_body(tiny_ds, 1)]}
-    assert "every clip of a batch or for none" in client.post("/recommend/batch", json=mixed).json()["detail"]
+    assert client.post("/recommend/batch", json=mixed).json()["detail"].startswith("taste: required in personalised")
     for liked in genres[:2]:
         taste = {g: (0.9 if g == liked else 0.02) for g in genres}
         got = client.post("/recommend", json=clip_body(tiny_ds, 0, top=10, taste=taste)).json()["tracks"]

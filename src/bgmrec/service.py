@@ -13,26 +13,32 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
   as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
 
-Bad input gets HTTP 422 with a one-line ``detail`` naming the field and the expected size.
+A request the caller must fix (a wrong size, a non-finite value, an unknown track id or genre, no
+``taste`` in personalised mode, an unreadable video) gets HTTP 422 with a one-line ``detail`` naming the
+field; a video upload to a server installed without the ``media`` extra gets 501. Any other error is the
+server's: HTTP 500 with a generic ``detail``, the traceback logged (logger ``bgmrec.service``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from bgmrec.features.recommend import ClipFeatures, ClipRecommender
+from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError
 
 MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
+
+logger = logging.getLogger(__name__)
 
 
 class Clip(BaseModel):
@@ -61,13 +67,19 @@ class Batch(BaseModel):
 def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
     """The FastAPI application answering with ``recommender``; ``frames`` sampled per uploaded video."""
     spec = recommender.model.spec
+    personalised = getattr(recommender.model, "inference_mode", None) == "personalised"
 
     app = FastAPI(title="bgmrec", summary="background music for micro-videos",
                   version=_version(), description=__doc__)
 
-    @app.exception_handler(ValueError)
-    def bad_input(_: Request, exc: ValueError):
+    @app.exception_handler(RequestError)
+    def bad_input(_: Request, exc: RequestError):
         return JSONResponse(status_code=422, content={"detail": str(exc).splitlines()[0]})
+
+    @app.exception_handler(Exception)
+    def server_fault(request: Request, exc: Exception):
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_: Request, exc: RequestValidationError):
@@ -79,8 +91,11 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
                     for i, c in enumerate(clips)]
         given = [c.taste is not None for c in clips]
+        if personalised and not all(given):
+            raise RequestError("taste: required in personalised mode (the uploader's genre preferences, "
+                               "for every clip)")
         if any(given) and not all(given):
-            raise ValueError("taste: give it for every clip of a batch or for none")
+            raise RequestError("taste: give it for every clip of a batch or for none")
         taste = np.stack([taste_vector(c.taste, spec.genres) for c in clips]) if all(given) else None
         return recommender.recommend(features, top, [c.exclude for c in clips], taste)
 
@@ -108,9 +123,9 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
     def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
                         top: int = Form(10, ge=1, le=MAX_TOP)) -> dict:
         """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does)."""
-        if getattr(recommender.model, "inference_mode", None) == "personalised":
-            raise ValueError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
-                             "clip's features and POST /recommend with 'taste'")
+        if personalised:
+            raise RequestError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
+                               "clip's features and POST /recommend with 'taste'")
         suffix = Path(video.filename or "clip.mp4").suffix or ".mp4"
         with tempfile.NamedTemporaryFile(suffix=suffix) as f:
             f.write(video.file.read())
@@ -135,18 +150,18 @@ def taste_vector(taste: dict[str, float], genres) -> np.ndarray:
     g = list(genres)
     unknown = sorted(set(taste) - set(g))
     if unknown:
-        raise ValueError(f"taste: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
+        raise RequestError(f"taste: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
     w = np.array([taste.get(name, 0.0) for name in g], np.float64)
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("taste: weights must be finite, non-negative and not all zero")
+        raise RequestError("taste: weights must be finite, non-negative and not all zero")
     return (w / w.sum()).astype(np.float32)
 
 
 def _vector(values: list[float], size: int, field: str) -> np.ndarray:
     if len(values) != size:
-        raise ValueError(f"{field}: expected {size} values (the model's feature size), got {len(values)}")
+        raise RequestError(f"{field}: expected {size} values (the model's feature size), got {len(values)}")
     if not all(math.isfinite(x) for x in values):
-        raise ValueError(f"{field}: values must be finite numbers")
+        raise RequestError(f"{field}: values must be finite numbers")
     return np.asarray(values, np.float32)
 
 
@@ -159,23 +174,26 @@ class _MediaEncoders:
         self._loaded = None
 
     def embed(self, path: Path, caption: str, name: str) -> ClipFeatures:
-        try:
-            from bgmrec.features.cache import MediaError
-            from bgmrec.features.video import VideoConfig, embed_clip
-        except ImportError as e:
-            raise ValueError(f"video upload needs the media extra (pip install 'bgmrec[media]'): {e}") from None
+        """One uploaded clip's features; the media packages are imported here, on first use.
+
+        :class:`RequestError` (422) if the file is not a usable video; HTTP 501 if the media packages are missing.
+        """
+        from bgmrec.features.cache import MediaError
+        from bgmrec.features.text import TextEncoder
+        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
+
         with self._lock:
             if self._loaded is None:
-                from bgmrec.features.text import TextEncoder
-                from bgmrec.features.video import FrameEncoder
-
                 self._loaded = (FrameEncoder(), TextEncoder())
             frame_encoder, text_encoder = self._loaded
             try:
                 visual, text, has_text = embed_clip(path, caption or None, frame_encoder, text_encoder,
                                                     VideoConfig(frames=self.frames))
             except MediaError as e:
-                raise ValueError(f"video {name}: {e}") from None
+                raise RequestError(f"video {name}: {e}") from None
+            except ImportError as e:
+                raise HTTPException(501, "video upload needs the media extra on the server "
+                                         f"(pip install 'bgmrec[media]'): {e}") from None
         return ClipFeatures(visual, text, has_text)
 
 

@@ -27,6 +27,13 @@ from bgmrec.features.audio import Catalog
 from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery
 
 
+class RequestError(ValueError):
+    """Input the caller must fix (a bad count, an unknown track id or genre); the message is one line naming the field.
+
+    The HTTP service answers it with 422 and any other error with 500, so raise it only for the caller's input.
+    """
+
+
 @dataclass
 class ClipFeatures:
     """One clip's content vectors."""
@@ -99,12 +106,13 @@ class ClipRecommender:
         """The ``--json`` object of each clip: its top-``k`` tracks, best first, and its modality share.
 
         ``exclude`` gives track ids never to return, one list per clip; ``taste`` [n, G] the uploaders'
-        genre preferences, which only a model in personalised mode reads.
+        genre preferences, which only a model in personalised mode reads. A bad ``k``, ``exclude`` of the wrong
+        length or an unknown track id in it raise :class:`RequestError`.
         """
         if k < 1:
-            raise ValueError(f"top must be at least 1, got {k}")
+            raise RequestError(f"top must be at least 1, got {k}")
         if exclude is not None and len(exclude) != len(clips):
-            raise ValueError(f"exclude has {len(exclude)} lists for {len(clips)} clips")
+            raise RequestError(f"exclude has {len(exclude)} lists for {len(clips)} clips")
         q = VideoQuery(visual=np.stack([np.asarray(c.visual, np.float32) for c in clips]),
                        text=np.stack([np.asarray(c.text, np.float32) for c in clips]),
                        text_mask=np.array([c.has_text for c in clips], bool),
@@ -121,7 +129,7 @@ class ClipRecommender:
 
     def _position_of(self, track_id: str) -> int:
         if track_id not in self.position:
-            raise ValueError(f"exclude: no track {track_id!r} in the catalogue {self.catalog.root or ''}".rstrip())
+            raise RequestError(f"exclude: no track {track_id!r} in the catalogue {self.catalog.root or ''}".rstrip())
         return self.position[track_id]
 
 
