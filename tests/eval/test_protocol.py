@@ -160,6 +160,20 @@ def test_ranks_and_top_lists_break_ties_alike(tiny_ds, tiny_spec, fitted, name):
         assert len({tuple(t) for t in fr.top}) > len(fr.top) // 2
 
 
+@pytest.mark.parametrize("name", ["constant", "popularity"])
+def test_a_query_ranks_alike_in_a_subset_and_in_the_whole_split(tiny_ds, tiny_spec, fitted, name):
+    """Ties are ordered per query video: validation on a subset of rows sees the ranks of the whole split."""
+    model = ConstantRecommender(ModelConfig(), tiny_spec) if name == "constant" else fitted[name]
+    rows = np.asarray(tiny_ds.splits["test"])
+    whole = P.full_ranks(model, tiny_ds, "test")
+    pick = np.random.default_rng(3).permutation(len(rows))[:40]  # another order and other neighbours
+    part = P.full_ranks(model, tiny_ds, "test", rows=rows[pick], chunk=7)
+    np.testing.assert_array_equal(part.ranks, whole.ranks[pick])
+    np.testing.assert_array_equal(part.top, whole.top[pick])
+    other_seed = P.full_ranks(model, tiny_ds, "test", seed=1)
+    assert (other_seed.ranks != whole.ranks).any()  # the seed still draws the order of ties
+
+
 @pytest.mark.parametrize("split", ["test", "test_unbiased", "test_new_music"])
 def test_oracle_ranks_equal_ranks_of_the_true_logits(tiny_ds, tiny_dir, fitted, split):
     """Independent check of protocol + oracle: rank the split's positives by the simulator's own logits."""

@@ -36,7 +36,8 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
 
     Ranks and top lists come from one order per query (:func:`~bgmrec.eval.metrics.rank_and_top`):
     by score, exact ties in a seeded random order, so a positive is in its top list exactly when
-    its rank is at most ``top_k``.
+    its rank is at most ``top_k``. The order of ties is drawn from ``seed`` and the query's video, so
+    a query ranks alike whatever other queries ``rows`` holds (a validation subset, the whole split).
     """
     rows = np.asarray(ds.splits[split] if rows is None else rows)
     cand = ds.candidate_tracks(split)
@@ -54,9 +55,9 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
         q = VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split)
         scores = (torch.from_numpy(model.encode_videos(q)) @ music.T).numpy()
 
-        def tie_keys(which: np.ndarray, start: int = s) -> np.ndarray:
-            # a seeded random order of the candidates per query, the same whatever the chunking
-            return np.stack([np.random.default_rng([seed, start + int(i)]).random(len(cand)) for i in which])
+        def tie_keys(which: np.ndarray, videos: np.ndarray = part[:, 0]) -> np.ndarray:
+            # a seeded random order of the candidates per query video, whatever the chunking or the subset
+            return np.stack([np.random.default_rng([seed, int(videos[i])]).random(len(cand)) for i in which])
 
         ranks[s:s + chunk], cols = M.rank_and_top(scores, pos_col[s:s + chunk], k, tie_keys)
         top[s:s + chunk] = cand[cols]
