@@ -14,7 +14,9 @@ import pytest
 
 from bgmrec.data.dataset import Dataset, load_dataset
 from bgmrec.data.simulate import WorldTruth, simulate, world_config
-from bgmrec.testing import tiny_world_folder
+
+pytest.register_assert_rewrite("bgmrec.testing")  # the contract mixin's asserts explain their failures
+from bgmrec.testing import tiny_world_folder  # noqa: E402
 
 
 def pytest_configure(config) -> None:

@@ -20,7 +20,7 @@ from bgmrec.models.registry import build
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from bgmrec.service import create_app  # noqa: E402
+from bgmrec.service import create_app, taste_vector  # noqa: E402
 
 
 def tiny_catalog(ds) -> Catalog:
@@ -98,6 +98,7 @@ def test_excluded_tracks_are_never_returned(client, tiny_ds):
     ({"exclude": ["no-such-track"]}, "no track 'no-such-track'"),
     ({"top": 0}, "top: Input should be greater than or equal to 1"),
     ({"taste": {"polka": 1.0}}, "unknown genre(s) polka"),
+    ({"taste": {"pop": 0.0}}, "taste: weights must be finite, non-negative and not all zero"),
 ])
 def test_bad_requests_get_a_422_naming_the_field(client, tiny_ds, change, words):
     r = client.post("/recommend", json={**clip_body(tiny_ds, 0), **change})
@@ -150,6 +151,9 @@ def test_non_finite_features_are_refused(client, tiny_ds):
     body["visual"][3] = float("nan")
     r = client.post("/recommend", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 422 and "visual: values must be finite" in r.json()["detail"]
+    body["visual"][3] = 1e39  # a finite JSON number, but not a float32: still the client's mistake
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 422 and "visual: values must be finite numbers within float32" in r.json()["detail"]
     bad = {"clips": [clip_body(tiny_ds, 0), {**clip_body(tiny_ds, 1), "visual": [1.0]}]}
     assert "clips[1].visual: expected" in client.post("/recommend/batch", json=bad).json()["detail"]
     one = {"clips": [{**clip_body(tiny_ds, 1), "visual": [1.0]}]}  # a batch of one names its clip too
@@ -177,6 +181,11 @@ def test_personalised_mode_reads_the_uploaders_taste(tiny_ds):
         got = client.post("/recommend", json=clip_body(tiny_ds, 0, top=10, taste=taste)).json()["tracks"]
         share = np.mean([t["genre"] == liked for t in got])
         assert share >= 0.5, (liked, [t["genre"] for t in got])
+
+
+def test_taste_weights_are_normalised_without_overflow():
+    np.testing.assert_allclose(taste_vector({"a": 1e308, "b": 1e308}, ["a", "b", "c"]), [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(taste_vector({"a": 3.0, "c": 1.0}, ["a", "b", "c"]), [0.75, 0.0, 0.25])
 
 
 def test_faiss_index_serves_the_same_tracks(tiny_ds, cmvae, client):

@@ -34,8 +34,9 @@ def ensure_world(scale: str, seed: int, data: Path, console: Console) -> None:
 
 
 def evaluation_modes(model) -> list[str | None]:
-    """The inference modes a model is evaluated in: each of a DecCM with a taste path, else its own (None)."""
-    return list(model.inference_modes) if model.inference_mode is not None and model.config.adjustment else [None]
+    """The inference modes a model is evaluated in (:meth:`~bgmrec.models.base.Recommender.modes_to_evaluate`),
+    or [None]: once, as it is."""
+    return list(model.modes_to_evaluate()) or [None]
 
 
 def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None) -> list[dict]:

@@ -22,7 +22,6 @@ server's: HTTP 500 with a generic ``detail``, the traceback logged (logger ``bgm
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import threading
 from pathlib import Path
@@ -152,17 +151,20 @@ def taste_vector(taste: dict[str, float], genres) -> np.ndarray:
     if unknown:
         raise RequestError(f"taste: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
     w = np.array([taste.get(name, 0.0) for name in g], np.float64)
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+    if not np.isfinite(w).all() or (w < 0).any() or w.max() <= 0:
         raise RequestError("taste: weights must be finite, non-negative and not all zero")
+    w = w / w.max()  # then the sum cannot overflow
     return (w / w.sum()).astype(np.float32)
 
 
 def _vector(values: list[float], size: int, field: str) -> np.ndarray:
     if len(values) != size:
         raise RequestError(f"{field}: expected {size} values (the model's feature size), got {len(values)}")
-    if not all(math.isfinite(x) for x in values):
-        raise RequestError(f"{field}: values must be finite numbers")
-    return np.asarray(values, np.float32)
+    with np.errstate(over="ignore"):
+        out = np.asarray(values, np.float32)
+    if not np.isfinite(out).all():  # after the cast: 1e39 is a finite float but not a finite float32
+        raise RequestError(f"{field}: values must be finite numbers within float32 range (|x| < 3.4e38)")
+    return out
 
 
 class _MediaEncoders:

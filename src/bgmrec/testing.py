@@ -16,7 +16,9 @@ class on the tiny simulated world (:func:`tiny_world_folder`, fixtures ``contrac
 
 Testing a model
 ---------------
-Make it a ``--model`` name (an entry point of group ``bgmrec.models``, or
+For pytest's detailed assertion messages in these tests, call
+``pytest.register_assert_rewrite("bgmrec.testing")`` in your ``conftest.py`` before importing this module.
+Make the model a ``--model`` name (an entry point of group ``bgmrec.models``, or
 :func:`bgmrec.models.registry.register_model`; bgmrec's own models are in the registry), then::
 
     from bgmrec.testing import SMALL_NET, RecommenderContractMixin
@@ -57,8 +59,8 @@ from bgmrec.models.registry import build, prepare_teacher
 #: overrides that make every neural model small and quick on the tiny world
 SMALL_NET = {"hidden": "32", "latent_dim": 16, "batch_size": 256, "val_queries": 100}
 
-N_QUERIES = 24
-PICKLE_MAGIC = b"\x80"
+N_QUERIES = 24  # queries of the contract tests: the first rows of the class's ``split``
+PICKLE_MAGIC = b"\x80"  # the first byte of every pickle (protocol 2 and later): no saved file may start with it
 
 
 @functools.cache
@@ -114,26 +116,31 @@ class RecommenderContractMixin:
     @pytest.fixture(scope="class")
     @classmethod
     def contract_spec(cls, contract_ds) -> FeatureSpec:
+        """The feature sizes and genres of ``contract_ds``."""
         return FeatureSpec.of(contract_ds)
 
     @pytest.fixture(scope="class")
     @classmethod
     def model(cls, contract_ds, contract_spec, tmp_path_factory) -> Recommender:
+        """The model fitted once for the class by :meth:`make` (shared: do not mutate it)."""
         return cls.make(contract_ds, contract_spec, tmp_path_factory.mktemp("fit"))
 
     @pytest.fixture
     def fresh_model(self, contract_ds, contract_spec, tmp_path) -> Recommender:
+        """A private model fitted by :meth:`make` for one test (same seed: it must equal ``model``)."""
         return self.make(contract_ds, contract_spec, tmp_path / "fit")
 
     @pytest.fixture(scope="class")
     @classmethod
     def queries(cls, contract_ds) -> VideoQuery:
+        """The first :data:`N_QUERIES` queries of the class's ``split``, with their uploaders."""
         rows = np.asarray(contract_ds.splits[cls.split])[:N_QUERIES]
         return VideoQuery.from_dataset(contract_ds, rows[:, 0], rows[:, 2], cls.split)
 
     @pytest.fixture(scope="class")
     @classmethod
     def catalog(cls, contract_ds) -> MusicCatalog:
+        """Every track of ``contract_ds``."""
         return MusicCatalog.from_dataset(contract_ds)
 
     # ---- the contract --------------------------------------------------------------------------

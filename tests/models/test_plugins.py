@@ -179,3 +179,86 @@ class TestExamplePluginContract(RecommenderContractMixin):
         rolled = type(catalog)(np.roll(catalog.features, 1, axis=0), catalog.genre)  # tracks never seen as such
         s = model.score(queries, rolled)
         np.testing.assert_allclose(s, np.roll(model.score(queries, catalog), 1, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_plugin_failing_on_import_or_claimed_twice_is_listed_with_why(monkeypatch, tmp_path, capsys):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "raising_plugin.py").write_text("raise RuntimeError('needs a GPU driver')\n")
+    install_entry_points(monkeypatch, site, "raising", {"raising": "raising_plugin:Model"})
+    install_entry_points(monkeypatch, tmp_path / "a", "plug_a", {"dup": "json:JSONDecoder"})
+    install_entry_points(monkeypatch, tmp_path / "b", "plug_b", {"dup": "json:JSONEncoder"})
+    with pytest.raises(ValueError, match="cannot import 'raising_plugin:Model': RuntimeError: needs a GPU driver"):
+        model_class("raising")
+    with pytest.raises(ValueError, match=r"model 'dup' is declared by several installed packages \('json:JSON\w+' "
+                                         r"of package 'plug_\w', 'json:JSON\w+' of package 'plug_\w'\)"):
+        model_class("dup")
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("cannot be used") == 2 and "cmvae" in listing
+
+
+def test_an_entry_point_may_name_a_nested_class(example_on_path, monkeypatch, tmp_path, registered):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "nested_plugin.py").write_text(
+        "from bgmrec_audio_ridge import AudioRidge\n\n\nclass Models:\n"
+        "    class Ridge(AudioRidge):\n        name = 'nested-ridge'\n")
+    install_entry_points(monkeypatch, site, "nested", {"nested-ridge": "nested_plugin:Models.Ridge"})
+    cls = model_class("nested-ridge")
+    assert cls.__qualname__ == "Models.Ridge"
+    register_model("nested-ridge", cls)  # the class the installed entry point declares: not a clash
+    registered.append("nested-ridge")
+    assert model_class("nested-ridge") is cls
+
+
+def test_the_listing_shows_a_class_s_own_first_docstring_line_as_plain_text(monkeypatch, tmp_path, capsys):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "doc_plugin.py").write_text(
+        "from bgmrec.models.baselines import RandomRecommender\n\n\n"
+        "class Plain(RandomRecommender):\n    name = 'plain-doc'\n\n\n"
+        "class Marked(RandomRecommender):\n    \"\"\"Scores [n, M] of [/bold] chance.\"\"\"\n\n"
+        "    name = 'marked-doc'\n")
+    install_entry_points(monkeypatch, site, "doc_plugin", {"plain-doc": "doc_plugin:Plain",
+                                                           "marked-doc": "doc_plugin:Marked"})
+    assert main(["models"]) == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in capsys.readouterr().out.splitlines() if line.count("│") == 3}
+    assert rows["marked-doc"] == "Scores [n, M] of [/bold] chance." and rows["plain-doc"] == ""
+
+
+def test_a_plugin_with_inference_modes_is_evaluated_in_each(tiny_ds, tiny_spec, tmp_path, registered):
+    from bgmrec.demo import evaluate_run, evaluation_modes
+    from bgmrec.models.baselines import RandomConfig, RandomRecommender
+    from bgmrec.models.deccm import DecCM, DecCMConfig
+
+    class TwoModes(RandomRecommender):
+        name = "two-modes"
+        inference_modes = ("plain", "negated")
+        inference_mode = "plain"
+
+        def _encode_videos(self, q):
+            return super()._encode_videos(q) * (1.0 if self.inference_mode == "plain" else -1.0)
+
+    model = TwoModes(RandomConfig(), tiny_spec)
+    assert evaluation_modes(model) == ["plain", "negated"]
+    assert evaluation_modes(DecCM(DecCMConfig(teacher=False), tiny_spec)) == ["backdoor", "content", "personalised"]
+    assert evaluation_modes(DecCM(DecCMConfig(teacher=False, adjustment=False), tiny_spec)) == [None]
+    register_model("two-modes", TwoModes)
+    registered.append("two-modes")
+    results = evaluate_run(model.save(tmp_path / "run"), tiny_ds, splits=("test",))
+    assert [r["inference_mode"] for r in results] == ["plain", "negated"]
+    assert results[0]["full"]["mrr"] != results[1]["full"]["mrr"]
+
+
+def test_only_a_deccm_takes_a_teacher(tiny_ds, tiny_spec, tmp_path):
+    from bgmrec.models.baselines import RandomConfig, RandomRecommender
+    from bgmrec.models.registry import prepare_teacher
+
+    class Pupil(RandomRecommender):
+        name = "pupil"
+        uses_teacher = True
+
+    with pytest.raises(ValueError, match="'pupil' sets uses_teacher, but bgmrec attaches teachers to DecCM models"):
+        prepare_teacher(Pupil(RandomConfig(), tiny_spec), tiny_ds, tmp_path)

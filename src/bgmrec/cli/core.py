@@ -93,6 +93,7 @@ def list_models() -> None:
     import inspect
 
     from rich.table import Table
+    from rich.text import Text
 
     from bgmrec.models.registry import VARIANTS, model_class, model_names
 
@@ -102,11 +103,11 @@ def list_models() -> None:
             base, ov = VARIANTS[name]
             t.add_row(name, f"ablation of {base}: " + ", ".join(f"{k}={v}" for k, v in ov.items()))
             continue
-        try:
-            doc = inspect.getdoc(model_class(name)) or ""
+        try:  # the class's own docstring (not one inherited from the base contract), as plain text
+            doc = Text(inspect.cleandoc(model_class(name).__dict__.get("__doc__") or "").partition("\n")[0])
         except ValueError as e:  # a broken plugin is listed with why, not a crash of the whole listing
-            doc = f"[red]cannot be used:[/red] {e}"
-        t.add_row(name, doc.splitlines()[0] if doc else "")
+            doc = Text.assemble(("cannot be used: ", "red"), str(e))
+        t.add_row(name, doc)
     console.print(t)
 
 

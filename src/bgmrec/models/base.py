@@ -241,6 +241,10 @@ class Recommender(ABC):
             raise ValueError(f"model {self.name!r} offers {offered}; got mode {mode!r}")
         self.inference_mode = mode
 
+    def modes_to_evaluate(self) -> list[str]:
+        """The inference modes reports evaluate this model in: every mode it offers ([] for one mode)."""
+        return list(self.inference_modes)
+
     # -- learning and encoding --
     @abstractmethod
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Recommender:

@@ -137,6 +137,10 @@ class DecCM(CMVAE):
             raise ValueError("a DecCM trained without adjustment has no taste path: only mode 'content'")
         super().set_inference_mode(mode)
 
+    def modes_to_evaluate(self) -> list[str]:
+        """Every mode, or none for the "no adjustment" ablation, which has content mode only."""
+        return list(MODES) if self.config.adjustment else []
+
     # -- teacher --
     def set_teacher(self, teacher: CMVAE, folder: Path | None) -> None:
         """Attach a frozen teacher: no gradients, eval mode for good, not part of ``self.module``."""
@@ -423,7 +427,9 @@ def teacher_config(student: DecCMConfig) -> CMVAEConfig:
 def attach_teacher(model: Recommender, ds, out: Path, teacher_dir: Path | None = None,
                    progress: bool = False) -> None:
     """Factory: load the teacher at ``teacher_dir`` or train one on the PGC split into ``out/teacher``."""
-    assert isinstance(model, DecCM)
+    if not isinstance(model, DecCM):
+        raise ValueError(f"model {model.name!r} sets uses_teacher, but bgmrec attaches teachers to DecCM models "
+                         "only (a subclass of bgmrec.models.deccm.DecCM)")
     if not model.config.teacher:
         return
     if teacher_dir is not None:

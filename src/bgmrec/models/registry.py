@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from bgmrec.models.base import Recommender
 
@@ -56,8 +56,8 @@ _REGISTERED: dict[str, type[Recommender] | str] = {}
 def register_model(name: str, model: type[Recommender] | str) -> None:
     """Make ``model`` (a :class:`Recommender` subclass, or ``"module:Class"`` imported on first use) the
     ``--model`` name ``name`` in this process; ``name`` must be the class's ``name`` (saved runs record
-    it). Registering the same model twice is allowed; taking a built-in, an ablation's or another
-    model's name is refused."""
+    it). Registering the same model again (or the class an installed entry point of that name
+    declares) is allowed; taking a built-in's, an ablation's or another model's name is refused."""
     if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
         raise ValueError(f"a model name must be a non-empty string without spaces, got {name!r}")
     if isinstance(model, str):
@@ -66,8 +66,8 @@ def register_model(name: str, model: type[Recommender] | str) -> None:
         raise ValueError(f"model {name!r}: expected a Recommender subclass or 'module:Class', got {model!r}")
     else:
         _check_name(model, name, model.__qualname__)
-    taken = _builtin_or_plugin(name)
-    if name in VARIANTS or (taken is not None and taken != model) or _REGISTERED.get(name, model) != model:
+    if name in VARIANTS or name in MODEL_PATHS or not _same_model(_REGISTERED.get(name, model), model) or (
+            name in plugin_models() and not _same_model(plugin_models()[name], model)):
         raise ValueError(f"model name {name!r} is taken ({_source(name)}); register under another name")
     _REGISTERED[name] = model
 
@@ -80,20 +80,22 @@ def unregister_model(name: str) -> None:
 
 
 @cache
-def plugin_models() -> dict[str, str]:
-    """name -> "module:Class" of the models other packages declare in the ``bgmrec.models`` entry points.
+def plugin_models() -> dict[str, EntryPoint | tuple[EntryPoint, ...]]:
+    """name -> entry point of the models other packages declare in the group ``bgmrec.models``.
 
-    Read once per process. An entry point whose name is a built-in model's or an ablation's is
-    ignored with a warning (the built-in keeps its name).
+    Read once per process. An entry point taking a built-in model's or an ablation's name is ignored
+    with a warning (the built-in keeps its name); a name that several installed packages declare maps
+    to all of their entry points, and using it is refused (:func:`model_class` says which packages).
     """
-    found: dict[str, str] = {}
+    found: dict[str, list[EntryPoint]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in MODEL_PATHS or ep.name in VARIANTS:
             warnings.warn(f"entry point {ep.value!r} of group {ENTRY_POINT_GROUP!r} takes the built-in model "
-                          f"name {ep.name!r}: ignored", stacklevel=2)
+                          f"name {ep.name!r}: ignored", stacklevel=1)
             continue
-        found[ep.name] = ep.value
-    return found
+        if all(ep.value != seen.value for seen in found.get(ep.name, [])):
+            found.setdefault(ep.name, []).append(ep)
+    return {name: eps[0] if len(eps) == 1 else tuple(eps) for name, eps in found.items()}
 
 
 def model_names(include_variants: bool = True) -> list[str]:
@@ -107,26 +109,34 @@ def resolve(name: str) -> tuple[str, dict]:
     """``--model`` name -> (base model name, config overrides)."""
     if name in VARIANTS:
         return VARIANTS[name]
-    if _model_target(name) is None:
+    if name not in MODEL_PATHS and name not in _REGISTERED and name not in plugin_models():
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())} (a model of "
                          f"another package is known once that package is installed: see `bgmrec models`)")
     return name, {}
 
 
 def model_class(name: str) -> type[Recommender]:
-    """The class behind a ``--model`` name (imported on first use)."""
+    """The class behind a ``--model`` name (imported on first use).
+
+    A model of another package that cannot be used (its module fails to import, it is not a
+    :class:`Recommender`, two packages declare its name) raises ValueError naming its entry point.
+    """
     base = resolve(name)[0]
-    target = _model_target(base)
-    if isinstance(target, type):
-        return target
-    module, attr = _split_path(target, f"model {base!r} ({_source(base)})")
+    if base in MODEL_PATHS:  # bgmrec's own: an import error here is bgmrec's bug, raised as it is
+        return _load(MODEL_PATHS[base], base)
+    target = _REGISTERED.get(base) or plugin_models()[base]
+    if isinstance(target, tuple):
+        raise ValueError(f"model {base!r} is declared by several installed packages ("
+                         + ", ".join(f"{ep.value!r} of {_distribution(ep)}" for ep in target)
+                         + "): uninstall all but one")
+    where = f"model {base!r} ({_source(base)})"
     try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"model {base!r} ({_source(base)}): cannot import {target!r}: {e}") from None
+        cls = _load(target, where)
+    except Exception as e:  # whatever another package's module raises on import
+        raise ValueError(f"{where}: cannot import {_value(target)!r}: {type(e).__name__}: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
-        raise ValueError(f"model {base!r} ({_source(base)}): {target!r} is not a Recommender subclass")
-    _check_name(cls, base, target)
+        raise ValueError(f"{where}: {_value(target)!r} is not a Recommender subclass")
+    _check_name(cls, base, _value(target))
     return cls
 
 
@@ -147,12 +157,36 @@ def prepare_teacher(model: Recommender, ds, out, teacher_dir=None, progress: boo
         attach_teacher(model, ds, out, teacher_dir, progress)
 
 
-def _builtin_or_plugin(name: str) -> str | None:
-    return MODEL_PATHS.get(name) or plugin_models().get(name)
+def _load(target: type[Recommender] | str | EntryPoint, where: str):
+    if isinstance(target, type):
+        return target
+    if isinstance(target, EntryPoint):
+        return target.load()
+    module, attr = _split_path(target, where)
+    return getattr(importlib.import_module(module), attr)
 
 
-def _model_target(name: str) -> type[Recommender] | str | None:
-    return _REGISTERED.get(name) or _builtin_or_plugin(name)
+def _value(target: type[Recommender] | str | EntryPoint) -> str:
+    """A target as "module:Class"."""
+    if isinstance(target, type):
+        return f"{target.__module__}:{target.__qualname__}"
+    return target.value if isinstance(target, EntryPoint) else target
+
+
+def _same_model(a, b) -> bool:
+    """True when two registry targets (a class, "module:Class" or an entry point) name one class."""
+    if isinstance(a, tuple) or isinstance(b, tuple):  # a name several packages declare names no one class
+        return False
+    if _value(a) == _value(b):
+        return True
+    try:
+        return _load(a, "") is _load(b, "")
+    except Exception:  # a target that cannot be imported names no class to compare
+        return False
+
+
+def _distribution(ep: EntryPoint) -> str:
+    return f"package {ep.dist.name!r}" if ep.dist is not None else "an unknown package"
 
 
 def _source(name: str) -> str:
