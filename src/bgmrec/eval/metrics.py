@@ -8,6 +8,7 @@ weight per query; weights are normalised to sum to 1 (DecCM's inverse-popularity
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def _weights(ranks: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
@@ -88,11 +89,9 @@ def rank_and_top(scores: np.ndarray, positive_col: np.ndarray, k: int, tie_keys)
     top = np.zeros((n, 0), np.int64)
     if k:
         kk = min(k + 1, m)  # one more than the list: a tie across its boundary shows
-        best = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        best_scores = np.take_along_axis(scores, best, 1)
-        by_score = np.argsort(-best_scores, axis=1, kind="stable")
-        top = np.take_along_axis(best, by_score, 1)[:, :k]
-        ordered = np.take_along_axis(best_scores, by_score, 1)
+        # torch.topk: the kk best per row, best first (several times faster than argpartition + argsort)
+        ordered, best = torch.topk(torch.from_numpy(np.require(scores, requirements=["C", "W"])), kk, dim=1)
+        ordered, top = ordered.numpy(), best.numpy()[:, :k].astype(np.int64)
         tied |= (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)  # equality, not a difference: inf ties too
     if tied.any():
         which = np.flatnonzero(tied)
