@@ -125,7 +125,7 @@ def test_a_server_fault_gets_a_500_and_its_traceback_is_logged_not_shown(tiny_ds
         raise fault
 
     monkeypatch.setattr(recommender.index, "search", search)
-    client = TestClient(create_app(recommender), raise_server_exceptions=False)
+    client = TestClient(create_app(recommender))  # raises if the fault reached the server layer (logged twice)
     with caplog.at_level(logging.ERROR, logger="bgmrec.service"):
         r = client.post("/recommend", json=clip_body(tiny_ds, 0))
     assert r.status_code == 500 and r.json() == {"detail": "internal error; see the server log"}

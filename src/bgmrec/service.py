@@ -75,10 +75,16 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
     def bad_input(_: Request, exc: RequestError):
         return JSONResponse(status_code=422, content={"detail": str(exc).splitlines()[0]})
 
-    @app.exception_handler(Exception)
-    def server_fault(request: Request, exc: Exception):
-        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
+    @app.middleware("http")
+    async def server_fault(request: Request, call_next):
+        # any error no handler claimed is the server's: logged here once, answered as a plain 500; caught
+        # in a middleware (not an exception handler, after which Starlette re-raises to the server, whose
+        # log would show the traceback a second time)
+        try:
+            return await call_next(request)
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.url.path)
+            return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_: Request, exc: RequestValidationError):
