@@ -15,7 +15,6 @@ subclass :class:`~bgmrec.models.base.Recommender`; every command (``train``, ``e
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
@@ -61,7 +60,7 @@ def register_model(name: str, model: type[Recommender] | str) -> None:
     if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
         raise ValueError(f"a model name must be a non-empty string without spaces, got {name!r}")
     if isinstance(model, str):
-        _split_path(model, f"model {name!r}")
+        _check_path(model, f"model {name!r}")
     elif not (isinstance(model, type) and issubclass(model, Recommender)):
         raise ValueError(f"model {name!r}: expected a Recommender subclass or 'module:Class', got {model!r}")
     else:
@@ -123,7 +122,7 @@ def model_class(name: str) -> type[Recommender]:
     """
     base = resolve(name)[0]
     if base in MODEL_PATHS:  # bgmrec's own: an import error here is bgmrec's bug, raised as it is
-        return _load(MODEL_PATHS[base], base)
+        return _load(MODEL_PATHS[base])
     target = _REGISTERED.get(base) or plugin_models()[base]
     if isinstance(target, tuple):
         raise ValueError(f"model {base!r} is declared by several installed packages ("
@@ -131,7 +130,7 @@ def model_class(name: str) -> type[Recommender]:
                          + "): uninstall all but one")
     where = f"model {base!r} ({_source(base)})"
     try:
-        cls = _load(target, where)
+        cls = _load(target)
     except Exception as e:  # whatever another package's module raises on import
         raise ValueError(f"{where}: cannot import {_value(target)!r}: {type(e).__name__}: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
@@ -157,13 +156,11 @@ def prepare_teacher(model: Recommender, ds, out, teacher_dir=None, progress: boo
         attach_teacher(model, ds, out, teacher_dir, progress)
 
 
-def _load(target: type[Recommender] | str | EntryPoint, where: str):
+def _load(target: type[Recommender] | str | EntryPoint):
+    """The object a target names: "module:Class" strings resolve as entry points do (``Outer.Inner`` too)."""
     if isinstance(target, type):
         return target
-    if isinstance(target, EntryPoint):
-        return target.load()
-    module, attr = _split_path(target, where)
-    return getattr(importlib.import_module(module), attr)
+    return (target if isinstance(target, EntryPoint) else EntryPoint("", target, ENTRY_POINT_GROUP)).load()
 
 
 def _value(target: type[Recommender] | str | EntryPoint) -> str:
@@ -180,7 +177,7 @@ def _same_model(a, b) -> bool:
     if _value(a) == _value(b):
         return True
     try:
-        return _load(a, "") is _load(b, "")
+        return _load(a) is _load(b)
     except Exception:  # a target that cannot be imported names no class to compare
         return False
 
@@ -206,8 +203,7 @@ def _check_name(cls: type[Recommender], name: str, target: str) -> None:
                          f"under that name, so make it the --model name (or set the class's name to {name!r})")
 
 
-def _split_path(path: str, what: str) -> tuple[str, str]:
+def _check_path(path: str, what: str) -> None:
     module, sep, attr = path.partition(":")
     if not sep or not module or not attr:
         raise ValueError(f"{what}: expected 'module:Class', got {path!r}")
-    return module, attr
