@@ -44,6 +44,22 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     assert called == ["popularity"]
 
 
+def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(bgmrec.bench, "BASELINE", "popularity")  # cheap stand-in for CMVAE
+    out = tmp_path / "report.md"
+    run_quality(["tiny"], [0, 1], out, tmp_path / "work", ["random", "popularity"], Console(quiet=True), "cmd")
+    report = out.read_text()
+    for split in ("test", "test_new_music", "test_unbiased"):
+        section = report.split(f"### tiny: `{split}`")[1].split("###")[0]
+        paired = section.split("| model | vs popularity, seed 0 | vs popularity, seed 1 |")[1]
+        row = next(line for line in paired.splitlines() if line.startswith("| random |"))
+        assert row.count("%") >= 2 * 3  # a change and its interval per seed
+    saved = json.loads((tmp_path / "benchmarks_tiny.json").read_text())
+    assert len(saved) == 2 * 2 * 3 and all("full_ranks" not in r for r in saved)
+
+
 def _truth_scores(ds, truth, mode, videos, tracks):
     from bgmrec.bench import TruthRanker
     from bgmrec.models.base import MusicCatalog, VideoQuery

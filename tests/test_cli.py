@@ -135,6 +135,12 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
         "ceiling-teacher-on-the-intervened-world": (["bench", "ceiling", "--scale", "tiny", "--work", str(tmp / "w"),
                                                      "--intervened", "cmvae,deccm", "--out", out],
                                                     ("deccm: a teacher-guided model",)),
+        "compare-unknown-metric": (["compare", "--baseline", str(world.parent / "runs" / "popularity"), "--run",
+                                    str(world.parent / "runs" / "popularity"), "--data", str(world), "--metric",
+                                    "precision@10"], ("unknown metric 'precision@10'", "recall@K")),
+        "compare-unknown-mode": (["compare", "--baseline", str(world.parent / "runs" / "popularity"), "--run",
+                                  str(world.parent / "runs" / "popularity"), "--data", str(world), "--mode",
+                                  "content"], ("offers only its one mode",)),
         "ceiling-unknown-model": (["bench", "ceiling", "--scale", "tiny", "--work", str(tmp / "w"), "--models",
                                    "cmvae", "--intervened", "cmvea", "--out", out],
                                   ("unknown model 'cmvea'", "choose among random")),
@@ -143,7 +149,8 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
 
 BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest", "missing-run", "unknown-split",
        "bad-set-value", "ceiling-without-runs", "ceiling-default-models",
-       "ceiling-unknown-model", "ceiling-nothing-to-report", "ceiling-teacher-on-the-intervened-world"]
+       "ceiling-unknown-model", "ceiling-nothing-to-report", "ceiling-teacher-on-the-intervened-world",
+       "compare-unknown-metric", "compare-unknown-mode"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -247,6 +254,23 @@ def test_deccm_modes_through_the_cli(cli_world, tmp_path):
         assert results[mode]["inference_mode"] == mode
         assert results[mode]["model"] == "deccm"
     assert json.loads((run / "config.json").read_text())["config"]["teacher"] is False
+    # the paired comparison of two modes of one run reads each mode's own ranks
+    j = tmp_path / "compare.json"
+    assert main(["compare", "--baseline", str(run), "--baseline-mode", "backdoor", "--run", str(run), "--mode",
+                 "content", "--data", str(cli_world), "--split", "test_unbiased", "--resamples", "500",
+                 "--json", str(j)]) == 0
+    c = json.loads(j.read_text())
+    assert (c["baseline_model"], c["run_model"]) == ("deccm [backdoor]", "deccm [content]")
+    assert c["baseline"] == pytest.approx(results["backdoor"]["full"]["recall@10"])
+    assert c["candidate"] == pytest.approx(results["content"]["full"]["recall@10"])
+    assert c["difference_ci"][0] <= c["difference"] <= c["difference_ci"][1] and 0 < c["p_value"] <= 1
+
+
+def test_compare_a_run_with_itself(cli_world, popularity_run, capsys):
+    assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
+                 str(cli_world), "--metric", "ndcg@10", "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "+0.0000 [+0.0000, +0.0000]" in out and "+0.0% [+0.0%, +0.0%] p=1" in out
 
 
 @pytest.fixture(scope="module")

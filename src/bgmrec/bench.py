@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 
-from bgmrec.demo import DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run
+from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run
 
 if TYPE_CHECKING:
     from bgmrec.models.base import Recommender
@@ -129,6 +129,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     """
     from bgmrec.cli.core import git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset, write_json_atomic
+    from bgmrec.eval.report import PAIRED_NOTE, paired_against, paired_markdown, without_ranks
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,27 +148,34 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     for scale in scales:
         results: list[dict] = []
         seconds: dict[str, list[float]] = {}
+        paired: dict[str, dict[str, list]] = {split: {} for split in EVAL_SPLITS}  # split -> "seed s" -> comparisons
         for seed in seeds:
             data = Path(work) / f"{scale}-seed{seed}" / "data"
             ensure_world(scale, seed, data, console)
             ds = load_dataset(data)
+            seed_results: list[dict] = []
             for name in models or DEMO_MODELS:
                 run = data.parent / "runs" / name
                 sec = finished_run(run, name, seed, git_commit()) if resume else None
                 if sec is None:
                     _, sec = train_model(data, name, run, seed=seed, progress=True)
                 seconds.setdefault(name, []).append(sec)
-                res = evaluate_run(run, ds, label=name)
+                res = evaluate_run(run, ds, label=name, keep_ranks=True)
                 for r in res:
                     r["seed"] = seed
-                results.extend(res)
+                seed_results.extend(res)
                 console.print(f"{scale} seed {seed}: {name} trained in {sec:.0f} s")
+            for split in EVAL_SPLITS:
+                paired[split][f"seed {seed}"] = paired_against(seed_results, BASELINE, split)
+            results.extend(without_ranks(seed_results))
         write_json_atomic(out.parent / f"benchmarks_{scale}.json", results)
         agg = aggregate(results)
         sections += [f"## World `{scale}` (seeds {', '.join(map(str, seeds))})", ""]
         for split in EVAL_SPLITS:
             png = plot(agg, split, f"{scale}, {split}", out.parent / f"bench_{scale}_{split}.png")
             sections += [f"### {scale}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
+            if any(paired[split].values()):
+                sections += [PAIRED_NOTE.format(baseline=BASELINE), "", paired_markdown(paired[split], BASELINE), ""]
         sections += ["Training seconds per model (mean over seeds): "
                      + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]
     sections += ["## The papers' figures", "", PAPER_TABLE]

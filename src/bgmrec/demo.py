@@ -13,6 +13,7 @@ from rich.console import Console
 from bgmrec.data.dataset import load_dataset, read_json, write_json_atomic
 
 EVAL_SPLITS = ("test", "test_new_music", "test_unbiased")
+BASELINE = "cmvae"  # the model every other one is compared with, query by query
 DEMO_MODELS = ("random", "popularity", "cca", "twotower-hinge", "twotower-infonce", "cmvae", "cmvae-visual",
                "cmvae-concat", "cmvae-nocrossgen", "cmvae-noprior", "deccm", "deccm-noadjust", "deccm-noteacher",
                "deccm-teachermix", "oracle")
@@ -39,8 +40,9 @@ def evaluation_modes(model) -> list[str | None]:
     return list(model.modes_to_evaluate()) or [None]
 
 
-def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None) -> list[dict]:
-    """Evaluate a saved run on ``splits``, once per inference mode for models that have several."""
+def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None, keep_ranks: bool = False) -> list[dict]:
+    """Evaluate a saved run on ``splits``, once per inference mode for models that have several
+    (``keep_ranks``: with each query's rank, for paired comparisons)."""
     from bgmrec.eval.protocol import evaluate
     from bgmrec.models.base import load_model
 
@@ -51,7 +53,7 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None) ->
             model.set_inference_mode(mode)
         for split in splits:
             if split in ds.splits and len(ds.splits[split]):
-                r = evaluate(model, ds, split)
+                r = evaluate(model, ds, split, keep_ranks=keep_ranks)
                 r["label"] = label or model.name
                 results.append(r)
     return results
@@ -59,7 +61,7 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None) ->
 
 def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console: Console) -> list[dict]:
     from bgmrec.cli.core import git_commit, machine, train_model
-    from bgmrec.eval.report import markdown_table, plot_genre_shares, plot_recall_curves, rich_tables
+    from bgmrec.eval import report
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -73,17 +75,23 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
         _, seconds = train_model(data, name, run, seed=seed, progress=True)
         timings[name] = seconds
         console.print(f"trained {name} in {seconds:.1f} s")
-        results.extend(evaluate_run(run, ds, label=name))
+        results.extend(evaluate_run(run, ds, label=name, keep_ranks=True))
+    paired = {split: report.paired_against(results, BASELINE, split) for split in EVAL_SPLITS}
+    results = report.without_ranks(results)
     write_json_atomic(out / "results.json", results)
-    for table in rich_tables(results):
+    for table in report.rich_tables(results):
         console.print(table)
+    for split, comps in paired.items():
+        if comps:
+            console.print(report.paired_rich({f"seed {seed}": comps}, BASELINE,
+                                      f"{split}: change of Recall@10 over {BASELINE}, 95% paired interval, p-value"))
     plots = []
     for split in EVAL_SPLITS:
         if any(r["split"] == split for r in results):
-            plots.append(plot_recall_curves(results, split, out / f"recall_at_k_{split}.png"))
+            plots.append(report.plot_recall_curves(results, split, out / f"recall_at_k_{split}.png"))
     for split in ("test", "test_unbiased"):
         if any(r["split"] == split for r in results):
-            plots.append(plot_genre_shares(results, split, out / f"genre_shares_{split}.png"))
+            plots.append(report.plot_genre_shares(results, split, out / f"genre_shares_{split}.png"))
     wall = time.perf_counter() - t_start
     lines = [
         f"# bgmrec demo: the `{scale}` simulated world, seed {seed}",
@@ -101,7 +109,10 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
     ]
     for split in EVAL_SPLITS:
         if any(r["split"] == split for r in results):
-            lines += [f"## {split}", "", markdown_table(results, split), ""]
+            lines += [f"## {split}", "", report.markdown_table(results, split), ""]
+            if paired[split]:
+                lines += [report.PAIRED_NOTE.format(baseline=BASELINE), "",
+                          report.paired_markdown({f"seed {seed}": paired[split]}, BASELINE), ""]
     lines += ["## Training time (seconds)", "", "| model | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]

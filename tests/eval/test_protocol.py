@@ -226,3 +226,28 @@ def test_oracle_refuses_an_unknown_split_and_a_missing_taste(tiny_ds, tiny_spec)
         oracle.encode_videos(q)
     with pytest.raises(ValueError, match="genre preferences"):
         oracle.encode_videos(VideoQuery.from_dataset(tiny_ds, np.arange(3), split="test"))
+
+
+def test_compare_pairs_the_two_models_full_ranks(tiny_ds, fitted):
+    c = P.compare(fitted["random"], fitted["oracle"], tiny_ds, "test", "recall@10", resamples=2000)
+    r_random, r_oracle = (P.evaluate(fitted[n], tiny_ds, "test")["full"]["recall@10"] for n in ("random", "oracle"))
+    assert (c.baseline, c.candidate) == (pytest.approx(r_random), pytest.approx(r_oracle))
+    assert c.n_queries == len(tiny_ds.splits["test"])
+    assert c.difference_ci[0] > 0 and c.p_value < 0.01  # the oracle is far better, and the test says so
+    same = P.compare(fitted["oracle"], fitted["oracle"], tiny_ds, "test", "mrr", resamples=200)
+    assert same.difference == 0.0 and same.p_value == 1.0
+
+
+def test_evaluate_keeps_the_ranks_it_summarised_when_asked(tiny_ds, fitted):
+    from bgmrec.eval import metrics as M
+
+    res = P.evaluate(fitted["popularity"], tiny_ds, "test", keep_ranks=True)
+    assert M.recall_at_k(res["full_ranks"], 10) == res["full"]["recall@10"]
+    assert "full_ranks" not in P.evaluate(fitted["popularity"], tiny_ds, "test")
+
+
+@pytest.mark.parametrize("split,metric,words", [("nosuch", "recall@10", "split 'nosuch'"),
+                                                ("test", "recall@ten", "unknown metric")])
+def test_compare_refuses_an_unknown_split_or_metric(tiny_ds, fitted, split, metric, words):
+    with pytest.raises(ValueError, match=words):
+        P.compare(fitted["random"], fitted["oracle"], tiny_ds, split, metric)

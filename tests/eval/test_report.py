@@ -20,3 +20,36 @@ def test_a_pipe_in_a_label_is_escaped():
     line = markdown_table([_result("left|right", 3.0)], "test").splitlines()[2]
     assert line.startswith("| left\\|right | ")
     assert line.replace("\\|", "").count("|") == len(headers()) + 1
+
+
+def test_paired_against_compares_every_other_model_with_the_baseline_on_its_queries():
+    import numpy as np
+
+    from bgmrec.eval.report import paired_against, paired_markdown, without_ranks
+
+    def res(model, ranks, split="test", mode=None):
+        r = {"model": model, "split": split, "full_ranks": np.array(ranks)}
+        return r | ({"inference_mode": mode} if mode else {})
+
+    results = [res("cmvae", [1, 20, 3, 30]), res("deccm", [1, 2, 3, 30], mode="content"),
+               res("oracle", [1, 1, 1, 1]), res("deccm", [1, 2, 3, 4], split="val")]
+    comps = paired_against(results, "cmvae", "test", resamples=500)
+    assert [name for name, _ in comps] == ["deccm [content]"]  # not the baseline, the oracle or another split
+    c = comps[0][1]
+    assert (c.baseline, c.candidate, c.relative_change) == (0.5, 0.75, 0.5)  # recall@10: 2/4 -> 3/4
+    assert paired_against(results, "cmvae", "val") == []  # no baseline there
+    table = paired_markdown({"seed 0": comps, "seed 1": []}, "cmvae").splitlines()
+    assert table[0] == "| model | vs cmvae, seed 0 | vs cmvae, seed 1 |"
+    assert table[2].startswith("| deccm [content] | +50.0% ") and table[2].endswith(" p=1 | - |")
+    assert all("full_ranks" not in r for r in without_ranks(results)) and "full_ranks" in results[0]
+
+
+def test_change_cell_writes_the_smallest_monte_carlo_p_value_as_a_bound():
+    import numpy as np
+
+    from bgmrec.eval.report import change_cell
+    from bgmrec.eval.significance import paired_comparison
+
+    c = paired_comparison(np.full(400, 0.5), np.ones(400), resamples=999)
+    assert change_cell(c) == "+100.0% [+100.0%, +100.0%] p<1e-03"
+    assert change_cell(paired_comparison(np.zeros(3), np.ones(3))) == "-"

@@ -198,6 +198,54 @@ def evaluate(
 
 
 @app.command()
+def compare(
+    baseline: Path = typer.Option(..., help="run folder of the model compared against (e.g. CMVAE's)"),
+    run: Path = typer.Option(..., help="run folder of the model compared with it (e.g. DecCM's)"),
+    data: Path = typer.Option(..., help="dataset folder"),
+    split: str = typer.Option("test", help="split whose queries both models rank"),
+    mode: str | None = typer.Option(None, help="inference mode of --run, for models that have several (DecCM)"),
+    baseline_mode: str | None = typer.Option(None, help="inference mode of --baseline"),
+    metric: str = typer.Option("recall@10", help="per-query full-catalogue metric: recall@K, ndcg@K or mrr"),
+    resamples: int = typer.Option(10_000, help="bootstrap resamples (and at most as many sign vectors)"),
+    level: float = typer.Option(0.95, help="confidence level of the intervals"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the comparison to this file"),
+) -> None:
+    """Is --run better than --baseline on the same queries? Paired bootstrap interval and randomisation test."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bgmrec.data.dataset import load_dataset, write_json_atomic
+    from bgmrec.eval.metrics import parse_metric
+    from bgmrec.eval.protocol import compare as paired
+    from bgmrec.eval.report import change_cell
+    from bgmrec.models.base import load_model
+
+    parse_metric(metric)
+    if json_out is not None and json_out.is_dir():
+        raise ValueError(f"--json {json_out}: is a folder; give the path of a file to write the comparison to")
+    ds = load_dataset(data)
+    models = []
+    for folder, m in ((baseline, baseline_mode), (run, mode)):
+        rec = load_model(folder)
+        if m is not None:
+            rec.set_inference_mode(m)
+        models.append(rec)
+    c = paired(*models, ds, split, metric, resamples, level)
+    names = [f"{rec.name} [{rec.inference_mode}]" if rec.inference_mode else rec.name for rec in models]
+    t = Table(title=f"{split}: {c.n_queries} queries, full-catalogue {metric}, {level:.0%} intervals")
+    for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
+        t.add_column(h, justify="left" if h in ("baseline", "run") else "right")
+    lo, hi = c.difference_ci
+    t.add_row(*(escape(x) for x in names), f"{c.baseline:.4f}", f"{c.candidate:.4f}",
+              f"{c.difference:+.4f} [{lo:+.4f}, {hi:+.4f}]", change_cell(c))
+    console.print(t)
+    if json_out is not None:
+        write_json_atomic(json_out, {"split": split, "baseline_run": str(baseline), "run": str(run),
+                                     "baseline_model": names[0], "run_model": names[1], **c.to_json()})
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
 def demo(
     scale: str = typer.Option("small", help="world preset"),
     out: Path = typer.Option(Path("runs/demo"), help="folder for data, runs, report.md and plots"),

@@ -25,23 +25,56 @@ def _weights(ranks: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     return w / w.sum()
 
 
+def recall_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each query's Recall@k: 1.0 if its relevant item is within the top ``k``, else 0.0."""
+    return (np.asarray(ranks) <= k).astype(np.float64)
+
+
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each query's NDCG@k with one relevant item: 1 / log2(rank + 1) if rank <= k else 0 (ideal DCG 1)."""
+    r = np.asarray(ranks, np.float64)
+    return np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
+
+
+def reciprocal_ranks(ranks: np.ndarray) -> np.ndarray:
+    """Each query's reciprocal rank 1 / rank."""
+    return 1.0 / np.asarray(ranks, np.float64)
+
+
+def parse_metric(metric: str) -> tuple[str, int | None]:
+    """("recall", K), ("ndcg", K) or ("mrr", None) from "recall@K", "ndcg@K" or "mrr"; ValueError otherwise."""
+    name, _, k = metric.lower().partition("@")
+    if name == "mrr" and not k:
+        return name, None
+    if name in ("recall", "ndcg") and k.isdigit() and int(k) >= 1:
+        return name, int(k)
+    raise ValueError(f"unknown metric {metric!r}; expected recall@K, ndcg@K (K >= 1) or mrr")
+
+
+def query_gains(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each query's value of ``metric`` ("recall@K", "ndcg@K" or "mrr"): the metric is their mean."""
+    name, k = parse_metric(metric)
+    _weights(ranks, None)  # validate first: rank 0 would divide by zero
+    if name == "mrr":
+        return reciprocal_ranks(ranks)
+    return (recall_gains if name == "recall" else ndcg_gains)(ranks, k)
+
+
 def recall_at_k(ranks: np.ndarray, k: int, weights: np.ndarray | None = None) -> float:
     """Share of queries whose relevant item is within the top ``k`` (HR@k with one positive)."""
-    return float(np.dot(_weights(ranks, weights), np.asarray(ranks) <= k))
+    return float(np.dot(_weights(ranks, weights), recall_gains(ranks, k)))
 
 
 def ndcg_at_k(ranks: np.ndarray, k: int, weights: np.ndarray | None = None) -> float:
     """NDCG@k with one relevant item: 1 / log2(rank + 1) if rank <= k else 0 (the ideal DCG is 1)."""
     w = _weights(ranks, weights)  # validate first: rank 0 would divide by log2(1) = 0
-    r = np.asarray(ranks, np.float64)
-    gain = np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
-    return float(np.dot(w, gain))
+    return float(np.dot(w, ndcg_gains(ranks, k)))
 
 
 def mrr(ranks: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Mean reciprocal rank."""
     w = _weights(ranks, weights)  # validate first: rank 0 would divide by zero
-    return float(np.dot(w, 1.0 / np.asarray(ranks, np.float64)))
+    return float(np.dot(w, reciprocal_ranks(ranks)))
 
 
 def median_rank(ranks: np.ndarray) -> float:
@@ -144,7 +177,7 @@ def per_group_recall_at_k(ranks: np.ndarray, groups: np.ndarray, n_groups: int, 
     """Recall@k within each group of queries (NaN for a group without queries)."""
     ranks = np.asarray(ranks)
     groups = np.asarray(groups)
-    hits = np.bincount(groups, weights=(ranks <= k).astype(np.float64), minlength=n_groups)
+    hits = np.bincount(groups, weights=recall_gains(ranks, k), minlength=n_groups)
     counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)

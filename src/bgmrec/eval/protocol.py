@@ -10,6 +10,7 @@ import torch
 
 from bgmrec.data.dataset import Dataset
 from bgmrec.eval import metrics as M
+from bgmrec.eval.significance import PairedComparison, paired_comparison
 from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery
 
 FULL_KS = (1, 5, 10, 20)
@@ -85,8 +86,12 @@ def _ranking_metrics(ranks: np.ndarray, ks, weights=None) -> dict[str, float]:
     return out
 
 
-def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0) -> dict:
-    """Every figure of the protocol for one model on one split, as the JSON object ``evaluate --json`` writes."""
+def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ranks: bool = False) -> dict:
+    """Every figure of the protocol for one model on one split, as the JSON object ``evaluate --json`` writes.
+
+    ``keep_ranks`` adds ``"full_ranks"``: each query's full-catalogue rank (a NumPy array, not JSON),
+    what :func:`compare` and :func:`~bgmrec.eval.report.paired_rows` pair across models.
+    """
     if split not in ds.splits:
         raise ValueError(f"unknown split {split!r}; the dataset has {', '.join(ds.splits)}")
     rows = np.asarray(ds.splits[split])
@@ -122,4 +127,17 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0) -> dict
     per_genre = M.per_group_recall_at_k(r, ds.track_genre[rows[:, 1]], g, 10)
     result["per_genre_recall@10"] = {name: (None if np.isnan(v) else float(v))
                                      for name, v in zip(ds.genres, per_genre, strict=True)}
+    if keep_ranks:
+        result["full_ranks"] = r
     return result
+
+
+def compare(baseline: Recommender, candidate: Recommender, ds: Dataset, split: str, metric: str = "recall@10",
+            resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> PairedComparison:
+    """Paired comparison of two models' full-catalogue ``metric`` on the queries of ``split``
+    (bootstrap interval and randomisation test over queries: :mod:`bgmrec.eval.significance`)."""
+    M.parse_metric(metric)
+    if split not in ds.splits or len(ds.splits[split]) == 0:
+        raise ValueError(f"split {split!r} is not in the dataset or has no queries; it has {', '.join(ds.splits)}")
+    base, cand = (M.query_gains(full_ranks(m, ds, split, seed=seed).ranks, metric) for m in (baseline, candidate))
+    return paired_comparison(base, cand, metric, resamples, level, seed)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from bgmrec.eval.significance import PairedComparison
 
 COLUMNS = (  # (header, path into an evaluate() result)
     ("R@10", ("full", "recall@10")),
@@ -81,6 +85,78 @@ def markdown_table(results: list[dict], split: str) -> str:
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
               for row in rows_for_split(results, split)]
     return "\n".join(lines)
+
+
+PAIRED_NOTE = ("Change of full-catalogue Recall@10 over {baseline} on the same queries, with its 95% paired bootstrap "
+               "interval and the p-value of a paired randomisation test (`bgmrec compare`): how sure each figure "
+               "is given these trained models and queries, not how it varies over training seeds.")
+
+
+def paired_against(results: list[dict], baseline: str, split: str, metric: str = "recall@10",
+                   resamples: int = 10_000, level: float = 0.95) -> list[tuple[str, PairedComparison]]:
+    """(label, paired comparison with ``baseline``) for every other model of ``split``, on the same queries.
+
+    The results must come from ``evaluate(..., keep_ranks=True)`` (their ``"full_ranks"``); the oracle
+    and the baseline itself are skipped; empty when the baseline has no result on ``split``.
+    """
+    from bgmrec.eval.metrics import query_gains
+    from bgmrec.eval.significance import paired_comparison
+
+    subset = [r for r in results if r["split"] == split]
+    base = next((r for r in subset if label(r) == baseline), None)
+    if base is None:
+        return []
+    gains = query_gains(base["full_ranks"], metric)
+    return [(label(r), paired_comparison(gains, query_gains(r["full_ranks"], metric), metric, resamples, level))
+            for r in subset if r is not base and r["model"] != "oracle"]
+
+
+def without_ranks(results: list[dict]) -> list[dict]:
+    """The results without their per-query ``"full_ranks"`` (what is written as JSON)."""
+    return [{k: v for k, v in r.items() if k != "full_ranks"} for r in results]
+
+
+def change_cell(c: PairedComparison) -> str:
+    """A relative change with its interval and p-value, e.g. "+4.0% [+1.1%, +6.9%] p=0.006"."""
+    lo, hi = c.relative_change_ci
+    if np.isnan(c.relative_change):
+        return "-"
+    interval = "" if np.isnan(lo) else f" [{lo:+.1%}, {hi:+.1%}]"
+    p = f"p<{1 / (1 + c.resamples):.0e}" if c.p_value <= 1 / (1 + c.resamples) else f"p={c.p_value:.2g}"
+    return f"{c.relative_change:+.1%}{interval} {p}"
+
+
+def paired_rows(columns: dict[str, list[tuple[str, PairedComparison]]], baseline: str) -> list[list[str]]:
+    """Header and rows: one row per model, one column per set of comparisons (e.g. per seed), each cell
+    the model's change over ``baseline`` (:func:`change_cell`)."""
+    names = list(dict.fromkeys(name for comps in columns.values() for name, _ in comps))
+    cells = {(col, name): c for col, comps in columns.items() for name, c in comps}
+    rows = [["model", *(f"vs {baseline}, {col}" for col in columns)]]
+    rows += [[name, *(change_cell(cells[col, name]) if (col, name) in cells else "-" for col in columns)]
+             for name in names]
+    return rows
+
+
+def paired_markdown(columns: dict[str, list[tuple[str, PairedComparison]]], baseline: str) -> str:
+    """:func:`paired_rows` as a Markdown table."""
+    head, *rows = paired_rows(columns, baseline)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def paired_rich(columns: dict[str, list[tuple[str, PairedComparison]]], baseline: str, title: str):
+    """:func:`paired_rows` as a Rich table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    head, *rows = paired_rows(columns, baseline)
+    t = Table(title=title)
+    for i, h in enumerate(head):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*map(escape, row))
+    return t
 
 
 def plot_recall_curves(results: list[dict], split: str, out: Path) -> Path:

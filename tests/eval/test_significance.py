@@ -1,0 +1,156 @@
+"""Paired comparisons over queries: hand-worked p-values, the bootstrap's variance, coverage, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bgmrec.eval import metrics as M
+from bgmrec.eval.significance import bootstrap_means, paired_comparison, sign_flip_p_value
+
+# ---- per-query gains -------------------------------------------------------------------------------
+
+
+def test_query_gains_by_hand_and_their_means_are_the_metrics():
+    ranks = np.array([1, 3, 11, 2])
+    assert M.query_gains(ranks, "recall@10").tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert M.query_gains(ranks, "ndcg@10") == pytest.approx([1.0, 0.5, 0.0, 1 / math.log2(3)])
+    assert M.query_gains(ranks, "MRR") == pytest.approx([1.0, 1 / 3, 1 / 11, 0.5])
+    for metric, agg in (("recall@3", M.recall_at_k(ranks, 3)), ("ndcg@11", M.ndcg_at_k(ranks, 11)),
+                        ("mrr", M.mrr(ranks))):
+        assert M.query_gains(ranks, metric).mean() == pytest.approx(agg)
+
+
+@pytest.mark.parametrize("metric", ["recall", "recall@0", "recall@x", "ndcg@", "mrr@10", "map@10", ""])
+def test_unknown_metrics_are_named(metric):
+    with pytest.raises(ValueError, match="unknown metric"):
+        M.parse_metric(metric)
+
+
+# ---- the randomisation test, worked out by hand ------------------------------------------------------
+
+
+def test_sign_flip_p_value_by_hand():
+    # d = (1, 1, 1): of the 8 sign vectors only (+,+,+) and (-,-,-) reach |sum| = 3 -> p = 2/8
+    assert sign_flip_p_value(np.array([1.0, 1.0, 1.0])) == 0.25
+    # one non-zero difference: every sign vector reaches |sum| = 1 -> p = 1
+    assert sign_flip_p_value(np.array([0.0, 1.0, 0.0, 0.0])) == 1.0
+    # d = (1, 1, 1, -1, 0): observed |sum| = 2; four signs of +-1 sum to 4, 2, 0, -2, -4 in 1, 4, 6, 4, 1
+    # of 16 ways, so |sum| >= 2 in 10 of them (the zero doubles both counts) -> p = 10/16
+    assert sign_flip_p_value(np.array([1.0, 1.0, 1.0, -1.0, 0.0])) == 0.625
+    # no difference at all: p = 1
+    assert sign_flip_p_value(np.zeros(7)) == 1.0
+
+
+def test_sign_flip_ties_on_sums_of_equal_values_are_exact():
+    # 0.1 + 0.2 + 0.3 and its sign flips: float rounding must not drop the observed vector itself
+    d = np.array([0.1, 0.2, 0.3])
+    assert sign_flip_p_value(d) == 0.25  # (+,+,+) and (-,-,-) only
+    assert sign_flip_p_value(np.array([0.1, 0.2, -0.3])) == 1.0  # every |sum| >= 0
+
+
+def test_monte_carlo_p_value_is_close_to_the_exact_one():
+    rng = np.random.default_rng(3)
+    d = rng.choice([-1.0, 0.0, 1.0], size=16, p=[0.2, 0.3, 0.5])
+    nz = d[d != 0]
+    exact = np.mean([abs(np.dot(s, nz)) >= abs(nz.sum()) for s in itertools.product((1, -1), repeat=len(nz))])
+    assert 2 ** len(nz) > 2000  # the Monte Carlo branch runs
+    assert sign_flip_p_value(d, resamples=2000, seed=1) == pytest.approx(exact, abs=0.03)
+    assert sign_flip_p_value(d, resamples=2 ** len(nz)) == pytest.approx(exact)  # the exact branch agrees
+
+
+def test_monte_carlo_p_value_is_never_zero():
+    d = np.ones(200)  # every query better: no random sign vector reaches the observed sum
+    assert sign_flip_p_value(d, resamples=999) == pytest.approx(1 / 1000)
+
+
+# ---- the bootstrap -------------------------------------------------------------------------------------
+
+
+def test_bootstrap_replicates_have_the_variance_of_a_mean():
+    # the bootstrap variance of a mean of n values is their population variance / n
+    d = np.array([1, 0, 0, -1, 1, 1, 0, 0, 1, -1, 0, 1], np.float64)
+    reps = bootstrap_means(d[:, None], resamples=40_000, seed=0)[:, 0]
+    assert reps.mean() == pytest.approx(d.mean(), abs=0.005)
+    assert reps.std() == pytest.approx(math.sqrt(d.var() / len(d)), rel=0.03)
+
+
+def test_bootstrap_is_paired_and_seeded():
+    a = np.arange(50, dtype=np.float64)
+    reps = bootstrap_means(np.stack([a, a + 1], axis=1), resamples=100, seed=7)
+    assert np.allclose(reps[:, 1] - reps[:, 0], 1.0)  # the same rows for both columns
+    assert np.array_equal(reps, bootstrap_means(np.stack([a, a + 1], axis=1), resamples=100, seed=7))
+
+
+def test_bootstrap_chunks_give_the_same_count_of_replicates(monkeypatch):
+    import bgmrec.eval.significance as S
+
+    monkeypatch.setattr(S, "_CHUNK_CELLS", 30)  # 3 resamples of 10 rows per chunk
+    assert S.bootstrap_means(np.ones((10, 2)), resamples=8).shape == (8, 2)
+
+
+# ---- paired_comparison -----------------------------------------------------------------------------------
+
+
+def test_identical_models_differ_by_nothing():
+    g = np.array([1.0, 0.5, 1.0, 1.0, 0.25])  # NDCG-like: no resample has a mean of 0
+    c = paired_comparison(g, g.copy(), "recall@10", resamples=500)
+    assert (c.difference, c.difference_ci, c.relative_change, c.relative_change_ci) == (0.0, (0.0, 0.0), 0.0,
+                                                                                          (0.0, 0.0))
+    assert c.p_value == 1.0 and c.n_queries == 5
+
+
+def test_comparison_by_hand():
+    base = np.array([1.0, 0.0, 1.0, 0.0])
+    cand = np.array([1.0, 1.0, 1.0, 0.0])
+    c = paired_comparison(base, cand, "recall@10", resamples=2000, seed=0)
+    assert (c.baseline, c.candidate, c.difference) == (0.5, 0.75, 0.25)
+    assert c.relative_change == pytest.approx(0.5)
+    assert c.p_value == 1.0  # one query differs: its sign flip is as likely
+    lo, hi = c.difference_ci  # resampled differences are (#copies of query 2) / 4: 0, 0.25, ..., 1
+    assert lo == 0.0 and 0.5 <= hi <= 0.75
+    # a resample of queries 2 and 4 alone (chance 1/16 each time) has a baseline mean of 0: no ratio interval
+    assert all(math.isnan(x) for x in c.relative_change_ci)
+
+
+def test_relative_change_is_undefined_against_a_baseline_of_zero():
+    c = paired_comparison(np.zeros(3), np.ones(3), resamples=100)
+    assert math.isnan(c.relative_change) and all(math.isnan(x) for x in c.relative_change_ci)
+    assert c.difference_ci == (1.0, 1.0) and c.p_value == 0.25
+    j = c.to_json()
+    assert j["relative_change"] is None and j["relative_change_ci"] == [None, None]
+    json.dumps(j, allow_nan=False)  # strict JSON: NaN written as null
+
+
+def test_intervals_cover_the_true_difference_about_as_often_as_they_say():
+    rng = np.random.default_rng(0)
+    covered = 0
+    trials = 200
+    for t in range(trials):  # paired queries: the candidate's hit rate is 0.05 higher
+        u = rng.random(300)
+        base, cand = (u < 0.6).astype(float), (u < 0.65).astype(float)
+        c = paired_comparison(base, cand, resamples=1000, seed=t)
+        covered += c.difference_ci[0] <= 0.05 <= c.difference_ci[1]
+    assert 0.90 <= covered / trials <= 0.99
+
+
+@pytest.mark.parametrize("base,cand,words", [
+    (np.ones(3), np.ones(4), "shapes (3,) (baseline) and (4,) (candidate)"),
+    (np.ones((2, 2)), np.ones((2, 2)), "one value per query"),
+    (np.ones(0), np.ones(0), "one value per query"),
+    (np.array([1.0, np.nan]), np.ones(2), "finite"),
+])
+def test_bad_input_is_named(base, cand, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        paired_comparison(base, cand)
+
+
+@pytest.mark.parametrize("kwargs,words", [({"level": 1.0}, "level"), ({"level": 0.0}, "level"),
+                                          ({"resamples": 0}, "resamples")])
+def test_bad_settings_are_named(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        paired_comparison(np.ones(3), np.ones(3), **kwargs)
