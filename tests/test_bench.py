@@ -56,6 +56,7 @@ def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path,
         paired = section.split("| model | vs popularity, seed 0 | vs popularity, seed 1 |")[1]
         row = next(line for line in paired.splitlines() if line.startswith("| random |"))
         assert row.count("%") >= 2 * 3  # a change and its interval per seed
+        assert "| share of positives |" in section  # and Recall@10 per genre
     saved = json.loads((tmp_path / "benchmarks_tiny.json").read_text())
     assert len(saved) == 2 * 2 * 3 and all("full_ranks" not in r for r in saved)
 

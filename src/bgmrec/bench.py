@@ -129,7 +129,14 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     """
     from bgmrec.cli.core import git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset, write_json_atomic
-    from bgmrec.eval.report import PAIRED_NOTE, paired_against, paired_markdown, without_ranks
+    from bgmrec.eval.report import (
+        PAIRED_NOTE,
+        PER_GENRE_NOTE,
+        paired_against,
+        paired_markdown,
+        per_genre_markdown,
+        without_ranks,
+    )
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +183,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             sections += [f"### {scale}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
             if any(paired[split].values()):
                 sections += [PAIRED_NOTE.format(baseline=BASELINE), "", paired_markdown(paired[split], BASELINE), ""]
+            sections += [PER_GENRE_NOTE + " Means over seeds.", "", per_genre_markdown(results, split), ""]
         sections += ["Training seconds per model (mean over seeds): "
                      + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]
     sections += ["## The papers' figures", "", PAPER_TABLE]

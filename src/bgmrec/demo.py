@@ -113,6 +113,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
             if paired[split]:
                 lines += [report.PAIRED_NOTE.format(baseline=BASELINE), "",
                           report.paired_markdown({f"seed {seed}": paired[split]}, BASELINE), ""]
+            lines += [report.PER_GENRE_NOTE, "", report.per_genre_markdown(results, split), ""]
     lines += ["## Training time (seconds)", "", "| model | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]

@@ -53,3 +53,19 @@ def test_change_cell_writes_the_smallest_monte_carlo_p_value_as_a_bound():
     c = paired_comparison(np.full(400, 0.5), np.ones(400), resamples=999)
     assert change_cell(c) == "+100.0% [+100.0%, +100.0%] p<1e-03"
     assert change_cell(paired_comparison(np.zeros(3), np.ones(3))) == "-"
+
+
+def test_per_genre_table_averages_each_models_results_and_skips_empty_genres():
+    from bgmrec.eval.report import per_genre_markdown
+
+    def res(model, recalls, shares=(0.75, 0.25), split="test"):
+        return {"model": model, "split": split, "per_genre_recall@10": dict(zip(("pop", "folk"), recalls, strict=True)),
+                "bias": {"truth_genre_share": dict(zip(("pop", "folk"), shares, strict=True))}}
+
+    results = [res("cmvae", (0.5, None)), res("cmvae", (1.0, 0.25), shares=(0.5, 0.5)), res("random", (0.0, 0.0)),
+               res("cmvae", (0.0, 0.0), split="val")]
+    assert per_genre_markdown(results, "test").splitlines() == [
+        "| model | pop | folk |", "|---|---|---|",
+        "| share of positives | 0.625 | 0.375 |",  # the mean over cmvae's two seeds
+        "| cmvae | 0.750 | 0.250 |",  # a seed without a folk query is left out of folk's mean
+        "| random | 0.000 | 0.000 |"]

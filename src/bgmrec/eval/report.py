@@ -81,9 +81,35 @@ def rich_tables(results: list[dict]):
 
 
 def markdown_table(results: list[dict], split: str) -> str:
-    lines = ["| " + " | ".join(headers()) + " |", "|" + "---|" * len(headers())]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
-              for row in rows_for_split(results, split)]
+    return _markdown(headers(), rows_for_split(results, split))
+
+
+PER_GENRE_NOTE = ("Full-catalogue Recall@10 by the genre of each query's positive track; the first row is each "
+                  "genre's share of the positives.")
+
+
+def per_genre_markdown(results: list[dict], split: str) -> str:
+    """Recall@10 per genre of the positive track, one row per model (the mean of its results on ``split``,
+    e.g. over seeds), under a first row with each genre's share of the split's positives."""
+    subset = [r for r in results if r["split"] == split]
+    genres = list(subset[0]["per_genre_recall@10"])
+    by_label: dict[str, list[dict]] = {}
+    for r in subset:
+        by_label.setdefault(label(r), []).append(r)
+
+    def mean(values) -> str:
+        vals = [v for v in values if v is not None]
+        return f"{np.mean(vals):.3f}" if vals else "-"
+
+    first = next(iter(by_label.values()))  # the same positives for every model
+    rows = [["share of positives", *(mean(r["bias"]["truth_genre_share"][g] for r in first) for g in genres)]]
+    rows += [[name, *(mean(r["per_genre_recall@10"][g] for r in rs) for g in genres)] for name, rs in by_label.items()]
+    return _markdown(["model", *genres], rows)
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -140,9 +166,7 @@ def paired_rows(columns: dict[str, list[tuple[str, PairedComparison]]], baseline
 def paired_markdown(columns: dict[str, list[tuple[str, PairedComparison]]], baseline: str) -> str:
     """:func:`paired_rows` as a Markdown table."""
     head, *rows = paired_rows(columns, baseline)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return _markdown(head, rows)
 
 
 def paired_rich(columns: dict[str, list[tuple[str, PairedComparison]]], baseline: str, title: str):
