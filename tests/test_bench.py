@@ -326,3 +326,10 @@ def test_gamma_sweep_reports_the_intervened_world_beside_cmvae_and_deccm(tmp_pat
     figures = evaluate(mixture, load_dataset(world / "data"), "test_unbiased")
     assert mixed == pytest.approx(figures["full"]["recall@10"], abs=5e-4)
     assert mixed_tvd == pytest.approx(figures["bias"]["exposure_tvd@10"], abs=5e-4)
+    # the first table's gain is the paired comparison of content mode with CMVAE on the same queries
+    table = out.split("| gamma | DecCM mode | CMVAE R@10 | DecCM R@10 | gain |")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| 2 | content |")).split(" | ")
+    change, interval = row[4].split(" [")
+    assert float(change.rstrip("%")) == pytest.approx(100 * (deccm / cmvae - 1), abs=0.15)
+    lo, hi = (float(x.rstrip("%")) for x in interval.split("]")[0].split(", "))
+    assert lo <= float(change.rstrip("%")) <= hi and " p" in row[4]
