@@ -141,6 +141,10 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
         "compare-unknown-mode": (["compare", "--baseline", str(world.parent / "runs" / "popularity"), "--run",
                                   str(world.parent / "runs" / "popularity"), "--data", str(world), "--mode",
                                   "content"], ("offers only its one mode",)),
+        "compare-bad-level": (["compare", "--baseline", str(tmp / "norun"), "--run", str(tmp / "norun"), "--data",
+                               str(world), "--level", "95"], ("level must be in (0, 1)",)),
+        "compare-bad-resamples": (["compare", "--baseline", str(tmp / "norun"), "--run", str(tmp / "norun"),
+                                   "--data", str(world), "--resamples", "0"], ("resamples must be an integer >= 1",)),
         "ceiling-unknown-model": (["bench", "ceiling", "--scale", "tiny", "--work", str(tmp / "w"), "--models",
                                    "cmvae", "--intervened", "cmvea", "--out", out],
                                   ("unknown model 'cmvea'", "choose among random")),
@@ -150,7 +154,7 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
 BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest", "missing-run", "unknown-split",
        "bad-set-value", "ceiling-without-runs", "ceiling-default-models",
        "ceiling-unknown-model", "ceiling-nothing-to-report", "ceiling-teacher-on-the-intervened-world",
-       "compare-unknown-metric", "compare-unknown-mode"]
+       "compare-unknown-metric", "compare-unknown-mode", "compare-bad-level", "compare-bad-resamples"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -260,7 +264,8 @@ def test_deccm_modes_through_the_cli(cli_world, tmp_path):
                  "content", "--data", str(cli_world), "--split", "test_unbiased", "--resamples", "500",
                  "--json", str(j)]) == 0
     c = json.loads(j.read_text())
-    assert (c["baseline_model"], c["run_model"]) == ("deccm [backdoor]", "deccm [content]")
+    assert (c["baseline_model"], c["candidate_model"]) == ("deccm [backdoor]", "deccm [content]")
+    assert c["baseline_run"] == c["candidate_run"] == str(run)
     assert c["baseline"] == pytest.approx(results["backdoor"]["full"]["recall@10"])
     assert c["candidate"] == pytest.approx(results["content"]["full"]["recall@10"])
     assert c["difference_ci"][0] <= c["difference"] <= c["difference_ci"][1] and 0 < c["p_value"] <= 1

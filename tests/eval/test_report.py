@@ -50,8 +50,10 @@ def test_change_cell_writes_the_smallest_monte_carlo_p_value_as_a_bound():
     from bgmrec.eval.report import change_cell
     from bgmrec.eval.significance import paired_comparison
 
-    c = paired_comparison(np.full(400, 0.5), np.ones(400), resamples=999)
-    assert change_cell(c) == "+100.0% [+100.0%, +100.0%] p<1e-03"
+    c = paired_comparison(np.full(400, 0.5), np.ones(400), resamples=999)  # p = 1 / (1 + 999) exactly
+    assert change_cell(c) == "+100.0% [+100.0%, +100.0%] p≤1e-03"
+    c = paired_comparison(np.full(400, 0.5), np.ones(400), resamples=300)  # p = 1/301 = 0.00332
+    assert change_cell(c).endswith(" p<4e-03")  # a bound rounded up, never down
     assert change_cell(paired_comparison(np.zeros(3), np.ones(3))) == "-"
 
 

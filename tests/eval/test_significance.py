@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def test_query_gains_by_hand_and_their_means_are_the_metrics():
         assert M.query_gains(ranks, metric).mean() == pytest.approx(agg)
 
 
-@pytest.mark.parametrize("metric", ["recall", "recall@0", "recall@x", "ndcg@", "mrr@10", "map@10", ""])
+@pytest.mark.parametrize("metric", ["recall", "recall@0", "recall@x", "recall@²", "ndcg@", "mrr@10", "map@10", ""])
 def test_unknown_metrics_are_named(metric):
     with pytest.raises(ValueError, match="unknown metric"):
         M.parse_metric(metric)
@@ -48,9 +49,18 @@ def test_sign_flip_p_value_by_hand():
 
 def test_sign_flip_ties_on_sums_of_equal_values_are_exact():
     # 0.1 + 0.2 + 0.3 and its sign flips: float rounding must not drop the observed vector itself
-    d = np.array([0.1, 0.2, 0.3])
-    assert sign_flip_p_value(d) == 0.25  # (+,+,+) and (-,-,-) only
+    assert sign_flip_p_value(np.array([0.1, 0.2, 0.3])) == 0.25  # (+,+,+) and (-,-,-) only
     assert sign_flip_p_value(np.array([0.1, 0.2, -0.3])) == 1.0  # every |sum| >= 0
+    # NDCG-like differences whose flipped sums equal the observed one in exact arithmetic but not in floats:
+    # the count is checked against exact rational arithmetic on the same floats
+    d = [0.27023815442731974, 0.053655912951249635, -0.25, 0.026400050467840885, 1 / 3]
+    exact = [Fraction(x) for x in d]
+    observed = abs(sum(exact))
+    sums = [abs(sum(s * x for s, x in zip(signs, exact, strict=True)))
+            for signs in itertools.product((1, -1), repeat=len(d))]
+    expected = np.mean([t >= observed - Fraction(1, 10**12) for t in sums])
+    assert expected == 0.3125  # 10 of 32, where float sums without a tolerance count 8
+    assert sign_flip_p_value(np.array(d)) == expected
 
 
 def test_monte_carlo_p_value_is_close_to_the_exact_one():
@@ -86,11 +96,18 @@ def test_bootstrap_is_paired_and_seeded():
     assert np.array_equal(reps, bootstrap_means(np.stack([a, a + 1], axis=1), resamples=100, seed=7))
 
 
-def test_bootstrap_chunks_give_the_same_count_of_replicates(monkeypatch):
+def test_chunks_change_nothing(monkeypatch):
     import bgmrec.eval.significance as S
 
-    monkeypatch.setattr(S, "_CHUNK_CELLS", 30)  # 3 resamples of 10 rows per chunk
-    assert S.bootstrap_means(np.ones((10, 2)), resamples=8).shape == (8, 2)
+    values = np.random.default_rng(0).random((10, 2))
+    d = np.random.default_rng(1).choice([-1.0, 0.0, 0.5, 1.0], size=30)
+    whole = (S.bootstrap_means(values, 8, seed=3), S.sign_flip_p_value(d, 500, seed=4),
+             S.sign_flip_p_value(d[:9], 600))
+    assert whole[2] == S.sign_flip_p_value(d[:9], 2 ** 9)  # the exact branch (2^#nonzero <= 600)
+    monkeypatch.setattr(S, "_CHUNK_CELLS", 30)  # 3 resamples of 10 rows, or a few sign vectors, per chunk
+    chunked = (S.bootstrap_means(values, 8, seed=3), S.sign_flip_p_value(d, 500, seed=4),
+               S.sign_flip_p_value(d[:9], 600))
+    assert np.array_equal(whole[0], chunked[0]) and whole[1:] == chunked[1:]
 
 
 # ---- paired_comparison -----------------------------------------------------------------------------------
@@ -129,13 +146,13 @@ def test_relative_change_is_undefined_against_a_baseline_of_zero():
 def test_intervals_cover_the_true_difference_about_as_often_as_they_say():
     rng = np.random.default_rng(0)
     covered = 0
-    trials = 200
+    trials = 400
     for t in range(trials):  # paired queries: the candidate's hit rate is 0.05 higher
         u = rng.random(300)
         base, cand = (u < 0.6).astype(float), (u < 0.65).astype(float)
         c = paired_comparison(base, cand, resamples=1000, seed=t)
         covered += c.difference_ci[0] <= 0.05 <= c.difference_ci[1]
-    assert 0.90 <= covered / trials <= 0.99
+    assert 0.925 <= covered / trials <= 0.975  # 95% intervals (90% ones cover about 0.90 here)
 
 
 @pytest.mark.parametrize("base,cand,words", [
@@ -150,7 +167,8 @@ def test_bad_input_is_named(base, cand, words):
 
 
 @pytest.mark.parametrize("kwargs,words", [({"level": 1.0}, "level"), ({"level": 0.0}, "level"),
-                                          ({"resamples": 0}, "resamples")])
+                                          ({"level": float("nan")}, "level"), ({"resamples": 0}, "resamples"),
+                                          ({"resamples": 2.5}, "resamples")])
 def test_bad_settings_are_named(kwargs, words):
     with pytest.raises(ValueError, match=words):
         paired_comparison(np.ones(3), np.ones(3), **kwargs)

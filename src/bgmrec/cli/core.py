@@ -217,10 +217,12 @@ def compare(
     from bgmrec.data.dataset import load_dataset, write_json_atomic
     from bgmrec.eval.metrics import parse_metric
     from bgmrec.eval.protocol import compare as paired
-    from bgmrec.eval.report import change_cell
+    from bgmrec.eval.report import change_cell, label
+    from bgmrec.eval.significance import check_settings
     from bgmrec.models.base import load_model
 
     parse_metric(metric)
+    check_settings(resamples, level)
     if json_out is not None and json_out.is_dir():
         raise ValueError(f"--json {json_out}: is a folder; give the path of a file to write the comparison to")
     ds = load_dataset(data)
@@ -231,7 +233,7 @@ def compare(
             rec.set_inference_mode(m)
         models.append(rec)
     c = paired(*models, ds, split, metric, resamples, level)
-    names = [f"{rec.name} [{rec.inference_mode}]" if rec.inference_mode else rec.name for rec in models]
+    names = [label({"model": rec.name, "inference_mode": rec.inference_mode}) for rec in models]
     t = Table(title=f"{split}: {c.n_queries} queries, full-catalogue {metric}, {level:.0%} intervals")
     for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
         t.add_column(h, justify="left" if h in ("baseline", "run") else "right")
@@ -240,8 +242,8 @@ def compare(
               f"{c.difference:+.4f} [{lo:+.4f}, {hi:+.4f}]", change_cell(c))
     console.print(t)
     if json_out is not None:
-        write_json_atomic(json_out, {"split": split, "baseline_run": str(baseline), "run": str(run),
-                                     "baseline_model": names[0], "run_model": names[1], **c.to_json()})
+        write_json_atomic(json_out, {"split": split, "baseline_run": str(baseline), "candidate_run": str(run),
+                                     "baseline_model": names[0], "candidate_model": names[1], **c.to_json()})
         console.print(f"wrote {json_out}")
 
 

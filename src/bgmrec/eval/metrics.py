@@ -46,7 +46,7 @@ def parse_metric(metric: str) -> tuple[str, int | None]:
     name, _, k = metric.lower().partition("@")
     if name == "mrr" and not k:
         return name, None
-    if name in ("recall", "ndcg") and k.isdigit() and int(k) >= 1:
+    if name in ("recall", "ndcg") and k.isdecimal() and int(k) >= 1:
         return name, int(k)
     raise ValueError(f"unknown metric {metric!r}; expected recall@K, ndcg@K (K >= 1) or mrr")
 

@@ -10,7 +10,7 @@ import torch
 
 from bgmrec.data.dataset import Dataset
 from bgmrec.eval import metrics as M
-from bgmrec.eval.significance import PairedComparison, paired_comparison
+from bgmrec.eval.significance import PairedComparison, check_settings, paired_comparison
 from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery
 
 FULL_KS = (1, 5, 10, 20)
@@ -137,6 +137,7 @@ def compare(baseline: Recommender, candidate: Recommender, ds: Dataset, split: s
     """Paired comparison of two models' full-catalogue ``metric`` on the queries of ``split``
     (bootstrap interval and randomisation test over queries: :mod:`bgmrec.eval.significance`)."""
     M.parse_metric(metric)
+    check_settings(resamples, level)
     if split not in ds.splits or len(ds.splits[split]) == 0:
         raise ValueError(f"split {split!r} is not in the dataset or has no queries; it has {', '.join(ds.splits)}")
     base, cand = (M.query_gains(full_ranks(m, ds, split, seed=seed).ranks, metric) for m in (baseline, candidate))

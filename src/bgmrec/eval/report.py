@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -148,8 +149,18 @@ def change_cell(c: PairedComparison) -> str:
     if np.isnan(c.relative_change):
         return "-"
     interval = "" if np.isnan(lo) else f" [{lo:+.1%}, {hi:+.1%}]"
-    p = f"p<{1 / (1 + c.resamples):.0e}" if c.p_value <= 1 / (1 + c.resamples) else f"p={c.p_value:.2g}"
-    return f"{c.relative_change:+.1%}{interval} {p}"
+    return f"{c.relative_change:+.1%}{interval} {p_value_text(c.p_value, c.resamples)}"
+
+
+def p_value_text(p: float, resamples: int) -> str:
+    """"p=0.033"; the smallest p-value a Monte Carlo test can give, 1 / (1 + B), as a bound rounded up
+    ("p<1e-04" for B = 10,000; "p≤1e-03" for B = 999, whose bound is exactly 1e-3)."""
+    floor = 1 / (1 + resamples)
+    if p > floor:
+        return f"p={p:.2g}"
+    mantissa, exponent = f"{floor:.6e}".split("e")
+    shown = math.ceil(float(mantissa) - 1e-9) * 10.0 ** int(exponent)  # one significant digit, rounded up
+    return f"p{'<' if shown > floor * (1 + 1e-9) else '≤'}{shown:.0e}"
 
 
 def paired_rows(columns: dict[str, list[tuple[str, PairedComparison]]], baseline: str) -> list[list[str]]:

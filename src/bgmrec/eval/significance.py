@@ -16,12 +16,14 @@ from the finite set of queries. Both models answered the same queries, so the co
   ``resamples`` of them, else by Monte Carlo with the add-one correction (Phipson and Smyth, 2010).
 
 Both are conditional on the two trained models: they say how sure the figure is given these queries,
-not how it would vary over training seeds or new worlds (for that, compare over seeds).
+not how it would vary over training seeds or new worlds (for that, compare over seeds). Both treat the
+queries as independent draws; queries that share an uploader or a positive track are not quite, so the
+intervals can be somewhat narrow. With one query (or one that differs) an interval has width 0: it says
+nothing, and the p-value of 1 says so.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -67,6 +69,14 @@ def _paired(baseline, candidate) -> np.ndarray:
     return np.stack([a, b], axis=1)
 
 
+def check_settings(resamples: int, level: float = 0.95) -> None:
+    """ValueError unless ``resamples`` >= 1 and ``level`` is in (0, 1) (checked before any ranking)."""
+    if not isinstance(resamples, int | np.integer) or resamples < 1:
+        raise ValueError(f"resamples must be an integer >= 1, got {resamples}")
+    if not 0 < level < 1:  # False for NaN too
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level}")
+
+
 def bootstrap_means(values: np.ndarray, resamples: int, seed: int = 0) -> np.ndarray:
     """Column means of ``values`` [n, c] over ``resamples`` bootstrap resamples of its rows: [resamples, c].
 
@@ -76,8 +86,7 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int = 0) -> np.nda
     values = np.asarray(values, np.float64)
     if values.ndim != 2 or len(values) == 0:
         raise ValueError(f"values must be [queries, columns] with at least one query, got shape {values.shape}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    check_settings(resamples)
     n = len(values)
     rng = np.random.default_rng(seed)
     out = np.empty((resamples, values.shape[1]))
@@ -93,34 +102,37 @@ def sign_flip_p_value(differences: np.ndarray, resamples: int = 10_000, seed: in
 
     Exact when 2^n sign vectors (n = the non-zero differences; zeros do not move the mean) are no more
     than ``resamples``; otherwise Monte Carlo over ``resamples`` random sign vectors, (1 + hits) / (1 + B).
+    Sign vectors are made in chunks either way, so memory stays bounded.
     """
     d = np.asarray(differences, np.float64)
     if d.ndim != 1 or d.size == 0 or not np.isfinite(d).all():
         raise ValueError(f"differences must be a non-empty 1-d array of finite values, got shape {d.shape}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    check_settings(resamples)
     nonzero = d[d != 0]
-    observed = abs(nonzero.sum())
-    tol = 1e-9 * max(1.0, float(np.abs(nonzero).sum()))  # sums of equal magnitudes must tie exactly
-    if len(nonzero) == 0:
+    n = len(nonzero)
+    if n == 0:
         return 1.0
-    if 2 ** len(nonzero) <= resamples:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(nonzero))))
-        return float(np.mean(np.abs(signs @ nonzero) >= observed - tol))
+    observed = abs(nonzero.sum())
+    tol = 1e-9 * float(np.abs(nonzero).sum())  # sign flips of equal sums must tie despite rounding
+    step = max(1, _CHUNK_CELLS // n)
+    exact = 2**n <= resamples
+    total = 2**n if exact else resamples
     rng = np.random.default_rng(seed)
     hits = 0
-    step = max(1, _CHUNK_CELLS // len(nonzero))
-    for s in range(0, resamples, step):
-        signs = rng.choice((1.0, -1.0), size=(min(step, resamples - s), len(nonzero)))
+    for s in range(0, total, step):
+        if exact:  # sign vector i: bit j of i set -> the j-th difference negated
+            bits = (np.arange(s, min(s + step, total))[:, None] >> np.arange(n)) & 1
+            signs = 1.0 - 2.0 * bits
+        else:
+            signs = rng.choice((1.0, -1.0), size=(min(step, total - s), n))
         hits += int((np.abs(signs @ nonzero) >= observed - tol).sum())
-    return (1 + hits) / (1 + resamples)
+    return hits / total if exact else (1 + hits) / (1 + total)
 
 
 def paired_comparison(baseline: np.ndarray, candidate: np.ndarray, metric: str = "", resamples: int = 10_000,
                       level: float = 0.95, seed: int = 0) -> PairedComparison:
     """Compare two models' per-query values of one metric on the same queries (row i: the same query)."""
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    check_settings(resamples, level)
     values = _paired(baseline, candidate)
     base, cand = values.mean(axis=0)
     reps = bootstrap_means(values, resamples, seed)
