@@ -301,3 +301,20 @@ def test_ceiling_help_names_the_default_models(capsys):
     assert main(["bench", "ceiling", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert ", ".join(CEILING_MODELS) in help_text
+
+
+def test_evaluating_on_another_dataset_is_flagged_but_a_moved_copy_is_not(cli_world, popularity_run, tmp_path,
+                                                                            capsys):
+    import shutil
+
+    other = tmp_path / "seed1"
+    assert main(["simulate", str(other), "--scale", "tiny", "--seed", "1"]) == 0
+    moved = Path(shutil.copytree(cli_world, tmp_path / "moved"))
+    capsys.readouterr()
+    for data, flagged in ((cli_world, False), (moved, False), (other, True)):
+        assert main(["evaluate", "--run", str(popularity_run), "--data", str(data)]) == 0
+        err = capsys.readouterr().err
+        assert ("was trained on another dataset" in err) == flagged, (data, err)
+        assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
+                     str(data), "--resamples", "100"]) == 0
+        assert capsys.readouterr().err.count("was trained on another dataset") == 2 * flagged

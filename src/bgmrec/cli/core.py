@@ -142,13 +142,27 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
     seconds = time.perf_counter() - t0
     rec.save(out)
-    from bgmrec.data.dataset import write_json_atomic
+    from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic
 
     write_json_atomic(Path(out) / "run.json", {
-        "data": str(Path(data).resolve()), "model": model, "seconds": seconds, "epochs_run": len(rec.history),
-        "commit": git_commit(), "argv": sys.argv[1:],
+        "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data), "model": model,
+        "seconds": seconds, "epochs_run": len(rec.history), "commit": git_commit(), "argv": sys.argv[1:],
     })
     return rec, seconds
+
+
+def warn_if_trained_on_other_data(run: Path, data: Path) -> None:
+    """Say on stderr when ``run`` was trained (by ``bgmrec train``) on another dataset than ``data``: its
+    figures there measure a transfer, and a test split of ``data`` may hold its training videos."""
+    from bgmrec.data.dataset import dataset_fingerprint, read_json
+
+    info_file = Path(run) / "run.json"
+    if not info_file.is_file():
+        return
+    trained_on = read_json(info_file).get("data_fingerprint")
+    if trained_on is not None and trained_on != dataset_fingerprint(data):
+        print(f"warning: {run} was trained on another dataset ({read_json(info_file).get('data')}) than {data}",
+              file=sys.stderr)
 
 
 @app.command()
@@ -187,6 +201,7 @@ def evaluate(
         raise ValueError(f"--json {json_out}: is a folder; give the path of a file to write the result to")
     ds = load_dataset(data)
     rec = load_model(run)
+    warn_if_trained_on_other_data(run, data)
     if mode is not None:
         rec.set_inference_mode(mode)
     result = run_eval(rec, ds, split)
@@ -229,6 +244,7 @@ def compare(
     models = []
     for folder, m in ((baseline, baseline_mode), (run, mode)):
         rec = load_model(folder)
+        warn_if_trained_on_other_data(folder, data)
         if m is not None:
             rec.set_inference_mode(m)
         models.append(rec)

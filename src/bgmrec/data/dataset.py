@@ -408,6 +408,19 @@ def _check_npy_header(path: Path, label: str) -> None:
                            f"file holds {have} bytes of data (truncated?)")
 
 
+def dataset_fingerprint(root: Path) -> str:
+    """A short hash of a dataset folder's manifest and split files: two folders with the same fingerprint
+    hold the same dataset (copies of it, wherever they are), however they were named or moved."""
+    import hashlib
+
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in [root / "manifest.json", *sorted((root / "splits").glob("*.npy"))]:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"")
+    return h.hexdigest()[:16]
+
+
 def read_json(path: Path, where: str | None = None) -> dict:
     label = where or str(path)
     if not Path(path).is_file():
