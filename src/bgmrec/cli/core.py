@@ -184,6 +184,32 @@ def train(
 
 
 @app.command()
+def tune(
+    data: Path = typer.Option(..., help="dataset folder (its val split chooses; no test split is read)"),
+    model: str = typer.Option(..., help="model name (see `bgmrec models`)"),
+    out: Path = typer.Option(..., help="folder for one run per grid point, tuning.json and tuning.md"),
+    grid: list[str] = typer.Option(..., help="key=value to try; repeat a key for each of its values"),
+    set_: list[str] | None = typer.Option(None, "--set", help="config field fixed for every point, key=value"),
+    seed: int | None = typer.Option(None, help="seed of every point (default 0); same as --set seed=N"),
+    teacher: Path | None = typer.Option(None, help="DecCM: one teacher run for every point instead of one each"),
+) -> None:
+    """Grid search on val: train every combination of --grid values, rank each on val, compare with the first."""
+    from rich.table import Table
+
+    from bgmrec.tune import parse_grid, run_grid, tuning_rows
+
+    trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console)
+    head, *rows = tuning_rows(trials)
+    t = Table(title=f"{model} on val, best first (written to {out / 'tuning.md'})")
+    for i, h in enumerate(head):
+        t.add_column(h, justify="right" if i >= len(trials[0].settings) else "left")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+    console.print(f"best: {trials[0].run}")
+
+
+@app.command()
 def evaluate(
     run: Path = typer.Option(..., help="run folder written by `bgmrec train`"),
     data: Path = typer.Option(..., help="dataset folder"),

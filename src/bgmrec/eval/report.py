@@ -82,7 +82,7 @@ def rich_tables(results: list[dict]):
 
 
 def markdown_table(results: list[dict], split: str) -> str:
-    return _markdown(headers(), rows_for_split(results, split))
+    return markdown_from_rows([headers(), *rows_for_split(results, split)])
 
 
 PER_GENRE_NOTE = ("Full-catalogue Recall@10 by the genre of each query's positive track; the first row is each "
@@ -105,12 +105,14 @@ def per_genre_markdown(results: list[dict], split: str) -> str:
     first = next(iter(by_label.values()))  # the same positives for every model
     rows = [["share of positives", *(mean(r["bias"]["truth_genre_share"][g] for r in first) for g in genres)]]
     rows += [[name, *(mean(r["per_genre_recall@10"][g] for r in rs) for g in genres)] for name, rs in by_label.items()]
-    return _markdown(["model", *genres], rows)
+    return markdown_from_rows([["model", *genres], *rows])
 
 
-def _markdown(head: list[str], rows: list[list[str]]) -> str:
+def markdown_from_rows(rows: list[list[str]]) -> str:
+    """A Markdown table from its header row and its rows (pipes in cells escaped)."""
+    head, *body = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
     return "\n".join(lines)
 
 
@@ -176,8 +178,7 @@ def paired_rows(columns: dict[str, list[tuple[str, PairedComparison]]], baseline
 
 def paired_markdown(columns: dict[str, list[tuple[str, PairedComparison]]], baseline: str) -> str:
     """:func:`paired_rows` as a Markdown table."""
-    head, *rows = paired_rows(columns, baseline)
-    return _markdown(head, rows)
+    return markdown_from_rows(paired_rows(columns, baseline))
 
 
 def paired_rich(columns: dict[str, list[tuple[str, PairedComparison]]], baseline: str, title: str):
