@@ -227,10 +227,10 @@ def evaluate(
         raise ValueError(f"--json {json_out}: is a folder; give the path of a file to write the result to")
     ds = load_dataset(data)
     rec = load_model(run)
-    warn_if_trained_on_other_data(run, data)
     if mode is not None:
         rec.set_inference_mode(mode)
     result = run_eval(rec, ds, split)
+    warn_if_trained_on_other_data(run, data)  # once the figures exist: an error says nothing more
     for t in rich_tables([result]):
         console.print(t)
     if json_out is not None:
@@ -270,11 +270,12 @@ def compare(
     models = []
     for folder, m in ((baseline, baseline_mode), (run, mode)):
         rec = load_model(folder)
-        warn_if_trained_on_other_data(folder, data)
         if m is not None:
             rec.set_inference_mode(m)
         models.append(rec)
     c = paired(*models, ds, split, metric, resamples, level)
+    for folder in (baseline, run):
+        warn_if_trained_on_other_data(folder, data)
     names = [label({"model": rec.name, "inference_mode": rec.inference_mode}) for rec in models]
     t = Table(title=f"{split}: {c.n_queries} queries, full-catalogue {metric}, {level:.0%} intervals")
     for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
