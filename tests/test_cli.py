@@ -318,3 +318,35 @@ def test_evaluating_on_another_dataset_is_flagged_but_a_moved_copy_is_not(cli_wo
         assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
                      str(data), "--resamples", "100"]) == 0
         assert capsys.readouterr().err.count("was trained on another dataset") == 2 * flagged
+
+
+def test_dataset_fingerprint_follows_the_splits_not_where_the_data_came_from(tiny_copy, tiny_dir):
+    from bgmrec.data.dataset import dataset_fingerprint
+
+    before = dataset_fingerprint(tiny_copy)
+    assert before == dataset_fingerprint(tiny_dir)  # a copy
+    manifest = json.loads((tiny_copy / "manifest.json").read_text())
+    manifest["provenance"] = {"source": "/somewhere/else"}  # imported again from another path
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert dataset_fingerprint(tiny_copy) == before
+    manifest["genres"] = manifest["genres"][::-1]
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert dataset_fingerprint(tiny_copy) != before
+    (tiny_copy / "manifest.json").write_text((tiny_dir / "manifest.json").read_text())
+    val = bytearray((tiny_copy / "splits" / "val.npy").read_bytes())
+    val[-1] ^= 1  # one byte of one split
+    (tiny_copy / "splits" / "val.npy").write_bytes(bytes(val))
+    assert dataset_fingerprint(tiny_copy) != before
+
+
+def test_runs_without_a_usable_record_evaluate_without_a_warning(cli_world, popularity_run, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "seed1"
+    assert main(["simulate", str(other), "--scale", "tiny", "--seed", "1"]) == 0
+    for record in ("{not json", json.dumps({"data": "somewhere"})):  # damaged; made before fingerprints
+        run = Path(shutil.copytree(popularity_run, tmp_path / "run", dirs_exist_ok=True))
+        (run / "run.json").write_text(record)
+        capsys.readouterr()
+        assert main(["evaluate", "--run", str(run), "--data", str(other)]) == 0
+        assert "warning" not in capsys.readouterr().err

@@ -13,8 +13,8 @@ SMALL_CMVAE = {"epochs": "1", "hidden": "16", "latent_dim": "4"}
 
 
 def test_parse_grid_collects_repeated_keys_in_order():
-    grid = parse_grid(["lr=0.002", "dropout=0.2", "lr = 0.0005", "hidden=[256, 128]"])
-    assert grid == {"lr": ["0.002", "0.0005"], "dropout": ["0.2"], "hidden": ["[256, 128]"]}
+    grid = parse_grid(["lr=0.002", "dropout=0.2", "lr = 0.0005", "hidden=256,128"])
+    assert grid == {"lr": ["0.002", "0.0005"], "dropout": ["0.2"], "hidden": ["256,128"]}
     assert grid_points({"lr": ["a", "b"], "dropout": ["x", "y"]}) == [
         {"lr": "a", "dropout": "x"}, {"lr": "a", "dropout": "y"}, {"lr": "b", "dropout": "x"},
         {"lr": "b", "dropout": "y"}]  # the first value of every key first: the reference point
@@ -28,7 +28,7 @@ def test_parse_grid_refuses_malformed_items(items, words):
 
 
 def test_trial_folders_are_safe_names():
-    assert trial_folder({"lr": "0.002", "hidden": "[256, 128]"}) == "lr=0.002,hidden=_256,_128_"
+    assert trial_folder({"lr": "0.002", "hidden": "256, 128"}) == "lr=0.002,hidden=256,_128"
     assert "/" not in trial_folder({"note": "a/b"})
 
 
@@ -63,14 +63,104 @@ def test_every_point_is_trained_and_ranked_on_val_only(tiny_dir, tmp_path, monke
     assert "| lr | val R@10 | vs the first point | epochs | seconds |" in table and "(the first point)" in table
 
 
-@pytest.mark.parametrize("grid,sets,words", [
-    ({"lr": ["0.002"], "nosuchfield": ["1"]}, {}, "nosuchfield"),
-    ({"lr": ["0.002", "fast"]}, {}, "fast"),
-    ({"lr": ["0.002"]}, {"lr": "0.001"}, "lr: given both as --set and as --grid"),
+def test_every_point_is_compared_with_the_first_and_ranked_best_first(tiny_dir, tmp_path):
+    # the first point (an lr too small to learn in one epoch) is the worst: ranking must move it
+    trials = run_grid(tiny_dir, "cmvae", {"lr": ["0.000001", "0.01", "0.003"]}, tmp_path / "tune",
+                      {**SMALL_CMVAE, "epochs": "3", "patience": "3"})
+    first = next(t for t in trials if t.against_first is None)
+    assert first.settings == {"lr": "0.000001"} and trials[-1] is first
+    for t in trials:
+        if t is not first:
+            assert t.against_first.baseline == pytest.approx(first.val_recall_at_10)
+            assert t.against_first.candidate == pytest.approx(t.val_recall_at_10)
+    saved = json.loads((tmp_path / "tune" / "tuning.json").read_text())
+    assert saved["complete"] and [t["settings"]["lr"] for t in saved["trials"]] == [t.settings["lr"] for t in trials]
+
+
+@pytest.mark.parametrize("grid,sets,seed,words", [
+    ({"lr": ["0.002"], "nosuchfield": ["1"]}, {}, None, "nosuchfield"),
+    ({"lr": ["0.002", "fast"]}, {}, None, "fast"),
+    ({"lr": ["0.002"]}, {"lr": "0.001"}, None, "lr: given both as --set and as --grid"),
+    ({"lr": ["0.001", "1e-3"]}, {}, None, "lr=1e-3 and lr=0.001 give the same config"),
+    ({"seed": ["0", "1"]}, {}, 2, "seed: given both as --seed and as --grid"),
 ])
-def test_bad_grids_fail_before_any_training(tiny_dir, tmp_path, grid, sets, words):
+def test_bad_grids_fail_before_any_training(tiny_dir, tmp_path, grid, sets, seed, words):
     with pytest.raises(ValueError, match=words):
-        run_grid(tiny_dir, "cmvae", grid, tmp_path / "tune", {**SMALL_CMVAE, **sets})
+        run_grid(tiny_dir, "cmvae", grid, tmp_path / "tune", {**SMALL_CMVAE, **sets}, seed=seed)
+    assert not (tmp_path / "tune").exists()
+
+
+def test_an_out_folder_that_holds_anything_is_refused(tiny_dir, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "seed=1").write_text("an earlier grid's")
+    for out in (tmp_path / "a-file", tmp_path / "full"):
+        with pytest.raises(ValueError, match="exists and is not an empty folder"):
+            run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, out)
+    assert (tmp_path / "full" / "seed=1").read_text() == "an earlier grid's"
+    (tmp_path / "empty").mkdir()
+    assert len(run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "empty")) == 2
+
+
+def test_two_points_in_one_folder_are_refused(tiny_dir, tmp_path):
+    from dataclasses import dataclass
+
+    from bgmrec.models.baselines import RandomConfig, RandomRecommender
+    from bgmrec.models.registry import register_model, unregister_model
+
+    @dataclass
+    class NotedConfig(RandomConfig):
+        note: str = ""  # a free-text field, as a plugin may have
+
+    noted = type("Noted", (RandomRecommender,), {"name": "noted-random", "config_class": NotedConfig})
+    register_model("noted-random", noted)
+    try:
+        with pytest.raises(ValueError, match="share the folder name 'note=a_b'"):
+            run_grid(tiny_dir, "noted-random", {"note": ["a/b", "a b"]}, tmp_path / "tune")
+    finally:
+        unregister_model("noted-random")
+
+
+def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, monkeypatch):
+    import bgmrec.cli.core
+
+    real, calls = bgmrec.cli.core.train_model, []
+
+    def failing_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.cli.core, "train_model", failing_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "tune")
+    saved = json.loads((tmp_path / "tune" / "tuning.json").read_text())
+    assert not saved["complete"] and [t["settings"] for t in saved["trials"]] == [{"seed": "0"}]
+
+
+def test_deccm_points_share_one_teacher_per_backbone_config(tiny_dir, tmp_path):
+    from bgmrec.models.base import load_model
+
+    sets = {**SMALL_CMVAE, "prior_samples": "32"}
+    trials = run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"], "latent_dim": ["4", "8"]}, tmp_path / "tune",
+                      {k: v for k, v in sets.items() if k != "latent_dim"})
+    teachers = {t.settings["latent_dim"] + "/" + t.settings["alpha"]: load_model(t.run).teacher_dir for t in trials}
+    assert teachers["4/0.1"] == teachers["4/0.5"] == str(tmp_path / "tune" / "alpha=0.5,latent_dim=4" / "teacher")
+    assert teachers["8/0.1"] == teachers["8/0.5"] != teachers["4/0.5"]  # another latent size, another teacher
+    assert sorted(p.parent.name for p in (tmp_path / "tune").glob("*/teacher")) == [
+        "alpha=0.5,latent_dim=4", "alpha=0.5,latent_dim=8"]
+
+
+def test_a_given_teacher_must_fit_every_point_before_any_training(tiny_dir, tmp_path):
+    from bgmrec.cli.core import train_model
+
+    train_model(tiny_dir, "cmvae", tmp_path / "teacher", sets=SMALL_CMVAE, progress=False)
+    with pytest.raises(ValueError, match="latent_dim"):
+        run_grid(tiny_dir, "deccm", {"latent_dim": ["4", "8"]}, tmp_path / "tune",
+                 {"epochs": "1", "hidden": "16"}, teacher=tmp_path / "teacher")
+    with pytest.raises(ValueError, match="uses no teacher"):
+        run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, tmp_path / "tune", SMALL_CMVAE, teacher=tmp_path / "teacher")
     assert not (tmp_path / "tune").exists()
 
 

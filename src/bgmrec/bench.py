@@ -73,8 +73,9 @@ def aggregate(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[floa
 
 
 def markdown(agg: dict, split: str) -> str:
-    headers = ["model"] + [h for h, _ in QUALITY_METRICS] + ["R@10 / oracle"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    from bgmrec.eval.report import markdown_from_rows
+
+    rows = [["model"] + [h for h, _ in QUALITY_METRICS] + ["R@10 / oracle"]]
     oracle = agg.get(("oracle", split), {}).get("R@10", (None,))[0]
     for (name, s), cells in agg.items():
         if s != split:
@@ -85,8 +86,8 @@ def markdown(agg: dict, split: str) -> str:
             row.append("-" if m is None else (f"{m[0]:.3f} ± {m[1]:.3f}" if m[2] > 1 else f"{m[0]:.3f}"))
         r10 = cells.get("R@10", (None,))[0]
         row.append(f"{r10 / oracle:.2f}" if oracle and r10 is not None else "-")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return markdown_from_rows(rows)
 
 
 def plot(agg: dict, split: str, title: str, out: Path) -> Path:

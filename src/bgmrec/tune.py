@@ -18,7 +18,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bgmrec.eval.report import change_cell
 from bgmrec.eval.significance import PairedComparison
+
+LEVEL = 0.95  # confidence level of the comparisons with the first point
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Trial:
     seconds: float  # training time
 
     def to_json(self) -> dict:
+        """The trial as a JSON object (its comparison as :meth:`PairedComparison.to_json` writes it)."""
         out = asdict(self)
         out["against_first"] = None if self.against_first is None else self.against_first.to_json()
         return out
@@ -68,51 +72,104 @@ def trial_folder(settings: dict[str, str]) -> str:
 def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets: dict | None = None,
              seed: int | None = None, teacher: Path | None = None, console: Console | None = None) -> list[Trial]:
     """Train ``model`` at every point of ``grid`` (on top of ``sets``) into ``out/<point>``, rank each on
-    val, write ``out/tuning.json`` and ``out/tuning.md``; return the trials, best val Recall@10 first."""
-    from bgmrec.cli.core import option_into_sets, train_model
-    from bgmrec.data.dataset import load_dataset, write_json_atomic, write_text_atomic
+    val, write ``out/tuning.json`` (after every point) and ``out/tuning.md``; return the trials, best val
+    Recall@10 first.
+
+    ``out`` must be a new or empty folder. A teacher-guided model (DecCM) without ``teacher`` trains one
+    teacher per distinct teacher config (the backbone fields), in the folder of the first point that
+    needs it, and the other points reuse it.
+    """
+    from bgmrec.cli.core import train_model
+    from bgmrec.data.dataset import write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.significance import paired_comparison
-    from bgmrec.models.base import FeatureSpec
-    from bgmrec.models.registry import build
 
     console = console or Console(quiet=True)
-    ds = load_dataset(data)
-    if "val" not in ds.splits or len(ds.splits["val"]) == 0:
-        raise ValueError(f"{data}: tuning needs a val split with queries; the dataset has {', '.join(ds.splits)}")
-    points = grid_points(grid)
-    base = dict(sets or {})
-    overlap = sorted(set(base) & set(grid))
-    if overlap:
-        raise ValueError(f"{', '.join(overlap)}: given both as --set and as --grid; give each field one way")
-    for point in points:  # every config is checked before any training: a typo fails now, not after hours
-        overrides = {**base, **point}
-        option_into_sets(overrides, "seed", seed)
-        build(model, FeatureSpec.of(ds), overrides)
+    ds, points, base, teachers = _preflight(data, model, grid, Path(out), dict(sets or {}), seed, teacher)
     trials: list[Trial] = []
     first_gains = None
+    record = {"model": model, "data": str(Path(data).resolve()), "grid": grid, "sets": base, "seed": seed}
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
-        rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point}, teacher=teacher,
+        rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
+                                   teacher=teachers[i] if teachers[i] is not None else teacher,
                                    progress=console.is_terminal)
+        if teachers[i] is None and getattr(rec, "teacher_dir", None):  # later points of this teacher config reuse it
+            teachers[i + 1:] = [Path(rec.teacher_dir) if t == ("train", i) else t for t in teachers[i + 1:]]
         result = evaluate(rec, ds, "val", keep_ranks=True)
         gains = query_gains(result["full_ranks"], "recall@10")
-        against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10")
+        against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
         first_gains = gains if first_gains is None else first_gains
         trials.append(Trial(point, str(run), result["full"]["recall@10"], against, len(rec.history), seconds))
-    trials.sort(key=lambda t: -t.val_recall_at_10)
-    write_json_atomic(Path(out) / "tuning.json", {"model": model, "data": str(data), "grid": grid, "sets": base,
-                                                   "seed": seed, "trials": [t.to_json() for t in trials]})
+        console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
+                      + ("" if against is None else f", {change_cell(against)} over the first point"))
+        write_json_atomic(Path(out) / "tuning.json", {**record, "complete": i + 1 == len(points),
+                                                       "trials": [t.to_json() for t in _ranked(trials)]})
+    trials = _ranked(trials)
     write_text_atomic(Path(out) / "tuning.md", tuning_markdown(model, grid, trials) + "\n")
     return trials
 
 
+def _ranked(trials: list[Trial]) -> list[Trial]:
+    return sorted(trials, key=lambda t: -t.val_recall_at_10)  # stable: ties keep the grid's order
+
+
+def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,
+               teacher: Path | None):
+    """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
+    the fixed fields, per point the teacher to pass: None, or ("train", i): reuse point i's once trained)."""
+    from bgmrec.cli.core import option_into_sets
+    from bgmrec.data.dataset import load_dataset
+    from bgmrec.models.base import FeatureSpec
+    from bgmrec.models.registry import build
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs")
+    ds = load_dataset(data)
+    if "val" not in ds.splits or len(ds.splits["val"]) == 0:
+        raise ValueError(f"{data}: tuning needs a val split with queries; the dataset has {', '.join(ds.splits)}")
+    overlap = sorted(set(base) & set(grid))
+    if overlap:
+        raise ValueError(f"{', '.join(overlap)}: given both as --set and as --grid; give each field one way")
+    if seed is not None and "seed" in grid:
+        raise ValueError("seed: given both as --seed and as --grid; give it one way")
+    points = grid_points(grid)
+    configs, folders, teachers, first_of = [], {}, [], {}
+    for i, point in enumerate(points):
+        overrides = {**base, **point}
+        option_into_sets(overrides, "seed", seed)
+        rec = build(model, FeatureSpec.of(ds), overrides)
+        config = repr(rec.config)
+        if config in configs:
+            raise ValueError(f"{trial_folder(point)} and {trial_folder(points[configs.index(config)])} give the same "
+                             "config; drop one of the two values")
+        configs.append(config)
+        folder = trial_folder(point)
+        if folder in folders:
+            raise ValueError(f"two grid points share the folder name {folder!r}; change one of their values")
+        folders[folder] = i
+        if not rec.uses_teacher or not getattr(rec.config, "teacher", True):
+            if teacher is not None:
+                raise ValueError(f"--teacher: {model!r} with {trial_folder(point)} uses no teacher")
+            teachers.append(None)
+        elif teacher is not None:  # the given teacher must fit every point (latent size, feature sizes)
+            from bgmrec.models.deccm import attach_teacher
+
+            attach_teacher(rec, ds, out, teacher)
+            teachers.append(None)
+        else:
+            from bgmrec.models.deccm import teacher_config
+
+            key = repr(teacher_config(rec.config))
+            teachers.append(None if key not in first_of else ("train", first_of[key]))
+            first_of.setdefault(key, i)
+    return ds, points, base, teachers
+
+
 def tuning_rows(trials: list[Trial]) -> list[list[str]]:
     """Header and one row per trial: its settings, val Recall@10, change over the first point, epochs, time."""
-    from bgmrec.eval.report import change_cell
-
     keys = list(trials[0].settings)
     rows = [[*keys, "val R@10", "vs the first point", "epochs", "seconds"]]
     for t in trials:
@@ -123,6 +180,7 @@ def tuning_rows(trials: list[Trial]) -> list[list[str]]:
 
 
 def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial]) -> str:
+    """``tuning.md``: the grid, how each point was trained and compared, and :func:`tuning_rows`."""
     from bgmrec.eval.report import markdown_from_rows
 
     grid_text = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
@@ -130,6 +188,6 @@ def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial])
         f"# Tuning {model} on val ({time.strftime('%Y-%m-%d')})", "",
         f"Grid: {grid_text}. Each point trained with early "
         "stopping on val, then ranked on the whole val split (full catalogue); *vs the first point*: the change "
-        "in Recall@10 over the grid's first point on the same val queries, its 95% paired bootstrap interval "
+        f"in Recall@10 over the grid's first point on the same val queries, its {LEVEL:.0%} paired bootstrap interval "
         "and randomisation-test p-value. Best first. No test split was read.", "",
         markdown_from_rows(tuning_rows(trials))])

@@ -152,17 +152,18 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
 
 
 def warn_if_trained_on_other_data(run: Path, data: Path) -> None:
-    """Say on stderr when ``run`` was trained (by ``bgmrec train``) on another dataset than ``data``: its
-    figures there measure a transfer, and a test split of ``data`` may hold its training videos."""
-    from bgmrec.data.dataset import dataset_fingerprint, read_json
+    """Say on stderr when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
+    training dataset than ``data``: its figures there measure a transfer, and a test split of ``data`` may
+    hold its training videos. Silent for runs without that record; never an error."""
+    from bgmrec.data.dataset import DatasetError, dataset_fingerprint, read_json
 
-    info_file = Path(run) / "run.json"
-    if not info_file.is_file():
+    try:
+        info = read_json(Path(run) / "run.json")
+        other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
+    except (DatasetError, OSError):  # no or damaged record: nothing to say
         return
-    trained_on = read_json(info_file).get("data_fingerprint")
-    if trained_on is not None and trained_on != dataset_fingerprint(data):
-        print(f"warning: {run} was trained on another dataset ({read_json(info_file).get('data')}) than {data}",
-              file=sys.stderr)
+    if other:
+        print(f"warning: {run} was trained on another dataset ({info.get('data')}) than {data}", file=sys.stderr)
 
 
 @app.command()

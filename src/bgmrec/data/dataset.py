@@ -409,15 +409,18 @@ def _check_npy_header(path: Path, label: str) -> None:
 
 
 def dataset_fingerprint(root: Path) -> str:
-    """A short hash of a dataset folder's manifest and split files: two folders with the same fingerprint
-    hold the same dataset (copies of it, wherever they are), however they were named or moved."""
+    """A short hash of what a dataset's splits hold: its manifest without ``provenance`` (which names the
+    folders it was built or imported from) and its split files. Copies of a dataset, wherever they are,
+    and the same data imported twice share it; features are not read (cheap at any size), so features
+    changed under unchanged splits keep it."""
     import hashlib
 
     root = Path(root)
-    h = hashlib.sha256()
-    for path in [root / "manifest.json", *sorted((root / "splits").glob("*.npy"))]:
-        h.update(path.relative_to(root).as_posix().encode() + b"\0")
-        h.update(path.read_bytes() if path.is_file() else b"")
+    manifest = read_json(root / "manifest.json")
+    manifest.pop("provenance", None)
+    h = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
+    for path in sorted((root / "splits").glob("*.npy")):
+        h.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
