@@ -192,7 +192,8 @@ def tune(
     grid: list[str] = typer.Option(..., help="key=value to try; repeat a key for each of its values"),
     set_: list[str] | None = typer.Option(None, "--set", help="config field fixed for every point, key=value"),
     seed: int | None = typer.Option(None, help="seed of every point (default 0); same as --set seed=N"),
-    teacher: Path | None = typer.Option(None, help="DecCM: one teacher run for every point instead of one each"),
+    teacher: Path | None = typer.Option(None, help="DecCM: one teacher run for every point (else one is trained "
+                                        "per backbone config and shared)"),
 ) -> None:
     """Grid search on val: train every combination of --grid values, rank each on val, compare with the first."""
     from rich.table import Table
