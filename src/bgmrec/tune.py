@@ -86,18 +86,20 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     from bgmrec.eval.significance import paired_comparison
 
     console = console or Console(quiet=True)
-    ds, points, base, teachers = _preflight(data, model, grid, Path(out), dict(sets or {}), seed, teacher)
+    ds, points, base, teacher_keys = _preflight(data, model, grid, Path(out), dict(sets or {}), seed, teacher)
+    shared_teachers: dict[str, Path] = {}  # teacher config -> the teacher the first point of that config trained
     trials: list[Trial] = []
     first_gains = None
     record = {"model": model, "data": str(Path(data).resolve()), "grid": grid, "sets": base, "seed": seed}
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
+        key = teacher_keys[i]
         rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
-                                   teacher=teachers[i] if teachers[i] is not None else teacher,
+                                   teacher=teacher if key is None else shared_teachers.get(key),
                                    progress=console.is_terminal)
-        if teachers[i] is None and getattr(rec, "teacher_dir", None):  # later points of this teacher config reuse it
-            teachers[i + 1:] = [Path(rec.teacher_dir) if t == ("train", i) else t for t in teachers[i + 1:]]
+        if key is not None:
+            shared_teachers.setdefault(key, Path(rec.teacher_dir))
         result = evaluate(rec, ds, "val", keep_ranks=True)
         gains = query_gains(result["full_ranks"], "recall@10")
         against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
@@ -119,7 +121,8 @@ def _ranked(trials: list[Trial]) -> list[Trial]:
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,
                teacher: Path | None):
     """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
-    the fixed fields, per point the teacher to pass: None, or ("train", i): reuse point i's once trained)."""
+    the fixed fields, per point the teacher config whose teacher it trains or shares, or None: no teacher
+    to train, ``teacher`` as given)."""
     from bgmrec.cli.core import option_into_sets
     from bgmrec.data.dataset import load_dataset
     from bgmrec.models.base import FeatureSpec
@@ -136,8 +139,8 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
     if seed is not None and "seed" in grid:
         raise ValueError("seed: given both as --seed and as --grid; give it one way")
     points = grid_points(grid)
-    configs, folders, teachers, first_of = [], {}, [], {}
-    for i, point in enumerate(points):
+    configs, folders, teacher_keys = [], set(), []
+    for point in points:
         overrides = {**base, **point}
         option_into_sets(overrides, "seed", seed)
         rec = build(model, FeatureSpec.of(ds), overrides)
@@ -149,23 +152,21 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
         folder = trial_folder(point)
         if folder in folders:
             raise ValueError(f"two grid points share the folder name {folder!r}; change one of their values")
-        folders[folder] = i
+        folders.add(folder)
         if not rec.uses_teacher or not getattr(rec.config, "teacher", True):
             if teacher is not None:
                 raise ValueError(f"--teacher: {model!r} with {trial_folder(point)} uses no teacher")
-            teachers.append(None)
+            teacher_keys.append(None)
         elif teacher is not None:  # the given teacher must fit every point (latent size, feature sizes)
             from bgmrec.models.deccm import attach_teacher
 
             attach_teacher(rec, ds, out, teacher)
-            teachers.append(None)
+            teacher_keys.append(None)
         else:
             from bgmrec.models.deccm import teacher_config
 
-            key = repr(teacher_config(rec.config))
-            teachers.append(None if key not in first_of else ("train", first_of[key]))
-            first_of.setdefault(key, i)
-    return ds, points, base, teachers
+            teacher_keys.append(repr(teacher_config(rec.config)))
+    return ds, points, base, teacher_keys
 
 
 def tuning_rows(trials: list[Trial]) -> list[list[str]]:
