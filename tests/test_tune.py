@@ -159,7 +159,7 @@ def test_a_given_teacher_must_fit_every_point_before_any_training(tiny_dir, tmp_
     with pytest.raises(ValueError, match="latent_dim"):
         run_grid(tiny_dir, "deccm", {"latent_dim": ["4", "8"]}, tmp_path / "tune",
                  {"epochs": "1", "hidden": "16"}, teacher=tmp_path / "teacher")
-    with pytest.raises(ValueError, match="uses no teacher"):
+    with pytest.raises(ValueError, match="lr=0.002: --teacher .* model 'cmvae' with this config takes no teacher"):
         run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, tmp_path / "tune", SMALL_CMVAE, teacher=tmp_path / "teacher")
     assert not (tmp_path / "tune").exists()
 

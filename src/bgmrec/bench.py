@@ -468,12 +468,12 @@ def check_model_names(names) -> None:
 def check_intervened_models(names) -> None:
     """Refuse unknown models and those that need a teacher (:func:`fit_on_intervened_world` trains none)."""
     from bgmrec.models.base import with_overrides
-    from bgmrec.models.registry import model_class, resolve
+    from bgmrec.models.registry import model_class, resolve, takes_teacher
 
     check_model_names(names)
     for name in names:
         cls = model_class(name)
-        if cls.uses_teacher and getattr(with_overrides(cls.config_class(), resolve(name)[1]), "teacher", False):
+        if takes_teacher(cls, with_overrides(cls.config_class(), resolve(name)[1])):
             raise ValueError(f"{name}: a teacher-guided model cannot be trained on the intervened world here; "
                              "pick a model without a teacher (e.g. cmvae)")
 

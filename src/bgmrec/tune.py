@@ -126,7 +126,7 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
     from bgmrec.cli.core import option_into_sets
     from bgmrec.data.dataset import load_dataset
     from bgmrec.models.base import FeatureSpec
-    from bgmrec.models.registry import build
+    from bgmrec.models.registry import build, prepare_teacher, takes_teacher
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs")
@@ -153,14 +153,13 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
         if folder in folders:
             raise ValueError(f"two grid points share the folder name {folder!r}; change one of their values")
         folders.add(folder)
-        if not rec.uses_teacher or not getattr(rec.config, "teacher", True):
-            if teacher is not None:
-                raise ValueError(f"--teacher: {model!r} with {trial_folder(point)} uses no teacher")
+        if teacher is not None:  # the given teacher must be taken by, and fit, every point (latent size, features)
+            try:
+                prepare_teacher(rec, ds, out, teacher)
+            except ValueError as e:
+                raise ValueError(f"{trial_folder(point)}: {e}") from None
             teacher_keys.append(None)
-        elif teacher is not None:  # the given teacher must fit every point (latent size, feature sizes)
-            from bgmrec.models.deccm import attach_teacher
-
-            attach_teacher(rec, ds, out, teacher)
+        elif not takes_teacher(type(rec), rec.config):
             teacher_keys.append(None)
         else:
             from bgmrec.models.deccm import teacher_config

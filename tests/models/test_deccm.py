@@ -373,6 +373,15 @@ def test_reusing_a_teacher_checks_its_latent_size(tiny_dir, tmp_path):
         prepare_teacher(student, ds, tmp_path / "run", tmp_path / "teacher")
 
 
+def test_a_teacher_given_to_a_model_that_takes_none_is_refused(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    (tmp_path / "teacher").mkdir()  # refused before the folder is read
+    for name, overrides in (("cmvae", {}), ("deccm-noteacher", {}), ("deccm", {"teacher": False})):
+        with pytest.raises(ValueError, match=f"model '{name.split('-')[0]}' with this config takes no teacher"):
+            prepare_teacher(build(name, FeatureSpec.of(ds), overrides), ds, tmp_path / "run", tmp_path / "teacher")
+    assert not (tmp_path / "run").exists()
+
+
 def _fit_pair(folder, gamma: float):
     save_world(*simulate(world_config("tiny", n_videos=4000, gamma=gamma)), folder)
     ds = load_dataset(folder)

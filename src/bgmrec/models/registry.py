@@ -148,8 +148,18 @@ def build(name: str, spec, overrides: dict | None = None) -> Recommender:
     return cls(with_overrides(cls.config_class(), {**variant, **(overrides or {})}), spec)
 
 
+def takes_teacher(cls: type[Recommender], config) -> bool:
+    """True when a model of class ``cls`` with ``config`` is given a teacher: the class uses one and the
+    config does not turn it off (``teacher=false``, e.g. ``deccm-noteacher``)."""
+    return cls.uses_teacher and bool(getattr(config, "teacher", True))
+
+
 def prepare_teacher(model: Recommender, ds, out, teacher_dir=None, progress: bool = False) -> None:
-    """Factory step before ``fit``: give a teacher-guided model its frozen teacher (trained if not given)."""
+    """Factory step before ``fit``: give a teacher-guided model its frozen teacher (trained if not given).
+
+    A ``teacher_dir`` for a model that takes no teacher is refused rather than ignored."""
+    if teacher_dir is not None and not takes_teacher(type(model), model.config):
+        raise ValueError(f"--teacher {teacher_dir}: model {model.name!r} with this config takes no teacher")
     if model.uses_teacher:
         from bgmrec.models.deccm import attach_teacher
 
