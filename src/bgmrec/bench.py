@@ -20,6 +20,7 @@ import numpy as np
 from rich.console import Console
 
 from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run
+from bgmrec.eval.report import markdown_from_rows
 
 if TYPE_CHECKING:
     from bgmrec.models.base import Recommender
@@ -73,8 +74,6 @@ def aggregate(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[floa
 
 
 def markdown(agg: dict, split: str) -> str:
-    from bgmrec.eval.report import markdown_from_rows
-
     rows = [["model"] + [h for h, _ in QUALITY_METRICS] + ["R@10 / oracle"]]
     oracle = agg.get(("oracle", split), {}).get("R@10", (None,))[0]
     for (name, s), cells in agg.items():
@@ -498,17 +497,14 @@ def intervened_section(cells: dict, learners: Learners, seeds: list[int], redraw
              f"sees{draws}). It is a reference point, not a ceiling: the same learner and config trained on "
              "the distribution it is tested on, early-stopped on a val split of that distribution too, which "
              "no deconfounding method has. What it gains over the benchmarked run is about what removing the "
-             "confounding from the training data is worth to that learner." + mixed, "",
-             "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
-             "|---|" + "---|" * (len(seeds) + 1)]
+             "confounding from the training data is worth to that learner." + mixed, ""]
     rows = [(label, cell["ranked"]) for (label, split), cell in cells.items() if split == "test_unbiased"]
     rows += [(label, [float(np.mean(per_seed[s])) if s in per_seed else None for s in seeds])
              for label, per_seed in learners.items()]
-    for label, values in rows:
-        present = [v for v in values if v is not None]
-        lines.append(f"| {label} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in values)
-                     + f" | {np.mean(present):.3f} |")
-    return lines + [""]
+    table = [["model", *(f"seed {s}" for s in seeds), "mean"]]
+    table += [[label, *("–" if v is None else f"{v:.3f}" for v in values),
+               f"{np.mean([v for v in values if v is not None]):.3f}"] for label, values in rows]
+    return lines + [markdown_from_rows(table), ""]
 
 
 CEILING_MODELS = ("twotower-infonce", "cmvae", "cmvae-noprior", "deccm", "deccm-noadjust", "deccm-noteacher")
@@ -622,15 +618,15 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
         return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
     for split in splits:
-        lines += [f"## `{split}`", "", "| model | ranked | fitted track term | change |", "|---|---|---|---|"]
+        table = [["model", "ranked", "fitted track term", "change"]]
         for (label, sp), cell in cells.items():
             if sp != split:
                 continue
             ranked, fitted = cell["ranked"], cell.get("fitted")
             change = ("" if not fitted or not np.mean(ranked)
                       else f"{100 * (np.mean(fitted) / np.mean(ranked) - 1):+.1f}%")
-            lines.append(f"| {label} | {cell_text(ranked)} | {cell_text(fitted) if fitted else ''} | {change} |")
-        lines.append("")
+            table.append([label, cell_text(ranked), cell_text(fitted) if fitted else "", change])
+        lines += [f"## `{split}`", "", markdown_from_rows(table), ""]
     if intervened and "test_unbiased" in splits:
         lines += intervened_section(cells, learners, seeds, redraws)
     return write_report(out, lines, console)
@@ -724,44 +720,46 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
              "popularity); one world per gamma, everything else at its default.", "",
              "*gain*: DecCM's change over CMVAE, its 95% paired bootstrap interval over the queries and the p-value "
              "of a paired randomisation test (`bgmrec compare`; given these trained models).", "",
-             "| gamma | DecCM mode | CMVAE R@10 | DecCM R@10 | gain | CMVAE TVD@10 | DecCM TVD@10 | TVD reduction |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['gamma']:g} | {r['mode']} | {r['cmvae_r10']:.3f} | {r['deccm_r10']:.3f} | "
-                     f"{r['change']} | {r['cmvae_tvd']:.3f} | "
-                     f"{r['deccm_tvd']:.3f} | {100 * (1 - r['deccm_tvd'] / r['cmvae_tvd']):+.0f}% |")
+             markdown_from_rows([
+                 ["gamma", "DecCM mode", "CMVAE R@10", "DecCM R@10", "gain", "CMVAE TVD@10", "DecCM TVD@10",
+                  "TVD reduction"],
+                 *([f"{r['gamma']:g}", r["mode"], f"{r['cmvae_r10']:.3f}", f"{r['deccm_r10']:.3f}", r["change"],
+                    f"{r['cmvae_tvd']:.3f}", f"{r['deccm_tvd']:.3f}",
+                    f"{100 * (1 - r['deccm_tvd'] / r['cmvae_tvd']):+.0f}%"] for r in rows)])]
     lines += ["", "What deconfounding can gain, from the world's truth (`TruthRanker`): Recall@10 on `test_unbiased` "
               "of the training process's true logits with the uploader's taste marginalised (log P(m | do(v)), what a "
               "perfect taste-marginalising model such as CMVAE ranks by) and with the taste removed (popularity stays "
               "in both), and of the oracle (`test_unbiased`'s own process: content alone, what a perfect DecCM "
               "content mode ranks by, its content share dropping popularity as well). The first gain is what "
-              "removing the taste is worth when both models are perfect; the second adds removing popularity.", "",
-              "| gamma | taste marginalised | taste removed | oracle | gain of removing taste | gain of the oracle |",
-              "|---|---|---|---|---|---|"]
+              "removing the taste is worth when both models are perfect; the second adds removing popularity.", ""]
+    table = [["gamma", "taste marginalised", "taste removed", "oracle", "gain of removing taste", "gain of the oracle"]]
     for r in rows[::3]:
         b, c, o = r["truth_backdoor_r10"], r["truth_content_r10"], r["truth_oracle_r10"]
-        lines.append(f"| {r['gamma']:g} | {b:.3f} | {c:.3f} | {o:.3f} | {100 * (c / b - 1):+.1f}% | "
-                     f"{100 * (o / b - 1):+.1f}% |")
+        table.append([f"{r['gamma']:g}", f"{b:.3f}", f"{c:.3f}", f"{o:.3f}", f"{100 * (c / b - 1):+.1f}%",
+                      f"{100 * (o / b - 1):+.1f}%"])
+    lines.append(markdown_from_rows(table))
     lines += ["", "What removing the confounding from the training data gives the learner itself: CMVAE trained on "
               "the intervened world (`intervened_dataset`: the same world with every train and val upload's track "
               "redrawn by content alone, neither taste nor popularity left; also with the professional videos' rows; "
               f"the mean of {redraws} draws), against the CMVAE trained on the uploads and DecCM's content mode. A "
               "reference point, not a ceiling: it is trained and early-stopped on the distribution it is tested on.",
-              "", "| gamma | CMVAE | CMVAE on the intervened world | + professional videos | DecCM content | "
-              "gain of the intervened world | gain of DecCM content |", "|---|---|---|---|---|---|---|"]
+              ""]
+    table = [["gamma", "CMVAE", "CMVAE on the intervened world", "+ professional videos", "DecCM content",
+              "gain of the intervened world", "gain of DecCM content"]]
     for r in content:
         base, dec = r["cmvae_r10"], r["deccm_r10"]
         i, ip = r["truth_intervened_r10"], r["truth_intervened_professional_r10"]
-        lines.append(f"| {r['gamma']:g} | {base:.3f} | {i:.3f} | {ip:.3f} | {dec:.3f} | {100 * (i / base - 1):+.1f}% | "
-                     f"{100 * (dec / base - 1):+.1f}% |")
+        table.append([f"{r['gamma']:g}", f"{base:.3f}", f"{i:.3f}", f"{ip:.3f}", f"{dec:.3f}",
+                      f"{100 * (i / base - 1):+.1f}%", f"{100 * (dec / base - 1):+.1f}%"])
+    lines.append(markdown_from_rows(table))
     lines += ["", "What DecCM's teacher alone gives: CMVAE trained on the uploads, its scores mixed with DecCM's "
               "teacher as content mode mixes the student's (`TeacherMixture`, the same weight), with no taste path, "
               "KL term or content share, against DecCM's content mode.", "",
-              "| gamma | CMVAE + teacher R@10 | DecCM content R@10 | CMVAE + teacher TVD@10 | DecCM content TVD@10 | "
-              "gain of CMVAE + teacher | TVD reduction of CMVAE + teacher |", "|---|---|---|---|---|---|---|"]
-    for r in content:
-        lines.append(f"| {r['gamma']:g} | {r['mixed_r10']:.3f} | {r['deccm_r10']:.3f} | {r['mixed_tvd']:.3f} | "
-                     f"{r['deccm_tvd']:.3f} | {100 * (r['mixed_r10'] / r['cmvae_r10'] - 1):+.1f}% | "
-                     f"{100 * (1 - r['mixed_tvd'] / r['cmvae_tvd']):+.0f}% |")
+              markdown_from_rows([
+                  ["gamma", "CMVAE + teacher R@10", "DecCM content R@10", "CMVAE + teacher TVD@10",
+                   "DecCM content TVD@10", "gain of CMVAE + teacher", "TVD reduction of CMVAE + teacher"],
+                  *([f"{r['gamma']:g}", f"{r['mixed_r10']:.3f}", f"{r['deccm_r10']:.3f}", f"{r['mixed_tvd']:.3f}",
+                     f"{r['deccm_tvd']:.3f}", f"{100 * (r['mixed_r10'] / r['cmvae_r10'] - 1):+.1f}%",
+                     f"{100 * (1 - r['mixed_tvd'] / r['cmvae_tvd']):+.0f}%"] for r in content)])]
     lines += ["", f"![gamma sweep]({png.name})", ""]
     return write_report(out, lines, console)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bgmrec.data.dataset import load_dataset, read_json, write_json_atomic
+from bgmrec.data.dataset import load_dataset, read_json, write_json_atomic, write_text_atomic
 
 EVAL_SPLITS = ("test", "test_new_music", "test_unbiased")
 BASELINE = "cmvae"  # the model every other one is compared with, query by query
@@ -114,10 +114,10 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
                 lines += [report.PAIRED_NOTE.format(baseline=BASELINE), "",
                           report.paired_markdown({f"seed {seed}": paired[split]}, BASELINE), ""]
             lines += [report.PER_GENRE_NOTE, "", report.per_genre_markdown(results, split), ""]
-    lines += ["## Training time (seconds)", "", "| model | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    lines += ["## Training time (seconds)", "",
+              report.markdown_from_rows([["model", "seconds"], *([k, f"{v:.1f}"] for k, v in timings.items())])]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text_atomic(out / "report.md", "\n".join(lines))
     console.print(f"wrote {out / 'report.md'}, {len(plots)} plots and results.json; demo wall time {wall:.0f} s")
     return results
 

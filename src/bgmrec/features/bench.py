@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bgmrec.eval.report import markdown_from_rows
+
 TARGETS = {"music_x_per_core": 20.0, "clip_s": 0.6, "recommend_s": 1.0}
 
 
@@ -349,9 +351,7 @@ def write_markdown(res: dict, out: Path) -> Path:
         f"Medians of {res['repeats']} warm repeats unless said otherwise; model load excluded; synthetic "
         "media (60-s mp3 tracks, a 15-s 1280x720 30 fps H.264 clip with a keyframe every second).",
         "",
-        "| measurement | result | target | met |",
-        "|---|---|---|---|",
-        *[f"| {a} | {b} | {t} | {k} |" for a, b, t, k in rows],
+        markdown_from_rows([["measurement", "result", "target", "met"], *map(list, rows)]),
         "",
         "Per core: seconds of audio analysed per second of one process (first 60 s of each track, "
         "22,050 Hz mono; openSMILE eGeMAPSv02 functionals + librosa MFCC, chroma, spectral contrast, tempo). "
@@ -365,7 +365,8 @@ def write_markdown(res: dict, out: Path) -> Path:
         "other jobs are upper bounds.",
         "",
     ]
+    from bgmrec.data.dataset import write_text_atomic
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    write_text_atomic(out, "\n".join(lines))
     return out
