@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,55 @@ def test_tune_command(tiny_dir, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["seed=0", "seed=1", "tuning.json", "tuning.md"]
     assert main(["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out), "--grid", "lr"]) == 2
     assert "--grid expects key=value" in capsys.readouterr().err
+    assert main(["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out),
+                 "--grid", "seed=0", "--grid", "seed=1", "--resume"]) == 0
+    assert capsys.readouterr().out.count("finished before: loaded, not retrained") == 2
+
+
+def test_resume_loads_the_finished_points_and_trains_the_rest(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import bgmrec.cli.core as core
+
+    grid = {"lr": ["0.002", "0.0005", "0.001"]}
+    whole = run_grid(tiny_dir, "cmvae", grid, tmp_path / "whole", SMALL_CMVAE)
+    out = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "whole", out)
+    saved = json.loads((out / "tuning.json").read_text())
+    # stopped while training the third point: tuning.json lists two, the third folder is partial
+    saved["trials"] = [{**t, "run": str(out / Path(t["run"]).name)} for t in saved["trials"]
+                       if not t["run"].endswith("lr=0.001")]
+    saved["complete"] = False
+    (out / "tuning.json").write_text(json.dumps(saved))
+    (out / "lr=0.001" / "run.json").unlink()
+    trained = []
+    real = core.train_model
+    monkeypatch.setattr(core, "train_model", lambda data, model, run, **kw: trained.append(run.name) or real(
+        data, model, run, **kw))
+    resumed = run_grid(tiny_dir, "cmvae", grid, out, SMALL_CMVAE, resume=True)
+    assert trained == ["lr=0.001"]
+    def summary(trials):  # all but the time, which differs for the retrained point
+        return [(t.settings, t.val_recall_at_10, t.epochs, t.against_first and t.against_first.to_json())
+                for t in trials]
+
+    assert summary(resumed) == summary(whole)  # the same figures, ranking and comparisons with the first point
+    assert {t.settings["lr"]: t.seconds for t in resumed if t.settings["lr"] != "0.001"} == {
+        t.settings["lr"]: t.seconds for t in whole if t.settings["lr"] != "0.001"}  # loaded points keep their time
+    assert json.loads((out / "tuning.json").read_text())["complete"] is True
+
+
+def test_resume_refuses_another_grid_or_a_folder_without_one(tiny_dir, tmp_path):
+    run_grid(tiny_dir, "popularity", {"seed": ["0"]}, tmp_path / "tune")
+    with pytest.raises(ValueError, match=r"--resume: .*tuning.json records another grid"):
+        run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "tune", resume=True)
+    with pytest.raises(ValueError, match=r"records another model, grid"):
+        run_grid(tiny_dir, "random", {"lr": ["1"]}, tmp_path / "tune", resume=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--resume: .*other holds no grid of `bgmrec tune` to resume"):
+        run_grid(tiny_dir, "popularity", {"seed": ["0"]}, tmp_path / "other", resume=True)
+    with pytest.raises(ValueError, match="or --resume to finish a stopped grid there"):
+        run_grid(tiny_dir, "popularity", {"seed": ["0"]}, tmp_path / "tune")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    fresh = run_grid(tiny_dir, "popularity", {"seed": ["0"]}, tmp_path / "new", resume=True)  # nothing to resume
+    assert len(fresh) == 1

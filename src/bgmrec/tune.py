@@ -70,41 +70,53 @@ def trial_folder(settings: dict[str, str]) -> str:
 
 
 def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets: dict | None = None,
-             seed: int | None = None, teacher: Path | None = None, console: Console | None = None) -> list[Trial]:
+             seed: int | None = None, teacher: Path | None = None, console: Console | None = None,
+             resume: bool = False) -> list[Trial]:
     """Train ``model`` at every point of ``grid`` (on top of ``sets``) into ``out/<point>``, rank each on
     val, write ``out/tuning.json`` (after every point) and ``out/tuning.md``; return the trials, best val
     Recall@10 first.
 
-    ``out`` must be a new or empty folder. A teacher-guided model (DecCM) without ``teacher`` trains one
-    teacher per distinct teacher config (the backbone fields), in the folder of the first point that
-    needs it, and the other points reuse it.
+    ``out`` must be a new or empty folder, or with ``resume`` the folder of a stopped run of the same grid
+    (same model, dataset, grid, fixed fields and seed, as its ``tuning.json`` records): the points it
+    finished are loaded and ranked again, not retrained. A teacher-guided model (DecCM) without ``teacher``
+    trains one teacher per distinct teacher config (the backbone fields), in the folder of the first point
+    that needs it, and the other points reuse it.
     """
     from bgmrec.cli.core import train_model
-    from bgmrec.data.dataset import write_json_atomic, write_text_atomic
+    from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.significance import paired_comparison
+    from bgmrec.models.base import load_model
 
     console = console or Console(quiet=True)
-    ds, points, base, teacher_keys = _preflight(data, model, grid, Path(out), dict(sets or {}), seed, teacher)
+    record = {"model": model, "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
+              "grid": grid, "sets": dict(sets or {}), "seed": seed}
+    finished = _finished_points(Path(out), record) if resume else {}
+    ds, points, base, teacher_keys = _preflight(data, model, grid, Path(out), dict(sets or {}), seed, teacher,
+                                                empty_out=not resume)
     shared_teachers: dict[str, Path] = {}  # teacher config -> the teacher the first point of that config trained
     trials: list[Trial] = []
     first_gains = None
-    record = {"model": model, "data": str(Path(data).resolve()), "grid": grid, "sets": base, "seed": seed}
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
         key = teacher_keys[i]
-        rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
-                                   teacher=teacher if key is None else shared_teachers.get(key),
-                                   progress=console.is_terminal)
+        if run.name in finished:
+            rec, seconds = load_model(run), finished[run.name]["seconds"]
+            console.print("    finished before: loaded, not retrained")
+        else:
+            rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
+                                       teacher=teacher if key is None else shared_teachers.get(key),
+                                       progress=console.is_terminal)
         if key is not None:
             shared_teachers.setdefault(key, Path(rec.teacher_dir))
         result = evaluate(rec, ds, "val", keep_ranks=True)
         gains = query_gains(result["full_ranks"], "recall@10")
         against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
         first_gains = gains if first_gains is None else first_gains
-        trials.append(Trial(point, str(run), result["full"]["recall@10"], against, len(rec.history), seconds))
+        epochs = finished[run.name]["epochs"] if run.name in finished else len(rec.history)
+        trials.append(Trial(point, str(run), result["full"]["recall@10"], against, epochs, seconds))
         console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
                       + ("" if against is None else f", {change_cell(against)} over the first point"))
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": i + 1 == len(points),
@@ -118,8 +130,27 @@ def _ranked(trials: list[Trial]) -> list[Trial]:
     return sorted(trials, key=lambda t: -t.val_recall_at_10)  # stable: ties keep the grid's order
 
 
+def _finished_points(out: Path, record: dict) -> dict[str, dict]:
+    """For ``--resume``: {point folder: its trial} of the points the stopped grid in ``out`` finished (in
+    its ``tuning.json``, with the run's ``run.json``), after checking that grid was this one."""
+    from bgmrec.data.dataset import DatasetError, read_json
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return {}
+    try:
+        stopped = read_json(out / "tuning.json")
+    except DatasetError as e:
+        raise ValueError(f"--resume: {out} holds no grid of `bgmrec tune` to resume ({e})") from None
+    differ = [k for k in ("model", "data_fingerprint", "grid", "sets", "seed") if stopped.get(k) != record[k]]
+    if differ:
+        raise ValueError(f"--resume: {out / 'tuning.json'} records another {', '.join(differ)} than given now "
+                         f"({'; '.join(f'{k}: {stopped.get(k)!r}' for k in differ)}); resume with the same "
+                         "arguments or tune into a new --out")
+    return {Path(t["run"]).name: t for t in stopped.get("trials", []) if (Path(t["run"]) / "run.json").is_file()}
+
+
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,
-               teacher: Path | None):
+               teacher: Path | None, empty_out: bool = True):
     """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
     the fixed fields, per point the teacher config whose teacher it trains or shares, or None: no teacher
     to train, ``teacher`` as given)."""
@@ -128,8 +159,9 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
     from bgmrec.models.base import FeatureSpec
     from bgmrec.models.registry import build, prepare_teacher, takes_teacher
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs")
+    if empty_out and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs, "
+                         "or --resume to finish a stopped grid there")
     ds = load_dataset(data)
     if "val" not in ds.splits or len(ds.splits["val"]) == 0:
         raise ValueError(f"{data}: tuning needs a val split with queries; the dataset has {', '.join(ds.splits)}")

@@ -194,13 +194,15 @@ def tune(
     seed: int | None = typer.Option(None, help="seed of every point (default 0); same as --set seed=N"),
     teacher: Path | None = typer.Option(None, help="DecCM: one teacher run for every point (else one is trained "
                                         "per backbone config and shared)"),
+    resume: bool = typer.Option(False, help="finish a stopped grid in --out (same arguments): its finished points "
+                                "are loaded, not retrained"),
 ) -> None:
     """Grid search on val: train every combination of --grid values, rank each on val, compare with the first."""
     from rich.table import Table
 
     from bgmrec.tune import parse_grid, run_grid, tuning_rows
 
-    trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console)
+    trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console, resume)
     head, *rows = tuning_rows(trials)
     t = Table(title=f"{model} on val, best first (written to {out / 'tuning.md'})")
     for i, h in enumerate(head):
