@@ -146,7 +146,9 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
         raise ValueError(f"--resume: {out / 'tuning.json'} records another {', '.join(differ)} than given now "
                          f"({'; '.join(f'{k}: {stopped.get(k)!r}' for k in differ)}); resume with the same "
                          "arguments or tune into a new --out")
-    return {Path(t["run"]).name: t for t in stopped.get("trials", []) if (Path(t["run"]) / "run.json").is_file()}
+    names = (Path(t["run"]).name for t in stopped.get("trials", []))  # by name: ``out`` may have moved
+    return {name: t for name, t in zip(names, stopped.get("trials", []), strict=True)
+            if (out / name / "run.json").is_file()}
 
 
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,
