@@ -350,3 +350,30 @@ def test_runs_without_a_usable_record_evaluate_without_a_warning(cli_world, popu
         capsys.readouterr()
         assert main(["evaluate", "--run", str(run), "--data", str(other)]) == 0
         assert "warning" not in capsys.readouterr().err
+
+
+def test_git_commit_names_only_a_bgmrec_checkout_and_says_when_it_differs(tmp_path):
+    import subprocess
+
+    from bgmrec.cli.core import git_commit
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    package = tmp_path / "src" / "bgmrec"
+    package.mkdir(parents=True)
+    (package / "m.py").write_text("a = 1\n")
+    (tmp_path / "lib" / "bgmrec").mkdir(parents=True)  # an installed copy inside another repository
+    (tmp_path / "lib" / "bgmrec" / "m.py").write_text("a = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    assert git_commit(package) == head
+    assert git_commit(tmp_path / "lib" / "bgmrec") == "unknown"
+    (tmp_path / "notes.txt").write_text("outside src: not the code")
+    assert git_commit(package) == head
+    (package / "m.py").write_text("a = 2\n")
+    assert git_commit(package) == head + "-dirty"
+    assert git_commit(tmp_path / "nowhere") == "unknown"

@@ -109,11 +109,13 @@ def plot(agg: dict, split: str, title: str, out: Path) -> Path:
 
 
 def finished_run(run: Path, name: str, seed: int, commit: str) -> float | None:
-    """Training seconds of a complete run of ``name`` at ``seed`` made by ``commit``, else None."""
+    """Training seconds of a complete run of ``name`` at ``seed`` made by ``commit``, else None (always for
+    an unknown commit or uncommitted code: nothing then says the run was made by this code)."""
     from bgmrec.data.dataset import read_json
 
-    if commit == "unknown" or not all((run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
-        return None  # without a commit id nothing says the run was made by this code
+    if commit == "unknown" or commit.endswith("-dirty") or not all(
+            (run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
+        return None
     info, config = read_json(run / "run.json"), read_json(run / "config.json")
     if info.get("commit") != commit or info.get("model") != name or config["config"].get("seed") != seed:
         return None

@@ -38,12 +38,24 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def git_commit() -> str:
+def git_commit(package: Path | None = None) -> str:
+    """The short commit of the bgmrec checkout whose ``src/bgmrec`` is ``package`` (default: this package),
+    with "-dirty" when its ``src`` differs from that commit; "unknown" when ``package`` is not the
+    ``src/bgmrec`` of a git checkout (an installed copy, even inside someone else's repository)."""
+    package = (package or Path(__file__).resolve().parents[1]).resolve()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=package, timeout=5).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top).resolve() / "src" / "bgmrec" != package:
+            return "unknown"
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(package.parent))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
 def machine() -> str:
