@@ -377,3 +377,52 @@ def test_git_commit_names_only_a_bgmrec_checkout_and_says_when_it_differs(tmp_pa
     (package / "m.py").write_text("a = 2\n")
     assert git_commit(package) == head + "-dirty"
     assert git_commit(tmp_path / "nowhere") == "unknown"
+
+
+SMALL_CMVAE = {"epochs": "1", "hidden": "16", "latent_dim": "4", "batch_size": "256"}
+SMALL_DECCM = {**SMALL_CMVAE, "prior_samples": "64"}
+
+
+def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, tmp_path, monkeypatch):
+    from bgmrec.cli.core import train_model
+    from bgmrec.models.base import load_model
+    from bgmrec.models.deccm import DecCM
+
+    run, other = tmp_path / "runs" / "deccm", tmp_path / "runs" / "teacher"
+    train_model(cli_world, "deccm", run, sets=SMALL_DECCM, progress=False)  # trains its own teacher/
+    train_model(cli_world, "cmvae", other, sets={**SMALL_CMVAE, "seed": "5"}, progress=False)
+    (run / "notes.txt").write_text("an old file of the old run")
+    rec, _ = train_model(cli_world, "deccm", run, sets=SMALL_DECCM, teacher=other, progress=False)
+    assert not (run / "teacher").exists() and not (run / "notes.txt").exists()  # the old run is gone whole
+    assert rec.teacher_dir == str(other.resolve()) == load_model(run).teacher_dir  # the teacher asked for
+
+    def stopped(self, *args, **kwargs):
+        raise KeyboardInterrupt  # stopped after the teacher was trained, while the student trains
+
+    monkeypatch.setattr(DecCM, "fit", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets=SMALL_DECCM, progress=False)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["deccm", "teacher"]  # nothing half-made
+
+
+def test_train_refuses_a_folder_that_is_not_a_run(cli_world, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "--data", str(cli_world), "--model", "popularity", "--out", str(out)]) == 2
+    assert "is not a model run" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert main(["train", "--data", str(cli_world), "--model", "popularity", "--out", str(cli_world)]) == 2
+    assert (cli_world / "manifest.json").is_file() and not (cli_world / "weights.safetensors").exists()
+
+
+def test_train_warns_of_a_teacher_trained_on_other_data(cli_world, tmp_path, capsys):
+    from bgmrec.cli.core import train_model
+
+    other_world = tmp_path / "other"
+    assert main(["simulate", str(other_world), "--scale", "tiny", "--seed", "1"]) == 0
+    train_model(other_world, "cmvae", tmp_path / "teacher", sets=SMALL_CMVAE, progress=False)
+    capsys.readouterr()
+    train_model(cli_world, "deccm", tmp_path / "student", sets=SMALL_DECCM, teacher=tmp_path / "teacher",
+                progress=False)
+    assert f"warning: the teacher {tmp_path / 'teacher'} was trained on another dataset" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -122,7 +123,7 @@ def test_teacher_is_frozen_in_eval_mode_and_not_saved(tiny_dir, tmp_path):
     saved = load_file(str(tmp_path / "run" / "weights.safetensors"))
     assert set(saved) == set(model.module.state_dict())
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert meta["learned"]["teacher_run"] == str((tmp_path / "run" / "teacher").resolve())
+    assert meta["learned"]["teacher_run"] == meta["learned"]["teacher_run_relative"] == "teacher"  # inside the run
     again = load_model(tmp_path / "run")
     q = VideoQuery.from_dataset(ds, np.arange(6))
     cat = MusicCatalog.from_dataset(ds)
@@ -210,6 +211,29 @@ def test_a_loaded_student_finds_its_teacher_or_says_it_is_missing(tiny_dir, tmp_
         orphan.score(q, cat)
     orphan.set_inference_mode("backdoor")
     assert np.isfinite(orphan.score(q, cat)).all()
+
+
+def test_a_teacher_outside_the_student_is_found_after_moving_either_or_both(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    grid = tmp_path / "grid"
+    first = _student_with_teacher(ds, grid / "first")
+    first.save(grid / "first")
+    student = build("deccm", FeatureSpec.of(ds), {"epochs": 1, "batch_size": 256, "prior_samples": 64,
+                                                 "inference": "content"})
+    prepare_teacher(student, ds, grid / "second", grid / "first" / "teacher")  # as tune shares a teacher
+    student.fit(SplitView(ds, "train"), None).save(grid / "second")
+    meta = json.loads((grid / "second" / "config.json").read_text())["learned"]
+    assert meta["teacher_run"] == str((grid / "first" / "teacher").resolve())
+    assert meta["teacher_run_relative"] == os.path.join("..", "first", "teacher")
+    q, cat = VideoQuery.from_dataset(ds, np.arange(6)), MusicCatalog.from_dataset(ds)
+    expected = student.score(q, cat)
+    shutil.move(grid / "second", tmp_path / "alone")  # the student alone: the recorded absolute path
+    assert load_model(tmp_path / "alone").teacher_dir == str((grid / "first" / "teacher").resolve())
+    shutil.move(tmp_path / "alone", grid / "second")
+    shutil.move(grid, tmp_path / "moved")  # both: the relative path
+    again = load_model(tmp_path / "moved" / "second")
+    assert again.teacher_dir == str((tmp_path / "moved" / "first" / "teacher").resolve())
+    assert np.allclose(again.score(q, cat), expected, atol=1e-5)
 
 
 def test_a_student_saved_before_teacher_mixing_ranks_as_before(tiny_dir, tmp_path):

@@ -139,8 +139,8 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
     config's default, seed 0); giving one both ways with different values is refused.
     """
-    from bgmrec.data.dataset import load_dataset
-    from bgmrec.models.base import FeatureSpec, SplitView
+    from bgmrec.data.dataset import atomic_write_dir, dataset_fingerprint, load_dataset, write_json_atomic
+    from bgmrec.models.base import FeatureSpec, SplitView, load_model
     from bgmrec.models.registry import build, prepare_teacher
 
     ds = load_dataset(data)
@@ -149,24 +149,32 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     option_into_sets(overrides, "epochs", epochs)
     spec = FeatureSpec.of(ds)
     rec = build(model, spec, overrides)
-    prepare_teacher(rec, ds, Path(out), teacher, progress)
-    t0 = time.perf_counter()
-    rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
-    seconds = time.perf_counter() - t0
-    rec.save(out)
-    from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic
+    if teacher is not None:
+        warn_if_trained_on_other_data(teacher, data, what="the teacher")
+    timing = {}
 
-    write_json_atomic(Path(out) / "run.json", {
-        "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data), "model": model,
-        "seconds": seconds, "epochs_run": len(rec.history), "commit": git_commit(), "argv": sys.argv[1:],
-    })
-    return rec, seconds
+    def write(folder: Path) -> None:
+        prepare_teacher(rec, ds, folder, teacher, progress)
+        t0 = time.perf_counter()
+        rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
+        timing["seconds"] = time.perf_counter() - t0
+        rec.save(folder)
+        write_json_atomic(folder / "run.json", {
+            "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data), "model": model,
+            "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
+            "argv": sys.argv[1:]})
+
+    # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
+    # a run there before (never another kind of folder) is replaced with everything in it
+    atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
+    return load_model(out), timing["seconds"]
 
 
-def warn_if_trained_on_other_data(run: Path, data: Path) -> None:
+def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None) -> None:
     """Say on stderr when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
     training dataset than ``data``: its figures there measure a transfer, and a test split of ``data`` may
-    hold its training videos. Silent for runs without that record; never an error."""
+    hold its training videos (``what`` names the run in the message). Silent for runs without that
+    record; never an error."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint, read_json
 
     try:
@@ -175,7 +183,8 @@ def warn_if_trained_on_other_data(run: Path, data: Path) -> None:
     except (DatasetError, OSError):  # no or damaged record: nothing to say
         return
     if other:
-        print(f"warning: {run} was trained on another dataset ({info.get('data')}) than {data}", file=sys.stderr)
+        print(f"warning: {what + ' ' if what else ''}{run} was trained on another dataset ({info.get('data')}) "
+              f"than {data}", file=sys.stderr)
 
 
 @app.command()

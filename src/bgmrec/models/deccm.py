@@ -48,6 +48,7 @@ The teacher's block of the mixture keeps the teacher's own prior (its profession
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -124,7 +125,8 @@ class DecCM(CMVAE):
         self.inference_mode = config.inference if config.adjustment else "content"
         self.reads_genre = True  # the music side carries the genre one-hot
         self.teacher: CMVAE | None = None
-        self.teacher_dir: str | None = None
+        self.teacher_dir: str | None = None  # the teacher's folder (absolute while in memory)
+        self._teacher_record: dict[str, str | None] = {}  # where config.json says the teacher is (save / load)
         self.professional_counts: np.ndarray | None = None  # [n_tracks] professional videos' choices (fit only)
         if self.prior_scale() is not None and config.teacher and config.content_share:
             self.module.content_prior = TrackPrior()  # content mode's log Q: :func:`content_log_share`
@@ -305,24 +307,41 @@ class DecCM(CMVAE):
         return np.hstack([e_m, self._require_teacher().encode_music(c)])
 
     # -- persistence --
+    def save(self, out: Path) -> Path:
+        """As :meth:`Recommender.save`; ``config.json`` records where the teacher is relative to ``out``
+        (``teacher_run``: relative when inside ``out``, else absolute; ``teacher_run_relative``: relative
+        either way), so the student's folder, or a folder holding both, can be moved whole."""
+        self._teacher_record = {"teacher_run": None, "teacher_run_relative": None}
+        if self.teacher_dir is not None:
+            relative = os.path.relpath(self.teacher_dir, Path(out).resolve())
+            inside = relative != os.pardir and not relative.startswith(os.pardir + os.sep)
+            self._teacher_record = {"teacher_run": relative if inside else self.teacher_dir,
+                                    "teacher_run_relative": relative}
+        return super().save(out)
+
     def extra_config(self) -> dict:
-        return {"teacher_run": self.teacher_dir, "inference_mode": self.inference_mode}
+        return {"teacher_run": self.teacher_dir, **self._teacher_record, "inference_mode": self.inference_mode}
 
     def load_extra_config(self, extra: dict) -> None:
-        self.teacher_dir = extra.get("teacher_run")
-        if self.teacher_dir is not None and not isinstance(self.teacher_dir, str):
-            raise ValueError(f"teacher_run must be a folder path (string) or null, got {self.teacher_dir!r}")
+        self._teacher_record = {k: extra.get(k) for k in ("teacher_run_relative", "teacher_run")}
+        for key, value in self._teacher_record.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key} must be a folder path (string) or null, got {value!r}")
         if extra.get("inference_mode") in MODES:
             self.inference_mode = extra["inference_mode"]
 
     def after_load(self, folder: Path, **kwargs) -> None:
-        """Attach the teacher that content mode mixes in: ``folder/teacher``, else the folder recorded in training."""
-        if not self._content_mode_mixes_teacher():
-            return
-        for candidate in [Path(folder) / "teacher"] + ([Path(self.teacher_dir)] if self.teacher_dir else []):
+        """Find the teacher's folder, the first that holds a run of: where ``config.json`` records it
+        (relative to ``folder``, then as recorded), then ``folder/teacher`` (students saved before the
+        relative record); attach the teacher when content mode mixes it in."""
+        recorded = [Path(folder) / p for p in self._teacher_record.values() if p]
+        for candidate in recorded + [Path(folder) / "teacher"]:
             if (candidate / "config.json").is_file():
-                self.set_teacher(load_teacher(candidate), candidate)
+                self.teacher_dir = str(candidate.resolve())
+                if self._content_mode_mixes_teacher():
+                    self.set_teacher(load_teacher(candidate), candidate)
                 return
+        self.teacher_dir = str(recorded[-1]) if recorded else None  # named by the error content mode raises
 
     @classmethod
     def from_folder_config(cls, meta: dict) -> DecCM:
