@@ -60,8 +60,17 @@ def test_train_then_evaluate_json(cli_world, popularity_run, tmp_path, capsys):
     res = json.loads(j.read_text())
     assert set(res) >= REQUIRED_KEYS
     # beyond the documented keys the object only adds counts and the recall curve
-    assert set(res) - REQUIRED_KEYS <= {"n_candidates", "n_negatives", "full_recall_curve", "inference_mode"}
-    assert res["model"] == "popularity" and res["split"] == "test"
+    assert set(res) - REQUIRED_KEYS <= {"n_candidates", "n_negatives", "full_recall_curve", "inference_mode",
+                                        "label", "provenance"}
+    assert res["model"] == res["label"] == "popularity" and res["split"] == "test"
+    from bgmrec.data.dataset import dataset_fingerprint
+
+    made = res["provenance"]  # enough to say what the figure came from
+    assert made["data"] == str(cli_world.resolve()) and made["data_fingerprint"] == dataset_fingerprint(cli_world)
+    assert made["runs"]["run"]["folder"] == str(popularity_run.resolve())
+    assert made["runs"]["run"]["trained"]["model"] == "popularity"
+    assert made["runs"]["run"]["trained"]["data_fingerprint"] == made["data_fingerprint"]
+    assert {"bgmrec_version", "commit"} <= set(made)
     assert res["n_queries"] == 184
     assert set(res["full"]) == FULL_KEYS
     assert set(res["sampled"]) == SAMPLED_KEYS
@@ -256,7 +265,7 @@ def test_deccm_modes_through_the_cli(cli_world, tmp_path):
                      "--mode", mode, "--json", str(j)]) == 0
         results[mode] = json.loads(j.read_text())
         assert results[mode]["inference_mode"] == mode
-        assert results[mode]["model"] == "deccm"
+        assert (results[mode]["model"], results[mode]["label"]) == ("deccm", "deccm-noteacher")
     assert json.loads((run / "config.json").read_text())["config"]["teacher"] is False
     # the paired comparison of two modes of one run reads each mode's own ranks
     j = tmp_path / "compare.json"
@@ -264,8 +273,8 @@ def test_deccm_modes_through_the_cli(cli_world, tmp_path):
                  "content", "--data", str(cli_world), "--split", "test_unbiased", "--resamples", "500",
                  "--json", str(j)]) == 0
     c = json.loads(j.read_text())
-    assert (c["baseline_model"], c["candidate_model"]) == ("deccm [backdoor]", "deccm [content]")
-    assert c["baseline_run"] == c["candidate_run"] == str(run)
+    assert (c["baseline_model"], c["candidate_model"]) == ("deccm-noteacher [backdoor]", "deccm-noteacher [content]")
+    assert c["baseline_run"] == c["candidate_run"] == str(run.resolve())
     assert c["baseline"] == pytest.approx(results["backdoor"]["full"]["recall@10"])
     assert c["candidate"] == pytest.approx(results["content"]["full"]["recall@10"])
     assert c["difference_ci"][0] <= c["difference"] <= c["difference_ci"][1] and 0 < c["p_value"] <= 1
@@ -426,3 +435,18 @@ def test_train_warns_of_a_teacher_trained_on_other_data(cli_world, tmp_path, cap
     train_model(cli_world, "deccm", tmp_path / "student", sets=SMALL_DECCM, teacher=tmp_path / "teacher",
                 progress=False)
     assert f"warning: the teacher {tmp_path / 'teacher'} was trained on another dataset" in capsys.readouterr().err
+
+
+def test_an_ablation_is_labelled_by_the_name_it_was_trained_as(cli_world, popularity_run, tmp_path, capsys):
+    run = tmp_path / "noprior"
+    assert main(["train", "--data", str(cli_world), "--model", "cmvae-noprior", "--out", str(run),
+                 *(f"--set={k}={v}" for k, v in SMALL_CMVAE.items())]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(cli_world), "--json", str(tmp_path / "e.json")]) == 0
+    assert "cmvae-noprior" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e.json").read_text())["label"] == "cmvae-noprior"
+    assert main(["compare", "--baseline", str(popularity_run), "--run", str(run), "--data", str(cli_world),
+                 "--resamples", "200", "--json", str(tmp_path / "c.json")]) == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert (c["baseline_model"], c["candidate_model"]) == ("popularity", "cmvae-noprior")
+    assert c["provenance"]["runs"]["candidate"]["folder"] == str(run.resolve())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bgmrec.eval.report import headers, markdown_table
+from bgmrec.eval.report import COLUMNS, markdown_table
 
 
 def _result(model: str, median: float) -> dict:
@@ -12,14 +12,22 @@ def _result(model: str, median: float) -> dict:
 def test_median_ranks_are_written_as_they_are_not_rounded_to_even():
     table = markdown_table([_result("a", 96.5), _result("b", 89.5), _result("c", 7.0), _result("d", 1234567.0)],
                            "test")
-    medians = [line.split(" | ")[headers().index("med.rank")] for line in table.splitlines()[2:]]
+    column = 1 + [h for h, _ in COLUMNS].index("med.rank")
+    medians = [line.split(" | ")[column] for line in table.splitlines()[2:]]
     assert medians == ["96.5", "89.5", "7", "1234567"]
 
 
 def test_a_pipe_in_a_label_is_escaped():
     line = markdown_table([_result("left|right", 3.0)], "test").splitlines()[2]
     assert line.startswith("| left\\|right | ")
-    assert line.replace("\\|", "").count("|") == len(headers()) + 1
+    assert line.replace("\\|", "").count("|") == len(COLUMNS) + 2  # label and metrics: no oracle, no ratio
+
+
+def test_the_ratio_to_the_oracle_shows_only_beside_an_oracle():
+    alone = markdown_table([_result("a", 3.0)], "test").splitlines()
+    assert "oracle" not in alone[0]
+    both = markdown_table([_result("a", 3.0), _result("oracle", 1.0)], "test").splitlines()
+    assert both[0].endswith("| R@10 / oracle |") and both[2].endswith("| 1.00 |")
 
 
 def test_paired_against_compares_every_other_model_with_the_baseline_on_its_queries():

@@ -170,21 +170,54 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     return load_model(out), timing["seconds"]
 
 
+def trained_as(run: Path) -> dict:
+    """What ``run``'s ``run.json`` says of its training (model name as given, data, commit, ...); {} when
+    the run has no readable record."""
+    from bgmrec.data.dataset import DatasetError, read_json
+
+    try:
+        info = read_json(Path(run) / "run.json")
+    except (DatasetError, OSError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None) -> None:
     """Say on stderr when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
     training dataset than ``data``: its figures there measure a transfer, and a test split of ``data`` may
     hold its training videos (``what`` names the run in the message). Silent for runs without that
     record; never an error."""
-    from bgmrec.data.dataset import DatasetError, dataset_fingerprint, read_json
+    from bgmrec.data.dataset import DatasetError, dataset_fingerprint
 
+    info = trained_as(run)
     try:
-        info = read_json(Path(run) / "run.json")
         other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
-    except (DatasetError, OSError):  # no or damaged record: nothing to say
+    except (DatasetError, OSError):  # a damaged dataset: nothing to say here
         return
     if other:
         print(f"warning: {what + ' ' if what else ''}{run} was trained on another dataset ({info.get('data')}) "
               f"than {data}", file=sys.stderr)
+
+
+def run_label(run: Path, rec) -> str:
+    """The name ``run`` was trained as (an ablation such as ``cmvae-noprior`` is saved as its base
+    model), else the saved model's name."""
+    name = trained_as(run).get("model")
+    return name if isinstance(name, str) and name else rec.name
+
+
+def provenance(data: Path, runs: dict[str, Path]) -> dict:
+    """What a figure was computed from, for its JSON: the dataset (folder and fingerprint), each run
+    (folder and what its ``run.json`` says of its training) and the bgmrec that computed it."""
+    import bgmrec
+    from bgmrec.data.dataset import dataset_fingerprint
+
+    keep = ("model", "data", "data_fingerprint", "commit", "argv")
+    return {"data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
+            "runs": {role: {"folder": str(Path(run).resolve()),
+                            "trained": {k: v for k, v in trained_as(run).items() if k in keep}}
+                     for role, run in runs.items()},
+            "bgmrec_version": bgmrec.__version__, "commit": git_commit()}
 
 
 @app.command()
@@ -254,12 +287,12 @@ def evaluate(
     rec = load_model(run)
     if mode is not None:
         rec.set_inference_mode(mode)
-    result = run_eval(rec, ds, split)
+    result = {"label": run_label(run, rec), **run_eval(rec, ds, split)}
     warn_if_trained_on_other_data(run, data)  # once the figures exist: an error says nothing more
     for t in rich_tables([result]):
         console.print(t)
     if json_out is not None:
-        write_json_atomic(json_out, result)
+        write_json_atomic(json_out, {**result, "provenance": provenance(data, {"run": run})})
         console.print(f"wrote {json_out}")
 
 
@@ -301,7 +334,8 @@ def compare(
     c = paired(*models, ds, split, metric, resamples, level)
     for folder in (baseline, run):
         warn_if_trained_on_other_data(folder, data)
-    names = [label({"model": rec.name, "inference_mode": rec.inference_mode}) for rec in models]
+    names = [label({"model": run_label(folder, rec), "inference_mode": rec.inference_mode})
+             for folder, rec in zip((baseline, run), models, strict=True)]
     t = Table(title=f"{split}: {c.n_queries} queries, full-catalogue {metric}, {level:.0%} intervals")
     for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
         t.add_column(h, justify="left" if h in ("baseline", "run") else "right")
@@ -310,8 +344,10 @@ def compare(
               f"{c.difference:+.4f} [{lo:+.4f}, {hi:+.4f}]", change_cell(c))
     console.print(t)
     if json_out is not None:
-        write_json_atomic(json_out, {"split": split, "baseline_run": str(baseline), "candidate_run": str(run),
-                                     "baseline_model": names[0], "candidate_model": names[1], **c.to_json()})
+        write_json_atomic(json_out, {"split": split, "baseline_run": str(baseline.resolve()),
+                                     "candidate_run": str(run.resolve()), "baseline_model": names[0],
+                                     "candidate_model": names[1], **c.to_json(),
+                                     "provenance": provenance(data, {"baseline": baseline, "candidate": run})})
         console.print(f"wrote {json_out}")
 
 

@@ -41,11 +41,12 @@ def label(result: dict) -> str:
 
 
 def rows_for_split(results: list[dict], split: str) -> list[list[str]]:
-    """Table rows (label, metrics..., ratio of R@10 to the oracle's) for one split."""
+    """The header and one row per result of one split: label, metrics, and the ratio of R@10 to the
+    oracle's when the split has an oracle result."""
     subset = [r for r in results if r["split"] == split]
     oracle = next((r for r in subset if r["model"] == "oracle"), None)
     base = metric_at(oracle, ("full", "recall@10")) if oracle else None
-    out = []
+    out = [["model"] + [h for h, _ in COLUMNS] + (["R@10 / oracle"] if oracle else [])]
     for r in subset:
         cells = [label(r)]
         for _, path in COLUMNS:
@@ -54,14 +55,11 @@ def rows_for_split(results: list[dict], split: str) -> list[list[str]]:
                 cells.append("-")
             else:  # a median rank is a whole or a half number, written as such
                 cells.append(f"{v:.1f}".removesuffix(".0") if path[-1] == "median_rank" else f"{v:.3f}")
-        ratio = metric_at(r, ("full", "recall@10"))
-        cells.append(f"{ratio / base:.2f}" if base and ratio is not None else "-")
+        if oracle:
+            ratio = metric_at(r, ("full", "recall@10"))
+            cells.append(f"{ratio / base:.2f}" if base and ratio is not None else "-")
         out.append(cells)
     return out
-
-
-def headers() -> list[str]:
-    return ["model"] + [h for h, _ in COLUMNS] + ["R@10 / oracle"]
 
 
 def rich_tables(results: list[dict]):
@@ -73,16 +71,17 @@ def rich_tables(results: list[dict]):
     for split in dict.fromkeys(r["split"] for r in results):
         n = next(r["n_queries"] for r in results if r["split"] == split)
         t = Table(title=f"split {split} ({n} queries)")
-        for h in headers():
+        head, *rows = rows_for_split(results, split)
+        for h in head:
             t.add_column(h, justify="left" if h == "model" else "right")
-        for row in rows_for_split(results, split):
+        for row in rows:
             t.add_row(*map(escape, row))  # labels hold "[mode]", which Rich would read as markup
         tables.append(t)
     return tables
 
 
 def markdown_table(results: list[dict], split: str) -> str:
-    return markdown_from_rows([headers(), *rows_for_split(results, split)])
+    return markdown_from_rows(rows_for_split(results, split))
 
 
 PER_GENRE_NOTE = ("Full-catalogue Recall@10 by the genre of each query's positive track; the first row is each "
