@@ -450,3 +450,15 @@ def test_an_ablation_is_labelled_by_the_name_it_was_trained_as(cli_world, popula
     c = json.loads((tmp_path / "c.json").read_text())
     assert (c["baseline_model"], c["candidate_model"]) == ("popularity", "cmvae-noprior")
     assert c["provenance"]["runs"]["candidate"]["folder"] == str(run.resolve())
+
+
+def test_simulate_refuses_an_option_and_a_set_that_disagree(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["simulate", str(out), "--scale", "tiny", "--seed", "1", "--set", "seed=5"]) == 2
+    assert "--seed 1 and --set seed=5 disagree" in capsys.readouterr().err
+    assert main(["simulate", str(out), "--scale", "tiny", "--gamma", "0", "--set", "gamma=2"]) == 2
+    assert main(["simulate", str(out), "--scale", "tiny", "--set", "new_track_share=1"]) == 2
+    assert "new_track_share must be in [0, 1)" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["simulate", str(out), "--scale", "tiny", "--gamma", "0", "--set", "gamma=0.0"]) == 0  # the same
+    assert json.loads((out / "manifest.json").read_text())["provenance"]["world"]["gamma"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,17 @@ def test_config_json_round_trip_and_validation():
         world_config("huge")
     with pytest.raises(ValueError, match="sum to 1"):
         simulate(world_config("tiny", genre_shares=(0.5, 0.2)))
+
+
+@pytest.mark.parametrize("override,words", [
+    ({"new_track_share": 1.0}, "new_track_share must be in [0, 1), got 1.0"),
+    ({"n_tracks": 10, "new_track_share": 0.99}, "holds out all 10 tracks"),
+    ({"n_videos": 0}, "n_videos must be >= 1"),
+    ({"video_spread": -0.1}, "video_spread must be >= 0"),
+    ({"val_share": 0.5, "test_share": 0.5}, "val_share + test_share must be below 1"),
+    ({"genre_shares": (0.5, 0.0, 0.5)}, "genre_shares must be positive"),
+    ({"seed": -1}, "seed must be >= 0"),
+])
+def test_a_world_parameter_out_of_range_is_named(override, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        world_config("tiny", **override)

@@ -71,25 +71,22 @@ def machine() -> str:
 def simulate(
     out_dir: Path = typer.Argument(..., help="folder to write the world to (replaced atomically)"),
     scale: str = typer.Option("small", help="preset: tiny | small | tt150k"),
-    seed: int = typer.Option(0, help="same seed, same world (byte-identical arrays)"),
-    gamma: float | None = typer.Option(None, help="confounding strength (weight of log pi_u[genre]); 0 removes it"),
-    delta: float | None = typer.Option(None, help="popularity bias (weight of log pop); 0 removes it"),
+    seed: int | None = typer.Option(None, help="same seed, same world (byte-identical arrays); default 0; same as "
+                                    "--set seed=N"),
+    gamma: float | None = typer.Option(None, help="confounding strength (weight of the log of the uploader's "
+                                       "genre preference); 0 removes it; same as --set gamma=X"),
+    delta: float | None = typer.Option(None, help="popularity bias (weight of log pop); 0 removes it; same as "
+                                       "--set delta=X"),
     set_: list[str] | None = typer.Option(None, "--set", help="any other world parameter, key=value"),
 ) -> None:
     """Simulate a world (the built-in dataset) with its ground truth in OUT_DIR/truth."""
-    from bgmrec.data.simulate import WorldConfig, save_world, simulate, world_config
+    from bgmrec.data.simulate import save_world, simulate, world_config
+    from bgmrec.models.base import with_overrides
 
     overrides = parse_sets(set_)
-    if gamma is not None:
-        overrides["gamma"] = gamma
-    if delta is not None:
-        overrides["delta"] = delta
-    cfg = world_config(scale, seed=seed)
-    if overrides:
-        from bgmrec.models.base import with_overrides
-
-        cfg = with_overrides(cfg, overrides)
-    assert isinstance(cfg, WorldConfig)
+    for name, value in (("seed", seed), ("gamma", gamma), ("delta", delta)):
+        option_into_sets(overrides, name, value)
+    cfg = with_overrides(world_config(scale), overrides)
     t0 = time.perf_counter()
     with console.status(f"simulating the {scale} world"):
         ds, truth = simulate(cfg)
@@ -123,11 +120,19 @@ def list_models() -> None:
     console.print(t)
 
 
+def _same_value(given, value) -> bool:
+    """True when a ``--set`` string and an option's value say the same (numbers compared as numbers)."""
+    try:
+        return float(given) == float(value)
+    except (TypeError, ValueError):
+        return str(given).strip() == str(value)
+
+
 def option_into_sets(sets: dict, name: str, value) -> None:
     """Put the option ``--NAME value`` into the ``--set`` overrides; refuse a ``--set NAME`` with another value."""
     if value is None:
         return
-    if name in sets and str(sets[name]).strip() != str(value):
+    if name in sets and not _same_value(sets[name], value):
         raise ValueError(f"--{name} {value} and --set {name}={sets[name]} disagree; give {name} once")
     sets[name] = value
 

@@ -79,6 +79,21 @@ class WorldConfig:
             for x in value if isinstance(value, tuple) else (value,):
                 if isinstance(x, float) and not math.isfinite(x):
                     raise ValueError(f"world parameter {f.name} must be a finite number, got {x}")
+        for rule, names in _WORLD_BOUNDS.items():
+            for name in names:
+                if not _BOUND_HOLDS[rule](getattr(self, name)):
+                    raise ValueError(f"world parameter {name} must be {rule}, got {getattr(self, name)}")
+        if not self.genre_shares or min(self.genre_shares) <= 0:
+            raise ValueError(f"world parameter genre_shares must be positive shares, got {list(self.genre_shares)}")
+        if self.val_share + self.test_share >= 1:
+            raise ValueError(f"world parameters val_share + test_share must be below 1 (train needs uploads), "
+                             f"got {self.val_share} + {self.test_share}")
+        if self.text_unrelated_share + self.text_empty_share > 1:
+            raise ValueError("world parameters text_unrelated_share + text_empty_share must be at most 1, got "
+                             f"{self.text_unrelated_share} + {self.text_empty_share}")
+        if round(self.new_track_share * self.n_tracks) >= self.n_tracks:
+            raise ValueError(f"world parameter new_track_share={self.new_track_share} holds out all "
+                             f"{self.n_tracks} tracks; at least one must stay for training")
 
     @property
     def n_genres(self) -> int:
@@ -114,6 +129,19 @@ def world_config(scale: str = "small", **overrides) -> WorldConfig:
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     return replace(WorldConfig(**SCALES[scale]), **overrides)
+
+
+_WORLD_BOUNDS = {  # rule -> the WorldConfig fields it bounds (checked on construction)
+    ">= 1": ("n_videos", "n_tracks", "n_uploaders", "content_dim", "visual_dim", "text_dim", "music_dim",
+             "hidden_dim", "n_negatives"),
+    ">= 0": ("seed", "n_pgc_videos", "genre_spread", "track_spread", "video_spread", "popularity_sigma",
+             "activity_sigma", "visual_noise", "music_noise", "music_genre_weight", "text_noise", "text_noise_spread"),
+    "> 0": ("pref_concentration",),
+    "in [0, 1]": ("content_lean", "text_unrelated_share", "text_empty_share"),
+    "in [0, 1)": ("new_track_share", "val_share", "test_share"),
+}
+_BOUND_HOLDS = {">= 1": lambda v: v >= 1, ">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0,
+                "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 1)": lambda v: 0 <= v < 1}
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,14 @@ def build(name: str, spec, overrides: dict | None = None) -> Recommender:
 
     base, variant = resolve(name)
     cls = model_class(base)
-    return cls(with_overrides(cls.config_class(), {**variant, **(overrides or {})}), spec)
+    config = with_overrides(cls.config_class(), {**variant, **(overrides or {})})
+    preset = with_overrides(cls.config_class(), variant)
+    undone = [k for k in variant if k in (overrides or {}) and getattr(config, k) != getattr(preset, k)]
+    if undone:
+        raise ValueError(f"{name} is {base} with {', '.join(f'{k}={variant[k]}' for k in undone)}; "
+                         f"--set {', '.join(f'{k}={overrides[k]}' for k in undone)} would undo it: "
+                         f"use --model {base} for that")
+    return cls(config, spec)
 
 
 def takes_teacher(cls: type[Recommender], config) -> bool:
