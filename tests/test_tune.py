@@ -61,6 +61,11 @@ def test_every_point_is_trained_and_ranked_on_val_only(tiny_dir, tmp_path, monke
     assert [t["settings"] for t in saved["trials"]] == [t.settings for t in trials]
     table = (tmp_path / "tune" / "tuning.md").read_text()
     assert "| lr | val R@10 | vs the first point | epochs | seconds |" in table and "(the first point)" in table
+    from bgmrec.cli.core import git_commit
+    from bgmrec.data.dataset import dataset_fingerprint
+
+    assert saved["data_fingerprint"] == dataset_fingerprint(tiny_dir) and saved["commit"] == git_commit()
+    assert f"Dataset `{tiny_dir.resolve()}` (fingerprint {saved['data_fingerprint']}), commit {git_commit()}." in table
 
 
 def test_every_point_is_compared_with_the_first_and_ranked_best_first(tiny_dir, tmp_path):

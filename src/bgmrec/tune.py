@@ -82,7 +82,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     trains one teacher per distinct teacher config (the backbone fields), in the folder of the first point
     that needs it, and the other points reuse it.
     """
-    from bgmrec.cli.core import train_model
+    from bgmrec.cli.core import git_commit, train_model
     from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
@@ -119,10 +119,12 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         trials.append(Trial(point, str(run), result["full"]["recall@10"], against, epochs, seconds))
         console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
                       + ("" if against is None else f", {change_cell(against)} over the first point"))
-        write_json_atomic(Path(out) / "tuning.json", {**record, "complete": i + 1 == len(points),
+        write_json_atomic(Path(out) / "tuning.json", {**record, "commit": git_commit(),
+                                                       "complete": i + 1 == len(points),
                                                        "trials": [t.to_json() for t in _ranked(trials)]})
     trials = _ranked(trials)
-    write_text_atomic(Path(out) / "tuning.md", tuning_markdown(model, grid, trials) + "\n")
+    made = f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {git_commit()}"
+    write_text_atomic(Path(out) / "tuning.md", tuning_markdown(model, grid, trials, made) + "\n")
     return trials
 
 
@@ -213,13 +215,15 @@ def tuning_rows(trials: list[Trial]) -> list[list[str]]:
     return rows
 
 
-def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial]) -> str:
-    """``tuning.md``: the grid, how each point was trained and compared, and :func:`tuning_rows`."""
+def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial], made: str = "") -> str:
+    """``tuning.md``: the grid, how each point was trained and compared (``made``: on what data, by what
+    code), and :func:`tuning_rows`."""
     from bgmrec.eval.report import markdown_from_rows
 
     grid_text = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
     return "\n".join([
         f"# Tuning {model} on val ({time.strftime('%Y-%m-%d')})", "",
+        *([f"Dataset {made}.", ""] if made else []),
         f"Grid: {grid_text}. Each point trained with early "
         "stopping on val, then ranked on the whole val split (full catalogue); *vs the first point*: the change "
         f"in Recall@10 over the grid's first point on the same val queries, its {LEVEL:.0%} paired bootstrap interval "
