@@ -462,3 +462,10 @@ def test_simulate_refuses_an_option_and_a_set_that_disagree(tmp_path, capsys):
     assert not out.exists()
     assert main(["simulate", str(out), "--scale", "tiny", "--gamma", "0", "--set", "gamma=0.0"]) == 0  # the same
     assert json.loads((out / "manifest.json").read_text())["provenance"]["world"]["gamma"] == 0
+
+
+def test_evaluating_a_training_split_says_so(cli_world, popularity_run, capsys):
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--split", "train"]) == 0
+    assert "note: train is a training split (role train)" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--split", "test"]) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -294,6 +294,9 @@ def evaluate(
         rec.set_inference_mode(mode)
     result = {"label": run_label(run, rec), **run_eval(rec, ds, split)}
     warn_if_trained_on_other_data(run, data)  # once the figures exist: an error says nothing more
+    if ds.split_info[split].role in ("train", "teacher"):
+        print(f"note: {split} is a training split (role {ds.split_info[split].role}): its figures measure the "
+              "fit, not how the model generalises", file=sys.stderr)
     for t in rich_tables([result]):
         console.print(t)
     if json_out is not None:
