@@ -260,6 +260,15 @@ def test_warm_up_runs_the_whole_analysis():
     assert calls == [2 * AudioExtractor().config.sample_rate]
 
 
+def test_stereo_is_the_mean_of_its_channels_as_loud_as_mono(tmp_path):
+    sig = mf.tone(440.0, 1.0)
+    mono = decode_audio(mf.write_audio(tmp_path / "mono.wav", sig), SR, 60.0)
+    stereo = decode_audio(mf.write_audio(tmp_path / "stereo.wav", sig, stereo=True), SR, 60.0)
+    rms = [float(np.sqrt(np.mean(y.astype(np.float64) ** 2))) for y in (mono, stereo)]
+    assert rms[0] == pytest.approx(0.3 / np.sqrt(2), rel=0.01)
+    assert rms[1] == pytest.approx(rms[0], rel=0.01)  # FFmpeg's own downmix made it 3 dB louder
+
+
 def test_meta_csv_quoted_line_breaks_and_duplicate_ids(tmp_path, music_dir):
     from bgmrec.features.audio import read_track_meta
 

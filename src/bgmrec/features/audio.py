@@ -1,8 +1,9 @@
 """Music tracks -> feature vectors, and the music catalogue folder (``bgmrec extract-music``).
 
-Each track is decoded with PyAV (so wav, mp3, ogg, flac and m4a all work), mixed to mono,
-resampled to :attr:`AudioConfig.sample_rate` and cut to its first
-:attr:`AudioConfig.max_seconds` seconds while decoding (a 10-hour file is never decoded whole).
+Each track is decoded with PyAV (so wav, mp3, ogg, flac and m4a all work), mixed to mono (the
+mean of its channels, so a stereo file with two equal channels is as loud as the mono one),
+resampled to :attr:`AudioConfig.sample_rate` and cut to its first :attr:`AudioConfig.max_seconds`
+seconds while decoding (a 10-hour file is never decoded whole).
 Its vector joins, in this order (173 values with the defaults):
 
 - the openSMILE eGeMAPSv02 functionals (88; Eyben et al. 2016, the openSMILE features the CMVAE
@@ -96,8 +97,9 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
                  min_seconds: float = 0.0) -> np.ndarray:
     """Decode the first ``max_seconds`` of a file's first audio stream to mono float32 at ``sample_rate``.
 
-    Raises :class:`MediaError` with a one-line reason for empty, unreadable, truncated or
-    corrupt files and for files with no audio stream.
+    Mono is the mean of the channels (FFmpeg's own downmix adds them at -3 dB each, which makes a
+    stereo file 3 dB louder than the same signal in mono). Raises :class:`MediaError` with a one-line
+    reason for empty, unreadable, truncated or corrupt files and for files with no audio stream.
     """
     import av
 
@@ -118,18 +120,18 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
             raise MediaError("no audio stream")
         stream = container.streams.audio[0]
         declared = _declared_seconds(container, stream)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # planar: [channels, samples]
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().reshape(-1))
+                        chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
                         got += chunks[-1].size
                 if got >= need:
                     break
             else:
                 for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
                     got += chunks[-1].size
         except av.FFmpegError as e:
             raise MediaError(f"corrupt audio after {got / sample_rate:.1f} s: {one_line(e)}") from None
@@ -181,7 +183,8 @@ class AudioExtractor:
         import librosa
         import opensmile
 
-        return {"extractor": "bgmrec.audio/1", **asdict(self.config),
+        # bgmrec.audio/2: mono is the mean of the channels (1 used FFmpeg's louder downmix)
+        return {"extractor": "bgmrec.audio/2", **asdict(self.config),
                 "opensmile": opensmile.__version__, "librosa": librosa.__version__}
 
     def _opensmile(self):
