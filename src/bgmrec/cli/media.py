@@ -92,9 +92,11 @@ def build_dataset_cmd(
 ) -> None:
     """Join extracted videos, a catalogue and an upload log into a dataset every model trains on."""
     from bgmrec.data.build import BuildConfig, build_dataset
+    from bgmrec.features.recommend import warn_on_stderr
 
     ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
-                                                              test_share=test_share, negatives=negatives))
+                                                              test_share=test_share, negatives=negatives),
+                       warn=warn_on_stderr)
     split_by = ds.provenance.get("split_by")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
     _console().print(f"wrote {out}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders, "
