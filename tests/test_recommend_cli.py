@@ -141,7 +141,7 @@ def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys):
                                   "--video", str(clip), "--caption", "clip number 5 #tag2", "--frames", "4"])
     r = client.post("/recommend/video", files={"video": ("clip05.mp4", clip.read_bytes(), "video/mp4")},
                     data={"caption": "clip number 5 #tag2", "top": "3"})
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.json()["served_by"]["run"] == "run"
     assert [t["id"] for t in r.json()["tracks"]] == [t["id"] for t in cli["tracks"]]
     assert np.allclose([t["score"] for t in r.json()["tracks"]], [t["score"] for t in cli["tracks"]], rtol=1e-4)
     broken = client.post("/recommend/video", files={"video": ("broken.mp4", b"not a video", "video/mp4")})
