@@ -96,6 +96,11 @@ def test_table_output_and_cmvae_modality_share(world, capsys):
                  "--features", str(world / "vf"), "--video-id", "clip00", "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "Song" in out and "frames 100%" in out
+    ids = [t["id"] for t in recommend_json(capsys, ["--run", str(world / "run"), "--catalog", str(world / "catalog"),
+                                                    "--features", str(world / "vf"), "--video-id", "clip00",
+                                                    "--top", "2"])["tracks"]]
+    rows = [line for line in out.splitlines() if "Song" in line]
+    assert len(rows) == 2 and all(i in row for i, row in zip(ids, rows, strict=True))  # the id beside its title
 
 
 def one_line_err(capsys) -> str:

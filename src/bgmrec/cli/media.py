@@ -161,9 +161,9 @@ def recommend_cmd(
         return
     from rich.table import Table
 
-    t = Table("#", "title", "artist", "genre", "score", title=f"{model.name}: tracks for {label}")
+    t = Table("#", "id", "title", "artist", "genre", "score", title=f"{model.name}: tracks for {label}")
     for i, tr in enumerate(result["tracks"], 1):
-        t.add_row(str(i), tr["title"], tr["artist"], tr["genre"], f"{tr['score']:.3f}")
+        t.add_row(str(i), tr["id"], tr["title"], tr["artist"], tr["genre"], f"{tr['score']:.3f}")
     con = _console()
     con.print(t)
     share = result["modality_share"]
