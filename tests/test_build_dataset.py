@@ -50,7 +50,7 @@ def test_builds_a_valid_dataset_split_by_time(tmp_path, folders):
     test_t = [t[loaded.video_ids[v]] for v in loaded.splits["test"][:, 0]]
     assert max(train_t) <= min(test_t)
     assert ds.provenance["split_by"] == "time"
-    assert ds.provenance["pairs"]["dropped"] == {"unknown_video": 1, "unknown_track": 1}
+    assert ds.provenance["pairs"]["dropped"] == {"unknown_video": 1, "unknown_track": 1, "duplicate": 0}
     # frozen negatives: as many as the catalogue allows, never the positive
     for s in ("val", "test"):
         neg = loaded.negatives[s]
@@ -151,3 +151,37 @@ def test_shares_that_round_to_every_video_leave_no_train_and_are_refused(tmp_pat
     with pytest.raises(DatasetError, match="leave none of the 30 videos with pairs for train"):
         build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(val_share=0.49, test_share=0.5))
     assert not (tmp_path / "d").exists()
+
+
+def test_a_videos_uploader_is_the_one_of_its_first_pair_and_duplicates_are_counted(tmp_path, folders):
+    vids, cat = folders
+    # v0's first pair names u3; a later pair of v0 sorts first by track (t1 < t5) and names u1
+    pairs = write_pairs(tmp_path / "pairs.csv", n_videos=10, with_time=False,
+                        extra=["v0,t1,u1", "v2,t0,u0", "v2,t0,u0"])
+    text = pairs.read_text().replace("\nv0,", "\nv0,t5,u3\nv0_old,", 1)
+    pairs.write_text(text.replace("v0_old,", "x,"), encoding="utf-8")  # the original v0 row names no video
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d")
+    uploaders = json.loads((tmp_path / "d" / "uploaders.json").read_text())["ids"]
+    assert uploaders[ds.video_uploader[ds.video_ids.index("v0")]] == "u3"
+    assert uploaders[ds.video_uploader[ds.video_ids.index("v2")]] == "u2"
+    assert ds.provenance["pairs"]["dropped"] == {"unknown_video": 1, "unknown_track": 0, "duplicate": 1}
+
+
+def test_too_few_videos_for_val_and_test_are_built_with_a_warning(tmp_path, folders, capsys):
+    from bgmrec.cli import main
+
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", n_videos=2)
+    warnings = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
+    assert {s: len(r) for s, r in ds.splits.items()} == {"train": 2, "val": 0, "test": 0}
+    assert warnings == ["the val and test splits are empty: only 2 video(s) have usable pairs (every split "
+                        "gets one from 3 on); validation metrics (early stopping, model selection) and test "
+                        "figures will be NaN"]
+    capsys.readouterr()
+    assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
+                 str(tmp_path / "d2")]) == 0
+    assert "warning: the val and test splits are empty" in " ".join(capsys.readouterr().err.split())
+    warnings.clear()
+    build_dataset(vids, cat, write_pairs(tmp_path / "p3.csv", n_videos=3), tmp_path / "d3", warn=warnings.append)
+    assert warnings == []

@@ -96,6 +96,11 @@ def test_table_output_and_cmvae_modality_share(world, capsys):
                  "--features", str(world / "vf"), "--video-id", "clip00", "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "Song" in out and "frames 100%" in out
+    ids = [t["id"] for t in recommend_json(capsys, ["--run", str(world / "run"), "--catalog", str(world / "catalog"),
+                                                    "--features", str(world / "vf"), "--video-id", "clip00",
+                                                    "--top", "2"])["tracks"]]
+    rows = [line for line in out.splitlines() if "Song" in line]
+    assert len(rows) == 2 and all(i in row for i, row in zip(ids, rows, strict=True))  # the id beside its title
 
 
 def one_line_err(capsys) -> str:
@@ -141,7 +146,7 @@ def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys):
                                   "--video", str(clip), "--caption", "clip number 5 #tag2", "--frames", "4"])
     r = client.post("/recommend/video", files={"video": ("clip05.mp4", clip.read_bytes(), "video/mp4")},
                     data={"caption": "clip number 5 #tag2", "top": "3"})
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.json()["served_by"]["run"] == "run"
     assert [t["id"] for t in r.json()["tracks"]] == [t["id"] for t in cli["tracks"]]
     assert np.allclose([t["score"] for t in r.json()["tracks"]], [t["score"] for t in cli["tracks"]], rtol=1e-4)
     broken = client.post("/recommend/video", files={"video": ("broken.mp4", b"not a video", "video/mp4")})

@@ -63,6 +63,7 @@ def test_an_answer_is_the_recommend_json_object_and_ranks_as_the_model(client, t
     catalog = tiny_catalog(tiny_ds)
     for video in (0, int(np.flatnonzero(~np.asarray(tiny_ds.video_text_mask))[0])):  # with and without text
         got = client.post("/recommend", json=clip_body(tiny_ds, video, top=5)).json()
+        assert got.pop("served_by")["model"] == "cmvae"
         assert got == json.loads(json.dumps(recommend_clip(cmvae, catalog, clip_of(tiny_ds, video), 5)))
         q = VideoQuery.from_dataset(tiny_ds, np.array([video]))
         scores = cmvae.score(q, MusicCatalog.from_dataset(tiny_ds))[0]
@@ -214,3 +215,84 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
     assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
     assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"),
                  "--index", "annoy"]) == 2
+    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"),
+                 "--max-upload-mb", "0.5"]) == 0
+    health = TestClient(started["app"]).get("/health").json()
+    assert health["max_upload_bytes"] == 2**19 and health["served_by"]["run"] == "run"
+    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"),
+                 "--max-upload-mb", "0"]) == 2
+
+
+def test_unknown_fields_are_refused_naming_the_field(client, tiny_ds):
+    r = client.post("/recommend", json=clip_body(tiny_ds, 0, top_k=3))
+    assert r.status_code == 422 and r.json()["detail"].startswith("top_k: unknown field")
+    batch = {"clips": [clip_body(tiny_ds, 0), clip_body(tiny_ds, 1, exlude=["x"])], "top": 2}
+    r = client.post("/recommend/batch", json=batch)
+    assert r.status_code == 422 and r.json()["detail"].startswith("clips[1].exlude: unknown field")
+    r = client.post("/recommend/batch", json={"clips": [clip_body(tiny_ds, 0)], "k": 2})
+    assert r.status_code == 422 and r.json()["detail"].startswith("k: unknown field")
+
+
+def test_features_whose_scores_overflow_are_refused(client, tiny_ds):
+    huge = {**clip_body(tiny_ds, 0), "visual": [3e38] * tiny_ds.video_visual.shape[1]}
+    r = client.post("/recommend", json=huge)
+    assert r.status_code == 422, r.json()
+    assert r.json()["detail"].startswith("visual/text: the model's scores for these features are not finite")
+    r = client.post("/recommend/batch", json={"clips": [clip_body(tiny_ds, 0), huge]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("clips[1]: the model's scores")
+
+
+def test_every_answer_says_which_run_and_catalogue_answered(tiny_ds, cmvae, tmp_path, monkeypatch):
+    import hashlib
+
+    import bgmrec
+    import bgmrec.features.cache as cache
+    from bgmrec.models.base import load_model
+
+    cmvae.save(tmp_path / "run-7")
+    catalog = tiny_catalog(tiny_ds)
+    catalog.root, catalog.manifest = tmp_path / "catalogue", {"content_hash": "c0ffee"}
+    hashed = []
+    real = cache.sha256_file
+    monkeypatch.setattr(cache, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    client = TestClient(create_app(ClipRecommender(load_model(tmp_path / "run-7"), catalog)))
+    files = "".join(real(tmp_path / "run-7" / n) for n in ("config.json", "weights.safetensors"))
+    want = {"model": "cmvae", "inference_mode": None, "bgmrec_version": bgmrec.__version__, "run": "run-7",
+            "run_sha256": hashlib.sha256(files.encode()).hexdigest(), "catalog": "catalogue",
+            "catalog_hash": "c0ffee"}
+    health = client.get("/health").json()
+    assert health["served_by"] == want and health["model"] == "cmvae"  # the old fields stay
+    one = client.post("/recommend", json=clip_body(tiny_ds, 0, top=2)).json()
+    assert one["served_by"] == want and len(one["tracks"]) == 2
+    batch = client.post("/recommend/batch", json={"clips": [clip_body(tiny_ds, 0)], "top": 2}).json()
+    assert batch["served_by"] == want and len(batch["results"]) == 1
+    assert hashed == ["config.json", "weights.safetensors"]  # once, at start-up
+
+
+def test_video_uploads_past_the_limit_get_a_413(tiny_ds, cmvae):
+    client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_upload=1000))
+    assert client.get("/health").json()["max_upload_bytes"] == 1000
+    for size in (1001, 3 * 2**20):  # counted while streamed to disk / refused from its Content-Length
+        r = client.post("/recommend/video", files={"video": ("clip.mp4", b"x" * size, "video/mp4")})
+        assert r.status_code == 413, r.json()
+        assert r.json()["detail"].startswith("video: the upload is larger than this server's limit of 1000 bytes")
+
+
+def test_copy_limited_streams_in_chunks_and_stops_past_the_limit():
+    import io
+
+    from bgmrec.service import copy_limited
+
+    class Source(io.BytesIO):
+        reads: list[int] = []
+
+        def read(self, n=-1):
+            self.reads.append(n)
+            return super().read(n)
+
+    dst = io.BytesIO()
+    assert copy_limited(Source(b"abcdefghij"), dst, limit=10, chunk=4) and dst.getvalue() == b"abcdefghij"
+    assert Source.reads == [4, 4, 4, 4]  # never the whole file at once
+    dst = io.BytesIO()
+    assert not copy_limited(Source(b"abcdefghijk"), dst, limit=10, chunk=4)
+    assert dst.getvalue() == b"abcdefgh"

@@ -3,8 +3,8 @@
 :func:`create_app` wraps a :class:`~bgmrec.features.recommend.ClipRecommender` (a trained model and a
 catalogue, encoded and indexed once at start-up) in a FastAPI application:
 
-- ``GET /health``: the model, its inference mode, the catalogue size, the index, and the feature sizes
-  a request must have;
+- ``GET /health``: the model, its inference mode, the catalogue size, the index, the feature sizes
+  a request must have, the largest video upload, and ``served_by`` (below);
 - ``POST /recommend``: one clip's features (``visual``, optional ``text``; optional ``taste``, the
   uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
   the answer is the object ``bgmrec recommend --json`` prints;
@@ -12,30 +12,41 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
   answers in order under ``results``;
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
   as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
+  The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413.
 
-A request the caller must fix (a wrong size, a non-finite value, an unknown track id or genre, no
-``taste`` in personalised mode, an unreadable video) gets HTTP 422 with a one-line ``detail`` naming the
-field; a video upload to a server installed without the ``media`` extra gets 501. Any other error is the
-server's: HTTP 500 with a generic ``detail``, the traceback logged (logger ``bgmrec.service``).
+Every answer also carries ``served_by``: the model's name, its inference mode, the bgmrec version, the
+run folder's name and a SHA-256 of its ``config.json`` and ``weights.safetensors``, and the catalogue
+folder's name and content hash (from its manifest), so a logged answer says exactly what produced it.
+They are computed once, at start-up.
+
+A request the caller must fix (a wrong size, a non-finite value, features for which the model's scores
+are not finite, an unknown field, an unknown track id or genre, no ``taste`` in personalised mode, an
+unreadable video) gets HTTP 422 with a one-line ``detail`` naming the field; a video upload to a server
+installed without the ``media`` extra gets 501. Any other error is the server's: HTTP 500 with a generic
+``detail``, the traceback logged (logger ``bgmrec.service``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError
 
 MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
+MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve --max-upload-mb
+FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (caption, top, multipart framing)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +54,7 @@ logger = logging.getLogger(__name__)
 class Clip(BaseModel):
     """One clip's content features, as ``extract-videos`` writes them (``GET /health`` gives the sizes)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt field (top_k) is an error, not silently ignored
     visual: list[float] = Field(description="frame features")
     text: list[float] | None = Field(None, description="caption features; null: no usable caption")
     taste: dict[str, float] | None = Field(None, description="the uploader's genre preferences, genre -> "
@@ -59,14 +71,21 @@ class OneClip(Clip):
 class Batch(BaseModel):
     """The body of ``POST /recommend/batch``: clips answered in order, the same number of tracks each."""
 
+    model_config = ConfigDict(extra="forbid")
     clips: list[Clip] = Field(min_length=1, max_length=MAX_BATCH)
     top: int = Field(10, ge=1, le=MAX_TOP, description="how many tracks per clip")
 
 
-def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
-    """The FastAPI application answering with ``recommender``; ``frames`` sampled per uploaded video."""
+def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = MAX_UPLOAD) -> FastAPI:
+    """The FastAPI application answering with ``recommender``; ``frames`` sampled per uploaded video, uploads
+    of at most ``max_upload`` bytes."""
+    if max_upload < 1:
+        raise ValueError(f"max_upload must be at least 1 byte, got {max_upload}")
     spec = recommender.model.spec
     personalised = getattr(recommender.model, "inference_mode", None) == "personalised"
+    identity = served_by(recommender)
+    too_large = (f"video: the upload is larger than this server's limit of {max_upload} bytes "
+                 f"({max_upload / 2**20:g} MB; bgmrec serve --max-upload-mb)")
 
     app = FastAPI(title="bgmrec", summary="background music for micro-videos",
                   version=_version(), description=__doc__)
@@ -86,11 +105,20 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
             logger.exception("%s %s failed", request.method, request.url.path)
             return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
+    @app.middleware("http")
+    async def upload_limit(request: Request, call_next):
+        # a declared body far past the limit is refused before it is read (the endpoint counts the bytes too)
+        length = request.headers.get("content-length", "")
+        if request.url.path == "/recommend/video" and length.isdigit() and int(length) > max_upload + FORM_SLACK:
+            return JSONResponse(status_code=413, content={"detail": too_large})
+        return await call_next(request)
+
     @app.exception_handler(RequestValidationError)
     def bad_request(_: Request, exc: RequestValidationError):
         first = exc.errors()[0]  # the body's shape or types: named as "clips[1].top: message"
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"] if p != "body")
-        return JSONResponse(status_code=422, content={"detail": f"{where.lstrip('.') or 'body'}: {first['msg']}"})
+        msg = f"unknown field ({first['msg']})" if first["type"] == "extra_forbidden" else first["msg"]
+        return JSONResponse(status_code=422, content={"detail": f"{where.lstrip('.') or 'body'}: {msg}"})
 
     def answer(clips: list[Clip], top: int, batch: bool = False) -> list[dict]:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
@@ -102,7 +130,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
         if any(given) and not all(given):
             raise RequestError("taste: give it for every clip of a batch or for none")
         taste = np.stack([taste_vector(c.taste, spec.genres) for c in clips]) if all(given) else None
-        return recommender.recommend(features, top, [c.exclude for c in clips], taste)
+        labels = [f"clips[{i}]" for i in range(len(clips))] if batch else ["visual/text"]
+        return recommender.recommend(features, top, [c.exclude for c in clips], taste, labels)
 
     @app.get("/health")
     def health() -> dict:
@@ -110,17 +139,18 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
         return {"status": "ok", "model": recommender.model.name,
                 "inference_mode": getattr(recommender.model, "inference_mode", None),
                 "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
-                "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres)}
+                "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
+                "max_upload_bytes": max_upload, "served_by": identity}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> dict:
         """The top tracks for one clip's features."""
-        return answer([body], body.top)[0]
+        return {**answer([body], body.top)[0], "served_by": identity}
 
     @app.post("/recommend/batch")
     def recommend_batch(body: Batch) -> dict:
         """The top tracks for each of many clips, in order."""
-        return {"results": answer(body.clips, body.top, batch=True)}
+        return {"results": answer(body.clips, body.top, batch=True), "served_by": identity}
 
     encoders = _MediaEncoders(frames)
 
@@ -133,12 +163,42 @@ def create_app(recommender: ClipRecommender, frames: int = 8) -> FastAPI:
                                "clip's features and POST /recommend with 'taste'")
         suffix = Path(video.filename or "clip.mp4").suffix or ".mp4"
         with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-            f.write(video.file.read())
+            if not copy_limited(video.file, f, max_upload):
+                raise HTTPException(413, too_large)
             f.flush()
             clip = encoders.embed(Path(f.name), caption, video.filename or "video")
-        return recommender.recommend([clip], top)[0]
+        return {**recommender.recommend([clip], top)[0], "served_by": identity}
 
     return app
+
+
+def copy_limited(src: BinaryIO, dst: BinaryIO, limit: int, chunk: int = 1 << 20) -> bool:
+    """Copy ``src`` to ``dst`` in chunks (never the whole file in memory); False, and the copy stopped, as soon
+    as more than ``limit`` bytes have been read."""
+    total = 0
+    while block := src.read(chunk):
+        total += len(block)
+        if total > limit:
+            return False
+        dst.write(block)
+    return True
+
+
+def served_by(recommender: ClipRecommender) -> dict:
+    """What answers: model name, inference mode, bgmrec version, run and catalogue identifiers (see the module
+    docstring). The run's files are hashed here, so call it once (at start-up)."""
+    model, cat = recommender.model, recommender.catalog
+    run = Path(model.source).parent if getattr(model, "source", None) else None
+    run_hash = None
+    if run is not None:  # one hash of the two files' hashes
+        from bgmrec.features.cache import sha256_file
+
+        both = "".join(sha256_file(run / name) for name in ("config.json", "weights.safetensors"))
+        run_hash = hashlib.sha256(both.encode()).hexdigest()
+    return {"model": model.name, "inference_mode": getattr(model, "inference_mode", None),
+            "bgmrec_version": _version(), "run": run.name if run is not None else None, "run_sha256": run_hash,
+            "catalog": Path(cat.root).name if cat.root is not None else None,
+            "catalog_hash": cat.manifest.get("content_hash")}
 
 
 def clip_features(visual: list[float], text: list[float] | None, spec, where: str = "") -> ClipFeatures:

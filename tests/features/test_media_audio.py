@@ -165,6 +165,8 @@ def test_batch_reports_bad_files_and_continues(tmp_path, music_dir):
     man = json.loads((out / "manifest.json").read_text())
     assert man["dim"] == 173 and len(man["feature_names"]) == 173 and man["ids"] == cat.ids
     assert man["counts"] == {"tracks": 5, "failures": 5, "inputs": 10}
+    assert rep.warnings == [f"1 row(s) of {meta} name no track file in {music_dir} and were not used "
+                            "(e.g. line 4: 'ghost')"]
     assert np.load(out / "music.npy", allow_pickle=False).shape == (5, 173)
 
 
@@ -256,3 +258,91 @@ def test_warm_up_runs_the_whole_analysis():
 
     Recording().warm_up()
     assert calls == [2 * AudioExtractor().config.sample_rate]
+
+
+def test_stereo_is_the_mean_of_its_channels_as_loud_as_mono(tmp_path):
+    sig = mf.tone(440.0, 1.0)
+    mono = decode_audio(mf.write_audio(tmp_path / "mono.wav", sig), SR, 60.0)
+    stereo = decode_audio(mf.write_audio(tmp_path / "stereo.wav", sig, stereo=True), SR, 60.0)
+    rms = [float(np.sqrt(np.mean(y.astype(np.float64) ** 2))) for y in (mono, stereo)]
+    assert rms[0] == pytest.approx(0.3 / np.sqrt(2), rel=0.01)
+    assert rms[1] == pytest.approx(rms[0], rel=0.01)  # FFmpeg's own downmix made it 3 dB louder
+
+
+def test_meta_csv_quoted_line_breaks_and_duplicate_ids(tmp_path, music_dir):
+    from bgmrec.features.audio import read_track_meta
+
+    meta = tmp_path / "meta.csv"
+    meta.write_text('id,title\ntrack0,"Two\nlines"\ntrack1,B\n', encoding="utf-8")
+    assert read_track_meta(meta)["track1"] == (4, {"title": "B", "artist": "", "genre": ""})
+    meta.write_text('id,title\ntrack0,"A\nB"\ntrack1,B\nfile.wav,C\ntrack0,D\n', encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"meta.csv: line 6: duplicate id 'track0' \(also on line 2\)"):
+        extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
+    assert not (tmp_path / "cat").exists()
+
+
+# ---- the command line: options and inputs checked before any work, another kind of folder refused ----------
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    from bgmrec.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize(("option", "words"), [
+    (["--sample-rate", "100"], "--sample-rate must be between 16000 and 96000 Hz, got 100"),
+    (["--sample-rate", "0"], "--sample-rate must be between 16000 and 96000 Hz, got 0"),
+    (["--seconds", "nan"], "--seconds must be a finite number of at least 0.5"),
+    (["--seconds", "inf"], "--seconds must be a finite number of at least 0.5"),
+    (["--seconds", "0"], "--seconds must be a finite number of at least 0.5 (the shortest track analysed), got 0"),
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+])
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, music_dir, capsys, option, words):
+    out = tmp_path / "cat"
+    code, err = run_cli(capsys, "extract-music", str(music_dir), "--out", str(out), "--no-progress", *option)
+    assert code == 2 and words in err, err
+    assert not out.exists()
+
+
+def test_missing_inputs_are_refused_before_anything_is_written(tmp_path, music_dir, capsys):
+    out = tmp_path / "cat"
+    code, err = run_cli(capsys, "extract-music", str(tmp_path / "nope"), "--out", str(out), "--no-progress")
+    assert code == 2 and "nope: not a folder of tracks (it does not exist)" in err
+    code, err = run_cli(capsys, "extract-music", str(music_dir), "--out", str(out), "--meta",
+                        str(tmp_path / "meta.csv"), "--no-progress")
+    assert code == 2 and "meta.csv: file is missing" in err
+    assert not out.exists()
+
+
+def test_a_run_that_extracts_nothing_is_an_error_and_leaves_no_folder(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "junk.mp3").write_bytes(np.random.default_rng(0).bytes(3000))
+    (bad / "notes.txt").write_text("not audio")
+    out = tmp_path / "new" / "cat"
+    code, err = run_cli(capsys, "extract-music", str(bad), "--out", str(out), "--workers", "1", "--no-progress")
+    assert code == 2 and "no track could be extracted (2 file(s) failed: junk.mp3: cannot open" in err, err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(capsys, "extract-music", str(tmp_path / "empty"), "--out", str(out), "--no-progress")
+    assert code == 2 and "empty: no track files found" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_folder_of_another_kind_is_refused_and_left_as_it_was(tmp_path, music_dir, capsys):
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    (dataset / "manifest.json").write_text('{"format_version": 1}')
+    (dataset / "videos.csv").write_text("id\n")
+    code, err = run_cli(capsys, "extract-music", str(music_dir), "--out", str(dataset), "--no-progress")
+    assert code == 2 and "data: the folder is not empty and is not a music catalogue" in err, err
+    assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json", "videos.csv"]
+    assert (dataset / "manifest.json").read_text() == '{"format_version": 1}'
+    videos = mf.write_videos_folder(tmp_path / "videos", 2)
+    with pytest.raises(DatasetError, match="expected 'music-catalog'"):
+        extract_music(music_dir, videos, extractor=Counting(), progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="exists and is not a folder"):
+        extract_music(music_dir, tmp_path / "file", extractor=Counting(), progress=False)

@@ -103,7 +103,7 @@ def video_dir(tmp_path_factory):
 
 def write_captions(path):
     rows = ["id,caption,hashtags", "clip0,Surfing at dawn,#surf #waves", "clip1,,",
-            "clip2,Caf\xe9 morning,#coffee", "mute,Quiet city,#night"]
+            "clip2,Caf\xe9 morning,#coffee", "mute,Quiet city,#night", "ghost,Nobody,"]
     path.write_bytes("\n".join(rows).encode("latin-1") + b"\n")  # not UTF-8: clip2's row is unusable
     return path
 
@@ -131,6 +131,8 @@ def test_batch_reports_bad_media_and_caption_problems(tmp_path, video_dir):
     man = json.loads((out / "manifest.json").read_text())
     assert man["dims"] == {"visual": 1280, "text": 384} and man["ids"] == vf.ids
     assert man["counts"] == {"videos": 5, "with_text": 2, "failed": 4}
+    assert rep.warnings == [f"1 row(s) of {caps} name no video file in {video_dir} and were not used "
+                            "(e.g. line 6: 'ghost')"]
 
 
 def test_cache_skips_done_videos_and_results_are_identical(tmp_path, video_dir):
@@ -182,3 +184,57 @@ def test_a_stream_without_duration_is_scanned_evenly(tmp_path):
     frames = sample_frames(path, 4, 32)
     level = frames[:, 0, 0, 0].astype(int)
     assert frames.shape == (4, 32, 32, 3) and (np.diff(level) > 20).all()  # first to last, increasing
+
+
+def test_captions_csv_keeps_quoted_line_breaks_and_names_physical_lines(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_bytes('id,caption\na,"multi\nline"\n\nb,Caf\xe9\nc,"x\r\ny"\n'.encode("latin-1"))
+    ok, bad = read_captions(p)
+    assert ok == {"a": "multi line", "c": "x y"}
+    assert bad == {"b": "caption in c.csv line 5 is not UTF-8 text"}
+
+
+def test_a_duplicate_caption_id_is_an_error_naming_both_lines(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text('id,caption\nclip0,"first\ncaption"\nclip1,b\nclip0,again\n', encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"c.csv: line 5: duplicate id 'clip0' \(also on line 2\)"):
+        read_captions(p)
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    from bgmrec.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, " ".join(capsys.readouterr().err.split())
+
+
+def test_bad_inputs_and_folders_are_refused_before_anything_is_written(tmp_path, video_dir, capsys):
+    out = tmp_path / "vids"
+    code, err = run_cli(capsys, "extract-videos", str(video_dir), "--out", str(out), "--captions",
+                        str(tmp_path / "missing.csv"), "--no-progress")
+    assert code == 2 and "missing.csv: file is missing" in err
+    code, err = run_cli(capsys, "extract-videos", str(tmp_path / "nope"), "--out", str(out), "--no-progress")
+    assert code == 2 and "nope: not a folder of videos (it does not exist)" in err
+    code, err = run_cli(capsys, "extract-videos", str(video_dir), "--out", str(out), "--threads", "0")
+    assert code == 2 and "--threads must be at least 1, got 0" in err
+    assert not out.exists()
+    catalog = mf.write_catalog_folder(tmp_path / "cat", np.zeros((2, 3), np.float32), ["a", "b"])
+    before = (catalog / "manifest.json").read_text()
+    code, err = run_cli(capsys, "extract-videos", str(video_dir), "--out", str(catalog), "--no-progress")
+    assert code == 2 and "the folder is not empty and is not a videos folder" in err, err
+    assert (catalog / "manifest.json").read_text() == before and not (catalog / ".cache").exists()
+
+
+def test_a_run_that_keeps_no_video_is_an_error_and_leaves_no_folder(tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "zero.mp4").write_bytes(b"")
+    mf.write_video(d / "sound_only.mp4", 0.5, video=False)
+    out = tmp_path / "vids"
+    code, err = run_cli(capsys, "extract-videos", str(d), "--out", str(out), "--no-progress")
+    assert code == 2 and "no video could be extracted (2 file(s) failed: " in err and "no video stream" in err
+    assert not out.exists()
+    out.mkdir()  # an empty folder given: it stays as it was (no .cache left in it)
+    assert run_cli(capsys, "extract-videos", str(d), "--out", str(out), "--no-progress")[0] == 2
+    assert list(out.iterdir()) == []

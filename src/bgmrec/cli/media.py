@@ -24,7 +24,12 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
-def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failures: list) -> None:
+def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failures: list,
+             warnings: list[str]) -> None:
+    from bgmrec.features.recommend import warn_on_stderr
+
+    for w in warnings:
+        warn_on_stderr(w)
     con = _console()
     failed = [f for f in failures if not f[1].startswith("kept without text")]
     warned = len(failures) - len(failed)
@@ -43,17 +48,17 @@ def extract_music_cmd(
     meta: Path | None = typer.Option(None, help="CSV with id (or file) and title, artist, genre"),
     workers: int = typer.Option(2, help="processes analysing tracks in parallel"),
     seconds: float = typer.Option(60.0, help="analyse only the first this many seconds of each track"),
-    sample_rate: int = typer.Option(22050, help="tracks are resampled to this rate (Hz), mono"),
+    sample_rate: int = typer.Option(22050, help="tracks are resampled to this rate (Hz, 16000 to 96000), mono"),
     cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache/audio)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Decode every track and compute its feature vector (openSMILE eGeMAPS + librosa descriptors)."""
     from bgmrec.features.audio import AudioConfig, extract_music
 
-    cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)
+    cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)  # checks the options before any work
     r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
                       progress=progress)
-    _summary("tracks", out, r.done, r.extracted, r.cached, r.failures)
+    _summary("tracks", out, r.done, r.extracted, r.cached, r.failures, r.warnings)
 
 
 @app.command("extract-videos")
@@ -69,11 +74,9 @@ def extract_videos_cmd(
     """Embed each video's frames (EfficientNet-Lite0, 1280-d) and caption (MiniLM, 384-d)."""
     from bgmrec.features.video import VideoConfig, extract_videos
 
-    if frames < 1:
-        raise ValueError(f"--frames must be at least 1, got {frames}")
-    cfg = VideoConfig(frames=frames, threads=threads)
+    cfg = VideoConfig(frames=frames, threads=threads)  # checks the options before any work
     r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
-    _summary("videos", out, r.done, r.extracted, r.cached, r.failures)
+    _summary("videos", out, r.done, r.extracted, r.cached, r.failures, r.warnings)
 
 
 @app.command("build-dataset")
@@ -89,9 +92,11 @@ def build_dataset_cmd(
 ) -> None:
     """Join extracted videos, a catalogue and an upload log into a dataset every model trains on."""
     from bgmrec.data.build import BuildConfig, build_dataset
+    from bgmrec.features.recommend import warn_on_stderr
 
     ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
-                                                              test_share=test_share, negatives=negatives))
+                                                              test_share=test_share, negatives=negatives),
+                       warn=warn_on_stderr)
     split_by = ds.provenance.get("split_by")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
     _console().print(f"wrote {out}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders, "
@@ -156,9 +161,9 @@ def recommend_cmd(
         return
     from rich.table import Table
 
-    t = Table("#", "title", "artist", "genre", "score", title=f"{model.name}: tracks for {label}")
+    t = Table("#", "id", "title", "artist", "genre", "score", title=f"{model.name}: tracks for {label}")
     for i, tr in enumerate(result["tracks"], 1):
-        t.add_row(str(i), tr["title"], tr["artist"], tr["genre"], f"{tr['score']:.3f}")
+        t.add_row(str(i), tr["id"], tr["title"], tr["artist"], tr["genre"], f"{tr['score']:.3f}")
     con = _console()
     con.print(t)
     share = result["modality_share"]

@@ -19,6 +19,7 @@ def serve_cmd(
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content, personalised: requests then carry the uploader's taste)"),
     frames: int = typer.Option(8, min=1, help="frames sampled from uploaded videos (as extract-videos did)"),
+    max_upload_mb: float = typer.Option(200.0, help="largest video upload (MB, 2**20 bytes); larger ones get HTTP 413"),
 ) -> None:
     """Serve "music for this video" over HTTP: POST /recommend, /recommend/batch, /recommend/video; GET /health."""
     try:
@@ -27,6 +28,8 @@ def serve_cmd(
         from bgmrec.service import create_app
     except ImportError as e:
         raise ValueError(f"bgmrec serve needs the serve extra (pip install 'bgmrec[serve]'): {e}") from None
+    if not 0 < max_upload_mb < float("inf") or max_upload_mb * 2**20 < 1:
+        raise ValueError(f"--max-upload-mb must be a positive number (at least one byte), got {max_upload_mb}")
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.recommend import ClipRecommender, warn_on_stderr
     from bgmrec.models.base import load_model
@@ -35,4 +38,5 @@ def serve_cmd(
     if mode is not None:
         model.set_inference_mode(mode)
     recommender = ClipRecommender(model, load_catalog(catalog), index, warn=warn_on_stderr)
-    uvicorn.run(create_app(recommender, frames), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,
+                log_level="info")

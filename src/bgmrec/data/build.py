@@ -23,12 +23,16 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   shares of all training pairs (add-one smoothed), so rows sum to 1 and an uploader with no
   training pair gets ``p``;
 - ``uploaders.json`` (uploader ids, row order of uploaders.npy) and the provenance (inputs, their
-  content hashes, seed, how many pair rows were dropped and why).
+  content hashes, seed, how many pair rows were dropped and why: an unknown video, an unknown track,
+  or a duplicate of an earlier row's video, track and uploader).
+
+Fewer than 3 videos with usable pairs leave val and test empty: built, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -147,8 +151,11 @@ def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_
 
 
 def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
-                  config: BuildConfig | None = None) -> Dataset:
-    """Join extracted videos, a catalogue and a pairs CSV into a dataset folder at ``out``."""
+                  config: BuildConfig | None = None, warn: Callable[[str], None] | None = None) -> Dataset:
+    """Join extracted videos, a catalogue and a pairs CSV into a dataset folder at ``out``.
+
+    ``warn`` is told (one line) when the val or test split is empty (too few videos with pairs).
+    """
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.video import load_video_features
 
@@ -177,7 +184,12 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     upos = {u: k for k, u in enumerate(uploaders)}
     rows = np.array([[vpos[pairs.video[i]], tpos[pairs.track[i]], upos[pairs.uploader[i]]] for i in keep],
                     np.int64)
+    # a video's uploader: the one of its first usable pair in the file (taken before np.unique sorts the rows)
+    video_uploader = np.full(len(video_ids), -1, np.int64)
+    for v, u in rows[::-1, [0, 2]]:
+        video_uploader[v] = u
     rows = np.unique(rows, axis=0)  # a repeated (video, track, uploader) row counts once
+    dropped["duplicate"] = len(keep) - len(rows)
 
     genres = sorted({g.strip() or "unknown" for g in cat.genre})
     gpos = {g: k for k, g in enumerate(genres)}
@@ -196,14 +208,15 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
     which = split_of_video[rows[:, 0]]
     splits = {name: rows[which == s] for s, name in enumerate(("train", "val", "test"))}
+    empty = [s for s in ("val", "test") if not len(splits[s])]
+    if empty and warn is not None:
+        warn(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: only "
+             f"{len(vids_in)} video(s) have usable pairs (every split gets one from 3 on); validation "
+             "metrics (early stopping, model selection) and test figures will be NaN")
 
     train = splits["train"]
     uploader_pref = uploader_preferences(train[:, 2], track_genre[train[:, 1]], len(uploaders), len(genres),
                                          config.alpha)
-    video_uploader = np.full(len(video_ids), -1, np.int64)
-    # a video's uploader: the one of its (first) pair
-    for v, u in rows[::-1, [0, 2]]:
-        video_uploader[v] = u
 
     rng = np.random.default_rng(config.seed + 1)
     candidates = np.arange(len(cat))

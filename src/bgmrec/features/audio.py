@@ -1,8 +1,9 @@
 """Music tracks -> feature vectors, and the music catalogue folder (``bgmrec extract-music``).
 
-Each track is decoded with PyAV (so wav, mp3, ogg, flac and m4a all work), mixed to mono,
-resampled to :attr:`AudioConfig.sample_rate` and cut to its first
-:attr:`AudioConfig.max_seconds` seconds while decoding (a 10-hour file is never decoded whole).
+Each track is decoded with PyAV (so wav, mp3, ogg, flac and m4a all work), mixed to mono (the
+mean of its channels, so a stereo file with two equal channels is as loud as the mono one),
+resampled to :attr:`AudioConfig.sample_rate` and cut to its first :attr:`AudioConfig.max_seconds`
+seconds while decoding (a 10-hour file is never decoded whole).
 Its vector joins, in this order (173 values with the defaults):
 
 - the openSMILE eGeMAPSv02 functionals (88; Eyben et al. 2016, the openSMILE features the CMVAE
@@ -26,7 +27,8 @@ A catalogue folder (CATALOG_DIR) holds::
     .cache/audio/   per-file vectors keyed by content hash (see :mod:`bgmrec.features.cache`)
 
 The optional metadata CSV (``--meta``) has a column ``id`` (the file stem) or ``file`` (the file
-name) and any of ``title``, ``artist``, ``genre``; missing titles default to the id.
+name) and any of ``title``, ``artist``, ``genre``; missing titles default to the id. An id (or file)
+on two rows is an error naming both lines; rows naming no track file are counted in a warning.
 """
 
 from __future__ import annotations
@@ -43,17 +45,24 @@ from bgmrec.data.dataset import DatasetError, load_npy, save_npy_atomic, write_j
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
+    check_output_folder,
+    first_missing,
+    nothing_extracted,
     one_line,
     progress_bar,
+    read_csv_lines,
     read_csv_utf8,
     read_manifest,
+    rows_by_key,
     scan_media,
     split_cached,
+    unused_rows_warning,
     write_csv_atomic,
     write_failures,
 )
 
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".ogg", ".flac", ".m4a")
+SAMPLE_RATES = (16000, 96000)  # Hz: the analysis rates accepted (AudioConfig.sample_rate)
 CATALOG_KIND = "music-catalog"
 
 
@@ -70,6 +79,17 @@ class AudioConfig:
     n_mels: int = 128  # mel bands the MFCCs are computed from
     opensmile_set: str = "eGeMAPSv02"  # openSMILE feature set (functionals level)
 
+    def __post_init__(self) -> None:
+        low, high = SAMPLE_RATES
+        if not low <= self.sample_rate <= high:  # below 16 kHz the spectral-contrast bands pass Nyquist
+            raise ValueError(f"--sample-rate must be between {low} and {high} Hz, got {self.sample_rate}")
+        if not self.min_seconds <= self.max_seconds < float("inf"):  # also refuses NaN
+            raise ValueError(f"--seconds must be a finite number of at least {self.min_seconds:g} (the shortest "
+                             f"track analysed), got {self.max_seconds}")
+        for name in ("n_fft", "hop_length", "n_mfcc", "n_mels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AudioConfig.{name} must be at least 1, got {getattr(self, name)}")
+
 
 # ---- decoding -------------------------------------------------------------------------------------
 
@@ -77,8 +97,9 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
                  min_seconds: float = 0.0) -> np.ndarray:
     """Decode the first ``max_seconds`` of a file's first audio stream to mono float32 at ``sample_rate``.
 
-    Raises :class:`MediaError` with a one-line reason for empty, unreadable, truncated or
-    corrupt files and for files with no audio stream.
+    Mono is the mean of the channels (FFmpeg's own downmix adds them at -3 dB each, which makes a
+    stereo file 3 dB louder than the same signal in mono). Raises :class:`MediaError` with a one-line
+    reason for empty, unreadable, truncated or corrupt files and for files with no audio stream.
     """
     import av
 
@@ -99,18 +120,18 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
             raise MediaError("no audio stream")
         stream = container.streams.audio[0]
         declared = _declared_seconds(container, stream)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # planar: [channels, samples]
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().reshape(-1))
+                        chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
                         got += chunks[-1].size
                 if got >= need:
                     break
             else:
                 for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
                     got += chunks[-1].size
         except av.FFmpegError as e:
             raise MediaError(f"corrupt audio after {got / sample_rate:.1f} s: {one_line(e)}") from None
@@ -162,7 +183,8 @@ class AudioExtractor:
         import librosa
         import opensmile
 
-        return {"extractor": "bgmrec.audio/1", **asdict(self.config),
+        # bgmrec.audio/2: mono is the mean of the channels (1 used FFmpeg's louder downmix)
+        return {"extractor": "bgmrec.audio/2", **asdict(self.config),
                 "opensmile": opensmile.__version__, "librosa": librosa.__version__}
 
     def _opensmile(self):
@@ -283,23 +305,24 @@ class ExtractReport:
     extracted: int  # inputs analysed in this run (the others came from the cache)
     cached: int
     failures: list[tuple[str, str]]  # (file, reason)
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. metadata rows naming no file
 
 
-def read_track_meta(path: Path) -> dict[str, dict[str, str]]:
-    """Metadata CSV -> {id or file name: {"title", "artist", "genre"}}."""
-    rows = read_csv_utf8(Path(path))
+def read_track_meta(path: Path) -> dict[str, tuple[int, dict[str, str]]]:
+    """Metadata CSV -> {id or file name: (line, {"title", "artist", "genre"})}.
+
+    Each row is found by its ``id`` and by its ``file``; one of those on two rows is an error naming both lines.
+    """
+    path = Path(path)
+    rows = read_csv_lines(path)
     if not rows:
         return {}
-    cols = set(rows[0])
+    cols = set(rows[0][1])
     if not cols & {"id", "file"}:
         raise DatasetError(f"{path}: expected a column 'id' (file stem) or 'file', found {sorted(cols)}")
-    out: dict[str, dict[str, str]] = {}
-    for r in rows:
-        info = {k: (r.get(k) or "").strip() for k in ("title", "artist", "genre")}
-        for key in (r.get("id"), r.get("file")):
-            if key:
-                out[key.strip()] = info
-    return out
+    return rows_by_key(path, ((line, [k.strip() for k in (r.get("id"), r.get("file")) if k and k.strip()],
+                               {k: (r.get(k) or "").strip() for k in ("title", "artist", "genre")})
+                              for line, r in rows))
 
 
 def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: AudioConfig | None = None,
@@ -311,17 +334,30 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     an interrupted run resumes. ``workers`` > 1 analyses in that many processes; an explicit
     ``extractor`` (tests) runs in this process. Bad files are reported in ``failures.csv`` and
     skipped; the batch continues.
+
+    Checked before anything is written (:class:`~bgmrec.data.dataset.DatasetError` or ``ValueError``
+    otherwise): ``workers`` at least 1, ``audio_dir`` a folder, ``meta`` a readable CSV without duplicate
+    ids, and ``out`` missing, empty, or a catalogue folder (see
+    :func:`~bgmrec.features.cache.check_output_folder`). A run that extracts no track at all is an error
+    too, and leaves no folder it created behind.
     """
     audio_dir, out = Path(audio_dir), Path(out)
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    check_output_folder(out, CATALOG_KIND, "a music catalogue")
+    if not audio_dir.is_dir():
+        raise DatasetError(f"{audio_dir}: not a folder of tracks (it does not exist)" if not audio_dir.exists()
+                           else f"{audio_dir}: not a folder of tracks")
+    metadata = read_track_meta(Path(meta)) if meta else {}
     inline = extractor is not None or workers <= 1
     extractor = extractor or AudioExtractor(config)
     config = extractor.config
     settings = extractor.settings
-    cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings)
-    cache.describe()
-    metadata = read_track_meta(Path(meta)) if meta else {}
-
     items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=out)
+    cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings)
+    created = first_missing(cache.folder)
+    cache.describe()
+
     vectors, todo = split_cached(items, cache)
     cached = len(vectors)
     bad: dict[str, str] = {}
@@ -362,14 +398,16 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     failures.sort()
 
     kept = [(tid, p, key) for tid, p, key in items if tid in vectors]
-    dim = len(extractor.feature_names())
-    music = (np.stack([vectors[t] for t, _, _ in kept]).astype(np.float32) if kept
-             else np.zeros((0, dim), np.float32))
+    if not kept:
+        raise nothing_extracted("track", audio_dir, out, failures, created)
+    music = np.stack([vectors[t] for t, _, _ in kept]).astype(np.float32)
     rows = []
     for tid, p, key in kept:
-        m = metadata.get(tid) or metadata.get(p.name) or {}
+        m = (metadata.get(tid) or metadata.get(p.name) or (0, {}))[1]
         rows.append([tid, m.get("title") or tid, m.get("artist", ""), m.get("genre", ""),
                      str(p.relative_to(audio_dir)), key])
+    unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in (t, p.name)],
+                                 f"track file in {audio_dir}") if meta else None
     out.mkdir(parents=True, exist_ok=True)
     save_npy_atomic(out / "music.npy", music)
     write_csv_atomic(out / "tracks.csv", ["id", "title", "artist", "genre", "file", "sha256"], rows)
@@ -387,7 +425,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "counts": {"tracks": len(rows), "failures": len(failures), "inputs": len(rows) + len(failures)},
         "content_hash": _array_hash(music),
     })
-    return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures)
+    return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures, [w for w in [unused] if w])
 
 
 def _av_version() -> str:

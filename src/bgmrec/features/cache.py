@@ -22,7 +22,8 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,12 +164,30 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n=1: prog.advance(task, n)
 
 
+def csv_records(reader) -> Iterator[tuple[int, list[str]]]:
+    """(physical line where the record starts, values) of a :func:`csv.reader` over a file opened with
+    ``newline=""``, blank lines skipped; a quoted field may span lines, so this is not a row counter."""
+    while True:
+        start = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        if values:
+            yield start, values
+
+
 def read_csv_utf8(path: Path, columns: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """A whole CSV as dicts (header names stripped and lower-cased); one-line errors name the file.
 
     A missing file and text that is not UTF-8 (the line is named) are errors. With ``columns`` (a
     file bgmrec wrote) the header must have them and every row exactly the header's fields.
     """
+    return [row for _, row in read_csv_lines(path, columns)]
+
+
+def read_csv_lines(path: Path, columns: tuple[str, ...] = ()) -> list[tuple[int, dict[str, str]]]:
+    """As :func:`read_csv_utf8`, each row with the physical line number it starts on."""
     from bgmrec.data.dataset import DatasetError
 
     path = Path(path)
@@ -187,14 +206,97 @@ def read_csv_utf8(path: Path, columns: tuple[str, ...] = ()) -> list[dict[str, s
         raise DatasetError(f"{path}: line 1: missing column {missing[0]!r} (expected a header with "
                            f"{','.join(columns)}), found {','.join(header) or 'no header'}")
     rows = []
-    for values in reader:
-        if not values:
-            continue  # a blank line
+    for line, values in csv_records(reader):
         if columns and len(values) != len(header):
-            raise DatasetError(f"{path}: line {reader.line_num}: {len(values)} field(s), expected "
+            raise DatasetError(f"{path}: line {line}: {len(values)} field(s), expected "
                                f"{len(header)} ({','.join(header)})")
-        rows.append({h: values[i] if i < len(values) else None for i, h in enumerate(header)})
+        rows.append((line, {h: values[i] if i < len(values) else None for i, h in enumerate(header)}))
     return rows
+
+
+def rows_by_key(path: Path, rows: Iterable[tuple[int, list[str], object]]) -> dict[str, tuple[int, object]]:
+    """``{key: (line, value)}`` of rows that each name their input by one or more keys (an id, a file name).
+
+    A key on two rows is an error naming the file, the key and both lines (a later row would silently
+    override the earlier one).
+    """
+    from bgmrec.data.dataset import DatasetError
+
+    out: dict[str, tuple[int, object]] = {}
+    for line, keys, value in rows:
+        for key in dict.fromkeys(keys):  # a row whose id and file agree names its input once
+            if key in out:
+                raise DatasetError(f"{path}: line {line}: duplicate id {key!r} (also on line {out[key][0]}); "
+                                   "expected one row per input")
+            out[key] = (line, value)
+    return out
+
+
+def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], used: Iterable[str],
+                        what: str) -> str | None:
+    """A warning line when rows of ``table`` (from :func:`rows_by_key`) name no input, e.g. a typo in an id;
+    ``used`` are the keys that were looked up and found, ``what`` names the inputs ("track file")."""
+    used_lines = {table[k][0] for k in used if k in table}
+    unused = sorted({line: k for k, (line, _) in table.items() if line not in used_lines}.items())
+    if not unused:
+        return None
+    return (f"{len(unused)} row(s) of {path} name no {what} and were not used (e.g. line {unused[0][0]}: "
+            f"{unused[0][1]!r})")
+
+
+def check_output_folder(out: Path, kind: str, what: str) -> None:
+    """Refuse, before any work, an output folder an extractor must not write into.
+
+    ``out`` may be missing, empty, hold only what an interrupted run leaves (``.cache`` and temporary
+    ``.*.tmp-*`` files), or be a folder of this ``kind`` (its manifest.json says so), which is updated
+    in place. Anything else (a dataset, a model run, the other extractor's folder, unrelated files) is a
+    :class:`~bgmrec.data.dataset.DatasetError` naming the folder; nothing there is touched.
+    """
+    from bgmrec.data.dataset import DatasetError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
+    if not out.is_dir():
+        return
+    others = [p for p in out.iterdir() if p.name != ".cache" and not (p.name.startswith(".") and ".tmp-" in p.name)]
+    if not others:
+        return
+    try:
+        found = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != kind:
+        raise DatasetError(f"{out}: the folder is not empty and is not {what} (manifest.json kind "
+                           f"{found!r}, expected {kind!r}); refusing to write into it (choose another "
+                           "output folder or empty this one)")
+
+
+def first_missing(path: Path) -> Path | None:
+    """The top-most folder that creating ``path`` would add (``path`` itself or a missing parent), or None
+    when it exists: what to remove to leave the disk as it was."""
+    missing = None
+    for p in (Path(path).absolute(), *Path(path).absolute().parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def nothing_extracted(what: str, folder: Path, out: Path, failures: list[tuple[str, str]],
+                      created: Path | None) -> Exception:
+    """The error of a run that extracted no input at all; removes ``created`` (the folders this run made,
+    see :func:`first_missing`) so that nothing is left behind. ``what`` names the inputs ("track")."""
+    from bgmrec.data.dataset import DatasetError
+
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+    if not failures:
+        return DatasetError(f"{folder}: no {what} files found; nothing written to {out}")
+    shown = "; ".join(f"{f}: {one_line(r)}" for f, r in failures[:3])
+    more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+    return DatasetError(f"{folder}: no {what} could be extracted ({len(failures)} file(s) failed: {shown}{more}); "
+                        f"nothing written to {out}")
 
 
 def read_manifest(root: Path, kind: str, what: str) -> dict:

@@ -102,12 +102,14 @@ class ClipRecommender:
         self.position = {track_id: j for j, track_id in enumerate(catalog.ids)}
 
     def recommend(self, clips: list[ClipFeatures], k: int = 10, exclude: list[list[str]] | None = None,
-                  taste: np.ndarray | None = None) -> list[dict]:
+                  taste: np.ndarray | None = None, labels: list[str] | None = None) -> list[dict]:
         """The ``--json`` object of each clip: its top-``k`` tracks, best first, and its modality share.
 
         ``exclude`` gives track ids never to return, one list per clip; ``taste`` [n, G] the uploaders'
         genre preferences, which only a model in personalised mode reads. A bad ``k``, ``exclude`` of the wrong
-        length or an unknown track id in it raise :class:`RequestError`.
+        length or an unknown track id in it raise :class:`RequestError`, and so do features for which the
+        model's scores are not finite (finite but huge values can overflow); ``labels`` name the clips in
+        that message (default "clip 0", "clip 1", ...).
         """
         if k < 1:
             raise RequestError(f"top must be at least 1, got {k}")
@@ -119,7 +121,15 @@ class ClipRecommender:
                        confounder=None if taste is None else np.asarray(taste, np.float32))
         excluded = None if not exclude or not any(exclude) else [[self._position_of(t) for t in ids]
                                                                    for ids in exclude]
-        ids, scores = self.index.search(self.model.encode_videos(q), min(k, len(self.catalog)), excluded)
+        queries = self.model.encode_videos(q)
+        ids, scores = self.index.search(queries, min(k, len(self.catalog)), excluded)
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(np.asarray(queries, np.float64)).all(axis=1) & np.where(
+                np.asarray(ids) >= 0, np.isfinite(scores), True).all(axis=1)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            raise RequestError(f"{labels[i] if labels else f'clip {i}'}: the model's scores for these features are "
+                               "not finite (values far outside the range of its training features?)")
         cat = self.catalog
         return [{"tracks": [{"id": cat.ids[j], "title": cat.title[j], "artist": cat.artist[j],
                              "genre": cat.genre[j] or "unknown", "score": float(s)}

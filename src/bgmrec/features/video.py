@@ -24,7 +24,8 @@ A videos folder (OUT_DIR) holds::
 The optional captions CSV (``--captions``) has a column ``id`` (file stem) or ``file`` and a
 column ``caption``, optionally ``hashtags``. It should be UTF-8; rows that are not valid UTF-8 are
 reported and their video is kept without text. A video with no row is kept without text and
-reported; an empty caption is simply "no text".
+reported; an empty caption is simply "no text". An id (or file) on two rows is an error naming both
+lines; rows naming no video file are counted in a warning.
 """
 
 from __future__ import annotations
@@ -41,13 +42,19 @@ from bgmrec.data.dataset import DatasetError, load_npy, save_npy_atomic, write_j
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
+    check_output_folder,
+    csv_records,
+    first_missing,
+    nothing_extracted,
     one_line,
     progress_bar,
     read_csv_utf8,
     read_manifest,
+    rows_by_key,
     scan_media,
     sha256_text,
     split_cached,
+    unused_rows_warning,
     write_csv_atomic,
     write_failures,
 )
@@ -67,6 +74,13 @@ class VideoConfig:
     size: int = 224  # square input side of EfficientNet-Lite0
     threads: int = 2  # frames embedded in parallel (one torch thread each)
     scan_seconds: float = 600.0  # clips with no declared duration are scanned this far at most
+
+    def __post_init__(self) -> None:
+        for option, value in (("--frames", self.frames), ("--threads", self.threads), ("size", self.size)):
+            if value < 1:
+                raise ValueError(f"{option} must be at least 1, got {value}")
+        if not 0 < self.scan_seconds < float("inf"):
+            raise ValueError(f"scan_seconds must be a positive finite number, got {self.scan_seconds}")
 
 
 # ---- frames ---------------------------------------------------------------------------------------------
@@ -262,42 +276,44 @@ def embed_clip(path: Path, caption: str | None, frames: FrameEncoder, text: Text
 
 # ---- captions -------------------------------------------------------------------------------------------
 
-def read_captions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """Captions CSV -> ({key: text}, {key: reason the caption was not used}).
+def caption_rows(path: Path) -> dict[str, tuple[int, tuple[str, str]]]:
+    """Captions CSV -> ``{key: (line, (text, reason))}``: ``reason`` is "" for a usable caption, else why it
+    is not (its row is not valid UTF-8).
 
-    Keys are the ``id`` and ``file`` values of each row. Rows that are not valid UTF-8 are reported
-    in the second dict (and their video gets no text); a CSV without the needed columns is an error.
+    Keys are the ``id`` and ``file`` values of each row; ``line`` is the physical line its row starts on (a
+    quoted caption may span lines). A key on two rows, a missing file and a CSV without the needed
+    columns are :class:`~bgmrec.data.dataset.DatasetError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    text = raw.decode("utf-8", errors="surrogateescape")
-    reader = csv.reader(text.splitlines())
-    header = [h.strip().lower() for h in next(reader, [])]
-    keys = [c for c in ("id", "file") if c in header]
-    if not keys or "caption" not in header:
-        raise DatasetError(f"{path}: expected columns 'id' (or 'file') and 'caption', found {header}")
-    ok: dict[str, str] = {}
-    bad: dict[str, str] = {}
-    for lineno, row in enumerate(reader, start=2):
-        rec = dict(zip(header, row, strict=False))
-        ids = [rec[k].strip() for k in keys if rec.get(k, "").strip()]
-        value = caption_text(rec.get("caption", ""), rec.get("hashtags", ""))
-        try:
-            value.encode("utf-8")
-            good = True
-        except UnicodeEncodeError:
-            good = False
-        for key in ids:
-            key = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            if good:
-                ok[key] = value
-            else:
-                bad[key] = f"caption in {path.name} line {lineno} is not UTF-8 text"
-    return ok, bad
+    # undecodable bytes become lone surrogates, so a bad row is reported without losing the others
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip().lower() for h in next(reader, [])]
+        keys = [c for c in ("id", "file") if c in header]
+        if not keys or "caption" not in header:
+            raise DatasetError(f"{path}: expected columns 'id' (or 'file') and 'caption', found {header}")
+        records = []
+        for line, values in csv_records(reader):
+            rec = dict(zip(header, values, strict=False))
+            value = caption_text(rec.get("caption", ""), rec.get("hashtags", ""))
+            try:
+                value.encode("utf-8")
+                reason = ""
+            except UnicodeEncodeError:
+                value, reason = "", f"caption in {path.name} line {line} is not UTF-8 text"
+            ids = [rec[k].strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                   for k in keys if rec.get(k, "").strip()]
+            records.append((line, ids, (value, reason)))
+    return rows_by_key(path, records)
+
+
+def read_captions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Captions CSV -> ({key: text}, {key: reason the caption was not used}); see :func:`caption_rows`."""
+    rows = caption_rows(path)
+    return ({k: text for k, (_, (text, reason)) in rows.items() if not reason},
+            {k: reason for k, (_, (_, reason)) in rows.items() if reason})
 
 
 # ---- the videos folder ----------------------------------------------------------------------------------
@@ -327,11 +343,14 @@ class VideoFeatures:
 
 @dataclass
 class VideoExtractReport:
+    """What one ``extract-videos`` run did."""
+
     out: Path
     done: int  # videos in the output
     extracted: int  # videos whose frames were embedded in this run
     cached: int  # videos whose frame vector came from the cache
     failures: list[tuple[str, str]]  # (file, reason), warnings included
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. caption rows naming no video
 
 
 def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
@@ -342,19 +361,29 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     Frame vectors are cached per file content, caption vectors per caption text; bad files are
     reported in ``failures.csv`` and skipped, the batch continues. Decoding of the next video runs
     in a background thread while the network embeds the current one.
+
+    Checked before anything is written (:class:`~bgmrec.data.dataset.DatasetError` otherwise):
+    ``video_dir`` a folder, ``captions`` a readable CSV without duplicate ids, and ``out`` missing, empty,
+    or a videos folder (see :func:`~bgmrec.features.cache.check_output_folder`). A run that keeps no
+    video at all is an error too, and leaves no folder it created behind.
     """
     video_dir, out = Path(video_dir), Path(out)
     config = config or VideoConfig()
+    check_output_folder(out, VIDEOS_KIND, "a videos folder")
+    if not video_dir.is_dir():
+        raise DatasetError(f"{video_dir}: not a folder of videos" + (" (it does not exist)"
+                                                                     if not video_dir.exists() else ""))
+    caps = caption_rows(captions) if captions else {}
     frames = frames or FrameEncoder(threads=config.threads)
     text = text or TextEncoder()
+    items, failures = scan_media(video_dir, VIDEO_EXTENSIONS, "video", exclude=out)
     cache_root = Path(cache_dir) if cache_dir else out / ".cache"
     vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None})
     tcache = FeatureCache(cache_root / "text", text.settings)
+    created = first_missing(vcache.folder)
     vcache.describe()
     tcache.describe()
-    caps_ok, caps_bad = read_captions(captions) if captions else ({}, {})
 
-    items, failures = scan_media(video_dir, VIDEO_EXTENSIONS, "video", exclude=out)
     visual, todo = split_cached(items, vcache)
     cached = len(visual)
     bad: dict[str, str] = {}
@@ -388,19 +417,23 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     for vid, p, _ in items:
         if vid in bad:
             failures.append((str(p.relative_to(video_dir)), bad[vid]))
+    if not kept:
+        failures.sort()
+        raise nothing_extracted("video", video_dir, out, failures, created)
     captions_of: list[str] = []
     for vid, p in kept:
         rel = str(p.relative_to(video_dir))
-        found = next((k for k in (vid, p.name, rel) if k in caps_ok or k in caps_bad), None)
-        if found in caps_ok:
-            captions_of.append(caps_ok[found])
-        else:
-            captions_of.append("")
-            if found is not None:
-                failures.append((rel, f"{NO_TEXT}: {caps_bad[found]}"))
-            elif captions is not None:
-                failures.append((rel, f"{NO_TEXT}: no caption for {vid!r} in {Path(captions).name}"))
+        found = next((k for k in (vid, p.name, rel) if k in caps), None)
+        caption, reason = caps[found][1] if found is not None else ("", "")
+        captions_of.append(caption)
+        if reason:
+            failures.append((rel, f"{NO_TEXT}: {reason}"))
+        elif found is None and captions is not None:
+            failures.append((rel, f"{NO_TEXT}: no caption for {vid!r} in {Path(captions).name}"))
     failures.sort()
+    unused = unused_rows_warning(Path(captions), caps, [k for vid, p, _ in items
+                                                        for k in (vid, p.name, str(p.relative_to(video_dir)))],
+                                 f"video file in {video_dir}") if captions else None
 
     text_vecs = np.zeros((len(kept), TEXT_DIM), np.float32)
     text_mask = np.array([bool(c) for c in captions_of], bool)
@@ -412,8 +445,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     for i, c in enumerate(captions_of):
         if c:
             text_vecs[i] = tcache.get(sha256_text(c))
-    vis = (np.stack([visual[v] for v, _ in kept]).astype(np.float32) if kept
-           else np.zeros((0, VISUAL_DIM), np.float32))
+    vis = np.stack([visual[v] for v, _ in kept]).astype(np.float32)
 
     out.mkdir(parents=True, exist_ok=True)
     save_npy_atomic(out / "visual.npy", vis)
@@ -436,7 +468,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                    "failed": sum(1 for _, r in failures if not r.startswith(NO_TEXT))},
         "content_hash": h.hexdigest(),
     })
-    return VideoExtractReport(out, len(kept), len(todo) - len(bad), cached, failures)
+    return VideoExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
+                              [w for w in [unused] if w])
 
 
 def _av_version() -> str:
