@@ -405,6 +405,10 @@ def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, t
     assert not (run / "teacher").exists() and not (run / "notes.txt").exists()  # the old run is gone whole
     assert rec.teacher_dir == str(other.resolve()) == load_model(run).teacher_dir  # the teacher asked for
 
+    with pytest.raises(ValueError, match="is inside --out .* which training replaces whole"):
+        train_model(cli_world, "deccm", tmp_path / "runs", sets=SMALL_DECCM, teacher=other, progress=False)
+    assert load_model(other).name == "cmvae"  # still there
+
     def stopped(self, *args, **kwargs):
         raise KeyboardInterrupt  # stopped after the teacher was trained, while the student trains
 

@@ -155,6 +155,10 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     spec = FeatureSpec.of(ds)
     rec = build(model, spec, overrides)
     if teacher is not None:
+        where, replaced = Path(teacher).resolve(), Path(out).resolve()
+        if where == replaced or replaced in where.parents:
+            raise ValueError(f"--teacher {teacher} is inside --out {out}, which training replaces whole; train "
+                             "into another folder or copy the teacher out first")
         warn_if_trained_on_other_data(teacher, data, what="the teacher")
     timing = {}
 
