@@ -234,6 +234,29 @@ def test_a_teacher_outside_the_student_is_found_after_moving_either_or_both(tiny
     again = load_model(tmp_path / "moved" / "second")
     assert again.teacher_dir == str((tmp_path / "moved" / "first" / "teacher").resolve())
     assert np.allclose(again.score(q, cat), expected, atol=1e-5)
+    # copied beside another grid's teacher at the same relative place: not taken (other weights)
+    other = build("deccm", FeatureSpec.of(ds), {"epochs": 1, "batch_size": 256, "prior_samples": 64, "seed": 7})
+    prepare_teacher(other, ds, tmp_path / "b" / "first", None)
+    shutil.copytree(tmp_path / "moved" / "second", tmp_path / "b" / "second")
+    lost = load_model(tmp_path / "b" / "second")  # and its own is not at the absolute path: the grid moved
+    assert lost.teacher_dir is None
+    with pytest.raises(ValueError, match="with the weights it was trained with"):
+        lost.score(q, cat)
+
+
+def test_a_copy_of_a_student_saved_before_the_teacher_record_uses_its_own_teacher(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    model.save(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    for key in ("teacher_run_relative", "teacher_weights_sha256"):  # as written before: the absolute path only
+        del meta["learned"][key]
+    meta["learned"]["teacher_run"] = str((tmp_path / "run" / "teacher").resolve())
+    (tmp_path / "run" / "config.json").write_text(json.dumps(meta))
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    assert load_model(tmp_path / "copy").teacher_dir == str((tmp_path / "copy" / "teacher").resolve())
+    shutil.rmtree(tmp_path / "copy" / "teacher")
+    assert load_model(tmp_path / "copy").teacher_dir == str((tmp_path / "run" / "teacher").resolve())
 
 
 def test_a_student_saved_before_teacher_mixing_ranks_as_before(tiny_dir, tmp_path):

@@ -127,6 +127,7 @@ class DecCM(CMVAE):
         self.teacher: CMVAE | None = None
         self.teacher_dir: str | None = None  # the teacher's folder (absolute while in memory)
         self._teacher_record: dict[str, str | None] = {}  # where config.json says the teacher is (save / load)
+        self._teacher_sought: str | None = None  # where a loaded student looked for its teacher in vain
         self.professional_counts: np.ndarray | None = None  # [n_tracks] professional videos' choices (fit only)
         if self.prior_scale() is not None and config.teacher and config.content_share:
             self.module.content_prior = TrackPrior()  # content mode's log Q: :func:`content_log_share`
@@ -286,7 +287,7 @@ class DecCM(CMVAE):
 
     def _require_teacher(self) -> CMVAE:
         if self.teacher is None:
-            where = f"no teacher folder at {self.teacher_dir}" if self.teacher_dir else "no teacher attached"
+            where = f"no teacher folder at {self._teacher_sought}" if self._teacher_sought else "no teacher attached"
             way_out = ("use another inference mode" if self.config.adjustment
                        else "retrain with --set teacher_mix=0")
             raise ValueError(f"DecCM's content mode mixes its teacher's scores (teacher_mix="
@@ -308,40 +309,49 @@ class DecCM(CMVAE):
 
     # -- persistence --
     def save(self, out: Path) -> Path:
-        """As :meth:`Recommender.save`; ``config.json`` records where the teacher is relative to ``out``
-        (``teacher_run``: relative when inside ``out``, else absolute; ``teacher_run_relative``: relative
-        either way), so the student's folder, or a folder holding both, can be moved whole."""
-        self._teacher_record = {"teacher_run": None, "teacher_run_relative": None}
+        """As :meth:`Recommender.save`; ``config.json`` also records where the teacher is and which it is:
+        ``teacher_run_relative`` (relative to ``out``), ``teacher_run`` (relative when inside ``out``, else
+        absolute) and ``teacher_weights_sha256``. So the student's folder, or a folder holding both, can be
+        moved or copied whole, and a student never picks up another teacher found at the same place."""
+        self._teacher_record = dict.fromkeys(TEACHER_RECORD)
         if self.teacher_dir is not None:
             relative = os.path.relpath(self.teacher_dir, Path(out).resolve())
             inside = relative != os.pardir and not relative.startswith(os.pardir + os.sep)
-            self._teacher_record = {"teacher_run": relative if inside else self.teacher_dir,
-                                    "teacher_run_relative": relative}
+            self._teacher_record = {"teacher_run_relative": relative,
+                                    "teacher_run": relative if inside else self.teacher_dir,
+                                    "teacher_weights_sha256": weights_digest(Path(self.teacher_dir))}
         return super().save(out)
 
     def extra_config(self) -> dict:
         return {"teacher_run": self.teacher_dir, **self._teacher_record, "inference_mode": self.inference_mode}
 
     def load_extra_config(self, extra: dict) -> None:
-        self._teacher_record = {k: extra.get(k) for k in ("teacher_run_relative", "teacher_run")}
+        self._teacher_record = {k: extra.get(k) for k in TEACHER_RECORD}
         for key, value in self._teacher_record.items():
             if value is not None and not isinstance(value, str):
-                raise ValueError(f"{key} must be a folder path (string) or null, got {value!r}")
+                raise ValueError(f"{key} must be a string or null, got {value!r}")
         if extra.get("inference_mode") in MODES:
             self.inference_mode = extra["inference_mode"]
 
     def after_load(self, folder: Path, **kwargs) -> None:
-        """Find the teacher's folder, the first that holds a run of: where ``config.json`` records it
-        (relative to ``folder``, then as recorded), then ``folder/teacher`` (students saved before the
-        relative record); attach the teacher when content mode mixes it in."""
-        recorded = [Path(folder) / p for p in self._teacher_record.values() if p]
-        for candidate in recorded + [Path(folder) / "teacher"]:
-            if (candidate / "config.json").is_file():
-                self.teacher_dir = str(candidate.resolve())
-                if self._content_mode_mixes_teacher():
-                    self.set_teacher(load_teacher(candidate), candidate)
-                return
-        self.teacher_dir = str(recorded[-1]) if recorded else None  # named by the error content mode raises
+        """Find the teacher: the first of ``config.json``'s relative record, ``folder/teacher`` and the
+        record as written (absolute for a teacher outside the student) that holds a run with the recorded
+        weights (any run for students saved before that record); attach it when content mode mixes it in."""
+        folder = Path(folder)
+        relative, written, digest = (self._teacher_record.get(k) for k in TEACHER_RECORD)
+        candidates = [folder / p for p in dict.fromkeys([relative, "teacher", written]) if p]
+        for candidate in candidates:
+            if candidate.resolve() == folder.resolve() or not (candidate / "weights.safetensors").is_file():
+                continue
+            if digest is not None and weights_digest(candidate) != digest:
+                continue  # another teacher at the same place (a copied grid, a retrained run)
+            self.teacher_dir = str(candidate.resolve())
+            if self._content_mode_mixes_teacher():
+                self.set_teacher(load_teacher(candidate), candidate)
+            return
+        if relative or written:  # named by the error content mode raises
+            self._teacher_sought = " or ".join(str(c) for c in candidates) + (
+                f" with the weights it was trained with (sha256 {digest[:12]}...)" if digest else "")
 
     @classmethod
     def from_folder_config(cls, meta: dict) -> DecCM:
@@ -422,6 +432,17 @@ def negative_binomial_shape(counts: np.ndarray, expected: np.ndarray) -> float:
     if not torch.isfinite(ll).all():
         raise ValueError("negative_binomial_shape: the likelihood is not finite (negative counts or means?)")
     return float(grid[int(torch.argmax(ll))])
+
+
+TEACHER_RECORD = ("teacher_run_relative", "teacher_run", "teacher_weights_sha256")  # config.json's "learned"
+
+
+def weights_digest(run: Path) -> str:
+    """SHA-256 of a run's ``weights.safetensors``: which teacher a student was trained with."""
+    import hashlib
+
+    with open(Path(run) / "weights.safetensors", "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_teacher(folder: Path) -> CMVAE:
