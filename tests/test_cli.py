@@ -400,14 +400,18 @@ def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, t
     run, other = tmp_path / "runs" / "deccm", tmp_path / "runs" / "teacher"
     train_model(cli_world, "deccm", run, sets=SMALL_DECCM, progress=False)  # trains its own teacher/
     train_model(cli_world, "cmvae", other, sets={**SMALL_CMVAE, "seed": "5"}, progress=False)
-    (run / "notes.txt").write_text("an old file of the old run")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds notes.txt besides a run's own files"):
+        train_model(cli_world, "deccm", run, sets=SMALL_DECCM, teacher=other, progress=False)
+    (run / "notes.txt").unlink()
     rec, _ = train_model(cli_world, "deccm", run, sets=SMALL_DECCM, teacher=other, progress=False)
-    assert not (run / "teacher").exists() and not (run / "notes.txt").exists()  # the old run is gone whole
+    assert not (run / "teacher").exists()  # the old run is gone whole, its teacher with it
     assert rec.teacher_dir == str(other.resolve()) == load_model(run).teacher_dir  # the teacher asked for
 
-    with pytest.raises(ValueError, match="is inside --out .* which training replaces whole"):
-        train_model(cli_world, "deccm", tmp_path / "runs", sets=SMALL_DECCM, teacher=other, progress=False)
-    assert load_model(other).name == "cmvae"  # still there
+    for out in (tmp_path / "runs", other, other / "student"):
+        with pytest.raises(ValueError, match="are one inside the other"):
+            train_model(cli_world, "deccm", out, sets=SMALL_DECCM, teacher=other, progress=False)
+    assert load_model(other).name == "cmvae" and not (other / "student").exists()
 
     def stopped(self, *args, **kwargs):
         raise KeyboardInterrupt  # stopped after the teacher was trained, while the student trains

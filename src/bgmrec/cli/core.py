@@ -45,7 +45,8 @@ def git_commit(package: Path | None = None) -> str:
     package = (package or Path(__file__).resolve().parents[1]).resolve()
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=package, timeout=5).stdout.strip()
+        return subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True, cwd=package,
+                              timeout=5).stdout.strip()  # no index refresh: a user's git command is never blocked
 
     try:
         top = git("rev-parse", "--show-toplevel")
@@ -154,11 +155,8 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     option_into_sets(overrides, "epochs", epochs)
     spec = FeatureSpec.of(ds)
     rec = build(model, spec, overrides)
+    check_run_folder(Path(out), teacher)
     if teacher is not None:
-        where, replaced = Path(teacher).resolve(), Path(out).resolve()
-        if where == replaced or replaced in where.parents:
-            raise ValueError(f"--teacher {teacher} is inside --out {out}, which training replaces whole; train "
-                             "into another folder or copy the teacher out first")
         warn_if_trained_on_other_data(teacher, data, what="the teacher")
     timing = {}
 
@@ -177,6 +175,29 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     # a run there before (never another kind of folder) is replaced with everything in it
     atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
     return load_model(out), timing["seconds"]
+
+
+RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher"})  # a run's own
+
+
+def check_run_folder(out: Path, teacher: Path | None = None) -> None:
+    """Before training into ``out``, which is then replaced whole: refuse a ``teacher`` inside it (or
+    holding it), and a run folder holding anything but a run's own files (another run, a result file),
+    which replacing it would delete. What :func:`~bgmrec.data.dataset.atomic_write_dir` refuses (a folder
+    of another kind) it refuses later, before any work too."""
+    replaced = out.resolve()
+    if teacher is not None:
+        where = Path(teacher).resolve()
+        if where == replaced or replaced in where.parents or where in replaced.parents:
+            raise ValueError(f"--teacher {teacher} and --out {out} are one inside the other; training replaces "
+                             "--out whole: train into a folder apart from the teacher's")
+    if (out / "config.json").is_file():
+        extra = sorted(p.name for p in out.iterdir()
+                       if p.name not in RUN_ENTRIES and not (p.name.startswith(".") and ".tmp" in p.name))
+        if extra:
+            raise ValueError(f"--out {out}: holds {', '.join(extra[:3])}{' and more' if len(extra) > 3 else ''} "
+                             "besides a run's own files, and training replaces the folder whole: move them out "
+                             "or train into another folder")
 
 
 def trained_as(run: Path) -> dict:
