@@ -12,6 +12,14 @@ from bgmrec.tune import grid_points, parse_grid, run_grid, trial_folder
 SMALL_CMVAE = {"epochs": "1", "hidden": "16", "latent_dim": "4"}
 
 
+@pytest.fixture(autouse=True)
+def committed_code(monkeypatch):
+    """A clean commit id, whatever state the checkout running the tests is in (resume needs one)."""
+    import bgmrec.cli.core
+
+    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: "abc1234")
+
+
 def test_parse_grid_collects_repeated_keys_in_order():
     grid = parse_grid(["lr=0.002", "dropout=0.2", "lr = 0.0005", "hidden=256,128"])
     assert grid == {"lr": ["0.002", "0.0005"], "dropout": ["0.2"], "hidden": ["256,128"]}
@@ -229,3 +237,45 @@ def test_resume_refuses_another_grid_or_a_folder_without_one(tiny_dir, tmp_path)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     fresh = run_grid(tiny_dir, "popularity", {"seed": ["0"]}, tmp_path / "new", resume=True)  # nothing to resume
     assert len(fresh) == 1
+
+
+def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tmp_path, monkeypatch):
+    import bgmrec.cli.core as core
+    from bgmrec.cli.core import train_model
+
+    for name in ("t1", "t2"):
+        train_model(tiny_dir, "cmvae", tmp_path / name, sets=SMALL_CMVAE, progress=False)
+    small = {**SMALL_CMVAE, "prior_samples": "16"}
+    run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t1")
+    with pytest.raises(ValueError, match="records another teacher"):
+        run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t2",
+                 resume=True)
+    for commit, words in (("def5678", "records another commit"), ("abc1234-dirty", "commit first")):
+        monkeypatch.setattr(core, "git_commit", lambda commit=commit: commit)
+        with pytest.raises(ValueError, match=words):
+            run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t1",
+                     resume=True)
+    monkeypatch.setattr(core, "git_commit", lambda: "abc1234")
+    config = tmp_path / "g" / "alpha=0.1" / "config.json"
+    config.write_text(config.read_text().replace('"alpha": 0.1', '"alpha": 0.3'))
+    with pytest.raises(ValueError, match=r"alpha=0.1 holds a run of another config than this point's"):
+        run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t1",
+                 resume=True)
+
+
+def test_a_killed_training_s_leftovers_block_neither_a_new_grid_nor_a_resume(tiny_dir, tmp_path):
+    out = tmp_path / "g"
+    (out / ".seed=0.tmp-abcd").mkdir(parents=True)  # what a kill during the first point leaves
+    assert len(run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out)) == 1
+    (out / ".seed=1.tmp-efgh").mkdir()
+    assert len(run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)) == 1
+
+
+def test_resume_names_a_damaged_tuning_json(tiny_dir, tmp_path):
+    out = tmp_path / "g"
+    run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out)
+    saved = json.loads((out / "tuning.json").read_text())
+    saved["trials"] = [{"run": str(out / "seed=0")}]
+    (out / "tuning.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="tuning.json: field 'trials' must be a list of objects"):
+        run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)

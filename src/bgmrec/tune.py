@@ -91,10 +91,11 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
 
     console = console or Console(quiet=True)
     record = {"model": model, "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
-              "grid": grid, "sets": dict(sets or {}), "seed": seed}
+              "grid": grid, "sets": dict(sets or {}), "seed": seed,
+              "teacher": None if teacher is None else str(Path(teacher).resolve()), "commit": git_commit()}
     finished = _finished_points(Path(out), record) if resume else {}
-    ds, points, base, teacher_keys = _preflight(data, model, grid, Path(out), dict(sets or {}), seed, teacher,
-                                                empty_out=not resume)
+    ds, points, base, teacher_keys, configs = _preflight(data, model, grid, Path(out), dict(sets or {}), seed,
+                                                         teacher, empty_out=not resume)
     shared_teachers: dict[str, Path] = {}  # teacher config -> the teacher the first point of that config trained
     trials: list[Trial] = []
     first_gains = None
@@ -104,6 +105,9 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         key = teacher_keys[i]
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
+            if repr(rec.config) != configs[i]:
+                raise ValueError(f"--resume: {run} holds a run of another config than this point's; tune into a "
+                                 "new --out")
             console.print("    finished before: loaded, not retrained")
         else:
             rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
@@ -119,11 +123,10 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         trials.append(Trial(point, str(run), result["full"]["recall@10"], against, epochs, seconds))
         console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
                       + ("" if against is None else f", {change_cell(against)} over the first point"))
-        write_json_atomic(Path(out) / "tuning.json", {**record, "commit": git_commit(),
-                                                       "complete": i + 1 == len(points),
+        write_json_atomic(Path(out) / "tuning.json", {**record, "complete": i + 1 == len(points),
                                                        "trials": [t.to_json() for t in _ranked(trials)]})
     trials = _ranked(trials)
-    made = f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {git_commit()}"
+    made = f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {record['commit']}"
     write_text_atomic(Path(out) / "tuning.md", tuning_markdown(model, grid, trials, made) + "\n")
     return trials
 
@@ -134,36 +137,56 @@ def _ranked(trials: list[Trial]) -> list[Trial]:
 
 def _finished_points(out: Path, record: dict) -> dict[str, dict]:
     """For ``--resume``: {point folder: its trial} of the points the stopped grid in ``out`` finished (in
-    its ``tuning.json``, with the run's ``run.json``), after checking that grid was this one."""
+    its ``tuning.json``, with the run's ``run.json``), after checking that grid was this one, run by the
+    same committed code."""
     from bgmrec.data.dataset import DatasetError, read_json
 
-    if not out.is_dir() or not any(out.iterdir()):
+    if not _contents(out):
         return {}
+    path = out / "tuning.json"
     try:
-        stopped = read_json(out / "tuning.json")
+        stopped = read_json(path)
     except DatasetError as e:
         raise ValueError(f"--resume: {out} holds no grid of `bgmrec tune` to resume ({e})") from None
-    differ = [k for k in ("model", "data_fingerprint", "grid", "sets", "seed") if stopped.get(k) != record[k]]
+    if record["commit"] == "unknown" or record["commit"].endswith("-dirty"):
+        raise ValueError(f"--resume: this bgmrec's commit is {record['commit']!r}, so nothing says the finished "
+                         "points were made by the same code; commit first or tune into a new --out")
+    differ = [k for k in RESUME_KEYS if stopped.get(k) != record[k]]
     if differ:
-        raise ValueError(f"--resume: {out / 'tuning.json'} records another {', '.join(differ)} than given now "
+        raise ValueError(f"--resume: {path} records another {', '.join(differ)} than given now "
                          f"({'; '.join(f'{k}: {stopped.get(k)!r}' for k in differ)}); resume with the same "
-                         "arguments or tune into a new --out")
-    names = (Path(t["run"]).name for t in stopped.get("trials", []))  # by name: ``out`` may have moved
-    return {name: t for name, t in zip(names, stopped.get("trials", []), strict=True)
-            if (out / name / "run.json").is_file()}
+                         "arguments (and code) or tune into a new --out")
+    trials = stopped.get("trials")
+    if not isinstance(trials, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("run"), str) and isinstance(t.get("seconds"), int | float)
+            and isinstance(t.get("epochs"), int) for t in trials):
+        raise ValueError(f"--resume: {path}: field 'trials' must be a list of objects with 'run' (a folder), "
+                         "'seconds' and 'epochs'; the file is damaged, tune into a new --out")
+    names = [Path(t["run"]).name for t in trials]  # by name: ``out`` may have moved
+    return {name: t for name, t in zip(names, trials, strict=True) if (out / name / "run.json").is_file()}
+
+
+RESUME_KEYS = ("model", "data_fingerprint", "grid", "sets", "seed", "teacher", "commit")  # must match to resume
+
+
+def _contents(out: Path) -> list[Path]:
+    """What ``out`` holds besides the temporary folders a training stopped by a kill leaves behind."""
+    if not out.is_dir():
+        return []
+    return [p for p in out.iterdir() if not (p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name))]
 
 
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,
                teacher: Path | None, empty_out: bool = True):
     """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
     the fixed fields, per point the teacher config whose teacher it trains or shares, or None: no teacher
-    to train, ``teacher`` as given)."""
+    to train, ``teacher`` as given, and per point ``repr`` of its config)."""
     from bgmrec.cli.core import option_into_sets
     from bgmrec.data.dataset import load_dataset
     from bgmrec.models.base import FeatureSpec
     from bgmrec.models.registry import build, prepare_teacher, takes_teacher
 
-    if empty_out and out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if empty_out and out.exists() and (not out.is_dir() or _contents(out)):
         raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs, "
                          "or --resume to finish a stopped grid there")
     ds = load_dataset(data)
@@ -175,7 +198,8 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
     if seed is not None and "seed" in grid:
         raise ValueError("seed: given both as --seed and as --grid; give it one way")
     points = grid_points(grid)
-    configs, folders, teacher_keys = [], set(), []
+    configs: list[str] = []
+    folders, teacher_keys = set(), []
     for point in points:
         overrides = {**base, **point}
         option_into_sets(overrides, "seed", seed)
@@ -201,7 +225,7 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
             from bgmrec.models.deccm import teacher_config
 
             teacher_keys.append(repr(teacher_config(rec.config)))
-    return ds, points, base, teacher_keys
+    return ds, points, base, teacher_keys, configs
 
 
 def tuning_rows(trials: list[Trial]) -> list[list[str]]:
