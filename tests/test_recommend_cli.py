@@ -151,3 +151,18 @@ def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys):
     assert np.allclose([t["score"] for t in r.json()["tracks"]], [t["score"] for t in cli["tracks"]], rtol=1e-4)
     broken = client.post("/recommend/video", files={"video": ("broken.mp4", b"not a video", "video/mp4")})
     assert broken.status_code == 422 and broken.json()["detail"].startswith("video broken.mp4: ")
+
+
+def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world, tmp_path, capsys):
+    base = ["--run", str(world / "run"), "--video", str(world / "videos" / "clip05.mp4"), "--top", "2"]
+    recommend_json(capsys, [*base, "--catalog", str(world / "catalog"), "--frames", "4"])
+    assert "warning" not in capsys.readouterr().err  # as trained: 4 frames, the same catalogue
+    capsys.readouterr()
+    assert main(["recommend", *base, "--catalog", str(world / "catalog"), "--json"]) == 0  # 8 frames
+    assert "clips are sampled at 8 frames, the model's training videos at 4; give --frames 4" in one_line_err(capsys)
+    assert main(["extract-music", str(world / "audio"), "--out", str(tmp_path / "short"), "--seconds", "1",
+                 "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["recommend", *base, "--catalog", str(tmp_path / "short"), "--frames", "4", "--json"]) == 0
+    assert "was extracted with max_seconds=1.0, the model's training music with max_seconds=60.0" in one_line_err(
+        capsys)

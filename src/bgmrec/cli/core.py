@@ -169,7 +169,8 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
         write_json_atomic(folder / "run.json", {
             "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data), "model": model,
             "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
-            "argv": sys.argv[1:]})
+            "argv": sys.argv[1:],
+            **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
 
     # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
     # a run there before (never another kind of folder) is replaced with everything in it

@@ -155,7 +155,7 @@ def recommend_cmd(
         label = video
     else:
         raise ValueError("give --video FILE [--caption TEXT], or --features DIR --video-id ID")
-    result = recommend_clip(model, cat, clip, top)
+    result = recommend_clip(model, cat, clip, top, frames if features is None else None)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

@@ -37,6 +37,6 @@ def serve_cmd(
     model = load_model(run)
     if mode is not None:
         model.set_inference_mode(mode)
-    recommender = ClipRecommender(model, load_catalog(catalog), index, warn=warn_on_stderr)
+    recommender = ClipRecommender(model, load_catalog(catalog), index, warn=warn_on_stderr, frames=frames)
     uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,
                 log_level="info")

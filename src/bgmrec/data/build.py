@@ -252,6 +252,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             "videos_without_pairs": len(vids) - len(video_ids),
             "extractors": {"videos": vids.manifest.get("extractors"),
                            "music": cat.manifest.get("extractors")},
+            "settings": {"videos": vids.manifest.get("settings"), "music": cat.manifest.get("settings")},
         },
     )
     save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}})

@@ -17,8 +17,10 @@ say).
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -87,15 +89,20 @@ class ClipRecommender:
 
     What ``bgmrec recommend`` and ``bgmrec serve`` answer with. ``index`` is ``"exact"``
     (:class:`~bgmrec.index.ExactIndex`, the reference) or ``"faiss"`` (:class:`~bgmrec.index.FaissIndex`,
-    approximate, for large catalogues); ``warn`` is told about catalogue genres the model does not know.
+    approximate, for large catalogues); ``warn`` is told about catalogue genres the model does not know
+    and about feature settings that differ from its training data's (:func:`feature_settings_mismatches`;
+    ``frames``: how many frames each clip given as a video file is sampled at).
     """
 
-    def __init__(self, model: Recommender, catalog: Catalog, index: str = "exact", warn=None) -> None:
+    def __init__(self, model: Recommender, catalog: Catalog, index: str = "exact", warn=None,
+                 frames: int | None = None) -> None:
         from bgmrec.index import ExactIndex, FaissIndex
 
         if index not in ("exact", "faiss"):
             raise ValueError(f"index must be 'exact' or 'faiss', got {index!r}")
         self.model, self.catalog = model, catalog
+        for mismatch in feature_settings_mismatches(model, catalog, frames) if warn is not None else []:
+            warn(mismatch)
         self.music = music_catalog(model, catalog, warn=warn)
         embeddings = model.encode_music(self.music)
         self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings)
@@ -143,9 +150,36 @@ class ClipRecommender:
         return self.position[track_id]
 
 
-def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10) -> dict:
-    """Top-``k`` tracks of ``catalog`` for one clip, and the modality share (the ``--json`` object)."""
-    return ClipRecommender(model, catalog, warn=warn_on_stderr).recommend([clip], k)[0]
+def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10,
+                   frames: int | None = None) -> dict:
+    """Top-``k`` tracks of ``catalog`` for one clip, and the modality share (the ``--json`` object);
+    ``frames``: those the clip was sampled at, when it came from a video file."""
+    return ClipRecommender(model, catalog, warn=warn_on_stderr, frames=frames).recommend([clip], k)[0]
+
+
+def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: int | None = None) -> list[str]:
+    """One line per feature setting that differs between the model's training data and what it is now
+    given: the catalogue's extraction settings, and ``frames`` sampled per clip. A model's scores on
+    features extracted otherwise can mean little. The training settings come from the run's ``run.json``
+    (recorded for datasets made by ``build-dataset``); [] when it records none."""
+    source = getattr(model, "source", None)
+    try:
+        record = json.loads((Path(source).parent / "run.json").read_text(encoding="utf-8")) if source else {}
+        trained = record.get("feature_settings") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    out = []
+    music, now = trained.get("music") or {}, catalog.manifest.get("settings") or {}
+    differ = [k for k in music if k in now and music[k] != now[k]]
+    if differ:
+        out.append(f"the catalogue {catalog.root} was extracted with "
+                   f"{', '.join(f'{k}={now[k]}' for k in differ)}, the model's training music with "
+                   f"{', '.join(f'{k}={music[k]}' for k in differ)}; re-extract it with the training settings")
+    videos = trained.get("videos") or {}
+    if frames is not None and "frames" in videos and videos["frames"] != frames:
+        out.append(f"clips are sampled at {frames} frames, the model's training videos at {videos['frames']}; "
+                   f"give --frames {videos['frames']}")
+    return out
 
 
 def warn_on_stderr(msg: str) -> None:
