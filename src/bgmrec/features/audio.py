@@ -353,7 +353,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     extractor = extractor or AudioExtractor(config)
     config = extractor.config
     settings = extractor.settings
-    items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=out)
+    items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=out, progress=progress)
     cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings)
     created = first_missing(cache.folder)
     cache.describe()

@@ -311,31 +311,35 @@ def read_manifest(root: Path, kind: str, what: str) -> dict:
     return man
 
 
-def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: Path | None = None
-               ) -> tuple[list[tuple[str, Path, str]], list[tuple[str, str]]]:
+def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: Path | None = None,
+               progress: bool = False) -> tuple[list[tuple[str, Path, str]], list[tuple[str, str]]]:
     """Media files of ``folder`` as (id = file stem, path, sha256) items, and per-file failures.
 
     Unsupported extensions, empty files, duplicate ids and unreadable files become a one-line reason
-    each (``kind`` names the id in messages, e.g. "track"); the scan continues.
+    each (``kind`` names the id in messages, e.g. "track"); the scan continues. ``progress`` shows a bar
+    while the files are hashed (reading every byte of a large folder takes a while).
     """
     failures: list[tuple[str, str]] = []
     items: list[tuple[str, Path, str]] = []
     seen: dict[str, str] = {}
-    for p in files_in(folder, exclude=exclude):
-        rel = str(p.relative_to(folder))
-        if p.suffix.lower() not in extensions:
-            failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
-                                  f"(expected {', '.join(e[1:] for e in extensions)})"))
-        elif p.stat().st_size == 0:
-            failures.append((rel, "empty file (0 bytes)"))
-        elif p.stem in seen:
-            failures.append((rel, f"duplicate {kind} id {p.stem!r} (also {seen[p.stem]})"))
-        else:
-            seen[p.stem] = rel
-            try:
-                items.append((p.stem, p, sha256_file(p)))
-            except OSError as e:
-                failures.append((rel, f"cannot read: {one_line(e)}"))
+    paths = list(files_in(folder, exclude=exclude))
+    with progress_bar(f"hashing {kind} files", len(paths), progress and bool(paths)) as advance:
+        for p in paths:
+            advance()
+            rel = str(p.relative_to(folder))
+            if p.suffix.lower() not in extensions:
+                failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
+                                      f"(expected {', '.join(e[1:] for e in extensions)})"))
+            elif p.stat().st_size == 0:
+                failures.append((rel, "empty file (0 bytes)"))
+            elif p.stem in seen:
+                failures.append((rel, f"duplicate {kind} id {p.stem!r} (also {seen[p.stem]})"))
+            else:
+                seen[p.stem] = rel
+                try:
+                    items.append((p.stem, p, sha256_file(p)))
+                except OSError as e:
+                    failures.append((rel, f"cannot read: {one_line(e)}"))
     return items, failures
 
 

@@ -64,6 +64,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 VISUAL_DIM = 1280
 VIDEOS_KIND = "video-features"
 NO_TEXT = "kept without text"
+CAPTION_CHUNK = 256  # captions embedded per step of the progress bar (and cached after it)
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     caps = caption_rows(captions) if captions else {}
     frames = frames or FrameEncoder(threads=config.threads)
     text = text or TextEncoder()
-    items, failures = scan_media(video_dir, VIDEO_EXTENSIONS, "video", exclude=out)
+    items, failures = scan_media(video_dir, VIDEO_EXTENSIONS, "video", exclude=out, progress=progress)
     cache_root = Path(cache_dir) if cache_dir else out / ".cache"
     vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None})
     tcache = FeatureCache(cache_root / "text", text.settings)
@@ -438,10 +439,13 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     text_vecs = np.zeros((len(kept), TEXT_DIM), np.float32)
     text_mask = np.array([bool(c) for c in captions_of], bool)
     missing = [i for i, c in enumerate(captions_of) if c and tcache.get(sha256_text(c)) is None]
-    if missing:
-        emb, _ = text.encode([captions_of[i] for i in missing])
-        for i, e in zip(missing, emb, strict=True):
-            tcache.put(sha256_text(captions_of[i]), e)
+    with progress_bar("embedding captions", len(missing), progress and bool(missing)) as advance:
+        for start in range(0, len(missing), CAPTION_CHUNK):
+            chunk = missing[start:start + CAPTION_CHUNK]
+            emb, _ = text.encode([captions_of[i] for i in chunk])
+            for i, e in zip(chunk, emb, strict=True):
+                tcache.put(sha256_text(captions_of[i]), e)
+            advance(len(chunk))
     for i, c in enumerate(captions_of):
         if c:
             text_vecs[i] = tcache.get(sha256_text(c))
