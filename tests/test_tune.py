@@ -250,12 +250,12 @@ def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tm
     with pytest.raises(ValueError, match="records another teacher"):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t2",
                  resume=True)
-    for commit, words in (("def5678", "records another commit"), ("abc1234-dirty", "commit first")):
-        monkeypatch.setattr(core, "git_commit", lambda commit=commit: commit)
-        with pytest.raises(ValueError, match=words):
-            run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t1",
-                     resume=True)
-    monkeypatch.setattr(core, "git_commit", lambda: "abc1234")
+    real_code = core.code_fingerprint
+    monkeypatch.setattr(core, "code_fingerprint", lambda: "0.1.0+other")  # edited sources, committed or not
+    with pytest.raises(ValueError, match="records another code"):
+        run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t1",
+                 resume=True)
+    monkeypatch.setattr(core, "code_fingerprint", real_code)
     config = tmp_path / "g" / "alpha=0.1" / "config.json"
     config.write_text(config.read_text().replace('"alpha": 0.1', '"alpha": 0.3'))
     with pytest.raises(ValueError, match=r"alpha=0.1 holds a run of another config than this point's"):
@@ -279,3 +279,20 @@ def test_resume_names_a_damaged_tuning_json(tiny_dir, tmp_path):
     (out / "tuning.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="tuning.json: field 'trials' must be a list of objects"):
         run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)
+
+
+def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path):
+    import shutil
+
+    from bgmrec.cli.core import train_model
+
+    small = {**SMALL_CMVAE, "prior_samples": "16"}
+    train_model(tiny_dir, "cmvae", tmp_path / "t", sets=SMALL_CMVAE, progress=False)
+    run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "g", small, teacher=tmp_path / "t")
+    train_model(tiny_dir, "cmvae", tmp_path / "t", sets={**SMALL_CMVAE, "seed": "9"}, progress=False)
+    with pytest.raises(ValueError, match="records another teacher_weights_sha256"):
+        run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "g", small, teacher=tmp_path / "t", resume=True)
+    run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small)  # trains its own teacher
+    shutil.rmtree(tmp_path / "own" / "alpha=0.5" / "teacher")
+    with pytest.raises(ValueError, match="alpha=0.5's teacher is missing or was retrained"):
+        run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)

@@ -82,17 +82,21 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     trains one teacher per distinct teacher config (the backbone fields), in the folder of the first point
     that needs it, and the other points reuse it.
     """
-    from bgmrec.cli.core import git_commit, train_model
+    from bgmrec.cli.core import code_fingerprint, git_commit, train_model
     from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.significance import paired_comparison
     from bgmrec.models.base import load_model
+    from bgmrec.models.deccm import weights_digest
 
     console = console or Console(quiet=True)
     record = {"model": model, "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
               "grid": grid, "sets": dict(sets or {}), "seed": seed,
-              "teacher": None if teacher is None else str(Path(teacher).resolve()), "commit": git_commit()}
+              "teacher": None if teacher is None else str(Path(teacher).resolve()),
+              "teacher_weights_sha256": weights_digest(Path(teacher)) if teacher is not None and (
+                  Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
+              "code": code_fingerprint(), "commit": git_commit()}
     finished = _finished_points(Path(out), record) if resume else {}
     ds, points, base, teacher_keys, configs = _preflight(data, model, grid, Path(out), dict(sets or {}), seed,
                                                          teacher, empty_out=not resume)
@@ -108,6 +112,9 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
             if repr(rec.config) != configs[i]:
                 raise ValueError(f"--resume: {run} holds a run of another config than this point's; tune into a "
                                  "new --out")
+            if key is not None and rec.teacher_dir is None:
+                raise ValueError(f"--resume: {run}'s teacher is missing or was retrained since; tune into a new "
+                                 "--out")
             console.print("    finished before: loaded, not retrained")
         else:
             rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
@@ -137,8 +144,8 @@ def _ranked(trials: list[Trial]) -> list[Trial]:
 
 def _finished_points(out: Path, record: dict) -> dict[str, dict]:
     """For ``--resume``: {point folder: its trial} of the points the stopped grid in ``out`` finished (in
-    its ``tuning.json``, with the run's ``run.json``), after checking that grid was this one, run by the
-    same committed code."""
+    its ``tuning.json``, with the run's ``run.json``), after checking that grid was this one (the same
+    arguments, teacher weights and code)."""
     from bgmrec.data.dataset import DatasetError, read_json
 
     if not _contents(out):
@@ -148,9 +155,6 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
         stopped = read_json(path)
     except DatasetError as e:
         raise ValueError(f"--resume: {out} holds no grid of `bgmrec tune` to resume ({e})") from None
-    if record["commit"] == "unknown" or record["commit"].endswith("-dirty"):
-        raise ValueError(f"--resume: this bgmrec's commit is {record['commit']!r}, so nothing says the finished "
-                         "points were made by the same code; commit first or tune into a new --out")
     differ = [k for k in RESUME_KEYS if stopped.get(k) != record[k]]
     if differ:
         raise ValueError(f"--resume: {path} records another {', '.join(differ)} than given now "
@@ -166,7 +170,8 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
     return {name: t for name, t in zip(names, trials, strict=True) if (out / name / "run.json").is_file()}
 
 
-RESUME_KEYS = ("model", "data_fingerprint", "grid", "sets", "seed", "teacher", "commit")  # must match to resume
+RESUME_KEYS = ("model", "data_fingerprint", "grid", "sets", "seed", "teacher", "teacher_weights_sha256",
+               "code")  # what must match to resume (``code``: :func:`bgmrec.cli.core.code_fingerprint`)
 
 
 def _contents(out: Path) -> list[Path]:

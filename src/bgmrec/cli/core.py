@@ -59,6 +59,20 @@ def git_commit(package: Path | None = None) -> str:
     return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
+def code_fingerprint() -> str:
+    """bgmrec's version and a short SHA-256 of its Python sources: the same code, whether or not it runs
+    from a clean git checkout (an installed copy, uncommitted edits)."""
+    import hashlib
+
+    import bgmrec
+
+    package = Path(bgmrec.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return f"{bgmrec.__version__}+{h.hexdigest()[:16]}"
+
+
 def machine() -> str:
     import os
 
