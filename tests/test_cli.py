@@ -404,6 +404,7 @@ def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, t
     with pytest.raises(ValueError, match="holds notes.txt besides a run's own files"):
         train_model(cli_world, "deccm", run, sets=SMALL_DECCM, teacher=other, progress=False)
     (run / "notes.txt").unlink()
+    (run / ".DS_Store").write_text("a file browser's")  # not the user's: replaced with the run
     rec, _ = train_model(cli_world, "deccm", run, sets=SMALL_DECCM, teacher=other, progress=False)
     assert not (run / "teacher").exists()  # the old run is gone whole, its teacher with it
     assert rec.teacher_dir == str(other.resolve()) == load_model(run).teacher_dir  # the teacher asked for

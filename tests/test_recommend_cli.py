@@ -166,3 +166,9 @@ def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world
     assert main(["recommend", *base, "--catalog", str(tmp_path / "short"), "--frames", "4", "--json"]) == 0
     assert "was extracted with max_seconds=1.0, the model's training music with max_seconds=60.0" in one_line_err(
         capsys)
+    assert main(["extract-videos", str(world / "videos"), "--out", str(tmp_path / "vf2"), "--frames", "2",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(tmp_path / "vf2"), "--video-id", "clip05", "--json"]) == 0
+    assert "clips are sampled at 2 frames, the model's training videos at 4" in one_line_err(capsys)

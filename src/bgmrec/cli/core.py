@@ -192,8 +192,8 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     return load_model(out), timing["seconds"]
 
 
-RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher"})  # a run's own
-
+RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher",  # a run's own
+                         ".DS_Store", "Thumbs.db", "desktop.ini"})  # and what file browsers leave
 
 def check_run_folder(out: Path, teacher: Path | None = None) -> None:
     """Before training into ``out``, which is then replaced whole: refuse a ``teacher`` inside it (or

@@ -139,6 +139,7 @@ def recommend_cmd(
         i = vf.position(vid)
         clip = ClipFeatures(vf.visual[i], vf.text[i], bool(vf.text_mask[i]))
         label = f"{vid} (from {features})"
+        frames = (vf.manifest.get("settings") or {}).get("frames")  # what the clip was sampled at
     elif video is not None:
         from bgmrec.features.cache import MediaError
         from bgmrec.features.text import TextEncoder
@@ -155,7 +156,7 @@ def recommend_cmd(
         label = video
     else:
         raise ValueError("give --video FILE [--caption TEXT], or --features DIR --video-id ID")
-    result = recommend_clip(model, cat, clip, top, frames if features is None else None)
+    result = recommend_clip(model, cat, clip, top, frames)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

@@ -150,6 +150,9 @@ class ClipRecommender:
         return self.position[track_id]
 
 
+SETTINGS_NOT_IN_FEATURES = ("min_seconds", "threads")  # extraction settings that do not change a feature vector
+
+
 def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10,
                    frames: int | None = None) -> dict:
     """Top-``k`` tracks of ``catalog`` for one clip, and the modality share (the ``--json`` object);
@@ -165,17 +168,18 @@ def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: in
     source = getattr(model, "source", None)
     try:
         record = json.loads((Path(source).parent / "run.json").read_text(encoding="utf-8")) if source else {}
-        trained = record.get("feature_settings") or {}
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         return []
+    trained = record.get("feature_settings") if isinstance(record, dict) else None
+    music, videos = ((trained.get(k) if isinstance(trained, dict) else None) for k in ("music", "videos"))
+    music, videos = (x if isinstance(x, dict) else {} for x in (music, videos))
+    now = catalog.manifest.get("settings") or {}
     out = []
-    music, now = trained.get("music") or {}, catalog.manifest.get("settings") or {}
-    differ = [k for k in music if k in now and music[k] != now[k]]
+    differ = [k for k in music if k in now and k not in SETTINGS_NOT_IN_FEATURES and music[k] != now[k]]
     if differ:
         out.append(f"the catalogue {catalog.root} was extracted with "
                    f"{', '.join(f'{k}={now[k]}' for k in differ)}, the model's training music with "
                    f"{', '.join(f'{k}={music[k]}' for k in differ)}; re-extract it with the training settings")
-    videos = trained.get("videos") or {}
     if frames is not None and "frames" in videos and videos["frames"] != frames:
         out.append(f"clips are sampled at {frames} frames, the model's training videos at {videos['frames']}; "
                    f"give --frames {videos['frames']}")

@@ -350,7 +350,7 @@ class DecCM(CMVAE):
                 self.set_teacher(load_teacher(candidate), candidate)
             return
         if relative or written:  # named by the error content mode raises
-            self._teacher_sought = " or ".join(str(c) for c in candidates) + (
+            self._teacher_sought = " or ".join(os.path.normpath(c) for c in candidates) + (
                 f" with the weights it was trained with (sha256 {digest[:12]}...)" if digest else "")
 
     @classmethod
