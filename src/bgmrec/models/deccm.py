@@ -329,7 +329,8 @@ class DecCM(CMVAE):
         self._teacher_record = {k: extra.get(k) for k in TEACHER_RECORD}
         for key, value in self._teacher_record.items():
             if value is not None and not isinstance(value, str):
-                raise ValueError(f"{key} must be a string or null, got {value!r}")
+                what = "a SHA-256 hex string" if key == "teacher_weights_sha256" else "a folder path (string)"
+                raise ValueError(f"{key} must be {what} or null, got {value!r}")
         if extra.get("inference_mode") in MODES:
             self.inference_mode = extra["inference_mode"]
 
