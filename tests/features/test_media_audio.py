@@ -346,3 +346,8 @@ def test_a_folder_of_another_kind_is_refused_and_left_as_it_was(tmp_path, music_
     (tmp_path / "file").write_text("x")
     with pytest.raises(DatasetError, match="exists and is not a folder"):
         extract_music(music_dir, tmp_path / "file", extractor=Counting(), progress=False)
+    stopped = tmp_path / "stopped"  # a run stopped before its manifest, which is written last
+    extract_music(music_dir, stopped, extractor=Counting(), progress=False)
+    (stopped / "manifest.json").unlink()
+    extract_music(music_dir, stopped, extractor=Counting(), progress=False)  # finished, not refused
+    assert (stopped / "manifest.json").is_file()

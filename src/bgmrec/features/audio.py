@@ -344,7 +344,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     audio_dir, out = Path(audio_dir), Path(out)
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    check_output_folder(out, CATALOG_KIND, "a music catalogue")
+    check_output_folder(out, CATALOG_KIND, "a music catalogue", ("music.npy", "tracks.csv", "failures.csv"))
     if not audio_dir.is_dir():
         raise DatasetError(f"{audio_dir}: not a folder of tracks (it does not exist)" if not audio_dir.exists()
                            else f"{audio_dir}: not a folder of tracks")

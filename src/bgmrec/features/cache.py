@@ -244,12 +244,13 @@ def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], used: 
             f"{unused[0][1]!r})")
 
 
-def check_output_folder(out: Path, kind: str, what: str) -> None:
+def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = ()) -> None:
     """Refuse, before any work, an output folder an extractor must not write into.
 
-    ``out`` may be missing, empty, hold only what an interrupted run leaves (``.cache`` and temporary
-    ``.*.tmp-*`` files), or be a folder of this ``kind`` (its manifest.json says so), which is updated
-    in place. Anything else (a dataset, a model run, the other extractor's folder, unrelated files) is a
+    ``out`` may be missing, empty, hold only what an interrupted run leaves (``.cache``, temporary
+    ``.*.tmp-*`` files, and ``own``: the files the extractor writes, before its manifest.json, which it
+    writes last), or be a folder of this ``kind`` (its manifest.json says so), which is updated in place.
+    Anything else (a dataset, a model run, the other extractor's folder, unrelated files) is a
     :class:`~bgmrec.data.dataset.DatasetError` naming the folder; nothing there is touched.
     """
     from bgmrec.data.dataset import DatasetError
@@ -259,7 +260,8 @@ def check_output_folder(out: Path, kind: str, what: str) -> None:
         raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
     if not out.is_dir():
         return
-    others = [p for p in out.iterdir() if p.name != ".cache" and not (p.name.startswith(".") and ".tmp-" in p.name)]
+    others = [p for p in out.iterdir() if p.name != ".cache" and p.name not in own
+              and not (p.name.startswith(".") and ".tmp-" in p.name)]
     if not others:
         return
     try:

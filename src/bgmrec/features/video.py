@@ -370,7 +370,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     """
     video_dir, out = Path(video_dir), Path(out)
     config = config or VideoConfig()
-    check_output_folder(out, VIDEOS_KIND, "a videos folder")
+    check_output_folder(out, VIDEOS_KIND, "a videos folder",
+                        ("visual.npy", "text.npy", "text_mask.npy", "videos.csv", "failures.csv"))
     if not video_dir.is_dir():
         raise DatasetError(f"{video_dir}: not a folder of videos" + (" (it does not exist)"
                                                                      if not video_dir.exists() else ""))
