@@ -279,6 +279,10 @@ def test_resume_names_a_damaged_tuning_json(tiny_dir, tmp_path):
     (out / "tuning.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="tuning.json: field 'trials' must be a list of objects"):
         run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)
+    del saved["code"]  # as written before --resume existed
+    (out / "tuning.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="written by a bgmrec before --resume existed"):
+        run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)
 
 
 def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path):

@@ -155,6 +155,9 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
         stopped = read_json(path)
     except DatasetError as e:
         raise ValueError(f"--resume: {out} holds no grid of `bgmrec tune` to resume ({e})") from None
+    if "code" not in stopped:
+        raise ValueError(f"--resume: {path} was written by a bgmrec before --resume existed, which recorded too "
+                         "little to check the grid; tune into a new --out")
     differ = [k for k in RESUME_KEYS if stopped.get(k) != record[k]]
     if differ:
         raise ValueError(f"--resume: {path} records another {', '.join(differ)} than given now "

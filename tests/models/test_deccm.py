@@ -244,6 +244,16 @@ def test_a_teacher_outside_the_student_is_found_after_moving_either_or_both(tiny
         lost.score(q, cat)
 
 
+def test_a_student_trained_without_a_teacher_takes_none_from_its_folder(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = build("deccm-noteacher", FeatureSpec.of(ds), {"epochs": 1, "batch_size": 256, "prior_samples": 64})
+    model.fit(SplitView(ds, "train"), None).save(tmp_path / "run")
+    shutil.copytree(_student_with_teacher(ds, tmp_path / "other").teacher_dir, tmp_path / "run" / "teacher")
+    again = load_model(tmp_path / "run")
+    assert again.teacher_dir is None and again.teacher is None
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["learned"]["teacher_run"] is None
+
+
 def test_a_copy_of_a_student_saved_before_the_teacher_record_uses_its_own_teacher(tiny_dir, tmp_path):
     ds = load_dataset(tiny_dir)
     model = _student_with_teacher(ds, tmp_path / "run")

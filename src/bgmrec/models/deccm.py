@@ -338,6 +338,8 @@ class DecCM(CMVAE):
         """Find the teacher: the first of ``config.json``'s relative record, ``folder/teacher`` and the
         record as written (absolute for a teacher outside the student) that holds a run with the recorded
         weights (any run for students saved before that record); attach it when content mode mixes it in."""
+        if not self.config.teacher:  # trained without one: a teacher/ folder there is not its own
+            return
         folder = Path(folder)
         relative, written, digest = (self._teacher_record.get(k) for k in TEACHER_RECORD)
         candidates = [folder / p for p in dict.fromkeys([relative, "teacher", written]) if p]
