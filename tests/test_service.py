@@ -246,7 +246,7 @@ def test_every_answer_says_which_run_and_catalogue_answered(tiny_ds, cmvae, tmp_
     import hashlib
 
     import bgmrec
-    import bgmrec.features.cache as cache
+    import bgmrec.data.dataset as cache  # where sha256_file lives
     from bgmrec.models.base import load_model
 
     cmvae.save(tmp_path / "run-7")

@@ -191,7 +191,7 @@ def served_by(recommender: ClipRecommender) -> dict:
     run = Path(model.source).parent if getattr(model, "source", None) else None
     run_hash = None
     if run is not None:  # one hash of the two files' hashes
-        from bgmrec.features.cache import sha256_file
+        from bgmrec.data.dataset import sha256_file
 
         both = "".join(sha256_file(run / name) for name in ("config.json", "weights.safetensors"))
         run_hash = hashlib.sha256(both.encode()).hexdigest()

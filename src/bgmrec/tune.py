@@ -181,7 +181,9 @@ def _contents(out: Path) -> list[Path]:
     """What ``out`` holds besides the temporary folders a training stopped by a kill leaves behind."""
     if not out.is_dir():
         return []
-    return [p for p in out.iterdir() if not (p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name))]
+    from bgmrec.data.dataset import is_leftover
+
+    return [p for p in out.iterdir() if not is_leftover(p)]
 
 
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,

@@ -200,6 +200,8 @@ def check_run_folder(out: Path, teacher: Path | None = None) -> None:
     holding it), and a run folder holding anything but a run's own files (another run, a result file),
     which replacing it would delete. What :func:`~bgmrec.data.dataset.atomic_write_dir` refuses (a folder
     of another kind) it refuses later, before any work too."""
+    from bgmrec.data.dataset import is_leftover
+
     replaced = out.resolve()
     if teacher is not None:
         where = Path(teacher).resolve()
@@ -208,23 +210,11 @@ def check_run_folder(out: Path, teacher: Path | None = None) -> None:
                              "--out whole: train into a folder apart from the teacher's")
     if (out / "config.json").is_file():
         extra = sorted(p.name for p in out.iterdir()
-                       if p.name not in RUN_ENTRIES and not (p.name.startswith(".") and ".tmp" in p.name))
+                       if p.name not in RUN_ENTRIES and not is_leftover(p))
         if extra:
             raise ValueError(f"--out {out}: holds {', '.join(extra[:3])}{' and more' if len(extra) > 3 else ''} "
                              "besides a run's own files, and training replaces the folder whole: move them out "
                              "or train into another folder")
-
-
-def trained_as(run: Path) -> dict:
-    """What ``run``'s ``run.json`` says of its training (model name as given, data, commit, ...); {} when
-    the run has no readable record."""
-    from bgmrec.data.dataset import DatasetError, read_json
-
-    try:
-        info = read_json(Path(run) / "run.json")
-    except (DatasetError, OSError):
-        return {}
-    return info if isinstance(info, dict) else {}
 
 
 def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None) -> None:
@@ -233,8 +223,9 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     hold its training videos (``what`` names the run in the message). Silent for runs without that
     record; never an error."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint
+    from bgmrec.models.base import read_run_record
 
-    info = trained_as(run)
+    info = read_run_record(run)
     try:
         other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
     except (DatasetError, OSError):  # a damaged dataset: nothing to say here
@@ -247,7 +238,9 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
 def run_label(run: Path, rec) -> str:
     """The name ``run`` was trained as (an ablation such as ``cmvae-noprior`` is saved as its base
     model), else the saved model's name."""
-    name = trained_as(run).get("model")
+    from bgmrec.models.base import read_run_record
+
+    name = read_run_record(run).get("model")
     return name if isinstance(name, str) and name else rec.name
 
 
@@ -256,11 +249,12 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     (folder and what its ``run.json`` says of its training) and the bgmrec that computed it."""
     import bgmrec
     from bgmrec.data.dataset import dataset_fingerprint
+    from bgmrec.models.base import read_run_record
 
     keep = ("model", "data", "data_fingerprint", "commit", "argv")
     return {"data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
             "runs": {role: {"folder": str(Path(run).resolve()),
-                            "trained": {k: v for k, v in trained_as(run).items() if k in keep}}
+                            "trained": {k: v for k, v in read_run_record(run).items() if k in keep}}
                      for role, run in runs.items()},
             "bgmrec_version": bgmrec.__version__, "commit": git_commit()}
 

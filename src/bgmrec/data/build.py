@@ -31,7 +31,6 @@ Fewer than 3 videos with usable pairs leave val and test empty: built, with a wa
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import Dataset, DatasetError, SplitInfo, save_dataset
+from bgmrec.data.dataset import Dataset, DatasetError, SplitInfo, save_dataset, sha256_file
 from bgmrec.data.negatives import sample_negatives
 
 COLUMN_NAMES = {
@@ -247,7 +246,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             "split_by": "time" if vtime is not None else "random",
             "inputs": {"videos": str(videos_dir), "videos_hash": vids.manifest.get("content_hash"),
                        "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
-                       "pairs": str(pairs_csv), "pairs_sha256": _file_hash(Path(pairs_csv))},
+                       "pairs": str(pairs_csv), "pairs_sha256": sha256_file(Path(pairs_csv))},
             "pairs": {"rows": len(pairs.video), "used": len(rows), "dropped": dropped},
             "videos_without_pairs": len(vids) - len(video_ids),
             "extractors": {"videos": vids.manifest.get("extractors"),
@@ -258,6 +257,3 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}})
     return ds
 
-
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

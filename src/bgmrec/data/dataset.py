@@ -267,6 +267,24 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
         raise
 
 
+def is_leftover(path: Path) -> bool:
+    """True for what a write killed midway leaves beside its target: the hidden ``.NAME.tmp*`` and
+    ``.NAME.old-*`` entries the atomic writers here (and :meth:`Recommender.save`) make."""
+    name = Path(path).name
+    return name.startswith(".") and (".tmp" in name or ".old-" in name)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (large files are never held in memory)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _written_here(marker: Path, version_key: str) -> bool:
     try:
         obj = json.loads(marker.read_text(encoding="utf-8"))

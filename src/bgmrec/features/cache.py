@@ -29,18 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bgmrec.data.dataset import is_leftover, sha256_file
+
 
 class MediaError(ValueError):
     """One input file cannot be used; the message is a one-line reason."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (large files are never held in memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_text(text: str) -> str:
@@ -260,8 +253,7 @@ def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = 
         raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
     if not out.is_dir():
         return
-    others = [p for p in out.iterdir() if p.name != ".cache" and p.name not in own
-              and not (p.name.startswith(".") and ".tmp-" in p.name)]
+    others = [p for p in out.iterdir() if p.name != ".cache" and p.name not in own and not is_leftover(p)]
     if not others:
         return
     try:

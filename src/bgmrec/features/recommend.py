@@ -17,7 +17,6 @@ say).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 from bgmrec.data.dataset import DatasetError
 from bgmrec.features.audio import Catalog
-from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery
+from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, read_run_record
 
 
 class RequestError(ValueError):
@@ -166,11 +165,7 @@ def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: in
     features extracted otherwise can mean little. The training settings come from the run's ``run.json``
     (recorded for datasets made by ``build-dataset``); [] when it records none."""
     source = getattr(model, "source", None)
-    try:
-        record = json.loads((Path(source).parent / "run.json").read_text(encoding="utf-8")) if source else {}
-    except (OSError, ValueError):
-        return []
-    trained = record.get("feature_settings") if isinstance(record, dict) else None
+    trained = read_run_record(Path(source).parent).get("feature_settings") if source else None
     music, videos = ((trained.get(k) if isinstance(trained, dict) else None) for k in ("music", "videos"))
     music, videos = (x if isinstance(x, dict) else {} for x in (music, videos))
     now = catalog.manifest.get("settings") or {}

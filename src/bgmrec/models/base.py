@@ -366,6 +366,16 @@ SAVED_FIELDS = {"model": (str, "a string"), "config": (dict, "an object"), "spec
                 "learned": (dict, "an object")}
 
 
+def read_run_record(run: Path) -> dict:
+    """What a run folder's ``run.json`` says of its training (model name as given, data, commit, feature
+    settings, ...); {} when the run has no readable record (saved by the library alone, or damaged)."""
+    try:
+        info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def load_model(folder: Path, **factory_kwargs) -> Recommender:
     """Load any saved model folder (the registry picks the class from ``config.json``).
 

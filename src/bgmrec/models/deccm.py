@@ -442,10 +442,9 @@ TEACHER_RECORD = ("teacher_run_relative", "teacher_run", "teacher_weights_sha256
 
 def weights_digest(run: Path) -> str:
     """SHA-256 of a run's ``weights.safetensors``: which teacher a student was trained with."""
-    import hashlib
+    from bgmrec.data.dataset import sha256_file
 
-    with open(Path(run) / "weights.safetensors", "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return sha256_file(Path(run) / "weights.safetensors")
 
 
 def load_teacher(folder: Path) -> CMVAE:
