@@ -152,17 +152,24 @@ def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, monkeypatch):
     assert not saved["complete"] and [t["settings"] for t in saved["trials"]] == [{"seed": "0"}]
 
 
-def test_deccm_points_share_one_teacher_per_backbone_config(tiny_dir, tmp_path):
+def test_deccm_points_share_one_teacher_per_backbone_config_apart_from_their_folders(tiny_dir, tmp_path):
+    from bgmrec.cli.core import train_model
     from bgmrec.models.base import load_model
 
     sets = {**SMALL_CMVAE, "prior_samples": "32"}
+    fixed = {k: v for k, v in sets.items() if k != "latent_dim"}
     trials = run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"], "latent_dim": ["4", "8"]}, tmp_path / "tune",
-                      {k: v for k, v in sets.items() if k != "latent_dim"})
+                      fixed)
     teachers = {t.settings["latent_dim"] + "/" + t.settings["alpha"]: load_model(t.run).teacher_dir for t in trials}
-    assert teachers["4/0.1"] == teachers["4/0.5"] == str(tmp_path / "tune" / "alpha=0.5,latent_dim=4" / "teacher")
-    assert teachers["8/0.1"] == teachers["8/0.5"] != teachers["4/0.5"]  # another latent size, another teacher
-    assert sorted(p.parent.name for p in (tmp_path / "tune").glob("*/teacher")) == [
-        "alpha=0.5,latent_dim=4", "alpha=0.5,latent_dim=8"]
+    shared = tmp_path / "tune" / "teachers"
+    assert teachers["4/0.1"] == teachers["4/0.5"] == str(shared / "alpha=0.5,latent_dim=4")
+    assert teachers["8/0.1"] == teachers["8/0.5"] == str(shared / "alpha=0.5,latent_dim=8")  # another latent size
+    assert sorted(p.name for p in shared.iterdir()) == ["alpha=0.5,latent_dim=4", "alpha=0.5,latent_dim=8"]
+    assert not list((tmp_path / "tune").glob("*/teacher"))
+    # retraining one point by hand gives it a teacher of its own and leaves the one the others share
+    train_model(tiny_dir, "deccm", tmp_path / "tune" / "alpha=0.5,latent_dim=4",
+                sets={**sets, "alpha": "0.5", "seed": "3"}, progress=False)
+    assert load_model(tmp_path / "tune" / "alpha=0.1,latent_dim=4").teacher_dir == teachers["4/0.1"]
 
 
 def test_a_given_teacher_must_fit_every_point_before_any_training(tiny_dir, tmp_path):
@@ -297,6 +304,10 @@ def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path)
     with pytest.raises(ValueError, match="records another teacher_weights_sha256"):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "g", small, teacher=tmp_path / "t", resume=True)
     run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small)  # trains its own teacher
-    shutil.rmtree(tmp_path / "own" / "alpha=0.5" / "teacher")
+    shared = tmp_path / "own" / "teachers" / "alpha=0.5"
+    shutil.rmtree(shared)
+    shutil.copytree(tmp_path / "t", shared)  # another teacher in its place
     with pytest.raises(ValueError, match="alpha=0.5's teacher is missing or was retrained"):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)
+    shutil.rmtree(shared)  # gone: trained again, with the same seed the same weights, so the point is kept
+    run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)

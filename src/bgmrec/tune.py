@@ -79,8 +79,9 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     ``out`` must be a new or empty folder, or with ``resume`` the folder of a stopped run of the same grid
     (same model, dataset, grid, fixed fields and seed, as its ``tuning.json`` records): the points it
     finished are loaded and ranked again, not retrained. A teacher-guided model (DecCM) without ``teacher``
-    trains one teacher per distinct teacher config (the backbone fields), in the folder of the first point
-    that needs it, and the other points reuse it.
+    trains one teacher per distinct teacher config (the backbone fields) into ``out/teachers/<the first
+    point that needs it>``, which every point of that config shares: apart from the points' folders, so
+    retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher.
     """
     from bgmrec.cli.core import code_fingerprint, git_commit, train_model
     from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic, write_text_atomic
@@ -98,30 +99,30 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                   Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
               "code": code_fingerprint(), "commit": git_commit()}
     finished = _finished_points(Path(out), record) if resume else {}
-    ds, points, base, teacher_keys, configs = _preflight(data, model, grid, Path(out), dict(sets or {}), seed,
+    ds, points, base, teacher_keys, students, configs = _preflight(data, model, grid, Path(out), dict(sets or {}), seed,
                                                          teacher, empty_out=not resume)
-    shared_teachers: dict[str, Path] = {}  # teacher config -> the teacher the first point of that config trained
+    shared_teachers: dict[str, Path] = {}  # teacher config -> its folder in ``out/teachers``
     trials: list[Trial] = []
     first_gains = None
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
         key = teacher_keys[i]
+        if key is not None and key not in shared_teachers:
+            shared_teachers[key] = _shared_teacher(students[key], ds, Path(out) / TEACHERS / run.name, console)
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
                 raise ValueError(f"--resume: {run} holds a run of another config than this point's; tune into a "
                                  "new --out")
-            if key is not None and rec.teacher_dir is None:
+            if key is not None and rec.teacher_dir != str(shared_teachers[key].resolve()):
                 raise ValueError(f"--resume: {run}'s teacher is missing or was retrained since; tune into a new "
                                  "--out")
             console.print("    finished before: loaded, not retrained")
         else:
             rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
-                                       teacher=teacher if key is None else shared_teachers.get(key),
+                                       teacher=teacher if key is None else shared_teachers[key],
                                        progress=console.is_terminal)
-        if key is not None:
-            shared_teachers.setdefault(key, Path(rec.teacher_dir))
         result = evaluate(rec, ds, "val", keep_ranks=True)
         gains = query_gains(result["full_ranks"], "recall@10")
         against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
@@ -177,6 +178,26 @@ RESUME_KEYS = ("model", "data_fingerprint", "grid", "sets", "seed", "teacher", "
                "code")  # what must match to resume (``code``: :func:`bgmrec.cli.core.code_fingerprint`)
 
 
+TEACHERS = "teachers"  # the folder in a grid's ``out`` of the teachers its points share
+
+
+def _shared_teacher(student, ds, folder: Path, console: Console) -> Path:
+    """The teacher of ``student``'s backbone config at ``folder``: loaded when a stopped grid trained it
+    (``--resume``), else trained on the professional videos and written there whole (a temporary folder
+    renamed into place)."""
+    from bgmrec.data.dataset import atomic_write_dir
+    from bgmrec.models.deccm import load_teacher, train_teacher
+
+    if (folder / "config.json").is_file():
+        load_teacher(folder)  # a damaged one is named now, not by every point
+        console.print(f"    teacher {folder.name}: trained before, reused")
+        return folder
+    console.print(f"    teacher {folder.name}: training on the professional videos")
+    atomic_write_dir(folder, lambda tmp: train_teacher(student, ds, tmp, progress=console.is_terminal),
+                     marker="config.json", version_key="bgmrec_version", what="a model run")
+    return folder
+
+
 def _contents(out: Path) -> list[Path]:
     """What ``out`` holds besides the temporary folders a training stopped by a kill leaves behind."""
     if not out.is_dir():
@@ -189,8 +210,9 @@ def _contents(out: Path) -> list[Path]:
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,
                teacher: Path | None, empty_out: bool = True):
     """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
-    the fixed fields, per point the teacher config whose teacher it trains or shares, or None: no teacher
-    to train, ``teacher`` as given, and per point ``repr`` of its config)."""
+    the fixed fields, per point the teacher config whose teacher it shares, or None: no teacher to train,
+    ``teacher`` as given; the first point's model of each teacher config, unfitted; and per point ``repr``
+    of its config)."""
     from bgmrec.cli.core import option_into_sets
     from bgmrec.data.dataset import load_dataset
     from bgmrec.models.base import FeatureSpec
@@ -209,7 +231,7 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
         raise ValueError("seed: given both as --seed and as --grid; give it one way")
     points = grid_points(grid)
     configs: list[str] = []
-    folders, teacher_keys = set(), []
+    folders, teacher_keys, students = set(), [], {}
     for point in points:
         overrides = {**base, **point}
         option_into_sets(overrides, "seed", seed)
@@ -235,7 +257,8 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
             from bgmrec.models.deccm import teacher_config
 
             teacher_keys.append(repr(teacher_config(rec.config)))
-    return ds, points, base, teacher_keys, configs
+            students.setdefault(teacher_keys[-1], rec)
+    return ds, points, base, teacher_keys, students, configs
 
 
 def tuning_rows(trials: list[Trial]) -> list[list[str]]:

@@ -477,13 +477,19 @@ def attach_teacher(model: Recommender, ds, out: Path, teacher_dir: Path | None =
     if teacher_dir is not None:
         model.set_teacher(load_teacher(teacher_dir), teacher_dir)
         return
+    folder = Path(out) / "teacher"
+    model.set_teacher(train_teacher(model, ds, folder, progress), folder)
+
+
+def train_teacher(student: DecCM, ds, folder: Path, progress: bool = False) -> CMVAE:
+    """Train ``student``'s teacher (:func:`teacher_config`) on the dataset's professional music videos and
+    save it into ``folder``; early-stopped on a tenth of them held out, since the uploads' val split carries
+    the taste bias the teacher must not learn."""
     split = professional_split(ds)
     if split is None:
         raise ValueError("the dataset has no teacher split (professional music videos); "
                          "pass --teacher RUN_DIR or --set teacher=false")
-    teacher = CMVAE(teacher_config(model.config), model.spec)
-    # early stopping on held-out professional videos: the uploads' val split carries the taste bias
-    teacher.fit(*SplitView(ds, split).holdout(0.1, model.config.seed), progress=progress)
-    folder = Path(out) / "teacher"
+    teacher = CMVAE(teacher_config(student.config), student.spec)
+    teacher.fit(*SplitView(ds, split).holdout(0.1, student.config.seed), progress=progress)
     teacher.save(folder)
-    model.set_teacher(teacher, folder)
+    return teacher
