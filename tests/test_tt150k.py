@@ -165,18 +165,55 @@ REFUSALS = {
                                "user_prior_mean.npy", "of numbers"),
     "all-zero weights": (_save("data_matching/video_popularity_test.npy", np.zeros(20)),
                          "video_popularity_test.npy", "not all zero"),
+    "a test row that is a training pair": (lambda s: _leak_training_pair(s, "test"), "100neg/test.npy",
+                                           "row 0 is the pair"),
+    "NaN propensity": (lambda s: _edit_train(s, lambda a: _set(a, 2, 4, float("nan"))), "train.npy",
+                       "row 2 has propensity nan"),
+    "NaN video id": (lambda s: _edit_train(s, lambda a: _set(a, 1, 0, float("nan"))), "train.npy",
+                     "column 0 (video): expected integer ids"),
+    "NaN music id in a float array": (_save("data_pgc/train.npy", np.array([[0.0, 1.0], [2.0, np.nan]])),
+                                      "data_pgc/train.npy", "expected integer ids, found non-integral"),
 }
+
+
+def _leak_training_pair(src: Path, name: str) -> None:
+    """Row 0 of split ``name`` becomes train row 0's (video, music), with valid negatives."""
+    video, music = np.load(src / "data_matching/train.npy", allow_pickle=True)[0, :2]
+    others = np.setdiff1d(np.arange(150), [music])[:N_NEG]
+    _edit_neg(src, name, lambda a: (_set(a, 0, 0, video), _set(a, 0, 1, music), _set(a, 0, 2, others)))
 
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_inconsistent_input_is_refused_naming_the_file(tmp_path, case):
+    import warnings
+
     src = build_reference(tmp_path / "ref")
     edit, fname, words = REFUSALS[case]
     edit(src)
-    with pytest.raises(DatasetError) as err:
+    with pytest.raises(DatasetError) as err, warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error alone: no numpy warning on the way
         import_tt150k(src, tmp_path / "ds")
     assert fname in str(err.value) and words in str(err.value), str(err.value)
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_truncated_visual_file_is_named_beside_the_text_file(tmp_path):
+    src = build_reference(tmp_path / "ref", text=True)
+    np.save(src / "data_matching/visual_features_resnet_V.npy", np.zeros((40, 16), np.float32))
+    with pytest.raises(DatasetError, match="text_features.npy: has 60 rows but data_matching/visual_features_resnet_V"
+                                           ".npy has 40; both hold one row per video"):
+        read_tt150k(src)
+
+
+def test_val_or_test_videos_also_in_train_are_warned_of(tmp_path):
+    src = build_reference(tmp_path / "ref")
+    train_video = int(np.load(src / "data_matching/train.npy", allow_pickle=True)[0, 0])
+    _edit_neg(src, "val", lambda a: _set(a, 3, 0, train_video))  # another music than any of its train rows?
+    train = np.load(src / "data_matching/train.npy", allow_pickle=True)
+    val = np.load(src / "data_matching/100neg/val.npy", allow_pickle=True)
+    assert not ((train[:, 0].astype(int) == train_video) & (train[:, 1].astype(int) == int(val[3, 1]))).any()
+    _, _, rep = read_tt150k(src)
+    assert any(n.startswith("warning: val: 1 of 20 rows have videos that are in") for n in rep.notes), rep.notes
 
 
 # ---- the restricted unpickler ------------------------------------------------------------------------
@@ -261,12 +298,26 @@ def test_export_import_round_trip_is_exact(tmp_path, tiny_world):
         assert np.array_equal(ds.splits[s][:, :2], back.splits[s][:, :2]), s
         assert np.allclose(ds.ipw_weights(s), back.weights[s], rtol=0, atol=1e-15) if s != "train" and \
             s != "pgc" else True
-    for s, neg in ds.negatives.items():
-        if neg.shape[1] == N_NEG:
-            assert np.array_equal(neg, back.negatives[s]), s
+    assert sorted(back.negatives) == sorted(ds.negatives)
+    for s, neg in ds.negatives.items():  # test_new_music's 29 too: the layout held 100, the sidecar its own
+        assert np.array_equal(neg, back.negatives[s]), s
     # the confounder value of every training upload survives (uploaders renumbered by distribution)
     tr, tb = ds.splits["train"], back.splits["train"]
     assert np.array_equal(ds.confounder(tr[:, 2]), back.confounder(tb[:, 2]))
+
+
+def test_export_draws_the_layout_s_negatives_from_the_split_s_candidates(tmp_path, tiny_world):
+    larger, _ = simulate(world_config("tiny", n_tracks=400, new_track_share=0.3))  # 120 new tracks
+    del larger.negatives["test_new_music"]  # a split without frozen negatives
+    for world, folder, inside in ((tiny_world, "a", False), (larger, "b", True)):  # 30 new: too few
+        rep = export_tt150k(world, tmp_path / folder)
+        table = np.load(tmp_path / folder / "data_matching/100neg/test_new_music.npy", allow_pickle=True)
+        neg = np.stack(list(table[:, 2]))
+        assert neg.shape[1] == N_NEG and bool(world.track_new[neg].all()) is inside
+        note = next(n for n in rep.notes if n.startswith("test_new_music:"))
+        assert ("from its candidates (new)" in note) is inside and ("whole catalogue" in note) is not inside
+    import_tt150k(tmp_path / "b", tmp_path / "back")
+    assert "test_new_music" not in load_dataset(tmp_path / "back").negatives  # none before export, none after
 
 
 def test_export_is_readable_the_way_the_reference_code_reads_it(tmp_path, tiny_world):
@@ -328,6 +379,10 @@ SIDECAR_REFUSALS = {
     "music_dim negative": (lambda side: side.update(music_dim=-5), "field 'music_dim' must be a positive integer"),
     "music_dim wider than the files": (lambda side: side.update(music_dim=257), "field 'music_dim' is 257, but"),
     "two splits of one name": (lambda side: side["splits"]["test"].update(name="val"), "the same name"),
+    "a genre id out of range": (lambda side: side["track_genre"].__setitem__(3, 99),
+                                "track_genre[3] is 99; expected a genre id in [0, 6)"),
+    "native negatives outside the folder": (lambda side: side["native_negatives"].update(test_new_music="/etc/x"),
+                                            "field 'native_negatives.test_new_music' must name a file inside"),
 }
 
 

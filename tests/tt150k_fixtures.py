@@ -39,9 +39,10 @@ def build_reference(root: Path, *, n_videos: int = 60, n_tracks: int = 150, n_ge
         np.save(m / "text_features.npy", t)
     track_genre = rng.integers(0, n_genres, n_tracks)
     priors = rng.dirichlet(np.ones(n_genres), size=8)  # 8 distinct uploaders
+    held_out = n_videos - n_videos * 3 // 5  # splits by video: val and test videos never in train
     rows = []
     for _ in range(n_train):
-        v, t = int(rng.integers(n_videos)), int(rng.integers(n_tracks))
+        v, t = int(rng.integers(n_videos - held_out)), int(rng.integers(n_tracks))
         p = priors[rng.integers(len(priors))]
         if nested:
             rows.append([v, t, str(track_genre[t]), p.astype(np.float32), float(rng.random())])
@@ -53,7 +54,7 @@ def build_reference(root: Path, *, n_videos: int = 60, n_tracks: int = 150, n_ge
     for name, n in splits.items():
         ev = []
         for _ in range(n):
-            v, t = int(rng.integers(n_videos)), int(rng.integers(n_tracks))
+            v, t = n_videos - held_out + int(rng.integers(held_out)), int(rng.integers(n_tracks))
             others = np.setdiff1d(np.arange(n_tracks), [t])
             ev.append([v, t, rng.choice(others, N_NEG, replace=False).astype(np.int64)])
         np.save(m / "100neg" / f"{name}.npy", _object_rows(ev), allow_pickle=True)

@@ -384,3 +384,43 @@ def test_a_training_row_with_held_out_music_is_refused(tiny_world, tmp_path):
     bad = dataclasses.replace(ds, splits={**ds.splits, "train": rows})
     with pytest.raises(DatasetError, match="splits/train.npy.*held-out track"):
         save_dataset(bad, tmp_path / "bad")
+
+
+def _replaced(ds, **changes):
+    return dataclasses.replace(ds, **{k: {**getattr(ds, k), **v} for k, v in changes.items()})
+
+
+def test_splits_and_negatives_outside_their_candidate_set_are_refused(tiny_world, tmp_path):
+    ds, _ = tiny_world
+    new_track, old_track = int(np.flatnonzero(ds.track_new)[0]), int(np.flatnonzero(~ds.track_new)[0])
+    test = np.array(ds.splits["test"])  # candidates: existing music
+    test[2, 1] = new_track
+    with pytest.raises(DatasetError, match=r"splits/test.npy: expected positive tracks in the split's candidate set "
+                                           r"\('existing' in manifest.json; row \[2\]"):
+        _replaced(ds, splits={"test": test}).validate()
+    neg = np.array(ds.negatives["test_new_music"])  # candidates: new music
+    neg[4, 0] = old_track
+    with pytest.raises(DatasetError, match=r"negatives/test_new_music.npy: expected negatives in the split's "
+                                           r"candidate set \('new' in manifest.json; row \[4\]"):
+        _replaced(ds, negatives={"test_new_music": neg}).validate()
+
+
+def test_repeated_negatives_in_a_row_are_refused(tiny_world):
+    ds, _ = tiny_world
+    neg = np.array(ds.negatives["val"])
+    neg[7, 1] = neg[7, 0]
+    with pytest.raises(DatasetError, match=r"negatives/val.npy: expected distinct negatives in each row \(row \[7\]"):
+        _replaced(ds, negatives={"val": neg}).validate()
+
+
+def test_a_test_row_that_is_a_training_pair_is_refused(tiny_world, tmp_path):
+    ds, _ = tiny_world
+    test = np.array(ds.splits["test"])
+    test[5, :2] = ds.splits["train"][10, :2]
+    negatives = np.array(ds.negatives["test"])
+    negatives[5] = np.setdiff1d(np.flatnonzero(~ds.track_new), [test[5, 1]])[: negatives.shape[1]]
+    bad = _replaced(ds, splits={"test": test}, negatives={"test": negatives})
+    with pytest.raises(DatasetError, match=r"splits/test.npy: expected no \(video, track\) pair of a training split "
+                                           r"\(row \[5\]"):
+        save_dataset(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -191,6 +191,11 @@ class Dataset:
                 # held-out (new) music must never be seen in training or model selection
                 _expect(not self.track_new[rows[:, 1]].any(), where, fname,
                         "only tracks not marked new in tracks.csv (a train/val row uses a held-out track)")
+            outside = np.flatnonzero(~self._in_candidates(s, rows[:, 1]))
+            _expect(outside.size == 0, where, fname,
+                    f"positive tracks in the split's candidate set ({info.candidates!r} in manifest.json; "
+                    f"row {outside[:1].tolist()} has track {rows[outside[:1], 1].tolist()})")
+        self._check_no_training_pairs(where)
         for s, neg in self.negatives.items():
             fname = f"negatives/{s}.npy"
             _expect(s in self.splits, where, fname, "a split of the same name")
@@ -198,6 +203,14 @@ class Dataset:
             _check_range(neg, 0, m, where, fname)
             _expect(not (neg == self.splits[s][:, 1:2]).any(), where, fname,
                     "negatives that differ from the row's positive track")
+            ordered = np.sort(neg, axis=1)
+            repeated = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+            _expect(repeated.size == 0, where, fname, f"distinct negatives in each row (row {repeated[:1].tolist()} "
+                                                      "repeats a track)")
+            outside = np.flatnonzero(~self._in_candidates(s, neg).all(axis=1))
+            _expect(outside.size == 0, where, fname,
+                    f"negatives in the split's candidate set ({self.split_info[s].candidates!r} in manifest.json; "
+                    f"row {outside[:1].tolist()} has one outside it)")
         for s, w in self.weights.items():
             fname = f"weights/{s}.npy"
             _expect(s in self.splits, where, fname, "a split of the same name")
@@ -205,6 +218,35 @@ class Dataset:
             numeric = np.issubdtype(w.dtype, np.integer) or np.issubdtype(w.dtype, np.floating)
             _expect(numeric and bool(np.isfinite(w).all() and (w >= 0).all() and (len(w) == 0 or w.sum() > 0)),
                     where, fname, "finite numeric weights >= 0, not all zero")
+
+
+    def _in_candidates(self, split: str, tracks: np.ndarray) -> np.ndarray:
+        """Whether each of ``tracks`` is among ``split``'s candidates (its ``candidates`` in the manifest)."""
+        kind = self.split_info[split].candidates
+        new = np.asarray(self.track_new, bool)[tracks]
+        return ~new if kind == "existing" else new if kind == "new" else np.ones(np.shape(tracks), bool)
+
+    def _check_no_training_pairs(self, where: str) -> None:
+        """A val or test row whose (video, track) pair is also a training row holds its answer in training."""
+        train = [self.splits[s] for s in self.split_names("train") if s in self.splits]
+        if not train:
+            return
+        train_rows = np.concatenate(train)
+        for s in self.split_names("val") + self.split_names("test"):
+            leaked = rows_trained_on(self.splits.get(s, np.zeros((0, 3), np.int64)), train_rows)
+            _expect(leaked.size == 0, where, f"splits/{s}.npy",
+                    f"no (video, track) pair of a training split (row {leaked[:1].tolist()} is one: the answer "
+                    "to that query was trained on)")
+
+
+def rows_trained_on(rows: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
+    """Indices of ``rows`` whose (video, track) pair (columns 0 and 1) is also one of ``train_rows``."""
+    rows, train_rows = np.asarray(rows, np.int64), np.asarray(train_rows, np.int64)
+    if not len(rows) or not len(train_rows):
+        return np.zeros(0, np.int64)
+    width = int(max(rows[:, 1].max(), train_rows[:, 1].max())) + 1
+    seen = np.unique(train_rows[:, 0] * width + train_rows[:, 1])
+    return np.flatnonzero(np.isin(rows[:, 0] * width + rows[:, 1], seen))
 
 
 def _expect(ok: bool, where: str, fname: str, expected: str) -> None:

@@ -60,8 +60,10 @@ to 256 they fill VGGish's 128 columns then openSMILE's, zero-padded. ``bgmrec_ex
 the layout cannot hold (true music width, genre names, track genres and ``new`` flags, split names and
 candidate sets, ids, the PGC validation hold-out) and import reads it when present, so
 ``import(export(ds))`` recovers features, interactions, negatives and weights exactly. Splits without
-exactly 100 frozen negatives (the reference hard-codes 100) get 100 fresh ones from the whole catalogue,
-seeded and reported. The object arrays are pickled with NumPy's pre-2.0 module names
+exactly 100 frozen negatives (the reference hard-codes 100) get 100 fresh ones for the layout, seeded and
+reported: from the split's candidates, or the whole catalogue when they are too few; the split's own
+(or none) are kept in ``bgmrec_negatives/`` and the sidecar, and import puts them back. The object
+arrays are pickled with NumPy's pre-2.0 module names
 (``numpy.core.multiarray``) so that the reference code's old NumPy can read them.
 
 Safety: this is the one documented place in bgmrec where pickle is parsed on purpose. The object arrays
@@ -89,6 +91,7 @@ from bgmrec.data.dataset import (
     atomic_write_dir,
     load_dataset,
     read_npy_header,
+    rows_trained_on,
     save_dataset,
 )
 
@@ -96,6 +99,7 @@ REF_NEGATIVES = 100  # the reference evaluation hard-codes 1 + 100 candidates
 MUSIC_PART = 128  # width of each of the two reference music files (VGGish, openSMILE)
 SIDECAR = "bgmrec_export.json"
 SIDECAR_VERSION = 1
+NATIVE_NEG_DIR = "bgmrec_negatives"  # export's copies of frozen negatives the layout cannot hold (not 100)
 PGC_VAL_SHARE = 0.1  # share of the teacher split exported as data_pgc/val.npy (its last rows)
 
 M_DIR, P_DIR = "data_matching", "data_pgc"
@@ -263,8 +267,9 @@ def _ids(col, label: str) -> np.ndarray:
         return arr.astype(np.int64)
     try:
         if arr.dtype.kind == "f":
-            out = arr.astype(np.int64)
-            ok = np.isfinite(arr).all() and (out == arr).all()
+            ok = bool(np.isfinite(arr).all())
+            out = arr.astype(np.int64) if ok else np.zeros(arr.shape, np.int64)  # NaN casts with a warning
+            ok = ok and bool((out == arr).all())
         else:
             out = np.asarray([int(str(x).strip()) if not isinstance(x, float | np.floating) else int(x)
                               for x in arr.ravel()], np.int64).reshape(arr.shape)
@@ -283,12 +288,14 @@ def _in_range(ids: np.ndarray, n: int, label: str, what: str) -> None:
                            f"range [0, {n})")
 
 
-def _float_matrix(arr: np.ndarray, label: str, rows: int | None = None) -> np.ndarray:
+def _float_matrix(arr: np.ndarray, label: str, rows: tuple[int, str] | None = None) -> np.ndarray:
+    """``arr`` as finite float32 [n, d]; ``rows``: (n, the file that sets n), one row per video in both."""
     if arr.ndim != 2 or arr.dtype.kind not in "fiu":
         raise DatasetError(f"{label}: expected a numeric matrix, found {arr.dtype} "
                            f"of shape {list(arr.shape)}")
-    if rows is not None and arr.shape[0] != rows:
-        raise DatasetError(f"{label}: has {arr.shape[0]} rows, expected {rows}")
+    if rows is not None and arr.shape[0] != rows[0]:
+        raise DatasetError(f"{label}: has {arr.shape[0]} rows but {rows[1]} has {rows[0]}; both hold one row "
+                           "per video (one of the two is truncated or of other videos)")
     arr = np.asarray(arr, np.float32)
     bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
     if bad.size:
@@ -351,6 +358,10 @@ def _parse_train(arr: np.ndarray, n_genres: int, label: str):
         propensity = np.asarray(prop_col, np.float64)
     except (ValueError, TypeError) as e:
         raise DatasetError(f"{label}: propensity column is not numeric ({e})") from None
+    bad = np.flatnonzero(~(np.isfinite(propensity) & (propensity >= 0)))
+    if bad.size:
+        raise DatasetError(f"{label}: row {int(bad[0])} has propensity {propensity[bad[0]]}; expected a finite "
+                           "number >= 0")
     return video, music, genre, prior, propensity
 
 
@@ -450,7 +461,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         music = music[:, : side["music_dim"]]
     n_m = music.shape[0]
     if path(F_TEXT).is_file():
-        text = _float_matrix(read_npy(path(F_TEXT), lab(F_TEXT)), lab(F_TEXT), rows=n_ugc)
+        text = _float_matrix(read_npy(path(F_TEXT), lab(F_TEXT)), lab(F_TEXT), rows=(n_ugc, F_VISUAL))
         text_mask = np.abs(text).sum(axis=1) > 0
         rep.notes.append(f"text: {int((~text_mask).sum())} videos with all-zero text rows are masked out")
     else:
@@ -503,6 +514,15 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         hit = np.flatnonzero((neg == mus[:, None]).any(axis=1))
         if hit.size:
             raise DatasetError(f"{lab(fn)}: row {int(hit[0])} lists its positive music among the negatives")
+        leaked = rows_trained_on(np.stack([vid, mus], axis=1), splits["train"])
+        if leaked.size:
+            raise DatasetError(f"{lab(fn)}: row {int(leaked[0])} is the pair (video {int(vid[leaked[0]])}, music "
+                               f"{int(mus[leaked[0]])}) of a row of {F_TRAIN}: the answer to that query is trained "
+                               "on (val and test rows must be held out of train)")
+        shared = np.isin(vid, splits["train"][:, 0])
+        if shared.any():
+            rep.notes.append(f"warning: {stem}: {int(shared.sum())} of {len(vid)} rows have videos that are in "
+                             f"{F_TRAIN} too (with another music): splits are usually by video")
         splits[stem] = np.stack([vid, mus, np.full(len(vid), -1)], axis=1)
         split_info[stem] = SplitInfo("val" if stem == "val" else "test", "existing")
         negatives[stem] = neg
@@ -559,7 +579,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
             rep.missing.append(F_P_VAL)
         if path(F_P_TEXT).is_file():
             pgc_text = _float_matrix(read_npy(path(F_P_TEXT), lab(F_P_TEXT)), lab(F_P_TEXT),
-                                     rows=len(pgc_visual))
+                                     rows=(len(pgc_visual), F_P_VISUAL))
         elif text is not None:
             rep.missing.append(F_P_TEXT)
     else:
@@ -634,8 +654,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         weights = {nm(s): r for s, r in weights.items()}
         for name in side.get("resampled_negatives", []):
             if name in negatives:
-                rep.notes.append(f"{name}: its negatives were drawn by bgmrec export (the native split had "
-                                 f"no {REF_NEGATIVES} frozen ones)")
+                _restore_negatives(side, src, name, negatives, rep)
 
     ds = Dataset(
         genres=genres,
@@ -698,6 +717,51 @@ def _read_sidecar(src: Path) -> dict | None:
     return side
 
 
+def _restore_negatives(side: dict, src: Path, name: str, negatives: dict, rep: InteropReport) -> None:
+    """Put back the frozen negatives split ``name`` had before export drew the layout's 100 (none, or the
+    file ``native_negatives`` names); a sidecar without that record keeps the drawn ones."""
+    native = side.get("native_negatives", {})
+    if name not in native:
+        rep.notes.append(f"{name}: its negatives were drawn by bgmrec export (the native split had no "
+                         f"{REF_NEGATIVES} frozen ones)")
+        return
+    if native[name] is None:
+        del negatives[name]
+        rep.notes.append(f"{name}: no frozen negatives, as before export (which drew {REF_NEGATIVES} for the layout)")
+        return
+    rel = Path(native[name])
+    if rel.is_absolute() or ".." in rel.parts:
+        raise DatasetError(f"{src}/{SIDECAR}: field 'native_negatives.{name}' must name a file inside {src}")
+    label = f"{src}/{rel}"
+    neg = read_npy(src / rel, label)
+    if neg.ndim != 2 or neg.shape[0] != len(negatives[name]) or neg.dtype.kind not in "iu":
+        raise DatasetError(f"{label}: expected int negatives [{len(negatives[name])}, k], found {neg.dtype} of "
+                           f"shape {list(neg.shape)}")
+    negatives[name] = neg.astype(np.int64)
+    rep.notes.append(f"{name}: its own {neg.shape[1]} frozen negatives put back from {rel} (export drew "
+                     f"{REF_NEGATIVES} for the layout)")
+
+
+def _reference_negatives(ds: Dataset, name: str, rng: np.random.Generator, rep: InteropReport) -> np.ndarray:
+    """The layout's 100 negatives per row of split ``name``, which has another number: drawn from the
+    split's candidates, or from the whole catalogue when those are too few (the reference script then ranks
+    tracks the split does not; said in the report)."""
+    from bgmrec.data.negatives import sample_negatives
+
+    had = "no" if ds.negatives.get(name) is None else ds.negatives[name].shape[1]
+    pool = ds.candidate_tracks(name)
+    where = f"its candidates ({ds.split_info[name].candidates})"
+    if len(pool) - 1 < REF_NEGATIVES:
+        if ds.n_tracks - 1 < REF_NEGATIVES:
+            raise ValueError(f"split {name!r}: {ds.n_tracks} tracks cannot give {REF_NEGATIVES} negatives")
+        pool = np.arange(ds.n_tracks)
+        where = (f"the whole catalogue: its {ds.split_info[name].candidates} candidates are "
+                 f"{len(ds.candidate_tracks(name))}, so the reference evaluation also ranks tracks this split does not")
+    rep.notes.append(f"{name}: {had} frozen negatives; {REF_NEGATIVES} drawn from {where}, seeded; "
+                     f"import puts back the split's own")
+    return sample_negatives(ds.splits[name][:, 1], pool, REF_NEGATIVES, rng)
+
+
 def _list_of(kind: type):
     return lambda v: isinstance(v, list) and all(isinstance(x, kind) for x in v)
 
@@ -714,6 +778,8 @@ _SIDECAR_FIELDS = {
     "pgc_val_holdout": ("true or false", lambda v: isinstance(v, bool)),
     "splits": ("an object {file stem: {name, role, candidates}}", lambda v: isinstance(v, dict)),
     "resampled_negatives": ("a list of split names", _list_of(str)),
+    "native_negatives": ("an object {split name: file of its own negatives, or null}",
+                         lambda v: isinstance(v, dict) and all(x is None or isinstance(x, str) for x in v.values())),
 }
 
 
@@ -725,8 +791,10 @@ def _apply_sidecar(side, src, genres, track_genre, track_new, video_ids, track_i
             raise DatasetError(f"{label}: {key} has {len(side[key])} entries, the data has {n}")
     genres = list(side.get("genres", genres))
     tg = np.asarray(side.get("track_genre", track_genre), np.int64)
-    if tg.size and (tg.min() < 0 or tg.max() >= len(genres)):
-        raise DatasetError(f"{label}: track_genre out of range")
+    bad = np.flatnonzero((tg < 0) | (tg >= len(genres)))
+    if bad.size:
+        raise DatasetError(f"{label}: track_genre[{int(bad[0])}] is {int(tg[bad[0]])}; expected a genre id in "
+                           f"[0, {len(genres)}) ({len(genres)} genres in field 'genres')")
     return (genres, tg, np.asarray(side.get("track_new", track_new), bool),
             list(side.get("video_ids", video_ids)), list(side.get("track_ids", track_ids)))
 
@@ -826,7 +894,7 @@ def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
     mean = prior.mean(axis=0) if len(prior) else np.full(ds.n_genres, 1 / ds.n_genres)
     np.save(m / "user_prior_mean.npy", mean)
 
-    resampled = []
+    resampled, native = [], {}
     for name, stem in stems.items():
         if stem == "train":
             continue
@@ -834,16 +902,14 @@ def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
         check_source(name, r, False)
         neg = ds.negatives.get(name)
         if neg is None or neg.shape[1] != REF_NEGATIVES:
-            if ds.n_tracks - 1 < REF_NEGATIVES:
-                raise ValueError(f"split {name!r}: {ds.n_tracks} tracks cannot give "
-                                 f"{REF_NEGATIVES} negatives")
-            from bgmrec.data.negatives import sample_negatives
-
-            neg = sample_negatives(r[:, 1], np.arange(ds.n_tracks), REF_NEGATIVES, rng)
+            neg = _reference_negatives(ds, name, rng, rep)
             resampled.append(name)
-            had = "no" if ds.negatives.get(name) is None else ds.negatives[name].shape[1]
-            rep.notes.append(f"{name}: {had} frozen negatives; {REF_NEGATIVES} drawn from the whole "
-                             f"catalogue (seed {seed})")
+            if ds.negatives.get(name) is not None:  # kept beside the layout, for import to put back
+                native[name] = f"{NATIVE_NEG_DIR}/{name}.npy"
+                (out / NATIVE_NEG_DIR).mkdir(exist_ok=True)
+                np.save(out / native[name], np.asarray(ds.negatives[name], np.int64))
+            else:
+                native[name] = None
         table = np.empty((len(r), 3), object)
         vr, mr = ref_of[r[:, 0]].tolist(), r[:, 1].tolist()
         neg = np.asarray(neg, np.int64)
@@ -908,6 +974,7 @@ def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
         "pgc_val_holdout": pgc_holdout > 0,
         "splits": split_meta,
         "resampled_negatives": resampled,
+        "native_negatives": native,
         "source_provenance": ds.provenance,
         "note": "Not read by the DecCM scripts. They hard-code dim_v=2048 and dim_m=256 and default "
                 "num_music=3003; set them to the counts/dims here when running them on this folder.",
