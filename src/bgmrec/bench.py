@@ -109,15 +109,18 @@ def plot(agg: dict, split: str, title: str, out: Path) -> Path:
 
 
 def finished_run(run: Path, name: str, seed: int, commit: str) -> float | None:
-    """Training seconds of a complete run of ``name`` at ``seed`` made by ``commit``, else None (always for
-    an unknown commit or uncommitted code: nothing then says the run was made by this code)."""
+    """Training seconds of a complete run of ``name`` at ``seed`` made by ``commit`` (and, for a model of
+    another package, by its code as installed now), else None (always for an unknown commit or
+    uncommitted code: nothing then says the run was made by this code)."""
+    from bgmrec.cli.core import model_package
     from bgmrec.data.dataset import read_json
 
     if commit == "unknown" or commit.endswith("-dirty") or not all(
             (run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
         return None
     info, config = read_json(run / "run.json"), read_json(run / "config.json")
-    if info.get("commit") != commit or info.get("model") != name or config["config"].get("seed") != seed:
+    if info.get("commit") != commit or info.get("model") != name or config["config"].get("seed") != seed or (
+            info.get("model_package") != model_package(name)):
         return None
     return float(info["seconds"])
 

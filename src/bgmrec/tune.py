@@ -83,7 +83,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     point that needs it>``, which every point of that config shares: apart from the points' folders, so
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher.
     """
-    from bgmrec.cli.core import code_fingerprint, git_commit, train_model
+    from bgmrec.cli.core import code_fingerprint, git_commit, model_package, train_model
     from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
@@ -97,7 +97,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
               "teacher": None if teacher is None else str(Path(teacher).resolve()),
               "teacher_weights_sha256": weights_digest(Path(teacher)) if teacher is not None and (
                   Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
-              "code": code_fingerprint(), "commit": git_commit()}
+              "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit()}
     finished = _finished_points(Path(out), record) if resume else {}
     ds, points, base, teacher_keys, students, configs = _preflight(data, model, grid, Path(out), dict(sets or {}), seed,
                                                          teacher, empty_out=not resume)
@@ -174,8 +174,10 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
     return {name: t for name, t in zip(names, trials, strict=True) if (out / name / "run.json").is_file()}
 
 
+# what must match to resume (``code``: :func:`bgmrec.cli.core.code_fingerprint`; ``model_package``:
+# :func:`bgmrec.cli.core.model_package`, the code of a model from another package)
 RESUME_KEYS = ("model", "data_fingerprint", "grid", "sets", "seed", "teacher", "teacher_weights_sha256",
-               "code")  # what must match to resume (``code``: :func:`bgmrec.cli.core.code_fingerprint`)
+               "code", "model_package")
 
 
 TEACHERS = "teachers"  # the folder in a grid's ``out`` of the teachers its points share

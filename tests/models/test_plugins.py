@@ -40,6 +40,7 @@ def install_entry_points(monkeypatch, root: Path, dist: str, entries: dict[str, 
     info = root / f"{dist}-0.1.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    (info / "top_level.txt").write_text(f"{dist}\n")  # the module the distribution installs
     lines = "".join(f"{name} = {target}\n" for name, target in entries.items())
     (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}")
     monkeypatch.syspath_prepend(str(root))
@@ -52,6 +53,7 @@ def installed_plugin(example_on_path, monkeypatch, tmp_path) -> Path:
     this file registers its name) installed with its entry point; returns its site folder."""
     site = tmp_path / "site"
     site.mkdir()
+    monkeypatch.delitem(sys.modules, "ep_ridge", raising=False)  # imported from this test's site folder
     (site / "ep_ridge.py").write_text("from bgmrec_audio_ridge import AudioRidge\n\n\n"
                                       "class EpRidge(AudioRidge):\n    name = 'ep-ridge'\n")
     assert "ep-ridge" not in model_names()
@@ -84,22 +86,45 @@ def test_every_command_takes_the_plugin_model(installed_plugin, tmp_path, tiny_d
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--run", str(run), "--data", str(tiny_dir), "--json", str(out)]) == 0
     plugin = json.loads(out.read_text())["full"]["recall@10"]
+    made = json.loads((run / "run.json").read_text())["model_package"]  # which code, beside bgmrec's commit
+    assert made == {"class": "ep_ridge:EpRidge", "package": "ep_ridge", "version": "0.1.0",
+                    "code": made["code"]} and len(made["code"]) == 16
+    assert json.loads(out.read_text())["provenance"]["runs"]["run"]["trained"]["model_package"] == made
     base = tmp_path / "random"
     assert main(["train", "--data", str(tiny_dir), "--model", "random", "--out", str(base)]) == 0
     assert main(["evaluate", "--run", str(base), "--data", str(tiny_dir), "--json", str(out)]) == 0
     assert plugin > json.loads(out.read_text())["full"]["recall@10"] + 0.2  # it learns, far above chance
 
 
-def test_a_run_of_an_uninstalled_plugin_names_what_is_missing(installed_plugin, monkeypatch, tmp_path, tiny_ds):
-    from bgmrec.models.base import FeatureSpec, SplitView
+def test_a_run_of_an_uninstalled_plugin_names_what_is_missing(installed_plugin, monkeypatch, tmp_path, tiny_dir):
+    from bgmrec.cli.core import train_model
 
-    folder = registry.build("ep-ridge", FeatureSpec.of(tiny_ds)).fit(SplitView(tiny_ds, "train")).save(
-        tmp_path / "run")
-    assert type(load_model(folder)).__name__ == "EpRidge"
+    folder = tmp_path / "run"
+    assert type(train_model(tiny_dir, "ep-ridge", folder, progress=False)[0]).__name__ == "EpRidge"
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(installed_plugin)])
     registry.plugin_models.cache_clear()
-    with pytest.raises(ValueError, match=r"config.json: unknown model 'ep-ridge'.*once that package is installed"):
+    with pytest.raises(ValueError, match=r"config.json: unknown model 'ep-ridge'.*once that package is installed"
+                                         r".*trained with ep_ridge:EpRidge of package 'ep_ridge' 0.1.0: install "
+                                         r"that package"):
         load_model(folder)
+
+
+def test_runs_of_a_plugin_whose_code_changed_are_not_resumed(installed_plugin, monkeypatch, tmp_path, tiny_dir):
+    import bgmrec.cli.core
+    from bgmrec.bench import finished_run
+    from bgmrec.cli.core import train_model
+    from bgmrec.tune import run_grid
+
+    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: "abc1234")
+    run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid")
+    train_model(tiny_dir, "ep-ridge", tmp_path / "run", progress=False)
+    assert finished_run(tmp_path / "run", "ep-ridge", 0, "abc1234") is not None
+    run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid", resume=True)  # the same code
+    with (installed_plugin / "ep_ridge.py").open("a") as f:
+        f.write("# the model's loss edited\n")
+    assert finished_run(tmp_path / "run", "ep-ridge", 0, "abc1234") is None
+    with pytest.raises(ValueError, match="records another model_package"):
+        run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid", resume=True)
 
 
 def test_a_model_is_known_by_its_class_s_name(installed_plugin, monkeypatch, registered):
@@ -184,6 +209,7 @@ class TestExamplePluginContract(RecommenderContractMixin):
 def test_a_plugin_failing_on_import_or_claimed_twice_is_listed_with_why(monkeypatch, tmp_path, capsys):
     site = tmp_path / "site"
     site.mkdir()
+    monkeypatch.delitem(sys.modules, "ep_ridge", raising=False)  # imported from this test's site folder
     (site / "raising_plugin.py").write_text("raise RuntimeError('needs a GPU driver')\n")
     install_entry_points(monkeypatch, site, "raising", {"raising": "raising_plugin:Model"})
     install_entry_points(monkeypatch, tmp_path / "a", "plug_a", {"dup": "json:JSONDecoder"})
@@ -201,6 +227,7 @@ def test_a_plugin_failing_on_import_or_claimed_twice_is_listed_with_why(monkeypa
 def test_an_entry_point_may_name_a_nested_class(example_on_path, monkeypatch, tmp_path, registered):
     site = tmp_path / "site"
     site.mkdir()
+    monkeypatch.delitem(sys.modules, "ep_ridge", raising=False)  # imported from this test's site folder
     (site / "nested_plugin.py").write_text(
         "from bgmrec_audio_ridge import AudioRidge\n\n\nclass Models:\n"
         "    class Ridge(AudioRidge):\n        name = 'nested-ridge'\n")
@@ -215,6 +242,7 @@ def test_an_entry_point_may_name_a_nested_class(example_on_path, monkeypatch, tm
 def test_the_listing_shows_a_class_s_own_first_docstring_line_as_plain_text(monkeypatch, tmp_path, capsys):
     site = tmp_path / "site"
     site.mkdir()
+    monkeypatch.delitem(sys.modules, "ep_ridge", raising=False)  # imported from this test's site folder
     (site / "doc_plugin.py").write_text(
         "from bgmrec.models.baselines import RandomRecommender\n\n\n"
         "class Plain(RandomRecommender):\n    name = 'plain-doc'\n\n\n"
@@ -272,3 +300,55 @@ def test_an_override_that_undoes_an_ablation_is_refused(tiny_spec):
         build("deccm-noteacher", tiny_spec, {"teacher": "true"})
     model = build("deccm-noteacher", tiny_spec, {"teacher": "false", "alpha": "0.1"})  # agreeing or other fields
     assert (model.config.teacher, model.config.alpha) == (False, 0.1)
+
+
+@pytest.fixture(scope="module")
+def torch_example():
+    """``examples/torch_model.py``'s model registered as ``bilinear-bpr`` for this module's tests."""
+    sys.path.insert(0, str(EXAMPLE.parent))
+    from torch_model import BilinearBPR
+
+    register_model("bilinear-bpr", BilinearBPR)
+    yield BilinearBPR
+    unregister_model("bilinear-bpr")
+    sys.path.remove(str(EXAMPLE.parent))
+
+
+class TestTorchExample(RecommenderContractMixin):
+    """The README's PyTorch example passes the contract every built-in model passes."""
+
+    model_name = "bilinear-bpr"
+    overrides = {"epochs": 3}
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def registered_example(cls, torch_example):
+        return torch_example
+
+    def test_it_learns(self, model, contract_ds):
+        from bgmrec.eval.protocol import evaluate
+
+        assert evaluate(model, contract_ds, "test")["full"]["recall@10"] > 0.2  # 0.36 measured; chance 10 / 170
+
+
+def test_a_torch_model_without_input_norms_or_temperature_is_refused_at_construction(torch_example, tiny_spec):
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    class NoNorms(torch_example):
+        def build_module(self) -> nn.Module:
+            module = super().build_module()
+            del module.norms
+            return module
+
+    with pytest.raises(ValueError, match=r"NoNorms \('bilinear-bpr'\): build_module must return a module with an "
+                                         r"attribute norms = bgmrec.models.neural.InputNorms\(spec\)"):
+        NoNorms(torch_example.config_class(), tiny_spec)
+
+    @dataclass
+    class PriorConfig(torch_example.config_class):
+        track_prior: bool = True  # asks for log Q(m) without the temperature that scales it
+
+    with pytest.raises(ValueError, match="track_prior=true adds temperature .* needs a numeric field temperature"):
+        torch_example(PriorConfig(), tiny_spec)

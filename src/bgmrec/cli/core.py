@@ -62,15 +62,42 @@ def git_commit(package: Path | None = None) -> str:
 def code_fingerprint() -> str:
     """bgmrec's version and a short SHA-256 of its Python sources: the same code, whether or not it runs
     from a clean git checkout (an installed copy, uncommitted edits)."""
-    import hashlib
-
     import bgmrec
 
-    package = Path(bgmrec.__file__).resolve().parent
+    return f"{bgmrec.__version__}+{source_digest(Path(bgmrec.__file__).resolve().parent)}"
+
+
+def source_digest(root: Path) -> str:
+    """A short SHA-256 of the Python sources of a package folder ``root`` (every ``*.py`` under it, with
+    its path) or of the module file ``root``."""
+    import hashlib
+
     h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    return f"{bgmrec.__version__}+{h.hexdigest()[:16]}"
+    for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+        h.update(str(path.relative_to(root if root.is_dir() else root.parent)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def model_package(model: str) -> dict | None:
+    """Where the code of ``--model`` ``model`` comes from when it is not bgmrec's own (a model of another
+    package, or one registered with ``register_model``): its class, its distribution's name and version
+    (None when not installed as one) and :func:`source_digest` of its top-level package (None without a
+    source file); None for bgmrec's models, whose code the commit and version identify."""
+    from importlib.metadata import packages_distributions, version
+
+    from bgmrec.models.registry import model_class, resolve
+
+    cls = model_class(resolve(model)[0])
+    top = cls.__module__.split(".")[0]
+    if top == "bgmrec":
+        return None
+    file = getattr(sys.modules.get(top), "__file__", None)
+    root = None if file is None else Path(file).resolve()
+    root = root.parent if root is not None and root.name == "__init__.py" else root
+    dist = next(iter(packages_distributions().get(top, [])), None)
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "package": dist,
+            "version": None if dist is None else version(dist),
+            "code": None if root is None else source_digest(root)}
 
 
 def machine() -> str:
@@ -169,6 +196,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     option_into_sets(overrides, "epochs", epochs)
     spec = FeatureSpec.of(ds)
     rec = build(model, spec, overrides)
+    package = model_package(model)
     check_run_folder(Path(out), teacher)
     if teacher is not None:
         warn_if_trained_on_other_data(teacher, data, what="the teacher")
@@ -183,7 +211,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
         write_json_atomic(folder / "run.json", {
             "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data), "model": model,
             "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
-            "argv": sys.argv[1:],
+            "argv": sys.argv[1:], **({"model_package": package} if package else {}),
             **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
 
     # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
@@ -251,7 +279,7 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     from bgmrec.data.dataset import dataset_fingerprint
     from bgmrec.models.base import read_run_record
 
-    keep = ("model", "data", "data_fingerprint", "commit", "argv")
+    keep = ("model", "data", "data_fingerprint", "commit", "argv", "model_package")
     return {"data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
             "runs": {role: {"folder": str(Path(run).resolve()),
                             "trained": {k: v for k, v in read_run_record(run).items() if k in keep}}

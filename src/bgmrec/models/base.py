@@ -398,7 +398,14 @@ def load_model(folder: Path, **factory_kwargs) -> Recommender:
         if key in meta and not isinstance(meta[key], kind):
             raise DatasetError(f"{cfg_path}: field {key!r} must be {what}, found {json.dumps(meta[key])[:80]}")
     try:
-        model = model_class(meta["model"]).from_folder_config(meta)
+        cls = model_class(meta["model"])
+    except ValueError as e:
+        made = read_run_record(folder).get("model_package")
+        made = (f"; its run.json says it was trained with {made.get('class')} of package {made.get('package')!r} "
+                f"{made.get('version')}: install that package") if isinstance(made, dict) else ""
+        raise DatasetError(f"{cfg_path}: {e}{made}") from None
+    try:
+        model = cls.from_folder_config(meta)
     except ValueError as e:
         raise DatasetError(f"{cfg_path}: {e}") from None
     model.source = str(cfg_path)

@@ -136,6 +136,14 @@ class TorchRecommender(Recommender):
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.module = self.build_module()
+        where = f"{type(self).__qualname__} ({self.name!r})"
+        if not isinstance(getattr(self.module, "norms", None), InputNorms):
+            raise ValueError(f"{where}: build_module must return a module with an attribute norms = "
+                             "bgmrec.models.neural.InputNorms(spec): the training loop fits the input "
+                             "standardisation into it (see examples/torch_model.py)")
+        if getattr(config, "track_prior", False) and not isinstance(getattr(config, "temperature", None), int | float):
+            raise ValueError(f"{where}: its config's track_prior=true adds temperature * log Q(m) to the scores, "
+                             "so the config needs a numeric field temperature (the InfoNCE temperature)")
         if self.prior_scale() is not None:
             self.module.track_prior = TrackPrior()  # saved with the module
         self.reads_genre = self.prior_scale() is not None  # the prior's regression reads the genre

@@ -64,7 +64,10 @@ class TwoTowerModule(nn.Module):
         return nn.functional.normalize(self.music(self.norms.music(music)), dim=-1)
 
 
-class _TwoTower(TorchRecommender):
+class TwoTower(TorchRecommender):
+    """Two MLP towers into one normalised space; a subclass gives the loss (``training_loss``, on
+    :meth:`similarity`) and its ``config_class`` (a :class:`TwoTowerConfig`)."""
+
     def build_module(self) -> nn.Module:
         return TwoTowerModule(self.config, self.spec)
 
@@ -80,7 +83,7 @@ class _TwoTower(TorchRecommender):
         return self.module.encode_music(music)
 
 
-class TwoTowerHinge(_TwoTower):
+class TwoTowerHinge(TwoTower):
     """Two towers trained with the VSE++ hardest-negative hinge."""
 
     name = "twotower-hinge"
@@ -91,7 +94,7 @@ class TwoTowerHinge(_TwoTower):
         return loss, {"loss": loss.item()}
 
 
-class TwoTowerInfoNCE(_TwoTower):
+class TwoTowerInfoNCE(TwoTower):
     """Two towers trained with symmetric InfoNCE."""
 
     name = "twotower-infonce"
