@@ -21,9 +21,10 @@ They are computed once, at start-up.
 
 A request the caller must fix (a wrong size, a non-finite value, features for which the model's scores
 are not finite, an unknown field, an unknown track id or genre, no ``taste`` in personalised mode, an
-unreadable video) gets HTTP 422 with a one-line ``detail`` naming the field; a video upload to a server
-installed without the ``media`` extra gets 501. Any other error is the server's: HTTP 500 with a generic
-``detail``, the traceback logged (logger ``bgmrec.service``).
+unreadable video or an image, which ``extract-videos`` refuses too) gets HTTP 422 with a one-line
+``detail`` naming the field; a video upload to a server installed without the ``media`` extra gets 501.
+Any other error is the server's: HTTP 500 with a generic ``detail``, the traceback logged (logger
+``bgmrec.service``).
 """
 
 from __future__ import annotations

@@ -250,3 +250,17 @@ def test_a_clip_with_fewer_frames_than_samples_uses_every_frame(tmp_path, n_fram
     assert len(distinct) == n_frames  # each of the clip's frames, repeated evenly
     runs = 1 + sum(not np.array_equal(a, b) for a, b in zip(frames, frames[1:], strict=False))
     assert runs == n_frames  # in time order: each frame one run of repeats
+
+
+def test_images_are_refused_by_content_whatever_their_name(tmp_path):
+    # extract-videos skips .png/.gif by extension, but renamed ones (and uploads) were embedded as clips
+    d = tmp_path / "in"
+    d.mkdir()
+    mf.write_video(d / "clip.mp4", 1.0)
+    mf.write_image(d / "still.mp4", "png")
+    mf.write_image(d / "anim.mov", "gif", frames=5)
+    for name in ("still.mp4", "anim.mov"):
+        with pytest.raises(MediaError, match="an image, not a video"):
+            sample_frames(d / name, 4)
+    r = extract_videos(d, tmp_path / "out", frames=CountingFrames(), text=mf.text_encoder(), progress=False)
+    assert r.done == 1 and sorted(f for f, _ in r.failures) == ["anim.mov", "still.mp4"]

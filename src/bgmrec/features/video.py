@@ -62,6 +62,7 @@ from bgmrec.features.cache import (
 from bgmrec.features.text import TEXT_DIM, TextEncoder, caption_text
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+IMAGE_FORMATS = ("image2", "image2pipe", "gif", "apng", "webp")  # FFmpeg demuxers of (animated) images, and *_pipe
 VISUAL_DIM = 1280
 VIDEOS_KIND = "video-features"
 NO_TEXT = "kept without text"
@@ -108,6 +109,7 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
     except (av.FFmpegError, OSError) as e:
         raise MediaError(f"cannot open as media: {one_line(e)}") from None
     with container:
+        _refuse_images(container)
         if not container.streams.video:
             raise MediaError("no video stream")
         stream = container.streams.video[0]
@@ -134,6 +136,15 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
     while len(frames) < n:  # a few seeks past the real end: repeat the last frame
         frames.append(frames[-1])
     return np.stack(frames)
+
+
+def _refuse_images(container) -> None:
+    """A still or animated image (PNG, JPEG, GIF, ...) is not a clip, whatever its file name says: extract-videos
+    skips those by extension, so refusing them by content keeps uploads and extraction in agreement."""
+    name = container.format.name or ""
+    if any(n in IMAGE_FORMATS or n.endswith("_pipe") for n in name.split(",")):
+        raise MediaError(f"an image, not a video (format {name!r}); expected a video file: "
+                         f"{', '.join(e[1:] for e in VIDEO_EXTENSIONS)}")
 
 
 def _frame_count(stream, duration: float) -> float:
