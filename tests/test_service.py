@@ -296,3 +296,22 @@ def test_copy_limited_streams_in_chunks_and_stops_past_the_limit():
     dst = io.BytesIO()
     assert not copy_limited(Source(b"abcdefghijk"), dst, limit=10, chunk=4)
     assert dst.getvalue() == b"abcdefgh"
+
+
+@pytest.mark.parametrize("name, suffix", [("clip.MOV", ".mov"), ("a.mp4", ".mp4"), ("clip", ""), ("a.gif", ""),
+                                          ("a." + "b" * 300, ""), ("x." + "é" * 200, "")])
+def test_an_uploads_file_name_gives_its_temporary_file_a_video_extension_at_most(client, tiny_ds, monkeypatch,
+                                                                                name, suffix):
+    # a 300-character extension made the temporary file's name too long: HTTP 500
+    from bgmrec import service
+
+    seen = []
+
+    def embed(self, path, caption, label):
+        seen.append(path.suffix)
+        return clip_of(tiny_ds, 0)
+
+    monkeypatch.setattr(service._MediaEncoders, "embed", embed)
+    r = client.post("/recommend/video", files={"video": (name, b"not read", "video/mp4")})
+    assert r.status_code == 200, r.json()
+    assert seen == [suffix]

@@ -162,8 +162,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         if personalised:
             raise RequestError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
                                "clip's features and POST /recommend with 'taste'")
-        suffix = Path(video.filename or "clip.mp4").suffix or ".mp4"
-        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+        with tempfile.NamedTemporaryFile(suffix=upload_suffix(video.filename)) as f:
             if not copy_limited(video.file, f, max_upload):
                 raise HTTPException(413, too_large)
             f.flush()
@@ -171,6 +170,16 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return {**recommender.recommend([clip], top)[0], "served_by": identity}
 
     return app
+
+
+def upload_suffix(filename: str | None) -> str:
+    """The extension an uploaded video's temporary file gets: the client's, lower-cased, when it is one of
+    ``extract-videos``' (:data:`~bgmrec.features.video.VIDEO_EXTENSIONS`), else none (the decoder reads the
+    content; a client's name, e.g. with a 300-character extension, never reaches the file system)."""
+    from bgmrec.features.video import VIDEO_EXTENSIONS
+
+    suffix = Path(filename or "").suffix.lower()
+    return suffix if suffix in VIDEO_EXTENSIONS else ""
 
 
 def copy_limited(src: BinaryIO, dst: BinaryIO, limit: int, chunk: int = 1 << 20) -> bool:
