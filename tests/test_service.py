@@ -315,3 +315,14 @@ def test_an_uploads_file_name_gives_its_temporary_file_a_video_extension_at_most
     r = client.post("/recommend/video", files={"video": (name, b"not read", "video/mp4")})
     assert r.status_code == 200, r.json()
     assert seen == [suffix]
+
+
+def test_a_body_that_is_not_json_or_an_upload_without_a_file_gets_a_422_saying_so(client):
+    # these were "[0]: JSON decode error" and "video: Value error, Expected UploadFile, received: <class 'str'>"
+    r = client.post("/recommend", content=b'{"visual": [1,,2]}', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "body: not valid JSON at character 14 (Expecting value)"
+    for files in ({"video": ("", b"abc", "video/mp4")}, {"video": (None, b"abc")}):  # no file name: a text part
+        r = client.post("/recommend/video", files=files)
+        assert r.status_code == 422
+        assert r.json()["detail"] == "video: expected a file (a multipart part with a file name), got a text value"

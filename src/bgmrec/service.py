@@ -116,10 +116,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0]  # the body's shape or types: named as "clips[1].top: message"
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"] if p != "body")
-        msg = f"unknown field ({first['msg']})" if first["type"] == "extra_forbidden" else first["msg"]
-        return JSONResponse(status_code=422, content={"detail": f"{where.lstrip('.') or 'body'}: {msg}"})
+        return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors()[0])})
 
     def answer(clips: list[Clip], top: int, batch: bool = False) -> list[dict]:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
@@ -180,6 +177,22 @@ def upload_suffix(filename: str | None) -> str:
 
     suffix = Path(filename or "").suffix.lower()
     return suffix if suffix in VIDEO_EXTENSIONS else ""
+
+
+def validation_detail(error: dict) -> str:
+    """The one-line ``detail`` of a request FastAPI could not parse (its first error): the field named as
+    ``clips[1].top``, then what is wrong with it."""
+    if error["type"] == "json_invalid":  # FastAPI's location is ("body", character offset)
+        offset = error["loc"][-1]
+        reason = (error.get("ctx") or {}).get("error", error["msg"])
+        return f"body: not valid JSON at character {offset} ({reason})"
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"] if p != "body")
+    where = where.lstrip(".") or "body"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field ({error['msg']})"
+    if "Expected UploadFile" in error["msg"]:  # a text field, or a file part without a file name
+        return f"{where}: expected a file (a multipart part with a file name), got a text value"
+    return f"{where}: {error['msg']}"
 
 
 def copy_limited(src: BinaryIO, dst: BinaryIO, limit: int, chunk: int = 1 << 20) -> bool:
