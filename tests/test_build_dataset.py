@@ -185,3 +185,14 @@ def test_too_few_videos_for_val_and_test_are_built_with_a_warning(tmp_path, fold
     warnings.clear()
     build_dataset(vids, cat, write_pairs(tmp_path / "p3.csv", n_videos=3), tmp_path / "d3", warn=warnings.append)
     assert warnings == []
+
+
+def test_pairs_errors_name_the_physical_line(tmp_path):
+    # blank lines and a quoted line break used to shift the line named (row index + 2)
+    p = tmp_path / "p.csv"
+    p.write_text('video,track,uploader,time\n\nv0,t0,"u\n0",1\n\nv1,,u1,2\n')
+    with pytest.raises(DatasetError, match=r"p.csv: line 6 has an empty 'track'"):
+        read_pairs(p)
+    p.write_text("video,track,uploader,time\n\nv0,t0,u0,1\n\nv1,t1,u1,soon\n")
+    with pytest.raises(DatasetError, match=r"p.csv: line 5: time 'soon' is neither"):
+        read_pairs(p)

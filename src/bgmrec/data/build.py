@@ -84,10 +84,12 @@ class Pairs:
 
 def read_pairs(path: Path) -> Pairs:
     """Read a pairs CSV (see the module docstring); errors name the file, line and column."""
-    from bgmrec.features.cache import read_csv_utf8
+    from bgmrec.features.cache import read_csv_lines
 
     path = Path(path)
-    rows = read_csv_utf8(path)
+    numbered = read_csv_lines(path)
+    lines = [line for line, _ in numbered]  # physical lines: blank lines and quoted line breaks counted
+    rows = [row for _, row in numbered]
     if not rows:
         raise DatasetError(f"{path}: no rows (expected a header video,track,uploader[,time], one row a pair)")
     cols = {}
@@ -101,10 +103,10 @@ def read_pairs(path: Path) -> Pairs:
     for k in ("video", "track", "uploader"):
         empty = [i for i, v in enumerate(get[k]) if not v]
         if empty:
-            raise DatasetError(f"{path}: line {empty[0] + 2} has an empty {k!r}")
+            raise DatasetError(f"{path}: line {lines[empty[0]]} has an empty {k!r}")
     times = None
     if "time" in get and all(get["time"]):
-        times = [_parse_time(v, path, i + 2) for i, v in enumerate(get["time"])]
+        times = [_parse_time(v, path, line) for v, line in zip(get["time"], lines, strict=True)]
     return Pairs(get["video"], get["track"], get["uploader"], times)
 
 
