@@ -196,3 +196,17 @@ def test_pairs_errors_name_the_physical_line(tmp_path):
     p.write_text("video,track,uploader,time\n\nv0,t0,u0,1\n\nv1,t1,u1,soon\n")
     with pytest.raises(DatasetError, match=r"p.csv: line 5: time 'soon' is neither"):
         read_pairs(p)
+
+
+def test_rows_without_a_time_are_warned_of_as_the_split_turns_random(tmp_path, folders):
+    # one empty time silently turned the split by time into a random one
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", extra=["v1,t2,u1,"])
+    warnings = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
+    assert ds.provenance["split_by"] == "random"
+    assert warnings == [f"{pairs}: 1 of 31 row(s) have no time (e.g. line 32); the split is random, not by time"]
+    warnings.clear()
+    build_dataset(vids, cat, write_pairs(tmp_path / "p2.csv"), tmp_path / "d2", warn=warnings.append)
+    build_dataset(vids, cat, write_pairs(tmp_path / "p3.csv", with_time=False), tmp_path / "d3", warn=warnings.append)
+    assert warnings == []  # every row timed, or no time column at all
