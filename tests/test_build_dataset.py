@@ -210,3 +210,20 @@ def test_rows_without_a_time_are_warned_of_as_the_split_turns_random(tmp_path, f
     build_dataset(vids, cat, write_pairs(tmp_path / "p2.csv"), tmp_path / "d2", warn=warnings.append)
     build_dataset(vids, cat, write_pairs(tmp_path / "p3.csv", with_time=False), tmp_path / "d3", warn=warnings.append)
     assert warnings == []  # every row timed, or no time column at all
+
+
+def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monkeypatch):
+    # they were read in the machine's local zone: one pairs file split differently on another machine
+    import time
+
+    p = tmp_path / "p.csv"
+    p.write_text("video,track,uploader,time\nv0,t0,u0,2024-01-01T00:00:00\nv1,t1,u1,2024-01-01T03:00:00+02:00\n"
+                 "v2,t2,u2,1704067200\n")
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        times = read_pairs(p).time
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert times == [1704067200.0, 1704067200.0 + 3600, 1704067200.0]

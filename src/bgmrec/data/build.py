@@ -6,7 +6,8 @@ Inputs: a videos folder (:mod:`bgmrec.features.video`), a music catalogue folder
     video,track,uploader[,time]
 
 (``video_id``/``track_id``/``uploader_id``/``timestamp`` are accepted as column names too; ids are
-the file stems used by the extractors; ``time`` is a number or an ISO-8601 date-time).
+the file stems used by the extractors; ``time`` is a number or an ISO-8601 date-time, read as UTC when it
+names no zone).
 
 What is written (the format of :mod:`bgmrec.data.dataset`):
 
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,11 @@ def _parse_time(value: str, path: Path, line: int) -> float:
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(value).timestamp()
+        moment = datetime.fromisoformat(value)
     except ValueError:
         raise DatasetError(f"{path}: line {line}: time {value!r} is neither a number nor ISO-8601") from None
+    # without a zone: UTC, not this machine's local time (the same file must split alike everywhere)
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> np.ndarray:
