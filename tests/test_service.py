@@ -326,3 +326,18 @@ def test_a_body_that_is_not_json_or_an_upload_without_a_file_gets_a_422_saying_s
         r = client.post("/recommend/video", files=files)
         assert r.status_code == 422
         assert r.json()["detail"] == "video: expected a file (a multipart part with a file name), got a text value"
+
+
+def test_an_unknown_field_of_a_video_upload_is_refused_naming_it(client, tiny_ds, monkeypatch):
+    # the form's unknown fields were ignored: top_k=3 answered 10 tracks
+    from bgmrec import service
+
+    monkeypatch.setattr(service._MediaEncoders, "embed", lambda self, path, caption, label: clip_of(tiny_ds, 0))
+    video = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    r = client.post("/recommend/video", files=video, data={"top_k": "3"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "top_k: unknown field (the form's fields are video, caption, top)"
+    r = client.post("/recommend/video", files={**video, "thumbnail": ("t.png", b"x", "image/png")})
+    assert r.status_code == 422 and r.json()["detail"].startswith("thumbnail: unknown field")
+    r = client.post("/recommend/video", files=video, data={"caption": "beach #sun", "top": "3"})
+    assert r.status_code == 200 and len(r.json()["tracks"]) == 3

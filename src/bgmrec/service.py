@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +48,7 @@ MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
 MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve --max-upload-mb
 FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (caption, top, multipart framing)
+VIDEO_FORM_FIELDS = ("video", "caption", "top")  # the multipart fields of POST /recommend/video
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     encoders = _MediaEncoders(frames)
 
-    @app.post("/recommend/video")
+    @app.post("/recommend/video", dependencies=[Depends(known_form_fields)])
     def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
                         top: int = Form(10, ge=1, le=MAX_TOP)) -> dict:
         """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does)."""
@@ -177,6 +178,14 @@ def upload_suffix(filename: str | None) -> str:
 
     suffix = Path(filename or "").suffix.lower()
     return suffix if suffix in VIDEO_EXTENSIONS else ""
+
+
+async def known_form_fields(request: Request) -> None:
+    """Refuse a multipart field ``POST /recommend/video`` does not read (``top_k``), as the JSON endpoints refuse
+    unknown fields, instead of answering as if it had not been sent."""
+    unknown = sorted(set((await request.form()).keys()) - set(VIDEO_FORM_FIELDS))  # the form FastAPI parsed
+    if unknown:
+        raise RequestError(f"{unknown[0]}: unknown field (the form's fields are {', '.join(VIDEO_FORM_FIELDS)})")
 
 
 def validation_detail(error: dict) -> str:
