@@ -175,3 +175,12 @@ def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world
     assert main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(tmp_path / "vf2"), "--video-id", "clip05", "--json"]) == 0
     assert "clips are sampled at 2 frames, the model's training videos at 4" in one_line_err(capsys)
+
+
+@pytest.mark.parametrize("option", ["--top", "--frames"])
+def test_a_count_below_one_is_refused_naming_the_option_before_anything_is_loaded(tmp_path, capsys, option):
+    # --top 0 loaded the model and the catalogue first, then said "top must be at least 1"
+    capsys.readouterr()
+    code = main(["recommend", "--run", str(tmp_path / "no-run"), "--catalog", str(tmp_path / "no-catalog"),
+                 "--video", "clip.mp4", option, "0"])
+    assert code == 2 and f"Invalid value for '{option}'" in one_line_err(capsys)
