@@ -141,6 +141,25 @@ def write_video(path: Path, seconds: float = 2.0, width: int = 160, height: int 
     return path
 
 
+def write_image(path: Path, fmt: str = "png", frames: int = 1, width: int = 64, height: int = 48) -> Path:
+    """A still PNG (``fmt="png"``) or an animated GIF (``fmt="gif"``) of test patterns, whatever ``path``'s suffix."""
+    import av
+
+    path = Path(path)
+    container, codec, pix = {"png": ("image2", "png", "rgb24"), "gif": ("gif", "gif", "rgb8")}[fmt]
+    with av.open(str(path), "w", format=container) as out:
+        st = out.add_stream(codec, rate=10)
+        st.width, st.height, st.pix_fmt = width, height, pix
+        for i in range(frames):
+            fr = av.VideoFrame.from_ndarray(pattern_frame(i, width, height, 1), format="rgb24").reformat(format=pix)
+            fr.pts = i
+            for p in st.encode(fr):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    return path
+
+
 def truncate(src: Path, dst: Path, keep: float = 0.3) -> Path:
     """Copy the first ``keep`` share of a file's bytes (a download cut off midway)."""
     data = Path(src).read_bytes()

@@ -185,3 +185,45 @@ def test_too_few_videos_for_val_and_test_are_built_with_a_warning(tmp_path, fold
     warnings.clear()
     build_dataset(vids, cat, write_pairs(tmp_path / "p3.csv", n_videos=3), tmp_path / "d3", warn=warnings.append)
     assert warnings == []
+
+
+def test_pairs_errors_name_the_physical_line(tmp_path):
+    # blank lines and a quoted line break used to shift the line named (row index + 2)
+    p = tmp_path / "p.csv"
+    p.write_text('video,track,uploader,time\n\nv0,t0,"u\n0",1\n\nv1,,u1,2\n')
+    with pytest.raises(DatasetError, match=r"p.csv: line 6 has an empty 'track'"):
+        read_pairs(p)
+    p.write_text("video,track,uploader,time\n\nv0,t0,u0,1\n\nv1,t1,u1,soon\n")
+    with pytest.raises(DatasetError, match=r"p.csv: line 5: time 'soon' is neither"):
+        read_pairs(p)
+
+
+def test_rows_without_a_time_are_warned_of_as_the_split_turns_random(tmp_path, folders):
+    # one empty time silently turned the split by time into a random one
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", extra=["v1,t2,u1,"])
+    warnings = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
+    assert ds.provenance["split_by"] == "random"
+    assert warnings == [f"{pairs}: 1 of 31 row(s) have no time (e.g. line 32); the split is random, not by time"]
+    warnings.clear()
+    build_dataset(vids, cat, write_pairs(tmp_path / "p2.csv"), tmp_path / "d2", warn=warnings.append)
+    build_dataset(vids, cat, write_pairs(tmp_path / "p3.csv", with_time=False), tmp_path / "d3", warn=warnings.append)
+    assert warnings == []  # every row timed, or no time column at all
+
+
+def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monkeypatch):
+    # they were read in the machine's local zone: one pairs file split differently on another machine
+    import time
+
+    p = tmp_path / "p.csv"
+    p.write_text("video,track,uploader,time\nv0,t0,u0,2024-01-01T00:00:00\nv1,t1,u1,2024-01-01T03:00:00+02:00\n"
+                 "v2,t2,u2,1704067200\n")
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        times = read_pairs(p).time
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert times == [1704067200.0, 1704067200.0 + 3600, 1704067200.0]

@@ -130,7 +130,7 @@ def test_clear_errors(world, tmp_path, capsys):
     assert code == 2 and "cannot open as media" in one_line_err(capsys)
 
 
-def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys):
+def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
@@ -151,6 +151,9 @@ def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys):
     assert np.allclose([t["score"] for t in r.json()["tracks"]], [t["score"] for t in cli["tracks"]], rtol=1e-4)
     broken = client.post("/recommend/video", files={"video": ("broken.mp4", b"not a video", "video/mp4")})
     assert broken.status_code == 422 and broken.json()["detail"].startswith("video broken.mp4: ")
+    photo = mf.write_image(tmp_path / "photo.png", "png").read_bytes()  # extract-videos refuses images too
+    still = client.post("/recommend/video", files={"video": ("photo.png", photo, "image/png")})
+    assert still.status_code == 422 and "video photo.png: an image, not a video" in still.json()["detail"]
 
 
 def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world, tmp_path, capsys):
@@ -172,3 +175,12 @@ def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world
     assert main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(tmp_path / "vf2"), "--video-id", "clip05", "--json"]) == 0
     assert "clips are sampled at 2 frames, the model's training videos at 4" in one_line_err(capsys)
+
+
+@pytest.mark.parametrize("option", ["--top", "--frames"])
+def test_a_count_below_one_is_refused_naming_the_option_before_anything_is_loaded(tmp_path, capsys, option):
+    # --top 0 loaded the model and the catalogue first, then said "top must be at least 1"
+    capsys.readouterr()
+    code = main(["recommend", "--run", str(tmp_path / "no-run"), "--catalog", str(tmp_path / "no-catalog"),
+                 "--video", "clip.mp4", option, "0"])
+    assert code == 2 and f"Invalid value for '{option}'" in one_line_err(capsys)

@@ -296,3 +296,48 @@ def test_copy_limited_streams_in_chunks_and_stops_past_the_limit():
     dst = io.BytesIO()
     assert not copy_limited(Source(b"abcdefghijk"), dst, limit=10, chunk=4)
     assert dst.getvalue() == b"abcdefgh"
+
+
+@pytest.mark.parametrize("name, suffix", [("clip.MOV", ".mov"), ("a.mp4", ".mp4"), ("clip", ""), ("a.gif", ""),
+                                          ("a." + "b" * 300, ""), ("x." + "é" * 200, "")])
+def test_an_uploads_file_name_gives_its_temporary_file_a_video_extension_at_most(client, tiny_ds, monkeypatch,
+                                                                                name, suffix):
+    # a 300-character extension made the temporary file's name too long: HTTP 500
+    from bgmrec import service
+
+    seen = []
+
+    def embed(self, path, caption, label):
+        seen.append(path.suffix)
+        return clip_of(tiny_ds, 0)
+
+    monkeypatch.setattr(service._MediaEncoders, "embed", embed)
+    r = client.post("/recommend/video", files={"video": (name, b"not read", "video/mp4")})
+    assert r.status_code == 200, r.json()
+    assert seen == [suffix]
+
+
+def test_a_body_that_is_not_json_or_an_upload_without_a_file_gets_a_422_saying_so(client):
+    # these were "[0]: JSON decode error" and "video: Value error, Expected UploadFile, received: <class 'str'>"
+    r = client.post("/recommend", content=b'{"visual": [1,,2]}', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "body: not valid JSON at character 14 (Expecting value)"
+    for files in ({"video": ("", b"abc", "video/mp4")}, {"video": (None, b"abc")}):  # no file name: a text part
+        r = client.post("/recommend/video", files=files)
+        assert r.status_code == 422
+        assert r.json()["detail"] == "video: expected a file (a multipart part with a file name), got a text value"
+
+
+def test_an_unknown_field_of_a_video_upload_is_refused_naming_it(client, tiny_ds, monkeypatch):
+    # the form's unknown fields were ignored: top_k=3 answered 10 tracks
+    from bgmrec import service
+
+    monkeypatch.setattr(service._MediaEncoders, "embed", lambda self, path, caption, label: clip_of(tiny_ds, 0))
+    video = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    r = client.post("/recommend/video", files=video, data={"top_k": "3"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "top_k: unknown field (the form's fields are video, caption, top)"
+    r = client.post("/recommend/video", files={**video, "thumbnail": ("t.png", b"x", "image/png")})
+    assert r.status_code == 422 and r.json()["detail"].startswith("thumbnail: unknown field")
+    r = client.post("/recommend/video", files=video, data={"caption": "beach #sun", "top": "3"})
+    assert r.status_code == 200 and len(r.json()["tracks"]) == 3

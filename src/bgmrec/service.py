@@ -21,9 +21,10 @@ They are computed once, at start-up.
 
 A request the caller must fix (a wrong size, a non-finite value, features for which the model's scores
 are not finite, an unknown field, an unknown track id or genre, no ``taste`` in personalised mode, an
-unreadable video) gets HTTP 422 with a one-line ``detail`` naming the field; a video upload to a server
-installed without the ``media`` extra gets 501. Any other error is the server's: HTTP 500 with a generic
-``detail``, the traceback logged (logger ``bgmrec.service``).
+unreadable video or an image, which ``extract-videos`` refuses too) gets HTTP 422 with a one-line
+``detail`` naming the field; a video upload to a server installed without the ``media`` extra gets 501.
+Any other error is the server's: HTTP 500 with a generic ``detail``, the traceback logged (logger
+``bgmrec.service``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +48,7 @@ MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
 MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve --max-upload-mb
 FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (caption, top, multipart framing)
+VIDEO_FORM_FIELDS = ("video", "caption", "top")  # the multipart fields of POST /recommend/video
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +117,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0]  # the body's shape or types: named as "clips[1].top: message"
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"] if p != "body")
-        msg = f"unknown field ({first['msg']})" if first["type"] == "extra_forbidden" else first["msg"]
-        return JSONResponse(status_code=422, content={"detail": f"{where.lstrip('.') or 'body'}: {msg}"})
+        return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors()[0])})
 
     def answer(clips: list[Clip], top: int, batch: bool = False) -> list[dict]:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
@@ -154,15 +153,14 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     encoders = _MediaEncoders(frames)
 
-    @app.post("/recommend/video")
+    @app.post("/recommend/video", dependencies=[Depends(known_form_fields)])
     def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
                         top: int = Form(10, ge=1, le=MAX_TOP)) -> dict:
         """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does)."""
         if personalised:
             raise RequestError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
                                "clip's features and POST /recommend with 'taste'")
-        suffix = Path(video.filename or "clip.mp4").suffix or ".mp4"
-        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+        with tempfile.NamedTemporaryFile(suffix=upload_suffix(video.filename)) as f:
             if not copy_limited(video.file, f, max_upload):
                 raise HTTPException(413, too_large)
             f.flush()
@@ -170,6 +168,40 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return {**recommender.recommend([clip], top)[0], "served_by": identity}
 
     return app
+
+
+def upload_suffix(filename: str | None) -> str:
+    """The extension an uploaded video's temporary file gets: the client's, lower-cased, when it is one of
+    ``extract-videos``' (:data:`~bgmrec.features.video.VIDEO_EXTENSIONS`), else none (the decoder reads the
+    content; a client's name, e.g. with a 300-character extension, never reaches the file system)."""
+    from bgmrec.features.video import VIDEO_EXTENSIONS
+
+    suffix = Path(filename or "").suffix.lower()
+    return suffix if suffix in VIDEO_EXTENSIONS else ""
+
+
+async def known_form_fields(request: Request) -> None:
+    """Refuse a multipart field ``POST /recommend/video`` does not read (``top_k``), as the JSON endpoints refuse
+    unknown fields, instead of answering as if it had not been sent."""
+    unknown = sorted(set((await request.form()).keys()) - set(VIDEO_FORM_FIELDS))  # the form FastAPI parsed
+    if unknown:
+        raise RequestError(f"{unknown[0]}: unknown field (the form's fields are {', '.join(VIDEO_FORM_FIELDS)})")
+
+
+def validation_detail(error: dict) -> str:
+    """The one-line ``detail`` of a request FastAPI could not parse (its first error): the field named as
+    ``clips[1].top``, then what is wrong with it."""
+    if error["type"] == "json_invalid":  # FastAPI's location is ("body", character offset)
+        offset = error["loc"][-1]
+        reason = (error.get("ctx") or {}).get("error", error["msg"])
+        return f"body: not valid JSON at character {offset} ({reason})"
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"] if p != "body")
+    where = where.lstrip(".") or "body"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field ({error['msg']})"
+    if "Expected UploadFile" in error["msg"]:  # a text field, or a file part without a file name
+        return f"{where}: expected a file (a multipart part with a file name), got a text value"
+    return f"{where}: {error['msg']}"
 
 
 def copy_limited(src: BinaryIO, dst: BinaryIO, limit: int, chunk: int = 1 << 20) -> bool:

@@ -351,3 +351,50 @@ def test_a_folder_of_another_kind_is_refused_and_left_as_it_was(tmp_path, music_
     (stopped / "manifest.json").unlink()
     extract_music(music_dir, stopped, extractor=Counting(), progress=False)  # finished, not refused
     assert (stopped / "manifest.json").is_file()
+
+
+WORKER_OF_A_KILLED_RUN = """
+import os, sys, time, multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from bgmrec.features.audio import AudioConfig, _init_worker
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(AudioConfig(),))
+    print(pool.submit(os.getpid).result(), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_worker_processes_end_when_the_run_is_killed(tmp_path):
+    # extract-music killed (SIGKILL, or SIGTERM from a scheduler) left its worker processes waiting forever
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("reads process states from /proc")
+    script = tmp_path / "run.py"
+    script.write_text(WORKER_OF_A_KILLED_RUN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           env=env)
+    worker = int(run.stdout.readline())
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"  # a zombie has exited (its new parent may not reap it at once)
+
+    deadline = time.monotonic() + 20
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"worker {worker} outlived its killed parent")

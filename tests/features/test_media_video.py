@@ -238,3 +238,29 @@ def test_a_run_that_keeps_no_video_is_an_error_and_leaves_no_folder(tmp_path, ca
     out.mkdir()  # an empty folder given: it stays as it was (no .cache left in it)
     assert run_cli(capsys, "extract-videos", str(d), "--out", str(out), "--no-progress")[0] == 2
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 3])
+def test_a_clip_with_fewer_frames_than_samples_uses_every_frame(tmp_path, n_frames):
+    # a 1-frame clip was refused as "truncated or corrupt: only 1 of 8 sample frames decodable"
+    path = mf.write_video(tmp_path / "short.mp4", n_frames / 10, 64, 48, 10, kind=1)
+    frames = sample_frames(path, 8, 32)
+    assert frames.shape == (8, 32, 32, 3)
+    distinct = {f.tobytes() for f in frames}
+    assert len(distinct) == n_frames  # each of the clip's frames, repeated evenly
+    runs = 1 + sum(not np.array_equal(a, b) for a, b in zip(frames, frames[1:], strict=False))
+    assert runs == n_frames  # in time order: each frame one run of repeats
+
+
+def test_images_are_refused_by_content_whatever_their_name(tmp_path):
+    # extract-videos skips .png/.gif by extension, but renamed ones (and uploads) were embedded as clips
+    d = tmp_path / "in"
+    d.mkdir()
+    mf.write_video(d / "clip.mp4", 1.0)
+    mf.write_image(d / "still.mp4", "png")
+    mf.write_image(d / "anim.mov", "gif", frames=5)
+    for name in ("still.mp4", "anim.mov"):
+        with pytest.raises(MediaError, match="an image, not a video"):
+            sample_frames(d / name, 4)
+    r = extract_videos(d, tmp_path / "out", frames=CountingFrames(), text=mf.text_encoder(), progress=False)
+    assert r.done == 1 and sorted(f for f, _ in r.failures) == ["anim.mov", "still.mp4"]

@@ -114,8 +114,8 @@ def recommend_cmd(
     caption: str | None = typer.Option(None, help="caption and hashtags of the video file"),
     features: Path | None = typer.Option(None, help="videos folder of extract-videos (with --video-id)"),
     video_id: str | None = typer.Option(None, help="id of a video in --features"),
-    top: int = typer.Option(10, help="how many tracks"),
-    frames: int = typer.Option(8, help="frames sampled from --video (as extract-videos did for training)"),
+    top: int = typer.Option(10, min=1, help="how many tracks"),
+    frames: int = typer.Option(8, min=1, help="frames sampled from --video (as extract-videos did for training)"),
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content; personalised needs an uploader and is not offered here)"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),

@@ -6,7 +6,8 @@ Inputs: a videos folder (:mod:`bgmrec.features.video`), a music catalogue folder
     video,track,uploader[,time]
 
 (``video_id``/``track_id``/``uploader_id``/``timestamp`` are accepted as column names too; ids are
-the file stems used by the extractors; ``time`` is a number or an ISO-8601 date-time).
+the file stems used by the extractors; ``time`` is a number or an ISO-8601 date-time, read as UTC when it
+names no zone).
 
 What is written (the format of :mod:`bgmrec.data.dataset`):
 
@@ -14,7 +15,8 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   its first pair), and every catalogue track (``track_new`` all False);
 - genres: the sorted genre names of the catalogue, tracks without one get "unknown";
 - splits train / val / test of the pairs, by video (all rows of one video land in one split):
-  by time when every row has one (earliest video time first), else a seeded random permutation;
+  by time when every row has one (earliest video time first), else a seeded random permutation (with a
+  warning when only some rows have a time);
   every split is ranked among the existing tracks;
 - frozen negatives for val and test: up to 100 per row (fewer when the catalogue is smaller),
   drawn with :func:`bgmrec.data.negatives.sample_negatives`;
@@ -32,8 +34,8 @@ Fewer than 3 videos with usable pairs leave val and test empty: built, with a wa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +82,17 @@ class Pairs:
     track: list[str]
     uploader: list[str]
     time: list[float] | None  # None when the column is absent or any row lacks a time
+    untimed: list[int] = field(default_factory=list)  # lines of the rows without a time, when the column exists
 
 
 def read_pairs(path: Path) -> Pairs:
     """Read a pairs CSV (see the module docstring); errors name the file, line and column."""
-    from bgmrec.features.cache import read_csv_utf8
+    from bgmrec.features.cache import read_csv_lines
 
     path = Path(path)
-    rows = read_csv_utf8(path)
+    numbered = read_csv_lines(path)
+    lines = [line for line, _ in numbered]  # physical lines: blank lines and quoted line breaks counted
+    rows = [row for _, row in numbered]
     if not rows:
         raise DatasetError(f"{path}: no rows (expected a header video,track,uploader[,time], one row a pair)")
     cols = {}
@@ -101,11 +106,12 @@ def read_pairs(path: Path) -> Pairs:
     for k in ("video", "track", "uploader"):
         empty = [i for i, v in enumerate(get[k]) if not v]
         if empty:
-            raise DatasetError(f"{path}: line {empty[0] + 2} has an empty {k!r}")
+            raise DatasetError(f"{path}: line {lines[empty[0]]} has an empty {k!r}")
     times = None
-    if "time" in get and all(get["time"]):
-        times = [_parse_time(v, path, i + 2) for i, v in enumerate(get["time"])]
-    return Pairs(get["video"], get["track"], get["uploader"], times)
+    untimed = [line for v, line in zip(get.get("time", []), lines, strict=False) if not v]
+    if "time" in get and not untimed:
+        times = [_parse_time(v, path, line) for v, line in zip(get["time"], lines, strict=True)]
+    return Pairs(get["video"], get["track"], get["uploader"], times, untimed)
 
 
 def _parse_time(value: str, path: Path, line: int) -> float:
@@ -114,9 +120,11 @@ def _parse_time(value: str, path: Path, line: int) -> float:
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(value).timestamp()
+        moment = datetime.fromisoformat(value)
     except ValueError:
         raise DatasetError(f"{path}: line {line}: time {value!r} is neither a number nor ISO-8601") from None
+    # without a zone: UTC, not this machine's local time (the same file must split alike everywhere)
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> np.ndarray:
@@ -153,7 +161,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                   config: BuildConfig | None = None, warn: Callable[[str], None] | None = None) -> Dataset:
     """Join extracted videos, a catalogue and a pairs CSV into a dataset folder at ``out``.
 
-    ``warn`` is told (one line) when the val or test split is empty (too few videos with pairs).
+    ``warn`` is told (one line) when the val or test split is empty (too few videos with pairs), and when
+    some rows of the pairs' time column are empty (the split is then random, not by time).
     """
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.video import load_video_features
@@ -162,6 +171,9 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     vids = load_video_features(Path(videos_dir))
     cat = load_catalog(Path(music_dir))
     pairs = read_pairs(Path(pairs_csv))
+    if pairs.untimed and warn is not None:
+        warn(f"{pairs_csv}: {len(pairs.untimed)} of {len(pairs.video)} row(s) have no time (e.g. line "
+             f"{pairs.untimed[0]}); the split is random, not by time")
     if len(cat) < 2:
         raise DatasetError(f"{music_dir}: the catalogue has {len(cat)} track(s); a dataset needs at least 2")
 

@@ -258,6 +258,25 @@ _WORKER: AudioExtractor | None = None
 def _init_worker(config: AudioConfig) -> None:
     global _WORKER
     _WORKER = AudioExtractor(config)
+    _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """End this worker process as soon as the process that started it ends. A parent killed (SIGKILL, or SIGTERM
+    from a scheduler or ``timeout``) cannot shut its pool down, and its workers would wait for work forever."""
+    import multiprocessing as mp
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])  # ready once the parent has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _worker_job(path: str, key: str, cache_root: str, settings: dict) -> tuple[str, np.ndarray | None, str]:

