@@ -84,6 +84,12 @@ def validation_recall(model, val: SplitView, n_queries: int, seed: int) -> float
     return recall_at_k(full_ranks(model, val.dataset, val.name, rows=rows).ranks, 10)
 
 
+def _diverged(model, where: str) -> ValueError:
+    cfg = model.config
+    return ValueError(f"{model.name}: training diverged at {where} (lr={cfg.lr}, grad_clip={cfg.grad_clip}); "
+                      f"train again with a lower learning rate, e.g. --set lr={cfg.lr / 10:g}")
+
+
 def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = False) -> list[dict]:
     """Train ``model`` (a :class:`bgmrec.models.neural.TorchRecommender`) with early stopping on ``val``.
 
@@ -113,6 +119,8 @@ def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = F
         for b in range(steps_per_epoch):
             batch = feats.batch(rows[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
             loss, logs = model.training_loss(batch, step, steps_per_epoch)
+            if not torch.isfinite(loss):
+                raise _diverged(model, f"epoch {epoch + 1}, step {b + 1}: the loss is {loss.item()}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -121,6 +129,8 @@ def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = F
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         model.module.eval()
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise _diverged(model, f"epoch {epoch + 1}: its last step left weights that are not finite")
         model.end_epoch(feats)
         entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                  **{k: v / steps_per_epoch for k, v in sums.items()}}

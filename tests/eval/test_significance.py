@@ -168,7 +168,15 @@ def test_bad_input_is_named(base, cand, words):
 
 @pytest.mark.parametrize("kwargs,words", [({"level": 1.0}, "level"), ({"level": 0.0}, "level"),
                                           ({"level": float("nan")}, "level"), ({"resamples": 0}, "resamples"),
-                                          ({"resamples": 2.5}, "resamples")])
+                                          ({"resamples": 2.5}, "resamples"),
+                                          ({"resamples": 39}, "resamples 39 is too few for a 95% interval: each "
+                                                              "tail must hold at least one resample, so at least 40"),
+                                          ({"resamples": 199, "level": 0.99}, "at least 200")])
 def test_bad_settings_are_named(kwargs, words):
     with pytest.raises(ValueError, match=words):
         paired_comparison(np.ones(3), np.ones(3), **kwargs)
+
+
+def test_the_fewest_resamples_of_an_interval_give_one_resample_in_each_tail():
+    c = paired_comparison(np.zeros(5), np.arange(5.0), resamples=40)  # 2 / (1 - 0.95) = 40: accepted
+    assert c.difference_ci[0] <= c.difference <= c.difference_ci[1]

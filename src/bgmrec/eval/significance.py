@@ -27,6 +27,7 @@ p-value of 1 says so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -72,12 +73,20 @@ def _paired(baseline, candidate) -> np.ndarray:
     return np.stack([a, b], axis=1)
 
 
-def check_settings(resamples: int, level: float = 0.95) -> None:
-    """ValueError unless ``resamples`` >= 1 and ``level`` is in (0, 1) (checked before any ranking)."""
+def check_settings(resamples: int, level: float | None = 0.95) -> None:
+    """ValueError unless ``resamples`` >= 1 and ``level`` is in (0, 1) (checked before any ranking). With a
+    ``level`` (an interval is made), each of the interval's two tails must hold at least one resample:
+    ``resamples`` >= 2 / (1 - level), 40 at 95%."""
     if not isinstance(resamples, int | np.integer) or resamples < 1:
         raise ValueError(f"resamples must be an integer >= 1, got {resamples}")
+    if level is None:
+        return
     if not 0 < level < 1:  # False for NaN too
         raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level}")
+    least = math.ceil(2 / (1 - level) - 1e-9)
+    if resamples < least:
+        raise ValueError(f"resamples {resamples} is too few for a {level:.0%} interval: each tail must hold at least "
+                         f"one resample, so at least {least} (the default is 10,000)")
 
 
 def bootstrap_means(values: np.ndarray, resamples: int, seed: int = 0) -> np.ndarray:
@@ -89,7 +98,7 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int = 0) -> np.nda
     values = np.asarray(values, np.float64)
     if values.ndim != 2 or len(values) == 0:
         raise ValueError(f"values must be [queries, columns] with at least one query, got shape {values.shape}")
-    check_settings(resamples)
+    check_settings(resamples, level=None)
     n = len(values)
     rng = np.random.default_rng(seed)
     out = np.empty((resamples, values.shape[1]))
@@ -112,7 +121,7 @@ def sign_flip_p_value(differences: np.ndarray, resamples: int = 10_000, seed: in
     d = np.asarray(differences, np.float64)
     if d.ndim != 1 or d.size == 0 or not np.isfinite(d).all():
         raise ValueError(f"differences must be a non-empty 1-d array of finite values, got shape {d.shape}")
-    check_settings(resamples)
+    check_settings(resamples, level=None)
     nonzero = d[d != 0]
     n = len(nonzero)
     if n == 0:
