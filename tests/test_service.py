@@ -278,6 +278,22 @@ def test_video_uploads_past_the_limit_get_a_413(tiny_ds, cmvae):
         assert r.json()["detail"].startswith("video: the upload is larger than this server's limit of 1000 bytes")
 
 
+def test_json_bodies_past_the_limit_get_a_413_before_they_are_read(tiny_ds, cmvae, monkeypatch):
+    import bgmrec.service
+
+    monkeypatch.setattr(bgmrec.service, "MAX_JSON", 5000)
+    client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds))))
+    assert client.get("/health").json()["max_json_bytes"] == 5000
+    assert len(json.dumps(clip_body(tiny_ds, 0))) < 5000
+    assert client.post("/recommend", json=clip_body(tiny_ds, 0)).status_code == 200
+    for path, body in (("/recommend", clip_body(tiny_ds, 0, top=2) | {"visual": [0.5] * 2000}),
+                       ("/recommend/batch", {"clips": [clip_body(tiny_ds, i) for i in range(20)], "top": 2})):
+        assert len(json.dumps(body)) > 5000
+        r = client.post(path, json=body)
+        assert r.status_code == 413 and re.match(r"body: \d+ bytes is larger than this server's limit of 5000 "
+                                                 r"bytes for JSON", r.json()["detail"]), r.json()
+
+
 def test_copy_limited_streams_in_chunks_and_stops_past_the_limit():
     import io
 

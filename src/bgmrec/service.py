@@ -12,7 +12,8 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
   answers in order under ``results``;
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
   as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
-  The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413.
+  The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
+  does a JSON body declared larger than :data:`MAX_JSON` (64 MB).
 
 Every answer also carries ``served_by``: the model's name, its inference mode, the bgmrec version, the
 run folder's name and a SHA-256 of its ``config.json`` and ``weights.safetensors``, and the catalogue
@@ -48,6 +49,7 @@ MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
 MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve --max-upload-mb
 FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (caption, top, multipart framing)
+MAX_JSON = 64 * 2**20  # largest JSON body (bytes): a batch of MAX_BATCH clips of 1664 floats is about 40 MB
 VIDEO_FORM_FIELDS = ("video", "caption", "top")  # the multipart fields of POST /recommend/video
 
 logger = logging.getLogger(__name__)
@@ -109,10 +111,16 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     @app.middleware("http")
     async def upload_limit(request: Request, call_next):
-        # a declared body far past the limit is refused before it is read (the endpoint counts the bytes too)
+        # a declared body far past the limit is refused before it is read (the video endpoint counts the bytes
+        # too; a JSON body without Content-Length is read whole)
         length = request.headers.get("content-length", "")
-        if request.url.path == "/recommend/video" and length.isdigit() and int(length) > max_upload + FORM_SLACK:
+        size = int(length) if length.isdigit() else 0
+        if request.url.path == "/recommend/video" and size > max_upload + FORM_SLACK:
             return JSONResponse(status_code=413, content={"detail": too_large})
+        if request.url.path in ("/recommend", "/recommend/batch") and size > MAX_JSON:
+            return JSONResponse(status_code=413, content={"detail": f"body: {size} bytes is larger than this "
+                                                                    f"server's limit of {MAX_JSON} bytes for JSON "
+                                                                    f"({MAX_JSON // 2**20} MB)"})
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -139,7 +147,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "inference_mode": getattr(recommender.model, "inference_mode", None),
                 "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
-                "max_upload_bytes": max_upload, "served_by": identity}
+                "max_upload_bytes": max_upload, "max_json_bytes": MAX_JSON, "served_by": identity}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> dict:
