@@ -168,6 +168,20 @@ def test_content_mode_is_the_geometric_mixture_of_student_and_teacher(tiny_dir, 
         TeacherMixture(model, model.teacher, -0.5)
 
 
+def test_modality_shares_follow_the_scores_mixture(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    q = VideoQuery.from_dataset(ds, np.arange(8))
+    w = model.config.teacher_mix
+    model.set_inference_mode("backdoor")
+    student = model.modality_shares(q)
+    teacher = model.teacher.modality_shares(q)
+    assert not np.allclose(student, teacher, atol=1e-3)
+    model.set_inference_mode("content")
+    shares = model.modality_shares(q)
+    assert np.allclose(shares, (1 - w) * student + w * teacher) and np.allclose(shares.sum(axis=1), 1.0)
+
+
 def test_teachermix_trains_as_cmvae_and_mixes_the_teacher_in(tiny_dir, tmp_path):
     ds = load_dataset(tiny_dir)
     overrides = {"epochs": 2, "batch_size": 256}

@@ -11,8 +11,8 @@ The answer is a dict, the object ``bgmrec recommend --json`` prints::
 
 ``modality_share`` says how much the frames and the caption drove the video's representation:
 the model's own ``modality_shares`` when it has one (CMVAE: each expert's share of the fused
-precision), else visual 1 / text 0 for a clip without text, and null otherwise (the model does not
-say).
+precision; DecCM's content mode: its student's and its teacher's, weighted as their scores), else
+visual 1 / text 0 for a clip without text, and null otherwise (the model does not say).
 """
 
 from __future__ import annotations

@@ -282,6 +282,16 @@ class DecCM(CMVAE):
         """
         return self.inference_mode == "content" and self._content_mode_mixes_teacher()
 
+    def modality_shares(self, q: VideoQuery) -> np.ndarray:
+        """The frames' and the caption's shares (:meth:`CMVAE.modality_shares`); where the scores mix in the
+        teacher's (content mode), the student's and the teacher's shares weighted as their scores are,
+        (1 - w) and w."""
+        own = super().modality_shares(q)
+        if not self.mixes_teacher():
+            return own
+        w = self.config.teacher_mix
+        return (1 - w) * own + w * self._require_teacher().modality_shares(q)
+
     def _content_mode_mixes_teacher(self) -> bool:
         return self.config.teacher and self.config.teacher_mix > 0
 
