@@ -1,5 +1,6 @@
 # Two entry points do all the set-up on a fresh machine: `make demo` and `make test`.
 PY ?= python3.11
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,8 +10,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned, so that nothing can resolve a multi-GB CUDA build
-	$(BIN)/pip install --quiet torch==2.13.0
+	# torch first, pinned, so that nothing can resolve a multi-GB CUDA build; TORCH_INDEX (e.g.
+	# https://download.pytorch.org/whl/cpu) for a machine whose package index serves CUDA builds
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[media,serve,dev]'
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)

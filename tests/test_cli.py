@@ -478,3 +478,26 @@ def test_evaluating_a_training_split_says_so(cli_world, popularity_run, capsys):
     assert "note: train is a training split (role train)" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--split", "test"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_command_through_its_clean_up(cli_world, tmp_path):
+    """The console script ends on SIGTERM as on Ctrl-C: no half-built run left beside --out, exit code 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "runs" / "cmvae"
+    code = "import sys; from bgmrec.cli import entry; sys.exit(entry())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "train", "--data", str(cli_world), "--model", "cmvae",
+                             "--out", str(out), "--set", "epochs=40", "--set", "patience=40"],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.parent.glob(".cmvae.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()  # still training, its run under a temporary name
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert sorted(p.name for p in out.parent.iterdir()) == []  # neither the run nor its temporary folder

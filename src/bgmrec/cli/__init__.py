@@ -8,6 +8,19 @@ from bgmrec.cli import core, interop, media, serve  # noqa: F401  (modules regis
 from bgmrec.cli.app import app
 
 
+def entry() -> int:
+    """The ``bgmrec`` console script: :func:`main`, with SIGTERM (a scheduler's or ``timeout``'s stop) ending
+    the command as Ctrl-C does, through its clean-up (a run or dataset half built under a temporary name is
+    removed), with exit code 143."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (tests call this directly); returns the exit code."""
     import typer
