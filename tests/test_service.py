@@ -281,7 +281,7 @@ def test_video_uploads_past_the_limit_get_a_413(tiny_ds, cmvae):
 def test_json_bodies_past_the_limit_get_a_413_before_they_are_read(tiny_ds, cmvae, monkeypatch):
     import bgmrec.service
 
-    monkeypatch.setattr(bgmrec.service, "MAX_JSON", 5000)
+    monkeypatch.setattr(bgmrec.service, "json_limit", lambda spec: 5000)
     client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds))))
     assert client.get("/health").json()["max_json_bytes"] == 5000
     assert len(json.dumps(clip_body(tiny_ds, 0))) < 5000
@@ -292,6 +292,18 @@ def test_json_bodies_past_the_limit_get_a_413_before_they_are_read(tiny_ds, cmva
         r = client.post(path, json=body)
         assert r.status_code == 413 and re.match(r"body: \d+ bytes is larger than this server's limit of 5000 "
                                                  r"bytes for JSON", r.json()["detail"]), r.json()
+
+
+def test_the_json_limit_holds_a_full_batch_of_the_widest_values():
+    from types import SimpleNamespace
+
+    from bgmrec.service import FORM_SLACK, MAX_BATCH, MAX_JSON, json_limit
+
+    assert json_limit(SimpleNamespace(video_visual=32, video_text=16)) == MAX_JSON  # the floor
+    wide = SimpleNamespace(video_visual=2048, video_text=768)  # TT-150k's ResNet + BERT widths
+    longest = json.dumps({"visual": [-0.12345678901234568] * 2048, "text": [-1.2345678901234567e-05] * 768,
+                          "exclude": [], "taste": None})
+    assert json_limit(wide) >= MAX_BATCH * (len(longest) + 2) + FORM_SLACK  # a full batch of those clips
 
 
 def test_copy_limited_streams_in_chunks_and_stops_past_the_limit():

@@ -205,6 +205,28 @@ def test_a_truncated_visual_file_is_named_beside_the_text_file(tmp_path):
         read_tt150k(src)
 
 
+def test_repeated_negatives_are_kept_and_warned_of(tmp_path):
+    src = build_reference(tmp_path / "ref")
+    _edit_neg(src, "test", lambda a: _set(a, 4, 2, np.r_[a[4, 2][:-1], a[4, 2][0]]))
+    ds, _, rep = read_tt150k(src)
+    assert "warning: test: 1 of 20 rows repeat a negative track" in rep.notes
+    assert ds.negatives["test"][4, -1] == ds.negatives["test"][4, 0]  # as given
+
+
+def test_an_older_export_s_negatives_beyond_the_candidates_are_drawn_again(tmp_path, tiny_world):
+    export_tt150k(tiny_world, tmp_path / "ref")
+    side = json.loads((tmp_path / "ref" / SIDECAR).read_text())
+    del side["native_negatives"]  # as bgmrec wrote it before it kept the split's own negatives
+    (tmp_path / "ref" / SIDECAR).write_text(json.dumps(side))
+    import_tt150k(tmp_path / "ref", tmp_path / "back")
+    back = load_dataset(tmp_path / "back")
+    neg = back.negatives["test_new_music"]
+    assert neg.shape == tiny_world.negatives["test_new_music"].shape  # all 29 other new tracks
+    assert back.track_new[neg].all() and not (neg == back.splits["test_new_music"][:, 1:2]).any()
+    report = json.loads((tmp_path / "back" / "extra" / "import_report.json").read_text())
+    assert any("an older bgmrec export drew its negatives beyond its 30 candidates" in n for n in report["notes"])
+
+
 def test_val_or_test_videos_also_in_train_are_warned_of(tmp_path):
     src = build_reference(tmp_path / "ref")
     train_video = int(np.load(src / "data_matching/train.npy", allow_pickle=True)[0, 0])

@@ -270,6 +270,25 @@ def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tm
                  resume=True)
 
 
+def test_a_grid_stopped_in_its_first_point_after_its_teacher_resumes(tiny_dir, tmp_path, monkeypatch):
+    import bgmrec.cli.core
+
+    small = {**SMALL_CMVAE, "prior_samples": "16"}
+    real = bgmrec.cli.core.train_model
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # the teacher is trained, the first point's student not
+
+    monkeypatch.setattr(bgmrec.cli.core, "train_model", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small)
+    assert (tmp_path / "g" / "teachers" / "alpha=0.5" / "config.json").is_file()
+    assert json.loads((tmp_path / "g" / "tuning.json").read_text())["trials"] == []
+    monkeypatch.setattr(bgmrec.cli.core, "train_model", real)
+    trials = run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, resume=True)
+    assert len(trials) == 2 and {t.settings["alpha"] for t in trials} == {"0.5", "0.1"}
+
+
 def test_a_killed_training_s_leftovers_block_neither_a_new_grid_nor_a_resume(tiny_dir, tmp_path):
     out = tmp_path / "g"
     (out / ".seed=0.tmp-abcd").mkdir(parents=True)  # what a kill during the first point leaves

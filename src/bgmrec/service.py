@@ -13,7 +13,7 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
   as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
   The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
-  does a JSON body declared larger than :data:`MAX_JSON` (64 MB).
+  does a JSON body declared larger than :func:`json_limit` (64 MB, more for wider features).
 
 Every answer also carries ``served_by``: the model's name, its inference mode, the bgmrec version, the
 run folder's name and a SHA-256 of its ``config.json`` and ``weights.safetensors``, and the catalogue
@@ -49,7 +49,8 @@ MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
 MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve --max-upload-mb
 FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (caption, top, multipart framing)
-MAX_JSON = 64 * 2**20  # largest JSON body (bytes): a batch of MAX_BATCH clips of 1664 floats is about 40 MB
+MAX_JSON = 64 * 2**20  # largest JSON body (bytes) at least; more for wide features (json_limit)
+JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
 VIDEO_FORM_FIELDS = ("video", "caption", "top")  # the multipart fields of POST /recommend/video
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     spec = recommender.model.spec
     personalised = getattr(recommender.model, "inference_mode", None) == "personalised"
     identity = served_by(recommender)
+    max_json = json_limit(spec)
     too_large = (f"video: the upload is larger than this server's limit of {max_upload} bytes "
                  f"({max_upload / 2**20:g} MB; bgmrec serve --max-upload-mb)")
 
@@ -117,10 +119,10 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         size = int(length) if length.isdigit() else 0
         if request.url.path == "/recommend/video" and size > max_upload + FORM_SLACK:
             return JSONResponse(status_code=413, content={"detail": too_large})
-        if request.url.path in ("/recommend", "/recommend/batch") and size > MAX_JSON:
+        if request.url.path in ("/recommend", "/recommend/batch") and size > max_json:
             return JSONResponse(status_code=413, content={"detail": f"body: {size} bytes is larger than this "
-                                                                    f"server's limit of {MAX_JSON} bytes for JSON "
-                                                                    f"({MAX_JSON // 2**20} MB)"})
+                                                                    f"server's limit of {max_json} bytes for JSON "
+                                                                    f"({max_json / 2**20:.0f} MB)"})
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -147,7 +149,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "inference_mode": getattr(recommender.model, "inference_mode", None),
                 "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
-                "max_upload_bytes": max_upload, "max_json_bytes": MAX_JSON, "served_by": identity}
+                "max_upload_bytes": max_upload, "max_json_bytes": max_json, "served_by": identity}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> dict:
@@ -176,6 +178,12 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return {**recommender.recommend([clip], top)[0], "served_by": identity}
 
     return app
+
+
+def json_limit(spec) -> int:
+    """The largest JSON body a server of a model with feature sizes ``spec`` reads: :data:`MAX_JSON`, or
+    room for a full batch (:data:`MAX_BATCH` clips, every value at its longest) when that is more."""
+    return max(MAX_JSON, MAX_BATCH * (spec.video_visual + spec.video_text) * JSON_BYTES_PER_VALUE + FORM_SLACK)
 
 
 def upload_suffix(filename: str | None) -> str:

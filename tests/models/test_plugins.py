@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bgmrec.cli import main
+from bgmrec.cli import core, main
 from bgmrec.models import registry
 from bgmrec.models.base import Recommender, load_model
 from bgmrec.models.registry import ENTRY_POINT_GROUP, model_class, model_names, register_model, unregister_model
@@ -45,6 +45,7 @@ def install_entry_points(monkeypatch, root: Path, dist: str, entries: dict[str, 
     (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}")
     monkeypatch.syspath_prepend(str(root))
     registry.plugin_models.cache_clear()
+    core._top_level_distributions.cache_clear()  # the distributions installed now
 
 
 @pytest.fixture
@@ -312,6 +313,7 @@ def torch_example():
     yield BilinearBPR
     unregister_model("bilinear-bpr")
     sys.path.remove(str(EXAMPLE.parent))
+    del sys.modules["torch_model"]
 
 
 class TestTorchExample(RecommenderContractMixin):
@@ -352,3 +354,44 @@ def test_a_torch_model_without_input_norms_or_temperature_is_refused_at_construc
 
     with pytest.raises(ValueError, match="track_prior=true adds temperature .* needs a numeric field temperature"):
         torch_example(PriorConfig(), tiny_spec)
+
+
+def test_the_recorded_code_covers_every_package_of_the_class_hierarchy_and_zipped_ones(tmp_path, monkeypatch,
+                                                                                      registered):
+    import shutil
+    import zipfile
+
+    from bgmrec.cli.core import model_package
+
+    base = tmp_path / "base"  # the example package, as a copy this test may edit
+    shutil.copytree(EXAMPLE / "src" / "bgmrec_audio_ridge", base / "bgmrec_audio_ridge")
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:  # a package imported from a zip file
+        z.writestr("zridge/__init__.py", "from bgmrec_audio_ridge import AudioRidge\n\n\n"
+                                         "class ZRidge(AudioRidge):\n    name = 'z-ridge'\n")
+    for path in (base, tmp_path / "z.zip"):
+        monkeypatch.syspath_prepend(str(path))
+    for name in ("bgmrec_audio_ridge", "zridge"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    register_model("z-ridge", "zridge:ZRidge")
+    registered.append("z-ridge")
+    made = model_package("z-ridge")
+    assert made["class"] == "zridge:ZRidge" and made["package"] is None and len(made["code"]) == 16
+    with (base / "bgmrec_audio_ridge" / "__init__.py").open("a") as f:  # the base class's package edited
+        f.write("# edited\n")
+    assert model_package("z-ridge")["code"] != made["code"]
+
+
+def test_a_run_of_a_model_registered_by_a_script_says_to_register_it(tiny_dir, tmp_path, registered):
+    from bgmrec.cli.core import train_model
+    from bgmrec.models.baselines import PopularityRecommender
+
+    mine = type("ScriptPop", (PopularityRecommender,), {"name": "script-pop", "__module__": "__main__"})
+    register_model("script-pop", mine)
+    registered.append("script-pop")
+    train_model(tiny_dir, "script-pop", tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model_package"]["package"] is None
+    unregister_model("script-pop")
+    registered.remove("script-pop")
+    with pytest.raises(ValueError, match=r"trained with __main__:ScriptPop, which no installed package provides: "
+                                         r"register it \(bgmrec.models.registry.register_model\) before loading"):
+        load_model(tmp_path / "run")

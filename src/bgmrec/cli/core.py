@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -80,24 +81,71 @@ def source_digest(root: Path) -> str:
 
 def model_package(model: str) -> dict | None:
     """Where the code of ``--model`` ``model`` comes from when it is not bgmrec's own (a model of another
-    package, or one registered with ``register_model``): its class, its distribution's name and version
-    (None when not installed as one) and :func:`source_digest` of its top-level package (None without a
-    source file); None for bgmrec's models, whose code the commit and version identify."""
-    from importlib.metadata import packages_distributions, version
+    package, or one registered with ``register_model``): its class, the distribution that installed its
+    module and its version (None for code not installed as one) and a hash of its sources (None when
+    they cannot be read); None for bgmrec's models, whose code the commit and version identify.
+
+    The hash covers every top-level package (or module) that defines a class of the model's class
+    hierarchy outside bgmrec: a subclass of another package's model changes with either package."""
+    import hashlib
 
     from bgmrec.models.registry import model_class, resolve
 
     cls = model_class(resolve(model)[0])
-    top = cls.__module__.split(".")[0]
-    if top == "bgmrec":
+    if cls.__module__.split(".")[0] == "bgmrec":
         return None
-    file = getattr(sys.modules.get(top), "__file__", None)
-    root = None if file is None else Path(file).resolve()
-    root = root.parent if root is not None and root.name == "__init__.py" else root
-    dist = next(iter(packages_distributions().get(top, [])), None)
-    return {"class": f"{cls.__module__}:{cls.__qualname__}", "package": dist,
-            "version": None if dist is None else version(dist),
-            "code": None if root is None else source_digest(root)}
+    tops = sorted({c.__module__.split(".")[0] for c in cls.__mro__} - {"bgmrec", "builtins", "abc", "typing"})
+    digests = [_module_digest(top) for top in tops]
+    dist = _distribution_of(cls.__module__)
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "package": dist and dist.metadata["Name"],
+            "version": dist and dist.version,
+            "code": None if None in digests else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]}
+
+
+def _module_digest(top: str) -> str | None:
+    """:func:`source_digest` of the top-level package or module ``top`` as imported: each folder of its
+    ``__path__`` (several for a namespace package), else its source as its loader reads it (a module in a
+    zip file too); None when there is no source to read (``__main__`` of a notebook, a compiled module)."""
+    import hashlib
+    import importlib.util
+
+    module = sys.modules.get(top)
+    folders = [Path(p) for p in getattr(module, "__path__", [])]
+    if folders and all(f.is_dir() for f in folders):
+        return hashlib.sha256("".join(f"{f.name}:{source_digest(f)}" for f in sorted(folders)).encode()).hexdigest()
+    try:
+        spec = module.__spec__ if module is not None else importlib.util.find_spec(top)
+        source = spec.loader.get_source(spec.name) if spec is not None and spec.loader is not None else None
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
+    return None if source is None else hashlib.sha256(source.encode()).hexdigest()
+
+
+def _distribution_of(module: str):
+    """The installed distribution whose files hold ``module`` (its top-level name may be shared by several,
+    as a namespace package), or None."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    file = getattr(sys.modules.get(module), "__file__", None)
+    for name in _top_level_distributions().get(module.split(".")[0], []):
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue
+        if file is None or dist.files is None or any(
+                str(dist.locate_file(f)) == str(Path(file)) or Path(str(dist.locate_file(f))).resolve() == Path(
+                    file).resolve() for f in dist.files if f.suffix == ".py"):
+            return dist
+    return None
+
+
+@functools.cache
+def _top_level_distributions() -> dict[str, list[str]]:
+    """``importlib.metadata.packages_distributions()``, read once per process (it scans every installed
+    distribution)."""
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
 
 
 def machine() -> str:

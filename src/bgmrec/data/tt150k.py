@@ -519,6 +519,10 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
             raise DatasetError(f"{lab(fn)}: row {int(leaked[0])} is the pair (video {int(vid[leaked[0]])}, music "
                                f"{int(mus[leaked[0]])}) of a row of {F_TRAIN}: the answer to that query is trained "
                                "on (val and test rows must be held out of train)")
+        ordered = np.sort(neg, axis=1)
+        repeats = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
+        if repeats:  # kept as given (drawn with replacement?): such a row ranks among fewer distinct tracks
+            rep.notes.append(f"warning: {stem}: {repeats} of {len(vid)} rows repeat a negative track")
         shared = np.isin(vid, splits["train"][:, 0])
         if shared.any():
             rep.notes.append(f"warning: {stem}: {int(shared.sum())} of {len(vid)} rows have videos that are in "
@@ -681,6 +685,9 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
                     "pgc_val": "extra/pgc_val.npy" if "extra/pgc_val.npy" in extra else None,
                     "pgc_music": "own" if own_music is not None else "shared"},
     )
+    if side:
+        _redraw_outside_candidates(ds, [n for n in side.get("resampled_negatives", [])
+                                        if n in ds.negatives and n not in side.get("native_negatives", {})], rep)
     ds.validate(str(src))
     rep.counts = {**{"ugc_videos": n_ugc, "pgc_videos": n_pgc, "tracks": n_tracks, "genres": n_genres,
                      "uploaders": ds.n_uploaders}, **rep.counts,
@@ -721,7 +728,7 @@ def _restore_negatives(side: dict, src: Path, name: str, negatives: dict, rep: I
     """Put back the frozen negatives split ``name`` had before export drew the layout's 100 (none, or the
     file ``native_negatives`` names); a sidecar without that record keeps the drawn ones."""
     native = side.get("native_negatives", {})
-    if name not in native:
+    if name not in native:  # an older export: see _redraw_outside_candidates
         rep.notes.append(f"{name}: its negatives were drawn by bgmrec export (the native split had no "
                          f"{REF_NEGATIVES} frozen ones)")
         return
@@ -740,6 +747,22 @@ def _restore_negatives(side: dict, src: Path, name: str, negatives: dict, rep: I
     negatives[name] = neg.astype(np.int64)
     rep.notes.append(f"{name}: its own {neg.shape[1]} frozen negatives put back from {rel} (export drew "
                      f"{REF_NEGATIVES} for the layout)")
+
+
+def _redraw_outside_candidates(ds: Dataset, names: list[str], rep: InteropReport) -> None:
+    """Splits whose negatives an older bgmrec export drew from the whole catalogue, beyond the split's own
+    candidates (and kept no copy of the split's own): their negatives are drawn again, seeded, from the
+    candidates, as many as the layout's or every other candidate when fewer (as ``simulate`` does)."""
+    from bgmrec.data.negatives import sample_negatives
+
+    for name in names:
+        pool = ds.candidate_tracks(name)
+        if np.isin(ds.negatives[name], pool).all():
+            continue
+        k = min(ds.negatives[name].shape[1], len(pool) - 1)
+        ds.negatives[name] = sample_negatives(ds.splits[name][:, 1], pool, k, np.random.default_rng(0))
+        rep.notes.append(f"{name}: an older bgmrec export drew its negatives beyond its {len(pool)} candidates "
+                         f"({ds.split_info[name].candidates}); {k} drawn again from them (seed 0)")
 
 
 def _reference_negatives(ds: Dataset, name: str, rng: np.random.Generator, rep: InteropReport) -> np.ndarray:
@@ -823,10 +846,11 @@ def _split_music(music: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def export_tt150k(data: Dataset | Path, out: Path, seed: int = 0) -> InteropReport:
     """Write a native dataset (a folder or a :class:`Dataset`) in the DecCM reference layout at ``out``.
 
-    ``out`` receives ``data_matching/``, ``data_pgc/`` and ``bgmrec_export.json``, written under a
+    ``out`` receives ``data_matching/``, ``data_pgc/``, ``bgmrec_export.json`` and, for splits whose frozen
+    negatives are not 100, ``bgmrec_negatives/`` (their own, for import to put back), written under a
     temporary name and renamed into place. See the module docstring for the layout and for the choices
-    made where the layout cannot hold the native data. ``seed`` draws the negatives of splits that have
-    no 100 frozen ones.
+    made where the layout cannot hold the native data. ``seed`` draws the layout's negatives of splits
+    that have no 100 frozen ones.
     """
     ds = data if isinstance(data, Dataset) else load_dataset(Path(data))
     ds.validate("export")

@@ -401,8 +401,14 @@ def load_model(folder: Path, **factory_kwargs) -> Recommender:
         cls = model_class(meta["model"])
     except ValueError as e:
         made = read_run_record(folder).get("model_package")
-        made = (f"; its run.json says it was trained with {made.get('class')} of package {made.get('package')!r} "
-                f"{made.get('version')}: install that package") if isinstance(made, dict) else ""
+        if isinstance(made, dict) and made.get("package"):
+            made = (f"; its run.json says it was trained with {made.get('class')} of package {made['package']!r} "
+                    f"{made.get('version')}: install that package")
+        elif isinstance(made, dict):
+            made = (f"; its run.json says it was trained with {made.get('class')}, which no installed package "
+                    "provides: register it (bgmrec.models.registry.register_model) before loading")
+        else:
+            made = ""
         raise DatasetError(f"{cfg_path}: {e}{made}") from None
     try:
         model = cls.from_folder_config(meta)
