@@ -76,11 +76,15 @@ def write_audio(path: Path, signal: np.ndarray, sr: int = SR, stereo: bool = Fal
             frame = av.AudioFrame.from_ndarray(arr, format=sample_fmt, layout=layout)
             frame.sample_rate = rate
             frame.pts = s
-            for p in st.encode(frame):
-                out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
+            mux(out, st, frame)
+        mux(out, st, None)
     return path
+
+
+def mux(out, stream, frame) -> None:
+    """Encode ``frame`` on ``stream`` (None: flush the encoder) and write its packets into ``out``."""
+    for packet in stream.encode(frame):
+        out.mux(packet)
 
 
 def pattern_frame(i: int, width: int, height: int, kind: int = 0) -> np.ndarray:
@@ -122,10 +126,8 @@ def write_video(path: Path, seconds: float = 2.0, width: int = 160, height: int 
                 fr = av.VideoFrame.from_ndarray(pattern_frame(i, width, height, kind), format="rgb24")
                 fr.pts = i
                 fr.time_base = Fraction(1, fps)
-                for p in vs.encode(fr):
-                    out.mux(p)
-            for p in vs.encode(None):
-                out.mux(p)
+                mux(out, vs, fr)
+            mux(out, vs, None)
         if audio:
             sig = tone(440.0, seconds)
             fs = ast.codec_context.frame_size or 1024
@@ -134,10 +136,8 @@ def write_video(path: Path, seconds: float = 2.0, width: int = 160, height: int 
                                                 layout="mono")
                 fr.sample_rate = SR
                 fr.pts = s
-                for p in ast.encode(fr):
-                    out.mux(p)
-            for p in ast.encode(None):
-                out.mux(p)
+                mux(out, ast, fr)
+            mux(out, ast, None)
     return path
 
 
@@ -153,10 +153,8 @@ def write_image(path: Path, fmt: str = "png", frames: int = 1, width: int = 64, 
         for i in range(frames):
             fr = av.VideoFrame.from_ndarray(pattern_frame(i, width, height, 1), format="rgb24").reformat(format=pix)
             fr.pts = i
-            for p in st.encode(fr):
-                out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
+            mux(out, st, fr)
+        mux(out, st, None)
     return path
 
 
