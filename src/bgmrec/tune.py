@@ -99,8 +99,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                   Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
               "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit()}
     finished = _finished_points(Path(out), record) if resume else {}
-    ds, points, base, teacher_keys, students, configs = _preflight(data, model, grid, Path(out), dict(sets or {}), seed,
-                                                         teacher, empty_out=not resume)
+    ds, points, base, teacher_keys, students, configs = _preflight(
+        data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
     if not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid that --resume finishes
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "trials": []})

@@ -132,9 +132,8 @@ def _distribution_of(module: str):
             dist = distribution(name)
         except PackageNotFoundError:
             continue
-        if file is None or dist.files is None or any(
-                str(dist.locate_file(f)) == str(Path(file)) or Path(str(dist.locate_file(f))).resolve() == Path(
-                    file).resolve() for f in dist.files if f.suffix == ".py"):
+        if file is None or dist.files is None or Path(file).resolve() in {
+                Path(dist.locate_file(f)).resolve() for f in dist.files if f.suffix == ".py"}:
             return dist
     return None
 
