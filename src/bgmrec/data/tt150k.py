@@ -726,9 +726,10 @@ def _read_sidecar(src: Path) -> dict | None:
 
 def _restore_negatives(side: dict, src: Path, name: str, negatives: dict, rep: InteropReport) -> None:
     """Put back the frozen negatives split ``name`` had before export drew the layout's 100 (none, or the
-    file ``native_negatives`` names); a sidecar without that record keeps the drawn ones."""
+    file ``native_negatives`` names). A sidecar without that record (an older export) keeps the drawn
+    ones, unless they reach beyond the split's candidates (:func:`_redraw_outside_candidates`)."""
     native = side.get("native_negatives", {})
-    if name not in native:  # an older export: see _redraw_outside_candidates
+    if name not in native:
         rep.notes.append(f"{name}: its negatives were drawn by bgmrec export (the native split had no "
                          f"{REF_NEGATIVES} frozen ones)")
         return
