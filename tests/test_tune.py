@@ -289,6 +289,16 @@ def test_a_grid_stopped_in_its_first_point_after_its_teacher_resumes(tiny_dir, t
     assert len(trials) == 2 and {t.settings["alpha"] for t in trials} == {"0.5", "0.1"}
 
 
+def test_a_grid_that_failed_before_its_first_point_finished_leaves_the_folder_to_a_new_grid(tiny_dir, tmp_path):
+    small = {**SMALL_CMVAE, "epochs": "2"}
+    with pytest.raises(ValueError, match="training diverged"):
+        run_grid(tiny_dir, "cmvae", {"lr": ["1e30", "1e31"]}, tmp_path / "g", small)
+    assert json.loads((tmp_path / "g" / "tuning.json").read_text())["trials"] == []
+    trials = run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, tmp_path / "g", small)  # not --resume: a new grid
+    assert len(trials) == 1
+    assert json.loads((tmp_path / "g" / "tuning.json").read_text())["grid"] == {"lr": ["0.002"]}
+
+
 def test_a_killed_training_s_leftovers_block_neither_a_new_grid_nor_a_resume(tiny_dir, tmp_path):
     out = tmp_path / "g"
     (out / ".seed=0.tmp-abcd").mkdir(parents=True)  # what a kill during the first point leaves

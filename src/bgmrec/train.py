@@ -7,8 +7,10 @@ never test) and the best state is kept; training stops after ``patience`` epochs
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,59 +111,57 @@ def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = F
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)
     best, best_state, since_best, history = -1.0, None, 0, []
-    bar = _progress(progress, cfg.epochs, model.name)
     step = 0
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        model.module.train()
-        order = rng.permutation(len(rows))
-        sums: dict[str, float] = {}
-        for b in range(steps_per_epoch):
-            batch = feats.batch(rows[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
-            loss, logs = model.training_loss(batch, step, steps_per_epoch)
-            if not torch.isfinite(loss):
-                raise _diverged(model, f"epoch {epoch + 1}, step {b + 1}: the loss is {loss.item()}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        model.module.eval()
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            raise _diverged(model, f"epoch {epoch + 1}: its last step left weights that are not finite")
-        model.end_epoch(feats)
-        entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
-                 **{k: v / steps_per_epoch for k, v in sums.items()}}
-        if val is not None and len(val.rows):
-            with torch.no_grad():
-                entry["val_recall@10"] = validation_recall(model, val, cfg.val_queries, cfg.seed)
-            if entry["val_recall@10"] > best:
-                best, since_best = entry["val_recall@10"], 0
-                best_state = copy.deepcopy(model.module.state_dict())
-            else:
-                since_best += 1
-        history.append(entry)
-        if bar is not None:
-            bar[0].update(bar[1], advance=1, description=f"{model.name} epoch {epoch + 1} "
-                          f"loss {entry.get('loss', 0):.3f} val R@10 {entry.get('val_recall@10', float('nan')):.3f}")
-        if val is not None and since_best >= cfg.patience:
-            break
-    if bar is not None:
-        bar[0].stop()
+    with _progress(progress, cfg.epochs, model.name) as show:  # closed however training ends
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            model.module.train()
+            order = rng.permutation(len(rows))
+            sums: dict[str, float] = {}
+            for b in range(steps_per_epoch):
+                batch = feats.batch(rows[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
+                loss, logs = model.training_loss(batch, step, steps_per_epoch)
+                if not torch.isfinite(loss):
+                    raise _diverged(model, f"epoch {epoch + 1}, step {b + 1}: the loss is {loss.item()}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                step += 1
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            model.module.eval()
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                raise _diverged(model, f"epoch {epoch + 1}: its last step left weights that are not finite")
+            model.end_epoch(feats)
+            entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                     **{k: v / steps_per_epoch for k, v in sums.items()}}
+            if val is not None and len(val.rows):
+                with torch.no_grad():
+                    entry["val_recall@10"] = validation_recall(model, val, cfg.val_queries, cfg.seed)
+                if entry["val_recall@10"] > best:
+                    best, since_best = entry["val_recall@10"], 0
+                    best_state = copy.deepcopy(model.module.state_dict())
+                else:
+                    since_best += 1
+            history.append(entry)
+            show(f"{model.name} epoch {epoch + 1} loss {entry.get('loss', 0):.3f} "
+                 f"val R@10 {entry.get('val_recall@10', float('nan')):.3f}")
+            if val is not None and since_best >= cfg.patience:
+                break
     if best_state is not None:
         model.module.load_state_dict(best_state)
     model.module.eval()
     return history
 
 
-def _progress(enabled: bool, total: int, name: str):
-    if not enabled:
-        return None
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, name: str) -> Iterator:
+    """A bar of ``total`` epochs; yields ``show(description)``, which advances it by one epoch. Stopped
+    (the terminal's cursor given back) however the block ends: Ctrl-C and SIGTERM too."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    task = bar.add_task(f"{name}", total=total)
-    bar.start()
-    return bar, task
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not enabled) as bar:
+        task = bar.add_task(name, total=total)
+        yield lambda description: bar.update(task, advance=1, description=description)

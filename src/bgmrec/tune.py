@@ -11,6 +11,7 @@ come afterwards, once, from ``bgmrec evaluate``.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -101,7 +102,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     finished = _finished_points(Path(out), record) if resume else {}
     ds, points, base, teacher_keys, students, configs = _preflight(
         data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
-    if not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid that --resume finishes
+    if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "trials": []})
     shared_teachers: dict[str, Path] = {}  # teacher config -> its folder in ``out/teachers``
@@ -204,12 +205,22 @@ def _shared_teacher(student, ds, folder: Path, console: Console) -> Path:
 
 
 def _contents(out: Path) -> list[Path]:
-    """What ``out`` holds besides the temporary folders a training stopped by a kill leaves behind."""
+    """What ``out`` holds besides the temporary folders a training stopped by a kill leaves behind and a
+    ``tuning.json`` of no trial (a grid stopped or failed before its first point finished, with nothing
+    else of it here: a new grid may take the folder)."""
     if not out.is_dir():
         return []
     from bgmrec.data.dataset import is_leftover
 
-    return [p for p in out.iterdir() if not is_leftover(p)]
+    held = [p for p in out.iterdir() if not is_leftover(p)]
+    return [] if [p.name for p in held] == ["tuning.json"] and _no_trials(held[0]) else held
+
+
+def _no_trials(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("trials") == []
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,

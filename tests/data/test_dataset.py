@@ -293,6 +293,27 @@ def test_failed_first_write_leaves_nothing(tiny_ds, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_stop_between_the_two_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    from bgmrec.data.dataset import atomic_write_dir
+
+    out = tmp_path / "data"
+    atomic_write_dir(out, lambda d: (d / "manifest.json").write_text('{"format_version": 1}'))
+    (out / "old.txt").write_text("the previous content")
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.name.startswith(".data.tmp-"):
+            raise KeyboardInterrupt  # after out was moved aside, before the new folder took its place
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_dir(out, lambda d: (d / "manifest.json").write_text('{"format_version": 1}'))
+    monkeypatch.undo()
+    assert (out / "old.txt").read_text() == "the previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_overwrite_replaces_dataset(tiny_ds, tmp_path):
     out = tmp_path / "data"
     save_dataset(load_dataset(tiny_ds.root), out)

@@ -248,6 +248,31 @@ def test_numba_cache_is_warmed_before_worker_processes_start(tmp_path, music_dir
     assert events == ["warm_up", "pool"]
 
 
+def test_a_stopped_run_drops_the_queued_files_instead_of_waiting_for_them(tmp_path, music_dir, monkeypatch):
+    import contextlib
+
+    import bgmrec.features.audio as audio
+
+    shutdowns = []
+
+    class Pool(audio.ProcessPoolExecutor):
+        def shutdown(self, wait=True, *, cancel_futures=False):
+            shutdowns.append((wait, cancel_futures))
+            super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    @contextlib.contextmanager
+    def stopped_at_the_first_file(*args):
+        def advance():
+            raise KeyboardInterrupt  # as SIGTERM's SystemExit or Ctrl-C, while files are still queued
+        yield advance
+
+    monkeypatch.setattr(audio, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(audio, "progress_bar", stopped_at_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        extract_music(music_dir, tmp_path / "out", workers=2, progress=False)
+    assert shutdowns[0] == (False, True)  # not waiting for the queued files: they are cancelled
+
+
 def test_warm_up_runs_the_whole_analysis():
     calls = []
 

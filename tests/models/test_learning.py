@@ -136,3 +136,21 @@ def test_a_diverging_training_says_when_and_what_to_change(tiny_ds, tiny_spec):
                                          r"grad_clip=5.0\); "
                                          r"train again with a lower learning rate, e.g. --set lr=1e\+29"):
         model.fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "val"))
+
+
+def test_the_progress_bar_is_stopped_however_training_ends(tiny_ds, tiny_spec, monkeypatch):
+    """A bar left running keeps the terminal's cursor hidden after Ctrl-C or SIGTERM."""
+    import rich.progress
+
+    stopped = []
+    real_stop = rich.progress.Progress.stop
+    monkeypatch.setattr(rich.progress.Progress, "stop", lambda self: (stopped.append(True), real_stop(self)))
+    model = build("cmvae", tiny_spec, {"epochs": "3", "hidden": "16", "latent_dim": "4"})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "end_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "val"), progress=True)
+    assert stopped

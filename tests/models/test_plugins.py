@@ -365,20 +365,31 @@ def test_the_recorded_code_covers_every_package_of_the_class_hierarchy_and_zippe
 
     base = tmp_path / "base"  # the example package, as a copy this test may edit
     shutil.copytree(EXAMPLE / "src" / "bgmrec_audio_ridge", base / "bgmrec_audio_ridge")
-    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:  # a package imported from a zip file
-        z.writestr("zridge/__init__.py", "from bgmrec_audio_ridge import AudioRidge\n\n\n"
-                                         "class ZRidge(AudioRidge):\n    name = 'z-ridge'\n")
-    for path in (base, tmp_path / "z.zip"):
-        monkeypatch.syspath_prepend(str(path))
-    for name in ("bgmrec_audio_ridge", "zridge"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    register_model("z-ridge", "zridge:ZRidge")
+    monkeypatch.syspath_prepend(str(base))
+
+    def zipped(name: str, note: str) -> None:
+        """A package imported from the zip file ``name``, its model in a submodule."""
+        with zipfile.ZipFile(tmp_path / name, "w") as z:
+            z.writestr("zridge/__init__.py", "from zridge.models import ZRidge\n")
+            z.writestr("zridge/models.py", f"from bgmrec_audio_ridge import AudioRidge\n# {note}\n\n\n"
+                                           "class ZRidge(AudioRidge):\n    name = 'z-ridge'\n")
+        monkeypatch.syspath_prepend(str(tmp_path / name))
+        for module in ("bgmrec_audio_ridge", "zridge", "zridge.models"):
+            monkeypatch.delitem(sys.modules, module, raising=False)
+        if "z-ridge" in registry._REGISTERED:
+            unregister_model("z-ridge")
+        register_model("z-ridge", "zridge:ZRidge")
+
     registered.append("z-ridge")
+    zipped("a.zip", "first")
     made = model_package("z-ridge")
-    assert made["class"] == "zridge:ZRidge" and made["package"] is None and len(made["code"]) == 16
+    assert made["class"] == "zridge.models:ZRidge" and made["package"] is None and len(made["code"]) == 16
+    zipped("b.zip", "the submodule edited")
+    assert model_package("z-ridge")["code"] != made["code"]
+    edited = model_package("z-ridge")["code"]
     with (base / "bgmrec_audio_ridge" / "__init__.py").open("a") as f:  # the base class's package edited
         f.write("# edited\n")
-    assert model_package("z-ridge")["code"] != made["code"]
+    assert model_package("z-ridge")["code"] != edited
 
 
 def test_a_run_of_a_model_registered_by_a_script_says_to_register_it(tiny_dir, tmp_path, registered):

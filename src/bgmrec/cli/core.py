@@ -103,39 +103,59 @@ def model_package(model: str) -> dict | None:
 
 
 def _module_digest(top: str) -> str | None:
-    """:func:`source_digest` of the top-level package or module ``top`` as imported: each folder of its
-    ``__path__`` (several for a namespace package), else its source as its loader reads it (a module in a
-    zip file too); None when there is no source to read (``__main__`` of a notebook, a compiled module)."""
+    """A digest of the sources of the top-level package or module ``top`` as imported: :func:`source_digest`
+    of each folder of its ``__path__`` (several for a namespace package); else every module's source as
+    its loader reads it (a package in a zip file), or the module's own file (a script run as
+    ``__main__``); None when there is no source to read (a notebook, a compiled module)."""
     import hashlib
-    import importlib.util
+    import pkgutil
 
     module = sys.modules.get(top)
+    if module is None:
+        return None
     folders = [Path(p) for p in getattr(module, "__path__", [])]
     if folders and all(f.is_dir() for f in folders):
         return hashlib.sha256("".join(f"{f.name}:{source_digest(f)}" for f in sorted(folders)).encode()).hexdigest()
-    try:
-        spec = module.__spec__ if module is not None else importlib.util.find_spec(top)
-        source = spec.loader.get_source(spec.name) if spec is not None and spec.loader is not None else None
-    except (ImportError, OSError, ValueError, AttributeError):
+    names = [top] + ([info.name for info in pkgutil.walk_packages(module.__path__, f"{top}.")] if folders else [])
+    sources = [_source_of(name) for name in sorted(names)]
+    if None in sources:
         return None
-    return None if source is None else hashlib.sha256(source.encode()).hexdigest()
+    return hashlib.sha256("\0".join(sources).encode()).hexdigest()
+
+
+def _source_of(name: str) -> str | None:
+    """The source of the imported module ``name``: as its loader reads it, else from its ``__file__``."""
+    import importlib
+
+    try:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        spec = module.__spec__
+        source = spec.loader.get_source(spec.name) if spec is not None and spec.loader is not None else None
+        if source is None and getattr(module, "__file__", None):
+            source = Path(module.__file__).read_text(encoding="utf-8")
+    except (ImportError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    return source
 
 
 def _distribution_of(module: str):
-    """The installed distribution whose files hold ``module`` (its top-level name may be shared by several,
-    as a namespace package), or None."""
+    """The installed distribution whose files hold ``module``, or the only one that provides its top-level
+    name (an editable install's files are elsewhere); None when none does or several do and none holds it
+    (a namespace package)."""
     from importlib.metadata import PackageNotFoundError, distribution
 
     file = getattr(sys.modules.get(module), "__file__", None)
+    found = []
     for name in _top_level_distributions().get(module.split(".")[0], []):
         try:
-            dist = distribution(name)
+            found.append(distribution(name))
         except PackageNotFoundError:
             continue
-        if file is None or dist.files is None or Path(file).resolve() in {
+    for dist in found:
+        if file is not None and dist.files is not None and Path(file).resolve() in {
                 Path(dist.locate_file(f)).resolve() for f in dist.files if f.suffix == ".py"}:
             return dist
-    return None
+    return found[0] if len(found) == 1 else None
 
 
 @functools.cache

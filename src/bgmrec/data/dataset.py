@@ -292,16 +292,18 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
                            "to replace it (choose another output folder or empty this one)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
         write(tmp)
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old)
         else:
             tmp.rename(out)
     except BaseException:
+        if old.exists() and not out.exists():  # stopped between the two renames: the old folder back
+            old.rename(out)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

@@ -397,8 +397,9 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
 
             by_path = {str(p): tid for tid, p, _ in todo}
             extractor.warm_up()  # numba's cache written once, before the workers read it
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(config,)) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(config,))
+            try:
                 futs = {pool.submit(_worker_job, str(p), key, str(cache.root), settings): str(p)
                         for _, p, key in todo}
                 for fut in as_completed(futs):
@@ -411,6 +412,10 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
                     else:
                         vectors[by_path[path]] = vec
                     advance()
+            except BaseException:  # stopped (Ctrl-C, SIGTERM): drop the queued files, do not wait for them;
+                pool.shutdown(wait=False, cancel_futures=True)  # the busy workers end with this process
+                raise
+            pool.shutdown()
     for tid, p, _ in items:
         if tid in bad:
             failures.append((str(p.relative_to(audio_dir)), bad[tid]))
