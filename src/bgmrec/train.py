@@ -96,10 +96,16 @@ def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = F
     """Train ``model`` (a :class:`bgmrec.models.neural.TorchRecommender`) with early stopping on ``val``.
 
     Returns the per-epoch history (loss terms, validation Recall@10, seconds) and leaves the model
-    in eval mode holding its best validation state.
+    in eval mode holding its best validation state. Torch's global generator is seeded from the config
+    for the training and given back to the caller as it was.
     """
+    with torch.random.fork_rng():
+        torch.manual_seed(model.config.seed)
+        return _fit_torch(model, train, val, progress)
+
+
+def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -> list[dict]:
     cfg: TrainConfig = model.config
-    torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     feats = FeatureTensors(train.dataset)
     rows = np.array(train.rows)  # a private, writable copy (the split may be memory-mapped)

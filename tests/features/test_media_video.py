@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ from bgmrec.features.video import (
     FrameEncoder,
     MediaError,
     VideoConfig,
+    caption_rows,
     extract_videos,
     load_video_features,
-    read_captions,
     sample_frames,
 )
 
@@ -153,6 +154,13 @@ def test_cache_skips_done_videos_and_results_are_identical(tmp_path, video_dir):
     extract_videos(video_dir, tmp_path / "v2", config=VideoConfig(frames=2), progress=False, frames=other,
                    text=mf.text_encoder(), cache_dir=out / ".cache")
     assert other.calls == 5
+
+
+def read_captions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """({key: caption text}, {key: why its caption is not used}) of a captions CSV (:func:`caption_rows`)."""
+    rows = caption_rows(path)
+    return ({k: text for k, (_, (text, reason)) in rows.items() if not reason},
+            {k: reason for k, (_, (_, reason)) in rows.items() if reason})
 
 
 def test_captions_csv_needs_its_columns(tmp_path):

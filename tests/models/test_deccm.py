@@ -168,6 +168,17 @@ def test_content_mode_is_the_geometric_mixture_of_student_and_teacher(tiny_dir, 
         TeacherMixture(model, model.teacher, -0.5)
 
 
+def test_a_student_whose_teacher_has_no_folder_is_not_saved(tiny_dir, tmp_path):
+    ds = load_dataset(tiny_dir)
+    model = _student_with_teacher(ds, tmp_path / "run")
+    model.set_teacher(model.teacher, None)  # attached in memory only
+    with pytest.raises(ValueError, match=r"teacher was attached without a folder .* attach it with its folder"):
+        model.save(tmp_path / "student")
+    assert not (tmp_path / "student").exists()
+    model.config.teacher_mix = 0.0  # a student that ranks alone needs no teacher after loading
+    model.save(tmp_path / "student")
+
+
 def test_modality_shares_follow_the_scores_mixture(tiny_dir, tmp_path):
     ds = load_dataset(tiny_dir)
     model = _student_with_teacher(ds, tmp_path / "run")

@@ -238,3 +238,12 @@ def test_every_model_builds_with_its_defaults_and_the_smallest_allowed_values(ti
     known = {f.name for f in dataclasses.fields(config)}
     model = build(name, tiny_spec, {k: v for k, v in smallest.items() if k in known})
     assert all(getattr(model.config, k) == v for k, v in smallest.items() if k in known)
+
+
+def test_library_calls_name_what_is_wrong(tiny_ds, tiny_spec):
+    with pytest.raises(ValueError, match=r"the dataset has no split 'nope'; it has .*train"):
+        SplitView(tiny_ds, "nope")
+    with pytest.raises(ValueError, match=r"video index -1 is out of range \[0, "):
+        VideoQuery.from_dataset(tiny_ds, [3, -1])  # numpy would have taken the last video
+    with pytest.raises(TypeError, match=r"spec must be a FeatureSpec \(FeatureSpec.of\(dataset\)\), got Dataset"):
+        build("cmvae", tiny_ds)

@@ -154,3 +154,13 @@ def test_the_progress_bar_is_stopped_however_training_ends(tiny_ds, tiny_spec, m
     with pytest.raises(KeyboardInterrupt):
         model.fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "val"), progress=True)
     assert stopped
+
+
+def test_training_leaves_the_caller_s_random_generator_alone(tiny_ds, tiny_spec):
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build("cmvae", tiny_spec, {"epochs": "1", "hidden": "16", "latent_dim": "4"}).fit(SplitView(tiny_ds, "train"))
+    assert torch.equal(torch.rand(3), expected)

@@ -477,8 +477,3 @@ def load_catalog(root: Path) -> Catalog:
     return Catalog(ids, [r.get("title", "") for r in rows], [r.get("artist", "") for r in rows],
                    [r.get("genre", "") for r in rows], [r.get("file", "") for r in rows],
                    [r.get("sha256", "") for r in rows], np.asarray(feats, np.float32), man, root)
-
-
-def default_workers() -> int:
-    """Both cores of a small machine, at most the CPU count."""
-    return max(1, min(2, os.cpu_count() or 1))

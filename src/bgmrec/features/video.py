@@ -332,13 +332,6 @@ def caption_rows(path: Path) -> dict[str, tuple[int, tuple[str, str]]]:
     return rows_by_key(path, records)
 
 
-def read_captions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """Captions CSV -> ({key: text}, {key: reason the caption was not used}); see :func:`caption_rows`."""
-    rows = caption_rows(path)
-    return ({k: text for k, (_, (text, reason)) in rows.items() if not reason},
-            {k: reason for k, (_, (_, reason)) in rows.items() if reason})
-
-
 # ---- the videos folder ----------------------------------------------------------------------------------
 
 @dataclass

@@ -56,7 +56,12 @@ class VideoQuery:
     @classmethod
     def from_dataset(cls, ds: Dataset, videos: np.ndarray, uploaders: np.ndarray | None = None,
                      split: str | None = None) -> VideoQuery:
+        """The queries of ``ds``'s videos ``videos`` (indices), with their uploaders' taste when ``uploaders``
+        (indices, -1: unknown) is given, as ranked for ``split`` (the oracle needs it)."""
         videos = np.asarray(videos, np.int64)
+        bad = np.flatnonzero((videos < 0) | (videos >= ds.n_videos))
+        if bad.size:
+            raise ValueError(f"video index {int(videos.ravel()[bad[0]])} is out of range [0, {ds.n_videos})")
         return cls(
             visual=np.asarray(ds.video_visual[videos], np.float32),
             text=np.asarray(ds.video_text[videos], np.float32),
@@ -156,6 +161,10 @@ class SplitView:
     dataset: Dataset
     name: str
     row_index: np.ndarray | None = None  # a subset of the split's rows (None: all of them)
+
+    def __post_init__(self) -> None:
+        if self.name not in self.dataset.splits:
+            raise ValueError(f"the dataset has no split {self.name!r}; it has {', '.join(self.dataset.splits)}")
 
     @property
     def rows(self) -> np.ndarray:
@@ -324,7 +333,7 @@ class Recommender(ABC):
     def load_extra_config(self, extra: dict[str, Any]) -> None:
         """Restore what :meth:`extra_config` returned."""
 
-    def after_load(self, folder: Path, **kwargs: Any) -> None:
+    def after_load(self, folder: Path) -> None:
         """Hook after weights are restored from ``folder`` (DecCM resolves its teacher here)."""
 
     def save(self, out: Path) -> Path:
@@ -376,7 +385,7 @@ def read_run_record(run: Path) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def load_model(folder: Path, **factory_kwargs) -> Recommender:
+def load_model(folder: Path) -> Recommender:
     """Load any saved model folder (the registry picks the class from ``config.json``).
 
     Anything malformed in the folder raises :class:`DatasetError` naming the file and what was expected.
@@ -434,7 +443,7 @@ def load_model(folder: Path, **factory_kwargs) -> Recommender:
     hist = folder / "history.json"
     if hist.is_file():
         model.history = _read_history(hist)
-    model.after_load(folder, **factory_kwargs)
+    model.after_load(folder)
     return model
 
 

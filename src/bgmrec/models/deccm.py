@@ -323,6 +323,10 @@ class DecCM(CMVAE):
         ``teacher_run_relative`` (relative to ``out``), ``teacher_run`` (relative when inside ``out``, else
         absolute) and ``teacher_weights_sha256``. So the student's folder, or a folder holding both, can be
         moved or copied whole, and a student never picks up another teacher found at the same place."""
+        if self.teacher is not None and self.teacher_dir is None and self._content_mode_mixes_teacher():
+            raise ValueError("this DecCM's teacher was attached without a folder (set_teacher(teacher, None)), "
+                             "and content mode needs it after loading: save the teacher first and attach it "
+                             "with its folder")
         self._teacher_record = dict.fromkeys(TEACHER_RECORD)
         if self.teacher_dir is not None:
             relative = os.path.relpath(self.teacher_dir, Path(out).resolve())
@@ -344,7 +348,7 @@ class DecCM(CMVAE):
         if extra.get("inference_mode") in MODES:
             self.inference_mode = extra["inference_mode"]
 
-    def after_load(self, folder: Path, **kwargs) -> None:
+    def after_load(self, folder: Path) -> None:
         """Find the teacher: the first of ``config.json``'s relative record, ``folder/teacher`` and the
         record as written (absolute for a teacher outside the student) that holds a run with the recorded
         weights (any run for students saved before that record); attach it when content mode mixes it in."""

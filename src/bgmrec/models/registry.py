@@ -141,8 +141,11 @@ def model_class(name: str) -> type[Recommender]:
 
 def build(name: str, spec, overrides: dict | None = None) -> Recommender:
     """An untrained model by ``--model`` name, with ``--set`` overrides applied to its config."""
-    from bgmrec.models.base import with_overrides
+    from bgmrec.models.base import FeatureSpec, with_overrides
 
+    if not isinstance(spec, FeatureSpec):
+        raise TypeError(f"build({name!r}, spec): spec must be a FeatureSpec (FeatureSpec.of(dataset)), "
+                        f"got {type(spec).__name__}")
     base, variant = resolve(name)
     cls = model_class(base)
     config = with_overrides(cls.config_class(), {**variant, **(overrides or {})})
