@@ -247,3 +247,13 @@ def test_library_calls_name_what_is_wrong(tiny_ds, tiny_spec):
         VideoQuery.from_dataset(tiny_ds, [3, -1])  # numpy would have taken the last video
     with pytest.raises(TypeError, match=r"spec must be a FeatureSpec \(FeatureSpec.of\(dataset\)\), got Dataset"):
         build("cmvae", tiny_ds)
+
+
+@pytest.mark.parametrize("name", ["cmvae", "cca", "popularity"])
+def test_fit_names_data_the_model_was_not_built_for_and_a_test_split_given_as_val(tiny_ds, tiny_spec, name):
+    other = dataclasses.replace(tiny_spec, video_visual=tiny_spec.video_visual + 1)
+    with pytest.raises(ValueError, match=rf"{name}: built for features .* but the training dataset has"):
+        build(name, other).fit(SplitView(tiny_ds, "train"))
+    with pytest.raises(ValueError, match=rf"{name}: split 'test' has role 'test'; fit takes a training split and "
+                                         "a validation split, never a test split"):
+        build(name, tiny_spec).fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "test"))

@@ -262,6 +262,23 @@ class Recommender(ABC):
         ``progress`` shows a progress bar (the CLI sets it; the library stays quiet by default).
         """
 
+    def check_fit_data(self, train: SplitView, val: SplitView | None = None) -> None:
+        """ValueError unless ``train`` (and ``val``) are splits of one dataset with the feature sizes and
+        genres this model was built for (``self.spec``), ``train`` of role train and ``val`` not a test
+        split. ``fit`` calls it first, so a mismatch is named before any training."""
+        have = FeatureSpec.of(train.dataset)
+        if have != self.spec:
+            raise ValueError(f"{self.name}: built for features {self.spec}, but the training dataset has {have}; "
+                             "build the model with FeatureSpec.of(that dataset)")
+        if val is not None and val.dataset is not train.dataset:
+            raise ValueError(f"{self.name}: train ({train.name!r}) and val ({val.name!r}) come from different "
+                             "datasets")
+        for view, allowed in ((train, ("train", "teacher")), (val, ("val", "train", "teacher"))):
+            role = None if view is None else view.dataset.split_info[view.name].role
+            if view is not None and role not in allowed:
+                raise ValueError(f"{self.name}: split {view.name!r} has role {role!r}; fit takes a training split and "
+                                 "a validation split, never a test split")
+
     @abstractmethod
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
         ...

@@ -51,6 +51,7 @@ class RandomRecommender(Recommender):
         self.music_proj = rng.normal(size=(spec.music, config.dim))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> RandomRecommender:
+        self.check_fit_data(train, val)
         return self
 
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
@@ -80,6 +81,7 @@ class PopularityRecommender(Recommender):
         self.counts = np.zeros(0, np.float64)
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> PopularityRecommender:
+        self.check_fit_data(train, val)
         self.counts = np.bincount(train.rows[:, 1], minlength=train.dataset.n_tracks).astype(np.float64)
         return self
 
@@ -129,6 +131,7 @@ class CCARecommender(Recommender):
         self.proj_v, self.proj_m = np.zeros((d_v, config.dim)), np.zeros((spec.music, config.dim))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> CCARecommender:
+        self.check_fit_data(train, val)
         ds, rows = train.dataset, train.rows
         x = video_input(VideoQuery.from_dataset(ds, rows[:, 0]))
         y = np.asarray(ds.music, np.float64)[rows[:, 1]]

@@ -199,6 +199,7 @@ class TorchRecommender(Recommender):
         self.module.track_prior.fit_regression(catalog.features, e_m, catalog.genre, len(self.spec.genres))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> TorchRecommender:
+        self.check_fit_data(train, val)
         self.history = fit_torch(self, train, val, progress)
         return self
 

@@ -30,6 +30,7 @@ class Oracle(Recommender):
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Oracle:
         from bgmrec.data.simulate import load_truth
 
+        self.check_fit_data(train, val)
         ds = train.dataset
         if ds.root is None or not (ds.root / "truth").is_dir():
             raise ValueError(f"the oracle needs a simulated dataset with truth/ (got {ds.root})")

@@ -46,6 +46,7 @@ class AudioRidge(Recommender):
         self.weights = np.zeros((spec.music, d_v))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> AudioRidge:
+        self.check_fit_data(train, val)
         ds, rows = train.dataset, train.rows
         x = video_input(VideoQuery.from_dataset(ds, rows[:, 0]))
         a = np.asarray(ds.music, np.float64)[rows[:, 1]]
