@@ -91,10 +91,16 @@ class FaissIndex:
     so the nearest item is the one with the largest inner product (Bachrach et al., RecSys 2014). An
     HNSW graph built directly on inner products is poor when one coordinate dominates the item norms,
     as a bias column such as the track prior's log Q(m) does.
+
+    ``m`` (links per node), ``ef_construction`` and ``ef_search`` (candidates kept while building and while
+    searching) trade speed for recall. FAISS's default ef_construction of 40 with ef_search 128 found
+    only 86% of the exact top 10 on a 100,000-track catalogue of near-duplicates (20 noisy versions of
+    each track, as remixes and re-uploads make) and 77-81% on 10,000 such tracks; the defaults here
+    (100 and 256) found 98.6% and 95-98%, for about twice the build time.
     """
 
-    def __init__(self, item_embeddings: np.ndarray, m: int = 32, ef_search: int = 128,
-                 oversample: int = 32) -> None:
+    def __init__(self, item_embeddings: np.ndarray, m: int = 32, ef_search: int = 256,
+                 oversample: int = 32, ef_construction: int = 100) -> None:
         import faiss
 
         items = np.asarray(item_embeddings, np.float64)
@@ -102,6 +108,7 @@ class FaissIndex:
         lift = np.sqrt(np.maximum(norms.max(initial=0.0) - norms, 0.0))[:, None]
         self.items = np.ascontiguousarray(items, np.float32)
         self.index = faiss.IndexHNSWFlat(items.shape[1] + 1, m, faiss.METRIC_L2)
+        self.index.hnsw.efConstruction = ef_construction
         self.ef_search = ef_search
         self.index.add(np.ascontiguousarray(np.hstack([items, lift]), np.float32))
         self.n_items = len(items)
