@@ -223,6 +223,28 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
                  "--max-upload-mb", "0"]) == 2
 
 
+def test_serve_sets_the_faiss_search_breadth_and_health_reports_it(tiny_ds, cmvae, tmp_path, monkeypatch):
+    import uvicorn
+
+    from bgmrec.cli import main
+
+    cmvae.save(tmp_path / "run")
+    catalog = tiny_catalog(tiny_ds)
+    monkeypatch.setattr("bgmrec.features.audio.load_catalog", lambda root: catalog)
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    args = ["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat")]
+    assert main([*args, "--index", "faiss", "--ef-search", "64"]) == 0
+    health = TestClient(started["app"]).get("/health").json()
+    assert health["index"] == "FaissIndex" and health["index_settings"]["ef_search"] == 64
+    assert main([*args, "--index", "faiss"]) == 0
+    assert TestClient(started["app"]).get("/health").json()["index_settings"] == {
+        "m": 32, "ef_search": 256, "ef_construction": 100}
+    assert main(args) == 0
+    assert TestClient(started["app"]).get("/health").json()["index_settings"] == {}
+    assert main([*args, "--ef-search", "64"]) == 2  # read by the faiss index only
+
+
 def test_unknown_fields_are_refused_naming_the_field(client, tiny_ds):
     r = client.post("/recommend", json=clip_body(tiny_ds, 0, top_k=3))
     assert r.status_code == 422 and r.json()["detail"].startswith("top_k: unknown field")
