@@ -244,3 +244,23 @@ def test_faiss_defaults_find_the_exact_top10_among_near_duplicates():
     ids, _ = FaissIndex(items).search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist(), strict=True)])
     assert recall >= 0.93
+
+
+def test_exact_search_scores_a_bounded_block_at_a_time(monkeypatch):
+    """1,024 queries on 20,000 items: chunks of at most 2**24 scores (64 MB), not all 20.5 million at once,
+    and the same answer as brute force."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(20000, 4)).astype(np.float32)
+    queries = rng.normal(size=(1024, 4)).astype(np.float32)
+    real, sizes = torch.topk, []
+
+    def spy(x, k, dim=-1):
+        sizes.append(x.numel())
+        return real(x, k, dim=dim)
+
+    monkeypatch.setattr(torch, "topk", spy)
+    ids, _ = ExactIndex(items).search(queries, 5)
+    assert max(sizes) <= 2**24 and sum(sizes) == 1024 * 20000
+    np.testing.assert_array_equal(ids[::97], _brute(items, queries[::97], 5)[0])
