@@ -202,3 +202,65 @@ def test_faiss_searches_exactly_the_queries_the_graph_leaves_short(data, monkeyp
     np.testing.assert_array_equal(ids[::2], exact[::2])
     np.testing.assert_allclose(scores[::2], exact_scores[::2], rtol=1e-5)
     assert (ids >= 0).all()
+
+
+def test_faiss_one_query_s_long_exclusion_list_does_not_widen_the_others_search(data, monkeypatch):
+    """A batch in which one clip excludes many tracks: the others fetch k from the graph, as when alone
+    (they fetched k plus the longest list of the batch, with ef_search as large: a batch of 64 clips, one
+    excluding 5,000 of 100,000 tracks, took 25 times as long), and a query that would fetch more than
+    max(ef_search, n / 2m) candidates is searched exactly, not through the graph."""
+    items, queries = data
+    index = FaissIndex(items, ef_search=128)
+    real, calls = index.index.search, []
+
+    def spy(x, k, params=None):
+        calls.append((len(x), k, params.efSearch))
+        return real(x, k, params=params)
+
+    monkeypatch.setattr(index.index, "search", spy)
+    top, _ = ExactIndex(items).search(queries[:4], 100)
+    exclude = [top[0, :40], top[1, :100], [], []]  # 40 + 10 + 32 fetched; 100 + 10 + 32 > 128 (and 2000 / 64)
+    ids, scores = index.search(queries[:4], 10, exclude=exclude)
+    assert sorted(calls) == [(1, 82, 128), (2, 10, 128)]  # query 1 is scanned, queries 2 and 3 fetch 10
+    exact, exact_scores = ExactIndex(items).search(queries[:4], 10, exclude=exclude)
+    np.testing.assert_array_equal(ids[1], exact[1])
+    np.testing.assert_allclose(scores[1], exact_scores[1], rtol=1e-5)
+    calls.clear()
+    alone, _ = index.search(queries[2:4], 10)
+    np.testing.assert_array_equal(ids[2:], alone)
+    for row, ex in zip(ids, exclude, strict=True):
+        assert (row >= 0).all() and not np.isin(row, ex).any()
+
+
+def test_faiss_defaults_find_the_exact_top10_among_near_duplicates():
+    """A catalogue where each track has near-duplicates (versions, re-uploads) and a dominant bias column:
+    FAISS's own graph defaults (ef_construction 40, ef_search 128) found about 80% of the exact top 10."""
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 250, 10000)
+    centres, log_q = rng.normal(size=(250, 32)), rng.normal(-9.0, 1.5, size=(250, 1))
+    items = np.hstack([centres[source] + 0.3 * rng.normal(size=(10000, 32)), log_q[source]]).astype(np.float32)
+    queries = np.hstack([rng.normal(size=(100, 32)), np.full((100, 1), 0.5)]).astype(np.float32)
+    exact, _ = ExactIndex(items).search(queries, 10)
+    ids, _ = FaissIndex(items).search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist(), strict=True)])
+    assert recall >= 0.93
+
+
+def test_exact_search_scores_a_bounded_block_at_a_time(monkeypatch):
+    """1,024 queries on 20,000 items: chunks of at most 2**24 scores (64 MB), not all 20.5 million at once,
+    and the same answer as brute force."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(20000, 4)).astype(np.float32)
+    queries = rng.normal(size=(1024, 4)).astype(np.float32)
+    real, sizes = torch.topk, []
+
+    def spy(x, k, dim=-1):
+        sizes.append(x.numel())
+        return real(x, k, dim=dim)
+
+    monkeypatch.setattr(torch, "topk", spy)
+    ids, _ = ExactIndex(items).search(queries, 5)
+    assert max(sizes) <= 2**24 and sum(sizes) == 1024 * 20000
+    np.testing.assert_array_equal(ids[::97], _brute(items, queries[::97], 5)[0])

@@ -3,7 +3,7 @@
 :func:`create_app` wraps a :class:`~bgmrec.features.recommend.ClipRecommender` (a trained model and a
 catalogue, encoded and indexed once at start-up) in a FastAPI application:
 
-- ``GET /health``: the model, its inference mode, the catalogue size, the index, the feature sizes
+- ``GET /health``: the model, its inference mode, the catalogue size, the index and its settings, the feature sizes
   a request must have, the largest video upload, and ``served_by`` (below);
 - ``POST /recommend``: one clip's features (``visual``, optional ``text``; optional ``taste``, the
   uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
@@ -148,6 +148,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return {"status": "ok", "model": recommender.model.name,
                 "inference_mode": getattr(recommender.model, "inference_mode", None),
                 "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
+                "index_settings": index_settings(recommender.index),
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "served_by": identity}
 
@@ -178,6 +179,13 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return {**recommender.recommend([clip], top)[0], "served_by": identity}
 
     return app
+
+
+def index_settings(index) -> dict:
+    """The search settings of a FAISS index (links per node, ef_search, ef_construction); {} for exact search."""
+    if not hasattr(index, "ef_search"):
+        return {}
+    return {"m": index.m, "ef_search": index.ef_search, "ef_construction": index.index.hnsw.efConstruction}
 
 
 def json_limit(spec) -> int:

@@ -16,6 +16,8 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
     index: str = typer.Option("exact", help="top-k search: exact, or faiss (approximate, for large catalogues)"),
+    ef_search: int | None = typer.Option(None, min=1, help="faiss only: candidates the graph search keeps "
+                                                           "(default 256; more: higher recall, slower)"),
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content, personalised: requests then carry the uploader's taste)"),
     frames: int = typer.Option(8, min=1, help="frames sampled from uploaded videos (as extract-videos did)"),
@@ -37,6 +39,7 @@ def serve_cmd(
     model = load_model(run)
     if mode is not None:
         model.set_inference_mode(mode)
-    recommender = ClipRecommender(model, load_catalog(catalog), index, warn=warn_on_stderr, frames=frames)
+    recommender = ClipRecommender(model, load_catalog(catalog), index, warn=warn_on_stderr, frames=frames,
+                                  ef_search=ef_search)
     uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,
                 log_level="info")

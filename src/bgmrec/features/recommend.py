@@ -90,21 +90,33 @@ class ClipRecommender:
     (:class:`~bgmrec.index.ExactIndex`, the reference) or ``"faiss"`` (:class:`~bgmrec.index.FaissIndex`,
     approximate, for large catalogues); ``warn`` is told about catalogue genres the model does not know
     and about feature settings that differ from its training data's (:func:`feature_settings_mismatches`;
-    ``frames``: how many frames each clip given as a video file is sampled at).
+    ``frames``: how many frames each clip given as a video file is sampled at). ``ef_search`` sets the
+    FAISS index's search breadth (None: its default), trading speed for recall. The catalogue is
+    encoded ``encode_chunk`` tracks at a time (a track's embedding depends on that track alone).
     """
 
+    encode_chunk = 8192
+
     def __init__(self, model: Recommender, catalog: Catalog, index: str = "exact", warn=None,
-                 frames: int | None = None) -> None:
+                 frames: int | None = None, ef_search: int | None = None) -> None:
         from bgmrec.index import ExactIndex, FaissIndex
 
         if index not in ("exact", "faiss"):
             raise ValueError(f"index must be 'exact' or 'faiss', got {index!r}")
+        if ef_search is not None and (index != "faiss" or ef_search < 1):
+            raise ValueError(f"ef_search must be a positive integer and is read by the faiss index only, got "
+                             f"{ef_search} with index {index!r}")
         self.model, self.catalog = model, catalog
         for mismatch in feature_settings_mismatches(model, catalog, frames) if warn is not None else []:
             warn(mismatch)
         self.music = music_catalog(model, catalog, warn=warn)
-        embeddings = model.encode_music(self.music)
-        self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings)
+        # in chunks: a model's layers on the whole catalogue at once peaked at ~480 MB for 100,000 tracks
+        m = self.music
+        embeddings = np.concatenate([model.encode_music(MusicCatalog(m.features[s:s + self.encode_chunk],
+                                                                     m.genre[s:s + self.encode_chunk]))
+                                     for s in range(0, max(len(m), 1), self.encode_chunk)])
+        options = {} if ef_search is None else {"ef_search": ef_search}
+        self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings, **options)
         self.position = {track_id: j for j, track_id in enumerate(catalog.ids)}
 
     def recommend(self, clips: list[ClipFeatures], k: int = 10, exclude: list[list[str]] | None = None,
