@@ -391,15 +391,3 @@ def test_an_unknown_field_of_a_video_upload_is_refused_naming_it(client, tiny_ds
     assert r.status_code == 422 and r.json()["detail"].startswith("thumbnail: unknown field")
     r = client.post("/recommend/video", files=video, data={"caption": "beach #sun", "top": "3"})
     assert r.status_code == 200 and len(r.json()["tracks"]) == 3
-
-
-def test_the_catalogue_is_encoded_in_chunks_as_the_whole(tiny_ds, cmvae, monkeypatch):
-    """Start-up encodes at most encode_chunk tracks per call (the whole catalogue at once peaked at ~480 MB
-    above the steady state for 100,000 tracks), and the index holds the same embeddings."""
-    whole = cmvae.encode_music(MusicCatalog.from_dataset(tiny_ds))
-    real, sizes = cmvae.encode_music, []
-    monkeypatch.setattr(cmvae, "encode_music", lambda c: sizes.append(len(c)) or real(c))
-    monkeypatch.setattr(ClipRecommender, "encode_chunk", 7)
-    recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds))
-    assert max(sizes) == 7 and sum(sizes) == tiny_ds.n_tracks
-    np.testing.assert_allclose(recommender.index.items.numpy(), whole, rtol=1e-5, atol=1e-6)

@@ -91,11 +91,8 @@ class ClipRecommender:
     approximate, for large catalogues); ``warn`` is told about catalogue genres the model does not know
     and about feature settings that differ from its training data's (:func:`feature_settings_mismatches`;
     ``frames``: how many frames each clip given as a video file is sampled at). ``ef_search`` sets the
-    FAISS index's search breadth (None: its default), trading speed for recall. The catalogue is
-    encoded ``encode_chunk`` tracks at a time (a track's embedding depends on that track alone).
+    FAISS index's search breadth (None: its default), trading speed for recall.
     """
-
-    encode_chunk = 8192
 
     def __init__(self, model: Recommender, catalog: Catalog, index: str = "exact", warn=None,
                  frames: int | None = None, ef_search: int | None = None) -> None:
@@ -110,11 +107,7 @@ class ClipRecommender:
         for mismatch in feature_settings_mismatches(model, catalog, frames) if warn is not None else []:
             warn(mismatch)
         self.music = music_catalog(model, catalog, warn=warn)
-        # in chunks: a model's layers on the whole catalogue at once peaked at ~480 MB for 100,000 tracks
-        m = self.music
-        embeddings = np.concatenate([model.encode_music(MusicCatalog(m.features[s:s + self.encode_chunk],
-                                                                     m.genre[s:s + self.encode_chunk]))
-                                     for s in range(0, max(len(m), 1), self.encode_chunk)])
+        embeddings = model.encode_music(self.music)  # the neural models encode it in chunks
         options = {} if ef_search is None else {"ef_search": ef_search}
         self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings, **options)
         self.position = {track_id: j for j, track_id in enumerate(catalog.ids)}
