@@ -294,6 +294,8 @@ def test_a_grid_that_failed_before_its_first_point_finished_leaves_the_folder_to
     with pytest.raises(ValueError, match="training diverged"):
         run_grid(tiny_dir, "cmvae", {"lr": ["1e30", "1e31"]}, tmp_path / "g", small)
     assert json.loads((tmp_path / "g" / "tuning.json").read_text())["trials"] == []
+    with pytest.raises(ValueError, match="records another grid"):  # a mistyped --resume is still caught
+        run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, tmp_path / "g", small, resume=True)
     trials = run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, tmp_path / "g", small)  # not --resume: a new grid
     assert len(trials) == 1
     assert json.loads((tmp_path / "g" / "tuning.json").read_text())["grid"] == {"lr": ["0.002"]}

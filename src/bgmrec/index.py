@@ -40,8 +40,9 @@ MAX_BLOCK = 2**24  # most scores (float32: 64 MB) one chunk of exact search hold
 class ExactIndex:
     """Exact maximum-inner-product search: one matrix product per chunk of queries, then top-k.
 
-    A chunk holds at most ``chunk`` queries and :data:`MAX_BLOCK` scores, so the memory a search takes
-    does not grow with the catalogue (a batch of 1,024 clips on a million tracks would be 4 GB at once).
+    A chunk holds at most ``chunk`` queries and :data:`MAX_BLOCK` scores (one query's at least), so the
+    memory a search takes does not grow with the batch (a batch of 1,024 clips on a million tracks would
+    be 4 GB at once).
     """
 
     def __init__(self, item_embeddings: np.ndarray, chunk: int = 4096) -> None:

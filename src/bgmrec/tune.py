@@ -153,9 +153,9 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
     arguments, teacher weights and code)."""
     from bgmrec.data.dataset import DatasetError, read_json
 
-    if not _contents(out):
-        return {}
     path = out / "tuning.json"
+    if not _contents(out) and not path.is_file():
+        return {}
     try:
         stopped = read_json(path)
     except DatasetError as e:

@@ -371,6 +371,8 @@ def test_the_recorded_code_covers_every_package_of_the_class_hierarchy_and_zippe
         """A package imported from the zip file ``name``, its model in a submodule."""
         with zipfile.ZipFile(tmp_path / name, "w") as z:
             z.writestr("zridge/__init__.py", "from zridge.models import ZRidge\n")
+            z.writestr("zridge/__main__.py", f"open({str(tmp_path / 'ran')!r}, 'w')\n")  # never run by hashing
+            z.writestr("zridge/needs_gpu.py", "raise RuntimeError('needs a GPU')\n")  # nor imported
             z.writestr("zridge/models.py", f"from bgmrec_audio_ridge import AudioRidge\n# {note}\n\n\n"
                                            "class ZRidge(AudioRidge):\n    name = 'z-ridge'\n")
         monkeypatch.syspath_prepend(str(tmp_path / name))
@@ -384,6 +386,7 @@ def test_the_recorded_code_covers_every_package_of_the_class_hierarchy_and_zippe
     zipped("a.zip", "first")
     made = model_package("z-ridge")
     assert made["class"] == "zridge.models:ZRidge" and made["package"] is None and len(made["code"]) == 16
+    assert not (tmp_path / "ran").exists() and "zridge.needs_gpu" not in sys.modules
     zipped("b.zip", "the submodule edited")
     assert model_package("z-ridge")["code"] != made["code"]
     edited = model_package("z-ridge")["code"]

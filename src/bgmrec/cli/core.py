@@ -105,10 +105,9 @@ def model_package(model: str) -> dict | None:
 def _module_digest(top: str) -> str | None:
     """A digest of the sources of the top-level package or module ``top`` as imported: :func:`source_digest`
     of each folder of its ``__path__`` (several for a namespace package); else every module's source as
-    its loader reads it (a package in a zip file), or the module's own file (a script run as
-    ``__main__``); None when there is no source to read (a notebook, a compiled module)."""
+    its loader reads it, none of them run (a package in a zip file), or the module's own file (a script
+    run as ``__main__``); None when there is no source to read (a notebook, a compiled module)."""
     import hashlib
-    import pkgutil
 
     module = sys.modules.get(top)
     if module is None:
@@ -116,32 +115,52 @@ def _module_digest(top: str) -> str | None:
     folders = [Path(p) for p in getattr(module, "__path__", [])]
     if folders and all(f.is_dir() for f in folders):
         return hashlib.sha256("".join(f"{f.name}:{source_digest(f)}" for f in sorted(folders)).encode()).hexdigest()
-    names = [top] + ([info.name for info in pkgutil.walk_packages(module.__path__, f"{top}.")] if folders else [])
+    names = [top] + (_submodules(top, list(module.__path__)) if folders else [])
     sources = [_source_of(name) for name in sorted(names)]
     if None in sources:
         return None
     return hashlib.sha256("\0".join(sources).encode()).hexdigest()
 
 
+def _submodules(package: str, paths: list[str]) -> list[str]:
+    """Every module under ``package`` (found at ``paths``), listed without running any of them (only the
+    ``__init__`` of a subpackage is imported, to find its modules); ``__main__`` left out."""
+    import importlib.util
+    import pkgutil
+
+    names = []
+    for info in pkgutil.iter_modules(paths, f"{package}."):
+        if info.name.endswith(".__main__"):
+            continue
+        names.append(info.name)
+        if info.ispkg:
+            try:
+                spec = importlib.util.find_spec(info.name)
+            except Exception:  # noqa: BLE001 - another package's __init__ failing: its sources are not read
+                continue
+            names += _submodules(info.name, list(spec.submodule_search_locations or []))
+    return names
+
+
 def _source_of(name: str) -> str | None:
-    """The source of the imported module ``name``: as its loader reads it, else from its ``__file__``."""
-    import importlib
+    """The source of module ``name`` as its loader reads it (the module is not run), else from its file."""
+    import importlib.util
 
     try:
-        module = sys.modules.get(name) or importlib.import_module(name)
-        spec = module.__spec__
+        module = sys.modules.get(name)
+        spec = module.__spec__ if module is not None else importlib.util.find_spec(name)
         source = spec.loader.get_source(spec.name) if spec is not None and spec.loader is not None else None
         if source is None and getattr(module, "__file__", None):
             source = Path(module.__file__).read_text(encoding="utf-8")
-    except (ImportError, OSError, ValueError, UnicodeDecodeError):
+    except Exception:  # noqa: BLE001 - whatever another package's loader raises: no source to hash
         return None
     return source
 
 
 def _distribution_of(module: str):
     """The installed distribution whose files hold ``module``, or the only one that provides its top-level
-    name (an editable install's files are elsewhere); None when none does or several do and none holds it
-    (a namespace package)."""
+    name when that one lists no sources (an editable install, whose files stay in its checkout); None
+    otherwise (not installed, a checkout shadowing an installed release, a namespace package)."""
     from importlib.metadata import PackageNotFoundError, distribution
 
     file = getattr(sys.modules.get(module), "__file__", None)
@@ -155,7 +174,9 @@ def _distribution_of(module: str):
         if file is not None and dist.files is not None and Path(file).resolve() in {
                 Path(dist.locate_file(f)).resolve() for f in dist.files if f.suffix == ".py"}:
             return dist
-    return found[0] if len(found) == 1 else None
+    # an editable install lists no sources of its own (they stay in the checkout): the only such provider
+    editable = [d for d in found if d.files is None or not any(f.suffix == ".py" for f in d.files)]
+    return editable[0] if len(found) == 1 and editable else None
 
 
 @functools.cache

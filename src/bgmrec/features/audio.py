@@ -412,8 +412,8 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
                     else:
                         vectors[by_path[path]] = vec
                     advance()
-            except BaseException:  # stopped (Ctrl-C, SIGTERM): drop the queued files, do not wait for them;
-                pool.shutdown(wait=False, cancel_futures=True)  # the busy workers end with this process
+            except BaseException:  # stopped (Ctrl-C, SIGTERM): the queued files are dropped (only the files
+                pool.shutdown(wait=False, cancel_futures=True)  # being analysed finish before the exit)
                 raise
             pool.shutdown()
     for tid, p, _ in items:

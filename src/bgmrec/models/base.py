@@ -257,7 +257,8 @@ class Recommender(ABC):
     # -- learning and encoding --
     @abstractmethod
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Recommender:
-        """Learn from ``train``; use ``val`` (never test) for early stopping and selection.
+        """Learn from ``train``; use ``val`` (never test) for early stopping and selection. Call
+        :meth:`check_fit_data` first.
 
         ``progress`` shows a progress bar (the CLI sets it; the library stays quiet by default).
         """

@@ -206,13 +206,14 @@ class TorchRecommender(Recommender):
     @torch.no_grad()
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
         self.module.eval()
-        out = []
-        for s in range(0, max(len(q), 1), self.encode_chunk):  # an empty query still gives [0, d]
-            part = q.subset(slice(s, s + self.encode_chunk))
+
+        def encode(rows: slice) -> torch.Tensor:
+            part = q.subset(rows)
             conf = None if part.confounder is None else torch.from_numpy(np.asarray(part.confounder, np.float32))
-            out.append(self.video_embedding(torch.from_numpy(part.visual), torch.from_numpy(part.text),
-                                            torch.from_numpy(np.asarray(part.text_mask, bool)), conf))
-        e_v = torch.cat(out).numpy()
+            return self.video_embedding(torch.from_numpy(part.visual), torch.from_numpy(part.text),
+                                        torch.from_numpy(np.asarray(part.text_mask, bool)), conf)
+
+        e_v = self._in_chunks(len(q), encode)
         scale = self.prior_scale()
         if scale is None:
             return e_v
@@ -223,10 +224,15 @@ class TorchRecommender(Recommender):
         """The music side's layers on the catalogue, ``encode_chunk`` tracks per pass (memory bounded
         whatever the catalogue's size: the whole of 100,000 tracks in one pass took about 480 MB more)."""
         self.module.eval()
-        out = [self.music_embedding(torch.from_numpy(np.array(c.features[s:s + self.encode_chunk], np.float32)),
-                                    torch.from_numpy(np.array(c.genre[s:s + self.encode_chunk], np.int64))).numpy()
-               for s in range(0, max(len(c.features), 1), self.encode_chunk)]  # an empty catalogue gives [0, d]
-        return np.concatenate(out)
+        return self._in_chunks(len(c.features), lambda rows: self.music_embedding(
+            torch.from_numpy(np.array(c.features[rows], np.float32)),
+            torch.from_numpy(np.array(c.genre[rows], np.int64))))
+
+    def _in_chunks(self, n: int, encode) -> np.ndarray:
+        """``encode(rows)`` over ``n`` rows, ``encode_chunk`` rows (a slice) per call, concatenated; no rows
+        still give [0, d]."""
+        return torch.cat([encode(slice(s, s + self.encode_chunk))
+                          for s in range(0, max(n, 1), self.encode_chunk)]).numpy()
 
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:
         e_m = self._music_embedding(c)
