@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,40 +201,37 @@ def test_faiss_index_serves_the_same_tracks(tiny_ds, cmvae, client):
     assert np.mean(overlap) >= 0.95
 
 
-def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, cmvae, tmp_path, monkeypatch):
+def serve_command(ds, model, folder: Path, monkeypatch) -> tuple[list[str], dict]:
+    """``bgmrec serve``'s arguments for ``model`` saved in ``folder`` and ``ds``'s catalogue, and the dict
+    that receives what it passes to uvicorn.run (patched: nothing listens)."""
     import uvicorn
 
-    from bgmrec.cli import main
-
-    cmvae.save(tmp_path / "run")
-    catalog = tiny_catalog(tiny_ds)
+    model.save(folder / "run")
+    catalog = tiny_catalog(ds)
     monkeypatch.setattr("bgmrec.features.audio.load_catalog", lambda root: catalog)
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
-    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"), "--port", "8123"]) == 0
+    return ["serve", "--run", str(folder / "run"), "--catalog", str(folder / "cat")], started
+
+
+def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, cmvae, tmp_path, monkeypatch):
+    from bgmrec.cli import main
+
+    args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
+    assert main([*args, "--port", "8123"]) == 0
     assert started["port"] == 8123 and started["host"] == "127.0.0.1"
     assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
-    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"),
-                 "--index", "annoy"]) == 2
-    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"),
-                 "--max-upload-mb", "0.5"]) == 0
+    assert main([*args, "--index", "annoy"]) == 2
+    assert main([*args, "--max-upload-mb", "0.5"]) == 0
     health = TestClient(started["app"]).get("/health").json()
     assert health["max_upload_bytes"] == 2**19 and health["served_by"]["run"] == "run"
-    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat"),
-                 "--max-upload-mb", "0"]) == 2
+    assert main([*args, "--max-upload-mb", "0"]) == 2
 
 
 def test_serve_sets_the_faiss_search_breadth_and_health_reports_it(tiny_ds, cmvae, tmp_path, monkeypatch):
-    import uvicorn
-
     from bgmrec.cli import main
 
-    cmvae.save(tmp_path / "run")
-    catalog = tiny_catalog(tiny_ds)
-    monkeypatch.setattr("bgmrec.features.audio.load_catalog", lambda root: catalog)
-    started = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
-    args = ["serve", "--run", str(tmp_path / "run"), "--catalog", str(tmp_path / "cat")]
+    args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
     assert main([*args, "--index", "faiss", "--ef-search", "64"]) == 0
     health = TestClient(started["app"]).get("/health").json()
     assert health["index"] == "FaissIndex" and health["index_settings"]["ef_search"] == 64
