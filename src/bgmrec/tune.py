@@ -11,7 +11,6 @@ come afterwards, once, from ``bgmrec evaluate``.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -217,9 +216,11 @@ def _contents(out: Path) -> list[Path]:
 
 
 def _no_trials(path: Path) -> bool:
+    from bgmrec.data.dataset import DatasetError, read_json
+
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("trials") == []
-    except (OSError, ValueError, AttributeError):
+        return read_json(path).get("trials") == []
+    except DatasetError:  # unreadable: not a grid that may be replaced
         return False
 
 

@@ -191,7 +191,7 @@ class Dataset:
                 # held-out (new) music must never be seen in training or model selection
                 _expect(not self.track_new[rows[:, 1]].any(), where, fname,
                         "only tracks not marked new in tracks.csv (a train/val row uses a held-out track)")
-            outside = np.flatnonzero(~self._in_candidates(s, rows[:, 1]))
+            outside = np.flatnonzero(~self.in_candidates(s, rows[:, 1]))
             _expect(outside.size == 0, where, fname,
                     f"positive tracks in the split's candidate set ({info.candidates!r} in manifest.json; "
                     f"row {outside[:1].tolist()} has track {rows[outside[:1], 1].tolist()})")
@@ -203,7 +203,7 @@ class Dataset:
             _check_range(neg, 0, m, where, fname)
             _expect(not (neg == self.splits[s][:, 1:2]).any(), where, fname,
                     "negatives that differ from the row's positive track")
-            outside = np.flatnonzero(~self._in_candidates(s, neg).all(axis=1))
+            outside = np.flatnonzero(~self.in_candidates(s, neg).all(axis=1))
             _expect(outside.size == 0, where, fname,
                     f"negatives in the split's candidate set ({self.split_info[s].candidates!r} in manifest.json; "
                     f"row {outside[:1].tolist()} has one outside it; a dataset an older bgmrec imported from a "
@@ -217,7 +217,7 @@ class Dataset:
                     where, fname, "finite numeric weights >= 0, not all zero")
 
 
-    def _in_candidates(self, split: str, tracks: np.ndarray) -> np.ndarray:
+    def in_candidates(self, split: str, tracks: np.ndarray) -> np.ndarray:
         """Whether each of ``tracks`` is among ``split``'s candidates (its ``candidates`` in the manifest)."""
         kind = self.split_info[split].candidates
         new = np.asarray(self.track_new, bool)[tracks]

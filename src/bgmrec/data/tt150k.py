@@ -757,9 +757,9 @@ def _redraw_outside_candidates(ds: Dataset, names: list[str], rep: InteropReport
     from bgmrec.data.negatives import sample_negatives
 
     for name in names:
-        pool = ds.candidate_tracks(name)
-        if np.isin(ds.negatives[name], pool).all():
+        if ds.in_candidates(name, ds.negatives[name]).all():
             continue
+        pool = ds.candidate_tracks(name)
         k = min(ds.negatives[name].shape[1], len(pool) - 1)
         ds.negatives[name] = sample_negatives(ds.splits[name][:, 1], pool, k, np.random.default_rng(0))
         rep.notes.append(f"{name}: an older bgmrec export drew its negatives beyond its {len(pool)} candidates "
