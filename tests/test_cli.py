@@ -481,7 +481,8 @@ def test_evaluating_a_training_split_says_so(cli_world, popularity_run, capsys):
 
 
 def test_sigterm_stops_a_command_through_its_clean_up(cli_world, tmp_path):
-    """The console script ends on SIGTERM as on Ctrl-C: no half-built run left beside --out, exit code 143."""
+    """The console script (here as ``python -m bgmrec``) ends on SIGTERM as on Ctrl-C: no half-built run left
+    beside --out, exit code 143."""
     import os
     import signal
     import subprocess
@@ -489,8 +490,7 @@ def test_sigterm_stops_a_command_through_its_clean_up(cli_world, tmp_path):
     import time
 
     out = tmp_path / "runs" / "cmvae"
-    code = "import sys; from bgmrec.cli import entry; sys.exit(entry())"
-    proc = subprocess.Popen([sys.executable, "-c", code, "train", "--data", str(cli_world), "--model", "cmvae",
+    proc = subprocess.Popen([sys.executable, "-m", "bgmrec", "train", "--data", str(cli_world), "--model", "cmvae",
                              "--out", str(out), "--set", "epochs=40", "--set", "patience=40"],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
