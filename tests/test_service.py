@@ -389,3 +389,35 @@ def test_an_unknown_field_of_a_video_upload_is_refused_naming_it(client, tiny_ds
     assert r.status_code == 422 and r.json()["detail"].startswith("thumbnail: unknown field")
     r = client.post("/recommend/video", files=video, data={"caption": "beach #sun", "top": "3"})
     assert r.status_code == 200 and len(r.json()["tracks"]) == 3
+
+
+@pytest.mark.parametrize(("change", "detail"), [
+    ({"top": "5"}, "top: Input should be a valid integer, got a string"),
+    ({"top": True}, "top: Input should be a valid integer, got a boolean"),
+    ({"top": 5.0}, "top: Input should be a valid integer, got a number with a decimal point"),
+    ({"visual": ["0.5"]}, "visual[0]: Input should be a valid number, got a string"),
+    ({"text": [False]}, "text[0]: Input should be a valid number, got a boolean"),
+    ({"taste": {"pop": "1"}}, "taste.pop: Input should be a valid number, got a string"),
+    ({"exclude": [7]}, "exclude[0]: Input should be a valid string, got an integer"),
+])
+def test_numbers_sent_as_strings_are_refused_not_converted(client, tiny_ds, change, detail):
+    # pydantic's lax mode read "top": "5" as 5 (and true as 1, "0.5" as a feature value)
+    r = client.post("/recommend", json={**clip_body(tiny_ds, 0), **change})
+    assert r.status_code == 422 and r.json()["detail"] == detail
+    clip = clip_body(tiny_ds, 0) | ({} if "top" in change else change)
+    r = client.post("/recommend/batch", json={"clips": [clip], "top": change.get("top", 2)})
+    assert r.status_code == 422 and r.json()["detail"] == (detail if "top" in change else f"clips[0].{detail}")
+
+
+def test_integer_features_are_numbers_and_a_form_still_parses_its_top(client, tiny_ds, monkeypatch):
+    from bgmrec import service
+
+    body = clip_body(tiny_ds, 0, top=3)
+    body["visual"] = [round(x) for x in body["visual"]]  # JSON integers are valid feature values
+    assert client.post("/recommend", json=body).status_code == 200
+    monkeypatch.setattr(service._MediaEncoders, "embed", lambda self, path, caption, label: clip_of(tiny_ds, 0))
+    video = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    r = client.post("/recommend/video", files=video, data={"top": "4"})  # a form's values are text
+    assert r.status_code == 200 and len(r.json()["tracks"]) == 4
+    r = client.post("/recommend/video", files=video, data={"top": "four"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("top: Input should be a valid integer")

@@ -21,11 +21,13 @@ folder's name and content hash (from its manifest), so a logged answer says exac
 They are computed once, at start-up.
 
 A request the caller must fix (a wrong size, a non-finite value, features for which the model's scores
-are not finite, an unknown field, an unknown track id or genre, no ``taste`` in personalised mode, an
-unreadable video or an image, which ``extract-videos`` refuses too) gets HTTP 422 with a one-line
-``detail`` naming the field; a video upload to a server installed without the ``media`` extra gets 501.
-Any other error is the server's: HTTP 500 with a generic ``detail``, the traceback logged (logger
-``bgmrec.service``).
+are not finite, an unknown field, a value of the wrong JSON type, an unknown track id or genre, no ``taste``
+in personalised mode, an unreadable video or an image, which ``extract-videos`` refuses too) gets HTTP 422
+with a one-line ``detail`` naming the field; a video upload to a server installed without the ``media``
+extra gets 501. JSON fields are read strictly: ``"top": "5"``, ``true`` or ``5.0`` is not a count and
+``"0.5"`` is not a feature value (pydantic's lax mode would convert them); only the video form's ``top``
+is text, parsed as an integer. Any other error is the server's: HTTP 500 with a generic ``detail``, the
+traceback logged (logger ``bgmrec.service``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ logger = logging.getLogger(__name__)
 class Clip(BaseModel):
     """One clip's content features, as ``extract-videos`` writes them (``GET /health`` gives the sizes)."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt field (top_k) is an error, not silently ignored
+    # a misspelt field (top_k) is an error, not silently ignored; strict: a number sent as a string ("5"), a
+    # boolean or 5.0 for an integer is an error too, not converted (pydantic's lax mode read "top": "5" as 5)
+    model_config = ConfigDict(extra="forbid", strict=True)
     visual: list[float] = Field(description="frame features")
     text: list[float] | None = Field(None, description="caption features; null: no usable caption")
     taste: dict[str, float] | None = Field(None, description="the uploader's genre preferences, genre -> "
@@ -76,7 +80,7 @@ class OneClip(Clip):
 class Batch(BaseModel):
     """The body of ``POST /recommend/batch``: clips answered in order, the same number of tracks each."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # as Clip's
     clips: list[Clip] = Field(min_length=1, max_length=MAX_BATCH)
     top: int = Field(10, ge=1, le=MAX_TOP, description="how many tracks per clip")
 
@@ -225,7 +229,18 @@ def validation_detail(error: dict) -> str:
         return f"{where}: unknown field ({error['msg']})"
     if "Expected UploadFile" in error["msg"]:  # a text field, or a file part without a file name
         return f"{where}: expected a file (a multipart part with a file name), got a text value"
+    if error["type"].endswith("_type") and "input" in error:  # the wrong JSON type: say which it was
+        return f"{where}: {error['msg']}, got {json_type(error['input'])}"
     return f"{where}: {error['msg']}"
+
+
+def json_type(value) -> str:
+    """What a parsed JSON value is, for an error message: ``a string``, ``a boolean``, ``null``..."""
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", str: "a string", int: "an integer", float: "a number with a decimal point",
+             list: "an array", dict: "an object"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), type(value).__name__)
 
 
 def copy_limited(src: BinaryIO, dst: BinaryIO, limit: int, chunk: int = 1 << 20) -> bool:
