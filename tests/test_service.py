@@ -421,3 +421,19 @@ def test_integer_features_are_numbers_and_a_form_still_parses_its_top(client, ti
     assert r.status_code == 200 and len(r.json()["tracks"]) == 4
     r = client.post("/recommend/video", files=video, data={"top": "four"})
     assert r.status_code == 422 and r.json()["detail"].startswith("top: Input should be a valid integer")
+
+
+@pytest.mark.parametrize(("body", "detail"), [
+    (b'{"visual": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     'body: JSON nested too deeply to parse (a request nests 4 levels at most: {"clips": [{"visual": [...]}]})'),
+    (b'{"visual": [0.5], "text": "caf\xe9"}',
+     "body: not valid JSON: not utf-8 text at byte 30 (invalid continuation byte)"),
+    (b'{"top": ' + b"9" * 5000 + b"}",
+     "body: not valid JSON (Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits)"),
+])
+def test_json_the_framework_cannot_parse_gets_a_422_saying_why(client, body, detail):
+    # these were FastAPI's bare 400 "There was an error parsing the body"
+    for path in ("/recommend", "/recommend/batch"):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json() == {"detail": detail}
+

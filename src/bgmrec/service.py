@@ -26,8 +26,9 @@ in personalised mode, an unreadable video or an image, which ``extract-videos`` 
 with a one-line ``detail`` naming the field; a video upload to a server installed without the ``media``
 extra gets 501. JSON fields are read strictly: ``"top": "5"``, ``true`` or ``5.0`` is not a count and
 ``"0.5"`` is not a feature value (pydantic's lax mode would convert them); only the video form's ``top``
-is text, parsed as an integer. Any other error is the server's: HTTP 500 with a generic ``detail``, the
-traceback logged (logger ``bgmrec.service``).
+is text, parsed as an integer. A body the JSON parser cannot read gets 422 with a ``body: ...`` detail
+saying why (:func:`validation_detail`, :func:`body_refusal`). Any other error is the server's: HTTP 500
+with a generic ``detail``, the traceback logged (logger ``bgmrec.service``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ from typing import BinaryIO
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError
 
@@ -133,6 +136,15 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     def bad_request(_: Request, exc: RequestValidationError):
         return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors()[0])})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def unparsed_body(request: Request, exc: StarletteHTTPException):
+        # a body the framework refused before validation (a bare 400) gets the service's own answer; every
+        # other HTTP error (the 413s and the 501 raised here) is answered as FastAPI does
+        refused = body_refusal(exc)
+        if refused is None:
+            return await http_exception_handler(request, exc)
+        return JSONResponse(status_code=refused[0], content={"detail": refused[1]})
+
     def answer(clips: list[Clip], top: int, batch: bool = False) -> list[dict]:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
                     for i, c in enumerate(clips)]
@@ -214,6 +226,27 @@ async def known_form_fields(request: Request) -> None:
     unknown = sorted(set((await request.form()).keys()) - set(VIDEO_FORM_FIELDS))  # the form FastAPI parsed
     if unknown:
         raise RequestError(f"{unknown[0]}: unknown field (the form's fields are {', '.join(VIDEO_FORM_FIELDS)})")
+
+
+def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
+    """HTTP status and one-line ``detail`` for a request body the framework refused before validation with a
+    bare HTTP 400, named as the service names a body that is not JSON (422); None for any other HTTP error.
+
+    FastAPI answers "There was an error parsing the body" to JSON that :func:`json.loads` refuses with anything
+    but a ``JSONDecodeError`` (the cause is kept): nesting deeper than Python's recursion limit, bytes that are
+    not UTF-8, an integer of more digits than Python converts.
+    """
+    if exc.status_code != 400:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return 422, ('body: JSON nested too deeply to parse (a request nests 4 levels at most: '
+                     '{"clips": [{"visual": [...]}]})')
+    if isinstance(cause, UnicodeDecodeError):
+        return 422, f"body: not valid JSON: not {cause.encoding} text at byte {cause.start} ({cause.reason})"
+    if isinstance(cause, ValueError):  # its advice (sys.set_int_max_str_digits) is for the server, not the client
+        return 422, f"body: not valid JSON ({str(cause).splitlines()[0].split(';')[0]})"
+    return None
 
 
 def validation_detail(error: dict) -> str:
