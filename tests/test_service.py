@@ -437,3 +437,21 @@ def test_json_the_framework_cannot_parse_gets_a_422_saying_why(client, body, det
         r = client.post(path, content=body, headers={"content-type": "application/json"})
         assert r.status_code == 422 and r.json() == {"detail": detail}
 
+
+def test_a_caption_past_the_forms_text_limit_gets_a_413_naming_it(client, tiny_ds, monkeypatch):
+    # the framework's multipart parser answered 400 "Part exceeded maximum size of 1024KB."
+    from bgmrec import service
+
+    seen = []
+    monkeypatch.setattr(service._MediaEncoders, "embed",
+                        lambda self, path, caption, label: seen.append(len(caption)) or clip_of(tiny_ds, 0))
+    assert client.get("/health").json()["max_caption_bytes"] == service.MAX_CAPTION == 2**20
+    video = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    r = client.post("/recommend/video", files=video, data={"caption": "é" * (2**19)})  # 2**20 bytes in UTF-8
+    assert r.status_code == 200 and seen == [2**19]
+    r = client.post("/recommend/video", files=video, data={"caption": "x" * (2**20 + 1), "top": "3"})
+    assert r.status_code == 413 and r.json() == {
+        "detail": "caption: larger than this server's limit of 1048576 bytes (1 MB) for a text field of the form"}
+    assert seen == [2**19]
+    r = client.post("/recommend/video", content=b"\r\n", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400  # other refusals of the multipart parser are left as they were

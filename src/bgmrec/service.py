@@ -4,7 +4,7 @@
 catalogue, encoded and indexed once at start-up) in a FastAPI application:
 
 - ``GET /health``: the model, its inference mode, the catalogue size, the index and its settings, the feature sizes
-  a request must have, the largest video upload, and ``served_by`` (below);
+  a request must have, the largest video upload, JSON body and caption, and ``served_by`` (below);
 - ``POST /recommend``: one clip's features (``visual``, optional ``text``; optional ``taste``, the
   uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
   the answer is the object ``bgmrec recommend --json`` prints;
@@ -13,7 +13,8 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
   as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
   The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
-  does a JSON body declared larger than :func:`json_limit` (64 MB, more for wider features).
+  do a caption over :data:`MAX_CAPTION` bytes (1 MB) and a JSON body declared larger than
+  :func:`json_limit` (64 MB, more for wider features).
 
 Every answer also carries ``served_by``: the model's name, its inference mode, the bgmrec version, the
 run folder's name and a SHA-256 of its ``config.json`` and ``weights.safetensors``, and the catalogue
@@ -47,6 +48,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError
 
@@ -57,6 +59,7 @@ FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (
 MAX_JSON = 64 * 2**20  # largest JSON body (bytes) at least; more for wide features (json_limit)
 JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
 VIDEO_FORM_FIELDS = ("video", "caption", "top")  # the multipart fields of POST /recommend/video
+MAX_CAPTION = 2**20  # the most bytes a text field of that form holds: Starlette's multipart parser's limit
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +169,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
                 "index_settings": index_settings(recommender.index),
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
-                "max_upload_bytes": max_upload, "max_json_bytes": max_json, "served_by": identity}
+                "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
+                "served_by": identity}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> dict:
@@ -230,11 +234,14 @@ async def known_form_fields(request: Request) -> None:
 
 def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     """HTTP status and one-line ``detail`` for a request body the framework refused before validation with a
-    bare HTTP 400, named as the service names a body that is not JSON (422); None for any other HTTP error.
+    bare HTTP 400, named as the service names a body that is not JSON (422) or too large (413); None for any
+    other HTTP error.
 
     FastAPI answers "There was an error parsing the body" to JSON that :func:`json.loads` refuses with anything
     but a ``JSONDecodeError`` (the cause is kept): nesting deeper than Python's recursion limit, bytes that are
-    not UTF-8, an integer of more digits than Python converts.
+    not UTF-8, an integer of more digits than Python converts. Starlette's multipart parser refuses a text field
+    over :data:`MAX_CAPTION` bytes ("Part exceeded maximum size"); it does not say which field, but ``caption``
+    is the form's only text that can legitimately be long (``top`` is a number; any other field is refused).
     """
     if exc.status_code != 400:
         return None
@@ -246,6 +253,9 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
         return 422, f"body: not valid JSON: not {cause.encoding} text at byte {cause.start} ({cause.reason})"
     if isinstance(cause, ValueError):  # its advice (sys.set_int_max_str_digits) is for the server, not the client
         return 422, f"body: not valid JSON ({str(cause).splitlines()[0].split(';')[0]})"
+    if isinstance(exc.__context__, MultiPartException) and "exceeded maximum size" in str(exc.detail):
+        return 413, (f"caption: larger than this server's limit of {MAX_CAPTION} bytes "
+                     f"({MAX_CAPTION / 2**20:g} MB) for a text field of the form")
     return None
 
 
