@@ -243,6 +243,29 @@ def test_serve_sets_the_faiss_search_breadth_and_health_reports_it(tiny_ds, cmva
     assert main([*args, "--ef-search", "64"]) == 2  # read by the faiss index only
 
 
+@pytest.fixture
+def torch_threads():
+    """Puts back torch's intra-op threads, which ``bgmrec serve`` sets for its whole process."""
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_serve_sets_torchs_threads_and_health_reports_them(tiny_ds, cmvae, tmp_path, monkeypatch, torch_threads):
+    # every request used torch's default, all the machine's cores, however many requests ran at once
+    from bgmrec.cli import main
+
+    args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
+    default = torch.get_num_threads()
+    assert main(args) == 0  # torch's own count, reported
+    assert TestClient(started["app"]).get("/health").json()["threads"] == default
+    for n in (default + 1, 1):
+        assert main([*args, "--threads", str(n)]) == 0
+        assert torch.get_num_threads() == n
+        assert TestClient(started["app"]).get("/health").json()["threads"] == n  # as a request's thread sees it
+    assert main([*args, "--threads", "0"]) == 2
+
+
 def test_unknown_fields_are_refused_naming_the_field(client, tiny_ds):
     r = client.post("/recommend", json=clip_body(tiny_ds, 0, top_k=3))
     assert r.status_code == 422 and r.json()["detail"].startswith("top_k: unknown field")

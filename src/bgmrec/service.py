@@ -4,7 +4,8 @@
 catalogue, encoded and indexed once at start-up) in a FastAPI application:
 
 - ``GET /health``: the model, its inference mode, the catalogue size, the index and its settings, the feature sizes
-  a request must have, the largest video upload, JSON body and caption, and ``served_by`` (below);
+  a request must have, the largest video upload, JSON body and caption, torch's intra-op ``threads``, and
+  ``served_by`` (below);
 - ``POST /recommend``: one clip's features (``visual``, optional ``text``; optional ``taste``, the
   uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
   the answer is the object ``bgmrec recommend --json`` prints;
@@ -164,12 +165,15 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     @app.get("/health")
     def health() -> dict:
         """The model and catalogue being served, and the feature sizes a request must have."""
+        import torch  # loaded with the model
+
         return {"status": "ok", "model": recommender.model.name,
                 "inference_mode": getattr(recommender.model, "inference_mode", None),
                 "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
                 "index_settings": index_settings(recommender.index),
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
+                "threads": torch.get_num_threads(),  # in this request's thread (bgmrec serve --threads)
                 "served_by": identity}
 
     @app.post("/recommend")
