@@ -243,6 +243,29 @@ def test_serve_sets_the_faiss_search_breadth_and_health_reports_it(tiny_ds, cmva
     assert main([*args, "--ef-search", "64"]) == 2  # read by the faiss index only
 
 
+@pytest.fixture
+def torch_threads():
+    """Puts back torch's intra-op threads, which ``bgmrec serve`` sets for its whole process."""
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_serve_sets_torchs_threads_and_health_reports_them(tiny_ds, cmvae, tmp_path, monkeypatch, torch_threads):
+    # every request used torch's default, all the machine's cores, however many requests ran at once
+    from bgmrec.cli import main
+
+    args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
+    default = torch.get_num_threads()
+    assert main(args) == 0  # torch's own count, reported
+    assert TestClient(started["app"]).get("/health").json()["threads"] == default
+    for n in (default + 1, 1):
+        assert main([*args, "--threads", str(n)]) == 0
+        assert torch.get_num_threads() == n
+        assert TestClient(started["app"]).get("/health").json()["threads"] == n  # as a request's thread sees it
+    assert main([*args, "--threads", "0"]) == 2
+
+
 def test_unknown_fields_are_refused_naming_the_field(client, tiny_ds):
     r = client.post("/recommend", json=clip_body(tiny_ds, 0, top_k=3))
     assert r.status_code == 422 and r.json()["detail"].startswith("top_k: unknown field")
@@ -389,3 +412,69 @@ def test_an_unknown_field_of_a_video_upload_is_refused_naming_it(client, tiny_ds
     assert r.status_code == 422 and r.json()["detail"].startswith("thumbnail: unknown field")
     r = client.post("/recommend/video", files=video, data={"caption": "beach #sun", "top": "3"})
     assert r.status_code == 200 and len(r.json()["tracks"]) == 3
+
+
+@pytest.mark.parametrize(("change", "detail"), [
+    ({"top": "5"}, "top: Input should be a valid integer, got a string"),
+    ({"top": True}, "top: Input should be a valid integer, got a boolean"),
+    ({"top": 5.0}, "top: Input should be a valid integer, got a number with a decimal point"),
+    ({"visual": ["0.5"]}, "visual[0]: Input should be a valid number, got a string"),
+    ({"text": [False]}, "text[0]: Input should be a valid number, got a boolean"),
+    ({"taste": {"pop": "1"}}, "taste.pop: Input should be a valid number, got a string"),
+    ({"exclude": [7]}, "exclude[0]: Input should be a valid string, got an integer"),
+])
+def test_numbers_sent_as_strings_are_refused_not_converted(client, tiny_ds, change, detail):
+    # pydantic's lax mode read "top": "5" as 5 (and true as 1, "0.5" as a feature value)
+    r = client.post("/recommend", json={**clip_body(tiny_ds, 0), **change})
+    assert r.status_code == 422 and r.json()["detail"] == detail
+    clip = clip_body(tiny_ds, 0) | ({} if "top" in change else change)
+    r = client.post("/recommend/batch", json={"clips": [clip], "top": change.get("top", 2)})
+    assert r.status_code == 422 and r.json()["detail"] == (detail if "top" in change else f"clips[0].{detail}")
+
+
+def test_integer_features_are_numbers_and_a_form_still_parses_its_top(client, tiny_ds, monkeypatch):
+    from bgmrec import service
+
+    body = clip_body(tiny_ds, 0, top=3)
+    body["visual"] = [round(x) for x in body["visual"]]  # JSON integers are valid feature values
+    assert client.post("/recommend", json=body).status_code == 200
+    monkeypatch.setattr(service._MediaEncoders, "embed", lambda self, path, caption, label: clip_of(tiny_ds, 0))
+    video = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    r = client.post("/recommend/video", files=video, data={"top": "4"})  # a form's values are text
+    assert r.status_code == 200 and len(r.json()["tracks"]) == 4
+    r = client.post("/recommend/video", files=video, data={"top": "four"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("top: Input should be a valid integer")
+
+
+@pytest.mark.parametrize(("body", "detail"), [
+    (b'{"visual": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     'body: JSON nested too deeply to parse (a request nests 4 levels at most: {"clips": [{"visual": [...]}]})'),
+    (b'{"visual": [0.5], "text": "caf\xe9"}',
+     "body: not valid JSON: not utf-8 text at byte 30 (invalid continuation byte)"),
+    (b'{"top": ' + b"9" * 5000 + b"}",
+     "body: not valid JSON (Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits)"),
+])
+def test_json_the_framework_cannot_parse_gets_a_422_saying_why(client, body, detail):
+    # these were FastAPI's bare 400 "There was an error parsing the body"
+    for path in ("/recommend", "/recommend/batch"):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json() == {"detail": detail}
+
+
+def test_a_caption_past_the_forms_text_limit_gets_a_413_naming_it(client, tiny_ds, monkeypatch):
+    # the framework's multipart parser answered 400 "Part exceeded maximum size of 1024KB."
+    from bgmrec import service
+
+    seen = []
+    monkeypatch.setattr(service._MediaEncoders, "embed",
+                        lambda self, path, caption, label: seen.append(len(caption)) or clip_of(tiny_ds, 0))
+    assert client.get("/health").json()["max_caption_bytes"] == service.MAX_CAPTION == 2**20
+    video = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    r = client.post("/recommend/video", files=video, data={"caption": "é" * (2**19)})  # 2**20 bytes in UTF-8
+    assert r.status_code == 200 and seen == [2**19]
+    r = client.post("/recommend/video", files=video, data={"caption": "x" * (2**20 + 1), "top": "3"})
+    assert r.status_code == 413 and r.json() == {
+        "detail": "caption: larger than this server's limit of 1048576 bytes (1 MB) for a text field of the form"}
+    assert seen == [2**19]
+    r = client.post("/recommend/video", content=b"\r\n", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400  # other refusals of the multipart parser are left as they were

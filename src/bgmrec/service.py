@@ -4,7 +4,8 @@
 catalogue, encoded and indexed once at start-up) in a FastAPI application:
 
 - ``GET /health``: the model, its inference mode, the catalogue size, the index and its settings, the feature sizes
-  a request must have, the largest video upload, and ``served_by`` (below);
+  a request must have, the largest video upload, JSON body and caption, torch's intra-op ``threads``, and
+  ``served_by`` (below);
 - ``POST /recommend``: one clip's features (``visual``, optional ``text``; optional ``taste``, the
   uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
   the answer is the object ``bgmrec recommend --json`` prints;
@@ -13,7 +14,8 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
   as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
   The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
-  does a JSON body declared larger than :func:`json_limit` (64 MB, more for wider features).
+  do a caption over :data:`MAX_CAPTION` bytes (1 MB) and a JSON body declared larger than
+  :func:`json_limit` (64 MB, more for wider features).
 
 Every answer also carries ``served_by``: the model's name, its inference mode, the bgmrec version, the
 run folder's name and a SHA-256 of its ``config.json`` and ``weights.safetensors``, and the catalogue
@@ -21,11 +23,14 @@ folder's name and content hash (from its manifest), so a logged answer says exac
 They are computed once, at start-up.
 
 A request the caller must fix (a wrong size, a non-finite value, features for which the model's scores
-are not finite, an unknown field, an unknown track id or genre, no ``taste`` in personalised mode, an
-unreadable video or an image, which ``extract-videos`` refuses too) gets HTTP 422 with a one-line
-``detail`` naming the field; a video upload to a server installed without the ``media`` extra gets 501.
-Any other error is the server's: HTTP 500 with a generic ``detail``, the traceback logged (logger
-``bgmrec.service``).
+are not finite, an unknown field, a value of the wrong JSON type, an unknown track id or genre, no ``taste``
+in personalised mode, an unreadable video or an image, which ``extract-videos`` refuses too) gets HTTP 422
+with a one-line ``detail`` naming the field; a video upload to a server installed without the ``media``
+extra gets 501. JSON fields are read strictly: ``"top": "5"``, ``true`` or ``5.0`` is not a count and
+``"0.5"`` is not a feature value (pydantic's lax mode would convert them); only the video form's ``top``
+is text, parsed as an integer. A body the JSON parser cannot read gets 422 with a ``body: ...`` detail
+saying why (:func:`validation_detail`, :func:`body_refusal`). Any other error is the server's: HTTP 500
+with a generic ``detail``, the traceback logged (logger ``bgmrec.service``).
 """
 
 from __future__ import annotations
@@ -39,9 +44,12 @@ from typing import BinaryIO
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError
 
@@ -52,6 +60,7 @@ FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (
 MAX_JSON = 64 * 2**20  # largest JSON body (bytes) at least; more for wide features (json_limit)
 JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
 VIDEO_FORM_FIELDS = ("video", "caption", "top")  # the multipart fields of POST /recommend/video
+MAX_CAPTION = 2**20  # the most bytes a text field of that form holds: Starlette's multipart parser's limit
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +68,9 @@ logger = logging.getLogger(__name__)
 class Clip(BaseModel):
     """One clip's content features, as ``extract-videos`` writes them (``GET /health`` gives the sizes)."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt field (top_k) is an error, not silently ignored
+    # a misspelt field (top_k) is an error, not silently ignored; strict: a number sent as a string ("5"), a
+    # boolean or 5.0 for an integer is an error too, not converted (pydantic's lax mode read "top": "5" as 5)
+    model_config = ConfigDict(extra="forbid", strict=True)
     visual: list[float] = Field(description="frame features")
     text: list[float] | None = Field(None, description="caption features; null: no usable caption")
     taste: dict[str, float] | None = Field(None, description="the uploader's genre preferences, genre -> "
@@ -76,7 +87,7 @@ class OneClip(Clip):
 class Batch(BaseModel):
     """The body of ``POST /recommend/batch``: clips answered in order, the same number of tracks each."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # as Clip's
     clips: list[Clip] = Field(min_length=1, max_length=MAX_BATCH)
     top: int = Field(10, ge=1, le=MAX_TOP, description="how many tracks per clip")
 
@@ -129,6 +140,15 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     def bad_request(_: Request, exc: RequestValidationError):
         return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors()[0])})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def unparsed_body(request: Request, exc: StarletteHTTPException):
+        # a body the framework refused before validation (a bare 400) gets the service's own answer; every
+        # other HTTP error (the 413s and the 501 raised here) is answered as FastAPI does
+        refused = body_refusal(exc)
+        if refused is None:
+            return await http_exception_handler(request, exc)
+        return JSONResponse(status_code=refused[0], content={"detail": refused[1]})
+
     def answer(clips: list[Clip], top: int, batch: bool = False) -> list[dict]:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
                     for i, c in enumerate(clips)]
@@ -145,12 +165,16 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     @app.get("/health")
     def health() -> dict:
         """The model and catalogue being served, and the feature sizes a request must have."""
+        import torch  # loaded with the model
+
         return {"status": "ok", "model": recommender.model.name,
                 "inference_mode": getattr(recommender.model, "inference_mode", None),
                 "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
                 "index_settings": index_settings(recommender.index),
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
-                "max_upload_bytes": max_upload, "max_json_bytes": max_json, "served_by": identity}
+                "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
+                "threads": torch.get_num_threads(),  # in this request's thread (bgmrec serve --threads)
+                "served_by": identity}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> dict:
@@ -212,6 +236,33 @@ async def known_form_fields(request: Request) -> None:
         raise RequestError(f"{unknown[0]}: unknown field (the form's fields are {', '.join(VIDEO_FORM_FIELDS)})")
 
 
+def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
+    """HTTP status and one-line ``detail`` for a request body the framework refused before validation with a
+    bare HTTP 400, named as the service names a body that is not JSON (422) or too large (413); None for any
+    other HTTP error.
+
+    FastAPI answers "There was an error parsing the body" to JSON that :func:`json.loads` refuses with anything
+    but a ``JSONDecodeError`` (the cause is kept): nesting deeper than Python's recursion limit, bytes that are
+    not UTF-8, an integer of more digits than Python converts. Starlette's multipart parser refuses a text field
+    over :data:`MAX_CAPTION` bytes ("Part exceeded maximum size"); it does not say which field, but ``caption``
+    is the form's only text that can legitimately be long (``top`` is a number; any other field is refused).
+    """
+    if exc.status_code != 400:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return 422, ('body: JSON nested too deeply to parse (a request nests 4 levels at most: '
+                     '{"clips": [{"visual": [...]}]})')
+    if isinstance(cause, UnicodeDecodeError):
+        return 422, f"body: not valid JSON: not {cause.encoding} text at byte {cause.start} ({cause.reason})"
+    if isinstance(cause, ValueError):  # its advice (sys.set_int_max_str_digits) is for the server, not the client
+        return 422, f"body: not valid JSON ({str(cause).splitlines()[0].split(';')[0]})"
+    if isinstance(exc.__context__, MultiPartException) and "exceeded maximum size" in str(exc.detail):
+        return 413, (f"caption: larger than this server's limit of {MAX_CAPTION} bytes "
+                     f"({MAX_CAPTION / 2**20:g} MB) for a text field of the form")
+    return None
+
+
 def validation_detail(error: dict) -> str:
     """The one-line ``detail`` of a request FastAPI could not parse (its first error): the field named as
     ``clips[1].top``, then what is wrong with it."""
@@ -225,7 +276,18 @@ def validation_detail(error: dict) -> str:
         return f"{where}: unknown field ({error['msg']})"
     if "Expected UploadFile" in error["msg"]:  # a text field, or a file part without a file name
         return f"{where}: expected a file (a multipart part with a file name), got a text value"
+    if error["type"].endswith("_type") and "input" in error:  # the wrong JSON type: say which it was
+        return f"{where}: {error['msg']}, got {json_type(error['input'])}"
     return f"{where}: {error['msg']}"
+
+
+def json_type(value) -> str:
+    """What a parsed JSON value is, for an error message: ``a string``, ``a boolean``, ``null``..."""
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", str: "a string", int: "an integer", float: "a number with a decimal point",
+             list: "an array", dict: "an object"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), type(value).__name__)
 
 
 def copy_limited(src: BinaryIO, dst: BinaryIO, limit: int, chunk: int = 1 << 20) -> bool:

@@ -22,6 +22,10 @@ def serve_cmd(
                                                "content, personalised: requests then carry the uploader's taste)"),
     frames: int = typer.Option(8, min=1, help="frames sampled from uploaded videos (as extract-videos did)"),
     max_upload_mb: float = typer.Option(200.0, help="largest video upload (MB, 2**20 bytes); larger ones get HTTP 413"),
+    threads: int | None = typer.Option(None, min=1, help="torch's intra-op threads of each request (default: "
+                                                         "torch's, the cores this one server process may use, or "
+                                                         "OMP_NUM_THREADS); concurrent requests each use this "
+                                                         "many, so fewer contend less under load"),
 ) -> None:
     """Serve "music for this video" over HTTP: POST /recommend, /recommend/batch, /recommend/video; GET /health."""
     try:
@@ -32,10 +36,16 @@ def serve_cmd(
         raise ValueError(f"bgmrec serve needs the serve extra (pip install 'bgmrec[serve]'): {e}") from None
     if not 0 < max_upload_mb < float("inf") or max_upload_mb * 2**20 < 1:
         raise ValueError(f"--max-upload-mb must be a positive number (at least one byte), got {max_upload_mb}")
+    import torch
+
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.recommend import ClipRecommender, warn_on_stderr
     from bgmrec.models.base import load_model
 
+    # one process serves (uvicorn.run with the app object: no worker processes), each request in a thread of its
+    # pool; set before any torch work, the count holds in every thread started later (as it first runs torch)
+    if threads is not None:
+        torch.set_num_threads(threads)
     model = load_model(run)
     if mode is not None:
         model.set_inference_mode(mode)
@@ -43,3 +53,4 @@ def serve_cmd(
                                   ef_search=ef_search)
     uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,
                 log_level="info")
+
