@@ -53,4 +53,3 @@ def serve_cmd(
                                   ef_search=ef_search)
     uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,
                 log_level="info")
-
