@@ -242,6 +242,7 @@ def test_ceiling_report_mixes_the_teacher_of_a_benchmarked_student(tmp_path):
     runs = work / "tiny-seed0" / "runs"
     assert RunTeacher.of("cmvae", load_model(runs / "cmvae")) is None  # CMVAE mixes no teacher in
     student = load_model(runs / "deccm")
+    assert student.teacher_dir == str((work / "tiny-seed0" / "teachers" / "deccm").resolve())  # shared, apart
     mixing = RunTeacher.of("deccm", student)
     assert mixing.teacher is student.teacher and mixing.weight == student.config.teacher_mix > 0
     teacher, weight = mixing.teacher, mixing.weight

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from rich.console import Console
 
 from bgmrec.cli import main
 from bgmrec.cli.app import app
@@ -501,3 +502,36 @@ def test_sigterm_stops_a_command_through_its_clean_up(cli_world, tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     assert sorted(p.name for p in out.parent.iterdir()) == []  # neither the run nor its temporary folder
+
+
+def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path, monkeypatch):
+    """DecCM and its teacher-guided ablations get one teacher, trained once; another backbone gets its own;
+    models without a teacher get none; an earlier command's teacher is trained again unless reuse is asked."""
+    from bgmrec.cli.core import SharedTeachers
+    from bgmrec.models import deccm
+
+    trained = []
+    train_teacher = deccm.train_teacher
+
+    def counting(student, ds, folder, progress=False):
+        trained.append(student.config.latent_dim)
+        return train_teacher(student, ds, folder, progress)
+
+    monkeypatch.setattr(deccm, "train_teacher", counting)
+    console = Console(quiet=True)
+    teachers = SharedTeachers(tmp_path / "teachers", tiny_ds, console)
+    first = teachers.for_model("deccm", SMALL_DECCM)
+    assert first == tmp_path / "teachers" / "deccm" and (first / "config.json").is_file()
+    assert teachers.for_model("deccm-noadjust", SMALL_DECCM) == first
+    assert teachers.for_model("deccm-teachermix", SMALL_DECCM) == first
+    assert teachers.for_model("cmvae", SMALL_CMVAE) is None
+    assert teachers.for_model("deccm-noteacher", SMALL_DECCM) is None
+    other = teachers.for_model("deccm-noadjust", {**SMALL_DECCM, "latent_dim": "8"})
+    assert other == tmp_path / "teachers" / "deccm-noadjust"
+    assert trained == [4, 8]
+
+    # a later command: the teacher at the folder is trained again, or loaded with reuse
+    assert SharedTeachers(tmp_path / "teachers", tiny_ds, console).for_model("deccm", SMALL_DECCM) == first
+    assert trained == [4, 8, 4]
+    assert SharedTeachers(tmp_path / "teachers", tiny_ds, console, reuse=True).for_model("deccm", SMALL_DECCM) == first
+    assert trained == [4, 8, 4]

@@ -132,7 +132,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     ``resume`` reuses the runs in ``work`` that the same commit trained (seeds can then run as
     separate processes, and an interrupted benchmark continues where it stopped).
     """
-    from bgmrec.cli.core import git_commit, machine, train_model
+    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset, write_json_atomic
     from bgmrec.eval.report import (
         PAIRED_NOTE,
@@ -167,11 +167,13 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             ensure_world(scale, seed, data, console)
             ds = load_dataset(data)
             seed_results: list[dict] = []
+            teachers = SharedTeachers(data.parent / TEACHERS, ds, console)  # DecCM and its ablations share one
             for name in models or DEMO_MODELS:
                 run = data.parent / "runs" / name
                 sec = finished_run(run, name, seed, git_commit()) if resume else None
                 if sec is None:
-                    _, sec = train_model(data, name, run, seed=seed, progress=True)
+                    _, sec = train_model(data, name, run, seed=seed, teacher=teachers.for_model(name, {"seed": seed}),
+                                         progress=True)
                 seconds.setdefault(name, []).append(sec)
                 res = evaluate_run(run, ds, label=name, keep_ranks=True)
                 for r in res:

@@ -60,7 +60,7 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None, ke
 
 
 def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console: Console) -> list[dict]:
-    from bgmrec.cli.core import git_commit, machine, train_model
+    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, train_model
     from bgmrec.eval import report
 
     t_start = time.perf_counter()
@@ -70,9 +70,11 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
     ds = load_dataset(data)
     results: list[dict] = []
     timings = {}
+    teachers = SharedTeachers(out / TEACHERS, ds, console)  # DecCM and its ablations share one teacher
     for name in models or DEMO_MODELS:
         run = out / "runs" / name
-        _, seconds = train_model(data, name, run, seed=seed, progress=True)
+        _, seconds = train_model(data, name, run, seed=seed, teacher=teachers.for_model(name, {"seed": seed}),
+                                 progress=True)
         timings[name] = seconds
         console.print(f"trained {name} in {seconds:.1f} s")
         results.extend(evaluate_run(run, ds, label=name, keep_ranks=True))

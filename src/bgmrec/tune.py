@@ -83,7 +83,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     point that needs it>``, which every point of that config shares: apart from the points' folders, so
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher.
     """
-    from bgmrec.cli.core import code_fingerprint, git_commit, model_package, train_model
+    from bgmrec.cli.core import TEACHERS, SharedTeachers, code_fingerprint, git_commit, model_package, train_model
     from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
@@ -99,32 +99,30 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                   Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
               "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit()}
     finished = _finished_points(Path(out), record) if resume else {}
-    ds, points, base, teacher_keys, students, configs = _preflight(
+    ds, points, base, students, configs = _preflight(
         data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "trials": []})
-    shared_teachers: dict[str, Path] = {}  # teacher config -> its folder in ``out/teachers``
+    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console, reuse=True)  # a stopped grid's are loaded
     trials: list[Trial] = []
     first_gains = None
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
-        key = teacher_keys[i]
-        if key is not None and key not in shared_teachers:
-            shared_teachers[key] = _shared_teacher(students[key], ds, Path(out) / TEACHERS / run.name, console)
+        shared = None if teacher is not None else teachers.folder(students[i], run.name)
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
                 raise ValueError(f"--resume: {run} holds a run of another config than this point's; tune into a "
                                  "new --out")
-            if key is not None and rec.teacher_dir != str(shared_teachers[key].resolve()):
+            if shared is not None and rec.teacher_dir != str(shared.resolve()):
                 raise ValueError(f"--resume: {run}'s teacher is missing or was retrained since; tune into a new "
                                  "--out")
             console.print("    finished before: loaded, not retrained")
         else:
             rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
-                                       teacher=teacher if key is None else shared_teachers[key],
+                                       teacher=teacher if shared is None else shared,
                                        progress=console.is_terminal)
         result = evaluate(rec, ds, "val", keep_ranks=True)
         gains = query_gains(result["full_ranks"], "recall@10")
@@ -183,26 +181,6 @@ RESUME_KEYS = ("model", "data_fingerprint", "grid", "sets", "seed", "teacher", "
                "code", "model_package")
 
 
-TEACHERS = "teachers"  # the folder in a grid's ``out`` of the teachers its points share
-
-
-def _shared_teacher(student, ds, folder: Path, console: Console) -> Path:
-    """The teacher of ``student``'s backbone config at ``folder``: loaded when a stopped grid trained it
-    (``--resume``), else trained on the professional videos and written there whole (a temporary folder
-    renamed into place)."""
-    from bgmrec.data.dataset import atomic_write_dir
-    from bgmrec.models.deccm import load_teacher, train_teacher
-
-    if (folder / "config.json").is_file():
-        load_teacher(folder)  # a damaged one is named now, not by every point
-        console.print(f"    teacher {folder.name}: trained before, reused")
-        return folder
-    console.print(f"    teacher {folder.name}: training on the professional videos")
-    atomic_write_dir(folder, lambda tmp: train_teacher(student, ds, tmp, progress=console.is_terminal),
-                     marker="config.json", version_key="bgmrec_version", what="a model run")
-    return folder
-
-
 def _contents(out: Path) -> list[Path]:
     """What ``out`` holds besides the temporary folders a training stopped by a kill leaves behind and a
     ``tuning.json`` of no trial (a grid stopped or failed before its first point finished, with nothing
@@ -227,13 +205,12 @@ def _no_trials(path: Path) -> bool:
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,
                teacher: Path | None, empty_out: bool = True):
     """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
-    the fixed fields, per point the teacher config whose teacher it shares, or None: no teacher to train,
-    ``teacher`` as given; the first point's model of each teacher config, unfitted; and per point ``repr``
-    of its config)."""
+    the fixed fields, per point its model, built and unfitted (which says what teacher it needs), and per
+    point ``repr`` of its config)."""
     from bgmrec.cli.core import option_into_sets
     from bgmrec.data.dataset import load_dataset
     from bgmrec.models.base import FeatureSpec
-    from bgmrec.models.registry import build, prepare_teacher, takes_teacher
+    from bgmrec.models.registry import build, prepare_teacher
 
     if empty_out and out.exists() and (not out.is_dir() or _contents(out)):
         raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs, "
@@ -248,7 +225,7 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
         raise ValueError("seed: given both as --seed and as --grid; give it one way")
     points = grid_points(grid)
     configs: list[str] = []
-    folders, teacher_keys, students = set(), [], {}
+    folders, students = set(), []
     for point in points:
         overrides = {**base, **point}
         option_into_sets(overrides, "seed", seed)
@@ -262,20 +239,13 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
         if folder in folders:
             raise ValueError(f"two grid points share the folder name {folder!r}; change one of their values")
         folders.add(folder)
+        students.append(rec)
         if teacher is not None:  # the given teacher must be taken by, and fit, every point (latent size, features)
             try:
                 prepare_teacher(rec, ds, out, teacher)
             except ValueError as e:
                 raise ValueError(f"{trial_folder(point)}: {e}") from None
-            teacher_keys.append(None)
-        elif not takes_teacher(type(rec), rec.config):
-            teacher_keys.append(None)
-        else:
-            from bgmrec.models.deccm import teacher_config
-
-            teacher_keys.append(repr(teacher_config(rec.config)))
-            students.setdefault(teacher_keys[-1], rec)
-    return ds, points, base, teacher_keys, students, configs
+    return ds, points, base, students, configs
 
 
 def tuning_rows(trials: list[Trial]) -> list[list[str]]:

@@ -308,6 +308,61 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     return load_model(out), timing["seconds"]
 
 
+TEACHERS = "teachers"  # the folder, beside the runs of a grid, a demo or a benchmark's world, of their teachers
+
+
+class SharedTeachers:
+    """The frozen teachers of the teacher-guided models one command trains (``tune``'s points, the demo's and
+    ``bench quality``'s models): one per teacher config (:func:`~bgmrec.models.deccm.teacher_config`, the
+    backbone fields and the seed), trained once into ``root/<the first model that needs it>``, apart from the
+    models' run folders, and given to every model of that config. So DecCM and its teacher-guided ablations
+    are guided by one teacher and differ only in what they ablate, and it is trained once, not once per model.
+
+    ``reuse``: a teacher found whole at its folder (``tune --resume`` of a grid stopped after training it) is
+    loaded; otherwise it is trained again and the folder replaced, so a teacher of an earlier run of the
+    command, perhaps on another world, is never taken.
+    """
+
+    def __init__(self, root: Path, ds, console: Console, reuse: bool = False) -> None:
+        self.root = Path(root)  # where the teachers are written, one folder each
+        self.ds = ds  # the dataset whose professional videos they are trained on
+        self.console = console  # says when a teacher is trained or reused
+        self.reuse = reuse  # load a teacher found whole at its folder instead of training it
+        self.folders: dict[str, Path] = {}  # teacher config (its repr) -> its folder
+
+    def for_model(self, model: str, sets: dict) -> Path | None:
+        """The teacher folder for the model ``model`` with the config fields ``sets`` (as
+        :func:`train_model` gets them), or None for a model that takes no teacher."""
+        from bgmrec.models.base import FeatureSpec
+        from bgmrec.models.registry import build
+
+        return self.folder(build(model, FeatureSpec.of(self.ds), dict(sets)), model)
+
+    def folder(self, student, name: str) -> Path | None:
+        """The teacher folder for the built (untrained) model ``student``, trained now into ``root/name``
+        when no model before needed a teacher of its config; None when it takes no teacher."""
+        from bgmrec.data.dataset import atomic_write_dir
+        from bgmrec.models.deccm import load_teacher, teacher_config, train_teacher
+        from bgmrec.models.registry import takes_teacher
+
+        if not takes_teacher(type(student), student.config):
+            return None
+        key = repr(teacher_config(student.config))
+        if key in self.folders:
+            return self.folders[key]
+        folder = self.root / name
+        if self.reuse and (folder / "config.json").is_file():
+            load_teacher(folder)  # a damaged one is named now, not by every model
+            self.console.print(f"    teacher {folder.name}: trained before, reused")
+        else:
+            self.console.print(f"    teacher {folder.name}: training on the professional videos")
+            atomic_write_dir(folder, lambda tmp: train_teacher(student, self.ds, tmp,
+                                                               progress=self.console.is_terminal),
+                             marker="config.json", version_key="bgmrec_version", what="a model run")
+        self.folders[key] = folder
+        return folder
+
+
 RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher",  # a run's own
                          ".DS_Store", "Thumbs.db", "desktop.ini"})  # and what file browsers leave
 
