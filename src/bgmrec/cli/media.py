@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -122,7 +123,7 @@ def recommend_cmd(
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
     from bgmrec.features.audio import load_catalog
-    from bgmrec.features.recommend import ClipFeatures, recommend_clip
+    from bgmrec.features.recommend import ClipFeatures, FeatureMismatchWarning, recommend_clip, warn_on_stderr
     from bgmrec.models.base import load_model
 
     model = load_model(run)
@@ -156,7 +157,17 @@ def recommend_cmd(
         label = video
     else:
         raise ValueError("give --video FILE [--caption TEXT], or --features DIR --video-id ID")
-    result = recommend_clip(model, cat, clip, top, frames)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FeatureMismatchWarning)
+            result = recommend_clip(model, cat, clip, top, frames)
+    finally:  # also before an error: the library's mismatch warnings read as the commands' others, "warning: ..."
+        for w in caught:
+            if issubclass(w.category, FeatureMismatchWarning):
+                warn_on_stderr(str(w.message))
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return
