@@ -457,8 +457,24 @@ def test_content_share_without_professional_videos_says_it_has_no_effect(tiny_ds
 def test_an_ablation_with_content_mode_only_says_how_to_do_without_its_teacher(tiny_ds):
     model = build("deccm-noadjust", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
     assert model.mixes_teacher()
-    with pytest.raises(ValueError, match="teacher_mix=0"):
+    with pytest.raises(ValueError, match="retrain with teacher_mix=0$"):  # the field, not "--set teacher_mix=0"
         model.encode_music(MusicCatalog.from_dataset(tiny_ds))
+
+
+def test_a_missing_teacher_is_explained_with_the_librarys_words_not_the_command_lines(tiny_ds, tmp_path, monkeypatch):
+    # these said "pass --teacher RUN_DIR or --set teacher=false" to a Python caller, who has neither
+    import bgmrec.models.deccm as deccm
+
+    model = build("deccm", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
+    with pytest.raises(ValueError) as err:
+        model.prepare(FeatureTensors(tiny_ds), np.asarray(tiny_ds.splits["train"]))  # fit without a teacher
+    assert "attach one with set_teacher" in str(err.value) and "set teacher=false" in str(err.value)
+    assert "--" not in str(err.value)
+    monkeypatch.setattr(deccm, "professional_split", lambda ds: None)
+    with pytest.raises(ValueError) as err:
+        prepare_teacher(model, tiny_ds, tmp_path / "run", None)  # nothing to train a teacher on
+    assert str(err.value).endswith("give a trained teacher's folder (teacher_dir) or set teacher=false")
+    assert "--" not in str(err.value)
 
 
 def test_teacher_mix_must_be_a_weight(tiny_ds):

@@ -192,8 +192,8 @@ class DecCM(CMVAE):
         counts = np.bincount(rows[:, 1], minlength=feats.dataset.n_tracks)[tracks].astype(np.float64)
         self.module.ref_log_share = torch.from_numpy(np.log(counts / counts.sum())).float()
         if cfg.teacher and self.teacher is None:
-            raise ValueError("DecCM with teacher=true needs a teacher: train it with `bgmrec train --model deccm` "
-                             "(it trains one) or pass --teacher RUN_DIR, or use --set teacher=false")
+            raise ValueError("DecCM with teacher=true needs a teacher before fit: attach one with set_teacher, or "
+                             "let bgmrec.models.registry.prepare_teacher load or train one, or set teacher=false")
         self.professional_counts = None
         if hasattr(self.module, "content_prior"):
             ds = feats.dataset
@@ -310,7 +310,7 @@ class DecCM(CMVAE):
         if self.teacher is None:
             where = f"no teacher folder at {self._teacher_sought}" if self._teacher_sought else "no teacher attached"
             way_out = ("use another inference mode" if self.config.adjustment
-                       else "retrain with --set teacher_mix=0")
+                       else "retrain with teacher_mix=0")
             raise ValueError(f"DecCM's content mode mixes its teacher's scores (teacher_mix="
                              f"{self.config.teacher_mix}) but there is {where}: keep the teacher folder "
                              f"beside the student, or {way_out}")
@@ -512,8 +512,8 @@ def train_teacher(student: DecCM, ds, folder: Path, progress: bool = False) -> C
     the taste bias the teacher must not learn."""
     split = professional_split(ds)
     if split is None:
-        raise ValueError("the dataset has no teacher split (professional music videos); "
-                         "pass --teacher RUN_DIR or --set teacher=false")
+        raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
+                         "give a trained teacher's folder (teacher_dir) or set teacher=false")
     teacher = CMVAE(teacher_config(student.config), student.spec)
     teacher.fit(*SplitView(ds, split).holdout(0.1, student.config.seed), progress=progress)
     teacher.save(folder)
