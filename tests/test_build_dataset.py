@@ -114,42 +114,63 @@ def test_bad_pairs_files_are_clear_errors(tmp_path, folders):
         build_dataset(tmp_path / "nope", cat, p, tmp_path / "d")
 
 
-# option values -> the words of the error
+# config values -> the words of the error: the library names BuildConfig's fields (it said "--val-share", an
+# option a Python caller never gave); build-dataset names its options (the same words with "--" and dashes)
 BAD_OPTIONS = {
-    "shares over 1": (dict(val_share=0.8, test_share=0.7), "--val-share 0.8 and --test-share 0.7 add up to 1.5"),
-    "negative share": (dict(test_share=-0.1), "--test-share must be in [0, 1), got -0.1"),
-    "share of 1": (dict(val_share=1.0, test_share=0.0), "--val-share must be in [0, 1), got 1.0"),
-    "NaN share": (dict(val_share=float("nan")), "--val-share must be in [0, 1), got nan"),
-    "negative negatives": (dict(negatives=-3), "--negatives must be at least 0, got -3"),
-    "negative seed": (dict(seed=-1), "--seed must be at least 0, got -1"),
+    "shares over 1": (dict(val_share=0.8, test_share=0.7), "val_share 0.8 and test_share 0.7 add up to 1.5"),
+    "negative share": (dict(test_share=-0.1), "test_share must be in [0, 1), got -0.1"),
+    "share of 1": (dict(val_share=1.0, test_share=0.0), "val_share must be in [0, 1), got 1.0"),
+    "NaN share": (dict(val_share=float("nan")), "val_share must be in [0, 1), got nan"),
+    "negative negatives": (dict(negatives=-3), "negatives must be at least 0, got -3"),
+    "negative seed": (dict(seed=-1), "seed must be at least 0, got -1"),
 }
 
 
+def as_options(words: str) -> str:
+    for name in ("val_share", "test_share", "negatives", "seed"):
+        words = words.replace(f"{name} ", f"--{name.replace('_', '-')} ")
+    return words
+
+
 @pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
-def test_options_out_of_range_are_refused_naming_the_option(case):
+def test_options_out_of_range_are_refused_naming_the_field(case):
     options, words = BAD_OPTIONS[case]
     with pytest.raises(ValueError) as err:
         BuildConfig(**options)
-    assert words in str(err.value), str(err.value)
+    assert str(err.value).startswith(words) and "--" not in str(err.value), str(err.value)
     BuildConfig(val_share=0.0, test_share=0.99, negatives=0, seed=0)  # the edges of the ranges are accepted
 
 
-def test_out_of_range_options_on_the_command_line_write_nothing(tmp_path, folders, capsys):
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_out_of_range_options_on_the_command_line_are_named_as_options_and_write_nothing(case, tmp_path, folders,
+                                                                                       capsys):
     from bgmrec.cli import main
 
+    options, words = BAD_OPTIONS[case]
     vids, cat = folders
     pairs = write_pairs(tmp_path / "pairs.csv")
+    argv = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    capsys.readouterr()
     code = main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
-                 str(tmp_path / "d"), "--val-share", "0.8", "--test-share", "0.7"])
-    assert code == 2 and "their sum must be below 1" in capsys.readouterr().err
+                 str(tmp_path / "d"), *argv])
+    assert code == 2 and f"error: {as_options(words)}" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 
-def test_shares_that_round_to_every_video_leave_no_train_and_are_refused(tmp_path, folders):
+def test_shares_that_round_to_every_video_leave_no_train_and_are_refused(tmp_path, folders, capsys):
+    from bgmrec.cli import main
+
     vids, cat = folders
     pairs = write_pairs(tmp_path / "pairs.csv", with_time=False)
-    with pytest.raises(DatasetError, match="leave none of the 30 videos with pairs for train"):
+    with pytest.raises(DatasetError, match="^val_share 0.49 and test_share 0.5 leave none of the 30 videos with "
+                                           "pairs for train$"):
         build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(val_share=0.49, test_share=0.5))
+    assert not (tmp_path / "d").exists()
+    capsys.readouterr()
+    assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
+                 str(tmp_path / "d"), "--val-share", "0.49", "--test-share", "0.5"]) == 2
+    assert capsys.readouterr().err == ("error: --val-share 0.49 and --test-share 0.5 leave none of the 30 videos "
+                                       "with pairs for train\n")
     assert not (tmp_path / "d").exists()
 
 

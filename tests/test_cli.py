@@ -435,6 +435,17 @@ def test_train_refuses_a_folder_that_is_not_a_run(cli_world, tmp_path, capsys):
     assert (cli_world / "manifest.json").is_file() and not (cli_world / "weights.safetensors").exists()
 
 
+def test_train_says_how_to_do_without_professional_videos_in_options_before_any_work(tmp_path, capsys):
+    # the library names its arguments (teacher_dir, teacher=false); the command names its options
+    world = tmp_path / "no-pgc"
+    assert main(["simulate", str(world), "--scale", "tiny", "--set", "n_pgc_videos=0"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(world), "--model", "deccm", "--out", str(tmp_path / "run")]) == 2
+    assert _error(capsys) == ("error: the dataset has no teacher split (professional music videos) to train a "
+                              "teacher on: pass --teacher RUN_DIR or --set teacher=false")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_warns_of_a_teacher_trained_on_other_data(cli_world, tmp_path, capsys):
     from bgmrec.cli.core import train_model
 

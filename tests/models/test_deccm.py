@@ -17,7 +17,8 @@ from bgmrec.data.dataset import load_dataset
 from bgmrec.data.simulate import save_world, simulate, world_config
 from bgmrec.eval.protocol import evaluate
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery, load_model
-from bgmrec.models.deccm import DecCM, TeacherMixture, content_log_share, negative_binomial_shape
+from bgmrec.models.cmvae import CMVAE
+from bgmrec.models.deccm import DecCM, TeacherMixture, content_log_share, negative_binomial_shape, teacher_config
 from bgmrec.models.registry import build, prepare_teacher
 from bgmrec.train import FeatureTensors
 
@@ -128,6 +129,27 @@ def test_teacher_is_frozen_in_eval_mode_and_not_saved(tiny_dir, tmp_path):
     q = VideoQuery.from_dataset(ds, np.arange(6))
     cat = MusicCatalog.from_dataset(ds)
     assert np.allclose(again.score(q, cat), model.score(q, cat), atol=1e-5)
+
+
+def test_set_teacher_freezes_its_own_copy_and_leaves_the_callers_teacher_as_it_was(tiny_ds):
+    # set_teacher froze the caller's object: requires_grad off, and its module's train() replaced by a no-op
+    student = build("deccm", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
+    teacher = CMVAE(teacher_config(student.config), student.spec)
+    teacher.module.train()
+    student.set_teacher(teacher, None)
+    assert teacher.module.training and all(p.requires_grad for p in teacher.module.parameters())
+    teacher.module.eval()
+    teacher.module.train()  # the caller can still train it
+    assert teacher.module.training
+    frozen = student.teacher.module
+    assert student.teacher is not teacher and frozen is not teacher.module
+    assert all(torch.equal(a, b) for a, b in zip(teacher.module.state_dict().values(), frozen.state_dict().values(),
+                                                 strict=True))
+    frozen.train()
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    with torch.no_grad():  # the caller training its teacher further does not change the student's
+        next(teacher.module.parameters()).add_(1.0)
+    assert not torch.equal(next(teacher.module.parameters()), next(frozen.parameters()))
 
 
 def _student_with_teacher(ds, folder):
@@ -435,8 +457,24 @@ def test_content_share_without_professional_videos_says_it_has_no_effect(tiny_ds
 def test_an_ablation_with_content_mode_only_says_how_to_do_without_its_teacher(tiny_ds):
     model = build("deccm-noadjust", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
     assert model.mixes_teacher()
-    with pytest.raises(ValueError, match="teacher_mix=0"):
+    with pytest.raises(ValueError, match="retrain with teacher_mix=0$"):  # the field, not "--set teacher_mix=0"
         model.encode_music(MusicCatalog.from_dataset(tiny_ds))
+
+
+def test_a_missing_teacher_is_explained_with_the_librarys_words_not_the_command_lines(tiny_ds, tmp_path, monkeypatch):
+    # these said "pass --teacher RUN_DIR or --set teacher=false" to a Python caller, who has neither
+    import bgmrec.models.deccm as deccm
+
+    model = build("deccm", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
+    with pytest.raises(ValueError) as err:
+        model.prepare(FeatureTensors(tiny_ds), np.asarray(tiny_ds.splits["train"]))  # fit without a teacher
+    assert "attach one with set_teacher" in str(err.value) and "set teacher=false" in str(err.value)
+    assert "--" not in str(err.value)
+    monkeypatch.setattr(deccm, "professional_split", lambda ds: None)
+    with pytest.raises(ValueError) as err:
+        prepare_teacher(model, tiny_ds, tmp_path / "run", None)  # nothing to train a teacher on
+    assert str(err.value).endswith("give a trained teacher's folder (teacher_dir) or set teacher=false")
+    assert "--" not in str(err.value)
 
 
 def test_teacher_mix_must_be_a_weight(tiny_ds):

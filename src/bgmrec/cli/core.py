@@ -276,7 +276,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     """
     from bgmrec.data.dataset import atomic_write_dir, dataset_fingerprint, load_dataset, write_json_atomic
     from bgmrec.models.base import FeatureSpec, SplitView, load_model
-    from bgmrec.models.registry import build, prepare_teacher
+    from bgmrec.models.registry import build, prepare_teacher, takes_teacher
 
     ds = load_dataset(data)
     overrides = dict(sets or {})
@@ -284,6 +284,12 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     option_into_sets(overrides, "epochs", epochs)
     spec = FeatureSpec.of(ds)
     rec = build(model, spec, overrides)
+    if teacher is None and takes_teacher(type(rec), rec.config):
+        from bgmrec.models.deccm import DecCM, professional_split
+
+        if isinstance(rec, DecCM) and professional_split(ds) is None:  # (the library names teacher_dir here)
+            raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
+                             "pass --teacher RUN_DIR or --set teacher=false")
     package = model_package(model)
     check_run_folder(Path(out), teacher)
     if teacher is not None:

@@ -10,7 +10,9 @@ print what happened. Folder formats are documented in :mod:`bgmrec.features.audi
 from __future__ import annotations
 
 import json
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -79,6 +81,10 @@ def extract_videos_cmd(
     _summary("videos", out, r.done, r.extracted, r.cached, r.failures, r.warnings)
 
 
+# BuildConfig's fields where its errors name them: first, or after "and" ("val_share 0.8 and test_share 0.7 ...")
+BUILD_FIELDS = re.compile(r"(?:^|(?<= and ))(?:seed|val_share|test_share|negatives)\b(?= )")
+
+
 @app.command("build-dataset")
 def build_dataset_cmd(
     videos: Path = typer.Option(..., help="videos folder written by extract-videos"),
@@ -94,9 +100,15 @@ def build_dataset_cmd(
     from bgmrec.data.build import BuildConfig, build_dataset
     from bgmrec.features.recommend import warn_on_stderr
 
-    ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
-                                                              test_share=test_share, negatives=negatives),
-                       warn=warn_on_stderr)
+    try:
+        ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
+                                                                  test_share=test_share, negatives=negatives),
+                           warn=warn_on_stderr)
+    except ValueError as e:  # the library names BuildConfig's fields (val_share), this command its options
+        worded = BUILD_FIELDS.sub(lambda m: "--" + m[0].replace("_", "-"), str(e))
+        if worded == str(e):
+            raise
+        raise type(e)(worded) from None
     split_by = ds.provenance.get("split_by")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
     _console().print(f"wrote {out}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders, "
@@ -122,7 +134,7 @@ def recommend_cmd(
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
     from bgmrec.features.audio import load_catalog
-    from bgmrec.features.recommend import ClipFeatures, recommend_clip
+    from bgmrec.features.recommend import ClipFeatures, FeatureMismatchWarning, recommend_clip, warn_on_stderr
     from bgmrec.models.base import load_model
 
     model = load_model(run)
@@ -156,7 +168,17 @@ def recommend_cmd(
         label = video
     else:
         raise ValueError("give --video FILE [--caption TEXT], or --features DIR --video-id ID")
-    result = recommend_clip(model, cat, clip, top, frames)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FeatureMismatchWarning)
+            result = recommend_clip(model, cat, clip, top, frames)
+    finally:  # also before an error: the library's mismatch warnings read as the commands' others, "warning: ..."
+        for w in caught:
+            if issubclass(w.category, FeatureMismatchWarning):
+                warn_on_stderr(str(w.message))
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

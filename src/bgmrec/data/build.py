@@ -62,16 +62,16 @@ class BuildConfig:
     alpha: float = 1.0  # pseudo-count of the population share in each uploader's genre distribution
 
     def __post_init__(self) -> None:
-        for option, share in (("--val-share", self.val_share), ("--test-share", self.test_share)):
+        for name, share in (("val_share", self.val_share), ("test_share", self.test_share)):
             if not 0 <= share < 1:  # also refuses NaN
-                raise ValueError(f"{option} must be in [0, 1), got {share}")
+                raise ValueError(f"{name} must be in [0, 1), got {share}")
         if not self.val_share + self.test_share < 1:
-            raise ValueError(f"--val-share {self.val_share} and --test-share {self.test_share} add up to "
+            raise ValueError(f"val_share {self.val_share} and test_share {self.test_share} add up to "
                              f"{self.val_share + self.test_share:g}; their sum must be below 1 (the rest is train)")
         if self.negatives < 0:
-            raise ValueError(f"--negatives must be at least 0, got {self.negatives}")
+            raise ValueError(f"negatives must be at least 0, got {self.negatives}")
         if self.seed < 0:
-            raise ValueError(f"--seed must be at least 0, got {self.seed}")
+            raise ValueError(f"seed must be at least 0, got {self.seed}")
         if not 0 < self.alpha < float("inf"):
             raise ValueError(f"alpha must be a positive number, got {self.alpha}")
 
@@ -137,7 +137,7 @@ def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> 
         n_test, n_val = max(n_test, 1), max(n_val, 1)
     n_train = n - n_val - n_test
     if n_train < 1 <= n:
-        raise DatasetError(f"--val-share {config.val_share} and --test-share {config.test_share} leave none of "
+        raise DatasetError(f"val_share {config.val_share} and test_share {config.test_share} leave none of "
                            f"the {n} videos with pairs for train")
     split = np.empty(n, np.int64)
     split[order[:n_train]] = 0

