@@ -298,3 +298,44 @@ def test_two_tower_embeddings_are_unit_and_ignore_absent_text(tiny_ds):
     moved = model.encode_videos(q)
     np.testing.assert_allclose(moved[:4], emb[:4], rtol=1e-6)  # no text: its features are not read
     assert not np.allclose(moved[4:], emb[4:])
+
+
+@pytest.mark.parametrize("name", ["cmvae", "twotower-hinge"])
+def test_hinge_leaves_a_row_s_copies_out_of_its_negatives(tiny_ds, name):
+    """A row repeated twice more, whose positive beats the rest of its row: with its copies left out that hinge
+    is (0.3 + hardest other - positive)_+ < 0.3; counted as negatives they would make it 0.3 exactly."""
+    extra = {"matching": "hinge", "track_prior": False} if name == "cmvae" else {}
+    torch.manual_seed(0)
+    model = build(name, FeatureSpec.of(tiny_ds), {"hidden": "16", "latent_dim": 4, "dropout": 0.0, "margin": 0.3,
+                                                   **extra})
+    model.module.eval()
+    feats, rows, batch = _loss_batch(tiny_ds)
+    model.prepare(feats, rows)
+    train = np.asarray(tiny_ds.splits["train"])
+    pool = train[np.sort(np.unique(train[:, 1], return_index=True)[1])[:40]]  # 40 distinct tracks
+
+    def sims(r):
+        b = feats.batch(r)
+        with torch.no_grad():
+            return (model.video_embedding(*_inputs(b)) @ model.music_embedding(b.music, None).T).double().numpy()
+
+    s40 = sims(pool)
+    off40 = s40 + np.diag(np.full(40, -np.inf))
+    best = int((np.diag(s40) - np.sort(off40, axis=1)[:, 6]).argmax())  # a video ahead of 6 of the tracks
+    rows = pool[[best, *np.argsort(off40[best])[1:7]]]  # with those 6 (argsort's first is itself, -inf)
+    sim = sims(rows)
+    off = sim + np.diag(np.full(len(rows), -np.inf))
+    assert sim[0, 0] > off[0].max()  # row 0's positive beats the rest of its row
+    i = 0
+    dup = np.vstack([rows, rows[[i, i]]])
+    with torch.no_grad():
+        loss, logs = model.training_loss(feats.batch(dup), step=0, steps_per_epoch=10)
+    loss = logs.get("match", loss.item())
+    hinge = np.maximum(0.0, 0.3 + np.stack([off.max(1), off.max(0)]) - np.diag(sim))  # [2, 9] rows, columns
+    per_row = np.concatenate([hinge, hinge[:, [i, i]]], axis=1)  # the copies are each other's positives only
+    assert per_row[:, i].sum() < 0.6
+    assert loss == pytest.approx(per_row.mean(1).sum(), rel=1e-4)
+
+
+def _inputs(batch):
+    return batch.visual, batch.text, batch.text_mask, None
