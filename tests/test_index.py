@@ -264,3 +264,19 @@ def test_exact_search_scores_a_bounded_block_at_a_time(monkeypatch):
     ids, _ = ExactIndex(items).search(queries, 5)
     assert max(sizes) <= 2**24 and sum(sizes) == 1024 * 20000
     np.testing.assert_array_equal(ids[::97], _brute(items, queries[::97], 5)[0])
+
+
+def test_exact_exclusions_follow_their_query_across_chunks(data):
+    """Chunks of 3 queries, each query excluding its own best items: every chunk reads its own rows of the mask."""
+    items, queries = data
+    top, _ = _brute(items, queries[:10], 4)
+    per = [row[: 1 + i % 4] for i, row in enumerate(top)]  # query i excludes its best 1 + i % 4 items
+    mask = np.zeros((10, len(items)), bool)
+    for i, ex in enumerate(per):
+        mask[i, ex] = True
+    ids, scores = ExactIndex(items, chunk=3).search(queries[:10], 5, exclude=per)
+    want_ids, want_scores = _brute(items, queries[:10], 5, mask)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
+    # by hand: query 3 excluded its best 4, so its first result is its fifth best overall
+    assert ids[3, 0] == _brute(items, queries[3:4], 5)[0][0, 4]

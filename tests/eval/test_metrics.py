@@ -320,3 +320,18 @@ def test_nan_scores_raise_instead_of_ranking_first():
     # infinities are ordered values, not errors
     inf = np.array([[np.inf, 0.0, -np.inf]])
     np.testing.assert_array_equal(M.ranks_from_scores(inf, np.array([1]), np.zeros(1)), [2])
+
+
+def test_rank_and_top_orders_a_tie_across_the_end_of_the_list_by_key():
+    """Columns 0 and 1 tie for the one place of a top-1 list, the positive (column 2) is not tied: the
+    key decides which of the two is listed, whichever way round the keys are."""
+    scores = np.array([[3.0, 3.0, 0.0, 1.0], [3.0, 3.0, 0.0, 1.0], [0.5, 2.0, 2.0, 2.0]])
+    keys = np.array([[0.9, 0.1, 0.5, 0.5],  # column 1 first
+                     [0.1, 0.9, 0.5, 0.5],  # column 0 first
+                     [0.0, 0.6, 0.2, 0.4]])  # three-way tie for two places: columns 2 then 3
+    ranks, top = M.rank_and_top(scores, np.array([2, 2, 0]), 1, lambda which: keys[which])
+    np.testing.assert_array_equal(top, [[1], [0], [2]])
+    np.testing.assert_array_equal(ranks, [4, 4, 4])
+    ranks, top = M.rank_and_top(scores, np.array([3, 3, 0]), 2, lambda which: keys[which])
+    np.testing.assert_array_equal(top, [[1, 0], [0, 1], [2, 3]])
+    np.testing.assert_array_equal(ranks, [3, 3, 4])

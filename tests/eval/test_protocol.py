@@ -251,3 +251,53 @@ def test_evaluate_keeps_the_ranks_it_summarised_when_asked(tiny_ds, fitted):
 def test_compare_refuses_an_unknown_split_or_metric(tiny_ds, fitted, split, metric, words):
     with pytest.raises(ValueError, match=words):
         P.compare(fitted["random"], fitted["oracle"], tiny_ds, split, metric)
+
+
+def test_evaluate_full_and_bias_figures_by_hand(tiny_ds, fitted):
+    """Every full-catalogue and bias figure recomputed from the ranks and top lists with plain numpy."""
+    model = fitted["popularity"]
+    res = P.evaluate(model, tiny_ds, "test")
+    fr = P.full_ranks(model, tiny_ds, "test")
+    r, top = fr.ranks.astype(np.float64), fr.top
+    positives = np.asarray(tiny_ds.splits["test"])[:, 1]
+    assert np.median(r) > 10 and (r <= 10).any()  # neither all hits nor all misses: the cut-offs matter
+    for k in (10, 20):
+        assert res["full"][f"ndcg@{k}"] == pytest.approx(np.mean([1 / np.log2(x + 1) if x <= k else 0 for x in r]))
+    assert res["full"]["ndcg@10"] < res["full"]["ndcg@20"]
+    assert res["full"]["median_rank"] == np.median(r)
+    for k in P.CURVE_KS:
+        assert res["full_recall_curve"][str(k)] == pytest.approx(np.mean(r <= k))
+    genre = np.asarray(tiny_ds.track_genre)
+    truth = np.array([np.mean(genre[positives] == g) for g in range(tiny_ds.n_genres)])
+    listed = np.array([np.mean(genre[top] == g) for g in range(tiny_ds.n_genres)])
+    assert list(res["bias"]["truth_genre_share"].values()) == pytest.approx(truth.tolist())
+    assert list(res["bias"]["genre_share@10"].values()) == pytest.approx(listed.tolist())
+    assert res["bias"]["exposure_tvd@10"] == pytest.approx(0.5 * np.abs(listed - truth).sum())
+    assert res["bias"]["coverage@10"] == pytest.approx(len(set(top.ravel().tolist())) / res["n_candidates"])
+    assert res["n_candidates"] < tiny_ds.n_tracks  # new tracks are not candidates of "test"
+    for g, name in enumerate(tiny_ds.genres):
+        in_g = genre[positives] == g
+        want = None if not in_g.any() else float(np.mean(r[in_g] <= 10))
+        assert res["per_genre_recall@10"][name] == (None if want is None else pytest.approx(want))
+
+
+def test_evaluate_and_compare_use_their_seed_and_level(tiny_ds, tiny_spec, fitted):
+    """Ties are drawn from the given seed in every figure (a constant model is all ties), and compare's
+    interval has the asked level."""
+    from bgmrec.eval import metrics as M
+    from bgmrec.eval.significance import paired_comparison
+
+    constant = ConstantRecommender(ModelConfig(), tiny_spec)
+    sampled = {s: P.sampled_ranks(constant, tiny_ds, "test", seed=s) for s in (0, 3)}
+    assert M.ndcg_at_k(sampled[0], 25) != M.ndcg_at_k(sampled[3], 25)  # the seed matters here
+    res = P.evaluate(constant, tiny_ds, "test", seed=3)
+    assert res["sampled"]["ndcg@25"] == M.ndcg_at_k(sampled[3], 25)
+    ranks = {s: P.full_ranks(constant, tiny_ds, "test", seed=s).ranks for s in (0, 3)}
+    assert np.mean(1 / ranks[0]) != np.mean(1 / ranks[3])
+    c = P.compare(constant, fitted["popularity"], tiny_ds, "test", "mrr", resamples=400, level=0.8, seed=3)
+    assert c.baseline == pytest.approx(np.mean(1.0 / ranks[3]))
+    assert c.level == 0.8
+    want = paired_comparison(1.0 / ranks[3], M.query_gains(P.full_ranks(fitted["popularity"], tiny_ds, "test",
+                                                                         seed=3).ranks, "mrr"),
+                             "mrr", resamples=400, level=0.8, seed=3)
+    assert c == want

@@ -180,3 +180,34 @@ def test_bad_settings_are_named(kwargs, words):
 def test_the_fewest_resamples_of_an_interval_give_one_resample_in_each_tail():
     c = paired_comparison(np.zeros(5), np.arange(5.0), resamples=40)  # 2 / (1 - 0.95) = 40: accepted
     assert c.difference_ci[0] <= c.difference <= c.difference_ci[1]
+
+
+def test_interval_ends_are_the_lower_and_upper_quantiles_at_the_asked_level():
+    # two queries, the candidate better on the first by 1 (baseline 1, 1; candidate 2, 1): a resample holds
+    # c ~ Binomial(2, 1/2) copies of the first, so the difference and the relative change are both c / 2:
+    # 0, 0.5, 1 with chances 1/4, 1/2, 1/4. At 60% the ends are the 20% and 80% quantiles, 0 and 1
+    # (the 40% and 60% ones would both be 0.5), about 200 of 4,000 resamples away from either boundary.
+    c = paired_comparison(np.array([1.0, 1.0]), np.array([2.0, 1.0]), resamples=4000, level=0.6, seed=2)
+    assert c.difference_ci == (0.0, 1.0)
+    assert c.relative_change_ci == (0.0, 1.0)
+    assert (c.difference, c.relative_change, c.level) == (0.5, 0.5, 0.6)
+
+
+def test_p_value_is_the_randomisation_test_with_the_asked_resamples():
+    # 12 queries all better by 1: exactly 2 of the 4,096 sign vectors reach the observed sum, but 400 random
+    # ones (fewer than 4,096: Monte Carlo) most likely reach it none, (1 + 0) / (1 + 400); never below that
+    c = paired_comparison(np.zeros(12), np.ones(12), resamples=400, seed=0)
+    assert c.p_value == sign_flip_p_value(np.ones(12), 400, seed=1)
+    assert c.p_value >= 1 / 401
+    exact = paired_comparison(np.zeros(12), np.ones(12), resamples=4096)
+    assert exact.p_value == 2 / 4096
+
+
+def test_relative_change_interval_is_undefined_once_a_resample_s_baseline_is_zero():
+    # baseline 1, 0 and candidate 1, 1: a resample of the second query twice (chance 1/4) has a baseline
+    # mean of 0 and a candidate mean of 1, a ratio of +inf (not NaN, which would hide a wrong rule); the
+    # observed relative change, 1 / 0.5 - 1, is defined
+    c = paired_comparison(np.array([1.0, 0.0]), np.array([1.0, 1.0]), resamples=1000)
+    assert c.relative_change == 1.0
+    assert all(math.isnan(x) for x in c.relative_change_ci)
+    assert c.difference_ci == (0.0, 1.0)

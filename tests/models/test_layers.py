@@ -225,3 +225,30 @@ def test_mlp_and_standardizer():
     torch.testing.assert_close(s.mean, torch.tensor([2.0, 10.0]))
     torch.testing.assert_close(s.std, torch.tensor([1.0, 1e-4]))  # constant feature clamped
     torch.testing.assert_close(s(torch.tensor([[4.0, 10.0]])), torch.tensor([[2.0, 0.0]]))
+
+
+# ---- the backdoor adjustment -----------------------------------------------------------------------
+
+def test_backdoor_genre_offsets_by_hand():
+    # tracks 0, 1 of genre 0 and track 2 of genre 1, scores 0, log 2, 0; two tastes: neutral, and genre 0 x3
+    # Z(k=0) = 1 + 2 + 1 = 4; Z(k=1) = 3 + 6 + 1 = 10
+    # h(g=0) = log (1/2)(1/4 + 3/10) = log 0.275; h(g=1) = log (1/2)(1/4 + 1/10) = log 0.175
+    # a second video with the scores of tracks 0 and 1 swapped: Z and h are the same
+    scores = t([[0.0, math.log(2.0), 0.0], [math.log(2.0), 0.0, 0.0]])
+    taste = t([[0.0, 0.0], [math.log(3.0), 0.0]])
+    h = L.backdoor_genre_offsets(scores, torch.tensor([0, 0, 1]), taste)
+    torch.testing.assert_close(h, torch.log(t([[0.275, 0.175], [0.275, 0.175]])))
+    # the marginal exp(score + h(genre)) is a distribution over the tracks: 0.275 + 0.55 + 0.175 = 1
+    assert torch.exp(scores[0] + h[0, [0, 0, 1]]).sum().item() == pytest.approx(1.0)
+
+
+def test_backdoor_marginal_is_the_mean_of_the_per_taste_softmaxes():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 9, generator=gen, dtype=torch.float64)
+    genre = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1])
+    taste = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    h = L.backdoor_genre_offsets(scores, genre, taste)
+    # P(m | do(v)) = (1/K) sum_k softmax_m(scores_vm + taste_k[g_m])
+    want = torch.stack([torch.softmax(scores + taste[k, genre], dim=1) for k in range(5)]).mean(0)
+    torch.testing.assert_close(torch.exp(scores + h[:, genre]), want)
+    assert L.backdoor_genre_offsets(scores[:, :0], genre[:0], taste).abs().sum().item() == 0.0
