@@ -4,4 +4,5 @@ import sys
 
 from bgmrec.cli import entry
 
-sys.exit(entry())
+if __name__ == "__main__":  # importing this module (pydoc, autodoc) runs nothing
+    sys.exit(entry())
