@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -341,3 +342,28 @@ def test_gamma_sweep_reports_the_intervened_world_beside_cmvae_and_deccm(tmp_pat
     assert float(change.rstrip("%")) == pytest.approx(100 * (deccm / cmvae - 1), abs=0.15)
     lo, hi = (float(x.rstrip("%")) for x in interval.split("]")[0].split(", "))
     assert lo <= float(change.rstrip("%")) <= hi and " p" in row[4]
+
+
+def test_resume_keeps_the_one_teacher_deccm_and_its_ablation_share(tmp_path, monkeypatch):
+    """A resumed benchmark retraining one teacher-guided model loads the teacher the finished ones refer to:
+    still one teacher, trained once."""
+    from bgmrec.models import deccm
+    from bgmrec.models.base import load_model
+
+    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: "abc1234")
+    trained = []
+    train_teacher = deccm.train_teacher
+
+    def counting(*args, **kwargs):
+        trained.append(args[2])
+        return train_teacher(*args, **kwargs)
+
+    monkeypatch.setattr(deccm, "train_teacher", counting)
+    work, names = tmp_path / "work", ["deccm", "deccm-noadjust"]
+    run_quality(["tiny"], [0], tmp_path / "q.md", work, names, Console(quiet=True), "cmd", resume=True)
+    runs = work / "tiny-seed0" / "runs"
+    shutil.rmtree(runs / "deccm")  # as if stopped before it finished
+    run_quality(["tiny"], [0], tmp_path / "q.md", work, names, Console(quiet=True), "cmd", resume=True)
+    assert len(trained) == 1
+    assert [p.name for p in (work / "tiny-seed0" / "teachers").iterdir()] == ["deccm"]
+    assert load_model(runs / "deccm").teacher_dir == load_model(runs / "deccm-noadjust").teacher_dir

@@ -440,10 +440,16 @@ def test_train_says_how_to_do_without_professional_videos_in_options_before_any_
     world = tmp_path / "no-pgc"
     assert main(["simulate", str(world), "--scale", "tiny", "--set", "n_pgc_videos=0"]) == 0
     capsys.readouterr()
+    expected = ("error: the dataset has no teacher split (professional music videos) to train a teacher on: "
+                "pass --teacher RUN_DIR or --set teacher=false")
     assert main(["train", "--data", str(world), "--model", "deccm", "--out", str(tmp_path / "run")]) == 2
-    assert _error(capsys) == ("error: the dataset has no teacher split (professional music videos) to train a "
-                              "teacher on: pass --teacher RUN_DIR or --set teacher=false")
+    assert _error(capsys) == expected
     assert not (tmp_path / "run").exists()
+    # tune too, before writing anything: the same --out then takes a grid of students without a teacher
+    assert main(["tune", "--data", str(world), "--model", "deccm", "--out", str(tmp_path / "grid"),
+                 "--grid", "alpha=0.1", "--grid", "alpha=0.5"]) == 2
+    assert _error(capsys) == expected
+    assert not (tmp_path / "grid").exists()
 
 
 def test_train_warns_of_a_teacher_trained_on_other_data(cli_world, tmp_path, capsys):
@@ -517,7 +523,8 @@ def test_sigterm_stops_a_command_through_its_clean_up(cli_world, tmp_path):
 
 def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path, monkeypatch):
     """DecCM and its teacher-guided ablations get one teacher, trained once; another backbone gets its own;
-    models without a teacher get none; an earlier command's teacher is trained again unless reuse is asked."""
+    models without a teacher get none; a command run again loads the teacher its runs refer to, unless it was
+    made from other data (or config, or code)."""
     from bgmrec.cli.core import SharedTeachers
     from bgmrec.models import deccm
 
@@ -541,8 +548,16 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
     assert other == tmp_path / "teachers" / "deccm-noadjust"
     assert trained == [4, 8]
 
-    # a later command: the teacher at the folder is trained again, or loaded with reuse
-    assert SharedTeachers(tmp_path / "teachers", tiny_ds, console).for_model("deccm", SMALL_DECCM) == first
-    assert trained == [4, 8, 4]
-    assert SharedTeachers(tmp_path / "teachers", tiny_ds, console, reuse=True).for_model("deccm", SMALL_DECCM) == first
-    assert trained == [4, 8, 4]
+    # a later command (the demo run again, bench quality --resume, tune --resume): the same record is loaded;
+    # a teacher of other data, or without a record, is trained again
+    def again():
+        return SharedTeachers(tmp_path / "teachers", tiny_ds, console).for_model("deccm", SMALL_DECCM)
+
+    assert again() == first and trained == [4, 8]
+    record = json.loads((first / "run.json").read_text())
+    assert record["data_fingerprint"] and record["teacher_config"].startswith("CMVAEConfig(")
+    (first / "run.json").write_text(json.dumps({**record, "data_fingerprint": "another world"}))
+    assert again() == first and trained == [4, 8, 4]
+    (first / "run.json").unlink()
+    assert again() == first and trained == [4, 8, 4, 4]
+    assert again() == first and trained == [4, 8, 4, 4]

@@ -170,10 +170,10 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             teachers = SharedTeachers(data.parent / TEACHERS, ds, console)  # DecCM and its ablations share one
             for name in models or DEMO_MODELS:
                 run = data.parent / "runs" / name
+                teacher = teachers.for_model(name, {"seed": seed})  # for a finished run too: the same folder
                 sec = finished_run(run, name, seed, git_commit()) if resume else None
                 if sec is None:
-                    _, sec = train_model(data, name, run, seed=seed, teacher=teachers.for_model(name, {"seed": seed}),
-                                         progress=True)
+                    _, sec = train_model(data, name, run, seed=seed, teacher=teacher, progress=True)
                 seconds.setdefault(name, []).append(sec)
                 res = evaluate_run(run, ds, label=name, keep_ranks=True)
                 for r in res:

@@ -99,18 +99,18 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                   Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
               "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit()}
     finished = _finished_points(Path(out), record) if resume else {}
-    ds, points, base, students, configs = _preflight(
+    ds, points, base, configs = _preflight(
         data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "trials": []})
-    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console, reuse=True)  # a stopped grid's are loaded
+    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console)  # a stopped grid's are loaded
     trials: list[Trial] = []
     first_gains = None
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
-        shared = None if teacher is not None else teachers.folder(students[i], run.name)
+        shared = None if teacher is not None else teachers.for_model(model, point_sets(base, point, seed))
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
@@ -205,9 +205,8 @@ def _no_trials(path: Path) -> bool:
 def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, base: dict, seed: int | None,
                teacher: Path | None, empty_out: bool = True):
     """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
-    the fixed fields, per point its model, built and unfitted (which says what teacher it needs), and per
-    point ``repr`` of its config)."""
-    from bgmrec.cli.core import option_into_sets
+    the fixed fields, and per point ``repr`` of its config)."""
+    from bgmrec.cli.core import check_teacher_data
     from bgmrec.data.dataset import load_dataset
     from bgmrec.models.base import FeatureSpec
     from bgmrec.models.registry import build, prepare_teacher
@@ -225,11 +224,9 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
         raise ValueError("seed: given both as --seed and as --grid; give it one way")
     points = grid_points(grid)
     configs: list[str] = []
-    folders, students = set(), []
+    folders = set()
     for point in points:
-        overrides = {**base, **point}
-        option_into_sets(overrides, "seed", seed)
-        rec = build(model, FeatureSpec.of(ds), overrides)
+        rec = build(model, FeatureSpec.of(ds), point_sets(base, point, seed))
         config = repr(rec.config)
         if config in configs:
             raise ValueError(f"{trial_folder(point)} and {trial_folder(points[configs.index(config)])} give the same "
@@ -239,13 +236,23 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
         if folder in folders:
             raise ValueError(f"two grid points share the folder name {folder!r}; change one of their values")
         folders.add(folder)
-        students.append(rec)
-        if teacher is not None:  # the given teacher must be taken by, and fit, every point (latent size, features)
+        if teacher is None:
+            check_teacher_data(rec, ds)
+        else:  # the given teacher must be taken by, and fit, every point (latent size, features)
             try:
                 prepare_teacher(rec, ds, out, teacher)
             except ValueError as e:
                 raise ValueError(f"{trial_folder(point)}: {e}") from None
-    return ds, points, base, students, configs
+    return ds, points, base, configs
+
+
+def point_sets(base: dict, point: dict, seed: int | None) -> dict:
+    """A point's config fields: the fixed ones, the point's, and ``seed`` (as ``train_model`` takes them)."""
+    from bgmrec.cli.core import option_into_sets
+
+    sets = {**base, **point}
+    option_into_sets(sets, "seed", seed)
+    return sets
 
 
 def tuning_rows(trials: list[Trial]) -> list[list[str]]:

@@ -276,7 +276,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     """
     from bgmrec.data.dataset import atomic_write_dir, dataset_fingerprint, load_dataset, write_json_atomic
     from bgmrec.models.base import FeatureSpec, SplitView, load_model
-    from bgmrec.models.registry import build, prepare_teacher, takes_teacher
+    from bgmrec.models.registry import build, prepare_teacher
 
     ds = load_dataset(data)
     overrides = dict(sets or {})
@@ -284,12 +284,8 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     option_into_sets(overrides, "epochs", epochs)
     spec = FeatureSpec.of(ds)
     rec = build(model, spec, overrides)
-    if teacher is None and takes_teacher(type(rec), rec.config):
-        from bgmrec.models.deccm import DecCM, professional_split
-
-        if isinstance(rec, DecCM) and professional_split(ds) is None:  # (the library names teacher_dir here)
-            raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
-                             "pass --teacher RUN_DIR or --set teacher=false")
+    if teacher is None:
+        check_teacher_data(rec, ds)
     package = model_package(model)
     check_run_folder(Path(out), teacher)
     if teacher is not None:
@@ -317,23 +313,35 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
 TEACHERS = "teachers"  # the folder, beside the runs of a grid, a demo or a benchmark's world, of their teachers
 
 
+def check_teacher_data(model, ds) -> None:
+    """Before any work: a teacher-guided ``model`` given no teacher trains one on the dataset's professional
+    videos, so a dataset without them is refused, in the commands' options (the library names its own
+    arguments when it finds out, later)."""
+    from bgmrec.models.deccm import DecCM, professional_split
+    from bgmrec.models.registry import takes_teacher
+
+    if takes_teacher(type(model), model.config) and isinstance(model, DecCM) and professional_split(ds) is None:
+        raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
+                         "pass --teacher RUN_DIR or --set teacher=false")
+
+
 class SharedTeachers:
     """The frozen teachers of the teacher-guided models one command trains (``tune``'s points, the demo's and
     ``bench quality``'s models): one per teacher config (:func:`~bgmrec.models.deccm.teacher_config`, the
-    backbone fields and the seed), trained once into ``root/<the first model that needs it>``, apart from the
-    models' run folders, and given to every model of that config. So DecCM and its teacher-guided ablations
-    are guided by one teacher and differ only in what they ablate, and it is trained once, not once per model.
+    backbone fields and the seed), in ``root/<the first model that needs it>``, apart from the models' run
+    folders, and given to every model of that config. So DecCM and its teacher-guided ablations are guided by
+    one teacher and differ only in what they ablate, and it is trained once, not once per model.
 
-    ``reuse``: a teacher found whole at its folder (``tune --resume`` of a grid stopped after training it) is
-    loaded; otherwise it is trained again and the folder replaced, so a teacher of an earlier run of the
-    command, perhaps on another world, is never taken.
+    Each teacher's ``run.json`` records what made it: its config, the dataset's fingerprint and the code
+    (:func:`code_fingerprint`). A teacher found at its folder with the same record (a command run again, or
+    ``tune --resume``) is loaded, so the runs that already refer to it keep it; any other is trained again
+    and replaces the folder, so a teacher of another world, config or code is never taken.
     """
 
-    def __init__(self, root: Path, ds, console: Console, reuse: bool = False) -> None:
+    def __init__(self, root: Path, ds, console: Console) -> None:
         self.root = Path(root)  # where the teachers are written, one folder each
-        self.ds = ds  # the dataset whose professional videos they are trained on
+        self.ds = ds  # the dataset (loaded from its folder) whose professional videos they are trained on
         self.console = console  # says when a teacher is trained or reused
-        self.reuse = reuse  # load a teacher found whole at its folder instead of training it
         self.folders: dict[str, Path] = {}  # teacher config (its repr) -> its folder
 
     def for_model(self, model: str, sets: dict) -> Path | None:
@@ -345,9 +353,15 @@ class SharedTeachers:
         return self.folder(build(model, FeatureSpec.of(self.ds), dict(sets)), model)
 
     def folder(self, student, name: str) -> Path | None:
-        """The teacher folder for the built (untrained) model ``student``, trained now into ``root/name``
-        when no model before needed a teacher of its config; None when it takes no teacher."""
-        from bgmrec.data.dataset import atomic_write_dir
+        """The teacher folder for the built (untrained) model ``student``, loaded or trained now into
+        ``root/name`` when no model before needed a teacher of its config; None when it takes no teacher."""
+        from bgmrec.data.dataset import (
+            DatasetError,
+            atomic_write_dir,
+            dataset_fingerprint,
+            read_json,
+            write_json_atomic,
+        )
         from bgmrec.models.deccm import load_teacher, teacher_config, train_teacher
         from bgmrec.models.registry import takes_teacher
 
@@ -356,15 +370,26 @@ class SharedTeachers:
         key = repr(teacher_config(student.config))
         if key in self.folders:
             return self.folders[key]
+        check_teacher_data(student, self.ds)
         folder = self.root / name
-        if self.reuse and (folder / "config.json").is_file():
+        made = {"model": "cmvae", "teacher_config": key, "data": str(Path(self.ds.root).resolve()),
+                "data_fingerprint": dataset_fingerprint(self.ds.root), "code": code_fingerprint(),
+                "commit": git_commit()}
+        try:
+            found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
+        except DatasetError:  # none, or damaged: trained again
+            found = {}
+        if all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "code")):
             load_teacher(folder)  # a damaged one is named now, not by every model
-            self.console.print(f"    teacher {folder.name}: trained before, reused")
+            self.console.print(f"    teacher {folder.name}: trained before on this data by this code, reused")
         else:
             self.console.print(f"    teacher {folder.name}: training on the professional videos")
-            atomic_write_dir(folder, lambda tmp: train_teacher(student, self.ds, tmp,
-                                                               progress=self.console.is_terminal),
-                             marker="config.json", version_key="bgmrec_version", what="a model run")
+
+            def write(tmp: Path) -> None:
+                train_teacher(student, self.ds, tmp, progress=self.console.is_terminal)
+                write_json_atomic(tmp / "run.json", made)
+
+            atomic_write_dir(folder, write, marker="config.json", version_key="bgmrec_version", what="a model run")
         self.folders[key] = folder
         return folder
 
