@@ -461,7 +461,7 @@ def test_json_the_framework_cannot_parse_gets_a_422_saying_why(client, body, det
         assert r.status_code == 422 and r.json() == {"detail": detail}
 
 
-def test_a_caption_past_the_forms_text_limit_gets_a_413_naming_it(client, tiny_ds, monkeypatch):
+def test_a_text_field_past_the_forms_limit_gets_a_413_saying_so(client, tiny_ds, monkeypatch):
     # the framework's multipart parser answered 400 "Part exceeded maximum size of 1024KB."
     from bgmrec import service
 
@@ -473,8 +473,11 @@ def test_a_caption_past_the_forms_text_limit_gets_a_413_naming_it(client, tiny_d
     r = client.post("/recommend/video", files=video, data={"caption": "é" * (2**19)})  # 2**20 bytes in UTF-8
     assert r.status_code == 200 and seen == [2**19]
     r = client.post("/recommend/video", files=video, data={"caption": "x" * (2**20 + 1), "top": "3"})
-    assert r.status_code == 413 and r.json() == {
-        "detail": "caption: larger than this server's limit of 1048576 bytes (1 MB) for a text field of the form"}
+    too_large = {"detail": "a text field of the form is larger than this server's limit of 1048576 bytes (1 MB): a "
+                           "caption holds at most that, and a video must be sent as a file part (with a file name)"}
+    assert r.status_code == 413 and r.json() == too_large
+    r = client.post("/recommend/video", files={"video": (None, b"v" * (2**20 + 1))})  # a video sent as text
+    assert r.status_code == 413 and r.json() == too_large
     assert seen == [2**19]
     r = client.post("/recommend/video", content=b"\r\n", headers={"content-type": "multipart/form-data"})
     assert r.status_code == 400  # other refusals of the multipart parser are left as they were

@@ -61,6 +61,9 @@ MAX_JSON = 64 * 2**20  # largest JSON body (bytes) at least; more for wide featu
 JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
 VIDEO_FORM_FIELDS = ("video", "caption", "top")  # the multipart fields of POST /recommend/video
 MAX_CAPTION = 2**20  # the most bytes a text field of that form holds: Starlette's multipart parser's limit
+CAPTION_TOO_LARGE = (f"a text field of the form is larger than this server's limit of {MAX_CAPTION} bytes "
+                     f"({MAX_CAPTION / 2**20:g} MB): a caption holds at most that, and a video must be sent as a "
+                     "file part (with a file name)")
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +247,8 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     FastAPI answers "There was an error parsing the body" to JSON that :func:`json.loads` refuses with anything
     but a ``JSONDecodeError`` (the cause is kept): nesting deeper than Python's recursion limit, bytes that are
     not UTF-8, an integer of more digits than Python converts. Starlette's multipart parser refuses a text field
-    over :data:`MAX_CAPTION` bytes ("Part exceeded maximum size"); it does not say which field, but ``caption``
-    is the form's only text that can legitimately be long (``top`` is a number; any other field is refused).
+    over :data:`MAX_CAPTION` bytes ("Part exceeded maximum size") without saying which field: most often the
+    caption, or a video sent as a text part (no file name), so :data:`CAPTION_TOO_LARGE` names both.
     """
     if exc.status_code != 400:
         return None
@@ -258,8 +261,7 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     if isinstance(cause, ValueError):  # its advice (sys.set_int_max_str_digits) is for the server, not the client
         return 422, f"body: not valid JSON ({str(cause).splitlines()[0].split(';')[0]})"
     if isinstance(exc.__context__, MultiPartException) and "exceeded maximum size" in str(exc.detail):
-        return 413, (f"caption: larger than this server's limit of {MAX_CAPTION} bytes "
-                     f"({MAX_CAPTION / 2**20:g} MB) for a text field of the form")
+        return 413, CAPTION_TOO_LARGE
     return None
 
 
