@@ -314,6 +314,26 @@ def test_a_stop_between_the_two_renames_puts_the_old_folder_back(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def test_a_stop_just_after_the_temporary_folder_is_made_removes_it(tmp_path, monkeypatch):
+    # SIGTERM right after the folder appeared (as a scheduler watching it would send it) left it behind
+    import os
+
+    from bgmrec.data.dataset import atomic_write_dir
+
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if ".data.tmp" in os.fspath(path):
+            raise KeyboardInterrupt  # the stop, arriving as the call returns
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_dir(tmp_path / "data", lambda d: (d / "manifest.json").write_text('{"format_version": 1}'))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overwrite_replaces_dataset(tiny_ds, tmp_path):
     out = tmp_path / "data"
     save_dataset(load_dataset(tiny_ds.root), out)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,9 +291,11 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
         raise DatasetError(f"{out}: the folder is not empty and is not {what} (no {marker} of one); refusing "
                            "to replace it (choose another output folder or empty this one)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # named before it is made, inside the try: a stop (Ctrl-C, SIGTERM) just after it is made removes it too
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
+        tmp.mkdir(mode=0o700)
         write(tmp)
         if out.exists():
             out.rename(old)
