@@ -81,7 +81,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     finished are loaded and ranked again, not retrained. A teacher-guided model (DecCM) without ``teacher``
     trains one teacher per distinct teacher config (the backbone fields) into ``out/teachers/<the first
     point that needs it>``, which every point of that config shares: apart from the points' folders, so
-    retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher.
+    retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
+    (:class:`~bgmrec.cli.core.SharedTeachers`; a resumed grid loads the teacher it trained).
     """
     from bgmrec.cli.core import TEACHERS, SharedTeachers, code_fingerprint, git_commit, model_package, train_model
     from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic, write_text_atomic
