@@ -546,18 +546,22 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
     assert teachers.for_model("deccm-noteacher", SMALL_DECCM) is None
     other = teachers.for_model("deccm-noadjust", {**SMALL_DECCM, "latent_dim": "8"})
     assert other == tmp_path / "teachers" / "deccm-noadjust"
-    assert trained == [4, 8]
+    with pytest.raises(ValueError, match="already holds the teacher of another config"):  # never replaced
+        teachers.for_model("deccm", {**SMALL_DECCM, "latent_dim": "16"})
+    wide = teachers.for_model("deccm", {**SMALL_DECCM, "latent_dim": "16"}, name="wide")
+    assert wide == tmp_path / "teachers" / "wide"
+    assert trained == [4, 8, 16]
 
     # a later command (the demo run again, bench quality --resume, tune --resume): the same record is loaded;
     # a teacher of other data, or without a record, is trained again
     def again():
         return SharedTeachers(tmp_path / "teachers", tiny_ds, console).for_model("deccm", SMALL_DECCM)
 
-    assert again() == first and trained == [4, 8]
+    assert again() == first and trained == [4, 8, 16]
     record = json.loads((first / "run.json").read_text())
     assert record["data_fingerprint"] and record["teacher_config"].startswith("CMVAEConfig(")
     (first / "run.json").write_text(json.dumps({**record, "data_fingerprint": "another world"}))
-    assert again() == first and trained == [4, 8, 4]
+    assert again() == first and trained == [4, 8, 16, 4]
     (first / "run.json").unlink()
-    assert again() == first and trained == [4, 8, 4, 4]
-    assert again() == first and trained == [4, 8, 4, 4]
+    assert again() == first and trained == [4, 8, 16, 4, 4]
+    assert again() == first and trained == [4, 8, 16, 4, 4]

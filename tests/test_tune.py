@@ -336,8 +336,12 @@ def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path)
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "g", small, teacher=tmp_path / "t", resume=True)
     run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small)  # trains its own teacher
     shared = tmp_path / "own" / "teachers" / "alpha=0.5"
+    original = (shared / "weights.safetensors").read_bytes()
     shutil.rmtree(shared)
-    shutil.copytree(tmp_path / "t", shared)  # another teacher in its place
+    shutil.copytree(tmp_path / "t", shared)  # another teacher in its place, without the grid's record of it
+    run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)  # trained again
+    assert (shared / "weights.safetensors").read_bytes() == original  # the same seed: the point is kept
+    shutil.copy(tmp_path / "t" / "weights.safetensors", shared)  # other weights under the grid's record
     with pytest.raises(ValueError, match="alpha=0.5's teacher is missing or was retrained"):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)
     shutil.rmtree(shared)  # gone: trained again, with the same seed the same weights, so the point is kept

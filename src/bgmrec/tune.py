@@ -111,7 +111,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
-        shared = None if teacher is not None else teachers.for_model(model, point_sets(base, point, seed))
+        shared = None if teacher is not None else teachers.for_model(model, point_sets(base, point, seed), run.name)
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:

@@ -344,13 +344,14 @@ class SharedTeachers:
         self.console = console  # says when a teacher is trained or reused
         self.folders: dict[str, Path] = {}  # teacher config (its repr) -> its folder
 
-    def for_model(self, model: str, sets: dict) -> Path | None:
+    def for_model(self, model: str, sets: dict, name: str | None = None) -> Path | None:
         """The teacher folder for the model ``model`` with the config fields ``sets`` (as
-        :func:`train_model` gets them), or None for a model that takes no teacher."""
+        :func:`train_model` gets them), or None for a model that takes no teacher; ``name``: the run's
+        name, which names the folder when the teacher is trained for it (default: ``model``)."""
         from bgmrec.models.base import FeatureSpec
         from bgmrec.models.registry import build
 
-        return self.folder(build(model, FeatureSpec.of(self.ds), dict(sets)), model)
+        return self.folder(build(model, FeatureSpec.of(self.ds), dict(sets)), name or model)
 
     def folder(self, student, name: str) -> Path | None:
         """The teacher folder for the built (untrained) model ``student``, loaded or trained now into
@@ -372,6 +373,8 @@ class SharedTeachers:
             return self.folders[key]
         check_teacher_data(student, self.ds)
         folder = self.root / name
+        if folder in self.folders.values():
+            raise ValueError(f"{folder}: already holds the teacher of another config; name each run apart")
         made = {"model": "cmvae", "teacher_config": key, "data": str(Path(self.ds.root).resolve()),
                 "data_fingerprint": dataset_fingerprint(self.ds.root), "code": code_fingerprint(),
                 "commit": git_commit()}
