@@ -237,13 +237,12 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
         if folder in folders:
             raise ValueError(f"two grid points share the folder name {folder!r}; change one of their values")
         folders.add(folder)
-        if teacher is None:
-            check_teacher_data(rec, ds)
-        else:  # the given teacher must be taken by, and fit, every point (latent size, features)
-            try:
+        try:
+            check_teacher_data(rec, ds, teacher)
+            if teacher is not None:  # the given teacher must also fit every point (latent size, features)
                 prepare_teacher(rec, ds, out, teacher)
-            except ValueError as e:
-                raise ValueError(f"{trial_folder(point)}: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{trial_folder(point)}: {e}") from None
     return ds, points, base, configs
 
 

@@ -284,8 +284,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     option_into_sets(overrides, "epochs", epochs)
     spec = FeatureSpec.of(ds)
     rec = build(model, spec, overrides)
-    if teacher is None:
-        check_teacher_data(rec, ds)
+    check_teacher_data(rec, ds, teacher)
     package = model_package(model)
     check_run_folder(Path(out), teacher)
     if teacher is not None:
@@ -313,14 +312,17 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
 TEACHERS = "teachers"  # the folder, beside the runs of a grid, a demo or a benchmark's world, of their teachers
 
 
-def check_teacher_data(model, ds) -> None:
-    """Before any work: a teacher-guided ``model`` given no teacher trains one on the dataset's professional
-    videos, so a dataset without them is refused, in the commands' options (the library names its own
-    arguments when it finds out, later)."""
+def check_teacher_data(model, ds, teacher: Path | None = None) -> None:
+    """Before any work, in the commands' options (the library names its own arguments when it finds out,
+    later): a ``teacher`` for a model that takes none is refused, and so is a dataset without professional
+    videos when a teacher-guided ``model`` given no teacher would train one on them."""
     from bgmrec.models.deccm import DecCM, professional_split
     from bgmrec.models.registry import takes_teacher
 
-    if takes_teacher(type(model), model.config) and isinstance(model, DecCM) and professional_split(ds) is None:
+    guided = takes_teacher(type(model), model.config)
+    if teacher is not None and not guided:
+        raise ValueError(f"--teacher {teacher}: model {model.name!r} with this config takes no teacher")
+    if teacher is None and guided and isinstance(model, DecCM) and professional_split(ds) is None:
         raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
                          "pass --teacher RUN_DIR or --set teacher=false")
 

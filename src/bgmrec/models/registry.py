@@ -169,7 +169,7 @@ def prepare_teacher(model: Recommender, ds, out, teacher_dir=None, progress: boo
 
     A ``teacher_dir`` for a model that takes no teacher is refused rather than ignored."""
     if teacher_dir is not None and not takes_teacher(type(model), model.config):
-        raise ValueError(f"--teacher {teacher_dir}: model {model.name!r} with this config takes no teacher")
+        raise ValueError(f"teacher_dir {teacher_dir}: model {model.name!r} with this config takes no teacher")
     if model.uses_teacher:
         from bgmrec.models.deccm import attach_teacher
 
