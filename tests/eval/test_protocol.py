@@ -301,3 +301,21 @@ def test_evaluate_and_compare_use_their_seed_and_level(tiny_ds, tiny_spec, fitte
                                                                          seed=3).ranks, "mrr"),
                              "mrr", resamples=400, level=0.8, seed=3)
     assert c == want
+
+
+def test_oracle_of_a_world_simulated_in_memory_takes_its_truth(tiny_world, tiny_ds, tiny_spec):
+    import dataclasses
+
+    from bgmrec.models.oracle import Oracle
+
+    ds, truth = tiny_world  # the world tiny_ds was saved from, never written to disk here
+    with pytest.raises(ValueError, match=r"Oracle\(config, spec, truth\)"):
+        Oracle(Oracle.config_class(), tiny_spec).fit(SplitView(ds, "train"))
+    in_memory = Oracle(Oracle.config_class(), tiny_spec, truth).fit(SplitView(ds, "train"))
+    from_disk = Oracle(Oracle.config_class(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    for split in ("test", "test_unbiased"):
+        np.testing.assert_array_equal(P.full_ranks(in_memory, ds, split).ranks,
+                                      P.full_ranks(from_disk, tiny_ds, split).ranks)
+    short = dataclasses.replace(truth, video_content=truth.video_content[:-1])  # another world's truth
+    with pytest.raises(ValueError, match=f"{len(truth.video_content) - 1} videos"):
+        Oracle(Oracle.config_class(), tiny_spec, short).fit(SplitView(ds, "train"))

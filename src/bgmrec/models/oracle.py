@@ -8,10 +8,14 @@ It is the upper bound every model is reported against.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bgmrec.models.base import ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
+
+if TYPE_CHECKING:
+    from bgmrec.data.simulate import WorldTruth
 
 
 class Oracle(Recommender):
@@ -20,21 +24,30 @@ class Oracle(Recommender):
     name = "oracle"
     trainable = False
 
-    def __init__(self, config: ModelConfig, spec) -> None:
+    def __init__(self, config: ModelConfig, spec, truth: WorldTruth | None = None) -> None:
         super().__init__(config, spec)
+        self.truth = truth  # the world's truth as simulate() returned it (None: read from the dataset's truth/)
         self.video_content = np.zeros((0, 1), np.float32)
         self.track_content = np.zeros((0, 1), np.float32)
         self.track_popularity = np.zeros(0)
         self.processes: dict[str, dict] = {}
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Oracle:
+        """Take the world's truth: the one given to the constructor (a world simulated in memory), else the
+        dataset folder's ``truth/``."""
         from bgmrec.data.simulate import load_truth
 
         self.check_fit_data(train, val)
         ds = train.dataset
-        if ds.root is None or not (ds.root / "truth").is_dir():
-            raise ValueError(f"the oracle needs a simulated dataset with truth/ (got {ds.root})")
-        truth = load_truth(ds.root)
+        truth = self.truth
+        if truth is None:
+            if ds.root is None or not (ds.root / "truth").is_dir():
+                raise ValueError(f"the oracle needs a simulated dataset with truth/ (got {ds.root}), or the world's "
+                                 "truth given as Oracle(config, spec, truth) for a world simulated in memory")
+            truth = load_truth(ds.root)
+        if (len(truth.video_content), len(truth.track_content)) != (ds.n_videos, ds.n_tracks):
+            raise ValueError(f"the truth is of a world of {len(truth.video_content)} videos and "
+                             f"{len(truth.track_content)} tracks, the dataset has {ds.n_videos} and {ds.n_tracks}")
         self.video_content, self.track_content = truth.video_content, truth.track_content
         self.track_popularity = truth.track_popularity
         self.processes = {s: vars(p) for s, p in truth.processes.items()}
