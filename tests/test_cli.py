@@ -313,21 +313,27 @@ def test_ceiling_help_names_the_default_models(capsys):
     assert ", ".join(CEILING_MODELS) in help_text
 
 
-def test_evaluating_on_another_dataset_is_flagged_but_a_moved_copy_is_not(cli_world, popularity_run, tmp_path,
-                                                                            capsys):
+def test_evaluating_on_another_dataset_or_features_is_flagged_but_a_moved_copy_is_not(cli_world, popularity_run,
+                                                                                     tmp_path, capsys):
     import shutil
+
+    import numpy as np
 
     other = tmp_path / "seed1"
     assert main(["simulate", str(other), "--scale", "tiny", "--seed", "1"]) == 0
     moved = Path(shutil.copytree(cli_world, tmp_path / "moved"))
+    refeatured = Path(shutil.copytree(cli_world, tmp_path / "refeatured"))
+    visual = refeatured / "features" / "video_visual.npy"
+    np.save(visual, np.load(visual) + 1.0)  # the same splits, features extracted again
     capsys.readouterr()
-    for data, flagged in ((cli_world, False), (moved, False), (other, True)):
+    for data, flagged in ((cli_world, None), (moved, None), (other, "another dataset"),
+                          (refeatured, "other features of this dataset")):
         assert main(["evaluate", "--run", str(popularity_run), "--data", str(data)]) == 0
         err = capsys.readouterr().err
-        assert ("was trained on another dataset" in err) == flagged, (data, err)
+        assert err.count("was trained on") == (flagged is not None) and (flagged is None or flagged in err), (data, err)
         assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
                      str(data), "--resamples", "100"]) == 0
-        assert capsys.readouterr().err.count("was trained on another dataset") == 2 * flagged
+        assert capsys.readouterr().err.count("was trained on") == 2 * (flagged is not None)
 
 
 def test_dataset_fingerprint_follows_the_splits_not_where_the_data_came_from(tiny_copy, tiny_dir):
@@ -347,6 +353,23 @@ def test_dataset_fingerprint_follows_the_splits_not_where_the_data_came_from(tin
     val[-1] ^= 1  # one byte of one split
     (tiny_copy / "splits" / "val.npy").write_bytes(bytes(val))
     assert dataset_fingerprint(tiny_copy) != before
+
+
+def test_features_fingerprint_follows_every_feature_file_and_nothing_else(tiny_copy, tiny_dir):
+    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
+
+    before, splits = features_fingerprint(tiny_copy), dataset_fingerprint(tiny_copy)
+    assert before == features_fingerprint(tiny_dir)  # a copy
+    (tiny_copy / "splits" / "val.npy").unlink()
+    assert features_fingerprint(tiny_copy) == before  # the splits are the other fingerprint's
+    for name in ("music.npy", "video_text_mask.npy"):
+        path = tiny_copy / "features" / name
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 1
+        path.write_bytes(bytes(data))
+        assert features_fingerprint(tiny_copy) != before
+        path.write_bytes((tiny_dir / "features" / name).read_bytes())
+    assert features_fingerprint(tiny_copy) == before and dataset_fingerprint(tiny_dir) == splits
 
 
 def test_runs_without_a_usable_record_evaluate_without_a_warning(cli_world, popularity_run, tmp_path, capsys):
@@ -566,6 +589,8 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
     assert record["data_fingerprint"] and record["teacher_config"].startswith("CMVAEConfig(")
     (first / "run.json").write_text(json.dumps({**record, "data_fingerprint": "another world"}))
     assert again() == first and trained == [4, 8, 16, 4]
+    (first / "run.json").write_text(json.dumps({**record, "features_fingerprint": "features extracted again"}))
+    assert again() == first and trained == [4, 8, 16, 4, 4]
     (first / "run.json").unlink()
-    assert again() == first and trained == [4, 8, 16, 4, 4]
-    assert again() == first and trained == [4, 8, 16, 4, 4]
+    assert again() == first and trained == [4, 8, 16, 4, 4, 4]
+    assert again() == first and trained == [4, 8, 16, 4, 4, 4]

@@ -246,6 +246,16 @@ def test_resume_refuses_another_grid_or_a_folder_without_one(tiny_dir, tmp_path)
     assert len(fresh) == 1
 
 
+def test_resume_refuses_features_extracted_again(tiny_copy, tmp_path):
+    import numpy as np
+
+    run_grid(tiny_copy, "popularity", {"seed": ["0"]}, tmp_path / "tune")
+    visual = tiny_copy / "features" / "video_visual.npy"
+    np.save(visual, np.load(visual) + 1.0)  # the same splits, other features
+    with pytest.raises(ValueError, match="records another features_fingerprint"):
+        run_grid(tiny_copy, "popularity", {"seed": ["0"]}, tmp_path / "tune", resume=True)
+
+
 def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tmp_path, monkeypatch):
     import bgmrec.cli.core as core
     from bgmrec.cli.core import train_model

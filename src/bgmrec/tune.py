@@ -85,7 +85,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     (:class:`~bgmrec.cli.core.SharedTeachers`; a resumed grid loads the teacher it trained).
     """
     from bgmrec.cli.core import TEACHERS, SharedTeachers, code_fingerprint, git_commit, model_package, train_model
-    from bgmrec.data.dataset import dataset_fingerprint, write_json_atomic, write_text_atomic
+    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint, write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.significance import paired_comparison
@@ -94,6 +94,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
 
     console = console or Console(quiet=True)
     record = {"model": model, "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
+              "features_fingerprint": features_fingerprint(data),
               "grid": grid, "sets": dict(sets or {}), "seed": seed,
               "teacher": None if teacher is None else str(Path(teacher).resolve()),
               "teacher_weights_sha256": weights_digest(Path(teacher)) if teacher is not None and (
@@ -178,8 +179,8 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
 
 # what must match to resume (``code``: :func:`bgmrec.cli.core.code_fingerprint`; ``model_package``:
 # :func:`bgmrec.cli.core.model_package`, the code of a model from another package)
-RESUME_KEYS = ("model", "data_fingerprint", "grid", "sets", "seed", "teacher", "teacher_weights_sha256",
-               "code", "model_package")
+RESUME_KEYS = ("model", "data_fingerprint", "features_fingerprint", "grid", "sets", "seed", "teacher",
+               "teacher_weights_sha256", "code", "model_package")
 
 
 def _contents(out: Path) -> list[Path]:

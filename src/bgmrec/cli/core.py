@@ -274,7 +274,13 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
     config's default, seed 0); giving one both ways with different values is refused.
     """
-    from bgmrec.data.dataset import atomic_write_dir, dataset_fingerprint, load_dataset, write_json_atomic
+    from bgmrec.data.dataset import (
+        atomic_write_dir,
+        dataset_fingerprint,
+        features_fingerprint,
+        load_dataset,
+        write_json_atomic,
+    )
     from bgmrec.models.base import FeatureSpec, SplitView, load_model
     from bgmrec.models.registry import build, prepare_teacher
 
@@ -298,7 +304,8 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
         timing["seconds"] = time.perf_counter() - t0
         rec.save(folder)
         write_json_atomic(folder / "run.json", {
-            "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data), "model": model,
+            "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
+            "features_fingerprint": features_fingerprint(data), "model": model,
             "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
             "argv": sys.argv[1:], **({"model_package": package} if package else {}),
             **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
@@ -362,6 +369,7 @@ class SharedTeachers:
             DatasetError,
             atomic_write_dir,
             dataset_fingerprint,
+            features_fingerprint,
             read_json,
             write_json_atomic,
         )
@@ -378,13 +386,15 @@ class SharedTeachers:
         if folder in self.folders.values():
             raise ValueError(f"{folder}: already holds the teacher of another config; name each run apart")
         made = {"model": "cmvae", "teacher_config": key, "data": str(Path(self.ds.root).resolve()),
-                "data_fingerprint": dataset_fingerprint(self.ds.root), "code": code_fingerprint(),
+                "data_fingerprint": dataset_fingerprint(self.ds.root),
+                "features_fingerprint": features_fingerprint(self.ds.root), "code": code_fingerprint(),
                 "commit": git_commit()}
         try:
             found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
         except DatasetError:  # none, or damaged: trained again
             found = {}
-        if all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "code")):
+        if all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "features_fingerprint",
+                                                 "code")):
             load_teacher(folder)  # a damaged one is named now, not by every model
             self.console.print(f"    teacher {folder.name}: trained before on this data by this code, reused")
         else:
@@ -427,19 +437,23 @@ def check_run_folder(out: Path, teacher: Path | None = None) -> None:
 def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None) -> None:
     """Say on stderr when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
     training dataset than ``data``: its figures there measure a transfer, and a test split of ``data`` may
-    hold its training videos (``what`` names the run in the message). Silent for runs without that
-    record; never an error."""
-    from bgmrec.data.dataset import DatasetError, dataset_fingerprint
+    hold its training videos (``what`` names the run in the message); or the same dataset with other
+    features (extracted again since). Silent for runs without that record; never an error."""
+    from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint
     from bgmrec.models.base import read_run_record
 
     info = read_run_record(run)
     try:
         other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
+        refeatured = not other and info.get("features_fingerprint") not in (None, features_fingerprint(data))
     except (DatasetError, OSError):  # a damaged dataset: nothing to say here
         return
+    name = f"{what + ' ' if what else ''}{run}"
     if other:
-        print(f"warning: {what + ' ' if what else ''}{run} was trained on another dataset ({info.get('data')}) "
-              f"than {data}", file=sys.stderr)
+        print(f"warning: {name} was trained on another dataset ({info.get('data')}) than {data}", file=sys.stderr)
+    elif refeatured:
+        print(f"warning: {name} was trained on other features of this dataset than {data} holds now (extracted "
+              "again since?)", file=sys.stderr)
 
 
 def run_label(run: Path, rec) -> str:
@@ -455,11 +469,12 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     """What a figure was computed from, for its JSON: the dataset (folder and fingerprint), each run
     (folder and what its ``run.json`` says of its training) and the bgmrec that computed it."""
     import bgmrec
-    from bgmrec.data.dataset import dataset_fingerprint
+    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
     from bgmrec.models.base import read_run_record
 
-    keep = ("model", "data", "data_fingerprint", "commit", "argv", "model_package")
+    keep = ("model", "data", "data_fingerprint", "features_fingerprint", "commit", "argv", "model_package")
     return {"data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
+            "features_fingerprint": features_fingerprint(data),
             "runs": {role: {"folder": str(Path(run).resolve()),
                             "trained": {k: v for k, v in read_run_record(run).items() if k in keep}}
                      for role, run in runs.items()},
