@@ -370,6 +370,8 @@ def test_features_fingerprint_follows_every_feature_file_and_nothing_else(tiny_c
         assert features_fingerprint(tiny_copy) != before
         path.write_bytes((tiny_dir / "features" / name).read_bytes())
     assert features_fingerprint(tiny_copy) == before and dataset_fingerprint(tiny_dir) == splits
+    (tiny_copy / "features" / "video_visual.old.npy").write_bytes(b"a backup left beside them")
+    assert features_fingerprint(tiny_copy) == before  # not a file the dataset loads
 
 
 def test_runs_without_a_usable_record_evaluate_without_a_warning(cli_world, popularity_run, tmp_path, capsys):
@@ -552,6 +554,8 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
     """DecCM and its teacher-guided ablations get one teacher, trained once; another backbone gets its own;
     models without a teacher get none; a command run again loads the teacher its runs refer to, unless it was
     made from other data (or config, or code)."""
+    import dataclasses
+
     from bgmrec.cli.core import SharedTeachers
     from bgmrec.models import deccm
 
@@ -594,3 +598,9 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
     (first / "run.json").unlink()
     assert again() == first and trained == [4, 8, 16, 4, 4, 4]
     assert again() == first and trained == [4, 8, 16, 4, 4, 4]
+    weights = first / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # damaged under a matching record: trained again
+    assert again() == first and trained == [4, 8, 16, 4, 4, 4, 4]
+    in_memory = dataclasses.replace(tiny_ds, root=None)
+    with pytest.raises(ValueError, match="loaded from its folder"):
+        SharedTeachers(tmp_path / "teachers", in_memory, console)

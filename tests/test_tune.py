@@ -254,6 +254,11 @@ def test_resume_refuses_features_extracted_again(tiny_copy, tmp_path):
     np.save(visual, np.load(visual) + 1.0)  # the same splits, other features
     with pytest.raises(ValueError, match="records another features_fingerprint"):
         run_grid(tiny_copy, "popularity", {"seed": ["0"]}, tmp_path / "tune", resume=True)
+    record = json.loads((tmp_path / "tune" / "tuning.json").read_text())
+    del record["features_fingerprint"]  # a grid tuned before the key was recorded
+    (tmp_path / "tune" / "tuning.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"features_fingerprint: not recorded \(an older bgmrec\)"):
+        run_grid(tiny_copy, "popularity", {"seed": ["0"]}, tmp_path / "tune", resume=True)
 
 
 def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tmp_path, monkeypatch):

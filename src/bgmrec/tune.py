@@ -164,8 +164,9 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
                          "little to check the grid; tune into a new --out")
     differ = [k for k in RESUME_KEYS if stopped.get(k) != record[k]]
     if differ:
+        was = {k: repr(stopped[k]) if k in stopped else "not recorded (an older bgmrec)" for k in differ}
         raise ValueError(f"--resume: {path} records another {', '.join(differ)} than given now "
-                         f"({'; '.join(f'{k}: {stopped.get(k)!r}' for k in differ)}); resume with the same "
+                         f"({'; '.join(f'{k}: {v}' for k, v in was.items())}); resume with the same "
                          "arguments (and code) or tune into a new --out")
     trials = stopped.get("trials")
     if not isinstance(trials, list) or not all(

@@ -334,6 +334,21 @@ def test_a_stop_just_after_the_temporary_folder_is_made_removes_it(tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_temporary_name_taken_by_another_writer_is_left_to_it(tmp_path, monkeypatch):
+    import os
+    import secrets
+
+    from bgmrec.data.dataset import atomic_write_dir
+
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "same")
+    theirs = tmp_path / f".data.tmp-{os.getpid()}-same"
+    theirs.mkdir()
+    (theirs / "manifest.json").write_text("another writer's")
+    with pytest.raises(FileExistsError):
+        atomic_write_dir(tmp_path / "data", lambda d: (d / "manifest.json").write_text('{"format_version": 1}'))
+    assert (theirs / "manifest.json").read_text() == "another writer's"
+
+
 def test_overwrite_replaces_dataset(tiny_ds, tmp_path):
     out = tmp_path / "data"
     save_dataset(load_dataset(tiny_ds.root), out)

@@ -341,13 +341,17 @@ class SharedTeachers:
     folders, and given to every model of that config. So DecCM and its teacher-guided ablations are guided by
     one teacher and differ only in what they ablate, and it is trained once, not once per model.
 
-    Each teacher's ``run.json`` records what made it: its config, the dataset's fingerprint and the code
-    (:func:`code_fingerprint`). A teacher found at its folder with the same record (a command run again, or
-    ``tune --resume``) is loaded, so the runs that already refer to it keep it; any other is trained again
-    and replaces the folder, so a teacher of another world, config or code is never taken.
+    Each teacher's ``run.json`` records what made it: its config, the dataset's two fingerprints (splits and
+    features) and the code (:func:`code_fingerprint`). A teacher found at its folder with the same record (a
+    command run again, or ``tune --resume``) is loaded, so the runs that already refer to it keep it; any
+    other, or one that does not load, is trained again and replaces the folder, so a teacher of another
+    world, features, config or code is never taken.
     """
 
     def __init__(self, root: Path, ds, console: Console) -> None:
+        if ds.root is None:
+            raise ValueError("SharedTeachers needs a dataset loaded from its folder (load_dataset): a teacher's "
+                             "record holds the folder's fingerprints")
         self.root = Path(root)  # where the teachers are written, one folder each
         self.ds = ds  # the dataset (loaded from its folder) whose professional videos they are trained on
         self.console = console  # says when a teacher is trained or reused
@@ -393,9 +397,15 @@ class SharedTeachers:
             found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
         except DatasetError:  # none, or damaged: trained again
             found = {}
-        if all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "features_fingerprint",
-                                                 "code")):
-            load_teacher(folder)  # a damaged one is named now, not by every model
+        same = all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "features_fingerprint",
+                                                     "code"))
+        if same:
+            try:
+                load_teacher(folder)
+            except (DatasetError, ValueError) as e:  # damaged (a truncated weights file): trained again
+                self.console.print(f"    teacher {folder.name}: unreadable ({e})")
+                same = False
+        if same:
             self.console.print(f"    teacher {folder.name}: trained before on this data by this code, reused")
         else:
             self.console.print(f"    teacher {folder.name}: training on the professional videos")
@@ -445,7 +455,8 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     info = read_run_record(run)
     try:
         other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
-        refeatured = not other and info.get("features_fingerprint") not in (None, features_fingerprint(data))
+        trained_on = info.get("features_fingerprint")  # hashed only when there is one to compare with
+        refeatured = not other and trained_on is not None and trained_on != features_fingerprint(data)
     except (DatasetError, OSError):  # a damaged dataset: nothing to say here
         return
     name = f"{what + ' ' if what else ''}{run}"
@@ -466,7 +477,7 @@ def run_label(run: Path, rec) -> str:
 
 
 def provenance(data: Path, runs: dict[str, Path]) -> dict:
-    """What a figure was computed from, for its JSON: the dataset (folder and fingerprint), each run
+    """What a figure was computed from, for its JSON: the dataset (folder and fingerprints), each run
     (folder and what its ``run.json`` says of its training) and the bgmrec that computed it."""
     import bgmrec
     from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint

@@ -294,8 +294,10 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     # named before it is made, inside the try: a stop (Ctrl-C, SIGTERM) just after it is made removes it too
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    made = False  # this call made tmp (never removes one it did not make)
     try:
         tmp.mkdir(mode=0o700)
+        made = True
         write(tmp)
         if out.exists():
             out.rename(old)
@@ -306,7 +308,8 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     except BaseException:
         if old.exists() and not out.exists():  # stopped between the two renames: the old folder back
             old.rename(out)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if made or (tmp.is_dir() and not any(tmp.iterdir())):  # a stop just after mkdir: made is still False
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -485,15 +488,19 @@ def dataset_fingerprint(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+FEATURE_FILES = ("video_visual", "video_text", "video_text_mask", "music")  # features/<name>.npy, as loaded
+
+
 def features_fingerprint(root: Path) -> str:
-    """A short hash of a dataset's feature files (``features/*.npy``, read in chunks), which
-    :func:`dataset_fingerprint` leaves out: features extracted again under the same splits change it.
-    Reads every feature byte (about 0.2 s per 100 MB)."""
+    """A short hash of a dataset's feature files (the :data:`FEATURE_FILES` it loads, read in chunks), which
+    :func:`dataset_fingerprint` leaves out: features extracted again under the same splits change it, another
+    file left in ``features/`` does not. Reads every feature byte (about 0.2 s per 100 MB)."""
     import hashlib
 
     h = hashlib.sha256()
-    for path in sorted((Path(root) / "features").glob("*.npy")):
-        h.update(f"\0{path.name}\0{sha256_file(path)}".encode())
+    for name in FEATURE_FILES:
+        path = Path(root) / "features" / f"{name}.npy"
+        h.update(f"\0{name}\0{sha256_file(path) if path.is_file() else '-'}".encode())
     return h.hexdigest()[:16]
 
 

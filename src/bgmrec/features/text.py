@@ -52,17 +52,17 @@ def _quiet_transformers():
     with _LOADING:
         verbosity, bars, hub_bars_off = log.get_verbosity(), log.is_progress_bar_enabled(), are_progress_bars_disabled()
         log.set_verbosity_error()
-        with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=0 keeps the hub's bars, and says so
-            warnings.filterwarnings("ignore", message="Cannot disable progress bars")
+        with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS keeps the hub's bars as it says, and warns
+            warnings.filterwarnings("ignore", message="Cannot (dis|en)able progress bars")
             log.disable_progress_bar()
-        try:
-            yield
-        finally:
-            log.set_verbosity(verbosity)
-            if bars:
-                log.enable_progress_bar()
-            if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
-                (disable_progress_bars if hub_bars_off else enable_progress_bars)()
+            try:
+                yield
+            finally:
+                log.set_verbosity(verbosity)
+                if bars:
+                    log.enable_progress_bar()
+                if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
+                    (disable_progress_bars if hub_bars_off else enable_progress_bars)()
 
 
 class TextEncoder:
