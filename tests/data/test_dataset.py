@@ -334,6 +334,20 @@ def test_a_stop_just_after_the_temporary_folder_is_made_removes_it(tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_written_folder_has_the_permissions_the_umask_gives(tmp_path):
+    import os
+    import stat
+
+    from bgmrec.data.dataset import atomic_write_dir
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_dir(tmp_path / "data", lambda d: (d / "manifest.json").write_text('{"format_version": 1}'))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o755  # readable by the group, as a mkdir makes
+
+
 def test_a_temporary_name_taken_by_another_writer_is_left_to_it(tmp_path, monkeypatch):
     import os
     import secrets

@@ -296,7 +296,7 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     made = False  # this call made tmp (never removes one it did not make)
     try:
-        tmp.mkdir(mode=0o700)
+        tmp.mkdir()  # permissions as the umask says (mkdtemp made the finished folder 0700)
         made = True
         write(tmp)
         if out.exists():
