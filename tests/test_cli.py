@@ -589,6 +589,8 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
         return SharedTeachers(tmp_path / "teachers", tiny_ds, console).for_model("deccm", SMALL_DECCM)
 
     assert again() == first and trained == [4, 8, 16]
+    ablation_first = SharedTeachers(tmp_path / "teachers", tiny_ds, console)  # another first model, say
+    assert ablation_first.for_model("deccm-noadjust", SMALL_DECCM) == first and trained == [4, 8, 16]
     record = json.loads((first / "run.json").read_text())
     assert record["data_fingerprint"] and record["teacher_config"].startswith("CMVAEConfig(")
     (first / "run.json").write_text(json.dumps({**record, "data_fingerprint": "another world"}))

@@ -70,3 +70,29 @@ def test_loading_the_encoder_keeps_the_environment_and_stays_offline(hub_bars):
     assert got["verbosity_kept"] and got["bars_kept"] and got["hub_bars_disabled"] is False
     assert "Loading weights" not in run.stderr  # quiet while loading, all the same
     assert "Cannot disable progress bars" not in run.stderr  # the hub's bars left to its variable, silently
+
+
+def test_threads_asking_for_the_model_at_once_load_it_once(monkeypatch):
+    import threading
+    import time
+
+    import sentence_transformers
+
+    from bgmrec.features.text import TextEncoder
+
+    loads = []
+
+    def slow_model(*args, **kwargs):
+        loads.append(args)
+        time.sleep(0.2)  # long enough for every thread to ask before the first load ends
+        return object()
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", slow_model)
+    encoder = TextEncoder()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(encoder.model())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(got) == 4 and all(m is got[0] for m in got)

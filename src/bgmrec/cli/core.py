@@ -342,10 +342,10 @@ class SharedTeachers:
     one teacher and differ only in what they ablate, and it is trained once, not once per model.
 
     Each teacher's ``run.json`` records what made it: its config, the dataset's two fingerprints (splits and
-    features) and the code (:func:`code_fingerprint`). A teacher found at its folder with the same record (a
-    command run again, or ``tune --resume``) is loaded, so the runs that already refer to it keep it; any
-    other, or one that does not load, is trained again and replaces the folder, so a teacher of another
-    world, features, config or code is never taken.
+    features) and the code (:func:`code_fingerprint`). A teacher in ``root`` with the same record (a command
+    run again, or ``tune --resume``), under any folder name, is loaded, so the runs that already refer to it
+    keep it; otherwise one is trained and replaces ``root/<name>``, so a teacher of another world, features,
+    config or code, or one that does not load, is never taken.
     """
 
     def __init__(self, root: Path, ds, console: Console) -> None:
@@ -367,17 +367,17 @@ class SharedTeachers:
         return self.folder(build(model, FeatureSpec.of(self.ds), dict(sets)), name or model)
 
     def folder(self, student, name: str) -> Path | None:
-        """The teacher folder for the built (untrained) model ``student``, loaded or trained now into
-        ``root/name`` when no model before needed a teacher of its config; None when it takes no teacher."""
+        """The teacher folder for the built (untrained) model ``student``, when no model before needed a
+        teacher of its config: a folder of ``root`` holding one with the same record (``root/name`` looked at
+        first), else ``root/name`` with one trained now; None when it takes no teacher."""
         from bgmrec.data.dataset import (
-            DatasetError,
             atomic_write_dir,
             dataset_fingerprint,
             features_fingerprint,
-            read_json,
+            is_leftover,
             write_json_atomic,
         )
-        from bgmrec.models.deccm import load_teacher, teacher_config, train_teacher
+        from bgmrec.models.deccm import teacher_config, train_teacher
         from bgmrec.models.registry import takes_teacher
 
         if not takes_teacher(type(student), student.config):
@@ -393,19 +393,12 @@ class SharedTeachers:
                 "data_fingerprint": dataset_fingerprint(self.ds.root),
                 "features_fingerprint": features_fingerprint(self.ds.root), "code": code_fingerprint(),
                 "commit": git_commit()}
-        try:
-            found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
-        except DatasetError:  # none, or damaged: trained again
-            found = {}
-        same = all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "features_fingerprint",
-                                                     "code"))
-        if same:
-            try:
-                load_teacher(folder)
-            except (DatasetError, ValueError) as e:  # damaged (a truncated weights file): trained again
-                self.console.print(f"    teacher {folder.name}: unreadable ({e})")
-                same = False
-        if same:
+        taken = set(self.folders.values())
+        others = sorted(p for p in self.root.glob("*")
+                        if p.is_dir() and not is_leftover(p) and p != folder and p not in taken)
+        found = next((p for p in [folder, *others] if self._reusable(p, made)), None)
+        if found is not None:  # also under another name: another first model, or a --models list reordered
+            folder = found
             self.console.print(f"    teacher {folder.name}: trained before on this data by this code, reused")
         else:
             self.console.print(f"    teacher {folder.name}: training on the professional videos")
@@ -417,6 +410,26 @@ class SharedTeachers:
             atomic_write_dir(folder, write, marker="config.json", version_key="bgmrec_version", what="a model run")
         self.folders[key] = folder
         return folder
+
+    def _reusable(self, folder: Path, made: dict) -> bool:
+        """True when ``folder`` holds a teacher whose record is ``made``'s (config, fingerprints, code) and
+        that loads; a damaged one (a truncated weights file) is said and not reused."""
+        from bgmrec.data.dataset import DatasetError, read_json
+        from bgmrec.models.deccm import load_teacher
+
+        try:
+            found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
+        except DatasetError:  # none, or damaged
+            return False
+        if not all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "features_fingerprint",
+                                                     "code")):
+            return False
+        try:
+            load_teacher(folder)
+        except (DatasetError, ValueError) as e:
+            self.console.print(f"    teacher {folder.name}: unreadable ({e})")
+            return False
+        return True
 
 
 RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher",  # a run's own

