@@ -112,7 +112,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
-        shared = None if teacher is not None else teachers.for_model(model, point_sets(base, point, seed), run.name)
+        sets = point_sets(base, point, seed)
+        shared = None if teacher is not None else teachers.for_model(model, sets, run.name)
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
@@ -123,8 +124,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                                  "--out")
             console.print("    finished before: loaded, not retrained")
         else:
-            rec, seconds = train_model(data, model, run, seed=seed, sets={**base, **point},
-                                       teacher=teacher if shared is None else shared,
+            rec, seconds = train_model(data, model, run, sets=sets, teacher=teacher if shared is None else shared,
                                        progress=console.is_terminal)
         result = evaluate(rec, ds, "val", keep_ranks=True)
         gains = query_gains(result["full_ranks"], "recall@10")

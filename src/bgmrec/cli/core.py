@@ -356,6 +356,7 @@ class SharedTeachers:
         self.ds = ds  # the dataset (loaded from its folder) whose professional videos they are trained on
         self.console = console  # says when a teacher is trained or reused
         self.folders: dict[str, Path] = {}  # teacher config (its repr) -> its folder
+        self._made: dict | None = None  # the dataset's fingerprints and the code, once a teacher needs them
 
     def for_model(self, model: str, sets: dict, name: str | None = None) -> Path | None:
         """The teacher folder for the model ``model`` with the config fields ``sets`` (as
@@ -389,10 +390,12 @@ class SharedTeachers:
         folder = self.root / name
         if folder in self.folders.values():
             raise ValueError(f"{folder}: already holds the teacher of another config; name each run apart")
-        made = {"model": "cmvae", "teacher_config": key, "data": str(Path(self.ds.root).resolve()),
-                "data_fingerprint": dataset_fingerprint(self.ds.root),
-                "features_fingerprint": features_fingerprint(self.ds.root), "code": code_fingerprint(),
-                "commit": git_commit()}
+        if self._made is None:  # what every teacher here is made from: read once, not per teacher config
+            self._made = {"model": "cmvae", "data": str(Path(self.ds.root).resolve()),
+                          "data_fingerprint": dataset_fingerprint(self.ds.root),
+                          "features_fingerprint": features_fingerprint(self.ds.root), "code": code_fingerprint(),
+                          "commit": git_commit()}
+        made = {**self._made, "teacher_config": key}
         taken = set(self.folders.values())
         others = sorted(p for p in self.root.glob("*")
                         if p.is_dir() and not is_leftover(p) and p != folder and p not in taken)
