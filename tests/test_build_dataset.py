@@ -9,7 +9,7 @@ import pytest
 
 import media_fixtures as mf
 from bgmrec.data.build import BuildConfig, build_dataset, read_pairs, uploader_preferences
-from bgmrec.data.dataset import DatasetError, load_dataset
+from bgmrec.data.dataset import DatasetError, FieldError, load_dataset
 
 GENRES = ["pop", "rock", "", "pop", "jazz", "rock", "pop", "pop"]
 
@@ -135,9 +135,16 @@ def as_options(words: str) -> str:
 @pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
 def test_options_out_of_range_are_refused_naming_the_field(case):
     options, words = BAD_OPTIONS[case]
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(FieldError) as err:
         BuildConfig(**options)
     assert str(err.value).startswith(words) and "--" not in str(err.value), str(err.value)
+    # the error carries its fields: an application words them as its own, without parsing the message
+    assert set(err.value.fields) == set(options) - ({"test_share"} if case == "share of 1" else set())
+    expected = str(err.value)
+    for name in err.value.fields:
+        expected = expected.replace(name, name.upper())
+    assert err.value.worded({f: f.upper() for f in err.value.fields}) == expected != str(err.value)
+    assert err.value.worded({}) == str(err.value)  # a field without a new name keeps its own
     BuildConfig(val_share=0.0, test_share=0.99, negatives=0, seed=0)  # the edges of the ranges are accepted
 
 
@@ -163,8 +170,9 @@ def test_shares_that_round_to_every_video_leave_no_train_and_are_refused(tmp_pat
     vids, cat = folders
     pairs = write_pairs(tmp_path / "pairs.csv", with_time=False)
     with pytest.raises(DatasetError, match="^val_share 0.49 and test_share 0.5 leave none of the 30 videos with "
-                                           "pairs for train$"):
+                                           "pairs for train$") as err:
         build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(val_share=0.49, test_share=0.5))
+    assert isinstance(err.value, FieldError) and err.value.fields == ("val_share", "test_share")
     assert not (tmp_path / "d").exists()
     capsys.readouterr()
     assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",

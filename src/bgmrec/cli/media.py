@@ -10,7 +10,6 @@ print what happened. Folder formats are documented in :mod:`bgmrec.features.audi
 from __future__ import annotations
 
 import json
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -81,8 +80,7 @@ def extract_videos_cmd(
     _summary("videos", out, r.done, r.extracted, r.cached, r.failures, r.warnings)
 
 
-# BuildConfig's fields where its errors name them: first, or after "and" ("val_share 0.8 and test_share 0.7 ...")
-BUILD_FIELDS = re.compile(r"(?:^|(?<= and ))(?:seed|val_share|test_share|negatives)\b(?= )")
+BUILD_OPTIONS = ("seed", "val_share", "test_share", "negatives")  # BuildConfig's fields build-dataset has as options
 
 
 @app.command("build-dataset")
@@ -98,17 +96,15 @@ def build_dataset_cmd(
 ) -> None:
     """Join extracted videos, a catalogue and an upload log into a dataset every model trains on."""
     from bgmrec.data.build import BuildConfig, build_dataset
+    from bgmrec.data.dataset import FieldError
     from bgmrec.features.recommend import warn_on_stderr
 
     try:
         ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
                                                                   test_share=test_share, negatives=negatives),
                            warn=warn_on_stderr)
-    except ValueError as e:  # the library names BuildConfig's fields (val_share), this command its options
-        worded = BUILD_FIELDS.sub(lambda m: "--" + m[0].replace("_", "-"), str(e))
-        if worded == str(e):
-            raise
-        raise type(e)(worded) from None
+    except FieldError as e:  # the library names BuildConfig's fields (val_share), this command its options
+        raise ValueError(e.worded({f: "--" + f.replace("_", "-") for f in BUILD_OPTIONS})) from None
     split_by = ds.provenance.get("split_by")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
     _console().print(f"wrote {out}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders, "

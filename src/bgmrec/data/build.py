@@ -40,7 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import Dataset, DatasetError, SplitInfo, save_dataset, sha256_file
+from bgmrec.data.dataset import (
+    Dataset,
+    DatasetError,
+    DatasetFieldError,
+    FieldError,
+    SplitInfo,
+    save_dataset,
+    sha256_file,
+)
 from bgmrec.data.negatives import sample_negatives
 
 COLUMN_NAMES = {
@@ -64,16 +72,17 @@ class BuildConfig:
     def __post_init__(self) -> None:
         for name, share in (("val_share", self.val_share), ("test_share", self.test_share)):
             if not 0 <= share < 1:  # also refuses NaN
-                raise ValueError(f"{name} must be in [0, 1), got {share}")
+                raise FieldError(f"{{{name}}} must be in [0, 1), got {share}", name)
         if not self.val_share + self.test_share < 1:
-            raise ValueError(f"val_share {self.val_share} and test_share {self.test_share} add up to "
-                             f"{self.val_share + self.test_share:g}; their sum must be below 1 (the rest is train)")
+            raise FieldError(f"{{val_share}} {self.val_share} and {{test_share}} {self.test_share} add up to "
+                             f"{self.val_share + self.test_share:g}; their sum must be below 1 (the rest is train)",
+                             "val_share", "test_share")
         if self.negatives < 0:
-            raise ValueError(f"negatives must be at least 0, got {self.negatives}")
+            raise FieldError(f"{{negatives}} must be at least 0, got {self.negatives}", "negatives")
         if self.seed < 0:
-            raise ValueError(f"seed must be at least 0, got {self.seed}")
+            raise FieldError(f"{{seed}} must be at least 0, got {self.seed}", "seed")
         if not 0 < self.alpha < float("inf"):
-            raise ValueError(f"alpha must be a positive number, got {self.alpha}")
+            raise FieldError(f"{{alpha}} must be a positive number, got {self.alpha}", "alpha")
 
 
 @dataclass
@@ -137,8 +146,8 @@ def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> 
         n_test, n_val = max(n_test, 1), max(n_val, 1)
     n_train = n - n_val - n_test
     if n_train < 1 <= n:
-        raise DatasetError(f"val_share {config.val_share} and test_share {config.test_share} leave none of "
-                           f"the {n} videos with pairs for train")
+        raise DatasetFieldError(f"{{val_share}} {config.val_share} and {{test_share}} {config.test_share} leave "
+                                f"none of the {n} videos with pairs for train", "val_share", "test_share")
     split = np.empty(n, np.int64)
     split[order[:n_train]] = 0
     split[order[n_train:n_train + n_val]] = 1

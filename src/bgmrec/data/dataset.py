@@ -40,6 +40,28 @@ class DatasetError(ValueError):
     """A dataset folder or array is malformed. The message names the file and what was expected."""
 
 
+class FieldError(ValueError):
+    """A value of a config out of range. The message names the config's fields; :meth:`worded` says the same
+    with other names for them (an application's options), so an application need not parse the message.
+
+    ``template`` is the message with each field written ``{field}`` (values already in it, as text without
+    braces).
+    """
+
+    def __init__(self, template: str, *fields: str) -> None:
+        self.template, self.fields = template, fields
+        super().__init__(self.worded({}))
+
+    def worded(self, names: dict[str, str]) -> str:
+        """The message with each field called ``names[field]`` (its own name where ``names`` has none)."""
+        return self.template.format(**{f: names.get(f, f) for f in self.fields})
+
+
+class DatasetFieldError(FieldError, DatasetError):
+    """A dataset that cannot be made with these config values (both a :class:`FieldError` and a
+    :class:`DatasetError`)."""
+
+
 @dataclass(frozen=True)
 class SplitInfo:
     """How one split is used."""

@@ -140,7 +140,10 @@ def model_class(name: str) -> type[Recommender]:
 
 
 def build(name: str, spec, overrides: dict | None = None) -> Recommender:
-    """An untrained model by ``--model`` name, with ``--set`` overrides applied to its config."""
+    """An untrained model by ``--model`` name, with ``--set`` overrides applied to its config.
+
+    An override that undoes what makes an ablation (``deccm-noteacher`` with ``teacher=true``) is refused: it
+    would be the base model under the ablation's name."""
     from bgmrec.models.base import FeatureSpec, with_overrides
 
     if not isinstance(spec, FeatureSpec):
@@ -153,8 +156,7 @@ def build(name: str, spec, overrides: dict | None = None) -> Recommender:
     undone = [k for k in variant if k in (overrides or {}) and getattr(config, k) != getattr(preset, k)]
     if undone:
         raise ValueError(f"{name} is {base} with {', '.join(f'{k}={variant[k]}' for k in undone)}; "
-                         f"--set {', '.join(f'{k}={overrides[k]}' for k in undone)} would undo it: "
-                         f"use --model {base} for that")
+                         f"{', '.join(f'{k}={overrides[k]}' for k in undone)} would undo it: use {base} for that")
     return cls(config, spec)
 
 
