@@ -461,6 +461,20 @@ def test_json_the_framework_cannot_parse_gets_a_422_saying_why(client, body, det
         assert r.status_code == 422 and r.json() == {"detail": detail}
 
 
+def test_a_bare_400_of_another_cause_is_not_called_bad_json():
+    from starlette.exceptions import HTTPException
+
+    from bgmrec.service import body_refusal
+
+    exc = HTTPException(400, "There was an error parsing the body")
+    exc.__cause__ = ValueError("some other parser's complaint")
+    assert body_refusal(exc) is None
+    exc.__cause__ = ValueError("Exceeds the limit (4300 digits) for integer string conversion: value has 4301 "
+                               "digits; use sys.set_int_max_str_digits() to increase the limit")
+    assert body_refusal(exc) == (422, "body: not valid JSON (Exceeds the limit (4300 digits) for integer string "
+                                      "conversion: value has 4301 digits)")
+
+
 def test_a_text_field_past_the_forms_limit_gets_a_413_saying_so(client, tiny_ds, monkeypatch):
     # the framework's multipart parser answered 400 "Part exceeded maximum size of 1024KB."
     from bgmrec import service

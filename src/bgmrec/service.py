@@ -246,9 +246,10 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
 
     FastAPI answers "There was an error parsing the body" to JSON that :func:`json.loads` refuses with anything
     but a ``JSONDecodeError`` (the cause is kept): nesting deeper than Python's recursion limit, bytes that are
-    not UTF-8, an integer of more digits than Python converts. Starlette's multipart parser refuses a text field
-    over :data:`MAX_CAPTION` bytes ("Part exceeded maximum size") without saying which field: most often the
-    caption, or a video sent as a text part (no file name), so :data:`CAPTION_TOO_LARGE` names both.
+    not UTF-8, an integer of more digits than Python converts; any other cause keeps the framework's 400 rather
+    than be called bad JSON. Starlette's multipart parser refuses a text field over :data:`MAX_CAPTION` bytes
+    ("Part exceeded maximum size") without saying which field: most often the caption, or a video sent as a
+    text part (no file name), so :data:`CAPTION_TOO_LARGE` names both.
     """
     if exc.status_code != 400:
         return None
@@ -258,7 +259,8 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
                      '{"clips": [{"visual": [...]}]})')
     if isinstance(cause, UnicodeDecodeError):
         return 422, f"body: not valid JSON: not {cause.encoding} text at byte {cause.start} ({cause.reason})"
-    if isinstance(cause, ValueError):  # its advice (sys.set_int_max_str_digits) is for the server, not the client
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        # its advice (sys.set_int_max_str_digits) is for the server, not the client
         return 422, f"body: not valid JSON ({str(cause).splitlines()[0].split(';')[0]})"
     if isinstance(exc.__context__, MultiPartException) and "exceeded maximum size" in str(exc.detail):
         return 413, CAPTION_TOO_LARGE
