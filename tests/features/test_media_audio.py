@@ -84,7 +84,7 @@ def test_tempo_of_a_click_track(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["truncated.wav", "truncated.flac", "truncated.m4a", "empty", "no_audio",
-                                  "garbage", "too_short"])
+                                  "garbage", "too_short", "silent"])
 def test_bad_files_give_a_one_line_reason(tmp_path, case):
     if case.startswith("truncated"):
         ext = case[len("truncated"):]
@@ -102,12 +102,24 @@ def test_bad_files_give_a_one_line_reason(tmp_path, case):
         path = tmp_path / "junk.mp3"
         path.write_bytes(np.random.default_rng(0).bytes(5000))
         want = "cannot open"
+    elif case == "silent":  # its features were those of every other silent file: a catalogue of equals
+        path = mf.write_audio(tmp_path / "quiet.wav", np.zeros(2 * SR, np.float32))
+        want = "silent: the first 2.0 s peak at digital silence (below -80 dBFS), no sound to describe"
     else:
         path = mf.write_audio(tmp_path / "blip.wav", mf.tone(440, 0.1))
         want = "too short"
     with pytest.raises(MediaError) as e:
         mf.audio_extractor().extract_file(path)
     assert want in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_quiet_track_is_analysed_and_a_near_silent_one_is_a_failure(tmp_path):
+    quiet = mf.write_audio(tmp_path / "quiet.flac", 0.003 * mf.tone(440, 2.0) / np.abs(mf.tone(440, 2.0)).max())
+    assert np.isfinite(features(quiet)).all()  # about -50 dBFS: soft, not silent
+    # a hum whose peak is 2 steps of 16-bit PCM (2.5 steps, truncated or rounded): 20 log10(2 / 32768) = -84.3 dBFS
+    hum = mf.write_audio(tmp_path / "hum.wav", 2.5 / 32768 * mf.tone(50, 2.0) / np.abs(mf.tone(50, 2.0)).max())
+    with pytest.raises(MediaError, match=r"^silent: the first 2.0 s peak at -84 dBFS \(below -80 dBFS\)"):
+        features(hum)
 
 
 class Counting(AudioExtractor):

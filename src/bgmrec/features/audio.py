@@ -23,7 +23,7 @@ A catalogue folder (CATALOG_DIR) holds::
     tracks.csv      id,title,artist,genre,file,sha256   (id = file stem; genre may be empty)
     manifest.json   kind "music-catalog", extractor names and versions, settings, dim, feature
                     names, id order, counts, content hash (SHA-256 of music.npy's bytes)
-    failures.csv    file,reason   one row per skipped input
+    failures.csv    file,reason   one row per skipped input (unreadable, truncated, too short, silent)
     .cache/audio/   per-file vectors keyed by content hash (see :mod:`bgmrec.features.cache`)
 
 The optional metadata CSV (``--meta``) has a column ``id`` (the file stem) or ``file`` (the file
@@ -64,6 +64,9 @@ from bgmrec.features.cache import (
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".ogg", ".flac", ".m4a")
 SAMPLE_RATES = (16000, 96000)  # Hz: the analysis rates accepted (AudioConfig.sample_rate)
 CATALOG_KIND = "music-catalog"
+
+
+SILENT_DBFS = -80.0  # a track whose decoded part peaks below this level (dB of full scale) is a failure
 
 
 @dataclass(frozen=True)
@@ -244,9 +247,15 @@ class AudioExtractor:
         self.extract_signal(0.1 * np.sin(2 * np.pi * 440.0 * t) * (np.sin(2 * np.pi * 2.0 * t) > 0))
 
     def extract_file(self, path: Path) -> np.ndarray:
-        """Decode (capped) and analyse one file; :class:`MediaError` on bad media."""
+        """Decode (capped) and analyse one file; :class:`MediaError` on bad media, and on a silent
+        decoded part (peak below :data:`SILENT_DBFS`), whose features would describe no sound."""
         c = self.config
         y = decode_audio(path, c.sample_rate, c.max_seconds, c.min_seconds)
+        peak = float(np.abs(y).max()) if len(y) else 0.0
+        if peak < 10.0 ** (SILENT_DBFS / 20.0):
+            level = f"{20.0 * np.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
+            raise MediaError(f"silent: the first {len(y) / c.sample_rate:.1f} s peak at {level} "
+                             f"(below {SILENT_DBFS:g} dBFS), no sound to describe")
         return self.extract_signal(y)
 
 
