@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -341,6 +342,21 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path, music_dir,
     code, err = run_cli(capsys, "extract-music", str(music_dir), "--out", str(out), "--no-progress", *option)
     assert code == 2 and words in err, err
     assert not out.exists()
+
+
+def test_the_library_names_the_config_fields_not_the_commands_options(tmp_path, music_dir):
+    from bgmrec.data.dataset import FieldError
+    from bgmrec.features.audio import AudioConfig
+
+    for kwargs, words in [(dict(sample_rate=100), "sample_rate must be between 16000 and 96000 Hz, got 100"),
+                          (dict(max_seconds=0.0), "max_seconds must be a finite number of at least 0.5"),
+                          (dict(n_mels=0), "n_mels must be at least 1, got 0")]:
+        with pytest.raises(FieldError, match=f"^{re.escape(words)}") as err:
+            AudioConfig(**kwargs)
+        assert err.value.fields == tuple(kwargs)
+    with pytest.raises(FieldError, match="^workers must be at least 1, got 0$"):
+        extract_music(music_dir, tmp_path / "cat", workers=0)
+    assert not (tmp_path / "cat").exists()
 
 
 def test_missing_inputs_are_refused_before_anything_is_written(tmp_path, music_dir, capsys):

@@ -217,6 +217,17 @@ def run_cli(capsys, *args) -> tuple[int, str]:
     return code, " ".join(capsys.readouterr().err.split())
 
 
+def test_the_library_names_the_config_fields_not_the_commands_options():
+    from bgmrec.data.dataset import FieldError
+    from bgmrec.features.video import VideoConfig
+
+    for name in ("frames", "threads", "size"):
+        with pytest.raises(FieldError, match=f"^{name} must be at least 1, got 0$"):
+            VideoConfig(**{name: 0})
+    with pytest.raises(FieldError, match="^scan_seconds must be a positive finite number, got nan$"):
+        VideoConfig(scan_seconds=float("nan"))
+
+
 def test_bad_inputs_and_folders_are_refused_before_anything_is_written(tmp_path, video_dir, capsys):
     out = tmp_path / "vids"
     code, err = run_cli(capsys, "extract-videos", str(video_dir), "--out", str(out), "--captions",

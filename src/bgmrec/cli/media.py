@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -23,6 +25,18 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
+
+
+@contextmanager
+def options_named(**options: str) -> Iterator[None]:
+    """The library's config errors inside (:class:`~bgmrec.data.dataset.FieldError`, naming config fields
+    such as ``max_seconds``) worded with this command's options (``max_seconds="--seconds"``)."""
+    from bgmrec.data.dataset import FieldError
+
+    try:
+        yield
+    except FieldError as e:
+        raise ValueError(e.worded(options)) from None
 
 
 def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failures: list,
@@ -56,9 +70,10 @@ def extract_music_cmd(
     """Decode every track and compute its feature vector (openSMILE eGeMAPS + librosa descriptors)."""
     from bgmrec.features.audio import AudioConfig, extract_music
 
-    cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)  # checks the options before any work
-    r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
-                      progress=progress)
+    with options_named(sample_rate="--sample-rate", max_seconds="--seconds", workers="--workers"):
+        cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)  # checks the options before any work
+        r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
+                          progress=progress)
     _summary("tracks", out, r.done, r.extracted, r.cached, r.failures, r.warnings)
 
 
@@ -75,7 +90,8 @@ def extract_videos_cmd(
     """Embed each video's frames (EfficientNet-Lite0, 1280-d) and caption (MiniLM, 384-d)."""
     from bgmrec.features.video import VideoConfig, extract_videos
 
-    cfg = VideoConfig(frames=frames, threads=threads)  # checks the options before any work
+    with options_named(frames="--frames", threads="--threads"):
+        cfg = VideoConfig(frames=frames, threads=threads)  # checks the options before any work
     r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
     _summary("videos", out, r.done, r.extracted, r.cached, r.failures, r.warnings)
 
@@ -96,15 +112,12 @@ def build_dataset_cmd(
 ) -> None:
     """Join extracted videos, a catalogue and an upload log into a dataset every model trains on."""
     from bgmrec.data.build import BuildConfig, build_dataset
-    from bgmrec.data.dataset import FieldError
     from bgmrec.features.recommend import warn_on_stderr
 
-    try:
+    with options_named(**{f: "--" + f.replace("_", "-") for f in BUILD_OPTIONS}):
         ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
                                                                   test_share=test_share, negatives=negatives),
                            warn=warn_on_stderr)
-    except FieldError as e:  # the library names BuildConfig's fields (val_share), this command its options
-        raise ValueError(e.worded({f: "--" + f.replace("_", "-") for f in BUILD_OPTIONS})) from None
     split_by = ds.provenance.get("split_by")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
     _console().print(f"wrote {out}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders, "

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import DatasetError, load_npy, save_npy_atomic, write_json_atomic
+from bgmrec.data.dataset import DatasetError, FieldError, load_npy, save_npy_atomic, write_json_atomic
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
@@ -85,13 +85,14 @@ class AudioConfig:
     def __post_init__(self) -> None:
         low, high = SAMPLE_RATES
         if not low <= self.sample_rate <= high:  # below 16 kHz the spectral-contrast bands pass Nyquist
-            raise ValueError(f"--sample-rate must be between {low} and {high} Hz, got {self.sample_rate}")
+            raise FieldError(f"{{sample_rate}} must be between {low} and {high} Hz, got {self.sample_rate}",
+                             "sample_rate")
         if not self.min_seconds <= self.max_seconds < float("inf"):  # also refuses NaN
-            raise ValueError(f"--seconds must be a finite number of at least {self.min_seconds:g} (the shortest "
-                             f"track analysed), got {self.max_seconds}")
+            raise FieldError(f"{{max_seconds}} must be a finite number of at least {self.min_seconds:g} (the "
+                             f"shortest track analysed), got {self.max_seconds}", "max_seconds")
         for name in ("n_fft", "hop_length", "n_mfcc", "n_mels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"AudioConfig.{name} must be at least 1, got {getattr(self, name)}")
+                raise FieldError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", name)
 
 
 # ---- decoding -------------------------------------------------------------------------------------
@@ -371,7 +372,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     """
     audio_dir, out = Path(audio_dir), Path(out)
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+        raise FieldError(f"{{workers}} must be at least 1, got {workers}", "workers")
     check_output_folder(out, CATALOG_KIND, "a music catalogue", ("music.npy", "tracks.csv", "failures.csv"))
     if not audio_dir.is_dir():
         raise DatasetError(f"{audio_dir}: not a folder of tracks (it does not exist)" if not audio_dir.exists()

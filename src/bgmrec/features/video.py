@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import DatasetError, load_npy, save_npy_atomic, write_json_atomic
+from bgmrec.data.dataset import DatasetError, FieldError, load_npy, save_npy_atomic, write_json_atomic
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
@@ -79,11 +79,12 @@ class VideoConfig:
     scan_seconds: float = 600.0  # clips with no declared duration are scanned this far at most
 
     def __post_init__(self) -> None:
-        for option, value in (("--frames", self.frames), ("--threads", self.threads), ("size", self.size)):
-            if value < 1:
-                raise ValueError(f"{option} must be at least 1, got {value}")
+        for name in ("frames", "threads", "size"):
+            if getattr(self, name) < 1:
+                raise FieldError(f"{{{name}}} must be at least 1, got {getattr(self, name)}", name)
         if not 0 < self.scan_seconds < float("inf"):
-            raise ValueError(f"scan_seconds must be a positive finite number, got {self.scan_seconds}")
+            raise FieldError(f"{{scan_seconds}} must be a positive finite number, got {self.scan_seconds}",
+                             "scan_seconds")
 
 
 # ---- frames ---------------------------------------------------------------------------------------------
