@@ -204,9 +204,9 @@ def test_too_few_videos_for_val_and_test_are_built_with_a_warning(tmp_path, fold
     warnings = []
     ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
     assert {s: len(r) for s, r in ds.splits.items()} == {"train": 2, "val": 0, "test": 0}
-    assert warnings == ["the val and test splits are empty: only 2 video(s) have usable pairs (every split "
-                        "gets one from 3 on); validation metrics (early stopping, model selection) and test "
-                        "figures will be NaN"]
+    assert warnings == ["the val and test splits are empty: only 2 video(s) have usable pairs (a split with a "
+                        "share above 0 gets one from 3 on); validation metrics (early stopping, model selection) "
+                        "and test figures will be NaN"]
     capsys.readouterr()
     assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
                  str(tmp_path / "d2")]) == 0
@@ -214,6 +214,27 @@ def test_too_few_videos_for_val_and_test_are_built_with_a_warning(tmp_path, fold
     warnings.clear()
     build_dataset(vids, cat, write_pairs(tmp_path / "p3.csv", n_videos=3), tmp_path / "d3", warn=warnings.append)
     assert warnings == []
+
+
+@pytest.mark.parametrize("with_time", [True, False])
+def test_a_share_of_0_leaves_its_split_empty(tmp_path, folders, with_time):
+    # --val-share 0 gave val one video: every split got one from 3 videos on, asked for or not
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", with_time=with_time)
+    warnings = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(val_share=0.0), warn=warnings.append)
+    videos = {s: len(np.unique(r[:, 0])) for s, r in ds.splits.items()}
+    assert videos == {"train": 27, "val": 0, "test": 3}
+    assert warnings == ["the val split is empty (a share of 0); validation metrics (early stopping, model "
+                        "selection) will be NaN"]
+    warnings.clear()
+    ds = build_dataset(vids, cat, pairs, tmp_path / "e", BuildConfig(val_share=0.0, test_share=0.0),
+                       warn=warnings.append)
+    assert {s: len(r) for s, r in ds.splits.items()} == {"train": len(ds.splits["train"]), "val": 0, "test": 0}
+    assert warnings == ["the val and test splits are empty (a share of 0); validation metrics (early stopping, "
+                        "model selection) and test figures will be NaN"]
+    ds = build_dataset(vids, cat, pairs, tmp_path / "f", BuildConfig(val_share=0.01, test_share=0.01))
+    assert {s: len(np.unique(r[:, 0])) for s, r in ds.splits.items()} == {"train": 28, "val": 1, "test": 1}
 
 
 def test_pairs_errors_name_the_physical_line(tmp_path):

@@ -3,6 +3,8 @@ bad ones are one-line errors naming the file, the line and the columns expected 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,48 @@ def test_captions_with_line_breaks_read_back_as_written(tmp_path):
         w.writerow(["id", "file", "caption"])
         w.writerows([f"v{i}", f"v{i}.mp4", c] for i, c in enumerate(captions))
     assert load_video_features(root).caption == captions
+
+
+# the user's CSVs (pairs, --meta, --captions) -> (bytes, words of the error): a quote left open read the rest of
+# the file into one field without a word (a --meta lost every later track's genre), a long field was a traceback
+USER_CSV_CASES = {
+    "quote left open": (b'id,title,genre\nt0,ok,pop\nt1,"Song t1,rock\nt2,B,jazz\n',
+                        "line 3: a quoted field opened on this line is not closed by the end of the file"),
+    "text after a closing quote": (b'id,title\nt0,"A"B\n', "line 2: not valid CSV (',' expected after '\"'"),
+    "field over csv's limit": (b'id,title\nt0,' + b"x" * 200_000 + b"\n",
+                               "line 2: a field of more than 131072 characters"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_CSV_CASES))
+def test_csv_the_reader_refuses_names_the_line_its_record_starts_on(tmp_path, case):
+    from bgmrec.features.cache import read_csv_lines
+    from bgmrec.features.video import caption_rows
+
+    data, words = USER_CSV_CASES[case]
+    path = tmp_path / "user.csv"
+    path.write_bytes(data)
+    with pytest.raises(DatasetError, match="^" + re.escape(f"{path}: {words}")):
+        read_csv_lines(path)
+    path.write_bytes(data.replace(b"title", b"caption", 1))
+    with pytest.raises(DatasetError, match="^" + re.escape(f"{path}: {words}")):
+        caption_rows(path)
+
+
+def test_a_quoted_field_over_lines_and_a_doubled_quote_are_still_read(tmp_path):
+    from bgmrec.features.cache import read_csv_lines
+
+    path = tmp_path / "user.csv"
+    path.write_bytes(b'\nid,title\nt0,"two\nlines"\nt1,"say ""hi"""\n')  # a blank line before the header too
+    assert read_csv_lines(path) == [(3, {"id": "t0", "title": "two\nlines"}), (5, {"id": "t1", "title": 'say "hi"'})]
+
+
+def test_a_folder_given_for_a_csv_is_named_as_one(tmp_path):
+    from bgmrec.features.cache import read_csv_lines
+    from bgmrec.features.video import caption_rows
+
+    for read in (read_csv_lines, caption_rows):
+        with pytest.raises(DatasetError, match=f"^{re.escape(str(tmp_path))}: is a folder, not a CSV file$"):
+            read(tmp_path)
+        with pytest.raises(DatasetError, match="nope.csv: file is missing$"):
+            read(tmp_path / "nope.csv")

@@ -319,6 +319,19 @@ def test_meta_csv_quoted_line_breaks_and_duplicate_ids(tmp_path, music_dir):
     assert not (tmp_path / "cat").exists()
 
 
+def test_meta_rows_find_tracks_by_their_path_under_the_folder_as_tracks_csv_writes_it(tmp_path, music_dir):
+    (music_dir / "rock").mkdir()
+    (music_dir / "track0.wav").rename(music_dir / "rock" / "low.wav")
+    meta = tmp_path / "meta.csv"  # these rows were "name no track file" and both tracks lost their metadata
+    meta.write_text("file,title,genre\nrock/low.wav,Low,rock\ntrack2.flac,Mid,pop\n", encoding="utf-8")
+    rep = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
+    assert rep.warnings == []
+    with open(tmp_path / "cat" / "tracks.csv", encoding="utf-8", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert (rows["low"]["file"], rows["low"]["title"], rows["low"]["genre"]) == ("rock/low.wav", "Low", "rock")
+    assert (rows["track2"]["title"], rows["track2"]["genre"]) == ("Mid", "pop")
+
+
 # ---- the command line: options and inputs checked before any work, another kind of folder refused ----------
 
 def run_cli(capsys, *args) -> tuple[int, str]:

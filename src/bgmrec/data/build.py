@@ -142,8 +142,9 @@ def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> 
     order = np.argsort(video_time, kind="stable") if video_time is not None else rng.permutation(n)
     n_test = int(round(config.test_share * n))
     n_val = int(round(config.val_share * n))
-    if n >= 3:  # every split gets at least one video
-        n_test, n_val = max(n_test, 1), max(n_val, 1)
+    if n >= 3:  # every split with a share above 0 gets at least one video
+        n_test, n_val = (max(k, 1) if share > 0 else 0 for k, share in ((n_test, config.test_share),
+                                                                        (n_val, config.val_share)))
     n_train = n - n_val - n_test
     if n_train < 1 <= n:
         raise DatasetFieldError(f"{{val_share}} {config.val_share} and {{test_share}} {config.test_share} leave "
@@ -230,9 +231,12 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     splits = {name: rows[which == s] for s, name in enumerate(("train", "val", "test"))}
     empty = [s for s in ("val", "test") if not len(splits[s])]
     if empty and warn is not None:
-        warn(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: only "
-             f"{len(vids_in)} video(s) have usable pairs (every split gets one from 3 on); validation "
-             "metrics (early stopping, model selection) and test figures will be NaN")
+        asked = all(getattr(config, f"{s}_share") == 0 for s in empty)
+        warn(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty"
+             + (" (a share of 0)" if asked else f": only {len(vids_in)} video(s) have usable pairs (a split with "
+                                               "a share above 0 gets one from 3 on)")
+             + ("; validation metrics (early stopping, model selection)" if "val" in empty else "; test figures")
+             + (" and test figures" if len(empty) > 1 else "") + " will be NaN")
 
     train = splits["train"]
     uploader_pref = uploader_preferences(train[:, 2], track_genre[train[:, 1]], len(uploaders), len(genres),

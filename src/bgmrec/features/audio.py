@@ -27,7 +27,8 @@ A catalogue folder (CATALOG_DIR) holds::
     .cache/audio/   per-file vectors keyed by content hash (see :mod:`bgmrec.features.cache`)
 
 The optional metadata CSV (``--meta``) has a column ``id`` (the file stem) or ``file`` (the file
-name) and any of ``title``, ``artist``, ``genre``; missing titles default to the id. An id (or file)
+name, or its path under AUDIO_DIR as tracks.csv writes it: ``rock/a.wav``) and any of ``title``,
+``artist``, ``genre``; missing titles default to the id. An id (or file)
 on two rows is an error naming both lines; rows naming no track file are counted in a warning.
 """
 
@@ -47,6 +48,7 @@ from bgmrec.features.cache import (
     MediaError,
     check_output_folder,
     first_missing,
+    media_keys,
     nothing_extracted,
     one_line,
     progress_bar,
@@ -437,10 +439,10 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     music = np.stack([vectors[t] for t, _, _ in kept]).astype(np.float32)
     rows = []
     for tid, p, key in kept:
-        m = (metadata.get(tid) or metadata.get(p.name) or (0, {}))[1]
+        m = next((metadata[k] for k in media_keys(tid, p, audio_dir) if k in metadata), (0, {}))[1]
         rows.append([tid, m.get("title") or tid, m.get("artist", ""), m.get("genre", ""),
                      str(p.relative_to(audio_dir)), key])
-    unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in (t, p.name)],
+    unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in media_keys(t, p, audio_dir)],
                                  f"track file in {audio_dir}") if meta else None
     out.mkdir(parents=True, exist_ok=True)
     save_npy_atomic(out / "music.npy", music)

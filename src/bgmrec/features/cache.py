@@ -157,17 +157,42 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n=1: prog.advance(task, n)
 
 
-def csv_records(reader) -> Iterator[tuple[int, list[str]]]:
-    """(physical line where the record starts, values) of a :func:`csv.reader` over a file opened with
-    ``newline=""``, blank lines skipped; a quoted field may span lines, so this is not a row counter."""
+def csv_records(reader, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(physical line where the record starts, values) of a ``csv.reader(..., strict=True)`` over ``path``
+    opened with ``newline=""``, blank lines skipped; a quoted field may span lines, so this is not a row
+    counter. CSV the reader refuses is a :class:`~bgmrec.data.dataset.DatasetError` naming the line its
+    record starts on: most often a quote left open, which without ``strict`` swallows the rest of the file
+    into one field, silently."""
+    from bgmrec.data.dataset import DatasetError
+
     while True:
         start = reader.line_num + 1
         try:
             values = next(reader)
         except StopIteration:
             return
+        except csv.Error as e:
+            raise DatasetError(f"{path}: line {start}: {_csv_reason(str(e))}") from None
         if values:
             yield start, values
+
+
+def check_csv_file(path: Path) -> None:
+    """:class:`~bgmrec.data.dataset.DatasetError` unless ``path`` is a file (a folder is named as one)."""
+    from bgmrec.data.dataset import DatasetError
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: " + ("is a folder, not a CSV file" if path.is_dir() else "file is missing"))
+
+
+def _csv_reason(error: str) -> str:
+    """What :class:`csv.Error`'s message means for the line its record starts on."""
+    if error.startswith("unexpected end of data"):
+        return "a quoted field opened on this line is not closed by the end of the file (a stray '\"'?)"
+    if error.startswith("field larger than field limit"):
+        return (f"a field of more than {csv.field_size_limit()} characters, more than any id, caption or title "
+                "needs (a quote left open on this line?)")
+    return f"not valid CSV ({error}; a field holding '\"' must be quoted, with the quote doubled: \"\")"
 
 
 def read_csv_utf8(path: Path, columns: tuple[str, ...] = ()) -> list[dict[str, str]]:
@@ -184,22 +209,22 @@ def read_csv_lines(path: Path, columns: tuple[str, ...] = ()) -> list[tuple[int,
     from bgmrec.data.dataset import DatasetError
 
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file is missing")
+    check_csv_file(path)
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise DatasetError(f"{path}: line {line}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))  # quoted fields may hold line breaks
-    header = [h.strip().lower() for h in next(reader, [])]
+    records = csv_records(csv.reader(io.StringIO(text, newline=""), strict=True), path)  # quoted fields may span lines
+    header_line, header = next(records, (1, []))
+    header = [h.strip().lower() for h in header]
     missing = [c for c in columns if c not in header]
     if missing:
-        raise DatasetError(f"{path}: line 1: missing column {missing[0]!r} (expected a header with "
+        raise DatasetError(f"{path}: line {header_line}: missing column {missing[0]!r} (expected a header with "
                            f"{','.join(columns)}), found {','.join(header) or 'no header'}")
     rows = []
-    for line, values in csv_records(reader):
+    for line, values in records:
         if columns and len(values) != len(header):
             raise DatasetError(f"{path}: line {line}: {len(values)} field(s), expected "
                                f"{len(header)} ({','.join(header)})")
@@ -223,6 +248,13 @@ def rows_by_key(path: Path, rows: Iterable[tuple[int, list[str], object]]) -> di
                                    "expected one row per input")
             out[key] = (line, value)
     return out
+
+
+def media_keys(item_id: str, path: Path, folder: Path) -> tuple[str, str, str]:
+    """The keys by which a row of a metadata or captions CSV names a media file of ``folder``: its id (the
+    file stem), its file name, and its path relative to ``folder`` (``rock/a.wav``, as ``tracks.csv`` and
+    ``videos.csv`` write it)."""
+    return item_id, path.name, path.relative_to(folder).as_posix()
 
 
 def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], used: Iterable[str],

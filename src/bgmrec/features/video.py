@@ -43,9 +43,11 @@ from bgmrec.data.dataset import DatasetError, FieldError, load_npy, save_npy_ato
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
+    check_csv_file,
     check_output_folder,
     csv_records,
     first_missing,
+    media_keys,
     nothing_extracted,
     one_line,
     progress_bar,
@@ -309,17 +311,16 @@ def caption_rows(path: Path) -> dict[str, tuple[int, tuple[str, str]]]:
     columns are :class:`~bgmrec.data.dataset.DatasetError` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file is missing")
+    check_csv_file(path)
     # undecodable bytes become lone surrogates, so a bad row is reported without losing the others
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader, [])]
+        rows = csv_records(csv.reader(f, strict=True), path)
+        header = [h.strip().lower() for h in next(rows, (1, []))[1]]
         keys = [c for c in ("id", "file") if c in header]
         if not keys or "caption" not in header:
             raise DatasetError(f"{path}: expected columns 'id' (or 'file') and 'caption', found {header}")
         records = []
-        for line, values in csv_records(reader):
+        for line, values in rows:
             rec = dict(zip(header, values, strict=False))
             value = caption_text(rec.get("caption", ""), rec.get("hashtags", ""))
             try:
@@ -441,7 +442,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     captions_of: list[str] = []
     for vid, p in kept:
         rel = str(p.relative_to(video_dir))
-        found = next((k for k in (vid, p.name, rel) if k in caps), None)
+        found = next((k for k in media_keys(vid, p, video_dir) if k in caps), None)
         caption, reason = caps[found][1] if found is not None else ("", "")
         captions_of.append(caption)
         if reason:
@@ -449,8 +450,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         elif found is None and captions is not None:
             failures.append((rel, f"{NO_TEXT}: no caption for {vid!r} in {Path(captions).name}"))
     failures.sort()
-    unused = unused_rows_warning(Path(captions), caps, [k for vid, p, _ in items
-                                                        for k in (vid, p.name, str(p.relative_to(video_dir)))],
+    unused = unused_rows_warning(Path(captions), caps,
+                                 [k for vid, p, _ in items for k in media_keys(vid, p, video_dir)],
                                  f"video file in {video_dir}") if captions else None
 
     text_vecs = np.zeros((len(kept), TEXT_DIM), np.float32)
