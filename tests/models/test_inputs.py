@@ -222,6 +222,13 @@ def test_a_feature_width_error_names_the_run_it_came_from(runs, tiny_ds):
     ("cca", "ridge", -1, "ridge must be >= 0, got -1.0"),
     ("random", "dim", 0, "dim must be >= 1, got 0"),
     ("popularity", "seed", -1, "seed must be >= 0, got -1"),
+    # infinities: lr=inf diverged with advice to lower lr to inf, temperature=inf trained to chance and was saved
+    ("cmvae", "lr", "inf", "lr must be finite and > 0, got inf"),
+    ("twotower-infonce", "temperature", "inf", "temperature must be finite and > 0, got inf"),
+    ("cmvae", "kl_weight", "inf", "kl_weight must be finite and >= 0, got inf"),
+    ("cmvae", "match_weight", "-inf", "match_weight must be finite and >= 0, got -inf"),
+    ("deccm", "alpha", "nan", "alpha must be >= 0, got nan"),  # NaN passed `alpha < 0`
+    ("deccm", "alpha", "inf", "alpha must be finite and >= 0, got inf"),
 ])
 def test_config_values_out_of_range_are_refused_by_name(tiny_spec, name, field, value, message):
     with pytest.raises(ValueError) as e:

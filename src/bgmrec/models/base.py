@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -206,14 +207,17 @@ BOUNDS = {
 def check_bounds(config: Any, **bounds: str) -> None:
     """Raise ``ValueError("FIELD must be RANGE, got VALUE")`` for the first field of ``config`` out of its range.
 
-    ``bounds`` maps field names to keys of :data:`BOUNDS` (NaN is never in range); a tuple field is
-    checked element by element.
+    ``bounds`` maps field names to keys of :data:`BOUNDS`; NaN and infinities are never in range (an
+    infinite learning rate or temperature trained a model to chance, or diverged with advice to lower the
+    learning rate). A tuple field is checked element by element.
     """
     for name, bound in bounds.items():
         value = getattr(config, name)
-        if not all(BOUNDS[bound](v) for v in (value if isinstance(value, tuple) else (value,))):
+        values = value if isinstance(value, tuple) else (value,)
+        if not all(math.isfinite(v) and BOUNDS[bound](v) for v in values):
             each = "each of " if isinstance(value, tuple) else ""
-            raise ValueError(f"{each}{name} must be {bound}, got {value!r}")
+            finite = "finite and " if any(math.isinf(v) for v in values) else ""
+            raise ValueError(f"{each}{name} must be {finite}{bound}, got {value!r}")
 
 
 # ---- the contract --------------------------------------------------------------------------------------
