@@ -309,7 +309,10 @@ def test_export_import_round_trip_is_exact(tmp_path, tiny_world):
     rep = export_tt150k(ds, tmp_path / "ref")
     assert (tmp_path / "ref" / SIDECAR).is_file()
     assert any("test_new_music" in n for n in rep.notes)  # 29 frozen negatives: redrawn, reported
-    import_tt150k(tmp_path / "ref", tmp_path / "back")
+    back_rep = import_tt150k(tmp_path / "ref", tmp_path / "back")
+    # the genres come from the sidecar; the note told of tracks never in train given the most frequent genre
+    assert [n for n in back_rep.notes if n.startswith("track genres")] == [
+        f"track genres: as {SIDECAR} records them (the exported dataset's own)"]
     back = load_dataset(tmp_path / "back")
     for name in ("video_visual", "video_text", "video_text_mask", "music", "track_genre", "track_new"):
         assert np.array_equal(np.asarray(getattr(ds, name)), np.asarray(getattr(back, name))), name

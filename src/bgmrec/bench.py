@@ -153,8 +153,8 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         f"{', '.join(map(str, seeds))} where more than one seed ran; each seed is a new world (same parameters), "
         "new splits and new initialisations. Full-catalogue ranking is the main protocol; `s-` figures are the "
         "papers' sampled protocol (1 positive + 100 frozen negatives, or every other candidate of a split that "
-        "has fewer, as the tiny world's test_new_music); IPW weights queries by the inverse "
-        "training popularity of their track; TVD@10 is the total variation distance between the genre shares of "
+        "has fewer, as the tiny world's test_new_music); IPW weights queries by 1 / (1 + the "
+        "training count of their track); TVD@10 is the total variation distance between the genre shares of "
         "the top-10 lists and of the split's true positives. DecCM rows name their inference mode.",
         "",
     ]

@@ -104,7 +104,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
         "Full-catalogue figures rank each query's positive among all of the split's candidate tracks "
         "(existing music for `test`/`test_unbiased`, the held-out tracks for `test_new_music`); `s-` "
         "figures are the papers' sampled protocol (1 positive + the frozen negatives); IPW weights each "
-        "query by the inverse training popularity of its track. DecCM rows name their inference mode: "
+        "query by 1 / (1 + the training count of its track). DecCM rows name their inference mode: "
         "`backdoor` (the paper's estimand), `content` (taste path off), `personalised` (the uploader's own taste). "
         "`test_unbiased` has the same videos as `test` with the positive redrawn without taste or popularity.",
         "",

@@ -622,9 +622,9 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     majority = int(np.bincount(track_genre[seen], minlength=n_genres).argmax()) if seen.any() else 0
     track_genre[~seen] = majority
     rep.counts["tracks_never_in_train"] = int((~seen).sum())
-    rep.notes.append(f"track genres: majority vote over training rows; {conflicted} tracks had "
-                     f"inconsistent genres ({ties} ties, lowest genre id kept); {int((~seen).sum())} "
-                     f"tracks never in train got the most frequent genre ({majority})")
+    genre_note = (f"track genres: majority vote over training rows; {conflicted} tracks had inconsistent genres "
+                  f"({ties} ties, lowest genre id kept); {int((~seen).sum())} tracks never in train got the most "
+                  f"frequent genre ({majority})")
     genres = [str(g) for g in range(n_genres)]
     if pgc_rows is not None:
         offset = n_m if own_music is not None else 0
@@ -643,6 +643,8 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     if side:
         genres, track_genre, track_new, video_ids, track_ids = _apply_sidecar(
             side, src, genres, track_genre, track_new, video_ids, track_ids)
+        if "track_genre" in side:  # the vote above is not what the dataset holds
+            genre_note = f"track genres: as {SIDECAR} records them (the exported dataset's own)"
         if side.get("pgc_val_holdout") and "pgc" in splits and "extra/pgc_val.npy" in extra:
             splits["pgc"] = np.concatenate([splits["pgc"], extra.pop("extra/pgc_val.npy")])
         meta = side.get("splits", {})
@@ -659,6 +661,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         for name in side.get("resampled_negatives", []):
             if name in negatives:
                 _restore_negatives(side, src, name, negatives, rep)
+    rep.notes.append(genre_note)
 
     ds = Dataset(
         genres=genres,
