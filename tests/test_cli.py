@@ -531,9 +531,11 @@ def test_evaluating_a_training_split_says_so(cli_world, popularity_run, capsys):
     assert "note:" not in capsys.readouterr().err
 
 
-def test_sigterm_stops_a_command_through_its_clean_up(cli_world, tmp_path):
-    """The console script (here as ``python -m bgmrec``) ends on SIGTERM as on Ctrl-C: no half-built run left
-    beside --out, exit code 143."""
+@pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, stop, code):
+    """The console script (here as ``python -m bgmrec``) ends on SIGTERM as on Ctrl-C (SIGINT): no half-built
+    run left beside --out, exit code 128 + the signal's number. Ctrl-C exited 0, so `train && evaluate` went
+    on after a cancelled run."""
     import os
     import signal
     import subprocess
@@ -549,9 +551,11 @@ def test_sigterm_stops_a_command_through_its_clean_up(cli_world, tmp_path):
     while not list(out.parent.glob(".cmvae.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()  # still training, its run under a temporary name
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
+    proc.send_signal(getattr(signal, stop))
+    assert proc.wait(timeout=60) == code
     assert sorted(p.name for p in out.parent.iterdir()) == []  # neither the run nor its temporary folder
+    if stop == "SIGINT":
+        assert proc.stderr.read().decode().strip().endswith("aborted (interrupted)")
 
 
 def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path, monkeypatch):

@@ -7,6 +7,8 @@ import sys
 from bgmrec.cli import core, interop, media, serve  # noqa: F401  (modules register their commands)
 from bgmrec.cli.app import app
 
+INTERRUPTED = 130  # exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+
 
 def entry() -> int:
     """The ``bgmrec`` console script: :func:`main`, with SIGTERM (a scheduler's or ``timeout``'s stop) ending
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import typer
 
     try:
-        app(args=sys.argv[1:] if argv is None else argv, prog_name="bgmrec", standalone_mode=False)
+        code = app(args=sys.argv[1:] if argv is None else argv, prog_name="bgmrec", standalone_mode=False)
     except SystemExit as e:  # --help and similar exits
         return int(e.code or 0)
     except typer.TyperException as e:  # usage errors: missing option, unknown command, bad value
@@ -39,4 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         from bgmrec.cli.core import report_error
 
         return report_error(e)
+    if code == INTERRUPTED:  # typer's answer to Ctrl-C (KeyboardInterrupt), returned, not raised, here
+        print("aborted (interrupted)", file=sys.stderr)
+        return code
     return 0
