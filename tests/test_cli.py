@@ -210,6 +210,18 @@ def test_train_cmvae_with_set_epochs(cli_world, tmp_path):
     assert json.loads((run / "run.json").read_text())["epochs_run"] == len(history)
 
 
+@pytest.mark.parametrize("model", ["popularity", "cca", "random"])
+def test_train_ignores_epochs_with_a_warning_for_a_model_not_trained_in_epochs(cli_world, tmp_path, capsys, model):
+    # --help says "maximum epochs (trainable models)", yet the command failed: "ModelConfig has no field(s) ['epochs']"
+    capsys.readouterr()
+    assert main(["train", "--data", str(cli_world), "--model", model, "--out", str(tmp_path / "r"), "--epochs",
+                 "10"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"warning: --epochs 10: {model} is not trained in epochs (its config has no field 'epochs'); "
+                   "ignored\n"), err
+    assert (tmp_path / "r" / "config.json").is_file()
+
+
 def test_train_seed_by_option_or_set_and_refused_when_they_disagree(cli_world, popularity_run, tmp_path, capsys):
     def seed_of(run: Path) -> int:
         return json.loads((run / "config.json").read_text())["config"]["seed"]
