@@ -210,6 +210,18 @@ def test_train_cmvae_with_set_epochs(cli_world, tmp_path):
     assert json.loads((run / "run.json").read_text())["epochs_run"] == len(history)
 
 
+@pytest.mark.parametrize("model", ["popularity", "cca", "random"])
+def test_train_ignores_epochs_with_a_warning_for_a_model_not_trained_in_epochs(cli_world, tmp_path, capsys, model):
+    # --help says "maximum epochs (trainable models)", yet the command failed: "ModelConfig has no field(s) ['epochs']"
+    capsys.readouterr()
+    assert main(["train", "--data", str(cli_world), "--model", model, "--out", str(tmp_path / "r"), "--epochs",
+                 "10"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"warning: --epochs 10: {model} is not trained in epochs (its config has no field 'epochs'); "
+                   "ignored\n"), err
+    assert (tmp_path / "r" / "config.json").is_file()
+
+
 def test_train_seed_by_option_or_set_and_refused_when_they_disagree(cli_world, popularity_run, tmp_path, capsys):
     def seed_of(run: Path) -> int:
         return json.loads((run / "config.json").read_text())["config"]["seed"]
@@ -462,6 +474,32 @@ def test_train_refuses_a_folder_that_is_not_a_run(cli_world, tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert main(["train", "--data", str(cli_world), "--model", "popularity", "--out", str(cli_world)]) == 2
     assert (cli_world / "manifest.json").is_file() and not (cli_world / "weights.safetensors").exists()
+
+
+def test_a_catalogue_videos_folder_or_export_given_as_data_is_named_for_what_it_is(cli_world, popularity_run,
+                                                                                    tmp_path, capsys):
+    # train --data CATALOG_DIR said "CATALOG_DIR/manifest.json: missing field 'format_version'"
+    from bgmrec.features.audio import CATALOG_KIND
+    from bgmrec.features.video import VIDEOS_KIND
+
+    catalog, videos = tmp_path / "catalog", tmp_path / "videos"
+    for folder, kind in ((catalog, CATALOG_KIND), (videos, VIDEOS_KIND)):  # the manifests extract-* write
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"kind": kind, "ids": ["a"], "counts": {}}))
+    assert main(["export-tt150k", str(cli_world), str(tmp_path / "export")]) == 0
+    capsys.readouterr()
+    made = {"a music catalogue (written by extract-music)": catalog,
+            "a videos folder (written by extract-videos)": videos}
+    for what, folder in made.items():
+        for argv in (["train", "--data", str(folder), "--model", "popularity", "--out", str(tmp_path / "r")],
+                     ["evaluate", "--run", str(popularity_run), "--data", str(folder)]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err == f"error: {folder} is {what}, not a dataset: make one with build-dataset\n", err
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(tmp_path / "export")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'export'} is a TT-150k export (written by "
+                                       "export-tt150k), not a dataset: import it with import-tt150k\n")
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_says_how_to_do_without_professional_videos_in_options_before_any_work(tmp_path, capsys):

@@ -186,3 +186,27 @@ def test_a_count_below_one_is_refused_naming_the_option_before_anything_is_loade
     code = main(["recommend", "--run", str(tmp_path / "no-run"), "--catalog", str(tmp_path / "no-catalog"),
                  "--video", "clip.mp4", option, "0"])
     assert code == 2 and f"Invalid value for '{option}'" in one_line_err(capsys)
+
+
+@pytest.mark.parametrize("extra, words", [
+    # the clip file was ignored and v02 of --features ranked
+    (["--video", "videos/v01.mp4", "--features", "vfeat", "--video-id", "v02"],
+     "error: --video videos/v01.mp4 and --video-id v02 both name the clip of --features vfeat; give one"),
+    (["--features", "vfeat", "--video-id", "v02", "--caption", "street dance"],
+     "error: --caption is read with --video FILE only; --features vfeat holds each clip's caption"),
+    (["--features", "vfeat", "--video", "v02", "--frames", "4"],
+     "error: --frames is read with --video FILE only; the clips of --features vfeat were sampled"),
+    (["--features", "vfeat", "--video-id", "v02", "--frames", "8"],  # the default, given: still unused
+     "error: --frames is read with --video FILE only"),
+    (["--video", "videos/v01.mp4", "--video-id", "v02"],  # the id was ignored and the file ranked
+     "error: --video-id v02: an id of a videos folder; give it with --features DIR"),
+    (["--features", "vfeat"], "error: --features needs --video-id ID"),
+    (["--caption", "street dance"], "error: give --video FILE [--caption TEXT], or --features DIR --video-id ID"),
+], ids=["video-and-video-id", "caption-with-features", "frames-with-features", "default-frames-with-features",
+        "video-id-without-features", "features-without-id", "no-clip"])
+def test_contradictory_or_unused_clip_options_are_refused_before_anything_is_loaded(tmp_path, capsys, extra,
+                                                                                      words):
+    capsys.readouterr()
+    code = main(["recommend", "--run", str(tmp_path / "no-run"), "--catalog", str(tmp_path / "no-catalog"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(words) and err.count("\n") == 1, err

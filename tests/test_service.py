@@ -203,7 +203,8 @@ def test_faiss_index_serves_the_same_tracks(tiny_ds, cmvae, client):
 
 def serve_command(ds, model, folder: Path, monkeypatch) -> tuple[list[str], dict]:
     """``bgmrec serve``'s arguments for ``model`` saved in ``folder`` and ``ds``'s catalogue, and the dict
-    that receives what it passes to uvicorn.run (patched: nothing listens)."""
+    that receives what it passes to uvicorn.run (patched: nothing listens) and the address it checked first
+    (``checked``; patched too: a port of this machine in use elsewhere does not fail these tests)."""
     import uvicorn
 
     model.save(folder / "run")
@@ -211,6 +212,7 @@ def serve_command(ds, model, folder: Path, monkeypatch) -> tuple[list[str], dict
     monkeypatch.setattr("bgmrec.features.audio.load_catalog", lambda root: catalog)
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    monkeypatch.setattr("bgmrec.cli.serve.check_can_listen", lambda host, port: started.update(checked=(host, port)))
     return ["serve", "--run", str(folder / "run"), "--catalog", str(folder / "cat")], started
 
 
@@ -220,12 +222,44 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
     args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
     assert main([*args, "--port", "8123"]) == 0
     assert started["port"] == 8123 and started["host"] == "127.0.0.1"
+    assert started["checked"] == ("127.0.0.1", 8123)
     assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
     assert main([*args, "--index", "annoy"]) == 2
     assert main([*args, "--max-upload-mb", "0.5"]) == 0
     health = TestClient(started["app"]).get("/health").json()
     assert health["max_upload_bytes"] == 2**19 and health["served_by"]["run"] == "run"
     assert main([*args, "--max-upload-mb", "0"]) == 2
+
+
+def test_serve_on_an_address_it_cannot_listen_on_fails_naming_it_before_anything_is_loaded(tmp_path, monkeypatch,
+                                                                                             capsys):
+    # the model and the catalogue were loaded first, then uvicorn exited with code 3: "[Errno 98] address already
+    # in use"
+    import socket
+
+    import uvicorn
+
+    from bgmrec.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("uvicorn.run was called"))
+    args = ["serve", "--run", str(tmp_path / "no-run"), "--catalog", str(tmp_path / "no-catalog")]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        capsys.readouterr()
+        assert main([*args, "--port", str(port)]) == 2  # the run and catalogue do not exist: never read
+        assert capsys.readouterr().err == (f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address "
+                                           "already in use); choose another --port or stop what listens there\n")
+    assert main([*args, "--host", "no-such-host.invalid"]) == 2
+    assert capsys.readouterr().err.startswith("error: --host no-such-host.invalid --port 8000: cannot listen there (")
+    from bgmrec.cli.serve import check_can_listen
+
+    with socket.socket() as free:  # a port nothing listens on passes (and is not kept)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    check_can_listen("127.0.0.1", port)
+    check_can_listen("127.0.0.1", port)
 
 
 def test_serve_sets_the_faiss_search_breadth_and_health_reports_it(tiny_ds, cmvae, tmp_path, monkeypatch):

@@ -486,3 +486,39 @@ def test_a_test_row_that_is_a_training_pair_is_refused(tiny_world, tmp_path):
                                            r"\(row \[5\]"):
         save_dataset(bad, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_another_folder_bgmrec_writes_is_named_for_what_it_is_not_a_missing_field(tiny_ds, tmp_path):
+    # a catalogue given as a dataset said "catalog/manifest.json: missing field 'format_version'"
+    from bgmrec.data.tt150k import SIDECAR
+    from bgmrec.features.audio import CATALOG_KIND
+    from bgmrec.features.video import VIDEOS_KIND
+    from bgmrec.models.registry import build
+
+    def folder(name: str, files: dict[str, object]) -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        for fname, obj in files.items():
+            (root / fname).write_text(json.dumps(obj), encoding="utf-8")
+        return root
+
+    cases = {
+        folder("catalog", {"manifest.json": {"kind": CATALOG_KIND, "dim": 3, "ids": ["a"]}}):
+            "is a music catalogue (written by extract-music), not a dataset: make one with build-dataset",
+        folder("videos", {"manifest.json": {"kind": VIDEOS_KIND, "ids": ["v"]}}):
+            "is a videos folder (written by extract-videos), not a dataset: make one with build-dataset",
+        folder("export", {SIDECAR: {"sidecar_version": 1}}):
+            "is a TT-150k export (written by export-tt150k), not a dataset: import it with import-tt150k",
+        folder("other", {"manifest.json": {"kind": "something-new", "format_version": 1}}):
+            "is a folder of kind 'something-new' (its manifest.json), not a dataset",
+    }
+    from bgmrec.models.base import FeatureSpec
+
+    build("popularity", FeatureSpec.of(tiny_ds)).save(tmp_path / "run")
+    cases[tmp_path / "run"] = "is a model run (written by train), not a dataset"
+    for root, words in cases.items():
+        with pytest.raises(DatasetError) as e:
+            load_dataset(root)
+        assert str(e.value) == f"{root} {words}"
+    with pytest.raises(DatasetError, match="empty/manifest.json: file is missing"):  # nothing known: as before
+        load_dataset(folder("empty", {}))

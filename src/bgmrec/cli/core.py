@@ -508,19 +508,38 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
             "bgmrec_version": bgmrec.__version__, "commit": git_commit()}
 
 
+def epochs_if_trained_in_epochs(model: str, epochs: int | None, sets: dict) -> int | None:
+    """The ``--epochs`` option for ``model``: None, with a warning on stderr, for a model not trained in epochs
+    (its config has no ``epochs`` field: popularity, cca, random), whose training it would not change. With a
+    ``--set epochs=N`` too (``sets``) it is kept: the config field named outright is checked as given."""
+    from dataclasses import fields
+
+    from bgmrec.features.recommend import warn_on_stderr
+    from bgmrec.models.registry import model_class
+
+    if epochs is None or "epochs" in sets or "epochs" in {f.name for f in fields(model_class(model).config_class)}:
+        return epochs
+    warn_on_stderr(f"--epochs {epochs}: {model} is not trained in epochs (its config has no field 'epochs'); "
+                   "ignored")
+    return None
+
+
 @app.command()
 def train(
     data: Path = typer.Option(..., help="dataset folder"),
     model: str = typer.Option(..., help="model name (see `bgmrec models`)"),
     out: Path = typer.Option(..., help="run folder to write (config.json, weights.safetensors, history.json)"),
-    epochs: int | None = typer.Option(None, help="maximum epochs (trainable models); same as --set epochs=N"),
+    epochs: int | None = typer.Option(None, help="maximum epochs (trainable models; the others ignore it, with a "
+                                      "warning); same as --set epochs=N"),
     seed: int | None = typer.Option(None, help="seed for initialisation and batching (default 0); same as "
                                     "--set seed=N"),
     set_: list[str] | None = typer.Option(None, "--set", help="config field override, key=value (repeatable)"),
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
 ) -> None:
     """Train a model on the dataset's train split (early stopping on val) and save it."""
-    rec, seconds = train_model(data, model, out, epochs, seed, parse_sets(set_), teacher)
+    sets = parse_sets(set_)
+    rec, seconds = train_model(data, model, out, epochs_if_trained_in_epochs(model, epochs, sets), seed, sets,
+                               teacher)
     best = max((h.get("val_recall@10", float("nan")) for h in rec.history), default=None)
     console.print(f"saved {model} to {out} ({seconds:.1f} s, {len(rec.history)} epochs"
                   + (f", best val Recall@10 {best:.3f})" if best is not None else ")"))

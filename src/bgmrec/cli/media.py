@@ -127,6 +127,33 @@ def build_dataset_cmd(
                         if any(dropped.values()) else ""))
 
 
+DEFAULT_FRAMES = 8  # recommend's --frames when none is given (extract-videos' default)
+
+
+def check_clip_options(video: str | None, caption: str | None, features: Path | None, video_id: str | None,
+                       frames: int | None) -> None:
+    """Refuse ``recommend``'s clip options that contradict one another or would go unused: one clip, either a
+    file (``--video`` with ``--caption``, ``--frames``) or extracted features (``--features`` with one id)."""
+    if features is None:
+        if video_id is not None:
+            raise ValueError(f"--video-id {video_id}: an id of a videos folder; give it with --features DIR (a clip "
+                             "file is given as --video FILE)")
+        if video is None:
+            raise ValueError("give --video FILE [--caption TEXT], or --features DIR --video-id ID")
+        return
+    if video is not None and video_id is not None:
+        raise ValueError(f"--video {video} and --video-id {video_id} both name the clip of --features {features}; "
+                         "give one (--video-id ID, or --video FILE without --features)")
+    if video is None and video_id is None:
+        raise ValueError("--features needs --video-id ID (a video id in its videos.csv)")
+    if caption is not None:
+        raise ValueError(f"--caption is read with --video FILE only; --features {features} holds each clip's "
+                         "caption as extract-videos embedded it")
+    if frames is not None:
+        raise ValueError(f"--frames is read with --video FILE only; the clips of --features {features} were "
+                         "sampled when extract-videos ran")
+
+
 @app.command("recommend")
 def recommend_cmd(
     run: Path = typer.Option(..., help="run folder of a trained model"),
@@ -136,12 +163,14 @@ def recommend_cmd(
     features: Path | None = typer.Option(None, help="videos folder of extract-videos (with --video-id)"),
     video_id: str | None = typer.Option(None, help="id of a video in --features"),
     top: int = typer.Option(10, min=1, help="how many tracks"),
-    frames: int = typer.Option(8, min=1, help="frames sampled from --video (as extract-videos did for training)"),
+    frames: int | None = typer.Option(None, min=1, help="frames sampled from --video (as extract-videos did for "
+                                                        "training; default 8)"),
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content; personalised needs an uploader and is not offered here)"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
+    check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.recommend import ClipFeatures, FeatureMismatchWarning, recommend_clip, warn_on_stderr
     from bgmrec.models.base import load_model
@@ -151,9 +180,7 @@ def recommend_cmd(
         model.set_inference_mode(mode)
     cat = load_catalog(catalog)
     if features is not None:
-        vid = video_id or video
-        if not vid:
-            raise ValueError("--features needs --video-id ID (a video id in its videos.csv)")
+        vid = video if video_id is None else video_id
         from bgmrec.features.video import load_video_features
 
         vf = load_video_features(features)
@@ -161,13 +188,14 @@ def recommend_cmd(
         clip = ClipFeatures(vf.visual[i], vf.text[i], bool(vf.text_mask[i]))
         label = f"{vid} (from {features})"
         frames = (vf.manifest.get("settings") or {}).get("frames")  # what the clip was sampled at
-    elif video is not None:
+    else:  # a clip file (check_clip_options: one of the two)
         from bgmrec.features.cache import MediaError
         from bgmrec.features.text import TextEncoder
         from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
 
         if not Path(video).is_file():
             raise ValueError(f"{video}: no such video file")
+        frames = DEFAULT_FRAMES if frames is None else frames
         try:
             visual, text, has_text = embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
                                                 VideoConfig(frames=frames))
@@ -175,8 +203,6 @@ def recommend_cmd(
             raise ValueError(f"{video}: {e}") from None
         clip = ClipFeatures(visual, text, has_text)
         label = video
-    else:
-        raise ValueError("give --video FILE [--caption TEXT], or --features DIR --video-id ID")
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -9,6 +9,22 @@ import typer
 from bgmrec.cli.app import app
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Refuse, in one line naming ``--host`` and ``--port``, an address the server could not listen on (a port
+    in use, an address not of this machine, a name that does not resolve): bound as uvicorn binds it (IPv6 for
+    a host with a colon, SO_REUSEADDR), then closed."""
+    import errno
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as e:
+        hint = "; choose another --port or stop what listens there" if e.errno == errno.EADDRINUSE else ""
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}){hint}") from None
+
+
 @app.command("serve")
 def serve_cmd(
     run: Path = typer.Option(..., help="run folder of a trained model"),
@@ -36,6 +52,7 @@ def serve_cmd(
         raise ValueError(f"bgmrec serve needs the serve extra (pip install 'bgmrec[serve]'): {e}") from None
     if not 0 < max_upload_mb < float("inf") or max_upload_mb * 2**20 < 1:
         raise ValueError(f"--max-upload-mb must be a positive number (at least one byte), got {max_upload_mb}")
+    check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
     import torch
 
     from bgmrec.features.audio import load_catalog

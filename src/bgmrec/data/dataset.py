@@ -572,12 +572,37 @@ def _ids(arr: np.ndarray) -> np.ndarray:
     return np.asarray(arr, np.int64) if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.int64 else arr
 
 
+# The other folders bgmrec writes, as a dataset's loader tells them apart: the ``kind`` of an extracted folder's
+# manifest (``CATALOG_KIND`` of bgmrec.features.audio, ``VIDEOS_KIND`` of bgmrec.features.video, which import this
+# module) and the record file of a folder without a manifest (``SIDECAR`` of bgmrec.data.tt150k; a run's config).
+OTHER_KINDS = {
+    "music-catalog": "a music catalogue (written by extract-music), not a dataset: make one with build-dataset",
+    "video-features": "a videos folder (written by extract-videos), not a dataset: make one with build-dataset",
+}
+OTHER_RECORDS = {
+    "bgmrec_export.json": "a TT-150k export (written by export-tt150k), not a dataset: import it with import-tt150k",
+    "config.json": "a model run (written by train), not a dataset",
+}
+
+
+def _other_kind(kind) -> str:
+    """What a folder whose manifest.json has the ``kind`` field ``kind`` is (a dataset's has none)."""
+    known = OTHER_KINDS.get(kind) if isinstance(kind, str) else None
+    return known or f"a folder of kind {kind!r} (its manifest.json), not a dataset"
+
+
 def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     """Load and validate a dataset folder written by :func:`save_dataset` (or an importer)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a dataset folder (it does not exist)")
+    if not (root / "manifest.json").is_file():
+        other = next((what for name, what in OTHER_RECORDS.items() if (root / name).is_file()), None)
+        if other is not None:
+            raise DatasetError(f"{root} is {other}")
     man = read_json(root / "manifest.json", f"{root}/manifest.json")
+    if "kind" in man:  # an extracted catalogue or videos folder: no dataset field would be the first thing said
+        raise DatasetError(f"{root} is {_other_kind(man['kind'])}")
     for key, kind in (("format_version", int), ("counts", dict), ("modalities", dict), ("genres", list),
                       ("splits", dict), ("provenance", dict)):
         if key not in man and key != "provenance":
