@@ -523,7 +523,7 @@ def test_train_says_how_to_do_without_professional_videos_in_options_before_any_
     assert not (tmp_path / "grid").exists()
 
 
-def test_train_warns_of_a_teacher_trained_on_other_data(cli_world, tmp_path, capsys):
+def test_train_warns_of_a_teacher_trained_on_other_data_or_not_as_a_teacher(cli_world, tmp_path, capsys):
     from bgmrec.cli.core import train_model
 
     other_world = tmp_path / "other"
@@ -532,7 +532,31 @@ def test_train_warns_of_a_teacher_trained_on_other_data(cli_world, tmp_path, cap
     capsys.readouterr()
     train_model(cli_world, "deccm", tmp_path / "student", sets=SMALL_DECCM, teacher=tmp_path / "teacher",
                 progress=False)
-    assert f"warning: the teacher {tmp_path / 'teacher'} was trained on another dataset" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: the teacher {tmp_path / 'teacher'} was trained on another dataset" in err
+    # and a CMVAE trained on the uploads is no teacher (it was taken without a word)
+    assert (f"warning: --teacher {tmp_path / 'teacher'} was trained by `bgmrec train` on the uploads (split "
+            "'train'), not as a teacher on the professional videos; leave --teacher out to have one trained") in err
+
+    # a teacher trained inside a run has a teacher's record: taken without a word on its own data, and named
+    # when given for another dataset
+    train_model(other_world, "deccm", tmp_path / "other-deccm", sets=SMALL_DECCM, progress=False)
+    record = json.loads((tmp_path / "other-deccm" / "teacher" / "run.json").read_text())
+    assert record["teacher_config"] and record["data_fingerprint"] and record["model"] == "cmvae"
+    capsys.readouterr()
+    train_model(other_world, "deccm", tmp_path / "student2", sets=SMALL_DECCM,
+                teacher=tmp_path / "other-deccm" / "teacher", progress=False)
+    assert "warning" not in capsys.readouterr().err
+    train_model(cli_world, "deccm", tmp_path / "student3", sets=SMALL_DECCM,
+                teacher=tmp_path / "other-deccm" / "teacher", progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning") == 1 and "was trained on another dataset" in err
+    # one trained inside a run before teachers had a record: the run's record speaks for it
+    (tmp_path / "other-deccm" / "teacher" / "run.json").unlink()
+    train_model(cli_world, "deccm", tmp_path / "student4", sets=SMALL_DECCM,
+                teacher=tmp_path / "other-deccm" / "teacher", progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: the teacher's run {tmp_path / 'other-deccm'} was trained on another dataset" in err
 
 
 def test_an_ablation_is_labelled_by_the_name_it_was_trained_as(cli_world, popularity_run, tmp_path, capsys):

@@ -294,11 +294,17 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     package = model_package(model)
     check_run_folder(Path(out), teacher)
     if teacher is not None:
-        warn_if_trained_on_other_data(teacher, data, what="the teacher")
+        warn_if_not_a_teacher(teacher, data)
     timing = {}
 
     def write(folder: Path) -> None:
         prepare_teacher(rec, ds, folder, teacher, progress)
+        trained = Path(folder) / "teacher"
+        if teacher is None and (trained / "config.json").is_file():  # trained now, into the run: its record
+            from bgmrec.models.deccm import teacher_config
+
+            write_json_atomic(trained / "run.json",
+                              {**teacher_made_from(ds), "teacher_config": repr(teacher_config(rec.config))})
         t0 = time.perf_counter()
         rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
         timing["seconds"] = time.perf_counter() - t0
@@ -332,6 +338,34 @@ def check_teacher_data(model, ds, teacher: Path | None = None) -> None:
     if teacher is None and guided and isinstance(model, DecCM) and professional_split(ds) is None:
         raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
                          "pass --teacher RUN_DIR or --set teacher=false")
+
+
+def teacher_made_from(ds) -> dict:
+    """What a teacher trained on ``ds`` (loaded from its folder) is made from, for its ``run.json``: the
+    dataset's folder and two fingerprints, the code and commit; with ``teacher_config`` (its config's repr)
+    added, the record that marks a folder as a teacher trained on the professional videos."""
+    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
+
+    return {"model": "cmvae", "data": str(Path(ds.root).resolve()), "data_fingerprint": dataset_fingerprint(ds.root),
+            "features_fingerprint": features_fingerprint(ds.root), "code": code_fingerprint(), "commit": git_commit()}
+
+
+def warn_if_not_a_teacher(teacher: Path, data: Path) -> None:
+    """Say on stderr when the ``--teacher`` folder is not a teacher of ``data``: a run ``bgmrec train`` made (a
+    CMVAE fitted to the uploads, whose choices carry the uploaders' taste, where a teacher matches the
+    professional videos by content), or a teacher trained on another dataset. A teacher trained inside a run
+    before teachers had a record of their own is checked by that run's record. Never an error."""
+    from bgmrec.models.base import read_run_record
+
+    record = read_run_record(teacher)
+    if record.get("model") is not None and "teacher_config" not in record:
+        print(f"warning: --teacher {teacher} was trained by `bgmrec train` on the uploads (split 'train'), not as a "
+              "teacher on the professional videos; leave --teacher out to have one trained", file=sys.stderr)
+    owner = Path(teacher).resolve().parent
+    if not record and Path(teacher).resolve().name == "teacher" and read_run_record(owner):
+        warn_if_trained_on_other_data(owner, data, what="the teacher's run")
+    else:
+        warn_if_trained_on_other_data(teacher, data, what="the teacher")
 
 
 class SharedTeachers:
@@ -371,13 +405,7 @@ class SharedTeachers:
         """The teacher folder for the built (untrained) model ``student``, when no model before needed a
         teacher of its config: a folder of ``root`` holding one with the same record (``root/name`` looked at
         first), else ``root/name`` with one trained now; None when it takes no teacher."""
-        from bgmrec.data.dataset import (
-            atomic_write_dir,
-            dataset_fingerprint,
-            features_fingerprint,
-            is_leftover,
-            write_json_atomic,
-        )
+        from bgmrec.data.dataset import atomic_write_dir, is_leftover, write_json_atomic
         from bgmrec.models.deccm import teacher_config, train_teacher
         from bgmrec.models.registry import takes_teacher
 
@@ -391,10 +419,7 @@ class SharedTeachers:
         if folder in self.folders.values():
             raise ValueError(f"{folder}: already holds the teacher of another config; name each run apart")
         if self._made is None:  # what every teacher here is made from: read once, not per teacher config
-            self._made = {"model": "cmvae", "data": str(Path(self.ds.root).resolve()),
-                          "data_fingerprint": dataset_fingerprint(self.ds.root),
-                          "features_fingerprint": features_fingerprint(self.ds.root), "code": code_fingerprint(),
-                          "commit": git_commit()}
+            self._made = teacher_made_from(self.ds)
         made = {**self._made, "teacher_config": key}
         taken = set(self.folders.values())
         others = sorted(p for p in self.root.glob("*")
