@@ -1,8 +1,8 @@
 """The one training loop, shared by every trainable neural model.
 
 Batches are gathered straight from feature tensors held in memory (no DataLoader, no per-sample
-Python); after every epoch the model is scored on the validation split (full-catalogue Recall@10,
-never test) and the best state is kept; training stops after ``patience`` epochs without gain.
+Python); after every epoch the model is scored on the validation split (full-catalogue Recall@10, ties
+broken by MRR; never test) and the best state is kept; training stops after ``patience`` epochs without gain.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class TrainConfig(ModelConfig):
     lr: float = 2e-3  # AdamW learning rate
     weight_decay: float = 1e-4  # AdamW weight decay
     grad_clip: float = 5.0  # gradient-norm clip
-    patience: int = 6  # epochs without a better validation Recall@10 before stopping
+    patience: int = 6  # epochs without a better validation Recall@10 (ties: MRR) before stopping
     val_queries: int = 4000  # validation queries scored per epoch (a fixed seeded subset)
 
     def __post_init__(self) -> None:
@@ -75,15 +75,18 @@ class FeatureTensors:
                      torch.from_numpy(self.dataset.confounder(rows[:, 2])))
 
 
-def validation_recall(model, val: SplitView, n_queries: int, seed: int) -> float:
-    """Full-catalogue Recall@10 on a fixed seeded subset of the validation split."""
-    from bgmrec.eval.metrics import recall_at_k
+def validation_scores(model, val: SplitView, n_queries: int, seed: int) -> tuple[float, float]:
+    """(full-catalogue Recall@10, MRR) on a fixed seeded subset of the validation split: early stopping
+    keeps the epoch best by Recall@10, ties broken by MRR (a small catalogue's Recall@10 reaches 1 in an
+    epoch, and without the tie-break no later epoch could beat the first)."""
+    from bgmrec.eval.metrics import mrr, recall_at_k
     from bgmrec.eval.protocol import full_ranks
 
     rows = val.rows
     if len(rows) > n_queries:
         rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), n_queries, replace=False))]
-    return recall_at_k(full_ranks(model, val.dataset, val.name, rows=rows).ranks, 10)
+    ranks = full_ranks(model, val.dataset, val.name, rows=rows).ranks
+    return recall_at_k(ranks, 10), mrr(ranks)
 
 
 def _diverged(model, where: str) -> ValueError:
@@ -95,7 +98,7 @@ def _diverged(model, where: str) -> ValueError:
 def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = False) -> list[dict]:
     """Train ``model`` (a :class:`bgmrec.models.neural.TorchRecommender`) with early stopping on ``val``.
 
-    Returns the per-epoch history (loss terms, validation Recall@10, seconds) and leaves the model
+    Returns the per-epoch history (loss terms, validation Recall@10 and MRR, seconds) and leaves the model
     in eval mode holding its best validation state. Torch's global generator is seeded from the config
     for the training and given back to the caller as it was.
     """
@@ -116,7 +119,7 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)
-    best, best_state, since_best, history = -1.0, None, 0, []
+    best, best_state, since_best, history = (-1.0, -1.0), None, 0, []
     step = 0
     with _progress(progress, cfg.epochs, model.name) as show:  # closed however training ends
         for epoch in range(cfg.epochs):
@@ -144,9 +147,10 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
                      **{k: v / steps_per_epoch for k, v in sums.items()}}
             if val is not None and len(val.rows):
                 with torch.no_grad():
-                    entry["val_recall@10"] = validation_recall(model, val, cfg.val_queries, cfg.seed)
-                if entry["val_recall@10"] > best:
-                    best, since_best = entry["val_recall@10"], 0
+                    scores = validation_scores(model, val, cfg.val_queries, cfg.seed)
+                entry["val_recall@10"], entry["val_mrr"] = scores
+                if scores > best:
+                    best, since_best = scores, 0
                     best_state = copy.deepcopy(model.module.state_dict())
                 else:
                     since_best += 1

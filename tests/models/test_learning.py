@@ -10,7 +10,7 @@ from bgmrec.data.dataset import load_dataset
 from bgmrec.eval.protocol import evaluate
 from bgmrec.models.base import SplitView, load_model
 from bgmrec.models.registry import build
-from bgmrec.train import validation_recall
+from bgmrec.train import validation_scores
 
 # Full-catalogue Recall@10 on test of the tiny world (seed 0, 170 candidate tracks, 184 queries) when
 # these tests were written: random 0.03, popularity 0.46, CCA 0.52, twotower-infonce 0.64, cmvae 0.63.
@@ -63,20 +63,21 @@ def test_history_has_validation_recall(cmvae):
     for epoch, h in enumerate(cmvae.history, start=1):
         assert h["epoch"] == epoch
         assert 0.0 <= h["val_recall@10"] <= 1.0
+        assert 0.0 < h["val_mrr"] <= 1.0
         assert np.isfinite(h["loss"])
     assert {"match", "kl", "recon"} <= set(cmvae.history[0])
 
 
 def test_trained_model_holds_its_best_validation_state(tiny_ds, cmvae, tmp_path):
-    vals = [h["val_recall@10"] for h in cmvae.history]
+    vals = [(h["val_recall@10"], h["val_mrr"]) for h in cmvae.history]
     best = max(vals)
     cfg = cmvae.config
     val = SplitView(tiny_ds, "val")
-    assert validation_recall(cmvae, val, cfg.val_queries, cfg.seed) == pytest.approx(best, abs=1e-9)
-    best_epoch = int(np.argmax(vals))
+    assert validation_scores(cmvae, val, cfg.val_queries, cfg.seed) == pytest.approx(best, abs=1e-9)
+    best_epoch = vals.index(best)
     assert len(vals) == min(cfg.epochs, best_epoch + 1 + cfg.patience)
     loaded = load_model(cmvae.save(tmp_path / "run"))
-    assert validation_recall(loaded, val, cfg.val_queries, cfg.seed) == pytest.approx(best, abs=1e-9)
+    assert validation_scores(loaded, val, cfg.val_queries, cfg.seed) == pytest.approx(best, abs=1e-9)
 
 
 def test_early_stopping_restores_the_best_epoch(tiny_ds, monkeypatch):
@@ -88,21 +89,39 @@ def test_early_stopping_restores_the_best_epoch(tiny_ds, monkeypatch):
 
     import bgmrec.train
 
-    curve = [0.10, 0.50, 0.30, 0.45, 0.20, 0.90, 0.95]  # best at epoch 2; patience 3 stops after epoch 5
+    # (Recall@10, MRR) per epoch: best at epoch 3 (epoch 2's recall, a better MRR); epochs 4 and 6 tie it
+    # exactly, epoch 5 has a better MRR but a worse recall: patience 3 stops after epoch 6
+    curve = [(0.10, 0.1), (0.50, 0.2), (0.50, 0.3), (0.50, 0.3), (0.45, 0.9), (0.50, 0.25), (0.95, 0.9)]
     snapshots = []
 
     def scripted(model, val, n_queries, seed):
         snapshots.append(copy.deepcopy(model.module.state_dict()))
         return curve[len(snapshots) - 1]
 
-    monkeypatch.setattr(bgmrec.train, "validation_recall", scripted)
+    monkeypatch.setattr(bgmrec.train, "validation_scores", scripted)
     model = _fit(tiny_ds, "twotower-infonce", {"epochs": 7, "patience": 3, "hidden": "16", "latent_dim": 8})
-    assert [h["val_recall@10"] for h in model.history] == curve[:5]
+    assert [(h["val_recall@10"], h["val_mrr"]) for h in model.history] == curve[:6]
     state = model.module.state_dict()
-    for k, v in snapshots[1].items():
+    for k, v in snapshots[2].items():
         assert torch.equal(state[k], v), k
-    assert any(not torch.equal(snapshots[1][k], snapshots[4][k]) for k in state)  # it did train on
+    assert any(not torch.equal(snapshots[2][k], snapshots[5][k]) for k in state)  # it did train on
     assert not model.module.training
+
+
+def test_a_saturated_recall_still_lets_a_later_epoch_win_on_mrr(tmp_path):
+    # 10 tracks: Recall@10 is 1.0 from the first epoch (one optimiser step), and training kept that epoch
+    from bgmrec.data.simulate import simulate, world_config
+
+    ds, _ = simulate(world_config("tiny", n_tracks=10, new_track_share=0.0))
+    model = _fit(ds, "cmvae", {"epochs": 4, "patience": 4, "batch_size": 512})
+    recall = [h["val_recall@10"] for h in model.history]
+    mrr = [h["val_mrr"] for h in model.history]
+    assert recall == [1.0] * 4  # saturated: Recall@10 alone would keep epoch 1
+    best = max(range(len(mrr)), key=lambda i: (recall[i], mrr[i]))
+    assert best > 0 and mrr[best] > mrr[0]
+    val = SplitView(ds, "val")
+    assert validation_scores(model, val, model.config.val_queries, model.config.seed) == pytest.approx(
+        (recall[best], mrr[best]), abs=1e-9)
 
 
 class _RecordingDict(dict):
