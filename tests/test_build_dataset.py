@@ -182,6 +182,18 @@ def test_shares_that_round_to_every_video_leave_no_train_and_are_refused(tmp_pat
     assert not (tmp_path / "d").exists()
 
 
+def test_training_on_a_dataset_without_val_reports_no_best_val_figure(tmp_path, folders, capsys):
+    from bgmrec.cli import main
+
+    vids, cat = folders
+    build_dataset(vids, cat, write_pairs(tmp_path / "pairs.csv"), tmp_path / "d", BuildConfig(val_share=0.0))
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "d"), "--model", "twotower-infonce", "--out", str(tmp_path / "r"),
+                 "--epochs", "2", "--set", "batch_size=8"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 epochs)" in out and "nan" not in out  # it said "best val Recall@10 nan"
+
+
 def test_a_videos_uploader_is_the_one_of_its_first_pair_and_duplicates_are_counted(tmp_path, folders):
     vids, cat = folders
     # v0's first pair names u3; a later pair of v0 sorts first by track (t1 < t5) and names u1

@@ -538,6 +538,14 @@ def test_train_warns_of_a_teacher_trained_on_other_data_or_not_as_a_teacher(cli_
     assert (f"warning: --teacher {tmp_path / 'teacher'} was trained by `bgmrec train` on the uploads (split "
             "'train'), not as a teacher on the professional videos; leave --teacher out to have one trained") in err
 
+    # a run of another model is refused as a teacher when loaded, and not called a CMVAE fitted to the uploads
+    train_model(cli_world, "popularity", tmp_path / "pop", progress=False)
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="cmvae"):
+        train_model(cli_world, "deccm", tmp_path / "student1", sets=SMALL_DECCM, teacher=tmp_path / "pop",
+                    progress=False)
+    assert "warning" not in capsys.readouterr().err
+
     # a teacher trained inside a run has a teacher's record: taken without a word on its own data, and named
     # when given for another dataset
     train_model(other_world, "deccm", tmp_path / "other-deccm", sets=SMALL_DECCM, progress=False)

@@ -193,11 +193,13 @@ def test_a_count_below_one_is_refused_naming_the_option_before_anything_is_loade
     (["--video", "videos/v01.mp4", "--features", "vfeat", "--video-id", "v02"],
      "error: --video videos/v01.mp4 and --video-id v02 both name the clip of --features vfeat; give one"),
     (["--features", "vfeat", "--video-id", "v02", "--caption", "street dance"],
-     "error: --caption is read with --video FILE only; --features vfeat holds each clip's caption"),
+     "error: --caption is read for a clip file only (--video FILE without --features); --features vfeat holds "
+     "each clip's caption"),
     (["--features", "vfeat", "--video", "v02", "--frames", "4"],
-     "error: --frames is read with --video FILE only; the clips of --features vfeat were sampled"),
+     "error: --frames is read for a clip file only (--video FILE without --features); the clips of --features "
+     "vfeat were sampled"),
     (["--features", "vfeat", "--video-id", "v02", "--frames", "8"],  # the default, given: still unused
-     "error: --frames is read with --video FILE only"),
+     "error: --frames is read for a clip file only (--video FILE without --features)"),
     (["--video", "videos/v01.mp4", "--video-id", "v02"],  # the id was ignored and the file ranked
      "error: --video-id v02: an id of a videos folder; give it with --features DIR"),
     (["--features", "vfeat"], "error: --features needs --video-id ID"),

@@ -260,6 +260,19 @@ def test_serve_on_an_address_it_cannot_listen_on_fails_naming_it_before_anything
         port = free.getsockname()[1]
     check_can_listen("127.0.0.1", port)
     check_can_listen("127.0.0.1", port)
+    # as uvicorn's asyncio server, an IPv6 address is bound IPv6-only: a listener on IPv4's 0.0.0.0 leaves :: free
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return  # no IPv6 on this machine
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        check_can_listen("::", port)
+        with pytest.raises(ValueError, match="Address already in use"):
+            check_can_listen("0.0.0.0", port)
 
 
 def test_serve_sets_the_faiss_search_breadth_and_health_reports_it(tiny_ds, cmvae, tmp_path, monkeypatch):

@@ -60,7 +60,8 @@ def test_every_point_is_trained_and_ranked_on_val_only(tiny_dir, tmp_path, monke
     for t in trials:
         model = load_model(t.run)
         assert (model.config.lr, model.config.seed, model.config.latent_dim) == (float(t.settings["lr"]), 3, 4)
-        assert real(model, ds, "val")["full"]["recall@10"] == pytest.approx(t.val_recall_at_10)
+        figures = real(model, ds, "val")["full"]
+        assert (figures["recall@10"], figures["mrr"]) == pytest.approx((t.val_recall_at_10, t.val_mrr))
     first, other = sorted(trials, key=lambda t: t.settings["lr"] != "0.002")
     assert first.against_first is None
     assert other.against_first.baseline == pytest.approx(first.val_recall_at_10)
@@ -68,7 +69,8 @@ def test_every_point_is_trained_and_ranked_on_val_only(tiny_dir, tmp_path, monke
     saved = json.loads((tmp_path / "tune" / "tuning.json").read_text())
     assert [t["settings"] for t in saved["trials"]] == [t.settings for t in trials]
     table = (tmp_path / "tune" / "tuning.md").read_text()
-    assert "| lr | val R@10 | vs the first point | epochs | seconds |" in table and "(the first point)" in table
+    assert "| lr | val R@10 | val MRR | vs the first point | epochs | seconds |" in table
+    assert "(the first point)" in table
     from bgmrec.cli.core import git_commit
     from bgmrec.data.dataset import dataset_fingerprint
 
@@ -361,3 +363,12 @@ def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path)
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)
     shutil.rmtree(shared)  # gone: trained again, with the same seed the same weights, so the point is kept
     run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)
+
+
+def test_points_of_equal_val_recall_are_ranked_by_val_mrr():
+    # a small catalogue saturates Recall@10: every point tied and the grid's first one won, whatever its MRR
+    from bgmrec.tune import Trial, _ranked
+
+    trials = [Trial({"lr": lr}, f"runs/{lr}", recall, mrr, None, 5, 1.0)
+              for lr, recall, mrr in [("a", 1.0, 0.4), ("b", 1.0, 0.6), ("c", 0.9, 0.9), ("d", 1.0, 0.6)]]
+    assert [t.settings["lr"] for t in _ranked(trials)] == ["b", "d", "a", "c"]  # equal in both: the grid's order

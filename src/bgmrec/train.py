@@ -155,8 +155,8 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
                 else:
                     since_best += 1
             history.append(entry)
-            show(f"{model.name} epoch {epoch + 1} loss {entry.get('loss', 0):.3f} "
-                 f"val R@10 {entry.get('val_recall@10', float('nan')):.3f}")
+            show(f"{model.name} epoch {epoch + 1} loss {entry.get('loss', 0):.3f}"
+                 + (f" val R@10 {entry['val_recall@10']:.3f}" if "val_recall@10" in entry else ""))
             if val is not None and since_best >= cfg.patience:
                 break
     if best_state is not None:

@@ -31,6 +31,7 @@ class Trial:
     settings: dict[str, str]  # the grid's value of each tuned field for this point
     run: str  # its run folder
     val_recall_at_10: float  # full-catalogue Recall@10 on the whole val split
+    val_mrr: float  # full-catalogue MRR on the whole val split (breaks ties of Recall@10, as early stopping does)
     against_first: PairedComparison | None  # paired with the grid's first point on val (None for that point)
     epochs: int  # epochs trained (early stopping on val)
     seconds: float  # training time
@@ -131,7 +132,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
         first_gains = gains if first_gains is None else first_gains
         epochs = finished[run.name]["epochs"] if run.name in finished else len(rec.history)
-        trials.append(Trial(point, str(run), result["full"]["recall@10"], against, epochs, seconds))
+        trials.append(Trial(point, str(run), result["full"]["recall@10"], result["full"]["mrr"], against, epochs,
+                            seconds))
         console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
                       + ("" if against is None else f", {change_cell(against)} over the first point"))
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": i + 1 == len(points),
@@ -143,7 +145,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
 
 
 def _ranked(trials: list[Trial]) -> list[Trial]:
-    return sorted(trials, key=lambda t: -t.val_recall_at_10)  # stable: ties keep the grid's order
+    return sorted(trials, key=lambda t: (-t.val_recall_at_10, -t.val_mrr))  # stable: ties keep the grid's order
 
 
 def _finished_points(out: Path, record: dict) -> dict[str, dict]:
@@ -258,11 +260,12 @@ def point_sets(base: dict, point: dict, seed: int | None) -> dict:
 
 
 def tuning_rows(trials: list[Trial]) -> list[list[str]]:
-    """Header and one row per trial: its settings, val Recall@10, change over the first point, epochs, time."""
+    """Header and one row per trial: its settings, val Recall@10 and MRR, change over the first point, epochs,
+    time."""
     keys = list(trials[0].settings)
-    rows = [[*keys, "val R@10", "vs the first point", "epochs", "seconds"]]
+    rows = [[*keys, "val R@10", "val MRR", "vs the first point", "epochs", "seconds"]]
     for t in trials:
-        rows.append([*(t.settings[k] for k in keys), f"{t.val_recall_at_10:.4f}",
+        rows.append([*(t.settings[k] for k in keys), f"{t.val_recall_at_10:.4f}", f"{t.val_mrr:.4f}",
                      "(the first point)" if t.against_first is None else change_cell(t.against_first),
                      str(t.epochs), f"{t.seconds:.0f}"])
     return rows
@@ -280,5 +283,5 @@ def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial],
         f"Grid: {grid_text}. Each point trained with early "
         "stopping on val, then ranked on the whole val split (full catalogue); *vs the first point*: the change "
         f"in Recall@10 over the grid's first point on the same val queries, its {LEVEL:.0%} paired bootstrap interval "
-        "and randomisation-test p-value. Best first. No test split was read.", "",
+        "and randomisation-test p-value. Best first (by Recall@10, ties by MRR). No test split was read.", "",
         markdown_from_rows(tuning_rows(trials))])

@@ -114,6 +114,15 @@ def test_bad_files_give_a_one_line_reason(tmp_path, case):
     assert want in str(e.value) and "\n" not in str(e.value)
 
 
+def test_the_silence_check_keys_the_cache_but_is_no_feature_setting():
+    # a silent track analysed (and cached) before the check would otherwise be taken from the cache
+    from bgmrec.features.audio import SILENT_DBFS
+    from bgmrec.features.recommend import SETTINGS_NOT_IN_FEATURES
+
+    assert mf.audio_extractor().settings["silent_below_dbfs"] == SILENT_DBFS
+    assert "silent_below_dbfs" in SETTINGS_NOT_IN_FEATURES  # no "re-extract the catalogue" warning for it
+
+
 def test_a_quiet_track_is_analysed_and_a_near_silent_one_is_a_failure(tmp_path):
     quiet = mf.write_audio(tmp_path / "quiet.flac", 0.003 * mf.tone(440, 2.0) / np.abs(mf.tone(440, 2.0)).max())
     assert np.isfinite(features(quiet)).all()  # about -50 dBFS: soft, not silent

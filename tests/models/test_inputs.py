@@ -202,6 +202,11 @@ def test_a_feature_width_error_names_the_run_it_came_from(runs, tiny_ds):
 
 # ---- config ranges ------------------------------------------------------------------------------------
 
+def test_an_integer_too_large_for_a_float_is_in_range(tiny_spec):
+    # the check for infinities raised OverflowError (a traceback) on it
+    assert build("cmvae", tiny_spec, {"epochs": "1" + "0" * 400}).config.epochs == 10 ** 400
+
+
 @pytest.mark.parametrize("name,field,value,message", [
     ("twotower-infonce", "batch_size", 0, "batch_size must be >= 2, got 0"),  # was ZeroDivisionError
     ("twotower-hinge", "batch_size", -5, "batch_size must be >= 2, got -5"),

@@ -43,5 +43,5 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(e)
     if code == INTERRUPTED:  # typer's answer to Ctrl-C (KeyboardInterrupt), returned, not raised, here
         print("aborted (interrupted)", file=sys.stderr)
-        return code
-    return 0
+    return code if type(code) is int else 0  # an exit code typer returned (not raised) in this mode; commands
+    #                                           return None

@@ -356,9 +356,14 @@ def warn_if_not_a_teacher(teacher: Path, data: Path) -> None:
     professional videos by content), or a teacher trained on another dataset. A teacher trained inside a run
     before teachers had a record of their own is checked by that run's record. Never an error."""
     from bgmrec.models.base import read_run_record
+    from bgmrec.models.registry import resolve
 
     record = read_run_record(teacher)
-    if record.get("model") is not None and "teacher_config" not in record:
+    try:  # another model is refused as a teacher when it loads; a CMVAE would be taken
+        cmvae = resolve(str(record.get("model")))[0] == "cmvae"
+    except ValueError:
+        cmvae = False
+    if cmvae and "teacher_config" not in record:
         print(f"warning: --teacher {teacher} was trained by `bgmrec train` on the uploads (split 'train'), not as a "
               "teacher on the professional videos; leave --teacher out to have one trained", file=sys.stderr)
     owner = Path(teacher).resolve().parent
@@ -565,7 +570,7 @@ def train(
     sets = parse_sets(set_)
     rec, seconds = train_model(data, model, out, epochs_if_trained_in_epochs(model, epochs, sets), seed, sets,
                                teacher)
-    best = max((h.get("val_recall@10", float("nan")) for h in rec.history), default=None)
+    best = max((h["val_recall@10"] for h in rec.history if "val_recall@10" in h), default=None)  # none: no val
     console.print(f"saved {model} to {out} ({seconds:.1f} s, {len(rec.history)} epochs"
                   + (f", best val Recall@10 {best:.3f})" if best is not None else ")"))
 

@@ -127,9 +127,6 @@ def build_dataset_cmd(
                         if any(dropped.values()) else ""))
 
 
-DEFAULT_FRAMES = 8  # recommend's --frames when none is given (extract-videos' default)
-
-
 def check_clip_options(video: str | None, caption: str | None, features: Path | None, video_id: str | None,
                        frames: int | None) -> None:
     """Refuse ``recommend``'s clip options that contradict one another or would go unused: one clip, either a
@@ -147,11 +144,11 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
     if video is None and video_id is None:
         raise ValueError("--features needs --video-id ID (a video id in its videos.csv)")
     if caption is not None:
-        raise ValueError(f"--caption is read with --video FILE only; --features {features} holds each clip's "
-                         "caption as extract-videos embedded it")
+        raise ValueError(f"--caption is read for a clip file only (--video FILE without --features); --features "
+                         f"{features} holds each clip's caption as extract-videos embedded it")
     if frames is not None:
-        raise ValueError(f"--frames is read with --video FILE only; the clips of --features {features} were "
-                         "sampled when extract-videos ran")
+        raise ValueError(f"--frames is read for a clip file only (--video FILE without --features); the clips of "
+                         f"--features {features} were sampled when extract-videos ran")
 
 
 @app.command("recommend")
@@ -195,7 +192,7 @@ def recommend_cmd(
 
         if not Path(video).is_file():
             raise ValueError(f"{video}: no such video file")
-        frames = DEFAULT_FRAMES if frames is None else frames
+        frames = VideoConfig.frames if frames is None else frames  # extract-videos' default
         try:
             visual, text, has_text = embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
                                                 VideoConfig(frames=frames))

@@ -11,15 +11,22 @@ from bgmrec.cli.app import app
 
 def check_can_listen(host: str, port: int) -> None:
     """Refuse, in one line naming ``--host`` and ``--port``, an address the server could not listen on (a port
-    in use, an address not of this machine, a name that does not resolve): bound as uvicorn binds it (IPv6 for
-    a host with a colon, SO_REUSEADDR), then closed."""
+    in use, an address not of this machine, a name that does not resolve). Bound as uvicorn's asyncio server
+    binds it: every address ``host`` resolves to, together, with SO_REUSEADDR and IPv6 sockets IPv6-only; then
+    closed."""
+    import contextlib
     import errno
     import socket
 
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+        addresses = set(socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE))
+        with contextlib.ExitStack() as stack:
+            for family, kind, proto, _, address in addresses:
+                sock = stack.enter_context(socket.socket(family, kind, proto))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
     except OSError as e:
         hint = "; choose another --port or stop what listens there" if e.errno == errno.EADDRINUSE else ""
         raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}){hint}") from None

@@ -28,7 +28,8 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   content hashes, seed, how many pair rows were dropped and why: an unknown video, an unknown track,
   or a duplicate of an earlier row's video, track and uploader).
 
-Fewer than 3 videos with usable pairs leave val and test empty: built, with a warning.
+A share of 0 leaves its split empty, and fewer than 3 videos with usable pairs leave val and test empty:
+built, with a warning.
 """
 
 from __future__ import annotations
@@ -171,8 +172,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                   config: BuildConfig | None = None, warn: Callable[[str], None] | None = None) -> Dataset:
     """Join extracted videos, a catalogue and a pairs CSV into a dataset folder at ``out``.
 
-    ``warn`` is told (one line) when the val or test split is empty (too few videos with pairs), and when
-    some rows of the pairs' time column are empty (the split is then random, not by time).
+    ``warn`` is told (one line) when the val or test split is empty (a share of 0, or too few videos with
+    pairs), and when some rows of the pairs' time column are empty (the split is then random, not by time).
     """
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.video import load_video_features

@@ -189,8 +189,9 @@ class AudioExtractor:
         import librosa
         import opensmile
 
-        # bgmrec.audio/2: mono is the mean of the channels (1 used FFmpeg's louder downmix)
-        return {"extractor": "bgmrec.audio/2", **asdict(self.config),
+        # bgmrec.audio/2: mono is the mean of the channels (1 used FFmpeg's louder downmix); silent_below_dbfs
+        # keys the cache (a silent track analysed before the check must fail now) but changes no vector
+        return {"extractor": "bgmrec.audio/2", **asdict(self.config), "silent_below_dbfs": SILENT_DBFS,
                 "opensmile": opensmile.__version__, "librosa": librosa.__version__}
 
     def _opensmile(self):

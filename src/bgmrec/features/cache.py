@@ -192,7 +192,8 @@ def _csv_reason(error: str) -> str:
     if error.startswith("field larger than field limit"):
         return (f"a field of more than {csv.field_size_limit()} characters, more than any id, caption or title "
                 "needs (a quote left open on this line?)")
-    return f"not valid CSV ({error}; a field holding '\"' must be quoted, with the quote doubled: \"\")"
+    return (f"not valid CSV ({error}): a quoted field ends at its closing quote, with nothing (not even a space) "
+            "before the next comma, and a '\"' inside it is written twice")
 
 
 def read_csv_utf8(path: Path, columns: tuple[str, ...] = ()) -> list[dict[str, str]]:

@@ -160,7 +160,8 @@ class ClipRecommender:
         return self.position[track_id]
 
 
-SETTINGS_NOT_IN_FEATURES = ("min_seconds", "threads")  # extraction settings that do not change a feature vector
+SETTINGS_NOT_IN_FEATURES = ("min_seconds", "threads", "silent_below_dbfs")  # extraction settings that do not
+#   change a feature vector (they decide which inputs fail)
 
 
 def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10,

@@ -205,19 +205,20 @@ BOUNDS = {
 
 
 def check_bounds(config: Any, **bounds: str) -> None:
-    """Raise ``ValueError("FIELD must be RANGE, got VALUE")`` for the first field of ``config`` out of its range.
+    """Raise ``ValueError("FIELD must be [finite and ]RANGE, got VALUE")`` for the first field of ``config`` out
+    of its range.
 
-    ``bounds`` maps field names to keys of :data:`BOUNDS`; NaN and infinities are never in range (an
+    ``bounds`` maps field names to keys of :data:`BOUNDS`; NaN and infinite floats are never in range (an
     infinite learning rate or temperature trained a model to chance, or diverged with advice to lower the
     learning rate). A tuple field is checked element by element.
     """
     for name, bound in bounds.items():
         value = getattr(config, name)
         values = value if isinstance(value, tuple) else (value,)
-        if not all(math.isfinite(v) and BOUNDS[bound](v) for v in values):
+        infinite = any(isinstance(v, float) and math.isinf(v) for v in values)  # an int of any size is finite
+        if infinite or not all(BOUNDS[bound](v) for v in values):
             each = "each of " if isinstance(value, tuple) else ""
-            finite = "finite and " if any(math.isinf(v) for v in values) else ""
-            raise ValueError(f"{each}{name} must be {finite}{bound}, got {value!r}")
+            raise ValueError(f"{each}{name} must be {'finite and ' if infinite else ''}{bound}, got {value!r}")
 
 
 # ---- the contract --------------------------------------------------------------------------------------
