@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         from bgmrec.cli.core import report_error
 
         return report_error(e)
-    if code == INTERRUPTED:  # typer's answer to Ctrl-C (KeyboardInterrupt), returned, not raised, here
+    # in this mode typer returns an exit code it would raise (130 for Ctrl-C); the commands themselves return None
+    if code == INTERRUPTED:
         print("aborted (interrupted)", file=sys.stderr)
-    return code if type(code) is int else 0  # an exit code typer returned (not raised) in this mode; commands
-    #                                           return None
+    return code if type(code) is int else 0
