@@ -85,8 +85,16 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
     (:class:`~bgmrec.cli.core.SharedTeachers`; a resumed grid loads the teacher it trained).
     """
-    from bgmrec.cli.core import TEACHERS, SharedTeachers, code_fingerprint, git_commit, model_package, train_model
-    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint, write_json_atomic, write_text_atomic
+    from bgmrec.cli.core import (
+        TEACHERS,
+        SharedTeachers,
+        code_fingerprint,
+        dataset_record,
+        git_commit,
+        model_package,
+        train_model,
+    )
+    from bgmrec.data.dataset import write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.significance import paired_comparison
@@ -94,8 +102,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     from bgmrec.models.deccm import weights_digest
 
     console = console or Console(quiet=True)
-    record = {"model": model, "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
-              "features_fingerprint": features_fingerprint(data),
+    record = {"model": model, **dataset_record(data),
               "grid": grid, "sets": dict(sets or {}), "seed": seed,
               "teacher": None if teacher is None else str(Path(teacher).resolve()),
               "teacher_weights_sha256": weights_digest(Path(teacher)) if teacher is not None and (

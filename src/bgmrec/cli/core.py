@@ -274,13 +274,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
     config's default, seed 0); giving one both ways with different values is refused.
     """
-    from bgmrec.data.dataset import (
-        atomic_write_dir,
-        dataset_fingerprint,
-        features_fingerprint,
-        load_dataset,
-        write_json_atomic,
-    )
+    from bgmrec.data.dataset import atomic_write_dir, load_dataset, write_json_atomic
     from bgmrec.models.base import FeatureSpec, SplitView, load_model
     from bgmrec.models.registry import build, prepare_teacher
 
@@ -298,20 +292,20 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     timing = {}
 
     def write(folder: Path) -> None:
+        trained_on = dataset_record(data)  # for the run's record and, when trained here, its teacher's
         prepare_teacher(rec, ds, folder, teacher, progress)
         trained = Path(folder) / "teacher"
         if teacher is None and (trained / "config.json").is_file():  # trained now, into the run: its record
             from bgmrec.models.deccm import teacher_config
 
             write_json_atomic(trained / "run.json",
-                              {**teacher_made_from(ds), "teacher_config": repr(teacher_config(rec.config))})
+                              {**teacher_made_from(trained_on), "teacher_config": repr(teacher_config(rec.config))})
         t0 = time.perf_counter()
         rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
         timing["seconds"] = time.perf_counter() - t0
         rec.save(folder)
         write_json_atomic(folder / "run.json", {
-            "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
-            "features_fingerprint": features_fingerprint(data), "model": model,
+            **trained_on, "model": model,
             "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
             "argv": sys.argv[1:], **({"model_package": package} if package else {}),
             **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
@@ -340,14 +334,20 @@ def check_teacher_data(model, ds, teacher: Path | None = None) -> None:
                          "pass --teacher RUN_DIR or --set teacher=false")
 
 
-def teacher_made_from(ds) -> dict:
-    """What a teacher trained on ``ds`` (loaded from its folder) is made from, for its ``run.json``: the
-    dataset's folder and two fingerprints, the code and commit; with ``teacher_config`` (its config's repr)
-    added, the record that marks a folder as a teacher trained on the professional videos."""
+def dataset_record(data: Path) -> dict:
+    """The dataset folder ``data`` as the records of runs, grids and figures name it: its resolved path and
+    its two fingerprints (splits, features; the second reads every feature byte, so take it once)."""
     from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
 
-    return {"model": "cmvae", "data": str(Path(ds.root).resolve()), "data_fingerprint": dataset_fingerprint(ds.root),
-            "features_fingerprint": features_fingerprint(ds.root), "code": code_fingerprint(), "commit": git_commit()}
+    return {"data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
+            "features_fingerprint": features_fingerprint(data)}
+
+
+def teacher_made_from(data: dict) -> dict:
+    """What a teacher trained on the dataset of ``data`` (its :func:`dataset_record`) is made from, for its
+    ``run.json``: that record, the code and the commit; with ``teacher_config`` (its config's repr) added, the
+    record that marks a folder as a teacher trained on the professional videos."""
+    return {"model": "cmvae", **data, "code": code_fingerprint(), "commit": git_commit()}
 
 
 def warn_if_not_a_teacher(teacher: Path, data: Path) -> None:
@@ -424,7 +424,7 @@ class SharedTeachers:
         if folder in self.folders.values():
             raise ValueError(f"{folder}: already holds the teacher of another config; name each run apart")
         if self._made is None:  # what every teacher here is made from: read once, not per teacher config
-            self._made = teacher_made_from(self.ds)
+            self._made = teacher_made_from(dataset_record(self.ds.root))
         made = {**self._made, "teacher_config": key}
         taken = set(self.folders.values())
         others = sorted(p for p in self.root.glob("*")
@@ -526,12 +526,10 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     """What a figure was computed from, for its JSON: the dataset (folder and fingerprints), each run
     (folder and what its ``run.json`` says of its training) and the bgmrec that computed it."""
     import bgmrec
-    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
     from bgmrec.models.base import read_run_record
 
     keep = ("model", "data", "data_fingerprint", "features_fingerprint", "commit", "argv", "model_package")
-    return {"data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
-            "features_fingerprint": features_fingerprint(data),
+    return {**dataset_record(data),
             "runs": {role: {"folder": str(Path(run).resolve()),
                             "trained": {k: v for k, v in read_run_record(run).items() if k in keep}}
                      for role, run in runs.items()},
