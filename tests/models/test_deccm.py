@@ -493,6 +493,19 @@ def test_reusing_a_teacher_checks_its_latent_size(tiny_dir, tmp_path):
         prepare_teacher(student, ds, tmp_path / "run", tmp_path / "teacher")
 
 
+@pytest.mark.parametrize("setting", [{"temperature": 0.2}, {"track_prior": False}, {"similarity": "cosine"},
+                                     {"matching": "hinge", "track_prior": False}])
+def test_a_teacher_on_another_scale_is_refused(tiny_ds, setting):
+    """Content mode mixes tau * log P of both; a teacher whose scores are on another scale (or no log P) is named."""
+    key, value = next(iter(setting.items()))
+    teacher = build("cmvae", FeatureSpec.of(tiny_ds), setting)
+    student = build("deccm", FeatureSpec.of(tiny_ds), {})
+    with pytest.raises(ValueError, match=f"^the teacher was trained with {key} {value!r} \\(student: "):
+        student.set_teacher(teacher, None)
+    assert student.teacher is None
+    student.set_teacher(build("cmvae", FeatureSpec.of(tiny_ds), {}), None)  # the student's own settings: taken
+
+
 def test_a_teacher_given_to_a_model_that_takes_none_is_refused(tiny_dir, tmp_path):
     ds = load_dataset(tiny_dir)
     (tmp_path / "teacher").mkdir()  # refused before the folder is read

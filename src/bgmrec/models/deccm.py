@@ -66,6 +66,8 @@ from bgmrec.models.neural import TrackPrior
 from bgmrec.train import Batch, FeatureTensors
 
 MODES = ("backdoor", "content", "personalised")
+# what fixes the scale of the latent space and of the scores (tau * log P), which teacher and student must share
+TEACHER_MUST_SHARE = ("latent_dim", "similarity", "temperature", "matching", "track_prior")
 _EPS = 1e-6
 
 
@@ -155,8 +157,13 @@ class DecCM(CMVAE):
 
         The caller's ``teacher`` is left as it was (its parameters still take gradients, its module's
         ``train`` is its own); the student distils from, and mixes in, the teacher as it was when attached."""
-        if teacher.config.latent_dim != self.config.latent_dim:
-            raise ValueError(f"teacher latent_dim {teacher.config.latent_dim} != student's {self.config.latent_dim}")
+        scale = {k: (getattr(teacher.config, k), getattr(self.config, k)) for k in TEACHER_MUST_SHARE}
+        differ = [f"{k} {t!r} (student: {s!r})" for k, (t, s) in scale.items() if t != s]
+        if differ:
+            raise ValueError(f"the teacher was trained with {', '.join(differ)}: its latent space and scores are "
+                             "on another scale than the student's, so neither the KL term nor content mode's "
+                             "mixture would compare like with like; train the teacher with the student's "
+                             "backbone settings (bgmrec trains one itself when no teacher is given)")
         if (teacher.spec.video_visual, teacher.spec.video_text, teacher.spec.music) != (
                 self.spec.video_visual, self.spec.video_text, self.spec.music):
             raise ValueError("the teacher was trained on other feature dimensions than the student")
