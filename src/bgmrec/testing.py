@@ -217,6 +217,15 @@ class RecommenderContractMixin:
             np.testing.assert_allclose(np.sort(full[i, ids[i]]), np.sort(np.sort(full[i, allowed])[-10:]),
                                        rtol=1e-5, atol=1e-5)
 
+    def test_fit_refuses_a_test_split(self, contract_ds, contract_spec):
+        """Training or early stopping on a test split is refused, naming the split, before any training
+        (:meth:`~bgmrec.models.base.Recommender.check_fit_data`, which ``fit`` must call first)."""
+        for train, val in (("test", "val"), ("train", "test_unbiased")):
+            unfitted = build(self.model_name, contract_spec, dict(self.overrides))
+            culprit = train if train != "train" else val
+            with pytest.raises(ValueError, match=f"'{culprit}'"):
+                unfitted.fit(SplitView(contract_ds, train), SplitView(contract_ds, val))
+
     def test_seeded_determinism(self, model, fresh_model, queries, catalog):
         np.testing.assert_array_equal(fresh_model.score(queries, catalog), model.score(queries, catalog))
 

@@ -207,6 +207,22 @@ class TestExamplePluginContract(RecommenderContractMixin):
         np.testing.assert_allclose(s, np.roll(model.score(queries, catalog), 1, axis=1), rtol=1e-5, atol=1e-5)
 
 
+def test_the_contract_catches_a_model_that_trains_on_a_test_split(example_on_path, registered, tiny_ds, tiny_spec):
+    from bgmrec_audio_ridge import AudioRidge
+
+    class Unchecked(AudioRidge):
+        name = "unchecked-ridge"
+
+        def check_fit_data(self, train, val=None):  # a fit that checks nothing: it trains on whatever it is given
+            pass
+
+    register_model("unchecked-ridge", Unchecked)
+    registered.append("unchecked-ridge")
+    contract = type("TestUnchecked", (RecommenderContractMixin,), {"model_name": "unchecked-ridge"})()
+    with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+        contract.test_fit_refuses_a_test_split(tiny_ds, tiny_spec)
+
+
 def test_a_plugin_failing_on_import_or_claimed_twice_is_listed_with_why(monkeypatch, tmp_path, capsys):
     site = tmp_path / "site"
     site.mkdir()
