@@ -11,6 +11,8 @@ from rich.console import Console
 
 from bgmrec.cli import main
 from bgmrec.cli.app import app
+from bgmrec.data.dataset import load_dataset
+from bgmrec.models.base import MusicCatalog, VideoQuery, load_model
 from bgmrec.models.registry import model_names
 
 FULL_KEYS = {"recall@1", "recall@5", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr", "median_rank"}
@@ -43,8 +45,6 @@ def popularity_run(cli_world) -> Path:
 
 
 def test_simulate_writes_the_tiny_world(cli_world, tiny_dir):
-    from bgmrec.data.dataset import load_dataset
-
     ds = load_dataset(cli_world)
     assert (ds.n_videos, ds.n_tracks) == (2600, 200)
     # the CLI's world is the library's world: same bytes for the same seed
@@ -297,6 +297,19 @@ def test_deccm_modes_through_the_cli(cli_world, tmp_path):
     assert c["difference_ci"][0] <= c["difference"] <= c["difference_ci"][1] and 0 < c["p_value"] <= 1
 
 
+def test_recommend_on_a_dataset_folder_as_catalogue_and_videos(cli_world, tmp_path, capsys):
+    """A model of the simulated world recommends that world's tracks for one of its videos, as the library ranks."""
+    run = tmp_path / "cca"
+    assert main(["train", "--data", str(cli_world), "--model", "cca", "--out", str(run)]) == 0
+    ds = load_dataset(cli_world)
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(run), "--catalog", str(cli_world), "--features", str(cli_world),
+                 "--video-id", ds.video_ids[7], "--json"]) == 0
+    got = [t["id"] for t in json.loads(capsys.readouterr().out)["tracks"]]
+    top, _ = load_model(run).recommend(VideoQuery.from_dataset(ds, [7]), MusicCatalog.from_dataset(ds), 10)
+    assert got == [ds.track_ids[j] for j in top[0]]
+
+
 def test_compare_a_run_with_itself(cli_world, popularity_run, capsys):
     assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
                  str(cli_world), "--metric", "ndcg@10", "--resamples", "200"]) == 0
@@ -436,7 +449,6 @@ SMALL_DECCM = {**SMALL_CMVAE, "prior_samples": "64"}
 
 def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, tmp_path, monkeypatch):
     from bgmrec.cli.core import train_model
-    from bgmrec.models.base import load_model
     from bgmrec.models.deccm import DecCM
 
     run, other = tmp_path / "runs" / "deccm", tmp_path / "runs" / "teacher"

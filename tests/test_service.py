@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bgmrec.features.audio import Catalog
-from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, recommend_clip
+from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, open_catalog, recommend_clip
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery
 from bgmrec.models.registry import build
 
@@ -25,11 +25,8 @@ from bgmrec.service import create_app, taste_vector  # noqa: E402
 
 
 def tiny_catalog(ds) -> Catalog:
-    """The tiny world's tracks as an extracted catalogue (genre names, features as the dataset's)."""
-    ids = list(ds.track_ids)
-    return Catalog(ids, [f"title {i}" for i in ids], [f"artist {i}" for i in ids],
-                   [ds.genres[g] for g in ds.track_genre], [""] * len(ids), [""] * len(ids),
-                   np.asarray(ds.music, np.float32))
+    """The tiny world's tracks as a catalogue (genre names, features as the dataset's)."""
+    return open_catalog(ds.root)
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +226,22 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
     health = TestClient(started["app"]).get("/health").json()
     assert health["max_upload_bytes"] == 2**19 and health["served_by"]["run"] == "run"
     assert main([*args, "--max-upload-mb", "0"]) == 2
+
+
+def test_serve_takes_a_dataset_folder_as_its_catalogue(tiny_ds, cmvae, tmp_path, monkeypatch):
+    """A model trained on a simulated world is served on that world's tracks, with their ids."""
+    import uvicorn
+
+    from bgmrec.cli import main
+
+    cmvae.save(tmp_path / "run")
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app))
+    monkeypatch.setattr("bgmrec.cli.serve.check_can_listen", lambda host, port: None)
+    assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tiny_ds.root)]) == 0
+    served = TestClient(started["app"]).post("/recommend", json=clip_body(tiny_ds, 5)).json()["tracks"]
+    top, _ = cmvae.recommend(VideoQuery.from_dataset(tiny_ds, [5]), MusicCatalog.from_dataset(tiny_ds), 10)
+    assert [t["id"] for t in served] == [tiny_ds.track_ids[j] for j in top[0]]
 
 
 def test_serve_on_an_address_it_cannot_listen_on_fails_naming_it_before_anything_is_loaded(tmp_path, monkeypatch,

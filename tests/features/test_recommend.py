@@ -7,8 +7,14 @@ import warnings
 import numpy as np
 import pytest
 
-from bgmrec.features.audio import Catalog
-from bgmrec.features.recommend import ClipFeatures, FeatureMismatchWarning, recommend_clip
+from bgmrec.data.dataset import DatasetError
+from bgmrec.features.recommend import (
+    ClipFeatures,
+    FeatureMismatchWarning,
+    open_catalog,
+    open_video_features,
+    recommend_clip,
+)
 from bgmrec.models.base import FeatureSpec, SplitView
 from bgmrec.models.registry import build
 
@@ -18,11 +24,26 @@ def popularity(tiny_ds):
     return build("popularity", FeatureSpec.of(tiny_ds), {}).fit(SplitView(tiny_ds, "train"), None)
 
 
-def catalog_of(ds, genre_of=lambda g: g) -> Catalog:
-    ids = list(ds.track_ids)
-    return Catalog(ids, [f"title {i}" for i in ids], [f"artist {i}" for i in ids],
-                   [genre_of(ds.genres[g]) for g in ds.track_genre], [""] * len(ids), [""] * len(ids),
-                   np.asarray(ds.music, np.float32))
+def catalog_of(ds, genre_of=lambda g: g):
+    """The dataset's tracks as a catalogue, each genre name renamed by ``genre_of``."""
+    catalog = open_catalog(ds.root)
+    catalog.genre = [genre_of(g) for g in catalog.genre]
+    return catalog
+
+
+def test_a_dataset_folder_serves_as_catalogue_and_videos_folder(tiny_dir, tiny_ds, tmp_path):
+    catalog = open_catalog(tiny_dir)
+    assert catalog.ids == list(tiny_ds.track_ids) and catalog.title == list(tiny_ds.track_title)
+    assert catalog.genre == [tiny_ds.genres[g] for g in tiny_ds.track_genre]
+    np.testing.assert_array_equal(catalog.features, tiny_ds.music)
+    videos = open_video_features(tiny_dir)
+    i = videos.position(tiny_ds.video_ids[3])
+    assert i == 3 and videos.text_mask[i] == tiny_ds.video_text_mask[3]
+    np.testing.assert_array_equal(videos.visual[i], tiny_ds.video_visual[3])
+    with pytest.raises(DatasetError, match="no video with id 'nope'"):
+        videos.position("nope")
+    with pytest.raises(DatasetError, match=f"{tmp_path}"):  # neither: the catalogue's own error, as before
+        open_catalog(tmp_path)
 
 
 def test_an_unknown_genre_is_a_warning_not_a_print(tiny_ds, popularity, capsys):

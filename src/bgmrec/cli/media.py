@@ -168,19 +168,23 @@ def recommend_cmd(
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
     check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
-    from bgmrec.features.audio import load_catalog
-    from bgmrec.features.recommend import ClipFeatures, FeatureMismatchWarning, recommend_clip, warn_on_stderr
+    from bgmrec.features.recommend import (
+        ClipFeatures,
+        FeatureMismatchWarning,
+        open_catalog,
+        open_video_features,
+        recommend_clip,
+        warn_on_stderr,
+    )
     from bgmrec.models.base import load_model
 
     model = load_model(run)
     if mode is not None:
         model.set_inference_mode(mode)
-    cat = load_catalog(catalog)
+    cat = open_catalog(catalog)
     if features is not None:
         vid = video if video_id is None else video_id
-        from bgmrec.features.video import load_video_features
-
-        vf = load_video_features(features)
+        vf = open_video_features(features)
         i = vf.position(vid)
         clip = ClipFeatures(vf.visual[i], vf.text[i], bool(vf.text_mask[i]))
         label = f"{vid} (from {features})"

@@ -35,7 +35,8 @@ def check_can_listen(host: str, port: int) -> None:
 @app.command("serve")
 def serve_cmd(
     run: Path = typer.Option(..., help="run folder of a trained model"),
-    catalog: Path = typer.Option(..., help="catalogue folder written by extract-music"),
+    catalog: Path = typer.Option(..., help="catalogue folder written by extract-music, or a dataset folder "
+                                           "(its tracks)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
     index: str = typer.Option("exact", help="top-k search: exact, or faiss (approximate, for large catalogues)"),
@@ -62,8 +63,7 @@ def serve_cmd(
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
     import torch
 
-    from bgmrec.features.audio import load_catalog
-    from bgmrec.features.recommend import ClipRecommender, warn_on_stderr
+    from bgmrec.features.recommend import ClipRecommender, open_catalog, warn_on_stderr
     from bgmrec.models.base import load_model
 
     # one process serves (uvicorn.run with the app object: no worker processes), each request in a thread of its
@@ -73,7 +73,7 @@ def serve_cmd(
     model = load_model(run)
     if mode is not None:
         model.set_inference_mode(mode)
-    recommender = ClipRecommender(model, load_catalog(catalog), index, warn=warn_on_stderr, frames=frames,
+    recommender = ClipRecommender(model, open_catalog(catalog), index, warn=warn_on_stderr, frames=frames,
                                   ef_search=ef_search)
     uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,
                 log_level="info")

@@ -3,6 +3,9 @@
 The clip is given either as media (a video file and a caption, embedded by
 :mod:`bgmrec.features.video` and :mod:`bgmrec.features.text`) or as a row of a videos folder
 written by ``bgmrec extract-videos``. The model is any saved :class:`~bgmrec.models.base.Recommender`.
+A dataset folder (a simulated world, an imported TT-150k, a built dataset) stands in for both the
+catalogue and the videos folder (:func:`open_catalog`, :func:`open_video_features`): its tracks and its
+videos' features, for a model trained on features no media extractor makes.
 
 The answer is a dict, the object ``bgmrec recommend --json`` prints::
 
@@ -50,6 +53,44 @@ class ClipFeatures:
     has_text: bool  # False: no usable caption
 
 
+def _dataset_at(root: Path):
+    """The dataset at ``root`` when it is a dataset folder (its manifest.json has no ``kind``), else None."""
+    from bgmrec.data.dataset import load_dataset, read_json
+
+    manifest = Path(root) / "manifest.json"
+    if not manifest.is_file() or "kind" in read_json(manifest, str(manifest)):
+        return None
+    return load_dataset(Path(root), mmap=False)
+
+
+def open_catalog(root: Path) -> Catalog:
+    """The catalogue folder at ``root`` (:func:`~bgmrec.features.audio.load_catalog`), or a dataset's tracks
+    with their features, ids, titles, artists and genre names when ``root`` is a dataset folder."""
+    from bgmrec.features.audio import load_catalog
+
+    ds = _dataset_at(root)
+    if ds is None:
+        return load_catalog(root)
+    m = ds.n_tracks
+    return Catalog(list(ds.track_ids), list(ds.track_title), list(ds.track_artist),
+                   [ds.genres[g] for g in ds.track_genre], [""] * m, [""] * m,
+                   np.asarray(ds.music, np.float32), {"dataset": str(root)}, Path(root))
+
+
+def open_video_features(root: Path):
+    """The videos folder at ``root`` (:func:`~bgmrec.features.video.load_video_features`), or a dataset's
+    videos with their features (ids from its videos.csv; no files or captions) when ``root`` is a dataset."""
+    from bgmrec.features.video import VideoFeatures, load_video_features
+
+    ds = _dataset_at(root)
+    if ds is None:
+        return load_video_features(root)
+    n = ds.n_videos
+    return VideoFeatures(list(ds.video_ids), [""] * n, [""] * n, np.asarray(ds.video_visual, np.float32),
+                         np.asarray(ds.video_text, np.float32), np.asarray(ds.video_text_mask, bool),
+                         {"dataset": str(root)}, Path(root))
+
+
 def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatalog:
     """The catalogue as model input, with a clear error when its features do not fit the model.
 
@@ -58,7 +99,7 @@ def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatal
     """
     spec = model.spec
     if catalog.dim != spec.music:
-        raise DatasetError(f"{catalog.root}/music.npy: tracks have {catalog.dim} features, but the model was "
+        raise DatasetError(f"{catalog.root}: tracks have {catalog.dim} features, but the model was "
                            f"trained on music features of dimension {spec.music}; extract the catalogue with "
                            f"the extractor the training data used")
     names = list(spec.genres)
