@@ -60,6 +60,26 @@ def test_concat_ablation_has_one_video_encoder_and_no_shares(tiny_ds):
         model.modality_shares(VideoQuery.from_dataset(tiny_ds, np.arange(3)))
 
 
+def test_a_subclass_fusing_by_its_own_video_posterior_reports_no_poe_shares(tiny_ds):
+    """A researcher's fusion (here: the frames' posterior alone) inherits no product-of-experts shares."""
+    from bgmrec.features.recommend import modality_shares
+    from bgmrec.models.cmvae import CMVAEModule
+
+    class OwnFusion(CMVAEModule):
+        def video_posterior(self, visual, text, text_mask):
+            return self.visual_enc(self.norms.visual(visual))
+
+    class OwnFusionCMVAE(CMVAE):
+        def build_module(self):
+            return OwnFusion(self.config, self.spec)
+
+    model = OwnFusionCMVAE(CMVAEConfig(), FeatureSpec.of(tiny_ds))
+    q = VideoQuery.from_dataset(tiny_ds, np.flatnonzero(np.asarray(tiny_ds.video_text_mask))[:3])
+    with pytest.raises(ValueError, match="fuses by a video_posterior of its own: override modality_shares"):
+        model.modality_shares(q)
+    assert modality_shares(model, q) == [{"visual": None, "text": None}] * 3  # what recommend and serve report
+
+
 def test_no_cross_generation_ablation_has_no_decoders_and_no_recon_term(tiny_ds):
     from bgmrec.train import FeatureTensors
 
