@@ -207,6 +207,26 @@ class TestExamplePluginContract(RecommenderContractMixin):
         np.testing.assert_allclose(s, np.roll(model.score(queries, catalog), 1, axis=1), rtol=1e-5, atol=1e-5)
 
 
+def test_the_example_s_conftest_gives_failing_contract_tests_pytest_s_assertion_messages(tmp_path):
+    import os
+    import subprocess
+
+    import bgmrec
+
+    (tmp_path / "conftest.py").write_text((EXAMPLE / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_constant.py").write_text(
+        "import numpy as np\n\nfrom bgmrec.testing import RecommenderContractMixin\n\n\n"
+        "class Constant:\n    def score(self, queries, catalog):\n        return np.zeros((2, 3))\n\n\n"
+        "def test_constant_scores():\n"
+        "    RecommenderContractMixin.test_scores_are_not_constant(None, Constant(), None, None)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not this run's xdist worker
+    env["PYTHONPATH"] = str(Path(bgmrec.__file__).parents[1])
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "1 failed" in done.stdout, done.stdout + done.stderr
+    # the assertion of bgmrec/testing.py explained (rewritten), not a bare AssertionError
+    assert "where array([0., 0.]) = <built-in method max of numpy.ndarray" in done.stdout, done.stdout
+
 def test_a_plugin_failing_on_import_or_claimed_twice_is_listed_with_why(monkeypatch, tmp_path, capsys):
     site = tmp_path / "site"
     site.mkdir()
