@@ -52,6 +52,28 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     assert called == ["popularity"]
 
 
+def test_resume_says_which_runs_it_reused_and_why_it_trains_one_again(tmp_path, monkeypatch):
+    import io
+
+    work, out = tmp_path / "work", tmp_path / "report.md"
+    commit = "abc1234"
+    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: commit)
+
+    def printed() -> str:
+        console = Console(file=io.StringIO(), width=1000)
+        run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd", resume=True)
+        return console.file.getvalue()
+
+    run = work / "tiny-seed0" / "runs" / "popularity"
+    assert "tiny seed 0: popularity trained in 0 s\n" in printed()  # nothing to reuse: nothing said about it
+    assert f"tiny seed 0: popularity reused from {run} (trained in 0 s)\n" in printed()
+    commit = "def5678"
+    said = printed()
+    assert ("tiny seed 0: popularity is trained again, not reused: the run there was trained by commit abc1234, "
+            "this is def5678\n") in said and "tiny seed 0: popularity trained in 0 s\n" in said
+    commit = "def5678-dirty"
+    assert "not reused: the code is uncommitted (commit def5678-dirty)" in printed()
+
 def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path, monkeypatch):
     import json
 
