@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 
 import numpy as np
@@ -73,6 +74,15 @@ def test_resume_says_which_runs_it_reused_and_why_it_trains_one_again(tmp_path, 
             "this is def5678\n") in said and "tiny seed 0: popularity trained in 0 s\n" in said
     commit = "def5678-dirty"
     assert "not reused: the code is uncommitted (commit def5678-dirty)" in printed()
+
+def test_the_command_of_a_report_s_made_by_line_pastes_back_to_the_same_arguments():
+    from bgmrec.bench import command_line
+
+    argv = ["bench", "ceiling", "--intervened", "", "--redraws", "1", "--out", "my runs/c.md", "--models", "a;b"]
+    line = command_line(argv, "bgmrec bench ceiling")
+    assert line == "bgmrec bench ceiling --intervened '' --redraws 1 --out 'my runs/c.md' --models 'a;b'"
+    assert shlex.split(line) == ["bgmrec", *argv]  # the empty --intervened kept, not dropped
+    assert command_line(["-n", "2", "tests"], "bgmrec bench ceiling") == "bgmrec bench ceiling"  # not a bench argv
 
 def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path, monkeypatch):
     import json
@@ -216,9 +226,12 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path, m
     from bgmrec.bench import run_track_term_ceiling
 
     console = Console(quiet=True)
-    work = tmp_path / "work"
-    with pytest.raises(ValueError, match="seed 0: the world; seed 0: popularity.*bench quality --scales tiny"):
+    work = tmp_path / "the work"  # a space: the command to paste quotes it
+    with pytest.raises(ValueError, match="seed 0: the world; seed 0: popularity.*bench quality --scales tiny") as e:
         run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",))
+    assert shlex.split(str(e.value).split("`")[1]) == [
+        "bgmrec", "bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work", str(work),
+        "--resume", "--out", "REPORT.md"]
     run_quality(["tiny"], [0], tmp_path / "q.md", work, ["popularity"], console, "cmd")
     out = run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",),
                                  intervened=("popularity",), redraws=2)

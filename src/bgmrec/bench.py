@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import resource
+import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +55,14 @@ differ** (real uploads and real features there, a simulated world here):
 | CCA | 0.0465 | 0.0640 | 0.0934 | 0.1278 |
 | CMVAE, new music | 0.1610 | 0.2274 | 0.2881 | 0.3479 |
 """
+
+
+def command_line(argv: Sequence[str], default: str) -> str:
+    """The command a report's "Made by" line names: ``bgmrec`` and ``argv`` (the arguments of a ``bench``
+    command, as the shell passed them), each quoted as the shell needs (an empty value as ``''``, a path
+    with a space), so that pasting the line runs the same command; ``default`` when ``argv`` is not a
+    ``bench`` command (the report made from Python)."""
+    return shlex.join(["bgmrec", *argv]) if list(argv[:1]) == ["bench"] else default
 
 
 def aggregate(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
@@ -584,9 +594,10 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
         missing += [f"seed {seed}: {name}" for name in models
                     if not all((world / "runs" / name / f).is_file() for f in run_files)]
     if missing:
-        raise ValueError(f"{work}: the quality benchmark's runs are missing ({'; '.join(missing)}); make "
-                         f"them with `bgmrec bench quality --scales {scale} --seeds {','.join(map(str, seeds))} "
-                         f"--models {','.join(models)} --work {work} --resume --out <report.md>`")
+        make = command_line(["bench", "quality", "--scales", scale, "--seeds", ",".join(map(str, seeds)), "--models",
+                             ",".join(models), "--work", str(work), "--resume", "--out", "REPORT.md"], "")
+        raise ValueError(f"{work}: the quality benchmark's runs are missing ({'; '.join(missing)}); make them with "
+                         f"`{make}`")
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
     learners: Learners = {}  # models trained on the intervened world, and the teacher-mixed references
     commits, n_videos = set(), []
