@@ -159,9 +159,18 @@ def test_a_broken_entry_point_fails_on_use_naming_it(monkeypatch, tmp_path, caps
 
 def test_an_entry_point_cannot_take_a_built_in_name(monkeypatch, tmp_path):
     install_entry_points(monkeypatch, tmp_path, "greedy_plugin", {"cmvae": "json:dumps"})
-    with pytest.warns(UserWarning, match="takes the built-in model name 'cmvae': ignored"):
+    with pytest.warns(registry.PluginWarning, match="takes the built-in model name 'cmvae': ignored"):
         names = model_names()
     assert names.count("cmvae") == 1 and model_class("cmvae").__name__ == "CMVAE"
+
+
+def test_the_commands_show_an_ignored_entry_point_as_one_warning_line(monkeypatch, tmp_path, capsys):
+    install_entry_points(monkeypatch, tmp_path, "greedy_plugin", {"cmvae": "json:dumps"})
+    assert main(["models"]) == 0
+    # as the commands' own warnings: not Python's report naming registry.py and its source line
+    assert capsys.readouterr().err == (
+        "warning: entry point 'json:dumps' of group 'bgmrec.models' (package 'greedy_plugin') takes the built-in "
+        "model name 'cmvae': ignored; rename it in that package's entry points\n")
 
 
 def test_register_model_in_process(example_on_path, registered):

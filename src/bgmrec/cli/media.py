@@ -169,7 +169,7 @@ def recommend_cmd(
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
     check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
     from bgmrec.features.audio import load_catalog
-    from bgmrec.features.recommend import ClipFeatures, FeatureMismatchWarning, recommend_clip, warn_on_stderr
+    from bgmrec.features.recommend import ClipFeatures, FeatureMismatchWarning, recommend_clip
     from bgmrec.models.base import load_model
 
     model = load_model(run)
@@ -200,17 +200,9 @@ def recommend_cmd(
             raise ValueError(f"{video}: {e}") from None
         clip = ClipFeatures(visual, text, has_text)
         label = video
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", FeatureMismatchWarning)
-            result = recommend_clip(model, cat, clip, top, frames)
-    finally:  # also before an error: the library's mismatch warnings read as the commands' others, "warning: ..."
-        for w in caught:
-            if issubclass(w.category, FeatureMismatchWarning):
-                warn_on_stderr(str(w.message))
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    with warnings.catch_warnings():  # every mismatch, each shown as "warning: ..." (cli.app's every_command)
+        warnings.simplefilter("always", FeatureMismatchWarning)
+        result = recommend_clip(model, cat, clip, top, frames)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return
