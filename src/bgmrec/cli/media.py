@@ -155,10 +155,12 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
 def recommend_cmd(
     run: Path = typer.Option(..., help="run folder of a trained model"),
     catalog: Path = typer.Option(..., help="catalogue folder written by extract-music"),
-    video: str | None = typer.Option(None, help="a video file; with --features: the video id"),
-    caption: str | None = typer.Option(None, help="caption and hashtags of the video file"),
-    features: Path | None = typer.Option(None, help="videos folder of extract-videos (with --video-id)"),
-    video_id: str | None = typer.Option(None, help="id of a video in --features"),
+    video: str | None = typer.Option(None, help="the clip as a video file, embedded now (with --caption and "
+                                                "--frames); a video of --features is named by --video-id"),
+    caption: str | None = typer.Option(None, help="caption and hashtags of the --video file"),
+    features: Path | None = typer.Option(None, help="the clip from a videos folder of extract-videos instead of a "
+                                                    "file: its video --video-id"),
+    video_id: str | None = typer.Option(None, help="id of the clip in --features (a row of its videos.csv)"),
     top: int = typer.Option(10, min=1, help="how many tracks"),
     frames: int | None = typer.Option(None, min=1, help="frames sampled from --video (as extract-videos did for "
                                                         "training; default 8)"),
