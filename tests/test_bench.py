@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 
 import numpy as np
@@ -51,6 +52,37 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     assert called == ["popularity"]
 
+
+def test_resume_says_which_runs_it_reused_and_why_it_trains_one_again(tmp_path, monkeypatch):
+    import io
+
+    work, out = tmp_path / "work", tmp_path / "report.md"
+    commit = "abc1234"
+    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: commit)
+
+    def printed() -> str:
+        console = Console(file=io.StringIO(), width=1000)
+        run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd", resume=True)
+        return console.file.getvalue()
+
+    run = work / "tiny-seed0" / "runs" / "popularity"
+    assert "tiny seed 0: popularity trained in 0 s\n" in printed()  # nothing to reuse: nothing said about it
+    assert f"tiny seed 0: popularity reused from {run} (trained in 0 s)\n" in printed()
+    commit = "def5678"
+    said = printed()
+    assert ("tiny seed 0: popularity is trained again, not reused: the run there was trained by commit abc1234, "
+            "this is def5678\n") in said and "tiny seed 0: popularity trained in 0 s\n" in said
+    commit = "def5678-dirty"
+    assert "not reused: the code is uncommitted (commit def5678-dirty)" in printed()
+
+def test_the_command_of_a_report_s_made_by_line_pastes_back_to_the_same_arguments():
+    from bgmrec.bench import command_line
+
+    argv = ["bench", "ceiling", "--intervened", "", "--redraws", "1", "--out", "my runs/c.md", "--models", "a;b"]
+    line = command_line(argv, "bgmrec bench ceiling")
+    assert line == "bgmrec bench ceiling --intervened '' --redraws 1 --out 'my runs/c.md' --models 'a;b'"
+    assert shlex.split(line) == ["bgmrec", *argv]  # the empty --intervened kept, not dropped
+    assert command_line(["-n", "2", "tests"], "bgmrec bench ceiling") == "bgmrec bench ceiling"  # not a bench argv
 
 def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path, monkeypatch):
     import json
@@ -194,9 +226,12 @@ def test_ceiling_report_reads_the_quality_runs_or_says_which_to_make(tmp_path, m
     from bgmrec.bench import run_track_term_ceiling
 
     console = Console(quiet=True)
-    work = tmp_path / "work"
-    with pytest.raises(ValueError, match="seed 0: the world; seed 0: popularity.*bench quality --scales tiny"):
+    work = tmp_path / "the work"  # a space: the command to paste quotes it
+    with pytest.raises(ValueError, match="seed 0: the world; seed 0: popularity.*bench quality --scales tiny") as e:
         run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",))
+    assert shlex.split(str(e.value).split("`")[1]) == [
+        "bgmrec", "bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work", str(work),
+        "--resume", "--out", "REPORT.md"]
     run_quality(["tiny"], [0], tmp_path / "q.md", work, ["popularity"], console, "cmd")
     out = run_track_term_ceiling("tiny", [0], work, tmp_path / "c.md", console, "cmd", models=("popularity",),
                                  intervened=("popularity",), redraws=2)

@@ -101,6 +101,21 @@ def test_top_level_help(capsys):
         assert name in out
 
 
+def test_commands_show_bgmrec_s_own_warnings_on_one_line_and_others_as_python_does(capsys):
+    import warnings
+
+    from bgmrec.cli.app import library_warnings_on_one_line
+    from bgmrec.features.recommend import FeatureMismatchWarning
+
+    with warnings.catch_warnings(record=True) as shown:  # how warnings are shown outside the commands
+        warnings.simplefilter("always")
+        with library_warnings_on_one_line():
+            warnings.warn("from another library", RuntimeWarning, stacklevel=1)
+            warnings.warn("the catalogue differs", FeatureMismatchWarning, stacklevel=1)
+        warnings.warn("after the command", FeatureMismatchWarning, stacklevel=1)
+    assert [str(w.message) for w in shown] == ["from another library", "after the command"]
+    assert capsys.readouterr().err == "warning: the catalogue differs\n"
+
 def _error(capsys) -> str:
     """The error printed on stderr, with Rich's line wrapping undone; no traceback."""
     err = capsys.readouterr().err

@@ -212,3 +212,14 @@ def test_contradictory_or_unused_clip_options_are_refused_before_anything_is_loa
     code = main(["recommend", "--run", str(tmp_path / "no-run"), "--catalog", str(tmp_path / "no-catalog"), *extra])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(words) and err.count("\n") == 1, err
+
+
+def test_the_help_names_one_option_for_each_way_of_giving_the_clip():
+    import typer.main
+
+    from bgmrec.cli.app import app
+
+    helps = {p.name: p.help for p in typer.main.get_command(app).commands["recommend"].params}
+    assert "video file" in helps["video"] and " id" not in helps["video"]  # a file; an id is --video-id's
+    assert "--video-id" in helps["video"] and "--video-id" in helps["features"]
+    assert helps["video_id"].startswith("id of the clip in --features")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import resource
+import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +55,14 @@ differ** (real uploads and real features there, a simulated world here):
 | CCA | 0.0465 | 0.0640 | 0.0934 | 0.1278 |
 | CMVAE, new music | 0.1610 | 0.2274 | 0.2881 | 0.3479 |
 """
+
+
+def command_line(argv: Sequence[str], default: str) -> str:
+    """The command a report's "Made by" line names: ``bgmrec`` and ``argv`` (the arguments of a ``bench``
+    command, as the shell passed them), each quoted as the shell needs (an empty value as ``''``, a path
+    with a space), so that pasting the line runs the same command; ``default`` when ``argv`` is not a
+    ``bench`` command (the report made from Python)."""
+    return shlex.join(["bgmrec", *argv]) if list(argv[:1]) == ["bench"] else default
 
 
 def aggregate(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
@@ -112,17 +122,40 @@ def finished_run(run: Path, name: str, seed: int, commit: str) -> float | None:
     """Training seconds of a complete run of ``name`` at ``seed`` made by ``commit`` (and, for a model of
     another package, by its code as installed now), else None (always for an unknown commit or
     uncommitted code: nothing then says the run was made by this code)."""
+    return reusable_run(run, name, seed, commit)[0]
+
+
+def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | None, str | None]:
+    """What ``--resume`` does with the folder ``run``: (training seconds, None) for a run it reuses (see
+    :func:`finished_run`), else (None, why the complete run there is trained again), or (None, None) when
+    the folder holds no complete run (never trained, or stopped before it finished)."""
     from bgmrec.cli.core import model_package
     from bgmrec.data.dataset import read_json
 
-    if commit == "unknown" or commit.endswith("-dirty") or not all(
-            (run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
-        return None
+    if not all((run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
+        return None, None
+    if commit == "unknown" or commit.endswith("-dirty"):
+        return None, f"the code is uncommitted (commit {commit}), so nothing says the run there was made by it"
     info, config = read_json(run / "run.json"), read_json(run / "config.json")
-    if info.get("commit") != commit or info.get("model") != name or config["config"].get("seed") != seed or (
-            info.get("model_package") != model_package(name)):
-        return None
-    return float(info["seconds"])
+    if info.get("model") != name or config["config"].get("seed") != seed:
+        return None, (f"the run there is of model {info.get('model')!r}, seed {config['config'].get('seed')}, "
+                      f"not of {name!r}, seed {seed}")
+    if info.get("commit") != commit:
+        return None, f"the run there was trained by commit {info.get('commit')}, this is {commit}"
+    now = model_package(name)
+    if info.get("model_package") != now:
+        return None, (f"the model's code changed since the run there was trained (then: "
+                      f"{_code_of(info.get('model_package'))}; installed now: {_code_of(now)})")
+    return float(info["seconds"]), None
+
+
+def _code_of(package: dict | None) -> str:
+    """A run's ``model_package`` (:func:`bgmrec.cli.core.model_package`) in words."""
+    if not isinstance(package, dict):
+        return "bgmrec's own model"
+    made = f"{package.get('class')} of package {package['package']!r} {package.get('version')}" if package.get(
+        "package") else f"{package.get('class')}, of no installed package"
+    return f"{made}, code {package.get('code') or 'unreadable'}"
 
 
 def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
@@ -171,15 +204,21 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             for name in models or DEMO_MODELS:
                 run = data.parent / "runs" / name
                 teacher = teachers.for_model(name, {"seed": seed})  # for a finished run too: the same folder
-                sec = finished_run(run, name, seed, git_commit()) if resume else None
-                if sec is None:
+                sec, why = reusable_run(run, name, seed, git_commit()) if resume else (None, None)
+                if sec is not None:
+                    done = f"reused from {run} (trained in {sec:.0f} s)"
+                else:
+                    if why:
+                        console.print(f"{scale} seed {seed}: {name} is trained again, not reused: {why}",
+                                      markup=False)
                     _, sec = train_model(data, name, run, seed=seed, teacher=teacher, progress=True)
+                    done = f"trained in {sec:.0f} s"
                 seconds.setdefault(name, []).append(sec)
                 res = evaluate_run(run, ds, label=name, keep_ranks=True)
                 for r in res:
                     r["seed"] = seed
                 seed_results.extend(res)
-                console.print(f"{scale} seed {seed}: {name} trained in {sec:.0f} s")
+                console.print(f"{scale} seed {seed}: {name} {done}", markup=False)
             for split in EVAL_SPLITS:
                 paired[split][f"seed {seed}"] = paired_against(seed_results, BASELINE, split)
             results.extend(without_ranks(seed_results))
@@ -555,9 +594,10 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
         missing += [f"seed {seed}: {name}" for name in models
                     if not all((world / "runs" / name / f).is_file() for f in run_files)]
     if missing:
-        raise ValueError(f"{work}: the quality benchmark's runs are missing ({'; '.join(missing)}); make "
-                         f"them with `bgmrec bench quality --scales {scale} --seeds {','.join(map(str, seeds))} "
-                         f"--models {','.join(models)} --work {work} --resume --out <report.md>`")
+        make = command_line(["bench", "quality", "--scales", scale, "--seeds", ",".join(map(str, seeds)), "--models",
+                             ",".join(models), "--work", str(work), "--resume", "--out", "REPORT.md"], "")
+        raise ValueError(f"{work}: the quality benchmark's runs are missing ({'; '.join(missing)}); make them with "
+                         f"`{make}`")
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
     learners: Learners = {}  # models trained on the intervened world, and the teacher-mixed references
     commits, n_videos = set(), []

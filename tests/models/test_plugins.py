@@ -112,7 +112,7 @@ def test_a_run_of_an_uninstalled_plugin_names_what_is_missing(installed_plugin, 
 
 def test_runs_of_a_plugin_whose_code_changed_are_not_resumed(installed_plugin, monkeypatch, tmp_path, tiny_dir):
     import bgmrec.cli.core
-    from bgmrec.bench import finished_run
+    from bgmrec.bench import finished_run, reusable_run
     from bgmrec.cli.core import train_model
     from bgmrec.tune import run_grid
 
@@ -121,9 +121,14 @@ def test_runs_of_a_plugin_whose_code_changed_are_not_resumed(installed_plugin, m
     train_model(tiny_dir, "ep-ridge", tmp_path / "run", progress=False)
     assert finished_run(tmp_path / "run", "ep-ridge", 0, "abc1234") is not None
     run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid", resume=True)  # the same code
+    code = json.loads((tmp_path / "run" / "run.json").read_text())["model_package"]["code"]
     with (installed_plugin / "ep_ridge.py").open("a") as f:
         f.write("# the model's loss edited\n")
     assert finished_run(tmp_path / "run", "ep-ridge", 0, "abc1234") is None
+    assert reusable_run(tmp_path / "run", "ep-ridge", 0, "abc1234") == (None, (
+        f"the model's code changed since the run there was trained (then: ep_ridge:EpRidge of package 'ep_ridge' "
+        f"0.1.0, code {code}; installed now: ep_ridge:EpRidge of package 'ep_ridge' 0.1.0, code "
+        f"{core.model_package('ep-ridge')['code']})"))
     with pytest.raises(ValueError, match="records another model_package"):
         run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid", resume=True)
 
@@ -154,9 +159,18 @@ def test_a_broken_entry_point_fails_on_use_naming_it(monkeypatch, tmp_path, caps
 
 def test_an_entry_point_cannot_take_a_built_in_name(monkeypatch, tmp_path):
     install_entry_points(monkeypatch, tmp_path, "greedy_plugin", {"cmvae": "json:dumps"})
-    with pytest.warns(UserWarning, match="takes the built-in model name 'cmvae': ignored"):
+    with pytest.warns(registry.PluginWarning, match="takes the built-in model name 'cmvae': ignored"):
         names = model_names()
     assert names.count("cmvae") == 1 and model_class("cmvae").__name__ == "CMVAE"
+
+
+def test_the_commands_show_an_ignored_entry_point_as_one_warning_line(monkeypatch, tmp_path, capsys):
+    install_entry_points(monkeypatch, tmp_path, "greedy_plugin", {"cmvae": "json:dumps"})
+    assert main(["models"]) == 0
+    # as the commands' own warnings: not Python's report naming registry.py and its source line
+    assert capsys.readouterr().err == (
+        "warning: entry point 'json:dumps' of group 'bgmrec.models' (package 'greedy_plugin') takes the built-in "
+        "model name 'cmvae': ignored; rename it in that package's entry points\n")
 
 
 def test_register_model_in_process(example_on_path, registered):
@@ -222,6 +236,26 @@ def test_the_contract_catches_a_model_that_trains_on_a_test_split(example_on_pat
     with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
         contract.test_fit_refuses_a_test_split(tiny_ds, tiny_spec)
 
+
+def test_the_example_s_conftest_gives_failing_contract_tests_pytest_s_assertion_messages(tmp_path):
+    import os
+    import subprocess
+
+    import bgmrec
+
+    (tmp_path / "conftest.py").write_text((EXAMPLE / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_constant.py").write_text(
+        "import numpy as np\n\nfrom bgmrec.testing import RecommenderContractMixin\n\n\n"
+        "class Constant:\n    def score(self, queries, catalog):\n        return np.zeros((2, 3))\n\n\n"
+        "def test_constant_scores():\n"
+        "    RecommenderContractMixin.test_scores_are_not_constant(None, Constant(), None, None)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not this run's xdist worker
+    env["PYTHONPATH"] = str(Path(bgmrec.__file__).parents[1])
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "1 failed" in done.stdout, done.stdout + done.stderr
+    # the assertion of bgmrec/testing.py explained (rewritten), not a bare AssertionError
+    assert "where array([0., 0.]) = <built-in method max of numpy.ndarray" in done.stdout, done.stdout
 
 def test_a_plugin_failing_on_import_or_claimed_twice_is_listed_with_why(monkeypatch, tmp_path, capsys):
     site = tmp_path / "site"

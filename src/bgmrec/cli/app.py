@@ -1,5 +1,11 @@
 """The Typer application object; command modules register on it."""
 
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import typer
 
 app = typer.Typer(
@@ -9,3 +15,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@contextmanager
+def library_warnings_on_one_line() -> Iterator[None]:
+    """Within: a warning of one of bgmrec's own categories (a :class:`Warning` subclass of a bgmrec module, such
+    as :class:`bgmrec.models.registry.PluginWarning` or :class:`bgmrec.features.recommend.FeatureMismatchWarning`)
+    shown as the commands show theirs, one ``warning: ...`` line on standard error, not as Python's report with
+    the library's file, line and source; any other warning as before."""
+    with warnings.catch_warnings():  # restores the way warnings are shown on leaving
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.split(".")[0] == "bgmrec":
+                from bgmrec.features.recommend import warn_on_stderr
+
+                warn_on_stderr(str(message))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+@app.callback()
+def every_command(ctx: typer.Context) -> None:
+    # runs before any command (and before its options are read): the command runs inside the context manager
+    ctx.with_resource(library_warnings_on_one_line())

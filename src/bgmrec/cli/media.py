@@ -154,11 +154,14 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
 @app.command("recommend")
 def recommend_cmd(
     run: Path = typer.Option(..., help="run folder of a trained model"),
-    catalog: Path = typer.Option(..., help="catalogue folder written by extract-music"),
-    video: str | None = typer.Option(None, help="a video file; with --features: the video id"),
-    caption: str | None = typer.Option(None, help="caption and hashtags of the video file"),
-    features: Path | None = typer.Option(None, help="videos folder of extract-videos (with --video-id)"),
-    video_id: str | None = typer.Option(None, help="id of a video in --features"),
+    catalog: Path = typer.Option(..., help="catalogue folder written by extract-music, or a dataset folder (its "
+                                           "tracks)"),
+    video: str | None = typer.Option(None, help="the clip as a video file, embedded now (with --caption and "
+                                                "--frames); a video of --features is named by --video-id"),
+    caption: str | None = typer.Option(None, help="caption and hashtags of the --video file"),
+    features: Path | None = typer.Option(None, help="the clip from a videos folder of extract-videos (or a dataset "
+                                                    "folder) instead of a file: its video --video-id"),
+    video_id: str | None = typer.Option(None, help="id of the clip in --features (a row of its videos.csv)"),
     top: int = typer.Option(10, min=1, help="how many tracks"),
     frames: int | None = typer.Option(None, min=1, help="frames sampled from --video (as extract-videos did for "
                                                         "training; default 8)"),
@@ -174,7 +177,6 @@ def recommend_cmd(
         open_catalog,
         open_video_features,
         recommend_clip,
-        warn_on_stderr,
     )
     from bgmrec.models.base import load_model
 
@@ -204,17 +206,9 @@ def recommend_cmd(
             raise ValueError(f"{video}: {e}") from None
         clip = ClipFeatures(visual, text, has_text)
         label = video
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", FeatureMismatchWarning)
-            result = recommend_clip(model, cat, clip, top, frames)
-    finally:  # also before an error: the library's mismatch warnings read as the commands' others, "warning: ..."
-        for w in caught:
-            if issubclass(w.category, FeatureMismatchWarning):
-                warn_on_stderr(str(w.message))
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    with warnings.catch_warnings():  # every mismatch, each shown as "warning: ..." (cli.app's every_command)
+        warnings.simplefilter("always", FeatureMismatchWarning)
+        result = recommend_clip(model, cat, clip, top, frames)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

@@ -48,6 +48,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deccm-teachermix": ("deccm", {"adjustment": False, "alpha": 0.0, "content_share": False}),
 }
 
+
+class PluginWarning(UserWarning):
+    """An installed package's model that bgmrec leaves out (its entry point takes a built-in model's name).
+    The commands print it as one ``warning: ...`` line, as their own warnings."""
+
+
 #: models registered in this process by :func:`register_model`: name -> class or "module:Class"
 _REGISTERED: dict[str, type[Recommender] | str] = {}
 
@@ -89,8 +95,9 @@ def plugin_models() -> dict[str, EntryPoint | tuple[EntryPoint, ...]]:
     found: dict[str, list[EntryPoint]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in MODEL_PATHS or ep.name in VARIANTS:
-            warnings.warn(f"entry point {ep.value!r} of group {ENTRY_POINT_GROUP!r} takes the built-in model "
-                          f"name {ep.name!r}: ignored", stacklevel=1)
+            warnings.warn(f"entry point {ep.value!r} of group {ENTRY_POINT_GROUP!r} ({_distribution(ep)}) takes "
+                          f"the built-in model name {ep.name!r}: ignored; rename it in that package's entry points",
+                          PluginWarning, stacklevel=1)
             continue
         if all(ep.value != seen.value for seen in found.get(ep.name, [])):
             found.setdefault(ep.name, []).append(ep)
