@@ -168,11 +168,13 @@ def recommend_cmd(
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
     check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
+    from bgmrec.cli.core import warn_if_model_code_changed
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.recommend import ClipFeatures, FeatureMismatchWarning, recommend_clip, warn_on_stderr
     from bgmrec.models.base import load_model
 
     model = load_model(run)
+    warn_if_model_code_changed(run, model)
     if mode is not None:
         model.set_inference_mode(mode)
     cat = load_catalog(catalog)
