@@ -165,7 +165,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     ``resume`` reuses the runs in ``work`` that the same commit trained (seeds can then run as
     separate processes, and an interrupted benchmark continues where it stopped).
     """
-    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, train_model
+    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, model_package, packages_note, train_model
     from bgmrec.data.dataset import load_dataset, write_json_atomic
     from bgmrec.eval.report import (
         PAIRED_NOTE,
@@ -182,7 +182,8 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         "# Benchmarks: quality on the simulated worlds",
         "",
         f"Regenerate with `{command}` (commit {git_commit()}, {machine()}, "
-        f"{time.strftime('%Y-%m-%d')}). Each figure is the mean ± population standard deviation over seeds "
+        f"{time.strftime('%Y-%m-%d')}{packages_note({m: model_package(m) for m in models or DEMO_MODELS})}). "
+        "Each figure is the mean ± population standard deviation over seeds "
         f"{', '.join(map(str, seeds))} where more than one seed ran; each seed is a new world (same parameters), "
         "new splits and new initialisations. Full-catalogue ranking is the main protocol; `s-` figures are the "
         "papers' sampled protocol (1 positive + 100 frozen negatives, or every other candidate of a split that "

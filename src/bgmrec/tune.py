@@ -92,6 +92,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         dataset_record,
         git_commit,
         model_package,
+        packages_note,
         train_model,
     )
     from bgmrec.data.dataset import write_json_atomic, write_text_atomic
@@ -146,7 +147,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": i + 1 == len(points),
                                                        "trials": [t.to_json() for t in _ranked(trials)]})
     trials = _ranked(trials)
-    made = f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {record['commit']}"
+    made = (f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {record['commit']}"
+            + packages_note({model: record["model_package"]}))  # the code it was trained with
     write_text_atomic(Path(out) / "tuning.md", tuning_markdown(model, grid, trials, made) + "\n")
     return trials
 

@@ -133,6 +133,125 @@ def test_runs_of_a_plugin_whose_code_changed_are_not_resumed(installed_plugin, m
         run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid", resume=True)
 
 
+def warning_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+
+
+def test_figures_and_commands_name_the_plugin_code_that_ran(installed_plugin, monkeypatch, tmp_path, tiny_dir,
+                                                           capsys):
+    run, base, out = tmp_path / "run", tmp_path / "random", tmp_path / "eval.json"
+    assert main(["train", "--data", str(tiny_dir), "--model", "ep-ridge", "--out", str(run)]) == 0
+    assert main(["train", "--data", str(tiny_dir), "--model", "random", "--out", str(base)]) == 0
+    made = json.loads((run / "run.json").read_text())["model_package"]
+    evaluate = ["evaluate", "--run", str(run), "--data", str(tiny_dir), "--json", str(out)]
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    assert warning_lines(capsys) == []  # the code it was trained with
+    assert json.loads(out.read_text())["provenance"]["runs"]["run"]["model_package"] == made
+    with (installed_plugin / "ep_ridge.py").open("a") as f:
+        f.write("# the model's loss edited\n")
+    now = core.model_package("ep-ridge")
+    assert now["code"] != made["code"]
+    assert main(evaluate) == 0
+    [warned] = warning_lines(capsys)  # once
+    assert warned.startswith(f"warning: {run}: its model's code changed since it was trained (ep_ridge:EpRidge of "
+                             f"package 'ep_ridge' 0.1.0, code {made['code']} then; ep_ridge:EpRidge of package "
+                             f"'ep_ridge' 0.1.0, code {now['code']} now)")
+    runs = json.loads(out.read_text())["provenance"]["runs"]
+    assert runs["run"]["model_package"] == now and runs["run"]["trained"]["model_package"] == made  # as evaluated
+    assert main(["compare", "--baseline", str(base), "--run", str(run), "--data", str(tiny_dir), "--resamples",
+                 "200", "--json", str(out)]) == 0
+    [warned] = warning_lines(capsys)  # the changed run's; the baseline is bgmrec's own
+    assert warned.startswith(f"warning: {run}: its model's code changed")
+    runs = json.loads(out.read_text())["provenance"]["runs"]
+    assert runs["candidate"]["model_package"] == now and runs["baseline"]["model_package"] is None
+    # recommend and serve say it as soon as the model is loaded (here, before failing on a missing catalogue)
+    monkeypatch.setattr("bgmrec.cli.serve.check_can_listen", lambda host, port: None)
+    for command in (["recommend", "--features", str(tmp_path / "videos"), "--video-id", "v0"], ["serve"]):
+        assert main([*command, "--run", str(run), "--catalog", str(tmp_path / "no-catalogue")]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert [line for line in err if line.startswith("warning:")] == [warned] and "no-catalogue" in err[-1]
+    assert main(["evaluate", "--run", str(base), "--data", str(tiny_dir)]) == 0
+    assert warning_lines(capsys) == []
+
+
+def test_reports_name_the_plugin_code_they_used(installed_plugin, monkeypatch, tmp_path, tiny_dir):
+    from rich.console import Console
+
+    from bgmrec.bench import run_quality
+    from bgmrec.tune import run_grid
+
+    monkeypatch.setattr(core, "git_commit", lambda: "abc1234")
+    made = core.model_package("ep-ridge")
+    named = (f"; models of other packages: ep-ridge is ep_ridge:EpRidge of package 'ep_ridge' 0.1.0, code "
+             f"{made['code']}")
+    run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid")
+    assert f"commit abc1234{named}." in (tmp_path / "grid" / "tuning.md").read_text()
+    run_quality(["tiny"], [0], tmp_path / "q.md", tmp_path / "work", ["popularity", "ep-ridge"],
+                Console(quiet=True), "cmd")
+    header = next(line for line in (tmp_path / "q.md").read_text().splitlines() if line.startswith("Regenerate"))
+    assert header.startswith("Regenerate with `cmd` (commit abc1234, ") and f"{named})." in header
+    assert core.packages_note({"popularity": core.model_package("popularity")}) == ""  # the commit says its code
+
+
+def test_a_run_saved_by_the_library_records_where_its_class_lives(installed_plugin, monkeypatch, tmp_path,
+                                                                 tiny_ds, tiny_spec, tiny_dir, capsys):
+    from bgmrec.models.base import SplitView
+    from bgmrec.models.registry import build
+
+    model = build("ep-ridge", tiny_spec).fit(SplitView(tiny_ds, "train"))
+    folder = model.save(tmp_path / "run")  # no run.json: not the CLI
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["model_package"] == core.model_package("ep-ridge")
+    assert meta["model_package"]["class"] == "ep_ridge:EpRidge" and meta["model_package"]["version"] == "0.1.0"
+    assert "model_package" not in json.loads(
+        (build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train")).save(tmp_path / "own") / "config.json")
+        .read_text())  # bgmrec's own models: the version says which code
+    assert type(load_model(folder)) is type(model)
+    with (installed_plugin / "ep_ridge.py").open("a") as f:  # what it was saved with, compared as for a CLI run
+        f.write("# edited\n")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--run", str(folder), "--data", str(tiny_dir), "--json", str(out)]) == 0
+    [warned] = warning_lines(capsys)
+    assert warned.startswith(f"warning: {folder}: its model's code changed since it was trained")
+    assert json.loads(out.read_text())["provenance"]["runs"]["run"]["trained"] == {
+        "model_package": meta["model_package"]}
+    # in a process without the package: the unknown model's error says which package to install
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(installed_plugin)])
+    registry.plugin_models.cache_clear()
+    with pytest.raises(ValueError, match=r"config.json: unknown model 'ep-ridge'; .* its config.json says it was "
+                                         r"saved with ep_ridge:EpRidge of package 'ep_ridge' 0.1.0: install that "
+                                         r"package$"):
+        load_model(folder)
+
+
+def test_config_json_with_or_without_the_class_record_loads(example_on_path, tmp_path, tiny_ds, tiny_spec,
+                                                             registered):
+    from bgmrec.models.base import SplitView
+    from bgmrec.models.baselines import PopularityRecommender
+
+    mine = type("ScriptPop", (PopularityRecommender,), {"name": "script-pop", "__module__": "__main__"})
+    register_model("script-pop", mine)
+    registered.append("script-pop")
+    folder = mine(mine.config_class(), tiny_spec).fit(SplitView(tiny_ds, "train")).save(tmp_path / "run")
+    path = folder / "config.json"
+    meta = json.loads(path.read_text())
+    assert meta["model_package"]["class"] == "__main__:ScriptPop" and meta["model_package"]["package"] is None
+    for record in (None, {"class": "elsewhere:Moved", "package": "gone", "version": "9", "code": None}, 3):
+        # an older bgmrec's file (none), a class moved since, a damaged record: never a reason to refuse
+        path.write_text(json.dumps({**{k: v for k, v in meta.items() if k != "model_package"},
+                                    **({} if record is None else {"model_package": record})}))
+        assert type(load_model(folder)) is mine
+    unregister_model("script-pop")
+    registered.remove("script-pop")
+    with pytest.raises(ValueError, match=r"unknown model 'script-pop'; [^;]*\)$"):  # no record to hint from
+        load_model(folder)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"its config.json says it was saved with __main__:ScriptPop, which no "
+                                         r"installed package provides: register it"):
+        load_model(folder)
+
+
 def test_a_model_is_known_by_its_class_s_name(installed_plugin, monkeypatch, registered):
     install_entry_points(monkeypatch, installed_plugin.parent / "other", "misnamed", {"misnamed": "ep_ridge:EpRidge"})
     with pytest.raises(ValueError, match="model 'misnamed': ep_ridge:EpRidge has name 'ep-ridge'; its runs are saved"):

@@ -79,11 +79,12 @@ def source_digest(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def model_package(model: str) -> dict | None:
-    """Where the code of ``--model`` ``model`` comes from when it is not bgmrec's own (a model of another
-    package, or one registered with ``register_model``): its class, the distribution that installed its
-    module and its version (None for code not installed as one) and a hash of its sources (None when
-    they cannot be read); None for bgmrec's models, whose code the commit and version identify.
+def model_package(model: str | type) -> dict | None:
+    """Where the code of ``--model`` ``model`` (a name, or the model's class) comes from when it is not
+    bgmrec's own (a model of another package, or one registered with ``register_model``): its class, the
+    distribution that installed its module and its version (None for code not installed as one) and a hash
+    of its sources (None when they cannot be read); None for bgmrec's models, whose code the commit and
+    version identify.
 
     The hash covers every top-level package (or module) that defines a class of the model's class
     hierarchy outside bgmrec: a subclass of another package's model changes with either package."""
@@ -91,7 +92,7 @@ def model_package(model: str) -> dict | None:
 
     from bgmrec.models.registry import model_class, resolve
 
-    cls = model_class(resolve(model)[0])
+    cls = model if isinstance(model, type) else model_class(resolve(model)[0])
     if cls.__module__.split(".")[0] == "bgmrec":
         return None
     tops = sorted({c.__module__.split(".")[0] for c in cls.__mro__} - {"bgmrec", "builtins", "abc", "typing"})
@@ -100,6 +101,42 @@ def model_package(model: str) -> dict | None:
     return {"class": f"{cls.__module__}:{cls.__qualname__}", "package": dist and dist.metadata["Name"],
             "version": dist and dist.version,
             "code": None if None in digests else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]}
+
+
+def describe_package(made: dict | None) -> str:
+    """A :func:`model_package` record in words, e.g. ``bgmrec_gated:GatedCMVAE of package 'bgmrec-gated'
+    0.1.0, code 0123456789abcdef`` (None: bgmrec's own code)."""
+    if not isinstance(made, dict):
+        return "bgmrec's own code"
+    where = (f"of package {made['package']!r} {made.get('version')}" if made.get("package")
+             else "of no installed package")
+    return f"{made.get('class')} {where}, code {made.get('code') or 'unreadable'}"
+
+
+def packages_note(packages: dict[str, dict | None]) -> str:
+    """For a report's header line, beside bgmrec's commit: the models of other packages among ``packages``
+    (``--model`` name -> its :func:`model_package`, None for bgmrec's own) as
+    ``"; models of other packages: NAME is "`` + :func:`describe_package`, one per model; "" when there are none."""
+    named = [f"{name} is {describe_package(made)}" for name, made in packages.items() if made is not None]
+    return "; models of other packages: " + "; ".join(named) if named else ""
+
+
+def warn_if_model_code_changed(run: Path, model) -> None:
+    """Say on stderr, in one line, when the code of the loaded ``model`` of ``run`` (its
+    :func:`model_package` now) is not the code its run recorded at training (``run.json``, else
+    ``config.json``): its weights now run under code they were not trained with. Silent for bgmrec's own
+    models (their code is the commit's) and runs that recorded nothing; never an error."""
+    from bgmrec.models.base import recorded_model_package
+
+    then, _ = recorded_model_package(run)
+    if then is None:
+        return
+    now = model_package(type(model))
+    if now is not None and all(then.get(k) == now.get(k) for k in ("class", "package", "version", "code")):
+        return
+    print(f"warning: {run}: its model's code changed since it was trained ({describe_package(then)} then; "
+          f"{describe_package(now)} now): results are of the new code with weights trained by the old; retrain "
+          "it to measure the code as it is", file=sys.stderr)
 
 
 def _module_digest(top: str) -> str | None:
@@ -524,14 +561,25 @@ def run_label(run: Path, rec) -> str:
 
 def provenance(data: Path, runs: dict[str, Path]) -> dict:
     """What a figure was computed from, for its JSON: the dataset (folder and fingerprints), each run
-    (folder and what its ``run.json`` says of its training) and the bgmrec that computed it."""
+    (folder, what its ``run.json`` says of its training, and ``model_package``: the code of its model of
+    another package as it computed the figure, None for bgmrec's own) and the bgmrec that computed it.
+
+    A run saved by the library alone (no ``run.json``) has in ``trained`` the ``model_package`` its
+    ``config.json`` recorded."""
     import bgmrec
-    from bgmrec.models.base import read_run_record
+    from bgmrec.data.dataset import read_json
+    from bgmrec.models.base import read_run_record, recorded_model_package
 
     keep = ("model", "data", "data_fingerprint", "features_fingerprint", "commit", "argv", "model_package")
+
+    def trained(run: Path) -> dict:
+        made, _ = recorded_model_package(run)
+        return {**{k: v for k, v in read_run_record(run).items() if k in keep},
+                **({"model_package": made} if made is not None else {})}
+
     return {**dataset_record(data),
-            "runs": {role: {"folder": str(Path(run).resolve()),
-                            "trained": {k: v for k, v in read_run_record(run).items() if k in keep}}
+            "runs": {role: {"folder": str(Path(run).resolve()), "trained": trained(run),
+                            "model_package": model_package(read_json(Path(run) / "config.json")["model"])}
                      for role, run in runs.items()},
             "bgmrec_version": bgmrec.__version__, "commit": git_commit()}
 
@@ -624,6 +672,7 @@ def evaluate(
         rec.set_inference_mode(mode)
     result = {"label": run_label(run, rec), **run_eval(rec, ds, split)}
     warn_if_trained_on_other_data(run, data)  # once the figures exist: an error says nothing more
+    warn_if_model_code_changed(run, rec)
     if ds.split_info[split].role in ("train", "teacher"):
         print(f"note: {split} is a training split (role {ds.split_info[split].role}): its figures measure the "
               "fit, not how the model generalises", file=sys.stderr)
@@ -670,8 +719,9 @@ def compare(
             rec.set_inference_mode(m)
         models.append(rec)
     c = paired(*models, ds, split, metric, resamples, level)
-    for folder in (baseline, run):
+    for folder, rec in zip((baseline, run), models, strict=True):
         warn_if_trained_on_other_data(folder, data)
+        warn_if_model_code_changed(folder, rec)
     names = [label({"model": run_label(folder, rec), "inference_mode": rec.inference_mode})
              for folder, rec in zip((baseline, run), models, strict=True)]
     t = Table(title=f"{split}: {c.n_queries} queries, full-catalogue {metric}, {level:.0%} intervals")

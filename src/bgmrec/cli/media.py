@@ -171,6 +171,7 @@ def recommend_cmd(
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
     check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
+    from bgmrec.cli.core import warn_if_model_code_changed
     from bgmrec.features.recommend import (
         ClipFeatures,
         FeatureMismatchWarning,
@@ -181,6 +182,7 @@ def recommend_cmd(
     from bgmrec.models.base import load_model
 
     model = load_model(run)
+    warn_if_model_code_changed(run, model)
     if mode is not None:
         model.set_inference_mode(mode)
     cat = open_catalog(catalog)

@@ -63,6 +63,7 @@ def serve_cmd(
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
     import torch
 
+    from bgmrec.cli.core import warn_if_model_code_changed
     from bgmrec.features.recommend import ClipRecommender, open_catalog, warn_on_stderr
     from bgmrec.models.base import load_model
 
@@ -71,6 +72,7 @@ def serve_cmd(
     if threads is not None:
         torch.set_num_threads(threads)
     model = load_model(run)
+    warn_if_model_code_changed(run, model)
     if mode is not None:
         model.set_inference_mode(mode)
     recommender = ClipRecommender(model, open_catalog(catalog), index, warn=warn_on_stderr, frames=frames,

@@ -364,6 +364,7 @@ class Recommender(ABC):
         from safetensors.numpy import save_file
 
         out = Path(out)
+        made = _model_package(type(self))  # before anything is written: a failure leaves no half-saved run
         out.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
         tmp = out / ".weights.safetensors.tmp"
@@ -371,6 +372,7 @@ class Recommender(ABC):
         tmp.replace(out / "weights.safetensors")
         write_json_atomic(out / "config.json", {
             "model": self.name,
+            **({"model_package": made} if made is not None else {}),
             "bgmrec_version": bgmrec.__version__,
             "config": asdict(self.config),
             "spec": asdict(self.spec),
@@ -386,6 +388,17 @@ class Recommender(ABC):
     def from_folder_config(cls, meta: dict) -> Recommender:
         """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
         return cls(config_from_dict(cls.config_class, meta["config"]), FeatureSpec.from_dict(meta["spec"]))
+
+
+def _model_package(cls: type) -> dict | None:
+    """Where the class of a model that is not bgmrec's own lives, for its ``config.json``: ``class``
+    ("module:qualname"), the ``package`` (distribution) and ``version`` that installed it (None when not
+    installed) and a hash of its ``code`` (:func:`bgmrec.cli.core.model_package`); None for bgmrec's models."""
+    if cls.__module__.split(".")[0] == "bgmrec":
+        return None
+    from bgmrec.cli.core import model_package
+
+    return model_package(cls)
 
 
 def _names(keys: list[str], shown: int = 5) -> str:
@@ -406,6 +419,27 @@ def read_run_record(run: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def recorded_model_package(folder: Path) -> tuple[dict | None, str]:
+    """The code a saved model of another package was made with, as its folder records it, and the file that
+    says so: ``run.json``'s ``model_package`` (written when ``bgmrec train`` starts), else ``config.json``'s
+    (written by :meth:`Recommender.save`, also when the library alone saved it); (None, "") for bgmrec's own
+    models, folders that record neither (saved by an older bgmrec) and records that are not objects naming
+    a class."""
+    from bgmrec.data.dataset import read_json
+
+    def valid(made) -> bool:
+        return isinstance(made, dict) and isinstance(made.get("class"), str)
+
+    made = read_run_record(folder).get("model_package")
+    if valid(made):
+        return made, "run.json"
+    try:
+        made = read_json(Path(folder) / "config.json").get("model_package")
+    except (DatasetError, OSError):  # none, or damaged
+        return None, ""
+    return (made, "config.json") if valid(made) else (None, "")
 
 
 def load_model(folder: Path) -> Recommender:
@@ -432,13 +466,13 @@ def load_model(folder: Path) -> Recommender:
     try:
         cls = model_class(meta["model"])
     except ValueError as e:
-        made = read_run_record(folder).get("model_package")
-        if isinstance(made, dict) and made.get("package"):
-            made = (f"; its run.json says it was trained with {made.get('class')} of package {made['package']!r} "
-                    f"{made.get('version')}: install that package")
-        elif isinstance(made, dict):
-            made = (f"; its run.json says it was trained with {made.get('class')}, which no installed package "
-                    "provides: register it (bgmrec.models.registry.register_model) before loading")
+        made, where = recorded_model_package(folder)
+        said = f"; its {where} says it was {'trained' if where == 'run.json' else 'saved'} with"
+        if made is not None and made.get("package"):
+            made = f"{said} {made['class']} of package {made['package']!r} {made.get('version')}: install that package"
+        elif made is not None:
+            made = (f"{said} {made['class']}, which no installed package provides: register it "
+                    "(bgmrec.models.registry.register_model) before loading")
         else:
             made = ""
         raise DatasetError(f"{cfg_path}: {e}{made}") from None
