@@ -129,8 +129,8 @@ def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | 
     """What ``--resume`` does with the folder ``run``: (training seconds, None) for a run it reuses (see
     :func:`finished_run`), else (None, why the complete run there is trained again), or (None, None) when
     the folder holds no complete run (never trained, or stopped before it finished)."""
-    from bgmrec.cli.core import model_package
     from bgmrec.data.dataset import read_json
+    from bgmrec.models.packages import model_package
 
     if not all((run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
         return None, None
@@ -150,7 +150,7 @@ def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | 
 
 
 def _code_of(package: dict | None) -> str:
-    """A run's ``model_package`` (:func:`bgmrec.cli.core.model_package`) in words."""
+    """A run's ``model_package`` (:func:`bgmrec.models.packages.model_package`) in words."""
     if not isinstance(package, dict):
         return "bgmrec's own model"
     made = f"{package.get('class')} of package {package['package']!r} {package.get('version')}" if package.get(
@@ -165,7 +165,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     ``resume`` reuses the runs in ``work`` that the same commit trained (seeds can then run as
     separate processes, and an interrupted benchmark continues where it stopped).
     """
-    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, model_package, packages_note, train_model
+    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, packages_note, train_model
     from bgmrec.data.dataset import load_dataset, write_json_atomic
     from bgmrec.eval.report import (
         PAIRED_NOTE,
@@ -175,6 +175,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         per_genre_markdown,
         without_ranks,
     )
+    from bgmrec.models.packages import model_package
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,7 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
 
 
 # what must match to resume (``code``: :func:`bgmrec.cli.core.code_fingerprint`; ``model_package``:
-# :func:`bgmrec.cli.core.model_package`, the code of a model from another package)
+# :func:`bgmrec.models.packages.model_package`, the code of a model from another package)
 RESUME_KEYS = ("model", "data_fingerprint", "features_fingerprint", "grid", "sets", "seed", "teacher",
                "teacher_weights_sha256", "code", "model_package")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bgmrec.cli import core, main
-from bgmrec.models import registry
+from bgmrec.models import packages, registry
 from bgmrec.models.base import Recommender, load_model
 from bgmrec.models.registry import ENTRY_POINT_GROUP, model_class, model_names, register_model, unregister_model
 from bgmrec.testing import RecommenderContractMixin
@@ -45,7 +45,7 @@ def install_entry_points(monkeypatch, root: Path, dist: str, entries: dict[str, 
     (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}")
     monkeypatch.syspath_prepend(str(root))
     registry.plugin_models.cache_clear()
-    core._top_level_distributions.cache_clear()  # the distributions installed now
+    packages._top_level_distributions.cache_clear()  # the distributions installed now
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_runs_of_a_plugin_whose_code_changed_are_not_resumed(installed_plugin, m
     assert reusable_run(tmp_path / "run", "ep-ridge", 0, "abc1234") == (None, (
         f"the model's code changed since the run there was trained (then: ep_ridge:EpRidge of package 'ep_ridge' "
         f"0.1.0, code {code}; installed now: ep_ridge:EpRidge of package 'ep_ridge' 0.1.0, code "
-        f"{core.model_package('ep-ridge')['code']})"))
+        f"{packages.model_package('ep-ridge')['code']})"))
     with pytest.raises(ValueError, match="records another model_package"):
         run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid", resume=True)
 
@@ -150,7 +150,7 @@ def test_figures_and_commands_name_the_plugin_code_that_ran(installed_plugin, mo
     assert json.loads(out.read_text())["provenance"]["runs"]["run"]["model_package"] == made
     with (installed_plugin / "ep_ridge.py").open("a") as f:
         f.write("# the model's loss edited\n")
-    now = core.model_package("ep-ridge")
+    now = packages.model_package("ep-ridge")
     assert now["code"] != made["code"]
     assert main(evaluate) == 0
     [warned] = warning_lines(capsys)  # once
@@ -182,7 +182,7 @@ def test_reports_name_the_plugin_code_they_used(installed_plugin, monkeypatch, t
     from bgmrec.tune import run_grid
 
     monkeypatch.setattr(core, "git_commit", lambda: "abc1234")
-    made = core.model_package("ep-ridge")
+    made = packages.model_package("ep-ridge")
     named = (f"; models of other packages: ep-ridge is ep_ridge:EpRidge of package 'ep_ridge' 0.1.0, code "
              f"{made['code']}")
     run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid")
@@ -191,7 +191,7 @@ def test_reports_name_the_plugin_code_they_used(installed_plugin, monkeypatch, t
                 Console(quiet=True), "cmd")
     header = next(line for line in (tmp_path / "q.md").read_text().splitlines() if line.startswith("Regenerate"))
     assert header.startswith("Regenerate with `cmd` (commit abc1234, ") and f"{named})." in header
-    assert core.packages_note({"popularity": core.model_package("popularity")}) == ""  # the commit says its code
+    assert core.packages_note({"popularity": packages.model_package("popularity")}) == ""  # the commit says its code
 
 
 def test_a_run_saved_by_the_library_records_where_its_class_lives(installed_plugin, monkeypatch, tmp_path,
@@ -202,7 +202,7 @@ def test_a_run_saved_by_the_library_records_where_its_class_lives(installed_plug
     model = build("ep-ridge", tiny_spec).fit(SplitView(tiny_ds, "train"))
     folder = model.save(tmp_path / "run")  # no run.json: not the CLI
     meta = json.loads((folder / "config.json").read_text())
-    assert meta["model_package"] == core.model_package("ep-ridge")
+    assert meta["model_package"] == packages.model_package("ep-ridge")
     assert meta["model_package"]["class"] == "ep_ridge:EpRidge" and meta["model_package"]["version"] == "0.1.0"
     assert "model_package" not in json.loads(
         (build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train")).save(tmp_path / "own") / "config.json")
@@ -531,7 +531,7 @@ def test_the_recorded_code_covers_every_package_of_the_class_hierarchy_and_zippe
     import shutil
     import zipfile
 
-    from bgmrec.cli.core import model_package
+    from bgmrec.models.packages import model_package
 
     base = tmp_path / "base"  # the example package, as a copy this test may edit
     shutil.copytree(EXAMPLE / "src" / "bgmrec_audio_ridge", base / "bgmrec_audio_ridge")

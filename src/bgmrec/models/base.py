@@ -23,6 +23,7 @@ import numpy as np
 
 import bgmrec
 from bgmrec.data.dataset import Dataset, DatasetError, write_json_atomic
+from bgmrec.models.packages import model_package
 
 # ---- what a model eats ------------------------------------------------------------------------------
 
@@ -364,7 +365,7 @@ class Recommender(ABC):
         from safetensors.numpy import save_file
 
         out = Path(out)
-        made = _model_package(type(self))  # before anything is written: a failure leaves no half-saved run
+        made = model_package(type(self))  # before anything is written: a failure leaves no half-saved run
         out.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
         tmp = out / ".weights.safetensors.tmp"
@@ -388,17 +389,6 @@ class Recommender(ABC):
     def from_folder_config(cls, meta: dict) -> Recommender:
         """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
         return cls(config_from_dict(cls.config_class, meta["config"]), FeatureSpec.from_dict(meta["spec"]))
-
-
-def _model_package(cls: type) -> dict | None:
-    """Where the class of a model that is not bgmrec's own lives, for its ``config.json``: ``class``
-    ("module:qualname"), the ``package`` (distribution) and ``version`` that installed it (None when not
-    installed) and a hash of its ``code`` (:func:`bgmrec.cli.core.model_package`); None for bgmrec's models."""
-    if cls.__module__.split(".")[0] == "bgmrec":
-        return None
-    from bgmrec.cli.core import model_package
-
-    return model_package(cls)
 
 
 def _names(keys: list[str], shown: int = 5) -> str:
