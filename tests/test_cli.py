@@ -621,11 +621,30 @@ def test_simulate_refuses_an_option_and_a_set_that_disagree(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["provenance"]["world"]["gamma"] == 0
 
 
-def test_evaluating_a_training_split_says_so(cli_world, popularity_run, capsys):
-    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--split", "train"]) == 0
-    assert "note: train is a training split (role train)" in capsys.readouterr().err
-    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--split", "test"]) == 0
-    assert "note:" not in capsys.readouterr().err
+def test_evaluating_or_comparing_on_a_training_split_says_so(cli_world, popularity_run, capsys):
+    run = str(popularity_run)
+    for command in (["evaluate", "--run", run], ["compare", "--baseline", run, "--run", run, "--resamples", "100"]):
+        for split, role in (("train", "train"), ("pgc", "teacher")):
+            assert main([*command, "--data", str(cli_world), "--split", split]) == 0
+            assert (f"note: {split} is a training split (role {role}): its figures measure the fit, not how the "
+                    "model generalises\n") in capsys.readouterr().err
+        assert main([*command, "--data", str(cli_world), "--split", "test"]) == 0
+        assert "note:" not in capsys.readouterr().err
+
+
+def test_a_bench_report_names_its_command_as_a_line_to_paste(tmp_path, monkeypatch):
+    import shlex
+    import sys
+
+    work = tmp_path / "bench work"  # a space, and below an empty --intervened: both quoted
+    assert main(["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work",
+                 str(work), "--out", str(tmp_path / "q.md")]) == 0
+    argv = ["bench", "ceiling", "--scale", "tiny", "--seeds", "0", "--work", str(work), "--models", "popularity",
+            "--intervened", "", "--out", str(tmp_path / "c.md")]
+    monkeypatch.setattr(sys, "argv", ["bgmrec", *argv])  # what the commands read as their command line
+    assert main(argv) == 0
+    made = (tmp_path / "c.md").read_text().split("Made by `", 1)[1].split("`", 1)[0]
+    assert shlex.split(made) == ["bgmrec", *argv]
 
 
 @pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 143), ("SIGINT", 130)])

@@ -5,6 +5,7 @@ Application code (it writes files and prints); the library parts it uses take ex
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -95,10 +96,11 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
         if any(r["split"] == split for r in results):
             plots.append(report.plot_genre_shares(results, split, out / f"genre_shares_{split}.png"))
     wall = time.perf_counter() - t_start
+    command = shlex.join(["bgmrec", "demo", "--scale", scale, "--seed", str(seed), "--out", str(out)])
     lines = [
         f"# bgmrec demo: the `{scale}` simulated world, seed {seed}",
         "",
-        f"Made by `bgmrec demo --scale {scale} --seed {seed} --out {out}` at commit {git_commit()} on "
+        f"Made by `{command}` at commit {git_commit()} on "
         f"{machine()}; wall time {wall:.0f} s.",
         "",
         "Full-catalogue figures rank each query's positive among all of the split's candidate tracks "

@@ -542,14 +542,21 @@ def evaluate(
     result = {"label": run_label(run, rec), **run_eval(rec, ds, split)}
     warn_if_trained_on_other_data(run, data)  # once the figures exist: an error says nothing more
     warn_if_model_code_changed(run, rec)
-    if ds.split_info[split].role in ("train", "teacher"):
-        print(f"note: {split} is a training split (role {ds.split_info[split].role}): its figures measure the "
-              "fit, not how the model generalises", file=sys.stderr)
+    note_if_training_split(ds, split)
     for t in rich_tables([result]):
         console.print(t)
     if json_out is not None:
         write_json_atomic(json_out, {**result, "provenance": provenance(data, {"run": run})})
         console.print(f"wrote {json_out}")
+
+
+def note_if_training_split(ds, split: str) -> None:
+    """A note on stderr when ``split`` is one models are fitted on (role train or teacher), as ``evaluate`` and
+    ``compare`` print it: its figures measure the fit, not how a model generalises."""
+    role = ds.split_info[split].role
+    if role in ("train", "teacher"):
+        print(f"note: {split} is a training split (role {role}): its figures measure the fit, not how the model "
+              "generalises", file=sys.stderr)
 
 
 @app.command()
@@ -591,6 +598,7 @@ def compare(
     for folder, rec in zip((baseline, run), models, strict=True):
         warn_if_trained_on_other_data(folder, data)
         warn_if_model_code_changed(folder, rec)
+    note_if_training_split(ds, split)
     names = [label({"model": run_label(folder, rec), "inference_mode": rec.inference_mode})
              for folder, rec in zip((baseline, run), models, strict=True)]
     t = Table(title=f"{split}: {c.n_queries} queries, full-catalogue {metric}, {level:.0%} intervals")
@@ -636,9 +644,9 @@ def bench_quality(
     resume: bool = typer.Option(False, help="reuse runs in WORK trained by the same commit instead of retraining"),
 ) -> None:
     """Every model on every split of simulated worlds, mean and spread over seeds -> docs/benchmarks.md."""
-    from bgmrec.bench import run_quality
+    from bgmrec.bench import command_line, run_quality
 
-    command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench quality"
+    command = command_line(sys.argv[1:], "bgmrec bench quality")
     run_quality(scales.split(","), [int(s) for s in seeds.split(",")], out, work,
                 models.split(",") if models else None, console, command, resume)
 
@@ -678,9 +686,9 @@ def bench_ceiling(
 ) -> None:
     """Each quality-benchmark model as it ranks and with a per-track term fitted to the world's truth,
     against the --intervened models trained on the intervened world (choices redrawn by content alone)."""
-    from bgmrec.bench import CEILING_MODELS, run_track_term_ceiling
+    from bgmrec.bench import CEILING_MODELS, command_line, run_track_term_ceiling
 
-    command = "bgmrec " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bgmrec bench ceiling"
+    command = command_line(sys.argv[1:], "bgmrec bench ceiling")
     if out is None:
         out = Path("docs/track_term_ceiling.md" if fit else f"docs/intervened_{scale}.md")
     run_track_term_ceiling(scale, [int(s) for s in comma_list(seeds)], work, out, console, command,
@@ -702,7 +710,7 @@ def bench_gamma(
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
 ) -> None:
     """DecCM's gain over CMVAE on test_unbiased as the confounding strength gamma grows."""
-    from bgmrec.bench import run_gamma_sweep
+    from bgmrec.bench import command_line, run_gamma_sweep
 
     run_gamma_sweep([float(g) for g in gammas.split(",")], scale, seed, work, out, console,
-                    "bgmrec " + " ".join(sys.argv[1:]))
+                    command_line(sys.argv[1:], "bgmrec bench gamma"))
