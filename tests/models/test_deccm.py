@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -449,9 +450,18 @@ def test_content_share_without_professional_videos_says_it_has_no_effect(tiny_ds
     monkeypatch.setattr(deccm, "professional_split", lambda ds: None)
     model = build("deccm", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
     model.teacher = object()  # as with --teacher RUN_DIR on a dataset without professional videos
-    with pytest.warns(UserWarning, match="content_share=true has no effect"):
+    with pytest.warns(deccm.SettingWithoutEffectWarning, match="content_share=true has no effect"):
         model.prepare(FeatureTensors(tiny_ds), np.asarray(tiny_ds.splits["train"]))
     assert model.professional_counts is None
+
+
+def test_the_commands_show_a_setting_without_effect_on_one_line(capsys):
+    from bgmrec.cli.app import library_warnings_on_one_line
+    from bgmrec.models.deccm import SettingWithoutEffectWarning
+
+    with library_warnings_on_one_line():
+        warnings.warn("content_share=true has no effect", SettingWithoutEffectWarning, stacklevel=1)
+    assert capsys.readouterr().err == "warning: content_share=true has no effect\n"
 
 
 def test_an_ablation_with_content_mode_only_says_how_to_do_without_its_teacher(tiny_ds):

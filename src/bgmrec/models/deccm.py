@@ -66,6 +66,12 @@ from bgmrec.models.neural import TrackPrior
 from bgmrec.train import Batch, FeatureTensors
 
 MODES = ("backdoor", "content", "personalised")
+
+
+class SettingWithoutEffectWarning(UserWarning):
+    """A DecCM setting the training data leaves without effect (``content_share`` without professional videos
+    choosing training tracks). The commands print it as one ``warning: ...`` line, as their own warnings."""
+
 # what fixes the scale of the latent space and of the scores (tau * log P), which teacher and student must share
 TEACHER_MUST_SHARE = ("latent_dim", "similarity", "temperature", "matching", "track_prior")
 _EPS = 1e-6
@@ -207,7 +213,7 @@ class DecCM(CMVAE):
             if counts is None or not counts[~np.asarray(ds.track_new)].any():
                 warnings.warn("content_share=true has no effect: the dataset has no professional videos choosing "
                               "tracks of the training catalogue; content mode ranks with the uploads' shares",
-                              stacklevel=2)
+                              SettingWithoutEffectWarning, stacklevel=2)
             else:
                 self.professional_counts = counts
 
