@@ -74,6 +74,9 @@ def test_resume_says_which_runs_it_reused_and_why_it_trains_one_again(tmp_path, 
             "this is def5678\n") in said and "tiny seed 0: popularity trained in 0 s\n" in said
     commit = "def5678-dirty"
     assert "not reused: the code is uncommitted (commit def5678-dirty)" in printed()
+    commit = "unknown"  # an installed copy, not a git checkout
+    assert "not reused: bgmrec's commit is unknown (it does not run from a git checkout)" in printed()
+
 
 def test_the_command_of_a_report_s_made_by_line_pastes_back_to_the_same_arguments():
     from bgmrec.bench import command_line
@@ -83,6 +86,7 @@ def test_the_command_of_a_report_s_made_by_line_pastes_back_to_the_same_argument
     assert line == "bgmrec bench ceiling --intervened '' --redraws 1 --out 'my runs/c.md' --models 'a;b'"
     assert shlex.split(line) == ["bgmrec", *argv]  # the empty --intervened kept, not dropped
     assert command_line(["-n", "2", "tests"], "bgmrec bench ceiling") == "bgmrec bench ceiling"  # not a bench argv
+
 
 def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path, monkeypatch):
     import json

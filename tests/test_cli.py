@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,7 @@ def test_commands_show_bgmrec_s_own_warnings_on_one_line_and_others_as_python_do
         warnings.warn("after the command", FeatureMismatchWarning, stacklevel=1)
     assert [str(w.message) for w in shown] == ["from another library", "after the command"]
     assert capsys.readouterr().err == "warning: the catalogue differs\n"
+
 
 def _error(capsys) -> str:
     """The error printed on stderr, with Rich's line wrapping undone; no traceback."""
@@ -323,6 +325,34 @@ def test_recommend_on_a_dataset_folder_as_catalogue_and_videos(cli_world, tmp_pa
     got = [t["id"] for t in json.loads(capsys.readouterr().out)["tracks"]]
     top, _ = load_model(run).recommend(VideoQuery.from_dataset(ds, [7]), MusicCatalog.from_dataset(ds), 10)
     assert got == [ds.track_ids[j] for j in top[0]]
+    # the table shows the catalogue's words as written: "[/]" in a title is text, not console markup
+    shutil.copytree(cli_world, tmp_path / "world")
+    tracks = (tmp_path / "world" / "tracks.csv").read_text().splitlines()
+    header = tracks[0].split(",")
+    rows = [r.split(",") for r in tracks[1:]]
+    for r in rows:
+        r[header.index("title")] = "[/]" + r[header.index("title")]
+    (tmp_path / "world" / "tracks.csv").write_text("\n".join([tracks[0], *(",".join(r) for r in rows)]) + "\n")
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(run), "--catalog", str(tmp_path / "world"), "--features",
+                 str(tmp_path / "world"), "--video-id", ds.video_ids[7]]) == 0
+    assert f"[/]{ds.track_title[top[0][0]]}" in capsys.readouterr().out
+
+
+def test_demo_on_a_few_models_reports_the_command_that_makes_it_again(tmp_path, capsys):
+    import shlex
+
+    out = tmp_path / "my demo"
+    assert main(["demo", "--scale", "tiny", "--out", str(out), "--models", "random,popularity"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in results} == {"random", "popularity"}
+    made = (out / "report.md").read_text().split("Made by `", 1)[1].split("`", 1)[0]
+    assert shlex.split(made) == ["bgmrec", "demo", "--scale", "tiny", "--seed", "0", "--out", str(out),
+                                 "--models", "random,popularity"]
+    capsys.readouterr()
+    assert main(["demo", "--scale", "tiny", "--out", str(tmp_path / "typo"), "--models", "random,popularty"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown model 'popularty'")
+    assert not (tmp_path / "typo").exists()  # refused before the world is simulated
 
 
 def test_compare_a_run_with_itself(cli_world, popularity_run, capsys):
@@ -377,7 +407,7 @@ def test_evaluating_on_another_dataset_or_features_is_flagged_but_a_moved_copy_i
         assert err.count("was trained on") == (flagged is not None) and (flagged is None or flagged in err), (data, err)
         assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
                      str(data), "--resamples", "100"]) == 0
-        assert capsys.readouterr().err.count("was trained on") == 2 * (flagged is not None)
+        assert capsys.readouterr().err.count("was trained on") == (flagged is not None)  # one run: said once
 
 
 def test_dataset_fingerprint_follows_the_splits_not_where_the_data_came_from(tiny_copy, tiny_dir):
@@ -548,6 +578,17 @@ def test_train_says_how_to_do_without_professional_videos_in_options_before_any_
                  "--grid", "alpha=0.1", "--grid", "alpha=0.5"]) == 2
     assert _error(capsys) == "error: alpha=0.1: " + expected.removeprefix("error: ")
     assert not (tmp_path / "grid").exists()
+
+
+def test_train_refuses_a_teacher_of_another_scale_before_any_work(cli_world, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    assert main(["train", "--data", str(cli_world), "--model", "cmvae", "--out", str(teacher), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(tmp_path / "s"), "--teacher",
+                 str(teacher), "--set", "temperature=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --teacher {teacher}: the teacher was trained with temperature 0.5 (student: 0.2)")
+    assert not (tmp_path / "s").exists()
 
 
 def test_train_warns_of_a_teacher_trained_on_other_data_or_not_as_a_teacher(cli_world, tmp_path, capsys):

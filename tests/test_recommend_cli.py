@@ -223,3 +223,11 @@ def test_the_help_names_one_option_for_each_way_of_giving_the_clip():
     assert "video file" in helps["video"] and " id" not in helps["video"]  # a file; an id is --video-id's
     assert "--video-id" in helps["video"] and "--video-id" in helps["features"]
     assert helps["video_id"].startswith("id of the clip in --features")
+
+
+def test_a_built_dataset_as_catalogue_keeps_its_music_extraction_settings(world):
+    """So that recommend and serve on it check them against the model's, as on the catalogue it was built from."""
+    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.recommend import open_catalog
+
+    assert open_catalog(world / "data").manifest["settings"] == load_catalog(world / "catalog").manifest["settings"]

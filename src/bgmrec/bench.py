@@ -130,11 +130,14 @@ def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | 
     :func:`finished_run`), else (None, why the complete run there is trained again), or (None, None) when
     the folder holds no complete run (never trained, or stopped before it finished)."""
     from bgmrec.data.dataset import read_json
-    from bgmrec.models.packages import model_package
+    from bgmrec.models.packages import describe_package, model_package
 
     if not all((run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
         return None, None
-    if commit == "unknown" or commit.endswith("-dirty"):
+    if commit == "unknown":
+        return None, ("bgmrec's commit is unknown (it does not run from a git checkout), so nothing says the run "
+                      "there was made by it")
+    if commit.endswith("-dirty"):
         return None, f"the code is uncommitted (commit {commit}), so nothing says the run there was made by it"
     info, config = read_json(run / "run.json"), read_json(run / "config.json")
     if info.get("model") != name or config["config"].get("seed") != seed:
@@ -145,17 +148,8 @@ def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | 
     now = model_package(name)
     if info.get("model_package") != now:
         return None, (f"the model's code changed since the run there was trained (then: "
-                      f"{_code_of(info.get('model_package'))}; installed now: {_code_of(now)})")
+                      f"{describe_package(info.get('model_package'))}; installed now: {describe_package(now)})")
     return float(info["seconds"]), None
-
-
-def _code_of(package: dict | None) -> str:
-    """A run's ``model_package`` (:func:`bgmrec.models.packages.model_package`) in words."""
-    if not isinstance(package, dict):
-        return "bgmrec's own model"
-    made = f"{package.get('class')} of package {package['package']!r} {package.get('version')}" if package.get(
-        "package") else f"{package.get('class')}, of no installed package"
-    return f"{made}, code {package.get('code') or 'unreadable'}"
 
 
 def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
@@ -165,7 +159,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     ``resume`` reuses the runs in ``work`` that the same commit trained (seeds can then run as
     separate processes, and an interrupted benchmark continues where it stopped).
     """
-    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, packages_note, train_model
+    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset, write_json_atomic
     from bgmrec.eval.report import (
         PAIRED_NOTE,
@@ -175,7 +169,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         per_genre_markdown,
         without_ranks,
     )
-    from bgmrec.models.packages import model_package
+    from bgmrec.models.packages import model_package, packages_note
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

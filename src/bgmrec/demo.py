@@ -63,7 +63,10 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None, ke
 def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console: Console) -> list[dict]:
     from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, train_model
     from bgmrec.eval import report
+    from bgmrec.models.registry import resolve
 
+    for name in models or DEMO_MODELS:  # a typo fails now, not after the world and the models before it
+        resolve(name)
     t_start = time.perf_counter()
     out = Path(out)
     data = out / "data"
@@ -96,7 +99,8 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
         if any(r["split"] == split for r in results):
             plots.append(report.plot_genre_shares(results, split, out / f"genre_shares_{split}.png"))
     wall = time.perf_counter() - t_start
-    command = shlex.join(["bgmrec", "demo", "--scale", scale, "--seed", str(seed), "--out", str(out)])
+    command = shlex.join(["bgmrec", "demo", "--scale", scale, "--seed", str(seed), "--out", str(out),
+                          *(["--models", ",".join(models)] if models else [])])
     lines = [
         f"# bgmrec demo: the `{scale}` simulated world, seed {seed}",
         "",

@@ -91,8 +91,6 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         code_fingerprint,
         dataset_record,
         git_commit,
-        model_package,
-        packages_note,
         train_model,
     )
     from bgmrec.data.dataset import write_json_atomic, write_text_atomic
@@ -101,6 +99,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     from bgmrec.eval.significance import paired_comparison
     from bgmrec.models.base import load_model
     from bgmrec.models.deccm import weights_digest
+    from bgmrec.models.packages import model_package, packages_note
 
     console = console or Console(quiet=True)
     record = {"model": model, **dataset_record(data),

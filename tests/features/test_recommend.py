@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -36,6 +37,9 @@ def test_a_dataset_folder_serves_as_catalogue_and_videos_folder(tiny_dir, tiny_d
     assert catalog.ids == list(tiny_ds.track_ids) and catalog.title == list(tiny_ds.track_title)
     assert catalog.genre == [tiny_ds.genres[g] for g in tiny_ds.track_genre]
     np.testing.assert_array_equal(catalog.features, tiny_ds.music)
+    music_bytes = np.ascontiguousarray(np.asarray(tiny_ds.music, np.float32)).tobytes()
+    assert catalog.manifest["content_hash"] == hashlib.sha256(music_bytes).hexdigest()  # serve's catalog_hash
+    assert "settings" not in catalog.manifest  # a simulated world's music was extracted by no extractor
     videos = open_video_features(tiny_dir)
     i = videos.position(tiny_ds.video_ids[3])
     assert i == 3 and videos.text_mask[i] == tiny_ds.video_text_mask[3]

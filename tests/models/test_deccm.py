@@ -261,6 +261,24 @@ def test_a_loaded_student_finds_its_teacher_or_says_it_is_missing(tiny_dir, tmp_
     assert np.isfinite(orphan.score(q, cat)).all()
 
 
+def test_a_student_saved_with_a_teacher_of_another_scale_loads_and_only_content_mode_refuses(tiny_dir, tmp_path):
+    """Such pairs were accepted before the scales were checked: the modes that never use the teacher still work."""
+    ds = load_dataset(tiny_dir)
+    _student_with_teacher(ds, tmp_path / "run").save(tmp_path / "run")
+    teacher_config = tmp_path / "run" / "teacher" / "config.json"
+    meta = json.loads(teacher_config.read_text())
+    meta["config"]["temperature"] = 0.2
+    teacher_config.write_text(json.dumps(meta))
+    old = load_model(tmp_path / "run")
+    q, cat = VideoQuery.from_dataset(ds, np.arange(6)), MusicCatalog.from_dataset(ds)
+    old.set_inference_mode("backdoor")
+    assert np.isfinite(old.score(q, cat)).all()
+    old.set_inference_mode("content")
+    with pytest.raises(ValueError, match=r"content mode mixes its teacher's scores, but the teacher at .*teacher "
+                                         r"cannot guide it: the teacher was trained with temperature 0.2 \(student: "):
+        old.score(q, cat)
+
+
 def test_a_teacher_outside_the_student_is_found_after_moving_either_or_both(tiny_dir, tmp_path):
     ds = load_dataset(tiny_dir)
     grid = tmp_path / "grid"

@@ -12,7 +12,7 @@ import pytest
 
 from bgmrec.cli import core, main
 from bgmrec.models import packages, registry
-from bgmrec.models.base import Recommender, load_model
+from bgmrec.models.base import Recommender, SplitView, load_model
 from bgmrec.models.registry import ENTRY_POINT_GROUP, model_class, model_names, register_model, unregister_model
 from bgmrec.testing import RecommenderContractMixin
 
@@ -105,8 +105,8 @@ def test_a_run_of_an_uninstalled_plugin_names_what_is_missing(installed_plugin, 
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(installed_plugin)])
     registry.plugin_models.cache_clear()
     with pytest.raises(ValueError, match=r"config.json: unknown model 'ep-ridge'.*once that package is installed"
-                                         r".*trained with ep_ridge:EpRidge of package 'ep_ridge' 0.1.0: install "
-                                         r"that package"):
+                                         r".*its config.json says it was saved with ep_ridge:EpRidge of package "
+                                         r"'ep_ridge' 0.1.0: install that package"):
         load_model(folder)
 
 
@@ -191,7 +191,7 @@ def test_reports_name_the_plugin_code_they_used(installed_plugin, monkeypatch, t
                 Console(quiet=True), "cmd")
     header = next(line for line in (tmp_path / "q.md").read_text().splitlines() if line.startswith("Regenerate"))
     assert header.startswith("Regenerate with `cmd` (commit abc1234, ") and f"{named})." in header
-    assert core.packages_note({"popularity": packages.model_package("popularity")}) == ""  # the commit says its code
+    assert packages.packages_note({"popularity": packages.model_package("popularity")}) == ""  # commit says it
 
 
 def test_a_run_saved_by_the_library_records_where_its_class_lives(installed_plugin, monkeypatch, tmp_path,
@@ -565,6 +565,25 @@ def test_the_recorded_code_covers_every_package_of_the_class_hierarchy_and_zippe
     assert model_package("z-ridge")["code"] != edited
 
 
+def test_a_plugin_whose_sources_cannot_all_be_read_is_saved_with_its_code_unreadable(tmp_path, monkeypatch,
+                                                                                   tiny_ds, tiny_spec):
+    import shutil
+
+    from bgmrec.models.packages import model_package
+
+    shutil.copytree(EXAMPLE / "src" / "bgmrec_audio_ridge", tmp_path / "bgmrec_audio_ridge")
+    (tmp_path / "bgmrec_audio_ridge" / "gone.py").symlink_to(tmp_path / "nowhere.py")  # a broken link
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "bgmrec_audio_ridge", raising=False)
+    from bgmrec_audio_ridge import AudioRidge
+
+    assert model_package(AudioRidge)["code"] is None
+    model = AudioRidge(AudioRidge.config_class(), tiny_spec)
+    model.fit(SplitView(tiny_ds, "train"))
+    model.save(tmp_path / "run")  # saved, not a traceback of the link
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model_package"]["code"] is None
+
+
 def test_a_run_of_a_model_registered_by_a_script_says_to_register_it(tiny_dir, tmp_path, registered):
     from bgmrec.cli.core import train_model
     from bgmrec.models.baselines import PopularityRecommender
@@ -576,6 +595,6 @@ def test_a_run_of_a_model_registered_by_a_script_says_to_register_it(tiny_dir, t
     assert json.loads((tmp_path / "run" / "run.json").read_text())["model_package"]["package"] is None
     unregister_model("script-pop")
     registered.remove("script-pop")
-    with pytest.raises(ValueError, match=r"trained with __main__:ScriptPop, which no installed package provides: "
+    with pytest.raises(ValueError, match=r"saved with __main__:ScriptPop, which no installed package provides: "
                                          r"register it \(bgmrec.models.registry.register_model\) before loading"):
         load_model(tmp_path / "run")

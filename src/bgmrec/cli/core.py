@@ -68,19 +68,12 @@ def code_fingerprint() -> str:
     return f"{bgmrec.__version__}+{source_digest(Path(bgmrec.__file__).resolve().parent)}"
 
 
-def packages_note(packages: dict[str, dict | None]) -> str:
-    """For a report's header line, beside bgmrec's commit: the models of other packages among ``packages``
-    (``--model`` name -> its :func:`model_package`, None for bgmrec's own) as
-    ``"; models of other packages: NAME is "`` + :func:`describe_package`, one per model; "" when there are none."""
-    named = [f"{name} is {describe_package(made)}" for name, made in packages.items() if made is not None]
-    return "; models of other packages: " + "; ".join(named) if named else ""
-
-
 def warn_if_model_code_changed(run: Path, model) -> None:
     """Say on stderr, in one line, when the code of the loaded ``model`` of ``run`` (its
-    :func:`model_package` now) is not the code its run recorded at training (``run.json``, else
-    ``config.json``): its weights now run under code they were not trained with. Silent for bgmrec's own
-    models (their code is the commit's) and runs that recorded nothing; never an error."""
+    :func:`model_package` now) is not the code its run recorded (``config.json``, else ``run.json``:
+    :func:`~bgmrec.models.base.recorded_model_package`): its weights now run under code they were not
+    trained with. Silent for bgmrec's own models (their code is the commit's) and runs that recorded nothing;
+    never an error."""
     from bgmrec.models.base import recorded_model_package
 
     then, _ = recorded_model_package(run)
@@ -227,14 +220,19 @@ TEACHERS = "teachers"  # the folder, beside the runs of a grid, a demo or a benc
 
 def check_teacher_data(model, ds, teacher: Path | None = None) -> None:
     """Before any work, in the commands' options (the library names its own arguments when it finds out,
-    later): a ``teacher`` for a model that takes none is refused, and so is a dataset without professional
-    videos when a teacher-guided ``model`` given no teacher would train one on them."""
-    from bgmrec.models.deccm import DecCM, professional_split
+    later): a ``teacher`` for a model that takes none is refused, and so is one trained with other settings
+    than DecCM's backbone (:func:`~bgmrec.models.deccm.teacher_scale_mismatch`), and a dataset without
+    professional videos when a teacher-guided ``model`` given no teacher would train one on them."""
+    from bgmrec.models.deccm import DecCM, load_teacher, professional_split, teacher_scale_mismatch
     from bgmrec.models.registry import takes_teacher
 
     guided = takes_teacher(type(model), model.config)
     if teacher is not None and not guided:
         raise ValueError(f"--teacher {teacher}: model {model.name!r} with this config takes no teacher")
+    if teacher is not None and isinstance(model, DecCM):
+        differ = teacher_scale_mismatch(load_teacher(teacher).config, model.config)
+        if differ:
+            raise ValueError(f"--teacher {teacher}: {differ}")
     if teacher is None and guided and isinstance(model, DecCM) and professional_split(ds) is None:
         raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
                          "pass --teacher RUN_DIR or --set teacher=false")
@@ -595,7 +593,7 @@ def compare(
             rec.set_inference_mode(m)
         models.append(rec)
     c = paired(*models, ds, split, metric, resamples, level)
-    for folder, rec in zip((baseline, run), models, strict=True):
+    for folder, rec in dict(zip((baseline, run), models, strict=True)).items():  # a run compared with itself: once
         warn_if_trained_on_other_data(folder, data)
         warn_if_model_code_changed(folder, rec)
     note_if_training_split(ds, split)

@@ -214,11 +214,13 @@ def recommend_cmd(
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table("#", "id", "title", "artist", "genre", "score", title=f"{model.name}: tracks for {label}")
+    # the catalogue's words as written: a title such as "[live]" is text, not console markup
+    t = Table("#", "id", "title", "artist", "genre", "score", title=escape(f"{model.name}: tracks for {label}"))
     for i, tr in enumerate(result["tracks"], 1):
-        t.add_row(str(i), tr["id"], tr["title"], tr["artist"], tr["genre"], f"{tr['score']:.3f}")
+        t.add_row(str(i), *(escape(tr[k]) for k in ("id", "title", "artist", "genre")), f"{tr['score']:.3f}")
     con = _console()
     con.print(t)
     share = result["modality_share"]

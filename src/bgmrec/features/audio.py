@@ -460,7 +460,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "feature_names": extractor.feature_names(),
         "ids": [r[0] for r in rows],
         "counts": {"tracks": len(rows), "failures": len(failures), "inputs": len(rows) + len(failures)},
-        "content_hash": _array_hash(music),
+        "content_hash": array_sha256(music),
     })
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures, [w for w in [unused] if w])
 
@@ -471,7 +471,8 @@ def _av_version() -> str:
     return av.__version__
 
 
-def _array_hash(arr: np.ndarray) -> str:
+def array_sha256(arr: np.ndarray) -> str:
+    """SHA-256 of an array's bytes in C order: a catalogue manifest's ``content_hash`` of its music features."""
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 

@@ -413,23 +413,23 @@ def read_run_record(run: Path) -> dict:
 
 def recorded_model_package(folder: Path) -> tuple[dict | None, str]:
     """The code a saved model of another package was made with, as its folder records it, and the file that
-    says so: ``run.json``'s ``model_package`` (written when ``bgmrec train`` starts), else ``config.json``'s
-    (written by :meth:`Recommender.save`, also when the library alone saved it); (None, "") for bgmrec's own
-    models, folders that record neither (saved by an older bgmrec) and records that are not objects naming
-    a class."""
+    says so: ``config.json``'s ``model_package`` (written by :meth:`Recommender.save` with the weights, also
+    when the library alone saved them), else ``run.json``'s (written when ``bgmrec train`` starts; runs saved
+    before config.json recorded it); (None, "") for bgmrec's own models, folders that record neither (saved
+    by an older bgmrec) and records that are not objects naming a class."""
     from bgmrec.data.dataset import read_json
 
     def valid(made) -> bool:
         return isinstance(made, dict) and isinstance(made.get("class"), str)
 
-    made = read_run_record(folder).get("model_package")
-    if valid(made):
-        return made, "run.json"
     try:
         made = read_json(Path(folder) / "config.json").get("model_package")
     except (DatasetError, OSError):  # none, or damaged
-        return None, ""
-    return (made, "config.json") if valid(made) else (None, "")
+        made = None
+    if valid(made):
+        return made, "config.json"
+    made = read_run_record(folder).get("model_package")
+    return (made, "run.json") if valid(made) else (None, "")
 
 
 def load_model(folder: Path) -> Recommender:

@@ -141,6 +141,7 @@ class DecCM(CMVAE):
         self.teacher_dir: str | None = None  # the teacher's folder (absolute while in memory)
         self._teacher_record: dict[str, str | None] = {}  # where config.json says the teacher is (save / load)
         self._teacher_sought: str | None = None  # where a loaded student looked for its teacher in vain
+        self._teacher_unusable: str | None = None  # why a loaded student's teacher, found, was not attached
         self.professional_counts: np.ndarray | None = None  # [n_tracks] professional videos' choices (fit only)
         if self.prior_scale() is not None and config.teacher and config.content_share:
             self.module.content_prior = TrackPrior()  # content mode's log Q: :func:`content_log_share`
@@ -163,13 +164,9 @@ class DecCM(CMVAE):
 
         The caller's ``teacher`` is left as it was (its parameters still take gradients, its module's
         ``train`` is its own); the student distils from, and mixes in, the teacher as it was when attached."""
-        scale = {k: (getattr(teacher.config, k), getattr(self.config, k)) for k in TEACHER_MUST_SHARE}
-        differ = [f"{k} {t!r} (student: {s!r})" for k, (t, s) in scale.items() if t != s]
+        differ = teacher_scale_mismatch(teacher.config, self.config)
         if differ:
-            raise ValueError(f"the teacher was trained with {', '.join(differ)}: its latent space and scores are "
-                             "on another scale than the student's, so neither the KL term nor content mode's "
-                             "mixture would compare like with like; train the teacher with the student's "
-                             "backbone settings (bgmrec trains one itself when no teacher is given)")
+            raise ValueError(differ)
         if (teacher.spec.video_visual, teacher.spec.video_text, teacher.spec.music) != (
                 self.spec.video_visual, self.spec.video_text, self.spec.music):
             raise ValueError("the teacher was trained on other feature dimensions than the student")
@@ -319,9 +316,12 @@ class DecCM(CMVAE):
 
     def _require_teacher(self) -> CMVAE:
         if self.teacher is None:
-            where = f"no teacher folder at {self._teacher_sought}" if self._teacher_sought else "no teacher attached"
             way_out = ("use another inference mode" if self.config.adjustment
                        else "retrain with teacher_mix=0")
+            if self._teacher_unusable:
+                raise ValueError(f"DecCM's content mode mixes its teacher's scores, but {self._teacher_unusable}; "
+                                 f"{way_out}, or retrain the student with a teacher of its settings")
+            where = f"no teacher folder at {self._teacher_sought}" if self._teacher_sought else "no teacher attached"
             raise ValueError(f"DecCM's content mode mixes its teacher's scores (teacher_mix="
                              f"{self.config.teacher_mix}) but there is {where}: keep the teacher folder "
                              f"beside the student, or {way_out}")
@@ -386,7 +386,12 @@ class DecCM(CMVAE):
                 continue  # another teacher at the same place (a copied grid, a retrained run)
             self.teacher_dir = str(candidate.resolve())
             if self._content_mode_mixes_teacher():
-                self.set_teacher(load_teacher(candidate), candidate)
+                teacher = load_teacher(candidate)
+                differ = teacher_scale_mismatch(teacher.config, self.config)
+                if differ:  # accepted before the scales were checked: not attached, and only content mode needs it
+                    self._teacher_unusable = f"the teacher at {os.path.normpath(candidate)} cannot guide it: {differ}"
+                else:
+                    self.set_teacher(teacher, candidate)
             return
         if relative or written:  # named by the error content mode raises
             self._teacher_sought = " or ".join(os.path.normpath(c) for c in candidates) + (
@@ -481,6 +486,19 @@ def weights_digest(run: Path) -> str:
     from bgmrec.data.dataset import sha256_file
 
     return sha256_file(Path(run) / "weights.safetensors")
+
+
+def teacher_scale_mismatch(teacher: CMVAEConfig, student: CMVAEConfig) -> str | None:
+    """Why a teacher of config ``teacher`` cannot guide a student of config ``student`` (the settings of
+    :data:`TEACHER_MUST_SHARE` that differ), or None when it can."""
+    differ = [f"{k} {getattr(teacher, k)!r} (student: {getattr(student, k)!r})" for k in TEACHER_MUST_SHARE
+              if getattr(teacher, k) != getattr(student, k)]
+    if not differ:
+        return None
+    return (f"the teacher was trained with {', '.join(differ)}: its latent space and scores are on another scale "
+            "than the student's, so neither the KL term nor content mode's mixture would compare like with like; "
+            "train the teacher with the student's backbone settings (bgmrec trains one itself when no teacher is "
+            "given)")
 
 
 def load_teacher(folder: Path) -> CMVAE:

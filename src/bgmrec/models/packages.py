@@ -16,7 +16,6 @@ from pathlib import Path
 def source_digest(root: Path) -> str:
     """A short SHA-256 of the Python sources of a package folder ``root`` (every ``*.py`` under it, with
     its path) or of the module file ``root``."""
-
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
         h.update(str(path.relative_to(root if root.is_dir() else root.parent)).encode() + b"\0" + path.read_bytes())
@@ -32,7 +31,6 @@ def model_package(model: str | type) -> dict | None:
 
     The hash covers every top-level package (or module) that defines a class of the model's class
     hierarchy outside bgmrec: a subclass of another package's model changes with either package."""
-
     from bgmrec.models.registry import model_class, resolve
 
     cls = model if isinstance(model, type) else model_class(resolve(model)[0])
@@ -56,18 +54,30 @@ def describe_package(made: dict | None) -> str:
     return f"{made.get('class')} {where}, code {made.get('code') or 'unreadable'}"
 
 
+def packages_note(packages: dict[str, dict | None]) -> str:
+    """For a report's header line, beside bgmrec's commit: the models of other packages among ``packages``
+    (``--model`` name -> its :func:`model_package`, None for bgmrec's own) as
+    ``"; models of other packages: NAME is "`` + :func:`describe_package`, one per model; "" when there are none."""
+    named = [f"{name} is {describe_package(made)}" for name, made in packages.items() if made is not None]
+    return "; models of other packages: " + "; ".join(named) if named else ""
+
+
 def _module_digest(top: str) -> str | None:
     """A digest of the sources of the top-level package or module ``top`` as imported: :func:`source_digest`
     of each folder of its ``__path__`` (several for a namespace package); else every module's source as
     its loader reads it, none of them run (a package in a zip file), or the module's own file (a script
-    run as ``__main__``); None when there is no source to read (a notebook, a compiled module)."""
-
+    run as ``__main__``); None when there is no source to read (a notebook, a compiled module, a file it may
+    not read)."""
     module = sys.modules.get(top)
     if module is None:
         return None
     folders = [Path(p) for p in getattr(module, "__path__", [])]
     if folders and all(f.is_dir() for f in folders):
-        return hashlib.sha256("".join(f"{f.name}:{source_digest(f)}" for f in sorted(folders)).encode()).hexdigest()
+        try:
+            digests = "".join(f"{f.name}:{source_digest(f)}" for f in sorted(folders))
+        except OSError:  # a source it may not read, a broken link: the code is unreadable, the run still saved
+            return None
+        return hashlib.sha256(digests.encode()).hexdigest()
     names = [top] + (_submodules(top, list(module.__path__)) if folders else [])
     sources = [_source_of(name) for name in sorted(names)]
     if None in sources:
