@@ -355,6 +355,20 @@ def test_demo_on_a_few_models_reports_the_command_that_makes_it_again(tmp_path, 
     assert not (tmp_path / "typo").exists()  # refused before the world is simulated
 
 
+def test_compare_names_two_runs_of_one_model_by_their_folders(cli_world, popularity_run, tmp_path, capsys,
+                                                               monkeypatch):
+    from bgmrec.cli import core
+
+    monkeypatch.setattr(core, "console", Console(width=1000))  # the two folders unwrapped
+    other = tmp_path / "pop2"
+    assert main(["train", "--data", str(cli_world), "--model", "popularity", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--baseline", str(popularity_run), "--run", str(other), "--data", str(cli_world),
+                 "--resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert f"popularity ({popularity_run})" in out and f"popularity ({other})" in out
+
+
 def test_compare_a_run_with_itself(cli_world, popularity_run, capsys):
     assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
                  str(cli_world), "--metric", "ndcg@10", "--resamples", "200"]) == 0

@@ -79,3 +79,14 @@ def test_per_genre_table_averages_each_models_results_and_skips_empty_genres():
         "| share of positives | 0.625 | 0.375 |",  # the mean over cmvae's two seeds
         "| cmvae | 0.750 | 0.250 |",  # a seed without a folk query is left out of folk's mean
         "| random | 0.000 | 0.000 |"]
+
+
+def test_a_split_with_fewer_negatives_than_the_papers_says_so_under_its_table():
+    from bgmrec.eval.report import fewer_negatives_note, rich_tables
+
+    results = [{**_result("a", 3.0), "n_queries": 5, "n_negatives": 29},
+               {**_result("a", 3.0), "split": "val", "n_queries": 5, "n_negatives": 100}]
+    assert fewer_negatives_note(results, "test") == ("s- figures: 1 positive + 29 frozen negatives, not the papers' "
+                                                     "100 (the split has fewer candidates)")
+    assert fewer_negatives_note(results, "val") is None
+    assert [t.caption for t in rich_tables(results)] == [fewer_negatives_note(results, "test"), None]

@@ -93,6 +93,30 @@ def test_backdoor_score_is_the_monte_carlo_marginal(tiny_ds):
     assert np.isclose(np.exp(log_q.numpy()).sum(), 1.0)  # Q is the training share of each reference track
 
 
+def test_personalised_figures_of_queries_without_an_uploader_say_so(tiny_ds):
+    """As on an imported TT-150k, whose val and test rows have uploader -1: ranked with the prior taste."""
+    import dataclasses
+
+    from bgmrec.eval.protocol import EvaluationWarning
+
+    model = _with_taste(tiny_ds)
+    model.set_inference_mode("personalised")
+    test = np.array(tiny_ds.splits["test"])
+    test[: len(test) // 2, 2] = -1
+    half = dataclasses.replace(tiny_ds, splits={**tiny_ds.splits, "test": test})
+    with pytest.warns(EvaluationWarning, match=rf"^{len(test) // 2} of {len(test)} test queries have no known "
+                                               "uploader: personalised mode ranks them with the dataset's prior "
+                                               "taste, not their uploader's$"):
+        assert evaluate(model, half, "test")["queries_without_uploader"] == len(test) // 2
+    test[:, 2] = -1
+    with pytest.warns(EvaluationWarning, match="; these figures are not personalised$"):
+        evaluate(model, half, "test")
+    model.set_inference_mode("backdoor")  # the uploader is not read: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EvaluationWarning)
+        assert "queries_without_uploader" not in evaluate(model, half, "test")
+
+
 def test_personalised_mode_needs_the_uploader(tiny_ds):
     model = _with_taste(tiny_ds)
     model.set_inference_mode("personalised")

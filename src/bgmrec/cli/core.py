@@ -603,7 +603,9 @@ def compare(
     for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
         t.add_column(h, justify="left" if h in ("baseline", "run") else "right")
     lo, hi = c.difference_ci
-    t.add_row(*(escape(x) for x in names), f"{c.baseline:.4f}", f"{c.candidate:.4f}",
+    shown = names if names[0] != names[1] or baseline == run else [  # two runs of one model: which is which
+        f"{name} ({folder})" for name, folder in zip(names, (baseline, run), strict=True)]
+    t.add_row(*(escape(x) for x in shown), f"{c.baseline:.4f}", f"{c.candidate:.4f}",
               f"{c.difference:+.4f} [{lo:+.4f}, {hi:+.4f}]", change_cell(c))
     console.print(t)
     if json_out is not None:

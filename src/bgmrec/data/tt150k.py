@@ -54,6 +54,9 @@ track's genre is the majority genre of its training rows (disagreements and ties
 never seen in train get the most frequent genre (counted in the report). The propensity column is
 kept in ``extra/train_propensity.npy``; ``user_prior_mean`` in the manifest's provenance. Without
 ``text_features.npy`` the text matrix is one zero column, masked out (all-zero text rows are masked).
+The layout has no track titles or artists (imported tracks have none) and no uploader ids, only each
+row's genre distribution, so uploaders come back as the distinct distributions: ids renumbered, and two
+uploaders of one distribution merged.
 
 Export writes any native dataset in that layout. Music features wider than 256 are split in halves; up
 to 256 they fill VGGish's 128 columns then openSMILE's, zero-padded. ``bgmrec_export.json`` records what
@@ -463,7 +466,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     if path(F_TEXT).is_file():
         text = _float_matrix(read_npy(path(F_TEXT), lab(F_TEXT)), lab(F_TEXT), rows=(n_ugc, F_VISUAL))
         text_mask = np.abs(text).sum(axis=1) > 0
-        rep.notes.append(f"text: {int((~text_mask).sum())} videos with all-zero text rows are masked out")
+        rep.notes.append(f"text: {int((~text_mask).sum())} uploaded videos with all-zero text rows are masked out")
     else:
         text, text_mask = None, np.zeros(n_ugc, bool)
         rep.missing.append(F_TEXT)
@@ -603,6 +606,8 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
             raise DatasetError(f"{lab(F_P_TEXT)}: {pgc_text.shape[1]} columns, {F_TEXT} has {dt}")
         all_text[n_ugc:] = pgc_text
         all_mask[n_ugc:] = np.abs(pgc_text).sum(axis=1) > 0
+        rep.notes.append(f"text: {int((~all_mask[n_ugc:]).sum())} professional videos with all-zero text rows "
+                         "are masked out")
     video_uploader = np.full(n_ugc + n_pgc, -1, np.int64)
     first = np.unique(t_vid, return_index=True)
     video_uploader[first[0]] = t_upl[first[1]]

@@ -60,21 +60,27 @@ def query_gains(ranks: np.ndarray, metric: str) -> np.ndarray:
     return (recall_gains if name == "recall" else ndcg_gains)(ranks, k)
 
 
+def _average(ranks: np.ndarray, weights: np.ndarray | None, gains_of) -> float:
+    """The (weighted) mean of ``gains_of(ranks)``, the ranks and weights checked first (rank 0 would divide
+    by zero in NDCG and MRR); unweighted, the plain mean (every query 1 gives exactly 1, not 1 + 2e-16)."""
+    w = _weights(ranks, weights)
+    gains = gains_of(ranks)
+    return float(gains.mean() if weights is None else np.dot(w, gains))
+
+
 def recall_at_k(ranks: np.ndarray, k: int, weights: np.ndarray | None = None) -> float:
     """Share of queries whose relevant item is within the top ``k`` (HR@k with one positive)."""
-    return float(np.dot(_weights(ranks, weights), recall_gains(ranks, k)))
+    return _average(ranks, weights, lambda r: recall_gains(r, k))
 
 
 def ndcg_at_k(ranks: np.ndarray, k: int, weights: np.ndarray | None = None) -> float:
     """NDCG@k with one relevant item: 1 / log2(rank + 1) if rank <= k else 0 (the ideal DCG is 1)."""
-    w = _weights(ranks, weights)  # validate first: rank 0 would divide by log2(1) = 0
-    return float(np.dot(w, ndcg_gains(ranks, k)))
+    return _average(ranks, weights, lambda r: ndcg_gains(r, k))
 
 
 def mrr(ranks: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Mean reciprocal rank."""
-    w = _weights(ranks, weights)  # validate first: rank 0 would divide by zero
-    return float(np.dot(w, reciprocal_ranks(ranks)))
+    return _average(ranks, weights, reciprocal_ranks)
 
 
 def median_rank(ranks: np.ndarray) -> float:

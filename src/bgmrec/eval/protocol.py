@@ -3,6 +3,7 @@ negatives, inverse-popularity weighting, and bias diagnostics. One code path for
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,12 @@ from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery
 FULL_KS = (1, 5, 10, 20)
 SAMPLED_KS = (10, 15, 20, 25)
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50, 100)
+PAPERS_NEGATIVES = 100  # the papers' sampled protocol: each positive against 100 negatives (fewer if the split has)
+
+
+class EvaluationWarning(UserWarning):
+    """Figures that measure less than their label says (personalised mode for queries of unknown uploaders).
+    The commands print it as one ``warning: ...`` line, as their own warnings."""
 
 
 @dataclass
@@ -104,6 +111,13 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
     mode = getattr(model, "inference_mode", None)
     if mode:
         result["inference_mode"] = mode
+    unknown = int((rows[:, 2] < 0).sum())
+    if mode == "personalised" and unknown:  # Dataset.confounder gives them the dataset's prior taste
+        result["queries_without_uploader"] = unknown
+        warnings.warn(f"{unknown} of {len(rows)} {split} queries have no known uploader: personalised mode ranks "
+                      "them with the dataset's prior taste, not their uploader's"
+                      + ("; these figures are not personalised" if unknown == len(rows) else ""),
+                      EvaluationWarning, stacklevel=2)
     result["full"] = {f"recall@{k}": M.recall_at_k(r, k) for k in FULL_KS}
     result["full"].update({"ndcg@10": M.ndcg_at_k(r, 10), "ndcg@20": M.ndcg_at_k(r, 20), "mrr": M.mrr(r),
                            "median_rank": M.median_rank(r)})

@@ -70,7 +70,7 @@ def rich_tables(results: list[dict]):
     tables = []
     for split in dict.fromkeys(r["split"] for r in results):
         n = next(r["n_queries"] for r in results if r["split"] == split)
-        t = Table(title=f"split {split} ({n} queries)")
+        t = Table(title=f"split {split} ({n} queries)", caption=fewer_negatives_note(results, split))
         head, *rows = rows_for_split(results, split)
         for h in head:
             t.add_column(h, justify="left" if h == "model" else "right")
@@ -78,6 +78,18 @@ def rich_tables(results: list[dict]):
             t.add_row(*map(escape, row))  # labels hold "[mode]", which Rich would read as markup
         tables.append(t)
     return tables
+
+
+def fewer_negatives_note(results: list[dict], split: str) -> str | None:
+    """What the ``s-`` figures of ``split`` are when its queries have fewer frozen negatives than the papers'
+    100 (a split with few candidates, such as new music on a small world), else None."""
+    from bgmrec.eval.protocol import PAPERS_NEGATIVES
+
+    negatives = {r["n_negatives"] for r in results if r["split"] == split and r.get("n_negatives") is not None}
+    if not negatives or min(negatives) >= PAPERS_NEGATIVES:
+        return None
+    return (f"s- figures: 1 positive + {min(negatives)} frozen negatives, not the papers' {PAPERS_NEGATIVES} "
+            "(the split has fewer candidates)")
 
 
 def markdown_table(results: list[dict], split: str) -> str:
