@@ -102,11 +102,16 @@ def test_a_run_of_an_uninstalled_plugin_names_what_is_missing(installed_plugin, 
 
     folder = tmp_path / "run"
     assert type(train_model(tiny_dir, "ep-ridge", folder, progress=False)[0]).__name__ == "EpRidge"
+    assert_loading_without_the_package_names_it(folder, installed_plugin, monkeypatch)
+
+
+def assert_loading_without_the_package_names_it(folder: Path, installed_plugin: Path, monkeypatch) -> None:
+    """In a process without the plugin's package, loading its run ``folder`` says which package to install."""
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(installed_plugin)])
     registry.plugin_models.cache_clear()
-    with pytest.raises(ValueError, match=r"config.json: unknown model 'ep-ridge'.*once that package is installed"
-                                         r".*its config.json says it was saved with ep_ridge:EpRidge of package "
-                                         r"'ep_ridge' 0.1.0: install that package"):
+    with pytest.raises(ValueError, match=r"config.json: unknown model 'ep-ridge'; .*once that package is installed"
+                                         r".* its config.json says it was saved with ep_ridge:EpRidge of package "
+                                         r"'ep_ridge' 0.1.0: install that package$"):
         load_model(folder)
 
 
@@ -216,13 +221,7 @@ def test_a_run_saved_by_the_library_records_where_its_class_lives(installed_plug
     assert warned.startswith(f"warning: {folder}: its model's code changed since it was trained")
     assert json.loads(out.read_text())["provenance"]["runs"]["run"]["trained"] == {
         "model_package": meta["model_package"]}
-    # in a process without the package: the unknown model's error says which package to install
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(installed_plugin)])
-    registry.plugin_models.cache_clear()
-    with pytest.raises(ValueError, match=r"config.json: unknown model 'ep-ridge'; .* its config.json says it was "
-                                         r"saved with ep_ridge:EpRidge of package 'ep_ridge' 0.1.0: install that "
-                                         r"package$"):
-        load_model(folder)
+    assert_loading_without_the_package_names_it(folder, installed_plugin, monkeypatch)
 
 
 def test_config_json_with_or_without_the_class_record_loads(example_on_path, tmp_path, tiny_ds, tiny_spec,
