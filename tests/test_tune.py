@@ -54,7 +54,7 @@ def test_every_point_is_trained_and_ranked_on_val_only(tiny_dir, tmp_path, monke
 
     monkeypatch.setattr(P, "evaluate", recording)
     trials = run_grid(tiny_dir, "cmvae", {"lr": ["0.002", "0.0005"]}, tmp_path / "tune", SMALL_CMVAE, seed=3)
-    assert splits == ["val", "val"]  # no test split is read
+    assert splits == ["val", "val"]  # no test split is scored
     assert [t.val_recall_at_10 for t in trials] == sorted((t.val_recall_at_10 for t in trials), reverse=True)
     ds = load_dataset(tiny_dir)
     for t in trials:
@@ -186,6 +186,84 @@ def test_a_given_teacher_must_fit_every_point_before_any_training(tiny_dir, tmp_
     assert not (tmp_path / "tune").exists()
 
 
+def test_tuning_md_says_the_command_the_fixed_settings_the_seed_and_the_mode(tiny_dir, tmp_path, monkeypatch):
+    import shlex
+
+    out = tmp_path / "tune dec"  # a space: the command must quote it
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", "--data", str(tiny_dir), "--model", "deccm", "--out", "tune dec", "--grid", "alpha=0.5",
+                 "--grid", "alpha=1.0", "--set", "epochs=1", "--set", "hidden=16", "--set", "latent_dim=4",
+                 "--set", "prior_samples=16", "--set", "inference=content"]) == 0
+    md = (out / "tuning.md").read_text()
+    command = next(line for line in md.splitlines() if line.startswith("Made by `"))[len("Made by `"):-len("`.")]
+    assert shlex.split(command) == ["bgmrec", "tune", "--data", str(tiny_dir), "--model", "deccm", "--out",
+                                    "tune dec", "--grid", "alpha=0.5", "--grid", "alpha=1.0", "--set", "epochs=1",
+                                    "--set", "hidden=16", "--set", "latent_dim=4", "--set", "prior_samples=16",
+                                    "--set", "inference=content"]  # pastes back as it was run
+    assert ("Fixed for every point: epochs=1, hidden=16, latent_dim=4, prior_samples=16, inference=content (--set; "
+            "other fields at the model's defaults); seed 0.") in md  # the seed as used: no --seed is seed 0
+    assert "Every point was ranked on val in inference mode `content`." in md
+    assert "The dataset was loaded whole, but no test split was scored" in md
+    assert "| alpha | mode | val R@10 |" in md and md.count("| content |") == 2
+    saved = json.loads((out / "tuning.json").read_text())
+    assert saved["command"] == command and saved["seed"] == 0 and [t["inference_mode"] for t in saved["trials"]] \
+        == ["content", "content"]
+
+
+def test_tuning_md_of_a_gridded_mode_or_seed_and_of_a_model_of_one_mode(tiny_dir, tmp_path):
+    small = {**SMALL_CMVAE, "prior_samples": "16"}
+    trials = run_grid(tiny_dir, "deccm", {"inference": ["content", "backdoor"]}, tmp_path / "modes", small, seed=2)
+    assert {t.settings["inference"]: t.inference_mode for t in trials} == {"content": "content",
+                                                                           "backdoor": "backdoor"}
+    md = (tmp_path / "modes" / "tuning.md").read_text()
+    assert "; seed 2." in md and "Each point was ranked on val in its own inference mode (column *mode*)." in md
+    assert "--seed 2" in md
+    run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "one")
+    md = (tmp_path / "one" / "tuning.md").read_text()
+    assert ("Fixed for every point: no --set (every field outside the grid at the model's default); seed: each "
+            "point's own (a grid key).") in md
+    assert "inference mode" not in md and "| seed | val R@10 |" in md  # popularity has one mode: no column
+
+
+@pytest.mark.parametrize("first,then", [
+    ((None, {}), (0, {})),  # the reviewer's: --seed 0 (the documented default) after no --seed
+    ((0, {}), (None, {})),
+    ((None, {"seed": "3"}), (3, {})),  # --set seed=3 and --seed 3 are one seed
+    ((3, {}), (None, {"seed": "3"})),
+])
+def test_resume_takes_the_seed_as_used_however_it_is_given(tiny_dir, tmp_path, first, then):
+    out = tmp_path / "g"
+    run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, out, {**SMALL_CMVAE, **first[1]}, seed=first[0])
+    [trial] = run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, out, {**SMALL_CMVAE, **then[1]}, seed=then[0],
+                       resume=True)
+    assert trial.run == str(out / "lr=0.002")
+    with pytest.raises(ValueError, match=r"records another seed than given now \(seed: \d\)"):
+        run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, out, SMALL_CMVAE, seed=5, resume=True)
+
+
+def test_resume_of_a_grid_recorded_with_the_seed_as_given(tiny_dir, tmp_path):
+    # an older bgmrec recorded --seed as given (None: the default) and --set seed among the sets
+    for i, (given, sets, now) in enumerate([(None, {}, 0), (None, {"seed": "4"}, 4), (4, {}, 4)]):
+        out = tmp_path / f"g{i}"
+        run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, out, {**SMALL_CMVAE, **sets}, seed=given)
+        record = json.loads((out / "tuning.json").read_text())
+        record["seed"] = given  # as it was recorded then
+        (out / "tuning.json").write_text(json.dumps(record))
+        run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, out, SMALL_CMVAE, seed=now, resume=True)
+        with pytest.raises(ValueError, match="records another seed"):
+            run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, out, SMALL_CMVAE, seed=now + 1, resume=True)
+
+
+def test_resume_names_the_fields_that_differ_as_the_options(tiny_dir, tmp_path):
+    run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, tmp_path / "g", SMALL_CMVAE)
+    with pytest.raises(ValueError, match=r"records another set of --set values than given now \(--set values: "
+                                         r"\{'epochs': '1', 'hidden': '16', 'latent_dim': '4'\}\)"):
+        run_grid(tiny_dir, "cmvae", {"lr": ["0.002"]}, tmp_path / "g", {**SMALL_CMVAE, "epochs": "2"}, resume=True)
+    with pytest.raises(ValueError, match=r"records another grid, set of --set values and seed than given now"):
+        run_grid(tiny_dir, "cmvae", {"lr": ["0.001"]}, tmp_path / "g", {**SMALL_CMVAE, "epochs": "2"}, seed=1,
+                 resume=True)
+
+
 def test_tune_command(tiny_dir, tmp_path, capsys):
     out = tmp_path / "tune"
     assert main(["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out),
@@ -235,7 +313,8 @@ def test_resume_refuses_another_grid_or_a_folder_without_one(tiny_dir, tmp_path)
     run_grid(tiny_dir, "popularity", {"seed": ["0"]}, tmp_path / "tune")
     with pytest.raises(ValueError, match=r"--resume: .*tuning.json records another grid"):
         run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "tune", resume=True)
-    with pytest.raises(ValueError, match=r"records another model, grid"):
+    with pytest.raises(ValueError, match=r"records another model, grid and seed than given now \(model: 'popularity'; "
+                                         r"grid: \{'seed': \['0'\]\}; seed: each point's own \(a grid key\)\)"):
         run_grid(tiny_dir, "random", {"lr": ["1"]}, tmp_path / "tune", resume=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

@@ -4,14 +4,16 @@ Every combination of the grid's values (the Cartesian product, as Cornac's ``Gri
 hyper-parameter tuning do) trains one run with early stopping on ``val``; each run is then ranked on
 the whole ``val`` split (full catalogue, as :func:`bgmrec.eval.protocol.evaluate`) and compared, query by
 query, with the grid's first point (:mod:`bgmrec.eval.significance`), so a winner that no more than
-noise separates from the first point says so. No test split is read: test figures of the chosen run
-come afterwards, once, from ``bgmrec evaluate``.
+noise separates from the first point says so. The dataset is loaded whole (its checks and fingerprint read
+every split's file), but no test split is scored: no test figure is computed or used for any choice. Test
+figures of the chosen run come afterwards, once, from ``bgmrec evaluate``.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ class Trial:
     against_first: PairedComparison | None  # paired with the grid's first point on val (None for that point)
     epochs: int  # epochs trained (early stopping on val)
     seconds: float  # training time
+    inference_mode: str | None = None  # the mode it was ranked on val in (models with several, as DecCM)
 
     def to_json(self) -> dict:
         """The trial as a JSON object (its comparison as :meth:`PairedComparison.to_json` writes it)."""
@@ -75,11 +78,14 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
              resume: bool = False) -> list[Trial]:
     """Train ``model`` at every point of ``grid`` (on top of ``sets``) into ``out/<point>``, rank each on
     val, write ``out/tuning.json`` (after every point) and ``out/tuning.md``; return the trials, best val
-    Recall@10 first.
+    Recall@10 first. Both files record the command (:func:`tune_command`), the fixed fields and the seed
+    every point used (``seed`` None: ``sets``' seed or the config's default, 0); ``tuning.md`` also says the
+    inference mode each point was ranked in, for a model with several.
 
     ``out`` must be a new or empty folder, or with ``resume`` the folder of a stopped run of the same grid
-    (same model, dataset, grid, fixed fields and seed, as its ``tuning.json`` records): the points it
-    finished are loaded and ranked again, not retrained. A teacher-guided model (DecCM) without ``teacher``
+    (same model, dataset, grid, fixed fields and seed, as its ``tuning.json`` records; the seed as used, so
+    ``--seed 0``, ``--set seed=0`` and no seed at all are one seed): the points it finished are loaded and
+    ranked again, not retrained. A teacher-guided model (DecCM) without ``teacher``
     trains one teacher per distinct teacher config (the backbone fields) into ``out/teachers/<the first
     point that needs it>``, which every point of that config shares: apart from the points' folders, so
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
@@ -103,11 +109,12 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
 
     console = console or Console(quiet=True)
     record = {"model": model, **dataset_record(data),
-              "grid": grid, "sets": dict(sets or {}), "seed": seed,
+              "grid": grid, "sets": dict(sets or {}), "seed": seed_used(model, grid, dict(sets or {}), seed),
               "teacher": None if teacher is None else str(Path(teacher).resolve()),
               "teacher_weights_sha256": weights_digest(Path(teacher)) if teacher is not None and (
                   Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
-              "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit()}
+              "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit(),
+              "command": tune_command(data, model, out, grid, sets, seed, teacher, resume)}
     finished = _finished_points(Path(out), record) if resume else {}
     ds, points, base, configs = _preflight(
         data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
@@ -140,7 +147,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         first_gains = gains if first_gains is None else first_gains
         epochs = finished[run.name]["epochs"] if run.name in finished else len(rec.history)
         trials.append(Trial(point, str(run), result["full"]["recall@10"], result["full"]["mrr"], against, epochs,
-                            seconds))
+                            seconds, rec.inference_mode))
         console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
                       + ("" if against is None else f", {change_cell(against)} over the first point"))
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": i + 1 == len(points),
@@ -148,8 +155,41 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     trials = _ranked(trials)
     made = (f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {record['commit']}"
             + packages_note({model: record["model_package"]}))  # the code it was trained with
-    write_text_atomic(Path(out) / "tuning.md", tuning_markdown(model, grid, trials, made) + "\n")
+    write_text_atomic(Path(out) / "tuning.md", tuning_markdown(model, grid, trials, made, record) + "\n")
     return trials
+
+
+def tune_command(data: Path, model: str, out: Path, grid: dict[str, list[str]], sets: dict | None = None,
+                 seed: int | None = None, teacher: Path | None = None, resume: bool = False) -> str:
+    """The ``bgmrec tune`` command of these arguments, each quoted as the shell needs (as
+    :func:`bgmrec.bench.command_line`), so that pasting it runs the same grid: paths as given, every
+    ``--grid`` value in the grid's order, the ``--set`` fields, and ``--seed``, ``--teacher`` and ``--resume``
+    when given."""
+    words = ["bgmrec", "tune", "--data", str(data), "--model", model, "--out", str(out)]
+    for key, values in grid.items():
+        for value in values:
+            words += ["--grid", f"{key}={value}"]
+    for key, value in (sets or {}).items():
+        words += ["--set", f"{key}={value}"]
+    words += [] if seed is None else ["--seed", str(seed)]
+    words += [] if teacher is None else ["--teacher", str(teacher)]
+    return shlex.join(words + (["--resume"] if resume else []))
+
+
+def seed_used(model: str, grid: dict[str, list[str]], sets: dict, seed: int | None) -> int | None:
+    """The seed every point of the grid trains with: ``seed`` (``--seed``), else ``sets``' seed (``--set
+    seed=N``), else the model's default (0); None when ``seed`` is a key of the grid (each point its own).
+    ``--seed`` and ``--set seed`` of different values are refused, as ``bgmrec train`` refuses them."""
+    from bgmrec.cli.core import option_into_sets
+    from bgmrec.models.base import with_overrides
+    from bgmrec.models.registry import model_class, resolve
+
+    if "seed" in grid:
+        return None
+    given = dict(sets)
+    option_into_sets(given, "seed", seed)
+    overrides = {**resolve(model)[1], **({"seed": given["seed"]} if "seed" in given else {})}
+    return with_overrides(model_class(model).config_class(), overrides).seed
 
 
 def _ranked(trials: list[Trial]) -> list[Trial]:
@@ -172,12 +212,16 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
     if "code" not in stopped:
         raise ValueError(f"--resume: {path} was written by a bgmrec before --resume existed, which recorded too "
                          "little to check the grid; tune into a new --out")
-    differ = [k for k in RESUME_KEYS if stopped.get(k) != record[k]]
+    then, now = _as_resumed(stopped, record["model"]), _as_resumed(record, record["model"])
+    differ = [k for k in RESUME_KEYS if then.get(k) != now[k]]
     if differ:
-        was = {k: repr(stopped[k]) if k in stopped else "not recorded (an older bgmrec)" for k in differ}
-        raise ValueError(f"--resume: {path} records another {', '.join(differ)} than given now "
-                         f"({'; '.join(f'{k}: {v}' for k, v in was.items())}); resume with the same "
-                         "arguments (and code) or tune into a new --out")
+        was = {k: "not recorded (an older bgmrec)" if k not in then else "each point's own (a grid key)"
+               if k == "seed" and then[k] is None else repr(then[k]) for k in differ}
+        fields = [RESUME_NAMES.get(k, k) for k in differ]
+        raise ValueError(f"--resume: {path} records another "
+                         f"{' and '.join(filter(None, [', '.join(fields[:-1]), fields[-1]]))} than given now "
+                         f"({'; '.join(f'{RESUME_VALUES.get(k, k)}: {v}' for k, v in was.items())}); resume with "
+                         "the same arguments (and code) or tune into a new --out")
     trials = stopped.get("trials")
     if not isinstance(trials, list) or not all(
             isinstance(t, dict) and isinstance(t.get("run"), str) and isinstance(t.get("seconds"), int | float)
@@ -192,6 +236,24 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
 # :func:`bgmrec.models.packages.model_package`, the code of a model from another package)
 RESUME_KEYS = ("model", "data_fingerprint", "features_fingerprint", "grid", "sets", "seed", "teacher",
                "teacher_weights_sha256", "code", "model_package")
+# how the refusal names a key that differs ("records another ... than given now"), and its recorded value
+RESUME_NAMES = {"sets": "set of --set values"}
+RESUME_VALUES = {"sets": "--set values"}
+
+
+def _as_resumed(record: dict, model: str) -> dict:
+    """The :data:`RESUME_KEYS` of a ``tuning.json`` record as ``--resume`` compares them: the seed as every
+    point used it (:func:`seed_used`; an older bgmrec's ``tuning.json`` recorded ``--seed`` as given, None
+    for the default) and the ``--set`` values without it, so ``--seed 0``, ``--set seed=0`` and
+    no seed at all resume one another's grid."""
+    out = {k: record[k] for k in RESUME_KEYS if k in record}
+    if isinstance(record.get("grid"), dict) and isinstance(record.get("sets"), dict) and "seed" in record:
+        try:
+            out["seed"] = seed_used(model, record["grid"], record["sets"], record["seed"])
+        except (TypeError, ValueError):  # not a seed of this model (a grid of another): compared as recorded
+            return out
+        out["sets"] = {k: v for k, v in record["sets"].items() if k != "seed"}
+    return out
 
 
 def _contents(out: Path) -> list[Path]:
@@ -268,28 +330,55 @@ def point_sets(base: dict, point: dict, seed: int | None) -> dict:
 
 
 def tuning_rows(trials: list[Trial]) -> list[list[str]]:
-    """Header and one row per trial: its settings, val Recall@10 and MRR, change over the first point, epochs,
-    time."""
+    """Header and one row per trial: its settings, for a model with several inference modes the one it was
+    ranked in, val Recall@10 and MRR, change over the first point, epochs, time."""
     keys = list(trials[0].settings)
-    rows = [[*keys, "val R@10", "val MRR", "vs the first point", "epochs", "seconds"]]
+    modes = any(t.inference_mode is not None for t in trials)
+    rows = [[*keys, *(["mode"] if modes else []), "val R@10", "val MRR", "vs the first point", "epochs", "seconds"]]
     for t in trials:
-        rows.append([*(t.settings[k] for k in keys), f"{t.val_recall_at_10:.4f}", f"{t.val_mrr:.4f}",
+        rows.append([*(t.settings[k] for k in keys), *([t.inference_mode or "-"] if modes else []),
+                     f"{t.val_recall_at_10:.4f}", f"{t.val_mrr:.4f}",
                      "(the first point)" if t.against_first is None else change_cell(t.against_first),
                      str(t.epochs), f"{t.seconds:.0f}"])
     return rows
 
 
-def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial], made: str = "") -> str:
-    """``tuning.md``: the grid, how each point was trained and compared (``made``: on what data, by what
-    code), and :func:`tuning_rows`."""
+def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial], made: str = "",
+                    record: dict | None = None) -> str:
+    """``tuning.md``: the command, the grid and what every point shares (``record``: ``tuning.json``'s
+    ``command``, ``sets`` and ``seed``), the inference mode of the figures, how each point was trained and
+    compared (``made``: on what data, by what code), and :func:`tuning_rows`."""
     from bgmrec.eval.report import markdown_from_rows
 
     grid_text = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
     return "\n".join([
         f"# Tuning {model} on val ({time.strftime('%Y-%m-%d')})", "",
+        *([f"Made by `{record['command']}`.", ""] if record and record.get("command") else []),
         *([f"Dataset {made}.", ""] if made else []),
-        f"Grid: {grid_text}. Each point trained with early "
+        f"Grid: {grid_text}.{fixed_text(record) if record else ''}{modes_text(trials)} Each point trained with early "
         "stopping on val, then ranked on the whole val split (full catalogue); *vs the first point*: the change "
         f"in Recall@10 over the grid's first point on the same val queries, its {LEVEL:.0%} paired bootstrap interval "
-        "and randomisation-test p-value. Best first (by Recall@10, ties by MRR). No test split was read.", "",
+        "and randomisation-test p-value. Best first (by Recall@10, ties by MRR). The dataset was loaded whole, but no "
+        "test split was scored: no test figure was computed or used for the choice.", "",
         markdown_from_rows(tuning_rows(trials))])
+
+
+def fixed_text(record: dict) -> str:
+    """`` Fixed for every point: ...; seed ....``: the ``--set`` values and the seed every point used (as
+    ``tuning.json`` records them), with a space before."""
+    sets = {k: v for k, v in record["sets"].items() if k != "seed"}
+    fixed = ", ".join(f"{k}={v}" for k, v in sets.items()) + " (--set; other fields at the model's defaults)" \
+        if sets else "no --set (every field outside the grid at the model's default)"
+    seed = "seed: each point's own (a grid key)" if record["seed"] is None else f"seed {record['seed']}"
+    return f" Fixed for every point: {fixed}; {seed}."
+
+
+def modes_text(trials: list[Trial]) -> str:
+    """`` Ranked in inference mode ....``, with a space before, for a model with several inference modes (as
+    every figure of DecCM says its mode); empty for a model of one mode."""
+    modes = list(dict.fromkeys(t.inference_mode for t in trials if t.inference_mode is not None))
+    if not modes:
+        return ""
+    if len(modes) == 1:
+        return f" Every point was ranked on val in inference mode `{modes[0]}`."
+    return " Each point was ranked on val in its own inference mode (column *mode*)."

@@ -490,12 +490,14 @@ def train(
 
 @app.command()
 def tune(
-    data: Path = typer.Option(..., help="dataset folder (its val split chooses; no test split is read)"),
+    data: Path = typer.Option(..., help="dataset folder (its val split chooses; loaded whole, but no test split "
+                              "is scored)"),
     model: str = typer.Option(..., help="model name (see `bgmrec models`)"),
     out: Path = typer.Option(..., help="folder for one run per grid point, tuning.json and tuning.md"),
     grid: list[str] = typer.Option(..., help="key=value to try; repeat a key for each of its values"),
     set_: list[str] | None = typer.Option(None, "--set", help="config field fixed for every point, key=value"),
-    seed: int | None = typer.Option(None, help="seed of every point (default 0); same as --set seed=N"),
+    seed: int | None = typer.Option(None, help="seed of every point, same as --set seed=N (default 0: --seed 0 "
+                                    "resumes a grid started without one)"),
     teacher: Path | None = typer.Option(None, help="DecCM: one teacher run for every point (else one is trained "
                                         "per backbone config and shared)"),
     resume: bool = typer.Option(False, help="finish a stopped grid in --out (same arguments): its finished points "
@@ -510,7 +512,7 @@ def tune(
     head, *rows = tuning_rows(trials)
     t = Table(title=f"{model} on val, best first (written to {out / 'tuning.md'})")
     for i, h in enumerate(head):
-        t.add_column(h, justify="right" if i >= len(trials[0].settings) else "left")
+        t.add_column(h, justify="right" if i >= head.index("val R@10") else "left")  # settings and mode: text
     for row in rows:
         t.add_row(*row)
     console.print(t)
