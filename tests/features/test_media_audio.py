@@ -473,3 +473,38 @@ def test_worker_processes_end_when_the_run_is_killed(tmp_path):
     if alive(worker):
         os.kill(worker, signal.SIGKILL)
         pytest.fail(f"worker {worker} outlived its killed parent")
+
+
+def test_an_analysis_openSMILE_left_as_nan_is_a_failure_not_a_cached_track(tmp_path, music_dir):
+    """Ctrl-C during openSMILE's callback, which it swallows, left NaN features that were cached as zeros."""
+    import pandas as pd
+
+    from bgmrec.features.audio import AudioExtractor
+
+    class Interrupted(AudioExtractor):
+        def _opensmile(self):
+            real = super()._opensmile()
+
+            class Swallowed:  # openSMILE after a swallowed KeyboardInterrupt: "filling with NaN"
+                def process_signal(self, y, sr):
+                    out = real.process_signal(y, sr)
+                    return pd.DataFrame(np.full(out.shape, np.nan), columns=out.columns)
+            return Swallowed()
+
+    with pytest.raises(MediaError, match=r"^openSMILE gave (\d+) of \1 features as NaN or infinite \(an interrupted"):
+        Interrupted().extract_file(music_dir / "track0.wav")
+    with pytest.raises(DatasetError, match="no track"):  # every track failed, and none was cached
+        extract_music(music_dir, tmp_path / "cat", extractor=Interrupted(), progress=False)
+    assert not list((tmp_path / "cat").rglob("*.npy"))
+
+
+def test_worker_processes_ignore_ctrl_c_which_their_parent_handles():
+    import multiprocessing as mp
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bgmrec.features.audio import AudioConfig, _init_worker
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(AudioConfig(),)) as pool:
+        assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN

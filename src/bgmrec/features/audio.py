@@ -223,6 +223,10 @@ class AudioExtractor:
         c, sr = self.config, self.config.sample_rate
         y = np.asarray(y, np.float32)
         smile = self._opensmile().process_signal(y, sr).to_numpy(np.float64).reshape(-1)
+        if not np.isfinite(smile).all():  # openSMILE fills a failed or interrupted analysis (Ctrl-C in its
+            # callback, which it swallows) with NaN: never a track's features, and never to be cached
+            raise MediaError(f"openSMILE gave {int((~np.isfinite(smile)).sum())} of {len(smile)} features as "
+                             "NaN or infinite (an interrupted or failed analysis)")
         spec = np.abs(librosa.stft(y, n_fft=c.n_fft, hop_length=c.hop_length))
         power = spec ** 2
         logmel = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr, n_mels=c.n_mels))
@@ -269,7 +273,13 @@ _WORKER: AudioExtractor | None = None
 
 
 def _init_worker(config: AudioConfig) -> None:
+    """Set up a worker process. It ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and
+    openSMILE swallows the KeyboardInterrupt in its callback and returns NaN features; the parent stops the
+    run (cancelling the queued files) and the files being analysed finish whole."""
+    import signal
+
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = AudioExtractor(config)
     _exit_with_parent()
 
