@@ -592,6 +592,18 @@ def test_train_says_how_to_do_without_professional_videos_in_options_before_any_
                  "--grid", "alpha=0.1", "--grid", "alpha=0.5"]) == 2
     assert _error(capsys) == "error: alpha=0.1: " + expected.removeprefix("error: ")
     assert not (tmp_path / "grid").exists()
+    # a CMVAE of the uploads given as --teacher: the warning does not advise training one on no videos
+    from bgmrec.cli.core import train_model
+
+    train_model(world, "cmvae", tmp_path / "uploads-cmvae", sets=SMALL_CMVAE, progress=False)
+    capsys.readouterr()
+    from bgmrec.models.deccm import SettingWithoutEffectWarning
+
+    with pytest.warns(SettingWithoutEffectWarning, match="content_share=true has no effect"):
+        train_model(world, "deccm", tmp_path / "student", sets=SMALL_DECCM, teacher=tmp_path / "uploads-cmvae",
+                    progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning: --teacher") == 1 and "this dataset has no professional videos to train one on" in err
 
 
 def test_train_refuses_a_teacher_of_another_scale_before_any_work(cli_world, tmp_path, capsys):
@@ -617,8 +629,10 @@ def test_train_warns_of_a_teacher_trained_on_other_data_or_not_as_a_teacher(cli_
     err = " ".join(capsys.readouterr().err.split())
     assert f"warning: the teacher {tmp_path / 'teacher'} was trained on another dataset" in err
     # and a CMVAE trained on the uploads is no teacher (it was taken without a word)
-    assert (f"warning: --teacher {tmp_path / 'teacher'} was trained by `bgmrec train` on the uploads (split "
-            "'train'), not as a teacher on the professional videos; leave --teacher out to have one trained") in err
+    assert (f"warning: --teacher {tmp_path / 'teacher'} was trained by `bgmrec train` on the split 'train' of its "
+            "dataset, not as a teacher on professional videos: it is a teacher only if that dataset's videos are "
+            "professional music videos, whose tracks were chosen by content; leave --teacher out to have one "
+            "trained on this dataset's professional videos") in err
 
     # a run of another model is refused as a teacher when loaded, and not called a CMVAE fitted to the uploads
     train_model(cli_world, "popularity", tmp_path / "pop", progress=False)

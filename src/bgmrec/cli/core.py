@@ -268,8 +268,15 @@ def warn_if_not_a_teacher(teacher: Path, data: Path) -> None:
     except ValueError:
         cmvae = False
     if cmvae and "teacher_config" not in record:
-        print(f"warning: --teacher {teacher} was trained by `bgmrec train` on the uploads (split 'train'), not as a "
-              "teacher on the professional videos; leave --teacher out to have one trained", file=sys.stderr)
+        from bgmrec.data.dataset import load_dataset
+        from bgmrec.models.deccm import professional_split
+
+        has_professional = professional_split(load_dataset(data)) is not None
+        way = ("leave --teacher out to have one trained on this dataset's professional videos" if has_professional
+               else "this dataset has no professional videos to train one on")
+        print(f"warning: --teacher {teacher} was trained by `bgmrec train` on the split 'train' of its dataset, not "
+              f"as a teacher on professional videos: it is a teacher only if that dataset's videos are professional "
+              f"music videos, whose tracks were chosen by content; {way}", file=sys.stderr)
     owner = Path(teacher).resolve().parent
     if not record and Path(teacher).resolve().name == "teacher" and read_run_record(owner):
         warn_if_trained_on_other_data(owner, data, what="the teacher's run")
