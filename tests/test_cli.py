@@ -202,16 +202,30 @@ def test_bad_input_error_is_one_line(cli_world, popularity_run, tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+
+
 def test_bad_set_value_names_the_field(cli_world, tmp_path, capsys):
     rc = main(["train", "--data", str(cli_world), "--model", "cmvae", "--out", str(tmp_path / "r"),
                "--set", "epochs=abc"])
     assert rc == 2
     assert "epochs" in _error(capsys)
+
+
 @pytest.mark.parametrize("argv", [["train", "--data", "x"], ["nosuchcommand"], ["simulate", "out", "--seed", "abc"]],
                          ids=["missing-option", "unknown-command", "bad-int"])
 def test_usage_errors_exit_2(argv, capsys):
     assert main(argv) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, option, value", [("train", "--epochs", "0"), ("train", "--seed", "-1"),
+                                                     ("tune", "--seed", "-1")])
+def test_an_out_of_range_count_is_named_as_the_option_before_anything_is_read(tmp_path, capsys, command, option,
+                                                                              value):
+    grid = ["--grid", "lr=0.1"] if command == "tune" else []
+    assert main([command, "--data", str(tmp_path / "none"), "--model", "cmvae", "--out", str(tmp_path / "out"),
+                 *grid, option, value]) == 2
+    assert f"Invalid value for '{option}'" in capsys.readouterr().err
 
 
 def test_train_cmvae_with_set_epochs(cli_world, tmp_path):

@@ -479,9 +479,9 @@ def train(
     data: Path = typer.Option(..., help="dataset folder"),
     model: str = typer.Option(..., help="model name (see `bgmrec models`)"),
     out: Path = typer.Option(..., help="run folder to write (config.json, weights.safetensors, history.json)"),
-    epochs: int | None = typer.Option(None, help="maximum epochs (trainable models; the others ignore it, with a "
-                                      "warning); same as --set epochs=N"),
-    seed: int | None = typer.Option(None, help="seed for initialisation and batching (default 0); same as "
+    epochs: int | None = typer.Option(None, min=1, help="maximum epochs (trainable models; the others ignore it, "
+                                      "with a warning); same as --set epochs=N"),
+    seed: int | None = typer.Option(None, min=0, help="seed for initialisation and batching (default 0); same as "
                                     "--set seed=N"),
     set_: list[str] | None = typer.Option(None, "--set", help="config field override, key=value (repeatable)"),
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
@@ -503,7 +503,7 @@ def tune(
     out: Path = typer.Option(..., help="folder for one run per grid point, tuning.json and tuning.md"),
     grid: list[str] = typer.Option(..., help="key=value to try; repeat a key for each of its values"),
     set_: list[str] | None = typer.Option(None, "--set", help="config field fixed for every point, key=value"),
-    seed: int | None = typer.Option(None, help="seed of every point, same as --set seed=N (default 0: --seed 0 "
+    seed: int | None = typer.Option(None, min=0, help="seed of every point, same as --set seed=N (default 0: --seed 0 "
                                     "resumes a grid started without one)"),
     teacher: Path | None = typer.Option(None, help="DecCM: one teacher run for every point (else one is trained "
                                         "per backbone config and shared)"),
