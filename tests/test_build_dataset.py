@@ -289,3 +289,37 @@ def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monke
         monkeypatch.undo()
         time.tzset()
     assert times == [1704067200.0, 1704067200.0 + 3600, 1704067200.0]
+
+
+def test_each_kind_of_dropped_pair_is_warned_of_with_its_first_line_and_the_summary_counts_the_unpaired(
+        tmp_path, folders, capsys):
+    # build-dataset said "dropped pairs: unknown_video 1, unknown_track 8" with no example, and neither the 10
+    # videos without a usable pair (left out) nor the catalogue tracks no pair names (kept) were mentioned
+    from bgmrec.cli import main
+
+    vids, cat = folders
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("video,track,uploader\n"
+                     + "".join(f"v{i},t{i % 6},u{i % 3}\n" for i in range(20))  # lines 2-21; t6, t7 unused
+                     + "v20,T1,u0\nghost,t1,u0\nv21,nosuch,u1\nv3,t3,u0\nv3,t3,u0\n", encoding="utf-8")
+    warnings = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
+    assert warnings == [
+        f"{pairs}: 1 of 25 row(s) name no extracted video (of {vids}) and were not used (e.g. line 23: 'ghost')",
+        f"{pairs}: 2 of 25 row(s) name an extracted video but no catalogue track (of {cat}) and were not used "
+        "(e.g. line 22: 'T1')",
+        f"{pairs}: 2 of 25 row(s) repeat an earlier row's video, track and uploader and were not used again "
+        "(e.g. line 25: 'v3', 't3', 'u0', as on line 5)"]
+    assert ds.provenance["pairs"]["dropped"] == {"unknown_video": 1, "unknown_track": 2, "duplicate": 2}
+    assert ds.n_videos == 20 and ds.provenance["videos_without_pairs"] == 10
+    assert ds.n_tracks == 8 and ds.provenance["tracks_without_pairs"] == 2  # t6 and t7, kept
+    capsys.readouterr()
+    assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
+                 str(tmp_path / "d2")]) == 0
+    out, err = capsys.readouterr()
+    out = " ".join(out.split())
+    assert "20 videos (10 other extracted video(s) have no usable pair: left out)" in out
+    assert "8 tracks (2 named by no usable pair: kept as candidates)" in out
+    assert "dropped pairs: unknown_video 1, unknown_track 2, duplicate 2" in out
+    assert [line.split(" (e.g. ")[1] for line in err.splitlines()] == [
+        "line 23: 'ghost')", "line 22: 'T1')", "line 25: 'v3', 't3', 'u0', as on line 5)"]

@@ -55,6 +55,28 @@ def test_health_says_what_is_served_and_what_a_request_needs(client, tiny_ds):
     assert info["status"] == "ok" and info["model"] == "cmvae" and info["tracks"] == tiny_ds.n_tracks
     assert info["features"] == {"visual": tiny_ds.video_visual.shape[1], "text": tiny_ds.video_text.shape[1]}
     assert info["genres"] == list(tiny_ds.genres) and info["index"] == "ExactIndex"
+    assert info["warnings"] == []  # the tiny world's own catalogue: nothing to warn of
+
+
+def test_health_carries_the_start_up_warnings_of_a_catalogue_the_model_was_not_trained_on(tiny_ds, cmvae,
+                                                                                           tmp_path):
+    # serve warned once on stderr at start-up, and /health said "status": "ok" with no flag a probe could see
+    from bgmrec.models.base import load_model
+
+    cmvae.save(tmp_path / "run")
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"feature_settings": {"music": {"max_seconds": 60.0}}}))
+    catalog = tiny_catalog(tiny_ds)
+    catalog.root, catalog.manifest = tmp_path / "short", {"settings": {"max_seconds": 1.0}}
+    catalog.genre = ["polka"] + list(catalog.genre[1:])
+    told = []
+    client = TestClient(create_app(ClipRecommender(load_model(tmp_path / "run"), catalog, warn=told.append)))
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["warnings"] == told and len(told) == 2  # one source, said once
+    assert told[0].startswith(f"the catalogue {tmp_path / 'short'} was extracted with max_seconds=1.0, the "
+                              "model's training music with max_seconds=60.0")
+    assert told[1].startswith("1 track(s) have a genre the model does not know")
+    # without warn (the library's own use) the recommender still keeps them
+    assert ClipRecommender(load_model(tmp_path / "run"), catalog).warnings == told
 
 
 def test_an_answer_is_the_recommend_json_object_and_ranks_as_the_model(client, tiny_ds, cmvae):

@@ -4,8 +4,10 @@
 catalogue, encoded and indexed once at start-up) in a FastAPI application:
 
 - ``GET /health``: the model, its inference mode, the catalogue size, the index and its settings, the feature sizes
-  a request must have, the largest video upload, JSON body and caption, torch's intra-op ``threads``, and
-  ``served_by`` (below);
+  a request must have, the largest video upload, JSON body and caption, torch's intra-op ``threads``,
+  ``served_by`` (below) and ``warnings``: what the recommender warned of at start-up (a catalogue extracted
+  with other settings than the model's training music, genres the model does not know; [] when none), which
+  leave ``status`` "ok" (the service answers) but tell a monitoring probe its scores can mean little;
 - ``POST /recommend``: one clip's features (``visual``, optional ``text``; optional ``taste``, the
   uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
   the answer is the object ``bgmrec recommend --json`` prints;
@@ -177,7 +179,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
                 "threads": torch.get_num_threads(),  # in this request's thread (bgmrec serve --threads)
-                "served_by": identity}
+                "served_by": identity, "warnings": list(recommender.warnings)}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> dict:

@@ -120,7 +120,14 @@ def build_dataset_cmd(
                            warn=warn_on_stderr)
     split_by = ds.provenance.get("split_by")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
-    _console().print(f"wrote {out}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders, "
+    # videos without a usable pair are left out of the dataset; tracks no pair names stay, as candidates
+    lone_videos, lone_tracks = (ds.provenance.get(k, 0) for k in ("videos_without_pairs", "tracks_without_pairs"))
+    _console().print(f"wrote {out}: {ds.n_videos} videos"
+                     + (f" ({lone_videos} other extracted video(s) have no usable pair: left out)" if lone_videos
+                        else "")
+                     + f", {ds.n_tracks} tracks"
+                     + (f" ({lone_tracks} named by no usable pair: kept as candidates)" if lone_tracks else "")
+                     + f", {ds.n_uploaders} uploaders, "
                      f"{ds.n_genres} genres; " + ", ".join(f"{s} {len(r)}" for s, r in ds.splits.items())
                      + f" (split by {split_by})"
                      + ("; dropped pairs: " + ", ".join(f"{k} {v}" for k, v in dropped.items() if v)

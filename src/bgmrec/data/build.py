@@ -12,7 +12,8 @@ names no zone).
 What is written (the format of :mod:`bgmrec.data.dataset`):
 
 - every extracted video with at least one usable pair (``source`` "ugc"; its uploader is the one of
-  its first pair), and every catalogue track (``track_new`` all False);
+  its first pair; the others are left out), and every catalogue track (``track_new`` all False), also
+  those no pair names (they are ranked as candidates);
 - genres: the sorted genre names of the catalogue, tracks without one get "unknown";
 - splits train / val / test of the pairs, by video (all rows of one video land in one split):
   by time when every row has one (earliest video time first), else a seeded random permutation (with a
@@ -26,7 +27,8 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   training pair gets ``p``;
 - ``uploaders.json`` (uploader ids, row order of uploaders.npy) and the provenance (inputs, their
   content hashes, seed, how many pair rows were dropped and why: an unknown video, an unknown track,
-  or a duplicate of an earlier row's video, track and uploader).
+  or a duplicate of an earlier row's video, track and uploader, each kind also warned of with its first
+  row's line and ids; how many extracted videos had no usable pair and how many tracks no pair names).
 
 A share of 0 leaves its split empty, and fewer than 3 videos with usable pairs leave val and test empty:
 built, with a warning.
@@ -93,6 +95,7 @@ class Pairs:
     uploader: list[str]
     time: list[float] | None  # None when the column is absent or any row lacks a time
     untimed: list[int] = field(default_factory=list)  # lines of the rows without a time, when the column exists
+    lines: list[int] = field(default_factory=list)  # each row's physical line in the file (for warnings)
 
 
 def read_pairs(path: Path) -> Pairs:
@@ -121,7 +124,7 @@ def read_pairs(path: Path) -> Pairs:
     untimed = [line for v, line in zip(get.get("time", []), lines, strict=False) if not v]
     if "time" in get and not untimed:
         times = [_parse_time(v, path, line) for v, line in zip(get["time"], lines, strict=True)]
-    return Pairs(get["video"], get["track"], get["uploader"], times, untimed)
+    return Pairs(get["video"], get["track"], get["uploader"], times, untimed, lines)
 
 
 def _parse_time(value: str, path: Path, line: int) -> float:
@@ -172,8 +175,11 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                   config: BuildConfig | None = None, warn: Callable[[str], None] | None = None) -> Dataset:
     """Join extracted videos, a catalogue and a pairs CSV into a dataset folder at ``out``.
 
-    ``warn`` is told (one line) when the val or test split is empty (a share of 0, or too few videos with
-    pairs), and when some rows of the pairs' time column are empty (the split is then random, not by time).
+    ``warn`` is told (one line each) when the val or test split is empty (a share of 0, or too few videos with
+    pairs), when some rows of the pairs' time column are empty (the split is then random, not by time), and
+    of each kind of pair row dropped (an unknown video, an unknown track, a duplicate): how many, and the
+    first one's line and ids. The provenance counts the extracted videos without a usable pair (left out)
+    and the catalogue tracks no used pair names (kept: candidates to rank).
     """
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.video import load_video_features
@@ -191,9 +197,18 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     extracted = set(vids.ids)
     tpos = {t: j for j, t in enumerate(cat.ids)}
     keep = [i for i in range(len(pairs.video)) if pairs.video[i] in extracted and pairs.track[i] in tpos]
-    dropped = {"unknown_video": sum(1 for v in pairs.video if v not in extracted),
-               "unknown_track": sum(1 for v, t in zip(pairs.video, pairs.track, strict=True)
-                                    if v in extracted and t not in tpos)}
+    no_video = [i for i, v in enumerate(pairs.video) if v not in extracted]
+    no_track = [i for i, (v, t) in enumerate(zip(pairs.video, pairs.track, strict=True))
+                if v in extracted and t not in tpos]
+    dropped = {"unknown_video": len(no_video), "unknown_track": len(no_track)}
+    if warn is not None:
+        n = len(pairs.video)
+        for rows_of, what, ids in ((no_video, f"no extracted video (of {videos_dir})", pairs.video),
+                                   (no_track, f"an extracted video but no catalogue track (of {music_dir})",
+                                    pairs.track)):
+            if rows_of:
+                warn(f"{pairs_csv}: {len(rows_of)} of {n} row(s) name {what} and were not used "
+                     f"(e.g. line {pairs.lines[rows_of[0]]}: {ids[rows_of[0]]!r})")
     if not keep:
         raise DatasetError(f"{pairs_csv}: no row names both an extracted video (from {videos_dir}) "
                            f"and a catalogue track (from {music_dir})")
@@ -212,6 +227,19 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         video_uploader[v] = u
     rows = np.unique(rows, axis=0)  # a repeated (video, track, uploader) row counts once
     dropped["duplicate"] = len(keep) - len(rows)
+    if dropped["duplicate"] and warn is not None:
+        first: dict[tuple[str, str, str], int] = {}
+        repeats = []
+        for i in keep:
+            key = (pairs.video[i], pairs.track[i], pairs.uploader[i])
+            if key in first:
+                repeats.append((i, first[key]))
+            else:
+                first[key] = i
+        i, j = repeats[0]
+        warn(f"{pairs_csv}: {len(repeats)} of {len(pairs.video)} row(s) repeat an earlier row's video, track and "
+             f"uploader and were not used again (e.g. line {pairs.lines[i]}: {pairs.video[i]!r}, "
+             f"{pairs.track[i]!r}, {pairs.uploader[i]!r}, as on line {pairs.lines[j]})")
 
     genres = sorted({g.strip() or "unknown" for g in cat.genre})
     gpos = {g: k for k, g in enumerate(genres)}
@@ -274,7 +302,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                        "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
                        "pairs": str(pairs_csv), "pairs_sha256": sha256_file(Path(pairs_csv))},
             "pairs": {"rows": len(pairs.video), "used": len(rows), "dropped": dropped},
-            "videos_without_pairs": len(vids) - len(video_ids),
+            "videos_without_pairs": len(vids) - len(video_ids),  # left out of the dataset
+            "tracks_without_pairs": len(cat) - len(np.unique(rows[:, 1])),  # kept: candidates to rank
             "extractors": {"videos": vids.manifest.get("extractors"),
                            "music": cat.manifest.get("extractors")},
             "settings": {"videos": vids.manifest.get("settings"), "music": cat.manifest.get("settings")},

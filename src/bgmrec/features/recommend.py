@@ -143,7 +143,8 @@ class ClipRecommender:
     approximate, for large catalogues); ``warn`` is told about catalogue genres the model does not know
     and about feature settings that differ from its training data's (:func:`feature_settings_mismatches`;
     ``frames``: how many frames each clip given as a video file is sampled at). ``ef_search`` sets the
-    FAISS index's search breadth (None: its default), trading speed for recall.
+    FAISS index's search breadth (None: its default), trading speed for recall. Those start-up warnings
+    stay in ``warnings`` (one line each, also without ``warn``), which ``bgmrec serve``'s ``/health`` reports.
     """
 
     def __init__(self, model: Recommender, catalog: Catalog, index: str = "exact", warn=None,
@@ -156,9 +157,16 @@ class ClipRecommender:
             raise ValueError(f"ef_search must be a positive integer and is read by the faiss index only, got "
                              f"{ef_search} with index {index!r}")
         self.model, self.catalog = model, catalog
-        for mismatch in feature_settings_mismatches(model, catalog, frames) if warn is not None else []:
-            warn(mismatch)
-        self.music = music_catalog(model, catalog, warn=warn)
+        self.warnings: list[str] = []
+
+        def said(msg: str) -> None:
+            self.warnings.append(msg)
+            if warn is not None:
+                warn(msg)
+
+        for mismatch in feature_settings_mismatches(model, catalog, frames):
+            said(mismatch)
+        self.music = music_catalog(model, catalog, warn=said)
         embeddings = model.encode_music(self.music)  # the neural models encode it in chunks
         options = {} if ef_search is None else {"ef_search": ef_search}
         self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings, **options)
