@@ -577,3 +577,18 @@ def test_a_text_field_past_the_forms_limit_gets_a_413_saying_so(client, tiny_ds,
     assert seen == [2**19]
     r = client.post("/recommend/video", content=b"\r\n", headers={"content-type": "multipart/form-data"})
     assert r.status_code == 400  # other refusals of the multipart parser are left as they were
+
+
+def test_catalogue_tracks_far_from_the_training_music_are_named_at_start_up(tiny_ds, cmvae):
+    """Tracks unlike any training track got scores 10^5 times the others' and topped every list, unannounced."""
+    said = []
+    ClipRecommender(cmvae, tiny_catalog(tiny_ds), warn=said.append)
+    assert said == []  # the training world's own tracks
+    catalog = tiny_catalog(tiny_ds)
+    catalog.features = catalog.features.copy()
+    catalog.features[3] *= 1000.0  # a hum among songs
+    recommender = ClipRecommender(cmvae, catalog, warn=said.append)
+    assert len(said) == 1 and said == recommender.warnings
+    assert re.fullmatch(rf"1 catalogue track\(s\) have features more than 20 standard deviations from the model's "
+                        rf"training music \(up to \S+, track '{catalog.ids[3]}'\): their scores can be out of all "
+                        r"proportion and top every list; .*", said[0]), said[0]

@@ -226,6 +226,11 @@ class RecommenderContractMixin:
             with pytest.raises(ValueError, match=f"'{culprit}'"):
                 unfitted.fit(SplitView(contract_ds, train), SplitView(contract_ds, val))
 
+    def test_music_distance_from_training_is_none_or_one_per_track(self, model, catalog):
+        distance = model.music_distance_from_training(catalog)
+        if distance is not None:  # a model that keeps its training music's statistics
+            assert distance.shape == (len(catalog),) and np.isfinite(distance).all() and (distance >= 0).all()
+
     def test_seeded_determinism(self, model, fresh_model, queries, catalog):
         np.testing.assert_array_equal(fresh_model.score(queries, catalog), model.score(queries, catalog))
 

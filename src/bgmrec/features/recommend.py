@@ -96,6 +96,24 @@ def open_video_features(root: Path):
                          {"dataset": str(root)}, Path(root))
 
 
+FAR_FROM_TRAINING_SD = 20.0  # a catalogue track this many training standard deviations out is named at start-up
+
+
+def far_from_training_music(model: Recommender, music: MusicCatalog, ids: list[str]) -> str | None:
+    """One line naming the catalogue tracks whose features lie more than :data:`FAR_FROM_TRAINING_SD` training
+    standard deviations from the model's training music, whose scores can be out of all proportion; None when
+    there are none or the model cannot tell (``Recommender.music_distance_from_training``)."""
+    distance = model.music_distance_from_training(music)
+    if distance is None or not len(distance) or distance.max() <= FAR_FROM_TRAINING_SD:
+        return None
+    far = np.flatnonzero(distance > FAR_FROM_TRAINING_SD)
+    worst = int(np.argmax(distance))
+    return (f"{len(far)} catalogue track(s) have features more than {FAR_FROM_TRAINING_SD:g} standard deviations "
+            f"from the model's training music (up to {distance[worst]:.3g}, track {ids[worst]!r}): their scores "
+            "can be out of all proportion and top every list; give music like the training music, extracted "
+            "with the same extractor and settings")
+
+
 def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatalog:
     """The catalogue as model input, with a clear error when its features do not fit the model.
 
@@ -167,6 +185,9 @@ class ClipRecommender:
         for mismatch in feature_settings_mismatches(model, catalog, frames):
             said(mismatch)
         self.music = music_catalog(model, catalog, warn=said)
+        far = far_from_training_music(model, self.music, catalog.ids)
+        if far:
+            said(far)
         embeddings = model.encode_music(self.music)  # the neural models encode it in chunks
         options = {} if ef_search is None else {"ef_search": ef_search}
         self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings, **options)

@@ -260,6 +260,12 @@ class Recommender(ABC):
         """The inference modes reports evaluate this model in: every mode it offers ([] for one mode)."""
         return list(self.inference_modes)
 
+    def music_distance_from_training(self, c: MusicCatalog) -> np.ndarray | None:
+        """[M]: how far each track's features lie from the model's training music, as the largest number of
+        training standard deviations of any feature; None for a model that keeps no such statistics. A track
+        far outside can get scores out of all proportion (a network extrapolates)."""
+        return None
+
     # -- learning and encoding --
     @abstractmethod
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Recommender:

@@ -234,6 +234,14 @@ class TorchRecommender(Recommender):
         return torch.cat([encode(slice(s, s + self.encode_chunk))
                           for s in range(0, max(n, 1), self.encode_chunk)]).numpy()
 
+    def music_distance_from_training(self, c: MusicCatalog) -> np.ndarray:
+        """The largest |standardised feature| of each track, by the input standardisation fitted on the
+        training tracks (:class:`InputNorms`)."""
+        self.spec.check_music(c, self.source, self.reads_genre)
+        with torch.no_grad():
+            z = self.module.norms.music(torch.from_numpy(np.array(c.features, np.float32)))  # a copy: writable
+        return z.abs().amax(dim=1).numpy().astype(np.float64) if len(z) else np.zeros(0)
+
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:
         e_m = self._music_embedding(c)
         if self.prior_scale() is None:
