@@ -323,3 +323,38 @@ def test_each_kind_of_dropped_pair_is_warned_of_with_its_first_line_and_the_summ
     assert "dropped pairs: unknown_video 1, unknown_track 2, duplicate 2" in out
     assert [line.split(" (e.g. ")[1] for line in err.splitlines()] == [
         "line 23: 'ghost')", "line 22: 'T1')", "line 25: 'v3', 't3', 'u0', as on line 5)"]
+
+
+def test_professional_music_videos_become_the_teacher_split_and_deccm_trains_its_teacher_on_them(tmp_path, folders,
+                                                                                                   capsys):
+    from bgmrec.cli import main
+    from bgmrec.models.deccm import professional_split
+
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", n_videos=24)  # uploads v0..v23
+    pro = tmp_path / "pro.csv"
+    pro.write_text("video,track\n" + "".join(f"v{i},t{i % 8}\n" for i in range(24, 30)) + "v99,t1\n",
+                   encoding="utf-8")
+    ds = build_dataset(vids, cat, pairs, tmp_path / "data", BuildConfig(seed=0), professional_csv=pro,
+                       warn=lambda msg: None)
+    loaded = load_dataset(tmp_path / "data")
+    assert professional_split(loaded) == "pgc" and loaded.split_info["pgc"].role == "teacher"
+    assert loaded.video_source.count("pgc") == 6 and loaded.n_videos == 30
+    rows = loaded.splits["pgc"]
+    assert sorted(loaded.video_ids[v] for v in rows[:, 0]) == [f"v{i}" for i in range(24, 30)]
+    assert (rows[:, 2] == -1).all() and (loaded.video_uploader[rows[:, 0]] == -1).all()
+    assert [loaded.track_ids[t] for t in rows[np.argsort(rows[:, 0]), 1]] == [f"t{i % 8}" for i in range(24, 30)]
+    assert ds.provenance["professional"]["dropped"] == {"unknown_video": 1, "unknown_track": 0, "duplicate": 0}
+    assert ds.provenance["videos_without_pairs"] == 0
+    # the command: DecCM finds its teacher's data without --teacher
+    out = tmp_path / "cli-data"
+    assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
+                 str(out), "--professional", str(pro)]) == 0
+    assert "pgc 6" in capsys.readouterr().out
+    assert main(["train", "--data", str(out), "--model", "deccm", "--out", str(tmp_path / "run"), "--set",
+                 "epochs=1", "--set", "hidden=16", "--set", "latent_dim=4", "--set", "prior_samples=16"]) == 0
+    assert (tmp_path / "run" / "teacher" / "config.json").is_file()
+    # a video is an upload or a professional video, not both
+    pro.write_text("video,track\nv3,t1\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"pro.csv: 1 video\(s\) are also uploads in .*pairs.csv \(e.g. 'v3'\)"):
+        build_dataset(vids, cat, pairs, tmp_path / "data2", professional_csv=pro)

@@ -593,7 +593,7 @@ def test_train_says_how_to_do_without_professional_videos_in_options_before_any_
     assert main(["simulate", str(world), "--scale", "tiny", "--set", "n_pgc_videos=0"]) == 0
     capsys.readouterr()
     expected = ("error: the dataset has no teacher split (professional music videos) to train a teacher on: "
-                "pass --teacher RUN_DIR or --set teacher=false")
+                "pass --teacher RUN_DIR or --set teacher=false (build-dataset --professional makes one)")
     assert main(["train", "--data", str(world), "--model", "deccm", "--out", str(tmp_path / "run")]) == 2
     assert _error(capsys) == expected
     assert not (tmp_path / "run").exists()

@@ -235,7 +235,7 @@ def check_teacher_data(model, ds, teacher: Path | None = None) -> None:
             raise ValueError(f"--teacher {teacher}: {differ}")
     if teacher is None and guided and isinstance(model, DecCM) and professional_split(ds) is None:
         raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
-                         "pass --teacher RUN_DIR or --set teacher=false")
+                         "pass --teacher RUN_DIR or --set teacher=false (build-dataset --professional makes one)")
 
 
 def dataset_record(data: Path) -> dict:

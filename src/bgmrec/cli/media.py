@@ -105,6 +105,8 @@ def build_dataset_cmd(
     music: Path = typer.Option(..., help="catalogue folder written by extract-music"),
     pairs: Path = typer.Option(..., help="CSV: video, track, uploader[, time]"),
     out: Path = typer.Option(..., help="dataset folder to write (replaced atomically)"),
+    professional: Path | None = typer.Option(None, help="CSV: video, track of professional music videos in "
+                                                        "--videos (DecCM's teacher data: the split pgc)"),
     seed: int = typer.Option(0, help="seed of the random split (when pairs have no time) and the negatives"),
     val_share: float = typer.Option(0.1, help="share of videos in validation"),
     test_share: float = typer.Option(0.1, help="share of videos in test"),
@@ -117,7 +119,7 @@ def build_dataset_cmd(
     with options_named(**{f: "--" + f.replace("_", "-") for f in BUILD_OPTIONS}):
         ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
                                                                   test_share=test_share, negatives=negatives),
-                           warn=warn_on_stderr)
+                           warn=warn_on_stderr, professional_csv=professional)
     split_by = ds.provenance.get("split_by")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
     # videos without a usable pair are left out of the dataset; tracks no pair names stay, as candidates

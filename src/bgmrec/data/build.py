@@ -32,6 +32,11 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
 
 A share of 0 leaves its split empty, and fewer than 3 videos with usable pairs leave val and test empty:
 built, with a warning.
+
+Professional music videos (the teacher data of DecCM, whose tracks were chosen for their content, not by
+uploaders' taste) come in an optional second CSV, ``video,track`` (an uploader column is not read), of
+videos of the same videos folder: they are appended as videos of source ``pgc`` (uploader -1) and their
+rows form the split ``pgc`` (role ``teacher``). A video may not be both an upload and a professional video.
 """
 
 from __future__ import annotations
@@ -98,8 +103,9 @@ class Pairs:
     lines: list[int] = field(default_factory=list)  # each row's physical line in the file (for warnings)
 
 
-def read_pairs(path: Path) -> Pairs:
-    """Read a pairs CSV (see the module docstring); errors name the file, line and column."""
+def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
+    """Read a pairs CSV (see the module docstring); errors name the file, line and column. Without
+    ``uploaders`` (professional videos) the uploader column is not read: every row's uploader is ""."""
     from bgmrec.features.cache import read_csv_lines
 
     path = Path(path)
@@ -111,12 +117,15 @@ def read_pairs(path: Path) -> Pairs:
     cols = {}
     for want, names in COLUMN_NAMES.items():
         found = next((n for n in names if n in rows[0]), None)
-        if found is None and want != "time":
+        if found is None and want != "time" and (uploaders or want != "uploader"):
             raise DatasetError(f"{path}: missing column {want!r} (accepted names: {', '.join(names)}); "
                                f"found {sorted(rows[0])}")
         cols[want] = found
+    if not uploaders:
+        cols["uploader"] = None
     get = {k: [(r.get(c) or "").strip() for r in rows] for k, c in cols.items() if c}
-    for k in ("video", "track", "uploader"):
+    get.setdefault("uploader", [""] * len(rows))
+    for k in ("video", "track", "uploader") if uploaders else ("video", "track"):
         empty = [i for i, v in enumerate(get[k]) if not v]
         if empty:
             raise DatasetError(f"{path}: line {lines[empty[0]]} has an empty {k!r}")
@@ -171,15 +180,36 @@ def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_
     return (pref / pref.sum(1, keepdims=True)).astype(np.float32)
 
 
+def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[str, int], videos_dir: Path,
+                music_dir: Path, warn: Callable[[str], None] | None) -> tuple[list[int], dict[str, int]]:
+    """The rows of ``pairs`` naming an extracted video and a catalogue track, and how many were dropped for
+    naming no extracted video or no catalogue track; ``warn`` is told of each kind, with its first line and id."""
+    keep = [i for i in range(len(pairs.video)) if pairs.video[i] in extracted and pairs.track[i] in tpos]
+    no_video = [i for i, v in enumerate(pairs.video) if v not in extracted]
+    no_track = [i for i, (v, t) in enumerate(zip(pairs.video, pairs.track, strict=True))
+                if v in extracted and t not in tpos]
+    if warn is not None:
+        n = len(pairs.video)
+        for rows_of, what, ids in ((no_video, f"no extracted video (of {videos_dir})", pairs.video),
+                                   (no_track, f"an extracted video but no catalogue track (of {music_dir})",
+                                    pairs.track)):
+            if rows_of:
+                warn(f"{csv_path}: {len(rows_of)} of {n} row(s) name {what} and were not used "
+                     f"(e.g. line {pairs.lines[rows_of[0]]}: {ids[rows_of[0]]!r})")
+    return keep, {"unknown_video": len(no_video), "unknown_track": len(no_track)}
+
+
 def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
-                  config: BuildConfig | None = None, warn: Callable[[str], None] | None = None) -> Dataset:
+                  config: BuildConfig | None = None, warn: Callable[[str], None] | None = None,
+                  professional_csv: Path | None = None) -> Dataset:
     """Join extracted videos, a catalogue and a pairs CSV into a dataset folder at ``out``.
 
     ``warn`` is told (one line each) when the val or test split is empty (a share of 0, or too few videos with
     pairs), when some rows of the pairs' time column are empty (the split is then random, not by time), and
     of each kind of pair row dropped (an unknown video, an unknown track, a duplicate): how many, and the
     first one's line and ids. The provenance counts the extracted videos without a usable pair (left out)
-    and the catalogue tracks no used pair names (kept: candidates to rank).
+    and the catalogue tracks no used pair names (kept: candidates to rank). ``professional_csv`` names the
+    professional music videos and their tracks: the split ``pgc`` (see the module docstring).
     """
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.video import load_video_features
@@ -196,19 +226,15 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
 
     extracted = set(vids.ids)
     tpos = {t: j for j, t in enumerate(cat.ids)}
-    keep = [i for i in range(len(pairs.video)) if pairs.video[i] in extracted and pairs.track[i] in tpos]
-    no_video = [i for i, v in enumerate(pairs.video) if v not in extracted]
-    no_track = [i for i, (v, t) in enumerate(zip(pairs.video, pairs.track, strict=True))
-                if v in extracted and t not in tpos]
-    dropped = {"unknown_video": len(no_video), "unknown_track": len(no_track)}
-    if warn is not None:
-        n = len(pairs.video)
-        for rows_of, what, ids in ((no_video, f"no extracted video (of {videos_dir})", pairs.video),
-                                   (no_track, f"an extracted video but no catalogue track (of {music_dir})",
-                                    pairs.track)):
-            if rows_of:
-                warn(f"{pairs_csv}: {len(rows_of)} of {n} row(s) name {what} and were not used "
-                     f"(e.g. line {pairs.lines[rows_of[0]]}: {ids[rows_of[0]]!r})")
+    keep, dropped = usable_rows(pairs, pairs_csv, extracted, tpos, videos_dir, music_dir, warn)
+    pro_keep, pro_dropped, pro = [], {}, None
+    if professional_csv is not None:
+        pro = read_pairs(Path(professional_csv), uploaders=False)
+        pro_keep, pro_dropped = usable_rows(pro, professional_csv, extracted, tpos, videos_dir, music_dir, warn)
+        both = sorted({pairs.video[i] for i in keep} & {pro.video[i] for i in pro_keep})
+        if both:
+            raise DatasetError(f"{professional_csv}: {len(both)} video(s) are also uploads in {pairs_csv} (e.g. "
+                               f"{both[0]!r}); a video is an upload or a professional music video, not both")
     if not keep:
         raise DatasetError(f"{pairs_csv}: no row names both an extracted video (from {videos_dir}) "
                            f"and a catalogue track (from {music_dir})")
@@ -267,6 +293,19 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
              + ("; validation metrics (early stopping, model selection)" if "val" in empty else "; test figures")
              + (" and test figures" if len(empty) > 1 else "") + " will be NaN")
 
+    pro_ids: list[str] = []
+    split_info = {s: SplitInfo(s, "existing") for s in ("train", "val", "test")}
+    if pro is not None:
+        chosen = {pro.video[i] for i in pro_keep}
+        pro_sel = np.array([i for i, v in enumerate(vids.ids) if v in chosen], np.int64)
+        pro_ids = [vids.ids[i] for i in pro_sel]
+        ppos = {v: len(video_ids) + k for k, v in enumerate(pro_ids)}
+        splits["pgc"] = np.unique(np.array([[ppos[pro.video[i]], tpos[pro.track[i]], -1] for i in pro_keep],
+                                           np.int64).reshape(-1, 3), axis=0)
+        split_info["pgc"] = SplitInfo("teacher", "existing")
+        pro_dropped["duplicate"] = len(pro_keep) - len(splits["pgc"])
+        sel = np.concatenate([sel, pro_sel])
+
     train = splits["train"]
     uploader_pref = uploader_preferences(train[:, 2], track_genre[train[:, 1]], len(uploaders), len(genres),
                                          config.alpha)
@@ -278,9 +317,9 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
 
     ds = Dataset(
         genres=genres,
-        video_ids=video_ids,
-        video_uploader=video_uploader,
-        video_source=["ugc"] * len(video_ids),
+        video_ids=video_ids + pro_ids,
+        video_uploader=np.concatenate([video_uploader, np.full(len(pro_ids), -1, np.int64)]),
+        video_source=["ugc"] * len(video_ids) + ["pgc"] * len(pro_ids),
         track_ids=list(cat.ids),
         track_genre=track_genre,
         track_title=list(cat.title),
@@ -292,7 +331,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         video_text_mask=vids.text_mask[sel],
         music=cat.features,
         splits=splits,
-        split_info={s: SplitInfo(s, "existing") for s in ("train", "val", "test")},
+        split_info=split_info,
         negatives=negatives,
         provenance={
             "builder": "bgmrec.data.build",
@@ -302,7 +341,10 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                        "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
                        "pairs": str(pairs_csv), "pairs_sha256": sha256_file(Path(pairs_csv))},
             "pairs": {"rows": len(pairs.video), "used": len(rows), "dropped": dropped},
-            "videos_without_pairs": len(vids) - len(video_ids),  # left out of the dataset
+            **({"professional": {"file": str(professional_csv), "sha256": sha256_file(Path(professional_csv)),
+                                 "rows": len(pro.video), "used": len(splits["pgc"]), "dropped": pro_dropped}}
+               if pro is not None else {}),
+            "videos_without_pairs": len(vids) - len(video_ids) - len(pro_ids),  # left out of the dataset
             "tracks_without_pairs": len(cat) - len(np.unique(rows[:, 1])),  # kept: candidates to rank
             "extractors": {"videos": vids.manifest.get("extractors"),
                            "music": cat.manifest.get("extractors")},
