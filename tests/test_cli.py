@@ -742,10 +742,13 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
     import time
 
     out = tmp_path / "runs" / "cmvae"
+    # Ctrl-C as a terminal's foreground job gets it: with SIGINT's default disposition. A background job of a
+    # non-interactive shell (`pytest ... &`) inherits SIGINT ignored, and Python then rightly installs no handler
     proc = subprocess.Popen([sys.executable, "-m", "bgmrec", "train", "--data", str(cli_world), "--model", "cmvae",
                              "--out", str(out), "--set", "epochs=40", "--set", "patience=40"],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(out.parent.glob(".cmvae.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
