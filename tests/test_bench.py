@@ -12,7 +12,7 @@ from rich.console import Console
 
 import bgmrec.bench
 import bgmrec.cli.core
-from bgmrec.bench import finished_run, run_quality
+from bgmrec.bench import reusable_run, run_quality
 
 
 def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
@@ -22,15 +22,15 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: commit)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     run = work / "tiny-seed0" / "runs" / "popularity"
-    assert finished_run(run, "popularity", 0, commit) is not None
-    assert finished_run(run, "popularity", 1, commit) is None  # another seed
-    assert finished_run(run, "random", 0, commit) is None  # another model
-    assert finished_run(run, "popularity", 0, commit + "x") is None  # another commit
+    assert reusable_run(run, "popularity", 0, commit)[0] is not None
+    assert reusable_run(run, "popularity", 1, commit)[0] is None  # another seed
+    assert reusable_run(run, "random", 0, commit)[0] is None  # another model
+    assert reusable_run(run, "popularity", 0, commit + "x")[0] is None  # another commit
     for unsure in ("unknown", "abc1234-dirty"):  # nothing says the code is the same
         monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda unsure=unsure: unsure)
         run_quality(["tiny"], [0], tmp_path / "unsure.md", work / unsure, ["popularity"], console, "cmd",
                     resume=True)
-        assert finished_run(work / unsure / "tiny-seed0" / "runs" / "popularity", "popularity", 0, unsure) is None
+        assert reusable_run(work / unsure / "tiny-seed0" / "runs" / "popularity", "popularity", 0, unsure)[0] is None
     monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: commit)
     report = out.read_text()
     real_train = bgmrec.cli.core.train_model

@@ -118,17 +118,12 @@ def plot(agg: dict, split: str, title: str, out: Path) -> Path:
     return out
 
 
-def finished_run(run: Path, name: str, seed: int, commit: str) -> float | None:
-    """Training seconds of a complete run of ``name`` at ``seed`` made by ``commit`` (and, for a model of
-    another package, by its code as installed now), else None (always for an unknown commit or
-    uncommitted code: nothing then says the run was made by this code)."""
-    return reusable_run(run, name, seed, commit)[0]
-
-
 def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | None, str | None]:
-    """What ``--resume`` does with the folder ``run``: (training seconds, None) for a run it reuses (see
-    :func:`finished_run`), else (None, why the complete run there is trained again), or (None, None) when
-    the folder holds no complete run (never trained, or stopped before it finished)."""
+    """What ``--resume`` does with the folder ``run``: (training seconds, None) for a complete run of ``name``
+    at ``seed`` made by ``commit`` (and, for a model of another package, by its code as installed now), which
+    it reuses; else (None, why the complete run there is trained again: always for an unknown commit or
+    uncommitted code, as nothing then says the run was made by this code), or (None, None) when the folder
+    holds no complete run (never trained, or stopped before it finished)."""
     from bgmrec.data.dataset import read_json
     from bgmrec.models.packages import describe_package, model_package
 

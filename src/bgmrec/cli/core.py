@@ -187,7 +187,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     package = model_package(model)
     check_run_folder(Path(out), teacher)
     if teacher is not None:
-        warn_if_not_a_teacher(teacher, data)
+        warn_if_not_a_teacher(teacher, data, ds)
     timing = {}
 
     def write(folder: Path) -> None:
@@ -254,7 +254,7 @@ def teacher_made_from(data: dict) -> dict:
     return {"model": "cmvae", **data, "code": code_fingerprint(), "commit": git_commit()}
 
 
-def warn_if_not_a_teacher(teacher: Path, data: Path) -> None:
+def warn_if_not_a_teacher(teacher: Path, data: Path, ds) -> None:
     """Say on stderr when the ``--teacher`` folder is not a teacher of ``data``: a run ``bgmrec train`` made (a
     CMVAE fitted to the uploads, whose choices carry the uploaders' taste, where a teacher matches the
     professional videos by content), or a teacher trained on another dataset. A teacher trained inside a run
@@ -268,10 +268,9 @@ def warn_if_not_a_teacher(teacher: Path, data: Path) -> None:
     except ValueError:
         cmvae = False
     if cmvae and "teacher_config" not in record:
-        from bgmrec.data.dataset import load_dataset
         from bgmrec.models.deccm import professional_split
 
-        has_professional = professional_split(load_dataset(data)) is not None
+        has_professional = professional_split(ds) is not None  # ``ds``: the dataset at ``data``, loaded once
         way = ("leave --teacher out to have one trained on this dataset's professional videos" if has_professional
                else "this dataset has no professional videos to train one on")
         print(f"warning: --teacher {teacher} was trained by `bgmrec train` on the split 'train' of its dataset, not "

@@ -60,7 +60,7 @@ def _dataset_at(root: Path):
     manifest = Path(root) / "manifest.json"
     if not manifest.is_file() or "kind" in read_json(manifest, str(manifest)):
         return None
-    return load_dataset(Path(root), mmap=False)
+    return load_dataset(Path(root))  # memory-mapped: a catalogue and its videos from one folder load cheaply
 
 
 def open_catalog(root: Path) -> Catalog:
