@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +87,10 @@ def test_the_command_of_a_report_s_made_by_line_pastes_back_to_the_same_argument
     assert line == "bgmrec bench ceiling --intervened '' --redraws 1 --out 'my runs/c.md' --models 'a;b'"
     assert shlex.split(line) == ["bgmrec", *argv]  # the empty --intervened kept, not dropped
     assert command_line(["-n", "2", "tests"], "bgmrec bench ceiling") == "bgmrec bench ceiling"  # not a bench argv
+    checkout = Path("/home/me/bgmrec")  # absolute paths inside the working folder paste back in any clone
+    line = command_line(["bench", "quality", "--work", "/home/me/bgmrec/runs/bench", "--out", "/elsewhere/r.md",
+                         "--scales", "small"], "x", cwd=checkout)
+    assert line == "bgmrec bench quality --work runs/bench --out /elsewhere/r.md --scales small"
 
 
 def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path, monkeypatch):

@@ -57,12 +57,23 @@ differ** (real uploads and real features there, a simulated world here):
 """
 
 
-def command_line(argv: Sequence[str], default: str) -> str:
+def command_line(argv: Sequence[str], default: str, cwd: Path | None = None) -> str:
     """The command a report's "Made by" line names: ``bgmrec`` and ``argv`` (the arguments of a ``bench``
     command, as the shell passed them), each quoted as the shell needs (an empty value as ``''``, a path
     with a space), so that pasting the line runs the same command; ``default`` when ``argv`` is not a
-    ``bench`` command (the report made from Python)."""
-    return shlex.join(["bgmrec", *argv]) if list(argv[:1]) == ["bench"] else default
+    ``bench`` command (the report made from Python). An absolute path inside ``cwd`` (default: the working
+    folder) is written relative to it, so the line pastes back in another clone of the checkout too."""
+    if list(argv[:1]) != ["bench"]:
+        return default
+    here = (cwd or Path.cwd()).resolve()
+
+    def portable(arg: str) -> str:
+        path = Path(arg)
+        if not path.is_absolute() or not path.resolve().is_relative_to(here) or path.resolve() == here:
+            return arg
+        return path.resolve().relative_to(here).as_posix()
+
+    return shlex.join(["bgmrec", *map(portable, argv)])
 
 
 def aggregate(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
@@ -531,8 +542,9 @@ def intervened_section(cells: dict, learners: Learners, seeds: list[int], redraw
              "whose choices carry the uploaders' taste and the tracks' popularity) and trained on the "
              "intervened world (`intervened_dataset`: the same videos, uploaders and splits, every train and "
              "val upload's track redrawn from the world's true choice by content alone, so neither taste nor "
-             "popularity is left; with the professional videos' rows added, the data a teacher-guided model "
-             f"sees{draws}). It is a reference point, not a ceiling: the same learner and config trained on "
+             "popularity is left; in the rows *+ professional videos*, with the professional videos' rows added "
+             f"too, the data a teacher-guided model sees{draws}). It is a reference point, not a ceiling: the "
+             "same learner and config trained on "
              "the distribution it is tested on, early-stopped on a val split of that distribution too, which "
              "no deconfounding method has. What it gains over the benchmarked run is about what removing the "
              "confounding from the training data is worth to that learner." + mixed, ""]

@@ -389,7 +389,8 @@ def test_an_existing_folder_that_bgmrec_did_not_write_is_never_replaced(tiny_ds,
     catalogue = tmp_path / "catalog"  # another bgmrec folder with a manifest: not a dataset either
     catalogue.mkdir()
     (catalogue / "manifest.json").write_text('{"kind": "music catalogue", "format_version": 1}')
-    with pytest.raises(DatasetError, match="is not a dataset"):
+    with pytest.raises(DatasetError, match=r"is not a dataset \(it is a folder of kind 'music catalogue' by its "
+                       r"manifest.json\); refusing"):
         save_dataset(load_dataset(tiny_ds.root), catalogue)
     assert (catalogue / "manifest.json").is_file()
     empty = tmp_path / "empty"
@@ -510,7 +511,7 @@ def test_another_folder_bgmrec_writes_is_named_for_what_it_is_not_a_missing_fiel
         folder("export", {SIDECAR: {"sidecar_version": 1}}):
             "is a TT-150k export (written by export-tt150k), not a dataset: import it with import-tt150k",
         folder("other", {"manifest.json": {"kind": "something-new", "format_version": 1}}):
-            "is a folder of kind 'something-new' (its manifest.json), not a dataset",
+            "is a folder of kind 'something-new' by its manifest.json, not a dataset",
     }
     from bgmrec.models.base import FeatureSpec
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bgmrec.eval import protocol as P
-from bgmrec.models.base import ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
+from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
 from bgmrec.models.registry import build
 
 EVAL_SPLITS = ("test", "test_new_music", "test_unbiased", "val")
@@ -319,3 +319,24 @@ def test_oracle_of_a_world_simulated_in_memory_takes_its_truth(tiny_world, tiny_
     short = dataclasses.replace(truth, video_content=truth.video_content[:-1])  # another world's truth
     with pytest.raises(ValueError, match=f"{len(truth.video_content) - 1} videos"):
         Oracle(Oracle.config_class(), tiny_spec, short).fit(SplitView(ds, "train"))
+
+
+def test_recall_at_k_of_a_split_with_at_most_k_candidates_is_named_as_trivial():
+    import warnings
+
+    from bgmrec.data.simulate import SCALES, WorldConfig, simulate
+
+    ds, _ = simulate(WorldConfig(**{**SCALES["tiny"], "n_tracks": 16, "n_videos": 400, "n_uploaders": 60,
+                                    "n_pgc_videos": 40, "new_track_share": 0.5}))
+    n_new = len(ds.candidate_tracks("test_new_music"))
+    assert 5 < n_new <= 10  # half of the 16 tracks are new
+    model = build("random", FeatureSpec.of(ds)).fit(SplitView(ds, "train"))
+    with pytest.warns(P.EvaluationWarning, match=rf"^split 'test_new_music' has only {n_new} candidate track\(s\): "
+                      r"full Recall@10, @20 is 1 for every model; compare at a smaller K"):
+        res = P.evaluate(model, ds, "test_new_music")
+    assert res["full"]["recall@10"] == res["full"]["recall@20"] == 1.0
+    with pytest.warns(P.EvaluationWarning, match=r"full Recall@10 is 1 for every model"):
+        P.compare(model, model, ds, "test_new_music", resamples=100)
+    with warnings.catch_warnings():  # a K below the candidates: no warning
+        warnings.simplefilter("error", P.EvaluationWarning)
+        P.compare(model, model, ds, "test_new_music", metric="recall@1", resamples=100)

@@ -188,7 +188,9 @@ def test_batch_reports_bad_files_and_continues(tmp_path, music_dir):
     assert man["dim"] == 173 and len(man["feature_names"]) == 173 and man["ids"] == cat.ids
     assert man["counts"] == {"tracks": 5, "failures": 5, "inputs": 10}
     assert rep.warnings == [f"1 row(s) of {meta} name no track file in {music_dir} and were not used "
-                            "(e.g. line 4: 'ghost')"]
+                            "(e.g. line 4: 'ghost')",
+                            f"3 of 5 track(s) have no row in {meta} (e.g. 'track1'): their title is their id "
+                            "and their genre is empty"]
     assert np.load(out / "music.npy", allow_pickle=False).shape == (5, 173)
 
 
@@ -334,11 +336,22 @@ def test_meta_rows_find_tracks_by_their_path_under_the_folder_as_tracks_csv_writ
     meta = tmp_path / "meta.csv"  # these rows were "name no track file" and both tracks lost their metadata
     meta.write_text("file,title,genre\nrock/low.wav,Low,rock\ntrack2.flac,Mid,pop\n", encoding="utf-8")
     rep = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
-    assert rep.warnings == []
+    assert rep.warnings == [f"3 of 5 track(s) have no row in {meta} (e.g. 'track1'): their title is their id "
+                            "and their genre is empty"]
     with open(tmp_path / "cat" / "tracks.csv", encoding="utf-8", newline="") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     assert (rows["low"]["file"], rows["low"]["title"], rows["low"]["genre"]) == ("rock/low.wav", "Low", "rock")
     assert (rows["track2"]["title"], rows["track2"]["genre"]) == ("Mid", "pop")
+
+
+def test_metadata_without_genres_or_covering_every_track_is_named(tmp_path, music_dir):
+    meta = tmp_path / "meta.csv"
+    meta.write_text("id,title\n" + "".join(f"track{i},T{i}\n" for i in range(5)), encoding="utf-8")
+    rep = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
+    assert rep.warnings == [f"{meta}: no row gives a genre (column 'genre'): the catalogue's tracks have none"]
+    meta.write_text("id,title,genre\n" + "".join(f"track{i},T{i},rock\n" for i in range(5)), encoding="utf-8")
+    rep = extract_music(music_dir, tmp_path / "cat2", meta=meta, extractor=Counting(), progress=False)
+    assert rep.warnings == []
 
 
 # ---- the command line: options and inputs checked before any work, another kind of folder refused ----------
@@ -412,11 +425,13 @@ def test_a_folder_of_another_kind_is_refused_and_left_as_it_was(tmp_path, music_
     (dataset / "manifest.json").write_text('{"format_version": 1}')
     (dataset / "videos.csv").write_text("id\n")
     code, err = run_cli(capsys, "extract-music", str(music_dir), "--out", str(dataset), "--no-progress")
-    assert code == 2 and "data: the folder is not empty and is not a music catalogue" in err, err
+    assert code == 2 and ("data: the folder is not empty and is not a music catalogue (it is a dataset; expected "
+                          "manifest.json kind 'music-catalog')") in err, err
     assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json", "videos.csv"]
     assert (dataset / "manifest.json").read_text() == '{"format_version": 1}'
     videos = mf.write_videos_folder(tmp_path / "videos", 2)
-    with pytest.raises(DatasetError, match="expected 'music-catalog'"):
+    with pytest.raises(DatasetError, match=r"\(it is a videos folder \(written by extract-videos\); expected "
+                       r"manifest.json kind 'music-catalog'\)"):
         extract_music(music_dir, videos, extractor=Counting(), progress=False)
     (tmp_path / "file").write_text("x")
     with pytest.raises(DatasetError, match="exists and is not a folder"):

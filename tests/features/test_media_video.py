@@ -241,7 +241,8 @@ def test_bad_inputs_and_folders_are_refused_before_anything_is_written(tmp_path,
     catalog = mf.write_catalog_folder(tmp_path / "cat", np.zeros((2, 3), np.float32), ["a", "b"])
     before = (catalog / "manifest.json").read_text()
     code, err = run_cli(capsys, "extract-videos", str(video_dir), "--out", str(catalog), "--no-progress")
-    assert code == 2 and "the folder is not empty and is not a videos folder" in err, err
+    assert code == 2 and ("the folder is not empty and is not a videos folder (it is a music catalogue (written by "
+                          "extract-music); expected manifest.json kind 'video-features')") in err, err
     assert (catalog / "manifest.json").read_text() == before and not (catalog / ".cache").exists()
 
 

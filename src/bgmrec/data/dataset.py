@@ -310,8 +310,8 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
     if out.is_dir() and any(out.iterdir()) and not _written_here(out / marker, version_key):
-        raise DatasetError(f"{out}: the folder is not empty and is not {what} (no {marker} of one); refusing "
-                           "to replace it (choose another output folder or empty this one)")
+        raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, marker)}); "
+                           "refusing to replace it (choose another output folder or empty this one)")
     out.parent.mkdir(parents=True, exist_ok=True)
     # named before it is made, inside the try: a stop (Ctrl-C, SIGTERM) just after it is made removes it too
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -351,6 +351,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def describe_folder(folder: Path, marker: str) -> str:
+    """What a folder a writer refuses to replace is, for its message: "it is" another bgmrec folder
+    (:func:`other_folder`) or a dataset, else that it has no ``marker`` of the writer's kind."""
+    other = other_folder(folder)
+    if other is not None:
+        return f"it is {other[0]}"
+    if _written_here(folder / "manifest.json", "format_version"):
+        return "it is a dataset"
+    return f"no {marker} of one"
 
 
 def _written_here(marker: Path, version_key: str) -> bool:
@@ -572,23 +583,37 @@ def _ids(arr: np.ndarray) -> np.ndarray:
     return np.asarray(arr, np.int64) if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.int64 else arr
 
 
-# The other folders bgmrec writes, as a dataset's loader tells them apart: the ``kind`` of an extracted folder's
-# manifest (``CATALOG_KIND`` of bgmrec.features.audio, ``VIDEOS_KIND`` of bgmrec.features.video, which import this
-# module) and the record file of a folder without a manifest (``SIDECAR`` of bgmrec.data.tt150k; a run's config).
+# The other folders bgmrec writes, as a dataset's loader and the writers that refuse to replace them tell them
+# apart: the ``kind`` of an extracted folder's manifest (``CATALOG_KIND`` of bgmrec.features.audio, ``VIDEOS_KIND``
+# of bgmrec.features.video, which import this module) and the record file of a folder without a manifest
+# (``SIDECAR`` of bgmrec.data.tt150k; a run's config). Each: (what it is, what to do to get a dataset from it).
 OTHER_KINDS = {
-    "music-catalog": "a music catalogue (written by extract-music), not a dataset: make one with build-dataset",
-    "video-features": "a videos folder (written by extract-videos), not a dataset: make one with build-dataset",
+    "music-catalog": ("a music catalogue (written by extract-music)", "make one with build-dataset"),
+    "video-features": ("a videos folder (written by extract-videos)", "make one with build-dataset"),
 }
 OTHER_RECORDS = {
-    "bgmrec_export.json": "a TT-150k export (written by export-tt150k), not a dataset: import it with import-tt150k",
-    "config.json": "a model run (written by train), not a dataset",
+    "bgmrec_export.json": ("a TT-150k export (written by export-tt150k)", "import it with import-tt150k"),
+    "config.json": ("a model run (written by train)", None),
 }
 
 
-def _other_kind(kind) -> str:
-    """What a folder whose manifest.json has the ``kind`` field ``kind`` is (a dataset's has none)."""
-    known = OTHER_KINDS.get(kind) if isinstance(kind, str) else None
-    return known or f"a folder of kind {kind!r} (its manifest.json), not a dataset"
+def other_folder(folder: Path) -> tuple[str, str | None] | None:
+    """What ``folder`` is when it is a bgmrec folder but not a dataset, and how to get a dataset from it
+    (``OTHER_KINDS``, ``OTHER_RECORDS``; an unknown manifest ``kind`` is named as such); None for a dataset, a
+    folder bgmrec did not write, or a missing one."""
+    try:
+        man = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        man = None
+    if isinstance(man, dict) and "kind" in man:
+        kind = man["kind"]
+        known = OTHER_KINDS.get(kind) if isinstance(kind, str) else None
+        return known or (f"a folder of kind {kind!r} by its manifest.json", None)
+    if man is None and (folder / "manifest.json").is_file():
+        return None  # an unreadable manifest: the dataset loader names what is wrong with it
+    if man is None:
+        return next((what for name, what in OTHER_RECORDS.items() if (folder / name).is_file()), None)
+    return None
 
 
 def load_dataset(root: Path, mmap: bool = True) -> Dataset:
@@ -596,13 +621,10 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a dataset folder (it does not exist)")
-    if not (root / "manifest.json").is_file():
-        other = next((what for name, what in OTHER_RECORDS.items() if (root / name).is_file()), None)
-        if other is not None:
-            raise DatasetError(f"{root} is {other}")
+    other = other_folder(root)  # an extracted catalogue, a run...: no dataset field would be the first thing said
+    if other is not None:
+        raise DatasetError(f"{root} is {other[0]}, not a dataset{f': {other[1]}' if other[1] else ''}")
     man = read_json(root / "manifest.json", f"{root}/manifest.json")
-    if "kind" in man:  # an extracted catalogue or videos folder: no dataset field would be the first thing said
-        raise DatasetError(f"{root} is {_other_kind(man['kind'])}")
     for key, kind in (("format_version", int), ("counts", dict), ("modalities", dict), ("genres", list),
                       ("splits", dict), ("provenance", dict)):
         if key not in man and key != "provenance":

@@ -21,8 +21,19 @@ PAPERS_NEGATIVES = 100  # the papers' sampled protocol: each positive against 10
 
 
 class EvaluationWarning(UserWarning):
-    """Figures that measure less than their label says (personalised mode for queries of unknown uploaders).
-    The commands print it as one ``warning: ...`` line, as their own warnings."""
+    """Figures that measure less than their label says (personalised mode for queries of unknown uploaders,
+    Recall@K of a split with at most K candidate tracks). The commands print it as one ``warning: ...`` line,
+    as their own warnings."""
+
+
+def warn_if_recall_is_trivial(split: str, n_candidates: int, ks: tuple[int, ...]) -> None:
+    """An :class:`EvaluationWarning` when some full-catalogue Recall@K of ``ks`` is 1 for every model,
+    because ``split`` has at most K candidate tracks (e.g. a dataset built on a 10-track catalogue)."""
+    trivial = [k for k in ks if k >= n_candidates]
+    if trivial:
+        warnings.warn(f"split {split!r} has only {n_candidates} candidate track(s): full Recall@"
+                      f"{', @'.join(map(str, trivial))} is 1 for every model; compare at a smaller K or on a "
+                      "larger catalogue", EvaluationWarning, stacklevel=3)
 
 
 @dataclass
@@ -105,6 +116,7 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
     if len(rows) == 0:
         raise ValueError(f"split {split!r} has no queries")
     full = full_ranks(model, ds, split, seed=seed)
+    warn_if_recall_is_trivial(split, full.n_candidates, FULL_KS)
     r = full.ranks
     result: dict = {"model": model.name, "split": split, "n_queries": int(len(rows)),
                     "n_candidates": full.n_candidates}
@@ -150,9 +162,11 @@ def compare(baseline: Recommender, candidate: Recommender, ds: Dataset, split: s
             resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> PairedComparison:
     """Paired comparison of two models' full-catalogue ``metric`` on the queries of ``split``
     (bootstrap interval and randomisation test over queries: :mod:`bgmrec.eval.significance`)."""
-    M.parse_metric(metric)
+    name, k = M.parse_metric(metric)
     check_settings(resamples, level)
     if split not in ds.splits or len(ds.splits[split]) == 0:
         raise ValueError(f"split {split!r} is not in the dataset or has no queries; it has {', '.join(ds.splits)}")
+    if name == "recall":
+        warn_if_recall_is_trivial(split, len(ds.candidate_tracks(split)), (k,))
     base, cand = (M.query_gains(full_ranks(m, ds, split, seed=seed).ranks, metric) for m in (baseline, candidate))
     return paired_comparison(base, cand, metric, resamples, level, seed)

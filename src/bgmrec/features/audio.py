@@ -29,7 +29,8 @@ A catalogue folder (CATALOG_DIR) holds::
 The optional metadata CSV (``--meta``) has a column ``id`` (the file stem) or ``file`` (the file
 name, or its path under AUDIO_DIR as tracks.csv writes it: ``rock/a.wav``) and any of ``title``,
 ``artist``, ``genre``; missing titles default to the id. An id (or file)
-on two rows is an error naming both lines; rows naming no track file are counted in a warning.
+on two rows is an error naming both lines; rows naming no track file, tracks no row names, and a file
+giving no genre at all are each named in a warning.
 """
 
 from __future__ import annotations
@@ -367,6 +368,21 @@ def read_track_meta(path: Path) -> dict[str, tuple[int, dict[str, str]]]:
                               for line, r in rows))
 
 
+def meta_coverage_warnings(path: Path, metadata: dict[str, tuple[int, dict[str, str]]],
+                           kept: list[tuple[str, Path, str]], audio_dir: Path) -> list[str]:
+    """Warning lines when the metadata CSV ``path`` leaves tracks without metadata: tracks no row names
+    (their title is their id, their genre empty), and a CSV with no genre for any track (a dataset built on
+    the catalogue then has one genre, "unknown", so DecCM's taste path and the per-genre figures see none)."""
+    warnings = []
+    missing = [tid for tid, p, _ in kept if not any(k in metadata for k in media_keys(tid, p, audio_dir))]
+    if missing:
+        warnings.append(f"{len(missing)} of {len(kept)} track(s) have no row in {path} (e.g. {missing[0]!r}): "
+                        f"their title is their id and their genre is empty")
+    if metadata and not any(row["genre"] for _, row in metadata.values()):
+        warnings.append(f"{path}: no row gives a genre (column 'genre'): the catalogue's tracks have none")
+    return warnings
+
+
 def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: AudioConfig | None = None,
                   workers: int = 2, cache_dir: Path | None = None, progress: bool = True,
                   extractor: AudioExtractor | None = None) -> ExtractReport:
@@ -455,6 +471,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
                      str(p.relative_to(audio_dir)), key])
     unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in media_keys(t, p, audio_dir)],
                                  f"track file in {audio_dir}") if meta else None
+    uncovered = meta_coverage_warnings(Path(meta), metadata, kept, audio_dir) if meta else []
     out.mkdir(parents=True, exist_ok=True)
     save_npy_atomic(out / "music.npy", music)
     write_csv_atomic(out / "tracks.csv", ["id", "title", "artist", "genre", "file", "sha256"], rows)
@@ -472,7 +489,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "counts": {"tracks": len(rows), "failures": len(failures), "inputs": len(rows) + len(failures)},
         "content_hash": array_sha256(music),
     })
-    return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures, [w for w in [unused] if w])
+    return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures, [w for w in [unused] if w] + uncovered)
 
 
 def _av_version() -> str:

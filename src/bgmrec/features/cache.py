@@ -279,7 +279,7 @@ def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = 
     Anything else (a dataset, a model run, the other extractor's folder, unrelated files) is a
     :class:`~bgmrec.data.dataset.DatasetError` naming the folder; nothing there is touched.
     """
-    from bgmrec.data.dataset import DatasetError
+    from bgmrec.data.dataset import DatasetError, describe_folder
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -294,8 +294,8 @@ def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = 
     except (OSError, ValueError, AttributeError):
         found = None
     if found != kind:
-        raise DatasetError(f"{out}: the folder is not empty and is not {what} (manifest.json kind "
-                           f"{found!r}, expected {kind!r}); refusing to write into it (choose another "
+        raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, 'manifest.json')}"
+                           f"; expected manifest.json kind {kind!r}); refusing to write into it (choose another "
                            "output folder or empty this one)")
 
 
