@@ -107,6 +107,10 @@ def test_bad_pairs_files_are_clear_errors(tmp_path, folders):
     p.write_text("video,track,uploader,time\nv1,t1,u1,yesterday\n")
     with pytest.raises(DatasetError, match="neither a number nor ISO-8601"):
         read_pairs(p)
+    for bad in ("nan", "inf", "-Infinity"):
+        p.write_text(f"video,track,uploader,time\nv0,t0,u0,1\nv1,t1,u1,{bad}\n")
+        with pytest.raises(DatasetError, match=rf"p.csv: line 3: time '{bad}' is not a finite number"):
+            read_pairs(p)
     p.write_text("video,track,uploader\nzz,t1,u1\n")
     with pytest.raises(DatasetError, match="no row names both"):
         build_dataset(vids, cat, p, tmp_path / "d")

@@ -404,6 +404,8 @@ SIDECAR_REFUSALS = {
     "music_dim negative": (lambda side: side.update(music_dim=-5), "field 'music_dim' must be a positive integer"),
     "music_dim wider than the files": (lambda side: side.update(music_dim=257), "field 'music_dim' is 257, but"),
     "two splits of one name": (lambda side: side["splits"]["test"].update(name="val"), "the same name"),
+    "a split name that is a path": (lambda side: side["splits"]["test"].update(name="../../../outside"),
+                                    "field 'splits': split name '../../../outside' must be letters"),
     "a genre id out of range": (lambda side: side["track_genre"].__setitem__(3, 99),
                                 "track_genre[3] is 99; expected a genre id in [0, 6)"),
     "native negatives outside the folder": (lambda side: side["native_negatives"].update(test_new_music="/etc/x"),
@@ -421,7 +423,7 @@ def test_malformed_sidecar_fields_are_refused_naming_the_field(tmp_path, exporte
     with pytest.raises(DatasetError) as err:
         import_tt150k(src, tmp_path / "ds")
     assert f"{src}/{SIDECAR}: " in str(err.value) and words in str(err.value), str(err.value)
-    assert not (tmp_path / "ds").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref"]  # nothing written, inside or beside
 
 
 # ---- models and CLI ----------------------------------------------------------------------------------

@@ -186,6 +186,22 @@ def _manifest_field(key, value):
     return lambda root: _edit_manifest(root, lambda m: m.__setitem__(key, value))
 
 
+def _renamed_split(name):
+    def damage(root):
+        _edit_manifest(root, lambda m: m["splits"].__setitem__(name, m["splits"].pop("val")))
+    return damage
+
+
+def _provenance_field(key, value):
+    return lambda root: _edit_manifest(root, lambda m: m.setdefault("provenance", {}).__setitem__(key, value))
+
+
+def _repeated_track_id(root):
+    text = (root / "tracks.csv").read_text(encoding="utf-8").splitlines()
+    text[2] = text[1].split(",")[0] + "," + ",".join(text[2].split(",")[1:])  # row 2 takes row 1's id
+    (root / "tracks.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
+
+
 # (damage, file the error must name, a word the message must contain)
 CASES = {
     "missing-file": (_missing, "features/music.npy", "missing"),
@@ -217,6 +233,18 @@ CASES = {
     "genres-numbers": (_manifest_field("genres", [1, 2, 3, 4, 5, 6]), "manifest.json", "list of names"),
     "provenance-text": (_manifest_field("provenance", "x"), "manifest.json", "'provenance' must be"),
     "format-version-text": (_manifest_field("format_version", "1"), "manifest.json", "must be a JSON integer"),
+    "counts-text": (lambda root: _edit_manifest(root, lambda m: m["counts"].__setitem__("videos", "2600")),
+                    "manifest.json", "counts.videos is '2600'"),
+    "split-name-a-path": (_renamed_split("../../../outside"), "manifest.json", "split name '../../../outside'"),
+    "split-name-hidden": (_renamed_split(".val"), "manifest.json", "starting with a letter or digit"),
+    "split-name-empty": (_renamed_split(""), "manifest.json", "split name ''"),
+    "genres-repeated": (lambda root: _edit_manifest(root, lambda m: m["genres"].__setitem__(1, m["genres"][0])),
+                        "manifest.json genres", "appears twice"),
+    "track-id-repeated": (_repeated_track_id, "tracks.csv id", "appears twice"),
+    "prior-text": (_provenance_field("user_prior_mean", "abcdef"), "provenance.user_prior_mean", "finite numbers"),
+    "prior-zeros": (_provenance_field("user_prior_mean", [0] * 6), "provenance.user_prior_mean", "positive sum"),
+    "prior-length": (_provenance_field("user_prior_mean", [1, 1]), "provenance.user_prior_mean", "list of 6"),
+    "settings-text": (_provenance_field("settings", "sample_rate=22050"), "provenance.settings", "JSON object"),
 }
 
 

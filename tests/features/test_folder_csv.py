@@ -106,3 +106,52 @@ def test_a_folder_given_for_a_csv_is_named_as_one(tmp_path):
             read(tmp_path)
         with pytest.raises(DatasetError, match="nope.csv: file is missing$"):
             read(tmp_path / "nope.csv")
+
+
+def _manifest_edit(root, key, value):
+    import json
+
+    man = json.loads((root / "manifest.json").read_text())
+    man[key] = value
+    (root / "manifest.json").write_text(json.dumps(man))
+
+
+# name -> (folder kind, damage, words the error must contain): arrays and manifests, not only the CSVs
+DAMAGED = {
+    "music as text": ("catalog", lambda r: np.save(r / "music.npy", np.full((3, 5), "1.5")),
+                      "c/music.npy: expected a float array, found <U3"),
+    "music complex": ("catalog", lambda r: np.save(r / "music.npy", np.ones((3, 5), np.complex64)),
+                      "c/music.npy: expected a float array, found complex64"),
+    "music bool": ("catalog", lambda r: np.save(r / "music.npy", np.ones((3, 5), bool)),
+                   "c/music.npy: expected a float array, found bool"),
+    "music NaN": ("catalog", lambda r: np.save(r / "music.npy", np.array([[0.0] * 5, [np.nan] * 5, [0.0] * 5])),
+                  "c/music.npy: expected finite values (row [1] has NaN or inf)"),
+    "music narrower than its manifest": ("catalog", lambda r: np.save(r / "music.npy", np.zeros((3, 4), np.float32)),
+                                         "c/music.npy: expected shape [3, 5]"),
+    "catalogue settings text": ("catalog", lambda r: _manifest_edit(r, "settings", "sample_rate=22050"),
+                                "c/manifest.json: field 'settings' must be a JSON object, found str"),
+    "track id twice": ("catalog", lambda r: _manifest_edit(r, "ids", ["t0", "t1", "t0"]) or (
+        r / "tracks.csv").write_text(TRACKS_HEADER + "t0,A,,pop,a.wav,\nt1,B,,pop,b.wav,\nt0,C,,pop,c.wav,\n",
+                                     encoding="utf-8"), "c/tracks.csv: id 't0' is on two rows"),
+    "visual NaN": ("videos", lambda r: np.save(r / "visual.npy", np.full((3, 1280), np.nan, np.float32)),
+                   "v/visual.npy: expected finite values (row [0] has NaN or inf)"),
+    "visual too narrow": ("videos", lambda r: np.save(r / "visual.npy", np.zeros((3, 7), np.float32)),
+                          "v/visual.npy: expected shape [3, 1280]"),
+    "text as ints": ("videos", lambda r: np.save(r / "text.npy", np.zeros((3, 384), np.int32)),
+                     "v/text.npy: expected a float array, found int32"),
+    "text mask as floats": ("videos", lambda r: np.save(r / "text_mask.npy", np.full(3, 0.5)),
+                            "v/text_mask.npy: expected a bool array, found float64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_arrays_and_manifests_of_extracted_folders_name_the_file(tmp_path, case):
+    kind, damage, words = DAMAGED[case]
+    if kind == "catalog":
+        root, load = mf.write_catalog_folder(tmp_path / "c", np.zeros((3, 5), np.float32), ["pop"] * 3), load_catalog
+    else:
+        root, load = mf.write_videos_folder(tmp_path / "v", 3), load_video_features
+    damage(root)
+    with pytest.raises(DatasetError) as err:
+        load(root)
+    assert words in str(err.value) and "\n" not in str(err.value), str(err.value)

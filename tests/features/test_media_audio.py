@@ -239,6 +239,23 @@ def test_load_catalog_checks_the_folder(tmp_path):
         load_catalog(d)
 
 
+def test_a_failed_write_leaves_the_earlier_catalogue_as_it_was(tmp_path, music_dir, monkeypatch):
+    out = tmp_path / "cat"
+    (music_dir / "track4.m4a").rename(tmp_path / "later.m4a")
+    extract_music(music_dir, out, extractor=Counting(), progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    (tmp_path / "later.m4a").rename(music_dir / "track4.m4a")  # one more track: every file would change
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bgmrec.features.audio.write_csv_atomic", full_disk)  # after music.npy is written
+    with pytest.raises(OSError, match="No space left"):
+        extract_music(music_dir, out, extractor=Counting(), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # and no temporary file
+    assert len(load_catalog(out).ids) == 4
+
+
 def test_an_output_folder_inside_the_input_folder_is_not_read_back(music_dir):
     out = music_dir / "catalog"
     extract_music(music_dir, out, extractor=Counting(), progress=False)

@@ -156,6 +156,23 @@ def test_cache_skips_done_videos_and_results_are_identical(tmp_path, video_dir):
     assert other.calls == 5
 
 
+def test_a_failed_write_leaves_the_earlier_videos_folder_as_it_was(tmp_path, video_dir, monkeypatch):
+    out = tmp_path / "vids"
+    extract_videos(video_dir, out, config=VideoConfig(frames=4), progress=False, frames=CountingFrames(),
+                   text=mf.text_encoder())
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bgmrec.features.video.write_csv_atomic", full_disk)  # after the arrays are written
+    with pytest.raises(OSError, match="No space left"):  # other settings: every array would change
+        extract_videos(video_dir, out, config=VideoConfig(frames=2), progress=False, frames=CountingFrames(),
+                       text=mf.text_encoder())
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # and no temporary file
+    assert load_video_features(out).manifest["settings"]["frames"] == 4
+
+
 def read_captions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     """({key: caption text}, {key: why its caption is not used}) of a captions CSV (:func:`caption_rows`)."""
     rows = caption_rows(path)

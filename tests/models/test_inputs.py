@@ -87,12 +87,33 @@ def test_a_weight_of_another_shape_names_the_key_and_both_shapes(runs, tmp_path)
     ("cca", lambda a: a.update(proj_m=a["proj_m"][:, :-1].copy()),
      "proj_v and proj_m must have the same number of columns"),
     ("popularity", lambda a: a.update(counts=np.zeros((2, 3))), "counts has shape [2, 3], config.json implies [n]"),
+    ("cmvae", lambda a: a.update({k: v.astype(bool) for k, v in a.items()}), "has dtype bool, expected float values"),
+    ("cmvae", lambda a: a.update({"music_enc.net.0.bias": a["music_enc.net.0.bias"].astype(np.int32)}),
+     "music_enc.net.0.bias has dtype int32, expected float values"),
+    ("cmvae", lambda a: a["music_enc.net.0.weight"].__setitem__((0, 0), np.nan),
+     "music_enc.net.0.weight holds NaN or inf (a diverged or damaged model)"),
+    ("cca", lambda a: a.update(mean_m=np.full_like(a["mean_m"], np.inf)), "mean_m holds NaN or inf"),
 ])
 def test_wrong_keys_and_shapes_are_refused(runs, tmp_path, name, change, message):
     folder = _copy(runs, name, tmp_path)
     _edit_weights(folder, change)
     error = _load_error(folder)
     assert error.startswith(f"{folder}/weights.safetensors: ") and message in error, error
+
+
+def test_a_save_that_fails_midway_leaves_the_run_there_as_it_was(runs, tmp_path, monkeypatch):
+    folder = _copy(runs, "cca", tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    other = load_model(runs["popularity"])
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bgmrec.models.base.write_json_atomic", full_disk)  # the weights are written first
+    with pytest.raises(OSError, match="No space left"):
+        other.save(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no new weights, no temporary file
+    assert load_model(folder).name == "cca"
 
 
 def test_a_damaged_teacher_of_a_student_names_the_teacher_file(runs, tiny_spec, tmp_path):

@@ -41,6 +41,7 @@ rows form the split ``pgc`` (role ``teacher``). A video may not be both an uploa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,9 +139,13 @@ def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
 
 def _parse_time(value: str, path: Path, line: int) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):  # nan sorts nowhere: the split by time would be arbitrary
+            raise DatasetError(f"{path}: line {line}: time {value!r} is not a finite number")
+        return number
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

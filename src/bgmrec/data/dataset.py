@@ -24,8 +24,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +142,7 @@ class Dataset:
         ``provenance["user_prior_mean"]`` when the dataset has one (imported TT-150k), else uniform.
         """
         prior = self.provenance.get("user_prior_mean")
-        if prior is not None and len(prior) == self.n_genres:
+        if prior is not None:  # checked by validate
             p = np.asarray(prior, np.float64)
             return (p / p.sum()).astype(np.float32)
         return np.full(self.n_genres, 1.0 / self.n_genres, np.float32)
@@ -181,13 +183,13 @@ class Dataset:
         u = self.uploader_pref.shape[0] if self.uploader_pref.ndim == 2 else -1
         _expect(len(self.video_uploader) == n, where, "videos.csv", f"{n} uploader entries")
         _expect(len(self.video_source) == n, where, "videos.csv", f"{n} source entries")
-        _check_matrix(self.video_visual, (n, None), where, "features/video_visual.npy")
-        _check_matrix(self.video_text, (n, None), where, "features/video_text.npy")
+        check_float_matrix(self.video_visual, (n, None), where, "features/video_visual.npy")
+        check_float_matrix(self.video_text, (n, None), where, "features/video_text.npy")
         _check_shape(self.video_text_mask, (n,), where, "features/video_text_mask.npy")
         _expect(np.asarray(self.video_text_mask).dtype == bool, where, "features/video_text_mask.npy",
                 f"a bool array, found {np.asarray(self.video_text_mask).dtype}")
-        _check_matrix(self.music, (m, None), where, "features/music.npy")
-        _check_matrix(self.uploader_pref, (None, g), where, "uploaders.npy")
+        check_float_matrix(self.music, (m, None), where, "features/music.npy")
+        check_float_matrix(self.uploader_pref, (None, g), where, "uploaders.npy")
         if u > 0:
             sums = self.uploader_pref.sum(axis=1)
             bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
@@ -198,6 +200,13 @@ class Dataset:
                               ("tracks.csv genre", self.track_genre, g)):
             _check_range(arr, -1 if "uploader" in name else 0, hi, where, name)
         _check_shape(self.track_new, (m,), where, "tracks.csv new")
+        for fname, names in (("manifest.json genres", self.genres), ("videos.csv id", self.video_ids),
+                             ("tracks.csv id", self.track_ids)):
+            twice = first_repeated(names)
+            _expect(twice is None, where, fname, f"distinct names ({twice!r} appears twice)")
+        self._check_provenance(where)
+        for s in self.split_info:
+            check_split_name(s, f"{where}/manifest.json")
         for s, rows in self.splits.items():
             fname = f"splits/{s}.npy"
             _expect(s in self.split_info, where, "manifest.json", f"an entry for split {s!r}")
@@ -239,6 +248,19 @@ class Dataset:
                     where, fname, "finite numeric weights >= 0, not all zero")
 
 
+    def _check_provenance(self, where: str) -> None:
+        """The provenance fields the library reads: ``user_prior_mean`` (:meth:`confounder_prior`), G finite
+        non-negative numbers with a positive sum, and ``settings`` (the features' extraction), an object."""
+        prior = self.provenance.get("user_prior_mean")
+        if prior is not None:
+            ok = isinstance(prior, list) and len(prior) == self.n_genres and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) and x >= 0 for x in prior)
+            _expect(ok and sum(prior) > 0, where, "manifest.json provenance.user_prior_mean",
+                    f"a list of {self.n_genres} finite numbers >= 0 with a positive sum (one per genre)")
+        settings = self.provenance.get("settings")
+        _expect(settings is None or isinstance(settings, dict), where, "manifest.json provenance.settings",
+                f"a JSON object, found {type(settings).__name__}")
+
     def in_candidates(self, split: str, tracks: np.ndarray) -> np.ndarray:
         """Whether each of ``tracks`` is among ``split``'s candidates (its ``candidates`` in the manifest)."""
         kind = self.split_info[split].candidates
@@ -268,6 +290,27 @@ def rows_trained_on(rows: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.isin(rows[:, 0] * width + rows[:, 1], seen))
 
 
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a split's name is a file name: no path, no hidden file
+
+
+def check_split_name(name, where: str) -> None:
+    """A split's name names its files (``splits/NAME.npy``): letters, digits, ``_``, ``.`` and ``-``, not
+    starting with a dot, so no name reads or writes outside the dataset folder."""
+    if not isinstance(name, str) or not SPLIT_NAME.fullmatch(name):
+        raise DatasetError(f"{where}: split name {name!r} must be letters, digits, '_', '.' or '-', starting with "
+                           "a letter or digit (it names the split's files)")
+
+
+def first_repeated(names) -> object | None:
+    """The first of ``names`` that appears twice, or None."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def _expect(ok: bool, where: str, fname: str, expected: str) -> None:
     if not ok:
         raise DatasetError(f"{where}/{fname}: expected {expected}")
@@ -279,7 +322,9 @@ def _check_shape(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
     _expect(ok, where, fname, f"shape {want}, found {list(arr.shape)}")
 
 
-def _check_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
+def check_float_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
+    """A :class:`DatasetError` naming ``where/fname`` unless ``arr`` has ``shape`` (None: any size), a float
+    dtype and finite rows (the first row with NaN or inf named)."""
     _check_shape(arr, shape, where, fname)
     _expect(np.issubdtype(arr.dtype, np.floating), where, fname, f"a float array, found {arr.dtype}")
     finite = np.isfinite(arr).all(axis=tuple(range(1, arr.ndim))) if arr.size else np.ones(0, bool)
@@ -394,6 +439,26 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_files_together(folder: Path, writers: dict[str, Callable[[Path], None]]) -> None:
+    """Write the files ``writers`` name into ``folder``, each writer given a temporary path to fill, and
+    rename them into place only when all are written: a failure while writing (a full disk, a stop) leaves
+    the folder's earlier files as they were, never a new file beside old ones it does not fit, nor a
+    temporary file behind. The renames follow the writers' order (a manifest marking completion goes last)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmps: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            tmps[name] = folder / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            write(tmps[name])
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for name, tmp in tmps.items():
+        os.replace(tmp, folder / name)
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -643,6 +708,8 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     def arr(rel: str) -> np.ndarray:
         return load_npy(root / rel, f"{root}/{rel}", mmap)
 
+    for s in man["splits"]:  # before any split's file is opened by its name
+        check_split_name(s, f"{root}/manifest.json")
     try:
         split_info = {s: SplitInfo(v["role"], v["candidates"]) for s, v in man["splits"].items()}
     except (TypeError, KeyError) as e:
@@ -674,7 +741,7 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     for key, have in (("videos", ds.n_videos), ("tracks", ds.n_tracks), ("uploaders", ds.n_uploaders),
                       ("genres", ds.n_genres)):
         if counts.get(key) != have:
-            raise DatasetError(f"{root}/manifest.json: counts.{key} is {counts.get(key)}, the tables hold {have}")
+            raise DatasetError(f"{root}/manifest.json: counts.{key} is {counts.get(key)!r}, the tables hold {have}")
     for s, entry in man["splits"].items():
         if "rows" in entry and entry["rows"] != len(ds.splits[s]):
             raise DatasetError(f"{root}/manifest.json: splits.{s}.rows is {entry['rows']}, "

@@ -92,6 +92,7 @@ from bgmrec.data.dataset import (
     DatasetError,
     SplitInfo,
     atomic_write_dir,
+    check_split_name,
     load_dataset,
     read_npy_header,
     rows_trained_on,
@@ -727,6 +728,8 @@ def _read_sidecar(src: Path) -> dict | None:
             raise DatasetError(f"{p}: field 'splits.{stem}' must be an object with a string name, a role in "
                                f"{SPLIT_ROLES} and candidates in {CANDIDATE_SETS}, found {json.dumps(meta)[:60]}")
     names = [str(meta.get("name", stem)) for stem, meta in side.get("splits", {}).items()]
+    for name in names:
+        check_split_name(name, f"{p}: field 'splits'")
     if len(set(names)) < len(names):
         raise DatasetError(f"{p}: field 'splits' gives two splits the same name ({sorted(names)})")
     return side

@@ -43,7 +43,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import DatasetError, FieldError, load_npy, save_npy_atomic, write_json_atomic
+from bgmrec.data.dataset import (
+    DatasetError,
+    FieldError,
+    check_float_matrix,
+    first_repeated,
+    load_npy,
+    save_npy_atomic,
+    write_files_together,
+    write_json_atomic,
+)
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
@@ -472,11 +481,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in media_keys(t, p, audio_dir)],
                                  f"track file in {audio_dir}") if meta else None
     uncovered = meta_coverage_warnings(Path(meta), metadata, kept, audio_dir) if meta else []
-    out.mkdir(parents=True, exist_ok=True)
-    save_npy_atomic(out / "music.npy", music)
-    write_csv_atomic(out / "tracks.csv", ["id", "title", "artist", "genre", "file", "sha256"], rows)
-    write_failures(out / "failures.csv", failures)
-    write_json_atomic(out / "manifest.json", {
+    manifest = {
         "kind": CATALOG_KIND,
         "extractors": {"opensmile": {"feature_set": config.opensmile_set, "level": "functionals",
                                      "version": settings["opensmile"]},
@@ -488,7 +493,12 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "ids": [r[0] for r in rows],
         "counts": {"tracks": len(rows), "failures": len(failures), "inputs": len(rows) + len(failures)},
         "content_hash": array_sha256(music),
-    })
+    }
+    write_files_together(out, {  # all or nothing: a failed write leaves an earlier catalogue as it was
+        "music.npy": lambda tmp: save_npy_atomic(tmp, music),
+        "tracks.csv": lambda tmp: write_csv_atomic(tmp, ["id", "title", "artist", "genre", "file", "sha256"], rows),
+        "failures.csv": lambda tmp: write_failures(tmp, failures),
+        "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures, [w for w in [unused] if w] + uncovered)
 
 
@@ -512,9 +522,14 @@ def load_catalog(root: Path) -> Catalog:
     if feats.ndim != 2 or len(feats) != len(rows):
         raise DatasetError(f"{root}/music.npy: expected shape [{len(rows)}, *] (one row per tracks.csv row), "
                            f"found {list(feats.shape)}")
+    dim = man.get("dim")
+    check_float_matrix(feats, (len(rows), dim if isinstance(dim, int) else None), str(root), "music.npy")
     ids = [r["id"] for r in rows]
     if man.get("ids") is not None and man["ids"] != ids:
         raise DatasetError(f"{root}/tracks.csv: ids differ from the id order in manifest.json")
+    twice = first_repeated(ids)
+    if twice is not None:
+        raise DatasetError(f"{root}/tracks.csv: id {twice!r} is on two rows; expected distinct ids")
     return Catalog(ids, [r.get("title", "") for r in rows], [r.get("artist", "") for r in rows],
                    [r.get("genre", "") for r in rows], [r.get("file", "") for r in rows],
                    [r.get("sha256", "") for r in rows], np.asarray(feats, np.float32), man, root)

@@ -335,6 +335,9 @@ def read_manifest(root: Path, kind: str, what: str) -> dict:
     man = read_json(Path(root) / "manifest.json", f"{root}/manifest.json")
     if man.get("kind") != kind:
         raise DatasetError(f"{root}/manifest.json: expected kind {kind!r}, found {man.get('kind')!r}")
+    if not isinstance(man.get("settings", {}), dict):  # compared key by key with a model's training settings
+        raise DatasetError(f"{root}/manifest.json: field 'settings' must be a JSON object, "
+                           f"found {type(man['settings']).__name__}")
     return man
 
 

@@ -39,7 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import DatasetError, FieldError, load_npy, save_npy_atomic, write_json_atomic
+from bgmrec.data.dataset import (
+    DatasetError,
+    FieldError,
+    check_float_matrix,
+    first_repeated,
+    load_npy,
+    save_npy_atomic,
+    write_files_together,
+    write_json_atomic,
+)
 from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
@@ -469,17 +478,11 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
             text_vecs[i] = tcache.get(sha256_text(c))
     vis = np.stack([visual[v] for v, _ in kept]).astype(np.float32)
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_npy_atomic(out / "visual.npy", vis)
-    save_npy_atomic(out / "text.npy", text_vecs)
-    save_npy_atomic(out / "text_mask.npy", text_mask)
     rows = [[v, str(p.relative_to(video_dir)), c] for (v, p), c in zip(kept, captions_of, strict=True)]
-    write_csv_atomic(out / "videos.csv", ["id", "file", "caption"], rows)
-    write_failures(out / "failures.csv", failures)
     h = hashlib.sha256()
     for a in (vis, text_vecs, text_mask):
         h.update(np.ascontiguousarray(a).tobytes())
-    write_json_atomic(out / "manifest.json", {
+    manifest = {
         "kind": VIDEOS_KIND,
         "extractors": {"visual": frames.settings, "text": text.settings,
                        "decoder": {"name": "pyav", "version": _av_version()}},
@@ -489,7 +492,14 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "counts": {"videos": len(kept), "with_text": int(text_mask.sum()),
                    "failed": sum(1 for _, r in failures if not r.startswith(NO_TEXT))},
         "content_hash": h.hexdigest(),
-    })
+    }
+    write_files_together(out, {  # all or nothing: a failed write leaves an earlier videos folder as it was
+        "visual.npy": lambda tmp: save_npy_atomic(tmp, vis),
+        "text.npy": lambda tmp: save_npy_atomic(tmp, text_vecs),
+        "text_mask.npy": lambda tmp: save_npy_atomic(tmp, text_mask),
+        "videos.csv": lambda tmp: write_csv_atomic(tmp, ["id", "file", "caption"], rows),
+        "failures.csv": lambda tmp: write_failures(tmp, failures),
+        "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     return VideoExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
                               [w for w in [unused] if w])
 
@@ -505,17 +515,25 @@ def load_video_features(root: Path) -> VideoFeatures:
     root = Path(root)
     man = read_manifest(root, VIDEOS_KIND, "video features")
     rows = read_csv_utf8(root / "videos.csv", ("id", "file", "caption"))
-    vis = np.asarray(load_npy(root / "visual.npy", f"{root}/visual.npy", mmap=False), np.float32)
-    txt = np.asarray(load_npy(root / "text.npy", f"{root}/text.npy", mmap=False), np.float32)
-    mask = np.asarray(load_npy(root / "text_mask.npy", f"{root}/text_mask.npy", mmap=False), bool)
+    arrays = {name: load_npy(root / name, f"{root}/{name}", mmap=False)
+              for name in ("visual.npy", "text.npy", "text_mask.npy")}
     n = len(rows)
-    for name, arr, shape in (("visual.npy", vis, (n, VISUAL_DIM)), ("text.npy", txt, (n, TEXT_DIM)),
-                             ("text_mask.npy", mask, (n,))):
+    for name, shape in (("visual.npy", (n, VISUAL_DIM)), ("text.npy", (n, TEXT_DIM)), ("text_mask.npy", (n,))):
+        arr = arrays[name]
         if arr.shape[:1] != (n,) or arr.ndim != len(shape):
             raise DatasetError(f"{root}/{name}: expected shape [{n}, ...] (one row per videos.csv row), "
                                f"found {list(arr.shape)}")
+        if name == "text_mask.npy":
+            if arr.dtype != bool:
+                raise DatasetError(f"{root}/{name}: expected a bool array, found {arr.dtype}")
+        else:
+            check_float_matrix(arr, shape, str(root), name)
     ids = [r["id"] for r in rows]
     if man.get("ids") is not None and man["ids"] != ids:
         raise DatasetError(f"{root}/videos.csv: ids differ from the id order in manifest.json")
-    return VideoFeatures(ids, [r["file"] for r in rows], [r["caption"] for r in rows], vis, txt, mask, man,
-                         root)
+    twice = first_repeated(ids)
+    if twice is not None:
+        raise DatasetError(f"{root}/videos.csv: id {twice!r} is on two rows; expected distinct ids")
+    return VideoFeatures(ids, [r["file"] for r in rows], [r["caption"] for r in rows],
+                         np.asarray(arrays["visual.npy"], np.float32), np.asarray(arrays["text.npy"], np.float32),
+                         arrays["text_mask.npy"], man, root)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 import bgmrec
-from bgmrec.data.dataset import Dataset, DatasetError, write_json_atomic
+from bgmrec.data.dataset import Dataset, DatasetError, write_files_together, write_json_atomic
 from bgmrec.models.packages import model_package
 
 # ---- what a model eats ------------------------------------------------------------------------------
@@ -344,17 +344,25 @@ class Recommender(ABC):
         return {k: (None,) * np.ndim(v) if np.size(v) == 0 else np.shape(v) for k, v in self.state_arrays().items()}
 
     def check_state_arrays(self, arrays: dict[str, Any]) -> None:
-        """Raise ValueError unless ``arrays`` holds exactly the keys of :meth:`state_shapes`, of those shapes."""
+        """Raise ValueError unless ``arrays`` holds exactly the keys of :meth:`state_shapes`, of those shapes,
+        each of the unfitted model's kind of dtype (float, signed or unsigned integer, bool), floats finite."""
         want = self.state_shapes()
         missing, extra = [k for k in want if k not in arrays], sorted(set(arrays) - set(want))
         if missing or extra:
             raise ValueError("; ".join(f"{what} {_names(keys)}" for what, keys in
                                        (("missing keys", missing), ("unexpected keys", extra)) if keys))
+        kinds = {k: np.asarray(v).dtype.kind for k, v in self.state_arrays().items()}
         for k, shape in want.items():
             found = tuple(arrays[k].shape)
             if len(found) != len(shape) or any(w is not None and w != n for w, n in zip(shape, found, strict=False)):
                 implied = ", ".join("n" if n is None else str(n) for n in shape)
                 raise ValueError(f"{k} has shape {list(found)}, config.json implies [{implied}]")
+            values = np.asarray(arrays[k])
+            if k in kinds and values.dtype.kind != kinds[k]:
+                raise ValueError(f"{k} has dtype {values.dtype}, expected {_DTYPE_KINDS.get(kinds[k], kinds[k])} "
+                                 "values")
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                raise ValueError(f"{k} holds NaN or inf (a diverged or damaged model)")
 
     def extra_config(self) -> dict[str, Any]:
         """JSON-able facts learned in ``fit`` that are not arrays (saved in config.json)."""
@@ -367,27 +375,28 @@ class Recommender(ABC):
         """Hook after weights are restored from ``folder`` (DecCM resolves its teacher here)."""
 
     def save(self, out: Path) -> Path:
-        """Write ``config.json`` and ``weights.safetensors`` into the folder ``out``."""
+        """Write ``weights.safetensors``, ``config.json`` and ``history.json`` into the folder ``out``, all
+        three or none (:func:`~bgmrec.data.dataset.write_files_together`: a failed save into an earlier run
+        leaves that run as it was, loadable)."""
         from safetensors.numpy import save_file
 
         out = Path(out)
-        made = model_package(type(self))  # before anything is written: a failure leaves no half-saved run
-        out.mkdir(parents=True, exist_ok=True)
+        made = model_package(type(self))
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
-        tmp = out / ".weights.safetensors.tmp"
-        save_file(arrays, str(tmp))
-        tmp.replace(out / "weights.safetensors")
-        write_json_atomic(out / "config.json", {
+        config = {
             "model": self.name,
             **({"model_package": made} if made is not None else {}),
             "bgmrec_version": bgmrec.__version__,
             "config": asdict(self.config),
             "spec": asdict(self.spec),
             "learned": self.extra_config(),
-        })
+        }
+        writers = {"weights.safetensors": lambda tmp: save_file(arrays, str(tmp)),
+                   "config.json": lambda tmp: write_json_atomic(tmp, config)}
         if self.history:
-            write_json_atomic(out / "history.json", self.history)
-        else:
+            writers["history.json"] = lambda tmp: write_json_atomic(tmp, self.history)
+        write_files_together(out, writers)
+        if not self.history:
             (out / "history.json").unlink(missing_ok=True)  # never leave an older run's history behind
         return out
 
@@ -395,6 +404,9 @@ class Recommender(ABC):
     def from_folder_config(cls, meta: dict) -> Recommender:
         """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
         return cls(config_from_dict(cls.config_class, meta["config"]), FeatureSpec.from_dict(meta["spec"]))
+
+
+_DTYPE_KINDS = {"f": "float", "i": "signed integer", "u": "unsigned integer", "b": "bool"}
 
 
 def _names(keys: list[str], shown: int = 5) -> str:
