@@ -216,6 +216,20 @@ def test_cache_skips_done_files_and_resumes_after_interruption(tmp_path, music_d
     assert not list(out.rglob("*.tmp-*"))  # atomic writes leave no temporaries
 
 
+def test_a_damaged_cache_entry_is_analysed_again_not_stacked(tmp_path, music_dir):
+    out = tmp_path / "cat"
+    extract_music(music_dir, out, extractor=Counting(), progress=False)
+    before = np.load(out / "music.npy")
+    entries = sorted(p for p in (out / ".cache").rglob("*.npy"))
+    np.save(entries[0], np.zeros((2, 2), np.float32))  # another shape
+    np.save(entries[1], np.full(before.shape[1], np.nan, np.float32))
+    np.save(entries[2], np.array(["x"] * before.shape[1]))
+    again = Counting()
+    rep = extract_music(music_dir, out, extractor=again, progress=False)
+    assert again.calls == 3 and rep.cached == 2
+    assert np.array_equal(before, np.load(out / "music.npy"))
+
+
 def test_two_worker_processes_match_one(tmp_path, music_dir):
     one = extract_music(music_dir, tmp_path / "one", extractor=Counting(), progress=False)
     two = extract_music(music_dir, tmp_path / "two", workers=2, progress=False)

@@ -75,13 +75,16 @@ class FeatureCache:
         return self.folder / key[:2] / f"{key}.npy"
 
     def get(self, key: str) -> np.ndarray | None:
-        """The cached vector, or None when absent or unreadable (an unreadable entry is redone)."""
+        """The cached vector, or None when absent, unreadable or not a finite float vector (such an entry,
+        damaged or written by something else, is redone)."""
         p = self.path(key)
         if not p.is_file():
             return None
         try:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError):
+            return None
+        if arr.ndim != 1 or arr.dtype.kind != "f" or not np.isfinite(arr).all():
             return None
         self.hits += 1
         return arr
