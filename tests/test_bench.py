@@ -91,6 +91,8 @@ def test_the_command_of_a_report_s_made_by_line_pastes_back_to_the_same_argument
     line = command_line(["bench", "quality", "--work", "/home/me/bgmrec/runs/bench", "--out", "/elsewhere/r.md",
                          "--scales", "small"], "x", cwd=checkout)
     assert line == "bgmrec bench quality --work runs/bench --out /elsewhere/r.md --scales small"
+    assert command_line(["bench", "gamma", "--work=/home/me/bgmrec/runs/b"], "x", cwd=checkout) == (
+        "bgmrec bench gamma --work=runs/b")
 
 
 def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path, monkeypatch):

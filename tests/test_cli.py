@@ -754,10 +754,12 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()  # still training, its run under a temporary name
     proc.send_signal(getattr(signal, stop))
-    assert proc.wait(timeout=60) == code
-    assert sorted(p.name for p in out.parent.iterdir()) == []  # neither the run nor its temporary folder
+    returned = proc.wait(timeout=60)
+    err = proc.stderr.read().decode()
+    assert returned == code, err
+    assert sorted(p.name for p in out.parent.iterdir()) == [], err  # neither the run nor its temporary folder
     if stop == "SIGINT":
-        assert proc.stderr.read().decode().strip().endswith("aborted (interrupted)")
+        assert err.strip().endswith("aborted (interrupted)"), err
 
 
 def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path, monkeypatch):

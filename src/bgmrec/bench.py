@@ -68,6 +68,9 @@ def command_line(argv: Sequence[str], default: str, cwd: Path | None = None) -> 
     here = (cwd or Path.cwd()).resolve()
 
     def portable(arg: str) -> str:
+        if arg.startswith("--") and "=" in arg:  # --work=/path
+            option, _, value = arg.partition("=")
+            return f"{option}={portable(value)}"
         path = Path(arg)
         if not path.is_absolute() or not path.resolve().is_relative_to(here) or path.resolve() == here:
             return arg

@@ -236,13 +236,16 @@ CASES = {
     "counts-text": (lambda root: _edit_manifest(root, lambda m: m["counts"].__setitem__("videos", "2600")),
                     "manifest.json", "counts.videos is '2600'"),
     "split-name-a-path": (_renamed_split("../../../outside"), "manifest.json", "split name '../../../outside'"),
-    "split-name-hidden": (_renamed_split(".val"), "manifest.json", "starting with a letter or digit"),
+    "split-name-hidden": (_renamed_split(".val"), "manifest.json", "not starting with '.'"),
+    "split-name-backslash": (_renamed_split("a\\b"), "manifest.json", "without '/', '\\' or NUL"),
     "split-name-empty": (_renamed_split(""), "manifest.json", "split name ''"),
     "genres-repeated": (lambda root: _edit_manifest(root, lambda m: m["genres"].__setitem__(1, m["genres"][0])),
                         "manifest.json genres", "appears twice"),
     "track-id-repeated": (_repeated_track_id, "tracks.csv id", "appears twice"),
     "prior-text": (_provenance_field("user_prior_mean", "abcdef"), "provenance.user_prior_mean", "finite numbers"),
     "prior-zeros": (_provenance_field("user_prior_mean", [0] * 6), "provenance.user_prior_mean", "positive sum"),
+    "prior-huge": (_provenance_field("user_prior_mean", [10 ** 400] + [1] * 5), "provenance.user_prior_mean",
+                   "finite numbers"),
     "prior-length": (_provenance_field("user_prior_mean", [1, 1]), "provenance.user_prior_mean", "list of 6"),
     "settings-text": (_provenance_field("settings", "sample_rate=22050"), "provenance.settings", "JSON object"),
 }
@@ -551,3 +554,64 @@ def test_another_folder_bgmrec_writes_is_named_for_what_it_is_not_a_missing_fiel
         assert str(e.value) == f"{root} {words}"
     with pytest.raises(DatasetError, match="empty/manifest.json: file is missing"):  # nothing known: as before
         load_dataset(folder("empty", {}))
+
+
+def test_json_written_is_strict_json_with_null_for_nan_and_infinity(tmp_path):
+    from bgmrec.data.dataset import write_json_atomic
+
+    write_json_atomic(tmp_path / "f.json", {"a": float("nan"), "b": [1.5, float("inf"), (-float("inf"), 2)],
+                                            "c": {"d": np.float64("nan"), "e": "NaN"}})
+    text = (tmp_path / "f.json").read_text()
+    assert "NaN" not in text.replace('"NaN"', "") and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.5, None, [None, 2]], "c": {"d": None, "e": "NaN"}}
+
+
+def test_a_write_that_fails_midway_leaves_the_old_files_and_no_temporary_file(tmp_path):
+    from bgmrec.data.dataset import save_npy_atomic, write_files_together, write_text_atomic
+    from bgmrec.features.cache import write_csv_atomic
+
+    folder = tmp_path / "f"
+    write_files_together(folder, {"a.npy": lambda p: save_npy_atomic(p, np.arange(3)),
+                                  "b.csv": lambda p: write_csv_atomic(p, ["x"], [[1]]),
+                                  "c.txt": lambda p: write_text_atomic(p, "old")})
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(before) == ["a.npy", "b.csv", "c.txt"]  # and nothing else: no temporary name left
+
+    class Unwritable:  # fails while its bytes are being written, after the temporary file is opened
+        def __array__(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+    def half_written(path):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    for failing in ({"a.npy": lambda p: save_npy_atomic(p, np.arange(5)),
+                     "b.csv": lambda p: write_csv_atomic(p, ["x"], [[2]]),
+                     "c.txt": half_written},
+                    {"a.npy": lambda p: save_npy_atomic(p, Unwritable())},
+                    {"b.csv": lambda p: write_csv_atomic(p, ["x"], Unwritable())}):
+        with pytest.raises((OSError, TypeError)):
+            write_files_together(folder, failing)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert np.load(folder / "a.npy", allow_pickle=False).tolist() == [0, 1, 2]
+
+
+def test_a_split_name_with_spaces_or_other_letters_is_a_file_name_and_loads(tiny_copy):
+    _renamed_split("test dur\u00e9e 2")(tiny_copy)
+    (tiny_copy / "splits" / "val.npy").rename(tiny_copy / "splits" / "test dur\u00e9e 2.npy")
+    if (tiny_copy / "negatives" / "val.npy").exists():
+        (tiny_copy / "negatives" / "val.npy").rename(tiny_copy / "negatives" / "test dur\u00e9e 2.npy")
+    assert "test dur\u00e9e 2" in load_dataset(tiny_copy).splits
+
+
+def test_a_run_folder_with_a_damaged_config_is_refused_as_such_not_as_another_kind(tmp_path):
+    from bgmrec.data.dataset import atomic_write_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"model": "cmvae"}')  # no bgmrec_version
+    (run / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(DatasetError, match=r"is not a model run \(its config.json is unreadable or not of this "
+                                           r"bgmrec\); refusing"):
+        atomic_write_dir(run, lambda tmp: None, marker="config.json", version_key="bgmrec_version",
+                         what="a model run")

@@ -116,6 +116,18 @@ def test_a_save_that_fails_midway_leaves_the_run_there_as_it_was(runs, tmp_path,
     assert load_model(folder).name == "cca"
 
 
+def test_a_model_with_nan_weights_is_not_saved_over_a_good_run(runs, tmp_path):
+    folder = _copy(runs, "cca", tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    diverged = load_model(runs["cca"])
+    arrays = diverged.state_arrays()
+    arrays["mean_m"] = np.full_like(arrays["mean_m"], np.nan)
+    diverged.load_state_arrays(arrays)
+    with pytest.raises(ValueError, match=r"^cca: mean_m holds NaN or inf \(training diverged\); not saved$"):
+        diverged.save(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_a_damaged_teacher_of_a_student_names_the_teacher_file(runs, tiny_spec, tmp_path):
     folder = _copy(runs, "deccm", tmp_path)
     student = load_model(folder)

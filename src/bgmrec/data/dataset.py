@@ -10,7 +10,7 @@ A dataset folder holds::
     features/video_text.npy       float32 [N, Dt]
     features/video_text_mask.npy  bool    [N]     False: the video has no usable text
     features/music.npy            float32 [M, Dm]
-    splits/<name>.npy             int64   [n, 3]  (video, track, uploader) per interaction
+    splits/<name>.npy             int64   [n, 3]  (video, track, uploader) per interaction; <name> a file name
     negatives/<name>.npy          int64   [n, K]  frozen sampled-protocol negatives (evaluation splits)
     weights/<name>.npy            float64 [n]     optional per-row IPW weights (else inverse popularity)
     truth/                        simulated worlds only: the ground truth (see ``bgmrec.data.simulate``)
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -254,7 +254,7 @@ class Dataset:
         prior = self.provenance.get("user_prior_mean")
         if prior is not None:
             ok = isinstance(prior, list) and len(prior) == self.n_genres and all(
-                isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) and x >= 0 for x in prior)
+                isinstance(x, int | float) and not isinstance(x, bool) and _finite(x) and x >= 0 for x in prior)
             _expect(ok and sum(prior) > 0, where, "manifest.json provenance.user_prior_mean",
                     f"a list of {self.n_genres} finite numbers >= 0 with a positive sum (one per genre)")
         settings = self.provenance.get("settings")
@@ -290,15 +290,20 @@ def rows_trained_on(rows: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.isin(rows[:, 0] * width + rows[:, 1], seen))
 
 
-SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a split's name is a file name: no path, no hidden file
-
-
 def check_split_name(name, where: str) -> None:
-    """A split's name names its files (``splits/NAME.npy``): letters, digits, ``_``, ``.`` and ``-``, not
-    starting with a dot, so no name reads or writes outside the dataset folder."""
-    if not isinstance(name, str) or not SPLIT_NAME.fullmatch(name):
-        raise DatasetError(f"{where}: split name {name!r} must be letters, digits, '_', '.' or '-', starting with "
-                           "a letter or digit (it names the split's files)")
+    """A split's name names its files (``splits/NAME.npy``): a non-empty name without a path separator or
+    NUL, not starting with a dot, so that no name reads or writes outside the dataset folder."""
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise DatasetError(f"{where}: split name {name!r} must be a file name: not empty, without '/', '\\' "
+                           "or NUL, not starting with '.' (it names the split's files)")
+
+
+def _finite(x: float) -> bool:
+    """Whether the JSON number ``x`` is finite; an integer too large for a float is not."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def first_repeated(names) -> object | None:
@@ -309,6 +314,14 @@ def first_repeated(names) -> object | None:
             return name
         seen.add(name)
     return None
+
+
+def check_distinct_ids(ids: list[str], csv_path: str) -> None:
+    """A :class:`DatasetError` naming the CSV file unless its ``ids`` are distinct (an id on two rows would
+    make every lookup by id find one of them)."""
+    twice = first_repeated(ids)
+    if twice is not None:
+        raise DatasetError(f"{csv_path}: id {twice!r} is on two rows; expected distinct ids")
 
 
 def _expect(ok: bool, where: str, fname: str, expected: str) -> None:
@@ -355,7 +368,7 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
     if out.is_dir() and any(out.iterdir()) and not _written_here(out / marker, version_key):
-        raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, marker)}); "
+        raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, marker, what)}); "
                            "refusing to replace it (choose another output folder or empty this one)")
     out.parent.mkdir(parents=True, exist_ok=True)
     # named before it is made, inside the try: a stop (Ctrl-C, SIGTERM) just after it is made removes it too
@@ -398,10 +411,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def describe_folder(folder: Path, marker: str) -> str:
-    """What a folder a writer refuses to replace is, for its message: "it is" another bgmrec folder
-    (:func:`other_folder`) or a dataset, else that it has no ``marker`` of the writer's kind."""
+def describe_folder(folder: Path, marker: str, what: str) -> str:
+    """What a folder a writer of ``what`` (e.g. "a model run") refuses to replace is, for its message: "it
+    is" another bgmrec folder (:func:`other_folder`) or a dataset; that its ``marker`` is not one this bgmrec
+    reads when it is of the writer's own kind; else that it has no ``marker`` of that kind."""
     other = other_folder(folder)
+    if other is not None and (folder / marker).is_file() and other[0].startswith(what):
+        return f"its {marker} is unreadable or not of this bgmrec"  # e.g. a run with a damaged config.json
     if other is not None:
         return f"it is {other[0]}"
     if _written_here(folder / "manifest.json", "format_version"):
@@ -417,35 +433,40 @@ def _written_here(marker: Path, version_key: str) -> bool:
     return isinstance(obj, dict) and version_key in obj and "kind" not in obj
 
 
-def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    """Write one ``.npy`` file through a temporary name and a rename."""
+def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
+    """Make the file ``path`` by ``fill``-ing a temporary file beside it, then renaming that into place: a
+    failed or stopped write leaves the old file as it was and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) through a temporary file and a rename: a failed write leaves the old file
-    as it was and no temporary file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        fill(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    """Write one ``.npy`` file (no pickles) through :func:`replace_atomically`."""
+    def fill(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a name, np.save would append ".npy" to it
+            np.save(f, arr, allow_pickle=False)
+
+    replace_atomically(path, fill)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) through :func:`replace_atomically`."""
+    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_files_together(folder: Path, writers: dict[str, Callable[[Path], None]]) -> None:
     """Write the files ``writers`` name into ``folder``, each writer given a temporary path to fill, and
     rename them into place only when all are written: a failure while writing (a full disk, a stop) leaves
-    the folder's earlier files as they were, never a new file beside old ones it does not fit, nor a
-    temporary file behind. The renames follow the writers' order (a manifest marking completion goes last)."""
+    the folder's earlier files as they were, never a new file beside old ones it does not fit, and no
+    temporary file behind. The renames follow the writers' order (a manifest marking completion goes last);
+    only a stop between two of them, a moment, can leave some files renamed and not the others."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmps: dict[str, Path] = {}
@@ -453,16 +474,28 @@ def write_files_together(folder: Path, writers: dict[str, Callable[[Path], None]
         for name, write in writers.items():
             tmps[name] = folder / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
             write(tmps[name])
-    except BaseException:
+        for name, tmp in tmps.items():
+            os.replace(tmp, folder / name)
+    finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
-        raise
-    for name, tmp in tmps.items():
-        os.replace(tmp, folder / name)
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as strict JSON through :func:`write_text_atomic`: a float NaN or infinity, which JSON
+    has no literal for (Python would write ``NaN``, which other JSON readers refuse), is written as null."""
+    write_text_atomic(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def strict_json(obj):
+    """``obj`` with every non-finite float (in dicts, lists and tuples, recursively) replaced by None."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def save_dataset(ds: Dataset, out: Path, extra_files: dict[str, np.ndarray] | None = None,

@@ -797,18 +797,19 @@ def _reference_negatives(ds: Dataset, name: str, rng: np.random.Generator, rep: 
     return sample_negatives(ds.splits[name][:, 1], pool, REF_NEGATIVES, rng)
 
 
-def _list_of(kind: type):
-    return lambda v: isinstance(v, list) and all(isinstance(x, kind) for x in v)
+def _list_of(kind: type, distinct: bool = False):
+    return lambda v: (isinstance(v, list) and all(isinstance(x, kind) for x in v)
+                      and (not distinct or len(set(v)) == len(v)))
 
 
 # field -> (what it must be, check); 'music_dim' is required, the others optional
 _SIDECAR_FIELDS = {
     "music_dim": ("a positive integer", lambda v: type(v) is int and v > 0),
-    "genres": ("a list of genre names", _list_of(str)),
+    "genres": ("a list of distinct genre names", _list_of(str, distinct=True)),
     "track_genre": ("a list of genre ids", _list_of(int)),
     "track_new": ("a list of 0/1 flags", lambda v: _list_of(int)(v) and set(v) <= {0, 1}),
-    "track_ids": ("a list of track ids (strings)", _list_of(str)),
-    "video_ids": ("a list of video ids (strings)", _list_of(str)),
+    "track_ids": ("a list of distinct track ids (strings)", _list_of(str, distinct=True)),
+    "video_ids": ("a list of distinct video ids (strings)", _list_of(str, distinct=True)),
     "pgc_music": ("'shared' or 'own'", lambda v: v in ("shared", "own")),
     "pgc_val_holdout": ("true or false", lambda v: isinstance(v, bool)),
     "splits": ("an object {file stem: {name, role, candidates}}", lambda v: isinstance(v, dict)),

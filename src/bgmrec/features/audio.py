@@ -46,8 +46,8 @@ import numpy as np
 from bgmrec.data.dataset import (
     DatasetError,
     FieldError,
+    check_distinct_ids,
     check_float_matrix,
-    first_repeated,
     load_npy,
     save_npy_atomic,
     write_files_together,
@@ -527,9 +527,7 @@ def load_catalog(root: Path) -> Catalog:
     ids = [r["id"] for r in rows]
     if man.get("ids") is not None and man["ids"] != ids:
         raise DatasetError(f"{root}/tracks.csv: ids differ from the id order in manifest.json")
-    twice = first_repeated(ids)
-    if twice is not None:
-        raise DatasetError(f"{root}/tracks.csv: id {twice!r} is on two rows; expected distinct ids")
+    check_distinct_ids(ids, f"{root}/tracks.csv")
     return Catalog(ids, [r.get("title", "") for r in rows], [r.get("artist", "") for r in rows],
                    [r.get("genre", "") for r in rows], [r.get("file", "") for r in rows],
                    [r.get("sha256", "") for r in rows], np.asarray(feats, np.float32), man, root)

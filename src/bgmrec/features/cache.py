@@ -90,13 +90,10 @@ class FeatureCache:
         return arr
 
     def put(self, key: str, arr: np.ndarray) -> None:
-        """Store atomically: a temporary file in the same folder, then a rename."""
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(arr), allow_pickle=False)
-        os.replace(tmp, p)
+        """Store atomically (:func:`~bgmrec.data.dataset.save_npy_atomic`)."""
+        from bgmrec.data.dataset import save_npy_atomic
+
+        save_npy_atomic(self.path(key), np.asarray(arr))
 
     def describe(self) -> None:
         """Record the settings beside the entries (for humans; never read back)."""
@@ -109,14 +106,16 @@ class FeatureCache:
 
 
 def write_csv_atomic(path: Path, header: list[str], rows: list[list]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
+    """Write a UTF-8 CSV of ``header`` and ``rows`` through :func:`~bgmrec.data.dataset.replace_atomically`."""
+    from bgmrec.data.dataset import replace_atomically
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    replace_atomically(path, fill)
 
 
 def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
@@ -297,9 +296,9 @@ def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = 
     except (OSError, ValueError, AttributeError):
         found = None
     if found != kind:
-        raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, 'manifest.json')}"
-                           f"; expected manifest.json kind {kind!r}); refusing to write into it (choose another "
-                           "output folder or empty this one)")
+        raise DatasetError(f"{out}: the folder is not empty and is not {what} "
+                           f"({describe_folder(out, 'manifest.json', what)}; expected manifest.json kind {kind!r}); "
+                           "refusing to write into it (choose another output folder or empty this one)")
 
 
 def first_missing(path: Path) -> Path | None:

@@ -42,8 +42,8 @@ import numpy as np
 from bgmrec.data.dataset import (
     DatasetError,
     FieldError,
+    check_distinct_ids,
     check_float_matrix,
-    first_repeated,
     load_npy,
     save_npy_atomic,
     write_files_together,
@@ -471,6 +471,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
             chunk = missing[start:start + CAPTION_CHUNK]
             emb, _ = text.encode([captions_of[i] for i in chunk])
             for i, e in zip(chunk, emb, strict=True):
+                if not np.isfinite(e).all():  # never cached: the cache would not give it back
+                    raise ValueError(f"the text encoder gave NaN or inf for the caption of {kept[i][0]!r}")
                 tcache.put(sha256_text(captions_of[i]), e)
             advance(len(chunk))
     for i, c in enumerate(captions_of):
@@ -531,9 +533,7 @@ def load_video_features(root: Path) -> VideoFeatures:
     ids = [r["id"] for r in rows]
     if man.get("ids") is not None and man["ids"] != ids:
         raise DatasetError(f"{root}/videos.csv: ids differ from the id order in manifest.json")
-    twice = first_repeated(ids)
-    if twice is not None:
-        raise DatasetError(f"{root}/videos.csv: id {twice!r} is on two rows; expected distinct ids")
+    check_distinct_ids(ids, f"{root}/videos.csv")
     return VideoFeatures(ids, [r["file"] for r in rows], [r["caption"] for r in rows],
                          np.asarray(arrays["visual.npy"], np.float32), np.asarray(arrays["text.npy"], np.float32),
                          arrays["text_mask.npy"], man, root)

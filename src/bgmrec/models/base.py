@@ -361,8 +361,9 @@ class Recommender(ABC):
             if k in kinds and values.dtype.kind != kinds[k]:
                 raise ValueError(f"{k} has dtype {values.dtype}, expected {_DTYPE_KINDS.get(kinds[k], kinds[k])} "
                                  "values")
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                raise ValueError(f"{k} holds NaN or inf (a diverged or damaged model)")
+        bad = first_non_finite(arrays)
+        if bad is not None:
+            raise ValueError(f"{bad} holds NaN or inf (a diverged or damaged model)")
 
     def extra_config(self) -> dict[str, Any]:
         """JSON-able facts learned in ``fit`` that are not arrays (saved in config.json)."""
@@ -383,6 +384,9 @@ class Recommender(ABC):
         out = Path(out)
         made = model_package(type(self))
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
+        bad = first_non_finite(arrays)
+        if bad is not None:  # it would not load: refused before anything is written
+            raise ValueError(f"{self.name}: {bad} holds NaN or inf (training diverged); not saved")
         config = {
             "model": self.name,
             **({"model_package": made} if made is not None else {}),
@@ -407,6 +411,15 @@ class Recommender(ABC):
 
 
 _DTYPE_KINDS = {"f": "float", "i": "signed integer", "u": "unsigned integer", "b": "bool"}
+
+
+def first_non_finite(arrays: dict[str, Any]) -> str | None:
+    """The name of the first float array of ``arrays`` holding NaN or inf, or None."""
+    for k, v in arrays.items():
+        values = np.asarray(v)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return k
+    return None
 
 
 def _names(keys: list[str], shown: int = 5) -> str:
