@@ -129,12 +129,67 @@ def test_bad_requests_get_a_422_naming_the_field(client, tiny_ds, change, words)
 
 @pytest.mark.parametrize(("k", "exclude", "words"), [
     (0, None, "top must be at least 1"),
+    ("5", None, "top must be an integer, got '5'"),
+    (2.5, None, "top must be an integer, got 2.5"),
     (3, [[], []], "exclude has 2 lists for 1 clips"),
     (3, [["no-such-track"]], "exclude: no track 'no-such-track'"),
+    (3, ["t00027"], "exclude[0] must be a list of track ids, got str 't00027'"),  # not iterated letter by letter
 ])
 def test_the_library_raises_a_request_error_for_the_callers_mistakes(tiny_ds, cmvae, k, exclude, words):
     with pytest.raises(RequestError, match=re.escape(words)):
         ClipRecommender(cmvae, tiny_catalog(tiny_ds)).recommend([clip_of(tiny_ds, 0)], k, exclude)
+
+
+def test_clips_of_the_wrong_kind_or_size_name_the_clip_and_the_field(tiny_ds, cmvae):
+    recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds))
+    clip = clip_of(tiny_ds, 0)
+    narrow = ClipFeatures(clip.visual[:-1], clip.text, True)
+    for clips, words in ((clip, "clips must be a non-empty list of ClipFeatures, got ClipFeatures"),
+                         ([], "clips must be a non-empty list of ClipFeatures, got list"),
+                         ([clip, "x"], "clip 1: expected ClipFeatures, got str"),
+                         ([clip, narrow], f"clip 1: visual must have shape [{len(clip.visual)}] (the model's), "
+                                          f"got [{len(clip.visual) - 1}]")):
+        with pytest.raises(RequestError, match=re.escape(words)):
+            recommender.recommend(clips, 3)
+    assert recommender.recommend([clip], 3, exclude=[]) == recommender.recommend([clip], 3)  # [] excludes nothing
+
+
+def test_a_catalogue_from_arrays_answers_as_the_same_catalogue_from_a_folder(tiny_ds, cmvae):
+    from bgmrec.data.dataset import DatasetError
+
+    folder = tiny_catalog(tiny_ds)
+    memory = Catalog.from_arrays(folder.ids, folder.features, folder.genre, folder.title, folder.artist)
+    clips = [clip_of(tiny_ds, v) for v in range(3)]
+    assert (ClipRecommender(cmvae, memory).recommend(clips, 5)
+            == ClipRecommender(cmvae, folder).recommend(clips, 5))
+    with pytest.raises(DatasetError, match=r"^Catalog.from_arrays: ids: id 'a' is on two rows"):
+        Catalog.from_arrays(["a", "a"], np.zeros((2, 3), np.float32))
+    with pytest.raises(DatasetError, match=r"^Catalog.from_arrays/features: expected shape \[3, \*\]"):
+        Catalog.from_arrays(["a", "b", "c"], np.zeros((2, 3), np.float32))
+    with pytest.raises(DatasetError, match=r"^Catalog.from_arrays: genres must be 2 strings, one per id"):
+        Catalog.from_arrays(["a", "b"], np.zeros((2, 3), np.float32), genres=["pop"])
+    with pytest.raises(TypeError, match="catalog must be a bgmrec.features.audio.Catalog"):
+        ClipRecommender(cmvae, MusicCatalog.from_dataset(tiny_ds))
+
+
+def test_threads_are_set_in_every_thread_that_asks_for_recommendations(tiny_ds, cmvae, monkeypatch):
+    import threading
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append((threading.get_ident(), n)))
+    recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds), threads=1)
+    assert calls == [(threading.get_ident(), 1)]  # the catalogue is encoded with it
+
+    def twice():
+        recommender.recommend([clip_of(tiny_ds, 0)], 3)
+        recommender.recommend([clip_of(tiny_ds, 1)], 3)
+
+    worker = threading.Thread(target=twice)
+    worker.start()
+    worker.join()
+    assert len(calls) == 2 and calls[1][0] != calls[0][0] and calls[1][1] == 1  # once in the worker, not per call
+    with pytest.raises(ValueError, match="threads must be a positive integer, got 0"):
+        ClipRecommender(cmvae, tiny_catalog(tiny_ds), threads=0)
 
 
 @pytest.mark.parametrize("fault", [ValueError("boom"), RuntimeError("boom")])

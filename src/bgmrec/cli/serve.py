@@ -68,7 +68,7 @@ def serve_cmd(
     from bgmrec.models.base import load_model
 
     # one process serves (uvicorn.run with the app object: no worker processes), each request in a thread of its
-    # pool; set before any torch work, the count holds in every thread started later (as it first runs torch)
+    # pool: set here for the loading, and by the recommender in each request's thread (it holds per thread)
     if threads is not None:
         torch.set_num_threads(threads)
     model = load_model(run)
@@ -76,6 +76,6 @@ def serve_cmd(
     if mode is not None:
         model.set_inference_mode(mode)
     recommender = ClipRecommender(model, open_catalog(catalog), index, warn=warn_on_stderr, frames=frames,
-                                  ef_search=ef_search)
+                                  ef_search=ef_search, threads=threads)
     uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,
                 log_level="info")

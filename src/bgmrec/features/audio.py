@@ -347,6 +347,25 @@ class Catalog:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
+    @classmethod
+    def from_arrays(cls, ids: list[str], features: np.ndarray, genres: list[str] | None = None,
+                    titles: list[str] | None = None, artists: list[str] | None = None) -> Catalog:
+        """A catalogue of an app's own tracks from memory: distinct ``ids``, their ``features`` float [M, D]
+        (as the model's training music was extracted), and optional genre names ("" when unknown), titles
+        (default: the ids) and artists. Bad arguments are a :class:`DatasetError` naming the argument."""
+        ids = list(ids)
+        check_float_matrix(np.asarray(features), (len(ids), None), "Catalog.from_arrays", "features")
+        check_distinct_ids(ids, "Catalog.from_arrays: ids")
+        columns = {}
+        for name, values, default in (("genres", genres, ""), ("titles", titles, None), ("artists", artists, "")):
+            values = [default if default is not None else i for i in ids] if values is None else list(values)
+            if len(values) != len(ids) or not all(isinstance(v, str) for v in values):
+                raise DatasetError(f"Catalog.from_arrays: {name} must be {len(ids)} strings, one per id")
+            columns[name] = values
+        empty = [""] * len(ids)
+        return cls(ids, columns["titles"], columns["artists"], columns["genres"], empty, list(empty),
+                   np.asarray(features, np.float32))
+
 
 @dataclass
 class ExtractReport:

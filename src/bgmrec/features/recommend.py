@@ -21,6 +21,7 @@ visual 1 / text 0 for a clip without text, and null otherwise (the model does no
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,10 +164,16 @@ class ClipRecommender:
     ``frames``: how many frames each clip given as a video file is sampled at). ``ef_search`` sets the
     FAISS index's search breadth (None: its default), trading speed for recall. Those start-up warnings
     stay in ``warnings`` (one line each, also without ``warn``), which ``bgmrec serve``'s ``/health`` reports.
+
+    ``threads`` sets torch's intra-op thread count in every thread that calls :meth:`recommend` (None: as
+    torch has it). torch's own ``set_num_threads`` holds in the thread that calls it: a thread started later
+    (a server's worker) reports the count but may run its first operations with OpenMP's default team, which
+    beside another busy process made one small request 100 times slower.
     """
 
     def __init__(self, model: Recommender, catalog: Catalog, index: str = "exact", warn=None,
-                 frames: int | None = None, ef_search: int | None = None) -> None:
+                 frames: int | None = None, ef_search: int | None = None, threads: int | None = None) -> None:
+        from bgmrec.data.dataset import check_distinct_ids
         from bgmrec.index import ExactIndex, FaissIndex
 
         if index not in ("exact", "faiss"):
@@ -174,7 +181,15 @@ class ClipRecommender:
         if ef_search is not None and (index != "faiss" or ef_search < 1):
             raise ValueError(f"ef_search must be a positive integer and is read by the faiss index only, got "
                              f"{ef_search} with index {index!r}")
-        self.model, self.catalog = model, catalog
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        if not isinstance(catalog, Catalog):
+            raise TypeError(f"catalog must be a bgmrec.features.audio.Catalog (load_catalog, open_catalog or "
+                            f"Catalog.from_arrays), got {type(catalog).__name__}")
+        check_distinct_ids(catalog.ids, f"the catalogue {catalog.root or ''}".rstrip())
+        self.model, self.catalog, self.threads = model, catalog, threads
+        self._thread_state = threading.local()
+        self._use_threads()
         self.warnings: list[str] = []
 
         def said(msg: str) -> None:
@@ -203,16 +218,21 @@ class ClipRecommender:
         model's scores are not finite (finite but huge values can overflow); ``labels`` name the clips in
         that message (default "clip 0", "clip 1", ...).
         """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise RequestError(f"top must be an integer, got {k!r}")
         if k < 1:
             raise RequestError(f"top must be at least 1, got {k}")
+        q = self._query(clips, taste)
+        if exclude is not None and len(exclude) == 0:
+            exclude = None  # no lists: nothing excluded
         if exclude is not None and len(exclude) != len(clips):
             raise RequestError(f"exclude has {len(exclude)} lists for {len(clips)} clips")
-        q = VideoQuery(visual=np.stack([np.asarray(c.visual, np.float32) for c in clips]),
-                       text=np.stack([np.asarray(c.text, np.float32) for c in clips]),
-                       text_mask=np.array([c.has_text for c in clips], bool),
-                       confounder=None if taste is None else np.asarray(taste, np.float32))
-        excluded = None if not exclude or not any(exclude) else [[self._position_of(t) for t in ids]
-                                                                   for ids in exclude]
+        for i, ids in enumerate(exclude or []):
+            if isinstance(ids, str) or not isinstance(ids, list | tuple | set | frozenset | np.ndarray):
+                raise RequestError(f"exclude[{i}] must be a list of track ids, got {type(ids).__name__} {ids!r}"[:160])
+        excluded = None if not exclude or not any(len(ids) for ids in exclude) else [
+            [self._position_of(t) for t in ids] for ids in exclude]
+        self._use_threads()
         queries = self.model.encode_videos(q)
         ids, scores = self.index.search(queries, min(k, len(self.catalog)), excluded)
         with np.errstate(invalid="ignore"):
@@ -228,6 +248,33 @@ class ClipRecommender:
                             for j, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True) if j >= 0],
                  "modality_share": share}
                 for row_ids, row_scores, share in zip(ids, scores, modality_shares(self.model, q), strict=True)]
+
+    def _query(self, clips: list[ClipFeatures], taste) -> VideoQuery:
+        """The model's query of ``clips``: a non-empty list of :class:`ClipFeatures` with the model's feature
+        sizes (a :class:`RequestError` naming the clip and the field otherwise)."""
+        if not isinstance(clips, list | tuple) or not clips:
+            raise RequestError(f"clips must be a non-empty list of ClipFeatures, got {type(clips).__name__}")
+        spec = self.model.spec
+        for i, c in enumerate(clips):
+            if not isinstance(c, ClipFeatures):
+                raise RequestError(f"clip {i}: expected ClipFeatures, got {type(c).__name__}")
+            for field_name, width in (("visual", spec.video_visual), ("text", spec.video_text)):
+                shape = np.shape(getattr(c, field_name))
+                if shape != (width,):
+                    raise RequestError(f"clip {i}: {field_name} must have shape [{width}] (the model's), got "
+                                       f"{list(shape)}")
+        return VideoQuery(visual=np.stack([np.asarray(c.visual, np.float32) for c in clips]),
+                          text=np.stack([np.asarray(c.text, np.float32) for c in clips]),
+                          text_mask=np.array([bool(c.has_text) for c in clips], bool),
+                          confounder=None if taste is None else np.asarray(taste, np.float32))
+
+    def _use_threads(self) -> None:
+        """Set torch's thread count in the calling thread, once per thread (see the class docstring)."""
+        if self.threads is not None and getattr(self._thread_state, "threads", None) != self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self._thread_state.threads = self.threads
 
     def _position_of(self, track_id: str) -> int:
         if track_id not in self.position:
