@@ -615,3 +615,26 @@ def test_a_run_folder_with_a_damaged_config_is_refused_as_such_not_as_another_ki
                                            r"bgmrec\); refusing"):
         atomic_write_dir(run, lambda tmp: None, marker="config.json", version_key="bgmrec_version",
                          what="a model run")
+
+
+def test_a_split_of_ones_own_is_added_validated_and_evaluated(tiny_ds):
+    from bgmrec.eval.protocol import evaluate
+    from bgmrec.models.base import FeatureSpec, SplitView
+    from bgmrec.models.registry import build
+
+    test = np.asarray(tiny_ds.splits["test"])
+    mine = tiny_ds.with_split("mine", test[::2])
+    assert "mine" not in tiny_ds.splits and mine.split_info["mine"].role == "test"
+    model = build("popularity", FeatureSpec.of(tiny_ds)).fit(SplitView(tiny_ds, "train"))
+    result = evaluate(model, mine, "mine")
+    assert result["n_queries"] == len(test[::2]) and result["sampled"] is None
+    assert result["full"]["recall@10"] == pytest.approx(
+        float(np.mean(evaluate(model, tiny_ds, "test", keep_ranks=True)["full_ranks"][::2] <= 10)))
+    train = np.asarray(tiny_ds.splits["train"])
+    with pytest.raises(DatasetError, match=r"^Dataset.with_split/splits/leaky.npy: expected no \(video, track\) "
+                                           r"pair of a training split"):
+        tiny_ds.with_split("leaky", train[:3])
+    with pytest.raises(DatasetError, match=r"^Dataset.with_split/splits/far.npy column video: expected ids in"):
+        tiny_ds.with_split("far", [[tiny_ds.n_videos, 0, -1]])
+    with pytest.raises(DatasetError, match="already has a split of that name"):
+        tiny_ds.with_split("test", test)

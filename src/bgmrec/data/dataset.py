@@ -28,7 +28,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,19 @@ class Dataset:
     @property
     def n_genres(self) -> int:
         return len(self.genres)
+
+    def with_split(self, name: str, rows, role: str = "test", candidates: str = "existing") -> Dataset:
+        """A copy of this dataset (arrays shared, not copied) with one more split ``name``: ``rows`` int
+        [n, 3] (video, track, uploader or -1), e.g. an app's own held-out queries to :func:`evaluate
+        <bgmrec.eval.protocol.evaluate>` a model on. The copy is validated as a loaded dataset is (a
+        :class:`DatasetError` for rows out of range, a positive outside ``candidates``, a (video, track)
+        pair of a training split); the split has no frozen negatives, so only full-catalogue figures."""
+        if name in self.splits:
+            raise DatasetError(f"split {name!r}: the dataset already has a split of that name")
+        ds = replace(self, splits={**self.splits, name: _ids(np.asarray(rows))},
+                     split_info={**self.split_info, name: SplitInfo(role, candidates)})
+        ds.validate("Dataset.with_split")
+        return ds
 
     def dims(self) -> dict[str, int]:
         """Feature dimensions by modality, as recorded in the manifest."""
