@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -292,6 +293,12 @@ def test_library_calls_name_what_is_wrong(tiny_ds, tiny_spec):
         VideoQuery.from_dataset(tiny_ds, [3, -1])  # numpy would have taken the last video
     with pytest.raises(TypeError, match=r"spec must be a FeatureSpec \(FeatureSpec.of\(dataset\)\), got Dataset"):
         build("cmvae", tiny_ds)
+    for name in ("cca", "cmvae"):
+        with pytest.raises(ValueError, match=rf"^{name}: fit's train must be a SplitView \(SplitView\(dataset, "
+                                             r"split_name\)\), got str$"):
+            build(name, tiny_spec).fit("train")
+        with pytest.raises(ValueError, match=rf"^{name}: fit's val must be a SplitView .*, got str$"):
+            build(name, tiny_spec).fit(SplitView(tiny_ds, "train"), "val")
 
 
 @pytest.mark.parametrize("name", ["cmvae", "cca", "popularity"])
@@ -316,3 +323,17 @@ def test_the_catalogue_is_encoded_in_chunks_as_the_whole(tiny_ds, tiny_spec, mon
     monkeypatch.setattr(model, "encode_chunk", 7)
     np.testing.assert_allclose(model.encode_music(catalog), whole, rtol=1e-5, atol=1e-6)
     assert max(sizes) == 7 and sum(sizes) == tiny_ds.n_tracks
+
+
+def test_a_video_query_takes_lists_and_float64_and_names_a_field_of_the_wrong_shape(runs, tiny_ds):
+    model = load_model(runs["cca"])
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(3))
+    as_given = VideoQuery(q.visual.astype(np.float64).tolist(), q.text.astype(np.float64), q.text_mask.tolist())
+    assert as_given.visual.dtype == np.float32 and as_given.text_mask.dtype == bool
+    assert np.array_equal(model.encode_videos(as_given), model.encode_videos(q))
+    for fields, words in (({"visual": q.visual[0]}, "VideoQuery.visual must have 2 dimension(s) ([n, D]), got shape"),
+                          ({"text_mask": q.text_mask[:2]}, "VideoQuery.text_mask has 2 rows, visual has 3"),
+                          ({"visual": [["a"] * q.visual.shape[1]] * 3}, "VideoQuery.visual must be a float32 array"),
+                          ({"confounder": np.ones(3)}, "VideoQuery.confounder must have 2 dimension(s)")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            VideoQuery(**{"visual": q.visual, "text": q.text, "text_mask": q.text_mask, **fields})

@@ -39,11 +39,23 @@ class VideoQuery:
     split: str | None = None  # the split the queries come from (only the oracle uses it)
 
     def __post_init__(self) -> None:
-        n = len(self.visual)
-        for name in ("text", "text_mask", "confounder", "index"):
-            v = getattr(self, name)
-            if v is not None and len(v) != n:
-                raise ValueError(f"VideoQuery.{name} has {len(v)} rows, visual has {n}")
+        """Arrays as the fields say (float32, bool, int64; lists and float64 are converted), else a ValueError
+        naming the field: a 2-d ``visual`` and ``text``, one row per video in every field."""
+        for name, dtype, ndim in (("visual", np.float32, 2), ("text", np.float32, 2), ("text_mask", bool, 1),
+                                  ("confounder", np.float32, 2), ("index", np.int64, 1)):
+            value = getattr(self, name)
+            if value is None and name in ("confounder", "index"):
+                continue
+            try:
+                value = np.asarray(value, dtype)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"VideoQuery.{name} must be a {dtype.__name__} array ({e})") from None
+            if value.ndim != ndim:
+                raise ValueError(f"VideoQuery.{name} must have {ndim} dimension(s) ([n{', D' if ndim == 2 else ''}]), "
+                                 f"got shape {list(value.shape)}")
+            if len(value) != len(self.visual):
+                raise ValueError(f"VideoQuery.{name} has {len(value)} rows, visual has {len(self.visual)}")
+            setattr(self, name, value)
 
     def __len__(self) -> int:
         return len(self.visual)
@@ -279,6 +291,10 @@ class Recommender(ABC):
         """ValueError unless ``train`` (and ``val``) are splits of one dataset with the feature sizes and
         genres this model was built for (``self.spec``), ``train`` of role train and ``val`` not a test
         split. ``fit`` calls it first, so a mismatch is named before any training."""
+        for what, view in (("train", train), ("val", val)):
+            if not isinstance(view, SplitView) and (view is not None or what == "train"):
+                raise ValueError(f"{self.name}: fit's {what} must be a SplitView (SplitView(dataset, "
+                                 f"split_name)), got {type(view).__name__}")
         have = FeatureSpec.of(train.dataset)
         if have != self.spec:
             raise ValueError(f"{self.name}: built for features {self.spec}, but the training dataset has {have}; "
