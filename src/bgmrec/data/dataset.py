@@ -260,7 +260,6 @@ class Dataset:
             _expect(numeric and bool(np.isfinite(w).all() and (w >= 0).all() and (len(w) == 0 or w.sum() > 0)),
                     where, fname, "finite numeric weights >= 0, not all zero")
 
-
     def _check_provenance(self, where: str) -> None:
         """The provenance fields the library reads: ``user_prior_mean`` (:meth:`confounder_prior`), G finite
         non-negative numbers with a positive sum, and ``settings`` (the features' extraction), an object."""
@@ -503,7 +502,7 @@ def write_json_atomic(path: Path, obj) -> None:
 def strict_json(obj):
     """``obj`` with every non-finite float (in dicts, lists and tuples, recursively) replaced by None."""
     if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: strict_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
