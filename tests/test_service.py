@@ -260,8 +260,30 @@ def test_personalised_mode_reads_the_uploaders_taste(tiny_ds):
 
 
 def test_taste_weights_are_normalised_without_overflow():
-    np.testing.assert_allclose(taste_vector({"a": 1e308, "b": 1e308}, ["a", "b", "c"]), [0.5, 0.5, 0.0])
-    np.testing.assert_allclose(taste_vector({"a": 3.0, "c": 1.0}, ["a", "b", "c"]), [0.75, 0.0, 0.25])
+    from bgmrec.features.recommend import normalised_taste
+
+    weights = np.stack([taste_vector({"a": 1e308, "b": 1e308}, ["a", "b", "c"]),
+                        taste_vector({"a": 3.0, "c": 1.0}, ["a", "b", "c"])])
+    np.testing.assert_allclose(normalised_taste(weights), [[0.5, 0.5, 0.0], [0.75, 0.0, 0.25]])
+    for bad in ([[0.0, 0.0, 0.0]], [[1.0, -1.0, 1.0]], [[np.nan, 1.0, 1.0]]):
+        with pytest.raises(RequestError, match="taste: weights must be finite, non-negative and not all zero"):
+            normalised_taste(np.array(bad))
+
+
+def test_the_library_checks_taste_as_the_service_does(tiny_ds):
+    personalised = build("deccm", FeatureSpec.of(tiny_ds), {"epochs": 1, "teacher": False, "batch_size": 256}).fit(
+        SplitView(tiny_ds, "train"), None)
+    personalised.set_inference_mode("personalised")
+    recommender = ClipRecommender(personalised, tiny_catalog(tiny_ds))
+    clips = [clip_of(tiny_ds, 0), clip_of(tiny_ds, 1)]
+    g = len(tiny_ds.genres)
+    with pytest.raises(RequestError, match=r"^taste: required in personalised mode"):
+        recommender.recommend(clips, 3)
+    with pytest.raises(RequestError, match=rf"^taste must have shape \[2, {g}\] \(one row of genre weights per "
+                                           rf"clip, in the model's genre order\), got \[{g}\]"):
+        recommender.recommend(clips, 3, taste=np.ones(g))
+    scaled = recommender.recommend(clips, 3, taste=np.full((2, g), 5.0))  # weights, normalised per clip
+    assert scaled == recommender.recommend(clips, 3, taste=np.full((2, g), 1.0 / g))
 
 
 def test_faiss_index_serves_the_same_tracks(tiny_ds, cmvae, client):

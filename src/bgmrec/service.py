@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError
+from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, taste_vector
 
 MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
@@ -158,10 +158,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
                     for i, c in enumerate(clips)]
         given = [c.taste is not None for c in clips]
-        if personalised and not all(given):
-            raise RequestError("taste: required in personalised mode (the uploader's genre preferences, "
-                               "for every clip)")
-        if any(given) and not all(given):
+        if any(given) and not all(given) and not personalised:  # in personalised mode: required of every clip
             raise RequestError("taste: give it for every clip of a batch or for none")
         taste = np.stack([taste_vector(c.taste, spec.genres) for c in clips]) if all(given) else None
         labels = [f"clips[{i}]" for i in range(len(clips))] if batch else ["visual/text"]
@@ -332,19 +329,6 @@ def clip_features(visual: list[float], text: list[float] | None, spec, where: st
     if text is None:
         return ClipFeatures(v, np.zeros(spec.video_text, np.float32), False)
     return ClipFeatures(v, _vector(text, spec.video_text, prefix + "text"), True)
-
-
-def taste_vector(taste: dict[str, float], genres) -> np.ndarray:
-    """[G] genre preferences from ``{genre: weight}`` (a genre left out weighs 0), normalised to sum to 1."""
-    g = list(genres)
-    unknown = sorted(set(taste) - set(g))
-    if unknown:
-        raise RequestError(f"taste: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
-    w = np.array([taste.get(name, 0.0) for name in g], np.float64)
-    if not np.isfinite(w).all() or (w < 0).any() or w.max() <= 0:
-        raise RequestError("taste: weights must be finite, non-negative and not all zero")
-    w = w / w.max()  # then the sum cannot overflow
-    return (w / w.sum()).astype(np.float32)
 
 
 def _vector(values: list[float], size: int, field: str) -> np.ndarray:

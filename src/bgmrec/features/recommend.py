@@ -154,6 +154,26 @@ def modality_shares(model: Recommender, q: VideoQuery) -> list[dict[str, float |
             for has_text in np.asarray(q.text_mask, bool)]
 
 
+def taste_vector(taste: dict[str, float], genres) -> np.ndarray:
+    """[G] genre preferences from ``{genre: weight}`` (a genre left out weighs 0), in the order of ``genres``;
+    a :class:`RequestError` for an unknown genre (:meth:`ClipRecommender.recommend` checks the weights)."""
+    g = list(genres)
+    unknown = sorted(set(taste) - set(g))
+    if unknown:
+        raise RequestError(f"taste: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
+    return np.array([taste.get(name, 0.0) for name in g], np.float64)
+
+
+def normalised_taste(weights: np.ndarray) -> np.ndarray:
+    """Genre weights [n, G] as preferences, each row scaled to sum to 1 (float32); a :class:`RequestError`
+    unless every weight is finite and non-negative and no row is all zero."""
+    w = np.asarray(weights, np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or (w.max(axis=1) <= 0).any():
+        raise RequestError("taste: weights must be finite, non-negative and not all zero")
+    w = w / w.max(axis=1, keepdims=True)  # then the sum cannot overflow
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 class ClipRecommender:
     """A trained model and a catalogue, ready for many clips: the catalogue is encoded and indexed once.
 
@@ -266,7 +286,25 @@ class ClipRecommender:
         return VideoQuery(visual=np.stack([np.asarray(c.visual, np.float32) for c in clips]),
                           text=np.stack([np.asarray(c.text, np.float32) for c in clips]),
                           text_mask=np.array([bool(c.has_text) for c in clips], bool),
-                          confounder=None if taste is None else np.asarray(taste, np.float32))
+                          confounder=self._taste(taste, len(clips)))
+
+    def _taste(self, taste, n: int) -> np.ndarray | None:
+        """The uploaders' genre preferences [n, G] as a model in personalised mode reads them (rows
+        normalised to sum to 1), required in that mode; a :class:`RequestError` for a missing or bad one."""
+        if taste is None:
+            if getattr(self.model, "inference_mode", None) == "personalised":
+                raise RequestError("taste: required in personalised mode (the uploader's genre preferences, "
+                                   "for every clip)")
+            return None
+        genres = len(self.model.spec.genres)
+        try:
+            w = np.asarray(taste, np.float64)
+        except (TypeError, ValueError):
+            w = np.zeros(0)
+        if w.shape != (n, genres):
+            raise RequestError(f"taste must have shape [{n}, {genres}] (one row of genre weights per clip, in the "
+                               f"model's genre order), got {list(np.shape(w))}")
+        return normalised_taste(w)
 
     def _use_threads(self) -> None:
         """Set torch's thread count in the calling thread, once per thread (see the class docstring)."""
