@@ -259,6 +259,28 @@ def test_personalised_mode_reads_the_uploaders_taste(tiny_ds):
         assert share >= 0.5, (liked, [t["genre"] for t in got])
 
 
+def test_a_genre_filter_returns_the_best_tracks_of_those_genres(tiny_ds, cmvae, client):
+    recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds))
+    assert client.get("/health").json()["catalog_genres"] == sorted(tiny_ds.genres) == recommender.genre_names
+    clips = [clip_of(tiny_ds, 0), clip_of(tiny_ds, 1)]
+    wanted = sorted(tiny_ds.genres)[:2]
+    everything = recommender.recommend(clips, len(recommender.catalog))
+    of_wanted = [t["id"] for t in everything[0]["tracks"] if t["genre"] in wanted]
+    got = recommender.recommend(clips, 5, genres=[wanted, None], exclude=[[of_wanted[0]], []])
+    assert [t["id"] for t in got[0]["tracks"]] == of_wanted[1:6]  # the best of those genres, one excluded
+    assert got[1]["tracks"] == everything[1]["tracks"][:5]  # None: every genre
+    answer = client.post("/recommend", json={**clip_body(tiny_ds, 0), "top": 5, "genres": wanted}).json()
+    assert [t["id"] for t in answer["tracks"]] == [t["id"] for t in recommender.recommend(
+        clips[:1], 5, genres=[wanted])[0]["tracks"]]
+    for genres, words in (([["polka"]], "genres: unknown genre(s) polka; the catalogue has"),
+                          (["pop"], "genres[0] must be a list of genre names, got str"),
+                          ([None, None], "genres has 2 lists for 1 clips")):
+        with pytest.raises(RequestError, match=re.escape(words)):
+            recommender.recommend(clips[:1], 5, genres=genres)
+    r = client.post("/recommend", json={**clip_body(tiny_ds, 0), "genres": ["polka"]})
+    assert r.status_code == 422 and "unknown genre(s) polka" in r.json()["detail"]
+
+
 def test_taste_weights_are_normalised_without_overflow():
     from bgmrec.features.recommend import normalised_taste
 

@@ -81,6 +81,8 @@ class Clip(BaseModel):
     taste: dict[str, float] | None = Field(None, description="the uploader's genre preferences, genre -> "
                                                              "weight (read in personalised mode)")
     exclude: list[str] = Field(default_factory=list, description="track ids never to return")
+    genres: list[str] | None = Field(None, description="only tracks of these catalogue genres (GET /health's "
+                                                       "catalog_genres; default: every genre)")
 
 
 class OneClip(Clip):
@@ -162,7 +164,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
             raise RequestError("taste: give it for every clip of a batch or for none")
         taste = np.stack([taste_vector(c.taste, spec.genres) for c in clips]) if all(given) else None
         labels = [f"clips[{i}]" for i in range(len(clips))] if batch else ["visual/text"]
-        return recommender.recommend(features, top, [c.exclude for c in clips], taste, labels)
+        return recommender.recommend(features, top, [c.exclude for c in clips], taste, labels,
+                                     [c.genres for c in clips])
 
     @app.get("/health")
     def health() -> dict:
@@ -174,6 +177,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
                 "index_settings": index_settings(recommender.index),
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
+                "catalog_genres": recommender.genre_names,
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
                 "threads": torch.get_num_threads(),  # in this request's thread (bgmrec serve --threads)
                 "served_by": identity, "warnings": list(recommender.warnings)}

@@ -227,16 +227,20 @@ class ClipRecommender:
         options = {} if ef_search is None else {"ef_search": ef_search}
         self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings, **options)
         self.position = {track_id: j for j, track_id in enumerate(catalog.ids)}
+        self._track_genre = np.array([g or "unknown" for g in catalog.genre], dtype=object)
+        self.genre_names = sorted(set(self._track_genre.tolist()))  # what ``genres`` may name
 
     def recommend(self, clips: list[ClipFeatures], k: int = 10, exclude: list[list[str]] | None = None,
-                  taste: np.ndarray | None = None, labels: list[str] | None = None) -> list[dict]:
+                  taste: np.ndarray | None = None, labels: list[str] | None = None,
+                  genres: list[list[str] | None] | None = None) -> list[dict]:
         """The ``--json`` object of each clip: its top-``k`` tracks, best first, and its modality share.
 
-        ``exclude`` gives track ids never to return, one list per clip; ``taste`` [n, G] the uploaders'
-        genre preferences, which only a model in personalised mode reads. A bad ``k``, ``exclude`` of the wrong
-        length or an unknown track id in it raise :class:`RequestError`, and so do features for which the
-        model's scores are not finite (finite but huge values can overflow); ``labels`` name the clips in
-        that message (default "clip 0", "clip 1", ...).
+        ``exclude`` gives track ids never to return, one list per clip; ``genres`` the catalogue genres to
+        return tracks of, one list (or None: every genre) per clip; ``taste`` [n, G] the uploaders'
+        genre preferences, which only a model in personalised mode reads. A bad ``k``, ``exclude`` or
+        ``genres`` of the wrong length, an unknown track id or genre in them raise :class:`RequestError`,
+        and so do features for which the model's scores are not finite (finite but huge values can
+        overflow); ``labels`` name the clips in that message (default "clip 0", "clip 1", ...).
         """
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
             raise RequestError(f"top must be an integer, got {k!r}")
@@ -251,7 +255,8 @@ class ClipRecommender:
             if isinstance(ids, str) or not isinstance(ids, list | tuple | set | frozenset | np.ndarray):
                 raise RequestError(f"exclude[{i}] must be a list of track ids, got {type(ids).__name__} {ids!r}"[:160])
         excluded = None if not exclude or not any(len(ids) for ids in exclude) else [
-            [self._position_of(t) for t in ids] for ids in exclude]
+            np.array([self._position_of(t) for t in ids], np.int64) for ids in exclude]
+        excluded = self._outside_genres(genres, len(clips), excluded)
         self._use_threads()
         queries = self.model.encode_videos(q)
         ids, scores = self.index.search(queries, min(k, len(self.catalog)), excluded)
@@ -313,6 +318,25 @@ class ClipRecommender:
 
             torch.set_num_threads(self.threads)
             self._thread_state.threads = self.threads
+
+    def _outside_genres(self, genres, n: int, excluded: list[np.ndarray] | None) -> list[np.ndarray] | None:
+        """``excluded`` (track positions per clip, or None) with the tracks outside each clip's ``genres``."""
+        if genres is None:
+            return excluded
+        if len(genres) != n:
+            raise RequestError(f"genres has {len(genres)} lists for {n} clips")
+        lists = [np.zeros(0, np.int64)] * n if excluded is None else excluded
+        for i, wanted in enumerate(genres):
+            if wanted is None:
+                continue
+            if isinstance(wanted, str) or not isinstance(wanted, list | tuple | set | frozenset):
+                raise RequestError(f"genres[{i}] must be a list of genre names, got {type(wanted).__name__}")
+            unknown = sorted(set(wanted) - set(self.genre_names))
+            if unknown:
+                raise RequestError(f"genres: unknown genre(s) {', '.join(map(str, unknown))}; the catalogue has "
+                                   f"{', '.join(self.genre_names)}")
+            lists[i] = np.union1d(lists[i], np.flatnonzero(~np.isin(self._track_genre, list(wanted))))
+        return lists
 
     def _position_of(self, track_id: str) -> int:
         if track_id not in self.position:
