@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 import bgmrec.bench
-import bgmrec.cli.core
+import bgmrec.runs
 from bgmrec.bench import reusable_run, run_quality
 
 
@@ -20,7 +20,7 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     console = Console(quiet=True)
     work, out = tmp_path / "work", tmp_path / "report.md"
     commit = "abc1234"  # whatever state the checkout running the tests is in
-    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: commit)
+    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: commit)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     run = work / "tiny-seed0" / "runs" / "popularity"
     assert reusable_run(run, "popularity", 0, commit)[0] is not None
@@ -28,18 +28,18 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     assert reusable_run(run, "random", 0, commit)[0] is None  # another model
     assert reusable_run(run, "popularity", 0, commit + "x")[0] is None  # another commit
     for unsure in ("unknown", "abc1234-dirty"):  # nothing says the code is the same
-        monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda unsure=unsure: unsure)
+        monkeypatch.setattr(bgmrec.runs, "git_commit", lambda unsure=unsure: unsure)
         run_quality(["tiny"], [0], tmp_path / "unsure.md", work / unsure, ["popularity"], console, "cmd",
                     resume=True)
         assert reusable_run(work / unsure / "tiny-seed0" / "runs" / "popularity", "popularity", 0, unsure)[0] is None
-    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: commit)
+    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: commit)
     report = out.read_text()
-    real_train = bgmrec.cli.core.train_model
+    real_train = bgmrec.runs.train_model
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was retrained")
 
-    monkeypatch.setattr(bgmrec.cli.core, "train_model", no_training)
+    monkeypatch.setattr(bgmrec.runs, "train_model", no_training)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     assert out.read_text().split("\n", 3)[3] == report.split("\n", 3)[3]  # the same tables
     (run / "weights.safetensors").unlink()  # an interrupted run is trained again
@@ -49,7 +49,7 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
         called.append(args[1])
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(bgmrec.cli.core, "train_model", counted)
+    monkeypatch.setattr(bgmrec.runs, "train_model", counted)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     assert called == ["popularity"]
 
@@ -59,7 +59,7 @@ def test_resume_says_which_runs_it_reused_and_why_it_trains_one_again(tmp_path, 
 
     work, out = tmp_path / "work", tmp_path / "report.md"
     commit = "abc1234"
-    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: commit)
+    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: commit)
 
     def printed() -> str:
         console = Console(file=io.StringIO(), width=1000)
@@ -396,7 +396,7 @@ def test_resume_keeps_the_one_teacher_deccm_and_its_ablation_share(tmp_path, mon
     from bgmrec.models import deccm
     from bgmrec.models.base import load_model
 
-    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: "abc1234")
     trained = []
     train_teacher = deccm.train_teacher
 

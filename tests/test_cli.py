@@ -492,7 +492,7 @@ def test_runs_without_a_usable_record_evaluate_without_a_warning(cli_world, popu
 def test_git_commit_names_only_a_bgmrec_checkout_and_says_when_it_differs(tmp_path):
     import subprocess
 
-    from bgmrec.cli.core import git_commit
+    from bgmrec.runs import git_commit
 
     def git(*args):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
@@ -521,8 +521,8 @@ SMALL_DECCM = {**SMALL_CMVAE, "prior_samples": "64"}
 
 
 def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, tmp_path, monkeypatch):
-    from bgmrec.cli.core import train_model
     from bgmrec.models.deccm import DecCM
+    from bgmrec.runs import train_model
 
     run, other = tmp_path / "runs" / "deccm", tmp_path / "runs" / "teacher"
     train_model(cli_world, "deccm", run, sets=SMALL_DECCM, progress=False)  # trains its own teacher/
@@ -607,7 +607,7 @@ def test_train_says_how_to_do_without_professional_videos_in_options_before_any_
     assert _error(capsys) == "error: alpha=0.1: " + expected.removeprefix("error: ")
     assert not (tmp_path / "grid").exists()
     # a CMVAE of the uploads given as --teacher: the warning does not advise training one on no videos
-    from bgmrec.cli.core import train_model
+    from bgmrec.runs import train_model
 
     train_model(world, "cmvae", tmp_path / "uploads-cmvae", sets=SMALL_CMVAE, progress=False)
     capsys.readouterr()
@@ -632,7 +632,7 @@ def test_train_refuses_a_teacher_of_another_scale_before_any_work(cli_world, tmp
 
 
 def test_train_warns_of_a_teacher_trained_on_other_data_or_not_as_a_teacher(cli_world, tmp_path, capsys):
-    from bgmrec.cli.core import train_model
+    from bgmrec.runs import train_model
 
     other_world = tmp_path / "other"
     assert main(["simulate", str(other_world), "--scale", "tiny", "--seed", "1"]) == 0
@@ -768,8 +768,8 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
     made from other data (or config, or code)."""
     import dataclasses
 
-    from bgmrec.cli.core import SharedTeachers
     from bgmrec.models import deccm
+    from bgmrec.runs import SharedTeachers
 
     trained = []
     train_teacher = deccm.train_teacher

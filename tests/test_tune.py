@@ -15,9 +15,9 @@ SMALL_CMVAE = {"epochs": "1", "hidden": "16", "latent_dim": "4"}
 @pytest.fixture(autouse=True)
 def committed_code(monkeypatch):
     """A clean commit id, whatever state the checkout running the tests is in (resume needs one)."""
-    import bgmrec.cli.core
+    import bgmrec.runs
 
-    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: "abc1234")
 
 
 def test_parse_grid_collects_repeated_keys_in_order():
@@ -71,8 +71,8 @@ def test_every_point_is_trained_and_ranked_on_val_only(tiny_dir, tmp_path, monke
     table = (tmp_path / "tune" / "tuning.md").read_text()
     assert "| lr | val R@10 | val MRR | vs the first point | epochs | seconds |" in table
     assert "(the first point)" in table
-    from bgmrec.cli.core import git_commit
     from bgmrec.data.dataset import dataset_fingerprint
+    from bgmrec.runs import git_commit
 
     assert saved["data_fingerprint"] == dataset_fingerprint(tiny_dir) and saved["commit"] == git_commit()
     assert f"Dataset `{tiny_dir.resolve()}` (fingerprint {saved['data_fingerprint']}), commit {git_commit()}." in table
@@ -137,9 +137,9 @@ def test_two_points_in_one_folder_are_refused(tiny_dir, tmp_path):
 
 
 def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, monkeypatch):
-    import bgmrec.cli.core
+    import bgmrec.runs
 
-    real, calls = bgmrec.cli.core.train_model, []
+    real, calls = bgmrec.runs.train_model, []
 
     def failing_second(*args, **kwargs):
         calls.append(1)
@@ -147,7 +147,7 @@ def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bgmrec.cli.core, "train_model", failing_second)
+    monkeypatch.setattr(bgmrec.runs, "train_model", failing_second)
     with pytest.raises(KeyboardInterrupt):
         run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "tune")
     saved = json.loads((tmp_path / "tune" / "tuning.json").read_text())
@@ -155,8 +155,8 @@ def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_deccm_points_share_one_teacher_per_backbone_config_apart_from_their_folders(tiny_dir, tmp_path):
-    from bgmrec.cli.core import train_model
     from bgmrec.models.base import load_model
+    from bgmrec.runs import train_model
 
     sets = {**SMALL_CMVAE, "prior_samples": "32"}
     fixed = {k: v for k, v in sets.items() if k != "latent_dim"}
@@ -175,7 +175,7 @@ def test_deccm_points_share_one_teacher_per_backbone_config_apart_from_their_fol
 
 
 def test_a_given_teacher_must_fit_every_point_before_any_training(tiny_dir, tmp_path):
-    from bgmrec.cli.core import train_model
+    from bgmrec.runs import train_model
 
     train_model(tiny_dir, "cmvae", tmp_path / "teacher", sets=SMALL_CMVAE, progress=False)
     with pytest.raises(ValueError, match="latent_dim"):
@@ -281,7 +281,7 @@ def test_tune_command(tiny_dir, tmp_path, capsys):
 def test_resume_loads_the_finished_points_and_trains_the_rest(tiny_dir, tmp_path, monkeypatch):
     import shutil
 
-    import bgmrec.cli.core as core
+    import bgmrec.runs as runs
 
     grid = {"lr": ["0.002", "0.0005", "0.001"]}
     whole = run_grid(tiny_dir, "cmvae", grid, tmp_path / "whole", SMALL_CMVAE)
@@ -294,8 +294,8 @@ def test_resume_loads_the_finished_points_and_trains_the_rest(tiny_dir, tmp_path
     (out / "tuning.json").write_text(json.dumps(saved))
     (out / "lr=0.001" / "run.json").unlink()
     trained = []
-    real = core.train_model
-    monkeypatch.setattr(core, "train_model", lambda data, model, run, **kw: trained.append(run.name) or real(
+    real = runs.train_model
+    monkeypatch.setattr(runs, "train_model", lambda data, model, run, **kw: trained.append(run.name) or real(
         data, model, run, **kw))
     resumed = run_grid(tiny_dir, "cmvae", grid, out, SMALL_CMVAE, resume=True)
     assert trained == ["lr=0.001"]
@@ -343,8 +343,8 @@ def test_resume_refuses_features_extracted_again(tiny_copy, tmp_path):
 
 
 def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tmp_path, monkeypatch):
-    import bgmrec.cli.core as core
-    from bgmrec.cli.core import train_model
+    import bgmrec.runs as runs
+    from bgmrec.runs import train_model
 
     for name in ("t1", "t2"):
         train_model(tiny_dir, "cmvae", tmp_path / name, sets=SMALL_CMVAE, progress=False)
@@ -353,12 +353,12 @@ def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tm
     with pytest.raises(ValueError, match="records another teacher"):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t2",
                  resume=True)
-    real_code = core.code_fingerprint
-    monkeypatch.setattr(core, "code_fingerprint", lambda: "0.1.0+other")  # edited sources, committed or not
+    real_code = runs.code_fingerprint
+    monkeypatch.setattr(runs, "code_fingerprint", lambda: "0.1.0+other")  # edited sources, committed or not
     with pytest.raises(ValueError, match="records another code"):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t1",
                  resume=True)
-    monkeypatch.setattr(core, "code_fingerprint", real_code)
+    monkeypatch.setattr(runs, "code_fingerprint", real_code)
     config = tmp_path / "g" / "alpha=0.1" / "config.json"
     config.write_text(config.read_text().replace('"alpha": 0.1', '"alpha": 0.3'))
     with pytest.raises(ValueError, match=r"alpha=0.1 holds a run of another config than this point's"):
@@ -367,20 +367,20 @@ def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tm
 
 
 def test_a_grid_stopped_in_its_first_point_after_its_teacher_resumes(tiny_dir, tmp_path, monkeypatch):
-    import bgmrec.cli.core
+    import bgmrec.runs
 
     small = {**SMALL_CMVAE, "prior_samples": "16"}
-    real = bgmrec.cli.core.train_model
+    real = bgmrec.runs.train_model
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt  # the teacher is trained, the first point's student not
 
-    monkeypatch.setattr(bgmrec.cli.core, "train_model", stopped)
+    monkeypatch.setattr(bgmrec.runs, "train_model", stopped)
     with pytest.raises(KeyboardInterrupt):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small)
     assert (tmp_path / "g" / "teachers" / "alpha=0.5" / "config.json").is_file()
     assert json.loads((tmp_path / "g" / "tuning.json").read_text())["trials"] == []
-    monkeypatch.setattr(bgmrec.cli.core, "train_model", real)
+    monkeypatch.setattr(bgmrec.runs, "train_model", real)
     trials = run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, resume=True)
     assert len(trials) == 2 and {t.settings["alpha"] for t in trials} == {"0.5", "0.1"}
 
@@ -422,7 +422,7 @@ def test_resume_names_a_damaged_tuning_json(tiny_dir, tmp_path):
 def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path):
     import shutil
 
-    from bgmrec.cli.core import train_model
+    from bgmrec.runs import train_model
 
     small = {**SMALL_CMVAE, "prior_samples": "16"}
     train_model(tiny_dir, "cmvae", tmp_path / "t", sets=SMALL_CMVAE, progress=False)

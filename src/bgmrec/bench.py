@@ -168,7 +168,6 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     ``resume`` reuses the runs in ``work`` that the same commit trained (seeds can then run as
     separate processes, and an interrupted benchmark continues where it stopped).
     """
-    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset, write_json_atomic
     from bgmrec.eval.report import (
         PAIRED_NOTE,
@@ -179,6 +178,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         without_ranks,
     )
     from bgmrec.models.packages import model_package, packages_note
+    from bgmrec.runs import TEACHERS, SharedTeachers, git_commit, machine, train_model
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -575,10 +575,10 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     Without ``fit_track_terms`` (the fits take minutes per model at ``tt150k``) the report holds the
     intervened world's table alone, on ``test_unbiased``.
     """
-    from bgmrec.cli.core import git_commit, machine
     from bgmrec.data.dataset import load_dataset, read_json
     from bgmrec.demo import evaluation_modes
     from bgmrec.models.base import load_model
+    from bgmrec.runs import git_commit, machine
 
     if not models:
         raise ValueError("no quality-benchmark runs to read: name at least one model")
@@ -700,12 +700,12 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
     """CMVAE vs DecCM on ``test_unbiased`` as the confounding strength gamma grows (Markdown + plot), with
     CMVAE trained on each world's intervened version (:func:`intervened_dataset`, mean of ``redraws``) and
     CMVAE with DecCM's teacher mixed in (:class:`RunTeacher`)."""
-    from bgmrec.cli.core import git_commit, machine, train_model
     from bgmrec.data.dataset import load_dataset
     from bgmrec.data.simulate import save_world, simulate, world_config
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.report import change_cell, paired_against
     from bgmrec.models.base import load_model
+    from bgmrec.runs import git_commit, machine, train_model
 
     rows = []
     for gamma in gammas:

@@ -61,9 +61,9 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None, ke
 
 
 def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console: Console) -> list[dict]:
-    from bgmrec.cli.core import TEACHERS, SharedTeachers, git_commit, machine, train_model
     from bgmrec.eval import report
     from bgmrec.models.registry import resolve
+    from bgmrec.runs import TEACHERS, SharedTeachers, git_commit, machine, train_model
 
     for name in models or DEMO_MODELS:  # a typo fails now, not after the world and the models before it
         resolve(name)

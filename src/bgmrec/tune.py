@@ -89,16 +89,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     trains one teacher per distinct teacher config (the backbone fields) into ``out/teachers/<the first
     point that needs it>``, which every point of that config shares: apart from the points' folders, so
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
-    (:class:`~bgmrec.cli.core.SharedTeachers`; a resumed grid loads the teacher it trained).
+    (:class:`~bgmrec.runs.SharedTeachers`; a resumed grid loads the teacher it trained).
     """
-    from bgmrec.cli.core import (
-        TEACHERS,
-        SharedTeachers,
-        code_fingerprint,
-        dataset_record,
-        git_commit,
-        train_model,
-    )
     from bgmrec.data.dataset import write_json_atomic, write_text_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
@@ -106,6 +98,14 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     from bgmrec.models.base import load_model
     from bgmrec.models.deccm import weights_digest
     from bgmrec.models.packages import model_package, packages_note
+    from bgmrec.runs import (
+        TEACHERS,
+        SharedTeachers,
+        code_fingerprint,
+        dataset_record,
+        git_commit,
+        train_model,
+    )
 
     console = console or Console(quiet=True)
     record = {"model": model, **dataset_record(data),
@@ -180,9 +180,9 @@ def seed_used(model: str, grid: dict[str, list[str]], sets: dict, seed: int | No
     """The seed every point of the grid trains with: ``seed`` (``--seed``), else ``sets``' seed (``--set
     seed=N``), else the model's default (0); None when ``seed`` is a key of the grid (each point its own).
     ``--seed`` and ``--set seed`` of different values are refused, as ``bgmrec train`` refuses them."""
-    from bgmrec.cli.core import option_into_sets
     from bgmrec.models.base import with_overrides
     from bgmrec.models.registry import model_class, resolve
+    from bgmrec.runs import option_into_sets
 
     if "seed" in grid:
         return None
@@ -232,7 +232,7 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
     return {name: t for name, t in zip(names, trials, strict=True) if (out / name / "run.json").is_file()}
 
 
-# what must match to resume (``code``: :func:`bgmrec.cli.core.code_fingerprint`; ``model_package``:
+# what must match to resume (``code``: :func:`bgmrec.runs.code_fingerprint`; ``model_package``:
 # :func:`bgmrec.models.packages.model_package`, the code of a model from another package)
 RESUME_KEYS = ("model", "data_fingerprint", "features_fingerprint", "grid", "sets", "seed", "teacher",
                "teacher_weights_sha256", "code", "model_package")
@@ -281,10 +281,10 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
                teacher: Path | None, empty_out: bool = True):
     """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
     the fixed fields, and per point ``repr`` of its config)."""
-    from bgmrec.cli.core import check_teacher_data
     from bgmrec.data.dataset import load_dataset
     from bgmrec.models.base import FeatureSpec
     from bgmrec.models.registry import build, prepare_teacher
+    from bgmrec.runs import check_teacher_data
 
     if empty_out and out.exists() and (not out.is_dir() or _contents(out)):
         raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs, "
@@ -322,7 +322,7 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
 
 def point_sets(base: dict, point: dict, seed: int | None) -> dict:
     """A point's config fields: the fixed ones, the point's, and ``seed`` (as ``train_model`` takes them)."""
-    from bgmrec.cli.core import option_into_sets
+    from bgmrec.runs import option_into_sets
 
     sets = {**base, **point}
     option_into_sets(sets, "seed", seed)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bgmrec.cli import core, main
+from bgmrec import runs
+from bgmrec.cli import main
 from bgmrec.models import packages, registry
 from bgmrec.models.base import Recommender, SplitView, load_model
 from bgmrec.models.registry import ENTRY_POINT_GROUP, model_class, model_names, register_model, unregister_model
@@ -98,7 +99,7 @@ def test_every_command_takes_the_plugin_model(installed_plugin, tmp_path, tiny_d
 
 
 def test_a_run_of_an_uninstalled_plugin_names_what_is_missing(installed_plugin, monkeypatch, tmp_path, tiny_dir):
-    from bgmrec.cli.core import train_model
+    from bgmrec.runs import train_model
 
     folder = tmp_path / "run"
     assert type(train_model(tiny_dir, "ep-ridge", folder, progress=False)[0]).__name__ == "EpRidge"
@@ -116,12 +117,12 @@ def assert_loading_without_the_package_names_it(folder: Path, installed_plugin: 
 
 
 def test_runs_of_a_plugin_whose_code_changed_are_not_resumed(installed_plugin, monkeypatch, tmp_path, tiny_dir):
-    import bgmrec.cli.core
+    import bgmrec.runs
     from bgmrec.bench import reusable_run
-    from bgmrec.cli.core import train_model
+    from bgmrec.runs import train_model
     from bgmrec.tune import run_grid
 
-    monkeypatch.setattr(bgmrec.cli.core, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: "abc1234")
     run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid")
     train_model(tiny_dir, "ep-ridge", tmp_path / "run", progress=False)
     assert reusable_run(tmp_path / "run", "ep-ridge", 0, "abc1234")[0] is not None
@@ -186,7 +187,7 @@ def test_reports_name_the_plugin_code_they_used(installed_plugin, monkeypatch, t
     from bgmrec.bench import run_quality
     from bgmrec.tune import run_grid
 
-    monkeypatch.setattr(core, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(runs, "git_commit", lambda: "abc1234")
     made = packages.model_package("ep-ridge")
     named = (f"; models of other packages: ep-ridge is ep_ridge:EpRidge of package 'ep_ridge' 0.1.0, code "
              f"{made['code']}")
@@ -584,8 +585,8 @@ def test_a_plugin_whose_sources_cannot_all_be_read_is_saved_with_its_code_unread
 
 
 def test_a_run_of_a_model_registered_by_a_script_says_to_register_it(tiny_dir, tmp_path, registered):
-    from bgmrec.cli.core import train_model
     from bgmrec.models.baselines import PopularityRecommender
+    from bgmrec.runs import train_model
 
     mine = type("ScriptPop", (PopularityRecommender,), {"name": "script-pop", "__module__": "__main__"})
     register_model("script-pop", mine)

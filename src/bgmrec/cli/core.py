@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from bgmrec import runs
 from bgmrec.cli.app import app
-from bgmrec.models.packages import describe_package, model_package, source_digest
 
 console = Console(width=None if Console().is_terminal else 200)  # wide tables when piped or logged
 
@@ -39,63 +37,6 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def git_commit(package: Path | None = None) -> str:
-    """The short commit of the bgmrec checkout whose ``src/bgmrec`` is ``package`` (default: this package),
-    with "-dirty" when its ``src`` differs from that commit; "unknown" when ``package`` is not the
-    ``src/bgmrec`` of a git checkout (an installed copy, even inside someone else's repository)."""
-    package = (package or Path(__file__).resolve().parents[1]).resolve()
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True, cwd=package,
-                              timeout=5).stdout.strip()  # no index refresh: a user's git command is never blocked
-
-    try:
-        top = git("rev-parse", "--show-toplevel")
-        if not top or Path(top).resolve() / "src" / "bgmrec" != package:
-            return "unknown"
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(package.parent))
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
-
-
-def code_fingerprint() -> str:
-    """bgmrec's version and a short SHA-256 of its Python sources: the same code, whether or not it runs
-    from a clean git checkout (an installed copy, uncommitted edits)."""
-    import bgmrec
-
-    return f"{bgmrec.__version__}+{source_digest(Path(bgmrec.__file__).resolve().parent)}"
-
-
-def warn_if_model_code_changed(run: Path, model) -> None:
-    """Say on stderr, in one line, when the code of the loaded ``model`` of ``run`` (its
-    :func:`model_package` now) is not the code its run recorded (``config.json``, else ``run.json``:
-    :func:`~bgmrec.models.base.recorded_model_package`): its weights now run under code they were not
-    trained with. Silent for bgmrec's own models (their code is the commit's) and runs that recorded nothing;
-    never an error."""
-    from bgmrec.models.base import recorded_model_package
-
-    then, _ = recorded_model_package(run)
-    if then is None:
-        return
-    now = model_package(type(model))
-    if now is not None and all(then.get(k) == now.get(k) for k in ("class", "package", "version", "code")):
-        return
-    print(f"warning: {run}: its model's code changed since it was trained ({describe_package(then)} then; "
-          f"{describe_package(now)} now): results are of the new code with weights trained by the old; retrain "
-          "it to measure the code as it is", file=sys.stderr)
-
-
-def machine() -> str:
-    import os
-
-    import torch
-
-    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, torch {torch.__version__}").replace("  ", " ")
-
-
 @app.command()
 def simulate(
     out_dir: Path = typer.Argument(..., help="folder to write the world to (replaced atomically)"),
@@ -114,7 +55,7 @@ def simulate(
 
     overrides = parse_sets(set_)
     for name, value in (("seed", seed), ("gamma", gamma), ("delta", delta)):
-        option_into_sets(overrides, name, value)
+        runs.option_into_sets(overrides, name, value)
     cfg = with_overrides(world_config(scale), overrides)
     t0 = time.perf_counter()
     with console.status(f"simulating the {scale} world"):
@@ -149,330 +90,6 @@ def list_models() -> None:
     console.print(t)
 
 
-def _same_value(given, value) -> bool:
-    """True when a ``--set`` string and an option's value say the same (numbers compared as numbers)."""
-    try:
-        return float(given) == float(value)
-    except (TypeError, ValueError):
-        return str(given).strip() == str(value)
-
-
-def option_into_sets(sets: dict, name: str, value) -> None:
-    """Put the option ``--NAME value`` into the ``--set`` overrides; refuse a ``--set NAME`` with another value."""
-    if value is None:
-        return
-    if name in sets and not _same_value(sets[name], value):
-        raise ValueError(f"--{name} {value} and --set {name}={sets[name]} disagree; give {name} once")
-    sets[name] = value
-
-
-def train_model(data: Path, model: str, out: Path, epochs: int | None = None, seed: int | None = None,
-                sets: dict | None = None, teacher: Path | None = None, progress: bool = True):
-    """Build, fit and save one model; the library-level body of ``bgmrec train``.
-
-    ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
-    config's default, seed 0); giving one both ways with different values is refused.
-    """
-    from bgmrec.data.dataset import atomic_write_dir, load_dataset, write_json_atomic
-    from bgmrec.models.base import FeatureSpec, SplitView, load_model
-    from bgmrec.models.registry import build, prepare_teacher
-
-    ds = load_dataset(data)
-    overrides = dict(sets or {})
-    option_into_sets(overrides, "seed", seed)
-    option_into_sets(overrides, "epochs", epochs)
-    spec = FeatureSpec.of(ds)
-    rec = build(model, spec, overrides)
-    check_teacher_data(rec, ds, teacher)
-    package = model_package(model)
-    check_run_folder(Path(out), teacher)
-    if teacher is not None:
-        warn_if_not_a_teacher(teacher, data, ds)
-    timing = {}
-
-    def write(folder: Path) -> None:
-        trained_on = dataset_record(data)  # for the run's record and, when trained here, its teacher's
-        prepare_teacher(rec, ds, folder, teacher, progress)
-        trained = Path(folder) / "teacher"
-        if teacher is None and (trained / "config.json").is_file():  # trained now, into the run: its record
-            from bgmrec.models.deccm import teacher_config
-
-            write_json_atomic(trained / "run.json",
-                              {**teacher_made_from(trained_on), "teacher_config": repr(teacher_config(rec.config))})
-        t0 = time.perf_counter()
-        rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
-        timing["seconds"] = time.perf_counter() - t0
-        rec.save(folder)
-        write_json_atomic(folder / "run.json", {
-            **trained_on, "model": model,
-            "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
-            "argv": sys.argv[1:], **({"model_package": package} if package else {}),
-            **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
-
-    # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
-    # a run there before (never another kind of folder) is replaced with everything in it
-    atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
-    return load_model(out), timing["seconds"]
-
-
-TEACHERS = "teachers"  # the folder, beside the runs of a grid, a demo or a benchmark's world, of their teachers
-
-
-def check_teacher_data(model, ds, teacher: Path | None = None) -> None:
-    """Before any work, in the commands' options (the library names its own arguments when it finds out,
-    later): a ``teacher`` for a model that takes none is refused, and so is one trained with other settings
-    than DecCM's backbone (:func:`~bgmrec.models.deccm.teacher_scale_mismatch`), and a dataset without
-    professional videos when a teacher-guided ``model`` given no teacher would train one on them."""
-    from bgmrec.models.deccm import DecCM, load_teacher, professional_split, teacher_scale_mismatch
-    from bgmrec.models.registry import takes_teacher
-
-    guided = takes_teacher(type(model), model.config)
-    if teacher is not None and not guided:
-        raise ValueError(f"--teacher {teacher}: model {model.name!r} with this config takes no teacher")
-    if teacher is not None and isinstance(model, DecCM):
-        differ = teacher_scale_mismatch(load_teacher(teacher).config, model.config)
-        if differ:
-            raise ValueError(f"--teacher {teacher}: {differ}")
-    if teacher is None and guided and isinstance(model, DecCM) and professional_split(ds) is None:
-        raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
-                         "pass --teacher RUN_DIR or --set teacher=false (build-dataset --professional makes one)")
-
-
-def dataset_record(data: Path) -> dict:
-    """The dataset folder ``data`` as the records of runs, grids and figures name it: its resolved path and
-    its two fingerprints (splits, features; the second reads every feature byte, so take it once)."""
-    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
-
-    return {"data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
-            "features_fingerprint": features_fingerprint(data)}
-
-
-def teacher_made_from(data: dict) -> dict:
-    """What a teacher trained on the dataset of ``data`` (its :func:`dataset_record`) is made from, for its
-    ``run.json``: that record, the code and the commit; with ``teacher_config`` (its config's repr) added, the
-    record that marks a folder as a teacher trained on the professional videos."""
-    return {"model": "cmvae", **data, "code": code_fingerprint(), "commit": git_commit()}
-
-
-def warn_if_not_a_teacher(teacher: Path, data: Path, ds) -> None:
-    """Say on stderr when the ``--teacher`` folder is not a teacher of ``data``: a run ``bgmrec train`` made (a
-    CMVAE fitted to the uploads, whose choices carry the uploaders' taste, where a teacher matches the
-    professional videos by content), or a teacher trained on another dataset. A teacher trained inside a run
-    before teachers had a record of their own is checked by that run's record. Never an error."""
-    from bgmrec.models.base import read_run_record
-    from bgmrec.models.registry import resolve
-
-    record = read_run_record(teacher)
-    try:  # another model is refused as a teacher when it loads; a CMVAE would be taken
-        cmvae = resolve(str(record.get("model")))[0] == "cmvae"
-    except ValueError:
-        cmvae = False
-    if cmvae and "teacher_config" not in record:
-        from bgmrec.models.deccm import professional_split
-
-        has_professional = professional_split(ds) is not None  # ``ds``: the dataset at ``data``, loaded once
-        way = ("leave --teacher out to have one trained on this dataset's professional videos" if has_professional
-               else "this dataset has no professional videos to train one on")
-        print(f"warning: --teacher {teacher} was trained by `bgmrec train` on the split 'train' of its dataset, not "
-              f"as a teacher on professional videos: it is a teacher only if that dataset's videos are professional "
-              f"music videos, whose tracks were chosen by content; {way}", file=sys.stderr)
-    owner = Path(teacher).resolve().parent
-    if not record and Path(teacher).resolve().name == "teacher" and read_run_record(owner):
-        warn_if_trained_on_other_data(owner, data, what="the teacher's run")
-    else:
-        warn_if_trained_on_other_data(teacher, data, what="the teacher")
-
-
-class SharedTeachers:
-    """The frozen teachers of the teacher-guided models one command trains (``tune``'s points, the demo's and
-    ``bench quality``'s models): one per teacher config (:func:`~bgmrec.models.deccm.teacher_config`, the
-    backbone fields and the seed), in ``root/<the first model that needs it>``, apart from the models' run
-    folders, and given to every model of that config. So DecCM and its teacher-guided ablations are guided by
-    one teacher and differ only in what they ablate, and it is trained once, not once per model.
-
-    Each teacher's ``run.json`` records what made it: its config, the dataset's two fingerprints (splits and
-    features) and the code (:func:`code_fingerprint`). A teacher in ``root`` with the same record (a command
-    run again, or ``tune --resume``), under any folder name, is loaded, so the runs that already refer to it
-    keep it; otherwise one is trained and replaces ``root/<name>``, so a teacher of another world, features,
-    config or code, or one that does not load, is never taken.
-    """
-
-    def __init__(self, root: Path, ds, console: Console) -> None:
-        if ds.root is None:
-            raise ValueError("SharedTeachers needs a dataset loaded from its folder (load_dataset): a teacher's "
-                             "record holds the folder's fingerprints")
-        self.root = Path(root)  # where the teachers are written, one folder each
-        self.ds = ds  # the dataset (loaded from its folder) whose professional videos they are trained on
-        self.console = console  # says when a teacher is trained or reused
-        self.folders: dict[str, Path] = {}  # teacher config (its repr) -> its folder
-        self._made: dict | None = None  # the dataset's fingerprints and the code, once a teacher needs them
-
-    def for_model(self, model: str, sets: dict, name: str | None = None) -> Path | None:
-        """The teacher folder for the model ``model`` with the config fields ``sets`` (as
-        :func:`train_model` gets them), or None for a model that takes no teacher; ``name``: the run's
-        name, which names the folder when the teacher is trained for it (default: ``model``)."""
-        from bgmrec.models.base import FeatureSpec
-        from bgmrec.models.registry import build
-
-        return self.folder(build(model, FeatureSpec.of(self.ds), dict(sets)), name or model)
-
-    def folder(self, student, name: str) -> Path | None:
-        """The teacher folder for the built (untrained) model ``student``, when no model before needed a
-        teacher of its config: a folder of ``root`` holding one with the same record (``root/name`` looked at
-        first), else ``root/name`` with one trained now; None when it takes no teacher."""
-        from bgmrec.data.dataset import atomic_write_dir, is_leftover, write_json_atomic
-        from bgmrec.models.deccm import teacher_config, train_teacher
-        from bgmrec.models.registry import takes_teacher
-
-        if not takes_teacher(type(student), student.config):
-            return None
-        key = repr(teacher_config(student.config))
-        if key in self.folders:
-            return self.folders[key]
-        check_teacher_data(student, self.ds)
-        folder = self.root / name
-        if folder in self.folders.values():
-            raise ValueError(f"{folder}: already holds the teacher of another config; name each run apart")
-        if self._made is None:  # what every teacher here is made from: read once, not per teacher config
-            self._made = teacher_made_from(dataset_record(self.ds.root))
-        made = {**self._made, "teacher_config": key}
-        taken = set(self.folders.values())
-        others = sorted(p for p in self.root.glob("*")
-                        if p.is_dir() and not is_leftover(p) and p != folder and p not in taken)
-        found = next((p for p in [folder, *others] if self._reusable(p, made)), None)
-        if found is not None:  # also under another name: another first model, or a --models list reordered
-            folder = found
-            self.console.print(f"    teacher {folder.name}: trained before on this data by this code, reused")
-        else:
-            self.console.print(f"    teacher {folder.name}: training on the professional videos")
-
-            def write(tmp: Path) -> None:
-                train_teacher(student, self.ds, tmp, progress=self.console.is_terminal)
-                write_json_atomic(tmp / "run.json", made)
-
-            atomic_write_dir(folder, write, marker="config.json", version_key="bgmrec_version", what="a model run")
-        self.folders[key] = folder
-        return folder
-
-    def _reusable(self, folder: Path, made: dict) -> bool:
-        """True when ``folder`` holds a teacher whose record is ``made``'s (config, fingerprints, code) and
-        that loads; a damaged one (a truncated weights file) is said and not reused."""
-        from bgmrec.data.dataset import DatasetError, read_json
-        from bgmrec.models.deccm import load_teacher
-
-        try:
-            found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
-        except DatasetError:  # none, or damaged
-            return False
-        if not all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "features_fingerprint",
-                                                     "code")):
-            return False
-        try:
-            load_teacher(folder)
-        except (DatasetError, ValueError) as e:
-            self.console.print(f"    teacher {folder.name}: unreadable ({e})")
-            return False
-        return True
-
-
-RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher",  # a run's own
-                         ".DS_Store", "Thumbs.db", "desktop.ini"})  # and what file browsers leave
-
-def check_run_folder(out: Path, teacher: Path | None = None) -> None:
-    """Before training into ``out``, which is then replaced whole: refuse a ``teacher`` inside it (or
-    holding it), and a run folder holding anything but a run's own files (another run, a result file),
-    which replacing it would delete. What :func:`~bgmrec.data.dataset.atomic_write_dir` refuses (a folder
-    of another kind) it refuses later, before any work too."""
-    from bgmrec.data.dataset import is_leftover
-
-    replaced = out.resolve()
-    if teacher is not None:
-        where = Path(teacher).resolve()
-        if where == replaced or replaced in where.parents or where in replaced.parents:
-            raise ValueError(f"--teacher {teacher} and --out {out} are one inside the other; training replaces "
-                             "--out whole: train into a folder apart from the teacher's")
-    if (out / "config.json").is_file():
-        extra = sorted(p.name for p in out.iterdir()
-                       if p.name not in RUN_ENTRIES and not is_leftover(p))
-        if extra:
-            raise ValueError(f"--out {out}: holds {', '.join(extra[:3])}{' and more' if len(extra) > 3 else ''} "
-                             "besides a run's own files, and training replaces the folder whole: move them out "
-                             "or train into another folder")
-
-
-def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None) -> None:
-    """Say on stderr when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
-    training dataset than ``data``: its figures there measure a transfer, and a test split of ``data`` may
-    hold its training videos (``what`` names the run in the message); or the same dataset with other
-    features (extracted again since). Silent for runs without that record; never an error."""
-    from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint
-    from bgmrec.models.base import read_run_record
-
-    info = read_run_record(run)
-    try:
-        other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
-        trained_on = info.get("features_fingerprint")  # hashed only when there is one to compare with
-        refeatured = not other and trained_on is not None and trained_on != features_fingerprint(data)
-    except (DatasetError, OSError):  # a damaged dataset: nothing to say here
-        return
-    name = f"{what + ' ' if what else ''}{run}"
-    if other:
-        print(f"warning: {name} was trained on another dataset ({info.get('data')}) than {data}", file=sys.stderr)
-    elif refeatured:
-        print(f"warning: {name} was trained on other features of this dataset than {data} holds now (extracted "
-              "again since?)", file=sys.stderr)
-
-
-def run_label(run: Path, rec) -> str:
-    """The name ``run`` was trained as (an ablation such as ``cmvae-noprior`` is saved as its base
-    model), else the saved model's name."""
-    from bgmrec.models.base import read_run_record
-
-    name = read_run_record(run).get("model")
-    return name if isinstance(name, str) and name else rec.name
-
-
-def provenance(data: Path, runs: dict[str, Path]) -> dict:
-    """What a figure was computed from, for its JSON: the dataset (folder and fingerprints), each run
-    (folder, what its ``run.json`` says of its training, and ``model_package``: the code of its model of
-    another package as it computed the figure, None for bgmrec's own) and the bgmrec that computed it.
-
-    A run saved by the library alone (no ``run.json``) has in ``trained`` the ``model_package`` its
-    ``config.json`` recorded."""
-    import bgmrec
-    from bgmrec.data.dataset import read_json
-    from bgmrec.models.base import read_run_record, recorded_model_package
-
-    keep = ("model", "data", "data_fingerprint", "features_fingerprint", "commit", "argv", "model_package")
-
-    def trained(run: Path) -> dict:
-        made, _ = recorded_model_package(run)
-        return {**{k: v for k, v in read_run_record(run).items() if k in keep},
-                **({"model_package": made} if made is not None else {})}
-
-    return {**dataset_record(data),
-            "runs": {role: {"folder": str(Path(run).resolve()), "trained": trained(run),
-                            "model_package": model_package(read_json(Path(run) / "config.json")["model"])}
-                     for role, run in runs.items()},
-            "bgmrec_version": bgmrec.__version__, "commit": git_commit()}
-
-
-def epochs_if_trained_in_epochs(model: str, epochs: int | None, sets: dict) -> int | None:
-    """The ``--epochs`` option for ``model``: None, with a warning on stderr, for a model not trained in epochs
-    (its config has no ``epochs`` field: popularity, cca, random), whose training it would not change. With a
-    ``--set epochs=N`` too (``sets``) it is kept: the config field named outright is checked as given."""
-    from dataclasses import fields
-
-    from bgmrec.features.recommend import warn_on_stderr
-    from bgmrec.models.registry import model_class
-
-    if epochs is None or "epochs" in sets or "epochs" in {f.name for f in fields(model_class(model).config_class)}:
-        return epochs
-    warn_on_stderr(f"--epochs {epochs}: {model} is not trained in epochs (its config has no field 'epochs'); "
-                   "ignored")
-    return None
-
-
 @app.command()
 def train(
     data: Path = typer.Option(..., help="dataset folder"),
@@ -487,8 +104,8 @@ def train(
 ) -> None:
     """Train a model on the dataset's train split (early stopping on val) and save it."""
     sets = parse_sets(set_)
-    rec, seconds = train_model(data, model, out, epochs_if_trained_in_epochs(model, epochs, sets), seed, sets,
-                               teacher)
+    epochs = runs.epochs_if_trained_in_epochs(model, epochs, sets)
+    rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher)
     best = max((h["val_recall@10"] for h in rec.history if "val_recall@10" in h), default=None)  # none: no val
     console.print(f"saved {model} to {out} ({seconds:.1f} s, {len(rec.history)} epochs"
                   + (f", best val Recall@10 {best:.3f})" if best is not None else ")"))
@@ -545,14 +162,14 @@ def evaluate(
     rec = load_model(run)
     if mode is not None:
         rec.set_inference_mode(mode)
-    result = {"label": run_label(run, rec), **run_eval(rec, ds, split)}
-    warn_if_trained_on_other_data(run, data)  # once the figures exist: an error says nothing more
-    warn_if_model_code_changed(run, rec)
+    result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split)}
+    runs.warn_if_trained_on_other_data(run, data)  # once the figures exist: an error says nothing more
+    runs.warn_if_model_code_changed(run, rec)
     note_if_training_split(ds, split)
     for t in rich_tables([result]):
         console.print(t)
     if json_out is not None:
-        write_json_atomic(json_out, {**result, "provenance": provenance(data, {"run": run})})
+        write_json_atomic(json_out, {**result, "provenance": runs.provenance(data, {"run": run})})
         console.print(f"wrote {json_out}")
 
 
@@ -602,10 +219,10 @@ def compare(
         models.append(rec)
     c = paired(*models, ds, split, metric, resamples, level)
     for folder, rec in dict(zip((baseline, run), models, strict=True)).items():  # a run compared with itself: once
-        warn_if_trained_on_other_data(folder, data)
-        warn_if_model_code_changed(folder, rec)
+        runs.warn_if_trained_on_other_data(folder, data)
+        runs.warn_if_model_code_changed(folder, rec)
     note_if_training_split(ds, split)
-    names = [label({"model": run_label(folder, rec), "inference_mode": rec.inference_mode})
+    names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
              for folder, rec in zip((baseline, run), models, strict=True)]
     t = Table(title=f"{split}: {c.n_queries} queries, full-catalogue {metric}, {level:.0%} intervals")
     for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
@@ -620,7 +237,7 @@ def compare(
         write_json_atomic(json_out, {"split": split, "baseline_run": str(baseline.resolve()),
                                      "candidate_run": str(run.resolve()), "baseline_model": names[0],
                                      "candidate_model": names[1], **c.to_json(),
-                                     "provenance": provenance(data, {"baseline": baseline, "candidate": run})})
+                                     "provenance": runs.provenance(data, {"baseline": baseline, "candidate": run})})
         console.print(f"wrote {json_out}")
 
 
@@ -669,8 +286,8 @@ def bench_speed(
     from bgmrec.data.dataset import write_json_atomic
 
     figures = run_speed(work, console)
-    figures["machine"] = machine()
-    figures["commit"] = git_commit()
+    figures["machine"] = runs.machine()
+    figures["commit"] = runs.git_commit()
     if json_out is not None:
         write_json_atomic(json_out, figures)
 

@@ -180,7 +180,6 @@ def recommend_cmd(
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
     check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
-    from bgmrec.cli.core import warn_if_model_code_changed
     from bgmrec.features.recommend import (
         ClipFeatures,
         FeatureMismatchWarning,
@@ -189,6 +188,7 @@ def recommend_cmd(
         recommend_clip,
     )
     from bgmrec.models.base import load_model
+    from bgmrec.runs import warn_if_model_code_changed
 
     model = load_model(run)
     warn_if_model_code_changed(run, model)

@@ -63,9 +63,9 @@ def serve_cmd(
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
     import torch
 
-    from bgmrec.cli.core import warn_if_model_code_changed
     from bgmrec.features.recommend import ClipRecommender, open_catalog, warn_on_stderr
     from bgmrec.models.base import load_model
+    from bgmrec.runs import warn_if_model_code_changed
 
     # one process serves (uvicorn.run with the app object: no worker processes), each request in a thread of its
     # pool: set here for the loading, and by the recommender in each request's thread (it holds per thread)

@@ -1,0 +1,54 @@
+"""``bgmrec.runs``: training into a run folder from Python, and the layering of library and application."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import bgmrec
+from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
+from bgmrec.runs import train_model, warn_if_trained_on_other_data
+
+PACKAGE = Path(bgmrec.__file__).resolve().parent
+APPLICATION = {PACKAGE / "cli", PACKAGE / "__main__.py"}  # the command line: what no library module may import
+
+
+def imported_modules(source: Path) -> set[str]:
+    """Every module an ``import`` or ``from ... import`` of ``source`` names, at any depth (lazy imports too)."""
+    names = set()
+    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_no_library_module_imports_the_command_line():
+    library = [p for p in PACKAGE.rglob("*.py") if not any(p == a or a in p.parents for a in APPLICATION)]
+    assert PACKAGE / "runs.py" in library and PACKAGE / "bench.py" in library
+    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in imported_modules(p)
+                                                     if m == "bgmrec.cli" or m.startswith(("bgmrec.cli.", "typer")))
+                 for p in library}
+    assert {p: m for p, m in offenders.items() if m} == {}
+
+
+def test_imported_modules_finds_lazy_imports(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from bgmrec.cli.core import train\n    import typer\n")
+    assert {"bgmrec.cli.core", "bgmrec.cli.core.train", "typer"} <= imported_modules(source)
+
+
+def test_train_model_from_python_writes_the_run_and_its_record(tiny_dir, tmp_path, capsys):
+    run = tmp_path / "runs" / "popularity"
+    model, seconds = train_model(str(tiny_dir), "popularity", str(run), progress=False)  # paths as strings
+    assert model.name == "popularity" and seconds >= 0
+    assert {"config.json", "run.json"} <= {p.name for p in run.iterdir()}
+    record = json.loads((run / "run.json").read_text())
+    assert record["model"] == "popularity"
+    assert record["data"] == str(Path(tiny_dir).resolve())
+    assert record["data_fingerprint"] == dataset_fingerprint(tiny_dir)
+    assert record["features_fingerprint"] == features_fingerprint(tiny_dir)
+    warn_if_trained_on_other_data(run, tiny_dir)  # its own dataset: nothing to say
+    assert capsys.readouterr().err == ""
