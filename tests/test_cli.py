@@ -520,7 +520,7 @@ SMALL_CMVAE = {"epochs": "1", "hidden": "16", "latent_dim": "4", "batch_size": "
 SMALL_DECCM = {**SMALL_CMVAE, "prior_samples": "64"}
 
 
-def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, tmp_path, monkeypatch):
+def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, tmp_path, monkeypatch, capsys):
     from bgmrec.models.deccm import DecCM
     from bgmrec.runs import train_model
 
@@ -544,10 +544,25 @@ def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, t
     def stopped(self, *args, **kwargs):
         raise KeyboardInterrupt  # stopped after the teacher was trained, while the student trains
 
+    real_fit = DecCM.fit
     monkeypatch.setattr(DecCM, "fit", stopped)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets=SMALL_DECCM, progress=False)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["deccm", "teacher"]  # nothing half-made
+    capsys.readouterr()
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets=SMALL_DECCM, progress=False)
+    # nothing half-made: no run, but each finished teacher kept beside it, under a name of its own
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["deccm", "new.teacher", "new.teacher-2",
+                                                                     "teacher"]
+    kept = tmp_path / "runs" / "new.teacher"
+    assert f"the teacher trained for it is kept at {kept}" in capsys.readouterr().err
+    monkeypatch.setattr(DecCM, "fit", real_fit)
+    rec, _ = train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets=SMALL_DECCM, teacher=kept,
+                         progress=False)
+    assert rec.teacher_dir == str(kept.resolve()) and not (tmp_path / "runs" / "new" / "teacher").exists()
+    with pytest.raises(KeyboardInterrupt):  # with a teacher given, nothing is trained for it: nothing kept
+        monkeypatch.setattr(DecCM, "fit", stopped)
+        train_model(cli_world, "deccm", tmp_path / "runs" / "other", sets=SMALL_DECCM, teacher=kept, progress=False)
+    assert not list((tmp_path / "runs").glob("other*"))
 
 
 def test_train_refuses_a_folder_that_is_not_a_run(cli_world, tmp_path, capsys):

@@ -127,7 +127,12 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
             write_json_atomic(trained / "run.json",
                               {**teacher_made_from(trained_on), "teacher_config": repr(teacher_config(rec.config))})
         t0 = time.perf_counter()
-        rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
+        try:
+            rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
+        except BaseException:  # stopped or failed: the run is discarded whole, a teacher trained for it is not
+            if teacher is None and (trained / "run.json").is_file():
+                keep_trained_teacher(trained, Path(out))
+            raise
         timing["seconds"] = time.perf_counter() - t0
         rec.save(folder)
         write_json_atomic(folder / "run.json", {
@@ -140,6 +145,20 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     # a run there before (never another kind of folder) is replaced with everything in it
     atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
     return load_model(out), timing["seconds"]
+
+
+def keep_trained_teacher(trained: Path, out: Path) -> Path:
+    """Move the teacher ``trained`` for the run ``out``, whose student then stopped or failed, beside ``out``
+    as ``OUT.teacher`` (``OUT.teacher-2``, ... when taken), and say on stderr how to reuse it: the run is
+    discarded whole, but a finished teacher (minutes of training at scale) is worth keeping."""
+    kept, n = out.with_name(f"{out.name}.teacher"), 1
+    while kept.exists():
+        n += 1
+        kept = out.with_name(f"{out.name}.teacher-{n}")
+    trained.rename(kept)
+    print(f"note: {out} was not written (its student did not finish); the teacher trained for it is kept at {kept}: "
+          f"`bgmrec train ... --teacher {kept}` reuses it", file=sys.stderr)
+    return kept
 
 
 TEACHERS = "teachers"  # the folder, beside the runs of a grid, a demo or a benchmark's world, of their teachers
