@@ -251,19 +251,16 @@ def test_median_rank_matches_scipy():
 @pytest.mark.parametrize("ranks", [np.zeros(0, np.int64), np.array([1, 0, 3]), np.array([[1, 2]])],
                          ids=["empty", "rank0", "2d"])
 def test_bad_ranks_raise(fn, ranks):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ranks must be a non-empty 1-d array|ranks are 1-based"):
         fn(ranks)
 
 
 @pytest.mark.parametrize("w", [np.array([1.0, -0.5, 1.0, 1.0]), np.zeros(4), np.ones(3)],
                          ids=["negative", "all-zero", "wrong-length"])
 def test_bad_weights_raise(w):
-    with pytest.raises(ValueError):
-        M.recall_at_k(RANKS, 10, w)
-    with pytest.raises(ValueError):
-        M.ndcg_at_k(RANKS, 10, w)
-    with pytest.raises(ValueError):
-        M.mrr(RANKS, w)
+    for compute in (lambda: M.recall_at_k(RANKS, 10, w), lambda: M.ndcg_at_k(RANKS, 10, w), lambda: M.mrr(RANKS, w)):
+        with pytest.raises(ValueError, match="weights must be finite and non-negative, one per rank"):
+            compute()
 
 
 # ---- properties -----------------------------------------------------------------------------------

@@ -19,7 +19,14 @@ from bgmrec.data.simulate import save_world, simulate, world_config
 from bgmrec.eval.protocol import evaluate
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery, load_model
 from bgmrec.models.cmvae import CMVAE
-from bgmrec.models.deccm import DecCM, TeacherMixture, content_log_share, negative_binomial_shape, teacher_config
+from bgmrec.models.deccm import (
+    DecCM,
+    TeacherMixture,
+    content_log_share,
+    negative_binomial_shape,
+    professional_split,
+    teacher_config,
+)
 from bgmrec.models.registry import build, prepare_teacher
 from bgmrec.train import FeatureTensors
 
@@ -55,17 +62,20 @@ def test_adjustment_changes_the_order_of_tracks(tiny_ds):
     assert (_order(model, tiny_ds, videos, likes_first) != _order(model, tiny_ds, videos, likes_last)).any()
 
 
-def test_a_constant_added_to_every_track_cannot_change_rankings(tiny_ds):
-    """The public code's defect: one vector added to all music embeddings shifts each query's scores
-    by a constant. Our offsets differ by genre, so they do change rankings (test above)."""
+def test_the_adjustment_is_a_genre_offset_not_a_constant_per_query(tiny_ds):
+    """The public code's defect: one vector added to every music embedding shifts all of a query's scores by the
+    same amount, which cannot change any ranking. Ours, backdoor minus content, is one offset per genre of the
+    track (h(v, g)): the same for a query's tracks of one genre, different across genres."""
     model = _with_taste(tiny_ds)
-    q = VideoQuery.from_dataset(tiny_ds, np.arange(10))
-    v = model.encode_videos(q).astype(np.float64)
-    m = model.encode_music(MusicCatalog.from_dataset(tiny_ds)).astype(np.float64)
-    shifted = m + np.random.default_rng(0).normal(size=(1, m.shape[1]))
-    shift = v @ shifted.T - v @ m.T
-    assert np.ptp(shift, axis=1).max() < 1e-9  # the same amount for every track of a query
-    assert np.array_equal(np.argsort(-(v @ m.T), 1, kind="stable"), np.argsort(-(v @ shifted.T), 1, kind="stable"))
+    q, cat = VideoQuery.from_dataset(tiny_ds, np.arange(10)), MusicCatalog.from_dataset(tiny_ds)
+    model.set_inference_mode("content")
+    content = model.score(q, cat).astype(np.float64)
+    model.set_inference_mode("backdoor")
+    shift = model.score(q, cat).astype(np.float64) - content
+    genre = np.asarray(tiny_ds.track_genre)
+    by_genre = np.stack([shift[:, genre == g].mean(1) for g in range(tiny_ds.n_genres)], 1)  # [10, G]
+    np.testing.assert_allclose(shift, by_genre[:, genre], atol=1e-4)  # one value per (query, genre)
+    assert (np.ptp(by_genre, axis=1) > 0.05).all()  # and not one per query
 
 
 def test_backdoor_score_is_the_monte_carlo_marginal(tiny_ds):
@@ -129,6 +139,72 @@ def test_no_adjustment_ablation_offers_content_mode_only(tiny_ds):
     assert model.inference_mode == "content"
     with pytest.raises(ValueError, match="content"):
         model.set_inference_mode("backdoor")
+
+
+def _cross_entropy(logits: np.ndarray, keep: np.ndarray, target: int) -> float:
+    """Cross-entropy of ``target`` over the entries of ``logits`` that ``keep`` leaves in (float64)."""
+    row = logits[keep]
+    return float(np.log(np.exp(row - row.max()).sum()) + row.max() - logits[target])
+
+
+def test_training_loss_adds_the_taste_path_and_the_teacher_kl_by_hand(tiny_ds):
+    """match_weight * InfoNCE on sim / tau + t(c_i)[g_j], t(c) = W log c + b, plus the CMVAE terms, plus
+    alpha * (KL(q_student || q_teacher) of the video and of the music posterior) / latent_dim, the KL and the
+    matching term recomputed here from their definitions in float64 (the CMVAE terms are checked by hand in
+    test_cmvae.py)."""
+    import dataclasses
+
+    spec = FeatureSpec.of(tiny_ds)
+    student = build("deccm", spec, {"hidden": "16", "latent_dim": 4, "dropout": 0.0, "prior_samples": 16,
+                                    "temperature": 0.25, "alpha": 0.3, "match_weight": 0.7, "kl_weight": 0.2,
+                                    "recon_weight": 0.4, "kl_anneal_epochs": 1.0})
+    teacher = CMVAE(dataclasses.replace(teacher_config(student.config), seed=7), spec)  # other weights
+    student.set_teacher(teacher, None)
+    with torch.no_grad():  # a taste path with every weight in play
+        generator = torch.Generator().manual_seed(3)
+        student.module.taste.weight.copy_(torch.randn(g := len(spec.genres), g, generator=generator))
+        student.module.taste.bias.copy_(torch.randn(g, generator=generator))
+    student.module.eval()
+    train = np.asarray(tiny_ds.splits["train"])
+    _, first = np.unique(train[:, 1], return_index=True)
+    rows = train[np.sort(first)[:10]]
+    rows = np.vstack([rows, train[(train[:, 1] == rows[0, 1])][1:3]])  # rows 10, 11 share row 0's track
+    assert len(rows) == 12 and (rows[10:, 1] == rows[0, 1]).all()
+    feats = FeatureTensors(tiny_ds)
+    student.prepare(feats, train)
+    batch = feats.batch(rows)
+    with torch.no_grad():
+        loss, logs = student.training_loss(batch, step=10, steps_per_epoch=10)  # past the KL warm-up
+        mu_v, lv_v = (x.double().numpy() for x in student.module.video_posterior(batch.visual, batch.text,
+                                                                                 batch.text_mask))
+        mu_m, lv_m = (x.double().numpy() for x in student.module.music_posterior(batch.music))
+        frozen = student.teacher.module
+        t_mu_v, t_lv_v = (x.double().numpy() for x in frozen.video_posterior(batch.visual, batch.text,
+                                                                             batch.text_mask))
+        t_mu_m, t_lv_m = (x.double().numpy() for x in frozen.music_posterior(batch.music))
+    w, b = (x.detach().double().numpy() for x in (student.module.taste.weight, student.module.taste.bias))
+    taste = np.log(batch.confounder.double().numpy() + 1e-6) @ w.T + b  # [B, G]: t(c_i)
+    genre = batch.genre.numpy()
+    logits = (mu_v @ mu_m.T) / 0.25 + taste[:, genre]  # [B, B]: row i's taste on column j's genre
+    track = rows[:, 1]
+    keep = [(track != track[i]) | (np.arange(len(rows)) == i) for i in range(len(rows))]
+
+    def info_nce(lg):
+        return 0.5 * (np.mean([_cross_entropy(lg[i], keep[i], i) for i in range(len(rows))])
+                      + np.mean([_cross_entropy(lg[:, j], keep[j], j) for j in range(len(rows))]))
+
+    match = info_nce(logits)
+    assert abs(match - info_nce((mu_v @ mu_m.T) / 0.25)) > 0.05  # the taste term weighs in this batch
+
+    def kl(mu_q, lv_q, mu_p, lv_p):  # KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)), summed over dimensions
+        return 0.5 * (lv_p - lv_q + (np.exp(lv_q) + (mu_q - mu_p) ** 2) / np.exp(lv_p) - 1.0).sum(1)
+
+    distil = ((kl(mu_v, lv_v, t_mu_v, t_lv_v) + kl(mu_m, lv_m, t_mu_m, t_lv_m)).mean() / 4)
+    assert distil > 0.01  # the teacher differs from the student
+    assert logs["match"] == pytest.approx(match, rel=1e-4)
+    assert logs["teacher_kl"] == pytest.approx(distil, rel=1e-4)
+    assert loss.item() == pytest.approx(0.7 * match + 0.2 * logs["kl"] + 0.4 * logs["recon"] + 0.3 * distil,
+                                        rel=1e-4)
 
 
 def test_teacher_is_frozen_in_eval_mode_and_not_saved(tiny_dir, tmp_path):
@@ -443,8 +519,11 @@ def test_content_mode_ranks_with_the_content_share(tiny_dir, tmp_path):
     uploads = model.encode_music(cat)[:, -1]
     model.set_inference_mode("content")
     content = model.encode_music(cat)[:, -1]
-    expected = content_log_share(uploads[known], model.professional_counts[known], ds.track_genre[known],
-                                 ds.n_genres)
+    professional = np.asarray(ds.splits[professional_split(ds)])
+    assert professional_split(ds) != "train" and len(professional)
+    counts = np.bincount(professional[:, 1], minlength=ds.n_tracks)  # the professional videos' choices
+    assert np.array_equal(model.professional_counts, counts)
+    expected = content_log_share(uploads[known], counts[known], ds.track_genre[known], ds.n_genres)
     assert np.allclose(content[known], expected, atol=1e-5)
     assert not np.allclose(content - content.mean(), uploads - uploads.mean(), atol=1e-2)  # not a constant shift
     assert np.isfinite(content).all()  # new music: predicted from its embedding and genre
@@ -581,9 +660,12 @@ def _fit_pair(folder, gamma: float):
 def test_deconfounding_lowers_genre_exposure_gap_under_strong_confounding(tmp_path):
     ds, cmvae, deccm = _fit_pair(tmp_path / "strong", gamma=2.5)
     deccm.set_inference_mode("content")
-    tvd_cmvae = evaluate(cmvae, ds, "test_unbiased")["bias"]["exposure_tvd@10"]
-    tvd_deccm = evaluate(deccm, ds, "test_unbiased")["bias"]["exposure_tvd@10"]
-    assert tvd_deccm < tvd_cmvae, (tvd_deccm, tvd_cmvae)
+    plain, deconfounded = evaluate(cmvae, ds, "test_unbiased"), evaluate(deccm, ds, "test_unbiased")
+    tvd_cmvae, tvd_deccm = plain["bias"]["exposure_tvd@10"], deconfounded["bias"]["exposure_tvd@10"]
+    assert tvd_deccm < 0.9 * tvd_cmvae, (tvd_deccm, tvd_cmvae)  # measured 0.102 against 0.127
+    # by ranking by content, not by spreading its lists over genres at the cost of the right track
+    r_plain, r_dec = plain["full"]["recall@10"], deconfounded["full"]["recall@10"]
+    assert r_dec >= r_plain - 0.03, (r_dec, r_plain)
     # the taste path learned that uploaders pick their favourite genres: a taste concentrated on genre g
     # raises g above every other genre (t is identified only up to a constant per row, so compare within c)
     g = ds.n_genres

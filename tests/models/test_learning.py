@@ -12,8 +12,11 @@ from bgmrec.models.base import SplitView, load_model
 from bgmrec.models.registry import build
 from bgmrec.train import validation_scores
 
-# Full-catalogue Recall@10 on test of the tiny world (seed 0, 170 candidate tracks, 184 queries) when
-# these tests were written: random 0.03, popularity 0.46, CCA 0.52, twotower-infonce 0.64, cmvae 0.63.
+# Full-catalogue Recall@10 on test of the tiny world (seed 0, 170 candidate tracks, 184 queries), measured
+# 2026-11-23: random 0.03, popularity 0.46, CCA 0.52, twotower-hinge (4 epochs) 0.62, cmvae with hinge matching
+# 0.70, twotower-infonce (4 epochs) 0.80, cmvae 0.82, the oracle 0.92. The bars sit between popularity, which
+# knows no content, and what each model reached: a model whose content side learned nothing scores as
+# popularity (its track prior), so "beats random" alone would not show that it learned.
 
 
 def _fit(ds, name, overrides=None):
@@ -32,7 +35,7 @@ def _r10(model, ds, split="test") -> float:
 
 @pytest.fixture(scope="module")
 def baselines(tiny_ds):
-    return {name: _r10(_fit(tiny_ds, name), tiny_ds) for name in ("random", "popularity")}
+    return {name: _r10(_fit(tiny_ds, name), tiny_ds) for name in ("random", "popularity", "oracle")}
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +47,31 @@ def cmvae(tiny_ds):
 def test_cmvae_beats_random_and_popularity(tiny_ds, cmvae, baselines):
     r = _r10(cmvae, tiny_ds)
     assert r >= baselines["random"] + 0.4
-    assert r >= baselines["popularity"] + 0.1
+    assert r >= baselines["popularity"] + 0.25
+    assert r >= 0.8 * baselines["oracle"]
     # strong generalisation: ranking held-out tracks it never saw in training, far above chance (10/30)
     assert _r10(cmvae, tiny_ds, "test_new_music") >= _r10(_fit(tiny_ds, "random"), tiny_ds, "test_new_music") + 0.3
 
 
-def test_twotower_infonce_beats_random(tiny_ds, baselines):
+def test_twotower_infonce_learns_content(tiny_ds, baselines):
     r = _r10(_fit(tiny_ds, "twotower-infonce", {"epochs": 4}), tiny_ds)
-    assert r >= baselines["random"] + 0.4
+    assert r >= baselines["popularity"] + 0.25
+    assert r >= 0.8 * baselines["oracle"]
 
 
-def test_cca_beats_random(tiny_ds, baselines):
-    assert _r10(_fit(tiny_ds, "cca"), tiny_ds) >= baselines["random"] + 0.3
+@pytest.mark.parametrize("name, overrides", [
+    ("twotower-hinge", {"epochs": 4}),
+    ("cmvae", {"epochs": 6, "patience": 2, "matching": "hinge", "track_prior": False}),
+])
+def test_hinge_matching_learns_content(tiny_ds, baselines, name, overrides):
+    """Ranked by similarity alone (no track prior), so every point above popularity is content matched."""
+    assert _r10(_fit(tiny_ds, name, overrides), tiny_ds) >= baselines["popularity"] + 0.1
+
+
+def test_cca_learns_content(tiny_ds):
+    # on test_unbiased, chosen by content alone, popularity knows least (0.41; CCA 0.56)
+    unbiased = _r10(_fit(tiny_ds, "popularity"), tiny_ds, "test_unbiased")
+    assert _r10(_fit(tiny_ds, "cca"), tiny_ds, "test_unbiased") >= unbiased + 0.1
 
 
 def test_history_has_validation_recall(cmvae):
