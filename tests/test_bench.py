@@ -413,3 +413,29 @@ def test_resume_keeps_the_one_teacher_deccm_and_its_ablation_share(tmp_path, mon
     assert len(trained) == 1
     assert [p.name for p in (work / "tiny-seed0" / "teachers").iterdir()] == ["deccm"]
     assert load_model(runs / "deccm").teacher_dir == load_model(runs / "deccm-noadjust").teacher_dir
+
+
+def test_aggregate_gives_the_mean_and_population_std_over_seeds_and_markdown_the_oracle_ratio():
+    from bgmrec.bench import aggregate, markdown
+
+    def result(model, r10, ndcg=None, mode=None):
+        full = {"recall@10": r10, **({"ndcg@10": ndcg} if ndcg is not None else {})}
+        return {"model": model, "split": "test", "full": full, **({"inference_mode": mode} if mode else {})}
+
+    seeds = [result("cmvae", 0.2, 0.1), result("cmvae", 0.4, 0.3), result("cmvae", 0.9, 0.5),
+             result("oracle", 0.9), result("oracle", 1.0), result("oracle", 0.8),
+             result("deccm", 0.45, mode="content"), {**result("cmvae", 0.7), "split": "val"}]
+    agg = aggregate(seeds)
+    mean, std, n = agg[("cmvae", "test")]["R@10"]
+    # by hand: mean (0.2 + 0.4 + 0.9) / 3 = 0.5; population variance (0.09 + 0.01 + 0.16) / 3 = 0.08667
+    assert (mean, n) == (pytest.approx(0.5), 3) and std == pytest.approx(0.294392, abs=1e-6)
+    assert agg[("cmvae", "test")]["NDCG@10"] == (pytest.approx(0.3), pytest.approx(np.sqrt(0.08 / 3)), 3)
+    assert agg[("cmvae", "val")]["R@10"] == (0.7, 0.0, 1) and "NDCG@10" not in agg[("oracle", "test")]
+    table = markdown(agg, "test").splitlines()
+    cmvae = next(line for line in table if line.startswith("| cmvae |"))
+    cells = [c.strip() for c in cmvae.strip("|").split("|")]
+    assert cells[1:3] == ["0.500 ± 0.294", "0.300 ± 0.163"] and cells[-1] == "0.56"  # 0.5 / 0.9
+    deccm = next(line for line in table if line.startswith("| deccm [content] |"))
+    assert [c.strip() for c in deccm.strip("|").split("|")][1:3] == ["0.450", "-"]  # one seed: no ±
+    assert [c.strip() for c in deccm.strip("|").split("|")][-1] == "0.50"
+    assert not any("0.700" in line for line in table)  # another split's rows stay out

@@ -33,6 +33,24 @@ def test_exact_matches_brute_force(data):
     assert len(ExactIndex(items)) == 2000
 
 
+def test_exact_search_orders_equal_scores_by_item_position():
+    """Ties (a popularity model's, duplicate tracks, zero rows) come in increasing item position, in every
+    chunk and with exclusions: small integer features, whose scores are exact in float32."""
+    rng = np.random.default_rng(1)
+    items = rng.integers(0, 3, size=(300, 4)).astype(np.float32)
+    queries = rng.integers(-1, 3, size=(40, 4)).astype(np.float32)
+    queries[0] = 0.0  # every item ties
+    for k in (1, 5, 25):
+        ids, scores = ExactIndex(items, chunk=7).search(queries, k)
+        want_ids, want_scores = _brute(items, queries, k)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(scores, want_scores)
+    np.testing.assert_array_equal(ids[0], np.arange(25))
+    mask = rng.random((40, 300)) < 0.3
+    ids, _ = ExactIndex(items, chunk=7).search_masked(queries, 10, mask)
+    np.testing.assert_array_equal(ids, _brute(items, queries, 10, mask)[0])
+
+
 def test_exact_k_larger_than_catalogue():
     items = np.eye(3, dtype=np.float32)
     ids, scores = ExactIndex(items).search(np.array([[0.1, 0.3, 0.2]], np.float32), 10)

@@ -69,6 +69,31 @@ def test_valid_folder_imports_and_loads(tmp_path):
     assert ds.splits["pgc"][:, 0].min() >= 60
 
 
+def test_track_genres_are_the_majority_vote_of_the_training_rows(tmp_path):
+    """A track labelled 2, 2, 5 gets 2; one labelled 4, 1 (a tie) keeps the lower id, 1; tracks never in train
+    get the genre most tracks seen in train have; the report counts the disagreements and the tie."""
+    src = build_reference(tmp_path / "ref")
+    path = src / "data_matching/train.npy"
+    train = np.load(path, allow_pickle=True)  # the fixture's own file
+    unused = np.setdiff1d(np.arange(150), train[:, 1].astype(np.int64))
+    voted, tied = int(unused[0]), int(unused[1])
+    for row, (track, genre) in enumerate([(voted, "2"), (voted, "5"), (voted, "2"), (tied, "4"), (tied, "1")]):
+        train[row, 1], train[row, 2] = track, genre
+    np.save(path, train, allow_pickle=True)
+    rep = import_tt150k(src, tmp_path / "ds")
+    ds = load_dataset(tmp_path / "ds")
+    assert ds.track_genre[voted] == 2 and ds.track_genre[tied] == 1
+    seen = np.zeros(150, bool)
+    seen[train[:, 1].astype(np.int64)] = True
+    majority = np.bincount(ds.track_genre[seen], minlength=6).argmax()
+    assert (ds.track_genre[~seen] == majority).all() and (~seen).sum() == rep.counts["tracks_never_in_train"]
+    counts = np.bincount(ds.track_genre[seen], minlength=6)
+    assert (counts == counts.max()).sum() == 1  # one most frequent genre: no tie to break there
+    note = next(n for n in rep.notes if n.startswith("track genres"))
+    assert "2 tracks had inconsistent genres (1 ties, lowest genre id kept)" in note
+    assert f"got the most frequent genre ({majority})" in note
+
+
 def test_flat_distribution_columns_give_the_same_dataset(tmp_path):
     a, _, _ = read_tt150k(build_reference(tmp_path / "a", nested=True))
     b, _, _ = read_tt150k(build_reference(tmp_path / "b", nested=False))

@@ -38,7 +38,8 @@ MAX_BLOCK = 2**24  # most scores (float32: 64 MB) one chunk of exact search hold
 
 
 class ExactIndex:
-    """Exact maximum-inner-product search: one matrix product per chunk of queries, then top-k.
+    """Exact maximum-inner-product search: one matrix product per chunk of queries, then top-k (equal
+    scores in increasing item position, so results are reproducible).
 
     A chunk holds at most ``chunk`` queries and :data:`MAX_BLOCK` scores (one query's at least), so the
     memory a search takes does not grow with the batch (a batch of 1,024 clips on a million tracks would
@@ -72,12 +73,29 @@ class ExactIndex:
             sc = torch.from_numpy(q[s:s + self.chunk]) @ self.items.T
             if mask is not None:
                 sc[torch.from_numpy(mask[s:s + self.chunk])] = -torch.inf
-            top = torch.topk(sc, k, dim=1)
-            ids[s:s + self.chunk] = top.indices.numpy()
-            scores[s:s + self.chunk] = top.values.numpy()
+            values, indices = _top_k_lowest_position_first(sc, k)
+            ids[s:s + self.chunk] = indices.numpy()
+            scores[s:s + self.chunk] = values.numpy()
         if mask is not None:  # past a query's own allowance: excluded items, given as -1
             ids[np.take_along_axis(mask, ids, 1)] = -1
         return ids, scores
+
+
+def _top_k_lowest_position_first(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``k`` best scores and their positions, best first, equal scores in increasing position.
+
+    ``torch.topk`` orders ties arbitrarily; a row whose k + 1 best scores hold a tie (within its top k, or
+    its k-th score shared with an item left out) is sorted whole with a stable sort instead: rare for
+    continuous scores, every row for a popularity model."""
+    values, indices = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)  # one more: a tie across the k-th
+    tied = (values[:, 1:] == values[:, :-1]).any(1)
+    values, indices = values[:, :k], indices[:, :k]
+    rows = torch.nonzero(tied).flatten()
+    if len(rows):
+        order = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices[:, :k]
+        indices[rows] = order
+        values[rows] = torch.gather(scores[rows], 1, order)
+    return values, indices
 
 
 class FaissIndex:

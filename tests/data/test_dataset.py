@@ -318,7 +318,7 @@ def test_failed_write_leaves_previous_dataset_unchanged(tiny_ds, tmp_path, monke
 
 def test_failed_first_write_leaves_nothing(tiny_ds, tmp_path, monkeypatch):
     _failing_save(monkeypatch)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         save_dataset(load_dataset(tiny_ds.root), tmp_path / "data")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []

@@ -85,6 +85,71 @@ def test_unbiased_split_has_the_test_videos(tiny_world):
     assert truth.processes["test"].gamma == truth.config.gamma
 
 
+@pytest.fixture(scope="module")
+def strong_world():
+    """A world whose taste (gamma 2) and popularity (delta 1) weigh enough to tell the processes apart."""
+    return simulate(world_config("tiny", n_videos=10_000, n_pgc_videos=1_500, gamma=2.0, delta=1.0))
+
+
+def _mean_log_likelihood(ds, truth, rows, process: str, taste: np.ndarray) -> float:
+    """Mean log P(chosen track | video) of ``rows`` under the choice process of split ``process`` (the
+    world's true logits), normalised over the existing tracks, the uploaders' tastes given as ``taste``."""
+    existing = np.flatnonzero(~np.asarray(ds.track_new))
+    logits = truth.logits(process, rows[:, 0], taste, ds.track_genre, existing)
+    logits = logits - logits.max(1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return float(log_p[np.arange(len(rows)), np.searchsorted(existing, rows[:, 1])].mean())
+
+
+@pytest.mark.parametrize("split", ["test", "test_unbiased", "pgc"])
+def test_each_split_s_choices_follow_its_own_process(strong_world, split):
+    """The choices themselves, not only the processes recorded in ``truth``: ``test`` is likelier under the
+    uploads' process (content, taste, popularity) than under choice by content alone; ``test_unbiased`` and
+    the professional videos the other way round, also against popularity alone (a flat taste) and, for the
+    professional videos, which have no uploader, against any one uploader's taste."""
+    ds, truth = strong_world
+    rows = ds.splits[split]
+    assert len(rows) > 900
+    pi = np.asarray(ds.uploader_pref)
+    taste = pi[np.maximum(rows[:, 2], 0)]
+    flat = np.full_like(taste, 1.0 / ds.n_genres)
+    content = _mean_log_likelihood(ds, truth, rows, "test_unbiased", taste)
+    uploads = _mean_log_likelihood(ds, truth, rows, "test", taste)
+    popularity = _mean_log_likelihood(ds, truth, rows, "test", flat)
+    if split == "test":
+        assert uploads > content + 0.5 and uploads > popularity + 0.2
+    else:
+        assert content > uploads + 0.5 and content > popularity + 0.2
+    if split == "pgc":
+        for uploader in (0, 1, 2):
+            one = np.repeat(pi[[uploader]], len(rows), axis=0)
+            assert content > _mean_log_likelihood(ds, truth, rows, "test", one) + 0.5
+
+
+def test_text_is_informative_unrelated_or_empty_in_the_configured_shares(strong_world):
+    ds, truth = strong_world
+    cfg, kind = truth.config, np.asarray(truth.video_text_kind)
+    n = len(kind)
+    mask, text = np.asarray(ds.video_text_mask), np.asarray(ds.video_text)
+    np.testing.assert_array_equal(mask, kind != 2)
+    assert not text[~mask].any() and np.abs(text[mask]).sum(1).min() > 0  # an empty caption is all zeros
+    for k, share in ((1, cfg.text_unrelated_share), (2, cfg.text_empty_share)):
+        se = np.sqrt(share * (1 - share) / n)
+        assert abs((kind == k).mean() - share) < 4 * se, (k, (kind == k).mean(), share)
+    # informative text is predicted from the frames (both describe the video's content), unrelated text is not
+    visual = np.asarray(ds.video_visual, np.float64)
+    fit_rows = np.flatnonzero(kind == 0)[::2]
+    x = np.hstack([visual, np.ones((n, 1))])
+    coef = np.linalg.lstsq(x[fit_rows], text[fit_rows], rcond=None)[0]
+
+    def r2(rows):
+        err = text[rows] - x[rows] @ coef
+        return 1 - (err ** 2).sum() / ((text[rows] - text[rows].mean(0)) ** 2).sum()
+
+    informative, unrelated = r2(np.flatnonzero(kind == 0)[1::2]), r2(np.flatnonzero(kind == 1))
+    assert informative > 0.3 and unrelated < informative - 0.3, (informative, unrelated)
+
+
 def test_new_music_is_held_out_of_training(tiny_world):
     ds, _ = tiny_world
     assert ds.track_new.sum() == round(0.15 * ds.n_tracks)
