@@ -22,6 +22,8 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     commit = "abc1234"  # whatever state the checkout running the tests is in
     monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: commit)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
+    header = out.read_text()
+    assert "One seed, 0: each figure is that world's." in header and "where more than one seed ran" not in header
     run = work / "tiny-seed0" / "runs" / "popularity"
     assert reusable_run(run, "popularity", 0, commit)[0] is not None
     assert reusable_run(run, "popularity", 1, commit)[0] is None  # another seed

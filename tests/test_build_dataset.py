@@ -196,6 +196,9 @@ def test_training_on_a_dataset_without_val_reports_no_best_val_figure(tmp_path, 
                  "--epochs", "2", "--set", "batch_size=8"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "2 epochs)" in out and "nan" not in out  # it said "best val Recall@10 nan"
+    assert main(["train", "--data", str(tmp_path / "d"), "--model", "twotower-infonce", "--out", str(tmp_path / "r"),
+                 "--epochs", "1", "--set", "batch_size=8"]) == 0
+    assert "1 epoch)" in " ".join(capsys.readouterr().out.split())  # not "1 epochs"
 
 
 def test_a_videos_uploader_is_the_one_of_its_first_pair_and_duplicates_are_counted(tmp_path, folders):

@@ -360,6 +360,7 @@ def test_demo_on_a_few_models_reports_the_command_that_makes_it_again(tmp_path, 
     assert main(["demo", "--scale", "tiny", "--out", str(out), "--models", "random,popularity"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert {r["model"] for r in results} == {"random", "popularity"}
+    assert {r["seed"] for r in results} == {0}  # as the benchmark's rows
     made = (out / "report.md").read_text().split("Made by `", 1)[1].split("`", 1)[0]
     assert shlex.split(made) == ["bgmrec", "demo", "--scale", "tiny", "--seed", "0", "--out", str(out),
                                  "--models", "random,popularity"]

@@ -356,6 +356,13 @@ def test_export_import_round_trip_is_exact(tmp_path, tiny_world):
     assert np.array_equal(ds.confounder(tr[:, 2]), back.confounder(tb[:, 2]))
 
 
+def test_export_of_a_catalogue_too_small_for_the_layout_s_negatives_says_how_large_it_must_be(tmp_path):
+    small, _ = simulate(world_config("tiny", n_tracks=60))
+    with pytest.raises(ValueError, match=f"60 tracks cannot give {N_NEG} negatives: .* at least {N_NEG + 1} tracks"):
+        export_tt150k(small, tmp_path / "ref")
+    assert not (tmp_path / "ref").exists()
+
+
 def test_export_draws_the_layout_s_negatives_from_the_split_s_candidates(tmp_path, tiny_world):
     larger, _ = simulate(world_config("tiny", n_tracks=400, new_track_share=0.3))  # 120 new tracks
     del larger.negatives["test_new_music"]  # a split without frozen negatives

@@ -187,9 +187,10 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         "",
         f"Regenerate with `{command}` (commit {git_commit()}, {machine()}, "
         f"{time.strftime('%Y-%m-%d')}{packages_note({m: model_package(m) for m in models or DEMO_MODELS})}). "
-        "Each figure is the mean ± population standard deviation over seeds "
-        f"{', '.join(map(str, seeds))} where more than one seed ran; each seed is a new world (same parameters), "
-        "new splits and new initialisations. Full-catalogue ranking is the main protocol; `s-` figures are the "
+        + (f"Each figure is the mean ± population standard deviation over seeds {', '.join(map(str, seeds))} "
+           "where more than one seed ran; each seed is a new world (same parameters), new splits and new "
+           "initialisations. " if len(seeds) > 1 else f"One seed, {seeds[0]}: each figure is that world's. ")
+        + "Full-catalogue ranking is the main protocol; `s-` figures are the "
         "papers' sampled protocol (1 positive + 100 frozen negatives, or every other candidate of a split that "
         "has fewer, as the tiny world's test_new_music); IPW weights queries by 1 / (1 + the "
         "training count of their track); TVD@10 is the total variation distance between the genre shares of "

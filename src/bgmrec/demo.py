@@ -62,6 +62,7 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None, ke
 
 def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console: Console) -> list[dict]:
     from bgmrec.eval import report
+    from bgmrec.models.packages import model_package, packages_note
     from bgmrec.models.registry import resolve
     from bgmrec.runs import TEACHERS, SharedTeachers, git_commit, machine, train_model
 
@@ -81,7 +82,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
                                  progress=True)
         timings[name] = seconds
         console.print(f"trained {name} in {seconds:.1f} s")
-        results.extend(evaluate_run(run, ds, label=name, keep_ranks=True))
+        results.extend({**r, "seed": seed} for r in evaluate_run(run, ds, label=name, keep_ranks=True))
     paired = {split: report.paired_against(results, BASELINE, split) for split in EVAL_SPLITS}
     results = report.without_ranks(results)
     write_json_atomic(out / "results.json", results)
@@ -105,7 +106,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
         f"# bgmrec demo: the `{scale}` simulated world, seed {seed}",
         "",
         f"Made by `{command}` at commit {git_commit()} on "
-        f"{machine()}; wall time {wall:.0f} s.",
+        f"{machine()}; wall time {wall:.0f} s{packages_note({m: model_package(m) for m in models or DEMO_MODELS})}.",
         "",
         "Full-catalogue figures rank each query's positive among all of the split's candidate tracks "
         "(existing music for `test`/`test_unbiased`, the held-out tracks for `test_new_music`); `s-` "

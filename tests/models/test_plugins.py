@@ -63,6 +63,37 @@ def installed_plugin(example_on_path, monkeypatch, tmp_path) -> Path:
     return site
 
 
+def test_an_editable_install_s_two_metadata_folders_name_one_package(example_on_path, monkeypatch, tmp_path):
+    """``pip install -e`` of a src layout: the editable dist-info in site-packages (its RECORD lists no
+    sources) and the build's ``src/NAME.egg-info`` beside the sources, both on sys.path, one distribution."""
+    site, src = tmp_path / "site", tmp_path / "src"
+    info, egg = site / "ed_ridge-0.1.0.dist-info", src / "ed_ridge.egg-info"
+    info.mkdir(parents=True)
+    egg.mkdir(parents=True)
+    (src / "ed_ridge.py").write_text("from bgmrec_audio_ridge import AudioRidge\n\n\n"
+                                     "class EdRidge(AudioRidge):\n    name = 'ed-ridge'\n")
+    (site / "__editable__.ed_ridge-0.1.0.pth").write_text(f"{src}\n")
+    entry = f"[{ENTRY_POINT_GROUP}]\ned-ridge = ed_ridge:EdRidge\n"
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ed-ridge\nVersion: 0.1.0\n")
+    (info / "top_level.txt").write_text("ed_ridge\n")
+    (info / "entry_points.txt").write_text(entry)
+    (info / "RECORD").write_text("__editable__.ed_ridge-0.1.0.pth,,\ned_ridge-0.1.0.dist-info/METADATA,,\n"
+                                 "ed_ridge-0.1.0.dist-info/RECORD,,\n")
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: ed-ridge\nVersion: 0.1.0\n")
+    (egg / "top_level.txt").write_text("ed_ridge\n")
+    (egg / "SOURCES.txt").write_text("pyproject.toml\nsrc/ed_ridge.py\nsrc/ed_ridge.egg-info/PKG-INFO\n")
+    (egg / "entry_points.txt").write_text(entry)
+    monkeypatch.delitem(sys.modules, "ed_ridge", raising=False)
+    monkeypatch.syspath_prepend(str(src))
+    monkeypatch.syspath_prepend(str(site))
+    registry.plugin_models.cache_clear()
+    packages._top_level_distributions.cache_clear()
+    assert packages._top_level_distributions()["ed_ridge"] == ["ed-ridge", "ed-ridge"]  # as pip leaves it
+    made = packages.model_package("ed-ridge")
+    assert (made["class"], made["package"], made["version"]) == ("ed_ridge:EdRidge", "ed-ridge", "0.1.0")
+    packages._top_level_distributions.cache_clear()
+
+
 @pytest.fixture
 def registered():
     """Names registered by a test, unregistered after it."""

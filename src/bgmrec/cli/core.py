@@ -107,7 +107,8 @@ def train(
     epochs = runs.epochs_if_trained_in_epochs(model, epochs, sets)
     rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher)
     best = max((h["val_recall@10"] for h in rec.history if "val_recall@10" in h), default=None)  # none: no val
-    console.print(f"saved {model} to {out} ({seconds:.1f} s, {len(rec.history)} epochs"
+    epochs_run = len(rec.history)
+    console.print(f"saved {model} to {out} ({seconds:.1f} s, {epochs_run} epoch{'s' if epochs_run != 1 else ''}"
                   + (f", best val Recall@10 {best:.3f})" if best is not None else ")"))
 
 

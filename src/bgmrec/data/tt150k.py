@@ -788,7 +788,9 @@ def _reference_negatives(ds: Dataset, name: str, rng: np.random.Generator, rep: 
     where = f"its candidates ({ds.split_info[name].candidates})"
     if len(pool) - 1 < REF_NEGATIVES:
         if ds.n_tracks - 1 < REF_NEGATIVES:
-            raise ValueError(f"split {name!r}: {ds.n_tracks} tracks cannot give {REF_NEGATIVES} negatives")
+            raise ValueError(f"split {name!r}: {ds.n_tracks} tracks cannot give {REF_NEGATIVES} negatives: the "
+                             f"reference layout freezes {REF_NEGATIVES} per evaluation row, so it needs a catalogue "
+                             f"of at least {REF_NEGATIVES + 1} tracks")
         pool = np.arange(ds.n_tracks)
         where = (f"the whole catalogue: its {ds.split_info[name].candidates} candidates are "
                  f"{len(ds.candidate_tracks(name))}, so the reference evaluation also ranks tracks this split does not")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -122,24 +123,30 @@ def _source_of(name: str) -> str | None:
 
 def _distribution_of(module: str):
     """The installed distribution whose files hold ``module``, or the only one that provides its top-level
-    name when that one lists no sources (an editable install, whose files stay in its checkout); None
-    otherwise (not installed, a checkout shadowing an installed release, a namespace package)."""
-    from importlib.metadata import PackageNotFoundError, distribution
+    name when it lists no sources (an editable install, whose files stay in its checkout); None otherwise
+    (not installed, a checkout shadowing an installed release, a namespace package).
+
+    One distribution can have two metadata folders on ``sys.path``: an editable install of a ``src`` layout
+    leaves the build's ``src/NAME.egg-info`` beside the sources, which its path entry puts on ``sys.path``
+    too. They count as one provider."""
+    from importlib.metadata import distributions
 
     file = getattr(sys.modules.get(module), "__file__", None)
-    found = []
-    for name in _top_level_distributions().get(module.split(".")[0], []):
-        try:
-            found.append(distribution(name))
-        except PackageNotFoundError:
-            continue
+    names = dict.fromkeys(_top_level_distributions().get(module.split(".")[0], []))  # once per metadata folder
+    found = [dist for name in names for dist in distributions(name=name)]
     for dist in found:
         if file is not None and dist.files is not None and Path(file).resolve() in {
                 Path(dist.locate_file(f)).resolve() for f in dist.files if f.suffix == ".py"}:
             return dist
     # an editable install lists no sources of its own (they stay in the checkout): the only such provider
     editable = [d for d in found if d.files is None or not any(f.suffix == ".py" for f in d.files)]
-    return editable[0] if len(found) == 1 and editable else None
+    providers = {_canonical(d.metadata["Name"]) for d in found}
+    return editable[0] if len(providers) == 1 and editable else None
+
+
+def _canonical(name: str | None) -> str:
+    """A distribution name as PEP 503 compares them (case, and runs of ``-``, ``_``, ``.``, ignored)."""
+    return re.sub(r"[-_.]+", "-", name or "").lower()
 
 
 @functools.cache
