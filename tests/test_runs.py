@@ -6,6 +6,8 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
+
 import bgmrec
 from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
 from bgmrec.runs import train_model, warn_if_trained_on_other_data
@@ -52,3 +54,50 @@ def test_train_model_from_python_writes_the_run_and_its_record(tiny_dir, tmp_pat
     assert record["features_fingerprint"] == features_fingerprint(tiny_dir)
     warn_if_trained_on_other_data(run, tiny_dir)  # its own dataset: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_git_commit_defaults_to_this_package_s_checkout():
+    from bgmrec.runs import git_commit
+
+    assert git_commit() == git_commit(PACKAGE)  # the default is this package, src/bgmrec, not its parent
+
+
+TINY_DECCM = {"epochs": "1", "hidden": "16", "latent_dim": "4", "prior_samples": "16", "batch_size": "256"}
+
+
+def test_a_teacher_trained_for_a_run_that_fails_to_save_is_kept_beside_it(tiny_dir, tmp_path, monkeypatch, capsys):
+    from bgmrec.models.base import load_model
+    from bgmrec.models.deccm import DecCM
+
+    def full_disk(self, out):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(DecCM, "save", full_disk)
+    run = tmp_path / "deccm"
+    with pytest.raises(OSError, match="No space left"):
+        train_model(tiny_dir, "deccm", run, sets=TINY_DECCM, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.teacher"]
+    assert load_model(tmp_path / "deccm.teacher").name == "cmvae"
+    assert "is kept at" in capsys.readouterr().err
+
+
+def test_a_teacher_that_cannot_be_kept_leaves_the_original_error_to_the_caller(tiny_dir, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from bgmrec.models.deccm import DecCM
+
+    def stopped(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_rename = Path.rename
+
+    def no_rename(self, target):
+        if Path(target).name.endswith(".teacher"):
+            raise OSError(18, "Invalid cross-device link")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(DecCM, "fit", stopped)
+    monkeypatch.setattr(Path, "rename", no_rename)
+    with pytest.raises(KeyboardInterrupt):  # the stop, not the failed move
+        train_model(tiny_dir, "deccm", tmp_path / "deccm", sets=TINY_DECCM, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    assert "could not be kept (" in capsys.readouterr().err

@@ -39,7 +39,7 @@ MAX_BLOCK = 2**24  # most scores (float32: 64 MB) one chunk of exact search hold
 
 class ExactIndex:
     """Exact maximum-inner-product search: one matrix product per chunk of queries, then top-k (equal
-    scores in increasing item position, so results are reproducible).
+    finite scores in increasing item position, so results are reproducible).
 
     A chunk holds at most ``chunk`` queries and :data:`MAX_BLOCK` scores (one query's at least), so the
     memory a search takes does not grow with the batch (a batch of 1,024 clips on a million tracks would

@@ -126,20 +126,20 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
 
             write_json_atomic(trained / "run.json",
                               {**teacher_made_from(trained_on), "teacher_config": repr(teacher_config(rec.config))})
-        t0 = time.perf_counter()
         try:
+            t0 = time.perf_counter()
             rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
+            timing["seconds"] = time.perf_counter() - t0
+            rec.save(folder)
+            write_json_atomic(folder / "run.json", {
+                **trained_on, "model": model,
+                "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
+                "argv": sys.argv[1:], **({"model_package": package} if package else {}),
+                **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
         except BaseException:  # stopped or failed: the run is discarded whole, a teacher trained for it is not
             if teacher is None and (trained / "run.json").is_file():
                 keep_trained_teacher(trained, Path(out))
             raise
-        timing["seconds"] = time.perf_counter() - t0
-        rec.save(folder)
-        write_json_atomic(folder / "run.json", {
-            **trained_on, "model": model,
-            "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
-            "argv": sys.argv[1:], **({"model_package": package} if package else {}),
-            **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
 
     # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
     # a run there before (never another kind of folder) is replaced with everything in it
@@ -147,16 +147,23 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     return load_model(out), timing["seconds"]
 
 
-def keep_trained_teacher(trained: Path, out: Path) -> Path:
+def keep_trained_teacher(trained: Path, out: Path) -> Path | None:
     """Move the teacher ``trained`` for the run ``out``, whose student then stopped or failed, beside ``out``
     as ``OUT.teacher`` (``OUT.teacher-2``, ... when taken), and say on stderr how to reuse it: the run is
-    discarded whole, but a finished teacher (minutes of training at scale) is worth keeping."""
+    discarded whole, but a finished teacher (minutes of training at scale) is worth keeping. None, said on
+    stderr, when it cannot be moved."""
     kept, n = out.with_name(f"{out.name}.teacher"), 1
     while kept.exists():
         n += 1
         kept = out.with_name(f"{out.name}.teacher-{n}")
-    trained.rename(kept)
-    print(f"note: {out} was not written (its student did not finish); the teacher trained for it is kept at {kept}: "
+    try:
+        trained.rename(kept)
+    except OSError as e:  # the stop or failure that brought us here is what the caller must see, not this
+        print(f"note: the teacher trained for {out} could not be kept ({e}); it is discarded with the run",
+              file=sys.stderr)
+        return None
+    print(f"note: {out} was not written (stopped or failed after its teacher was trained); the teacher trained for "
+          f"it is kept at {kept}: "
           f"`bgmrec train ... --teacher {kept}` reuses it", file=sys.stderr)
     return kept
 

@@ -149,13 +149,13 @@ def test_hinge_by_hand_3x3():
 
 
 def test_hinge_counts_only_the_hardest_of_several_violating_negatives():
-    # row 0 has two negatives within the margin: only the hardest counts, 0.2+0.45-0.5 = 0.15 (the sum of
-    # both hinges, VSE0's loss, would be 0.15+0.1 = 0.25); row 1: 0.2+0.3-0.9 < 0. Column 0: 0.2+0.3-0.5 = 0;
-    # column 1: 0.2+0.45-0.9 < 0
+    # 2 x 2: row 0's one negative within the margin, 0.2+0.45-0.5 = 0.15; row 1: 0.2+0.3-0.9 < 0. Column 0:
+    # 0.2+0.3-0.5 = 0; column 1: 0.2+0.45-0.9 < 0
     sim = t([[0.5, 0.45], [0.3, 0.9]])
     assert L.hardest_negative_hinge(sim, 0.2).item() == pytest.approx(0.15 / 2)
     sim3 = t([[0.5, 0.45, 0.4], [0.0, 0.9, 0.0], [0.0, 0.0, 0.9]])
-    # row 0: max(0.45, 0.4) -> 0.15, not 0.15 + 0.1; rows 1, 2 and every column satisfied
+    # row 0 has two negatives within the margin: only the hardest counts, max(0.45, 0.4) -> 0.15 (the sum of
+    # both hinges, VSE0's loss, would be 0.15 + 0.1); rows 1, 2 and every column satisfied
     assert L.hardest_negative_hinge(sim3, 0.2).item() == pytest.approx(0.15 / 3)
 
 
