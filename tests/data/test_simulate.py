@@ -234,3 +234,36 @@ def test_config_json_round_trip_and_validation():
 def test_a_world_parameter_out_of_range_is_named(override, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         world_config("tiny", **override)
+
+
+def test_val_and_test_take_their_shares_of_the_existing_music_uploads(tiny_world):
+    ds, truth = tiny_world
+    cfg = truth.config
+    existing_uploads = cfg.n_videos - len(ds.splits["test_new_music"])
+    assert len(ds.splits["val"]) == int(cfg.val_share * existing_uploads)
+    assert len(ds.splits["test"]) == int(cfg.test_share * existing_uploads)
+    assert len(ds.splits["train"]) == existing_uploads - len(ds.splits["val"]) - len(ds.splits["test"])
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.5])
+def test_track_popularity_is_log_normal_with_the_configured_spread(sigma):
+    _, truth = simulate(world_config("tiny", n_tracks=4000, popularity_sigma=sigma))
+    log_pop = np.log(truth.track_popularity)
+    assert truth.track_popularity.sum() == pytest.approx(1.0)
+    assert np.std(log_pop) == pytest.approx(sigma, rel=0.05)  # 4,000 draws: the sample sd within ~2%
+
+
+def test_activity_and_taste_concentration_shape_the_uploaders():
+    """A larger activity_sigma concentrates the uploads on fewer uploaders; a smaller pref_concentration makes
+    each uploader's genre taste peakier."""
+    def top_decile_share(ds) -> float:
+        counts = np.sort(np.bincount(ds.video_uploader[ds.video_uploader >= 0], minlength=ds.n_uploaders))
+        return counts[-ds.n_uploaders // 10:].sum() / counts.sum()
+
+    even, _ = simulate(world_config("tiny", activity_sigma=0.0))
+    skewed, _ = simulate(world_config("tiny", activity_sigma=2.0))
+    assert top_decile_share(even) < 0.25 < 0.5 < top_decile_share(skewed)  # measured 0.18 and 0.70
+    peaky, _ = simulate(world_config("tiny", pref_concentration=0.2))
+    flat, _ = simulate(world_config("tiny", pref_concentration=20.0))
+    # mean largest genre share: about 0.68 against 0.40 (the majority genre's population share)
+    assert np.max(peaky.uploader_pref, axis=1).mean() > np.max(flat.uploader_pref, axis=1).mean() + 0.2
