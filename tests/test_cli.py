@@ -761,7 +761,7 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
     # Ctrl-C as a terminal's foreground job gets it: with SIGINT's default disposition. A background job of a
     # non-interactive shell (`pytest ... &`) inherits SIGINT ignored, and Python then rightly installs no handler
     proc = subprocess.Popen([sys.executable, "-m", "bgmrec", "train", "--data", str(cli_world), "--model", "cmvae",
-                             "--out", str(out), "--set", "epochs=40", "--set", "patience=40"],
+                             "--out", str(out), "--set", "epochs=100000", "--set", "patience=100000"],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -772,8 +772,11 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
         proc.kill()
         pytest.fail(f"the command did not start writing its run within 300 s: {proc.communicate()[1].decode()}")
     assert proc.poll() is None, proc.stderr.read().decode()  # still training, its run under a temporary name
-    proc.send_signal(getattr(signal, stop))
-    returned = proc.wait(timeout=60)
+    proc.send_signal(getattr(signal, stop))  # mid-training: 40 epochs could end first on a loaded machine
+    try:
+        returned = proc.wait(timeout=60)
+    finally:
+        proc.kill()  # (a no-op once it has ended) never left training for 100,000 epochs
     err = proc.stderr.read().decode()
     assert returned == code, err
     assert sorted(p.name for p in out.parent.iterdir()) == [], err  # neither the run nor its temporary folder
