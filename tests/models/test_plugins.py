@@ -88,10 +88,12 @@ def test_an_editable_install_s_two_metadata_folders_name_one_package(example_on_
     monkeypatch.syspath_prepend(str(site))
     registry.plugin_models.cache_clear()
     packages._top_level_distributions.cache_clear()
-    assert packages._top_level_distributions()["ed_ridge"] == ["ed-ridge", "ed-ridge"]  # as pip leaves it
-    made = packages.model_package("ed-ridge")
-    assert (made["class"], made["package"], made["version"]) == ("ed_ridge:EdRidge", "ed-ridge", "0.1.0")
-    packages._top_level_distributions.cache_clear()
+    try:
+        assert packages._top_level_distributions()["ed_ridge"] == ["ed-ridge", "ed-ridge"]  # as pip leaves it
+        made = packages.model_package("ed-ridge")
+        assert (made["class"], made["package"], made["version"]) == ("ed_ridge:EdRidge", "ed-ridge", "0.1.0")
+    finally:  # the distributions of this test's folders are not the next test's
+        packages._top_level_distributions.cache_clear()
 
 
 @pytest.fixture
