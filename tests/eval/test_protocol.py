@@ -321,6 +321,24 @@ def test_oracle_of_a_world_simulated_in_memory_takes_its_truth(tiny_world, tiny_
         Oracle(Oracle.config_class(), tiny_spec, short).fit(SplitView(ds, "train"))
 
 
+def test_a_fitted_oracle_refuses_videos_and_tracks_outside_its_world(tiny_world, tiny_spec):
+    import dataclasses
+
+    from bgmrec.models.oracle import Oracle
+
+    ds, truth = tiny_world
+    oracle = Oracle(Oracle.config_class(), tiny_spec, truth).fit(SplitView(ds, "train"))
+    rows = ds.splits["test"][:3]
+    inside = VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], "test")
+    assert oracle.encode_videos(inside).shape[0] == 3
+    outside = dataclasses.replace(inside, index=np.array([0, ds.n_videos, 1]))  # a bigger world's video
+    with pytest.raises(ValueError, match=f"world of {ds.n_videos} videos, and video index {ds.n_videos} is outside"):
+        oracle.encode_videos(outside)
+    catalog = MusicCatalog.from_dataset(ds)
+    with pytest.raises(ValueError, match=f"world of {ds.n_tracks} tracks, and track index -1 is outside"):
+        oracle.encode_music(dataclasses.replace(catalog, index=np.r_[catalog.index[1:], -1]))
+
+
 def test_recall_at_k_of_a_split_with_at_most_k_candidates_is_named_as_trivial():
     import warnings
 

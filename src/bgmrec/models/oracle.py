@@ -62,6 +62,7 @@ class Oracle(Recommender):
         if q.index is None:
             raise ValueError("the oracle scores dataset videos only (VideoQuery.index is required)")
         p = self._process(q.split)
+        self._check_in_world(np.asarray(q.index), len(self.video_content), "video")
         z = self.video_content[q.index].astype(np.float64)
         if q.confounder is None and p["gamma"]:
             raise ValueError("the oracle needs the uploaders' genre preferences (VideoQuery.confounder)")
@@ -70,9 +71,18 @@ class Oracle(Recommender):
         return np.hstack([p["beta"] * z / math.sqrt(z.shape[1]), taste, np.full((len(q), 1), p["delta"])])
 
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:
-        idx = np.arange(len(c)) if c.index is None else c.index
+        idx = np.arange(len(c)) if c.index is None else np.asarray(c.index)
+        self._check_in_world(idx, len(self.track_content), "track")
         onehot = np.eye(len(self.spec.genres))[c.genre]
         return np.hstack([self.track_content[idx], onehot, np.log(self.track_popularity[idx])[:, None]])
+
+    @staticmethod
+    def _check_in_world(index: np.ndarray, size: int, what: str) -> None:
+        """ValueError unless every index names one of the ``size`` videos (tracks) of the oracle's world."""
+        if len(index) and (index.min() < 0 or index.max() >= size):
+            bad = int(index.max() if index.max() >= size else index.min())
+            raise ValueError(f"the oracle holds the truth of a world of {size} {what}s, and {what} index {bad} is "
+                             "outside it: an oracle scores only the world it was fitted to (fit it on this one)")
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"video_content": self.video_content, "track_content": self.track_content,
