@@ -29,6 +29,11 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     assert reusable_run(run, "popularity", 1, commit)[0] is None  # another seed
     assert reusable_run(run, "random", 0, commit)[0] is None  # another model
     assert reusable_run(run, "popularity", 0, commit + "x")[0] is None  # another commit
+    made = bgmrec.runs.dataset_record(work / "tiny-seed0" / "data")
+    assert reusable_run(run, "popularity", 0, commit, made)[0] is not None
+    for fingerprint in ("data_fingerprint", "features_fingerprint"):  # the world was simulated again, otherwise
+        sec, why = reusable_run(run, "popularity", 0, commit, {**made, fingerprint: "0" * 16})
+        assert sec is None and "trained on another world" in why
     for unsure in ("unknown", "abc1234-dirty"):  # nothing says the code is the same
         monkeypatch.setattr(bgmrec.runs, "git_commit", lambda unsure=unsure: unsure)
         run_quality(["tiny"], [0], tmp_path / "unsure.md", work / unsure, ["popularity"], console, "cmd",

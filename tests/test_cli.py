@@ -746,6 +746,29 @@ def test_a_bench_report_names_its_command_as_a_line_to_paste(tmp_path, monkeypat
     assert shlex.split(made) == ["bgmrec", *argv]
 
 
+def test_bench_quality_changes_world_parameters_and_names_its_files_by_them(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    monkeypatch.chdir(tmp_path)  # the default --out: docs/ of the working folder
+    assert main(["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work", str(work),
+                 "--world", "gamma=0", "--world", "delta=0.5"]) == 0
+    label = "tiny+delta=0.5+gamma=0"
+    world = json.loads((work / f"{label}-seed0" / "data" / "manifest.json").read_text())["provenance"]["world"]
+    assert (world["gamma"], world["delta"], world["seed"], world["n_videos"]) == (0.0, 0.5, 0, 2_000)
+    report = (tmp_path / "docs" / "benchmarks+delta=0.5+gamma=0.md").read_text()
+    assert "World parameters changed from the presets in every world: delta=0.5, gamma=0." in report
+    assert f"## World `{label}` (seeds 0)" in report
+    rows = json.loads((tmp_path / "docs" / f"benchmarks_{label}.json").read_text())
+    assert {r["label"] for r in rows} == {"popularity"} and {r["seed"] for r in rows} == {0}
+    assert (tmp_path / "docs" / f"bench_{label}_test.png").is_file()
+    assert not (tmp_path / "docs" / "benchmarks.md").exists()  # the presets' report is left alone
+    capsys.readouterr()
+    for bad, words in (("seed=1", "--seeds"), ("gammma=0", "gammma"), ("gamma", "--world expects key=value")):
+        assert main(["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work",
+                     str(tmp_path / "other"), "--world", bad]) == 2
+        assert words in _error(capsys)
+        assert not (tmp_path / "other").exists()  # refused before any world was simulated
+
+
 @pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, stop, code):
     """The console script (here as ``python -m bgmrec``) ends on SIGTERM as on Ctrl-C (SIGINT): no half-built

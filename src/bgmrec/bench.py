@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 
-from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run
+from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run, world_parameters
 from bgmrec.eval.report import markdown_from_rows
 
 if TYPE_CHECKING:
@@ -132,12 +132,14 @@ def plot(agg: dict, split: str, title: str, out: Path) -> Path:
     return out
 
 
-def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | None, str | None]:
+def reusable_run(run: Path, name: str, seed: int, commit: str,
+                 data: dict | None = None) -> tuple[float | None, str | None]:
     """What ``--resume`` does with the folder ``run``: (training seconds, None) for a complete run of ``name``
-    at ``seed`` made by ``commit`` (and, for a model of another package, by its code as installed now), which
-    it reuses; else (None, why the complete run there is trained again: always for an unknown commit or
-    uncommitted code, as nothing then says the run was made by this code), or (None, None) when the folder
-    holds no complete run (never trained, or stopped before it finished)."""
+    at ``seed`` made by ``commit`` (and, for a model of another package, by its code as installed now), and,
+    when ``data`` (the world's :func:`~bgmrec.runs.dataset_record`) is given, trained on that world's splits
+    and features, which it reuses; else (None, why the complete run there is trained again: always for an
+    unknown commit or uncommitted code, as nothing then says the run was made by this code), or (None, None)
+    when the folder holds no complete run (never trained, or stopped before it finished)."""
     from bgmrec.data.dataset import read_json
     from bgmrec.models.packages import describe_package, model_package
 
@@ -154,6 +156,9 @@ def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | 
                       f"not of {name!r}, seed {seed}")
     if info.get("commit") != commit:
         return None, f"the run there was trained by commit {info.get('commit')}, this is {commit}"
+    fingerprints = ("data_fingerprint", "features_fingerprint")
+    if data is not None and any(info.get(f) != data[f] for f in fingerprints):
+        return None, "the run there was trained on another world (simulated again since, with other parameters?)"
     now = model_package(name)
     if info.get("model_package") != now:
         return None, (f"the model's code changed since the run there was trained (then: "
@@ -161,12 +166,20 @@ def reusable_run(run: Path, name: str, seed: int, commit: str) -> tuple[float | 
     return float(info["seconds"]), None
 
 
+def world_label(scale: str, world: dict[str, str]) -> str:
+    """The name of a benchmark's world in its folders and files: the preset, then each world parameter
+    changed from it as key=value, in key order ("small", "small+delta=0.8+gamma=2")."""
+    return "+".join([scale] + [f"{k}={v}" for k, v in sorted(world.items())])
+
+
 def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
-                console: Console, command: str, resume: bool = False) -> Path:
+                console: Console, command: str, resume: bool = False, world: dict[str, str] | None = None) -> Path:
     """Train and evaluate ``models`` on each scale and seed; write the Markdown report at ``out``.
 
-    ``resume`` reuses the runs in ``work`` that the same commit trained (seeds can then run as
-    separate processes, and an interrupted benchmark continues where it stopped).
+    ``resume`` reuses the runs in ``work`` that the same commit trained on the same world (seeds can then
+    run as separate processes, and an interrupted benchmark continues where it stopped). ``world`` changes
+    world parameters of every preset (``--world key=value``; not ``seed``, which ``seeds`` gives): the
+    worlds, runs, JSON and plots are then named by :func:`world_label`, apart from the presets' own.
     """
     from bgmrec.data.dataset import load_dataset, write_json_atomic
     from bgmrec.eval.report import (
@@ -178,8 +191,11 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         without_ranks,
     )
     from bgmrec.models.packages import model_package, packages_note
-    from bgmrec.runs import TEACHERS, SharedTeachers, git_commit, machine, train_model
+    from bgmrec.runs import TEACHERS, SharedTeachers, dataset_record, git_commit, machine, train_model
 
+    world = dict(world or {})
+    for scale in scales:  # a bad parameter fails now, not after the worlds and models before it
+        world_parameters(scale, 0, world)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sections = [
@@ -194,23 +210,27 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         "papers' sampled protocol (1 positive + 100 frozen negatives, or every other candidate of a split that "
         "has fewer, as the tiny world's test_new_music); IPW weights queries by 1 / (1 + the "
         "training count of their track); TVD@10 is the total variation distance between the genre shares of "
-        "the top-10 lists and of the split's true positives. DecCM rows name their inference mode.",
+        "the top-10 lists and of the split's true positives. DecCM rows name their inference mode."
+        + (" World parameters changed from the presets in every world: "
+           f"{', '.join(f'{k}={v}' for k, v in sorted(world.items()))}." if world else ""),
         "",
     ]
     for scale in scales:
+        label = world_label(scale, world)
         results: list[dict] = []
         seconds: dict[str, list[float]] = {}
         paired: dict[str, dict[str, list]] = {split: {} for split in EVAL_SPLITS}  # split -> "seed s" -> comparisons
         for seed in seeds:
-            data = Path(work) / f"{scale}-seed{seed}" / "data"
-            ensure_world(scale, seed, data, console)
+            data = Path(work) / f"{label}-seed{seed}" / "data"
+            ensure_world(scale, seed, data, console, world)
             ds = load_dataset(data)
+            made = dataset_record(data) if resume else None
             seed_results: list[dict] = []
             teachers = SharedTeachers(data.parent / TEACHERS, ds, console)  # DecCM and its ablations share one
             for name in models or DEMO_MODELS:
                 run = data.parent / "runs" / name
                 teacher = teachers.for_model(name, {"seed": seed})  # for a finished run too: the same folder
-                sec, why = reusable_run(run, name, seed, git_commit()) if resume else (None, None)
+                sec, why = reusable_run(run, name, seed, git_commit(), made) if resume else (None, None)
                 if sec is not None:
                     done = f"reused from {run} (trained in {sec:.0f} s)"
                 else:
@@ -228,12 +248,12 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             for split in EVAL_SPLITS:
                 paired[split][f"seed {seed}"] = paired_against(seed_results, BASELINE, split)
             results.extend(without_ranks(seed_results))
-        write_json_atomic(out.parent / f"benchmarks_{scale}.json", results)
+        write_json_atomic(out.parent / f"benchmarks_{label}.json", results)
         agg = aggregate(results)
-        sections += [f"## World `{scale}` (seeds {', '.join(map(str, seeds))})", ""]
+        sections += [f"## World `{label}` (seeds {', '.join(map(str, seeds))})", ""]
         for split in EVAL_SPLITS:
-            png = plot(agg, split, f"{scale}, {split}", out.parent / f"bench_{scale}_{split}.png")
-            sections += [f"### {scale}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
+            png = plot(agg, split, f"{label}, {split}", out.parent / f"bench_{label}_{split}.png")
+            sections += [f"### {label}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
             if any(paired[split].values()):
                 sections += [PAIRED_NOTE.format(baseline=BASELINE), "", paired_markdown(paired[split], BASELINE), ""]
             sections += [PER_GENRE_NOTE + " Means over seeds.", "", per_genre_markdown(results, split), ""]

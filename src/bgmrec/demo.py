@@ -20,11 +20,22 @@ DEMO_MODELS = ("random", "popularity", "cca", "twotower-hinge", "twotower-infonc
                "deccm-teachermix", "oracle")
 
 
-def ensure_world(scale: str, seed: int, data: Path, console: Console) -> None:
-    """Simulate the world into ``data`` unless the same world is already there."""
-    from bgmrec.data.simulate import save_world, simulate, world_config
+def world_parameters(scale: str, seed: int, world: dict[str, str] | None = None):
+    """The :class:`~bgmrec.data.simulate.WorldConfig` of preset ``scale`` at ``seed`` with the parameters
+    ``world`` changed (values as given on the command line); a ValueError naming a bad one, or ``seed``."""
+    from bgmrec.data.simulate import world_config
+    from bgmrec.models.base import with_overrides
 
-    cfg = world_config(scale, seed=seed)
+    if "seed" in (world or {}):
+        raise ValueError("--world seed=...: a benchmark's seeds are its --seeds")
+    return with_overrides(world_config(scale, seed=seed), world or {})
+
+
+def ensure_world(scale: str, seed: int, data: Path, console: Console, world: dict[str, str] | None = None) -> None:
+    """Simulate the world (:func:`world_parameters`) into ``data`` unless the same world is already there."""
+    from bgmrec.data.simulate import save_world, simulate
+
+    cfg = world_parameters(scale, seed, world)
     manifest = data / "manifest.json"
     if manifest.is_file() and read_json(manifest).get("provenance", {}).get("world") == cfg.to_json():
         console.print(f"reusing the {scale} world in {data}")

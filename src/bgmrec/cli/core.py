@@ -26,12 +26,12 @@ def report_error(e: Exception) -> int:
     raise e
 
 
-def parse_sets(items: list[str] | None) -> dict[str, str]:
-    """``--set key=value`` pairs -> dict (values converted later to the config's field types)."""
+def parse_sets(items: list[str] | None, option: str = "--set") -> dict[str, str]:
+    """``--set key=value`` pairs (of ``option``) -> dict (values converted later to the config's field types)."""
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ValueError(f"{option} expects key=value, got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -262,19 +262,24 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("quality")
 def bench_quality(
-    out: Path = typer.Option(Path("docs/benchmarks.md"), help="Markdown report to write (plots beside it)"),
+    out: Path | None = typer.Option(None, help="Markdown report to write, plots and JSON beside it (default: "
+                                    "docs/benchmarks.md, with --world docs/benchmarks+KEY=VALUE....md)"),
     scales: str = typer.Option("small", help="comma-separated world presets, e.g. small,tt150k"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds (one world per seed)"),
     models: str | None = typer.Option(None, help="comma-separated models (default: every demo model)"),
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
     resume: bool = typer.Option(False, help="reuse runs in WORK trained by the same commit instead of retraining"),
+    world: list[str] | None = typer.Option(None, "--world", help="a world parameter changed from the presets, "
+                                           "key=value as for simulate --set (repeatable; not seed)"),
 ) -> None:
     """Every model on every split of simulated worlds, mean and spread over seeds -> docs/benchmarks.md."""
-    from bgmrec.bench import command_line, run_quality
+    from bgmrec.bench import command_line, run_quality, world_label
 
     command = command_line(sys.argv[1:], "bgmrec bench quality")
-    run_quality(scales.split(","), [int(s) for s in seeds.split(",")], out, work,
-                models.split(",") if models else None, console, command, resume)
+    changed = parse_sets(world, "--world")
+    run_quality(scales.split(","), [int(s) for s in seeds.split(",")],
+                out or Path("docs") / f"benchmarks{world_label('', changed)}.md", work,
+                models.split(",") if models else None, console, command, resume, changed)
 
 
 @bench_app.command("speed")
