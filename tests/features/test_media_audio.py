@@ -328,6 +328,46 @@ def test_a_stopped_run_drops_the_queued_files_instead_of_waiting_for_them(tmp_pa
     assert shutdowns[0] == (False, True)  # not waiting for the queued files: they are cancelled
 
 
+def test_a_second_interrupt_while_the_files_being_analysed_finish_ends_the_workers_at_once():
+    """The first Ctrl-C waits for the files being analysed; a second one kills the workers. It used to break
+    the wait at interpreter exit and leave the process hanging on idle workers."""
+    import multiprocessing as mp
+    import os
+    import signal
+    import time
+
+    import bgmrec.features.audio as audio
+
+    pool = audio.ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn"))
+    busy = [pool.submit(time.sleep, 600) for _ in range(2)]  # two files being analysed for ten minutes
+    queued = pool.submit(time.sleep, 600)
+    while not all(f.running() for f in busy):
+        time.sleep(0.05)
+    workers = list(pool._processes.values())
+
+    def second_ctrl_c(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, second_ctrl_c)
+    signal.alarm(2)  # while stop_pool waits for them
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            audio.stop_pool(pool)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert queued.cancelled()
+    for w in workers:  # gone (killed: their sleep had ten minutes to run), whichever thread reaped them
+        for _ in range(600):
+            try:
+                os.kill(w.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"worker {w.pid} still runs 30 s after the second interrupt")
+
+
 def test_warm_up_runs_the_whole_analysis():
     calls = []
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -312,6 +313,23 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool`` after an interrupt: drop its queued files and wait for the files being analysed (their
+    cache entries are kept for the next run); a second interrupt while waiting ends the workers at once.
+    Without it, a second Ctrl-C broke the wait at interpreter exit and left the process hanging on its
+    idle workers."""
+    workers = list(pool._processes.values())  # the pool forgets them at shutdown; nothing public lists them
+    pool.shutdown(wait=False, cancel_futures=True)
+    try:
+        for worker in workers:
+            worker.join()
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+            worker.join()
+        raise
+
+
 def _worker_job(path: str, key: str, cache_root: str, settings: dict) -> tuple[str, np.ndarray | None, str]:
     """Extract one file in a worker process and write its cache entry there (so a crash loses nothing)."""
     try:
@@ -479,8 +497,11 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
                     else:
                         vectors[by_path[path]] = vec
                     advance()
-            except BaseException:  # stopped (Ctrl-C, SIGTERM): the queued files are dropped (only the files
-                pool.shutdown(wait=False, cancel_futures=True)  # being analysed finish before the exit)
+            except BaseException:  # stopped (Ctrl-C, SIGTERM)
+                if progress:
+                    print("stopping: the tracks being analysed finish first (Ctrl-C again to drop them)",
+                          file=sys.stderr)
+                stop_pool(pool)
                 raise
             pool.shutdown()
     for tid, p, _ in items:
