@@ -588,11 +588,33 @@ def test_an_unknown_field_of_a_video_upload_is_refused_naming_it(client, tiny_ds
     video = {"video": ("clip.mp4", b"not read", "video/mp4")}
     r = client.post("/recommend/video", files=video, data={"top_k": "3"})
     assert r.status_code == 422
-    assert r.json()["detail"] == "top_k: unknown field (the form's fields are video, caption, top)"
+    assert r.json()["detail"] == "top_k: unknown field (the form's fields are video, caption, top, exclude, genres)"
     r = client.post("/recommend/video", files={**video, "thumbnail": ("t.png", b"x", "image/png")})
     assert r.status_code == 422 and r.json()["detail"].startswith("thumbnail: unknown field")
     r = client.post("/recommend/video", files=video, data={"caption": "beach #sun", "top": "3"})
     assert r.status_code == 200 and len(r.json()["tracks"]) == 3
+
+
+def test_a_video_upload_excludes_tracks_and_keeps_genres_as_a_features_request_does(client, tiny_ds, monkeypatch):
+    # the form took video, caption and top only: "music for this video, minus the tracks already used" needed
+    # the features extracted by the app and POST /recommend
+    from bgmrec import service
+
+    monkeypatch.setattr(service._MediaEncoders, "embed", lambda self, path, caption, label: clip_of(tiny_ds, 0))
+    video = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    ids = lambda r: [t["id"] for t in r.json()["tracks"]]  # noqa: E731
+    plain = client.post("/recommend/video", files=video, data={"top": "5"})
+    assert plain.status_code == 200 and len(ids(plain)) == 5
+    used = ids(plain)[:2]
+    r = client.post("/recommend/video", files=video, data={"top": "5", "exclude": used})  # one field per id
+    want = client.post("/recommend", json={**clip_body(tiny_ds, 0, top=5), "exclude": used})
+    assert r.status_code == 200 and ids(r) == ids(want) and not set(used) & set(ids(r))
+    genre = plain.json()["tracks"][0]["genre"]
+    r = client.post("/recommend/video", files=video, data={"top": "5", "genres": [genre]})
+    want = client.post("/recommend", json={**clip_body(tiny_ds, 0, top=5), "genres": [genre]})
+    assert r.status_code == 200 and ids(r) == ids(want) and {t["genre"] for t in r.json()["tracks"]} == {genre}
+    r = client.post("/recommend/video", files=video, data={"exclude": ["no-such-track"]})
+    assert r.status_code == 422 and "no-such-track" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(("change", "detail"), [

@@ -61,7 +61,7 @@ MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve -
 FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (caption, top, multipart framing)
 MAX_JSON = 64 * 2**20  # largest JSON body (bytes) at least; more for wide features (json_limit)
 JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
-VIDEO_FORM_FIELDS = ("video", "caption", "top")  # the multipart fields of POST /recommend/video
+VIDEO_FORM_FIELDS = ("video", "caption", "top", "exclude", "genres")  # the multipart fields of POST /recommend/video
 MAX_CAPTION = 2**20  # the most bytes a text field of that form holds: Starlette's multipart parser's limit
 CAPTION_TOO_LARGE = (f"a text field of the form is larger than this server's limit of {MAX_CAPTION} bytes "
                      f"({MAX_CAPTION / 2**20:g} MB): a caption holds at most that, and a video must be sent as a "
@@ -196,8 +196,11 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     @app.post("/recommend/video", dependencies=[Depends(known_form_fields)])
     def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
-                        top: int = Form(10, ge=1, le=MAX_TOP)) -> dict:
-        """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does)."""
+                        top: int = Form(10, ge=1, le=MAX_TOP), exclude: list[str] = Form([]),
+                        genres: list[str] | None = Form(None)) -> dict:
+        """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does);
+        ``exclude`` and ``genres`` as in ``POST /recommend``, one form field per track id or genre (no
+        ``genres`` field: every genre)."""
         if personalised:
             raise RequestError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
                                "clip's features and POST /recommend with 'taste'")
@@ -206,7 +209,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 raise HTTPException(413, too_large)
             f.flush()
             clip = encoders.embed(Path(f.name), caption, video.filename or "video")
-        return {**recommender.recommend([clip], top)[0], "served_by": identity}
+        return {**recommender.recommend([clip], top, [exclude], genres=[genres])[0], "served_by": identity}
 
     return app
 
