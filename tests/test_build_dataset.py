@@ -298,6 +298,21 @@ def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monke
     assert times == [1704067200.0, 1704067200.0 + 3600, 1704067200.0]
 
 
+def test_pairs_naming_media_files_instead_of_ids_are_told_that_ids_are_file_stems(tmp_path, folders):
+    vids, cat = folders
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("video,track,uploader\n" + "".join(f"v{i}.mp4,t{i % 6},u0\n" for i in range(10))
+                     + "".join(f"v{i},t{i % 6}.wav,u0\n" for i in range(10, 20)) + "v20,t1,u0\n", encoding="utf-8")
+    warnings = []
+    build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append,
+                  config=BuildConfig(val_share=0.0, test_share=0.0))
+    assert warnings[:2] == [
+        f"{pairs}: 10 of 21 row(s) name no extracted video (of {vids}) and were not used (e.g. line 2: 'v0.mp4'; "
+        "ids are file stems: 'v0', not 'v0.mp4')",
+        f"{pairs}: 10 of 21 row(s) name an extracted video but no catalogue track (of {cat}) and were not used "
+        "(e.g. line 12: 't4.wav'; ids are file stems: 't4', not 't4.wav')"]
+
+
 def test_each_kind_of_dropped_pair_is_warned_of_with_its_first_line_and_the_summary_counts_the_unpaired(
         tmp_path, folders, capsys):
     # build-dataset said "dropped pairs: unknown_video 1, unknown_track 8" with no example, and neither the 10

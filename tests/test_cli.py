@@ -746,6 +746,19 @@ def test_a_bench_report_names_its_command_as_a_line_to_paste(tmp_path, monkeypat
     assert shlex.split(made) == ["bgmrec", *argv]
 
 
+def test_training_on_a_dataset_without_val_rows_warns_that_nothing_stops_it_early(tmp_path, capsys):
+    data = tmp_path / "noval"
+    assert main(["simulate", str(data), "--scale", "tiny", "--set", "val_share=0"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--model", "cmvae", "--out", str(tmp_path / "r"), "--epochs", "2",
+                 "--set", "hidden=16", "--set", "latent_dim=4"]) == 0
+    assert (f"warning: {data} has no val rows, so cmvae trains all its 2 epochs and keeps the last (no early "
+            "stopping; build-dataset --val-share makes a val split)") in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "r" / "history.json").read_text())) == 2
+    assert main(["train", "--data", str(data), "--model", "popularity", "--out", str(tmp_path / "p")]) == 0
+    assert "no val rows" not in capsys.readouterr().err  # not trained in epochs: nothing to stop
+
+
 def test_bench_quality_changes_world_parameters_and_names_its_files_by_them(tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
     monkeypatch.chdir(tmp_path)  # the default --out: docs/ of the working folder

@@ -164,7 +164,8 @@ def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world
     assert main(["recommend", *base, "--catalog", str(world / "catalog"), "--json"]) == 0  # 8 frames
     # the library warns (FeatureMismatchWarning); the command shows it as its other warnings, once
     err = one_line_err(capsys)
-    assert err == "warning: clips are sampled at 8 frames, the model's training videos at 4; give --frames 4"
+    assert err == ("warning: clips are sampled at 8 frames, the model's training videos at 4; sample them at 4 "
+                   "(recommend --frames for a video file, extract-videos --frames for extracted features)")
     assert main(["extract-music", str(world / "audio"), "--out", str(tmp_path / "short"), "--seconds", "1",
                  "--workers", "1", "--no-progress"]) == 0
     capsys.readouterr()
@@ -177,6 +178,20 @@ def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world
     assert main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(tmp_path / "vf2"), "--video-id", "clip05", "--json"]) == 0
     assert "clips are sampled at 2 frames, the model's training videos at 4" in one_line_err(capsys)
+
+
+def test_recommend_refuses_personalised_mode_and_a_folder_as_the_clip_naming_what_to_do(world, tmp_path, capsys):
+    base = ["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog")]
+    capsys.readouterr()
+    assert main([*base, "--video", str(world / "videos" / "clip05.mp4"), "--mode", "personalised"]) == 2
+    assert one_line_err(capsys) == (
+        "error: recommend: --mode personalised ranks with the uploader's genre taste, which this command does not "
+        "take; `bgmrec serve --mode personalised` takes it with each request (taste)")
+    assert main([*base, "--video", str(world / "videos")]) == 2
+    folder = world / "videos"
+    assert one_line_err(capsys) == f"error: {folder}: a folder, not a video file (extract-videos reads folders)"
+    assert main([*base, "--video", str(tmp_path / "nosuch.mp4")]) == 2
+    assert one_line_err(capsys) == f"error: {tmp_path / 'nosuch.mp4'}: no such video file"
 
 
 @pytest.mark.parametrize("option", ["--top", "--frames"])

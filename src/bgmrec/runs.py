@@ -115,6 +115,9 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     check_run_folder(Path(out), teacher)
     if teacher is not None:
         warn_if_not_a_teacher(teacher, data, ds)
+    if hasattr(rec.config, "patience") and not len(ds.splits.get("val", ())):
+        print(f"warning: {data} has no val rows, so {model} trains all its {rec.config.epochs} epochs and keeps the "
+              "last (no early stopping; build-dataset --val-share makes a val split)", file=sys.stderr)
     timing = {}
 
     def write(folder: Path) -> None:

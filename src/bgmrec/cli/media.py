@@ -180,6 +180,9 @@ def recommend_cmd(
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
     check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
+    if mode == "personalised":
+        raise ValueError("recommend: --mode personalised ranks with the uploader's genre taste, which this command "
+                         "does not take; `bgmrec serve --mode personalised` takes it with each request (taste)")
     from bgmrec.features.recommend import (
         ClipFeatures,
         FeatureMismatchWarning,
@@ -208,7 +211,8 @@ def recommend_cmd(
         from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
 
         if not Path(video).is_file():
-            raise ValueError(f"{video}: no such video file")
+            raise ValueError(f"{video}: a folder, not a video file (extract-videos reads folders)"
+                             if Path(video).is_dir() else f"{video}: no such video file")
         frames = VideoConfig.frames if frames is None else frames  # extract-videos' default
         try:
             visual, text, has_text = embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),

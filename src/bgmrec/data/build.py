@@ -195,12 +195,15 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
                 if v in extracted and t not in tpos]
     if warn is not None:
         n = len(pairs.video)
-        for rows_of, what, ids in ((no_video, f"no extracted video (of {videos_dir})", pairs.video),
-                                   (no_track, f"an extracted video but no catalogue track (of {music_dir})",
-                                    pairs.track)):
+        for rows_of, what, ids, known in ((no_video, f"no extracted video (of {videos_dir})", pairs.video, extracted),
+                                          (no_track, f"an extracted video but no catalogue track (of {music_dir})",
+                                           pairs.track, tpos)):
             if rows_of:
+                first = ids[rows_of[0]]
+                stem = Path(first).stem
+                hint = f"; ids are file stems: {stem!r}, not {first!r}" if stem != first and stem in known else ""
                 warn(f"{csv_path}: {len(rows_of)} of {n} row(s) name {what} and were not used "
-                     f"(e.g. line {pairs.lines[rows_of[0]]}: {ids[rows_of[0]]!r})")
+                     f"(e.g. line {pairs.lines[rows_of[0]]}: {first!r}{hint})")
     return keep, {"unknown_video": len(no_video), "unknown_track": len(no_track)}
 
 

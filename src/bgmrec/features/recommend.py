@@ -379,7 +379,8 @@ def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: in
                    f"{', '.join(f'{k}={music[k]}' for k in differ)}; re-extract it with the training settings")
     if frames is not None and "frames" in videos and videos["frames"] != frames:
         out.append(f"clips are sampled at {frames} frames, the model's training videos at {videos['frames']}; "
-                   f"give --frames {videos['frames']}")
+                   f"sample them at {videos['frames']} (recommend --frames for a video file, extract-videos "
+                   "--frames for extracted features)")
     return out
 
 
