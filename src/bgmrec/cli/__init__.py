@@ -13,14 +13,35 @@ INTERRUPTED = 130  # exit code of a command stopped by Ctrl-C (128 + SIGINT), as
 def entry() -> int:
     """The ``bgmrec`` console script: :func:`main`, with SIGTERM (a scheduler's or ``timeout``'s stop) ending
     the command as Ctrl-C does, through its clean-up (a run or dataset half built under a temporary name is
-    removed), with exit code 143."""
+    removed), with exit code 143 (:func:`install_stop_handlers`)."""
+    install_stop_handlers()
+    return main()
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM raises SystemExit(143) and Ctrl-C (SIGINT, unless ignored, as in a shell's background job)
+    KeyboardInterrupt, each outside imports (:func:`stop_outside_imports`)."""
     import signal
 
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_outside_imports(signum, frame, SystemExit(128 + signum)))
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda signum, frame: stop_outside_imports(signum, frame, KeyboardInterrupt()))
 
-    signal.signal(signal.SIGTERM, stop)
-    return main()
+
+def stop_outside_imports(signum: int, frame, stop: BaseException, retry: float = 0.05) -> None:
+    """Raise ``stop`` for the signal ``signum`` that interrupted ``frame``, unless ``frame`` is inside an
+    import: then send the signal again ``retry`` seconds later. An exception raised while an extension module
+    initialises can be swallowed there, and the stop lost: a command went on training after SIGTERM or
+    Ctrl-C had arrived during numpy.random's first import (it is imported lazily, as training starts)."""
+    import os
+    import threading
+
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            threading.Timer(retry, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise stop
 
 
 def main(argv: list[str] | None = None) -> int:
