@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -59,6 +60,10 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(bgmrec.runs, "train_model", counted)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     assert called == ["popularity"]
+    record = json.loads((run / "run.json").read_text())  # as if trained on the world before it was simulated again
+    (run / "run.json").write_text(json.dumps({**record, "features_fingerprint": "0" * 16}))
+    run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
+    assert called == ["popularity", "popularity"]
 
 
 def test_resume_says_which_runs_it_reused_and_why_it_trains_one_again(tmp_path, monkeypatch):

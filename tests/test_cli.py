@@ -10,6 +10,7 @@ import pytest
 import typer.main
 from rich.console import Console
 
+import bgmrec.bench
 from bgmrec.cli import main
 from bgmrec.cli.app import app
 from bgmrec.data.dataset import load_dataset
@@ -775,6 +776,8 @@ def test_bench_quality_changes_world_parameters_and_names_its_files_by_them(tmp_
     assert (tmp_path / "docs" / f"bench_{label}_test.png").is_file()
     assert not (tmp_path / "docs" / "benchmarks.md").exists()  # the presets' report is left alone
     capsys.readouterr()
+    assert bgmrec.bench.world_label("small", {"gamma": "2.0", "genre_shares": "0.5, 0.5"}) == \
+        "small+gamma=2+genre_shares=0.5,0.5"  # one spelling, one folder
     for bad, words in (("seed=1", "--seeds"), ("gammma=0", "gammma"), ("gamma", "--world expects key=value")):
         assert main(["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work",
                      str(tmp_path / "other"), "--world", bad]) == 2
@@ -825,46 +828,62 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
         assert err.strip().endswith("aborted (interrupted)"), err
 
 
-def test_a_stop_signal_inside_an_import_is_sent_again_after_it_not_raised_there(monkeypatch):
+def test_a_stop_signal_inside_an_import_is_sent_again_once_and_raised_after_it_or_after_its_patience(monkeypatch):
     import os
     import signal
     import threading
     import types
 
-    from bgmrec.cli import stop_outside_imports
+    from bgmrec import cli
 
-    code = lambda name: types.SimpleNamespace(co_filename=name)  # noqa: E731
-    training = types.SimpleNamespace(f_code=code("/src/bgmrec/train.py"), f_back=None)
-    importing = types.SimpleNamespace(f_code=code("numpy/random/_pickle.py"), f_back=types.SimpleNamespace(
-        f_code=code("<frozen importlib._bootstrap>"), f_back=training))
+    frame = lambda module, back=None: types.SimpleNamespace(f_globals={"__name__": module}, f_back=back)  # noqa: E731
+    training = frame("bgmrec.train")
+    importing = frame("numpy.random._pickle", frame("_frozen_importlib", training))
     with pytest.raises(SystemExit) as stopped:
-        stop_outside_imports(signal.SIGTERM, training, SystemExit(143))
+        cli.stop_outside_imports(signal.SIGTERM, training, SystemExit(143))
     assert stopped.value.code == 143
-    sent = threading.Event()
-    monkeypatch.setattr(os, "kill", lambda pid, signum: sent.set() if (pid, signum) == (os.getpid(), signal.SIGINT)
-                        else None)
-    stop_outside_imports(signal.SIGINT, importing, KeyboardInterrupt(), retry=0.01)  # not raised: sent again
-    assert sent.wait(10)
+    sent = []
+    resent = threading.Event()
+    monkeypatch.setattr(os, "kill", lambda pid, signum: (sent.append((pid, signum)), resent.set()))
+    for _ in range(3):  # pressed three times during one import: one resend
+        cli.stop_outside_imports(signal.SIGINT, importing, KeyboardInterrupt(), retry=0.2)
+    assert resent.wait(10) and sent == [(os.getpid(), signal.SIGINT)]
+    with pytest.raises(KeyboardInterrupt):  # the import never ends: raised once its patience is spent
+        cli.stop_outside_imports(signal.SIGINT, importing, KeyboardInterrupt(), patience=0.0)
+    with pytest.raises(KeyboardInterrupt):  # and a later stop starts afresh
+        cli.stop_outside_imports(signal.SIGINT, training, KeyboardInterrupt())
 
 
-def test_sigterm_during_numpy_randoms_first_import_still_ends_the_command(tmp_path):
-    """SystemExit raised while numpy.random's extension modules initialise was swallowed (3 of 31 delays on a
-    2-core machine): the command went on as if never stopped. The delays span that import."""
+def test_sigterm_during_an_import_ends_the_command_after_the_import(tmp_path):
+    """SystemExit raised while numpy.random's extension modules initialised was swallowed: the command went on
+    as if never stopped. The stop now waits for the import to finish (here a module that takes 0.5 s)."""
     import subprocess
     import sys
 
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(0.5)\nprint('imported', flush=True)\n")
     script = tmp_path / "stopped.py"
     script.write_text("import os, signal, sys, threading, time\n"
                       "from bgmrec.cli import install_stop_handlers\n"
                       "install_stop_handlers()\n"
-                      "import numpy as np\n"
-                      "threading.Timer(float(sys.argv[1]), os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
-                      "np.random.default_rng(0)\n"
-                      "time.sleep(5)\n"
+                      "threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+                      "import slow_module\n"
+                      "time.sleep(30)\n"
                       "sys.exit(3)\n")
-    for delay in [i / 500 for i in range(31)]:  # 0 to 60 ms
-        done = subprocess.run([sys.executable, str(script), str(delay)], capture_output=True, timeout=120)
-        assert done.returncode == 143, (delay, done.stderr.decode()[-2000:])
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 143, done.stderr.decode()[-2000:]
+    assert done.stdout.decode() == "imported\n"  # stopped after the import, not inside it
+
+
+def test_ctrl_c_ignored_as_in_a_background_job_stays_ignored():
+    import subprocess
+    import sys
+
+    code = ("import signal\nfrom bgmrec.cli import install_stop_handlers\n"
+            "install_stop_handlers()\nprint(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    ignored = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                             preexec_fn=lambda: __import__("signal").signal(__import__("signal").SIGINT,
+                                                                             __import__("signal").SIG_IGN))
+    assert ignored.stdout.decode().strip() == "True", ignored.stderr.decode()
 
 
 def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path, monkeypatch):

@@ -613,8 +613,14 @@ def test_a_video_upload_excludes_tracks_and_keeps_genres_as_a_features_request_d
     r = client.post("/recommend/video", files=video, data={"top": "5", "genres": [genre]})
     want = client.post("/recommend", json={**clip_body(tiny_ds, 0, top=5), "genres": [genre]})
     assert r.status_code == 200 and ids(r) == ids(want) and {t["genre"] for t in r.json()["tracks"]} == {genre}
-    r = client.post("/recommend/video", files=video, data={"exclude": ["no-such-track"]})
-    assert r.status_code == 422 and "no-such-track" in r.json()["detail"]
+    r = client.post("/recommend/video", files=video, data={"exclude": "", "genres": ""})  # -F exclude= -F genres=
+    assert r.status_code == 200 and ids(r) == ids(client.post("/recommend/video", files=video))
+    embedded = []
+    monkeypatch.setattr(service._MediaEncoders, "embed", lambda *args: embedded.append(1) or clip_of(tiny_ds, 0))
+    for field, value in (("exclude", "no-such-track"), ("genres", "no-such-genre")):
+        r = client.post("/recommend/video", files=video, data={field: [value]})
+        assert r.status_code == 422 and value in r.json()["detail"]
+    assert embedded == []  # refused before the upload was embedded
 
 
 @pytest.mark.parametrize(("change", "detail"), [

@@ -168,8 +168,23 @@ def reusable_run(run: Path, name: str, seed: int, commit: str,
 
 def world_label(scale: str, world: dict[str, str]) -> str:
     """The name of a benchmark's world in its folders and files: the preset, then each world parameter
-    changed from it as key=value, in key order ("small", "small+delta=0.8+gamma=2")."""
-    return "+".join([scale] + [f"{k}={v}" for k, v in sorted(world.items())])
+    set by ``--world`` as key=value (:func:`canonical_world`), in key order ("small", "small+delta=0.8+gamma=2")."""
+    return "+".join([scale] + [f"{k}={v}" for k, v in canonical_world(world).items()])
+
+
+def canonical_world(world: dict[str, str]) -> dict[str, str]:
+    """``--world`` values as one spelling each, in key order: converted to the parameter's type, then written
+    back (gamma=2 and gamma=2.0 are "2"; genre_shares "0.5, 0.5" is "0.5,0.5"); a ValueError for a bad one."""
+    from bgmrec.data.simulate import WorldConfig
+    from bgmrec.models.base import with_overrides
+
+    def spelled(value) -> str:
+        if isinstance(value, tuple):
+            return ",".join(map(spelled, value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    config = with_overrides(WorldConfig(), world)
+    return {k: spelled(getattr(config, k)) for k in sorted(world)}
 
 
 def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
@@ -212,7 +227,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         "training count of their track); TVD@10 is the total variation distance between the genre shares of "
         "the top-10 lists and of the split's true positives. DecCM rows name their inference mode."
         + (" World parameters changed from the presets in every world: "
-           f"{', '.join(f'{k}={v}' for k, v in sorted(world.items()))}." if world else ""),
+           f"{', '.join(f'{k}={v}' for k, v in canonical_world(world).items())}." if world else ""),
         "",
     ]
     for scale in scales:

@@ -200,10 +200,13 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                         genres: list[str] | None = Form(None)) -> dict:
         """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does);
         ``exclude`` and ``genres`` as in ``POST /recommend``, one form field per track id or genre (no
-        ``genres`` field: every genre)."""
+        ``genres`` field: every genre; empty values are skipped), checked before the video is read."""
         if personalised:
             raise RequestError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
                                "clip's features and POST /recommend with 'taste'")
+        exclude = [t for t in exclude if t.strip()]
+        genres = [g for g in genres or [] if g.strip()] or None
+        recommender.excluded_positions([exclude], [genres], 1)  # a bad id or genre before the upload's embedding
         with tempfile.NamedTemporaryFile(suffix=upload_suffix(video.filename)) as f:
             if not copy_limited(video.file, f, max_upload):
                 raise HTTPException(413, too_large)

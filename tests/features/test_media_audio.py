@@ -323,9 +323,13 @@ def test_a_stopped_run_drops_the_queued_files_instead_of_waiting_for_them(tmp_pa
 
     monkeypatch.setattr(audio, "ProcessPoolExecutor", Pool)
     monkeypatch.setattr(audio, "progress_bar", stopped_at_the_first_file)
+    stopped = []
+    real_stop = audio.stop_pool
+    monkeypatch.setattr(audio, "stop_pool", lambda pool, note=False: (stopped.append(note), real_stop(pool, note)))
     with pytest.raises(KeyboardInterrupt):
         extract_music(music_dir, tmp_path / "out", workers=2, progress=False)
     assert shutdowns[0] == (False, True)  # not waiting for the queued files: they are cancelled
+    assert stopped == [False]  # through stop_pool (a second Ctrl-C kills the workers), quiet without progress
 
 
 def test_a_second_interrupt_while_the_files_being_analysed_finish_ends_the_workers_at_once():

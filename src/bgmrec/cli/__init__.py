@@ -28,20 +28,44 @@ def install_stop_handlers() -> None:
         signal.signal(signal.SIGINT, lambda signum, frame: stop_outside_imports(signum, frame, KeyboardInterrupt()))
 
 
-def stop_outside_imports(signum: int, frame, stop: BaseException, retry: float = 0.05) -> None:
+_DEFERRED: dict[int, float] = {}  # signal -> when it first arrived inside an import (a stop put off)
+_RESENDING: set[int] = set()  # signals whose resend is scheduled
+
+
+def stop_outside_imports(signum: int, frame, stop: BaseException, retry: float = 0.05, patience: float = 2.0) -> None:
     """Raise ``stop`` for the signal ``signum`` that interrupted ``frame``, unless ``frame`` is inside an
-    import: then send the signal again ``retry`` seconds later. An exception raised while an extension module
-    initialises can be swallowed there, and the stop lost: a command went on training after SIGTERM or
-    Ctrl-C had arrived during numpy.random's first import (it is imported lazily, as training starts)."""
+    import: then send the signal again ``retry`` seconds later (one resend at a time, however often it
+    arrives meanwhile), and raise anyway once ``patience`` seconds have passed since it first arrived (an
+    import that never ends must not make a stop wait forever). An exception raised while an extension
+    module initialises can be swallowed there, and the stop lost: a command went on training after SIGTERM
+    or Ctrl-C had arrived during numpy.random's first import (it is imported lazily, as training starts)."""
     import os
     import threading
+    import time
 
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            threading.Timer(retry, os.kill, (os.getpid(), signum)).start()
-            return
-        frame = frame.f_back
+    now = time.monotonic()
+    first = _DEFERRED.setdefault(signum, now)
+    if now - first < patience and _inside_import(frame):
+        if signum not in _RESENDING:
+            _RESENDING.add(signum)
+
+            def resend() -> None:
+                _RESENDING.discard(signum)
+                os.kill(os.getpid(), signum)
+
+            threading.Timer(retry, resend).start()
+        return
+    _DEFERRED.pop(signum, None)
     raise stop
+
+
+def _inside_import(frame) -> bool:
+    """True when ``frame`` or one of its callers is the import system's (``importlib._bootstrap``, frozen or not)."""
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(("importlib._bootstrap", "_frozen_importlib")):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

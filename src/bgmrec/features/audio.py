@@ -313,14 +313,17 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop ``pool`` after an interrupt: drop its queued files and wait for the files being analysed (their
-    cache entries are kept for the next run); a second interrupt while waiting ends the workers at once.
-    Without it, a second Ctrl-C broke the wait at interpreter exit and left the process hanging on its
-    idle workers."""
+def stop_pool(pool: ProcessPoolExecutor, note: bool = False) -> None:
+    """Stop ``pool`` after an interrupt: drop its queued files and wait for the files already handed to the
+    workers (up to twice their number and one; their cache entries are kept for the next run); a second
+    interrupt while waiting ends the workers at once. Without it, a second Ctrl-C broke the wait at
+    interpreter exit and left the process hanging on its idle workers. ``note`` says so on stderr."""
     workers = list(pool._processes.values())  # the pool forgets them at shutdown; nothing public lists them
-    pool.shutdown(wait=False, cancel_futures=True)
     try:
+        if note:
+            print(f"stopping: waiting for the tracks already handed to the {len(workers)} workers (Ctrl-C again "
+                  "to drop them)", file=sys.stderr)
+        pool.shutdown(wait=False, cancel_futures=True)
         for worker in workers:
             worker.join()
     except BaseException:
@@ -497,11 +500,8 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
                     else:
                         vectors[by_path[path]] = vec
                     advance()
-            except BaseException:  # stopped (Ctrl-C, SIGTERM)
-                if progress:
-                    print("stopping: the tracks being analysed finish first (Ctrl-C again to drop them)",
-                          file=sys.stderr)
-                stop_pool(pool)
+            except BaseException as stopped:  # stopped (Ctrl-C, SIGTERM) or failed
+                stop_pool(pool, note=progress and isinstance(stopped, KeyboardInterrupt))
                 raise
             pool.shutdown()
     for tid, p, _ in items:

@@ -247,16 +247,7 @@ class ClipRecommender:
         if k < 1:
             raise RequestError(f"top must be at least 1, got {k}")
         q = self._query(clips, taste)
-        if exclude is not None and len(exclude) == 0:
-            exclude = None  # no lists: nothing excluded
-        if exclude is not None and len(exclude) != len(clips):
-            raise RequestError(f"exclude has {len(exclude)} lists for {len(clips)} clips")
-        for i, ids in enumerate(exclude or []):
-            if isinstance(ids, str) or not isinstance(ids, list | tuple | set | frozenset | np.ndarray):
-                raise RequestError(f"exclude[{i}] must be a list of track ids, got {type(ids).__name__} {ids!r}"[:160])
-        excluded = None if not exclude or not any(len(ids) for ids in exclude) else [
-            np.array([self._position_of(t) for t in ids], np.int64) for ids in exclude]
-        excluded = self._outside_genres(genres, len(clips), excluded)
+        excluded = self.excluded_positions(exclude, genres, len(clips))
         self._use_threads()
         queries = self.model.encode_videos(q)
         ids, scores = self.index.search(queries, min(k, len(self.catalog)), excluded)
@@ -273,6 +264,22 @@ class ClipRecommender:
                             for j, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True) if j >= 0],
                  "modality_share": share}
                 for row_ids, row_scores, share in zip(ids, scores, modality_shares(self.model, q), strict=True)]
+
+    def excluded_positions(self, exclude: list[list[str]] | None, genres: list[list[str] | None] | None,
+                           n: int) -> list[np.ndarray] | None:
+        """The catalogue positions each of ``n`` clips must not get, from :meth:`recommend`'s ``exclude`` and
+        ``genres`` (None: none), or a :class:`RequestError` for a bad one; cheap, so a caller with an
+        expensive clip to embed (a video upload) can check them first."""
+        if exclude is not None and len(exclude) == 0:
+            exclude = None  # no lists: nothing excluded
+        if exclude is not None and len(exclude) != n:
+            raise RequestError(f"exclude has {len(exclude)} lists for {n} clips")
+        for i, ids in enumerate(exclude or []):
+            if isinstance(ids, str) or not isinstance(ids, list | tuple | set | frozenset | np.ndarray):
+                raise RequestError(f"exclude[{i}] must be a list of track ids, got {type(ids).__name__} {ids!r}"[:160])
+        excluded = None if not exclude or not any(len(ids) for ids in exclude) else [
+            np.array([self._position_of(t) for t in ids], np.int64) for ids in exclude]
+        return self._outside_genres(genres, n, excluded)
 
     def _query(self, clips: list[ClipFeatures], taste) -> VideoQuery:
         """The model's query of ``clips``: a non-empty list of :class:`ClipFeatures` with the model's feature
