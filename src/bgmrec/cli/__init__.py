@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 
 from bgmrec.cli import core, interop, media, serve  # noqa: F401  (modules register their commands)
 from bgmrec.cli.app import app
@@ -38,11 +41,8 @@ def stop_outside_imports(signum: int, frame, stop: BaseException, retry: float =
     arrives meanwhile), and raise anyway once ``patience`` seconds have passed since it first arrived (an
     import that never ends must not make a stop wait forever). An exception raised while an extension
     module initialises can be swallowed there, and the stop lost: a command went on training after SIGTERM
-    or Ctrl-C had arrived during numpy.random's first import (it is imported lazily, as training starts)."""
-    import os
-    import threading
-    import time
-
+    or Ctrl-C had arrived during numpy.random's first import (it is imported lazily, as training starts).
+    (Its modules are imported with this one: a handler run inside an import imports nothing.)"""
     now = time.monotonic()
     first = _DEFERRED.setdefault(signum, now)
     if now - first < patience and _inside_import(frame):
