@@ -234,7 +234,8 @@ def test_repeated_negatives_are_kept_and_warned_of(tmp_path):
     src = build_reference(tmp_path / "ref")
     _edit_neg(src, "test", lambda a: _set(a, 4, 2, np.r_[a[4, 2][:-1], a[4, 2][0]]))
     ds, _, rep = read_tt150k(src)
-    assert "warning: test: 1 of 20 rows repeat a negative track" in rep.notes
+    assert ("warning: test: 1 of 20 rows repeat a negative track (kept as given: a repeated negative that "
+            "outscores the positive counts once per listing)") in rep.notes
     assert ds.negatives["test"][4, -1] == ds.negatives["test"][4, 0]  # as given
 
 

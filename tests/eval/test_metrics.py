@@ -183,6 +183,9 @@ def test_total_variation_by_hand():
         M.total_variation(np.array([1.0, 0.0]), np.array([1.0, 0.0, 0.0]))
     with pytest.raises(ValueError):
         M.total_variation(np.zeros(3), np.ones(3))
+    for bad in ([np.nan, 1.0], [np.inf, 1.0], [-0.5, 1.0]):  # a NaN distance would be reported as a figure
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            M.total_variation(np.array(bad), np.array([0.5, 0.5]))
 
 
 def test_genre_shares_by_hand():
@@ -191,12 +194,16 @@ def test_genre_shares_by_hand():
     np.testing.assert_allclose(M.genre_shares(np.array([[0, 1], [2, 0]]), track_genre, 3), [0.5, 0.5, 0.0])
     np.testing.assert_allclose(M.genre_shares(np.array([3, 3, 1]), track_genre, 4), [0, 1 / 3, 2 / 3, 0])
     np.testing.assert_array_equal(M.genre_shares(np.zeros(0, np.int64), track_genre, 3), np.zeros(3))
+    with pytest.raises(ValueError, match=r"track genre must be an integer in \[0, 2\)"):
+        M.genre_shares(np.array([3]), track_genre, 2)  # genre 2 beyond n_genres: not a longer share vector
 
 
 def test_coverage_by_hand():
     # tracks 0, 1, 2 appear among 10 candidates
     assert M.coverage(np.array([[0, 1], [1, 2]]), 10) == pytest.approx(0.3)
     assert M.coverage(np.array([[4]]), 1) == 1.0
+    with pytest.raises(ValueError, match="at least one candidate"):
+        M.coverage(np.array([[0]]), 0)
 
 
 def test_per_group_recall_by_hand():
@@ -207,6 +214,19 @@ def test_per_group_recall_by_hand():
     assert out[0] == pytest.approx(2 / 3)
     assert out[1] == 0.0
     assert np.isnan(out[2])
+
+
+@pytest.mark.parametrize(("ranks", "groups", "match"), [
+    ([1, 20], [0, 5], r"group must be an integer in \[0, 3\)"),  # would give 6 groups' recalls, not 3
+    ([1, 20], [0, -1], r"group must be an integer in \[0, 3\)"),
+    ([1, 20], [0.0, 1.0], r"group must be an integer"),
+    ([1, 20], [0], "one entry per rank"),
+    ([0, 20], [0, 1], "1-based and finite"),
+    ([np.nan, 20], [0, 1], "1-based and finite"),  # NaN was counted as a miss
+])
+def test_per_group_recall_refuses_bad_input(ranks, groups, match):
+    with pytest.raises(ValueError, match=match):
+        M.per_group_recall_at_k(np.array(ranks), np.array(groups), 3, 5)
 
 
 # ---- an independent implementation ----------------------------------------------------------------

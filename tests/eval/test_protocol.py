@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -130,6 +132,19 @@ def test_sampled_ranks_lie_in_one_plus_k(tiny_ds, fitted, split):
         sr = P.sampled_ranks(model, tiny_ds, split)
         assert sr.shape == (len(tiny_ds.splits[split]),)
         assert sr.min() >= 1 and sr.max() <= 1 + k
+
+
+def test_sampled_rank_counts_a_repeated_negative_once_per_listing(tiny_ds, fitted):
+    """Brute force: 1 + the listed negatives that outscore the positive (random's scores have no ties)."""
+    model = fitted["random"]
+    neg = np.array(tiny_ds.negatives["test"])
+    neg[:, 1:] = neg[:, :1]  # every row lists its first negative 100 times (an import keeps such rows, warning)
+    ds = dataclasses.replace(tiny_ds, negatives={**tiny_ds.negatives, "test": neg})
+    rows = np.asarray(ds.splits["test"])
+    v = model.encode_videos(VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], "test"))
+    m = model.encode_music(MusicCatalog.from_dataset(ds))
+    beaten = (v * m[neg[:, 0]]).sum(1) > (v * m[rows[:, 1]]).sum(1)
+    np.testing.assert_array_equal(P.sampled_ranks(model, ds, "test"), np.where(beaten, 1 + neg.shape[1], 1))
 
 
 def test_random_model_is_chance_level(tiny_ds, fitted):
@@ -304,8 +319,6 @@ def test_evaluate_and_compare_use_their_seed_and_level(tiny_ds, tiny_spec, fitte
 
 
 def test_oracle_of_a_world_simulated_in_memory_takes_its_truth(tiny_world, tiny_ds, tiny_spec):
-    import dataclasses
-
     from bgmrec.models.oracle import Oracle
 
     ds, truth = tiny_world  # the world tiny_ds was saved from, never written to disk here
@@ -322,8 +335,6 @@ def test_oracle_of_a_world_simulated_in_memory_takes_its_truth(tiny_world, tiny_
 
 
 def test_a_fitted_oracle_refuses_videos_and_tracks_outside_its_world(tiny_world, tiny_spec):
-    import dataclasses
-
     from bgmrec.models.oracle import Oracle
 
     ds, truth = tiny_world
@@ -350,10 +361,11 @@ def test_recall_at_k_of_a_split_with_at_most_k_candidates_is_named_as_trivial():
     assert 5 < n_new <= 10  # half of the 16 tracks are new
     model = build("random", FeatureSpec.of(ds)).fit(SplitView(ds, "train"))
     with pytest.warns(P.EvaluationWarning, match=rf"^split 'test_new_music' has only {n_new} candidate track\(s\): "
-                      r"full Recall@10, @20 is 1 for every model; compare at a smaller K"):
+                      r"full Recall@10, @20 is 1 for every model; exposure_tvd@10 and coverage@10 describe the "
+                      r"whole candidate set, the same for every model; compare at a smaller K"):
         res = P.evaluate(model, ds, "test_new_music")
     assert res["full"]["recall@10"] == res["full"]["recall@20"] == 1.0
-    with pytest.warns(P.EvaluationWarning, match=r"full Recall@10 is 1 for every model"):
+    with pytest.warns(P.EvaluationWarning, match=r"full Recall@10 is 1 for every model; compare"):  # no bias
         P.compare(model, model, ds, "test_new_music", resamples=100)
     with warnings.catch_warnings():  # a K below the candidates: no warning
         warnings.simplefilter("error", P.EvaluationWarning)

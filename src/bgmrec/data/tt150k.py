@@ -525,8 +525,9 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
                                "on (val and test rows must be held out of train)")
         ordered = np.sort(neg, axis=1)
         repeats = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
-        if repeats:  # kept as given (drawn with replacement?): such a row ranks among fewer distinct tracks
-            rep.notes.append(f"warning: {stem}: {repeats} of {len(vid)} rows repeat a negative track")
+        if repeats:  # kept as given (drawn with replacement?): the sampled rank counts each listed negative
+            rep.notes.append(f"warning: {stem}: {repeats} of {len(vid)} rows repeat a negative track (kept as "
+                             "given: a repeated negative that outscores the positive counts once per listing)")
         shared = np.isin(vid, splits["train"][:, 0])
         if shared.any():
             rep.notes.append(f"warning: {stem}: {int(shared.sum())} of {len(vid)} rows have videos that are in "

@@ -163,27 +163,45 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     """Total variation distance 0.5 * sum |p - q| between two distributions (each normalised)."""
     p = np.asarray(p, np.float64)
     q = np.asarray(q, np.float64)
-    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
-        raise ValueError("p and q must be non-empty distributions of the same shape")
+    if p.shape != q.shape or not (np.isfinite(p).all() and np.isfinite(q).all()) or (p < 0).any() or (q < 0).any() \
+            or p.sum() <= 0 or q.sum() <= 0:
+        raise ValueError("p and q must be distributions of the same shape: finite, non-negative, not all zero")
     return float(0.5 * np.abs(p / p.sum() - q / q.sum()).sum())
 
 
 def genre_shares(track_ids: np.ndarray, track_genre: np.ndarray, n_genres: int) -> np.ndarray:
-    """Share of each genre among the given track ids (any shape, e.g. all top-10 lists)."""
-    counts = np.bincount(track_genre[np.asarray(track_ids).ravel()], minlength=n_genres).astype(np.float64)
+    """Share of each genre among the given track ids (any shape, e.g. all top-10 lists); the genres of
+    ``track_genre`` must lie in [0, ``n_genres``)."""
+    genres = np.asarray(track_genre)[np.asarray(track_ids).ravel()]
+    _check_groups(genres, n_genres, "track genre")
+    counts = np.bincount(genres, minlength=n_genres).astype(np.float64)
     return counts / max(counts.sum(), 1.0)
 
 
 def coverage(top_lists: np.ndarray, n_candidates: int) -> float:
     """Share of the candidate catalogue that appears in at least one top list."""
+    if n_candidates < 1:
+        raise ValueError(f"coverage needs at least one candidate, got n_candidates={n_candidates}")
     return float(len(np.unique(np.asarray(top_lists))) / n_candidates)
 
 
 def per_group_recall_at_k(ranks: np.ndarray, groups: np.ndarray, n_groups: int, k: int) -> np.ndarray:
-    """Recall@k within each group of queries (NaN for a group without queries)."""
+    """Recall@k within each group of queries (NaN for a group without queries); ``groups`` are one integer in
+    [0, ``n_groups``) per rank, the ranks 1-based and finite."""
     ranks = np.asarray(ranks)
     groups = np.asarray(groups)
+    _weights(ranks, None)
+    if groups.shape != ranks.shape:
+        raise ValueError(f"groups must have one entry per rank ({ranks.shape}), got shape {groups.shape}")
+    _check_groups(groups, n_groups, "group")
     hits = np.bincount(groups, weights=recall_gains(ranks, k), minlength=n_groups)
     counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+
+
+def _check_groups(groups: np.ndarray, n_groups: int, what: str) -> None:
+    """ValueError unless ``groups`` are integers in [0, ``n_groups``)."""
+    if groups.size and (not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0 or groups.max() >= n_groups):
+        raise ValueError(f"every {what} must be an integer in [0, {n_groups}), got values from "
+                         f"{groups.min()} to {groups.max()} ({groups.dtype})")

@@ -26,14 +26,17 @@ class EvaluationWarning(UserWarning):
     as their own warnings."""
 
 
-def warn_if_recall_is_trivial(split: str, n_candidates: int, ks: tuple[int, ...]) -> None:
+def warn_if_recall_is_trivial(split: str, n_candidates: int, ks: tuple[int, ...], top_k: int | None = None) -> None:
     """An :class:`EvaluationWarning` when some full-catalogue Recall@K of ``ks`` is 1 for every model,
-    because ``split`` has at most K candidate tracks (e.g. a dataset built on a 10-track catalogue)."""
+    because ``split`` has at most K candidate tracks (e.g. a dataset built on a 10-track catalogue); it also
+    names the exposure figures of top-``top_k`` lists (when given), which then hold every candidate."""
     trivial = [k for k in ks if k >= n_candidates]
     if trivial:
+        exposure = (f"; exposure_tvd@{top_k} and coverage@{top_k} describe the whole candidate set, the same "
+                    "for every model" if top_k is not None and top_k >= n_candidates else "")
         warnings.warn(f"split {split!r} has only {n_candidates} candidate track(s): full Recall@"
-                      f"{', @'.join(map(str, trivial))} is 1 for every model; compare at a smaller K or on a "
-                      "larger catalogue", EvaluationWarning, stacklevel=3)
+                      f"{', @'.join(map(str, trivial))} is 1 for every model{exposure}; compare at a smaller K or "
+                      "on a larger catalogue", EvaluationWarning, stacklevel=3)
 
 
 @dataclass
@@ -84,7 +87,8 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
 
 
 def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096, seed: int = 0) -> np.ndarray:
-    """Rank of each positive among itself and the split's frozen negatives (the papers' protocol)."""
+    """Rank of each positive among itself and the split's frozen negatives (the papers' protocol): 1 plus the
+    number of listed negatives that outscore it (ties broken at random), a negative listed twice counting twice."""
     rows = np.asarray(ds.splits[split])
     cands = np.hstack([rows[:, 1:2], np.asarray(ds.negatives[split])])
     music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds)))
@@ -116,7 +120,7 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
     if len(rows) == 0:
         raise ValueError(f"split {split!r} has no queries")
     full = full_ranks(model, ds, split, seed=seed)
-    warn_if_recall_is_trivial(split, full.n_candidates, FULL_KS)
+    warn_if_recall_is_trivial(split, full.n_candidates, FULL_KS, top_k=10)  # exposure_tvd@10's lists
     r = full.ranks
     result: dict = {"model": model.name, "split": split, "n_queries": int(len(rows)),
                     "n_candidates": full.n_candidates}
