@@ -17,6 +17,7 @@ from safetensors.numpy import load_file, save_file
 from bgmrec.data.dataset import load_dataset
 from bgmrec.data.simulate import save_world, simulate, world_config
 from bgmrec.eval.protocol import evaluate
+from bgmrec.features.recommend import normalised_taste
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery, load_model
 from bgmrec.models.cmvae import CMVAE
 from bgmrec.models.deccm import (
@@ -132,6 +133,27 @@ def test_personalised_mode_needs_the_uploader(tiny_ds):
     model.set_inference_mode("personalised")
     with pytest.raises(ValueError, match="genre preferences"):
         model.encode_videos(VideoQuery.from_dataset(tiny_ds, np.arange(3)))
+
+
+@pytest.mark.parametrize(("row", "sums"), [
+    (lambda c: -c, "-1"),  # log of a negative taste: NaN scores, ranked arbitrarily
+    (lambda c: np.full_like(c, np.nan), "nan"),
+    (lambda c: 100 * c, "100"),  # a scaled taste shifts whole genres (the server scales it first)
+    (np.zeros_like, "0"),  # read as a taste for nothing: extreme offsets
+])
+def test_personalised_mode_refuses_a_taste_that_is_not_a_distribution(tiny_ds, row, sums):
+    model = _with_taste(tiny_ds)
+    model.set_inference_mode("personalised")
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(3))
+    taste = tiny_ds.uploader_pref[:3].copy()
+    q.confounder = taste.copy()
+    q.confounder[1] = row(taste[1])
+    with pytest.raises(ValueError, match=rf"confounder: row 1 is not an uploader's genre preferences \(finite, "
+                                         rf"non-negative, summing to 1\): .*summing to {sums}; scale each row"):
+        model.encode_videos(q)
+    q.confounder = normalised_taste(np.abs(taste) * 100)  # the same taste, scaled back: accepted
+    np.testing.assert_allclose(model.encode_videos(q), model.encode_videos(
+        VideoQuery(q.visual, q.text, q.text_mask, taste)), rtol=1e-5, atol=1e-5)
 
 
 def test_no_adjustment_ablation_offers_content_mode_only(tiny_ds):

@@ -147,9 +147,8 @@ class FeatureSpec:
                                    + _recorded_in(source))
             if not np.isfinite(arr).all():
                 raise DatasetError(f"video {name} features: contain NaN or inf")
-        if q.confounder is not None and q.confounder.shape[1:] != (len(self.genres),):
-            raise DatasetError(f"confounder: expected shape [n, {len(self.genres)}], found {list(q.confounder.shape)}"
-                               + _recorded_in(source))
+        if q.confounder is not None:
+            check_confounder(q.confounder, len(self.genres), source)
 
     def check_music(self, c: MusicCatalog, source: str | None = None, genre_ids: bool = True) -> None:
         """Refuse a catalogue of other feature width; with ``genre_ids``, also one naming its genre ids otherwise."""
@@ -162,6 +161,24 @@ class FeatureSpec:
             raise DatasetError(f"music genres: the data lists {list(c.genres)}, the model was trained on "
                                f"{list(self.genres)}{_recorded_in(source)}; genre ids would mean other genres "
                                "(the names and their order must match)")
+
+
+def check_confounder(confounder: np.ndarray, genres: int, source: str | None = None) -> None:
+    """Refuse uploaders' genre preferences [n, ``genres``] that are not distributions (rows finite,
+    non-negative, summing to 1 within 1e-3, as a dataset's ``uploaders.npy``): a taste path reads log c,
+    so a scaled, zero or negative row would shift the scores of whole genres, or make them NaN."""
+    c = np.asarray(confounder)
+    if c.ndim != 2 or c.shape[1] != genres:
+        raise DatasetError(f"confounder: expected shape [n, {genres}], found {list(c.shape)}" + _recorded_in(source))
+    with np.errstate(invalid="ignore", over="ignore"):
+        sums = c.astype(np.float64).sum(axis=1)
+        bad = np.flatnonzero(~np.isfinite(c).all(axis=1) | (c < 0).any(axis=1) | ~(np.abs(sums - 1.0) <= 1e-3))
+    if bad.size:
+        i = int(bad[0])
+        raise DatasetError(f"confounder: row {i} is not an uploader's genre preferences (finite, non-negative, "
+                           f"summing to 1): {np.array2string(c[i], precision=4, threshold=12)}, summing to "
+                           f"{sums[i]:.6g}; scale each row to sum to 1 (bgmrec.features.recommend.normalised_taste "
+                           "does, for non-negative weights)")
 
 
 def _recorded_in(source: str | None) -> str:
