@@ -706,6 +706,22 @@ def test_a_text_field_past_the_forms_limit_gets_a_413_saying_so(client, tiny_ds,
     assert r.status_code == 400  # other refusals of the multipart parser are left as they were
 
 
+def test_a_form_of_too_many_fields_gets_a_422_saying_which_fields_count(client, tiny_ds, monkeypatch):
+    # the framework's multipart parser answered 400 "Too many fields. Maximum number of fields is 1000."
+    from bgmrec import service
+
+    monkeypatch.setattr(service._MediaEncoders, "embed", lambda self, path, caption, label: clip_of(tiny_ds, 0))
+    video = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    ids = list(tiny_ds.track_ids[:3])
+    fields = [("exclude", ids[i % 3]) for i in range(service.MAX_FORM_FIELDS)]
+    r = client.post("/recommend/video", files=[("video", video["video"]), *((k, (None, v)) for k, v in fields)])
+    assert r.status_code == 200, r.json()  # 1,000 text fields and the video
+    r = client.post("/recommend/video", files=[("video", video["video"]), ("top", (None, "3")),
+                                                *((k, (None, v)) for k, v in fields)])
+    assert r.status_code == 422 and r.json() == {"detail": service.TOO_MANY_FIELDS}
+    assert service.TOO_MANY_FIELDS.startswith("form: more than 1,000 text fields")
+
+
 def test_catalogue_tracks_far_from_the_training_music_are_named_at_start_up(tiny_ds, cmvae):
     """Tracks unlike any training track got scores 10^5 times the others' and topped every list, unannounced."""
     said = []

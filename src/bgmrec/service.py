@@ -66,6 +66,10 @@ MAX_CAPTION = 2**20  # the most bytes a text field of that form holds: Starlette
 CAPTION_TOO_LARGE = (f"a text field of the form is larger than this server's limit of {MAX_CAPTION} bytes "
                      f"({MAX_CAPTION / 2**20:g} MB): a caption holds at most that, and a video must be sent as a "
                      "file part (with a file name)")
+MAX_FORM_FIELDS = 1000  # the text fields a form may have besides its files (Starlette's multipart limit)
+TOO_MANY_FIELDS = (f"form: more than {MAX_FORM_FIELDS:,} text fields (one per caption, top, and each track id of "
+                   "exclude or genre of genres); send fewer ids, or extract the clip's features and POST /recommend, "
+                   "whose exclude list has no such limit")
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +262,8 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     not UTF-8, an integer of more digits than Python converts; any other cause keeps the framework's 400 rather
     than be called bad JSON. Starlette's multipart parser refuses a text field over :data:`MAX_CAPTION` bytes
     ("Part exceeded maximum size") without saying which field: most often the caption, or a video sent as a
-    text part (no file name), so :data:`CAPTION_TOO_LARGE` names both.
+    text part (no file name), so :data:`CAPTION_TOO_LARGE` names both; it refuses more than 1,000 text fields
+    ("Too many fields"), which only long ``exclude`` or ``genres`` lists reach (:data:`TOO_MANY_FIELDS`).
     """
     if exc.status_code != 400:
         return None
@@ -273,6 +278,8 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
         return 422, f"body: not valid JSON ({str(cause).splitlines()[0].split(';')[0]})"
     if isinstance(exc.__context__, MultiPartException) and "exceeded maximum size" in str(exc.detail):
         return 413, CAPTION_TOO_LARGE
+    if isinstance(exc.__context__, MultiPartException) and str(exc.detail).startswith("Too many fields"):
+        return 422, TOO_MANY_FIELDS
     return None
 
 
