@@ -237,7 +237,9 @@ def test_teacher_is_frozen_in_eval_mode_and_not_saved(tiny_dir, tmp_path):
     before = {k: v.clone() for k, v in teacher.module.state_dict().items()}
     model.fit(SplitView(ds, "train"), None)
     teacher.module.train()  # a teacher stays in eval mode even when asked to train
-    assert not teacher.module.training
+    for part in teacher.module.children():  # and so does each of its parts
+        part.train()
+    assert not any(m.training for m in teacher.module.modules())
     assert all(p.grad is None and not p.requires_grad for p in teacher.module.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.module.state_dict().items())
     assert model.history[0]["teacher_kl"] > 0

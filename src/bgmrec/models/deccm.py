@@ -175,7 +175,8 @@ class DecCM(CMVAE):
             p.requires_grad_(False)
             p.grad = None
         frozen.module.eval()
-        frozen.module.train = types.MethodType(_stay_in_eval, frozen.module)  # (as open_clip's distillation)
+        for part in frozen.module.modules():  # each submodule too: its own train() would leave eval mode
+            part.train = types.MethodType(_stay_in_eval, part)  # (as open_clip's distillation)
         self.teacher = frozen
         self.teacher_dir = None if folder is None else str(Path(folder).resolve())
 
