@@ -10,7 +10,6 @@ both set the models beside CMVAE trained on the intervened world (the confoundin
 from __future__ import annotations
 
 import json
-import resource
 import shlex
 import time
 from collections.abc import Sequence
@@ -98,6 +97,8 @@ def aggregate(results: list[dict]) -> dict[tuple[str, str], dict[str, tuple[floa
 
 
 def markdown(agg: dict, split: str) -> str:
+    """The Markdown table of ``split`` from :func:`aggregate`'s means and deviations over seeds, each model's
+    Recall@10 also as a share of the oracle's."""
     rows = [["model"] + [h for h, _ in QUALITY_METRICS] + ["R@10 / oracle"]]
     oracle = agg.get(("oracle", split), {}).get("R@10", (None,))[0]
     for (name, s), cells in agg.items():
@@ -114,6 +115,7 @@ def markdown(agg: dict, split: str) -> str:
 
 
 def plot(agg: dict, split: str, title: str, out: Path) -> Path:
+    """A bar chart of each model's mean Recall@10 on ``split`` with its deviation over seeds, written to ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,10 +280,6 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     return write_report(out, sections, console)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_speed(work: Path, console: Console) -> dict:
     """Simulation time and peak memory at tt150k, CMVAE seconds per epoch, full-catalogue scoring time."""
     from bgmrec.data.dataset import load_dataset
@@ -289,6 +287,7 @@ def run_speed(work: Path, console: Console) -> dict:
     from bgmrec.eval.protocol import full_ranks
     from bgmrec.models.base import FeatureSpec, SplitView
     from bgmrec.models.registry import build
+    from bgmrec.runs import peak_rss_mb
 
     figures = {}
     data = Path(work) / "tt150k-speed"

@@ -72,6 +72,9 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None, ke
 
 
 def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console: Console) -> list[dict]:
+    """``bgmrec demo``: simulate the ``scale`` world with ``seed`` into ``out`` (reused when it matches), train
+    ``models`` (None: :data:`DEMO_MODELS`) beside one shared teacher, evaluate every mode of each on the
+    evaluation splits, print the tables and write ``out``'s report; returns one result object per evaluation."""
     from bgmrec.eval import report
     from bgmrec.models.packages import model_package, packages_note
     from bgmrec.models.registry import resolve

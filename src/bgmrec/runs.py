@@ -68,12 +68,26 @@ def warn_if_model_code_changed(run: Path, model) -> None:
 
 
 def machine() -> str:
+    """The machine a benchmark figure was measured on, for its report: architecture, cores, Python, torch."""
     import os
 
     import torch
 
     return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, torch {torch.__version__}").replace("  ", " ")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image (VmHWM; ``ru_maxrss`` where /proc is missing), MB."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _same_value(given, value) -> bool:

@@ -25,7 +25,6 @@ class ConstantRecommender(Recommender):
     """Scores every track equally: its ranks must be chance level (ties spread uniformly)."""
 
     name = "constant"
-    trainable = False
 
     def fit(self, train, val=None, progress=False):
         return self

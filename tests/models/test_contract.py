@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bgmrec.models.base import SplitView
-from bgmrec.models.registry import MODEL_PATHS
+from bgmrec.models.registry import MODEL_PATHS, VARIANTS
 from bgmrec.testing import SMALL_NET, RecommenderContractMixin
 
 
@@ -51,8 +51,8 @@ class TestCMVAE(RecommenderContractMixin):
 
 
 class TestDecCMNoTeacher(RecommenderContractMixin):
-    model_name = "deccm"
-    overrides = {"epochs": 2, "teacher": False, "prior_samples": 64, **SMALL_NET}
+    model_name = "deccm-noteacher"
+    overrides = {"epochs": 2, "prior_samples": 64, **SMALL_NET}
 
     @pytest.mark.parametrize("mode", ["backdoor", "content", "personalised"])
     def test_every_inference_mode_keeps_the_contract(self, model, queries, catalog, mode):
@@ -172,9 +172,19 @@ class TestCMVAEVisual(RecommenderContractMixin):
         np.testing.assert_array_equal(model.encode_videos(blank), model.encode_videos(queries.subset(slice(0, 5))))
 
 
-def test_every_registered_model_has_a_contract_class():
+class TestCMVAENoCrossGeneration(RecommenderContractMixin):
+    model_name = "cmvae-nocrossgen"
+    overrides = {"epochs": 2, **SMALL_NET}
+
+
+class TestCMVAENoPrior(RecommenderContractMixin):
+    model_name = "cmvae-noprior"  # no track prior: it reads no genre and saves no prior arrays
+    overrides = {"epochs": 2, **SMALL_NET}
+
+
+def test_every_registered_model_and_ablation_has_a_contract_class():
     tested = {cls.model_name for cls in RecommenderContractMixin.__subclasses__()}
-    assert set(MODEL_PATHS) <= tested, set(MODEL_PATHS) - tested
+    assert set(MODEL_PATHS) | set(VARIANTS) <= tested, (set(MODEL_PATHS) | set(VARIANTS)) - tested
 def test_save_over_an_old_run_leaves_no_stale_history(tiny_ds, tiny_spec, tmp_path):
     from bgmrec.models.base import load_model
     from bgmrec.models.registry import build

@@ -648,6 +648,8 @@ def features_fingerprint(root: Path) -> str:
 
 
 def read_json(path: Path, where: str | None = None) -> dict:
+    """A JSON object from ``path``; a :class:`DatasetError` naming the file (or ``where``) when it is missing,
+    not UTF-8 JSON or not an object."""
     label = where or str(path)
     if not Path(path).is_file():
         raise DatasetError(f"{label}: file is missing")

@@ -11,12 +11,19 @@ import numpy as np
 import torch
 
 
-def _weights(ranks: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+def _check_ranks(ranks: np.ndarray) -> np.ndarray:
+    """``ranks`` as an array; ValueError unless they are a non-empty 1-d array of finite 1-based ranks."""
     ranks = np.asarray(ranks)
     if ranks.ndim != 1 or ranks.size == 0:
         raise ValueError(f"ranks must be a non-empty 1-d array, got shape {ranks.shape}")
     if not np.isfinite(ranks).all() or (ranks < 1).any():
         raise ValueError("ranks are 1-based and finite")
+    return ranks
+
+
+def _weights(ranks: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Each query's weight, summing to 1: uniform, or ``weights`` normalised (checked with the ranks)."""
+    ranks = _check_ranks(ranks)
     if weights is None:
         return np.full(len(ranks), 1.0 / len(ranks))
     w = np.asarray(weights, np.float64)
@@ -54,7 +61,7 @@ def parse_metric(metric: str) -> tuple[str, int | None]:
 def query_gains(ranks: np.ndarray, metric: str) -> np.ndarray:
     """Each query's value of ``metric`` ("recall@K", "ndcg@K" or "mrr"): the metric is their mean."""
     name, k = parse_metric(metric)
-    _weights(ranks, None)  # validate first: rank 0 would divide by zero
+    _check_ranks(ranks)  # first: rank 0 would divide by zero
     if name == "mrr":
         return reciprocal_ranks(ranks)
     return (recall_gains if name == "recall" else ndcg_gains)(ranks, k)
@@ -85,7 +92,7 @@ def mrr(ranks: np.ndarray, weights: np.ndarray | None = None) -> float:
 
 def median_rank(ranks: np.ndarray) -> float:
     """Median 1-based rank of the relevant item."""
-    _weights(ranks, None)
+    _check_ranks(ranks)
     return float(np.median(ranks))
 
 
@@ -190,7 +197,7 @@ def per_group_recall_at_k(ranks: np.ndarray, groups: np.ndarray, n_groups: int, 
     [0, ``n_groups``) per rank, the ranks 1-based and finite."""
     ranks = np.asarray(ranks)
     groups = np.asarray(groups)
-    _weights(ranks, None)
+    _check_ranks(ranks)
     if groups.shape != ranks.shape:
         raise ValueError(f"groups must have one entry per rank ({ranks.shape}), got shape {groups.shape}")
     _check_groups(groups, n_groups, "group")

@@ -93,6 +93,7 @@ def fewer_negatives_note(results: list[dict], split: str) -> str | None:
 
 
 def markdown_table(results: list[dict], split: str) -> str:
+    """The Markdown table of ``split`` from :func:`~bgmrec.eval.protocol.evaluate` results (one row each)."""
     return markdown_from_rows(rows_for_split(results, split))
 
 

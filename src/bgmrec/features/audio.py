@@ -55,8 +55,10 @@ from bgmrec.data.dataset import (
     write_json_atomic,
 )
 from bgmrec.features.cache import (
+    ExtractReport,
     FeatureCache,
     MediaError,
+    av_version,
     check_output_folder,
     first_missing,
     media_keys,
@@ -388,18 +390,6 @@ class Catalog:
                    np.asarray(features, np.float32))
 
 
-@dataclass
-class ExtractReport:
-    """What one extraction run did."""
-
-    out: Path
-    done: int  # inputs in the output
-    extracted: int  # inputs analysed in this run (the others came from the cache)
-    cached: int
-    failures: list[tuple[str, str]]  # (file, reason)
-    warnings: list[str] = field(default_factory=list)  # one line each, e.g. metadata rows naming no file
-
-
 def read_track_meta(path: Path) -> dict[str, tuple[int, dict[str, str]]]:
     """Metadata CSV -> {id or file name: (line, {"title", "artist", "genre"})}.
 
@@ -526,7 +516,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "extractors": {"opensmile": {"feature_set": config.opensmile_set, "level": "functionals",
                                      "version": settings["opensmile"]},
                        "librosa": {"version": settings["librosa"]},
-                       "decoder": {"name": "pyav", "version": _av_version()}},
+                       "decoder": {"name": "pyav", "version": av_version()}},
         "settings": asdict(config),
         "dim": int(music.shape[1]),
         "feature_names": extractor.feature_names(),
@@ -540,12 +530,6 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures, [w for w in [unused] if w] + uncovered)
-
-
-def _av_version() -> str:
-    import av
-
-    return av.__version__
 
 
 def array_sha256(arr: np.ndarray) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -79,17 +78,6 @@ def write_long_wav(path: Path, seconds: float, sr: int) -> Path:
     return path
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process image (VmHWM; ru_maxrss where /proc is missing), MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _worker_peak(path: str) -> float:
     """In a fresh worker process: extract one track as extract-music's workers do; return the peak MB."""
     from bgmrec.features.audio import AudioConfig, _init_worker, _worker_job
@@ -97,6 +85,8 @@ def _worker_peak(path: str) -> float:
     _init_worker(AudioConfig())
     with tempfile.TemporaryDirectory() as d:
         _worker_job(path, "0" * 64, d, {})
+    from bgmrec.runs import peak_rss_mb  # imported here: the worker loads what extract-music's workers load
+
     return peak_rss_mb()
 
 
@@ -272,6 +262,8 @@ def bench_served(model, cat, feats, repeats: int) -> dict:
 
 def run_bench(n_tracks: int = 6, catalog_size: int = 3000, repeats: int = 5, log=print) -> dict:
     """Run every measurement in one process and return the figures (see the module docstring)."""
+    from bgmrec.runs import peak_rss_mb
+
     with tempfile.TemporaryDirectory(prefix="bgmrec-bench-") as d:
         tmp = Path(d)
         music = bench_music(tmp, n_tracks, log)

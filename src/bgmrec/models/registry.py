@@ -104,11 +104,11 @@ def plugin_models() -> dict[str, EntryPoint | tuple[EntryPoint, ...]]:
     return {name: eps[0] if len(eps) == 1 else tuple(eps) for name, eps in found.items()}
 
 
-def model_names(include_variants: bool = True) -> list[str]:
-    """Every ``--model`` name: built-in models, ablations (unless ``include_variants`` is False), then
-    the models of other packages and those registered in this process."""
+def model_names() -> list[str]:
+    """Every ``--model`` name: built-in models, ablations, then the models of other packages and those
+    registered in this process."""
     extra = [n for n in {**plugin_models(), **_REGISTERED} if n not in MODEL_PATHS]
-    return list(MODEL_PATHS) + (list(VARIANTS) if include_variants else []) + extra
+    return list(MODEL_PATHS) + list(VARIANTS) + extra
 
 
 def resolve(name: str) -> tuple[str, dict]:

@@ -49,6 +49,9 @@ class TwoTowerInfoNCEConfig(TwoTowerConfig):
 
 
 class TwoTowerModule(nn.Module):
+    """The two towers: an MLP from the standardised video features (frames, caption zeroed when there is none,
+    and a has-caption flag) and one from the music features, each to a unit ``latent_dim`` embedding."""
+
     def __init__(self, cfg: TwoTowerConfig, spec) -> None:
         super().__init__()
         self.norms = InputNorms(spec)
