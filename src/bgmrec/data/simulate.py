@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bgmrec.bounds import check_bounds
 from bgmrec.data.dataset import Dataset, SplitInfo, load_npy, read_json, save_dataset
 from bgmrec.data.negatives import sample_negatives
 
@@ -79,10 +80,8 @@ class WorldConfig:
             for x in value if isinstance(value, tuple) else (value,):
                 if isinstance(x, float) and not math.isfinite(x):
                     raise ValueError(f"world parameter {f.name} must be a finite number, got {x}")
-        for rule, names in _WORLD_BOUNDS.items():
-            for name in names:
-                if not _BOUND_HOLDS[rule](getattr(self, name)):
-                    raise ValueError(f"world parameter {name} must be {rule}, got {getattr(self, name)}")
+        check_bounds(self, "world parameter ",
+                     **{name: rule for rule, names in _WORLD_BOUNDS.items() for name in names})
         if not self.genre_shares or min(self.genre_shares) <= 0:
             raise ValueError(f"world parameter genre_shares must be positive shares, got {list(self.genre_shares)}")
         if self.val_share + self.test_share >= 1:
@@ -140,8 +139,6 @@ _WORLD_BOUNDS = {  # rule -> the WorldConfig fields it bounds (checked on constr
     "in [0, 1]": ("content_lean", "text_unrelated_share", "text_empty_share"),
     "in [0, 1)": ("new_track_share", "val_share", "test_share"),
 }
-_BOUND_HOLDS = {">= 1": lambda v: v >= 1, ">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0,
-                "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 1)": lambda v: 0 <= v < 1}
 
 
 @dataclass(frozen=True)

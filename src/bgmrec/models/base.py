@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 import bgmrec
+from bgmrec.bounds import check_bounds as check_bounds  # models and plugins import it from here
 from bgmrec.data.dataset import Dataset, DatasetError, write_files_together, write_json_atomic
 from bgmrec.models.packages import model_package
 
@@ -222,33 +222,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self, seed=">= 0")
-
-
-#: the ranges :func:`check_bounds` knows, by how its messages write them
-BOUNDS = {
-    ">= 0": lambda v: v >= 0,
-    "> 0": lambda v: v > 0,
-    ">= 1": lambda v: v >= 1,
-    ">= 2": lambda v: v >= 2,
-    "in [0, 1)": lambda v: 0 <= v < 1,
-}
-
-
-def check_bounds(config: Any, **bounds: str) -> None:
-    """Raise ``ValueError("FIELD must be [finite and ]RANGE, got VALUE")`` for the first field of ``config`` out
-    of its range.
-
-    ``bounds`` maps field names to keys of :data:`BOUNDS`; NaN and infinite floats are never in range (an
-    infinite learning rate or temperature trained a model to chance, or diverged with advice to lower the
-    learning rate). A tuple field is checked element by element.
-    """
-    for name, bound in bounds.items():
-        value = getattr(config, name)
-        values = value if isinstance(value, tuple) else (value,)
-        infinite = any(isinstance(v, float) and math.isinf(v) for v in values)  # an int of any size is finite
-        if infinite or not all(BOUNDS[bound](v) for v in values):
-            each = "each of " if isinstance(value, tuple) else ""
-            raise ValueError(f"{each}{name} must be {'finite and ' if infinite else ''}{bound}, got {value!r}")
 
 
 # ---- the contract --------------------------------------------------------------------------------------

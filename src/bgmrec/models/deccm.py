@@ -92,11 +92,10 @@ class DecCMConfig(CMVAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_bounds(self, alpha=">= 0", taste_lr_scale=">= 0", prior_samples=">= 1", reference_tracks=">= 1")
+        check_bounds(self, alpha=">= 0", taste_lr_scale=">= 0", prior_samples=">= 1", reference_tracks=">= 1",
+                     teacher_mix="in [0, 1]")
         if self.inference not in MODES:
             raise ValueError(f"inference must be one of {MODES}, got {self.inference!r}")
-        if not 0.0 <= self.teacher_mix <= 1.0:
-            raise ValueError(f"teacher_mix must be in [0, 1], got {self.teacher_mix}")
         if self.adjustment and self.matching != "infonce":
             raise ValueError("DecCM's adjustment needs matching='infonce' (its logits must be log-probabilities)")
 
