@@ -393,5 +393,5 @@ def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: in
 
 def warn_on_stderr(msg: str) -> None:
     """Print a warning on standard error: what the commands pass as ``warn``, and how they show a
-    :class:`FeatureMismatchWarning` (the library itself never prints)."""
+    :class:`FeatureMismatchWarning` (:class:`ClipRecommender` never prints: it tells ``warn``)."""
     print(f"warning: {msg}", file=sys.stderr)
