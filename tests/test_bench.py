@@ -178,7 +178,7 @@ def test_track_term_fit_recovers_a_hidden_per_track_term(tiny_ds, split):
 
     truth = choice_truth(tiny_ds, split, oracle)
     assert set(truth.query.index) <= set(np.asarray(tiny_ds.splits["val"])[:, 0])  # fitted on val videos
-    fitted = TrackTermFit(Shifted(), truth)
+    fitted = TrackTermFit.fit(Shifted(), truth)
     cand = tiny_ds.candidate_tracks(split)
     assert abs(fitted.kappa - 2.0) < 0.05
     # kappa * (-hidden) + term = 0 up to a constant: the hidden term is found again, on the right tracks

@@ -413,10 +413,16 @@ class TrackTermFit:
 
     name = "track-term-fit"
 
-    def __init__(self, model, truth: ChoiceTruth) -> None:
+    def __init__(self, model, kappa: float, term: np.ndarray) -> None:
+        self.model = model  # the model whose scores are kept
+        self.kappa = kappa  # the scale of its scores
+        self.term = term  # [M] the per-track term of each track of the catalogue (0 outside the candidates)
+
+    @classmethod
+    def fit(cls, model, truth: ChoiceTruth) -> TrackTermFit:
+        """Fit kappa and the per-track term of ``model``'s scores to ``truth`` (L-BFGS on the cross-entropy)."""
         import torch
 
-        self.model = model
         scores = model.score(truth.query, truth.catalog)[:, truth.candidates].astype(np.float64)
         if not np.isfinite(scores).all():
             raise ValueError(f"{getattr(model, 'name', 'model')}: scores are not finite")
@@ -433,9 +439,9 @@ class TrackTermFit:
             return loss
 
         opt.step(closure)
-        self.kappa = float(kappa.detach())
-        self.term = np.zeros(len(truth.catalog))  # only the split's candidates are ever ranked
-        self.term[truth.candidates] = term.detach().numpy()
+        every_track = np.zeros(len(truth.catalog))  # only the split's candidates are ever ranked
+        every_track[truth.candidates] = term.detach().numpy()
+        return cls(model, float(kappa.detach()), every_track)
 
     def encode_videos(self, q) -> np.ndarray:
         e = self.model.encode_videos(q).astype(np.float64)
@@ -666,7 +672,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
                     cell.setdefault("ranked", []).append(full_recall_at_10(model, ds, split))
                     if not fit_track_terms:
                         continue
-                    fitted = TrackTermFit(model, truths[split])
+                    fitted = TrackTermFit.fit(model, truths[split])
                     cell.setdefault("fitted", []).append(full_recall_at_10(fitted, ds, split))
             console.print(f"{scale} seed {seed}: {name} done")
         for name in intervened:
