@@ -518,6 +518,56 @@ def test_json_bodies_past_the_limit_get_a_413_before_they_are_read(tiny_ds, cmva
                                                  r"bytes for JSON", r.json()["detail"]), r.json()
 
 
+def _post_in_chunks(app, path: str, content_type: str, head: bytes, chunks: int, size: int = 2**16):
+    """POST ``head`` then ``chunks`` blocks of ``size`` bytes to the ASGI ``app`` without a Content-Length, as a
+    server hands a chunked body on; (status, JSON answer, body bytes the app pulled)."""
+    import asyncio
+
+    blocks = iter([head] + [b"x" * size] * chunks)
+    pulled, sent = [], []
+
+    async def receive():
+        block = next(blocks, None)
+        pulled.append(len(block or b""))
+        return {"type": "http.request", "body": block or b"", "more_body": block is not None}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", content_type.encode()), (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(answer), sum(pulled)
+
+
+def test_bodies_sent_without_a_length_are_counted_and_refused_past_the_limit(tiny_ds, cmvae, monkeypatch):
+    # only a declared Content-Length was checked: a chunked 400 MB upload to a 1 MB server was spooled to disk
+    # whole, a chunked 100 MB JSON body read into memory, before any answer
+    import bgmrec.service
+
+    monkeypatch.setattr(bgmrec.service, "json_limit", lambda spec: 5000)
+    app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_upload=1000)
+    head = (b'--b0undary\r\ncontent-disposition: form-data; name="video"; filename="clip.mp4"\r\n'
+            b"content-type: video/mp4\r\n\r\n")
+    status, answer, pulled = _post_in_chunks(app, "/recommend/video", "multipart/form-data; boundary=b0undary",
+                                             head, chunks=1000)  # 64 MB offered
+    assert status == 413 and answer["detail"].startswith("video: the upload is larger than this server's limit "
+                                                         "of 1000 bytes")
+    assert pulled <= 1000 + bgmrec.service.FORM_SLACK + 2**16  # stopped at the limit
+    status, answer, pulled = _post_in_chunks(app, "/recommend", "application/json", b'{"visual": "', chunks=1000)
+    assert (status, answer) == (413, {"detail": "body: the request is larger than this server's limit of 5000 "
+                                                "bytes for JSON (0 MB)"})
+    assert pulled <= 5000 + 2**16
+    client = TestClient(app)
+    r = client.post("/recommend", content=iter([json.dumps(clip_body(tiny_ds, 0, top=2)).encode()]),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["tracks"]) == 2  # a small chunked body is read as before
+
+
 def test_the_json_limit_holds_a_full_batch_of_the_widest_values():
     from types import SimpleNamespace
 

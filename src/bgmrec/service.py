@@ -41,6 +41,7 @@ import hashlib
 import logging
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,6 +51,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
@@ -133,19 +135,13 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
             logger.exception("%s %s failed", request.method, request.url.path)
             return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
-    @app.middleware("http")
-    async def upload_limit(request: Request, call_next):
-        # a declared body far past the limit is refused before it is read (the video endpoint counts the bytes
-        # too; a JSON body without Content-Length is read whole)
-        length = request.headers.get("content-length", "")
-        size = int(length) if length.isdigit() else 0
-        if request.url.path == "/recommend/video" and size > max_upload + FORM_SLACK:
-            return JSONResponse(status_code=413, content={"detail": too_large})
-        if request.url.path in ("/recommend", "/recommend/batch") and size > max_json:
-            return JSONResponse(status_code=413, content={"detail": f"body: {size} bytes is larger than this "
-                                                                    f"server's limit of {max_json} bytes for JSON "
-                                                                    f"({max_json / 2**20:.0f} MB)"})
-        return await call_next(request)
+    def json_too_large(size: int | None) -> str:
+        return (f"body: {f'{size} bytes is' if size is not None else 'the request is'} larger than this server's "
+                f"limit of {max_json} bytes for JSON ({max_json / 2**20:.0f} MB)")
+
+    app.add_middleware(BodyLimit, limits={"/recommend/video": (max_upload + FORM_SLACK, lambda size: too_large),
+                                          "/recommend": (max_json, json_too_large),
+                                          "/recommend/batch": (max_json, json_too_large)})
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_: Request, exc: RequestValidationError):
@@ -221,6 +217,55 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     return app
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body found past its limit while it was read (HTTP 413 with ``detail``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than its path's limit gets HTTP 413, whether its size is declared
+    (``Content-Length``: refused before a byte is read) or not (chunked: counted as it arrives, and refused as
+    soon as it passes the limit, so an upload without a length never fills the disk or the memory).
+
+    ``limits`` maps a path to (bytes, detail), ``detail(size)`` giving the answer's one-line ``detail`` (``size``:
+    the declared length, None for a body counted while read)."""
+
+    def __init__(self, app, limits: dict[str, tuple[int, Callable[[int | None], str]]]) -> None:
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.limits:
+            return await self.app(scope, receive, send)
+        limit, detail = self.limits[scope["path"]]
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return await JSONResponse(status_code=413, content={"detail": detail(int(declared))})(scope, receive, send)
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # re-raised by FastAPI's body parsing as the HTTP error it is
+                    raise BodyTooLarge(detail(None))
+            return message
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except BodyTooLarge as e:  # raised where no exception handler answers it
+            if started:
+                raise
+            await JSONResponse(status_code=413, content={"detail": e.detail})(scope, receive, send)
+
+
 def index_settings(index) -> dict:
     """The search settings of a FAISS index (links per node, ef_search, ef_construction); {} for exact search."""
     if not hasattr(index, "ef_search"):
@@ -263,11 +308,16 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     than be called bad JSON. Starlette's multipart parser refuses a text field over :data:`MAX_CAPTION` bytes
     ("Part exceeded maximum size") without saying which field: most often the caption, or a video sent as a
     text part (no file name), so :data:`CAPTION_TOO_LARGE` names both; it refuses more than 1,000 text fields
-    ("Too many fields"), which only long ``exclude`` or ``genres`` lists reach (:data:`TOO_MANY_FIELDS`).
+    ("Too many fields"), which only long ``exclude`` or ``genres`` lists reach (:data:`TOO_MANY_FIELDS`). A body
+    :class:`BodyLimit` found too large while the framework parsed it is answered as the 413 it is.
     """
     if exc.status_code != 400:
         return None
     cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:  # a middleware's task group
+        cause = cause.exceptions[0]
+    if isinstance(cause, BodyTooLarge):  # FastAPI's parsing wrapped it as a body it could not parse
+        return 413, cause.detail
     if isinstance(cause, RecursionError):
         return 422, ('body: JSON nested too deeply to parse (a request nests 4 levels at most: '
                      '{"clips": [{"visual": [...]}]})')
