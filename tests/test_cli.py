@@ -303,6 +303,33 @@ def test_evaluate_json_to_a_folder_is_refused_before_any_work(cli_world, popular
     assert captured.err.replace("\n", "").startswith(f"error: --json {tmp_path}: is a folder")
 
 
+def test_json_never_replaces_a_file_that_is_not_the_commands_own_result(cli_world, popularity_run, tmp_path, capsys):
+    # --json DATA/manifest.json replaced the manifest (the dataset no longer loaded), --json RUN/config.json the run's
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(cli_world, data)
+    for target in (data / "manifest.json", popularity_run / "config.json", data / "features" / "music.npy"):
+        before = target.read_bytes()
+        for command in (["evaluate", "--run", str(popularity_run), "--data", str(data)],
+                        ["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
+                         str(data), "--resamples", "100"]):
+            assert main([*command, "--json", str(target)]) == 2
+            captured = capsys.readouterr()
+            assert captured.out == ""  # refused before any work
+            name = command[0]
+            assert captured.err.replace("\n", "") == (f"error: --json {target}: exists and is not a result of bgmrec "
+                                                     f"{name} --json; refusing to replace it (choose another path, "
+                                                     "or remove the file)")
+            assert target.read_bytes() == before
+    result = tmp_path / "e.json"
+    for _ in range(2):  # the command's own earlier result is replaced
+        assert main(["evaluate", "--run", str(popularity_run), "--data", str(data), "--json", str(result)]) == 0
+    assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data", str(data),
+                 "--resamples", "100", "--json", str(result)]) == 2  # an evaluation is not a comparison
+    assert "not a result of bgmrec compare --json" in _error(capsys)
+
+
 def test_deccm_modes_through_the_cli(cli_world, tmp_path):
     run = tmp_path / "deccm"
     assert main(["train", "--data", str(cli_world), "--model", "deccm-noteacher", "--out", str(run),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -157,8 +158,7 @@ def evaluate(
     from bgmrec.eval.report import rich_tables
     from bgmrec.models.base import load_model
 
-    if json_out is not None and json_out.is_dir():
-        raise ValueError(f"--json {json_out}: is a folder; give the path of a file to write the result to")
+    check_result_file(json_out, "evaluate")
     ds = load_dataset(data)
     rec = load_model(run)
     if mode is not None:
@@ -209,8 +209,7 @@ def compare(
 
     parse_metric(metric)
     check_settings(resamples, level)
-    if json_out is not None and json_out.is_dir():
-        raise ValueError(f"--json {json_out}: is a folder; give the path of a file to write the comparison to")
+    check_result_file(json_out, "compare")
     ds = load_dataset(data)
     models = []
     for folder, m in ((baseline, baseline_mode), (run, mode)):
@@ -291,6 +290,7 @@ def bench_speed(
     from bgmrec.bench import run_speed
     from bgmrec.data.dataset import write_json_atomic
 
+    check_result_file(json_out, "bench speed")
     figures = run_speed(work, console)
     figures["machine"] = runs.machine()
     figures["commit"] = runs.git_commit()
@@ -345,3 +345,27 @@ def bench_gamma(
 
     run_gamma_sweep([float(g) for g in gammas.split(",")], scale, seed, work, out, console,
                     command_line(sys.argv[1:], "bgmrec bench gamma"))
+
+
+#: keys by which a command knows its own ``--json`` result, which it may replace (and nothing else)
+RESULT_KEYS = {"evaluate": ("model", "split", "full"), "compare": ("baseline_run", "candidate_run"),
+               "bench speed": ("simulate_tt150k_seconds",)}
+
+
+def check_result_file(path: Path | None, command: str) -> None:
+    """Refuse, before any work, a ``--json`` path of ``command`` that names a folder, or an existing file that is
+    not an earlier result of the same command (a dataset's manifest.json, a run's config.json, a features
+    array: replacing it would break what it belongs to)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--json {path}: is a folder; give the path of a file to write the result to")
+    if not path.exists():
+        return
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        found = None
+    if not (isinstance(found, dict) and all(key in found for key in RESULT_KEYS[command])):
+        raise ValueError(f"--json {path}: exists and is not a result of bgmrec {command} --json; refusing to replace "
+                         "it (choose another path, or remove the file)")
