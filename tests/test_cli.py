@@ -134,8 +134,24 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
     data = Path(shutil.copytree(world, tmp / "world"))
     text = (data / "manifest.json").read_text()
     (data / "manifest.json").write_text(text[: len(text) // 2])
+    nested = Path(shutil.copytree(world, tmp / "nested"))
+    (nested / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # was a RecursionError traceback
+    long_field = Path(shutil.copytree(world, tmp / "long_field"))
+    lines = (long_field / "tracks.csv").read_text().splitlines()
+    lines[1] = lines[1] + "x" * 200_000  # past the csv module's field limit: was a _csv.Error traceback
+    (long_field / "tracks.csv").write_text("\n".join(lines) + "\n")
+    a_file = tmp / "a_file"
+    a_file.write_text("not a folder")
     out = str(tmp / "r")
     return {
+        "data-is-a-file": (["train", "--data", str(a_file), "--model", "popularity", "--out", out],
+                           (f"{a_file}: not a dataset folder (a file)",)),  # was "(it does not exist)"
+        "out-under-a-file": (["train", "--data", str(world), "--model", "popularity", "--out", str(a_file / "r")],
+                             (f"{a_file}/r: cannot be made: a file stands where one of its parent folders must be",)),
+        "nested-manifest": (["train", "--data", str(nested), "--model", "popularity", "--out", out],
+                            ("manifest.json", "not valid JSON (nested too deeply to parse)")),
+        "csv-field-too-long": (["train", "--data", str(long_field), "--model", "popularity", "--out", out],
+                               ("tracks.csv: not a readable CSV file (field larger than field limit",)),
         "missing-data": (["train", "--data", str(tmp / "nope"), "--model", "popularity", "--out", out],
                          ("nope", "does not exist")),
         "unknown-model": (["train", "--data", str(world), "--model", "nosuchmodel", "--out", out],
@@ -183,7 +199,8 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
     }
 
 
-BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest", "missing-run", "unknown-split",
+BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest", "nested-manifest",
+       "csv-field-too-long", "data-is-a-file", "out-under-a-file", "missing-run", "unknown-split",
        "bad-set-value", "ceiling-without-runs", "ceiling-default-models",
        "ceiling-unknown-model", "ceiling-nothing-to-report", "ceiling-teacher-on-the-intervened-world",
        "compare-unknown-metric", "compare-unknown-mode", "compare-bad-level", "compare-bad-resamples"]
@@ -197,7 +214,10 @@ def test_bad_input_exits_2_with_a_clear_error(cli_world, popularity_run, tmp_pat
     for w in words:
         assert w in err, err
     assert not (tmp_path / "r").exists()  # nothing half-written
-@pytest.mark.parametrize("case", ["unknown-model", "unknown-set-field", "truncated-manifest"])
+
+
+@pytest.mark.parametrize("case", ["unknown-model", "unknown-set-field", "truncated-manifest", "nested-manifest",
+                                  "csv-field-too-long"])
 def test_bad_input_error_is_one_line(cli_world, popularity_run, tmp_path, capsys, case):
     argv, _ = _bad_inputs(cli_world, tmp_path)[case]
     assert main(argv) == 2

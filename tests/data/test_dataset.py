@@ -345,6 +345,35 @@ def test_a_stop_between_the_two_renames_puts_the_old_folder_back(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def test_the_next_write_puts_back_the_folder_a_killed_write_moved_aside(tmp_path, capsys):
+    # kill -9 between the two renames left no `data`: the previous folder only as the hidden .data.old-PID, which
+    # nothing pointed to and no later run put back; every kill left a .data.tmp-PID-* behind
+    import os
+    import subprocess
+    import sys
+
+    from bgmrec.data.dataset import atomic_write_dir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    aside = tmp_path / f".data.old-{dead.pid}"
+    aside.mkdir()
+    (aside / "manifest.json").write_text('{"format_version": 1}')
+    (aside / "old.txt").write_text("the previous content")
+    (tmp_path / f".data.tmp-{dead.pid}-abcd1234").mkdir()  # the killed write's half-written folder
+    live = tmp_path / f".data.tmp-{os.getpid()}-live0000"  # a running writer's: left to it
+    live.mkdir()
+
+    def fail(folder):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_dir(tmp_path / "data", fail)
+    assert (tmp_path / "data" / "old.txt").read_text() == "the previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "data"]
+    assert "put back the previous folder, which a killed write had moved aside" in capsys.readouterr().err
+
+
 def test_a_stop_just_after_the_temporary_folder_is_made_removes_it(tmp_path, monkeypatch):
     # SIGTERM right after the folder appeared (as a scheduler watching it would send it) left it behind
     import os

@@ -194,3 +194,19 @@ def test_save_over_an_old_run_leaves_no_stale_history(tiny_ds, tiny_spec, tmp_pa
     (run / "history.json").write_text('[{"epoch": 1, "val_recall@10": 0.9}]')
     build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train")).save(run)
     assert load_model(run).history == []
+
+
+def test_saved_weights_are_as_readable_as_the_runs_other_files(tiny_ds, tiny_spec, tmp_path):
+    # safetensors' save_file made weights.safetensors readable by its owner only (0600) whatever the umask, beside a
+    # 0644 config.json: a server running as another account could read the run's config but not its weights
+    import os
+
+    from bgmrec.models.registry import build
+
+    old = os.umask(0o022)
+    try:
+        run = build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train")).save(tmp_path / "run")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}
+    assert modes["weights.safetensors"] == modes["config.json"] == 0o644, modes

@@ -165,6 +165,11 @@ CONFIG_EDITS = {
                             "config.json: CMVAEConfig.latent_dim: cannot use 'x' as int"),
     "config-field-a-fraction": ("cmvae", lambda m: m["config"].update(latent_dim=2.5),
                                 "config.json: CMVAEConfig.latent_dim: cannot use 2.5 as int (expected an integer)"),
+    "config-flag-a-list": ("cmvae", lambda m: m["config"].update(track_prior=[]),  # was read as False
+                           "config.json: CMVAEConfig.track_prior: cannot use [] as bool (expected a boolean, got "
+                           "list [])"),
+    "config-flag-a-number": ("cmvae", lambda m: m["config"].update(track_prior=2),
+                             "config.json: CMVAEConfig.track_prior: cannot use 2 as bool"),
     "config-field-out-of-range": ("cmvae", lambda m: m["config"].update(batch_size=0),
                                   "config.json: batch_size must be >= 2, got 0"),
 }

@@ -198,11 +198,12 @@ def test_figures_and_commands_name_the_plugin_code_that_ran(installed_plugin, mo
                              f"'ep_ridge' 0.1.0, code {now['code']} now)")
     runs = json.loads(out.read_text())["provenance"]["runs"]
     assert runs["run"]["model_package"] == now and runs["run"]["trained"]["model_package"] == made  # as evaluated
+    compared = out.with_name("compare.json")  # --json replaces only the same command's result
     assert main(["compare", "--baseline", str(base), "--run", str(run), "--data", str(tiny_dir), "--resamples",
-                 "200", "--json", str(out)]) == 0
+                 "200", "--json", str(compared)]) == 0
     [warned] = warning_lines(capsys)  # the changed run's; the baseline is bgmrec's own
     assert warned.startswith(f"warning: {run}: its model's code changed")
-    runs = json.loads(out.read_text())["provenance"]["runs"]
+    runs = json.loads(compared.read_text())["provenance"]["runs"]
     assert runs["candidate"]["model_package"] == now and runs["baseline"]["model_package"] is None
     # recommend and serve say it as soon as the model is loaded (here, before failing on a missing catalogue)
     monkeypatch.setattr("bgmrec.cli.serve.check_can_listen", lambda host, port: None)

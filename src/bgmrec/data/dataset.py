@@ -22,11 +22,13 @@ atomic: the folder is built under a temporary name and renamed into place.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -377,12 +379,16 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     videos folder has one). Anything else there is refused before any work, never deleted.
     """
     out = Path(out)
+    recover_killed_write(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
     if out.is_dir() and any(out.iterdir()) and not _written_here(out / marker, version_key):
         raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, marker, what)}); "
                            "refusing to replace it (choose another output folder or empty this one)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a parent folder must be
+        raise DatasetError(f"{out}: cannot be made: a file stands where one of its parent folders must be") from None
     # named before it is made, inside the try: a stop (Ctrl-C, SIGTERM) just after it is made removes it too
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -403,6 +409,38 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
         if made or (tmp.is_dir() and not any(tmp.iterdir())):  # a stop just after mkdir: made is still False
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_killed_write(out: Path) -> None:
+    """Tidy what a write of the folder ``out`` by :func:`atomic_write_dir` left when its process was killed
+    (``kill -9``, a power cut), which no handler saw: the previous folder, moved aside as ``.NAME.old-PID`` just
+    before the new one was to take its place, is put back when ``out`` is missing (and removed when the new one
+    is there); a half-written ``.NAME.tmp-PID-*`` is removed. Only entries of processes no longer running are
+    touched (a live writer's are its own)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    for entry in sorted(out.parent.glob(f".{glob.escape(out.name)}.*")):
+        kind, _, rest = entry.name[len(out.name) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("old", "tmp") or not pid.isdigit() or _process_runs(int(pid)) or not entry.is_dir():
+            continue
+        if kind == "old" and not out.exists():
+            entry.rename(out)
+            print(f"note: {out}: put back the previous folder, which a killed write had moved aside", file=sys.stderr)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_runs(pid: int) -> bool:
+    """True when a process ``pid`` runs (or cannot be told apart from one: another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def is_leftover(path: Path) -> bool:
@@ -440,7 +478,7 @@ def describe_folder(folder: Path, marker: str, what: str) -> str:
 def _written_here(marker: Path, version_key: str) -> bool:
     try:
         obj = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(obj, dict) and version_key in obj and "kind" not in obj
 
@@ -657,6 +695,8 @@ def read_json(path: Path, where: str | None = None) -> dict:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{label}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{label}: not valid JSON (nested too deeply to parse)") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{label}: expected a JSON object")
     return obj
@@ -674,6 +714,8 @@ def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
             rows = list(reader)
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except csv.Error as e:  # e.g. a field longer than the csv module reads (131,072 characters)
+        raise DatasetError(f"{path}: not a readable CSV file ({e})") from None
     bad = [i for i, r in enumerate(rows) if len(r) != len(columns)]
     if bad:
         raise DatasetError(f"{path}: row {bad[0] + 2} has {len(rows[bad[0]])} fields, expected {len(columns)}")
@@ -715,7 +757,7 @@ def other_folder(folder: Path) -> tuple[str, str | None] | None:
     folder bgmrec did not write, or a missing one."""
     try:
         man = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         man = None
     if isinstance(man, dict) and "kind" in man:
         kind = man["kind"]
@@ -732,7 +774,7 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     """Load and validate a dataset folder written by :func:`save_dataset` (or an importer)."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a dataset folder (it does not exist)")
+        raise DatasetError(f"{root}: not a dataset folder ({'a file' if root.exists() else 'it does not exist'})")
     other = other_folder(root)  # an extracted catalogue, a run...: no dataset field would be the first thing said
     if other is not None:
         raise DatasetError(f"{root} is {other[0]}, not a dataset{f': {other[1]}' if other[1] else ''}")

@@ -207,6 +207,9 @@ def read_npy(path: Path, label: str, objects: bool = False) -> np.ndarray:
                     raise DatasetError(f"{label}: refused to read it ({e})") from None
                 except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
                     raise DatasetError(f"{label}: not a readable object array ({e})") from None
+                except MemoryError:  # an array the pickle declares far larger than the file
+                    raise DatasetError(f"{label}: not a readable object array (it declares an array too large "
+                                       "for memory)") from None
     except DatasetError:
         raise
     except (OSError, ValueError, EOFError) as e:
@@ -718,6 +721,8 @@ def _read_sidecar(src: Path) -> dict | None:
         side = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{p}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{p}: not valid JSON (nested too deeply to parse)") from None
     if not isinstance(side, dict) or side.get("sidecar_version") != SIDECAR_VERSION:
         raise DatasetError(f"{p}: not a bgmrec export record of version {SIDECAR_VERSION}")
     for key, (expected, ok) in _SIDECAR_FIELDS.items():

@@ -313,7 +313,7 @@ def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = 
         return
     try:
         found = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         found = None
     if found != kind:
         raise DatasetError(f"{out}: the folder is not empty and is not {what} "
@@ -353,7 +353,7 @@ def read_manifest(root: Path, kind: str, what: str) -> dict:
     from bgmrec.data.dataset import DatasetError, read_json
 
     if not Path(root).is_dir():
-        raise DatasetError(f"{root}: not a {what} folder (it does not exist)")
+        raise DatasetError(f"{root}: not a {what} folder ({'a file' if Path(root).exists() else 'it does not exist'})")
     man = read_json(Path(root) / "manifest.json", f"{root}/manifest.json")
     if man.get("kind") != kind:
         raise DatasetError(f"{root}/manifest.json: expected kind {kind!r}, found {man.get('kind')!r}")

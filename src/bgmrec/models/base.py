@@ -383,7 +383,7 @@ class Recommender(ABC):
         """Write ``weights.safetensors``, ``config.json`` and ``history.json`` into the folder ``out``, all
         three or none (:func:`~bgmrec.data.dataset.write_files_together`: a failed save into an earlier run
         leaves that run as it was, loadable)."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         out = Path(out)
         made = model_package(type(self))
@@ -399,7 +399,9 @@ class Recommender(ABC):
             "spec": asdict(self.spec),
             "learned": self.extra_config(),
         }
-        writers = {"weights.safetensors": lambda tmp: save_file(arrays, str(tmp)),
+        # written as bytes by Python, not by safetensors' save_file, which makes the file readable by its owner
+        # only whatever the umask (a server running as another account could not read the weights)
+        writers = {"weights.safetensors": lambda tmp: Path(tmp).write_bytes(save(arrays)),
                    "config.json": lambda tmp: write_json_atomic(tmp, config)}
         if self.history:
             writers["history.json"] = lambda tmp: write_json_atomic(tmp, self.history)
@@ -441,7 +443,7 @@ def read_run_record(run: Path) -> dict:
     settings, ...); {} when the run has no readable record (saved by the library alone, or damaged)."""
     try:
         info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return info if isinstance(info, dict) else {}
 
@@ -534,6 +536,8 @@ def _read_history(path: Path) -> list[dict]:
         history = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not valid JSON (nested too deeply to parse)") from None
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise DatasetError(f"{path}: expected a JSON list with one object per epoch")
     return history
@@ -552,6 +556,8 @@ def _coerce(tp: Any, value: Any) -> Any:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(f"expected a boolean, got {value!r}")
             return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool | int) or value not in (0, 1):  # bool([]) would read a list as False
+            raise ValueError(f"expected a boolean, got {type(value).__name__} {value!r}"[:120])
         return bool(value)
     if tp is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
         raise ValueError("expected an integer")
