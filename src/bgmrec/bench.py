@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run, world_parameters
-from bgmrec.eval.report import markdown_from_rows
+from bgmrec.eval.report import markdown_from_rows, pyplot
 
 if TYPE_CHECKING:
     from bgmrec.models.base import Recommender
@@ -116,11 +116,7 @@ def markdown(agg: dict, split: str) -> str:
 
 def plot(agg: dict, split: str, title: str, out: Path) -> Path:
     """A bar chart of each model's mean Recall@10 on ``split`` with its deviation over seeds, written to ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     items = [(name, cells["R@10"]) for (name, s), cells in agg.items() if s == split and "R@10" in cells]
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(items) + 1.5))
     ax.barh([n for n, _ in items], [m for _, (m, _, _) in items], xerr=[sd for _, (_, sd, _) in items],
@@ -782,11 +778,7 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
                          "mixed_r10": mixed["full"]["recall@10"], "mixed_tvd": mixed["bias"]["exposure_tvd@10"],
                          **{f"truth_{k}_r10": v for k, v in reference.items()}})
         console.print(f"gamma {gamma}: done")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for mode in ("backdoor", "content", "personalised"):
         sub = [r for r in rows if r["mode"] == mode]

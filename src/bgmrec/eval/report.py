@@ -209,11 +209,7 @@ def paired_rich(columns: dict[str, list[tuple[str, PairedComparison]]], baseline
 
 def plot_recall_curves(results: list[dict], split: str, out: Path) -> Path:
     """Full-catalogue Recall@K against K for every model of one split (oracle dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 distinguishable series
     for r in (r for r in results if r["split"] == split):
@@ -234,11 +230,7 @@ def plot_recall_curves(results: list[dict], split: str, out: Path) -> Path:
 
 def plot_genre_shares(results: list[dict], split: str, out: Path) -> Path:
     """Genre shares of each model's top-10 lists beside the genre shares of the true positives."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     subset = [r for r in results if r["split"] == split]
     genres = list(subset[0]["bias"]["truth_genre_share"])
     series = [("truth (positives)", subset[0]["bias"]["truth_genre_share"])]
@@ -257,3 +249,13 @@ def plot_genre_shares(results: list[dict], split: str, out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def pyplot():
+    """matplotlib's pyplot drawing to files only (the Agg backend: no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

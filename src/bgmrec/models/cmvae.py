@@ -164,11 +164,22 @@ class CMVAE(TorchRecommender):
 
     def training_loss(self, batch: Batch, step: int, steps_per_epoch: int):
         video_post, music_post = self.posteriors(batch)
-        sim = self.embed(video_post[0]) @ self.embed(music_post[0]).T
+        sim = self.match_logits(self.embed(video_post[0]) @ self.embed(music_post[0]).T, batch)
         match = self.matching_loss(sim, batch)
         vae, logs = self.vae_terms(batch, video_post, music_post, step, steps_per_epoch)
         loss = self.config.match_weight * match + vae
+        extra = self.extra_loss(batch, video_post, music_post, logs)
+        if extra is not None:
+            loss = loss + extra
         return loss, {"loss": loss.item(), "match": match.item(), **logs}
+
+    def match_logits(self, sim: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The [B, B] matrix the matching term reads: the similarities (a subclass adds terms, as DecCM's taste)."""
+        return sim
+
+    def extra_loss(self, batch: Batch, video_post, music_post, logs: dict) -> torch.Tensor | None:
+        """A term a subclass adds to the loss (logging it in ``logs``), e.g. DecCM's teacher KL; None here."""
+        return None
 
     def embed(self, mu: torch.Tensor) -> torch.Tensor:
         """Posterior mean -> scoring embedding (unit-normalised for cosine similarity)."""

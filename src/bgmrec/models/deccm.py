@@ -227,25 +227,25 @@ class DecCM(CMVAE):
         self.module.content_prior.set_log_shares(catalog.features, log_share)
         self.module.content_prior.fit_regression(catalog.features, e_m, catalog.genre, g)
 
-    def training_loss(self, batch: Batch, step: int, steps_per_epoch: int):
+    def match_logits(self, sim: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """logit_ij = sim_ij / tau + t(c_i)[g_j] (times tau, as the matching term divides by it): row i's uploader
+        taste applied to column j's genre; the similarities alone without the adjustment."""
+        if not self.config.adjustment:
+            return sim
+        genre = nn.functional.one_hot(batch.genre, len(self.spec.genres)).to(sim.dtype)
+        return sim + self.config.temperature * self.module.taste_logits(batch.confounder) @ genre.T
+
+    def extra_loss(self, batch: Batch, video_post, music_post, logs: dict) -> torch.Tensor | None:
+        """alpha * KL(q_student || q_teacher) of the video and the music posteriors, per latent dimension."""
         cfg: DecCMConfig = self.config
-        video_post, music_post = self.posteriors(batch)
-        sim = self.embed(video_post[0]) @ self.embed(music_post[0]).T
-        if cfg.adjustment:
-            # logit_ij = sim_ij / tau + t(c_i)[g_j]: row i's uploader taste applied to column j's genre
-            genre = nn.functional.one_hot(batch.genre, len(self.spec.genres)).to(sim.dtype)
-            sim = sim + cfg.temperature * self.module.taste_logits(batch.confounder) @ genre.T
-        match = self.matching_loss(sim, batch)
-        vae, logs = self.vae_terms(batch, video_post, music_post, step, steps_per_epoch)
-        loss = cfg.match_weight * match + vae
-        if cfg.teacher and self.teacher is not None and cfg.alpha > 0:
-            with torch.no_grad():
-                t_video = self.teacher.module.video_posterior(batch.visual, batch.text, batch.text_mask)
-                t_music = self.teacher.module.music_posterior(batch.music)
-            distil = (kl_normal(*video_post, *t_video) + kl_normal(*music_post, *t_music)).mean() / cfg.latent_dim
-            loss = loss + cfg.alpha * distil
-            logs["teacher_kl"] = distil.item()
-        return loss, {"loss": loss.item(), "match": match.item(), **logs}
+        if not (cfg.teacher and self.teacher is not None and cfg.alpha > 0):
+            return None
+        with torch.no_grad():
+            t_video = self.teacher.module.video_posterior(batch.visual, batch.text, batch.text_mask)
+            t_music = self.teacher.module.music_posterior(batch.music)
+        distil = (kl_normal(*video_post, *t_video) + kl_normal(*music_post, *t_music)).mean() / cfg.latent_dim
+        logs["teacher_kl"] = distil.item()
+        return cfg.alpha * distil
 
     # -- scoring --
     def backdoor_offsets(self, e_v: torch.Tensor) -> torch.Tensor:
