@@ -348,6 +348,14 @@ def test_json_never_replaces_a_file_that_is_not_the_commands_own_result(cli_worl
     assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data", str(data),
                  "--resamples", "100", "--json", str(result)]) == 2  # an evaluation is not a comparison
     assert "not a result of bgmrec compare --json" in _error(capsys)
+    made = tmp_path / "made-by-mktemp.json"
+    made.touch()  # an empty file is no one's content
+    older = tmp_path / "older-compare.json"
+    older.write_text('{"baseline_run": "a", "run": "b"}')  # compare's result as bgmrec wrote it before candidate_run
+    for target in (made, older):
+        assert main(["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data", str(data),
+                     "--resamples", "100", "--json", str(target)]) == 0
+        assert "candidate_run" in json.loads(target.read_text())
 
 
 def test_deccm_modes_through_the_cli(cli_world, tmp_path):

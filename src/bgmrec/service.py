@@ -16,8 +16,8 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
   as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
   The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
-  do a caption over :data:`MAX_CAPTION` bytes (1 MB) and a JSON body declared larger than
-  :func:`json_limit` (64 MB, more for wider features).
+  do a caption over :data:`MAX_CAPTION` bytes (1 MB) and a JSON body larger than :func:`json_limit`
+  (64 MB, more for wider features), declared so or counted while it arrives (:class:`BodyLimit`).
 
 Every answer also carries ``served_by``: the model's name, its inference mode, the bgmrec version, the
 run folder's name and a SHA-256 of its ``config.json`` and ``weights.safetensors``, and the catalogue
@@ -131,6 +131,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         # log would show the traceback a second time)
         try:
             return await call_next(request)
+        except BodyTooLarge:  # the client's, answered by BodyLimit
+            raise
         except Exception:
             logger.exception("%s %s failed", request.method, request.url.path)
             return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})

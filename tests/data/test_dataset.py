@@ -356,10 +356,15 @@ def test_the_next_write_puts_back_the_folder_a_killed_write_moved_aside(tmp_path
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that no longer runs
+    older = tmp_path / f".data.old-{dead.pid}0"  # an earlier killed write's (an id that cannot be running)
+    older.mkdir()
+    (older / "old.txt").write_text("an earlier content")
+    os.utime(older, (1, 1))
     aside = tmp_path / f".data.old-{dead.pid}"
     aside.mkdir()
     (aside / "manifest.json").write_text('{"format_version": 1}')
     (aside / "old.txt").write_text("the previous content")
+    (tmp_path / ".data.tmp-99999999999999999999-x").mkdir()  # no process has such an id (os.kill: OverflowError)
     (tmp_path / f".data.tmp-{dead.pid}-abcd1234").mkdir()  # the killed write's half-written folder
     live = tmp_path / f".data.tmp-{os.getpid()}-live0000"  # a running writer's: left to it
     live.mkdir()

@@ -347,25 +347,28 @@ def bench_gamma(
                     command_line(sys.argv[1:], "bgmrec bench gamma"))
 
 
-#: keys by which a command knows its own ``--json`` result, which it may replace (and nothing else)
-RESULT_KEYS = {"evaluate": ("model", "split", "full"), "compare": ("baseline_run", "candidate_run"),
-               "bench speed": ("simulate_tt150k_seconds",)}
+#: keys by which a command knows its own ``--json`` result, which it may replace (and nothing else): each tuple
+#: is one way of writing it (compare named the candidate ``run`` before it was ``candidate_run``)
+RESULT_KEYS = {"evaluate": [("model", "split", "full")],
+               "compare": [("baseline_run", "candidate_run"), ("baseline_run", "run")],
+               "bench speed": [("simulate_tt150k_seconds",)]}
+RESULT_BYTES = 64 * 2**20  # no result is this large: a larger file is refused unread
 
 
 def check_result_file(path: Path | None, command: str) -> None:
     """Refuse, before any work, a ``--json`` path of ``command`` that names a folder, or an existing file that is
-    not an earlier result of the same command (a dataset's manifest.json, a run's config.json, a features
-    array: replacing it would break what it belongs to)."""
+    neither empty (as ``mktemp`` makes) nor an earlier result of the same command (a dataset's manifest.json, a
+    run's config.json, a features array: replacing it would break what it belongs to)."""
     if path is None:
         return
     if path.is_dir():
         raise ValueError(f"--json {path}: is a folder; give the path of a file to write the result to")
-    if not path.exists():
+    if not path.exists() or path.is_file() and path.stat().st_size == 0:
         return
     try:
-        found = json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size <= RESULT_BYTES else None
     except (OSError, ValueError, RecursionError):
         found = None
-    if not (isinstance(found, dict) and all(key in found for key in RESULT_KEYS[command])):
+    if not (isinstance(found, dict) and any(all(key in found for key in keys) for keys in RESULT_KEYS[command])):
         raise ValueError(f"--json {path}: exists and is not a result of bgmrec {command} --json; refusing to replace "
                          "it (choose another path, or remove the file)")

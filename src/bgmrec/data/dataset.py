@@ -414,19 +414,25 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
 def recover_killed_write(out: Path) -> None:
     """Tidy what a write of the folder ``out`` by :func:`atomic_write_dir` left when its process was killed
     (``kill -9``, a power cut), which no handler saw: the previous folder, moved aside as ``.NAME.old-PID`` just
-    before the new one was to take its place, is put back when ``out`` is missing (and removed when the new one
-    is there); a half-written ``.NAME.tmp-PID-*`` is removed. Only entries of processes no longer running are
-    touched (a live writer's are its own)."""
+    before the new one was to take its place, is put back when ``out`` is missing (the newest, if several; the
+    others, and any when the new one is there, are removed); a half-written ``.NAME.tmp-PID-*`` is removed.
+    Only entries of processes no longer running on this machine are touched (a live writer's are its own; a
+    writer on another host sharing the folder cannot be told from a dead one)."""
     out = Path(out)
     if not out.parent.is_dir():
         return
-    for entry in sorted(out.parent.glob(f".{glob.escape(out.name)}.*")):
+    dead = []
+    for entry in out.parent.glob(f".{glob.escape(out.name)}.*"):
         kind, _, rest = entry.name[len(out.name) + 2:].partition("-")
         pid = rest.split("-")[0]
-        if kind not in ("old", "tmp") or not pid.isdigit() or _process_runs(int(pid)) or not entry.is_dir():
-            continue
-        if kind == "old" and not out.exists():
-            entry.rename(out)
+        if kind in ("old", "tmp") and pid.isdigit() and entry.is_dir() and not _process_runs(int(pid)):
+            dead.append((kind == "old", entry.stat().st_mtime, entry))
+    for is_old, _, entry in sorted(dead, key=lambda d: (d[0], d[1]), reverse=True):  # the newest .old first
+        if is_old and not out.exists():
+            try:
+                entry.rename(out)
+            except FileNotFoundError:  # another process put it back first
+                continue
             print(f"note: {out}: put back the previous folder, which a killed write had moved aside", file=sys.stderr)
         else:
             shutil.rmtree(entry, ignore_errors=True)
@@ -436,7 +442,7 @@ def _process_runs(pid: int) -> bool:
     """True when a process ``pid`` runs (or cannot be told apart from one: another user's)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no process can have such an id
         return False
     except OSError:
         return True
