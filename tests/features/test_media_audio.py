@@ -393,6 +393,32 @@ def test_stereo_is_the_mean_of_its_channels_as_loud_as_mono(tmp_path):
     assert rms[1] == pytest.approx(rms[0], rel=0.01)  # FFmpeg's own downmix made it 3 dB louder
 
 
+def test_eight_channels_decode_to_the_mean_of_their_channels(tmp_path):
+    # PyAV's planar frames of 8 channels segfaulted the process in to_ndarray (every extract-music run failed)
+    import soundfile as sf
+
+    channels = np.stack([mf.tone(220.0 + 55.0 * i, 1.0) for i in range(8)], axis=1)
+    sf.write(tmp_path / "eight.wav", channels, SR, subtype="PCM_16")
+    y = decode_audio(tmp_path / "eight.wav", SR, 60.0)
+    np.testing.assert_allclose(y, channels.mean(axis=1), atol=2e-4)  # 16-bit rounding
+
+
+def test_opensmile_reads_a_signal_past_full_scale_as_clipped_not_wrapped_around():
+    # openSMILE reads the signal as 16-bit integers: a loud master's samples past 1.0 wrapped to the other sign and
+    # changed most of its 88 features, silently
+    extractor = mf.audio_extractor()
+    loud = 3.0 * (mf.tone(440.0, 2.0) + 0.1 * mf.noise(2.0))
+    n = len(extractor._opensmile().feature_names)
+    clipped = np.clip(loud, -1.0, 32767 / 32768)
+    np.testing.assert_allclose(extractor.extract_signal(loud)[:n], extractor.extract_signal(clipped)[:n], rtol=1e-5)
+
+
+def test_an_offset_alone_is_silent(tmp_path):
+    dc = mf.write_audio(tmp_path / "dc.wav", np.full(2 * SR, 0.5, np.float32))  # no sound: a constant offset
+    with pytest.raises(MediaError, match=r"^silent: the first 2.0 s peak at"):
+        features(dc)
+
+
 def test_meta_csv_quoted_line_breaks_and_duplicate_ids(tmp_path, music_dir):
     from bgmrec.features.audio import read_track_meta
 

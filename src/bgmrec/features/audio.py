@@ -139,18 +139,20 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
             raise MediaError("no audio stream")
         stream = container.streams.audio[0]
         declared = _declared_seconds(container, stream)
-        resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # planar: [channels, samples]
+        # packed (interleaved) float: PyAV's planar frames of 8 channels crashed the process (a segfault in
+        # to_ndarray, which counted 9 planes)
+        resampler = av.AudioResampler(format="flt", rate=sample_rate)
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+                        chunks.append(_mono(out))
                         got += chunks[-1].size
                 if got >= need:
                     break
             else:
                 for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+                    chunks.append(_mono(out))
                     got += chunks[-1].size
         except av.FFmpegError as e:
             raise MediaError(f"corrupt audio after {got / sample_rate:.1f} s: {one_line(e)}") from None
@@ -164,6 +166,12 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
     if seconds < min_seconds:
         raise MediaError(f"too short: {seconds:.2f} s of audio (need {min_seconds:g} s)")
     return np.ascontiguousarray(y, np.float32)
+
+
+def _mono(frame) -> np.ndarray:
+    """The mean of the channels of a packed float audio frame, float32 [samples]."""
+    channels = len(frame.layout.channels)
+    return frame.to_ndarray().reshape(-1, channels).mean(axis=1, dtype=np.float32)
 
 
 def _check_riff(path: Path, size: int) -> None:
@@ -202,9 +210,10 @@ class AudioExtractor:
         import librosa
         import opensmile
 
-        # bgmrec.audio/2: mono is the mean of the channels (1 used FFmpeg's louder downmix); silent_below_dbfs
-        # keys the cache (a silent track analysed before the check must fail now) but changes no vector
-        return {"extractor": "bgmrec.audio/2", **asdict(self.config), "silent_below_dbfs": SILENT_DBFS,
+        # bgmrec.audio/2: mono is the mean of the channels (1 used FFmpeg's louder downmix); /3: openSMILE reads the
+        # signal clipped to full scale (past it, /2's vectors of loud tracks were wrong); silent_below_dbfs keys the
+        # cache (a silent track analysed before the check must fail now) but changes no vector
+        return {"extractor": "bgmrec.audio/3", **asdict(self.config), "silent_below_dbfs": SILENT_DBFS,
                 "opensmile": opensmile.__version__, "librosa": librosa.__version__}
 
     def _opensmile(self):
@@ -235,7 +244,9 @@ class AudioExtractor:
 
         c, sr = self.config, self.config.sample_rate
         y = np.asarray(y, np.float32)
-        smile = self._opensmile().process_signal(y, sr).to_numpy(np.float64).reshape(-1)
+        # openSMILE reads the signal as 16-bit integers (times 32768): a sample past full scale, as a loud master
+        # resampled has, wrapped around to the other sign and changed most of its features; clipped here
+        smile = self._opensmile().process_signal(np.clip(y, -1.0, 32767 / 32768), sr).to_numpy(np.float64).reshape(-1)
         if not np.isfinite(smile).all():  # openSMILE fills a failed or interrupted analysis (Ctrl-C in its
             # callback, which it swallows) with NaN: never a track's features, and never to be cached
             raise MediaError(f"openSMILE gave {int((~np.isfinite(smile)).sum())} of {len(smile)} features as "
@@ -272,7 +283,7 @@ class AudioExtractor:
         decoded part (peak below :data:`SILENT_DBFS`), whose features would describe no sound."""
         c = self.config
         y = decode_audio(path, c.sample_rate, c.max_seconds, c.min_seconds)
-        peak = float(np.abs(y).max()) if len(y) else 0.0
+        peak = float(np.abs(y - y.mean()).max()) if len(y) else 0.0  # an offset alone (DC) is no sound
         if peak < 10.0 ** (SILENT_DBFS / 20.0):
             level = f"{20.0 * np.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
             raise MediaError(f"silent: the first {len(y) / c.sample_rate:.1f} s peak at {level} "
