@@ -301,3 +301,39 @@ def test_images_are_refused_by_content_whatever_their_name(tmp_path):
             sample_frames(d / name, 4)
     r = extract_videos(d, tmp_path / "out", frames=CountingFrames(), text=mf.text_encoder(), progress=False)
     assert r.done == 1 and sorted(f for f, _ in r.failures) == ["anim.mov", "still.mp4"]
+
+
+def _with_display_matrix(src: Path, dst: Path, matrix: tuple[int, ...]) -> Path:
+    """A copy of the mp4 ``src`` whose track header holds ``matrix`` (the display matrix a phone writes)."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    at = data.find(b"tkhd")
+    # after the box type: version and flags (4), times, track id and duration (20, or 32 in version 1),
+    # reserved (8), layer, alternate group, volume and reserved (8), then the 3x3 matrix
+    start = at + 4 + 4 + (32 if data[at + 4] == 1 else 20) + 8 + 8
+    data[start:start + 36] = struct.pack(">9i", *matrix)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_a_clip_with_a_display_rotation_is_sampled_upright(tmp_path):
+    # a phone's portrait clip is stored landscape with a rotation to apply when shown: it was embedded sideways
+    import av
+
+    plain = mf.write_video(tmp_path / "plain.mp4", seconds=2.0, width=160, height=120)
+    turned = _with_display_matrix(plain, tmp_path / "turned.mp4", (0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30))
+    with av.open(str(turned)) as container:
+        rotation = next(container.decode(video=0)).rotation
+    assert rotation == -90  # PyAV: the angle the display turns the frame counterclockwise (a quarter turn clockwise)
+    upright, stored = sample_frames(turned, 4, 32), sample_frames(plain, 4, 32)
+    np.testing.assert_array_equal(upright, np.rot90(stored, -1, axes=(1, 2)))
+
+
+def test_frames_larger_than_8k_are_refused_before_they_are_decoded(tmp_path, monkeypatch):
+    import bgmrec.features.video as video
+
+    clip = mf.write_video(tmp_path / "clip.mp4", seconds=1.0, width=160, height=120)
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 160 * 120 - 1)  # as an 8K+ clip is to the real limit
+    with pytest.raises(MediaError, match=r"^frames of 160x120 pixels, more than this extractor decodes \(19,199 "):
+        sample_frames(clip, 4, 32)

@@ -77,6 +77,7 @@ from bgmrec.features.text import TEXT_DIM, TextEncoder, caption_text
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 IMAGE_FORMATS = ("image2", "image2pipe", "gif", "apng", "webp")  # FFmpeg demuxers of (animated) images, and *_pipe
 VISUAL_DIM = 1280
+MAX_FRAME_PIXELS = 7680 * 4320  # the largest frame decoded (8K UHD): a larger one is refused before decoding
 VIDEOS_KIND = "video-features"
 NO_TEXT = "kept without text"
 CAPTION_CHUNK = 256  # captions embedded per step of the progress bar (and cached after it)
@@ -103,12 +104,16 @@ class VideoConfig:
 # ---- frames ---------------------------------------------------------------------------------------------
 
 def _to_square(frame, size: int) -> np.ndarray:
+    """The frame's centre square, ``size`` pixels a side (RGB uint8), turned upright as its display matrix says
+    (a phone's portrait clip is stored landscape, with a rotation to apply when shown)."""
     w, h = frame.width, frame.height
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     rgb = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="AREA").to_ndarray()
     top, left = (nh - size) // 2, (nw - size) // 2
-    return rgb[top:top + size, left:left + size]
+    square = rgb[top:top + size, left:left + size]
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # counterclockwise, as np.rot90 turns
+    return np.ascontiguousarray(np.rot90(square, turns)) if turns else square
 
 
 def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float = 600.0) -> np.ndarray:
@@ -127,6 +132,10 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
         if not container.streams.video:
             raise MediaError("no video stream")
         stream = container.streams.video[0]
+        width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+        if width * height > MAX_FRAME_PIXELS:  # each decoded frame would take gigabytes
+            raise MediaError(f"frames of {width}x{height} pixels, more than this extractor decodes "
+                             f"({MAX_FRAME_PIXELS:,} pixels, 8K UHD)")
         stream.thread_type = "AUTO"
         tb = stream.time_base
         start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
@@ -204,13 +213,13 @@ def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: floa
         if t > scan_seconds:
             break
         if index % step == 0:
-            kept.append(f)
+            kept.append(_to_square(f, size))  # small squares, not whole frames (33 of 8K were gigabytes)
             if len(kept) > 4 * n:
                 kept, step = kept[::2], step * 2
     if not kept:
         return []
     pick = np.linspace(0, len(kept) - 1, n).round().astype(int)
-    return [_to_square(kept[i], size) for i in pick]
+    return [kept[i] for i in pick]
 
 
 class FrameEncoder:
@@ -235,8 +244,9 @@ class FrameEncoder:
         import efficientnet_lite_pytorch
 
         # bgmrec.frames/2: a clip with fewer frames than sampled is decoded whole and images are refused
-        # (1 sought every sample time: repeated frames for short clips; images passed as clips)
-        return {"sampling": "bgmrec.frames/2", "frame_model": "efficientnet-lite0 (ImageNet)",
+        # (1 sought every sample time: repeated frames for short clips; images passed as clips); /3: frames are
+        # turned upright by their display matrix (/2 embedded a phone's portrait clips sideways)
+        return {"sampling": "bgmrec.frames/3", "frame_model": "efficientnet-lite0 (ImageNet)",
                 "architecture": f"efficientnet-lite-pytorch {efficientnet_lite_pytorch.__version__}",
                 "weights": Path(weights_pkg.EfficientnetLite0ModelFile.get_model_file_path()).name,
                 "normalisation": "(x - 127) / 128", "batchnorm": "folded into convolutions",
