@@ -106,8 +106,10 @@ def pattern_frame(i: int, width: int, height: int, kind: int = 0) -> np.ndarray:
 
 
 def write_video(path: Path, seconds: float = 2.0, width: int = 160, height: int = 120, fps: int = 10,
-                kind: int = 0, audio: bool = True, video: bool = True, codec: str = "libx264") -> Path:
-    """A test-pattern clip (H.264 in MP4) with an optional 440 Hz audio track."""
+                kind: int = 0, audio: bool = True, video: bool = True, codec: str = "libx264",
+                gop: int | None = None) -> Path:
+    """A test-pattern clip (H.264 in MP4) with an optional 440 Hz audio track; a keyframe every ``gop`` frames
+    (default: every second)."""
     import av
 
     path = Path(path)
@@ -118,7 +120,8 @@ def write_video(path: Path, seconds: float = 2.0, width: int = 160, height: int 
             vs = out.add_stream(codec, rate=fps)
             vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
             if codec == "libx264":
-                vs.options = {"preset": "ultrafast", "g": str(fps)}
+                vs.options = {"preset": "ultrafast", "g": str(fps)} if gop is None else {
+                    "preset": "ultrafast", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
         if audio:
             ast = out.add_stream("aac", rate=SR, layout="mono")
         if video:

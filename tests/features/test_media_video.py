@@ -337,3 +337,21 @@ def test_frames_larger_than_8k_are_refused_before_they_are_decoded(tmp_path, mon
     monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 160 * 120 - 1)  # as an 8K+ clip is to the real limit
     with pytest.raises(MediaError, match=r"^frames of 160x120 pixels, more than this extractor decodes \(19,199 "):
         sample_frames(clip, 4, 32)
+
+
+def test_keyframes_too_far_apart_are_refused_not_decoded_from_the_start_for_every_sample(tmp_path, monkeypatch):
+    # an hour-long clip with one keyframe took 16 s per upload: each of the 8 seeks decoded from frame 0
+    import av
+
+    import bgmrec.features.video as video
+
+    clip = mf.write_video(tmp_path / "one_gop.mp4", seconds=10.0, width=32, height=32, fps=10, gop=1000,
+                          audio=False)
+    with av.open(str(clip)) as container:
+        keyframes = sum(p.is_keyframe for p in container.demux(video=0) if p.size)
+    assert keyframes == 1
+    monkeypatch.setattr(video, "MAX_FRAMES_PER_SEEK", 50)  # as an hour-long single keyframe is to the real limit
+    with pytest.raises(MediaError, match=r"^keyframes more than 50 frames apart \(from 4\.9 s on\): re-encode"):
+        sample_frames(clip, 8, 32)
+    assert sample_frames(mf.write_video(tmp_path / "keyed.mp4", seconds=10.0, width=32, height=32, fps=10, gop=20,
+                                        audio=False), 8, 32).shape == (8, 32, 32, 3)  # a keyframe every 2 s

@@ -426,7 +426,10 @@ def recover_killed_write(out: Path) -> None:
         kind, _, rest = entry.name[len(out.name) + 2:].partition("-")
         pid = rest.split("-")[0]
         if kind in ("old", "tmp") and pid.isdigit() and entry.is_dir() and not _process_runs(int(pid)):
-            dead.append((kind == "old", entry.stat().st_mtime, entry))
+            try:
+                dead.append((kind == "old", entry.stat().st_mtime, entry))
+            except FileNotFoundError:  # tidied by another process meanwhile
+                continue
     for is_old, _, entry in sorted(dead, key=lambda d: (d[0], d[1]), reverse=True):  # the newest .old first
         if is_old and not out.exists():
             try:

@@ -78,6 +78,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 IMAGE_FORMATS = ("image2", "image2pipe", "gif", "apng", "webp")  # FFmpeg demuxers of (animated) images, and *_pipe
 VISUAL_DIM = 1280
 MAX_FRAME_PIXELS = 7680 * 4320  # the largest frame decoded (8K UHD): a larger one is refused before decoding
+MAX_FRAMES_PER_SEEK = 1000  # frames decoded from a keyframe to reach one sample time, at most (40 s at 25 fps)
 VIDEOS_KIND = "video-features"
 NO_TEXT = "kept without text"
 CAPTION_CHUNK = 256  # captions embedded per step of the progress bar (and cached after it)
@@ -179,6 +180,9 @@ def _frame_count(stream, duration: float) -> float:
 
 
 def _frames_by_seeking(container, stream, start: float, duration: float, n: int, size: int) -> list:
+    """The frame at each of ``n`` evenly spaced times, each decoded from the keyframe before it; a
+    :class:`MediaError` when keyframes are more than :data:`MAX_FRAMES_PER_SEEK` frames apart (an hour-long
+    clip with one keyframe made every sample decode it from the start: minutes per upload)."""
     import av
 
     tb = stream.time_base
@@ -189,10 +193,13 @@ def _frames_by_seeking(container, stream, start: float, duration: float, n: int,
         chosen = None
         try:
             container.seek(int(t / tb), stream=stream, backward=True)
-            for f in container.decode(stream):
+            for decoded, f in enumerate(container.decode(stream), 1):
                 chosen = f
                 if f.time is None or f.time >= t - 0.5 / rate:
                     break
+                if decoded >= MAX_FRAMES_PER_SEEK:
+                    raise MediaError(f"keyframes more than {MAX_FRAMES_PER_SEEK:,} frames apart (from "
+                                     f"{f.time:.1f} s on): re-encode the clip with a keyframe every few seconds")
         except av.FFmpegError:  # damaged GOP: skip this sample; too few samples is reported
             pass
         if chosen is not None and (chosen.time is None or chosen.time >= t - duration / n):
