@@ -694,18 +694,24 @@ def features_fingerprint(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def parse_json_file(path: Path, label: str):
+    """The JSON value in the UTF-8 file ``path``; a :class:`DatasetError` starting with ``label`` when it is not
+    valid JSON (nested too deeply to parse included)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{label}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{label}: not valid JSON (nested too deeply to parse)") from None
+
+
 def read_json(path: Path, where: str | None = None) -> dict:
     """A JSON object from ``path``; a :class:`DatasetError` naming the file (or ``where``) when it is missing,
     not UTF-8 JSON or not an object."""
     label = where or str(path)
     if not Path(path).is_file():
         raise DatasetError(f"{label}: file is missing")
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{label}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise DatasetError(f"{label}: not valid JSON (nested too deeply to parse)") from None
+    obj = parse_json_file(path, label)
     if not isinstance(obj, dict):
         raise DatasetError(f"{label}: expected a JSON object")
     return obj

@@ -94,6 +94,7 @@ from bgmrec.data.dataset import (
     atomic_write_dir,
     check_split_name,
     load_dataset,
+    parse_json_file,
     read_npy_header,
     rows_trained_on,
     save_dataset,
@@ -717,12 +718,7 @@ def _read_sidecar(src: Path) -> dict | None:
     p = src / SIDECAR
     if not p.is_file():
         return None
-    try:
-        side = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{p}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise DatasetError(f"{p}: not valid JSON (nested too deeply to parse)") from None
+    side = parse_json_file(p, str(p))
     if not isinstance(side, dict) or side.get("sidecar_version") != SIDECAR_VERSION:
         raise DatasetError(f"{p}: not a bgmrec export record of version {SIDECAR_VERSION}")
     for key, (expected, ok) in _SIDECAR_FIELDS.items():

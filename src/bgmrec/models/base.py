@@ -22,7 +22,7 @@ import numpy as np
 
 import bgmrec
 from bgmrec.bounds import check_bounds as check_bounds  # models and plugins import it from here
-from bgmrec.data.dataset import Dataset, DatasetError, write_files_together, write_json_atomic
+from bgmrec.data.dataset import Dataset, DatasetError, parse_json_file, write_files_together, write_json_atomic
 from bgmrec.models.packages import model_package
 
 # ---- what a model eats ------------------------------------------------------------------------------
@@ -532,12 +532,7 @@ def load_model(folder: Path) -> Recommender:
 
 
 def _read_history(path: Path) -> list[dict]:
-    try:
-        history = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise DatasetError(f"{path}: not valid JSON (nested too deeply to parse)") from None
+    history = parse_json_file(path, str(path))
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise DatasetError(f"{path}: expected a JSON list with one object per epoch")
     return history
