@@ -230,6 +230,21 @@ def test_a_damaged_cache_entry_is_analysed_again_not_stacked(tmp_path, music_dir
     assert np.array_equal(before, np.load(out / "music.npy"))
 
 
+def test_a_cached_vector_of_another_length_is_analysed_again_not_used(tmp_path, music_dir):
+    out = tmp_path / "cat"
+    for f in sorted(music_dir.iterdir())[1:]:
+        f.unlink()  # one track: a vector of another length would be the whole catalogue, unnoticed
+    extract_music(music_dir, out, extractor=Counting(), progress=False)
+    before = np.load(out / "music.npy")
+    (entry,) = (out / ".cache").rglob("*.npy")
+    np.save(entry, np.ones(before.shape[1] - 1, np.float32))  # e.g. left by an extractor with one feature fewer
+    again = Counting()
+    rep = extract_music(music_dir, out, extractor=again, progress=False)
+    assert again.calls == 1 and rep.cached == 0
+    assert np.array_equal(before, np.load(out / "music.npy"))
+    assert np.load(entry).shape == (before.shape[1],)  # and the entry is redone
+
+
 def test_two_worker_processes_match_one(tmp_path, music_dir):
     one = extract_music(music_dir, tmp_path / "one", extractor=Counting(), progress=False)
     two = extract_music(music_dir, tmp_path / "two", workers=2, progress=False)
@@ -602,6 +617,8 @@ def test_an_analysis_openSMILE_left_as_nan_is_a_failure_not_a_cached_track(tmp_p
             real = super()._opensmile()
 
             class Swallowed:  # openSMILE after a swallowed KeyboardInterrupt: "filling with NaN"
+                feature_names = real.feature_names
+
                 def process_signal(self, y, sr):
                     out = real.process_signal(y, sr)
                     return pd.DataFrame(np.full(out.shape, np.nan), columns=out.columns)

@@ -156,6 +156,23 @@ def test_cache_skips_done_videos_and_results_are_identical(tmp_path, video_dir):
     assert other.calls == 5
 
 
+def test_cached_vectors_of_another_length_are_computed_again_not_used(tmp_path, video_dir):
+    out = tmp_path / "vids"
+    caps = write_captions(tmp_path / "captions.csv")
+    extract_videos(video_dir, out, captions=caps, config=VideoConfig(frames=4), progress=False,
+                   frames=CountingFrames(), text=mf.text_encoder())
+    before = load_video_features(out)
+    for kind, dim in (("visual", 1280), ("text", 384)):
+        for entry in (out / ".cache" / kind).rglob("*.npy"):
+            np.save(entry, np.ones(dim // 2, np.float32))  # a finite float vector, of half the length
+    again = CountingFrames()
+    rep = extract_videos(video_dir, out, captions=caps, config=VideoConfig(frames=4), progress=False,
+                         frames=again, text=mf.text_encoder())
+    assert again.calls == 5 and rep.cached == 0
+    after = load_video_features(out)
+    assert np.array_equal(before.visual, after.visual) and np.array_equal(before.text, after.text)
+
+
 def test_a_failed_write_leaves_the_earlier_videos_folder_as_it_was(tmp_path, video_dir, monkeypatch):
     out = tmp_path / "vids"
     extract_videos(video_dir, out, config=VideoConfig(frames=4), progress=False, frames=CountingFrames(),

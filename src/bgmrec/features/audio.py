@@ -354,7 +354,7 @@ def _worker_job(path: str, key: str, cache_root: str, settings: dict) -> tuple[s
         return path, None, str(e)
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
         return path, None, one_line(e)
-    FeatureCache(Path(cache_root), settings).put(key, vec)
+    FeatureCache(Path(cache_root), settings, len(vec)).put(key, vec)  # a writer: no length to check
     return path, vec, ""
 
 
@@ -461,8 +461,9 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     extractor = extractor or AudioExtractor(config)
     config = extractor.config
     settings = extractor.settings
+    feature_names = extractor.feature_names()
     items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=out, progress=progress)
-    cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings)
+    cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings, len(feature_names))
     created = first_missing(cache.folder)
     cache.describe()
 
@@ -530,7 +531,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
                        "decoder": {"name": "pyav", "version": av_version()}},
         "settings": asdict(config),
         "dim": int(music.shape[1]),
-        "feature_names": extractor.feature_names(),
+        "feature_names": feature_names,
         "ids": [r[0] for r in rows],
         "counts": {"tracks": len(rows), "failures": len(failures), "inputs": len(rows) + len(failures)},
         "content_hash": array_sha256(music),

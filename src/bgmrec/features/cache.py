@@ -6,7 +6,8 @@ Cache layout (one folder per extractor, by default ``<OUT_DIR>/.cache/<namespace
 
 The key is the SHA-256 of the input's bytes (or of a caption's UTF-8 text), so a renamed or
 copied file is not extracted twice, an edited one is; ``config-key`` is a short hash of the
-extractor settings and versions, so changing them never reuses stale vectors. Every entry is
+extractor settings and versions, so changing them never reuses stale vectors (and an entry that is not a
+finite vector of the extractor's length, damaged or left by something else, is redone). Every entry is
 written atomically (temporary name, then :func:`os.replace`): an interrupted run leaves only
 complete entries, and the next run resumes from them.
 
@@ -84,6 +85,7 @@ class FeatureCache:
 
     root: Path  # the namespace folder, e.g. OUT_DIR/.cache/audio
     settings: dict  # extractor settings; their hash separates incompatible entries
+    dim: int  # the extractor's vector length; an entry of another length is not used
     hits: int = 0  # lookups answered from the cache in this process
     folder: Path = field(init=False)
 
@@ -95,8 +97,8 @@ class FeatureCache:
         return self.folder / key[:2] / f"{key}.npy"
 
     def get(self, key: str) -> np.ndarray | None:
-        """The cached vector, or None when absent, unreadable or not a finite float vector (such an entry,
-        damaged or written by something else, is redone)."""
+        """The cached vector, or None when absent, unreadable or not a finite float vector of length ``dim``
+        (such an entry, damaged or written by something else, is redone)."""
         p = self.path(key)
         if not p.is_file():
             return None
@@ -104,7 +106,7 @@ class FeatureCache:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError):
             return None
-        if arr.ndim != 1 or arr.dtype.kind != "f" or not np.isfinite(arr).all():
+        if arr.shape != (self.dim,) or arr.dtype.kind != "f" or not np.isfinite(arr).all():
             return None
         self.hits += 1
         return arr

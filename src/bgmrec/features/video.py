@@ -414,8 +414,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     text = text or TextEncoder()
     items, failures = scan_media(video_dir, VIDEO_EXTENSIONS, "video", exclude=out, progress=progress)
     cache_root = Path(cache_dir) if cache_dir else out / ".cache"
-    vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None})
-    tcache = FeatureCache(cache_root / "text", text.settings)
+    vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None}, VISUAL_DIM)
+    tcache = FeatureCache(cache_root / "text", text.settings, TEXT_DIM)
     created = first_missing(vcache.folder)
     vcache.describe()
     tcache.describe()
