@@ -17,6 +17,7 @@ from bgmrec.features.video import (
     MediaError,
     VideoConfig,
     caption_rows,
+    decode_samples,
     extract_videos,
     load_video_features,
     sample_frames,
@@ -372,3 +373,30 @@ def test_keyframes_too_far_apart_are_refused_not_decoded_from_the_start_for_ever
         sample_frames(clip, 8, 32)
     assert sample_frames(mf.write_video(tmp_path / "keyed.mp4", seconds=10.0, width=32, height=32, fps=10, gop=20,
                                         audio=False), 8, 32).shape == (8, 32, 32, 3)  # a keyframe every 2 s
+
+
+def test_a_clip_cut_off_after_half_its_samples_is_kept_and_noted_in_failures_csv(tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    mf.write_video(d / "whole.mp4", 1.0, 64, 48, 10)
+    full = mf.write_video(tmp_path / "full.mkv", 4.0, 64, 48, 10, kind=2, audio=False)
+    mf.truncate(full, d / "cut.mkv", 0.7)  # Matroska: what was written before the cut still decodes
+    frames, decoded = decode_samples(d / "cut.mkv", 8, 32, 600.0)
+    assert 4 <= decoded < 8 and all(np.array_equal(f, frames[decoded - 1]) for f in frames[decoded:])
+    note = (f"kept with repeated frames: only {decoded} of 8 sample frames decodable (cut off or damaged?); the last "
+            "decoded frame stands in for the others")
+    out = tmp_path / "vids"
+    for _ in range(2):  # its vector is not cached, so that the next run notes it again
+        rep = extract_videos(d, out, progress=False, frames=CountingFrames(), text=mf.text_encoder())
+        assert rep.failures == [("cut.mkv", note)] and rep.extracted == 1 + (rep.cached == 0)
+        with open(out / "failures.csv", encoding="utf-8") as f:
+            assert list(csv.reader(f)) == [["file", "reason"], ["cut.mkv", note]]
+    assert load_video_features(out).ids == ["cut", "whole"]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["failed"] == 0
+    from bgmrec.cli import main
+
+    capsys.readouterr()
+    assert main(["extract-videos", str(d), "--out", str(out), "--no-progress"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "(1 extracted, 1 from the cache, 0 failed, 1 with repeated frames)" in printed
+    assert f"cut.mkv: {note}" in printed

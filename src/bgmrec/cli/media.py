@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,15 +42,17 @@ def options_named(**options: str) -> Iterator[None]:
 
 def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failures: list,
              warnings: list[str]) -> None:
+    from bgmrec.features.cache import KEPT
     from bgmrec.features.recommend import warn_on_stderr
 
     for w in warnings:
         warn_on_stderr(w)
     con = _console()
-    failed = [f for f in failures if not f[1].startswith("kept without text")]
-    warned = len(failures) - len(failed)
+    failed = [f for f in failures if not f[1].startswith(KEPT)]
+    # notes on kept inputs by kind: "kept without text: ..." is counted as "2 without text"
+    notes = Counter(reason.split(":", 1)[0].removeprefix(KEPT) for _, reason in failures if reason.startswith(KEPT))
     con.print(f"wrote {done} {what} to {out} ({extracted} extracted, {cached} from the cache, "
-              f"{len(failed)} failed" + (f", {warned} without text" if warned else "") + ")")
+              f"{len(failed)} failed" + "".join(f", {k} {note}" for note, k in sorted(notes.items())) + ")")
     for f, reason in failures[:10]:
         con.print(f"  {f}: {reason}", markup=False, soft_wrap=True)
     if len(failures) > 10:

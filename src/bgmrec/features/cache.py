@@ -11,8 +11,8 @@ finite vector of the extractor's length, damaged or left by something else, is r
 written atomically (temporary name, then :func:`os.replace`): an interrupted run leaves only
 complete entries, and the next run resumes from them.
 
-``failures.csv`` has the columns ``file,reason``: one row per input that was skipped (or, for
-captions, used without text), the reason on one line.
+``failures.csv`` has the columns ``file,reason``: one row per input that was skipped, or kept with a note (a
+reason starting :data:`KEPT`: a video used without text, or with frames repeated), the reason on one line.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from bgmrec.data.dataset import is_leftover, sha256_file
+
+KEPT = "kept "  # a failures.csv reason starting so is a note on an input that was kept, not a failure
 
 
 class MediaError(ValueError):

