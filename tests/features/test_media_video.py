@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -400,3 +401,33 @@ def test_a_clip_cut_off_after_half_its_samples_is_kept_and_noted_in_failures_csv
     printed = " ".join(capsys.readouterr().out.split())
     assert "(1 extracted, 1 from the cache, 0 failed, 1 with repeated frames)" in printed
     assert f"cut.mkv: {note}" in printed
+
+
+@pytest.fixture
+def alarm():
+    """Fail a test that blocks for more than 30 s (on opening a FIFO, say) instead of hanging the run."""
+    import signal
+
+    def blocked(*_):
+        raise TimeoutError("blocked for 30 s")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_fifos_and_devices_in_the_folder_are_failures_never_opened(tmp_path, alarm):
+    d = tmp_path / "in"
+    d.mkdir()
+    mf.write_video(d / "clip.mp4", 1.0, 64, 48, 10)
+    os.mkfifo(d / "pipe.mp4")  # opening it would wait for a writer
+    (d / "null.mp4").symlink_to(os.devnull)  # a link to a character device
+    out = tmp_path / "vids"
+    rep = extract_videos(d, out, config=VideoConfig(frames=2), progress=False, frames=CountingFrames(),
+                         text=mf.text_encoder())
+    assert rep.done == 1
+    with open(out / "failures.csv", encoding="utf-8") as f:
+        assert list(csv.reader(f))[1:] == [["null.mp4", "a character device, not a regular file: not read"],
+                                           ["pipe.mp4", "a named pipe (FIFO), not a regular file: not read"]]

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +149,8 @@ def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
 
 
 def files_in(folder: Path, exclude: Path | None = None) -> list[Path]:
-    """Regular, non-hidden files under ``folder`` (recursively), in sorted order.
+    """Non-hidden entries under ``folder`` (recursively) other than folders, in sorted order: regular files,
+    and the FIFOs, devices and sockets that :func:`regular_file_size` refuses.
 
     ``exclude`` (the output folder, when it lies inside the input folder) is skipped.
     """
@@ -157,9 +159,21 @@ def files_in(folder: Path, exclude: Path | None = None) -> list[Path]:
         raise ValueError(f"{folder}: not a folder")
     skip = Path(exclude).resolve() if exclude is not None else None
     out = [p for p in folder.rglob("*")
-           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+           if p.exists() and not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
            and (skip is None or skip not in p.resolve().parents)]
     return sorted(out)
+
+
+def regular_file_size(path: Path) -> int:
+    """The size in bytes of ``path``, a regular file (a symbolic link's target), found without opening it;
+    anything else is a :class:`MediaError` saying what it is (opening a FIFO waits for a writer, for ever)."""
+    st = path.stat()
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    what = next((name for test, name in kinds if test(st.st_mode)), "a special file")
+    raise MediaError(f"{what}, not a regular file: not read")
 
 
 @contextlib.contextmanager
@@ -371,9 +385,10 @@ def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: Pa
                progress: bool = False) -> tuple[list[tuple[str, Path, str]], list[tuple[str, str]]]:
     """Media files of ``folder`` as (id = file stem, path, sha256) items, and per-file failures.
 
-    Unsupported extensions, empty files, duplicate ids and unreadable files become a one-line reason
-    each (``kind`` names the id in messages, e.g. "track"); the scan continues. ``progress`` shows a bar
-    while the files are hashed (reading every byte of a large folder takes a while).
+    Entries that are not regular files (never opened), unsupported extensions, empty files, duplicate ids
+    and unreadable files become a one-line reason each (``kind`` names the id in messages, e.g. "track");
+    the scan continues. ``progress`` shows a bar while the files are hashed (reading every byte of a large
+    folder takes a while).
     """
     failures: list[tuple[str, str]] = []
     items: list[tuple[str, Path, str]] = []
@@ -383,10 +398,15 @@ def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: Pa
         for p in paths:
             advance()
             rel = str(p.relative_to(folder))
+            try:
+                size = regular_file_size(p)
+            except MediaError as e:
+                failures.append((rel, str(e)))
+                continue
             if p.suffix.lower() not in extensions:
                 failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
                                       f"(expected {', '.join(e[1:] for e in extensions)})"))
-            elif p.stat().st_size == 0:
+            elif size == 0:
                 failures.append((rel, "empty file (0 bytes)"))
             elif p.stem in seen:
                 failures.append((rel, f"duplicate {kind} id {p.stem!r} (also {seen[p.stem]})"))
