@@ -431,3 +431,24 @@ def test_fifos_and_devices_in_the_folder_are_failures_never_opened(tmp_path, ala
     with open(out / "failures.csv", encoding="utf-8") as f:
         assert list(csv.reader(f))[1:] == [["null.mp4", "a character device, not a regular file: not read"],
                                            ["pipe.mp4", "a named pipe (FIFO), not a regular file: not read"]]
+
+
+def test_symbolic_link_loops_and_links_to_nothing_are_named_as_such(tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    mf.write_video(d / "clip.mp4", 1.0, 64, 48, 10)
+    (d / "self.mp4").symlink_to("self.mp4")
+    (d / "ping.mp4").symlink_to("pong.mp4")
+    (d / "pong.mp4").symlink_to("ping.mp4")
+    (d / "gone.mp4").symlink_to("deleted.mp4")
+    out = tmp_path / "vids"
+    extract_videos(d, out, config=VideoConfig(frames=2), progress=False, frames=CountingFrames(),
+                   text=mf.text_encoder())
+    with open(out / "failures.csv", encoding="utf-8") as f:
+        assert list(csv.reader(f))[1:] == [["gone.mp4", "a symbolic link to 'deleted.mp4', which does not exist"],
+                                           ["ping.mp4", "a symbolic link loop"], ["pong.mp4", "a symbolic link loop"],
+                                           ["self.mp4", "a symbolic link loop"]]
+    (tmp_path / "loop").symlink_to("loop")  # the folder given: not "it does not exist"
+    for command in ("extract-videos", "extract-music"):
+        code, err = run_cli(capsys, command, str(tmp_path / "loop"), "--out", str(tmp_path / "o"), "--no-progress")
+        assert code == 2 and "loop: not a folder of " in err and err.endswith("(a symbolic link loop)"), err

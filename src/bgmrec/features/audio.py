@@ -59,6 +59,7 @@ from bgmrec.features.cache import (
     FeatureCache,
     MediaError,
     av_version,
+    check_input_folder,
     check_output_folder,
     first_missing,
     media_keys,
@@ -453,9 +454,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     if workers < 1:
         raise FieldError(f"{{workers}} must be at least 1, got {workers}", "workers")
     check_output_folder(out, CATALOG_KIND, "a music catalogue", ("music.npy", "tracks.csv", "failures.csv"))
-    if not audio_dir.is_dir():
-        raise DatasetError(f"{audio_dir}: not a folder of tracks (it does not exist)" if not audio_dir.exists()
-                           else f"{audio_dir}: not a folder of tracks")
+    check_input_folder(audio_dir, "tracks")
     metadata = read_track_meta(Path(meta)) if meta else {}
     inline = extractor is not None or workers <= 1
     extractor = extractor or AudioExtractor(config)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -150,7 +151,7 @@ def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
 
 def files_in(folder: Path, exclude: Path | None = None) -> list[Path]:
     """Non-hidden entries under ``folder`` (recursively) other than folders, in sorted order: regular files,
-    and the FIFOs, devices and sockets that :func:`regular_file_size` refuses.
+    and the FIFOs, devices, sockets and symbolic links to nothing that :func:`regular_file_size` refuses.
 
     ``exclude`` (the output folder, when it lies inside the input folder) is skipped.
     """
@@ -159,15 +160,43 @@ def files_in(folder: Path, exclude: Path | None = None) -> list[Path]:
         raise ValueError(f"{folder}: not a folder")
     skip = Path(exclude).resolve() if exclude is not None else None
     out = [p for p in folder.rglob("*")
-           if p.exists() and not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-           and (skip is None or skip not in p.resolve().parents)]
+           if not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+           and (skip is None or skip not in Path(os.path.realpath(p)).parents)]  # resolve() fails on a link loop
     return sorted(out)
+
+
+def broken_link(path: Path) -> str | None:
+    """What ``path`` is when it is a symbolic link that leads to nothing (a loop of links, or a link to a
+    missing file), in words; None otherwise."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if e.errno == errno.ENOENT:
+            return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return None
+
+
+def check_input_folder(folder: Path, what: str) -> None:
+    """A :class:`~bgmrec.data.dataset.DatasetError` unless ``folder`` is a folder (of ``what``, e.g. "tracks"),
+    saying why when it is not there: missing, or a symbolic link to nothing."""
+    from bgmrec.data.dataset import DatasetError
+
+    if not folder.is_dir():
+        why = broken_link(folder) or ("" if folder.exists() else "it does not exist")
+        raise DatasetError(f"{folder}: not a folder of {what}" + (f" ({why})" if why else ""))
 
 
 def regular_file_size(path: Path) -> int:
     """The size in bytes of ``path``, a regular file (a symbolic link's target), found without opening it;
     anything else is a :class:`MediaError` saying what it is (opening a FIFO waits for a writer, for ever)."""
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise MediaError(broken_link(path) or f"cannot read: {one_line(e)}") from None
     if stat.S_ISREG(st.st_mode):
         return st.st_size
     kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),

@@ -59,6 +59,7 @@ from bgmrec.features.cache import (
     MediaError,
     av_version,
     check_csv_file,
+    check_input_folder,
     check_output_folder,
     csv_records,
     first_missing,
@@ -418,9 +419,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     config = config or VideoConfig()
     check_output_folder(out, VIDEOS_KIND, "a videos folder",
                         ("visual.npy", "text.npy", "text_mask.npy", "videos.csv", "failures.csv"))
-    if not video_dir.is_dir():
-        raise DatasetError(f"{video_dir}: not a folder of videos" + (" (it does not exist)"
-                                                                     if not video_dir.exists() else ""))
+    check_input_folder(video_dir, "videos")
     caps = caption_rows(captions) if captions else {}
     frames = frames or FrameEncoder(threads=config.threads)
     text = text or TextEncoder()
