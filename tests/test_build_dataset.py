@@ -380,3 +380,16 @@ def test_professional_music_videos_become_the_teacher_split_and_deccm_trains_its
     pro.write_text("video,track\nv3,t1\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"pro.csv: 1 video\(s\) are also uploads in .*pairs.csv \(e.g. 'v3'\)"):
         build_dataset(vids, cat, pairs, tmp_path / "data2", professional_csv=pro)
+
+
+def test_two_names_of_one_pairs_column_are_refused_not_the_first_taken(tmp_path):
+    # a file with `video` and `video_id` was read by `video`, whichever held the extractors' ids
+    p = tmp_path / "p.csv"
+    p.write_text("video,video_id,track,uploader\nclip A,v1,t1,u1\n")
+    with pytest.raises(DatasetError, match=r"p.csv: columns 'video' and 'video_id' both name the video; keep one"):
+        read_pairs(p)
+    p.write_text("video,track,uploader,time,date\nv1,t1,u1,1,2024-01-01\n")
+    with pytest.raises(DatasetError, match=r"columns 'time' and 'date' both name the time"):
+        read_pairs(p)
+    p.write_text("video,track,user,user_id\nv1,t1,u1,7\n")  # a professional file's uploader is not read
+    assert read_pairs(p, uploaders=False).video == ["v1"]

@@ -5,7 +5,8 @@ Inputs: a videos folder (:mod:`bgmrec.features.video`), a music catalogue folder
 
     video,track,uploader[,time]
 
-(``video_id``/``track_id``/``uploader_id``/``timestamp`` are accepted as column names too; ids are
+(``video_id``/``track_id``/``uploader_id``/``timestamp`` are accepted as column names too, one name per
+column: a file with two names of one column, as ``video`` and ``video_id``, is refused; ids are
 the file stems used by the extractors; ``time`` is a number or an ISO-8601 date-time, read as UTC when it
 names no zone).
 
@@ -115,15 +116,19 @@ def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
     rows = [row for _, row in numbered]
     if not rows:
         raise DatasetError(f"{path}: no rows (expected a header video,track,uploader[,time], one row a pair)")
-    cols = {}
+    cols: dict[str, str | None] = {}
     for want, names in COLUMN_NAMES.items():
-        found = next((n for n in names if n in rows[0]), None)
-        if found is None and want != "time" and (uploaders or want != "uploader"):
+        if want == "uploader" and not uploaders:
+            cols[want] = None
+            continue
+        found = [n for n in names if n in rows[0]]
+        if len(found) > 1:  # which one holds the ids is not for the reader to guess
+            raise DatasetError(f"{path}: columns {' and '.join(map(repr, found))} both name the {want}; "
+                               "keep one of them (or rename the other)")
+        if not found and want != "time":
             raise DatasetError(f"{path}: missing column {want!r} (accepted names: {', '.join(names)}); "
                                f"found {sorted(rows[0])}")
-        cols[want] = found
-    if not uploaders:
-        cols["uploader"] = None
+        cols[want] = found[0] if found else None
     get = {k: [(r.get(c) or "").strip() for r in rows] for k, c in cols.items() if c}
     get.setdefault("uploader", [""] * len(rows))
     for k in ("video", "track", "uploader") if uploaders else ("video", "track"):
