@@ -369,3 +369,25 @@ def test_recall_at_k_of_a_split_with_at_most_k_candidates_is_named_as_trivial():
     with warnings.catch_warnings():  # a K below the candidates: no warning
         warnings.simplefilter("error", P.EvaluationWarning)
         P.compare(model, model, ds, "test_new_music", metric="recall@1", resamples=100)
+
+
+def test_an_oracle_refuses_a_world_of_the_same_sizes_but_another_seed(tiny_world, tiny_ds, tiny_spec, tmp_path):
+    # the oracle of one world ranked another world of the same sizes (a seed apart) and reported its figures
+    from bgmrec.data.simulate import simulate, world_config
+    from bgmrec.models.base import load_model
+    from bgmrec.models.oracle import Oracle
+
+    ds, truth = tiny_world
+    other, _ = simulate(world_config("tiny", seed=1))
+    assert (other.n_videos, other.n_tracks) == (ds.n_videos, ds.n_tracks)
+    words = r"the dataset's provenance.world: another simulated world than the oracle's \(seed 1, the oracle's 0\)"
+    with pytest.raises(ValueError, match=words):
+        Oracle(Oracle.config_class(), tiny_spec, truth).fit(SplitView(other, "train"))
+    oracle = Oracle(Oracle.config_class(), tiny_spec).fit(SplitView(tiny_ds, "train"))  # its truth/ from disk
+    assert P.evaluate(oracle, ds, "test")["full"]["recall@10"] > 0.5  # the same world in memory: scored
+    oracle.save(tmp_path / "oracle")
+    saved = load_model(tmp_path / "oracle")
+    for score in (lambda: P.evaluate(saved, other, "test"), lambda: P.sampled_ranks(saved, other, "test"),
+                  lambda: P.compare(saved, saved, other, "test", resamples=100)):
+        with pytest.raises(ValueError, match=words):
+            score()

@@ -2,7 +2,9 @@
 
 For a query of split s it scores track m by beta_s <z_v, z_m> / sqrt(d) + gamma_s log pi_u[g(m)]
 + delta_s log pop(m), written as an inner product of two encodings so it is served like any model.
-It is the upper bound every model is reported against.
+It is the upper bound every model is reported against. It holds the truth of one world, whose parameters
+(seed included) it records: a dataset recording another world's (``provenance["world"]``) is refused, by
+:meth:`Oracle.fit` and by the evaluation protocol, even when its sizes are the same.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Oracle(Recommender):
         self.track_content = np.zeros((0, 1), np.float32)
         self.track_popularity = np.zeros(0)
         self.processes: dict[str, dict] = {}
+        self.world: dict | None = None  # the parameters of the world whose truth it holds (None: not recorded)
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Oracle:
         """Take the world's truth: the one given to the constructor (a world simulated in memory), else the
@@ -47,10 +50,20 @@ class Oracle(Recommender):
         if (len(truth.video_content), len(truth.track_content)) != (ds.n_videos, ds.n_tracks):
             raise ValueError(f"the truth is of a world of {len(truth.video_content)} videos and "
                              f"{len(truth.track_content)} tracks, the dataset has {ds.n_videos} and {ds.n_tracks}")
+        world = truth.config.to_json()
+        _refuse_other_world(world, ds)
+        self.world = world
         self.video_content, self.track_content = truth.video_content, truth.track_content
         self.track_popularity = truth.track_popularity
         self.processes = {s: vars(p) for s, p in truth.processes.items()}
         return self
+
+    def check_world(self, ds) -> None:
+        """A ValueError when the dataset ``ds`` records (``provenance["world"]``) a simulated world other than the
+        one whose truth the oracle holds (another seed or other parameters, maybe of the same sizes): its
+        figures there would be meaningless. Silent when either is not recorded (an oracle saved before it
+        recorded its world); parameters only one of the two records are not compared."""
+        _refuse_other_world(self.world, ds)
 
     def _process(self, split: str | None) -> dict:
         if split is not None and split not in self.processes:
@@ -92,7 +105,23 @@ class Oracle(Recommender):
         self.track_popularity = arrays["track_popularity"]
 
     def extra_config(self) -> dict:
-        return {"processes": self.processes}
+        return {"processes": self.processes, "world": self.world}
 
     def load_extra_config(self, extra: dict) -> None:
         self.processes = extra.get("processes", {})
+        world = extra.get("world")
+        self.world = world if isinstance(world, dict) else None
+
+
+def _refuse_other_world(world: dict | None, ds) -> None:
+    """A ValueError naming the parameters (up to three) in which the world ``ds`` records differs from ``world``."""
+    theirs = ds.provenance.get("world")
+    if world is None or not isinstance(theirs, dict):
+        return
+    differ = [k for k in world if k in theirs and world[k] != theirs[k]]
+    if differ:
+        where = f"{ds.root}/manifest.json" if ds.root is not None else "the dataset's"
+        raise ValueError(f"{where} provenance.world: another simulated world than the oracle's ("
+                         + ", ".join(f"{k} {theirs[k]!r}, the oracle's {world[k]!r}" for k in differ[:3])
+                         + (", ..." if len(differ) > 3 else "")
+                         + "); an oracle scores only the world it was fitted to (fit it on this one)")
