@@ -404,24 +404,31 @@ def test_gamma_sweep_reports_the_intervened_world_beside_cmvae_and_deccm(tmp_pat
 
 def test_resume_keeps_the_one_teacher_deccm_and_its_ablation_share(tmp_path, monkeypatch):
     """A resumed benchmark retraining one teacher-guided model loads the teacher the finished ones refer to:
-    still one teacher, trained once."""
+    still one teacher, trained once; the world's fingerprints are taken once for the runs and the teacher."""
     from bgmrec.models import deccm
     from bgmrec.models.base import load_model
 
     monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: "abc1234")
-    trained = []
-    train_teacher = deccm.train_teacher
+    trained, records = [], []
+    train_teacher, dataset_record = deccm.train_teacher, bgmrec.runs.dataset_record
 
     def counting(*args, **kwargs):
         trained.append(args[2])
         return train_teacher(*args, **kwargs)
 
+    def recorded(data):
+        records.append(data)
+        return dataset_record(data)
+
     monkeypatch.setattr(deccm, "train_teacher", counting)
+    monkeypatch.setattr(bgmrec.runs, "dataset_record", recorded)
     work, names = tmp_path / "work", ["deccm", "deccm-noadjust"]
     run_quality(["tiny"], [0], tmp_path / "q.md", work, names, Console(quiet=True), "cmd", resume=True)
     runs = work / "tiny-seed0" / "runs"
     shutil.rmtree(runs / "deccm")  # as if stopped before it finished
+    records.clear()
     run_quality(["tiny"], [0], tmp_path / "q.md", work, names, Console(quiet=True), "cmd", resume=True)
+    assert len(records) == 2  # the world's, for the finished runs and the teacher; the retrained run's own
     assert len(trained) == 1
     assert [p.name for p in (work / "tiny-seed0" / "teachers").iterdir()] == ["deccm"]
     assert load_model(runs / "deccm").teacher_dir == load_model(runs / "deccm-noadjust").teacher_dir

@@ -239,7 +239,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             ds = load_dataset(data)
             made = dataset_record(data) if resume else None
             seed_results: list[dict] = []
-            teachers = SharedTeachers(data.parent / TEACHERS, ds, console)  # DecCM and its ablations share one
+            teachers = SharedTeachers(data.parent / TEACHERS, ds, console, made)  # DecCM and its ablations share one
             for name in models or DEMO_MODELS:
                 run = data.parent / "runs" / name
                 teacher = teachers.for_model(name, {"seed": seed})  # for a finished run too: the same folder

@@ -264,10 +264,11 @@ class SharedTeachers:
     features) and the code (:func:`code_fingerprint`). A teacher in ``root`` with the same record (a command
     run again, or ``tune --resume``), under any folder name, is loaded, so the runs that already refer to it
     keep it; otherwise one is trained and replaces ``root/<name>``, so a teacher of another world, features,
-    config or code, or one that does not load, is never taken.
+    config or code, or one that does not load, is never taken. ``data_record``: the dataset's
+    :func:`dataset_record` when the caller has taken it already (else it is taken when a teacher is first needed).
     """
 
-    def __init__(self, root: Path, ds, console: Console) -> None:
+    def __init__(self, root: Path, ds, console: Console, data_record: dict | None = None) -> None:
         if ds.root is None:
             raise ValueError("SharedTeachers needs a dataset loaded from its folder (load_dataset): a teacher's "
                              "record holds the folder's fingerprints")
@@ -276,6 +277,8 @@ class SharedTeachers:
         self.console = console  # says when a teacher is trained or reused
         self.folders: dict[str, Path] = {}  # teacher config (its repr) -> its folder
         self._made: dict | None = None  # the dataset's fingerprints and the code, once a teacher needs them
+        # the dataset's record when the caller took it (its features' fingerprint reads every feature byte: once)
+        self._data_record = data_record
 
     def for_model(self, model: str, sets: dict, name: str | None = None) -> Path | None:
         """The teacher folder for the model ``model`` with the config fields ``sets`` (as
@@ -304,7 +307,7 @@ class SharedTeachers:
         if folder in self.folders.values():
             raise ValueError(f"{folder}: already holds the teacher of another config; name each run apart")
         if self._made is None:  # what every teacher here is made from: read once, not per teacher config
-            self._made = teacher_made_from(dataset_record(self.ds.root))
+            self._made = teacher_made_from(self._data_record or dataset_record(self.ds.root))
         made = {**self._made, "teacher_config": key}
         taken = set(self.folders.values())
         others = sorted(p for p in self.root.glob("*")

@@ -108,7 +108,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     )
 
     console = console or Console(quiet=True)
-    record = {"model": model, **dataset_record(data),
+    trained_on = dataset_record(data)  # taken once: the features' fingerprint reads every feature byte
+    record = {"model": model, **trained_on,
               "grid": grid, "sets": dict(sets or {}), "seed": seed_used(model, grid, dict(sets or {}), seed),
               "teacher": None if teacher is None else str(Path(teacher).resolve()),
               "teacher_weights_sha256": weights_digest(Path(teacher)) if teacher is not None and (
@@ -121,7 +122,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "trials": []})
-    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console)  # a stopped grid's are loaded
+    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console, trained_on)  # a stopped grid's are loaded
     trials: list[Trial] = []
     first_gains = None
     for i, point in enumerate(points):
