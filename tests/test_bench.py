@@ -458,3 +458,29 @@ def test_aggregate_gives_the_mean_and_population_std_over_seeds_and_markdown_the
     assert [c.strip() for c in deccm.strip("|").split("|")][1:3] == ["0.450", "-"]  # one seed: no ±
     assert [c.strip() for c in deccm.strip("|").split("|")][-1] == "0.50"
     assert not any("0.700" in line for line in table)  # another split's rows stay out
+
+
+def test_a_report_and_its_json_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """A stop after the figures were computed left them in the JSON beside the earlier report (bench quality
+    wrote each world's JSON before its plots, the demo results.json before its plots and report.md)."""
+    from bgmrec.demo import run_demo
+    from bgmrec.eval import report
+
+    console, out, work = Console(quiet=True), tmp_path / "q.md", tmp_path / "work"
+    run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd")
+    run_demo("tiny", tmp_path / "demo", 0, ["popularity"], console)
+    files = [out, tmp_path / "benchmarks_tiny.json", tmp_path / "demo" / "results.json",
+             tmp_path / "demo" / "report.md"]
+    before = [p.read_bytes() for p in files]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bgmrec.bench, "plot", stopped)  # after every figure, before the report
+    with pytest.raises(KeyboardInterrupt):
+        run_quality(["tiny"], [1], out, work, ["popularity"], console, "cmd")
+    monkeypatch.setattr(report, "plot_genre_shares", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo("tiny", tmp_path / "demo", 1, ["popularity"], console)
+    assert [p.read_bytes() for p in files] == before
+    assert not [e.name for d in (tmp_path, tmp_path / "demo") for e in d.iterdir() if ".tmp" in e.name]

@@ -451,3 +451,24 @@ def test_points_of_equal_val_recall_are_ranked_by_val_mrr():
     trials = [Trial({"lr": lr}, f"runs/{lr}", recall, mrr, None, 5, 1.0)
               for lr, recall, mrr in [("a", 1.0, 0.4), ("b", 1.0, 0.6), ("c", 0.9, 0.9), ("d", 1.0, 0.6)]]
     assert [t.settings["lr"] for t in _ranked(trials)] == ["b", "d", "a", "c"]  # equal in both: the grid's order
+
+
+def test_the_complete_record_and_the_summary_are_written_together(tiny_dir, tmp_path, monkeypatch):
+    # a stop between them left tuning.json marked complete and no tuning.md (or an earlier grid's)
+    import bgmrec.tune
+
+    real = bgmrec.tune.tuning_markdown
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bgmrec.tune, "tuning_markdown", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "tune")
+    saved = json.loads((tmp_path / "tune" / "tuning.json").read_text())
+    assert not saved["complete"] and len(saved["trials"]) == 2  # every point kept for --resume
+    assert not (tmp_path / "tune" / "tuning.md").exists()
+    monkeypatch.setattr(bgmrec.tune, "tuning_markdown", real)
+    run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "tune", resume=True)
+    assert json.loads((tmp_path / "tune" / "tuning.json").read_text())["complete"]
+    assert (tmp_path / "tune" / "tuning.md").is_file()

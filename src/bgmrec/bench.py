@@ -194,7 +194,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     world parameters of every preset (``--world key=value``; not ``seed``, which ``seeds`` gives): the
     worlds, runs, JSON and plots are then named by :func:`world_label`, apart from the presets' own.
     """
-    from bgmrec.data.dataset import load_dataset, write_json_atomic
+    from bgmrec.data.dataset import load_dataset
     from bgmrec.eval.report import (
         PAIRED_NOTE,
         PER_GENRE_NOTE,
@@ -228,6 +228,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
            f"{', '.join(f'{k}={v}' for k, v in canonical_world(world).items())}." if world else ""),
         "",
     ]
+    figures: dict[str, list[dict]] = {}  # JSON file -> its results, written with the report
     for scale in scales:
         label = world_label(scale, world)
         results: list[dict] = []
@@ -261,7 +262,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             for split in EVAL_SPLITS:
                 paired[split][f"seed {seed}"] = paired_against(seed_results, BASELINE, split)
             results.extend(without_ranks(seed_results))
-        write_json_atomic(out.parent / f"benchmarks_{label}.json", results)
+        figures[f"benchmarks_{label}.json"] = results
         agg = aggregate(results)
         sections += [f"## World `{label}` (seeds {', '.join(map(str, seeds))})", ""]
         for split in EVAL_SPLITS:
@@ -273,7 +274,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         sections += ["Training seconds per model (mean over seeds): "
                      + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]
     sections += ["## The papers' figures", "", PAPER_TABLE]
-    return write_report(out, sections, console)
+    return write_report(out, sections, console, figures)
 
 
 def run_speed(work: Path, console: Console) -> dict:
@@ -723,11 +724,17 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     return write_report(out, lines, console)
 
 
-def write_report(out: Path, lines: list[str], console: Console) -> Path:
-    """Write a Markdown report atomically (:func:`bgmrec.data.dataset.write_text_atomic`)."""
-    from bgmrec.data.dataset import write_text_atomic
+def write_report(out: Path, lines: list[str], console: Console, figures: dict[str, object] | None = None) -> Path:
+    """Write a Markdown report and the JSON files ``figures`` names beside it ({file name: its object}), all
+    renamed into place together (:func:`bgmrec.data.dataset.write_files_together`): a stop or a failure while
+    they are written leaves the earlier report and figures as they were, never a report beside another
+    run's figures."""
+    from bgmrec.data.dataset import write_files_together, write_json_atomic
 
-    write_text_atomic(out, "\n".join(lines))
+    out = Path(out)
+    writers = {name: (lambda tmp, obj=obj: write_json_atomic(tmp, obj)) for name, obj in (figures or {}).items()}
+    writers[out.name] = lambda tmp: tmp.write_text("\n".join(lines), encoding="utf-8")
+    write_files_together(out.parent, writers)
     console.print(f"wrote {out}")
     return Path(out)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bgmrec.data.dataset import load_dataset, read_json, write_json_atomic, write_text_atomic
+from bgmrec.data.dataset import load_dataset, read_json, write_files_together, write_json_atomic
 
 EVAL_SPLITS = ("test", "test_new_music", "test_unbiased")
 BASELINE = "cmvae"  # the model every other one is compared with, query by query
@@ -74,7 +74,9 @@ def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None, ke
 def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console: Console) -> list[dict]:
     """``bgmrec demo``: simulate the ``scale`` world with ``seed`` into ``out`` (reused when it matches), train
     ``models`` (None: :data:`DEMO_MODELS`) beside one shared teacher, evaluate every mode of each on the
-    evaluation splits, print the tables and write ``out``'s report; returns one result object per evaluation."""
+    evaluation splits, print the tables and write ``out``'s report; returns one result object per evaluation.
+    ``results.json`` and ``report.md`` are renamed into place together
+    (:func:`~bgmrec.data.dataset.write_files_together`): a stop before leaves an earlier demo's pair as it was."""
     from bgmrec.eval import report
     from bgmrec.models.packages import model_package, packages_note
     from bgmrec.models.registry import resolve
@@ -99,7 +101,6 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
         results.extend({**r, "seed": seed} for r in evaluate_run(run, ds, label=name, keep_ranks=True))
     paired = {split: report.paired_against(results, BASELINE, split) for split in EVAL_SPLITS}
     results = report.without_ranks(results)
-    write_json_atomic(out / "results.json", results)
     for table in report.rich_tables(results):
         console.print(table)
     for split, comps in paired.items():
@@ -140,7 +141,8 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
     lines += ["## Training time (seconds)", "",
               report.markdown_from_rows([["model", "seconds"], *([k, f"{v:.1f}"] for k, v in timings.items())])]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    write_text_atomic(out / "report.md", "\n".join(lines))
+    write_files_together(out, {"results.json": lambda tmp: write_json_atomic(tmp, results),
+                               "report.md": lambda tmp: tmp.write_text("\n".join(lines), encoding="utf-8")})
     console.print(f"wrote {out / 'report.md'}, {len(plots)} plots and results.json; demo wall time {wall:.0f} s")
     return results
 

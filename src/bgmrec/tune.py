@@ -80,7 +80,9 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     val, write ``out/tuning.json`` (after every point) and ``out/tuning.md``; return the trials, best val
     Recall@10 first. Both files record the command (:func:`tune_command`), the fixed fields and the seed
     every point used (``seed`` None: ``sets``' seed or the config's default, 0); ``tuning.md`` also says the
-    inference mode each point was ranked in, for a model with several.
+    inference mode each point was ranked in, for a model with several. The last ``tuning.json`` (``complete``)
+    and ``tuning.md`` are renamed into place together (:func:`~bgmrec.data.dataset.write_files_together`), so
+    a stop while they are written leaves no summary of one grid beside the record of another.
 
     ``out`` must be a new or empty folder, or with ``resume`` the folder of a stopped run of the same grid
     (same model, dataset, grid, fixed fields and seed, as its ``tuning.json`` records; the seed as used, so
@@ -91,7 +93,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
     (:class:`~bgmrec.runs.SharedTeachers`; a resumed grid loads the teacher it trained).
     """
-    from bgmrec.data.dataset import write_json_atomic, write_text_atomic
+    from bgmrec.data.dataset import write_files_together, write_json_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.significance import paired_comparison
@@ -151,12 +153,16 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                             seconds, rec.inference_mode))
         console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
                       + ("" if against is None else f", {change_cell(against)} over the first point"))
-        write_json_atomic(Path(out) / "tuning.json", {**record, "complete": i + 1 == len(points),
+        write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False,
                                                        "trials": [t.to_json() for t in _ranked(trials)]})
     trials = _ranked(trials)
     made = (f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {record['commit']}"
             + packages_note({model: record["model_package"]}))  # the code it was trained with
-    write_text_atomic(Path(out) / "tuning.md", tuning_markdown(model, grid, trials, made, record) + "\n")
+    summary = tuning_markdown(model, grid, trials, made, record) + "\n"
+    write_files_together(Path(out), {  # the record marking the grid complete goes last
+        "tuning.md": lambda tmp: tmp.write_text(summary, encoding="utf-8"),
+        "tuning.json": lambda tmp: write_json_atomic(tmp, {**record, "complete": True,
+                                                           "trials": [t.to_json() for t in trials]})})
     return trials
 
 
