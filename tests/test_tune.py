@@ -35,6 +35,13 @@ def test_parse_grid_refuses_malformed_items(items, words):
         parse_grid(items)
 
 
+def test_a_shared_teacher_is_named_by_its_backbone_values_not_by_the_first_point():
+    from bgmrec.tune import shared_teacher_folder
+
+    assert shared_teacher_folder({"alpha": "0.5", "teacher_mix": "0.3"}) == "shared"  # DecCM's own fields
+    assert shared_teacher_folder({"alpha": "0.5", "latent_dim": "8", "seed": "1"}) == "shared-latent_dim=8,seed=1"
+
+
 def test_trial_folders_are_safe_names():
     assert trial_folder({"lr": "0.002", "hidden": "256, 128"}) == "lr=0.002,hidden=256,_128"
     assert "/" not in trial_folder({"note": "a/b"})
@@ -164,9 +171,10 @@ def test_deccm_points_share_one_teacher_per_backbone_config_apart_from_their_fol
                       fixed)
     teachers = {t.settings["latent_dim"] + "/" + t.settings["alpha"]: load_model(t.run).teacher_dir for t in trials}
     shared = tmp_path / "tune" / "teachers"
-    assert teachers["4/0.1"] == teachers["4/0.5"] == str(shared / "alpha=0.5,latent_dim=4")
-    assert teachers["8/0.1"] == teachers["8/0.5"] == str(shared / "alpha=0.5,latent_dim=8")  # another latent size
-    assert sorted(p.name for p in shared.iterdir()) == ["alpha=0.5,latent_dim=4", "alpha=0.5,latent_dim=8"]
+    # named as shared by the points of one backbone config (latent_dim), not after the first (alpha=0.5,...)
+    assert teachers["4/0.1"] == teachers["4/0.5"] == str(shared / "shared-latent_dim=4")
+    assert teachers["8/0.1"] == teachers["8/0.5"] == str(shared / "shared-latent_dim=8")  # another latent size
+    assert sorted(p.name for p in shared.iterdir()) == ["shared-latent_dim=4", "shared-latent_dim=8"]
     assert not list((tmp_path / "tune").glob("*/teacher"))
     # retraining one point by hand gives it a teacher of its own and leaves the one the others share
     train_model(tiny_dir, "deccm", tmp_path / "tune" / "alpha=0.5,latent_dim=4",
@@ -378,7 +386,7 @@ def test_a_grid_stopped_in_its_first_point_after_its_teacher_resumes(tiny_dir, t
     monkeypatch.setattr(bgmrec.runs, "train_model", stopped)
     with pytest.raises(KeyboardInterrupt):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small)
-    assert (tmp_path / "g" / "teachers" / "alpha=0.5" / "config.json").is_file()
+    assert (tmp_path / "g" / "teachers" / "shared" / "config.json").is_file()
     assert json.loads((tmp_path / "g" / "tuning.json").read_text())["trials"] == []
     monkeypatch.setattr(bgmrec.runs, "train_model", real)
     trials = run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, resume=True)
@@ -431,7 +439,7 @@ def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path)
     with pytest.raises(ValueError, match="records another teacher_weights_sha256"):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "g", small, teacher=tmp_path / "t", resume=True)
     run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small)  # trains its own teacher
-    shared = tmp_path / "own" / "teachers" / "alpha=0.5"
+    shared = tmp_path / "own" / "teachers" / "shared"
     original = (shared / "weights.safetensors").read_bytes()
     shutil.rmtree(shared)
     shutil.copytree(tmp_path / "t", shared)  # another teacher in its place, without the grid's record of it

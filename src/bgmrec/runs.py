@@ -256,7 +256,8 @@ def warn_if_not_a_teacher(teacher: Path, data: Path, ds) -> None:
 class SharedTeachers:
     """The frozen teachers of the teacher-guided models one command trains (``tune``'s points, the demo's and
     ``bench quality``'s models): one per teacher config (:func:`~bgmrec.models.deccm.teacher_config`, the
-    backbone fields and the seed), in ``root/<the first model that needs it>``, apart from the models' run
+    backbone fields and the seed), in ``root/<name>`` (the demo's and the benchmark's: the first model that
+    needs it; ``tune``'s: :func:`~bgmrec.tune.shared_teacher_folder`), apart from the models' run
     folders, and given to every model of that config. So DecCM and its teacher-guided ablations are guided by
     one teacher and differ only in what they ablate, and it is trained once, not once per model.
 

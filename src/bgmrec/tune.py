@@ -88,8 +88,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     (same model, dataset, grid, fixed fields and seed, as its ``tuning.json`` records; the seed as used, so
     ``--seed 0``, ``--set seed=0`` and no seed at all are one seed): the points it finished are loaded and
     ranked again, not retrained. A teacher-guided model (DecCM) without ``teacher``
-    trains one teacher per distinct teacher config (the backbone fields) into ``out/teachers/<the first
-    point that needs it>``, which every point of that config shares: apart from the points' folders, so
+    trains one teacher per distinct teacher config (the backbone fields) into ``out/teachers/`` (named by
+    :func:`shared_teacher_folder`), which every point of that config shares: apart from the points' folders, so
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
     (:class:`~bgmrec.runs.SharedTeachers`; a resumed grid loads the teacher it trained).
     """
@@ -131,7 +131,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
         sets = point_sets(base, point, seed)
-        shared = None if teacher is not None else teachers.for_model(model, sets, run.name)
+        shared = None if teacher is not None else teachers.for_model(model, sets, shared_teacher_folder(point))
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
@@ -164,6 +164,20 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         "tuning.json": lambda tmp: write_json_atomic(tmp, {**record, "complete": True,
                                                            "trials": [t.to_json() for t in trials]})})
     return trials
+
+
+def shared_teacher_folder(point: dict[str, str]) -> str:
+    """The name, in ``out/teachers``, of the teacher the points of ``point``'s teacher config share:
+    ``shared``, then the point's values of the grid keys that are fields of the teacher's config
+    (:func:`~bgmrec.models.deccm.teacher_config`: the backbone fields and the seed), e.g.
+    ``shared-latent_dim=8``: one name per teacher config, and none a single point's."""
+    from dataclasses import fields
+
+    from bgmrec.models.cmvae import CMVAEConfig
+
+    backbone = {f.name for f in fields(CMVAEConfig)}  # what teacher_config copies from the student
+    own = {k: v for k, v in point.items() if k in backbone}
+    return "shared" + (f"-{trial_folder(own)}" if own else "")
 
 
 def tune_command(data: Path, model: str, out: Path, grid: dict[str, list[str]], sets: dict | None = None,
