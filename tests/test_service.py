@@ -54,7 +54,7 @@ def test_health_says_what_is_served_and_what_a_request_needs(client, tiny_ds):
     info = client.get("/health").json()
     assert info["status"] == "ok" and info["model"] == "cmvae" and info["tracks"] == tiny_ds.n_tracks
     assert info["features"] == {"visual": tiny_ds.video_visual.shape[1], "text": tiny_ds.video_text.shape[1]}
-    assert info["genres"] == list(tiny_ds.genres) and info["index"] == "ExactIndex"
+    assert info["genres"] == list(tiny_ds.genres) and info["index"] == "exact"  # as --index names it
     assert info["warnings"] == []  # the tiny world's own catalogue: nothing to warn of
 
 
@@ -310,7 +310,7 @@ def test_the_library_checks_taste_as_the_service_does(tiny_ds):
 
 def test_faiss_index_serves_the_same_tracks(tiny_ds, cmvae, client):
     approx = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds), index="faiss")))
-    assert approx.get("/health").json()["index"] == "FaissIndex"
+    assert approx.get("/health").json()["index"] == "faiss"
     overlap = []
     for video in range(20):
         a = {t["id"] for t in approx.post("/recommend", json=clip_body(tiny_ds, video)).json()["tracks"]}
@@ -415,7 +415,7 @@ def test_serve_sets_the_faiss_search_breadth_and_health_reports_it(tiny_ds, cmva
     args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
     assert main([*args, "--index", "faiss", "--ef-search", "64"]) == 0
     health = TestClient(started["app"]).get("/health").json()
-    assert health["index"] == "FaissIndex" and health["index_settings"]["ef_search"] == 64
+    assert health["index"] == "faiss" and health["index_settings"]["ef_search"] == 64
     assert main([*args, "--index", "faiss"]) == 0
     assert TestClient(started["app"]).get("/health").json()["index_settings"] == {
         "m": 32, "ef_search": 256, "ef_construction": 100}

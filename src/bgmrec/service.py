@@ -3,8 +3,9 @@
 :func:`create_app` wraps a :class:`~bgmrec.features.recommend.ClipRecommender` (a trained model and a
 catalogue, encoded and indexed once at start-up) in a FastAPI application:
 
-- ``GET /health``: the model, its inference mode, the catalogue size, the index and its settings, the feature sizes
-  a request must have, the largest video upload, JSON body and caption, torch's intra-op ``threads``,
+- ``GET /health``: the model, its inference mode, the catalogue size, the index (``exact`` or ``faiss``, as
+  ``bgmrec serve --index`` names it) and its settings, the feature sizes a request must have, the largest
+  video upload, JSON body and caption, torch's intra-op ``threads``,
   ``served_by`` (below) and ``warnings``: what the recommender warned of at start-up (a catalogue extracted
   with other settings than the model's training music, genres the model does not know; [] when none), which
   leave ``status`` "ok" (the service answers) but tell a monitoring probe its scores can mean little;
@@ -176,7 +177,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
         return {"status": "ok", "model": recommender.model.name,
                 "inference_mode": getattr(recommender.model, "inference_mode", None),
-                "tracks": len(recommender.catalog), "index": type(recommender.index).__name__,
+                "tracks": len(recommender.catalog), "index": recommender.index_kind,
                 "index_settings": index_settings(recommender.index),
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
                 "catalog_genres": recommender.genre_names,

@@ -208,6 +208,7 @@ class ClipRecommender:
                             f"Catalog.from_arrays), got {type(catalog).__name__}")
         check_distinct_ids(catalog.ids, f"the catalogue {catalog.root or ''}".rstrip())
         self.model, self.catalog, self.threads = model, catalog, threads
+        self.index_kind = index  # "exact" or "faiss", as ``bgmrec serve --index`` names it (``/health``'s index)
         self._thread_state = threading.local()
         self._use_threads()
         self.warnings: list[str] = []
