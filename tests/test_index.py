@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgmrec.index import ExactIndex, FaissIndex
+from bgmrec.index import ExactIndex, FaissIndex, NaNScoreError
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +298,40 @@ def test_exact_exclusions_follow_their_query_across_chunks(data):
     np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
     # by hand: query 3 excluded its best 4, so its first result is its fifth best overall
     assert ids[3, 0] == _brute(items, queries[3:4], 5)[0][0, 4]
+
+
+def test_both_indexes_refuse_a_nan_score_naming_the_query_and_agree_otherwise(data):
+    """torch.topk ranked a NaN score first: a query with a NaN value got arbitrary items, best first."""
+    items, queries = data
+    exact, approx = ExactIndex(items, chunk=7), FaissIndex(items)
+    for bad in (np.nan, np.inf):  # inf - inf is NaN too
+        q = queries[:12].copy()
+        q[9, 3], q[9, 4] = bad, -bad
+        for index in (exact, approx):
+            with pytest.raises(NaNScoreError, match=r"^query 9: its score for item \d+ is NaN, so the items have "
+                                                    r"no order") as e:
+                index.search(q, 5)
+            assert e.value.query == 9
+    # inner products past float32's range: the graph leaves such a query to exact search, and both refuse it
+    huge = np.zeros((2, items.shape[1]), np.float32)
+    huge[1] = 3e38
+    for index in (exact, approx):
+        with pytest.raises(NaNScoreError, match=r"^query 1: "):
+            index.search(huge, 5)
+    # a NaN score of an excluded item orders nothing: both answer, alike (the all-zero query: positions 0, 1, ...)
+    q = np.zeros((1, 4), np.float32)
+    q[0, 0] = np.inf
+    small = np.eye(4, dtype=np.float32)
+    want = ExactIndex(small).search(q, 2, exclude=[1, 2, 3])
+    assert want[0].tolist() == [[0, -1]] and want[1][0, 0] == np.inf
+    got = FaissIndex(small).search(q, 2, exclude=[1, 2, 3])
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1][:, :1], want[1][:, :1])
+
+
+@pytest.mark.parametrize("index", [ExactIndex, FaissIndex])
+def test_item_embeddings_that_are_not_finite_are_refused(index):
+    items = np.eye(4, dtype=np.float32)
+    items[2, 1] = np.nan
+    items[3, 0] = -np.inf
+    with pytest.raises(ValueError, match=r"^item embeddings: item 2 holds NaN or inf \(2 item\(s\) in all\)"):
+        index(items)

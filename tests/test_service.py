@@ -466,6 +466,23 @@ def test_features_whose_scores_overflow_are_refused(client, tiny_ds):
     assert r.status_code == 422 and r.json()["detail"].startswith("clips[1]: the model's scores")
 
 
+def test_a_clip_the_index_finds_a_nan_score_for_is_refused_naming_it(tiny_ds, cmvae, monkeypatch):
+    """Finite video encodings whose inner products overflow to inf - inf: the index refuses the query (its
+    NaNScoreError), which the server answers with 422 naming the clip, not a 500."""
+    from bgmrec.index import NaNScoreError
+
+    recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds))
+
+    def refused(queries, k, exclude=None):
+        raise NaNScoreError(1, 0)
+
+    monkeypatch.setattr(recommender.index, "search", refused)
+    r = TestClient(create_app(recommender)).post("/recommend/batch", json={
+        "clips": [clip_body(tiny_ds, 0), clip_body(tiny_ds, 1)]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("clips[1]: the model's scores for these "
+                                                                  "features are not finite")
+
+
 def test_every_answer_says_which_run_and_catalogue_answered(tiny_ds, cmvae, tmp_path, monkeypatch):
     import hashlib
 

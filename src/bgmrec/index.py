@@ -34,12 +34,33 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be >= 0, got {k}")
 
 
+class NaNScoreError(ValueError):
+    """A query with a NaN score for an item it does not exclude: no order of the items is defined, so neither
+    index answers it (``query``: its row in the batch, ``item``: the first such item's position)."""
+
+    def __init__(self, query: int, item: int) -> None:
+        super().__init__(f"query {query}: its score for item {item} is NaN, so the items have no order (a NaN or "
+                         "infinite value in the query, or inner products past float32's range)")
+        self.query, self.item = query, item
+
+
+def _finite_items(item_embeddings: np.ndarray) -> np.ndarray:
+    """The item embeddings as float32 [n, d], refused (ValueError naming the first such item) where a value is NaN
+    or infinite: such an item's scores would be NaN or infinite for every query."""
+    items = np.ascontiguousarray(item_embeddings, np.float32)
+    bad = np.flatnonzero(~np.isfinite(items.reshape(len(items), -1)).all(axis=1))
+    if bad.size:
+        raise ValueError(f"item embeddings: item {int(bad[0])} holds NaN or inf ({len(bad)} item(s) in all)")
+    return items
+
+
 MAX_BLOCK = 2**24  # most scores (float32: 64 MB) one chunk of exact search holds at once
 
 
 class ExactIndex:
     """Exact maximum-inner-product search: one matrix product per chunk of queries, then top-k (equal
-    finite scores in increasing item position, so results are reproducible).
+    finite scores in increasing item position, so results are reproducible). Item embeddings must be finite;
+    a query with a NaN score for an item it does not exclude is refused with :class:`NaNScoreError`.
 
     A chunk holds at most ``chunk`` queries and :data:`MAX_BLOCK` scores (one query's at least), so the
     memory a search takes does not grow with the batch (a batch of 1,024 clips on a million tracks would
@@ -47,7 +68,7 @@ class ExactIndex:
     """
 
     def __init__(self, item_embeddings: np.ndarray, chunk: int = 4096) -> None:
-        self.items = torch.from_numpy(np.ascontiguousarray(item_embeddings, np.float32))
+        self.items = torch.from_numpy(_finite_items(item_embeddings))
         self.chunk = max(1, min(chunk, MAX_BLOCK // max(len(self.items), 1)))
 
     def __len__(self) -> int:
@@ -73,6 +94,9 @@ class ExactIndex:
             sc = torch.from_numpy(q[s:s + self.chunk]) @ self.items.T
             if mask is not None:
                 sc[torch.from_numpy(mask[s:s + self.chunk])] = -torch.inf
+            nan = torch.nonzero(torch.isnan(sc))  # topk would rank NaN first
+            if len(nan):
+                raise NaNScoreError(s + int(nan[0, 0]), int(nan[0, 1]))
             values, indices = _top_k_lowest_position_first(sc, k)
             ids[s:s + self.chunk] = indices.numpy()
             scores[s:s + self.chunk] = values.numpy()
@@ -108,7 +132,9 @@ class FaissIndex:
     others. The graph is searched with ``ef_search`` at least the number fetched (a per-call parameter,
     so threads can share the index). A query that would fetch more than ``max(ef_search, n / 2m)``
     items (beyond that the graph search costs more than a scan of the catalogue), and one for which
-    the graph still finds too few, is searched exactly. HNSW
+    the graph still finds too few, is searched exactly, and so is one whose scores may not be finite (a NaN or
+    infinite value, or a norm that times the largest item norm passes float32's range): such queries get
+    :class:`ExactIndex`'s answer, or its :class:`NaNScoreError`. HNSW
     graphs are built with several threads, so approximate results may differ between builds;
     :class:`ExactIndex` is the deterministic reference.
 
@@ -129,10 +155,11 @@ class FaissIndex:
                  oversample: int = 32, ef_construction: int = 100) -> None:
         import faiss
 
-        items = np.asarray(item_embeddings, np.float64)
+        self.items = _finite_items(item_embeddings)
+        items = self.items.astype(np.float64)
         norms = (items * items).sum(1)
+        self.max_norm = float(np.sqrt(norms.max(initial=0.0)))
         lift = np.sqrt(np.maximum(norms.max(initial=0.0) - norms, 0.0))[:, None]
-        self.items = np.ascontiguousarray(items, np.float32)
         self.index = faiss.IndexHNSWFlat(items.shape[1] + 1, m, faiss.METRIC_L2)
         self.index.hnsw.efConstruction = ef_construction
         self.ef_search = ef_search
@@ -157,6 +184,8 @@ class FaissIndex:
         # past max(ef_search, n / 2m) candidates the graph search (about 2m distances per candidate on its
         # bottom layer) costs more than scanning the catalogue: such queries are searched exactly
         scan = need > max(self.ef_search, self.n_items // (2 * self.m))
+        with np.errstate(invalid="ignore", over="ignore"):  # a query whose scores may be NaN or inf, too
+            scan |= ~(np.linalg.norm(q, axis=1) * self.max_norm <= np.finfo(np.float32).max)
         out_ids = np.full((len(q), k), -1, np.int64)
         out_sc = np.full((len(q), k), -np.inf, np.float32)
         for fetch in np.unique(need[~scan]):  # queries fetching the same number searched together
@@ -165,8 +194,11 @@ class FaissIndex:
                                                              None if mask is None else mask[rows])
         short = np.flatnonzero(scan | ((out_ids >= 0).sum(axis=1) < np.minimum(k, self.n_items - excluded)))
         if short.size:  # too many exclusions, or the graph came back with too few: searched exactly
-            exact = ExactIndex(self.items).search_masked(q[short].astype(np.float32), k,
-                                                         None if mask is None else mask[short])
+            try:
+                exact = ExactIndex(self.items).search_masked(q[short].astype(np.float32), k,
+                                                             None if mask is None else mask[short])
+            except NaNScoreError as e:  # named by its row in this batch
+                raise NaNScoreError(int(short[e.query]), e.item) from None
             out_ids[short], out_sc[short] = exact
         return out_ids, out_sc
 

@@ -243,6 +243,8 @@ class ClipRecommender:
         and so do features for which the model's scores are not finite (finite but huge values can
         overflow); ``labels`` name the clips in that message (default "clip 0", "clip 1", ...).
         """
+        from bgmrec.index import NaNScoreError
+
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
             raise RequestError(f"top must be an integer, got {k!r}")
         if k < 1:
@@ -251,10 +253,14 @@ class ClipRecommender:
         excluded = self.excluded_positions(exclude, genres, len(clips))
         self._use_threads()
         queries = self.model.encode_videos(q)
-        ids, scores = self.index.search(queries, min(k, len(self.catalog)), excluded)
-        with np.errstate(invalid="ignore"):
-            finite = np.isfinite(np.asarray(queries, np.float64)).all(axis=1) & np.where(
-                np.asarray(ids) >= 0, np.isfinite(scores), True).all(axis=1)
+        finite = np.isfinite(queries).all(axis=1)
+        if finite.all():
+            try:
+                ids, scores = self.index.search(queries, min(k, len(self.catalog)), excluded)
+            except NaNScoreError as e:
+                finite[e.query] = False
+            else:
+                finite = np.where(np.asarray(ids) >= 0, np.isfinite(scores), True).all(axis=1)
         if not finite.all():
             i = int(np.flatnonzero(~finite)[0])
             raise RequestError(f"{labels[i] if labels else f'clip {i}'}: the model's scores for these features are "
