@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from bgmrec.data.dataset import load_dataset
+from bgmrec.data.dataset import DatasetError, load_dataset
 from bgmrec.data.simulate import save_world, simulate, world_config
 from bgmrec.eval.protocol import evaluate
 from bgmrec.features.recommend import normalised_taste
@@ -383,6 +384,22 @@ def test_a_loaded_student_finds_its_teacher_or_says_it_is_missing(tiny_dir, tmp_
         orphan.score(q, cat)
     orphan.set_inference_mode("backdoor")
     assert np.isfinite(orphan.score(q, cat)).all()
+
+
+def test_a_noadjust_student_whose_teacher_folder_is_gone_is_refused_at_load(tiny_dir, tmp_path):
+    """Content mode is its only mode and mixes the teacher in: it loaded, and failed at its first score."""
+    ds = load_dataset(tiny_dir)
+    model = build("deccm-noadjust", FeatureSpec.of(ds), {"epochs": 1, "batch_size": 256, "prior_samples": 64})
+    prepare_teacher(model, ds, tmp_path / "run", None)
+    model.fit(SplitView(ds, "train"), None).save(tmp_path / "run")
+    assert load_model(tmp_path / "run").teacher is not None
+    shutil.rmtree(tmp_path / "run" / "teacher")
+    teacher = os.path.normpath(tmp_path / "run" / "teacher")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(tmp_path / 'run' / 'config.json'))}: content mode is "
+                                           r"this student's only mode \(adjustment=false\); DecCM's content mode mixes "
+                                           rf"its teacher's scores \(teacher_mix=0.5\) but there is no teacher folder "
+                                           rf"at {re.escape(teacher)} with the weights it was trained with"):
+        load_model(tmp_path / "run")
 
 
 def test_a_student_saved_with_a_teacher_of_another_scale_loads_and_only_content_mode_refuses(tiny_dir, tmp_path):

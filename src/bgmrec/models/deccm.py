@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bgmrec.data.dataset import DatasetError
 from bgmrec.models.base import MusicCatalog, Recommender, SplitView, VideoQuery, check_bounds, load_model
 from bgmrec.models.cmvae import CMVAE, CMVAEConfig, CMVAEModule
 from bgmrec.models.layers import backdoor_genre_offsets, kl_normal
@@ -316,16 +317,18 @@ class DecCM(CMVAE):
 
     def _require_teacher(self) -> CMVAE:
         if self.teacher is None:
-            way_out = ("use another inference mode" if self.config.adjustment
-                       else "retrain with teacher_mix=0")
-            if self._teacher_unusable:
-                raise ValueError(f"DecCM's content mode mixes its teacher's scores, but {self._teacher_unusable}; "
-                                 f"{way_out}, or retrain the student with a teacher of its settings")
-            where = f"no teacher folder at {self._teacher_sought}" if self._teacher_sought else "no teacher attached"
-            raise ValueError(f"DecCM's content mode mixes its teacher's scores (teacher_mix="
-                             f"{self.config.teacher_mix}) but there is {where}: keep the teacher folder "
-                             f"beside the student, or {way_out}")
+            raise ValueError(self._why_no_teacher())
         return self.teacher
+
+    def _why_no_teacher(self) -> str:
+        """One line: content mode mixes in a teacher, but none is attached (where it was sought, and what to do)."""
+        way_out = "use another inference mode" if self.config.adjustment else "retrain with teacher_mix=0"
+        if self._teacher_unusable:
+            return (f"DecCM's content mode mixes its teacher's scores, but {self._teacher_unusable}; {way_out}, or "
+                    "retrain the student with a teacher of its settings")
+        where = f"no teacher folder at {self._teacher_sought}" if self._teacher_sought else "no teacher attached"
+        return (f"DecCM's content mode mixes its teacher's scores (teacher_mix={self.config.teacher_mix}) but there "
+                f"is {where}: keep the teacher folder beside the student, or {way_out}")
 
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
         e_v = super()._encode_videos(q)
@@ -371,12 +374,20 @@ class DecCM(CMVAE):
             self.inference_mode = extra["inference_mode"]
 
     def after_load(self, folder: Path) -> None:
-        """Find the teacher: the first of ``config.json``'s relative record, ``folder/teacher`` and the
-        record as written (absolute for a teacher outside the student) that holds a run with the recorded
-        weights (any run for students saved before that record); attach it when content mode mixes it in."""
+        """Find the teacher (:meth:`_find_teacher`). A student whose only mode mixes it in (trained without the
+        adjustment, as ``deccm-noadjust``) and finds none usable is refused here, a :class:`DatasetError`
+        naming where it was sought, rather than at its first score."""
         if not self.config.teacher:  # trained without one: a teacher/ folder there is not its own
             return
-        folder = Path(folder)
+        self._find_teacher(Path(folder))
+        if self.teacher is None and not self.config.adjustment and self._content_mode_mixes_teacher():
+            raise DatasetError(f"{Path(folder) / 'config.json'}: content mode is this student's only mode "
+                               f"(adjustment=false); {self._why_no_teacher()}")
+
+    def _find_teacher(self, folder: Path) -> None:
+        """The first of ``config.json``'s relative record, ``folder/teacher`` and the record as written (absolute
+        for a teacher outside the student) that holds a run with the recorded weights (any run for students
+        saved before that record); attached when content mode mixes it in."""
         relative, written, digest = (self._teacher_record.get(k) for k in TEACHER_RECORD)
         candidates = [folder / p for p in dict.fromkeys([relative, "teacher", written]) if p]
         for candidate in candidates:
