@@ -26,10 +26,16 @@ SMALL = {"hidden": "16", "latent_dim": 8}
 def runs(tiny_ds, tiny_spec, tmp_path_factory) -> dict[str, Path]:
     """Saved runs, pristine: a test damages a copy (:func:`_copy`). Unfitted where fitting adds nothing."""
     root = tmp_path_factory.mktemp("runs")
-    out = {name: build(name, tiny_spec, SMALL).save(root / name) for name in ("cmvae", "deccm")}
+    out = {name: _as_fitted(build(name, tiny_spec, SMALL)).save(root / name) for name in ("cmvae", "deccm")}
     out["cca"] = build("cca", tiny_spec).fit(SplitView(tiny_ds, "train")).save(root / "cca")
     out["popularity"] = build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train")).save(root / "popularity")
     return out
+
+
+def _as_fitted(model):
+    """``model`` marked fitted without fitting it (save refuses a model never fitted): the tests damage its files."""
+    model.fitted = True
+    return model
 
 
 def _copy(runs, name: str, tmp_path: Path) -> Path:
@@ -129,10 +135,26 @@ def test_a_model_with_nan_weights_is_not_saved_over_a_good_run(runs, tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.parametrize("name", ["popularity", "cmvae"])
+def test_a_model_never_fitted_is_not_saved(tiny_ds, tiny_spec, tmp_path, name):
+    """It was saved, and loaded back it ranked by its initial weights (CMVAE: at random; popularity: all tied)."""
+    model = build(name, tiny_spec, {} if name == "popularity" else {**SMALL, "epochs": 1})
+    assert not model.fitted
+    with pytest.raises(ValueError, match=rf"^{name}: not fitted, so its weights are its initialisation and would "
+                                         r"load as a model scoring at random; call fit before save$"):
+        model.save(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="never a test split"):  # a fit that fails leaves it unfitted
+        model.fit(SplitView(tiny_ds, "test"))
+    assert not model.fitted
+    assert model.fit(SplitView(tiny_ds, "train")).fitted
+    assert load_model(model.save(tmp_path / "run")).fitted  # a loaded model is fitted: saved again as it is
+
+
 def test_a_damaged_teacher_of_a_student_names_the_teacher_file(runs, tiny_spec, tmp_path):
     folder = _copy(runs, "deccm", tmp_path)
     student = load_model(folder)
-    CMVAE(teacher_config(student.config), tiny_spec).save(folder / "teacher")
+    _as_fitted(CMVAE(teacher_config(student.config), tiny_spec)).save(folder / "teacher")
     assert load_model(folder).teacher is not None
     path = folder / "teacher" / "weights.safetensors"
     path.write_bytes(path.read_bytes()[:100])

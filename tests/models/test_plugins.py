@@ -479,7 +479,7 @@ def test_a_plugin_with_inference_modes_is_evaluated_in_each(tiny_ds, tiny_spec, 
     assert evaluation_modes(DecCM(DecCMConfig(teacher=False, adjustment=False), tiny_spec)) == [None]
     register_model("two-modes", TwoModes)
     registered.append("two-modes")
-    results = evaluate_run(model.save(tmp_path / "run"), tiny_ds, splits=("test",))
+    results = evaluate_run(model.fit(SplitView(tiny_ds, "train")).save(tmp_path / "run"), tiny_ds, splits=("test",))
     assert [r["inference_mode"] for r in results] == ["plain", "negated"]
     assert results[0]["full"]["mrr"] != results[1]["full"]["mrr"]
 

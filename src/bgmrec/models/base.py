@@ -10,6 +10,7 @@ product of the two encodings (so every model can be served by the same exact or 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -242,6 +243,25 @@ class Recommender(ABC):
     inference_mode: str | None = None
     #: True when scores depend on the catalogue's genre ids: then its genre names must be the spec's
     reads_genre: bool = True
+    #: True once ``fit`` has returned (every subclass's, see ``__init_subclass__``) or :func:`load_model` loaded it
+    fitted: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Make the ``fit`` a subclass defines mark the model fitted when it returns: :meth:`save` refuses a model
+        never fitted (its weights are its initialisation, and loaded back it would score at random)."""
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is None or getattr(fit, "marks_fitted", False):
+            return
+
+        @functools.wraps(fit)
+        def fit_and_mark(self: Recommender, *args: Any, **kw: Any) -> Recommender:
+            out = fit(self, *args, **kw)
+            self.fitted = True
+            return out
+
+        fit_and_mark.marks_fitted = True
+        cls.fit = fit_and_mark
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         self.config = config
@@ -382,9 +402,12 @@ class Recommender(ABC):
     def save(self, out: Path) -> Path:
         """Write ``weights.safetensors``, ``config.json`` and ``history.json`` into the folder ``out``, all
         three or none (:func:`~bgmrec.data.dataset.write_files_together`: a failed save into an earlier run
-        leaves that run as it was, loadable)."""
+        leaves that run as it was, loadable); a model never fitted (:attr:`fitted`) is refused."""
         from safetensors.numpy import save
 
+        if not self.fitted:  # refused before anything is written
+            raise ValueError(f"{self.name}: not fitted, so its weights are its initialisation and would load as a "
+                             "model scoring at random; call fit before save")
         out = Path(out)
         made = model_package(type(self))
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
@@ -520,6 +543,7 @@ def load_model(folder: Path) -> Recommender:
         model.load_state_arrays(arrays)
     except ValueError as e:
         raise DatasetError(f"{wpath}: {e}") from None
+    model.fitted = True
     try:
         model.load_extra_config(meta.get("learned", {}))
     except ValueError as e:
