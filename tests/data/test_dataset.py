@@ -578,9 +578,9 @@ def test_another_folder_bgmrec_writes_is_named_for_what_it_is_not_a_missing_fiel
         folder("other", {"manifest.json": {"kind": "something-new", "format_version": 1}}):
             "is a folder of kind 'something-new' by its manifest.json, not a dataset",
     }
-    from bgmrec.models.base import FeatureSpec
+    from bgmrec.models.base import FeatureSpec, SplitView
 
-    build("popularity", FeatureSpec.of(tiny_ds)).save(tmp_path / "run")
+    build("popularity", FeatureSpec.of(tiny_ds)).fit(SplitView(tiny_ds, "train")).save(tmp_path / "run")
     cases[tmp_path / "run"] = "is a model run (written by train), not a dataset"
     for root, words in cases.items():
         with pytest.raises(DatasetError) as e:
