@@ -13,7 +13,6 @@ from bgmrec.data.dataset import Dataset
 from bgmrec.eval import metrics as M
 from bgmrec.eval.significance import PairedComparison, check_settings, paired_comparison
 from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery
-from bgmrec.models.oracle import Oracle
 
 FULL_KS = (1, 5, 10, 20)
 SAMPLED_KS = (10, 15, 20, 25)
@@ -49,12 +48,6 @@ class FullRanking:
     n_candidates: int
 
 
-def _check_world(model: Recommender, ds: Dataset) -> None:
-    """An oracle's figures on a dataset of another world are meaningless: refused, whatever the sizes."""
-    if isinstance(model, Oracle):
-        model.check_world(ds)
-
-
 def _tie_break(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(n)
 
@@ -67,9 +60,10 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
     by score, exact ties in a seeded random order, so a positive is in its top list exactly when
     its rank is at most ``top_k``. The order of ties is drawn from ``seed`` and the query's video, so
     a query ranks alike whatever other queries ``rows`` holds (a validation subset, the whole split).
-    An oracle of another simulated world than ``ds``'s is refused (:meth:`~bgmrec.models.oracle.Oracle.check_world`).
+    A model that refuses ``ds`` (:meth:`~bgmrec.models.base.Recommender.check_dataset`: an oracle of another
+    simulated world) raises ValueError.
     """
-    _check_world(model, ds)
+    model.check_dataset(ds)
     rows = np.asarray(ds.splits[split] if rows is None else rows)
     cand = ds.candidate_tracks(split)
     col = np.full(ds.n_tracks, -1, np.int64)
@@ -98,8 +92,8 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
 def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096, seed: int = 0) -> np.ndarray:
     """Rank of each positive among itself and the split's frozen negatives (the papers' protocol): 1 plus the
     number of listed negatives that outscore it (ties broken at random), a negative listed twice counting twice.
-    An oracle of another simulated world than ``ds``'s is refused, as by :func:`full_ranks`."""
-    _check_world(model, ds)
+    A model that refuses ``ds`` raises ValueError, as in :func:`full_ranks`."""
+    model.check_dataset(ds)
     rows = np.asarray(ds.splits[split])
     cands = np.hstack([rows[:, 1:2], np.asarray(ds.negatives[split])])
     music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds)))

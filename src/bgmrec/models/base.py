@@ -286,6 +286,11 @@ class Recommender(ABC):
         far outside can get scores out of all proportion (a network extrapolates)."""
         return None
 
+    def check_dataset(self, ds: Dataset) -> None:
+        """A ValueError when this model's figures on the dataset ``ds`` would be meaningless whatever its sizes
+        (the evaluation protocol calls it before ranking); the default accepts every dataset. The oracle
+        refuses a dataset of another simulated world."""
+
     # -- learning and encoding --
     @abstractmethod
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> Recommender:

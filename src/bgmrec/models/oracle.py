@@ -58,7 +58,7 @@ class Oracle(Recommender):
         self.processes = {s: vars(p) for s, p in truth.processes.items()}
         return self
 
-    def check_world(self, ds) -> None:
+    def check_dataset(self, ds) -> None:
         """A ValueError when the dataset ``ds`` records (``provenance["world"]``) a simulated world other than the
         one whose truth the oracle holds (another seed or other parameters, maybe of the same sizes): its
         figures there would be meaningless. Silent when either is not recorded (an oracle saved before it
