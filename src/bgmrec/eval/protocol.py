@@ -48,6 +48,14 @@ class FullRanking:
     n_candidates: int
 
 
+def _check_dataset(model, ds: Dataset) -> None:
+    """The model's refusal of ``ds`` (:meth:`~bgmrec.models.base.Recommender.check_dataset`), for a recommender; a
+    scorer that only encodes (a teacher mixture, a fitted per-track term) has none."""
+    check = getattr(model, "check_dataset", None)
+    if check is not None:
+        check(ds)
+
+
 def _tie_break(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(n)
 
@@ -63,7 +71,7 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
     A model that refuses ``ds`` (:meth:`~bgmrec.models.base.Recommender.check_dataset`: an oracle of another
     simulated world) raises ValueError.
     """
-    model.check_dataset(ds)
+    _check_dataset(model, ds)
     rows = np.asarray(ds.splits[split] if rows is None else rows)
     cand = ds.candidate_tracks(split)
     col = np.full(ds.n_tracks, -1, np.int64)
@@ -93,7 +101,7 @@ def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096
     """Rank of each positive among itself and the split's frozen negatives (the papers' protocol): 1 plus the
     number of listed negatives that outscore it (ties broken at random), a negative listed twice counting twice.
     A model that refuses ``ds`` raises ValueError, as in :func:`full_ranks`."""
-    model.check_dataset(ds)
+    _check_dataset(model, ds)
     rows = np.asarray(ds.splits[split])
     cands = np.hstack([rows[:, 1:2], np.asarray(ds.negatives[split])])
     music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds)))
