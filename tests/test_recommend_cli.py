@@ -246,3 +246,43 @@ def test_a_built_dataset_as_catalogue_keeps_its_music_extraction_settings(world)
     from bgmrec.features.recommend import open_catalog
 
     assert open_catalog(world / "data").manifest["settings"] == load_catalog(world / "catalog").manifest["settings"]
+
+
+def test_a_clip_cut_off_after_half_its_samples_is_ranked_and_the_answer_says_its_frames_were_repeated(world, tmp_path,
+                                                                                                       capsys):
+    # recommend --video and an upload ranked it on its last decoded frame repeated, and said nothing
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.recommend import ClipRecommender
+    from bgmrec.features.video import decode_samples
+    from bgmrec.models.base import load_model
+    from bgmrec.service import create_app
+
+    full = mf.write_video(tmp_path / "full.mkv", 4.0, 64, 48, 10, kind=2, audio=False)
+    cut = mf.truncate(full, tmp_path / "cut.mkv", 0.7)  # Matroska: what was written before the cut still decodes
+    decoded = decode_samples(cut, 4, 224, 600.0)[1]
+    assert 2 <= decoded < 4
+    note = (f"kept with repeated frames: only {decoded} of 4 sample frames decodable (cut off or damaged?); the last "
+            "decoded frame stands in for the others")
+    base = ["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--frames", "4"]
+    capsys.readouterr()
+    assert main([*base, "--video", str(cut), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["warnings"] == [note] and len(json.loads(out)["tracks"]) == 6
+    assert " ".join(err.split()) == f"warning: {cut}: {note}"
+    assert main([*base, "--video", str(cut)]) == 0  # the table: the same warning beside it
+    out, err = capsys.readouterr()
+    assert "Song" in out and " ".join(err.split()) == f"warning: {cut}: {note}"
+    whole = world / "videos" / "clip05.mp4"
+    assert main([*base, "--video", str(whole), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["warnings"] == [] and err == ""
+
+    client = TestClient(create_app(ClipRecommender(load_model(world / "run"), load_catalog(world / "catalog")),
+                                   frames=4))
+    r = client.post("/recommend/video", files={"video": ("cut.mkv", cut.read_bytes(), "video/x-matroska")})
+    assert r.status_code == 200 and r.json()["warnings"] == [note] and len(r.json()["tracks"]) == 6
+    r = client.post("/recommend/video", files={"video": ("clip05.mp4", whole.read_bytes(), "video/mp4")})
+    assert r.status_code == 200 and r.json()["warnings"] == []

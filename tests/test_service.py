@@ -95,6 +95,27 @@ def test_an_answer_is_the_recommend_json_object_and_ranks_as_the_model(client, t
             assert share == {"visual": 1.0, "text": 0.0}
 
 
+def test_each_answer_carries_its_clips_warnings_and_answers_of_features_have_none(client, tiny_ds, cmvae,
+                                                                                   monkeypatch):
+    # an uploaded clip ranked on its last decoded frame repeated was answered as any other, saying nothing
+    from dataclasses import replace
+
+    from bgmrec import service
+
+    note = "kept with repeated frames: only 2 of 4 sample frames decodable"
+    answers = ClipRecommender(cmvae, tiny_catalog(tiny_ds)).recommend(
+        [clip_of(tiny_ds, 0), replace(clip_of(tiny_ds, 1), warnings=[note]), clip_of(tiny_ds, 2)], 3)
+    assert [a["warnings"] for a in answers] == [[], [note], []]
+    assert client.post("/recommend", json=clip_body(tiny_ds, 1)).json()["warnings"] == []
+    batch = client.post("/recommend/batch", json={"clips": [clip_body(tiny_ds, v) for v in (0, 1)]}).json()
+    assert [r["warnings"] for r in batch["results"]] == [[], []]
+    monkeypatch.setattr(service._MediaEncoders, "embed",
+                        lambda self, path, caption, label: replace(clip_of(tiny_ds, 1), warnings=[note]))
+    r = client.post("/recommend/video", files={"video": ("cut.mp4", b"not read", "video/mp4")}, data={"top": "3"})
+    assert r.status_code == 200 and r.json()["warnings"] == [note]
+    assert [t["id"] for t in r.json()["tracks"]] == [t["id"] for t in answers[1]["tracks"]]  # ranked as before
+
+
 def test_a_batch_answers_as_single_requests_in_order(client, tiny_ds):
     videos = [3, 1, 4, 1]
     batch = client.post("/recommend/batch", json={"clips": [clip_body(tiny_ds, v) for v in videos], "top": 3})

@@ -15,7 +15,9 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
 - ``POST /recommend/batch``: ``{"clips": [...], "top": k}``, one matrix product for all clips, the
   answers in order under ``results``;
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
-  as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request).
+  as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request); a clip
+  cut off after at least half its sample frames is ranked with its last decoded frame repeated, and its
+  answer's ``warnings`` say so (``[]`` in every other answer).
   The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
   do a caption over :data:`MAX_CAPTION` bytes (1 MB) and a JSON body larger than :func:`json_limit`
   (64 MB, more for wider features), declared so or counted while it arrives (:class:`BodyLimit`).
@@ -426,21 +428,21 @@ class _MediaEncoders:
         """
         from bgmrec.features.cache import MediaError
         from bgmrec.features.text import TextEncoder
-        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
+        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip_warned
 
         with self._lock:
             if self._loaded is None:
                 self._loaded = (FrameEncoder(), TextEncoder())
             frame_encoder, text_encoder = self._loaded
             try:
-                visual, text, has_text = embed_clip(path, caption or None, frame_encoder, text_encoder,
-                                                    VideoConfig(frames=self.frames))
+                features = embed_clip_warned(path, caption or None, frame_encoder, text_encoder,
+                                             VideoConfig(frames=self.frames))
             except MediaError as e:
                 raise RequestError(f"video {name}: {e}") from None
             except ImportError as e:
                 raise HTTPException(501, "video upload needs the media extra on the server "
                                          f"(pip install 'bgmrec[media]'): {e}") from None
-        return ClipFeatures(visual, text, has_text)
+        return ClipFeatures(*features)
 
 
 def _version() -> str:

@@ -192,6 +192,7 @@ def recommend_cmd(
         open_catalog,
         open_video_features,
         recommend_clip,
+        warn_on_stderr,
     )
     from bgmrec.models.base import load_model
     from bgmrec.runs import warn_if_model_code_changed
@@ -211,22 +212,23 @@ def recommend_cmd(
     else:  # a clip file (check_clip_options: one of the two)
         from bgmrec.features.cache import MediaError
         from bgmrec.features.text import TextEncoder
-        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
+        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip_warned
 
         if not Path(video).is_file():
             raise ValueError(f"{video}: a folder, not a video file (extract-videos reads folders)"
                              if Path(video).is_dir() else f"{video}: no such video file")
         frames = VideoConfig.frames if frames is None else frames  # extract-videos' default
         try:
-            visual, text, has_text = embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
-                                                VideoConfig(frames=frames))
+            clip = ClipFeatures(*embed_clip_warned(Path(video), caption, FrameEncoder(), TextEncoder(),
+                                                   VideoConfig(frames=frames)))
         except MediaError as e:
             raise ValueError(f"{video}: {e}") from None
-        clip = ClipFeatures(visual, text, has_text)
         label = video
     with warnings.catch_warnings():  # every mismatch, each shown as "warning: ..." (cli.app's every_command)
         warnings.simplefilter("always", FeatureMismatchWarning)
         result = recommend_clip(model, cat, clip, top, frames)
+    for msg in result["warnings"]:  # the clip's own (its frames repeated), shown as the mismatches are
+        warn_on_stderr(f"{label}: {msg}")
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

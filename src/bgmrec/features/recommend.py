@@ -10,12 +10,16 @@ videos' features, for a model trained on features no media extractor makes.
 The answer is a dict, the object ``bgmrec recommend --json`` prints::
 
     {"tracks": [{"id", "title", "artist", "genre", "score"}, ...],   best first
-     "modality_share": {"visual": float | null, "text": float | null}}
+     "modality_share": {"visual": float | null, "text": float | null},
+     "warnings": [str, ...]}                                          [] when none
 
 ``modality_share`` says how much the frames and the caption drove the video's representation:
 the model's own ``modality_shares`` when it has one (CMVAE: each expert's share of the fused
 precision; DecCM's content mode: its student's and its teacher's, weighted as their scores), else
-visual 1 / text 0 for a clip without text, and null otherwise (the model does not say).
+visual 1 / text 0 for a clip without text, and null otherwise (the model does not say). ``warnings`` are
+the clip's own (:attr:`ClipFeatures.warnings`): a video file cut off after at least half its sample frames,
+ranked with its last decoded frame repeated, says so there
+(:func:`~bgmrec.features.video.embed_clip_warned`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +51,12 @@ class FeatureMismatchWarning(UserWarning):
 
 @dataclass
 class ClipFeatures:
-    """One clip's content vectors."""
+    """One clip's content vectors, and what its answer must say of how they were made."""
 
     visual: np.ndarray  # float32 [Dv]
     text: np.ndarray  # float32 [Dt] (zeros without text)
     has_text: bool  # False: no usable caption
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. frames repeated: its answer's warnings
 
 
 def _dataset_at(root: Path):
@@ -234,7 +239,8 @@ class ClipRecommender:
     def recommend(self, clips: list[ClipFeatures], k: int = 10, exclude: list[list[str]] | None = None,
                   taste: np.ndarray | None = None, labels: list[str] | None = None,
                   genres: list[list[str] | None] | None = None) -> list[dict]:
-        """The ``--json`` object of each clip: its top-``k`` tracks, best first, and its modality share.
+        """The ``--json`` object of each clip: its top-``k`` tracks, best first, its modality share and its
+        :attr:`ClipFeatures.warnings`.
 
         ``exclude`` gives track ids never to return, one list per clip; ``genres`` the catalogue genres to
         return tracks of, one list (or None: every genre) per clip; ``taste`` [n, G] the uploaders'
@@ -269,8 +275,9 @@ class ClipRecommender:
         return [{"tracks": [{"id": cat.ids[j], "title": cat.title[j], "artist": cat.artist[j],
                              "genre": cat.genre[j] or "unknown", "score": float(s)}
                             for j, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True) if j >= 0],
-                 "modality_share": share}
-                for row_ids, row_scores, share in zip(ids, scores, modality_shares(self.model, q), strict=True)]
+                 "modality_share": share, "warnings": list(clip.warnings)}
+                for row_ids, row_scores, share, clip in zip(ids, scores, modality_shares(self.model, q), clips,
+                                                            strict=True)]
 
     def excluded_positions(self, exclude: list[list[str]] | None, genres: list[list[str] | None] | None,
                            n: int) -> list[np.ndarray] | None:
@@ -364,7 +371,7 @@ SETTINGS_NOT_IN_FEATURES = ("min_seconds", "threads", "silent_below_dbfs")  # ex
 
 def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10,
                    frames: int | None = None) -> dict:
-    """Top-``k`` tracks of ``catalog`` for one clip, and the modality share (the ``--json`` object);
+    """Top-``k`` tracks of ``catalog`` for one clip, its modality share and warnings (the ``--json`` object);
     ``frames``: those the clip was sampled at, when it came from a video file. Catalogue genres the model
     does not know and feature settings other than its training data's are told with
     :class:`FeatureMismatchWarning`."""

