@@ -6,9 +6,11 @@ tempo, and moving test-pattern videos with or without an audio track, a few seco
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -159,6 +161,23 @@ def write_image(path: Path, fmt: str = "png", frames: int = 1, width: int = 64, 
             mux(out, st, fr)
         mux(out, st, None)
     return path
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int = 30) -> Iterator[None]:
+    """Fail what blocks for more than ``seconds`` within (on opening a FIFO, say) instead of hanging the run."""
+    import signal
+
+    def blocked(*_):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def truncate(src: Path, dst: Path, keep: float = 0.3) -> Path:

@@ -286,3 +286,28 @@ def test_a_clip_cut_off_after_half_its_samples_is_ranked_and_the_answer_says_its
     assert r.status_code == 200 and r.json()["warnings"] == [note] and len(r.json()["tracks"]) == 6
     r = client.post("/recommend/video", files={"video": ("clip05.mp4", whole.read_bytes(), "video/mp4")})
     assert r.status_code == 200 and r.json()["warnings"] == []
+
+
+def test_a_clip_path_that_is_a_link_to_nothing_or_no_regular_file_is_named_as_extract_videos_names_it(world,
+                                                                                                        tmp_path,
+                                                                                                        capsys):
+    # a link loop and a link to a missing file were "no such video file", and so was a FIFO
+    import os
+
+    (tmp_path / "self.mp4").symlink_to("self.mp4")
+    (tmp_path / "gone.mp4").symlink_to("deleted.mp4")
+    os.mkfifo(tmp_path / "pipe.mp4")  # opening it would wait for a writer
+    (tmp_path / "to-pipe.mp4").symlink_to("pipe.mp4")
+    (tmp_path / "null.mp4").symlink_to(os.devnull)
+    base = ["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--video"]
+    capsys.readouterr()
+    with mf.time_limit(30):
+        for name, reason in [("self.mp4", "a symbolic link loop"),
+                             ("gone.mp4", "a symbolic link to 'deleted.mp4', which does not exist"),
+                             ("pipe.mp4", "a named pipe (FIFO), not a regular file: not read"),
+                             ("to-pipe.mp4", "a named pipe (FIFO), not a regular file: not read"),
+                             ("null.mp4", "a character device, not a regular file: not read")]:
+            assert main([*base, str(tmp_path / name)]) == 2
+            assert one_line_err(capsys) == f"error: {tmp_path / name}: {reason}"
+    assert main([*base, str(tmp_path / "nosuch.mp4")]) == 2  # no file, no link: as before
+    assert one_line_err(capsys) == f"error: {tmp_path / 'nosuch.mp4'}: no such video file"

@@ -406,16 +406,8 @@ def test_a_clip_cut_off_after_half_its_samples_is_kept_and_noted_in_failures_csv
 @pytest.fixture
 def alarm():
     """Fail a test that blocks for more than 30 s (on opening a FIFO, say) instead of hanging the run."""
-    import signal
-
-    def blocked(*_):
-        raise TimeoutError("blocked for 30 s")
-
-    previous = signal.signal(signal.SIGALRM, blocked)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    with mf.time_limit(30):
+        yield
 
 
 def test_fifos_and_devices_in_the_folder_are_failures_never_opened(tmp_path, alarm):
@@ -431,6 +423,19 @@ def test_fifos_and_devices_in_the_folder_are_failures_never_opened(tmp_path, ala
     with open(out / "failures.csv", encoding="utf-8") as f:
         assert list(csv.reader(f))[1:] == [["null.mp4", "a character device, not a regular file: not read"],
                                            ["pipe.mp4", "a named pipe (FIFO), not a regular file: not read"]]
+
+
+def test_one_clip_that_is_a_link_to_nothing_or_no_regular_file_is_named_as_such_never_opened(tmp_path, alarm):
+    # sample_frames (recommend --video, embed_clip) said "empty file (0 bytes)" of a FIFO; a link loop was an OSError
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "self.mp4").symlink_to("self.mp4")
+    (tmp_path / "gone.mp4").symlink_to("deleted.mp4")
+    for name, reason in [("pipe.mp4", "a named pipe (FIFO), not a regular file: not read"),
+                         ("self.mp4", "a symbolic link loop"),
+                         ("gone.mp4", "a symbolic link to 'deleted.mp4', which does not exist")]:
+        with pytest.raises(MediaError) as e:
+            sample_frames(tmp_path / name, 4, 32)
+        assert str(e.value) == reason
 
 
 def test_symbolic_link_loops_and_links_to_nothing_are_named_as_such(tmp_path, capsys):

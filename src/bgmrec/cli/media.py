@@ -214,9 +214,11 @@ def recommend_cmd(
         from bgmrec.features.text import TextEncoder
         from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip_warned
 
-        if not Path(video).is_file():
-            raise ValueError(f"{video}: a folder, not a video file (extract-videos reads folders)"
-                             if Path(video).is_dir() else f"{video}: no such video file")
+        if Path(video).is_dir():
+            raise ValueError(f"{video}: a folder, not a video file (extract-videos reads folders)")
+        if not (Path(video).exists() or Path(video).is_symlink()):
+            raise ValueError(f"{video}: no such video file")
+        # a link to nothing, a FIFO or a device: named by embed_clip_warned as in failures.csv, never opened
         frames = VideoConfig.frames if frames is None else frames  # extract-videos' default
         try:
             clip = ClipFeatures(*embed_clip_warned(Path(video), caption, FrameEncoder(), TextEncoder(),

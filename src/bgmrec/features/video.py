@@ -70,6 +70,7 @@ from bgmrec.features.cache import (
     progress_bar,
     read_csv_utf8,
     read_manifest,
+    regular_file_size,
     rows_by_key,
     scan_media,
     sha256_text,
@@ -131,11 +132,13 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
 
 def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[np.ndarray, int]:
     """:func:`sample_frames`' frames, and how many of the ``n`` sample times decoded: at least half must (a
-    :class:`MediaError` otherwise), the last decoded frame standing in for the others (a clip cut off)."""
+    :class:`MediaError` otherwise), the last decoded frame standing in for the others (a clip cut off). A path
+    that is no regular file (a FIFO, never opened) or a symbolic link to nothing is a :class:`MediaError` saying
+    so, in the words of extract-videos' failures.csv (:func:`~bgmrec.features.cache.regular_file_size`)."""
     import av
 
     path = Path(path)
-    if path.stat().st_size == 0:
+    if regular_file_size(path) == 0:
         raise MediaError("empty file (0 bytes)")
     try:
         container = av.open(str(path), metadata_errors="ignore")
