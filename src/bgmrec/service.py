@@ -428,14 +428,14 @@ class _MediaEncoders:
         """
         from bgmrec.features.cache import MediaError
         from bgmrec.features.text import TextEncoder
-        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip_warned
+        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
 
         with self._lock:
             if self._loaded is None:
                 self._loaded = (FrameEncoder(), TextEncoder())
             frame_encoder, text_encoder = self._loaded
             try:
-                features = embed_clip_warned(path, caption or None, frame_encoder, text_encoder,
+                features = embed_clip(path, caption or None, frame_encoder, text_encoder,
                                              VideoConfig(frames=self.frames))
             except MediaError as e:
                 raise RequestError(f"video {name}: {e}") from None

@@ -212,16 +212,16 @@ def recommend_cmd(
     else:  # a clip file (check_clip_options: one of the two)
         from bgmrec.features.cache import MediaError
         from bgmrec.features.text import TextEncoder
-        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip_warned
+        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
 
         if Path(video).is_dir():
             raise ValueError(f"{video}: a folder, not a video file (extract-videos reads folders)")
         if not (Path(video).exists() or Path(video).is_symlink()):
             raise ValueError(f"{video}: no such video file")
-        # a link to nothing, a FIFO or a device: named by embed_clip_warned as in failures.csv, never opened
+        # a link to nothing, a FIFO or a device: named by embed_clip as in failures.csv, never opened
         frames = VideoConfig.frames if frames is None else frames  # extract-videos' default
         try:
-            clip = ClipFeatures(*embed_clip_warned(Path(video), caption, FrameEncoder(), TextEncoder(),
+            clip = ClipFeatures(*embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
                                                    VideoConfig(frames=frames)))
         except MediaError as e:
             raise ValueError(f"{video}: {e}") from None

