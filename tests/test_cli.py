@@ -997,3 +997,26 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
     in_memory = dataclasses.replace(tiny_ds, root=None)
     with pytest.raises(ValueError, match="loaded from its folder"):
         SharedTeachers(tmp_path / "teachers", in_memory, console)
+
+
+def test_evaluate_and_compare_json_carry_the_warning_of_a_run_trained_on_another_dataset(cli_world, tmp_path,
+                                                                                           capsys):
+    """A figure of a model trained elsewhere measures a transfer: the JSON says so, not only stderr."""
+    other_world = tmp_path / "other"
+    assert main(["simulate", str(other_world), "--scale", "tiny", "--seed", "1"]) == 0
+    assert main(["train", "--data", str(other_world), "--model", "popularity", "--out", str(tmp_path / "there")]) == 0
+    assert main(["train", "--data", str(cli_world), "--model", "popularity", "--out", str(tmp_path / "here")]) == 0
+    capsys.readouterr()
+    evaluated, compared = tmp_path / "eval.json", tmp_path / "compare.json"
+    assert main(["evaluate", "--run", str(tmp_path / "there"), "--data", str(cli_world), "--json",
+                 str(evaluated)]) == 0
+    assert main(["compare", "--baseline", str(tmp_path / "here"), "--run", str(tmp_path / "there"), "--data",
+                 str(cli_world), "--resamples", "200", "--json", str(compared)]) == 0
+    err = capsys.readouterr().err
+    [said] = json.loads(evaluated.read_text())["warnings"]
+    assert said == f"{tmp_path / 'there'} was trained on another dataset ({other_world.resolve()}) than {cli_world}"
+    assert json.loads(compared.read_text())["warnings"] == [said]  # the baseline, trained here, has none
+    assert err.count(f"warning: {said}") == 2
+    assert main(["evaluate", "--run", str(tmp_path / "here"), "--data", str(cli_world), "--json",
+                 str(evaluated)]) == 0
+    assert json.loads(evaluated.read_text())["warnings"] == []

@@ -48,23 +48,31 @@ def code_fingerprint() -> str:
     return f"{bgmrec.__version__}+{source_digest(Path(bgmrec.__file__).resolve().parent)}"
 
 
-def warn_if_model_code_changed(run: Path, model) -> None:
+def warn_if_model_code_changed(run: Path, model) -> str | None:
     """Say on stderr, in one line, when the code of the loaded ``model`` of ``run`` (its
     :func:`model_package` now) is not the code its run recorded (``config.json``, else ``run.json``:
     :func:`~bgmrec.models.base.recorded_model_package`): its weights now run under code they were not
-    trained with. Silent for bgmrec's own models (their code is the commit's) and runs that recorded nothing;
-    never an error."""
+    trained with. The code is the hash of the model's whole package, so an edit to another model of the package
+    counts too, and the message says so. Silent for bgmrec's own models (their code is the commit's) and runs
+    that recorded nothing; never an error. Returns the message (for a result's JSON), None when silent."""
     from bgmrec.models.base import recorded_model_package
 
     then, _ = recorded_model_package(run)
     if then is None:
-        return
+        return None
     now = model_package(type(model))
     if now is not None and all(then.get(k) == now.get(k) for k in ("class", "package", "version", "code")):
-        return
-    print(f"warning: {run}: its model's code changed since it was trained ({describe_package(then)} then; "
-          f"{describe_package(now)} now): results are of the new code with weights trained by the old; retrain "
-          "it to measure the code as it is", file=sys.stderr)
+        return None
+    where = f"package {then['package']!r}" if then.get("package") else "the code of its model"
+    return _warn(f"{run}: {where} changed since it was trained (an edit anywhere in it counts: "
+                 f"{describe_package(then)} then; {describe_package(now)} now): results are of the new code with "
+                 "weights trained by the old; retrain it to measure the code as it is")
+
+
+def _warn(message: str) -> str:
+    """Print ``warning: message`` on stderr; return the message."""
+    print(f"warning: {message}", file=sys.stderr)
+    return message
 
 
 def machine() -> str:
@@ -374,11 +382,12 @@ def check_run_folder(out: Path, teacher: Path | None = None) -> None:
                              "or train into another folder")
 
 
-def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None) -> None:
+def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None) -> str | None:
     """Say on stderr when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
     training dataset than ``data``: its figures there measure a transfer, and a test split of ``data`` may
     hold its training videos (``what`` names the run in the message); or the same dataset with other
-    features (extracted again since). Silent for runs without that record; never an error."""
+    features (extracted again since). Silent for runs without that record; never an error. Returns the
+    message (for a result's JSON), None when silent."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint
     from bgmrec.models.base import read_run_record
 
@@ -388,13 +397,14 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
         trained_on = info.get("features_fingerprint")  # hashed only when there is one to compare with
         refeatured = not other and trained_on is not None and trained_on != features_fingerprint(data)
     except (DatasetError, OSError):  # a damaged dataset: nothing to say here
-        return
+        return None
     name = f"{what + ' ' if what else ''}{run}"
     if other:
-        print(f"warning: {name} was trained on another dataset ({info.get('data')}) than {data}", file=sys.stderr)
-    elif refeatured:
-        print(f"warning: {name} was trained on other features of this dataset than {data} holds now (extracted "
-              "again since?)", file=sys.stderr)
+        return _warn(f"{name} was trained on another dataset ({info.get('data')}) than {data}")
+    if refeatured:
+        return _warn(f"{name} was trained on other features of this dataset than {data} holds now (extracted "
+                     "again since?)")
+    return None
 
 
 def run_label(run: Path, rec) -> str:

@@ -193,7 +193,8 @@ def test_figures_and_commands_name_the_plugin_code_that_ran(installed_plugin, mo
     assert now["code"] != made["code"]
     assert main(evaluate) == 0
     [warned] = warning_lines(capsys)  # once
-    assert warned.startswith(f"warning: {run}: its model's code changed since it was trained (ep_ridge:EpRidge of "
+    assert warned.startswith(f"warning: {run}: package 'ep_ridge' changed since it was trained (an edit anywhere in "
+                             f"it counts: ep_ridge:EpRidge of "
                              f"package 'ep_ridge' 0.1.0, code {made['code']} then; ep_ridge:EpRidge of package "
                              f"'ep_ridge' 0.1.0, code {now['code']} now)")
     runs = json.loads(out.read_text())["provenance"]["runs"]
@@ -202,7 +203,8 @@ def test_figures_and_commands_name_the_plugin_code_that_ran(installed_plugin, mo
     assert main(["compare", "--baseline", str(base), "--run", str(run), "--data", str(tiny_dir), "--resamples",
                  "200", "--json", str(compared)]) == 0
     [warned] = warning_lines(capsys)  # the changed run's; the baseline is bgmrec's own
-    assert warned.startswith(f"warning: {run}: its model's code changed")
+    assert warned.startswith(f"warning: {run}: package 'ep_ridge' changed")
+    assert json.loads(compared.read_text())["warnings"] == [warned.removeprefix("warning: ")]
     runs = json.loads(compared.read_text())["provenance"]["runs"]
     assert runs["candidate"]["model_package"] == now and runs["baseline"]["model_package"] is None
     # recommend and serve say it as soon as the model is loaded (here, before failing on a missing catalogue)
@@ -253,7 +255,7 @@ def test_a_run_saved_by_the_library_records_where_its_class_lives(installed_plug
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--run", str(folder), "--data", str(tiny_dir), "--json", str(out)]) == 0
     [warned] = warning_lines(capsys)
-    assert warned.startswith(f"warning: {folder}: its model's code changed since it was trained")
+    assert warned.startswith(f"warning: {folder}: package 'ep_ridge' changed since it was trained")
     assert json.loads(out.read_text())["provenance"]["runs"]["run"]["trained"] == {
         "model_package": meta["model_package"]}
     assert_loading_without_the_package_names_it(folder, installed_plugin, monkeypatch)

@@ -164,14 +164,22 @@ def evaluate(
     if mode is not None:
         rec.set_inference_mode(mode)
     result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split)}
-    runs.warn_if_trained_on_other_data(run, data)  # once the figures exist: an error says nothing more
-    runs.warn_if_model_code_changed(run, rec)
+    said = run_warnings({run: rec}, data)  # once the figures exist: an error says nothing more
     note_if_training_split(ds, split)
     for t in rich_tables([result]):
         console.print(t)
     if json_out is not None:
-        write_json_atomic(json_out, {**result, "provenance": runs.provenance(data, {"run": run})})
+        write_json_atomic(json_out, {**result, "warnings": said, "provenance": runs.provenance(data, {"run": run})})
         console.print(f"wrote {json_out}")
+
+
+def run_warnings(loaded: dict[Path, object], data: Path) -> list[str]:
+    """The warnings of ``evaluate`` and ``compare`` on each run folder's loaded model (a run given twice: once):
+    trained on another dataset or other features than ``data``, or its model's code changed. Printed on stderr,
+    and returned for the result's JSON (``warnings``), where a reader of the figures alone sees them too."""
+    said = [[runs.warn_if_trained_on_other_data(folder, data), runs.warn_if_model_code_changed(folder, rec)]
+            for folder, rec in loaded.items()]
+    return [m for pair in said for m in pair if m is not None]
 
 
 def note_if_training_split(ds, split: str) -> None:
@@ -218,9 +226,7 @@ def compare(
             rec.set_inference_mode(m)
         models.append(rec)
     c = paired(*models, ds, split, metric, resamples, level)
-    for folder, rec in dict(zip((baseline, run), models, strict=True)).items():  # a run compared with itself: once
-        runs.warn_if_trained_on_other_data(folder, data)
-        runs.warn_if_model_code_changed(folder, rec)
+    said = run_warnings(dict(zip((baseline, run), models, strict=True)), data)
     note_if_training_split(ds, split)
     names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
              for folder, rec in zip((baseline, run), models, strict=True)]
@@ -236,7 +242,7 @@ def compare(
     if json_out is not None:
         write_json_atomic(json_out, {"split": split, "baseline_run": str(baseline.resolve()),
                                      "candidate_run": str(run.resolve()), "baseline_model": names[0],
-                                     "candidate_model": names[1], **c.to_json(),
+                                     "candidate_model": names[1], **c.to_json(), "warnings": said,
                                      "provenance": runs.provenance(data, {"baseline": baseline, "candidate": run})})
         console.print(f"wrote {json_out}")
 
