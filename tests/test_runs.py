@@ -101,3 +101,36 @@ def test_a_teacher_that_cannot_be_kept_leaves_the_original_error_to_the_caller(t
         train_model(tiny_dir, "deccm", tmp_path / "deccm", sets=TINY_DECCM, progress=False)
     assert list(tmp_path.iterdir()) == []
     assert "could not be kept (" in capsys.readouterr().err
+
+
+def test_a_model_whose_state_arrays_leave_out_what_fit_learns_is_not_saved(tiny_dir, tmp_path):
+    """Loaded back without what fit learned, it would score by its initialisation, at random: train compares
+    the saved model's scores with the fitted one's and refuses, leaving --out as it was (nothing, or the run
+    there before)."""
+    from bgmrec.models.base import load_model
+    from bgmrec.models.baselines import PopularityRecommender
+    from bgmrec.models.registry import register_model, unregister_model
+
+    class Forgetful(PopularityRecommender):  # learns counts in fit, saves none of them
+        name = "forgetful"
+
+        def state_arrays(self):
+            return {}
+
+        def load_state_arrays(self, arrays):
+            pass
+
+    refused = (r"^forgetful \(Forgetful\): loaded back from the folder it was saved to, it scores 32 val queries "
+               r"otherwise \(by up to [\d.]+, scores up to [\d.]+\): state_arrays\(\) must return every array fit "
+               r"learns \(and load_state_arrays restore it\); not saved$")
+    earlier = tmp_path / "earlier"
+    train_model(tiny_dir, "popularity", earlier, progress=False)
+    register_model("forgetful", Forgetful)
+    try:
+        for out in (tmp_path / "new", earlier):
+            with pytest.raises(ValueError, match=refused):
+                train_model(tiny_dir, "forgetful", out, progress=False)
+    finally:
+        unregister_model("forgetful")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
+    assert load_model(earlier).name == "popularity"

@@ -156,6 +156,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
             rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
             timing["seconds"] = time.perf_counter() - t0
             rec.save(folder)
+            check_saved_scores_alike(rec, load_model(folder), ds)
             write_json_atomic(folder / "run.json", {
                 **trained_on, "model": model,
                 "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
@@ -170,6 +171,28 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     # a run there before (never another kind of folder) is replaced with everything in it
     atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
     return load_model(out), timing["seconds"]
+
+
+def check_saved_scores_alike(fitted, loaded, ds, queries: int = 32) -> None:
+    """ValueError unless ``loaded``, the model ``fitted`` saved and loaded back, scores the first ``queries``
+    queries of ``ds``'s val split (its train split when val is empty) against the whole catalogue as ``fitted``
+    does, to float32 rounding: a model whose ``state_arrays()`` leaves out an array ``fit`` learns is saved
+    without it, and loaded back scores by its initialisation, at random."""
+    import numpy as np
+
+    from bgmrec.models.base import MusicCatalog, VideoQuery
+
+    split = "val" if len(ds.splits.get("val", ())) else "train"
+    rows = np.asarray(ds.splits[split])[:queries]
+    q = VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], split)
+    catalog = MusicCatalog.from_dataset(ds)
+    want, got = fitted.score(q, catalog), loaded.score(q, catalog)
+    scale = float(np.abs(want).max(initial=0.0))
+    if not np.allclose(got, want, rtol=1e-4, atol=1e-4 * scale):
+        raise ValueError(f"{fitted.name} ({type(fitted).__name__}): loaded back from the folder it was saved to, it "
+                         f"scores {len(rows)} {split} queries otherwise (by up to "
+                         f"{float(np.abs(got - want).max()):.3g}, scores up to {scale:.3g}): state_arrays() must "
+                         "return every array fit learns (and load_state_arrays restore it); not saved")
 
 
 def keep_trained_teacher(trained: Path, out: Path) -> Path | None:
