@@ -14,7 +14,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from bgmrec.data.dataset import DatasetError
-from bgmrec.models.base import MusicCatalog, SplitView, VideoQuery, load_model
+from bgmrec.models.base import ModelConfig, MusicCatalog, SplitView, VideoQuery, load_model
+from bgmrec.models.baselines import PopularityRecommender
 from bgmrec.models.cmvae import CMVAE
 from bgmrec.models.deccm import teacher_config
 from bgmrec.models.registry import build, model_names
@@ -133,6 +134,39 @@ def test_a_model_with_nan_weights_is_not_saved_over_a_good_run(runs, tmp_path):
     with pytest.raises(ValueError, match=r"^cca: mean_m holds NaN or inf \(training diverged\); not saved$"):
         diverged.save(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+class _IntCounts(PopularityRecommender):
+    """Unfitted, its counts are an integer array; fitted, floats: load_model would refuse what it saves."""
+
+    name = "int-counts"
+
+    def __init__(self, config, spec) -> None:
+        super().__init__(config, spec)
+        self.counts = np.zeros(0, np.int64)
+
+
+class _WithNote(PopularityRecommender):
+    """Its state holds an array of strings, which safetensors cannot store."""
+
+    name = "with-note"
+
+    def state_arrays(self):
+        return {**super().state_arrays(), "note": np.array(["a", "b"])}
+
+
+@pytest.mark.parametrize("cls, message", [
+    (_IntCounts, r"^int-counts \(_IntCounts\): state_arrays\(\) gives what load_model would refuse \(counts has dtype "
+                 r"float64, expected signed integer values\); not saved$"),
+    (_WithNote, r"^with-note \(_WithNote\): state_arrays\(\) gives 'note' of dtype <U1, which safetensors cannot store "
+                r"\(bool, integer and float arrays only\); not saved$")])
+def test_state_that_load_model_would_refuse_is_not_saved(tiny_ds, tiny_spec, tmp_path, cls, message):
+    """Saved, the first did not load back (its dtype is not the unfitted model's) and the second failed in
+    safetensors (a traceback: 'Unknown dtype "str32"'); both are refused before anything is written."""
+    model = cls(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    with pytest.raises(ValueError, match=message):
+        model.save(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name", ["popularity", "cmvae"])

@@ -407,18 +407,30 @@ class Recommender(ABC):
     def save(self, out: Path) -> Path:
         """Write ``weights.safetensors``, ``config.json`` and ``history.json`` into the folder ``out``, all
         three or none (:func:`~bgmrec.data.dataset.write_files_together`: a failed save into an earlier run
-        leaves that run as it was, loadable); a model never fitted (:attr:`fitted`) is refused."""
+        leaves that run as it was, loadable). Refused before anything is written: a model never fitted
+        (:attr:`fitted`), and state that :func:`load_model` would refuse: an array of a dtype safetensors
+        cannot store, NaN or inf, or arrays that the model's own :meth:`check_state_arrays`, run as
+        :func:`load_model` runs it (on the unfitted model of this config), refuses."""
         from safetensors.numpy import save
 
-        if not self.fitted:  # refused before anything is written
+        if not self.fitted:
             raise ValueError(f"{self.name}: not fitted, so its weights are its initialisation and would load as a "
                              "model scoring at random; call fit before save")
         out = Path(out)
         made = model_package(type(self))
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
+        who = f"{self.name} ({type(self).__name__})"
+        unstorable = next((k for k, v in arrays.items() if v.dtype.name not in SAFETENSORS_DTYPES), None)
+        if unstorable is not None:
+            raise ValueError(f"{who}: state_arrays() gives {unstorable!r} of dtype {arrays[unstorable].dtype}, which "
+                             "safetensors cannot store (bool, integer and float arrays only); not saved")
         bad = first_non_finite(arrays)
-        if bad is not None:  # it would not load: refused before anything is written
+        if bad is not None:
             raise ValueError(f"{self.name}: {bad} holds NaN or inf (training diverged); not saved")
+        try:
+            type(self)(self.config, self.spec).check_state_arrays(arrays)
+        except ValueError as e:
+            raise ValueError(f"{who}: state_arrays() gives what load_model would refuse ({e}); not saved") from None
         config = {
             "model": self.name,
             **({"model_package": made} if made is not None else {}),
@@ -445,6 +457,9 @@ class Recommender(ABC):
 
 
 _DTYPE_KINDS = {"f": "float", "i": "signed integer", "u": "unsigned integer", "b": "bool"}
+#: the numpy dtypes (by name, any byte order) a state array may have: those safetensors stores and loads back
+SAFETENSORS_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                                "float16", "float32", "float64"})
 
 
 def first_non_finite(arrays: dict[str, Any]) -> str | None:
