@@ -504,6 +504,24 @@ def test_a_clip_the_index_finds_a_nan_score_for_is_refused_naming_it(tiny_ds, cm
                                                                   "features are not finite")
 
 
+
+def test_a_model_whose_embeddings_differ_in_width_is_refused_at_start_up(tiny_ds, tmp_path, monkeypatch, capsys):
+    """serve started, /health answered, then every request was a 500 (torch: shapes cannot be multiplied)."""
+    from bgmrec.cli import main
+    from bgmrec.models.baselines import PopularityRecommender
+
+    popularity = build("popularity", FeatureSpec.of(tiny_ds)).fit(SplitView(tiny_ds, "train"))
+    args, started = serve_command(tiny_ds, popularity, tmp_path, monkeypatch)
+    wider = PopularityRecommender._encode_music
+    monkeypatch.setattr(PopularityRecommender, "_encode_music", lambda self, c: np.hstack([wider(self, c)] * 2))
+    message = ("popularity: encode_videos gives 1 columns, encode_music 2; they must match (the score is their inner "
+               "product)")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ClipRecommender(popularity, tiny_catalog(tiny_ds))
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "app" not in started and capsys.readouterr().err.strip().endswith(message)  # uvicorn never ran
+
 def test_every_answer_says_which_run_and_catalogue_answered(tiny_ds, cmvae, tmp_path, monkeypatch):
     import hashlib
 

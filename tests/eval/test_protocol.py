@@ -231,6 +231,28 @@ def test_a_diverged_model_is_refused_not_ranked_first(tiny_ds, tiny_spec):
         P.evaluate(NaNRecommender(ModelConfig(), tiny_spec), tiny_ds, "test")
 
 
+
+class WideMusicRecommender(ConstantRecommender):
+    """Its music embeddings one column wider than its video embeddings."""
+
+    name = "wide-music"
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        return np.ones((len(c), 2))
+
+
+def test_embeddings_of_two_widths_are_refused_naming_both(tiny_ds, tiny_spec):
+    """The evaluation, score and recommend failed in torch or numpy (mat1 and mat2 shapes cannot be multiplied)."""
+    model = WideMusicRecommender(ModelConfig(), tiny_spec)
+    q, catalog = VideoQuery.from_dataset(tiny_ds, np.arange(3)), MusicCatalog.from_dataset(tiny_ds)
+    message = (r"^wide-music: encode_videos gives 1 columns, encode_music 2; they must match \(the score is their "
+               r"inner product\)$")
+    for call in (lambda: P.evaluate(model, tiny_ds, "test"), lambda: P.full_ranks(model, tiny_ds, "val"),
+                 lambda: P.sampled_ranks(model, tiny_ds, "test"), lambda: model.score(q, catalog),
+                 lambda: model.recommend(q, catalog, k=5)):
+        with pytest.raises(ValueError, match=message):
+            call()
+
 def test_oracle_refuses_an_unknown_split_and_a_missing_taste(tiny_ds, tiny_spec):
     from bgmrec.models.oracle import Oracle
 

@@ -12,7 +12,7 @@ import torch
 from bgmrec.data.dataset import Dataset
 from bgmrec.eval import metrics as M
 from bgmrec.eval.significance import PairedComparison, check_settings, paired_comparison
-from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery
+from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embedding_widths
 
 FULL_KS = (1, 5, 10, 20)
 SAMPLED_KS = (10, 15, 20, 25)
@@ -79,14 +79,16 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
     pos_col = col[rows[:, 1]]
     if (pos_col < 0).any():
         raise ValueError(f"split {split!r}: a positive track is outside the split's candidate set")
-    music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds))[cand])
+    music = model.encode_music(MusicCatalog.from_dataset(ds))[cand]
+    items = torch.from_numpy(music)
     ranks = np.empty(len(rows), np.int64)
     k = min(top_k, len(cand))
     top = np.empty((len(rows), k), np.int64)
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
-        q = VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split)
-        scores = (torch.from_numpy(model.encode_videos(q)) @ music.T).numpy()
+        queries = model.encode_videos(VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split))
+        check_embedding_widths(model, queries, music)
+        scores = (torch.from_numpy(queries) @ items.T).numpy()
 
         def tie_keys(which: np.ndarray, videos: np.ndarray = part[:, 0]) -> np.ndarray:
             # a seeded random order of the candidates per query video, whatever the chunking or the subset
@@ -104,13 +106,15 @@ def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096
     _check_dataset(model, ds)
     rows = np.asarray(ds.splits[split])
     cands = np.hstack([rows[:, 1:2], np.asarray(ds.negatives[split])])
-    music = torch.from_numpy(model.encode_music(MusicCatalog.from_dataset(ds)))
+    music = model.encode_music(MusicCatalog.from_dataset(ds))
+    items = torch.from_numpy(music)
     tie = _tie_break(len(rows), seed + 1)
     ranks = np.empty(len(rows), np.int64)
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
-        v = torch.from_numpy(model.encode_videos(VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split)))
-        scores = torch.einsum("nd,nkd->nk", v, music[torch.from_numpy(cands[s:s + chunk])])
+        queries = model.encode_videos(VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split))
+        check_embedding_widths(model, queries, music)
+        scores = torch.einsum("nd,nkd->nk", torch.from_numpy(queries), items[torch.from_numpy(cands[s:s + chunk])])
         ranks[s:s + chunk] = M.ranks_from_scores(scores.numpy(), np.zeros(len(part), np.int64), tie[s:s + chunk])
     return ranks
 

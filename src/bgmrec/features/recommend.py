@@ -34,7 +34,7 @@ import numpy as np
 
 from bgmrec.data.dataset import DatasetError
 from bgmrec.features.audio import Catalog
-from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, read_run_record
+from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embedding_widths, read_run_record
 
 
 class RequestError(ValueError):
@@ -230,6 +230,10 @@ class ClipRecommender:
         if far:
             said(far)
         embeddings = model.encode_music(self.music)  # the neural models encode it in chunks
+        spec = model.spec  # a query of no clips (with a taste, for personalised mode) shows the videos' width
+        nothing = VideoQuery(np.zeros((0, spec.video_visual)), np.zeros((0, spec.video_text)), np.zeros(0, bool),
+                             np.zeros((0, len(spec.genres))))
+        check_embedding_widths(model, model.encode_videos(nothing), embeddings)
         options = {} if ef_search is None else {"ef_search": ef_search}
         self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings, **options)
         self.position = {track_id: j for j, track_id in enumerate(catalog.ids)}

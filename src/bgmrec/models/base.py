@@ -341,7 +341,9 @@ class Recommender(ABC):
 
     def score(self, q: VideoQuery, c: MusicCatalog) -> np.ndarray:
         """Scores [n, M]: higher means a better fit of the track to the video."""
-        return self.encode_videos(q) @ self.encode_music(c).T
+        videos, music = self.encode_videos(q), self.encode_music(c)
+        check_embedding_widths(self, videos, music)
+        return videos @ music.T
 
     def recommend(self, q: VideoQuery, c: MusicCatalog, k: int = 10,
                   exclude: np.ndarray | list | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -353,8 +355,9 @@ class Recommender(ABC):
         """
         from bgmrec.index import ExactIndex
 
-        index = ExactIndex(self.encode_music(c))
-        return index.search(self.encode_videos(q), k, exclude)
+        music, videos = self.encode_music(c), self.encode_videos(q)
+        check_embedding_widths(self, videos, music)
+        return ExactIndex(music).search(videos, k, exclude)
 
     # -- persistence --
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -454,6 +457,15 @@ class Recommender(ABC):
     def from_folder_config(cls, meta: dict) -> Recommender:
         """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
         return cls(config_from_dict(cls.config_class, meta["config"]), FeatureSpec.from_dict(meta["spec"]))
+
+
+def check_embedding_widths(model: Recommender, videos: np.ndarray, music: np.ndarray) -> None:
+    """ValueError unless ``model``'s video embeddings [n, d] and music embeddings [M, d] have one width ``d``:
+    every score is the inner product of the two (the evaluation protocol, :meth:`Recommender.score` and
+    ``recommend`` and the clip recommender's start-up check them before any product)."""
+    if videos.shape[1] != music.shape[1]:
+        raise ValueError(f"{model.name}: encode_videos gives {videos.shape[1]} columns, encode_music "
+                         f"{music.shape[1]}; they must match (the score is their inner product)")
 
 
 _DTYPE_KINDS = {"f": "float", "i": "signed integer", "u": "unsigned integer", "b": "bool"}
