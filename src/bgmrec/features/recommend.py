@@ -34,7 +34,14 @@ import numpy as np
 
 from bgmrec.data.dataset import DatasetError
 from bgmrec.features.audio import Catalog
-from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embedding_widths, read_run_record
+from bgmrec.models.base import (
+    MusicCatalog,
+    NonFiniteEmbeddingError,
+    Recommender,
+    VideoQuery,
+    check_embedding_widths,
+    read_run_record,
+)
 
 
 class RequestError(ValueError):
@@ -262,18 +269,17 @@ class ClipRecommender:
         q = self._query(clips, taste)
         excluded = self.excluded_positions(exclude, genres, len(clips))
         self._use_threads()
-        queries = self.model.encode_videos(q)
-        finite = np.isfinite(queries).all(axis=1)
-        if finite.all():
-            try:
-                ids, scores = self.index.search(queries, min(k, len(self.catalog)), excluded)
-            except NaNScoreError as e:
-                finite[e.query] = False
-            else:
-                finite = np.where(np.asarray(ids) >= 0, np.isfinite(scores), True).all(axis=1)
-        if not finite.all():
-            i = int(np.flatnonzero(~finite)[0])
-            raise RequestError(f"{labels[i] if labels else f'clip {i}'}: the model's scores for these features are "
+        try:
+            ids, scores = self.index.search(self.model.encode_videos(q), min(k, len(self.catalog)), excluded)
+        except NonFiniteEmbeddingError as e:  # the clip's features far outside the model's training range
+            bad = e.row
+        except NaNScoreError as e:
+            bad = e.query
+        else:
+            rows = np.flatnonzero(~np.where(np.asarray(ids) >= 0, np.isfinite(scores), True).all(axis=1))
+            bad = int(rows[0]) if rows.size else None
+        if bad is not None:
+            raise RequestError(f"{labels[bad] if labels else f'clip {bad}'}: the model's scores for these features are "
                                "not finite (values far outside the range of its training features?)")
         cat = self.catalog
         return [{"tracks": [{"id": cat.ids[j], "title": cat.title[j], "artist": cat.artist[j],

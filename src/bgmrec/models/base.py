@@ -330,14 +330,24 @@ class Recommender(ABC):
         ...
 
     def encode_videos(self, q: VideoQuery) -> np.ndarray:
-        """Video embeddings [n, d] (float32); ``score`` is their inner product with music embeddings."""
+        """Video embeddings [n, d] (float32, finite); ``score`` is their inner product with music embeddings."""
         self.spec.check_videos(q, self.source)
-        return np.ascontiguousarray(self._encode_videos(q), np.float32)
+        return self._finite("encode_videos", self._encode_videos(q))
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
-        """Music embeddings [M, d] (float32)."""
+        """Music embeddings [M, d] (float32, finite)."""
         self.spec.check_music(c, self.source, self.reads_genre)
-        return np.ascontiguousarray(self._encode_music(c), np.float32)
+        return self._finite("encode_music", self._encode_music(c))
+
+    def _finite(self, method: str, embeddings: np.ndarray) -> np.ndarray:
+        """``embeddings`` as float32, refused (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value
+        that is infinite, or becomes so as a float32: its every score would be NaN or infinite."""
+        with np.errstate(over="ignore"):  # what overflows the cast is refused below, by row
+            out = np.ascontiguousarray(embeddings, np.float32)
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=tuple(range(1, out.ndim))))
+        if bad.size:
+            raise NonFiniteEmbeddingError(self.name, method, int(bad[0]), len(bad), len(out))
+        return out
 
     def score(self, q: VideoQuery, c: MusicCatalog) -> np.ndarray:
         """Scores [n, M]: higher means a better fit of the track to the video."""
@@ -457,6 +467,16 @@ class Recommender(ABC):
     def from_folder_config(cls, meta: dict) -> Recommender:
         """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
         return cls(config_from_dict(cls.config_class, meta["config"]), FeatureSpec.from_dict(meta["spec"]))
+
+
+class NonFiniteEmbeddingError(ValueError):
+    """A model's encoding holding NaN or inf (beyond float32's range), from ``method`` (``encode_videos`` or
+    ``encode_music``); ``row``: the first such row (a query or a track of the batch encoded)."""
+
+    def __init__(self, model: str, method: str, row: int, bad: int, rows: int) -> None:
+        super().__init__(f"{model}: {method} gives NaN or inf in row {row} ({bad} of {rows} rows): a diverged model, "
+                         "or input features far outside its training range")
+        self.row = row
 
 
 def check_embedding_widths(model: Recommender, videos: np.ndarray, music: np.ndarray) -> None:
