@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -614,14 +615,68 @@ def _read_history(path: Path) -> list[dict]:
     return history
 
 
-def _coerce(tp: Any, value: Any) -> Any:
-    """Convert a JSON or command-line value to a dataclass field's declared type."""
-    origin = typing.get_origin(tp)
+#: the field types :func:`_coerce` checks values against, alone or as items of a tuple or list
+_SCALARS = (bool, int, float, str)
+_SUPPORTED = "bool, int, float, str, Literal[...], tuple[...] or list[...] of those, or any of them | None"
+
+
+def _type_name(tp: Any) -> str:
+    """An annotation as written: ``int``, ``tuple[int, ...]``, ``numpy.float32``."""
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+    return str(tp).replace("typing.", "")
+
+
+def _type_problem(tp: Any, item: bool = False) -> str | None:
+    """Why :func:`_coerce` cannot check values against the annotation ``tp``, saying what to use instead; None
+    when it can (``item``: ``tp`` types the items of a tuple or list, which must be scalars or a Literal)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _SCALARS:
+        return None
+    if origin is typing.Literal:
+        odd = [a for a in args if type(a) not in (bool, int, str)]
+        return f"a Literal's options must be bool, int or str values, not {odd[0]!r}" if odd else None
+    if isinstance(tp, type) and issubclass(tp, np.generic):
+        python = next((t for kind, t in ((np.bool_, bool), (np.integer, int), (np.floating, float), (np.str_, str))
+                       if issubclass(tp, kind)), None)
+        return f"use {python.__name__ if python else 'bool, int, float or str'}, not a numpy type"
+    if item:
+        return f"the items of a tuple or list must be bool, int, float, str or a Literal, not {_type_name(tp)}"
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        rest = [a for a in args if a is not type(None)]
+        return f"use one type, or one type | None ({_SUPPORTED})" if len(rest) != 1 else _type_problem(rest[0])
+    if tp in (tuple, list) or origin in (tuple, list) and not args:
+        return ("a bare tuple or list does not say its items' type: use tuple[int, ...] (any length), "
+                "tuple[int, str] (one type per item) or list[int]")
+    if origin is list and len(args) == 1 or origin is tuple and (Ellipsis not in args or args[1:] == (Ellipsis,)):
+        return next((p for p in (_type_problem(a, item=True) for a in args if a is not Ellipsis) if p), None)
+    return f"use {_SUPPORTED}"
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Convert a JSON or command-line value to a config field's type (one :func:`_type_problem` accepts); a
+    ValueError when the value is not of that type."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
         if value is None or value == "none":
             return None
-        return _coerce(args[0], value)
+        return _coerce(next(a for a in args if a is not type(None)), value)
+    if origin is typing.Literal:
+        for option in args:
+            try:
+                if _coerce(type(option), value) == option:
+                    return option
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"expected one of {', '.join(map(repr, args))}")
+    if origin in (tuple, list):
+        if not isinstance(value, str | list | tuple):
+            raise ValueError(f"expected a list (comma-separated on the command line), got {type(value).__name__}")
+        items = value.split(",") if isinstance(value, str) else list(value)
+        if origin is tuple and args[-1] is not Ellipsis and len(items) != len(args):
+            raise ValueError(f"expected {len(args)} items, got {len(items)}")
+        kinds = args if origin is tuple and args[-1] is not Ellipsis else args[:1] * len(items)
+        return origin(_coerce(kind, x) for kind, x in zip(kinds, items, strict=True))
     if tp is bool:
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -630,36 +685,55 @@ def _coerce(tp: Any, value: Any) -> Any:
         if not isinstance(value, bool | int) or value not in (0, 1):  # bool([]) would read a list as False
             raise ValueError(f"expected a boolean, got {type(value).__name__} {value!r}"[:120])
         return bool(value)
-    if tp is int and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+    if tp is str:
+        if not isinstance(value, str):  # str() would take anything, a list or a number
+            raise ValueError(f"expected a string, got {type(value).__name__} {value!r}"[:120])
+        return value
+    if isinstance(value, bool | np.bool_) or not isinstance(value, str | numbers.Real):
+        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}"[:120])
+    if tp is int and not isinstance(value, str | numbers.Integral) and not float(value).is_integer():
         raise ValueError("expected an integer")
-    if tp in (int, float, str):
-        return tp(value)
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        inner = typing.get_args(tp)[0]
-        return tuple(_coerce(inner, x) for x in items)
-    return value
+    return tp(value)
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build config dataclass ``cls`` from a dict, converting types and rejecting unknown keys."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    """Build config dataclass ``cls`` from a dict, every field converted to its annotated type (a field not in
+    ``values`` from its default). A ValueError naming the class and the field refuses an unknown key, a value
+    (or default) not of the field's type, and an annotation :func:`_coerce` cannot check."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as e:  # whatever evaluating a config's annotations raises (a NameError, mostly)
+        raise ValueError(f"{cls.__name__}: cannot read its fields' annotations ({type(e).__name__}: {e})") from None
+    own = [f for f in fields(cls) if f.init]
+    unknown = sorted(set(values) - {f.name for f in own})
     if unknown:
-        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(f.name for f in own)}")
     converted = {}
-    for k, v in values.items():
+    for f in own:
+        tp = hints[f.name]
+        problem = _type_problem(tp)
+        if problem is not None:
+            raise ValueError(f"{cls.__name__}.{f.name}: its annotation {_type_name(tp)} is not supported: {problem}")
+        if f.name in values:
+            value = values[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:  # a field without a default: cls() names it
+            continue
         try:
-            converted[k] = _coerce(hints[k], v)
+            converted[f.name] = _coerce(tp, value)
         except (TypeError, ValueError) as e:
-            kind = hints[k].__name__ if isinstance(hints[k], type) else str(hints[k])
-            raise ValueError(f"{cls.__name__}.{k}: cannot use {v!r} as {kind} ({e})") from None
+            given = repr(value) if f.name in values else f"its default {value!r}"
+            raise ValueError(f"{cls.__name__}.{f.name}: cannot use {given} as {_type_name(tp)} ({e})") from None
     return cls(**converted)
 
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
-    """A copy of a config dataclass with string or typed overrides applied (``--set key=value``)."""
-    merged = {**asdict(config), **overrides}
-    return config_from_dict(type(config), merged) if overrides else dataclasses.replace(config)
-
+    """A copy of a config dataclass with string or typed overrides applied (``--set key=value``). Every field is
+    checked by :func:`config_from_dict`, overridden or not: a class's wrong default is refused (as its default)
+    whatever the overrides, not only when there are some."""
+    changed = {f.name: getattr(config, f.name) for f in fields(config)
+               if f.init and getattr(config, f.name) is not f.default}
+    return config_from_dict(type(config), {**changed, **overrides})
