@@ -19,7 +19,7 @@ import warnings
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
-from bgmrec.models.base import Recommender
+from bgmrec.models.base import ModelConfig, Recommender
 
 ENTRY_POINT_GROUP = "bgmrec.models"  # the entry-point group other packages declare their models in
 
@@ -70,7 +70,7 @@ def register_model(name: str, model: type[Recommender] | str) -> None:
     elif not (isinstance(model, type) and issubclass(model, Recommender)):
         raise ValueError(f"model {name!r}: expected a Recommender subclass or 'module:Class', got {model!r}")
     else:
-        _check_name(model, name, model.__qualname__)
+        _check_model(model, name, model.__qualname__)
     if name in VARIANTS or name in MODEL_PATHS or not _same_model(_REGISTERED.get(name, model), model) or (
             name in plugin_models() and not _same_model(plugin_models()[name], model)):
         raise ValueError(f"model name {name!r} is taken ({_source(name)}); register under another name")
@@ -142,7 +142,7 @@ def model_class(name: str) -> type[Recommender]:
         raise ValueError(f"{where}: cannot import {_value(target)!r}: {type(e).__name__}: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
         raise ValueError(f"{where}: {_value(target)!r} is not a Recommender subclass")
-    _check_name(cls, base, _value(target))
+    _check_model(cls, base, _value(target))
     return cls
 
 
@@ -223,6 +223,34 @@ def _source(name: str) -> str:
     if name in _REGISTERED:
         return "registered with register_model"
     return f"entry point of group {ENTRY_POINT_GROUP!r}"
+
+
+def _check_model(cls: type[Recommender], name: str, target: str) -> None:
+    """Refuse, before anything is built or trained, a class the commands would misuse: a ``name`` other than
+    the --model name, or a ``config_class`` that is not a proper config (:func:`_check_config`)."""
+    _check_name(cls, name, target)
+    _check_config(cls, name)
+
+
+def _check_config(cls: type[Recommender], name: str) -> None:
+    # the code of each of bgmrec's classes cls inherits from reads the fields of that class's config_class
+    # (TorchRecommender's training loop reads TrainConfig's lr), and the fields of a config class not decorated
+    # itself are not dataclass fields: --set cannot give them and a run does not save them
+    config = cls.config_class
+    for base in reversed(cls.__mro__):
+        required = vars(base).get("config_class")
+        if base.__module__.partition(".")[0] == "bgmrec" and isinstance(required, type) and not (
+                isinstance(config, type) and issubclass(config, required)):
+            shown = config.__qualname__ if isinstance(config, type) else repr(config)
+            raise ValueError(f"model {name!r}: {cls.__qualname__}.config_class is {shown}, which must be a @dataclass "
+                             f"subclassing {required.__qualname__} (the config_class of {base.__qualname__}, whose "
+                             "code reads its fields)")
+    undecorated = [c for c in config.__mro__ if issubclass(c, ModelConfig) and vars(c).get("__annotations__")
+                   and "__dataclass_fields__" not in vars(c)]
+    if undecorated:
+        raise ValueError(f"model {name!r}: {undecorated[0].__qualname__} is not a dataclass of its own: decorate it "
+                         "with @dataclass (else its fields are not config fields: --set cannot give them and runs "
+                         "do not save them)")
 
 
 def _check_name(cls: type[Recommender], name: str, target: str) -> None:

@@ -1,0 +1,84 @@
+"""What the registry refuses of a model class when it is registered or resolved, before anything is built or
+trained: a config class that is not a dataclass of its own or does not subclass the config its bgmrec base class
+reads, and a name that is taken or not the class's."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bgmrec.models.base import ModelConfig
+from bgmrec.models.baselines import RandomConfig, RandomRecommender
+from bgmrec.models.neural import TorchRecommender
+from bgmrec.models.registry import MODEL_PATHS, model_class, register_model, unregister_model
+
+
+class UndecoratedConfig(RandomConfig):  # @dataclass forgotten: ridge is a class attribute, not a field
+    ridge: float = 1.0  # penalty
+
+
+class Undecorated(RandomRecommender):
+    name = "undecorated"
+    config_class = UndecoratedConfig
+
+
+class NotAConfig:  # neither a dataclass nor a ModelConfig
+    seed = 0
+
+
+class Unconfigured(RandomRecommender):
+    name = "unconfigured"
+    config_class = NotAConfig
+
+
+class TorchWithPlainConfig(TorchRecommender):  # abstract: the registry refuses it before anything builds one
+    name = "torch-plain-config"
+    config_class = ModelConfig
+
+
+@pytest.fixture
+def registered():
+    """Names registered by a test, unregistered after it."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        unregister_model(name)
+
+
+@pytest.mark.parametrize("model,message", [
+    # was: --set ridge=2 said "UndecoratedConfig has no field(s) ['ridge']; known: ['dim', 'seed']"
+    (Undecorated, "model 'undecorated': UndecoratedConfig is not a dataclass of its own: decorate it with @dataclass "
+                  "(else its fields are not config fields: --set cannot give them and runs do not save them)"),
+    # was: trained, then save failed with asdict's TypeError
+    (Unconfigured, "model 'unconfigured': Unconfigured.config_class is NotAConfig, which must be a @dataclass "
+                   "subclassing ModelConfig (the config_class of Recommender, whose code reads its fields)"),
+    # was: AttributeError 'lr' inside train.py
+    (TorchWithPlainConfig, "model 'torch-plain-config': TorchWithPlainConfig.config_class is ModelConfig, which must "
+                           "be a @dataclass subclassing TrainConfig (the config_class of TorchRecommender, whose code "
+                           "reads its fields)"),
+])
+def test_a_model_whose_config_class_is_not_a_proper_config_is_refused_naming_the_class_to_fix(model, message,
+                                                                                             registered):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        register_model(model.name, model)
+    register_model(model.name, f"{__name__}:{model.__qualname__}")  # imported on first use: refused then
+    registered.append(model.name)
+    with pytest.raises(ValueError, match=re.escape(message.partition(": ")[2])):
+        model_class(model.name)
+
+
+def test_an_undecorated_config_subclass_declaring_no_fields_is_accepted(registered):
+    model = type("Plain", (RandomRecommender,), {"name": "plain", "config_class": type("P", (RandomConfig,), {})})
+    register_model("plain", model)
+    registered.append("plain")
+    assert model_class("plain") is model
+
+
+@pytest.mark.parametrize("base", list(MODEL_PATHS))
+def test_a_subclass_of_every_built_in_model_registers(base, registered):
+    cls = model_class(base)
+    subclass = type(f"My{cls.__name__}", (cls,), {"name": f"my-{base}"})
+    register_model(f"my-{base}", subclass)
+    registered.append(f"my-{base}")
+    assert model_class(f"my-{base}") is subclass
