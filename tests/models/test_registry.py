@@ -82,3 +82,19 @@ def test_a_subclass_of_every_built_in_model_registers(base, registered):
     register_model(f"my-{base}", subclass)
     registered.append(f"my-{base}")
     assert model_class(f"my-{base}") is subclass
+
+
+def test_a_taken_name_is_refused_as_taken_before_the_class_s_name_is_compared(registered):
+    from bgmrec.models.cmvae import CMVAE
+
+    align = type("CMVAEAlign", (CMVAE,), {"name": "cmvae-align"})
+    # was: "model 'cmvae': CMVAEAlign has name 'cmvae-align'; ... (or set the class's name to 'cmvae')", and
+    # following that advice led to "model name 'cmvae' is taken"
+    with pytest.raises(ValueError, match=r"^model name 'cmvae' is taken \(a bgmrec model\); register under another "
+                                         "name$"):
+        register_model("cmvae", align)
+    with pytest.raises(ValueError, match="has name 'cmvae-align'"):  # a free name still must be the class's
+        register_model("align", align)
+    register_model("cmvae-align", align)
+    registered.append("cmvae-align")
+    assert model_class("cmvae-align") is align

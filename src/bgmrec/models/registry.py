@@ -69,11 +69,12 @@ def register_model(name: str, model: type[Recommender] | str) -> None:
         _check_path(model, f"model {name!r}")
     elif not (isinstance(model, type) and issubclass(model, Recommender)):
         raise ValueError(f"model {name!r}: expected a Recommender subclass or 'module:Class', got {model!r}")
-    else:
-        _check_model(model, name, model.__qualname__)
+    # a taken name first: the class's name must be the name it is registered as, and is no advice then
     if name in VARIANTS or name in MODEL_PATHS or not _same_model(_REGISTERED.get(name, model), model) or (
             name in plugin_models() and not _same_model(plugin_models()[name], model)):
         raise ValueError(f"model name {name!r} is taken ({_source(name)}); register under another name")
+    if isinstance(model, type):
+        _check_model(model, name, model.__qualname__)
     _REGISTERED[name] = model
 
 
