@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import numbers
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,6 +96,39 @@ def _diverged(model, where: str) -> ValueError:
                       f"train again with a lower learning rate, e.g. --set lr={cfg.lr / 10:g}")
 
 
+def check_training_loss(model, out: object) -> None:
+    """Refuse what ``model.training_loss`` returned unless it is (a scalar float tensor with grad, a dict of
+    numbers): a ValueError naming the method and what it returned, not the error torch raises further on (a
+    float, an unreduced vector of losses, the loss without its logs)."""
+    loss, logs = out if isinstance(out, tuple) and len(out) == 2 else (None, None)
+    if not (isinstance(loss, torch.Tensor) and loss.ndim == 0 and loss.is_floating_point() and loss.requires_grad
+            and isinstance(logs, dict) and all(_is_log(k, v) for k, v in logs.items())):
+        raise ValueError(f"{type(model).__qualname__}.training_loss must return (a scalar tensor, a dict of floats); "
+                         f"got {_returned(out)}")
+
+
+def _is_log(key: object, value: object) -> bool:
+    """True for a logged term the loop can average: a name and a number (a one-element tensor too)."""
+    return isinstance(key, str) and (isinstance(value, numbers.Real) or
+                                     isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
+def _returned(value: object) -> str:
+    """What a training_loss returned, as :func:`check_training_loss` names it."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim:
+            return f"an unreduced tensor of shape {list(value.shape)}"
+        if not value.is_floating_point():
+            return f"a scalar {str(value.dtype).removeprefix('torch.')} tensor"
+        return "a scalar tensor" + ("" if value.requires_grad else " that requires no grad (detached from the model)")
+    if isinstance(value, tuple):
+        return f"a tuple ({', '.join(map(_returned, value))})"
+    if isinstance(value, dict):
+        bad = next(((k, v) for k, v in value.items() if not _is_log(k, v)), None)
+        return "a dict of floats" if bad is None else f"a dict whose {bad[0]!r} is {_returned(bad[1])}"
+    return type(value).__name__
+
+
 def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = False) -> list[dict]:
     """Train ``model`` (a :class:`bgmrec.models.neural.TorchRecommender`) with early stopping on ``val``.
 
@@ -129,7 +163,10 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
             sums: dict[str, float] = {}
             for b in range(steps_per_epoch):
                 batch = feats.batch(rows[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
-                loss, logs = model.training_loss(batch, step, steps_per_epoch)
+                out = model.training_loss(batch, step, steps_per_epoch)
+                if step == 0:
+                    check_training_loss(model, out)
+                loss, logs = out
                 if not torch.isfinite(loss):
                     raise _diverged(model, f"epoch {epoch + 1}, step {b + 1}: the loss is {loss.item()}")
                 opt.zero_grad(set_to_none=True)

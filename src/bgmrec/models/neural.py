@@ -213,7 +213,7 @@ class TorchRecommender(Recommender):
             return self.video_embedding(torch.from_numpy(part.visual), torch.from_numpy(part.text),
                                         torch.from_numpy(np.asarray(part.text_mask, bool)), conf)
 
-        e_v = self._in_chunks(len(q), encode)
+        e_v = self._in_chunks(len(q), encode, "video_embedding")
         scale = self.prior_scale()
         if scale is None:
             return e_v
@@ -226,13 +226,23 @@ class TorchRecommender(Recommender):
         self.module.eval()
         return self._in_chunks(len(c.features), lambda rows: self.music_embedding(
             torch.from_numpy(np.array(c.features[rows], np.float32)),
-            torch.from_numpy(np.array(c.genre[rows], np.int64))))
+            torch.from_numpy(np.array(c.genre[rows], np.int64))), "music_embedding")
 
-    def _in_chunks(self, n: int, encode) -> np.ndarray:
+    def _in_chunks(self, n: int, encode, method: str) -> np.ndarray:
         """``encode(rows)`` over ``n`` rows, ``encode_chunk`` rows (a slice) per call, concatenated; no rows
-        still give [0, d]."""
-        return torch.cat([encode(slice(s, s + self.encode_chunk))
-                          for s in range(0, max(n, 1), self.encode_chunk)]).numpy()
+        still give [0, d]. A chunk that is not a tensor [rows, d] is refused naming ``method``, the model's
+        encoding method ``encode`` calls (a numpy array failed in torch.cat)."""
+        chunks = []
+        for s in range(0, max(n, 1), self.encode_chunk):
+            rows = slice(s, s + self.encode_chunk)
+            chunk, expected = encode(rows), len(range(n)[rows])
+            if not isinstance(chunk, torch.Tensor) or chunk.ndim != 2 or len(chunk) != expected:
+                got = (f"a tensor of shape {list(chunk.shape)}" if isinstance(chunk, torch.Tensor)
+                       else f"{type(chunk).__module__}.{type(chunk).__qualname__}".removeprefix("builtins."))
+                raise ValueError(f"{type(self).__qualname__}.{method} must return a torch.Tensor [n, d], a row per "
+                                 f"input row; given {expected} rows it returned {got}")
+            chunks.append(chunk)
+        return torch.cat(chunks).numpy()
 
     def music_distance_from_training(self, c: MusicCatalog) -> np.ndarray:
         """The largest |standardised feature| of each track, by the input standardisation fitted on the
