@@ -224,8 +224,13 @@ class RecommenderContractMixin:
         for train, val in (("test", "val"), ("train", "test_unbiased")):
             unfitted = build(self.model_name, contract_spec, dict(self.overrides))
             culprit = train if train != "train" else val
-            with pytest.raises(ValueError, match=f"'{culprit}'"):
+            try:
                 unfitted.fit(SplitView(contract_ds, train), SplitView(contract_ds, val))
+            except ValueError as e:
+                assert f"'{culprit}'" in str(e), f"fit refused split {culprit!r} without naming it: {e}"
+            else:
+                pytest.fail(f"{self.model_name}: fit(train={train!r}, val={val!r}) accepted the test split "
+                            f"{culprit!r}: fit must call self.check_fit_data(train, val) first")
 
     def test_music_distance_from_training_is_none_or_one_per_track(self, model, catalog):
         distance = model.music_distance_from_training(catalog)

@@ -388,7 +388,10 @@ def test_the_contract_catches_a_model_that_trains_on_a_test_split(example_on_pat
     register_model("unchecked-ridge", Unchecked)
     registered.append("unchecked-ridge")
     contract = type("TestUnchecked", (RecommenderContractMixin,), {"model_name": "unchecked-ridge"})()
-    with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+    # was a bare "DID NOT RAISE <class 'ValueError'>"
+    with pytest.raises(pytest.fail.Exception, match=r"^unchecked-ridge: fit\(train='test', val='val'\) accepted the "
+                                                    r"test split 'test': fit must call self.check_fit_data\(train, "
+                                                    r"val\) first$"):
         contract.test_fit_refuses_a_test_split(tiny_ds, tiny_spec)
 
 
