@@ -64,8 +64,9 @@ def test_train_then_evaluate_json(cli_world, popularity_run, tmp_path, capsys):
     assert set(res) >= REQUIRED_KEYS
     # beyond the documented keys the object only adds counts and the recall curve
     assert set(res) - REQUIRED_KEYS <= {"n_candidates", "n_negatives", "full_recall_curve", "inference_mode",
-                                        "label", "provenance"}
+                                        "label", "provenance", "warnings"}
     assert res["model"] == res["label"] == "popularity" and res["split"] == "test"
+    assert res["warnings"] == []  # trained on this dataset, by bgmrec's own code
     from bgmrec.data.dataset import dataset_fingerprint
 
     made = res["provenance"]  # enough to say what the figure came from
