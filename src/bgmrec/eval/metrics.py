@@ -153,7 +153,8 @@ def _finite_scores(scores: np.ndarray) -> np.ndarray:
         raise ValueError(f"scores must be [queries, candidates], got shape {scores.shape}")
     bad = np.flatnonzero(np.isnan(scores).any(axis=1)) if scores.size else np.zeros(0, np.int64)
     if bad.size:  # NaN compares false with everything: it would rank the positive first
-        raise ValueError(f"scores contain NaN (row {int(bad[0])}); the model's embeddings are not finite")
+        raise ValueError(f"scores contain NaN (row {int(bad[0])}): non-finite embeddings, or finite ones whose "
+                         "inner product overflows")
     return scores
 
 
