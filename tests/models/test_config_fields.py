@@ -115,3 +115,23 @@ def test_the_world_config_round_trips_through_json():
     world = with_overrides(WorldConfig(), {"genre_shares": "0.5,0.5"})
     assert world.genre_shares == (0.5, 0.5)
     assert config_from_dict(WorldConfig, json.loads(json.dumps(asdict(world)))) == world
+
+
+@dataclass
+class NamedConfig(ModelConfig):
+    cache: str = "cache"  # a folder's name
+    width: int = 0  # a count
+
+
+@dataclass(kw_only=True)
+class RequiredConfig(ModelConfig):
+    width: int  # no default: must be given
+
+
+def test_a_path_given_for_a_string_field_is_taken_as_its_string_and_a_missing_field_is_named(tmp_path):
+    from pathlib import Path
+
+    assert config_from_dict(NamedConfig, {"cache": tmp_path / "c"}).cache == str(tmp_path / "c")
+    assert with_overrides(NamedConfig(), {"cache": Path("x")}).cache == "x"
+    assert _error(RequiredConfig, {}) == "RequiredConfig.width: missing (the field has no default)"
+    assert config_from_dict(RequiredConfig, {"width": "3"}).width == 3

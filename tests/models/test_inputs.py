@@ -132,7 +132,8 @@ def test_a_model_with_nan_weights_is_not_saved_over_a_good_run(runs, tmp_path):
     arrays = diverged.state_arrays()
     arrays["mean_m"] = np.full_like(arrays["mean_m"], np.nan)
     diverged.load_state_arrays(arrays)
-    with pytest.raises(ValueError, match=r"^cca: mean_m holds NaN or inf \(training diverged\); not saved$"):
+    with pytest.raises(ValueError,
+                       match=r"^cca \(CCARecommender\): mean_m holds NaN or inf \(training diverged\); not saved$"):
         diverged.save(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
@@ -201,8 +202,8 @@ def test_a_model_never_fitted_is_not_saved(tiny_ds, tiny_spec, tmp_path, name):
     """It was saved, and loaded back it ranked by its initial weights (CMVAE: at random; popularity: all tied)."""
     model = build(name, tiny_spec, {} if name == "popularity" else {**SMALL, "epochs": 1})
     assert not model.fitted
-    with pytest.raises(ValueError, match=rf"^{name}: not fitted, so its weights are its initialisation and would "
-                                         r"load as a model scoring at random; call fit before save$"):
+    with pytest.raises(ValueError, match=rf"^{name} \(\w+\): not fitted, so its weights are its initialisation and "
+                                         r"would load as a model scoring at random; call fit before save$"):
         model.save(tmp_path / "run")
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="never a test split"):  # a fit that fails leaves it unfitted
@@ -210,6 +211,48 @@ def test_a_model_never_fitted_is_not_saved(tiny_ds, tiny_spec, tmp_path, name):
     assert not model.fitted
     assert model.fit(SplitView(tiny_ds, "train")).fitted
     assert load_model(model.save(tmp_path / "run")).fitted  # a loaded model is fitted: saved again as it is
+
+
+class _FailsAfterItsParent(PopularityRecommender):
+    """A subclass whose fit fails after its parent's fit returned."""
+
+    name = "fails-after-parent"
+
+    def fit(self, train, val=None, progress=False):
+        super().fit(train, val, progress)
+        raise ValueError("the subclass's own step failed")
+
+
+def test_a_fit_that_fails_after_its_parent_s_fit_leaves_the_model_unfitted(tiny_ds, tiny_spec, tmp_path):
+    """Only the class's own fit returning marks it fitted (the parent's wrapper returning marked it), and a failed
+    refit unmarks a model fitted before: save would have written what the failed fit left."""
+    model = _FailsAfterItsParent(PopularityRecommender.config_class(), tiny_spec)
+    with pytest.raises(ValueError, match="own step failed"):
+        model.fit(SplitView(tiny_ds, "train"))
+    assert not model.fitted
+    fitted = build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train"))
+    assert fitted.fitted
+    with pytest.raises(ValueError, match="never a test split"):
+        fitted.fit(SplitView(tiny_ds, "test"))
+    assert not fitted.fitted
+    with pytest.raises(ValueError, match="not fitted"):
+        fitted.save(tmp_path / "run")
+
+
+class _FlatVideos(PopularityRecommender):
+    """Gives one number per video, not a row."""
+
+    name = "flat-videos"
+
+    def _encode_videos(self, q):
+        return np.zeros(len(q))
+
+
+def test_an_encoding_that_is_not_a_matrix_is_refused_naming_the_method(tiny_ds, tiny_spec):
+    model = _FlatVideos(PopularityRecommender.config_class(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    with pytest.raises(ValueError, match=r"^flat-videos: encode_videos must give \[n, d\] embeddings, a row per "
+                                         r"input; got shape \[3\]$"):
+        model.score(VideoQuery.from_dataset(tiny_ds, [0, 1, 2]), MusicCatalog.from_dataset(tiny_ds))
 
 
 def test_a_damaged_teacher_of_a_student_names_the_teacher_file(runs, tiny_spec, tmp_path):

@@ -210,7 +210,7 @@ def recommend_cmd(
         label = f"{vid} (from {features})"
         frames = (vf.manifest.get("settings") or {}).get("frames")  # what the clip was sampled at
     else:  # a clip file (check_clip_options: one of the two)
-        from bgmrec.features.cache import MediaError
+        from bgmrec.features.cache import MediaError, regular_file_size
         from bgmrec.features.text import TextEncoder
         from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
 
@@ -218,7 +218,10 @@ def recommend_cmd(
             raise ValueError(f"{video}: a folder, not a video file (extract-videos reads folders)")
         if not (Path(video).exists() or Path(video).is_symlink()):
             raise ValueError(f"{video}: no such video file")
-        # a link to nothing, a FIFO or a device: named by embed_clip as in failures.csv, never opened
+        try:  # a link to nothing, a FIFO or a device: named as in failures.csv, never opened, before the encoders load
+            regular_file_size(Path(video))
+        except MediaError as e:
+            raise ValueError(f"{video}: {e}") from None
         frames = VideoConfig.frames if frames is None else frames  # extract-videos' default
         try:
             clip = ClipFeatures(*embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),

@@ -23,7 +23,8 @@ A catalogue folder (CATALOG_DIR) holds::
     tracks.csv      id,title,artist,genre,file,sha256   (id = file stem; genre may be empty)
     manifest.json   kind "music-catalog", extractor names and versions, settings, dim, feature
                     names, id order, counts, content hash (SHA-256 of music.npy's bytes)
-    failures.csv    file,reason   one row per skipped input (unreadable, truncated, too short, silent)
+    failures.csv    file,reason   one row per skipped input (unreadable, truncated, too short, silent; a FIFO,
+                                  device or link to nothing, never opened)
     .cache/audio/   per-file vectors keyed by content hash (see :mod:`bgmrec.features.cache`)
 
 The optional metadata CSV (``--meta``) has a column ``id`` (the file stem) or ``file`` (the file

@@ -237,10 +237,11 @@ class ClipRecommender:
         if far:
             said(far)
         embeddings = model.encode_music(self.music)  # the neural models encode it in chunks
-        spec = model.spec  # a query of no clips (with a taste, for personalised mode) shows the videos' width
-        nothing = VideoQuery(np.zeros((0, spec.video_visual)), np.zeros((0, spec.video_text)), np.zeros(0, bool),
-                             np.zeros((0, len(spec.genres))))
-        check_embedding_widths(model, model.encode_videos(nothing), embeddings)
+        spec = model.spec  # one blank clip (without text, an even taste for personalised mode) shows the videos'
+        g = len(spec.genres)  # width: a model may refuse a query of no clips, as fitted transforms do
+        blank = VideoQuery(np.zeros((1, spec.video_visual)), np.zeros((1, spec.video_text)), np.zeros(1, bool),
+                           np.full((1, g), 1.0 / g))
+        check_embedding_widths(model, model.encode_videos(blank), embeddings)
         options = {} if ef_search is None else {"ef_search": ef_search}
         self.index = ExactIndex(embeddings) if index == "exact" else FaissIndex(embeddings, **options)
         self.position = {track_id: j for j, track_id in enumerate(catalog.ids)}

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import numbers
+import os
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -257,8 +258,12 @@ class Recommender(ABC):
 
         @functools.wraps(fit)
         def fit_and_mark(self: Recommender, *args: Any, **kw: Any) -> Recommender:
+            outermost = type(self).fit is fit_and_mark  # not a super().fit() within a subclass's fit
+            if outermost:  # a fit that raises leaves the model unfitted, even one fitted before
+                self.fitted = False
             out = fit(self, *args, **kw)
-            self.fitted = True
+            if outermost:
+                self.fitted = True
             return out
 
         fit_and_mark.marks_fitted = True
@@ -345,6 +350,9 @@ class Recommender(ABC):
         that is infinite, or becomes so as a float32: its every score would be NaN or infinite."""
         with np.errstate(over="ignore"):  # what overflows the cast is refused below, by row
             out = np.ascontiguousarray(embeddings, np.float32)
+        if out.ndim != 2:
+            raise ValueError(f"{self.name}: {method} must give [n, d] embeddings, a row per input; got shape "
+                             f"{list(out.shape)}")
         bad = np.flatnonzero(~np.isfinite(out).all(axis=tuple(range(1, out.ndim))))
         if bad.size:
             raise NonFiniteEmbeddingError(self.name, method, int(bad[0]), len(bad), len(out))
@@ -427,20 +435,20 @@ class Recommender(ABC):
         :func:`load_model` runs it (on the unfitted model of this config), refuses."""
         from safetensors.numpy import save
 
+        who = f"{self.name} ({type(self).__name__})"
         if not self.fitted:
-            raise ValueError(f"{self.name}: not fitted, so its weights are its initialisation and would load as a "
-                             "model scoring at random; call fit before save")
+            raise ValueError(f"{who}: not fitted, so its weights are its initialisation and would load as a model "
+                             "scoring at random; call fit before save")
         out = Path(out)
         made = model_package(type(self))
         arrays = {k: np.ascontiguousarray(v) for k, v in self.state_arrays().items()}
-        who = f"{self.name} ({type(self).__name__})"
         unstorable = next((k for k, v in arrays.items() if v.dtype.name not in SAFETENSORS_DTYPES), None)
         if unstorable is not None:
             raise ValueError(f"{who}: state_arrays() gives {unstorable!r} of dtype {arrays[unstorable].dtype}, which "
                              "safetensors cannot store (bool, integer and float arrays only); not saved")
         bad = first_non_finite(arrays)
         if bad is not None:
-            raise ValueError(f"{self.name}: {bad} holds NaN or inf (training diverged); not saved")
+            raise ValueError(f"{who}: {bad} holds NaN or inf (training diverged); not saved")
         try:
             type(self)(self.config, self.spec).check_state_arrays(arrays)
         except ValueError as e:
@@ -686,6 +694,8 @@ def _coerce(tp: Any, value: Any) -> Any:
             raise ValueError(f"expected a boolean, got {type(value).__name__} {value!r}"[:120])
         return bool(value)
     if tp is str:
+        if isinstance(value, os.PathLike):  # a path given from Python
+            value = os.fspath(value)
         if not isinstance(value, str):  # str() would take anything, a list or a number
             raise ValueError(f"expected a string, got {type(value).__name__} {value!r}"[:120])
         return value
@@ -720,8 +730,8 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
             value = f.default
         elif f.default_factory is not dataclasses.MISSING:
             value = f.default_factory()
-        else:  # a field without a default: cls() names it
-            continue
+        else:
+            raise ValueError(f"{cls.__name__}.{f.name}: missing (the field has no default)")
         try:
             converted[f.name] = _coerce(tp, value)
         except (TypeError, ValueError) as e:

@@ -17,6 +17,7 @@ import numpy as np
 from bgmrec.models.base import ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
 
 if TYPE_CHECKING:
+    from bgmrec.data.dataset import Dataset
     from bgmrec.data.simulate import WorldTruth
 
 
@@ -58,7 +59,7 @@ class Oracle(Recommender):
         self.processes = {s: vars(p) for s, p in truth.processes.items()}
         return self
 
-    def check_dataset(self, ds) -> None:
+    def check_dataset(self, ds: Dataset) -> None:
         """A ValueError when the dataset ``ds`` records (``provenance["world"]``) a simulated world other than the
         one whose truth the oracle holds (another seed or other parameters, maybe of the same sizes): its
         figures there would be meaningless. Silent when either is not recorded (an oracle saved before it
@@ -113,7 +114,7 @@ class Oracle(Recommender):
         self.world = world if isinstance(world, dict) else None
 
 
-def _refuse_other_world(world: dict | None, ds) -> None:
+def _refuse_other_world(world: dict | None, ds: Dataset) -> None:
     """A ValueError naming the parameters (up to three) in which the world ``ds`` records differs from ``world``."""
     theirs = ds.provenance.get("world")
     if world is None or not isinstance(theirs, dict):
