@@ -158,14 +158,17 @@ def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys, tmp_pat
 
 def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world, tmp_path, capsys):
     base = ["--run", str(world / "run"), "--video", str(world / "videos" / "clip05.mp4"), "--top", "2"]
-    recommend_json(capsys, [*base, "--catalog", str(world / "catalog"), "--frames", "4"])
+    assert recommend_json(capsys, [*base, "--catalog", str(world / "catalog"), "--frames", "4"])["warnings"] == []
     assert "warning" not in capsys.readouterr().err  # as trained: 4 frames, the same catalogue
     capsys.readouterr()
     assert main(["recommend", *base, "--catalog", str(world / "catalog"), "--json"]) == 0  # 8 frames
-    # the library warns (FeatureMismatchWarning); the command shows it as its other warnings, once
-    err = one_line_err(capsys)
-    assert err == ("warning: clips are sampled at 8 frames, the model's training videos at 4; sample them at 4 "
-                   "(recommend --frames for a video file, extract-videos --frames for extracted features)")
+    # the library warns (FeatureMismatchWarning); the command shows it as its other warnings, once, and its JSON
+    # carries it (a program reading the answer sees what a person reading stderr sees)
+    out, err = capsys.readouterr()
+    said = ("clips are sampled at 8 frames, the model's training videos at 4; sample them at 4 (recommend --frames "
+            "for a video file, extract-videos --frames for extracted features)")
+    assert " ".join(err.split()) == f"warning: {said}"
+    assert json.loads(out)["warnings"] == [said]
     assert main(["extract-music", str(world / "audio"), "--out", str(tmp_path / "short"), "--seconds", "1",
                  "--workers", "1", "--no-progress"]) == 0
     capsys.readouterr()

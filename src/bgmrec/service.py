@@ -436,7 +436,7 @@ class _MediaEncoders:
             frame_encoder, text_encoder = self._loaded
             try:
                 features = embed_clip(path, caption or None, frame_encoder, text_encoder,
-                                             VideoConfig(frames=self.frames))
+                                      VideoConfig(frames=self.frames))
             except MediaError as e:
                 raise RequestError(f"video {name}: {e}") from None
             except ImportError as e:

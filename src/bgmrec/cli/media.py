@@ -198,7 +198,7 @@ def recommend_cmd(
     from bgmrec.runs import warn_if_model_code_changed
 
     model = load_model(run)
-    warn_if_model_code_changed(run, model)
+    changed = warn_if_model_code_changed(run, model)
     if mode is not None:
         model.set_inference_mode(mode)
     cat = open_catalog(catalog)
@@ -225,15 +225,17 @@ def recommend_cmd(
         frames = VideoConfig.frames if frames is None else frames  # extract-videos' default
         try:
             clip = ClipFeatures(*embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
-                                                   VideoConfig(frames=frames)))
+                                            VideoConfig(frames=frames)))
         except MediaError as e:
             raise ValueError(f"{video}: {e}") from None
         label = video
     with warnings.catch_warnings():  # every mismatch, each shown as "warning: ..." (cli.app's every_command)
         warnings.simplefilter("always", FeatureMismatchWarning)
         result = recommend_clip(model, cat, clip, top, frames)
-    for msg in result["warnings"]:  # the clip's own (its frames repeated), shown as the mismatches are
+    for msg in clip.warnings:  # the clip's own (its frames repeated), shown as the mismatches are
         warn_on_stderr(f"{label}: {msg}")
+    if changed is not None:  # the JSON says all that stderr said
+        result["warnings"].insert(0, changed)
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

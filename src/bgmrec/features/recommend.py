@@ -385,12 +385,13 @@ def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: 
     """Top-``k`` tracks of ``catalog`` for one clip, its modality share and warnings (the ``--json`` object);
     ``frames``: those the clip was sampled at, when it came from a video file. Catalogue genres the model
     does not know and feature settings other than its training data's are told with
-    :class:`FeatureMismatchWarning`."""
+    :class:`FeatureMismatchWarning`, and lead the answer's ``warnings``, before the clip's own."""
     said: list[str] = []
     recommender = ClipRecommender(model, catalog, warn=said.append, frames=frames)
     for msg in said:  # warned from here, so that each points at the caller's line
         warnings.warn(msg, FeatureMismatchWarning, stacklevel=2)
-    return recommender.recommend([clip], k)[0]
+    answer = recommender.recommend([clip], k)[0]
+    return {**answer, "warnings": [*said, *answer["warnings"]]}
 
 
 def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: int | None = None) -> list[str]:
