@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -289,6 +290,21 @@ def test_a_clip_cut_off_after_half_its_samples_is_ranked_and_the_answer_says_its
     assert r.status_code == 200 and r.json()["warnings"] == [note] and len(r.json()["tracks"]) == 6
     r = client.post("/recommend/video", files={"video": ("clip05.mp4", whole.read_bytes(), "video/mp4")})
     assert r.status_code == 200 and r.json()["warnings"] == []
+
+    # the same clip extracted: its note in failures.csv comes with its answer (--features --video-id)
+    (tmp_path / "vids").mkdir()
+    shutil.copy(cut, tmp_path / "vids" / "cut.mkv")
+    shutil.copy(whole, tmp_path / "vids" / "whole.mp4")
+    assert main(["extract-videos", str(tmp_path / "vids"), "--out", str(tmp_path / "vf"), "--frames", "4",
+                 "--no-progress"]) == 0
+    by_id = ["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+             str(tmp_path / "vf"), "--json", "--video-id"]
+    capsys.readouterr()
+    assert main([*by_id, "cut"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["warnings"] == [note] and f"{note}" in " ".join(err.split())
+    assert main([*by_id, "whole"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
 
 
 def test_a_clip_path_that_is_a_link_to_nothing_or_no_regular_file_is_named_as_extract_videos_names_it(world,

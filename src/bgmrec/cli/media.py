@@ -206,7 +206,7 @@ def recommend_cmd(
         vid = video if video_id is None else video_id
         vf = open_video_features(features)
         i = vf.position(vid)
-        clip = ClipFeatures(vf.visual[i], vf.text[i], bool(vf.text_mask[i]))
+        clip = ClipFeatures(vf.visual[i], vf.text[i], bool(vf.text_mask[i]), vf.notes(vid))
         label = f"{vid} (from {features})"
         frames = (vf.manifest.get("settings") or {}).get("frames")  # what the clip was sampled at
     else:  # a clip file (check_clip_options: one of the two)

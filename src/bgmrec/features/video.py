@@ -419,6 +419,17 @@ class VideoFeatures:
         except ValueError:
             raise DatasetError(f"{self.root}/videos.csv: no video with id {video_id!r}") from None
 
+    def notes(self, video_id: str) -> list[str]:
+        """The notes ``failures.csv`` holds on the clip ``video_id`` as it was extracted with frames repeated (a
+        clip cut off): the warnings of its answer, as of the same clip given as a file; [] when there are none or
+        no ``failures.csv`` (a dataset's videos)."""
+        path = None if self.root is None else Path(self.root) / "failures.csv"
+        if path is None or not path.is_file():
+            return []
+        file = self.file[self.position(video_id)]
+        return [row["reason"] for row in read_csv_utf8(path, ("file", "reason"))
+                if row["file"] == file and row["reason"].startswith(REPEATED)]
+
 
 def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                    config: VideoConfig | None = None, cache_dir: Path | None = None, progress: bool = True,
