@@ -380,6 +380,28 @@ def test_professional_music_videos_become_the_teacher_split_and_deccm_trains_its
     pro.write_text("video,track\nv3,t1\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"pro.csv: 1 video\(s\) are also uploads in .*pairs.csv \(e.g. 'v3'\)"):
         build_dataset(vids, cat, pairs, tmp_path / "data2", professional_csv=pro)
+    # a professional file none of whose rows is usable: refused, not a dataset without its pgc split (train then
+    # said to give build-dataset --professional, which had been given)
+    pro.write_text("video,track\nnosuch,t1\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"pro.csv: no row names both an extracted video .* the professional videos "
+                                           r"make the split pgc$"):
+        build_dataset(vids, cat, pairs, tmp_path / "data3", professional_csv=pro)
+    assert not (tmp_path / "data3").exists()
+
+
+def test_numbers_beside_dates_in_a_time_column_must_be_seconds_since_1970(tmp_path):
+    # epoch milliseconds beside ISO dates sorted as numbers against seconds: the latest upload went to train
+    p = tmp_path / "p.csv"
+    p.write_text("video,track,uploader,time\nv0,t0,u0,2023-11-15T00:00:00\nv1,t1,u1,1700000000000\n")
+    with pytest.raises(DatasetError, match=r"^.*p.csv: line 3: time 1700000000000 beside ISO-8601 dates \(e.g. line "
+                                           r"2\) is not seconds since 1970 \(milliseconds\? a date written as a "
+                                           r"number\?\); give one kind$"):
+        read_pairs(p)
+    p.write_text("video,track,uploader,time\nv0,t0,u0,20231114\nv1,t1,u1,2023-11-15T00:00:00\n")
+    with pytest.raises(DatasetError, match=r"line 2: time 20231114 beside ISO-8601 dates"):
+        read_pairs(p)
+    p.write_text("video,track,uploader,time\nv0,t0,u0,3\nv1,t1,u1,1.5\n")  # numbers alone, any scale: kept
+    assert read_pairs(p).time == [3.0, 1.5]
 
 
 def test_two_names_of_one_pairs_column_are_refused_not_the_first_taken(tmp_path):

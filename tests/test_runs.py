@@ -134,3 +134,17 @@ def test_a_model_whose_state_arrays_leave_out_what_fit_learns_is_not_saved(tiny_
         unregister_model("forgetful")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
     assert load_model(earlier).name == "popularity"
+
+
+def test_a_run_of_a_dataset_built_again_in_its_folder_is_told_so_not_as_another_dataset(tiny_copy, tmp_path, capsys):
+    """The warning named the same folder twice ('trained on another dataset (X) than X')."""
+    run = tmp_path / "run"
+    train_model(tiny_copy, "popularity", run, progress=False)
+    record = json.loads((run / "run.json").read_text())
+    record["data_fingerprint"] = "0" * len(record["data_fingerprint"])  # as if the folder was built again since
+    (run / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    said = warn_if_trained_on_other_data(run, tiny_copy)
+    assert said == (f"{run} was trained on {tiny_copy} as it was before it was built again (its splits or manifest "
+                    "changed since)")
+    assert capsys.readouterr().err == f"warning: {said}\n"

@@ -422,6 +422,9 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     except (DatasetError, OSError):  # a damaged dataset: nothing to say here
         return None
     name = f"{what + ' ' if what else ''}{run}"
+    if other and info.get("data") == str(Path(data).resolve()):  # the same folder, written again since
+        return _warn(f"{name} was trained on {data} as it was before it was built again (its splits or manifest "
+                     "changed since)")
     if other:
         return _warn(f"{name} was trained on another dataset ({info.get('data')}) than {data}")
     if refeatured:

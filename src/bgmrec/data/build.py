@@ -138,11 +138,24 @@ def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
     times = None
     untimed = [line for v, line in zip(get.get("time", []), lines, strict=False) if not v]
     if "time" in get and not untimed:
-        times = [_parse_time(v, path, line) for v, line in zip(get["time"], lines, strict=True)]
+        parsed = [_parse_time(v, path, line) for v, line in zip(get["time"], lines, strict=True)]
+        dated = next((line for (_, kind), line in zip(parsed, lines, strict=True) if kind == "date"), None)
+        odd = next(((t, line) for (t, kind), line in zip(parsed, lines, strict=True)
+                    if kind == "number" and not EPOCH_SECONDS[0] <= t < EPOCH_SECONDS[1]), None)
+        if dated is not None and odd is not None:  # numbers alone sort on any scale; beside dates, only as seconds
+            raise DatasetError(f"{path}: line {odd[1]}: time {odd[0]:.15g} beside ISO-8601 dates (e.g. line {dated}) "
+                               "is not seconds since 1970 (milliseconds? a date written as a number?); give one kind")
+        times = [t for t, _ in parsed]
     return Pairs(get["video"], get["track"], get["uploader"], times, untimed, lines)
 
 
-def _parse_time(value: str, path: Path, line: int) -> float:
+#: the numbers a time column may hold beside ISO-8601 dates, as seconds since 1970: 1973-03-03 to 5138-11-16
+EPOCH_SECONDS = (1e8, 1e11)
+
+
+def _parse_time(value: str, path: Path, line: int) -> tuple[float, str]:
+    """(the time as a number that sorts as the times do, "number" or "date"): a number as it is, an ISO-8601 date
+    as seconds since 1970 (UTC when it names no zone)."""
     try:
         number = float(value)
     except ValueError:
@@ -150,13 +163,13 @@ def _parse_time(value: str, path: Path, line: int) -> float:
     else:
         if not math.isfinite(number):  # nan sorts nowhere: the split by time would be arbitrary
             raise DatasetError(f"{path}: line {line}: time {value!r} is not a finite number")
-        return number
+        return number, "number"
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise DatasetError(f"{path}: line {line}: time {value!r} is neither a number nor ISO-8601") from None
     # without a zone: UTC, not this machine's local time (the same file must split alike everywhere)
-    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp(), "date"
 
 
 def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> np.ndarray:
@@ -244,6 +257,9 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     if professional_csv is not None:
         pro = read_pairs(Path(professional_csv), uploaders=False)
         pro_keep, pro_dropped = usable_rows(pro, professional_csv, extracted, tpos, videos_dir, music_dir, warn)
+        if not pro_keep:  # a dataset without its pgc split: the teacher-guided models would fail only at train
+            raise DatasetError(f"{professional_csv}: no row names both an extracted video (from {videos_dir}) and a "
+                               f"catalogue track (from {music_dir}); the professional videos make the split pgc")
         both = sorted({pairs.video[i] for i in keep} & {pro.video[i] for i in pro_keep})
         if both:
             raise DatasetError(f"{professional_csv}: {len(both)} video(s) are also uploads in {pairs_csv} (e.g. "
