@@ -161,8 +161,12 @@ def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world
     base = ["--run", str(world / "run"), "--video", str(world / "videos" / "clip05.mp4"), "--top", "2"]
     assert recommend_json(capsys, [*base, "--catalog", str(world / "catalog"), "--frames", "4"])["warnings"] == []
     assert "warning" not in capsys.readouterr().err  # as trained: 4 frames, the same catalogue
+    # without --frames: sampled as the training videos were (4, which run.json records), not extract-videos' 8
+    as_trained = recommend_json(capsys, [*base, "--catalog", str(world / "catalog")])
+    assert as_trained["warnings"] == [] and as_trained["tracks"] == recommend_json(
+        capsys, [*base, "--catalog", str(world / "catalog"), "--frames", "4"])["tracks"]
     capsys.readouterr()
-    assert main(["recommend", *base, "--catalog", str(world / "catalog"), "--json"]) == 0  # 8 frames
+    assert main(["recommend", *base, "--catalog", str(world / "catalog"), "--frames", "8", "--json"]) == 0
     # the library warns (FeatureMismatchWarning); the command shows it as its other warnings, once, and its JSON
     # carries it (a program reading the answer sees what a person reading stderr sees)
     out, err = capsys.readouterr()

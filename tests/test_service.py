@@ -368,6 +368,13 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
     health = TestClient(started["app"]).get("/health").json()
     assert health["max_upload_bytes"] == 2**19 and health["served_by"]["run"] == "run"
     assert main([*args, "--max-upload-mb", "0"]) == 2
+    assert health["video_frames"] == 8  # extract-videos' default: the run records no training frames
+    record = tmp_path / "run" / "run.json"  # one that does: uploads are sampled as its training videos were
+    record.write_text(json.dumps({"feature_settings": {"videos": {"frames": 4}}}))
+    assert main(args) == 0
+    assert TestClient(started["app"]).get("/health").json()["video_frames"] == 4
+    assert main([*args, "--frames", "6"]) == 0
+    assert TestClient(started["app"]).get("/health").json()["video_frames"] == 6
 
 
 def test_serve_takes_a_dataset_folder_as_its_catalogue(tiny_ds, cmvae, tmp_path, monkeypatch):

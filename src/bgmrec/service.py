@@ -184,6 +184,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
                 "catalog_genres": recommender.genre_names,
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
+                "video_frames": frames,  # sampled from each uploaded video (/recommend/video)
                 "threads": torch.get_num_threads(),  # in this request's thread (bgmrec serve --threads)
                 "served_by": identity, "warnings": list(recommender.warnings)}
 

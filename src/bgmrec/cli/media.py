@@ -175,8 +175,8 @@ def recommend_cmd(
                                                     "folder) instead of a file: its video --video-id"),
     video_id: str | None = typer.Option(None, help="id of the clip in --features (a row of its videos.csv)"),
     top: int = typer.Option(10, min=1, help="how many tracks"),
-    frames: int | None = typer.Option(None, min=1, help="frames sampled from --video (as extract-videos did for "
-                                                        "training; default 8)"),
+    frames: int | None = typer.Option(None, min=1, help="frames sampled from --video (default: as the model's "
+                                                        "training videos were, else extract-videos' 8)"),
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content; personalised needs an uploader and is not offered here)"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
@@ -189,6 +189,7 @@ def recommend_cmd(
     from bgmrec.features.recommend import (
         ClipFeatures,
         FeatureMismatchWarning,
+        frames_to_sample,
         open_catalog,
         open_video_features,
         recommend_clip,
@@ -222,7 +223,8 @@ def recommend_cmd(
             regular_file_size(Path(video))
         except MediaError as e:
             raise ValueError(f"{video}: {e}") from None
-        frames = VideoConfig.frames if frames is None else frames  # extract-videos' default
+        if frames is None:  # as the model's training videos were sampled, else extract-videos' default
+            frames = frames_to_sample(model, VideoConfig.frames)
         try:
             clip = ClipFeatures(*embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
                                             VideoConfig(frames=frames)))

@@ -44,7 +44,8 @@ def serve_cmd(
                                                            "(default 256; more: higher recall, slower)"),
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content, personalised: requests then carry the uploader's taste)"),
-    frames: int = typer.Option(8, min=1, help="frames sampled from uploaded videos (as extract-videos did)"),
+    frames: int | None = typer.Option(None, min=1, help="frames sampled from uploaded videos (default: as the "
+                                                       "model's training videos were, else extract-videos' 8)"),
     max_upload_mb: float = typer.Option(200.0, help="largest video upload (MB, 2**20 bytes); larger ones get HTTP 413"),
     threads: int | None = typer.Option(None, min=1, help="torch's intra-op threads of each request (default: "
                                                          "torch's, the cores this one server process may use, or "
@@ -63,7 +64,8 @@ def serve_cmd(
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
     import torch
 
-    from bgmrec.features.recommend import ClipRecommender, open_catalog, warn_on_stderr
+    from bgmrec.features.recommend import ClipRecommender, frames_to_sample, open_catalog, warn_on_stderr
+    from bgmrec.features.video import VideoConfig
     from bgmrec.models.base import load_model
     from bgmrec.runs import warn_if_model_code_changed
 
@@ -75,6 +77,8 @@ def serve_cmd(
     warn_if_model_code_changed(run, model)
     if mode is not None:
         model.set_inference_mode(mode)
+    if frames is None:
+        frames = frames_to_sample(model, VideoConfig.frames)
     recommender = ClipRecommender(model, open_catalog(catalog), index, warn=warn_on_stderr, frames=frames,
                                   ef_search=ef_search, threads=threads)
     uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,

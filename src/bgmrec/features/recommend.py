@@ -394,15 +394,28 @@ def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: 
     return {**answer, "warnings": [*said, *answer["warnings"]]}
 
 
-def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: int | None = None) -> list[str]:
-    """One line per feature setting that differs between the model's training data and what it is now
-    given: the catalogue's extraction settings, and ``frames`` sampled per clip. A model's scores on
-    features extracted otherwise can mean little. The training settings come from the run's ``run.json``
-    (recorded for datasets made by ``build-dataset``); [] when it records none."""
+def training_feature_settings(model: Recommender) -> tuple[dict, dict]:
+    """The extraction settings of the music and of the videos the model was trained on, from its run's
+    ``run.json`` (recorded for datasets made by ``build-dataset``); empty when it records none."""
     source = getattr(model, "source", None)
     trained = read_run_record(Path(source).parent).get("feature_settings") if source else None
     music, videos = ((trained.get(k) if isinstance(trained, dict) else None) for k in ("music", "videos"))
-    music, videos = (x if isinstance(x, dict) else {} for x in (music, videos))
+    return tuple(x if isinstance(x, dict) else {} for x in (music, videos))
+
+
+def frames_to_sample(model: Recommender, default: int) -> int:
+    """The frames to sample from a clip file for ``model``: those its training videos were sampled at, when its
+    run records them (:func:`training_feature_settings`), else ``default`` (extract-videos' own)."""
+    frames = training_feature_settings(model)[1].get("frames")
+    return frames if isinstance(frames, int) and not isinstance(frames, bool) and frames >= 1 else default
+
+
+def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: int | None = None) -> list[str]:
+    """One line per feature setting that differs between the model's training data and what it is now
+    given: the catalogue's extraction settings, and ``frames`` sampled per clip. A model's scores on
+    features extracted otherwise can mean little. The training settings: :func:`training_feature_settings`;
+    [] when it records none."""
+    music, videos = training_feature_settings(model)
     now = catalog.manifest.get("settings") or {}
     out = []
     differ = [k for k in music if k in now and k not in SETTINGS_NOT_IN_FEATURES and music[k] != now[k]]
