@@ -236,6 +236,9 @@ def test_mlp_and_standardizer():
     torch.testing.assert_close(s.mean, torch.tensor([2.0, 10.0]))
     torch.testing.assert_close(s.std, torch.tensor([1.0, 1e-4]))  # constant feature clamped
     torch.testing.assert_close(s(torch.tensor([[4.0, 10.0]])), torch.tensor([[2.0, 0.0]]))
+    # a new value of the feature constant in training is 0 too, as in every training row: divided by the floor,
+    # 10.5 was 5,000 standard deviations out (a frame feature no training video activated)
+    torch.testing.assert_close(s(torch.tensor([[4.0, 10.5], [2.0, -3.0]])), torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
 
 
 # ---- the backdoor adjustment -----------------------------------------------------------------------

@@ -37,7 +37,14 @@ class GaussianEncoder(nn.Module):
 
 
 class Standardizer(nn.Module):
-    """Fixed per-feature standardisation (fitted on training data, saved with the weights)."""
+    """Fixed per-feature standardisation (fitted on training data, saved with the weights).
+
+    A feature that did not vary in training (spread at most :data:`MIN_STD`, stored as that floor) is 0 after
+    standardisation, as it was for every training row: its weights never learned from it, and divided by the
+    floor a new clip's small difference there became thousands of standard deviations (a frame feature no
+    training video activated)."""
+
+    MIN_STD = 1e-4  # a feature spread no more than this in training is constant
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -50,10 +57,10 @@ class Standardizer(nn.Module):
         if len(x) == 0:
             return
         self.mean.copy_(x.mean(0))
-        self.std.copy_(x.std(0, unbiased=False).clamp_min(1e-4))
+        self.std.copy_(x.std(0, unbiased=False).clamp_min(self.MIN_STD))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return torch.where(self.std > self.MIN_STD, (x - self.mean) / self.std, torch.zeros((), dtype=x.dtype))
 
 
 def product_of_experts(mus: torch.Tensor, logvars: torch.Tensor,
