@@ -415,3 +415,17 @@ def test_two_names_of_one_pairs_column_are_refused_not_the_first_taken(tmp_path)
         read_pairs(p)
     p.write_text("video,track,user,user_id\nv1,t1,u1,7\n")  # a professional file's uploader is not read
     assert read_pairs(p, uploaders=False).video == ["v1"]
+
+
+def test_a_csv_separated_by_semicolons_is_named_so_in_the_missing_column_error(tmp_path):
+    # it said only "found ['video;track;uploader;time']"
+    p = tmp_path / "p.csv"
+    p.write_text("video;track;uploader;time\nv0;t0;u0;1\n")
+    with pytest.raises(DatasetError, match=r"missing column 'video' .*found \['video;track;uploader;time'\] \(one "
+                                           r"field holding ';': separated by ';'\? bgmrec reads comma-separated "
+                                           r"files\)$"):
+        read_pairs(p)
+    p.write_text("video,track,uploader\nv0,t0,u0\nv1,,u1\n")  # a comma-separated file gets no hint
+    with pytest.raises(DatasetError) as e:
+        read_pairs(p)
+    assert "separated by" not in str(e.value)

@@ -57,6 +57,7 @@ from bgmrec.data.dataset import (
     FieldError,
     SplitInfo,
     save_dataset,
+    separator_hint,
     sha256_file,
 )
 from bgmrec.data.negatives import sample_negatives
@@ -127,7 +128,7 @@ def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
                                "keep one of them (or rename the other)")
         if not found and want != "time":
             raise DatasetError(f"{path}: missing column {want!r} (accepted names: {', '.join(names)}); "
-                               f"found {sorted(rows[0])}")
+                               f"found {sorted(rows[0])}" + separator_hint(rows[0]))
         cols[want] = found[0] if found else None
     get = {k: [(r.get(c) or "").strip() for r in rows] for k, c in cols.items() if c}
     get.setdefault("uploader", [""] * len(rows))

@@ -717,6 +717,15 @@ def read_json(path: Path, where: str | None = None) -> dict:
     return obj
 
 
+def separator_hint(header) -> str:
+    """" (...)" saying that a CSV header read as one field holding ';', a tab or '|' looks separated by it (bgmrec
+    reads comma-separated files), to end a missing-column message; "" otherwise."""
+    fields = list(header or ())
+    sep = next((c for c in (";", "\t", "|") if len(fields) == 1 and c in str(fields[0])), None)
+    return "" if sep is None else (f" (one field holding {sep!r}: separated by {sep!r}? bgmrec reads "
+                                   "comma-separated files)")
+
+
 def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
@@ -725,7 +734,8 @@ def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != columns:
-                raise DatasetError(f"{path}: expected header {','.join(columns)}, found {header}")
+                raise DatasetError(f"{path}: expected header {','.join(columns)}, found {header}"
+                                  + separator_hint(header))
             rows = list(reader)
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None

@@ -52,6 +52,7 @@ from bgmrec.data.dataset import (
     check_float_matrix,
     load_npy,
     save_npy_atomic,
+    separator_hint,
     write_files_together,
     write_json_atomic,
 )
@@ -414,7 +415,8 @@ def read_track_meta(path: Path) -> dict[str, tuple[int, dict[str, str]]]:
         return {}
     cols = set(rows[0][1])
     if not cols & {"id", "file"}:
-        raise DatasetError(f"{path}: expected a column 'id' (file stem) or 'file', found {sorted(cols)}")
+        raise DatasetError(f"{path}: expected a column 'id' (file stem) or 'file', found {sorted(cols)}"
+                           + separator_hint(cols))
     return rows_by_key(path, ((line, [k.strip() for k in (r.get("id"), r.get("file")) if k and k.strip()],
                                {k: (r.get(k) or "").strip() for k in ("title", "artist", "genre")})
                               for line, r in rows))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import is_leftover, sha256_file
+from bgmrec.data.dataset import is_leftover, separator_hint, sha256_file
 
 KEPT = "kept "  # a failures.csv reason starting so is a note on an input that was kept, not a failure
 
@@ -292,7 +292,7 @@ def read_csv_lines(path: Path, columns: tuple[str, ...] = ()) -> list[tuple[int,
     missing = [c for c in columns if c not in header]
     if missing:
         raise DatasetError(f"{path}: line {header_line}: missing column {missing[0]!r} (expected a header with "
-                           f"{','.join(columns)}), found {','.join(header) or 'no header'}")
+                           f"{','.join(columns)}), found {','.join(header) or 'no header'}" + separator_hint(header))
     rows = []
     for line, values in records:
         if columns and len(values) != len(header):

@@ -50,6 +50,7 @@ from bgmrec.data.dataset import (
     check_float_matrix,
     load_npy,
     save_npy_atomic,
+    separator_hint,
     write_files_together,
     write_json_atomic,
 )
@@ -379,7 +380,8 @@ def caption_rows(path: Path) -> dict[str, tuple[int, tuple[str, str]]]:
         header = [h.strip().lower() for h in next(rows, (1, []))[1]]
         keys = [c for c in ("id", "file") if c in header]
         if not keys or "caption" not in header:
-            raise DatasetError(f"{path}: expected columns 'id' (or 'file') and 'caption', found {header}")
+            raise DatasetError(f"{path}: expected columns 'id' (or 'file') and 'caption', found {header}"
+                               + separator_hint(header))
         records = []
         for line, values in rows:
             rec = dict(zip(header, values, strict=False))
