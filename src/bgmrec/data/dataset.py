@@ -735,7 +735,7 @@ def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
             header = next(reader, None)
             if header != columns:
                 raise DatasetError(f"{path}: expected header {','.join(columns)}, found {header}"
-                                  + separator_hint(header))
+                                   + separator_hint(header))
             rows = list(reader)
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
