@@ -512,6 +512,26 @@ def test_a_clip_the_index_finds_a_nan_score_for_is_refused_naming_it(tiny_ds, cm
 
 
 
+def test_a_clip_far_from_the_training_videos_is_warned_of_in_its_answer(tiny_ds, cmvae):
+    """Tracks so far out were named at start-up; a clip so far out got its extrapolated scores without a word."""
+    clip = clip_body(tiny_ds, 0)
+    far = {**clip, "visual": (np.asarray(clip["visual"]) + 1000.0 * np.asarray(tiny_ds.video_visual).std(0)).tolist()}
+    client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds))))
+    r = client.post("/recommend/batch", json={"clips": [clip, far]})
+    assert r.status_code == 200
+    near, out = (a["warnings"] for a in r.json()["results"])
+    assert near == []
+    [said] = out
+    assert re.fullmatch(r"its features lie up to \S+ standard deviations from the model's training videos \(more than "
+                        r"20\): its scores can be out of all proportion; give clips like the training videos, "
+                        r"extracted with the same extractor and settings", said)
+    assert float(said.split()[5]) > 900
+    # a model that keeps no statistics of its training videos says nothing
+    popularity = build("popularity", FeatureSpec.of(tiny_ds)).fit(SplitView(tiny_ds, "train"))
+    r = TestClient(create_app(ClipRecommender(popularity, tiny_catalog(tiny_ds)))).post("/recommend", json=far)
+    assert r.status_code == 200 and r.json()["warnings"] == []
+
+
 def test_a_model_whose_embeddings_differ_in_width_is_refused_at_start_up(tiny_ds, tmp_path, monkeypatch, capsys):
     """serve started, /health answered, then every request was a 500 (torch: shapes cannot be multiplied)."""
     from bgmrec.cli import main

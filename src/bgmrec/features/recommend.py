@@ -127,6 +127,20 @@ def far_from_training_music(model: Recommender, music: MusicCatalog, ids: list[s
             "with the same extractor and settings")
 
 
+def far_from_training_videos(model: Recommender, q: VideoQuery) -> list[list[str]]:
+    """Per video of ``q``, the warning its answer carries when its features lie more than
+    :data:`FAR_FROM_TRAINING_SD` standard deviations from the model's training videos (a network extrapolates:
+    its scores can be out of all proportion); [] for the others, and for a model that cannot tell
+    (``Recommender.video_distance_from_training``)."""
+    distance = model.video_distance_from_training(q)
+    if distance is None:
+        return [[] for _ in range(len(q))]
+    return [[f"its features lie up to {d:.3g} standard deviations from the model's training videos (more than "
+             f"{FAR_FROM_TRAINING_SD:g}): its scores can be out of all proportion; give clips like the training "
+             "videos, extracted with the same extractor and settings"] if d > FAR_FROM_TRAINING_SD else []
+            for d in distance]
+
+
 def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatalog:
     """The catalogue as model input, with a clear error when its features do not fit the model.
 
@@ -283,12 +297,13 @@ class ClipRecommender:
             raise RequestError(f"{labels[bad] if labels else f'clip {bad}'}: the model's scores for these features are "
                                "not finite (values far outside the range of its training features?)")
         cat = self.catalog
+        far = far_from_training_videos(self.model, q)
         return [{"tracks": [{"id": cat.ids[j], "title": cat.title[j], "artist": cat.artist[j],
                              "genre": cat.genre[j] or "unknown", "score": float(s)}
                             for j, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True) if j >= 0],
-                 "modality_share": share, "warnings": list(clip.warnings)}
-                for row_ids, row_scores, share, clip in zip(ids, scores, modality_shares(self.model, q), clips,
-                                                            strict=True)]
+                 "modality_share": share, "warnings": [*clip.warnings, *far[i]]}
+                for i, (row_ids, row_scores, share, clip) in enumerate(zip(ids, scores, modality_shares(self.model, q),
+                                                                           clips, strict=True))]
 
     def excluded_positions(self, exclude: list[list[str]] | None, genres: list[list[str] | None] | None,
                            n: int) -> list[np.ndarray] | None:

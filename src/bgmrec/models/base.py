@@ -292,6 +292,12 @@ class Recommender(ABC):
         far outside can get scores out of all proportion (a network extrapolates)."""
         return None
 
+    def video_distance_from_training(self, q: VideoQuery) -> np.ndarray | None:
+        """[n]: how far each video's features (frames, and caption where it has one) lie from the model's training
+        videos, as :meth:`music_distance_from_training` measures tracks; None for a model that keeps no such
+        statistics."""
+        return None
+
     def check_dataset(self, ds: Dataset) -> None:
         """A ValueError when this model's figures on the dataset ``ds`` would be meaningless whatever its sizes
         (the evaluation protocol calls it before ranking); the default accepts every dataset. The oracle

@@ -38,6 +38,11 @@ class InputNorms(nn.Module):
         self.music.fit(feats.music[tracks])
 
 
+def _largest(z: torch.Tensor) -> torch.Tensor:
+    """[n] the largest |value| of each row of ``z`` [n, d] (0 for rows of no values)."""
+    return z.abs().amax(dim=1) if z.shape[1] else torch.zeros(len(z))
+
+
 def feature_digests(features: np.ndarray) -> np.ndarray:
     """int64 [M]: a 64-bit hash of each row's float32 bytes, by which a training track is recognised."""
     rows = np.ascontiguousarray(features, np.float32)
@@ -243,6 +248,17 @@ class TorchRecommender(Recommender):
                                  f"input row; given {expected} rows it returned {got}")
             chunks.append(chunk)
         return torch.cat(chunks).numpy()
+
+    def video_distance_from_training(self, q: VideoQuery) -> np.ndarray:
+        """The largest |standardised feature| of each video's frames and, where it has one, caption, by the input
+        standardisation fitted on the training videos (:class:`InputNorms`)."""
+        self.spec.check_videos(q, self.source)
+        norms = self.module.norms
+        with torch.no_grad():
+            visual, text = (_largest(norm(torch.from_numpy(np.array(x, np.float32))))
+                            for norm, x in ((norms.visual, q.visual), (norms.text, q.text)))
+        text = torch.where(torch.from_numpy(np.asarray(q.text_mask, bool)), text, torch.zeros(()))
+        return torch.maximum(visual, text).numpy().astype(np.float64)
 
     def music_distance_from_training(self, c: MusicCatalog) -> np.ndarray:
         """The largest |standardised feature| of each track, by the input standardisation fitted on the
