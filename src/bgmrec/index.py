@@ -44,11 +44,16 @@ class NaNScoreError(ValueError):
         self.query, self.item = query, item
 
 
+def non_finite_rows(embeddings: np.ndarray) -> np.ndarray:
+    """The positions of the rows of ``embeddings`` [n, ...] holding NaN or inf (each such row scores NaN or inf)."""
+    return np.flatnonzero(~np.isfinite(embeddings).all(axis=tuple(range(1, embeddings.ndim))))
+
+
 def _finite_items(item_embeddings: np.ndarray) -> np.ndarray:
     """The item embeddings as float32 [n, d], refused (ValueError naming the first such item) where a value is NaN
     or infinite: such an item's scores would be NaN or infinite for every query."""
     items = np.ascontiguousarray(item_embeddings, np.float32)
-    bad = np.flatnonzero(~np.isfinite(items.reshape(len(items), -1)).all(axis=1))
+    bad = non_finite_rows(items)
     if bad.size:
         raise ValueError(f"item embeddings: item {int(bad[0])} holds NaN or inf ({len(bad)} item(s) in all)")
     return items

@@ -55,6 +55,7 @@ def warn_if_model_code_changed(run: Path, model) -> str | None:
     trained with. The code is the hash of the model's whole package, so an edit to another model of the package
     counts too, and the message says so. Silent for bgmrec's own models (their code is the commit's) and runs
     that recorded nothing; never an error. Returns the message (for a result's JSON), None when silent."""
+    from bgmrec.features.recommend import warn_on_stderr
     from bgmrec.models.base import recorded_model_package
 
     then, _ = recorded_model_package(run)
@@ -64,15 +65,9 @@ def warn_if_model_code_changed(run: Path, model) -> str | None:
     if now is not None and all(then.get(k) == now.get(k) for k in ("class", "package", "version", "code")):
         return None
     where = f"package {then['package']!r}" if then.get("package") else "the code of its model"
-    return _warn(f"{run}: {where} changed since it was trained (an edit anywhere in it counts: "
-                 f"{describe_package(then)} then; {describe_package(now)} now): results are of the new code with "
-                 "weights trained by the old; retrain it to measure the code as it is")
-
-
-def _warn(message: str) -> str:
-    """Print ``warning: message`` on stderr; return the message."""
-    print(f"warning: {message}", file=sys.stderr)
-    return message
+    return warn_on_stderr(f"{run}: {where} changed since it was trained (an edit anywhere in it counts: "
+                          f"{describe_package(then)} then; {describe_package(now)} now): results are of the new code "
+                          "with weights trained by the old; retrain it to measure the code as it is")
 
 
 def machine() -> str:
@@ -412,6 +407,7 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     features (extracted again since). Silent for runs without that record; never an error. Returns the
     message (for a result's JSON), None when silent."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint
+    from bgmrec.features.recommend import warn_on_stderr
     from bgmrec.models.base import read_run_record
 
     info = read_run_record(run)
@@ -423,13 +419,13 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
         return None
     name = f"{what + ' ' if what else ''}{run}"
     if other and info.get("data") == str(Path(data).resolve()):  # the same folder, written again since
-        return _warn(f"{name} was trained on {data} as it was before it was built again (its splits or manifest "
-                     "changed since)")
+        return warn_on_stderr(f"{name} was trained on {data} as it was before it was built again (its splits or "
+                              "manifest changed since)")
     if other:
-        return _warn(f"{name} was trained on another dataset ({info.get('data')}) than {data}")
+        return warn_on_stderr(f"{name} was trained on another dataset ({info.get('data')}) than {data}")
     if refeatured:
-        return _warn(f"{name} was trained on other features of this dataset than {data} holds now (extracted "
-                     "again since?)")
+        return warn_on_stderr(f"{name} was trained on other features of this dataset than {data} holds now "
+                              "(extracted again since?)")
     return None
 
 

@@ -445,7 +445,9 @@ def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: in
     return out
 
 
-def warn_on_stderr(msg: str) -> None:
+def warn_on_stderr(msg: str) -> str:
     """Print a warning on standard error: what the commands pass as ``warn``, and how they show a
-    :class:`FeatureMismatchWarning` (:class:`ClipRecommender` never prints: it tells ``warn``)."""
+    :class:`FeatureMismatchWarning` (:class:`ClipRecommender` never prints: it tells ``warn``). Returns ``msg``
+    (for a result's JSON)."""
     print(f"warning: {msg}", file=sys.stderr)
+    return msg

@@ -359,7 +359,9 @@ class Recommender(ABC):
         if out.ndim != 2:
             raise ValueError(f"{self.name}: {method} must give [n, d] embeddings, a row per input; got shape "
                              f"{list(out.shape)}")
-        bad = np.flatnonzero(~np.isfinite(out).all(axis=tuple(range(1, out.ndim))))
+        from bgmrec.index import non_finite_rows
+
+        bad = non_finite_rows(out)
         if bad.size:
             raise NonFiniteEmbeddingError(self.name, method, int(bad[0]), len(bad), len(out))
         return out
