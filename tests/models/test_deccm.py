@@ -745,3 +745,18 @@ def test_training_is_deterministic_with_several_threads(tiny_ds):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_teacher_trained_on_few_professional_videos_is_warned_of(tiny_ds, tmp_path, monkeypatch):
+    # an app's 12-clip dataset with 4 professional videos trained a teacher whose KL term was 1.4e5 against a
+    # matching loss of 2.5, without a word
+    import bgmrec.models.deccm as deccm
+
+    model = build("deccm", FeatureSpec.of(tiny_ds), {"epochs": 1, "batch_size": 256, "prior_samples": 64})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", deccm.SmallTeacherSplitWarning)  # tiny's 600 are enough
+        deccm.train_teacher(model, tiny_ds, tmp_path / "enough")
+    monkeypatch.setattr(deccm, "MIN_TEACHER_VIDEOS", 1_000)
+    with pytest.warns(deccm.SmallTeacherSplitWarning, match=r"only 600 professional music videos \(split 'pgc'; "
+                      r"at least 1000 advised\): it early-stops on a holdout of 60, .* or set teacher=false$"):
+        deccm.train_teacher(model, tiny_ds, tmp_path / "few")

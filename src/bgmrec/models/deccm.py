@@ -73,6 +73,15 @@ class SettingWithoutEffectWarning(UserWarning):
     """A DecCM setting the training data leaves without effect (``content_share`` without professional videos
     choosing training tracks). The commands print it as one ``warning: ...`` line, as their own warnings."""
 
+
+class SmallTeacherSplitWarning(UserWarning):
+    """The professional split a teacher is trained on is too small to trust (fewer than
+    :data:`MIN_TEACHER_VIDEOS` clips): it early-stops on a holdout of a few clips, and its posteriors can be so far
+    from the student's that the KL term outweighs the matching loss."""
+
+
+MIN_TEACHER_VIDEOS = 100  # below this, train_teacher warns (its holdout, a tenth, would be under 10 clips)
+
 # what fixes the scale of the latent space and of the scores (tau * log P), which teacher and student must share
 TEACHER_MUST_SHARE = ("latent_dim", "similarity", "temperature", "matching", "track_prior")
 _EPS = 1e-6
@@ -554,7 +563,14 @@ def train_teacher(student: DecCM, ds, folder: Path, progress: bool = False) -> C
     if split is None:
         raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
                          "give a trained teacher's folder (teacher_dir) or set teacher=false")
+    fitted_on, held_out = SplitView(ds, split).holdout(0.1, student.config.seed)
+    n_videos = len(fitted_on.rows) + len(held_out.rows)
+    if n_videos < MIN_TEACHER_VIDEOS:
+        warnings.warn(f"the teacher is trained on only {n_videos} professional music videos (split {split!r}; "
+                      f"at least {MIN_TEACHER_VIDEOS} advised): it early-stops on a holdout of {len(held_out.rows)}, "
+                      "and its KL term can outweigh the student's matching loss; give a teacher trained on more "
+                      "videos (teacher_dir, --teacher) or set teacher=false", SmallTeacherSplitWarning, stacklevel=2)
     teacher = CMVAE(teacher_config(student.config), student.spec)
-    teacher.fit(*SplitView(ds, split).holdout(0.1, student.config.seed), progress=progress)
+    teacher.fit(fitted_on, held_out, progress=progress)
     teacher.save(folder)
     return teacher
