@@ -434,6 +434,21 @@ def test_an_offset_alone_is_silent(tmp_path):
         features(dc)
 
 
+def test_meta_csv_takes_the_pairs_csvs_names_of_the_track_column(tmp_path):
+    from bgmrec.features.audio import read_track_meta
+
+    meta = tmp_path / "meta.csv"
+    meta.write_text("track_id,genre\ntrack0,rock\n", encoding="utf-8")
+    assert read_track_meta(meta) == {"track0": (2, {"title": "", "artist": "", "genre": "rock"})}
+    meta.write_text("track,track_id,genre\ntrack0,track1,rock\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"meta.csv: columns 'track' and 'track_id' both name the track; keep one"):
+        read_track_meta(meta)
+    meta.write_text("name,genre\ntrack0,rock\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"expected a column 'id' \(file stem; or 'track', 'track_id', 'music', "
+                       r"'music_id'\) or 'file', found \['genre', 'name'\]"):
+        read_track_meta(meta)
+
+
 def test_meta_csv_quoted_line_breaks_and_duplicate_ids(tmp_path, music_dir):
     from bgmrec.features.audio import read_track_meta
 

@@ -61,10 +61,11 @@ from bgmrec.data.dataset import (
     sha256_file,
 )
 from bgmrec.data.negatives import sample_negatives
+from bgmrec.features.cache import TRACK_ID_COLUMNS, VIDEO_ID_COLUMNS, named_column, read_csv_lines
 
 COLUMN_NAMES = {
-    "video": ("video", "video_id"),
-    "track": ("track", "track_id", "music", "music_id"),
+    "video": VIDEO_ID_COLUMNS,
+    "track": TRACK_ID_COLUMNS,
     "uploader": ("uploader", "uploader_id", "user", "user_id"),
     "time": ("time", "timestamp", "date"),
 }
@@ -109,8 +110,6 @@ class Pairs:
 def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
     """Read a pairs CSV (see the module docstring); errors name the file, line and column. Without
     ``uploaders`` (professional videos) the uploader column is not read: every row's uploader is ""."""
-    from bgmrec.features.cache import read_csv_lines
-
     path = Path(path)
     numbered = read_csv_lines(path)
     lines = [line for line, _ in numbered]  # physical lines: blank lines and quoted line breaks counted
@@ -122,14 +121,10 @@ def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
         if want == "uploader" and not uploaders:
             cols[want] = None
             continue
-        found = [n for n in names if n in rows[0]]
-        if len(found) > 1:  # which one holds the ids is not for the reader to guess
-            raise DatasetError(f"{path}: columns {' and '.join(map(repr, found))} both name the {want}; "
-                               "keep one of them (or rename the other)")
-        if not found and want != "time":
+        cols[want] = named_column(path, rows[0], want, names)
+        if cols[want] is None and want != "time":
             raise DatasetError(f"{path}: missing column {want!r} (accepted names: {', '.join(names)}); "
                                f"found {sorted(rows[0])}" + separator_hint(rows[0]))
-        cols[want] = found[0] if found else None
     get = {k: [(r.get(c) or "").strip() for r in rows] for k, c in cols.items() if c}
     get.setdefault("uploader", [""] * len(rows))
     for k in ("video", "track", "uploader") if uploaders else ("video", "track"):

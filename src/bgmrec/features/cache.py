@@ -302,6 +302,24 @@ def read_csv_lines(path: Path, columns: tuple[str, ...] = ()) -> list[tuple[int,
     return rows
 
 
+VIDEO_ID_COLUMNS = ("video", "video_id")  # other names a CSV of bgmrec's inputs may give a video's id column
+TRACK_ID_COLUMNS = ("track", "track_id", "music", "music_id")  # ... and a track's
+
+
+def named_column(path: Path, header, what: str, names: tuple[str, ...]) -> str | None:
+    """The one column of ``header`` among ``names`` (what a CSV may call the ``what``), or None when it has none.
+
+    Two of them is an error naming the file and both: which one holds the values is not for the reader to
+    guess."""
+    from bgmrec.data.dataset import DatasetError
+
+    found = [n for n in names if n in header]
+    if len(found) > 1:
+        raise DatasetError(f"{path}: columns {' and '.join(map(repr, found))} both name the {what}; "
+                           "keep one of them (or rename the other)")
+    return found[0] if found else None
+
+
 def rows_by_key(path: Path, rows: Iterable[tuple[int, list[str], object]]) -> dict[str, tuple[int, object]]:
     """``{key: (line, value)}`` of rows that each name their input by one or more keys (an id, a file name).
 
