@@ -22,6 +22,12 @@ def folders(tmp_path):
     return vids, cat
 
 
+def dropped(failed_video=0, unknown_video=0, failed_track=0, unknown_track=0, duplicate=0) -> dict[str, int]:
+    """A dataset's provenance count of the pair rows dropped, by why."""
+    return {"failed_video": failed_video, "unknown_video": unknown_video, "failed_track": failed_track,
+            "unknown_track": unknown_track, "duplicate": duplicate}
+
+
 def write_pairs(path, n_videos=30, with_time=True, extra=()):
     rng = np.random.default_rng(0)
     lines = ["video_id,track_id,uploader_id" + (",time" if with_time else "")]
@@ -50,7 +56,7 @@ def test_builds_a_valid_dataset_split_by_time(tmp_path, folders):
     test_t = [t[loaded.video_ids[v]] for v in loaded.splits["test"][:, 0]]
     assert max(train_t) <= min(test_t)
     assert ds.provenance["split_by"] == "time"
-    assert ds.provenance["pairs"]["dropped"] == {"unknown_video": 1, "unknown_track": 1, "duplicate": 0}
+    assert ds.provenance["pairs"]["dropped"] == dropped(unknown_video=1, unknown_track=1, duplicate=0)
     # frozen negatives: as many as the catalogue allows, never the positive
     for s in ("val", "test"):
         neg = loaded.negatives[s]
@@ -212,7 +218,7 @@ def test_a_videos_uploader_is_the_one_of_its_first_pair_and_duplicates_are_count
     uploaders = json.loads((tmp_path / "d" / "uploaders.json").read_text())["ids"]
     assert uploaders[ds.video_uploader[ds.video_ids.index("v0")]] == "u3"
     assert uploaders[ds.video_uploader[ds.video_ids.index("v2")]] == "u2"
-    assert ds.provenance["pairs"]["dropped"] == {"unknown_video": 1, "unknown_track": 0, "duplicate": 1}
+    assert ds.provenance["pairs"]["dropped"] == dropped(unknown_video=1, unknown_track=0, duplicate=1)
 
 
 def test_too_few_videos_for_val_and_test_are_built_with_a_warning(tmp_path, folders, capsys):
@@ -332,7 +338,7 @@ def test_each_kind_of_dropped_pair_is_warned_of_with_its_first_line_and_the_summ
         "(e.g. line 22: 'T1')",
         f"{pairs}: 2 of 25 row(s) repeat an earlier row's video, track and uploader and were not used again "
         "(e.g. line 25: 'v3', 't3', 'u0', as on line 5)"]
-    assert ds.provenance["pairs"]["dropped"] == {"unknown_video": 1, "unknown_track": 2, "duplicate": 2}
+    assert ds.provenance["pairs"]["dropped"] == dropped(unknown_video=1, unknown_track=2, duplicate=2)
     assert ds.n_videos == 20 and ds.provenance["videos_without_pairs"] == 10
     assert ds.n_tracks == 8 and ds.provenance["tracks_without_pairs"] == 2  # t6 and t7, kept
     capsys.readouterr()
@@ -345,6 +351,35 @@ def test_each_kind_of_dropped_pair_is_warned_of_with_its_first_line_and_the_summ
     assert "dropped pairs: unknown_video 1, unknown_track 2, duplicate 2" in out
     assert [line.split(" (e.g. ")[1] for line in err.splitlines()] == [
         "line 23: 'ghost')", "line 22: 'T1')", "line 25: 'v3', 't3', 'u0', as on line 5)"]
+
+
+def test_pairs_naming_an_input_whose_extraction_failed_are_told_apart_from_typos(tmp_path, folders, capsys):
+    # a pair naming a corrupt clip was counted and worded as an unknown id, as if the pairs CSV had a typo
+    from bgmrec.cli import main
+
+    vids, cat = folders
+    (vids / "failures.csv").write_text("file,reason\nclips/broken.mp4,corrupt: no video stream\n"
+                                       "v3.mp4,kept without text: no caption\n", encoding="utf-8")
+    (cat / "failures.csv").write_text("file,reason\nsilent.wav,silent: the first 2.0 s peak at 0\n", encoding="utf-8")
+    pairs = write_pairs(tmp_path / "pairs.csv", with_time=False,
+                        extra=["broken,t1,u0", "ghost,t1,u0", "v1,silent,u1", "v2,nosuch,u1"])
+    warnings = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
+    assert ds.provenance["pairs"]["dropped"] == dropped(failed_video=1, unknown_video=1, failed_track=1,
+                                                        unknown_track=1)
+    assert [w for w in warnings if "were not used" in w] == [
+        f"{pairs}: 1 of 34 row(s) name a video whose extraction failed (see {vids / 'failures.csv'}) and were not "
+        "used (e.g. line 32: 'broken': corrupt: no video stream)",
+        f"{pairs}: 1 of 34 row(s) name no extracted video (of {vids}) and were not used (e.g. line 33: 'ghost')",
+        f"{pairs}: 1 of 34 row(s) name an extracted video but a track whose extraction failed (see "
+        f"{cat / 'failures.csv'}) and were not used (e.g. line 34: 'silent': silent: the first 2.0 s peak at 0)",
+        f"{pairs}: 1 of 34 row(s) name an extracted video but no catalogue track (of {cat}) and were not used "
+        "(e.g. line 35: 'nosuch')"]
+    capsys.readouterr()
+    assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
+                 str(tmp_path / "d2")]) == 0
+    assert ("dropped pairs: failed_video 1, unknown_video 1, failed_track 1, unknown_track 1"
+            in " ".join(capsys.readouterr().out.split()))
 
 
 def test_professional_music_videos_become_the_teacher_split_and_deccm_trains_its_teacher_on_them(tmp_path, folders,
@@ -366,7 +401,7 @@ def test_professional_music_videos_become_the_teacher_split_and_deccm_trains_its
     assert sorted(loaded.video_ids[v] for v in rows[:, 0]) == [f"v{i}" for i in range(24, 30)]
     assert (rows[:, 2] == -1).all() and (loaded.video_uploader[rows[:, 0]] == -1).all()
     assert [loaded.track_ids[t] for t in rows[np.argsort(rows[:, 0]), 1]] == [f"t{i % 8}" for i in range(24, 30)]
-    assert ds.provenance["professional"]["dropped"] == {"unknown_video": 1, "unknown_track": 0, "duplicate": 0}
+    assert ds.provenance["professional"]["dropped"] == dropped(unknown_video=1, unknown_track=0, duplicate=0)
     assert ds.provenance["videos_without_pairs"] == 0
     # the command: DecCM finds its teacher's data without --teacher
     out = tmp_path / "cli-data"

@@ -27,9 +27,10 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   shares of all training pairs (add-one smoothed), so rows sum to 1 and an uploader with no
   training pair gets ``p``;
 - ``uploaders.json`` (uploader ids, row order of uploaders.npy) and the provenance (inputs, their
-  content hashes, seed, how many pair rows were dropped and why: an unknown video, an unknown track,
-  or a duplicate of an earlier row's video, track and uploader, each kind also warned of with its first
-  row's line and ids; how many extracted videos had no usable pair and how many tracks no pair names).
+  content hashes, seed, how many pair rows were dropped and why: a video or track whose extraction failed
+  (its folder's ``failures.csv`` names it), an unknown video, an unknown track, or a duplicate of an
+  earlier row's video, track and uploader, each kind also warned of with its first row's line and ids; how
+  many extracted videos had no usable pair and how many tracks no pair names).
 
 A share of 0 leaves its split empty, and fewer than 3 videos with usable pairs leave val and test empty:
 built, with a warning.
@@ -61,7 +62,7 @@ from bgmrec.data.dataset import (
     sha256_file,
 )
 from bgmrec.data.negatives import sample_negatives
-from bgmrec.features.cache import TRACK_ID_COLUMNS, VIDEO_ID_COLUMNS, named_column, read_csv_lines
+from bgmrec.features.cache import TRACK_ID_COLUMNS, VIDEO_ID_COLUMNS, failed_inputs, named_column, read_csv_lines
 
 COLUMN_NAMES = {
     "video": VIDEO_ID_COLUMNS,
@@ -202,23 +203,37 @@ def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_
 def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[str, int], videos_dir: Path,
                 music_dir: Path, warn: Callable[[str], None] | None) -> tuple[list[int], dict[str, int]]:
     """The rows of ``pairs`` naming an extracted video and a catalogue track, and how many were dropped for
-    naming no extracted video or no catalogue track; ``warn`` is told of each kind, with its first line and id."""
+    naming a video or track whose extraction failed (its folder's ``failures.csv`` has its row), no other
+    extracted video, or no other catalogue track; ``warn`` is told of each kind, with its first line and id."""
+    failed_videos, failed_tracks = failed_inputs(videos_dir), failed_inputs(music_dir)
     keep = [i for i in range(len(pairs.video)) if pairs.video[i] in extracted and pairs.track[i] in tpos]
-    no_video = [i for i, v in enumerate(pairs.video) if v not in extracted]
-    no_track = [i for i, (v, t) in enumerate(zip(pairs.video, pairs.track, strict=True))
-                if v in extracted and t not in tpos]
+    missing_video = [i for i, v in enumerate(pairs.video) if v not in extracted]
+    missing_track = [i for i, (v, t) in enumerate(zip(pairs.video, pairs.track, strict=True))
+                     if v in extracted and t not in tpos]
+    kinds = {  # name in the provenance: (rows, what they name, their ids, the ids that exist, failed extractions)
+        "failed_video": ([i for i in missing_video if pairs.video[i] in failed_videos],
+                         f"a video whose extraction failed (see {Path(videos_dir) / 'failures.csv'})",
+                         pairs.video, extracted, failed_videos),
+        "unknown_video": ([i for i in missing_video if pairs.video[i] not in failed_videos],
+                          f"no extracted video (of {videos_dir})", pairs.video, extracted, {}),
+        "failed_track": ([i for i in missing_track if pairs.track[i] in failed_tracks],
+                         "an extracted video but a track whose extraction failed "
+                         f"(see {Path(music_dir) / 'failures.csv'})",
+                         pairs.track, tpos, failed_tracks),
+        "unknown_track": ([i for i in missing_track if pairs.track[i] not in failed_tracks],
+                          f"an extracted video but no catalogue track (of {music_dir})", pairs.track, tpos, {}),
+    }
     if warn is not None:
         n = len(pairs.video)
-        for rows_of, what, ids, known in ((no_video, f"no extracted video (of {videos_dir})", pairs.video, extracted),
-                                          (no_track, f"an extracted video but no catalogue track (of {music_dir})",
-                                           pairs.track, tpos)):
+        for rows_of, what, ids, known, failed in kinds.values():
             if rows_of:
                 first = ids[rows_of[0]]
                 stem = Path(first).stem
                 hint = f"; ids are file stems: {stem!r}, not {first!r}" if stem != first and stem in known else ""
+                why = f": {failed[first]}" if first in failed else ""
                 warn(f"{csv_path}: {len(rows_of)} of {n} row(s) name {what} and were not used "
-                     f"(e.g. line {pairs.lines[rows_of[0]]}: {first!r}{hint})")
-    return keep, {"unknown_video": len(no_video), "unknown_track": len(no_track)}
+                     f"(e.g. line {pairs.lines[rows_of[0]]}: {first!r}{why}{hint})")
+    return keep, {kind: len(rows_of) for kind, (rows_of, *_) in kinds.items()}
 
 
 def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,

@@ -149,6 +149,20 @@ def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
     write_csv_atomic(path, ["file", "reason"], [[f, one_line(r)] for f, r in failures])
 
 
+def failed_inputs(folder: Path) -> dict[str, str]:
+    """``{id: reason}`` of the inputs an extracted folder's ``failures.csv`` says were skipped (not those kept with
+    a note), each by its file stem (the id it would have had) and its file name as the row gives it; {} without
+    the file. Tells a typo in an id from an input whose extraction failed."""
+    path = Path(folder) / "failures.csv"
+    if not path.is_file():
+        return {}
+    failed = {}
+    for row in read_csv_utf8(path, ("file", "reason")):
+        if not row["reason"].startswith(KEPT):
+            failed[row["file"]] = failed[Path(row["file"]).stem] = row["reason"]
+    return failed
+
+
 def files_in(folder: Path, exclude: Path | None = None) -> list[Path]:
     """Non-hidden entries under ``folder`` (recursively) other than folders, in sorted order: regular files,
     and the FIFOs, devices, sockets and symbolic links to nothing that :func:`regular_file_size` refuses.
