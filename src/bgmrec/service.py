@@ -15,7 +15,8 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
 - ``POST /recommend/batch``: ``{"clips": [...], "top": k}``, one matrix product for all clips, the
   answers in order under ``results``;
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
-  as ``extract-videos`` does (needs the ``media`` extra; the encoders load on the first such request); a clip
+  as ``extract-videos`` does (needs the ``media`` extra; ``bgmrec serve`` loads the encoders at start-up,
+  ``--lazy-encoders`` on the first such request); a clip
   cut off after at least half its sample frames is ranked with its last decoded frame repeated, and its
   answer's ``warnings`` say so (``[]`` in every other answer).
   The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
@@ -108,11 +109,24 @@ class Batch(BaseModel):
     top: int = Field(10, ge=1, le=MAX_TOP, description="how many tracks per clip")
 
 
-def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = MAX_UPLOAD) -> FastAPI:
+def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = MAX_UPLOAD,
+               load_video_encoders: bool = False, warn: Callable[[str], None] | None = None) -> FastAPI:
     """The FastAPI application answering with ``recommender``; ``frames`` sampled per uploaded video, uploads
-    of at most ``max_upload`` bytes."""
+    of at most ``max_upload`` bytes. With ``load_video_encoders`` the frame and caption encoders are loaded
+    here, not on the first video upload; without the ``media`` extra a start-up warning (``warn``, and
+    ``/health``'s ``warnings``) says that video uploads get 501."""
     if max_upload < 1:
         raise ValueError(f"max_upload must be at least 1 byte, got {max_upload}")
+    encoders = _MediaEncoders(frames)
+    startup_warnings = list(recommender.warnings)
+    if load_video_encoders:
+        try:
+            encoders.load()
+        except ImportError as e:
+            startup_warnings.append(f"POST /recommend/video will answer 501: the encoders of uploaded videos need "
+                                    f"the media extra (pip install 'bgmrec[media]'): {e}")
+            if warn is not None:
+                warn(startup_warnings[-1])
     spec = recommender.model.spec
     personalised = getattr(recommender.model, "inference_mode", None) == "personalised"
     identity = served_by(recommender)
@@ -186,7 +200,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
                 "video_frames": frames,  # sampled from each uploaded video (/recommend/video)
                 "threads": torch.get_num_threads(),  # in this request's thread (bgmrec serve --threads)
-                "served_by": identity, "warnings": list(recommender.warnings)}
+                "served_by": identity, "warnings": startup_warnings}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> dict:
@@ -197,8 +211,6 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     def recommend_batch(body: Batch) -> dict:
         """The top tracks for each of many clips, in order."""
         return {"results": answer(body.clips, body.top, batch=True), "served_by": identity}
-
-    encoders = _MediaEncoders(frames)
 
     @app.post("/recommend/video", dependencies=[Depends(known_form_fields)])
     def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
@@ -415,12 +427,31 @@ def _vector(values: list[float], size: int, field: str) -> np.ndarray:
 
 
 class _MediaEncoders:
-    """The frame and caption encoders of ``extract-videos``, loaded on first use and shared by requests."""
+    """The frame and caption encoders of ``extract-videos``, loaded once (at start-up, or on the first upload) and
+    shared by requests."""
 
     def __init__(self, frames: int) -> None:
         self.frames = frames
         self._lock = threading.Lock()
         self._loaded = None
+
+    def load(self) -> None:
+        """Load both encoders' networks now (about 4 s), so that the first upload is answered as fast as the
+        others; ImportError without the ``media`` extra."""
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self):
+        import av  # noqa: F401  (decodes the uploads: missing, the server says so at start-up)
+
+        from bgmrec.features.text import TextEncoder
+        from bgmrec.features.video import FrameEncoder
+
+        if self._loaded is None:
+            frame_encoder, text_encoder = FrameEncoder(), TextEncoder()
+            frame_encoder.net(), text_encoder.model()
+            self._loaded = frame_encoder, text_encoder
+        return self._loaded
 
     def embed(self, path: Path, caption: str, name: str) -> ClipFeatures:
         """One uploaded clip's features; the media packages are imported here, on first use.
@@ -428,14 +459,12 @@ class _MediaEncoders:
         :class:`RequestError` (422) if the file is not a usable video; HTTP 501 if the media packages are missing.
         """
         from bgmrec.features.cache import MediaError
-        from bgmrec.features.text import TextEncoder
-        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
 
         with self._lock:
-            if self._loaded is None:
-                self._loaded = (FrameEncoder(), TextEncoder())
-            frame_encoder, text_encoder = self._loaded
             try:
+                from bgmrec.features.video import VideoConfig, embed_clip
+
+                frame_encoder, text_encoder = self._load_locked()
                 features = embed_clip(path, caption or None, frame_encoder, text_encoder,
                                       VideoConfig(frames=self.frames))
             except MediaError as e:

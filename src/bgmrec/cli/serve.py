@@ -51,6 +51,8 @@ def serve_cmd(
                                                          "torch's, the cores this one server process may use, or "
                                                          "OMP_NUM_THREADS); concurrent requests each use this "
                                                          "many, so fewer contend less under load"),
+    lazy_encoders: bool = typer.Option(False, "--lazy-encoders", help="load the video encoders on the first "
+                                                                      "video upload (about 4 s), not at start-up"),
 ) -> None:
     """Serve "music for this video" over HTTP: POST /recommend, /recommend/batch, /recommend/video; GET /health."""
     try:
@@ -81,5 +83,6 @@ def serve_cmd(
         frames = frames_to_sample(model, VideoConfig.frames)
     recommender = ClipRecommender(model, open_catalog(catalog), index, warn=warn_on_stderr, frames=frames,
                                   ef_search=ef_search, threads=threads)
-    uvicorn.run(create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20)), host=host, port=port,
-                log_level="info")
+    app = create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20), load_video_encoders=not lazy_encoders,
+                     warn=warn_on_stderr)
+    uvicorn.run(app, host=host, port=port, log_level="info")
