@@ -116,6 +116,19 @@ def _manifest_edit(root, key, value):
     (root / "manifest.json").write_text(json.dumps(man))
 
 
+def _rows_swapped_after_extraction(root, name):
+    """Record the hash of ``root``'s arrays in its manifest, as the extractors do, then swap two rows of ``name``
+    (a file changed, or another copy's, with the same shape)."""
+    from bgmrec.features.cache import arrays_sha256
+
+    files = ("music.npy",) if name == "music.npy" else ("visual.npy", "text.npy", "text_mask.npy")
+    arrays = {f: np.load(root / f) for f in files}
+    arrays[name] = np.arange(arrays[name].size, dtype=np.float32).reshape(arrays[name].shape)
+    np.save(root / name, arrays[name])
+    _manifest_edit(root, "content_hash", arrays_sha256(*arrays.values()))
+    np.save(root / name, arrays[name][[1, 0, 2]])
+
+
 # name -> (folder kind, damage, words the error must contain): arrays and manifests, not only the CSVs
 DAMAGED = {
     "music as text": ("catalog", lambda r: np.save(r / "music.npy", np.full((3, 5), "1.5")),
@@ -133,6 +146,17 @@ DAMAGED = {
     "track id twice": ("catalog", lambda r: _manifest_edit(r, "ids", ["t0", "t1", "t0"]) or (
         r / "tracks.csv").write_text(TRACKS_HEADER + "t0,A,,pop,a.wav,\nt1,B,,pop,b.wav,\nt0,C,,pop,c.wav,\n",
                                      encoding="utf-8"), "c/tracks.csv: id 't0' is on two rows"),
+    "music rows swapped": ("catalog", lambda r: _rows_swapped_after_extraction(r, "music.npy"),
+                           "c/music.npy: not the content manifest.json records (content_hash "),
+    "track count edited": ("catalog", lambda r: _manifest_edit(r, "counts", {"tracks": 999}),
+                           "c/manifest.json: counts.tracks is 999, but the folder holds 3 rows"),
+    "no tracks": ("catalog", lambda r: np.save(r / "music.npy", np.zeros((0, 5), np.float32)) or _manifest_edit(
+        r, "ids", []) or (r / "tracks.csv").write_text(TRACKS_HEADER, encoding="utf-8"),
+                  "c/tracks.csv: no tracks; a catalogue needs at least one"),
+    "visual rows swapped": ("videos", lambda r: _rows_swapped_after_extraction(r, "visual.npy"),
+                            "v/visual.npy, text.npy and text_mask.npy: not the content manifest.json records"),
+    "video count edited": ("videos", lambda r: _manifest_edit(r, "counts", {"videos": 2}),
+                           "v/manifest.json: counts.videos is 2, but the folder holds 3 rows"),
     "visual NaN": ("videos", lambda r: np.save(r / "visual.npy", np.full((3, 1280), np.nan, np.float32)),
                    "v/visual.npy: expected finite values (row [0] has NaN or inf)"),
     "visual too narrow": ("videos", lambda r: np.save(r / "visual.npy", np.zeros((3, 7), np.float32)),

@@ -259,6 +259,26 @@ def test_non_utf8_metadata_is_a_clear_error(tmp_path, music_dir):
         extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
 
 
+def test_extracting_only_new_tracks_into_a_catalogue_says_which_it_removes(tmp_path, music_dir):
+    # an app audit extracted the day's new songs into its 28-track catalogue: "wrote 4 tracks", nothing more
+    import shutil
+
+    cat = tmp_path / "cat"
+    assert extract_music(music_dir, cat, extractor=Counting(), progress=False).warnings == []
+    again = extract_music(music_dir, cat, extractor=Counting(), progress=False)  # the same tracks: nothing to say
+    assert again.warnings == [] and again.cached == 5
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(music_dir / "track1.mp3", new / "track1.mp3")
+    mf.write_audio(new / "track9.wav", mf.chord([300.0, 375.0], 1.5))
+    report = extract_music(new, cat, extractor=Counting(), progress=False)
+    assert report.warnings == [
+        f"{cat}: 4 of the 5 track(s) it held are not in this extraction of {new} (e.g. 'track0') and were removed: "
+        "the folder holds the tracks of its last extraction only; extract the whole collection to keep them "
+        "(vectors computed before come from the cache)"]
+    assert load_catalog(cat).ids == ["track1", "track9"]
+
+
 def test_load_catalog_checks_the_folder(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         load_catalog(tmp_path / "nope")

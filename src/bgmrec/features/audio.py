@@ -37,7 +37,6 @@ giving no genre at all are each named in a warning.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -62,10 +61,13 @@ from bgmrec.features.cache import (
     ExtractReport,
     FeatureCache,
     MediaError,
+    arrays_sha256,
     av_version,
     check_input_folder,
+    check_manifest_content,
     check_output_folder,
     first_missing,
+    left_out_warning,
     media_keys,
     named_column,
     nothing_extracted,
@@ -529,6 +531,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in media_keys(t, p, audio_dir)],
                                  f"track file in {audio_dir}") if meta else None
     uncovered = meta_coverage_warnings(Path(meta), metadata, kept, audio_dir) if meta else []
+    left_out = left_out_warning(out, [r[0] for r in rows], "track", audio_dir)
     manifest = {
         "kind": CATALOG_KIND,
         "extractors": {"opensmile": {"feature_set": config.opensmile_set, "level": "functionals",
@@ -540,19 +543,15 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "feature_names": feature_names,
         "ids": [r[0] for r in rows],
         "counts": {"tracks": len(rows), "failures": len(failures), "inputs": len(rows) + len(failures)},
-        "content_hash": array_sha256(music),
+        "content_hash": arrays_sha256(music),
     }
     write_files_together(out, {  # all or nothing: a failed write leaves an earlier catalogue as it was
         "music.npy": lambda tmp: save_npy_atomic(tmp, music),
         "tracks.csv": lambda tmp: write_csv_atomic(tmp, ["id", "title", "artist", "genre", "file", "sha256"], rows),
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
-    return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures, [w for w in [unused] if w] + uncovered)
-
-
-def array_sha256(arr: np.ndarray) -> str:
-    """SHA-256 of an array's bytes in C order: a catalogue manifest's ``content_hash`` of its music features."""
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+    return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures,
+                         [w for w in [unused] if w] + uncovered + [w for w in [left_out] if w])
 
 
 def load_catalog(root: Path) -> Catalog:
@@ -566,6 +565,9 @@ def load_catalog(root: Path) -> Catalog:
                            f"found {list(feats.shape)}")
     dim = man.get("dim")
     check_float_matrix(feats, (len(rows), dim if isinstance(dim, int) else None), str(root), "music.npy")
+    if not rows:
+        raise DatasetError(f"{root}/tracks.csv: no tracks; a catalogue needs at least one")
+    check_manifest_content(root, man, "music.npy", (feats,), "tracks", len(rows))
     ids = [r["id"] for r in rows]
     if man.get("ids") is not None and man["ids"] != ids:
         raise DatasetError(f"{root}/tracks.csv: ids differ from the id order in manifest.json")

@@ -400,6 +400,25 @@ def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = 
                            "refusing to write into it (choose another output folder or empty this one)")
 
 
+def left_out_warning(out: Path, ids: list[str], what: str, source: Path) -> str | None:
+    """A warning line when the folder ``out`` already holds inputs (its manifest's ``ids``) that the extraction
+    about to replace it, of ``ids``, leaves out; None otherwise. A folder holds the inputs of its last extraction
+    only: extracting just the new files of a growing catalogue into it dropped the earlier ones without a word."""
+    try:
+        before = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8")).get("ids")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(before, list):
+        return None
+    now = set(ids)
+    gone = [i for i in before if i not in now]
+    if not gone:
+        return None
+    return (f"{out}: {len(gone)} of the {len(before)} {what}(s) it held are not in this extraction of {source} "
+            f"(e.g. {gone[0]!r}) and were removed: the folder holds the {what}s of its last extraction only; "
+            "extract the whole collection to keep them (vectors computed before come from the cache)")
+
+
 def first_missing(path: Path) -> Path | None:
     """The top-most folder that creating ``path`` would add (``path`` itself or a missing parent), or None
     when it exists: what to remove to leave the disk as it was."""
@@ -425,6 +444,33 @@ def nothing_extracted(what: str, folder: Path, out: Path, failures: list[tuple[s
     more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
     return DatasetError(f"{folder}: no {what} could be extracted ({len(failures)} file(s) failed: {shown}{more}); "
                         f"nothing written to {out}")
+
+
+def arrays_sha256(*arrays: np.ndarray) -> str:
+    """SHA-256 of arrays' bytes in C order, one after the other: an extracted folder's ``content_hash``."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def check_manifest_content(root: Path, manifest: dict, files: str, arrays: tuple[np.ndarray, ...], count_key: str,
+                           count: int) -> None:
+    """Refuse an extracted folder whose arrays (the files ``files`` names) are not those its ``manifest.json``
+    records (``content_hash``), or whose row count differs from the manifest's ``counts[count_key]``: a file
+    changed, swapped or copied in part since extraction, whose rows would be served as other inputs' (the hash
+    and the count are checked when the manifest has them; hand-made folders may leave them out)."""
+    from bgmrec.data.dataset import DatasetError
+
+    recorded = (manifest.get("counts") or {}).get(count_key)
+    if recorded is not None and recorded != count:
+        raise DatasetError(f"{root}/manifest.json: counts.{count_key} is {recorded}, but the folder holds {count} "
+                           "rows; it was changed since it was extracted: extract it again")
+    recorded = manifest.get("content_hash")
+    if recorded is not None and recorded != (found := arrays_sha256(*arrays)):
+        raise DatasetError(f"{root}/{files}: not the content manifest.json records (content_hash {recorded[:12]}..., "
+                           f"found {found[:12]}...): changed, or copied in part, since it was extracted; extract "
+                           "it again")
 
 
 def read_manifest(root: Path, kind: str, what: str) -> dict:

@@ -81,7 +81,8 @@ def open_catalog(root: Path) -> Catalog:
     with their features, ids, titles, artists and genre names when ``root`` is a dataset folder. The latter's
     manifest has what an extracted catalogue's has for answers and checks: the ``content_hash`` of its
     features and, for a dataset made by ``build-dataset``, the ``settings`` its music was extracted with."""
-    from bgmrec.features.audio import array_sha256, load_catalog
+    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.cache import arrays_sha256
 
     ds = _dataset_at(root)
     if ds is None:
@@ -89,7 +90,7 @@ def open_catalog(root: Path) -> Catalog:
     m = ds.n_tracks
     music = np.asarray(ds.music, np.float32)
     settings = (ds.provenance.get("settings") or {}).get("music")
-    manifest = {"dataset": str(root), "content_hash": array_sha256(music),
+    manifest = {"dataset": str(root), "content_hash": arrays_sha256(music),
                 **({"settings": settings} if isinstance(settings, dict) else {})}
     return Catalog(list(ds.track_ids), list(ds.track_title), list(ds.track_artist),
                    [ds.genres[g] for g in ds.track_genre], [""] * m, [""] * m, music, manifest, Path(root))

@@ -36,7 +36,6 @@ two rows is an error naming both lines; rows naming no video file are counted in
 from __future__ import annotations
 
 import csv
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,12 +59,15 @@ from bgmrec.features.cache import (
     ExtractReport,
     FeatureCache,
     MediaError,
+    arrays_sha256,
     av_version,
     check_csv_file,
     check_input_folder,
+    check_manifest_content,
     check_output_folder,
     csv_records,
     first_missing,
+    left_out_warning,
     media_keys,
     named_column,
     nothing_extracted,
@@ -540,9 +542,6 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     vis = np.stack([visual[v] for v, _ in kept]).astype(np.float32)
 
     rows = [[v, str(p.relative_to(video_dir)), c] for (v, p), c in zip(kept, captions_of, strict=True)]
-    h = hashlib.sha256()
-    for a in (vis, text_vecs, text_mask):
-        h.update(np.ascontiguousarray(a).tobytes())
     manifest = {
         "kind": VIDEOS_KIND,
         "extractors": {"visual": frames.settings, "text": text.settings,
@@ -552,8 +551,9 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "ids": [v for v, _ in kept],
         "counts": {"videos": len(kept), "with_text": int(text_mask.sum()),
                    "failed": sum(1 for _, r in failures if not r.startswith(KEPT))},
-        "content_hash": h.hexdigest(),
+        "content_hash": arrays_sha256(vis, text_vecs, text_mask),
     }
+    left_out = left_out_warning(out, manifest["ids"], "video", video_dir)
     write_files_together(out, {  # all or nothing: a failed write leaves an earlier videos folder as it was
         "visual.npy": lambda tmp: save_npy_atomic(tmp, vis),
         "text.npy": lambda tmp: save_npy_atomic(tmp, text_vecs),
@@ -562,7 +562,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
-                              [w for w in [unused] if w])
+                         [w for w in [unused, left_out] if w])
 
 
 def load_video_features(root: Path) -> VideoFeatures:
@@ -583,6 +583,8 @@ def load_video_features(root: Path) -> VideoFeatures:
                 raise DatasetError(f"{root}/{name}: expected a bool array, found {arr.dtype}")
         else:
             check_float_matrix(arr, shape, str(root), name)
+    check_manifest_content(root, man, "visual.npy, text.npy and text_mask.npy",
+                           tuple(arrays[name] for name in ("visual.npy", "text.npy", "text_mask.npy")), "videos", n)
     ids = [r["id"] for r in rows]
     if man.get("ids") is not None and man["ids"] != ids:
         raise DatasetError(f"{root}/videos.csv: ids differ from the id order in manifest.json")
