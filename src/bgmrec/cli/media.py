@@ -62,8 +62,9 @@ def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failu
 @app.command("extract-music")
 def extract_music_cmd(
     audio_dir: Path = typer.Argument(..., help="folder of tracks: wav, mp3, ogg, flac, m4a (recursive)"),
-    out: Path = typer.Option(..., help="catalogue folder to write (music.npy, tracks.csv, manifest.json)"),
-    meta: Path | None = typer.Option(None, help="CSV with id (or file) and title, artist, genre"),
+    out: Path = typer.Option(..., help="catalogue folder to write (music.npy, tracks.csv, manifest.json, "
+                                       "failures.csv)"),
+    meta: Path | None = typer.Option(None, help="CSV with id (or track_id, or file) and title, artist, genre"),
     workers: int = typer.Option(2, help="processes analysing tracks in parallel"),
     seconds: float = typer.Option(60.0, help="analyse only the first this many seconds of each track"),
     sample_rate: int = typer.Option(22050, help="tracks are resampled to this rate (Hz, 16000 to 96000), mono"),
@@ -83,8 +84,9 @@ def extract_music_cmd(
 @app.command("extract-videos")
 def extract_videos_cmd(
     video_dir: Path = typer.Argument(..., help="folder of videos (mp4, mov, m4v, mkv, webm, avi)"),
-    out: Path = typer.Option(..., help="folder to write (visual.npy, text.npy, text_mask.npy, videos.csv)"),
-    captions: Path | None = typer.Option(None, help="CSV with id (or file), caption[, hashtags]"),
+    out: Path = typer.Option(..., help="folder to write (visual.npy, text.npy, text_mask.npy, videos.csv, "
+                                       "manifest.json, failures.csv)"),
+    captions: Path | None = typer.Option(None, help="CSV with id (or video_id, or file), caption[, hashtags]"),
     frames: int = typer.Option(8, help="frames sampled evenly over each clip"),
     threads: int = typer.Option(2, help="frames embedded in parallel (one torch thread each)"),
     cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache)"),
