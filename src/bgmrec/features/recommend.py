@@ -40,7 +40,9 @@ from bgmrec.models.base import (
     Recommender,
     VideoQuery,
     check_embedding_widths,
+    genre_positions,
     read_run_record,
+    unknown_genres_note,
 )
 
 
@@ -153,19 +155,10 @@ def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatal
         raise DatasetError(f"{catalog.root}: tracks have {catalog.dim} features, but the model was "
                            f"trained on music features of dimension {spec.music}; extract the catalogue with "
                            f"the extractor the training data used")
-    names = list(spec.genres)
-    fallback = names.index("unknown") if "unknown" in names else 0
-    ids, unseen = [], 0
-    for g in catalog.genre:
-        g = g.strip() or "unknown"
-        if g in names:
-            ids.append(names.index(g))
-        else:
-            ids.append(fallback)
-            unseen += 1
-    if unseen and warn is not None:
-        warn(f"{unseen} track(s) have a genre the model does not know; treated as "
-             f"{names[fallback] if names else 'genre 0'!r}")
+    ids, unknown = genre_positions(catalog.genre, spec.genres)
+    if unknown and warn is not None:
+        first = next(t for t, g in zip(catalog.ids, catalog.genre, strict=True) if (g.strip() or "unknown") in unknown)
+        warn(f"{len(unknown)} track(s) (e.g. {first!r}) {unknown_genres_note(unknown, spec.genres)}")
     return MusicCatalog(np.asarray(catalog.features, np.float32), np.asarray(ids, np.int64))
 
 

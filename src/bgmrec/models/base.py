@@ -16,6 +16,7 @@ import numbers
 import os
 import types
 import typing
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,6 +41,7 @@ class VideoQuery:
     confounder: np.ndarray | None = None  # float32 [n, G] the uploader's genre preferences, if known
     index: np.ndarray | None = None  # int64 [n] dataset video indices (only the oracle uses them)
     split: str | None = None  # the split the queries come from (only the oracle uses it)
+    genres: tuple[str, ...] | None = None  # the names of confounder's columns (None: the model's genres, in order)
 
     def __post_init__(self) -> None:
         """Arrays as the fields say (float32, bool, int64; lists and float64 are converted), else a ValueError
@@ -68,7 +70,7 @@ class VideoQuery:
             return None if a is None else a[rows]
 
         return VideoQuery(self.visual[rows], self.text[rows], self.text_mask[rows], pick(self.confounder),
-                          pick(self.index), self.split)
+                          pick(self.index), self.split, self.genres)
 
     @classmethod
     def from_dataset(cls, ds: Dataset, videos: np.ndarray, uploaders: np.ndarray | None = None,
@@ -86,6 +88,7 @@ class VideoQuery:
             confounder=None if uploaders is None else ds.confounder(uploaders),
             index=videos,
             split=split,
+            genres=None if uploaders is None else tuple(ds.genres),
         )
 
 
@@ -153,17 +156,44 @@ class FeatureSpec:
         if q.confounder is not None:
             check_confounder(q.confounder, len(self.genres), source)
 
-    def check_music(self, c: MusicCatalog, source: str | None = None, genre_ids: bool = True) -> None:
-        """Refuse a catalogue of other feature width; with ``genre_ids``, also one naming its genre ids otherwise."""
+    def videos_in_model_genres(self, q: VideoQuery) -> VideoQuery:
+        """``q`` with its uploaders' taste over this spec's genres, its columns matched by name
+        (:func:`taste_in_model_genres`), when ``q.genres`` names them otherwise; a
+        :class:`GenreMappingWarning` says what had no counterpart."""
+        if q.confounder is None or q.genres is None or tuple(q.genres) == self.genres:
+            return q
+        if q.confounder.ndim != 2 or q.confounder.shape[1] != len(q.genres):
+            raise DatasetError(f"confounder: expected shape [n, {len(q.genres)}] (one column per genre of "
+                               f"VideoQuery.genres), found {list(q.confounder.shape)}")
+        taste, note = taste_in_model_genres(q.confounder, q.genres, self.genres)
+        if note:
+            warnings.warn(note, GenreMappingWarning, stacklevel=2)
+        return dataclasses.replace(q, confounder=taste, genres=self.genres)
+
+    def music_in_model_genres(self, c: MusicCatalog, warn: bool = True) -> MusicCatalog:
+        """``c`` with its genre ids in this spec's genres, matched by name (:func:`genre_positions`), when
+        ``c.genres`` names them otherwise (a dataset built with a genre more or less than the training data's);
+        with ``warn``, a :class:`GenreMappingWarning` names the tracks' genres the model does not know."""
+        if c.genres is None or tuple(c.genres) == self.genres:
+            return c
+        genre = np.asarray(c.genre, np.int64)
+        if genre.size and (genre.min() < 0 or genre.max() >= len(c.genres)):
+            raise DatasetError(f"music genres: ids must be in [0, {len(c.genres)}) (MusicCatalog.genres), found "
+                               f"{int(genre.min())}..{int(genre.max())}")
+        positions, unknown = genre_positions(c.genres, self.genres)
+        used = [g for i, g in enumerate(c.genres) if g in unknown and (genre == i).any()]
+        if used and warn:
+            warnings.warn(f"{int(np.isin(genre, [c.genres.index(g) for g in used]).sum())} of {len(genre)} "
+                          f"track(s) {unknown_genres_note(used, self.genres)}", GenreMappingWarning, stacklevel=2)
+        return dataclasses.replace(c, genre=positions[genre], genres=self.genres)
+
+    def check_music(self, c: MusicCatalog, source: str | None = None) -> None:
+        """Refuse a catalogue of other feature width (its genres: :meth:`music_in_model_genres`)."""
         if c.features.ndim != 2 or c.features.shape[1] != self.music:
             raise DatasetError(f"music features: expected shape [M, {self.music}], found {list(c.features.shape)}"
                                + _recorded_in(source))
         if not np.isfinite(c.features).all():
             raise DatasetError("music features: contain NaN or inf")
-        if genre_ids and c.genres is not None and tuple(c.genres) != self.genres:
-            raise DatasetError(f"music genres: the data lists {list(c.genres)}, the model was trained on "
-                               f"{list(self.genres)}{_recorded_in(source)}; genre ids would mean other genres "
-                               "(the names and their order must match)")
 
 
 def check_confounder(confounder: np.ndarray, genres: int, source: str | None = None) -> None:
@@ -182,6 +212,57 @@ def check_confounder(confounder: np.ndarray, genres: int, source: str | None = N
                            f"summing to 1): {np.array2string(c[i], precision=4, threshold=12)}, summing to "
                            f"{sums[i]:.6g}; scale each row to sum to 1 (bgmrec.features.recommend.normalised_taste "
                            "does, for non-negative weights)")
+
+
+class GenreMappingWarning(UserWarning):
+    """Data whose genres are not the model's (another dataset's list, or a catalogue's names): mapped by name, and
+    a genre the model was not trained on is treated as its ``unknown`` genre, else as its first."""
+
+
+MIN_TASTE = 1e-6  # an uploader's share of a model genre no genre of the data maps to (log c must stay finite)
+
+
+def genre_positions(names, model_genres) -> tuple[np.ndarray, list[str]]:
+    """The position of each of ``names`` among ``model_genres`` (a blank name: "unknown"), and the names the
+    model does not know, which go to its "unknown" genre if it has one, else to its genre 0."""
+    model_genres = list(model_genres)
+    fallback = model_genres.index("unknown") if "unknown" in model_genres else 0
+    positions, unknown = [], []
+    for name in names:
+        name = name.strip() or "unknown"
+        if name in model_genres:
+            positions.append(model_genres.index(name))
+        else:
+            positions.append(fallback)
+            unknown.append(name)
+    return np.asarray(positions, np.int64), unknown
+
+
+def unknown_genres_note(unknown: list[str], model_genres) -> str:
+    """"have genre(s) ... the model was not trained on ...; treated as its genre ..." for a warning, naming the
+    names that differ from one of the model's only in case."""
+    model_genres = list(model_genres)
+    by_case = {g.lower(): g for g in model_genres}
+    named = ", ".join(repr(g) + (f" (the model's {by_case[g.lower()]!r} differs only in case)"
+                                 if g.lower() in by_case else "") for g in dict.fromkeys(unknown))
+    fallback = model_genres[int(genre_positions(["unknown"], model_genres)[0][0])] if model_genres else "genre 0"
+    return (f"have genre(s) the model was not trained on: {named}; treated as its genre {fallback!r} "
+            f"(its genres: {', '.join(model_genres)})")
+
+
+def taste_in_model_genres(taste: np.ndarray, names, model_genres) -> tuple[np.ndarray, str]:
+    """Uploaders' genre preferences [n, len(names)] as preferences over ``model_genres`` [n, G]: each column's
+    share added to the model genre of its name (:func:`genre_positions`), a model genre that no column maps to
+    given :data:`MIN_TASTE`, rows renormalised; and a note of what had no counterpart ("" when nothing)."""
+    positions, unknown = genre_positions(names, model_genres)
+    out = np.zeros((len(taste), len(model_genres)), np.float64)
+    np.add.at(out.T, positions, np.asarray(taste, np.float64).T)
+    out = np.maximum(out, MIN_TASTE)
+    absent = [g for j, g in enumerate(model_genres) if j not in set(positions.tolist())]
+    note = "; ".join(([f"the uploaders' tastes {unknown_genres_note(unknown, model_genres)}"] if unknown else [])
+                     + ([f"no genre of the data is the model's {', '.join(map(repr, absent))}: the uploaders' "
+                         "tastes give it almost nothing"] if absent else []))
+    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32), note
 
 
 def _recorded_in(source: str | None) -> str:
@@ -243,7 +324,8 @@ class Recommender(ABC):
     #: True when the model is trained with a frozen teacher (DecCM); the factory attaches it
     uses_teacher: ClassVar[bool] = False
     inference_mode: str | None = None
-    #: True when scores depend on the catalogue's genre ids: then its genre names must be the spec's
+    #: True when scores depend on the catalogue's genre ids: tracks of a genre the model was not trained on are
+    #: then warned of (:class:`GenreMappingWarning`)
     reads_genre: bool = True
     #: True once ``fit`` has returned (every subclass's, see ``__init_subclass__``) or :func:`load_model` loaded it
     fitted: bool = False
@@ -342,13 +424,17 @@ class Recommender(ABC):
         ...
 
     def encode_videos(self, q: VideoQuery) -> np.ndarray:
-        """Video embeddings [n, d] (float32, finite); ``score`` is their inner product with music embeddings."""
+        """Video embeddings [n, d] (float32, finite); ``score`` is their inner product with music embeddings.
+        Uploaders' tastes over other genres (``q.genres``) are mapped to the model's by name."""
+        q = self.spec.videos_in_model_genres(q)
         self.spec.check_videos(q, self.source)
         return self._finite("encode_videos", self._encode_videos(q))
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
-        """Music embeddings [M, d] (float32, finite)."""
-        self.spec.check_music(c, self.source, self.reads_genre)
+        """Music embeddings [M, d] (float32, finite). Genre ids of other genres (``c.genres``) are mapped to the
+        model's by name."""
+        c = self.spec.music_in_model_genres(c, warn=self.reads_genre)
+        self.spec.check_music(c, self.source)
         return self._finite("encode_music", self._encode_music(c))
 
     def _finite(self, method: str, embeddings: np.ndarray) -> np.ndarray:

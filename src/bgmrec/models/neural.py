@@ -263,7 +263,7 @@ class TorchRecommender(Recommender):
     def music_distance_from_training(self, c: MusicCatalog) -> np.ndarray:
         """The largest |standardised feature| of each track, by the input standardisation fitted on the
         training tracks (:class:`InputNorms`)."""
-        self.spec.check_music(c, self.source, self.reads_genre)
+        self.spec.check_music(c, self.source)
         with torch.no_grad():
             z = self.module.norms.music(torch.from_numpy(np.array(c.features, np.float32)))  # a copy: writable
         return z.abs().amax(dim=1).numpy().astype(np.float64) if len(z) else np.zeros(0)
