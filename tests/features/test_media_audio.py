@@ -279,6 +279,20 @@ def test_extracting_only_new_tracks_into_a_catalogue_says_which_it_removes(tmp_p
     assert load_catalog(cat).ids == ["track1", "track9"]
 
 
+def test_metadata_finds_a_file_whose_name_is_written_decomposed(tmp_path):
+    # macOS writes file names decomposed ("e" + a combining accent); a CSV typed by hand has "é": the track lost
+    # its title and genre, with two warnings naming what looked like the same id
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    mf.write_audio(songs / "Beyonce\u0301_halo.wav", mf.chord([220.0, 275.0], 1.5))
+    meta = tmp_path / "meta.csv"
+    meta.write_text("id,title,genre\nBeyonc\u00e9_halo,Halo,pop\n", encoding="utf-8")
+    report = extract_music(songs, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
+    assert report.warnings == []
+    cat = load_catalog(tmp_path / "cat")
+    assert (cat.title, cat.genre) == (["Halo"], ["pop"])
+
+
 def test_load_catalog_checks_the_folder(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         load_catalog(tmp_path / "nope")

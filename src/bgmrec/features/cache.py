@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import stat
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,7 +345,7 @@ def rows_by_key(path: Path, rows: Iterable[tuple[int, list[str], object]]) -> di
 
     out: dict[str, tuple[int, object]] = {}
     for line, keys, value in rows:
-        for key in dict.fromkeys(keys):  # a row whose id and file agree names its input once
+        for key in dict.fromkeys(map(same_text, keys)):  # a row whose id and file agree names its input once
             if key in out:
                 raise DatasetError(f"{path}: line {line}: duplicate id {key!r} (also on line {out[key][0]}); "
                                    "expected one row per input")
@@ -352,11 +353,17 @@ def rows_by_key(path: Path, rows: Iterable[tuple[int, list[str], object]]) -> di
     return out
 
 
+def same_text(key: str) -> str:
+    """``key`` in Unicode's composed form (NFC), so that a name typed as "é" and a file name stored as "e" and a
+    combining accent (macOS writes file names decomposed) are one key."""
+    return unicodedata.normalize("NFC", key)
+
+
 def media_keys(item_id: str, path: Path, folder: Path) -> tuple[str, str, str]:
     """The keys by which a row of a metadata or captions CSV names a media file of ``folder``: its id (the
     file stem), its file name, and its path relative to ``folder`` (``rock/a.wav``, as ``tracks.csv`` and
-    ``videos.csv`` write it)."""
-    return item_id, path.name, path.relative_to(folder).as_posix()
+    ``videos.csv`` write it); each as :func:`same_text`, as :func:`rows_by_key` keys the rows."""
+    return same_text(item_id), same_text(path.name), same_text(path.relative_to(folder).as_posix())
 
 
 def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], used: Iterable[str],
