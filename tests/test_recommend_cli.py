@@ -84,6 +84,22 @@ def test_from_precomputed_features_matches_the_file(world, capsys):
     assert np.allclose([t["score"] for t in pre["tracks"]], [t["score"] for t in raw["tracks"]], rtol=1e-4)
 
 
+def test_recommend_excludes_tracks_and_keeps_genres_as_the_service_does(world, capsys):
+    # the HTTP service took exclude and genres, the command line neither ("No such option: --genres")
+    base = ["--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features", str(world / "vf"),
+            "--video-id", "clip05"]
+    every = [t["id"] for t in recommend_json(capsys, base)["tracks"]]
+    fewer = recommend_json(capsys, [*base, "--exclude", every[0], "--exclude", every[2]])
+    assert [t["id"] for t in fewer["tracks"]] == [every[1], *every[3:]]
+    rock_jazz = recommend_json(capsys, [*base, "--genre", "rock", "--genre", "jazz"])
+    assert [t["id"] for t in rock_jazz["tracks"]] == [
+        t for t in every if GENRES[int(t.removeprefix("song"))] in ("rock", "jazz")]
+    assert main(["recommend", *base, "--exclude", "nosuch"]) == 2
+    assert one_line_err(capsys).startswith("error: exclude: no track 'nosuch' in the catalogue ")
+    assert main(["recommend", *base, "--genre", "polka"]) == 2
+    assert "genres: " in one_line_err(capsys)
+
+
 def test_table_output_and_cmvae_modality_share(world, capsys):
     assert main(["train", "--data", str(world / "data"), "--model", "cmvae", "--out", str(world / "cmvae"),
                  "--epochs", "1"]) == 0

@@ -177,6 +177,10 @@ def recommend_cmd(
                                                     "folder) instead of a file: its video --video-id"),
     video_id: str | None = typer.Option(None, help="id of the clip in --features (a row of its videos.csv)"),
     top: int = typer.Option(10, min=1, help="how many tracks"),
+    exclude: list[str] = typer.Option([], help="a track id never to return (repeat the option for several), "
+                                               "as POST /recommend's exclude"),
+    genre: list[str] = typer.Option([], help="return only tracks of this catalogue genre (repeat the option for "
+                                             "several; default: every genre), as POST /recommend's genres"),
     frames: int | None = typer.Option(None, min=1, help="frames sampled from --video (default: as the model's "
                                                         "training videos were, else extract-videos' 8)"),
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
@@ -235,7 +239,7 @@ def recommend_cmd(
         label = video
     with warnings.catch_warnings():  # every mismatch, each shown as "warning: ..." (cli.app's every_command)
         warnings.simplefilter("always", FeatureMismatchWarning)
-        result = recommend_clip(model, cat, clip, top, frames)
+        result = recommend_clip(model, cat, clip, top, frames, exclude, genre or None)
     for msg in clip.warnings:  # the clip's own (its frames repeated), shown as the mismatches are
         warn_on_stderr(f"{label}: {msg}")
     if changed is not None:  # the JSON says all that stderr said

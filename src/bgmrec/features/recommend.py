@@ -390,16 +390,18 @@ SETTINGS_NOT_IN_FEATURES = ("min_seconds", "threads", "silent_below_dbfs")  # ex
 
 
 def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: int = 10,
-                   frames: int | None = None) -> dict:
+                   frames: int | None = None, exclude: list[str] | None = None,
+                   genres: list[str] | None = None) -> dict:
     """Top-``k`` tracks of ``catalog`` for one clip, its modality share and warnings (the ``--json`` object);
-    ``frames``: those the clip was sampled at, when it came from a video file. Catalogue genres the model
+    ``frames``: those the clip was sampled at, when it came from a video file; ``exclude``: track ids never to
+    return; ``genres``: the catalogue genres to return tracks of (None: every genre). Catalogue genres the model
     does not know and feature settings other than its training data's are told with
     :class:`FeatureMismatchWarning`, and lead the answer's ``warnings``, before the clip's own."""
     said: list[str] = []
     recommender = ClipRecommender(model, catalog, warn=said.append, frames=frames)
     for msg in said:  # warned from here, so that each points at the caller's line
         warnings.warn(msg, FeatureMismatchWarning, stacklevel=2)
-    answer = recommender.recommend([clip], k)[0]
+    answer = recommender.recommend([clip], k, [list(exclude or [])], genres=[genres])[0]
     return {**answer, "warnings": [*said, *answer["warnings"]]}
 
 
