@@ -264,6 +264,61 @@ def test_val_or_test_videos_also_in_train_are_warned_of(tmp_path):
     assert any(n.startswith("warning: val: 1 of 20 rows have videos that are in") for n in rep.notes), rep.notes
 
 
+def test_copies_and_leftovers_in_the_negatives_folder_are_named(tmp_path):
+    # a stray copy of val.npy became a test split and a test file holding val's rows imported without a word;
+    # macOS's "._val.npy" beside an unzipped val.npy refused the whole import
+    src = build_reference(tmp_path / "ref")
+    neg = src / "data_matching/100neg"
+    shutil.copy(neg / "val.npy", neg / "val_old.npy")
+    (neg / "._val.npy").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    ds, _, rep = read_tt150k(src)
+    assert "._val" not in ds.splits and ds.split_info["val_old"].role == "test"
+    assert "data_matching/100neg: hidden file(s) skipped: ._val.npy" in rep.notes
+    assert ("val_old: imported as an evaluation split of its own (role test), as is every .npy of data_matching/"
+            "100neg but val and test") in rep.notes
+    video, music = (int(x) for x in ds.splits["val"][0, :2])
+    assert (f"warning: 20 of the 20 rows of val_old are rows of val too (e.g. video {video}, music {music}): the "
+            "same queries in two evaluation splits") in rep.notes
+    val = np.load(neg / "val.npy", allow_pickle=True)
+    test = np.load(neg / "test.npy", allow_pickle=True)
+    np.save(neg / "test.npy", np.concatenate([test[:19], test[:1]]), allow_pickle=True)  # a row twice
+    (neg / "val_old.npy").unlink()
+    _, _, rep = read_tt150k(src)
+    assert [n for n in rep.notes if "repeat an earlier row" in n] == [
+        "warning: test: 1 of 20 rows repeat an earlier row's video and music (kept: such a query counts once per "
+        "listing)"]
+    assert len(val) == 20 and not [n for n in rep.notes if "rows of val too" in n]
+
+
+def test_pgc_music_normalised_otherwise_and_empty_teacher_data_are_named(tmp_path):
+    src = build_reference(tmp_path / "ref")
+    smile = src / "data_pgc/opensmile_features_norm.npy"
+    np.save(smile, 2.0 * np.load(smile))  # the same 150 tracks, scaled otherwise
+    ds, _, rep = read_tt150k(src)
+    assert ds.n_tracks == 300
+    assert ("warning: pgc music: as many tracks as the UGC catalogue (150) but other feature values (normalised "
+            "otherwise?), so appended as tracks of their own, whose genres are not known; if they are the UGC "
+            "tracks, import with --pgc-music shared") in rep.notes
+    assert read_tt150k(src, pgc_music="shared")[0].n_tracks == 150
+    np.save(src / "data_pgc/train.npy", np.empty((0, 2), np.int64))
+    with pytest.raises(DatasetError, match=r"data_pgc/train.npy: has no rows; the teacher split is made of them "
+                                           r"\(remove data_pgc/ to import without one\)"):
+        read_tt150k(src)
+    shutil.rmtree(src / "data_pgc")
+    (src / "data_pgc").mkdir()
+    ds, _, rep = read_tt150k(src)
+    assert "pgc" not in ds.splits and "data_pgc/ is empty: no teacher split" in rep.notes
+
+
+def test_a_folder_given_at_the_wrong_level_says_which_to_give(tmp_path):
+    src = build_reference(tmp_path / "ref")
+    with pytest.raises(DatasetError, match=rf"looks like data_matching/ itself: give the folder that holds it, "
+                                           rf"{src}\)$"):
+        read_tt150k(src / "data_matching")
+    with pytest.raises(DatasetError, match=rf"^{tmp_path / 'nope'}: no such folder$"):
+        read_tt150k(tmp_path / "nope")
+
+
 # ---- the restricted unpickler ------------------------------------------------------------------------
 
 class _RunsCommand:

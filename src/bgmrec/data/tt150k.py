@@ -279,7 +279,7 @@ def _ids(col, label: str) -> np.ndarray:
             out = arr.astype(np.int64) if ok else np.zeros(arr.shape, np.int64)  # NaN casts with a warning
             ok = ok and bool((out == arr).all())
         else:
-            out = np.asarray([int(str(x).strip()) if not isinstance(x, float | np.floating) else int(x)
+            out = np.asarray([int(str(x).strip().strip("\ufeff")) if not isinstance(x, float | np.floating) else int(x)
                               for x in arr.ravel()], np.int64).reshape(arr.shape)
             ok = all(not isinstance(x, float | np.floating) or float(x).is_integer() for x in arr.ravel())
     except (ValueError, TypeError, OverflowError) as e:
@@ -287,6 +287,23 @@ def _ids(col, label: str) -> np.ndarray:
     if not ok:
         raise DatasetError(f"{label}: expected integer ids, found non-integral values")
     return out
+
+
+def evaluation_overlap_notes(splits: dict[str, np.ndarray], rep: InteropReport) -> None:
+    """Warn (``rep.notes``) of evaluation rows listed twice in a split, and of rows two evaluation splits share
+    (a model early-stopped on val and tested on the same queries; a copy of a file left in ``100neg/``)."""
+    names = [s for s in splits if s != "train"]
+    for i, a in enumerate(names):
+        repeated = len(splits[a]) - len(np.unique(splits[a][:, :2], axis=0))
+        if repeated:
+            rep.notes.append(f"warning: {a}: {repeated} of {len(splits[a])} rows repeat an earlier row's video and "
+                             "music (kept: such a query counts once per listing)")
+        for b in names[i + 1:]:
+            shared = rows_trained_on(splits[b], splits[a])
+            if shared.size:
+                video, music = (int(x) for x in splits[b][shared[0], :2])
+                rep.notes.append(f"warning: {shared.size} of the {len(splits[b])} rows of {b} are rows of {a} too "
+                                 f"(e.g. video {video}, music {music}): the same queries in two evaluation splits")
 
 
 def _in_range(ids: np.ndarray, n: int, label: str, what: str) -> None:
@@ -440,8 +457,13 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     if pgc_music not in ("auto", "shared", "own"):
         raise ValueError(f"pgc_music must be auto, shared or own, not {pgc_music!r}")
     src = Path(src)
+    if not src.is_dir():
+        raise DatasetError(f"{src}: no such folder")
     if not (src / M_DIR).is_dir():
-        raise DatasetError(f"{src}/{M_DIR}: required folder is missing (is this a DecCM-layout folder?)")
+        inside = src.name == M_DIR or (src / "100neg").is_dir()
+        raise DatasetError(f"{src}/{M_DIR}: required folder is missing (is this a DecCM-layout folder?"
+                           + (f" {src} looks like {M_DIR}/ itself: give the folder that holds it, {src.parent}"
+                              if inside else "") + ")")
     rep = InteropReport()
 
     def path(rel: str) -> Path:
@@ -507,7 +529,11 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
 
     # evaluation splits
     neg_dir = path(f"{M_DIR}/100neg")
-    stems = sorted(p.stem for p in neg_dir.glob("*.npy")) if neg_dir.is_dir() else []
+    found = sorted(neg_dir.glob("*.npy")) if neg_dir.is_dir() else []
+    hidden = [p.name for p in found if p.name.startswith(".")]  # macOS's "._val.npy" beside an unzipped val.npy
+    if hidden:
+        rep.notes.append(f"{M_DIR}/100neg: hidden file(s) skipped: {', '.join(hidden)}")
+    stems = [p.stem for p in found if not p.name.startswith(".")]
     for req in ("val", "test"):
         if req not in stems:
             raise DatasetError(f"{lab(_neg_file(req))}: required file is missing")
@@ -538,6 +564,9 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
                              f"{F_TRAIN} too (with another music): splits are usually by video")
         splits[stem] = np.stack([vid, mus, np.full(len(vid), -1)], axis=1)
         split_info[stem] = SplitInfo("val" if stem == "val" else "test", "existing")
+        if stem not in ("val", "test"):
+            rep.notes.append(f"{stem}: imported as an evaluation split of its own (role test), as is every .npy of "
+                             f"{M_DIR}/100neg but val and test")
         negatives[stem] = neg
         wf = _weight_file(stem)
         if path(wf).is_file() or stem in ("val", "test"):
@@ -546,11 +575,15 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
             rep.missing.append(wf)
             rep.notes.append(f"{stem}: no {wf}; bgmrec uses inverse training popularity as its weights")
 
+    evaluation_overlap_notes(splits, rep)
+
     # PGC (teacher) data
     pgc_visual = pgc_text = None
     pgc_rows = pgc_val = None
     own_music = None
-    if (src / P_DIR).is_dir():
+    if (src / P_DIR).is_dir() and not any((src / P_DIR).iterdir()):
+        rep.notes.append(f"{P_DIR}/ is empty: no teacher split")
+    elif (src / P_DIR).is_dir():
         pgc_visual = _float_matrix(read_npy(path(F_P_VISUAL), lab(F_P_VISUAL)), lab(F_P_VISUAL))
         if pgc_visual.shape[1] != visual.shape[1]:
             raise DatasetError(f"{lab(F_P_VISUAL)}: {pgc_visual.shape[1]} columns, {F_VISUAL} has "
@@ -571,6 +604,10 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         if mode == "shared" and p_music.shape[0] != n_m:
             raise DatasetError(f"{lab(F_P_VGGISH)}: {p_music.shape[0]} tracks cannot be the UGC catalogue of "
                                f"{n_m} (pgc_music='shared')")
+        if mode == "own" and pgc_music == "auto" and p_music.shape == music.shape:
+            rep.notes.append(f"warning: pgc music: as many tracks as the UGC catalogue ({n_m}) but other feature "
+                             "values (normalised otherwise?), so appended as tracks of their own, whose genres "
+                             "are not known; if they are the UGC tracks, import with --pgc-music shared")
         if mode == "shared" and not same:
             rep.notes.append("pgc music: shared catalogue by request, although its feature files differ; "
                              "the UGC features are used")
@@ -582,6 +619,9 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         p_rows = _pair_rows(read_npy(path(F_P_TRAIN), lab(F_P_TRAIN)), lab(F_P_TRAIN))
         _in_range(p_rows[:, 0], len(pgc_visual), lab(F_P_TRAIN), "video")
         _in_range(p_rows[:, 1], n_pgc_m, lab(F_P_TRAIN), "music")
+        if not len(p_rows):
+            raise DatasetError(f"{lab(F_P_TRAIN)}: has no rows; the teacher split is made of them (remove {P_DIR}/ "
+                               "to import without one)")
         pgc_rows = p_rows
         if path(F_P_VAL).is_file():
             pv = _pair_rows(read_npy(path(F_P_VAL), lab(F_P_VAL)), lab(F_P_VAL))
