@@ -474,6 +474,8 @@ def test_meta_csv_takes_the_pairs_csvs_names_of_the_track_column(tmp_path):
     meta = tmp_path / "meta.csv"
     meta.write_text("track_id,genre\ntrack0,rock\n", encoding="utf-8")
     assert read_track_meta(meta) == {"track0": (2, {"title": "", "artist": "", "genre": "rock"})}
+    meta.write_text("id,title,artist,track,genre\ntrack0,A,B,1,rock\ntrack1,C,D,1,pop\n", encoding="utf-8")
+    assert set(read_track_meta(meta)) == {"track0", "track1"}  # a music export's track numbers are not ids
     meta.write_text("track,track_id,genre\ntrack0,track1,rock\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"meta.csv: columns 'track' and 'track_id' both name the track; keep one"):
         read_track_meta(meta)

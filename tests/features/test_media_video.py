@@ -209,10 +209,10 @@ def test_captions_csv_needs_its_columns(tmp_path):
     assert ok == {"x.mp4": "hello world"} and bad == {}
     p.write_text("video_id,caption\nx,hi\n")  # the pairs CSV's name of the column is accepted here too
     assert read_captions(p) == ({"x": "hi"}, {})
-    p.write_text("video,file,caption\nx,x.mp4,hi\n")
-    assert read_captions(p) == ({"x": "hi", "x.mp4": "hi"}, {})
-    p.write_text("id,video_id,caption\nx,y,hi\n")
-    with pytest.raises(DatasetError, match=r"c.csv: columns 'id' and 'video_id' both name the video; keep one"):
+    p.write_text("id,video,caption\nx,https://example.com/x,hi\n")  # with 'id' (or 'file'), 'video' is not read
+    assert read_captions(p) == ({"x": "hi"}, {})
+    p.write_text("video,video_id,caption\nx,y,hi\n")
+    with pytest.raises(DatasetError, match=r"c.csv: columns 'video' and 'video_id' both name the video; keep one"):
         read_captions(p)
     p.write_text("name,caption\nx,hi\n")
     with pytest.raises(DatasetError, match=r"expected columns 'id' \(or 'video', 'video_id' or 'file'\) and 'caption'"):

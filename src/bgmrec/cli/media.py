@@ -64,7 +64,8 @@ def extract_music_cmd(
     audio_dir: Path = typer.Argument(..., help="folder of tracks: wav, mp3, ogg, flac, m4a (recursive)"),
     out: Path = typer.Option(..., help="catalogue folder to write (music.npy, tracks.csv, manifest.json, "
                                        "failures.csv)"),
-    meta: Path | None = typer.Option(None, help="CSV with id (or track_id, or file) and title, artist, genre"),
+    meta: Path | None = typer.Option(None, help="CSV with id or file (without either: track, track_id, music or "
+                                                "music_id) and title, artist, genre"),
     workers: int = typer.Option(2, help="processes analysing tracks in parallel"),
     seconds: float = typer.Option(60.0, help="analyse only the first this many seconds of each track"),
     sample_rate: int = typer.Option(22050, help="tracks are resampled to this rate (Hz, 16000 to 96000), mono"),
@@ -86,7 +87,8 @@ def extract_videos_cmd(
     video_dir: Path = typer.Argument(..., help="folder of videos (mp4, mov, m4v, mkv, webm, avi)"),
     out: Path = typer.Option(..., help="folder to write (visual.npy, text.npy, text_mask.npy, videos.csv, "
                                        "manifest.json, failures.csv)"),
-    captions: Path | None = typer.Option(None, help="CSV with id (or video_id, or file), caption[, hashtags]"),
+    captions: Path | None = typer.Option(None, help="CSV with id or file (without either: video or video_id), "
+                                                    "caption[, hashtags]"),
     frames: int = typer.Option(8, help="frames sampled evenly over each clip"),
     threads: int = typer.Option(2, help="frames embedded in parallel (one torch thread each)"),
     cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache)"),

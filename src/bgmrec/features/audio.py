@@ -27,9 +27,9 @@ A catalogue folder (CATALOG_DIR) holds::
                                   device or link to nothing, never opened)
     .cache/audio/   per-file vectors keyed by content hash (see :mod:`bgmrec.features.cache`)
 
-The optional metadata CSV (``--meta``) has a column ``id`` (the file stem; or ``track``, ``track_id``,
-``music`` or ``music_id``, as the pairs CSV names it, one of them) or ``file`` (the file
-name, or its path under AUDIO_DIR as tracks.csv writes it: ``rock/a.wav``) and any of ``title``,
+The optional metadata CSV (``--meta``) has a column ``id`` (the file stem) or ``file`` (the file name, or
+its path under AUDIO_DIR as tracks.csv writes it: ``rock/a.wav``) (without either: one of ``track``,
+``track_id``, ``music`` or ``music_id``, as the pairs CSV names it) and any of ``title``,
 ``artist``, ``genre``; missing titles default to the id. An id (or file)
 on two rows is an error naming both lines; rows naming no track file, tracks no row names, and a file
 giving no genre at all are each named in a warning.
@@ -67,9 +67,9 @@ from bgmrec.features.cache import (
     check_manifest_content,
     check_output_folder,
     first_missing,
+    key_columns,
     left_out_warning,
     media_keys,
-    named_column,
     nothing_extracted,
     one_line,
     progress_bar,
@@ -419,11 +419,11 @@ def read_track_meta(path: Path) -> dict[str, tuple[int, dict[str, str]]]:
     if not rows:
         return {}
     cols = set(rows[0][1])
-    key_columns = [c for c in (named_column(path, cols, "track", ("id", *TRACK_ID_COLUMNS)), "file") if c in cols]
-    if not key_columns:
+    keys = key_columns(path, cols, "track", TRACK_ID_COLUMNS)
+    if not keys:
         raise DatasetError(f"{path}: expected a column 'id' (file stem; or {', '.join(map(repr, TRACK_ID_COLUMNS))}) "
                            f"or 'file', found {sorted(cols)}" + separator_hint(cols))
-    return rows_by_key(path, ((line, [k.strip() for k in map(r.get, key_columns) if k and k.strip()],
+    return rows_by_key(path, ((line, [k.strip() for k in map(r.get, keys) if k and k.strip()],
                                {k: (r.get(k) or "").strip() for k in ("title", "artist", "genre")})
                               for line, r in rows))
 

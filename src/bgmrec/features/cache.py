@@ -335,6 +335,14 @@ def named_column(path: Path, header, what: str, names: tuple[str, ...]) -> str |
     return found[0] if found else None
 
 
+def key_columns(path: Path, header, what: str, names: tuple[str, ...]) -> list[str]:
+    """The columns by which the rows of a metadata or captions CSV name their input: ``id`` and ``file`` where
+    the header has them; else the one of ``names`` it has (the pairs CSV's names of the ``what``'s column, as
+    ``track_id``; :func:`named_column`). A file with ``id`` or ``file`` keeps its other columns for what they
+    were (a music export's ``track`` column of track numbers)."""
+    return [c for c in ("id", "file") if c in header] or [c for c in [named_column(path, header, what, names)] if c]
+
+
 def rows_by_key(path: Path, rows: Iterable[tuple[int, list[str], object]]) -> dict[str, tuple[int, object]]:
     """``{key: (line, value)}`` of rows that each name their input by one or more keys (an id, a file name).
 
@@ -457,7 +465,7 @@ def arrays_sha256(*arrays: np.ndarray) -> str:
     """SHA-256 of arrays' bytes in C order, one after the other: an extracted folder's ``content_hash``."""
     h = hashlib.sha256()
     for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the bytes in place: no copy of a large folder
     return h.hexdigest()
 
 

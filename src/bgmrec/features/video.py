@@ -26,8 +26,8 @@ A videos folder (OUT_DIR) holds::
                                        repeated frames:")
     .cache/visual/, .cache/text/       per-file / per-caption vectors keyed by content hash
 
-The optional captions CSV (``--captions``) has a column ``id`` (file stem; or ``video`` or ``video_id``, as
-the pairs CSV names it, one of them) or ``file`` and a column ``caption``, optionally ``hashtags``. It
+The optional captions CSV (``--captions``) has a column ``id`` (file stem) or ``file`` (without either: one of
+``video`` or ``video_id``, as the pairs CSV names it) and a column ``caption``, optionally ``hashtags``. It
 should be UTF-8; rows that are not valid UTF-8 are reported and their video is kept without text. A video
 with no row is kept without text and reported; an empty caption is simply "no text". An id (or file) on
 two rows is an error naming both lines; rows naming no video file are counted in a warning.
@@ -67,9 +67,9 @@ from bgmrec.features.cache import (
     check_output_folder,
     csv_records,
     first_missing,
+    key_columns,
     left_out_warning,
     media_keys,
-    named_column,
     nothing_extracted,
     one_line,
     progress_bar,
@@ -382,7 +382,7 @@ def caption_rows(path: Path) -> dict[str, tuple[int, tuple[str, str]]]:
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         rows = csv_records(csv.reader(f, strict=True), path)
         header = [h.strip().lower() for h in next(rows, (1, []))[1]]
-        keys = [c for c in (named_column(path, header, "video", ("id", *VIDEO_ID_COLUMNS)), "file") if c in header]
+        keys = key_columns(path, header, "video", VIDEO_ID_COLUMNS)
         if not keys or "caption" not in header:
             raise DatasetError(f"{path}: expected columns 'id' (or {', '.join(map(repr, VIDEO_ID_COLUMNS))} or "
                                f"'file') and 'caption', found {header}" + separator_hint(header))
