@@ -74,7 +74,8 @@ def test_health_carries_the_start_up_warnings_of_a_catalogue_the_model_was_not_t
     assert health["status"] == "ok" and health["warnings"] == told and len(told) == 2  # one source, said once
     assert told[0].startswith(f"the catalogue {tmp_path / 'short'} was extracted with max_seconds=1.0, the "
                               "model's training music with max_seconds=60.0")
-    assert told[1] == (f"1 track(s) (e.g. {catalog.ids[0]!r}) have genre(s) the model was not trained on: 'polka'; "
+    assert told[1] == (f"1 of {tiny_ds.n_tracks} track(s) (e.g. {catalog.ids[0]!r}) have genre(s) the model was not "
+                       "trained on: 'polka'; "
                        f"treated as its genre {tiny_ds.genres[0]!r} (its genres: {', '.join(tiny_ds.genres)})")
     # without warn (the library's own use) the recommender still keeps them
     assert ClipRecommender(load_model(tmp_path / "run"), catalog).warnings == told

@@ -365,24 +365,26 @@ def test_tracks_and_tastes_of_a_genre_the_model_does_not_know_count_as_its_fallb
     genres = (*tiny_ds.genres, "blues")
     blues = known.genre.copy()
     blues[:3] = len(tiny_ds.genres)  # three tracks of a genre the model was not trained on
+    blues[3] = len(tiny_ds.genres) + 1  # and one of its second name in the list below
     as_first = known.genre.copy()
-    as_first[:3] = 0  # the model has no "unknown": its first genre
+    as_first[:4] = 0  # the model has no "unknown": its first genre
     with pytest.warns(GenreMappingWarning) as told:
-        got = model.encode_music(MusicCatalog(known.features, blues, known.index, genres))
-    assert [str(w.message) for w in told] == [
-        f"3 of {tiny_ds.n_tracks} track(s) have genre(s) the model was not trained on: 'blues'; treated as its genre "
+        got = model.encode_music(MusicCatalog(known.features, blues, known.index, (*genres, "blues")))
+    assert [str(w.message) for w in told] == [  # "blues" twice in the list: both ids' tracks counted
+        f"4 of {tiny_ds.n_tracks} track(s) have genre(s) the model was not trained on: 'blues'; treated as its genre "
         f"{tiny_ds.genres[0]!r} (its genres: {', '.join(tiny_ds.genres)})"]
     np.testing.assert_array_equal(got, model.encode_music(MusicCatalog(known.features, as_first, known.index)))
     q = _queries(tiny_ds)
     wider = dataclasses.replace(q, confounder=np.hstack([q.confounder * 0.5, np.full((len(q), 1), 0.5)]),
-                                genres=genres)  # half of each uploader's taste is for blues
-    merged = q.confounder * 0.5
-    merged[:, 0] += 0.5
-    with pytest.warns(GenreMappingWarning, match=r"^the uploaders' tastes have genre\(s\) the model was not trained "
-                                                 r"on: 'blues'; treated as its genre"):
+                                genres=genres)  # half of each uploader's taste is for blues: left out
+    with pytest.warns(GenreMappingWarning) as told:
         got = model.encode_videos(wider)
-    np.testing.assert_allclose(got, model.encode_videos(dataclasses.replace(q, confounder=merged)), rtol=1e-5,
-                               atol=1e-6)
+    assert [str(w.message) for w in told] == ["the uploaders' tastes for genre(s) the model was not trained on "
+                                              "('blues') are left out (it has no genre 'unknown')"]
+    np.testing.assert_allclose(got, model.encode_videos(q), rtol=1e-5, atol=1e-6)
+    bad = dataclasses.replace(wider, confounder=np.hstack([q.confounder, -np.ones((len(q), 1))]))
+    with pytest.raises(DatasetError, match=r"^confounder: row 0 is not an uploader's genre preferences"):
+        model.encode_videos(bad)  # checked as given, not repaired by the mapping
 
 
 def test_genre_positions_and_tastes_by_hand():
@@ -392,10 +394,15 @@ def test_genre_positions_and_tastes_by_hand():
     assert positions.tolist() == [1, 2, 2, 0] and unknown == ["x"]  # blank: "unknown"; unknown names go there too
     assert genre_positions(["x"], ("a", "b"))[0].tolist() == [0]  # without "unknown": the first genre
     taste, note = taste_in_model_genres(np.array([[0.5, 0.3, 0.2]]), ("b", "a", "x"), ("a", "b", "c"))
-    np.testing.assert_allclose(taste, [[0.5, 0.5, MIN_TASTE]] / np.float64(1 + MIN_TASTE), rtol=1e-6)
-    assert note == ("the uploaders' tastes have genre(s) the model was not trained on: 'x'; treated as its genre "
-                    "'a' (its genres: a, b, c); no genre of the data is the model's 'c': the uploaders' tastes give "
-                    "it almost nothing")
+    np.testing.assert_allclose(taste, [[0.3, 0.5, 0.3]] / np.float64(1.1), rtol=1e-6)  # x left out, c the least
+    assert note == ("the uploaders' tastes for genre(s) the model was not trained on ('x') are left out (it has no "
+                    "genre 'unknown'); the model's genre(s) 'c', which the data does not name, get each uploader's "
+                    "smallest share")
+    taste, note = taste_in_model_genres(np.array([[0.5, 0.3, 0.2], [0.0, 0.0, 1.0]]), ("b", "a", "x"),
+                                        ("a", "b", "unknown"))
+    np.testing.assert_allclose(taste, [[0.3, 0.5, 0.2], [MIN_TASTE, MIN_TASTE, 1.0]], rtol=1e-5, atol=1e-9)
+    assert note == "the uploaders' tastes for genre(s) the model was not trained on ('x') count as its genre 'unknown'"
+    assert taste_in_model_genres(np.array([[1.0]]), ("x",), ("a", "b"))[0].tolist() == [[0.5, 0.5]]  # nothing known
     assert taste_in_model_genres(np.array([[0.25, 0.75]]), ("b", "a"), ("a", "b"))[1] == ""
 
 

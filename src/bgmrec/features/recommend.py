@@ -42,7 +42,7 @@ from bgmrec.models.base import (
     check_embedding_widths,
     genre_positions,
     read_run_record,
-    unknown_genres_note,
+    unknown_genres_warning,
 )
 
 
@@ -155,10 +155,10 @@ def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatal
         raise DatasetError(f"{catalog.root}: tracks have {catalog.dim} features, but the model was "
                            f"trained on music features of dimension {spec.music}; extract the catalogue with "
                            f"the extractor the training data used")
-    ids, unknown = genre_positions(catalog.genre, spec.genres)
-    if unknown and warn is not None:
-        first = next(t for t, g in zip(catalog.ids, catalog.genre, strict=True) if (g.strip() or "unknown") in unknown)
-        warn(f"{len(unknown)} track(s) (e.g. {first!r}) {unknown_genres_note(unknown, spec.genres)}")
+    ids, _ = genre_positions(catalog.genre, spec.genres)
+    note = unknown_genres_warning(catalog.genre, spec.genres, catalog.ids)
+    if note and warn is not None:
+        warn(note)
     return MusicCatalog(np.asarray(catalog.features, np.float32), np.asarray(ids, np.int64))
 
 

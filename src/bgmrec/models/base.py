@@ -162,9 +162,7 @@ class FeatureSpec:
         :class:`GenreMappingWarning` says what had no counterpart."""
         if q.confounder is None or q.genres is None or tuple(q.genres) == self.genres:
             return q
-        if q.confounder.ndim != 2 or q.confounder.shape[1] != len(q.genres):
-            raise DatasetError(f"confounder: expected shape [n, {len(q.genres)}] (one column per genre of "
-                               f"VideoQuery.genres), found {list(q.confounder.shape)}")
+        check_confounder(q.confounder, len(q.genres))  # as given, before any mapping
         taste, note = taste_in_model_genres(q.confounder, q.genres, self.genres)
         if note:
             warnings.warn(note, GenreMappingWarning, stacklevel=2)
@@ -180,11 +178,10 @@ class FeatureSpec:
         if genre.size and (genre.min() < 0 or genre.max() >= len(c.genres)):
             raise DatasetError(f"music genres: ids must be in [0, {len(c.genres)}) (MusicCatalog.genres), found "
                                f"{int(genre.min())}..{int(genre.max())}")
-        positions, unknown = genre_positions(c.genres, self.genres)
-        used = [g for i, g in enumerate(c.genres) if g in unknown and (genre == i).any()]
-        if used and warn:
-            warnings.warn(f"{int(np.isin(genre, [c.genres.index(g) for g in used]).sum())} of {len(genre)} "
-                          f"track(s) {unknown_genres_note(used, self.genres)}", GenreMappingWarning, stacklevel=2)
+        positions, _ = genre_positions(c.genres, self.genres)
+        note = unknown_genres_warning([c.genres[g] for g in genre], self.genres) if warn else None
+        if note:
+            warnings.warn(note, GenreMappingWarning, stacklevel=2)
         return dataclasses.replace(c, genre=positions[genre], genres=self.genres)
 
     def check_music(self, c: MusicCatalog, source: str | None = None) -> None:
@@ -238,31 +235,60 @@ def genre_positions(names, model_genres) -> tuple[np.ndarray, list[str]]:
     return np.asarray(positions, np.int64), unknown
 
 
-def unknown_genres_note(unknown: list[str], model_genres) -> str:
-    """"have genre(s) ... the model was not trained on ...; treated as its genre ..." for a warning, naming the
-    names that differ from one of the model's only in case."""
-    model_genres = list(model_genres)
+def _named_genres(unknown: list[str], model_genres: list[str]) -> str:
+    """The distinct names of ``unknown``, quoted, each that differs from one of the model's only in case said so."""
     by_case = {g.lower(): g for g in model_genres}
-    named = ", ".join(repr(g) + (f" (the model's {by_case[g.lower()]!r} differs only in case)"
-                                 if g.lower() in by_case else "") for g in dict.fromkeys(unknown))
-    fallback = model_genres[int(genre_positions(["unknown"], model_genres)[0][0])] if model_genres else "genre 0"
-    return (f"have genre(s) the model was not trained on: {named}; treated as its genre {fallback!r} "
+    return ", ".join(repr(g) + (f" (the model's {by_case[g.lower()]!r} differs only in case)"
+                                if g.lower() in by_case else "") for g in dict.fromkeys(unknown))
+
+
+def unknown_genres_warning(track_genres, model_genres, track_ids=None) -> str | None:
+    """A warning line when some of the tracks, whose genre names are ``track_genres`` (one per track; blank:
+    "unknown"), have a genre the model was not trained on, which :func:`genre_positions` treats as its "unknown"
+    genre, else its first; ``track_ids`` name an example; None when every genre is known."""
+    model_genres = list(model_genres)
+    known = set(model_genres)
+    names = [g.strip() or "unknown" for g in track_genres]
+    unknown = [i for i, g in enumerate(names) if g not in known]
+    if not unknown:
+        return None
+    example = f" (e.g. {track_ids[unknown[0]]!r})" if track_ids is not None else ""
+    fallback = model_genres[int(genre_positions(["unknown"], model_genres)[0][0])]
+    return (f"{len(unknown)} of {len(names)} track(s){example} have genre(s) the model was not trained on: "
+            f"{_named_genres([names[i] for i in unknown], model_genres)}; treated as its genre {fallback!r} "
             f"(its genres: {', '.join(model_genres)})")
 
 
 def taste_in_model_genres(taste: np.ndarray, names, model_genres) -> tuple[np.ndarray, str]:
-    """Uploaders' genre preferences [n, len(names)] as preferences over ``model_genres`` [n, G]: each column's
-    share added to the model genre of its name (:func:`genre_positions`), a model genre that no column maps to
-    given :data:`MIN_TASTE`, rows renormalised; and a note of what had no counterpart ("" when nothing)."""
+    """Uploaders' genre preferences [n, len(names)] as preferences over ``model_genres`` [n, G], and a note of
+    what had no counterpart ("" when nothing).
+
+    Each column's share goes to the model genre of its name; the share of a genre the model was not trained on
+    goes to its "unknown" genre if it has one, else is left out (adding it to the model's first genre, where
+    such tracks are ranked, would inflate the taste for every real track of that genre); a model genre that no
+    column gives a share gets each row's smallest share (at least :data:`MIN_TASTE`: log c must stay finite);
+    rows renormalised."""
+    model_genres = list(model_genres)
     positions, unknown = genre_positions(names, model_genres)
+    used = np.array(["unknown" in model_genres or (n.strip() or "unknown") in model_genres for n in names], bool)
     out = np.zeros((len(taste), len(model_genres)), np.float64)
-    np.add.at(out.T, positions, np.asarray(taste, np.float64).T)
+    np.add.at(out.T, positions[used], np.asarray(taste, np.float64)[:, used].T)
+    given = np.zeros(len(model_genres), bool)
+    given[positions[used]] = True
+    if given.any():
+        out[:, ~given] = out[:, given].min(axis=1, keepdims=True)
     out = np.maximum(out, MIN_TASTE)
-    absent = [g for j, g in enumerate(model_genres) if j not in set(positions.tolist())]
-    note = "; ".join(([f"the uploaders' tastes {unknown_genres_note(unknown, model_genres)}"] if unknown else [])
-                     + ([f"no genre of the data is the model's {', '.join(map(repr, absent))}: the uploaders' "
-                         "tastes give it almost nothing"] if absent else []))
-    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32), note
+    notes = []
+    if unknown:
+        went = ("count as its genre 'unknown'" if "unknown" in model_genres
+                else "are left out (it has no genre 'unknown')")
+        notes.append(f"the uploaders' tastes for genre(s) the model was not trained on "
+                     f"({_named_genres(unknown, model_genres)}) {went}")
+    absent = [repr(model_genres[j]) for j in np.flatnonzero(~given)]
+    if absent:
+        notes.append(f"the model's genre(s) {', '.join(absent)}, which the data does not name, get each "
+                     "uploader's smallest share")
+    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32), "; ".join(notes)
 
 
 def _recorded_in(source: str | None) -> str:
