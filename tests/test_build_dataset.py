@@ -353,6 +353,22 @@ def test_each_kind_of_dropped_pair_is_warned_of_with_its_first_line_and_the_summ
         "line 23: 'ghost')", "line 22: 'T1')", "line 25: 'v3', 't3', 'u0', as on line 5)"]
 
 
+def test_a_pair_whose_id_differs_from_a_file_stem_only_in_unicode_form_is_told_so(tmp_path):
+    vids = mf.write_videos_folder(tmp_path / "videos", 12)
+    cat = mf.write_catalog_folder(tmp_path / "music", np.zeros((2, 12), np.float32), ["pop", "rock"])
+    (cat / "tracks.csv").write_text("id,title,artist,genre,file,sha256\nBeyonce\u0301,A,,pop,a.wav,\n"
+                                    "t1,B,,rock,b.wav,\n", encoding="utf-8")
+    manifest = json.loads((cat / "manifest.json").read_text())
+    (cat / "manifest.json").write_text(json.dumps({**manifest, "ids": ["Beyonce\u0301", "t1"]}))
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("video,track,uploader\n" + "".join(f"v{i},t1,u0\n" for i in range(11))
+                     + "v11,Beyonc\u00e9,u0\n", encoding="utf-8")
+    warnings = []
+    build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
+    assert warnings[0].endswith("(e.g. line 13: 'Beyoncé'; an id differs from it only in how its accents are written "
+                                "(composed or decomposed Unicode, as macOS writes file names): write them alike)")
+
+
 def test_pairs_naming_an_input_whose_extraction_failed_are_told_apart_from_typos(tmp_path, folders, capsys):
     # a pair naming a corrupt clip was counted and worded as an unknown id, as if the pairs CSV had a typo
     from bgmrec.cli import main

@@ -277,6 +277,10 @@ def test_extracting_only_new_tracks_into_a_catalogue_says_which_it_removes(tmp_p
         "the folder holds the tracks of its last extraction only; extract the whole collection to keep them "
         "(vectors computed before come from the cache)"]
     assert load_catalog(cat).ids == ["track1", "track9"]
+    (new / "track9.wav").write_bytes(b"not audio")  # failed this time: failures.csv names it, not this warning
+    shutil.copy(music_dir / "track2.flac", new / "track2.flac")
+    report = extract_music(new, cat, extractor=Counting(), progress=False)
+    assert [f for f, _ in report.failures] == ["track9.wav"] and report.warnings == []
 
 
 def test_metadata_finds_a_file_whose_name_is_written_decomposed(tmp_path):

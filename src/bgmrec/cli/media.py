@@ -197,6 +197,7 @@ def recommend_cmd(
     from bgmrec.features.recommend import (
         ClipFeatures,
         FeatureMismatchWarning,
+        RequestError,
         frames_to_sample,
         open_catalog,
         open_video_features,
@@ -241,7 +242,13 @@ def recommend_cmd(
         label = video
     with warnings.catch_warnings():  # every mismatch, each shown as "warning: ..." (cli.app's every_command)
         warnings.simplefilter("always", FeatureMismatchWarning)
-        result = recommend_clip(model, cat, clip, top, frames, exclude, genre or None)
+        try:
+            result = recommend_clip(model, cat, clip, top, frames, exclude, genre or None)
+        except RequestError as e:  # named by the request's fields: here, by this command's options
+            message = str(e)
+            for field, option in (("exclude: ", "--exclude: "), ("genres: ", "--genre: ")):
+                message = option + message.removeprefix(field) if message.startswith(field) else message
+            raise ValueError(message) from None
     for msg in clip.warnings:  # the clip's own (its frames repeated), shown as the mismatches are
         warn_on_stderr(f"{label}: {msg}")
     if changed is not None:  # the JSON says all that stderr said

@@ -62,7 +62,14 @@ from bgmrec.data.dataset import (
     sha256_file,
 )
 from bgmrec.data.negatives import sample_negatives
-from bgmrec.features.cache import TRACK_ID_COLUMNS, VIDEO_ID_COLUMNS, failed_inputs, named_column, read_csv_lines
+from bgmrec.features.cache import (
+    TRACK_ID_COLUMNS,
+    VIDEO_ID_COLUMNS,
+    failed_inputs,
+    named_column,
+    read_csv_lines,
+    same_text,
+)
 
 COLUMN_NAMES = {
     "video": VIDEO_ID_COLUMNS,
@@ -230,6 +237,9 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
                 first = ids[rows_of[0]]
                 stem = Path(first).stem
                 hint = f"; ids are file stems: {stem!r}, not {first!r}" if stem != first and stem in known else ""
+                if not hint and any(same_text(k) == same_text(first) for k in known):
+                    hint = ("; an id differs from it only in how its accents are written (composed or decomposed "
+                            "Unicode, as macOS writes file names): write them alike")
                 why = f": {failed[first]}" if first in failed else ""
                 warn(f"{csv_path}: {len(rows_of)} of {n} row(s) name {what} and were not used "
                      f"(e.g. line {pairs.lines[rows_of[0]]}: {first!r}{why}{hint})")
@@ -243,10 +253,11 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
 
     ``warn`` is told (one line each) when the val or test split is empty (a share of 0, or too few videos with
     pairs), when some rows of the pairs' time column are empty (the split is then random, not by time), and
-    of each kind of pair row dropped (an unknown video, an unknown track, a duplicate): how many, and the
-    first one's line and ids. The provenance counts the extracted videos without a usable pair (left out)
-    and the catalogue tracks no used pair names (kept: candidates to rank). ``professional_csv`` names the
-    professional music videos and their tracks: the split ``pgc`` (see the module docstring).
+    of each kind of pair row dropped (a video or track whose extraction failed, an unknown video, an unknown
+    track, a duplicate): how many, and the first one's line and ids. The provenance counts the extracted
+    videos without a usable pair (left out) and the catalogue tracks no used pair names (kept: candidates to
+    rank). ``professional_csv`` names the professional music videos and their tracks: the split ``pgc`` (see
+    the module docstring).
     """
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.video import load_video_features

@@ -531,7 +531,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in media_keys(t, p, audio_dir)],
                                  f"track file in {audio_dir}") if meta else None
     uncovered = meta_coverage_warnings(Path(meta), metadata, kept, audio_dir) if meta else []
-    left_out = left_out_warning(out, [r[0] for r in rows], "track", audio_dir)
+    left_out = left_out_warning(out, [r[0] for r in rows], "track", audio_dir, failures)
     manifest = {
         "kind": CATALOG_KIND,
         "extractors": {"opensmile": {"feature_set": config.opensmile_set, "level": "functionals",

@@ -415,17 +415,19 @@ def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = 
                            "refusing to write into it (choose another output folder or empty this one)")
 
 
-def left_out_warning(out: Path, ids: list[str], what: str, source: Path) -> str | None:
+def left_out_warning(out: Path, ids: list[str], what: str, source: Path,
+                     failures: list[tuple[str, str]]) -> str | None:
     """A warning line when the folder ``out`` already holds inputs (its manifest's ``ids``) that the extraction
-    about to replace it, of ``ids``, leaves out; None otherwise. A folder holds the inputs of its last extraction
-    only: extracting just the new files of a growing catalogue into it dropped the earlier ones without a word."""
+    about to replace it, of ``ids``, leaves out, other than those of its ``failures`` (``failures.csv`` names
+    them); None otherwise. A folder holds the inputs of its last extraction only: extracting just the new files
+    of a growing catalogue into it dropped the earlier ones without a word."""
     try:
         before = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8")).get("ids")
     except (OSError, ValueError, AttributeError, RecursionError):
         return None
     if not isinstance(before, list):
         return None
-    now = set(ids)
+    now = set(ids) | {Path(file).stem for file, reason in failures if not reason.startswith(KEPT)}
     gone = [i for i in before if i not in now]
     if not gone:
         return None

@@ -553,7 +553,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                    "failed": sum(1 for _, r in failures if not r.startswith(KEPT))},
         "content_hash": arrays_sha256(vis, text_vecs, text_mask),
     }
-    left_out = left_out_warning(out, manifest["ids"], "video", video_dir)
+    left_out = left_out_warning(out, manifest["ids"], "video", video_dir, failures)
     write_files_together(out, {  # all or nothing: a failed write leaves an earlier videos folder as it was
         "visual.npy": lambda tmp: save_npy_atomic(tmp, vis),
         "text.npy": lambda tmp: save_npy_atomic(tmp, text_vecs),

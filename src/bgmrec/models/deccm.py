@@ -564,7 +564,7 @@ def train_teacher(student: DecCM, ds, folder: Path, progress: bool = False) -> C
         raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
                          "give a trained teacher's folder (teacher_dir) or set teacher=false")
     fitted_on, held_out = SplitView(ds, split).holdout(0.1, student.config.seed)
-    n_videos = len(fitted_on.rows) + len(held_out.rows)
+    n_videos = len(np.unique(np.asarray(ds.splits[split])[:, 0]))  # a video with two tracks counts once
     if n_videos < MIN_TEACHER_VIDEOS:
         warnings.warn(f"the teacher is trained on only {n_videos} professional music videos (split {split!r}; "
                       f"at least {MIN_TEACHER_VIDEOS} advised): it early-stops on a holdout of {len(held_out.rows)}, "
