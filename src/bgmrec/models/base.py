@@ -212,11 +212,11 @@ def check_confounder(confounder: np.ndarray, genres: int, source: str | None = N
 
 
 class GenreMappingWarning(UserWarning):
-    """Data whose genres are not the model's (another dataset's list, or a catalogue's names): mapped by name, and
-    a genre the model was not trained on is treated as its ``unknown`` genre, else as its first."""
+    """Data whose genres are not the model's (another dataset's list, or a catalogue's names), mapped by name, has
+    genres the model was not trained on (tracks: :func:`genre_positions`; tastes: :func:`taste_in_model_genres`)."""
 
 
-MIN_TASTE = 1e-6  # an uploader's share of a model genre no genre of the data maps to (log c must stay finite)
+MIN_TASTE = 1e-6  # the least share of a genre in an uploader's taste mapped to a model's genres (log c stays finite)
 
 
 def genre_positions(names, model_genres) -> tuple[np.ndarray, list[str]]:
