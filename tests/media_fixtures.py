@@ -227,17 +227,22 @@ def write_catalog_folder(out: Path, features: np.ndarray, genres: list[str]) -> 
     return out
 
 
-def write_videos_folder(out: Path, n: int, seed: int = 0, no_text: tuple[int, ...] = ()) -> Path:
-    """A videos folder in the extract-videos format with random vectors (no media, for fast tests)."""
+def write_videos_folder(out: Path, n: int, seed: int = 0, no_text: tuple[int, ...] = (),
+                        order: list[int] | None = None) -> Path:
+    """A videos folder in the extract-videos format with random vectors (no media, for fast tests); ``order``:
+    the videos' row order (default: by number), each video's vectors the same whatever the order."""
     from bgmrec.data.dataset import save_npy_atomic, write_json_atomic
 
     rng = np.random.default_rng(seed)
     out = Path(out)
-    ids = [f"v{i}" for i in range(n)]
+    order = list(range(n)) if order is None else list(order)
+    ids = [f"v{i}" for i in order]
     mask = np.array([i not in no_text for i in range(n)])
     text = rng.standard_normal((n, 384)).astype(np.float32) * mask[:, None]
-    save_npy_atomic(out / "visual.npy", rng.standard_normal((n, 1280)).astype(np.float32))
-    save_npy_atomic(out / "text.npy", text)
+    visual = rng.standard_normal((n, 1280)).astype(np.float32)
+    mask = mask[order]
+    save_npy_atomic(out / "visual.npy", visual[order])
+    save_npy_atomic(out / "text.npy", text[order])
     save_npy_atomic(out / "text_mask.npy", mask)
     with open(out / "videos.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

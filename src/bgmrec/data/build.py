@@ -14,7 +14,7 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
 
 - every extracted video with at least one usable pair (``source`` "ugc"; its uploader is the one of
   its first pair; the others are left out), and every catalogue track (``track_new`` all False), also
-  those no pair names (they are ranked as candidates);
+  those no pair names (they are ranked as candidates); videos and tracks in id order (:func:`in_id_order`);
 - genres: the sorted genre names of the catalogue, tracks without one get "unknown";
 - splits train / val / test of the pairs, by video (all rows of one video land in one split):
   by time when every row has one (earliest video time first), else a seeded random permutation (with a
@@ -43,6 +43,7 @@ rows form the split ``pgc`` (role ``teacher``). A video may not be both an uploa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,6 +208,19 @@ def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_
     return (pref / pref.sum(1, keepdims=True)).astype(np.float32)
 
 
+def in_id_order(folder):
+    """An extracted folder as loaded (a videos folder's :class:`~bgmrec.features.video.VideoFeatures`, a
+    catalogue's :class:`~bgmrec.features.audio.Catalog`) with its rows sorted by id, so that a dataset, its
+    seeded split and its negatives do not depend on where the files lay: extract-videos orders rows by path,
+    and moving clips into subfolders changed 17 of a random split's 18 test videos."""
+    order = sorted(range(len(folder.ids)), key=folder.ids.__getitem__)
+    if order == list(range(len(order))):
+        return folder
+    return dataclasses.replace(folder, **{
+        f.name: ([value[i] for i in order] if isinstance(value, list) else value[order])
+        for f in dataclasses.fields(folder) if isinstance(value := getattr(folder, f.name), list | np.ndarray)})
+
+
 def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[str, int], videos_dir: Path,
                 music_dir: Path, warn: Callable[[str], None] | None) -> tuple[list[int], dict[str, int]]:
     """The rows of ``pairs`` naming an extracted video and a catalogue track, and how many were dropped for
@@ -263,8 +277,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     from bgmrec.features.video import load_video_features
 
     config = config or BuildConfig()
-    vids = load_video_features(Path(videos_dir))
-    cat = load_catalog(Path(music_dir))
+    vids = in_id_order(load_video_features(Path(videos_dir)))
+    cat = in_id_order(load_catalog(Path(music_dir)))
     pairs = read_pairs(Path(pairs_csv))
     if pairs.untimed and warn is not None:
         warn(f"{pairs_csv}: {len(pairs.untimed)} of {len(pairs.video)} row(s) have no time (e.g. line "
@@ -289,7 +303,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     if not keep:
         raise DatasetError(f"{pairs_csv}: no row names both an extracted video (from {videos_dir}) "
                            f"and a catalogue track (from {music_dir})")
-    # the dataset's videos: those with at least one usable pair, in the videos folder's order
+    # the dataset's videos: those with at least one usable pair, by id
     paired = {pairs.video[i] for i in keep}
     sel = np.array([i for i, v in enumerate(vids.ids) if v in paired], np.int64)
     video_ids = [vids.ids[i] for i in sel]
