@@ -48,6 +48,11 @@ def test_frame_embeddings_shape_determinism_and_content(tmp_path):
     cos = va @ vb / np.linalg.norm(va) / np.linalg.norm(vb)
     assert cos < 0.99
     assert enc.embed(a).shape == (4, 1280)
+    # each frame thread runs torch on one thread, as documented (it ran on the cores, and the frame vectors changed
+    # with OMP_NUM_THREADS by up to 7.5e-6)
+    import torch
+
+    assert {enc._pool.submit(torch.get_num_threads).result() for _ in range(8)} == {1}
 
 
 def test_caption_text_and_empty_caption_is_no_text():

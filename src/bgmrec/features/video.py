@@ -313,6 +313,8 @@ class FrameEncoder:
         net = self.net()
 
         def run(part: np.ndarray) -> np.ndarray:
+            torch.set_num_threads(1)  # per thread: a pool thread otherwise runs on torch's default, the cores, and
+            # its sums (so the frame vectors) changed with them (by up to 7.5e-6 between OMP_NUM_THREADS=1 and 2)
             with torch.inference_mode():  # grad mode is per thread
                 x = torch.from_numpy(np.ascontiguousarray(part))
                 x = (x.permute(0, 3, 1, 2).float() - 127.0) / 128.0  # NHWC memory: channels_last
