@@ -485,9 +485,13 @@ def test_evaluating_on_another_dataset_or_features_is_flagged_but_a_moved_copy_i
     refeatured = Path(shutil.copytree(cli_world, tmp_path / "refeatured"))
     visual = refeatured / "features" / "video_visual.npy"
     np.save(visual, np.load(visual) + 1.0)  # the same splits, features extracted again
+    relabelled = Path(shutil.copytree(cli_world, tmp_path / "relabelled"))
+    negatives = relabelled / "negatives" / "test.npy"
+    np.save(negatives, np.load(negatives)[:, ::-1])  # the same splits and features, other frozen negatives
     capsys.readouterr()
     for data, flagged in ((cli_world, None), (moved, None), (other, "another dataset"),
-                          (refeatured, "other features of this dataset")):
+                          (refeatured, "other features of this dataset"),
+                          (relabelled, "now holds other frozen negatives, weights, genres or uploaders' tastes")):
         assert main(["evaluate", "--run", str(popularity_run), "--data", str(data)]) == 0
         err = capsys.readouterr().err
         assert err.count("was trained on") == (flagged is not None) and (flagged is None or flagged in err), (data, err)
@@ -513,6 +517,26 @@ def test_dataset_fingerprint_follows_the_splits_not_where_the_data_came_from(tin
     val[-1] ^= 1  # one byte of one split
     (tiny_copy / "splits" / "val.npy").write_bytes(bytes(val))
     assert dataset_fingerprint(tiny_copy) != before
+
+
+def test_labels_fingerprint_follows_negatives_genres_and_tastes_not_splits_or_features(tiny_copy, tiny_dir):
+    # a dataset built again with another --seed (a time split kept, other negatives) and a catalogue relabelled
+    # (features kept) had both fingerprints of the dataset they replaced: evaluate said nothing
+    from bgmrec.data.dataset import labels_fingerprint
+
+    before = labels_fingerprint(tiny_copy)
+    assert before == labels_fingerprint(tiny_dir)  # a copy
+    for rel in ("splits/val.npy", "features/music.npy"):
+        (tiny_copy / rel).unlink()
+        assert labels_fingerprint(tiny_copy) == before  # the other fingerprints'
+    for rel in ("negatives/test.npy", "tracks.csv", "uploaders.npy", "videos.csv"):
+        path = tiny_copy / rel
+        data = bytearray(path.read_bytes())
+        data[-2] ^= 1
+        path.write_bytes(bytes(data))
+        assert labels_fingerprint(tiny_copy) != before, rel
+        path.write_bytes((tiny_dir / rel).read_bytes())
+    assert labels_fingerprint(tiny_copy) == before
 
 
 def test_features_fingerprint_follows_every_feature_file_and_nothing_else(tiny_copy, tiny_dir):

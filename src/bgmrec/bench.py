@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 
+from bgmrec.data.dataset import FINGERPRINTS
 from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run, world_parameters
 from bgmrec.eval.report import markdown_from_rows, pyplot
 
@@ -154,8 +155,7 @@ def reusable_run(run: Path, name: str, seed: int, commit: str,
                       f"not of {name!r}, seed {seed}")
     if info.get("commit") != commit:
         return None, f"the run there was trained by commit {info.get('commit')}, this is {commit}"
-    fingerprints = ("data_fingerprint", "features_fingerprint")
-    if data is not None and any(info.get(f) != data[f] for f in fingerprints):
+    if data is not None and any(info.get(f) != data[f] for f in FINGERPRINTS):
         return None, "the run there was trained on another world (simulated again since, with other parameters?)"
     now = model_package(name)
     if info.get("model_package") != now:

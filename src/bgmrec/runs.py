@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bgmrec.data.dataset import FINGERPRINTS
 from bgmrec.models.packages import describe_package, model_package, source_digest
 
 
@@ -236,11 +237,11 @@ def check_teacher_data(model, ds, teacher: Path | None = None) -> None:
 
 def dataset_record(data: Path) -> dict:
     """The dataset folder ``data`` as the records of runs, grids and figures name it: its resolved path and
-    its two fingerprints (splits, features; the second reads every feature byte, so take it once)."""
-    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint
+    its :data:`FINGERPRINTS` (splits; features, which reads every feature byte, so take it once; labels)."""
+    from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint, labels_fingerprint
 
     return {"data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
-            "features_fingerprint": features_fingerprint(data)}
+            "features_fingerprint": features_fingerprint(data), "labels_fingerprint": labels_fingerprint(data)}
 
 
 def teacher_made_from(data: dict) -> dict:
@@ -364,8 +365,7 @@ class SharedTeachers:
             found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
         except DatasetError:  # none, or damaged
             return False
-        if not all(found.get(k) == made[k] for k in ("teacher_config", "data_fingerprint", "features_fingerprint",
-                                                     "code")):
+        if not all(found.get(k) == made[k] for k in ("teacher_config", *FINGERPRINTS, "code")):
             return False
         try:
             load_teacher(folder)
@@ -406,7 +406,7 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     hold its training videos (``what`` names the run in the message); or the same dataset with other
     features (extracted again since). Silent for runs without that record; never an error. Returns the
     message (for a result's JSON), None when silent."""
-    from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint
+    from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint, labels_fingerprint
     from bgmrec.features.recommend import warn_on_stderr
     from bgmrec.models.base import read_run_record
 
@@ -415,6 +415,8 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
         other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
         trained_on = info.get("features_fingerprint")  # hashed only when there is one to compare with
         refeatured = not other and trained_on is not None and trained_on != features_fingerprint(data)
+        labelled = info.get("labels_fingerprint")  # runs trained before it was recorded (2026-11-23) have none
+        relabelled = not other and not refeatured and labelled is not None and labelled != labels_fingerprint(data)
     except (DatasetError, OSError):  # a damaged dataset: nothing to say here
         return None
     name = f"{what + ' ' if what else ''}{run}"
@@ -426,6 +428,10 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     if refeatured:
         return warn_on_stderr(f"{name} was trained on other features of this dataset than {data} holds now "
                               "(extracted again since?)")
+    if relabelled:
+        return warn_on_stderr(f"{name} was trained on this dataset's splits and features, but {data} now holds other "
+                              "frozen negatives, weights, genres or uploaders' tastes (built again with another "
+                              "--seed, or a catalogue relabelled?): its sampled, IPW and per-genre figures differ")
     return None
 
 
@@ -449,7 +455,7 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     from bgmrec.data.dataset import read_json
     from bgmrec.models.base import read_run_record, recorded_model_package
 
-    keep = ("model", "data", "data_fingerprint", "features_fingerprint", "commit", "argv", "model_package")
+    keep = ("model", "data", *FINGERPRINTS, "commit", "argv", "model_package")
 
     def trained(run: Path) -> dict:
         made, _ = recorded_model_package(run)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bgmrec.data.dataset import FINGERPRINTS
 from bgmrec.eval.report import change_cell
 from bgmrec.eval.significance import PairedComparison
 
@@ -255,8 +256,8 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
 
 # what must match to resume (``code``: :func:`bgmrec.runs.code_fingerprint`; ``model_package``:
 # :func:`bgmrec.models.packages.model_package`, the code of a model from another package)
-RESUME_KEYS = ("model", "data_fingerprint", "features_fingerprint", "grid", "sets", "seed", "teacher",
-               "teacher_weights_sha256", "code", "model_package")
+RESUME_KEYS = ("model", *FINGERPRINTS, "grid", "sets", "seed", "teacher", "teacher_weights_sha256", "code",
+               "model_package")
 # how the refusal names a key that differs ("records another ... than given now"), and its recorded value
 RESUME_NAMES = {"sets": "set of --set values"}
 RESUME_VALUES = {"sets": "--set values"}

@@ -678,6 +678,28 @@ def dataset_fingerprint(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# the fingerprints of a dataset that runs, grids, teachers and figures record (bgmrec.runs.dataset_record)
+FINGERPRINTS = ("data_fingerprint", "features_fingerprint", "labels_fingerprint")
+LABEL_FILES = ("videos.csv", "tracks.csv", "uploaders.npy", "uploaders.json")  # and negatives/, weights/
+
+
+def labels_fingerprint(root: Path) -> str:
+    """A short hash of what a dataset says of its videos, tracks and uploaders beside its splits and features:
+    the videos' uploaders, the tracks' genres, titles and new-music flags, the uploaders' tastes, the frozen
+    negatives and IPW weights (:data:`LABEL_FILES`, ``negatives/`` and ``weights/``), which
+    :func:`dataset_fingerprint` leaves out. A dataset built again with another ``--seed`` keeps a time split
+    but not its negatives, and a catalogue relabelled keeps its features: both change this one."""
+    import hashlib
+
+    root = Path(root)
+    files = [root / name for name in LABEL_FILES] + sorted((root / "negatives").glob("*.npy")) + sorted(
+        (root / "weights").glob("*.npy"))
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"\0{path.relative_to(root).as_posix()}\0{sha256_file(path) if path.is_file() else '-'}".encode())
+    return h.hexdigest()[:16]
+
+
 FEATURE_FILES = ("video_visual", "video_text", "video_text_mask", "music")  # features/<name>.npy, as loaded
 
 
