@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -315,6 +316,18 @@ def test_resume_loads_the_finished_points_and_trains_the_rest(tiny_dir, tmp_path
     assert {t.settings["lr"]: t.seconds for t in resumed if t.settings["lr"] != "0.001"} == {
         t.settings["lr"]: t.seconds for t in whole if t.settings["lr"] != "0.001"}  # loaded points keep their time
     assert json.loads((out / "tuning.json").read_text())["complete"] is True
+
+
+def test_resume_with_the_grid_keys_in_another_order_loads_the_finished_points(tiny_dir, tmp_path, monkeypatch):
+    # the grids compared equal, but the points' folders were named in the new order: all of them trained again
+    import bgmrec.runs as runs
+
+    run_grid(tiny_dir, "cmvae", {"lr": ["0.002"], "dropout": ["0.1", "0.2"]}, tmp_path / "g", SMALL_CMVAE)
+    trained = []
+    monkeypatch.setattr(runs, "train_model", lambda data, model, run, **kw: trained.append(run.name))
+    resumed = run_grid(tiny_dir, "cmvae", {"dropout": ["0.1", "0.2"], "lr": ["0.002"]}, tmp_path / "g",
+                       SMALL_CMVAE, resume=True)
+    assert trained == [] and [Path(t.run).name for t in resumed] == ["lr=0.002,dropout=0.1", "lr=0.002,dropout=0.2"]
 
 
 def test_resume_refuses_another_grid_or_a_folder_without_one(tiny_dir, tmp_path):

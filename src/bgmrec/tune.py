@@ -94,7 +94,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
     (:class:`~bgmrec.runs.SharedTeachers`; a resumed grid loads the teacher it trained).
     """
-    from bgmrec.data.dataset import write_files_together, write_json_atomic
+    from bgmrec.data.dataset import read_json, write_files_together, write_json_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.significance import paired_comparison
@@ -120,6 +120,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
               "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit(),
               "command": tune_command(data, model, out, grid, sets, seed, teacher, resume)}
     finished = _finished_points(Path(out), record) if resume else {}
+    if finished:  # the points as the stopped grid named them: its keys may have been given in another order
+        grid = {k: grid[k] for k in read_json(Path(out) / "tuning.json")["grid"]}
     ds, points, base, configs = _preflight(
         data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
