@@ -21,7 +21,19 @@ from bgmrec.models.registry import build
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+import bgmrec.service as service  # noqa: E402
 from bgmrec.service import create_app, taste_vector  # noqa: E402
+
+REFUSING_UPLOADS = service.uploads_refused
+
+
+@pytest.fixture(scope="module", autouse=True)
+def uploads_ranked_by_the_tiny_worlds_models():
+    """The tiny world's models (features of other sizes than the video encoders give) take the uploads of these
+    tests, whose embedding each test fakes; the service refuses a real upload to such a model (tested below)."""
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(service, "uploads_refused", lambda spec: None)
+        yield
 
 
 def tiny_catalog(ds) -> Catalog:
@@ -364,6 +376,7 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
     args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
     assert main([*args, "--port", "8123"]) == 0
     assert started["port"] == 8123 and started["host"] == "127.0.0.1"
+    assert started["timeout_graceful_shutdown"] == 30  # a client keeping its connection open kept the server up
     assert started["checked"] == ("127.0.0.1", 8123)
     assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
     assert main([*args, "--index", "annoy"]) == 2
@@ -905,3 +918,75 @@ def test_catalogue_tracks_far_from_the_training_music_are_named_at_start_up(tiny
     assert re.fullmatch(rf"1 catalogue track\(s\) have features more than 20 standard deviations from the model's "
                         rf"training music \(up to \S+, track '{catalog.ids[3]}'\): their scores can be out of all "
                         r"proportion and top every list; .*", said[0]), said[0]
+
+
+def test_a_model_trained_on_features_of_other_sizes_than_the_encoders_refuses_uploads_at_start_up(tiny_ds, cmvae,
+                                                                                                   monkeypatch):
+    # a simulated world's model loaded the encoders (300 MB), embedded every upload, then answered 422 "visual must
+    # have shape [32]": the server's configuration, which no client can fix
+    monkeypatch.setattr(service, "uploads_refused", REFUSING_UPLOADS)
+    monkeypatch.setattr(service._MediaEncoders, "load", lambda self: pytest.fail("the encoders were loaded"))
+    said = []
+    client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), load_video_encoders=True,
+                                   warn=said.append))
+    refusal = (f"the model was trained on video features of sizes {tiny_ds.dims()['video_visual']} (visual) and "
+               f"{tiny_ds.dims()['video_text']} (text), not those extract-videos gives an upload (1280, 384); POST "
+               "/recommend takes features of the model's sizes")
+    assert said == [f"POST /recommend/video will answer 501: {refusal}"]
+    assert client.get("/health").json()["warnings"] == said
+    r = client.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})
+    assert r.status_code == 501 and r.json() == {"detail": f"video upload: {refusal}"}
+
+
+def test_batches_past_the_limit_get_a_503_while_the_others_are_answered(tiny_ds, cmvae, monkeypatch):
+    # nothing limited the batches answered at once: eight of 1,024 clips took a server from 0.6 to 2.9 GB
+    import threading
+
+    recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds))
+    client = TestClient(create_app(recommender, max_batches=1))
+    inside, go_on = threading.Event(), threading.Event()
+    answer = recommender.recommend
+
+    def slow(*args, **kwargs):  # the first call (the first batch) waits until told to go on
+        if not inside.is_set():
+            inside.set()
+            go_on.wait(30)
+        return answer(*args, **kwargs)
+
+    monkeypatch.setattr(recommender, "recommend", slow)
+    body = {"clips": [clip_body(tiny_ds, 0)], "top": 3}
+    first = {}
+    worker = threading.Thread(target=lambda: first.update(r=client.post("/recommend/batch", json=body)))
+    worker.start()
+    assert inside.wait(30)
+    busy = client.post("/recommend/batch", json=body)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["detail"] == ("busy: this server answers at most 1 batch requests at once (bgmrec serve "
+                                     "--max-batches); retry shortly")
+    assert client.get("/health").status_code == 200 and client.post("/recommend", json=clip_body(tiny_ds, 0)).is_success
+    go_on.set()
+    worker.join(30)
+    assert first["r"].status_code == 200 and len(first["r"].json()["results"][0]["tracks"]) == 3
+    assert client.post("/recommend/batch", json=body).status_code == 200  # its slot given back
+    with pytest.raises(ValueError, match="max_batches must be a positive integer, got 0"):
+        create_app(recommender, max_batches=0)
+
+
+def test_a_batchs_bad_taste_exclude_or_genres_is_named_by_its_clip(client, tiny_ds):
+    # one bad clip refused the batch saying only "exclude: no track 'nope'", of which clip it did not say
+    def detail(clips):
+        r = client.post("/recommend/batch", json={"clips": clips})
+        assert r.status_code == 422
+        return r.json()["detail"]
+
+    good = clip_body(tiny_ds, 0)
+    assert detail([good, {**good, "exclude": ["nope"]}]).startswith("exclude[1]: no track 'nope' in the catalogue")
+    assert detail([good, {**good, "genres": ["polka"]}]).startswith("genres[1]: unknown genre(s) polka")
+    assert detail([{**good, "taste": {tiny_ds.genres[0]: 1.0}}, {**good, "taste": {"polka": 1.0}}]).startswith(
+        "taste[1]: unknown genre(s) polka")
+    assert detail([{**good, "taste": {tiny_ds.genres[0]: 1.0}}, {**good, "taste": {tiny_ds.genres[0]: 0.0}}]) == (
+        "taste[1]: weights must be finite, non-negative and not all zero")
+    # and an empty list of genres keeps no track: refused, not answered with no track at all
+    r = client.post("/recommend", json={**good, "genres": []})
+    assert r.status_code == 422 and r.json()["detail"] == ("genres: an empty list keeps no track; give at least one "
+                                                           "genre, or null for every genre")

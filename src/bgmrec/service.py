@@ -61,6 +61,7 @@ from starlette.formparsers import MultiPartException
 
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, taste_vector
 
+MAX_BATCHES = 4  # batch requests answered at once by default (each can hold hundreds of MB; bgmrec serve --max-batches)
 MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
 MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve --max-upload-mb
@@ -110,24 +111,36 @@ class Batch(BaseModel):
 
 
 def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = MAX_UPLOAD,
-               load_video_encoders: bool = False, warn: Callable[[str], None] | None = None) -> FastAPI:
+               load_video_encoders: bool = False, warn: Callable[[str], None] | None = None,
+               max_batches: int = MAX_BATCHES) -> FastAPI:
     """The FastAPI application answering with ``recommender``; ``frames`` sampled per uploaded video, uploads
-    of at most ``max_upload`` bytes. With ``load_video_encoders`` the frame and caption encoders are loaded
-    here, not on the first video upload; without the ``media`` extra a start-up warning (``warn``, and
-    ``/health``'s ``warnings``) says that video uploads get 501."""
+    of at most ``max_upload`` bytes, at most ``max_batches`` batch requests answered at once (503 past them).
+    With ``load_video_encoders`` the frame and caption encoders are loaded here, not on the first video upload.
+    A start-up warning (``warn``, and ``/health``'s ``warnings``) says when video uploads will get 501: a model
+    trained on features of other sizes than the encoders' (a simulated world's), or, when the encoders are
+    loaded here, no ``media`` extra."""
     if max_upload < 1:
         raise ValueError(f"max_upload must be at least 1 byte, got {max_upload}")
-    encoders = _MediaEncoders(frames)
+    if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
+        raise ValueError(f"max_batches must be a positive integer, got {max_batches!r}")
+    spec = recommender.model.spec
+    encoders = _MediaEncoders(frames, uploads_refused(spec))
     startup_warnings = list(recommender.warnings)
-    if load_video_encoders:
+
+    def said(message: str) -> None:
+        startup_warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    if encoders.refused is not None:
+        said(f"POST /recommend/video will answer 501: {encoders.refused}")
+    elif load_video_encoders:
         try:
             encoders.load()
         except ImportError as e:
-            startup_warnings.append(f"POST /recommend/video will answer 501: the encoders of uploaded videos need "
-                                    f"the media extra (pip install 'bgmrec[media]'): {e}")
-            if warn is not None:
-                warn(startup_warnings[-1])
-    spec = recommender.model.spec
+            said(f"POST /recommend/video will answer 501: the encoders of uploaded videos need the media extra "
+                 f"(pip install 'bgmrec[media]'): {e}")
+    batch_slots = threading.BoundedSemaphore(max_batches)
     personalised = getattr(recommender.model, "inference_mode", None) == "personalised"
     identity = served_by(recommender)
     max_json = json_limit(spec)
@@ -181,13 +194,14 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         given = [c.taste is not None for c in clips]
         if any(given) and not all(given) and not personalised:  # in personalised mode: required of every clip
             raise RequestError("taste: give it for every clip of a batch or for none")
-        taste = np.stack([taste_vector(c.taste, spec.genres) for c in clips]) if all(given) else None
+        taste = np.stack([taste_vector(c.taste, spec.genres, f"taste[{i}]" if batch else "taste")
+                          for i, c in enumerate(clips)]) if all(given) else None
         labels = [f"clips[{i}]" for i in range(len(clips))] if batch else ["visual/text"]
         return recommender.recommend(features, top, [c.exclude for c in clips], taste, labels,
                                      [c.genres for c in clips])
 
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:  # on the event loop: answered while every worker thread is busy
         """The model and catalogue being served, and the feature sizes a request must have."""
         import torch  # loaded with the model
 
@@ -203,25 +217,33 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "served_by": identity, "warnings": startup_warnings}
 
     @app.post("/recommend")
-    def recommend(body: OneClip) -> dict:
+    def recommend(body: OneClip) -> JSONResponse:
         """The top tracks for one clip's features."""
-        return {**answer([body], body.top)[0], "served_by": identity}
+        return JSONResponse({**answer([body], body.top)[0], "served_by": identity})  # rendered in this thread
 
     @app.post("/recommend/batch")
-    def recommend_batch(body: Batch) -> dict:
-        """The top tracks for each of many clips, in order."""
-        return {"results": answer(body.clips, body.top, batch=True), "served_by": identity}
+    def recommend_batch(body: Batch) -> JSONResponse:
+        """The top tracks for each of many clips, in order; 503 while ``max_batches`` other batches are answered."""
+        if not batch_slots.acquire(blocking=False):
+            raise HTTPException(503, f"busy: this server answers at most {max_batches} batch requests at once "
+                                     "(bgmrec serve --max-batches); retry shortly", headers={"Retry-After": "1"})
+        try:  # the answer rendered here, not on the event loop (1,024 clips of 1,000 tracks: 112 MB of JSON)
+            return JSONResponse({"results": answer(body.clips, body.top, batch=True), "served_by": identity})
+        finally:
+            batch_slots.release()
 
     @app.post("/recommend/video", dependencies=[Depends(known_form_fields)])
     def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
                         top: int = Form(10, ge=1, le=MAX_TOP), exclude: list[str] = Form([]),
-                        genres: list[str] | None = Form(None)) -> dict:
+                        genres: list[str] | None = Form(None)) -> JSONResponse:
         """The top tracks for an uploaded video file and its caption (embedded as ``extract-videos`` does);
         ``exclude`` and ``genres`` as in ``POST /recommend``, one form field per track id or genre (no
         ``genres`` field: every genre; empty values are skipped), checked before the video is read."""
         if personalised:
             raise RequestError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
                                "clip's features and POST /recommend with 'taste'")
+        if encoders.refused is not None:  # the server's configuration, not the client's input: before reading it
+            raise HTTPException(501, f"video upload: {encoders.refused}")
         exclude = [t for t in exclude if t.strip()]
         genres = [g for g in genres or [] if g.strip()] or None
         recommender.excluded_positions([exclude], [genres], 1)  # a bad id or genre before the upload's embedding
@@ -230,7 +252,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 raise HTTPException(413, too_large)
             f.flush()
             clip = encoders.embed(Path(f.name), caption, video.filename or "video")
-        return {**recommender.recommend([clip], top, [exclude], genres=[genres])[0], "served_by": identity}
+        return JSONResponse({**recommender.recommend([clip], top, [exclude], genres=[genres])[0],
+                             "served_by": identity})
 
     return app
 
@@ -426,12 +449,25 @@ def _vector(values: list[float], size: int, field: str) -> np.ndarray:
     return out
 
 
+def uploads_refused(spec) -> str | None:
+    """Why a model of feature sizes ``spec`` cannot rank an uploaded video (trained on features of other sizes
+    than the encoders of ``extract-videos`` give: a simulated world's), None when it can."""
+    from bgmrec.features.text import TEXT_DIM
+    from bgmrec.features.video import VISUAL_DIM
+
+    if (spec.video_visual, spec.video_text) == (VISUAL_DIM, TEXT_DIM):
+        return None
+    return (f"the model was trained on video features of sizes {spec.video_visual} (visual) and {spec.video_text} "
+            f"(text), not those extract-videos gives an upload ({VISUAL_DIM}, {TEXT_DIM}); POST /recommend takes "
+            "features of the model's sizes")
+
+
 class _MediaEncoders:
     """The frame and caption encoders of ``extract-videos``, loaded once (at start-up, or on the first upload) and
-    shared by requests."""
+    shared by requests; ``refused``: why uploads cannot be ranked at all (:func:`uploads_refused`)."""
 
-    def __init__(self, frames: int) -> None:
-        self.frames = frames
+    def __init__(self, frames: int, refused: str | None = None) -> None:
+        self.frames, self.refused = frames, refused
         self._lock = threading.Lock()
         self._loaded = None
 

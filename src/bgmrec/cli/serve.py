@@ -32,6 +32,9 @@ def check_can_listen(host: str, port: int) -> None:
         raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}){hint}") from None
 
 
+SHUTDOWN_SECONDS = 30  # what requests in flight get to finish once the server is stopped
+
+
 @app.command("serve")
 def serve_cmd(
     run: Path = typer.Option(..., help="run folder of a trained model"),
@@ -53,6 +56,8 @@ def serve_cmd(
                                                          "many, so fewer contend less under load"),
     lazy_encoders: bool = typer.Option(False, "--lazy-encoders", help="load the video encoders on the first "
                                                                       "video upload (about 4 s), not at start-up"),
+    max_batches: int = typer.Option(4, min=1, help="batch requests answered at once (each can hold hundreds of MB); "
+                                                   "more get 503 with Retry-After"),
 ) -> None:
     """Serve "music for this video" over HTTP: POST /recommend, /recommend/batch, /recommend/video; GET /health."""
     try:
@@ -84,5 +89,7 @@ def serve_cmd(
     recommender = ClipRecommender(model, open_catalog(catalog), index, warn=warn_on_stderr, frames=frames,
                                   ef_search=ef_search, threads=threads)
     app = create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20), load_video_encoders=not lazy_encoders,
-                     warn=warn_on_stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+                     warn=warn_on_stderr, max_batches=max_batches)
+    # stopped (Ctrl-C, SIGTERM): requests in flight get SHUTDOWN_SECONDS to finish, then the server exits even if a
+    # client keeps its connection open (it kept the server up for as long as that client did)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS)

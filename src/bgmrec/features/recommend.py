@@ -174,13 +174,14 @@ def modality_shares(model: Recommender, q: VideoQuery) -> list[dict[str, float |
             for has_text in np.asarray(q.text_mask, bool)]
 
 
-def taste_vector(taste: dict[str, float], genres) -> np.ndarray:
+def taste_vector(taste: dict[str, float], genres, field: str = "taste") -> np.ndarray:
     """[G] genre preferences from ``{genre: weight}`` (a genre left out weighs 0), in the order of ``genres``;
-    a :class:`RequestError` for an unknown genre (:meth:`ClipRecommender.recommend` checks the weights)."""
+    a :class:`RequestError` naming ``field`` for an unknown genre (:meth:`ClipRecommender.recommend` checks the
+    weights)."""
     g = list(genres)
     unknown = sorted(set(taste) - set(g))
     if unknown:
-        raise RequestError(f"taste: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
+        raise RequestError(f"{field}: unknown genre(s) {', '.join(unknown)}; the model knows {', '.join(g)}")
     return np.array([taste.get(name, 0.0) for name in g], np.float64)
 
 
@@ -188,8 +189,10 @@ def normalised_taste(weights: np.ndarray) -> np.ndarray:
     """Genre weights [n, G] as preferences, each row scaled to sum to 1 (float32); a :class:`RequestError`
     unless every weight is finite and non-negative and no row is all zero."""
     w = np.asarray(weights, np.float64)
-    if not np.isfinite(w).all() or (w < 0).any() or (w.max(axis=1) <= 0).any():
-        raise RequestError("taste: weights must be finite, non-negative and not all zero")
+    bad = np.flatnonzero(~np.isfinite(w).all(axis=1) | (w < 0).any(axis=1) | ~(w.max(axis=1) > 0))
+    if bad.size:
+        raise RequestError(f"taste{f'[{bad[0]}]' if len(w) > 1 else ''}: weights must be finite, non-negative and "
+                           "not all zero")
     w = w / w.max(axis=1, keepdims=True)  # then the sum cannot overflow
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
@@ -312,7 +315,8 @@ class ClipRecommender:
             if isinstance(ids, str) or not isinstance(ids, list | tuple | set | frozenset | np.ndarray):
                 raise RequestError(f"exclude[{i}] must be a list of track ids, got {type(ids).__name__} {ids!r}"[:160])
         excluded = None if not exclude or not any(len(ids) for ids in exclude) else [
-            np.array([self._position_of(t) for t in ids], np.int64) for ids in exclude]
+            np.array([self._position_of(t, f"exclude[{i}]" if n > 1 else "exclude") for t in ids], np.int64)
+            for i, ids in enumerate(exclude)]
         return self._outside_genres(genres, n, excluded)
 
     def _query(self, clips: list[ClipFeatures], taste) -> VideoQuery:
@@ -372,16 +376,20 @@ class ClipRecommender:
                 continue
             if isinstance(wanted, str) or not isinstance(wanted, list | tuple | set | frozenset):
                 raise RequestError(f"genres[{i}] must be a list of genre names, got {type(wanted).__name__}")
+            field = f"genres[{i}]" if n > 1 else "genres"
+            if not wanted:  # answered with no track at all, as if the request had worked
+                raise RequestError(f"{field}: an empty list keeps no track; give at least one genre, or null for "
+                                   "every genre")
             unknown = sorted(set(wanted) - set(self.genre_names))
             if unknown:
-                raise RequestError(f"genres: unknown genre(s) {', '.join(map(str, unknown))}; the catalogue has "
+                raise RequestError(f"{field}: unknown genre(s) {', '.join(map(str, unknown))}; the catalogue has "
                                    f"{', '.join(self.genre_names)}")
             lists[i] = np.union1d(lists[i], np.flatnonzero(~np.isin(self._track_genre, list(wanted))))
         return lists
 
-    def _position_of(self, track_id: str) -> int:
+    def _position_of(self, track_id: str, field: str) -> int:
         if track_id not in self.position:
-            raise RequestError(f"exclude: no track {track_id!r} in the catalogue {self.catalog.root or ''}".rstrip())
+            raise RequestError(f"{field}: no track {track_id!r} in the catalogue {self.catalog.root or ''}".rstrip())
         return self.position[track_id]
 
 
