@@ -275,6 +275,18 @@ def test_train_ignores_epochs_with_a_warning_for_a_model_not_trained_in_epochs(c
     assert (tmp_path / "r" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("model", ["popularity", "cca", "random"])
+def test_train_says_a_seed_changes_nothing_for_a_model_that_draws_nothing(cli_world, tmp_path, capsys, model):
+    # a seed sweep of popularity showed no spread, and nothing said why
+    capsys.readouterr()
+    for how in (["--seed", "3"], ["--set", "seed=3"]):
+        assert main(["train", "--data", str(cli_world), "--model", model, "--out", str(tmp_path / "r"), *how]) == 0
+        err = capsys.readouterr().err
+        said = (f"warning: --seed: {model}'s training and scores do not depend on a seed (nothing is drawn); it is "
+                "recorded and changes nothing\n")
+        assert err == (said if model != "random" else ""), err
+
+
 def test_train_seed_by_option_or_set_and_refused_when_they_disagree(cli_world, popularity_run, tmp_path, capsys):
     def seed_of(run: Path) -> int:
         return json.loads((run / "config.json").read_text())["config"]["seed"]
@@ -285,6 +297,7 @@ def test_train_seed_by_option_or_set_and_refused_when_they_disagree(cli_world, p
     assert seed_of(tmp_path / "set") == 7  # was replaced by --seed's default 0
     assert main([*train, str(tmp_path / "both"), "--seed", "7", "--set", "seed=7"]) == 0
     assert seed_of(tmp_path / "both") == 7
+    capsys.readouterr()  # popularity draws nothing: the runs above said their seed changes nothing
     assert main([*train, str(tmp_path / "clash"), "--seed", "3", "--set", "seed=7"]) == 2
     assert "--seed 3 and --set seed=7 disagree; give seed once" in _error(capsys)
     assert main([*train, str(tmp_path / "clash"), "--epochs", "3", "--set", "epochs=5"]) == 2

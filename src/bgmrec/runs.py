@@ -469,6 +469,18 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
             "bgmrec_version": bgmrec.__version__, "commit": git_commit()}
 
 
+def warn_if_seed_unused(model: str, seed: int | None, sets: dict) -> None:
+    """Say on stderr when a seed is given (``--seed`` or ``--set seed=``) to a model whose training and scores do
+    not depend on one (:attr:`~bgmrec.models.base.Recommender.uses_seed`): a seed sweep of it would show no
+    spread, and say nothing of why."""
+    from bgmrec.features.recommend import warn_on_stderr
+    from bgmrec.models.registry import model_class
+
+    if (seed is not None or "seed" in sets) and not model_class(model).uses_seed:
+        warn_on_stderr(f"--seed: {model}'s training and scores do not depend on a seed (nothing is drawn); it is "
+                       "recorded and changes nothing")
+
+
 def epochs_if_trained_in_epochs(model: str, epochs: int | None, sets: dict) -> int | None:
     """The ``--epochs`` option for ``model``: None, with a warning on stderr, for a model not trained in epochs
     (its config has no ``epochs`` field: popularity, cca, random), whose training it would not change. With a

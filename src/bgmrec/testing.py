@@ -240,6 +240,18 @@ class RecommenderContractMixin:
     def test_seeded_determinism(self, model, fresh_model, queries, catalog):
         np.testing.assert_array_equal(fresh_model.score(queries, catalog), model.score(queries, catalog))
 
+    def test_a_model_that_uses_no_seed_scores_alike_with_another(self, model, contract_ds, contract_spec, queries,
+                                                                  catalog, tmp_path):
+        if type(model).uses_seed:
+            pytest.skip(f"{self.model_name} uses its seed (Recommender.uses_seed)")
+        other = build(self.model_name, contract_spec, {**self.overrides, "seed": model.config.seed + 1})
+        if self.teacher:
+            prepare_teacher(other, contract_ds, tmp_path)
+        other.fit(SplitView(contract_ds, "train"), SplitView(contract_ds, "val"))
+        np.testing.assert_array_equal(other.score(queries, catalog), model.score(queries, catalog),
+                                      err_msg=f"{self.model_name} sets uses_seed = False, but another seed scores "
+                                              "otherwise")
+
     def test_save_load_round_trip(self, model, queries, catalog, tmp_path):
         folder = model.save(tmp_path / "run")
         files = sorted(p.name for p in folder.iterdir())

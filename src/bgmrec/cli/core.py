@@ -107,6 +107,7 @@ def train(
     sets = parse_sets(set_)
     epochs = runs.epochs_if_trained_in_epochs(model, epochs, sets)
     rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher)
+    runs.warn_if_seed_unused(model, seed, sets)
     best = max((h["val_recall@10"] for h in rec.history if "val_recall@10" in h), default=None)  # none: no val
     epochs_run = len(rec.history)
     console.print(f"saved {model} to {out} ({seconds:.1f} s, {epochs_run} epoch{'s' if epochs_run != 1 else ''}"

@@ -350,6 +350,9 @@ class Recommender(ABC):
     #: True when the model is trained with a frozen teacher (DecCM); the factory attaches it
     uses_teacher: ClassVar[bool] = False
     inference_mode: str | None = None
+    #: False when neither training nor scores depend on the config's seed (popularity, CCA, the oracle): ``train``
+    #: then says that ``--seed`` changes nothing, and the contract checks that another seed scores alike
+    uses_seed: ClassVar[bool] = True
     #: True when scores depend on the catalogue's genre ids: tracks of a genre the model was not trained on are
     #: then warned of (:class:`GenreMappingWarning`)
     reads_genre: bool = True

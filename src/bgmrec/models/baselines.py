@@ -73,6 +73,7 @@ class PopularityRecommender(Recommender):
     """
 
     name = "popularity"
+    uses_seed = False  # counts: nothing is drawn
     reads_genre = False
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
@@ -120,6 +121,7 @@ class CCARecommender(Recommender):
     """
 
     name = "cca"
+    uses_seed = False  # a closed-form solution: nothing is drawn
     config_class = CCAConfig
     reads_genre = False
 

@@ -25,6 +25,7 @@ class Oracle(Recommender):
     """The simulated world's true selection logits for each split's own process (upper bound)."""
 
     name = "oracle"
+    uses_seed = False  # the world's own logits: nothing is drawn
 
     def __init__(self, config: ModelConfig, spec, truth: WorldTruth | None = None) -> None:
         super().__init__(config, spec)
