@@ -211,12 +211,15 @@ def audio_extractor():
     return AudioExtractor()
 
 
-def write_catalog_folder(out: Path, features: np.ndarray, genres: list[str]) -> Path:
-    """A catalogue folder in the extract-music format from arrays (no media, for fast tests)."""
+def write_catalog_folder(out: Path, features: np.ndarray, genres: list[str], order: list[int] | None = None) -> Path:
+    """A catalogue folder in the extract-music format from arrays (no media, for fast tests); track ``t{j}`` has
+    row ``j`` of ``features`` and ``genres``, and ``order`` is the tracks' row order (default: by number)."""
     from bgmrec.data.dataset import save_npy_atomic, write_json_atomic
 
     out = Path(out)
-    ids = [f"t{j}" for j in range(len(features))]
+    order = list(range(len(features))) if order is None else list(order)
+    ids = [f"t{j}" for j in order]
+    features, genres = np.asarray(features)[order], [genres[j] for j in order]
     out.mkdir(parents=True, exist_ok=True)
     save_npy_atomic(out / "music.npy", np.asarray(features, np.float32))
     with open(out / "tracks.csv", "w", newline="", encoding="utf-8") as f:

@@ -87,11 +87,15 @@ def test_a_dataset_does_not_depend_on_the_order_of_the_folders_rows(tmp_path, fo
     vids, cat = folders
     shuffled = mf.write_videos_folder(tmp_path / "shuffled", 30, no_text=(3, 4),
                                       order=list(np.random.default_rng(5).permutation(30)))
+    shuffled_cat = mf.write_catalog_folder(tmp_path / "shuffled_music", np.load(cat / "music.npy"), GENRES,
+                                           order=[3, 0, 7, 1, 6, 2, 5, 4])
     pairs = write_pairs(tmp_path / "pairs.csv", with_time=with_time,
                         extra=[f"v{i},t1,u0" + (",2024-03-01T00:00:00" if with_time else "") for i in range(3)])
     a = build_dataset(vids, cat, pairs, tmp_path / "a", BuildConfig(seed=3))
-    b = build_dataset(shuffled, cat, pairs, tmp_path / "b", BuildConfig(seed=3))
+    b = build_dataset(shuffled, shuffled_cat, pairs, tmp_path / "b", BuildConfig(seed=3))
     assert a.video_ids == b.video_ids and np.array_equal(a.video_visual, b.video_visual)
+    assert a.track_ids == b.track_ids and np.array_equal(a.music, b.music)
+    assert np.array_equal(a.track_genre, b.track_genre)
     assert all(np.array_equal(a.splits[s], b.splits[s]) for s in a.splits)
     assert all(np.array_equal(a.negatives[s], b.negatives[s]) for s in a.negatives)
 

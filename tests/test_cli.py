@@ -504,7 +504,7 @@ def test_evaluating_on_another_dataset_or_features_is_flagged_but_a_moved_copy_i
     capsys.readouterr()
     for data, flagged in ((cli_world, None), (moved, None), (other, "another dataset"),
                           (refeatured, "other features of this dataset"),
-                          (relabelled, "now holds other frozen negatives, weights, genres or uploaders' tastes")):
+                          (relabelled, "now holds other frozen negatives, weights, genres, titles or uploaders")):
         assert main(["evaluate", "--run", str(popularity_run), "--data", str(data)]) == 0
         err = capsys.readouterr().err
         assert err.count("was trained on") == (flagged is not None) and (flagged is None or flagged in err), (data, err)

@@ -325,9 +325,10 @@ def test_resume_with_the_grid_keys_in_another_order_loads_the_finished_points(ti
     run_grid(tiny_dir, "cmvae", {"lr": ["0.002"], "dropout": ["0.1", "0.2"]}, tmp_path / "g", SMALL_CMVAE)
     trained = []
     monkeypatch.setattr(runs, "train_model", lambda data, model, run, **kw: trained.append(run.name))
-    resumed = run_grid(tiny_dir, "cmvae", {"dropout": ["0.1", "0.2"], "lr": ["0.002"]}, tmp_path / "g",
-                       SMALL_CMVAE, resume=True)
-    assert trained == [] and [Path(t.run).name for t in resumed] == ["lr=0.002,dropout=0.1", "lr=0.002,dropout=0.2"]
+    for grid in ({"dropout": ["0.1", "0.2"], "lr": ["0.002"]}, {"lr": ["0.002"], "dropout": ["0.1", "0.2"]}):
+        resumed = run_grid(tiny_dir, "cmvae", grid, tmp_path / "g", SMALL_CMVAE, resume=True)  # twice: as recorded
+        assert trained == [] and [Path(t.run).name for t in resumed] == ["lr=0.002,dropout=0.1",
+                                                                          "lr=0.002,dropout=0.2"]
 
 
 def test_resume_refuses_another_grid_or_a_folder_without_one(tiny_dir, tmp_path):

@@ -288,8 +288,8 @@ class SharedTeachers:
     folders, and given to every model of that config. So DecCM and its teacher-guided ablations are guided by
     one teacher and differ only in what they ablate, and it is trained once, not once per model.
 
-    Each teacher's ``run.json`` records what made it: its config, the dataset's two fingerprints (splits and
-    features) and the code (:func:`code_fingerprint`). A teacher in ``root`` with the same record (a command
+    Each teacher's ``run.json`` records what made it: its config, the dataset's fingerprints (splits,
+    features, labels) and the code (:func:`code_fingerprint`). A teacher in ``root`` with the same record (a command
     run again, or ``tune --resume``), under any folder name, is loaded, so the runs that already refer to it
     keep it; otherwise one is trained and replaces ``root/<name>``, so a teacher of another world, features,
     config or code, or one that does not load, is never taken. ``data_record``: the dataset's
@@ -404,8 +404,9 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     """Say on stderr when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
     training dataset than ``data``: its figures there measure a transfer, and a test split of ``data`` may
     hold its training videos (``what`` names the run in the message); or the same dataset with other
-    features (extracted again since). Silent for runs without that record; never an error. Returns the
-    message (for a result's JSON), None when silent."""
+    features (extracted again since), or other labels (frozen negatives, weights, genres, tastes, titles:
+    built again with another seed, or a catalogue relabelled). Silent for runs without that record; never an
+    error. Returns the message (for a result's JSON), None when silent."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint, labels_fingerprint
     from bgmrec.features.recommend import warn_on_stderr
     from bgmrec.models.base import read_run_record
@@ -430,8 +431,8 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
                               "(extracted again since?)")
     if relabelled:
         return warn_on_stderr(f"{name} was trained on this dataset's splits and features, but {data} now holds other "
-                              "frozen negatives, weights, genres or uploaders' tastes (built again with another "
-                              "--seed, or a catalogue relabelled?): its sampled, IPW and per-genre figures differ")
+                              "frozen negatives, weights, genres, titles or uploaders (built again with another "
+                              "--seed, or a catalogue relabelled?): its sampled, IPW and per-genre figures can differ")
     return None
 
 

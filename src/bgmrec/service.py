@@ -13,7 +13,7 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
   uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
   the answer is the object ``bgmrec recommend --json`` prints;
 - ``POST /recommend/batch``: ``{"clips": [...], "top": k}``, one matrix product for all clips, the
-  answers in order under ``results``;
+  answers in order under ``results``; at most ``max_batches`` at once, more get 503 (:class:`BatchSlots`);
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
   as ``extract-videos`` does (needs the ``media`` extra; ``bgmrec serve`` loads the encoders at start-up,
   ``--lazy-encoders`` on the first such request); a clip
@@ -31,9 +31,10 @@ They are computed once, at start-up.
 A request the caller must fix (a wrong size, a non-finite value, features for which the model's scores
 are not finite, an unknown field, a value of the wrong JSON type, an unknown track id or genre, no ``taste``
 in personalised mode, an unreadable video or an image, which ``extract-videos`` refuses too) gets HTTP 422
-with a one-line ``detail`` naming the field; a video upload to a server installed without the ``media``
-extra gets 501. JSON fields are read strictly: ``"top": "5"``, ``true`` or ``5.0`` is not a count and
-``"0.5"`` is not a feature value (pydantic's lax mode would convert them); only the video form's ``top``
+with a one-line ``detail`` naming the field (in a batch, the clip: ``exclude[1]``); a video upload to a server
+installed without the ``media`` extra, or serving a model of other feature sizes than the encoders give
+(:func:`uploads_refused`), gets 501. JSON fields are read strictly: ``"top": "5"``, ``true`` or ``5.0`` is
+not a count and ``"0.5"`` is not a feature value (pydantic's lax mode would convert them); only the video form's ``top``
 is text, parsed as an integer. A body the JSON parser cannot read gets 422 with a ``body: ...`` detail
 saying why (:func:`validation_detail`, :func:`body_refusal`). Any other error is the server's: HTTP 500
 with a generic ``detail``, the traceback logged (logger ``bgmrec.service``).
@@ -141,7 +142,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         except ImportError as e:
             said(f"POST /recommend/video will answer 501: the encoders of uploaded videos need the media extra "
                  f"(pip install 'bgmrec[media]'): {e}")
-    batch_slots = threading.BoundedSemaphore(max_batches)
+
     personalised = getattr(recommender.model, "inference_mode", None) == "personalised"
     identity = served_by(recommender)
     max_json = json_limit(spec)
@@ -172,6 +173,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return (f"body: {f'{size} bytes is' if size is not None else 'the request is'} larger than this server's "
                 f"limit of {max_json} bytes for JSON ({max_json / 2**20:.0f} MB)")
 
+    app.add_middleware(BatchSlots, path="/recommend/batch", slots=max_batches)
     app.add_middleware(BodyLimit, limits={"/recommend/video": (max_upload + FORM_SLACK, lambda size: too_large),
                                           "/recommend": (max_json, json_too_large),
                                           "/recommend/batch": (max_json, json_too_large)})
@@ -195,7 +197,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         given = [c.taste is not None for c in clips]
         if any(given) and not all(given) and not personalised:  # in personalised mode: required of every clip
             raise RequestError("taste: give it for every clip of a batch or for none")
-        taste = np.stack([taste_vector(c.taste, spec.genres, f"taste[{i}]" if batch else "taste")
+        taste = np.stack([taste_vector(c.taste, spec.genres, f"taste[{i}]" if len(clips) > 1 else "taste")
                           for i, c in enumerate(clips)]) if all(given) else None
         labels = [f"clips[{i}]" for i in range(len(clips))] if batch else ["visual/text"]
         return recommender.recommend(features, top, [c.exclude for c in clips], taste, labels,
@@ -214,7 +216,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "catalog_genres": recommender.genre_names,
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
                 "video_frames": frames,  # sampled from each uploaded video (/recommend/video)
-                "threads": torch.get_num_threads(),  # in this request's thread (bgmrec serve --threads)
+                "threads": torch.get_num_threads(),  # torch's count (bgmrec serve --threads sets it in each thread)
                 "served_by": identity, "warnings": startup_warnings}
 
     @app.post("/recommend")
@@ -224,14 +226,9 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     @app.post("/recommend/batch")
     def recommend_batch(body: Batch) -> AnswerJSON:
-        """The top tracks for each of many clips, in order; 503 while ``max_batches`` other batches are answered."""
-        if not batch_slots.acquire(blocking=False):
-            raise HTTPException(503, f"busy: this server answers at most {max_batches} batch requests at once "
-                                     "(bgmrec serve --max-batches); retry shortly", headers={"Retry-After": "1"})
-        try:  # the answer rendered here, not on the event loop (1,024 clips of 1,000 tracks: 112 MB of JSON)
-            return AnswerJSON({"results": answer(body.clips, body.top, batch=True), "served_by": identity})
-        finally:
-            batch_slots.release()
+        """The top tracks for each of many clips, in order (503 past ``max_batches`` at once: :class:`BatchSlots`)."""
+        # rendered here, not on the event loop (1,024 clips of 1,000 tracks: 112 MB of JSON)
+        return AnswerJSON({"results": answer(body.clips, body.top, batch=True), "served_by": identity})
 
     @app.post("/recommend/video", dependencies=[Depends(known_form_fields)])
     def recommend_video(video: UploadFile = File(...), caption: str = Form(""),
@@ -275,6 +272,28 @@ class BodyTooLarge(StarletteHTTPException):
 
     def __init__(self, detail: str) -> None:
         super().__init__(status_code=413, detail=detail)
+
+
+class BatchSlots:
+    """ASGI middleware: at most ``slots`` requests to ``path`` at once, from before their body is read until their
+    answer is sent (a batch of 1,024 clips holds its parsed body, its scores and up to 112 MB of answer); one more
+    gets HTTP 503 with ``Retry-After: 1`` at once, its body unread."""
+
+    def __init__(self, app, path: str, slots: int) -> None:
+        self.app, self.path, self.slots, self.limit = app, path, threading.BoundedSemaphore(slots), slots
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        if not self.slots.acquire(blocking=False):
+            busy = JSONResponse(status_code=503, headers={"Retry-After": "1"}, content={
+                "detail": f"busy: this server answers at most {self.limit} batch requests at once (bgmrec serve "
+                          "--max-batches); retry shortly"})
+            return await busy(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:  # sent, failed or abandoned
+            self.slots.release()
 
 
 class BodyLimit:
@@ -497,7 +516,8 @@ class _MediaEncoders:
 
         if self._loaded is None:
             frame_encoder, text_encoder = FrameEncoder(), TextEncoder()
-            frame_encoder.net(), text_encoder.model()
+            text_encoder.model()
+            frame_encoder.embed(np.zeros((frame_encoder.threads, 64, 64, 3), np.uint8))  # its network, its threads
             self._loaded = frame_encoder, text_encoder
         return self._loaded
 

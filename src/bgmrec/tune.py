@@ -122,6 +122,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     finished = _finished_points(Path(out), record) if resume else {}
     if finished:  # the points as the stopped grid named them: its keys may have been given in another order
         grid = {k: grid[k] for k in read_json(Path(out) / "tuning.json")["grid"]}
+        record.update(grid=grid, command=tune_command(data, model, out, grid, sets, seed, teacher, resume))
     ds, points, base, configs = _preflight(
         data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume

@@ -50,9 +50,18 @@ def test_frame_embeddings_shape_determinism_and_content(tmp_path):
     assert enc.embed(a).shape == (4, 1280)
     # each frame thread runs torch on one thread, as documented (it ran on the cores, and the frame vectors changed
     # with OMP_NUM_THREADS by up to 7.5e-6)
+    import threading
+
     import torch
 
     assert {enc._pool.submit(torch.get_num_threads).result() for _ in range(8)} == {1}
+    # and no other thread: torch's count set in a frame thread was also taken by every thread started later (a
+    # server's request threads ran torch on one thread after the first upload)
+    default, later = torch.get_num_threads(), {}
+    started = threading.Thread(target=lambda: later.update(n=(torch.ones(2).sum(), torch.get_num_threads())[1]))
+    started.start()
+    started.join()
+    assert later["n"] == default == torch.get_num_threads()
 
 
 def test_caption_text_and_empty_caption_is_no_text():

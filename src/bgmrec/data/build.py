@@ -213,12 +213,14 @@ def in_id_order(folder):
     catalogue's :class:`~bgmrec.features.audio.Catalog`) with its rows sorted by id, so that a dataset, its
     seeded split and its negatives do not depend on where the files lay: extract-videos orders rows by path,
     and moving clips into subfolders changed 17 of a random split's 18 test videos."""
-    order = sorted(range(len(folder.ids)), key=folder.ids.__getitem__)
-    if order == list(range(len(order))):
+    n = len(folder.ids)
+    order = sorted(range(n), key=folder.ids.__getitem__)
+    if order == list(range(n)):
         return folder
-    return dataclasses.replace(folder, **{
+    return dataclasses.replace(folder, **{  # the fields of one value per row
         f.name: ([value[i] for i in order] if isinstance(value, list) else value[order])
-        for f in dataclasses.fields(folder) if isinstance(value := getattr(folder, f.name), list | np.ndarray)})
+        for f in dataclasses.fields(folder)
+        if isinstance(value := getattr(folder, f.name), list | np.ndarray) and len(value) == n})
 
 
 def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[str, int], videos_dir: Path,

@@ -192,7 +192,7 @@ def normalised_taste(weights: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(w).all(axis=1) | (w < 0).any(axis=1) | ~(w.max(axis=1) > 0))
     if bad.size:
         raise RequestError(f"taste{f'[{bad[0]}]' if len(w) > 1 else ''}: weights must be finite, non-negative and "
-                           "not all zero")
+                           "not all zero")  # the row named when there are several
     w = w / w.max(axis=1, keepdims=True)  # then the sum cannot overflow
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 

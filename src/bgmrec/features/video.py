@@ -261,6 +261,15 @@ def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: floa
     return [kept[i] for i in pick]
 
 
+def _one_torch_thread() -> None:
+    """Start a frame thread running torch on one thread, as :class:`FrameEncoder` says: on torch's default, the
+    cores, its sums (so the frame vectors) changed with them (by up to 7.5e-6 between OMP_NUM_THREADS=1 and 2)."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.zeros(1).add_(1)  # a first operation fixes the thread's count
+
+
 class FrameEncoder:
     """ImageNet EfficientNet-Lite0 (weights from the installed package), 1280-d per frame.
 
@@ -313,8 +322,6 @@ class FrameEncoder:
         net = self.net()
 
         def run(part: np.ndarray) -> np.ndarray:
-            torch.set_num_threads(1)  # per thread: a pool thread otherwise runs on torch's default, the cores, and
-            # its sums (so the frame vectors) changed with them (by up to 7.5e-6 between OMP_NUM_THREADS=1 and 2)
             with torch.inference_mode():  # grad mode is per thread
                 x = torch.from_numpy(np.ascontiguousarray(part))
                 x = (x.permute(0, 3, 1, 2).float() - 127.0) / 128.0  # NHWC memory: channels_last
@@ -327,8 +334,12 @@ class FrameEncoder:
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="frames")
-        return np.concatenate(list(self._pool.map(lambda p: run(frames[p]), parts))).astype(np.float32)
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="frames", initializer=_one_torch_thread)
+        restore = torch.get_num_threads()
+        try:
+            return np.concatenate(list(self._pool.map(lambda p: run(frames[p]), parts))).astype(np.float32)
+        finally:  # a frame thread's setting is also the count that threads started later take: put back the caller's
+            torch.set_num_threads(restore)
 
     def embed_clip(self, frames: np.ndarray) -> np.ndarray:
         """One clip vector [1280]: the mean of its frames' embeddings."""
