@@ -37,6 +37,7 @@ class AudioRidge(Recommender):
     name = "audio-ridge"
     config_class = AudioRidgeConfig
     reads_genre = False  # scores read the audio features only
+    uses_seed = False  # a closed-form ridge regression: nothing is drawn
 
     def __init__(self, config: AudioRidgeConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
