@@ -100,6 +100,22 @@ def test_a_dataset_does_not_depend_on_the_order_of_the_folders_rows(tmp_path, fo
     assert all(np.array_equal(a.negatives[s], b.negatives[s]) for s in a.negatives)
 
 
+def test_building_over_a_dataset_of_other_splits_says_so(tmp_path, folders):
+    # an upgrade rebuilt a dataset in place with other splits (videos now in id order): nothing said so, and the
+    # runs trained on it then spoke of "data built again" without a cause
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", with_time=False)
+    said = []
+    build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(seed=3), warn=said.append)
+    build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(seed=3), warn=said.append)  # the same again
+    assert said == []
+    build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(seed=4), warn=said.append)
+    assert said == [f"{tmp_path / 'd'}: the dataset this build replaced had other splits or another manifest (other "
+                    "inputs or settings, or a bgmrec before 2026-11-23, which kept the folders' row order where "
+                    "videos and tracks are now in id order); runs trained on it will say they were trained on data "
+                    "built again since"]
+
+
 def test_videos_without_pairs_are_left_out(tmp_path, folders):
     vids, cat = folders
     pairs = write_pairs(tmp_path / "pairs.csv", n_videos=20)

@@ -377,7 +377,8 @@ def test_resume_refuses_another_teacher_other_code_or_a_changed_run(tiny_dir, tm
                  resume=True)
     real_code = runs.code_fingerprint
     monkeypatch.setattr(runs, "code_fingerprint", lambda: "0.1.0+other")  # edited sources, committed or not
-    with pytest.raises(ValueError, match="records another code"):
+    with pytest.raises(ValueError, match=r"was tuned by another bgmrec \(code 0\.1\.0\+\w+, now 0\.1\.0\+other\), "
+                                         r"whose finished points cannot be reused: tune into a new --out$"):
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5", "0.1"]}, tmp_path / "g", small, teacher=tmp_path / "t1",
                  resume=True)
     monkeypatch.setattr(runs, "code_fingerprint", real_code)

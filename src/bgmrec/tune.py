@@ -239,6 +239,9 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
                          "little to check the grid; tune into a new --out")
     then, now = _as_resumed(stopped, record["model"]), _as_resumed(record, record["model"])
     differ = [k for k in RESUME_KEYS if then.get(k) != now[k]]
+    if "code" in differ:  # no argument of the user's can make it match: say so first
+        raise ValueError(f"--resume: {path} was tuned by another bgmrec (code {then.get('code')}, now {now['code']}), "
+                         "whose finished points cannot be reused: tune into a new --out")
     if differ:
         was = {k: "not recorded (an older bgmrec)" if k not in then else "each point's own (a grid key)"
                if k == "seed" and then[k] is None else repr(then[k]) for k in differ}

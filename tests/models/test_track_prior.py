@@ -160,3 +160,24 @@ def test_a_checkpoint_saved_without_the_prior_ranks_by_similarity(tiny_ds, tmp_p
     plain.module.load_state_dict({k: v for k, v in model.module.state_dict().items()
                                   if not k.startswith("track_prior.")})
     assert np.allclose(old.score(q, catalog), plain.score(q, catalog), atol=1e-5)
+
+
+def test_popularity_recognises_its_training_tracks_in_a_catalogue_of_any_order(tiny_ds, tmp_path):
+    # it took a track's count by catalogue position: served with the catalogue folder (extract-music's path order)
+    # of a dataset listing tracks by id, or with a catalogue grown since, it ranked other tracks first, silently
+    from safetensors.numpy import save_file
+
+    from bgmrec.models.base import load_model
+
+    model = build("popularity", FeatureSpec.of(tiny_ds)).fit(SplitView(tiny_ds, "train"))
+    counts = np.bincount(np.asarray(tiny_ds.splits["train"])[:, 1], minlength=tiny_ds.n_tracks)
+    music = np.asarray(tiny_ds.music, np.float32)
+    order = np.random.default_rng(0).permutation(tiny_ds.n_tracks)
+    new = np.random.default_rng(1).standard_normal((1, music.shape[1])).astype(np.float32)
+    served = MusicCatalog(np.vstack([music[order], new]), np.zeros(tiny_ds.n_tracks + 1, np.int64))
+    np.testing.assert_allclose(model.encode_music(served)[:, 0], np.log1p(np.append(counts[order], 0)))
+    # a run saved before the hashes (its counts by dataset position) loads and ranks as it did
+    folder = model.save(tmp_path / "run")
+    save_file({"counts": counts.astype(np.float64)}, str(folder / "weights.safetensors"))
+    old = load_model(folder)
+    np.testing.assert_allclose(old.encode_music(MusicCatalog.from_dataset(tiny_ds))[:, 0], np.log1p(counts))

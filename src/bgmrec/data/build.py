@@ -58,6 +58,7 @@ from bgmrec.data.dataset import (
     DatasetFieldError,
     FieldError,
     SplitInfo,
+    dataset_fingerprint,
     save_dataset,
     separator_hint,
     sha256_file,
@@ -418,6 +419,19 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             "settings": {"videos": vids.manifest.get("settings"), "music": cat.manifest.get("settings")},
         },
     )
+    before = _splits_fingerprint(Path(out))
     save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}})
+    if before is not None and before != dataset_fingerprint(Path(out)) and warn is not None:
+        warn(f"{out}: the dataset this build replaced had other splits or another manifest (other inputs or "
+             "settings, or a bgmrec before 2026-11-23, which kept the folders' row order where videos and tracks "
+             "are now in id order); runs trained on it will say they were trained on data built again since")
     return ds
+
+
+def _splits_fingerprint(folder: Path) -> str | None:
+    """The :func:`~bgmrec.data.dataset.dataset_fingerprint` of the dataset in ``folder``, None when it holds none."""
+    try:
+        return dataset_fingerprint(folder) if (folder / "manifest.json").is_file() else None
+    except (DatasetError, OSError):
+        return None
 

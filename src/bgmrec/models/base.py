@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import numbers
 import os
@@ -289,6 +290,25 @@ def taste_in_model_genres(taste: np.ndarray, names, model_genres) -> tuple[np.nd
         notes.append(f"the model's genre(s) {', '.join(absent)}, which the data does not name, get each "
                      "uploader's smallest share")
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32), "; ".join(notes)
+
+
+def feature_digests(features: np.ndarray) -> np.ndarray:
+    """int64 [M]: a 64-bit hash of each row's float32 bytes, by which a training track is recognised in any
+    catalogue (whatever its order, and beside tracks never seen)."""
+    rows = np.ascontiguousarray(features, np.float32)
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little", signed=True)
+                     for r in rows], np.int64)
+
+
+def find_by_features(known: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found [M] bool, position [M] in ``known``) of the tracks of ``features`` among the sorted
+    :func:`feature_digests` ``known`` of the tracks a model has seen (position 0 where not found)."""
+    if not len(known):
+        return np.zeros(len(features), bool), np.zeros(len(features), np.int64)
+    digest = feature_digests(features)
+    pos = np.minimum(np.searchsorted(known, digest), len(known) - 1)
+    found = known[pos] == digest
+    return found, np.where(found, pos, 0)
 
 
 def _recorded_in(source: str | None) -> str:

@@ -14,6 +14,8 @@ from bgmrec.models.base import (
     SplitView,
     VideoQuery,
     check_bounds,
+    feature_digests,
+    find_by_features,
 )
 
 
@@ -69,7 +71,10 @@ class RandomRecommender(Recommender):
 class PopularityRecommender(Recommender):
     """PopularRank: every video gets the tracks ordered by their training count (content-blind).
 
-    Tracks are identified by their catalogue position, so the catalogue must be the training one.
+    Tracks are recognised by a hash of their features (:func:`~bgmrec.models.base.feature_digests`, as the
+    neural models' track prior), so a catalogue may hold the training tracks in any order beside new ones (count
+    0). A run saved before 2026-11-23 recorded no hashes: it identifies tracks by catalogue position, so its
+    catalogue must be the training one, in its order.
     """
 
     name = "popularity"
@@ -78,28 +83,46 @@ class PopularityRecommender(Recommender):
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
-        self.counts = np.zeros(0, np.float64)
+        self.counts = np.zeros(0, np.float64)  # [M] training count of each training track, in digest order
+        self.digest = np.zeros(0, np.int64)  # [M] sorted feature hashes of the training tracks
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> PopularityRecommender:
         self.check_fit_data(train, val)
-        self.counts = np.bincount(train.rows[:, 1], minlength=train.dataset.n_tracks).astype(np.float64)
+        counts = np.bincount(train.rows[:, 1], minlength=train.dataset.n_tracks).astype(np.float64)
+        digest = feature_digests(train.dataset.music)
+        order = np.argsort(digest, kind="stable")
+        self.digest, self.counts = digest[order], counts[order]
         return self
 
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
         return np.ones((len(q), 1))
 
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:
-        idx = np.arange(len(c)) if c.index is None else c.index
         counts = np.zeros(len(c))
-        known = idx < len(self.counts)
-        counts[known] = self.counts[idx[known]]
+        if len(self.digest) or not len(self.counts):
+            found, pos = find_by_features(self.digest, c.features)
+            counts[found] = self.counts[pos[found]]
+        else:  # a run saved without hashes: by catalogue position
+            idx = np.arange(len(c)) if c.index is None else c.index
+            known = idx < len(self.counts)
+            counts[known] = self.counts[idx[known]]
         return np.log1p(counts)[:, None]
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        return {"counts": self.counts}
+        return {"counts": self.counts, "digest": self.digest}
+
+    def check_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if "digest" in arrays:
+            super().check_state_arrays(arrays)
+            if arrays["digest"].shape != arrays["counts"].shape:
+                raise ValueError(f"digest has shape {list(arrays['digest'].shape)}, counts "
+                                 f"{list(arrays['counts'].shape)}: one hash per track")
+        else:  # saved before the hashes: counts alone, by catalogue position
+            super().check_state_arrays({**arrays, "digest": np.zeros(0, np.int64)})
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.counts = arrays["counts"]
+        self.digest = arrays.get("digest", np.zeros(0, np.int64))
 
 
 @dataclass

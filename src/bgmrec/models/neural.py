@@ -4,14 +4,22 @@ encoding, state as safetensors arrays."""
 
 from __future__ import annotations
 
-import hashlib
 from abc import abstractmethod
 
 import numpy as np
 import torch
 from torch import nn
 
-from bgmrec.models.base import FeatureSpec, MusicCatalog, Recommender, SplitView, VideoQuery, check_bounds
+from bgmrec.models.base import (
+    FeatureSpec,
+    MusicCatalog,
+    Recommender,
+    SplitView,
+    VideoQuery,
+    check_bounds,
+    feature_digests,
+    find_by_features,
+)
 from bgmrec.models.layers import Standardizer
 from bgmrec.train import Batch, FeatureTensors, TrainConfig, fit_torch
 
@@ -41,13 +49,6 @@ class InputNorms(nn.Module):
 def _largest(z: torch.Tensor) -> torch.Tensor:
     """[n] the largest |value| of each row of ``z`` [n, d] (0 for rows of no values)."""
     return z.abs().amax(dim=1) if z.shape[1] else torch.zeros(len(z))
-
-
-def feature_digests(features: np.ndarray) -> np.ndarray:
-    """int64 [M]: a 64-bit hash of each row's float32 bytes, by which a training track is recognised."""
-    rows = np.ascontiguousarray(features, np.float32)
-    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little", signed=True)
-                     for r in rows], np.int64)
 
 
 class TrackPrior(nn.Module):
@@ -96,13 +97,9 @@ class TrackPrior(nn.Module):
 
     def exact(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found [M] bool, log share [M], NaN where not found) of tracks given by their features."""
-        known = self.digest.numpy()
-        if not len(known):
-            return np.zeros(len(features), bool), np.full(len(features), np.nan)
-        digest = feature_digests(features)
-        pos = np.minimum(np.searchsorted(known, digest), len(known) - 1)
-        found = known[pos] == digest
-        return found, np.where(found, self.log_share.numpy()[pos], np.nan)
+        found, pos = find_by_features(self.digest.numpy(), features)
+        log_share = self.log_share.numpy()
+        return found, np.where(found, log_share[pos] if len(log_share) else np.nan, np.nan)
 
     @staticmethod
     def _inputs(embedding: np.ndarray, genre: np.ndarray, n_genres: int) -> np.ndarray:
