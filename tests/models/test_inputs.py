@@ -22,6 +22,7 @@ from bgmrec.models.deccm import teacher_config
 from bgmrec.models.registry import build, model_names
 
 SMALL = {"hidden": "16", "latent_dim": 8}
+TINY_TRACKS = 200  # the tiny world's
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,8 @@ def test_a_weight_of_another_shape_names_the_key_and_both_shapes(runs, tmp_path)
     ("cca", lambda a: a.update(proj_m=a["proj_m"][:, :-1].copy()),
      "proj_v and proj_m must have the same number of columns"),
     ("popularity", lambda a: a.update(counts=np.zeros((2, 3))), "counts has shape [2, 3], config.json implies [n]"),
+    ("popularity", lambda a: a.update(digest=a["digest"][:-1].copy()),
+     f"digest has shape [{TINY_TRACKS - 1}], counts [{TINY_TRACKS}]: one hash per track"),
     ("cmvae", lambda a: a.update({k: v.astype(bool) for k, v in a.items()}), "has dtype bool, expected float values"),
     ("cmvae", lambda a: a.update({"music_enc.net.0.bias": a["music_enc.net.0.bias"].astype(np.int32)}),
      "music_enc.net.0.bias has dtype int32, expected float values"),

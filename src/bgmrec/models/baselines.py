@@ -112,13 +112,12 @@ class PopularityRecommender(Recommender):
         return {"counts": self.counts, "digest": self.digest}
 
     def check_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        if "digest" in arrays:
-            super().check_state_arrays(arrays)
-            if arrays["digest"].shape != arrays["counts"].shape:
-                raise ValueError(f"digest has shape {list(arrays['digest'].shape)}, counts "
-                                 f"{list(arrays['counts'].shape)}: one hash per track")
-        else:  # saved before the hashes: counts alone, by catalogue position
-            super().check_state_arrays({**arrays, "digest": np.zeros(0, np.int64)})
+        if "digest" not in arrays and "digest" in self.state_shapes():  # saved before the hashes: counts alone
+            arrays = {**arrays, "digest": np.zeros(0, np.int64)}
+        super().check_state_arrays(arrays)
+        digest, counts = arrays.get("digest"), arrays.get("counts")
+        if digest is not None and counts is not None and len(digest) and digest.shape != counts.shape:
+            raise ValueError(f"digest has shape {list(digest.shape)}, counts {list(counts.shape)}: one hash per track")
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.counts = arrays["counts"]
