@@ -310,6 +310,21 @@ def test_pgc_music_normalised_otherwise_and_empty_teacher_data_are_named(tmp_pat
     assert "pgc" not in ds.splits and "data_pgc/ is empty: no teacher split" in rep.notes
 
 
+def test_a_transposed_frame_matrix_and_an_empty_extra_split_are_named(tmp_path):
+    # the first was blamed on train.npy's ids; the second refused the whole import
+    src = build_reference(tmp_path / "ref")  # 60 videos of 16 values
+    np.save(src / "data_matching/100neg/test_cold.npy", np.empty((0, 2 + N_NEG), np.int64))
+    ds, _, rep = read_tt150k(src)
+    assert "test_cold" not in ds.splits
+    assert "test_cold: data_matching/100neg/test_cold.npy has no rows: not imported" in rep.notes
+    visual = src / "data_matching/visual_features_resnet_V.npy"
+    np.save(visual, np.load(visual).T.copy())
+    with pytest.raises(DatasetError, match=r"train.npy: video id \d+ \(row \d+\) is out of range \[0, 16\) "
+                                           r"\(data_matching/visual_features_resnet_V.npy has 16 rows of 60 values: "
+                                           r"saved transposed\?\)$"):
+        read_tt150k(src)
+
+
 def test_a_folder_given_at_the_wrong_level_says_which_to_give(tmp_path):
     src = build_reference(tmp_path / "ref")
     with pytest.raises(DatasetError, match=rf"looks like data_matching/ itself: give the folder that holds it, "

@@ -306,11 +306,11 @@ def evaluation_overlap_notes(splits: dict[str, np.ndarray], rep: InteropReport) 
                                  f"(e.g. video {video}, music {music}): the same queries in two evaluation splits")
 
 
-def _in_range(ids: np.ndarray, n: int, label: str, what: str) -> None:
+def _in_range(ids: np.ndarray, n: int, label: str, what: str, hint: str = "") -> None:
     bad = np.flatnonzero((ids < 0) | (ids >= n))
     if bad.size:
         raise DatasetError(f"{label}: {what} id {int(ids.ravel()[bad[0]])} (row {int(bad[0])}) is out of "
-                           f"range [0, {n})")
+                           f"range [0, {n}){hint}")
 
 
 def _float_matrix(arr: np.ndarray, label: str, rows: tuple[int, str] | None = None) -> np.ndarray:
@@ -506,7 +506,10 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     # train
     t_vid, t_mus, t_gen, t_prior, t_prop = _parse_train(read_npy(path(F_TRAIN), lab(F_TRAIN), objects=True),
                                                         n_genres, lab(F_TRAIN))
-    _in_range(t_vid, n_ugc, lab(F_TRAIN), "video")
+    # a frame matrix saved transposed has as many rows as values per frame: the ids then look out of range
+    transposed = (f" ({F_VISUAL} has {n_ugc} rows of {visual.shape[1]} values: saved transposed?)"
+                  if visual.shape[1] > n_ugc else "")
+    _in_range(t_vid, n_ugc, lab(F_TRAIN), "video", transposed)
     _in_range(t_mus, n_m, lab(F_TRAIN), "music")
     _in_range(t_gen, n_genres, lab(F_TRAIN), "genre")
     if not np.isfinite(t_prior).all() or (t_prior < 0).any():
@@ -541,8 +544,12 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         if stem in ("train", "pgc"):
             raise DatasetError(f"{lab(_neg_file(stem))}: the split name {stem!r} is reserved")
         fn = _neg_file(stem)
-        vid, mus, neg = _parse_neg(read_npy(path(fn), lab(fn), objects=True), lab(fn))
-        _in_range(vid, n_ugc, lab(fn), "video")
+        rows = read_npy(path(fn), lab(fn), objects=True)
+        if stem not in ("val", "test") and rows.size == 0:  # an extra split left empty: nothing to evaluate
+            rep.notes.append(f"{stem}: {fn} has no rows: not imported")
+            continue
+        vid, mus, neg = _parse_neg(rows, lab(fn))
+        _in_range(vid, n_ugc, lab(fn), "video", transposed)
         _in_range(mus, n_m, lab(fn), "music")
         _in_range(neg, n_m, lab(fn), "negative music")
         hit = np.flatnonzero((neg == mus[:, None]).any(axis=1))
