@@ -110,10 +110,14 @@ def test_building_over_a_dataset_of_other_splits_says_so(tmp_path, folders):
     build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(seed=3), warn=said.append)  # the same again
     assert said == []
     build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(seed=4), warn=said.append)
-    assert said == [f"{tmp_path / 'd'}: the dataset this build replaced had other splits or another manifest (other "
-                    "inputs or settings, or a bgmrec before 2026-11-23, which kept the folders' row order where "
-                    "videos and tracks are now in id order); runs trained on it will say they were trained on data "
-                    "built again since"]
+    assert said == [f"{tmp_path / 'd'}: the dataset this build replaced had other splits, negatives, labels or "
+                    "manifest (other inputs or settings, or a bgmrec before 2026-11-23, which kept the folders' row "
+                    "order where videos and tracks are now in id order); runs trained on it will say they were "
+                    "trained on other data"]
+    timed = write_pairs(tmp_path / "timed.csv")  # a time split: another seed keeps the splits, not the negatives
+    build_dataset(vids, cat, timed, tmp_path / "t", BuildConfig(seed=3), warn=said.append)
+    build_dataset(vids, cat, timed, tmp_path / "t", BuildConfig(seed=4), warn=said.append)
+    assert len(said) == 2 and said[1].startswith(f"{tmp_path / 't'}: the dataset this build replaced had other ")
 
 
 def test_videos_without_pairs_are_left_out(tmp_path, folders):

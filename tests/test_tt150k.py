@@ -323,6 +323,19 @@ def test_a_transposed_frame_matrix_and_an_empty_extra_split_are_named(tmp_path):
                                            r"\(data_matching/visual_features_resnet_V.npy has 16 rows of 60 values: "
                                            r"saved transposed\?\)$"):
         read_tt150k(src)
+    src = build_reference(tmp_path / "with-text", text=True)  # the real data's case: the text rows are read first
+    visual = src / "data_matching/visual_features_resnet_V.npy"
+    np.save(visual, np.load(visual).T.copy())
+    with pytest.raises(DatasetError, match=r"visual_features_resnet_V.npy: 16 rows of 60 values, where "
+                                           r"data_matching/text_features.npy has 60 rows, one per video: saved "
+                                           r"transposed\?$"):
+        read_tt150k(src)
+    from bgmrec.data.tt150k import _transposed_hint
+
+    assert _transposed_hint(np.zeros((16, 60)), np.array([3, 59])).endswith("16 rows of 60 values: saved transposed?)")
+    assert _transposed_hint(np.zeros((16, 60)), np.array([3, 60])) == ""  # transposed, the ids would not fit either
+    assert _transposed_hint(np.zeros((1000, 2048)), np.array([5000])) == ""  # fewer videos than values, ids beyond
+    assert _transposed_hint(np.zeros((60, 16)), np.array([70])) == ""
 
 
 def test_a_folder_given_at_the_wrong_level_says_which_to_give(tmp_path):

@@ -250,7 +250,8 @@ class RecommenderContractMixin:
         alike = np.array_equal(other.score(queries, catalog), model.score(queries, catalog))
         if type(model).uses_seed:
             assert not alike, (f"{self.model_name}: another seed scores alike; a model that draws nothing sets "
-                               "uses_seed = False (train then says --seed changes nothing)")
+                               "uses_seed = False (train then says --seed changes nothing), unless the class's "
+                               "overrides leave the seed unused (no epoch trained, say)")
         else:
             assert alike, f"{self.model_name} sets uses_seed = False, but another seed scores otherwise"
 

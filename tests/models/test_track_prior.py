@@ -3,6 +3,8 @@ one column of the inner product, and what it is for (in-batch softmax learns log
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -176,6 +178,15 @@ def test_popularity_recognises_its_training_tracks_in_a_catalogue_of_any_order(t
     new = np.random.default_rng(1).standard_normal((1, music.shape[1])).astype(np.float32)
     served = MusicCatalog(np.vstack([music[order], new]), np.zeros(tiny_ds.n_tracks + 1, np.int64))
     np.testing.assert_allclose(model.encode_music(served)[:, 0], np.log1p(np.append(counts[order], 0)))
+    # tracks of identical features cannot be told apart: they share their summed count
+    twins = dataclasses.replace(tiny_ds, music=np.vstack([music[:1], music[1:]]).copy())
+    twins.music[1] = twins.music[0]
+    paired = build("popularity", FeatureSpec.of(tiny_ds)).fit(SplitView(twins, "train"))
+    both = paired.encode_music(MusicCatalog(twins.music[:2], np.zeros(2, np.int64)))[:, 0]
+    np.testing.assert_allclose(both, np.log1p([counts[0] + counts[1]] * 2))
+    # a catalogue of none of its training tracks (extracted again otherwise): a tie, said so
+    with pytest.warns(UserWarning, match=r"^popularity: none of the 3 tracks has the features of a training track"):
+        model.encode_music(MusicCatalog(music[:3] + 1.0, np.zeros(3, np.int64)))
     # a run saved before the hashes (its counts by dataset position) loads and ranks as it did
     folder = model.save(tmp_path / "run")
     save_file({"counts": counts.astype(np.float64)}, str(folder / "weights.safetensors"))

@@ -59,6 +59,7 @@ from bgmrec.data.dataset import (
     FieldError,
     SplitInfo,
     dataset_fingerprint,
+    labels_fingerprint,
     save_dataset,
     separator_hint,
     sha256_file,
@@ -419,19 +420,21 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             "settings": {"videos": vids.manifest.get("settings"), "music": cat.manifest.get("settings")},
         },
     )
-    before = _splits_fingerprint(Path(out))
+    before = _fingerprints(Path(out))
     save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}})
-    if before is not None and before != dataset_fingerprint(Path(out)) and warn is not None:
-        warn(f"{out}: the dataset this build replaced had other splits or another manifest (other inputs or "
-             "settings, or a bgmrec before 2026-11-23, which kept the folders' row order where videos and tracks "
-             "are now in id order); runs trained on it will say they were trained on data built again since")
+    if before is not None and before != _fingerprints(Path(out)) and warn is not None:
+        warn(f"{out}: the dataset this build replaced had other splits, negatives, labels or manifest (other inputs "
+             "or settings, or a bgmrec before 2026-11-23, which kept the folders' row order where videos and tracks "
+             "are now in id order); runs trained on it will say they were trained on other data")
     return ds
 
 
-def _splits_fingerprint(folder: Path) -> str | None:
-    """The :func:`~bgmrec.data.dataset.dataset_fingerprint` of the dataset in ``folder``, None when it holds none."""
+def _fingerprints(folder: Path) -> tuple[str, str] | None:
+    """The splits' and labels' fingerprints (:mod:`bgmrec.data.dataset`) of the dataset in ``folder``, None when it
+    holds none, or one too damaged to read (replaced without a word: no run can have used it as it is)."""
     try:
-        return dataset_fingerprint(folder) if (folder / "manifest.json").is_file() else None
+        return (dataset_fingerprint(folder), labels_fingerprint(folder)) if (folder / "manifest.json").is_file() \
+            else None
     except (DatasetError, OSError):
         return None
 

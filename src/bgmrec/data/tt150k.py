@@ -306,6 +306,13 @@ def evaluation_overlap_notes(splits: dict[str, np.ndarray], rep: InteropReport) 
                                  f"(e.g. video {video}, music {music}): the same queries in two evaluation splits")
 
 
+def _transposed_hint(visual: np.ndarray, ids: np.ndarray) -> str:
+    """" (... saved transposed?)" when the frame matrix [n, d] has fewer rows than values per frame and every video
+    id would fit its columns: saved as [d, n], its ids look out of range; "" otherwise."""
+    fits = len(ids) and visual.shape[1] > visual.shape[0] and int(np.max(ids)) < visual.shape[1]
+    return f" ({F_VISUAL} has {visual.shape[0]} rows of {visual.shape[1]} values: saved transposed?)" if fits else ""
+
+
 def _in_range(ids: np.ndarray, n: int, label: str, what: str, hint: str = "") -> None:
     bad = np.flatnonzero((ids < 0) | (ids >= n))
     if bad.size:
@@ -491,7 +498,11 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         music = music[:, : side["music_dim"]]
     n_m = music.shape[0]
     if path(F_TEXT).is_file():
-        text = _float_matrix(read_npy(path(F_TEXT), lab(F_TEXT)), lab(F_TEXT), rows=(n_ugc, F_VISUAL))
+        text_rows = read_npy(path(F_TEXT), lab(F_TEXT))
+        if text_rows.ndim == 2 and text_rows.shape[0] == visual.shape[1] != n_ugc:
+            raise DatasetError(f"{lab(F_VISUAL)}: {n_ugc} rows of {visual.shape[1]} values, where {F_TEXT} has "
+                               f"{text_rows.shape[0]} rows, one per video: saved transposed?")
+        text = _float_matrix(text_rows, lab(F_TEXT), rows=(n_ugc, F_VISUAL))
         text_mask = np.abs(text).sum(axis=1) > 0
         rep.notes.append(f"text: {int((~text_mask).sum())} uploaded videos with all-zero text rows are masked out")
     else:
@@ -506,10 +517,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     # train
     t_vid, t_mus, t_gen, t_prior, t_prop = _parse_train(read_npy(path(F_TRAIN), lab(F_TRAIN), objects=True),
                                                         n_genres, lab(F_TRAIN))
-    # a frame matrix saved transposed has as many rows as values per frame: the ids then look out of range
-    transposed = (f" ({F_VISUAL} has {n_ugc} rows of {visual.shape[1]} values: saved transposed?)"
-                  if visual.shape[1] > n_ugc else "")
-    _in_range(t_vid, n_ugc, lab(F_TRAIN), "video", transposed)
+    _in_range(t_vid, n_ugc, lab(F_TRAIN), "video", _transposed_hint(visual, t_vid))
     _in_range(t_mus, n_m, lab(F_TRAIN), "music")
     _in_range(t_gen, n_genres, lab(F_TRAIN), "genre")
     if not np.isfinite(t_prior).all() or (t_prior < 0).any():
@@ -549,7 +557,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
             rep.notes.append(f"{stem}: {fn} has no rows: not imported")
             continue
         vid, mus, neg = _parse_neg(rows, lab(fn))
-        _in_range(vid, n_ugc, lab(fn), "video", transposed)
+        _in_range(vid, n_ugc, lab(fn), "video", _transposed_hint(visual, vid))
         _in_range(mus, n_m, lab(fn), "music")
         _in_range(neg, n_m, lab(fn), "negative music")
         hit = np.flatnonzero((neg == mus[:, None]).any(axis=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,10 @@ class RandomRecommender(Recommender):
         self.video_proj, self.music_proj = arrays["video_proj"], arrays["music_proj"]
 
 
+class NoTrainingTrackWarning(UserWarning):
+    """A catalogue in which popularity recognises none of its training tracks (by their features)."""
+
+
 class PopularityRecommender(Recommender):
     """PopularRank: every video gets the tracks ordered by their training count (content-blind).
 
@@ -89,9 +94,9 @@ class PopularityRecommender(Recommender):
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> PopularityRecommender:
         self.check_fit_data(train, val)
         counts = np.bincount(train.rows[:, 1], minlength=train.dataset.n_tracks).astype(np.float64)
-        digest = feature_digests(train.dataset.music)
-        order = np.argsort(digest, kind="stable")
-        self.digest, self.counts = digest[order], counts[order]
+        # tracks of identical features (one song twice) cannot be told apart: they share their summed count
+        self.digest, copy_of = np.unique(feature_digests(train.dataset.music), return_inverse=True)
+        self.counts = np.bincount(copy_of, weights=counts, minlength=len(self.digest))
         return self
 
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
@@ -102,6 +107,10 @@ class PopularityRecommender(Recommender):
         if len(self.digest) or not len(self.counts):
             found, pos = find_by_features(self.digest, c.features)
             counts[found] = self.counts[pos[found]]
+            if len(c) and self.counts.any() and not found.any():
+                warnings.warn(f"popularity: none of the {len(c)} tracks has the features of a training track "
+                              "(extracted again, with other settings or code?): every track counts 0, the ranking "
+                              "is a tie", NoTrainingTrackWarning, stacklevel=2)
         else:  # a run saved without hashes: by catalogue position
             idx = np.arange(len(c)) if c.index is None else c.index
             known = idx < len(self.counts)
