@@ -107,7 +107,8 @@ class PopularityRecommender(Recommender):
         if len(self.digest) or not len(self.counts):
             found, pos = find_by_features(self.digest, c.features)
             counts[found] = self.counts[pos[found]]
-            if len(c) and self.counts.any() and not found.any():
+            if c.index is None and len(c) and self.counts.any() and not found.any():  # a served catalogue (a
+                # dataset's tracks carry their index: a run of another dataset is said so by its record)
                 warnings.warn(f"popularity: none of the {len(c)} tracks has the features of a training track "
                               "(extracted again, with other settings or code?): every track counts 0, the ranking "
                               "is a tie", NoTrainingTrackWarning, stacklevel=2)
