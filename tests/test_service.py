@@ -240,9 +240,30 @@ def test_a_server_fault_gets_a_500_and_its_traceback_is_logged_not_shown(tiny_ds
     with caplog.at_level(logging.ERROR, logger="bgmrec.service"):
         r = client.post("/recommend", json=clip_body(tiny_ds, 0))
     assert r.status_code == 500 and r.json() == {"detail": "internal error; see the server log"}
-    [record] = [rec for rec in caplog.records if rec.name == "bgmrec.service"]
-    assert record.exc_info[1] is fault and record.getMessage() == "POST /recommend failed"
+    [record] = [rec for rec in caplog.records if rec.name == "bgmrec.service" and rec.exc_info]
+    request_id = r.headers["x-request-id"]  # the traceback names the request whose client got the 500
+    assert record.exc_info[1] is fault and record.getMessage() == f"POST /recommend failed (request {request_id})"
     assert "Traceback" in caplog.text and "boom" in caplog.text
+
+
+def test_every_request_gets_an_id_a_timing_header_and_a_log_line(tiny_ds, cmvae, caplog):
+    # uvicorn's access log gave no latency, and a 500's traceback could not be told from another request's
+    client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_batches=1))
+    with caplog.at_level(logging.INFO, logger="bgmrec.service"):
+        ok = client.post("/recommend", json=clip_body(tiny_ds, 0), headers={"X-Request-ID": "app-42:a.b_c"})
+        bad = client.post("/recommend", json={"visual": [1.0]}, headers={"X-Request-ID": "no spaces allowed"})
+        large = client.post("/recommend", content=b"{}", headers={"Content-Length": str(2**40),
+                                                                  "Content-Type": "application/json"})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "app-42:a.b_c"  # the caller's own id
+    assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["x-request-id"])  # not an id the server takes: a new one
+    assert large.status_code == 413 and large.headers["x-request-id"] not in (bad.headers["x-request-id"], "")
+    for r in (ok, bad, large):
+        assert re.fullmatch(r"app;dur=\d+\.\d", r.headers["server-timing"])
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "bgmrec.service"]
+    assert len(lines) == 3
+    for line, r, status in zip(lines, (ok, bad, large), (200, 422, 413), strict=True):
+        assert re.fullmatch(rf'testclient:\d+ "POST /recommend" {status} \d+\.\d ms id={r.headers["x-request-id"]}',
+                            line), line
 
 
 def test_a_video_upload_without_the_media_packages_gets_a_501(client, monkeypatch):
@@ -377,6 +398,10 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
     assert main([*args, "--port", "8123"]) == 0
     assert started["port"] == 8123 and started["host"] == "127.0.0.1"
     assert started["timeout_graceful_shutdown"] == 30  # a client keeping its connection open kept the server up
+    # the service's request log (with latency and request id) replaces uvicorn's access log, through its handler
+    assert started["access_log"] is False
+    assert started["log_config"]["loggers"]["bgmrec.service"] == {"handlers": ["default"], "level": "INFO",
+                                                                  "propagate": False}
     assert started["checked"] == ("127.0.0.1", 8123)
     assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
     assert main([*args, "--index", "annoy"]) == 2

@@ -38,14 +38,20 @@ not a count and ``"0.5"`` is not a feature value (pydantic's lax mode would conv
 is text, parsed as an integer. A body the JSON parser cannot read gets 422 with a ``body: ...`` detail
 saying why (:func:`validation_detail`, :func:`body_refusal`). Any other error is the server's: HTTP 500
 with a generic ``detail``, the traceback logged (logger ``bgmrec.service``).
+
+Every answer carries ``X-Request-ID`` and ``Server-Timing``, and the same logger has a line per request with
+its status, time and id (:class:`RequestLog`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -57,7 +63,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
@@ -79,6 +85,9 @@ MAX_FORM_FIELDS = 1000  # the text fields a form may have besides its files (Sta
 TOO_MANY_FIELDS = (f"form: more than {MAX_FORM_FIELDS:,} text fields (one per caption, top, and each track id of "
                    "exclude or genre of genres); send fewer ids, or extract the clip's features and POST /recommend, "
                    "whose exclude list has no such limit")
+
+REQUEST_ID_HEADER = "x-request-id"  # a request's id, the caller's or the server's (RequestLog)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a caller's id the server takes as its own
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +175,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         except BodyTooLarge:  # the client's, answered by BodyLimit
             raise
         except Exception:
-            logger.exception("%s %s failed", request.method, request.url.path)
+            logger.exception("%s %s failed (request %s)", request.method, request.url.path,
+                             request.scope.get("state", {}).get("request_id"))
             return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
     def json_too_large(size: int | None) -> str:
@@ -177,6 +187,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     app.add_middleware(BodyLimit, limits={"/recommend/video": (max_upload + FORM_SLACK, lambda size: too_large),
                                           "/recommend": (max_json, json_too_large),
                                           "/recommend/batch": (max_json, json_too_large)})
+    app.add_middleware(RequestLog)  # added last: outermost, so that it times and logs the 413s and 503s too
 
     @app.exception_handler(RequestValidationError)
     def bad_request(_: Request, exc: RequestValidationError):
@@ -272,6 +283,43 @@ class BodyTooLarge(StarletteHTTPException):
 
     def __init__(self, detail: str) -> None:
         super().__init__(status_code=413, detail=detail)
+
+
+class RequestLog:
+    """ASGI middleware: every HTTP request gets an id, its answer the headers ``X-Request-ID`` (that id) and
+    ``Server-Timing: app;dur=MS`` (milliseconds from the request's arrival to its answer's headers), and the
+    log (logger ``bgmrec.service``, level INFO) one line once the answer is sent or abandoned: client, method,
+    path, status (``-``: none was sent), milliseconds to the answer's last byte, and the id, which the
+    traceback of a server fault names too. The id is the request's own ``X-Request-ID`` when that is 1 to 128
+    letters, digits or ``._:-`` (so a caller can follow one request through its own logs), else a new one."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = "-"
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                headers["server-timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client")
+            logger.info('%s "%s %s" %s %.1f ms id=%s', f"{client[0]}:{client[1]}" if client else "-",
+                        scope["method"], scope["path"], status, (time.perf_counter() - start) * 1000, request_id)
 
 
 class BatchSlots:

@@ -92,4 +92,18 @@ def serve_cmd(
                      warn=warn_on_stderr, max_batches=max_batches)
     # stopped (Ctrl-C, SIGTERM): requests in flight get SHUTDOWN_SECONDS to finish, then the server exits even if a
     # client keeps its connection open (it kept the server up for as long as that client did)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS)
+    # uvicorn's access log is replaced by the service's (RequestLog: the same and the time taken, the request id)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+                access_log=False, log_config=log_config())
+
+
+def log_config() -> dict:
+    """uvicorn's logging configuration, with the service's logger (``bgmrec.service``: a line per request, the
+    traceback of a server fault) at INFO through uvicorn's own handler and format, so that both read alike."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["bgmrec.service"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
