@@ -438,9 +438,12 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
 
 def run_label(run: Path, rec) -> str:
     """The name ``run`` was trained as (an ablation such as ``cmvae-noprior`` is saved as its base
-    model), else the saved model's name."""
+    model), else the saved model's name (a score file's: its file name)."""
+    from bgmrec.eval.scores import is_score_file
     from bgmrec.models.base import read_run_record
 
+    if is_score_file(run):
+        return rec.name
     name = read_run_record(run).get("model")
     return name if isinstance(name, str) and name else rec.name
 
@@ -448,12 +451,14 @@ def run_label(run: Path, rec) -> str:
 def provenance(data: Path, runs: dict[str, Path]) -> dict:
     """What a figure was computed from, for its JSON: the dataset (folder and fingerprints), each run
     (folder, what its ``run.json`` says of its training, and ``model_package``: the code of its model of
-    another package as it computed the figure, None for bgmrec's own) and the bgmrec that computed it.
+    another package as it computed the figure, None for bgmrec's own; a score file: its path and SHA-256)
+    and the bgmrec that computed it.
 
     A run saved by the library alone (no ``run.json``) has in ``trained`` the ``model_package`` its
     ``config.json`` recorded."""
     import bgmrec
-    from bgmrec.data.dataset import read_json
+    from bgmrec.data.dataset import read_json, sha256_file
+    from bgmrec.eval.scores import is_score_file
     from bgmrec.models.base import read_run_record, recorded_model_package
 
     keep = ("model", "data", *FINGERPRINTS, "commit", "argv", "model_package")
@@ -463,10 +468,13 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
         return {**{k: v for k, v in read_run_record(run).items() if k in keep},
                 **({"model_package": made} if made is not None else {})}
 
-    return {**dataset_record(data),
-            "runs": {role: {"folder": str(Path(run).resolve()), "trained": trained(run),
-                            "model_package": model_package(read_json(Path(run) / "config.json")["model"])}
-                     for role, run in runs.items()},
+    def described(run: Path) -> dict:
+        if is_score_file(run):  # a model computed elsewhere: its scores, as they were read
+            return {"scores": str(Path(run).resolve()), "sha256": sha256_file(run)}
+        return {"folder": str(Path(run).resolve()), "trained": trained(run),
+                "model_package": model_package(read_json(Path(run) / "config.json")["model"])}
+
+    return {**dataset_record(data), "runs": {role: described(run) for role, run in runs.items()},
             "bgmrec_version": bgmrec.__version__, "commit": git_commit()}
 
 

@@ -147,7 +147,8 @@ def tune(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Option(..., help="run folder written by `bgmrec train`"),
+    run: Path = typer.Option(..., help="run folder written by `bgmrec train`, or a score file (.npz, .npy) of a "
+                                       "model computed elsewhere (README: a model of another codebase)"),
     data: Path = typer.Option(..., help="dataset folder"),
     split: str = typer.Option("test", help="split to evaluate (test, test_new_music, test_unbiased, ...)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the full result object to this file"),
@@ -157,13 +158,10 @@ def evaluate(
     from bgmrec.data.dataset import load_dataset, write_json_atomic
     from bgmrec.eval.protocol import evaluate as run_eval
     from bgmrec.eval.report import rich_tables
-    from bgmrec.models.base import load_model
 
     check_result_file(json_out, "evaluate")
     ds = load_dataset(data)
-    rec = load_model(run)
-    if mode is not None:
-        rec.set_inference_mode(mode)
+    rec = load_scorer(run, ds, mode)
     result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split)}
     said = run_warnings({run: rec}, data)  # once the figures exist: an error says nothing more
     note_if_training_split(ds, split)
@@ -174,12 +172,32 @@ def evaluate(
         console.print(f"wrote {json_out}")
 
 
+def load_scorer(run: Path, ds, mode: str | None):
+    """What ``evaluate`` and ``compare`` rank by: the model of the run folder ``run`` (in inference ``mode`` when
+    given), or the scores of a model computed elsewhere when ``run`` is a score file
+    (:func:`~bgmrec.eval.scores.load_scores`, checked against ``ds``)."""
+    from bgmrec.eval.scores import is_score_file, load_scores
+    from bgmrec.models.base import load_model
+
+    if is_score_file(run):
+        if mode is not None:
+            raise ValueError(f"{run}: a score file has one way of scoring, so no inference mode (--mode "
+                             f"{mode}) applies")
+        return load_scores(run, ds)
+    rec = load_model(run)
+    if mode is not None:
+        rec.set_inference_mode(mode)
+    return rec
+
+
 def run_warnings(loaded: dict[Path, object], data: Path) -> list[str]:
     """The warnings of ``evaluate`` and ``compare`` on each run folder's loaded model (a run given twice: once):
     trained on another dataset or other features than ``data``, or its model's code changed. Printed on stderr,
     and returned for the result's JSON (``warnings``), where a reader of the figures alone sees them too."""
+    from bgmrec.eval.scores import is_score_file
+
     said = [[runs.warn_if_trained_on_other_data(folder, data), runs.warn_if_model_code_changed(folder, rec)]
-            for folder, rec in loaded.items()]
+            for folder, rec in loaded.items() if not is_score_file(folder)]  # a score file's ids were checked
     return [m for pair in said for m in pair if m is not None]
 
 
@@ -194,8 +212,9 @@ def note_if_training_split(ds, split: str) -> None:
 
 @app.command()
 def compare(
-    baseline: Path = typer.Option(..., help="run folder of the model compared against (e.g. CMVAE's)"),
-    run: Path = typer.Option(..., help="run folder of the model compared with it (e.g. DecCM's)"),
+    baseline: Path = typer.Option(..., help="run folder of the model compared against (e.g. CMVAE's), or a score "
+                                            "file (.npz, .npy) of a model computed elsewhere"),
+    run: Path = typer.Option(..., help="run folder of the model compared with it (e.g. DecCM's), or a score file"),
     data: Path = typer.Option(..., help="dataset folder"),
     split: str = typer.Option("test", help="split whose queries both models rank"),
     mode: str | None = typer.Option(None, help="inference mode of --run, for models that have several (DecCM)"),
@@ -214,18 +233,12 @@ def compare(
     from bgmrec.eval.protocol import compare as paired
     from bgmrec.eval.report import change_cell, label
     from bgmrec.eval.significance import check_settings
-    from bgmrec.models.base import load_model
 
     parse_metric(metric)
     check_settings(resamples, level)
     check_result_file(json_out, "compare")
     ds = load_dataset(data)
-    models = []
-    for folder, m in ((baseline, baseline_mode), (run, mode)):
-        rec = load_model(folder)
-        if m is not None:
-            rec.set_inference_mode(m)
-        models.append(rec)
+    models = [load_scorer(folder, ds, m) for folder, m in ((baseline, baseline_mode), (run, mode))]
     c = paired(*models, ds, split, metric, resamples, level)
     said = run_warnings(dict(zip((baseline, run), models, strict=True)), data)
     note_if_training_split(ds, split)

@@ -79,16 +79,13 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
     pos_col = col[rows[:, 1]]
     if (pos_col < 0).any():
         raise ValueError(f"split {split!r}: a positive track is outside the split's candidate set")
-    music = model.encode_music(MusicCatalog.from_dataset(ds))[cand]
-    items = torch.from_numpy(music)
+    score = _scorer(model, ds, split)
     ranks = np.empty(len(rows), np.int64)
     k = min(top_k, len(cand))
     top = np.empty((len(rows), k), np.int64)
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
-        queries = model.encode_videos(VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split))
-        check_embedding_widths(model, queries, music)
-        scores = (torch.from_numpy(queries) @ items.T).numpy()
+        scores = score(part, cand)
 
         def tie_keys(which: np.ndarray, videos: np.ndarray = part[:, 0]) -> np.ndarray:
             # a seeded random order of the candidates per query video, whatever the chunking or the subset
@@ -106,17 +103,37 @@ def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096
     _check_dataset(model, ds)
     rows = np.asarray(ds.splits[split])
     cands = np.hstack([rows[:, 1:2], np.asarray(ds.negatives[split])])
-    music = model.encode_music(MusicCatalog.from_dataset(ds))
-    items = torch.from_numpy(music)
+    score = _scorer(model, ds, split)
     tie = _tie_break(len(rows), seed + 1)
     ranks = np.empty(len(rows), np.int64)
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
-        queries = model.encode_videos(VideoQuery.from_dataset(ds, part[:, 0], part[:, 2], split))
-        check_embedding_widths(model, queries, music)
-        scores = torch.einsum("nd,nkd->nk", torch.from_numpy(queries), items[torch.from_numpy(cands[s:s + chunk])])
-        ranks[s:s + chunk] = M.ranks_from_scores(scores.numpy(), np.zeros(len(part), np.int64), tie[s:s + chunk])
+        scores = score(part, cands[s:s + chunk])
+        ranks[s:s + chunk] = M.ranks_from_scores(scores, np.zeros(len(part), np.int64), tie[s:s + chunk])
     return ranks
+
+
+def _scorer(model, ds: Dataset, split: str):
+    """``score(rows, tracks)``: the scores [n, K] of the queries ``rows`` (int [n, 3] of ``split``) against the
+    dataset tracks ``tracks``, int [K] (the same for every query) or [n, K] (each query's own): the inner
+    products of the model's video and music embeddings (the music encoded once, here), or read from a scorer
+    given its scores, ``video_scores(videos)`` (a model of another codebase:
+    :class:`~bgmrec.eval.scores.PrecomputedScores`)."""
+    given = getattr(model, "video_scores", None)
+    if given is not None:
+        return lambda rows, tracks: (given(rows[:, 0])[:, tracks] if tracks.ndim == 1
+                                     else np.take_along_axis(given(rows[:, 0]), tracks, axis=1))
+    music = model.encode_music(MusicCatalog.from_dataset(ds))
+    items = torch.from_numpy(music)
+
+    def score(rows: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+        queries = model.encode_videos(VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], split))
+        check_embedding_widths(model, queries, music)
+        if tracks.ndim == 1:
+            return (torch.from_numpy(queries) @ items[torch.from_numpy(tracks)].T).numpy()
+        return torch.einsum("nd,nkd->nk", torch.from_numpy(queries), items[torch.from_numpy(tracks)]).numpy()
+
+    return score
 
 
 def _ranking_metrics(ranks: np.ndarray, ks, weights=None) -> dict[str, float]:
