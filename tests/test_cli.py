@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer.main
 from rich.console import Console
@@ -1058,3 +1059,28 @@ def test_evaluate_and_compare_json_carry_the_warning_of_a_run_trained_on_another
     assert main(["evaluate", "--run", str(tmp_path / "here"), "--data", str(cli_world), "--json",
                  str(evaluated)]) == 0
     assert json.loads(evaluated.read_text())["warnings"] == []
+
+
+def test_evaluate_writes_each_querys_ranks_for_paired_tests_elsewhere(cli_world, popularity_run, tmp_path):
+    import csv
+
+    from bgmrec.eval.metrics import recall_at_k
+
+    j, ranks = tmp_path / "r.json", tmp_path / "ranks.csv"
+    args = ["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--split", "test_unbiased"]
+    assert main([*args, "--json", str(j), "--ranks", str(ranks)]) == 0
+    result = json.loads(j.read_text())
+    assert "full_ranks" not in result and "sampled_ranks" not in result  # the CSV's, not the JSON's
+    rows = list(csv.DictReader(ranks.open()))
+    ds = load_dataset(cli_world)
+    split = ds.splits["test_unbiased"]
+    assert [(r["video"], r["track"], int(r["uploader"])) for r in rows] == [
+        (ds.video_ids[v], ds.track_ids[t], u) for v, t, u in split.tolist()]
+    full = np.array([int(r["full_rank"]) for r in rows])
+    sampled = np.array([int(r["sampled_rank"]) for r in rows])
+    assert recall_at_k(full, 10) == result["full"]["recall@10"] and np.median(full) == result["full"]["median_rank"]
+    assert recall_at_k(sampled, 25) == result["sampled"]["recall@25"]
+    assert main([*args[:-1], "train", "--ranks", str(ranks)]) == 0  # a split without frozen negatives
+    assert {r["sampled_rank"] for r in csv.DictReader(ranks.open())} == {""}
+    assert main([*args, "--ranks", str(j)]) == 2 and json.loads(j.read_text()) == result  # not replaced
+    assert main([*args, "--ranks", str(tmp_path)]) == 2

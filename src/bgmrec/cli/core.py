@@ -153,16 +153,21 @@ def evaluate(
     split: str = typer.Option("test", help="split to evaluate (test, test_new_music, test_unbiased, ...)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the full result object to this file"),
     mode: str | None = typer.Option(None, help="inference mode for models that have several (DecCM)"),
+    ranks_out: Path | None = typer.Option(None, "--ranks", help="write each query's ranks to this CSV (video, track, "
+                                                                "uploader, full_rank, sampled_rank), in the split's "
+                                                                "order: for paired tests of your own"),
 ) -> None:
     """Evaluate a trained model: full-catalogue ranking, sampled 1+K, IPW and bias figures."""
-    from bgmrec.data.dataset import load_dataset, write_json_atomic
+    from bgmrec.data.dataset import load_dataset, write_json_atomic, write_text_atomic
     from bgmrec.eval.protocol import evaluate as run_eval
     from bgmrec.eval.report import rich_tables
 
     check_result_file(json_out, "evaluate")
+    check_ranks_file(ranks_out)
     ds = load_dataset(data)
     rec = load_scorer(run, ds, mode)
-    result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split)}
+    result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
+    ranks = (result.pop("full_ranks"), result.pop("sampled_ranks")) if ranks_out is not None else None
     said = run_warnings({run: rec}, data)  # once the figures exist: an error says nothing more
     note_if_training_split(ds, split)
     for t in rich_tables([result]):
@@ -170,6 +175,44 @@ def evaluate(
     if json_out is not None:
         write_json_atomic(json_out, {**result, "warnings": said, "provenance": runs.provenance(data, {"run": run})})
         console.print(f"wrote {json_out}")
+    if ranks is not None:
+        write_text_atomic(ranks_out, ranks_csv(ds, split, *ranks))
+        console.print(f"wrote {ranks_out}")
+
+
+RANKS_HEADER = "video,track,uploader,full_rank,sampled_rank"  # evaluate --ranks's columns
+
+
+def ranks_csv(ds, split: str, full, sampled) -> str:
+    """``evaluate --ranks``'s CSV: a line per query of ``split``, in its order (the ids of videos.csv and
+    tracks.csv, the uploader's row of uploaders.npy or -1), its full-catalogue rank and its sampled rank
+    (empty for a split without frozen negatives)."""
+    import numpy as np
+
+    rows = np.asarray(ds.splits[split])
+    sampled = [""] * len(rows) if sampled is None else sampled.tolist()
+    lines = [RANKS_HEADER, *(f"{_csv_field(ds.video_ids[v])},{_csv_field(ds.track_ids[t])},{u},{f},{s}"
+                             for (v, t, u), f, s in zip(rows.tolist(), full.tolist(), sampled, strict=True))]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
+
+
+def check_ranks_file(path: Path | None) -> None:
+    """Refuse, before any work, an ``evaluate --ranks`` path that names a folder or an existing file that is
+    neither empty nor an earlier ``--ranks`` CSV."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--ranks {path}: is a folder; give the path of a CSV file to write the ranks to")
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            first = f.readline(len(RANKS_HEADER) + 2).decode("utf-8", "replace").strip()
+        if first != RANKS_HEADER:
+            raise ValueError(f"--ranks {path}: exists and is not a ranks file of bgmrec evaluate; refusing to "
+                             "replace it (choose another path, or remove the file)")
 
 
 def load_scorer(run: Path, ds, mode: str | None):

@@ -146,7 +146,8 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
     """Every figure of the protocol for one model on one split, as the JSON object ``evaluate --json`` writes.
 
     ``keep_ranks`` adds ``"full_ranks"``: each query's full-catalogue rank (a NumPy array, not JSON),
-    what :func:`compare` and :func:`~bgmrec.eval.report.paired_rows` pair across models.
+    what :func:`compare` and :func:`~bgmrec.eval.report.paired_rows` pair across models, and
+    ``"sampled_ranks"``, its rank in the sampled protocol (None for a split without negatives).
     """
     if split not in ds.splits:
         raise ValueError(f"unknown split {split!r}; the dataset has {', '.join(ds.splits)}")
@@ -178,7 +179,7 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
         result["sampled"] = _ranking_metrics(sr, SAMPLED_KS)
         result["ipw"] = _ranking_metrics(sr, SAMPLED_KS, ds.ipw_weights(split))
     else:
-        result["sampled"] = result["ipw"] = None
+        sr = result["sampled"] = result["ipw"] = None
     g = ds.n_genres
     top_share = M.genre_shares(full.top, ds.track_genre, g)
     truth_share = M.genre_shares(rows[:, 1], ds.track_genre, g)
@@ -192,7 +193,7 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
     result["per_genre_recall@10"] = {name: (None if np.isnan(v) else float(v))
                                      for name, v in zip(ds.genres, per_genre, strict=True)}
     if keep_ranks:
-        result["full_ranks"] = r
+        result["full_ranks"], result["sampled_ranks"] = r, sr
     return result
 
 
