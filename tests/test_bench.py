@@ -17,30 +17,24 @@ import bgmrec.runs
 from bgmrec.bench import reusable_run, run_quality
 
 
-def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
+def test_resume_reuses_finished_runs_of_the_same_code(tmp_path, monkeypatch):
     console = Console(quiet=True)
     work, out = tmp_path / "work", tmp_path / "report.md"
-    commit = "abc1234"  # whatever state the checkout running the tests is in
-    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: commit)
+    code = "0.1.0+abc1234"  # whatever the sources of the checkout running the tests hash to
+    monkeypatch.setattr(bgmrec.runs, "code_fingerprint", lambda: code)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     header = out.read_text()
     assert "One seed, 0: each figure is that world's." in header and "where more than one seed ran" not in header
     run = work / "tiny-seed0" / "runs" / "popularity"
-    assert reusable_run(run, "popularity", 0, commit)[0] is not None
-    assert reusable_run(run, "popularity", 1, commit)[0] is None  # another seed
-    assert reusable_run(run, "random", 0, commit)[0] is None  # another model
-    assert reusable_run(run, "popularity", 0, commit + "x")[0] is None  # another commit
+    assert reusable_run(run, "popularity", 0, code)[0] is not None
+    assert reusable_run(run, "popularity", 1, code)[0] is None  # another seed
+    assert reusable_run(run, "random", 0, code)[0] is None  # another model
+    assert reusable_run(run, "popularity", 0, code + "x")[0] is None  # other sources
     made = bgmrec.runs.dataset_record(work / "tiny-seed0" / "data")
-    assert reusable_run(run, "popularity", 0, commit, made)[0] is not None
+    assert reusable_run(run, "popularity", 0, code, made)[0] is not None
     for fingerprint in ("data_fingerprint", "features_fingerprint"):  # the world was simulated again, otherwise
-        sec, why = reusable_run(run, "popularity", 0, commit, {**made, fingerprint: "0" * 16})
+        sec, why = reusable_run(run, "popularity", 0, code, {**made, fingerprint: "0" * 16})
         assert sec is None and "trained on another world" in why
-    for unsure in ("unknown", "abc1234-dirty"):  # nothing says the code is the same
-        monkeypatch.setattr(bgmrec.runs, "git_commit", lambda unsure=unsure: unsure)
-        run_quality(["tiny"], [0], tmp_path / "unsure.md", work / unsure, ["popularity"], console, "cmd",
-                    resume=True)
-        assert reusable_run(work / unsure / "tiny-seed0" / "runs" / "popularity", "popularity", 0, unsure)[0] is None
-    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: commit)
     report = out.read_text()
     real_train = bgmrec.runs.train_model
 
@@ -50,6 +44,9 @@ def test_resume_reuses_finished_runs_of_the_same_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(bgmrec.runs, "train_model", no_training)
     run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     assert out.read_text().split("\n", 3)[3] == report.split("\n", 3)[3]  # the same tables
+    for commit in ("unknown", "abc1234-dirty"):  # an installed wheel, uncommitted edits: the same sources, reused
+        monkeypatch.setattr(bgmrec.runs, "git_commit", lambda commit=commit: commit)
+        run_quality(["tiny"], [0], out, work, ["random", "popularity"], console, "cmd", resume=True)
     (run / "weights.safetensors").unlink()  # an interrupted run is trained again
     called = []
 
@@ -70,8 +67,8 @@ def test_resume_says_which_runs_it_reused_and_why_it_trains_one_again(tmp_path, 
     import io
 
     work, out = tmp_path / "work", tmp_path / "report.md"
-    commit = "abc1234"
-    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: commit)
+    code = "0.1.0+abc1234"
+    monkeypatch.setattr(bgmrec.runs, "code_fingerprint", lambda: code)
 
     def printed() -> str:
         console = Console(file=io.StringIO(), width=1000)
@@ -81,14 +78,16 @@ def test_resume_says_which_runs_it_reused_and_why_it_trains_one_again(tmp_path, 
     run = work / "tiny-seed0" / "runs" / "popularity"
     assert "tiny seed 0: popularity trained in 0 s\n" in printed()  # nothing to reuse: nothing said about it
     assert f"tiny seed 0: popularity reused from {run} (trained in 0 s)\n" in printed()
-    commit = "def5678"
+    code = "0.1.0+def5678"
     said = printed()
-    assert ("tiny seed 0: popularity is trained again, not reused: the run there was trained by commit abc1234, "
-            "this is def5678\n") in said and "tiny seed 0: popularity trained in 0 s\n" in said
-    commit = "def5678-dirty"
-    assert "not reused: the code is uncommitted (commit def5678-dirty)" in printed()
-    commit = "unknown"  # an installed copy, not a git checkout
-    assert "not reused: bgmrec's commit is unknown (it does not run from a git checkout)" in printed()
+    assert ("tiny seed 0: popularity is trained again, not reused: the run there was trained by other code (bgmrec "
+            "0.1.0+abc1234; this is bgmrec 0.1.0+def5678)\n") in said
+    assert "tiny seed 0: popularity trained in 0 s\n" in said
+    record = json.loads((run / "run.json").read_text())  # a run of a bgmrec that recorded only its commit
+    del record["code"]
+    (run / "run.json").write_text(json.dumps({**record, "commit": "abc1234"}))
+    assert ("not reused: the run there was trained by other code (commit abc1234, by a bgmrec that recorded no hash "
+            "of its sources; this is bgmrec 0.1.0+def5678)") in printed()
 
 
 def test_the_command_of_a_report_s_made_by_line_pastes_back_to_the_same_arguments():

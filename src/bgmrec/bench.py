@@ -131,30 +131,28 @@ def plot(agg: dict, split: str, title: str, out: Path) -> Path:
     return out
 
 
-def reusable_run(run: Path, name: str, seed: int, commit: str,
+def reusable_run(run: Path, name: str, seed: int, code: str,
                  data: dict | None = None) -> tuple[float | None, str | None]:
     """What ``--resume`` does with the folder ``run``: (training seconds, None) for a complete run of ``name``
-    at ``seed`` made by ``commit`` (and, for a model of another package, by its code as installed now), and,
-    when ``data`` (the world's :func:`~bgmrec.runs.dataset_record`) is given, trained on that world's splits
-    and features, which it reuses; else (None, why the complete run there is trained again: always for an
-    unknown commit or uncommitted code, as nothing then says the run was made by this code), or (None, None)
-    when the folder holds no complete run (never trained, or stopped before it finished)."""
+    at ``seed`` made by bgmrec's sources ``code`` (:func:`~bgmrec.runs.code_fingerprint`: the same whether it
+    runs from a git checkout, uncommitted, or installed from a wheel; and, for a model of another package, by
+    its code as installed now), and, when ``data`` (the world's :func:`~bgmrec.runs.dataset_record`) is given,
+    trained on that world's splits and features, which it reuses; else (None, why the complete run there is
+    trained again), or (None, None) when the folder holds no complete run (never trained, or stopped before
+    it finished)."""
     from bgmrec.data.dataset import read_json
     from bgmrec.models.packages import describe_package, model_package
 
     if not all((run / f).exists() for f in ("run.json", "config.json", "weights.safetensors")):
         return None, None
-    if commit == "unknown":
-        return None, ("bgmrec's commit is unknown (it does not run from a git checkout), so nothing says the run "
-                      "there was made by it")
-    if commit.endswith("-dirty"):
-        return None, f"the code is uncommitted (commit {commit}), so nothing says the run there was made by it"
     info, config = read_json(run / "run.json"), read_json(run / "config.json")
     if info.get("model") != name or config["config"].get("seed") != seed:
         return None, (f"the run there is of model {info.get('model')!r}, seed {config['config'].get('seed')}, "
                       f"not of {name!r}, seed {seed}")
-    if info.get("commit") != commit:
-        return None, f"the run there was trained by commit {info.get('commit')}, this is {commit}"
+    if info.get("code") != code:
+        then = (f"bgmrec {info['code']}" if "code" in info else
+                f"commit {info.get('commit', 'unknown')}, by a bgmrec that recorded no hash of its sources")
+        return None, f"the run there was trained by other code ({then}; this is bgmrec {code})"
     if data is not None and any(info.get(f) != data[f] for f in FINGERPRINTS):
         return None, "the run there was trained on another world (simulated again since, with other parameters?)"
     now = model_package(name)
@@ -189,7 +187,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
                 console: Console, command: str, resume: bool = False, world: dict[str, str] | None = None) -> Path:
     """Train and evaluate ``models`` on each scale and seed; write the Markdown report at ``out``.
 
-    ``resume`` reuses the runs in ``work`` that the same commit trained on the same world (seeds can then
+    ``resume`` reuses the runs in ``work`` that the same code trained on the same world (seeds can then
     run as separate processes, and an interrupted benchmark continues where it stopped). ``world`` changes
     world parameters of every preset (``--world key=value``; not ``seed``, which ``seeds`` gives): the
     worlds, runs, JSON and plots are then named by :func:`world_label`, apart from the presets' own.
@@ -204,7 +202,15 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         without_ranks,
     )
     from bgmrec.models.packages import model_package, packages_note
-    from bgmrec.runs import TEACHERS, SharedTeachers, dataset_record, git_commit, machine, train_model
+    from bgmrec.runs import (
+        TEACHERS,
+        SharedTeachers,
+        code_fingerprint,
+        dataset_record,
+        git_commit,
+        machine,
+        train_model,
+    )
 
     world = dict(world or {})
     for scale in scales:  # a bad parameter fails now, not after the worlds and models before it
@@ -244,7 +250,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             for name in models or DEMO_MODELS:
                 run = data.parent / "runs" / name
                 teacher = teachers.for_model(name, {"seed": seed})  # for a finished run too: the same folder
-                sec, why = reusable_run(run, name, seed, git_commit(), made) if resume else (None, None)
+                sec, why = reusable_run(run, name, seed, code_fingerprint(), made) if resume else (None, None)
                 if sec is not None:
                     done = f"reused from {run} (trained in {sec:.0f} s)"
                 else:

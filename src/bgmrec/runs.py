@@ -156,6 +156,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
             write_json_atomic(folder / "run.json", {
                 **trained_on, "model": model,
                 "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
+                "code": code_fingerprint(),
                 "argv": sys.argv[1:], **({"model_package": package} if package else {}),
                 **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
         except BaseException:  # stopped or failed: the run is discarded whole, a teacher trained for it is not

@@ -50,6 +50,7 @@ def test_paired_against_compares_every_other_model_with_the_baseline_on_its_quer
     assert table[0] == "| model | vs cmvae, seed 0 | vs cmvae, seed 1 |"
     assert table[2].startswith("| deccm [content] | +50.0% ") and table[2].endswith(" p=1 | - |")
     assert all("full_ranks" not in r for r in without_ranks(results)) and "full_ranks" in results[0]
+    assert without_ranks([{"model": "m", "sampled_ranks": np.array([1])}]) == [{"model": "m"}]
 
 
 def test_change_cell_writes_the_smallest_monte_carlo_p_value_as_a_bound():

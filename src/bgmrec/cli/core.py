@@ -179,6 +179,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained model: full-catalogue ranking, sampled 1+K, IPW and bias figures."""
     from bgmrec.data.dataset import load_dataset, write_json_atomic, write_text_atomic
+    from bgmrec.eval.protocol import RANK_KEYS
     from bgmrec.eval.protocol import evaluate as run_eval
     from bgmrec.eval.report import rich_tables
 
@@ -187,7 +188,7 @@ def evaluate(
     ds = load_dataset(data)
     rec = load_scorer(run, ds, mode)
     result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
-    ranks = (result.pop("full_ranks"), result.pop("sampled_ranks")) if ranks_out is not None else None
+    ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
     said = run_warnings({run: rec}, data)  # once the figures exist: an error says nothing more
     note_if_training_split(ds, split)
     for t in rich_tables([result]):
@@ -350,7 +351,8 @@ def bench_quality(
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds (one world per seed)"),
     models: str | None = typer.Option(None, help="comma-separated models (default: every demo model)"),
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
-    resume: bool = typer.Option(False, help="reuse runs in WORK trained by the same commit instead of retraining"),
+    resume: bool = typer.Option(False, help="reuse runs in WORK trained by the same code (a hash of bgmrec's "
+                                            "sources) instead of retraining"),
     world: list[str] | None = typer.Option(None, "--world", help="a world parameter changed from the presets, "
                                            "key=value as for simulate --set (repeatable; not seed)"),
 ) -> None:

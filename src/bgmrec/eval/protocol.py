@@ -17,6 +17,7 @@ from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embe
 FULL_KS = (1, 5, 10, 20)
 SAMPLED_KS = (10, 15, 20, 25)
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50, 100)
+RANK_KEYS = ("full_ranks", "sampled_ranks")  # what evaluate(keep_ranks=True) adds: per-query arrays, not JSON
 PAPERS_NEGATIVES = 100  # the papers' sampled protocol: each positive against 100 negatives (fewer if the split has)
 
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bgmrec.eval.protocol import RANK_KEYS
+
 if TYPE_CHECKING:
     from bgmrec.eval.significance import PairedComparison
 
@@ -153,8 +155,8 @@ def paired_against(results: list[dict], baseline: str, split: str, metric: str =
 
 
 def without_ranks(results: list[dict]) -> list[dict]:
-    """The results without their per-query ``"full_ranks"`` (what is written as JSON)."""
-    return [{k: v for k, v in r.items() if k != "full_ranks"} for r in results]
+    """The results without their per-query ranks (``"full_ranks"``, ``"sampled_ranks"``): what is written as JSON."""
+    return [{k: v for k, v in r.items() if k not in RANK_KEYS} for r in results]
 
 
 def change_cell(c: PairedComparison) -> str:
