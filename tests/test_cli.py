@@ -1111,3 +1111,11 @@ def test_only_the_modules_of_an_extra_are_reported_as_a_missing_extra():
     assert missing_extra(ImportError("cannot import name 'x' from 'av'", name="av")) is None  # a wrong version
     with pytest.raises(ModuleNotFoundError):  # not one of the commands' known errors: its traceback is shown
         report_error(ModuleNotFoundError("No module named 'numpy'", name="numpy"))
+
+
+def test_version_is_printed_and_is_the_packages(capsys):
+    import bgmrec
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"bgmrec {bgmrec.__version__}\n"
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and 'version = {attr = "bgmrec.__version__"}' in pyproject  # one place

@@ -38,7 +38,16 @@ def library_warnings_on_one_line() -> Iterator[None]:
         yield
 
 
+def print_version(asked: bool) -> None:
+    if asked:
+        import bgmrec
+
+        print(f"bgmrec {bgmrec.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def every_command(ctx: typer.Context) -> None:
+def every_command(ctx: typer.Context, version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=print_version, help="print bgmrec's version and exit")) -> None:
     # runs before any command (and before its options are read): the command runs inside the context manager
     ctx.with_resource(library_warnings_on_one_line())
