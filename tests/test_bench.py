@@ -121,6 +121,10 @@ def test_quality_report_compares_each_model_with_the_baseline_per_seed(tmp_path,
         assert "| share of positives |" in section  # and Recall@10 per genre
     saved = json.loads((tmp_path / "benchmarks_tiny.json").read_text())
     assert len(saved) == 2 * 2 * 3 and all("full_ranks" not in r for r in saved)
+    for seed in (0, 1):  # each row names its world, so a reviewer can check a world simulated later is the same
+        world = bgmrec.runs.dataset_record(tmp_path / "work" / f"tiny-seed{seed}" / "data")
+        rows = [r for r in saved if r["seed"] == seed]
+        assert rows and all(r[key] == world[key] for r in rows for key in bgmrec.bench.FINGERPRINTS)
 
 
 def _truth_scores(ds, truth, mode, videos, tracks):

@@ -244,7 +244,8 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             data = Path(work) / f"{label}-seed{seed}" / "data"
             ensure_world(scale, seed, data, console, world)
             ds = load_dataset(data)
-            made = dataset_record(data) if resume else None
+            made = dataset_record(data)  # each row of the JSON names its world's fingerprints; --resume compares them
+            world_fingerprints = {key: made[key] for key in FINGERPRINTS}
             seed_results: list[dict] = []
             teachers = SharedTeachers(data.parent / TEACHERS, ds, console, made)  # DecCM and its ablations share one
             for name in models or DEMO_MODELS:
@@ -262,7 +263,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
                 seconds.setdefault(name, []).append(sec)
                 res = evaluate_run(run, ds, label=name, keep_ranks=True)
                 for r in res:
-                    r["seed"] = seed
+                    r.update(seed=seed, **world_fingerprints)
                 seed_results.extend(res)
                 console.print(f"{scale} seed {seed}: {name} {done}", markup=False)
             for split in EVAL_SPLITS:
