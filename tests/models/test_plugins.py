@@ -155,16 +155,16 @@ def test_runs_of_a_plugin_whose_code_changed_are_not_resumed(installed_plugin, m
     from bgmrec.runs import train_model
     from bgmrec.tune import run_grid
 
-    monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(bgmrec.runs, "code_fingerprint", lambda: "0.1.0+abc1234")  # bgmrec's own sources
     run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid")
     train_model(tiny_dir, "ep-ridge", tmp_path / "run", progress=False)
-    assert reusable_run(tmp_path / "run", "ep-ridge", 0, "abc1234")[0] is not None
+    assert reusable_run(tmp_path / "run", "ep-ridge", 0, "0.1.0+abc1234")[0] is not None
     run_grid(tiny_dir, "ep-ridge", {"ridge": ["0.5", "1.0"]}, tmp_path / "grid", resume=True)  # the same code
     code = json.loads((tmp_path / "run" / "run.json").read_text())["model_package"]["code"]
     with (installed_plugin / "ep_ridge.py").open("a") as f:
         f.write("# the model's loss edited\n")
-    assert reusable_run(tmp_path / "run", "ep-ridge", 0, "abc1234")[0] is None
-    assert reusable_run(tmp_path / "run", "ep-ridge", 0, "abc1234") == (None, (
+    assert reusable_run(tmp_path / "run", "ep-ridge", 0, "0.1.0+abc1234")[0] is None
+    assert reusable_run(tmp_path / "run", "ep-ridge", 0, "0.1.0+abc1234") == (None, (
         f"the model's code changed since the run there was trained (then: ep_ridge:EpRidge of package 'ep_ridge' "
         f"0.1.0, code {code}; installed now: ep_ridge:EpRidge of package 'ep_ridge' 0.1.0, code "
         f"{packages.model_package('ep-ridge')['code']})"))
