@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from bgmrec.eval import metrics as M
 from bgmrec.eval import protocol as P
 from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, Recommender, SplitView, VideoQuery
 from bgmrec.models.registry import build
@@ -413,3 +414,33 @@ def test_an_oracle_refuses_a_world_of_the_same_sizes_but_another_seed(tiny_world
                   lambda: P.compare(saved, saved, other, "test", resamples=100)):
         with pytest.raises(ValueError, match=words):
             score()
+
+
+@pytest.mark.parametrize("metric,figure", [("sampled_recall@10", ("sampled", "recall@10")),
+                                           ("ipw_recall@10", ("ipw", "recall@10")),
+                                           ("ipw_ndcg@20", ("ipw", "ndcg@20")),
+                                           ("recall@20", ("full", "recall@20"))])
+def test_compare_pairs_the_figures_evaluate_reports_under_each_protocol(tiny_ds, fitted, metric, figure):
+    # only full-catalogue metrics could be compared: the papers' sampled and IPW figures had no interval or test
+    c = P.compare(fitted["random"], fitted["popularity"], tiny_ds, "test_unbiased", metric, resamples=400)
+    for model, value in ((fitted["random"], c.baseline), (fitted["popularity"], c.candidate)):
+        reported = P.evaluate(model, tiny_ds, "test_unbiased")[figure[0]][figure[1]]
+        assert value == pytest.approx(reported, rel=1e-12, abs=1e-15)
+    assert c.metric == metric and c.difference == pytest.approx(c.candidate - c.baseline)
+
+
+def test_ipw_query_values_are_the_gains_weighted_so_that_their_mean_is_the_ipw_figure(tiny_ds, fitted):
+    gains = M.query_gains(P.sampled_ranks(fitted["popularity"], tiny_ds, "test"), "recall@15")
+    w = tiny_ds.ipw_weights("test")
+    values = P.query_values(fitted["popularity"], tiny_ds, "test", "ipw_recall@15")
+    np.testing.assert_allclose(values, gains * w * len(w), rtol=1e-15)
+    assert values.mean() == pytest.approx(np.dot(w, gains), rel=1e-12)
+
+
+def test_compare_refuses_a_sampled_metric_of_a_split_without_negatives_and_unknown_forms(tiny_ds, fitted):
+    with pytest.raises(ValueError, match="sampled_recall@10: split 'train' has no frozen negatives"):
+        P.compare(fitted["random"], fitted["random"], tiny_ds, "train", "sampled_recall@10", resamples=100)
+    for metric in ("sampled_", "ipw_recall", "sampledrecall@10", "full_recall@10"):
+        with pytest.raises(ValueError, match=rf"unknown metric '{metric}'; .* after sampled_ or ipw_"):
+            P.compared_protocol(metric)
+    assert P.compared_protocol("IPW_MRR") == ("ipw", "MRR")

@@ -283,7 +283,8 @@ def compare(
     split: str = typer.Option("test", help="split whose queries both models rank"),
     mode: str | None = typer.Option(None, help="inference mode of --run, for models that have several (DecCM)"),
     baseline_mode: str | None = typer.Option(None, help="inference mode of --baseline"),
-    metric: str = typer.Option("recall@10", help="per-query full-catalogue metric: recall@K, ndcg@K or mrr"),
+    metric: str = typer.Option("recall@10", help="per-query metric: recall@K, ndcg@K or mrr (full-catalogue), or "
+                                                 "one of them after sampled_ or ipw_ (the sampled 1+K protocol)"),
     resamples: int = typer.Option(10_000, help="bootstrap resamples (and at most as many sign vectors)"),
     level: float = typer.Option(0.95, help="confidence level of the intervals"),
     json_out: Path | None = typer.Option(None, "--json", help="write the comparison to this file"),
@@ -293,12 +294,12 @@ def compare(
     from rich.table import Table
 
     from bgmrec.data.dataset import load_dataset, write_json_atomic
-    from bgmrec.eval.metrics import parse_metric
+    from bgmrec.eval.protocol import COMPARED_PROTOCOLS, compared_protocol
     from bgmrec.eval.protocol import compare as paired
     from bgmrec.eval.report import change_cell, label
     from bgmrec.eval.significance import check_settings
 
-    parse_metric(metric)
+    compared_protocol(metric)
     check_settings(resamples, level)
     check_result_file(json_out, "compare")
     ds = load_dataset(data)
@@ -308,7 +309,9 @@ def compare(
     note_if_training_split(ds, split)
     names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
              for folder, rec in zip((baseline, run), models, strict=True)]
-    t = Table(title=f"{split}: {c.n_queries} queries, full-catalogue {metric}, {level:.0%} intervals")
+    protocol, rank_metric = compared_protocol(metric)
+    described = f"{COMPARED_PROTOCOLS[protocol]} {rank_metric}"
+    t = Table(title=f"{split}: {c.n_queries} queries, {described}, {level:.0%} intervals")
     for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
         t.add_column(h, justify="left" if h in ("baseline", "run") else "right")
     lo, hi = c.difference_ci

@@ -198,15 +198,50 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
     return result
 
 
+COMPARED_PROTOCOLS = {"full": "full-catalogue", "sampled": "sampled 1+K", "ipw": "IPW-weighted sampled 1+K"}
+
+
+def compared_protocol(metric: str) -> tuple[str, str]:
+    """(protocol, rank metric) of a compared metric: "recall@10" ("full"), "sampled_recall@10" (the papers'
+    1+K protocol on the frozen negatives), "ipw_recall@10" (the same, weighted by :meth:`Dataset.ipw_weights`),
+    each prefix before recall@K, ndcg@K or mrr; ValueError naming the forms otherwise."""
+    lowered = metric.lower()
+    prefix = next((p for p in ("sampled_", "ipw_") if lowered.startswith(p)), "")
+    try:
+        M.parse_metric(metric[len(prefix):])
+    except ValueError:
+        raise ValueError(f"unknown metric {metric!r}; expected recall@K, ndcg@K (K >= 1) or mrr (full-catalogue), "
+                         "or one of them after sampled_ or ipw_ (the sampled 1+K protocol, unweighted or "
+                         "IPW-weighted)") from None
+    return prefix.rstrip("_") or "full", metric[len(prefix):]
+
+
+def query_values(model, ds: Dataset, split: str, metric: str, seed: int = 0) -> np.ndarray:
+    """Each query's value of a compared ``metric`` (:func:`compared_protocol`) whose mean is the figure
+    :func:`evaluate` reports: the metric's gain of the query's full or sampled rank; for an IPW metric, that
+    gain times n w_i (w: the split's IPW weights, summing to 1), so that the plain mean over the n queries is
+    the weighted figure and the paired tests of :mod:`bgmrec.eval.significance` apply to it unchanged."""
+    protocol, rank_metric = compared_protocol(metric)
+    if protocol == "full":
+        return M.query_gains(full_ranks(model, ds, split, seed=seed).ranks, rank_metric)
+    if split not in ds.negatives:
+        raise ValueError(f"{metric}: split {split!r} has no frozen negatives, so no sampled figure; compare its "
+                         f"full-catalogue {rank_metric}")
+    gains = M.query_gains(sampled_ranks(model, ds, split, seed=seed), rank_metric)
+    return gains * (len(gains) * ds.ipw_weights(split)) if protocol == "ipw" else gains
+
+
 def compare(baseline: Recommender, candidate: Recommender, ds: Dataset, split: str, metric: str = "recall@10",
             resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> PairedComparison:
-    """Paired comparison of two models' full-catalogue ``metric`` on the queries of ``split``
-    (bootstrap interval and randomisation test over queries: :mod:`bgmrec.eval.significance`)."""
-    name, k = M.parse_metric(metric)
+    """Paired comparison of two models' ``metric`` on the queries of ``split`` (bootstrap interval and
+    randomisation test over queries: :mod:`bgmrec.eval.significance`): full-catalogue by default, the sampled
+    1+K protocol for ``sampled_recall@10`` and its IPW variant for ``ipw_recall@10`` (:func:`query_values`)."""
+    protocol, rank_metric = compared_protocol(metric)
+    name, k = M.parse_metric(rank_metric)
     check_settings(resamples, level)
     if split not in ds.splits or len(ds.splits[split]) == 0:
         raise ValueError(f"split {split!r} is not in the dataset or has no queries; it has {', '.join(ds.splits)}")
-    if name == "recall":
+    if name == "recall" and protocol == "full":
         warn_if_recall_is_trivial(split, len(ds.candidate_tracks(split)), (k,))
-    base, cand = (M.query_gains(full_ranks(m, ds, split, seed=seed).ranks, metric) for m in (baseline, candidate))
+    base, cand = (query_values(m, ds, split, metric, seed) for m in (baseline, candidate))
     return paired_comparison(base, cand, metric, resamples, level, seed)
