@@ -1119,3 +1119,27 @@ def test_version_is_printed_and_is_the_packages(capsys):
     assert main(["--version"]) == 0 and capsys.readouterr().out == f"bgmrec {bgmrec.__version__}\n"
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in pyproject and 'version = {attr = "bgmrec.__version__"}' in pyproject  # one place
+
+
+def test_describe_says_what_a_dataset_holds_and_its_fingerprints(cli_world, tmp_path, capsys):
+    from bgmrec.runs import dataset_record
+
+    out = tmp_path / "d.json"
+    assert main(["describe", str(cli_world), "--json", str(out)]) == 0
+    described = json.loads(out.read_text())
+    ds = load_dataset(cli_world)
+    assert {k: described[k] for k in ("data_fingerprint", "features_fingerprint", "labels_fingerprint")} == {
+        k: v for k, v in dataset_record(cli_world).items() if k != "data"}
+    summary = described["describe"]
+    assert (summary["videos"], summary["tracks"], summary["uploaders"]) == (2600, 200, ds.n_uploaders)
+    assert summary["new_tracks"] == int(ds.track_new.sum()) and summary["made_by"] == "bgmrec.data.simulate"
+    test = summary["splits"]["test_new_music"]
+    assert test["rows"] == len(ds.splits["test_new_music"]) and test["candidates"] == "new"
+    assert test["candidate_tracks"] == summary["new_tracks"]
+    assert test["negatives"] == ds.negatives["test_new_music"].shape[1]
+    assert summary["splits"]["pgc"]["known_uploaders"] == 0 and summary["splits"]["train"]["negatives"] == 0
+    shares = [g["train_share"] for g in summary["genres"].values()]
+    assert sum(g["tracks"] for g in summary["genres"].values()) == 200 and sum(shares) == pytest.approx(1)
+    printed = capsys.readouterr().out
+    assert described["data_fingerprint"] in printed and "test_unbiased" in printed
+    assert main(["describe", str(cli_world), "--json", str(cli_world / "manifest.json")]) == 2  # not replaced

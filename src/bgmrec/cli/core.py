@@ -87,6 +87,45 @@ def simulate(
                   + f" ({time.perf_counter() - t0:.1f} s)")
 
 
+@app.command()
+def describe(
+    data: Path = typer.Argument(..., help="dataset folder"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the description to this file"),
+) -> None:
+    """What a dataset holds (counts, features, genres, splits, origin) and its fingerprints, which runs and
+    figures record: the same three mean the same data."""
+    from rich.table import Table
+
+    from bgmrec.data.dataset import load_dataset, write_json_atomic
+
+    check_result_file(json_out, "describe")
+    summary = load_dataset(data).summary()
+    record = runs.dataset_record(data)
+    console.print(f"{data}: {summary['videos']:,} videos ({summary['professional_videos']:,} professional, "
+                  f"{summary['captioned_videos']:,} with a caption), {summary['tracks']:,} tracks "
+                  f"({summary['new_tracks']:,} new), {summary['uploaders']:,} uploaders; features "
+                  + ", ".join(f"{k} {v}" for k, v in summary["features"].items()) + f"; made by {summary['made_by']}",
+                  markup=False, highlight=False)
+    splits = Table(title="splits")
+    for h in ("split", "role", "rows", "candidates", "negatives", "IPW weights", "known uploaders"):  # counted: 1/(1+n)
+        splits.add_column(h, justify="left" if h in ("split", "role") else "right")
+    for name, s in summary["splits"].items():
+        weights = "-" if not s["negatives"] else "stored" if s["weights"] else "counted"  # only sampled figures
+        splits.add_row(name, s["role"], f"{s['rows']:,}", f"{s['candidate_tracks']:,} ({s['candidates']})",
+                       str(s["negatives"] or "-"), weights, f"{s['known_uploaders']:,}")
+    genres = Table(title="genres")
+    for h in ("genre", "tracks", "share of training positives"):
+        genres.add_column(h, justify="left" if h == "genre" else "right")
+    for name, g in summary["genres"].items():
+        genres.add_row(name, f"{g['tracks']:,}", f"{g['train_share']:.1%}")
+    console.print(splits, genres)
+    for key in runs.FINGERPRINTS:
+        console.print(f"{key}: {record[key]}", markup=False, highlight=False)
+    if json_out is not None:
+        write_json_atomic(json_out, {"describe": summary, **record})
+        console.print(f"wrote {json_out}")
+
+
 @app.command("models")
 def list_models() -> None:
     """List the model names accepted by --model (built-in, ablations, and models of installed packages)."""
@@ -439,7 +478,7 @@ def bench_gamma(
 #: is one way of writing it (compare named the candidate ``run`` before it was ``candidate_run``)
 RESULT_KEYS = {"evaluate": [("model", "split", "full")],
                "compare": [("baseline_run", "candidate_run"), ("baseline_run", "run")],
-               "bench speed": [("simulate_tt150k_seconds",)]}
+               "bench speed": [("simulate_tt150k_seconds",)], "describe": [("describe", "data_fingerprint")]}
 RESULT_BYTES = 64 * 2**20  # no result is this large: a larger file is refused unread
 
 

@@ -191,6 +191,33 @@ class Dataset:
     def split_names(self, role: str | None = None) -> list[str]:
         return [s for s, info in self.split_info.items() if role is None or info.role == role]
 
+    def summary(self) -> dict:
+        """What the dataset holds, as ``bgmrec describe`` shows it: counts, feature sizes, each genre's tracks
+        and share of the training positives, each split's rows, role, candidate tracks, frozen negatives per
+        row, stored IPW weights and queries of a known uploader, and where the data came from."""
+        train = self.train_rows()
+        positives = np.bincount(train[:, 1], minlength=self.n_tracks) if len(train) else np.zeros(self.n_tracks)
+        genre_of = np.asarray(self.track_genre)
+        per_genre = np.bincount(genre_of, weights=positives, minlength=self.n_genres)
+        made = self.provenance
+        source = next((str(made[k]) for k in ("simulator", "importer", "builder") if k in made), "unrecorded")
+        return {
+            "videos": self.n_videos, "tracks": self.n_tracks, "new_tracks": int(np.asarray(self.track_new).sum()),
+            "uploaders": self.n_uploaders, "professional_videos": sum(s == "pgc" for s in self.video_source),
+            "captioned_videos": int(np.asarray(self.video_text_mask).sum()), "features": self.dims(),
+            "genres": {name: {"tracks": int((genre_of == g).sum()),
+                              "train_share": float(per_genre[g] / max(per_genre.sum(), 1))}
+                       for g, name in enumerate(self.genres)},
+            "splits": {name: {"rows": int(len(rows)), "role": self.split_info[name].role,
+                              "candidates": self.split_info[name].candidates,
+                              "candidate_tracks": int(len(self.candidate_tracks(name))),
+                              "negatives": int(self.negatives[name].shape[1]) if name in self.negatives else 0,
+                              "weights": name in self.weights,
+                              "known_uploaders": int((np.asarray(rows)[:, 2] >= 0).sum())}
+                       for name, rows in self.splits.items()},
+            "made_by": source,
+        }
+
     # ---- validation ----------------------------------------------------------------------------
     def validate(self, where: str = "dataset") -> None:
         """Check every invariant of the format; raise :class:`DatasetError` naming the file."""
