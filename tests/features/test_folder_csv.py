@@ -139,6 +139,11 @@ DAMAGED = {
                    "c/music.npy: expected a float array, found bool"),
     "music NaN": ("catalog", lambda r: np.save(r / "music.npy", np.array([[0.0] * 5, [np.nan] * 5, [0.0] * 5])),
                   "c/music.npy: expected finite values (row [1] has NaN or inf)"),
+    # float64 beyond float32's range was finite when checked, then inf once cast: "contain NaN or inf", no file named
+    "music beyond float32": ("catalog", lambda r: np.save(r / "music.npy", np.array([[0.0] * 5, [0.0] * 5,
+                                                                                   [0.0] * 4 + [-1e300]])),
+                             "c/music.npy: expected values within float32's range, as features are stored and used "
+                             "(row [2] has 1e+300, beyond 3.4e+38)"),
     "music narrower than its manifest": ("catalog", lambda r: np.save(r / "music.npy", np.zeros((3, 4), np.float32)),
                                          "c/music.npy: expected shape [3, 5]"),
     "catalogue settings text": ("catalog", lambda r: _manifest_edit(r, "settings", "sample_rate=22050"),
@@ -159,6 +164,8 @@ DAMAGED = {
                            "v/manifest.json: counts.videos is 2, but the folder holds 3 rows"),
     "visual NaN": ("videos", lambda r: np.save(r / "visual.npy", np.full((3, 1280), np.nan, np.float32)),
                    "v/visual.npy: expected finite values (row [0] has NaN or inf)"),
+    "visual beyond float32": ("videos", lambda r: np.save(r / "visual.npy", np.full((3, 1280), 1e39)),
+                              "v/visual.npy: expected values within float32's range"),
     "visual too narrow": ("videos", lambda r: np.save(r / "visual.npy", np.zeros((3, 7), np.float32)),
                           "v/visual.npy: expected shape [3, 1280]"),
     "text as ints": ("videos", lambda r: np.save(r / "text.npy", np.zeros((3, 384), np.int32)),

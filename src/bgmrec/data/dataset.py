@@ -378,12 +378,19 @@ def _check_shape(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
 
 def check_float_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
     """A :class:`DatasetError` naming ``where/fname`` unless ``arr`` has ``shape`` (None: any size), a float
-    dtype and finite rows (the first row with NaN or inf named)."""
+    dtype and finite rows within float32's range, as features are used (the first row with NaN or inf named,
+    or with a float64 value float32 cannot hold, which the cast would make inf)."""
     _check_shape(arr, shape, where, fname)
     _expect(np.issubdtype(arr.dtype, np.floating), where, fname, f"a float array, found {arr.dtype}")
     finite = np.isfinite(arr).all(axis=tuple(range(1, arr.ndim))) if arr.size else np.ones(0, bool)
     bad = np.flatnonzero(~finite)
     _expect(bad.size == 0, where, fname, f"finite values (row {bad[:1].tolist()} has NaN or inf)")
+    if arr.dtype.itemsize > 4 and arr.size:
+        largest = float(np.finfo(np.float32).max)
+        beyond = np.flatnonzero((np.abs(arr) > largest).any(axis=tuple(range(1, arr.ndim))))
+        if beyond.size:
+            _expect(False, where, fname, f"values within float32's range, as features are stored and used (row "
+                                         f"[{beyond[0]}] has {np.abs(arr[beyond[0]]).max():.3g}, beyond {largest:.3g})")
 
 
 def _check_range(arr: np.ndarray, lo: int, hi: int, where: str, fname: str) -> None:
