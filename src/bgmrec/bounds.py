@@ -13,6 +13,10 @@ BOUNDS = {
     ">= 2": lambda v: v >= 2,
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "in [0, 1)": lambda v: 0 <= v < 1,
+    # sizes of a network: far above any useful one, below what ends in an allocation failure's traceback (a latent
+    # of 100,000 asked the track prior's ridge regression for 75 GB; 10,000,000 hidden units torch for terabytes)
+    "in [1, 4096]": lambda v: 1 <= v <= 4096,
+    "in [1, 8192]": lambda v: 1 <= v <= 8192,
 }
 
 

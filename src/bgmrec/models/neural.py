@@ -26,7 +26,7 @@ from bgmrec.train import Batch, FeatureTensors, TrainConfig, fit_torch
 
 def check_network(config) -> None:
     """Range checks of the fields every network config has: ``latent_dim``, ``hidden`` and ``dropout``."""
-    check_bounds(config, latent_dim=">= 1", hidden=">= 1", dropout="in [0, 1)")
+    check_bounds(config, latent_dim="in [1, 4096]", hidden="in [1, 8192]", dropout="in [0, 1)")
 
 
 class InputNorms(nn.Module):
