@@ -495,3 +495,34 @@ def test_the_complete_record_and_the_summary_are_written_together(tiny_dir, tmp_
     run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "tune", resume=True)
     assert json.loads((tmp_path / "tune" / "tuning.json").read_text())["complete"]
     assert (tmp_path / "tune" / "tuning.md").is_file()
+
+
+def test_a_point_whose_training_diverges_is_recorded_and_the_grid_goes_on(tiny_dir, tmp_path, monkeypatch):
+    # one lr too high ended the whole grid with the point's error, and no --resume or new grid could finish it
+    import bgmrec.runs as runs
+
+    grid = {"lr": ["1e6", "0.002", "0.001"]}
+    out = tmp_path / "tune"
+    trials = run_grid(tiny_dir, "cmvae", grid, out, SMALL_CMVAE)  # lr=1e6 really diverges on the tiny world
+    assert [t.settings["lr"] for t in trials] in (["0.002", "0.001"], ["0.001", "0.002"])
+    saved = json.loads((out / "tuning.json").read_text())
+    [diverged] = saved["diverged"]
+    assert saved["complete"] and diverged["settings"] == {"lr": "1e6"} and not (out / "lr=1e6").exists()
+    assert diverged["diverged"].startswith("cmvae: training diverged at epoch 1")
+    summary = (out / "tuning.md").read_text()
+    assert ("Diverged, not ranked (their training's loss or weights stopped being finite); *vs the first point* "
+            "compares with the first point that trained:\n\n- lr=1e6: cmvae: training diverged") in summary
+    assert next(t for t in trials if t.settings["lr"] == "0.002").against_first is None  # the reference
+    monkeypatch.setattr(runs, "train_model", lambda *a, **kw: pytest.fail("a point was trained again"))
+    resumed = run_grid(tiny_dir, "cmvae", grid, out, SMALL_CMVAE, resume=True)
+    assert [t.settings for t in resumed] == [t.settings for t in trials]
+    assert json.loads((out / "tuning.json").read_text())["diverged"] == [diverged]
+
+
+def test_a_grid_whose_every_point_diverges_fails_saying_so(tiny_dir, tmp_path):
+    from bgmrec.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"every point of the grid diverged \(cmvae: training diverged .*\); "
+                                               "lower the learning rates of the grid"):
+        run_grid(tiny_dir, "cmvae", {"lr": ["1e6", "1e7"]}, tmp_path / "tune", SMALL_CMVAE)
+    assert not json.loads((tmp_path / "tune" / "tuning.json").read_text())["complete"]

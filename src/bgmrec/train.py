@@ -90,10 +90,15 @@ def validation_scores(model, val: SplitView, n_queries: int, seed: int) -> tuple
     return recall_at_k(ranks, 10), mrr(ranks)
 
 
-def _diverged(model, where: str) -> ValueError:
+class TrainingDiverged(ValueError):
+    """Training whose loss or weights stopped being finite (the learning rate is too high for the data): the
+    command's one-line error; ``bgmrec tune`` records such a point and goes on with the others."""
+
+
+def _diverged(model, where: str) -> TrainingDiverged:
     cfg = model.config
-    return ValueError(f"{model.name}: training diverged at {where} (lr={cfg.lr}, grad_clip={cfg.grad_clip}); "
-                      f"train again with a lower learning rate, e.g. --set lr={cfg.lr / 10:g}")
+    return TrainingDiverged(f"{model.name}: training diverged at {where} (lr={cfg.lr}, grad_clip={cfg.grad_clip}); "
+                            f"train again with a lower learning rate, e.g. --set lr={cfg.lr / 10:g}")
 
 
 def check_training_loss(model, out: object) -> None:

@@ -109,6 +109,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         git_commit,
         train_model,
     )
+    from bgmrec.train import TrainingDiverged
 
     console = console or Console(quiet=True)
     trained_on = dataset_record(data)  # taken once: the features' fingerprint reads every feature byte
@@ -130,12 +131,16 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "trials": []})
     teachers = SharedTeachers(Path(out) / TEACHERS, ds, console, trained_on)  # a stopped grid's are loaded
     trials: list[Trial] = []
+    diverged: list[dict] = stopped_diverged(Path(out)) if resume else []  # points a resumed grid does not retry
     first_gains = None
     for i, point in enumerate(points):
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
         sets = point_sets(base, point, seed)
         shared = None if teacher is not None else teachers.for_model(model, sets, shared_teacher_folder(point))
+        if any(Path(d["run"]).name == run.name for d in diverged):
+            console.print("    diverged before: left out of the ranking, not retrained (the same seed diverges again)")
+            continue
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
@@ -146,8 +151,15 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                                  "--out")
             console.print("    finished before: loaded, not retrained")
         else:
-            rec, seconds = train_model(data, model, run, sets=sets, teacher=teacher if shared is None else shared,
-                                       progress=console.is_terminal)
+            try:
+                rec, seconds = train_model(data, model, run, sets=sets, teacher=teacher if shared is None else shared,
+                                           progress=console.is_terminal)
+            except TrainingDiverged as e:  # one bad point (lr too high) must not lose the grid: recorded, left out
+                diverged.append({"settings": point, "run": str(run), "diverged": str(e)})
+                console.print(f"    diverged, left out of the ranking: {e}", markup=False)
+                write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "diverged": diverged,
+                                                               "trials": [t.to_json() for t in _ranked(trials)]})
+                continue
         result = evaluate(rec, ds, "val", keep_ranks=True)
         gains = query_gains(result["full_ranks"], "recall@10")
         against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
@@ -157,15 +169,18 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                             seconds, rec.inference_mode))
         console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
                       + ("" if against is None else f", {change_cell(against)} over the first point"))
-        write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False,
+        write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "diverged": diverged,
                                                        "trials": [t.to_json() for t in _ranked(trials)]})
+    if not trials:
+        raise TrainingDiverged(f"every point of the grid diverged ({diverged[0]['diverged']}); lower the learning "
+                               "rates of the grid")
     trials = _ranked(trials)
     made = (f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {record['commit']}"
             + packages_note({model: record["model_package"]}))  # the code it was trained with
-    summary = tuning_markdown(model, grid, trials, made, record) + "\n"
+    summary = tuning_markdown(model, grid, trials, made, record, diverged) + "\n"
     write_files_together(Path(out), {  # the record marking the grid complete goes last
         "tuning.md": lambda tmp: tmp.write_text(summary, encoding="utf-8"),
-        "tuning.json": lambda tmp: write_json_atomic(tmp, {**record, "complete": True,
+        "tuning.json": lambda tmp: write_json_atomic(tmp, {**record, "complete": True, "diverged": diverged,
                                                            "trials": [t.to_json() for t in trials]})})
     return trials
 
@@ -219,6 +234,20 @@ def seed_used(model: str, grid: dict[str, list[str]], sets: dict, seed: int | No
 
 def _ranked(trials: list[Trial]) -> list[Trial]:
     return sorted(trials, key=lambda t: (-t.val_recall_at_10, -t.val_mrr))  # stable: ties keep the grid's order
+
+
+def stopped_diverged(out: Path) -> list[dict]:
+    """For ``--resume`` (after :func:`_finished_points` checked the grid): the points whose training diverged in
+    the stopped grid of ``out`` (its ``tuning.json``'s ``diverged``), which a resumed grid does not train again."""
+    from bgmrec.data.dataset import read_json
+
+    path = out / "tuning.json"
+    found = read_json(path).get("diverged", []) if path.is_file() else []
+    if not isinstance(found, list) or not all(isinstance(d, dict) and isinstance(d.get("run"), str)
+                                              and isinstance(d.get("settings"), dict) for d in found):
+        raise ValueError(f"--resume: {path}: field 'diverged' must be a list of objects with 'settings' and 'run'; "
+                         "the file is damaged, tune into a new --out")
+    return found
 
 
 def _finished_points(out: Path, record: dict) -> dict[str, dict]:
@@ -372,10 +401,11 @@ def tuning_rows(trials: list[Trial]) -> list[list[str]]:
 
 
 def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial], made: str = "",
-                    record: dict | None = None) -> str:
+                    record: dict | None = None, diverged: list[dict] | None = None) -> str:
     """``tuning.md``: the command, the grid and what every point shares (``record``: ``tuning.json``'s
     ``command``, ``sets`` and ``seed``), the inference mode of the figures, how each point was trained and
-    compared (``made``: on what data, by what code), and :func:`tuning_rows`."""
+    compared (``made``: on what data, by what code), :func:`tuning_rows`, and the points whose training
+    diverged (``diverged``: ``tuning.json``'s records), which are not ranked."""
     from bgmrec.eval.report import markdown_from_rows
 
     grid_text = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
@@ -388,7 +418,12 @@ def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial],
         f"in Recall@10 over the grid's first point on the same val queries, its {LEVEL:.0%} paired bootstrap interval "
         "and randomisation-test p-value. Best first (by Recall@10, ties by MRR). The dataset was loaded whole, but no "
         "test split was scored: no test figure was computed or used for the choice.", "",
-        markdown_from_rows(tuning_rows(trials))])
+        markdown_from_rows(tuning_rows(trials)),
+        *(["", "Diverged, not ranked (their training's loss or weights stopped being finite)"
+           + ("; *vs the first point* compares with the first point that trained" if diverged and
+              diverged[0]["settings"] == grid_points(grid)[0] else "") + ":", "",
+           *(f"- {' '.join(f'{k}={v}' for k, v in d['settings'].items())}: {d['diverged']}" for d in diverged)]
+          if diverged else [])])
 
 
 def fixed_text(record: dict) -> str:
