@@ -74,6 +74,24 @@ def test_cca_learns_content(tiny_ds):
     assert _r10(_fit(tiny_ds, "cca"), tiny_ds, "test_unbiased") >= unbiased + 0.1
 
 
+def test_cca_ranks_alike_whatever_the_scale_of_a_feature(tiny_ds, tiny_spec):
+    # extracted music mixes features of variance 1e4 with ones of 1e-2: unstandardised, the large one set the ridge
+    # that drowned the others, and CCA fell to chance on the app audit's catalogue
+    import dataclasses
+
+    from bgmrec.models.base import MusicCatalog, VideoQuery
+
+    music = np.array(tiny_ds.music, np.float32)
+    music[:, 0] = music[:, 0] * 1e4 + 1e6
+    scaled = dataclasses.replace(tiny_ds, music=music)
+    models = [build("cca", tiny_spec).fit(SplitView(ds, "train")) for ds in (tiny_ds, scaled)]
+    videos = VideoQuery.from_dataset(tiny_ds, np.asarray(tiny_ds.splits["test"])[:, 0])
+    scores = [m.encode_videos(videos) @ m.encode_music(MusicCatalog.from_dataset(ds)).T
+              for m, ds in zip(models, (tiny_ds, scaled), strict=True)]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-3, atol=1e-3 * np.abs(scores[0]).max())
+    assert (np.argsort(-scores[1], axis=1)[:, :10] == np.argsort(-scores[0], axis=1)[:, :10]).mean() > 0.99
+
+
 def test_history_has_validation_recall(cmvae):
     assert len(cmvae.history) >= 2
     for epoch, h in enumerate(cmvae.history, start=1):

@@ -149,7 +149,10 @@ class CCARecommender(Recommender):
 
     Solves max corr(a^T x_v, b^T x_m) by whitening both sides (ridge-regularised covariances) and an
     SVD of the whitened cross-covariance; scores are inner products of the canonical variates,
-    the video side weighted by the canonical correlations.
+    the video side weighted by the canonical correlations. Each feature is standardised first (by its
+    standard deviation over the training pairs), so that the ridge, relative to the mean variance, weighs
+    every feature alike: unstandardised, one feature of large variance (an extracted loudness in dB
+    squared, next to spectral shape coefficients) set the ridge that drowned the others.
     """
 
     name = "cca"
@@ -169,7 +172,8 @@ class CCARecommender(Recommender):
         x = video_input(VideoQuery.from_dataset(ds, rows[:, 0]))
         y = np.asarray(ds.music, np.float64)[rows[:, 1]]
         self.mean_v, self.mean_m = x.mean(0), y.mean(0)
-        x, y = x - self.mean_v, y - self.mean_m
+        sd_v, sd_m = (np.where(s > 0, s, 1.0) for s in (x.std(0), y.std(0)))  # a constant feature: left as it is
+        x, y = (x - self.mean_v) / sd_v, (y - self.mean_m) / sd_m
         n = len(x)
 
         def inv_sqrt(c: np.ndarray) -> np.ndarray:
@@ -180,8 +184,8 @@ class CCARecommender(Recommender):
         wx, wy = inv_sqrt(x.T @ x / n), inv_sqrt(y.T @ y / n)
         u, s, vt = np.linalg.svd(wx @ (x.T @ y / n) @ wy)
         k = min(self.config.dim, len(s))
-        self.proj_v = wx @ u[:, :k] * s[:k]
-        self.proj_m = wy @ vt[:k].T
+        self.proj_v = (wx @ u[:, :k] * s[:k]) / sd_v[:, None]  # of the raw features: the scaling folded in
+        self.proj_m = (wy @ vt[:k].T) / sd_m[:, None]
         return self
 
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
