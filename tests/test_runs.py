@@ -148,3 +148,26 @@ def test_a_run_of_a_dataset_built_again_in_its_folder_is_told_so_not_as_another_
     assert said == (f"{run} was trained on {tiny_copy} as it was before it was built again (its splits or manifest "
                     "changed since)")
     assert capsys.readouterr().err == f"warning: {said}\n"
+
+
+def test_a_trained_model_that_scores_every_track_alike_is_warned_of(tiny_dir, tiny_ds, tmp_path, capsys):
+    # every upload choosing one track, or tracks of one feature vector: models trained to all ties, without a word
+    import dataclasses
+
+    import numpy as np
+
+    from bgmrec.data.dataset import save_dataset
+    from bgmrec.runs import warn_if_every_track_ties
+
+    flat = tmp_path / "flat"
+    save_dataset(dataclasses.replace(tiny_ds, music=np.full_like(np.asarray(tiny_ds.music), 0.5)), flat)
+    for model in ("popularity", "cca"):
+        train_model(flat, model, tmp_path / model, progress=False)
+        assert (f"warning: {model} scores every track alike for each of 32 val queries: its rankings are a random "
+                "order, chance level") in capsys.readouterr().err
+    train_model(tiny_dir, "cca", tmp_path / "cca-tiny", progress=False)
+    assert "alike" not in capsys.readouterr().err  # scores that vary: nothing said
+    assert warn_if_every_track_ties("m", np.array([[2.0, 2.0, 2.0], [-1.0, -1.0, -1.0]]), "val") is not None
+    assert warn_if_every_track_ties("m", np.array([[2.0, 2.0, 2.0], [-1.0, -1.0, -0.5]]), "val") is None  # one varies
+    assert warn_if_every_track_ties("m", np.array([[1e9, 1e9 + 1e-3]]), "val") is not None  # rounding, not a spread
+    capsys.readouterr()

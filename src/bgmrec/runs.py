@@ -174,7 +174,8 @@ def check_saved_scores_alike(fitted, loaded, ds, queries: int = 32) -> None:
     """ValueError unless ``loaded``, the model ``fitted`` saved and loaded back, scores the first ``queries``
     queries of ``ds``'s val split (its train split when val is empty) against the whole catalogue as ``fitted``
     does, to float32 rounding: a model whose ``state_arrays()`` leaves out an array ``fit`` learns is saved
-    without it, and loaded back scores by its initialisation, at random."""
+    without it, and loaded back scores by its initialisation, at random. Then :func:`warn_if_every_track_ties`
+    on those scores."""
     import numpy as np
 
     from bgmrec.models.base import MusicCatalog, VideoQuery
@@ -190,6 +191,27 @@ def check_saved_scores_alike(fitted, loaded, ds, queries: int = 32) -> None:
                          f"scores {len(rows)} {split} queries otherwise (by up to "
                          f"{float(np.abs(got - want).max()):.3g}, scores up to {scale:.3g}): state_arrays() must "
                          "return every array fit learns (and load_state_arrays restore it); not saved")
+    warn_if_every_track_ties(fitted.name, want, split)
+
+
+def warn_if_every_track_ties(model: str, scores, split: str) -> str | None:
+    """Say on stderr when a trained model scores every track alike for each of the sample queries ``scores``
+    ([queries, tracks], of ``split``): its rankings would be the protocol's random order of ties, chance level,
+    and nothing else said so (training saw one track chosen by every upload, or tracks whose features do not
+    vary). Returns the message, None when silent."""
+    import numpy as np
+
+    from bgmrec.features.recommend import warn_on_stderr
+
+    scores = np.asarray(scores, np.float64)
+    spread = scores.max(axis=1) - scores.min(axis=1)
+    if scores.size == 0 or (spread > 1e-6 * np.maximum(1.0, np.abs(scores).max(axis=1))).any():
+        return None
+    message = (f"{model} scores every track alike for each of {len(scores)} {split} queries: its rankings are a random "
+               "order, chance level (did the training uploads choose more than one track, and do the tracks' "
+               "features vary?)")
+    warn_on_stderr(message)
+    return message
 
 
 def keep_trained_teacher(trained: Path, out: Path) -> Path | None:
