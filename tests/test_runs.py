@@ -171,3 +171,23 @@ def test_a_trained_model_that_scores_every_track_alike_is_warned_of(tiny_dir, ti
     assert warn_if_every_track_ties("m", np.array([[2.0, 2.0, 2.0], [-1.0, -1.0, -0.5]]), "val") is None  # one varies
     assert warn_if_every_track_ties("m", np.array([[1e9, 1e9 + 1e-3]]), "val") is not None  # rounding, not a spread
     capsys.readouterr()
+
+
+def test_training_on_features_a_few_rows_far_out_set_the_spread_of_is_warned_of(tiny_ds, tmp_path, capsys):
+    # one video of 300 at 1e6 took a two-tower model below chance, and build, train and evaluate said nothing
+    import dataclasses
+
+    import numpy as np
+
+    from bgmrec.data.dataset import save_dataset
+    from bgmrec.runs import warn_if_features_outlie
+
+    visual = np.array(tiny_ds.video_visual)
+    visual[7] = 1e6
+    far = tmp_path / "far"
+    save_dataset(dataclasses.replace(tiny_ds, video_visual=visual), far)
+    train_model(far, "popularity", tmp_path / "run", progress=False)
+    assert (f"warning: {far}/features/video_visual.npy: {visual.shape[1]} of {visual.shape[1]} features have a "
+            "standard deviation over 100 times their typical spread (median absolute deviation), set by 1 row(s) "
+            f"more than 100 typical spreads from the rest (first {tiny_ds.video_ids[7]!r}, ") in capsys.readouterr().err
+    assert warn_if_features_outlie(tiny_ds, tmp_path) == []  # the simulated world's features: nothing said

@@ -133,6 +133,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     check_run_folder(Path(out), teacher)
     if teacher is not None:
         warn_if_not_a_teacher(teacher, data, ds)
+    warn_if_features_outlie(ds, data)
     if hasattr(rec.config, "patience") and not len(ds.splits.get("val", ())):
         print(f"warning: {data} has no val rows, so {model} trains all its {rec.config.epochs} epochs and keeps the "
               "last (no early stopping; build-dataset --val-share makes a val split)", file=sys.stderr)
@@ -168,6 +169,36 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     # a run there before (never another kind of folder) is replaced with everything in it
     atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
     return load_model(out), timing["seconds"]
+
+
+def warn_if_features_outlie(ds, data: Path) -> list[str]:
+    """Say on stderr, per feature file of the dataset folder ``data`` (``ds``), when a few rows far from the
+    rest set its features' standard deviations (:func:`~bgmrec.data.dataset.outlying_rows`; captioned videos'
+    text only), naming the farthest row's id: models standardise by them, and learn little from the other rows.
+    Returns the messages."""
+    import numpy as np
+
+    from bgmrec.data.dataset import SPREAD_RATIO, outlying_rows
+    from bgmrec.features.recommend import warn_on_stderr
+
+    captioned = np.flatnonzero(np.asarray(ds.video_text_mask))
+    said = []
+    for fname, x, ids in (("video_visual.npy", ds.video_visual, list(ds.video_ids)),
+                          ("video_text.npy", np.asarray(ds.video_text)[captioned],
+                           [ds.video_ids[i] for i in captioned]),
+                          ("music.npy", ds.music, list(ds.track_ids))):
+        found = outlying_rows(x)
+        if found is None:
+            continue
+        rows = (f", set by {len(found.rows):,} row(s) more than {SPREAD_RATIO:g} typical spreads from the rest "
+                f"(first {ids[found.rows[0]]!r}, {found.distance[0]:.3g} out)" if len(found.rows) else
+                ", set by rows far from the rest")
+        said.append(f"{data}/features/{fname}: {found.columns:,} of {np.shape(x)[1]:,} features have a standard "
+                    f"deviation over {SPREAD_RATIO:g} times their typical spread (median absolute deviation){rows}: "
+                    "standardised by it, every other row of those features shrinks toward zero and models learn "
+                    "little from them; check those rows (fix or drop them, and build the dataset again)")
+        warn_on_stderr(said[-1])
+    return said
 
 
 def check_saved_scores_alike(fitted, loaded, ds, queries: int = 32) -> None:

@@ -672,3 +672,24 @@ def test_a_split_of_ones_own_is_added_validated_and_evaluated(tiny_ds):
         tiny_ds.with_split("far", [[tiny_ds.n_videos, 0, -1]])
     with pytest.raises(DatasetError, match="already has a split of that name"):
         tiny_ds.with_split("test", test)
+
+
+def test_outlying_rows_are_the_few_that_set_a_features_deviation():
+    from bgmrec.data.dataset import SPREAD_RATIO, outlying_rows
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    assert outlying_rows(x) is None  # Gaussian features: nothing far out
+    x[[5, 9], 1], x[9, 3] = [1e6, -3e6], 1e5
+    found = outlying_rows(x)
+    assert found.columns == 2 and found.rows.tolist() == [9, 5]  # farthest first, over the judged features
+    spread = 1.4826 * np.median(np.abs(x[:, 1] - np.median(x[:, 1])))
+    assert found.distance[0] == pytest.approx(abs(-3e6 - np.median(x[:, 1])) / spread)
+    assert (found.distance > SPREAD_RATIO).all()
+    # two tight modes: many rows far from the median, and a deviation that standardises them as it should
+    bimodal = np.where(rng.random((300, 2)) < 0.3, 1.0, 0.0) + rng.normal(0, 1e-4, (300, 2))
+    assert outlying_rows(bimodal) is None
+    assert outlying_rows(np.zeros((50, 3))) is None  # no spread at all: not judged
+    big = rng.normal(size=(30_000, 2))  # more rows than the robust sample: a far row outside it still counts
+    big[29_999] = 1e7
+    assert outlying_rows(big).rows.tolist() == [29_999]
