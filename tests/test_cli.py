@@ -76,6 +76,7 @@ def test_train_then_evaluate_json(cli_world, popularity_run, tmp_path, capsys):
     assert made["runs"]["run"]["trained"]["model"] == "popularity"
     assert made["runs"]["run"]["trained"]["data_fingerprint"] == made["data_fingerprint"]
     assert {"bgmrec_version", "commit"} <= set(made)
+    assert made["code"] == made["runs"]["run"]["trained"]["code"] == bgmrec.runs.code_fingerprint()  # a wheel's too
     assert res["n_queries"] == 184
     assert set(res["full"]) == FULL_KEYS
     assert set(res["sampled"]) == SAMPLED_KEYS
@@ -1083,6 +1084,7 @@ def test_evaluate_writes_each_querys_ranks_for_paired_tests_elsewhere(cli_world,
     assert main([*args[:-1], "train", "--ranks", str(ranks)]) == 0  # a split without frozen negatives
     assert {r["sampled_rank"] for r in csv.DictReader(ranks.open())} == {""}
     assert main([*args, "--ranks", str(j)]) == 2 and json.loads(j.read_text()) == result  # not replaced
+    assert main([*args, "--ranks", str(tmp_path / "both"), "--json", str(tmp_path / "both")]) == 2  # one overwrote
     assert main([*args, "--ranks", str(tmp_path)]) == 2
 
 

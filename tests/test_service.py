@@ -266,6 +266,42 @@ def test_every_request_gets_an_id_a_timing_header_and_a_log_line(tiny_ds, cmvae,
                             line), line
 
 
+def test_the_request_log_quotes_the_path_and_says_when_the_client_left(caplog):
+    # a path of %0A (a decoded line break) wrote a forged line into the log, and a client that left mid-body was
+    # logged with the 400 nobody received
+    import asyncio
+
+    from bgmrec.service import RequestLog
+
+    async def app(scope, receive, send):  # reads the body as the framework does, then answers
+        message = await receive()
+        await send({"type": "http.response.start", "status": 400 if message["type"] == "http.disconnect" else 200,
+                    "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run(path: str, message: dict) -> list[dict]:
+        sent = []
+
+        async def receive():
+            return message
+
+        async def send(m):
+            sent.append(m)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [], "client": ("10.0.0.1", 5)}
+        await RequestLog(app)(scope, receive, send)
+        return sent
+
+    with caplog.at_level(logging.INFO, logger="bgmrec.service"):
+        asyncio.run(run("/health\nINFO: 1.2.3.4 \"GET /admin\" 200", {"type": "http.request", "body": b""}))
+        asyncio.run(run("/recommend", {"type": "http.disconnect"}))
+    forged, left = [r.getMessage() for r in caplog.records if r.name == "bgmrec.service"]
+    assert forged.startswith('10.0.0.1:5 "POST /health%0AINFO%3A%201.2.3.4%20%22GET%20/admin%22%20200" 200 ')
+    assert "\n" not in forged
+    assert re.fullmatch(r'10\.0\.0\.1:5 "POST /recommend" - \d+\.\d ms id=[0-9a-f]{32} \(the client left before its '
+                        r'answer\)', left)
+
+
 def test_a_video_upload_without_the_media_packages_gets_a_501(client, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # "import av" fails, as without the media extra
     r = client.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})

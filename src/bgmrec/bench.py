@@ -150,7 +150,7 @@ def reusable_run(run: Path, name: str, seed: int, code: str,
         return None, (f"the run there is of model {info.get('model')!r}, seed {config['config'].get('seed')}, "
                       f"not of {name!r}, seed {seed}")
     if info.get("code") != code:
-        then = (f"bgmrec {info['code']}" if "code" in info else
+        then = (f"bgmrec {info['code']}" if info.get("code") else
                 f"commit {info.get('commit', 'unknown')}, by a bgmrec that recorded no hash of its sources")
         return None, f"the run there was trained by other code ({then}; this is bgmrec {code})"
     if data is not None and any(info.get(f) != data[f] for f in FINGERPRINTS):

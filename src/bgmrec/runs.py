@@ -506,7 +506,8 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     """What a figure was computed from, for its JSON: the dataset (folder and fingerprints), each run
     (folder, what its ``run.json`` says of its training, and ``model_package``: the code of its model of
     another package as it computed the figure, None for bgmrec's own; a score file: its path and SHA-256)
-    and the bgmrec that computed it.
+    and the bgmrec that computed it (its version, commit and :func:`code_fingerprint`, which a wheel's install
+    records where its commit is unknown).
 
     A run saved by the library alone (no ``run.json``) has in ``trained`` the ``model_package`` its
     ``config.json`` recorded."""
@@ -515,7 +516,7 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     from bgmrec.eval.scores import is_score_file
     from bgmrec.models.base import read_run_record, recorded_model_package
 
-    keep = ("model", "data", *FINGERPRINTS, "commit", "argv", "model_package")
+    keep = ("model", "data", *FINGERPRINTS, "commit", "code", "argv", "model_package")
 
     def trained(run: Path) -> dict:
         made, _ = recorded_model_package(run)
@@ -529,7 +530,7 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
                 "model_package": model_package(read_json(Path(run) / "config.json")["model"])}
 
     return {**dataset_record(data), "runs": {role: described(run) for role, run in runs.items()},
-            "bgmrec_version": bgmrec.__version__, "commit": git_commit()}
+            "bgmrec_version": bgmrec.__version__, "commit": git_commit(), "code": code_fingerprint()}
 
 
 def warn_if_seed_unused(model: str, seed: int | None, sets: dict) -> None:

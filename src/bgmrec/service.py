@@ -55,6 +55,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -289,9 +290,11 @@ class RequestLog:
     """ASGI middleware: every HTTP request gets an id, its answer the headers ``X-Request-ID`` (that id) and
     ``Server-Timing: app;dur=MS`` (milliseconds from the request's arrival to its answer's headers), and the
     log (logger ``bgmrec.service``, level INFO) one line once the answer is sent or abandoned: client, method,
-    path, status (``-``: none was sent), milliseconds to the answer's last byte, and the id, which the
-    traceback of a server fault names too. The id is the request's own ``X-Request-ID`` when that is 1 to 128
-    letters, digits or ``._:-`` (so a caller can follow one request through its own logs), else a new one."""
+    path (percent-encoded, as uvicorn's access log has it: a decoded line break would forge a log line),
+    status (``-``: none was sent, or the client left before its answer began, which the line then says),
+    milliseconds to the answer's last byte, and the id, which the traceback of a server fault names too. The
+    id is the request's own ``X-Request-ID`` when that is 1 to 128 letters, digits or ``._:-`` (so a caller
+    can follow one request through its own logs), else a new one."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -303,11 +306,17 @@ class RequestLog:
         given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        status = "-"
+        status, gone = "-", False
+
+        async def receiving():
+            nonlocal gone
+            message = await receive()
+            gone = gone or (message["type"] == "http.disconnect" and status == "-")  # before any answer began
+            return message
 
         async def sending(message):
             nonlocal status
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and not gone:
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID_HEADER] = request_id
@@ -315,11 +324,12 @@ class RequestLog:
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receiving, sending)
         finally:
             client = scope.get("client")
-            logger.info('%s "%s %s" %s %.1f ms id=%s', f"{client[0]}:{client[1]}" if client else "-",
-                        scope["method"], scope["path"], status, (time.perf_counter() - start) * 1000, request_id)
+            logger.info('%s "%s %s" %s %.1f ms id=%s%s', f"{client[0]}:{client[1]}" if client else "-",
+                        scope["method"], quote(scope["path"]), status, (time.perf_counter() - start) * 1000,
+                        request_id, " (the client left before its answer)" if gone else "")
 
 
 class BatchSlots:

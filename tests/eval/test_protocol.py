@@ -437,6 +437,16 @@ def test_ipw_query_values_are_the_gains_weighted_so_that_their_mean_is_the_ipw_f
     assert values.mean() == pytest.approx(np.dot(w, gains), rel=1e-12)
 
 
+def test_compare_warns_of_a_sampled_recall_that_every_model_scores_1(tiny_ds, fitted):
+    negatives = tiny_ds.negatives["test"].shape[1]
+    with pytest.warns(P.EvaluationWarning, match=rf"sampled_recall@{negatives + 1}: split 'test' ranks each "
+                                                 rf"positive among {negatives} frozen negatives, so its sampled "
+                                                 rf"Recall@{negatives + 1} is 1 for every model"):
+        c = P.compare(fitted["random"], fitted["popularity"], tiny_ds, "test", f"sampled_recall@{negatives + 1}",
+                      resamples=100)
+    assert c.baseline == c.candidate == 1.0
+
+
 def test_compare_refuses_a_sampled_metric_of_a_split_without_negatives_and_unknown_forms(tiny_ds, fitted):
     with pytest.raises(ValueError, match="sampled_recall@10: split 'train' has no frozen negatives"):
         P.compare(fitted["random"], fitted["random"], tiny_ds, "train", "sampled_recall@10", resamples=100)

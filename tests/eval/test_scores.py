@@ -129,7 +129,60 @@ def test_score_files_that_are_not_a_datasets_scores_are_refused_naming_file_and_
                                             "with np.savez")
     refused(tmp_path / "absent.npy", tiny_ds, r"absent.npy: cannot be read as a NumPy file \(\[Errno 2\]")
     (tmp_path / "cut.npy").write_bytes((tmp_path / "short.npy").read_bytes()[:200])
-    refused(tmp_path / "cut.npy", tiny_ds, "cut.npy: ")
+    refused(tmp_path / "cut.npy", tiny_ds, r"cut.npy: .*the file is shorter than its header says \(cut short\?\)")
+    np.savez(tmp_path / "bytes.npz", scores=np.zeros((1, m)), video_ids=np.array([b"\xff\xfe"]), track_ids=tracks)
+    refused(tmp_path / "bytes.npz", tiny_ds, r"bytes.npz: video_ids: an id is bytes that are not UTF-8 text")
+    np.savez(tmp_path / "big.npz", scores=np.full((1, m), 2**60), video_ids=vids[:1], track_ids=tracks)
+    refused(tmp_path / "big.npz", tiny_ds, r"every score must lie within 2\*\*53")
+
+
+def test_an_npz_declaring_a_huge_matrix_is_refused_before_it_is_read(tiny_ds, tmp_path):
+    # a 78-KB file whose header claimed 10**6 x 10**6 ended in a 7-TiB allocation's traceback
+    import zipfile
+
+    path = tmp_path / "huge.npz"
+    np.savez(path, scores=np.zeros((1, 1)), video_ids=np.array(tiny_ds.video_ids[:1]),
+             track_ids=np.array(tiny_ds.track_ids))
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1)))
+    header["shape"] = (10**6, 10**6)
+    import io
+
+    fake = io.BytesIO()
+    np.lib.format.write_array_header_1_0(fake, header)
+    members["scores.npy"] = fake.getvalue()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    refused(path, tiny_ds, rf"huge.npz: scores: expected shape \[1, {tiny_ds.n_tracks}\] \(video_ids by track_ids\), "
+                           r"found \[1000000, 1000000\]")
+
+
+def test_a_recorded_fingerprint_is_checked_and_ids_written_otherwise_are_named(tiny_ds, tiny_dir, popularity, tmp_path):
+    # simulated worlds of one scale share their ids: another world's scores passed every check
+    import dataclasses
+    import unicodedata
+
+    from bgmrec.data.dataset import dataset_fingerprint
+
+    scores = all_scores(popularity, tiny_ds)
+    vids, tracks = np.array(tiny_ds.video_ids), np.array(tiny_ds.track_ids)
+    np.savez(tmp_path / "own.npz", scores=scores, video_ids=vids, track_ids=tracks,
+             data_fingerprint=dataset_fingerprint(tiny_dir))
+    assert load_scores(tmp_path / "own.npz", tiny_ds).unchecked is None
+    np.savez(tmp_path / "other.npz", scores=scores, video_ids=vids, track_ids=tracks, data_fingerprint="0" * 16)
+    refused(tmp_path / "other.npz", tiny_ds, rf"other.npz: data_fingerprint: 0{{16}}, but this dataset's is "
+                                             rf"{dataset_fingerprint(tiny_dir)} \(bgmrec describe\): the scores are "
+                                             "of another dataset")
+    np.savez(tmp_path / "bare.npz", scores=scores, video_ids=vids, track_ids=tracks)
+    assert load_scores(tmp_path / "bare.npz", tiny_ds).unchecked == "it records no data_fingerprint: only its ids " \
+                                                                    "were checked"
+    ds = dataclasses.replace(tiny_ds, video_ids=["café", *tiny_ds.video_ids[1:]])  # typed composed (NFC)
+    np.savez(tmp_path / "nfd.npz", scores=np.zeros((1, len(tracks))), track_ids=tracks,
+             video_ids=np.array([unicodedata.normalize("NFD", "café")]))  # written decomposed (macOS file names)
+    refused(tmp_path / "nfd.npz", ds, r"video_ids: 1 id\(s\) not in the dataset's videos.csv \(first 'cafe\u0301'; "
+                                      r"'cafe\u0301' is 'café' written with other Unicode code points")
 
 
 def test_score_files_are_told_from_run_folders(tmp_path):
@@ -146,7 +199,10 @@ def test_evaluate_and_compare_take_a_score_file_where_they_take_a_run(tiny_dir, 
     args = ["--data", str(tiny_dir), "--split", "test_unbiased"]
     assert main(["evaluate", "--run", str(tmp_path / "outside.npy"), *args, "--json", str(tmp_path / "e.json")]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
-    assert result["label"] == "outside" and result["warnings"] == []
+    assert result["label"] == "outside" and result["warnings"] == [  # an .npy cannot say whose scores it holds
+        f"nothing says the score file {tmp_path / 'outside.npy'} holds scores of {tiny_dir} (an .npy score file "
+        "records no dataset: only its shape was checked; save an .npz with data_fingerprint, which bgmrec describe "
+        "prints, to have it checked)"]
     from bgmrec.data.dataset import sha256_file
 
     assert result["provenance"]["runs"] == {"run": {"scores": str((tmp_path / "outside.npy").resolve()),

