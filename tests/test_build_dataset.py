@@ -521,3 +521,20 @@ def test_a_csv_separated_by_semicolons_is_named_so_in_the_missing_column_error(t
     with pytest.raises(DatasetError) as e:
         read_pairs(p)
     assert "separated by" not in str(e.value)
+
+
+def test_a_pair_whose_id_differs_from_an_extracted_one_only_in_spaces_is_told_so(tmp_path):
+    # a tracks.csv id edited to " t1" left every pair of t1 "naming no catalogue track", with no hint why
+    vids = mf.write_videos_folder(tmp_path / "videos", 12)
+    cat = mf.write_catalog_folder(tmp_path / "music", np.zeros((2, 12), np.float32), ["pop", "rock"])
+    (cat / "tracks.csv").write_text("id,title,artist,genre,file,sha256\nt0,A,,pop,a.wav,\n t1,B,,rock,b.wav,\n",
+                                    encoding="utf-8")
+    manifest = json.loads((cat / "manifest.json").read_text())
+    (cat / "manifest.json").write_text(json.dumps({**manifest, "ids": ["t0", " t1"]}))
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("video,track,uploader\n" + "".join(f"v{i},t0,u0\n" for i in range(11)) + "v11,t1,u0\n",
+                     encoding="utf-8")
+    warnings = []
+    build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
+    assert warnings[0].endswith("(e.g. line 13: 't1'; 't1' and the extracted ' t1' differ only in spaces around "
+                                "them: write ids without them)")

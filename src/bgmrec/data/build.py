@@ -255,6 +255,10 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
                 first = ids[rows_of[0]]
                 stem = Path(first).stem
                 hint = f"; ids are file stems: {stem!r}, not {first!r}" if stem != first and stem in known else ""
+                spaced = next((k for k in known if k.strip() == first.strip()), None) if not hint else None
+                if spaced is not None:
+                    hint = (f"; {first!r} and the extracted {spaced!r} differ only in spaces around them: write "
+                            "ids without them")
                 if not hint and any(same_text(k) == same_text(first) for k in known):
                     hint = ("; an id differs from it only in how its accents are written (composed or decomposed "
                             "Unicode, as macOS writes file names): write them alike")
