@@ -519,10 +519,20 @@ def test_a_point_whose_training_diverges_is_recorded_and_the_grid_goes_on(tiny_d
     assert json.loads((out / "tuning.json").read_text())["diverged"] == [diverged]
 
 
+def test_a_deccm_point_whose_teacher_diverges_is_recorded_as_that_point_s(tiny_dir, tmp_path):
+    # the teacher takes the point's lr and was trained outside the point's handling: the grid still ended
+    sets = {**SMALL_CMVAE, "batch_size": "64"}  # more steps: lr=1e6 diverges in the first epoch
+    trials = run_grid(tiny_dir, "deccm", {"lr": ["0.002", "1e6"]}, tmp_path / "tune", sets)
+    assert [t.settings for t in trials] == [{"lr": "0.002"}]
+    [diverged] = json.loads((tmp_path / "tune" / "tuning.json").read_text())["diverged"]
+    assert diverged["settings"] == {"lr": "1e6"}
+    assert diverged["diverged"].startswith("its teacher: cmvae: training diverged at epoch 1")
+
+
 def test_a_grid_whose_every_point_diverges_fails_saying_so(tiny_dir, tmp_path):
     from bgmrec.train import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match=r"every point of the grid diverged \(cmvae: training diverged .*\); "
-                                               "lower the learning rates of the grid"):
+                                               r"lower the learning rate \(--grid or --set lr\)"):
         run_grid(tiny_dir, "cmvae", {"lr": ["1e6", "1e7"]}, tmp_path / "tune", SMALL_CMVAE)
     assert not json.loads((tmp_path / "tune" / "tuning.json").read_text())["complete"]

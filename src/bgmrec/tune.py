@@ -137,10 +137,13 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
         run = Path(out) / trial_folder(point)
         console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
         sets = point_sets(base, point, seed)
-        shared = None if teacher is not None else teachers.for_model(model, sets, shared_teacher_folder(point))
         if any(Path(d["run"]).name == run.name for d in diverged):
             console.print("    diverged before: left out of the ranking, not retrained (the same seed diverges again)")
             continue
+        try:  # a DecCM point's teacher takes its lr too, and can diverge as the point's own training does
+            shared = None if teacher is not None else teachers.for_model(model, sets, shared_teacher_folder(point))
+        except TrainingDiverged as e:
+            shared = e
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
@@ -152,6 +155,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
             console.print("    finished before: loaded, not retrained")
         else:
             try:
+                if isinstance(shared, TrainingDiverged):
+                    raise TrainingDiverged(f"its teacher: {shared}")
                 rec, seconds = train_model(data, model, run, sets=sets, teacher=teacher if shared is None else shared,
                                            progress=console.is_terminal)
             except TrainingDiverged as e:  # one bad point (lr too high) must not lose the grid: recorded, left out
@@ -173,7 +178,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
                                                        "trials": [t.to_json() for t in _ranked(trials)]})
     if not trials:
         raise TrainingDiverged(f"every point of the grid diverged ({diverged[0]['diverged']}); lower the learning "
-                               "rates of the grid")
+                               "rate (--grid or --set lr)")
     trials = _ranked(trials)
     made = (f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {record['commit']}"
             + packages_note({model: record["model_package"]}))  # the code it was trained with
