@@ -178,7 +178,7 @@ def warn_if_features_outlie(ds, data: Path) -> list[str]:
     Returns the messages."""
     import numpy as np
 
-    from bgmrec.data.dataset import SPREAD_RATIO, outlying_rows
+    from bgmrec.data.dataset import FAR_SPREADS, SPREAD_RATIO, outlying_rows
     from bgmrec.features.recommend import warn_on_stderr
 
     captioned = np.flatnonzero(np.asarray(ds.video_text_mask))
@@ -190,13 +190,13 @@ def warn_if_features_outlie(ds, data: Path) -> list[str]:
         found = outlying_rows(x)
         if found is None:
             continue
-        rows = (f", set by {len(found.rows):,} row(s) more than {SPREAD_RATIO:g} typical spreads from the rest "
-                f"(first {ids[found.rows[0]]!r}, {found.distance[0]:.3g} out)" if len(found.rows) else
-                ", set by rows far from the rest")
         said.append(f"{data}/features/{fname}: {found.columns:,} of {np.shape(x)[1]:,} features have a standard "
-                    f"deviation over {SPREAD_RATIO:g} times their typical spread (median absolute deviation){rows}: "
+                    f"deviation over {SPREAD_RATIO:g} times their typical spread (median absolute deviation), set by "
+                    f"{len(found.rows):,} row(s) more than {FAR_SPREADS:g} typical spreads from the rest (first "
+                    f"{ids[found.rows[0]]!r}, {found.distance[0]:.3g} out): "
                     "standardised by it, every other row of those features shrinks toward zero and models learn "
-                    "little from them; check those rows (fix or drop them, and build the dataset again)")
+                    "little from them; check those rows (values extracted or saved wrongly: fix or drop them and "
+                    "build the dataset again; a feature of such a range: give its logarithm)")
         warn_on_stderr(said[-1])
     return said
 

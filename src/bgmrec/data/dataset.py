@@ -393,7 +393,9 @@ def check_float_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str) ->
                                          f"[{beyond[0]}] has {np.abs(arr[beyond[0]]).max():.3g}, beyond {largest:.3g})")
 
 
-SPREAD_RATIO = 100.0  # a feature's standard deviation this many times its robust spread: a few rows far out set it
+SPREAD_RATIO = 100.0  # a feature's standard deviation this many times its robust spread is set by rows far out
+FAR_SPREADS = 1e4  # a row this many robust spreads from a feature's median is far out (heavy tails stay within)
+FEW_ROWS = 0.05  # far rows that set a feature's deviation are at most this share of the rows (at least one)
 ROBUST_SAMPLE = 20_000  # rows whose median and median absolute deviation stand for a feature's typical spread
 
 
@@ -401,19 +403,20 @@ ROBUST_SAMPLE = 20_000  # rows whose median and median absolute deviation stand 
 class OutlyingRows:
     """Features whose standard deviation a few rows far from the rest set (:func:`outlying_rows`)."""
 
-    columns: int  # features whose standard deviation is over SPREAD_RATIO times their robust spread
-    rows: np.ndarray  # int64: the rows more than SPREAD_RATIO robust spreads out in one of them, farthest first
+    columns: int  # features whose deviation those rows set
+    rows: np.ndarray  # int64: the rows more than FAR_SPREADS robust spreads out in one of them, farthest first
     distance: np.ndarray  # float64: how far each of ``rows`` lies, in robust spreads
 
 
 def outlying_rows(x: np.ndarray, chunk: int = 8192, seed: int = 0) -> OutlyingRows | None:
-    """The few rows of ``x`` [n, d] that set features' standard deviations, or None when no feature's deviation
-    is more than :data:`SPREAD_RATIO` times its robust spread (1.4826 times the median absolute deviation about
-    the median, over at most :data:`ROBUST_SAMPLE` rows, seeded) because of at most 1% of the rows (at least
-    one) lying more than that many robust spreads out: then a model that standardises by it (every network,
-    CCA) shrinks every other row of those features toward zero. One video of 300 whose features were 1e6 took a
-    two-tower model below chance, without a word. A feature of two tight modes (many rows far from the median)
-    is standardised as it should be, and features of zero robust spread (mostly one value) are not judged."""
+    """The few rows of ``x`` [n, d] that set features' standard deviations, or None. A feature is judged so when
+    its deviation is more than :data:`SPREAD_RATIO` times its robust spread (1.4826 times the median absolute
+    deviation about the median, over at most :data:`ROBUST_SAMPLE` rows, seeded) and some rows, at most
+    :data:`FEW_ROWS` of them, lie more than :data:`FAR_SPREADS` robust spreads out: a model that standardises by
+    that deviation (every network, CCA) shrinks every other row of the feature toward zero. One video of 300
+    whose features were 1e6 took a two-tower model below chance, without a word. Heavy-tailed features
+    (lognormal, Pareto, Cauchy samples of up to 10^5 rows), two tight modes, and features of zero robust
+    spread (mostly one value) are not judged. Memory: a few chunks of ``chunk`` rows at a time."""
     x = np.asarray(x)
     n = len(x)
     if n < 3 or x.ndim != 2:
@@ -423,26 +426,21 @@ def outlying_rows(x: np.ndarray, chunk: int = 8192, seed: int = 0) -> OutlyingRo
     typical = np.asarray(x[sample], np.float64)
     median = np.median(typical, axis=0)
     spread = 1.4826 * np.median(np.abs(typical - median), axis=0)
-    total, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
-    for s in range(0, n, chunk):  # the deviation of every row: a row far out need not be in the sample
+    total, squares, far_count = np.zeros(x.shape[1]), np.zeros(x.shape[1]), np.zeros(x.shape[1], np.int64)
+    judged_spread = np.where(spread > 0, spread, np.inf)  # zero spread: never far
+    for s in range(0, n, chunk):  # every row: one far out need not be in the sample
         part = np.asarray(x[s:s + chunk], np.float64) - median
         total += part.sum(axis=0)
         squares += (part ** 2).sum(axis=0)
+        far_count += (np.abs(part) > FAR_SPREADS * judged_spread).sum(axis=0)
     deviation = np.sqrt(np.maximum(squares / n - (total / n) ** 2, 0.0))
-    wide = np.flatnonzero((spread > 0) & (deviation > SPREAD_RATIO * spread))
-    if not wide.size:
-        return None
-
-    def distances(columns: np.ndarray) -> np.ndarray:  # [n, columns]: each row's robust distance, chunk by chunk
-        return np.concatenate([np.abs(np.asarray(x[s:s + chunk, columns], np.float64) - median[columns])
-                               / spread[columns] for s in range(0, n, chunk)])
-
-    few = max(1, n // 100)
-    judged = wide[(distances(wide) > SPREAD_RATIO).sum(axis=0) <= few]
+    judged = np.flatnonzero((deviation > SPREAD_RATIO * judged_spread) & (far_count > 0)
+                            & (far_count <= max(1, int(FEW_ROWS * n))))
     if not judged.size:
         return None
-    far = distances(judged).max(axis=1)
-    rows = np.flatnonzero(far > SPREAD_RATIO)
+    far = np.concatenate([(np.abs(np.asarray(x[s:s + chunk, judged], np.float64) - median[judged])
+                           / spread[judged]).max(axis=1) for s in range(0, n, chunk)])
+    rows = np.flatnonzero(far > FAR_SPREADS)
     rows = rows[np.argsort(-far[rows], kind="stable")]
     return OutlyingRows(len(judged), rows, far[rows])
 
