@@ -170,6 +170,8 @@ def test_a_trained_model_that_scores_every_track_alike_is_warned_of(tiny_dir, ti
     assert warn_if_every_track_ties("m", np.array([[2.0, 2.0, 2.0], [-1.0, -1.0, -1.0]]), "val") is not None
     assert warn_if_every_track_ties("m", np.array([[2.0, 2.0, 2.0], [-1.0, -1.0, -0.5]]), "val") is None  # one varies
     assert warn_if_every_track_ties("m", np.array([[1e9, 1e9 + 1e-3]]), "val") is not None  # rounding, not a spread
+    assert warn_if_every_track_ties("m", np.array([[1e-3, 2e-3, 1.5e-3]]), "val") is None  # small scores that vary
+    assert warn_if_every_track_ties("m", np.zeros((2, 3)), "val") is not None
     capsys.readouterr()
 
 

@@ -115,6 +115,9 @@ def test_score_files_that_are_not_a_datasets_scores_are_refused_naming_file_and_
     np.savez(tmp_path / "shape.npz", scores=np.zeros((2, m)), video_ids=vids[:1], track_ids=tracks)
     refused(tmp_path / "shape.npz", tiny_ds, rf"scores: expected shape \[1, {m}\] \(video_ids by track_ids\), found "
                                              rf"\[2, {m}\]")
+    np.savez(tmp_path / "column.npz", scores=np.zeros((1, m)), video_ids=vids[:1, None], track_ids=tracks)
+    refused(tmp_path / "column.npz", tiny_ds, r"video_ids: expected a 1-D array of string ids \(as videos.csv's id "
+                                              r"column\), found dtype <U\d+ and shape \[1, 1\]")
     np.savez(tmp_path / "ints.npz", scores=np.zeros((1, m)), video_ids=np.arange(1), track_ids=tracks)
     refused(tmp_path / "ints.npz", tiny_ds, r"video_ids: expected a 1-D array of string ids \(as videos.csv's id "
                                             r"column\), found dtype int64")
@@ -132,7 +135,7 @@ def test_score_files_that_are_not_a_datasets_scores_are_refused_naming_file_and_
     refused(tmp_path / "cut.npy", tiny_ds, r"cut.npy: .*the file is shorter than its header says \(cut short\?\)")
     np.savez(tmp_path / "bytes.npz", scores=np.zeros((1, m)), video_ids=np.array([b"\xff\xfe"]), track_ids=tracks)
     refused(tmp_path / "bytes.npz", tiny_ds, r"bytes.npz: video_ids: an id is bytes that are not UTF-8 text")
-    np.savez(tmp_path / "big.npz", scores=np.full((1, m), 2**60), video_ids=vids[:1], track_ids=tracks)
+    np.savez(tmp_path / "big.npz", scores=np.full((1, m), 2**53 + 1), video_ids=vids[:1], track_ids=tracks)
     refused(tmp_path / "big.npz", tiny_ds, r"every score must lie within 2\*\*53")
 
 
@@ -175,6 +178,11 @@ def test_a_recorded_fingerprint_is_checked_and_ids_written_otherwise_are_named(t
     refused(tmp_path / "other.npz", tiny_ds, rf"other.npz: data_fingerprint: 0{{16}}, but this dataset's is "
                                              rf"{dataset_fingerprint(tiny_dir)} \(bgmrec describe\): the scores are "
                                              "of another dataset")
+    for saved in (np.bytes_(dataset_fingerprint(tiny_dir)), np.array([dataset_fingerprint(tiny_dir)])):  # as given
+        np.savez(tmp_path / "own.npz", scores=scores, video_ids=vids, track_ids=tracks, data_fingerprint=saved)
+        assert load_scores(tmp_path / "own.npz", tiny_ds).unchecked is None
+    np.savez(tmp_path / "num.npz", scores=scores, video_ids=vids, track_ids=tracks, data_fingerprint=123)
+    refused(tmp_path / "num.npz", tiny_ds, "num.npz: data_fingerprint: expected the dataset.s fingerprint as one")
     np.savez(tmp_path / "bare.npz", scores=scores, video_ids=vids, track_ids=tracks)
     assert load_scores(tmp_path / "bare.npz", tiny_ds).unchecked == "it records no data_fingerprint: only its ids " \
                                                                     "were checked"

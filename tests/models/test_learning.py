@@ -217,3 +217,19 @@ def test_training_leaves_the_caller_s_random_generator_alone(tiny_ds, tiny_spec)
     torch.manual_seed(123)
     build("cmvae", tiny_spec, {"epochs": "1", "hidden": "16", "latent_dim": "4"}).fit(SplitView(tiny_ds, "train"))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_cca_does_not_blow_up_a_feature_nearly_constant_in_training(tiny_ds, tiny_spec):
+    # one music column 0.01 on one training track and 0 elsewhere, 0 or 1 on new tracks: standardised by its
+    # training deviation it outweighed every other feature, and new music fell from 0.861 to 0.367
+    import dataclasses
+
+    music = np.asarray(tiny_ds.music, np.float32)
+    column = np.zeros(len(music), np.float32)
+    column[np.unique(np.asarray(tiny_ds.splits["train"])[:, 1])[0]] = 0.01
+    new = np.flatnonzero(tiny_ds.track_new)
+    column[new] = np.random.default_rng(0).integers(0, 2, len(new))
+    extra = dataclasses.replace(tiny_ds, music=np.hstack([music, column[:, None]]))
+    plain = _r10(_fit(tiny_ds, "cca"), tiny_ds, "test_new_music")
+    with_column = _r10(_fit(extra, "cca"), extra, "test_new_music")
+    assert with_column >= plain - 0.02 and plain > 0.5

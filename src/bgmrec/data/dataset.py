@@ -387,7 +387,9 @@ def check_float_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str) ->
     _expect(bad.size == 0, where, fname, f"finite values (row {bad[:1].tolist()} has NaN or inf)")
     if arr.dtype.itemsize > 4 and arr.size:
         largest = float(np.finfo(np.float32).max)
-        beyond = np.flatnonzero((np.abs(arr) > largest).any(axis=tuple(range(1, arr.ndim))))
+        rows = tuple(range(1, arr.ndim))
+        beyond = np.concatenate([np.flatnonzero((np.abs(arr[s:s + 8192]) > largest).any(axis=rows)) + s
+                                 for s in range(0, len(arr), 8192)])  # in parts: not a second copy of the matrix
         if beyond.size:
             _expect(False, where, fname, f"values within float32's range, as features are stored and used (row "
                                          f"[{beyond[0]}] has {np.abs(arr[beyond[0]]).max():.3g}, beyond {largest:.3g})")

@@ -104,7 +104,9 @@ def load_scores(path: Path, ds: Dataset) -> PrecomputedScores:
         scores, rows, cols, recorded = _read_npz(path, ds)
         if recorded is None:
             unchecked = f"it records no {FINGERPRINT_FIELD}: only its ids were checked"
-        elif ds.root is not None and recorded != dataset_fingerprint(ds.root):
+        elif ds.root is None:
+            unchecked = f"its {FINGERPRINT_FIELD} was not compared: the dataset was not loaded from a folder"
+        elif recorded != dataset_fingerprint(ds.root):
             raise DatasetError(f"{path}: {FINGERPRINT_FIELD}: {recorded}, but this dataset's is "
                                f"{dataset_fingerprint(ds.root)} (bgmrec describe): the scores are of another dataset")
     else:
@@ -158,11 +160,12 @@ def _read_npz(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarr
                 raise DatasetError(f"{path}: missing {', '.join(missing)}; an .npz score file holds "
                                    f"{', '.join(NPZ_FIELDS)} (found {', '.join(z.files) or 'nothing'})")
             video_ids, track_ids = z["video_ids"], z["track_ids"]
-            recorded = str(z[FINGERPRINT_FIELD]) if FINGERPRINT_FIELD in z.files else None
-            expected = (len(video_ids), len(track_ids)) if video_ids.ndim == track_ids.ndim == 1 else None
-            found = _npz_shape(z, "scores")
+            recorded = _fingerprint(path, z[FINGERPRINT_FIELD]) if FINGERPRINT_FIELD in z.files else None
+            for field, ids, table in (("video_ids", video_ids, "videos.csv"), ("track_ids", track_ids, "tracks.csv")):
+                _check_ids(path, field, ids, table)
+            expected, found = (len(video_ids), len(track_ids)), _npz_shape(z, "scores")
             if found != expected:  # checked before the data is read: a declared 10**6 x 10**6 is not allocated
-                raise DatasetError(f"{path}: scores: expected shape {list(expected or ())} (video_ids by track_ids), "
+                raise DatasetError(f"{path}: scores: expected shape {list(expected)} (video_ids by track_ids), "
                                    f"found {list(found)}")
             return z["scores"], video_ids, track_ids, recorded
 
@@ -180,11 +183,26 @@ def _read_npz(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return scores, row_of_video, column_of_track, recorded
 
 
-def _positions(path: Path, field: str, ids: np.ndarray, known: list[str], table: str) -> np.ndarray:
-    """The dataset positions of the score file's ids of ``field``."""
+def _fingerprint(path: Path, value: np.ndarray) -> str:
+    """An .npz's recorded dataset fingerprint as text (a string, or bytes of UTF-8, saved alone or in one cell)."""
+    item = value.reshape(-1)[0].item() if value.size == 1 and value.dtype.kind in "US" else None
+    if isinstance(item, bytes):
+        item = item.decode("utf-8", "replace")
+    if not isinstance(item, str):
+        raise DatasetError(f"{path}: {FINGERPRINT_FIELD}: expected the dataset's fingerprint as one string (bgmrec "
+                           f"describe prints it), found dtype {value.dtype} and shape {list(value.shape)}")
+    return item.strip()
+
+
+def _check_ids(path: Path, field: str, ids: np.ndarray, table: str) -> None:
     if ids.ndim != 1 or ids.dtype.kind not in "US":
         raise DatasetError(f"{path}: {field}: expected a 1-D array of string ids (as {table}'s id column), found "
                            f"dtype {ids.dtype} and shape {list(ids.shape)}")
+
+
+def _positions(path: Path, field: str, ids: np.ndarray, known: list[str], table: str) -> np.ndarray:
+    """The dataset positions of the score file's ids of ``field``."""
+    _check_ids(path, field, ids, table)
     try:
         given = [i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()]
     except UnicodeDecodeError as e:
@@ -216,9 +234,10 @@ def _check_values(path: Path, scores: np.ndarray, ds: Dataset, rows: np.ndarray,
         part = np.asarray(scores[start:start + FINITE_CHECK_ROWS])
         if part.dtype.kind == "f":
             bad, must = np.argwhere(~np.isfinite(part)), "be finite"
-        else:
-            bad, must = np.argwhere(np.abs(part.astype(np.float64)) > EXACT_INTEGERS), \
-                "lie within 2**53 (an integer float64 holds exactly; larger ones would tie)"
+        else:  # compared as integers: cast to float64 first, 2**53 + 1 would pass as 2**53
+            beyond = part > EXACT_INTEGERS if part.dtype.kind == "u" else (part > EXACT_INTEGERS) | (
+                part < -EXACT_INTEGERS)
+            bad, must = np.argwhere(beyond), "lie within 2**53 (integers float64 holds exactly; larger ones would tie)"
         if len(bad):
             r, c = int(bad[0, 0]) + start, int(bad[0, 1])
             raise DatasetError(f"{path}: scores: {scores[r, c]} for video {ds.video_ids[video_of_row[r]]!r} and "

@@ -32,7 +32,7 @@ class RandomConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_bounds(self, dim=">= 1")
+        check_bounds(self, dim="in [1, 4096]")
 
 
 class RandomRecommender(Recommender):
@@ -134,6 +134,18 @@ class PopularityRecommender(Recommender):
         self.digest = arrays.get("digest", np.zeros(0, np.int64))
 
 
+SPREAD_FLOOR = 0.1  # CCA scales a feature by at most 1 / (this share of the features' median standard deviation)
+
+
+def spread_floor(sd: np.ndarray) -> np.ndarray:
+    """The standard deviations CCA divides its features by: each feature's, but at least :data:`SPREAD_FLOOR`
+    times the median of the features' (1 when none varies). A feature nearly constant in training (one track at
+    0.01, the others 0) would otherwise be scaled a hundredfold, and a new track's ordinary value there (1) would
+    outweigh every other feature: new music fell from 0.861 to 0.367 on the tiny world with one such column."""
+    varying = sd[sd > 0]
+    return np.maximum(sd, SPREAD_FLOOR * (float(np.median(varying)) if varying.size else 1.0))
+
+
 @dataclass
 class CCAConfig(ModelConfig):
     dim: int = 32  # canonical components kept (fewer when a side has fewer features)
@@ -172,7 +184,7 @@ class CCARecommender(Recommender):
         x = video_input(VideoQuery.from_dataset(ds, rows[:, 0]))
         y = np.asarray(ds.music, np.float64)[rows[:, 1]]
         self.mean_v, self.mean_m = x.mean(0), y.mean(0)
-        sd_v, sd_m = (np.where(s > 0, s, 1.0) for s in (x.std(0), y.std(0)))  # a constant feature: left as it is
+        sd_v, sd_m = (spread_floor(s) for s in (x.std(0), y.std(0)))
         x, y = (x - self.mean_v) / sd_v, (y - self.mean_m) / sd_m
         n = len(x)
 

@@ -23,10 +23,15 @@ from bgmrec.models.base import (
 from bgmrec.models.layers import Standardizer
 from bgmrec.train import Batch, FeatureTensors, TrainConfig, fit_torch
 
+MAX_LAYERS = 16  # hidden layers a network config may list (each up to 8,192 wide)
+
 
 def check_network(config) -> None:
-    """Range checks of the fields every network config has: ``latent_dim``, ``hidden`` and ``dropout``."""
+    """Range checks of the fields every network config has: ``latent_dim``, ``hidden`` (at most
+    :data:`MAX_LAYERS` widths) and ``dropout``."""
     check_bounds(config, latent_dim="in [1, 4096]", hidden="in [1, 8192]", dropout="in [0, 1)")
+    if len(config.hidden) > MAX_LAYERS:
+        raise ValueError(f"hidden must list at most {MAX_LAYERS} widths (hidden layers), got {len(config.hidden)}")
 
 
 class InputNorms(nn.Module):
