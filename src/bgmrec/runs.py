@@ -497,7 +497,7 @@ def run_label(run: Path, rec) -> str:
     from bgmrec.models.base import read_run_record
 
     if is_score_file(run):
-        return rec.name
+        return rec.label
     name = read_run_record(run).get("model")
     return name if isinstance(name, str) and name else rec.name
 
@@ -530,7 +530,8 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
                 "model_package": model_package(read_json(Path(run) / "config.json")["model"])}
 
     return {**dataset_record(data), "runs": {role: described(run) for role, run in runs.items()},
-            "bgmrec_version": bgmrec.__version__, "commit": git_commit(), "code": code_fingerprint()}
+            "bgmrec_version": bgmrec.__version__, "commit": git_commit(), "code": code_fingerprint(),
+            "argv": sys.argv[1:], "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def warn_if_seed_unused(model: str, seed: int | None, sets: dict) -> None:

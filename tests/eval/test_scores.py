@@ -10,9 +10,11 @@ import pytest
 
 from bgmrec.data.dataset import DatasetError
 from bgmrec.eval.protocol import compare, evaluate
-from bgmrec.eval.scores import is_score_file, load_scores
+from bgmrec.eval.scores import ScoreFileWarning, is_score_file, load_scores
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery
 from bgmrec.models.registry import build
+
+pytestmark = pytest.mark.filterwarnings("ignore::bgmrec.eval.scores.ScoreFileWarning")  # tested where said
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,9 @@ def test_a_models_scores_from_a_file_give_exactly_its_figures(tiny_ds, popularit
     save_npz(tmp_path / "part.npz", tiny_ds, scores, videos, rng.permutation(tiny_ds.n_tracks))
     expected = evaluate(popularity, tiny_ds, split)
     for name in ("full.npy", "part.npz"):
-        got = evaluate(load_scores(tmp_path / name, tiny_ds), tiny_ds, split)
-        assert got["model"] == name.split(".")[0]
+        scores_read = load_scores(tmp_path / name, tiny_ds)
+        got = evaluate(scores_read, tiny_ds, split)
+        assert got["model"] == "score-file" and scores_read.label == name.split(".")[0]
         for key in ("full", "full_recall_curve", "sampled", "ipw", "bias", "per_genre_recall@10", "n_candidates"):
             assert got[key] == expected[key], key
     paired = compare(popularity, load_scores(tmp_path / "part.npz", tiny_ds), tiny_ds, split, resamples=200)
@@ -173,24 +176,55 @@ def test_a_recorded_fingerprint_is_checked_and_ids_written_otherwise_are_named(t
     vids, tracks = np.array(tiny_ds.video_ids), np.array(tiny_ds.track_ids)
     np.savez(tmp_path / "own.npz", scores=scores, video_ids=vids, track_ids=tracks,
              data_fingerprint=dataset_fingerprint(tiny_dir))
-    assert load_scores(tmp_path / "own.npz", tiny_ds).unchecked is None
+    assert load_scores(tmp_path / "own.npz", tiny_ds).notes == []
     np.savez(tmp_path / "other.npz", scores=scores, video_ids=vids, track_ids=tracks, data_fingerprint="0" * 16)
     refused(tmp_path / "other.npz", tiny_ds, rf"other.npz: data_fingerprint: 0{{16}}, but this dataset's is "
                                              rf"{dataset_fingerprint(tiny_dir)} \(bgmrec describe\): the scores are "
                                              "of another dataset")
     for saved in (np.bytes_(dataset_fingerprint(tiny_dir)), np.array([dataset_fingerprint(tiny_dir)])):  # as given
         np.savez(tmp_path / "own.npz", scores=scores, video_ids=vids, track_ids=tracks, data_fingerprint=saved)
-        assert load_scores(tmp_path / "own.npz", tiny_ds).unchecked is None
+        assert load_scores(tmp_path / "own.npz", tiny_ds).notes == []
     np.savez(tmp_path / "num.npz", scores=scores, video_ids=vids, track_ids=tracks, data_fingerprint=123)
     refused(tmp_path / "num.npz", tiny_ds, "num.npz: data_fingerprint: expected the dataset.s fingerprint as one")
     np.savez(tmp_path / "bare.npz", scores=scores, video_ids=vids, track_ids=tracks)
-    assert load_scores(tmp_path / "bare.npz", tiny_ds).unchecked == "it records no data_fingerprint: only its ids " \
-                                                                    "were checked"
+    with pytest.warns(ScoreFileWarning, match=r"bare.npz holds scores of .* \(it records no data_fingerprint: only "
+                                              r"its ids were checked; save an .npz with data_fingerprint"):
+        assert len(load_scores(tmp_path / "bare.npz", tiny_ds).notes) == 1  # said in Python too, not only by the CLI
+    np.savez(tmp_path / "extra.npz", scores=scores, video_ids=vids, track_ids=tracks,
+             features_fingerprint="deadbeefdeadbeef")  # would be believed checked
+    refused(tmp_path / "extra.npz", tiny_ds, r"extra.npz: unknown field\(s\) features_fingerprint; an .npz score "
+                                             "file holds scores, video_ids, track_ids and optionally data_fingerprint")
     ds = dataclasses.replace(tiny_ds, video_ids=["café", *tiny_ds.video_ids[1:]])  # typed composed (NFC)
     np.savez(tmp_path / "nfd.npz", scores=np.zeros((1, len(tracks))), track_ids=tracks,
              video_ids=np.array([unicodedata.normalize("NFD", "café")]))  # written decomposed (macOS file names)
     refused(tmp_path / "nfd.npz", ds, r"video_ids: 1 id\(s\) not in the dataset's videos.csv \(first 'cafe\u0301'; "
                                       r"'cafe\u0301' is 'café' written with other Unicode code points")
+
+
+def test_reading_warns_of_float16_scores_and_rows_that_tie_every_track(tiny_ds, popularity, tmp_path):
+    scores = all_scores(popularity, tiny_ds)
+    scores[:3] = 0.5  # three videos tie every track
+    np.save(tmp_path / "half.npy", scores.astype(np.float16))
+    with pytest.warns(ScoreFileWarning) as said:
+        notes = load_scores(tmp_path / "half.npy", tiny_ds).notes
+    assert [str(w.message) for w in said] == notes and len(notes) == 3  # with no fingerprint to check
+    assert notes[1].endswith("half.npy: float16 scores keep about 3 significant digits, so close tracks tie and "
+                             "are ranked in the protocol's random order; save float32")
+    assert notes[2].endswith(f"half.npy: 3 of its {tiny_ds.n_videos:,} rows score every track alike (their rankings "
+                             "are the protocol's random order, chance level)")
+
+
+def test_evaluate_warns_of_a_score_file_below_chance(tiny_dir, tiny_ds, popularity, tmp_path, capsys):
+    # distances given as scores (lower is better) ranked every positive last, and evaluate said nothing
+    from bgmrec.cli import main
+
+    cmvae = build("cmvae", FeatureSpec.of(tiny_ds), {"epochs": 2}).fit(SplitView(tiny_ds, "train"), None)
+    np.save(tmp_path / "distances.npy", -all_scores(cmvae, tiny_ds))
+    assert main(["evaluate", "--run", str(tmp_path / "distances.npy"), "--data", str(tiny_dir)]) == 0
+    assert "distances.npy: full Recall@10 0.0" in capsys.readouterr().err
+    np.save(tmp_path / "similarities.npy", all_scores(cmvae, tiny_ds))
+    assert main(["evaluate", "--run", str(tmp_path / "similarities.npy"), "--data", str(tiny_dir)]) == 0
+    assert "below a random order" not in capsys.readouterr().err
 
 
 def test_score_files_are_told_from_run_folders(tmp_path):

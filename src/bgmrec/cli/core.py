@@ -231,7 +231,7 @@ def evaluate(
     result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
     ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
     said = run_warnings({run: rec}, data)  # once the figures exist: an error says nothing more
-    note_if_training_split(ds, split)
+    said += [m for m in (note_if_training_split(ds, split), warn_if_below_chance(result, rec)) if m]
     for t in rich_tables([result]):
         console.print(t)
     if json_out is not None:
@@ -302,32 +302,35 @@ def run_warnings(loaded: dict[Path, object], data: Path) -> list[str]:
     from bgmrec.eval.scores import is_score_file
 
     said = [[runs.warn_if_trained_on_other_data(folder, data), runs.warn_if_model_code_changed(folder, rec)]
-            if not is_score_file(folder) else [warn_if_score_file_unchecked(folder, rec, data)]
+            if not is_score_file(folder) else rec.notes  # a score file's: said when it was read
             for folder, rec in loaded.items()]
     return [m for pair in said for m in pair if m is not None]
 
 
-def warn_if_score_file_unchecked(path: Path, scores, data: Path) -> str | None:
-    """Say on stderr when a score file records no dataset fingerprint (``scores.unchecked``): simulated worlds of
-    one scale share their ids, so the scores of another world would pass its checks. Returns the message, None
-    when its fingerprint was checked."""
+def note_if_training_split(ds, split: str) -> str | None:
+    """A note on stderr when ``split`` is one models are fitted on (role train or teacher), as ``evaluate`` and
+    ``compare`` print it: its figures measure the fit, not how a model generalises. Returns it (for the JSON's
+    ``warnings``), None when silent."""
+    role = ds.split_info[split].role
+    if role not in ("train", "teacher"):
+        return None
+    note = f"{split} is a training split (role {role}): its figures measure the fit, not how the model generalises"
+    print(f"note: {note}", file=sys.stderr)
+    return note
+
+
+def warn_if_below_chance(result: dict, scorer) -> str | None:
+    """Say on stderr when a score file's full Recall@10 is below half a random order's (10 / candidates, over at
+    least 50 queries): scores where lower means better (distances, not similarities) rank the positives last.
+    Returns the message, None when silent or for a trained model."""
     from bgmrec.features.recommend import warn_on_stderr
 
-    if scores.unchecked is None:
+    chance = min(1.0, 10 / result["n_candidates"])
+    got = result["full"]["recall@10"]
+    if not hasattr(scorer, "video_scores") or result["n_queries"] < 50 or got >= chance / 2:
         return None
-    message = (f"nothing says the score file {path} holds scores of {data} ({scores.unchecked}; save an .npz "
-               "with data_fingerprint, which bgmrec describe prints, to have it checked)")
-    warn_on_stderr(message)
-    return message
-
-
-def note_if_training_split(ds, split: str) -> None:
-    """A note on stderr when ``split`` is one models are fitted on (role train or teacher), as ``evaluate`` and
-    ``compare`` print it: its figures measure the fit, not how a model generalises."""
-    role = ds.split_info[split].role
-    if role in ("train", "teacher"):
-        print(f"note: {split} is a training split (role {role}): its figures measure the fit, not how the model "
-              "generalises", file=sys.stderr)
+    return warn_on_stderr(f"{scorer.source}: full Recall@10 {got:.3f} is below a random order's {chance:.3f}: are "
+                          "its scores higher for better tracks (similarities, not distances)?")
 
 
 @app.command()
@@ -362,7 +365,7 @@ def compare(
     models = [load_scorer(folder, ds, m) for folder, m in ((baseline, baseline_mode), (run, mode))]
     c = paired(*models, ds, split, metric, resamples, level)
     said = run_warnings(dict(zip((baseline, run), models, strict=True)), data)
-    note_if_training_split(ds, split)
+    said += [m for m in (note_if_training_split(ds, split),) if m]
     names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
              for folder, rec in zip((baseline, run), models, strict=True)]
     described = f"{COMPARED_PROTOCOLS[protocol]} {rank_metric}"

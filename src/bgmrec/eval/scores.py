@@ -16,8 +16,9 @@ both read by ``np.load(..., allow_pickle=False)``:
   (memory-mapped, not read whole).
 
 Without a fingerprint only the ids (or the .npy's shape) are checked, and simulated worlds of one scale
-share their ids: ``evaluate`` and ``compare`` say so (:attr:`PrecomputedScores.unchecked`). Integer scores
-must lie within 2**53 (float64 holds them exactly; larger ones would tie).
+share their ids: reading the file says so (:class:`ScoreFileWarning`, as for float16 scores and rows that tie
+every track). Integer scores must lie within 2**53 (float64 holds them exactly; larger ones would tie). The
+figures' ``model`` is ``score-file`` and their label the file's name.
 
 Ranked lists alone (top-K, no scores) cannot be evaluated: the full-catalogue ranks of positives outside the
 list, and so the median rank, MRR and the sampled protocol, would be made up.
@@ -26,6 +27,7 @@ list, and so the median rank, MRR and the sampled protocol, would be made up.
 from __future__ import annotations
 
 import unicodedata
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -45,21 +47,28 @@ def is_score_file(path: Path) -> bool:
     return Path(path).suffix.lower() in SCORE_SUFFIXES and not Path(path).is_dir()
 
 
+class ScoreFileWarning(UserWarning):
+    """A score file that may not measure what its figures say: no dataset fingerprint to check, float16 scores,
+    rows that tie every track (:attr:`PrecomputedScores.notes`). The commands print it as one ``warning: ...``
+    line and keep it in their JSON's ``warnings``."""
+
+
 class PrecomputedScores:
     """Scores computed elsewhere for a dataset's videos against all its tracks, as a scorer that
     :func:`~bgmrec.eval.protocol.evaluate` and :func:`~bgmrec.eval.protocol.compare` read (through
     :meth:`video_scores`) where they encode a model's videos and tracks. Made by :func:`load_scores`."""
 
+    name = "score-file"  # the figures' "model": a file, whatever it is called (an oracle.npz is no oracle)
     inference_mode = None  # one way of scoring: the file's
 
-    def __init__(self, scores: np.ndarray, row_of_video: np.ndarray, column_of_track: np.ndarray, name: str,
-                 source: Path, video_ids: list[str], track_ids: list[str], unchecked: str | None = None) -> None:
+    def __init__(self, scores: np.ndarray, row_of_video: np.ndarray, column_of_track: np.ndarray, source: Path,
+                 video_ids: list[str], track_ids: list[str], notes: list[str]) -> None:
         self.scores = scores  # [n, m] as given (memory-mapped for an .npy)
         self.row_of_video = row_of_video  # int64 [dataset videos]: the row of each video, -1 for none
         self.column_of_track = column_of_track  # int64 [dataset tracks]: the column of each track
-        self.name = name  # the label of its figures (the file's name without its suffix)
+        self.label = source.stem  # the name of its figures: the file's, without its suffix
         self.source = source  # the score file
-        self.unchecked = unchecked  # why nothing says the file is this dataset's scores (no fingerprint); None: checked
+        self.notes = notes  # what may make its figures mean less (ScoreFileWarning, said when it was read)
         self._ids = (video_ids, track_ids)  # the dataset's, to refuse another's in check_dataset
 
     def check_dataset(self, ds: Dataset) -> None:
@@ -87,8 +96,8 @@ def load_scores(path: Path, ds: Dataset) -> PrecomputedScores:
     """The score file ``path`` (module docstring: .npz with ids, or .npy in the dataset's order) checked against
     ``ds``: a :class:`DatasetError` naming the file, the field and what was expected for a wrong shape, a
     type that is not real numbers, ids unknown to ``ds``, repeated or not text, tracks missing, a score that
-    is not finite (or an integer beyond float64's exact range), a recorded fingerprint not ``ds``'s, or a file
-    too large to read."""
+    is not finite (or an integer beyond float64's exact range), a recorded fingerprint not ``ds``'s, an .npz
+    field it does not know, or a file too large to read. A :class:`ScoreFileWarning` for each of its ``notes``."""
     path = Path(path)
     unchecked = None
     if path.suffix.lower() == ".npy":
@@ -106,15 +115,25 @@ def load_scores(path: Path, ds: Dataset) -> PrecomputedScores:
             unchecked = f"it records no {FINGERPRINT_FIELD}: only its ids were checked"
         elif ds.root is None:
             unchecked = f"its {FINGERPRINT_FIELD} was not compared: the dataset was not loaded from a folder"
-        elif recorded != dataset_fingerprint(ds.root):
+        elif recorded.lower() != dataset_fingerprint(ds.root):
             raise DatasetError(f"{path}: {FINGERPRINT_FIELD}: {recorded}, but this dataset's is "
                                f"{dataset_fingerprint(ds.root)} (bgmrec describe): the scores are of another dataset")
     else:
         raise DatasetError(f"{path}: a score file is .npy or .npz, not {path.suffix or 'a file without suffix'}")
     if scores.dtype.kind not in "fiu":
         raise DatasetError(f"{path}: scores: expected real numbers (float or int), found dtype {scores.dtype}")
-    _check_values(path, scores, ds, rows, cols)
-    return PrecomputedScores(scores, rows, cols, path.stem, path, list(ds.video_ids), list(ds.track_ids), unchecked)
+    tied = _check_values(path, scores, ds, rows, cols)
+    notes = [f"nothing says the score file {path} holds scores of {ds.root or 'this dataset'} ({unchecked}; save an "
+             ".npz with data_fingerprint, which bgmrec describe prints, to have it checked)"] if unchecked else []
+    if scores.dtype == np.float16:
+        notes.append(f"{path}: float16 scores keep about 3 significant digits, so close tracks tie and are ranked in "
+                     "the protocol's random order; save float32")
+    if tied:
+        notes.append(f"{path}: {tied:,} of its {len(scores):,} rows score every track alike (their rankings are the "
+                     "protocol's random order, chance level)")
+    for note in notes:
+        warnings.warn(note, ScoreFileWarning, stacklevel=2)
+    return PrecomputedScores(scores, rows, cols, path, list(ds.video_ids), list(ds.track_ids), notes)
 
 
 MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # how each form's file begins (NumPy's format; a zip archive)
@@ -159,6 +178,11 @@ def _read_npz(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarr
             if missing:
                 raise DatasetError(f"{path}: missing {', '.join(missing)}; an .npz score file holds "
                                    f"{', '.join(NPZ_FIELDS)} (found {', '.join(z.files) or 'nothing'})")
+            unknown = [k for k in z.files if k not in (*NPZ_FIELDS, FINGERPRINT_FIELD)]
+            if unknown:  # a features_fingerprint or a split given here would be believed checked
+                raise DatasetError(f"{path}: unknown field(s) {', '.join(unknown)}; an .npz score file holds "
+                                   f"{', '.join(NPZ_FIELDS)} and optionally {FINGERPRINT_FIELD}, which alone is "
+                                   "checked")
             video_ids, track_ids = z["video_ids"], z["track_ids"]
             recorded = _fingerprint(path, z[FINGERPRINT_FIELD]) if FINGERPRINT_FIELD in z.files else None
             for field, ids, table in (("video_ids", video_ids, "videos.csv"), ("track_ids", track_ids, "tracks.csv")):
@@ -224,14 +248,17 @@ def _positions(path: Path, field: str, ids: np.ndarray, known: list[str], table:
     return np.array([position[i] for i in given], np.int64)
 
 
-def _check_values(path: Path, scores: np.ndarray, ds: Dataset, rows: np.ndarray, cols: np.ndarray) -> None:
-    """Every score finite, and an integer one within :data:`EXACT_INTEGERS`: else the first named by its ids."""
+def _check_values(path: Path, scores: np.ndarray, ds: Dataset, rows: np.ndarray, cols: np.ndarray) -> int:
+    """Every score finite, and an integer one within :data:`EXACT_INTEGERS`: else the first named by its ids.
+    Returns how many rows score every track alike."""
     video_of_row = np.empty(len(scores), np.int64)
     video_of_row[rows[rows >= 0]] = np.flatnonzero(rows >= 0)
     track_of_column = np.empty(scores.shape[1], np.int64)
     track_of_column[cols] = np.arange(len(cols))
+    tied = 0
     for start in range(0, len(scores), FINITE_CHECK_ROWS):
         part = np.asarray(scores[start:start + FINITE_CHECK_ROWS])
+        tied += int((part.max(axis=1) == part.min(axis=1)).sum()) if part.size else 0
         if part.dtype.kind == "f":
             bad, must = np.argwhere(~np.isfinite(part)), "be finite"
         else:  # compared as integers: cast to float64 first, 2**53 + 1 would pass as 2**53
@@ -243,3 +270,4 @@ def _check_values(path: Path, scores: np.ndarray, ds: Dataset, rows: np.ndarray,
             raise DatasetError(f"{path}: scores: {scores[r, c]} for video {ds.video_ids[video_of_row[r]]!r} and "
                                f"track {ds.track_ids[track_of_column[c]]!r} (row {r}, column {c}); every score "
                                f"must {must}")
+    return tied
