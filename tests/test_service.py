@@ -246,6 +246,19 @@ def test_a_server_fault_gets_a_500_and_its_traceback_is_logged_not_shown(tiny_ds
     assert "Traceback" in caplog.text and "boom" in caplog.text
 
 
+def test_the_log_says_what_is_served_at_start_up_and_health_names_the_run_folder(tiny_ds, cmvae, tmp_path, caplog):
+    # after a switch of model the log could not tie requests to the model then served
+    from bgmrec.models.base import load_model
+
+    cmvae.save(tmp_path / "week47" / "cmvae")
+    recommender = ClipRecommender(load_model(tmp_path / "week47" / "cmvae"), tiny_catalog(tiny_ds))
+    with caplog.at_level(logging.INFO, logger="bgmrec.service"), TestClient(create_app(recommender)) as client:
+        health = client.get("/health").json()
+    assert health["run_folder"] == str((tmp_path / "week47" / "cmvae").resolve())  # served_by names "cmvae" only
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving ")]
+    assert f"run=cmvae run_sha256={health['served_by']['run_sha256']} " in line and "model=cmvae " in line
+
+
 def test_every_request_gets_an_id_a_timing_header_and_a_log_line(tiny_ds, cmvae, caplog):
     # uvicorn's access log gave no latency, and a 500's traceback could not be told from another request's
     client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_batches=1))
@@ -423,6 +436,9 @@ def serve_command(ds, model, folder: Path, monkeypatch) -> tuple[list[str], dict
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
     monkeypatch.setattr("bgmrec.cli.serve.check_can_listen", lambda host, port: started.update(checked=(host, port)))
+    import signal
+
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: started.update({f"signal {signum}": handler}))
     monkeypatch.setattr("bgmrec.service._MediaEncoders.load", lambda self: started.update(encoders_loaded=True))
     return ["serve", "--run", str(folder / "run"), "--catalog", str(folder / "cat")], started
 
@@ -438,6 +454,10 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
     assert started["access_log"] is False
     assert started["log_config"]["loggers"]["bgmrec.service"] == {"handlers": ["default"], "level": "INFO",
                                                                   "propagate": False}
+    assert started["log_config"]["formatters"]["default"]["fmt"].startswith("%(asctime)s ")  # when it was served
+    import signal
+
+    assert callable(started[f"signal {signal.SIGHUP}"])  # a closed terminal stops it as SIGTERM does, not at once
     assert started["checked"] == ("127.0.0.1", 8123)
     assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
     assert main([*args, "--index", "annoy"]) == 2

@@ -119,7 +119,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     config's default, seed 0); giving one both ways with different values is refused.
     """
     from bgmrec.data.dataset import atomic_write_dir, load_dataset, write_json_atomic
-    from bgmrec.models.base import FeatureSpec, SplitView, load_model
+    from bgmrec.models.base import FeatureSpec, SplitView, load_model, read_run_record
     from bgmrec.models.registry import build, prepare_teacher
 
     ds = load_dataset(data)
@@ -167,7 +167,13 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
 
     # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
     # a run there before (never another kind of folder) is replaced with everything in it
+    before = read_run_record(Path(out)) if (Path(out) / "config.json").is_file() else None
     atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
+    if before is not None:  # a weekly retrain into one folder lost last week's run, the rollback, without a word
+        print(f"note: replaced the run that was at {out} ({before.get('model', 'a model')} trained on "
+              f"{before.get('data', 'an unrecorded dataset')}, data fingerprint "
+              f"{before.get('data_fingerprint', 'unrecorded')}); to keep runs to roll back to, train each into a "
+              "folder of its own", file=sys.stderr)
     return load_model(out), timing["seconds"]
 
 

@@ -45,6 +45,7 @@ its status, time and id (:class:`RequestLog`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -155,12 +156,19 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     personalised = getattr(recommender.model, "inference_mode", None) == "personalised"
     identity = served_by(recommender)
+    source = getattr(recommender.model, "source", None)  # the run's full path, in /health (answers name its folder)
+    run_folder = str(Path(source).resolve().parent) if source else None
     max_json = json_limit(spec)
     too_large = (f"video: the upload is larger than this server's limit of {max_upload} bytes "
                  f"({max_upload / 2**20:g} MB; bgmrec serve --max-upload-mb)")
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):  # logged once the server's logging is set up, so that its log says what answers
+        logger.info("serving %s", " ".join(f"{k}={v}" for k, v in identity.items()))
+        yield
+
     app = FastAPI(title="bgmrec", summary="background music for micro-videos",
-                  version=_version(), description=__doc__)
+                  version=_version(), description=__doc__, lifespan=lifespan)
 
     @app.exception_handler(RequestError)
     def bad_input(_: Request, exc: RequestError):
@@ -229,7 +237,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
                 "video_frames": frames,  # sampled from each uploaded video (/recommend/video)
                 "threads": torch.get_num_threads(),  # torch's count (bgmrec serve --threads sets it in each thread)
-                "served_by": identity, "warnings": startup_warnings}
+                "run_folder": run_folder, "served_by": identity, "warnings": startup_warnings}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> AnswerJSON:

@@ -92,18 +92,27 @@ def serve_cmd(
                      warn=warn_on_stderr, max_batches=max_batches)
     # stopped (Ctrl-C, SIGTERM): requests in flight get SHUTDOWN_SECONDS to finish, then the server exits even if a
     # client keeps its connection open (it kept the server up for as long as that client did)
+    # SIGHUP (a closed terminal, a supervisor's reload) stops it as SIGTERM does, finishing the requests in flight:
+    # by default it killed the server at once, and the batches being answered got connection resets
+    import os
+    import signal
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
     # uvicorn's access log is replaced by the service's (RequestLog: the same and the time taken, the request id)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS,
                 access_log=False, log_config=log_config())
 
 
 def log_config() -> dict:
-    """uvicorn's logging configuration, with the service's logger (``bgmrec.service``: a line per request, the
-    traceback of a server fault) at INFO through uvicorn's own handler and format, so that both read alike."""
+    """uvicorn's logging configuration, with the service's logger (``bgmrec.service``: what is served, a line per
+    request, the traceback of a server fault) at INFO through uvicorn's own handler and format, so that both
+    read alike, each line with its time (uvicorn's had none: a request could not be tied to the model then served)."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["default"].update(fmt="%(asctime)s %(levelprefix)s %(message)s",
+                                           datefmt="%Y-%m-%dT%H:%M:%S%z")
     config["loggers"]["bgmrec.service"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return config
