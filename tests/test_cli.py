@@ -281,8 +281,9 @@ def test_train_ignores_epochs_with_a_warning_for_a_model_not_trained_in_epochs(c
 def test_train_says_a_seed_changes_nothing_for_a_model_that_draws_nothing(cli_world, tmp_path, capsys, model):
     # a seed sweep of popularity showed no spread, and nothing said why
     capsys.readouterr()
-    for how in (["--seed", "3"], ["--set", "seed=3"]):
-        assert main(["train", "--data", str(cli_world), "--model", model, "--out", str(tmp_path / "r"), *how]) == 0
+    for how in (["--seed", "3"], ["--set", "seed=3"]):  # each into its own folder: nothing replaced to be told of
+        out = tmp_path / how[0].strip("-")
+        assert main(["train", "--data", str(cli_world), "--model", model, "--out", str(out), *how]) == 0
         err = capsys.readouterr().err
         said = (f"warning: --seed: {model}'s training and scores do not depend on a seed (nothing is drawn); it is "
                 "recorded and changes nothing\n")
@@ -1039,6 +1040,28 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
         SharedTeachers(tmp_path / "teachers", in_memory, console)
 
 
+def test_a_run_evaluated_on_a_dataset_built_again_says_how_many_queries_it_trained_on(cli_world, popularity_run,
+                                                                                      tmp_path, capsys):
+    # last week's model scored 1.000 on this week's test split, 5 of 11 of whose videos it had trained on, and the
+    # warning read as for a fair comparison
+    import dataclasses
+
+    from bgmrec.data.dataset import save_dataset
+
+    ds = load_dataset(cli_world)
+    train, test = np.asarray(ds.splits["train"]), np.asarray(ds.splits["test"])
+    rows = np.concatenate([train[:5], test[:6]])  # this week's split: five of last week's training uploads
+    week2 = dataclasses.replace(ds, splits={**ds.splits, "train": train[5:]})  # built again: other splits
+    save_dataset(week2.with_split("week2", rows), tmp_path / "week2")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(tmp_path / "week2"), "--split",
+                 "week2"]) == 0
+    trained_tracks = set(train[:, 1].tolist())
+    unseen = sum(t not in trained_tracks for t in rows[:, 1].tolist())
+    assert (f"than {tmp_path / 'week2'}: 5 of the 11 week2 queries' videos were in its training data (their figures "
+            f"are not held out), and {unseen} of their tracks it never trained on") in capsys.readouterr().err
+
+
 def test_evaluate_and_compare_json_carry_the_warning_of_a_run_trained_on_another_dataset(cli_world, tmp_path,
                                                                                            capsys):
     """A figure of a model trained elsewhere measures a transfer: the JSON says so, not only stderr."""
@@ -1054,7 +1077,9 @@ def test_evaluate_and_compare_json_carry_the_warning_of_a_run_trained_on_another
                  str(cli_world), "--resamples", "200", "--json", str(compared)]) == 0
     err = capsys.readouterr().err
     [said] = json.loads(evaluated.read_text())["warnings"]
-    assert said == f"{tmp_path / 'there'} was trained on another dataset ({other_world.resolve()}) than {cli_world}"
+    assert said == (f"{tmp_path / 'there'} was trained on another dataset ({other_world.resolve()}) than {cli_world}: "
+                    "0 of the 184 test queries' videos were in its training data (their figures are not held out), "
+                    "and 184 of their tracks it never trained on")  # another world: the same ids, not the same videos
     assert json.loads(compared.read_text())["warnings"] == [said]  # the baseline, trained here, has none
     assert err.count(f"warning: {said}") == 2
     assert main(["evaluate", "--run", str(tmp_path / "here"), "--data", str(cli_world), "--json",

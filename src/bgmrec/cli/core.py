@@ -230,7 +230,7 @@ def evaluate(
     rec = load_scorer(run, ds, mode)
     result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
     ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
-    said = run_warnings({run: rec}, data)  # once the figures exist: an error says nothing more
+    said = run_warnings({run: rec}, data, split)  # once the figures exist: an error says nothing more
     said += [m for m in (note_if_training_split(ds, split), warn_if_below_chance(result, rec)) if m]
     for t in rich_tables([result]):
         console.print(t)
@@ -295,13 +295,15 @@ def load_scorer(run: Path, ds, mode: str | None):
     return rec
 
 
-def run_warnings(loaded: dict[Path, object], data: Path) -> list[str]:
+def run_warnings(loaded: dict[Path, object], data: Path, split: str) -> list[str]:
     """The warnings of ``evaluate`` and ``compare`` on each run folder's loaded model (a run given twice: once):
-    trained on another dataset or other features than ``data``, or its model's code changed. Printed on stderr,
-    and returned for the result's JSON (``warnings``), where a reader of the figures alone sees them too."""
+    trained on another dataset (with how much of ``split`` it trained on) or other features than ``data``, or
+    its model's code changed. Printed on stderr, and returned for the result's JSON (``warnings``), where a
+    reader of the figures alone sees them too."""
     from bgmrec.eval.scores import is_score_file
 
-    said = [[runs.warn_if_trained_on_other_data(folder, data), runs.warn_if_model_code_changed(folder, rec)]
+    said = [[runs.warn_if_trained_on_other_data(folder, data, split=split),
+             runs.warn_if_model_code_changed(folder, rec)]
             if not is_score_file(folder) else rec.notes  # a score file's: said when it was read
             for folder, rec in loaded.items()]
     return [m for pair in said for m in pair if m is not None]
@@ -364,7 +366,7 @@ def compare(
     ds = load_dataset(data)
     models = [load_scorer(folder, ds, m) for folder, m in ((baseline, baseline_mode), (run, mode))]
     c = paired(*models, ds, split, metric, resamples, level)
-    said = run_warnings(dict(zip((baseline, run), models, strict=True)), data)
+    said = run_warnings(dict(zip((baseline, run), models, strict=True)), data, split)
     said += [m for m in (note_if_training_split(ds, split),) if m]
     names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
              for folder, rec in zip((baseline, run), models, strict=True)]
