@@ -242,7 +242,7 @@ def warn_if_every_track_ties(model: str, scores, split: str) -> str | None:
 
     scores = np.asarray(scores, np.float64)
     spread = scores.max(axis=1) - scores.min(axis=1)
-    if scores.size == 0 or (spread > 1e-6 * np.abs(scores).max(axis=1)).any():  # relative: float rounding is
+    if scores.size == 0 or (spread > 1e-6 * np.abs(scores).max(axis=1)).any():  # relative: not float rounding
         return None
     message = (f"{model} scores every track alike for each of {len(scores)} {split} queries: its rankings are a random "
                "order, chance level (did the training uploads choose more than one track, and do the tracks' "
