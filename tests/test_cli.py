@@ -1170,3 +1170,38 @@ def test_describe_says_what_a_dataset_holds_and_its_fingerprints(cli_world, tmp_
     printed = capsys.readouterr().out
     assert described["data_fingerprint"] in printed and "test_unbiased" in printed
     assert main(["describe", str(cli_world), "--json", str(cli_world / "manifest.json")]) == 2  # not replaced
+
+
+def test_report_makes_a_table_of_one_dataset_s_results_with_what_a_reviewer_checks(cli_world, popularity_run,
+                                                                                  tmp_path, capsys):
+    # a researcher's table of evaluate --json files put another world's row beside these, and a result twice
+    import numpy as np
+
+    from bgmrec.data.dataset import dataset_fingerprint
+
+    ds = load_dataset(cli_world)
+    np.save(tmp_path / "mine.npy", np.random.default_rng(0).random((ds.n_videos, ds.n_tracks)))
+    files = []
+    for run, split in ((popularity_run, "test"), (popularity_run, "test_unbiased"), (tmp_path / "mine.npy", "test")):
+        files.append(tmp_path / f"{run.stem}-{split}.json")
+        assert main(["evaluate", "--run", str(run), "--data", str(cli_world), "--split", split, "--json",
+                     str(files[-1])]) == 0
+    capsys.readouterr()
+    assert main(["report", *map(str, files), "--out", str(tmp_path / "table.md")]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith("### `test` (184 queries)\n\n| model | R@10 |")
+    assert "| mine | " in table and "| popularity | " in table and "### `test_unbiased` (184 queries)" in table
+    assert f"data_fingerprint {dataset_fingerprint(cli_world)}" in table
+    assert f"- mine on `test`: score file `{(tmp_path / 'mine.npy').resolve()}` (SHA-256 " in table
+    assert f"- popularity on `test`: run `{popularity_run.resolve()}` (trained at commit " in table
+    assert main(["report", *map(str, files), "--out", str(tmp_path / "table.md")]) == 0  # its own report: replaced
+    assert main(["report", str(files[0]), str(files[0])]) == 2
+    assert "is already given by" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main(["simulate", str(other), "--scale", "tiny", "--seed", "1"]) == 0
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(other), "--json",
+                 str(tmp_path / "other.json")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(files[0]), str(tmp_path / "other.json")]) == 2
+    assert "figures of another dataset than" in capsys.readouterr().err
+    assert main(["report", str(files[0]), "--out", str(cli_world / "manifest.json")]) == 2  # not replaced

@@ -126,6 +126,28 @@ def describe(
         console.print(f"wrote {json_out}")
 
 
+@app.command()
+def report(
+    results: list[Path] = typer.Argument(..., help="result files of bgmrec evaluate --json"),
+    out: Path | None = typer.Option(None, help="write the Markdown here (default: print it)"),
+) -> None:
+    """A table for a paper from evaluate --json results of one dataset, with what a reviewer checks them
+    against: the dataset's fingerprints, each row's run or score file, commit and warnings."""
+    from bgmrec.data.dataset import parse_json_file, write_text_atomic
+    from bgmrec.eval.report import results_report
+
+    text = results_report([(str(p), parse_json_file(p, str(p))) for p in results])
+    if out is None:
+        print(text, end="")
+    else:
+        if out.exists() and not (out.is_file() and out.read_text(encoding="utf-8", errors="replace").startswith(
+                ("### `", "")[out.stat().st_size == 0])):  # an earlier report, or empty: else refused
+            raise ValueError(f"--out {out}: exists and is not a report of bgmrec report; refusing to replace it "
+                             "(choose another path, or remove the file)")
+        write_text_atomic(out, text)
+        console.print(f"wrote {out}")
+
+
 @app.command("models")
 def list_models() -> None:
     """List the model names accepted by --model (built-in, ablations, and models of installed packages)."""

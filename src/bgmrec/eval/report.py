@@ -122,6 +122,50 @@ def per_genre_markdown(results: list[dict], split: str) -> str:
     return markdown_from_rows([["model", *genres], *rows])
 
 
+def results_report(named: list[tuple[str, dict]]) -> str:
+    """A Markdown report of ``evaluate --json`` results ((file name, result) pairs), for a paper: a table per split
+    (:func:`markdown_table`), then what a reviewer checks the figures against: the dataset's fingerprints, each
+    row's source (a run folder with the commit and code that trained it, or a score file's SHA-256) and its
+    warnings. ValueError naming the files when the results are of different datasets (by their
+    fingerprints), when one result is given twice (a label, mode and split twice), or when a file is not such
+    a result."""
+    from bgmrec.data.dataset import FINGERPRINTS
+
+    for name, r in named:
+        if not (isinstance(r, dict) and {"split", "model", "full", "provenance"} <= set(r)):
+            raise ValueError(f"{name}: not a result of bgmrec evaluate --json (with its provenance)")
+    first_name, first = named[0]
+    data = {k: first["provenance"].get(k) for k in FINGERPRINTS}
+    seen: dict[tuple, str] = {}
+    for name, r in named:
+        other = {k: r["provenance"].get(k) for k in FINGERPRINTS}
+        if other != data:
+            differ = next(k for k in FINGERPRINTS if other[k] != data[k])
+            raise ValueError(f"{name}: figures of another dataset than {first_name}'s ({differ} {other[differ]}, "
+                             f"not {data[differ]}): one table holds one dataset's figures")
+        key = (label(r), r["split"])
+        if key in seen:
+            raise ValueError(f"{name}: {label(r)} on {r['split']} is already given by {seen[key]}")
+        seen[key] = name
+    results = [r for _, r in named]
+    lines = []
+    for split in dict.fromkeys(r["split"] for r in results):
+        n = {r["n_queries"] for r in results if r["split"] == split}
+        lines += [f"### `{split}` ({', '.join(map(str, sorted(n)))} queries)", "", markdown_table(results, split), ""]
+    lines += ["Dataset `" + str(first["provenance"].get("data")) + "`, " + ", ".join(
+        f"{k} {v}" for k, v in data.items()) + ".", ""]
+    for name, r in named:
+        source = next(iter(r["provenance"].get("runs", {}).values()), {})
+        made = (f"score file `{source['scores']}` (SHA-256 {source['sha256']})" if "scores" in source else
+                f"run `{source.get('folder')}` (trained at commit {source.get('trained', {}).get('commit')}, code "
+                f"{source.get('trained', {}).get('code', 'unrecorded')})")
+        said = "; ".join(r.get("warnings") or []) or "none"
+        lines.append(f"- {label(r)} on `{r['split']}`: {made}; from `{name}`, computed by bgmrec "
+                     f"{r['provenance'].get('bgmrec_version')} at commit {r['provenance'].get('commit')}; "
+                     f"warnings: {said}")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_from_rows(rows: list[list[str]]) -> str:
     """A Markdown table from its header row and its rows (pipes in cells escaped)."""
     head, *body = rows
