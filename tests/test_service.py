@@ -259,6 +259,25 @@ def test_the_log_says_what_is_served_at_start_up_and_health_names_the_run_folder
     assert f"run=cmvae run_sha256={health['served_by']['run_sha256']} " in line and "model=cmvae " in line
 
 
+def test_health_says_how_the_catalogue_differs_from_the_training_dataset_s(tiny_dir, tiny_ds, cmvae, tmp_path):
+    # a new model served with last week's catalogue recommended a track withdrawn since, and /health said nothing
+    import dataclasses
+
+    from bgmrec.runs import train_model
+
+    model, _ = train_model(tiny_dir, "popularity", tmp_path / "run", progress=False)
+    catalog = tiny_catalog(tiny_ds)
+    same = TestClient(create_app(ClipRecommender(model, catalog))).get("/health").json()["catalog_against_training"]
+    assert same == {"training_dataset": str(Path(tiny_dir).resolve()), "not_in_training": 0,
+                    "not_in_training_ids": [], "not_served": 0, "not_served_ids": []}
+    stale = dataclasses.replace(catalog, ids=["t-withdrawn", *catalog.ids[1:]])  # one track swapped for another
+    health = TestClient(create_app(ClipRecommender(model, stale))).get("/health").json()
+    assert health["catalog_against_training"] == {**same, "not_in_training": 1, "not_in_training_ids": ["t-withdrawn"],
+                                                  "not_served": 1, "not_served_ids": [catalog.ids[0]]}
+    assert TestClient(create_app(ClipRecommender(cmvae, catalog))).get("/health").json()[
+        "catalog_against_training"] is None  # a model not loaded from a run: nothing to compare with
+
+
 def test_every_request_gets_an_id_a_timing_header_and_a_log_line(tiny_ds, cmvae, caplog):
     # uvicorn's access log gave no latency, and a 500's traceback could not be told from another request's
     client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_batches=1))

@@ -158,6 +158,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     identity = served_by(recommender)
     source = getattr(recommender.model, "source", None)  # the run's full path, in /health (answers name its folder)
     run_folder = str(Path(source).resolve().parent) if source else None
+    against_training = catalog_against_training(recommender)
     max_json = json_limit(spec)
     too_large = (f"video: the upload is larger than this server's limit of {max_upload} bytes "
                  f"({max_upload / 2**20:g} MB; bgmrec serve --max-upload-mb)")
@@ -165,6 +166,9 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):  # logged once the server's logging is set up, so that its log says what answers
         logger.info("serving %s", " ".join(f"{k}={v}" for k, v in identity.items()))
+        if against_training is not None:
+            logger.info("catalogue against the training dataset's: %s",
+                        " ".join(f"{k}={v}" for k, v in against_training.items()))
         yield
 
     app = FastAPI(title="bgmrec", summary="background music for micro-videos",
@@ -237,7 +241,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
                 "video_frames": frames,  # sampled from each uploaded video (/recommend/video)
                 "threads": torch.get_num_threads(),  # torch's count (bgmrec serve --threads sets it in each thread)
-                "run_folder": run_folder, "served_by": identity, "warnings": startup_warnings}
+                "run_folder": run_folder, "catalog_against_training": against_training,
+                "served_by": identity, "warnings": startup_warnings}
 
     @app.post("/recommend")
     def recommend(body: OneClip) -> AnswerJSON:
@@ -525,6 +530,30 @@ def served_by(recommender: ClipRecommender) -> dict:
             "bgmrec_version": _version(), "run": run.name if run is not None else None, "run_sha256": run_hash,
             "catalog": Path(cat.root).name if cat.root is not None else None,
             "catalog_hash": cat.manifest.get("content_hash")}
+
+
+def catalog_against_training(recommender: ClipRecommender) -> dict | None:
+    """How the served catalogue's track ids differ from those of the dataset the model was trained on (its run's
+    ``run.json`` names the folder): ``not_in_training`` (served tracks the model never saw, ranked as new
+    music) and ``not_served`` (tracks of its dataset the catalogue lacks), each a count with up to three ids.
+    A catalogue grown since has the first, one shrunk the second; a stale copy (last week's, serving a track
+    withdrawn since) often both. None when the run names no dataset, or it cannot be read any more."""
+    import csv
+
+    from bgmrec.models.base import read_run_record
+
+    source = getattr(recommender.model, "source", None)
+    data = read_run_record(Path(source).parent).get("data") if source else None
+    try:
+        with open(Path(data) / "tracks.csv", newline="", encoding="utf-8") as f:
+            trained = [row["id"] for row in csv.DictReader(f)]
+    except (TypeError, OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return None
+    served = list(recommender.catalog.ids)
+    trained_set, served_set = set(trained), set(served)
+    new, gone = [t for t in served if t not in trained_set], [t for t in trained if t not in served_set]
+    return {"training_dataset": str(data), "not_in_training": len(new), "not_in_training_ids": new[:3],
+            "not_served": len(gone), "not_served_ids": gone[:3]}
 
 
 def clip_features(visual: list[float], text: list[float] | None, spec, where: str = "") -> ClipFeatures:
