@@ -189,6 +189,20 @@ def test_cached_vectors_of_another_length_are_computed_again_not_used(tmp_path, 
     assert np.array_equal(before.visual, after.visual) and np.array_equal(before.text, after.text)
 
 
+def test_a_changed_caption_is_embedded_again_and_counted(tmp_path, video_dir):
+    # a re-uploaded clip with a new caption was embedded again, but counted only as a frame-cache hit
+    out = tmp_path / "vids"
+    caps = tmp_path / "captions.csv"
+    caps.write_text("id,caption\nclip0,Surfing at dawn\nmute,Quiet city\n", encoding="utf-8")
+    first = extract_videos(video_dir, out, captions=caps, config=VideoConfig(frames=4), progress=False,
+                           frames=CountingFrames(), text=mf.text_encoder())
+    assert first.captions_embedded == 2
+    caps.write_text("id,caption\nclip0,Surfing at dusk\nmute,Quiet city\n", encoding="utf-8")
+    again = extract_videos(video_dir, out, captions=caps, config=VideoConfig(frames=4), progress=False,
+                           frames=CountingFrames(), text=mf.text_encoder())
+    assert again.captions_embedded == 1 and again.extracted == 0  # the frames from the cache, the caption anew
+
+
 def test_a_failed_write_leaves_the_earlier_videos_folder_as_it_was(tmp_path, video_dir, monkeypatch):
     out = tmp_path / "vids"
     extract_videos(video_dir, out, config=VideoConfig(frames=4), progress=False, frames=CountingFrames(),
@@ -423,7 +437,8 @@ def test_a_clip_cut_off_after_half_its_samples_is_kept_and_noted_in_failures_csv
     capsys.readouterr()
     assert main(["extract-videos", str(d), "--out", str(out), "--no-progress"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "(1 extracted, 1 from the cache, 0 failed, 1 with repeated frames)" in printed
+    assert ("(1 extracted, 1 from the cache, 0 failed, 1 with repeated frames; 0 caption(s) embedded, others from "
+            "the cache)") in printed
     assert f"cut.mkv: {note}" in printed
 
 

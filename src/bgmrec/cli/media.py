@@ -41,7 +41,7 @@ def options_named(**options: str) -> Iterator[None]:
 
 
 def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failures: list,
-             warnings: list[str]) -> None:
+             warnings: list[str], captions_embedded: int | None = None) -> None:
     from bgmrec.features.cache import KEPT
     from bgmrec.features.recommend import warn_on_stderr
 
@@ -51,8 +51,9 @@ def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failu
     failed = [f for f in failures if not f[1].startswith(KEPT)]
     # notes on kept inputs by kind: "kept without text: ..." is counted as "2 without text"
     notes = Counter(reason.split(":", 1)[0].removeprefix(KEPT) for _, reason in failures if reason.startswith(KEPT))
+    captions = "" if captions_embedded is None else f"; {captions_embedded} caption(s) embedded, others from the cache"
     con.print(f"wrote {done} {what} to {out} ({extracted} extracted, {cached} from the cache, "
-              f"{len(failed)} failed" + "".join(f", {k} {note}" for note, k in sorted(notes.items())) + ")")
+              f"{len(failed)} failed" + "".join(f", {k} {note}" for note, k in sorted(notes.items())) + captions + ")")
     for f, reason in failures[:10]:
         con.print(f"  {f}: {reason}", markup=False, soft_wrap=True)
     if len(failures) > 10:
@@ -100,7 +101,7 @@ def extract_videos_cmd(
     with options_named(frames="--frames", threads="--threads"):
         cfg = VideoConfig(frames=frames, threads=threads)  # checks the options before any work
     r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
-    _summary("videos", out, r.done, r.extracted, r.cached, r.failures, r.warnings)
+    _summary("videos", out, r.done, r.extracted, r.cached, r.failures, r.warnings, r.captions_embedded)
 
 
 BUILD_OPTIONS = ("seed", "val_share", "test_share", "negatives")  # BuildConfig's fields build-dataset has as options
