@@ -76,6 +76,8 @@ def test_train_then_evaluate_json(cli_world, popularity_run, tmp_path, capsys):
     assert made["runs"]["run"]["trained"]["model"] == "popularity"
     assert made["runs"]["run"]["trained"]["data_fingerprint"] == made["data_fingerprint"]
     assert {"bgmrec_version", "commit"} <= set(made)
+    assert made["argv"] == ["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--split", "test",
+                            "--json", str(j)]  # the command's, not the process's (a script calling main)
     assert made["code"] == made["runs"]["run"]["trained"]["code"] == bgmrec.runs.code_fingerprint()  # a wheel's too
     assert res["n_queries"] == 184
     assert set(res["full"]) == FULL_KEYS
@@ -1205,3 +1207,28 @@ def test_report_makes_a_table_of_one_dataset_s_results_with_what_a_reviewer_chec
     assert main(["report", str(files[0]), str(tmp_path / "other.json")]) == 2
     assert "figures of another dataset than" in capsys.readouterr().err
     assert main(["report", str(files[0]), "--out", str(cli_world / "manifest.json")]) == 2  # not replaced
+    shutil.copytree(popularity_run, tmp_path / "week2")  # another run of one model (last week's, this week's)
+    assert main(["evaluate", "--run", str(tmp_path / "week2"), "--data", str(cli_world), "--json",
+                 str(tmp_path / "week2.json")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(files[0]), str(tmp_path / "week2.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "| popularity (popularity) | " in printed and "| popularity (week2) | " in printed
+    broken = json.loads(files[0].read_text())
+    for field, value in (("provenance", None), ("warnings", "oops"), ("n_queries", None)):
+        (tmp_path / "broken.json").write_text(json.dumps({**broken, field: value}))
+        assert main(["report", str(tmp_path / "broken.json")]) == 2
+        assert "not a result of bgmrec evaluate --json (field " in capsys.readouterr().err
+
+
+def test_train_says_which_run_it_replaced_at_out(cli_world, tmp_path, capsys):
+    # a weekly retrain into one folder replaced last week's run, its rollback, with nothing said
+    from bgmrec.data.dataset import dataset_fingerprint
+
+    args = ["train", "--data", str(cli_world), "--out", str(tmp_path / "run")]
+    assert main([*args, "--model", "popularity"]) == 0
+    assert "replaced" not in capsys.readouterr().err  # nothing was there
+    assert main([*args, "--model", "random"]) == 0
+    assert (f"note: replaced the run that was at {tmp_path / 'run'} (popularity trained on "
+            f"{cli_world.resolve()}, data fingerprint {dataset_fingerprint(cli_world)}); to keep runs to roll "
+            "back to, train each into a folder of its own") in capsys.readouterr().err

@@ -195,12 +195,3 @@ def test_training_on_features_a_few_rows_far_out_set_the_spread_of_is_warned_of(
             f"more than 10000 typical spreads from the rest (first {tiny_ds.video_ids[7]!r}, ") in said
     assert warn_if_features_outlie(tiny_ds, tmp_path) == []  # the simulated world's features: nothing said
 
-
-def test_training_into_a_run_folder_says_which_run_it_replaced(tiny_dir, tmp_path, capsys):
-    # a weekly retrain into one folder replaced last week's run, its rollback, with nothing said
-    train_model(tiny_dir, "popularity", tmp_path / "run", progress=False)
-    assert "replaced" not in capsys.readouterr().err  # nothing was there
-    train_model(tiny_dir, "random", tmp_path / "run", progress=False)
-    assert (f"note: replaced the run that was at {tmp_path / 'run'} (popularity trained on "
-            f"{Path(tiny_dir).resolve()}, data fingerprint {dataset_fingerprint(tiny_dir)}); to keep runs to roll "
-            "back to, train each into a folder of its own") in capsys.readouterr().err

@@ -278,6 +278,47 @@ def test_health_says_how_the_catalogue_differs_from_the_training_dataset_s(tiny_
         "catalog_against_training"] is None  # a model not loaded from a run: nothing to compare with
 
 
+def test_sighup_drains_only_where_it_had_its_default_action_and_is_put_back():
+    # nohup's ignored SIGHUP was overridden (the server then stopped with the terminal), and off the main thread
+    # setting it failed the command
+    import signal
+    import threading
+
+    from bgmrec.cli.serve import sighup_as_sigterm
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with sighup_as_sigterm():
+            assert callable(signal.getsignal(signal.SIGHUP))
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+        with sighup_as_sigterm():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        entered = []
+
+        def elsewhere():
+            with sighup_as_sigterm():
+                entered.append(True)
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        assert entered == [True]
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_an_embedding_app_s_start_up_handlers_still_run(tiny_ds, cmvae):
+    # a lifespan for the start-up log line made Starlette ignore the start-up handlers an embedder added
+    app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)))
+    ran = []
+    app.router.add_event_handler("startup", lambda: ran.append("embedder"))
+    with TestClient(app):
+        pass
+    assert ran == ["embedder"]
+
+
 def test_every_request_gets_an_id_a_timing_header_and_a_log_line(tiny_ds, cmvae, caplog):
     # uvicorn's access log gave no latency, and a 500's traceback could not be told from another request's
     client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_batches=1))
@@ -457,7 +498,7 @@ def serve_command(ds, model, folder: Path, monkeypatch) -> tuple[list[str], dict
     monkeypatch.setattr("bgmrec.cli.serve.check_can_listen", lambda host, port: started.update(checked=(host, port)))
     import signal
 
-    monkeypatch.setattr(signal, "signal", lambda signum, handler: started.update({f"signal {signum}": handler}))
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: started.setdefault(f"signal {signum}", handler))
     monkeypatch.setattr("bgmrec.service._MediaEncoders.load", lambda self: started.update(encoders_loaded=True))
     return ["serve", "--run", str(folder / "run"), "--catalog", str(folder / "cat")], started
 

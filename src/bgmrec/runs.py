@@ -8,6 +8,8 @@ The library body of ``bgmrec train``, ``tune``, ``demo`` and the benchmarks: a m
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import platform
 import subprocess
 import sys
@@ -39,6 +41,26 @@ def git_commit(package: Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
+_COMMAND_ARGV: list[list[str]] = []  # the arguments of the bgmrec commands running (bgmrec.cli.main sets them)
+
+
+def command_argv() -> list[str]:
+    """The arguments of the ``bgmrec`` command running, as records keep them: what :func:`bgmrec.cli.main` was
+    given (a script calling ``main([...])`` ran with arguments of its own in ``sys.argv``), else
+    ``sys.argv[1:]``."""
+    return list(_COMMAND_ARGV[-1]) if _COMMAND_ARGV else sys.argv[1:]
+
+
+@contextlib.contextmanager
+def running_command(argv: list[str]):
+    """Within: :func:`command_argv` gives ``argv``."""
+    _COMMAND_ARGV.append(list(argv))
+    try:
+        yield
+    finally:
+        _COMMAND_ARGV.pop()
 
 
 def code_fingerprint() -> str:
@@ -119,7 +141,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     config's default, seed 0); giving one both ways with different values is refused.
     """
     from bgmrec.data.dataset import atomic_write_dir, load_dataset, write_json_atomic
-    from bgmrec.models.base import FeatureSpec, SplitView, load_model, read_run_record
+    from bgmrec.models.base import FeatureSpec, SplitView, load_model
     from bgmrec.models.registry import build, prepare_teacher
 
     ds = load_dataset(data)
@@ -158,7 +180,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
                 **trained_on, "model": model,
                 "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
                 "code": code_fingerprint(),
-                "argv": sys.argv[1:], **({"model_package": package} if package else {}),
+                "argv": command_argv(), **({"model_package": package} if package else {}),
                 **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
         except BaseException:  # stopped or failed: the run is discarded whole, a teacher trained for it is not
             if teacher is None and (trained / "run.json").is_file():
@@ -167,13 +189,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
 
     # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
     # a run there before (never another kind of folder) is replaced with everything in it
-    before = read_run_record(Path(out)) if (Path(out) / "config.json").is_file() else None
     atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
-    if before is not None:  # a weekly retrain into one folder lost last week's run, the rollback, without a word
-        print(f"note: replaced the run that was at {out} ({before.get('model', 'a model')} trained on "
-              f"{before.get('data', 'an unrecorded dataset')}, data fingerprint "
-              f"{before.get('data_fingerprint', 'unrecorded')}); to keep runs to roll back to, train each into a "
-              "folder of its own", file=sys.stderr)
     return load_model(out), timing["seconds"]
 
 
@@ -502,7 +518,8 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
 
 def training_overlap(trained_on: Path, data: Path, split: str) -> str:
     """What a run trained on the dataset folder ``trained_on`` knows of the queries of ``split`` of ``data``, as
-    a clause of its warning: how many of their videos were in its training splits (their figures are not held
+    a clause of its warning: how many of their videos were in its training splits, the teacher's too (their
+    figures are not held
     out: last week's model scored 1.000 on this week's test split, 5 of 11 of whose videos it had trained on)
     and how many of their positive tracks it never saw. A video or track is the same when its id and its
     features (frames, music) are: simulated worlds of one scale share ids, not videos. Empty when ``trained_on``
@@ -517,9 +534,10 @@ def training_overlap(trained_on: Path, data: Path, split: str) -> str:
         return ""
 
     def keys(rows: np.ndarray, ids: list[str], features: np.ndarray) -> list[tuple[str, bytes]]:
-        return [(ids[i], np.ascontiguousarray(features[i], np.float32).tobytes()) for i in rows]
+        return [(ids[i], hashlib.blake2b(np.ascontiguousarray(features[i], np.float32).tobytes(),
+                                         digest_size=16).digest()) for i in rows]
 
-    trained = old.train_rows()
+    trained = np.concatenate([old.train_rows(), *(np.asarray(old.splits[s]) for s in old.split_names("teacher"))])
     videos = set(keys(np.unique(trained[:, 0]), old.video_ids, old.video_visual))
     tracks = set(keys(np.unique(trained[:, 1]), old.track_ids, old.music))
     rows = np.asarray(new.splits[split])
@@ -570,7 +588,7 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
 
     return {**dataset_record(data), "runs": {role: described(run) for role, run in runs.items()},
             "bgmrec_version": bgmrec.__version__, "commit": git_commit(), "code": code_fingerprint(),
-            "argv": sys.argv[1:], "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "argv": command_argv(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def warn_if_seed_unused(model: str, seed: int | None, sets: dict) -> None:

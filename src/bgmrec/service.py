@@ -45,7 +45,6 @@ its status, time and id (:class:`RequestLog`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
@@ -163,16 +162,17 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     too_large = (f"video: the upload is larger than this server's limit of {max_upload} bytes "
                  f"({max_upload / 2**20:g} MB; bgmrec serve --max-upload-mb)")
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI):  # logged once the server's logging is set up, so that its log says what answers
+    app = FastAPI(title="bgmrec", summary="background music for micro-videos",
+                  version=_version(), description=__doc__)
+
+    def say_what_is_served() -> None:  # at start-up, once the server's logging is set up: its log says what answers
         logger.info("serving %s", " ".join(f"{k}={v}" for k, v in identity.items()))
         if against_training is not None:
             logger.info("catalogue against the training dataset's: %s",
                         " ".join(f"{k}={v}" for k, v in against_training.items()))
-        yield
 
-    app = FastAPI(title="bgmrec", summary="background music for micro-videos",
-                  version=_version(), description=__doc__, lifespan=lifespan)
+    # a start-up handler, not a lifespan: a lifespan replaces the start-up handlers an embedding app adds
+    app.router.add_event_handler("startup", say_what_is_served)
 
     @app.exception_handler(RequestError)
     def bad_input(_: Request, exc: RequestError):

@@ -47,7 +47,7 @@ def test_a_models_scores_from_a_file_give_exactly_its_figures(tiny_ds, popularit
     for name in ("full.npy", "part.npz"):
         scores_read = load_scores(tmp_path / name, tiny_ds)
         got = evaluate(scores_read, tiny_ds, split)
-        assert got["model"] == "score-file" and scores_read.label == name.split(".")[0]
+        assert got["model"] == "score-file" and got["label"] == scores_read.label == name.split(".")[0]
         for key in ("full", "full_recall_curve", "sampled", "ipw", "bias", "per_genre_recall@10", "n_candidates"):
             assert got[key] == expected[key], key
     paired = compare(popularity, load_scores(tmp_path / "part.npz", tiny_ds), tiny_ds, split, resamples=200)

@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (tests call this directly); returns the exit code."""
     import typer
 
+    from bgmrec.runs import running_command
+
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(args=sys.argv[1:] if argv is None else argv, prog_name="bgmrec", standalone_mode=False)
+        with running_command(args):  # what records keep as the command's arguments
+            code = app(args=args, prog_name="bgmrec", standalone_mode=False)
     except SystemExit as e:  # --help and similar exits
         return int(e.code or 0)
     except typer.TyperException as e:  # usage errors: missing option, unknown command, bad value

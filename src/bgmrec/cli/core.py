@@ -140,8 +140,9 @@ def report(
     if out is None:
         print(text, end="")
     else:
-        if out.exists() and not (out.is_file() and out.read_text(encoding="utf-8", errors="replace").startswith(
-                ("### `", "")[out.stat().st_size == 0])):  # an earlier report, or empty: else refused
+        earlier = out.is_file() and (out.stat().st_size == 0 or out.read_text(
+            encoding="utf-8", errors="replace").startswith("### `"))  # empty, or a report this command wrote
+        if out.exists() and not earlier:
             raise ValueError(f"--out {out}: exists and is not a report of bgmrec report; refusing to replace it "
                              "(choose another path, or remove the file)")
         write_text_atomic(out, text)
@@ -185,9 +186,17 @@ def train(
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
 ) -> None:
     """Train a model on the dataset's train split (early stopping on val) and save it."""
+    from bgmrec.models.base import read_run_record
+
     sets = parse_sets(set_)
     epochs = runs.epochs_if_trained_in_epochs(model, epochs, sets)
+    before = read_run_record(out) if (out / "config.json").is_file() else None
     rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher)
+    if before is not None:  # a weekly retrain into one folder lost last week's run, the rollback, without a word
+        print(f"note: replaced the run that was at {out} ({before.get('model', 'a model')} trained on "
+              f"{before.get('data', 'an unrecorded dataset')}, data fingerprint "
+              f"{before.get('data_fingerprint', 'unrecorded')}); to keep runs to roll back to, train each into a "
+              "folder of its own", file=sys.stderr)
     runs.warn_if_seed_unused(model, seed, sets)
     best = max((h["val_recall@10"] for h in rec.history if "val_recall@10" in h), default=None)  # none: no val
     epochs_run = len(rec.history)
@@ -349,9 +358,10 @@ def warn_if_below_chance(result: dict, scorer) -> str | None:
     Returns the message, None when silent or for a trained model."""
     from bgmrec.features.recommend import warn_on_stderr
 
-    chance = min(1.0, 10 / result["n_candidates"])
-    got = result["full"]["recall@10"]
-    if not hasattr(scorer, "video_scores") or result["n_queries"] < 50 or got >= chance / 2:
+    if not hasattr(scorer, "video_scores") or result["n_queries"] < 50:
+        return None
+    chance, got = min(1.0, 10 / result["n_candidates"]), result["full"]["recall@10"]
+    if got >= chance / 2:
         return None
     return warn_on_stderr(f"{scorer.source}: full Recall@10 {got:.3f} is below a random order's {chance:.3f}: are "
                           "its scores higher for better tracks (similarities, not distances)?")
@@ -444,7 +454,7 @@ def bench_quality(
     """Every model on every split of simulated worlds, mean and spread over seeds -> docs/benchmarks.md."""
     from bgmrec.bench import command_line, run_quality, world_label
 
-    command = command_line(sys.argv[1:], "bgmrec bench quality")
+    command = command_line(runs.command_argv(), "bgmrec bench quality")
     changed = parse_sets(world, "--world")
     run_quality(scales.split(","), [int(s) for s in seeds.split(",")],
                 out or Path("docs") / f"benchmarks{world_label('', changed)}.md", work,
@@ -489,7 +499,7 @@ def bench_ceiling(
     against the --intervened models trained on the intervened world (choices redrawn by content alone)."""
     from bgmrec.bench import CEILING_MODELS, command_line, run_track_term_ceiling
 
-    command = command_line(sys.argv[1:], "bgmrec bench ceiling")
+    command = command_line(runs.command_argv(), "bgmrec bench ceiling")
     if out is None:
         out = Path("docs/track_term_ceiling.md" if fit else f"docs/intervened_{scale}.md")
     run_track_term_ceiling(scale, [int(s) for s in comma_list(seeds)], work, out, console, command,
@@ -514,7 +524,7 @@ def bench_gamma(
     from bgmrec.bench import command_line, run_gamma_sweep
 
     run_gamma_sweep([float(g) for g in gammas.split(",")], scale, seed, work, out, console,
-                    command_line(sys.argv[1:], "bgmrec bench gamma"))
+                    command_line(runs.command_argv(), "bgmrec bench gamma"))
 
 
 #: keys by which a command knows its own ``--json`` result, which it may replace (and nothing else): each tuple

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -92,15 +93,33 @@ def serve_cmd(
                      warn=warn_on_stderr, max_batches=max_batches)
     # stopped (Ctrl-C, SIGTERM): requests in flight get SHUTDOWN_SECONDS to finish, then the server exits even if a
     # client keeps its connection open (it kept the server up for as long as that client did)
-    # SIGHUP (a closed terminal, a supervisor's reload) stops it as SIGTERM does, finishing the requests in flight:
-    # by default it killed the server at once, and the batches being answered got connection resets
+    with sighup_as_sigterm():
+        # uvicorn's access log is replaced by the service's (RequestLog: the same and the time taken, the request id)
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+                    access_log=False, log_config=log_config())
+
+
+@contextlib.contextmanager
+def sighup_as_sigterm():
+    """Within: SIGHUP (a closed terminal, a supervisor's reload) stops the server as SIGTERM does, finishing the
+    requests in flight (by default it killed the server at once, and the batches being answered got connection
+    resets). Only where SIGHUP has its default action, on the main thread of a system that has it: ``nohup``'s
+    ignored SIGHUP stays ignored, and a server started from another thread (where signals cannot be set) runs
+    as before. The handler before is put back on leaving."""
     import os
     import signal
+    import threading
 
-    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
-    # uvicorn's access log is replaced by the service's (RequestLog: the same and the time taken, the request id)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS,
-                access_log=False, log_config=log_config())
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(hup) is not signal.SIG_DFL:
+        yield
+        return
+    before = signal.signal(hup, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(hup, before)
 
 
 def log_config() -> dict:

@@ -157,8 +157,8 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
     full = full_ranks(model, ds, split, seed=seed)
     warn_if_recall_is_trivial(split, full.n_candidates, FULL_KS, top_k=10)  # exposure_tvd@10's lists
     r = full.ranks
-    result: dict = {"model": model.name, "split": split, "n_queries": int(len(rows)),
-                    "n_candidates": full.n_candidates}
+    result: dict = {"model": model.name, **({"label": model.label} if hasattr(model, "label") else {}),
+                    "split": split, "n_queries": int(len(rows)), "n_candidates": full.n_candidates}
     mode = getattr(model, "inference_mode", None)
     if mode:
         result["inference_mode"] = mode

@@ -126,14 +126,15 @@ def results_report(named: list[tuple[str, dict]]) -> str:
     """A Markdown report of ``evaluate --json`` results ((file name, result) pairs), for a paper: a table per split
     (:func:`markdown_table`), then what a reviewer checks the figures against: the dataset's fingerprints, each
     row's source (a run folder with the commit and code that trained it, or a score file's SHA-256) and its
-    warnings. ValueError naming the files when the results are of different datasets (by their
-    fingerprints), when one result is given twice (a label, mode and split twice), or when a file is not such
-    a result."""
+    warnings. Rows of one label from different sources (last week's run and this week's, two seeds) are told
+    apart by their folder or file. ValueError naming the file for none given, a file that is not such a result,
+    results of different datasets (by their fingerprints), and one source's figures on one split given twice."""
     from bgmrec.data.dataset import FINGERPRINTS
 
+    if not named:
+        raise ValueError("give at least one result of bgmrec evaluate --json")
     for name, r in named:
-        if not (isinstance(r, dict) and {"split", "model", "full", "provenance"} <= set(r)):
-            raise ValueError(f"{name}: not a result of bgmrec evaluate --json (with its provenance)")
+        _check_result(name, r)
     first_name, first = named[0]
     data = {k: first["provenance"].get(k) for k in FINGERPRINTS}
     seen: dict[tuple, str] = {}
@@ -143,27 +144,57 @@ def results_report(named: list[tuple[str, dict]]) -> str:
             differ = next(k for k in FINGERPRINTS if other[k] != data[k])
             raise ValueError(f"{name}: figures of another dataset than {first_name}'s ({differ} {other[differ]}, "
                              f"not {data[differ]}): one table holds one dataset's figures")
-        key = (label(r), r["split"])
+        key = (_source(r).get("folder") or _source(r).get("sha256"), r.get("inference_mode"), r["split"])
         if key in seen:
-            raise ValueError(f"{name}: {label(r)} on {r['split']} is already given by {seen[key]}")
+            raise ValueError(f"{name}: {label(r)} on {r['split']}, from the same run or file, is already given by "
+                             f"{seen[key]}")
         seen[key] = name
-    results = [r for _, r in named]
+    labels = [(label(r), r["split"]) for _, r in named]  # one label twice in a split: told apart by the source
+    results = [{**r, "label": f"{label(r)} ({Path(_source(r).get('folder') or _source(r).get('scores')).name})"
+                if labels.count((label(r), r["split"])) > 1 else label(r), "inference_mode": None} for _, r in named]
     lines = []
     for split in dict.fromkeys(r["split"] for r in results):
         n = {r["n_queries"] for r in results if r["split"] == split}
         lines += [f"### `{split}` ({', '.join(map(str, sorted(n)))} queries)", "", markdown_table(results, split), ""]
     lines += ["Dataset `" + str(first["provenance"].get("data")) + "`, " + ", ".join(
         f"{k} {v}" for k, v in data.items()) + ".", ""]
-    for name, r in named:
-        source = next(iter(r["provenance"].get("runs", {}).values()), {})
-        made = (f"score file `{source['scores']}` (SHA-256 {source['sha256']})" if "scores" in source else
-                f"run `{source.get('folder')}` (trained at commit {source.get('trained', {}).get('commit')}, code "
-                f"{source.get('trained', {}).get('code', 'unrecorded')})")
-        said = "; ".join(r.get("warnings") or []) or "none"
-        lines.append(f"- {label(r)} on `{r['split']}`: {made}; from `{name}`, computed by bgmrec "
+    for (name, r), shown in zip(named, results, strict=True):
+        source = _source(r)
+        trained = source.get("trained") or {}
+        made = (f"score file `{source['scores']}` (SHA-256 {source.get('sha256')})" if "scores" in source else
+                f"run `{source.get('folder')}` (trained at commit {trained.get('commit')}, code "
+                f"{trained.get('code', 'unrecorded')})")
+        lines.append(f"- {shown['label']} on `{r['split']}`: {made}; from `{name}`, computed by bgmrec "
                      f"{r['provenance'].get('bgmrec_version')} at commit {r['provenance'].get('commit')}; "
-                     f"warnings: {said}")
+                     f"warnings: {'; '.join(r.get('warnings') or []) or 'none'}")
     return "\n".join(lines) + "\n"
+
+
+def _source(result: dict) -> dict:
+    """The run folder or score file a result's figures come from, as its provenance records it."""
+    return next(iter(result["provenance"]["runs"].values()))
+
+
+def _check_result(name: str, r) -> None:
+    """ValueError naming ``name`` unless ``r`` has the fields of an ``evaluate --json`` result that a report reads."""
+    def typed(value, kind) -> bool:
+        return isinstance(value, kind) and not isinstance(value, bool)
+
+    runs = r.get("provenance", {}).get("runs") if isinstance(r, dict) and isinstance(r.get("provenance"), dict) \
+        else None
+    problems = [field for field, ok in (
+        ("split", isinstance(r, dict) and typed(r.get("split"), str)),
+        ("model", isinstance(r, dict) and typed(r.get("model"), str)),
+        ("n_queries", isinstance(r, dict) and typed(r.get("n_queries"), int)),
+        ("full", isinstance(r, dict) and isinstance(r.get("full"), dict)),
+        ("provenance.runs", isinstance(runs, dict) and len(runs) == 1
+         and all(isinstance(v, dict) and (typed(v.get("folder"), str) or typed(v.get("scores"), str))
+                 for v in runs.values())),
+        ("warnings", isinstance(r, dict) and (r.get("warnings") is None or (
+            isinstance(r.get("warnings"), list) and all(isinstance(w, str) for w in r["warnings"]))))) if not ok]
+    if problems:
+        raise ValueError(f"{name}: not a result of bgmrec evaluate --json (field {problems[0]} is missing or of "
+                         "another type)")
 
 
 def markdown_from_rows(rows: list[list[str]]) -> str:

@@ -52,7 +52,7 @@ class ExtractReport:
     cached: int  # inputs whose vector came from the cache
     failures: list[tuple[str, str]]  # (file, reason), warnings included (e.g. a video used without its caption)
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. metadata rows naming no file
-    captions_embedded: int | None = None  # extract-videos: captions embedded in this run (not in the text cache)
+    captions_embedded: int | None = None  # extract-videos with captions: those embedded in this run (not cached)
 
 
 def av_version() -> str:

@@ -575,7 +575,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
-                         [w for w in [unused, left_out] if w], captions_embedded=len(missing))
+                         [w for w in [unused, left_out] if w], captions_embedded=len(missing) if captions else None)
 
 
 def load_video_features(root: Path) -> VideoFeatures:
