@@ -225,8 +225,7 @@ def _check_ids(path: Path, field: str, ids: np.ndarray, table: str) -> None:
 
 
 def _positions(path: Path, field: str, ids: np.ndarray, known: list[str], table: str) -> np.ndarray:
-    """The dataset positions of the score file's ids of ``field``."""
-    _check_ids(path, field, ids, table)
+    """The dataset positions of the score file's ids of ``field`` (1-D text, as :func:`_check_ids` checked)."""
     try:
         given = [i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()]
     except UnicodeDecodeError as e:
