@@ -9,7 +9,7 @@ import pytest
 
 import media_fixtures as mf
 from bgmrec.data.build import BuildConfig, build_dataset, read_pairs, uploader_preferences
-from bgmrec.data.dataset import DatasetError, FieldError, load_dataset
+from bgmrec.data.dataset import DatasetError, FieldError, dataset_fingerprint, load_dataset, save_dataset
 
 GENRES = ["pop", "rock", "", "pop", "jazz", "rock", "pop", "pop"]
 
@@ -538,3 +538,81 @@ def test_a_pair_whose_id_differs_from_an_extracted_one_only_in_spaces_is_told_so
     build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
     assert warnings[0].endswith("(e.g. line 13: 't1'; 't1' and the extracted ' t1' differ only in spaces around "
                                 "them: write ids without them)")
+
+
+def sides_by_id(ds) -> dict[str, str]:
+    """Each video's split (train, val or test) by id."""
+    return {ds.video_ids[v]: name for name in ("train", "val", "test") for v in np.unique(ds.splits[name][:, 0])}
+
+
+@pytest.mark.parametrize("with_time", [True, False])
+def test_a_rebuild_can_keep_last_weeks_split_assignment(tmp_path, folders, with_time, capsys):
+    # a weekly rebuild split the grown log afresh: last week's test videos went to this week's training (by time,
+    # the latest uploads are test), so last week's model and this week's were compared on videos one trained on
+    from bgmrec.cli import main
+
+    vids, cat = folders
+    week1 = build_dataset(vids, cat, write_pairs(tmp_path / "w1.csv", n_videos=20, with_time=with_time),
+                          tmp_path / "w1", BuildConfig(seed=3))
+    week1_fingerprint = dataset_fingerprint(tmp_path / "w1")
+    pairs = write_pairs(tmp_path / "w2.csv", n_videos=30, with_time=with_time)
+    afresh = sides_by_id(build_dataset(vids, cat, pairs, tmp_path / "afresh", BuildConfig(seed=3)))
+    before = sides_by_id(week1)
+    assert any(afresh[v] != side for v, side in before.items())  # what the option is for
+    warnings = []
+    week2 = build_dataset(vids, cat, pairs, tmp_path / "w2", BuildConfig(seed=3), warn=warnings.append,
+                          keep_splits_of=tmp_path / "w1")
+    after = sides_by_id(week2)
+    assert warnings == []
+    assert {v: after[v] for v in before} == before
+    new = sorted(set(after) - set(before), key=lambda v: int(v[1:]))
+    assert new == [f"v{i}" for i in range(20, 30)]
+    # the 10 new videos are split among themselves: by time the latest is test, the next val
+    assert sorted(after[v] for v in new) == ["test", "train", "train", "train", "train", "train", "train", "train",
+                                             "train", "val"]
+    if with_time:
+        order = sorted(new, key=lambda v: ((1 + int(v[1:]) % 28) * 100 + int(v[1:]) % 24))
+        assert [after[v] for v in order[-2:]] == ["val", "test"]
+    kept = week2.provenance["splits_kept_from"]
+    assert kept["new"] == 10 and kept["kept"] == {s: list(before.values()).count(s) for s in ("train", "val", "test")}
+    assert kept["folder"] == str(tmp_path / "w1") and kept["splits_fingerprint"] == week1_fingerprint
+    # the same again, into last week's own folder: read before it is replaced
+    again = build_dataset(vids, cat, pairs, tmp_path / "w1", BuildConfig(seed=3), keep_splits_of=tmp_path / "w1")
+    assert sides_by_id(again) == after
+    capsys.readouterr()
+    assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
+                 str(tmp_path / "w3"), "--seed", "3", "--keep-splits-of", str(tmp_path / "w2")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(30 video(s) kept their split of {tmp_path / 'w2'}, 0 new one(s) split by " in out
+    assert sides_by_id(load_dataset(tmp_path / "w3")) == after
+
+
+def test_keeping_the_splits_of_a_dataset_of_other_videos_says_so(tmp_path, folders, tiny_dir):
+    vids, cat = folders
+    warnings = []
+    ds = build_dataset(vids, cat, write_pairs(tmp_path / "p.csv"), tmp_path / "d", warn=warnings.append,
+                       keep_splits_of=tiny_dir)
+    assert warnings == [f"{tiny_dir}: none of this build's 30 videos with pairs is in a split of that dataset "
+                        "(another app's or world's ids?); every video is split as new"]
+    assert ds.provenance["splits_kept_from"]["new"] == 30
+    with pytest.raises(DatasetError, match="nope"):
+        build_dataset(vids, cat, write_pairs(tmp_path / "p.csv"), tmp_path / "e", keep_splits_of=tmp_path / "nope")
+
+
+def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
+    # a professional video of the earlier teacher split stays on the training side; one in splits of two roles
+    # takes the later of train, val, test
+    from bgmrec.data.build import kept_sides
+
+    vids, cat = folders
+    pro = tmp_path / "pro.csv"
+    pro.write_text("video,track\nv25,t1\nv26,t2\n", encoding="utf-8")
+    build_dataset(vids, cat, write_pairs(tmp_path / "p.csv", n_videos=20), tmp_path / "d", professional_csv=pro)
+    ds = load_dataset(tmp_path / "d")
+    test_video = ds.video_ids[ds.splits["test"][0, 0]]
+    train_row = ds.splits["train"][:1].copy()
+    train_row[0, 0] = ds.splits["test"][0, 0]
+    save_dataset(ds.with_split("extra", train_row, role="train"), tmp_path / "two")
+    sides, record = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"])
+    assert sides.tolist() == [0, 2, ("train", "val", "test").index(sides_by_id(ds)["v0"]), -1]
+    assert record["new"] == 1

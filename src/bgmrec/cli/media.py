@@ -119,6 +119,8 @@ def build_dataset_cmd(
     val_share: float = typer.Option(0.1, help="share of videos in validation"),
     test_share: float = typer.Option(0.1, help="share of videos in test"),
     negatives: int = typer.Option(100, help="frozen negatives per val/test row"),
+    keep_splits_of: Path | None = typer.Option(None, help="an earlier dataset's folder (last week's): its videos "
+                                                          "keep their split, only new ones are split"),
 ) -> None:
     """Join extracted videos, a catalogue and an upload log into a dataset every model trains on."""
     from bgmrec.data.build import BuildConfig, build_dataset
@@ -127,8 +129,9 @@ def build_dataset_cmd(
     with options_named(**{f: "--" + f.replace("_", "-") for f in BUILD_OPTIONS}):
         ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
                                                                   test_share=test_share, negatives=negatives),
-                           warn=warn_on_stderr, professional_csv=professional)
+                           warn=warn_on_stderr, professional_csv=professional, keep_splits_of=keep_splits_of)
     split_by = ds.provenance.get("split_by")
+    kept = ds.provenance.get("splits_kept_from")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
     # videos without a usable pair are left out of the dataset; tracks no pair names stay, as candidates
     lone_videos, lone_tracks = (ds.provenance.get(k, 0) for k in ("videos_without_pairs", "tracks_without_pairs"))
@@ -139,7 +142,9 @@ def build_dataset_cmd(
                      + (f" ({lone_tracks} named by no usable pair: kept as candidates)" if lone_tracks else "")
                      + f", {ds.n_uploaders} uploaders, "
                      f"{ds.n_genres} genres; " + ", ".join(f"{s} {len(r)}" for s, r in ds.splits.items())
-                     + f" (split by {split_by})"
+                     + (f" (split by {split_by})" if kept is None else
+                        f" ({sum(kept['kept'].values())} video(s) kept their split of {keep_splits_of}, "
+                        f"{kept['new']} new one(s) split by {split_by})")
                      + ("; dropped pairs: " + ", ".join(f"{k} {v}" for k, v in dropped.items() if v)
                         if any(dropped.values()) else ""))
 

@@ -35,6 +35,13 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
 A share of 0 leaves its split empty, and fewer than 3 videos with usable pairs leave val and test empty:
 built, with a warning.
 
+A weekly rebuild can keep an earlier dataset's split assignment (``keep_splits_of``): each video that dataset
+has in a split keeps its side (train, val or test; a professional video of its teacher split counts as train,
+a video in splits of two roles takes the later of train, val, test), and only the videos new since are split,
+by the shares and the rule above, among themselves. Last week's test videos then never enter this week's
+training, nor last week's training videos this week's test: last week's model and this week's are compared on
+videos neither trained on.
+
 Professional music videos (the teacher data of DecCM, whose tracks were chosen for their content, not by
 uploaders' taste) come in an optional second CSV, ``video,track`` (an uploader column is not read), of
 videos of the same videos folder: they are appended as videos of source ``pgc`` (uploader -1) and their
@@ -60,6 +67,7 @@ from bgmrec.data.dataset import (
     SplitInfo,
     dataset_fingerprint,
     labels_fingerprint,
+    load_dataset,
     save_dataset,
     separator_hint,
     sha256_file,
@@ -199,6 +207,27 @@ def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> 
     return split
 
 
+SIDES = ("train", "val", "test")  # split_videos' split ids, in order
+
+
+def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, dict]:
+    """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, -1 for a video it has
+    in none of its splits; see the module docstring), and what the provenance records of it."""
+    prev = load_dataset(Path(previous))
+    side_of_role = {"train": 0, "teacher": 0, "val": 1, "test": 2}
+    side = np.full(prev.n_videos, -1, np.int64)
+    for name, info in prev.split_info.items():
+        if info.role in side_of_role:
+            videos = np.unique(prev.splits[name][:, 0])
+            side[videos] = np.maximum(side[videos], side_of_role[info.role])
+    pos = {v: i for i, v in enumerate(prev.video_ids)}
+    sides = np.array([side[pos[v]] if v in pos else -1 for v in video_ids], np.int64)
+    record = {"folder": str(previous), "splits_fingerprint": dataset_fingerprint(Path(previous)),
+              "kept": {name: int((sides == s).sum()) for s, name in enumerate(SIDES)},
+              "new": int((sides < 0).sum())}
+    return sides, record
+
+
 def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_uploaders: int,
                          n_genres: int, alpha: float = 1.0) -> np.ndarray:
     """Genre distributions [U, G] from training pairs, smoothed towards the population share."""
@@ -270,7 +299,7 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
 
 def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                   config: BuildConfig | None = None, warn: Callable[[str], None] | None = None,
-                  professional_csv: Path | None = None) -> Dataset:
+                  professional_csv: Path | None = None, keep_splits_of: Path | None = None) -> Dataset:
     """Join extracted videos, a catalogue and a pairs CSV into a dataset folder at ``out``.
 
     ``warn`` is told (one line each) when the val or test split is empty (a share of 0, or too few videos with
@@ -279,7 +308,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     track, a duplicate): how many, and the first one's line and ids. The provenance counts the extracted
     videos without a usable pair (left out) and the catalogue tracks no used pair names (kept: candidates to
     rank). ``professional_csv`` names the professional music videos and their tracks: the split ``pgc`` (see
-    the module docstring).
+    the module docstring). ``keep_splits_of``, an earlier dataset's folder: its videos keep their split and only
+    the others are split (the module docstring); ``warn`` is told when none of its videos is in this build.
     """
     from bgmrec.features.audio import load_catalog
     from bgmrec.features.video import load_video_features
@@ -354,15 +384,27 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             first[v] = min(first.get(v, np.inf), pairs.time[i])
         vtime = np.array([first[v] for v in vids_in])
     split_of_video = np.full(len(video_ids), -1, np.int64)
-    split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
+    kept = None
+    if keep_splits_of is None:
+        split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
+    else:
+        sides, kept = kept_sides(Path(keep_splits_of), [video_ids[v] for v in vids_in])
+        new = sides < 0
+        sides[new] = split_videos(vtime[new] if vtime is not None else None, int(new.sum()), config)
+        split_of_video[vids_in] = sides
+        if kept["new"] == len(vids_in) and warn is not None:
+            warn(f"{keep_splits_of}: none of this build's {len(vids_in)} videos with pairs is in a split of that "
+                 "dataset (another app's or world's ids?); every video is split as new")
     which = split_of_video[rows[:, 0]]
-    splits = {name: rows[which == s] for s, name in enumerate(("train", "val", "test"))}
+    splits = {name: rows[which == s] for s, name in enumerate(SIDES)}
     empty = [s for s in ("val", "test") if not len(splits[s])]
     if empty and warn is not None:
         asked = all(getattr(config, f"{s}_share") == 0 for s in empty)
         warn(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty"
-             + (" (a share of 0)" if asked else f": only {len(vids_in)} video(s) have usable pairs (a split with "
-                                               "a share above 0 gets one from 3 on)")
+             + (" (a share of 0)" if asked else
+                f": only {len(vids_in)} video(s) have usable pairs (a split with a share above 0 gets one from 3 on)"
+                if kept is None else f": only {kept['new']} video(s) with usable pairs are new since "
+                f"{keep_splits_of} (a split with a share above 0 gets one of them from 3 on)")
              + ("; validation metrics (early stopping, model selection)" if "val" in empty else "; test figures")
              + (" and test figures" if len(empty) > 1 else "") + " will be NaN")
 
@@ -410,6 +452,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             "builder": "bgmrec.data.build",
             "config": {**config.__dict__},
             "split_by": "time" if vtime is not None else "random",
+            **({"splits_kept_from": kept} if kept is not None else {}),
             "inputs": {"videos": str(videos_dir), "videos_hash": vids.manifest.get("content_hash"),
                        "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
                        "pairs": str(pairs_csv), "pairs_sha256": sha256_file(Path(pairs_csv))},
