@@ -487,3 +487,25 @@ def test_a_report_and_its_json_are_replaced_together_or_not_at_all(tmp_path, mon
         run_demo("tiny", tmp_path / "demo", 1, ["popularity"], console)
     assert [p.read_bytes() for p in files] == before
     assert not [e.name for d in (tmp_path, tmp_path / "demo") for e in d.iterdir() if ".tmp" in e.name]
+
+
+def test_quality_over_several_scales_writes_each_scale_when_done(tmp_path, monkeypatch):
+    # the report and JSON of every scale were written only after the last: a stop during tt150k's 1.5 h lost small's
+    import json
+
+    made = bgmrec.bench.ensure_world
+
+    def stopped_at_small(scale, *args, **kwargs):
+        if scale == "small":
+            raise KeyboardInterrupt
+        return made(scale, *args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.bench, "ensure_world", stopped_at_small)
+    out = tmp_path / "report.md"
+    with pytest.raises(KeyboardInterrupt):
+        run_quality(["tiny", "small"], [0], out, tmp_path / "work", ["popularity"], Console(quiet=True), "cmd")
+    report = out.read_text()
+    assert "## World `tiny`" in report and "*Worlds still to run when this report was written: small.*" in report
+    assert len(json.loads((tmp_path / "benchmarks_tiny.json").read_text())) == 3
+    run_quality(["tiny"], [0], out, tmp_path / "work", ["popularity"], Console(quiet=True), "cmd")
+    assert "still to run" not in out.read_text()

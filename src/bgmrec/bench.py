@@ -185,7 +185,9 @@ def canonical_world(world: dict[str, str]) -> dict[str, str]:
 
 def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
                 console: Console, command: str, resume: bool = False, world: dict[str, str] | None = None) -> Path:
-    """Train and evaluate ``models`` on each scale and seed; write the Markdown report at ``out``.
+    """Train and evaluate ``models`` on each scale and seed; write the Markdown report at ``out``, and its JSON
+    figures beside it, after each scale (saying which scales are still to run until the last is done: a stop
+    during a long scale keeps the ones before).
 
     ``resume`` reuses the runs in ``work`` that the same code trained on the same world (seeds can then
     run as separate processes, and an interrupted benchmark continues where it stopped). ``world`` changes
@@ -212,6 +214,8 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         train_model,
     )
 
+    if not scales or not seeds:
+        raise ValueError(f"bench quality needs at least one scale and one seed, got scales {scales}, seeds {seeds}")
     world = dict(world or {})
     for scale in scales:  # a bad parameter fails now, not after the worlds and models before it
         world_parameters(scale, 0, world)
@@ -235,7 +239,7 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
         "",
     ]
     figures: dict[str, list[dict]] = {}  # JSON file -> its results, written with the report
-    for scale in scales:
+    for done_scales, scale in enumerate(scales, 1):
         label = world_label(scale, world)
         results: list[dict] = []
         seconds: dict[str, list[float]] = {}
@@ -280,8 +284,11 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
             sections += [PER_GENRE_NOTE + " Means over seeds.", "", per_genre_markdown(results, split), ""]
         sections += ["Training seconds per model (mean over seeds): "
                      + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]
-    sections += ["## The papers' figures", "", PAPER_TABLE]
-    return write_report(out, sections, console, figures)
+        still = scales[done_scales:]
+        partial = [f"*Worlds still to run when this report was written: {', '.join(still)}.*", ""] if still else []
+        written = write_report(out, sections + partial + ["## The papers' figures", "", PAPER_TABLE], console,
+                               figures)
+    return written
 
 
 def run_speed(work: Path, console: Console) -> dict:
