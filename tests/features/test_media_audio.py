@@ -278,9 +278,10 @@ def test_extracting_only_new_tracks_into_a_catalogue_says_which_it_removes(tmp_p
     import shutil
 
     cat = tmp_path / "cat"
-    assert extract_music(music_dir, cat, extractor=Counting(), progress=False).warnings == []
+    first = extract_music(music_dir, cat, extractor=Counting(), progress=False)
+    assert first.warnings == [] and first.added is None  # no earlier extraction there
     again = extract_music(music_dir, cat, extractor=Counting(), progress=False)  # the same tracks: nothing to say
-    assert again.warnings == [] and again.cached == 5
+    assert again.warnings == [] and again.cached == 5 and again.added == []
     new = tmp_path / "new"
     new.mkdir()
     shutil.copy(music_dir / "track1.mp3", new / "track1.mp3")
@@ -290,11 +291,12 @@ def test_extracting_only_new_tracks_into_a_catalogue_says_which_it_removes(tmp_p
         f"{cat}: 4 of the 5 track(s) it held are not in this extraction of {new} (e.g. 'track0') and were removed: "
         "the folder holds the tracks of its last extraction only; extract the whole collection to keep them "
         "(vectors computed before come from the cache)"]
-    assert load_catalog(cat).ids == ["track1", "track9"]
+    assert load_catalog(cat).ids == ["track1", "track9"] and report.added == ["track9"]
     (new / "track9.wav").write_bytes(b"not audio")  # failed this time: failures.csv names it, not this warning
     shutil.copy(music_dir / "track2.flac", new / "track2.flac")
     report = extract_music(new, cat, extractor=Counting(), progress=False)
     assert [f for f, _ in report.failures] == ["track9.wav"] and report.warnings == []
+    assert report.added == ["track2"]  # the tracks an app should know are new (it could not tell)
 
 
 def test_metadata_finds_a_file_whose_name_is_written_decomposed(tmp_path):
@@ -710,3 +712,19 @@ def test_worker_processes_ignore_ctrl_c_which_their_parent_handles():
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(AudioConfig(),)) as pool:
         assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
+
+
+def test_an_extractions_summary_names_the_inputs_new_since_the_last(tmp_path, capsys):
+    from bgmrec.cli.media import _summary
+    from bgmrec.features.cache import ExtractReport
+
+    out = tmp_path / "cat"
+    capsys.readouterr()
+    _summary("tracks", ExtractReport(out, 6, 4, 2, [], added=["a", "b[1]", "c", "d"]))
+    _summary("tracks", ExtractReport(out, 6, 0, 6, [], added=[]))
+    _summary("tracks", ExtractReport(out, 6, 6, 0, []))
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.split("wrote 6 tracks to ")[1:]]
+    assert lines == [f"{out} (4 extracted, 2 from the cache, 0 failed; 4 new since the last extraction in {out} "
+                     "('a', 'b[1]', 'c', ...))",
+                     f"{out} (0 extracted, 6 from the cache, 0 failed; 0 new since the last extraction in {out})",
+                     f"{out} (6 extracted, 0 from the cache, 0 failed)"]

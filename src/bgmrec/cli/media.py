@@ -40,20 +40,26 @@ def options_named(**options: str) -> Iterator[None]:
         raise ValueError(e.worded(options)) from None
 
 
-def _summary(what: str, out: Path, done: int, extracted: int, cached: int, failures: list,
-             warnings: list[str], captions_embedded: int | None = None) -> None:
+def _summary(what: str, report) -> None:
+    """Print an extraction's :class:`~bgmrec.features.cache.ExtractReport`: its warnings (stderr), counts, the
+    inputs new since the folder's last extraction (up to three ids) and the first failures."""
     from bgmrec.features.cache import KEPT
     from bgmrec.features.recommend import warn_on_stderr
 
-    for w in warnings:
+    out, failures, captions_embedded = report.out, report.failures, report.captions_embedded
+    for w in report.warnings:
         warn_on_stderr(w)
     con = _console()
     failed = [f for f in failures if not f[1].startswith(KEPT)]
     # notes on kept inputs by kind: "kept without text: ..." is counted as "2 without text"
     notes = Counter(reason.split(":", 1)[0].removeprefix(KEPT) for _, reason in failures if reason.startswith(KEPT))
     captions = "" if captions_embedded is None else f"; {captions_embedded} caption(s) embedded, others from the cache"
-    con.print(f"wrote {done} {what} to {out} ({extracted} extracted, {cached} from the cache, "
-              f"{len(failed)} failed" + "".join(f", {k} {note}" for note, k in sorted(notes.items())) + captions + ")")
+    added = "" if report.added is None else f"; {len(report.added)} new since the last extraction in {out}" + (
+        f" ({', '.join(map(repr, report.added[:3]))}{', ...' if len(report.added) > 3 else ''})" if report.added
+        else "")
+    con.print(f"wrote {report.done} {what} to {out} ({report.extracted} extracted, {report.cached} from the cache, "
+              f"{len(failed)} failed" + "".join(f", {k} {note}" for note, k in sorted(notes.items())) + captions
+              + added + ")", markup=False)
     for f, reason in failures[:10]:
         con.print(f"  {f}: {reason}", markup=False, soft_wrap=True)
     if len(failures) > 10:
@@ -80,7 +86,7 @@ def extract_music_cmd(
         cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)  # checks the options before any work
         r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
                           progress=progress)
-    _summary("tracks", out, r.done, r.extracted, r.cached, r.failures, r.warnings)
+    _summary("tracks", r)
 
 
 @app.command("extract-videos")
@@ -101,7 +107,7 @@ def extract_videos_cmd(
     with options_named(frames="--frames", threads="--threads"):
         cfg = VideoConfig(frames=frames, threads=threads)  # checks the options before any work
     r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
-    _summary("videos", out, r.done, r.extracted, r.cached, r.failures, r.warnings, r.captions_embedded)
+    _summary("videos", r)
 
 
 BUILD_OPTIONS = ("seed", "val_share", "test_share", "negatives")  # BuildConfig's fields build-dataset has as options

@@ -68,7 +68,7 @@ from bgmrec.features.cache import (
     check_output_folder,
     first_missing,
     key_columns,
-    left_out_warning,
+    last_extraction,
     media_keys,
     nothing_extracted,
     one_line,
@@ -539,7 +539,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in media_keys(t, p, audio_dir)],
                                  f"track file in {audio_dir}") if meta else None
     uncovered = meta_coverage_warnings(Path(meta), metadata, kept, audio_dir) if meta else []
-    left_out = left_out_warning(out, [r[0] for r in rows], "track", audio_dir, failures)
+    left_out, added = last_extraction(out, [r[0] for r in rows], "track", audio_dir, failures)
     manifest = {
         "kind": CATALOG_KIND,
         "extractors": {"opensmile": {"feature_set": config.opensmile_set, "level": "functionals",
@@ -559,7 +559,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures,
-                         [w for w in [unused] if w] + uncovered + [w for w in [left_out] if w])
+                         [w for w in [unused] if w] + uncovered + [w for w in [left_out] if w], added=added)
 
 
 def load_catalog(root: Path) -> Catalog:

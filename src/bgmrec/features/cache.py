@@ -53,6 +53,7 @@ class ExtractReport:
     failures: list[tuple[str, str]]  # (file, reason), warnings included (e.g. a video used without its caption)
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. metadata rows naming no file
     captions_embedded: int | None = None  # extract-videos with captions: those embedded in this run (not cached)
+    added: list[str] | None = None  # ids in the output that the folder's last extraction did not have (None: none)
 
 
 def av_version() -> str:
@@ -416,25 +417,28 @@ def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = 
                            "refusing to write into it (choose another output folder or empty this one)")
 
 
-def left_out_warning(out: Path, ids: list[str], what: str, source: Path,
-                     failures: list[tuple[str, str]]) -> str | None:
-    """A warning line when the folder ``out`` already holds inputs (its manifest's ``ids``) that the extraction
-    about to replace it, of ``ids``, leaves out, other than those of its ``failures`` (``failures.csv`` names
-    them); None otherwise. A folder holds the inputs of its last extraction only: extracting just the new files
-    of a growing catalogue into it dropped the earlier ones without a word."""
+def last_extraction(out: Path, ids: list[str], what: str, source: Path,
+                    failures: list[tuple[str, str]]) -> tuple[str | None, list[str] | None]:
+    """How the extraction about to replace the folder ``out``, of ``ids``, differs from the one it holds (its
+    manifest's ``ids``): a warning line when it leaves out inputs the folder held, other than those of its
+    ``failures`` (``failures.csv`` names them), else None; and the ids it adds, None when the folder holds no
+    extraction. A folder holds the inputs of its last extraction only: extracting just the new files of a growing
+    catalogue into it dropped the earlier ones without a word; and an app could not tell which tracks were new."""
     try:
         before = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8")).get("ids")
     except (OSError, ValueError, AttributeError, RecursionError):
-        return None
+        return None, None
     if not isinstance(before, list):
-        return None
+        return None, None
+    held = set(before)
+    added = [i for i in ids if i not in held]
     now = set(ids) | {Path(file).stem for file, reason in failures if not reason.startswith(KEPT)}
     gone = [i for i in before if i not in now]
     if not gone:
-        return None
+        return None, added
     return (f"{out}: {len(gone)} of the {len(before)} {what}(s) it held are not in this extraction of {source} "
             f"(e.g. {gone[0]!r}) and were removed: the folder holds the {what}s of its last extraction only; "
-            "extract the whole collection to keep them (vectors computed before come from the cache)")
+            "extract the whole collection to keep them (vectors computed before come from the cache)"), added
 
 
 def first_missing(path: Path) -> Path | None:

@@ -68,7 +68,7 @@ from bgmrec.features.cache import (
     csv_records,
     first_missing,
     key_columns,
-    left_out_warning,
+    last_extraction,
     media_keys,
     nothing_extracted,
     one_line,
@@ -566,7 +566,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                    "failed": sum(1 for _, r in failures if not r.startswith(KEPT))},
         "content_hash": arrays_sha256(vis, text_vecs, text_mask),
     }
-    left_out = left_out_warning(out, manifest["ids"], "video", video_dir, failures)
+    left_out, added = last_extraction(out, manifest["ids"], "video", video_dir, failures)
     write_files_together(out, {  # all or nothing: a failed write leaves an earlier videos folder as it was
         "visual.npy": lambda tmp: save_npy_atomic(tmp, vis),
         "text.npy": lambda tmp: save_npy_atomic(tmp, text_vecs),
@@ -575,7 +575,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
-                         [w for w in [unused, left_out] if w], captions_embedded=len(missing) if captions else None)
+                         [w for w in [unused, left_out] if w], captions_embedded=len(missing) if captions else None,
+                         added=added)
 
 
 def load_video_features(root: Path) -> VideoFeatures:
