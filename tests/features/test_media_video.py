@@ -437,7 +437,8 @@ def test_a_clip_cut_off_after_half_its_samples_is_kept_and_noted_in_failures_csv
     capsys.readouterr()
     assert main(["extract-videos", str(d), "--out", str(out), "--no-progress"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "(1 extracted, 1 from the cache, 0 failed, 1 with repeated frames)" in printed  # no captions: no count
+    assert (f"(1 extracted, 1 from the cache, 0 failed, 1 with repeated frames; 0 new since the last extraction in "
+            f"{out})") in printed  # no captions: no count
     assert f"cut.mkv: {note}" in printed
 
 
