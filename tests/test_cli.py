@@ -1232,3 +1232,38 @@ def test_train_says_which_run_it_replaced_at_out(cli_world, tmp_path, capsys):
     assert (f"note: replaced the run that was at {tmp_path / 'run'} (popularity trained on "
             f"{cli_world.resolve()}, data fingerprint {dataset_fingerprint(cli_world)}); to keep runs to roll "
             "back to, train each into a folder of its own") in capsys.readouterr().err
+
+
+def test_json_dash_writes_the_result_alone_to_stdout(cli_world, popularity_run, tmp_path, capsys):
+    # --json - wrote a file named "-"; a script piping the result had no way to get it on stdout
+    for command in (["evaluate", "--run", str(popularity_run), "--data", str(cli_world)],
+                    ["compare", "--baseline", str(popularity_run), "--run", str(popularity_run), "--data",
+                     str(cli_world), "--resamples", "100"],
+                    ["describe", str(cli_world)]):
+        capsys.readouterr()
+        assert main([*command, "--json", "-"]) == 0
+        captured = capsys.readouterr()
+        result = json.loads(captured.out)  # stdout is the JSON and nothing else
+        assert "provenance" in result or "describe" in result
+        assert "wrote" not in captured.err and captured.err.strip()  # the tables went to stderr
+    assert not (Path.cwd() / "-").exists()
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world)]) == 0
+    assert "R@10" in capsys.readouterr().out  # the tables are back on stdout for the next command
+
+
+def test_json_to_a_pipe_or_a_link_is_refused_or_written_through(cli_world, popularity_run, tmp_path, capsys):
+    # --json /dev/stdout: piped, the check read the pipe and hung; redirected, the link was replaced by a file
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--json", str(fifo)]) == 2
+    assert _error(capsys) == (f"error: --json {fifo}: is not a regular file (a pipe or a device); give the path of a "
+                              "file, or - for stdout")
+    target = tmp_path / "real.json"
+    target.touch()
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--json", str(link)]) == 0
+    assert link.is_symlink() and "provenance" in json.loads(target.read_text())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -91,40 +93,40 @@ def simulate(
 @app.command()
 def describe(
     data: Path = typer.Argument(..., help="dataset folder"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the description to this file"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the description to this file (- for stdout)"),
 ) -> None:
     """What a dataset holds (counts, features, genres, splits, origin) and its fingerprints, which runs and
     figures record: the same three mean the same data."""
     from rich.table import Table
 
-    from bgmrec.data.dataset import load_dataset, write_json_atomic
+    from bgmrec.data.dataset import load_dataset
 
-    check_result_file(json_out, "describe")
-    summary = load_dataset(data).summary()
-    record = runs.dataset_record(data)
-    console.print(f"{data}: {summary['videos']:,} videos ({summary['professional_videos']:,} professional, "
-                  f"{summary['captioned_videos']:,} with a caption), {summary['tracks']:,} tracks "
-                  f"({summary['new_tracks']:,} new), {summary['uploaders']:,} uploaders; features "
-                  + ", ".join(f"{k} {v}" for k, v in summary["features"].items()) + f"; made by {summary['made_by']}",
-                  markup=False, highlight=False)
-    splits = Table(title="splits")
-    for h in ("split", "role", "rows", "candidates", "negatives", "IPW weights", "known uploaders"):  # counted: 1/(1+n)
-        splits.add_column(h, justify="left" if h in ("split", "role") else "right")
-    for name, s in summary["splits"].items():
-        weights = "-" if not s["negatives"] else "stored" if s["weights"] else "counted"  # only sampled figures
-        splits.add_row(name, s["role"], f"{s['rows']:,}", f"{s['candidate_tracks']:,} ({s['candidates']})",
-                       str(s["negatives"] or "-"), weights, f"{s['known_uploaders']:,}")
-    genres = Table(title="genres")
-    for h in ("genre", "tracks", "share of training positives"):
-        genres.add_column(h, justify="left" if h == "genre" else "right")
-    for name, g in summary["genres"].items():
-        genres.add_row(name, f"{g['tracks']:,}", f"{g['train_share']:.1%}")
-    console.print(splits, genres)
-    for key in runs.FINGERPRINTS:
-        console.print(f"{key}: {record[key]}", markup=False, highlight=False)
-    if json_out is not None:
-        write_json_atomic(json_out, {"describe": summary, **record})
-        console.print(f"wrote {json_out}")
+    json_out = check_result_file(json_out, "describe")
+    with result_on_stdout(json_out):
+        summary = load_dataset(data).summary()
+        record = runs.dataset_record(data)
+        console.print(f"{data}: {summary['videos']:,} videos ({summary['professional_videos']:,} professional, "
+                      f"{summary['captioned_videos']:,} with a caption), {summary['tracks']:,} tracks "
+                      f"({summary['new_tracks']:,} new), {summary['uploaders']:,} uploaders; features "
+                      + ", ".join(f"{k} {v}" for k, v in summary["features"].items())
+                      + f"; made by {summary['made_by']}", markup=False, highlight=False)
+        splits = Table(title="splits")
+        # IPW weights "counted": 1 / (1 + the track's training count)
+        for h in ("split", "role", "rows", "candidates", "negatives", "IPW weights", "known uploaders"):
+            splits.add_column(h, justify="left" if h in ("split", "role") else "right")
+        for name, s in summary["splits"].items():
+            weights = "-" if not s["negatives"] else "stored" if s["weights"] else "counted"  # only sampled figures
+            splits.add_row(name, s["role"], f"{s['rows']:,}", f"{s['candidate_tracks']:,} ({s['candidates']})",
+                           str(s["negatives"] or "-"), weights, f"{s['known_uploaders']:,}")
+        genres = Table(title="genres")
+        for h in ("genre", "tracks", "share of training positives"):
+            genres.add_column(h, justify="left" if h == "genre" else "right")
+        for name, g in summary["genres"].items():
+            genres.add_row(name, f"{g['tracks']:,}", f"{g['train_share']:.1%}")
+        console.print(splits, genres)
+        for key in runs.FINGERPRINTS:
+            console.print(f"{key}: {record[key]}", markup=False, highlight=False)
+    write_result(json_out, {"describe": summary, **record})
 
 
 @app.command()
@@ -242,33 +244,33 @@ def evaluate(
                                        "model computed elsewhere (README: a model of another codebase)"),
     data: Path = typer.Option(..., help="dataset folder"),
     split: str = typer.Option("test", help="split to evaluate (test, test_new_music, test_unbiased, ...)"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the full result object to this file"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the full result object to this file (- for "
+                                                              "stdout)"),
     mode: str | None = typer.Option(None, help="inference mode for models that have several (DecCM)"),
     ranks_out: Path | None = typer.Option(None, "--ranks", help="write each query's ranks to this CSV (video, track, "
                                                                 "uploader, full_rank, sampled_rank), in the split's "
                                                                 "order: for paired tests of your own"),
 ) -> None:
     """Evaluate a trained model: full-catalogue ranking, sampled 1+K, IPW and bias figures."""
-    from bgmrec.data.dataset import load_dataset, write_json_atomic, write_text_atomic
+    from bgmrec.data.dataset import load_dataset, write_text_atomic
     from bgmrec.eval.protocol import RANK_KEYS
     from bgmrec.eval.protocol import evaluate as run_eval
     from bgmrec.eval.report import rich_tables
 
-    check_result_file(json_out, "evaluate")
-    check_ranks_file(ranks_out)
-    if ranks_out is not None and json_out is not None and ranks_out.resolve() == json_out.resolve():
-        raise ValueError(f"--ranks {ranks_out} and --json name the same file; give each its own")
-    ds = load_dataset(data)
-    rec = load_scorer(run, ds, mode)
-    result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
-    ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
-    said = run_warnings({run: rec}, data, split)  # once the figures exist: an error says nothing more
-    said += [m for m in (note_if_training_split(ds, split), warn_if_below_chance(result, rec)) if m]
-    for t in rich_tables([result]):
-        console.print(t)
-    if json_out is not None:
-        write_json_atomic(json_out, {**result, "warnings": said, "provenance": runs.provenance(data, {"run": run})})
-        console.print(f"wrote {json_out}")
+    json_out = check_result_file(json_out, "evaluate")
+    with result_on_stdout(json_out):
+        check_ranks_file(ranks_out)
+        if ranks_out is not None and json_out is not None and ranks_out.resolve() == json_out.resolve():
+            raise ValueError(f"--ranks {ranks_out} and --json name the same file; give each its own")
+        ds = load_dataset(data)
+        rec = load_scorer(run, ds, mode)
+        result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
+        ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
+        said = run_warnings({run: rec}, data, split)  # once the figures exist: an error says nothing more
+        said += [m for m in (note_if_training_split(ds, split), warn_if_below_chance(result, rec)) if m]
+        for t in rich_tables([result]):
+            console.print(t)
+    write_result(json_out, {**result, "warnings": said, "provenance": runs.provenance(data, {"run": run})})
     if ranks is not None:
         write_text_atomic(ranks_out, ranks_csv(ds, split, *ranks))
         console.print(f"wrote {ranks_out}")
@@ -381,13 +383,13 @@ def compare(
                                                  "one of them after sampled_ or ipw_ (the sampled 1+K protocol)"),
     resamples: int = typer.Option(10_000, help="bootstrap resamples (and at most as many sign vectors)"),
     level: float = typer.Option(0.95, help="confidence level of the intervals"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the comparison to this file"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the comparison to this file (- for stdout)"),
 ) -> None:
     """Is --run better than --baseline on the same queries? Paired bootstrap interval and randomisation test."""
     from rich.markup import escape
     from rich.table import Table
 
-    from bgmrec.data.dataset import load_dataset, write_json_atomic
+    from bgmrec.data.dataset import load_dataset
     from bgmrec.eval.protocol import COMPARED_PROTOCOLS, compared_protocol
     from bgmrec.eval.protocol import compare as paired
     from bgmrec.eval.report import change_cell, label
@@ -395,30 +397,29 @@ def compare(
 
     protocol, rank_metric = compared_protocol(metric)
     check_settings(resamples, level)
-    check_result_file(json_out, "compare")
-    ds = load_dataset(data)
-    models = [load_scorer(folder, ds, m) for folder, m in ((baseline, baseline_mode), (run, mode))]
-    c = paired(*models, ds, split, metric, resamples, level)
-    said = run_warnings(dict(zip((baseline, run), models, strict=True)), data, split)
-    said += [m for m in (note_if_training_split(ds, split),) if m]
-    names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
-             for folder, rec in zip((baseline, run), models, strict=True)]
-    described = f"{COMPARED_PROTOCOLS[protocol]} {rank_metric}"
-    t = Table(title=f"{split}: {c.n_queries} queries, {described}, {level:.0%} intervals")
-    for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
-        t.add_column(h, justify="left" if h in ("baseline", "run") else "right")
-    lo, hi = c.difference_ci
-    shown = names if names[0] != names[1] or baseline == run else [  # two runs of one model: which is which
-        f"{name} ({folder})" for name, folder in zip(names, (baseline, run), strict=True)]
-    t.add_row(*(escape(x) for x in shown), f"{c.baseline:.4f}", f"{c.candidate:.4f}",
-              f"{c.difference:+.4f} [{lo:+.4f}, {hi:+.4f}]", change_cell(c))
-    console.print(t)
-    if json_out is not None:
-        write_json_atomic(json_out, {"split": split, "baseline_run": str(baseline.resolve()),
-                                     "candidate_run": str(run.resolve()), "baseline_model": names[0],
-                                     "candidate_model": names[1], **c.to_json(), "warnings": said,
-                                     "provenance": runs.provenance(data, {"baseline": baseline, "candidate": run})})
-        console.print(f"wrote {json_out}")
+    json_out = check_result_file(json_out, "compare")
+    with result_on_stdout(json_out):
+        ds = load_dataset(data)
+        models = [load_scorer(folder, ds, m) for folder, m in ((baseline, baseline_mode), (run, mode))]
+        c = paired(*models, ds, split, metric, resamples, level)
+        said = run_warnings(dict(zip((baseline, run), models, strict=True)), data, split)
+        said += [m for m in (note_if_training_split(ds, split),) if m]
+        names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
+                 for folder, rec in zip((baseline, run), models, strict=True)]
+        described = f"{COMPARED_PROTOCOLS[protocol]} {rank_metric}"
+        t = Table(title=f"{split}: {c.n_queries} queries, {described}, {level:.0%} intervals")
+        for h in ("baseline", "run", "baseline value", "run value", "difference", "change"):
+            t.add_column(h, justify="left" if h in ("baseline", "run") else "right")
+        lo, hi = c.difference_ci
+        shown = names if names[0] != names[1] or baseline == run else [  # two runs of one model: which is which
+            f"{name} ({folder})" for name, folder in zip(names, (baseline, run), strict=True)]
+        t.add_row(*(escape(x) for x in shown), f"{c.baseline:.4f}", f"{c.candidate:.4f}",
+                  f"{c.difference:+.4f} [{lo:+.4f}, {hi:+.4f}]", change_cell(c))
+        console.print(t)
+    write_result(json_out, {"split": split, "baseline_run": str(baseline.resolve()),
+                            "candidate_run": str(run.resolve()), "baseline_model": names[0],
+                            "candidate_model": names[1], **c.to_json(), "warnings": said,
+                            "provenance": runs.provenance(data, {"baseline": baseline, "candidate": run})})
 
 
 @app.command()
@@ -465,18 +466,17 @@ def bench_quality(
 @bench_app.command("speed")
 def bench_speed(
     work: Path = typer.Option(Path("runs/bench"), help="folder for the tt150k world"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the figures to this file"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the figures to this file (- for stdout)"),
 ) -> None:
     """Simulation time and memory at tt150k, seconds per training epoch, full-catalogue scoring time."""
     from bgmrec.bench import run_speed
-    from bgmrec.data.dataset import write_json_atomic
 
-    check_result_file(json_out, "bench speed")
-    figures = run_speed(work, console)
-    figures["machine"] = runs.machine()
-    figures["commit"] = runs.git_commit()
-    if json_out is not None:
-        write_json_atomic(json_out, figures)
+    json_out = check_result_file(json_out, "bench speed")
+    with result_on_stdout(json_out):
+        figures = run_speed(work, console)
+        figures["machine"] = runs.machine()
+        figures["commit"] = runs.git_commit()
+    write_result(json_out, figures)
 
 
 @bench_app.command("ceiling")
@@ -536,14 +536,25 @@ RESULT_KEYS = {"evaluate": [("model", "split", "full")],
 RESULT_BYTES = 64 * 2**20  # no result is this large: a larger file is refused unread
 
 
-def check_result_file(path: Path | None, command: str) -> None:
-    """Refuse, before any work, a ``--json`` path of ``command`` that names a folder, or an existing file that is
-    neither empty (as ``mktemp`` makes) nor an earlier result of the same command (a dataset's manifest.json, a
-    run's config.json, a features array: replacing it would break what it belongs to)."""
-    if path is None:
-        return
+STDOUT = Path("-")  # --json -: the result on stdout (for a pipe), the command's tables and notes on stderr
+
+
+def check_result_file(path: Path | None, command: str) -> Path | None:
+    """The file a ``--json`` path of ``command`` writes to (a symbolic link's target; :data:`STDOUT` for ``-``).
+    Refused before any work: a folder, something other than a regular file (a pipe or a device: ``-`` is
+    stdout), or an existing file that is neither empty (as ``mktemp`` makes) nor an earlier result of the same
+    command (a dataset's manifest.json, a run's config.json, a features array: replacing it would break what it
+    belongs to)."""
+    if path is None or path == STDOUT:
+        return path
     if path.is_dir():
         raise ValueError(f"--json {path}: is a folder; give the path of a file to write the result to")
+    if path.exists() and not path.is_file():  # reading a pipe to check it waited for ever
+        raise ValueError(f"--json {path}: is not a regular file (a pipe or a device); give the path of a file, or "
+                         "- for stdout")
+    path = path.resolve() if path.is_symlink() else path  # replaced atomically, a link would become a file
+    if not path.exists() or path.is_file() and path.stat().st_size == 0:
+        return path
     if not path.exists() or path.is_file() and path.stat().st_size == 0:
         return
     try:
@@ -553,3 +564,30 @@ def check_result_file(path: Path | None, command: str) -> None:
     if not (isinstance(found, dict) and any(all(key in found for key in keys) for keys in RESULT_KEYS[command])):
         raise ValueError(f"--json {path}: exists and is not a result of bgmrec {command} --json; refusing to replace "
                          "it (choose another path, or remove the file)")
+    return path
+
+
+@contextmanager
+def result_on_stdout(path: Path | None) -> Iterator[None]:
+    """With ``--json -`` (:data:`STDOUT`) the command's tables and notes go to stderr while it runs, so that
+    stdout holds its JSON result only."""
+    if path != STDOUT:
+        yield
+        return
+    console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console.file = None  # stdout again, whatever sys.stdout is then
+
+
+def write_result(path: Path | None, obj) -> None:
+    """Write a command's ``--json`` result: to stdout for :data:`STDOUT`, else atomically to the file, saying so."""
+    from bgmrec.data.dataset import strict_json, write_json_atomic
+
+    if path == STDOUT:
+        sys.stdout.write(json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
+        sys.stdout.flush()
+    elif path is not None:
+        write_json_atomic(path, obj)
+        console.print(f"wrote {path}", markup=False, highlight=False)
