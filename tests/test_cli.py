@@ -1267,3 +1267,32 @@ def test_json_to_a_pipe_or_a_link_is_refused_or_written_through(cli_world, popul
     link.symlink_to(target)
     assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--json", str(link)]) == 0
     assert link.is_symlink() and "provenance" in json.loads(target.read_text())
+
+
+def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, capsys):
+    # piped to a CI log, train printed nothing until it ended, then the bar's last frame, on stdout
+    capsys.readouterr()
+    assert main(["train", "--data", str(cli_world), "--model", "twotower-infonce", "--out", str(tmp_path / "r"),
+                 "--epochs", "2", "--set", "hidden=16", "--set", "latent_dim=8"]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if " epoch " in line]
+    assert [line.split(" loss ")[0] for line in lines] == ["twotower-infonce epoch 1", "twotower-infonce epoch 2"]
+    assert lines[0].endswith(" s)") and "(1/2, " in lines[0] and "val R@10 " in lines[0]
+    assert " epoch " not in captured.out and "saved twotower-infonce" in captured.out
+    assert main(["train", "--data", str(cli_world), "--model", "twotower-infonce", "--out", str(tmp_path / "r"),
+                 "--epochs", "2", "--set", "hidden=16", "--set", "latent_dim=8", "--no-progress"]) == 0
+    assert " epoch " not in capsys.readouterr().err
+
+
+def test_an_extractions_progress_reaches_a_log_a_line_per_tenth(capsys):
+    from bgmrec.features.cache import progress_bar
+
+    capsys.readouterr()
+    with progress_bar("tracks", 20) as advance:
+        for _ in range(20):
+            advance()
+    with progress_bar("videos", 3) as advance:
+        advance(3)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"tracks: {k}/20" for k in range(2, 21, 2)] + ["videos: 3/3"]
+    assert lines[0].startswith("tracks: 2/20 (10%, ") and lines[-1].startswith("videos: 3/3 (100%, ")

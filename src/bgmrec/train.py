@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import numbers
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,11 +210,19 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
 
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int, name: str) -> Iterator:
-    """A bar of ``total`` epochs; yields ``show(description)``, which advances it by one epoch. Stopped
-    (the terminal's cursor given back) however the block ends: Ctrl-C and SIGTERM too."""
+    """A bar of ``total`` epochs on stderr; yields ``show(description)``, which advances it by one epoch. Stopped
+    (the terminal's cursor given back) however the block ends: Ctrl-C and SIGTERM too. Where stderr is not a
+    terminal (a CI log, a file) each epoch is a plain line there instead: a bar drew nothing until its end."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
+    if enabled and not console.is_terminal:
+        epoch, t0 = iter(range(1, total + 1)), time.perf_counter()
+        yield lambda description: print(f"{description} ({next(epoch)}/{total}, {time.perf_counter() - t0:.0f} s)",
+                                        file=sys.stderr, flush=True)
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not enabled) as bar:
+                  console=console, disable=not enabled) as bar:
         task = bar.add_task(name, total=total)
         yield lambda description: bar.update(task, advance=1, description=description)

@@ -187,6 +187,7 @@ def train(
                                     "--set seed=N"),
     set_: list[str] | None = typer.Option(None, "--set", help="config field override, key=value (repeatable)"),
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
+    progress: bool = typer.Option(True, help="show each epoch on stderr (a bar on a terminal, else a line each)"),
 ) -> None:
     """Train a model on the dataset's train split (early stopping on val) and save it."""
     from bgmrec.models.base import read_run_record
@@ -194,7 +195,7 @@ def train(
     sets = parse_sets(set_)
     epochs = runs.epochs_if_trained_in_epochs(model, epochs, sets)
     before = read_run_record(out) if (out / "config.json").is_file() else None
-    rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher)
+    rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher, progress)
     if before is not None:  # a weekly retrain into one folder lost last week's run, the rollback, without a word
         print(f"note: replaced the run that was at {out} ({before.get('model', 'a model')} trained on "
               f"{before.get('data', 'an unrecorded dataset')}, data fingerprint "

@@ -26,6 +26,8 @@ import json
 import os
 import shutil
 import stat
+import sys
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -224,10 +226,13 @@ def regular_file_size(path: Path) -> int:
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator:
-    """A Rich progress bar; yields ``advance(n=1)``. Disabled (a no-op) when ``enabled`` is False."""
+    """A Rich progress bar on stderr; yields ``advance(n=1)``. Disabled (a no-op) when ``enabled`` is False.
+    Where stderr is not a terminal (a CI log, a file) a plain line there says each tenth done instead: a bar drew
+    nothing until its end."""
     if not enabled:
         yield lambda n=1: None
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -237,8 +242,19 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         TimeRemainingColumn,
     )
 
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        done, t0 = [0], time.perf_counter()
+
+        def advance(n: int = 1) -> None:
+            before, done[0] = done[0], done[0] + n
+            if total and done[0] * 10 // total > before * 10 // total:  # a tenth more done
+                print(f"{description}: {done[0]}/{total} ({done[0] / total:.0%}, {time.perf_counter() - t0:.0f} s)",
+                      file=sys.stderr, flush=True)
+        yield advance
+        return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as prog:
+                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False, console=console) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
 
