@@ -100,7 +100,8 @@ def test_recommend_excludes_tracks_and_keeps_genres_as_the_service_does(world, c
     assert one_line_err(capsys).startswith("error: --genre: unknown genre(s) polka; the catalogue has ")
 
 
-def test_table_output_and_cmvae_modality_share(world, capsys):
+def test_table_output_and_cmvae_modality_share(world, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # piped with COLUMNS set, ids were cut to "t00…" and scores to "1.2…"
     assert main(["train", "--data", str(world / "data"), "--model", "cmvae", "--out", str(world / "cmvae"),
                  "--epochs", "1"]) == 0
     res = recommend_json(capsys, ["--run", str(world / "cmvae"), "--catalog", str(world / "catalog"),
@@ -118,6 +119,7 @@ def test_table_output_and_cmvae_modality_share(world, capsys):
                                                     "--top", "2"])["tracks"]]
     rows = [line for line in out.splitlines() if "Song" in line]
     assert len(rows) == 2 and all(i in row for i, row in zip(ids, rows, strict=True))  # the id beside its title
+    assert "…" not in out
 
 
 def one_line_err(capsys) -> str:

@@ -264,7 +264,7 @@ def test_val_or_test_videos_also_in_train_are_warned_of(tmp_path):
     assert any(n.startswith("warning: val: 1 of 20 rows have videos that are in") for n in rep.notes), rep.notes
 
 
-def test_copies_and_leftovers_in_the_negatives_folder_are_named(tmp_path):
+def test_copies_and_leftovers_in_the_negatives_folder_are_named(tmp_path, capsys):
     # a stray copy of val.npy became a test split and a test file holding val's rows imported without a word;
     # macOS's "._val.npy" beside an unzipped val.npy refused the whole import
     src = build_reference(tmp_path / "ref")
@@ -279,6 +279,13 @@ def test_copies_and_leftovers_in_the_negatives_folder_are_named(tmp_path):
     video, music = (int(x) for x in ds.splits["val"][0, :2])
     assert (f"warning: 20 of the 20 rows of val_old are rows of val too (e.g. video {video}, music {music}): the "
             "same queries in two evaluation splits") in rep.notes
+    from bgmrec.cli import main
+
+    capsys.readouterr()
+    assert main(["import-tt150k", str(src), str(tmp_path / "ds")]) == 0
+    captured = capsys.readouterr()  # the warnings on stderr, as every command's; the other notes on stdout
+    assert "warning: 20 of the 20 rows of val_old are rows of val too" in " ".join(captured.err.split())
+    assert "rows of val too" not in captured.out and "- val_old: imported as an evaluation split" in captured.out
     val = np.load(neg / "val.npy", allow_pickle=True)
     test = np.load(neg / "test.npy", allow_pickle=True)
     np.save(neg / "test.npy", np.concatenate([test[:19], test[:1]]), allow_pickle=True)  # a row twice

@@ -91,3 +91,25 @@ def test_a_split_with_fewer_negatives_than_the_papers_says_so_under_its_table():
                                                      "100 (the split has fewer candidates)")
     assert fewer_negatives_note(results, "val") is None
     assert [t.caption for t in rich_tables(results)] == [fewer_negatives_note(results, "test"), None]
+
+
+def test_a_narrow_terminal_folds_headers_and_keeps_every_figure_whole(tiny_ds):
+    # in an 80-column terminal evaluate's table showed cov@10 as "0.4…" and two columns both as "s-R@…"
+    import io
+
+    from rich.console import Console
+
+    from bgmrec.eval.protocol import evaluate
+    from bgmrec.eval.report import rich_tables, rows_for_split
+    from bgmrec.models.base import FeatureSpec, SplitView
+    from bgmrec.models.registry import build
+
+    model = build("popularity", FeatureSpec.of(tiny_ds), {}).fit(SplitView(tiny_ds, "train"))
+    results = [{**evaluate(model, tiny_ds, "test"), "label": "popularity"}]
+    out = io.StringIO()
+    Console(file=out, width=80).print(*rich_tables(results))
+    text = out.getvalue()
+    assert "…" not in text
+    head, row = rows_for_split(results, "test")
+    assert all(cell in text for cell in row[1:])
+    assert max(len(line) for line in text.splitlines()) <= 80 or len(" ".join(row)) > 80

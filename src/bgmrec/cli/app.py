@@ -17,6 +17,14 @@ app = typer.Typer(
 )
 
 
+def make_console(stderr: bool = False, highlight: bool = True):
+    """A Rich console for a command's output: as wide as the terminal on one, else 200 columns (piped or logged,
+    tables were wrapped at 80 columns or at a COLUMNS setting, cutting ids and figures)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=highlight, width=None if Console(stderr=stderr).is_terminal else 200)
+
+
 @contextmanager
 def library_warnings_on_one_line() -> Iterator[None]:
     """Within: a warning of one of bgmrec's own categories (a :class:`Warning` subclass of a bgmrec module, such

@@ -10,12 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from bgmrec import runs
-from bgmrec.cli.app import app
+from bgmrec.cli.app import app, make_console
 
-console = Console(width=None if Console().is_terminal else 200)  # wide tables when piped or logged
+console = make_console()
 
 
 EXTRA_MODULES = {  # the top-level modules each optional extra of pyproject.toml installs, which commands import late

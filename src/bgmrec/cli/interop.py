@@ -10,15 +10,17 @@ from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app
+from bgmrec.cli.app import app, make_console
 
 
 def print_report(title: str, report) -> None:
-    """Print an :class:`bgmrec.data.tt150k.InteropReport` as Rich tables."""
-    from rich.console import Console
+    """Print an :class:`bgmrec.data.tt150k.InteropReport` as Rich tables; its notes that are warnings on stderr, as
+    every command's."""
     from rich.table import Table
 
-    console = Console()
+    from bgmrec.features.recommend import warn_on_stderr
+
+    console = make_console()
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -30,7 +32,10 @@ def print_report(title: str, report) -> None:
     for item in report.missing:
         console.print(f"[yellow]missing (optional):[/yellow] {item}")
     for note in report.notes:
-        console.print(f"- {note}")
+        if note.startswith("warning: "):
+            warn_on_stderr(note.removeprefix("warning: "))
+        else:
+            console.print(f"- {note}", markup=False)
 
 
 @app.command("import-tt150k")

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app
+from bgmrec.cli.app import app, make_console
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
+    return make_console(stderr, highlight=False)
 
 
 @contextmanager

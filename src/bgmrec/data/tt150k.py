@@ -481,7 +481,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
 
     side = _read_sidecar(src)
     if side:
-        rep.notes.append(f"{SIDECAR} found: restoring what the layout cannot hold (written by bgmrec export)")
+        rep.notes.append(f"{SIDECAR} found: restoring what the layout cannot hold (written by bgmrec export-tt150k)")
 
     # features
     visual = _float_matrix(read_npy(path(F_VISUAL), lab(F_VISUAL)), lab(F_VISUAL))
