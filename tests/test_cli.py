@@ -860,19 +860,21 @@ def test_training_on_a_dataset_without_val_rows_warns_that_nothing_stops_it_earl
 
 def test_bench_quality_changes_world_parameters_and_names_its_files_by_them(tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
-    monkeypatch.chdir(tmp_path)  # the default --out: docs/ of the working folder
+    monkeypatch.chdir(tmp_path)  # docs/ of the working folder, where the default --out was
     assert main(["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work", str(work),
                  "--world", "gamma=0", "--world", "delta=0.5"]) == 0
     label = "tiny+delta=0.5+gamma=0"
     world = json.loads((work / f"{label}-seed0" / "data" / "manifest.json").read_text())["provenance"]["world"]
     assert (world["gamma"], world["delta"], world["seed"], world["n_videos"]) == (0.0, 0.5, 0, 2_000)
-    report = (tmp_path / "docs" / "benchmarks+delta=0.5+gamma=0.md").read_text()
+    # the default --out is in --work: in docs/ it replaced the committed report of any other run (a tiny world's)
+    assert not (tmp_path / "docs").exists()
+    report = (work / "benchmarks+delta=0.5+gamma=0.md").read_text()
     assert "World parameters changed from the presets in every world: delta=0.5, gamma=0." in report
     assert f"## World `{label}` (seeds 0)" in report
-    rows = json.loads((tmp_path / "docs" / f"benchmarks_{label}.json").read_text())
+    rows = json.loads((work / f"benchmarks_{label}.json").read_text())
     assert {r["label"] for r in rows} == {"popularity"} and {r["seed"] for r in rows} == {0}
-    assert (tmp_path / "docs" / f"bench_{label}_test.png").is_file()
-    assert not (tmp_path / "docs" / "benchmarks.md").exists()  # the presets' report is left alone
+    assert (work / f"bench_{label}_test.png").is_file()
+    assert not (work / "benchmarks.md").exists()  # the presets' report is left alone
     capsys.readouterr()
     assert bgmrec.bench.world_label("small", {"gamma": "2.0", "genre_shares": "0.5, 0.5"}) == \
         "small+gamma=2+genre_shares=0.5,0.5"  # one spelling, one folder

@@ -443,7 +443,8 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("quality")
 def bench_quality(
     out: Path | None = typer.Option(None, help="Markdown report to write, plots and JSON beside it (default: "
-                                    "docs/benchmarks.md, with --world docs/benchmarks+KEY=VALUE....md)"),
+                                    "WORK/benchmarks.md, with --world WORK/benchmarks+KEY=VALUE....md; the "
+                                    "committed reports are docs/benchmarks.md and docs/benchmarks_tt150k.md)"),
     scales: str = typer.Option("small", help="comma-separated world presets, e.g. small,tt150k"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds (one world per seed)"),
     models: str | None = typer.Option(None, help="comma-separated models (default: every demo model)"),
@@ -453,13 +454,13 @@ def bench_quality(
     world: list[str] | None = typer.Option(None, "--world", help="a world parameter changed from the presets, "
                                            "key=value as for simulate --set (repeatable; not seed)"),
 ) -> None:
-    """Every model on every split of simulated worlds, mean and spread over seeds -> docs/benchmarks.md."""
+    """Every model on every split of simulated worlds, mean and spread over seeds -> a Markdown report."""
     from bgmrec.bench import command_line, run_quality, world_label
 
     command = command_line(runs.command_argv(), "bgmrec bench quality")
     changed = parse_sets(world, "--world")
     run_quality(scales.split(","), [int(s) for s in seeds.split(",")],
-                out or Path("docs") / f"benchmarks{world_label('', changed)}.md", work,
+                out or Path(work) / f"benchmarks{world_label('', changed)}.md", work,
                 models.split(",") if models else None, console, command, resume, changed)
 
 
@@ -481,8 +482,8 @@ def bench_speed(
 
 @bench_app.command("ceiling")
 def bench_ceiling(
-    out: Path | None = typer.Option(None, help="Markdown report to write (default: docs/track_term_ceiling.md, "
-                                    "with --no-fit docs/intervened_SCALE.md)"),
+    out: Path | None = typer.Option(None, help="Markdown report to write (default: WORK/track_term_ceiling.md, "
+                                    "with --no-fit WORK/intervened_SCALE.md; the committed ones are in docs/)"),
     scale: str = typer.Option("small", help="world preset of the quality benchmark's runs"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds whose runs to read"),
     work: Path = typer.Option(Path("runs/bench"), help="the quality benchmark's folder for worlds and runs"),
@@ -502,7 +503,7 @@ def bench_ceiling(
 
     command = command_line(runs.command_argv(), "bgmrec bench ceiling")
     if out is None:
-        out = Path("docs/track_term_ceiling.md" if fit else f"docs/intervened_{scale}.md")
+        out = Path(work) / ("track_term_ceiling.md" if fit else f"intervened_{scale}.md")
     run_track_term_ceiling(scale, [int(s) for s in comma_list(seeds)], work, out, console, command,
                            models=CEILING_MODELS if models is None else comma_list(models),
                            intervened=comma_list(intervened), redraws=redraws, fit_track_terms=fit)
@@ -515,7 +516,8 @@ def comma_list(text: str) -> tuple[str, ...]:
 
 @bench_app.command("gamma")
 def bench_gamma(
-    out: Path = typer.Option(Path("docs/gamma_sweep.md"), help="Markdown report (plot beside it)"),
+    out: Path | None = typer.Option(None, help="Markdown report, plot beside it (default: WORK/gamma_sweep.md; the "
+                                    "committed one is docs/gamma_sweep.md)"),
     gammas: str = typer.Option("0,1,2", help="comma-separated confounding strengths"),
     scale: str = typer.Option("small", help="world preset"),
     seed: int = typer.Option(0, help="world and training seed"),
@@ -524,7 +526,8 @@ def bench_gamma(
     """DecCM's gain over CMVAE on test_unbiased as the confounding strength gamma grows."""
     from bgmrec.bench import command_line, run_gamma_sweep
 
-    run_gamma_sweep([float(g) for g in gammas.split(",")], scale, seed, work, out, console,
+    run_gamma_sweep([float(g) for g in gammas.split(",")], scale, seed, work, out or Path(work) / "gamma_sweep.md",
+                    console,
                     command_line(runs.command_argv(), "bgmrec bench gamma"))
 
 

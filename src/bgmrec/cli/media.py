@@ -284,7 +284,8 @@ def recommend_cmd(
 
 @app.command("bench-media")
 def bench_media_cmd(
-    out: Path = typer.Option(Path("docs/bench_media.md"), help="Markdown file to write"),
+    out: Path = typer.Option(Path("runs/bench/bench_media.md"), help="Markdown file to write (the committed one is "
+                                                                      "docs/bench_media.md)"),
     tracks: int = typer.Option(6, help="synthetic 60-s tracks timed for music extraction"),
     catalog_size: int = typer.Option(3000, help="tracks in the random-feature catalogue for recommend"),
     repeats: int = typer.Option(5, help="timed repeats of the warm clip and recommend measurements"),
