@@ -1298,3 +1298,23 @@ def test_an_extractions_progress_reaches_a_log_a_line_per_tenth(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" (")[0] for line in lines] == [f"tracks: {k}/20" for k in range(2, 21, 2)] + ["videos: 3/3"]
     assert lines[0].startswith("tracks: 2/20 (10%, ") and lines[-1].startswith("videos: 3/3 (100%, ")
+
+
+def test_an_output_under_a_file_is_refused_before_any_work_and_system_errors_take_one_line(cli_world, popularity_run,
+                                                                                          tmp_path, capsys):
+    # evaluate --json out.json/x.json evaluated, then failed with a 54-line FileExistsError traceback
+    afile = tmp_path / "out.json"
+    afile.write_text("{}")
+    for option in ("--json", "--ranks"):
+        assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), option,
+                     str(afile / "x")]) == 2
+        assert _error(capsys) == (f"error: {option} {afile / 'x'}: cannot be made: {afile} is a file, where a folder "
+                                  "must be")
+    from bgmrec.cli.core import report_error
+
+    assert report_error(PermissionError(13, "Permission denied", "/srv/out.json")) == 2
+    assert _error(capsys) == "error: /srv/out.json: Permission denied"
+    assert report_error(OSError(28, "No space left on device", "runs/x", None, "runs/y")) == 2
+    assert _error(capsys) == "error: runs/x: No space left on device (runs/y)"
+    with pytest.raises(OSError):
+        report_error(OSError("no path: a fault of the program"))  # not the user's: its traceback is shown

@@ -34,11 +34,14 @@ def report_error(e: Exception) -> int:
     if extra is not None:
         print(f"error: this command needs the {extra} extra (pip install 'bgmrec[{extra}]'): {e}", file=sys.stderr)
         return 2
-    if isinstance(e, DatasetError | ValueError | FileNotFoundError | KeyError):
-        message = " ".join(str(e).split())  # one line, printed as is (no markup, no wrapping)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    raise e
+    if isinstance(e, OSError) and e.filename is not None:  # a path the system refused: named, without a traceback
+        message = f"{e.filename}: {e.strerror or e}" + (f" ({e.filename2})" if e.filename2 is not None else "")
+    elif isinstance(e, DatasetError | ValueError | FileNotFoundError | KeyError):
+        message = str(e)
+    else:
+        raise e
+    print("error: " + " ".join(message.split()), file=sys.stderr)  # one line, printed as is (no markup, no wrapping)
+    return 2
 
 
 def missing_extra(e: BaseException) -> str | None:
@@ -303,6 +306,7 @@ def check_ranks_file(path: Path | None) -> None:
         return
     if path.is_dir():
         raise ValueError(f"--ranks {path}: is a folder; give the path of a CSV file to write the ranks to")
+    check_parent_folders(path, "--ranks")
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as f:
             first = f.readline(len(RANKS_HEADER) + 2).decode("utf-8", "replace").strip()
@@ -552,6 +556,7 @@ def check_result_file(path: Path | None, command: str) -> Path | None:
         return path
     if path.is_dir():
         raise ValueError(f"--json {path}: is a folder; give the path of a file to write the result to")
+    check_parent_folders(path, "--json")
     if path.exists() and not path.is_file():  # reading a pipe to check it waited for ever
         raise ValueError(f"--json {path}: is not a regular file (a pipe or a device); give the path of a file, or "
                          "- for stdout")
@@ -568,6 +573,16 @@ def check_result_file(path: Path | None, command: str) -> Path | None:
         raise ValueError(f"--json {path}: exists and is not a result of bgmrec {command} --json; refusing to replace "
                          "it (choose another path, or remove the file)")
     return path
+
+
+def check_parent_folders(path: Path, option: str) -> None:
+    """Refuse, before any work, an output ``path`` of ``option`` whose nearest existing parent is not a folder (a
+    file where a folder must be: the write failed with a traceback once the work was done)."""
+    parent = Path(path).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: cannot be made: {parent} is a file, where a folder must be")
 
 
 @contextmanager
