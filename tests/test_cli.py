@@ -195,9 +195,19 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
                                   str(world.parent / "runs" / "popularity"), "--data", str(world), "--mode",
                                   "content"], ("offers only its one mode",)),
         "compare-bad-level": (["compare", "--baseline", str(tmp / "norun"), "--run", str(tmp / "norun"), "--data",
-                               str(world), "--level", "95"], ("level must be in (0, 1)",)),
+                               str(world), "--level", "95"], ("--level must be in (0, 1)",)),
         "compare-bad-resamples": (["compare", "--baseline", str(tmp / "norun"), "--run", str(tmp / "norun"),
-                                   "--data", str(world), "--resamples", "0"], ("resamples must be an integer >= 1",)),
+                                   "--data", str(world), "--resamples", "0"], ("--resamples must be an integer >= 1",)),
+        "bench-seeds-not-numbers": (["bench", "quality", "--scales", "tiny", "--seeds", "0,x", "--work",
+                                     str(tmp / "w")], ("--seeds 0,x: expected comma-separated integers, e.g. 0,1,2",)),
+        "bench-no-gammas": (["bench", "gamma", "--gammas", ",", "--work", str(tmp / "w")],
+                            ("--gammas: give at least one value",)),
+        "serve-unknown-index": (["serve", "--run", str(tmp / "norun"), "--catalog", str(world), "--index", "fais"],
+                                ("--index must be 'exact' or 'faiss', got 'fais'",)),
+        "serve-ef-search-without-faiss": (["serve", "--run", str(tmp / "norun"), "--catalog", str(world),
+                                           "--ef-search", "64"],
+                                          ("--ef-search must be a positive integer and is read by the faiss index "
+                                           "only, got 64 with --index 'exact'",)),
         "ceiling-unknown-model": (["bench", "ceiling", "--scale", "tiny", "--work", str(tmp / "w"), "--models",
                                    "cmvae", "--intervened", "cmvea", "--out", out],
                                   ("unknown model 'cmvea'", "choose among random")),
@@ -208,7 +218,8 @@ BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest
        "csv-field-too-long", "data-is-a-file", "out-under-a-file", "missing-run", "unknown-split",
        "bad-set-value", "ceiling-without-runs", "ceiling-default-models",
        "ceiling-unknown-model", "ceiling-nothing-to-report", "ceiling-teacher-on-the-intervened-world",
-       "compare-unknown-metric", "compare-unknown-mode", "compare-bad-level", "compare-bad-resamples"]
+       "compare-unknown-metric", "compare-unknown-mode", "compare-bad-level", "compare-bad-resamples",
+       "bench-seeds-not-numbers", "bench-no-gammas", "serve-unknown-index", "serve-ef-search-without-faiss"]
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -26,6 +26,18 @@ def make_console(stderr: bool = False, highlight: bool = True):
 
 
 @contextmanager
+def options_named(**options: str) -> Iterator[None]:
+    """The library's config errors inside (:class:`~bgmrec.data.dataset.FieldError`, naming config fields
+    such as ``max_seconds``) worded with this command's options (``max_seconds="--seconds"``)."""
+    from bgmrec.data.dataset import FieldError
+
+    try:
+        yield
+    except FieldError as e:
+        raise ValueError(e.worded(options)) from None
+
+
+@contextmanager
 def library_warnings_on_one_line() -> Iterator[None]:
     """Within: a warning of one of bgmrec's own categories (a :class:`Warning` subclass of a bgmrec module, such
     as :class:`bgmrec.models.registry.PluginWarning` or :class:`bgmrec.features.recommend.FeatureMismatchWarning`)

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from bgmrec import runs
-from bgmrec.cli.app import app, make_console
+from bgmrec.cli.app import app, make_console, options_named
 
 console = make_console()
 
@@ -400,7 +400,8 @@ def compare(
     from bgmrec.eval.significance import check_settings
 
     protocol, rank_metric = compared_protocol(metric)
-    check_settings(resamples, level)
+    with options_named(resamples="--resamples", level="--level"):
+        check_settings(resamples, level)
     json_out = check_result_file(json_out, "compare")
     with result_on_stdout(json_out):
         ds = load_dataset(data)
@@ -463,7 +464,7 @@ def bench_quality(
 
     command = command_line(runs.command_argv(), "bgmrec bench quality")
     changed = parse_sets(world, "--world")
-    run_quality(scales.split(","), [int(s) for s in seeds.split(",")],
+    run_quality(scales.split(","), numbers(seeds, "--seeds", int),
                 out or Path(work) / f"benchmarks{world_label('', changed)}.md", work,
                 models.split(",") if models else None, console, command, resume, changed)
 
@@ -508,7 +509,7 @@ def bench_ceiling(
     command = command_line(runs.command_argv(), "bgmrec bench ceiling")
     if out is None:
         out = Path(work) / ("track_term_ceiling.md" if fit else f"intervened_{scale}.md")
-    run_track_term_ceiling(scale, [int(s) for s in comma_list(seeds)], work, out, console, command,
+    run_track_term_ceiling(scale, numbers(seeds, "--seeds", int), work, out, console, command,
                            models=CEILING_MODELS if models is None else comma_list(models),
                            intervened=comma_list(intervened), redraws=redraws, fit_track_terms=fit)
 
@@ -516,6 +517,19 @@ def bench_ceiling(
 def comma_list(text: str) -> tuple[str, ...]:
     """``"a, b,"`` -> ``("a", "b")``: a comma-separated option's names, stripped, empty ones left out."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def numbers(text: str, option: str, kind: type[int] | type[float]) -> list:
+    """A comma-separated ``option``'s numbers (``"0, 1,2"`` -> ``[0, 1, 2]``), refused in words naming it: ``--seeds
+    0,x`` said "invalid literal for int() with base 10"."""
+    try:
+        values = [kind(item) for item in comma_list(text)]
+    except ValueError:
+        raise ValueError(f"{option} {text}: expected comma-separated {'integers' if kind is int else 'numbers'}, "
+                         "e.g. 0,1,2") from None
+    if not values:
+        raise ValueError(f"{option}: give at least one value, e.g. 0,1,2")
+    return values
 
 
 @bench_app.command("gamma")
@@ -530,7 +544,7 @@ def bench_gamma(
     """DecCM's gain over CMVAE on test_unbiased as the confounding strength gamma grows."""
     from bgmrec.bench import command_line, run_gamma_sweep
 
-    run_gamma_sweep([float(g) for g in gammas.split(",")], scale, seed, work, out or Path(work) / "gamma_sweep.md",
+    run_gamma_sweep(numbers(gammas, "--gammas", float), scale, seed, work, out or Path(work) / "gamma_sweep.md",
                     console,
                     command_line(runs.command_argv(), "bgmrec bench gamma"))
 

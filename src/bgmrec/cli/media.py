@@ -13,29 +13,15 @@ import json
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app, make_console
+from bgmrec.cli.app import app, make_console, options_named
 
 
 def _console(stderr: bool = False):
     return make_console(stderr, highlight=False)
-
-
-@contextmanager
-def options_named(**options: str) -> Iterator[None]:
-    """The library's config errors inside (:class:`~bgmrec.data.dataset.FieldError`, naming config fields
-    such as ``max_seconds``) worded with this command's options (``max_seconds="--seconds"``)."""
-    from bgmrec.data.dataset import FieldError
-
-    try:
-        yield
-    except FieldError as e:
-        raise ValueError(e.worded(options)) from None
 
 
 def _summary(what: str, report) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app
+from bgmrec.cli.app import app, options_named
 
 
 def check_can_listen(host: str, port: int) -> None:
@@ -69,10 +69,19 @@ def serve_cmd(
         raise ValueError(f"bgmrec serve needs the serve extra (pip install 'bgmrec[serve]'): {e}") from None
     if not 0 < max_upload_mb < float("inf") or max_upload_mb * 2**20 < 1:
         raise ValueError(f"--max-upload-mb must be a positive number (at least one byte), got {max_upload_mb}")
+    from bgmrec.features.recommend import (
+        ClipRecommender,
+        check_search,
+        frames_to_sample,
+        open_catalog,
+        warn_on_stderr,
+    )
+
+    with options_named(index="--index", ef_search="--ef-search"):  # before the model and the catalogue are loaded
+        check_search(index, ef_search)
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
     import torch
 
-    from bgmrec.features.recommend import ClipRecommender, frames_to_sample, open_catalog, warn_on_stderr
     from bgmrec.features.video import VideoConfig
     from bgmrec.models.base import load_model
     from bgmrec.runs import warn_if_model_code_changed

@@ -77,16 +77,18 @@ def check_settings(resamples: int, level: float | None = 0.95) -> None:
     """ValueError unless ``resamples`` >= 1 and ``level`` is in (0, 1) (checked before any ranking). With a
     ``level`` (an interval is made), each of the interval's two tails must hold at least one resample:
     ``resamples`` >= 2 / (1 - level), 40 at 95%."""
+    from bgmrec.data.dataset import FieldError  # a ValueError naming the argument (a command's option: worded)
+
     if not isinstance(resamples, int | np.integer) or resamples < 1:
-        raise ValueError(f"resamples must be an integer >= 1, got {resamples}")
+        raise FieldError(f"{{resamples}} must be an integer >= 1, got {resamples}", "resamples")
     if level is None:
         return
     if not 0 < level < 1:  # False for NaN too
-        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level}")
+        raise FieldError(f"{{level}} must be in (0, 1), e.g. 0.95, got {level}", "level")
     least = math.ceil(2 / (1 - level) - 1e-9)
     if resamples < least:
-        raise ValueError(f"resamples {resamples} is too few for a {level:.0%} interval: each tail must hold at least "
-                         f"one resample, so at least {least} (the default is 10,000)")
+        raise FieldError(f"{{resamples}} {resamples} is too few for a {level:.0%} interval: each tail must hold at "
+                         f"least one resample, so at least {least} (the default is 10,000)", "resamples")
 
 
 def bootstrap_means(values: np.ndarray, resamples: int, seed: int = 0) -> np.ndarray:

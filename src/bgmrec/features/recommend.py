@@ -197,6 +197,19 @@ def normalised_taste(weights: np.ndarray) -> np.ndarray:
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def check_search(index: str, ef_search: int | None) -> None:
+    """A :class:`~bgmrec.data.dataset.FieldError` unless ``index`` is "exact" or "faiss" and ``ef_search`` is None
+    or, with "faiss", a positive integer (:class:`ClipRecommender`'s arguments; ``serve`` checks its options so
+    before loading anything)."""
+    from bgmrec.data.dataset import FieldError
+
+    if index not in ("exact", "faiss"):
+        raise FieldError(f"{{index}} must be 'exact' or 'faiss', got {index!r}", "index")
+    if ef_search is not None and (index != "faiss" or ef_search < 1):
+        raise FieldError(f"{{ef_search}} must be a positive integer and is read by the faiss index only, got "
+                         f"{ef_search} with {{index}} {index!r}", "ef_search", "index")
+
+
 class ClipRecommender:
     """A trained model and a catalogue, ready for many clips: the catalogue is encoded and indexed once.
 
@@ -219,11 +232,7 @@ class ClipRecommender:
         from bgmrec.data.dataset import check_distinct_ids
         from bgmrec.index import ExactIndex, FaissIndex
 
-        if index not in ("exact", "faiss"):
-            raise ValueError(f"index must be 'exact' or 'faiss', got {index!r}")
-        if ef_search is not None and (index != "faiss" or ef_search < 1):
-            raise ValueError(f"ef_search must be a positive integer and is read by the faiss index only, got "
-                             f"{ef_search} with index {index!r}")
+        check_search(index, ef_search)
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         if not isinstance(catalog, Catalog):
