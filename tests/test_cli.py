@@ -87,6 +87,8 @@ def test_train_then_evaluate_json(cli_world, popularity_run, tmp_path, capsys):
     assert set(res["per_genre_recall@10"]) == {"pop", "hiphop", "electronic", "rock", "classical", "folk"}
     assert 0.0 <= res["full"]["recall@10"] <= 1.0
     assert "R@10" in capsys.readouterr().out  # the table is printed too
+
+
 def test_models_lists_every_registry_name(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -96,9 +98,10 @@ def test_models_lists_every_registry_name(capsys):
 
 @pytest.mark.parametrize("cmd", _commands(), ids=lambda c: " ".join(c))
 def test_help_for_every_command(cmd, capsys):
-    assert main([*cmd, "--help"]) == 0
-    out = capsys.readouterr().out
-    assert "Usage" in out and cmd[-1] in out
+    for flag in ("--help", "-h"):  # -h was refused as an unknown option
+        assert main([*cmd, flag]) == 0
+        out = capsys.readouterr().out
+        assert "Usage" in out and cmd[-1] in out
 
 
 def test_top_level_help(capsys):

@@ -73,7 +73,8 @@ def simulate(
                                        "genre preference); 0 removes it; same as --set gamma=X"),
     delta: float | None = typer.Option(None, help="popularity bias (weight of log pop); 0 removes it; same as "
                                        "--set delta=X"),
-    set_: list[str] | None = typer.Option(None, "--set", help="any other world parameter, key=value"),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                          help="any other world parameter, key=value"),
 ) -> None:
     """Simulate a world (the built-in dataset) with its ground truth in OUT_DIR/truth."""
     from bgmrec.data.simulate import save_world, simulate, world_config
@@ -187,7 +188,8 @@ def train(
                                       "with a warning); same as --set epochs=N"),
     seed: int | None = typer.Option(None, min=0, help="seed for initialisation and batching (default 0); same as "
                                     "--set seed=N"),
-    set_: list[str] | None = typer.Option(None, "--set", help="config field override, key=value (repeatable)"),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                          help="config field override, key=value (repeatable)"),
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
     progress: bool = typer.Option(True, help="show each epoch on stderr (a bar on a terminal, else a line each)"),
 ) -> None:
@@ -216,8 +218,10 @@ def tune(
                               "is scored)"),
     model: str = typer.Option(..., help="model name (see `bgmrec models`)"),
     out: Path = typer.Option(..., help="folder for one run per grid point, tuning.json and tuning.md"),
-    grid: list[str] = typer.Option(..., help="key=value to try; repeat a key for each of its values"),
-    set_: list[str] | None = typer.Option(None, "--set", help="config field fixed for every point, key=value"),
+    grid: list[str] = typer.Option(..., metavar="KEY=VALUE",
+                                   help="key=value to try; repeat a key for each of its values"),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                          help="config field fixed for every point, key=value"),
     seed: int | None = typer.Option(None, min=0, help="seed of every point, same as --set seed=N (default 0: --seed 0 "
                                     "resumes a grid started without one)"),
     teacher: Path | None = typer.Option(None, help="DecCM: one teacher run for every point (else one is trained "
@@ -456,7 +460,8 @@ def bench_quality(
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
     resume: bool = typer.Option(False, help="reuse runs in WORK trained by the same code (a hash of bgmrec's "
                                             "sources) instead of retraining"),
-    world: list[str] | None = typer.Option(None, "--world", help="a world parameter changed from the presets, "
+    world: list[str] | None = typer.Option(None, "--world", metavar="KEY=VALUE",
+                                           help="a world parameter changed from the presets, "
                                            "key=value as for simulate --set (repeatable; not seed)"),
 ) -> None:
     """Every model on every split of simulated worlds, mean and spread over seeds -> a Markdown report."""
