@@ -195,6 +195,7 @@ def test_the_progress_bar_is_stopped_however_training_ends(tiny_ds, tiny_spec, m
     """A bar left running keeps the terminal's cursor hidden after Ctrl-C or SIGTERM."""
     import rich.progress
 
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # a bar on a terminal (elsewhere, a line per epoch)
     stopped = []
     real_stop = rich.progress.Progress.stop
     monkeypatch.setattr(rich.progress.Progress, "stop", lambda self: (stopped.append(True), real_stop(self)))
