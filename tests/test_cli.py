@@ -1263,6 +1263,8 @@ def test_json_dash_writes_the_result_alone_to_stdout(cli_world, popularity_run, 
         assert "provenance" in result or "describe" in result
         assert "wrote" not in captured.err and captured.err.strip()  # the tables went to stderr
     assert not (Path.cwd() / "-").exists()
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--ranks", "-"]) == 2
+    assert _error(capsys).startswith("error: --ranks -: give the path of a CSV file")
     capsys.readouterr()
     assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world)]) == 0
     assert "R@10" in capsys.readouterr().out  # the tables are back on stdout for the next command

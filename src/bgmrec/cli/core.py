@@ -308,6 +308,9 @@ def check_ranks_file(path: Path | None) -> None:
     neither empty nor an earlier ``--ranks`` CSV."""
     if path is None:
         return
+    if path == STDOUT:  # one file on stdout: the result's JSON (--json -)
+        raise ValueError("--ranks -: give the path of a CSV file to write the ranks to (--json - prints the result "
+                         "on stdout)")
     if path.is_dir():
         raise ValueError(f"--ranks {path}: is a folder; give the path of a CSV file to write the ranks to")
     check_parent_folders(path, "--ranks")
