@@ -585,8 +585,6 @@ def check_result_file(path: Path | None, command: str) -> Path | None:
     path = path.resolve() if path.is_symlink() else path  # replaced atomically, a link would become a file
     if not path.exists() or path.is_file() and path.stat().st_size == 0:
         return path
-    if not path.exists() or path.is_file() and path.stat().st_size == 0:
-        return
     try:
         found = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size <= RESULT_BYTES else None
     except (OSError, ValueError, RecursionError):
