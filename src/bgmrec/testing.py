@@ -9,7 +9,8 @@ class on the tiny simulated world (:func:`tiny_world_folder`, fixtures ``contrac
 * ``recommend`` returns valid, distinct ids with scores sorted best first;
 * a batch of videos is encoded exactly as each video alone;
 * excluded ids never come back (one array for every query, or one list per query);
-* two fits with the same seed give identical scores;
+* two fits with the same seed give identical scores, and so does a second fit of one model (every fit starts
+  from the model's initialisation, not from what an earlier fit trained);
 * ``save`` then :func:`bgmrec.models.base.load_model` gives identical scores, and the folder holds
   only ``config.json``, ``weights.safetensors`` (and ``history.json``) -- no pickle;
 * features of the wrong width raise :class:`bgmrec.data.dataset.DatasetError` with a clear message.
@@ -238,6 +239,16 @@ class RecommenderContractMixin:
             assert distance.shape == (len(catalog),) and np.isfinite(distance).all() and (distance >= 0).all()
 
     def test_seeded_determinism(self, model, fresh_model, queries, catalog):
+        np.testing.assert_array_equal(fresh_model.score(queries, catalog), model.score(queries, catalog))
+
+    def test_a_second_fit_starts_afresh(self, model, fresh_model, contract_ds, queries, catalog):
+        """``fit`` on a fitted model trains from the model's initialisation for its seed, as its first fit did (a
+        notebook cell run again gives the same figures), not the already trained model further."""
+        fresh_model.fit(SplitView(contract_ds, "train"), SplitView(contract_ds, "val"))
+        again, once = fresh_model.state_arrays(), model.state_arrays()
+        assert sorted(again) == sorted(once)
+        for key, value in once.items():
+            np.testing.assert_array_equal(again[key], value, err_msg=f"{self.model_name}: {key} after a second fit")
         np.testing.assert_array_equal(fresh_model.score(queries, catalog), model.score(queries, catalog))
 
     def test_another_seed_scores_otherwise_exactly_when_the_model_uses_its_seed(self, model, contract_ds,
