@@ -233,6 +233,16 @@ class RecommenderContractMixin:
                 pytest.fail(f"{self.model_name}: fit(train={train!r}, val={val!r}) accepted the test split "
                             f"{culprit!r}: fit must call self.check_fit_data(train, val) first")
 
+    def test_fit_refuses_a_config_changed_after_the_model_was_built(self, contract_ds, contract_spec):
+        """``fit`` refuses a config changed since the model was built (here its seed), naming the field, before any
+        training (:meth:`~bgmrec.models.base.Recommender.check_config_unchanged`)."""
+        unfitted = build(self.model_name, contract_spec, dict(self.overrides))
+        seed = unfitted.config.seed
+        unfitted.config.seed = seed + 1
+        with pytest.raises(ValueError, match=rf"config changed after the model was built \(seed {seed} -> {seed + 1}"):
+            unfitted.fit(SplitView(contract_ds, "train"), SplitView(contract_ds, "val"))
+        assert not unfitted.fitted
+
     def test_music_distance_from_training_is_none_or_one_per_track(self, model, catalog):
         distance = model.music_distance_from_training(catalog)
         if distance is not None:  # a model that keeps its training music's statistics

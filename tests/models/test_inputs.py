@@ -20,6 +20,7 @@ from bgmrec.models.baselines import PopularityRecommender
 from bgmrec.models.cmvae import CMVAE
 from bgmrec.models.deccm import teacher_config
 from bgmrec.models.registry import build, model_names
+from unfitted import as_fitted
 
 SMALL = {"hidden": "16", "latent_dim": 8}
 TINY_TRACKS = 200  # the tiny world's
@@ -214,6 +215,54 @@ def test_a_model_never_fitted_is_not_saved(tiny_ds, tiny_spec, tmp_path, name):
     assert not model.fitted
     assert model.fit(SplitView(tiny_ds, "train")).fitted
     assert load_model(model.save(tmp_path / "run")).fitted  # a loaded model is fitted: saved again as it is
+
+
+@pytest.mark.parametrize("name", ["popularity", "cmvae"])
+def test_a_model_never_fitted_is_not_scored(tiny_ds, tiny_spec, name):
+    """evaluate, score and recommend ranked by its initialisation without a word (CMVAE: near chance)."""
+    from bgmrec.eval.protocol import evaluate
+
+    model = build(name, tiny_spec, {} if name == "popularity" else {**SMALL, "epochs": 1})
+    q, catalog = VideoQuery.from_dataset(tiny_ds, np.arange(4)), MusicCatalog.from_dataset(tiny_ds)
+    message = (rf"^{name} \(\w+\): not fitted, so its scores would come from its initialisation \(near chance\); call "
+               r"fit first, or load a fitted model with load_model$")
+    calls = [lambda: evaluate(model, tiny_ds, "test"), lambda: model.score(q, catalog),
+             lambda: model.recommend(q, catalog, k=5), lambda: model.encode_videos(q),
+             lambda: model.encode_music(catalog)]
+    if name == "cmvae":
+        calls.append(lambda: model.modality_shares(q))
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+    model.fit(SplitView(tiny_ds, "train"))  # its validation scores it while it is being fitted
+    assert model.score(q, catalog).shape == (4, tiny_ds.n_tracks)
+    assert 0 <= evaluate(model, tiny_ds, "test")["full"]["recall@10"] <= 1
+
+
+@pytest.mark.parametrize("change,said", [
+    ({"latent_dim": 4}, "latent_dim 16 -> 4"),  # was ignored: the network was built with 16
+    ({"dropout": 0.9}, "dropout 0.2 -> 0.9"),  # was trained with 0.2, and config.json said 0.9
+    ({"lr": "fast"}, "lr 0.002 -> 'fast'"),  # was a TypeError deep in the optimiser
+    ({"latent_dim": 4, "seed": 3}, "seed 0 -> 3; latent_dim 16 -> 4"),  # in the config's order
+])
+def test_fit_refuses_a_config_changed_after_the_model_was_built(tiny_ds, tiny_spec, change, said):
+    model = build("cmvae", tiny_spec, {"hidden": "16", "latent_dim": 16, "epochs": 1})
+    built = {key: getattr(model.config, key) for key in change}
+    for key, value in change.items():
+        setattr(model.config, key, value)
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"cmvae: config changed after the model was built ({said}); fit trains the model its config was built "
+            "as: build a new model with these values (bgmrec.models.registry.build(name, spec, {field: value, "
+            "...}))") + "$"):
+        model.fit(SplitView(tiny_ds, "train"))
+    assert not model.fitted
+    for key, value in built.items():  # put back as built: accepted
+        setattr(model.config, key, value)
+    assert model.fit(SplitView(tiny_ds, "train")).fitted
+    random = build("random", tiny_spec, {"dim": 8})  # a model without a network: its projections were drawn at dim 8
+    random.config.dim = 4
+    with pytest.raises(ValueError, match=r"^random: config changed after the model was built \(dim 8 -> 4\)"):
+        random.fit(SplitView(tiny_ds, "train"))
 
 
 class _FailsAfterItsParent(PopularityRecommender):
@@ -411,9 +460,10 @@ def test_genre_positions_and_tastes_by_hand():
 
 @pytest.mark.parametrize("name", ["random", "popularity", "cca", "twotower-hinge", "cmvae-noprior"])
 def test_a_model_not_reading_genre_ids_scores_a_reordered_dataset_alike(tiny_ds, tiny_spec, reordered, name):
-    model = build(name, tiny_spec, {} if name in ("random", "popularity", "cca") else SMALL)
-    if name in ("popularity", "cca"):
-        model.fit(SplitView(tiny_ds, "train"))
+    if name in ("random", "popularity", "cca"):
+        model = build(name, tiny_spec).fit(SplitView(tiny_ds, "train"))
+    else:  # whether its encoders read the genre shows on its initial weights
+        model = as_fitted(build(name, tiny_spec, SMALL))
     q = VideoQuery.from_dataset(tiny_ds, np.arange(8), np.zeros(8, np.int64))
     np.testing.assert_array_equal(model.score(q, MusicCatalog.from_dataset(reordered)),
                                   model.score(q, MusicCatalog.from_dataset(tiny_ds)))

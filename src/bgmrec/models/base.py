@@ -378,10 +378,13 @@ class Recommender(ABC):
     reads_genre: bool = True
     #: True once ``fit`` has returned (every subclass's, see ``__init_subclass__``) or :func:`load_model` loaded it
     fitted: bool = False
+    #: True while ``fit`` runs (its validation encodes the model before it is fitted)
+    fitting: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Make the ``fit`` a subclass defines mark the model fitted when it returns: :meth:`save` refuses a model
-        never fitted (its weights are its initialisation, and loaded back it would score at random)."""
+        """Wrap the ``fit`` a subclass defines: it first refuses a config changed since the model was built
+        (:meth:`check_config_unchanged`), and marks the model fitted when it returns: :meth:`save`, ``encode_videos``
+        and ``encode_music`` refuse a model never fitted (its weights are its initialisation: at random)."""
         super().__init_subclass__(**kwargs)
         fit = cls.__dict__.get("fit")
         if fit is None or getattr(fit, "marks_fitted", False):
@@ -389,12 +392,15 @@ class Recommender(ABC):
 
         @functools.wraps(fit)
         def fit_and_mark(self: Recommender, *args: Any, **kw: Any) -> Recommender:
-            outermost = type(self).fit is fit_and_mark  # not a super().fit() within a subclass's fit
-            if outermost:  # a fit that raises leaves the model unfitted, even one fitted before
-                self.fitted = False
-            out = fit(self, *args, **kw)
-            if outermost:
-                self.fitted = True
+            if type(self).fit is not fit_and_mark:  # a super().fit() within a subclass's fit
+                return fit(self, *args, **kw)
+            self.check_config_unchanged()
+            self.fitted, self.fitting = False, True  # a fit that raises leaves it unfitted, even one fitted before
+            try:
+                out = fit(self, *args, **kw)
+            finally:
+                self.fitting = False
+            self.fitted = True
             return out
 
         fit_and_mark.marks_fitted = True
@@ -402,6 +408,7 @@ class Recommender(ABC):
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         self.config = config
+        self._built_config = asdict(config)  # what check_config_unchanged compares ``config`` with
         self.spec = spec
         self.history: list[dict] = []  # one entry per epoch for trained models
         self.source: str | None = None  # the config.json it was loaded from (named in input errors)
@@ -443,6 +450,27 @@ class Recommender(ABC):
         ``progress`` shows a progress bar (the CLI sets it; the library stays quiet by default).
         """
 
+    def check_config_unchanged(self) -> None:
+        """ValueError naming each field of ``self.config`` changed since the model was built (``fit`` calls it
+        first): the model was made from the config it was given (its network's sizes, the config's range checks),
+        so training with another would ignore some changes, record others in ``config.json`` untrained, and fail
+        deep in training on a value never checked."""
+        now = asdict(self.config)
+        changed = [f"{k} {self._built_config.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}"
+                   for k in dict.fromkeys([*self._built_config, *now]) if now.get(k) != self._built_config.get(k)]
+        if changed:
+            raise ValueError(f"{self.name}: config changed after the model was built ({'; '.join(changed)}); fit "
+                             "trains the model its config was built as: build a new model with these values "
+                             "(bgmrec.models.registry.build(name, spec, {field: value, ...}))")
+
+    def check_fitted(self) -> None:
+        """ValueError unless the model is fitted (:attr:`fitted`: by ``fit``, or loaded by :func:`load_model`) or
+        being fitted: the encodings, and so ``score``, ``recommend`` and the evaluation, of a model never fitted
+        come from its initialisation and rank near chance."""
+        if not (self.fitted or self.fitting):
+            raise ValueError(f"{self.name} ({type(self).__name__}): not fitted, so its scores would come from its "
+                             "initialisation (near chance); call fit first, or load a fitted model with load_model")
+
     def check_fit_data(self, train: SplitView, val: SplitView | None = None) -> None:
         """ValueError unless ``train`` (and ``val``) are splits of one dataset with the feature sizes and
         genres this model was built for (``self.spec``), ``train`` of role train and ``val`` not a test
@@ -474,14 +502,17 @@ class Recommender(ABC):
 
     def encode_videos(self, q: VideoQuery) -> np.ndarray:
         """Video embeddings [n, d] (float32, finite); ``score`` is their inner product with music embeddings.
-        Uploaders' tastes over other genres (``q.genres``) are mapped to the model's by name."""
+        Uploaders' tastes over other genres (``q.genres``) are mapped to the model's by name. A model never fitted
+        is refused (:meth:`check_fitted`)."""
+        self.check_fitted()
         q = self.spec.videos_in_model_genres(q)
         self.spec.check_videos(q, self.source)
         return self._finite("encode_videos", self._encode_videos(q))
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
         """Music embeddings [M, d] (float32, finite). Genre ids of other genres (``c.genres``) are mapped to the
-        model's by name."""
+        model's by name. A model never fitted is refused (:meth:`check_fitted`)."""
+        self.check_fitted()
         c = self.spec.music_in_model_genres(c, warn=self.reads_genre)
         self.spec.check_music(c, self.source)
         return self._finite("encode_music", self._encode_music(c))
