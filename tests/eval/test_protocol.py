@@ -369,8 +369,10 @@ def test_a_fitted_oracle_refuses_videos_and_tracks_outside_its_world(tiny_world,
     with pytest.raises(ValueError, match=f"world of {ds.n_videos} videos, and video index {ds.n_videos} is outside"):
         oracle.encode_videos(outside)
     catalog = MusicCatalog.from_dataset(ds)
-    with pytest.raises(ValueError, match=f"world of {ds.n_tracks} tracks, and track index -1 is outside"):
-        oracle.encode_music(dataclasses.replace(catalog, index=np.r_[catalog.index[1:], -1]))
+    with pytest.raises(ValueError, match=f"world of {ds.n_tracks} tracks, and track index {ds.n_tracks} is outside"):
+        oracle.encode_music(dataclasses.replace(catalog, index=np.r_[catalog.index[1:], ds.n_tracks]))
+    with pytest.raises(ValueError, match=r"^MusicCatalog.index must be ids >= 0, got -1 \(1 of 200 out of range\)$"):
+        dataclasses.replace(catalog, index=np.r_[catalog.index[1:], -1])
 
 
 def test_recall_at_k_of_a_split_with_at_most_k_candidates_is_named_as_trivial():
