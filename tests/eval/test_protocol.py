@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -232,6 +233,34 @@ def test_a_diverged_model_is_refused_not_ranked_first(tiny_ds, tiny_spec):
     with pytest.raises(ValueError, match="^nan: encode_videos gives NaN or inf in row 0"):
         P.evaluate(NaNRecommender(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train")), tiny_ds, "test")
 
+
+
+class StoredEmbeddings(ConstantRecommender):
+    """Encodes by reading embeddings computed once and saved: read-only memory maps of ``folder``'s files."""
+
+    name = "stored"
+    folder = None
+
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        return np.load(self.folder / "videos.npy", mmap_mode="r")[q.index]
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        return np.load(self.folder / "music.npy", mmap_mode="r")
+
+
+def test_read_only_embeddings_are_scored_without_torch_s_warning(tiny_ds, tiny_spec, tmp_path):
+    """torch warned "The given NumPy array is not writable" from the protocol for a model encoding by memory map."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "videos.npy", rng.standard_normal((tiny_ds.n_videos, 4)).astype(np.float32))
+    np.save(tmp_path / "music.npy", rng.standard_normal((tiny_ds.n_tracks, 4)).astype(np.float32))
+    model = StoredEmbeddings(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    model.folder = tmp_path
+    q = VideoQuery.from_dataset(tiny_ds, [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert P.evaluate(model, tiny_ds, "test")["n_queries"] == len(tiny_ds.splits["test"])
+        assert model.recommend(q, MusicCatalog.from_dataset(tiny_ds), k=3)[0].shape == (2, 3)
+        assert model.encode_videos(q).flags.writeable
 
 
 class WideMusicRecommender(ConstantRecommender):

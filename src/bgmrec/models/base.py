@@ -576,10 +576,12 @@ class Recommender(ABC):
         return self._finite("encode_music", self._encode_music(c))
 
     def _finite(self, method: str, embeddings: np.ndarray) -> np.ndarray:
-        """``embeddings`` as float32, refused (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value
-        that is infinite, or becomes so as a float32: its every score would be NaN or infinite."""
+        """``embeddings`` as a C-contiguous, writable float32 array (a copy of a read-only one, such as a memory map
+        of stored embeddings, which torch warns of and cannot share in the evaluation and the index), refused
+        (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value that is infinite, or becomes so as a
+        float32: its every score would be NaN or infinite."""
         with np.errstate(over="ignore"):  # what overflows the cast is refused below, by row
-            out = np.ascontiguousarray(embeddings, np.float32)
+            out = np.require(np.asarray(embeddings, np.float32), requirements=["C", "W"])
         if out.ndim != 2:
             raise ValueError(f"{self.name}: {method} must give [n, d] embeddings, a row per input; got shape "
                              f"{list(out.shape)}")
