@@ -699,3 +699,22 @@ def test_outlying_rows_are_the_few_that_set_a_features_deviation():
     big = rng.normal(size=(30_000, 2))  # more rows than the robust sample: a far row outside it still counts
     big[29_999] = 1e7
     assert outlying_rows(big).rows.tolist() == [29_999]
+
+
+def test_containers_repr_briefly(tiny_ds, tiny_dir):
+    """A notebook showing a dataset printed every id (83 KB on the tiny world); catalogues, videos and queries too."""
+    from bgmrec.features.recommend import ClipFeatures, open_catalog, open_video_features
+    from bgmrec.models.base import MusicCatalog, SplitView, VideoQuery
+
+    n = tiny_ds.n_videos
+    assert repr(tiny_ds) == (f"Dataset({n} videos, 200 tracks, 300 uploaders, 6 genres, splits {{val: 184, "
+                             "test: 184, train: 1474, test_new_music: 158, test_unbiased: 184, pgc: 600}, "
+                             f"root={str(tiny_dir)!r})")
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(n), np.zeros(n, np.int64))
+    assert repr(q).startswith(f"VideoQuery(visual=float32[{n}, 32], text=float32[{n}, 16], text_mask=bool[{n}], ")
+    assert repr(MusicCatalog.from_dataset(tiny_ds)).startswith("MusicCatalog(features=float32[200, 24], "
+                                                               "genre=int64[200], index=int64[200], genres=('pop', ")
+    assert repr(open_catalog(tiny_dir)).startswith("Catalog(ids=<list of 200>, title=<list of 200>, ")
+    shown = [q, SplitView(tiny_ds, "train", np.arange(1000)), open_catalog(tiny_dir), open_video_features(tiny_dir),
+             ClipFeatures(np.zeros(1280, np.float32), np.zeros(384, np.float32), True)]
+    assert max(len(repr(x)) for x in shown) < 400 + 2 * len(str(tiny_dir)), [repr(x) for x in shown]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import DatasetError
+from bgmrec.data.dataset import DatasetError, brief_repr
 from bgmrec.features.audio import Catalog
 from bgmrec.models.base import (
     MusicCatalog,
@@ -66,6 +66,8 @@ class ClipFeatures:
     text: np.ndarray  # float32 [Dt] (zeros without text)
     has_text: bool  # False: no usable caption
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. frames repeated: its answer's warnings
+
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
 
 
 def _dataset_at(root: Path):

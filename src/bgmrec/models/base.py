@@ -27,7 +27,14 @@ import numpy as np
 
 import bgmrec
 from bgmrec.bounds import check_bounds as check_bounds  # models and plugins import it from here
-from bgmrec.data.dataset import Dataset, DatasetError, parse_json_file, write_files_together, write_json_atomic
+from bgmrec.data.dataset import (
+    Dataset,
+    DatasetError,
+    brief_repr,
+    parse_json_file,
+    write_files_together,
+    write_json_atomic,
+)
 from bgmrec.models.packages import model_package
 
 # ---- what a model eats ------------------------------------------------------------------------------
@@ -65,6 +72,8 @@ class VideoQuery:
     index: np.ndarray | None = None  # int64 [n] dataset video indices (only the oracle uses them)
     split: str | None = None  # the split the queries come from (only the oracle uses it)
     genres: tuple[str, ...] | None = None  # the names of confounder's columns (None: the model's genres, in order)
+
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
 
     def __post_init__(self) -> None:
         """Arrays as the fields say (float32, bool, int64; lists and float64 are converted), else a ValueError
@@ -137,6 +146,8 @@ class MusicCatalog:
     genre: np.ndarray  # int64 [M]
     index: np.ndarray | None = None  # int64 [M] dataset track indices (only the oracle uses them)
     genres: tuple[str, ...] | None = None  # the names of the genre ids (None: ids already in the model's order)
+
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
 
     def __post_init__(self) -> None:
         """Arrays as the fields say, else a ValueError naming the field: ``features`` a 2-d float32 array (lists
@@ -380,6 +391,8 @@ class SplitView:
     dataset: Dataset
     name: str
     row_index: np.ndarray | None = None  # a subset of the split's rows (None: all of them)
+
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
 
     def __post_init__(self) -> None:
         if self.name not in self.dataset.splits:
