@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -665,13 +666,23 @@ def test_a_split_of_ones_own_is_added_validated_and_evaluated(tiny_ds):
     assert result["full"]["recall@10"] == pytest.approx(
         float(np.mean(evaluate(model, tiny_ds, "test", keep_ranks=True)["full_ranks"][::2] <= 10)))
     train = np.asarray(tiny_ds.splits["train"])
-    with pytest.raises(DatasetError, match=r"^Dataset.with_split/splits/leaky.npy: expected no \(video, track\) "
-                                           r"pair of a training split"):
-        tiny_ds.with_split("leaky", train[:3])
-    with pytest.raises(DatasetError, match=r"^Dataset.with_split/splits/far.npy column video: expected ids in"):
-        tiny_ds.with_split("far", [[tiny_ds.n_videos, 0, -1]])
-    with pytest.raises(DatasetError, match="already has a split of that name"):
-        tiny_ds.with_split("test", test)
+    # the errors named files that do not exist (Dataset.with_split/splits/leaky.npy): they name the call's arguments
+    for args, said in (
+            (("leaky", train[:3]), "with_split(name='leaky'): rows: expected no (video, track) pair of a training "
+                                   "split (row [0] is one"),
+            (("far", [[tiny_ds.n_videos, 0, -1]]), "with_split(name='far'): rows column video: expected ids in "
+                                                   f"[0, {tiny_ds.n_videos})"),
+            (("flat", [0, 1, 2]), "with_split(name='flat'): rows: expected shape [*, 3], found [3]"),
+            (("test", test), "with_split(name='test'): the dataset already has a split of that name"),
+            (("a/b", test), "with_split(name='a/b'): split name 'a/b' must be a file name"),
+            (("mine", test, "tset"), "with_split(name='mine'): role must be one of train, val, test, teacher, got "
+                                     "'tset'"),
+            (("mine", test, "test", "old"), "with_split(name='mine'): candidates must be one of existing, new, all, "
+                                            "got 'old'"),
+            (("more", test[:3], "train"), "with_split(name='more'): splits/test.npy: expected no (video, track) pair "
+                                          "of a training split")):
+        with pytest.raises(DatasetError, match="^" + re.escape(said)):
+            tiny_ds.with_split(*args)
 
 
 def test_outlying_rows_are_the_few_that_set_a_features_deviation():

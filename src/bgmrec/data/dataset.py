@@ -153,12 +153,23 @@ class Dataset:
         [n, 3] (video, track, uploader or -1), e.g. an app's own held-out queries to :func:`evaluate
         <bgmrec.eval.protocol.evaluate>` a model on. The copy is validated as a loaded dataset is (a
         :class:`DatasetError` for rows out of range, a positive outside ``candidates``, a (video, track)
-        pair of a training split); the split has no frozen negatives, so only full-catalogue figures."""
+        pair of a training split); the split has no frozen negatives, so only full-catalogue figures. Errors begin
+        ``with_split(name=NAME)`` and name the argument (``rows``, ``role``, ``candidates``)."""
+        call = f"with_split(name={name!r})"
+        check_split_name(name, call)
+        for arg, value, allowed in (("role", role, SPLIT_ROLES), ("candidates", candidates, CANDIDATE_SETS)):
+            if value not in allowed:
+                raise DatasetError(f"{call}: {arg} must be one of {', '.join(allowed)}, got {value!r}")
         if name in self.splits:
-            raise DatasetError(f"split {name!r}: the dataset already has a split of that name")
+            raise DatasetError(f"{call}: the dataset already has a split of that name")
         ds = replace(self, splits={**self.splits, name: _ids(np.asarray(rows))},
                      split_info={**self.split_info, name: SplitInfo(role, candidates)})
-        ds.validate("Dataset.with_split")
+        try:
+            ds.validate(call)
+        except DatasetError as e:  # validate names files: the new split's (splits/NAME.npy) is the argument rows
+            said, own = str(e).removeprefix(f"{call}/"), f"splits/{name}.npy"
+            said = "rows" + said.removeprefix(own) if said.startswith(own) else said
+            raise DatasetError(f"{call}: {said}") from None
         return ds
 
     def dims(self) -> dict[str, int]:
