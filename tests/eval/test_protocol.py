@@ -235,6 +235,18 @@ def test_a_diverged_model_is_refused_not_ranked_first(tiny_ds, tiny_spec):
 
 
 
+def test_evaluate_and_compare_take_a_dataset_folder(tiny_ds, tiny_dir, fitted):
+    """evaluate(m, "path/to/data", "test") failed with AttributeError "'str' object has no attribute 'splits'"."""
+    model = fitted["popularity"]
+    want = P.evaluate(model, tiny_ds, "test")
+    assert P.evaluate(model, str(tiny_dir), "test") == want and P.evaluate(model, tiny_dir, "test") == want
+    assert P.compare(model, fitted["random"], str(tiny_dir), "test", resamples=50) == P.compare(
+        model, fitted["random"], tiny_ds, "test", resamples=50)
+    with pytest.raises(TypeError, match=r"^ds must be a Dataset \(bgmrec.data.load_dataset\(folder\)\) or a dataset "
+                                        r"folder's path, got dict$"):
+        P.evaluate(model, {"splits": {}}, "test")
+
+
 class StoredEmbeddings(ConstantRecommender):
     """Encodes by reading embeddings computed once and saved: read-only memory maps of ``folder``'s files."""
 
