@@ -25,8 +25,8 @@ PAPERS_NEGATIVES = 100  # the papers' sampled protocol: each positive against 10
 
 class EvaluationWarning(UserWarning):
     """Figures that measure less than their label says (personalised mode for queries of unknown uploaders,
-    Recall@K of a split with at most K candidate tracks). The commands print it as one ``warning: ...`` line,
-    as their own warnings."""
+    Recall@K of a split with at most K candidate tracks, a score file ranking below chance). The commands print it
+    as one ``warning: ...`` line, as their own warnings."""
 
 
 def warn_if_recall_is_trivial(split: str, n_candidates: int, ks: tuple[int, ...], top_k: int | None = None) -> None:
@@ -149,6 +149,20 @@ def as_dataset(ds: Dataset | str | os.PathLike) -> Dataset:
     return ds
 
 
+def below_chance(model, result: dict) -> str | None:
+    """What :func:`evaluate` warns of when ``model`` is a score file (a scorer given its scores, ``video_scores``:
+    :class:`~bgmrec.eval.scores.PrecomputedScores`) whose full Recall@10 in ``result`` is below half a random
+    order's (10 / candidates, over at least 50 queries): scores where lower means better (distances, not
+    similarities) rank the positives last. None otherwise (a trained model's figures are what they are)."""
+    if not hasattr(model, "video_scores") or result["n_queries"] < 50:
+        return None
+    chance, got = min(1.0, 10 / result["n_candidates"]), result["full"]["recall@10"]
+    if got >= chance / 2:
+        return None
+    return (f"{model.source}: full Recall@10 {got:.3f} is below a random order's {chance:.3f}: are its scores higher "
+            "for better tracks (similarities, not distances)?")
+
+
 def _ranking_metrics(ranks: np.ndarray, ks, weights=None) -> dict[str, float]:
     out = {f"recall@{k}": M.recall_at_k(ranks, k, weights) for k in ks}
     out.update({f"ndcg@{k}": M.ndcg_at_k(ranks, k, weights) for k in ks})
@@ -189,6 +203,9 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
     result["full"].update({"ndcg@10": M.ndcg_at_k(r, 10), "ndcg@20": M.ndcg_at_k(r, 20), "mrr": M.mrr(r),
                            "median_rank": M.median_rank(r)})
     result["full_recall_curve"] = {str(k): M.recall_at_k(r, k) for k in CURVE_KS}
+    note = below_chance(model, result)
+    if note:
+        warnings.warn(note, EvaluationWarning, stacklevel=2)
     if split in ds.negatives:
         sr = sampled_ranks(model, ds, split, seed=seed)
         result["n_negatives"] = int(ds.negatives[split].shape[1])
