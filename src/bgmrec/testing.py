@@ -9,7 +9,8 @@ class on the tiny simulated world (:func:`tiny_world_folder`, fixtures ``contrac
 * ``recommend`` returns valid, distinct ids with scores sorted best first;
 * a batch of videos is encoded exactly as each video alone;
 * excluded ids never come back (one array for every query, or one list per query);
-* two fits with the same seed give identical scores;
+* two fits with the same seed give identical scores, and so does a second fit of one model (every fit starts
+  from the model's initialisation, not from what an earlier fit trained);
 * ``save`` then :func:`bgmrec.models.base.load_model` gives identical scores, and the folder holds
   only ``config.json``, ``weights.safetensors`` (and ``history.json``) -- no pickle;
 * features of the wrong width raise :class:`bgmrec.data.dataset.DatasetError` with a clear message.
@@ -232,12 +233,32 @@ class RecommenderContractMixin:
                 pytest.fail(f"{self.model_name}: fit(train={train!r}, val={val!r}) accepted the test split "
                             f"{culprit!r}: fit must call self.check_fit_data(train, val) first")
 
+    def test_fit_refuses_a_config_changed_after_the_model_was_built(self, contract_ds, contract_spec):
+        """``fit`` refuses a config changed since the model was built (here its seed), naming the field, before any
+        training (:meth:`~bgmrec.models.base.Recommender.check_config_unchanged`)."""
+        unfitted = build(self.model_name, contract_spec, dict(self.overrides))
+        seed = unfitted.config.seed
+        unfitted.config.seed = seed + 1
+        with pytest.raises(ValueError, match=rf"config changed after the model was built \(seed {seed} -> {seed + 1}"):
+            unfitted.fit(SplitView(contract_ds, "train"), SplitView(contract_ds, "val"))
+        assert not unfitted.fitted
+
     def test_music_distance_from_training_is_none_or_one_per_track(self, model, catalog):
         distance = model.music_distance_from_training(catalog)
         if distance is not None:  # a model that keeps its training music's statistics
             assert distance.shape == (len(catalog),) and np.isfinite(distance).all() and (distance >= 0).all()
 
     def test_seeded_determinism(self, model, fresh_model, queries, catalog):
+        np.testing.assert_array_equal(fresh_model.score(queries, catalog), model.score(queries, catalog))
+
+    def test_a_second_fit_starts_afresh(self, model, fresh_model, contract_ds, queries, catalog):
+        """``fit`` on a fitted model trains from the model's initialisation for its seed, as its first fit did (a
+        notebook cell run again gives the same figures), not the already trained model further."""
+        fresh_model.fit(SplitView(contract_ds, "train"), SplitView(contract_ds, "val"))
+        again, once = fresh_model.state_arrays(), model.state_arrays()
+        assert sorted(again) == sorted(once)
+        for key, value in once.items():
+            np.testing.assert_array_equal(again[key], value, err_msg=f"{self.model_name}: {key} after a second fit")
         np.testing.assert_array_equal(fresh_model.score(queries, catalog), model.score(queries, catalog))
 
     def test_another_seed_scores_otherwise_exactly_when_the_model_uses_its_seed(self, model, contract_ds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -665,13 +666,23 @@ def test_a_split_of_ones_own_is_added_validated_and_evaluated(tiny_ds):
     assert result["full"]["recall@10"] == pytest.approx(
         float(np.mean(evaluate(model, tiny_ds, "test", keep_ranks=True)["full_ranks"][::2] <= 10)))
     train = np.asarray(tiny_ds.splits["train"])
-    with pytest.raises(DatasetError, match=r"^Dataset.with_split/splits/leaky.npy: expected no \(video, track\) "
-                                           r"pair of a training split"):
-        tiny_ds.with_split("leaky", train[:3])
-    with pytest.raises(DatasetError, match=r"^Dataset.with_split/splits/far.npy column video: expected ids in"):
-        tiny_ds.with_split("far", [[tiny_ds.n_videos, 0, -1]])
-    with pytest.raises(DatasetError, match="already has a split of that name"):
-        tiny_ds.with_split("test", test)
+    # the errors named files that do not exist (Dataset.with_split/splits/leaky.npy): they name the call's arguments
+    for args, said in (
+            (("leaky", train[:3]), "with_split(name='leaky'): rows: expected no (video, track) pair of a training "
+                                   "split (row [0] is one"),
+            (("far", [[tiny_ds.n_videos, 0, -1]]), "with_split(name='far'): rows column video: expected ids in "
+                                                   f"[0, {tiny_ds.n_videos})"),
+            (("flat", [0, 1, 2]), "with_split(name='flat'): rows: expected shape [*, 3], found [3]"),
+            (("test", test), "with_split(name='test'): the dataset already has a split of that name"),
+            (("a/b", test), "with_split(name='a/b'): split name 'a/b' must be a file name"),
+            (("mine", test, "tset"), "with_split(name='mine'): role must be one of train, val, test, teacher, got "
+                                     "'tset'"),
+            (("mine", test, "test", "old"), "with_split(name='mine'): candidates must be one of existing, new, all, "
+                                            "got 'old'"),
+            (("more", test[:3], "train"), "with_split(name='more'): splits/test.npy: expected no (video, track) pair "
+                                          "of a training split")):
+        with pytest.raises(DatasetError, match="^" + re.escape(said)):
+            tiny_ds.with_split(*args)
 
 
 def test_outlying_rows_are_the_few_that_set_a_features_deviation():
@@ -699,3 +710,22 @@ def test_outlying_rows_are_the_few_that_set_a_features_deviation():
     big = rng.normal(size=(30_000, 2))  # more rows than the robust sample: a far row outside it still counts
     big[29_999] = 1e7
     assert outlying_rows(big).rows.tolist() == [29_999]
+
+
+def test_containers_repr_briefly(tiny_ds, tiny_dir):
+    """A notebook showing a dataset printed every id (83 KB on the tiny world); catalogues, videos and queries too."""
+    from bgmrec.features.recommend import ClipFeatures, open_catalog, open_video_features
+    from bgmrec.models.base import MusicCatalog, SplitView, VideoQuery
+
+    n = tiny_ds.n_videos
+    assert repr(tiny_ds) == (f"Dataset({n} videos, 200 tracks, 300 uploaders, 6 genres, splits {{val: 184, "
+                             "test: 184, train: 1474, test_new_music: 158, test_unbiased: 184, pgc: 600}, "
+                             f"root={str(tiny_dir)!r})")
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(n), np.zeros(n, np.int64))
+    assert repr(q).startswith(f"VideoQuery(visual=float32[{n}, 32], text=float32[{n}, 16], text_mask=bool[{n}], ")
+    assert repr(MusicCatalog.from_dataset(tiny_ds)).startswith("MusicCatalog(features=float32[200, 24], "
+                                                               "genre=int64[200], index=int64[200], genres=('pop', ")
+    assert repr(open_catalog(tiny_dir)).startswith("Catalog(ids=<list of 200>, title=<list of 200>, ")
+    shown = [q, SplitView(tiny_ds, "train", np.arange(1000)), open_catalog(tiny_dir), open_video_features(tiny_dir),
+             ClipFeatures(np.zeros(1280, np.float32), np.zeros(384, np.float32), True)]
+    assert max(len(repr(x)) for x in shown) < 400 + 2 * len(str(tiny_dir)), [repr(x) for x in shown]

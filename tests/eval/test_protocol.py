@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -42,6 +43,7 @@ def fitted(tiny_ds, tiny_spec):
     out = {}
     for name in ("random", "oracle", "popularity"):
         out[name] = build(name, tiny_spec).fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "val"))
+    out["constant"] = ConstantRecommender(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
     return out
 
 
@@ -156,7 +158,7 @@ def test_random_model_is_chance_level(tiny_ds, fitted):
 
 def test_constant_scores_get_chance_ranks_not_the_best(tiny_ds, tiny_spec):
     """A model that scores everything equal must not look perfect: ties are broken uniformly."""
-    model = ConstantRecommender(ModelConfig(), tiny_spec)
+    model = ConstantRecommender(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
     res = P.evaluate(model, tiny_ds, "test")
     n_cand = res["n_candidates"]
     assert res["full"]["recall@1"] < 0.05
@@ -167,7 +169,7 @@ def test_constant_scores_get_chance_ranks_not_the_best(tiny_ds, tiny_spec):
 @pytest.mark.parametrize("name", ["constant", "popularity"])
 def test_ranks_and_top_lists_break_ties_alike(tiny_ds, tiny_spec, fitted, name):
     """A positive is in its top-10 list exactly when its rank is at most 10, ties or not."""
-    model = ConstantRecommender(ModelConfig(), tiny_spec) if name == "constant" else fitted[name]
+    model = fitted[name]
     fr = P.full_ranks(model, tiny_ds, "test")
     positives = np.asarray(tiny_ds.splits["test"])[:, 1]
     np.testing.assert_array_equal(fr.ranks <= 10, (fr.top == positives[:, None]).any(axis=1))
@@ -178,7 +180,7 @@ def test_ranks_and_top_lists_break_ties_alike(tiny_ds, tiny_spec, fitted, name):
 @pytest.mark.parametrize("name", ["constant", "popularity"])
 def test_a_query_ranks_alike_in_a_subset_and_in_the_whole_split(tiny_ds, tiny_spec, fitted, name):
     """Ties are ordered per query video: validation on a subset of rows sees the ranks of the whole split."""
-    model = ConstantRecommender(ModelConfig(), tiny_spec) if name == "constant" else fitted[name]
+    model = fitted[name]
     rows = np.asarray(tiny_ds.splits["test"])
     whole = P.full_ranks(model, tiny_ds, "test")
     pick = np.random.default_rng(3).permutation(len(rows))[:40]  # another order and other neighbours
@@ -228,9 +230,49 @@ class NaNRecommender(ConstantRecommender):
 
 
 def test_a_diverged_model_is_refused_not_ranked_first(tiny_ds, tiny_spec):
-    with pytest.raises(ValueError, match="NaN"):
-        P.evaluate(NaNRecommender(ModelConfig(), tiny_spec), tiny_ds, "test")
+    with pytest.raises(ValueError, match="^nan: encode_videos gives NaN or inf in row 0"):
+        P.evaluate(NaNRecommender(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train")), tiny_ds, "test")
 
+
+
+def test_evaluate_and_compare_take_a_dataset_folder(tiny_ds, tiny_dir, fitted):
+    """evaluate(m, "path/to/data", "test") failed with AttributeError "'str' object has no attribute 'splits'"."""
+    model = fitted["popularity"]
+    want = P.evaluate(model, tiny_ds, "test")
+    assert P.evaluate(model, str(tiny_dir), "test") == want and P.evaluate(model, tiny_dir, "test") == want
+    assert P.compare(model, fitted["random"], str(tiny_dir), "test", resamples=50) == P.compare(
+        model, fitted["random"], tiny_ds, "test", resamples=50)
+    with pytest.raises(TypeError, match=r"^ds must be a Dataset \(bgmrec.data.load_dataset\(folder\)\) or a dataset "
+                                        r"folder's path, got dict$"):
+        P.evaluate(model, {"splits": {}}, "test")
+
+
+class StoredEmbeddings(ConstantRecommender):
+    """Encodes by reading embeddings computed once and saved: read-only memory maps of ``folder``'s files."""
+
+    name = "stored"
+    folder = None
+
+    def _encode_videos(self, q: VideoQuery) -> np.ndarray:
+        return np.load(self.folder / "videos.npy", mmap_mode="r")[q.index]
+
+    def _encode_music(self, c: MusicCatalog) -> np.ndarray:
+        return np.load(self.folder / "music.npy", mmap_mode="r")
+
+
+def test_read_only_embeddings_are_scored_without_torch_s_warning(tiny_ds, tiny_spec, tmp_path):
+    """torch warned "The given NumPy array is not writable" from the protocol for a model encoding by memory map."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "videos.npy", rng.standard_normal((tiny_ds.n_videos, 4)).astype(np.float32))
+    np.save(tmp_path / "music.npy", rng.standard_normal((tiny_ds.n_tracks, 4)).astype(np.float32))
+    model = StoredEmbeddings(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    model.folder = tmp_path
+    q = VideoQuery.from_dataset(tiny_ds, [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert P.evaluate(model, tiny_ds, "test")["n_queries"] == len(tiny_ds.splits["test"])
+        assert model.recommend(q, MusicCatalog.from_dataset(tiny_ds), k=3)[0].shape == (2, 3)
+        assert model.encode_videos(q).flags.writeable
 
 
 class WideMusicRecommender(ConstantRecommender):
@@ -244,7 +286,7 @@ class WideMusicRecommender(ConstantRecommender):
 
 def test_embeddings_of_two_widths_are_refused_naming_both(tiny_ds, tiny_spec):
     """The evaluation, score and recommend failed in torch or numpy (mat1 and mat2 shapes cannot be multiplied)."""
-    model = WideMusicRecommender(ModelConfig(), tiny_spec)
+    model = WideMusicRecommender(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
     q, catalog = VideoQuery.from_dataset(tiny_ds, np.arange(3)), MusicCatalog.from_dataset(tiny_ds)
     message = (r"^wide-music: encode_videos gives 1 columns, encode_music 2; they must match \(the score is their "
                r"inner product\)$")
@@ -324,7 +366,7 @@ def test_evaluate_and_compare_use_their_seed_and_level(tiny_ds, tiny_spec, fitte
     from bgmrec.eval import metrics as M
     from bgmrec.eval.significance import paired_comparison
 
-    constant = ConstantRecommender(ModelConfig(), tiny_spec)
+    constant = ConstantRecommender(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
     sampled = {s: P.sampled_ranks(constant, tiny_ds, "test", seed=s) for s in (0, 3)}
     assert M.ndcg_at_k(sampled[0], 25) != M.ndcg_at_k(sampled[3], 25)  # the seed matters here
     res = P.evaluate(constant, tiny_ds, "test", seed=3)
@@ -368,8 +410,10 @@ def test_a_fitted_oracle_refuses_videos_and_tracks_outside_its_world(tiny_world,
     with pytest.raises(ValueError, match=f"world of {ds.n_videos} videos, and video index {ds.n_videos} is outside"):
         oracle.encode_videos(outside)
     catalog = MusicCatalog.from_dataset(ds)
-    with pytest.raises(ValueError, match=f"world of {ds.n_tracks} tracks, and track index -1 is outside"):
-        oracle.encode_music(dataclasses.replace(catalog, index=np.r_[catalog.index[1:], -1]))
+    with pytest.raises(ValueError, match=f"world of {ds.n_tracks} tracks, and track index {ds.n_tracks} is outside"):
+        oracle.encode_music(dataclasses.replace(catalog, index=np.r_[catalog.index[1:], ds.n_tracks]))
+    with pytest.raises(ValueError, match=r"^MusicCatalog.index must be ids >= 0, got -1 \(1 of 200 out of range\)$"):
+        dataclasses.replace(catalog, index=np.r_[catalog.index[1:], -1])
 
 
 def test_recall_at_k_of_a_split_with_at_most_k_candidates_is_named_as_trivial():

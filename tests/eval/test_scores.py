@@ -4,12 +4,13 @@ clearly when they are not a dataset's scores."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 from bgmrec.data.dataset import DatasetError
-from bgmrec.eval.protocol import compare, evaluate
+from bgmrec.eval.protocol import EvaluationWarning, compare, evaluate
 from bgmrec.eval.scores import ScoreFileWarning, is_score_file, load_scores
 from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery
 from bgmrec.models.registry import build
@@ -58,7 +59,8 @@ def test_integer_scores_rank_as_their_values(tiny_ds, tmp_path):
     # every video ranks track t by t's index: the positive's rank is its position among the candidates, from last
     ranks = np.tile(np.arange(tiny_ds.n_tracks, dtype=np.int32), (tiny_ds.n_videos, 1))
     np.save(tmp_path / "by_index.npy", ranks)
-    got = evaluate(load_scores(tmp_path / "by_index.npy", tiny_ds), tiny_ds, "test", keep_ranks=True)
+    with pytest.warns(EvaluationWarning, match="below a random order's"):  # an order unrelated to the videos
+        got = evaluate(load_scores(tmp_path / "by_index.npy", tiny_ds), tiny_ds, "test", keep_ranks=True)
     cand = tiny_ds.candidate_tracks("test")
     positives = tiny_ds.splits["test"][:, 1]
     np.testing.assert_array_equal(got["full_ranks"], len(cand) - np.searchsorted(cand, positives))
@@ -220,11 +222,29 @@ def test_evaluate_warns_of_a_score_file_below_chance(tiny_dir, tiny_ds, populari
 
     cmvae = build("cmvae", FeatureSpec.of(tiny_ds), {"epochs": 2}).fit(SplitView(tiny_ds, "train"), None)
     np.save(tmp_path / "distances.npy", -all_scores(cmvae, tiny_ds))
-    assert main(["evaluate", "--run", str(tmp_path / "distances.npy"), "--data", str(tiny_dir)]) == 0
-    assert "distances.npy: full Recall@10 0.0" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path / "distances.npy"), "--data", str(tiny_dir), "--json",
+                 str(tmp_path / "e.json")]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "below a random order" in line]
+    assert len(said) == 1 and said[0].startswith("warning: ") and "distances.npy: full Recall@10 0.0" in said[0]
+    assert said[0].removeprefix("warning: ") in json.loads((tmp_path / "e.json").read_text())["warnings"]
     np.save(tmp_path / "similarities.npy", all_scores(cmvae, tiny_ds))
     assert main(["evaluate", "--run", str(tmp_path / "similarities.npy"), "--data", str(tiny_dir)]) == 0
     assert "below a random order" not in capsys.readouterr().err
+
+
+def test_the_library_s_evaluate_warns_of_a_score_file_below_chance(tiny_ds, tmp_path):
+    """The README said evaluate warns; only the command line did."""
+    cca = build("cca", FeatureSpec.of(tiny_ds), {"dim": 8}).fit(SplitView(tiny_ds, "train"))
+    np.save(tmp_path / "distances.npy", -all_scores(cca, tiny_ds))
+    with pytest.warns(EvaluationWarning, match=r"distances.npy: full Recall@10 0.0\d\d is below a random order's "
+                                               r"0.059: are its scores higher for better tracks \(similarities, not "
+                                               r"distances\)\?$"):
+        evaluate(load_scores(tmp_path / "distances.npy", tiny_ds), tiny_ds, "test")
+    np.save(tmp_path / "similarities.npy", all_scores(cca, tiny_ds))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EvaluationWarning)
+        evaluate(load_scores(tmp_path / "similarities.npy", tiny_ds), tiny_ds, "test")
+        evaluate(cca, tiny_ds, "test")
 
 
 def test_score_files_are_told_from_run_folders(tmp_path):

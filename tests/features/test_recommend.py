@@ -11,12 +11,14 @@ import pytest
 from bgmrec.data.dataset import DatasetError
 from bgmrec.features.recommend import (
     ClipFeatures,
+    ClipRecommender,
     FeatureMismatchWarning,
+    RequestError,
     open_catalog,
     open_video_features,
     recommend_clip,
 )
-from bgmrec.models.base import FeatureSpec, SplitView
+from bgmrec.models.base import FeatureSpec, SplitView, VideoQuery
 from bgmrec.models.registry import build
 
 
@@ -63,3 +65,19 @@ def test_an_unknown_genre_is_a_warning_not_a_print(tiny_ds, popularity, capsys):
     assert len(w) == 1 and w[0].filename == __file__  # it points at the caller's line
     assert capsys.readouterr().err == ""  # the library printed nothing
     assert [t["id"] for t in got["tracks"]] == [t["id"] for t in want["tracks"]]  # popularity ignores genres
+
+
+def test_a_clip_without_a_caption_may_give_no_text(tiny_ds):
+    """ClipFeatures(visual, None, False) was refused with "text must have shape [16], got []"."""
+    cca = build("cca", FeatureSpec.of(tiny_ds), {"dim": 8}).fit(SplitView(tiny_ds, "train"))
+    recommender = ClipRecommender(cca, open_catalog(tiny_ds.root))
+    visual = np.asarray(tiny_ds.video_visual[0])
+    blank = recommender.recommend([ClipFeatures(visual, np.zeros(tiny_ds.video_text.shape[1]), False)], 5)
+    assert recommender.recommend([ClipFeatures(visual, None, False)], 5) == blank
+    with pytest.raises(RequestError, match=r"^clip 0: text is None but has_text is True; give the caption's vector, "
+                                           r"or has_text=False for a clip without one$"):
+        recommender.recommend([ClipFeatures(visual, None, True)], 5)
+    with pytest.raises(ValueError, match=r"^VideoQuery.text is None: for videos without a caption give zeros of the "
+                                         r"text features' width, np.zeros\(\(n, spec.video_text\), np.float32\), with "
+                                         r"text_mask False$"):
+        VideoQuery(visual[None], None, [False])

@@ -11,6 +11,7 @@ from bgmrec.data.simulate import simulate, world_config
 from bgmrec.models.base import FeatureSpec, SplitView, VideoQuery
 from bgmrec.models.cmvae import CMVAE, CMVAEConfig
 from bgmrec.models.registry import build
+from unfitted import as_fitted
 
 
 def _trained(ds, **overrides) -> CMVAE:
@@ -34,7 +35,7 @@ def test_text_expert_gets_less_precision_when_text_is_noise():
 
 
 def test_video_without_text_uses_frames_only(tiny_ds):
-    model = build("cmvae", FeatureSpec.of(tiny_ds), {})  # untrained weights are enough for the algebra
+    model = as_fitted(build("cmvae", FeatureSpec.of(tiny_ds), {}))  # untrained weights are enough for the algebra
     q = VideoQuery.from_dataset(tiny_ds, np.arange(8))
     q.text_mask[:] = False
     shares = model.modality_shares(q)
@@ -45,7 +46,7 @@ def test_video_without_text_uses_frames_only(tiny_ds):
 
 
 def test_visual_only_ablation_ignores_text(tiny_ds):
-    model = build("cmvae-visual", FeatureSpec.of(tiny_ds), {})
+    model = as_fitted(build("cmvae-visual", FeatureSpec.of(tiny_ds), {}))
     assert not hasattr(model.module, "text_enc")
     q = VideoQuery.from_dataset(tiny_ds, np.arange(8))
     emb = model.encode_videos(q)
@@ -54,7 +55,7 @@ def test_visual_only_ablation_ignores_text(tiny_ds):
 
 
 def test_concat_ablation_has_one_video_encoder_and_no_shares(tiny_ds):
-    model = build("cmvae-concat", FeatureSpec.of(tiny_ds), {})
+    model = as_fitted(build("cmvae-concat", FeatureSpec.of(tiny_ds), {}))
     assert hasattr(model.module, "video_enc") and not hasattr(model.module, "visual_enc")
     with pytest.raises(ValueError, match="poe"):
         model.modality_shares(VideoQuery.from_dataset(tiny_ds, np.arange(3)))
@@ -73,7 +74,7 @@ def test_a_subclass_fusing_by_its_own_video_posterior_reports_no_poe_shares(tiny
         def build_module(self):
             return OwnFusion(self.config, self.spec)
 
-    model = OwnFusionCMVAE(CMVAEConfig(), FeatureSpec.of(tiny_ds))
+    model = as_fitted(OwnFusionCMVAE(CMVAEConfig(), FeatureSpec.of(tiny_ds)))
     q = VideoQuery.from_dataset(tiny_ds, np.flatnonzero(np.asarray(tiny_ds.video_text_mask))[:3])
     with pytest.raises(ValueError, match="fuses by a video_posterior of its own: override modality_shares"):
         model.modality_shares(q)
@@ -169,7 +170,7 @@ def test_video_posterior_is_the_product_of_prior_frames_and_text(tiny_ds):
 
 
 def test_modality_shares_are_each_expert_s_share_of_the_data_precision(tiny_ds):
-    model = _small(tiny_ds)
+    model = as_fitted(_small(tiny_ds))
     feats, rows, batch = _loss_batch(tiny_ds)
     model.prepare(feats, rows)
     q = VideoQuery.from_dataset(tiny_ds, rows[:, 0])
@@ -244,7 +245,7 @@ def test_training_loss_is_the_weighted_sum_of_its_terms_by_hand(tiny_ds, matchin
 
 def test_cosine_similarity_scores_unit_posterior_means(tiny_ds):
     for similarity in ("cosine", "dot"):
-        model = _small(tiny_ds, similarity=similarity, track_prior=False)
+        model = as_fitted(_small(tiny_ds, similarity=similarity, track_prior=False))
         feats, rows, batch = _loss_batch(tiny_ds)
         model.prepare(feats, rows)
         (mu_v, _), (mu_m, _), _ = _posteriors_by_hand(model, batch)
@@ -259,7 +260,7 @@ def test_cosine_similarity_scores_unit_posterior_means(tiny_ds):
 
 
 def test_concat_ablation_ignores_the_text_of_a_video_without_text(tiny_ds):
-    model = build("cmvae-concat", FeatureSpec.of(tiny_ds), {})
+    model = as_fitted(build("cmvae-concat", FeatureSpec.of(tiny_ds), {}))
     q = VideoQuery.from_dataset(tiny_ds, np.arange(8))
     q.text_mask[:] = False
     emb = model.encode_videos(q)
@@ -307,7 +308,7 @@ def test_two_tower_losses_by_hand(tiny_ds, name):
 def test_two_tower_embeddings_are_unit_and_ignore_absent_text(tiny_ds):
     from bgmrec.models.base import MusicCatalog
 
-    model = build("twotower-hinge", FeatureSpec.of(tiny_ds), {"hidden": "16", "latent_dim": 4})
+    model = as_fitted(build("twotower-hinge", FeatureSpec.of(tiny_ds), {"hidden": "16", "latent_dim": 4}))
     q = VideoQuery.from_dataset(tiny_ds, np.arange(8))
     q.text_mask[:4] = False
     emb = model.encode_videos(q)

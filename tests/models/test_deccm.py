@@ -31,11 +31,12 @@ from bgmrec.models.deccm import (
 )
 from bgmrec.models.registry import build, prepare_teacher
 from bgmrec.train import FeatureTensors
+from unfitted import as_fitted
 
 
 def _with_taste(ds) -> DecCM:
     """An untrained DecCM whose taste path is set by hand: t(c) = 2 log c (as a world with gamma = 2)."""
-    model = build("deccm", FeatureSpec.of(ds), {"teacher": False, "prior_samples": 64})
+    model = as_fitted(build("deccm", FeatureSpec.of(ds), {"teacher": False, "prior_samples": 64}))
     model.prepare(FeatureTensors(ds), np.asarray(ds.splits["train"]))
     with torch.no_grad():
         model.module.taste.weight.copy_(2.0 * torch.eye(ds.n_genres))
@@ -627,7 +628,7 @@ def test_the_commands_show_a_setting_without_effect_on_one_line(capsys):
 
 
 def test_an_ablation_with_content_mode_only_says_how_to_do_without_its_teacher(tiny_ds):
-    model = build("deccm-noadjust", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
+    model = as_fitted(build("deccm-noadjust", FeatureSpec.of(tiny_ds), {"prior_samples": 64}))
     assert model.mixes_teacher()
     with pytest.raises(ValueError, match="retrain with teacher_mix=0$"):  # the field, not "--set teacher_mix=0"
         model.encode_music(MusicCatalog.from_dataset(tiny_ds))

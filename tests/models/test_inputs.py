@@ -20,6 +20,7 @@ from bgmrec.models.baselines import PopularityRecommender
 from bgmrec.models.cmvae import CMVAE
 from bgmrec.models.deccm import teacher_config
 from bgmrec.models.registry import build, model_names
+from unfitted import as_fitted
 
 SMALL = {"hidden": "16", "latent_dim": 8}
 TINY_TRACKS = 200  # the tiny world's
@@ -214,6 +215,54 @@ def test_a_model_never_fitted_is_not_saved(tiny_ds, tiny_spec, tmp_path, name):
     assert not model.fitted
     assert model.fit(SplitView(tiny_ds, "train")).fitted
     assert load_model(model.save(tmp_path / "run")).fitted  # a loaded model is fitted: saved again as it is
+
+
+@pytest.mark.parametrize("name", ["popularity", "cmvae"])
+def test_a_model_never_fitted_is_not_scored(tiny_ds, tiny_spec, name):
+    """evaluate, score and recommend ranked by its initialisation without a word (CMVAE: near chance)."""
+    from bgmrec.eval.protocol import evaluate
+
+    model = build(name, tiny_spec, {} if name == "popularity" else {**SMALL, "epochs": 1})
+    q, catalog = VideoQuery.from_dataset(tiny_ds, np.arange(4)), MusicCatalog.from_dataset(tiny_ds)
+    message = (rf"^{name} \(\w+\): not fitted, so its scores would come from its initialisation \(near chance\); call "
+               r"fit first, or load a fitted model with load_model$")
+    calls = [lambda: evaluate(model, tiny_ds, "test"), lambda: model.score(q, catalog),
+             lambda: model.recommend(q, catalog, k=5), lambda: model.encode_videos(q),
+             lambda: model.encode_music(catalog)]
+    if name == "cmvae":
+        calls.append(lambda: model.modality_shares(q))
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+    model.fit(SplitView(tiny_ds, "train"))  # its validation scores it while it is being fitted
+    assert model.score(q, catalog).shape == (4, tiny_ds.n_tracks)
+    assert 0 <= evaluate(model, tiny_ds, "test")["full"]["recall@10"] <= 1
+
+
+@pytest.mark.parametrize("change,said", [
+    ({"latent_dim": 4}, "latent_dim 16 -> 4"),  # was ignored: the network was built with 16
+    ({"dropout": 0.9}, "dropout 0.2 -> 0.9"),  # was trained with 0.2, and config.json said 0.9
+    ({"lr": "fast"}, "lr 0.002 -> 'fast'"),  # was a TypeError deep in the optimiser
+    ({"latent_dim": 4, "seed": 3}, "seed 0 -> 3; latent_dim 16 -> 4"),  # in the config's order
+])
+def test_fit_refuses_a_config_changed_after_the_model_was_built(tiny_ds, tiny_spec, change, said):
+    model = build("cmvae", tiny_spec, {"hidden": "16", "latent_dim": 16, "epochs": 1})
+    built = {key: getattr(model.config, key) for key in change}
+    for key, value in change.items():
+        setattr(model.config, key, value)
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"cmvae: config changed after the model was built ({said}); fit trains the model its config was built "
+            "as: build a new model with these values (bgmrec.models.registry.build(name, spec, {field: value, "
+            "...}))") + "$"):
+        model.fit(SplitView(tiny_ds, "train"))
+    assert not model.fitted
+    for key, value in built.items():  # put back as built: accepted
+        setattr(model.config, key, value)
+    assert model.fit(SplitView(tiny_ds, "train")).fitted
+    random = build("random", tiny_spec, {"dim": 8})  # a model without a network: its projections were drawn at dim 8
+    random.config.dim = 4
+    with pytest.raises(ValueError, match=r"^random: config changed after the model was built \(dim 8 -> 4\)"):
+        random.fit(SplitView(tiny_ds, "train"))
 
 
 class _FailsAfterItsParent(PopularityRecommender):
@@ -411,9 +460,10 @@ def test_genre_positions_and_tastes_by_hand():
 
 @pytest.mark.parametrize("name", ["random", "popularity", "cca", "twotower-hinge", "cmvae-noprior"])
 def test_a_model_not_reading_genre_ids_scores_a_reordered_dataset_alike(tiny_ds, tiny_spec, reordered, name):
-    model = build(name, tiny_spec, {} if name in ("random", "popularity", "cca") else SMALL)
-    if name in ("popularity", "cca"):
-        model.fit(SplitView(tiny_ds, "train"))
+    if name in ("random", "popularity", "cca"):
+        model = build(name, tiny_spec).fit(SplitView(tiny_ds, "train"))
+    else:  # whether its encoders read the genre shows on its initial weights
+        model = as_fitted(build(name, tiny_spec, SMALL))
     q = VideoQuery.from_dataset(tiny_ds, np.arange(8), np.zeros(8, np.int64))
     np.testing.assert_array_equal(model.score(q, MusicCatalog.from_dataset(reordered)),
                                   model.score(q, MusicCatalog.from_dataset(tiny_ds)))
@@ -492,7 +542,7 @@ def test_every_model_builds_with_its_defaults_and_the_smallest_allowed_values(ti
 def test_library_calls_name_what_is_wrong(tiny_ds, tiny_spec):
     with pytest.raises(ValueError, match=r"the dataset has no split 'nope'; it has .*train"):
         SplitView(tiny_ds, "nope")
-    with pytest.raises(ValueError, match=r"video index -1 is out of range \[0, "):
+    with pytest.raises(ValueError, match=r"^videos must be ids in \[0, 2600\), got -1 \(1 of 2 out of range\)$"):
         VideoQuery.from_dataset(tiny_ds, [3, -1])  # numpy would have taken the last video
     with pytest.raises(TypeError, match=r"spec must be a FeatureSpec \(FeatureSpec.of\(dataset\)\), got Dataset"):
         build("cmvae", tiny_ds)
@@ -526,6 +576,52 @@ def test_the_catalogue_is_encoded_in_chunks_as_the_whole(tiny_ds, tiny_spec, mon
     monkeypatch.setattr(model, "encode_chunk", 7)
     np.testing.assert_allclose(model.encode_music(catalog), whole, rtol=1e-5, atol=1e-6)
     assert max(sizes) == 7 and sum(sizes) == tiny_ds.n_tracks
+
+
+def test_video_indices_must_be_integers_in_range(tiny_ds):
+    """A mask was read as the indices 0 and 1 (2,600 queries of two videos), 1.7 as 1, 0.4 as True."""
+    n = tiny_ds.n_videos
+    for videos, words in ((np.arange(n) < 2, "videos must be integer ids (int64), got booleans (a mask? give the "
+                                             "indices of its True entries: np.flatnonzero(mask))"),
+                          (np.array([1.7]), "videos must be integer ids (int64), got float64 values"),
+                          ([0, n], f"videos must be ids in [0, {n}), got {n} (1 of 2 out of range)")):
+        with pytest.raises(ValueError, match="^" + re.escape(words) + "$"):
+            VideoQuery.from_dataset(tiny_ds, videos)
+    with pytest.raises(ValueError, match=re.escape(f"uploaders must be ids in [-1, {tiny_ds.n_uploaders}), got -2")):
+        VideoQuery.from_dataset(tiny_ds, [0, 1], [-2, 0])
+    with pytest.raises(ValueError, match=r"^uploaders must give one uploader per video: 1 for 2 videos$"):
+        VideoQuery.from_dataset(tiny_ds, [0, 1], [0])
+    assert len(VideoQuery.from_dataset(tiny_ds, np.flatnonzero(np.arange(n) < 2))) == 2
+    assert len(VideoQuery.from_dataset(tiny_ds, [])) == 0  # an empty list (float64 to numpy) is no ids
+    q = VideoQuery.from_dataset(tiny_ds, [0, 1])
+    with pytest.raises(ValueError, match=re.escape("VideoQuery.text_mask must be booleans (True, False, or 1 and 0), "
+                                                   "got [0.4, 2.0]")):
+        VideoQuery(q.visual, q.text, np.array([0.4, 2]))
+    assert VideoQuery(q.visual, q.text, np.array([1.0, 0.0])).text_mask.tolist() == [True, False]
+    with pytest.raises(ValueError, match=r"^VideoQuery.index must be integer ids \(int64\), got float64 values$"):
+        VideoQuery(q.visual, q.text, q.text_mask, index=np.array([0.5, 1.0]))
+
+
+def test_music_catalogue_genres_must_be_integer_ids_of_known_genres(tiny_ds, tiny_spec):
+    """Float genre ids were cut (2.7 read as 2), and an id past the model's genres failed in numpy ("index 99 is out
+    of bounds for axis 0")."""
+    model = build("popularity", tiny_spec).fit(SplitView(tiny_ds, "train"))
+    cat = MusicCatalog.from_dataset(tiny_ds)
+    with pytest.raises(ValueError, match=r"^MusicCatalog.genre must be integer ids \(int64\), got float64 values$"):
+        MusicCatalog(cat.features, cat.genre + 0.7)
+    with pytest.raises(ValueError, match=re.escape(f"MusicCatalog.genre must be ids in [0, {tiny_ds.n_genres}), got "
+                                                   "99")):
+        MusicCatalog(cat.features, np.full(len(cat), 99), genres=cat.genres)  # names given: bounded by them
+    with pytest.raises(ValueError, match=r"^MusicCatalog.genre must have one id per track, shape \[200\], got \[3\]$"):
+        MusicCatalog(cat.features, cat.genre[:3])
+    unnamed = MusicCatalog(cat.features, np.full(len(cat), 99))  # ids in the model's genres: bounded by them
+    with pytest.raises(DatasetError, match=re.escape(f"MusicCatalog.genre: ids must be in [0, {tiny_ds.n_genres}) (the "
+                                                     f"model's genres: {', '.join(tiny_ds.genres)}), got 99; give the "
+                                                     "catalogue's genre names as MusicCatalog.genres")):
+        model.encode_music(unnamed)
+    with pytest.raises(ValueError, match=r"^MusicCatalog.features must have 2 dimensions \(\[M, D\]\), got shape"):
+        MusicCatalog(cat.features[0], cat.genre[:1])
+    assert MusicCatalog(cat.features.astype(np.float64), cat.genre.astype(np.int32)).features.dtype == np.float32
 
 
 def test_a_video_query_takes_lists_and_float64_and_names_a_field_of_the_wrong_shape(runs, tiny_ds):

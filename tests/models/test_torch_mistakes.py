@@ -14,6 +14,7 @@ from torch import nn
 from bgmrec.models.base import MusicCatalog, SplitView, VideoQuery
 from bgmrec.models.neural import InputNorms, TorchRecommender
 from bgmrec.train import TrainConfig
+from unfitted import as_fitted
 
 
 @dataclass
@@ -88,7 +89,7 @@ def test_a_training_loss_as_the_contract_says_trains(tiny_ds, tiny_spec):
 ])
 def test_an_embedding_that_is_not_a_tensor_of_a_row_per_input_is_named(tiny_ds, tiny_spec, method, returns, got):
     real = getattr(Bilinear, method)
-    model = _subclass(method, lambda self, *inputs: returns(real(self, *inputs)))(SmallConfig(), tiny_spec)
+    model = as_fitted(_subclass(method, lambda self, *inputs: returns(real(self, *inputs)))(SmallConfig(), tiny_spec))
     videos, catalog = VideoQuery.from_dataset(tiny_ds, np.arange(5)), MusicCatalog.from_dataset(tiny_ds)
     rows = 5 if method == "video_embedding" else tiny_ds.n_tracks
     with pytest.raises(ValueError, match="^" + re.escape(f"Mistaken.{method} must return a torch.Tensor [n, d], a row "

@@ -14,6 +14,7 @@ from bgmrec.models.cmvae import CMVAEConfig
 from bgmrec.models.layers import symmetric_info_nce
 from bgmrec.models.neural import TrackPrior
 from bgmrec.models.registry import build
+from unfitted import as_fitted
 
 MUSIC = np.arange(12, dtype=np.float32).reshape(4, 3)  # 4 tracks, 3 features
 
@@ -132,8 +133,8 @@ def test_score_is_similarity_plus_temperature_times_log_q(tiny_ds):
 
 def test_the_prior_is_an_option_and_needs_infonce(tiny_ds):
     spec = FeatureSpec.of(tiny_ds)
-    with_prior = build("cmvae", spec, {"hidden": "16", "latent_dim": 8})
-    without = build("cmvae-noprior", spec, {"hidden": "16", "latent_dim": 8})
+    with_prior = as_fitted(build("cmvae", spec, {"hidden": "16", "latent_dim": 8}))
+    without = as_fitted(build("cmvae-noprior", spec, {"hidden": "16", "latent_dim": 8}))
     catalog = MusicCatalog.from_dataset(tiny_ds)
     assert with_prior.encode_music(catalog).shape[1] == 9 and without.encode_music(catalog).shape[1] == 8
     hinge = build("twotower-hinge", spec, {})
@@ -158,7 +159,7 @@ def test_a_checkpoint_saved_without_the_prior_ranks_by_similarity(tiny_ds, tmp_p
     old = load_model(folder)
     catalog = MusicCatalog.from_dataset(tiny_ds)
     q = VideoQuery.from_dataset(tiny_ds, np.arange(6))
-    plain = build("cmvae-noprior", spec, {"hidden": "16", "latent_dim": 8})
+    plain = as_fitted(build("cmvae-noprior", spec, {"hidden": "16", "latent_dim": 8}))  # given the fitted weights:
     plain.module.load_state_dict({k: v for k, v in model.module.state_dict().items()
                                   if not k.startswith("track_prior.")})
     assert np.allclose(old.score(q, catalog), plain.score(q, catalog), atol=1e-5)

@@ -260,7 +260,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained model: full-catalogue ranking, sampled 1+K, IPW and bias figures."""
     from bgmrec.data.dataset import load_dataset, write_text_atomic
-    from bgmrec.eval.protocol import RANK_KEYS
+    from bgmrec.eval.protocol import RANK_KEYS, below_chance
     from bgmrec.eval.protocol import evaluate as run_eval
     from bgmrec.eval.report import rich_tables
 
@@ -274,7 +274,8 @@ def evaluate(
         result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
         ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
         said = run_warnings({run: rec}, data, split)  # once the figures exist: an error says nothing more
-        said += [m for m in (note_if_training_split(ds, split), warn_if_below_chance(result, rec)) if m]
+        # below_chance: printed by run_eval's EvaluationWarning (on one line: cli.app), kept here for the JSON
+        said += [m for m in (note_if_training_split(ds, split), below_chance(rec, result)) if m]
         for t in rich_tables([result]):
             console.print(t)
     write_result(json_out, {**result, "warnings": said, "provenance": runs.provenance(data, {"run": run})})
@@ -364,21 +365,6 @@ def note_if_training_split(ds, split: str) -> str | None:
     note = f"{split} is a training split (role {role}): its figures measure the fit, not how the model generalises"
     print(f"note: {note}", file=sys.stderr)
     return note
-
-
-def warn_if_below_chance(result: dict, scorer) -> str | None:
-    """Say on stderr when a score file's full Recall@10 is below half a random order's (10 / candidates, over at
-    least 50 queries): scores where lower means better (distances, not similarities) rank the positives last.
-    Returns the message, None when silent or for a trained model."""
-    from bgmrec.features.recommend import warn_on_stderr
-
-    if not hasattr(scorer, "video_scores") or result["n_queries"] < 50:
-        return None
-    chance, got = min(1.0, 10 / result["n_candidates"]), result["full"]["recall@10"]
-    if got >= chance / 2:
-        return None
-    return warn_on_stderr(f"{scorer.source}: full Recall@10 {got:.3f} is below a random order's {chance:.3f}: are "
-                          "its scores higher for better tracks (similarities, not distances)?")
 
 
 @app.command()

@@ -30,14 +30,36 @@ import secrets
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 FORMAT_VERSION = 1
 SPLIT_ROLES = ("train", "val", "test", "teacher")
 CANDIDATE_SETS = ("existing", "new", "all")
+BRIEF_ITEMS = 8  # a list, tuple or dict of more items is shown by its length in a container's repr (brief)
+
+
+def brief(value: Any) -> str:
+    """``value`` as a container's repr shows it: an array by its dtype and shape (``float32[200, 64]``), a list,
+    tuple or dict of more than :data:`BRIEF_ITEMS` items by its length, a shorter dict item by item (each value
+    brief), anything else by its repr."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype}{list(value.shape)}"
+    if isinstance(value, list | tuple | dict) and len(value) > BRIEF_ITEMS:
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {brief(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def brief_repr(obj: Any) -> str:
+    """The repr of the dataclass instance ``obj`` with each field :func:`brief` (the dataclass's own repr printed
+    every id and every value of its arrays: 83 KB for a tiny world's dataset)."""
+    shown = ", ".join(f"{f.name}={brief(getattr(obj, f.name))}" for f in fields(obj) if f.repr)
+    return f"{type(obj).__name__}({shown})"
 
 
 class DatasetError(ValueError):
@@ -103,6 +125,12 @@ class Dataset:
     provenance: dict = field(default_factory=dict)  # how it was made (simulator config, importer, ...)
     root: Path | None = None  # folder it was loaded from
 
+    def __repr__(self) -> str:
+        """Its counts, splits (rows each) and folder; :meth:`summary` says more."""
+        splits = ", ".join(f"{name}: {len(rows)}" for name, rows in self.splits.items())
+        return (f"Dataset({self.n_videos} videos, {self.n_tracks} tracks, {self.n_uploaders} uploaders, "
+                f"{self.n_genres} genres, splits {{{splits}}}, root={None if self.root is None else str(self.root)!r})")
+
     # ---- sizes -------------------------------------------------------------------------------
     @property
     def n_videos(self) -> int:
@@ -125,12 +153,23 @@ class Dataset:
         [n, 3] (video, track, uploader or -1), e.g. an app's own held-out queries to :func:`evaluate
         <bgmrec.eval.protocol.evaluate>` a model on. The copy is validated as a loaded dataset is (a
         :class:`DatasetError` for rows out of range, a positive outside ``candidates``, a (video, track)
-        pair of a training split); the split has no frozen negatives, so only full-catalogue figures."""
+        pair of a training split); the split has no frozen negatives, so only full-catalogue figures. Errors begin
+        ``with_split(name=NAME)`` and name the argument (``rows``, ``role``, ``candidates``)."""
+        call = f"with_split(name={name!r})"
+        check_split_name(name, call)
+        for arg, value, allowed in (("role", role, SPLIT_ROLES), ("candidates", candidates, CANDIDATE_SETS)):
+            if value not in allowed:
+                raise DatasetError(f"{call}: {arg} must be one of {', '.join(allowed)}, got {value!r}")
         if name in self.splits:
-            raise DatasetError(f"split {name!r}: the dataset already has a split of that name")
+            raise DatasetError(f"{call}: the dataset already has a split of that name")
         ds = replace(self, splits={**self.splits, name: _ids(np.asarray(rows))},
                      split_info={**self.split_info, name: SplitInfo(role, candidates)})
-        ds.validate("Dataset.with_split")
+        try:
+            ds.validate(call)
+        except DatasetError as e:  # validate names files: the new split's (splits/NAME.npy) is the argument rows
+            said, own = str(e).removeprefix(f"{call}/"), f"splits/{name}.npy"
+            said = "rows" + said.removeprefix(own) if said.startswith(own) else said
+            raise DatasetError(f"{call}: {said}") from None
         return ds
 
     def dims(self) -> dict[str, int]:

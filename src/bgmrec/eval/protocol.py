@@ -3,13 +3,15 @@ negatives, inverse-popularity weighting, and bias diagnostics. One code path for
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from bgmrec.data.dataset import Dataset
+from bgmrec.data.dataset import Dataset, load_dataset
 from bgmrec.eval import metrics as M
 from bgmrec.eval.significance import PairedComparison, check_settings, paired_comparison
 from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embedding_widths
@@ -23,8 +25,8 @@ PAPERS_NEGATIVES = 100  # the papers' sampled protocol: each positive against 10
 
 class EvaluationWarning(UserWarning):
     """Figures that measure less than their label says (personalised mode for queries of unknown uploaders,
-    Recall@K of a split with at most K candidate tracks). The commands print it as one ``warning: ...`` line,
-    as their own warnings."""
+    Recall@K of a split with at most K candidate tracks, a score file ranking below chance). The commands print it
+    as one ``warning: ...`` line, as their own warnings."""
 
 
 def warn_if_recall_is_trivial(split: str, n_candidates: int, ks: tuple[int, ...], top_k: int | None = None) -> None:
@@ -136,19 +138,47 @@ def _scorer(model, ds: Dataset, split: str):
     return score
 
 
+def as_dataset(ds: Dataset | str | os.PathLike) -> Dataset:
+    """``ds``, or the dataset folder it names loaded (:func:`~bgmrec.data.dataset.load_dataset`); a TypeError
+    for anything else, naming what was given."""
+    if isinstance(ds, str | os.PathLike):
+        return load_dataset(Path(ds))
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"ds must be a Dataset (bgmrec.data.load_dataset(folder)) or a dataset folder's path, got "
+                        f"{type(ds).__name__}")
+    return ds
+
+
+def below_chance(model, result: dict) -> str | None:
+    """What :func:`evaluate` warns of when ``model`` is a score file (a scorer given its scores, ``video_scores``:
+    :class:`~bgmrec.eval.scores.PrecomputedScores`) whose full Recall@10 in ``result`` is below half a random
+    order's (10 / candidates, over at least 50 queries): scores where lower means better (distances, not
+    similarities) rank the positives last. None otherwise (a trained model's figures are what they are)."""
+    if not hasattr(model, "video_scores") or result["n_queries"] < 50:
+        return None
+    chance, got = min(1.0, 10 / result["n_candidates"]), result["full"]["recall@10"]
+    if got >= chance / 2:
+        return None
+    return (f"{model.source}: full Recall@10 {got:.3f} is below a random order's {chance:.3f}: are its scores higher "
+            "for better tracks (similarities, not distances)?")
+
+
 def _ranking_metrics(ranks: np.ndarray, ks, weights=None) -> dict[str, float]:
     out = {f"recall@{k}": M.recall_at_k(ranks, k, weights) for k in ks}
     out.update({f"ndcg@{k}": M.ndcg_at_k(ranks, k, weights) for k in ks})
     return out
 
 
-def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ranks: bool = False) -> dict:
-    """Every figure of the protocol for one model on one split, as the JSON object ``evaluate --json`` writes.
+def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, seed: int = 0,
+             keep_ranks: bool = False) -> dict:
+    """Every figure of the protocol for one model on one split of the dataset ``ds`` (a :class:`Dataset` or its
+    folder's path), as the JSON object ``evaluate --json`` writes.
 
     ``keep_ranks`` adds ``"full_ranks"``: each query's full-catalogue rank (a NumPy array, not JSON),
     what :func:`compare` and :func:`~bgmrec.eval.report.paired_rows` pair across models, and
     ``"sampled_ranks"``, its rank in the sampled protocol (None for a split without negatives).
     """
+    ds = as_dataset(ds)
     if split not in ds.splits:
         raise ValueError(f"unknown split {split!r}; the dataset has {', '.join(ds.splits)}")
     rows = np.asarray(ds.splits[split])
@@ -173,6 +203,9 @@ def evaluate(model: Recommender, ds: Dataset, split: str, seed: int = 0, keep_ra
     result["full"].update({"ndcg@10": M.ndcg_at_k(r, 10), "ndcg@20": M.ndcg_at_k(r, 20), "mrr": M.mrr(r),
                            "median_rank": M.median_rank(r)})
     result["full_recall_curve"] = {str(k): M.recall_at_k(r, k) for k in CURVE_KS}
+    note = below_chance(model, result)
+    if note:
+        warnings.warn(note, EvaluationWarning, stacklevel=2)
     if split in ds.negatives:
         sr = sampled_ranks(model, ds, split, seed=seed)
         result["n_negatives"] = int(ds.negatives[split].shape[1])
@@ -230,11 +263,13 @@ def query_values(model, ds: Dataset, split: str, metric: str, seed: int = 0) -> 
     return gains * (len(gains) * ds.ipw_weights(split)) if protocol == "ipw" else gains
 
 
-def compare(baseline: Recommender, candidate: Recommender, ds: Dataset, split: str, metric: str = "recall@10",
-            resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> PairedComparison:
-    """Paired comparison of two models' ``metric`` on the queries of ``split`` (bootstrap interval and
-    randomisation test over queries: :mod:`bgmrec.eval.significance`): full-catalogue by default, the sampled
-    1+K protocol for ``sampled_recall@10`` and its IPW variant for ``ipw_recall@10`` (:func:`query_values`)."""
+def compare(baseline: Recommender, candidate: Recommender, ds: Dataset | str | os.PathLike, split: str,
+            metric: str = "recall@10", resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> PairedComparison:
+    """Paired comparison of two models' ``metric`` on the queries of ``split`` of the dataset ``ds`` (a
+    :class:`Dataset` or its folder's path; bootstrap interval and randomisation test over queries:
+    :mod:`bgmrec.eval.significance`): full-catalogue by default, the sampled 1+K protocol for
+    ``sampled_recall@10`` and its IPW variant for ``ipw_recall@10`` (:func:`query_values`)."""
+    ds = as_dataset(ds)
     protocol, rank_metric = compared_protocol(metric)
     name, k = M.parse_metric(rank_metric)
     check_settings(resamples, level)

@@ -48,6 +48,7 @@ import numpy as np
 from bgmrec.data.dataset import (
     DatasetError,
     FieldError,
+    brief_repr,
     check_distinct_ids,
     check_float_matrix,
     load_npy,
@@ -389,6 +390,8 @@ class Catalog:
     features: np.ndarray  # float32 [M, D]
     manifest: dict = field(default_factory=dict)
     root: Path | None = None
+
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
 
     def __len__(self) -> int:
         return len(self.ids)

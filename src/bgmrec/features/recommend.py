@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bgmrec.data.dataset import DatasetError
+from bgmrec.data.dataset import DatasetError, brief_repr
 from bgmrec.features.audio import Catalog
 from bgmrec.models.base import (
     MusicCatalog,
@@ -63,9 +63,11 @@ class ClipFeatures:
     """One clip's content vectors, and what its answer must say of how they were made."""
 
     visual: np.ndarray  # float32 [Dv]
-    text: np.ndarray  # float32 [Dt] (zeros without text)
+    text: np.ndarray | None  # float32 [Dt]; None (or zeros) without a caption, with has_text False
     has_text: bool  # False: no usable caption
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. frames repeated: its answer's warnings
+
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
 
 
 def _dataset_at(root: Path):
@@ -330,20 +332,26 @@ class ClipRecommender:
 
     def _query(self, clips: list[ClipFeatures], taste) -> VideoQuery:
         """The model's query of ``clips``: a non-empty list of :class:`ClipFeatures` with the model's feature
-        sizes (a :class:`RequestError` naming the clip and the field otherwise)."""
+        sizes, a clip without a caption given ``text`` None (zeros) and ``has_text`` False (a
+        :class:`RequestError` naming the clip and the field otherwise)."""
         if not isinstance(clips, list | tuple) or not clips:
             raise RequestError(f"clips must be a non-empty list of ClipFeatures, got {type(clips).__name__}")
         spec = self.model.spec
+        texts = []
         for i, c in enumerate(clips):
             if not isinstance(c, ClipFeatures):
                 raise RequestError(f"clip {i}: expected ClipFeatures, got {type(c).__name__}")
-            for field_name, width in (("visual", spec.video_visual), ("text", spec.video_text)):
-                shape = np.shape(getattr(c, field_name))
-                if shape != (width,):
+            if c.text is None and c.has_text:
+                raise RequestError(f"clip {i}: text is None but has_text is True; give the caption's vector, or "
+                                   "has_text=False for a clip without one")
+            texts.append(np.zeros(spec.video_text, np.float32) if c.text is None else c.text)
+            for field_name, value, width in (("visual", c.visual, spec.video_visual),
+                                             ("text", texts[-1], spec.video_text)):
+                if np.shape(value) != (width,):
                     raise RequestError(f"clip {i}: {field_name} must have shape [{width}] (the model's), got "
-                                       f"{list(shape)}")
+                                       f"{list(np.shape(value))}")
         return VideoQuery(visual=np.stack([np.asarray(c.visual, np.float32) for c in clips]),
-                          text=np.stack([np.asarray(c.text, np.float32) for c in clips]),
+                          text=np.stack([np.asarray(t, np.float32) for t in texts]),
                           text_mask=np.array([bool(c.has_text) for c in clips], bool),
                           confounder=self._taste(taste, len(clips)))
 

@@ -45,6 +45,7 @@ import numpy as np
 from bgmrec.data.dataset import (
     DatasetError,
     FieldError,
+    brief_repr,
     check_distinct_ids,
     check_float_matrix,
     load_npy,
@@ -428,6 +429,8 @@ class VideoFeatures:
     text_mask: np.ndarray  # bool [N]
     manifest: dict = field(default_factory=dict)
     root: Path | None = None
+
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -27,14 +27,43 @@ import numpy as np
 
 import bgmrec
 from bgmrec.bounds import check_bounds as check_bounds  # models and plugins import it from here
-from bgmrec.data.dataset import Dataset, DatasetError, parse_json_file, write_files_together, write_json_atomic
+from bgmrec.data.dataset import (
+    Dataset,
+    DatasetError,
+    brief_repr,
+    parse_json_file,
+    write_files_together,
+    write_json_atomic,
+)
 from bgmrec.models.packages import model_package
 
 # ---- what a model eats ------------------------------------------------------------------------------
 
+def integer_ids(value: Any, what: str, low: int = 0, high: int | None = None) -> np.ndarray:
+    """``value`` as an int64 array of ids in [``low``, ``high``) (None: no upper bound), else a ValueError naming
+    ``what``: floats are refused (1.7 would be cut to 1), booleans too (a mask's False and True would be read as ids
+    0 and 1), and so is an id out of range (numpy's error would name neither the argument nor the range, or a
+    negative id would silently count from the end). An empty list is accepted."""
+    arr = np.asarray(value)
+    if arr.size and arr.dtype.kind not in "iu":
+        got = ("booleans (a mask? give the indices of its True entries: np.flatnonzero(mask))" if arr.dtype.kind == "b"
+               else f"{arr.dtype} values")
+        raise ValueError(f"{what} must be integer ids (int64), got {got}")
+    arr = arr.astype(np.int64)
+    bad = np.flatnonzero((arr < low) | (arr >= (high if high is not None else np.iinfo(np.int64).max)))
+    if bad.size:
+        bounds = f"in [{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"{what} must be ids {bounds}, got {int(arr.ravel()[bad[0]])} ({bad.size} of {arr.size} out "
+                         "of range)")
+    return arr
+
+
 @dataclass
 class VideoQuery:
-    """Content of a batch of videos, as feature arrays (models receive arrays, never paths)."""
+    """Content of a batch of videos, as feature arrays (models receive arrays, never paths).
+
+    ``text`` is required: for videos without a caption give zeros of the text features' width with ``text_mask``
+    False (``np.zeros((n, spec.video_text), np.float32)``; ``ClipFeatures`` of the clip recommender take None)."""
 
     visual: np.ndarray  # float32 [n, Dv] frame features
     text: np.ndarray  # float32 [n, Dt] caption + hashtag features (ignored where text_mask is False)
@@ -44,9 +73,21 @@ class VideoQuery:
     split: str | None = None  # the split the queries come from (only the oracle uses it)
     genres: tuple[str, ...] | None = None  # the names of confounder's columns (None: the model's genres, in order)
 
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
+
     def __post_init__(self) -> None:
         """Arrays as the fields say (float32, bool, int64; lists and float64 are converted), else a ValueError
-        naming the field: a 2-d ``visual`` and ``text``, one row per video in every field."""
+        naming the field: a 2-d ``visual`` and ``text``, one row per video in every field, ``text_mask`` of
+        booleans (or 0 and 1), ``index`` of non-negative integers."""
+        if self.text is None:
+            raise ValueError("VideoQuery.text is None: for videos without a caption give zeros of the text features' "
+                             "width, np.zeros((n, spec.video_text), np.float32), with text_mask False")
+        mask = np.asarray(self.text_mask)
+        if mask.dtype != bool and mask.size and not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"VideoQuery.text_mask must be booleans (True, False, or 1 and 0), got "
+                             f"{np.setdiff1d(mask, (0, 1))[:3].tolist()}")
+        if self.index is not None:
+            self.index = integer_ids(self.index, "VideoQuery.index")
         for name, dtype, ndim in (("visual", np.float32, 2), ("text", np.float32, 2), ("text_mask", bool, 1),
                                   ("confounder", np.float32, 2), ("index", np.int64, 1)):
             value = getattr(self, name)
@@ -76,12 +117,16 @@ class VideoQuery:
     @classmethod
     def from_dataset(cls, ds: Dataset, videos: np.ndarray, uploaders: np.ndarray | None = None,
                      split: str | None = None) -> VideoQuery:
-        """The queries of ``ds``'s videos ``videos`` (indices), with their uploaders' taste when ``uploaders``
-        (indices, -1: unknown) is given, as ranked for ``split`` (the oracle needs it)."""
-        videos = np.asarray(videos, np.int64)
-        bad = np.flatnonzero((videos < 0) | (videos >= ds.n_videos))
-        if bad.size:
-            raise ValueError(f"video index {int(videos.ravel()[bad[0]])} is out of range [0, {ds.n_videos})")
+        """The queries of ``ds``'s videos ``videos`` (integer indices of its videos; a boolean mask is refused:
+        give ``np.flatnonzero(mask)``), with their uploaders' taste when ``uploaders`` (integer indices of its
+        uploaders, -1: unknown; one per video) is given, as ranked for ``split`` (the oracle needs it). A
+        ValueError names the argument of a float, boolean or out-of-range index."""
+        videos = integer_ids(videos, "videos", 0, ds.n_videos)
+        if uploaders is not None:
+            uploaders = integer_ids(uploaders, "uploaders", -1, ds.n_uploaders)
+            if uploaders.shape != videos.shape:
+                raise ValueError(f"uploaders must give one uploader per video: {len(uploaders)} for {len(videos)} "
+                                 "videos")
         return cls(
             visual=np.asarray(ds.video_visual[videos], np.float32),
             text=np.asarray(ds.video_text[videos], np.float32),
@@ -101,6 +146,28 @@ class MusicCatalog:
     genre: np.ndarray  # int64 [M]
     index: np.ndarray | None = None  # int64 [M] dataset track indices (only the oracle uses them)
     genres: tuple[str, ...] | None = None  # the names of the genre ids (None: ids already in the model's order)
+
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
+
+    def __post_init__(self) -> None:
+        """Arrays as the fields say, else a ValueError naming the field: ``features`` a 2-d float32 array (lists
+        and float64 converted), ``genre`` and ``index`` one integer id per track, ``genre`` in
+        [0, len(genres)) when ``genres`` names them (else the model's genres bound it when it is given data)."""
+        try:
+            self.features = np.asarray(self.features, np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"MusicCatalog.features must be a float32 array ({e})") from None
+        if self.features.ndim != 2:
+            raise ValueError(f"MusicCatalog.features must have 2 dimensions ([M, D]), got shape "
+                             f"{list(self.features.shape)}")
+        self.genre = integer_ids(self.genre, "MusicCatalog.genre", 0, None if self.genres is None else len(self.genres))
+        if self.index is not None:
+            self.index = integer_ids(self.index, "MusicCatalog.index")
+        for name in ("genre", "index"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (len(self.features),):
+                raise ValueError(f"MusicCatalog.{name} must have one id per track, shape [{len(self.features)}], got "
+                                 f"{list(value.shape)}")
 
     def __len__(self) -> int:
         return len(self.features)
@@ -175,23 +242,25 @@ class FeatureSpec:
         with ``warn``, a :class:`GenreMappingWarning` names the tracks' genres the model does not know."""
         if c.genres is None or tuple(c.genres) == self.genres:
             return c
-        genre = np.asarray(c.genre, np.int64)
-        if genre.size and (genre.min() < 0 or genre.max() >= len(c.genres)):
-            raise DatasetError(f"music genres: ids must be in [0, {len(c.genres)}) (MusicCatalog.genres), found "
-                               f"{int(genre.min())}..{int(genre.max())}")
         positions, _ = genre_positions(c.genres, self.genres)
-        note = unknown_genres_warning([c.genres[g] for g in genre], self.genres) if warn else None
+        note = unknown_genres_warning([c.genres[g] for g in c.genre], self.genres) if warn else None
         if note:
             warnings.warn(note, GenreMappingWarning, stacklevel=2)
-        return dataclasses.replace(c, genre=positions[genre], genres=self.genres)
+        return dataclasses.replace(c, genre=positions[c.genre], genres=self.genres)
 
     def check_music(self, c: MusicCatalog, source: str | None = None) -> None:
-        """Refuse a catalogue of other feature width (its genres: :meth:`music_in_model_genres`)."""
+        """Refuse a catalogue of other feature width, or with genre ids beyond this spec's genres (a catalogue
+        whose ``genres`` name them: :meth:`music_in_model_genres` first)."""
         if c.features.ndim != 2 or c.features.shape[1] != self.music:
             raise DatasetError(f"music features: expected shape [M, {self.music}], found {list(c.features.shape)}"
                                + _recorded_in(source))
         if not np.isfinite(c.features).all():
             raise DatasetError("music features: contain NaN or inf")
+        beyond = np.flatnonzero(c.genre >= len(self.genres))
+        if beyond.size:
+            raise DatasetError(f"MusicCatalog.genre: ids must be in [0, {len(self.genres)}) (the model's genres: "
+                               f"{', '.join(self.genres)}), got {int(c.genre[beyond[0]])}; give the catalogue's genre "
+                               "names as MusicCatalog.genres to have them mapped by name" + _recorded_in(source))
 
 
 def check_confounder(confounder: np.ndarray, genres: int, source: str | None = None) -> None:
@@ -323,6 +392,8 @@ class SplitView:
     name: str
     row_index: np.ndarray | None = None  # a subset of the split's rows (None: all of them)
 
+    __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
+
     def __post_init__(self) -> None:
         if self.name not in self.dataset.splits:
             raise ValueError(f"the dataset has no split {self.name!r}; it has {', '.join(self.dataset.splits)}")
@@ -378,10 +449,13 @@ class Recommender(ABC):
     reads_genre: bool = True
     #: True once ``fit`` has returned (every subclass's, see ``__init_subclass__``) or :func:`load_model` loaded it
     fitted: bool = False
+    #: True while ``fit`` runs (its validation encodes the model before it is fitted)
+    fitting: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Make the ``fit`` a subclass defines mark the model fitted when it returns: :meth:`save` refuses a model
-        never fitted (its weights are its initialisation, and loaded back it would score at random)."""
+        """Wrap the ``fit`` a subclass defines: it first refuses a config changed since the model was built
+        (:meth:`check_config_unchanged`), and marks the model fitted when it returns: :meth:`save`, ``encode_videos``
+        and ``encode_music`` refuse a model never fitted (its weights are its initialisation: at random)."""
         super().__init_subclass__(**kwargs)
         fit = cls.__dict__.get("fit")
         if fit is None or getattr(fit, "marks_fitted", False):
@@ -389,12 +463,15 @@ class Recommender(ABC):
 
         @functools.wraps(fit)
         def fit_and_mark(self: Recommender, *args: Any, **kw: Any) -> Recommender:
-            outermost = type(self).fit is fit_and_mark  # not a super().fit() within a subclass's fit
-            if outermost:  # a fit that raises leaves the model unfitted, even one fitted before
-                self.fitted = False
-            out = fit(self, *args, **kw)
-            if outermost:
-                self.fitted = True
+            if type(self).fit is not fit_and_mark:  # a super().fit() within a subclass's fit
+                return fit(self, *args, **kw)
+            self.check_config_unchanged()
+            self.fitted, self.fitting = False, True  # a fit that raises leaves it unfitted, even one fitted before
+            try:
+                out = fit(self, *args, **kw)
+            finally:
+                self.fitting = False
+            self.fitted = True
             return out
 
         fit_and_mark.marks_fitted = True
@@ -402,6 +479,7 @@ class Recommender(ABC):
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
         self.config = config
+        self._built_config = asdict(config)  # what check_config_unchanged compares ``config`` with
         self.spec = spec
         self.history: list[dict] = []  # one entry per epoch for trained models
         self.source: str | None = None  # the config.json it was loaded from (named in input errors)
@@ -443,6 +521,27 @@ class Recommender(ABC):
         ``progress`` shows a progress bar (the CLI sets it; the library stays quiet by default).
         """
 
+    def check_config_unchanged(self) -> None:
+        """ValueError naming each field of ``self.config`` changed since the model was built (``fit`` calls it
+        first): the model was made from the config it was given (its network's sizes, the config's range checks),
+        so training with another would ignore some changes, record others in ``config.json`` untrained, and fail
+        deep in training on a value never checked."""
+        now = asdict(self.config)
+        changed = [f"{k} {self._built_config.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}"
+                   for k in dict.fromkeys([*self._built_config, *now]) if now.get(k) != self._built_config.get(k)]
+        if changed:
+            raise ValueError(f"{self.name}: config changed after the model was built ({'; '.join(changed)}); fit "
+                             "trains the model its config was built as: build a new model with these values "
+                             "(bgmrec.models.registry.build(name, spec, {field: value, ...}))")
+
+    def check_fitted(self) -> None:
+        """ValueError unless the model is fitted (:attr:`fitted`: by ``fit``, or loaded by :func:`load_model`) or
+        being fitted: the encodings, and so ``score``, ``recommend`` and the evaluation, of a model never fitted
+        come from its initialisation and rank near chance."""
+        if not (self.fitted or self.fitting):
+            raise ValueError(f"{self.name} ({type(self).__name__}): not fitted, so its scores would come from its "
+                             "initialisation (near chance); call fit first, or load a fitted model with load_model")
+
     def check_fit_data(self, train: SplitView, val: SplitView | None = None) -> None:
         """ValueError unless ``train`` (and ``val``) are splits of one dataset with the feature sizes and
         genres this model was built for (``self.spec``), ``train`` of role train and ``val`` not a test
@@ -474,23 +573,28 @@ class Recommender(ABC):
 
     def encode_videos(self, q: VideoQuery) -> np.ndarray:
         """Video embeddings [n, d] (float32, finite); ``score`` is their inner product with music embeddings.
-        Uploaders' tastes over other genres (``q.genres``) are mapped to the model's by name."""
+        Uploaders' tastes over other genres (``q.genres``) are mapped to the model's by name. A model never fitted
+        is refused (:meth:`check_fitted`)."""
+        self.check_fitted()
         q = self.spec.videos_in_model_genres(q)
         self.spec.check_videos(q, self.source)
         return self._finite("encode_videos", self._encode_videos(q))
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
         """Music embeddings [M, d] (float32, finite). Genre ids of other genres (``c.genres``) are mapped to the
-        model's by name."""
+        model's by name. A model never fitted is refused (:meth:`check_fitted`)."""
+        self.check_fitted()
         c = self.spec.music_in_model_genres(c, warn=self.reads_genre)
         self.spec.check_music(c, self.source)
         return self._finite("encode_music", self._encode_music(c))
 
     def _finite(self, method: str, embeddings: np.ndarray) -> np.ndarray:
-        """``embeddings`` as float32, refused (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value
-        that is infinite, or becomes so as a float32: its every score would be NaN or infinite."""
+        """``embeddings`` as a C-contiguous, writable float32 array (a copy of a read-only one, such as a memory map
+        of stored embeddings, which torch warns of and cannot share in the evaluation and the index), refused
+        (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value that is infinite, or becomes so as a
+        float32: its every score would be NaN or infinite."""
         with np.errstate(over="ignore"):  # what overflows the cast is refused below, by row
-            out = np.ascontiguousarray(embeddings, np.float32)
+            out = np.require(np.asarray(embeddings, np.float32), requirements=["C", "W"])
         if out.ndim != 2:
             raise ValueError(f"{self.name}: {method} must give [n, d] embeddings, a row per input; got shape "
                              f"{list(out.shape)}")

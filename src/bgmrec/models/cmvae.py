@@ -199,8 +199,9 @@ class CMVAE(TorchRecommender):
         both data experts (the prior expert's constant share is left out). A video without text
         gets (1, 0). Only defined for PoE fusion; frames-only fusion gives (1, 0) everywhere. A module
         that fuses by a ``video_posterior`` of its own (a subclass's) has no such shares: ValueError,
-        unless the subclass overrides this method too.
+        unless the subclass overrides this method too. A model never fitted is refused (``check_fitted``).
         """
+        self.check_fitted()
         self.spec.check_videos(q, self.source)
         if self.config.fusion == "concat":
             raise ValueError("modality shares need fusion='poe' (concatenation mixes the modalities)")

@@ -152,11 +152,17 @@ class DecCM(CMVAE):
         self._teacher_sought: str | None = None  # where a loaded student looked for its teacher in vain
         self._teacher_unusable: str | None = None  # why a loaded student's teacher, found, was not attached
         self.professional_counts: np.ndarray | None = None  # [n_tracks] professional videos' choices (fit only)
-        if self.prior_scale() is not None and config.teacher and config.content_share:
-            self.module.content_prior = TrackPrior()  # content mode's log Q: :func:`content_log_share`
 
     def build_module(self) -> nn.Module:
         return DecCMModule(self.config, self.spec)
+
+    def initial_module(self) -> nn.Module:
+        """As :meth:`TorchRecommender.initial_module`, with content mode's track prior (:func:`content_log_share`)
+        when the student ranks content mode with the professional videos' shares."""
+        module = super().initial_module()
+        if self.prior_scale() is not None and self.config.teacher and self.config.content_share:
+            module.content_prior = TrackPrior()
+        return module
 
     def set_inference_mode(self, mode: str) -> None:
         if not self.config.adjustment and mode != "content":

@@ -140,25 +140,34 @@ class TorchRecommender(Recommender):
 
     def __init__(self, config: TrainConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
-        with torch.random.fork_rng():
-            torch.manual_seed(config.seed)
-            self.module = self.build_module()
-        where = f"{type(self).__qualname__} ({self.name!r})"
-        if not isinstance(getattr(self.module, "norms", None), InputNorms):
-            raise ValueError(f"{where}: build_module must return a module with an attribute norms = "
-                             "bgmrec.models.neural.InputNorms(spec): the training loop fits the input "
-                             "standardisation into it (see examples/torch_model.py)")
         if getattr(config, "track_prior", False) and not isinstance(getattr(config, "temperature", None), int | float):
-            raise ValueError(f"{where}: its config's track_prior=true adds temperature * log Q(m) to the scores, "
-                             "so the config needs a numeric field temperature (the InfoNCE temperature)")
-        if self.prior_scale() is not None:
-            self.module.track_prior = TrackPrior()  # saved with the module
+            raise ValueError(f"{type(self).__qualname__} ({self.name!r}): its config's track_prior=true adds "
+                             "temperature * log Q(m) to the scores, so the config needs a numeric field temperature "
+                             "(the InfoNCE temperature)")
+        self.module = self.initial_module()
         self.reads_genre = self.prior_scale() is not None  # the prior's regression reads the genre
-        self.module.eval()
 
     @abstractmethod
     def build_module(self) -> nn.Module:
-        """Build the layers from ``self.config`` and ``self.spec`` (must contain ``norms: InputNorms``)."""
+        """Build the layers from ``self.config`` and ``self.spec`` (must contain ``norms: InputNorms``). Called by
+        :meth:`initial_module`, at construction and again by every ``fit``: the module must hold everything
+        training starts from (nothing attached to it afterwards in ``__init__`` survives a fit)."""
+
+    def initial_module(self) -> nn.Module:
+        """The network as initialised for the config's seed, in eval mode: :meth:`build_module` under that seed,
+        with the track prior (:class:`TrackPrior`, saved with the module) when the model ranks with one. The
+        constructor builds it, and every ``fit`` starts again from it: a second fit of one model trains what a
+        first fit trains (as scikit-learn's estimators), not the already trained network further."""
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.seed)
+            module = self.build_module()
+        if not isinstance(getattr(module, "norms", None), InputNorms):
+            raise ValueError(f"{type(self).__qualname__} ({self.name!r}): build_module must return a module with "
+                             "an attribute norms = bgmrec.models.neural.InputNorms(spec): the training loop fits the "
+                             "input standardisation into it (see examples/torch_model.py)")
+        if self.prior_scale() is not None:
+            module.track_prior = TrackPrior()
+        return module.eval()
 
     @abstractmethod
     def training_loss(self, batch: Batch, step: int, steps_per_epoch: int) -> tuple[torch.Tensor, dict]:
@@ -206,7 +215,10 @@ class TorchRecommender(Recommender):
         self.module.track_prior.fit_regression(catalog.features, e_m, catalog.genre, len(self.spec.genres))
 
     def fit(self, train: SplitView, val: SplitView | None = None, progress: bool = False) -> TorchRecommender:
+        """Train from the network's initialisation for the config's seed (:meth:`initial_module`; a model fitted
+        before starts over) by :func:`~bgmrec.train.fit_torch`, early-stopped on ``val``."""
         self.check_fit_data(train, val)
+        self.module = self.initial_module()
         self.history = fit_torch(self, train, val, progress)
         return self
 

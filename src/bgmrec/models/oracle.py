@@ -93,10 +93,10 @@ class Oracle(Recommender):
     @staticmethod
     def _check_in_world(index: np.ndarray, size: int, what: str) -> None:
         """ValueError unless every index names one of the ``size`` videos (tracks) of the oracle's world."""
-        if len(index) and (index.min() < 0 or index.max() >= size):
-            bad = int(index.max() if index.max() >= size else index.min())
-            raise ValueError(f"the oracle holds the truth of a world of {size} {what}s, and {what} index {bad} is "
-                             "outside it: an oracle scores only the world it was fitted to (fit it on this one)")
+        if len(index) and index.max() >= size:  # never negative (VideoQuery and MusicCatalog refuse it)
+            raise ValueError(f"the oracle holds the truth of a world of {size} {what}s, and {what} index "
+                             f"{index.max()} is outside it: an oracle scores only the world it was fitted to (fit it "
+                             "on this one)")
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"video_content": self.video_content, "track_content": self.track_content,
