@@ -499,6 +499,8 @@ def serve_command(ds, model, folder: Path, monkeypatch) -> tuple[list[str], dict
     import signal
 
     monkeypatch.setattr(signal, "signal", lambda signum, handler: started.setdefault(f"signal {signum}", handler))
+    # started from a terminal (SIGHUP's default action), whatever started the tests: under nohup serve leaves it
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_DFL)
     monkeypatch.setattr("bgmrec.service._MediaEncoders.load", lambda self: started.update(encoders_loaded=True))
     return ["serve", "--run", str(folder / "run"), "--catalog", str(folder / "cat")], started
 
