@@ -154,7 +154,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
             said(f"POST /recommend/video will answer 501: the encoders of uploaded videos need the media extra "
                  f"(pip install 'bgmrec[media]'): {e}")
 
-    personalised = getattr(recommender.model, "inference_mode", None) == "personalised"
+    personalised = recommender.model.needs_taste  # DecCM's personalised mode, or a model that always reads taste
     identity = served_by(recommender)
     source = getattr(recommender.model, "source", None)  # the run's full path, in /health (answers name its folder)
     run_folder = str(Path(source).resolve().parent) if source else None

@@ -252,6 +252,7 @@ class StoredEmbeddings(ConstantRecommender):
 
     name = "stored"
     folder = None
+    reads_dataset_rows = True  # its embeddings are stored by dataset row
 
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
         return np.load(self.folder / "videos.npy", mmap_mode="r")[q.index]

@@ -636,3 +636,63 @@ def test_a_video_query_takes_lists_and_float64_and_names_a_field_of_the_wrong_sh
                           ({"confounder": np.ones(3)}, "VideoQuery.confounder must have 2 dimension(s)")):
         with pytest.raises(ValueError, match=re.escape(words)):
             VideoQuery(**{"visual": q.visual, "text": q.text, "text_mask": q.text_mask, **fields})
+
+
+class _Recording(PopularityRecommender):
+    """Popularity scores, recording what its encoders are given (a plugin that would look the answers up)."""
+
+    name = "recording"
+    reads_dataset_rows = False  # as any model but the oracle and popularity
+    seen: list
+
+    def _encode_videos(self, q):
+        self.seen.append(("videos", q.index, q.split))
+        return super()._encode_videos(q)
+
+    def _encode_music(self, c):
+        self.seen.append(("music", c.index, None))
+        return super()._encode_music(c)
+
+
+def test_no_model_but_the_oracle_and_popularity_is_told_which_dataset_rows_it_scores(tiny_ds, tiny_spec):
+    # evaluation handed every model the queries' video indices and split, and the tracks' indices: a plugin keyed
+    # a lookup of the test splits by them and scored Recall@10 1.000, passing every contract test
+    from bgmrec.eval.protocol import evaluate
+
+    model = _Recording(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    model.seen = []
+    honest = evaluate(model, tiny_ds, "test")
+    assert model.seen and all(index is None and split is None for _, index, split in model.seen)
+    plain = PopularityRecommender(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    assert evaluate(plain, tiny_ds, "test")["full"] == honest["full"]  # the same scores without the rows
+    assert build("oracle", tiny_spec).reads_dataset_rows and plain.reads_dataset_rows
+
+
+class _TasteReader(PopularityRecommender):
+    """A single-mode model that always reads the uploader's taste (a plugin's)."""
+
+    name = "taste-reader"
+    needs_taste = True
+
+    def _encode_videos(self, q):
+        return np.ones((len(q), 1)) * q.confounder[:, :1]
+
+
+def test_a_model_that_always_reads_the_taste_refuses_a_query_without_one(tiny_ds, tiny_spec):
+    # the service answered such a plugin's request without a taste with a 500 (it asked only DecCM's personalised
+    # mode for one); encode_videos now refuses, the service says 422 and recommend refuses the model in words
+    from fastapi.testclient import TestClient
+
+    from bgmrec.features.recommend import ClipRecommender, open_catalog
+    from bgmrec.service import create_app
+
+    model = _TasteReader(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(3))
+    with pytest.raises(ValueError, match=r"taste-reader ranks by the uploader's taste: give each query's genre "
+                                         r"preferences \(VideoQuery.confounder\)"):
+        model.encode_videos(q)
+    assert model.encode_videos(VideoQuery.from_dataset(tiny_ds, np.arange(3), np.arange(3))).shape == (3, 1)
+    client = TestClient(create_app(ClipRecommender(model, open_catalog(tiny_ds.root)), load_video_encoders=False))
+    body = {"visual": np.asarray(tiny_ds.video_visual[0]).tolist(), "text": None}
+    answer = client.post("/recommend", json=body)
+    assert answer.status_code == 422 and answer.json()["detail"].startswith("taste: required by taste-reader")

@@ -207,6 +207,9 @@ def recommend_cmd(
     changed = warn_if_model_code_changed(run, model)
     if mode is not None:
         model.set_inference_mode(mode)
+    if model.needs_taste:  # a model that always reads it (DecCM's personalised mode is refused above)
+        raise ValueError(f"recommend: {model.name} ranks with the uploader's genre taste, which this command does "
+                         "not take; `bgmrec serve` takes it with each request (taste)")
     cat = open_catalog(catalog)
     if features is not None:
         vid = video if video_id is None else video_id

@@ -359,9 +359,10 @@ class ClipRecommender:
         """The uploaders' genre preferences [n, G] as a model in personalised mode reads them (rows
         normalised to sum to 1), required in that mode; a :class:`RequestError` for a missing or bad one."""
         if taste is None:
-            if getattr(self.model, "inference_mode", None) == "personalised":
-                raise RequestError("taste: required in personalised mode (the uploader's genre preferences, "
-                                   "for every clip)")
+            if self.model.needs_taste:
+                raise RequestError("taste: required " + ("in personalised mode" if self.model.inference_mode ==
+                                                         "personalised" else f"by {self.model.name}")
+                                   + " (the uploader's genre preferences, for every clip)")
             return None
         genres = len(self.model.spec.genres)
         try:

@@ -447,6 +447,10 @@ class Recommender(ABC):
     #: True when scores depend on the catalogue's genre ids: tracks of a genre the model was not trained on are
     #: then warned of (:class:`GenreMappingWarning`)
     reads_genre: bool = True
+    #: True only for a model that must know which dataset rows it scores (the oracle reads the world's truth by
+    #: them; popularity runs saved before 2026-11-23 know tracks by position): the others get queries and
+    #: catalogues without ``index`` and ``split``, so that no model can look up the held-out answers by them
+    reads_dataset_rows: ClassVar[bool] = False
     #: True once ``fit`` has returned (every subclass's, see ``__init_subclass__``) or :func:`load_model` loaded it
     fitted: bool = False
     #: True while ``fit`` runs (its validation encodes the model before it is fitted)
@@ -483,6 +487,13 @@ class Recommender(ABC):
         self.spec = spec
         self.history: list[dict] = []  # one entry per epoch for trained models
         self.source: str | None = None  # the config.json it was loaded from (named in input errors)
+
+    @property
+    def needs_taste(self) -> bool:
+        """Whether scoring reads each query's uploader taste (``VideoQuery.confounder``) and cannot do without it:
+        DecCM's personalised mode. A model that always reads it overrides this (``needs_taste = True``);
+        ``encode_videos``, ``bgmrec serve`` (HTTP 422) and ``bgmrec recommend`` then refuse a query without one."""
+        return self.inference_mode == "personalised"
 
     def set_inference_mode(self, mode: str) -> None:
         """Choose how the model scores (only for models with several ``inference_modes``)."""
@@ -578,6 +589,12 @@ class Recommender(ABC):
         self.check_fitted()
         q = self.spec.videos_in_model_genres(q)
         self.spec.check_videos(q, self.source)
+        if self.needs_taste and q.confounder is None:
+            raise ValueError(f"{self.name}" + (f" in {self.inference_mode} mode" if self.inference_mode else "")
+                             + " ranks by the uploader's taste: give each query's genre preferences "
+                             "(VideoQuery.confounder)")
+        if not self.reads_dataset_rows:
+            q = dataclasses.replace(q, index=None, split=None)
         return self._finite("encode_videos", self._encode_videos(q))
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
@@ -586,6 +603,8 @@ class Recommender(ABC):
         self.check_fitted()
         c = self.spec.music_in_model_genres(c, warn=self.reads_genre)
         self.spec.check_music(c, self.source)
+        if not self.reads_dataset_rows:
+            c = dataclasses.replace(c, index=None)
         return self._finite("encode_music", self._encode_music(c))
 
     def _finite(self, method: str, embeddings: np.ndarray) -> np.ndarray:

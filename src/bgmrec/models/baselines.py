@@ -84,6 +84,7 @@ class PopularityRecommender(Recommender):
 
     name = "popularity"
     uses_seed = False  # counts: nothing is drawn
+    reads_dataset_rows = True  # a run saved before 2026-11-23 knows its tracks by dataset position only
     reads_genre = False
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:

@@ -26,6 +26,7 @@ class Oracle(Recommender):
 
     name = "oracle"
     uses_seed = False  # the world's own logits: nothing is drawn
+    reads_dataset_rows = True  # the world's truth, by video and track index and the split's process
 
     def __init__(self, config: ModelConfig, spec, truth: WorldTruth | None = None) -> None:
         super().__init__(config, spec)
