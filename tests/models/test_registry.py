@@ -5,6 +5,7 @@ reads, and a name that is taken or not the class's."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import pytest
 
@@ -37,6 +38,26 @@ class TorchWithPlainConfig(TorchRecommender):  # abstract: the registry refuses 
     config_class = ModelConfig
 
 
+@dataclass(kw_only=True)
+class NoDefaultConfig(RandomConfig):
+    ridge: float  # penalty, without a default
+
+
+class NoDefault(RandomRecommender):
+    name = "no-default"
+    config_class = NoDefaultConfig
+
+
+@dataclass
+class RetypedConfig(RandomConfig):
+    seed: str = "zero"  # an inherited field of another type
+
+
+class Retyped(RandomRecommender):
+    name = "retyped"
+    config_class = RetypedConfig
+
+
 @pytest.fixture
 def registered():
     """Names registered by a test, unregistered after it."""
@@ -53,6 +74,12 @@ def registered():
     # was: trained, then save failed with asdict's TypeError
     (Unconfigured, "model 'unconfigured': Unconfigured.config_class is NotAConfig, which must be a @dataclass "
                    "subclassing ModelConfig (the config_class of Recommender, whose code reads its fields)"),
+    # was: a 54-line TypeError traceback from build ("missing 1 required keyword-only argument")
+    (NoDefault, "model 'no-default': NoDefaultConfig.ridge has no default; give every config field one (a model is "
+                "built from the defaults, then --set)"),
+    # was: check_bounds' TypeError "'>=' not supported between 'str' and 'int'"
+    (Retyped, "model 'retyped': RetypedConfig.seed is str, but RandomConfig.seed, which bgmrec's code reads, is "
+              "int: keep its type"),
     # was: AttributeError 'lr' inside train.py
     (TorchWithPlainConfig, "model 'torch-plain-config': TorchWithPlainConfig.config_class is ModelConfig, which must "
                            "be a @dataclass subclassing TrainConfig (the config_class of TorchRecommender, whose code "

@@ -15,6 +15,8 @@ subclass :class:`~bgmrec.models.base.Recommender`; every command (``train``, ``e
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 import warnings
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
@@ -252,6 +254,22 @@ def _check_config(cls: type[Recommender], name: str) -> None:
         raise ValueError(f"model {name!r}: {undecorated[0].__qualname__} is not a dataclass of its own: decorate it "
                          "with @dataclass (else its fields are not config fields: --set cannot give them and runs "
                          "do not save them)")
+    # a model is built from its config's defaults (then --set): a field without one failed in build, a traceback
+    missing = [f.name for f in dataclasses.fields(config)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"model {name!r}: {config.__qualname__}.{missing[0]} has no default; give every config field "
+                         "one (a model is built from the defaults, then --set)")
+    # bgmrec's code reads an inherited field as its own class typed it (seed an int, epochs an int)
+    hints = typing.get_type_hints(config)
+    for base in config.__mro__[1:]:
+        if base.__module__.partition(".")[0] == "bgmrec" and dataclasses.is_dataclass(base):
+            for field, kind in typing.get_type_hints(base).items():
+                if field in hints and hints[field] != kind:
+                    shown = [t.__name__ if isinstance(t, type) else str(t) for t in (hints[field], kind)]
+                    raise ValueError(f"model {name!r}: {config.__qualname__}.{field} is {shown[0]}, but "
+                                     f"{base.__qualname__}.{field}, which bgmrec's code reads, is {shown[1]}: keep "
+                                     "its type")
 
 
 def _check_name(cls: type[Recommender], name: str, target: str) -> None:
