@@ -9,11 +9,21 @@ class on the tiny simulated world (:func:`tiny_world_folder`, fixtures ``contrac
 * ``recommend`` returns valid, distinct ids with scores sorted best first;
 * a batch of videos is encoded exactly as each video alone;
 * excluded ids never come back (one array for every query, or one list per query);
+* a track is encoded alike in any catalogue (a subset of it too);
+* ``fit`` refuses a test split (it must call ``check_fit_data``) and a config changed since the model was built;
 * two fits with the same seed give identical scores, and so does a second fit of one model (every fit starts
-  from the model's initialisation, not from what an earlier fit trained);
+  from the model's initialisation, not from what an earlier fit trained), which leaves the global random
+  generators (Python's, NumPy's, torch's) as it found them; another seed scores otherwise exactly when the
+  model says it uses its seed (``uses_seed``);
+* ``music_distance_from_training`` gives None or one finite distance per track;
 * ``save`` then :func:`bgmrec.models.base.load_model` gives identical scores, and the folder holds
-  only ``config.json``, ``weights.safetensors`` (and ``history.json``) -- no pickle;
+  only ``config.json``, ``weights.safetensors`` (and ``history.json``) -- no pickle; a model saved in any of
+  its inference modes loads in that mode;
 * features of the wrong width raise :class:`bgmrec.data.dataset.DatasetError` with a clear message.
+
+What the mixin cannot see is refused where models are called instead: the encoders get no dataset row indices
+and no split (``Recommender.reads_dataset_rows``: no model can look the held-out answers up by them), and a
+query without an uploader's taste is refused by a model that needs one (``Recommender.needs_taste``).
 
 Testing a model
 ---------------
@@ -253,8 +263,18 @@ class RecommenderContractMixin:
 
     def test_a_second_fit_starts_afresh(self, model, fresh_model, contract_ds, queries, catalog):
         """``fit`` on a fitted model trains from the model's initialisation for its seed, as its first fit did (a
-        notebook cell run again gives the same figures), not the already trained model further."""
+        notebook cell run again gives the same figures), not the already trained model further; and it leaves
+        the caller's random generators (Python's, NumPy's and torch's global ones) as it found them."""
+        import random
+
+        import torch
+
+        states = random.getstate(), np.random.get_state()[1].copy(), torch.random.get_rng_state()  # noqa: NPY002
         fresh_model.fit(SplitView(contract_ds, "train"), SplitView(contract_ds, "val"))
+        after = random.getstate(), np.random.get_state()[1], torch.random.get_rng_state()  # noqa: NPY002
+        assert states[0] == after[0] and np.array_equal(states[1], after[1]) and torch.equal(states[2], after[2]), (
+            f"{self.model_name}: fit changed a global random generator (seed a generator of its own: "
+            "np.random.default_rng(config.seed), torch.Generator)")
         again, once = fresh_model.state_arrays(), model.state_arrays()
         assert sorted(again) == sorted(once)
         for key, value in once.items():
@@ -275,6 +295,25 @@ class RecommenderContractMixin:
                                "overrides leave the seed unused (no epoch trained, say)")
         else:
             assert alike, f"{self.model_name} sets uses_seed = False, but another seed scores otherwise"
+
+    def test_music_encoding_does_not_depend_on_the_rest_of_the_catalogue(self, model, catalog):
+        """A track's embedding is the same in any catalogue (a served catalogue, a subset, new tracks added):
+        a model standardising by the catalogue it is given ranked a track otherwise in each."""
+        some = np.arange(0, len(catalog), 7)
+        part = MusicCatalog(catalog.features[some], catalog.genre[some],
+                            None if catalog.index is None else catalog.index[some], catalog.genres)
+        np.testing.assert_allclose(model.encode_music(part), model.encode_music(catalog)[some], rtol=1e-5,
+                                   atol=1e-6, err_msg=f"{self.model_name}: a track's embedding depends on the "
+                                                      "catalogue it is encoded in")
+
+    def test_every_inference_mode_survives_save_and_load(self, model, tmp_path):
+        """A model saved in any of its inference modes loads in that mode (a plugin's mode was lost: keep it in
+        the saved config, as DecCM's ``inference`` field, or in ``extra_config``)."""
+        loaded = load_model(model.save(tmp_path / "run"))
+        for mode in model.modes_to_evaluate():  # the modes it offers (an ablation may offer fewer)
+            loaded.set_inference_mode(mode)
+            assert load_model(loaded.save(tmp_path / mode)).inference_mode == mode, (
+                f"{self.model_name}: saved in mode {mode!r}, loaded in another")
 
     def test_save_load_round_trip(self, model, queries, catalog, tmp_path):
         folder = model.save(tmp_path / "run")
