@@ -499,3 +499,29 @@ def test_compare_refuses_a_sampled_metric_of_a_split_without_negatives_and_unkno
         with pytest.raises(ValueError, match=rf"unknown metric '{metric}'; .* after sampled_ or ipw_"):
             P.compared_protocol(metric)
     assert P.compared_protocol("IPW_MRR") == ("ipw", "MRR")
+
+
+class TensorRecommender(ConstantRecommender):
+    """Encodes with torch tensors that still need their gradient (a plugin that forgot ``torch.no_grad``)."""
+
+    name = "tensors"
+
+    def _encode_videos(self, q: VideoQuery):
+        import torch
+
+        return torch.ones((len(q), 1), requires_grad=True) * 2
+
+    def _encode_music(self, c: MusicCatalog):
+        import torch
+
+        return torch.arange(len(c), dtype=torch.float64)[:, None].requires_grad_()
+
+
+def test_tensor_embeddings_are_taken_as_arrays(tiny_ds, tiny_spec):
+    # numpy() of a tensor needing its gradient failed in the protocol with torch's RuntimeError
+    model = TensorRecommender(ModelConfig(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    q = VideoQuery.from_dataset(tiny_ds, [0, 1])
+    assert model.encode_videos(q).tolist() == [[2.0], [2.0]] and model.encode_music(
+        MusicCatalog.from_dataset(tiny_ds)).dtype == np.float32
+    ids, _ = model.recommend(q, MusicCatalog.from_dataset(tiny_ds), k=2)
+    assert ids.tolist() == [[tiny_ds.n_tracks - 1, tiny_ds.n_tracks - 2]] * 2

@@ -612,6 +612,8 @@ class Recommender(ABC):
         of stored embeddings, which torch warns of and cannot share in the evaluation and the index), refused
         (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value that is infinite, or becomes so as a
         float32: its every score would be NaN or infinite."""
+        if type(embeddings).__module__.partition(".")[0] == "torch":  # a tensor (one needing grad: numpy() fails)
+            embeddings = embeddings.detach().cpu().numpy()
         with np.errstate(over="ignore"):  # what overflows the cast is refused below, by row
             out = np.require(np.asarray(embeddings, np.float32), requirements=["C", "W"])
         if out.ndim != 2:
