@@ -207,6 +207,8 @@ def _bad_inputs(world: Path, tmp: Path) -> dict[str, tuple[list[str], tuple[str,
                             ("--gammas: give at least one value",)),
         "serve-unknown-index": (["serve", "--run", str(tmp / "norun"), "--catalog", str(world), "--index", "fais"],
                                 ("--index must be 'exact' or 'faiss', got 'fais'",)),
+        "serve-index-with-braces": (["serve", "--run", str(tmp / "norun"), "--catalog", str(world), "--index",
+                                     "{0}"], ("--index must be 'exact' or 'faiss', got '{0}'",)),
         "serve-ef-search-without-faiss": (["serve", "--run", str(tmp / "norun"), "--catalog", str(world),
                                            "--ef-search", "64"],
                                           ("--ef-search must be a positive integer and is read by the faiss index "
@@ -222,7 +224,8 @@ BAD = ["missing-data", "unknown-model", "unknown-set-field", "truncated-manifest
        "bad-set-value", "ceiling-without-runs", "ceiling-default-models",
        "ceiling-unknown-model", "ceiling-nothing-to-report", "ceiling-teacher-on-the-intervened-world",
        "compare-unknown-metric", "compare-unknown-mode", "compare-bad-level", "compare-bad-resamples",
-       "bench-seeds-not-numbers", "bench-no-gammas", "serve-unknown-index", "serve-ef-search-without-faiss"]
+       "bench-seeds-not-numbers", "bench-no-gammas", "serve-unknown-index", "serve-index-with-braces",
+       "serve-ef-search-without-faiss"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -1265,6 +1268,11 @@ def test_json_dash_writes_the_result_alone_to_stdout(cli_world, popularity_run, 
     assert not (Path.cwd() / "-").exists()
     assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--ranks", "-"]) == 2
     assert _error(capsys).startswith("error: --ranks -: give the path of a CSV file")
+    ranks = tmp_path / "ranks.csv"  # its "wrote" note followed the JSON on stdout
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--json", "-", "--ranks",
+                 str(ranks)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["split"] == "test" and f"wrote {ranks}" in " ".join(captured.err.split())
     capsys.readouterr()
     assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world)]) == 0
     assert "R@10" in capsys.readouterr().out  # the tables are back on stdout for the next command

@@ -10,8 +10,8 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
   with other settings than the model's training music, genres the model does not know; [] when none), which
   leave ``status`` "ok" (the service answers) but tell a monitoring probe its scores can mean little;
 - ``POST /recommend``: one clip's features (``visual``, optional ``text``; optional ``taste``, the
-  uploader's genre preferences, read in personalised mode; optional ``exclude``, track ids) and ``top``;
-  the answer is the object ``bgmrec recommend --json`` prints;
+  uploader's genre preferences, read in personalised mode or by a model that needs them; optional ``exclude``,
+  track ids) and ``top``; the answer is the object ``bgmrec recommend --json`` prints;
 - ``POST /recommend/batch``: ``{"clips": [...], "top": k}``, one matrix product for all clips, the
   answers in order under ``results``; at most ``max_batches`` at once, more get 503 (:class:`BatchSlots`);
 - ``POST /recommend/video``: a video file (multipart field ``video``) and its ``caption``, embedded
@@ -265,8 +265,9 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         ``exclude`` and ``genres`` as in ``POST /recommend``, one form field per track id or genre (no
         ``genres`` field: every genre; empty values are skipped), checked before the video is read."""
         if personalised:
-            raise RequestError("POST /recommend/video takes no uploader taste: in personalised mode, extract the "
-                               "clip's features and POST /recommend with 'taste'")
+            raise RequestError("POST /recommend/video takes no uploader taste, which this model needs (personalised "
+                               "mode, or a model that reads it): extract the clip's features and POST /recommend "
+                               "with 'taste'")
         if encoders.refused is not None:  # the server's configuration, not the client's input: before reading it
             raise HTTPException(501, f"video upload: {encoders.refused}")
         exclude = [t for t in exclude if t.strip()]

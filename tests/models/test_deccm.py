@@ -182,7 +182,7 @@ def test_training_loss_adds_the_taste_path_and_the_teacher_kl_by_hand(tiny_ds):
     student = build("deccm", spec, {"hidden": "16", "latent_dim": 4, "dropout": 0.0, "prior_samples": 16,
                                     "temperature": 0.25, "alpha": 0.3, "match_weight": 0.7, "kl_weight": 0.2,
                                     "recon_weight": 0.4, "kl_anneal_epochs": 1.0})
-    teacher = CMVAE(dataclasses.replace(teacher_config(student.config), seed=7), spec)  # other weights
+    teacher = as_fitted(CMVAE(dataclasses.replace(teacher_config(student.config), seed=7), spec))  # other weights
     student.set_teacher(teacher, None)
     with torch.no_grad():  # a taste path with every weight in play
         generator = torch.Generator().manual_seed(3)
@@ -261,7 +261,7 @@ def test_teacher_is_frozen_in_eval_mode_and_not_saved(tiny_dir, tmp_path):
 def test_set_teacher_freezes_its_own_copy_and_leaves_the_callers_teacher_as_it_was(tiny_ds):
     # set_teacher froze the caller's object: requires_grad off, and its module's train() replaced by a no-op
     student = build("deccm", FeatureSpec.of(tiny_ds), {"prior_samples": 64})
-    teacher = CMVAE(teacher_config(student.config), student.spec)
+    teacher = as_fitted(CMVAE(teacher_config(student.config), student.spec))
     teacher.module.train()
     student.set_teacher(teacher, None)
     assert teacher.module.training and all(p.requires_grad for p in teacher.module.parameters())
@@ -671,12 +671,14 @@ def test_reusing_a_teacher_checks_its_latent_size(tiny_dir, tmp_path):
 def test_a_teacher_on_another_scale_is_refused(tiny_ds, setting):
     """Content mode mixes tau * log P of both; a teacher whose scores are on another scale (or no log P) is named."""
     key, value = next(iter(setting.items()))
-    teacher = build("cmvae", FeatureSpec.of(tiny_ds), setting)
+    teacher = as_fitted(build("cmvae", FeatureSpec.of(tiny_ds), setting))
     student = build("deccm", FeatureSpec.of(tiny_ds), {})
     with pytest.raises(ValueError, match=f"^the teacher was trained with {key} {value!r} \\(student: "):
         student.set_teacher(teacher, None)
     assert student.teacher is None
-    student.set_teacher(build("cmvae", FeatureSpec.of(tiny_ds), {}), None)  # the student's own settings: taken
+    student.set_teacher(as_fitted(build("cmvae", FeatureSpec.of(tiny_ds), {})), None)  # the student's own: taken
+    with pytest.raises(ValueError, match=r"^the teacher \(cmvae\) is not fitted: fit it on the professional videos"):
+        build("deccm", FeatureSpec.of(tiny_ds), {}).set_teacher(build("cmvae", FeatureSpec.of(tiny_ds), {}), None)
 
 
 def test_a_teacher_given_to_a_model_that_takes_none_is_refused(tiny_dir, tmp_path):

@@ -125,3 +125,12 @@ def test_a_taken_name_is_refused_as_taken_before_the_class_s_name_is_compared(re
     register_model("cmvae-align", align)
     registered.append("cmvae-align")
     assert model_class("cmvae-align") is align
+
+
+def test_a_config_whose_annotations_cannot_be_read_is_refused_in_words(registered):
+    # a TYPE_CHECKING import named in an annotation raised NameError out of model_class: bgmrec models crashed
+    config = dataclass(type("Hidden", (RandomConfig,), {"__annotations__": {"ridge": "NotImportedAtRunTime"},
+                                                        "ridge": 1.0}))
+    model = type("Hiding", (RandomRecommender,), {"name": "hiding", "config_class": config})
+    with pytest.raises(ValueError, match=r"^model 'hiding': the field types of Hidden cannot be read \(NameError: "):
+        register_model("hiding", model)

@@ -278,10 +278,10 @@ def evaluate(
         said += [m for m in (note_if_training_split(ds, split), below_chance(rec, result)) if m]
         for t in rich_tables([result]):
             console.print(t)
+        if ranks is not None:  # its note on stderr with --json -: stdout is the JSON alone
+            write_text_atomic(ranks_out, ranks_csv(ds, split, *ranks))
+            console.print(f"wrote {ranks_out}", markup=False, highlight=False)
     write_result(json_out, {**result, "warnings": said, "provenance": runs.provenance(data, {"run": run})})
-    if ranks is not None:
-        write_text_atomic(ranks_out, ranks_csv(ds, split, *ranks))
-        console.print(f"wrote {ranks_out}")
 
 
 RANKS_HEADER = "video,track,uploader,full_rank,sampled_rank"  # evaluate --ranks's columns

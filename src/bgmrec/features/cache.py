@@ -55,7 +55,7 @@ class ExtractReport:
     failures: list[tuple[str, str]]  # (file, reason), warnings included (e.g. a video used without its caption)
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. metadata rows naming no file
     captions_embedded: int | None = None  # extract-videos with captions: those embedded in this run (not cached)
-    added: list[str] | None = None  # ids in the output that the folder's last extraction did not have (None: none)
+    added: list[str] | None = None  # ids the folder's last extraction did not have (None: the folder held none)
 
 
 def av_version() -> str:

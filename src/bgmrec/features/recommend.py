@@ -205,11 +205,12 @@ def check_search(index: str, ef_search: int | None) -> None:
     before loading anything)."""
     from bgmrec.data.dataset import FieldError
 
+    given = repr(index).replace("{", "{{").replace("}", "}}")  # the user's text inside a template
     if index not in ("exact", "faiss"):
-        raise FieldError(f"{{index}} must be 'exact' or 'faiss', got {index!r}", "index")
+        raise FieldError(f"{{index}} must be 'exact' or 'faiss', got {given}", "index")
     if ef_search is not None and (index != "faiss" or ef_search < 1):
         raise FieldError(f"{{ef_search}} must be a positive integer and is read by the faiss index only, got "
-                         f"{ef_search} with {{index}} {index!r}", "ef_search", "index")
+                         f"{ef_search} with {{index}} {given}", "ef_search", "index")
 
 
 class ClipRecommender:

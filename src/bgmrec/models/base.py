@@ -613,7 +613,7 @@ class Recommender(ABC):
         (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value that is infinite, or becomes so as a
         float32: its every score would be NaN or infinite."""
         if type(embeddings).__module__.partition(".")[0] == "torch":  # a tensor (one needing grad: numpy() fails)
-            embeddings = embeddings.detach().cpu().numpy()
+            embeddings = embeddings.detach().float().cpu().numpy()  # float(): bfloat16 has no NumPy type
         with np.errstate(over="ignore"):  # what overflows the cast is refused below, by row
             out = np.require(np.asarray(embeddings, np.float32), requirements=["C", "W"])
         if out.ndim != 2:

@@ -179,6 +179,9 @@ class DecCM(CMVAE):
 
         The caller's ``teacher`` is left as it was (its parameters still take gradients, its module's
         ``train`` is its own); the student distils from, and mixes in, the teacher as it was when attached."""
+        if not teacher.fitted:  # its KL term and content mode would read a network at its initialisation
+            raise ValueError(f"the teacher ({teacher.name}) is not fitted: fit it on the professional videos first "
+                             "(bgmrec.models.registry.prepare_teacher does)")
         differ = teacher_scale_mismatch(teacher.config, self.config)
         if differ:
             raise ValueError(differ)

@@ -261,7 +261,11 @@ def _check_config(cls: type[Recommender], name: str) -> None:
         raise ValueError(f"model {name!r}: {config.__qualname__}.{missing[0]} has no default; give every config field "
                          "one (a model is built from the defaults, then --set)")
     # bgmrec's code reads an inherited field as its own class typed it (seed an int, epochs an int)
-    hints = typing.get_type_hints(config)
+    try:
+        hints = typing.get_type_hints(config)
+    except Exception as e:  # noqa: BLE001 - an annotation that cannot be evaluated (a TYPE_CHECKING import)
+        raise ValueError(f"model {name!r}: the field types of {config.__qualname__} cannot be read "
+                         f"({type(e).__name__}: {e}); import what its annotations name at run time") from None
     for base in config.__mro__[1:]:
         if base.__module__.partition(".")[0] == "bgmrec" and dataclasses.is_dataclass(base):
             for field, kind in typing.get_type_hints(base).items():
