@@ -317,6 +317,12 @@ def test_pgc_music_normalised_otherwise_and_empty_teacher_data_are_named(tmp_pat
     assert "pgc" not in ds.splits and "data_pgc/ is empty: no teacher split" in rep.notes
 
 
+def _save_visual_transposed(src) -> None:
+    """Save the reference layout's frame matrix transposed (feature rows, video columns)."""
+    visual = src / "data_matching/visual_features_resnet_V.npy"
+    np.save(visual, np.load(visual).T.copy())
+
+
 def test_a_transposed_frame_matrix_and_an_empty_extra_split_are_named(tmp_path):
     # the first was blamed on train.npy's ids; the second refused the whole import
     src = build_reference(tmp_path / "ref")  # 60 videos of 16 values
@@ -324,15 +330,13 @@ def test_a_transposed_frame_matrix_and_an_empty_extra_split_are_named(tmp_path):
     ds, _, rep = read_tt150k(src)
     assert "test_cold" not in ds.splits
     assert "test_cold: data_matching/100neg/test_cold.npy has no rows: not imported" in rep.notes
-    visual = src / "data_matching/visual_features_resnet_V.npy"
-    np.save(visual, np.load(visual).T.copy())
+    _save_visual_transposed(src)
     with pytest.raises(DatasetError, match=r"train.npy: video id \d+ \(row \d+\) is out of range \[0, 16\) "
                                            r"\(data_matching/visual_features_resnet_V.npy has 16 rows of 60 values: "
                                            r"saved transposed\?\)$"):
         read_tt150k(src)
     src = build_reference(tmp_path / "with-text", text=True)  # the real data's case: the text rows are read first
-    visual = src / "data_matching/visual_features_resnet_V.npy"
-    np.save(visual, np.load(visual).T.copy())
+    _save_visual_transposed(src)
     with pytest.raises(DatasetError, match=r"visual_features_resnet_V.npy: 16 rows of 60 values, where "
                                            r"data_matching/text_features.npy has 60 rows, one per video: saved "
                                            r"transposed\?$"):
