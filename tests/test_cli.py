@@ -1310,6 +1310,15 @@ def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, c
     assert " epoch " not in capsys.readouterr().err
 
 
+def test_deccms_teacher_says_whose_it_is_in_the_progress_lines(cli_world, tmp_path, capsys):
+    # the teacher's epochs were labelled "cmvae", as if a CMVAE were being trained
+    capsys.readouterr()
+    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(tmp_path / "d"),
+                 "--epochs", "1", "--set", "hidden=16", "--set", "latent_dim=8"]) == 0
+    lines = [line.split(" loss ")[0] for line in capsys.readouterr().err.splitlines() if " epoch " in line]
+    assert lines == ["deccm's teacher (cmvae) epoch 1", "deccm epoch 1"]
+
+
 def test_an_extractions_progress_reaches_a_log_a_line_per_tenth(capsys):
     from bgmrec.features.cache import progress_bar
 

@@ -160,8 +160,8 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)
     best, best_state, since_best, history = (-1.0, -1.0), None, 0, []
-    step = 0
-    with _progress(progress, cfg.epochs, model.name) as show:  # closed however training ends
+    step, label = 0, model.progress_label or model.name
+    with _progress(progress, cfg.epochs, label) as show:  # closed however training ends
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             model.module.train()
@@ -198,7 +198,7 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
                 else:
                     since_best += 1
             history.append(entry)
-            show(f"{model.name} epoch {epoch + 1} loss {entry.get('loss', 0):.3f}"
+            show(f"{label} epoch {epoch + 1} loss {entry.get('loss', 0):.3f}"
                  + (f" val R@10 {entry['val_recall@10']:.3f}" if "val_recall@10" in entry else ""))
             if val is not None and since_best >= cfg.patience:
                 break

@@ -580,6 +580,7 @@ def train_teacher(student: DecCM, ds, folder: Path, progress: bool = False) -> C
                       "and its KL term can outweigh the student's matching loss; give a teacher trained on more "
                       "videos (teacher_dir, --teacher) or set teacher=false", SmallTeacherSplitWarning, stacklevel=2)
     teacher = CMVAE(teacher_config(student.config), student.spec)
+    teacher.progress_label = f"{student.name}'s teacher ({teacher.name})"
     teacher.fit(fitted_on, held_out, progress=progress)
     teacher.save(folder)
     return teacher

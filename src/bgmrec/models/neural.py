@@ -137,6 +137,7 @@ class TorchRecommender(Recommender):
 
     config_class = TrainConfig
     encode_chunk = 8192  # rows encoded per no-grad forward pass
+    progress_label = ""  # what training's progress lines call the model ("" for its name; a teacher says whose)
 
     def __init__(self, config: TrainConfig, spec: FeatureSpec) -> None:
         super().__init__(config, spec)
