@@ -702,6 +702,46 @@ def test_an_analysis_openSMILE_left_as_nan_is_a_failure_not_a_cached_track(tmp_p
     assert not list((tmp_path / "cat").rglob("*.npy"))
 
 
+def test_ctrl_c_during_openSMILE_stops_the_run_after_the_analysis_not_as_a_failed_track(tmp_path, music_dir):
+    """openSMILE's callback swallowed the KeyboardInterrupt: extract-music --workers 1 listed a good track as failed
+    (NaN features) and ended with exit 0; the parent's warm-up ended in a traceback."""
+    import signal
+
+    from bgmrec.features.audio import AudioExtractor, stops_deferred
+
+    analysed = []
+
+    class CtrlCInside(AudioExtractor):
+        def _opensmile(self):
+            real = super()._opensmile()
+
+            class Pressed:
+                feature_names = real.feature_names
+
+                def process_signal(self, y, sr):
+                    signal.raise_signal(signal.SIGINT)  # as a Ctrl-C arriving in the callback
+                    out = real.process_signal(y, sr)
+                    analysed.append(bool(np.isfinite(out.to_numpy()).all()))
+                    return out
+            return Pressed()
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_music(music_dir, tmp_path / "cat", extractor=CtrlCInside(), progress=False, workers=1)
+    assert analysed == [True]  # the analysis finished whole, then the run stopped: no failures.csv, no catalogue
+    assert not (tmp_path / "cat" / "music.npy").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler in place is given back
+
+    received = []
+    before = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        with stops_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            assert received == []  # held back until the block ends
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_worker_processes_ignore_ctrl_c_which_their_parent_handles():
     import multiprocessing as mp
     import signal

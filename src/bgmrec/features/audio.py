@@ -37,8 +37,12 @@ giving no genre at all are each named in a warning.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -263,7 +267,9 @@ class AudioExtractor:
         y = np.asarray(y, np.float32)
         # openSMILE reads the signal as 16-bit integers (times 32768): a sample past full scale, as a loud master
         # resampled has, wrapped around to the other sign and changed most of its features; clipped here
-        smile = self._opensmile().process_signal(np.clip(y, -1.0, 32767 / 32768), sr).to_numpy(np.float64).reshape(-1)
+        with stops_deferred():  # a Ctrl-C in openSMILE's callback would be swallowed there (NaN features)
+            smile = self._opensmile().process_signal(np.clip(y, -1.0, 32767 / 32768), sr)
+        smile = smile.to_numpy(np.float64).reshape(-1)
         if not np.isfinite(smile).all():  # openSMILE fills a failed or interrupted analysis (Ctrl-C in its
             # callback, which it swallows) with NaN: never a track's features, and never to be cached
             raise MediaError(f"openSMILE gave {int((~np.isfinite(smile)).sum())} of {len(smile)} features as "
@@ -311,6 +317,30 @@ class AudioExtractor:
 # ---- worker processes -------------------------------------------------------------------------------
 
 _WORKER: AudioExtractor | None = None
+
+
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs, then deliver the first one received to the handler
+    that was in place. openSMILE runs Python callbacks from C (ctypes), which swallow the KeyboardInterrupt a
+    Ctrl-C raises in them: the analysis went on with NaN features, the track was listed as failed and the run
+    ended with exit 0 (``extract-music --workers 1``) or a traceback (the parent's warm-up). Only the main
+    thread receives signals; elsewhere, and for a signal already ignored, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    held = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = {s: h for s, h in held.items() if h not in (signal.SIG_IGN, None)}
+    for s in held:
+        signal.signal(s, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def _init_worker(config: AudioConfig) -> None:
