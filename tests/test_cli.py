@@ -1295,6 +1295,18 @@ def test_json_to_a_pipe_or_a_link_is_refused_or_written_through(cli_world, popul
     assert link.is_symlink() and "provenance" in json.loads(target.read_text())
 
 
+def test_a_full_disk_is_one_line_naming_the_file(popularity_run, cli_world, tmp_path, capsys, monkeypatch):
+    # a write() failing on a full disk has no file name: 60 lines of traceback ended evaluate, train, build-dataset
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--json", str(out)]) == 2
+    assert _error(capsys) == f"error: {out}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, capsys):
     # piped to a CI log, train printed nothing until it ended, then the bar's last frame, on stdout
     capsys.readouterr()

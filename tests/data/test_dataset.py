@@ -631,6 +631,50 @@ def test_a_write_that_fails_midway_leaves_the_old_files_and_no_temporary_file(tm
     assert np.load(folder / "a.npy", allow_pickle=False).tolist() == [0, 1, 2]
 
 
+def test_a_full_disk_is_named_by_the_file_or_folder_being_written_not_its_temporary_name(tmp_path):
+    # a write() failing on a full disk has no file name, and numpy's short write no errno: the command line
+    # printed a traceback; a read-only folder was named by the temporary folder the user never gave
+    from bgmrec.data.dataset import atomic_write_dir, save_npy_atomic, write_files_together
+
+    def full(_path):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left") as e:
+        write_files_together(tmp_path / "f", {"a.npy": full})
+    assert (e.value.errno, e.value.filename) == (28, str(tmp_path / "f" / "a.npy"))
+
+    def short(_path):
+        raise OSError("38400 requested and 17376 written")
+
+    with pytest.raises(OSError) as e:
+        atomic_write_dir(tmp_path / "run", short)
+    assert e.value.filename == str(tmp_path / "run")
+    assert e.value.strerror == "38400 requested and 17376 written: the write was cut short (a full disk?)"
+
+    def read_only_inside(folder):
+        raise PermissionError(13, "Permission denied", str(folder / "weights.safetensors"))
+
+    with pytest.raises(PermissionError) as e:  # its kind kept: callers may catch PermissionError
+        atomic_write_dir(tmp_path / "run", read_only_inside)
+    assert e.value.filename == str(tmp_path / "run" / "weights.safetensors")
+
+    class Unwritable:
+        def __array__(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as e:
+        save_npy_atomic(tmp_path / "m.npy", Unwritable())
+    assert e.value.filename == str(tmp_path / "m.npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # and no temporary file left by any of them
+
+    def elsewhere(_folder):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "input.csv"))
+
+    with pytest.raises(FileNotFoundError) as e:  # a file read on the way keeps its own name
+        atomic_write_dir(tmp_path / "run", elsewhere)
+    assert e.value.filename == str(tmp_path / "input.csv")
+
+
 def test_a_split_name_with_spaces_or_other_letters_is_a_file_name_and_loads(tiny_copy):
     _renamed_split("test dur\u00e9e 2")(tiny_copy)
     (tiny_copy / "splits" / "val.npy").rename(tiny_copy / "splits" / "test dur\u00e9e 2.npy")

@@ -530,11 +530,12 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
             shutil.rmtree(old)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
         if old.exists() and not out.exists():  # stopped between the two renames: the old folder back
             old.rename(out)
         if made or (tmp.is_dir() and not any(tmp.iterdir())):  # a stop just after mkdir: made is still False
             shutil.rmtree(tmp, ignore_errors=True)
+        raise_named(e, out, tmp)
         raise
 
 
@@ -619,6 +620,24 @@ def _written_here(marker: Path, version_key: str) -> bool:
     return isinstance(obj, dict) and version_key in obj and "kind" not in obj
 
 
+def raise_named(e: BaseException, target: Path, tmp: Path) -> None:
+    """Raise ``e``, an :class:`OSError` met while writing ``target`` through its temporary ``tmp``, again naming
+    ``target`` (a file under ``tmp``: the same file under ``target``); return for anything else. A full disk
+    failed a ``write()`` with no file name (numpy's short write with no errno either) and the command line
+    printed a traceback; a read-only folder was named by the temporary name the user never gave. The errno keeps
+    its subclass (``OSError(ENOENT, ...)`` is a :class:`FileNotFoundError`)."""
+    if not isinstance(e, OSError):
+        return
+    name = target
+    if e.filename is not None:
+        try:
+            name = target / Path(os.fsdecode(e.filename)).relative_to(tmp)
+        except ValueError:  # another path than the one written: its own name says more
+            return
+    why = e.strerror or f"{e}: the write was cut short (a full disk?)"
+    raise OSError(e.errno, why, str(name)) from e
+
+
 def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
     """Make the file ``path`` by ``fill``-ing a temporary file beside it, then renaming that into place: a
     failed or stopped write leaves the old file as it was and no temporary file behind."""
@@ -628,8 +647,9 @@ def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
     try:
         fill(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        raise_named(e, path, tmp)
         raise
 
 
@@ -659,7 +679,11 @@ def write_files_together(folder: Path, writers: dict[str, Callable[[Path], None]
     try:
         for name, write in writers.items():
             tmps[name] = folder / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            write(tmps[name])
+            try:
+                write(tmps[name])
+            except OSError as e:
+                raise_named(e, folder / name, tmps[name])
+                raise
         for name, tmp in tmps.items():
             os.replace(tmp, folder / name)
     finally:
