@@ -25,9 +25,11 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(1)
-    elif importlib.util.find_spec("librosa") and importlib.util.find_spec("opensmile"):
+    elif (config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None)
+          and importlib.util.find_spec("librosa") and importlib.util.find_spec("opensmile")):
         # before any xdist worker starts: compile librosa's numba functions once, here, so that workers
-        # never write numba's cache at the same time (numba/numba#10128 crashes them on a fresh install)
+        # never write numba's cache at the same time (numba/numba#10128 crashes them on a fresh install);
+        # without workers there is no race, and a run of one test file skips these 5 s
         from bgmrec.features.audio import AudioExtractor
 
         AudioExtractor().warm_up()
