@@ -96,6 +96,43 @@ def test_models_lists_every_registry_name(capsys):
         assert name in out, name
 
 
+def test_models_name_lists_its_config_fields_with_defaults_and_comments(capsys):
+    # a contributor found a model's --set fields only from the "no field" error or the source
+    import dataclasses
+
+    from bgmrec.models.cmvae import CMVAEConfig
+    from bgmrec.models.registry import config_fields, model_class, register_model, unregister_model
+
+    assert main(["models", "deccm-noteacher"]) == 0
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("│")}
+    assert rows["latent_dim"] == ["int", "64", "size of the shared Gaussian latent space"]  # CMVAEConfig's comment
+    assert rows["lr"][:2] == ["float", "0.002"]  # inherited from TrainConfig, with its comment
+    assert rows["teacher"][1] == "false" and "fixed: deccm-noteacher is this setting" in rows["teacher"][2]
+    assert rows["hidden"][:2] == ["tuple[int, ...]", "512"]  # as --set writes it: hidden=512,256
+    assert set(rows) == {f.name for f in dataclasses.fields(model_class("deccm").config_class)}
+
+    @dataclasses.dataclass
+    class Wider(CMVAEConfig):
+        latent_dim: int = 128  # wider, as a plugin overrides a field with a comment of its own
+        extra: float = 1.0
+
+    class Plugin(model_class("cmvae")):
+        name = "wider-cmvae-fields"
+        config_class = Wider
+
+    register_model("wider-cmvae-fields", Plugin)
+    try:
+        fields = {f.name: f for f in config_fields("wider-cmvae-fields")}
+    finally:
+        unregister_model("wider-cmvae-fields")
+    assert (fields["latent_dim"].default, fields["latent_dim"].comment) == (
+        128, "wider, as a plugin overrides a field with a comment of its own")
+    assert (fields["extra"].default, fields["extra"].comment) == (1.0, "")
+    assert main(["models", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in _error(capsys)
+
+
 @pytest.mark.parametrize("cmd", _commands(), ids=lambda c: " ".join(c))
 def test_help_for_every_command(cmd, capsys):
     for flag in ("--help", "-h"):  # -h was refused as an unknown option

@@ -156,15 +156,27 @@ def report(
 
 
 @app.command("models")
-def list_models() -> None:
-    """List the model names accepted by --model (built-in, ablations, and models of installed packages)."""
+def list_models(
+    name: str | None = typer.Argument(None, help="a model name: list its config fields (what --set takes)"),
+) -> None:
+    """List the model names accepted by --model (built-in, ablations, and models of installed packages); with a
+    NAME, that model's config fields, their defaults and what each does."""
     import inspect
 
     from rich.table import Table
     from rich.text import Text
 
-    from bgmrec.models.registry import VARIANTS, model_class, model_names
+    from bgmrec.models.registry import VARIANTS, config_fields, model_class, model_names
 
+    if name is not None:
+        t = Table("field", "type", "default", "what it does", title=f"{name}: --set KEY=VALUE")
+        for f in config_fields(name):
+            default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default).lower() \
+                if isinstance(f.default, bool) else str(f.default)
+            t.add_row(*map(Text, (f.name, f.type, default,  # as plain text: tuple[int, ...] is no markup
+                                  f.comment + (f" (fixed: {name} is this setting)" if f.fixed else ""))))
+        console.print(t)
+        return
     t = Table("name", "what it is")
     for name in model_names():
         if name in VARIANTS:
@@ -177,6 +189,7 @@ def list_models() -> None:
             doc = Text.assemble(("cannot be used: ", "red"), str(e))
         t.add_row(name, doc)
     console.print(t)
+    console.print("bgmrec models NAME lists a model's config fields (--set KEY=VALUE)")
 
 
 @app.command()

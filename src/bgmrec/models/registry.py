@@ -154,20 +154,84 @@ def build(name: str, spec, overrides: dict | None = None) -> Recommender:
 
     An override that undoes what makes an ablation (``deccm-noteacher`` with ``teacher=true``) is refused: it
     would be the base model under the ablation's name."""
-    from bgmrec.models.base import FeatureSpec, with_overrides
+    from bgmrec.models.base import FeatureSpec
 
     if not isinstance(spec, FeatureSpec):
         raise TypeError(f"build({name!r}, spec): spec must be a FeatureSpec (FeatureSpec.of(dataset)), "
                         f"got {type(spec).__name__}")
     base, variant = resolve(name)
     cls = model_class(base)
-    config = with_overrides(cls.config_class(), {**variant, **(overrides or {})})
-    preset = with_overrides(cls.config_class(), variant)
+    config = build_config(cls.config_class, {**variant, **(overrides or {})})
+    preset = build_config(cls.config_class, variant)
     undone = [k for k in variant if k in (overrides or {}) and getattr(config, k) != getattr(preset, k)]
     if undone:
         raise ValueError(f"{name} is {base} with {', '.join(f'{k}={variant[k]}' for k in undone)}; "
                          f"{', '.join(f'{k}={overrides[k]}' for k in undone)} would undo it: use {base} for that")
     return cls(config, spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigField:
+    """One field of a model's config, as ``bgmrec models NAME`` lists it."""
+
+    name: str  # the --set key
+    type: str  # its annotation, as written
+    default: object  # the model's value (an ablation's own where it sets one)
+    comment: str  # the comment beside the field in its config class ("" when it has none)
+    fixed: bool  # set by the ablation the name is: --set may not undo it
+
+
+def config_fields(name: str) -> list[ConfigField]:
+    """The config fields of the model ``name`` (built-in, ablation or plugin), in their classes' order, each
+    with its default and the comment its config class gives it: what ``--set`` accepts, which a contributor
+    otherwise found only from the "no field" error or the source."""
+    base, variant = resolve(name)
+    config_class = model_class(base).config_class
+    preset = build_config(config_class, variant)
+    comments: dict[str, str] = {}
+    for klass in reversed(config_class.__mro__):  # a subclass's comment wins over its parent's
+        comments.update(field_comments(klass))
+    return [ConfigField(f.name, _annotation(f.type),
+                        getattr(preset, f.name), comments.get(f.name, ""), f.name in variant)
+            for f in dataclasses.fields(config_class)]
+
+
+def _annotation(annotation) -> str:
+    """A field's annotation as written: ``int``, ``tuple[int, ...]`` (a string under postponed evaluation)."""
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        return annotation.__name__
+    return str(annotation)
+
+
+def build_config(config_class: type[ModelConfig], overrides: dict) -> ModelConfig:
+    """``config_class``'s defaults with ``overrides`` (an ablation's, ``--set``'s) applied and checked."""
+    from bgmrec.models.base import with_overrides
+
+    return with_overrides(config_class(), overrides)
+
+
+def field_comments(klass: type) -> dict[str, str]:
+    """The trailing comment of each field line (``name: type = value  # comment``) in ``klass``'s own body; {}
+    when its source cannot be read (a class made at run time)."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.cleandoc("\n" + inspect.getsource(klass))  # the body dedented to parse on its own
+    except (OSError, TypeError):
+        return {}
+    out, line_field = {}, {}
+    own = set(getattr(klass, "__annotations__", {}))
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in own:
+                line_field.setdefault(tok.start[0], tok.string)
+            elif tok.type == tokenize.COMMENT and tok.start[0] in line_field:
+                out.setdefault(line_field[tok.start[0]], tok.string.lstrip("#").strip())
+    except (tokenize.TokenError, IndentationError):
+        return out
+    return out
 
 
 def takes_teacher(cls: type[Recommender], config) -> bool:
