@@ -36,6 +36,17 @@ def test_no_library_module_imports_the_command_line():
     assert {p: m for p, m in offenders.items() if m} == {}
 
 
+def test_the_core_library_imports_no_application_module():
+    # the README's layering: data, features, models and eval are the library; demo, bench, bench_media, tune,
+    # service and the command line are built on it (features/bench.py, importing the service, sat in the library)
+    application = ("bgmrec.cli", "bgmrec.demo", "bgmrec.bench", "bgmrec.bench_media", "bgmrec.tune", "bgmrec.service")
+    core = [p for part in ("data", "features", "models", "eval") for p in (PACKAGE / part).rglob("*.py")]
+    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in imported_modules(p)
+                                                     if any(m == a or m.startswith(a + ".") for a in application))
+                 for p in core}
+    assert {p: m for p, m in offenders.items() if m} == {}
+
+
 def test_imported_modules_finds_lazy_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from bgmrec.cli.core import train\n    import typer\n")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bgmrec.bench_media import bench_served
 from bgmrec.features.audio import Catalog
-from bgmrec.features.bench import bench_served
 from bgmrec.features.recommend import ClipFeatures
 from bgmrec.models.base import FeatureSpec
 from bgmrec.models.registry import build
