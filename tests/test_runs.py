@@ -67,6 +67,29 @@ def test_train_model_from_python_writes_the_run_and_its_record(tiny_dir, tmp_pat
     assert capsys.readouterr().err == ""
 
 
+def test_the_code_fingerprint_ignores_comments_docstrings_and_layout_not_code(tmp_path):
+    # a docstring edit made bench quality --resume retrain every run (a contributor audit)
+    from bgmrec.runs import code_digest
+
+    def package(name: str, source: str) -> Path:
+        root = tmp_path / name
+        (root / "sub").mkdir(parents=True)
+        (root / "sub" / "m.py").write_text(source)
+        return root
+
+    base = code_digest(package("a", '"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # one\n'))
+    assert code_digest(package("b", '"""Other words."""\ndef f(x):\n    """Said otherwise."""\n\n\n'
+                                    '    return (x +\n            1)  # more\n')) == base
+    assert code_digest(package("c", '"""Module."""\n\ndef f(x):\n    return x + 2\n')) != base
+    assert code_digest(package("d", '"""Module."""\n\ndef f(x):\n    """Doc."""\n    raise ValueError("x")\n'
+                                    '\ndef g():\n    "a message"\n')) != code_digest(
+        package("e", '"""Module."""\n\ndef f(x):\n    """Doc."""\n    raise ValueError("y")\n\ndef g():\n'
+                     '    "a message"\n'))  # messages are code
+    moved = package("f", '"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # one\n')
+    (moved / "sub" / "m.py").rename(moved / "m.py")
+    assert code_digest(moved) != base  # a module moved is another module
+
+
 def test_git_commit_defaults_to_this_package_s_checkout():
     from bgmrec.runs import git_commit
 

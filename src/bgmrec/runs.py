@@ -8,7 +8,9 @@ The library body of ``bgmrec train``, ``tune``, ``demo`` and the benchmarks: a m
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import platform
 import subprocess
@@ -19,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bgmrec.data.dataset import FINGERPRINTS
-from bgmrec.models.packages import describe_package, model_package, source_digest
+from bgmrec.models.packages import describe_package, model_package
 
 
 def git_commit(package: Path | None = None) -> str:
@@ -64,11 +66,30 @@ def running_command(argv: list[str]):
 
 
 def code_fingerprint() -> str:
-    """bgmrec's version and a short SHA-256 of its Python sources: the same code, whether or not it runs
-    from a clean git checkout (an installed copy, uncommitted edits)."""
+    """bgmrec's version and a short SHA-256 of what its Python sources do: the same code, whether or not it
+    runs from a clean git checkout (an installed copy, uncommitted edits). Comments, docstrings and layout
+    are left out (:func:`code_digest`): a docstring edit made ``bench quality --resume`` retrain every run."""
     import bgmrec
 
-    return f"{bgmrec.__version__}+{source_digest(Path(bgmrec.__file__).resolve().parent)}"
+    return f"{bgmrec.__version__}+{code_digest(Path(bgmrec.__file__).resolve().parent)}"
+
+
+@functools.cache
+def code_digest(root: Path) -> str:
+    """A short SHA-256 of the syntax trees of the ``*.py`` files under ``root`` (with their paths), docstrings
+    removed: what the code does, not how it is commented or laid out (every other string counts: help texts,
+    messages)."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_bytes(), str(path))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
+                    and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(str(path.relative_to(root)).encode() + b"\0" + ast.dump(tree).encode() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def warn_if_model_code_changed(run: Path, model) -> str | None:
