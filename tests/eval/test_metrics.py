@@ -126,24 +126,53 @@ def test_rank_and_top_by_hand():
         M.rank_and_top(scores, np.array([3, 3, 4]), 6, tie_keys)
 
 
-@settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.int8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
-                  elements=st.integers(0, 3)), st.data())
-def test_rank_and_top_is_one_order(scores, data):
-    """Ranks and top lists are read off one order: by score, then by key (many ties: scores in 0..3)."""
-    scores = scores.astype(np.float32)
+def lexsorted_rank_and_top(scores, pos, k, keys):
+    """The reference: each row's whole order by score, then key, then column (a stable lexsort), read off."""
+    order = np.lexsort((keys, -scores), axis=-1)
+    return 1 + np.argmax(order == pos[:, None], axis=1), order[:, :k]
+
+
+# few distinct scores (many ties, infinities and both zeros among them); keys of few values tie too
+TIED_SCORES = st.sampled_from([-np.inf, -1.0, -0.0, 0.0, 0.5, 2.0, np.inf])
+
+
+@settings(max_examples=150, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+                  elements=TIED_SCORES), st.data())
+def test_rank_and_top_is_the_lexsorted_order(scores, data):
+    """Ranks and top lists are those of one order, the lexsort of score, key and column, read without sorting
+    (many ties; keys random, or of three values, or constant, so that they tie as well)."""
     n, m = scores.shape
     k = data.draw(st.integers(0, m))
     pos = np.array(data.draw(st.lists(st.integers(0, m - 1), min_size=n, max_size=n)))
-    keys = np.random.default_rng(n * 100 + m).random((n, m))
+    rng = np.random.default_rng(n * 100 + m)
+    keys = data.draw(st.sampled_from([rng.random((n, m)), rng.integers(0, 3, (n, m)).astype(float),
+                                      np.zeros((n, m))]))
     ranks, top = M.rank_and_top(scores, pos, k, lambda which: keys[which])
-    order = np.lexsort((keys, -scores), axis=-1)  # the full order, by brute force
-    np.testing.assert_array_equal(ranks, 1 + np.argmax(order == pos[:, None], axis=1))
-    np.testing.assert_array_equal(top, order[:, :k])
+    want_ranks, want_top = lexsorted_rank_and_top(scores, pos, k, keys)
+    np.testing.assert_array_equal(ranks, want_ranks)
+    np.testing.assert_array_equal(top, want_top)
     np.testing.assert_array_equal((ranks <= k), (top == pos[:, None]).any(axis=1))
     # without ties at the positive, the rank is the tie-free one of ranks_from_scores
     untied = (scores == scores[np.arange(n), pos][:, None]).sum(1) == 1
     np.testing.assert_array_equal(ranks[untied], M.ranks_from_scores(scores, pos, np.zeros(n))[untied])
+
+
+def test_rank_and_top_of_rows_of_one_score_is_the_order_of_their_keys():
+    """Every column ties (popularity's new music: every count 0): the keys alone order the row; equal keys at
+    the list's last place (a row sorted whole) go by column."""
+    rng = np.random.default_rng(5)
+    scores = np.zeros((64, 500))
+    keys = rng.random((64, 500))
+    keys[0, [3, 7, 9]] = -1.0  # three equal smallest keys: columns 3, 7, 9 in that order, for a list of 2
+    pos = rng.integers(0, 500, 64)
+    ranks, top = M.rank_and_top(scores, pos, 2, lambda which: keys[which])
+    np.testing.assert_array_equal(top[0], [3, 7])
+    np.testing.assert_array_equal(top[1:], np.argsort(keys[1:], axis=1)[:, :2])
+    np.testing.assert_array_equal(ranks[1:], 1 + (keys[1:] < keys[np.arange(1, 64), pos[1:]][:, None]).sum(1))
+    want_ranks, want_top = lexsorted_rank_and_top(scores, pos, 2, keys)
+    np.testing.assert_array_equal(ranks, want_ranks)
+    np.testing.assert_array_equal(top, want_top)
 
 
 def test_rank_and_top_breaks_ties_among_infinities_by_key():

@@ -117,6 +117,22 @@ def test_full_ranks_against_brute_force(tiny_ds, fitted):
     assert np.isin(fr.top, cand).all()  # new-music queries are ranked among new tracks only
 
 
+@pytest.mark.parametrize("split", ["test", "test_new_music"])
+def test_ties_fall_in_the_order_drawn_from_the_seed_and_the_query_s_video(tiny_ds, fitted, split):
+    """Popularity ties (every new track counts 0): its ranks and top lists are those of the whole order by score,
+    then by the query's keys, ``np.random.default_rng([seed, video]).random(candidates)``, sorted by lexsort."""
+    rows = np.asarray(tiny_ds.splits[split])
+    cand = tiny_ds.candidate_tracks(split)
+    model = fitted["popularity"]
+    s = model.encode_videos(VideoQuery.from_dataset(tiny_ds, rows[:, 0], rows[:, 2], split)) \
+        @ model.encode_music(MusicCatalog.from_dataset(tiny_ds))[cand].T
+    keys = np.stack([np.random.default_rng([4, int(v)]).random(len(cand)) for v in rows[:, 0]])
+    order = np.lexsort((keys, -s), axis=-1)
+    fr = P.full_ranks(model, tiny_ds, split, seed=4, chunk=16)
+    np.testing.assert_array_equal(fr.ranks, 1 + np.argmax(cand[order] == rows[:, 1:2], axis=1))
+    np.testing.assert_array_equal(fr.top, cand[order[:, :10]])
+
+
 @pytest.mark.parametrize("split", EVAL_SPLITS)
 def test_oracle_beats_random_by_a_wide_margin(tiny_ds, fitted, split):
     o = P.evaluate(fitted["oracle"], tiny_ds, split)

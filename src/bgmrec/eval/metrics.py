@@ -120,9 +120,11 @@ def rank_and_top(scores: np.ndarray, positive_col: np.ndarray, k: int, tie_keys)
 
     The order is by score, best first, exact ties broken by ascending ``tie_keys(rows)`` ([r, M]
     keys for those rows of ``scores``; random in the protocol, so ties fall in a random order per
-    row, as in :func:`ranks_from_scores`). Ranks and top lists come from that one order, so a
-    positive is in its row's top list exactly when its rank is at most ``k``. Keys are asked for only
-    for the rows where the order of ties matters: a tie among the best ``k + 1`` or at the positive.
+    row, as in :func:`ranks_from_scores`), then by column (equal keys: never, with random ones). Ranks and
+    top lists come from that one order, so a positive is in its row's top list exactly when its rank is at
+    most ``k``: the rank is 1 + #(higher scores) + #(equal scores ordered before it, :func:`_ties_ahead`), the
+    top list the ``k`` first columns of the order (:func:`_top_by_key`), neither sorting a row. Keys are asked
+    for only for the rows where the order of ties matters: a tie among the best ``k + 1`` or at the positive.
     """
     scores = _finite_scores(scores)
     n, m = scores.shape
@@ -131,20 +133,61 @@ def rank_and_top(scores: np.ndarray, positive_col: np.ndarray, k: int, tie_keys)
     positive_col = _columns(positive_col, n, m)
     pos = scores[np.arange(n), positive_col][:, None]
     ranks = 1 + (scores > pos).sum(axis=1)
-    tied = (scores == pos).sum(axis=1) > 1
+    tied_pos = (scores == pos).sum(axis=1) > 1
+    tied_top = np.zeros(n, bool)
     top = np.zeros((n, 0), np.int64)
     if k:
         kk = min(k + 1, m)  # one more than the list: a tie across its boundary shows
         # torch.topk: the kk best per row, best first (several times faster than argpartition + argsort)
         ordered, best = torch.topk(torch.from_numpy(np.require(scores, requirements=["C", "W"])), kk, dim=1)
         ordered, top = ordered.numpy(), best.numpy()[:, :k].astype(np.int64)
-        tied |= (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)  # equality, not a difference: inf ties too
-    if tied.any():
-        which = np.flatnonzero(tied)
-        order = np.lexsort((np.asarray(tie_keys(which)), -scores[which]), axis=-1)
-        ranks[which] = 1 + np.argmax(order == positive_col[which][:, None], axis=1)
-        top[which] = order[:, :k]
+        tied_top = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)  # equality, not a difference: inf ties too
+    which = np.flatnonzero(tied_pos | tied_top)
+    if which.size:
+        keys = np.asarray(tie_keys(which))
+        at_pos, at_top = tied_pos[which], tied_top[which]
+        if at_pos.any():
+            ranks[which[at_pos]] += _ties_ahead(scores[which[at_pos]], positive_col[which[at_pos]], keys[at_pos])
+        if at_top.any():
+            rows = which[at_top]
+            top[rows] = _top_by_key(scores[rows], keys[at_top], top[rows], ordered[rows, k - 1])
     return ranks.astype(np.int64), top.astype(np.int64)
+
+
+def _ties_ahead(scores: np.ndarray, positive_col: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """How many columns of each row score exactly as its positive column and come before it in the order of
+    :func:`rank_and_top`: a smaller key, or an equal key and a smaller column. Linear in the row."""
+    rows = np.arange(len(scores))
+    pos, key = scores[rows, positive_col][:, None], keys[rows, positive_col][:, None]
+    before = (keys < key) | ((keys == key) & (np.arange(scores.shape[1]) < positive_col[:, None]))
+    return ((scores == pos) & before).sum(axis=1)
+
+
+def _top_by_key(scores: np.ndarray, keys: np.ndarray, best: np.ndarray, kth: np.ndarray) -> np.ndarray:
+    """The first ``k`` columns of each row in the order of :func:`rank_and_top` (by score, then key, then column),
+    given ``best``, the row's ``k`` best columns in any order of ties, and ``kth``, its k-th best score: the
+    columns scoring above ``kth`` (all in ``best``), then as many columns scoring ``kth`` as the list has room
+    for, those of the smallest keys. Only these at most 2k columns are sorted (a row of one score throughout, as
+    popularity gives new music, would otherwise be sorted whole); a row whose last place falls between equal
+    keys (never, with random ones) is sorted whole among the columns scoring at least ``kth``."""
+    r, k = best.shape
+    rows = np.arange(r)[:, None]
+    kth = kth[:, None]
+    above = scores[rows, best] > kth
+    room = k - above.sum(axis=1)  # at least 1: fewer than k columns score above the k-th best
+    masked = torch.from_numpy(np.where(scores == kth, keys, np.inf).astype(np.float64))
+    q = min(k + 1, scores.shape[1])  # one more: equal keys across the last place show
+    smallest, at_kth = (a.numpy() for a in torch.topk(masked, q, dim=1, largest=False))
+    cols = np.hstack([best, at_kth[:, :k]])
+    valid = np.hstack([above, np.arange(k) < room[:, None]])
+    order = np.lexsort((cols, keys[rows, cols], -scores[rows, cols], ~valid), axis=-1)
+    top = np.take_along_axis(cols, order[:, :k], axis=1)
+    last = smallest[rows[:, 0], room - 1]
+    following = np.where(room < q, smallest[rows[:, 0], np.minimum(room, q - 1)], np.inf)
+    for i in np.flatnonzero((last == following) & np.isfinite(following)):
+        c = np.flatnonzero(scores[i] >= kth[i])
+        top[i] = c[np.lexsort((keys[i, c], -scores[i, c]))][:k]
+    return top
 
 
 def _finite_scores(scores: np.ndarray) -> np.ndarray:

@@ -63,6 +63,16 @@ def _tie_break(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(n)
 
 
+def _tie_keys(videos: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """The keys [len(videos), m] ordering each query's tied candidates (:func:`~bgmrec.eval.metrics.rank_and_top`):
+    ``m`` uniform draws of a generator seeded with ``seed`` and the query's video, so a query's order is the same
+    whatever the chunking or the subset. Each row drawn into place (``out=``: the draws of ``random(m)``)."""
+    keys = np.empty((len(videos), m))
+    for row, video in zip(keys, videos.tolist(), strict=True):
+        np.random.default_rng([seed, video]).random(out=row)
+    return keys
+
+
 def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | None = None,
                top_k: int = 10, chunk: int = 2048, seed: int = 0) -> FullRanking:
     """Score every query of ``split`` against all of the split's candidate tracks, chunk by chunk.
@@ -91,8 +101,7 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
         scores = score(part, cand)
 
         def tie_keys(which: np.ndarray, videos: np.ndarray = part[:, 0]) -> np.ndarray:
-            # a seeded random order of the candidates per query video, whatever the chunking or the subset
-            return np.stack([np.random.default_rng([seed, int(videos[i])]).random(len(cand)) for i in which])
+            return _tie_keys(videos[which], len(cand), seed)
 
         ranks[s:s + chunk], cols = M.rank_and_top(scores, pos_col[s:s + chunk], k, tie_keys)
         top[s:s + chunk] = cand[cols]
