@@ -70,6 +70,32 @@ def test_weights_are_normalised_and_equal_weights_are_unweighted():
     assert M.mrr(RANKS, np.ones(4)) == pytest.approx(M.mrr(RANKS))
 
 
+def test_figures_are_the_means_of_the_metric_table_s_gains_by_hand():
+    # RANKS 1, 3, 11, 2: Recall@3 3/4, NDCG@10 (1 + 1/2 + 1/log2(3)) / 4, MRR 127/264 (as above); weighted 1, 1,
+    # 2, 0 -> 1/4, 1/4, 1/2, 0: Recall@3 1/2, MRR 1/4 + 1/12 + 1/22
+    got = M.figures(RANKS, ["recall@3", "NDCG@10", "mrr"])
+    assert list(got) == ["recall@3", "NDCG@10", "mrr"]
+    assert got["recall@3"] == 0.75 and got["mrr"] == pytest.approx(127 / 264)
+    assert got["NDCG@10"] == pytest.approx((1 + 0.5 + 0.6309297535714575) / 4)
+    weighted = M.figures(RANKS, ["recall@3", "mrr"], np.array([1.0, 1.0, 2.0, 0.0]))
+    assert weighted == {"recall@3": pytest.approx(0.5), "mrr": pytest.approx(0.25 + 0.25 / 3 + 0.5 / 11)}
+    assert M.figures(RANKS, []) == {}
+    with pytest.raises(ValueError, match="unknown metric 'map@10'; expected recall@K, ndcg@K \\(K >= 1\\) or mrr"):
+        M.figures(RANKS, ["map@10"])
+
+
+def test_the_metric_table_gives_the_forms_the_parser_reads():
+    assert M.metric_forms() == ["recall@K", "ndcg@K", "mrr"]
+    assert M.expected_metrics() == "recall@K, ndcg@K (K >= 1) or mrr"
+    for name, metric in M.RANK_METRICS.items():  # each metric read in its form, and refused in the other
+        written, other = (f"{name}@7", name) if metric.at_k else (name, f"{name}@7")
+        assert M.parse_metric(written.upper()) == (name, 7 if metric.at_k else None)
+        with pytest.raises(ValueError, match=f"unknown metric '{other}'"):
+            M.parse_metric(other)
+        want = metric.gains(RANKS, 7) if metric.at_k else metric.gains(RANKS)
+        np.testing.assert_array_equal(M.query_gains(RANKS, written), want)
+
+
 def test_ranks_from_scores_by_hand():
     scores = np.array([
         [0.1, 0.5, 0.3, 0.5],  # positive col 2 (0.3): two greater, no tie -> rank 3 whatever u
