@@ -41,3 +41,15 @@ def test_the_python_api_example_runs_as_written(tiny_dir, tmp_path, monkeypatch,
     assert (tmp_path / "runs/deccm/teacher/config.json").is_file()
     assert (tmp_path / "runs/deccm2/run.json").is_file()  # train_model's record; save alone writes none
     assert not (tmp_path / "runs/cmvae/run.json").exists()
+
+
+def test_the_metrics_compare_accepts_are_listed_from_the_metric_table():
+    """The README's compare line and compare's --metric help list what bgmrec.eval.metrics.RANK_METRICS holds (a
+    metric once added still read "expected recall@K, ndcg@K or mrr" in both)."""
+    import inspect
+
+    from bgmrec.cli.core import compare
+    from bgmrec.eval.metrics import expected_metrics, metric_forms
+
+    assert f"[--metric {' | '.join(metric_forms())}]" in README.read_text()
+    assert expected_metrics() in inspect.signature(compare).parameters["metric"].default.help

@@ -70,6 +70,32 @@ def test_weights_are_normalised_and_equal_weights_are_unweighted():
     assert M.mrr(RANKS, np.ones(4)) == pytest.approx(M.mrr(RANKS))
 
 
+def test_figures_are_the_means_of_the_metric_table_s_gains_by_hand():
+    # RANKS 1, 3, 11, 2: Recall@3 3/4, NDCG@10 (1 + 1/2 + 1/log2(3)) / 4, MRR 127/264 (as above); weighted 1, 1,
+    # 2, 0 -> 1/4, 1/4, 1/2, 0: Recall@3 1/2, MRR 1/4 + 1/12 + 1/22
+    got = M.figures(RANKS, ["recall@3", "NDCG@10", "mrr"])
+    assert list(got) == ["recall@3", "NDCG@10", "mrr"]
+    assert got["recall@3"] == 0.75 and got["mrr"] == pytest.approx(127 / 264)
+    assert got["NDCG@10"] == pytest.approx((1 + 0.5 + 0.6309297535714575) / 4)
+    weighted = M.figures(RANKS, ["recall@3", "mrr"], np.array([1.0, 1.0, 2.0, 0.0]))
+    assert weighted == {"recall@3": pytest.approx(0.5), "mrr": pytest.approx(0.25 + 0.25 / 3 + 0.5 / 11)}
+    assert M.figures(RANKS, []) == {}
+    with pytest.raises(ValueError, match="unknown metric 'map@10'; expected recall@K, ndcg@K \\(K >= 1\\) or mrr"):
+        M.figures(RANKS, ["map@10"])
+
+
+def test_the_metric_table_gives_the_forms_the_parser_reads():
+    assert M.metric_forms() == ["recall@K", "ndcg@K", "mrr"]
+    assert M.expected_metrics() == "recall@K, ndcg@K (K >= 1) or mrr"
+    for name, metric in M.RANK_METRICS.items():  # each metric read in its form, and refused in the other
+        written, other = (f"{name}@7", name) if metric.at_k else (name, f"{name}@7")
+        assert M.parse_metric(written.upper()) == (name, 7 if metric.at_k else None)
+        with pytest.raises(ValueError, match=f"unknown metric '{other}'"):
+            M.parse_metric(other)
+        want = metric.gains(RANKS, 7) if metric.at_k else metric.gains(RANKS)
+        np.testing.assert_array_equal(M.query_gains(RANKS, written), want)
+
+
 def test_ranks_from_scores_by_hand():
     scores = np.array([
         [0.1, 0.5, 0.3, 0.5],  # positive col 2 (0.3): two greater, no tie -> rank 3 whatever u
@@ -126,24 +152,53 @@ def test_rank_and_top_by_hand():
         M.rank_and_top(scores, np.array([3, 3, 4]), 6, tie_keys)
 
 
-@settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.int8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
-                  elements=st.integers(0, 3)), st.data())
-def test_rank_and_top_is_one_order(scores, data):
-    """Ranks and top lists are read off one order: by score, then by key (many ties: scores in 0..3)."""
-    scores = scores.astype(np.float32)
+def lexsorted_rank_and_top(scores, pos, k, keys):
+    """The reference: each row's whole order by score, then key, then column (a stable lexsort), read off."""
+    order = np.lexsort((keys, -scores), axis=-1)
+    return 1 + np.argmax(order == pos[:, None], axis=1), order[:, :k]
+
+
+# few distinct scores (many ties, infinities and both zeros among them); keys of few values tie too
+TIED_SCORES = st.sampled_from([-np.inf, -1.0, -0.0, 0.0, 0.5, 2.0, np.inf])
+
+
+@settings(max_examples=150, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+                  elements=TIED_SCORES), st.data())
+def test_rank_and_top_is_the_lexsorted_order(scores, data):
+    """Ranks and top lists are those of one order, the lexsort of score, key and column, read without sorting
+    (many ties; keys random, or of three values, or constant, so that they tie as well)."""
     n, m = scores.shape
     k = data.draw(st.integers(0, m))
     pos = np.array(data.draw(st.lists(st.integers(0, m - 1), min_size=n, max_size=n)))
-    keys = np.random.default_rng(n * 100 + m).random((n, m))
+    rng = np.random.default_rng(n * 100 + m)
+    keys = data.draw(st.sampled_from([rng.random((n, m)), rng.integers(0, 3, (n, m)).astype(float),
+                                      np.zeros((n, m))]))
     ranks, top = M.rank_and_top(scores, pos, k, lambda which: keys[which])
-    order = np.lexsort((keys, -scores), axis=-1)  # the full order, by brute force
-    np.testing.assert_array_equal(ranks, 1 + np.argmax(order == pos[:, None], axis=1))
-    np.testing.assert_array_equal(top, order[:, :k])
+    want_ranks, want_top = lexsorted_rank_and_top(scores, pos, k, keys)
+    np.testing.assert_array_equal(ranks, want_ranks)
+    np.testing.assert_array_equal(top, want_top)
     np.testing.assert_array_equal((ranks <= k), (top == pos[:, None]).any(axis=1))
     # without ties at the positive, the rank is the tie-free one of ranks_from_scores
     untied = (scores == scores[np.arange(n), pos][:, None]).sum(1) == 1
     np.testing.assert_array_equal(ranks[untied], M.ranks_from_scores(scores, pos, np.zeros(n))[untied])
+
+
+def test_rank_and_top_of_rows_of_one_score_is_the_order_of_their_keys():
+    """Every column ties (popularity's new music: every count 0): the keys alone order the row; equal keys at
+    the list's last place (a row sorted whole) go by column."""
+    rng = np.random.default_rng(5)
+    scores = np.zeros((64, 500))
+    keys = rng.random((64, 500))
+    keys[0, [3, 7, 9]] = -1.0  # three equal smallest keys: columns 3, 7, 9 in that order, for a list of 2
+    pos = rng.integers(0, 500, 64)
+    ranks, top = M.rank_and_top(scores, pos, 2, lambda which: keys[which])
+    np.testing.assert_array_equal(top[0], [3, 7])
+    np.testing.assert_array_equal(top[1:], np.argsort(keys[1:], axis=1)[:, :2])
+    np.testing.assert_array_equal(ranks[1:], 1 + (keys[1:] < keys[np.arange(1, 64), pos[1:]][:, None]).sum(1))
+    want_ranks, want_top = lexsorted_rank_and_top(scores, pos, 2, keys)
+    np.testing.assert_array_equal(ranks, want_ranks)
+    np.testing.assert_array_equal(top, want_top)
 
 
 def test_rank_and_top_breaks_ties_among_infinities_by_key():

@@ -113,3 +113,18 @@ def test_a_narrow_terminal_folds_headers_and_keeps_every_figure_whole(tiny_ds):
     head, row = rows_for_split(results, "test")
     assert all(cell in text for cell in row[1:])
     assert max(len(line) for line in text.splitlines()) <= 80 or len(" ".join(row)) > 80
+
+
+def test_every_column_of_the_tables_names_a_figure_evaluate_reports(tiny_ds):
+    """evaluate's tables (COLUMNS) and the benchmark's (bench.QUALITY_METRICS) read figures by path: each path is
+    a figure of an evaluate() result (a renamed or dropped figure showed as "-" in every row)."""
+    from bgmrec.bench import QUALITY_METRICS
+    from bgmrec.eval.protocol import evaluate
+    from bgmrec.eval.report import metric_at
+    from bgmrec.models.base import FeatureSpec, SplitView
+    from bgmrec.models.registry import build
+
+    model = build("popularity", FeatureSpec.of(tiny_ds), {}).fit(SplitView(tiny_ds, "train"))
+    result = evaluate(model, tiny_ds, "test")
+    for header, path in (*COLUMNS, *QUALITY_METRICS):
+        assert isinstance(metric_at(result, path), float), (header, path)

@@ -13,6 +13,7 @@ import typer
 
 from bgmrec import runs
 from bgmrec.cli.app import app, make_console, options_named
+from bgmrec.eval.metrics import expected_metrics
 
 console = make_console()
 
@@ -389,7 +390,7 @@ def compare(
     split: str = typer.Option("test", help="split whose queries both models rank"),
     mode: str | None = typer.Option(None, help="inference mode of --run, for models that have several (DecCM)"),
     baseline_mode: str | None = typer.Option(None, help="inference mode of --baseline"),
-    metric: str = typer.Option("recall@10", help="per-query metric: recall@K, ndcg@K or mrr (full-catalogue), or "
+    metric: str = typer.Option("recall@10", help=f"per-query metric: {expected_metrics()} (full-catalogue), or "
                                                  "one of them after sampled_ or ipw_ (the sampled 1+K protocol)"),
     resamples: int = typer.Option(10_000, help="bootstrap resamples (and at most as many sign vectors)"),
     level: float = typer.Option(0.95, help="confidence level of the intervals"),

@@ -3,12 +3,16 @@
 Every query has exactly one relevant track (the upload's chosen music), so each metric is a
 function of the 1-based rank of that track among the query's candidates. Weighted variants take a
 weight per query; weights are normalised to sum to 1 (DecCM's inverse-popularity protocol).
+:data:`RANK_METRICS` is the table of the per-query metrics: what evaluate reports, compare pairs and the
+commands accept all come from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
 import numpy as np
-import torch
 
 
 def _check_ranks(ranks: np.ndarray) -> np.ndarray:
@@ -33,38 +37,77 @@ def _weights(ranks: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
 
 
 def recall_gains(ranks: np.ndarray, k: int) -> np.ndarray:
-    """Each query's Recall@k: 1.0 if its relevant item is within the top ``k``, else 0.0."""
+    """Each query's Recall@k: 1.0 if its relevant item is within the top ``k``, else 0.0 (with one relevant item,
+    the hit rate HR@k)."""
     return (np.asarray(ranks) <= k).astype(np.float64)
 
 
 def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
-    """Each query's NDCG@k with one relevant item: 1 / log2(rank + 1) if rank <= k else 0 (ideal DCG 1)."""
+    """Each query's NDCG@k with one relevant item: 1 / log2(rank + 1) if rank <= k else 0 (ideal DCG 1; DCG with
+    the log2 discount of Jarvelin and Kekalainen, ACM TOIS 2002)."""
     r = np.asarray(ranks, np.float64)
     return np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
 
 
 def reciprocal_ranks(ranks: np.ndarray) -> np.ndarray:
-    """Each query's reciprocal rank 1 / rank."""
+    """Each query's reciprocal rank 1 / rank (its mean is the MRR of Voorhees, TREC-8 question answering, 1999)."""
     return 1.0 / np.asarray(ranks, np.float64)
 
 
+class RankMetric(NamedTuple):
+    """A per-query metric of the positive's rank: ``gains(ranks, k)`` (``gains(ranks)`` without ``at_k``) gives
+    each query's value, and the metric is their (weighted) mean."""
+
+    gains: Callable[..., np.ndarray]
+    at_k: bool  # written name@K, with a cut-off K >= 1; else the name alone
+
+
+RANK_METRICS: dict[str, RankMetric] = {  # name -> its per-query gains; README, Development: adding a metric
+    "recall": RankMetric(recall_gains, at_k=True),
+    "ndcg": RankMetric(ndcg_gains, at_k=True),
+    "mrr": RankMetric(reciprocal_ranks, at_k=False),
+}
+
+
+def metric_forms() -> list[str]:
+    """How each metric of :data:`RANK_METRICS` is written: ["recall@K", "ndcg@K", "mrr"]."""
+    return [f"{name}@K" if metric.at_k else name for name, metric in RANK_METRICS.items()]
+
+
+def expected_metrics() -> str:
+    """The metrics :func:`parse_metric` reads, as its error and the commands' help list them: "recall@K, ndcg@K
+    (K >= 1) or mrr"."""
+    forms = metric_forms()
+    at_k = [i for i, metric in enumerate(RANK_METRICS.values()) if metric.at_k]
+    if at_k:
+        forms[at_k[-1]] += " (K >= 1)"
+    return forms[0] if len(forms) == 1 else f"{', '.join(forms[:-1])} or {forms[-1]}"
+
+
 def parse_metric(metric: str) -> tuple[str, int | None]:
-    """("recall", K), ("ndcg", K) or ("mrr", None) from "recall@K", "ndcg@K" or "mrr"; ValueError otherwise."""
+    """(name, K) of a metric written "name@K" (a metric of :data:`RANK_METRICS` taking a cut-off, K >= 1), or
+    (name, None) of one written by its name alone ("mrr"), case-insensitive; ValueError naming the forms
+    otherwise."""
     name, _, k = metric.lower().partition("@")
-    if name == "mrr" and not k:
-        return name, None
-    if name in ("recall", "ndcg") and k.isdecimal() and int(k) >= 1:
-        return name, int(k)
-    raise ValueError(f"unknown metric {metric!r}; expected recall@K, ndcg@K (K >= 1) or mrr")
+    known = RANK_METRICS.get(name)
+    if known is not None and (k.isdecimal() and int(k) >= 1 if known.at_k else not k):
+        return name, int(k) if known.at_k else None
+    raise ValueError(f"unknown metric {metric!r}; expected {expected_metrics()}")
 
 
 def query_gains(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """Each query's value of ``metric`` ("recall@K", "ndcg@K" or "mrr"): the metric is their mean."""
+    """Each query's value of ``metric`` (:func:`parse_metric`; its gains in :data:`RANK_METRICS`): the metric is
+    their mean."""
     name, k = parse_metric(metric)
     _check_ranks(ranks)  # first: rank 0 would divide by zero
-    if name == "mrr":
-        return reciprocal_ranks(ranks)
-    return (recall_gains if name == "recall" else ndcg_gains)(ranks, k)
+    gains = RANK_METRICS[name].gains
+    return gains(ranks, k) if k is not None else gains(ranks)
+
+
+def figures(ranks: np.ndarray, metrics: Iterable[str], weights: np.ndarray | None = None) -> dict[str, float]:
+    """Each of ``metrics`` (as :func:`parse_metric` reads them) over the queries: the mean of its
+    :func:`query_gains`, weighted by ``weights`` (normalised to sum to 1) when given."""
+    return {metric: _average(ranks, weights, lambda r, metric=metric: query_gains(r, metric)) for metric in metrics}
 
 
 def _average(ranks: np.ndarray, weights: np.ndarray | None, gains_of) -> float:
@@ -120,31 +163,78 @@ def rank_and_top(scores: np.ndarray, positive_col: np.ndarray, k: int, tie_keys)
 
     The order is by score, best first, exact ties broken by ascending ``tie_keys(rows)`` ([r, M]
     keys for those rows of ``scores``; random in the protocol, so ties fall in a random order per
-    row, as in :func:`ranks_from_scores`). Ranks and top lists come from that one order, so a
-    positive is in its row's top list exactly when its rank is at most ``k``. Keys are asked for only
-    for the rows where the order of ties matters: a tie among the best ``k + 1`` or at the positive.
+    row, as in :func:`ranks_from_scores`), then by column (equal keys: never, with random ones). Ranks and
+    top lists come from that one order, so a positive is in its row's top list exactly when its rank is at
+    most ``k``: the rank is 1 + #(higher scores) + #(equal scores ordered before it, :func:`_ties_ahead`), the
+    top list the ``k`` first columns of the order (:func:`_top_by_key`), neither sorting a row. Keys are asked
+    for only for the rows where the order of ties matters: a tie among the best ``k + 1`` or at the positive.
     """
     scores = _finite_scores(scores)
     n, m = scores.shape
     if not 0 <= k <= m:
         raise ValueError(f"k must be in [0, {m}] (the number of columns), got {k}")
     positive_col = _columns(positive_col, n, m)
+    import torch  # here: the metric table is read by the command line, which does not load torch to start
+
     pos = scores[np.arange(n), positive_col][:, None]
     ranks = 1 + (scores > pos).sum(axis=1)
-    tied = (scores == pos).sum(axis=1) > 1
+    tied_pos = (scores == pos).sum(axis=1) > 1
+    tied_top = np.zeros(n, bool)
     top = np.zeros((n, 0), np.int64)
     if k:
         kk = min(k + 1, m)  # one more than the list: a tie across its boundary shows
         # torch.topk: the kk best per row, best first (several times faster than argpartition + argsort)
         ordered, best = torch.topk(torch.from_numpy(np.require(scores, requirements=["C", "W"])), kk, dim=1)
         ordered, top = ordered.numpy(), best.numpy()[:, :k].astype(np.int64)
-        tied |= (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)  # equality, not a difference: inf ties too
-    if tied.any():
-        which = np.flatnonzero(tied)
-        order = np.lexsort((np.asarray(tie_keys(which)), -scores[which]), axis=-1)
-        ranks[which] = 1 + np.argmax(order == positive_col[which][:, None], axis=1)
-        top[which] = order[:, :k]
+        tied_top = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)  # equality, not a difference: inf ties too
+    which = np.flatnonzero(tied_pos | tied_top)
+    if which.size:
+        keys = np.asarray(tie_keys(which))
+        at_pos, at_top = tied_pos[which], tied_top[which]
+        if at_pos.any():
+            ranks[which[at_pos]] += _ties_ahead(scores[which[at_pos]], positive_col[which[at_pos]], keys[at_pos])
+        if at_top.any():
+            rows = which[at_top]
+            top[rows] = _top_by_key(scores[rows], keys[at_top], top[rows], ordered[rows, k - 1])
     return ranks.astype(np.int64), top.astype(np.int64)
+
+
+def _ties_ahead(scores: np.ndarray, positive_col: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """How many columns of each row score exactly as its positive column and come before it in the order of
+    :func:`rank_and_top`: a smaller key, or an equal key and a smaller column. Linear in the row."""
+    rows = np.arange(len(scores))
+    pos, key = scores[rows, positive_col][:, None], keys[rows, positive_col][:, None]
+    before = (keys < key) | ((keys == key) & (np.arange(scores.shape[1]) < positive_col[:, None]))
+    return ((scores == pos) & before).sum(axis=1)
+
+
+def _top_by_key(scores: np.ndarray, keys: np.ndarray, best: np.ndarray, kth: np.ndarray) -> np.ndarray:
+    """The first ``k`` columns of each row in the order of :func:`rank_and_top` (by score, then key, then column),
+    given ``best``, the row's ``k`` best columns in any order of ties, and ``kth``, its k-th best score: the
+    columns scoring above ``kth`` (all in ``best``), then as many columns scoring ``kth`` as the list has room
+    for, those of the smallest keys. Only these at most 2k columns are sorted (a row of one score throughout, as
+    popularity gives new music, would otherwise be sorted whole); a row whose last place falls between equal
+    keys (never, with random ones) is sorted whole among the columns scoring at least ``kth``."""
+    import torch
+
+    r, k = best.shape
+    rows = np.arange(r)[:, None]
+    kth = kth[:, None]
+    above = scores[rows, best] > kth
+    room = k - above.sum(axis=1)  # at least 1: fewer than k columns score above the k-th best
+    masked = torch.from_numpy(np.where(scores == kth, keys, np.inf).astype(np.float64))
+    q = min(k + 1, scores.shape[1])  # one more: equal keys across the last place show
+    smallest, at_kth = (a.numpy() for a in torch.topk(masked, q, dim=1, largest=False))
+    cols = np.hstack([best, at_kth[:, :k]])
+    valid = np.hstack([above, np.arange(k) < room[:, None]])
+    order = np.lexsort((cols, keys[rows, cols], -scores[rows, cols], ~valid), axis=-1)
+    top = np.take_along_axis(cols, order[:, :k], axis=1)
+    last = smallest[rows[:, 0], room - 1]
+    following = np.where(room < q, smallest[rows[:, 0], np.minimum(room, q - 1)], np.inf)
+    for i in np.flatnonzero((last == following) & np.isfinite(following)):
+        c = np.flatnonzero(scores[i] >= kth[i])
+        top[i] = c[np.lexsort((keys[i, c], -scores[i, c]))][:k]
+    return top
 
 
 def _finite_scores(scores: np.ndarray) -> np.ndarray:

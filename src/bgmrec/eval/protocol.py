@@ -18,6 +18,9 @@ from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embe
 
 FULL_KS = (1, 5, 10, 20)
 SAMPLED_KS = (10, 15, 20, 25)
+# the figures evaluate reports, each a metric of metrics.RANK_METRICS (the full ones followed by median_rank)
+FULL_METRICS = (*(f"recall@{k}" for k in FULL_KS), "ndcg@10", "ndcg@20", "mrr")
+SAMPLED_METRICS = (*(f"recall@{k}" for k in SAMPLED_KS), *(f"ndcg@{k}" for k in SAMPLED_KS))  # sampled and IPW
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50, 100)
 RANK_KEYS = ("full_ranks", "sampled_ranks")  # what evaluate(keep_ranks=True) adds: per-query arrays, not JSON
 PAPERS_NEGATIVES = 100  # the papers' sampled protocol: each positive against 100 negatives (fewer if the split has)
@@ -63,6 +66,16 @@ def _tie_break(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(n)
 
 
+def _tie_keys(videos: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """The keys [len(videos), m] ordering each query's tied candidates (:func:`~bgmrec.eval.metrics.rank_and_top`):
+    ``m`` uniform draws of a generator seeded with ``seed`` and the query's video, so a query's order is the same
+    whatever the chunking or the subset. Each row drawn into place (``out=``: the draws of ``random(m)``)."""
+    keys = np.empty((len(videos), m))
+    for row, video in zip(keys, videos.tolist(), strict=True):
+        np.random.default_rng([seed, video]).random(out=row)
+    return keys
+
+
 def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | None = None,
                top_k: int = 10, chunk: int = 2048, seed: int = 0) -> FullRanking:
     """Score every query of ``split`` against all of the split's candidate tracks, chunk by chunk.
@@ -91,8 +104,7 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
         scores = score(part, cand)
 
         def tie_keys(which: np.ndarray, videos: np.ndarray = part[:, 0]) -> np.ndarray:
-            # a seeded random order of the candidates per query video, whatever the chunking or the subset
-            return np.stack([np.random.default_rng([seed, int(videos[i])]).random(len(cand)) for i in which])
+            return _tie_keys(videos[which], len(cand), seed)
 
         ranks[s:s + chunk], cols = M.rank_and_top(scores, pos_col[s:s + chunk], k, tie_keys)
         top[s:s + chunk] = cand[cols]
@@ -163,12 +175,6 @@ def below_chance(model, result: dict) -> str | None:
             "for better tracks (similarities, not distances)?")
 
 
-def _ranking_metrics(ranks: np.ndarray, ks, weights=None) -> dict[str, float]:
-    out = {f"recall@{k}": M.recall_at_k(ranks, k, weights) for k in ks}
-    out.update({f"ndcg@{k}": M.ndcg_at_k(ranks, k, weights) for k in ks})
-    return out
-
-
 def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, seed: int = 0,
              keep_ranks: bool = False) -> dict:
     """Every figure of the protocol for one model on one split of the dataset ``ds`` (a :class:`Dataset` or its
@@ -199,9 +205,7 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
                       "them with the dataset's prior taste, not their uploader's"
                       + ("; these figures are not personalised" if unknown == len(rows) else ""),
                       EvaluationWarning, stacklevel=2)
-    result["full"] = {f"recall@{k}": M.recall_at_k(r, k) for k in FULL_KS}
-    result["full"].update({"ndcg@10": M.ndcg_at_k(r, 10), "ndcg@20": M.ndcg_at_k(r, 20), "mrr": M.mrr(r),
-                           "median_rank": M.median_rank(r)})
+    result["full"] = {**M.figures(r, FULL_METRICS), "median_rank": M.median_rank(r)}
     result["full_recall_curve"] = {str(k): M.recall_at_k(r, k) for k in CURVE_KS}
     note = below_chance(model, result)
     if note:
@@ -209,8 +213,8 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
     if split in ds.negatives:
         sr = sampled_ranks(model, ds, split, seed=seed)
         result["n_negatives"] = int(ds.negatives[split].shape[1])
-        result["sampled"] = _ranking_metrics(sr, SAMPLED_KS)
-        result["ipw"] = _ranking_metrics(sr, SAMPLED_KS, ds.ipw_weights(split))
+        result["sampled"] = M.figures(sr, SAMPLED_METRICS)
+        result["ipw"] = M.figures(sr, SAMPLED_METRICS, ds.ipw_weights(split))
     else:
         sr = result["sampled"] = result["ipw"] = None
     g = ds.n_genres
@@ -236,15 +240,15 @@ COMPARED_PROTOCOLS = {"full": "full-catalogue", "sampled": "sampled 1+K", "ipw":
 def compared_protocol(metric: str) -> tuple[str, str]:
     """(protocol, rank metric) of a compared metric: "recall@10" ("full"), "sampled_recall@10" (the papers'
     1+K protocol on the frozen negatives), "ipw_recall@10" (the same, weighted by :meth:`Dataset.ipw_weights`),
-    each prefix before recall@K, ndcg@K or mrr; ValueError naming the forms otherwise."""
+    each prefix before a metric of :data:`~bgmrec.eval.metrics.RANK_METRICS`; ValueError naming the forms
+    otherwise."""
     lowered = metric.lower()
     prefix = next((p for p in ("sampled_", "ipw_") if lowered.startswith(p)), "")
     try:
         M.parse_metric(metric[len(prefix):])
     except ValueError:
-        raise ValueError(f"unknown metric {metric!r}; expected recall@K, ndcg@K (K >= 1) or mrr (full-catalogue), "
-                         "or one of them after sampled_ or ipw_ (the sampled 1+K protocol, unweighted or "
-                         "IPW-weighted)") from None
+        raise ValueError(f"unknown metric {metric!r}; expected {M.expected_metrics()} (full-catalogue), or one of "
+                         "them after sampled_ or ipw_ (the sampled 1+K protocol, unweighted or IPW-weighted)") from None
     return prefix.rstrip("_") or "full", metric[len(prefix):]
 
 
