@@ -902,11 +902,12 @@ def test_bench_quality_changes_world_parameters_and_names_its_files_by_them(tmp_
         assert not (tmp_path / "other").exists()  # refused before any world was simulated
 
 
-@pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 143), ("SIGINT", 130), ("SIGHUP", 129)])
 def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, stop, code):
-    """The console script (here as ``python -m bgmrec``) ends on SIGTERM as on Ctrl-C (SIGINT): no half-built
-    run left beside --out, exit code 128 + the signal's number. Ctrl-C exited 0, so `train && evaluate` went
-    on after a cancelled run."""
+    """The console script (here as ``python -m bgmrec``) ends on SIGTERM and SIGHUP (an ssh session closed) as on
+    Ctrl-C (SIGINT): no half-built run left beside --out, exit code 128 + the signal's number, and one line
+    saying so. Ctrl-C exited 0, so `train && evaluate` went on after a cancelled run; SIGTERM said nothing; SIGHUP
+    killed it at once, leaving its temporary folder."""
     import os
     import signal
     import subprocess
@@ -921,7 +922,8 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
                                  "PYTHONFAULTHANDLER": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT,
+                                                                                           signal.SIGHUP)])
     deadline = time.monotonic() + 300  # a loaded machine: imports and data loading can take long
     while not list(out.parent.glob(".cmvae.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -941,8 +943,7 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
     err = proc.stderr.read().decode()
     assert returned == code, err
     assert sorted(p.name for p in out.parent.iterdir()) == [], err  # neither the run nor its temporary folder
-    if stop == "SIGINT":
-        assert err.strip().endswith("aborted (interrupted)"), err
+    assert err.strip().splitlines()[-1].startswith(f"stopped ({stop})"), err
 
 
 def test_a_stop_signal_inside_an_import_is_sent_again_once_and_raised_after_it_or_after_its_patience(monkeypatch):
@@ -1001,6 +1002,19 @@ def test_ctrl_c_ignored_as_in_a_background_job_stays_ignored():
                              preexec_fn=lambda: __import__("signal").signal(__import__("signal").SIGINT,
                                                                              __import__("signal").SIG_IGN))
     assert ignored.stdout.decode().strip() == "True", ignored.stderr.decode()
+
+
+def test_sighup_is_a_stop_unless_ignored_as_under_nohup():
+    import subprocess
+    import sys
+
+    code = ("import signal\nfrom bgmrec.cli import install_stop_handlers\n"
+            "install_stop_handlers()\nprint(signal.getsignal(signal.SIGHUP) == signal.getsignal(signal.SIGTERM))")
+    for before, handled in (("SIG_DFL", "True"), ("SIG_IGN", "False")):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                              preexec_fn=lambda before=before: __import__("signal").signal(
+                                  __import__("signal").SIGHUP, getattr(__import__("signal"), before)))
+        assert done.stdout.decode().strip() == handled, done.stderr.decode()
 
 
 def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path, monkeypatch):
