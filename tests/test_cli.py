@@ -682,6 +682,101 @@ def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, t
     assert not list((tmp_path / "runs").glob("other*"))
 
 
+def _stop_at_validation(monkeypatch, n: int, stop=KeyboardInterrupt) -> None:
+    """Training stopped (``stop`` raised) as its ``n``-th validation begins: in epoch n, n - 1 epochs validated."""
+    import bgmrec.train
+
+    real, calls = bgmrec.train.validation_scores, []
+
+    def validation_scores(*args, **kwargs):
+        calls.append(True)
+        if len(calls) == n:
+            raise stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.train, "validation_scores", validation_scores)
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("stop", "code", "name"), [(KeyboardInterrupt, 130, "SIGINT"),
+                                                     (lambda: __import__("bgmrec.cli").cli.StoppedBySignal(143), 143,
+                                                      "SIGTERM")])
+def test_a_stopped_train_saves_its_best_epoch_so_far_beside_the_run(cli_world, tmp_path, monkeypatch, capsys, stop,
+                                                                     code, name):
+    """Stopped in epoch 3 of 5 (Ctrl-C, SIGTERM), train kept nothing, though it held its best epoch: it is saved as
+    a complete run at RUN.partial (never at RUN, which bench and tune --resume take for a finished run; the run
+    there before is left byte for byte), its run.json saying where it stopped, with one line saying so."""
+    from bgmrec.models.base import read_run_record
+
+    run = tmp_path / "runs" / "cmvae"
+    assert main(["train", "--data", str(cli_world), "--model", "popularity", "--out", str(run)]) == 0
+    before = _folder_bytes(run)
+    _stop_at_validation(monkeypatch, 3, stop)
+    capsys.readouterr()
+    args = ["train", "--data", str(cli_world), "--model", "cmvae", "--out", str(run), "--no-progress",
+            *(f"--set={k}={v}" for k, v in {**SMALL_CMVAE, "epochs": "5"}.items())]
+    assert main(args) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    partial = run.with_name("cmvae.partial")
+    rec = load_model(partial)
+    best = max(range(2), key=lambda i: (rec.history[i]["val_recall@10"], rec.history[i]["val_mrr"]))
+    assert err[-1] == (f"stopped ({name}): at epoch 3 of 5: the best epoch so far ({best + 1}, val R@10 "
+                       f"{rec.history[best]['val_recall@10']:.3f}) saved to {partial} (evaluate it with --run "
+                       f"{partial}; train again to finish)")
+    assert sorted(p.name for p in run.parent.iterdir()) == ["cmvae", "cmvae.partial"]  # no temporary folder
+    assert _folder_bytes(run) == before
+    assert rec.name == "cmvae" and len(rec.history) == 2
+    record = read_run_record(partial)
+    assert (record["stopped_at_epoch"], record["of_epochs"], record["best_epoch"]) == (3, 5, best + 1)
+    assert record["model"] == "cmvae" and record["epochs_run"] == 2
+    assert main(["evaluate", "--run", str(partial), "--data", str(cli_world), "--split", "val"]) == 0
+
+    _stop_at_validation(monkeypatch, 1, stop)  # before any validated epoch: nothing to keep, and it says so
+    capsys.readouterr()
+    assert main(args) == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped ({name}): nothing was saved (no validated epoch to keep)")
+    assert load_model(partial).history == rec.history and _folder_bytes(run) == before
+
+
+def test_a_stopped_deccm_student_saved_beside_the_run_refers_to_its_kept_teacher(cli_world, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import numpy as np
+
+    run = tmp_path / "deccm"
+    _stop_at_validation(monkeypatch, 3)  # the teacher's first validation, its second, then the student's first
+    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(run), "--no-progress",
+                 *(f"--set={k}={v}" for k, v in {**SMALL_DECCM, "epochs": "2"}.items())]) == 130
+    err = capsys.readouterr().err
+    assert f"the teacher trained for it is kept at {run.with_name('deccm.teacher')}" in err
+    assert f"saved to {run.with_name('deccm.partial')}" not in err  # stopped before the student's first validation
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.teacher"]
+
+    _stop_at_validation(monkeypatch, 2)  # the student (given the kept teacher) in its 2nd epoch
+    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(run), "--no-progress",
+                 "--teacher", str(run.with_name("deccm.teacher")),
+                 *(f"--set={k}={v}" for k, v in {**SMALL_DECCM, "epochs": "2"}.items())]) == 130
+    assert "at epoch 2 of 2: the best epoch so far (1, " in capsys.readouterr().err
+    shutil.rmtree(run.with_name("deccm.partial"))
+
+    _stop_at_validation(monkeypatch, 4)  # the student in its 2nd epoch, after the teacher it trained: both kept
+    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(run), "--no-progress",
+                 *(f"--set={k}={v}" for k, v in {**SMALL_DECCM, "epochs": "2"}.items())]) == 130
+    teacher, partial = run.with_name("deccm.teacher-2"), run.with_name("deccm.partial")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.partial", "deccm.teacher", "deccm.teacher-2"]
+    student = load_model(partial)
+    assert student.teacher_dir == str(teacher.resolve())
+    student.set_inference_mode("content")  # mixes in the teacher's scores: found where it was kept
+    ds = load_dataset(cli_world)
+    scores = student.score(VideoQuery.from_dataset(ds, [0, 1]), MusicCatalog.from_dataset(ds))
+    assert np.isfinite(scores).all()
+    moved = shutil.move(tmp_path, tmp_path.with_name("moved"))  # moved together, they still find each other
+    assert load_model(Path(moved) / "deccm.partial").teacher_dir == str((Path(moved) / "deccm.teacher-2").resolve())
+
+
 def test_train_refuses_a_folder_that_is_not_a_run(cli_world, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
@@ -942,8 +1037,13 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
         proc.kill()  # (a no-op once it has ended) never left training for 100,000 epochs
     err = proc.stderr.read().decode()
     assert returned == code, err
-    assert sorted(p.name for p in out.parent.iterdir()) == [], err  # neither the run nor its temporary folder
-    assert err.strip().splitlines()[-1].startswith(f"stopped ({stop})"), err
+    left = sorted(p.name for p in out.parent.iterdir())  # neither the run nor its temporary folder
+    last = err.strip().splitlines()[-1]
+    if left:  # the stop came after a validated epoch (a loaded machine): the best so far is kept apart
+        assert left == ["cmvae.partial"] and load_model(out.parent / "cmvae.partial").name == "cmvae", err
+        assert last.startswith(f"stopped ({stop}): at epoch ") and "saved to" in last, err
+    else:
+        assert last == f"stopped ({stop}): nothing was saved (no validated epoch to keep)", err
 
 
 def test_a_stop_signal_inside_an_import_is_sent_again_once_and_raised_after_it_or_after_its_patience(monkeypatch):

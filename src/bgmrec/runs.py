@@ -134,14 +134,21 @@ def option_into_sets(sets: dict, name: str, value) -> None:
 
 
 def train_model(data: Path, model: str, out: Path, epochs: int | None = None, seed: int | None = None,
-                sets: dict | None = None, teacher: Path | None = None, progress: bool = True):
+                sets: dict | None = None, teacher: Path | None = None, progress: bool = True,
+                partial: Path | None = None):
     """Build, fit and save one model; the library-level body of ``bgmrec train``.
 
     ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
     config's default, seed 0); giving one both ways with different values is refused.
+
+    Stopped (:data:`~bgmrec.models.base.STOPS`), nothing is written at ``out`` (a run there before is left as it
+    was; a DecCM teacher trained for it is kept beside it: :func:`keep_trained_teacher`) and the stop is raised
+    on; with ``partial`` (``bgmrec train``'s :func:`partial_run_folder`), a training stopped after a validated
+    epoch is first saved there as a complete run of its best epoch so far, its ``run.json`` saying where it
+    stopped (:func:`save_stopped_run`), and the stop carries a note saying what was kept (``add_note``).
     """
     from bgmrec.data.dataset import atomic_write_dir, load_dataset, write_json_atomic
-    from bgmrec.models.base import FeatureSpec, SplitView, load_model
+    from bgmrec.models.base import STOPS, FeatureSpec, SplitView, load_model
     from bgmrec.models.registry import build, prepare_teacher
 
     ds = load_dataset(data)
@@ -159,10 +166,23 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     if hasattr(rec.config, "patience") and not len(ds.splits.get("val", ())):
         print(f"warning: {data} has no val rows, so {model} trains all its {rec.config.epochs} epochs and keeps the "
               "last (no early stopping; build-dataset --val-share makes a val split)", file=sys.stderr)
-    timing = {}
+    timing: dict[str, float] = {}
+    teachers: dict[str, Path | None] = {}  # "kept": where the teacher trained for the run is kept, once stopped
+
+    def save_run(folder: Path, record: dict) -> None:
+        """The fitted model saved into ``folder``, checked to load back alike, and its ``run.json`` (``record``
+        added)."""
+        rec.save(folder)
+        check_saved_scores_alike(rec, load_model(folder), ds)
+        write_json_atomic(folder / "run.json", {
+            **timing["trained_on"], "model": model,
+            "seconds": timing.get("seconds", time.perf_counter() - timing["start"]), "epochs_run": len(rec.history),
+            "commit": git_commit(), "code": code_fingerprint(),
+            "argv": command_argv(), **({"model_package": package} if package else {}),
+            **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {}), **record})
 
     def write(folder: Path) -> None:
-        trained_on = dataset_record(data)  # for the run's record and, when trained here, its teacher's
+        timing["trained_on"] = trained_on = dataset_record(data)  # the run's record and, trained here, its teacher's
         prepare_teacher(rec, ds, folder, teacher, progress)
         trained = Path(folder) / "teacher"
         if teacher is None and (trained / "config.json").is_file():  # trained now, into the run: its record
@@ -171,26 +191,61 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
             write_json_atomic(trained / "run.json",
                               {**teacher_made_from(trained_on), "teacher_config": repr(teacher_config(rec.config))})
         try:
-            t0 = time.perf_counter()
+            timing["start"] = time.perf_counter()
             rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
-            timing["seconds"] = time.perf_counter() - t0
-            rec.save(folder)
-            check_saved_scores_alike(rec, load_model(folder), ds)
-            write_json_atomic(folder / "run.json", {
-                **trained_on, "model": model,
-                "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
-                "code": code_fingerprint(),
-                "argv": command_argv(), **({"model_package": package} if package else {}),
-                **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
+            timing["seconds"] = time.perf_counter() - timing["start"]
+            save_run(folder, {})
         except BaseException:  # stopped or failed: the run is discarded whole, a teacher trained for it is not
             if teacher is None and (trained / "run.json").is_file():
-                keep_trained_teacher(trained, Path(out))
+                was = str(trained.resolve())
+                teachers["kept"] = keep_trained_teacher(trained, Path(out))
+                if teachers["kept"] is not None and getattr(rec, "teacher_dir", None) == was:
+                    rec.teacher_dir = str(teachers["kept"].resolve())  # the student refers to it where it is now
             raise
 
     # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
     # a run there before (never another kind of folder) is replaced with everything in it
-    atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
+    try:
+        atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
+    except STOPS as stop:
+        if partial is not None:
+            stop.add_note(save_stopped_run(rec, Path(partial), save_run,
+                                           lost_teacher="kept" in teachers and teachers["kept"] is None))
+        raise
     return load_model(out), timing["seconds"]
+
+
+def partial_run_folder(out: Path) -> Path:
+    """Where ``bgmrec train --out OUT`` saves the best epoch so far of a training it stopped: ``OUT.partial``,
+    beside ``OUT`` and never at it, so nothing that looks for a finished run at ``OUT`` (``bench --resume``,
+    ``tune --resume``) can take it for one."""
+    return Path(out).with_name(f"{Path(out).name}.partial")
+
+
+def save_stopped_run(rec, partial: Path, save_run, lost_teacher: bool = False) -> str:
+    """After a training of ``rec`` was stopped: when it ended holding its best epoch so far (``rec.stopped``, a
+    :class:`~bgmrec.models.base.StoppedFit`), that model saved as a complete run at ``partial`` (replacing a run
+    there, never another kind of folder) by ``save_run(folder, record)``, its ``run.json`` adding
+    ``stopped_at_epoch``, ``of_epochs`` and ``best_epoch``. Returns what happened, as a clause of the command's
+    line: what was saved and how to use it, or that nothing was and why (no validated epoch; ``lost_teacher``:
+    the teacher it was trained with could not be kept; ``partial`` could not be written). A failure to save is
+    said, never raised: the stop is what the caller must see."""
+    from bgmrec.data.dataset import DatasetError, atomic_write_dir
+
+    done = rec.stopped if rec.fitted else None
+    if done is None:
+        return "nothing was saved (no validated epoch to keep)"
+    if lost_teacher:
+        return "nothing was saved (the teacher it was trained with could not be kept)"
+    record = {"stopped_at_epoch": done.epoch, "of_epochs": done.epochs, "best_epoch": done.best_epoch}
+    try:
+        check_run_folder(partial)
+        atomic_write_dir(partial, lambda folder: save_run(folder, record), marker="config.json",
+                         version_key="bgmrec_version", what="a model run")
+    except (DatasetError, ValueError, OSError) as e:
+        return f"at epoch {done.epoch} of {done.epochs}: the best epoch so far could not be saved ({e})"
+    return (f"at epoch {done.epoch} of {done.epochs}: the best epoch so far ({done.best_epoch}, val R@10 "
+            f"{done.best_recall:.3f}) saved to {partial} (evaluate it with --run {partial}; train again to finish)")
 
 
 def warn_if_features_outlie(ds, data: Path) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from bgmrec import runs
-from bgmrec.cli.app import app, make_console, options_named
+from bgmrec.cli.app import app, make_console, options_named, said_when_stopped
 
 console = make_console()
 
@@ -193,13 +193,16 @@ def train(
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
     progress: bool = typer.Option(True, help="show each epoch on stderr (a bar on a terminal, else a line each)"),
 ) -> None:
-    """Train a model on the dataset's train split (early stopping on val) and save it."""
+    """Train a model on the dataset's train split (early stopping on val) and save it. Stopped (Ctrl-C, SIGTERM,
+    SIGHUP) after a validated epoch, the best epoch so far is saved as a run at OUT.partial."""
     from bgmrec.models.base import read_run_record
 
     sets = parse_sets(set_)
     epochs = runs.epochs_if_trained_in_epochs(model, epochs, sets)
     before = read_run_record(out) if (out / "config.json").is_file() else None
-    rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher, progress)
+    with said_when_stopped():  # what the stop kept: the best epoch so far, at OUT.partial
+        rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher, progress,
+                                        partial=runs.partial_run_folder(out))
     if before is not None:  # a weekly retrain into one folder lost last week's run, the rollback, without a word
         print(f"note: replaced the run that was at {out} ({before.get('model', 'a model')} trained on "
               f"{before.get('data', 'an unrecorded dataset')}, data fingerprint "
