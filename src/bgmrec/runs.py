@@ -206,7 +206,8 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
     # a run there before (never another kind of folder) is replaced with everything in it
     try:
-        atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
+        atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run",
+                         rescue=lambda tmp: rescue_killed_teacher(tmp, Path(out)))
     except STOPS as stop:
         if partial is not None:
             stop.add_note(save_stopped_run(rec, Path(partial), save_run,
@@ -322,11 +323,11 @@ def warn_if_every_track_ties(model: str, scores, split: str) -> str | None:
     return message
 
 
-def keep_trained_teacher(trained: Path, out: Path) -> Path | None:
+def keep_trained_teacher(trained: Path, out: Path, why: str | None = None) -> Path | None:
     """Move the teacher ``trained`` for the run ``out``, whose student then stopped or failed, beside ``out``
     as ``OUT.teacher`` (``OUT.teacher-2``, ... when taken), and say on stderr how to reuse it: the run is
-    discarded whole, but a finished teacher (minutes of training at scale) is worth keeping. None, said on
-    stderr, when it cannot be moved."""
+    discarded whole, but a finished teacher (minutes of training at scale) is worth keeping. ``why``: what
+    happened to the run, as the note's first clause. None, said on stderr, when it cannot be moved."""
     kept, n = out.with_name(f"{out.name}.teacher"), 1
     while kept.exists():
         n += 1
@@ -337,10 +338,30 @@ def keep_trained_teacher(trained: Path, out: Path) -> Path | None:
         print(f"note: the teacher trained for {out} could not be kept ({e}); it is discarded with the run",
               file=sys.stderr)
         return None
-    print(f"note: {out} was not written (stopped or failed after its teacher was trained); the teacher trained for "
-          f"it is kept at {kept}: "
+    why = why or f"{out} was not written (stopped or failed after its teacher was trained)"
+    print(f"note: {why}; the teacher trained for it is kept at {kept}: "
           f"`bgmrec train ... --teacher {kept}` reuses it", file=sys.stderr)
     return kept
+
+
+def rescue_killed_teacher(tmp: Path, out: Path) -> Path | None:
+    """The finished teacher in ``tmp``, the temporary folder of a training into ``out`` whose process was
+    killed (``kill -9``, the OOM killer: no handler ran), kept as a stopped training keeps it
+    (:func:`keep_trained_teacher`) before the folder is removed (:func:`~bgmrec.data.dataset.recover_killed_write`):
+    it was deleted without a word, and trained again. Finished: its ``run.json``, written once it was saved,
+    records its teacher config. None when ``tmp`` holds none."""
+    from bgmrec.data.dataset import DatasetError, read_json
+
+    trained = Path(tmp) / "teacher"
+    try:
+        finished = (trained / "config.json").is_file() and "teacher_config" in read_json(trained / "run.json")
+    except DatasetError:  # no record, or one cut short: not a finished teacher
+        return None
+    if not finished:
+        return None
+    pid = Path(tmp).name[len(out.name) + 2:].split("-")[1]
+    return keep_trained_teacher(trained, out, why=f"a training of {out} was killed (process {pid}, which no "
+                                                  "longer runs) after its teacher was trained")
 
 
 TEACHERS = "teachers"  # the folder, beside the runs of a grid, a demo or a benchmark's world, of their teachers
