@@ -664,14 +664,19 @@ def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, t
     real_fit = DecCM.fit
     monkeypatch.setattr(DecCM, "fit", stopped)
     capsys.readouterr()
-    for _ in range(2):
+    for seed in ("0", "1"):  # the teacher kept by the first is not one of the second's seed: another is trained
         with pytest.raises(KeyboardInterrupt):
-            train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets=SMALL_DECCM, progress=False)
+            train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets={**SMALL_DECCM, "seed": seed},
+                        progress=False)
     # nothing half-made: no run, but each finished teacher kept beside it, under a name of its own
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["deccm", "new.teacher", "new.teacher-2",
                                                                      "teacher"]
     kept = tmp_path / "runs" / "new.teacher"
-    assert f"the teacher trained for it is kept at {kept}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"the teacher trained for it is kept at {kept}" in err
+    assert (f"note: {kept}, a teacher kept by an earlier training of {tmp_path / 'runs' / 'new'}, is not reused: it "
+            "was trained with another config") in err
+    shutil.rmtree(tmp_path / "runs" / "new.teacher-2")
     monkeypatch.setattr(DecCM, "fit", real_fit)
     rec, _ = train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets=SMALL_DECCM, teacher=kept,
                          progress=False)
@@ -744,37 +749,40 @@ def test_a_stopped_train_saves_its_best_epoch_so_far_beside_the_run(cli_world, t
 
 def test_a_stopped_deccm_student_saved_beside_the_run_refers_to_its_kept_teacher(cli_world, tmp_path, monkeypatch,
                                                                                  capsys):
+    """Stopped in its 2nd epoch after training its teacher, DecCM's student at RUN.partial refers to the teacher kept
+    at RUN.teacher; train again, the kept teacher is reused (its record checked), not trained again."""
     import numpy as np
 
-    run = tmp_path / "deccm"
-    _stop_at_validation(monkeypatch, 3)  # the teacher's first validation, its second, then the student's first
-    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(run), "--no-progress",
-                 *(f"--set={k}={v}" for k, v in {**SMALL_DECCM, "epochs": "2"}.items())]) == 130
+    run, teacher, partial = tmp_path / "deccm", tmp_path / "deccm.teacher", tmp_path / "deccm.partial"
+    args = ["train", "--data", str(cli_world), "--model", "deccm", "--out", str(run), "--no-progress",
+            *(f"--set={k}={v}" for k, v in {**SMALL_DECCM, "epochs": "2"}.items())]
+    _stop_at_validation(monkeypatch, 4)  # the teacher's 2 validations, the student's first, then its 2nd epoch
+    assert main(args) == 130
     err = capsys.readouterr().err
-    assert f"the teacher trained for it is kept at {run.with_name('deccm.teacher')}" in err
-    assert f"saved to {run.with_name('deccm.partial')}" not in err  # stopped before the student's first validation
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.teacher"]
-
-    _stop_at_validation(monkeypatch, 2)  # the student (given the kept teacher) in its 2nd epoch
-    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(run), "--no-progress",
-                 "--teacher", str(run.with_name("deccm.teacher")),
-                 *(f"--set={k}={v}" for k, v in {**SMALL_DECCM, "epochs": "2"}.items())]) == 130
-    assert "at epoch 2 of 2: the best epoch so far (1, " in capsys.readouterr().err
-    shutil.rmtree(run.with_name("deccm.partial"))
-
-    _stop_at_validation(monkeypatch, 4)  # the student in its 2nd epoch, after the teacher it trained: both kept
-    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(run), "--no-progress",
-                 *(f"--set={k}={v}" for k, v in {**SMALL_DECCM, "epochs": "2"}.items())]) == 130
-    teacher, partial = run.with_name("deccm.teacher-2"), run.with_name("deccm.partial")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.partial", "deccm.teacher", "deccm.teacher-2"]
+    assert f"the teacher trained for it is kept at {teacher}" in err
+    assert err.strip().splitlines()[-1].startswith("stopped (SIGINT): at epoch 2 of 2: the best epoch so far (1, ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.partial", "deccm.teacher"]
     student = load_model(partial)
     assert student.teacher_dir == str(teacher.resolve())
     student.set_inference_mode("content")  # mixes in the teacher's scores: found where it was kept
     ds = load_dataset(cli_world)
-    scores = student.score(VideoQuery.from_dataset(ds, [0, 1]), MusicCatalog.from_dataset(ds))
-    assert np.isfinite(scores).all()
-    moved = shutil.move(tmp_path, tmp_path.with_name("moved"))  # moved together, they still find each other
-    assert load_model(Path(moved) / "deccm.partial").teacher_dir == str((Path(moved) / "deccm.teacher-2").resolve())
+    assert np.isfinite(student.score(VideoQuery.from_dataset(ds, [0, 1]), MusicCatalog.from_dataset(ds))).all()
+    weights = (teacher / "weights.safetensors").read_bytes()
+
+    _stop_at_validation(monkeypatch, 2)  # the student's 2nd epoch: the teacher is not trained again
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"note: reusing the teacher kept at {teacher} by an earlier training of {run}" in err
+    assert "kept at" not in err.replace(f"reusing the teacher kept at {teacher}", "")  # nothing trained to keep
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.partial", "deccm.teacher"]
+    assert (teacher / "weights.safetensors").read_bytes() == weights
+    assert load_model(partial).teacher_dir == str(teacher.resolve())
+    moved = Path(shutil.move(tmp_path, tmp_path.with_name("moved")))  # moved together, they still find each other
+    assert load_model(moved / "deccm.partial").teacher_dir == str((moved / "deccm.teacher").resolve())
+
+    monkeypatch.undo()
+    assert main([*args[:6], str(moved / "deccm"), *args[7:]]) == 0  # finished: the run refers to the kept teacher
+    assert load_model(moved / "deccm").teacher_dir == str((moved / "deccm.teacher").resolve())
 
 
 def test_train_refuses_a_folder_that_is_not_a_run(cli_world, tmp_path, capsys):

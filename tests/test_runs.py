@@ -210,7 +210,8 @@ def _dead_pid() -> int:
 def test_a_killed_training_s_finished_teacher_is_kept_by_the_next_write(tiny_dir, tmp_path, monkeypatch, capsys):
     """kill -9 (the OOM killer) while DecCM's student trained left its finished teacher in .RUN.tmp-PID-*/teacher,
     and the next write to RUN deleted it without a word (and trained another): it is kept as a stopped training
-    keeps it, at RUN.teacher; a teacher killed before it finished (no record) is removed with the folder."""
+    keeps it, at RUN.teacher, and reused; a teacher killed before it finished (no record) is removed with the
+    folder."""
     import shutil
 
     from bgmrec.models.base import load_model
@@ -243,3 +244,5 @@ def test_a_killed_training_s_finished_teacher_is_kept_by_the_next_write(tiny_dir
     err = capsys.readouterr().err
     assert (f"a training of {run} was killed (process {pid}, which no longer runs) after its teacher was trained; "
             f"the teacher trained for it is kept at {kept}") in err
+    assert f"reusing the teacher kept at {kept}" in err  # not trained again
+    assert load_model(run).teacher_dir == str(kept.resolve()) and not (run / "teacher").exists()

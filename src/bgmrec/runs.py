@@ -9,8 +9,10 @@ The library body of ``bgmrec train``, ``tune``, ``demo`` and the benchmarks: a m
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -141,15 +143,18 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
     config's default, seed 0); giving one both ways with different values is refused.
 
+    A teacher-guided model given no ``teacher`` reuses one kept beside ``out`` by a stopped or killed training
+    of it when that teacher's record matches (:func:`reuse_kept_teacher`), else trains one into ``out/teacher``.
+
     Stopped (:data:`~bgmrec.models.base.STOPS`), nothing is written at ``out`` (a run there before is left as it
     was; a DecCM teacher trained for it is kept beside it: :func:`keep_trained_teacher`) and the stop is raised
     on; with ``partial`` (``bgmrec train``'s :func:`partial_run_folder`), a training stopped after a validated
     epoch is first saved there as a complete run of its best epoch so far, its ``run.json`` saying where it
     stopped (:func:`save_stopped_run`), and the stop carries a note saying what was kept (``add_note``).
     """
-    from bgmrec.data.dataset import atomic_write_dir, load_dataset, write_json_atomic
+    from bgmrec.data.dataset import atomic_write_dir, load_dataset, recover_killed_write, write_json_atomic
     from bgmrec.models.base import STOPS, FeatureSpec, SplitView, load_model
-    from bgmrec.models.registry import build, prepare_teacher
+    from bgmrec.models.registry import build, prepare_teacher, takes_teacher
 
     ds = load_dataset(data)
     overrides = dict(sets or {})
@@ -160,13 +165,28 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     check_teacher_data(rec, ds, teacher)
     package = model_package(model)
     check_run_folder(Path(out), teacher)
+    timing: dict = {}  # "trained_on": the dataset's record, once taken; "start", "seconds": the training's time
+
+    def trained_on() -> dict:
+        if "trained_on" not in timing:  # the features' fingerprint reads every feature byte: taken once
+            timing["trained_on"] = dataset_record(data)
+        return timing["trained_on"]
+
+    def rescue(tmp: Path) -> None:
+        rescue_killed_teacher(tmp, Path(out))
+
+    recover_killed_write(Path(out), rescue)  # before a teacher kept beside ``out`` is looked for
+    if teacher is None and takes_teacher(type(rec), rec.config):
+        from bgmrec.models.deccm import teacher_config
+
+        teacher = reuse_kept_teacher(Path(out), lambda: {**teacher_made_from(trained_on()),
+                                                         "teacher_config": repr(teacher_config(rec.config))})
     if teacher is not None:
         warn_if_not_a_teacher(teacher, data, ds)
     warn_if_features_outlie(ds, data)
     if hasattr(rec.config, "patience") and not len(ds.splits.get("val", ())):
         print(f"warning: {data} has no val rows, so {model} trains all its {rec.config.epochs} epochs and keeps the "
               "last (no early stopping; build-dataset --val-share makes a val split)", file=sys.stderr)
-    timing: dict[str, float] = {}
     teachers: dict[str, Path | None] = {}  # "kept": where the teacher trained for the run is kept, once stopped
 
     def save_run(folder: Path, record: dict) -> None:
@@ -175,21 +195,21 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
         rec.save(folder)
         check_saved_scores_alike(rec, load_model(folder), ds)
         write_json_atomic(folder / "run.json", {
-            **timing["trained_on"], "model": model,
+            **trained_on(), "model": model,
             "seconds": timing.get("seconds", time.perf_counter() - timing["start"]), "epochs_run": len(rec.history),
             "commit": git_commit(), "code": code_fingerprint(),
             "argv": command_argv(), **({"model_package": package} if package else {}),
             **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {}), **record})
 
     def write(folder: Path) -> None:
-        timing["trained_on"] = trained_on = dataset_record(data)  # the run's record and, trained here, its teacher's
+        trained_on()  # the run's record and, trained here, its teacher's
         prepare_teacher(rec, ds, folder, teacher, progress)
         trained = Path(folder) / "teacher"
         if teacher is None and (trained / "config.json").is_file():  # trained now, into the run: its record
             from bgmrec.models.deccm import teacher_config
 
             write_json_atomic(trained / "run.json",
-                              {**teacher_made_from(trained_on), "teacher_config": repr(teacher_config(rec.config))})
+                              {**teacher_made_from(trained_on()), "teacher_config": repr(teacher_config(rec.config))})
         try:
             timing["start"] = time.perf_counter()
             rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
@@ -207,7 +227,7 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     # a run there before (never another kind of folder) is replaced with everything in it
     try:
         atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run",
-                         rescue=lambda tmp: rescue_killed_teacher(tmp, Path(out)))
+                         rescue=rescue)
     except STOPS as stop:
         if partial is not None:
             stop.add_note(save_stopped_run(rec, Path(partial), save_run,
@@ -508,23 +528,60 @@ class SharedTeachers:
         return folder
 
     def _reusable(self, folder: Path, made: dict) -> bool:
-        """True when ``folder`` holds a teacher whose record is ``made``'s (config, fingerprints, code) and
-        that loads; a damaged one (a truncated weights file) is said and not reused."""
-        from bgmrec.data.dataset import DatasetError, read_json
-        from bgmrec.models.deccm import load_teacher
+        """True when ``folder`` holds a teacher whose record is ``made``'s and that loads
+        (:func:`teacher_mismatch`); a damaged one (a truncated weights file) is said and not reused."""
+        why = teacher_mismatch(folder, made)
+        if why is not None and why.startswith("unreadable"):
+            self.console.print(f"    teacher {folder.name}: {why}")
+        return why is None
 
-        try:
-            found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
-        except DatasetError:  # none, or damaged
-            return False
-        if not all(found.get(k) == made[k] for k in ("teacher_config", *FINGERPRINTS, "code")):
-            return False
-        try:
-            load_teacher(folder)
-        except (DatasetError, ValueError) as e:
-            self.console.print(f"    teacher {folder.name}: unreadable ({e})")
-            return False
-        return True
+
+#: what a teacher's record must share with the one a teacher trained now would have to stand for it, and how a
+#: difference is named
+TEACHER_MATCH = {"teacher_config": "config", **dict.fromkeys(FINGERPRINTS, "data"), "code": "code"}
+
+
+def teacher_mismatch(folder: Path, made: dict) -> str | None:
+    """Why the teacher in ``folder`` cannot stand for one trained now, whose ``run.json`` would be ``made``
+    (:func:`teacher_made_from` with its ``teacher_config``): no record, another config, data (fingerprints) or
+    code (:data:`TEACHER_MATCH`), or "unreadable (...)" when it does not load (a truncated weights file); None when
+    it can."""
+    from bgmrec.data.dataset import DatasetError, read_json
+    from bgmrec.models.deccm import load_teacher
+
+    try:
+        found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
+    except DatasetError:  # none, or damaged
+        return "it has no readable record of what it was trained on"
+    differ = list(dict.fromkeys(what for k, what in TEACHER_MATCH.items() if found.get(k) != made[k]))
+    if differ:
+        return f"it was trained with another {' and '.join(differ)}"
+    try:
+        load_teacher(folder)
+    except (DatasetError, ValueError) as e:
+        return f"unreadable ({e})"
+    return None
+
+
+def reuse_kept_teacher(out: Path, made) -> Path | None:
+    """The teacher a stopped or killed training of ``out`` kept beside it (``OUT.teacher``, ``OUT.teacher-2``, ...:
+    :func:`keep_trained_teacher`) that can stand for the one a training now would train (:func:`teacher_mismatch`;
+    ``made()``: that teacher's record), said on stderr; the others are said too, with why they are not reused.
+    None when none can."""
+    kept = sorted((p for p in out.parent.glob(f"{glob.escape(out.name)}.teacher*")
+                   if p.is_dir() and re.fullmatch(rf"{re.escape(out.name)}\.teacher(-\d+)?", p.name)),
+                  key=lambda p: int(p.name.rpartition("-")[2]) if p.name[-1].isdigit() else 1)
+    record = made() if kept else None
+    for folder in kept:
+        why = teacher_mismatch(folder, record)
+        if why is None:
+            print(f"note: reusing the teacher kept at {folder} by an earlier training of {out}, trained on this data "
+                  f"by this code with this teacher config; the run refers to it there, as with --teacher {folder} "
+                  "(keep it beside the run)", file=sys.stderr)
+            return folder
+        print(f"note: {folder}, a teacher kept by an earlier training of {out}, is not reused: {why}",
+              file=sys.stderr)
+    return None
 
 
 RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher",  # a run's own
