@@ -1272,6 +1272,23 @@ def test_a_command_whose_extra_is_not_installed_says_which_in_one_line(command, 
     assert module in err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("command", "module", "function", "cache"),
+                         [("extract-music", "bgmrec.features.audio", "extract_music", "out/.cache/audio"),
+                          ("extract-videos", "bgmrec.features.video", "extract_videos", "out/.cache")])
+def test_a_stopped_extraction_says_the_same_command_continues_from_its_cache(command, module, function, cache,
+                                                                            tmp_path, monkeypatch, capsys):
+    import importlib
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, stopped)
+    assert main([command, str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped (SIGINT): the vectors extracted so far are kept in the cache ({tmp_path / cache}): the same command "
+        "run again continues from it")
+
+
 def test_only_the_modules_of_an_extra_are_reported_as_a_missing_extra():
     from bgmrec.cli.core import missing_extra, report_error
 

@@ -162,6 +162,34 @@ def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, monkeypatch):
     assert not saved["complete"] and [t["settings"] for t in saved["trials"]] == [{"seed": "0"}]
 
 
+def test_a_stopped_grid_says_how_many_points_are_done_and_how_to_finish_it(tiny_dir, tmp_path, monkeypatch, capsys):
+    """tune stopped printed only "aborted (interrupted)": it now says how many points are done and the command
+    that finishes the grid, which reuses them."""
+    import shlex
+
+    import bgmrec.runs
+
+    real, calls = bgmrec.runs.train_model, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_second)
+    out = tmp_path / "tune"
+    assert main(["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out),
+                 "--grid", "seed=0", "--grid", "seed=1", "--grid", "seed=2"]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    resumed = (f"bgmrec tune --data {tiny_dir} --model popularity --out {out} --grid seed=0 --grid seed=1 "
+               "--grid seed=2 --resume")
+    assert last == (f"stopped (SIGINT): 1 of 3 points of the grid finished; `{resumed}` finishes it without "
+                    "training them again")
+    assert main(shlex.split(resumed)[1:]) == 0
+    assert [Path(run).name for run in calls] == ["seed=0", "seed=1", "seed=1", "seed=2"]  # the first not again
+
+
 def test_deccm_points_share_one_teacher_per_backbone_config_apart_from_their_folders(tiny_dir, tmp_path):
     from bgmrec.models.base import load_model
     from bgmrec.runs import train_model

@@ -65,6 +65,25 @@ def running_command(argv: list[str]):
         _COMMAND_ARGV.pop()
 
 
+@contextlib.contextmanager
+def note_on_stop(note):
+    """Within: a stop (Ctrl-C's KeyboardInterrupt, SIGTERM's SystemExit: :data:`~bgmrec.models.base.STOPS`) is raised
+    on with ``note()`` added to it (``add_note``: what is done, how to continue), which a traceback shows and the
+    command line prints in its one line (:func:`bgmrec.cli.app.said_when_stopped`)."""
+    from bgmrec.models.base import STOPS
+
+    try:
+        yield
+    except STOPS as stop:
+        try:
+            said = note()
+        except Exception:  # noqa: BLE001 - saying what is done must never replace the stop with another error
+            said = None
+        if said:
+            stop.add_note(said)
+        raise
+
+
 def code_fingerprint() -> str:
     """bgmrec's version and a short SHA-256 of its Python sources: the same code, whether or not it runs
     from a clean git checkout (an installed copy, uncommitted edits)."""

@@ -93,7 +93,33 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     :func:`shared_teacher_folder`), which every point of that config shares: apart from the points' folders, so
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
     (:class:`~bgmrec.runs.SharedTeachers`; a resumed grid loads the teacher it trained).
+
+    Stopped (Ctrl-C, SIGTERM), the stop is raised on with a note (:func:`~bgmrec.runs.note_on_stop`) saying how
+    many points ``tuning.json`` records as finished and the command that resumes the grid.
     """
+    from bgmrec.runs import note_on_stop
+
+    with note_on_stop(lambda: resume_note(Path(out), len(grid_points(grid)),
+                                          tune_command(data, model, out, grid, sets, seed, teacher, resume=True))):
+        return _run_grid(data, model, grid, out, sets, seed, teacher, console, resume)
+
+
+def resume_note(out: Path, points: int, resumed: str) -> str:
+    """What a stopped grid of ``points`` points in ``out`` has done, as its stop's note: the points its
+    ``tuning.json`` records as finished (ranked, or diverged), and ``resumed``, the command that finishes it."""
+    from bgmrec.data.dataset import DatasetError, read_json
+
+    try:
+        found = read_json(out / "tuning.json")
+        done = len(found.get("trials", [])) + len(found.get("diverged", []))
+    except (DatasetError, TypeError):
+        done = 0
+    return f"{done} of {points} points of the grid finished; `{resumed}` finishes it without training them again"
+
+
+def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets: dict | None, seed: int | None,
+              teacher: Path | None, console: Console | None, resume: bool) -> list[Trial]:
+    """:func:`run_grid`'s work."""
     from bgmrec.data.dataset import read_json, write_files_together, write_json_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate

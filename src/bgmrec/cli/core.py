@@ -237,7 +237,8 @@ def tune(
 
     from bgmrec.tune import parse_grid, run_grid, tuning_rows
 
-    trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console, resume)
+    with said_when_stopped():  # how many points are done, and the command that finishes the grid
+        trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console, resume)
     head, *rows = tuning_rows(trials)
     t = Table(title=f"{model} on val, best first (written to {out / 'tuning.md'})")
     for i, h in enumerate(head):
@@ -461,9 +462,10 @@ def bench_quality(
 
     command = command_line(runs.command_argv(), "bgmrec bench quality")
     changed = parse_sets(world, "--world")
-    run_quality(scales.split(","), numbers(seeds, "--seeds", int),
-                out or Path(work) / f"benchmarks{world_label('', changed)}.md", work,
-                models.split(",") if models else None, console, command, resume, changed)
+    with said_when_stopped():  # how many runs are done, and the command that continues
+        run_quality(scales.split(","), numbers(seeds, "--seeds", int),
+                    out or Path(work) / f"benchmarks{world_label('', changed)}.md", work,
+                    models.split(",") if models else None, console, command, resume, changed)
 
 
 @bench_app.command("speed")
