@@ -170,6 +170,9 @@ def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, set
             shared = None if teacher is not None else teachers.for_model(model, sets, shared_teacher_folder(point))
         except TrainingDiverged as e:
             shared = e
+        if resume and run.name not in finished and not isinstance(shared, TrainingDiverged):
+            unranked = _unranked_run(run, record, configs[i], teacher if shared is None else shared)
+            finished.update({run.name: unranked} if unranked is not None else {})
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
@@ -178,7 +181,8 @@ def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, set
             if shared is not None and rec.teacher_dir != str(shared.resolve()):
                 raise ValueError(f"--resume: {run}'s teacher is missing or was retrained since; tune into a new "
                                  "--out")
-            console.print("    finished before: loaded, not retrained")
+            console.print("    trained before, its ranking stopped: loaded, not retrained"
+                          if finished[run.name].get("unranked") else "    finished before: loaded, not retrained")
         else:
             try:
                 if isinstance(shared, TrainingDiverged):
@@ -318,6 +322,32 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
                          "'seconds' and 'epochs'; the file is damaged, tune into a new --out")
     names = [Path(t["run"]).name for t in trials]  # by name: ``out`` may have moved
     return {name: t for name, t in zip(names, trials, strict=True) if (out / name / "run.json").is_file()}
+
+
+def _unranked_run(run: Path, record: dict, config: str, teacher: Path | None) -> dict | None:
+    """For ``--resume``: the trial's ``seconds`` and ``epochs`` (and ``unranked``) of a point whose run the stopped
+    grid saved whole but had not ranked (stopped while ranking it on val, so its ``tuning.json`` does not list
+    it), when its ``run.json`` says this grid made it (model, the dataset's fingerprints, code, model package),
+    not a stopped training's, and it holds the point's ``config`` (its ``repr``) and ``teacher``; else None (it is
+    trained again)."""
+    from bgmrec.data.dataset import DatasetError, read_json
+    from bgmrec.models.base import load_model
+
+    try:
+        made = read_json(run / "run.json") if (run / "config.json").is_file() else {}
+    except DatasetError:
+        return None
+    if not made or "stopped_at_epoch" in made or any(made.get(k) != record[k] for k in
+                                                     ("model", *FINGERPRINTS, "code", "model_package")):
+        return None
+    try:
+        rec = load_model(run)
+    except (DatasetError, ValueError, OSError):  # damaged: trained again
+        return None
+    if repr(rec.config) != config or teacher is not None and getattr(rec, "teacher_dir", None) != str(
+            Path(teacher).resolve()):
+        return None
+    return {"seconds": made.get("seconds", 0.0), "epochs": made.get("epochs_run", len(rec.history)), "unranked": True}
 
 
 # what must match to resume (``code``: :func:`bgmrec.runs.code_fingerprint`; ``model_package``:
