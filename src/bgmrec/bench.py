@@ -22,7 +22,7 @@ from rich.console import Console
 
 from bgmrec.data.dataset import FINGERPRINTS
 from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run, world_parameters
-from bgmrec.eval.report import markdown_from_rows, pyplot
+from bgmrec.eval.report import markdown_from_rows, pyplot, save_figure
 
 if TYPE_CHECKING:
     from bgmrec.models.base import Recommender
@@ -126,9 +126,7 @@ def plot(agg: dict, split: str, title: str, out: Path) -> Path:
     ax.set_xlabel("full-catalogue Recall@10 (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def reusable_run(run: Path, name: str, seed: int, code: str,
@@ -847,9 +845,7 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
         a.grid(alpha=0.3)
     fig.tight_layout()
     png = Path(out).with_suffix(".png")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    save_figure(fig, png, dpi=100)
     lines = [f"# DecCM vs CMVAE as confounding grows ({scale} world, seed {seed})", "",
              f"Made by `{command}` at commit {git_commit()} on {machine()}, {time.strftime('%Y-%m-%d')}. "
              "Full-catalogue Recall@10 and exposure TVD@10 on `test_unbiased` (positives drawn without taste or "
