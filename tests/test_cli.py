@@ -737,7 +737,14 @@ def test_a_stopped_train_saves_its_best_epoch_so_far_beside_the_run(cli_world, t
     record = read_run_record(partial)
     assert (record["stopped_at_epoch"], record["of_epochs"], record["best_epoch"]) == (3, 5, best + 1)
     assert record["model"] == "cmvae" and record["epochs_run"] == 2
-    assert main(["evaluate", "--run", str(partial), "--data", str(cli_world), "--split", "val"]) == 0
+    result = tmp_path / "val.json"
+    assert main(["evaluate", "--run", str(partial), "--data", str(cli_world), "--split", "val", "--json",
+                 str(result)]) == 0
+    said = (f"{partial} is a training stopped at epoch 3 of 5: its best epoch so far ({best + 1}), not a finished "
+            "training")
+    assert f"note: {said}" in capsys.readouterr().err
+    figures = json.loads(result.read_text())  # which the figures say too
+    assert said in figures["warnings"] and figures["provenance"]["runs"]["run"]["trained"]["stopped_at_epoch"] == 3
 
     _stop_at_validation(monkeypatch, 1, stop)  # before any validated epoch: nothing to keep, and it says so
     capsys.readouterr()

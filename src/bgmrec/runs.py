@@ -255,6 +255,21 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     return load_model(out), timing["seconds"]
 
 
+def note_if_stopped(run: Path) -> str | None:
+    """Say on stderr when ``run`` holds a training that was stopped (its ``run.json``'s ``stopped_at_epoch``:
+    :func:`save_stopped_run`): its figures are those of its best epoch so far, not of a finished training.
+    Returns the note (for a result's JSON), None when silent."""
+    from bgmrec.models.base import read_run_record
+
+    record = read_run_record(run)
+    if "stopped_at_epoch" not in record:
+        return None
+    note = (f"{run} is a training stopped at epoch {record['stopped_at_epoch']} of {record.get('of_epochs', '?')}: "
+            f"its best epoch so far ({record.get('best_epoch', '?')}), not a finished training")
+    print(f"note: {note}", file=sys.stderr)
+    return note
+
+
 def partial_run_folder(out: Path) -> Path:
     """Where ``bgmrec train --out OUT`` saves the best epoch so far of a training it stopped: ``OUT.partial``,
     beside ``OUT`` and never at it, so nothing that looks for a finished run at ``OUT`` (``bench --resume``,
@@ -725,7 +740,8 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     from bgmrec.eval.scores import is_score_file
     from bgmrec.models.base import read_run_record, recorded_model_package
 
-    keep = ("model", "data", *FINGERPRINTS, "commit", "code", "argv", "model_package")
+    keep = ("model", "data", *FINGERPRINTS, "commit", "code", "argv", "model_package", "stopped_at_epoch",
+            "of_epochs", "best_epoch")
 
     def trained(run: Path) -> dict:
         made, _ = recorded_model_package(run)

@@ -347,13 +347,14 @@ def load_scorer(run: Path, ds, mode: str | None):
 
 def run_warnings(loaded: dict[Path, object], data: Path, split: str) -> list[str]:
     """The warnings of ``evaluate`` and ``compare`` on each run folder's loaded model (a run given twice: once):
-    trained on another dataset (with how much of ``split`` it trained on) or other features than ``data``, or
-    its model's code changed. Printed on stderr, and returned for the result's JSON (``warnings``), where a
-    reader of the figures alone sees them too."""
+    trained on another dataset (with how much of ``split`` it trained on) or other features than ``data``, its
+    model's code changed, or its training stopped (a ``train`` stopped keeps its best epoch at ``OUT.partial``).
+    Printed on stderr, and returned for the result's JSON (``warnings``), where a reader of the figures alone sees
+    them too."""
     from bgmrec.eval.scores import is_score_file
 
     said = [[runs.warn_if_trained_on_other_data(folder, data, split=split),
-             runs.warn_if_model_code_changed(folder, rec)]
+             runs.warn_if_model_code_changed(folder, rec), runs.note_if_stopped(folder)]
             if not is_score_file(folder) else rec.notes  # a score file's: said when it was read
             for folder, rec in loaded.items()]
     return [m for pair in said for m in pair if m is not None]
