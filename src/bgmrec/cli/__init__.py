@@ -34,6 +34,7 @@ def install_stop_handlers() -> None:
     import signal
 
     def stop(signum, frame) -> None:
+        silence_lost_outputs()  # an ssh session's end: its terminal gone before its SIGHUP
         stop_outside_imports(signum, frame, StoppedBySignal(128 + signum))
 
     signal.signal(signal.SIGTERM, stop)
@@ -42,6 +43,23 @@ def install_stop_handlers() -> None:
         signal.signal(hup, stop)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, lambda signum, frame: stop_outside_imports(signum, frame, KeyboardInterrupt()))
+
+
+def silence_lost_outputs() -> None:
+    """Point standard output and error at the null device where they can no longer be written (an empty write
+    fails: the terminal of an ssh session that ended, EIO): the clean-up a stop runs then ends as it should, its
+    notes unseen, where its first note or progress line raised that error instead of the stop (exit code 1, the
+    best epoch so far not saved). Outputs that work are left alone."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+            except OSError:  # nothing more to do: the stop itself must go on
+                pass
 
 
 _DEFERRED: dict[int, float] = {}  # signal -> when it first arrived inside an import (a stop put off)
