@@ -790,6 +790,8 @@ def test_a_stopped_deccm_student_saved_beside_the_run_refers_to_its_kept_teacher
     monkeypatch.undo()
     assert main([*args[:6], str(moved / "deccm"), *args[7:]]) == 0  # finished: the run refers to the kept teacher
     assert load_model(moved / "deccm").teacher_dir == str((moved / "deccm.teacher").resolve())
+    assert (f"note: {moved / 'deccm.partial'}, the best epoch of an earlier stopped training of {moved / 'deccm'}, is "
+            "left as it was") in capsys.readouterr().err
 
 
 def test_train_refuses_a_folder_that_is_not_a_run(cli_world, tmp_path, capsys):

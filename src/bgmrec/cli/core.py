@@ -209,6 +209,10 @@ def train(
               f"{before.get('data_fingerprint', 'unrecorded')}); to keep runs to roll back to, train each into a "
               "folder of its own", file=sys.stderr)
     runs.warn_if_seed_unused(model, seed, sets)
+    partial = runs.partial_run_folder(out)
+    if "stopped_at_epoch" in read_run_record(partial):  # finished now: the stopped one is kept until removed
+        print(f"note: {partial}, the best epoch of an earlier stopped training of {out}, is left as it was; remove it "
+              "when it is no longer needed", file=sys.stderr)
     best = max((h["val_recall@10"] for h in rec.history if "val_recall@10" in h), default=None)  # none: no val
     epochs_run = len(rec.history)
     console.print(f"saved {model} to {out} ({seconds:.1f} s, {epochs_run} epoch{'s' if epochs_run != 1 else ''}"
