@@ -509,3 +509,49 @@ def test_quality_over_several_scales_writes_each_scale_when_done(tmp_path, monke
     assert len(json.loads((tmp_path / "benchmarks_tiny.json").read_text())) == 3
     run_quality(["tiny"], [0], out, tmp_path / "work", ["popularity"], Console(quiet=True), "cmd")
     assert "still to run" not in out.read_text()
+
+
+def test_a_stopped_quality_benchmark_says_how_many_runs_are_done_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    from bgmrec.cli import main
+
+    real, calls = bgmrec.runs.train_model, []
+
+    def stopped_at_the_third(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_third)
+    work = tmp_path / "work"
+    args = ["bench", "quality", "--scales", "tiny", "--seeds", "0,1", "--models", "random,popularity", "--work",
+            str(work)]
+    assert main(args) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"stopped (SIGINT): 2 of 4 runs finished in {work}; `{shlex.join(['bgmrec', *args])} --resume` "
+                    "continues, reusing them")
+    assert main([*args, "--resume"]) == 0
+    assert calls == ["random", "popularity", "random", "random", "popularity"]  # seed 0's not trained again
+
+
+def test_a_stop_while_a_plot_is_drawn_leaves_the_earlier_plot_whole(tmp_path, monkeypatch):
+    # bench quality's bench_*.png were written by savefig in place: a stop while one was drawn left it truncated
+    from matplotlib.figure import Figure
+
+    console, out, work = Console(quiet=True), tmp_path / "q.md", tmp_path / "work"
+    run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd")
+    plots = sorted(tmp_path.glob("bench_tiny_*.png"))
+    before = [p.read_bytes() for p in plots]
+    assert plots and all(b.startswith(b"\x89PNG") for b in before)
+    real = Figure.savefig
+
+    def stopped_halfway(self, fname, *args, **kwargs):
+        real(self, fname, *args, **kwargs)
+        Path(fname).write_bytes(Path(fname).read_bytes()[:100])  # cut short
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", stopped_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd", resume=True)
+    assert [p.read_bytes() for p in plots] == before
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]

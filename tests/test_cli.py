@@ -701,14 +701,19 @@ def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, t
     real_fit = DecCM.fit
     monkeypatch.setattr(DecCM, "fit", stopped)
     capsys.readouterr()
-    for _ in range(2):
+    for seed in ("0", "1"):  # the teacher kept by the first is not one of the second's seed: another is trained
         with pytest.raises(KeyboardInterrupt):
-            train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets=SMALL_DECCM, progress=False)
+            train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets={**SMALL_DECCM, "seed": seed},
+                        progress=False)
     # nothing half-made: no run, but each finished teacher kept beside it, under a name of its own
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["deccm", "new.teacher", "new.teacher-2",
                                                                      "teacher"]
     kept = tmp_path / "runs" / "new.teacher"
-    assert f"the teacher trained for it is kept at {kept}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"the teacher trained for it is kept at {kept}" in err
+    assert (f"note: {kept}, a teacher kept by an earlier training of {tmp_path / 'runs' / 'new'}, is not reused: it "
+            "was trained with another config") in err
+    shutil.rmtree(tmp_path / "runs" / "new.teacher-2")
     monkeypatch.setattr(DecCM, "fit", real_fit)
     rec, _ = train_model(cli_world, "deccm", tmp_path / "runs" / "new", sets=SMALL_DECCM, teacher=kept,
                          progress=False)
@@ -717,6 +722,113 @@ def test_train_replaces_a_run_whole_and_leaves_nothing_when_stopped(cli_world, t
         monkeypatch.setattr(DecCM, "fit", stopped)
         train_model(cli_world, "deccm", tmp_path / "runs" / "other", sets=SMALL_DECCM, teacher=kept, progress=False)
     assert not list((tmp_path / "runs").glob("other*"))
+
+
+def _stop_at_validation(monkeypatch, n: int, stop=KeyboardInterrupt) -> None:
+    """Training stopped (``stop`` raised) as its ``n``-th validation begins: in epoch n, n - 1 epochs validated."""
+    import bgmrec.train
+
+    real, calls = bgmrec.train.validation_scores, []
+
+    def validation_scores(*args, **kwargs):
+        calls.append(True)
+        if len(calls) == n:
+            raise stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.train, "validation_scores", validation_scores)
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("stop", "code", "name"), [(KeyboardInterrupt, 130, "SIGINT"),
+                                                     (lambda: __import__("bgmrec.cli").cli.StoppedBySignal(143), 143,
+                                                      "SIGTERM")])
+def test_a_stopped_train_saves_its_best_epoch_so_far_beside_the_run(cli_world, tmp_path, monkeypatch, capsys, stop,
+                                                                     code, name):
+    """Stopped in epoch 3 of 5 (Ctrl-C, SIGTERM), train kept nothing, though it held its best epoch: it is saved as
+    a complete run at RUN.partial (never at RUN, which bench and tune --resume take for a finished run; the run
+    there before is left byte for byte), its run.json saying where it stopped, with one line saying so."""
+    from bgmrec.models.base import read_run_record
+
+    run = tmp_path / "runs" / "cmvae"
+    assert main(["train", "--data", str(cli_world), "--model", "popularity", "--out", str(run)]) == 0
+    before = _folder_bytes(run)
+    _stop_at_validation(monkeypatch, 3, stop)
+    capsys.readouterr()
+    args = ["train", "--data", str(cli_world), "--model", "cmvae", "--out", str(run), "--no-progress",
+            *(f"--set={k}={v}" for k, v in {**SMALL_CMVAE, "epochs": "5"}.items())]
+    assert main(args) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    partial = run.with_name("cmvae.partial")
+    rec = load_model(partial)
+    best = max(range(2), key=lambda i: (rec.history[i]["val_recall@10"], rec.history[i]["val_mrr"]))
+    assert err[-1] == (f"stopped ({name}): at epoch 3 of 5: the best epoch so far ({best + 1}, val R@10 "
+                       f"{rec.history[best]['val_recall@10']:.3f}) saved to {partial} (evaluate it with --run "
+                       f"{partial}; train again to finish)")
+    assert sorted(p.name for p in run.parent.iterdir()) == ["cmvae", "cmvae.partial"]  # no temporary folder
+    assert _folder_bytes(run) == before
+    assert rec.name == "cmvae" and len(rec.history) == 2
+    record = read_run_record(partial)
+    assert (record["stopped_at_epoch"], record["of_epochs"], record["best_epoch"]) == (3, 5, best + 1)
+    assert record["model"] == "cmvae" and record["epochs_run"] == 2
+    result = tmp_path / "val.json"
+    assert main(["evaluate", "--run", str(partial), "--data", str(cli_world), "--split", "val", "--json",
+                 str(result)]) == 0
+    said = (f"{partial} is a training stopped at epoch 3 of 5: its best epoch so far ({best + 1}), not a finished "
+            "training")
+    assert f"note: {said}" in capsys.readouterr().err
+    figures = json.loads(result.read_text())  # which the figures say too
+    assert said in figures["warnings"] and figures["provenance"]["runs"]["run"]["trained"]["stopped_at_epoch"] == 3
+
+    _stop_at_validation(monkeypatch, 1, stop)  # before any validated epoch: nothing to keep, and it says so
+    capsys.readouterr()
+    assert main(args) == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped ({name}): nothing was saved (no validated epoch to keep)")
+    assert load_model(partial).history == rec.history and _folder_bytes(run) == before
+
+
+def test_a_stopped_deccm_student_saved_beside_the_run_refers_to_its_kept_teacher(cli_world, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Stopped in its 2nd epoch after training its teacher, DecCM's student at RUN.partial refers to the teacher kept
+    at RUN.teacher; train again, the kept teacher is reused (its record checked), not trained again."""
+    import numpy as np
+
+    run, teacher, partial = tmp_path / "deccm", tmp_path / "deccm.teacher", tmp_path / "deccm.partial"
+    args = ["train", "--data", str(cli_world), "--model", "deccm", "--out", str(run), "--no-progress",
+            *(f"--set={k}={v}" for k, v in {**SMALL_DECCM, "epochs": "2"}.items())]
+    _stop_at_validation(monkeypatch, 4)  # the teacher's 2 validations, the student's first, then its 2nd epoch
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"the teacher trained for it is kept at {teacher}" in err
+    assert err.strip().splitlines()[-1].startswith("stopped (SIGINT): at epoch 2 of 2: the best epoch so far (1, ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.partial", "deccm.teacher"]
+    student = load_model(partial)
+    assert student.teacher_dir == str(teacher.resolve())
+    student.set_inference_mode("content")  # mixes in the teacher's scores: found where it was kept
+    ds = load_dataset(cli_world)
+    assert np.isfinite(student.score(VideoQuery.from_dataset(ds, [0, 1]), MusicCatalog.from_dataset(ds))).all()
+    weights = (teacher / "weights.safetensors").read_bytes()
+
+    _stop_at_validation(monkeypatch, 2)  # the student's 2nd epoch: the teacher is not trained again
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"note: reusing the teacher kept at {teacher} by an earlier training of {run}" in err
+    assert "kept at" not in err.replace(f"reusing the teacher kept at {teacher}", "")  # nothing trained to keep
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm.partial", "deccm.teacher"]
+    assert (teacher / "weights.safetensors").read_bytes() == weights
+    assert load_model(partial).teacher_dir == str(teacher.resolve())
+    moved = Path(shutil.move(tmp_path, tmp_path.with_name("moved")))  # moved together, they still find each other
+    assert load_model(moved / "deccm.partial").teacher_dir == str((moved / "deccm.teacher").resolve())
+
+    monkeypatch.undo()
+    assert main([*args[:6], str(moved / "deccm"), *args[7:]]) == 0  # finished: the run refers to the kept teacher
+    assert load_model(moved / "deccm").teacher_dir == str((moved / "deccm.teacher").resolve())
+    assert (f"note: {moved / 'deccm.partial'}, the best epoch of an earlier stopped training of {moved / 'deccm'}, is "
+            "left as it was") in capsys.readouterr().err
 
 
 def test_train_refuses_a_folder_that_is_not_a_run(cli_world, tmp_path, capsys):
@@ -939,47 +1051,68 @@ def test_bench_quality_changes_world_parameters_and_names_its_files_by_them(tmp_
         assert not (tmp_path / "other").exists()  # refused before any world was simulated
 
 
-@pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, stop, code):
-    """The console script (here as ``python -m bgmrec``) ends on SIGTERM as on Ctrl-C (SIGINT): no half-built
-    run left beside --out, exit code 128 + the signal's number. Ctrl-C exited 0, so `train && evaluate` went
-    on after a cancelled run."""
+@pytest.mark.parametrize(("stop", "code", "terminal_gone"), [("SIGTERM", 143, False), ("SIGINT", 130, False),
+                                                              ("SIGHUP", 129, False), ("SIGHUP", 129, True)])
+def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, stop, code, terminal_gone):
+    """The console script (here as ``python -m bgmrec``) ends on SIGTERM and SIGHUP (an ssh session closed) as on
+    Ctrl-C (SIGINT): no half-built run left beside --out, exit code 128 + the signal's number, and one line
+    saying so. Ctrl-C exited 0, so `train && evaluate` went on after a cancelled run; SIGTERM said nothing; SIGHUP
+    killed it at once, leaving its temporary folder. With its terminal gone (``terminal_gone``: the ssh session's
+    pty closed), every write to it fails (EIO), which must not end the clean-up in another error."""
     import os
+    import pty
     import signal
     import subprocess
     import sys
     import time
 
     out = tmp_path / "runs" / "cmvae"
+    terminal, streams = pty.openpty() if terminal_gone else (None, None), {}
+    if terminal_gone:
+        streams = {"stdin": terminal[1], "stdout": terminal[1], "stderr": terminal[1]}
     # Ctrl-C as a terminal's foreground job gets it: with SIGINT's default disposition. A background job of a
     # non-interactive shell (`pytest ... &`) inherits SIGINT ignored, and Python then rightly installs no handler
     proc = subprocess.Popen([sys.executable, "-m", "bgmrec", "train", "--data", str(cli_world), "--model", "cmvae",
                              "--out", str(out), "--set", "epochs=100000", "--set", "patience=100000"],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
                                  "PYTHONFAULTHANDLER": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            **(streams or {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}),
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT,
+                                                                                           signal.SIGHUP)])
+    if terminal_gone:
+        os.close(terminal[1])
     deadline = time.monotonic() + 300  # a loaded machine: imports and data loading can take long
     while not list(out.parent.glob(".cmvae.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if proc.poll() is None and not list(out.parent.glob(".cmvae.tmp-*")):  # a signal now could precede the handler
         proc.kill()
-        pytest.fail(f"the command did not start writing its run within 300 s: {proc.communicate()[1].decode()}")
-    assert proc.poll() is None, proc.stderr.read().decode()  # still training, its run under a temporary name
+        pytest.fail("the command did not start writing its run within 300 s: "
+                    + ("" if terminal_gone else proc.communicate()[1].decode()))
+    assert proc.poll() is None  # still training, its run under a temporary name
+    if terminal_gone:
+        os.close(terminal[0])  # the session's end: its terminal is gone before the signal comes
     proc.send_signal(getattr(signal, stop))  # mid-training: 40 epochs could end first on a loaded machine
     try:
         returned = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:  # hung: faulthandler prints every thread's stack on SIGABRT
         proc.send_signal(signal.SIGABRT)
-        threads = proc.communicate(timeout=60)[1].decode()[-8000:]
+        threads = "" if terminal_gone else proc.communicate(timeout=60)[1].decode()[-8000:]
         pytest.fail(f"still running 60 s after {stop}; its threads:\n{threads}")
     finally:
         proc.kill()  # (a no-op once it has ended) never left training for 100,000 epochs
+    left = sorted(p.name for p in out.parent.iterdir())  # neither the run nor its temporary folder
+    if terminal_gone:  # nothing to read what it said: the files and the exit code
+        assert returned == code and left in ([], ["cmvae.partial"]), left
+        assert not left or load_model(out.parent / "cmvae.partial").name == "cmvae"
+        return
     err = proc.stderr.read().decode()
     assert returned == code, err
-    assert sorted(p.name for p in out.parent.iterdir()) == [], err  # neither the run nor its temporary folder
-    if stop == "SIGINT":
-        assert err.strip().endswith("aborted (interrupted)"), err
+    last = err.strip().splitlines()[-1]
+    if left:  # the stop came after a validated epoch (a loaded machine): the best so far is kept apart
+        assert left == ["cmvae.partial"] and load_model(out.parent / "cmvae.partial").name == "cmvae", err
+        assert last.startswith(f"stopped ({stop}): at epoch ") and "saved to" in last, err
+    else:
+        assert last == f"stopped ({stop}): nothing was saved (no validated epoch to keep)", err
 
 
 def test_a_stop_signal_inside_an_import_is_sent_again_once_and_raised_after_it_or_after_its_patience(monkeypatch):
@@ -1038,6 +1171,19 @@ def test_ctrl_c_ignored_as_in_a_background_job_stays_ignored():
                              preexec_fn=lambda: __import__("signal").signal(__import__("signal").SIGINT,
                                                                              __import__("signal").SIG_IGN))
     assert ignored.stdout.decode().strip() == "True", ignored.stderr.decode()
+
+
+def test_sighup_is_a_stop_unless_ignored_as_under_nohup():
+    import subprocess
+    import sys
+
+    code = ("import signal\nfrom bgmrec.cli import install_stop_handlers\n"
+            "install_stop_handlers()\nprint(signal.getsignal(signal.SIGHUP) == signal.getsignal(signal.SIGTERM))")
+    for before, handled in (("SIG_DFL", "True"), ("SIG_IGN", "False")):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                              preexec_fn=lambda before=before: __import__("signal").signal(
+                                  __import__("signal").SIGHUP, getattr(__import__("signal"), before)))
+        assert done.stdout.decode().strip() == handled, done.stderr.decode()
 
 
 def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path, monkeypatch):
@@ -1185,6 +1331,23 @@ def test_a_command_whose_extra_is_not_installed_says_which_in_one_line(command, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: this command needs the media extra (pip install 'bgmrec[media]'): ")
     assert module in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("command", "module", "function", "cache"),
+                         [("extract-music", "bgmrec.features.audio", "extract_music", "out/.cache/audio"),
+                          ("extract-videos", "bgmrec.features.video", "extract_videos", "out/.cache")])
+def test_a_stopped_extraction_says_the_same_command_continues_from_its_cache(command, module, function, cache,
+                                                                            tmp_path, monkeypatch, capsys):
+    import importlib
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, stopped)
+    assert main([command, str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped (SIGINT): the vectors extracted so far are kept in the cache ({tmp_path / cache}): the same command "
+        "run again continues from it")
 
 
 def test_only_the_modules_of_an_extra_are_reported_as_a_missing_extra():

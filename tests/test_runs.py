@@ -229,3 +229,54 @@ def test_training_on_features_a_few_rows_far_out_set_the_spread_of_is_warned_of(
             f"more than 10000 typical spreads from the rest (first {tiny_ds.video_ids[7]!r}, ") in said
     assert warn_if_features_outlie(tiny_ds, tmp_path) == []  # the simulated world's features: nothing said
 
+
+
+def _dead_pid() -> int:
+    """A process id that no longer runs."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
+def test_a_killed_training_s_finished_teacher_is_kept_by_the_next_write(tiny_dir, tmp_path, monkeypatch, capsys):
+    """kill -9 (the OOM killer) while DecCM's student trained left its finished teacher in .RUN.tmp-PID-*/teacher,
+    and the next write to RUN deleted it without a word (and trained another): it is kept as a stopped training
+    keeps it, at RUN.teacher, and reused; a teacher killed before it finished (no record) is removed with the
+    folder."""
+    import shutil
+
+    from bgmrec.models.base import load_model
+    from bgmrec.models.deccm import DecCM
+
+    run = tmp_path / "deccm"
+    real_fit = DecCM.fit
+
+    def stopped(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DecCM, "fit", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_dir, "deccm", run, sets=TINY_DECCM, progress=False)
+    monkeypatch.setattr(DecCM, "fit", real_fit)
+    pid = _dead_pid()
+    killed = tmp_path / f".deccm.tmp-{pid}-abcd1234"  # what the killed process left: a run half made, its teacher
+    killed.mkdir()
+    shutil.move(run.with_name("deccm.teacher"), killed / "teacher")
+    weights = (killed / "teacher" / "weights.safetensors").read_bytes()
+    unfinished = tmp_path / f".deccm.tmp-{_dead_pid()}-ef567890"  # killed while its teacher trained: no record
+    shutil.copytree(killed, unfinished)
+    (unfinished / "teacher" / "run.json").unlink()
+    capsys.readouterr()
+
+    train_model(tiny_dir, "deccm", run, sets=TINY_DECCM, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm", "deccm.teacher"]
+    kept = run.with_name("deccm.teacher")
+    assert (kept / "weights.safetensors").read_bytes() == weights and load_model(kept).name == "cmvae"
+    err = capsys.readouterr().err
+    assert (f"a training of {run} was killed (process {pid}, which no longer runs) after its teacher was trained; "
+            f"the teacher trained for it is kept at {kept}") in err
+    assert f"reusing the teacher kept at {kept}" in err  # not trained again
+    assert load_model(run).teacher_dir == str(kept.resolve()) and not (run / "teacher").exists()

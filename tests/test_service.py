@@ -278,7 +278,7 @@ def test_health_says_how_the_catalogue_differs_from_the_training_dataset_s(tiny_
         "catalog_against_training"] is None  # a model not loaded from a run: nothing to compare with
 
 
-def test_sighup_drains_only_where_it_had_its_default_action_and_is_put_back():
+def test_sighup_drains_unless_ignored_and_is_put_back():
     # nohup's ignored SIGHUP was overridden (the server then stopped with the terminal), and off the main thread
     # setting it failed the command
     import signal
@@ -292,6 +292,11 @@ def test_sighup_drains_only_where_it_had_its_default_action_and_is_put_back():
         with sighup_as_sigterm():
             assert callable(signal.getsignal(signal.SIGHUP))
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+        stop = lambda signum, frame: None  # noqa: E731  (the command line's own, install_stop_handlers's)
+        signal.signal(signal.SIGHUP, stop)
+        with sighup_as_sigterm():  # it would raise SystemExit inside uvicorn's loop: the server drains instead
+            assert callable(signal.getsignal(signal.SIGHUP)) and signal.getsignal(signal.SIGHUP) is not stop
+        assert signal.getsignal(signal.SIGHUP) is stop
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
         with sighup_as_sigterm():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN

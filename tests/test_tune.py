@@ -162,6 +162,78 @@ def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, monkeypatch):
     assert not saved["complete"] and [t["settings"] for t in saved["trials"]] == [{"seed": "0"}]
 
 
+def test_a_stopped_grid_says_how_many_points_are_done_and_how_to_finish_it(tiny_dir, tmp_path, monkeypatch, capsys):
+    """tune stopped printed only "aborted (interrupted)": it now says how many points are done and the command
+    that finishes the grid, which reuses them."""
+    import shlex
+
+    import bgmrec.runs
+
+    real, calls = bgmrec.runs.train_model, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_second)
+    out = tmp_path / "tune"
+    assert main(["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out),
+                 "--grid", "seed=0", "--grid", "seed=1", "--grid", "seed=2"]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    resumed = (f"bgmrec tune --data {tiny_dir} --model popularity --out {out} --grid seed=0 --grid seed=1 "
+               "--grid seed=2 --resume")
+    assert last == (f"stopped (SIGINT): 1 of 3 points of the grid finished; `{resumed}` finishes it without "
+                    "training them again")
+    assert main(shlex.split(resumed)[1:]) == 0
+    assert [Path(run).name for run in calls] == ["seed=0", "seed=1", "seed=1", "seed=2"]  # the first not again
+
+
+def test_resume_loads_a_point_trained_whole_whose_ranking_was_stopped(tiny_dir, tmp_path, monkeypatch):
+    """Stopped while the 2nd point was ranked on val, its run was complete but not in tuning.json, and --resume
+    trained it again; it is now loaded when its run.json and config say this grid made it, else trained again."""
+    import io
+
+    from rich.console import Console
+
+    import bgmrec.eval.protocol as P
+    import bgmrec.runs
+    from bgmrec.data.dataset import write_json_atomic
+
+    real_evaluate, real_train, ranked, trained = P.evaluate, bgmrec.runs.train_model, [], []
+
+    def stopped_at_the_second(*args, **kwargs):
+        ranked.append(True)
+        if len(ranked) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    def counted(*args, **kwargs):
+        trained.append(Path(args[2]).name)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(P, "evaluate", stopped_at_the_second)
+    monkeypatch.setattr(bgmrec.runs, "train_model", counted)
+    out, grid = tmp_path / "tune", {"seed": ["0", "1", "2"]}
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(tiny_dir, "popularity", grid, out)
+    assert len(json.loads((out / "tuning.json").read_text())["trials"]) == 1 and (out / "seed=1" / "run.json").exists()
+    monkeypatch.setattr(P, "evaluate", real_evaluate)
+    said = io.StringIO()
+    trials = run_grid(tiny_dir, "popularity", grid, out, console=Console(file=said, width=200), resume=True)
+    assert trained == ["seed=0", "seed=1", "seed=2"] and len(trials) == 3  # seed=1 not trained again
+    assert "trained before, its ranking stopped: loaded, not retrained" in said.getvalue()
+
+    record = json.loads((out / "seed=1" / "run.json").read_text())
+    write_json_atomic(out / "seed=1" / "run.json", {**record, "data_fingerprint": "0" * 16})  # another world's
+    tuning = json.loads((out / "tuning.json").read_text())
+    write_json_atomic(out / "tuning.json", {**tuning, "complete": False,
+                                            "trials": [t for t in tuning["trials"] if "seed=1" not in t["run"]]})
+    run_grid(tiny_dir, "popularity", grid, out, resume=True)
+    assert trained == ["seed=0", "seed=1", "seed=2", "seed=1"]
+
+
 def test_deccm_points_share_one_teacher_per_backbone_config_apart_from_their_folders(tiny_dir, tmp_path):
     from bgmrec.models.base import load_model
     from bgmrec.runs import train_model

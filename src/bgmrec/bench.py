@@ -22,7 +22,7 @@ from rich.console import Console
 
 from bgmrec.data.dataset import FINGERPRINTS
 from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run, world_parameters
-from bgmrec.eval.report import markdown_from_rows, pyplot
+from bgmrec.eval.report import markdown_from_rows, pyplot, save_figure
 
 if TYPE_CHECKING:
     from bgmrec.models.base import Recommender
@@ -126,9 +126,7 @@ def plot(agg: dict, split: str, title: str, out: Path) -> Path:
     ax.set_xlabel("full-catalogue Recall@10 (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def reusable_run(run: Path, name: str, seed: int, code: str,
@@ -193,7 +191,35 @@ def run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mode
     run as separate processes, and an interrupted benchmark continues where it stopped). ``world`` changes
     world parameters of every preset (``--world key=value``; not ``seed``, which ``seeds`` gives): the
     worlds, runs, JSON and plots are then named by :func:`world_label`, apart from the presets' own.
+
+    Stopped (Ctrl-C, SIGTERM), the stop is raised on with a note (:func:`~bgmrec.runs.note_on_stop`) saying how
+    many of the runs ``resume`` would reuse are done (:func:`quality_resume_note`).
     """
+    from bgmrec.runs import note_on_stop
+
+    with note_on_stop(lambda: quality_resume_note(scales, seeds, work, models or DEMO_MODELS, dict(world or {}),
+                                                  command)):
+        return _run_quality(scales, seeds, out, work, models, console, command, resume, world)
+
+
+def quality_resume_note(scales: list[str], seeds: list[int], work: Path, models: Sequence[str],
+                        world: dict[str, str], command: str) -> str:
+    """What a stopped ``bench quality`` of ``models`` on ``scales`` and ``seeds`` has done, as its stop's note: how
+    many of its runs in ``work`` are complete and made by this code (:func:`reusable_run`, whose worlds
+    ``--resume`` then checks too), and ``command`` with ``--resume``, which continues it reusing them."""
+    from bgmrec.runs import code_fingerprint
+
+    code = code_fingerprint()
+    runs = [(Path(work) / f"{world_label(scale, world)}-seed{seed}" / "runs" / name, name, seed)
+            for scale in scales for seed in seeds for name in models]
+    done = sum(reusable_run(run, name, seed, code)[0] is not None for run, name, seed in runs)
+    again = command if "--resume" in shlex.split(command) else f"{command} --resume"
+    return f"{done} of {len(runs)} runs finished in {work}; `{again}` continues, reusing them"
+
+
+def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
+                 console: Console, command: str, resume: bool, world: dict[str, str] | None) -> Path:
+    """:func:`run_quality`'s work."""
     from bgmrec.data.dataset import load_dataset
     from bgmrec.eval.report import (
         PAIRED_NOTE,
@@ -819,9 +845,7 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
         a.grid(alpha=0.3)
     fig.tight_layout()
     png = Path(out).with_suffix(".png")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    save_figure(fig, png, dpi=100)
     lines = [f"# DecCM vs CMVAE as confounding grows ({scale} world, seed {seed})", "",
              f"Made by `{command}` at commit {git_commit()} on {machine()}, {time.strftime('%Y-%m-%d')}. "
              "Full-catalogue Recall@10 and exposure TVD@10 on `test_unbiased` (positives drawn without taste or "

@@ -11,8 +11,10 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import glob
 import hashlib
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -63,6 +65,25 @@ def running_command(argv: list[str]):
         yield
     finally:
         _COMMAND_ARGV.pop()
+
+
+@contextlib.contextmanager
+def note_on_stop(note):
+    """Within: a stop (Ctrl-C's KeyboardInterrupt, SIGTERM's SystemExit: :data:`~bgmrec.models.base.STOPS`) is raised
+    on with ``note()`` added to it (``add_note``: what is done, how to continue), which a traceback shows and the
+    command line prints in its one line (:func:`bgmrec.cli.app.said_when_stopped`)."""
+    from bgmrec.models.base import STOPS
+
+    try:
+        yield
+    except STOPS as stop:
+        try:
+            said = note()
+        except Exception:  # noqa: BLE001 - saying what is done must never replace the stop with another error
+            said = None
+        if said:
+            stop.add_note(said)
+        raise
 
 
 def code_fingerprint() -> str:
@@ -155,15 +176,25 @@ def option_into_sets(sets: dict, name: str, value) -> None:
 
 
 def train_model(data: Path, model: str, out: Path, epochs: int | None = None, seed: int | None = None,
-                sets: dict | None = None, teacher: Path | None = None, progress: bool = True):
+                sets: dict | None = None, teacher: Path | None = None, progress: bool = True,
+                partial: Path | None = None):
     """Build, fit and save one model; the library-level body of ``bgmrec train``.
 
     ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
     config's default, seed 0); giving one both ways with different values is refused.
+
+    A teacher-guided model given no ``teacher`` reuses one kept beside ``out`` by a stopped or killed training
+    of it when that teacher's record matches (:func:`reuse_kept_teacher`), else trains one into ``out/teacher``.
+
+    Stopped (:data:`~bgmrec.models.base.STOPS`), nothing is written at ``out`` (a run there before is left as it
+    was; a DecCM teacher trained for it is kept beside it: :func:`keep_trained_teacher`) and the stop is raised
+    on; with ``partial`` (``bgmrec train``'s :func:`partial_run_folder`), a training stopped after a validated
+    epoch is first saved there as a complete run of its best epoch so far, its ``run.json`` saying where it
+    stopped (:func:`save_stopped_run`), and the stop carries a note saying what was kept (``add_note``).
     """
-    from bgmrec.data.dataset import atomic_write_dir, load_dataset, write_json_atomic
-    from bgmrec.models.base import FeatureSpec, SplitView, load_model
-    from bgmrec.models.registry import build, prepare_teacher
+    from bgmrec.data.dataset import atomic_write_dir, load_dataset, recover_killed_write, write_json_atomic
+    from bgmrec.models.base import STOPS, FeatureSpec, SplitView, load_model
+    from bgmrec.models.registry import build, prepare_teacher, takes_teacher
 
     ds = load_dataset(data)
     overrides = dict(sets or {})
@@ -174,44 +205,123 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     check_teacher_data(rec, ds, teacher)
     package = model_package(model)
     check_run_folder(Path(out), teacher)
+    timing: dict = {}  # "trained_on": the dataset's record, once taken; "start", "seconds": the training's time
+
+    def trained_on() -> dict:
+        if "trained_on" not in timing:  # the features' fingerprint reads every feature byte: taken once
+            timing["trained_on"] = dataset_record(data)
+        return timing["trained_on"]
+
+    def rescue(tmp: Path) -> None:
+        rescue_killed_teacher(tmp, Path(out))
+
+    recover_killed_write(Path(out), rescue)  # before a teacher kept beside ``out`` is looked for
+    if teacher is None and takes_teacher(type(rec), rec.config):
+        from bgmrec.models.deccm import teacher_config
+
+        teacher = reuse_kept_teacher(Path(out), lambda: {**teacher_made_from(trained_on()),
+                                                         "teacher_config": repr(teacher_config(rec.config))})
     if teacher is not None:
         warn_if_not_a_teacher(teacher, data, ds)
     warn_if_features_outlie(ds, data)
     if hasattr(rec.config, "patience") and not len(ds.splits.get("val", ())):
         print(f"warning: {data} has no val rows, so {model} trains all its {rec.config.epochs} epochs and keeps the "
               "last (no early stopping; build-dataset --val-share makes a val split)", file=sys.stderr)
-    timing = {}
+    teachers: dict[str, Path | None] = {}  # "kept": where the teacher trained for the run is kept, once stopped
+
+    def save_run(folder: Path, record: dict) -> None:
+        """The fitted model saved into ``folder``, checked to load back alike, and its ``run.json`` (``record``
+        added)."""
+        rec.save(folder)
+        check_saved_scores_alike(rec, load_model(folder), ds)
+        write_json_atomic(folder / "run.json", {
+            **trained_on(), "model": model,
+            "seconds": timing.get("seconds", time.perf_counter() - timing["start"]), "epochs_run": len(rec.history),
+            "commit": git_commit(), "code": code_fingerprint(),
+            "argv": command_argv(), **({"model_package": package} if package else {}),
+            **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {}), **record})
 
     def write(folder: Path) -> None:
-        trained_on = dataset_record(data)  # for the run's record and, when trained here, its teacher's
+        trained_on()  # the run's record and, trained here, its teacher's
         prepare_teacher(rec, ds, folder, teacher, progress)
         trained = Path(folder) / "teacher"
         if teacher is None and (trained / "config.json").is_file():  # trained now, into the run: its record
             from bgmrec.models.deccm import teacher_config
 
             write_json_atomic(trained / "run.json",
-                              {**teacher_made_from(trained_on), "teacher_config": repr(teacher_config(rec.config))})
+                              {**teacher_made_from(trained_on()), "teacher_config": repr(teacher_config(rec.config))})
         try:
-            t0 = time.perf_counter()
+            timing["start"] = time.perf_counter()
             rec.fit(SplitView(ds, "train"), SplitView(ds, "val") if "val" in ds.splits else None, progress=progress)
-            timing["seconds"] = time.perf_counter() - t0
-            rec.save(folder)
-            check_saved_scores_alike(rec, load_model(folder), ds)
-            write_json_atomic(folder / "run.json", {
-                **trained_on, "model": model,
-                "seconds": timing["seconds"], "epochs_run": len(rec.history), "commit": git_commit(),
-                "code": code_fingerprint(),
-                "argv": command_argv(), **({"model_package": package} if package else {}),
-                **({"feature_settings": ds.provenance["settings"]} if "settings" in ds.provenance else {})})
+            timing["seconds"] = time.perf_counter() - timing["start"]
+            save_run(folder, {})
         except BaseException:  # stopped or failed: the run is discarded whole, a teacher trained for it is not
             if teacher is None and (trained / "run.json").is_file():
-                keep_trained_teacher(trained, Path(out))
+                was = str(trained.resolve())
+                teachers["kept"] = keep_trained_teacher(trained, Path(out))
+                if teachers["kept"] is not None and getattr(rec, "teacher_dir", None) == was:
+                    rec.teacher_dir = str(teachers["kept"].resolve())  # the student refers to it where it is now
             raise
 
     # built under a temporary name and renamed into place: nothing at ``out`` until the run is whole, and
     # a run there before (never another kind of folder) is replaced with everything in it
-    atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run")
+    try:
+        atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run",
+                         rescue=rescue)
+    except STOPS as stop:
+        if partial is not None:
+            stop.add_note(save_stopped_run(rec, Path(partial), save_run,
+                                           lost_teacher="kept" in teachers and teachers["kept"] is None))
+        raise
     return load_model(out), timing["seconds"]
+
+
+def note_if_stopped(run: Path) -> str | None:
+    """Say on stderr when ``run`` holds a training that was stopped (its ``run.json``'s ``stopped_at_epoch``:
+    :func:`save_stopped_run`): its figures are those of its best epoch so far, not of a finished training.
+    Returns the note (for a result's JSON), None when silent."""
+    from bgmrec.models.base import read_run_record
+
+    record = read_run_record(run)
+    if "stopped_at_epoch" not in record:
+        return None
+    note = (f"{run} is a training stopped at epoch {record['stopped_at_epoch']} of {record.get('of_epochs', '?')}: "
+            f"its best epoch so far ({record.get('best_epoch', '?')}), not a finished training")
+    print(f"note: {note}", file=sys.stderr)
+    return note
+
+
+def partial_run_folder(out: Path) -> Path:
+    """Where ``bgmrec train --out OUT`` saves the best epoch so far of a training it stopped: ``OUT.partial``,
+    beside ``OUT`` and never at it, so nothing that looks for a finished run at ``OUT`` (``bench --resume``,
+    ``tune --resume``) can take it for one."""
+    return Path(out).with_name(f"{Path(out).name}.partial")
+
+
+def save_stopped_run(rec, partial: Path, save_run, lost_teacher: bool = False) -> str:
+    """After a training of ``rec`` was stopped: when it ended holding its best epoch so far (``rec.stopped``, a
+    :class:`~bgmrec.models.base.StoppedFit`), that model saved as a complete run at ``partial`` (replacing a run
+    there, never another kind of folder) by ``save_run(folder, record)``, its ``run.json`` adding
+    ``stopped_at_epoch``, ``of_epochs`` and ``best_epoch``. Returns what happened, as a clause of the command's
+    line: what was saved and how to use it, or that nothing was and why (no validated epoch; ``lost_teacher``:
+    the teacher it was trained with could not be kept; ``partial`` could not be written). A failure to save is
+    said, never raised: the stop is what the caller must see."""
+    from bgmrec.data.dataset import DatasetError, atomic_write_dir
+
+    done = rec.stopped if rec.fitted else None
+    if done is None:
+        return "nothing was saved (no validated epoch to keep)"
+    if lost_teacher:
+        return "nothing was saved (the teacher it was trained with could not be kept)"
+    record = {"stopped_at_epoch": done.epoch, "of_epochs": done.epochs, "best_epoch": done.best_epoch}
+    try:
+        check_run_folder(partial)
+        atomic_write_dir(partial, lambda folder: save_run(folder, record), marker="config.json",
+                         version_key="bgmrec_version", what="a model run")
+    except (DatasetError, ValueError, OSError) as e:
+        return f"at epoch {done.epoch} of {done.epochs}: the best epoch so far could not be saved ({e})"
+    return (f"at epoch {done.epoch} of {done.epochs}: the best epoch so far ({done.best_epoch}, val R@10 "
+            f"{done.best_recall:.3f}) saved to {partial} (evaluate it with --run {partial}; train again to finish)")
 
 
 def warn_if_features_outlie(ds, data: Path) -> list[str]:
@@ -288,11 +398,11 @@ def warn_if_every_track_ties(model: str, scores, split: str) -> str | None:
     return message
 
 
-def keep_trained_teacher(trained: Path, out: Path) -> Path | None:
+def keep_trained_teacher(trained: Path, out: Path, why: str | None = None) -> Path | None:
     """Move the teacher ``trained`` for the run ``out``, whose student then stopped or failed, beside ``out``
     as ``OUT.teacher`` (``OUT.teacher-2``, ... when taken), and say on stderr how to reuse it: the run is
-    discarded whole, but a finished teacher (minutes of training at scale) is worth keeping. None, said on
-    stderr, when it cannot be moved."""
+    discarded whole, but a finished teacher (minutes of training at scale) is worth keeping. ``why``: what
+    happened to the run, as the note's first clause. None, said on stderr, when it cannot be moved."""
     kept, n = out.with_name(f"{out.name}.teacher"), 1
     while kept.exists():
         n += 1
@@ -303,10 +413,30 @@ def keep_trained_teacher(trained: Path, out: Path) -> Path | None:
         print(f"note: the teacher trained for {out} could not be kept ({e}); it is discarded with the run",
               file=sys.stderr)
         return None
-    print(f"note: {out} was not written (stopped or failed after its teacher was trained); the teacher trained for "
-          f"it is kept at {kept}: "
+    why = why or f"{out} was not written (stopped or failed after its teacher was trained)"
+    print(f"note: {why}; the teacher trained for it is kept at {kept}: "
           f"`bgmrec train ... --teacher {kept}` reuses it", file=sys.stderr)
     return kept
+
+
+def rescue_killed_teacher(tmp: Path, out: Path) -> Path | None:
+    """The finished teacher in ``tmp``, the temporary folder of a training into ``out`` whose process was
+    killed (``kill -9``, the OOM killer: no handler ran), kept as a stopped training keeps it
+    (:func:`keep_trained_teacher`) before the folder is removed (:func:`~bgmrec.data.dataset.recover_killed_write`):
+    it was deleted without a word, and trained again. Finished: its ``run.json``, written once it was saved,
+    records its teacher config. None when ``tmp`` holds none."""
+    from bgmrec.data.dataset import DatasetError, read_json
+
+    trained = Path(tmp) / "teacher"
+    try:
+        finished = (trained / "config.json").is_file() and "teacher_config" in read_json(trained / "run.json")
+    except DatasetError:  # no record, or one cut short: not a finished teacher
+        return None
+    if not finished:
+        return None
+    pid = Path(tmp).name[len(out.name) + 2:].split("-")[1]
+    return keep_trained_teacher(trained, out, why=f"a training of {out} was killed (process {pid}, which no "
+                                                  "longer runs) after its teacher was trained")
 
 
 TEACHERS = "teachers"  # the folder, beside the runs of a grid, a demo or a benchmark's world, of their teachers
@@ -453,23 +583,60 @@ class SharedTeachers:
         return folder
 
     def _reusable(self, folder: Path, made: dict) -> bool:
-        """True when ``folder`` holds a teacher whose record is ``made``'s (config, fingerprints, code) and
-        that loads; a damaged one (a truncated weights file) is said and not reused."""
-        from bgmrec.data.dataset import DatasetError, read_json
-        from bgmrec.models.deccm import load_teacher
+        """True when ``folder`` holds a teacher whose record is ``made``'s and that loads
+        (:func:`teacher_mismatch`); a damaged one (a truncated weights file) is said and not reused."""
+        why = teacher_mismatch(folder, made)
+        if why is not None and why.startswith("unreadable"):
+            self.console.print(f"    teacher {folder.name}: {why}")
+        return why is None
 
-        try:
-            found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
-        except DatasetError:  # none, or damaged
-            return False
-        if not all(found.get(k) == made[k] for k in ("teacher_config", *FINGERPRINTS, "code")):
-            return False
-        try:
-            load_teacher(folder)
-        except (DatasetError, ValueError) as e:
-            self.console.print(f"    teacher {folder.name}: unreadable ({e})")
-            return False
-        return True
+
+#: what a teacher's record must share with the one a teacher trained now would have to stand for it, and how a
+#: difference is named
+TEACHER_MATCH = {"teacher_config": "config", **dict.fromkeys(FINGERPRINTS, "data"), "code": "code"}
+
+
+def teacher_mismatch(folder: Path, made: dict) -> str | None:
+    """Why the teacher in ``folder`` cannot stand for one trained now, whose ``run.json`` would be ``made``
+    (:func:`teacher_made_from` with its ``teacher_config``): no record, another config, data (fingerprints) or
+    code (:data:`TEACHER_MATCH`), or "unreadable (...)" when it does not load (a truncated weights file); None when
+    it can."""
+    from bgmrec.data.dataset import DatasetError, read_json
+    from bgmrec.models.deccm import load_teacher
+
+    try:
+        found = read_json(folder / "run.json") if (folder / "config.json").is_file() else {}
+    except DatasetError:  # none, or damaged
+        return "it has no readable record of what it was trained on"
+    differ = list(dict.fromkeys(what for k, what in TEACHER_MATCH.items() if found.get(k) != made[k]))
+    if differ:
+        return f"it was trained with another {' and '.join(differ)}"
+    try:
+        load_teacher(folder)
+    except (DatasetError, ValueError) as e:
+        return f"unreadable ({e})"
+    return None
+
+
+def reuse_kept_teacher(out: Path, made) -> Path | None:
+    """The teacher a stopped or killed training of ``out`` kept beside it (``OUT.teacher``, ``OUT.teacher-2``, ...:
+    :func:`keep_trained_teacher`) that can stand for the one a training now would train (:func:`teacher_mismatch`;
+    ``made()``: that teacher's record), said on stderr; the others are said too, with why they are not reused.
+    None when none can."""
+    kept = sorted((p for p in out.parent.glob(f"{glob.escape(out.name)}.teacher*")
+                   if p.is_dir() and re.fullmatch(rf"{re.escape(out.name)}\.teacher(-\d+)?", p.name)),
+                  key=lambda p: int(p.name.rpartition("-")[2]) if p.name[-1].isdigit() else 1)
+    record = made() if kept else None
+    for folder in kept:
+        why = teacher_mismatch(folder, record)
+        if why is None:
+            print(f"note: reusing the teacher kept at {folder} by an earlier training of {out}, trained on this data "
+                  f"by this code with this teacher config; the run refers to it there, as with --teacher {folder} "
+                  "(keep it beside the run)", file=sys.stderr)
+            return folder
+        print(f"note: {folder}, a teacher kept by an earlier training of {out}, is not reused: {why}",
+              file=sys.stderr)
+    return None
 
 
 RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher",  # a run's own
@@ -594,7 +761,8 @@ def provenance(data: Path, runs: dict[str, Path]) -> dict:
     from bgmrec.eval.scores import is_score_file
     from bgmrec.models.base import read_run_record, recorded_model_package
 
-    keep = ("model", "data", *FINGERPRINTS, "commit", "code", "argv", "model_package")
+    keep = ("model", "data", *FINGERPRINTS, "commit", "code", "argv", "model_package", "stopped_at_epoch",
+            "of_epochs", "best_epoch")
 
     def trained(run: Path) -> dict:
         made, _ = recorded_model_package(run)

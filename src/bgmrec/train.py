@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bgmrec.data.dataset import Dataset
-from bgmrec.models.base import ModelConfig, SplitView, check_bounds
+from bgmrec.models.base import STOPS, ModelConfig, SplitView, StoppedFit, check_bounds
 
 
 @dataclass
@@ -141,6 +141,11 @@ def fit_torch(model, train: SplitView, val: SplitView | None, progress: bool = F
     Returns the per-epoch history (loss terms, validation Recall@10 and MRR, seconds) and leaves the model
     in eval mode holding its best validation state. Torch's global generator is seeded from the config
     for the training and given back to the caller as it was.
+
+    A stop (Ctrl-C's KeyboardInterrupt, SIGTERM's SystemExit: :data:`~bgmrec.models.base.STOPS`) is raised on,
+    after at least one validated epoch with the model as if training had ended there: holding its best epoch so
+    far, in eval mode, its ``history`` the epochs finished, and its ``stopped`` saying where
+    (:class:`~bgmrec.models.base.StoppedFit`; ``fit`` then marks it fitted). Before any, it is left as it was.
     """
     with torch.random.fork_rng():
         torch.manual_seed(model.config.seed)
@@ -160,48 +165,57 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)
     best, best_state, since_best, history = (-1.0, -1.0), None, 0, []
+    best_epoch = 0  # the epoch of best_state (1-based)
     step, label = 0, model.progress_label or model.name
-    with _progress(progress, cfg.epochs, label) as show:  # closed however training ends
-        for epoch in range(cfg.epochs):
-            t0 = time.perf_counter()
-            model.module.train()
-            order = rng.permutation(len(rows))
-            sums: dict[str, float] = {}
-            for b in range(steps_per_epoch):
-                batch = feats.batch(rows[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
-                out = model.training_loss(batch, step, steps_per_epoch)
-                if step == 0:
-                    check_training_loss(model, out)
-                loss, logs = out
-                if not torch.isfinite(loss):
-                    raise _diverged(model, f"epoch {epoch + 1}, step {b + 1}: the loss is {loss.item()}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                step += 1
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+    try:
+        with _progress(progress, cfg.epochs, label) as show:  # closed however training ends
+            for epoch in range(cfg.epochs):
+                t0 = time.perf_counter()
+                model.module.train()
+                order = rng.permutation(len(rows))
+                sums: dict[str, float] = {}
+                for b in range(steps_per_epoch):
+                    batch = feats.batch(rows[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
+                    out = model.training_loss(batch, step, steps_per_epoch)
+                    if step == 0:
+                        check_training_loss(model, out)
+                    loss, logs = out
+                    if not torch.isfinite(loss):
+                        raise _diverged(model, f"epoch {epoch + 1}, step {b + 1}: the loss is {loss.item()}")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    opt.step()
+                    step += 1
+                    for k, v in logs.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                model.module.eval()
+                if not all(bool(torch.isfinite(p).all()) for p in params):
+                    raise _diverged(model, f"epoch {epoch + 1}: its last step left weights that are not finite")
+                model.end_epoch(feats)
+                entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                         **{k: v / steps_per_epoch for k, v in sums.items()}}
+                if val is not None and len(val.rows):
+                    with torch.no_grad():
+                        scores = validation_scores(model, val, cfg.val_queries, cfg.seed)
+                    entry["val_recall@10"], entry["val_mrr"] = scores
+                    if scores > best:
+                        best, since_best, best_epoch = scores, 0, epoch + 1
+                        best_state = copy.deepcopy(model.module.state_dict())
+                    else:
+                        since_best += 1
+                history.append(entry)
+                show(f"{label} epoch {epoch + 1} loss {entry.get('loss', 0):.3f}"
+                     + (f" val R@10 {entry['val_recall@10']:.3f}" if "val_recall@10" in entry else ""))
+                if val is not None and since_best >= cfg.patience:
+                    break
+    except STOPS:  # ended here as if training had: the best epoch so far, when one was validated
+        if best_state is not None:
+            model.module.load_state_dict(best_state)
             model.module.eval()
-            if not all(bool(torch.isfinite(p).all()) for p in params):
-                raise _diverged(model, f"epoch {epoch + 1}: its last step left weights that are not finite")
-            model.end_epoch(feats)
-            entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
-                     **{k: v / steps_per_epoch for k, v in sums.items()}}
-            if val is not None and len(val.rows):
-                with torch.no_grad():
-                    scores = validation_scores(model, val, cfg.val_queries, cfg.seed)
-                entry["val_recall@10"], entry["val_mrr"] = scores
-                if scores > best:
-                    best, since_best = scores, 0
-                    best_state = copy.deepcopy(model.module.state_dict())
-                else:
-                    since_best += 1
-            history.append(entry)
-            show(f"{label} epoch {epoch + 1} loss {entry.get('loss', 0):.3f}"
-                 + (f" val R@10 {entry['val_recall@10']:.3f}" if "val_recall@10" in entry else ""))
-            if val is not None and since_best >= cfg.patience:
-                break
+            model.history = history
+            model.stopped = StoppedFit(min(len(history) + 1, cfg.epochs), cfg.epochs, best_epoch, best[0])
+        raise
     if best_state is not None:
         model.module.load_state_dict(best_state)
     model.module.eval()

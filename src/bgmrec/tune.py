@@ -93,7 +93,33 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     :func:`shared_teacher_folder`), which every point of that config shares: apart from the points' folders, so
     retraining one point by hand (``bgmrec train --out``) cannot replace the others' teacher
     (:class:`~bgmrec.runs.SharedTeachers`; a resumed grid loads the teacher it trained).
+
+    Stopped (Ctrl-C, SIGTERM), the stop is raised on with a note (:func:`~bgmrec.runs.note_on_stop`) saying how
+    many points ``tuning.json`` records as finished and the command that resumes the grid.
     """
+    from bgmrec.runs import note_on_stop
+
+    with note_on_stop(lambda: resume_note(Path(out), len(grid_points(grid)),
+                                          tune_command(data, model, out, grid, sets, seed, teacher, resume=True))):
+        return _run_grid(data, model, grid, out, sets, seed, teacher, console, resume)
+
+
+def resume_note(out: Path, points: int, resumed: str) -> str:
+    """What a stopped grid of ``points`` points in ``out`` has done, as its stop's note: the points its
+    ``tuning.json`` records as finished (ranked, or diverged), and ``resumed``, the command that finishes it."""
+    from bgmrec.data.dataset import DatasetError, read_json
+
+    try:
+        found = read_json(out / "tuning.json")
+        done = len(found.get("trials", [])) + len(found.get("diverged", []))
+    except (DatasetError, TypeError):
+        done = 0
+    return f"{done} of {points} points of the grid finished; `{resumed}` finishes it without training them again"
+
+
+def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets: dict | None, seed: int | None,
+              teacher: Path | None, console: Console | None, resume: bool) -> list[Trial]:
+    """:func:`run_grid`'s work."""
     from bgmrec.data.dataset import read_json, write_files_together, write_json_atomic
     from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.protocol import evaluate
@@ -144,6 +170,9 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
             shared = None if teacher is not None else teachers.for_model(model, sets, shared_teacher_folder(point))
         except TrainingDiverged as e:
             shared = e
+        if resume and run.name not in finished and not isinstance(shared, TrainingDiverged):
+            unranked = _unranked_run(run, record, configs[i], teacher if shared is None else shared)
+            finished.update({run.name: unranked} if unranked is not None else {})
         if run.name in finished:
             rec, seconds = load_model(run), finished[run.name]["seconds"]
             if repr(rec.config) != configs[i]:
@@ -152,7 +181,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
             if shared is not None and rec.teacher_dir != str(shared.resolve()):
                 raise ValueError(f"--resume: {run}'s teacher is missing or was retrained since; tune into a new "
                                  "--out")
-            console.print("    finished before: loaded, not retrained")
+            console.print("    trained before, its ranking stopped: loaded, not retrained"
+                          if finished[run.name].get("unranked") else "    finished before: loaded, not retrained")
         else:
             try:
                 if isinstance(shared, TrainingDiverged):
@@ -292,6 +322,32 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
                          "'seconds' and 'epochs'; the file is damaged, tune into a new --out")
     names = [Path(t["run"]).name for t in trials]  # by name: ``out`` may have moved
     return {name: t for name, t in zip(names, trials, strict=True) if (out / name / "run.json").is_file()}
+
+
+def _unranked_run(run: Path, record: dict, config: str, teacher: Path | None) -> dict | None:
+    """For ``--resume``: the trial's ``seconds`` and ``epochs`` (and ``unranked``) of a point whose run the stopped
+    grid saved whole but had not ranked (stopped while ranking it on val, so its ``tuning.json`` does not list
+    it), when its ``run.json`` says this grid made it (model, the dataset's fingerprints, code, model package),
+    not a stopped training's, and it holds the point's ``config`` (its ``repr``) and ``teacher``; else None (it is
+    trained again)."""
+    from bgmrec.data.dataset import DatasetError, read_json
+    from bgmrec.models.base import load_model
+
+    try:
+        made = read_json(run / "run.json") if (run / "config.json").is_file() else {}
+    except DatasetError:
+        return None
+    if not made or "stopped_at_epoch" in made or any(made.get(k) != record[k] for k in
+                                                     ("model", *FINGERPRINTS, "code", "model_package")):
+        return None
+    try:
+        rec = load_model(run)
+    except (DatasetError, ValueError, OSError):  # damaged: trained again
+        return None
+    if repr(rec.config) != config or teacher is not None and getattr(rec, "teacher_dir", None) != str(
+            Path(teacher).resolve()):
+        return None
+    return {"seconds": made.get("seconds", 0.0), "epochs": made.get("epochs_run", len(rec.history)), "unranked": True}
 
 
 # what must match to resume (``code``: :func:`bgmrec.runs.code_fingerprint`; ``model_package``:

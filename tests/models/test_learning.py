@@ -8,7 +8,7 @@ import pytest
 
 from bgmrec.data.dataset import load_dataset
 from bgmrec.eval.protocol import evaluate
-from bgmrec.models.base import SplitView, load_model
+from bgmrec.models.base import MusicCatalog, SplitView, VideoQuery, load_model
 from bgmrec.models.registry import build
 from bgmrec.train import validation_scores
 
@@ -140,6 +140,45 @@ def test_early_stopping_restores_the_best_epoch(tiny_ds, monkeypatch):
         assert torch.equal(state[k], v), k
     assert any(not torch.equal(snapshots[2][k], snapshots[5][k]) for k in state)  # it did train on
     assert not model.module.training
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, lambda: SystemExit(143)])
+def test_a_stopped_fit_raises_and_holds_its_best_epoch_so_far(tiny_ds, monkeypatch, stop):
+    """Ctrl-C (SIGTERM, as the command line raises it) in epoch 4 of 7: the stop is raised on, and the model
+    is left fitted as if training had ended there, holding the best of the 3 validated epochs (the 2nd), its
+    history those 3 epochs and ``stopped`` saying where; stopped in its first epoch, it is left unfitted."""
+    import copy
+
+    import torch
+
+    import bgmrec.train
+    from bgmrec.models.base import StoppedFit
+
+    curve = [(0.10, 0.1), (0.50, 0.2), (0.40, 0.3)]
+    snapshots = []
+
+    def scripted(model, val, n_queries, seed):
+        if len(snapshots) == len(curve):
+            raise stop()
+        snapshots.append(copy.deepcopy(model.module.state_dict()))
+        return curve[len(snapshots) - 1]
+
+    monkeypatch.setattr(bgmrec.train, "validation_scores", scripted)
+    model = build("twotower-infonce", _spec(tiny_ds), {"epochs": 7, "hidden": "16", "latent_dim": 8})
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        model.fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "val"))
+    assert model.fitted and model.stopped == StoppedFit(epoch=4, epochs=7, best_epoch=2, best_recall=0.50)
+    assert [(h["val_recall@10"], h["val_mrr"]) for h in model.history] == curve
+    state = model.module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in snapshots[1].items())
+    assert not model.module.training
+    model.score(VideoQuery.from_dataset(tiny_ds, [0, 1]), MusicCatalog.from_dataset(tiny_ds))  # usable
+
+    snapshots.clear()
+    curve.clear()  # stopped before its first validation: nothing to hold, unfitted (though fitted before)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        model.fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "val"))
+    assert not model.fitted and model.stopped is None
 
 
 def test_a_saturated_recall_still_lets_a_later_epoch_win_on_mrr(tmp_path):

@@ -8,27 +8,58 @@ import threading
 import time
 
 from bgmrec.cli import core, interop, media, serve  # noqa: F401  (modules register their commands)
-from bgmrec.cli.app import app
+from bgmrec.cli.app import STOP_NOTES, app, hangup_signal
 
 INTERRUPTED = 130  # exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
 
 
 def entry() -> int:
-    """The ``bgmrec`` console script: :func:`main`, with SIGTERM (a scheduler's or ``timeout``'s stop) ending
-    the command as Ctrl-C does, through its clean-up (a run or dataset half built under a temporary name is
-    removed), with exit code 143 (:func:`install_stop_handlers`)."""
+    """The ``bgmrec`` console script: :func:`main`, with SIGTERM (a scheduler's or ``timeout``'s stop) and SIGHUP (a
+    closed terminal or ssh session) ending the command as Ctrl-C does, through its clean-up (a run or dataset half
+    built under a temporary name is removed), with exit code 143 and 129 (:func:`install_stop_handlers`)."""
     install_stop_handlers()
     return main()
 
 
+class StoppedBySignal(SystemExit):
+    """SIGTERM's or SIGHUP's stop: the SystemExit of code 128 + the signal's number that
+    :func:`install_stop_handlers` raises, which :func:`main` tells from any other exit."""
+
+
 def install_stop_handlers() -> None:
-    """SIGTERM raises SystemExit(143) and Ctrl-C (SIGINT, unless ignored, as in a shell's background job)
-    KeyboardInterrupt, each outside imports (:func:`stop_outside_imports`)."""
+    """SIGTERM, and SIGHUP unless ignored (``nohup``; :func:`~bgmrec.cli.app.hangup_signal`), raise
+    :class:`StoppedBySignal` (a SystemExit of code 128 + the signal's number), and Ctrl-C (SIGINT, unless
+    ignored, as in a shell's background job) KeyboardInterrupt, each outside imports
+    (:func:`stop_outside_imports`). A SIGHUP killed a command at once: its temporary folders were left behind."""
     import signal
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop_outside_imports(signum, frame, SystemExit(128 + signum)))
+    def stop(signum, frame) -> None:
+        silence_lost_outputs()  # an ssh session's end: its terminal gone before its SIGHUP
+        stop_outside_imports(signum, frame, StoppedBySignal(128 + signum))
+
+    signal.signal(signal.SIGTERM, stop)
+    hup = hangup_signal()
+    if hup is not None:
+        signal.signal(hup, stop)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, lambda signum, frame: stop_outside_imports(signum, frame, KeyboardInterrupt()))
+
+
+def silence_lost_outputs() -> None:
+    """Point standard output and error at the null device where they can no longer be written (an empty write
+    fails: the terminal of an ssh session that ended, EIO): the clean-up a stop runs then ends as it should, its
+    notes unseen, where its first note or progress line raised that error instead of the stop (exit code 1, the
+    best epoch so far not saved). Outputs that work are left alone."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+            except OSError:  # nothing more to do: the stop itself must go on
+                pass
 
 
 _DEFERRED: dict[int, float] = {}  # signal -> when it first arrived inside an import (a stop put off)
@@ -75,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     from bgmrec.runs import running_command
 
     args = sys.argv[1:] if argv is None else list(argv)
+    STOP_NOTES.clear()
     try:
         with running_command(args):  # what records keep as the command's arguments
             code = app(args=args, prog_name="bgmrec", standalone_mode=False)
+    except StoppedBySignal as e:  # SIGTERM, SIGHUP
+        return say_stopped(int(e.code))
     except SystemExit as e:  # --help and similar exits
         return int(e.code or 0)
     except typer.TyperException as e:  # usage errors: missing option, unknown command, bad value
@@ -92,5 +126,20 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(e)
     # in this mode typer returns an exit code it would raise (130 for Ctrl-C); the commands themselves return None
     if code == INTERRUPTED:
-        print("aborted (interrupted)", file=sys.stderr)
+        return say_stopped(code)
     return code if type(code) is int else 0
+
+
+def say_stopped(code: int) -> int:
+    """Print the line a command stopped by the signal of exit code ``code`` (128 + its number) ends with, on stderr:
+    ``stopped (SIGINT)``, then what the command said of its stop (:data:`~bgmrec.cli.app.STOP_NOTES`: what it
+    kept, how to continue); return ``code``."""
+    import signal
+
+    try:
+        name = signal.Signals(code - 128).name
+    except ValueError:
+        name = f"exit code {code}"
+    print(f"stopped ({name})" + "".join(f": {note}" for note in STOP_NOTES[:1])
+          + "".join(f"; {note}" for note in STOP_NOTES[1:]), file=sys.stderr)
+    return code

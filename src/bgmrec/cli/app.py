@@ -18,6 +18,40 @@ app = typer.Typer(
 )
 
 
+#: what the command being stopped had to say of its stop (what it kept, how to continue), for the one line
+#: :func:`bgmrec.cli.main` ends it with; gathered by :func:`said_when_stopped`
+STOP_NOTES: list[str] = []
+
+
+@contextmanager
+def said_when_stopped(note: str | None = None) -> Iterator[None]:
+    """Within: a stop (Ctrl-C's KeyboardInterrupt; SIGTERM's or SIGHUP's SystemExit) is raised on, its notes kept in
+    :data:`STOP_NOTES` for the line :func:`bgmrec.cli.main` prints: the notes the library added to it
+    (``BaseException.add_note``: what a stopped training kept, how many points of a grid are done), then ``note``
+    (how to continue, in the command's words)."""
+    from bgmrec.models.base import STOPS
+
+    try:
+        yield
+    except STOPS as stop:
+        STOP_NOTES.extend([*getattr(stop, "__notes__", ()), *([note] if note else [])])
+        raise
+
+
+def hangup_signal() -> int | None:
+    """SIGHUP (a closed terminal or ssh session) when a command may handle it: on a system that has it, from the
+    main thread (where signals are set), and not ignored (``nohup`` ignores it: the command must then outlive the
+    session, as asked); else None."""
+    import signal
+    import threading
+
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(hup) is signal.SIG_IGN:
+        return None
+    return hup
+
+
 def make_console(stderr: bool = False, highlight: bool = True):
     """A Rich console for a command's output: as wide as the terminal on one, else 200 columns (piped or logged,
     tables were wrapped at 80 columns or at a COLUMNS setting, cutting ids and figures)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from bgmrec import runs
-from bgmrec.cli.app import app, make_console, options_named
+from bgmrec.cli.app import app, make_console, options_named, said_when_stopped
 from bgmrec.eval.metrics import expected_metrics
 
 console = make_console()
@@ -207,19 +207,26 @@ def train(
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
     progress: bool = typer.Option(True, help="show each epoch on stderr (a bar on a terminal, else a line each)"),
 ) -> None:
-    """Train a model on the dataset's train split (early stopping on val) and save it."""
+    """Train a model on the dataset's train split (early stopping on val) and save it. Stopped (Ctrl-C, SIGTERM,
+    SIGHUP) after a validated epoch, the best epoch so far is saved as a run at OUT.partial."""
     from bgmrec.models.base import read_run_record
 
     sets = parse_sets(set_)
     epochs = runs.epochs_if_trained_in_epochs(model, epochs, sets)
     before = read_run_record(out) if (out / "config.json").is_file() else None
-    rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher, progress)
+    with said_when_stopped():  # what the stop kept: the best epoch so far, at OUT.partial
+        rec, seconds = runs.train_model(data, model, out, epochs, seed, sets, teacher, progress,
+                                        partial=runs.partial_run_folder(out))
     if before is not None:  # a weekly retrain into one folder lost last week's run, the rollback, without a word
         print(f"note: replaced the run that was at {out} ({before.get('model', 'a model')} trained on "
               f"{before.get('data', 'an unrecorded dataset')}, data fingerprint "
               f"{before.get('data_fingerprint', 'unrecorded')}); to keep runs to roll back to, train each into a "
               "folder of its own", file=sys.stderr)
     runs.warn_if_seed_unused(model, seed, sets)
+    partial = runs.partial_run_folder(out)
+    if "stopped_at_epoch" in read_run_record(partial):  # finished now: the stopped one is kept until removed
+        print(f"note: {partial}, the best epoch of an earlier stopped training of {out}, is left as it was; remove it "
+              "when it is no longer needed", file=sys.stderr)
     best = max((h["val_recall@10"] for h in rec.history if "val_recall@10" in h), default=None)  # none: no val
     epochs_run = len(rec.history)
     console.print(f"saved {model} to {out} ({seconds:.1f} s, {epochs_run} epoch{'s' if epochs_run != 1 else ''}"
@@ -248,7 +255,8 @@ def tune(
 
     from bgmrec.tune import parse_grid, run_grid, tuning_rows
 
-    trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console, resume)
+    with said_when_stopped():  # how many points are done, and the command that finishes the grid
+        trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console, resume)
     head, *rows = tuning_rows(trials)
     t = Table(title=f"{model} on val, best first (written to {out / 'tuning.md'})")
     for i, h in enumerate(head):
@@ -357,13 +365,14 @@ def load_scorer(run: Path, ds, mode: str | None):
 
 def run_warnings(loaded: dict[Path, object], data: Path, split: str) -> list[str]:
     """The warnings of ``evaluate`` and ``compare`` on each run folder's loaded model (a run given twice: once):
-    trained on another dataset (with how much of ``split`` it trained on) or other features than ``data``, or
-    its model's code changed. Printed on stderr, and returned for the result's JSON (``warnings``), where a
-    reader of the figures alone sees them too."""
+    trained on another dataset (with how much of ``split`` it trained on) or other features than ``data``, its
+    model's code changed, or its training stopped (a ``train`` stopped keeps its best epoch at ``OUT.partial``).
+    Printed on stderr, and returned for the result's JSON (``warnings``), where a reader of the figures alone sees
+    them too."""
     from bgmrec.eval.scores import is_score_file
 
     said = [[runs.warn_if_trained_on_other_data(folder, data, split=split),
-             runs.warn_if_model_code_changed(folder, rec)]
+             runs.warn_if_model_code_changed(folder, rec), runs.note_if_stopped(folder)]
             if not is_score_file(folder) else rec.notes  # a score file's: said when it was read
             for folder, rec in loaded.items()]
     return [m for pair in said for m in pair if m is not None]
@@ -472,9 +481,10 @@ def bench_quality(
 
     command = command_line(runs.command_argv(), "bgmrec bench quality")
     changed = parse_sets(world, "--world")
-    run_quality(scales.split(","), numbers(seeds, "--seeds", int),
-                out or Path(work) / f"benchmarks{world_label('', changed)}.md", work,
-                models.split(",") if models else None, console, command, resume, changed)
+    with said_when_stopped():  # how many runs are done, and the command that continues
+        run_quality(scales.split(","), numbers(seeds, "--seeds", int),
+                    out or Path(work) / f"benchmarks{world_label('', changed)}.md", work,
+                    models.split(",") if models else None, console, command, resume, changed)
 
 
 @bench_app.command("speed")

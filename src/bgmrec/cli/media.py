@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app, make_console, options_named
+from bgmrec.cli.app import app, make_console, options_named, said_when_stopped
 
 
 def _console(stderr: bool = False):
@@ -50,6 +50,12 @@ def _summary(what: str, report) -> None:
         con.print(f"  ... {len(failures) - 10} more in {out / 'failures.csv'}")
 
 
+def continue_from_cache(cache: Path) -> str:
+    """A stopped extraction's note: what it computed is in ``cache``, which the same command run again reads."""
+    return (f"the vectors extracted so far are kept in the cache ({cache}): the same command run again continues "
+            "from it")
+
+
 @app.command("extract-music")
 def extract_music_cmd(
     audio_dir: Path = typer.Argument(..., help="folder of tracks: wav, mp3, ogg, flac, m4a (recursive)"),
@@ -68,8 +74,9 @@ def extract_music_cmd(
 
     with options_named(sample_rate="--sample-rate", max_seconds="--seconds", workers="--workers"):
         cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)  # checks the options before any work
-        r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
-                          progress=progress)
+        with said_when_stopped(continue_from_cache(cache or out / ".cache" / "audio")):
+            r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
+                              progress=progress)
     _summary("tracks", r)
 
 
@@ -90,7 +97,8 @@ def extract_videos_cmd(
 
     with options_named(frames="--frames", threads="--threads"):
         cfg = VideoConfig(frames=frames, threads=threads)  # checks the options before any work
-    r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
+    with said_when_stopped(continue_from_cache(cache or out / ".cache")):
+        r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
     _summary("videos", r)
 
 

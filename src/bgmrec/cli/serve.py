@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app, options_named
+from bgmrec.cli.app import app, hangup_signal, options_named
 
 
 def check_can_listen(host: str, port: int) -> None:
@@ -112,16 +112,15 @@ def serve_cmd(
 def sighup_as_sigterm():
     """Within: SIGHUP (a closed terminal, a supervisor's reload) stops the server as SIGTERM does, finishing the
     requests in flight (by default it killed the server at once, and the batches being answered got connection
-    resets). Only where SIGHUP has its default action, on the main thread of a system that has it: ``nohup``'s
-    ignored SIGHUP stays ignored, and a server started from another thread (where signals cannot be set) runs
-    as before. The handler before is put back on leaving."""
+    resets; the command line's own handler, :func:`bgmrec.cli.install_stop_handlers`, would raise inside uvicorn's
+    loop). Only where a command may handle SIGHUP (:func:`~bgmrec.cli.app.hangup_signal`): ``nohup``'s ignored
+    SIGHUP stays ignored, and a server started from another thread (where signals cannot be set) runs as before.
+    The handler before is put back on leaving."""
     import os
     import signal
-    import threading
 
-    hup = getattr(signal, "SIGHUP", None)
-    if hup is None or threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(hup) is not signal.SIG_DFL:
+    hup = hangup_signal()
+    if hup is None:
         yield
         return
     before = signal.signal(hup, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))

@@ -498,15 +498,16 @@ def _check_range(arr: np.ndarray, lo: int, hi: int, where: str, fname: str) -> N
 # ---- on-disk format --------------------------------------------------------------------------------
 
 def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_key: str = "format_version",
-                     what: str = "a dataset") -> None:
+                     what: str = "a dataset", rescue: Callable[[Path], None] | None = None) -> None:
     """Build a folder under a temporary name beside ``out``, then rename it into place.
 
     An existing ``out`` is replaced only when it is an empty folder or ``what`` this writer makes: its
     ``marker`` file holds a JSON object with ``version_key`` and no ``kind`` (an extracted catalogue or
-    videos folder has one). Anything else there is refused before any work, never deleted.
+    videos folder has one). Anything else there is refused before any work, never deleted. What a killed
+    write of ``out`` left is tidied first (:func:`recover_killed_write`, given ``rescue``).
     """
     out = Path(out)
-    recover_killed_write(out)
+    recover_killed_write(out, rescue)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
     if out.is_dir() and any(out.iterdir()) and not _written_here(out / marker, version_key):
@@ -539,13 +540,15 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
         raise
 
 
-def recover_killed_write(out: Path) -> None:
+def recover_killed_write(out: Path, rescue: Callable[[Path], None] | None = None) -> None:
     """Tidy what a write of the folder ``out`` by :func:`atomic_write_dir` left when its process was killed
     (``kill -9``, a power cut), which no handler saw: the previous folder, moved aside as ``.NAME.old-PID`` just
     before the new one was to take its place, is put back when ``out`` is missing (the newest, if several; the
-    others, and any when the new one is there, are removed); a half-written ``.NAME.tmp-PID-*`` is removed.
-    Only entries of processes no longer running on this machine are touched (a live writer's are its own; a
-    writer on another host sharing the folder cannot be told from a dead one)."""
+    others, and any when the new one is there, are removed); a half-written ``.NAME.tmp-PID-*`` is removed, after
+    ``rescue`` (when given) was called with it to move out what is worth keeping (a run's finished teacher:
+    :func:`bgmrec.runs.rescue_killed_teacher`). Only entries of processes no longer running on this machine are
+    touched (a live writer's are its own; a writer on another host sharing the folder cannot be told from a dead
+    one)."""
     out = Path(out)
     if not out.parent.is_dir():
         return
@@ -566,6 +569,8 @@ def recover_killed_write(out: Path) -> None:
                 continue
             print(f"note: {out}: put back the previous folder, which a killed write had moved aside", file=sys.stderr)
         else:
+            if rescue is not None and not is_old:
+                rescue(entry)
             shutil.rmtree(entry, ignore_errors=True)
 
 

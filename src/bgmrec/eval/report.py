@@ -304,9 +304,7 @@ def plot_recall_curves(results: list[dict], split: str, out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def plot_genre_shares(results: list[dict], split: str, out: Path) -> Path:
@@ -327,9 +325,20 @@ def plot_genre_shares(results: list[dict], split: str, out: Path) -> Path:
     ax.set_title(f"Genre exposure in top-10 lists vs the truth, {split}")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
+
+
+def save_figure(fig, out: Path, dpi: int) -> Path:
+    """Write the matplotlib figure ``fig`` to ``out`` (its format by the suffix) through a temporary file renamed
+    into place (:func:`~bgmrec.data.dataset.replace_atomically`): a stop or failure while it is drawn leaves the
+    earlier plot whole, never a truncated one, and no temporary file; then close it."""
+    from bgmrec.data.dataset import replace_atomically
+
+    try:
+        replace_atomically(Path(out), lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(out).suffix.lstrip(".")))
+    finally:
+        pyplot().close(fig)
+    return Path(out)
 
 
 def pyplot():

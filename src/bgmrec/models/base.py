@@ -425,6 +425,22 @@ class ModelConfig:
         check_bounds(self, seed=">= 0")
 
 
+#: what a stop raises: Ctrl-C's KeyboardInterrupt, and the SystemExit the command line turns SIGTERM and SIGHUP into
+#: (:func:`bgmrec.cli.install_stop_handlers`)
+STOPS = (KeyboardInterrupt, SystemExit)
+
+
+@dataclass(frozen=True)
+class StoppedFit:
+    """Where a ``fit`` stopped (:data:`STOPS`) after a validated epoch ended, the model holding that epoch's state
+    (:attr:`Recommender.stopped`)."""
+
+    epoch: int  # the epoch running when the stop came (1-based; the epochs before it are the model's history)
+    epochs: int  # of how many (the config's ``epochs``)
+    best_epoch: int  # the epoch whose state the model holds: the best on val so far
+    best_recall: float  # its val Recall@10 (early stopping's subset of val)
+
+
 # ---- the contract --------------------------------------------------------------------------------------
 
 class Recommender(ABC):
@@ -455,11 +471,16 @@ class Recommender(ABC):
     fitted: bool = False
     #: True while ``fit`` runs (its validation encodes the model before it is fitted)
     fitting: bool = False
+    #: set by a ``fit`` stopped (:data:`STOPS`) that left the model holding its best epoch so far, which it then
+    #: re-raises: the model is then :attr:`fitted` (None after any other ``fit``)
+    stopped: StoppedFit | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap the ``fit`` a subclass defines: it first refuses a config changed since the model was built
         (:meth:`check_config_unchanged`), and marks the model fitted when it returns: :meth:`save`, ``encode_videos``
-        and ``encode_music`` refuse a model never fitted (its weights are its initialisation: at random)."""
+        and ``encode_music`` refuse a model never fitted (its weights are its initialisation: at random). A ``fit``
+        stopped (:data:`STOPS`) re-raises the stop, and leaves the model fitted only when it set :attr:`stopped`
+        (holding its best epoch so far); any other exception leaves it unfitted."""
         super().__init_subclass__(**kwargs)
         fit = cls.__dict__.get("fit")
         if fit is None or getattr(fit, "marks_fitted", False):
@@ -471,8 +492,12 @@ class Recommender(ABC):
                 return fit(self, *args, **kw)
             self.check_config_unchanged()
             self.fitted, self.fitting = False, True  # a fit that raises leaves it unfitted, even one fitted before
+            self.stopped = None
             try:
                 out = fit(self, *args, **kw)
+            except STOPS:
+                self.fitted = self.stopped is not None  # stopped holding its best epoch so far
+                raise
             finally:
                 self.fitting = False
             self.fitted = True
@@ -529,7 +554,9 @@ class Recommender(ABC):
         """Learn from ``train``; use ``val`` (never test) for early stopping and selection. Call
         :meth:`check_fit_data` first.
 
-        ``progress`` shows a progress bar (the CLI sets it; the library stays quiet by default).
+        ``progress`` shows a progress bar (the CLI sets it; the library stays quiet by default). A stop (Ctrl-C's
+        KeyboardInterrupt; :data:`STOPS`) is raised on; a model that can end there holding its best epoch so far
+        does so, sets :attr:`stopped` and is then :attr:`fitted` (the neural models, once an epoch was validated).
         """
 
     def check_config_unchanged(self) -> None:
