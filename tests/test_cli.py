@@ -1507,6 +1507,26 @@ def test_a_full_disk_is_one_line_naming_the_file(popularity_run, cli_world, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_threads_sets_torchs_threads_for_the_commands_that_train_or_score(popularity_run, cli_world, capsys):
+    # on a loaded 2-core machine training ran 6 times slower with torch's default threads than with one,
+    # and only serve could be told otherwise (a scale audit)
+    import torch
+
+    for command in (["train"], ["tune"], ["evaluate"], ["compare"], ["demo"], ["recommend"],
+                    ["bench", "quality"], ["bench", "gamma"], ["bench", "ceiling"]):
+        assert main([*command, "--help"]) == 0
+        assert "--threads" in capsys.readouterr().out, command
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
+
+
 def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, capsys):
     # piped to a CI log, train printed nothing until it ended, then the bar's last frame, on stdout
     capsys.readouterr()

@@ -60,6 +60,22 @@ def make_console(stderr: bool = False, highlight: bool = True):
     return Console(stderr=stderr, highlight=highlight, width=None if Console(stderr=stderr).is_terminal else 200)
 
 
+def threads_option():
+    """The ``--threads`` option of the commands that train or score with torch (``serve`` has its own)."""
+    return typer.Option(None, "--threads", min=1, help="torch's threads (default: one per core); on a machine "
+                        "other jobs share, --threads 1 can be several times faster (threads wait for each other)")
+
+
+def use_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op threads for this command (None: torch's default, one per core). Waiting
+    for a core another process holds, the default threads ran training 6 times slower than one thread did on a
+    loaded 2-core machine (a scale audit), and no command but serve could be told otherwise."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @contextmanager
 def options_named(**options: str) -> Iterator[None]:
     """The library's config errors inside (:class:`~bgmrec.data.dataset.FieldError`, naming config fields

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from bgmrec import runs
-from bgmrec.cli.app import app, make_console, options_named, said_when_stopped
+from bgmrec.cli.app import app, make_console, options_named, said_when_stopped, threads_option, use_threads
 from bgmrec.eval.metrics import expected_metrics
 
 console = make_console()
@@ -206,9 +206,11 @@ def train(
                                           help="config field override, key=value (repeatable)"),
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
     progress: bool = typer.Option(True, help="show each epoch on stderr (a bar on a terminal, else a line each)"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Train a model on the dataset's train split (early stopping on val) and save it. Stopped (Ctrl-C, SIGTERM,
     SIGHUP) after a validated epoch, the best epoch so far is saved as a run at OUT.partial."""
+    use_threads(threads)
     from bgmrec.models.base import read_run_record
 
     sets = parse_sets(set_)
@@ -249,8 +251,10 @@ def tune(
                                         "per backbone config and shared)"),
     resume: bool = typer.Option(False, help="finish a stopped grid in --out (same arguments): its finished points "
                                 "are loaded, not retrained"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Grid search on val: train every combination of --grid values, rank each on val, compare with the first."""
+    use_threads(threads)
     from rich.table import Table
 
     from bgmrec.tune import parse_grid, run_grid, tuning_rows
@@ -279,8 +283,10 @@ def evaluate(
     ranks_out: Path | None = typer.Option(None, "--ranks", help="write each query's ranks to this CSV (video, track, "
                                                                 "uploader, full_rank, sampled_rank), in the split's "
                                                                 "order: for paired tests of your own"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Evaluate a trained model: full-catalogue ranking, sampled 1+K, IPW and bias figures."""
+    use_threads(threads)
     from bgmrec.data.dataset import load_dataset, write_text_atomic
     from bgmrec.eval.protocol import RANK_KEYS, below_chance
     from bgmrec.eval.protocol import evaluate as run_eval
@@ -404,8 +410,10 @@ def compare(
     resamples: int = typer.Option(10_000, help="bootstrap resamples (and at most as many sign vectors)"),
     level: float = typer.Option(0.95, help="confidence level of the intervals"),
     json_out: Path | None = typer.Option(None, "--json", help="write the comparison to this file (- for stdout)"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Is --run better than --baseline on the same queries? Paired bootstrap interval and randomisation test."""
+    use_threads(threads)
     from rich.markup import escape
     from rich.table import Table
 
@@ -449,8 +457,10 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="folder for data, runs, report.md and plots"),
     seed: int = typer.Option(0, help="world and training seed"),
     models: str | None = typer.Option(None, help="comma-separated model names (default: all)"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Simulate a world, train every model, evaluate them, print the table, write report.md and plots."""
+    use_threads(threads)
     from bgmrec.demo import run_demo
 
     run_demo(scale, out, seed, models.split(",") if models else None, console)
@@ -475,8 +485,10 @@ def bench_quality(
     world: list[str] | None = typer.Option(None, "--world", metavar="KEY=VALUE",
                                            help="a world parameter changed from the presets, "
                                            "key=value as for simulate --set (repeatable; not seed)"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Every model on every split of simulated worlds, mean and spread over seeds -> a Markdown report."""
+    use_threads(threads)
     from bgmrec.bench import command_line, run_quality, world_label
 
     command = command_line(runs.command_argv(), "bgmrec bench quality")
@@ -519,9 +531,11 @@ def bench_ceiling(
                                    "run that mixes one into its content mode (deccm)"),
     fit: bool = typer.Option(True, help="fit the per-track terms (minutes per model at tt150k); --no-fit "
                              "reports the intervened world's table alone"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Each quality-benchmark model as it ranks and with a per-track term fitted to the world's truth,
     against the --intervened models trained on the intervened world (choices redrawn by content alone)."""
+    use_threads(threads)
     from bgmrec.bench import CEILING_MODELS, command_line, run_track_term_ceiling
 
     command = command_line(runs.command_argv(), "bgmrec bench ceiling")
@@ -558,8 +572,10 @@ def bench_gamma(
     scale: str = typer.Option("small", help="world preset"),
     seed: int = typer.Option(0, help="world and training seed"),
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
+    threads: int | None = threads_option(),
 ) -> None:
     """DecCM's gain over CMVAE on test_unbiased as the confounding strength gamma grows."""
+    use_threads(threads)
     from bgmrec.bench import command_line, run_gamma_sweep
 
     run_gamma_sweep(numbers(gammas, "--gammas", float), scale, seed, work, out or Path(work) / "gamma_sweep.md",

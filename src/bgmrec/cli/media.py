@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app, make_console, options_named, said_when_stopped
+from bgmrec.cli.app import app, make_console, options_named, said_when_stopped, threads_option, use_threads
 
 
 def _console(stderr: bool = False):
@@ -192,8 +192,10 @@ def recommend_cmd(
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content; personalised needs an uploader and is not offered here)"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
+    use_threads(threads)
     check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
     if mode == "personalised":
         raise ValueError("recommend: --mode personalised ranks with the uploader's genre taste, which this command "
