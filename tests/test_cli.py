@@ -12,6 +12,7 @@ import typer.main
 from rich.console import Console
 
 import bgmrec.bench
+import bgmrec.train
 from bgmrec.cli import main
 from bgmrec.cli.app import app
 from bgmrec.data.dataset import load_dataset
@@ -1527,7 +1528,7 @@ def test_threads_sets_torchs_threads_for_the_commands_that_train_or_score(popula
     assert "--threads" in capsys.readouterr().err
 
 
-def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, capsys):
+def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, capsys, monkeypatch):
     # piped to a CI log, train printed nothing until it ended, then the bar's last frame, on stdout
     capsys.readouterr()
     assert main(["train", "--data", str(cli_world), "--model", "twotower-infonce", "--out", str(tmp_path / "r"),
@@ -1540,6 +1541,15 @@ def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, c
     assert main(["train", "--data", str(cli_world), "--model", "twotower-infonce", "--out", str(tmp_path / "r"),
                  "--epochs", "2", "--set", "hidden=16", "--set", "latent_dim=8", "--no-progress"]) == 0
     assert " epoch " not in capsys.readouterr().err
+    # within an epoch, a line at most every HEARTBEAT_SECONDS (at scale the first line came after minutes)
+    monkeypatch.setattr(bgmrec.train, "HEARTBEAT_SECONDS", 0.0)
+    assert main(["train", "--data", str(cli_world), "--model", "twotower-infonce", "--out", str(tmp_path / "r"),
+                 "--epochs", "1", "--set", "hidden=16", "--set", "latent_dim=8", "--set", "batch_size=256"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if " epoch " in line]
+    steps = int(lines[0].split(" of ")[1].split()[0])
+    assert [line.rsplit(" (", 1)[0] for line in lines[:-1]] == [
+        f"twotower-infonce epoch 1: step {b} of {steps}" for b in range(1, steps)]  # the last step: the epoch's line
+    assert lines[-1].startswith("twotower-infonce epoch 1 loss ") and lines[-1].endswith(" s)")
 
 
 def test_deccms_teacher_says_whose_it_is_in_the_progress_lines(cli_world, tmp_path, capsys):

@@ -168,7 +168,7 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
     best_epoch = 0  # the epoch of best_state (1-based)
     step, label = 0, model.progress_label or model.name
     try:
-        with _progress(progress, cfg.epochs, label) as show:  # closed however training ends
+        with _progress(progress, cfg.epochs, label) as (show, within):  # closed however training ends
             for epoch in range(cfg.epochs):
                 t0 = time.perf_counter()
                 model.module.train()
@@ -189,6 +189,7 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
                     step += 1
                     for k, v in logs.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
+                    within(epoch, b + 1, steps_per_epoch)
                 model.module.eval()
                 if not all(bool(torch.isfinite(p).all()) for p in params):
                     raise _diverged(model, f"epoch {epoch + 1}: its last step left weights that are not finite")
@@ -222,21 +223,43 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
     return history
 
 
+HEARTBEAT_SECONDS = 60.0  # in a log, a line within an epoch at most this often (an epoch can take minutes)
+
+
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int, name: str) -> Iterator:
-    """A bar of ``total`` epochs on stderr; yields ``show(description)``, which advances it by one epoch. Stopped
-    (the terminal's cursor given back) however the block ends: Ctrl-C and SIGTERM too. Where stderr is not a
-    terminal (a CI log, a file) each epoch is a plain line there instead: a bar drew nothing until its end."""
+    """A bar of ``total`` epochs on stderr; yields ``(show, within)``: ``show(description)`` ends an epoch,
+    ``within(epoch, step, steps)`` says how far the epoch (0-based) is. Stopped (the terminal's cursor given
+    back) however the block ends: Ctrl-C and SIGTERM too. Where stderr is not a terminal (a CI log, a file) each
+    epoch is a plain line there instead (a bar drew nothing until its end), and a line every
+    :data:`HEARTBEAT_SECONDS` within one: at a large dataset's size the first line came only after minutes."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     if enabled and not console.is_terminal:
-        epoch, t0 = iter(range(1, total + 1)), time.perf_counter()
-        yield lambda description: print(f"{description} ({next(epoch)}/{total}, {time.perf_counter() - t0:.0f} s)",
-                                        file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        said = [t0, 0]  # when the last line was printed; epochs ended
+
+        def line(text: str) -> None:
+            said[0] = time.perf_counter()
+            print(text.replace("{seconds}", f"{said[0] - t0:.0f} s"), file=sys.stderr, flush=True)
+
+        def show(description: str) -> None:
+            said[1] += 1
+            line(f"{description} ({said[1]}/{total}, {{seconds}})")
+
+        def within(epoch: int, step: int, steps: int) -> None:
+            if step < steps and time.perf_counter() - said[0] >= HEARTBEAT_SECONDS:
+                line(f"{name} epoch {epoch + 1}: step {step} of {steps} ({{seconds}})")
+        yield show, within
         return
+    ended = [0]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not enabled) as bar:
         task = bar.add_task(name, total=total)
-        yield lambda description: bar.update(task, advance=1, description=description)
+
+        def show_on_bar(description: str) -> None:
+            ended[0] += 1
+            bar.update(task, completed=ended[0], description=description)
+        yield show_on_bar, lambda epoch, step, steps: bar.update(task, completed=epoch + step / steps)
