@@ -497,6 +497,34 @@ def test_sample_negatives_distinct_never_positive_and_uniform():
     np.testing.assert_array_equal(sample_negatives(pos, cand, 5, np.random.default_rng(0), chunk=97), neg)
 
 
+def test_sample_negatives_do_not_depend_on_the_block(monkeypatch):
+    """Blocks of any size, by rows (chunk) or by keys (MAX_BLOCK), draw the same negatives: a simulated world's
+    negatives stay byte-identical whatever the catalogue's width makes the block. A positive that is not a
+    candidate is simply never excluded."""
+    from bgmrec.data import negatives
+
+    cand = np.arange(5, 400)
+    pos = np.random.default_rng(3).integers(0, 410, 1000)  # some below and above the candidates
+    want = negatives.sample_negatives(pos, cand, 20, np.random.default_rng(0))
+    assert not (want == pos[:, None]).any() and np.isin(want, cand).all()
+    for chunk in (1, 7, 999):
+        got = negatives.sample_negatives(pos, cand, 20, np.random.default_rng(0), chunk=chunk)
+        np.testing.assert_array_equal(got, want)
+
+    class Recorded:  # a generator noting the shape of each block of keys
+        def __init__(self):
+            self.rng, self.shapes = np.random.default_rng(0), []
+
+        def random(self, shape):
+            self.shapes.append(shape)
+            return self.rng.random(shape)
+
+    monkeypatch.setattr(negatives, "MAX_BLOCK", 4 * len(cand))  # 4 rows of keys at once
+    rng = Recorded()
+    np.testing.assert_array_equal(negatives.sample_negatives(pos, cand, 20, rng), want)
+    assert set(rng.shapes) == {(4, len(cand))} and len(rng.shapes) == 250
+
+
 def test_sample_negatives_all_others_and_too_many():
     from bgmrec.data.negatives import sample_negatives
 

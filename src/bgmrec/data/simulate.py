@@ -32,7 +32,7 @@ import numpy as np
 
 from bgmrec.bounds import check_bounds
 from bgmrec.data.dataset import Dataset, SplitInfo, load_npy, read_json, save_dataset
-from bgmrec.data.negatives import sample_negatives
+from bgmrec.data.negatives import block_rows, sample_negatives
 
 GENRE_NAMES = ("pop", "hiphop", "electronic", "rock", "classical", "folk", "jazz", "metal", "country", "latin")
 
@@ -190,12 +190,25 @@ def _random_map(rng: np.random.Generator, d_in: int, d_hidden: int, d_out: int):
 
 
 def gumbel_max_choice(rng: np.random.Generator, logits_fn, n: int, chunk: int = 4096) -> np.ndarray:
-    """One index per row drawn from softmax(logits) by Gumbel-max, ``logits_fn(rows)`` computed chunk by chunk."""
+    """One index per row drawn from softmax(logits) by Gumbel-max, ``logits_fn(rows)`` computed block by block
+    (a new float64 array each call: the noise is added to it in place).
+
+    A block holds at most ``chunk`` rows and :data:`~bgmrec.data.negatives.MAX_BLOCK` logits (the first is one
+    row, which tells the width), so memory does not grow with the catalogue: a block is two such arrays, its
+    logits and its noise. The choices do not depend on the blocks: ``rng`` draws the noise row after row
+    whatever their size.
+    """
     out = np.empty(n, np.int64)
-    for s in range(0, n, chunk):
-        rows = np.arange(s, min(n, s + chunk))
+    s, size = 0, 1
+    while s < n:
+        rows = np.arange(s, min(n, s + size))
         lg = logits_fn(rows)
-        out[rows] = np.argmax(lg - np.log(-np.log(rng.random(lg.shape))), axis=1)
+        noise = rng.random(lg.shape)
+        np.log(noise, out=noise)
+        np.negative(noise, out=noise)
+        lg -= np.log(noise, out=noise)  # logits plus Gumbel noise, -log(-log(u)), in place: two arrays, not five
+        out[rows] = np.argmax(lg, axis=1)
+        s, size = int(rows[-1]) + 1, block_rows(chunk, lg.shape[1])
     return out
 
 
