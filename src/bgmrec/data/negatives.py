@@ -42,7 +42,9 @@ def sample_negatives(positives: np.ndarray, candidates: np.ndarray, k: int, rng:
     for start in range(0, len(positives), chunk):
         pos = positives[start:start + chunk]
         keys = rng.random((len(pos), len(candidates)))
-        keys[candidates[None, :] == pos[:, None]] = np.inf  # the positive is never among the k smallest
+        at = np.minimum(np.searchsorted(candidates, pos), len(candidates) - 1)  # the positive's column, if a candidate
+        hit = candidates[at] == pos
+        keys[np.flatnonzero(hit), at[hit]] = np.inf  # the positive is never among the k smallest
         pick = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < len(candidates) else np.argsort(keys, 1)
         out[start:start + chunk] = candidates[pick[:, :k]]
     return out
