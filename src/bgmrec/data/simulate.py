@@ -25,6 +25,7 @@ so that :class:`bgmrec.models.oracle.Oracle` can rank by the true logits.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -214,8 +215,11 @@ def gumbel_max_choice(rng: np.random.Generator, logits_fn, n: int, chunk: int = 
     return out
 
 
-def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
-    """Draw a world from ``config``. Pure: same config, same arrays."""
+def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None) -> tuple[Dataset, WorldTruth]:
+    """Draw a world from ``config``. Pure: same config, same arrays. ``progress(step)``, when given, is called as
+    each step starts ("1,000 tracks", ..., "frozen negatives"), for a command to show (an app-sized world takes
+    minutes); it draws nothing."""
+    step = progress or (lambda what: None)
     c = config
     g_count = c.n_genres
     shares = np.asarray(c.genre_shares, np.float64)
@@ -229,7 +233,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     d = c.content_dim
     n_all = c.n_videos + c.n_pgc_videos
 
-    # tracks
+    step(f"{c.n_tracks:,} tracks")
     centroids = r_struct.normal(0, c.genre_spread, (g_count, d))
     track_genre = r_track.choice(g_count, size=c.n_tracks, p=shares)
     track_content = centroids[track_genre] + r_track.normal(0, c.track_spread, (c.n_tracks, d))
@@ -238,7 +242,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     track_new = np.zeros(c.n_tracks, bool)
     track_new[r_track.permutation(c.n_tracks)[: int(round(c.new_track_share * c.n_tracks))]] = True
 
-    # uploaders
+    step(f"{c.n_uploaders:,} uploaders")
     uploader_pref = r_upl.dirichlet(c.pref_concentration * g_count * shares, size=c.n_uploaders)
     uploader_pref = np.maximum(uploader_pref, 1e-6)
     uploader_pref /= uploader_pref.sum(axis=1, keepdims=True)
@@ -247,7 +251,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
         r_upl.choice(c.n_uploaders, size=c.n_videos, p=activity / activity.sum()),
         np.full(c.n_pgc_videos, -1)])
 
-    # videos: the genre a video's content evokes leans to its uploader's taste for a share of uploads
+    step(f"{n_all:,} videos")  # the genre a video's content evokes leans to its uploader's taste for a share of uploads
     lean = r_video.random(n_all) < c.content_lean
     evoked = r_video.choice(g_count, size=n_all, p=shares)
     ugc_lean = np.flatnonzero(lean[: c.n_videos])
@@ -255,7 +259,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     evoked[ugc_lean] = np.minimum((cum < r_video.random((len(ugc_lean), 1))).sum(axis=1), g_count - 1)
     video_content = centroids[evoked] + r_video.normal(0, c.video_spread, (n_all, d))
 
-    # features
+    step("features")
     visual_map = _random_map(r_struct, d, c.hidden_dim, c.visual_dim)
     text_map = _random_map(r_struct, d, c.hidden_dim, c.text_dim)
     music_map = _random_map(r_struct, d + g_count, c.hidden_dim, c.music_dim)
@@ -285,7 +289,9 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     def logits(split: str, vids: np.ndarray, tracks: np.ndarray | None = None):
         return lambda rows: truth.logits(split, vids[rows], pref_of[vids[rows]], track_genre, tracks)
 
+    step(f"the music of {len(ugc):,} uploads")
     ugc_choice = gumbel_max_choice(r_choice, logits("biased", ugc), len(ugc))
+    step(f"the music of {len(pgc):,} professional videos")
     pgc_choice = existing[gumbel_max_choice(r_choice, logits("content", pgc, existing), len(pgc))]
 
     chose_new = track_new[ugc_choice]
@@ -293,6 +299,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     n_val, n_test = int(c.val_share * len(old_rows)), int(c.test_share * len(old_rows))
     parts = {"val": np.sort(old_rows[:n_val]), "test": np.sort(old_rows[n_val:n_val + n_test]),
              "train": np.sort(old_rows[n_val + n_test:]), "test_new_music": np.flatnonzero(chose_new)}
+    step(f"the music of test_unbiased's {len(parts['test']):,} videos")
     unbiased_choice = existing[gumbel_max_choice(r_choice, logits("content", parts["test"], existing),
                                                  len(parts["test"]))]
 
@@ -308,6 +315,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
         "test_unbiased": SplitInfo("test", "existing"), "pgc": SplitInfo("teacher", "existing"),
     }
     truth.processes = {s: processes["content" if s in ("test_unbiased", "pgc") else "biased"] for s in split_info}
+    step("frozen negatives")
     negatives = {}
     for s in ("val", "test", "test_new_music", "test_unbiased"):
         if len(splits[s]) == 0:
@@ -350,6 +358,17 @@ def save_world(ds: Dataset, truth: WorldTruth, out: Path) -> Path:
     meta = {"truth/world.json": {"config": truth.config.to_json(),
                                  "processes": {s: asdict(p) for s, p in truth.processes.items()}}}
     return save_dataset(ds, out, arrays, meta)
+
+
+def simulate_and_save(config: WorldConfig, out: Path, progress: Callable[[str], None] | None = None,
+                      ) -> tuple[Dataset, WorldTruth]:
+    """:func:`simulate` then :func:`save_world` into ``out``; ``progress`` as :func:`simulate` takes it, told
+    "writing OUT" last."""
+    ds, truth = simulate(config, progress)
+    if progress is not None:
+        progress(f"writing {out}")
+    save_world(ds, truth, out)
+    return ds, truth
 
 
 def load_truth(root: Path) -> WorldTruth:

@@ -1,4 +1,4 @@
-"""Shared plumbing of the media extractors: content-hash cache, failure report, progress bar.
+"""Shared plumbing of the media extractors: content-hash cache, failure report, progress bar (and steps).
 
 Cache layout (one folder per extractor, by default ``<OUT_DIR>/.cache/<namespace>/``)::
 
@@ -257,6 +257,26 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
                   TimeElapsedColumn(), TimeRemainingColumn(), transient=False, console=console) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
+
+
+@contextlib.contextmanager
+def progress_steps(description: str, enabled: bool = True) -> Iterator:
+    """A task's steps on stderr; yields ``step(what)``, to call as each step starts. On a terminal a Rich status
+    line shows the step; where stderr is not a terminal (a CI log, a file) a plain line says each step with the
+    seconds since the start instead: a status showed nothing there, for minutes. A no-op when ``enabled`` is
+    False."""
+    if not enabled:
+        yield lambda what: None
+        return
+    from rich.console import Console
+
+    console, t0 = Console(stderr=True), time.perf_counter()
+    if not console.is_terminal:
+        yield lambda what: print(f"{description}: {what} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr,
+                                 flush=True)
+        return
+    with console.status(description) as status:
+        yield lambda what: status.update(f"{description}: {what}")
 
 
 def csv_records(reader, path: Path) -> Iterator[tuple[int, list[str]]]:
