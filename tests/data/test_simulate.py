@@ -228,6 +228,19 @@ def test_negatives_are_frozen_valid_and_exclude_the_positive(tiny_world):
     assert ds.negatives["test_new_music"].shape[1] == int(ds.track_new.sum()) - 1
 
 
+def test_the_val_and_test_splits_and_no_others_have_frozen_negatives(tiny_world):
+    """Which splits get negatives follows the splits' roles (a split added to WORLD_SPLITS with role test gets
+    them, one with role train does not), not a list of names; the uploads are drawn once, by one process."""
+    from bgmrec.data.simulate import UPLOAD_SPLITS, WORLD_SPLITS
+
+    ds, truth = tiny_world
+    assert set(ds.negatives) == {s for s, info in ds.split_info.items() if info.role in ("val", "test")} == {
+        "val", "test", "test_new_music", "test_unbiased"}
+    assert ds.split_info == {s: split.info for s, split in WORLD_SPLITS.items()} and list(ds.split_info) == list(
+        truth.processes)
+    assert set(UPLOAD_SPLITS) <= set(WORLD_SPLITS) and len({WORLD_SPLITS[s].process for s in UPLOAD_SPLITS}) == 1
+
+
 def test_truth_round_trip_and_logits(tiny_world, tiny_dir):
     ds, truth = tiny_world
     back = load_truth(tiny_dir)

@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -149,6 +150,28 @@ class SplitProcess:
     beta: float
     gamma: float
     delta: float
+
+
+class WorldSplit(NamedTuple):
+    """One split of the simulated world: how it is used and which selection process drew its positives."""
+
+    info: SplitInfo  # its role and candidate tracks (the dataset's manifest)
+    process: str  # "biased" (the uploads' choice: beta, gamma, delta) or "content" (beta alone)
+
+
+# every split of a simulated world, in the order of its manifest's split_info and truth's processes. train, val,
+# test and test_new_music divide the uploads, whose music is drawn once, by their one process; test_unbiased
+# redraws test's music and pgc is the professional videos' music
+WORLD_SPLITS: dict[str, WorldSplit] = {
+    "train": WorldSplit(SplitInfo("train", "existing"), "biased"),
+    "val": WorldSplit(SplitInfo("val", "existing"), "biased"),
+    "test": WorldSplit(SplitInfo("test", "existing"), "biased"),
+    "test_new_music": WorldSplit(SplitInfo("test", "new"), "biased"),
+    "test_unbiased": WorldSplit(SplitInfo("test", "existing"), "content"),
+    "pgc": WorldSplit(SplitInfo("teacher", "existing"), "content"),
+}
+EVALUATED_ROLES = ("val", "test")  # splits of these roles get frozen negatives (the sampled protocol), in order
+UPLOAD_SPLITS = ("train", "val", "test", "test_new_music")  # the splits that divide the uploads
 
 
 @dataclass
@@ -286,13 +309,14 @@ def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None)
     existing = np.flatnonzero(~track_new)
     pref_of = uploader_pref[np.maximum(video_uploader, 0)]
 
-    def logits(split: str, vids: np.ndarray, tracks: np.ndarray | None = None):
-        return lambda rows: truth.logits(split, vids[rows], pref_of[vids[rows]], track_genre, tracks)
+    def logits(split: str, vids: np.ndarray, tracks: np.ndarray | None = None):  # by the process of split
+        process = WORLD_SPLITS[split].process
+        return lambda rows: truth.logits(process, vids[rows], pref_of[vids[rows]], track_genre, tracks)
 
     step(f"the music of {len(ugc):,} uploads")
-    ugc_choice = gumbel_max_choice(r_choice, logits("biased", ugc), len(ugc))
+    ugc_choice = gumbel_max_choice(r_choice, logits(UPLOAD_SPLITS[0], ugc), len(ugc))
     step(f"the music of {len(pgc):,} professional videos")
-    pgc_choice = existing[gumbel_max_choice(r_choice, logits("content", pgc, existing), len(pgc))]
+    pgc_choice = existing[gumbel_max_choice(r_choice, logits("pgc", pgc, existing), len(pgc))]
 
     chose_new = track_new[ugc_choice]
     old_rows = r_split.permutation(np.flatnonzero(~chose_new))
@@ -300,7 +324,7 @@ def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None)
     parts = {"val": np.sort(old_rows[:n_val]), "test": np.sort(old_rows[n_val:n_val + n_test]),
              "train": np.sort(old_rows[n_val + n_test:]), "test_new_music": np.flatnonzero(chose_new)}
     step(f"the music of test_unbiased's {len(parts['test']):,} videos")
-    unbiased_choice = existing[gumbel_max_choice(r_choice, logits("content", parts["test"], existing),
+    unbiased_choice = existing[gumbel_max_choice(r_choice, logits("test_unbiased", parts["test"], existing),
                                                  len(parts["test"]))]
 
     def rows(vids, tracks):
@@ -309,16 +333,12 @@ def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None)
     splits = {name: rows(v, ugc_choice[v]) for name, v in parts.items()}
     splits["test_unbiased"] = rows(parts["test"], unbiased_choice)
     splits["pgc"] = rows(pgc, pgc_choice)
-    split_info = {
-        "train": SplitInfo("train", "existing"), "val": SplitInfo("val", "existing"),
-        "test": SplitInfo("test", "existing"), "test_new_music": SplitInfo("test", "new"),
-        "test_unbiased": SplitInfo("test", "existing"), "pgc": SplitInfo("teacher", "existing"),
-    }
-    truth.processes = {s: processes["content" if s in ("test_unbiased", "pgc") else "biased"] for s in split_info}
+    split_info = {name: split.info for name, split in WORLD_SPLITS.items()}
+    truth.processes = {name: processes[split.process] for name, split in WORLD_SPLITS.items()}
     step("frozen negatives")
     negatives = {}
-    for s in ("val", "test", "test_new_music", "test_unbiased"):
-        if len(splits[s]) == 0:
+    for s, info in split_info.items():
+        if info.role not in EVALUATED_ROLES or len(splits[s]) == 0:
             continue
         cand = np.flatnonzero(track_new) if split_info[s].candidates == "new" else existing
         negatives[s] = sample_negatives(splits[s][:, 1], cand, min(c.n_negatives, len(cand) - 1), r_neg)
