@@ -284,6 +284,22 @@ def test_a_world_parameter_out_of_range_is_named(override, words):
         world_config("tiny", **override)
 
 
+def test_every_numeric_world_parameter_has_a_range_or_a_reason_it_has_none():
+    """A parameter added to WorldConfig without a rule in _WORLD_BOUNDS is not range-checked at all (a bad value
+    fails somewhere inside simulate, or makes an odd world without a word): give it one, or say in
+    _WORLD_UNBOUNDED why any value will do (every float is checked to be finite whatever it is)."""
+    from dataclasses import fields
+
+    from bgmrec.data.simulate import _WORLD_BOUNDS, _WORLD_UNBOUNDED
+
+    bounded = [name for names in _WORLD_BOUNDS.values() for name in names]
+    numeric = {f.name for f in fields(WorldConfig) if re.search(r"\b(int|float)\b", str(f.type))}
+    assert len(bounded) == len(set(bounded)), "a parameter under two rules"
+    assert not set(bounded) & set(_WORLD_UNBOUNDED), "a parameter both bounded and exempt"
+    assert set(bounded) | set(_WORLD_UNBOUNDED) == numeric, "bound each, or give the reason it needs none"
+    assert all(len(reason) > 20 for reason in _WORLD_UNBOUNDED.values())
+
+
 def test_val_and_test_take_their_shares_of_the_existing_music_uploads(tiny_world):
     ds, truth = tiny_world
     cfg = truth.config

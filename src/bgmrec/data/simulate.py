@@ -141,6 +141,12 @@ _WORLD_BOUNDS = {  # rule -> the WorldConfig fields it bounds (checked on constr
     "in [0, 1]": ("content_lean", "text_unrelated_share", "text_empty_share"),
     "in [0, 1)": ("new_track_share", "val_share", "test_share"),
 }
+_WORLD_UNBOUNDED = {  # WorldConfig's numeric fields without a range in _WORLD_BOUNDS, and why (a test holds to it)
+    "beta": "a weight of a choice logit: any finite value is a world (negative: videos avoid matching music)",
+    "gamma": "a weight of a choice logit: any finite value is a world (negative: uploaders avoid their taste)",
+    "delta": "a weight of a choice logit: any finite value is a world (negative: popular tracks are avoided)",
+    "genre_shares": "checked in __post_init__ (positive shares) and simulate (summing to 1)",
+}
 
 
 @dataclass(frozen=True)
