@@ -512,19 +512,20 @@ def arrays_sha256(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def check_manifest_content(root: Path, manifest: dict, files: str, arrays: tuple[np.ndarray, ...], count_key: str,
-                           count: int) -> None:
+def check_manifest_content(root: Path, manifest: dict, files: str, arrays: tuple[np.ndarray, ...] | None,
+                           count_key: str, count: int) -> None:
     """Refuse an extracted folder whose arrays (the files ``files`` names) are not those its ``manifest.json``
     records (``content_hash``), or whose row count differs from the manifest's ``counts[count_key]``: a file
     changed, swapped or copied in part since extraction, whose rows would be served as other inputs' (the hash
-    and the count are checked when the manifest has them; hand-made folders may leave them out)."""
+    and the count are checked when the manifest has them; hand-made folders may leave them out). ``arrays``
+    None: the count alone (the hash reads every byte of the arrays)."""
     from bgmrec.data.dataset import DatasetError
 
     recorded = (manifest.get("counts") or {}).get(count_key)
     if recorded is not None and recorded != count:
         raise DatasetError(f"{root}/manifest.json: counts.{count_key} is {recorded}, but the folder holds {count} "
                            "rows; it was changed since it was extracted: extract it again")
-    recorded = manifest.get("content_hash")
+    recorded = manifest.get("content_hash") if arrays is not None else None
     if recorded is not None and recorded != (found := arrays_sha256(*arrays)):
         raise DatasetError(f"{root}/{files}: not the content manifest.json records (content_hash {recorded[:12]}..., "
                            f"found {found[:12]}...): changed, or copied in part, since it was extracted; extract "
