@@ -473,6 +473,22 @@ def test_unsigned_and_narrow_integer_ids_load_as_int64(tiny_copy):
     np.testing.assert_array_equal(ds.splits["test"], np.load(tiny_copy / "splits/test.npy").astype(np.int64))
 
 
+def test_float_matrices_are_checked_a_block_of_rows_at_a_time_naming_the_row(monkeypatch):
+    import bgmrec.data.dataset as dataset
+
+    monkeypatch.setattr(dataset, "CHECK_ROWS", 2)
+    m = np.zeros((7, 3))
+    dataset.check_float_matrix(m, (7, 3), "w", "f.npy")
+    m[5, 1] = np.nan
+    with pytest.raises(DatasetError, match=re.escape("w/f.npy: expected finite values (row [5] has NaN or inf)")):
+        dataset.check_float_matrix(m, (7, 3), "w", "f.npy")
+    dataset.check_float_matrix(m, (7, 3), "w", "f.npy", rows=np.array([6, 0, 4]))  # row 5 is not read
+    m[5, 1], m[6, 0] = 0.0, 1e300
+    with pytest.raises(DatasetError, match=re.escape("w/f.npy: expected values within float32's range, as features "
+                                                     "are stored and used (row [6] has 1e+300")):
+        dataset.check_float_matrix(m, (7, 3), "w", "f.npy")
+
+
 # ---- frozen negatives ------------------------------------------------------------------------------
 
 def test_sample_negatives_distinct_never_positive_and_uniform():

@@ -415,27 +415,31 @@ def _check_shape(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
     _expect(ok, where, fname, f"shape {want}, found {list(arr.shape)}")
 
 
+CHECK_ROWS = 8192  # rows whose values check_float_matrix checks at once: its temporaries never a copy of the matrix
+
+
 def check_float_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str, rows: np.ndarray | None = None) -> None:
     """A :class:`DatasetError` naming ``where/fname`` unless ``arr`` has ``shape`` (None: any size), a float
     dtype and finite rows within float32's range, as features are used (the first row with NaN or inf named,
     or with a float64 value float32 cannot hold, which the cast would make inf). ``rows`` (positions): only
     those rows' values are checked, and read (of a memory-mapped matrix, the others stay on disk); the
-    shape and dtype are the whole matrix's."""
+    shape and dtype are the whole matrix's. Values are checked :data:`CHECK_ROWS` rows at a time."""
     _check_shape(arr, shape, where, fname)
     _expect(np.issubdtype(arr.dtype, np.floating), where, fname, f"a float array, found {arr.dtype}")
     at = np.arange(len(arr)) if rows is None else np.asarray(rows, np.int64).reshape(-1)
-    values = arr if rows is None else arr[at]
-    finite = np.isfinite(values).all(axis=tuple(range(1, arr.ndim))) if values.size else np.ones(len(at), bool)
-    bad = at[~finite]
-    _expect(bad.size == 0, where, fname, f"finite values (row {bad[:1].tolist()} has NaN or inf)")
-    if arr.dtype.itemsize > 4 and values.size:
-        largest = float(np.finfo(np.float32).max)
-        axes = tuple(range(1, arr.ndim))
-        beyond = at[np.concatenate([np.flatnonzero((np.abs(values[s:s + 8192]) > largest).any(axis=axes)) + s
-                                    for s in range(0, len(values), 8192)])]  # in parts: not a second copy
-        if beyond.size:
-            _expect(False, where, fname, f"values within float32's range, as features are stored and used (row "
-                                         f"[{beyond[0]}] has {np.abs(arr[beyond[0]]).max():.3g}, beyond {largest:.3g})")
+    axes = tuple(range(1, arr.ndim))
+    largest = float(np.finfo(np.float32).max)
+    for s in range(0, len(at), CHECK_ROWS):
+        part = at[s:s + CHECK_ROWS]
+        values = arr[part[0]:part[-1] + 1] if rows is None else arr[part]
+        bad = part[~np.isfinite(values).all(axis=axes)]
+        _expect(bad.size == 0, where, fname, f"finite values (row {bad[:1].tolist()} has NaN or inf)")
+        if arr.dtype.itemsize > 4:
+            beyond = part[(np.abs(values) > largest).any(axis=axes)]
+            if beyond.size:
+                _expect(False, where, fname, f"values within float32's range, as features are stored and used (row "
+                                             f"[{beyond[0]}] has {np.abs(arr[beyond[0]]).max():.3g}, beyond "
+                                             f"{largest:.3g})")
 
 
 SPREAD_RATIO = 100.0  # a feature's standard deviation this many times its robust spread is set by rows far out
