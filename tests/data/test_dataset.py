@@ -489,6 +489,23 @@ def test_float_matrices_are_checked_a_block_of_rows_at_a_time_naming_the_row(mon
         dataset.check_float_matrix(m, (7, 3), "w", "f.npy")
 
 
+def test_rows_saved_in_blocks_are_the_bytes_np_save_writes(tmp_path, monkeypatch, tiny_ds):
+    import io
+
+    import bgmrec.data.dataset as dataset
+
+    monkeypatch.setattr(dataset, "CHECK_ROWS", 3)
+    source = np.random.default_rng(0).standard_normal((10, 4, 2))  # float64, saved as float32
+    np.save(tmp_path / "source.npy", source)
+    for rows in ([7, 0, 3, 3, 9, 1, 2], [], [4]):
+        saved = io.BytesIO()
+        np.save(saved, source[rows].astype(np.float32))
+        back = dataset.save_npy_rows(tmp_path / "rows.npy", np.load(tmp_path / "source.npy", mmap_mode="r"), rows)
+        assert (tmp_path / "rows.npy").read_bytes() == saved.getvalue() and back.shape == (len(rows), 4, 2)
+    with pytest.raises(ValueError, match=r"written names files that are not the dataset's feature arrays: \['x.npy'\]"):
+        dataset.save_dataset(tiny_ds, tmp_path / "d", written={"x.npy": tmp_path / "rows.npy"})
+
+
 # ---- frozen negatives ------------------------------------------------------------------------------
 
 def test_sample_negatives_distinct_never_positive_and_uniform():

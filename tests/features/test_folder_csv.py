@@ -223,3 +223,18 @@ def test_one_video_read_alone_is_its_row_of_the_folder_and_only_its_values_are_c
     assert load_video_row(root, "v1").ids == ["v1"]  # another row's inf is not read
     with pytest.raises(DatasetError, match=re.escape("v/text.npy: expected finite values (row [3] has NaN or inf)")):
         load_video_row(root, "v3")  # named by its row in the file
+
+
+def test_a_videos_folder_memory_mapped_holds_what_it_loads_and_is_checked_alike(tmp_path):
+    root = mf.write_videos_folder(tmp_path / "v", 5, no_text=(1,))
+    loaded, mapped = load_video_features(root), load_video_features(root, mmap=True)
+    assert isinstance(mapped.visual, np.memmap) and isinstance(mapped.text, np.memmap)
+    assert (mapped.ids, mapped.file, mapped.caption, mapped.manifest) == (loaded.ids, loaded.file, loaded.caption,
+                                                                          loaded.manifest)
+    for name in ("visual", "text", "text_mask"):
+        np.testing.assert_array_equal(getattr(mapped, name), getattr(loaded, name))
+    for case in ("visual rows swapped", "visual NaN", "video count edited"):
+        damaged = mf.write_videos_folder(tmp_path / case, 3)
+        DAMAGED[case][1](damaged)
+        with pytest.raises(DatasetError, match=re.escape(DAMAGED[case][2].removeprefix("v/"))):
+            load_video_features(damaged, mmap=True)

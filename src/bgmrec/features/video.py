@@ -419,13 +419,14 @@ def caption_rows(path: Path) -> dict[str, tuple[int, tuple[str, str]]]:
 
 @dataclass
 class VideoFeatures:
-    """A videos folder loaded into memory (see the module docstring for the format)."""
+    """A videos folder loaded into memory, or with its arrays memory-mapped (``load_video_features(root,
+    mmap=True)``); see the module docstring for the format."""
 
     ids: list[str]
     file: list[str]
     caption: list[str]
-    visual: np.ndarray  # float32 [N, 1280]
-    text: np.ndarray  # float32 [N, 384]
+    visual: np.ndarray  # float32 [N, 1280] (memory-mapped: as stored)
+    text: np.ndarray  # float32 [N, 384] (memory-mapped: as stored)
     text_mask: np.ndarray  # bool [N]
     manifest: dict = field(default_factory=dict)
     root: Path | None = None
@@ -591,10 +592,12 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                          added=added)
 
 
-def load_video_features(root: Path) -> VideoFeatures:
+def load_video_features(root: Path, mmap: bool = False) -> VideoFeatures:
     """Load and check a videos folder written by :func:`extract_videos`: every row's values, and the arrays'
-    bytes against the manifest's ``content_hash``."""
-    return _load_videos(Path(root))
+    bytes against the manifest's ``content_hash``. ``mmap``: the arrays memory-mapped as stored (float32 as
+    extract-videos writes them, else cast where used), read a block at a time to be checked and hashed, not
+    loaded (``build-dataset`` copies only the rows it keeps)."""
+    return _load_videos(Path(root), mmap=mmap)
 
 
 def load_video_row(root: Path, video_id: str) -> VideoFeatures:
@@ -607,15 +610,15 @@ def load_video_row(root: Path, video_id: str) -> VideoFeatures:
     within float32's range), but not the manifest's ``content_hash``, which reads every byte of the arrays: an
     array edited in place since extraction, its shape kept, is refused by :func:`load_video_features` (and so by
     ``build-dataset``), not here. An id not in the folder is a :class:`DatasetError` naming it."""
-    return _load_videos(Path(root), video_id)
+    return _load_videos(Path(root), video_id, mmap=True)
 
 
-def _load_videos(root: Path, video_id: str | None = None) -> VideoFeatures:
-    """:func:`load_video_features` (``video_id`` None: the whole folder, loaded) or :func:`load_video_row`."""
+def _load_videos(root: Path, video_id: str | None = None, mmap: bool = False) -> VideoFeatures:
+    """:func:`load_video_features` (``video_id`` None: the whole folder) or :func:`load_video_row`."""
     whole = video_id is None
     man = read_manifest(root, VIDEOS_KIND, "video features")
     rows = read_csv_utf8(root / "videos.csv", ("id", "file", "caption"))
-    arrays = {name: load_npy(root / name, f"{root}/{name}", mmap=not whole)
+    arrays = {name: load_npy(root / name, f"{root}/{name}", mmap=mmap)
               for name in ("visual.npy", "text.npy", "text_mask.npy")}
     n = len(rows)
     floats = {"visual.npy": (n, VISUAL_DIM), "text.npy": (n, TEXT_DIM)}
@@ -639,7 +642,8 @@ def _load_videos(root: Path, video_id: str | None = None) -> VideoFeatures:
     vf = VideoFeatures(ids, [r["file"] for r in rows], [r["caption"] for r in rows], arrays["visual.npy"],
                        arrays["text.npy"], arrays["text_mask.npy"], man, root)
     if whole:
-        vf.visual, vf.text = np.asarray(vf.visual, np.float32), np.asarray(vf.text, np.float32)
+        if not mmap:
+            vf.visual, vf.text = np.asarray(vf.visual, np.float32), np.asarray(vf.text, np.float32)
         return vf
     i = vf.position(video_id)
     for name, shape in floats.items():
