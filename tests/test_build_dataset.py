@@ -100,6 +100,40 @@ def test_a_dataset_does_not_depend_on_the_order_of_the_folders_rows(tmp_path, fo
     assert all(np.array_equal(a.negatives[s], b.negatives[s]) for s in a.negatives)
 
 
+def test_the_kept_rows_are_copied_a_block_at_a_time_into_the_files_np_save_writes(tmp_path, folders, monkeypatch):
+    """build-dataset memory-maps the videos folder and copies the rows it keeps, in id order, a block at a time into
+    the dataset's files (it held them thrice: loaded, sorted by id, selected); the files hold np.save's bytes of
+    those rows, and its scratch folder beside the dataset is gone afterwards, after a failure too."""
+    import io
+
+    import bgmrec.data.build as build
+    import bgmrec.data.dataset as dataset
+    from bgmrec.features.video import load_video_features
+
+    monkeypatch.setattr(dataset, "CHECK_ROWS", 4)  # several blocks of 30 videos
+    _, cat = folders
+    shuffled = mf.write_videos_folder(tmp_path / "shuffled", 30, no_text=(3, 4),
+                                      order=list(np.random.default_rng(5).permutation(30)))
+    ds = build_dataset(shuffled, cat, write_pairs(tmp_path / "pairs.csv", n_videos=20), tmp_path / "d")
+    full = load_video_features(shuffled)
+    kept = [full.ids.index(v) for v in ds.video_ids]
+    for name in ("visual", "text"):
+        saved = io.BytesIO()
+        np.save(saved, getattr(full, name)[kept])
+        assert (tmp_path / "d" / "features" / f"video_{name}.npy").read_bytes() == saved.getvalue(), name
+    np.testing.assert_array_equal(load_dataset(tmp_path / "d").video_text_mask, full.text_mask[kept])
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"videos", "music", "shuffled", "pairs.csv", "d"}, left
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "save_dataset", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        build_dataset(shuffled, cat, tmp_path / "pairs.csv", tmp_path / "e")
+    assert {p.name for p in tmp_path.iterdir()} == left  # neither e nor its scratch folder
+
+
 def test_building_over_a_dataset_of_other_splits_says_so(tmp_path, folders):
     # an upgrade rebuilt a dataset in place with other splits (videos now in id order): nothing said so, and the
     # runs trained on it then spoke of "data built again" without a cause

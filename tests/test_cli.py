@@ -365,6 +365,19 @@ def test_train_seed_by_option_or_set_and_refused_when_they_disagree(cli_world, p
     assert not (tmp_path / "clash").exists()
 
 
+def test_simulate_says_each_step_on_stderr_in_a_log_and_stdout_keeps_its_one_line(tmp_path, capsys):
+    # with stderr not a terminal (a log, nohup) the spinner showed nothing for the minutes an app-sized world takes
+    capsys.readouterr()
+    assert main(["simulate", str(tmp_path / "w"), "--scale", "tiny"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"wrote {tmp_path / 'w'}: 2600 videos, 200 tracks") and "simulating" not in out
+    steps = [line.removeprefix("simulating the tiny world: ").rsplit(" (", 1)[0] for line in err.splitlines()]
+    assert steps == ["200 tracks", "300 uploaders", "2,600 videos", "features", "the music of 2,000 uploads",
+                     "the music of 600 professional videos", "the music of test_unbiased's 184 videos",
+                     "frozen negatives", f"writing {tmp_path / 'w'}"]
+    assert err.splitlines()[0].endswith(" (0 s)")
+
+
 def test_simulate_options_reach_the_world(tmp_path):
     out = tmp_path / "w"
     assert main(["simulate", str(out), "--scale", "tiny", "--seed", "3", "--gamma", "0", "--set", "n_tracks=120"]) == 0

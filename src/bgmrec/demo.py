@@ -33,7 +33,8 @@ def world_parameters(scale: str, seed: int, world: dict[str, str] | None = None)
 
 def ensure_world(scale: str, seed: int, data: Path, console: Console, world: dict[str, str] | None = None) -> None:
     """Simulate the world (:func:`world_parameters`) into ``data`` unless the same world is already there."""
-    from bgmrec.data.simulate import save_world, simulate
+    from bgmrec.data.simulate import simulate_and_save
+    from bgmrec.features.cache import progress_steps
 
     cfg = world_parameters(scale, seed, world)
     manifest = data / "manifest.json"
@@ -41,8 +42,8 @@ def ensure_world(scale: str, seed: int, data: Path, console: Console, world: dic
         console.print(f"reusing the {scale} world in {data}")
         return
     t0 = time.perf_counter()
-    with console.status(f"simulating the {scale} world (seed {seed})"):
-        save_world(*simulate(cfg), data)
+    with progress_steps(f"simulating the {scale} world (seed {seed})", not console.quiet) as step:  # on stderr
+        simulate_and_save(cfg, data, step)
     console.print(f"simulated the {scale} world into {data} ({time.perf_counter() - t0:.1f} s)")
 
 

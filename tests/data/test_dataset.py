@@ -473,6 +473,39 @@ def test_unsigned_and_narrow_integer_ids_load_as_int64(tiny_copy):
     np.testing.assert_array_equal(ds.splits["test"], np.load(tiny_copy / "splits/test.npy").astype(np.int64))
 
 
+def test_float_matrices_are_checked_a_block_of_rows_at_a_time_naming_the_row(monkeypatch):
+    import bgmrec.data.dataset as dataset
+
+    monkeypatch.setattr(dataset, "CHECK_ROWS", 2)
+    m = np.zeros((7, 3))
+    dataset.check_float_matrix(m, (7, 3), "w", "f.npy")
+    m[5, 1] = np.nan
+    with pytest.raises(DatasetError, match=re.escape("w/f.npy: expected finite values (row [5] has NaN or inf)")):
+        dataset.check_float_matrix(m, (7, 3), "w", "f.npy")
+    dataset.check_float_matrix(m, (7, 3), "w", "f.npy", rows=np.array([6, 0, 4]))  # row 5 is not read
+    m[5, 1], m[6, 0] = 0.0, 1e300
+    with pytest.raises(DatasetError, match=re.escape("w/f.npy: expected values within float32's range, as features "
+                                                     "are stored and used (row [6] has 1e+300")):
+        dataset.check_float_matrix(m, (7, 3), "w", "f.npy")
+
+
+def test_rows_saved_in_blocks_are_the_bytes_np_save_writes(tmp_path, monkeypatch, tiny_ds):
+    import io
+
+    import bgmrec.data.dataset as dataset
+
+    monkeypatch.setattr(dataset, "CHECK_ROWS", 3)
+    source = np.random.default_rng(0).standard_normal((10, 4, 2))  # float64, saved as float32
+    np.save(tmp_path / "source.npy", source)
+    for rows in ([7, 0, 3, 3, 9, 1, 2], [], [4]):
+        saved = io.BytesIO()
+        np.save(saved, source[rows].astype(np.float32))
+        back = dataset.save_npy_rows(tmp_path / "rows.npy", np.load(tmp_path / "source.npy", mmap_mode="r"), rows)
+        assert (tmp_path / "rows.npy").read_bytes() == saved.getvalue() and back.shape == (len(rows), 4, 2)
+    with pytest.raises(ValueError, match=r"written names files that are not the dataset's feature arrays: \['x.npy'\]"):
+        dataset.save_dataset(tiny_ds, tmp_path / "d", written={"x.npy": tmp_path / "rows.npy"})
+
+
 # ---- frozen negatives ------------------------------------------------------------------------------
 
 def test_sample_negatives_distinct_never_positive_and_uniform():
@@ -495,6 +528,34 @@ def test_sample_negatives_distinct_never_positive_and_uniform():
     assert np.abs(others - expected).max() < 5 * np.sqrt(expected)
     # the same generator state gives the same negatives (frozen on disk, but also reproducible)
     np.testing.assert_array_equal(sample_negatives(pos, cand, 5, np.random.default_rng(0), chunk=97), neg)
+
+
+def test_sample_negatives_do_not_depend_on_the_block(monkeypatch):
+    """Blocks of any size, by rows (chunk) or by keys (MAX_BLOCK), draw the same negatives: a simulated world's
+    negatives stay byte-identical whatever the catalogue's width makes the block. A positive that is not a
+    candidate is simply never excluded."""
+    from bgmrec.data import negatives
+
+    cand = np.arange(5, 400)
+    pos = np.random.default_rng(3).integers(0, 410, 1000)  # some below and above the candidates
+    want = negatives.sample_negatives(pos, cand, 20, np.random.default_rng(0))
+    assert not (want == pos[:, None]).any() and np.isin(want, cand).all()
+    for chunk in (1, 7, 999):
+        got = negatives.sample_negatives(pos, cand, 20, np.random.default_rng(0), chunk=chunk)
+        np.testing.assert_array_equal(got, want)
+
+    class Recorded:  # a generator noting the shape of each block of keys
+        def __init__(self):
+            self.rng, self.shapes = np.random.default_rng(0), []
+
+        def random(self, shape):
+            self.shapes.append(shape)
+            return self.rng.random(shape)
+
+    monkeypatch.setattr(negatives, "MAX_BLOCK", 4 * len(cand))  # 4 rows of keys at once
+    rng = Recorded()
+    np.testing.assert_array_equal(negatives.sample_negatives(pos, cand, 20, rng), want)
+    assert set(rng.shapes) == {(4, len(cand))} and len(rng.shapes) == 250
 
 
 def test_sample_negatives_all_others_and_too_many():

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bgmrec.data.simulate import WorldConfig, load_truth, save_world, simulate, world_config
+from bgmrec.data.dataset import dataset_fingerprint, features_fingerprint, labels_fingerprint
+from bgmrec.data.simulate import WorldConfig, gumbel_max_choice, load_truth, save_world, simulate, world_config
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -23,6 +24,40 @@ def test_same_seed_gives_byte_identical_files(tmp_path, tiny_dir):
     assert any(name.endswith(".npy") for name in first)
     for name in first:
         assert again[name] == first[name], name
+
+
+def test_the_tiny_world_at_seed_0_keeps_its_fingerprints(tiny_dir):
+    """The worlds every committed figure was measured on (docs/benchmarks_*.json record their fingerprints) stay
+    byte for byte: a change to the simulator that moves any of them fails here. If it must change a world, add
+    its new randomness from a new stream (append to ``root.spawn`` in ``simulate``, after the eight there, so
+    the existing streams draw as before), leaving these values alone; changing a value here makes the committed
+    benchmarks describe worlds no one can simulate again, so it takes regenerating them all."""
+    assert (dataset_fingerprint(tiny_dir), features_fingerprint(tiny_dir), labels_fingerprint(tiny_dir)) == (
+        "f0d979fcb410af74", "f378fa2db9bbe4db", "b7b70ced24dd6549")
+
+
+def test_gumbel_max_choice_does_not_depend_on_the_block(monkeypatch):
+    """Blocks of any size draw the same choices (the noise comes row after row from one generator), so a block
+    sized by the catalogue's width leaves the world's bytes alone; a wide catalogue takes fewer rows at once."""
+    from bgmrec.data import negatives
+
+    logits = np.random.default_rng(1).normal(size=(500, 300))
+    calls = []
+
+    def logits_fn(rows):
+        calls.append(len(rows))
+        return logits[rows].copy()
+
+    want = gumbel_max_choice(np.random.default_rng(0), logits_fn, len(logits))
+    assert calls == [1, 499]  # one row tells the width, then blocks of at most 4,096 rows
+    for chunk in (1, 3, 64):
+        np.testing.assert_array_equal(gumbel_max_choice(np.random.default_rng(0), logits_fn, len(logits), chunk),
+                                      want)
+    calls.clear()
+    monkeypatch.setattr(negatives, "MAX_BLOCK", 10 * logits.shape[1])  # ten rows' logits at once
+    np.testing.assert_array_equal(gumbel_max_choice(np.random.default_rng(0), logits_fn, len(logits)), want)
+    assert calls[0] == 1 and max(calls) == 10 and sum(calls) == len(logits)
+    assert len(gumbel_max_choice(np.random.default_rng(0), logits_fn, 0)) == 0
 
 
 def test_different_seed_differs(tiny_world):
@@ -193,6 +228,19 @@ def test_negatives_are_frozen_valid_and_exclude_the_positive(tiny_world):
     assert ds.negatives["test_new_music"].shape[1] == int(ds.track_new.sum()) - 1
 
 
+def test_the_val_and_test_splits_and_no_others_have_frozen_negatives(tiny_world):
+    """Which splits get negatives follows the splits' roles (a split added to WORLD_SPLITS with role test gets
+    them, one with role train does not), not a list of names; the uploads are drawn once, by one process."""
+    from bgmrec.data.simulate import UPLOAD_SPLITS, WORLD_SPLITS
+
+    ds, truth = tiny_world
+    assert set(ds.negatives) == {s for s, info in ds.split_info.items() if info.role in ("val", "test")} == {
+        "val", "test", "test_new_music", "test_unbiased"}
+    assert ds.split_info == {s: split.info for s, split in WORLD_SPLITS.items()} and list(ds.split_info) == list(
+        truth.processes)
+    assert set(UPLOAD_SPLITS) <= set(WORLD_SPLITS) and len({WORLD_SPLITS[s].process for s in UPLOAD_SPLITS}) == 1
+
+
 def test_truth_round_trip_and_logits(tiny_world, tiny_dir):
     ds, truth = tiny_world
     back = load_truth(tiny_dir)
@@ -234,6 +282,22 @@ def test_config_json_round_trip_and_validation():
 def test_a_world_parameter_out_of_range_is_named(override, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         world_config("tiny", **override)
+
+
+def test_every_numeric_world_parameter_has_a_range_or_a_reason_it_has_none():
+    """A parameter added to WorldConfig without a rule in _WORLD_BOUNDS is not range-checked at all (a bad value
+    fails somewhere inside simulate, or makes an odd world without a word): give it one, or say in
+    _WORLD_UNBOUNDED why any value will do (every float is checked to be finite whatever it is)."""
+    from dataclasses import fields
+
+    from bgmrec.data.simulate import _WORLD_BOUNDS, _WORLD_UNBOUNDED
+
+    bounded = [name for names in _WORLD_BOUNDS.values() for name in names]
+    numeric = {f.name for f in fields(WorldConfig) if re.search(r"\b(int|float)\b", str(f.type))}
+    assert len(bounded) == len(set(bounded)), "a parameter under two rules"
+    assert not set(bounded) & set(_WORLD_UNBOUNDED), "a parameter both bounded and exempt"
+    assert set(bounded) | set(_WORLD_UNBOUNDED) == numeric, "bound each, or give the reason it needs none"
+    assert all(len(reason) > 20 for reason in _WORLD_UNBOUNDED.values())
 
 
 def test_val_and_test_take_their_shares_of_the_existing_music_uploads(tiny_world):

@@ -11,7 +11,7 @@ import pytest
 import media_fixtures as mf
 from bgmrec.data.dataset import DatasetError
 from bgmrec.features.audio import load_catalog
-from bgmrec.features.video import load_video_features
+from bgmrec.features.video import load_video_features, load_video_row
 
 TRACKS_HEADER = "id,title,artist,genre,file,sha256\n"
 VIDEOS_HEADER = "id,file,caption\n"
@@ -186,3 +186,55 @@ def test_damaged_arrays_and_manifests_of_extracted_folders_name_the_file(tmp_pat
     with pytest.raises(DatasetError) as err:
         load(root)
     assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("case", sorted(c for c, (kind, *_) in DAMAGED.items() if kind == "videos"))
+def test_one_video_read_alone_is_refused_alike_but_for_the_content_hash(tmp_path, case):
+    """recommend --features DIR --video-id ID reads its clip's row alone (load_video_row): each damage
+    load_video_features names, it names alike, but arrays whose bytes are not the manifest's content_hash, shapes
+    kept (the hash reads every byte), as its docstring and the README say."""
+    _, damage, words = DAMAGED[case]
+    root = mf.write_videos_folder(tmp_path / "v", 3)
+    damage(root)
+    if "not the content manifest.json records" in words:
+        assert load_video_row(root, "v1").ids == ["v1"]
+        return
+    with pytest.raises(DatasetError) as err:
+        load_video_row(root, "v0")
+    assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_one_video_read_alone_is_its_row_of_the_folder_and_only_its_values_are_checked(tmp_path):
+    root = mf.write_videos_folder(tmp_path / "v", 4, no_text=(2,))
+    whole = load_video_features(root)
+    for i, vid in enumerate(whole.ids):
+        one = load_video_row(root, vid)
+        assert (one.ids, one.file, one.caption, one.manifest, one.root) == (
+            [vid], [whole.file[i]], [whole.caption[i]], whole.manifest, whole.root)
+        for name in ("visual", "text", "text_mask"):
+            got = getattr(one, name)
+            assert type(got) is np.ndarray and got.dtype == getattr(whole, name).dtype  # copied, not a memory map
+            np.testing.assert_array_equal(got, getattr(whole, name)[i:i + 1])
+    with pytest.raises(DatasetError, match=re.escape(f"{root}/videos.csv: no video with id 'v9'")):
+        load_video_row(root, "v9")
+    text = np.load(root / "text.npy")
+    text[3, 5] = np.inf
+    np.save(root / "text.npy", text)
+    assert load_video_row(root, "v1").ids == ["v1"]  # another row's inf is not read
+    with pytest.raises(DatasetError, match=re.escape("v/text.npy: expected finite values (row [3] has NaN or inf)")):
+        load_video_row(root, "v3")  # named by its row in the file
+
+
+def test_a_videos_folder_memory_mapped_holds_what_it_loads_and_is_checked_alike(tmp_path):
+    root = mf.write_videos_folder(tmp_path / "v", 5, no_text=(1,))
+    loaded, mapped = load_video_features(root), load_video_features(root, mmap=True)
+    assert isinstance(mapped.visual, np.memmap) and isinstance(mapped.text, np.memmap)
+    assert (mapped.ids, mapped.file, mapped.caption, mapped.manifest) == (loaded.ids, loaded.file, loaded.caption,
+                                                                          loaded.manifest)
+    for name in ("visual", "text", "text_mask"):
+        np.testing.assert_array_equal(getattr(mapped, name), getattr(loaded, name))
+    for case in ("visual rows swapped", "visual NaN", "video count edited"):
+        damaged = mf.write_videos_folder(tmp_path / case, 3)
+        DAMAGED[case][1](damaged)
+        with pytest.raises(DatasetError, match=re.escape(DAMAGED[case][2].removeprefix("v/"))):
+            load_video_features(damaged, mmap=True)

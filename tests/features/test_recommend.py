@@ -15,6 +15,7 @@ from bgmrec.features.recommend import (
     FeatureMismatchWarning,
     RequestError,
     open_catalog,
+    open_video,
     open_video_features,
     recommend_clip,
 )
@@ -48,6 +49,11 @@ def test_a_dataset_folder_serves_as_catalogue_and_videos_folder(tiny_dir, tiny_d
     np.testing.assert_array_equal(videos.visual[i], tiny_ds.video_visual[3])
     with pytest.raises(DatasetError, match="no video with id 'nope'"):
         videos.position("nope")
+    one = open_video(tiny_dir, tiny_ds.video_ids[3])  # recommend --features DATA --video-id ID: one row
+    assert one.ids == [tiny_ds.video_ids[3]] and one.text_mask.tolist() == [tiny_ds.video_text_mask[3]]
+    np.testing.assert_array_equal(one.visual, tiny_ds.video_visual[3:4])
+    with pytest.raises(DatasetError, match="no video with id 'nope'"):
+        open_video(tiny_dir, "nope")
     with pytest.raises(DatasetError, match=f"{tmp_path}"):  # neither: the catalogue's own error, as before
         open_catalog(tmp_path)
 

@@ -206,7 +206,7 @@ def recommend_cmd(
         RequestError,
         frames_to_sample,
         open_catalog,
-        open_video_features,
+        open_video,
         recommend_clip,
         warn_on_stderr,
     )
@@ -223,9 +223,8 @@ def recommend_cmd(
     cat = open_catalog(catalog)
     if features is not None:
         vid = video if video_id is None else video_id
-        vf = open_video_features(features)
-        i = vf.position(vid)
-        clip = ClipFeatures(vf.visual[i], vf.text[i], bool(vf.text_mask[i]), vf.notes(vid))
+        vf = open_video(features, vid)  # its row alone
+        clip = ClipFeatures(vf.visual[0], vf.text[0], bool(vf.text_mask[0]), vf.notes(vid))
         label = f"{vid} (from {features})"
         frames = (vf.manifest.get("settings") or {}).get("frames")  # what the clip was sampled at
     else:  # a clip file (check_clip_options: one of the two)

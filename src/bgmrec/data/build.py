@@ -14,7 +14,8 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
 
 - every extracted video with at least one usable pair (``source`` "ugc"; its uploader is the one of
   its first pair; the others are left out), and every catalogue track (``track_new`` all False), also
-  those no pair names (they are ranked as candidates); videos and tracks in id order (:func:`in_id_order`);
+  those no pair names (they are ranked as candidates); videos and tracks in id order (:func:`in_id_order`;
+  the videos' features copied a block of rows at a time from the memory-mapped folder, never held whole);
 - genres: the sorted genre names of the catalogue, tracks without one get "unknown";
 - splits train / val / test of the pairs, by video (all rows of one video land in one split):
   by time when every row has one (earliest video time first), else a seeded random permutation (with a
@@ -69,6 +70,8 @@ from bgmrec.data.dataset import (
     labels_fingerprint,
     load_dataset,
     save_dataset,
+    save_npy_rows,
+    scratch_folder,
     separator_hint,
     sha256_file,
 )
@@ -239,14 +242,19 @@ def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_
     return (pref / pref.sum(1, keepdims=True)).astype(np.float32)
 
 
+def id_order(ids: list[str]) -> np.ndarray:
+    """int64 positions of ``ids`` sorted by id: an extracted folder's rows in the order a dataset keeps them."""
+    return np.array(sorted(range(len(ids)), key=ids.__getitem__), np.int64).reshape(-1)
+
+
 def in_id_order(folder):
     """An extracted folder as loaded (a videos folder's :class:`~bgmrec.features.video.VideoFeatures`, a
-    catalogue's :class:`~bgmrec.features.audio.Catalog`) with its rows sorted by id, so that a dataset, its
-    seeded split and its negatives do not depend on where the files lay: extract-videos orders rows by path,
-    and moving clips into subfolders changed 17 of a random split's 18 test videos."""
+    catalogue's :class:`~bgmrec.features.audio.Catalog`) with its rows sorted by id (:func:`id_order`), so that a
+    dataset, its seeded split and its negatives do not depend on where the files lay: extract-videos orders rows
+    by path, and moving clips into subfolders changed 17 of a random split's 18 test videos."""
     n = len(folder.ids)
-    order = sorted(range(n), key=folder.ids.__getitem__)
-    if order == list(range(n)):
+    order = id_order(folder.ids)
+    if (order == np.arange(n)).all():
         return folder
     return dataclasses.replace(folder, **{  # the fields of one value per row
         f.name: ([value[i] for i in order] if isinstance(value, list) else value[order])
@@ -315,7 +323,11 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     from bgmrec.features.video import load_video_features
 
     config = config or BuildConfig()
-    vids = in_id_order(load_video_features(Path(videos_dir)))
+    # the videos' arrays memory-mapped (checked and hashed a block at a time), in the folder's row order: the rows
+    # kept are copied in id order into the dataset's files below; loading, sorting and selecting copied them thrice
+    videos = load_video_features(Path(videos_dir), mmap=True)
+    stored = id_order(videos.ids)  # the folder's row of each video, in id order
+    vid_ids = [videos.ids[i] for i in stored]
     cat = in_id_order(load_catalog(Path(music_dir)))
     pairs = read_pairs(Path(pairs_csv))
     if pairs.untimed and warn is not None:
@@ -324,7 +336,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     if len(cat) < 2:
         raise DatasetError(f"{music_dir}: the catalogue has {len(cat)} track(s); a dataset needs at least 2")
 
-    extracted = set(vids.ids)
+    extracted = set(vid_ids)
     tpos = {t: j for j, t in enumerate(cat.ids)}
     keep, dropped = usable_rows(pairs, pairs_csv, extracted, tpos, videos_dir, music_dir, warn)
     pro_keep, pro_dropped, pro = [], {}, None
@@ -343,8 +355,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                            f"and a catalogue track (from {music_dir})")
     # the dataset's videos: those with at least one usable pair, by id
     paired = {pairs.video[i] for i in keep}
-    sel = np.array([i for i, v in enumerate(vids.ids) if v in paired], np.int64)
-    video_ids = [vids.ids[i] for i in sel]
+    sel = np.array([i for i, v in enumerate(vid_ids) if v in paired], np.int64)
+    video_ids = [vid_ids[i] for i in sel]
     vpos = {v: i for i, v in enumerate(video_ids)}
     uploaders = sorted({pairs.uploader[i] for i in keep})
     upos = {u: k for k, u in enumerate(uploaders)}
@@ -412,8 +424,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     split_info = {s: SplitInfo(s, "existing") for s in ("train", "val", "test")}
     if pro is not None:
         chosen = {pro.video[i] for i in pro_keep}
-        pro_sel = np.array([i for i, v in enumerate(vids.ids) if v in chosen], np.int64)
-        pro_ids = [vids.ids[i] for i in pro_sel]
+        pro_sel = np.array([i for i, v in enumerate(vid_ids) if v in chosen], np.int64)
+        pro_ids = [vid_ids[i] for i in pro_sel]
         ppos = {v: len(video_ids) + k for k, v in enumerate(pro_ids)}
         splits["pgc"] = np.unique(np.array([[ppos[pro.video[i]], tpos[pro.track[i]], -1] for i in pro_keep],
                                            np.int64).reshape(-1, 3), axis=0)
@@ -430,45 +442,49 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     k = min(config.negatives, len(candidates) - 1)
     negatives = {s: sample_negatives(splits[s][:, 1], candidates, k, rng) for s in ("val", "test")}
 
-    ds = Dataset(
-        genres=genres,
-        video_ids=video_ids + pro_ids,
-        video_uploader=np.concatenate([video_uploader, np.full(len(pro_ids), -1, np.int64)]),
-        video_source=["ugc"] * len(video_ids) + ["pgc"] * len(pro_ids),
-        track_ids=list(cat.ids),
-        track_genre=track_genre,
-        track_title=list(cat.title),
-        track_artist=list(cat.artist),
-        track_new=np.zeros(len(cat), bool),
-        uploader_pref=uploader_pref,
-        video_visual=vids.visual[sel],
-        video_text=vids.text[sel],
-        video_text_mask=vids.text_mask[sel],
-        music=cat.features,
-        splits=splits,
-        split_info=split_info,
-        negatives=negatives,
-        provenance={
-            "builder": "bgmrec.data.build",
-            "config": {**config.__dict__},
-            "split_by": "time" if vtime is not None else "random",
-            **({"splits_kept_from": kept} if kept is not None else {}),
-            "inputs": {"videos": str(videos_dir), "videos_hash": vids.manifest.get("content_hash"),
-                       "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
-                       "pairs": str(pairs_csv), "pairs_sha256": sha256_file(Path(pairs_csv))},
-            "pairs": {"rows": len(pairs.video), "used": len(rows), "dropped": dropped},
-            **({"professional": {"file": str(professional_csv), "sha256": sha256_file(Path(professional_csv)),
-                                 "rows": len(pro.video), "used": len(splits["pgc"]), "dropped": pro_dropped}}
-               if pro is not None else {}),
-            "videos_without_pairs": len(vids) - len(video_ids) - len(pro_ids),  # left out of the dataset
-            "tracks_without_pairs": len(cat) - len(np.unique(rows[:, 1])),  # kept: candidates to rank
-            "extractors": {"videos": vids.manifest.get("extractors"),
-                           "music": cat.manifest.get("extractors")},
-            "settings": {"videos": vids.manifest.get("settings"), "music": cat.manifest.get("settings")},
-        },
-    )
     before = _fingerprints(Path(out))
-    save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}})
+    with scratch_folder(Path(out)) as scratch:  # the features' rows copied in blocks there, then moved into place
+        written = {f"features/video_{name}.npy": scratch / f"video_{name}.npy" for name in ("visual", "text")}
+        features = {name: save_npy_rows(written[f"features/video_{name}.npy"], getattr(videos, name), stored[sel])
+                    for name in ("visual", "text")}
+        ds = Dataset(
+            genres=genres,
+            video_ids=video_ids + pro_ids,
+            video_uploader=np.concatenate([video_uploader, np.full(len(pro_ids), -1, np.int64)]),
+            video_source=["ugc"] * len(video_ids) + ["pgc"] * len(pro_ids),
+            track_ids=list(cat.ids),
+            track_genre=track_genre,
+            track_title=list(cat.title),
+            track_artist=list(cat.artist),
+            track_new=np.zeros(len(cat), bool),
+            uploader_pref=uploader_pref,
+            video_visual=features["visual"],
+            video_text=features["text"],
+            video_text_mask=np.asarray(videos.text_mask, bool)[stored[sel]],
+            music=cat.features,
+            splits=splits,
+            split_info=split_info,
+            negatives=negatives,
+            provenance={
+                "builder": "bgmrec.data.build",
+                "config": {**config.__dict__},
+                "split_by": "time" if vtime is not None else "random",
+                **({"splits_kept_from": kept} if kept is not None else {}),
+                "inputs": {"videos": str(videos_dir), "videos_hash": videos.manifest.get("content_hash"),
+                           "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
+                           "pairs": str(pairs_csv), "pairs_sha256": sha256_file(Path(pairs_csv))},
+                "pairs": {"rows": len(pairs.video), "used": len(rows), "dropped": dropped},
+                **({"professional": {"file": str(professional_csv), "sha256": sha256_file(Path(professional_csv)),
+                                     "rows": len(pro.video), "used": len(splits["pgc"]), "dropped": pro_dropped}}
+                   if pro is not None else {}),
+                "videos_without_pairs": len(vid_ids) - len(video_ids) - len(pro_ids),  # left out of the dataset
+                "tracks_without_pairs": len(cat) - len(np.unique(rows[:, 1])),  # kept: candidates to rank
+                "extractors": {"videos": videos.manifest.get("extractors"),
+                               "music": cat.manifest.get("extractors")},
+                "settings": {"videos": videos.manifest.get("settings"), "music": cat.manifest.get("settings")},
+            },
+        )
+        save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}}, written=written)
     if before is not None and before != _fingerprints(Path(out)) and warn is not None:
         warn(f"{out}: the dataset this build replaced had other splits, negatives, labels or manifest (other inputs "
              "or settings, or a bgmrec before 2026-11-23, which kept the folders' row order where videos and tracks "

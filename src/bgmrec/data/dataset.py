@@ -21,6 +21,7 @@ atomic: the folder is built under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import json
@@ -415,23 +416,31 @@ def _check_shape(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
     _expect(ok, where, fname, f"shape {want}, found {list(arr.shape)}")
 
 
-def check_float_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str) -> None:
+CHECK_ROWS = 8192  # rows whose values check_float_matrix checks at once: its temporaries never a copy of the matrix
+
+
+def check_float_matrix(arr: np.ndarray, shape: tuple, where: str, fname: str, rows: np.ndarray | None = None) -> None:
     """A :class:`DatasetError` naming ``where/fname`` unless ``arr`` has ``shape`` (None: any size), a float
     dtype and finite rows within float32's range, as features are used (the first row with NaN or inf named,
-    or with a float64 value float32 cannot hold, which the cast would make inf)."""
+    or with a float64 value float32 cannot hold, which the cast would make inf). ``rows`` (positions): only
+    those rows' values are checked, and read (of a memory-mapped matrix, the others stay on disk); the
+    shape and dtype are the whole matrix's. Values are checked :data:`CHECK_ROWS` rows at a time."""
     _check_shape(arr, shape, where, fname)
     _expect(np.issubdtype(arr.dtype, np.floating), where, fname, f"a float array, found {arr.dtype}")
-    finite = np.isfinite(arr).all(axis=tuple(range(1, arr.ndim))) if arr.size else np.ones(0, bool)
-    bad = np.flatnonzero(~finite)
-    _expect(bad.size == 0, where, fname, f"finite values (row {bad[:1].tolist()} has NaN or inf)")
-    if arr.dtype.itemsize > 4 and arr.size:
-        largest = float(np.finfo(np.float32).max)
-        rows = tuple(range(1, arr.ndim))
-        beyond = np.concatenate([np.flatnonzero((np.abs(arr[s:s + 8192]) > largest).any(axis=rows)) + s
-                                 for s in range(0, len(arr), 8192)])  # in parts: not a second copy of the matrix
-        if beyond.size:
-            _expect(False, where, fname, f"values within float32's range, as features are stored and used (row "
-                                         f"[{beyond[0]}] has {np.abs(arr[beyond[0]]).max():.3g}, beyond {largest:.3g})")
+    at = np.arange(len(arr)) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+    axes = tuple(range(1, arr.ndim))
+    largest = float(np.finfo(np.float32).max)
+    for s in range(0, len(at), CHECK_ROWS):
+        part = at[s:s + CHECK_ROWS]
+        values = arr[part[0]:part[-1] + 1] if rows is None else arr[part]
+        bad = part[~np.isfinite(values).all(axis=axes)]
+        _expect(bad.size == 0, where, fname, f"finite values (row {bad[:1].tolist()} has NaN or inf)")
+        if arr.dtype.itemsize > 4:
+            beyond = part[(np.abs(values) > largest).any(axis=axes)]
+            if beyond.size:
+                _expect(False, where, fname, f"values within float32's range, as features are stored and used (row "
+                                             f"[{beyond[0]}] has {np.abs(arr[beyond[0]]).max():.3g}, beyond "
+                                             f"{largest:.3g})")
 
 
 SPREAD_RATIO = 100.0  # a feature's standard deviation this many times its robust spread is set by rows far out
@@ -513,10 +522,7 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     if out.is_dir() and any(out.iterdir()) and not _written_here(out / marker, version_key):
         raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, marker, what)}); "
                            "refusing to replace it (choose another output folder or empty this one)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):  # a file where a parent folder must be
-        raise DatasetError(f"{out}: cannot be made: a file stands where one of its parent folders must be") from None
+    make_parent(out)
     # named before it is made, inside the try: a stop (Ctrl-C, SIGTERM) just after it is made removes it too
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -538,6 +544,33 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
             shutil.rmtree(tmp, ignore_errors=True)
         raise_named(e, out, tmp)
         raise
+
+
+def make_parent(out: Path) -> None:
+    """Make the folder ``out`` goes in (and its parents); a :class:`DatasetError` when a file stands in the way."""
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a parent folder must be
+        raise DatasetError(f"{out}: cannot be made: a file stands where one of its parent folders must be") from None
+
+
+@contextlib.contextmanager
+def scratch_folder(out: Path):
+    """A temporary folder beside ``out`` for files to be moved into it (:func:`save_dataset`'s ``written``: on
+    the same file system, a rename), removed on leaving; named as :func:`atomic_write_dir`'s, so a killed
+    process's is tidied by the next write of ``out``. A failed write in it (a full disk) names the file under
+    ``out``."""
+    out = Path(out)
+    make_parent(out)
+    scratch = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        scratch.mkdir()
+        yield scratch
+    except BaseException as e:
+        raise_named(e, out, scratch)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def recover_killed_write(out: Path, rescue: Callable[[Path], None] | None = None) -> None:
@@ -667,6 +700,20 @@ def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     replace_atomically(path, fill)
 
 
+def save_npy_rows(path: Path, source: np.ndarray, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Write ``source[rows]`` as ``dtype`` to the ``.npy`` file ``path``, byte for byte as ``np.save`` would, a
+    block of :data:`CHECK_ROWS` rows at a time: of a memory-mapped ``source`` only those rows are read, and the
+    selection is never held whole (``build-dataset``'s features). Returns the file memory-mapped."""
+    rows = np.asarray(rows, np.int64)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": (len(rows), *source.shape[1:])}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for s in range(0, len(rows), CHECK_ROWS):
+            np.ascontiguousarray(source[rows[s:s + CHECK_ROWS]], dtype).tofile(f)
+    return load_npy(path)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) through :func:`replace_atomically`."""
     replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -714,14 +761,20 @@ def strict_json(obj):
 
 
 def save_dataset(ds: Dataset, out: Path, extra_files: dict[str, np.ndarray] | None = None,
-                 extra_json: dict[str, object] | None = None) -> Path:
+                 extra_json: dict[str, object] | None = None, written: dict[str, Path] | None = None) -> Path:
     """Validate ``ds`` and write it to ``out`` atomically.
 
     ``extra_files`` / ``extra_json`` map relative paths (e.g. ``truth/track_content.npy``) to
-    arrays / JSON objects written alongside, inside the same atomic rename.
+    arrays / JSON objects written alongside, inside the same atomic rename. ``written`` maps relative paths of
+    the dataset's arrays (e.g. ``features/video_visual.npy``) to ``.npy`` files already holding them as they
+    would be written (:func:`save_npy_rows`, the array in ``ds`` memory-mapped from it), moved into the folder
+    instead of written again (renamed, on the same file system).
     """
     ds.validate(str(out))
     out = Path(out)
+    unknown = sorted(set(written or {}) - {f"features/{name}.npy" for name in FEATURE_FILES})
+    if unknown:
+        raise ValueError(f"save_dataset: written names files that are not the dataset's feature arrays: {unknown}")
 
     def write(tmp: Path) -> None:
         manifest = {
@@ -759,7 +812,10 @@ def save_dataset(ds: Dataset, out: Path, extra_files: dict[str, np.ndarray] | No
         arrays.update(extra_files or {})
         for rel, arr in arrays.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            np.save(tmp / rel, arr, allow_pickle=False)
+            if rel in (written or {}):
+                shutil.move(written[rel], tmp / rel)
+            else:
+                np.save(tmp / rel, arr, allow_pickle=False)
         for rel, obj in (extra_json or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(json.dumps(obj, indent=2) + "\n")

@@ -25,14 +25,16 @@ so that :class:`bgmrec.models.oracle.Oracle` can rank by the true logits.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from bgmrec.bounds import check_bounds
 from bgmrec.data.dataset import Dataset, SplitInfo, load_npy, read_json, save_dataset
-from bgmrec.data.negatives import sample_negatives
+from bgmrec.data.negatives import block_rows, sample_negatives
 
 GENRE_NAMES = ("pop", "hiphop", "electronic", "rock", "classical", "folk", "jazz", "metal", "country", "latin")
 
@@ -139,6 +141,12 @@ _WORLD_BOUNDS = {  # rule -> the WorldConfig fields it bounds (checked on constr
     "in [0, 1]": ("content_lean", "text_unrelated_share", "text_empty_share"),
     "in [0, 1)": ("new_track_share", "val_share", "test_share"),
 }
+_WORLD_UNBOUNDED = {  # WorldConfig's numeric fields without a range in _WORLD_BOUNDS, and why (a test holds to it)
+    "beta": "a weight of a choice logit: any finite value is a world (negative: videos avoid matching music)",
+    "gamma": "a weight of a choice logit: any finite value is a world (negative: uploaders avoid their taste)",
+    "delta": "a weight of a choice logit: any finite value is a world (negative: popular tracks are avoided)",
+    "genre_shares": "checked in __post_init__ (positive shares) and simulate (summing to 1)",
+}
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,28 @@ class SplitProcess:
     beta: float
     gamma: float
     delta: float
+
+
+class WorldSplit(NamedTuple):
+    """One split of the simulated world: how it is used and which selection process drew its positives."""
+
+    info: SplitInfo  # its role and candidate tracks (the dataset's manifest)
+    process: str  # "biased" (the uploads' choice: beta, gamma, delta) or "content" (beta alone)
+
+
+# every split of a simulated world, in the order of its manifest's split_info and truth's processes. train, val,
+# test and test_new_music divide the uploads, whose music is drawn once, by their one process; test_unbiased
+# redraws test's music and pgc is the professional videos' music
+WORLD_SPLITS: dict[str, WorldSplit] = {
+    "train": WorldSplit(SplitInfo("train", "existing"), "biased"),
+    "val": WorldSplit(SplitInfo("val", "existing"), "biased"),
+    "test": WorldSplit(SplitInfo("test", "existing"), "biased"),
+    "test_new_music": WorldSplit(SplitInfo("test", "new"), "biased"),
+    "test_unbiased": WorldSplit(SplitInfo("test", "existing"), "content"),
+    "pgc": WorldSplit(SplitInfo("teacher", "existing"), "content"),
+}
+EVALUATED_ROLES = ("val", "test")  # splits of these roles get frozen negatives (the sampled protocol), in order
+UPLOAD_SPLITS = ("train", "val", "test", "test_new_music")  # the splits that divide the uploads
 
 
 @dataclass
@@ -168,9 +198,11 @@ class WorldTruth:
         tracks = np.arange(len(self.track_content)) if tracks is None else np.asarray(tracks)
         zv = self.video_content[np.asarray(videos)].astype(np.float64)
         zm = self.track_content[tracks].astype(np.float64)
-        out = p.beta * (zv @ zm.T) / math.sqrt(zv.shape[1])
-        if p.gamma:
-            out += p.gamma * np.log(np.maximum(uploader_pref[:, genre[tracks]], 1e-12))
+        out = zv @ zm.T
+        out *= p.beta  # in place, in the order beta * match / sqrt(d) always took (the same bits, no copies)
+        out /= math.sqrt(zv.shape[1])
+        if p.gamma:  # the log taken per genre, then spread to the tracks (a log per track took most of the time)
+            out += (p.gamma * np.log(np.maximum(uploader_pref, 1e-12)))[:, genre[tracks]]
         if p.delta:
             out += p.delta * np.log(self.track_popularity[tracks])[None, :]
         return out
@@ -190,17 +222,33 @@ def _random_map(rng: np.random.Generator, d_in: int, d_hidden: int, d_out: int):
 
 
 def gumbel_max_choice(rng: np.random.Generator, logits_fn, n: int, chunk: int = 4096) -> np.ndarray:
-    """One index per row drawn from softmax(logits) by Gumbel-max, ``logits_fn(rows)`` computed chunk by chunk."""
+    """One index per row drawn from softmax(logits) by Gumbel-max, ``logits_fn(rows)`` computed block by block
+    (a new float64 array each call: the noise is added to it in place).
+
+    A block holds at most ``chunk`` rows and :data:`~bgmrec.data.negatives.MAX_BLOCK` logits (the first is one
+    row, which tells the width), so memory does not grow with the catalogue: a block is two such arrays, its
+    logits and its noise. The choices do not depend on the blocks: ``rng`` draws the noise row after row
+    whatever their size.
+    """
     out = np.empty(n, np.int64)
-    for s in range(0, n, chunk):
-        rows = np.arange(s, min(n, s + chunk))
+    s, size = 0, 1
+    while s < n:
+        rows = np.arange(s, min(n, s + size))
         lg = logits_fn(rows)
-        out[rows] = np.argmax(lg - np.log(-np.log(rng.random(lg.shape))), axis=1)
+        noise = rng.random(lg.shape)
+        np.log(noise, out=noise)
+        np.negative(noise, out=noise)
+        lg -= np.log(noise, out=noise)  # logits plus Gumbel noise, -log(-log(u)), in place: two arrays, not five
+        out[rows] = np.argmax(lg, axis=1)
+        s, size = int(rows[-1]) + 1, block_rows(chunk, lg.shape[1])
     return out
 
 
-def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
-    """Draw a world from ``config``. Pure: same config, same arrays."""
+def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None) -> tuple[Dataset, WorldTruth]:
+    """Draw a world from ``config``. Pure: same config, same arrays. ``progress(step)``, when given, is called as
+    each step starts ("1,000 tracks", ..., "frozen negatives"), for a command to show (an app-sized world takes
+    minutes); it draws nothing."""
+    step = progress or (lambda what: None)
     c = config
     g_count = c.n_genres
     shares = np.asarray(c.genre_shares, np.float64)
@@ -214,7 +262,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     d = c.content_dim
     n_all = c.n_videos + c.n_pgc_videos
 
-    # tracks
+    step(f"{c.n_tracks:,} tracks")
     centroids = r_struct.normal(0, c.genre_spread, (g_count, d))
     track_genre = r_track.choice(g_count, size=c.n_tracks, p=shares)
     track_content = centroids[track_genre] + r_track.normal(0, c.track_spread, (c.n_tracks, d))
@@ -223,7 +271,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     track_new = np.zeros(c.n_tracks, bool)
     track_new[r_track.permutation(c.n_tracks)[: int(round(c.new_track_share * c.n_tracks))]] = True
 
-    # uploaders
+    step(f"{c.n_uploaders:,} uploaders")
     uploader_pref = r_upl.dirichlet(c.pref_concentration * g_count * shares, size=c.n_uploaders)
     uploader_pref = np.maximum(uploader_pref, 1e-6)
     uploader_pref /= uploader_pref.sum(axis=1, keepdims=True)
@@ -232,7 +280,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
         r_upl.choice(c.n_uploaders, size=c.n_videos, p=activity / activity.sum()),
         np.full(c.n_pgc_videos, -1)])
 
-    # videos: the genre a video's content evokes leans to its uploader's taste for a share of uploads
+    step(f"{n_all:,} videos")  # the genre a video's content evokes leans to its uploader's taste for a share of uploads
     lean = r_video.random(n_all) < c.content_lean
     evoked = r_video.choice(g_count, size=n_all, p=shares)
     ugc_lean = np.flatnonzero(lean[: c.n_videos])
@@ -240,7 +288,7 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     evoked[ugc_lean] = np.minimum((cum < r_video.random((len(ugc_lean), 1))).sum(axis=1), g_count - 1)
     video_content = centroids[evoked] + r_video.normal(0, c.video_spread, (n_all, d))
 
-    # features
+    step("features")
     visual_map = _random_map(r_struct, d, c.hidden_dim, c.visual_dim)
     text_map = _random_map(r_struct, d, c.hidden_dim, c.text_dim)
     music_map = _random_map(r_struct, d + g_count, c.hidden_dim, c.music_dim)
@@ -267,18 +315,22 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     existing = np.flatnonzero(~track_new)
     pref_of = uploader_pref[np.maximum(video_uploader, 0)]
 
-    def logits(split: str, vids: np.ndarray, tracks: np.ndarray | None = None):
-        return lambda rows: truth.logits(split, vids[rows], pref_of[vids[rows]], track_genre, tracks)
+    def logits(split: str, vids: np.ndarray, tracks: np.ndarray | None = None):  # by the process of split
+        process = WORLD_SPLITS[split].process
+        return lambda rows: truth.logits(process, vids[rows], pref_of[vids[rows]], track_genre, tracks)
 
-    ugc_choice = gumbel_max_choice(r_choice, logits("biased", ugc), len(ugc))
-    pgc_choice = existing[gumbel_max_choice(r_choice, logits("content", pgc, existing), len(pgc))]
+    step(f"the music of {len(ugc):,} uploads")
+    ugc_choice = gumbel_max_choice(r_choice, logits(UPLOAD_SPLITS[0], ugc), len(ugc))
+    step(f"the music of {len(pgc):,} professional videos")
+    pgc_choice = existing[gumbel_max_choice(r_choice, logits("pgc", pgc, existing), len(pgc))]
 
     chose_new = track_new[ugc_choice]
     old_rows = r_split.permutation(np.flatnonzero(~chose_new))
     n_val, n_test = int(c.val_share * len(old_rows)), int(c.test_share * len(old_rows))
     parts = {"val": np.sort(old_rows[:n_val]), "test": np.sort(old_rows[n_val:n_val + n_test]),
              "train": np.sort(old_rows[n_val + n_test:]), "test_new_music": np.flatnonzero(chose_new)}
-    unbiased_choice = existing[gumbel_max_choice(r_choice, logits("content", parts["test"], existing),
+    step(f"the music of test_unbiased's {len(parts['test']):,} videos")
+    unbiased_choice = existing[gumbel_max_choice(r_choice, logits("test_unbiased", parts["test"], existing),
                                                  len(parts["test"]))]
 
     def rows(vids, tracks):
@@ -287,15 +339,12 @@ def simulate(config: WorldConfig) -> tuple[Dataset, WorldTruth]:
     splits = {name: rows(v, ugc_choice[v]) for name, v in parts.items()}
     splits["test_unbiased"] = rows(parts["test"], unbiased_choice)
     splits["pgc"] = rows(pgc, pgc_choice)
-    split_info = {
-        "train": SplitInfo("train", "existing"), "val": SplitInfo("val", "existing"),
-        "test": SplitInfo("test", "existing"), "test_new_music": SplitInfo("test", "new"),
-        "test_unbiased": SplitInfo("test", "existing"), "pgc": SplitInfo("teacher", "existing"),
-    }
-    truth.processes = {s: processes["content" if s in ("test_unbiased", "pgc") else "biased"] for s in split_info}
+    split_info = {name: split.info for name, split in WORLD_SPLITS.items()}
+    truth.processes = {name: processes[split.process] for name, split in WORLD_SPLITS.items()}
+    step("frozen negatives")
     negatives = {}
-    for s in ("val", "test", "test_new_music", "test_unbiased"):
-        if len(splits[s]) == 0:
+    for s, info in split_info.items():
+        if info.role not in EVALUATED_ROLES or len(splits[s]) == 0:
             continue
         cand = np.flatnonzero(track_new) if split_info[s].candidates == "new" else existing
         negatives[s] = sample_negatives(splits[s][:, 1], cand, min(c.n_negatives, len(cand) - 1), r_neg)
@@ -335,6 +384,17 @@ def save_world(ds: Dataset, truth: WorldTruth, out: Path) -> Path:
     meta = {"truth/world.json": {"config": truth.config.to_json(),
                                  "processes": {s: asdict(p) for s, p in truth.processes.items()}}}
     return save_dataset(ds, out, arrays, meta)
+
+
+def simulate_and_save(config: WorldConfig, out: Path, progress: Callable[[str], None] | None = None,
+                      ) -> tuple[Dataset, WorldTruth]:
+    """:func:`simulate` then :func:`save_world` into ``out``; ``progress`` as :func:`simulate` takes it, told
+    "writing OUT" last."""
+    ds, truth = simulate(config, progress)
+    if progress is not None:
+        progress(f"writing {out}")
+    save_world(ds, truth, out)
+    return ds, truth
 
 
 def load_truth(root: Path) -> WorldTruth:

@@ -1,4 +1,4 @@
-"""Shared plumbing of the media extractors: content-hash cache, failure report, progress bar.
+"""Shared plumbing of the media extractors: content-hash cache, failure report, progress bar (and steps).
 
 Cache layout (one folder per extractor, by default ``<OUT_DIR>/.cache/<namespace>/``)::
 
@@ -259,6 +259,26 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n=1: prog.advance(task, n)
 
 
+@contextlib.contextmanager
+def progress_steps(description: str, enabled: bool = True) -> Iterator:
+    """A task's steps on stderr; yields ``step(what)``, to call as each step starts. On a terminal a Rich status
+    line shows the step; where stderr is not a terminal (a CI log, a file) a plain line says each step with the
+    seconds since the start instead: a status showed nothing there, for minutes. A no-op when ``enabled`` is
+    False."""
+    if not enabled:
+        yield lambda what: None
+        return
+    from rich.console import Console
+
+    console, t0 = Console(stderr=True), time.perf_counter()
+    if not console.is_terminal:
+        yield lambda what: print(f"{description}: {what} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr,
+                                 flush=True)
+        return
+    with console.status(description) as status:
+        yield lambda what: status.update(f"{description}: {what}")
+
+
 def csv_records(reader, path: Path) -> Iterator[tuple[int, list[str]]]:
     """(physical line where the record starts, values) of a ``csv.reader(..., strict=True)`` over ``path``
     opened with ``newline=""``, blank lines skipped; a quoted field may span lines, so this is not a row
@@ -492,19 +512,20 @@ def arrays_sha256(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def check_manifest_content(root: Path, manifest: dict, files: str, arrays: tuple[np.ndarray, ...], count_key: str,
-                           count: int) -> None:
+def check_manifest_content(root: Path, manifest: dict, files: str, arrays: tuple[np.ndarray, ...] | None,
+                           count_key: str, count: int) -> None:
     """Refuse an extracted folder whose arrays (the files ``files`` names) are not those its ``manifest.json``
     records (``content_hash``), or whose row count differs from the manifest's ``counts[count_key]``: a file
     changed, swapped or copied in part since extraction, whose rows would be served as other inputs' (the hash
-    and the count are checked when the manifest has them; hand-made folders may leave them out)."""
+    and the count are checked when the manifest has them; hand-made folders may leave them out). ``arrays``
+    None: the count alone (the hash reads every byte of the arrays)."""
     from bgmrec.data.dataset import DatasetError
 
     recorded = (manifest.get("counts") or {}).get(count_key)
     if recorded is not None and recorded != count:
         raise DatasetError(f"{root}/manifest.json: counts.{count_key} is {recorded}, but the folder holds {count} "
                            "rows; it was changed since it was extracted: extract it again")
-    recorded = manifest.get("content_hash")
+    recorded = manifest.get("content_hash") if arrays is not None else None
     if recorded is not None and recorded != (found := arrays_sha256(*arrays)):
         raise DatasetError(f"{root}/{files}: not the content manifest.json records (content_hash {recorded[:12]}..., "
                            f"found {found[:12]}...): changed, or copied in part, since it was extracted; extract "

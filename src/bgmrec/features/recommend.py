@@ -70,14 +70,19 @@ class ClipFeatures:
     __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
 
 
-def _dataset_at(root: Path):
-    """The dataset at ``root`` when it is a dataset folder (its manifest.json has no ``kind``), else None."""
-    from bgmrec.data.dataset import load_dataset, read_json
+def _is_dataset(root: Path) -> bool:
+    """Whether ``root`` is a dataset folder (its manifest.json has no ``kind``, which extracted folders have)."""
+    from bgmrec.data.dataset import read_json
 
     manifest = Path(root) / "manifest.json"
-    if not manifest.is_file() or "kind" in read_json(manifest, str(manifest)):
-        return None
-    return load_dataset(Path(root))  # memory-mapped: a catalogue and its videos from one folder load cheaply
+    return manifest.is_file() and "kind" not in read_json(manifest, str(manifest))
+
+
+def _dataset_at(root: Path):
+    """The dataset at ``root`` when it is a dataset folder (:func:`_is_dataset`), else None."""
+    from bgmrec.data.dataset import load_dataset
+
+    return load_dataset(Path(root)) if _is_dataset(root) else None  # memory-mapped: a catalogue and videos load cheaply
 
 
 def open_catalog(root: Path) -> Catalog:
@@ -98,6 +103,16 @@ def open_catalog(root: Path) -> Catalog:
                 **({"settings": settings} if isinstance(settings, dict) else {})}
     return Catalog(list(ds.track_ids), list(ds.track_title), list(ds.track_artist),
                    [ds.genres[g] for g in ds.track_genre], [""] * m, [""] * m, music, manifest, Path(root))
+
+
+def open_video(root: Path, video_id: str):
+    """The video ``video_id`` of the videos folder at ``root`` as a one-row
+    :class:`~bgmrec.features.video.VideoFeatures` (:func:`~bgmrec.features.video.load_video_row`: only its row
+    read, and the folder's content hash not checked), or of a dataset folder (loaded memory-mapped and validated
+    by :func:`open_video_features`); an id not there is a :class:`~bgmrec.data.dataset.DatasetError` naming it."""
+    from bgmrec.features.video import load_video_row
+
+    return open_video_features(root).only(video_id) if _is_dataset(root) else load_video_row(root, video_id)
 
 
 def open_video_features(root: Path):

@@ -419,13 +419,14 @@ def caption_rows(path: Path) -> dict[str, tuple[int, tuple[str, str]]]:
 
 @dataclass
 class VideoFeatures:
-    """A videos folder loaded into memory (see the module docstring for the format)."""
+    """A videos folder loaded into memory, or with its arrays memory-mapped (``load_video_features(root,
+    mmap=True)``); see the module docstring for the format."""
 
     ids: list[str]
     file: list[str]
     caption: list[str]
-    visual: np.ndarray  # float32 [N, 1280]
-    text: np.ndarray  # float32 [N, 384]
+    visual: np.ndarray  # float32 [N, 1280] (memory-mapped: as stored)
+    text: np.ndarray  # float32 [N, 384] (memory-mapped: as stored)
     text_mask: np.ndarray  # bool [N]
     manifest: dict = field(default_factory=dict)
     root: Path | None = None
@@ -436,10 +437,19 @@ class VideoFeatures:
         return len(self.ids)
 
     def position(self, video_id: str) -> int:
+        """The row of ``video_id``; a :class:`DatasetError` naming ``videos.csv`` when there is none."""
         try:
             return self.ids.index(video_id)
         except ValueError:
             raise DatasetError(f"{self.root}/videos.csv: no video with id {video_id!r}") from None
+
+    def only(self, video_id: str) -> VideoFeatures:
+        """The one video ``video_id`` (:meth:`position`), its rows copied: of memory-mapped arrays, only they are
+        read."""
+        one = slice(i := self.position(video_id), i + 1)
+        return VideoFeatures([self.ids[i]], self.file[one], self.caption[one], np.array(self.visual[one], np.float32),
+                             np.array(self.text[one], np.float32), np.array(self.text_mask[one], bool), self.manifest,
+                             self.root)
 
     def notes(self, video_id: str) -> list[str]:
         """The notes ``failures.csv`` holds on the clip ``video_id`` as it was extracted with frames repeated (a
@@ -582,15 +592,37 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                          added=added)
 
 
-def load_video_features(root: Path) -> VideoFeatures:
-    """Load and check a videos folder written by :func:`extract_videos`."""
-    root = Path(root)
+def load_video_features(root: Path, mmap: bool = False) -> VideoFeatures:
+    """Load and check a videos folder written by :func:`extract_videos`: every row's values, and the arrays'
+    bytes against the manifest's ``content_hash``. ``mmap``: the arrays memory-mapped as stored (float32 as
+    extract-videos writes them, else cast where used), read a block at a time to be checked and hashed, not
+    loaded (``build-dataset`` copies only the rows it keeps)."""
+    return _load_videos(Path(root), mmap=mmap)
+
+
+def load_video_row(root: Path, video_id: str) -> VideoFeatures:
+    """The video ``video_id`` of the videos folder at ``root`` as a one-row :class:`VideoFeatures`, its arrays
+    memory-mapped and only its row read (``recommend --features DIR --video-id ID``: loading and hashing a
+    150k-video folder to answer for one clip took seconds and 1.25 GB).
+
+    Checked as :func:`load_video_features` checks the folder (the manifest's kind, id order and counts, one row of
+    each array per ``videos.csv`` row, the arrays' shapes and dtypes, distinct ids) and the row's values (finite,
+    within float32's range), but not the manifest's ``content_hash``, which reads every byte of the arrays: an
+    array edited in place since extraction, its shape kept, is refused by :func:`load_video_features` (and so by
+    ``build-dataset``), not here. An id not in the folder is a :class:`DatasetError` naming it."""
+    return _load_videos(Path(root), video_id, mmap=True)
+
+
+def _load_videos(root: Path, video_id: str | None = None, mmap: bool = False) -> VideoFeatures:
+    """:func:`load_video_features` (``video_id`` None: the whole folder) or :func:`load_video_row`."""
+    whole = video_id is None
     man = read_manifest(root, VIDEOS_KIND, "video features")
     rows = read_csv_utf8(root / "videos.csv", ("id", "file", "caption"))
-    arrays = {name: load_npy(root / name, f"{root}/{name}", mmap=False)
+    arrays = {name: load_npy(root / name, f"{root}/{name}", mmap=mmap)
               for name in ("visual.npy", "text.npy", "text_mask.npy")}
     n = len(rows)
-    for name, shape in (("visual.npy", (n, VISUAL_DIM)), ("text.npy", (n, TEXT_DIM)), ("text_mask.npy", (n,))):
+    floats = {"visual.npy": (n, VISUAL_DIM), "text.npy": (n, TEXT_DIM)}
+    for name, shape in (*floats.items(), ("text_mask.npy", (n,))):
         arr = arrays[name]
         if arr.shape[:1] != (n,) or arr.ndim != len(shape):
             raise DatasetError(f"{root}/{name}: expected shape [{n}, ...] (one row per videos.csv row), "
@@ -598,14 +630,22 @@ def load_video_features(root: Path) -> VideoFeatures:
         if name == "text_mask.npy":
             if arr.dtype != bool:
                 raise DatasetError(f"{root}/{name}: expected a bool array, found {arr.dtype}")
-        else:
-            check_float_matrix(arr, shape, str(root), name)
+        else:  # one video's values are checked below, once it is found
+            check_float_matrix(arr, shape, str(root), name, None if whole else np.zeros(0, np.int64))
     check_manifest_content(root, man, "visual.npy, text.npy and text_mask.npy",
-                           tuple(arrays[name] for name in ("visual.npy", "text.npy", "text_mask.npy")), "videos", n)
+                           tuple(arrays[name] for name in ("visual.npy", "text.npy", "text_mask.npy")) if whole
+                           else None, "videos", n)
     ids = [r["id"] for r in rows]
     if man.get("ids") is not None and man["ids"] != ids:
         raise DatasetError(f"{root}/videos.csv: ids differ from the id order in manifest.json")
     check_distinct_ids(ids, f"{root}/videos.csv")
-    return VideoFeatures(ids, [r["file"] for r in rows], [r["caption"] for r in rows],
-                         np.asarray(arrays["visual.npy"], np.float32), np.asarray(arrays["text.npy"], np.float32),
-                         arrays["text_mask.npy"], man, root)
+    vf = VideoFeatures(ids, [r["file"] for r in rows], [r["caption"] for r in rows], arrays["visual.npy"],
+                       arrays["text.npy"], arrays["text_mask.npy"], man, root)
+    if whole:
+        if not mmap:
+            vf.visual, vf.text = np.asarray(vf.visual, np.float32), np.asarray(vf.text, np.float32)
+        return vf
+    i = vf.position(video_id)
+    for name, shape in floats.items():
+        check_float_matrix(arrays[name], shape, str(root), name, np.array([i]))
+    return vf.only(video_id)
