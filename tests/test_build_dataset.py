@@ -495,10 +495,11 @@ def test_professional_music_videos_become_the_teacher_split_and_deccm_trains_its
     assert ds.provenance["professional"]["dropped"] == dropped(unknown_video=1, unknown_track=0, duplicate=0)
     assert ds.provenance["videos_without_pairs"] == 0
     # the command: DecCM finds its teacher's data without --teacher
-    out = tmp_path / "cli-data"
+    out = tmp_path / ("cli-data" + "-long" * 30)  # the summary past 200 columns stays one line (it was wrapped)
     assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
                  str(out), "--professional", str(pro)]) == 0
-    assert "pgc 6" in capsys.readouterr().out
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert len(summary) == 1 and str(out) in summary[0] and "pgc 6" in summary[0]
     assert main(["train", "--data", str(out), "--model", "deccm", "--out", str(tmp_path / "run"), "--set",
                  "epochs=1", "--set", "hidden=16", "--set", "latent_dim=4", "--set", "prior_samples=16"]) == 0
     assert (tmp_path / "run" / "teacher" / "config.json").is_file()

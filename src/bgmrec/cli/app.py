@@ -53,11 +53,13 @@ def hangup_signal() -> int | None:
 
 
 def make_console(stderr: bool = False, highlight: bool = True):
-    """A Rich console for a command's output: as wide as the terminal on one, else 200 columns (piped or logged,
-    tables were wrapped at 80 columns or at a COLUMNS setting, cutting ids and figures)."""
+    """A Rich console for a command's output: as wide as the terminal on one, else 200 columns for tables (piped
+    or logged, tables were wrapped at 80 columns or at a COLUMNS setting, cutting ids and figures) and each line
+    printed whole (a summary naming a long path was split across lines, and a grep for it missed)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=highlight, width=None if Console(stderr=stderr).is_terminal else 200)
+    terminal = Console(stderr=stderr).is_terminal
+    return Console(stderr=stderr, highlight=highlight, width=None if terminal else 200, soft_wrap=not terminal)
 
 
 def threads_option():
