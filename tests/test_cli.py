@@ -1065,14 +1065,16 @@ def test_bench_quality_changes_world_parameters_and_names_its_files_by_them(tmp_
         assert not (tmp_path / "other").exists()  # refused before any world was simulated
 
 
-@pytest.mark.parametrize(("stop", "code", "terminal_gone"), [("SIGTERM", 143, False), ("SIGINT", 130, False),
-                                                              ("SIGHUP", 129, False), ("SIGHUP", 129, True)])
-def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, stop, code, terminal_gone):
+@pytest.mark.parametrize(("stop", "code", "gone"), [("SIGTERM", 143, None), ("SIGINT", 130, None),
+                                                     ("SIGHUP", 129, None), ("SIGHUP", 129, "terminal"),
+                                                     ("SIGHUP", 129, "pipe")])
+def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, stop, code, gone):
     """The console script (here as ``python -m bgmrec``) ends on SIGTERM and SIGHUP (an ssh session closed) as on
     Ctrl-C (SIGINT): no half-built run left beside --out, exit code 128 + the signal's number, and one line
     saying so. Ctrl-C exited 0, so `train && evaluate` went on after a cancelled run; SIGTERM said nothing; SIGHUP
-    killed it at once, leaving its temporary folder. With its terminal gone (``terminal_gone``: the ssh session's
-    pty closed), every write to it fails (EIO), which must not end the clean-up in another error."""
+    killed it at once, leaving its temporary folder. With its outputs ``gone`` (the ssh session's pty closed, or
+    the pipe to a ``tee`` that ended with the session), every write to them fails (EIO, EPIPE), which must not end
+    the clean-up in another error (the pipe's: exit code 1, and DecCM's kept epoch lost)."""
     import os
     import pty
     import signal
@@ -1081,41 +1083,44 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
     import time
 
     out = tmp_path / "runs" / "cmvae"
-    terminal, streams = pty.openpty() if terminal_gone else (None, None), {}
-    if terminal_gone:
-        streams = {"stdin": terminal[1], "stdout": terminal[1], "stderr": terminal[1]}
+    outputs_gone = gone is not None
+    ends, streams = {"terminal": pty.openpty, "pipe": os.pipe}.get(gone, lambda: (None, None))(), {}
+    if outputs_gone:  # a pipe: its read end stands for the terminal's side
+        streams = {"stdin": subprocess.DEVNULL if gone == "pipe" else ends[1], "stdout": ends[1],
+                   "stderr": ends[1]}
     # Ctrl-C as a terminal's foreground job gets it: with SIGINT's default disposition. A background job of a
     # non-interactive shell (`pytest ... &`) inherits SIGINT ignored, and Python then rightly installs no handler
     proc = subprocess.Popen([sys.executable, "-m", "bgmrec", "train", "--data", str(cli_world), "--model", "cmvae",
-                             "--out", str(out), "--set", "epochs=100000", "--set", "patience=100000"],
+                             "--out", str(out), "--set", "epochs=100000", "--set", "patience=100000",
+                             *(["--no-progress"] if gone == "pipe" else [])],  # no line into the pipe unread
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
                                  "PYTHONFAULTHANDLER": "1"},
                             **(streams or {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}),
                             preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT,
                                                                                            signal.SIGHUP)])
-    if terminal_gone:
-        os.close(terminal[1])
+    if outputs_gone:
+        os.close(ends[1])
     deadline = time.monotonic() + 300  # a loaded machine: imports and data loading can take long
     while not list(out.parent.glob(".cmvae.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if proc.poll() is None and not list(out.parent.glob(".cmvae.tmp-*")):  # a signal now could precede the handler
         proc.kill()
         pytest.fail("the command did not start writing its run within 300 s: "
-                    + ("" if terminal_gone else proc.communicate()[1].decode()))
+                    + ("" if outputs_gone else proc.communicate()[1].decode()))
     assert proc.poll() is None  # still training, its run under a temporary name
-    if terminal_gone:
-        os.close(terminal[0])  # the session's end: its terminal is gone before the signal comes
+    if outputs_gone:
+        os.close(ends[0])  # the session's end: its terminal is gone before the signal comes
     proc.send_signal(getattr(signal, stop))  # mid-training: 40 epochs could end first on a loaded machine
     try:
         returned = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:  # hung: faulthandler prints every thread's stack on SIGABRT
         proc.send_signal(signal.SIGABRT)
-        threads = "" if terminal_gone else proc.communicate(timeout=60)[1].decode()[-8000:]
+        threads = "" if outputs_gone else proc.communicate(timeout=60)[1].decode()[-8000:]
         pytest.fail(f"still running 60 s after {stop}; its threads:\n{threads}")
     finally:
         proc.kill()  # (a no-op once it has ended) never left training for 100,000 epochs
     left = sorted(p.name for p in out.parent.iterdir())  # neither the run nor its temporary folder
-    if terminal_gone:  # nothing to read what it said: the files and the exit code
+    if outputs_gone:  # nothing to read what it said: the files and the exit code
         assert returned == code and left in ([], ["cmvae.partial"]), left
         assert not left or load_model(out.parent / "cmvae.partial").name == "cmvae"
         return

@@ -46,20 +46,32 @@ def install_stop_handlers() -> None:
 
 
 def silence_lost_outputs() -> None:
-    """Point standard output and error at the null device where they can no longer be written (an empty write
-    fails: the terminal of an ssh session that ended, EIO): the clean-up a stop runs then ends as it should, its
-    notes unseen, where its first note or progress line raised that error instead of the stop (exit code 1, the
-    best epoch so far not saved). Outputs that work are left alone."""
+    """Point standard output and error at the null device where they can no longer be written (:func:`lost`: the
+    terminal of an ssh session that ended, or a pipe to a ``tee`` that ended with it): the clean-up a stop runs
+    then ends as it should, its notes unseen, where its first note or progress line raised that error instead of
+    the stop (exit code 1, the best epoch so far not saved). Outputs that work are left alone."""
     for fd in (1, 2):
-        try:
-            os.write(fd, b"")
-        except OSError:
+        if lost(fd):
             try:
                 null = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(null, fd)
                 os.close(null)
             except OSError:  # nothing more to do: the stop itself must go on
                 pass
+
+
+def lost(fd: int) -> bool:
+    """True when writing to ``fd`` would fail: an empty write fails (a hung-up terminal: EIO), or the descriptor
+    reports an error or hang-up (a pipe whose reader has gone, where an empty write still succeeds)."""
+    import select
+
+    try:
+        os.write(fd, b"")
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, events in poller.poll(0))
+    except OSError:
+        return True
 
 
 _DEFERRED: dict[int, float] = {}  # signal -> when it first arrived inside an import (a stop put off)
