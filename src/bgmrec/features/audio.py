@@ -321,7 +321,8 @@ _WORKER: AudioExtractor | None = None
 
 @contextlib.contextmanager
 def stops_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back while the block runs, then deliver the first one received to the handler
+    """Hold SIGINT, SIGTERM and SIGHUP (the command line's stops) back while the block runs, then deliver the
+    first one received to the handler
     that was in place. openSMILE runs Python callbacks from C (ctypes), which swallow the KeyboardInterrupt a
     Ctrl-C raises in them: the analysis went on with NaN features, the track was listed as failed and the run
     ended with exit 0 (``extract-music --workers 1``) or a traceback (the parent's warm-up). Only the main
@@ -330,7 +331,8 @@ def stops_deferred() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    held = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+    held = {s: signal.getsignal(s) for s in stops}
     held = {s: h for s, h in held.items() if h not in (signal.SIG_IGN, None)}
     for s in held:
         signal.signal(s, lambda signum, _frame: received.append(signum))
