@@ -200,9 +200,9 @@ def _fit_torch(model, train: SplitView, val: SplitView | None, progress: bool) -
                     with torch.no_grad():
                         scores = validation_scores(model, val, cfg.val_queries, cfg.seed)
                     entry["val_recall@10"], entry["val_mrr"] = scores
-                    if scores > best:
-                        best, since_best, best_epoch = scores, 0, epoch + 1
-                        best_state = copy.deepcopy(model.module.state_dict())
+                    if scores > best:  # the copy first: a stop during it must not name this epoch the best kept
+                        state = copy.deepcopy(model.module.state_dict())
+                        best, since_best, best_epoch, best_state = scores, 0, epoch + 1, state
                     else:
                         since_best += 1
                 history.append(entry)

@@ -181,6 +181,32 @@ def test_a_stopped_fit_raises_and_holds_its_best_epoch_so_far(tiny_ds, monkeypat
     assert not model.fitted and model.stopped is None
 
 
+def test_a_stop_while_the_new_best_epoch_is_copied_keeps_the_epoch_it_holds(tiny_ds, monkeypatch):
+    # the new best's epoch was recorded before its weights were copied: a stop during the copy saved epoch 1's
+    # weights as "the best epoch so far (2, val R@10 0.200)" (a review)
+    import copy
+    import types
+
+    import bgmrec.train
+    from bgmrec.models.base import StoppedFit
+
+    copies = []
+
+    def deepcopy(obj):
+        copies.append(1)
+        if len(copies) == 2:
+            raise KeyboardInterrupt
+        return copy.deepcopy(obj)
+
+    curve = iter([(0.10, 0.1), (0.20, 0.2)])
+    monkeypatch.setattr(bgmrec.train, "validation_scores", lambda *args: next(curve))
+    monkeypatch.setattr(bgmrec.train, "copy", types.SimpleNamespace(deepcopy=deepcopy))
+    model = build("twotower-infonce", _spec(tiny_ds), {"epochs": 4, "hidden": "16", "latent_dim": 8})
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "val"))
+    assert model.stopped == StoppedFit(epoch=2, epochs=4, best_epoch=1, best_recall=0.10)
+
+
 def test_a_saturated_recall_still_lets_a_later_epoch_win_on_mrr(tmp_path):
     # 10 tracks: Recall@10 is 1.0 from the first epoch (one optimiser step), and training kept that epoch
     from bgmrec.data.simulate import simulate, world_config
