@@ -88,6 +88,12 @@ def test_the_code_fingerprint_ignores_comments_docstrings_and_layout_not_code(tm
     moved = package("f", '"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # one\n')
     (moved / "sub" / "m.py").rename(moved / "m.py")
     assert code_digest(moved) != base  # a module moved is another module
+    unfinished = package("g", '"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # one\n')
+    (unfinished / "wip.py").write_text("def f(:\n")  # a work in progress: it failed every train's save
+    (unfinished / "latin1.py").write_bytes(b"s = '\xe9'\n")
+    assert code_digest(unfinished) not in (base, code_digest(package("h", (unfinished / "sub" / "m.py").read_text())))
+    (unfinished / "wip.py").write_text("def f(:\n    pass\n")
+    assert code_digest.__wrapped__(unfinished) != code_digest(unfinished)  # its bytes count
 
 
 def test_git_commit_defaults_to_this_package_s_checkout():

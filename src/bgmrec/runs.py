@@ -97,19 +97,26 @@ def code_fingerprint() -> str:
 
 @functools.cache
 def code_digest(root: Path) -> str:
-    """A short SHA-256 of the syntax trees of the ``*.py`` files under ``root`` (with their paths), docstrings
-    removed: what the code does, not how it is commented or laid out (every other string counts: help texts,
-    messages)."""
+    """A short SHA-256 of the ``*.py`` files under ``root`` (with their paths) as code, docstrings removed: what
+    the code does, not how it is commented or laid out (every other string counts: help texts, messages). Each
+    file is hashed as :func:`ast.unparse` writes it back (source text, stabler across Python versions than the
+    tree's dump); a file that does not parse (a contributor's work in progress), as its bytes."""
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        tree = ast.parse(path.read_bytes(), str(path))
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
-                    and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                    and isinstance(body[0].value.value, str)):
-                node.body = body[1:] or [ast.Pass()]
-        h.update(str(path.relative_to(root)).encode() + b"\0" + ast.dump(tree).encode() + b"\0")
+        source = path.read_bytes()
+        try:
+            tree = ast.parse(source, str(path))
+        except (SyntaxError, ValueError):  # not Python (yet): its bytes, as the code it is
+            code = source
+        else:
+            for node in ast.walk(tree):
+                body = getattr(node, "body", None)
+                if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
+                        and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                        and isinstance(body[0].value.value, str)):
+                    node.body = body[1:] or [ast.Pass()]
+            code = ast.unparse(tree).encode()
+        h.update(str(path.relative_to(root)).encode() + b"\0" + code + b"\0")
     return h.hexdigest()[:16]
 
 

@@ -731,8 +731,9 @@ def test_ctrl_c_during_openSMILE_stops_the_run_after_the_analysis_not_as_a_faile
     assert not (tmp_path / "cat" / "music.npy").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler in place is given back
 
+    received = []
     for stop in (signal.SIGTERM, signal.SIGHUP):  # the command line stops on SIGHUP as on SIGTERM
-        received = []
+        received.clear()
         before = signal.signal(stop, lambda signum, _frame: received.append(signum))
         try:
             with stops_deferred():
