@@ -735,6 +735,14 @@ def test_a_full_disk_is_named_by_the_file_or_folder_being_written_not_its_tempor
         atomic_write_dir(tmp_path / "run", elsewhere)
     assert e.value.filename == str(tmp_path / "input.csv")
 
+    for unrelated in (OSError("CUDA driver could not be initialised"), BrokenPipeError(32, "Broken pipe")):
+        def fails(_folder, error=unrelated):
+            raise error
+
+        with pytest.raises(OSError) as e:  # no file named, no failed write: left as it was, not a "full disk"
+            atomic_write_dir(tmp_path / "run", fails)
+        assert e.value is unrelated
+
 
 def test_a_split_name_with_spaces_or_other_letters_is_a_file_name_and_loads(tiny_copy):
     _renamed_split("test dur\u00e9e 2")(tiny_copy)

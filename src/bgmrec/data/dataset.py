@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -672,8 +674,15 @@ def raise_named(e: BaseException, target: Path, tmp: Path) -> None:
             name = target / Path(os.fsdecode(e.filename)).relative_to(tmp)
         except ValueError:  # another path than the one written: its own name says more
             return
+    elif not (e.errno in WRITE_ERRNOS or (e.errno is None and SHORT_WRITE.fullmatch(str(e)))):
+        return  # no file named and not a failed write (a pipe, a library's own error): as it was
     why = e.strerror or f"{e}: the write was cut short (a full disk?)"
     raise OSError(e.errno, why, str(name)) from e
+
+
+#: errors of a write() that name no file: a full disk or quota, a file too large, a read-only or failing device
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile cut short (no errno)
 
 
 def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
