@@ -1131,7 +1131,8 @@ def test_a_stop_signal_ends_a_command_through_its_clean_up(cli_world, tmp_path, 
         assert left == ["cmvae.partial"] and load_model(out.parent / "cmvae.partial").name == "cmvae", err
         assert last.startswith(f"stopped ({stop}): at epoch ") and "saved to" in last, err
     else:
-        assert last == f"stopped ({stop}): nothing was saved (no validated epoch to keep)", err
+        assert last in (f"stopped ({stop}): nothing was saved (no validated epoch to keep)",
+                        f"stopped ({stop}): nothing was saved (stopped before the training began)"), err
 
 
 def test_a_stop_signal_inside_an_import_is_sent_again_once_and_raised_after_it_or_after_its_patience(monkeypatch):
@@ -1568,6 +1569,28 @@ def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, c
     assert [line.rsplit(" (", 1)[0] for line in lines[:-1]] == [
         f"twotower-infonce epoch 1: step {b} of {steps}" for b in range(1, steps)]  # the last step: the epoch's line
     assert lines[-1].startswith("twotower-infonce epoch 1 loss ") and lines[-1].endswith(" s)")
+
+
+def test_a_deccm_stopped_while_its_teacher_trains_says_so(cli_world, tmp_path, capsys, monkeypatch):
+    # it said "no validated epoch to keep" though the teacher had validated two (a review)
+    import bgmrec.train
+
+    real, calls = bgmrec.train.validation_scores, []
+
+    def stopped_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the teacher's third epoch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.train, "validation_scores", stopped_at_the_third)
+    capsys.readouterr()
+    assert main(["train", "--data", str(cli_world), "--model", "deccm", "--out", str(tmp_path / "d"), "--epochs",
+                 "4", "--set", "hidden=16", "--set", "latent_dim=8"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "stopped (SIGINT): nothing was saved (stopped while its teacher trained: the teacher's finished epochs are "
+        "not kept)")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_deccms_teacher_says_whose_it_is_in_the_progress_lines(cli_world, tmp_path, capsys):

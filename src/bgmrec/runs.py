@@ -276,7 +276,11 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
         atomic_write_dir(Path(out), write, marker="config.json", version_key="bgmrec_version", what="a model run",
                          rescue=rescue)
     except STOPS as stop:
-        if partial is not None:
+        if partial is not None and "start" not in timing:  # stopped before the model's own training began
+            stop.add_note("nothing was saved (stopped while its teacher trained: the teacher's finished epochs are "
+                          "not kept)" if teacher is None and takes_teacher(type(rec), rec.config) else
+                          "nothing was saved (stopped before the training began)")
+        elif partial is not None:
             stop.add_note(save_stopped_run(rec, Path(partial), save_run,
                                            lost_teacher="kept" in teachers and teachers["kept"] is None))
         raise
