@@ -111,6 +111,9 @@ def test_models_name_lists_its_config_fields_with_defaults_and_comments(capsys):
     assert rows["lr"][:2] == ["float", "0.002"]  # inherited from TrainConfig, with its comment
     assert rows["teacher"][1] == "false" and "fixed: deccm-noteacher is this setting" in rows["teacher"][2]
     assert rows["hidden"][:2] == ["tuple[int, ...]", "512"]  # as --set writes it: hidden=512,256
+    assert {f.name: f for f in config_fields("deccm")}["content_share"].comment.endswith(
+        "choices (needs teacher=true, track_prior=true and a professional split in the dataset; else the uploads' "
+        "shares)")  # a comment continued on the line below
     assert set(rows) == {f.name for f in dataclasses.fields(model_class("deccm").config_class)}
 
     @dataclasses.dataclass

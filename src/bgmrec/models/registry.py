@@ -219,16 +219,27 @@ def field_comments(klass: type) -> dict[str, str]:
 
     try:
         source = inspect.cleandoc("\n" + inspect.getsource(klass))  # the body dedented to parse on its own
-    except (OSError, TypeError):
+    except (OSError, TypeError, SyntaxError):  # no source file, a class made at run time, a file that does not parse
         return {}
-    out, line_field = {}, {}
+    out: dict[str, str] = {}
     own = set(getattr(klass, "__annotations__", {}))
+    field, line = None, -1  # the field whose comment may go on, on comment-only lines below its own
     try:
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in own:
-                line_field.setdefault(tok.start[0], tok.string)
-            elif tok.type == tokenize.COMMENT and tok.start[0] in line_field:
-                out.setdefault(line_field[tok.start[0]], tok.string.lstrip("#").strip())
+            if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in own and tok.start[0] != line:
+                field, line = tok.string, tok.start[0]
+            elif tok.type == tokenize.COMMENT and field is not None and tok.start[0] in (line, line + 1):
+                text = tok.string.lstrip("#").strip()
+                if tok.start[0] == line and field not in out:
+                    out[field] = text
+                elif tok.start[0] == line + 1 and field in out and tok.line.lstrip().startswith("#"):
+                    out[field] += " " + text  # a comment-only line right below: the same comment, continued
+                else:
+                    continue
+                line = tok.start[0]
+            elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) and \
+                    tok.start[0] != line:
+                field = None  # other code: no comment continues past it
     except (tokenize.TokenError, IndentationError):
         return out
     return out
