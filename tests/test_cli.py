@@ -106,7 +106,7 @@ def test_models_name_lists_its_config_fields_with_defaults_and_comments(capsys):
 
     assert main(["models", "deccm-noteacher"]) == 0
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in capsys.readouterr().out.splitlines() if line.startswith("│")}
+            for line in capsys.readouterr().out.splitlines() if line.startswith("│") and line[1:].split("│")[0].strip()}
     assert rows["latent_dim"] == ["int", "64", "size of the shared Gaussian latent space"]  # CMVAEConfig's comment
     assert rows["lr"][:2] == ["float", "0.002"]  # inherited from TrainConfig, with its comment
     assert rows["teacher"][1] == "false" and "fixed: deccm-noteacher is this setting" in rows["teacher"][2]
