@@ -209,6 +209,19 @@ def test_rank_and_top_breaks_ties_among_infinities_by_key():
     np.testing.assert_array_equal(ranks, [3])
 
 
+def test_rank_and_top_refuses_infinite_keys_and_orders_unsigned_scores_best_first():
+    # an infinite key passed for the mask of other scores (a column listed twice); unsigned scores, negated to
+    # order best first, wrapped round (a review)
+    keys = np.array([[0.0, np.inf, np.inf]])
+    with pytest.raises(ValueError, match="tie keys must be finite"):
+        M.rank_and_top(np.array([[1.0, 0.0, 0.0]]), np.array([0]), 3, lambda which: keys[which])
+    scores = np.array([[0, 1, 3, 3]], np.uint32)
+    ties = np.array([[0.4, 0.3, 0.2, 0.1]])
+    ranks, top = M.rank_and_top(scores, np.array([1]), 3, lambda which: ties[which])
+    np.testing.assert_array_equal(top, [[3, 2, 1]])
+    np.testing.assert_array_equal(ranks, [3])
+
+
 def test_rank_functions_refuse_columns_and_tie_breaks_out_of_range():
     scores = np.array([[0.3, 0.1, 0.2]])
     for bad in ([-1], [3], [0.5]):

@@ -190,6 +190,8 @@ def rank_and_top(scores: np.ndarray, positive_col: np.ndarray, k: int, tie_keys)
     which = np.flatnonzero(tied_pos | tied_top)
     if which.size:
         keys = np.asarray(tie_keys(which))
+        if not np.isfinite(keys).all():  # an infinite key would pass for _top_by_key's mask of other scores
+            raise ValueError("tie keys must be finite")
         at_pos, at_top = tied_pos[which], tied_top[which]
         if at_pos.any():
             ranks[which[at_pos]] += _ties_ahead(scores[which[at_pos]], positive_col[which[at_pos]], keys[at_pos])
@@ -245,6 +247,10 @@ def _finite_scores(scores: np.ndarray) -> np.ndarray:
     if bad.size:  # NaN compares false with everything: it would rank the positive first
         raise ValueError(f"scores contain NaN (row {int(bad[0])}): non-finite embeddings, or finite ones whose "
                          "inner product overflows")
+    if scores.dtype.kind == "u":  # negated to order best first, unsigned scores wrapped round: as signed ones
+        if scores.size and scores.max() > np.iinfo(np.int64).max:
+            raise ValueError("unsigned scores beyond the int64 range: give them as floats")
+        scores = scores.astype(np.int64)
     return scores
 
 
