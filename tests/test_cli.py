@@ -1536,7 +1536,7 @@ def test_threads_sets_torchs_threads_for_the_commands_that_train_or_score(popula
     import torch
 
     for command in (["train"], ["tune"], ["evaluate"], ["compare"], ["demo"], ["recommend"],
-                    ["bench", "quality"], ["bench", "gamma"], ["bench", "ceiling"]):
+                    ["bench", "quality"], ["bench", "gamma"], ["bench", "ceiling"], ["bench", "speed"]):
         assert main([*command, "--help"]) == 0
         assert "--threads" in capsys.readouterr().out, command
     before = torch.get_num_threads()

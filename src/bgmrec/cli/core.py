@@ -503,8 +503,10 @@ def bench_quality(
 def bench_speed(
     work: Path = typer.Option(Path("runs/bench"), help="folder for the tt150k world"),
     json_out: Path | None = typer.Option(None, "--json", help="write the figures to this file (- for stdout)"),
+    threads: int | None = threads_option(),
 ) -> None:
     """Simulation time and memory at tt150k, seconds per training epoch, full-catalogue scoring time."""
+    use_threads(threads)
     from bgmrec.bench import run_speed
 
     json_out = check_result_file(json_out, "bench speed")
