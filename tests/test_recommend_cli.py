@@ -55,6 +55,22 @@ def recommend_json(capsys, args):
     return json.loads(capsys.readouterr().out)
 
 
+def test_a_stopped_training_is_noted_when_it_recommends(world, tmp_path, capsys):
+    # a RUN.partial (train stopped: its best epoch so far) was noted by evaluate and compare, not by recommend
+    import shutil
+
+    partial = tmp_path / "run.partial"
+    shutil.copytree(world / "run", partial)
+    record = json.loads((partial / "run.json").read_text())
+    (partial / "run.json").write_text(json.dumps({**record, "stopped_at_epoch": 3, "of_epochs": 5, "best_epoch": 2}))
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(partial), "--catalog", str(world / "catalog"), "--video",
+                 str(world / "videos" / "clip03.mp4"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    said = f"{partial} is a training stopped at epoch 3 of 5: its best epoch so far (2), not a finished training"
+    assert f"note: {said}" in err and said in json.loads(out)["warnings"]
+
+
 def test_from_a_clip_file_to_ranked_tracks(world, capsys):
     res = recommend_json(capsys, ["--run", str(world / "run"), "--catalog", str(world / "catalog"),
                                   "--video", str(world / "videos" / "clip03.mp4"), "--caption",

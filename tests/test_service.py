@@ -510,6 +510,18 @@ def serve_command(ds, model, folder: Path, monkeypatch) -> tuple[list[str], dict
     return ["serve", "--run", str(folder / "run"), "--catalog", str(folder / "cat")], started
 
 
+def test_serve_notes_a_stopped_training(tiny_ds, cmvae, tmp_path, monkeypatch, capsys):
+    # a RUN.partial (train stopped: its best epoch so far) was served without a word
+    from bgmrec.cli import main
+
+    args, _ = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"stopped_at_epoch": 3, "of_epochs": 5, "best_epoch": 2}))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert (f"note: {tmp_path / 'run'} is a training stopped at epoch 3 of 5: its best epoch so far (2), not a "
+            "finished training") in capsys.readouterr().err
+
+
 def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, cmvae, tmp_path, monkeypatch):
     from bgmrec.cli import main
 

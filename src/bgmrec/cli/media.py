@@ -211,10 +211,10 @@ def recommend_cmd(
         warn_on_stderr,
     )
     from bgmrec.models.base import load_model
-    from bgmrec.runs import warn_if_model_code_changed
+    from bgmrec.runs import note_if_stopped, warn_if_model_code_changed
 
     model = load_model(run)
-    changed = warn_if_model_code_changed(run, model)
+    said = [m for m in (warn_if_model_code_changed(run, model), note_if_stopped(run)) if m]
     if mode is not None:
         model.set_inference_mode(mode)
     if model.needs_taste:  # a model that always reads it (DecCM's personalised mode is refused above)
@@ -259,8 +259,7 @@ def recommend_cmd(
             raise ValueError(message) from None
     for msg in clip.warnings:  # the clip's own (its frames repeated), shown as the mismatches are
         warn_on_stderr(f"{label}: {msg}")
-    if changed is not None:  # the JSON says all that stderr said
-        result["warnings"].insert(0, changed)
+    result["warnings"][:0] = said  # the JSON says all that stderr said
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return

@@ -84,7 +84,7 @@ def serve_cmd(
 
     from bgmrec.features.video import VideoConfig
     from bgmrec.models.base import load_model
-    from bgmrec.runs import warn_if_model_code_changed
+    from bgmrec.runs import note_if_stopped, warn_if_model_code_changed
 
     # one process serves (uvicorn.run with the app object: no worker processes), each request in a thread of its
     # pool: set here for the loading, and by the recommender in each request's thread (it holds per thread)
@@ -92,6 +92,7 @@ def serve_cmd(
         torch.set_num_threads(threads)
     model = load_model(run)
     warn_if_model_code_changed(run, model)
+    note_if_stopped(run)  # a RUN.partial: its best epoch so far, not a finished training
     if mode is not None:
         model.set_inference_mode(mode)
     if frames is None:
