@@ -96,6 +96,30 @@ def test_the_code_fingerprint_ignores_comments_docstrings_and_layout_not_code(tm
     assert code_digest.__wrapped__(unfinished) != code_digest(unfinished)  # its bytes count
 
 
+def test_a_second_training_into_the_same_folder_is_refused_while_the_first_runs(tiny_dir, tmp_path):
+    # two train --out RUN at once each trained, and the last to end replaced the other's run without a word
+    import fcntl
+    import os
+
+    from bgmrec.data.dataset import DatasetError, writing_lock
+
+    run = tmp_path / "runs" / "popularity"
+    run.parent.mkdir()
+    with writing_lock(run):  # the first, here as this process holding the lock
+        holder = os.open(run.parent / ".popularity.lock", os.O_RDONLY)
+        with pytest.raises(BlockingIOError):  # held, as another process would find it
+            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(holder)
+        with pytest.raises(DatasetError, match=rf"^--out {run}: another bgmrec \(process {os.getpid()}\) is writing "
+                                               "it now; wait for it to end, or choose another folder$"):
+            train_model(str(tiny_dir), "popularity", str(run), progress=False)
+        assert not run.exists()
+    assert sorted(p.name for p in run.parent.iterdir()) == []  # the lock file removed with the lock
+    train_model(str(tiny_dir), "popularity", str(run), progress=False)  # free again
+    assert sorted(p.name for p in run.parent.iterdir()) == ["popularity"]
+    train_model(str(tiny_dir), "popularity", str(tmp_path / "new" / "run"), progress=False)  # no folder to lock in
+
+
 def test_git_commit_defaults_to_this_package_s_checkout():
     from bgmrec.runs import git_commit
 

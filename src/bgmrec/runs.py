@@ -185,7 +185,9 @@ def option_into_sets(sets: dict, name: str, value) -> None:
 def train_model(data: Path, model: str, out: Path, epochs: int | None = None, seed: int | None = None,
                 sets: dict | None = None, teacher: Path | None = None, progress: bool = True,
                 partial: Path | None = None):
-    """Build, fit and save one model; the library-level body of ``bgmrec train``.
+    """Build, fit and save one model; the library-level body of ``bgmrec train``. While it runs, another
+    ``train_model`` into the same ``out`` (another process: a second ``bgmrec train``, ``tune --resume`` of the
+    same grid) is refused (:func:`~bgmrec.data.dataset.writing_lock`).
 
     ``epochs`` and ``seed`` are the same as ``sets`` entries of those names (None: as ``sets`` or the
     config's default, seed 0); giving one both ways with different values is refused.
@@ -199,6 +201,13 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     epoch is first saved there as a complete run of its best epoch so far, its ``run.json`` saying where it
     stopped (:func:`save_stopped_run`), and the stop carries a note saying what was kept (``add_note``).
     """
+    from bgmrec.data.dataset import writing_lock
+
+    with writing_lock(Path(out)):
+        return _train_model(data, model, out, epochs, seed, sets, teacher, progress, partial)
+
+
+def _train_model(data, model, out, epochs, seed, sets, teacher, progress, partial):
     from bgmrec.data.dataset import atomic_write_dir, load_dataset, recover_killed_write, write_json_atomic
     from bgmrec.models.base import STOPS, FeatureSpec, SplitView, load_model
     from bgmrec.models.registry import build, prepare_teacher, takes_teacher

@@ -32,7 +32,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -573,6 +573,53 @@ def scratch_folder(out: Path):
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing_lock(out: Path, option: str = "--out") -> Iterator[None]:
+    """Hold, while the block runs, an advisory lock (``flock``) on ``.NAME.lock`` beside the folder ``out``, so
+    that a second bgmrec writing ``out`` at the same time is refused at once, naming the process that holds it: two
+    ``train --out RUN`` at once each trained, and the one that ended last replaced the other's run without a word
+    (an interruption audit). The lock file is removed on leaving; a killed holder's lock is released by the
+    system, its file reused. Where the file cannot be made or locked (a folder not made yet, a read-only one, a
+    file system without ``flock``), the block runs unlocked, as before: the write itself then says what is
+    wrong."""
+    import fcntl
+
+    out = Path(out)
+    lock, fd = out.with_name(f".{out.name}.lock"), None
+    try:
+        while fd is None:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise DatasetError(f"{option} {out}: another bgmrec{f' (process {holder})' if holder else ''} is "
+                                   "writing it now; wait for it to end, or choose another folder") from None
+            try:
+                if os.stat(lock).st_ino != os.fstat(fd).st_ino:  # removed by its last holder meanwhile: anew
+                    os.close(fd)
+                    fd = None
+            except FileNotFoundError:
+                os.close(fd)
+                fd = None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except DatasetError:
+        raise
+    except OSError:  # no lock to be had here: as before, unlocked
+        if fd is not None:
+            os.close(fd)
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            os.close(fd)
 
 
 def recover_killed_write(out: Path, rescue: Callable[[Path], None] | None = None) -> None:
