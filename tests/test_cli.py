@@ -1550,6 +1550,22 @@ def test_threads_sets_torchs_threads_for_the_commands_that_train_or_score(popula
     assert "--threads" in capsys.readouterr().err
 
 
+def test_a_folder_another_bgmrec_is_writing_is_refused(tiny_dir, tmp_path, capsys):
+    # two writers of one folder at once: the last to end replaced the other's output without a word
+    import os
+
+    from bgmrec.data.dataset import writing_lock
+
+    out = tmp_path / "world"
+    with writing_lock(out):
+        assert main(["simulate", str(out), "--scale", "tiny"]) == 2
+        assert _error(capsys) == (f"error: {out}: another bgmrec (process {os.getpid()}) is writing it now; wait for "
+                                  "it to end, or choose another folder")
+        assert main(["export-tt150k", str(tiny_dir), str(out)]) == 2
+        assert "is writing it now" in _error(capsys)
+    assert main(["simulate", str(out), "--scale", "tiny"]) == 0 and (out / "manifest.json").is_file()
+
+
 def test_training_progress_reaches_a_log_a_line_per_epoch(cli_world, tmp_path, capsys, monkeypatch):
     # piped to a CI log, train printed nothing until it ended, then the bar's last frame, on stdout
     capsys.readouterr()

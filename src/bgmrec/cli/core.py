@@ -78,6 +78,7 @@ def simulate(
                                           help="any other world parameter, key=value"),
 ) -> None:
     """Simulate a world (the built-in dataset) with its ground truth in OUT_DIR/truth."""
+    from bgmrec.data.dataset import writing_lock
     from bgmrec.data.simulate import simulate_and_save, world_config
     from bgmrec.features.cache import progress_steps
     from bgmrec.models.base import with_overrides
@@ -87,8 +88,8 @@ def simulate(
         runs.option_into_sets(overrides, name, value)
     cfg = with_overrides(world_config(scale), overrides)
     t0 = time.perf_counter()
-    with progress_steps(f"simulating the {scale} world") as step:  # on stderr: stdout is the line below alone
-        ds, _ = simulate_and_save(cfg, out_dir, step)
+    with writing_lock(out_dir, ""), progress_steps(f"simulating the {scale} world") as step:  # on stderr
+        ds, _ = simulate_and_save(cfg, out_dir, step)  # stdout: the line below alone
     console.print(f"wrote {out_dir}: {ds.n_videos} videos, {ds.n_tracks} tracks, {ds.n_uploaders} uploaders; "
                   + ", ".join(f"{s} {len(r)}" for s, r in ds.splits.items())
                   + f" ({time.perf_counter() - t0:.1f} s)")

@@ -46,9 +46,11 @@ def import_tt150k_cmd(
                                                "equal the UGC ones), 'shared' or 'own' (appended tracks)."),
 ) -> None:
     """Import TT-150k features in the layout of the public DecCM code as a native bgmrec dataset."""
+    from bgmrec.data.dataset import writing_lock
     from bgmrec.data.tt150k import import_tt150k
 
-    report = import_tt150k(src, out, pgc_music=pgc_music)
+    with writing_lock(out, ""):
+        report = import_tt150k(src, out, pgc_music=pgc_music)
     print_report(f"imported {src} -> {out}", report)
 
 
@@ -59,7 +61,9 @@ def export_tt150k_cmd(
     seed: int = typer.Option(0, help="Seed for negatives of splits without 100 frozen ones."),
 ) -> None:
     """Write a native dataset in the layout of the public DecCM code (data_matching/, data_pgc/)."""
+    from bgmrec.data.dataset import writing_lock
     from bgmrec.data.tt150k import export_tt150k
 
-    report = export_tt150k(data_dir, out, seed=seed)
+    with writing_lock(out, ""):
+        report = export_tt150k(data_dir, out, seed=seed)
     print_report(f"exported {data_dir} -> {out}", report)

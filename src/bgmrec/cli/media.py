@@ -70,11 +70,12 @@ def extract_music_cmd(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Decode every track and compute its feature vector (openSMILE eGeMAPS + librosa descriptors)."""
+    from bgmrec.data.dataset import writing_lock
     from bgmrec.features.audio import AudioConfig, extract_music
 
     with options_named(sample_rate="--sample-rate", max_seconds="--seconds", workers="--workers"):
         cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)  # checks the options before any work
-        with said_when_stopped(continue_from_cache(cache or out / ".cache" / "audio")):
+        with writing_lock(out), said_when_stopped(continue_from_cache(cache or out / ".cache" / "audio")):
             r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
                               progress=progress)
     _summary("tracks", r)
@@ -93,11 +94,12 @@ def extract_videos_cmd(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Embed each video's frames (EfficientNet-Lite0, 1280-d) and caption (MiniLM, 384-d)."""
+    from bgmrec.data.dataset import writing_lock
     from bgmrec.features.video import VideoConfig, extract_videos
 
     with options_named(frames="--frames", threads="--threads"):
         cfg = VideoConfig(frames=frames, threads=threads)  # checks the options before any work
-    with said_when_stopped(continue_from_cache(cache or out / ".cache")):
+    with writing_lock(out), said_when_stopped(continue_from_cache(cache or out / ".cache")):
         r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
     _summary("videos", r)
 
@@ -122,9 +124,10 @@ def build_dataset_cmd(
 ) -> None:
     """Join extracted videos, a catalogue and an upload log into a dataset every model trains on."""
     from bgmrec.data.build import BuildConfig, build_dataset
+    from bgmrec.data.dataset import writing_lock
     from bgmrec.features.recommend import warn_on_stderr
 
-    with options_named(**{f: "--" + f.replace("_", "-") for f in BUILD_OPTIONS}):
+    with writing_lock(out), options_named(**{f: "--" + f.replace("_", "-") for f in BUILD_OPTIONS}):
         ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
                                                                   test_share=test_share, negatives=negatives),
                            warn=warn_on_stderr, professional_csv=professional, keep_splits_of=keep_splits_of)

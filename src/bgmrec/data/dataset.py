@@ -596,8 +596,9 @@ def writing_lock(out: Path, option: str = "--out") -> Iterator[None]:
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 os.close(fd)
-                raise DatasetError(f"{option} {out}: another bgmrec{f' (process {holder})' if holder else ''} is "
-                                   "writing it now; wait for it to end, or choose another folder") from None
+                raise DatasetError(f"{option + ' ' if option else ''}{out}: another bgmrec"
+                                   f"{f' (process {holder})' if holder else ''} is writing it now; wait for it to "
+                                   "end, or choose another folder") from None
             try:
                 if os.stat(lock).st_ino != os.fstat(fd).st_ino:  # removed by its last holder meanwhile: anew
                     os.close(fd)
