@@ -730,7 +730,8 @@ def raise_named(e: BaseException, target: Path, tmp: Path) -> None:
 
 #: errors of a write() that name no file: a full disk or quota, a file too large, a read-only or failing device
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
-SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile cut short (no errno)
+# numpy's tofile cut short, or refused the space it asked for (fallocate), neither with an errno
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written|Not enough free space to write \d+ bytes after offset \d+")
 
 
 def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
