@@ -531,6 +531,22 @@ def test_numbers_beside_dates_in_a_time_column_must_be_seconds_since_1970(tmp_pa
     assert read_pairs(p).time == [3.0, 1.5]
 
 
+def test_an_output_folder_it_may_not_replace_is_refused_before_any_row_is_copied(tmp_path, folders, monkeypatch):
+    # the kept rows (a gigabyte at 150k videos) were copied beside --out before the refusal: on a nearly full disk
+    # the user got a traceback instead of it (a review)
+    import bgmrec.data.build
+
+    vids, cat = folders
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "mine.txt").write_text("not a dataset")
+    copied = []
+    monkeypatch.setattr(bgmrec.data.build, "save_npy_rows", lambda *args: copied.append(args))
+    with pytest.raises(DatasetError, match="the folder is not empty and is not a dataset"):
+        build_dataset(vids, cat, write_pairs(tmp_path / "p.csv"), out, BuildConfig(seed=0))
+    assert copied == [] and sorted(p.name for p in tmp_path.iterdir()) == ["music", "notes", "p.csv", "videos"]
+
+
 def test_two_names_of_one_pairs_column_are_refused_not_the_first_taken(tmp_path):
     # a file with `video` and `video_id` was read by `video`, whichever held the extractors' ids
     p = tmp_path / "p.csv"

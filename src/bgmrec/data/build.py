@@ -66,6 +66,7 @@ from bgmrec.data.dataset import (
     DatasetFieldError,
     FieldError,
     SplitInfo,
+    check_replaceable,
     dataset_fingerprint,
     labels_fingerprint,
     load_dataset,
@@ -443,6 +444,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     negatives = {s: sample_negatives(splits[s][:, 1], candidates, k, rng) for s in ("val", "test")}
 
     before = _fingerprints(Path(out))
+    check_replaceable(Path(out))  # before the rows are copied beside it (a gigabyte at 150k videos)
     with scratch_folder(Path(out)) as scratch:  # the features' rows copied in blocks there, then moved into place
         written = {f"features/video_{name}.npy": scratch / f"video_{name}.npy" for name in ("visual", "text")}
         features = {name: save_npy_rows(written[f"features/video_{name}.npy"], getattr(videos, name), stored[sel])

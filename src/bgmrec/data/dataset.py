@@ -519,11 +519,7 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     """
     out = Path(out)
     recover_killed_write(out, rescue)
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
-    if out.is_dir() and any(out.iterdir()) and not _written_here(out / marker, version_key):
-        raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, marker, what)}); "
-                           "refusing to replace it (choose another output folder or empty this one)")
+    check_replaceable(out, marker, version_key, what)
     make_parent(out)
     # named before it is made, inside the try: a stop (Ctrl-C, SIGTERM) just after it is made removes it too
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -546,6 +542,19 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
             shutil.rmtree(tmp, ignore_errors=True)
         raise_named(e, out, tmp)
         raise
+
+
+def check_replaceable(out: Path, marker: str = "manifest.json", version_key: str = "format_version",
+                      what: str = "a dataset") -> None:
+    """Refuse (:class:`DatasetError`) an ``out`` that :func:`atomic_write_dir` may not replace: a file, or a
+    folder neither empty nor ``what`` it writes (its ``marker``'s JSON object with ``version_key`` and no
+    ``kind``). For writers that do work beside ``out`` before that call (build-dataset's copied rows), first."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it")
+    if out.is_dir() and any(out.iterdir()) and not _written_here(out / marker, version_key):
+        raise DatasetError(f"{out}: the folder is not empty and is not {what} ({describe_folder(out, marker, what)}); "
+                           "refusing to replace it (choose another output folder or empty this one)")
 
 
 def make_parent(out: Path) -> None:
