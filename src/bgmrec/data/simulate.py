@@ -227,8 +227,10 @@ def gumbel_max_choice(rng: np.random.Generator, logits_fn, n: int, chunk: int = 
 
     A block holds at most ``chunk`` rows and :data:`~bgmrec.data.negatives.MAX_BLOCK` logits (the first is one
     row, which tells the width), so memory does not grow with the catalogue: a block is two such arrays, its
-    logits and its noise. The choices do not depend on the blocks: ``rng`` draws the noise row after row
-    whatever their size.
+    logits and its noise. The noise does not depend on the blocks (``rng`` draws it row after row whatever
+    their size); the logits' last bits can (BLAS computes one row and many by different routines), which would
+    change a choice only where its two best noisy logits are within a rounding error of each other (about 1e-12
+    of the rows; the worlds checked were byte-identical).
     """
     out = np.empty(n, np.int64)
     s, size = 0, 1
