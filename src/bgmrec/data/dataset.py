@@ -593,8 +593,11 @@ def writing_lock(out: Path, option: str = "--out") -> Iterator[None]:
     system, its file reused. Where the file cannot be made or locked (a folder not made yet, a read-only one, a
     file system without ``flock``), the block runs unlocked, as before: the write itself then says what is
     wrong."""
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no flock, unlocked as before
+        yield
+        return
     out = Path(out)
     lock, fd = out.with_name(f".{out.name}.lock"), None
     try:
