@@ -94,6 +94,9 @@ def test_the_code_fingerprint_ignores_comments_docstrings_and_layout_not_code(tm
     assert code_digest(unfinished) not in (base, code_digest(package("h", (unfinished / "sub" / "m.py").read_text())))
     (unfinished / "wip.py").write_text("def f(:\n    pass\n")
     assert code_digest.__wrapped__(unfinished) != code_digest(unfinished)  # its bytes count
+    before = code_digest.__wrapped__(unfinished)
+    (unfinished / ".#emacs-lock.py").symlink_to("user@host.1234")  # dangling, named *.py: no code, no failure
+    assert code_digest.__wrapped__(unfinished) == before
 
 
 def test_a_second_training_into_the_same_folder_is_refused_while_the_first_runs(tiny_dir, tmp_path):
@@ -117,7 +120,20 @@ def test_a_second_training_into_the_same_folder_is_refused_while_the_first_runs(
     assert sorted(p.name for p in run.parent.iterdir()) == []  # the lock file removed with the lock
     train_model(str(tiny_dir), "popularity", str(run), progress=False)  # free again
     assert sorted(p.name for p in run.parent.iterdir()) == ["popularity"]
-    train_model(str(tiny_dir), "popularity", str(tmp_path / "new" / "run"), progress=False)  # no folder to lock in
+    fresh = tmp_path / "new" / "run"  # a first run into a folder not made yet went unlocked (a review)
+    with writing_lock(fresh), pytest.raises(DatasetError, match="is writing it now"):
+        train_model(str(tiny_dir), "popularity", str(fresh), progress=False)
+    (run.parent / ".popularity.lock").write_text("12345")  # a killed holder's: its lock went with it
+    from bgmrec.data.dataset import is_leftover
+
+    assert is_leftover(run.parent / ".popularity.lock")  # tune's "empty folder" check looks past it
+    target = tmp_path / "elsewhere"
+    link = tmp_path / "linked"
+    link.symlink_to(target, target_is_directory=True)
+    target.mkdir()
+    train_model(str(tiny_dir), "popularity", str(link), progress=False)  # a 40-line traceback, a link left aside
+    assert link.is_symlink() and (target / "run.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_git_commit_defaults_to_this_package_s_checkout():

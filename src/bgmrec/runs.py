@@ -103,6 +103,8 @@ def code_digest(root: Path) -> str:
     tree's dump); a file that does not parse (a contributor's work in progress), as its bytes."""
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
+        if not path.is_file():  # an editor's lock, a dangling link named *.py: no code
+            continue
         source = path.read_bytes()
         try:
             tree = ast.parse(source, str(path))

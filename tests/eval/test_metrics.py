@@ -220,6 +220,12 @@ def test_rank_and_top_refuses_infinite_keys_and_orders_unsigned_scores_best_firs
     ranks, top = M.rank_and_top(scores, np.array([1]), 3, lambda which: ties[which])
     np.testing.assert_array_equal(top, [[3, 2, 1]])
     np.testing.assert_array_equal(ranks, [3])
+    low = np.iinfo(np.int64).min  # negated, it wrapped round to itself: the list and the rank disagreed
+    scores = np.array([[5, low, low, low, 7]])
+    ranks, top = M.rank_and_top(scores, np.array([1]), 3, lambda which: ties[which][:, :1].repeat(5, 1) * 0
+                                + np.array([[0.5, 0.1, 0.2, 0.3, 0.4]]))
+    np.testing.assert_array_equal(top, [[4, 0, 1]])
+    np.testing.assert_array_equal(ranks, [3])
 
 
 def test_rank_functions_refuse_columns_and_tie_breaks_out_of_range():

@@ -517,7 +517,7 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     videos folder has one). Anything else there is refused before any work, never deleted. What a killed
     write of ``out`` left is tidied first (:func:`recover_killed_write`, given ``rescue``).
     """
-    out = Path(out)
+    out = Path(os.path.realpath(out)) if Path(out).is_symlink() else Path(out)  # written through, as --json's
     recover_killed_write(out, rescue)
     check_replaceable(out, marker, version_key, what)
     make_parent(out)
@@ -590,16 +590,22 @@ def writing_lock(out: Path, option: str = "--out") -> Iterator[None]:
     that a second bgmrec writing ``out`` at the same time is refused at once, naming the process that holds it: two
     ``train --out RUN`` at once each trained, and the one that ended last replaced the other's run without a word
     (an interruption audit). The lock file is removed on leaving; a killed holder's lock is released by the
-    system, its file reused. Where the file cannot be made or locked (a folder not made yet, a read-only one, a
-    file system without ``flock``), the block runs unlocked, as before: the write itself then says what is
-    wrong."""
+    system, its file reused (and counted a leftover: :func:`is_leftover`). The folder ``out`` goes in is made
+    first; where the file cannot be made or locked (a read-only folder, a file system without ``flock``), the
+    block runs unlocked, as before: the write itself then says what is wrong."""
     try:
         import fcntl
     except ImportError:  # not POSIX (Windows): no flock, unlocked as before
         yield
         return
-    out = Path(out)
+    out = Path(os.path.realpath(out)) if Path(out).is_symlink() else Path(out)  # the folder written, as below
     lock, fd = out.with_name(f".{out.name}.lock"), None
+    made = next((p for p in reversed(out.parents) if not p.exists()), None)  # the top folder made here, if any
+    try:
+        make_parent(out)  # the folder to lock in (a first run into runs/new/ went unlocked)
+    except DatasetError:  # a file where a parent folder must be: the write itself says so
+        yield
+        return
     try:
         while fd is None:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -618,8 +624,9 @@ def writing_lock(out: Path, option: str = "--out") -> Iterator[None]:
             except FileNotFoundError:
                 os.close(fd)
                 fd = None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        with contextlib.suppress(OSError):  # who holds it, for the refusal's words (a full disk: unsaid)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
     except DatasetError:
         raise
     except OSError:  # no lock to be had here: as before, unlocked
@@ -633,6 +640,15 @@ def writing_lock(out: Path, option: str = "--out") -> Iterator[None]:
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
             os.close(fd)
+        folder = out.parent
+        while made is not None:  # the folders made for the lock alone, left empty (a refused or failed write)
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the write made its output), or gone
+                break
+            if folder == made:
+                break
+            folder = folder.parent
 
 
 def recover_killed_write(out: Path, rescue: Callable[[Path], None] | None = None) -> None:
@@ -682,9 +698,10 @@ def _process_runs(pid: int) -> bool:
 
 def is_leftover(path: Path) -> bool:
     """True for what a write killed midway leaves beside its target: the hidden ``.NAME.tmp*`` and
-    ``.NAME.old-*`` entries the atomic writers here (and :meth:`Recommender.save`) make."""
+    ``.NAME.old-*`` entries the atomic writers here (and :meth:`Recommender.save`) make, and the ``.NAME.lock``
+    file of :func:`writing_lock` (its lock went with the process)."""
     name = Path(path).name
-    return name.startswith(".") and (".tmp" in name or ".old-" in name)
+    return name.startswith(".") and (".tmp" in name or ".old-" in name or name.endswith(".lock"))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -229,14 +229,20 @@ def _top_by_key(scores: np.ndarray, keys: np.ndarray, best: np.ndarray, kth: np.
     smallest, at_kth = (a.numpy() for a in torch.topk(masked, q, dim=1, largest=False))
     cols = np.hstack([best, at_kth[:, :k]])
     valid = np.hstack([above, np.arange(k) < room[:, None]])
-    order = np.lexsort((cols, keys[rows, cols], -scores[rows, cols], ~valid), axis=-1)
+    order = np.lexsort((cols, keys[rows, cols], _descending(scores[rows, cols]), ~valid), axis=-1)
     top = np.take_along_axis(cols, order[:, :k], axis=1)
     last = smallest[rows[:, 0], room - 1]
     following = np.where(room < q, smallest[rows[:, 0], np.minimum(room, q - 1)], np.inf)
     for i in np.flatnonzero((last == following) & np.isfinite(following)):
         c = np.flatnonzero(scores[i] >= kth[i])
-        top[i] = c[np.lexsort((keys[i, c], -scores[i, c]))][:k]
+        top[i] = c[np.lexsort((keys[i, c], _descending(scores[i, c])))][:k]
     return top
+
+
+def _descending(scores: np.ndarray) -> np.ndarray:
+    """Keys that sort ``scores`` best first: ``-scores``, or ``~scores`` for integers (the negated minimum wraps
+    round to itself)."""
+    return ~scores if np.issubdtype(scores.dtype, np.integer) else -scores
 
 
 def _finite_scores(scores: np.ndarray) -> np.ndarray:

@@ -232,7 +232,8 @@ def field_comments(klass: type) -> dict[str, str]:
                 text = tok.string.lstrip("#").strip()
                 if tok.start[0] == line and field not in out:
                     out[field] = text
-                elif tok.start[0] == line + 1 and field in out and tok.line.lstrip().startswith("#"):
+                elif (tok.start[0] == line + 1 and field in out and tok.line.lstrip().startswith("#")
+                      and tok.string.startswith("#  ")):  # indented past its #: a section's heading is not
                     out[field] += " " + text  # a comment-only line right below: the same comment, continued
                 else:
                     continue
