@@ -608,3 +608,13 @@ def test_a_grid_whose_every_point_diverges_fails_saying_so(tiny_dir, tmp_path):
                                                r"lower the learning rate \(--grid or --set lr\)"):
         run_grid(tiny_dir, "cmvae", {"lr": ["1e6", "1e7"]}, tmp_path / "tune", SMALL_CMVAE)
     assert not json.loads((tmp_path / "tune" / "tuning.json").read_text())["complete"]
+
+
+def test_a_second_grid_into_the_same_folder_is_refused_while_the_first_runs(tiny_dir, tmp_path):
+    # two tune --resume of one grid at once each trained the same points, and DecCM's shared teachers (a review)
+    from bgmrec.data.dataset import DatasetError, writing_lock
+
+    out = tmp_path / "grid"
+    with writing_lock(out), pytest.raises(DatasetError, match=r"is writing it now"):
+        run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, out)
+    assert not out.exists()

@@ -95,12 +95,15 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     (:class:`~bgmrec.runs.SharedTeachers`; a resumed grid loads the teacher it trained).
 
     Stopped (Ctrl-C, SIGTERM), the stop is raised on with a note (:func:`~bgmrec.runs.note_on_stop`) saying how
-    many points ``tuning.json`` records as finished and the command that resumes the grid.
+    many points ``tuning.json`` records as finished and the command that resumes the grid. While it runs,
+    another grid into ``out`` (a second ``tune --resume``) is refused (:func:`~bgmrec.data.dataset.writing_lock`):
+    both trained the same points, and the shared teachers.
     """
+    from bgmrec.data.dataset import writing_lock
     from bgmrec.runs import note_on_stop
 
-    with note_on_stop(lambda: resume_note(Path(out), len(grid_points(grid)),
-                                          tune_command(data, model, out, grid, sets, seed, teacher, resume=True))):
+    with writing_lock(Path(out)), note_on_stop(lambda: resume_note(
+            Path(out), len(grid_points(grid)), tune_command(data, model, out, grid, sets, seed, teacher, resume=True))):
         return _run_grid(data, model, grid, out, sets, seed, teacher, console, resume)
 
 
