@@ -236,8 +236,11 @@ def _progress(enabled: bool, total: int, name: str) -> Iterator:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not enabled:  # the library's default: nothing drawn, nothing done at each step
+        yield (lambda description: None), (lambda epoch, step, steps: None)
+        return
     console = Console(stderr=True)
-    if enabled and not console.is_terminal:
+    if not console.is_terminal:
         t0 = time.perf_counter()
         said = [t0, 0]  # when the last line was printed; epochs ended
 
@@ -256,7 +259,7 @@ def _progress(enabled: bool, total: int, name: str) -> Iterator:
         return
     ended = [0]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not enabled) as bar:
+                  console=console) as bar:
         task = bar.add_task(name, total=total)
 
         def show_on_bar(description: str) -> None:

@@ -522,7 +522,7 @@ def atomic_write_dir(out: Path, write, marker: str = "manifest.json", version_ke
     check_replaceable(out, marker, version_key, what)
     make_parent(out)
     # named before it is made, inside the try: a stop (Ctrl-C, SIGTERM) just after it is made removes it too
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = temporary_beside(out)
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     made = False  # this call made tmp (never removes one it did not make)
     try:
@@ -557,6 +557,12 @@ def check_replaceable(out: Path, marker: str = "manifest.json", version_key: str
                            "refusing to replace it (choose another output folder or empty this one)")
 
 
+def temporary_beside(path: Path) -> Path:
+    """The hidden temporary name ``.NAME.tmp-PID-RANDOM`` beside ``path`` that the atomic writers fill before
+    renaming it into place (:func:`recover_killed_write` tidies a dead process's; :func:`is_leftover` knows it)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 def make_parent(out: Path) -> None:
     """Make the folder ``out`` goes in (and its parents); a :class:`DatasetError` when a file stands in the way."""
     try:
@@ -573,7 +579,7 @@ def scratch_folder(out: Path):
     ``out``."""
     out = Path(out)
     make_parent(out)
-    scratch = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    scratch = temporary_beside(out)
     try:
         scratch.mkdir()
         yield scratch
@@ -768,7 +774,7 @@ def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
     failed or stopped write leaves the old file as it was and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = temporary_beside(path)
     try:
         fill(tmp)
         os.replace(tmp, path)
@@ -817,7 +823,7 @@ def write_files_together(folder: Path, writers: dict[str, Callable[[Path], None]
     tmps: dict[str, Path] = {}
     try:
         for name, write in writers.items():
-            tmps[name] = folder / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            tmps[name] = temporary_beside(folder / name)
             try:
                 write(tmps[name])
             except OSError as e:
