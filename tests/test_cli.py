@@ -169,6 +169,37 @@ def test_commands_show_bgmrec_s_own_warnings_on_one_line_and_others_as_python_do
     assert capsys.readouterr().err == "warning: the catalogue differs\n"
 
 
+def test_bench_speed_times_a_dataset_of_your_own(cli_world, tmp_path, capsys):
+    from bgmrec.bench import SPEED_MODELS
+    from bgmrec.data.dataset import dataset_fingerprint
+
+    before = sorted(p.relative_to(cli_world) for p in cli_world.rglob("*"))
+    j = tmp_path / "speed.json"
+    assert main(["bench", "speed", "--data", str(cli_world), "--split", "test_unbiased", "--epochs", "1",
+                 "--json", str(j)]) == 0
+    figures = json.loads(j.read_text())
+    assert "world" not in figures and "simulate_seconds" not in figures  # nothing simulated
+    assert figures["data"] == str(cli_world.resolve()) and figures["data_fingerprint"] == dataset_fingerprint(cli_world)
+    assert (figures["split"], figures["n_queries"], figures["n_candidates"], figures["n_train_pairs"]) == (
+        "test_unbiased", 184, 170, 1474)
+    assert all(figures[f"{name}_full_ranking_seconds"] > 0 for name in SPEED_MODELS)
+    assert figures["cmvae_seconds_per_epoch"] > 0 and figures["deccm-noteacher_seconds_per_epoch"] > 0
+    assert "popularity_seconds_per_epoch" not in figures  # not trained by epochs
+    assert {"peak_rss_mb", "machine", "commit"} <= set(figures)
+    assert sorted(p.relative_to(cli_world) for p in cli_world.rglob("*")) == before  # the dataset is left as it was
+    said = capsys.readouterr().err  # each step on its own line, where stderr is not a terminal
+    for step in (f"reading {cli_world}", "training cmvae for 1 epochs", "ranking test_unbiased by popularity"):
+        assert f"bench speed: {step}" in said, said
+    # the same file may be replaced by the next measurement; another command's result may not
+    assert main(["bench", "speed", "--data", str(cli_world), "--epochs", "1", "--json", str(j)]) == 0
+    assert json.loads(j.read_text())["split"] == "test"
+    capsys.readouterr()
+    assert main(["bench", "speed", "--data", str(cli_world), "--split", "tset", "--json", str(j)]) == 2
+    said = capsys.readouterr().err.replace("\n", "")
+    assert f"error: {cli_world}: no rows in split 'tset' to rank (splits with rows: val, test, train" in said, said
+    assert "Traceback" not in said and json.loads(j.read_text())["split"] == "test"  # the last result kept
+
+
 def _error(capsys) -> str:
     """The error printed on stderr, with Rich's line wrapping undone; no traceback."""
     err = capsys.readouterr().err
