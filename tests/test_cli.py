@@ -1496,6 +1496,66 @@ def test_report_makes_a_table_of_one_dataset_s_results_with_what_a_reviewer_chec
         assert "not a result of bgmrec evaluate --json (field " in capsys.readouterr().err
 
 
+def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorded(cli_world, popularity_run,
+                                                                                  tmp_path, capsys):
+    # a researcher's table for a paper wants each model's change over the baseline with its interval, from the
+    # evaluate --json files they have, without ranking again (compare needs the runs and the dataset)
+    import numpy as np
+
+    from bgmrec.eval.report import change_cell
+    from bgmrec.eval.significance import PairedComparison
+
+    ds = load_dataset(cli_world)
+    np.save(tmp_path / "mine.npy", np.random.default_rng(0).random((ds.n_videos, ds.n_tracks)))
+    files = {}
+    for run, split, ranks in ((popularity_run, "test", True), (tmp_path / "mine.npy", "test", True),
+                              (popularity_run, "test_unbiased", True), (tmp_path / "mine.npy", "test_unbiased", False)):
+        files[run.stem, split] = tmp_path / f"{run.stem}-{split}.json"
+        extra = ["--ranks", str(tmp_path / f"{run.stem}-{split}.csv")] if ranks else []
+        assert main(["evaluate", "--run", str(run), "--data", str(cli_world), "--split", split, "--json",
+                     str(files[run.stem, split]), *extra]) == 0
+    recorded = json.loads(files["mine", "test"].read_text())["ranks_file"]
+    assert recorded["path"] == str((tmp_path / "mine-test.csv").resolve()) and len(recorded["sha256"]) == 64
+    compared = tmp_path / "compare.json"
+    assert main(["compare", "--baseline", str(popularity_run), "--run", str(tmp_path / "mine.npy"), "--data",
+                 str(cli_world), "--split", "test", "--metric", "ndcg@10", "--json", str(compared)]) == 0
+    c = json.loads(compared.read_text())
+    capsys.readouterr()
+    assert main(["report", *map(str, files.values()), "--baseline", "popularity", "--metric", "ndcg@10"]) == 0
+    printed = capsys.readouterr().out
+    test_part, unbiased_part = printed.split("### `test_unbiased`")
+    cell = change_cell(PairedComparison(**{k: c[k] for k in PairedComparison.__dataclass_fields__}))
+    assert "| model | vs popularity, ndcg@10 |" in test_part and f"| mine | {cell} |" in test_part  # as compare
+    assert "Change of full-catalogue ndcg@10 over popularity on the same queries, with its 95% paired" in test_part
+    assert "Not compared (evaluated without --ranks): mine." in unbiased_part
+    assert "vs popularity" not in unbiased_part
+    # moved together to another folder, the ranks are found beside the results
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("popularity-test", "mine-test"):
+        for suffix in (".json", ".csv"):
+            (tmp_path / (name + suffix)).rename(moved / (name + suffix))
+    assert main(["report", str(moved / "popularity-test.json"), str(moved / "mine-test.json"), "--baseline",
+                 "popularity", "--metric", "ndcg@10"]) == 0
+    assert f"| mine | {cell} |" in capsys.readouterr().out
+    # refused, each in one line naming what to do: a ranks file changed since, a label no row has, a baseline
+    # evaluated without --ranks, a bad metric
+    lines = (moved / "mine-test.csv").read_text().splitlines()
+    video, track, uploader, full, sampled = lines[1].split(",")
+    lines[1] = ",".join((video, track, uploader, str(int(full) + 1), sampled))  # one query's rank edited
+    (moved / "mine-test.csv").write_text("\n".join(lines) + "\n")
+    args = ["report", str(moved / "popularity-test.json"), str(moved / "mine-test.json")]
+    assert main([*args, "--baseline", "popularity"]) == 2
+    assert "mine-test.csv: has changed since bgmrec evaluate wrote it for" in _error(capsys)
+    assert main([*args, "--baseline", "cmvae"]) == 2
+    assert "--baseline 'cmvae': no row has this label (the rows: popularity, mine)" in _error(capsys)
+    assert main(["report", *map(str, files.values())][:1] + [str(files["mine", "test_unbiased"]),
+                 str(files["popularity", "test_unbiased"]), "--baseline", "mine"]) == 2
+    assert "the baseline mine was evaluated without --ranks" in _error(capsys)
+    assert main([*args, "--baseline", "popularity", "--metric", "hit@10"]) == 2
+    assert "unknown metric 'hit@10'" in _error(capsys)
+
+
 def test_train_says_which_run_it_replaced_at_out(cli_world, tmp_path, capsys):
     # a weekly retrain into one folder replaced last week's run, its rollback, with nothing said
     from bgmrec.data.dataset import dataset_fingerprint

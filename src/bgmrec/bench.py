@@ -222,10 +222,10 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
     """:func:`run_quality`'s work."""
     from bgmrec.data.dataset import load_dataset
     from bgmrec.eval.report import (
-        PAIRED_NOTE,
         PER_GENRE_NOTE,
         paired_against,
         paired_markdown,
+        paired_note,
         per_genre_markdown,
         without_ranks,
     )
@@ -306,7 +306,7 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
             png = plot(agg, split, f"{label}, {split}", out.parent / f"bench_{label}_{split}.png")
             sections += [f"### {label}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
             if any(paired[split].values()):
-                sections += [PAIRED_NOTE.format(baseline=BASELINE), "", paired_markdown(paired[split], BASELINE), ""]
+                sections += [paired_note(BASELINE), "", paired_markdown(paired[split], BASELINE), ""]
             sections += [PER_GENRE_NOTE + " Means over seeds.", "", per_genre_markdown(results, split), ""]
         sections += ["Training seconds per model (mean over seeds): "
                      + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]

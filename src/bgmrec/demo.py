@@ -136,7 +136,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
         if any(r["split"] == split for r in results):
             lines += [f"## {split}", "", report.markdown_table(results, split), ""]
             if paired[split]:
-                lines += [report.PAIRED_NOTE.format(baseline=BASELINE), "",
+                lines += [report.paired_note(BASELINE), "",
                           report.paired_markdown({f"seed {seed}": paired[split]}, BASELINE), ""]
             lines += [report.PER_GENRE_NOTE, "", report.per_genre_markdown(results, split), ""]
     lines += ["## Training time (seconds)", "",

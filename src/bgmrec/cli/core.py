@@ -138,13 +138,26 @@ def describe(
 def report(
     results: list[Path] = typer.Argument(..., help="result files of bgmrec evaluate --json"),
     out: Path | None = typer.Option(None, help="write the Markdown here (default: print it)"),
+    baseline: str | None = typer.Option(None, help="a row's label (as the tables show it): under each split's "
+                                        "table, every other row's paired change over it (needs the results' "
+                                        "evaluate --ranks files)"),
+    metric: str = typer.Option("recall@10", help="the metric the paired table compares: recall@K, ndcg@K or mrr"),
+    resamples: int = typer.Option(10_000, help="bootstrap resamples and randomisation permutations"),
+    level: float = typer.Option(0.95, help="the interval's confidence level"),
 ) -> None:
     """A table for a paper from evaluate --json results of one dataset, with what a reviewer checks them
-    against: the dataset's fingerprints, each row's run or score file, commit and warnings."""
+    against: the dataset's fingerprints, each row's run or score file, commit and warnings; with --baseline,
+    each row's change over it with a paired interval and p-value."""
     from bgmrec.data.dataset import parse_json_file, write_text_atomic
+    from bgmrec.eval.metrics import parse_metric
     from bgmrec.eval.report import results_report
+    from bgmrec.eval.significance import check_settings
 
-    text = results_report([(str(p), parse_json_file(p, str(p))) for p in results])
+    if baseline is not None:
+        parse_metric(metric)
+        check_settings(resamples, level)
+    text = results_report([(str(p), parse_json_file(p, str(p))) for p in results], baseline, metric, resamples,
+                          level)
     if out is None:
         print(text, end="")
     else:
@@ -308,12 +321,14 @@ def evaluate(
         for t in rich_tables([result]):
             console.print(t)
         if ranks is not None:  # its note on stderr with --json -: stdout is the JSON alone
-            write_text_atomic(ranks_out, ranks_csv(ds, split, *ranks))
+            text = ranks_csv(ds, split, *ranks)
+            write_text_atomic(ranks_out, text)
             console.print(f"wrote {ranks_out}", markup=False, highlight=False)
+            import hashlib  # recorded for `report --baseline`, which pairs the queries by it
+
+            result["ranks_file"] = {"path": str(ranks_out.resolve()),
+                                    "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     write_result(json_out, {**result, "warnings": said, "provenance": runs.provenance(data, {"run": run})})
-
-
-RANKS_HEADER = "video,track,uploader,full_rank,sampled_rank"  # evaluate --ranks's columns
 
 
 def ranks_csv(ds, split: str, full, sampled) -> str:
@@ -321,6 +336,8 @@ def ranks_csv(ds, split: str, full, sampled) -> str:
     tracks.csv, the uploader's row of uploaders.npy or -1), its full-catalogue rank and its sampled rank
     (empty for a split without frozen negatives)."""
     import numpy as np
+
+    from bgmrec.eval.report import RANKS_HEADER
 
     rows = np.asarray(ds.splits[split])
     sampled = [""] * len(rows) if sampled is None else sampled.tolist()
@@ -344,6 +361,8 @@ def check_ranks_file(path: Path | None) -> None:
     if path.is_dir():
         raise ValueError(f"--ranks {path}: is a folder; give the path of a CSV file to write the ranks to")
     check_parent_folders(path, "--ranks")
+    from bgmrec.eval.report import RANKS_HEADER
+
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as f:
             first = f.readline(len(RANKS_HEADER) + 2).decode("utf-8", "replace").strip()

@@ -126,13 +126,20 @@ def per_genre_markdown(results: list[dict], split: str) -> str:
     return markdown_from_rows([["model", *genres], *rows])
 
 
-def results_report(named: list[tuple[str, dict]]) -> str:
+def results_report(named: list[tuple[str, dict]], baseline: str | None = None, metric: str = "recall@10",
+                   resamples: int = 10_000, level: float = 0.95) -> str:
     """A Markdown report of ``evaluate --json`` results ((file name, result) pairs), for a paper: a table per split
     (:func:`markdown_table`), then what a reviewer checks the figures against: the dataset's fingerprints, each
     row's source (a run folder with the commit and code that trained it, or a score file's SHA-256) and its
     warnings. Rows of one label from different sources (last week's run and this week's, two seeds) are told
     apart by their folder or file. ValueError naming the file for none given, a file that is not such a result,
-    results of different datasets (by their fingerprints), and one source's figures on one split given twice."""
+    results of different datasets (by their fingerprints), and one source's figures on one split given twice.
+
+    With ``baseline`` (a row's label as the tables show it), each split that has it gets a table of every other
+    row's change of ``metric`` over it on the same queries, with its paired bootstrap interval and randomisation
+    p-value (:func:`~bgmrec.eval.significance.paired_comparison`, as ``bgmrec compare``), from the per-query
+    ranks that ``evaluate --json FILE --ranks CSV`` wrote and recorded (:func:`ranks_of`); rows evaluated
+    without ``--ranks`` are named as not compared."""
     from bgmrec.data.dataset import FINGERPRINTS
 
     if not named:
@@ -156,10 +163,17 @@ def results_report(named: list[tuple[str, dict]]) -> str:
     labels = [(label(r), r["split"]) for _, r in named]  # one label twice in a split: told apart by the source
     results = [{**r, "label": f"{label(r)} ({Path(_source(r).get('folder') or _source(r).get('scores')).name})"
                 if labels.count((label(r), r["split"])) > 1 else label(r), "inference_mode": None} for _, r in named]
+    shown_names = [r["label"] for r in results]
+    if baseline is not None and baseline not in shown_names:
+        raise ValueError(f"--baseline {baseline!r}: no row has this label (the rows: "
+                         f"{', '.join(dict.fromkeys(shown_names))})")
     lines = []
     for split in dict.fromkeys(r["split"] for r in results):
         n = {r["n_queries"] for r in results if r["split"] == split}
         lines += [f"### `{split}` ({', '.join(map(str, sorted(n)))} queries)", "", markdown_table(results, split), ""]
+        if baseline is not None:
+            lines += _paired_section([(name, shown) for (name, _), shown in zip(named, results, strict=True)
+                                      if shown["split"] == split], baseline, metric, resamples, level)
     lines += ["Dataset `" + str(first["provenance"].get("data")) + "`, " + ", ".join(
         f"{k} {v}" for k, v in data.items()) + ".", ""]
     for (name, r), shown in zip(named, results, strict=True):
@@ -168,10 +182,78 @@ def results_report(named: list[tuple[str, dict]]) -> str:
         made = (f"score file `{source['scores']}` (SHA-256 {source.get('sha256')})" if "scores" in source else
                 f"run `{source.get('folder')}` (trained at commit {trained.get('commit')}, code "
                 f"{trained.get('code', 'unrecorded')})")
+        if isinstance(r.get("ranks_file"), dict):
+            made += f"; per-query ranks `{r['ranks_file'].get('path')}`"
         lines.append(f"- {shown['label']} on `{r['split']}`: {made}; from `{name}`, computed by bgmrec "
                      f"{r['provenance'].get('bgmrec_version')} at commit {r['provenance'].get('commit')}; "
                      f"warnings: {'; '.join(r.get('warnings') or []) or 'none'}")
     return "\n".join(lines) + "\n"
+
+
+def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, resamples: int,
+                    level: float) -> list[str]:
+    """The lines of one split's paired table against the row labelled ``baseline`` (none when the split lacks it)."""
+    from bgmrec.eval.metrics import query_gains
+    from bgmrec.eval.significance import paired_comparison
+
+    base = next(((name, r) for name, r in named if r["label"] == baseline), None)
+    if base is None:
+        return [f"No paired comparison on this split: it has no row {baseline}.", ""]
+    if base[1].get("ranks_file") is None:
+        raise ValueError(f"{base[0]}: the baseline {baseline} was evaluated without --ranks; a paired comparison "
+                         "needs its per-query ranks (bgmrec evaluate ... --json FILE --ranks CSV)")
+    queries, ranks = ranks_of(*base)
+    gains = query_gains(ranks, metric)
+    compared, without = [], []
+    for name, r in named:
+        if r is base[1] or r["model"] == "oracle":
+            continue
+        if r.get("ranks_file") is None:
+            without.append(r["label"])
+            continue
+        their_queries, their_ranks = ranks_of(name, r)
+        if their_queries != queries:
+            raise ValueError(f"{r['ranks_file']['path']}: not the queries of the baseline's ranks "
+                             f"({base[1]['ranks_file']['path']}) in the same order; pairs need the same queries")
+        compared.append((r["label"], paired_comparison(gains, query_gains(their_ranks, metric), metric, resamples,
+                                                       level)))
+    lines = [paired_note(baseline, metric, level), ""]
+    if compared:
+        lines += [paired_markdown({metric: compared}, baseline), ""]
+    if without:
+        lines += [f"Not compared (evaluated without --ranks): {', '.join(without)}.", ""]
+    return lines
+
+
+def ranks_of(name: str, result: dict) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+    """(the queries as (video, track, uploader), their full-catalogue ranks) from the CSV that ``evaluate --ranks``
+    wrote for ``result`` (the result file ``name``), found at the path the result records or, moved together,
+    beside the result file. ValueError naming the file when it is missing, has changed since (its SHA-256), or is
+    not such a CSV."""
+    import csv
+    import hashlib
+    import io
+
+    recorded = result["ranks_file"]
+    if not (isinstance(recorded, dict) and isinstance(recorded.get("path"), str)
+            and isinstance(recorded.get("sha256"), str)):
+        raise ValueError(f"{name}: field ranks_file should hold the path and sha256 of evaluate's --ranks CSV")
+    path = Path(recorded["path"])
+    if not path.is_file():
+        path = Path(name).parent / path.name
+    if not path.is_file():
+        raise ValueError(f"{name}: its ranks file {recorded['path']} is missing (nor is {path.name} beside it)")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != recorded["sha256"]:
+        raise ValueError(f"{path}: has changed since bgmrec evaluate wrote it for {name} (another SHA-256); "
+                         "evaluate again with --ranks")
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+        if not rows or ",".join(rows[0]) != RANKS_HEADER or any(len(row) != 5 for row in rows[1:]):
+            raise ValueError
+        return [tuple(row[:3]) for row in rows[1:]], np.array([int(row[3]) for row in rows[1:]], np.int64)
+    except (ValueError, csv.Error):  # also undecodable bytes and a rank that is no integer
+        raise ValueError(f"{path}: not a ranks file of bgmrec evaluate (columns {RANKS_HEADER})") from None
 
 
 def _source(result: dict) -> dict:
@@ -209,9 +291,14 @@ def markdown_from_rows(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-PAIRED_NOTE = ("Change of full-catalogue Recall@10 over {baseline} on the same queries, with its 95% paired bootstrap "
-               "interval and the p-value of a paired randomisation test (`bgmrec compare`): how sure each figure "
-               "is given these trained models and queries, not how it varies over training seeds.")
+RANKS_HEADER = "video,track,uploader,full_rank,sampled_rank"  # evaluate --ranks's columns
+
+def paired_note(baseline: str, metric: str = "Recall@10", level: float = 0.95) -> str:
+    """What a paired table's cells are: the sentence above it."""
+    return (f"Change of full-catalogue {metric} over {baseline} on the same queries, with its "
+            f"{f'{level:.1%}'.replace('.0%', '%')} paired bootstrap interval and the p-value of a paired "
+            "randomisation test (`bgmrec compare`): how sure each figure is given these trained models and queries, "
+            "not how it varies over training seeds.")
 
 
 def paired_against(results: list[dict], baseline: str, split: str, metric: str = "recall@10",
