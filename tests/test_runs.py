@@ -262,7 +262,7 @@ def test_training_on_features_a_few_rows_far_out_set_the_spread_of_is_warned_of(
     import numpy as np
 
     from bgmrec.data.dataset import save_dataset
-    from bgmrec.runs import warn_if_features_outlie
+    from bgmrec.runs import warn_about_features
 
     visual = np.array(tiny_ds.video_visual)
     visual[7] = 1e6
@@ -273,7 +273,31 @@ def test_training_on_features_a_few_rows_far_out_set_the_spread_of_is_warned_of(
     assert (f"warning: {far}/features/video_visual.npy: {visual.shape[1]} of {visual.shape[1]} features have a "
             "standard deviation over 100 times their typical spread (median absolute deviation), set by 1 row(s) "
             f"more than 10000 typical spreads from the rest (first {tiny_ds.video_ids[7]!r}, ") in said
-    assert warn_if_features_outlie(tiny_ds, tmp_path) == []  # the simulated world's features: nothing said
+    assert warn_about_features(tiny_ds, tmp_path) == []  # the simulated world's features: nothing said
+
+
+def test_training_on_features_too_narrow_for_the_standardisation_is_warned_of(tiny_ds, tmp_path, capsys):
+    # a file of features in small units (std 1e-5): every network took them for constants, learned nothing from
+    # them, and said nothing (a correctness audit)
+    import dataclasses
+
+    import numpy as np
+
+    from bgmrec.data.dataset import save_dataset
+    from bgmrec.runs import warn_about_features
+
+    music = np.array(tiny_ds.music)
+    small = tmp_path / "small"
+    save_dataset(dataclasses.replace(tiny_ds, music=music * 1e-5), small)
+    train_model(small, "popularity", tmp_path / "run", progress=False)
+    assert (f"warning: {small}/features/music.npy: {music.shape[1]} of {music.shape[1]} features vary, but with a "
+            "standard deviation of at most 0.0001, which the networks take for a constant") in capsys.readouterr().err
+    few = music.copy()
+    few[:, :2] *= 1e-6  # two narrow features of many: not worth a word
+    constant = music.copy()
+    constant[:, :] = constant[0] + np.float32(0)  # constant features, whatever their magnitude, are not narrow
+    for features in (few, constant, np.full_like(music, 1e3) + np.float32(1e-4) * (np.arange(len(music)) % 2)[:, None]):
+        assert warn_about_features(dataclasses.replace(tiny_ds, music=features), tmp_path) == []
 
 
 

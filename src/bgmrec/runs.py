@@ -241,7 +241,7 @@ def _train_model(data, model, out, epochs, seed, sets, teacher, progress, partia
                                                          "teacher_config": repr(teacher_config(rec.config))})
     if teacher is not None:
         warn_if_not_a_teacher(teacher, data, ds)
-    warn_if_features_outlie(ds, data)
+    warn_about_features(ds, data)
     if hasattr(rec.config, "patience") and not len(ds.splits.get("val", ())):
         print(f"warning: {data} has no val rows, so {model} trains all its {rec.config.epochs} epochs and keeps the "
               "last (no early stopping; build-dataset --val-share makes a val split)", file=sys.stderr)
@@ -346,15 +346,18 @@ def save_stopped_run(rec, partial: Path, save_run, lost_teacher: bool = False) -
             f"{done.best_recall:.3f}) saved to {partial} (evaluate it with --run {partial}; train again to finish)")
 
 
-def warn_if_features_outlie(ds, data: Path) -> list[str]:
+def warn_about_features(ds, data: Path) -> list[str]:
     """Say on stderr, per feature file of the dataset folder ``data`` (``ds``), when a few rows far from the
     rest set its features' standard deviations (:func:`~bgmrec.data.dataset.outlying_rows`; captioned videos'
-    text only), naming the farthest row's id: models standardise by them, and learn little from the other rows.
+    text only), naming the farthest row's id: models standardise by them, and learn little from the other rows;
+    and when a share of its features (:data:`~bgmrec.data.dataset.NARROW_SHARE`) vary too little for the
+    networks' standardisation, which takes them for constants (:func:`~bgmrec.data.dataset.narrow_columns`).
     Returns the messages."""
     import numpy as np
 
-    from bgmrec.data.dataset import FAR_SPREADS, SPREAD_RATIO, outlying_rows
+    from bgmrec.data.dataset import FAR_SPREADS, NARROW_SHARE, SPREAD_RATIO, narrow_columns, outlying_rows
     from bgmrec.features.recommend import warn_on_stderr
+    from bgmrec.models.layers import Standardizer
 
     captioned = np.flatnonzero(np.asarray(ds.video_text_mask))
     said = []
@@ -363,16 +366,22 @@ def warn_if_features_outlie(ds, data: Path) -> list[str]:
                            [ds.video_ids[i] for i in captioned]),
                           ("music.npy", ds.music, list(ds.track_ids))):
         found = outlying_rows(x)
-        if found is None:
-            continue
-        said.append(f"{data}/features/{fname}: {found.columns:,} of {np.shape(x)[1]:,} features have a standard "
-                    f"deviation over {SPREAD_RATIO:g} times their typical spread (median absolute deviation), set by "
-                    f"{len(found.rows):,} row(s) more than {FAR_SPREADS:g} typical spreads from the rest (first "
-                    f"{ids[found.rows[0]]!r}, {found.distance[0]:.3g} out): "
-                    "standardised by it, every other row of those features shrinks toward zero and models learn "
-                    "little from them; check those rows (values extracted or saved wrongly: fix or drop them and "
-                    "build the dataset again; a feature of such a range: give its logarithm)")
-        warn_on_stderr(said[-1])
+        if found is not None:
+            said.append(f"{data}/features/{fname}: {found.columns:,} of {np.shape(x)[1]:,} features have a standard "
+                        f"deviation over {SPREAD_RATIO:g} times their typical spread (median absolute deviation), set "
+                        f"by {len(found.rows):,} row(s) more than {FAR_SPREADS:g} typical spreads from the rest (first "
+                        f"{ids[found.rows[0]]!r}, {found.distance[0]:.3g} out): "
+                        "standardised by it, every other row of those features shrinks toward zero and models learn "
+                        "little from them; check those rows (values extracted or saved wrongly: fix or drop them and "
+                        "build the dataset again; a feature of such a range: give its logarithm)")
+            warn_on_stderr(said[-1])
+        narrow = narrow_columns(x, Standardizer.MIN_STD)
+        if len(narrow) and len(narrow) >= NARROW_SHARE * np.shape(x)[1]:
+            said.append(f"{data}/features/{fname}: {len(narrow):,} of {np.shape(x)[1]:,} features vary, but with a "
+                        f"standard deviation of at most {Standardizer.MIN_STD:g}, which the networks take for a "
+                        "constant feature (0 for every input): they learn nothing from them; if the file's values "
+                        "are on a small scale, multiply them (by 1e4, say) and build the dataset again")
+            warn_on_stderr(said[-1])
     return said
 
 

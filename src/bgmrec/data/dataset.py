@@ -497,6 +497,29 @@ def outlying_rows(x: np.ndarray, chunk: int = 8192, seed: int = 0) -> OutlyingRo
     return OutlyingRows(len(judged), rows, far[rows])
 
 
+NARROW_SHARE = 0.1  # narrow features (:func:`narrow_columns`) are worth a warning from this share of a file's
+
+
+def narrow_columns(x: np.ndarray, floor: float, chunk: int = 8192) -> np.ndarray:
+    """Columns of ``x`` [n, d] that vary, but with a standard deviation of at most ``floor``: the networks'
+    standardisation takes a feature that narrow for a constant (:class:`~bgmrec.models.layers.Standardizer`),
+    so a file of small-scale values (1e-5 units, say) is all 0 to them. A constant column, and the float32
+    rounding of one (a deviation within 1e-6 of its magnitude), is not such a column. Memory: a chunk at a time."""
+    x = np.asarray(x) if not hasattr(x, "shape") else x
+    n = len(x)
+    if n < 2 or x.ndim != 2:
+        return np.empty(0, np.int64)
+    first = np.asarray(x[0], np.float64)  # sums about the first row: no cancellation for large magnitudes
+    total, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for s in range(0, n, chunk):
+        part = np.asarray(x[s:s + chunk], np.float64) - first
+        total += part.sum(axis=0)
+        squares += (part ** 2).sum(axis=0)
+    shift = total / n
+    deviation = np.sqrt(np.maximum(squares / n - shift ** 2, 0.0))
+    return np.flatnonzero((deviation <= floor) & (deviation > 1e-6 * np.abs(first + shift)) & (deviation > 0))
+
+
 def _check_range(arr: np.ndarray, lo: int, hi: int, where: str, fname: str) -> None:
     arr = np.asarray(arr)
     _expect(np.issubdtype(arr.dtype, np.integer), where, fname, f"integer ids, found {arr.dtype}")
