@@ -401,7 +401,9 @@ class TruthRanker:
         self.oracle.processes["content"] = {**train, "gamma": 0.0}  # the training process without taste
         rows = np.asarray(ds.splits["train"])
         pick = np.random.default_rng(seed).choice(len(rows), n_confounders, replace=len(rows) < n_confounders)
-        self.taste = torch.from_numpy(train["gamma"] * np.log(np.maximum(ds.confounder(rows[pick, 2]), 1e-12)))
+        taste = self.oracle.video_taste[rows[pick, 0]] if len(self.oracle.video_taste) else \
+            ds.confounder(rows[pick, 2])  # the true tastes (a world saved before truth/ kept them: the dataset's)
+        self.taste = torch.from_numpy(train["gamma"] * np.log(np.maximum(taste, 1e-12)))
         ref = np.flatnonzero(~np.asarray(ds.track_new))  # the training catalogue
         self.ref_music = self.oracle.encode_music(MusicCatalog.from_dataset(ds))[ref].astype(np.float64)
         self.ref_genre = torch.from_numpy(np.asarray(ds.track_genre, np.int64)[ref])

@@ -331,3 +331,40 @@ def test_activity_and_taste_concentration_shape_the_uploaders():
     flat, _ = simulate(world_config("tiny", pref_concentration=20.0))
     # mean largest genre share: about 0.68 against 0.40 (the majority genre's population share)
     assert np.max(peaky.uploader_pref, axis=1).mean() > np.max(flat.uploader_pref, axis=1).mean() + 0.2
+
+
+def test_a_world_can_give_models_the_tastes_its_training_uploads_show_and_keep_the_true_ones_for_the_oracle(
+        tiny_world, tmp_path):
+    # the simulated dataset gave models each uploader's true taste pi_u, where build-dataset estimates it from the
+    # training uploads of real data (an evaluation audit): taste_estimated=True gives them that estimate instead
+    import dataclasses
+
+    from bgmrec.data.build import uploader_preferences
+    from bgmrec.data.dataset import load_dataset
+    from bgmrec.models.base import FeatureSpec, SplitView, VideoQuery
+    from bgmrec.models.oracle import Oracle
+
+    ds, truth = tiny_world
+    est_ds, est_truth = simulate(world_config("tiny", taste_estimated=True))
+    train = np.asarray(est_ds.splits["train"])
+    expected = uploader_preferences(train[:, 2], np.asarray(est_ds.track_genre)[train[:, 1]], est_ds.n_uploaders,
+                                    len(est_ds.genres))
+    assert np.array_equal(est_ds.uploader_pref, expected) and not np.allclose(expected, ds.uploader_pref, atol=0.05)
+    assert np.array_equal(est_truth.uploader_pref, ds.uploader_pref) and np.array_equal(truth.uploader_pref,
+                                                                                         ds.uploader_pref)
+    for f in dataclasses.fields(ds):  # nothing else differs: the estimate draws nothing
+        if f.name not in ("uploader_pref", "provenance"):
+            a, b = getattr(ds, f.name), getattr(est_ds, f.name)
+            assert (a == b) if not isinstance(a, np.ndarray | dict) else (
+                all(np.array_equal(a[k], b[k]) for k in a) if isinstance(a, dict) else np.array_equal(a, b)), f.name
+    save_world(est_ds, est_truth, tmp_path / "estimated")
+    loaded = load_dataset(tmp_path / "estimated")
+    assert np.array_equal(loaded.uploader_pref, expected)
+    spec = FeatureSpec.of(ds)
+    rows = np.asarray(ds.splits["test"])
+    scores = []
+    for world, world_truth in ((ds, truth), (loaded, None)):  # in memory; from the folder's truth/
+        oracle = Oracle(Oracle.config_class(), spec, world_truth).fit(SplitView(world, "train"))
+        q = VideoQuery.from_dataset(world, rows[:, 0], rows[:, 2], "test")  # the world's own (given) tastes
+        scores.append(oracle.encode_videos(q))
+    assert np.array_equal(*scores)  # the oracle ranks by the true tastes either way

@@ -313,15 +313,24 @@ def test_embeddings_of_two_widths_are_refused_naming_both(tiny_ds, tiny_spec):
         with pytest.raises(ValueError, match=message):
             call()
 
-def test_oracle_refuses_an_unknown_split_and_a_missing_taste(tiny_ds, tiny_spec):
+def test_oracle_refuses_an_unknown_split_and_a_missing_taste(tiny_ds, tiny_spec, tiny_copy):
+    from bgmrec.data.dataset import load_dataset
     from bgmrec.models.oracle import Oracle
 
     oracle = Oracle(Oracle.config_class(), tiny_spec).fit(SplitView(tiny_ds, "train"))
     q = VideoQuery.from_dataset(tiny_ds, np.arange(3), np.asarray(tiny_ds.video_uploader[:3]), split="nosuch")
     with pytest.raises(ValueError, match="nosuch"):
         oracle.encode_videos(q)
+    with_taste = VideoQuery.from_dataset(tiny_ds, np.arange(3), np.asarray(tiny_ds.video_uploader[:3]), split="test")
+    without = VideoQuery.from_dataset(tiny_ds, np.arange(3), split="test")
+    assert np.array_equal(oracle.encode_videos(without), oracle.encode_videos(with_taste))  # the truth's own taste
+    (tiny_copy / "truth" / "uploader_pref.npy").unlink()  # a world saved before truth/ kept the tastes
+    older = load_dataset(tiny_copy)
+    oracle = Oracle(Oracle.config_class(), tiny_spec).fit(SplitView(older, "train"))
+    assert np.array_equal(oracle.encode_videos(with_taste), Oracle(Oracle.config_class(), tiny_spec).fit(
+        SplitView(tiny_ds, "train")).encode_videos(with_taste))  # the dataset's tastes: the true ones there
     with pytest.raises(ValueError, match="genre preferences"):
-        oracle.encode_videos(VideoQuery.from_dataset(tiny_ds, np.arange(3), split="test"))
+        oracle.encode_videos(VideoQuery.from_dataset(older, np.arange(3), split="test"))
 
 
 def test_compare_pairs_the_two_models_full_ranks(tiny_ds, fitted):

@@ -75,6 +75,9 @@ class WorldConfig:
     val_share: float = 0.1  # share of existing-music uploads in val
     test_share: float = 0.1  # share of existing-music uploads in test
     n_negatives: int = 100  # frozen negatives per evaluation row (sampled protocol)
+    taste_estimated: bool = False  # uploaders.npy: each uploader's taste estimated from its training uploads, as
+    #  build-dataset does from real data, instead of the true pi_u (the default: the backdoor adjustment's assumption
+    #  of an observed confounder); truth/ keeps the true one, which the oracle ranks by
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -141,7 +144,8 @@ _WORLD_BOUNDS = {  # rule -> the WorldConfig fields it bounds (checked on constr
     "in [0, 1]": ("content_lean", "text_unrelated_share", "text_empty_share"),
     "in [0, 1)": ("new_track_share", "val_share", "test_share"),
 }
-_WORLD_UNBOUNDED = {  # WorldConfig's numeric fields without a range in _WORLD_BOUNDS, and why (a test holds to it)
+#: WorldConfig's numeric fields without a range in _WORLD_BOUNDS, and why (a test holds to it; a bool is a switch)
+_WORLD_UNBOUNDED = {
     "beta": "a weight of a choice logit: any finite value is a world (negative: videos avoid matching music)",
     "gamma": "a weight of a choice logit: any finite value is a world (negative: uploaders avoid their taste)",
     "delta": "a weight of a choice logit: any finite value is a world (negative: popular tracks are avoided)",
@@ -190,6 +194,8 @@ class WorldTruth:
     track_popularity: np.ndarray  # float64 [M], sums to 1
     video_text_kind: np.ndarray  # int8 [N]: 0 informative, 1 unrelated, 2 empty
     processes: dict[str, SplitProcess] = field(default_factory=dict)  # split -> its selection process
+    uploader_pref: np.ndarray | None = None  # float32 [U, G] the uploaders' true tastes pi_u (None: a world saved
+    #  before truth/ kept them, whose uploaders.npy holds them)
 
     def logits(self, split: str, videos: np.ndarray, uploader_pref: np.ndarray, genre: np.ndarray,
                tracks: np.ndarray | None = None) -> np.ndarray:
@@ -326,6 +332,7 @@ def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None)
     step(f"the music of {len(pgc):,} professional videos")
     pgc_choice = existing[gumbel_max_choice(r_choice, logits("pgc", pgc, existing), len(pgc))]
 
+    truth.uploader_pref = uploader_pref.astype(np.float32)
     chose_new = track_new[ugc_choice]
     old_rows = r_split.permutation(np.flatnonzero(~chose_new))
     n_val, n_test = int(c.val_share * len(old_rows)), int(c.test_share * len(old_rows))
@@ -341,6 +348,11 @@ def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None)
     splits = {name: rows(v, ugc_choice[v]) for name, v in parts.items()}
     splits["test_unbiased"] = rows(parts["test"], unbiased_choice)
     splits["pgc"] = rows(pgc, pgc_choice)
+    if c.taste_estimated:  # what a model is given as each uploader's taste: what its training uploads show
+        from bgmrec.data.build import uploader_preferences
+
+        train = splits["train"]
+        uploader_pref = uploader_preferences(train[:, 2], track_genre[train[:, 1]], c.n_uploaders, g_count)
     split_info = {name: split.info for name, split in WORLD_SPLITS.items()}
     truth.processes = {name: processes[split.process] for name, split in WORLD_SPLITS.items()}
     step("frozen negatives")
@@ -383,6 +395,8 @@ def save_world(ds: Dataset, truth: WorldTruth, out: Path) -> Path:
         "truth/track_popularity.npy": truth.track_popularity,
         "truth/video_text_kind.npy": truth.video_text_kind,
     }
+    if truth.uploader_pref is not None:
+        arrays["truth/uploader_pref.npy"] = truth.uploader_pref
     meta = {"truth/world.json": {"config": truth.config.to_json(),
                                  "processes": {s: asdict(p) for s, p in truth.processes.items()}}}
     return save_dataset(ds, out, arrays, meta)
@@ -410,4 +424,6 @@ def load_truth(root: Path) -> WorldTruth:
         track_popularity=load_npy(root / "truth/track_popularity.npy", mmap=False),
         video_text_kind=load_npy(root / "truth/video_text_kind.npy", mmap=False),
         processes={s: SplitProcess(**p) for s, p in meta["processes"].items()},
+        uploader_pref=load_npy(root / "truth/uploader_pref.npy", mmap=False)
+        if (root / "truth/uploader_pref.npy").is_file() else None,
     )

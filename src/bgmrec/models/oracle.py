@@ -34,6 +34,8 @@ class Oracle(Recommender):
         self.video_content = np.zeros((0, 1), np.float32)
         self.track_content = np.zeros((0, 1), np.float32)
         self.track_popularity = np.zeros(0)
+        self.video_taste = np.zeros((0, len(spec.genres)), np.float32)  # [N, G] each video's uploader's true taste
+        #  (empty for a world saved before truth/ kept the tastes: the queries' own, the dataset's, are read)
         self.processes: dict[str, dict] = {}
         self.world: dict | None = None  # the parameters of the world whose truth it holds (None: not recorded)
 
@@ -58,6 +60,8 @@ class Oracle(Recommender):
         self.world = world
         self.video_content, self.track_content = truth.video_content, truth.track_content
         self.track_popularity = truth.track_popularity
+        self.video_taste = np.zeros((0, len(self.spec.genres)), np.float32) if truth.uploader_pref is None else \
+            np.asarray(truth.uploader_pref, np.float32)[np.maximum(np.asarray(ds.video_uploader), 0)]
         self.processes = {s: vars(p) for s, p in truth.processes.items()}
         return self
 
@@ -79,9 +83,12 @@ class Oracle(Recommender):
         p = self._process(q.split)
         self._check_in_world(np.asarray(q.index), len(self.video_content), "video")
         z = self.video_content[q.index].astype(np.float64)
-        if q.confounder is None and p["gamma"]:
+        if len(self.video_taste):  # the true taste, whatever the dataset gives models (an estimate, maybe)
+            conf = self.video_taste[q.index]
+        elif q.confounder is None and p["gamma"]:
             raise ValueError("the oracle needs the uploaders' genre preferences (VideoQuery.confounder)")
-        conf = np.full((len(q), len(self.spec.genres)), 1.0) if q.confounder is None else q.confounder
+        else:
+            conf = np.full((len(q), len(self.spec.genres)), 1.0) if q.confounder is None else q.confounder
         taste = p["gamma"] * np.log(np.maximum(conf, 1e-12)) if p["gamma"] else np.zeros(conf.shape)
         return np.hstack([p["beta"] * z / math.sqrt(z.shape[1]), taste, np.full((len(q), 1), p["delta"])])
 
@@ -101,11 +108,17 @@ class Oracle(Recommender):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"video_content": self.video_content, "track_content": self.track_content,
-                "track_popularity": self.track_popularity}
+                "track_popularity": self.track_popularity, "video_taste": self.video_taste}
+
+    def check_state_arrays(self, arrays: dict) -> None:
+        if "video_taste" not in arrays:  # an oracle saved before truth/ kept the tastes: it reads the queries'
+            arrays = {**arrays, "video_taste": np.zeros((0, len(self.spec.genres)), np.float32)}
+        super().check_state_arrays(arrays)
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.video_content, self.track_content = arrays["video_content"], arrays["track_content"]
         self.track_popularity = arrays["track_popularity"]
+        self.video_taste = arrays.get("video_taste", np.zeros((0, len(self.spec.genres)), np.float32))
 
     def extra_config(self) -> dict:
         return {"processes": self.processes, "world": self.world}
