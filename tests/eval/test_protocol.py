@@ -561,3 +561,50 @@ def test_tensor_embeddings_are_taken_as_arrays(tiny_ds, tiny_spec):
         MusicCatalog.from_dataset(tiny_ds)).dtype == np.float32
     ids, _ = model.recommend(q, MusicCatalog.from_dataset(tiny_ds), k=2)
     assert ids.tolist() == [[tiny_ds.n_tracks - 1, tiny_ds.n_tracks - 2]] * 2
+
+
+def test_other_positives_pairs_each_row_with_its_video_s_other_tracks():
+    from bgmrec.data.negatives import other_positives
+
+    rows = np.array([[0, 1, 5], [1, 3, 5], [0, 2, 5], [2, 4, 6], [2, 4, 6], [0, 7, 5]])
+    got = sorted(zip(*(a.tolist() for a in other_positives(rows)), strict=True))
+    # video 0: rows 0, 2, 5 (tracks 1, 2, 7); video 2's two rows are one track twice: nothing to leave out
+    assert got == [(0, 2), (0, 7), (2, 1), (2, 7), (5, 1), (5, 2)]
+    assert [a.size for a in other_positives(rows[[1, 3]])] == [0, 0]  # one row a video: nothing
+    assert [a.size for a in other_positives(np.zeros((0, 3), np.int64))] == [0, 0]
+
+
+def test_a_video_with_several_tracks_ranks_each_without_its_other_true_tracks(tiny_ds, tmp_path):
+    # an evaluation audit: on an app's data where a clip has two tracks, a perfect model's Recall@1 was 0.43, its
+    # other true tracks ranked above each query's positive (full ranking) and drawn as its frozen negatives
+    from bgmrec.data.dataset import load_dataset, save_dataset
+    from bgmrec.data.negatives import other_positives, sample_negatives
+    from bgmrec.eval.scores import ScoreFileWarning, load_scores
+
+    test = np.asarray(tiny_ds.splits["test"])
+    cand = tiny_ds.candidate_tracks("test")
+    second = test.copy()  # each test video's second track: another existing one
+    second[:, 1] = cand[(np.searchsorted(cand, test[:, 1]) + 1) % len(cand)]
+    rows = np.concatenate([test, second])
+    exclude = other_positives(rows)
+    assert len(exclude[0]) == len(rows)
+    negatives = sample_negatives(rows[:, 1], cand, 100, np.random.default_rng(0), exclude=exclude)
+    assert not (negatives[exclude[0]] == exclude[1][:, None]).any()  # the other true track is never a negative
+    plain = sample_negatives(rows[:, 1], cand, 100, np.random.default_rng(0))
+    clean = ~(plain == np.r_[second[:, 1], test[:, 1]][:, None]).any(axis=1)
+    assert clean.any() and np.array_equal(negatives[clean], plain[clean])  # the same draws where nothing was kept out
+    info = dict(tiny_ds.split_info)
+    two = dataclasses.replace(tiny_ds, splits={**tiny_ds.splits, "test": rows},
+                              negatives={**tiny_ds.negatives, "test": plain}, split_info=info)
+    save_dataset(two, tmp_path / "two")
+    ds = load_dataset(tmp_path / "two")
+    perfect = np.zeros((ds.n_videos, ds.n_tracks), np.float32)
+    perfect[rows[:, 0], rows[:, 1]] = 1.0  # every true track of a video scores 1, any other 0
+    np.save(tmp_path / "perfect.npy", perfect)
+    with pytest.warns(ScoreFileWarning):  # an .npy records no dataset; the videos outside test tie every track
+        scorer = load_scores(tmp_path / "perfect.npy", ds)
+    assert (P.full_ranks(scorer, ds, "test").ranks == 1).all()  # its other true track is not ranked against it
+    assert (P.sampled_ranks(scorer, ds, "test") == 1).all()  # nor counted among its frozen negatives
+    assert (plain == np.r_[second[:, 1], test[:, 1]][:, None]).any()  # (which held some)
+    # a simulated world has one track a video in every split: nothing is left out, its figures are as before
+    assert all(other_positives(np.asarray(r))[0].size == 0 for r in tiny_ds.splits.values())

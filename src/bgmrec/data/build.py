@@ -22,7 +22,7 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   warning when only some rows have a time);
   every split is ranked among the existing tracks;
 - frozen negatives for val and test: up to 100 per row (fewer when the catalogue is smaller),
-  drawn with :func:`bgmrec.data.negatives.sample_negatives`;
+  drawn with :func:`bgmrec.data.negatives.sample_negatives`, never a track of the row's video;
 - ``uploaders.npy``: each uploader's genre distribution from their *training* pairs, smoothed
   towards the population share: ``(counts_u + alpha * p) / (n_u + alpha)`` with ``p`` the genre
   shares of all training pairs (add-one smoothed), so rows sum to 1 and an uploader with no
@@ -76,7 +76,7 @@ from bgmrec.data.dataset import (
     separator_hint,
     sha256_file,
 )
-from bgmrec.data.negatives import sample_negatives
+from bgmrec.data.negatives import other_positives, sample_negatives  # a video's other tracks: no negatives
 from bgmrec.features.cache import (
     TRACK_ID_COLUMNS,
     VIDEO_ID_COLUMNS,
@@ -441,7 +441,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     rng = np.random.default_rng(config.seed + 1)
     candidates = np.arange(len(cat))
     k = min(config.negatives, len(candidates) - 1)
-    negatives = {s: sample_negatives(splits[s][:, 1], candidates, k, rng) for s in ("val", "test")}
+    negatives = {s: sample_negatives(splits[s][:, 1], candidates, k, rng, exclude=other_positives(splits[s]))
+                 for s in ("val", "test")}
 
     before = _fingerprints(Path(out))
     check_replaceable(Path(out))  # before the rows are copied beside it (a gigabyte at 150k videos)

@@ -14,8 +14,9 @@ def block_rows(chunk: int, width: int) -> int:
 
 
 def sample_negatives(positives: np.ndarray, candidates: np.ndarray, k: int, rng: np.random.Generator,
-                     chunk: int = 4096) -> np.ndarray:
-    """Draw ``k`` distinct negatives per row from ``candidates``, never the row's positive.
+                     chunk: int = 4096, exclude: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Draw ``k`` distinct negatives per row from ``candidates``, never the row's positive (nor a track
+    ``exclude`` pairs with the row, unless too few other candidates remain).
 
     Parameters
     ----------
@@ -28,6 +29,10 @@ def sample_negatives(positives: np.ndarray, candidates: np.ndarray, k: int, rng:
     chunk : int
         Most rows drawn at once; a block also holds at most :data:`MAX_BLOCK` keys (:func:`block_rows`).
         The draws do not depend on it: ``rng`` gives the keys row after row whatever the blocks.
+    exclude : (int array [p], int array [p]), optional
+        (row, track) pairs kept out of the rows' negatives as their positives are: the other positives of a
+        row's video (:func:`other_positives`). The keys drawn are the same, so a row
+        without such a pair gets the negatives it would get without ``exclude``.
 
     Returns
     -------
@@ -45,6 +50,35 @@ def sample_negatives(positives: np.ndarray, candidates: np.ndarray, k: int, rng:
         at = np.minimum(np.searchsorted(candidates, pos), len(candidates) - 1)  # the positive's column, if a candidate
         hit = candidates[at] == pos
         keys[np.flatnonzero(hit), at[hit]] = np.inf  # the positive is never among the k smallest
+        if exclude is not None:
+            here = (exclude[0] >= start) & (exclude[0] < start + len(pos))
+            row, track = np.asarray(exclude[0])[here] - start, np.asarray(exclude[1])[here]
+            at = np.minimum(np.searchsorted(candidates, track), len(candidates) - 1)
+            hit = candidates[at] == track
+            keys[row[hit], at[hit]] = 2.0  # after every other candidate (keys are below 1), before the positive
         pick = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < len(candidates) else np.argsort(keys, 1)
         out[start:start + chunk] = candidates[pick[:, :k]]
     return out
+
+
+def other_positives(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, track) int64 pairs: for each row of ``rows`` (video, track, uploader), the tracks of the other rows of
+    its video (but its own track), which its ranking leaves out: the filtered setting (Bordes et al., NeurIPS
+    2013), where a query has exactly one relevant track and a video with several (an app's upload log may pair
+    one clip with two tracks) would otherwise count its other true tracks as wrong answers ranked above it.
+    Empty when every video has one row, as in the simulated worlds: their figures are as before."""
+    rows = np.asarray(rows)
+    order = np.argsort(rows[:, 0], kind="stable")
+    videos = rows[order, 0]
+    starts = np.flatnonzero(np.r_[True, videos[1:] != videos[:-1]]) if len(rows) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(rows)])
+    pairs_row, pairs_track = [], []
+    for start, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist(), strict=True):
+        group = order[start:start + size]
+        each, other = np.repeat(group, size), np.tile(group, size)
+        keep = rows[each, 1] != rows[other, 1]
+        pairs_row.append(each[keep])
+        pairs_track.append(rows[other[keep], 1])
+    if not pairs_row:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(pairs_row).astype(np.int64), np.concatenate(pairs_track).astype(np.int64)

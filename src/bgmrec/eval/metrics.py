@@ -1,6 +1,7 @@
 """Ranking metrics as pure functions.
 
-Every query has exactly one relevant track (the upload's chosen music), so each metric is a
+Every query has exactly one relevant track (the upload's chosen music; a video with several is a query per
+track, each ranked without the others: :func:`bgmrec.data.negatives.other_positives`), so each metric is a
 function of the 1-based rank of that track among the query's candidates. Weighted variants take a
 weight per query; weights are normalised to sum to 1 (DecCM's inverse-popularity protocol).
 :data:`RANK_METRICS` is the table of the per-query metrics: what evaluate reports, compare pairs and the

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from bgmrec.data.dataset import Dataset, load_dataset
+from bgmrec.data.negatives import other_positives
 from bgmrec.eval import metrics as M
 from bgmrec.eval.significance import PairedComparison, check_settings, paired_comparison
 from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embedding_widths
@@ -99,9 +100,14 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
     ranks = np.empty(len(rows), np.int64)
     k = min(top_k, len(cand))
     top = np.empty((len(rows), k), np.int64)
+    other_row, other_track = other_positives(rows)
+    other_col = col[other_track]
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         scores = score(part, cand)
+        here = (other_row >= s) & (other_row < s + len(part)) & (other_col >= 0)
+        if here.any():  # the filtered setting: the video's other positives are not among its candidates
+            scores = _below_every_score(scores, other_row[here] - s, other_col[here])
 
         def tie_keys(which: np.ndarray, videos: np.ndarray = part[:, 0]) -> np.ndarray:
             return _tie_keys(videos[which], len(cand), seed)
@@ -109,6 +115,13 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
         ranks[s:s + chunk], cols = M.rank_and_top(scores, pos_col[s:s + chunk], k, tie_keys)
         top[s:s + chunk] = cand[cols]
     return FullRanking(ranks, top, len(cand))
+
+
+def _below_every_score(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``scores`` (as floats) with -inf at (``rows``, ``cols``): those candidates rank below every other."""
+    out = np.array(scores, dtype=scores.dtype if scores.dtype.kind == "f" else np.float64)
+    out[rows, cols] = -np.inf
+    return out
 
 
 def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096, seed: int = 0) -> np.ndarray:
@@ -121,9 +134,15 @@ def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096
     score = _scorer(model, ds, split)
     tie = _tie_break(len(rows), seed + 1)
     ranks = np.empty(len(rows), np.int64)
+    other_row, other_track = other_positives(rows)
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         scores = score(part, cands[s:s + chunk])
+        here = (other_row >= s) & (other_row < s + len(part))
+        if here.any():  # a frozen negative that is another positive of the query's video does not count
+            pair, column = np.nonzero(cands[other_row[here], 1:] == other_track[here][:, None])
+            if pair.size:
+                scores = _below_every_score(scores, other_row[here][pair] - s, column + 1)
         ranks[s:s + chunk] = M.ranks_from_scores(scores, np.zeros(len(part), np.int64), tie[s:s + chunk])
     return ranks
 
