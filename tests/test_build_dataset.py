@@ -362,6 +362,33 @@ def test_rows_without_a_time_are_warned_of_as_the_split_turns_random(tmp_path, f
     assert warnings == []  # every row timed, or no time column at all
 
 
+def test_a_time_split_says_what_it_leaves_mixed(tmp_path, folders):
+    # an evaluation audit: a video's later pairs, dated after the test period began, went into training with
+    # its first one without a word, and test rows whose track no training pair names (new music to the models)
+    # were scored as existing music, uncounted
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", extra=["v0,t7,u0,2024-02-01T00:00:00", "v1,t6,u1,2024-03-01T00:00:00"])
+    warnings = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
+    from datetime import UTC, datetime
+
+    logged, test_videos = read_pairs(pairs), {ds.video_ids[v] for v in ds.splits["test"][:, 0].tolist()}
+    test_start = min(t for v, t in zip(logged.video, logged.time, strict=True) if v in test_videos)
+    assert {"v0", "v1"}.isdisjoint(test_videos)  # the two videos with a later pair are training videos
+
+    assert warnings == [f"2 pair(s) of training videos are dated at or after the first test video "
+                        f"({datetime.fromtimestamp(test_start, UTC).isoformat(timespec='seconds')}): a video is "
+                        "placed by the time of its first pair and its later pairs go with it, so training counts "
+                        "them (popularity, the track prior, the uploaders' tastes)"]
+    trained = set(ds.splits["train"][:, 1].tolist())
+    counted = ds.provenance["rows_with_untrained_track"]
+    assert counted == {s: sum(t not in trained for t in ds.splits[s][:, 1].tolist()) for s in ("val", "test")}
+    assert load_dataset(tmp_path / "d").provenance["rows_with_untrained_track"] == counted
+    warnings.clear()
+    build_dataset(vids, cat, write_pairs(tmp_path / "p2.csv"), tmp_path / "d2", warn=warnings.append)
+    assert warnings == []  # one pair a video: nothing later than its video's time
+
+
 def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monkeypatch):
     # they were read in the machine's local zone: one pairs file split differently on another machine
     import time

@@ -134,6 +134,7 @@ def build_dataset_cmd(
     split_by = ds.provenance.get("split_by")
     kept = ds.provenance.get("splits_kept_from")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
+    untrained = ds.provenance.get("rows_with_untrained_track", {})
     # videos without a usable pair are left out of the dataset; tracks no pair names stay, as candidates
     lone_videos, lone_tracks = (ds.provenance.get(k, 0) for k in ("videos_without_pairs", "tracks_without_pairs"))
     _console().print(f"wrote {out}: {ds.n_videos} videos"
@@ -147,7 +148,10 @@ def build_dataset_cmd(
                         f" ({sum(kept['kept'].values())} video(s) kept their split of {keep_splits_of}, "
                         f"{kept['new']} new one(s) split by {split_by})")
                      + ("; dropped pairs: " + ", ".join(f"{k} {v}" for k, v in dropped.items() if v)
-                        if any(dropped.values()) else ""))
+                        if any(dropped.values()) else "")
+                     + ("; rows whose track is in no training pair (new music to the models, ranked among the "
+                        "existing): " + ", ".join(f"{k} {v}" for k, v in untrained.items())
+                        if any(untrained.values()) else ""))
 
 
 def check_clip_options(video: str | None, caption: str | None, features: Path | None, video_id: str | None,

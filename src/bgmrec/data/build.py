@@ -18,8 +18,11 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   the videos' features copied a block of rows at a time from the memory-mapped folder, never held whole);
 - genres: the sorted genre names of the catalogue, tracks without one get "unknown";
 - splits train / val / test of the pairs, by video (all rows of one video land in one split):
-  by time when every row has one (earliest video time first), else a seeded random permutation (with a
-  warning when only some rows have a time);
+  by time when every row has one (earliest video time first; a video's time is its first pair's, and a
+  warning says how many pairs of training videos are dated after the first test video), else a seeded
+  random permutation (with a warning when only some rows have a time); the provenance counts the val and
+  test rows whose track no training pair names (``rows_with_untrained_track``: new music to the models,
+  ranked among the existing music);
   every split is ranked among the existing tracks;
 - frozen negatives for val and test: up to 100 per row (fewer when the catalogue is smaller),
   drawn with :func:`bgmrec.data.negatives.sample_negatives`, never a track of the row's video;
@@ -306,6 +309,31 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
     return keep, {kind: len(rows_of) for kind, (rows_of, *_) in kinds.items()}
 
 
+def untrained_track_rows(splits: dict[str, np.ndarray]) -> dict[str, int]:
+    """For val and test, how many rows' tracks no training pair names: ranked among the existing music, they
+    measure new-music (strong) generalisation inside those splits' figures (a popularity ranking scores such
+    a track 0), where a simulated world reports it apart (``test_new_music``)."""
+    trained = np.unique(splits["train"][:, 1])
+    return {name: int((~np.isin(splits[name][:, 1], trained)).sum()) for name in ("val", "test")}
+
+
+def late_training_pairs(pair_side: np.ndarray, pair_time: np.ndarray) -> str | None:
+    """A note when pairs of training videos (``pair_side``: each pair's split, an index of :data:`SIDES`) are
+    dated (``pair_time``, seconds) at or after the first test video's time: a video is placed by its first
+    pair, and its later pairs go with it into training. None when there are none."""
+    test = pair_side == SIDES.index("test")
+    if not test.any():
+        return None
+    start = pair_time[test].min()
+    late = (pair_side == SIDES.index("train")) & (pair_time >= start)
+    if not late.any():
+        return None
+    when = datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds")
+    return (f"{int(late.sum()):,} pair(s) of training videos are dated at or after the first test video ({when}): "
+            "a video is placed by the time of its first pair and its later pairs go with it, so training counts "
+            "them (popularity, the track prior, the uploaders' tastes)")
+
+
 def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                   config: BuildConfig | None = None, warn: Callable[[str], None] | None = None,
                   professional_csv: Path | None = None, keep_splits_of: Path | None = None) -> Dataset:
@@ -410,6 +438,11 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                  "dataset (another app's or world's ids?); every video is split as new")
     which = split_of_video[rows[:, 0]]
     splits = {name: rows[which == s] for s, name in enumerate(SIDES)}
+    if warn is not None and pairs.time is not None and keep_splits_of is None:  # kept splits: not by time alone
+        note = late_training_pairs(split_of_video[np.array([vpos[pairs.video[i]] for i in keep], np.int64)],
+                                   np.array([pairs.time[i] for i in keep], np.float64))
+        if note is not None:
+            warn(note)
     empty = [s for s in ("val", "test") if not len(splits[s])]
     if empty and warn is not None:
         asked = all(getattr(config, f"{s}_share") == 0 for s in empty)
@@ -482,6 +515,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                    if pro is not None else {}),
                 "videos_without_pairs": len(vid_ids) - len(video_ids) - len(pro_ids),  # left out of the dataset
                 "tracks_without_pairs": len(cat) - len(np.unique(rows[:, 1])),  # kept: candidates to rank
+                "rows_with_untrained_track": untrained_track_rows(splits),  # val/test: new music to the models
                 "extractors": {"videos": videos.manifest.get("extractors"),
                                "music": cat.manifest.get("extractors")},
                 "settings": {"videos": videos.manifest.get("settings"), "music": cat.manifest.get("settings")},
