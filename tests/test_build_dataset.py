@@ -367,7 +367,8 @@ def test_a_time_split_says_what_it_leaves_mixed(tmp_path, folders):
     # its first one without a word, and test rows whose track no training pair names (new music to the models)
     # were scored as existing music, uncounted
     vids, cat = folders
-    pairs = write_pairs(tmp_path / "pairs.csv", extra=["v0,t7,u0,2024-02-01T00:00:00", "v1,t6,u1,2024-03-01T00:00:00"])
+    pairs = write_pairs(tmp_path / "pairs.csv", extra=["v0,t7,u0,2024-02-01T00:00:00", "v1,t6,u1,2024-03-01T00:00:00",
+                                                       "v1,t6,u1,2024-03-02T00:00:00"])  # a repeat counts once
     warnings = []
     ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
     from datetime import UTC, datetime
@@ -376,7 +377,8 @@ def test_a_time_split_says_what_it_leaves_mixed(tmp_path, folders):
     test_start = min(t for v, t in zip(logged.video, logged.time, strict=True) if v in test_videos)
     assert {"v0", "v1"}.isdisjoint(test_videos)  # the two videos with a later pair are training videos
 
-    assert warnings == [f"2 pair(s) of training videos are dated at or after the first test video "
+    assert warnings[0].startswith(f"{pairs}: 1 of 33 row(s) repeat an earlier row's video, track and uploader")
+    assert warnings[1:] == [f"2 pair(s) of training videos are dated at or after the first test video "
                         f"({datetime.fromtimestamp(test_start, UTC).isoformat(timespec='seconds')}): a video is "
                         "placed by the time of its first pair and its later pairs go with it, so training counts "
                         "them (popularity, the track prior, the uploaders' tastes)"]

@@ -198,6 +198,9 @@ def test_bench_speed_times_a_dataset_of_your_own(cli_world, tmp_path, capsys):
     said = capsys.readouterr().err.replace("\n", "")
     assert f"error: {cli_world}: no rows in split 'tset' to rank (splits with rows: val, test, train" in said, said
     assert "Traceback" not in said and json.loads(j.read_text())["split"] == "test"  # the last result kept
+    assert main(["bench", "speed", "--work", str(tmp_path / "w"), "--split", "tset"]) == 2  # before simulating
+    assert "--split 'tset': the simulated world has no such split (it has train, val, test" in _error(capsys)
+    assert not (tmp_path / "w").exists()
 
 
 def _error(capsys) -> str:
@@ -1527,7 +1530,7 @@ def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorde
     cell = change_cell(PairedComparison(**{k: c[k] for k in PairedComparison.__dataclass_fields__}))
     assert "| model | vs popularity, ndcg@10 |" in test_part and f"| mine | {cell} |" in test_part  # as compare
     assert "Change of full-catalogue ndcg@10 over popularity on the same queries, with its 95% paired" in test_part
-    assert "Not compared (evaluated without --ranks): mine." in unbiased_part
+    assert "Not compared: mine (evaluated without --ranks)." in unbiased_part
     assert "vs popularity" not in unbiased_part
     # moved together to another folder, the ranks are found beside the results
     moved = tmp_path / "moved"
@@ -1554,6 +1557,13 @@ def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorde
     assert "the baseline mine was evaluated without --ranks" in _error(capsys)
     assert main([*args, "--baseline", "popularity", "--metric", "hit@10"]) == 2
     assert "unknown metric 'hit@10'" in _error(capsys)
+    assert main([*args, "--metric", "mrr"]) == 2  # read by the paired table alone
+    assert "--metric: read by the paired table alone; give --baseline LABEL too" in _error(capsys)
+    # a CSV of another evaluation at the recorded path, the right one moved beside the result: the right one
+    shutil.copy(tmp_path / "popularity-test_unbiased.csv", tmp_path / "popularity-test.csv")
+    assert main(["report", str(moved / "popularity-test.json"), str(files["popularity", "test_unbiased"]),
+                 "--baseline", "popularity"]) == 0
+    assert "No paired comparison" not in capsys.readouterr().out
 
 
 def test_train_says_which_run_it_replaced_at_out(cli_world, tmp_path, capsys):

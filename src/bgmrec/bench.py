@@ -327,7 +327,7 @@ def run_speed(work: Path, console: Console, data: Path | None = None, split: str
     the peak memory. Without ``data``, the ``tt150k`` world is simulated into ``work`` first and that is timed
     too; with it, an engineer's own dataset is timed as it is (nothing is written)."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint, load_dataset
-    from bgmrec.data.simulate import save_world, simulate, world_config
+    from bgmrec.data.simulate import WORLD_SPLITS, save_world, simulate, world_config
     from bgmrec.eval.protocol import full_ranks
     from bgmrec.features.cache import progress_steps
     from bgmrec.models.base import FeatureSpec, SplitView
@@ -335,6 +335,9 @@ def run_speed(work: Path, console: Console, data: Path | None = None, split: str
     from bgmrec.runs import peak_rss_mb
 
     figures: dict = {}
+    if data is None and split not in WORLD_SPLITS:  # before a minute of simulating
+        raise ValueError(f"--split {split!r}: the simulated world has no such split (it has "
+                         f"{', '.join(WORLD_SPLITS)})")
     with progress_steps("bench speed") as step:
         if data is None:
             data = Path(work) / "tt150k-speed"

@@ -368,3 +368,9 @@ def test_a_world_can_give_models_the_tastes_its_training_uploads_show_and_keep_t
         q = VideoQuery.from_dataset(world, rows[:, 0], rows[:, 2], "test")  # the world's own (given) tastes
         scores.append(oracle.encode_videos(q))
     assert np.array_equal(*scores)  # the oracle ranks by the true tastes either way
+    pgc = np.flatnonzero(np.asarray(ds.video_uploader) < 0)  # professional videos: no uploader, the prior
+    assert np.array_equal(oracle.video_taste[pgc], np.tile(ds.confounder_prior(), (len(pgc), 1)))
+    # a default world's manifest names no taste_estimated, as before it existed (older bgmrec refuses the key)
+    assert "taste_estimated" not in world_config("tiny").to_json()
+    assert world_config("tiny", taste_estimated=True).to_json()["taste_estimated"] is True
+    assert WorldConfig.from_json(world_config("tiny", taste_estimated=True).to_json()).taste_estimated

@@ -606,5 +606,17 @@ def test_a_video_with_several_tracks_ranks_each_without_its_other_true_tracks(ti
     assert (P.full_ranks(scorer, ds, "test").ranks == 1).all()  # its other true track is not ranked against it
     assert (P.sampled_ranks(scorer, ds, "test") == 1).all()  # nor counted among its frozen negatives
     assert (plain == np.r_[second[:, 1], test[:, 1]][:, None]).any()  # (which held some)
+    # a subset of the rows (training's validation queries) leaves out the videos' tracks in the whole split
+    assert (P.full_ranks(scorer, ds, "test", rows=rows[:len(test)]).ranks == 1).all()
     # a simulated world has one track a video in every split: nothing is left out, its figures are as before
     assert all(other_positives(np.asarray(r))[0].size == 0 for r in tiny_ds.splits.values())
+
+
+def test_left_out_candidates_go_below_every_score_of_any_type():
+    big = np.array([[2**60 + 1, 2**60, 0]], np.int64)  # distinct int64 scores float64 would tie
+    out = P._below_every_score(big, np.array([0]), np.array([2]))
+    assert out.dtype == np.int64 and out[0, 0] > out[0, 1] > out[0, 2] == np.iinfo(np.int64).min
+    assert P._below_every_score(np.array([[3, 0]], np.uint8), np.array([0]), np.array([0])).tolist() == [
+        [np.iinfo(np.int64).min, 0]]  # unsigned: as int64, never wrapped round
+    half = P._below_every_score(np.array([[1.5, 2.0]], np.float16), np.array([0]), np.array([1]))
+    assert half.dtype == np.float16 and half.tolist() == [[1.5, -np.inf]]

@@ -156,6 +156,11 @@ def report(
     if baseline is not None:
         parse_metric(metric)
         check_settings(resamples, level)
+    else:
+        given = [f"--{name}" for name, value, default in (("metric", metric, "recall@10"), ("resamples", resamples,
+                 10_000), ("level", level, 0.95)) if value != default]
+        if given:
+            raise ValueError(f"{', '.join(given)}: read by the paired table alone; give --baseline LABEL too")
     text = results_report([(str(p), parse_json_file(p, str(p))) for p in results], baseline, metric, resamples,
                           level)
     if out is None:

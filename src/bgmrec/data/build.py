@@ -395,7 +395,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     video_uploader = np.full(len(video_ids), -1, np.int64)
     for v, u in rows[::-1, [0, 2]]:
         video_uploader[v] = u
-    rows = np.unique(rows, axis=0)  # a repeated (video, track, uploader) row counts once
+    rows, row_of_pair = np.unique(rows, axis=0, return_inverse=True)  # a repeated row counts once
     dropped["duplicate"] = len(keep) - len(rows)
     if dropped["duplicate"] and warn is not None:
         first: dict[tuple[str, str, str], int] = {}
@@ -439,8 +439,9 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     which = split_of_video[rows[:, 0]]
     splits = {name: rows[which == s] for s, name in enumerate(SIDES)}
     if warn is not None and pairs.time is not None and keep_splits_of is None:  # kept splits: not by time alone
-        note = late_training_pairs(split_of_video[np.array([vpos[pairs.video[i]] for i in keep], np.int64)],
-                                   np.array([pairs.time[i] for i in keep], np.float64))
+        earliest = np.full(len(rows), np.inf)  # a repeated row's first time
+        np.minimum.at(earliest, row_of_pair.reshape(-1), np.array([pairs.time[i] for i in keep], np.float64))
+        note = late_training_pairs(split_of_video[rows[:, 0]], earliest)
         if note is not None:
             warn(note)
     empty = [s for s in ("val", "test") if not len(splits[s])]

@@ -43,42 +43,47 @@ def sample_negatives(positives: np.ndarray, candidates: np.ndarray, k: int, rng:
     if k > len(candidates) - 1:
         raise ValueError(f"cannot draw {k} negatives from {len(candidates)} candidates")
     out = np.empty((len(positives), k), np.int64)
+    if exclude is not None:
+        excluded_row, excluded_track = (np.asarray(a, np.int64) for a in exclude)
     chunk = block_rows(chunk, len(candidates))
     for start in range(0, len(positives), chunk):
         pos = positives[start:start + chunk]
         keys = rng.random((len(pos), len(candidates)))
-        at = np.minimum(np.searchsorted(candidates, pos), len(candidates) - 1)  # the positive's column, if a candidate
-        hit = candidates[at] == pos
-        keys[np.flatnonzero(hit), at[hit]] = np.inf  # the positive is never among the k smallest
+        row, col = _candidate_columns(candidates, np.arange(len(pos)), pos)
+        keys[row, col] = np.inf  # the positive is never among the k smallest
         if exclude is not None:
-            here = (exclude[0] >= start) & (exclude[0] < start + len(pos))
-            row, track = np.asarray(exclude[0])[here] - start, np.asarray(exclude[1])[here]
-            at = np.minimum(np.searchsorted(candidates, track), len(candidates) - 1)
-            hit = candidates[at] == track
-            keys[row[hit], at[hit]] = 2.0  # after every other candidate (keys are below 1), before the positive
+            here = (excluded_row >= start) & (excluded_row < start + len(pos))
+            row, col = _candidate_columns(candidates, excluded_row[here] - start, excluded_track[here])
+            keys[row, col] = 2.0  # after every other candidate (keys are below 1), before the positive
         pick = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < len(candidates) else np.argsort(keys, 1)
         out[start:start + chunk] = candidates[pick[:, :k]]
     return out
 
 
-def other_positives(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, track) int64 pairs: for each row of ``rows`` (video, track, uploader), the tracks of the other rows of
-    its video (but its own track), which its ranking leaves out: the filtered setting (Bordes et al., NeurIPS
-    2013), where a query has exactly one relevant track and a video with several (an app's upload log may pair
-    one clip with two tracks) would otherwise count its other true tracks as wrong answers ranked above it.
-    Empty when every video has one row, as in the simulated worlds: their figures are as before."""
-    rows = np.asarray(rows)
-    order = np.argsort(rows[:, 0], kind="stable")
-    videos = rows[order, 0]
-    starts = np.flatnonzero(np.r_[True, videos[1:] != videos[:-1]]) if len(rows) else np.zeros(0, np.int64)
-    sizes = np.diff(np.r_[starts, len(rows)])
-    pairs_row, pairs_track = [], []
-    for start, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist(), strict=True):
-        group = order[start:start + size]
-        each, other = np.repeat(group, size), np.tile(group, size)
-        keep = rows[each, 1] != rows[other, 1]
-        pairs_row.append(each[keep])
-        pairs_track.append(rows[other[keep], 1])
-    if not pairs_row:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(pairs_row).astype(np.int64), np.concatenate(pairs_track).astype(np.int64)
+def _candidate_columns(candidates: np.ndarray, rows: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the ``tracks`` found among the sorted ``candidates`` (a track that is none is dropped)."""
+    at = np.minimum(np.searchsorted(candidates, tracks), len(candidates) - 1)
+    hit = candidates[at] == tracks
+    return rows[hit], at[hit]
+
+
+def other_positives(rows: np.ndarray, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row, track) int64 pairs: for each row of ``rows`` (video, track, uploader), the other tracks its video has
+    in ``among`` (the rows of its whole split; ``rows`` themselves by default), which its ranking leaves out:
+    the filtered setting (Bordes et al., NeurIPS 2013), where a query has exactly one relevant track and a
+    video with several (an app's upload log may pair one clip with two tracks) would otherwise count its other
+    true tracks as wrong answers ranked above it. Empty when every video has one track, as in the simulated
+    worlds: their figures are as before. Vectorised; its size is the sum over ``rows`` of their videos' other
+    tracks (so give a chunk of rows at a time: a video with thousands of tracks has thousands per row)."""
+    rows = np.asarray(rows, np.int64).reshape(-1, 3)
+    among = rows if among is None else np.asarray(among, np.int64).reshape(-1, 3)
+    pairs = np.unique(among[:, :2], axis=0)  # (video, track) sorted by video, each once
+    lo = np.searchsorted(pairs[:, 0], rows[:, 0], "left")
+    size = np.searchsorted(pairs[:, 0], rows[:, 0], "right") - lo
+    several = np.flatnonzero(size > 1)
+    counts = size[several]
+    row = np.repeat(several, counts)
+    within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    track = pairs[np.repeat(lo[several], counts) + within, 1]
+    keep = track != rows[row, 1]
+    return row[keep].astype(np.int64), track[keep].astype(np.int64)

@@ -106,6 +106,8 @@ class WorldConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         d["genre_shares"] = list(self.genre_shares)
+        if not self.taste_estimated:  # left out at its default: a default world's manifest is as older bgmrec's,
+            del d["taste_estimated"]  # which refuses parameters it does not know
         return d
 
     @classmethod

@@ -83,7 +83,8 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
 
     Ranks and top lists come from one order per query (:func:`~bgmrec.eval.metrics.rank_and_top`):
     by score, exact ties in a seeded random order, so a positive is in its top list exactly when
-    its rank is at most ``top_k``. The order of ties is drawn from ``seed`` and the query's video, so
+    its rank is at most ``top_k``. The order of ties is drawn from ``seed`` and the query's video, and the
+    video's other tracks in the whole split are left out (:func:`~bgmrec.data.negatives.other_positives`), so
     a query ranks alike whatever other queries ``rows`` holds (a validation subset, the whole split).
     A model that refuses ``ds`` (:meth:`~bgmrec.models.base.Recommender.check_dataset`: an oracle of another
     simulated world) raises ValueError.
@@ -100,14 +101,14 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
     ranks = np.empty(len(rows), np.int64)
     k = min(top_k, len(cand))
     top = np.empty((len(rows), k), np.int64)
-    other_row, other_track = other_positives(rows)
-    other_col = col[other_track]
+    whole = np.asarray(ds.splits[split])  # a video's tracks in the whole split, for a subset of rows too
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         scores = score(part, cand)
-        here = (other_row >= s) & (other_row < s + len(part)) & (other_col >= 0)
-        if here.any():  # the filtered setting: the video's other positives are not among its candidates
-            scores = _below_every_score(scores, other_row[here] - s, other_col[here])
+        other_row, other_track = other_positives(part, whole)
+        other_col = col[other_track]
+        if (other_col >= 0).any():  # the filtered setting: the video's other positives are not among its candidates
+            scores = _below_every_score(scores, other_row[other_col >= 0], other_col[other_col >= 0])
 
         def tie_keys(which: np.ndarray, videos: np.ndarray = part[:, 0]) -> np.ndarray:
             return _tie_keys(videos[which], len(cand), seed)
@@ -118,9 +119,12 @@ def full_ranks(model: Recommender, ds: Dataset, split: str, rows: np.ndarray | N
 
 
 def _below_every_score(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``scores`` (as floats) with -inf at (``rows``, ``cols``): those candidates rank below every other."""
-    out = np.array(scores, dtype=scores.dtype if scores.dtype.kind == "f" else np.float64)
-    out[rows, cols] = -np.inf
+    """A copy of ``scores`` with the lowest value of its type at (``rows``, ``cols``): -inf for floats, the
+    int64 minimum for integers (unsigned and bool scores as int64, whole), so those candidates rank below every
+    other (a positive scored as low ties with them: a model's own -inf or minimum)."""
+    scores = np.asarray(scores)
+    out = np.array(scores, dtype=scores.dtype if scores.dtype.kind in "fi" else np.int64)
+    out[rows, cols] = -np.inf if out.dtype.kind == "f" else np.iinfo(out.dtype).min
     return out
 
 
@@ -134,15 +138,14 @@ def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096
     score = _scorer(model, ds, split)
     tie = _tie_break(len(rows), seed + 1)
     ranks = np.empty(len(rows), np.int64)
-    other_row, other_track = other_positives(rows)
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         scores = score(part, cands[s:s + chunk])
-        here = (other_row >= s) & (other_row < s + len(part))
-        if here.any():  # a frozen negative that is another positive of the query's video does not count
-            pair, column = np.nonzero(cands[other_row[here], 1:] == other_track[here][:, None])
+        other_row, other_track = other_positives(part, rows)
+        if other_row.size:  # a frozen negative that is another positive of the query's video does not count
+            pair, column = np.nonzero(cands[s + other_row, 1:] == other_track[:, None])
             if pair.size:
-                scores = _below_every_score(scores, other_row[here][pair] - s, column + 1)
+                scores = _below_every_score(scores, other_row[pair], column + 1)
         ranks[s:s + chunk] = M.ranks_from_scores(scores, np.zeros(len(part), np.int64), tie[s:s + chunk])
     return ranks
 

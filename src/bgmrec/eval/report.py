@@ -206,10 +206,13 @@ def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, r
     gains = query_gains(ranks, metric)
     compared, without = [], []
     for name, r in named:
-        if r is base[1] or r["model"] == "oracle":
+        if r is base[1]:
+            continue
+        if r["model"] == "oracle":  # the upper bound, not a contender
+            without.append(f"{r['label']} (the upper bound)")
             continue
         if r.get("ranks_file") is None:
-            without.append(r["label"])
+            without.append(f"{r['label']} (evaluated without --ranks)")
             continue
         their_queries, their_ranks = ranks_of(name, r)
         if their_queries != queries:
@@ -221,7 +224,7 @@ def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, r
     if compared:
         lines += [paired_markdown({metric: compared}, baseline), ""]
     if without:
-        lines += [f"Not compared (evaluated without --ranks): {', '.join(without)}.", ""]
+        lines += [f"Not compared: {', '.join(without)}.", ""]
     return lines
 
 
@@ -238,12 +241,12 @@ def ranks_of(name: str, result: dict) -> tuple[list[tuple[str, str, str]], np.nd
     if not (isinstance(recorded, dict) and isinstance(recorded.get("path"), str)
             and isinstance(recorded.get("sha256"), str)):
         raise ValueError(f"{name}: field ranks_file should hold the path and sha256 of evaluate's --ranks CSV")
-    path = Path(recorded["path"])
-    if not path.is_file():
-        path = Path(name).parent / path.name
-    if not path.is_file():
-        raise ValueError(f"{name}: its ranks file {recorded['path']} is missing (nor is {path.name} beside it)")
-    data = path.read_bytes()
+    places = list(dict.fromkeys([Path(recorded["path"]), Path(name).parent / Path(recorded["path"]).name]))
+    found = [(path, path.read_bytes()) for path in places if path.is_file()]  # where written, or moved beside
+    if not found:
+        raise ValueError(f"{name}: its ranks file {recorded['path']} is missing (nor is "
+                         f"{places[-1].name} beside it)")
+    path, data = next(((p, d) for p, d in found if hashlib.sha256(d).hexdigest() == recorded["sha256"]), found[0])
     if hashlib.sha256(data).hexdigest() != recorded["sha256"]:
         raise ValueError(f"{path}: has changed since bgmrec evaluate wrote it for {name} (another SHA-256); "
                          "evaluate again with --ranks")
@@ -296,7 +299,7 @@ RANKS_HEADER = "video,track,uploader,full_rank,sampled_rank"  # evaluate --ranks
 def paired_note(baseline: str, metric: str = "Recall@10", level: float = 0.95) -> str:
     """What a paired table's cells are: the sentence above it."""
     return (f"Change of full-catalogue {metric} over {baseline} on the same queries, with its "
-            f"{f'{level:.1%}'.replace('.0%', '%')} paired bootstrap interval and the p-value of a paired "
+            f"{level * 100:.10g}% paired bootstrap interval and the p-value of a paired "
             "randomisation test (`bgmrec compare`): how sure each figure is given these trained models and queries, "
             "not how it varies over training seeds.")
 

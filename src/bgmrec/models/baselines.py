@@ -41,7 +41,8 @@ class RandomRecommender(Recommender):
     The projections ignore every relation between video and music, so the ranking of the positive is uniform
     in expectation over the seed; they depend only on the content (batch equals one-by-one). One seed's
     projections rank the tracks whose projection is long high for every video, so its figures scatter around
-    chance (full Recall@10 on `small`'s test 0.029, 0.013 and 0.049 for seeds 0-2, against 10 / 850 = 0.012).
+    chance (full Recall@10 on `small`'s test 0.029, 0.013 and 0.049 in the quality benchmark's seeds 0-2, each a
+    world and projections of its own, against 10 / 850 = 0.012).
     """
 
     name = "random"

@@ -34,7 +34,7 @@ class Oracle(Recommender):
         self.video_content = np.zeros((0, 1), np.float32)
         self.track_content = np.zeros((0, 1), np.float32)
         self.track_popularity = np.zeros(0)
-        self.video_taste = np.zeros((0, len(spec.genres)), np.float32)  # [N, G] each video's uploader's true taste
+        self.video_taste = self._no_taste()  # [N, G] each video's uploader's true taste
         #  (empty for a world saved before truth/ kept the tastes: the queries' own, the dataset's, are read)
         self.processes: dict[str, dict] = {}
         self.world: dict | None = None  # the parameters of the world whose truth it holds (None: not recorded)
@@ -60,8 +60,11 @@ class Oracle(Recommender):
         self.world = world
         self.video_content, self.track_content = truth.video_content, truth.track_content
         self.track_popularity = truth.track_popularity
-        self.video_taste = np.zeros((0, len(self.spec.genres)), np.float32) if truth.uploader_pref is None else \
-            np.asarray(truth.uploader_pref, np.float32)[np.maximum(np.asarray(ds.video_uploader), 0)]
+        self.video_taste = self._no_taste()
+        if truth.uploader_pref is not None:  # a video without an uploader (a professional one) gets the prior
+            uploader = np.asarray(ds.video_uploader)
+            self.video_taste = np.where((uploader >= 0)[:, None], np.asarray(truth.uploader_pref, np.float32)[
+                np.maximum(uploader, 0)], ds.confounder_prior()[None, :]).astype(np.float32)
         self.processes = {s: vars(p) for s, p in truth.processes.items()}
         return self
 
@@ -112,13 +115,17 @@ class Oracle(Recommender):
 
     def check_state_arrays(self, arrays: dict) -> None:
         if "video_taste" not in arrays:  # an oracle saved before truth/ kept the tastes: it reads the queries'
-            arrays = {**arrays, "video_taste": np.zeros((0, len(self.spec.genres)), np.float32)}
+            arrays = {**arrays, "video_taste": self._no_taste()}
         super().check_state_arrays(arrays)
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.video_content, self.track_content = arrays["video_content"], arrays["track_content"]
         self.track_popularity = arrays["track_popularity"]
-        self.video_taste = arrays.get("video_taste", np.zeros((0, len(self.spec.genres)), np.float32))
+        self.video_taste = arrays.get("video_taste", self._no_taste())
+
+    def _no_taste(self) -> np.ndarray:
+        """The video tastes of an oracle whose world kept none in truth/ (it reads the queries' own)."""
+        return np.zeros((0, len(self.spec.genres)), np.float32)
 
     def extra_config(self) -> dict:
         return {"processes": self.processes, "world": self.world}
