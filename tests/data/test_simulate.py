@@ -374,3 +374,18 @@ def test_a_world_can_give_models_the_tastes_its_training_uploads_show_and_keep_t
     assert "taste_estimated" not in world_config("tiny").to_json()
     assert world_config("tiny", taste_estimated=True).to_json()["taste_estimated"] is True
     assert WorldConfig.from_json(world_config("tiny", taste_estimated=True).to_json()).taste_estimated
+
+
+def test_the_professional_videos_can_choose_by_another_weight_of_content_than_test_unbiased(tiny_world):
+    # an evaluation audit: the teacher's data were drawn by exactly test_unbiased's process, so no world could
+    # tell how much of content mode's edge survives professionals who choose otherwise
+    ds, truth = tiny_world
+    loose_ds, loose = simulate(world_config("tiny", pgc_beta_scale=0.5))
+    assert loose.processes["pgc"].beta == 0.5 * truth.processes["pgc"].beta == 0.5 * loose.config.beta
+    assert loose.processes["test_unbiased"] == truth.processes["test_unbiased"] == truth.processes["pgc"]
+    for name in ("train", "val", "test", "test_unbiased", "test_new_music"):  # the uploads' draws are untouched
+        assert np.array_equal(loose_ds.splits[name], ds.splits[name]), name
+    assert not np.array_equal(loose_ds.splits["pgc"], ds.splits["pgc"])
+    assert "pgc_beta_scale" not in truth.config.to_json() and loose.config.to_json()["pgc_beta_scale"] == 0.5
+    with pytest.raises(ValueError, match="pgc_beta_scale"):
+        world_config("tiny", pgc_beta_scale=-1.0)

@@ -75,6 +75,9 @@ class WorldConfig:
     val_share: float = 0.1  # share of existing-music uploads in val
     test_share: float = 0.1  # share of existing-music uploads in test
     n_negatives: int = 100  # frozen negatives per evaluation row (sampled protocol)
+    pgc_beta_scale: float = 1.0  # the professional videos' weight of content match, as a multiple of beta: below 1
+    #  they choose more loosely than test_unbiased's process does (the teacher's data then differs from the truth
+    #  content mode aims at), above 1 more sharply; 1: both choose alike
     taste_estimated: bool = False  # uploaders.npy: each uploader's taste estimated from its training uploads, as
     #  build-dataset does from real data, instead of the true pi_u (the default: the backdoor adjustment's assumption
     #  of an observed confounder); truth/ keeps the true one, which the oracle ranks by
@@ -106,8 +109,9 @@ class WorldConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         d["genre_shares"] = list(self.genre_shares)
-        if not self.taste_estimated:  # left out at its default: a default world's manifest is as older bgmrec's,
-            del d["taste_estimated"]  # which refuses parameters it does not know
+        for name, default in _ADDED_LATER.items():  # at their defaults, left out: a default world's manifest is as
+            if d[name] == default:  # older bgmrec's, which refuses parameters it does not know
+                del d[name]
         return d
 
     @classmethod
@@ -141,11 +145,13 @@ _WORLD_BOUNDS = {  # rule -> the WorldConfig fields it bounds (checked on constr
     ">= 1": ("n_videos", "n_tracks", "n_uploaders", "content_dim", "visual_dim", "text_dim", "music_dim",
              "hidden_dim", "n_negatives"),
     ">= 0": ("seed", "n_pgc_videos", "genre_spread", "track_spread", "video_spread", "popularity_sigma",
-             "activity_sigma", "visual_noise", "music_noise", "music_genre_weight", "text_noise", "text_noise_spread"),
+             "activity_sigma", "visual_noise", "music_noise", "music_genre_weight", "text_noise", "text_noise_spread",
+             "pgc_beta_scale"),
     "> 0": ("pref_concentration",),
     "in [0, 1]": ("content_lean", "text_unrelated_share", "text_empty_share"),
     "in [0, 1)": ("new_track_share", "val_share", "test_share"),
 }
+_ADDED_LATER = {"pgc_beta_scale": 1.0, "taste_estimated": False}  # parameters left out of to_json at these values
 #: WorldConfig's numeric fields without a range in _WORLD_BOUNDS, and why (a test holds to it; a bool is a switch)
 _WORLD_UNBOUNDED = {
     "beta": "a weight of a choice logit: any finite value is a world (negative: videos avoid matching music)",
@@ -168,7 +174,8 @@ class WorldSplit(NamedTuple):
     """One split of the simulated world: how it is used and which selection process drew its positives."""
 
     info: SplitInfo  # its role and candidate tracks (the dataset's manifest)
-    process: str  # "biased" (the uploads' choice: beta, gamma, delta) or "content" (beta alone)
+    process: str  # "biased" (the uploads' choice: beta, gamma, delta), "content" (beta alone) or "professional"
+    #  (beta * pgc_beta_scale alone)
 
 
 # every split of a simulated world, in the order of its manifest's split_info and truth's processes. train, val,
@@ -180,7 +187,7 @@ WORLD_SPLITS: dict[str, WorldSplit] = {
     "test": WorldSplit(SplitInfo("test", "existing"), "biased"),
     "test_new_music": WorldSplit(SplitInfo("test", "new"), "biased"),
     "test_unbiased": WorldSplit(SplitInfo("test", "existing"), "content"),
-    "pgc": WorldSplit(SplitInfo("teacher", "existing"), "content"),
+    "pgc": WorldSplit(SplitInfo("teacher", "existing"), "professional"),
 }
 EVALUATED_ROLES = ("val", "test")  # splits of these roles get frozen negatives (the sampled protocol), in order
 UPLOAD_SPLITS = ("train", "val", "test", "test_new_music")  # the splits that divide the uploads
@@ -319,7 +326,8 @@ def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None)
     # choices
     ugc = np.arange(c.n_videos)
     pgc = np.arange(c.n_videos, n_all)
-    processes = {"biased": SplitProcess(c.beta, c.gamma, c.delta), "content": SplitProcess(c.beta, 0.0, 0.0)}
+    processes = {"biased": SplitProcess(c.beta, c.gamma, c.delta), "content": SplitProcess(c.beta, 0.0, 0.0),
+                 "professional": SplitProcess(c.beta * c.pgc_beta_scale, 0.0, 0.0)}
     truth = WorldTruth(c, video_content.astype(np.float32), track_content.astype(np.float32), pop, kind,
                        processes)
     existing = np.flatnonzero(~track_new)
