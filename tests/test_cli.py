@@ -1445,6 +1445,10 @@ def test_describe_says_what_a_dataset_holds_and_its_fingerprints(cli_world, tmp_
     assert test["candidate_tracks"] == summary["new_tracks"]
     assert test["negatives"] == ds.negatives["test_new_music"].shape[1]
     assert summary["splits"]["pgc"]["known_uploaders"] == 0 and summary["splits"]["train"]["negatives"] == 0
+    assert summary["splits"]["train"]["untrained_positives"] == 0  # rows whose track no training row has
+    assert summary["splits"]["test_new_music"]["untrained_positives"] == test["rows"]
+    trained = set(ds.splits["train"][:, 1].tolist())
+    assert summary["splits"]["test"]["untrained_positives"] == sum(t not in trained for t in ds.splits["test"][:, 1])
     shares = [g["train_share"] for g in summary["genres"].values()]
     assert sum(g["tracks"] for g in summary["genres"].values()) == 200 and sum(shares) == pytest.approx(1)
     printed = capsys.readouterr().out

@@ -115,14 +115,17 @@ def describe(
                       f"({summary['new_tracks']:,} new), {summary['uploaders']:,} uploaders; features "
                       + ", ".join(f"{k} {v}" for k, v in summary["features"].items())
                       + f"; made by {summary['made_by']}", markup=False, highlight=False)
-        splits = Table(title="splits")
+        splits = Table(title="splits", caption="unseen positives: rows whose track no training row has (new music "
+                       "to a model, whatever the split's candidates)")
         # IPW weights "counted": 1 / (1 + the track's training count)
-        for h in ("split", "role", "rows", "candidates", "negatives", "IPW weights", "known uploaders"):
+        for h in ("split", "role", "rows", "candidates", "negatives", "IPW weights", "known uploaders",
+                  "unseen positives"):
             splits.add_column(h, justify="left" if h in ("split", "role") else "right")
         for name, s in summary["splits"].items():
             weights = "-" if not s["negatives"] else "stored" if s["weights"] else "counted"  # only sampled figures
             splits.add_row(name, s["role"], f"{s['rows']:,}", f"{s['candidate_tracks']:,} ({s['candidates']})",
-                           str(s["negatives"] or "-"), weights, f"{s['known_uploaders']:,}")
+                           str(s["negatives"] or "-"), weights, f"{s['known_uploaders']:,}",
+                           f"{s['untrained_positives']:,}")
         genres = Table(title="genres")
         for h in ("genre", "tracks", "share of training positives"):
             genres.add_column(h, justify="left" if h == "genre" else "right")

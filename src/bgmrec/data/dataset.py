@@ -236,7 +236,8 @@ class Dataset:
     def summary(self) -> dict:
         """What the dataset holds, as ``bgmrec describe`` shows it: counts, feature sizes, each genre's tracks
         and share of the training positives, each split's rows, role, candidate tracks, frozen negatives per
-        row, stored IPW weights and queries of a known uploader, and where the data came from."""
+        row, stored IPW weights, queries of a known uploader and positives no training row has (new music to a
+        model, whatever the split's candidates), and where the data came from."""
         train = self.train_rows()
         positives = np.bincount(train[:, 1], minlength=self.n_tracks) if len(train) else np.zeros(self.n_tracks)
         genre_of = np.asarray(self.track_genre)
@@ -255,7 +256,8 @@ class Dataset:
                               "candidate_tracks": int(len(self.candidate_tracks(name))),
                               "negatives": int(self.negatives[name].shape[1]) if name in self.negatives else 0,
                               "weights": name in self.weights,
-                              "known_uploaders": int((np.asarray(rows)[:, 2] >= 0).sum())}
+                              "known_uploaders": int((np.asarray(rows)[:, 2] >= 0).sum()),
+                              "untrained_positives": int((positives[np.asarray(rows)[:, 1]] == 0).sum())}
                        for name, rows in self.splits.items()},
             "made_by": source,
         }
