@@ -391,6 +391,43 @@ def test_a_time_split_says_what_it_leaves_mixed(tmp_path, folders):
     assert warnings == []  # one pair a video: nothing later than its video's time
 
 
+def test_new_music_is_held_out_of_training_and_ranked_apart(tmp_path, folders):
+    # DESIGN: weak and strong generalisation reported apart; a built dataset had no new-music split, and the
+    # uploads of tracks unseen in training were scored inside test as existing music (an evaluation audit)
+    vids, cat = folders
+    pairs = write_pairs(tmp_path / "pairs.csv", extra=["v2,t3,u2,2024-01-30T00:00:00"])
+    logged = read_pairs(pairs)
+    first_use = {}
+    for track, time in zip(logged.track, logged.time, strict=True):
+        first_use[track] = min(first_use.get(track, np.inf), time)
+    latest = sorted(first_use, key=first_use.get)[-2:]  # 2 of the 8 named tracks: the two first used last
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(new_music_share=0.25))
+    new = {ds.track_ids[t] for t in np.flatnonzero(ds.track_new)}
+    assert new == set(latest)
+    rows = ds.splits["test_new_music"]
+    assert len(rows) and {ds.track_ids[t] for t in rows[:, 1]} <= new and ds.split_info["test_new_music"].candidates \
+        == "new"
+    for name in ("train", "val", "test"):  # no held-out track, nor a video of one, anywhere else
+        assert not ds.track_new[ds.splits[name][:, 1]].any(), name
+        assert not set(ds.splits[name][:, 0].tolist()) & set(rows[:, 0].tolist()), name
+    assert set(ds.negatives["test_new_music"].ravel().tolist()) <= set(np.flatnonzero(ds.track_new).tolist())
+    assert not ds.track_new[ds.negatives["test"]].any()  # test's negatives: existing music only
+    assert ds.provenance["pairs"]["dropped"]["new_music_video_other_track"] == sum(
+        v in {ds.video_ids[r] for r in rows[:, 0]} and t not in new for v, t in zip(logged.video, logged.track,
+                                                                                    strict=True))
+    load_dataset(tmp_path / "d")  # valid on disk
+    random = build_dataset(vids, cat, write_pairs(tmp_path / "p.csv", with_time=False), tmp_path / "r",
+                           BuildConfig(new_music_share=0.25, seed=4))
+    assert random.track_new.sum() == 2 and len(random.splits["test_new_music"])  # seeded, without times
+    plain = build_dataset(vids, cat, pairs, tmp_path / "plain")
+    assert "test_new_music" not in plain.splits and not plain.track_new.any()
+    with pytest.raises(ValueError, match="new_music_share"):
+        build_dataset(vids, cat, pairs, tmp_path / "x", BuildConfig(new_music_share=0.05))  # fewer than 2 tracks
+    with pytest.raises(ValueError, match="keep-splits-of"):  # not yet with a rebuild that keeps splits
+        build_dataset(vids, cat, pairs, tmp_path / "x", BuildConfig(new_music_share=0.25),
+                      keep_splits_of=tmp_path / "d")
+
+
 def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monkeypatch):
     # they were read in the machine's local zone: one pairs file split differently on another machine
     import time

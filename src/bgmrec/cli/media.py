@@ -104,7 +104,8 @@ def extract_videos_cmd(
     _summary("videos", r)
 
 
-BUILD_OPTIONS = ("seed", "val_share", "test_share", "negatives")  # BuildConfig's fields build-dataset has as options
+#: BuildConfig's fields build-dataset has as options
+BUILD_OPTIONS = ("seed", "val_share", "test_share", "negatives", "new_music_share")
 
 
 @app.command("build-dataset")
@@ -119,6 +120,8 @@ def build_dataset_cmd(
     val_share: float = typer.Option(0.1, help="share of videos in validation"),
     test_share: float = typer.Option(0.1, help="share of videos in test"),
     negatives: int = typer.Option(100, help="frozen negatives per val/test row"),
+    new_music_share: float = typer.Option(0.0, help="share of the tracks the pairs name held out of training (the "
+                                          "latest first used, by time): their uploads form test_new_music"),
     keep_splits_of: Path | None = typer.Option(None, help="an earlier dataset's folder (last week's): its videos "
                                                           "keep their split, only new ones are split"),
 ) -> None:
@@ -129,7 +132,8 @@ def build_dataset_cmd(
 
     with writing_lock(out), options_named(**{f: "--" + f.replace("_", "-") for f in BUILD_OPTIONS}):
         ds = build_dataset(videos, music, pairs, out, BuildConfig(seed=seed, val_share=val_share,
-                                                                  test_share=test_share, negatives=negatives),
+                                                                  test_share=test_share, negatives=negatives,
+                                                                  new_music_share=new_music_share),
                            warn=warn_on_stderr, professional_csv=professional, keep_splits_of=keep_splits_of)
     split_by = ds.provenance.get("split_by")
     kept = ds.provenance.get("splits_kept_from")

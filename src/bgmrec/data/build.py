@@ -13,7 +13,8 @@ names no zone).
 What is written (the format of :mod:`bgmrec.data.dataset`):
 
 - every extracted video with at least one usable pair (``source`` "ugc"; its uploader is the one of
-  its first pair; the others are left out), and every catalogue track (``track_new`` all False), also
+  its first pair; the others are left out), and every catalogue track (``track_new`` False but for the new
+  music held out below), also
   those no pair names (they are ranked as candidates); videos and tracks in id order (:func:`in_id_order`;
   the videos' features copied a block of rows at a time from the memory-mapped folder, never held whole);
 - genres: the sorted genre names of the catalogue, tracks without one get "unknown";
@@ -24,6 +25,10 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   test rows whose track no training pair names (``rows_with_untrained_track``: new music to the models,
   ranked among the existing music);
   every split is ranked among the existing tracks;
+- with ``new_music_share``, that share of the tracks the pairs name held out of training (``track_new``: the
+  latest first used when every pair has a time, else seeded): the uploads that chose them form
+  ``test_new_music`` (ranked among those tracks), their videos in no other split, their professional pairs
+  dropped;
 - frozen negatives for val and test: up to 100 per row (fewer when the catalogue is smaller),
   drawn with :func:`bgmrec.data.negatives.sample_negatives`, never a track of the row's video;
 - ``uploaders.npy``: each uploader's genre distribution from their *training* pairs, smoothed
@@ -106,6 +111,9 @@ class BuildConfig:
     test_share: float = 0.1  # share of videos in test
     negatives: int = 100  # frozen negatives per val/test row (at most the catalogue size - 1)
     alpha: float = 1.0  # pseudo-count of the population share in each uploader's genre distribution
+    new_music_share: float = 0.0  # share of the tracks the pairs name held out of training entirely (the latest
+    #  first used when pairs have times, else seeded): the uploads that chose them form test_new_music, ranked
+    #  among those tracks alone (the CMVAE paper's new-music setting); 0: none
 
     def __post_init__(self) -> None:
         for name, share in (("val_share", self.val_share), ("test_share", self.test_share)):
@@ -121,6 +129,8 @@ class BuildConfig:
             raise FieldError(f"{{seed}} must be at least 0, got {self.seed}", "seed")
         if not 0 < self.alpha < float("inf"):
             raise FieldError(f"{{alpha}} must be a positive number, got {self.alpha}", "alpha")
+        if not 0 <= self.new_music_share < 1:
+            raise FieldError(f"{{new_music_share}} must be in [0, 1), got {self.new_music_share}", "new_music_share")
 
 
 @dataclass
@@ -309,6 +319,29 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
     return keep, {kind: len(rows_of) for kind, (rows_of, *_) in kinds.items()}
 
 
+def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.ndarray | None, n_tracks: int,
+                    config: BuildConfig) -> np.ndarray:
+    """bool [n_tracks]: the tracks held out of training (:attr:`BuildConfig.new_music_share` of those the
+    pairs ``rows`` name, at least two when the share is above 0): those first used latest when every pair has
+    a time (``pair_time``, per pair; ``row_of_pair`` maps pairs to rows), else a seeded draw."""
+    held = np.zeros(n_tracks, bool)
+    named = np.unique(rows[:, 1])
+    n_held = int(round(config.new_music_share * len(named)))
+    if config.new_music_share == 0:
+        return held
+    if not 2 <= n_held < len(named):
+        raise DatasetFieldError(f"{{new_music_share}} {config.new_music_share} of the {len(named)} tracks the "
+                                f"pairs name holds out {n_held}; new music needs at least 2, and training one",
+                                "new_music_share")
+    if pair_time is None:
+        held[np.random.default_rng(config.seed + 2).choice(named, n_held, replace=False)] = True
+        return held
+    first = np.full(n_tracks, np.inf)
+    np.minimum.at(first, rows[row_of_pair.reshape(-1), 1], pair_time)
+    held[named[np.argsort(-first[named], kind="stable")[:n_held]]] = True  # the latest first used
+    return held
+
+
 def untrained_track_rows(splits: dict[str, np.ndarray]) -> dict[str, int]:
     """For val and test, how many rows' tracks no training pair names: ranked among the existing music, they
     measure new-music (strong) generalisation inside those splits' figures (a popularity ranking scores such
@@ -415,8 +448,20 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     gpos = {g: k for k, g in enumerate(genres)}
     track_genre = np.array([gpos[g.strip() or "unknown"] for g in cat.genre], np.int64)
 
+    # new music: tracks held out of training, and the uploads that chose them
+    pair_time = None if pairs.time is None else np.array([pairs.time[i] for i in keep], np.float64)
+    held = held_out_tracks(rows, row_of_pair, pair_time, len(cat), config)
+    if held.any() and keep_splits_of is not None:
+        raise DatasetFieldError("{new_music_share} with --keep-splits-of: a weekly rebuild that keeps last week's "
+                                "splits cannot hold tracks out of its training yet; build without one of them",
+                                "new_music_share")
+    new_music_video = np.zeros(len(video_ids), bool)
+    new_music_video[rows[held[rows[:, 1]], 0]] = True
+    if held.any():  # a new-music video's pairs with other tracks: in no split (its video is in test_new_music)
+        dropped["new_music_video_other_track"] = int((new_music_video[rows[:, 0]] & ~held[rows[:, 1]]).sum())
+
     # splits by video
-    vids_in = np.unique(rows[:, 0])
+    vids_in = np.unique(rows[~new_music_video[rows[:, 0]], 0])
     vtime = None
     if pairs.time is not None:
         first = {}
@@ -438,9 +483,11 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                  "dataset (another app's or world's ids?); every video is split as new")
     which = split_of_video[rows[:, 0]]
     splits = {name: rows[which == s] for s, name in enumerate(SIDES)}
+    if held.any():
+        splits["test_new_music"] = rows[held[rows[:, 1]]]
     if warn is not None and pairs.time is not None and keep_splits_of is None:  # kept splits: not by time alone
         earliest = np.full(len(rows), np.inf)  # a repeated row's first time
-        np.minimum.at(earliest, row_of_pair.reshape(-1), np.array([pairs.time[i] for i in keep], np.float64))
+        np.minimum.at(earliest, row_of_pair.reshape(-1), pair_time)
         note = late_training_pairs(split_of_video[rows[:, 0]], earliest)
         if note is not None:
             warn(note)
@@ -457,6 +504,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
 
     pro_ids: list[str] = []
     split_info = {s: SplitInfo(s, "existing") for s in ("train", "val", "test")}
+    if held.any():
+        split_info["test_new_music"] = SplitInfo("test", "new")
     if pro is not None:
         chosen = {pro.video[i] for i in pro_keep}
         pro_sel = np.array([i for i, v in enumerate(vid_ids) if v in chosen], np.int64)
@@ -466,6 +515,9 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                                            np.int64).reshape(-1, 3), axis=0)
         split_info["pgc"] = SplitInfo("teacher", "existing")
         pro_dropped["duplicate"] = len(pro_keep) - len(splits["pgc"])
+        if held.any():  # the teacher trains on none of the held-out tracks either
+            pro_dropped["new_music"] = int(held[splits["pgc"][:, 1]].sum())
+            splits["pgc"] = splits["pgc"][~held[splits["pgc"][:, 1]]]
         sel = np.concatenate([sel, pro_sel])
 
     train = splits["train"]
@@ -473,10 +525,12 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                                          config.alpha)
 
     rng = np.random.default_rng(config.seed + 1)
-    candidates = np.arange(len(cat))
-    k = min(config.negatives, len(candidates) - 1)
-    negatives = {s: sample_negatives(splits[s][:, 1], candidates, k, rng, exclude=other_positives(splits[s]))
-                 for s in ("val", "test")}
+    negatives = {}
+    for s in ("val", "test", "test_new_music"):
+        if s in splits:  # drawn in this order from one generator: without new music, as before it existed
+            candidates = np.flatnonzero(held if s == "test_new_music" else ~held)
+            k = min(config.negatives, len(candidates) - 1)
+            negatives[s] = sample_negatives(splits[s][:, 1], candidates, k, rng, exclude=other_positives(splits[s]))
 
     before = _fingerprints(Path(out))
     check_replaceable(Path(out))  # before the rows are copied beside it (a gigabyte at 150k videos)
@@ -493,7 +547,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             track_genre=track_genre,
             track_title=list(cat.title),
             track_artist=list(cat.artist),
-            track_new=np.zeros(len(cat), bool),
+            track_new=held,
             uploader_pref=uploader_pref,
             video_visual=features["visual"],
             video_text=features["text"],
