@@ -423,6 +423,34 @@ def test_new_music_is_held_out_of_training_and_ranked_apart(tmp_path, folders):
     assert "test_new_music" not in plain.splits and not plain.track_new.any()
     with pytest.raises(ValueError, match="new_music_share"):
         build_dataset(vids, cat, pairs, tmp_path / "x", BuildConfig(new_music_share=0.05))  # fewer than 2 tracks
+    assert "new_music_share" not in plain.provenance["config"]  # at 0, the manifest is as before it existed
+    assert ds.provenance["pairs"]["used"] == sum(len(r) for k, r in ds.splits.items() if k != "pgc")
+    # tracks first used at one time are held out in a seeded order, not by id
+    same_time = tmp_path / "same.csv"
+    same_time.write_text("video,track,uploader,time\n" + "".join(f"v{i},t{i % 8},u{i % 5},2024-01-01T00:00:00\n"
+                                                                   for i in range(30)))
+    held = [frozenset(np.flatnonzero(build_dataset(vids, cat, same_time, tmp_path / f"s{seed}", BuildConfig(
+        new_music_share=0.25, seed=seed)).track_new).tolist()) for seed in range(4)]
+    assert len(set(held)) > 1
+    # refused: a share that leaves no video for training; one that empties the teacher's split
+    every = tmp_path / "every.csv"  # each video's first pair an old track, its second one of two late ones
+    every.write_text("video,track,uploader,time\n" + "".join(
+        f"v{i},t2,u0,2024-01-01T00:00:00\nv{i},t{i % 2},u0,2024-02-01T00:00:00\n" for i in range(10)))
+    with pytest.raises(ValueError, match="none is left for training"):
+        build_dataset(vids, cat, every, tmp_path / "x", BuildConfig(new_music_share=0.67))
+    only = write_pairs(tmp_path / "only.csv", n_videos=25)  # v25-v29 left for professional videos
+    base = build_dataset(vids, cat, only, tmp_path / "base", BuildConfig(new_music_share=0.25))
+    late = sorted(base.track_ids[t] for t in np.flatnonzero(base.track_new))
+    kept = sorted(base.track_ids[t] for t in np.flatnonzero(~base.track_new))
+    pro = tmp_path / "pro.csv"
+    pro.write_text(f"video,track\nv25,{late[0]}\nv26,{late[1]}\n")
+    with pytest.raises(ValueError, match="the teacher would have nothing to train on"):
+        build_dataset(vids, cat, only, tmp_path / "x", BuildConfig(new_music_share=0.25), professional_csv=pro)
+    pro.write_text(f"video,track\nv25,{late[0]}\nv27,{kept[0]}\n")
+    said = []
+    built = build_dataset(vids, cat, only, tmp_path / "y", BuildConfig(new_music_share=0.25), warn=said.append,
+                          professional_csv=pro)
+    assert len(built.splits["pgc"]) == 1 and any("1 professional pair(s) name a held-out track" in w for w in said)
     with pytest.raises(ValueError, match="keep-splits-of"):  # not yet with a rebuild that keeps splits
         build_dataset(vids, cat, pairs, tmp_path / "x", BuildConfig(new_music_share=0.25),
                       keep_splits_of=tmp_path / "d")

@@ -121,7 +121,8 @@ def build_dataset_cmd(
     test_share: float = typer.Option(0.1, help="share of videos in test"),
     negatives: int = typer.Option(100, help="frozen negatives per val/test row"),
     new_music_share: float = typer.Option(0.0, help="share of the tracks the pairs name held out of training (the "
-                                          "latest first used, by time): their uploads form test_new_music"),
+                                          "latest first used, by time, else seeded): their uploads form "
+                                          "test_new_music"),
     keep_splits_of: Path | None = typer.Option(None, help="an earlier dataset's folder (last week's): its videos "
                                                           "keep their split, only new ones are split"),
 ) -> None:
@@ -145,6 +146,7 @@ def build_dataset_cmd(
                      + (f" ({lone_videos} other extracted video(s) have no usable pair: left out)" if lone_videos
                         else "")
                      + f", {ds.n_tracks} tracks"
+                     + (f" ({int(ds.track_new.sum())} held out of training: new music)" if ds.track_new.any() else "")
                      + (f" ({lone_tracks} named by no usable pair: kept as candidates)" if lone_tracks else "")
                      + f", {ds.n_uploaders} uploaders, "
                      f"{ds.n_genres} genres; " + ", ".join(f"{s} {len(r)}" for s, r in ds.splits.items())

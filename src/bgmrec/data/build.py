@@ -24,7 +24,7 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   random permutation (with a warning when only some rows have a time); the provenance counts the val and
   test rows whose track no training pair names (``rows_with_untrained_track``: new music to the models,
   ranked among the existing music);
-  every split is ranked among the existing tracks;
+  train, val and test are ranked among the existing tracks (``test_new_music``, below, among the new);
 - with ``new_music_share``, that share of the tracks the pairs name held out of training (``track_new``: the
   latest first used when every pair has a time, else seeded): the uploads that chose them form
   ``test_new_music`` (ranked among those tracks), their videos in no other split, their professional pairs
@@ -322,8 +322,9 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
 def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.ndarray | None, n_tracks: int,
                     config: BuildConfig) -> np.ndarray:
     """bool [n_tracks]: the tracks held out of training (:attr:`BuildConfig.new_music_share` of those the
-    pairs ``rows`` name, at least two when the share is above 0): those first used latest when every pair has
-    a time (``pair_time``, per pair; ``row_of_pair`` maps pairs to rows), else a seeded draw."""
+    pairs ``rows`` name; a share that holds out fewer than two, or all, is refused): those first used latest
+    when every pair has a time (``pair_time``, per pair; ``row_of_pair`` maps pairs to rows; tracks first used
+    at the same time in a seeded order), else a seeded draw."""
     held = np.zeros(n_tracks, bool)
     named = np.unique(rows[:, 1])
     n_held = int(round(config.new_music_share * len(named)))
@@ -331,21 +332,23 @@ def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.nda
         return held
     if not 2 <= n_held < len(named):
         raise DatasetFieldError(f"{{new_music_share}} {config.new_music_share} of the {len(named)} tracks the "
-                                f"pairs name holds out {n_held}; new music needs at least 2, and training one",
+                                f"pairs name holds out {n_held}: new music needs at least 2 tracks, and training at "
+                                f"least one (from {2 / len(named):.3g} to below {1 - 0.5 / len(named):.3g})",
                                 "new_music_share")
     if pair_time is None:
         held[np.random.default_rng(config.seed + 2).choice(named, n_held, replace=False)] = True
         return held
     first = np.full(n_tracks, np.inf)
     np.minimum.at(first, rows[row_of_pair.reshape(-1), 1], pair_time)
-    held[named[np.argsort(-first[named], kind="stable")[:n_held]]] = True  # the latest first used
+    shuffled = np.random.default_rng(config.seed + 2).permutation(len(named))  # ties in a seeded order
+    held[named[np.lexsort((shuffled, -first[named]))[:n_held]]] = True  # the latest first used
     return held
 
 
 def untrained_track_rows(splits: dict[str, np.ndarray]) -> dict[str, int]:
     """For val and test, how many rows' tracks no training pair names: ranked among the existing music, they
     measure new-music (strong) generalisation inside those splits' figures (a popularity ranking scores such
-    a track 0), where a simulated world reports it apart (``test_new_music``)."""
+    a track 0), where ``test_new_music`` reports it apart (a simulated world's, or ``new_music_share``'s)."""
     trained = np.unique(splits["train"][:, 1])
     return {name: int((~np.isin(splits[name][:, 1], trained)).sum()) for name in ("val", "test")}
 
@@ -462,6 +465,10 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
 
     # splits by video
     vids_in = np.unique(rows[~new_music_video[rows[:, 0]], 0])
+    if held.any() and not len(vids_in):
+        raise DatasetFieldError(f"{{new_music_share}} {config.new_music_share}: every video with pairs chose a "
+                                "held-out track, so none is left for training; give a smaller share",
+                                "new_music_share")
     vtime = None
     if pairs.time is not None:
         first = {}
@@ -496,7 +503,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         asked = all(getattr(config, f"{s}_share") == 0 for s in empty)
         warn(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty"
              + (" (a share of 0)" if asked else
-                f": only {len(vids_in)} video(s) have usable pairs (a split with a share above 0 gets one from 3 on)"
+                f": only {len(vids_in)} video(s){' outside test_new_music' if held.any() else ''} have usable pairs "
+                "(a split with a share above 0 gets one from 3 on)"
                 if kept is None else f": only {kept['new']} video(s) with usable pairs are new since "
                 f"{keep_splits_of} (a split with a share above 0 gets one of them from 3 on)")
              + ("; validation metrics (early stopping, model selection)" if "val" in empty else "; test figures")
@@ -518,6 +526,13 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         if held.any():  # the teacher trains on none of the held-out tracks either
             pro_dropped["new_music"] = int(held[splits["pgc"][:, 1]].sum())
             splits["pgc"] = splits["pgc"][~held[splits["pgc"][:, 1]]]
+            if not len(splits["pgc"]):
+                raise DatasetFieldError(f"{{new_music_share}} {config.new_music_share}: every professional pair of "
+                                        f"{professional_csv} names a held-out track, so the teacher would have "
+                                        "nothing to train on; give a smaller share", "new_music_share")
+            if pro_dropped["new_music"] and warn is not None:
+                warn(f"{professional_csv}: {pro_dropped['new_music']} professional pair(s) name a held-out track "
+                     "and were left out of the teacher's split (the teacher trains on no new music either)")
         sel = np.concatenate([sel, pro_sel])
 
     train = splits["train"]
@@ -558,13 +573,15 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
             negatives=negatives,
             provenance={
                 "builder": "bgmrec.data.build",
-                "config": {**config.__dict__},
+                "config": {k: v for k, v in config.__dict__.items()  # new_music_share 0: as before it existed
+                           if k != "new_music_share" or v},
                 "split_by": "time" if vtime is not None else "random",
                 **({"splits_kept_from": kept} if kept is not None else {}),
                 "inputs": {"videos": str(videos_dir), "videos_hash": videos.manifest.get("content_hash"),
                            "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
                            "pairs": str(pairs_csv), "pairs_sha256": sha256_file(Path(pairs_csv))},
-                "pairs": {"rows": len(pairs.video), "used": len(rows), "dropped": dropped},
+                "pairs": {"rows": len(pairs.video), "used": sum(len(v) for k, v in splits.items() if k != "pgc"),
+                          "dropped": dropped},  # used: the uploads' rows in a split
                 **({"professional": {"file": str(professional_csv), "sha256": sha256_file(Path(professional_csv)),
                                      "rows": len(pro.video), "used": len(splits["pgc"]), "dropped": pro_dropped}}
                    if pro is not None else {}),
