@@ -309,6 +309,8 @@ def evaluate(
 ) -> None:
     """Evaluate a trained model: full-catalogue ranking, sampled 1+K, IPW and bias figures."""
     use_threads(threads)
+    import hashlib
+
     from bgmrec.data.dataset import load_dataset, write_text_atomic
     from bgmrec.eval.protocol import RANK_KEYS, below_chance
     from bgmrec.eval.protocol import evaluate as run_eval
@@ -332,8 +334,7 @@ def evaluate(
             text = ranks_csv(ds, split, *ranks)
             write_text_atomic(ranks_out, text)
             console.print(f"wrote {ranks_out}", markup=False, highlight=False)
-            import hashlib  # recorded for `report --baseline`, which pairs the queries by it
-
+            # recorded for `report --baseline`, which pairs the queries by it
             result["ranks_file"] = {"path": str(ranks_out.resolve()),
                                     "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     write_result(json_out, {**result, "warnings": said, "provenance": runs.provenance(data, {"run": run})})

@@ -499,7 +499,7 @@ def outlying_rows(x: np.ndarray, chunk: int = 8192, seed: int = 0) -> OutlyingRo
     return OutlyingRows(len(judged), rows, far[rows])
 
 
-NARROW_SHARE = 0.1  # narrow features (:func:`narrow_columns`) are worth a warning from this share of a file's
+NARROW_SHARE = 0.1  # narrow features (:func:`narrow_columns`) are worth a warning from this share of a file's on
 
 
 def narrow_columns(x: np.ndarray, floor: float, chunk: int = 8192) -> np.ndarray:

@@ -296,6 +296,7 @@ def markdown_from_rows(rows: list[list[str]]) -> str:
 
 RANKS_HEADER = "video,track,uploader,full_rank,sampled_rank"  # evaluate --ranks's columns
 
+
 def paired_note(baseline: str, metric: str = "Recall@10", level: float = 0.95) -> str:
     """What a paired table's cells are: the sentence above it."""
     return (f"Change of full-catalogue {metric} over {baseline} on the same queries, with its "
