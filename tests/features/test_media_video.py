@@ -172,6 +172,28 @@ def test_cache_skips_done_videos_and_results_are_identical(tmp_path, video_dir):
     assert other.calls == 5
 
 
+def test_pruning_the_caches_keeps_this_extraction_s_clips_and_captions_alone(tmp_path, video_dir):
+    import shutil
+
+    clips = tmp_path / "clips"
+    shutil.copytree(video_dir, clips)
+    caps = tmp_path / "caps.csv"
+    caps.write_text("id,caption\nclip0,Surfing at dawn\nclip2,Morning coffee\n")
+    out = tmp_path / "vids"
+    extract_videos(clips, out, captions=caps, config=VideoConfig(frames=4), progress=False, frames=CountingFrames(),
+                   text=mf.text_encoder())
+    visual, text = out / ".cache" / "visual", out / ".cache" / "text"
+    # four frame vectors: clip0-3 (mute.mp4 has clip1's bytes; the other files fail)
+    assert (len(list(visual.rglob("*.npy"))), len(list(text.rglob("*.npy")))) == (4, 2)
+    (clips / "clip3.mp4").unlink()  # a clip deleted, a caption edited
+    caps.write_text("id,caption\nclip0,Surfing at dawn\nclip2,Evening tea\n")
+    rep = extract_videos(clips, out, captions=caps, config=VideoConfig(frames=4), progress=False,
+                         frames=(again := CountingFrames()), text=mf.text_encoder(), prune_cache=True)
+    assert again.calls == 0 and rep.pruned[0] == 2  # the deleted clip's frames, the old caption
+    assert (len(list(visual.rglob("*.npy"))), len(list(text.rglob("*.npy")))) == (3, 2)
+    assert load_video_features(out).ids == ["clip0", "clip1", "clip2", "mute"]  # written as usual
+
+
 def test_cached_vectors_of_another_length_are_computed_again_not_used(tmp_path, video_dir):
     out = tmp_path / "vids"
     caps = write_captions(tmp_path / "captions.csv")

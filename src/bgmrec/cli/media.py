@@ -44,6 +44,10 @@ def _summary(what: str, report) -> None:
     con.print(f"wrote {report.done} {what} to {out} ({report.extracted} extracted, {report.cached} from the cache, "
               f"{len(failed)} failed" + "".join(f", {k} {note}" for note, k in sorted(notes.items())) + captions
               + added + ")", markup=False)
+    if report.pruned is not None:
+        removed, freed = report.pruned
+        con.print(f"pruned the cache: {removed} entr{'y' if removed == 1 else 'ies'} no input of this extraction uses "
+                  f"removed ({freed / 2**20:.1f} MB)", markup=False)
     for f, reason in failures[:10]:
         con.print(f"  {f}: {reason}", markup=False, soft_wrap=True)
     if len(failures) > 10:
@@ -54,6 +58,11 @@ def continue_from_cache(cache: Path) -> str:
     """A stopped extraction's note: what it computed is in ``cache``, which the same command run again reads."""
     return (f"the vectors extracted so far are kept in the cache ({cache}): the same command run again continues "
             "from it")
+
+
+PRUNE_HELP = ("once written, remove the cache entries no input of this extraction uses (inputs removed or edited "
+              "since, other settings): the cache grows with every input it ever saw; not for a cache other folders "
+              "share")
 
 
 @app.command("extract-music")
@@ -67,6 +76,7 @@ def extract_music_cmd(
     seconds: float = typer.Option(60.0, help="analyse only the first this many seconds of each track"),
     sample_rate: int = typer.Option(22050, help="tracks are resampled to this rate (Hz, 16000 to 96000), mono"),
     cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache/audio)"),
+    prune_cache: bool = typer.Option(False, "--prune-cache", help=PRUNE_HELP),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Decode every track and compute its feature vector (openSMILE eGeMAPS + librosa descriptors)."""
@@ -77,7 +87,7 @@ def extract_music_cmd(
         cfg = AudioConfig(sample_rate=sample_rate, max_seconds=seconds)  # checks the options before any work
         with writing_lock(out), said_when_stopped(continue_from_cache(cache or out / ".cache" / "audio")):
             r = extract_music(audio_dir, out, meta=meta, config=cfg, workers=workers, cache_dir=cache,
-                              progress=progress)
+                              progress=progress, prune_cache=prune_cache)
     _summary("tracks", r)
 
 
@@ -91,6 +101,7 @@ def extract_videos_cmd(
     frames: int = typer.Option(8, help="frames sampled evenly over each clip"),
     threads: int = typer.Option(2, help="frames embedded in parallel (one torch thread each)"),
     cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache)"),
+    prune_cache: bool = typer.Option(False, "--prune-cache", help=PRUNE_HELP),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Embed each video's frames (EfficientNet-Lite0, 1280-d) and caption (MiniLM, 384-d)."""
@@ -100,7 +111,8 @@ def extract_videos_cmd(
     with options_named(frames="--frames", threads="--threads"):
         cfg = VideoConfig(frames=frames, threads=threads)  # checks the options before any work
     with writing_lock(out), said_when_stopped(continue_from_cache(cache or out / ".cache")):
-        r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress)
+        r = extract_videos(video_dir, out, captions=captions, config=cfg, cache_dir=cache, progress=progress,
+                           prune_cache=prune_cache)
     _summary("videos", r)
 
 

@@ -488,13 +488,14 @@ def meta_coverage_warnings(path: Path, metadata: dict[str, tuple[int, dict[str, 
 
 def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: AudioConfig | None = None,
                   workers: int = 2, cache_dir: Path | None = None, progress: bool = True,
-                  extractor: AudioExtractor | None = None) -> ExtractReport:
+                  extractor: AudioExtractor | None = None, prune_cache: bool = False) -> ExtractReport:
     """Extract every track of ``audio_dir`` into the catalogue folder ``out``.
 
     Inputs already in the cache are not analysed again; every analysed file is cached at once, so
     an interrupted run resumes. ``workers`` > 1 analyses in that many processes; an explicit
     ``extractor`` (tests) runs in this process. Bad files are reported in ``failures.csv`` and
-    skipped; the batch continues.
+    skipped; the batch continues. ``prune_cache``: once the catalogue is written, the cache keeps the entries
+    of this run's tracks alone (:meth:`~bgmrec.features.cache.FeatureCache.prune`; the report's ``pruned``).
 
     Checked before anything is written (:class:`~bgmrec.data.dataset.DatasetError` or ``ValueError``
     otherwise): ``workers`` at least 1, ``audio_dir`` a folder, ``meta`` a readable CSV without duplicate
@@ -593,8 +594,10 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "tracks.csv": lambda tmp: write_csv_atomic(tmp, ["id", "title", "artist", "genre", "file", "sha256"], rows),
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
+    pruned = cache.prune({key for _, _, key in kept}) if prune_cache else None
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures,
-                         [w for w in [unused] if w] + uncovered + [w for w in [left_out] if w], added=added)
+                         [w for w in [unused] if w] + uncovered + [w for w in [left_out] if w], added=added,
+                         pruned=pruned)
 
 
 def load_catalog(root: Path) -> Catalog:

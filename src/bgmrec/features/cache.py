@@ -56,6 +56,7 @@ class ExtractReport:
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. metadata rows naming no file
     captions_embedded: int | None = None  # extract-videos with captions: those embedded in this run (not cached)
     added: list[str] | None = None  # ids the folder's last extraction did not have (None: the folder held none)
+    pruned: tuple[int, int] | None = None  # with prune_cache: (cache entries removed, their bytes)
 
 
 def av_version() -> str:
@@ -125,6 +126,34 @@ class FeatureCache:
         from bgmrec.data.dataset import save_npy_atomic
 
         save_npy_atomic(self.path(key), np.asarray(arr))
+
+    def prune(self, keep: set[str]) -> tuple[int, int]:
+        """Remove the entries of this namespace (:attr:`root`) but those of ``keep`` under the current settings:
+        every entry of other settings, and every entry of these no extraction of this run used (an input
+        removed or edited since). Returns (entries removed, their bytes). The cache of another extraction
+        sharing ``root`` loses its entries: prune a cache one folder uses."""
+        removed = freed = 0
+        if not self.root.is_dir():
+            return 0, 0
+        for settings_folder in self.root.iterdir():
+            if not settings_folder.is_dir() or settings_folder.is_symlink():
+                continue
+            ours = settings_folder == self.folder
+            for entry in settings_folder.rglob("*.npy"):
+                if ours and entry.stem in keep:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    size = entry.lstat().st_size
+                    entry.unlink()
+                    removed, freed = removed + 1, freed + size
+            for folder in sorted((f for f in settings_folder.rglob("*") if f.is_dir()), reverse=True):
+                with contextlib.suppress(OSError):  # emptied folders: deepest first
+                    folder.rmdir()
+            if not ours:
+                with contextlib.suppress(OSError):  # the other settings' note, then their folder
+                    (settings_folder / "settings.json").unlink()
+                    settings_folder.rmdir()
+        return removed, freed
 
     def describe(self) -> None:
         """Record the settings beside the entries (for humans; never read back)."""

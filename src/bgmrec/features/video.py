@@ -465,12 +465,15 @@ class VideoFeatures:
 
 def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                    config: VideoConfig | None = None, cache_dir: Path | None = None, progress: bool = True,
-                   frames: FrameEncoder | None = None, text: TextEncoder | None = None) -> ExtractReport:
+                   frames: FrameEncoder | None = None, text: TextEncoder | None = None,
+                   prune_cache: bool = False) -> ExtractReport:
     """Extract every video of ``video_dir`` into the videos folder ``out`` (format in the module docstring).
 
     Frame vectors are cached per file content, caption vectors per caption text; bad files are
     reported in ``failures.csv`` and skipped, the batch continues. Decoding of the next video runs
-    in a background thread while the network embeds the current one.
+    in a background thread while the network embeds the current one. ``prune_cache``: once the folder is
+    written, both caches keep the entries of this run's clips and captions alone
+    (:meth:`~bgmrec.features.cache.FeatureCache.prune`; the report's ``pruned``).
 
     Checked before anything is written (:class:`~bgmrec.data.dataset.DatasetError` otherwise):
     ``video_dir`` a folder, ``captions`` a readable CSV without duplicate ids, and ``out`` missing, empty,
@@ -587,9 +590,14 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "videos.csv": lambda tmp: write_csv_atomic(tmp, ["id", "file", "caption"], rows),
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
+    pruned = None
+    if prune_cache:
+        visual_keys = {key for vid, _, key in items if vid in visual}
+        text_keys = {sha256_text(c) for c in captions_of if c}
+        pruned = tuple(map(sum, zip(vcache.prune(visual_keys), tcache.prune(text_keys), strict=True)))
     return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
                          [w for w in [unused, left_out] if w], captions_embedded=len(missing) if captions else None,
-                         added=added)
+                         added=added, pruned=pruned)
 
 
 def load_video_features(root: Path, mmap: bool = False) -> VideoFeatures:
