@@ -401,8 +401,12 @@ def test_new_music_is_held_out_of_training_and_ranked_apart(tmp_path, folders):
     for track, time in zip(logged.track, logged.time, strict=True):
         first_use[track] = min(first_use.get(track, np.inf), time)
     latest = sorted(first_use, key=first_use.get)[-2:]  # 2 of the 8 named tracks: the two first used last
-    ds = build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(new_music_share=0.25))
+    said = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(new_music_share=0.25), warn=said.append)
     new = {ds.track_ids[t] for t in np.flatnonzero(ds.track_new)}
+    other = ds.provenance["pairs"]["dropped"]["new_music_video_other_track"]
+    assert other and f"{other} pair(s) of videos that also chose a held-out track name a track that is not held " \
+        "out: in no split" in " ".join(said)
     assert new == set(latest)
     rows = ds.splits["test_new_music"]
     assert len(rows) and {ds.track_ids[t] for t in rows[:, 1]} <= new and ds.split_info["test_new_music"].candidates \

@@ -188,7 +188,7 @@ def test_bench_speed_times_a_dataset_of_your_own(cli_world, tmp_path, capsys):
     assert {"peak_rss_mb", "machine", "commit"} <= set(figures)
     assert sorted(p.relative_to(cli_world) for p in cli_world.rglob("*")) == before  # the dataset is left as it was
     said = capsys.readouterr().err  # each step on its own line, where stderr is not a terminal
-    for step in (f"reading {cli_world}", "training cmvae for 1 epochs", "ranking test_unbiased by popularity"):
+    for step in (f"reading {cli_world}", "training cmvae for 1 epoch", "ranking test_unbiased by popularity"):
         assert f"bench speed: {step}" in said, said
     # the same file may be replaced by the next measurement; another command's result may not
     assert main(["bench", "speed", "--data", str(cli_world), "--epochs", "1", "--json", str(j)]) == 0
@@ -201,6 +201,29 @@ def test_bench_speed_times_a_dataset_of_your_own(cli_world, tmp_path, capsys):
     assert main(["bench", "speed", "--work", str(tmp_path / "w"), "--split", "tset"]) == 2  # before simulating
     assert "--split 'tset': the simulated world has no such split (it has train, val, test" in _error(capsys)
     assert not (tmp_path / "w").exists()
+
+
+def test_evaluation_warnings_reach_the_result_json_and_the_report(tmp_path, capsys):
+    # an app audit: evaluate printed "full Recall@10, @20 is 1 for every model" on a 9-track catalogue, but its
+    # --json said "warnings": [], and report then listed every row with "warnings: none"
+    world = tmp_path / "w"
+    assert main(["simulate", str(world), "--scale", "tiny", "--set", "n_tracks=16", "--set", "n_videos=400",
+                 "--set", "n_uploaders=60", "--set", "n_pgc_videos=40", "--set", "new_track_share=0.5"]) == 0
+    assert main(["train", "--data", str(world), "--model", "random", "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    j = tmp_path / "e.json"
+    assert main(["evaluate", "--run", str(tmp_path / "r"), "--data", str(world), "--split", "test_new_music",
+                 "--json", str(j)]) == 0
+    trivial = "split 'test_new_music' has only "
+    said = json.loads(j.read_text())["warnings"]
+    assert len([w for w in said if w.startswith(trivial)]) == 1
+    assert capsys.readouterr().err.count(f"warning: {trivial}") == 1  # shown once, as before
+    c = tmp_path / "c.json"
+    assert main(["compare", "--baseline", str(tmp_path / "r"), "--run", str(tmp_path / "r"), "--data", str(world),
+                 "--split", "test_new_music", "--resamples", "100", "--json", str(c)]) == 0
+    assert any(w.startswith(trivial) for w in json.loads(c.read_text())["warnings"])
+    assert main(["report", str(j)]) == 0
+    assert "warnings: split 'test_new_music' has only" in capsys.readouterr().out
 
 
 def _error(capsys) -> str:

@@ -357,7 +357,7 @@ def run_speed(work: Path, console: Console, data: Path | None = None, split: str
         spec = FeatureSpec.of(ds)
         for name in SPEED_MODELS:
             trained = name != "popularity"
-            step(f"training {name} for {epochs} epochs" if trained else f"fitting {name}")
+            step(f"training {name} for {epochs} epoch{'s' if epochs > 1 else ''}" if trained else f"fitting {name}")
             model = build(name, spec, {"epochs": epochs, "val_queries": 1} if trained else {})
             model.fit(SplitView(ds, "train"), None)
             if trained:

@@ -230,7 +230,7 @@ def test_cache_skips_done_files_and_resumes_after_interruption(tmp_path, music_d
     assert not list(out.rglob("*.tmp-*"))  # atomic writes leave no temporaries
 
 
-def test_pruning_the_cache_keeps_the_entries_of_this_extraction_alone(tmp_path, music_dir):
+def test_pruning_the_cache_keeps_the_entries_of_this_extraction_alone(tmp_path, music_dir, capsys):
     # the cache kept a vector of every file it ever saw, under every setting: a weekly extraction's only grew
     from bgmrec.cli import main
 
@@ -258,6 +258,9 @@ def test_pruning_the_cache_keeps_the_entries_of_this_extraction_alone(tmp_path, 
     assert main(["extract-music", str(music_dir), "--out", str(out), "--workers", "1", "--prune-cache",
                  "--no-progress"]) == 0
     assert len(list(cache.rglob("*.npy"))) == 5
+    assert main(["extract-music", str(music_dir), "--out", str(out), "--workers", "1", "--prune-cache",
+                 "--no-progress"]) == 0  # nothing left to prune
+    assert "pruned the cache: every entry is used by this extraction, nothing removed" in capsys.readouterr().out
 
 
 def test_a_damaged_cache_entry_is_analysed_again_not_stacked(tmp_path, music_dir):

@@ -12,7 +12,15 @@ from pathlib import Path
 import typer
 
 from bgmrec import runs
-from bgmrec.cli.app import app, make_console, options_named, said_when_stopped, threads_option, use_threads
+from bgmrec.cli.app import (
+    app,
+    make_console,
+    options_named,
+    recorded_warnings,
+    said_when_stopped,
+    threads_option,
+    use_threads,
+)
 from bgmrec.eval.metrics import expected_metrics
 
 console = make_console()
@@ -115,11 +123,11 @@ def describe(
                       f"({summary['new_tracks']:,} new), {summary['uploaders']:,} uploaders; features "
                       + ", ".join(f"{k} {v}" for k, v in summary["features"].items())
                       + f"; made by {summary['made_by']}", markup=False, highlight=False)
-        splits = Table(title="splits", caption="unseen positives: rows whose track no training row has (new music "
-                       "to a model, whatever the split's candidates)")
-        # IPW weights "counted": 1 / (1 + the track's training count)
+        splits = Table(title="splits", caption="IPW weights: counted, 1 / (1 + the training count of the row's "
+                       "track), or stored in the dataset; untrained positives: rows whose track no training row has "
+                       "(new music to a model, whatever the split's candidates)")
         for h in ("split", "role", "rows", "candidates", "negatives", "IPW weights", "known uploaders",
-                  "unseen positives"):
+                  "untrained positives"):
             splits.add_column(h, justify="left" if h in ("split", "role") else "right")
         for name, s in summary["splits"].items():
             weights = "-" if not s["negatives"] else "stored" if s["weights"] else "counted"  # only sampled figures
@@ -312,7 +320,7 @@ def evaluate(
     import hashlib
 
     from bgmrec.data.dataset import load_dataset, write_text_atomic
-    from bgmrec.eval.protocol import RANK_KEYS, below_chance
+    from bgmrec.eval.protocol import RANK_KEYS, EvaluationWarning
     from bgmrec.eval.protocol import evaluate as run_eval
     from bgmrec.eval.report import rich_tables
 
@@ -323,11 +331,12 @@ def evaluate(
             raise ValueError(f"--ranks {ranks_out} and --json name the same file; give each its own")
         ds = load_dataset(data)
         rec = load_scorer(run, ds, mode)
-        result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split, keep_ranks=ranks_out is not None)}
+        with recorded_warnings(EvaluationWarning) as evaluated:  # for the JSON too (a trivial Recall@K, ...)
+            result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split,
+                                                                    keep_ranks=ranks_out is not None)}
         ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
         said = run_warnings({run: rec}, data, split)  # once the figures exist: an error says nothing more
-        # below_chance: printed by run_eval's EvaluationWarning (on one line: cli.app), kept here for the JSON
-        said += [m for m in (note_if_training_split(ds, split), below_chance(rec, result)) if m]
+        said += [m for m in (note_if_training_split(ds, split), *evaluated) if m]
         for t in rich_tables([result]):
             console.print(t)
         if ranks is not None:  # its note on stderr with --json -: stdout is the JSON alone
@@ -447,7 +456,7 @@ def compare(
     from rich.table import Table
 
     from bgmrec.data.dataset import load_dataset
-    from bgmrec.eval.protocol import COMPARED_PROTOCOLS, compared_protocol
+    from bgmrec.eval.protocol import COMPARED_PROTOCOLS, EvaluationWarning, compared_protocol
     from bgmrec.eval.protocol import compare as paired
     from bgmrec.eval.report import change_cell, label
     from bgmrec.eval.significance import check_settings
@@ -459,9 +468,10 @@ def compare(
     with result_on_stdout(json_out):
         ds = load_dataset(data)
         models = [load_scorer(folder, ds, m) for folder, m in ((baseline, baseline_mode), (run, mode))]
-        c = paired(*models, ds, split, metric, resamples, level)
+        with recorded_warnings(EvaluationWarning) as evaluated:  # for the JSON too (a trivial Recall@K, ...)
+            c = paired(*models, ds, split, metric, resamples, level)
         said = run_warnings(dict(zip((baseline, run), models, strict=True)), data, split)
-        said += [m for m in (note_if_training_split(ds, split),) if m]
+        said += [m for m in (note_if_training_split(ds, split), *evaluated) if m]
         names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
                  for folder, rec in zip((baseline, run), models, strict=True)]
         described = f"{COMPARED_PROTOCOLS[protocol]} {rank_metric}"

@@ -46,8 +46,9 @@ def _summary(what: str, report) -> None:
               + added + ")", markup=False)
     if report.pruned is not None:
         removed, freed = report.pruned
-        con.print(f"pruned the cache: {removed} entr{'y' if removed == 1 else 'ies'} no input of this extraction uses "
-                  f"removed ({freed / 2**20:.1f} MB)", markup=False)
+        con.print("pruned the cache: " + (f"{removed} entr{'y' if removed == 1 else 'ies'} no input of this "
+                                          f"extraction uses removed ({freed / 2**10:,.0f} KB)" if removed else
+                                          "every entry is used by this extraction, nothing removed"), markup=False)
     for f, reason in failures[:10]:
         con.print(f"  {f}: {reason}", markup=False, soft_wrap=True)
     if len(failures) > 10:

@@ -462,6 +462,10 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     new_music_video[rows[held[rows[:, 1]], 0]] = True
     if held.any():  # a new-music video's pairs with other tracks: in no split (its video is in test_new_music)
         dropped["new_music_video_other_track"] = int((new_music_video[rows[:, 0]] & ~held[rows[:, 1]]).sum())
+        if dropped["new_music_video_other_track"] and warn is not None:
+            warn(f"{dropped['new_music_video_other_track']} pair(s) of videos that also chose a held-out track name "
+                 "a track that is not held out: in no split (their videos are test_new_music's queries, ranked "
+                 "among the held-out tracks)")
 
     # splits by video
     vids_in = np.unique(rows[~new_music_video[rows[:, 0]], 0])
