@@ -116,13 +116,16 @@ def recorded_warnings(category: type[Warning]) -> Iterator[list[str]]:
     """Within: every warning of ``category`` raised is also appended to the yielded list (for a result's JSON,
     its ``warnings``), and each warning raised is shown as it would have been, once the block ends."""
     said: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", category)  # each, also when an earlier call in this process raised it
-        yield said
-    for w in caught:
-        if issubclass(w.category, category):
-            said.append(str(w.message))
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", category)  # each, also when an earlier call in this process raised it
+            yield said
+    finally:  # shown also when the block failed
+        for w in caught:
+            if issubclass(w.category, category):
+                said.append(str(w.message))
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def print_version(asked: bool) -> None:
