@@ -391,6 +391,17 @@ def test_a_time_split_says_what_it_leaves_mixed(tmp_path, folders):
     assert warnings == []  # one pair a video: nothing later than its video's time
 
 
+def test_a_video_naming_very_many_tracks_is_warned_of(tmp_path, folders, monkeypatch):
+    # each of a video's tracks is a query ranked without the others: a placeholder id naming thousands of tracks
+    # (a review) made evaluation grow with their square, silently
+    vids, cat = folders
+    said = []
+    many = write_pairs(tmp_path / "many.csv", extra=[f"v3,t{k},u3,2024-01-03T03:00:00" for k in range(8)])
+    monkeypatch.setattr("bgmrec.data.build.MANY_TRACKS", 5)
+    build_dataset(vids, cat, many, tmp_path / "m", warn=said.append)
+    assert [w for w in said if "1 video(s) have more than 5 tracks (e.g. 'v3', 8): a placeholder id?" in w]
+
+
 def test_new_music_is_held_out_of_training_and_ranked_apart(tmp_path, folders):
     # DESIGN: weak and strong generalisation reported apart; a built dataset had no new-music split, and the
     # uploads of tracks unseen in training were scored inside test as existing music (an evaluation audit)

@@ -225,6 +225,7 @@ def split_videos(video_time: np.ndarray | None, n: int, config: BuildConfig) -> 
 
 
 SIDES = ("train", "val", "test")  # split_videos' split ids, in order
+MANY_TRACKS = 100  # a video with more tracks than this is warned of (an upload has one or a few)
 
 
 def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, dict]:
@@ -446,6 +447,12 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         warn(f"{pairs_csv}: {len(repeats)} of {len(pairs.video)} row(s) repeat an earlier row's video, track and "
              f"uploader and were not used again (e.g. line {pairs.lines[i]}: {pairs.video[i]!r}, "
              f"{pairs.track[i]!r}, {pairs.uploader[i]!r}, as on line {pairs.lines[j]})")
+    tracks_of_video = np.bincount(np.unique(rows[:, :2], axis=0)[:, 0], minlength=len(video_ids))
+    if (tracks_of_video > MANY_TRACKS).any() and warn is not None:
+        most = int(np.argmax(tracks_of_video))
+        warn(f"{pairs_csv}: {int((tracks_of_video > MANY_TRACKS).sum())} video(s) have more than {MANY_TRACKS} "
+             f"tracks (e.g. {video_ids[most]!r}, {int(tracks_of_video[most]):,}): a placeholder id? Each of a "
+             "video's tracks is a query ranked without the others, which grows with the square of their number")
 
     genres = sorted({g.strip() or "unknown" for g in cat.genre})
     gpos = {g: k for k, g in enumerate(genres)}
