@@ -362,7 +362,7 @@ def test_rows_without_a_time_are_warned_of_as_the_split_turns_random(tmp_path, f
     assert warnings == []  # every row timed, or no time column at all
 
 
-def test_a_time_split_says_what_it_leaves_mixed(tmp_path, folders):
+def test_a_time_split_says_what_it_leaves_mixed(tmp_path, folders, capsys):
     # an evaluation audit: a video's later pairs, dated after the test period began, went into training with
     # its first one without a word, and test rows whose track no training pair names (new music to the models)
     # were scored as existing music, uncounted
@@ -383,9 +383,15 @@ def test_a_time_split_says_what_it_leaves_mixed(tmp_path, folders):
                         "placed by the time of its first pair and its later pairs go with it, so training counts "
                         "them (popularity, the track prior, the uploaders' tastes)"]
     trained = set(ds.splits["train"][:, 1].tolist())
-    counted = ds.provenance["rows_with_untrained_track"]
+    counted = {s: load_dataset(tmp_path / "d").summary()["splits"][s]["untrained_positives"] for s in ("val", "test")}
     assert counted == {s: sum(t not in trained for t in ds.splits[s][:, 1].tolist()) for s in ("val", "test")}
-    assert load_dataset(tmp_path / "d").provenance["rows_with_untrained_track"] == counted
+    from bgmrec.cli import main
+
+    capsys.readouterr()
+    assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
+                 str(tmp_path / "d")]) == 0
+    assert ("rows whose track is in no training pair (new music to the models, ranked among the existing): "
+            + ", ".join(f"{k} {v}" for k, v in counted.items())) in capsys.readouterr().out.replace("\n", "")
     warnings.clear()
     build_dataset(vids, cat, write_pairs(tmp_path / "p2.csv"), tmp_path / "d2", warn=warnings.append)
     assert warnings == []  # one pair a video: nothing later than its video's time

@@ -152,7 +152,8 @@ def build_dataset_cmd(
     split_by = ds.provenance.get("split_by")
     kept = ds.provenance.get("splits_kept_from")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
-    untrained = ds.provenance.get("rows_with_untrained_track", {})
+    untrained = {s: info["untrained_positives"] for s, info in ds.summary()["splits"].items()
+                 if s in ("val", "test")}  # new music to the models, ranked among the existing
     # videos without a usable pair are left out of the dataset; tracks no pair names stay, as candidates
     lone_videos, lone_tracks = (ds.provenance.get(k, 0) for k in ("videos_without_pairs", "tracks_without_pairs"))
     _console().print(f"wrote {out}: {ds.n_videos} videos"

@@ -21,9 +21,9 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
 - splits train / val / test of the pairs, by video (all rows of one video land in one split):
   by time when every row has one (earliest video time first; a video's time is its first pair's, and a
   warning says how many pairs of training videos are dated after the first test video), else a seeded
-  random permutation (with a warning when only some rows have a time); the provenance counts the val and
-  test rows whose track no training pair names (``rows_with_untrained_track``: new music to the models,
-  ranked among the existing music);
+  random permutation (with a warning when only some rows have a time); the command's summary counts the
+  val and test rows whose track no training pair names (:meth:`~bgmrec.data.dataset.Dataset.summary`'s
+  ``untrained_positives``: new music to the models, ranked among the existing music);
   train, val and test are ranked among the existing tracks (``test_new_music``, below, among the new);
 - with ``new_music_share``, that share of the tracks the pairs name held out of training (``track_new``: the
   latest first used when every pair has a time, else seeded): the uploads that chose them form
@@ -346,14 +346,6 @@ def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.nda
     return held
 
 
-def untrained_track_rows(splits: dict[str, np.ndarray]) -> dict[str, int]:
-    """For val and test, how many rows' tracks no training pair names: ranked among the existing music, they
-    measure new-music (strong) generalisation inside those splits' figures (a popularity ranking scores such
-    a track 0), where ``test_new_music`` reports it apart (a simulated world's, or ``new_music_share``'s)."""
-    trained = np.unique(splits["train"][:, 1])
-    return {name: int((~np.isin(splits[name][:, 1], trained)).sum()) for name in ("val", "test")}
-
-
 def late_training_pairs(pair_side: np.ndarray, pair_time: np.ndarray) -> str | None:
     """A note when pairs of training videos (``pair_side``: each pair's split, an index of :data:`SIDES`) are
     dated (``pair_time``, seconds) at or after the first test video's time: a video is placed by its first
@@ -598,7 +590,6 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                    if pro is not None else {}),
                 "videos_without_pairs": len(vid_ids) - len(video_ids) - len(pro_ids),  # left out of the dataset
                 "tracks_without_pairs": len(cat) - len(np.unique(rows[:, 1])),  # kept: candidates to rank
-                "rows_with_untrained_track": untrained_track_rows(splits),  # val/test: new music to the models
                 "extractors": {"videos": videos.manifest.get("extractors"),
                                "music": cat.manifest.get("extractors")},
                 "settings": {"videos": videos.manifest.get("settings"), "music": cat.manifest.get("settings")},
