@@ -268,12 +268,20 @@ def test_health_says_how_the_catalogue_differs_from_the_training_dataset_s(tiny_
     model, _ = train_model(tiny_dir, "popularity", tmp_path / "run", progress=False)
     catalog = tiny_catalog(tiny_ds)
     same = TestClient(create_app(ClipRecommender(model, catalog))).get("/health").json()["catalog_against_training"]
-    assert same == {"training_dataset": str(Path(tiny_dir).resolve()), "not_in_training": 0,
-                    "not_in_training_ids": [], "not_served": 0, "not_served_ids": []}
-    stale = dataclasses.replace(catalog, ids=["t-withdrawn", *catalog.ids[1:]])  # one track swapped for another
+    # the world's held-out new music is in its tracks.csv but in no training pair: it counted as "in training"
+    trained = set(np.unique(tiny_ds.splits["train"][:, 1]).tolist())
+    untrained = [t for j, t in enumerate(catalog.ids) if j not in trained]
+    assert 0 < len(untrained) < len(catalog.ids) and set(untrained) >= {
+        tiny_ds.track_ids[j] for j in np.flatnonzero(tiny_ds.track_new)}
+    assert same == {"training_dataset": str(Path(tiny_dir).resolve()), "not_in_training": len(untrained),
+                    "not_in_training_ids": untrained[:3], "not_served": 0, "not_served_ids": []}
+    withdrawn = min(trained)  # a trained track swapped for one the dataset never had
+    stale = dataclasses.replace(catalog, ids=[*catalog.ids[:withdrawn], "t-withdrawn", *catalog.ids[withdrawn + 1:]])
     health = TestClient(create_app(ClipRecommender(model, stale))).get("/health").json()
-    assert health["catalog_against_training"] == {**same, "not_in_training": 1, "not_in_training_ids": ["t-withdrawn"],
-                                                  "not_served": 1, "not_served_ids": [catalog.ids[0]]}
+    added = [t for t in stale.ids if t == "t-withdrawn" or t in untrained]
+    assert health["catalog_against_training"] == {**same, "not_in_training": len(added),
+                                                  "not_in_training_ids": added[:3],
+                                                  "not_served": 1, "not_served_ids": [catalog.ids[withdrawn]]}
     assert TestClient(create_app(ClipRecommender(cmvae, catalog))).get("/health").json()[
         "catalog_against_training"] is None  # a model not loaded from a run: nothing to compare with
 

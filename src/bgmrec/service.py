@@ -537,24 +537,28 @@ def served_by(recommender: ClipRecommender) -> dict:
 
 def catalog_against_training(recommender: ClipRecommender) -> dict | None:
     """How the served catalogue's track ids differ from those of the dataset the model was trained on (its run's
-    ``run.json`` names the folder): ``not_in_training`` (served tracks the model never saw, ranked as new
-    music) and ``not_served`` (tracks of its dataset the catalogue lacks), each a count with up to three ids.
-    A catalogue grown since has the first, one shrunk the second; a stale copy (last week's, serving a track
-    withdrawn since) often both. None when the run names no dataset, or it cannot be read any more."""
+    ``run.json`` names the folder): ``not_in_training`` (served tracks in no training pair of the dataset, which the
+    model ranks as new music: a catalogue's additions, the dataset's held-out new music) and ``not_served`` (tracks
+    of its dataset the catalogue lacks), each a count with up to three ids. A catalogue grown since has the first,
+    one shrunk the second; a stale copy (last week's, serving a track withdrawn since) often both. None when the
+    run names no dataset, or it cannot be read any more."""
     import csv
 
+    from bgmrec.data.dataset import DatasetError, load_npy
     from bgmrec.models.base import read_run_record
 
     source = getattr(recommender.model, "source", None)
     data = read_run_record(Path(source).parent).get("data") if source else None
     try:
         with open(Path(data) / "tracks.csv", newline="", encoding="utf-8") as f:
-            trained = [row["id"] for row in csv.DictReader(f)]
-    except (TypeError, OSError, KeyError, csv.Error, UnicodeDecodeError):
+            listed = [row["id"] for row in csv.DictReader(f)]
+        train = load_npy(Path(data) / "splits" / "train.npy")
+        trained = {listed[j] for j in np.unique(np.asarray(train)[:, 1]).tolist()}
+    except (TypeError, OSError, KeyError, csv.Error, UnicodeDecodeError, DatasetError, IndexError):
         return None
     served = list(recommender.catalog.ids)
-    trained_set, served_set = set(trained), set(served)
-    new, gone = [t for t in served if t not in trained_set], [t for t in trained if t not in served_set]
+    served_set = set(served)
+    new, gone = [t for t in served if t not in trained], [t for t in listed if t not in served_set]
     return {"training_dataset": str(data), "not_in_training": len(new), "not_in_training_ids": new[:3],
             "not_served": len(gone), "not_served_ids": gone[:3]}
 
