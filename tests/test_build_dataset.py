@@ -472,9 +472,64 @@ def test_new_music_is_held_out_of_training_and_ranked_apart(tmp_path, folders):
     built = build_dataset(vids, cat, only, tmp_path / "y", BuildConfig(new_music_share=0.25), warn=said.append,
                           professional_csv=pro)
     assert len(built.splits["pgc"]) == 1 and any("1 professional pair(s) name a held-out track" in w for w in said)
-    with pytest.raises(ValueError, match="keep-splits-of"):  # not yet with a rebuild that keeps splits
-        build_dataset(vids, cat, pairs, tmp_path / "x", BuildConfig(new_music_share=0.25),
-                      keep_splits_of=tmp_path / "d")
+
+
+def test_a_rebuild_that_keeps_splits_holds_last_weeks_new_music_out_again(tmp_path, folders, capsys):
+    # --new-music-share was refused with --keep-splits-of: a weekly rebuild could not report new music at all
+    from bgmrec.cli import main
+
+    vids, cat = folders
+
+    def log(path, uses, extra=()):  # video i chose track uses[i] on day i + 1
+        path.write_text("video_id,track_id,uploader_id,time\n" + "".join(
+            f"v{i},t{t},u{i % 5},2024-01-{i + 1:02d}T00:00:00\n" for i, t in enumerate(uses)) + "".join(extra))
+        return path
+
+    week1_uses = [i % 4 for i in range(16)] + [4, 4, 5, 5]  # t4, t5 first used last
+    week1 = build_dataset(vids, cat, log(tmp_path / "w1.csv", week1_uses), tmp_path / "w1",
+                          BuildConfig(new_music_share=0.34))
+    assert {week1.track_ids[j] for j in np.flatnonzero(week1.track_new)} == {"t4", "t5"}
+    week2_uses = week1_uses + [0, 1, 2, 3, 0, 1, 6, 6, 7, 4]  # t6, t7 new this week; v29 chose last week's t4
+    said = []
+    week2 = build_dataset(vids, cat, log(tmp_path / "w2.csv", week2_uses), tmp_path / "w2",
+                          BuildConfig(new_music_share=0.5), warn=said.append, keep_splits_of=tmp_path / "w1")
+    assert said == []
+    assert {week2.track_ids[j] for j in np.flatnonzero(week2.track_new)} == {"t4", "t5", "t6", "t7"}
+
+    def videos(ds, split):
+        return {ds.video_ids[v] for v in np.unique(ds.splits[split][:, 0])}
+
+    assert videos(week2, "test_new_music") == videos(week1, "test_new_music") | {"v26", "v27", "v28", "v29"}
+    before, after = sides_by_id(week1), sides_by_id(week2)
+    assert {v: after[v] for v in before} == before  # no video last week trained on is in a test split now
+    assert week2.provenance["splits_kept_from"]["new_music_held_again"] == 2
+    capsys.readouterr()
+    assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(tmp_path / "w2.csv"),
+                 "--out", str(tmp_path / "cli"), "--new-music-share", "0.5", "--keep-splits-of",
+                 str(tmp_path / "w1")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "8 tracks (4 held out of training: new music)" in out and "; 2 of its held-out track(s) held out again)" \
+        in out
+    for name in ("train", "val", "test"):
+        assert not week2.track_new[week2.splits[name][:, 1]].any(), name
+    # a share more than the tracks no video last week trained on names: those, with a warning
+    said = []
+    more = build_dataset(vids, cat, log(tmp_path / "w2.csv", week2_uses), tmp_path / "more",
+                         BuildConfig(new_music_share=0.75), warn=said.append, keep_splits_of=tmp_path / "w1")
+    assert int(more.track_new.sum()) == 4 and said == [
+        f"new music: 4 of the 6 tracks the share 0.75 asks for are held out of training; every other track the pairs "
+        f"name is named by a video {tmp_path / 'w1'} trained on, which stays in training"]
+    # a track last week held out that a video it trained on names now: trained on, its new-music uploads test's
+    trained_video = next(v for v, side in before.items() if side == "train")
+    said = []
+    again = build_dataset(vids, cat, log(tmp_path / "w2b.csv", week2_uses, [f"{trained_video},t5,u0,"
+                                                                           "2024-01-31T00:00:00\n"]),
+                          tmp_path / "again", BuildConfig(new_music_share=0.5), warn=said.append,
+                          keep_splits_of=tmp_path / "w1")
+    assert "t5" not in {again.track_ids[j] for j in np.flatnonzero(again.track_new)}
+    assert f"{tmp_path / 'w1'} held out 1 track(s) that videos it trained on now name" in " ".join(said)
+    assert {"v18", "v19"} <= videos(again, "test") and sides_by_id(again)[trained_video] == "train"
+    load_dataset(tmp_path / "again")  # valid on disk
 
 
 def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monkeypatch):
@@ -779,6 +834,6 @@ def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
     train_row = ds.splits["train"][:1].copy()
     train_row[0, 0] = ds.splits["test"][0, 0]
     save_dataset(ds.with_split("extra", train_row, role="train"), tmp_path / "two")
-    sides, record = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"])
+    sides, record, held = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"])
     assert sides.tolist() == [0, 2, ("train", "val", "test").index(sides_by_id(ds)["v0"]), -1]
-    assert record["new"] == 1
+    assert record["new"] == 1 and held == set()  # no new music held out

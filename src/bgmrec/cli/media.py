@@ -135,7 +135,8 @@ def build_dataset_cmd(
     negatives: int = typer.Option(100, help="frozen negatives per val/test row"),
     new_music_share: float = typer.Option(0.0, help="share of the tracks the pairs name held out of training (the "
                                           "latest first used, by time, else seeded): their uploads form "
-                                          "test_new_music"),
+                                          "test_new_music; with --keep-splits-of, that dataset's held-out tracks "
+                                          "first, and none its training videos name"),
     keep_splits_of: Path | None = typer.Option(None, help="an earlier dataset's folder (last week's): its videos "
                                                           "keep their split, only new ones are split"),
 ) -> None:
@@ -166,7 +167,9 @@ def build_dataset_cmd(
                      f"{ds.n_genres} genres; " + ", ".join(f"{s} {len(r)}" for s, r in ds.splits.items())
                      + (f" (split by {split_by})" if kept is None else
                         f" ({sum(kept['kept'].values())} video(s) kept their split of {keep_splits_of}, "
-                        f"{kept['new']} new one(s) split by {split_by})")
+                        f"{kept['new']} new one(s) split by {split_by}"
+                        + (f"; {kept['new_music_held_again']} of its held-out track(s) held out again"
+                           if "new_music_held_again" in kept else "") + ")")
                      + ("; dropped pairs: " + ", ".join(f"{k} {v}" for k, v in dropped.items() if v)
                         if any(dropped.values()) else "")
                      + ("; rows whose track is in no training pair (new music to the models, ranked among the "

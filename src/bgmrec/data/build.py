@@ -49,7 +49,10 @@ has in a split keeps its side (train, val or test; a professional video of its t
 a video in splits of two roles takes the later of train, val, test), and only the videos new since are split,
 by the shares and the rule above, among themselves. Last week's test videos then never enter this week's
 training, nor last week's training videos this week's test: last week's model and this week's are compared on
-videos neither trained on.
+videos neither trained on. With ``new_music_share`` the tracks last week's dataset held out are held out again
+(first, whatever the share), and the others are chosen by the rule above among the tracks that no video last
+week trained on names (holding one out would move such a video into a test split; fewer than the share are
+held out when no other is left, with a warning).
 
 Professional music videos (the teacher data of DecCM, whose tracks were chosen for their content, not by
 uploaders' taste) come in an optional second CSV, ``video,track`` (an uploader column is not read), of
@@ -228,9 +231,10 @@ SIDES = ("train", "val", "test")  # split_videos' split ids, in order
 MANY_TRACKS = 100  # a video with more tracks than this is warned of (an upload has one or a few)
 
 
-def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, dict]:
+def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, dict, set[str]]:
     """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, -1 for a video it has
-    in none of its splits; see the module docstring), and what the provenance records of it."""
+    in none of its splits; see the module docstring), what the provenance records of it (:func:`kept_record`),
+    and the ids of the tracks that dataset held out of training (its new music)."""
     prev = load_dataset(Path(previous))
     side_of_role = {"train": 0, "teacher": 0, "val": 1, "test": 2}
     side = np.full(prev.n_videos, -1, np.int64)
@@ -240,10 +244,14 @@ def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, dict]:
             side[videos] = np.maximum(side[videos], side_of_role[info.role])
     pos = {v: i for i, v in enumerate(prev.video_ids)}
     sides = np.array([side[pos[v]] if v in pos else -1 for v in video_ids], np.int64)
-    record = {"folder": str(previous), "splits_fingerprint": dataset_fingerprint(Path(previous)),
-              "kept": {name: int((sides == s).sum()) for s, name in enumerate(SIDES)},
-              "new": int((sides < 0).sum())}
-    return sides, record
+    return sides, kept_record(previous, sides), {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}
+
+
+def kept_record(previous: Path, sides: np.ndarray) -> dict:
+    """The provenance of a build that kept the splits of ``previous``: its folder and splits' fingerprint, how many
+    of the videos split (``sides``, from :func:`kept_sides`) kept each side, and how many were new."""
+    return {"folder": str(previous), "splits_fingerprint": dataset_fingerprint(Path(previous)),
+            "kept": {name: int((sides == s).sum()) for s, name in enumerate(SIDES)}, "new": int((sides < 0).sum())}
 
 
 def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_uploaders: int,
@@ -321,11 +329,17 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
 
 
 def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.ndarray | None, n_tracks: int,
-                    config: BuildConfig) -> np.ndarray:
+                    config: BuildConfig, held_before: np.ndarray | None = None,
+                    trained_before: np.ndarray | None = None) -> np.ndarray:
     """bool [n_tracks]: the tracks held out of training (:attr:`BuildConfig.new_music_share` of those the
     pairs ``rows`` name; a share that holds out fewer than two, or all, is refused): those first used latest
     when every pair has a time (``pair_time``, per pair; ``row_of_pair`` maps pairs to rows; tracks first used
-    at the same time in a seeded order), else a seeded draw."""
+    at the same time in a seeded order), else a seeded draw.
+
+    A rebuild that keeps an earlier dataset's splits passes two masks [n_tracks]: ``held_before``, the tracks that
+    dataset held out, held again (its new-music queries stay new music) before any other; ``trained_before``, the
+    tracks its training videos name, never held (that would move a video trained on into a test split). Both count
+    only where the pairs name them; fewer than the share are held when the others are all ``trained_before``."""
     held = np.zeros(n_tracks, bool)
     named = np.unique(rows[:, 1])
     n_held = int(round(config.new_music_share * len(named)))
@@ -336,13 +350,19 @@ def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.nda
                                 f"pairs name holds out {n_held}: new music needs at least 2 tracks, and training at "
                                 f"least one (from {2 / len(named):.3g} to below {1 - 0.5 / len(named):.3g})",
                                 "new_music_share")
+    barred = np.zeros(n_tracks, bool) if trained_before is None else trained_before
+    again = np.zeros(n_tracks, bool) if held_before is None else held_before & ~barred
+    held[named[again[named]]] = True
+    eligible = named[~again[named] & ~barred[named]]
+    n_more = min(max(n_held - int(held.sum()), 0), len(eligible))
     if pair_time is None:
-        held[np.random.default_rng(config.seed + 2).choice(named, n_held, replace=False)] = True
+        held[np.random.default_rng(config.seed + 2).choice(eligible, n_more, replace=False)] = True
         return held
     first = np.full(n_tracks, np.inf)
     np.minimum.at(first, rows[row_of_pair.reshape(-1), 1], pair_time)
     shuffled = np.random.default_rng(config.seed + 2).permutation(len(named))  # ties in a seeded order
-    held[named[np.lexsort((shuffled, -first[named]))[:n_held]]] = True  # the latest first used
+    latest = named[np.lexsort((shuffled, -first[named]))]  # the latest first used first
+    held[latest[np.isin(latest, eligible)][:n_more]] = True
     return held
 
 
@@ -452,11 +472,23 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
 
     # new music: tracks held out of training, and the uploads that chose them
     pair_time = None if pairs.time is None else np.array([pairs.time[i] for i in keep], np.float64)
-    held = held_out_tracks(rows, row_of_pair, pair_time, len(cat), config)
-    if held.any() and keep_splits_of is not None:
-        raise DatasetFieldError("{new_music_share} with --keep-splits-of: a weekly rebuild that keeps last week's "
-                                "splits cannot hold tracks out of its training yet; build without one of them",
-                                "new_music_share")
+    held_before = trained_before = None
+    if keep_splits_of is not None:  # each video's side in last week's dataset, and the tracks it held out
+        side_before, _, held_ids = kept_sides(Path(keep_splits_of), video_ids)
+        held_before = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
+        trained_before = np.zeros(len(cat), bool)
+        trained_before[rows[side_before[rows[:, 0]] == 0, 1]] = True
+    held = held_out_tracks(rows, row_of_pair, pair_time, len(cat), config, held_before, trained_before)
+    if config.new_music_share and warn is not None and keep_splits_of is not None:
+        asked = int(round(config.new_music_share * len(np.unique(rows[:, 1]))))
+        if held.sum() < asked:
+            warn(f"new music: {int(held.sum())} of the {asked} tracks the share {config.new_music_share} asks for "
+                 f"are held out of training; every other track the pairs name is named by a video {keep_splits_of} "
+                 "trained on, which stays in training")
+        trained_again = int((held_before & trained_before).sum())
+        if trained_again:
+            warn(f"{keep_splits_of} held out {trained_again} track(s) that videos it trained on now name: in "
+                 "training now (their earlier new-music uploads are test's)")
     new_music_video = np.zeros(len(video_ids), bool)
     new_music_video[rows[held[rows[:, 1]], 0]] = True
     if held.any():  # a new-music video's pairs with other tracks: in no split (its video is in test_new_music)
@@ -484,7 +516,10 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     if keep_splits_of is None:
         split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
     else:
-        sides, kept = kept_sides(Path(keep_splits_of), [video_ids[v] for v in vids_in])
+        sides = side_before[vids_in]
+        kept = kept_record(Path(keep_splits_of), sides)
+        if held.any():
+            kept["new_music_held_again"] = int((held & held_before).sum())
         new = sides < 0
         sides[new] = split_videos(vtime[new] if vtime is not None else None, int(new.sum()), config)
         split_of_video[vids_in] = sides
