@@ -420,6 +420,7 @@ def test_new_music_is_held_out_of_training_and_ranked_apart(tmp_path, folders):
     latest = sorted(first_use, key=first_use.get)[-2:]  # 2 of the 8 named tracks: the two first used last
     said = []
     ds = build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(new_music_share=0.25), warn=said.append)
+    said_before = list(said)
     new = {ds.track_ids[t] for t in np.flatnonzero(ds.track_new)}
     other = ds.provenance["pairs"]["dropped"]["new_music_video_other_track"]
     assert other and f"{other} pair(s) of videos that also chose a held-out track name a track that is not held " \
@@ -459,6 +460,12 @@ def test_new_music_is_held_out_of_training_and_ranked_apart(tmp_path, folders):
         f"v{i},t2,u0,2024-01-01T00:00:00\nv{i},t{i % 2},u0,2024-02-01T00:00:00\n" for i in range(10)))
     with pytest.raises(ValueError, match="none is left for training"):
         build_dataset(vids, cat, every, tmp_path / "x", BuildConfig(new_music_share=0.67))
+    said = []  # a share that leaves less to train on than to test with: built, with a warning (it was silent)
+    most = build_dataset(vids, cat, pairs, tmp_path / "most", BuildConfig(new_music_share=0.75), warn=said.append)
+    assert len(most.splits["test_new_music"]) > len(most.splits["train"]) and [
+        w for w in said if w.startswith(f"new music: test_new_music has {len(most.splits['test_new_music'])} rows, "
+                                        f"train {len(most.splits['train'])}: holding out 6 of the 8 tracks")]
+    assert not [w for w in said_before if w.startswith("new music:")]  # the share 0.25 above: no such warning
     only = write_pairs(tmp_path / "only.csv", n_videos=25)  # v25-v29 left for professional videos
     base = build_dataset(vids, cat, only, tmp_path / "base", BuildConfig(new_music_share=0.25))
     late = sorted(base.track_ids[t] for t in np.flatnonzero(base.track_new))

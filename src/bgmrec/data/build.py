@@ -530,6 +530,10 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     splits = {name: rows[which == s] for s, name in enumerate(SIDES)}
     if held.any():
         splits["test_new_music"] = rows[held[rows[:, 1]]]
+        if len(splits["test_new_music"]) > len(splits["train"]) and warn is not None:
+            warn(f"new music: test_new_music has {len(splits['test_new_music'])} rows, train {len(splits['train'])}: "
+                 f"holding out {int(held.sum())} of the {len(np.unique(rows[:, 1]))} tracks the pairs name leaves "
+                 "less to train on than to test new music with; give a smaller new_music_share")
     if warn is not None and pairs.time is not None and keep_splits_of is None:  # kept splits: not by time alone
         earliest = np.full(len(rows), np.inf)  # a repeated row's first time
         np.minimum.at(earliest, row_of_pair.reshape(-1), pair_time)
