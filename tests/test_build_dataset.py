@@ -348,6 +348,35 @@ def test_pairs_errors_name_the_physical_line(tmp_path):
         read_pairs(p)
 
 
+def test_input_rows_with_other_fields_than_the_header_are_refused(tmp_path):
+    # a pairs row with a fifth field was used as if it had four, and a short one was "an empty 'uploader'" or, its
+    # time missing, made the whole split random; captions and metadata rows were as loose (an app audit)
+    from bgmrec.features.audio import read_track_meta
+    from bgmrec.features.video import caption_rows
+
+    p = tmp_path / "p.csv"
+    p.write_text("video,track,uploader,time\nv0,t0,u0,1\nv2,t3,u1,2,extra\n")
+    with pytest.raises(DatasetError, match=r"p.csv: line 3: 5 field\(s\), expected 4 \(video,track,uploader,time\); "
+                                           r"'extra' is past the last column \(a value with a comma in it must be "
+                                           r"quoted\)"):
+        read_pairs(p)
+    for short in ("v1,t2\n", "v1,t2,u1\n"):
+        p.write_text("video,track,uploader,time\nv0,t0,u0,1\n" + short)
+        with pytest.raises(DatasetError, match=rf"p.csv: line 3: {short.count(',') + 1} field\(s\), expected 4 "
+                                               r".*; an empty value is written as an empty field \(,,\)"):
+            read_pairs(p)
+    p.write_text("video,track,uploader,time\nv0,t0,u0,1\nv1,t2,u1,,\nv2,t1,u0,3,,\n")  # trailing empties pass
+    assert read_pairs(p).untimed == [3]
+    caps = tmp_path / "caps.csv"
+    caps.write_text("id,caption\nv0,street dance, #city\n")
+    with pytest.raises(DatasetError, match=r"caps.csv: line 2: 3 field\(s\), expected 2 \(id,caption\); ' #city'"):
+        caption_rows(caps)
+    meta = tmp_path / "meta.csv"
+    meta.write_text("id,title,genre\nt0,Hello, World,pop\n")
+    with pytest.raises(DatasetError, match=r"meta.csv: line 2: 4 field\(s\), expected 3 \(id,title,genre\); 'pop'"):
+        read_track_meta(meta)
+
+
 def test_rows_without_a_time_are_warned_of_as_the_split_turns_random(tmp_path, folders):
     # one empty time silently turned the split by time into a random one
     vids, cat = folders

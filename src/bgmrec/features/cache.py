@@ -380,8 +380,23 @@ def read_csv_lines(path: Path, columns: tuple[str, ...] = ()) -> list[tuple[int,
         if columns and len(values) != len(header):
             raise DatasetError(f"{path}: line {line}: {len(values)} field(s), expected "
                                f"{len(header)} ({','.join(header)})")
+        check_row_width(path, line, values, header)
         rows.append((line, {h: values[i] if i < len(values) else None for i, h in enumerate(header)}))
     return rows
+
+
+def check_row_width(path: Path, line: int, values: list[str], header: list[str]) -> None:
+    """Refuse a row of an input CSV with fields other than the header's: fewer (a value left out shifts the
+    others: an empty one is written ``,,``) or more that are not empty (an unquoted comma inside a value splits
+    it, and the columns after it are wrong). Trailing empty fields (a spreadsheet's) pass."""
+    from bgmrec.data.dataset import DatasetError
+
+    extra = [v for v in values[len(header):] if v.strip()]
+    if len(values) < len(header) or extra:
+        raise DatasetError(f"{path}: line {line}: {len(values)} field(s), expected {len(header)} "
+                           f"({','.join(header)})" + (f"; {extra[0]!r} is past the last column (a value with a comma "
+                                                      "in it must be quoted)" if extra else
+                                                      "; an empty value is written as an empty field (,,)"))
 
 
 VIDEO_ID_COLUMNS = ("video", "video_id")  # other names a CSV of bgmrec's inputs may give a video's id column

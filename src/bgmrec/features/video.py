@@ -66,6 +66,7 @@ from bgmrec.features.cache import (
     check_input_folder,
     check_manifest_content,
     check_output_folder,
+    check_row_width,
     csv_records,
     first_missing,
     key_columns,
@@ -402,6 +403,7 @@ def caption_rows(path: Path) -> dict[str, tuple[int, tuple[str, str]]]:
                                f"'file') and 'caption', found {header}" + separator_hint(header))
         records = []
         for line, values in rows:
+            check_row_width(path, line, values, header)
             rec = dict(zip(header, values, strict=False))
             value = caption_text(rec.get("caption", ""), rec.get("hashtags", ""))
             try:
