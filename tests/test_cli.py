@@ -1345,7 +1345,7 @@ def test_a_run_evaluated_on_a_dataset_built_again_says_how_many_queries_it_train
     trained_tracks = set(train[:, 1].tolist())
     unseen = sum(t not in trained_tracks for t in rows[:, 1].tolist())
     assert (f"than {tmp_path / 'week2'}: 5 of the 11 week2 queries' videos were in its training data (their figures "
-            f"are not held out), and {unseen} of their tracks it never trained on") in capsys.readouterr().err
+            f"are not held out), and {unseen} have a track it never trained on") in capsys.readouterr().err
 
 
 def test_evaluate_and_compare_json_carry_the_warning_of_a_run_trained_on_another_dataset(cli_world, tmp_path,
@@ -1365,7 +1365,7 @@ def test_evaluate_and_compare_json_carry_the_warning_of_a_run_trained_on_another
     [said] = json.loads(evaluated.read_text())["warnings"]
     assert said == (f"{tmp_path / 'there'} was trained on another dataset ({other_world.resolve()}) than {cli_world}: "
                     "0 of the 184 test queries' videos were in its training data (their figures are not held out), "
-                    "and 184 of their tracks it never trained on")  # another world: the same ids, not the same videos
+                    "and 184 have a track it never trained on")  # another world: the same ids, not the same videos
     assert json.loads(compared.read_text())["warnings"] == [said]  # the baseline, trained here, has none
     assert err.count(f"warning: {said}") == 2
     assert main(["evaluate", "--run", str(tmp_path / "here"), "--data", str(cli_world), "--json",

@@ -286,6 +286,27 @@ def test_health_says_how_the_catalogue_differs_from_the_training_dataset_s(tiny_
         "catalog_against_training"] is None  # a model not loaded from a run: nothing to compare with
 
 
+def test_health_does_not_compare_with_a_training_dataset_built_again_since(tiny_ds, tmp_path):
+    # rebuilt in place after training, the folder's tracks were taken for the run's: /health gave wrong counts
+    from bgmrec.data.dataset import load_dataset, save_dataset
+    from bgmrec.runs import train_model
+
+    save_dataset(tiny_ds, tmp_path / "data")
+    model, _ = train_model(tmp_path / "data", "popularity", tmp_path / "run", progress=False)
+    catalog = tiny_catalog(tiny_ds)
+    assert TestClient(create_app(ClipRecommender(model, catalog))).get("/health").json()[
+        "catalog_against_training"] is not None  # as trained: compared
+    ds = load_dataset(tmp_path / "data", mmap=False)
+    save_dataset(ds.with_split("week48", ds.splits["test"], role="test"), tmp_path / "data")  # built again since
+    said = []
+    health = TestClient(create_app(ClipRecommender(model, catalog), warn=said.append)).get("/health").json()
+    assert health["catalog_against_training"] is None
+    [message] = [w for w in said if "built again since" in w]
+    assert message == (f"{(tmp_path / 'data').resolve()}, the dataset the run was trained on, was built again since: "
+                       "which tracks it trained on cannot be read from it now, so /health's "
+                       "catalog_against_training is null") and message in health["warnings"]
+
+
 def test_sighup_drains_unless_ignored_and_is_put_back():
     # nohup's ignored SIGHUP was overridden (the server then stopped with the terminal), and off the main thread
     # setting it failed the command

@@ -738,11 +738,10 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
 def training_overlap(trained_on: Path, data: Path, split: str) -> str:
     """What a run trained on the dataset folder ``trained_on`` knows of the queries of ``split`` of ``data``, as
     a clause of its warning: how many of their videos were in its training splits, the teacher's too (their
-    figures are not held
-    out: last week's model scored 1.000 on this week's test split, 5 of 11 of whose videos it had trained on)
-    and how many of their positive tracks it never saw. A video or track is the same when its id and its
-    features (frames, music) are: simulated worlds of one scale share ids, not videos. Empty when ``trained_on``
-    can no longer be read (built again in place, moved)."""
+    figures are not held out: last week's model scored 1.000 on this week's test split, 5 of 11 of whose videos
+    it had trained on), and how many of them have a positive track it never saw (queries, not tracks). A video
+    or track is the same when its id and its features (frames, music) are: simulated worlds of one scale share
+    ids, not videos. Empty when ``trained_on`` can no longer be read (built again in place, moved)."""
     import numpy as np
 
     from bgmrec.data.dataset import DatasetError, load_dataset
@@ -763,7 +762,7 @@ def training_overlap(trained_on: Path, data: Path, split: str) -> str:
     seen = sum(k in videos for k in keys(rows[:, 0], new.video_ids, new.video_visual))
     unseen = sum(k not in tracks for k in keys(rows[:, 1], new.track_ids, new.music))
     return (f": {seen} of the {len(rows)} {split} queries' videos were in its training data (their figures are not "
-            f"held out), and {unseen} of their tracks it never trained on")
+            f"held out), and {unseen} have a track it never trained on")
 
 
 def run_label(run: Path, rec) -> str:

@@ -158,7 +158,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     identity = served_by(recommender)
     source = getattr(recommender.model, "source", None)  # the run's full path, in /health (answers name its folder)
     run_folder = str(Path(source).resolve().parent) if source else None
-    against_training = catalog_against_training(recommender)
+    against_training = catalog_against_training(recommender, said)
     max_json = json_limit(spec)
     too_large = (f"video: the upload is larger than this server's limit of {max_upload} bytes "
                  f"({max_upload / 2**20:g} MB; bgmrec serve --max-upload-mb)")
@@ -535,21 +535,28 @@ def served_by(recommender: ClipRecommender) -> dict:
             "catalog_hash": cat.manifest.get("content_hash")}
 
 
-def catalog_against_training(recommender: ClipRecommender) -> dict | None:
+def catalog_against_training(recommender: ClipRecommender, warn: Callable[[str], None] | None = None) -> dict | None:
     """How the served catalogue's track ids differ from those of the dataset the model was trained on (its run's
     ``run.json`` names the folder): ``not_in_training`` (served tracks in no training pair of the dataset, which the
     model ranks as new music: a catalogue's additions, the dataset's held-out new music) and ``not_served`` (tracks
     of its dataset the catalogue lacks), each a count with up to three ids. A catalogue grown since has the first,
     one shrunk the second; a stale copy (last week's, serving a track withdrawn since) often both. None when the
-    run names no dataset, or it cannot be read any more."""
+    run names no dataset, or it cannot be read any more, or it was built again since the run trained on it (its
+    fingerprint, recorded in ``run.json``, differs: ``warn`` is told)."""
     import csv
 
-    from bgmrec.data.dataset import DatasetError, load_npy
+    from bgmrec.data.dataset import DatasetError, dataset_fingerprint, load_npy
     from bgmrec.models.base import read_run_record
 
     source = getattr(recommender.model, "source", None)
-    data = read_run_record(Path(source).parent).get("data") if source else None
+    record = read_run_record(Path(source).parent) if source else {}
+    data = record.get("data")
     try:
+        if record.get("data_fingerprint") not in (None, dataset_fingerprint(Path(data))):
+            if warn is not None:
+                warn(f"{data}, the dataset the run was trained on, was built again since: which tracks it trained on "
+                     "cannot be read from it now, so /health's catalog_against_training is null")
+            return None
         with open(Path(data) / "tracks.csv", newline="", encoding="utf-8") as f:
             listed = [row["id"] for row in csv.DictReader(f)]
         train = load_npy(Path(data) / "splits" / "train.npy")
