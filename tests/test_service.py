@@ -965,6 +965,19 @@ def test_an_unknown_field_of_a_video_upload_is_refused_naming_it(client, tiny_ds
     assert r.status_code == 422 and r.json()["detail"].startswith("thumbnail: unknown field")
     r = client.post("/recommend/video", files=video, data={"caption": "beach #sun", "top": "3"})
     assert r.status_code == 200 and len(r.json()["tracks"]) == 3
+    # a field read once, sent twice: its last value was used without a word (the answer was the second video's)
+    two_videos = [("video", ("a.mp4", b"first", "video/mp4")), ("video", ("b.mp4", b"second", "video/mp4"))]
+    r = client.post("/recommend/video", files=two_videos)
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "video: sent 2 times; the form takes one (one video a request: POST /recommend/batch for many clips' "
+        "features; only exclude and genres repeat, a field per value)")
+    for field in ("top", "caption"):
+        r = client.post("/recommend/video", files=[("video", video["video"]), (field, (None, b"1")),
+                                                   (field, (None, b"3"))])
+        assert r.status_code == 422 and r.json()["detail"].startswith(f"{field}: sent 2 times"), field
+    r = client.post("/recommend/video", files=[("video", video["video"]), ("exclude", (None, tiny_ds.track_ids[0])),
+                                               ("exclude", (None, tiny_ds.track_ids[1]))])
+    assert r.status_code == 200  # a field per value
 
 
 def test_a_video_upload_excludes_tracks_and_keeps_genres_as_a_features_request_does(client, tiny_ds, monkeypatch):

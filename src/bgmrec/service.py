@@ -79,6 +79,7 @@ FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (
 MAX_JSON = 64 * 2**20  # largest JSON body (bytes) at least; more for wide features (json_limit)
 JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
 VIDEO_FORM_FIELDS = ("video", "caption", "top", "exclude", "genres")  # the multipart fields of POST /recommend/video
+REPEATABLE_FORM_FIELDS = ("exclude", "genres")  # of those, the ones sent once per value (a field per track id or genre)
 MAX_CAPTION = 2**20  # the most bytes a text field of that form holds: Starlette's multipart parser's limit
 CAPTION_TOO_LARGE = (f"a text field of the form is larger than this server's limit of {MAX_CAPTION} bytes "
                      f"({MAX_CAPTION / 2**20:g} MB): a caption holds at most that, and a video must be sent as a "
@@ -437,10 +438,18 @@ def upload_suffix(filename: str | None) -> str:
 
 async def known_form_fields(request: Request) -> None:
     """Refuse a multipart field ``POST /recommend/video`` does not read (``top_k``), as the JSON endpoints refuse
-    unknown fields, instead of answering as if it had not been sent."""
-    unknown = sorted(set((await request.form()).keys()) - set(VIDEO_FORM_FIELDS))  # the form FastAPI parsed
+    unknown fields, instead of answering as if it had not been sent; and a field it reads once (``video``,
+    ``caption``, ``top``) sent twice, whose last value was used without a word (the answer was for the second
+    video)."""
+    form = await request.form()  # the form FastAPI parsed
+    unknown = sorted(set(form.keys()) - set(VIDEO_FORM_FIELDS))
     if unknown:
         raise RequestError(f"{unknown[0]}: unknown field (the form's fields are {', '.join(VIDEO_FORM_FIELDS)})")
+    repeated = [k for k in VIDEO_FORM_FIELDS if k not in REPEATABLE_FORM_FIELDS and len(form.getlist(k)) > 1]
+    if repeated:
+        raise RequestError(f"{repeated[0]}: sent {len(form.getlist(repeated[0]))} times; the form takes one (one "
+                           f"video a request: POST /recommend/batch for many clips' features; only "
+                           f"{' and '.join(REPEATABLE_FORM_FIELDS)} repeat, a field per value)")
 
 
 def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
