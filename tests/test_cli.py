@@ -1060,13 +1060,16 @@ def test_simulate_refuses_an_option_and_a_set_that_disagree(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["provenance"]["world"]["gamma"] == 0
 
 
-def test_evaluating_or_comparing_on_a_training_split_says_so(cli_world, popularity_run, capsys):
+def test_evaluating_or_comparing_on_a_training_or_validation_split_says_so(cli_world, popularity_run, capsys):
     run = str(popularity_run)
     for command in (["evaluate", "--run", run], ["compare", "--baseline", run, "--run", run, "--resamples", "100"]):
         for split, role in (("train", "train"), ("pgc", "teacher")):
             assert main([*command, "--data", str(cli_world), "--split", split]) == 0
             assert (f"note: {split} is a training split (role {role}): its figures measure the fit, not how the "
                     "model generalises\n") in capsys.readouterr().err
+        assert main([*command, "--data", str(cli_world), "--split", "val"]) == 0  # it was silent (an audit)
+        assert ("note: val is the validation split: training early-stopped on it and tune chose settings by it, so "
+                "its figures are optimistic; report a test split's\n") in capsys.readouterr().err
         assert main([*command, "--data", str(cli_world), "--split", "test"]) == 0
         assert "note:" not in capsys.readouterr().err
 

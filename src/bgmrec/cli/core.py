@@ -336,7 +336,7 @@ def evaluate(
                                                                     keep_ranks=ranks_out is not None)}
         ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
         said = run_warnings({run: rec}, data, split)  # once the figures exist: an error says nothing more
-        said += [m for m in (note_if_training_split(ds, split), *evaluated) if m]
+        said += [m for m in (note_if_not_held_out(ds, split), *evaluated) if m]
         for t in rich_tables([result]):
             console.print(t)
         if ranks is not None:  # its note on stderr with --json -: stdout is the JSON alone
@@ -422,14 +422,19 @@ def run_warnings(loaded: dict[Path, object], data: Path, split: str) -> list[str
     return [m for pair in said for m in pair if m is not None]
 
 
-def note_if_training_split(ds, split: str) -> str | None:
+def note_if_not_held_out(ds, split: str) -> str | None:
     """A note on stderr when ``split`` is one models are fitted on (role train or teacher), as ``evaluate`` and
-    ``compare`` print it: its figures measure the fit, not how a model generalises. Returns it (for the JSON's
-    ``warnings``), None when silent."""
+    ``compare`` print it: its figures measure the fit, not how a model generalises; or the validation split
+    (role val), on which training early-stops and ``tune`` picks its settings, so its figures are optimistic.
+    Returns it (for the JSON's ``warnings``), None when silent."""
     role = ds.split_info[split].role
-    if role not in ("train", "teacher"):
+    if role == "val":
+        note = (f"{split} is the validation split: training early-stopped on it and tune chose settings by it, so "
+                "its figures are optimistic; report a test split's")
+    elif role in ("train", "teacher"):
+        note = f"{split} is a training split (role {role}): its figures measure the fit, not how the model generalises"
+    else:
         return None
-    note = f"{split} is a training split (role {role}): its figures measure the fit, not how the model generalises"
     print(f"note: {note}", file=sys.stderr)
     return note
 
@@ -471,7 +476,7 @@ def compare(
         with recorded_warnings(EvaluationWarning) as evaluated:  # for the JSON too (a trivial Recall@K, ...)
             c = paired(*models, ds, split, metric, resamples, level)
         said = run_warnings(dict(zip((baseline, run), models, strict=True)), data, split)
-        said += [m for m in (note_if_training_split(ds, split), *evaluated) if m]
+        said += [m for m in (note_if_not_held_out(ds, split), *evaluated) if m]
         names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
                  for folder, rec in zip((baseline, run), models, strict=True)]
         described = f"{COMPARED_PROTOCOLS[protocol]} {rank_metric}"
