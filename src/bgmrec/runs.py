@@ -351,8 +351,9 @@ def warn_about_features(ds, data: Path) -> list[str]:
     rest set its features' standard deviations (:func:`~bgmrec.data.dataset.outlying_rows`; captioned videos'
     text only), naming the farthest row's id: models standardise by them, and learn little from the other rows;
     and when a share of its features (:data:`~bgmrec.data.dataset.NARROW_SHARE`) vary too little for the
-    networks' standardisation, which takes them for constants (:func:`~bgmrec.data.dataset.narrow_columns`).
-    Returns the messages."""
+    networks' standardisation, which takes them for constants (:func:`~bgmrec.data.dataset.narrow_columns`);
+    and when no training video has a caption (the networks then leave captions out:
+    :attr:`~bgmrec.models.neural.TorchRecommender.learned_text`). Returns the messages."""
     import numpy as np
 
     from bgmrec.data.dataset import FAR_SPREADS, NARROW_SHARE, SPREAD_RATIO, narrow_columns, outlying_rows
@@ -382,6 +383,12 @@ def warn_about_features(ds, data: Path) -> list[str]:
                         "constant feature (0 for every input): they learn nothing from them; if the file's values "
                         "are on a small scale, multiply them (by 1e4, say) and build the dataset again")
             warn_on_stderr(said[-1])
+    trained = np.unique(ds.train_rows()[:, 0])
+    if np.shape(ds.video_text)[1] and len(trained) and not np.asarray(ds.video_text_mask)[trained].any():
+        said.append(f"{data}: none of the training videos has a caption (features/video_text_mask.npy): the networks "
+                    "learn nothing from text, and leave the captions of the clips they rank out; to use captions, "
+                    "extract the videos with --captions and build the dataset again")
+        warn_on_stderr(said[-1])
     return said
 
 

@@ -73,6 +73,39 @@ def test_an_unknown_genre_is_a_warning_not_a_print(tiny_ds, popularity, capsys):
     assert [t["id"] for t in got["tracks"]] == [t["id"] for t in want["tracks"]]  # popularity ignores genres
 
 
+def test_a_model_trained_on_no_captions_leaves_the_captions_of_clips_out(tiny_ds, tmp_path, capsys):
+    # trained on videos without captions, CMVAE's text expert kept its initial weights, and a clip's caption took a
+    # text share of 0.48 and changed every score; build, train, recommend and serve said nothing (an app audit)
+    import dataclasses
+
+    from bgmrec.data.dataset import save_dataset
+    from bgmrec.features.recommend import CAPTION_LEFT_OUT, CAPTIONS_LEFT_OUT
+    from bgmrec.runs import train_model
+
+    uncaptioned = dataclasses.replace(tiny_ds, video_text_mask=np.zeros(tiny_ds.n_videos, bool))
+    save_dataset(uncaptioned, tmp_path / "data")
+    model, _ = train_model(tmp_path / "data", "cmvae", tmp_path / "run", epochs=1, progress=False)
+    assert (f"warning: {tmp_path / 'data'}: none of the training videos has a caption "
+            "(features/video_text_mask.npy): the networks learn nothing from text") in capsys.readouterr().err
+    captioned = build("cmvae", FeatureSpec.of(tiny_ds), {"epochs": 1}).fit(SplitView(tiny_ds, "train"), None)
+    assert not model.learned_text and captioned.learned_text
+    q = VideoQuery(np.array(tiny_ds.video_visual[:4]), np.array(tiny_ds.video_text[:4]), np.ones(4, bool))
+    blind = dataclasses.replace(q, text_mask=np.zeros(4, bool))
+    np.testing.assert_array_equal(model.encode_videos(q), model.encode_videos(blind))
+    assert (model.modality_shares(q)[:, 1] == 0).all() and (model.video_distance_from_training(q)
+                                                            == model.video_distance_from_training(blind)).all()
+    assert not np.array_equal(captioned.encode_videos(q), captioned.encode_videos(blind))  # a caption counts
+    warned = []
+    recommender = ClipRecommender(model, open_catalog(tiny_ds.root), warn=warned.append)
+    assert warned == [CAPTIONS_LEFT_OUT] and CAPTIONS_LEFT_OUT in recommender.warnings
+    visual, text = np.asarray(tiny_ds.video_visual[0]), np.asarray(tiny_ds.video_text[0])
+    [with_caption] = recommender.recommend([ClipFeatures(visual, text, True)])  # one a call: a row's scores may
+    [without] = recommender.recommend([ClipFeatures(visual, None, False)])  # differ in the last bit by its row
+    assert with_caption["warnings"] == [CAPTION_LEFT_OUT] and without["warnings"] == []
+    assert with_caption["tracks"] == without["tracks"] and with_caption["modality_share"]["text"] == 0
+    assert ClipRecommender(captioned, open_catalog(tiny_ds.root)).warnings == []
+
+
 def test_a_clip_without_a_caption_may_give_no_text(tiny_ds):
     """ClipFeatures(visual, None, False) was refused with "text must have shape [16], got []"."""
     cca = build("cca", FeatureSpec.of(tiny_ds), {"dim": 8}).fit(SplitView(tiny_ds, "train"))

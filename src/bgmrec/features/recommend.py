@@ -228,6 +228,11 @@ def check_search(index: str, ef_search: int | None) -> None:
                          f"{ef_search} with {{index}} {given}", "ef_search", "index")
 
 
+CAPTIONS_LEFT_OUT = ("the model was trained on videos without captions: it learned nothing from text, and the "
+                     "captions of clips are left out (build its dataset with --captions to use them)")
+CAPTION_LEFT_OUT = "its caption was left out: the model was trained on videos without captions"
+
+
 class ClipRecommender:
     """A trained model and a catalogue, ready for many clips: the catalogue is encoded and indexed once.
 
@@ -270,6 +275,9 @@ class ClipRecommender:
 
         for mismatch in feature_settings_mismatches(model, catalog, frames):
             said(mismatch)
+        self.captions_left_out = not getattr(model, "learned_text", True)
+        if self.captions_left_out:
+            said(CAPTIONS_LEFT_OUT)
         self.music = music_catalog(model, catalog, warn=said)
         far = far_from_training_music(model, self.music, catalog.ids)
         if far:
@@ -325,7 +333,8 @@ class ClipRecommender:
         return [{"tracks": [{"id": cat.ids[j], "title": cat.title[j], "artist": cat.artist[j],
                              "genre": cat.genre[j] or "unknown", "score": float(s)}
                             for j, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True) if j >= 0],
-                 "modality_share": share, "warnings": [*clip.warnings, *far[i]]}
+                 "modality_share": share, "warnings": [*clip.warnings, *far[i], *(
+                     [CAPTION_LEFT_OUT] if self.captions_left_out and clip.has_text else [])]}
                 for i, (row_ids, row_scores, share, clip) in enumerate(zip(ids, scores, modality_shares(self.model, q),
                                                                            clips, strict=True))]
 

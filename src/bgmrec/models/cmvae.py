@@ -211,6 +211,7 @@ class CMVAE(TorchRecommender):
         self.module.eval()
         if self.config.fusion == "visual":
             return np.tile([1.0, 0.0], (len(q), 1))
+        q = self.without_unlearned_text(q)
         _, lvs, mask = self.module.experts(torch.from_numpy(q.visual), torch.from_numpy(q.text),
                                            torch.from_numpy(np.asarray(q.text_mask, bool)))
         prec = (torch.exp(-lvs[1:]) * mask[1:].unsqueeze(-1)).sum(-1)  # [2, n]

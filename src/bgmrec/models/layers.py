@@ -52,12 +52,23 @@ class Standardizer(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     def fit(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Fit on the rows of ``x`` [n, d] whose ``weights`` are positive (all without); with none, every feature is
+        constant (0 after standardisation): nothing was learned from it (:attr:`learned`)."""
         if weights is not None:
             x = x[weights > 0]
         if len(x) == 0:
+            self.mean.zero_()
+            self.std.fill_(self.MIN_STD)
             return
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0, unbiased=False).clamp_min(self.MIN_STD))
+
+    @property
+    def learned(self) -> bool:
+        """Whether any feature varied in the rows it was fitted on (a standardisation fitted on no rows, as the
+        captions of a dataset without any, has none). True before fitting and for checkpoints fitted before
+        2026-11-24, which kept the initial spread of 1 when fitted on no rows."""
+        return bool((self.std > self.MIN_STD).any())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(self.std > self.MIN_STD, (x - self.mean) / self.std, torch.zeros((), dtype=x.dtype))

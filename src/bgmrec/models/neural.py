@@ -4,6 +4,7 @@ encoding, state as safetensors arrays."""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import abstractmethod
 
 import numpy as np
@@ -223,9 +224,22 @@ class TorchRecommender(Recommender):
         self.history = fit_torch(self, train, val, progress)
         return self
 
+    @property
+    def learned_text(self) -> bool:
+        """Whether the model learned from captions: False when none of its training videos had one (its text
+        standardisation was fitted on none), and then every query's caption is left out, as if it had none:
+        an encoder that never trained would add its initial weights' output to every score."""
+        return self.module.norms.text.learned
+
+    def without_unlearned_text(self, q: VideoQuery) -> VideoQuery:
+        """``q`` as the model reads it: its captions left out when the model learned from none
+        (:attr:`learned_text`)."""
+        return q if self.learned_text else dataclasses.replace(q, text_mask=np.zeros(len(q.text_mask), bool))
+
     @torch.no_grad()
     def _encode_videos(self, q: VideoQuery) -> np.ndarray:
         self.module.eval()
+        q = self.without_unlearned_text(q)
 
         def encode(rows: slice) -> torch.Tensor:
             part = q.subset(rows)
@@ -268,6 +282,7 @@ class TorchRecommender(Recommender):
         """The largest |standardised feature| of each video's frames and, where it has one, caption, by the input
         standardisation fitted on the training videos (:class:`InputNorms`)."""
         self.spec.check_videos(q, self.source)
+        q = self.without_unlearned_text(q)
         norms = self.module.norms
         with torch.no_grad():
             visual, text = (_largest(norm(torch.from_numpy(np.array(x, np.float32))))
