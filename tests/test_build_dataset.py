@@ -365,6 +365,11 @@ def test_input_rows_with_other_fields_than_the_header_are_refused(tmp_path):
         with pytest.raises(DatasetError, match=rf"p.csv: line 3: {short.count(',') + 1} field\(s\), expected 4 "
                                                r".*; an empty value is written as an empty field \(,,\)"):
             read_pairs(p)
+    for json_text in ('[{"video": "v0", "track": "t0", "uploader": "u0"}]\n',  # it said "no rows (expected a header"
+                      '[\n  {"video": "v0", "track": "t0", "uploader": "u0"},\n  {"video": "v1"}\n]\n'):
+        p.write_text(json_text)
+        with pytest.raises(DatasetError, match=r"p.csv: looks like JSON; the pairs are a CSV with a header video,"):
+            read_pairs(p)
     p.write_text("video,track,uploader,time\nv0,t0,u0,1\nv1,t2,u1,,\nv2,t1,u0,3,,\n")  # trailing empties pass
     assert read_pairs(p).untimed == [3]
     caps = tmp_path / "caps.csv"

@@ -91,6 +91,7 @@ from bgmrec.data.negatives import other_positives, sample_negatives  # a video's
 from bgmrec.features.cache import (
     TRACK_ID_COLUMNS,
     VIDEO_ID_COLUMNS,
+    check_csv_file,
     failed_inputs,
     named_column,
     read_csv_lines,
@@ -150,6 +151,11 @@ def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
     """Read a pairs CSV (see the module docstring); errors name the file, line and column. Without
     ``uploaders`` (professional videos) the uploader column is not read: every row's uploader is ""."""
     path = Path(path)
+    check_csv_file(path)
+    with open(path, "rb") as f:
+        if f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"[", b"{"):
+            raise DatasetError(f"{path}: looks like JSON; the pairs are a CSV with a header "
+                               "video,track,uploader[,time], one row a pair")
     numbered = read_csv_lines(path)
     lines = [line for line, _ in numbered]  # physical lines: blank lines and quoted line breaks counted
     rows = [row for _, row in numbered]
