@@ -555,3 +555,38 @@ def test_a_stop_while_a_plot_is_drawn_leaves_the_earlier_plot_whole(tmp_path, mo
         run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd", resume=True)
     assert [p.read_bytes() for p in plots] == before
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_split_without_queries_is_left_out_of_the_quality_report_with_a_note(tmp_path, monkeypatch, capsys):
+    # a world with no new music (or no test videos) trained and evaluated, then failed with an IndexError in the
+    # per-genre table, writing no report and leaving a plot of the empty split
+    from bgmrec.cli import main
+
+    console, work, out = Console(quiet=True), tmp_path / "work", tmp_path / "q.md"
+    label = "tiny+new_track_share=0"
+    run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd", world={"new_track_share": "0"})
+    report = out.read_text()
+    assert "`test_new_music` has no queries in this world: left out of the tables and plots." in report
+    assert f"### {label}: `test_new_music`" not in report and f"bench_{label}_test_new_music" not in report
+    for split in ("test", "test_unbiased"):  # the others as ever
+        assert f"### {label}: `{split}`" in report and f"![bench_{label}_{split}](bench_{label}_{split}.png)" in report
+    assert sorted(p.name for p in tmp_path.glob("bench_*.png")) == [f"bench_{label}_test.png",
+                                                                     f"bench_{label}_test_unbiased.png"]
+    assert {r["split"] for r in json.loads((tmp_path / f"benchmarks_{label}.json").read_text())} == {
+        "test", "test_unbiased"}
+    monkeypatch.setattr(bgmrec.runs, "train_model", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd", resume=True, world={"new_track_share": "0"})
+    assert out.read_text().split("\n", 3)[3] == report.split("\n", 3)[3]
+    monkeypatch.undo()
+    run_quality(["tiny"], [0], out, work, ["popularity"], console, "cmd", world={"test_share": "0"})
+    assert "`test` and `test_unbiased` have no queries in this world: left out of the tables and plots." in \
+        out.read_text()
+    # nothing left to report: one line, exit code 2, before any training
+    args = ["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work", str(work),
+            "--world", "test_share=0", "--world", "new_track_share=0"]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("simulating ")]
+    assert len(err) == 1 and err[0].startswith("error: ") and (
+        "world (seed 0) has no queries in any split the benchmark reports (test, test_new_music or "
+        "test_unbiased): nothing to report") in err[0]
+    assert not (work / "tiny+new_track_share=0+test_share=0-seed0" / "runs").exists()

@@ -274,6 +274,10 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
             data = Path(work) / f"{label}-seed{seed}" / "data"
             ensure_world(scale, seed, data, console, world)
             ds = load_dataset(data)
+            if not queried_splits(ds):
+                raise ValueError(f"{data}: the {label} world (seed {seed}) has no queries in any split the benchmark "
+                                 f"reports ({in_words(EVAL_SPLITS, 'or')}): nothing to report; give --world values "
+                                 "that leave some (test_share, new_track_share)")
             made = dataset_record(data)  # each row of the JSON names its world's fingerprints; --resume compares them
             world_fingerprints = {key: made[key] for key in FINGERPRINTS}
             seed_results: list[dict] = []
@@ -302,7 +306,12 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
         figures[f"benchmarks_{label}.json"] = results
         agg = aggregate(results)
         sections += [f"## World `{label}` (seeds {', '.join(map(str, seeds))})", ""]
-        for split in EVAL_SPLITS:
+        shown = [split for split in EVAL_SPLITS if any(r["split"] == split for r in results)]
+        if len(shown) < len(EVAL_SPLITS):  # a world whose shares leave a split empty (--world new_track_share=0)
+            empty = [f"`{split}`" for split in EVAL_SPLITS if split not in shown]
+            sections += [f"{in_words(empty)} {'has' if len(empty) == 1 else 'have'} no queries in this world: left "
+                         "out of the tables and plots.", ""]
+        for split in shown:
             png = plot(agg, split, f"{label}, {split}", out.parent / f"bench_{label}_{split}.png")
             sections += [f"### {label}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
             if any(paired[split].values()):
@@ -315,6 +324,17 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
         written = write_report(out, sections + partial + ["## The papers' figures", "", PAPER_TABLE], console,
                                figures)
     return written
+
+
+def queried_splits(ds) -> list[str]:
+    """The splits of :data:`~bgmrec.demo.EVAL_SPLITS` that hold queries in ``ds`` (the ones evaluated)."""
+    return [split for split in EVAL_SPLITS if split in ds.splits and len(ds.splits[split])]
+
+
+def in_words(items: Sequence[object], last: str = "and") -> str:
+    """``items`` as a sentence lists them: "a", "a and b", "a, b and c" (``last``: the word before the last)."""
+    words = [str(item) for item in items]
+    return f" {last} ".join(filter(None, [", ".join(words[:-1]), words[-1]])) if words else ""
 
 
 #: the models ``bench speed`` times: the two papers' backbones, and popularity, whose scores tie across many tracks
