@@ -590,3 +590,38 @@ def test_a_split_without_queries_is_left_out_of_the_quality_report_with_a_note(t
         "world (seed 0) has no queries in any split the benchmark reports (test, test_new_music or "
         "test_unbiased): nothing to report") in err[0]
     assert not (work / "tiny+new_track_share=0+test_share=0-seed0" / "runs").exists()
+
+
+def test_bench_refuses_a_work_folder_of_another_kind_and_reuses_its_own(tiny_copy, tmp_path, capsys):
+    # bench quality wrote its worlds and runs into any --work: a dataset's folder (which a later simulate there
+    # replaced whole, the benchmark with it), a trained run's, a demo's
+    from bgmrec.bench import run_gamma_sweep
+    from bgmrec.cli import main
+
+    def listing(folder):
+        return sorted((p.relative_to(folder).as_posix(), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+    console = Console(quiet=True)
+    demo = tmp_path / "demo"  # as a demo leaves it
+    (demo / "runs").mkdir(parents=True)
+    (demo / "report.md").write_text("# bgmrec demo")
+    before = {folder: listing(folder) for folder in (tiny_copy, demo)}
+    with pytest.raises(ValueError, match=r"--work .*tiny: the folder is not empty and is not a work folder of "
+                                         r"bgmrec bench \(it is a dataset\); refusing to write into it"):
+        run_quality(["tiny"], [0], tmp_path / "q.md", tiny_copy, ["popularity"], console, "cmd")
+    with pytest.raises(ValueError, match=r"\(it is a dataset\)"):
+        run_gamma_sweep([2.0], "tiny", 0, tiny_copy, tmp_path / "g.md", console, "cmd", redraws=1)
+    assert main(["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity", "--work", str(demo),
+                 "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --work {demo}: the folder is not empty and is not a work folder of bgmrec bench (it holds "
+                   "report.md, runs); refusing to write into it (give a new or empty folder)\n")
+    assert {folder: listing(folder) for folder in (tiny_copy, demo)} == before and not (tmp_path / "q.md").exists()
+    # its own folder, with what the other bench commands write there by default and a report of its own, is reused
+    work = tmp_path / "work"
+    run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd")
+    for name in ("bench_media.md", "track_term_ceiling.md", "intervened_tiny.md", "gamma_sweep.md"):
+        (work / name).write_text("# a report")
+    (work / "tt150k-speed").mkdir()
+    run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
+    run_quality(["tiny"], [0], work / "benchmarks.md", work, ["popularity"], console, "cmd", resume=True)

@@ -21,7 +21,15 @@ import numpy as np
 from rich.console import Console
 
 from bgmrec.data.dataset import FINGERPRINTS
-from bgmrec.demo import BASELINE, DEMO_MODELS, EVAL_SPLITS, ensure_world, evaluate_run, world_parameters
+from bgmrec.demo import (
+    BASELINE,
+    DEMO_MODELS,
+    EVAL_SPLITS,
+    check_own_folder,
+    ensure_world,
+    evaluate_run,
+    world_parameters,
+)
 from bgmrec.eval.report import markdown_from_rows, pyplot, save_figure
 
 if TYPE_CHECKING:
@@ -55,6 +63,33 @@ differ** (real uploads and real features there, a simulated world here):
 | CCA | 0.0465 | 0.0640 | 0.0934 | 0.1278 |
 | CMVAE, new music | 0.1610 | 0.2274 | 0.2881 | 0.3479 |
 """
+
+#: what the bench commands write in their ``--work`` (glob patterns: the worlds of ``quality`` and ``gamma``, the
+#: tt150k world of ``speed``, the default reports of ``quality``, ``gamma``, ``ceiling`` and ``bench-media`` and what
+#: goes beside them): a folder holding nothing else is a bench work folder, reused (``--resume``)
+BENCH_ENTRIES = ("*-seed[0-9]*", "tt150k-speed", "benchmarks*.md", "benchmarks_*.json", "bench_*.png", "bench_media.md",
+                 "track_term_ceiling.md", "intervened_*.md", "gamma_sweep.md", "gamma_sweep.png")
+
+
+QUALITY_TITLE = "# Benchmarks: quality on the simulated worlds"  # the first line of a bench quality report
+
+
+def check_work_folder(work: Path, out: Path) -> None:
+    """Refuse (ValueError), before any work, a ``--work`` folder that is not empty and not a bench work folder
+    (:data:`BENCH_ENTRIES`, the report ``out`` when it is written there, and the quality reports an earlier
+    ``--out`` wrote there): a dataset, a model run, a demo's folder or any other
+    (:func:`~bgmrec.demo.check_own_folder`)."""
+    def quality_report(path: Path) -> bool:
+        try:
+            with path.open(encoding="utf-8") as f:
+                return f.readline().rstrip("\n") == QUALITY_TITLE
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    own = [p.name for p in Path(work).glob("*.md") if quality_report(p)] if Path(work).is_dir() else []
+    if Path(out).resolve().parent == Path(work).resolve():
+        own += [Path(out).name, Path(out).with_suffix(".png").name]  # gamma's plot
+    check_own_folder(work, "--work", "a work folder of bgmrec bench", BENCH_ENTRIES + tuple(own))
 
 
 def command_line(argv: Sequence[str], default: str, cwd: Path | None = None) -> str:
@@ -245,10 +280,11 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
     world = dict(world or {})
     for scale in scales:  # a bad parameter fails now, not after the worlds and models before it
         world_parameters(scale, 0, world)
+    check_work_folder(work, out)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sections = [
-        "# Benchmarks: quality on the simulated worlds",
+        QUALITY_TITLE,
         "",
         f"Regenerate with `{command}` (commit {git_commit()}, {machine()}, "
         f"{time.strftime('%Y-%m-%d')}{packages_note({m: model_package(m) for m in models or DEMO_MODELS})}). "
@@ -836,6 +872,7 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
     from bgmrec.models.base import load_model
     from bgmrec.runs import git_commit, machine, train_model
 
+    check_work_folder(work, out)
     rows = []
     for gamma in gammas:
         data = Path(work) / f"gamma{gamma:g}-{scale}-seed{seed}" / "data"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +19,34 @@ BASELINE = "cmvae"  # the model every other one is compared with, query by query
 DEMO_MODELS = ("random", "popularity", "cca", "twotower-hinge", "twotower-infonce", "cmvae", "cmvae-visual",
                "cmvae-concat", "cmvae-nocrossgen", "cmvae-noprior", "deccm", "deccm-noadjust", "deccm-noteacher",
                "deccm-teachermix", "oracle")
+
+#: what ``bgmrec demo`` writes in its ``--out`` (glob patterns): a folder holding nothing else is a demo's, reused
+DEMO_ENTRIES = ("data", "runs", "teachers", "report.md", "results.json", "recall_at_k_*.png", "genre_shares_*.png")
+
+
+def check_own_folder(out: Path, option: str, what: str, own: Sequence[str]) -> None:
+    """Refuse (a ValueError naming ``out``), before any work, an output folder that is not empty and holds
+    anything but entries whose names match ``own`` (glob patterns of what the command writes there, so a folder
+    ``what`` it wrote before passes, and is reused), as ``tune`` refuses its ``--out`` (the same listing,
+    :func:`bgmrec.tune._contents`: what a killed write leaves behind does not count). A dataset, a model run or
+    another command's folder is never written into, so a later command replacing it whole (``simulate`` into a
+    dataset folder) cannot delete this command's output with it."""
+    from fnmatch import fnmatchcase
+
+    from bgmrec.data.dataset import describe_folder
+    from bgmrec.tune import _contents
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out}: exists and is not a folder; give a new or empty folder")
+    foreign = sorted(p.name for p in _contents(out) if not any(fnmatchcase(p.name, pattern) for pattern in own))
+    if not foreign:
+        return
+    described = describe_folder(out, "manifest.json", "a dataset")
+    if not described.startswith("it is "):  # no bgmrec folder of another kind: what is there
+        described = f"it holds {', '.join(foreign[:3])}" + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    raise ValueError(f"{option} {out}: the folder is not empty and is not {what} ({described}); refusing to write "
+                     "into it (give a new or empty folder)")
 
 
 def world_parameters(scale: str, seed: int, world: dict[str, str] | None = None):
@@ -85,6 +114,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
 
     for name in models or DEMO_MODELS:  # a typo fails now, not after the world and the models before it
         resolve(name)
+    check_own_folder(out, "--out", "a folder of bgmrec demo", DEMO_ENTRIES)
     t_start = time.perf_counter()
     out = Path(out)
     data = out / "data"
