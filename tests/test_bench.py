@@ -625,3 +625,27 @@ def test_bench_refuses_a_work_folder_of_another_kind_and_reuses_its_own(tiny_cop
     (work / "tt150k-speed").mkdir()
     run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
     run_quality(["tiny"], [0], work / "benchmarks.md", work, ["popularity"], console, "cmd", resume=True)
+
+
+def test_a_one_seed_quality_report_words_its_figures_as_one_seed_s(tmp_path, monkeypatch):
+    # with --seeds 0 the header said "One seed, 0" while each per-genre table said "Means over seeds.", the
+    # training times "(mean over seeds)" and each plot's axis "mean ± std over seeds"
+    real, labels = bgmrec.bench.save_figure, []
+
+    def kept(fig, out, dpi):
+        labels.append(fig.axes[0].get_xlabel())
+        return real(fig, out, dpi)
+
+    monkeypatch.setattr(bgmrec.bench, "save_figure", kept)
+    for seeds, caption, seconds, axis in (
+            ([0], "Seed 0 alone.", "Training seconds per model (seed 0): popularity ", "(seed 0)"),
+            ([0, 1], "Means over seeds.", "Training seconds per model (mean over seeds): popularity ",
+             "(mean ± std over seeds)")):
+        labels.clear()
+        out = run_quality(["tiny"], seeds, tmp_path / "q.md", tmp_path / "work", ["popularity"], Console(quiet=True),
+                          "cmd")
+        report = out.read_text()
+        captions = [line for line in report.splitlines() if line.startswith("Full-catalogue Recall@10 by the genre")]
+        assert len(captions) == 3 and all(line.endswith(f"share of the positives. {caption}") for line in captions)
+        assert seconds in report
+        assert labels == [f"full-catalogue Recall@10 {axis}"] * 3

@@ -150,15 +150,16 @@ def markdown(agg: dict, split: str) -> str:
     return markdown_from_rows(rows)
 
 
-def plot(agg: dict, split: str, title: str, out: Path) -> Path:
-    """A bar chart of each model's mean Recall@10 on ``split`` with its deviation over seeds, written to ``out``."""
+def plot(agg: dict, split: str, title: str, out: Path, over: str = "mean ± std over seeds") -> Path:
+    """A bar chart of each model's mean Recall@10 on ``split`` with its deviation over seeds, written to ``out``
+    (``over``: what the figures are, in the axis label; "seed 0" for one seed)."""
     plt = pyplot()
     items = [(name, cells["R@10"]) for (name, s), cells in agg.items() if s == split and "R@10" in cells]
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(items) + 1.5))
     ax.barh([n for n, _ in items], [m for _, (m, _, _) in items], xerr=[sd for _, (_, sd, _) in items],
             color=["black" if n == "oracle" else "tab:blue" for n, _ in items])
     ax.invert_yaxis()
-    ax.set_xlabel("full-catalogue Recall@10 (mean ± std over seeds)")
+    ax.set_xlabel(f"full-catalogue Recall@10 ({over})")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out, dpi=100)
@@ -348,12 +349,14 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
             sections += [f"{in_words(empty)} {'has' if len(empty) == 1 else 'have'} no queries in this world: left "
                          "out of the tables and plots.", ""]
         for split in shown:
-            png = plot(agg, split, f"{label}, {split}", out.parent / f"bench_{label}_{split}.png")
+            png = plot(agg, split, f"{label}, {split}", out.parent / f"bench_{label}_{split}.png",
+                       "mean ± std over seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
             sections += [f"### {label}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
             if any(paired[split].values()):
                 sections += [paired_note(BASELINE), "", paired_markdown(paired[split], BASELINE), ""]
-            sections += [PER_GENRE_NOTE + " Means over seeds.", "", per_genre_markdown(results, split), ""]
-        sections += ["Training seconds per model (mean over seeds): "
+            sections += [PER_GENRE_NOTE + (" Means over seeds." if len(seeds) > 1 else f" Seed {seeds[0]} alone."),
+                         "", per_genre_markdown(results, split), ""]
+        sections += [f"Training seconds per model ({'mean over seeds' if len(seeds) > 1 else f'seed {seeds[0]}'}): "
                      + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]
         still = scales[done_scales:]
         partial = [f"*Worlds still to run when this report was written: {', '.join(still)}.*", ""] if still else []
