@@ -649,3 +649,20 @@ def test_a_one_seed_quality_report_words_its_figures_as_one_seed_s(tmp_path, mon
         assert len(captions) == 3 and all(line.endswith(f"share of the positives. {caption}") for line in captions)
         assert seconds in report
         assert labels == [f"full-catalogue Recall@10 {axis}"] * 3
+
+
+def test_the_ceiling_report_gives_each_seed_s_count_of_val_videos_in_seed_order(tmp_path):
+    # --seeds 0,1 wrote "on the val videos (173, 184 per world)" although seed 0's world has 184 and seed 1's 173:
+    # the distinct counts, sorted
+    from bgmrec.bench import counts_per_world, run_track_term_ceiling
+    from bgmrec.data.dataset import load_dataset
+
+    console, work = Console(quiet=True), tmp_path / "work"
+    run_quality(["tiny"], [0, 1], tmp_path / "q.md", work, ["popularity"], console, "cmd")
+    counts = [len(load_dataset(work / f"tiny-seed{seed}" / "data").splits["val"]) for seed in (0, 1)]
+    assert counts[0] > counts[1]  # what the old sorted list got wrong
+    text = run_track_term_ceiling("tiny", [0, 1], work, tmp_path / "c.md", console, "cmd", models=("popularity",),
+                                  intervened=()).read_text()
+    assert f"on the val videos ({counts[0]} and {counts[1]} for seeds 0 and 1; `TrackTermFit`" in text
+    assert counts_per_world([184, 184, 184], [0, 1, 2]) == "184 per world"
+    assert counts_per_world([184, 173, 180], [2, 0, 1]) == "184, 173 and 180 for seeds 2, 0 and 1"

@@ -824,7 +824,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
              made + "Full-catalogue Recall@10, mean ± standard deviation over seeds. *ranked*: the model as it ranks. "
              "*fitted track term*: the same scores with a scale and a per-track term fitted to the split's true "
              "choice probabilities by cross-entropy, on the val videos "
-             f"({', '.join(map(str, sorted(set(n_videos))))} per world; `TrackTermFit`: the truth of a simulated "
+             f"({counts_per_world(n_videos, list(worlds))}; `TrackTermFit`: the truth of a simulated "
              "world, so a diagnostic, not a method). *change*: the relative change of the mean. What the fitted "
              "term gains is what the model's own per-track term (its track prior) loses; on `test_unbiased` "
              "(choice by content alone) the gap left to the oracle is in the similarity itself, on `test` it "
@@ -846,6 +846,14 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     if intervened and "test_unbiased" in splits:
         lines += intervened_section(cells, learners, seeds, redraws)
     return write_report(out, lines, console)
+
+
+def counts_per_world(counts: Sequence[int], seeds: Sequence[int]) -> str:
+    """How many of something each seed's world has, in seed order: "184 per world" when every seed's is the same,
+    else "184 and 173 for seeds 0 and 1"."""
+    if len(set(counts)) == 1:
+        return f"{counts[0]} per world"
+    return f"{in_words(counts)} for seeds {in_words(seeds)}"
 
 
 def write_report(out: Path, lines: list[str], console: Console, figures: dict[str, object] | None = None) -> Path:
