@@ -618,3 +618,32 @@ def test_a_second_grid_into_the_same_folder_is_refused_while_the_first_runs(tiny
     with writing_lock(out), pytest.raises(DatasetError, match=r"is writing it now"):
         run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, out)
     assert not out.exists()
+
+
+def test_a_resumed_grid_keeps_the_command_that_started_it(tiny_dir, tmp_path, monkeypatch):
+    # tune --resume recorded itself (with --resume) as the command that made the grid, in tuning.md and tuning.json
+    import shlex
+
+    import bgmrec.runs
+
+    real, calls = bgmrec.runs.train_model, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_second)
+    out = tmp_path / "tune"
+    started = ["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out), "--grid", "seed=0",
+               "--grid", "seed=1"]
+    assert main(started) == 130
+    assert main([*started, "--resume"]) == 0  # finishes it
+    assert main([*started, "--resume"]) == 0  # a finished grid, resumed again: nothing trained, written again
+    assert len(calls) == 3
+    original, resumed = shlex.join(["bgmrec", *started]), shlex.join(["bgmrec", *started, "--resume"])
+    saved = json.loads((out / "tuning.json").read_text())
+    assert saved["complete"] and saved["command"] == original and saved["resumed_by"] == [resumed, resumed]
+    md = (out / "tuning.md").read_text()
+    assert f"Made by `{original}`, resumed by `{resumed}`.\n" in md and md.count("resumed by") == 1

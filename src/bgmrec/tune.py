@@ -79,7 +79,8 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
              resume: bool = False) -> list[Trial]:
     """Train ``model`` at every point of ``grid`` (on top of ``sets``) into ``out/<point>``, rank each on
     val, write ``out/tuning.json`` (after every point) and ``out/tuning.md``; return the trials, best val
-    Recall@10 first. Both files record the command (:func:`tune_command`), the fixed fields and the seed
+    Recall@10 first. Both files record the command that started the grid (:func:`tune_command`; with ``resume``,
+    the stopped grid's, and this command in ``resumed_by``, after any earlier resume's), the fixed fields and the seed
     every point used (``seed`` None: ``sets``' seed or the config's default, 0); ``tuning.md`` also says the
     inference mode each point was ranked in, for a model with several. The last ``tuning.json`` (``complete``)
     and ``tuning.md`` are renamed into place together (:func:`~bgmrec.data.dataset.write_files_together`), so
@@ -150,9 +151,15 @@ def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, set
               "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit(),
               "command": tune_command(data, model, out, grid, sets, seed, teacher, resume)}
     finished = _finished_points(Path(out), record) if resume else {}
-    if finished:  # the points as the stopped grid named them: its keys may have been given in another order
-        grid = {k: grid[k] for k in read_json(Path(out) / "tuning.json")["grid"]}
-        record.update(grid=grid, command=tune_command(data, model, out, grid, sets, seed, teacher, resume))
+    if resume and (Path(out) / "tuning.json").is_file():  # a stopped grid, the same as this one (checked above)
+        started = read_json(Path(out) / "tuning.json")
+        grid = {k: grid[k] for k in started["grid"]}  # the points as it named them: keys given in another order
+        resumed_by = [c for c in started.get("resumed_by", []) if isinstance(c, str)] \
+            if isinstance(started.get("resumed_by"), list) else []
+        record.update(grid=grid,  # the command that started the grid, and each that resumed it
+                      command=started["command"] if isinstance(started.get("command"), str)
+                      else tune_command(data, model, out, grid, sets, seed, teacher),
+                      resumed_by=[*resumed_by, tune_command(data, model, out, grid, sets, seed, teacher, resume)])
     ds, points, base, configs = _preflight(
         data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
@@ -475,7 +482,8 @@ def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial],
     grid_text = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
     return "\n".join([
         f"# Tuning {model} on val ({time.strftime('%Y-%m-%d')})", "",
-        *([f"Made by `{record['command']}`.", ""] if record and record.get("command") else []),
+        *([f"Made by `{record['command']}`" + "".join(f", resumed by `{c}`" for c in dict.fromkeys(
+            record.get("resumed_by") or [])) + ".", ""] if record and record.get("command") else []),
         *([f"Dataset {made}.", ""] if made else []),
         f"Grid: {grid_text}.{fixed_text(record) if record else ''}{modes_text(trials)} Each point trained with early "
         "stopping on val, then ranked on the whole val split (full catalogue); *vs the first point*: the change "
