@@ -28,18 +28,19 @@ def check_own_folder(out: Path, option: str, what: str, own: Sequence[str]) -> N
     """Refuse (a ValueError naming ``out``), before any work, an output folder that is not empty and holds
     anything but entries whose names match ``own`` (glob patterns of what the command writes there, so a folder
     ``what`` it wrote before passes, and is reused), as ``tune`` refuses its ``--out`` (the same listing,
-    :func:`bgmrec.tune._contents`: what a killed write leaves behind does not count). A dataset, a model run or
-    another command's folder is never written into, so a later command replacing it whole (``simulate`` into a
-    dataset folder) cannot delete this command's output with it."""
+    :func:`bgmrec.tune.output_folder_contents`: what a killed write leaves behind does not count). A dataset, a
+    model run or another command's folder is never written into, so a later command replacing it whole
+    (``simulate`` into a dataset folder) cannot delete this command's output with it."""
     from fnmatch import fnmatchcase
 
     from bgmrec.data.dataset import describe_folder
-    from bgmrec.tune import _contents
+    from bgmrec.tune import output_folder_contents
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {out}: exists and is not a folder; give a new or empty folder")
-    foreign = sorted(p.name for p in _contents(out) if not any(fnmatchcase(p.name, pattern) for pattern in own))
+    foreign = sorted(p.name for p in output_folder_contents(out)
+                     if not any(fnmatchcase(p.name, pattern) for pattern in own))
     if not foreign:
         return
     described = describe_folder(out, "manifest.json", "a dataset")

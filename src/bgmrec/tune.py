@@ -302,7 +302,7 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
     from bgmrec.data.dataset import DatasetError, read_json
 
     path = out / "tuning.json"
-    if not _contents(out) and not path.is_file():
+    if not output_folder_contents(out) and not path.is_file():
         return {}
     try:
         stopped = read_json(path)
@@ -384,7 +384,7 @@ def _as_resumed(record: dict, model: str) -> dict:
     return out
 
 
-def _contents(out: Path) -> list[Path]:
+def output_folder_contents(out: Path) -> list[Path]:
     """What ``out`` holds besides the temporary folders a training stopped by a kill leaves behind and a
     ``tuning.json`` of no trial (a grid stopped or failed before its first point finished, with nothing
     else of it here: a new grid may take the folder)."""
@@ -414,7 +414,7 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
     from bgmrec.models.registry import build, prepare_teacher
     from bgmrec.runs import check_teacher_data
 
-    if empty_out and out.exists() and (not out.is_dir() or _contents(out)):
+    if empty_out and out.exists() and (not out.is_dir() or output_folder_contents(out)):
         raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs, "
                          "or --resume to finish a stopped grid there")
     ds = load_dataset(data)
