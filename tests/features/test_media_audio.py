@@ -574,6 +574,39 @@ def test_metadata_without_genres_or_covering_every_track_is_named(tmp_path, musi
     assert rep.warnings == []
 
 
+def test_extracting_again_without_the_metadata_says_which_tracks_lose_it(tmp_path, music_dir, capsys):
+    # run again without --meta, a catalogue lost every title, artist and genre: "0 new since the last extraction"
+    from bgmrec.cli import main
+
+    meta = tmp_path / "meta.csv"
+    meta.write_text("id,title,artist,genre\n" + "".join(f"track{i},T{i},A{i},rock\n" for i in range(4))
+                    + "track4,,,\n", encoding="utf-8")
+    cat = tmp_path / "cat"
+    assert extract_music(music_dir, cat, meta=meta, extractor=Counting(), progress=False).warnings == []
+    again = extract_music(music_dir, cat, meta=meta, extractor=Counting(), progress=False)
+    assert again.warnings == []  # the same metadata: nothing to say
+    bare = extract_music(music_dir, cat, extractor=Counting(), progress=False)
+    assert bare.warnings == [
+        f"{cat}: its last extraction gave 4 of these 5 track(s) metadata this one does not (genre of 4, title of 4, "
+        "artist of 4; e.g. 'track0'): no metadata CSV was given (--meta), so their titles are now their ids and "
+        "their artists and genres empty; give the CSV again to keep them"]
+    assert load_catalog(cat).genre == [""] * 5  # not carried over: the folder holds its last extraction
+    assert extract_music(music_dir, cat, extractor=Counting(), progress=False).warnings == []  # said once
+    extract_music(music_dir, cat, meta=meta, extractor=Counting(), progress=False)
+    meta.write_text("id,title,artist,genre\n" + "".join(f"track{i},T{i},A{i},rock\n" for i in range(3))
+                    + "track3,T3,A3,\n", encoding="utf-8")  # track3's genre left out, track4 as before
+    fewer = extract_music(music_dir, cat, meta=meta, extractor=Counting(), progress=False)
+    assert fewer.warnings[-1] == (
+        f"{cat}: its last extraction gave 1 of these 5 track(s) metadata this one does not (genre of 1; e.g. "
+        f"'track3'): {meta} gives them none now, so those are left empty (a title: the id); add them to {meta} to "
+        "keep them")
+    capsys.readouterr()
+    assert main(["extract-music", str(music_dir), "--out", str(cat), "--workers", "1", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "0 new since the last extraction" in out.out
+    assert "its last extraction gave 4 of these 5 track(s) metadata this one does not" in " ".join(out.err.split())
+
+
 # ---- the command line: options and inputs checked before any work, another kind of folder refused ----------
 
 def run_cli(capsys, *args) -> tuple[int, str]:

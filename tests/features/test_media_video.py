@@ -225,6 +225,35 @@ def test_a_changed_caption_is_embedded_again_and_counted(tmp_path, video_dir):
     assert again.captions_embedded == 1 and again.extracted == 0  # the frames from the cache, the caption anew
 
 
+def test_extracting_again_without_the_captions_says_how_many_videos_lose_theirs(tmp_path, video_dir, capsys):
+    # run again without --captions, a videos folder lost every caption (text_mask all False): "0 new since ..."
+    out = tmp_path / "vids"
+    caps = tmp_path / "captions.csv"
+    caps.write_text("id,caption\nclip0,Surfing at dawn\nmute,Quiet city\nclip1,\n", encoding="utf-8")
+    kw = dict(config=VideoConfig(frames=4), progress=False, frames=CountingFrames(), text=mf.text_encoder())
+    extract_videos(video_dir, out, captions=caps, **kw)
+    assert extract_videos(video_dir, out, captions=caps, **kw).warnings == []  # the same captions: nothing to say
+    bare = extract_videos(video_dir, out, **kw)
+    assert bare.warnings == [
+        f"{out}: 2 of these 5 video(s) had a caption in its last extraction and have none in this one (e.g. "
+        "'clip0'): no captions CSV was given (--captions), so they are kept without text (text_mask False); give "
+        "the CSV again to keep their captions"]
+    assert not load_video_features(out).text_mask.any()  # not carried over: the folder holds its last extraction
+    assert extract_videos(video_dir, out, **kw).warnings == []  # said once
+    extract_videos(video_dir, out, captions=caps, **kw)
+    caps.write_text("id,caption\nclip0,Surfing at dawn\nmute,\n", encoding="utf-8")  # mute's caption emptied
+    fewer = extract_videos(video_dir, out, captions=caps, **kw)
+    assert fewer.warnings == [
+        f"{out}: 1 of these 5 video(s) had a caption in its last extraction and have none in this one (e.g. "
+        f"'mute'): {caps} gives them no caption now, so they are kept without text; add their captions to it to "
+        "keep them"]
+    extract_videos(video_dir, out, captions=caps, **kw)
+    code, err = run_cli(capsys, "extract-videos", str(video_dir), "--out", str(out), "--frames", "4",
+                        "--no-progress")
+    assert code == 0 and ("1 of these 5 video(s) had a caption in its last extraction and have none in this one "
+                          "(e.g. 'clip0'): no captions CSV was given (--captions)") in err, err
+
+
 def test_a_failed_write_leaves_the_earlier_videos_folder_as_it_was(tmp_path, video_dir, monkeypatch):
     out = tmp_path / "vids"
     extract_videos(video_dir, out, config=VideoConfig(frames=4), progress=False, frames=CountingFrames(),

@@ -31,8 +31,10 @@ The optional metadata CSV (``--meta``) has a column ``id`` (the file stem) or ``
 its path under AUDIO_DIR as tracks.csv writes it: ``rock/a.wav``) (without either: one of ``track``,
 ``track_id``, ``music`` or ``music_id``, as the pairs CSV names it) and any of ``title``,
 ``artist``, ``genre``; missing titles default to the id. An id (or file)
-on two rows is an error naming both lines; rows naming no track file, tracks no row names, and a file
-giving no genre at all are each named in a warning.
+on two rows is an error naming both lines; rows naming no track file, tracks no row names, a file
+giving no genre at all, and tracks losing a title, artist or genre the folder's last extraction gave them (run
+again without ``--meta``: nothing is carried over from the folder, the CSV is given every time) are each named
+in a warning.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ from bgmrec.features.cache import (
     media_keys,
     nothing_extracted,
     one_line,
+    previous_rows,
     progress_bar,
     read_csv_lines,
     read_csv_utf8,
@@ -486,6 +489,35 @@ def meta_coverage_warnings(path: Path, metadata: dict[str, tuple[int, dict[str, 
     return warnings
 
 
+def lost_metadata_warning(out: Path, rows: list[list[str]], meta: Path | None) -> str | None:
+    """A warning line when tracks of ``rows`` (tracks.csv's rows about to be written to ``out``) lose a title,
+    artist or genre the folder's last extraction gave them (a title other than the id): most often an extraction
+    run again without the metadata CSV, which blanked every title, artist and genre with no word but "0 new since
+    the last extraction". The values are not carried over (the folder holds its last extraction only, and the
+    CSV is where they live); the line says how to keep them. None when no track loses any."""
+    before = previous_rows(out, "tracks.csv", ())
+    lost: dict[str, list[str]] = {"genre": [], "title": [], "artist": []}
+    for tid, title, artist, genre, *_ in rows:
+        old = before.get(tid)
+        if old is None:
+            continue
+        now = {"title": title if title != tid else "", "artist": artist, "genre": genre}
+        for k, ids in lost.items():
+            had = (old.get(k) or "").strip()
+            if had and (k != "title" or had != tid) and not now[k]:
+                ids.append(tid)
+    losing = sorted({tid for ids in lost.values() for tid in ids})
+    if not losing:
+        return None
+    what = ", ".join(f"{k} of {len(ids)}" for k, ids in lost.items() if ids)
+    return (f"{out}: its last extraction gave {len(losing)} of these {len(rows)} track(s) metadata this one does not "
+            f"({what}; e.g. {losing[0]!r}): " +
+            ("no metadata CSV was given (--meta), so their titles are now their ids and their artists and genres "
+             "empty; give the CSV again to keep them" if meta is None else
+             f"{meta} gives them none now, so those are left empty (a title: the id); add them to {meta} to keep "
+             "them"))
+
+
 def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: AudioConfig | None = None,
                   workers: int = 2, cache_dir: Path | None = None, progress: bool = True,
                   extractor: AudioExtractor | None = None, prune_cache: bool = False) -> ExtractReport:
@@ -576,6 +608,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
                                  f"track file in {audio_dir}") if meta else None
     uncovered = meta_coverage_warnings(Path(meta), metadata, kept, audio_dir) if meta else []
     left_out, added = last_extraction(out, [r[0] for r in rows], "track", audio_dir, failures)
+    lost = lost_metadata_warning(out, rows, Path(meta) if meta else None)
     manifest = {
         "kind": CATALOG_KIND,
         "extractors": {"opensmile": {"feature_set": config.opensmile_set, "level": "functionals",
@@ -596,7 +629,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     pruned = cache.prune({key for _, _, key in kept}) if prune_cache else None
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures,
-                         [w for w in [unused] if w] + uncovered + [w for w in [left_out] if w], added=added,
+                         [w for w in [unused] if w] + uncovered + [w for w in [left_out, lost] if w], added=added,
                          pruned=pruned)
 
 

@@ -521,6 +521,19 @@ def last_extraction(out: Path, ids: list[str], what: str, source: Path,
             "extract the whole collection to keep them (vectors computed before come from the cache)"), added
 
 
+def previous_rows(out: Path, table: str, columns: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``{id: row}`` of the table ``table`` (``tracks.csv``, ``videos.csv``) of the extraction the folder ``out``
+    holds, the rows having ``columns``; {} when it holds none (no manifest.json with ``ids``: a new folder, or
+    what an interrupted run left) or the table cannot be read (such a folder is replaced all the same)."""
+    try:  # a DatasetError is a ValueError
+        ids = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8")).get("ids")
+        if not isinstance(ids, list):
+            return {}
+        return {row["id"]: row for row in read_csv_utf8(Path(out) / table, ("id", *columns))}
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return {}
+
+
 def first_missing(path: Path) -> Path | None:
     """The top-most folder that creating ``path`` would add (``path`` itself or a missing parent), or None
     when it exists: what to remove to leave the disk as it was."""

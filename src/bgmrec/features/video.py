@@ -30,7 +30,9 @@ The optional captions CSV (``--captions``) has a column ``id`` (file stem) or ``
 ``video`` or ``video_id``, as the pairs CSV names it) and a column ``caption``, optionally ``hashtags``. It
 should be UTF-8; rows that are not valid UTF-8 are reported and their video is kept without text. A video
 with no row is kept without text and reported; an empty caption is simply "no text". An id (or file) on
-two rows is an error naming both lines; rows naming no video file are counted in a warning.
+two rows is an error naming both lines; rows naming no video file are counted in a warning, and so are videos
+that had a caption in the folder's last extraction and have none in this one (run again without ``--captions``:
+nothing is carried over from the folder, the CSV is given every time).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ from bgmrec.features.cache import (
     media_keys,
     nothing_extracted,
     one_line,
+    previous_rows,
     progress_bar,
     read_csv_utf8,
     read_manifest,
@@ -465,6 +468,24 @@ class VideoFeatures:
                 if row["file"] == file and row["reason"].startswith(REPEATED)]
 
 
+def lost_captions_warning(out: Path, ids: list[str], captions_of: list[str], captions: Path | None) -> str | None:
+    """A warning line when videos ``ids`` (with this extraction's ``captions_of``, "" for no text) had a caption in
+    the folder ``out``'s last extraction and have none in this one: most often an extraction run again without
+    the captions CSV, which dropped every caption (text_mask all False) with no word but "0 new since the last
+    extraction". Captions are not carried over (the folder holds its last extraction only, and the CSV is where
+    they live); the line says how to keep them. None when no video loses its caption."""
+    before = previous_rows(out, "videos.csv", ("caption",))
+    lost = [v for v, c in zip(ids, captions_of, strict=True) if not c and (before.get(v, {}).get("caption") or "")]
+    if not lost:
+        return None
+    return (f"{out}: {len(lost)} of these {len(ids)} video(s) had a caption in its last extraction and have none in "
+            f"this one (e.g. {lost[0]!r}): " +
+            ("no captions CSV was given (--captions), so they are kept without text (text_mask False); give the CSV "
+             "again to keep their captions" if captions is None else
+             f"{captions} gives them no caption now, so they are kept without text; add their captions to it to "
+             "keep them"))
+
+
 def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
                    config: VideoConfig | None = None, cache_dir: Path | None = None, progress: bool = True,
                    frames: FrameEncoder | None = None, text: TextEncoder | None = None,
@@ -585,6 +606,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "content_hash": arrays_sha256(vis, text_vecs, text_mask),
     }
     left_out, added = last_extraction(out, manifest["ids"], "video", video_dir, failures)
+    lost = lost_captions_warning(out, manifest["ids"], captions_of, Path(captions) if captions else None)
     write_files_together(out, {  # all or nothing: a failed write leaves an earlier videos folder as it was
         "visual.npy": lambda tmp: save_npy_atomic(tmp, vis),
         "text.npy": lambda tmp: save_npy_atomic(tmp, text_vecs),
@@ -598,8 +620,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         text_keys = {sha256_text(c) for c in captions_of if c}
         pruned = tuple(map(sum, zip(vcache.prune(visual_keys), tcache.prune(text_keys), strict=True)))
     return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
-                         [w for w in [unused, left_out] if w], captions_embedded=len(missing) if captions else None,
-                         added=added, pruned=pruned)
+                         [w for w in [unused, left_out, lost] if w],
+                         captions_embedded=len(missing) if captions else None, added=added, pruned=pruned)
 
 
 def load_video_features(root: Path, mmap: bool = False) -> VideoFeatures:
