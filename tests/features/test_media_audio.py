@@ -607,6 +607,43 @@ def test_extracting_again_without_the_metadata_says_which_tracks_lose_it(tmp_pat
     assert "its last extraction gave 4 of these 5 track(s) metadata this one does not" in " ".join(out.err.split())
 
 
+def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reuse_is_named(tmp_path, music_dir,
+                                                                                           capsys):
+    # the README's weekly advice pointed week 2 at week 1's folder's cache: week 3, pointed at week 2's, found no
+    # cache there, extracted everything again and created the path, silently
+    from bgmrec.cli import main
+
+    shared = tmp_path / "cache" / "audio"
+    first = extract_music(music_dir, tmp_path / "w1", cache_dir=shared, extractor=(w1 := Counting()), progress=False)
+    assert w1.calls == 5 and first.warnings == [
+        f"{shared}: no such cache folder: a new cache was started there, nothing reused; to reuse vectors extracted "
+        "before, give the cache folder those extractions used (OUT/.cache/audio by default), the same folder every "
+        "time"]
+    for week in ("w2", "w3"):  # the README's way: the same folder every week, every vector reused, nothing to say
+        rep = extract_music(music_dir, tmp_path / week, cache_dir=shared, extractor=(again := Counting()),
+                            progress=False)
+        assert again.calls == 0 and rep.cached == 5 and rep.warnings == []
+        assert not (tmp_path / week / ".cache").exists()
+    stale = tmp_path / "w3" / ".cache" / "audio"  # the old advice's week 3: a folder's own cache, never written
+    rep = extract_music(music_dir, tmp_path / "w4", cache_dir=stale, extractor=Counting(), progress=False)
+    assert rep.cached == 0 and rep.warnings[0].startswith(f"{stale}: no such cache folder: a new cache was started "
+                                                          "there, nothing reused")
+    above = tmp_path / "cache"  # the folder above the cache meant: no vectors of these settings in it
+    rep = extract_music(music_dir, tmp_path / "w5", cache_dir=above, extractor=Counting(), progress=False)
+    assert rep.cached == 0 and rep.warnings == [
+        f"{above}: a cache folder without vectors of these extraction settings: nothing reused (settings changed "
+        "since, another extractor's cache, or a folder above or below the one meant: this extractor's default cache "
+        "is OUT/.cache/audio)"]
+    assert extract_music(music_dir, tmp_path / "w6", extractor=Counting(), progress=False).warnings == []  # default
+    capsys.readouterr()
+    typo = tmp_path / "cahce" / "audio"
+    assert main(["extract-music", str(music_dir), "--out", str(tmp_path / "w7"), "--cache", str(typo), "--workers",
+                 "1", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "(0 extracted, 5 from the cache" not in out.out and "(5 extracted, 0 from the cache" in out.out
+    assert f"{typo}: no such cache folder: a new cache was started there, nothing reused" in " ".join(out.err.split())
+
+
 # ---- the command line: options and inputs checked before any work, another kind of folder refused ----------
 
 def run_cli(capsys, *args) -> tuple[int, str]:

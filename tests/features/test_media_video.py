@@ -254,6 +254,24 @@ def test_extracting_again_without_the_captions_says_how_many_videos_lose_theirs(
                           "(e.g. 'clip0'): no captions CSV was given (--captions)") in err, err
 
 
+def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reuse_is_named(tmp_path, video_dir):
+    shared = tmp_path / "cache" / "video"
+    kw = dict(config=VideoConfig(frames=4), progress=False, text=mf.text_encoder())
+    first = extract_videos(video_dir, tmp_path / "w1", cache_dir=shared, frames=CountingFrames(), **kw)
+    assert first.warnings == [
+        f"{shared}: no such cache folder: a new cache was started there, nothing reused; to reuse vectors extracted "
+        "before, give the cache folder those extractions used (OUT/.cache by default), the same folder every time"]
+    for week in ("w2", "w3"):  # the same folder every week: every clip from it, nothing to say
+        rep = extract_videos(video_dir, tmp_path / week, cache_dir=shared, frames=(again := CountingFrames()), **kw)
+        assert again.calls == 0 and rep.cached == 5 and rep.warnings == []
+    below = shared / "visual"  # one of the caches in it, not the folder holding both
+    rep = extract_videos(video_dir, tmp_path / "w4", cache_dir=below, frames=(again := CountingFrames()), **kw)
+    assert again.calls == 5 and rep.warnings == [
+        f"{below}: a cache folder without vectors of these extraction settings: nothing reused (settings changed "
+        "since, another extractor's cache, or a folder above or below the one meant: this extractor's default cache "
+        "is OUT/.cache)"]
+
+
 def test_a_failed_write_leaves_the_earlier_videos_folder_as_it_was(tmp_path, video_dir, monkeypatch):
     out = tmp_path / "vids"
     extract_videos(video_dir, out, config=VideoConfig(frames=4), progress=False, frames=CountingFrames(),

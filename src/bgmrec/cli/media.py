@@ -76,7 +76,9 @@ def extract_music_cmd(
     workers: int = typer.Option(2, help="processes analysing tracks in parallel"),
     seconds: float = typer.Option(60.0, help="analyse only the first this many seconds of each track"),
     sample_rate: int = typer.Option(22050, help="tracks are resampled to this rate (Hz, 16000 to 96000), mono"),
-    cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache/audio)"),
+    cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache/audio); to reuse vectors across "
+                                                 "output folders (a catalogue a week), one folder outside them, the "
+                                                 "same every time, e.g. cache/audio"),
     prune_cache: bool = typer.Option(False, "--prune-cache", help=PRUNE_HELP),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
@@ -101,7 +103,9 @@ def extract_videos_cmd(
                                                     "caption[, hashtags]"),
     frames: int = typer.Option(8, help="frames sampled evenly over each clip"),
     threads: int = typer.Option(2, help="frames embedded in parallel (one torch thread each)"),
-    cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache)"),
+    cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache); to reuse vectors across output "
+                                                 "folders (a videos folder a week), one folder outside them, the same "
+                                                 "every time, e.g. cache/video"),
     prune_cache: bool = typer.Option(False, "--prune-cache", help=PRUNE_HELP),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:

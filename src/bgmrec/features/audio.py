@@ -77,6 +77,7 @@ from bgmrec.features.cache import (
     key_columns,
     last_extraction,
     media_keys,
+    new_cache_warning,
     nothing_extracted,
     one_line,
     previous_rows,
@@ -549,6 +550,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=out, progress=progress)
     cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings, len(feature_names))
     created = first_missing(cache.folder)
+    no_reuse = new_cache_warning(cache_dir, cache, "OUT/.cache/audio")
     cache.describe()
 
     vectors, todo = split_cached(items, cache)
@@ -629,8 +631,8 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     pruned = cache.prune({key for _, _, key in kept}) if prune_cache else None
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures,
-                         [w for w in [unused] if w] + uncovered + [w for w in [left_out, lost] if w], added=added,
-                         pruned=pruned)
+                         [w for w in [no_reuse, unused] if w] + uncovered + [w for w in [left_out, lost] if w],
+                         added=added, pruned=pruned)
 
 
 def load_catalog(root: Path) -> Catalog:

@@ -9,7 +9,10 @@ copied file is not extracted twice, an edited one is; ``config-key`` is a short 
 extractor settings and versions, so changing them never reuses stale vectors (and an entry that is not a
 finite vector of the extractor's length, damaged or left by something else, is redone). Every entry is
 written atomically (temporary name, then :func:`os.replace`): an interrupted run leaves only
-complete entries, and the next run resumes from them.
+complete entries, and the next run resumes from them. Extractions into several output folders (a catalogue a
+week) share vectors through one cache folder outside them, named every time; a cache folder named explicitly
+that holds nothing to reuse (a new path, another extractor's cache) is named in a warning
+(:func:`new_cache_warning`).
 
 ``failures.csv`` has the columns ``file,reason``: one row per input that was skipped, or kept with a note (a
 reason starting :data:`KEPT`: a video used without text, or with frames repeated), the reason on one line.
@@ -532,6 +535,25 @@ def previous_rows(out: Path, table: str, columns: tuple[str, ...]) -> dict[str, 
         return {row["id"]: row for row in read_csv_utf8(Path(out) / table, ("id", *columns))}
     except (OSError, ValueError, AttributeError, RecursionError):
         return {}
+
+
+def new_cache_warning(given: Path | None, cache: FeatureCache, default: str) -> str | None:
+    """A warning line when a cache folder named explicitly (``given``: extract-music's or extract-videos' ``--cache``,
+    before this run touched it) holds nothing this run can reuse: it did not exist (a new cache: a wrong path was
+    created silently, and everything extracted again), or it has no vectors of this extractor's settings
+    (``cache``'s folder), as when it is another extractor's cache, or the folder above the one meant. None for the
+    default cache (``default`` names it, e.g. "OUT/.cache/audio"), which a first extraction starts, and for a
+    cache with vectors of these settings."""
+    if given is None or cache.folder.is_dir():
+        return None
+    given = Path(given)
+    if not given.exists():
+        return (f"{given}: no such cache folder: a new cache was started there, nothing reused; to reuse vectors "
+                f"extracted before, give the cache folder those extractions used ({default} by default), the same "
+                "folder every time")
+    return (f"{given}: a cache folder without vectors of these extraction settings: nothing reused (settings changed "
+            f"since, another extractor's cache, or a folder above or below the one meant: this extractor's default "
+            f"cache is {default})")
 
 
 def first_missing(path: Path) -> Path | None:

@@ -74,6 +74,7 @@ from bgmrec.features.cache import (
     key_columns,
     last_extraction,
     media_keys,
+    new_cache_warning,
     nothing_extracted,
     one_line,
     previous_rows,
@@ -516,6 +517,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None}, VISUAL_DIM)
     tcache = FeatureCache(cache_root / "text", text.settings, TEXT_DIM)
     created = first_missing(vcache.folder)
+    no_reuse = new_cache_warning(cache_dir, vcache, "OUT/.cache")
     vcache.describe()
     tcache.describe()
 
@@ -620,7 +622,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         text_keys = {sha256_text(c) for c in captions_of if c}
         pruned = tuple(map(sum, zip(vcache.prune(visual_keys), tcache.prune(text_keys), strict=True)))
     return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
-                         [w for w in [unused, left_out, lost] if w],
+                         [w for w in [no_reuse, unused, left_out, lost] if w],
                          captions_embedded=len(missing) if captions else None, added=added, pruned=pruned)
 
 
