@@ -644,6 +644,37 @@ def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reu
     assert f"{typo}: no such cache folder: a new cache was started there, nothing reused" in " ".join(out.err.split())
 
 
+def test_genre_names_differing_only_in_case_or_spacing_are_named(tmp_path, music_dir, capsys):
+    # "Rock" for one track and "rock" for the others made two genres with no word: DecCM's confounder changed
+    from bgmrec.cli import main
+
+    meta = tmp_path / "meta.csv"
+    meta.write_text("id,genre\ntrack0,Rock\ntrack1, rock \ntrack2,rock\ntrack3,Hip  Hop\ntrack4,hip hop\n",
+                    encoding="utf-8")
+    rep = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
+    assert rep.warnings == [
+        f"{meta}: 2 genre(s) are written in several ways, differing only in letter case, spacing or accent encoding, "
+        "and each way is a genre of its own (DecCM's confounder and the per-genre figures count them apart): 'rock' "
+        "(2 tracks), 'Rock' (1 track); 'Hip  Hop' (1 track), 'hip hop' (1 track); write each genre one way in "
+        "meta.csv"]
+    # kept as written (the CSV is what a genre is), spaces at either end stripped
+    assert load_catalog(tmp_path / "cat").genre == ["Rock", "rock", "rock", "Hip  Hop", "hip hop"]
+    meta.write_text("id,genre\n" + "".join(f"track{i},{g}\n" for i, g in enumerate(
+        ["rock", " rock", "rock ", "Caf\u00e9", "Cafe\u0301"])), encoding="utf-8")  # an accent encoded two ways
+    rep = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
+    assert rep.warnings == [
+        f"{meta}: 1 genre(s) are written in several ways, differing only in letter case, spacing or accent encoding, "
+        "and each way is a genre of its own (DecCM's confounder and the per-genre figures count them apart): "
+        "'Cafe\\u0301' (a combining accent) (1 track), 'Café' (1 track); write each genre one way in meta.csv"]
+    meta.write_text("id,genre\n" + "".join(f"track{i},{g}\n" for i, g in enumerate(
+        ["rock", "Rock", "POP", "pop", "jazz"])), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["extract-music", str(music_dir), "--out", str(tmp_path / "cat2"), "--meta", str(meta),
+                 "--workers", "1", "--no-progress"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'POP' (1 track), 'pop' (1 track); 'Rock' (1 track), 'rock' (1 track); write each genre one way" in err
+
+
 # ---- the command line: options and inputs checked before any work, another kind of folder refused ----------
 
 def run_cli(capsys, *args) -> tuple[int, str]:

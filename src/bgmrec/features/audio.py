@@ -32,7 +32,8 @@ its path under AUDIO_DIR as tracks.csv writes it: ``rock/a.wav``) (without eithe
 ``track_id``, ``music`` or ``music_id``, as the pairs CSV names it) and any of ``title``,
 ``artist``, ``genre``; missing titles default to the id. An id (or file)
 on two rows is an error naming both lines; rows naming no track file, tracks no row names, a file
-giving no genre at all, and tracks losing a title, artist or genre the folder's last extraction gave them (run
+giving no genre at all, genre names that differ only in letter case or spacing ("Rock", "rock": kept as
+written, so two genres), and tracks losing a title, artist or genre the folder's last extraction gave them (run
 again without ``--meta``: nothing is carried over from the folder, the CSV is given every time) are each named
 in a warning.
 """
@@ -44,6 +45,7 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -86,6 +88,7 @@ from bgmrec.features.cache import (
     read_csv_utf8,
     read_manifest,
     rows_by_key,
+    same_text,
     scan_media,
     split_cached,
     unused_rows_warning,
@@ -490,6 +493,30 @@ def meta_coverage_warnings(path: Path, metadata: dict[str, tuple[int, dict[str, 
     return warnings
 
 
+def genre_spelling_warning(path: Path, genres: list[str]) -> str | None:
+    """A warning line when genre names of the catalogue's tracks (``genres``, one per track, from the metadata CSV
+    ``path``, without spaces at either end) differ only in letter case, in the spaces inside them or in how an
+    accent is encoded ("Rock" for one track, "rock" for the others): each spelling is a genre of its own to
+    build-dataset, which changes DecCM's confounder and the per-genre figures. The line names the spellings of up
+    to three such genres, with their tracks; the names are kept as written (a genre is what the CSV says)."""
+    spellings: dict[str, Counter[str]] = defaultdict(Counter)
+    for g in filter(None, genres):
+        spellings[" ".join(same_text(g).casefold().split())][g] += 1
+    clashes = sorted((sorted(named.items(), key=lambda kv: (-kv[1], kv[0])) for named in spellings.values()
+                      if len(named) > 1), key=lambda group: (-sum(n for _, n in group), group[0][0]))
+    if not clashes:
+        return None
+    def named(name: str) -> str:  # an accent written as a letter and a combining mark looks like the other
+        return repr(name) if same_text(name) == name else f"{ascii(name)} (a combining accent)"
+
+    shown = "; ".join(", ".join(f"{named(name)} ({n} track{'s' if n > 1 else ''})" for name, n in group)
+                      for group in clashes[:3])
+    more = f"; and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+    return (f"{path}: {len(clashes)} genre(s) are written in several ways, differing only in letter case, spacing or "
+            "accent encoding, and each way is a genre of its own (DecCM's confounder and the per-genre figures count "
+            f"them apart): {shown}{more}; write each genre one way in {path.name}")
+
+
 def lost_metadata_warning(out: Path, rows: list[list[str]], meta: Path | None) -> str | None:
     """A warning line when tracks of ``rows`` (tracks.csv's rows about to be written to ``out``) lose a title,
     artist or genre the folder's last extraction gave them (a title other than the id): most often an extraction
@@ -609,6 +636,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in media_keys(t, p, audio_dir)],
                                  f"track file in {audio_dir}") if meta else None
     uncovered = meta_coverage_warnings(Path(meta), metadata, kept, audio_dir) if meta else []
+    spelled = genre_spelling_warning(Path(meta), [r[3] for r in rows]) if meta else None
     left_out, added = last_extraction(out, [r[0] for r in rows], "track", audio_dir, failures)
     lost = lost_metadata_warning(out, rows, Path(meta) if meta else None)
     manifest = {
@@ -631,7 +659,8 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
     pruned = cache.prune({key for _, _, key in kept}) if prune_cache else None
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures,
-                         [w for w in [no_reuse, unused] if w] + uncovered + [w for w in [left_out, lost] if w],
+                         [w for w in [no_reuse, unused] if w] + uncovered
+                         + [w for w in [spelled, left_out, lost] if w],
                          added=added, pruned=pruned)
 
 
