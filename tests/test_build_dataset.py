@@ -348,6 +348,22 @@ def test_pairs_errors_name_the_physical_line(tmp_path):
         read_pairs(p)
 
 
+def test_genres_written_in_several_ways_are_warned_of(tmp_path, folders):
+    # 'Rock' and 'rock' became two genres without a word (extract-music warns now; a catalogue made before, or
+    # otherwise, reaches build-dataset as it is)
+    vids, _ = folders
+    cat = mf.write_catalog_folder(tmp_path / "music2", np.random.default_rng(1).standard_normal((8, 12)).astype(
+        np.float32), ["pop", "Rock", "", "pop", "jazz", "rock", "pop", "pop"])
+    said = []
+    ds = build_dataset(vids, cat, write_pairs(tmp_path / "p.csv"), tmp_path / "d", warn=said.append)
+    assert ds.genres == ["Rock", "jazz", "pop", "rock", "unknown"]  # kept as written
+    assert [w for w in said if w.startswith(f"{cat / 'tracks.csv'}: 1 genre(s) are written in several ways") and
+            "'Rock' (1 track), 'rock' (1 track)" in w]
+    said.clear()
+    build_dataset(vids, folders[1], write_pairs(tmp_path / "p.csv"), tmp_path / "e", warn=said.append)
+    assert not [w for w in said if "written in several ways" in w]
+
+
 def test_input_rows_with_other_fields_than_the_header_are_refused(tmp_path):
     # a pairs row with a fifth field was used as if it had four, and a short one was "an empty 'uploader'" or, its
     # time missing, made the whole split random; captions and metadata rows were as loose (an app audit)

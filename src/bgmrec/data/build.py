@@ -403,7 +403,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     the module docstring). ``keep_splits_of``, an earlier dataset's folder: its videos keep their split and only
     the others are split (the module docstring); ``warn`` is told when none of its videos is in this build.
     """
-    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.audio import genre_spelling_warning, load_catalog
     from bgmrec.features.video import load_video_features
 
     config = config or BuildConfig()
@@ -473,6 +473,9 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
              "video's tracks is a query ranked without the others, which grows with the square of their number")
 
     genres = sorted({g.strip() or "unknown" for g in cat.genre})
+    spelling = genre_spelling_warning(Path(music_dir) / "tracks.csv", [g.strip() for g in cat.genre])
+    if spelling and warn is not None:  # a catalogue extracted before extract-music warned of it, or made otherwise
+        warn(spelling)
     gpos = {g: k for k, g in enumerate(genres)}
     track_genre = np.array([gpos[g.strip() or "unknown"] for g in cat.genre], np.int64)
 
