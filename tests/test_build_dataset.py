@@ -358,7 +358,14 @@ def test_genres_written_in_several_ways_are_warned_of(tmp_path, folders):
     ds = build_dataset(vids, cat, write_pairs(tmp_path / "p.csv"), tmp_path / "d", warn=said.append)
     assert ds.genres == ["Rock", "jazz", "pop", "rock", "unknown"]  # kept as written
     assert [w for w in said if w.startswith(f"{cat / 'tracks.csv'}: 1 genre(s) are written in several ways") and
-            "'Rock' (1 track), 'rock' (1 track)" in w]
+            w.endswith("'Rock' (1 track), 'rock' (1 track); write each genre one way in the metadata CSV and run "
+                       "extract-music again")]
+    unknown = mf.write_catalog_folder(tmp_path / "music3", np.random.default_rng(1).standard_normal((8, 12)).astype(
+        np.float32), ["pop", "Unknown", "", "pop", "jazz", "rock", "pop", "pop"])  # no genre is 'unknown' to it
+    said.clear()
+    assert build_dataset(vids, unknown, write_pairs(tmp_path / "p.csv"), tmp_path / "u", warn=said.append).genres == [
+        "Unknown", "jazz", "pop", "rock", "unknown"]
+    assert [w for w in said if "no genre ('unknown') (1 track), 'Unknown' (1 track)" in w]
     said.clear()
     build_dataset(vids, folders[1], write_pairs(tmp_path / "p.csv"), tmp_path / "e", warn=said.append)
     assert not [w for w in said if "written in several ways" in w]

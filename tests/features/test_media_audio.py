@@ -615,19 +615,21 @@ def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reu
 
     shared = tmp_path / "cache" / "audio"
     first = extract_music(music_dir, tmp_path / "w1", cache_dir=shared, extractor=(w1 := Counting()), progress=False)
-    assert w1.calls == 5 and first.warnings == [
-        f"{shared}: no such cache folder: a new cache was started there, nothing reused; to reuse vectors extracted "
-        "before, give the cache folder those extractions used (OUT/.cache/audio by default), the same folder every "
-        "time"]
+    new_cache = ("a new cache at {} (nothing in it to reuse yet): give the same --cache every time; a later "
+                 "extraction that finds this note names a path other than the one used before")
+    assert w1.calls == 5 and first.warnings == [] and first.cache_note == new_cache.format(shared)  # right: a note
     for week in ("w2", "w3"):  # the README's way: the same folder every week, every vector reused, nothing to say
         rep = extract_music(music_dir, tmp_path / week, cache_dir=shared, extractor=(again := Counting()),
                             progress=False)
-        assert again.calls == 0 and rep.cached == 5 and rep.warnings == []
+        assert again.calls == 0 and rep.cached == 5 and rep.warnings == [] and rep.cache_note is None
         assert not (tmp_path / week / ".cache").exists()
     stale = tmp_path / "w3" / ".cache" / "audio"  # the old advice's week 3: a folder's own cache, never written
     rep = extract_music(music_dir, tmp_path / "w4", cache_dir=stale, extractor=Counting(), progress=False)
-    assert rep.cached == 0 and rep.warnings[0].startswith(f"{stale}: no such cache folder: a new cache was started "
-                                                          "there, nothing reused")
+    assert rep.cached == 0 and rep.cache_note == new_cache.format(stale)
+    empty = tmp_path / "made"  # made beforehand (mkdir -p): new as well, not "without vectors of these settings"
+    empty.mkdir()
+    rep = extract_music(music_dir, tmp_path / "w4b", cache_dir=empty, extractor=Counting(), progress=False)
+    assert rep.warnings == [] and rep.cache_note == new_cache.format(empty)
     above = tmp_path / "cache"  # the folder above the cache meant: no vectors of these settings in it
     rep = extract_music(music_dir, tmp_path / "w5", cache_dir=above, extractor=Counting(), progress=False)
     assert rep.cached == 0 and rep.warnings == [
@@ -635,13 +637,19 @@ def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reu
         "since, another extractor's cache, or a folder above or below the one meant: this extractor's default cache "
         "is OUT/.cache/audio)"]
     assert extract_music(music_dir, tmp_path / "w6", extractor=Counting(), progress=False).warnings == []  # default
+    import shutil  # a cache inside the input folder: its vectors were scanned as tracks, "8 failed" and growing
+
+    songs = shutil.copytree(music_dir, tmp_path / "songs")
+    for week in ("inside1", "inside2"):
+        rep = extract_music(songs, tmp_path / week, cache_dir=songs / "cache", extractor=Counting(), progress=False)
+        assert rep.done == 5 and not [f for f, _ in rep.failures if f.startswith("cache")], rep.failures
     capsys.readouterr()
     typo = tmp_path / "cahce" / "audio"
     assert main(["extract-music", str(music_dir), "--out", str(tmp_path / "w7"), "--cache", str(typo), "--workers",
                  "1", "--no-progress"]) == 0
     out = capsys.readouterr()
     assert "(0 extracted, 5 from the cache" not in out.out and "(5 extracted, 0 from the cache" in out.out
-    assert f"{typo}: no such cache folder: a new cache was started there, nothing reused" in " ".join(out.err.split())
+    assert new_cache.format(typo) in " ".join(out.out.split()) and "warning" not in out.err
 
 
 def test_genre_names_differing_only_in_case_or_spacing_are_named(tmp_path, music_dir, capsys):
@@ -653,9 +661,9 @@ def test_genre_names_differing_only_in_case_or_spacing_are_named(tmp_path, music
                     encoding="utf-8")
     rep = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
     assert rep.warnings == [
-        f"{meta}: 2 genre(s) are written in several ways, differing only in letter case, spacing or accent encoding, "
-        "and each way is a genre of its own (DecCM's confounder and the per-genre figures count them apart): 'rock' "
-        "(2 tracks), 'Rock' (1 track); 'Hip  Hop' (1 track), 'hip hop' (1 track); write each genre one way in "
+        f"{meta}: 2 genre(s) are written in several ways, differing only in letter case, spacing or character "
+        "encoding, and each way is a genre of its own (DecCM's confounder and the per-genre figures count them apart): "
+        "'rock' (2 tracks), 'Rock' (1 track); 'Hip  Hop' (1 track), 'hip hop' (1 track); write each genre one way in "
         "meta.csv"]
     # kept as written (the CSV is what a genre is), spaces at either end stripped
     assert load_catalog(tmp_path / "cat").genre == ["Rock", "rock", "rock", "Hip  Hop", "hip hop"]
@@ -663,9 +671,18 @@ def test_genre_names_differing_only_in_case_or_spacing_are_named(tmp_path, music
         ["rock", " rock", "rock ", "Caf\u00e9", "Cafe\u0301"])), encoding="utf-8")  # an accent encoded two ways
     rep = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False)
     assert rep.warnings == [
-        f"{meta}: 1 genre(s) are written in several ways, differing only in letter case, spacing or accent encoding, "
-        "and each way is a genre of its own (DecCM's confounder and the per-genre figures count them apart): "
-        "'Cafe\\u0301' (a combining accent) (1 track), 'Café' (1 track); write each genre one way in meta.csv"]
+        f"{meta}: 1 genre(s) are written in several ways, differing only in letter case, spacing or character "
+        "encoding, and each way is a genre of its own (DecCM's confounder and the per-genre figures count them apart): "
+        "'Cafe\\u0301' (written with other code points) (1 track), 'Café' (1 track); write each genre one way in "
+        "meta.csv"]
+    # invisible and full-width spellings, and no genre beside 'Unknown' (build-dataset calls no genre 'unknown')
+    meta.write_text("id,genre\n" + "".join(f"track{i},{g}\n" for i, g in enumerate(
+        ["pop", "Pop\u200b", "\uff30\uff4f\uff50", "", "Unknown"])), encoding="utf-8")
+    said = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False).warnings
+    assert [w for w in said if w.endswith(
+        ": 'Pop\\u200b' (written with other code points) (1 track), 'pop' (1 track), '\\uff30\\uff4f\\uff50' (written "
+        "with other code points) (1 track); no genre ('unknown') (1 track), 'Unknown' (1 track); write each genre "
+        "one way in meta.csv")], said
     meta.write_text("id,genre\n" + "".join(f"track{i},{g}\n" for i, g in enumerate(
         ["rock", "Rock", "POP", "pop", "jazz"])), encoding="utf-8")
     capsys.readouterr()

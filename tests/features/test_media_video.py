@@ -258,18 +258,18 @@ def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reu
     shared = tmp_path / "cache" / "video"
     kw = dict(config=VideoConfig(frames=4), progress=False, text=mf.text_encoder())
     first = extract_videos(video_dir, tmp_path / "w1", cache_dir=shared, frames=CountingFrames(), **kw)
-    assert first.warnings == [
-        f"{shared}: no such cache folder: a new cache was started there, nothing reused; to reuse vectors extracted "
-        "before, give the cache folder those extractions used (OUT/.cache by default), the same folder every time"]
+    assert first.warnings == [] and first.cache_note == (  # right the first time: a note, not a warning
+        f"a new cache at {shared} (nothing in it to reuse yet): give the same --cache every time; a later extraction "
+        "that finds this note names a path other than the one used before")
     for week in ("w2", "w3"):  # the same folder every week: every clip from it, nothing to say
         rep = extract_videos(video_dir, tmp_path / week, cache_dir=shared, frames=(again := CountingFrames()), **kw)
-        assert again.calls == 0 and rep.cached == 5 and rep.warnings == []
+        assert again.calls == 0 and rep.cached == 5 and rep.warnings == [] and rep.cache_note is None
     below = shared / "visual"  # one of the caches in it, not the folder holding both
     rep = extract_videos(video_dir, tmp_path / "w4", cache_dir=below, frames=(again := CountingFrames()), **kw)
     assert again.calls == 5 and rep.warnings == [
         f"{below}: a cache folder without vectors of these extraction settings: nothing reused (settings changed "
         "since, another extractor's cache, or a folder above or below the one meant: this extractor's default cache "
-        "is OUT/.cache)"]
+        "is OUT/.cache)"] and rep.cache_note is None
 
 
 def test_a_failed_write_leaves_the_earlier_videos_folder_as_it_was(tmp_path, video_dir, monkeypatch):

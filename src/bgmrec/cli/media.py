@@ -44,6 +44,8 @@ def _summary(what: str, report) -> None:
     con.print(f"wrote {report.done} {what} to {out} ({report.extracted} extracted, {report.cached} from the cache, "
               f"{len(failed)} failed" + "".join(f", {k} {note}" for note, k in sorted(notes.items())) + captions
               + added + ")", markup=False)
+    if report.cache_note is not None:
+        con.print(report.cache_note, markup=False)
     if report.pruned is not None:
         removed, freed = report.pruned
         con.print("pruned the cache: " + (f"{removed} entr{'y' if removed == 1 else 'ies'} no input of this "
@@ -62,8 +64,9 @@ def continue_from_cache(cache: Path) -> str:
 
 
 PRUNE_HELP = ("once written, remove the cache entries no input of this extraction uses (inputs removed or edited "
-              "since, other settings): the cache grows with every input it ever saw; not for a cache other folders "
-              "share")
+              "since, other settings): the cache grows with every input it ever saw; with a cache weekly folders "
+              "share, only from an extraction of the whole collection; never with one another collection or "
+              "extractor uses")
 
 
 @app.command("extract-music")

@@ -473,7 +473,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
              "video's tracks is a query ranked without the others, which grows with the square of their number")
 
     genres = sorted({g.strip() or "unknown" for g in cat.genre})
-    spelling = genre_spelling_warning(Path(music_dir) / "tracks.csv", [g.strip() for g in cat.genre])
+    spelling = genre_spelling_warning(Path(music_dir) / "tracks.csv", [g.strip() for g in cat.genre],
+                                      "write each genre one way in the metadata CSV and run extract-music again")
     if spelling and warn is not None:  # a catalogue extracted before extract-music warned of it, or made otherwise
         warn(spelling)
     gpos = {g: k for k, g in enumerate(genres)}

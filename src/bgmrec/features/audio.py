@@ -45,6 +45,7 @@ import os
 import signal
 import sys
 import threading
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -72,6 +73,7 @@ from bgmrec.features.cache import (
     MediaError,
     arrays_sha256,
     av_version,
+    cache_reuse,
     check_input_folder,
     check_manifest_content,
     check_output_folder,
@@ -79,7 +81,6 @@ from bgmrec.features.cache import (
     key_columns,
     last_extraction,
     media_keys,
-    new_cache_warning,
     nothing_extracted,
     one_line,
     previous_rows,
@@ -88,7 +89,6 @@ from bgmrec.features.cache import (
     read_csv_utf8,
     read_manifest,
     rows_by_key,
-    same_text,
     scan_media,
     split_cached,
     unused_rows_warning,
@@ -493,28 +493,39 @@ def meta_coverage_warnings(path: Path, metadata: dict[str, tuple[int, dict[str, 
     return warnings
 
 
-def genre_spelling_warning(path: Path, genres: list[str]) -> str | None:
+def genre_spelling_warning(path: Path, genres: list[str], remedy: str | None = None) -> str | None:
     """A warning line when genre names of the catalogue's tracks (``genres``, one per track, from the metadata CSV
-    ``path``, without spaces at either end) differ only in letter case, in the spaces inside them or in how an
-    accent is encoded ("Rock" for one track, "rock" for the others): each spelling is a genre of its own to
-    build-dataset, which changes DecCM's confounder and the per-genre figures. The line names the spellings of up
-    to three such genres, with their tracks; the names are kept as written (a genre is what the CSV says)."""
+    ``path``, without spaces at either end; empty: no genre, which build-dataset calls "unknown") differ only in
+    letter case, in the spaces inside them (invisible ones too), in compatibility forms (full-width letters) or in
+    how an accent is encoded ("Rock" for one track, "rock" for the others; no genre beside "Unknown"): each spelling
+    is a genre of its own to build-dataset, which changes DecCM's confounder and the per-genre figures. The line
+    names the spellings of up to three such genres, with their tracks, and ends with ``remedy`` (default: write
+    each genre one way in ``path``); the names are kept as written (a genre is what the CSV says)."""
     spellings: dict[str, Counter[str]] = defaultdict(Counter)
-    for g in filter(None, genres):
-        spellings[" ".join(same_text(g).casefold().split())][g] += 1
+    for g in genres:
+        spellings[" ".join(unicodedata.normalize("NFKC", (g or "unknown").translate(INVISIBLE)).casefold().split())][
+            g] += 1
     clashes = sorted((sorted(named.items(), key=lambda kv: (-kv[1], kv[0])) for named in spellings.values()
                       if len(named) > 1), key=lambda group: (-sum(n for _, n in group), group[0][0]))
     if not clashes:
         return None
-    def named(name: str) -> str:  # an accent written as a letter and a combining mark looks like the other
-        return repr(name) if same_text(name) == name else f"{ascii(name)} (a combining accent)"
+
+    def named(name: str) -> str:  # a combining accent, an invisible space, a full-width letter look like the other
+        if not name:
+            return "no genre ('unknown')"
+        plain = unicodedata.normalize("NFKC", name.translate(INVISIBLE)) == name
+        return repr(name) if plain else f"{ascii(name)} (written with other code points)"
 
     shown = "; ".join(", ".join(f"{named(name)} ({n} track{'s' if n > 1 else ''})" for name, n in group)
                       for group in clashes[:3])
     more = f"; and {len(clashes) - 3} more" if len(clashes) > 3 else ""
     return (f"{path}: {len(clashes)} genre(s) are written in several ways, differing only in letter case, spacing or "
-            "accent encoding, and each way is a genre of its own (DecCM's confounder and the per-genre figures count "
-            f"them apart): {shown}{more}; write each genre one way in {path.name}")
+            "character encoding, and each way is a genre of its own (DecCM's confounder and the per-genre figures "
+            f"count them apart): {shown}{more}; " + (remedy or f"write each genre one way in {path.name}"))
+
+
+INVISIBLE_CHARS = "\u200b\u200c\u200d\u2060\ufeff"  # zero-width spaces and joiners, word joiner, BOM
+INVISIBLE = str.maketrans("", "", INVISIBLE_CHARS)  # deleted before genre names are compared
 
 
 def lost_metadata_warning(out: Path, rows: list[list[str]], meta: Path | None) -> str | None:
@@ -574,10 +585,11 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     config = extractor.config
     settings = extractor.settings
     feature_names = extractor.feature_names()
-    items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=out, progress=progress)
+    skipped = (out, *([cache_dir] if cache_dir else []))  # inside the input folder, they are not media
+    items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=skipped, progress=progress)
     cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings, len(feature_names))
     created = first_missing(cache.folder)
-    no_reuse = new_cache_warning(cache_dir, cache, "OUT/.cache/audio")
+    no_reuse, cache_note = cache_reuse(cache_dir, cache, "OUT/.cache/audio")
     cache.describe()
 
     vectors, todo = split_cached(items, cache)
@@ -661,7 +673,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures,
                          [w for w in [no_reuse, unused] if w] + uncovered
                          + [w for w in [spelled, left_out, lost] if w],
-                         added=added, pruned=pruned)
+                         added=added, pruned=pruned, cache_note=cache_note)
 
 
 def load_catalog(root: Path) -> Catalog:

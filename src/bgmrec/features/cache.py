@@ -11,8 +11,8 @@ finite vector of the extractor's length, damaged or left by something else, is r
 written atomically (temporary name, then :func:`os.replace`): an interrupted run leaves only
 complete entries, and the next run resumes from them. Extractions into several output folders (a catalogue a
 week) share vectors through one cache folder outside them, named every time; a cache folder named explicitly
-that holds nothing to reuse (a new path, another extractor's cache) is named in a warning
-(:func:`new_cache_warning`).
+that holds nothing to reuse is named: a new one in a note, another extractor's or other settings' cache in a
+warning (:func:`cache_reuse`).
 
 ``failures.csv`` has the columns ``file,reason``: one row per input that was skipped, or kept with a note (a
 reason starting :data:`KEPT`: a video used without text, or with frames repeated), the reason on one line.
@@ -60,6 +60,7 @@ class ExtractReport:
     captions_embedded: int | None = None  # extract-videos with captions: those embedded in this run (not cached)
     added: list[str] | None = None  # ids the folder's last extraction did not have (None: the folder held none)
     pruned: tuple[int, int] | None = None  # with prune_cache: (cache entries removed, their bytes)
+    cache_note: str | None = None  # an explicit --cache that held nothing to reuse: a new cache (cache_reuse)
 
 
 def av_version() -> str:
@@ -200,19 +201,19 @@ def failed_inputs(folder: Path) -> dict[str, str]:
     return failed
 
 
-def files_in(folder: Path, exclude: Path | None = None) -> list[Path]:
+def files_in(folder: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
     """Non-hidden entries under ``folder`` (recursively) other than folders, in sorted order: regular files,
     and the FIFOs, devices, sockets and symbolic links to nothing that :func:`regular_file_size` refuses.
 
-    ``exclude`` (the output folder, when it lies inside the input folder) is skipped.
+    The folders ``exclude`` (the output folder and the cache, when they lie inside the input folder) are skipped.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
-    skip = Path(exclude).resolve() if exclude is not None else None
+    skip = {Path(e).resolve() for e in exclude}
     out = [p for p in folder.rglob("*")
            if not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-           and (skip is None or skip not in Path(os.path.realpath(p)).parents)]  # resolve() fails on a link loop
+           and not skip.intersection(Path(os.path.realpath(p)).parents)]  # resolve() fails on a link loop
     return sorted(out)
 
 
@@ -537,23 +538,29 @@ def previous_rows(out: Path, table: str, columns: tuple[str, ...]) -> dict[str, 
         return {}
 
 
-def new_cache_warning(given: Path | None, cache: FeatureCache, default: str) -> str | None:
-    """A warning line when a cache folder named explicitly (``given``: extract-music's or extract-videos' ``--cache``,
-    before this run touched it) holds nothing this run can reuse: it did not exist (a new cache: a wrong path was
-    created silently, and everything extracted again), or it has no vectors of this extractor's settings
-    (``cache``'s folder), as when it is another extractor's cache, or the folder above the one meant. None for the
-    default cache (``default`` names it, e.g. "OUT/.cache/audio"), which a first extraction starts, and for a
+def cache_reuse(given: Path | None, cache: FeatureCache, default: str) -> tuple[str | None, str | None]:
+    """What to say of a cache folder named explicitly (``given``: extract-music's or extract-videos' ``--cache``,
+    before this run touched it) that holds no vector of this extractor's settings (``cache``'s folder): ``(warning,
+    note)``. A warning when it holds vectors of other settings (another extractor's cache, the folder above or
+    below the one meant, settings changed since): nothing there was reused. A note when it holds no vector at all
+    (a path not made yet, an empty folder, one whose first extraction stopped before any vector): a new cache,
+    which is right the first time and, any later week, a path other than the one used before (everything is
+    extracted again). (None, None) for the default cache (``default`` names it, e.g. "OUT/.cache/audio") and a
     cache with vectors of these settings."""
-    if given is None or cache.folder.is_dir():
-        return None
+    if given is None or holds_vectors(cache.folder):
+        return None, None
     given = Path(given)
-    if not given.exists():
-        return (f"{given}: no such cache folder: a new cache was started there, nothing reused; to reuse vectors "
-                f"extracted before, give the cache folder those extractions used ({default} by default), the same "
-                "folder every time")
-    return (f"{given}: a cache folder without vectors of these extraction settings: nothing reused (settings changed "
-            f"since, another extractor's cache, or a folder above or below the one meant: this extractor's default "
-            f"cache is {default})")
+    if holds_vectors(given):
+        return (f"{given}: a cache folder without vectors of these extraction settings: nothing reused (settings "
+                f"changed since, another extractor's cache, or a folder above or below the one meant: this "
+                f"extractor's default cache is {default})"), None
+    return None, (f"a new cache at {given} (nothing in it to reuse yet): give the same --cache every time; a later "
+                  "extraction that finds this note names a path other than the one used before")
+
+
+def holds_vectors(folder: Path) -> bool:
+    """Whether ``folder`` holds a cached vector (an ``.npy`` file) at any depth; stops at the first."""
+    return Path(folder).is_dir() and next(Path(folder).rglob("*.npy"), None) is not None
 
 
 def first_missing(path: Path) -> Path | None:
@@ -626,7 +633,7 @@ def read_manifest(root: Path, kind: str, what: str) -> dict:
     return man
 
 
-def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: Path | None = None,
+def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: tuple[Path, ...] = (),
                progress: bool = False) -> tuple[list[tuple[str, Path, str]], list[tuple[str, str]]]:
     """Media files of ``folder`` as (id = file stem, path, sha256) items, and per-file failures.
 

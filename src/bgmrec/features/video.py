@@ -64,6 +64,7 @@ from bgmrec.features.cache import (
     MediaError,
     arrays_sha256,
     av_version,
+    cache_reuse,
     check_csv_file,
     check_input_folder,
     check_manifest_content,
@@ -74,7 +75,6 @@ from bgmrec.features.cache import (
     key_columns,
     last_extraction,
     media_keys,
-    new_cache_warning,
     nothing_extracted,
     one_line,
     previous_rows,
@@ -512,12 +512,13 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     caps = caption_rows(captions) if captions else {}
     frames = frames or FrameEncoder(threads=config.threads)
     text = text or TextEncoder()
-    items, failures = scan_media(video_dir, VIDEO_EXTENSIONS, "video", exclude=out, progress=progress)
+    skipped = (out, *([cache_dir] if cache_dir else []))  # inside the input folder, they are not media
+    items, failures = scan_media(video_dir, VIDEO_EXTENSIONS, "video", exclude=skipped, progress=progress)
     cache_root = Path(cache_dir) if cache_dir else out / ".cache"
     vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None}, VISUAL_DIM)
     tcache = FeatureCache(cache_root / "text", text.settings, TEXT_DIM)
     created = first_missing(vcache.folder)
-    no_reuse = new_cache_warning(cache_dir, vcache, "OUT/.cache")
+    no_reuse, cache_note = cache_reuse(cache_dir, vcache, "OUT/.cache")
     vcache.describe()
     tcache.describe()
 
@@ -623,7 +624,8 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         pruned = tuple(map(sum, zip(vcache.prune(visual_keys), tcache.prune(text_keys), strict=True)))
     return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
                          [w for w in [no_reuse, unused, left_out, lost] if w],
-                         captions_embedded=len(missing) if captions else None, added=added, pruned=pruned)
+                         captions_embedded=len(missing) if captions else None, added=added, pruned=pruned,
+                         cache_note=cache_note)
 
 
 def load_video_features(root: Path, mmap: bool = False) -> VideoFeatures:
