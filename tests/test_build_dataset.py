@@ -395,6 +395,8 @@ def test_input_rows_with_other_fields_than_the_header_are_refused(tmp_path):
             read_pairs(p)
     p.write_text("video,track,uploader,time\nv0,t0,u0,1\nv1,t2,u1,,\nv2,t1,u0,3,,\n")  # trailing empties pass
     assert read_pairs(p).untimed == [3]
+    p.write_text("video,track,uploader,\nv0,t0,u0\nv1,t2,u1,\n")  # a header's trailing unnamed column
+    assert read_pairs(p).video == ["v0", "v1"]
     caps = tmp_path / "caps.csv"
     caps.write_text("id,caption\nv0,street dance, #city\n")
     with pytest.raises(DatasetError, match=r"caps.csv: line 2: 3 field\(s\), expected 2 \(id,caption\); ' #city'"):
@@ -582,7 +584,7 @@ def test_a_rebuild_that_keeps_splits_holds_last_weeks_new_music_out_again(tmp_pa
                          BuildConfig(new_music_share=0.75), warn=said.append, keep_splits_of=tmp_path / "w1")
     assert int(more.track_new.sum()) == 4 and said == [
         f"new music: 4 of the 6 tracks the share 0.75 asks for are held out of training; every other track the pairs "
-        f"name is named by a video {tmp_path / 'w1'} trained on, which stays in training"]
+        f"name is named by a video that keeps its split of {tmp_path / 'w1'}"]
     # a track last week held out that a video it trained on names now: trained on, its new-music uploads test's
     trained_video = next(v for v, side in before.items() if side == "train")
     said = []
@@ -591,9 +593,34 @@ def test_a_rebuild_that_keeps_splits_holds_last_weeks_new_music_out_again(tmp_pa
                           tmp_path / "again", BuildConfig(new_music_share=0.5), warn=said.append,
                           keep_splits_of=tmp_path / "w1")
     assert "t5" not in {again.track_ids[j] for j in np.flatnonzero(again.track_new)}
-    assert f"{tmp_path / 'w1'} held out 1 track(s) that videos it trained on now name" in " ".join(said)
+    assert f"{tmp_path / 'w1'} held out 1 track(s) that videos it trained or validated on now name" in " ".join(said)
     assert {"v18", "v19"} <= videos(again, "test") and sides_by_id(again)[trained_video] == "train"
     load_dataset(tmp_path / "again")  # valid on disk
+    # a track last week's val video names now: not held out, so the video keeps its split (it moved to new music)
+    val_video = next(v for v, side in before.items() if side == "val")
+    extra = [f"{val_video},t6,u0,2024-01-31T00:00:00\n"]
+    valid = build_dataset(vids, cat, log(tmp_path / "w2c.csv", week2_uses, extra), tmp_path / "valid",
+                          BuildConfig(new_music_share=0.5), keep_splits_of=tmp_path / "w1")
+    assert "t6" not in {valid.track_ids[j] for j in np.flatnonzero(valid.track_new)}
+    assert sides_by_id(valid)[val_video] == "val"
+    # no share this week: last week's new music is trained on, which is said (it was silent)
+    said = []
+    plain = build_dataset(vids, cat, log(tmp_path / "w2.csv", week2_uses), tmp_path / "plain", warn=said.append,
+                          keep_splits_of=tmp_path / "w1")
+    assert not plain.track_new.any() and said == [
+        f"{tmp_path / 'w1'} held 2 track(s) out of training as new music, and this build holds none (no "
+        "new_music_share): they are trained on now, and its new-music uploads are test's; give the share again to "
+        "keep them out"]
+    # one track left to hold out: none is (a fresh build refuses a share that holds out fewer than 2)
+    lone_uses = [i % 4 for i in range(16)] + [4, 4, 5, 5] + [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]  # nothing new this week
+    said = []
+    lone = build_dataset(vids, cat, log(tmp_path / "lone.csv", lone_uses, [f"{trained_video},t5,u0,"
+                                                                           "2024-01-31T00:00:00\n"]),
+                         tmp_path / "lone", BuildConfig(new_music_share=0.4), warn=said.append,
+                         keep_splits_of=tmp_path / "w1")
+    assert not lone.track_new.any() and "test_new_music" not in lone.splits
+    assert said[-1] == ("new music: only 1 track could be held out of training (new music needs at least 2): none is, "
+                        "and this build has no test_new_music")
 
 
 def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monkeypatch):

@@ -1068,8 +1068,8 @@ def test_evaluating_or_comparing_on_a_training_or_validation_split_says_so(cli_w
             assert (f"note: {split} is a training split (role {role}): its figures measure the fit, not how the "
                     "model generalises\n") in capsys.readouterr().err
         assert main([*command, "--data", str(cli_world), "--split", "val"]) == 0  # it was silent (an audit)
-        assert ("note: val is the validation split: training early-stopped on it and tune chose settings by it, so "
-                "its figures are optimistic; report a test split's\n") in capsys.readouterr().err
+        assert ("note: val is the validation split, by which models trained in epochs early-stop and tune chooses "
+                "settings: their figures on it are optimistic; report a test split's\n") in capsys.readouterr().err
         assert main([*command, "--data", str(cli_world), "--split", "test"]) == 0
         assert "note:" not in capsys.readouterr().err
 

@@ -291,8 +291,8 @@ def test_health_does_not_compare_with_a_training_dataset_built_again_since(tiny_
     from bgmrec.data.dataset import load_dataset, save_dataset
     from bgmrec.runs import train_model
 
-    save_dataset(tiny_ds, tmp_path / "data")
-    model, _ = train_model(tmp_path / "data", "popularity", tmp_path / "run", progress=False)
+    save_dataset(load_dataset(tiny_ds.root, mmap=False), tmp_path / "data")  # a copy: saving sets the root of
+    model, _ = train_model(tmp_path / "data", "popularity", tmp_path / "run", progress=False)  # what it saves
     catalog = tiny_catalog(tiny_ds)
     assert TestClient(create_app(ClipRecommender(model, catalog))).get("/health").json()[
         "catalog_against_training"] is not None  # as trained: compared

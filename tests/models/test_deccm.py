@@ -258,6 +258,33 @@ def test_teacher_is_frozen_in_eval_mode_and_not_saved(tiny_dir, tmp_path):
     assert np.allclose(again.score(q, cat), model.score(q, cat), atol=1e-5)
 
 
+def test_a_teacher_trained_on_no_captions_is_distilled_from_without_them(tiny_ds, tmp_path):
+    # professional videos without text (a TT-150k import without their text file): the teacher ranks without
+    # captions, but the KL term read its untrained text expert with the batch's captions (a review)
+    import dataclasses
+
+    pgc = np.unique(tiny_ds.splits["pgc"][:, 0])
+    mask = np.array(tiny_ds.video_text_mask)
+    mask[pgc] = False
+    ds = dataclasses.replace(tiny_ds, video_text_mask=mask)
+    model = build("deccm", FeatureSpec.of(ds), {"epochs": 1, "batch_size": 256})
+    prepare_teacher(model, ds, tmp_path / "run", None)
+    model.prepare(FeatureTensors(ds), np.asarray(ds.splits["train"]))
+    assert not model.teacher.learned_text and model.learned_text
+    batch = FeatureTensors(ds).batch(np.asarray(ds.splits["train"])[:64])
+    assert batch.text_mask.any()
+    blind = dataclasses.replace(batch, text_mask=torch.zeros_like(batch.text_mask))
+    model.module.eval()
+    with torch.no_grad():
+        post = model.module.video_posterior(batch.visual, batch.text, batch.text_mask)
+        music = model.module.music_posterior(batch.music)
+        teacher = model.teacher.module
+        assert not torch.equal(teacher.video_posterior(batch.visual, batch.text, batch.text_mask)[0],
+                               teacher.video_posterior(blind.visual, blind.text, blind.text_mask)[0])  # it would differ
+        got, without = ({}, {})
+        assert torch.equal(model.extra_loss(batch, post, music, got), model.extra_loss(blind, post, music, without))
+
+
 def test_set_teacher_freezes_its_own_copy_and_leaves_the_callers_teacher_as_it_was(tiny_ds):
     # set_teacher froze the caller's object: requires_grad off, and its module's train() replaced by a no-op
     student = build("deccm", FeatureSpec.of(tiny_ds), {"prior_samples": 64})

@@ -239,13 +239,13 @@ def test_mlp_and_standardizer():
     # a new value of the feature constant in training is 0 too, as in every training row: divided by the floor,
     # 10.5 was 5,000 standard deviations out (a frame feature no training video activated)
     torch.testing.assert_close(s(torch.tensor([[4.0, 10.5], [2.0, -3.0]])), torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
-    assert s.learned and L.Standardizer(2).learned  # fitted; not yet fitted (the initial spread of 1)
+    assert s.fitted_on_rows and L.Standardizer(2).fitted_on_rows  # fitted; not yet fitted (the initial spread of 1)
     # fitted on no rows (the captions of a dataset without any): it kept mean 0, spread 1, and passed new values on
     s.fit(x, weights=torch.zeros(3))
-    assert not s.learned
+    assert not s.fitted_on_rows
     torch.testing.assert_close(s(torch.tensor([[4.0, 10.5]])), torch.tensor([[0.0, 0.0]]))
-    s.fit(x[:1])  # one row: every feature constant, nothing learned either
-    assert not s.learned
+    s.fit(x[:1])  # one row, every feature constant: fitted on it all the same (a model trained with that caption)
+    assert s.fitted_on_rows
 
 
 # ---- the backdoor adjustment -----------------------------------------------------------------------

@@ -429,8 +429,8 @@ def note_if_not_held_out(ds, split: str) -> str | None:
     Returns it (for the JSON's ``warnings``), None when silent."""
     role = ds.split_info[split].role
     if role == "val":
-        note = (f"{split} is the validation split: training early-stopped on it and tune chose settings by it, so "
-                "its figures are optimistic; report a test split's")
+        note = (f"{split} is the validation split, by which models trained in epochs early-stop and tune chooses "
+                "settings: their figures on it are optimistic; report a test split's")
     elif role in ("train", "teacher"):
         note = f"{split} is a training split (role {role}): its figures measure the fit, not how the model generalises"
     else:

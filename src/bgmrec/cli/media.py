@@ -143,7 +143,7 @@ def build_dataset_cmd(
     new_music_share: float = typer.Option(0.0, help="share of the tracks the pairs name held out of training (the "
                                           "latest first used, by time, else seeded): their uploads form "
                                           "test_new_music; with --keep-splits-of, that dataset's held-out tracks "
-                                          "first, and none its training videos name"),
+                                          "first, and none a video keeping its split names"),
     keep_splits_of: Path | None = typer.Option(None, help="an earlier dataset's folder (last week's): its videos "
                                                           "keep their split, only new ones are split"),
 ) -> None:

@@ -50,9 +50,10 @@ a video in splits of two roles takes the later of train, val, test), and only th
 by the shares and the rule above, among themselves. Last week's test videos then never enter this week's
 training, nor last week's training videos this week's test: last week's model and this week's are compared on
 videos neither trained on. With ``new_music_share`` the tracks last week's dataset held out are held out again
-(first, whatever the share), and the others are chosen by the rule above among the tracks that no video last
-week trained on names (holding one out would move such a video into a test split; fewer than the share are
-held out when no other is left, with a warning).
+(first, whatever the share, unless a video it trained or validated on names one now), and the others are chosen
+by the rule above among the tracks no video keeping its split names (holding one out would move the video out of
+its split); fewer than the share are held out when no other is left, and none when only one is, each with a
+warning. Without the share, last week's held-out tracks are trained on, with a warning.
 
 Professional music videos (the teacher data of DecCM, whose tracks were chosen for their content, not by
 uploaders' taste) come in an optional second CSV, ``video,track`` (an uploader column is not read), of
@@ -336,16 +337,16 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
 
 def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.ndarray | None, n_tracks: int,
                     config: BuildConfig, held_before: np.ndarray | None = None,
-                    trained_before: np.ndarray | None = None) -> np.ndarray:
+                    kept_before: np.ndarray | None = None) -> np.ndarray:
     """bool [n_tracks]: the tracks held out of training (:attr:`BuildConfig.new_music_share` of those the
     pairs ``rows`` name; a share that holds out fewer than two, or all, is refused): those first used latest
     when every pair has a time (``pair_time``, per pair; ``row_of_pair`` maps pairs to rows; tracks first used
     at the same time in a seeded order), else a seeded draw.
 
     A rebuild that keeps an earlier dataset's splits passes two masks [n_tracks]: ``held_before``, the tracks that
-    dataset held out, held again (its new-music queries stay new music) before any other; ``trained_before``, the
-    tracks its training videos name, never held (that would move a video trained on into a test split). Both count
-    only where the pairs name them; fewer than the share are held when the others are all ``trained_before``."""
+    dataset held out, held again (its new-music queries stay new music) before any other; ``kept_before``, tracks
+    videos keeping their split name, never held (that would move such a video out of its split). Both count only
+    where the pairs name them; fewer than the share are held when the others are all ``kept_before``."""
     held = np.zeros(n_tracks, bool)
     named = np.unique(rows[:, 1])
     n_held = int(round(config.new_music_share * len(named)))
@@ -356,7 +357,7 @@ def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.nda
                                 f"pairs name holds out {n_held}: new music needs at least 2 tracks, and training at "
                                 f"least one (from {2 / len(named):.3g} to below {1 - 0.5 / len(named):.3g})",
                                 "new_music_share")
-    barred = np.zeros(n_tracks, bool) if trained_before is None else trained_before
+    barred = np.zeros(n_tracks, bool) if kept_before is None else kept_before
     again = np.zeros(n_tracks, bool) if held_before is None else held_before & ~barred
     held[named[again[named]]] = True
     eligible = named[~again[named] & ~barred[named]]
@@ -482,23 +483,38 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
 
     # new music: tracks held out of training, and the uploads that chose them
     pair_time = None if pairs.time is None else np.array([pairs.time[i] for i in keep], np.float64)
-    held_before = trained_before = None
+    held_before = kept_before = None
     if keep_splits_of is not None:  # each video's side in last week's dataset, and the tracks it held out
         side_before, _, held_ids = kept_sides(Path(keep_splits_of), video_ids)
         held_before = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
-        trained_before = np.zeros(len(cat), bool)
-        trained_before[rows[side_before[rows[:, 0]] == 0, 1]] = True
-    held = held_out_tracks(rows, row_of_pair, pair_time, len(cat), config, held_before, trained_before)
-    if config.new_music_share and warn is not None and keep_splits_of is not None:
+        held_before[np.setdiff1d(np.arange(len(cat)), rows[:, 1])] = False  # those the pairs name
+        side_of_row = side_before[rows[:, 0]]
+        kept_named, fitted_named = np.zeros(len(cat), bool), np.zeros(len(cat), bool)
+        kept_named[rows[side_of_row >= 0, 1]] = True
+        fitted_named[rows[(side_of_row == 0) | (side_of_row == 1), 1]] = True  # by videos trained or validated on
+        # never held: what kept videos name, but last week's new music (its videos' own tracks) unless videos
+        # trained or validated on name it now
+        kept_before = (kept_named & ~held_before) | (held_before & fitted_named)
+    held = held_out_tracks(rows, row_of_pair, pair_time, len(cat), config, held_before, kept_before)
+    if keep_splits_of is not None and warn is not None:
+        if not config.new_music_share and held_before.any():
+            warn(f"{keep_splits_of} held {int(held_before.sum())} track(s) out of training as new music, and this "
+                 "build holds none (no new_music_share): they are trained on now, and its new-music uploads are "
+                 "test's; give the share again to keep them out")
         asked = int(round(config.new_music_share * len(np.unique(rows[:, 1]))))
-        if held.sum() < asked:
+        if config.new_music_share and held.sum() < asked:
             warn(f"new music: {int(held.sum())} of the {asked} tracks the share {config.new_music_share} asks for "
-                 f"are held out of training; every other track the pairs name is named by a video {keep_splits_of} "
-                 "trained on, which stays in training")
-        trained_again = int((held_before & trained_before).sum())
-        if trained_again:
-            warn(f"{keep_splits_of} held out {trained_again} track(s) that videos it trained on now name: in "
-                 "training now (their earlier new-music uploads are test's)")
+                 f"are held out of training; every other track the pairs name is named by a video that keeps its "
+                 f"split of {keep_splits_of}")
+        trained_again = int((held_before & fitted_named).sum())
+        if config.new_music_share and trained_again:
+            warn(f"{keep_splits_of} held out {trained_again} track(s) that videos it trained or validated on now "
+                 "name: in training now (their earlier new-music uploads are test's)")
+    if keep_splits_of is not None and held.sum() == 1:  # ranking among one track measures nothing
+        if warn is not None:
+            warn("new music: only 1 track could be held out of training (new music needs at least 2): none is, "
+                 "and this build has no test_new_music")
+        held[:] = False
     new_music_video = np.zeros(len(video_ids), bool)
     new_music_video[rows[held[rows[:, 1]], 0]] = True
     if held.any():  # a new-music video's pairs with other tracks: in no split (its video is in test_new_music)

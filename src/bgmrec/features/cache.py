@@ -392,15 +392,19 @@ def read_csv_lines(path: Path, columns: tuple[str, ...] = ()) -> list[tuple[int,
 def check_row_width(path: Path, line: int, values: list[str], header: list[str]) -> None:
     """Refuse a row of an input CSV with fields other than the header's: fewer (a value left out shifts the
     others: an empty one is written ``,,``) or more that are not empty (an unquoted comma inside a value splits
-    it, and the columns after it are wrong). Trailing empty fields (a spreadsheet's) pass."""
+    it, and the columns after it are wrong). Trailing empty fields (a spreadsheet's), and the fields of trailing
+    unnamed columns of the header, may be left out or empty."""
     from bgmrec.data.dataset import DatasetError
 
-    extra = [v for v in values[len(header):] if v.strip()]
-    if len(values) < len(header) or extra:
-        raise DatasetError(f"{path}: line {line}: {len(values)} field(s), expected {len(header)} "
-                           f"({','.join(header)})" + (f"; {extra[0]!r} is past the last column (a value with a comma "
-                                                      "in it must be quoted)" if extra else
-                                                      "; an empty value is written as an empty field (,,)"))
+    named = len(header)
+    while named and not header[named - 1]:  # "video,track,uploader," names three columns
+        named -= 1
+    extra = [v for v in values[named:] if v.strip()]
+    if len(values) < named or extra:
+        raise DatasetError(f"{path}: line {line}: {len(values)} field(s), expected {named} "
+                           f"({','.join(header[:named])})" + (f"; {extra[0]!r} is past the last column (a value with "
+                                                              "a comma in it must be quoted)" if extra else
+                                                              "; an empty value is written as an empty field (,,)"))
 
 
 VIDEO_ID_COLUMNS = ("video", "video_id")  # other names a CSV of bgmrec's inputs may give a video's id column

@@ -229,7 +229,7 @@ def check_search(index: str, ef_search: int | None) -> None:
 
 
 CAPTIONS_LEFT_OUT = ("the model was trained on videos without captions: it learned nothing from text, and the "
-                     "captions of clips are left out (build its dataset with --captions to use them)")
+                     "captions of clips are left out (to use them, train on a dataset of captioned videos)")
 CAPTION_LEFT_OUT = "its caption was left out: the model was trained on videos without captions"
 
 

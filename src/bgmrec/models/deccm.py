@@ -260,7 +260,8 @@ class DecCM(CMVAE):
         if not (cfg.teacher and self.teacher is not None and cfg.alpha > 0):
             return None
         with torch.no_grad():
-            t_video = self.teacher.module.video_posterior(batch.visual, batch.text, batch.text_mask)
+            t_mask = batch.text_mask if self.teacher.learned_text else torch.zeros_like(batch.text_mask)
+            t_video = self.teacher.module.video_posterior(batch.visual, batch.text, t_mask)  # as the teacher ranks
             t_music = self.teacher.module.music_posterior(batch.music)
         distil = (kl_normal(*video_post, *t_video) + kl_normal(*music_post, *t_music)).mean() / cfg.latent_dim
         logs["teacher_kl"] = distil.item()

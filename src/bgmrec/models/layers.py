@@ -53,7 +53,7 @@ class Standardizer(nn.Module):
 
     def fit(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
         """Fit on the rows of ``x`` [n, d] whose ``weights`` are positive (all without); with none, every feature is
-        constant (0 after standardisation): nothing was learned from it (:attr:`learned`)."""
+        constant (0 after standardisation) and :attr:`fitted_on_rows` is False."""
         if weights is not None:
             x = x[weights > 0]
         if len(x) == 0:
@@ -64,11 +64,12 @@ class Standardizer(nn.Module):
         self.std.copy_(x.std(0, unbiased=False).clamp_min(self.MIN_STD))
 
     @property
-    def learned(self) -> bool:
-        """Whether any feature varied in the rows it was fitted on (a standardisation fitted on no rows, as the
-        captions of a dataset without any, has none). True before fitting and for checkpoints fitted before
-        2026-11-24, which kept the initial spread of 1 when fitted on no rows."""
-        return bool((self.std > self.MIN_STD).any())
+    def fitted_on_rows(self) -> bool:
+        """False when it was fitted on no rows (the captions of a dataset without any), which leaves every mean 0 and
+        every spread at the floor: a fit on real rows, even constant ones, leaves some mean other than 0. True
+        before fitting and for checkpoints fitted before 2026-11-24, which kept the initial spread of 1 when fitted
+        on no rows."""
+        return bool((self.std != self.MIN_STD).any() or (self.mean != 0).any())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(self.std > self.MIN_STD, (x - self.mean) / self.std, torch.zeros((), dtype=x.dtype))

@@ -229,7 +229,7 @@ class TorchRecommender(Recommender):
         """Whether the model learned from captions: False when none of its training videos had one (its text
         standardisation was fitted on none), and then every query's caption is left out, as if it had none:
         an encoder that never trained would add its initial weights' output to every score."""
-        return self.module.norms.text.learned
+        return self.module.norms.text.fitted_on_rows
 
     def without_unlearned_text(self, q: VideoQuery) -> VideoQuery:
         """``q`` as the model reads it: its captions left out when the model learned from none
