@@ -625,6 +625,19 @@ def test_bench_refuses_a_work_folder_of_another_kind_and_reuses_its_own(tiny_cop
     (work / "tt150k-speed").mkdir()
     run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
     run_quality(["tiny"], [0], work / "benchmarks.md", work, ["popularity"], console, "cmd", resume=True)
+    # the other bench reports under names of their own (--out): refused by name before (a review)
+    (work / "gsweep.md").write_text("# DecCM vs CMVAE as confounding grows (tiny world, seed 0)\n")
+    (work / "gsweep.png").write_bytes(b"png")
+    (work / "ceil.md").write_text("# How much of each model's error is in its per-track term (tiny world, seeds 0)\n")
+    run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
+    # a world folder whose runs were trained elsewhere: refused, not replaced
+    import shutil
+
+    shutil.copytree(tiny_copy, work / "small-seed9" / "data")
+    manifest = work / "small-seed9" / "data" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"world"', '"built_from"'))
+    with pytest.raises(ValueError, match=r"small-seed9/data is not a simulated world"):
+        run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
 
 
 def test_a_one_seed_quality_report_words_its_figures_as_one_seed_s(tmp_path, monkeypatch):

@@ -42,3 +42,37 @@ def test_demo_refuses_a_folder_of_another_kind_and_reuses_its_own(tiny_copy, tmp
     assert main(["demo", "--scale", "tiny", "--out", str(out), "--models", "popularity,random"]) == 0
     assert f"reusing the tiny world in {out / 'data'}" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["popularity", "random"]
+
+
+def test_demo_refuses_a_project_folder_laid_out_as_its_own(tiny_copy, tmp_path, capsys):
+    # data/ and runs/ are a project's own names too: a folder holding a built dataset as data/ and a run trained on
+    # it passed the check by names, and the demo replaced the dataset with its world (a review)
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_copy, project / "data")
+    manifest = project / "data" / "manifest.json"
+    import json
+
+    record = json.loads(manifest.read_text())
+    record["provenance"].pop("world")  # as a dataset build-dataset made: no simulated world
+    manifest.write_text(json.dumps(record))
+    before = _listing(project)
+    assert main(["demo", "--scale", "tiny", "--out", str(project), "--models", "popularity"]) == 2
+    assert (f"error: --out {project}: {project / 'data'} is not a simulated world (a dataset of yours?), which the "
+            "command would replace") in capsys.readouterr().err
+    assert _listing(project) == before
+    # a run trained elsewhere under runs/, beside no data: refused too
+    other = tmp_path / "other"
+    assert main(["train", "--data", str(tiny_copy), "--model", "popularity", "--out",
+                 str(other / "runs" / "popularity")]) == 0
+    capsys.readouterr()
+    assert main(["demo", "--scale", "tiny", "--out", str(other), "--models", "popularity"]) == 2
+    assert (f"{other / 'runs' / 'popularity'} was trained on {Path(tiny_copy).resolve()}, not on this folder's "
+            "world") in " ".join(capsys.readouterr().err.split())
+    # a demo's folder moved since: its runs name the old path, its world is the same, and it is reused
+    demo = tmp_path / "demo"
+    assert main(["demo", "--scale", "tiny", "--out", str(demo), "--models", "popularity"]) == 0
+    moved = tmp_path / "moved"
+    demo.rename(moved)
+    assert main(["demo", "--scale", "tiny", "--out", str(moved), "--models", "popularity"]) == 0

@@ -26,6 +26,7 @@ from bgmrec.demo import (
     DEMO_MODELS,
     EVAL_SPLITS,
     check_own_folder,
+    check_world_folder,
     ensure_world,
     evaluate_run,
     world_parameters,
@@ -72,6 +73,9 @@ BENCH_ENTRIES = ("*-seed[0-9]*", "tt150k-speed", "benchmarks*.md", "benchmarks_*
 
 
 QUALITY_TITLE = "# Benchmarks: quality on the simulated worlds"  # the first line of a bench quality report
+REPORT_TITLES = (QUALITY_TITLE, "# The models against the learners trained on the intervened world (",  # how the
+                 "# How much of each model's error is in its per-track term (",  # first lines of the bench reports
+                 "# DecCM vs CMVAE as confounding grows (")  # begin: quality, ceiling (both kinds), gamma
 
 
 def check_work_folder(work: Path, out: Path) -> None:
@@ -79,17 +83,20 @@ def check_work_folder(work: Path, out: Path) -> None:
     (:data:`BENCH_ENTRIES`, the report ``out`` when it is written there, and the quality reports an earlier
     ``--out`` wrote there): a dataset, a model run, a demo's folder or any other
     (:func:`~bgmrec.demo.check_own_folder`)."""
-    def quality_report(path: Path) -> bool:
+    def bench_report(path: Path) -> bool:
         try:
             with path.open(encoding="utf-8") as f:
-                return f.readline().rstrip("\n") == QUALITY_TITLE
+                return f.readline().startswith(REPORT_TITLES)
         except (OSError, UnicodeDecodeError):
             return False
 
-    own = [p.name for p in Path(work).glob("*.md") if quality_report(p)] if Path(work).is_dir() else []
+    reports = [p for p in Path(work).glob("*.md") if bench_report(p)] if Path(work).is_dir() else []
+    own = [name for p in reports for name in (p.name, p.with_suffix(".png").name)]  # gamma's plot beside its report
     if Path(out).resolve().parent == Path(work).resolve():
-        own += [Path(out).name, Path(out).with_suffix(".png").name]  # gamma's plot
+        own += [Path(out).name, Path(out).with_suffix(".png").name]
     check_own_folder(work, "--work", "a work folder of bgmrec bench", BENCH_ENTRIES + tuple(own))
+    for world in sorted(Path(work).glob("*-seed[0-9]*")) if Path(work).is_dir() else []:
+        check_world_folder(world, f"--work {work}")
 
 
 def command_line(argv: Sequence[str], default: str, cwd: Path | None = None) -> str:

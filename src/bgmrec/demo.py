@@ -50,6 +50,34 @@ def check_own_folder(out: Path, option: str, what: str, own: Sequence[str]) -> N
                      "into it (give a new or empty folder)")
 
 
+def check_world_folder(folder: Path, option: str) -> None:
+    """Refuse (a ValueError naming ``folder``), before any work, a demo's or bench world's folder whose ``data`` is
+    not a simulated world (a dataset of the user's, which simulating there would replace) or whose ``runs`` and
+    ``teachers`` hold a run trained on other data (which training there would replace): the names alone, ``data``
+    and ``runs``, are those of a project's own layout too."""
+    from bgmrec.data.dataset import dataset_fingerprint
+    from bgmrec.models.base import read_run_record
+
+    folder = Path(folder)
+    data = folder / "data"
+    manifest = data / "manifest.json"
+    occupied = any(data.iterdir()) if data.is_dir() else data.exists()
+    world = manifest.is_file() and isinstance(read_json(manifest).get("provenance", {}).get("world"), dict)
+    if occupied and not world:
+        raise ValueError(f"{option}: {data} is not a simulated world (a dataset of yours?), which the command would "
+                         "replace; give a new or empty folder")
+    fingerprint = dataset_fingerprint(data) if world else None
+    for kind in ("runs", "teachers"):
+        for run in sorted((folder / kind).iterdir()) if (folder / kind).is_dir() else []:
+            record = read_run_record(run) if run.is_dir() else {}
+            trained_on = record.get("data")
+            here = trained_on is None or Path(trained_on) == data.resolve() or (  # the folder moved since: its world
+                fingerprint is not None and record.get("data_fingerprint") == fingerprint)
+            if not here:
+                raise ValueError(f"{option}: {run} was trained on {trained_on}, not on this folder's world, and the "
+                                 "command would replace it; give a new or empty folder")
+
+
 def world_parameters(scale: str, seed: int, world: dict[str, str] | None = None):
     """The :class:`~bgmrec.data.simulate.WorldConfig` of preset ``scale`` at ``seed`` with the parameters
     ``world`` changed (values as given on the command line); a ValueError naming a bad one, or ``seed``."""
@@ -116,6 +144,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
     for name in models or DEMO_MODELS:  # a typo fails now, not after the world and the models before it
         resolve(name)
     check_own_folder(out, "--out", "a folder of bgmrec demo", DEMO_ENTRIES)
+    check_world_folder(out, f"--out {out}")
     t_start = time.perf_counter()
     out = Path(out)
     data = out / "data"
