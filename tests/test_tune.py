@@ -21,6 +21,22 @@ def committed_code(monkeypatch):
     monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: "abc1234")
 
 
+def stop_training_at_the_second(monkeypatch) -> list:
+    """Make the second training of a grid stop as Ctrl-C would; returns the list of run folders trained into."""
+    import bgmrec.runs
+
+    real, calls = bgmrec.runs.train_model, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_second)
+    return calls
+
+
 def test_parse_grid_collects_repeated_keys_in_order():
     grid = parse_grid(["lr=0.002", "dropout=0.2", "lr = 0.0005", "hidden=256,128"])
     assert grid == {"lr": ["0.002", "0.0005"], "dropout": ["0.2"], "hidden": ["256,128"]}
@@ -167,17 +183,7 @@ def test_a_stopped_grid_says_how_many_points_are_done_and_how_to_finish_it(tiny_
     that finishes the grid, which reuses them."""
     import shlex
 
-    import bgmrec.runs
-
-    real, calls = bgmrec.runs.train_model, []
-
-    def stopped_at_the_second(*args, **kwargs):
-        calls.append(args[2])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_second)
+    calls = stop_training_at_the_second(monkeypatch)
     out = tmp_path / "tune"
     assert main(["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out),
                  "--grid", "seed=0", "--grid", "seed=1", "--grid", "seed=2"]) == 130
@@ -624,17 +630,7 @@ def test_a_resumed_grid_keeps_the_command_that_started_it(tiny_dir, tmp_path, mo
     # tune --resume recorded itself (with --resume) as the command that made the grid, in tuning.md and tuning.json
     import shlex
 
-    import bgmrec.runs
-
-    real, calls = bgmrec.runs.train_model, []
-
-    def stopped_at_the_second(*args, **kwargs):
-        calls.append(args[2])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_second)
+    calls = stop_training_at_the_second(monkeypatch)
     out = tmp_path / "tune"
     started = ["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out), "--grid", "seed=0",
                "--grid", "seed=1"]
