@@ -630,13 +630,18 @@ def test_bench_refuses_a_work_folder_of_another_kind_and_reuses_its_own(tiny_cop
     (work / "gsweep.png").write_bytes(b"png")
     (work / "ceil.md").write_text("# How much of each model's error is in its per-track term (tiny world, seeds 0)\n")
     run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
-    # a world folder whose runs were trained elsewhere: refused, not replaced
+    # a world folder whose data is not a simulated world, or whose runs were trained elsewhere: refused
     import shutil
 
     shutil.copytree(tiny_copy, work / "small-seed9" / "data")
     manifest = work / "small-seed9" / "data" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"world"', '"built_from"'))
     with pytest.raises(ValueError, match=r"small-seed9/data is not a simulated world"):
+        run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
+    shutil.rmtree(work / "small-seed9")
+    assert main(["train", "--data", str(tiny_copy), "--model", "popularity", "--out",
+                 str(work / "small-seed8" / "runs" / "popularity")]) == 0  # a run of another dataset under runs/
+    with pytest.raises(ValueError, match=r"small-seed8/runs/popularity was trained on .*, not on this folder's world"):
         run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
 
 

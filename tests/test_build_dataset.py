@@ -365,7 +365,10 @@ def test_genres_written_in_several_ways_are_warned_of(tmp_path, folders):
     said.clear()
     assert build_dataset(vids, unknown, write_pairs(tmp_path / "p.csv"), tmp_path / "u", warn=said.append).genres == [
         "Unknown", "jazz", "pop", "rock", "unknown"]
-    assert [w for w in said if "no genre ('unknown') (1 track), 'Unknown' (1 track)" in w]
+    assert [w for w in said if "'Unknown' (1 track), 'unknown' (1 track)" in w]
+    from bgmrec.features.audio import genre_spelling_warning  # no genre and 'unknown' are one genre: nothing to say
+
+    assert genre_spelling_warning(cat / "tracks.csv", ["pop", "", "unknown", "pop"]) is None
     said.clear()
     build_dataset(vids, folders[1], write_pairs(tmp_path / "p.csv"), tmp_path / "e", warn=said.append)
     assert not [w for w in said if "written in several ways" in w]
@@ -593,7 +596,8 @@ def test_a_rebuild_that_keeps_splits_holds_last_weeks_new_music_out_again(tmp_pa
                           tmp_path / "again", BuildConfig(new_music_share=0.5), warn=said.append,
                           keep_splits_of=tmp_path / "w1")
     assert "t5" not in {again.track_ids[j] for j in np.flatnonzero(again.track_new)}
-    assert f"{tmp_path / 'w1'} held out 1 track(s) that videos it trained or validated on now name" in " ".join(said)
+    assert (f"{tmp_path / 'w1'} held out 1 track(s) that videos keeping their split now name: they are not held out "
+            "now (their earlier new-music uploads are test's)") in said
     assert {"v18", "v19"} <= videos(again, "test") and sides_by_id(again)[trained_video] == "train"
     load_dataset(tmp_path / "again")  # valid on disk
     # a track last week's val video names now: not held out, so the video keeps its split (it moved to new music)
@@ -603,6 +607,16 @@ def test_a_rebuild_that_keeps_splits_holds_last_weeks_new_music_out_again(tmp_pa
                           BuildConfig(new_music_share=0.5), keep_splits_of=tmp_path / "w1")
     assert "t6" not in {valid.track_ids[j] for j in np.flatnonzero(valid.track_new)}
     assert sides_by_id(valid)[val_video] == "val"
+    # nor a track last week held out that its test video names now: the video stays in test (it moved, silently)
+    test_video = next(v for v, side in before.items() if side == "test")
+    said = []
+    tested = build_dataset(vids, cat, log(tmp_path / "w2d.csv", week2_uses, [f"{test_video},t4,u0,"
+                                                                              "2024-01-31T00:00:00\n"]),
+                           tmp_path / "tested", BuildConfig(new_music_share=0.5), warn=said.append,
+                           keep_splits_of=tmp_path / "w1")
+    assert "t4" not in {tested.track_ids[j] for j in np.flatnonzero(tested.track_new)}
+    assert sides_by_id(tested)[test_video] == "test" and {"v16", "v17"} <= videos(tested, "test")
+    assert any("held out 1 track(s) that videos keeping their split now name" in w for w in said)
     # no share this week: last week's new music is trained on, which is said (it was silent)
     said = []
     plain = build_dataset(vids, cat, log(tmp_path / "w2.csv", week2_uses), tmp_path / "plain", warn=said.append,
@@ -621,6 +635,7 @@ def test_a_rebuild_that_keeps_splits_holds_last_weeks_new_music_out_again(tmp_pa
     assert not lone.track_new.any() and "test_new_music" not in lone.splits
     assert said[-1] == ("new music: only 1 track could be held out of training (new music needs at least 2): none is, "
                         "and this build has no test_new_music")
+    assert not [w for w in said if " tracks the share " in w]  # not "1 of the 2 tracks ... are held out" first
 
 
 def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monkeypatch):

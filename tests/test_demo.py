@@ -75,4 +75,8 @@ def test_demo_refuses_a_project_folder_laid_out_as_its_own(tiny_copy, tmp_path, 
     assert main(["demo", "--scale", "tiny", "--out", str(demo), "--models", "popularity"]) == 0
     moved = tmp_path / "moved"
     demo.rename(moved)
+    trained = (moved / "runs" / "popularity" / "weights.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
     assert main(["demo", "--scale", "tiny", "--out", str(moved), "--models", "popularity"]) == 0
+    assert f"reusing the tiny world in {moved / 'data'}" in capsys.readouterr().out
+    assert (moved / "runs" / "popularity" / "weights.safetensors").stat().st_mtime_ns >= trained

@@ -643,6 +643,8 @@ def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reu
     for week in ("inside1", "inside2"):
         rep = extract_music(songs, tmp_path / week, cache_dir=songs / "cache", extractor=Counting(), progress=False)
         assert rep.done == 5 and not [f for f, _ in rep.failures if f.startswith("cache")], rep.failures
+    # a cache holding the input folder skips nothing of it (skipping the cache skipped every track)
+    assert extract_music(songs, tmp_path / "above", cache_dir=tmp_path, extractor=Counting(), progress=False).done == 5
     capsys.readouterr()
     typo = tmp_path / "cahce" / "audio"
     assert main(["extract-music", str(music_dir), "--out", str(tmp_path / "w7"), "--cache", str(typo), "--workers",
@@ -681,7 +683,7 @@ def test_genre_names_differing_only_in_case_or_spacing_are_named(tmp_path, music
     said = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False).warnings
     assert [w for w in said if w.endswith(
         ": 'Pop\\u200b' (written with other code points) (1 track), 'pop' (1 track), '\\uff30\\uff4f\\uff50' (written "
-        "with other code points) (1 track); no genre ('unknown') (1 track), 'Unknown' (1 track); write each genre "
+        "with other code points) (1 track); 'Unknown' (1 track), 'unknown' (1 track); write each genre "
         "one way in meta.csv")], said
     meta.write_text("id,genre\n" + "".join(f"track{i},{g}\n" for i, g in enumerate(
         ["rock", "Rock", "POP", "pop", "jazz"])), encoding="utf-8")

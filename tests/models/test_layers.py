@@ -246,6 +246,9 @@ def test_mlp_and_standardizer():
     torch.testing.assert_close(s(torch.tensor([[4.0, 10.5]])), torch.tensor([[0.0, 0.0]]))
     s.fit(x[:1])  # one row, every feature constant: fitted on it all the same (a model trained with that caption)
     assert s.fitted_on_rows
+    s.fit(torch.zeros(5, 2))  # rows of zeros (captions that embed to 0): fitted on them too
+    assert s.fitted_on_rows
+    torch.testing.assert_close(s(torch.tensor([[4.0, 10.5]])), torch.tensor([[0.0, 0.0]]))
 
 
 # ---- the backdoor adjustment -----------------------------------------------------------------------

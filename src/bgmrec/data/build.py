@@ -238,17 +238,22 @@ SIDES = ("train", "val", "test")  # split_videos' split ids, in order
 MANY_TRACKS = 100  # a video with more tracks than this is warned of (an upload has one or a few)
 
 
+NEW_MUSIC_SIDE = 3  # kept_sides' side of a video of a new-music test split (test_new_music): a test side too
+
+
 def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, dict, set[str]]:
-    """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, -1 for a video it has
-    in none of its splits; see the module docstring), what the provenance records of it (:func:`kept_record`),
-    and the ids of the tracks that dataset held out of training (its new music)."""
+    """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, :data:`NEW_MUSIC_SIDE`
+    for a test split ranked among new music, -1 for a video it has in none of its splits; see the module
+    docstring), what the provenance records of it (:func:`kept_record`), and the ids of the tracks that dataset held
+    out of training (its new music)."""
     prev = load_dataset(Path(previous))
     side_of_role = {"train": 0, "teacher": 0, "val": 1, "test": 2}
     side = np.full(prev.n_videos, -1, np.int64)
     for name, info in prev.split_info.items():
         if info.role in side_of_role:
             videos = np.unique(prev.splits[name][:, 0])
-            side[videos] = np.maximum(side[videos], side_of_role[info.role])
+            new_music = info.role == "test" and info.candidates == "new"
+            side[videos] = np.maximum(side[videos], NEW_MUSIC_SIDE if new_music else side_of_role[info.role])
     pos = {v: i for i, v in enumerate(prev.video_ids)}
     sides = np.array([side[pos[v]] if v in pos else -1 for v in video_ids], np.int64)
     return sides, kept_record(previous, sides), {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}
@@ -489,31 +494,29 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         held_before = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
         held_before[np.setdiff1d(np.arange(len(cat)), rows[:, 1])] = False  # those the pairs name
         side_of_row = side_before[rows[:, 0]]
-        kept_named, fitted_named = np.zeros(len(cat), bool), np.zeros(len(cat), bool)
-        kept_named[rows[side_of_row >= 0, 1]] = True
-        fitted_named[rows[(side_of_row == 0) | (side_of_row == 1), 1]] = True  # by videos trained or validated on
-        # never held: what kept videos name, but last week's new music (its videos' own tracks) unless videos
-        # trained or validated on name it now
-        kept_before = (kept_named & ~held_before) | (held_before & fitted_named)
+        # never held: what videos keeping their split name (not last week's new-music queries: their own tracks)
+        kept_before = np.zeros(len(cat), bool)
+        kept_before[rows[(side_of_row >= 0) & (side_of_row != NEW_MUSIC_SIDE), 1]] = True
     held = held_out_tracks(rows, row_of_pair, pair_time, len(cat), config, held_before, kept_before)
+    lone = keep_splits_of is not None and held.sum() == 1  # ranking among one track measures nothing
     if keep_splits_of is not None and warn is not None:
         if not config.new_music_share and held_before.any():
             warn(f"{keep_splits_of} held {int(held_before.sum())} track(s) out of training as new music, and this "
                  "build holds none (no new_music_share): they are trained on now, and its new-music uploads are "
                  "test's; give the share again to keep them out")
+        released = int((held_before & kept_before).sum())
+        if config.new_music_share and released:
+            warn(f"{keep_splits_of} held out {released} track(s) that videos keeping their split now name: they are "
+                 "not held out now (their earlier new-music uploads are test's)")
         asked = int(round(config.new_music_share * len(np.unique(rows[:, 1]))))
-        if config.new_music_share and held.sum() < asked:
+        if lone:
+            warn("new music: only 1 track could be held out of training (new music needs at least 2): none is, "
+                 "and this build has no test_new_music")
+        elif config.new_music_share and held.sum() < asked:
             warn(f"new music: {int(held.sum())} of the {asked} tracks the share {config.new_music_share} asks for "
                  f"are held out of training; every other track the pairs name is named by a video that keeps its "
                  f"split of {keep_splits_of}")
-        trained_again = int((held_before & fitted_named).sum())
-        if config.new_music_share and trained_again:
-            warn(f"{keep_splits_of} held out {trained_again} track(s) that videos it trained or validated on now "
-                 "name: in training now (their earlier new-music uploads are test's)")
-    if keep_splits_of is not None and held.sum() == 1:  # ranking among one track measures nothing
-        if warn is not None:
-            warn("new music: only 1 track could be held out of training (new music needs at least 2): none is, "
-                 "and this build has no test_new_music")
+    if lone:
         held[:] = False
     new_music_video = np.zeros(len(video_ids), bool)
     new_music_video[rows[held[rows[:, 1]], 0]] = True
@@ -542,7 +545,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     if keep_splits_of is None:
         split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
     else:
-        sides = side_before[vids_in]
+        sides = np.minimum(side_before[vids_in], SIDES.index("test"))  # last week's new music no longer held: test
         kept = kept_record(Path(keep_splits_of), sides)
         if held.any():
             kept["new_music_held_again"] = int((held & held_before).sum())

@@ -495,24 +495,23 @@ def meta_coverage_warnings(path: Path, metadata: dict[str, tuple[int, dict[str, 
 
 def genre_spelling_warning(path: Path, genres: list[str], remedy: str | None = None) -> str | None:
     """A warning line when genre names of the catalogue's tracks (``genres``, one per track, from the metadata CSV
-    ``path``, without spaces at either end; empty: no genre, which build-dataset calls "unknown") differ only in
-    letter case, in the spaces inside them (invisible ones too), in compatibility forms (full-width letters) or in
-    how an accent is encoded ("Rock" for one track, "rock" for the others; no genre beside "Unknown"): each spelling
+    ``path``, without spaces at either end; empty: no genre, which build-dataset calls "unknown", as this does)
+    differ only in letter case, in the spaces inside them (invisible ones too), in compatibility forms (full-width
+    letters) or in how an accent is encoded ("Rock" for one track, "rock" for the others; no genre beside "Unknown"):
+    each spelling
     is a genre of its own to build-dataset, which changes DecCM's confounder and the per-genre figures. The line
     names the spellings of up to three such genres, with their tracks, and ends with ``remedy`` (default: write
     each genre one way in ``path``); the names are kept as written (a genre is what the CSV says)."""
     spellings: dict[str, Counter[str]] = defaultdict(Counter)
     for g in genres:
-        spellings[" ".join(unicodedata.normalize("NFKC", (g or "unknown").translate(INVISIBLE)).casefold().split())][
-            g] += 1
+        g = g or "unknown"  # as build-dataset names it: one genre with "unknown" written so
+        spellings[" ".join(unicodedata.normalize("NFKC", g.translate(INVISIBLE)).casefold().split())][g] += 1
     clashes = sorted((sorted(named.items(), key=lambda kv: (-kv[1], kv[0])) for named in spellings.values()
                       if len(named) > 1), key=lambda group: (-sum(n for _, n in group), group[0][0]))
     if not clashes:
         return None
 
     def named(name: str) -> str:  # a combining accent, an invisible space, a full-width letter look like the other
-        if not name:
-            return "no genre ('unknown')"
         plain = unicodedata.normalize("NFKC", name.translate(INVISIBLE)) == name
         return repr(name) if plain else f"{ascii(name)} (written with other code points)"
 

@@ -205,12 +205,14 @@ def files_in(folder: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
     """Non-hidden entries under ``folder`` (recursively) other than folders, in sorted order: regular files,
     and the FIFOs, devices, sockets and symbolic links to nothing that :func:`regular_file_size` refuses.
 
-    The folders ``exclude`` (the output folder and the cache, when they lie inside the input folder) are skipped.
+    Those of the folders ``exclude`` (the output folder, the cache) that lie inside ``folder`` are skipped: one
+    that holds it (a cache ``.`` above the input folder) skips nothing.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
-    skip = {Path(e).resolve() for e in exclude}
+    inside = Path(os.path.realpath(folder))
+    skip = {e for e in (Path(os.path.realpath(e)) for e in exclude) if inside in e.parents}
     out = [p for p in folder.rglob("*")
            if not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
            and not skip.intersection(Path(os.path.realpath(p)).parents)]  # resolve() fails on a link loop

@@ -56,20 +56,19 @@ class Standardizer(nn.Module):
         constant (0 after standardisation) and :attr:`fitted_on_rows` is False."""
         if weights is not None:
             x = x[weights > 0]
-        if len(x) == 0:
+        if len(x) == 0:  # spread 0, below any a fit leaves (the floor): every feature constant, and the mark of it
             self.mean.zero_()
-            self.std.fill_(self.MIN_STD)
+            self.std.zero_()
             return
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0, unbiased=False).clamp_min(self.MIN_STD))
 
     @property
     def fitted_on_rows(self) -> bool:
-        """False when it was fitted on no rows (the captions of a dataset without any), which leaves every mean 0 and
-        every spread at the floor: a fit on real rows, even constant ones, leaves some mean other than 0. True
-        before fitting and for checkpoints fitted before 2026-11-24, which kept the initial spread of 1 when fitted
-        on no rows."""
-        return bool((self.std != self.MIN_STD).any() or (self.mean != 0).any())
+        """False when it was fitted on no rows (the captions of a dataset without any), which leaves every spread 0:
+        a fit on rows, even constant or all-zero ones, leaves each at the floor at least. True before fitting and for
+        checkpoints fitted before 2026-11-24, which kept the initial spread of 1 when fitted on no rows."""
+        return bool((self.std != 0).any())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(self.std > self.MIN_STD, (x - self.mean) / self.std, torch.zeros((), dtype=x.dtype))
