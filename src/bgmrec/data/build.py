@@ -50,8 +50,8 @@ a video in splits of two roles takes the later of train, val, test), and only th
 by the shares and the rule above, among themselves. Last week's test videos then never enter this week's
 training, nor last week's training videos this week's test: last week's model and this week's are compared on
 videos neither trained on. With ``new_music_share`` the tracks last week's dataset held out are held out again
-(first, whatever the share, unless a video it trained or validated on names one now), and the others are chosen
-by the rule above among the tracks no video keeping its split names (holding one out would move the video out of
+(first, whatever the share, unless a video keeping its split names one now), and the others are chosen by the
+rule above among the tracks no video keeping its split names (holding one out would move the video out of
 its split); fewer than the share are held out when no other is left, and none when only one is, each with a
 warning. Without the share, last week's held-out tracks are trained on, with a warning.
 
