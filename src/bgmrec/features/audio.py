@@ -498,10 +498,9 @@ def genre_spelling_warning(path: Path, genres: list[str], remedy: str | None = N
     ``path``, without spaces at either end; empty: no genre, which build-dataset calls "unknown", as this does)
     differ only in letter case, in the spaces inside them (invisible ones too), in compatibility forms (full-width
     letters) or in how an accent is encoded ("Rock" for one track, "rock" for the others; no genre beside "Unknown"):
-    each spelling
-    is a genre of its own to build-dataset, which changes DecCM's confounder and the per-genre figures. The line
-    names the spellings of up to three such genres, with their tracks, and ends with ``remedy`` (default: write
-    each genre one way in ``path``); the names are kept as written (a genre is what the CSV says)."""
+    each spelling is a genre of its own to build-dataset, which changes DecCM's confounder and the per-genre
+    figures. The line names the spellings of up to three such genres, with their tracks, and ends with ``remedy``
+    (default: write each genre one way in ``path``); the names are kept as written (a genre is what the CSV says)."""
     spellings: dict[str, Counter[str]] = defaultdict(Counter)
     for g in genres:
         g = g or "unknown"  # as build-dataset names it: one genre with "unknown" written so
