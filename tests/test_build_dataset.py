@@ -365,10 +365,12 @@ def test_genres_written_in_several_ways_are_warned_of(tmp_path, folders):
     said.clear()
     assert build_dataset(vids, unknown, write_pairs(tmp_path / "p.csv"), tmp_path / "u", warn=said.append).genres == [
         "Unknown", "jazz", "pop", "rock", "unknown"]
-    assert [w for w in said if "'Unknown' (1 track), 'unknown' (1 track)" in w]
+    assert [w for w in said if "'Unknown' (1 track), 'unknown' or no genre (1 track)" in w]
     from bgmrec.features.audio import genre_spelling_warning  # no genre and 'unknown' are one genre: nothing to say
 
     assert genre_spelling_warning(cat / "tracks.csv", ["pop", "", "unknown", "pop"]) is None
+    spaced = genre_spelling_warning(cat / "tracks.csv", ["Hip Hop", "HipHop"])  # a space inside: missed
+    assert "'Hip Hop' (1 track), 'HipHop' (1 track)" in spaced
     said.clear()
     build_dataset(vids, folders[1], write_pairs(tmp_path / "p.csv"), tmp_path / "e", warn=said.append)
     assert not [w for w in said if "written in several ways" in w]
@@ -623,8 +625,8 @@ def test_a_rebuild_that_keeps_splits_holds_last_weeks_new_music_out_again(tmp_pa
                           keep_splits_of=tmp_path / "w1")
     assert not plain.track_new.any() and said == [
         f"{tmp_path / 'w1'} held 2 track(s) out of training as new music, and this build holds none (no "
-        "new_music_share): they are trained on now, and its new-music uploads are test's; give the share again to "
-        "keep them out"]
+        "new_music_share): they are no longer held out (an upload of one can be trained on), and its new-music uploads "
+        "are test's; give the share again to keep them out"]
     # one track left to hold out: none is (a fresh build refuses a share that holds out fewer than 2)
     lone_uses = [i % 4 for i in range(16)] + [4, 4, 5, 5] + [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]  # nothing new this week
     said = []
@@ -929,7 +931,7 @@ def test_keeping_the_splits_of_a_dataset_of_other_videos_says_so(tmp_path, folde
 def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
     # a professional video of the earlier teacher split stays on the training side; one in splits of two roles
     # takes the later of train, val, test
-    from bgmrec.data.build import kept_sides
+    from bgmrec.data.build import kept_record, kept_sides
 
     vids, cat = folders
     pro = tmp_path / "pro.csv"
@@ -940,6 +942,6 @@ def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
     train_row = ds.splits["train"][:1].copy()
     train_row[0, 0] = ds.splits["test"][0, 0]
     save_dataset(ds.with_split("extra", train_row, role="train"), tmp_path / "two")
-    sides, record, held = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"])
+    sides, held = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"])
     assert sides.tolist() == [0, 2, ("train", "val", "test").index(sides_by_id(ds)["v0"]), -1]
-    assert record["new"] == 1 and held == set()  # no new music held out
+    assert kept_record(tmp_path / "two", sides)["new"] == 1 and held == set()  # no new music held out

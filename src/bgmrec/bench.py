@@ -75,7 +75,8 @@ BENCH_ENTRIES = ("*-seed[0-9]*", "tt150k-speed", "benchmarks*.md", "benchmarks_*
 QUALITY_TITLE = "# Benchmarks: quality on the simulated worlds"  # the first line of a bench quality report
 REPORT_TITLES = (QUALITY_TITLE, "# The models against the learners trained on the intervened world (",  # how the
                  "# How much of each model's error is in its per-track term (",  # first lines of the bench reports
-                 "# DecCM vs CMVAE as confounding grows (")  # begin: quality, ceiling (both kinds), gamma
+                 "# DecCM vs CMVAE as confounding grows (",  # begin: quality, ceiling (both kinds), gamma,
+                 "# Media benchmark")  # bench-media
 
 
 def check_work_folder(work: Path, out: Path) -> None:

@@ -71,8 +71,9 @@ def check_world_folder(folder: Path, option: str) -> None:
         for run in sorted((folder / kind).iterdir()) if (folder / kind).is_dir() else []:
             record = read_run_record(run) if run.is_dir() else {}
             trained_on = record.get("data")
-            here = trained_on is None or Path(trained_on) == data.resolve() or (  # the folder moved since: its world
-                fingerprint is not None and record.get("data_fingerprint") == fingerprint)
+            here = trained_on is None or isinstance(trained_on, str) and (
+                Path(trained_on) == data.resolve() or (  # the folder moved since: its world
+                    fingerprint is not None and record.get("data_fingerprint") == fingerprint))
             if not here:
                 raise ValueError(f"{option}: {run} was trained on {trained_on}, not on this folder's world, and the "
                                  "command would replace it; give a new or empty folder")

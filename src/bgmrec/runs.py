@@ -385,10 +385,10 @@ def warn_about_features(ds, data: Path) -> list[str]:
             warn_on_stderr(said[-1])
     trained = np.unique(ds.train_rows()[:, 0])
     if np.shape(ds.video_text)[1] and len(trained) and not np.asarray(ds.video_text_mask)[trained].any():
-        said.append(f"{data}: none of the training videos has a caption (features/video_text_mask.npy): the networks "
-                    "learn nothing from text, and leave the captions of the clips they rank out; to use captions, "
-                    "build the dataset again from videos with theirs (extract-videos --captions; an import's text "
-                    "features)")
+        said.append(f"{data}: none of the training videos has a caption (features/video_text_mask.npy): networks "
+                    "trained on them learn nothing from text and leave the captions of the clips they rank out (a "
+                    "DecCM teacher trained on captioned professional videos still reads them); to use captions, build "
+                    "the dataset again from videos with theirs (extract-videos --captions; an import's text features)")
         warn_on_stderr(said[-1])
     return said
 

@@ -633,9 +633,9 @@ def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reu
     above = tmp_path / "cache"  # the folder above the cache meant: no vectors of these settings in it
     rep = extract_music(music_dir, tmp_path / "w5", cache_dir=above, extractor=Counting(), progress=False)
     assert rep.cached == 0 and rep.warnings == [
-        f"{above}: a cache folder without vectors of these extraction settings: nothing reused (settings changed "
-        "since, another extractor's cache, or a folder above or below the one meant: this extractor's default cache "
-        "is OUT/.cache/audio)"]
+        f"{above}: a cache folder without vectors of these extraction settings, so every input's audio features are "
+        "extracted again (settings changed since, another extractor's cache, or a folder above or below the one "
+        "meant: this extractor's default cache is OUT/.cache/audio)"]
     assert extract_music(music_dir, tmp_path / "w6", extractor=Counting(), progress=False).warnings == []  # default
     import shutil  # a cache inside the input folder: its vectors were scanned as tracks, "8 failed" and growing
 
@@ -683,7 +683,7 @@ def test_genre_names_differing_only_in_case_or_spacing_are_named(tmp_path, music
     said = extract_music(music_dir, tmp_path / "cat", meta=meta, extractor=Counting(), progress=False).warnings
     assert [w for w in said if w.endswith(
         ": 'Pop\\u200b' (written with other code points) (1 track), 'pop' (1 track), '\\uff30\\uff4f\\uff50' (written "
-        "with other code points) (1 track); 'Unknown' (1 track), 'unknown' (1 track); write each genre "
+        "with other code points) (1 track); 'Unknown' (1 track), 'unknown' or no genre (1 track); write each genre "
         "one way in meta.csv")], said
     meta.write_text("id,genre\n" + "".join(f"track{i},{g}\n" for i, g in enumerate(
         ["rock", "Rock", "POP", "pop", "jazz"])), encoding="utf-8")

@@ -267,9 +267,9 @@ def test_one_shared_cache_serves_every_week_and_a_cache_path_with_nothing_to_reu
     below = shared / "visual"  # one of the caches in it, not the folder holding both
     rep = extract_videos(video_dir, tmp_path / "w4", cache_dir=below, frames=(again := CountingFrames()), **kw)
     assert again.calls == 5 and rep.warnings == [
-        f"{below}: a cache folder without vectors of these extraction settings: nothing reused (settings changed "
-        "since, another extractor's cache, or a folder above or below the one meant: this extractor's default cache "
-        "is OUT/.cache)"] and rep.cache_note is None
+        f"{below}: a cache folder without vectors of these extraction settings, so every input's frame features are "
+        "extracted again (settings changed since, another extractor's cache, or a folder above or below the one "
+        "meant: this extractor's default cache is OUT/.cache)"] and rep.cache_note is None
 
 
 def test_a_failed_write_leaves_the_earlier_videos_folder_as_it_was(tmp_path, video_dir, monkeypatch):

@@ -85,8 +85,8 @@ def test_a_model_trained_on_no_captions_leaves_the_captions_of_clips_out(tiny_ds
     uncaptioned = dataclasses.replace(tiny_ds, video_text_mask=np.zeros(tiny_ds.n_videos, bool))
     save_dataset(uncaptioned, tmp_path / "data")
     model, _ = train_model(tmp_path / "data", "cmvae", tmp_path / "run", epochs=1, progress=False)
-    assert (f"warning: {tmp_path / 'data'}: none of the training videos has a caption "
-            "(features/video_text_mask.npy): the networks learn nothing from text") in capsys.readouterr().err
+    assert (f"warning: {tmp_path / 'data'}: none of the training videos has a caption (features/video_text_mask.npy): "
+            "networks trained on them learn nothing from text") in capsys.readouterr().err
     captioned = build("cmvae", FeatureSpec.of(tiny_ds), {"epochs": 1}).fit(SplitView(tiny_ds, "train"), None)
     assert not model.learned_text and captioned.learned_text
     q = VideoQuery(np.array(tiny_ds.video_visual[:4]), np.array(tiny_ds.video_text[:4]), np.ones(4, bool))

@@ -285,6 +285,28 @@ def test_a_teacher_trained_on_no_captions_is_distilled_from_without_them(tiny_ds
         assert torch.equal(model.extra_loss(batch, post, music, got), model.extra_loss(blind, post, music, without))
 
 
+def test_a_student_trained_on_no_captions_reads_them_through_a_captioned_teacher(tiny_ds, tmp_path):
+    # recommend said the captions were left out while content mode's teacher, trained on captioned professional
+    # videos, read them and changed the scores (a review)
+    import dataclasses
+
+    mask = np.array(tiny_ds.video_text_mask)
+    mask[np.unique(tiny_ds.splits["train"][:, 0])] = False
+    ds = dataclasses.replace(tiny_ds, video_text_mask=mask)
+    model = build("deccm", FeatureSpec.of(ds), {"epochs": 1, "batch_size": 256})
+    prepare_teacher(model, ds, tmp_path / "run", None)
+    model.fit(SplitView(ds, "train"), None)
+    assert not model.learned_text and model.teacher.learned_text
+    model.set_inference_mode("backdoor")
+    assert not model.reads_captions
+    model.set_inference_mode("content")
+    assert model.reads_captions
+    q = VideoQuery.from_dataset(tiny_ds, np.arange(8))
+    blind = dataclasses.replace(q, text_mask=np.zeros(len(q), bool))
+    cat = MusicCatalog.from_dataset(tiny_ds)
+    assert not np.allclose(model.score(q, cat), model.score(blind, cat))  # the teacher's share reads them
+
+
 def test_set_teacher_freezes_its_own_copy_and_leaves_the_callers_teacher_as_it_was(tiny_ds):
     # set_teacher froze the caller's object: requires_grad off, and its module's train() replaced by a no-op
     student = build("deccm", FeatureSpec.of(tiny_ds), {"prior_samples": 64})

@@ -53,7 +53,7 @@ videos neither trained on. With ``new_music_share`` the tracks last week's datas
 (first, whatever the share, unless a video keeping its split names one now), and the others are chosen by the
 rule above among the tracks no video keeping its split names (holding one out would move the video out of
 its split); fewer than the share are held out when no other is left, and none when only one is, each with a
-warning. Without the share, last week's held-out tracks are trained on, with a warning.
+warning. Without the share, last week's held-out tracks are no longer held out, with a warning.
 
 Professional music videos (the teacher data of DecCM, whose tracks were chosen for their content, not by
 uploaders' taste) come in an optional second CSV, ``video,track`` (an uploader column is not read), of
@@ -241,11 +241,10 @@ MANY_TRACKS = 100  # a video with more tracks than this is warned of (an upload 
 NEW_MUSIC_SIDE = 3  # kept_sides' side of a video of a new-music test split (test_new_music): a test side too
 
 
-def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, dict, set[str]]:
+def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, set[str]]:
     """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, :data:`NEW_MUSIC_SIDE`
     for a test split ranked among new music, -1 for a video it has in none of its splits; see the module
-    docstring), what the provenance records of it (:func:`kept_record`), and the ids of the tracks that dataset held
-    out of training (its new music)."""
+    docstring), and the ids of the tracks that dataset held out of training (its new music)."""
     prev = load_dataset(Path(previous))
     side_of_role = {"train": 0, "teacher": 0, "val": 1, "test": 2}
     side = np.full(prev.n_videos, -1, np.int64)
@@ -256,12 +255,13 @@ def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, dict, 
             side[videos] = np.maximum(side[videos], NEW_MUSIC_SIDE if new_music else side_of_role[info.role])
     pos = {v: i for i, v in enumerate(prev.video_ids)}
     sides = np.array([side[pos[v]] if v in pos else -1 for v in video_ids], np.int64)
-    return sides, kept_record(previous, sides), {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}
+    return sides, {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}
 
 
 def kept_record(previous: Path, sides: np.ndarray) -> dict:
     """The provenance of a build that kept the splits of ``previous``: its folder and splits' fingerprint, how many
-    of the videos split (``sides``, from :func:`kept_sides`) kept each side, and how many were new."""
+    of the videos split (``sides``, from :func:`kept_sides`, a new-music side as test) kept each side, and how many
+    were new."""
     return {"folder": str(previous), "splits_fingerprint": dataset_fingerprint(Path(previous)),
             "kept": {name: int((sides == s).sum()) for s, name in enumerate(SIDES)}, "new": int((sides < 0).sum())}
 
@@ -490,7 +490,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     pair_time = None if pairs.time is None else np.array([pairs.time[i] for i in keep], np.float64)
     held_before = kept_before = None
     if keep_splits_of is not None:  # each video's side in last week's dataset, and the tracks it held out
-        side_before, _, held_ids = kept_sides(Path(keep_splits_of), video_ids)
+        side_before, held_ids = kept_sides(Path(keep_splits_of), video_ids)
         held_before = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
         held_before[np.setdiff1d(np.arange(len(cat)), rows[:, 1])] = False  # those the pairs name
         side_of_row = side_before[rows[:, 0]]
@@ -502,8 +502,8 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     if keep_splits_of is not None and warn is not None:
         if not config.new_music_share and held_before.any():
             warn(f"{keep_splits_of} held {int(held_before.sum())} track(s) out of training as new music, and this "
-                 "build holds none (no new_music_share): they are trained on now, and its new-music uploads are "
-                 "test's; give the share again to keep them out")
+                 "build holds none (no new_music_share): they are no longer held out (an upload of one can be "
+                 "trained on), and its new-music uploads are test's; give the share again to keep them out")
         released = int((held_before & kept_before).sum())
         if config.new_music_share and released:
             warn(f"{keep_splits_of} held out {released} track(s) that videos keeping their split now name: they are "

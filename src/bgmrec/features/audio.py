@@ -496,21 +496,25 @@ def meta_coverage_warnings(path: Path, metadata: dict[str, tuple[int, dict[str, 
 def genre_spelling_warning(path: Path, genres: list[str], remedy: str | None = None) -> str | None:
     """A warning line when genre names of the catalogue's tracks (``genres``, one per track, from the metadata CSV
     ``path``, without spaces at either end; empty: no genre, which build-dataset calls "unknown", as this does)
-    differ only in letter case, in the spaces inside them (invisible ones too), in compatibility forms (full-width
-    letters) or in how an accent is encoded ("Rock" for one track, "rock" for the others; no genre beside "Unknown"):
-    each spelling is a genre of its own to build-dataset, which changes DecCM's confounder and the per-genre
-    figures. The line names the spellings of up to three such genres, with their tracks, and ends with ``remedy``
-    (default: write each genre one way in ``path``); the names are kept as written (a genre is what the CSV says)."""
+    differ only in letter case, in spaces ("Hip Hop", "HipHop"; invisible ones too), in compatibility forms
+    (full-width letters) or in how an accent is encoded ("Rock" for one track, "rock" for the others; no genre
+    beside "Unknown"): each spelling is a genre of its own to build-dataset, which changes DecCM's confounder and
+    the per-genre figures. The line names the spellings of up to three such genres, with their tracks, and ends
+    with ``remedy`` (default: write each genre one way in ``path``); the names are kept as written (a genre is what
+    the CSV says)."""
     spellings: dict[str, Counter[str]] = defaultdict(Counter)
+    blank = "" in genres
     for g in genres:
         g = g or "unknown"  # as build-dataset names it: one genre with "unknown" written so
-        spellings[" ".join(unicodedata.normalize("NFKC", g.translate(INVISIBLE)).casefold().split())][g] += 1
+        spellings["".join(unicodedata.normalize("NFKC", g.translate(INVISIBLE)).casefold().split())][g] += 1
     clashes = sorted((sorted(named.items(), key=lambda kv: (-kv[1], kv[0])) for named in spellings.values()
                       if len(named) > 1), key=lambda group: (-sum(n for _, n in group), group[0][0]))
     if not clashes:
         return None
 
     def named(name: str) -> str:  # a combining accent, an invisible space, a full-width letter look like the other
+        if name == "unknown" and blank:
+            return "'unknown' or no genre"
         plain = unicodedata.normalize("NFKC", name.translate(INVISIBLE)) == name
         return repr(name) if plain else f"{ascii(name)} (written with other code points)"
 
@@ -587,7 +591,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=skipped, progress=progress)
     cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings, len(feature_names))
     created = first_missing(cache.folder)
-    no_reuse, cache_note = cache_reuse(cache_dir, cache, "OUT/.cache/audio")
+    no_reuse, cache_note = cache_reuse(cache_dir, cache, "OUT/.cache/audio", "audio features")
     cache.describe()
 
     vectors, todo = split_cached(items, cache)

@@ -544,7 +544,8 @@ def previous_rows(out: Path, table: str, columns: tuple[str, ...]) -> dict[str, 
         return {}
 
 
-def cache_reuse(given: Path | None, cache: FeatureCache, default: str) -> tuple[str | None, str | None]:
+def cache_reuse(given: Path | None, cache: FeatureCache, default: str,
+                what: str) -> tuple[str | None, str | None]:
     """What to say of a cache folder named explicitly (``given``: extract-music's or extract-videos' ``--cache``,
     before this run touched it) that holds no vector of this extractor's settings (``cache``'s folder): ``(warning,
     note)``. A warning when it holds vectors of other settings (another extractor's cache, the folder above or
@@ -552,14 +553,15 @@ def cache_reuse(given: Path | None, cache: FeatureCache, default: str) -> tuple[
     (a path not made yet, an empty folder, one whose first extraction stopped before any vector): a new cache,
     which is right the first time and, any later week, a path other than the one used before (everything is
     extracted again). (None, None) for the default cache (``default`` names it, e.g. "OUT/.cache/audio") and a
-    cache with vectors of these settings."""
+    cache with vectors of these settings. ``what`` names what the cache holds ("audio features", "frame
+    features": extract-videos' captions have a cache of their own beside it)."""
     if given is None or holds_vectors(cache.folder):
         return None, None
     given = Path(given)
     if holds_vectors(given):
-        return (f"{given}: a cache folder without vectors of these extraction settings: nothing reused (settings "
-                f"changed since, another extractor's cache, or a folder above or below the one meant: this "
-                f"extractor's default cache is {default})"), None
+        return (f"{given}: a cache folder without vectors of these extraction settings, so every input's {what} "
+                f"are extracted again (settings changed since, another extractor's cache, or a folder above or below "
+                f"the one meant: this extractor's default cache is {default})"), None
     return None, (f"a new cache at {given} (nothing in it to reuse yet): give the same --cache every time; a later "
                   "extraction that finds this note names a path other than the one used before")
 

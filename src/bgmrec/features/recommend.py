@@ -275,7 +275,7 @@ class ClipRecommender:
 
         for mismatch in feature_settings_mismatches(model, catalog, frames):
             said(mismatch)
-        self.captions_left_out = not getattr(model, "learned_text", True)
+        self.captions_left_out = not getattr(model, "reads_captions", True)
         if self.captions_left_out:
             said(CAPTIONS_LEFT_OUT)
         self.music = music_catalog(model, catalog, warn=said)

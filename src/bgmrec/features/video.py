@@ -518,7 +518,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None}, VISUAL_DIM)
     tcache = FeatureCache(cache_root / "text", text.settings, TEXT_DIM)
     created = first_missing(vcache.folder)
-    no_reuse, cache_note = cache_reuse(cache_dir, vcache, "OUT/.cache")
+    no_reuse, cache_note = cache_reuse(cache_dir, vcache, "OUT/.cache", "frame features")
     vcache.describe()
     tcache.describe()
 

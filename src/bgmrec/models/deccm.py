@@ -313,6 +313,13 @@ class DecCM(CMVAE):
             return prior.log_q(c, e_m, len(self.spec.genres))
         return super()._track_log_q(c, e_m)
 
+    @property
+    def reads_captions(self) -> bool:
+        """The student's :attr:`learned_text`, or in a mode that mixes in the teacher (:meth:`mixes_teacher`), the
+        teacher's: a student trained on uploads without captions still reads them through a teacher trained on
+        captioned professional videos."""
+        return self.learned_text or (self.mixes_teacher() and self.teacher is not None and self.teacher.learned_text)
+
     def mixes_teacher(self) -> bool:
         """True when scores mix in the teacher's: content mode of a student trained with a teacher, w > 0.
 

@@ -231,6 +231,12 @@ class TorchRecommender(Recommender):
         an encoder that never trained would add its initial weights' output to every score."""
         return self.module.norms.text.fitted_on_rows
 
+    @property
+    def reads_captions(self) -> bool:
+        """Whether the model's scores read a clip's caption (what an application says of the captions it is given):
+        :attr:`learned_text`."""
+        return self.learned_text
+
     def without_unlearned_text(self, q: VideoQuery) -> VideoQuery:
         """``q`` as the model reads it: its captions left out when the model learned from none
         (:attr:`learned_text`)."""
