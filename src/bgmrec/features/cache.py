@@ -514,11 +514,8 @@ def last_extraction(out: Path, ids: list[str], what: str, source: Path,
     ``failures`` (``failures.csv`` names them), else None; and the ids it adds, None when the folder holds no
     extraction. A folder holds the inputs of its last extraction only: extracting just the new files of a growing
     catalogue into it dropped the earlier ones without a word; and an app could not tell which tracks were new."""
-    try:
-        before = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8")).get("ids")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return None, None
-    if not isinstance(before, list):
+    before = previous_ids(out)
+    if before is None:
         return None, None
     held = set(before)
     added = [i for i in ids if i not in held]
@@ -531,16 +528,25 @@ def last_extraction(out: Path, ids: list[str], what: str, source: Path,
             "extract the whole collection to keep them (vectors computed before come from the cache)"), added
 
 
+def previous_ids(out: Path) -> list | None:
+    """The ids of the extraction the folder ``out`` holds (its manifest.json's ``ids``); None when it holds none (a
+    new folder, what an interrupted run left, another kind of folder)."""
+    try:
+        ids = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8")).get("ids")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return ids if isinstance(ids, list) else None
+
+
 def previous_rows(out: Path, table: str, columns: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """``{id: row}`` of the table ``table`` (``tracks.csv``, ``videos.csv``) of the extraction the folder ``out``
-    holds, the rows having ``columns``; {} when it holds none (no manifest.json with ``ids``: a new folder, or
-    what an interrupted run left) or the table cannot be read (such a folder is replaced all the same)."""
+    holds (:func:`previous_ids`), the rows having ``columns``; {} when it holds none or the table cannot be read
+    (such a folder is replaced all the same)."""
+    if previous_ids(out) is None:
+        return {}
     try:  # a DatasetError is a ValueError
-        ids = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8")).get("ids")
-        if not isinstance(ids, list):
-            return {}
         return {row["id"]: row for row in read_csv_utf8(Path(out) / table, ("id", *columns))}
-    except (OSError, ValueError, AttributeError, RecursionError):
+    except (OSError, ValueError):
         return {}
 
 
