@@ -69,6 +69,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -98,6 +99,10 @@ from bgmrec.features.cache import (
     read_csv_lines,
     same_text,
 )
+
+if TYPE_CHECKING:
+    from bgmrec.features.audio import Catalog
+    from bgmrec.features.video import VideoFeatures
 
 COLUMN_NAMES = {
     "video": VIDEO_ID_COLUMNS,
@@ -395,6 +400,407 @@ def late_training_pairs(pair_side: np.ndarray, pair_time: np.ndarray) -> str | N
             "them (popularity, the track prior, the uploaders' tastes)")
 
 
+#: each split's :class:`~bgmrec.data.dataset.SplitInfo`, in the order a built dataset has them
+SPLIT_INFO = {"train": SplitInfo("train", "existing"), "val": SplitInfo("val", "existing"),
+              "test": SplitInfo("test", "existing"), "test_new_music": SplitInfo("test", "new"),
+              "pgc": SplitInfo("teacher", "existing")}
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """:func:`build_dataset`'s inputs, read: its paths as given (its messages name them so), the videos folder
+    memory-mapped in its own row order, the catalogue in id order, and the pairs."""
+
+    videos_dir: Path
+    music_dir: Path
+    pairs_csv: Path
+    professional_csv: Path | None
+    videos: VideoFeatures
+    stored: np.ndarray  # the folder's row of each video, in id order
+    vid_ids: list[str]  # the extracted videos' ids, in id order
+    cat: Catalog
+    tpos: dict[str, int]  # each track id's row in cat
+    pairs: Pairs
+
+
+def _read_inputs(videos_dir: Path, music_dir: Path, pairs_csv: Path, professional_csv: Path | None,
+                 warn: Callable[[str], None] | None) -> _Inputs:
+    """Load the videos folder and the catalogue and read the pairs, warning of rows without a time; a catalogue of
+    fewer than 2 tracks is refused."""
+    from bgmrec.features.audio import load_catalog
+    from bgmrec.features.video import load_video_features
+
+    # the videos' arrays memory-mapped (checked and hashed a block at a time), in the folder's row order: the rows
+    # kept are copied in id order into the dataset's files (_write_dataset); loading, sorting and selecting copied
+    # them thrice
+    videos = load_video_features(Path(videos_dir), mmap=True)
+    stored = id_order(videos.ids)
+    cat = in_id_order(load_catalog(Path(music_dir)))
+    pairs = read_pairs(Path(pairs_csv))
+    if pairs.untimed and warn is not None:
+        warn(f"{pairs_csv}: {len(pairs.untimed)} of {len(pairs.video)} row(s) have no time (e.g. line "
+             f"{pairs.untimed[0]}); the split is random, not by time")
+    if len(cat) < 2:
+        raise DatasetError(f"{music_dir}: the catalogue has {len(cat)} track(s); a dataset needs at least 2")
+    return _Inputs(videos_dir, music_dir, pairs_csv, professional_csv, videos, stored,
+                   [videos.ids[i] for i in stored], cat, {t: j for j, t in enumerate(cat.ids)}, pairs)
+
+
+@dataclass(frozen=True)
+class _Usable:
+    """The rows of the pairs a dataset uses and how many were dropped, by why (:func:`usable_rows`); the same of
+    the professional pairs (``pro`` None without them)."""
+
+    keep: list[int]
+    dropped: dict[str, int]
+    pro: Pairs | None
+    pro_keep: list[int]
+    pro_dropped: dict[str, int]
+
+
+def _usable_pairs(inputs: _Inputs, warn: Callable[[str], None] | None) -> _Usable:
+    """The usable rows of the pairs and of the professional pairs (read here); refused: no usable row in either
+    file, or a video both an upload and a professional video."""
+    extracted = set(inputs.vid_ids)
+    videos_dir, music_dir, pairs_csv, professional_csv = (inputs.videos_dir, inputs.music_dir, inputs.pairs_csv,
+                                                          inputs.professional_csv)
+    keep, dropped = usable_rows(inputs.pairs, pairs_csv, extracted, inputs.tpos, videos_dir, music_dir, warn)
+    pro_keep, pro_dropped, pro = [], {}, None
+    if professional_csv is not None:
+        pro = read_pairs(Path(professional_csv), uploaders=False)
+        pro_keep, pro_dropped = usable_rows(pro, professional_csv, extracted, inputs.tpos, videos_dir, music_dir,
+                                            warn)
+        if not pro_keep:  # a dataset without its pgc split: the teacher-guided models would fail only at train
+            raise DatasetError(f"{professional_csv}: no row names both an extracted video (from {videos_dir}) and a "
+                               f"catalogue track (from {music_dir}); the professional videos make the split pgc")
+        both = sorted({inputs.pairs.video[i] for i in keep} & {pro.video[i] for i in pro_keep})
+        if both:
+            raise DatasetError(f"{professional_csv}: {len(both)} video(s) are also uploads in {pairs_csv} (e.g. "
+                               f"{both[0]!r}); a video is an upload or a professional music video, not both")
+    if not keep:
+        raise DatasetError(f"{pairs_csv}: no row names both an extracted video (from {videos_dir}) "
+                           f"and a catalogue track (from {music_dir})")
+    return _Usable(keep, dropped, pro, pro_keep, pro_dropped)
+
+
+@dataclass(frozen=True)
+class _Uploads:
+    """A dataset's uploaded videos (those with a usable pair, by id), their uploaders and their pair rows."""
+
+    sel: np.ndarray  # each video's position in _Inputs.vid_ids
+    video_ids: list[str]
+    video_uploader: np.ndarray  # each video's uploader: the one of its first usable pair in the file
+    uploaders: list[str]  # sorted: the rows of uploaders.npy
+    rows: np.ndarray  # int64 [n, 3] (video, track, uploader): each distinct row once, sorted
+    row_of_pair: np.ndarray  # each usable pair's row in rows
+    pair_time: np.ndarray | None  # each usable pair's time; None when not every row of the pairs has one
+    repeated: int  # usable pairs repeating an earlier one's video, track and uploader (counted once)
+
+
+def _upload_rows(inputs: _Inputs, keep: list[int], warn: Callable[[str], None] | None) -> _Uploads:
+    """The dataset's uploaded videos and the distinct rows of the usable pairs ``keep``, warning of repeated rows
+    and of videos with more than :data:`MANY_TRACKS` tracks."""
+    pairs = inputs.pairs
+    # the dataset's videos: those with at least one usable pair, by id
+    paired = {pairs.video[i] for i in keep}
+    sel = np.array([i for i, v in enumerate(inputs.vid_ids) if v in paired], np.int64)
+    video_ids = [inputs.vid_ids[i] for i in sel]
+    vpos = {v: i for i, v in enumerate(video_ids)}
+    uploaders = sorted({pairs.uploader[i] for i in keep})
+    upos = {u: k for k, u in enumerate(uploaders)}
+    rows = np.array([[vpos[pairs.video[i]], inputs.tpos[pairs.track[i]], upos[pairs.uploader[i]]] for i in keep],
+                    np.int64)
+    # a video's uploader: the one of its first usable pair in the file (taken before np.unique sorts the rows)
+    video_uploader = np.full(len(video_ids), -1, np.int64)
+    for v, u in rows[::-1, [0, 2]]:
+        video_uploader[v] = u
+    rows, row_of_pair = np.unique(rows, axis=0, return_inverse=True)  # a repeated row counts once
+    if len(keep) > len(rows) and warn is not None:
+        warn(_repeat_warning(pairs, keep, inputs.pairs_csv))
+    tracks_of_video = np.bincount(np.unique(rows[:, :2], axis=0)[:, 0], minlength=len(video_ids))
+    if (tracks_of_video > MANY_TRACKS).any() and warn is not None:
+        most = int(np.argmax(tracks_of_video))
+        warn(f"{inputs.pairs_csv}: {int((tracks_of_video > MANY_TRACKS).sum())} video(s) have more than "
+             f"{MANY_TRACKS} tracks (e.g. {video_ids[most]!r}, {int(tracks_of_video[most]):,}): a placeholder id? "
+             "Each of a video's tracks is a query ranked without the others, which grows with the square of their "
+             "number")
+    pair_time = None if pairs.time is None else np.array([pairs.time[i] for i in keep], np.float64)
+    return _Uploads(sel, video_ids, video_uploader, uploaders, rows, row_of_pair, pair_time, len(keep) - len(rows))
+
+
+def _repeat_warning(pairs: Pairs, keep: list[int], pairs_csv: Path) -> str:
+    """The warning of the usable rows ``keep`` of ``pairs`` that repeat an earlier row's video, track and uploader:
+    how many, and the first one's line and ids (there is one)."""
+    first: dict[tuple[str, str, str], int] = {}
+    repeats = []
+    for i in keep:
+        key = (pairs.video[i], pairs.track[i], pairs.uploader[i])
+        if key in first:
+            repeats.append((i, first[key]))
+        else:
+            first[key] = i
+    i, j = repeats[0]
+    return (f"{pairs_csv}: {len(repeats)} of {len(pairs.video)} row(s) repeat an earlier row's video, track and "
+            f"uploader and were not used again (e.g. line {pairs.lines[i]}: {pairs.video[i]!r}, "
+            f"{pairs.track[i]!r}, {pairs.uploader[i]!r}, as on line {pairs.lines[j]})")
+
+
+def _genres(inputs: _Inputs, warn: Callable[[str], None] | None) -> tuple[list[str], np.ndarray]:
+    """The catalogue's sorted genre names ("unknown" for a track without one) and each track's genre id, warning
+    of a genre written in several ways."""
+    from bgmrec.features.audio import genre_spelling_warning
+
+    cat = inputs.cat
+    genres = sorted({g.strip() or "unknown" for g in cat.genre})
+    spelling = genre_spelling_warning(Path(inputs.music_dir) / "tracks.csv", [g.strip() for g in cat.genre],
+                                      "write each genre one way in the metadata CSV and run extract-music again")
+    if spelling and warn is not None:  # a catalogue extracted before extract-music warned of it, or made otherwise
+        warn(spelling)
+    gpos = {g: k for k, g in enumerate(genres)}
+    return genres, np.array([gpos[g.strip() or "unknown"] for g in cat.genre], np.int64)
+
+
+@dataclass(frozen=True)
+class _Previous:
+    """What a rebuild keeps of an earlier dataset (``keep_splits_of``)."""
+
+    folder: Path  # as given (the messages name it so)
+    side: np.ndarray  # each of this build's videos' side in it (kept_sides)
+    held: np.ndarray  # bool per track: held out of its training, and named by this build's pairs
+    kept: np.ndarray  # bool per track: named by a video keeping its split (never held out)
+
+
+def _previous_split(folder: Path, uploads: _Uploads, cat: Catalog) -> _Previous:
+    """Each video's side in the earlier dataset at ``folder`` and the tracks it held out (:func:`kept_sides`),
+    with the tracks the videos keeping their split name."""
+    side, held_ids = kept_sides(Path(folder), uploads.video_ids)
+    rows = uploads.rows
+    held = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
+    held[np.setdiff1d(np.arange(len(cat)), rows[:, 1])] = False  # those the pairs name
+    side_of_row = side[rows[:, 0]]
+    # never held: what videos keeping their split name (not last week's new-music queries: their own tracks)
+    kept = np.zeros(len(cat), bool)
+    kept[rows[(side_of_row >= 0) & (side_of_row != NEW_MUSIC_SIDE), 1]] = True
+    return _Previous(folder, side, held, kept)
+
+
+def _held_out(uploads: _Uploads, n_tracks: int, config: BuildConfig, previous: _Previous | None,
+              warn: Callable[[str], None] | None) -> np.ndarray:
+    """bool [n_tracks]: the tracks held out of training (:func:`held_out_tracks`). A rebuild holds out none when
+    only one is left, and warns of what it holds out otherwise than its earlier dataset did or than the share asks."""
+    rows = uploads.rows
+    before = (None, None) if previous is None else (previous.held, previous.kept)
+    held = held_out_tracks(rows, uploads.row_of_pair, uploads.pair_time, n_tracks, config, *before)
+    lone = previous is not None and held.sum() == 1  # ranking among one track measures nothing
+    if previous is not None and warn is not None:
+        if not config.new_music_share and previous.held.any():
+            warn(f"{previous.folder} held {int(previous.held.sum())} track(s) out of training as new music, and "
+                 "this build holds none (no new_music_share): they are no longer held out (an upload of one can be "
+                 "trained on), and its new-music uploads are test's; give the share again to keep them out")
+        released = int((previous.held & previous.kept).sum())
+        if config.new_music_share and released:
+            warn(f"{previous.folder} held out {released} track(s) that videos keeping their split now name: they "
+                 "are not held out now (their earlier new-music uploads are test's)")
+        asked = int(round(config.new_music_share * len(np.unique(rows[:, 1]))))
+        if lone:
+            warn("new music: only 1 track could be held out of training (new music needs at least 2): none is, "
+                 "and this build has no test_new_music")
+        elif config.new_music_share and held.sum() < asked:
+            warn(f"new music: {int(held.sum())} of the {asked} tracks the share {config.new_music_share} asks for "
+                 f"are held out of training; every other track the pairs name is named by a video that keeps its "
+                 f"split of {previous.folder}")
+    if lone:
+        held[:] = False
+    return held
+
+
+def _new_music_videos(rows: np.ndarray, held: np.ndarray, n_videos: int,
+                      warn: Callable[[str], None] | None) -> tuple[np.ndarray, int]:
+    """bool [n_videos]: the videos that chose a held-out track (test_new_music's queries), and how many pairs of
+    theirs name another track (in no split), warned of."""
+    new_music_video = np.zeros(n_videos, bool)
+    new_music_video[rows[held[rows[:, 1]], 0]] = True
+    other_track = int((new_music_video[rows[:, 0]] & ~held[rows[:, 1]]).sum())
+    if other_track and warn is not None:
+        warn(f"{other_track} pair(s) of videos that also chose a held-out track name a track that is not held out: "
+             "in no split (their videos are test_new_music's queries, ranked among the held-out tracks)")
+    return new_music_video, other_track
+
+
+def _video_sides(uploads: _Uploads, new_music_video: np.ndarray, held: np.ndarray, config: BuildConfig,
+                 previous: _Previous | None,
+                 warn: Callable[[str], None] | None) -> tuple[np.ndarray, int, dict | None]:
+    """Each video's split (an index of :data:`SIDES`, -1 for test_new_music's), how many were split, the record of
+    the splits kept (:func:`kept_record`; None without ``previous``): its videos keep their side, and the others are
+    split by :func:`split_videos`, by time when every pair has one (a video's time is its first pair's)."""
+    rows = uploads.rows
+    vids_in = np.unique(rows[~new_music_video[rows[:, 0]], 0])
+    if held.any() and not len(vids_in):
+        raise DatasetFieldError(f"{{new_music_share}} {config.new_music_share}: every video with pairs chose a "
+                                "held-out track, so none is left for training; give a smaller share",
+                                "new_music_share")
+    vtime = None
+    if uploads.pair_time is not None:
+        first = np.full(len(uploads.video_ids), np.inf)
+        np.minimum.at(first, rows[uploads.row_of_pair.reshape(-1), 0], uploads.pair_time)
+        vtime = first[vids_in]
+    split_of_video = np.full(len(uploads.video_ids), -1, np.int64)
+    kept = None
+    if previous is None:
+        split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
+    else:
+        sides = np.minimum(previous.side[vids_in], SIDES.index("test"))  # last week's new music no longer held: test
+        kept = kept_record(Path(previous.folder), sides)
+        if held.any():
+            kept["new_music_held_again"] = int((held & previous.held).sum())
+        new = sides < 0
+        sides[new] = split_videos(vtime[new] if vtime is not None else None, int(new.sum()), config)
+        split_of_video[vids_in] = sides
+        if kept["new"] == len(vids_in) and warn is not None:
+            warn(f"{previous.folder}: none of this build's {len(vids_in)} videos with pairs is in a split of that "
+                 "dataset (another app's or world's ids?); every video is split as new")
+    return split_of_video, len(vids_in), kept
+
+
+def _choose_splits(uploads: _Uploads, new_music_video: np.ndarray, held: np.ndarray, config: BuildConfig,
+                   previous: _Previous | None,
+                   warn: Callable[[str], None] | None) -> tuple[dict[str, np.ndarray], dict | None]:
+    """The rows of train, val and test (by video: :func:`_video_sides`) and of test_new_music (those choosing a
+    held-out track), and the record of the splits kept; warns of what the splits leave mixed or empty."""
+    rows = uploads.rows
+    split_of_video, n_split, kept = _video_sides(uploads, new_music_video, held, config, previous, warn)
+    which = split_of_video[rows[:, 0]]
+    splits = {name: rows[which == s] for s, name in enumerate(SIDES)}
+    if held.any():
+        splits["test_new_music"] = rows[held[rows[:, 1]]]
+        if len(splits["test_new_music"]) > len(splits["train"]) and warn is not None:
+            warn(f"new music: test_new_music has {len(splits['test_new_music'])} rows, train {len(splits['train'])}: "
+                 f"holding out {int(held.sum())} of the {len(np.unique(rows[:, 1]))} tracks the pairs name leaves "
+                 "less to train on than to test new music with; give a smaller new_music_share")
+    if warn is not None and uploads.pair_time is not None and previous is None:  # kept splits: not by time alone
+        earliest = np.full(len(rows), np.inf)  # a repeated row's first time
+        np.minimum.at(earliest, uploads.row_of_pair.reshape(-1), uploads.pair_time)
+        note = late_training_pairs(which, earliest)
+        if note is not None:
+            warn(note)
+    empty = _empty_splits_warning(splits, config, n_split, kept, previous)
+    if empty is not None and warn is not None:
+        warn(empty)
+    return splits, kept
+
+
+def _empty_splits_warning(splits: dict[str, np.ndarray], config: BuildConfig, n_split: int, kept: dict | None,
+                          previous: _Previous | None) -> str | None:
+    """The warning of an empty val or test split: why (a share of 0, or too few of the ``n_split`` videos split),
+    and what will be NaN. None when neither is empty."""
+    empty = [s for s in ("val", "test") if not len(splits[s])]
+    if not empty:
+        return None
+    asked = all(getattr(config, f"{s}_share") == 0 for s in empty)
+    return (f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty"
+            + (" (a share of 0)" if asked else
+               f": only {n_split} video(s){' outside test_new_music' if 'test_new_music' in splits else ''} have "
+               "usable pairs (a split with a share above 0 gets one from 3 on)"
+               if kept is None else f": only {kept['new']} video(s) with usable pairs are new since "
+               f"{previous.folder} (a split with a share above 0 gets one of them from 3 on)")
+            + ("; validation metrics (early stopping, model selection)" if "val" in empty else "; test figures")
+            + (" and test figures" if len(empty) > 1 else "") + " will be NaN")
+
+
+@dataclass(frozen=True)
+class _Professional:
+    """A dataset's professional videos (after its uploads, by id) and their split pgc."""
+
+    sel: np.ndarray  # each video's position in _Inputs.vid_ids
+    ids: list[str]
+    rows: np.ndarray  # the split pgc: int64 [n, 3] (video, track, -1), each distinct row once
+    file_rows: int  # the rows of the professional CSV
+    dropped: dict[str, int]  # the professional pairs dropped, by why
+
+
+def _professional_split(inputs: _Inputs, usable: _Usable, n_uploads: int, held: np.ndarray, config: BuildConfig,
+                        warn: Callable[[str], None] | None) -> _Professional:
+    """The professional videos and their split pgc, without the pairs naming a held-out track (warned of; refused
+    when none is left)."""
+    pro, pro_keep = usable.pro, usable.pro_keep
+    chosen = {pro.video[i] for i in pro_keep}
+    sel = np.array([i for i, v in enumerate(inputs.vid_ids) if v in chosen], np.int64)
+    ids = [inputs.vid_ids[i] for i in sel]
+    ppos = {v: n_uploads + k for k, v in enumerate(ids)}
+    rows = np.unique(np.array([[ppos[pro.video[i]], inputs.tpos[pro.track[i]], -1] for i in pro_keep],
+                              np.int64).reshape(-1, 3), axis=0)
+    dropped = {**usable.pro_dropped, "duplicate": len(pro_keep) - len(rows)}
+    if held.any():  # the teacher trains on none of the held-out tracks either
+        dropped["new_music"] = int(held[rows[:, 1]].sum())
+        rows = rows[~held[rows[:, 1]]]
+        if not len(rows):
+            raise DatasetFieldError(f"{{new_music_share}} {config.new_music_share}: every professional pair of "
+                                    f"{inputs.professional_csv} names a held-out track, so the teacher would have "
+                                    "nothing to train on; give a smaller share", "new_music_share")
+        if dropped["new_music"] and warn is not None:
+            warn(f"{inputs.professional_csv}: {dropped['new_music']} professional pair(s) name a held-out track "
+                 "and were left out of the teacher's split (the teacher trains on no new music either)")
+    return _Professional(sel, ids, rows, len(pro.video), dropped)
+
+
+def _frozen_negatives(splits: dict[str, np.ndarray], held: np.ndarray, config: BuildConfig) -> dict[str, np.ndarray]:
+    """Up to ``config.negatives`` negatives per row of val, test and test_new_music (:func:`sample_negatives`),
+    among the tracks held out for test_new_music, else among the others."""
+    rng = np.random.default_rng(config.seed + 1)
+    negatives = {}
+    for s in ("val", "test", "test_new_music"):
+        if s in splits:  # drawn in this order from one generator: without new music, as before it existed
+            candidates = np.flatnonzero(held if s == "test_new_music" else ~held)
+            k = min(config.negatives, len(candidates) - 1)
+            negatives[s] = sample_negatives(splits[s][:, 1], candidates, k, rng, exclude=other_positives(splits[s]))
+    return negatives
+
+
+def _provenance(inputs: _Inputs, config: BuildConfig, splits: dict[str, np.ndarray], kept: dict | None,
+                dropped: dict[str, int], pro: _Professional | None, n_videos: int, rows: np.ndarray) -> dict:
+    """The dataset's provenance: the config, how it was split, its inputs and their hashes, and the pairs, videos
+    (``n_videos`` in the dataset) and tracks (``rows`` naming those used) it used and left out."""
+    videos, cat, pairs = inputs.videos, inputs.cat, inputs.pairs
+    return {
+        "builder": "bgmrec.data.build",
+        "config": {k: v for k, v in config.__dict__.items()  # new_music_share 0: as before it existed
+                   if k != "new_music_share" or v},
+        "split_by": "time" if pairs.time is not None else "random",
+        **({"splits_kept_from": kept} if kept is not None else {}),
+        "inputs": {"videos": str(inputs.videos_dir), "videos_hash": videos.manifest.get("content_hash"),
+                   "music": str(inputs.music_dir), "music_hash": cat.manifest.get("content_hash"),
+                   "pairs": str(inputs.pairs_csv), "pairs_sha256": sha256_file(Path(inputs.pairs_csv))},
+        "pairs": {"rows": len(pairs.video), "used": sum(len(v) for k, v in splits.items() if k != "pgc"),
+                  "dropped": dropped},  # used: the uploads' rows in a split
+        **({"professional": {"file": str(inputs.professional_csv), "sha256": sha256_file(Path(inputs.professional_csv)),
+                             "rows": pro.file_rows, "used": len(splits["pgc"]), "dropped": pro.dropped}}
+           if pro is not None else {}),
+        "videos_without_pairs": len(inputs.vid_ids) - n_videos,  # left out of the dataset
+        "tracks_without_pairs": len(cat) - len(np.unique(rows[:, 1])),  # kept: candidates to rank
+        "extractors": {"videos": videos.manifest.get("extractors"), "music": cat.manifest.get("extractors")},
+        "settings": {"videos": videos.manifest.get("settings"), "music": cat.manifest.get("settings")},
+    }
+
+
+def _write_dataset(out: Path, fields: dict, videos: VideoFeatures, rows: np.ndarray, uploaders: list[str],
+                   warn: Callable[[str], None] | None) -> Dataset:
+    """Write at ``out`` the dataset of ``fields`` (all but the videos' features, copied from ``videos``' ``rows`` a
+    block at a time) and ``uploaders.json``; warns when it replaces a dataset of other splits or labels."""
+    before = _fingerprints(Path(out))
+    check_replaceable(Path(out))  # before the rows are copied beside it (a gigabyte at 150k videos)
+    with scratch_folder(Path(out)) as scratch:  # the features' rows copied in blocks there, then moved into place
+        written = {f"features/video_{name}.npy": scratch / f"video_{name}.npy" for name in ("visual", "text")}
+        features = {name: save_npy_rows(written[f"features/video_{name}.npy"], getattr(videos, name), rows)
+                    for name in ("visual", "text")}
+        ds = Dataset(**fields, video_visual=features["visual"], video_text=features["text"])
+        save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}}, written=written)
+    if before is not None and before != _fingerprints(Path(out)) and warn is not None:
+        warn(f"{out}: the dataset this build replaced had other splits, negatives, labels or manifest (other inputs "
+             "or settings, or a bgmrec before 2026-11-23, which kept the folders' row order where videos and tracks "
+             "are now in id order); runs trained on it will say they were trained on other data")
+    return ds
+
+
 def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
                   config: BuildConfig | None = None, warn: Callable[[str], None] | None = None,
                   professional_csv: Path | None = None, keep_splits_of: Path | None = None) -> Dataset:
@@ -409,266 +815,44 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
     the module docstring). ``keep_splits_of``, an earlier dataset's folder: its videos keep their split and only
     the others are split (the module docstring); ``warn`` is told when none of its videos is in this build.
     """
-    from bgmrec.features.audio import genre_spelling_warning, load_catalog
-    from bgmrec.features.video import load_video_features
-
     config = config or BuildConfig()
-    # the videos' arrays memory-mapped (checked and hashed a block at a time), in the folder's row order: the rows
-    # kept are copied in id order into the dataset's files below; loading, sorting and selecting copied them thrice
-    videos = load_video_features(Path(videos_dir), mmap=True)
-    stored = id_order(videos.ids)  # the folder's row of each video, in id order
-    vid_ids = [videos.ids[i] for i in stored]
-    cat = in_id_order(load_catalog(Path(music_dir)))
-    pairs = read_pairs(Path(pairs_csv))
-    if pairs.untimed and warn is not None:
-        warn(f"{pairs_csv}: {len(pairs.untimed)} of {len(pairs.video)} row(s) have no time (e.g. line "
-             f"{pairs.untimed[0]}); the split is random, not by time")
-    if len(cat) < 2:
-        raise DatasetError(f"{music_dir}: the catalogue has {len(cat)} track(s); a dataset needs at least 2")
-
-    extracted = set(vid_ids)
-    tpos = {t: j for j, t in enumerate(cat.ids)}
-    keep, dropped = usable_rows(pairs, pairs_csv, extracted, tpos, videos_dir, music_dir, warn)
-    pro_keep, pro_dropped, pro = [], {}, None
-    if professional_csv is not None:
-        pro = read_pairs(Path(professional_csv), uploaders=False)
-        pro_keep, pro_dropped = usable_rows(pro, professional_csv, extracted, tpos, videos_dir, music_dir, warn)
-        if not pro_keep:  # a dataset without its pgc split: the teacher-guided models would fail only at train
-            raise DatasetError(f"{professional_csv}: no row names both an extracted video (from {videos_dir}) and a "
-                               f"catalogue track (from {music_dir}); the professional videos make the split pgc")
-        both = sorted({pairs.video[i] for i in keep} & {pro.video[i] for i in pro_keep})
-        if both:
-            raise DatasetError(f"{professional_csv}: {len(both)} video(s) are also uploads in {pairs_csv} (e.g. "
-                               f"{both[0]!r}); a video is an upload or a professional music video, not both")
-    if not keep:
-        raise DatasetError(f"{pairs_csv}: no row names both an extracted video (from {videos_dir}) "
-                           f"and a catalogue track (from {music_dir})")
-    # the dataset's videos: those with at least one usable pair, by id
-    paired = {pairs.video[i] for i in keep}
-    sel = np.array([i for i, v in enumerate(vid_ids) if v in paired], np.int64)
-    video_ids = [vid_ids[i] for i in sel]
-    vpos = {v: i for i, v in enumerate(video_ids)}
-    uploaders = sorted({pairs.uploader[i] for i in keep})
-    upos = {u: k for k, u in enumerate(uploaders)}
-    rows = np.array([[vpos[pairs.video[i]], tpos[pairs.track[i]], upos[pairs.uploader[i]]] for i in keep],
-                    np.int64)
-    # a video's uploader: the one of its first usable pair in the file (taken before np.unique sorts the rows)
-    video_uploader = np.full(len(video_ids), -1, np.int64)
-    for v, u in rows[::-1, [0, 2]]:
-        video_uploader[v] = u
-    rows, row_of_pair = np.unique(rows, axis=0, return_inverse=True)  # a repeated row counts once
-    dropped["duplicate"] = len(keep) - len(rows)
-    if dropped["duplicate"] and warn is not None:
-        first: dict[tuple[str, str, str], int] = {}
-        repeats = []
-        for i in keep:
-            key = (pairs.video[i], pairs.track[i], pairs.uploader[i])
-            if key in first:
-                repeats.append((i, first[key]))
-            else:
-                first[key] = i
-        i, j = repeats[0]
-        warn(f"{pairs_csv}: {len(repeats)} of {len(pairs.video)} row(s) repeat an earlier row's video, track and "
-             f"uploader and were not used again (e.g. line {pairs.lines[i]}: {pairs.video[i]!r}, "
-             f"{pairs.track[i]!r}, {pairs.uploader[i]!r}, as on line {pairs.lines[j]})")
-    tracks_of_video = np.bincount(np.unique(rows[:, :2], axis=0)[:, 0], minlength=len(video_ids))
-    if (tracks_of_video > MANY_TRACKS).any() and warn is not None:
-        most = int(np.argmax(tracks_of_video))
-        warn(f"{pairs_csv}: {int((tracks_of_video > MANY_TRACKS).sum())} video(s) have more than {MANY_TRACKS} "
-             f"tracks (e.g. {video_ids[most]!r}, {int(tracks_of_video[most]):,}): a placeholder id? Each of a "
-             "video's tracks is a query ranked without the others, which grows with the square of their number")
-
-    genres = sorted({g.strip() or "unknown" for g in cat.genre})
-    spelling = genre_spelling_warning(Path(music_dir) / "tracks.csv", [g.strip() for g in cat.genre],
-                                      "write each genre one way in the metadata CSV and run extract-music again")
-    if spelling and warn is not None:  # a catalogue extracted before extract-music warned of it, or made otherwise
-        warn(spelling)
-    gpos = {g: k for k, g in enumerate(genres)}
-    track_genre = np.array([gpos[g.strip() or "unknown"] for g in cat.genre], np.int64)
-
+    inputs = _read_inputs(videos_dir, music_dir, pairs_csv, professional_csv, warn)
+    usable = _usable_pairs(inputs, warn)
+    uploads = _upload_rows(inputs, usable.keep, warn)
+    genres, track_genre = _genres(inputs, warn)
     # new music: tracks held out of training, and the uploads that chose them
-    pair_time = None if pairs.time is None else np.array([pairs.time[i] for i in keep], np.float64)
-    held_before = kept_before = None
-    if keep_splits_of is not None:  # each video's side in last week's dataset, and the tracks it held out
-        side_before, held_ids = kept_sides(Path(keep_splits_of), video_ids)
-        held_before = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
-        held_before[np.setdiff1d(np.arange(len(cat)), rows[:, 1])] = False  # those the pairs name
-        side_of_row = side_before[rows[:, 0]]
-        # never held: what videos keeping their split name (not last week's new-music queries: their own tracks)
-        kept_before = np.zeros(len(cat), bool)
-        kept_before[rows[(side_of_row >= 0) & (side_of_row != NEW_MUSIC_SIDE), 1]] = True
-    held = held_out_tracks(rows, row_of_pair, pair_time, len(cat), config, held_before, kept_before)
-    lone = keep_splits_of is not None and held.sum() == 1  # ranking among one track measures nothing
-    if keep_splits_of is not None and warn is not None:
-        if not config.new_music_share and held_before.any():
-            warn(f"{keep_splits_of} held {int(held_before.sum())} track(s) out of training as new music, and this "
-                 "build holds none (no new_music_share): they are no longer held out (an upload of one can be "
-                 "trained on), and its new-music uploads are test's; give the share again to keep them out")
-        released = int((held_before & kept_before).sum())
-        if config.new_music_share and released:
-            warn(f"{keep_splits_of} held out {released} track(s) that videos keeping their split now name: they are "
-                 "not held out now (their earlier new-music uploads are test's)")
-        asked = int(round(config.new_music_share * len(np.unique(rows[:, 1]))))
-        if lone:
-            warn("new music: only 1 track could be held out of training (new music needs at least 2): none is, "
-                 "and this build has no test_new_music")
-        elif config.new_music_share and held.sum() < asked:
-            warn(f"new music: {int(held.sum())} of the {asked} tracks the share {config.new_music_share} asks for "
-                 f"are held out of training; every other track the pairs name is named by a video that keeps its "
-                 f"split of {keep_splits_of}")
-    if lone:
-        held[:] = False
-    new_music_video = np.zeros(len(video_ids), bool)
-    new_music_video[rows[held[rows[:, 1]], 0]] = True
+    previous = None if keep_splits_of is None else _previous_split(keep_splits_of, uploads, inputs.cat)
+    held = _held_out(uploads, len(inputs.cat), config, previous, warn)
+    new_music_video, other_track = _new_music_videos(uploads.rows, held, len(uploads.video_ids), warn)
+    splits, kept = _choose_splits(uploads, new_music_video, held, config, previous, warn)
+    pro, pro_ids, sel = None, [], uploads.sel  # sel: the dataset's videos' positions in inputs.vid_ids
+    if usable.pro is not None:
+        pro = _professional_split(inputs, usable, len(uploads.video_ids), held, config, warn)
+        splits["pgc"], pro_ids, sel = pro.rows, pro.ids, np.concatenate([uploads.sel, pro.sel])
+    dropped = {**usable.dropped, "duplicate": uploads.repeated}
     if held.any():  # a new-music video's pairs with other tracks: in no split (its video is in test_new_music)
-        dropped["new_music_video_other_track"] = int((new_music_video[rows[:, 0]] & ~held[rows[:, 1]]).sum())
-        if dropped["new_music_video_other_track"] and warn is not None:
-            warn(f"{dropped['new_music_video_other_track']} pair(s) of videos that also chose a held-out track name "
-                 "a track that is not held out: in no split (their videos are test_new_music's queries, ranked "
-                 "among the held-out tracks)")
-
-    # splits by video
-    vids_in = np.unique(rows[~new_music_video[rows[:, 0]], 0])
-    if held.any() and not len(vids_in):
-        raise DatasetFieldError(f"{{new_music_share}} {config.new_music_share}: every video with pairs chose a "
-                                "held-out track, so none is left for training; give a smaller share",
-                                "new_music_share")
-    vtime = None
-    if pairs.time is not None:
-        first = {}
-        for i in keep:
-            v = vpos[pairs.video[i]]
-            first[v] = min(first.get(v, np.inf), pairs.time[i])
-        vtime = np.array([first[v] for v in vids_in])
-    split_of_video = np.full(len(video_ids), -1, np.int64)
-    kept = None
-    if keep_splits_of is None:
-        split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
-    else:
-        sides = np.minimum(side_before[vids_in], SIDES.index("test"))  # last week's new music no longer held: test
-        kept = kept_record(Path(keep_splits_of), sides)
-        if held.any():
-            kept["new_music_held_again"] = int((held & held_before).sum())
-        new = sides < 0
-        sides[new] = split_videos(vtime[new] if vtime is not None else None, int(new.sum()), config)
-        split_of_video[vids_in] = sides
-        if kept["new"] == len(vids_in) and warn is not None:
-            warn(f"{keep_splits_of}: none of this build's {len(vids_in)} videos with pairs is in a split of that "
-                 "dataset (another app's or world's ids?); every video is split as new")
-    which = split_of_video[rows[:, 0]]
-    splits = {name: rows[which == s] for s, name in enumerate(SIDES)}
-    if held.any():
-        splits["test_new_music"] = rows[held[rows[:, 1]]]
-        if len(splits["test_new_music"]) > len(splits["train"]) and warn is not None:
-            warn(f"new music: test_new_music has {len(splits['test_new_music'])} rows, train {len(splits['train'])}: "
-                 f"holding out {int(held.sum())} of the {len(np.unique(rows[:, 1]))} tracks the pairs name leaves "
-                 "less to train on than to test new music with; give a smaller new_music_share")
-    if warn is not None and pairs.time is not None and keep_splits_of is None:  # kept splits: not by time alone
-        earliest = np.full(len(rows), np.inf)  # a repeated row's first time
-        np.minimum.at(earliest, row_of_pair.reshape(-1), pair_time)
-        note = late_training_pairs(split_of_video[rows[:, 0]], earliest)
-        if note is not None:
-            warn(note)
-    empty = [s for s in ("val", "test") if not len(splits[s])]
-    if empty and warn is not None:
-        asked = all(getattr(config, f"{s}_share") == 0 for s in empty)
-        warn(f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty"
-             + (" (a share of 0)" if asked else
-                f": only {len(vids_in)} video(s){' outside test_new_music' if held.any() else ''} have usable pairs "
-                "(a split with a share above 0 gets one from 3 on)"
-                if kept is None else f": only {kept['new']} video(s) with usable pairs are new since "
-                f"{keep_splits_of} (a split with a share above 0 gets one of them from 3 on)")
-             + ("; validation metrics (early stopping, model selection)" if "val" in empty else "; test figures")
-             + (" and test figures" if len(empty) > 1 else "") + " will be NaN")
-
-    pro_ids: list[str] = []
-    split_info = {s: SplitInfo(s, "existing") for s in ("train", "val", "test")}
-    if held.any():
-        split_info["test_new_music"] = SplitInfo("test", "new")
-    if pro is not None:
-        chosen = {pro.video[i] for i in pro_keep}
-        pro_sel = np.array([i for i, v in enumerate(vid_ids) if v in chosen], np.int64)
-        pro_ids = [vid_ids[i] for i in pro_sel]
-        ppos = {v: len(video_ids) + k for k, v in enumerate(pro_ids)}
-        splits["pgc"] = np.unique(np.array([[ppos[pro.video[i]], tpos[pro.track[i]], -1] for i in pro_keep],
-                                           np.int64).reshape(-1, 3), axis=0)
-        split_info["pgc"] = SplitInfo("teacher", "existing")
-        pro_dropped["duplicate"] = len(pro_keep) - len(splits["pgc"])
-        if held.any():  # the teacher trains on none of the held-out tracks either
-            pro_dropped["new_music"] = int(held[splits["pgc"][:, 1]].sum())
-            splits["pgc"] = splits["pgc"][~held[splits["pgc"][:, 1]]]
-            if not len(splits["pgc"]):
-                raise DatasetFieldError(f"{{new_music_share}} {config.new_music_share}: every professional pair of "
-                                        f"{professional_csv} names a held-out track, so the teacher would have "
-                                        "nothing to train on; give a smaller share", "new_music_share")
-            if pro_dropped["new_music"] and warn is not None:
-                warn(f"{professional_csv}: {pro_dropped['new_music']} professional pair(s) name a held-out track "
-                     "and were left out of the teacher's split (the teacher trains on no new music either)")
-        sel = np.concatenate([sel, pro_sel])
-
+        dropped["new_music_video_other_track"] = other_track
     train = splits["train"]
-    uploader_pref = uploader_preferences(train[:, 2], track_genre[train[:, 1]], len(uploaders), len(genres),
-                                         config.alpha)
-
-    rng = np.random.default_rng(config.seed + 1)
-    negatives = {}
-    for s in ("val", "test", "test_new_music"):
-        if s in splits:  # drawn in this order from one generator: without new music, as before it existed
-            candidates = np.flatnonzero(held if s == "test_new_music" else ~held)
-            k = min(config.negatives, len(candidates) - 1)
-            negatives[s] = sample_negatives(splits[s][:, 1], candidates, k, rng, exclude=other_positives(splits[s]))
-
-    before = _fingerprints(Path(out))
-    check_replaceable(Path(out))  # before the rows are copied beside it (a gigabyte at 150k videos)
-    with scratch_folder(Path(out)) as scratch:  # the features' rows copied in blocks there, then moved into place
-        written = {f"features/video_{name}.npy": scratch / f"video_{name}.npy" for name in ("visual", "text")}
-        features = {name: save_npy_rows(written[f"features/video_{name}.npy"], getattr(videos, name), stored[sel])
-                    for name in ("visual", "text")}
-        ds = Dataset(
-            genres=genres,
-            video_ids=video_ids + pro_ids,
-            video_uploader=np.concatenate([video_uploader, np.full(len(pro_ids), -1, np.int64)]),
-            video_source=["ugc"] * len(video_ids) + ["pgc"] * len(pro_ids),
-            track_ids=list(cat.ids),
-            track_genre=track_genre,
-            track_title=list(cat.title),
-            track_artist=list(cat.artist),
-            track_new=held,
-            uploader_pref=uploader_pref,
-            video_visual=features["visual"],
-            video_text=features["text"],
-            video_text_mask=np.asarray(videos.text_mask, bool)[stored[sel]],
-            music=cat.features,
-            splits=splits,
-            split_info=split_info,
-            negatives=negatives,
-            provenance={
-                "builder": "bgmrec.data.build",
-                "config": {k: v for k, v in config.__dict__.items()  # new_music_share 0: as before it existed
-                           if k != "new_music_share" or v},
-                "split_by": "time" if vtime is not None else "random",
-                **({"splits_kept_from": kept} if kept is not None else {}),
-                "inputs": {"videos": str(videos_dir), "videos_hash": videos.manifest.get("content_hash"),
-                           "music": str(music_dir), "music_hash": cat.manifest.get("content_hash"),
-                           "pairs": str(pairs_csv), "pairs_sha256": sha256_file(Path(pairs_csv))},
-                "pairs": {"rows": len(pairs.video), "used": sum(len(v) for k, v in splits.items() if k != "pgc"),
-                          "dropped": dropped},  # used: the uploads' rows in a split
-                **({"professional": {"file": str(professional_csv), "sha256": sha256_file(Path(professional_csv)),
-                                     "rows": len(pro.video), "used": len(splits["pgc"]), "dropped": pro_dropped}}
-                   if pro is not None else {}),
-                "videos_without_pairs": len(vid_ids) - len(video_ids) - len(pro_ids),  # left out of the dataset
-                "tracks_without_pairs": len(cat) - len(np.unique(rows[:, 1])),  # kept: candidates to rank
-                "extractors": {"videos": videos.manifest.get("extractors"),
-                               "music": cat.manifest.get("extractors")},
-                "settings": {"videos": videos.manifest.get("settings"), "music": cat.manifest.get("settings")},
-            },
-        )
-        save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}}, written=written)
-    if before is not None and before != _fingerprints(Path(out)) and warn is not None:
-        warn(f"{out}: the dataset this build replaced had other splits, negatives, labels or manifest (other inputs "
-             "or settings, or a bgmrec before 2026-11-23, which kept the folders' row order where videos and tracks "
-             "are now in id order); runs trained on it will say they were trained on other data")
-    return ds
+    fields = dict(
+        genres=genres,
+        video_ids=uploads.video_ids + pro_ids,
+        video_uploader=np.concatenate([uploads.video_uploader, np.full(len(pro_ids), -1, np.int64)]),
+        video_source=["ugc"] * len(uploads.video_ids) + ["pgc"] * len(pro_ids),
+        track_ids=list(inputs.cat.ids),
+        track_genre=track_genre,
+        track_title=list(inputs.cat.title),
+        track_artist=list(inputs.cat.artist),
+        track_new=held,
+        uploader_pref=uploader_preferences(train[:, 2], track_genre[train[:, 1]], len(uploads.uploaders),
+                                           len(genres), config.alpha),
+        video_text_mask=np.asarray(inputs.videos.text_mask, bool)[inputs.stored[sel]],
+        music=inputs.cat.features,
+        splits=splits,
+        split_info={s: SPLIT_INFO[s] for s in splits},
+        negatives=_frozen_negatives(splits, held, config),
+        provenance=_provenance(inputs, config, splits, kept, dropped, pro, len(sel), uploads.rows),
+    )
+    return _write_dataset(out, fields, inputs.videos, inputs.stored[sel], uploads.uploaders, warn)
 
 
 def _fingerprints(folder: Path) -> tuple[str, str] | None:
