@@ -448,6 +448,101 @@ def _weights(path: Path, label: str, n: int) -> np.ndarray:
 
 # ---- import ------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _Folder:
+    """The reference-layout folder being read: its files' paths and the labels errors name them by."""
+
+    root: Path
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def lab(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def read(self, rel: str, objects: bool = False) -> np.ndarray:
+        """File ``rel`` as :func:`read_npy` reads it."""
+        return read_npy(self.path(rel), self.lab(rel), objects=objects)
+
+    def matrix(self, rel: str, rows: tuple[int, str] | None = None) -> np.ndarray:
+        """File ``rel`` as a finite float32 matrix (:func:`_float_matrix`)."""
+        return _float_matrix(self.read(rel), self.lab(rel), rows=rows)
+
+
+@dataclass(frozen=True)
+class _UgcFeatures:
+    """The uploaded videos' features and the catalogue's music, as ``data_matching/`` holds them."""
+
+    visual: np.ndarray  # float32 [N, Dv]
+    text: np.ndarray | None  # float32 [N, Dt]; None without text_features.npy
+    text_mask: np.ndarray  # bool [N]: the videos with text
+    music: np.ndarray  # float32 [M, Dm]
+
+
+@dataclass(frozen=True)
+class _Training:
+    """The checked training rows, each distinct genre distribution an uploader."""
+
+    rows: np.ndarray  # int64 [n, 3]: video, music, uploader
+    genre: np.ndarray  # int64 [n]: the genre label of each row's music
+    propensity: np.ndarray  # float64 [n]
+    uploader_pref: np.ndarray  # float64 [U, G]: the distinct distributions, each summing to 1
+    prior_mean: np.ndarray  # float64 [G]: user_prior_mean.npy
+
+
+@dataclass(frozen=True)
+class _EvalSplit:
+    """One checked evaluation split of ``100neg/``."""
+
+    rows: np.ndarray  # int64 [n, 3]: video, music, -1
+    negatives: np.ndarray  # int64 [n, 100]
+    weights: np.ndarray | None  # float64 [n]; None where no weight file was given
+
+
+@dataclass(frozen=True)
+class _PgcData:
+    """The checked teacher data of ``data_pgc/``, its ids as the layout numbers them."""
+
+    visual: np.ndarray  # float32 [P, Dv]
+    text: np.ndarray | None  # float32 [P, Dt]; None without data_pgc/text_features.npy
+    rows: np.ndarray  # int64 [n, 2]: video, music (train.npy)
+    val: np.ndarray | None  # int64 [n, 2]: the teacher's validation rows; None without val.npy
+    own_music: np.ndarray | None  # float32 [M', Dm]: its tracks, appended; None: it ranks the UGC catalogue
+
+
+@dataclass(frozen=True)
+class _Videos:
+    """Every video of the dataset, the uploaded ones first, then the professional ones."""
+
+    visual: np.ndarray  # float32 [N + P, Dv]
+    text: np.ndarray  # float32 [N + P, Dt]; one zero column when no text was given
+    text_mask: np.ndarray  # bool [N + P]
+    uploader: np.ndarray  # int64 [N + P]: the uploader of the video's first training row, else -1
+    n_ugc: int
+    n_pgc: int
+
+
+@dataclass(frozen=True)
+class _Splits:
+    """The dataset's splits by name: rows [video, track, uploader], role and candidates, negatives, weights."""
+
+    rows: dict[str, np.ndarray]
+    info: dict[str, SplitInfo]
+    negatives: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """What the layout cannot hold and the sidecar restores: genre names, track genres and flags, ids."""
+
+    genres: list[str]
+    track_genre: np.ndarray  # int64 [M]
+    track_new: np.ndarray  # bool [M]
+    video_ids: list[str]
+    track_ids: list[str]
+
+
 def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, np.ndarray], InteropReport]:
     """Read a reference-layout folder into a validated :class:`Dataset` (not yet written).
 
@@ -464,292 +559,54 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     if pgc_music not in ("auto", "shared", "own"):
         raise ValueError(f"pgc_music must be auto, shared or own, not {pgc_music!r}")
     src = Path(src)
-    if not src.is_dir():
-        raise DatasetError(f"{src}: no such folder")
-    if not (src / M_DIR).is_dir():
-        inside = src.name == M_DIR or (src / "100neg").is_dir()
-        raise DatasetError(f"{src}/{M_DIR}: required folder is missing (is this a DecCM-layout folder?"
-                           + (f" {src} looks like {M_DIR}/ itself: give the folder that holds it, {src.parent}"
-                              if inside else "") + ")")
-    rep = InteropReport()
-
-    def path(rel: str) -> Path:
-        return src / rel
-
-    def lab(rel: str) -> str:
-        return f"{src}/{rel}"
-
+    _check_layout_folder(src)
+    f, rep = _Folder(src), InteropReport()
     side = _read_sidecar(src)
     if side:
         rep.notes.append(f"{SIDECAR} found: restoring what the layout cannot hold (written by bgmrec export-tt150k)")
 
-    # features
-    visual = _float_matrix(read_npy(path(F_VISUAL), lab(F_VISUAL)), lab(F_VISUAL))
-    n_ugc = visual.shape[0]
-    vgg = _float_matrix(read_npy(path(F_VGGISH), lab(F_VGGISH)), lab(F_VGGISH))
-    smile = _float_matrix(read_npy(path(F_SMILE), lab(F_SMILE)), lab(F_SMILE))
-    if vgg.shape[0] != smile.shape[0]:
-        raise DatasetError(f"{lab(F_SMILE)}: has {smile.shape[0]} tracks but {F_VGGISH} has {vgg.shape[0]}")
-    music = np.hstack([vgg, smile])
+    ugc = _read_ugc_features(f, side, rep)
+    train = _read_training_rows(f, ugc, rep)
+    evaluation = _read_evaluation_splits(f, ugc, train.rows, rep)
+    pgc = _read_pgc(f, pgc_music, side, ugc, rep)
+    videos = _assemble_videos(f, ugc, pgc, train, rep)
+    own_music = None if pgc is None else pgc.own_music
+    music = ugc.music if own_music is None else np.vstack([ugc.music, own_music])
+    n_m, n_tracks, n_genres = len(ugc.music), len(music), len(train.prior_mean)
+    track_genre, genre_note = _vote_track_genres(train, n_tracks, rep)
+    splits, extra = _assemble_splits(train, evaluation, pgc, videos.n_ugc, n_m)
+    labels = _Labels(genres=[str(g) for g in range(n_genres)], track_genre=track_genre,
+                     track_new=np.arange(n_tracks) >= n_m,
+                     video_ids=[str(i) for i in range(videos.n_ugc)] + [f"pgc:{j}" for j in range(videos.n_pgc)],
+                     track_ids=[str(j) for j in range(n_m)] + [f"pgc:{j}" for j in range(n_tracks - n_m)])
     if side:
-        if side["music_dim"] > music.shape[1]:
-            raise DatasetError(f"{src}/{SIDECAR}: field 'music_dim' is {side['music_dim']}, but {F_VGGISH} and "
-                               f"{F_SMILE} hold {music.shape[1]} columns")
-        music = music[:, : side["music_dim"]]
-    n_m = music.shape[0]
-    if path(F_TEXT).is_file():
-        text_rows = read_npy(path(F_TEXT), lab(F_TEXT))
-        if text_rows.ndim == 2 and text_rows.shape[0] == visual.shape[1] != n_ugc:
-            raise DatasetError(f"{lab(F_VISUAL)}: {n_ugc} rows of {visual.shape[1]} values, where {F_TEXT} has "
-                               f"{text_rows.shape[0]} rows, one per video: saved transposed?")
-        text = _float_matrix(text_rows, lab(F_TEXT), rows=(n_ugc, F_VISUAL))
-        text_mask = np.abs(text).sum(axis=1) > 0
-        rep.notes.append(f"text: {int((~text_mask).sum())} uploaded videos with all-zero text rows are masked out")
-    else:
-        text, text_mask = None, np.zeros(n_ugc, bool)
-        rep.missing.append(F_TEXT)
-        rep.notes.append("no text features: a 1-column zero text matrix is written, masked out "
-                         "(models use frames alone)")
-
-    prior_mean = _distribution(read_npy(path(F_PRIOR), lab(F_PRIOR)), lab(F_PRIOR), "genre distribution [G]")
-    n_genres = len(prior_mean)
-
-    # train
-    t_vid, t_mus, t_gen, t_prior, t_prop = _parse_train(read_npy(path(F_TRAIN), lab(F_TRAIN), objects=True),
-                                                        n_genres, lab(F_TRAIN))
-    _in_range(t_vid, n_ugc, lab(F_TRAIN), "video", _transposed_hint(visual, t_vid))
-    _in_range(t_mus, n_m, lab(F_TRAIN), "music")
-    _in_range(t_gen, n_genres, lab(F_TRAIN), "genre")
-    if not np.isfinite(t_prior).all() or (t_prior < 0).any():
-        row = int(np.flatnonzero(~(np.isfinite(t_prior) & (t_prior >= 0)).all(axis=1))[0])
-        raise DatasetError(f"{lab(F_TRAIN)}: row {row} has a negative or NaN genre distribution")
-    sums = t_prior.sum(axis=1)
-    if (sums <= 0).any():
-        row = int(np.flatnonzero(sums <= 0)[0])
-        raise DatasetError(f"{lab(F_TRAIN)}: row {row} has an all-zero genre distribution")
-    uploader_pref, t_upl = np.unique(t_prior, axis=0, return_inverse=True)
-    t_upl = t_upl.ravel().astype(np.int64)
-    off = np.abs(uploader_pref.sum(axis=1) - 1.0) > 1e-6  # rows already summing to 1 are kept bit for bit
-    uploader_pref[off] /= uploader_pref[off].sum(axis=1, keepdims=True)
-    rep.notes.append(f"confounder: {len(uploader_pref)} distinct training genre distributions become "
-                     f"uploaders; val/test rows get uploader -1 (the model's prior)")
-
-    splits = {"train": np.stack([t_vid, t_mus, t_upl], axis=1)}
-    split_info = {"train": SplitInfo("train", "existing")}
-    negatives, weights = {}, {}
-
-    # evaluation splits
-    neg_dir = path(f"{M_DIR}/100neg")
-    found = sorted(neg_dir.glob("*.npy")) if neg_dir.is_dir() else []
-    hidden = [p.name for p in found if p.name.startswith(".")]  # macOS's "._val.npy" beside an unzipped val.npy
-    if hidden:
-        rep.notes.append(f"{M_DIR}/100neg: hidden file(s) skipped: {', '.join(hidden)}")
-    stems = [p.stem for p in found if not p.name.startswith(".")]
-    for req in ("val", "test"):
-        if req not in stems:
-            raise DatasetError(f"{lab(_neg_file(req))}: required file is missing")
-    for stem in ["val", "test"] + [s for s in stems if s not in ("val", "test")]:
-        if stem in ("train", "pgc"):
-            raise DatasetError(f"{lab(_neg_file(stem))}: the split name {stem!r} is reserved")
-        fn = _neg_file(stem)
-        rows = read_npy(path(fn), lab(fn), objects=True)
-        if stem not in ("val", "test") and rows.size == 0:  # an extra split left empty: nothing to evaluate
-            rep.notes.append(f"{stem}: {fn} has no rows: not imported")
-            continue
-        vid, mus, neg = _parse_neg(rows, lab(fn))
-        _in_range(vid, n_ugc, lab(fn), "video", _transposed_hint(visual, vid))
-        _in_range(mus, n_m, lab(fn), "music")
-        _in_range(neg, n_m, lab(fn), "negative music")
-        hit = np.flatnonzero((neg == mus[:, None]).any(axis=1))
-        if hit.size:
-            raise DatasetError(f"{lab(fn)}: row {int(hit[0])} lists its positive music among the negatives")
-        leaked = rows_trained_on(np.stack([vid, mus], axis=1), splits["train"])
-        if leaked.size:
-            raise DatasetError(f"{lab(fn)}: row {int(leaked[0])} is the pair (video {int(vid[leaked[0]])}, music "
-                               f"{int(mus[leaked[0]])}) of a row of {F_TRAIN}: the answer to that query is trained "
-                               "on (val and test rows must be held out of train)")
-        ordered = np.sort(neg, axis=1)
-        repeats = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
-        if repeats:  # kept as given (drawn with replacement?): the sampled rank counts each listed negative
-            rep.notes.append(f"warning: {stem}: {repeats} of {len(vid)} rows repeat a negative track (kept as "
-                             "given: a repeated negative that outscores the positive counts once per listing)")
-        shared = np.isin(vid, splits["train"][:, 0])
-        if shared.any():
-            rep.notes.append(f"warning: {stem}: {int(shared.sum())} of {len(vid)} rows have videos that are in "
-                             f"{F_TRAIN} too (with another music): splits are usually by video")
-        splits[stem] = np.stack([vid, mus, np.full(len(vid), -1)], axis=1)
-        split_info[stem] = SplitInfo("val" if stem == "val" else "test", "existing")
-        if stem not in ("val", "test"):
-            rep.notes.append(f"{stem}: imported as an evaluation split of its own (role test), as is every .npy of "
-                             f"{M_DIR}/100neg but val and test")
-        negatives[stem] = neg
-        wf = _weight_file(stem)
-        if path(wf).is_file() or stem in ("val", "test"):
-            weights[stem] = _weights(path(wf), lab(wf), len(vid))
-        else:
-            rep.missing.append(wf)
-            rep.notes.append(f"{stem}: no {wf}; bgmrec uses inverse training popularity as its weights")
-
-    evaluation_overlap_notes(splits, rep)
-
-    # PGC (teacher) data
-    pgc_visual = pgc_text = None
-    pgc_rows = pgc_val = None
-    own_music = None
-    if (src / P_DIR).is_dir() and not any((src / P_DIR).iterdir()):
-        rep.notes.append(f"{P_DIR}/ is empty: no teacher split")
-    elif (src / P_DIR).is_dir():
-        pgc_visual = _float_matrix(read_npy(path(F_P_VISUAL), lab(F_P_VISUAL)), lab(F_P_VISUAL))
-        if pgc_visual.shape[1] != visual.shape[1]:
-            raise DatasetError(f"{lab(F_P_VISUAL)}: {pgc_visual.shape[1]} columns, {F_VISUAL} has "
-                               f"{visual.shape[1]} (one visual extractor serves both)")
-        p_vgg = _float_matrix(read_npy(path(F_P_VGGISH), lab(F_P_VGGISH)), lab(F_P_VGGISH))
-        p_smile = _float_matrix(read_npy(path(F_P_SMILE), lab(F_P_SMILE)), lab(F_P_SMILE))
-        if p_vgg.shape[0] != p_smile.shape[0]:
-            raise DatasetError(f"{lab(F_P_SMILE)}: has {p_smile.shape[0]} tracks but {F_P_VGGISH} has "
-                               f"{p_vgg.shape[0]}")
-        p_music = np.hstack([p_vgg, p_smile])[:, : music.shape[1]]
-        if p_music.shape[1] != music.shape[1]:
-            raise DatasetError(f"{lab(F_P_VGGISH)}: music width {p_music.shape[1]} differs from the UGC "
-                               f"music's {music.shape[1]}")
-        same = p_music.shape == music.shape and np.array_equal(p_music, music)
-        mode = pgc_music if pgc_music != "auto" else ("shared" if same else "own")
-        if side:
-            mode = side.get("pgc_music", mode)
-        if mode == "shared" and p_music.shape[0] != n_m:
-            raise DatasetError(f"{lab(F_P_VGGISH)}: {p_music.shape[0]} tracks cannot be the UGC catalogue of "
-                               f"{n_m} (pgc_music='shared')")
-        if mode == "own" and pgc_music == "auto" and p_music.shape == music.shape:
-            rep.notes.append(f"warning: pgc music: as many tracks as the UGC catalogue ({n_m}) but other feature "
-                             "values (normalised otherwise?), so appended as tracks of their own, whose genres "
-                             "are not known; if they are the UGC tracks, import with --pgc-music shared")
-        if mode == "shared" and not same:
-            rep.notes.append("pgc music: shared catalogue by request, although its feature files differ; "
-                             "the UGC features are used")
-        if mode == "own":
-            own_music = p_music
-        what = "the UGC catalogue" if mode == "shared" else "its own tracks, appended"
-        rep.notes.append(f"pgc music: {what}")
-        n_pgc_m = n_m if mode == "shared" else p_music.shape[0]
-        p_rows = _pair_rows(read_npy(path(F_P_TRAIN), lab(F_P_TRAIN)), lab(F_P_TRAIN))
-        _in_range(p_rows[:, 0], len(pgc_visual), lab(F_P_TRAIN), "video")
-        _in_range(p_rows[:, 1], n_pgc_m, lab(F_P_TRAIN), "music")
-        if not len(p_rows):
-            raise DatasetError(f"{lab(F_P_TRAIN)}: has no rows; the teacher split is made of them (remove {P_DIR}/ "
-                               "to import without one)")
-        pgc_rows = p_rows
-        if path(F_P_VAL).is_file():
-            pv = _pair_rows(read_npy(path(F_P_VAL), lab(F_P_VAL)), lab(F_P_VAL))
-            _in_range(pv[:, 0], len(pgc_visual), lab(F_P_VAL), "video")
-            _in_range(pv[:, 1], n_pgc_m, lab(F_P_VAL), "music")
-            pgc_val = pv
-        else:
-            rep.missing.append(F_P_VAL)
-        if path(F_P_TEXT).is_file():
-            pgc_text = _float_matrix(read_npy(path(F_P_TEXT), lab(F_P_TEXT)), lab(F_P_TEXT),
-                                     rows=(len(pgc_visual), F_P_VISUAL))
-        elif text is not None:
-            rep.missing.append(F_P_TEXT)
-    else:
-        rep.missing.append(f"{P_DIR}/")
-        rep.notes.append("no data_pgc/: no teacher split")
-
-    # assemble videos
-    n_pgc = 0 if pgc_visual is None else len(pgc_visual)
-    all_visual = visual if n_pgc == 0 else np.vstack([visual, pgc_visual])
-    dt = text.shape[1] if text is not None else (pgc_text.shape[1] if pgc_text is not None else 1)
-    all_text = np.zeros((n_ugc + n_pgc, dt), np.float32)
-    all_mask = np.zeros(n_ugc + n_pgc, bool)
-    if text is not None:
-        all_text[:n_ugc], all_mask[:n_ugc] = text, text_mask
-    if pgc_text is not None:
-        if pgc_text.shape[1] != dt:
-            raise DatasetError(f"{lab(F_P_TEXT)}: {pgc_text.shape[1]} columns, {F_TEXT} has {dt}")
-        all_text[n_ugc:] = pgc_text
-        all_mask[n_ugc:] = np.abs(pgc_text).sum(axis=1) > 0
-        rep.notes.append(f"text: {int((~all_mask[n_ugc:]).sum())} professional videos with all-zero text rows "
-                         "are masked out")
-    video_uploader = np.full(n_ugc + n_pgc, -1, np.int64)
-    first = np.unique(t_vid, return_index=True)
-    video_uploader[first[0]] = t_upl[first[1]]
-
-    # assemble tracks
-    all_music = music if own_music is None else np.vstack([music, own_music])
-    n_tracks = len(all_music)
-    track_new = np.zeros(n_tracks, bool)
-    track_new[n_m:] = True
-    votes = np.zeros((n_tracks, n_genres), np.int64)
-    np.add.at(votes, (t_mus, t_gen), 1)
-    seen = votes.sum(axis=1) > 0
-    track_genre = votes.argmax(axis=1)
-    top = np.sort(votes, axis=1)
-    conflicted = int((seen & (votes.max(axis=1) < votes.sum(axis=1))).sum())
-    ties = int((seen & (top[:, -1] == top[:, -2])).sum()) if n_genres > 1 else 0
-    majority = int(np.bincount(track_genre[seen], minlength=n_genres).argmax()) if seen.any() else 0
-    track_genre[~seen] = majority
-    rep.counts["tracks_never_in_train"] = int((~seen).sum())
-    genre_note = (f"track genres: majority vote over training rows; {conflicted} tracks had inconsistent genres "
-                  f"({ties} ties, lowest genre id kept); {int((~seen).sum())} tracks never in train got the most "
-                  f"frequent genre ({majority})")
-    genres = [str(g) for g in range(n_genres)]
-    if pgc_rows is not None:
-        offset = n_m if own_music is not None else 0
-        splits["pgc"] = np.stack([pgc_rows[:, 0] + n_ugc, pgc_rows[:, 1] + offset,
-                                  np.full(len(pgc_rows), -1)], axis=1)
-        split_info["pgc"] = SplitInfo("teacher", "new" if own_music is not None else "existing")
-
-    video_ids = [str(i) for i in range(n_ugc)] + [f"pgc:{j}" for j in range(n_pgc)]
-    track_ids = [str(j) for j in range(n_m)] + [f"pgc:{j}" for j in range(n_tracks - n_m)]
-    extra = {"extra/train_propensity.npy": t_prop}
-    if pgc_val is not None:
-        offset = n_m if own_music is not None else 0
-        extra["extra/pgc_val.npy"] = np.stack([pgc_val[:, 0] + n_ugc, pgc_val[:, 1] + offset,
-                                               np.full(len(pgc_val), -1)], axis=1).astype(np.int64)
-
-    if side:
-        genres, track_genre, track_new, video_ids, track_ids = _apply_sidecar(
-            side, src, genres, track_genre, track_new, video_ids, track_ids)
+        labels = _apply_sidecar(side, src, labels)
         if "track_genre" in side:  # the vote above is not what the dataset holds
             genre_note = f"track genres: as {SIDECAR} records them (the exported dataset's own)"
-        if side.get("pgc_val_holdout") and "pgc" in splits and "extra/pgc_val.npy" in extra:
-            splits["pgc"] = np.concatenate([splits["pgc"], extra.pop("extra/pgc_val.npy")])
-        meta = side.get("splits", {})
-
-        def nm(stem: str) -> str:
-            return str(meta.get(stem, {}).get("name", stem))
-
-        split_info = {nm(s): SplitInfo(str(meta.get(s, {}).get("role", info.role)),
-                                       str(meta.get(s, {}).get("candidates", info.candidates)))
-                      for s, info in split_info.items()}
-        splits = {nm(s): r for s, r in splits.items()}
-        negatives = {nm(s): r for s, r in negatives.items()}
-        weights = {nm(s): r for s, r in weights.items()}
-        for name in side.get("resampled_negatives", []):
-            if name in negatives:
-                _restore_negatives(side, src, name, negatives, rep)
+        splits = _apply_sidecar_splits(side, src, splits, extra, rep)
     rep.notes.append(genre_note)
 
     ds = Dataset(
-        genres=genres,
-        video_ids=video_ids,
-        video_uploader=video_uploader,
-        video_source=["ugc"] * n_ugc + ["pgc"] * n_pgc,
-        track_ids=track_ids,
-        track_genre=np.asarray(track_genre, np.int64),
+        genres=labels.genres,
+        video_ids=labels.video_ids,
+        video_uploader=videos.uploader,
+        video_source=["ugc"] * videos.n_ugc + ["pgc"] * videos.n_pgc,
+        track_ids=labels.track_ids,
+        track_genre=np.asarray(labels.track_genre, np.int64),
         track_title=[""] * n_tracks,
         track_artist=[""] * n_tracks,
-        track_new=np.asarray(track_new, bool),
-        uploader_pref=uploader_pref.astype(np.float32),
-        video_visual=all_visual,
-        video_text=all_text,
-        video_text_mask=all_mask,
-        music=np.asarray(all_music, np.float32),
-        splits={k: np.asarray(v, np.int64) for k, v in splits.items()},
-        split_info=split_info,
-        negatives=negatives,
-        weights=weights,
+        track_new=np.asarray(labels.track_new, bool),
+        uploader_pref=train.uploader_pref.astype(np.float32),
+        video_visual=videos.visual,
+        video_text=videos.text,
+        video_text_mask=videos.text_mask,
+        music=np.asarray(music, np.float32),
+        splits={k: np.asarray(v, np.int64) for k, v in splits.rows.items()},
+        split_info=splits.info,
+        negatives=splits.negatives,
+        weights=splits.weights,
         provenance={"importer": "bgmrec.data.tt150k", "layout": "DecCM data_matching/ + data_pgc/",
-                    "source": str(src), "user_prior_mean": prior_mean.tolist(),
+                    "source": str(src), "user_prior_mean": train.prior_mean.tolist(),
                     "train_propensity": "extra/train_propensity.npy",
                     "pgc_val": "extra/pgc_val.npy" if "extra/pgc_val.npy" in extra else None,
                     "pgc_music": "own" if own_music is not None else "shared"},
@@ -758,15 +615,311 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         _redraw_outside_candidates(ds, [n for n in side.get("resampled_negatives", [])
                                         if n in ds.negatives and n not in side.get("native_negatives", {})], rep)
     ds.validate(str(src))
-    rep.counts = {**{"ugc_videos": n_ugc, "pgc_videos": n_pgc, "tracks": n_tracks, "genres": n_genres,
+    rep.counts = {**{"ugc_videos": videos.n_ugc, "pgc_videos": videos.n_pgc, "tracks": n_tracks, "genres": n_genres,
                      "uploaders": ds.n_uploaders}, **rep.counts,
                   **{f"rows_{s}": len(r) for s, r in ds.splits.items()}}
-    if pgc_val is not None and "extra/pgc_val.npy" in extra:
-        rep.counts["rows_pgc_val"] = len(pgc_val)
+    if "extra/pgc_val.npy" in extra:
+        rep.counts["rows_pgc_val"] = len(extra["extra/pgc_val.npy"])
     rep.dims = ds.dims()
-    rep.notes.append(f"user_prior_mean {np.round(prior_mean, 4).tolist()} is kept in the manifest's "
+    rep.notes.append(f"user_prior_mean {np.round(train.prior_mean, 4).tolist()} is kept in the manifest's "
                      "provenance")
     return ds, extra, rep
+
+
+def _check_layout_folder(src: Path) -> None:
+    """Refuse a ``src`` that is no folder or holds no ``data_matching/`` (naming the folder to give instead)."""
+    if not src.is_dir():
+        raise DatasetError(f"{src}: no such folder")
+    if not (src / M_DIR).is_dir():
+        inside = src.name == M_DIR or (src / "100neg").is_dir()
+        raise DatasetError(f"{src}/{M_DIR}: required folder is missing (is this a DecCM-layout folder?"
+                           + (f" {src} looks like {M_DIR}/ itself: give the folder that holds it, {src.parent}"
+                              if inside else "") + ")")
+
+
+def _read_music(f: _Folder, vggish: str, smile: str) -> np.ndarray:
+    """The VGGish and openSMILE files side by side, which must hold one row per track both."""
+    vgg, sm = f.matrix(vggish), f.matrix(smile)
+    if vgg.shape[0] != sm.shape[0]:
+        raise DatasetError(f"{f.lab(smile)}: has {sm.shape[0]} tracks but {vggish} has {vgg.shape[0]}")
+    return np.hstack([vgg, sm])
+
+
+def _read_ugc_features(f: _Folder, side: dict | None, rep: InteropReport) -> _UgcFeatures:
+    """The uploaded videos' frames and text and the catalogue's music (cut to the sidecar's ``music_dim``)."""
+    visual = f.matrix(F_VISUAL)
+    music = _read_music(f, F_VGGISH, F_SMILE)
+    if side:
+        if side["music_dim"] > music.shape[1]:
+            raise DatasetError(f"{f.root}/{SIDECAR}: field 'music_dim' is {side['music_dim']}, but {F_VGGISH} and "
+                               f"{F_SMILE} hold {music.shape[1]} columns")
+        music = music[:, : side["music_dim"]]
+    text, text_mask = _read_ugc_text(f, visual, rep)
+    return _UgcFeatures(visual, text, text_mask, music)
+
+
+def _read_ugc_text(f: _Folder, visual: np.ndarray, rep: InteropReport) -> tuple[np.ndarray | None, np.ndarray]:
+    """The uploaded videos' optional text features and their mask (all-zero rows masked out); (None, all
+    masked) without the file."""
+    n_ugc = visual.shape[0]
+    if not f.path(F_TEXT).is_file():
+        rep.missing.append(F_TEXT)
+        rep.notes.append("no text features: a 1-column zero text matrix is written, masked out "
+                         "(models use frames alone)")
+        return None, np.zeros(n_ugc, bool)
+    text_rows = f.read(F_TEXT)
+    if text_rows.ndim == 2 and text_rows.shape[0] == visual.shape[1] != n_ugc:
+        raise DatasetError(f"{f.lab(F_VISUAL)}: {n_ugc} rows of {visual.shape[1]} values, where {F_TEXT} has "
+                           f"{text_rows.shape[0]} rows, one per video: saved transposed?")
+    text = _float_matrix(text_rows, f.lab(F_TEXT), rows=(n_ugc, F_VISUAL))
+    text_mask = np.abs(text).sum(axis=1) > 0
+    rep.notes.append(f"text: {int((~text_mask).sum())} uploaded videos with all-zero text rows are masked out")
+    return text, text_mask
+
+
+def _read_training_rows(f: _Folder, ugc: _UgcFeatures, rep: InteropReport) -> _Training:
+    """``user_prior_mean.npy`` (which sets the number of genres) and ``train.npy``, checked; each distinct genre
+    distribution of the rows becomes an uploader (renormalised where it does not sum to 1)."""
+    prior_mean = _distribution(f.read(F_PRIOR), f.lab(F_PRIOR), "genre distribution [G]")
+    n_genres, lab = len(prior_mean), f.lab(F_TRAIN)
+    video, music, genre, prior, propensity = _parse_train(f.read(F_TRAIN, objects=True), n_genres, lab)
+    _in_range(video, len(ugc.visual), lab, "video", _transposed_hint(ugc.visual, video))
+    _in_range(music, len(ugc.music), lab, "music")
+    _in_range(genre, n_genres, lab, "genre")
+    if not np.isfinite(prior).all() or (prior < 0).any():
+        row = int(np.flatnonzero(~(np.isfinite(prior) & (prior >= 0)).all(axis=1))[0])
+        raise DatasetError(f"{lab}: row {row} has a negative or NaN genre distribution")
+    sums = prior.sum(axis=1)
+    if (sums <= 0).any():
+        row = int(np.flatnonzero(sums <= 0)[0])
+        raise DatasetError(f"{lab}: row {row} has an all-zero genre distribution")
+    uploader_pref, uploader = np.unique(prior, axis=0, return_inverse=True)
+    uploader = uploader.ravel().astype(np.int64)
+    off = np.abs(uploader_pref.sum(axis=1) - 1.0) > 1e-6  # rows already summing to 1 are kept bit for bit
+    uploader_pref[off] /= uploader_pref[off].sum(axis=1, keepdims=True)
+    rep.notes.append(f"confounder: {len(uploader_pref)} distinct training genre distributions become "
+                     f"uploaders; val/test rows get uploader -1 (the model's prior)")
+    return _Training(np.stack([video, music, uploader], axis=1), genre, propensity, uploader_pref, prior_mean)
+
+
+def _read_evaluation_splits(f: _Folder, ugc: _UgcFeatures, train_rows: np.ndarray,
+                            rep: InteropReport) -> dict[str, _EvalSplit]:
+    """Every evaluation split of ``100neg/`` by file stem (val, test, then the others by name), checked; rows
+    two of them share, or one lists twice, are warned of."""
+    splits = {}
+    for stem in _evaluation_stems(f, rep):
+        split = _read_evaluation_split(f, stem, ugc, train_rows, rep)
+        if split is not None:
+            splits[stem] = split
+    evaluation_overlap_notes({stem: split.rows for stem, split in splits.items()}, rep)
+    return splits
+
+
+def _evaluation_stems(f: _Folder, rep: InteropReport) -> list[str]:
+    """The stems of the ``100neg/`` files to read: val and test (required), then the others by name; hidden files
+    are skipped (reported)."""
+    neg_dir = f.path(f"{M_DIR}/100neg")
+    found = sorted(neg_dir.glob("*.npy")) if neg_dir.is_dir() else []
+    hidden = [p.name for p in found if p.name.startswith(".")]  # macOS's "._val.npy" beside an unzipped val.npy
+    if hidden:
+        rep.notes.append(f"{M_DIR}/100neg: hidden file(s) skipped: {', '.join(hidden)}")
+    stems = [p.stem for p in found if not p.name.startswith(".")]
+    for req in ("val", "test"):
+        if req not in stems:
+            raise DatasetError(f"{f.lab(_neg_file(req))}: required file is missing")
+    return ["val", "test"] + [s for s in stems if s not in ("val", "test")]
+
+
+def _read_evaluation_split(f: _Folder, stem: str, ugc: _UgcFeatures, train_rows: np.ndarray,
+                           rep: InteropReport) -> _EvalSplit | None:
+    """Split ``stem`` of ``100neg/`` with its weights, checked; None for a further split left empty."""
+    if stem in ("train", "pgc"):
+        raise DatasetError(f"{f.lab(_neg_file(stem))}: the split name {stem!r} is reserved")
+    fn = _neg_file(stem)
+    rows = f.read(fn, objects=True)
+    if stem not in ("val", "test") and rows.size == 0:  # an extra split left empty: nothing to evaluate
+        rep.notes.append(f"{stem}: {fn} has no rows: not imported")
+        return None
+    vid, mus, neg = _parse_neg(rows, f.lab(fn))
+    _check_evaluation_rows(f.lab(fn), stem, vid, mus, neg, ugc, train_rows, rep)
+    if stem not in ("val", "test"):
+        rep.notes.append(f"{stem}: imported as an evaluation split of its own (role test), as is every .npy of "
+                         f"{M_DIR}/100neg but val and test")
+    wf, weights = _weight_file(stem), None
+    if f.path(wf).is_file() or stem in ("val", "test"):
+        weights = _weights(f.path(wf), f.lab(wf), len(vid))
+    else:
+        rep.missing.append(wf)
+        rep.notes.append(f"{stem}: no {wf}; bgmrec uses inverse training popularity as its weights")
+    return _EvalSplit(np.stack([vid, mus, np.full(len(vid), -1)], axis=1), neg, weights)
+
+
+def _check_evaluation_rows(label: str, stem: str, vid: np.ndarray, mus: np.ndarray, neg: np.ndarray,
+                           ugc: _UgcFeatures, train_rows: np.ndarray, rep: InteropReport) -> None:
+    """Refuse ids out of range, a positive among its negatives and a training pair; warn (``rep.notes``) of
+    repeated negatives and of videos that are in train too."""
+    n_m = len(ugc.music)
+    _in_range(vid, len(ugc.visual), label, "video", _transposed_hint(ugc.visual, vid))
+    _in_range(mus, n_m, label, "music")
+    _in_range(neg, n_m, label, "negative music")
+    hit = np.flatnonzero((neg == mus[:, None]).any(axis=1))
+    if hit.size:
+        raise DatasetError(f"{label}: row {int(hit[0])} lists its positive music among the negatives")
+    leaked = rows_trained_on(np.stack([vid, mus], axis=1), train_rows)
+    if leaked.size:
+        raise DatasetError(f"{label}: row {int(leaked[0])} is the pair (video {int(vid[leaked[0]])}, music "
+                           f"{int(mus[leaked[0]])}) of a row of {F_TRAIN}: the answer to that query is trained "
+                           "on (val and test rows must be held out of train)")
+    ordered = np.sort(neg, axis=1)
+    repeats = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
+    if repeats:  # kept as given (drawn with replacement?): the sampled rank counts each listed negative
+        rep.notes.append(f"warning: {stem}: {repeats} of {len(vid)} rows repeat a negative track (kept as "
+                         "given: a repeated negative that outscores the positive counts once per listing)")
+    shared = np.isin(vid, train_rows[:, 0])
+    if shared.any():
+        rep.notes.append(f"warning: {stem}: {int(shared.sum())} of {len(vid)} rows have videos that are in "
+                         f"{F_TRAIN} too (with another music): splits are usually by video")
+
+
+def _read_pgc(f: _Folder, pgc_music: str, side: dict | None, ugc: _UgcFeatures,
+              rep: InteropReport) -> _PgcData | None:
+    """The optional teacher data of ``data_pgc/``, checked against the UGC data; None (reported) when the folder
+    is missing or empty."""
+    pgc_dir = f.path(P_DIR)
+    if pgc_dir.is_dir() and not any(pgc_dir.iterdir()):
+        rep.notes.append(f"{P_DIR}/ is empty: no teacher split")
+        return None
+    if not pgc_dir.is_dir():
+        rep.missing.append(f"{P_DIR}/")
+        rep.notes.append("no data_pgc/: no teacher split")
+        return None
+    visual = f.matrix(F_P_VISUAL)
+    if visual.shape[1] != ugc.visual.shape[1]:
+        raise DatasetError(f"{f.lab(F_P_VISUAL)}: {visual.shape[1]} columns, {F_VISUAL} has "
+                           f"{ugc.visual.shape[1]} (one visual extractor serves both)")
+    own_music = _read_pgc_music(f, pgc_music, side, ugc.music, rep)
+    n_music = len(ugc.music) if own_music is None else len(own_music)
+    rows = _read_pgc_pairs(f, F_P_TRAIN, len(visual), n_music)
+    if not len(rows):
+        raise DatasetError(f"{f.lab(F_P_TRAIN)}: has no rows; the teacher split is made of them (remove {P_DIR}/ "
+                           "to import without one)")
+    val = text = None
+    if f.path(F_P_VAL).is_file():
+        val = _read_pgc_pairs(f, F_P_VAL, len(visual), n_music)
+    else:
+        rep.missing.append(F_P_VAL)
+    if f.path(F_P_TEXT).is_file():
+        text = f.matrix(F_P_TEXT, rows=(len(visual), F_P_VISUAL))
+    elif ugc.text is not None:
+        rep.missing.append(F_P_TEXT)
+    return _PgcData(visual, text, rows, val, own_music)
+
+
+def _read_pgc_music(f: _Folder, pgc_music: str, side: dict | None, music: np.ndarray,
+                    rep: InteropReport) -> np.ndarray | None:
+    """The PGC music when it is appended as tracks of its own, None when it is the UGC catalogue: as
+    ``pgc_music`` asks ("auto": shared when its files equal the UGC ones), or as the sidecar records."""
+    p_music = _read_music(f, F_P_VGGISH, F_P_SMILE)[:, : music.shape[1]]
+    if p_music.shape[1] != music.shape[1]:
+        raise DatasetError(f"{f.lab(F_P_VGGISH)}: music width {p_music.shape[1]} differs from the UGC "
+                           f"music's {music.shape[1]}")
+    n_m = music.shape[0]
+    same = p_music.shape == music.shape and np.array_equal(p_music, music)
+    mode = pgc_music if pgc_music != "auto" else ("shared" if same else "own")
+    if side:
+        mode = side.get("pgc_music", mode)
+    if mode == "shared" and p_music.shape[0] != n_m:
+        raise DatasetError(f"{f.lab(F_P_VGGISH)}: {p_music.shape[0]} tracks cannot be the UGC catalogue of "
+                           f"{n_m} (pgc_music='shared')")
+    if mode == "own" and pgc_music == "auto" and p_music.shape == music.shape:
+        rep.notes.append(f"warning: pgc music: as many tracks as the UGC catalogue ({n_m}) but other feature "
+                         "values (normalised otherwise?), so appended as tracks of their own, whose genres "
+                         "are not known; if they are the UGC tracks, import with --pgc-music shared")
+    if mode == "shared" and not same:
+        rep.notes.append("pgc music: shared catalogue by request, although its feature files differ; "
+                         "the UGC features are used")
+    what = "the UGC catalogue" if mode == "shared" else "its own tracks, appended"
+    rep.notes.append(f"pgc music: {what}")
+    return p_music if mode == "own" else None
+
+
+def _read_pgc_pairs(f: _Folder, rel: str, n_videos: int, n_music: int) -> np.ndarray:
+    """The [video, music] rows of ``data_pgc/`` file ``rel``, their ids checked against its videos and music."""
+    rows = _pair_rows(f.read(rel), f.lab(rel))
+    _in_range(rows[:, 0], n_videos, f.lab(rel), "video")
+    _in_range(rows[:, 1], n_music, f.lab(rel), "music")
+    return rows
+
+
+def _assemble_videos(f: _Folder, ugc: _UgcFeatures, pgc: _PgcData | None, train: _Training,
+                     rep: InteropReport) -> _Videos:
+    """The uploaded videos then the professional ones: frames, text (masked where all zero or not given) and
+    each uploaded video's uploader (that of its first training row)."""
+    n_ugc = len(ugc.visual)
+    n_pgc = 0 if pgc is None else len(pgc.visual)
+    visual = ugc.visual if n_pgc == 0 else np.vstack([ugc.visual, pgc.visual])
+    pgc_text = None if pgc is None else pgc.text
+    dt = ugc.text.shape[1] if ugc.text is not None else (pgc_text.shape[1] if pgc_text is not None else 1)
+    text = np.zeros((n_ugc + n_pgc, dt), np.float32)
+    mask = np.zeros(n_ugc + n_pgc, bool)
+    if ugc.text is not None:
+        text[:n_ugc], mask[:n_ugc] = ugc.text, ugc.text_mask
+    if pgc_text is not None:
+        if pgc_text.shape[1] != dt:
+            raise DatasetError(f"{f.lab(F_P_TEXT)}: {pgc_text.shape[1]} columns, {F_TEXT} has {dt}")
+        text[n_ugc:] = pgc_text
+        mask[n_ugc:] = np.abs(pgc_text).sum(axis=1) > 0
+        rep.notes.append(f"text: {int((~mask[n_ugc:]).sum())} professional videos with all-zero text rows "
+                         "are masked out")
+    uploader = np.full(n_ugc + n_pgc, -1, np.int64)
+    first = np.unique(train.rows[:, 0], return_index=True)
+    uploader[first[0]] = train.rows[first[1], 2]
+    return _Videos(visual, text, mask, uploader, n_ugc, n_pgc)
+
+
+def _vote_track_genres(train: _Training, n_tracks: int, rep: InteropReport) -> tuple[np.ndarray, str]:
+    """Each track's genre, the majority label of its training rows (ties: the lowest id; tracks never in train: the
+    most frequent genre, counted in ``rep.counts``), and the report's note on the vote."""
+    n_genres = len(train.prior_mean)
+    votes = np.zeros((n_tracks, n_genres), np.int64)
+    np.add.at(votes, (train.rows[:, 1], train.genre), 1)
+    seen = votes.sum(axis=1) > 0
+    track_genre = votes.argmax(axis=1)
+    top = np.sort(votes, axis=1)
+    conflicted = int((seen & (votes.max(axis=1) < votes.sum(axis=1))).sum())
+    ties = int((seen & (top[:, -1] == top[:, -2])).sum()) if n_genres > 1 else 0
+    majority = int(np.bincount(track_genre[seen], minlength=n_genres).argmax()) if seen.any() else 0
+    track_genre[~seen] = majority
+    rep.counts["tracks_never_in_train"] = int((~seen).sum())
+    return track_genre, (f"track genres: majority vote over training rows; {conflicted} tracks had inconsistent "
+                         f"genres ({ties} ties, lowest genre id kept); {int((~seen).sum())} tracks never in train "
+                         f"got the most frequent genre ({majority})")
+
+
+def _pgc_rows(pairs: np.ndarray, n_ugc: int, music_offset: int) -> np.ndarray:
+    """``data_pgc/`` [video, music] pairs as dataset rows [video, track, -1]: the PGC videos follow the UGC ones,
+    its tracks the UGC catalogue when it has its own (``music_offset``)."""
+    return np.stack([pairs[:, 0] + n_ugc, pairs[:, 1] + music_offset, np.full(len(pairs), -1)],
+                    axis=1).astype(np.int64)
+
+
+def _assemble_splits(train: _Training, evaluation: dict[str, _EvalSplit], pgc: _PgcData | None, n_ugc: int,
+                     n_m: int) -> tuple[_Splits, dict[str, np.ndarray]]:
+    """The splits (train, the evaluation splits, the teacher's ``pgc``) and the side files (the training rows'
+    propensities, the teacher's validation rows)."""
+    rows = {"train": train.rows, **{stem: split.rows for stem, split in evaluation.items()}}
+    info = {"train": SplitInfo("train", "existing"),
+            **{stem: SplitInfo("val" if stem == "val" else "test", "existing") for stem in evaluation}}
+    extra = {"extra/train_propensity.npy": train.propensity}
+    if pgc is not None:
+        offset = 0 if pgc.own_music is None else n_m
+        rows["pgc"] = _pgc_rows(pgc.rows, n_ugc, offset)
+        info["pgc"] = SplitInfo("teacher", "existing" if pgc.own_music is None else "new")
+        if pgc.val is not None:
+            extra["extra/pgc_val.npy"] = _pgc_rows(pgc.val, n_ugc, offset)
+    negatives = {stem: split.negatives for stem, split in evaluation.items()}
+    weights = {stem: split.weights for stem, split in evaluation.items() if split.weights is not None}
+    return _Splits(rows, info, negatives, weights), extra
 
 
 def _read_sidecar(src: Path) -> dict | None:
@@ -878,20 +1031,43 @@ _SIDECAR_FIELDS = {
 }
 
 
-def _apply_sidecar(side, src, genres, track_genre, track_new, video_ids, track_ids):
+def _apply_sidecar(side: dict, src: Path, labels: _Labels) -> _Labels:
+    """``labels`` as the sidecar records them, its lists checked against the data's counts."""
     label = f"{src}/{SIDECAR}"
-    n_t, n_v = len(track_ids), len(video_ids)
+    n_t, n_v = len(labels.track_ids), len(labels.video_ids)
     for key, n in (("track_genre", n_t), ("track_new", n_t), ("track_ids", n_t), ("video_ids", n_v)):
         if key in side and len(side[key]) != n:
             raise DatasetError(f"{label}: {key} has {len(side[key])} entries, the data has {n}")
-    genres = list(side.get("genres", genres))
-    tg = np.asarray(side.get("track_genre", track_genre), np.int64)
+    genres = list(side.get("genres", labels.genres))
+    tg = np.asarray(side.get("track_genre", labels.track_genre), np.int64)
     bad = np.flatnonzero((tg < 0) | (tg >= len(genres)))
     if bad.size:
         raise DatasetError(f"{label}: track_genre[{int(bad[0])}] is {int(tg[bad[0]])}; expected a genre id in "
                            f"[0, {len(genres)}) ({len(genres)} genres in field 'genres')")
-    return (genres, tg, np.asarray(side.get("track_new", track_new), bool),
-            list(side.get("video_ids", video_ids)), list(side.get("track_ids", track_ids)))
+    return _Labels(genres, tg, np.asarray(side.get("track_new", labels.track_new), bool),
+                   list(side.get("video_ids", labels.video_ids)), list(side.get("track_ids", labels.track_ids)))
+
+
+def _apply_sidecar_splits(side: dict, src: Path, splits: _Splits, extra: dict[str, np.ndarray],
+                          rep: InteropReport) -> _Splits:
+    """The splits under the names, roles and candidates the sidecar records, with the teacher validation rows
+    export carved from the teacher split moved back from ``extra`` into it and the splits' own negatives put back."""
+    rows = splits.rows
+    if side.get("pgc_val_holdout") and "pgc" in rows and "extra/pgc_val.npy" in extra:
+        rows = {**rows, "pgc": np.concatenate([rows["pgc"], extra.pop("extra/pgc_val.npy")])}
+    meta = side.get("splits", {})
+
+    def nm(stem: str) -> str:
+        return str(meta.get(stem, {}).get("name", stem))
+
+    info = {nm(s): SplitInfo(str(meta.get(s, {}).get("role", given.role)),
+                             str(meta.get(s, {}).get("candidates", given.candidates)))
+            for s, given in splits.info.items()}
+    negatives = {nm(s): r for s, r in splits.negatives.items()}
+    for name in side.get("resampled_negatives", []):
+        if name in negatives:
+            _restore_negatives(side, src, name, negatives, rep)
+    return _Splits({nm(s): r for s, r in rows.items()}, info, negatives, {nm(s): w for s, w in splits.weights.items()})
 
 
 def import_tt150k(src: Path, out: Path, pgc_music: str = "auto") -> InteropReport:
