@@ -1108,22 +1108,78 @@ def export_tt150k(data: Dataset | Path, out: Path, seed: int = 0) -> InteropRepo
     return reports[0]
 
 
-def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
-    rep = InteropReport()
-    src = np.asarray(ds.video_source)
-    ugc = np.flatnonzero(src != "pgc")
-    pgc = np.flatnonzero(src == "pgc")
-    ref_of = np.full(ds.n_videos, -1, np.int64)
-    ref_of[ugc] = np.arange(len(ugc))
-    ref_of[pgc] = np.arange(len(pgc))
-    rng = np.random.default_rng(seed)
+@dataclass(frozen=True)
+class _LayoutVideos:
+    """Where the layout puts each video of a dataset: the UGC ones in ``data_matching/``, the PGC ones in
+    ``data_pgc/``, each numbered from 0 in its folder."""
 
-    def check_source(name: str, rows: np.ndarray, want_pgc: bool) -> None:
-        wrong = (src[rows[:, 0]] == "pgc") != want_pgc
+    source: np.ndarray  # str [N]: each video's source
+    ugc: np.ndarray  # int64: the UGC videos, in the order the layout numbers them
+    pgc: np.ndarray  # int64: the PGC videos, likewise
+    ref_of: np.ndarray  # int64 [N]: each video's id in its folder
+
+    @classmethod
+    def of(cls, ds: Dataset) -> _LayoutVideos:
+        source = np.asarray(ds.video_source)
+        ugc, pgc = np.flatnonzero(source != "pgc"), np.flatnonzero(source == "pgc")
+        ref_of = np.full(ds.n_videos, -1, np.int64)
+        ref_of[ugc] = np.arange(len(ugc))
+        ref_of[pgc] = np.arange(len(pgc))
+        return cls(source, ugc, pgc, ref_of)
+
+    def check(self, name: str, rows: np.ndarray, want_pgc: bool) -> None:
+        """Refuse rows of split ``name`` that use a video of the other source than ``want_pgc`` says."""
+        wrong = (self.source[rows[:, 0]] == "pgc") != want_pgc
         if wrong.any():
             raise ValueError(f"split {name!r}: row {int(np.flatnonzero(wrong)[0])} uses a "
                              f"{'UGC' if want_pgc else 'PGC'} video; the layout keeps UGC and PGC apart")
 
+
+_UGC_FILES = (F_VISUAL, F_VGGISH, F_SMILE, F_TEXT)
+_PGC_FILES = (F_P_VISUAL, F_P_VGGISH, F_P_SMILE, F_P_TEXT)
+
+
+def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
+    """Write ``ds`` in the reference layout into the folder ``out``; the report of what was written."""
+    rep = InteropReport()
+    layout = _LayoutVideos.of(ds)
+    by_role, stems = _layout_stems(ds)
+    (out / M_DIR / "100neg").mkdir(parents=True, exist_ok=True)
+    music = np.asarray(ds.music, np.float32)
+    vgg, smile = _split_music(music)
+    _save_features(out, _UGC_FILES, ds, layout.ugc, vgg, smile)
+    if music.shape[1] != 2 * MUSIC_PART:
+        rep.notes.append(f"music: {music.shape[1]} columns written as two files of {vgg.shape[1]} "
+                         f"(zero-padded); the true width is in {SIDECAR}")
+    train_name = by_role["train"][0]
+    _save_train(ds, out, train_name, layout)
+    resampled, native = _save_evaluation_splits(ds, out, stems, layout, np.random.default_rng(seed), rep)
+
+    teacher, pgc_holdout = None, 0
+    if by_role["teacher"]:
+        if len(by_role["teacher"]) > 1:
+            raise ValueError(f"the layout holds one teacher split; found {by_role['teacher']}")
+        teacher = by_role["teacher"][0]
+        pgc_holdout = _save_teacher(ds, out, teacher, layout, vgg, smile, rep)
+    else:
+        rep.missing.append(f"{P_DIR}/ (the dataset has no teacher split)")
+
+    side = _export_record(ds, stems, teacher, layout, int(music.shape[1]), pgc_holdout > 0, resampled, native)
+    (out / SIDECAR).write_text(json.dumps(side, indent=1) + "\n", encoding="utf-8")
+    if len(layout.ugc) and not np.array_equal(np.concatenate([layout.ugc, layout.pgc]), np.arange(ds.n_videos)):
+        rep.notes.append("videos were reordered (UGC first, then PGC); ids are kept in the sidecar")
+    rep.counts.update({"ugc_videos": len(layout.ugc), "pgc_videos": len(layout.pgc), "tracks": ds.n_tracks,
+                       "genres": ds.n_genres, "rows_train": len(ds.splits[train_name])})
+    rep.dims = {"video_visual": int(ds.video_visual.shape[1]), "video_text": int(ds.video_text.shape[1]),
+                "music": int(music.shape[1]), "music_files": int(vgg.shape[1])}
+    rep.notes.append("the DecCM scripts hard-code dim_v=2048, dim_m=256 and num_music=3003: edit them to "
+                     f"dim_v={rep.dims['video_visual']}, dim_m={2 * vgg.shape[1]}, num_music={ds.n_tracks}")
+    return rep
+
+
+def _layout_stems(ds: Dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The split names by role and the file stem of each split but the teacher's (train, val, test, further
+    test splits by name); refused where the layout cannot hold the splits."""
     by_role = {r: ds.split_names(r) for r in ("train", "val", "test", "teacher")}
     if len(by_role["train"]) != 1 or len(by_role["val"]) != 1 or not by_role["test"]:
         raise ValueError(f"the layout needs one train split, one val split and at least one test split; "
@@ -1134,116 +1190,128 @@ def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
         if s in ("train", "val", "test", "pgc"):
             raise ValueError(f"test split {s!r} would collide with a reference file name")
         stems[s] = s
+    return by_role, stems
 
-    m = out / M_DIR
-    m.mkdir(parents=True, exist_ok=True)
-    (m / "100neg").mkdir(exist_ok=True)
-    music = np.asarray(ds.music, np.float32)
-    vgg, smile = _split_music(music)
-    np.save(m / "visual_features_resnet_V.npy", np.asarray(ds.video_visual, np.float32)[ugc])
-    np.save(m / "music_features.npy", vgg)
-    np.save(m / "new_music_smile_features_norm.npy", smile)
-    mask = np.asarray(ds.video_text_mask, bool)
-    text = np.where(mask[:, None], np.asarray(ds.video_text, np.float32), 0.0).astype(np.float32)
-    if mask[ugc].any():
-        np.save(m / "text_features.npy", text[ugc])
-    if music.shape[1] != 2 * MUSIC_PART:
-        rep.notes.append(f"music: {music.shape[1]} columns written as two files of {vgg.shape[1]} "
-                         f"(zero-padded); the true width is in {SIDECAR}")
 
-    train_name = by_role["train"][0]
-    tr = np.asarray(ds.splits[train_name])
-    check_source(train_name, tr, False)
+def _save_features(out: Path, files: tuple[str, str, str, str], ds: Dataset, videos: np.ndarray,
+                   vgg: np.ndarray, smile: np.ndarray) -> None:
+    """The frames of ``videos``, the two music files and, when any of ``videos`` has text, their text (zero where
+    masked out), into ``files`` (visual, VGGish, openSMILE, text)."""
+    visual_file, vgg_file, smile_file, text_file = files
+    np.save(out / visual_file, np.asarray(ds.video_visual, np.float32)[videos])
+    np.save(out / vgg_file, vgg)
+    np.save(out / smile_file, smile)
+    mask = np.asarray(ds.video_text_mask, bool)[videos]
+    if mask.any():
+        text = np.asarray(ds.video_text, np.float32)[videos]
+        np.save(out / text_file, np.where(mask[:, None], text, 0.0).astype(np.float32))
+
+
+def _save_train(ds: Dataset, out: Path, name: str, layout: _LayoutVideos) -> None:
+    """``train.npy`` (rows [video, music, genre string, genre distribution, propensity]) of training split
+    ``name``, and ``user_prior_mean.npy``."""
+    tr = np.asarray(ds.splits[name])
+    layout.check(name, tr, False)
     prior = ds.confounder(tr[:, 2]).astype(np.float64)
     counts = np.bincount(tr[:, 1], minlength=ds.n_tracks)
     propensity = counts[tr[:, 1]] / max(1, len(tr))
     rows = np.empty((len(tr), 5), object)
-    vids, mus, gen = ref_of[tr[:, 0]].tolist(), tr[:, 1].tolist(), ds.track_genre[tr[:, 1]].tolist()
+    vids, mus, gen = layout.ref_of[tr[:, 0]].tolist(), tr[:, 1].tolist(), ds.track_genre[tr[:, 1]].tolist()
     for i in range(len(tr)):
         rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 4] = vids[i], mus[i], str(gen[i]), float(propensity[i])
         rows[i, 3] = prior[i].tolist()
-    save_object_npy(m / "train.npy", rows)
+    save_object_npy(out / F_TRAIN, rows)
     mean = prior.mean(axis=0) if len(prior) else np.full(ds.n_genres, 1 / ds.n_genres)
-    np.save(m / "user_prior_mean.npy", mean)
+    np.save(out / F_PRIOR, mean)
 
+
+def _save_evaluation_splits(ds: Dataset, out: Path, stems: dict[str, str], layout: _LayoutVideos,
+                            rng: np.random.Generator, rep: InteropReport) -> tuple[list[str], dict[str, str | None]]:
+    """The ``100neg/`` rows and the weights of every split of ``stems`` but train, 100 negatives a row (drawn
+    where the split has no 100 frozen ones); the splits drawn for, and the file of each one's own negatives."""
     resampled, native = [], {}
     for name, stem in stems.items():
         if stem == "train":
             continue
         r = np.asarray(ds.splits[name])
-        check_source(name, r, False)
+        layout.check(name, r, False)
         neg = ds.negatives.get(name)
         if neg is None or neg.shape[1] != REF_NEGATIVES:
             neg = _reference_negatives(ds, name, rng, rep)
             resampled.append(name)
-            if ds.negatives.get(name) is not None:  # kept beside the layout, for import to put back
-                native[name] = f"{NATIVE_NEG_DIR}/{name}.npy"
-                (out / NATIVE_NEG_DIR).mkdir(exist_ok=True)
-                np.save(out / native[name], np.asarray(ds.negatives[name], np.int64))
-            else:
-                native[name] = None
+            native[name] = _save_native_negatives(ds, out, name)
         table = np.empty((len(r), 3), object)
-        vr, mr = ref_of[r[:, 0]].tolist(), r[:, 1].tolist()
+        vr, mr = layout.ref_of[r[:, 0]].tolist(), r[:, 1].tolist()
         neg = np.asarray(neg, np.int64)
         for i in range(len(r)):
             table[i, 0], table[i, 1], table[i, 2] = vr[i], mr[i], neg[i].copy()
-        save_object_npy(m / "100neg" / f"{stem}.npy", table)
+        save_object_npy(out / _neg_file(stem), table)
         w = np.asarray(ds.weights[name], np.float64) if name in ds.weights else ds.ipw_weights(name)
-        np.save(m / f"video_popularity_{stem}.npy", w)
+        np.save(out / _weight_file(stem), w)
         rep.counts[f"rows_{stem}"] = len(r)
+    return resampled, native
 
-    pgc_holdout = 0
-    if by_role["teacher"]:
-        if len(by_role["teacher"]) > 1:
-            raise ValueError(f"the layout holds one teacher split; found {by_role['teacher']}")
-        name = by_role["teacher"][0]
-        r = np.asarray(ds.splits[name])
-        check_source(name, r, True)
-        p = out / P_DIR
-        p.mkdir(parents=True, exist_ok=True)
-        np.save(p / "mv_video_resnet_features.npy", np.asarray(ds.video_visual, np.float32)[pgc])
-        np.save(p / "vggish_features.npy", vgg)
-        np.save(p / "opensmile_features_norm.npy", smile)
-        if mask[pgc].any():
-            np.save(p / "text_features.npy", text[pgc])
-        pairs = np.stack([ref_of[r[:, 0]], r[:, 1]], axis=1).astype(np.int64)
-        kept_val = None if ds.root is None else Path(ds.root) / "extra" / "pgc_val.npy"
-        if kept_val is not None and kept_val.is_file():  # an imported dataset: its own teacher validation
-            val = np.load(kept_val, allow_pickle=False)
-            if val.ndim != 2 or val.shape[1] != 3 or ((val[:, 0] < 0) | (val[:, 0] >= ds.n_videos)).any():
-                raise DatasetError(f"{kept_val}: expected int rows [video, track, -1] of this dataset")
-            check_source("extra/pgc_val", val, True)
-            np.save(p / "train.npy", pairs)
-            np.save(p / "val.npy", np.stack([ref_of[val[:, 0]], val[:, 1]], axis=1).astype(np.int64))
-            rep.counts["rows_pgc_train"], rep.counts["rows_pgc_val"] = len(pairs), len(val)
-            rep.notes.append("data_pgc/val.npy: the teacher validation rows kept at import "
-                             "(extra/pgc_val.npy)")
-        else:
-            pgc_holdout = int(np.ceil(PGC_VAL_SHARE * len(pairs))) if len(pairs) > 1 else 0
-            np.save(p / "train.npy", pairs[: len(pairs) - pgc_holdout])
-            np.save(p / "val.npy", pairs[len(pairs) - pgc_holdout:])
-            rep.counts["rows_pgc_train"], rep.counts["rows_pgc_val"] = len(pairs) - pgc_holdout, pgc_holdout
-            rep.notes.append(f"data_pgc/val.npy: the last {pgc_holdout} rows of {name!r} (the teacher script "
-                             "needs a validation file); import puts them back")
-    else:
-        rep.missing.append(f"{P_DIR}/ (the dataset has no teacher split)")
 
+def _save_native_negatives(ds: Dataset, out: Path, name: str) -> str | None:
+    """Split ``name``'s own frozen negatives, kept beside the layout for import to put back: their file, or None
+    when it has none."""
+    if ds.negatives.get(name) is None:
+        return None
+    rel = f"{NATIVE_NEG_DIR}/{name}.npy"
+    (out / NATIVE_NEG_DIR).mkdir(exist_ok=True)
+    np.save(out / rel, np.asarray(ds.negatives[name], np.int64))
+    return rel
+
+
+def _save_teacher(ds: Dataset, out: Path, name: str, layout: _LayoutVideos, vgg: np.ndarray, smile: np.ndarray,
+                  rep: InteropReport) -> int:
+    """``data_pgc/`` from teacher split ``name``: the PGC videos' features, the music files and the rows, with
+    ``val.npy`` the validation rows an import kept, else the split's last rows; how many rows that holds out."""
+    r = np.asarray(ds.splits[name])
+    layout.check(name, r, True)
+    (out / P_DIR).mkdir(parents=True, exist_ok=True)
+    _save_features(out, _PGC_FILES, ds, layout.pgc, vgg, smile)
+    pairs = np.stack([layout.ref_of[r[:, 0]], r[:, 1]], axis=1).astype(np.int64)
+    kept_val = None if ds.root is None else Path(ds.root) / "extra" / "pgc_val.npy"
+    if kept_val is not None and kept_val.is_file():  # an imported dataset: its own teacher validation
+        val = np.load(kept_val, allow_pickle=False)
+        if val.ndim != 2 or val.shape[1] != 3 or ((val[:, 0] < 0) | (val[:, 0] >= ds.n_videos)).any():
+            raise DatasetError(f"{kept_val}: expected int rows [video, track, -1] of this dataset")
+        layout.check("extra/pgc_val", val, True)
+        np.save(out / F_P_TRAIN, pairs)
+        np.save(out / F_P_VAL, np.stack([layout.ref_of[val[:, 0]], val[:, 1]], axis=1).astype(np.int64))
+        rep.counts["rows_pgc_train"], rep.counts["rows_pgc_val"] = len(pairs), len(val)
+        rep.notes.append("data_pgc/val.npy: the teacher validation rows kept at import "
+                         "(extra/pgc_val.npy)")
+        return 0
+    holdout = int(np.ceil(PGC_VAL_SHARE * len(pairs))) if len(pairs) > 1 else 0
+    np.save(out / F_P_TRAIN, pairs[: len(pairs) - holdout])
+    np.save(out / F_P_VAL, pairs[len(pairs) - holdout:])
+    rep.counts["rows_pgc_train"], rep.counts["rows_pgc_val"] = len(pairs) - holdout, holdout
+    rep.notes.append(f"data_pgc/val.npy: the last {holdout} rows of {name!r} (the teacher script "
+                     "needs a validation file); import puts them back")
+    return holdout
+
+
+def _export_record(ds: Dataset, stems: dict[str, str], teacher: str | None, layout: _LayoutVideos,
+                   music_dim: int, pgc_val_holdout: bool, resampled: list[str],
+                   native: dict[str, str | None]) -> dict:
+    """The sidecar's content: what the layout cannot hold, for import to restore."""
     split_meta = {stem: {"name": name, "role": ds.split_info[name].role,
                          "candidates": ds.split_info[name].candidates} for name, stem in stems.items()}
-    if by_role["teacher"]:
-        name = by_role["teacher"][0]
-        split_meta["pgc"] = {"name": name, "role": "teacher", "candidates": ds.split_info[name].candidates}
-    side = {
+    if teacher is not None:
+        split_meta["pgc"] = {"name": teacher, "role": "teacher", "candidates": ds.split_info[teacher].candidates}
+    return {
         "sidecar_version": SIDECAR_VERSION,
         "written_by": "bgmrec.data.tt150k.export_tt150k",
-        "music_dim": int(music.shape[1]),
+        "music_dim": music_dim,
         "genres": list(ds.genres),
         "track_genre": ds.track_genre.tolist(),
         "track_new": np.asarray(ds.track_new, bool).astype(int).tolist(),
         "track_ids": list(ds.track_ids),
-        "video_ids": [ds.video_ids[i] for i in np.concatenate([ugc, pgc])],
+        "video_ids": [ds.video_ids[i] for i in np.concatenate([layout.ugc, layout.pgc])],
         "pgc_music": "shared",
-        "pgc_val_holdout": pgc_holdout > 0,
+        "pgc_val_holdout": pgc_val_holdout,
         "splits": split_meta,
         "resampled_negatives": resampled,
         "native_negatives": native,
@@ -1251,13 +1319,3 @@ def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
         "note": "Not read by the DecCM scripts. They hard-code dim_v=2048 and dim_m=256 and default "
                 "num_music=3003; set them to the counts/dims here when running them on this folder.",
     }
-    (out / SIDECAR).write_text(json.dumps(side, indent=1) + "\n", encoding="utf-8")
-    if len(ugc) and not np.array_equal(np.concatenate([ugc, pgc]), np.arange(ds.n_videos)):
-        rep.notes.append("videos were reordered (UGC first, then PGC); ids are kept in the sidecar")
-    rep.counts.update({"ugc_videos": len(ugc), "pgc_videos": len(pgc), "tracks": ds.n_tracks,
-                       "genres": ds.n_genres, "rows_train": len(tr)})
-    rep.dims = {"video_visual": int(ds.video_visual.shape[1]), "video_text": int(ds.video_text.shape[1]),
-                "music": int(music.shape[1]), "music_files": int(vgg.shape[1])}
-    rep.notes.append("the DecCM scripts hard-code dim_v=2048, dim_m=256 and num_music=3003: edit them to "
-                     f"dim_v={rep.dims['video_visual']}, dim_m={2 * vgg.shape[1]}, num_music={ds.n_tracks}")
-    return rep
