@@ -884,48 +884,65 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
     """CMVAE vs DecCM on ``test_unbiased`` as the confounding strength gamma grows (Markdown + plot), with
     CMVAE trained on each world's intervened version (:func:`intervened_dataset`, mean of ``redraws``) and
     CMVAE with DecCM's teacher mixed in (:class:`RunTeacher`)."""
+    check_work_folder(work, out)
+    rows = []
+    for gamma in gammas:
+        rows += _gamma_rows(gamma, scale, seed, work, redraws)
+        console.print(f"gamma {gamma}: done")
+    png = Path(out).with_suffix(".png")
+    _plot_gamma_sweep(rows, png)
+    return write_report(out, _gamma_sweep_lines(rows, scale, seed, command, redraws, png), console)
+
+
+def _gamma_rows(gamma: float, scale: str, seed: int, work: Path, redraws: int) -> list[dict]:
+    """One world of confounding strength ``gamma``: CMVAE and DecCM trained and ranked on ``test_unbiased``, the
+    truth's references and CMVAE with DecCM's teacher mixed in; a row per DecCM mode (backdoor, content,
+    personalised), each carrying the columns shared by the gamma."""
     from bgmrec.data.dataset import load_dataset
     from bgmrec.data.simulate import save_world, simulate, world_config
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.report import change_cell, paired_against
     from bgmrec.models.base import load_model
-    from bgmrec.runs import git_commit, machine, train_model
+    from bgmrec.runs import train_model
 
-    check_work_folder(work, out)
+    data = Path(work) / f"gamma{gamma:g}-{scale}-seed{seed}" / "data"
+    save_world(*simulate(world_config(scale, seed=seed, gamma=gamma)), data)
+    ds = load_dataset(data)
+    res, evaluated = {}, []
+    for name in ("cmvae", "deccm"):
+        run = data.parent / "runs" / name
+        train_model(data, name, run, seed=seed, progress=True)
+        evaluated += evaluate_run(run, ds, splits=("test_unbiased",), label=name, keep_ranks=True)
+    for r in evaluated:
+        res[(r["label"], r.get("inference_mode"))] = r
+    paired = dict(paired_against(evaluated, "cmvae", "test_unbiased"))
+    base = res[("cmvae", None)]
+    mixing = RunTeacher.of("deccm", load_model(data.parent / "runs" / "deccm"))
+    if mixing is None:
+        raise ValueError(f"{data.parent / 'runs' / 'deccm'}: the DecCM run mixes no teacher into its content "
+                         "mode (teacher=false or teacher_mix=0, or its teacher folder is missing)")
+    mixed = evaluate(mixing.mix(load_model(data.parent / "runs" / "cmvae")), ds, "test_unbiased")
+    reference = {mode: full_recall_at_10(TruthRanker(ds, mode, seed=seed), ds) for mode in ("backdoor", "content")}
+    oracle = fit_oracle(ds)
+    reference["oracle"] = full_recall_at_10(oracle, ds)
+    for professional in (False, True):
+        reference["intervened" + ("_professional" if professional else "")] = float(np.mean([
+            full_recall_at_10(m, ds) for m in fit_intervened_draws(ds, oracle, "cmvae", seed, professional,
+                                                                   redraws)]))
     rows = []
-    for gamma in gammas:
-        data = Path(work) / f"gamma{gamma:g}-{scale}-seed{seed}" / "data"
-        save_world(*simulate(world_config(scale, seed=seed, gamma=gamma)), data)
-        ds = load_dataset(data)
-        res, evaluated = {}, []
-        for name in ("cmvae", "deccm"):
-            run = data.parent / "runs" / name
-            train_model(data, name, run, seed=seed, progress=True)
-            evaluated += evaluate_run(run, ds, splits=("test_unbiased",), label=name, keep_ranks=True)
-        for r in evaluated:
-            res[(r["label"], r.get("inference_mode"))] = r
-        paired = dict(paired_against(evaluated, "cmvae", "test_unbiased"))
-        base = res[("cmvae", None)]
-        mixing = RunTeacher.of("deccm", load_model(data.parent / "runs" / "deccm"))
-        if mixing is None:
-            raise ValueError(f"{data.parent / 'runs' / 'deccm'}: the DecCM run mixes no teacher into its content "
-                             "mode (teacher=false or teacher_mix=0, or its teacher folder is missing)")
-        mixed = evaluate(mixing.mix(load_model(data.parent / "runs" / "cmvae")), ds, "test_unbiased")
-        reference = {mode: full_recall_at_10(TruthRanker(ds, mode, seed=seed), ds) for mode in ("backdoor", "content")}
-        oracle = fit_oracle(ds)
-        reference["oracle"] = full_recall_at_10(oracle, ds)
-        for professional in (False, True):
-            reference["intervened" + ("_professional" if professional else "")] = float(np.mean([
-                full_recall_at_10(m, ds) for m in fit_intervened_draws(ds, oracle, "cmvae", seed, professional,
-                                                                       redraws)]))
-        for mode in ("backdoor", "content", "personalised"):
-            r = res[("deccm", mode)]
-            rows.append({"gamma": gamma, "mode": mode, "change": change_cell(paired[f"deccm [{mode}]"]),
-                         "cmvae_r10": base["full"]["recall@10"], "deccm_r10": r["full"]["recall@10"],
-                         "cmvae_tvd": base["bias"]["exposure_tvd@10"], "deccm_tvd": r["bias"]["exposure_tvd@10"],
-                         "mixed_r10": mixed["full"]["recall@10"], "mixed_tvd": mixed["bias"]["exposure_tvd@10"],
-                         **{f"truth_{k}_r10": v for k, v in reference.items()}})
-        console.print(f"gamma {gamma}: done")
+    for mode in ("backdoor", "content", "personalised"):
+        r = res[("deccm", mode)]
+        rows.append({"gamma": gamma, "mode": mode, "change": change_cell(paired[f"deccm [{mode}]"]),
+                     "cmvae_r10": base["full"]["recall@10"], "deccm_r10": r["full"]["recall@10"],
+                     "cmvae_tvd": base["bias"]["exposure_tvd@10"], "deccm_tvd": r["bias"]["exposure_tvd@10"],
+                     "mixed_r10": mixed["full"]["recall@10"], "mixed_tvd": mixed["bias"]["exposure_tvd@10"],
+                     **{f"truth_{k}_r10": v for k, v in reference.items()}})
+    return rows
+
+
+def _plot_gamma_sweep(rows: list[dict], png: Path) -> None:
+    """DecCM's Recall@10 gain and TVD@10 reduction over CMVAE by gamma, per mode, beside the intervened CMVAE and
+    CMVAE with DecCM's teacher mixed in."""
     plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for mode in ("backdoor", "content", "personalised"):
@@ -945,8 +962,15 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
         a.legend()
         a.grid(alpha=0.3)
     fig.tight_layout()
-    png = Path(out).with_suffix(".png")
     save_figure(fig, png, dpi=100)
+
+
+def _gamma_sweep_lines(rows: list[dict], scale: str, seed: int, command: str, redraws: int,
+                       png: Path) -> list[str]:
+    """The gamma sweep's Markdown report, line by line."""
+    from bgmrec.runs import git_commit, machine
+
+    content = [r for r in rows if r["mode"] == "content"]  # one per gamma; the CMVAE and truth columns are shared
     lines = [f"# DecCM vs CMVAE as confounding grows ({scale} world, seed {seed})", "",
              f"Made by `{command}` at commit {git_commit()} on {machine()}, {time.strftime('%Y-%m-%d')}. "
              "Full-catalogue Recall@10 and exposure TVD@10 on `test_unbiased` (positives drawn without taste or "
@@ -995,4 +1019,4 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
                      f"{r['deccm_tvd']:.3f}", f"{100 * (r['mixed_r10'] / r['cmvae_r10'] - 1):+.1f}%",
                      f"{100 * (1 - r['mixed_tvd'] / r['cmvae_tvd']):+.0f}%"] for r in content)])]
     lines += ["", f"![gamma sweep]({png.name})", ""]
-    return write_report(out, lines, console)
+    return lines
