@@ -13,7 +13,7 @@ import json
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -745,9 +745,6 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     Without ``fit_track_terms`` (the fits take minutes per model at ``tt150k``) the report holds the
     intervened world's table alone, on ``test_unbiased``.
     """
-    from bgmrec.data.dataset import load_dataset, read_json
-    from bgmrec.demo import evaluation_modes
-    from bgmrec.models.base import load_model
     from bgmrec.runs import git_commit, machine
 
     if not models:
@@ -757,67 +754,17 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     if intervened and "test_unbiased" not in splits:
         raise ValueError("the intervened world's models are reported on test_unbiased: add it to the splits")
     worlds = {seed: Path(work) / f"{scale}-seed{seed}" for seed in seeds}
-    run_files = ("run.json", "config.json", "weights.safetensors")
     if not fit_track_terms:
         if not intervened:
             raise ValueError("nothing to report without the per-track fits (--no-fit) and with no model for the "
                              "intervened world: name one (--intervened cmvae)")
         splits = ("test_unbiased",)
-    missing = []
+    _check_ceiling_runs(worlds, models, scale, work)
+    plan = _CeilingPlan(scale, models, tuple(splits), intervened, redraws, fit_track_terms)
+    figures = _CeilingFigures()
     for seed, world in worlds.items():
-        if not (world / "data" / "truth").is_dir():
-            missing.append(f"seed {seed}: the world")
-        missing += [f"seed {seed}: {name}" for name in models
-                    if not all((world / "runs" / name / f).is_file() for f in run_files)]
-    if missing:
-        make = command_line(["bench", "quality", "--scales", scale, "--seeds", ",".join(map(str, seeds)), "--models",
-                             ",".join(models), "--work", str(work), "--resume", "--out", "REPORT.md"], "")
-        raise ValueError(f"{work}: the quality benchmark's runs are missing ({'; '.join(missing)}); make them with "
-                         f"`{make}`")
-    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
-    learners: Learners = {}  # models trained on the intervened world, and the teacher-mixed references
-    commits, n_videos = set(), []
-    for seed, world in worlds.items():
-        ds = load_dataset(world / "data")
-        oracle = fit_oracle(ds)
-        truths = {split: choice_truth(ds, split, oracle, seed=seed) for split in splits} if fit_track_terms else {}
-        n_videos += [len(truth.query) for truth in truths.values()][:1]
-        for split in splits:
-            cells.setdefault(("oracle", split), {}).setdefault("ranked", []).append(
-                full_recall_at_10(oracle, ds, split))
-        loaded, mixing = {}, None  # the runs, and the first one mixing a teacher into its content mode
-        for name in models:
-            run = world / "runs" / name
-            commits.add(read_json(run / "run.json").get("commit", "unknown"))
-            model = load_model(run)
-            loaded[name] = model
-            mixing = mixing or RunTeacher.of(name, model)
-            for mode in evaluation_modes(model):
-                if mode is not None:
-                    model.set_inference_mode(mode)
-                label = f"{name} [{model.inference_mode}]" if model.inference_mode else name
-                for split in splits:
-                    cell = cells.setdefault((label, split), {})
-                    cell.setdefault("ranked", []).append(full_recall_at_10(model, ds, split))
-                    if not fit_track_terms:
-                        continue
-                    fitted = TrackTermFit.fit(model, truths[split])
-                    cell.setdefault("fitted", []).append(full_recall_at_10(fitted, ds, split))
-            console.print(f"{scale} seed {seed}: {name} done")
-        for name in intervened:
-            if mixing is not None and name in loaded:
-                if "content" in loaded[name].inference_modes:
-                    loaded[name].set_inference_mode("content")  # the mode DecCM mixes its teacher into
-                add_learner(learners, f"{name} (benchmarked), mixed with {mixing.run}'s teacher", seed,
-                            [full_recall_at_10(mixing.mix(loaded[name]), ds)])
-            for professional in (False, True):
-                label = f"{name}, trained on the intervened world" + (" + professional videos" if professional else "")
-                fits = fit_intervened_draws(ds, oracle, name, seed, professional, redraws)
-                add_learner(learners, label, seed, [full_recall_at_10(m, ds) for m in fits])
-                if mixing is not None and not professional:
-                    add_learner(learners, f"{label}, mixed with {mixing.run}'s teacher", seed,
-                                [full_recall_at_10(mixing.mix(m), ds) for m in fits])
-            console.print(f"{scale} seed {seed}: {name} on the intervened world done")
+        _score_ceiling_world(plan, seed, world, figures, console)
+    cells, learners, commits, n_videos = figures.cells, figures.learners, figures.commits, figures.n_videos
     now = git_commit()
     made = (f"Made by `{command}` at commit {now} on {machine()}, {time.strftime('%Y-%m-%d')}, from the runs of "
             f"`bgmrec bench quality` trained at commit {', '.join(sorted(commits))}"
@@ -854,6 +801,98 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     if intervened and "test_unbiased" in splits:
         lines += intervened_section(cells, learners, seeds, redraws)
     return write_report(out, lines, console)
+
+
+def _check_ceiling_runs(worlds: dict[int, Path], models: tuple[str, ...], scale: str, work: Path) -> None:
+    """Refuse, with the command that makes them, a world or a quality-benchmark run the ceiling report reads."""
+    run_files = ("run.json", "config.json", "weights.safetensors")
+    missing = []
+    for seed, world in worlds.items():
+        if not (world / "data" / "truth").is_dir():
+            missing.append(f"seed {seed}: the world")
+        missing += [f"seed {seed}: {name}" for name in models
+                    if not all((world / "runs" / name / f).is_file() for f in run_files)]
+    if missing:
+        make = command_line(["bench", "quality", "--scales", scale, "--seeds", ",".join(map(str, worlds)), "--models",
+                             ",".join(models), "--work", str(work), "--resume", "--out", "REPORT.md"], "")
+        raise ValueError(f"{work}: the quality benchmark's runs are missing ({'; '.join(missing)}); make them with "
+                         f"`{make}`")
+
+
+@dataclass(frozen=True)
+class _CeilingPlan:
+    """What the ceiling report scores in each world: :func:`run_track_term_ceiling`'s arguments of that name."""
+
+    scale: str
+    models: tuple[str, ...]
+    splits: tuple[str, ...]
+    intervened: tuple[str, ...]
+    redraws: int
+    fit_track_terms: bool
+
+
+@dataclass
+class _CeilingFigures:
+    """The ceiling report's figures, filled world by world (:func:`_score_ceiling_world`)."""
+
+    cells: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)  # (label, split) ->
+    #  "ranked" / "fitted" -> each seed's Recall@10
+    learners: Learners = field(default_factory=dict)  # models trained on the intervened world, and the
+    #  teacher-mixed references
+    commits: set[str] = field(default_factory=set)  # the commits the runs were trained at
+    n_videos: list[int] = field(default_factory=list)  # each world's queries the per-track terms were fitted on
+
+
+def _score_ceiling_world(plan: _CeilingPlan, seed: int, world: Path, figures: _CeilingFigures,
+                         console: Console) -> None:
+    """Add one seed's world to ``figures``: each run's Recall@10 as it ranks and with :class:`TrackTermFit`, and
+    the intervened world's models and the teacher-mixed references."""
+    from bgmrec.data.dataset import load_dataset, read_json
+    from bgmrec.demo import evaluation_modes
+    from bgmrec.models.base import load_model
+
+    models, splits, intervened, redraws = plan.models, plan.splits, plan.intervened, plan.redraws
+    cells, learners = figures.cells, figures.learners
+    ds = load_dataset(world / "data")
+    oracle = fit_oracle(ds)
+    truths = {split: choice_truth(ds, split, oracle, seed=seed) for split in splits} if plan.fit_track_terms else {}
+    for split in splits:
+        cells.setdefault(("oracle", split), {}).setdefault("ranked", []).append(
+            full_recall_at_10(oracle, ds, split))
+    loaded, mixing = {}, None  # the runs, and the first one mixing a teacher into its content mode
+    for name in models:
+        run = world / "runs" / name
+        figures.commits.add(read_json(run / "run.json").get("commit", "unknown"))
+        model = load_model(run)
+        loaded[name] = model
+        mixing = mixing or RunTeacher.of(name, model)
+        for mode in evaluation_modes(model):
+            if mode is not None:
+                model.set_inference_mode(mode)
+            label = f"{name} [{model.inference_mode}]" if model.inference_mode else name
+            for split in splits:
+                cell = cells.setdefault((label, split), {})
+                cell.setdefault("ranked", []).append(full_recall_at_10(model, ds, split))
+                if not plan.fit_track_terms:
+                    continue
+                fitted = TrackTermFit.fit(model, truths[split])
+                cell.setdefault("fitted", []).append(full_recall_at_10(fitted, ds, split))
+        console.print(f"{plan.scale} seed {seed}: {name} done")
+    for name in intervened:
+        if mixing is not None and name in loaded:
+            if "content" in loaded[name].inference_modes:
+                loaded[name].set_inference_mode("content")  # the mode DecCM mixes its teacher into
+            add_learner(learners, f"{name} (benchmarked), mixed with {mixing.run}'s teacher", seed,
+                        [full_recall_at_10(mixing.mix(loaded[name]), ds)])
+        for professional in (False, True):
+            label = f"{name}, trained on the intervened world" + (" + professional videos" if professional else "")
+            fits = fit_intervened_draws(ds, oracle, name, seed, professional, redraws)
+            add_learner(learners, label, seed, [full_recall_at_10(m, ds) for m in fits])
+            if mixing is not None and not professional:
+                add_learner(learners, f"{label}, mixed with {mixing.run}'s teacher", seed,
+                            [full_recall_at_10(mixing.mix(m), ds) for m in fits])
+        console.print(f"{plan.scale} seed {seed}: {name} on the intervened world done")
+    figures.n_videos += [len(truth.query) for truth in truths.values()][:1]
 
 
 def counts_per_world(counts: Sequence[int], seeds: Sequence[int]) -> str:
