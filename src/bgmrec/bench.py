@@ -264,25 +264,7 @@ def quality_resume_note(scales: list[str], seeds: list[int], work: Path, models:
 def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
                  console: Console, command: str, resume: bool, world: dict[str, str] | None) -> Path:
     """:func:`run_quality`'s work."""
-    from bgmrec.data.dataset import load_dataset
-    from bgmrec.eval.report import (
-        PER_GENRE_NOTE,
-        paired_against,
-        paired_markdown,
-        paired_note,
-        per_genre_markdown,
-        without_ranks,
-    )
-    from bgmrec.models.packages import model_package, packages_note
-    from bgmrec.runs import (
-        TEACHERS,
-        SharedTeachers,
-        code_fingerprint,
-        dataset_record,
-        git_commit,
-        machine,
-        train_model,
-    )
+    from bgmrec.eval.report import paired_against, without_ranks
 
     if not scales or not seeds:
         raise ValueError(f"bench quality needs at least one scale and one seed, got scales {scales}, seeds {seeds}")
@@ -292,7 +274,33 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
     check_work_folder(work, out)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sections = [
+    sections = _quality_preamble(seeds, models, command, world)
+    figures: dict[str, list[dict]] = {}  # JSON file -> its results, written with the report
+    for done_scales, scale in enumerate(scales, 1):
+        label = world_label(scale, world)
+        results: list[dict] = []
+        seconds: dict[str, list[float]] = {}
+        paired: dict[str, dict[str, list]] = {split: {} for split in EVAL_SPLITS}  # split -> "seed s" -> comparisons
+        for seed in seeds:
+            seed_results = _quality_world(scale, label, seed, work, models, console, resume, world, seconds)
+            for split in EVAL_SPLITS:
+                paired[split][f"seed {seed}"] = paired_against(seed_results, BASELINE, split)
+            results.extend(without_ranks(seed_results))
+        figures[f"benchmarks_{label}.json"] = results
+        sections += _quality_world_sections(label, seeds, results, paired, seconds, out)
+        still = scales[done_scales:]
+        partial = [f"*Worlds still to run when this report was written: {', '.join(still)}.*", ""] if still else []
+        written = write_report(out, sections + partial + ["## The papers' figures", "", PAPER_TABLE], console,
+                               figures)
+    return written
+
+
+def _quality_preamble(seeds: list[int], models: list[str] | None, command: str, world: dict[str, str]) -> list[str]:
+    """The quality report's title and the paragraph on how it was made and what its figures are."""
+    from bgmrec.models.packages import model_package, packages_note
+    from bgmrec.runs import git_commit, machine
+
+    return [
         QUALITY_TITLE,
         "",
         f"Regenerate with `{command}` (commit {git_commit()}, {machine()}, "
@@ -309,69 +317,71 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
            f"{', '.join(f'{k}={v}' for k, v in canonical_world(world).items())}." if world else ""),
         "",
     ]
-    figures: dict[str, list[dict]] = {}  # JSON file -> its results, written with the report
-    for done_scales, scale in enumerate(scales, 1):
-        label = world_label(scale, world)
-        results: list[dict] = []
-        seconds: dict[str, list[float]] = {}
-        paired: dict[str, dict[str, list]] = {split: {} for split in EVAL_SPLITS}  # split -> "seed s" -> comparisons
-        for seed in seeds:
-            data = Path(work) / f"{label}-seed{seed}" / "data"
-            ensure_world(scale, seed, data, console, world)
-            ds = load_dataset(data)
-            if not queried_splits(ds):
-                raise ValueError(f"{data}: the {label} world (seed {seed}) has no queries in any split the benchmark "
-                                 f"reports ({in_words(EVAL_SPLITS, 'or')}): nothing to report; give --world values "
-                                 "that leave some (test_share, new_track_share)")
-            made = dataset_record(data)  # each row of the JSON names its world's fingerprints; --resume compares them
-            world_fingerprints = {key: made[key] for key in FINGERPRINTS}
-            seed_results: list[dict] = []
-            teachers = SharedTeachers(data.parent / TEACHERS, ds, console, made)  # DecCM and its ablations share one
-            for name in models or DEMO_MODELS:
-                run = data.parent / "runs" / name
-                teacher = teachers.for_model(name, {"seed": seed})  # for a finished run too: the same folder
-                sec, why = reusable_run(run, name, seed, code_fingerprint(), made) if resume else (None, None)
-                if sec is not None:
-                    done = f"reused from {run} (trained in {sec:.0f} s)"
-                else:
-                    if why:
-                        console.print(f"{scale} seed {seed}: {name} is trained again, not reused: {why}",
-                                      markup=False)
-                    _, sec = train_model(data, name, run, seed=seed, teacher=teacher, progress=True)
-                    done = f"trained in {sec:.0f} s"
-                seconds.setdefault(name, []).append(sec)
-                res = evaluate_run(run, ds, label=name, keep_ranks=True)
-                for r in res:
-                    r.update(seed=seed, **world_fingerprints)
-                seed_results.extend(res)
-                console.print(f"{scale} seed {seed}: {name} {done}", markup=False)
-            for split in EVAL_SPLITS:
-                paired[split][f"seed {seed}"] = paired_against(seed_results, BASELINE, split)
-            results.extend(without_ranks(seed_results))
-        figures[f"benchmarks_{label}.json"] = results
-        agg = aggregate(results)
-        sections += [f"## World `{label}` (seeds {', '.join(map(str, seeds))})", ""]
-        shown = [split for split in EVAL_SPLITS if any(r["split"] == split for r in results)]
-        if len(shown) < len(EVAL_SPLITS):  # a world whose shares leave a split empty (--world new_track_share=0)
-            empty = [f"`{split}`" for split in EVAL_SPLITS if split not in shown]
-            sections += [f"{in_words(empty)} {'has' if len(empty) == 1 else 'have'} no queries in this world: left "
-                         "out of the tables and plots.", ""]
-        for split in shown:
-            png = plot(agg, split, f"{label}, {split}", out.parent / f"bench_{label}_{split}.png",
-                       "mean ± std over seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
-            sections += [f"### {label}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
-            if any(paired[split].values()):
-                sections += [paired_note(BASELINE), "", paired_markdown(paired[split], BASELINE), ""]
-            sections += [PER_GENRE_NOTE + (" Means over seeds." if len(seeds) > 1 else f" Seed {seeds[0]} alone."),
-                         "", per_genre_markdown(results, split), ""]
-        sections += [f"Training seconds per model ({'mean over seeds' if len(seeds) > 1 else f'seed {seeds[0]}'}): "
-                     + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]
-        still = scales[done_scales:]
-        partial = [f"*Worlds still to run when this report was written: {', '.join(still)}.*", ""] if still else []
-        written = write_report(out, sections + partial + ["## The papers' figures", "", PAPER_TABLE], console,
-                               figures)
-    return written
 
+
+def _quality_world(scale: str, label: str, seed: int, work: Path, models: list[str] | None, console: Console,
+                   resume: bool, world: dict[str, str], seconds: dict[str, list[float]]) -> list[dict]:
+    """One seed's world of the quality benchmark: made (or reused), every model trained (or its run reused with
+    ``resume``; its training seconds added to ``seconds``) and evaluated; the results, ranks kept."""
+    from bgmrec.data.dataset import load_dataset
+    from bgmrec.runs import TEACHERS, SharedTeachers, code_fingerprint, dataset_record, train_model
+
+    data = Path(work) / f"{label}-seed{seed}" / "data"
+    ensure_world(scale, seed, data, console, world)
+    ds = load_dataset(data)
+    if not queried_splits(ds):
+        raise ValueError(f"{data}: the {label} world (seed {seed}) has no queries in any split the benchmark "
+                         f"reports ({in_words(EVAL_SPLITS, 'or')}): nothing to report; give --world values "
+                         "that leave some (test_share, new_track_share)")
+    made = dataset_record(data)  # each row of the JSON names its world's fingerprints; --resume compares them
+    world_fingerprints = {key: made[key] for key in FINGERPRINTS}
+    seed_results: list[dict] = []
+    teachers = SharedTeachers(data.parent / TEACHERS, ds, console, made)  # DecCM and its ablations share one
+    for name in models or DEMO_MODELS:
+        run = data.parent / "runs" / name
+        teacher = teachers.for_model(name, {"seed": seed})  # for a finished run too: the same folder
+        sec, why = reusable_run(run, name, seed, code_fingerprint(), made) if resume else (None, None)
+        if sec is not None:
+            done = f"reused from {run} (trained in {sec:.0f} s)"
+        else:
+            if why:
+                console.print(f"{scale} seed {seed}: {name} is trained again, not reused: {why}",
+                              markup=False)
+            _, sec = train_model(data, name, run, seed=seed, teacher=teacher, progress=True)
+            done = f"trained in {sec:.0f} s"
+        seconds.setdefault(name, []).append(sec)
+        res = evaluate_run(run, ds, label=name, keep_ranks=True)
+        for r in res:
+            r.update(seed=seed, **world_fingerprints)
+        seed_results.extend(res)
+        console.print(f"{scale} seed {seed}: {name} {done}", markup=False)
+    return seed_results
+
+
+def _quality_world_sections(label: str, seeds: list[int], results: list[dict], paired: dict[str, dict[str, list]],
+                            seconds: dict[str, list[float]], out: Path) -> list[str]:
+    """A world's part of the quality report: per split its table, plot, paired changes and per-genre table, then
+    the training seconds (the plots written beside ``out``)."""
+    from bgmrec.eval.report import PER_GENRE_NOTE, paired_markdown, paired_note, per_genre_markdown
+
+    agg = aggregate(results)
+    sections = [f"## World `{label}` (seeds {', '.join(map(str, seeds))})", ""]
+    shown = [split for split in EVAL_SPLITS if any(r["split"] == split for r in results)]
+    if len(shown) < len(EVAL_SPLITS):  # a world whose shares leave a split empty (--world new_track_share=0)
+        empty = [f"`{split}`" for split in EVAL_SPLITS if split not in shown]
+        sections += [f"{in_words(empty)} {'has' if len(empty) == 1 else 'have'} no queries in this world: left "
+                     "out of the tables and plots.", ""]
+    for split in shown:
+        png = plot(agg, split, f"{label}, {split}", out.parent / f"bench_{label}_{split}.png",
+                   "mean ± std over seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
+        sections += [f"### {label}: `{split}`", "", markdown(agg, split), "", f"![{png.stem}]({png.name})", ""]
+        if any(paired[split].values()):
+            sections += [paired_note(BASELINE), "", paired_markdown(paired[split], BASELINE), ""]
+        sections += [PER_GENRE_NOTE + (" Means over seeds." if len(seeds) > 1 else f" Seed {seeds[0]} alone."),
+                     "", per_genre_markdown(results, split), ""]
+    sections += [f"Training seconds per model ({'mean over seeds' if len(seeds) > 1 else f'seed {seeds[0]}'}): "
+                 + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]
+    return sections
 
 def queried_splits(ds) -> list[str]:
     """The splits of :data:`~bgmrec.demo.EVAL_SPLITS` that hold queries in ``ds`` (the ones evaluated)."""
