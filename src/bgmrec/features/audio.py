@@ -47,7 +47,7 @@ import sys
 import threading
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,16 +73,15 @@ from bgmrec.features.cache import (
     MediaError,
     arrays_sha256,
     av_version,
-    cache_reuse,
     check_input_folder,
     check_manifest_content,
     check_output_folder,
-    first_missing,
+    kept_items,
     key_columns,
     last_extraction,
     media_keys,
-    nothing_extracted,
     one_line,
+    open_cache,
     previous_rows,
     progress_bar,
     read_csv_lines,
@@ -582,7 +581,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     check_output_folder(out, CATALOG_KIND, "a music catalogue", ("music.npy", "tracks.csv", "failures.csv"))
     check_input_folder(audio_dir, "tracks")
     metadata = read_track_meta(Path(meta)) if meta else {}
-    inline = extractor is not None or workers <= 1
+    processes = 1 if extractor is not None else workers  # an explicit extractor runs in this process
     extractor = extractor or AudioExtractor(config)
     config = extractor.config
     settings = extractor.settings
@@ -590,70 +589,112 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     skipped = (out, *([cache_dir] if cache_dir else []))  # inside the input folder, they are not media
     items, failures = scan_media(audio_dir, AUDIO_EXTENSIONS, "track", exclude=skipped, progress=progress)
     cache = FeatureCache(Path(cache_dir) if cache_dir else out / ".cache" / "audio", settings, len(feature_names))
-    created = first_missing(cache.folder)
-    no_reuse, cache_note = cache_reuse(cache_dir, cache, "OUT/.cache/audio", "audio features")
-    cache.describe()
+    created, no_reuse, cache_note = open_cache(cache, cache_dir, "OUT/.cache/audio", "audio features")
 
-    vectors, todo = split_cached(items, cache)
-    cached = len(vectors)
-    bad: dict[str, str] = {}
-    with progress_bar("extract-music", len(todo), progress and bool(todo)) as advance:
-        if inline or len(todo) <= 1:
-            for tid, p, key in todo:
-                try:
-                    vec = extractor.extract_file(p)
-                    cache.put(key, vec)
-                    vectors[tid] = vec
-                except MediaError as e:
-                    bad[tid] = str(e)
-                except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-                    bad[tid] = one_line(e)
-                advance()
-        else:
-            import multiprocessing as mp
-
-            by_path = {str(p): tid for tid, p, _ in todo}
-            extractor.warm_up()  # numba's cache written once, before the workers read it
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(config,))
-            try:
-                futs = {pool.submit(_worker_job, str(p), key, str(cache.root), settings): str(p)
-                        for _, p, key in todo}
-                for fut in as_completed(futs):
-                    try:
-                        path, vec, reason = fut.result()
-                    except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
-                        path, vec, reason = futs[fut], None, f"worker process failed: {one_line(e)}"
-                    if vec is None:
-                        bad[by_path[path]] = reason
-                    else:
-                        vectors[by_path[path]] = vec
-                    advance()
-            except BaseException as stopped:  # stopped (Ctrl-C, SIGTERM) or failed
-                stop_pool(pool, note=progress and isinstance(stopped, KeyboardInterrupt))
-                raise
-            pool.shutdown()
-    for tid, p, _ in items:
-        if tid in bad:
-            failures.append((str(p.relative_to(audio_dir)), bad[tid]))
-    failures.sort()
-
-    kept = [(tid, p, key) for tid, p, key in items if tid in vectors]
-    if not kept:
-        raise nothing_extracted("track", audio_dir, out, failures, created)
+    cached, todo = split_cached(items, cache)
+    analysed, bad = _extract_tracks(todo, cache, extractor, processes, progress)
+    vectors = cached | analysed
+    kept = kept_items(items, vectors, bad, failures, "track", audio_dir, out, created)
     music = np.stack([vectors[t] for t, _, _ in kept]).astype(np.float32)
+    rows = _track_rows(kept, metadata, audio_dir)
+    meta_warnings = _meta_warnings(Path(meta), metadata, items, kept, rows, audio_dir) if meta else []
+    left_out, added = last_extraction(out, [r[0] for r in rows], "track", audio_dir, failures)
+    lost = lost_metadata_warning(out, rows, Path(meta) if meta else None)
+    manifest = _catalog_manifest(config, settings, feature_names, rows, failures, music)
+    _write_catalog(out, music, rows, failures, manifest)
+    pruned = cache.prune({key for _, _, key in kept}) if prune_cache else None
+    return ExtractReport(out, len(rows), len(analysed), len(cached), failures,
+                         [w for w in [no_reuse, *meta_warnings, left_out, lost] if w],
+                         added=added, pruned=pruned, cache_note=cache_note)
+
+
+def _extract_tracks(todo: list[tuple[str, Path, str]], cache: FeatureCache, extractor: AudioExtractor,
+                    processes: int, progress: bool) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The vectors of the ``todo`` tracks, each cached once analysed, and why the others failed, by id: analysed in
+    ``processes`` worker processes, or in this one when that is 1 or there is one track at most."""
+    with progress_bar("extract-music", len(todo), progress and bool(todo)) as advance:
+        if processes <= 1 or len(todo) <= 1:
+            return _extract_here(todo, cache, extractor, advance)
+        return _extract_in_processes(todo, cache, extractor, processes, progress, advance)
+
+
+def _extract_here(todo: list[tuple[str, Path, str]], cache: FeatureCache, extractor: AudioExtractor,
+                  advance: Callable[[], None]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """:func:`_extract_tracks` in this process."""
+    vectors: dict[str, np.ndarray] = {}
+    bad: dict[str, str] = {}
+    for tid, p, key in todo:
+        try:
+            vec = extractor.extract_file(p)
+            cache.put(key, vec)
+            vectors[tid] = vec
+        except MediaError as e:
+            bad[tid] = str(e)
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+            bad[tid] = one_line(e)
+        advance()
+    return vectors, bad
+
+
+def _extract_in_processes(todo: list[tuple[str, Path, str]], cache: FeatureCache, extractor: AudioExtractor,
+                          workers: int, progress: bool, advance: Callable[[], None]
+                          ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """:func:`_extract_tracks` in ``workers`` processes, each writing its tracks' cache entries; a stop (Ctrl-C) or a
+    failure ends the pool as :func:`stop_pool` says."""
+    import multiprocessing as mp
+
+    vectors: dict[str, np.ndarray] = {}
+    bad: dict[str, str] = {}
+    by_path = {str(p): tid for tid, p, _ in todo}
+    extractor.warm_up()  # numba's cache written once, before the workers read it
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(extractor.config,))
+    try:
+        futs = {pool.submit(_worker_job, str(p), key, str(cache.root), cache.settings): str(p)
+                for _, p, key in todo}
+        for fut in as_completed(futs):
+            try:
+                path, vec, reason = fut.result()
+            except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
+                path, vec, reason = futs[fut], None, f"worker process failed: {one_line(e)}"
+            if vec is None:
+                bad[by_path[path]] = reason
+            else:
+                vectors[by_path[path]] = vec
+            advance()
+    except BaseException as stopped:  # stopped (Ctrl-C, SIGTERM) or failed
+        stop_pool(pool, note=progress and isinstance(stopped, KeyboardInterrupt))
+        raise
+    pool.shutdown()
+    return vectors, bad
+
+
+def _track_rows(kept: list[tuple[str, Path, str]], metadata: dict[str, tuple[int, dict[str, str]]],
+                audio_dir: Path) -> list[list[str]]:
+    """tracks.csv's rows of the ``kept`` tracks: id, title (default: the id), artist and genre from ``metadata``, file
+    and sha256."""
     rows = []
     for tid, p, key in kept:
         m = next((metadata[k] for k in media_keys(tid, p, audio_dir) if k in metadata), (0, {}))[1]
         rows.append([tid, m.get("title") or tid, m.get("artist", ""), m.get("genre", ""),
                      str(p.relative_to(audio_dir)), key])
-    unused = unused_rows_warning(Path(meta), metadata, [k for t, p, _ in items for k in media_keys(t, p, audio_dir)],
-                                 f"track file in {audio_dir}") if meta else None
-    uncovered = meta_coverage_warnings(Path(meta), metadata, kept, audio_dir) if meta else []
-    spelled = genre_spelling_warning(Path(meta), [r[3] for r in rows]) if meta else None
-    left_out, added = last_extraction(out, [r[0] for r in rows], "track", audio_dir, failures)
-    lost = lost_metadata_warning(out, rows, Path(meta) if meta else None)
-    manifest = {
+    return rows
+
+
+def _meta_warnings(meta: Path, metadata: dict[str, tuple[int, dict[str, str]]], items: list[tuple[str, Path, str]],
+                   kept: list[tuple[str, Path, str]], rows: list[list[str]], audio_dir: Path) -> list[str]:
+    """The warnings on the metadata CSV ``meta``: rows naming no track file, tracks without a row or a CSV without
+    genres (:func:`meta_coverage_warnings`), and genre names written several ways."""
+    unused = unused_rows_warning(meta, metadata, items, audio_dir, "track file")
+    uncovered = meta_coverage_warnings(meta, metadata, kept, audio_dir)
+    spelled = genre_spelling_warning(meta, [r[3] for r in rows])
+    return [w for w in [unused, *uncovered, spelled] if w]
+
+
+def _catalog_manifest(config: AudioConfig, settings: dict, feature_names: list[str], rows: list[list[str]],
+                      failures: list[tuple[str, str]], music: np.ndarray) -> dict:
+    """The manifest.json of the catalogue of tracks.csv's ``rows`` and their vectors ``music``."""
+    return {
         "kind": CATALOG_KIND,
         "extractors": {"opensmile": {"feature_set": config.opensmile_set, "level": "functionals",
                                      "version": settings["opensmile"]},
@@ -666,16 +707,16 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
         "counts": {"tracks": len(rows), "failures": len(failures), "inputs": len(rows) + len(failures)},
         "content_hash": arrays_sha256(music),
     }
+
+
+def _write_catalog(out: Path, music: np.ndarray, rows: list[list[str]], failures: list[tuple[str, str]],
+                   manifest: dict) -> None:
+    """Write the catalogue folder ``out``: music.npy, tracks.csv's ``rows``, failures.csv and manifest.json."""
     write_files_together(out, {  # all or nothing: a failed write leaves an earlier catalogue as it was
         "music.npy": lambda tmp: save_npy_atomic(tmp, music),
         "tracks.csv": lambda tmp: write_csv_atomic(tmp, ["id", "title", "artist", "genre", "file", "sha256"], rows),
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
-    pruned = cache.prune({key for _, _, key in kept}) if prune_cache else None
-    return ExtractReport(out, len(rows), len(todo) - len(bad), cached, failures,
-                         [w for w in [no_reuse, unused] if w] + uncovered
-                         + [w for w in [spelled, left_out, lost] if w],
-                         added=added, pruned=pruned, cache_note=cache_note)
 
 
 def load_catalog(root: Path) -> Catalog:

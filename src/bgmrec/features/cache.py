@@ -466,16 +466,16 @@ def media_keys(item_id: str, path: Path, folder: Path) -> tuple[str, str, str]:
     return same_text(item_id), same_text(path.name), same_text(path.relative_to(folder).as_posix())
 
 
-def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], used: Iterable[str],
-                        what: str) -> str | None:
-    """A warning line when rows of ``table`` (from :func:`rows_by_key`) name no input, e.g. a typo in an id;
-    ``used`` are the keys that were looked up and found, ``what`` names the inputs ("track file")."""
-    used_lines = {table[k][0] for k in used if k in table}
+def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], items: list[tuple[str, Path, str]],
+                        folder: Path, what: str) -> str | None:
+    """A warning line when rows of ``table`` (from :func:`rows_by_key`) name none of the ``items`` of ``folder`` (by
+    their :func:`media_keys`), e.g. a typo in an id; ``what`` names the inputs ("track file")."""
+    used_lines = {table[k][0] for item_id, p, _ in items for k in media_keys(item_id, p, folder) if k in table}
     unused = sorted({line: k for k, (line, _) in table.items() if line not in used_lines}.items())
     if not unused:
         return None
-    return (f"{len(unused)} row(s) of {path} name no {what} and were not used (e.g. line {unused[0][0]}: "
-            f"{unused[0][1]!r})")
+    return (f"{len(unused)} row(s) of {path} name no {what} in {folder} and were not used (e.g. line "
+            f"{unused[0][0]}: {unused[0][1]!r})")
 
 
 def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = ()) -> None:
@@ -572,6 +572,16 @@ def cache_reuse(given: Path | None, cache: FeatureCache, default: str,
                   "extraction that finds this note names a path other than the one used before")
 
 
+def open_cache(cache: FeatureCache, given: Path | None, default: str,
+               what: str) -> tuple[Path | None, str | None, str | None]:
+    """Make ``cache``'s folder (:meth:`FeatureCache.describe`), after finding the top-most folder that adds
+    (:func:`first_missing`: what a run that extracts nothing removes) and :func:`cache_reuse`'s warning and note."""
+    created = first_missing(cache.folder)
+    warning, note = cache_reuse(given, cache, default, what)
+    cache.describe()
+    return created, warning, note
+
+
 def holds_vectors(folder: Path) -> bool:
     """Whether ``folder`` holds a cached vector (an ``.npy`` file) at any depth; stops at the first."""
     return Path(folder).is_dir() and next(Path(folder).rglob("*.npy"), None) is not None
@@ -602,6 +612,19 @@ def nothing_extracted(what: str, folder: Path, out: Path, failures: list[tuple[s
     more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
     return DatasetError(f"{folder}: no {what} could be extracted ({len(failures)} file(s) failed: {shown}{more}); "
                         f"nothing written to {out}")
+
+
+def kept_items(items: list[tuple[str, Path, str]], vectors: dict[str, np.ndarray], reasons: dict[str, str],
+               failures: list[tuple[str, str]], what: str, folder: Path, out: Path,
+               created: Path | None) -> list[tuple[str, Path, str]]:
+    """The ``items`` of ``folder`` with a vector in ``vectors``, once ``failures`` has a row for each item ``reasons``
+    names (by id) and is sorted; a run that keeps none is :func:`nothing_extracted`'s error."""
+    failures += [(str(p.relative_to(folder)), reasons[item_id]) for item_id, p, _ in items if item_id in reasons]
+    failures.sort()
+    kept = [item for item in items if item[0] in vectors]
+    if not kept:
+        raise nothing_extracted(what, folder, out, failures, created)
+    return kept
 
 
 def arrays_sha256(*arrays: np.ndarray) -> str:

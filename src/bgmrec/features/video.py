@@ -64,19 +64,18 @@ from bgmrec.features.cache import (
     MediaError,
     arrays_sha256,
     av_version,
-    cache_reuse,
     check_csv_file,
     check_input_folder,
     check_manifest_content,
     check_output_folder,
     check_row_width,
     csv_records,
-    first_missing,
+    kept_items,
     key_columns,
     last_extraction,
     media_keys,
-    nothing_extracted,
     one_line,
+    open_cache,
     previous_rows,
     progress_bar,
     read_csv_utf8,
@@ -517,70 +516,94 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     cache_root = Path(cache_dir) if cache_dir else out / ".cache"
     vcache = FeatureCache(cache_root / "visual", {**frames.settings, **asdict(config), "threads": None}, VISUAL_DIM)
     tcache = FeatureCache(cache_root / "text", text.settings, TEXT_DIM)
-    created = first_missing(vcache.folder)
-    no_reuse, cache_note = cache_reuse(cache_dir, vcache, "OUT/.cache", "frame features")
-    vcache.describe()
+    created, no_reuse, cache_note = open_cache(vcache, cache_dir, "OUT/.cache", "frame features")
     tcache.describe()
 
-    visual, todo = split_cached(items, vcache)
-    cached = len(visual)
-    bad: dict[str, str] = {}
-    notes: dict[str, str] = {}  # kept with frames repeated
+    cached, todo = split_cached(items, vcache)
+    embedded, reasons = _embed_clips(todo, vcache, frames, config, progress)
+    visual = cached | embedded
+    kept = kept_items(items, visual, reasons, failures, "video", video_dir, out, created)
+    captions_of, no_text = _match_captions(kept, caps, captions, video_dir)
+    failures = sorted(failures + no_text)
+    unused = unused_rows_warning(Path(captions), caps, items, video_dir, "video file") if captions else None
+    text_vecs, n_embedded = _embed_captions(kept, captions_of, tcache, text, progress)
+    arrays = (np.stack([visual[v] for v, _, _ in kept]).astype(np.float32), text_vecs,
+              np.array([bool(c) for c in captions_of], bool))  # visual, text, text_mask
 
-    def decode(item) -> tuple[np.ndarray | None, str]:
-        """(frames, "" or a note on frames repeated), or (None, why the clip is skipped)."""
-        try:
-            clip, decoded = decode_samples(item[1], config.frames, config.size, config.scan_seconds)
-        except MediaError as e:
-            return None, str(e)
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-            return None, one_line(e)
-        return clip, repeated_frames_note(decoded, len(clip))
+    manifest = _videos_manifest([v for v, _, _ in kept], frames, text, config, arrays, failures)
+    left_out, added = last_extraction(out, manifest["ids"], "video", video_dir, failures)
+    lost = lost_captions_warning(out, manifest["ids"], captions_of, Path(captions) if captions else None)
+    rows = [[v, str(p.relative_to(video_dir)), c] for (v, p, _), c in zip(kept, captions_of, strict=True)]
+    _write_videos(out, arrays, rows, failures, manifest)
+    pruned = _prune_caches(vcache, tcache, kept, captions_of) if prune_cache else None
+    return ExtractReport(out, len(kept), len(embedded), len(cached), failures,
+                         [w for w in [no_reuse, unused, left_out, lost] if w],
+                         captions_embedded=n_embedded if captions else None, added=added, pruned=pruned,
+                         cache_note=cache_note)
 
+
+def _decode_clip(path: Path, config: VideoConfig) -> tuple[np.ndarray | None, str]:
+    """(frames, "" or a note on frames repeated), or (None, why the clip is skipped)."""
+    try:
+        clip, decoded = decode_samples(path, config.frames, config.size, config.scan_seconds)
+    except MediaError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+        return None, one_line(e)
+    return clip, repeated_frames_note(decoded, len(clip))
+
+
+def _embed_clips(todo: list[tuple[str, Path, str]], vcache: FeatureCache, frames: FrameEncoder, config: VideoConfig,
+                 progress: bool) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The frame vectors of the ``todo`` clips, each decoded in a background thread while the one before is embedded,
+    and cached unless its frames were repeated; and, by id, why a clip is skipped or the note on its repeated frames."""
+    vectors: dict[str, np.ndarray] = {}
+    reasons: dict[str, str] = {}
     with progress_bar("extract-videos", len(todo), progress and bool(todo)) as advance, \
             ThreadPoolExecutor(max_workers=1) as prefetch:
-        nxt = prefetch.submit(decode, todo[0]) if todo else None
+        nxt = prefetch.submit(_decode_clip, todo[0][1], config) if todo else None
         for i, (vid, _p, key) in enumerate(todo):
             clip, reason = nxt.result()
-            nxt = prefetch.submit(decode, todo[i + 1]) if i + 1 < len(todo) else None
+            nxt = prefetch.submit(_decode_clip, todo[i + 1][1], config) if i + 1 < len(todo) else None
             if clip is None:
-                bad[vid] = reason
+                reasons[vid] = reason
             else:
                 try:
                     vec = frames.embed_clip(clip)
                     if reason:  # not cached: the next run decodes the clip again, and notes it again
-                        notes[vid] = reason
+                        reasons[vid] = reason
                     else:
                         vcache.put(key, vec)
-                    visual[vid] = vec
+                    vectors[vid] = vec
                 except Exception as e:  # noqa: BLE001
-                    bad[vid] = one_line(e)
+                    reasons[vid] = one_line(e)
             advance()
+    return vectors, reasons
 
-    kept = [(vid, p) for vid, p, _ in items if vid in visual]
-    for vid, p, _ in items:
-        if vid in bad or vid in notes:
-            failures.append((str(p.relative_to(video_dir)), bad.get(vid) or notes[vid]))
-    if not kept:
-        failures.sort()
-        raise nothing_extracted("video", video_dir, out, failures, created)
+
+def _match_captions(kept: list[tuple[str, Path, str]], caps: dict[str, tuple[int, tuple[str, str]]],
+                    captions: Path | None, video_dir: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Each kept clip's caption from ``caps`` ("" for none), and the failures.csv notes of those kept without text: a
+    row that is not UTF-8, or no row at all in the captions CSV given."""
     captions_of: list[str] = []
-    for vid, p in kept:
+    no_text: list[tuple[str, str]] = []
+    for vid, p, _ in kept:
         rel = str(p.relative_to(video_dir))
         found = next((k for k in media_keys(vid, p, video_dir) if k in caps), None)
         caption, reason = caps[found][1] if found is not None else ("", "")
         captions_of.append(caption)
         if reason:
-            failures.append((rel, f"{NO_TEXT}: {reason}"))
+            no_text.append((rel, f"{NO_TEXT}: {reason}"))
         elif found is None and captions is not None:
-            failures.append((rel, f"{NO_TEXT}: no caption for {vid!r} in {Path(captions).name}"))
-    failures.sort()
-    unused = unused_rows_warning(Path(captions), caps,
-                                 [k for vid, p, _ in items for k in media_keys(vid, p, video_dir)],
-                                 f"video file in {video_dir}") if captions else None
+            no_text.append((rel, f"{NO_TEXT}: no caption for {vid!r} in {Path(captions).name}"))
+    return captions_of, no_text
 
+
+def _embed_captions(kept: list[tuple[str, Path, str]], captions_of: list[str], tcache: FeatureCache,
+                    text: TextEncoder, progress: bool) -> tuple[np.ndarray, int]:
+    """The text vectors [len(kept), 384] of the captions (zeros for none), those not in ``tcache`` embedded and cached
+    :data:`CAPTION_CHUNK` at a time; and how many were embedded. A NaN or inf vector is a ``ValueError``."""
     text_vecs = np.zeros((len(kept), TEXT_DIM), np.float32)
-    text_mask = np.array([bool(c) for c in captions_of], bool)
     missing = [i for i, c in enumerate(captions_of) if c and tcache.get(sha256_text(c)) is None]
     with progress_bar("embedding captions", len(missing), progress and bool(missing)) as advance:
         for start in range(0, len(missing), CAPTION_CHUNK):
@@ -594,22 +617,30 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     for i, c in enumerate(captions_of):
         if c:
             text_vecs[i] = tcache.get(sha256_text(c))
-    vis = np.stack([visual[v] for v, _ in kept]).astype(np.float32)
+    return text_vecs, len(missing)
 
-    rows = [[v, str(p.relative_to(video_dir)), c] for (v, p), c in zip(kept, captions_of, strict=True)]
-    manifest = {
+
+def _videos_manifest(ids: list[str], frames: FrameEncoder, text: TextEncoder, config: VideoConfig,
+                     arrays: tuple[np.ndarray, np.ndarray, np.ndarray], failures: list[tuple[str, str]]) -> dict:
+    """The manifest.json of the videos ``ids`` and their ``arrays`` (visual, text, text_mask)."""
+    return {
         "kind": VIDEOS_KIND,
         "extractors": {"visual": frames.settings, "text": text.settings,
                        "decoder": {"name": "pyav", "version": av_version()}},
         "settings": asdict(config),
         "dims": {"visual": VISUAL_DIM, "text": TEXT_DIM},
-        "ids": [v for v, _ in kept],
-        "counts": {"videos": len(kept), "with_text": int(text_mask.sum()),
+        "ids": ids,
+        "counts": {"videos": len(ids), "with_text": int(arrays[2].sum()),
                    "failed": sum(1 for _, r in failures if not r.startswith(KEPT))},
-        "content_hash": arrays_sha256(vis, text_vecs, text_mask),
+        "content_hash": arrays_sha256(*arrays),
     }
-    left_out, added = last_extraction(out, manifest["ids"], "video", video_dir, failures)
-    lost = lost_captions_warning(out, manifest["ids"], captions_of, Path(captions) if captions else None)
+
+
+def _write_videos(out: Path, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], rows: list[list[str]],
+                  failures: list[tuple[str, str]], manifest: dict) -> None:
+    """Write the videos folder ``out``: its ``arrays`` (visual, text, text_mask), videos.csv's ``rows``, failures.csv
+    and manifest.json."""
+    vis, text_vecs, text_mask = arrays
     write_files_together(out, {  # all or nothing: a failed write leaves an earlier videos folder as it was
         "visual.npy": lambda tmp: save_npy_atomic(tmp, vis),
         "text.npy": lambda tmp: save_npy_atomic(tmp, text_vecs),
@@ -617,15 +648,13 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
         "videos.csv": lambda tmp: write_csv_atomic(tmp, ["id", "file", "caption"], rows),
         "failures.csv": lambda tmp: write_failures(tmp, failures),
         "manifest.json": lambda tmp: write_json_atomic(tmp, manifest)})
-    pruned = None
-    if prune_cache:
-        visual_keys = {key for vid, _, key in items if vid in visual}
-        text_keys = {sha256_text(c) for c in captions_of if c}
-        pruned = tuple(map(sum, zip(vcache.prune(visual_keys), tcache.prune(text_keys), strict=True)))
-    return ExtractReport(out, len(kept), len(todo) - len(bad), cached, failures,
-                         [w for w in [no_reuse, unused, left_out, lost] if w],
-                         captions_embedded=len(missing) if captions else None, added=added, pruned=pruned,
-                         cache_note=cache_note)
+
+
+def _prune_caches(vcache: FeatureCache, tcache: FeatureCache, kept: list[tuple[str, Path, str]],
+                  captions_of: list[str]) -> tuple[int, int]:
+    """Prune both caches to the ``kept`` clips' frame vectors and their captions' vectors: (entries removed, bytes)."""
+    text_keys = {sha256_text(c) for c in captions_of if c}
+    return tuple(map(sum, zip(vcache.prune({key for _, _, key in kept}), tcache.prune(text_keys), strict=True)))
 
 
 def load_video_features(root: Path, mmap: bool = False) -> VideoFeatures:
