@@ -14,10 +14,15 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from bgmrec.cli.app import app, make_console, options_named, said_when_stopped, threads_option, use_threads
+
+if TYPE_CHECKING:
+    from bgmrec.features.recommend import ClipFeatures
+    from bgmrec.models.base import Recommender
 
 
 def _console(stderr: bool = False):
@@ -208,6 +213,60 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
                          f"--features {features} were sampled when extract-videos ran")
 
 
+def _clip_from_features(features: Path, vid: str) -> tuple[ClipFeatures, str, int | None]:
+    """``recommend``'s clip from a videos (or dataset) folder: its features, label and the frames it was sampled at."""
+    from bgmrec.features.recommend import ClipFeatures, open_video
+
+    vf = open_video(features, vid)  # its row alone
+    clip = ClipFeatures(vf.visual[0], vf.text[0], bool(vf.text_mask[0]), vf.notes(vid))
+    return clip, f"{vid} (from {features})", (vf.manifest.get("settings") or {}).get("frames")
+
+
+def _clip_from_file(video: str, caption: str | None, frames: int | None,
+                    model: Recommender) -> tuple[ClipFeatures, str, int]:
+    """``recommend``'s clip embedded from a video file now: its features, label and the frames sampled (``frames``,
+    else as the model's training videos were, else extract-videos' default)."""
+    from bgmrec.features.cache import MediaError, regular_file_size
+    from bgmrec.features.recommend import ClipFeatures, frames_to_sample
+    from bgmrec.features.text import TextEncoder
+    from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
+
+    if Path(video).is_dir():
+        raise ValueError(f"{video}: a folder, not a video file (extract-videos reads folders)")
+    if not (Path(video).exists() or Path(video).is_symlink()):
+        raise ValueError(f"{video}: no such video file")
+    try:  # a link to nothing, a FIFO or a device: named as in failures.csv, never opened, before the encoders load
+        regular_file_size(Path(video))
+    except MediaError as e:
+        raise ValueError(f"{video}: {e}") from None
+    if frames is None:  # as the model's training videos were sampled, else extract-videos' default
+        frames = frames_to_sample(model, VideoConfig.frames)
+    try:
+        clip = ClipFeatures(*embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
+                                        VideoConfig(frames=frames)))
+    except MediaError as e:
+        raise ValueError(f"{video}: {e}") from None
+    return clip, video, frames
+
+
+def _print_tracks(result: dict, model_name: str, label: str) -> None:
+    """``recommend``'s table of tracks and the modality share, on the console."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    # the catalogue's words as written: a title such as "[live]" is text, not console markup
+    t = Table("#", "id", "title", "artist", "genre", "score", title=escape(f"{model_name}: tracks for {label}"))
+    for i, tr in enumerate(result["tracks"], 1):
+        t.add_row(str(i), *(escape(tr[k]) for k in ("id", "title", "artist", "genre")), f"{tr['score']:.3f}")
+    con = _console()
+    con.print(t)
+    share = result["modality_share"]
+    if share["visual"] is None:
+        con.print("modality share: not reported by this model (frames and caption both used)")
+    else:
+        con.print(f"modality share: frames {100 * share['visual']:.0f}%, caption {100 * share['text']:.0f}%")
+
+
 @app.command("recommend")
 def recommend_cmd(
     run: Path = typer.Option(..., help="run folder of a trained model"),
@@ -238,12 +297,9 @@ def recommend_cmd(
         raise ValueError("recommend: --mode personalised ranks with the uploader's genre taste, which this command "
                          "does not take; `bgmrec serve --mode personalised` takes it with each request (taste)")
     from bgmrec.features.recommend import (
-        ClipFeatures,
         FeatureMismatchWarning,
         RequestError,
-        frames_to_sample,
         open_catalog,
-        open_video,
         recommend_clip,
         warn_on_stderr,
     )
@@ -259,32 +315,9 @@ def recommend_cmd(
                          "not take; `bgmrec serve` takes it with each request (taste)")
     cat = open_catalog(catalog)
     if features is not None:
-        vid = video if video_id is None else video_id
-        vf = open_video(features, vid)  # its row alone
-        clip = ClipFeatures(vf.visual[0], vf.text[0], bool(vf.text_mask[0]), vf.notes(vid))
-        label = f"{vid} (from {features})"
-        frames = (vf.manifest.get("settings") or {}).get("frames")  # what the clip was sampled at
+        clip, label, frames = _clip_from_features(features, video if video_id is None else video_id)
     else:  # a clip file (check_clip_options: one of the two)
-        from bgmrec.features.cache import MediaError, regular_file_size
-        from bgmrec.features.text import TextEncoder
-        from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
-
-        if Path(video).is_dir():
-            raise ValueError(f"{video}: a folder, not a video file (extract-videos reads folders)")
-        if not (Path(video).exists() or Path(video).is_symlink()):
-            raise ValueError(f"{video}: no such video file")
-        try:  # a link to nothing, a FIFO or a device: named as in failures.csv, never opened, before the encoders load
-            regular_file_size(Path(video))
-        except MediaError as e:
-            raise ValueError(f"{video}: {e}") from None
-        if frames is None:  # as the model's training videos were sampled, else extract-videos' default
-            frames = frames_to_sample(model, VideoConfig.frames)
-        try:
-            clip = ClipFeatures(*embed_clip(Path(video), caption, FrameEncoder(), TextEncoder(),
-                                            VideoConfig(frames=frames)))
-        except MediaError as e:
-            raise ValueError(f"{video}: {e}") from None
-        label = video
+        clip, label, frames = _clip_from_file(video, caption, frames, model)
     with warnings.catch_warnings():  # every mismatch, each shown as "warning: ..." (cli.app's every_command)
         warnings.simplefilter("always", FeatureMismatchWarning)
         try:
@@ -300,20 +333,7 @@ def recommend_cmd(
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    from rich.markup import escape
-    from rich.table import Table
-
-    # the catalogue's words as written: a title such as "[live]" is text, not console markup
-    t = Table("#", "id", "title", "artist", "genre", "score", title=escape(f"{model.name}: tracks for {label}"))
-    for i, tr in enumerate(result["tracks"], 1):
-        t.add_row(str(i), *(escape(tr[k]) for k in ("id", "title", "artist", "genre")), f"{tr['score']:.3f}")
-    con = _console()
-    con.print(t)
-    share = result["modality_share"]
-    if share["visual"] is None:
-        con.print("modality share: not reported by this model (frames and caption both used)")
-    else:
-        con.print(f"modality share: frames {100 * share['visual']:.0f}%, caption {100 * share['text']:.0f}%")
+    _print_tracks(result, model.name, label)
 
 
 @app.command("bench-media")
