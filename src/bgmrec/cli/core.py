@@ -634,6 +634,34 @@ def bench_gamma(
                     command_line(runs.command_argv(), "bgmrec bench gamma"))
 
 
+@bench_app.command("tuned")
+def bench_tuned(
+    data: Path = typer.Option(..., help="dataset folder: val chooses each model's settings, the --splits compare"),
+    models: str = typer.Option("cmvae,deccm", help="comma-separated models, the first the baseline"),
+    grid: list[str] = typer.Option(..., metavar="KEY=VALUE",
+                                   help="key=value to try, the same for every model; repeat a key for each value"),
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                          help="config field fixed for every point of every model, key=value"),
+    seed: int | None = typer.Option(None, min=0, help="seed of every point (default 0)"),
+    splits: str = typer.Option("test_unbiased,test", help="comma-separated splits to compare on"),
+    work: Path = typer.Option(Path("runs/bench-tuned"), help="folder for each model's grid (WORK/MODEL)"),
+    out: Path | None = typer.Option(None, help="Markdown report, its JSON beside it (default: WORK/tuned.md)"),
+    resume: bool = typer.Option(False, help="finish stopped grids in WORK and reuse their finished points"),
+    threads: int | None = threads_option(),
+) -> None:
+    """Models tuned alike on val (one grid, `bgmrec tune` each), compared on the test splits at val's choice and
+    at every grid point."""
+    use_threads(threads)
+    from bgmrec.bench import command_line
+    from bgmrec.bench_tuned import run_tuned
+    from bgmrec.tune import parse_grid
+
+    with said_when_stopped():  # the grid's note: how many points are done, and the command that finishes it
+        run_tuned(data, list(comma_list(models)), parse_grid(grid), work, out or Path(work) / "tuned.md", console,
+                  command_line(runs.command_argv(), "bgmrec bench tuned"), parse_sets(set_), seed,
+                  comma_list(splits), resume)
+
+
 #: keys by which a command knows its own ``--json`` result, which it may replace (and nothing else): each tuple
 #: is one way of writing it (compare named the candidate ``run`` before it was ``candidate_run``; bench speed's keys
 #: named the tt150k world before it timed any dataset)
