@@ -267,134 +267,217 @@ def simulate(config: WorldConfig, progress: Callable[[str], None] | None = None)
     minutes); it draws nothing."""
     step = progress or (lambda what: None)
     c = config
-    g_count = c.n_genres
     shares = np.asarray(c.genre_shares, np.float64)
     if not np.isclose(shares.sum(), 1.0) or (shares <= 0).any():
         raise ValueError("genre_shares must be positive and sum to 1")
-    if g_count > len(GENRE_NAMES):
+    if c.n_genres > len(GENRE_NAMES):
         raise ValueError(f"at most {len(GENRE_NAMES)} genres")
     root = np.random.SeedSequence(c.seed)
     r_struct, r_track, r_upl, r_video, r_feat, r_choice, r_split, r_neg = (
         np.random.default_rng(s) for s in root.spawn(8))
-    d = c.content_dim
-    n_all = c.n_videos + c.n_pgc_videos
 
     step(f"{c.n_tracks:,} tracks")
-    centroids = r_struct.normal(0, c.genre_spread, (g_count, d))
-    track_genre = r_track.choice(g_count, size=c.n_tracks, p=shares)
-    track_content = centroids[track_genre] + r_track.normal(0, c.track_spread, (c.n_tracks, d))
-    pop = np.exp(r_track.normal(0, c.popularity_sigma, c.n_tracks))
-    pop /= pop.sum()
-    track_new = np.zeros(c.n_tracks, bool)
-    track_new[r_track.permutation(c.n_tracks)[: int(round(c.new_track_share * c.n_tracks))]] = True
-
+    centroids = r_struct.normal(0, c.genre_spread, (c.n_genres, c.content_dim))  # each genre's content centroid
+    tracks = _draw_tracks(c, shares, centroids, r_track)
     step(f"{c.n_uploaders:,} uploaders")
-    uploader_pref = r_upl.dirichlet(c.pref_concentration * g_count * shares, size=c.n_uploaders)
-    uploader_pref = np.maximum(uploader_pref, 1e-6)
-    uploader_pref /= uploader_pref.sum(axis=1, keepdims=True)
-    activity = np.exp(r_upl.normal(0, c.activity_sigma, c.n_uploaders))
-    video_uploader = np.concatenate([
-        r_upl.choice(c.n_uploaders, size=c.n_videos, p=activity / activity.sum()),
-        np.full(c.n_pgc_videos, -1)])
-
-    step(f"{n_all:,} videos")  # the genre a video's content evokes leans to its uploader's taste for a share of uploads
-    lean = r_video.random(n_all) < c.content_lean
-    evoked = r_video.choice(g_count, size=n_all, p=shares)
-    ugc_lean = np.flatnonzero(lean[: c.n_videos])
-    cum = np.cumsum(uploader_pref[video_uploader[ugc_lean]], axis=1)
-    evoked[ugc_lean] = np.minimum((cum < r_video.random((len(ugc_lean), 1))).sum(axis=1), g_count - 1)
-    video_content = centroids[evoked] + r_video.normal(0, c.video_spread, (n_all, d))
-
+    uploaders = _draw_uploaders(c, shares, r_upl)
+    step(f"{c.n_videos + c.n_pgc_videos:,} videos")
+    video_content = _draw_video_content(c, shares, centroids, uploaders, r_video)
     step("features")
-    visual_map = _random_map(r_struct, d, c.hidden_dim, c.visual_dim)
-    text_map = _random_map(r_struct, d, c.hidden_dim, c.text_dim)
-    music_map = _random_map(r_struct, d + g_count, c.hidden_dim, c.music_dim)
-    visual = visual_map(video_content) + r_feat.normal(0, c.visual_noise, (n_all, c.visual_dim))
-    kind = r_feat.choice(3, size=n_all, p=[1 - c.text_unrelated_share - c.text_empty_share,
-                                           c.text_unrelated_share, c.text_empty_share]).astype(np.int8)
+    features = _draw_features(c, shares, centroids, tracks, video_content, r_struct, r_feat)
+    truth = WorldTruth(c, video_content.astype(np.float32), tracks.content.astype(np.float32), tracks.popularity,
+                       features.text_kind, _split_processes(c), uploaders.pref.astype(np.float32))
+    splits = _draw_splits(c, truth, tracks, uploaders, r_choice, r_split, step)
+    taste = _given_taste(c, uploaders, tracks, splits)
+    step("frozen negatives")
+    negatives = _frozen_negatives(c, splits, tracks, r_neg)
+    return _world_dataset(c, tracks, uploaders.of_video, taste, features, splits, negatives), truth
+
+
+class _Tracks(NamedTuple):
+    """The catalogue as drawn (float64 where not said)."""
+
+    genre: np.ndarray  # int [M]
+    content: np.ndarray  # [M, d] content latents
+    popularity: np.ndarray  # [M], sums to 1
+    new: np.ndarray  # bool [M]: held out of training (new music)
+
+    @property
+    def existing(self) -> np.ndarray:
+        """The tracks kept for training (existing music), in order."""
+        return np.flatnonzero(~self.new)
+
+
+class _Uploaders(NamedTuple):
+    """The uploaders' true tastes and who uploaded each video."""
+
+    pref: np.ndarray  # float64 [U, G]: pi_u
+    of_video: np.ndarray  # [N]: each video's uploader, -1 for the professional (PGC) videos
+
+
+class _Features(NamedTuple):
+    """The observed features (float64) and the kind of each video's text."""
+
+    visual: np.ndarray  # [N, visual_dim]
+    text: np.ndarray  # [N, text_dim], 0 where a video has no text
+    text_kind: np.ndarray  # int8 [N]: 0 informative, 1 unrelated, 2 empty
+    music: np.ndarray  # [M, music_dim]
+
+
+def _draw_tracks(c: WorldConfig, shares: np.ndarray, centroids: np.ndarray, rng: np.random.Generator) -> _Tracks:
+    """Each track's genre, content latent around its genre's centroid, long-tailed popularity and whether it is
+    held out of training."""
+    genre = rng.choice(c.n_genres, size=c.n_tracks, p=shares)
+    content = centroids[genre] + rng.normal(0, c.track_spread, (c.n_tracks, c.content_dim))
+    popularity = np.exp(rng.normal(0, c.popularity_sigma, c.n_tracks))
+    popularity /= popularity.sum()
+    new = np.zeros(c.n_tracks, bool)
+    new[rng.permutation(c.n_tracks)[: int(round(c.new_track_share * c.n_tracks))]] = True
+    return _Tracks(genre, content, popularity, new)
+
+
+def _draw_uploaders(c: WorldConfig, shares: np.ndarray, rng: np.random.Generator) -> _Uploaders:
+    """The uploaders' tastes (Dirichlet, skewed to the majority genre) and each upload's uploader, drawn by their
+    long-tailed activity."""
+    pref = rng.dirichlet(c.pref_concentration * c.n_genres * shares, size=c.n_uploaders)
+    pref = np.maximum(pref, 1e-6)
+    pref /= pref.sum(axis=1, keepdims=True)
+    activity = np.exp(rng.normal(0, c.activity_sigma, c.n_uploaders))
+    of_video = np.concatenate([rng.choice(c.n_uploaders, size=c.n_videos, p=activity / activity.sum()),
+                               np.full(c.n_pgc_videos, -1)])
+    return _Uploaders(pref, of_video)
+
+
+def _draw_video_content(c: WorldConfig, shares: np.ndarray, centroids: np.ndarray, uploaders: _Uploaders,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Every video's content latent (float64 [N, d], the uploads then the PGC videos) around the centroid of the
+    genre it evokes, which leans to its uploader's taste for a share ``content_lean`` of the uploads."""
+    n_all = c.n_videos + c.n_pgc_videos
+    lean = rng.random(n_all) < c.content_lean
+    evoked = rng.choice(c.n_genres, size=n_all, p=shares)
+    ugc_lean = np.flatnonzero(lean[: c.n_videos])
+    cum = np.cumsum(uploaders.pref[uploaders.of_video[ugc_lean]], axis=1)
+    evoked[ugc_lean] = np.minimum((cum < rng.random((len(ugc_lean), 1))).sum(axis=1), c.n_genres - 1)
+    return centroids[evoked] + rng.normal(0, c.video_spread, (n_all, c.content_dim))
+
+
+def _draw_features(c: WorldConfig, shares: np.ndarray, centroids: np.ndarray, tracks: _Tracks,
+                   video_content: np.ndarray, map_rng: np.random.Generator, rng: np.random.Generator) -> _Features:
+    """The features made from the latents by fixed random maps (drawn on ``map_rng``) plus noise (on ``rng``); a
+    video's text describes other content, drawn anew, or is empty by the text shares."""
+    n_all, d, g_count = len(video_content), c.content_dim, c.n_genres
+    visual_map = _random_map(map_rng, d, c.hidden_dim, c.visual_dim)
+    text_map = _random_map(map_rng, d, c.hidden_dim, c.text_dim)
+    music_map = _random_map(map_rng, d + g_count, c.hidden_dim, c.music_dim)
+    visual = visual_map(video_content) + rng.normal(0, c.visual_noise, (n_all, c.visual_dim))
+    kind = rng.choice(3, size=n_all, p=[1 - c.text_unrelated_share - c.text_empty_share,
+                                        c.text_unrelated_share, c.text_empty_share]).astype(np.int8)
     text_source = video_content.copy()
     unrelated = kind == 1
-    text_source[unrelated] = centroids[r_feat.choice(g_count, unrelated.sum(), p=shares)] + r_feat.normal(
+    text_source[unrelated] = centroids[rng.choice(g_count, unrelated.sum(), p=shares)] + rng.normal(
         0, c.video_spread, (unrelated.sum(), d))
-    text_sd = c.text_noise * np.exp(r_feat.normal(0, c.text_noise_spread, (n_all, 1)))
-    text = text_map(text_source) + text_sd * r_feat.normal(0, 1, (n_all, c.text_dim))
+    text_sd = c.text_noise * np.exp(rng.normal(0, c.text_noise_spread, (n_all, 1)))
+    text = text_map(text_source) + text_sd * rng.normal(0, 1, (n_all, c.text_dim))
     text[kind == 2] = 0.0
-    genre_onehot = np.eye(g_count)[track_genre] * c.music_genre_weight
-    music = music_map(np.hstack([track_content, genre_onehot])) + r_feat.normal(
+    genre_onehot = np.eye(g_count)[tracks.genre] * c.music_genre_weight
+    music = music_map(np.hstack([tracks.content, genre_onehot])) + rng.normal(
         0, c.music_noise, (c.n_tracks, c.music_dim))
+    return _Features(visual, text, kind, music)
 
-    # choices
-    ugc = np.arange(c.n_videos)
-    pgc = np.arange(c.n_videos, n_all)
-    processes = {"biased": SplitProcess(c.beta, c.gamma, c.delta), "content": SplitProcess(c.beta, 0.0, 0.0),
-                 "professional": SplitProcess(c.beta * c.pgc_beta_scale, 0.0, 0.0)}
-    truth = WorldTruth(c, video_content.astype(np.float32), track_content.astype(np.float32), pop, kind,
-                       processes)
-    existing = np.flatnonzero(~track_new)
-    pref_of = uploader_pref[np.maximum(video_uploader, 0)]
 
-    def logits(split: str, vids: np.ndarray, tracks: np.ndarray | None = None):  # by the process of split
-        process = WORLD_SPLITS[split].process
-        return lambda rows: truth.logits(process, vids[rows], pref_of[vids[rows]], track_genre, tracks)
+def _split_processes(c: WorldConfig) -> dict[str, SplitProcess]:
+    """Each split's selection process, in :data:`WORLD_SPLITS`' order (the splits of one process share it)."""
+    by_process = {"biased": SplitProcess(c.beta, c.gamma, c.delta), "content": SplitProcess(c.beta, 0.0, 0.0),
+                  "professional": SplitProcess(c.beta * c.pgc_beta_scale, 0.0, 0.0)}
+    return {name: by_process[split.process] for name, split in WORLD_SPLITS.items()}
 
+
+def _draw_splits(c: WorldConfig, truth: WorldTruth, tracks: _Tracks, uploaders: _Uploaders,
+                 choice_rng: np.random.Generator, split_rng: np.random.Generator,
+                 step: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """Each split's rows (video, track, uploader): the music of the uploads, of the PGC videos and, once the uploads
+    are divided, of test_unbiased's videos, each drawn by its split's process on ``choice_rng``."""
+    pref_of = uploaders.pref[np.maximum(uploaders.of_video, 0)]
+
+    def choose(split: str, vids: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:  # None: every track
+        picked = gumbel_max_choice(choice_rng, lambda rows: truth.logits(
+            split, vids[rows], pref_of[vids[rows]], tracks.genre, among), len(vids))
+        return picked if among is None else among[picked]
+
+    def rows(vids: np.ndarray, music: np.ndarray) -> np.ndarray:
+        return np.stack([vids, music, uploaders.of_video[vids]], axis=1).astype(np.int64)
+
+    ugc, pgc = np.arange(c.n_videos), np.arange(c.n_videos, c.n_videos + c.n_pgc_videos)
     step(f"the music of {len(ugc):,} uploads")
-    ugc_choice = gumbel_max_choice(r_choice, logits(UPLOAD_SPLITS[0], ugc), len(ugc))
+    ugc_choice = choose(UPLOAD_SPLITS[0], ugc)
     step(f"the music of {len(pgc):,} professional videos")
-    pgc_choice = existing[gumbel_max_choice(r_choice, logits("pgc", pgc, existing), len(pgc))]
-
-    truth.uploader_pref = uploader_pref.astype(np.float32)
-    chose_new = track_new[ugc_choice]
-    old_rows = r_split.permutation(np.flatnonzero(~chose_new))
-    n_val, n_test = int(c.val_share * len(old_rows)), int(c.test_share * len(old_rows))
-    parts = {"val": np.sort(old_rows[:n_val]), "test": np.sort(old_rows[n_val:n_val + n_test]),
-             "train": np.sort(old_rows[n_val + n_test:]), "test_new_music": np.flatnonzero(chose_new)}
+    pgc_choice = choose("pgc", pgc, tracks.existing)
+    parts = _divide_uploads(c, tracks.new[ugc_choice], split_rng)
     step(f"the music of test_unbiased's {len(parts['test']):,} videos")
-    unbiased_choice = existing[gumbel_max_choice(r_choice, logits("test_unbiased", parts["test"], existing),
-                                                 len(parts["test"]))]
-
-    def rows(vids, tracks):
-        return np.stack([vids, tracks, video_uploader[vids]], axis=1).astype(np.int64)
-
+    unbiased_choice = choose("test_unbiased", parts["test"], tracks.existing)
     splits = {name: rows(v, ugc_choice[v]) for name, v in parts.items()}
     splits["test_unbiased"] = rows(parts["test"], unbiased_choice)
     splits["pgc"] = rows(pgc, pgc_choice)
-    if c.taste_estimated:  # what a model is given as each uploader's taste: what its training uploads show
-        from bgmrec.data.build import uploader_preferences
+    return splits
 
-        train = splits["train"]
-        uploader_pref = uploader_preferences(train[:, 2], track_genre[train[:, 1]], c.n_uploaders, g_count)
-    split_info = {name: split.info for name, split in WORLD_SPLITS.items()}
-    truth.processes = {name: processes[split.process] for name, split in WORLD_SPLITS.items()}
-    step("frozen negatives")
+
+def _divide_uploads(c: WorldConfig, chose_new: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The uploads of each upload split, sorted: those that chose new music are test_new_music, the others are
+    shuffled into val, test and train by ``val_share`` and ``test_share``."""
+    old_rows = rng.permutation(np.flatnonzero(~chose_new))
+    n_val, n_test = int(c.val_share * len(old_rows)), int(c.test_share * len(old_rows))
+    return {"val": np.sort(old_rows[:n_val]), "test": np.sort(old_rows[n_val:n_val + n_test]),
+            "train": np.sort(old_rows[n_val + n_test:]), "test_new_music": np.flatnonzero(chose_new)}
+
+
+def _given_taste(c: WorldConfig, uploaders: _Uploaders, tracks: _Tracks, splits: dict[str, np.ndarray]) -> np.ndarray:
+    """Each uploader's taste as a model is given it: the true pi_u, or with ``taste_estimated`` what its training
+    uploads show."""
+    if not c.taste_estimated:
+        return uploaders.pref
+    from bgmrec.data.build import uploader_preferences
+
+    train = splits["train"]
+    return uploader_preferences(train[:, 2], tracks.genre[train[:, 1]], c.n_uploaders, c.n_genres)
+
+
+def _frozen_negatives(c: WorldConfig, splits: dict[str, np.ndarray], tracks: _Tracks,
+                      rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The frozen negatives of each evaluated split that has rows, drawn in :data:`WORLD_SPLITS`' order among its
+    candidate tracks."""
     negatives = {}
-    for s, info in split_info.items():
-        if info.role not in EVALUATED_ROLES or len(splits[s]) == 0:
+    for s, split in WORLD_SPLITS.items():
+        if split.info.role not in EVALUATED_ROLES or len(splits[s]) == 0:
             continue
-        cand = np.flatnonzero(track_new) if split_info[s].candidates == "new" else existing
-        negatives[s] = sample_negatives(splits[s][:, 1], cand, min(c.n_negatives, len(cand) - 1), r_neg)
+        cand = np.flatnonzero(tracks.new) if split.info.candidates == "new" else tracks.existing
+        negatives[s] = sample_negatives(splits[s][:, 1], cand, min(c.n_negatives, len(cand) - 1), rng)
+    return negatives
 
-    genres = list(GENRE_NAMES[:g_count])
-    ds = Dataset(
+
+def _world_dataset(c: WorldConfig, tracks: _Tracks, video_uploader: np.ndarray, uploader_pref: np.ndarray,
+                   features: _Features, splits: dict[str, np.ndarray], negatives: dict[str, np.ndarray]) -> Dataset:
+    """The world as a :class:`Dataset` with ``uploader_pref`` as the uploaders' tastes, its ids and names made up."""
+    genres = list(GENRE_NAMES[:c.n_genres])
+    return Dataset(
         genres=genres,
-        video_ids=[f"v{i:06d}" for i in range(n_all)],
+        video_ids=[f"v{i:06d}" for i in range(c.n_videos + c.n_pgc_videos)],
         video_uploader=video_uploader.astype(np.int64),
         video_source=["ugc"] * c.n_videos + ["pgc"] * c.n_pgc_videos,
         track_ids=[f"t{j:05d}" for j in range(c.n_tracks)],
-        track_genre=track_genre.astype(np.int64),
-        track_title=[f"{genres[g]} track {j}" for j, g in enumerate(track_genre)],
+        track_genre=tracks.genre.astype(np.int64),
+        track_title=[f"{genres[g]} track {j}" for j, g in enumerate(tracks.genre)],
         track_artist=[f"artist {j % max(1, c.n_tracks // 4)}" for j in range(c.n_tracks)],
-        track_new=track_new,
+        track_new=tracks.new,
         uploader_pref=uploader_pref.astype(np.float32),
-        video_visual=visual.astype(np.float32),
-        video_text=text.astype(np.float32),
-        video_text_mask=kind != 2,
-        music=music.astype(np.float32),
+        video_visual=features.visual.astype(np.float32),
+        video_text=features.text.astype(np.float32),
+        video_text_mask=features.text_kind != 2,
+        music=features.music.astype(np.float32),
         splits=splits,
-        split_info=split_info,
+        split_info={name: split.info for name, split in WORLD_SPLITS.items()},
         negatives=negatives,
         provenance={"simulator": "bgmrec.data.simulate", "world": c.to_json()},
     )
-    return ds, truth
 
 
 def save_world(ds: Dataset, truth: WorldTruth, out: Path) -> Path:
