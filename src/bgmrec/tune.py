@@ -17,12 +17,20 @@ import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from rich.console import Console
 
 from bgmrec.data.dataset import FINGERPRINTS
 from bgmrec.eval.report import change_cell
 from bgmrec.eval.significance import PairedComparison
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bgmrec.data.dataset import Dataset
+    from bgmrec.models.base import Recommender
+    from bgmrec.runs import SharedTeachers
 
 LEVEL = 0.95  # confidence level of the comparisons with the first point
 
@@ -123,43 +131,17 @@ def resume_note(out: Path, points: int, resumed: str) -> str:
 
 def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets: dict | None, seed: int | None,
               teacher: Path | None, console: Console | None, resume: bool) -> list[Trial]:
-    """:func:`run_grid`'s work."""
-    from bgmrec.data.dataset import read_json, write_files_together, write_json_atomic
-    from bgmrec.eval.metrics import query_gains
-    from bgmrec.eval.protocol import evaluate
-    from bgmrec.eval.significance import paired_comparison
-    from bgmrec.models.base import load_model
-    from bgmrec.models.deccm import weights_digest
-    from bgmrec.models.packages import model_package, packages_note
-    from bgmrec.runs import (
-        TEACHERS,
-        SharedTeachers,
-        code_fingerprint,
-        dataset_record,
-        git_commit,
-        train_model,
-    )
+    """:func:`run_grid`'s work: the grid's record (:func:`_grid_record`, :func:`_resumed`), then each point trained
+    or loaded (:func:`_point_run`), ranked on val (:func:`_ranked_trial`) and saved, and the summary."""
+    from bgmrec.data.dataset import write_json_atomic
+    from bgmrec.runs import TEACHERS, SharedTeachers, dataset_record
     from bgmrec.train import TrainingDiverged
 
     console = console or Console(quiet=True)
+    args = _GridArgs(data, model, out, sets, seed, teacher, console, resume)
     trained_on = dataset_record(data)  # taken once: the features' fingerprint reads every feature byte
-    record = {"model": model, **trained_on,
-              "grid": grid, "sets": dict(sets or {}), "seed": seed_used(model, grid, dict(sets or {}), seed),
-              "teacher": None if teacher is None else str(Path(teacher).resolve()),
-              "teacher_weights_sha256": weights_digest(Path(teacher)) if teacher is not None and (
-                  Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
-              "code": code_fingerprint(), "model_package": model_package(model), "commit": git_commit(),
-              "command": tune_command(data, model, out, grid, sets, seed, teacher, resume)}
-    finished = _finished_points(Path(out), record) if resume else {}
-    if resume and (Path(out) / "tuning.json").is_file():  # a stopped grid, the same as this one (checked above)
-        started = read_json(Path(out) / "tuning.json")
-        grid = {k: grid[k] for k in started["grid"]}  # the points as it named them: keys given in another order
-        resumed_by = [c for c in started.get("resumed_by", []) if isinstance(c, str)] \
-            if isinstance(started.get("resumed_by"), list) else []
-        record.update(grid=grid,  # the command that started the grid, and each that resumed it
-                      command=started["command"] if isinstance(started.get("command"), str)
-                      else tune_command(data, model, out, grid, sets, seed, teacher),
-                      resumed_by=[*resumed_by, tune_command(data, model, out, grid, sets, seed, teacher, resume)])
+    record = _grid_record(args, grid, trained_on)
+    record, grid, finished = _resumed(args, grid, record) if resume else (record, grid, {})
     ds, points, base, configs = _preflight(
         data, model, grid, Path(out), dict(sets or {}), seed, teacher, empty_out=not resume)
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
@@ -169,61 +151,178 @@ def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, set
     trials: list[Trial] = []
     diverged: list[dict] = stopped_diverged(Path(out)) if resume else []  # points a resumed grid does not retry
     first_gains = None
-    for i, point in enumerate(points):
-        run = Path(out) / trial_folder(point)
-        console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in point.items()))
-        sets = point_sets(base, point, seed)
+    for i, settings in enumerate(points):
+        run = Path(out) / trial_folder(settings)
+        console.print(f"[{i + 1}/{len(points)}] {model} " + " ".join(f"{k}={v}" for k, v in settings.items()))
+        point = _Point(settings, run, point_sets(base, settings, seed), configs[i], finished.get(run.name))
         if any(Path(d["run"]).name == run.name for d in diverged):
             console.print("    diverged before: left out of the ranking, not retrained (the same seed diverges again)")
             continue
-        try:  # a DecCM point's teacher takes its lr too, and can diverge as the point's own training does
-            shared = None if teacher is not None else teachers.for_model(model, sets, shared_teacher_folder(point))
-        except TrainingDiverged as e:
-            shared = e
-        if resume and run.name not in finished and not isinstance(shared, TrainingDiverged):
-            unranked = _unranked_run(run, record, configs[i], teacher if shared is None else shared)
-            finished.update({run.name: unranked} if unranked is not None else {})
-        if run.name in finished:
-            rec, seconds = load_model(run), finished[run.name]["seconds"]
-            if repr(rec.config) != configs[i]:
-                raise ValueError(f"--resume: {run} holds a run of another config than this point's; tune into a "
-                                 "new --out")
-            if shared is not None and rec.teacher_dir != str(shared.resolve()):
-                raise ValueError(f"--resume: {run}'s teacher is missing or was retrained since; tune into a new "
-                                 "--out")
-            console.print("    trained before, its ranking stopped: loaded, not retrained"
-                          if finished[run.name].get("unranked") else "    finished before: loaded, not retrained")
+        try:
+            made = _point_run(args, point, record, teachers)
+        except TrainingDiverged as e:  # one bad point (lr too high) must not lose the grid: recorded, left out
+            diverged.append({"settings": settings, "run": str(run), "diverged": str(e)})
+            console.print(f"    diverged, left out of the ranking: {e}", markup=False)
         else:
-            try:
-                if isinstance(shared, TrainingDiverged):
-                    raise TrainingDiverged(f"its teacher: {shared}")
-                rec, seconds = train_model(data, model, run, sets=sets, teacher=teacher if shared is None else shared,
-                                           progress=console.is_terminal)
-            except TrainingDiverged as e:  # one bad point (lr too high) must not lose the grid: recorded, left out
-                diverged.append({"settings": point, "run": str(run), "diverged": str(e)})
-                console.print(f"    diverged, left out of the ranking: {e}", markup=False)
-                write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "diverged": diverged,
-                                                               "trials": [t.to_json() for t in _ranked(trials)]})
-                continue
-        result = evaluate(rec, ds, "val", keep_ranks=True)
-        gains = query_gains(result["full_ranks"], "recall@10")
-        against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
-        first_gains = gains if first_gains is None else first_gains
-        epochs = finished[run.name]["epochs"] if run.name in finished else len(rec.history)
-        trials.append(Trial(point, str(run), result["full"]["recall@10"], result["full"]["mrr"], against, epochs,
-                            seconds, rec.inference_mode))
-        console.print(f"    val Recall@10 {trials[-1].val_recall_at_10:.4f}"
-                      + ("" if against is None else f", {change_cell(against)} over the first point"))
-        write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "diverged": diverged,
-                                                       "trials": [t.to_json() for t in _ranked(trials)]})
+            trial, gains = _ranked_trial(point, made, ds, first_gains)
+            first_gains = gains if first_gains is None else first_gains
+            trials.append(trial)
+            console.print(f"    val Recall@10 {trial.val_recall_at_10:.4f}" + (
+                "" if trial.against_first is None else f", {change_cell(trial.against_first)} over the first point"))
+        _save_progress(Path(out), record, trials, diverged)
+    return _save_tuning(Path(out), record, trials, diverged)
+
+
+@dataclass(frozen=True)
+class _GridArgs:
+    """:func:`run_grid`'s arguments that its steps share (``out`` as given: the commands name it so)."""
+
+    data: Path
+    model: str
+    out: Path
+    sets: dict | None
+    seed: int | None
+    teacher: Path | None
+    console: Console
+    resume: bool
+
+    def command(self, grid: dict[str, list[str]], resume: bool = False) -> str:
+        """The ``bgmrec tune`` command of these arguments and ``grid`` (:func:`tune_command`)."""
+        return tune_command(self.data, self.model, self.out, grid, self.sets, self.seed, self.teacher, resume)
+
+
+def _grid_record(args: _GridArgs, grid: dict[str, list[str]], trained_on: dict) -> dict:
+    """What ``tuning.json`` records of the grid besides its points: what ``--resume`` checks (:data:`RESUME_KEYS`;
+    ``trained_on``: the dataset's :func:`~bgmrec.runs.dataset_record`), the commit and this command."""
+    from bgmrec.models.deccm import weights_digest
+    from bgmrec.models.packages import model_package
+    from bgmrec.runs import code_fingerprint, git_commit
+
+    sets, teacher = dict(args.sets or {}), args.teacher
+    return {"model": args.model, **trained_on,
+            "grid": grid, "sets": sets, "seed": seed_used(args.model, grid, sets, args.seed),
+            "teacher": None if teacher is None else str(Path(teacher).resolve()),
+            "teacher_weights_sha256": weights_digest(Path(teacher)) if teacher is not None and (
+                Path(teacher) / "weights.safetensors").is_file() else None,  # a missing one is refused later
+            "code": code_fingerprint(), "model_package": model_package(args.model), "commit": git_commit(),
+            "command": args.command(grid, args.resume)}
+
+
+class _Resumed(NamedTuple):
+    """What ``--resume`` takes from the stopped grid in ``out`` (:func:`_resumed`)."""
+
+    record: dict  # the grid's record, with the command that started the grid and each that resumed it
+    grid: dict[str, list[str]]  # the grid, its keys in the order the stopped grid named its points by
+    finished: dict[str, dict]  # {point folder: its trial} of the points it finished (:func:`_finished_points`)
+
+
+def _resumed(args: _GridArgs, grid: dict[str, list[str]], record: dict) -> _Resumed:
+    """For ``--resume``: the grid's ``record`` and ``grid`` as the stopped grid in ``out`` has them, and the points
+    it finished, after checking it was this grid; as given when ``out`` holds none yet."""
+    from bgmrec.data.dataset import read_json
+
+    finished = _finished_points(Path(args.out), record)
+    if not (Path(args.out) / "tuning.json").is_file():
+        return _Resumed(record, grid, finished)
+    started = read_json(Path(args.out) / "tuning.json")  # a stopped grid, the same as this one (checked above)
+    grid = {k: grid[k] for k in started["grid"]}  # the points as it named them: keys given in another order
+    resumed_by = [c for c in started.get("resumed_by", []) if isinstance(c, str)] \
+        if isinstance(started.get("resumed_by"), list) else []
+    return _Resumed({**record, "grid": grid,  # the command that started the grid, and each that resumed it
+                     "command": started["command"] if isinstance(started.get("command"), str) else args.command(grid),
+                     "resumed_by": [*resumed_by, args.command(grid, resume=True)]}, grid, finished)
+
+
+class _Point(NamedTuple):
+    """One point of the grid as :func:`_point_run` trains or loads it."""
+
+    settings: dict[str, str]  # the grid's value of each tuned field
+    run: Path  # its run folder
+    fields: dict  # its config fields, as ``train_model`` takes them (:func:`point_sets`)
+    config: str  # its config's ``repr``
+    finished: dict | None  # its trial, when the stopped grid finished it (``--resume``: :func:`_finished_points`)
+
+
+class _PointRun(NamedTuple):
+    """A point's run, trained now or loaded, with the epochs and seconds its trial records."""
+
+    rec: Recommender  # the trained model
+    epochs: int
+    seconds: float
+
+
+def _point_run(args: _GridArgs, point: _Point, record: dict, teachers: SharedTeachers) -> _PointRun:
+    """The point's run: loaded when the stopped grid finished it or saved it whole (:func:`_unranked_run`), else
+    trained; its training's divergence, or its shared teacher's (:class:`~bgmrec.runs.SharedTeachers`), is raised."""
+    from bgmrec.models.base import load_model
+    from bgmrec.runs import train_model
+    from bgmrec.train import TrainingDiverged
+
+    try:  # a DecCM point's teacher takes its lr too, and can diverge as the point's own training does
+        shared = None if args.teacher is not None else teachers.for_model(
+            args.model, point.fields, shared_teacher_folder(point.settings))
+    except TrainingDiverged as e:
+        shared = e
+    stopped = point.finished
+    if args.resume and stopped is None and not isinstance(shared, TrainingDiverged):
+        stopped = _unranked_run(point.run, record, point.config, args.teacher if shared is None else shared)
+    if stopped is not None:
+        rec = load_model(point.run)
+        if repr(rec.config) != point.config:
+            raise ValueError(f"--resume: {point.run} holds a run of another config than this point's; tune into a "
+                             "new --out")
+        if shared is not None and rec.teacher_dir != str(shared.resolve()):
+            raise ValueError(f"--resume: {point.run}'s teacher is missing or was retrained since; tune into a new "
+                             "--out")
+        args.console.print("    trained before, its ranking stopped: loaded, not retrained"
+                           if stopped.get("unranked") else "    finished before: loaded, not retrained")
+        return _PointRun(rec, stopped["epochs"], stopped["seconds"])
+    if isinstance(shared, TrainingDiverged):
+        raise TrainingDiverged(f"its teacher: {shared}")
+    rec, seconds = train_model(args.data, args.model, point.run, sets=point.fields,
+                               teacher=args.teacher if shared is None else shared, progress=args.console.is_terminal)
+    return _PointRun(rec, len(rec.history), seconds)
+
+
+def _ranked_trial(point: _Point, made: _PointRun, ds: Dataset,
+                  first_gains: np.ndarray | None) -> tuple[Trial, np.ndarray]:
+    """The point's trial, its run ranked on the whole val split and compared query by query with the grid's first
+    ranked point (``first_gains``: its Recall@10 per query; None: this is the first), and its own gains."""
+    from bgmrec.eval.metrics import query_gains
+    from bgmrec.eval.protocol import evaluate
+    from bgmrec.eval.significance import paired_comparison
+
+    result = evaluate(made.rec, ds, "val", keep_ranks=True)
+    gains = query_gains(result["full_ranks"], "recall@10")
+    against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
+    return Trial(point.settings, str(point.run), result["full"]["recall@10"], result["full"]["mrr"], against,
+                 made.epochs, made.seconds, made.rec.inference_mode), gains
+
+
+def _save_progress(out: Path, record: dict, trials: list[Trial], diverged: list[dict]) -> None:
+    """``tuning.json`` of a grid not finished yet: its ``record``, the points ranked so far (best first) and those
+    that diverged; what ``--resume`` goes on from."""
+    from bgmrec.data.dataset import write_json_atomic
+
+    write_json_atomic(out / "tuning.json", {**record, "complete": False, "diverged": diverged,
+                                            "trials": [t.to_json() for t in _ranked(trials)]})
+
+
+def _save_tuning(out: Path, record: dict, trials: list[Trial], diverged: list[dict]) -> list[Trial]:
+    """The finished grid's ``tuning.md`` and ``tuning.json`` (marked complete), written together; its trials, best
+    first. A grid whose every point diverged fails, saying so."""
+    from bgmrec.data.dataset import write_files_together, write_json_atomic
+    from bgmrec.models.packages import packages_note
+    from bgmrec.train import TrainingDiverged
+
     if not trials:
         raise TrainingDiverged(f"every point of the grid diverged ({diverged[0]['diverged']}); lower the learning "
                                "rate (--grid or --set lr)")
     trials = _ranked(trials)
     made = (f"`{record['data']}` (fingerprint {record['data_fingerprint']}), commit {record['commit']}"
-            + packages_note({model: record["model_package"]}))  # the code it was trained with
-    summary = tuning_markdown(model, grid, trials, made, record, diverged) + "\n"
-    write_files_together(Path(out), {  # the record marking the grid complete goes last
+            + packages_note({record["model"]: record["model_package"]}))  # the code it was trained with
+    summary = tuning_markdown(record["model"], record["grid"], trials, made, record, diverged) + "\n"
+    write_files_together(out, {  # the record marking the grid complete goes last
         "tuning.md": lambda tmp: tmp.write_text(summary, encoding="utf-8"),
         "tuning.json": lambda tmp: write_json_atomic(tmp, {**record, "complete": True, "diverged": diverged,
                                                            "trials": [t.to_json() for t in trials]})})
