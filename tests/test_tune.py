@@ -520,7 +520,7 @@ def test_resume_names_a_damaged_tuning_json(tiny_dir, tmp_path):
         run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)
 
 
-def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path):
+def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path, monkeypatch):
     import shutil
 
     from bgmrec.runs import train_model
@@ -543,6 +543,16 @@ def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path)
         run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)
     shutil.rmtree(shared)  # gone: trained again, with the same seed the same weights, so the point is kept
     run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)
+    shutil.rmtree(shared)  # gone, and its training again diverges: the finished point cannot keep it
+    from bgmrec.runs import SharedTeachers
+    from bgmrec.train import TrainingDiverged
+
+    def diverges(*args, **kwargs):
+        raise TrainingDiverged("cmvae: training diverged at epoch 1")
+
+    monkeypatch.setattr(SharedTeachers, "for_model", diverges)  # an AttributeError on the divergence before
+    with pytest.raises(ValueError, match="alpha=0.5's teacher is missing or was retrained"):
+        run_grid(tiny_dir, "deccm", {"alpha": ["0.5"]}, tmp_path / "own", small, resume=True)
 
 
 def test_points_of_equal_val_recall_are_ranked_by_val_mrr():

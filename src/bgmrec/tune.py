@@ -271,7 +271,7 @@ def _point_run(args: _GridArgs, point: _Point, record: dict, teachers: SharedTea
         if repr(rec.config) != point.config:
             raise ValueError(f"--resume: {point.run} holds a run of another config than this point's; tune into a "
                              "new --out")
-        if shared is not None and rec.teacher_dir != str(shared.resolve()):
+        if shared is not None and (isinstance(shared, TrainingDiverged) or rec.teacher_dir != str(shared.resolve())):
             raise ValueError(f"--resume: {point.run}'s teacher is missing or was retrained since; tune into a new "
                              "--out")
         args.console.print("    trained before, its ranking stopped: loaded, not retrained"
