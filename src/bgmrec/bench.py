@@ -84,20 +84,23 @@ def check_work_folder(work: Path, out: Path) -> None:
     (:data:`BENCH_ENTRIES`, the report ``out`` when it is written there, and the quality reports an earlier
     ``--out`` wrote there): a dataset, a model run, a demo's folder or any other
     (:func:`~bgmrec.demo.check_own_folder`)."""
-    def bench_report(path: Path) -> bool:
-        try:
-            with path.open(encoding="utf-8") as f:
-                return f.readline().startswith(REPORT_TITLES)
-        except (OSError, UnicodeDecodeError):
-            return False
-
-    reports = [p for p in Path(work).glob("*.md") if bench_report(p)] if Path(work).is_dir() else []
+    reports = [p for p in Path(work).glob("*.md") if first_line(p).startswith(REPORT_TITLES)] \
+        if Path(work).is_dir() else []
     own = [name for p in reports for name in (p.name, p.with_suffix(".png").name)]  # gamma's plot beside its report
     if Path(out).resolve().parent == Path(work).resolve():
         own += [Path(out).name, Path(out).with_suffix(".png").name]
     check_own_folder(work, "--work", "a work folder of bgmrec bench", BENCH_ENTRIES + tuple(own))
     for world in sorted(Path(work).glob("*-seed[0-9]*")) if Path(work).is_dir() else []:
         check_world_folder(world, f"--work {work}")
+
+
+def first_line(path: Path) -> str:
+    """The file's first line (how a report is known by its title), empty when it cannot be read as text."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def command_line(argv: Sequence[str], default: str, cwd: Path | None = None) -> str:
@@ -257,8 +260,12 @@ def quality_resume_note(scales: list[str], seeds: list[int], work: Path, models:
     runs = [(Path(work) / f"{world_label(scale, world)}-seed{seed}" / "runs" / name, name, seed)
             for scale in scales for seed in seeds for name in models]
     done = sum(reusable_run(run, name, seed, code)[0] is not None for run, name, seed in runs)
-    again = command if "--resume" in shlex.split(command) else f"{command} --resume"
-    return f"{done} of {len(runs)} runs finished in {work}; `{again}` continues, reusing them"
+    return f"{done} of {len(runs)} runs finished in {work}; `{with_resume(command)}` continues, reusing them"
+
+
+def with_resume(command: str) -> str:
+    """``command`` with ``--resume``, which a stopped benchmark's note gives as the command that continues it."""
+    return command if "--resume" in shlex.split(command) else f"{command} --resume"
 
 
 def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, models: list[str] | None,
@@ -382,6 +389,7 @@ def _quality_world_sections(label: str, seeds: list[int], results: list[dict], p
     sections += [f"Training seconds per model ({'mean over seeds' if len(seeds) > 1 else f'seed {seeds[0]}'}): "
                  + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in seconds.items()), ""]
     return sections
+
 
 def queried_splits(ds) -> list[str]:
     """The splits of :data:`~bgmrec.demo.EVAL_SPLITS` that hold queries in ``ds`` (the ones evaluated)."""
@@ -769,7 +777,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
             raise ValueError("nothing to report without the per-track fits (--no-fit) and with no model for the "
                              "intervened world: name one (--intervened cmvae)")
         splits = ("test_unbiased",)
-    _check_ceiling_runs(worlds, models, scale, work)
+    _check_ceiling_runs(worlds, seeds, models, scale, work)
     plan = _CeilingPlan(scale, models, tuple(splits), intervened, redraws, fit_track_terms)
     figures = _CeilingFigures()
     for seed, world in worlds.items():
@@ -813,7 +821,8 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
     return write_report(out, lines, console)
 
 
-def _check_ceiling_runs(worlds: dict[int, Path], models: tuple[str, ...], scale: str, work: Path) -> None:
+def _check_ceiling_runs(worlds: dict[int, Path], seeds: list[int], models: tuple[str, ...], scale: str,
+                        work: Path) -> None:
     """Refuse, with the command that makes them, a world or a quality-benchmark run the ceiling report reads."""
     run_files = ("run.json", "config.json", "weights.safetensors")
     missing = []
@@ -823,7 +832,7 @@ def _check_ceiling_runs(worlds: dict[int, Path], models: tuple[str, ...], scale:
         missing += [f"seed {seed}: {name}" for name in models
                     if not all((world / "runs" / name / f).is_file() for f in run_files)]
     if missing:
-        make = command_line(["bench", "quality", "--scales", scale, "--seeds", ",".join(map(str, worlds)), "--models",
+        make = command_line(["bench", "quality", "--scales", scale, "--seeds", ",".join(map(str, seeds)), "--models",
                              ",".join(models), "--work", str(work), "--resume", "--out", "REPORT.md"], "")
         raise ValueError(f"{work}: the quality benchmark's runs are missing ({'; '.join(missing)}); make them with "
                          f"`{make}`")

@@ -509,14 +509,24 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
     """Everything checked before any training, so a typo fails now and not after hours: (dataset, points,
     the fixed fields, and per point ``repr`` of its config)."""
     from bgmrec.data.dataset import load_dataset
-    from bgmrec.models.base import FeatureSpec
-    from bgmrec.models.registry import build, prepare_teacher
-    from bgmrec.runs import check_teacher_data
 
     if empty_out and out.exists() and (not out.is_dir() or output_folder_contents(out)):
         raise ValueError(f"--out {out}: exists and is not an empty folder; give a new folder for the grid's runs, "
                          "or --resume to finish a stopped grid there")
     ds = load_dataset(data)
+    return ds, grid_points(grid), base, check_grid(ds, data, model, grid, base, seed, teacher, out)
+
+
+def check_grid(ds, data: Path, model: str, grid: dict[str, list[str]], base: dict, seed: int | None,
+               teacher: Path | None = None, out: Path | None = None) -> list[str]:
+    """Check, before any training, that ``model`` can be tuned over ``grid`` on the dataset ``ds`` (folder ``data``):
+    a val split with queries, each field given one way, every point a config of its own (``repr``, returned in
+    the grid's order) with a folder name of its own, and the teacher data (or the given ``teacher``, prepared
+    beside ``out``) fitting every point. A ValueError says what is wrong."""
+    from bgmrec.models.base import FeatureSpec
+    from bgmrec.models.registry import build, prepare_teacher
+    from bgmrec.runs import check_teacher_data
+
     if "val" not in ds.splits or len(ds.splits["val"]) == 0:
         raise ValueError(f"{data}: tuning needs a val split with queries; the dataset has {', '.join(ds.splits)}")
     overlap = sorted(set(base) & set(grid))
@@ -544,7 +554,7 @@ def _preflight(data: Path, model: str, grid: dict[str, list[str]], out: Path, ba
                 prepare_teacher(rec, ds, out, teacher)
         except ValueError as e:
             raise ValueError(f"{trial_folder(point)}: {e}") from None
-    return ds, points, base, configs
+    return configs
 
 
 def point_sets(base: dict, point: dict, seed: int | None) -> dict:
@@ -578,14 +588,13 @@ def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial],
     diverged (``diverged``: ``tuning.json``'s records), which are not ranked."""
     from bgmrec.eval.report import markdown_from_rows
 
-    grid_text = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
     return "\n".join([
         f"# Tuning {model} on val ({time.strftime('%Y-%m-%d')})", "",
         *([f"Made by `{record['command']}`" + "".join(f", resumed by `{c}`" for c in dict.fromkeys(
             record.get("resumed_by") or [])) + ".", ""] if record and record.get("command") else []),
         *([f"Dataset {made}.", ""] if made else []),
-        f"Grid: {grid_text}.{fixed_text(record) if record else ''}{modes_text(trials)} Each point trained with early "
-        "stopping on val, then ranked on the whole val split (full catalogue); *vs the first point*: the change "
+        f"Grid: {grid_text(grid)}.{fixed_text(record) if record else ''}{modes_text(trials)} Each point trained with "
+        "early stopping on val, then ranked on the whole val split (full catalogue); *vs the first point*: the change "
         f"in Recall@10 over the grid's first point on the same val queries, its {LEVEL:.0%} paired bootstrap interval "
         "and randomisation-test p-value. Best first (by Recall@10, ties by MRR). The dataset was loaded whole, but no "
         "test split was scored: no test figure was computed or used for the choice.", "",
@@ -595,6 +604,11 @@ def tuning_markdown(model: str, grid: dict[str, list[str]], trials: list[Trial],
               diverged[0]["settings"] == grid_points(grid)[0] else "") + ":", "",
            *(f"- {' '.join(f'{k}={v}' for k, v in d['settings'].items())}: {d['diverged']}" for d in diverged)]
           if diverged else [])])
+
+
+def grid_text(grid: dict[str, list[str]]) -> str:
+    """``lr in {0.001, 0.002}; dropout in {0.1}``: the grid's values of each field."""
+    return "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
 
 
 def fixed_text(record: dict) -> str:

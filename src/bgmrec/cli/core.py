@@ -641,9 +641,10 @@ def bench_tuned(
     grid: list[str] = typer.Option(..., metavar="KEY=VALUE",
                                    help="key=value to try, the same for every model; repeat a key for each value"),
     set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
-                                          help="config field fixed for every point of every model, key=value"),
+                                          help="config field fixed for every point of every model, key=value; "
+                                          "model.key=value for one model's (deccm.inference=content)"),
     seed: int | None = typer.Option(None, min=0, help="seed of every point (default 0)"),
-    splits: str = typer.Option("test_unbiased,test", help="comma-separated splits to compare on"),
+    splits: str = typer.Option("test_unbiased,test", help="comma-separated test splits to compare on"),
     work: Path = typer.Option(Path("runs/bench-tuned"), help="folder for each model's grid (WORK/MODEL)"),
     out: Path | None = typer.Option(None, help="Markdown report, its JSON beside it (default: WORK/tuned.md)"),
     resume: bool = typer.Option(False, help="finish stopped grids in WORK and reuse their finished points"),
