@@ -122,6 +122,25 @@ def _settings(name: str) -> dict[str, str]:
     return dict(item.split("=") for item in name.split(","))
 
 
+def test_a_grid_resume_cannot_finish_is_refused_before_any_training(tiny_copy, tmp_path, monkeypatch):
+    import shutil
+
+    import bgmrec.runs
+
+    work = tmp_path / "work"
+    run_tuned(tiny_copy, ["cmvae", "twotower-infonce"], GRID, work, work / "t.md", QUIET, "cmd",
+              sets={"epochs": "1"}, splits=("test",))
+    shutil.rmtree(work / "cmvae")  # cmvae's grid to train again, twotower-infonce's resumed with other --set values
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(bgmrec.runs, "train_model", no_training)
+    with pytest.raises(ValueError, match="twotower-infonce: --resume: .*records another .*give a new --work"):
+        run_tuned(tiny_copy, ["cmvae", "twotower-infonce"], GRID, work, work / "t.md", QUIET, "cmd",
+                  sets={"epochs": "1", "twotower-infonce.batch_size": "64"}, splits=("test",), resume=True)
+
+
 def test_a_diverged_point_is_blank_and_listed(tiny_copy, tmp_path):
     work = tmp_path / "work"
     out = run_tuned(tiny_copy, ["cmvae", "twotower-infonce"], {"lr": ["0.002", "1e7"]}, work, work / "t.md", QUIET,
@@ -144,7 +163,8 @@ def test_a_baseline_of_several_modes_is_named_by_the_mode_val_chose_in(tiny_copy
     out = run_tuned(tiny_copy, ["deccm", "cmvae"], {"lr": ["0.002"]}, tmp_path / "w", tmp_path / "w" / "t.md", QUIET,
                     "cmd", sets={**SMALL, "deccm.inference": "content"}, splits=("test",))
     text = out.read_text()
-    assert "The baseline is deccm [content]." in text
+    assert "The baseline is deccm [content]." in text and "; deccm in its `content` mode, its other modes" in text
+    assert json.loads(out.with_suffix(".json").read_text())["val_mode"] == {"deccm": "content", "cmvae": None}
     [chosen] = tables(text, "## `test`: each model at its best point on val")
     vals = {row[0]: row[2] for row in chosen}
     assert vals["deccm [content]"] and vals["cmvae"] and not vals["deccm [backdoor]"]
@@ -156,7 +176,8 @@ def test_a_baseline_of_several_modes_is_named_by_the_mode_val_chose_in(tiny_copy
     (["cmvae", "cmvae"], {}, ("test",), "at least two distinct models"),
     (["cmvae", "deccm"], {}, ("test", "nope"), "no split nope"),
     (["cmvae", "deccm"], {}, ("val",), "val \\(role val\\): not a test split"),
-    (["cmvae", "deccm"], {}, (), "at least one split"),
+    (["cmvae", "deccm"], {}, (), "at least one"),
+    (["cmvae", "deccm"], {}, ("test", "test"), "name each split to compare on once"),
     (["cmvae", "twotower-infonce"], {"kl_weight": "0.5"}, ("test",), "twotower-infonce: .*kl_weight"),
     (["cmvae", "deccm"], {"cmvea.lr": "0.1"}, ("test",), "--set cmvea.lr=0.1: 'cmvea' is not one of the models"),
 ])
@@ -190,10 +211,32 @@ def test_work_folders_of_other_kinds_are_refused_and_its_own_reports_reused(tiny
     work = tmp_path / "work2"
     run_tuned(tiny_copy, ["cmvae", "twotower-infonce"], GRID, work, work / "first.md", QUIET, "cmd",
               sets={"epochs": "1"}, splits=("test",))
-    # another report into the same folder, beside the earlier one
-    out = run_tuned(tiny_copy, ["cmvae", "twotower-infonce"], GRID, work, work / "second.md", QUIET, "cmd",
-                    sets={"epochs": "1"}, splits=("test",), resume=True)
-    assert out.read_text().startswith("# Models tuned alike on val")
+    # another report into the same folder, beside the earlier one (a name with glob characters too)
+    for name in ("run[1].md", "second.md"):
+        out = run_tuned(tiny_copy, ["cmvae", "twotower-infonce"], GRID, work, work / name, QUIET, "cmd",
+                        sets={"epochs": "1"}, splits=("test",), resume=True)
+        assert out.read_text().startswith("# Models tuned alike on val")
+
+
+@pytest.mark.parametrize("where, words", [
+    ("w/r.json", "the report is Markdown"),
+    ("w/sub/r.md", "inside a folder of --work"),
+    ("data/manifest.md", "manifest.json exists and is not the figures of an earlier bench tuned report"),
+])
+def test_a_report_that_would_lose_or_replace_something_is_refused(tiny_copy, tmp_path, where, words):
+    import shutil
+
+    shutil.copytree(tiny_copy, tmp_path / "data")
+    with pytest.raises(ValueError, match=words):
+        run_tuned(tmp_path / "data", ["cmvae", "deccm"], GRID, tmp_path / "w", tmp_path / where, QUIET, "cmd")
+    assert (tmp_path / "data" / "manifest.json").read_bytes() == (tiny_copy / "manifest.json").read_bytes()
+
+
+def test_a_file_where_a_model_s_grid_goes_is_refused(tiny_copy, tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "deccm").write_text("")
+    with pytest.raises(ValueError, match="is a file, where the grid of deccm goes"):
+        run_tuned(tiny_copy, ["cmvae", "deccm"], GRID, tmp_path / "w", tmp_path / "w" / "t.md", QUIET, "cmd")
 
 
 def test_a_stopped_benchmark_names_its_own_command_to_continue(tiny_copy, tmp_path, monkeypatch):

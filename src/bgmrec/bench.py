@@ -9,6 +9,7 @@ both set the models beside CMVAE trained on the intervened world (the confoundin
 
 from __future__ import annotations
 
+import glob
 import json
 import shlex
 import time
@@ -89,7 +90,7 @@ def check_work_folder(work: Path, out: Path) -> None:
     own = [name for p in reports for name in (p.name, p.with_suffix(".png").name)]  # gamma's plot beside its report
     if Path(out).resolve().parent == Path(work).resolve():
         own += [Path(out).name, Path(out).with_suffix(".png").name]
-    check_own_folder(work, "--work", "a work folder of bgmrec bench", BENCH_ENTRIES + tuple(own))
+    check_own_folder(work, "--work", "a work folder of bgmrec bench", BENCH_ENTRIES + tuple(map(glob.escape, own)))
     for world in sorted(Path(work).glob("*-seed[0-9]*")) if Path(work).is_dir() else []:
         check_world_folder(world, f"--work {work}")
 

@@ -16,6 +16,8 @@ written beside the report as JSON (without per-query ranks).
 
 from __future__ import annotations
 
+import glob
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from bgmrec.eval.report import change_cell, label, markdown_from_rows, paired_ag
 from bgmrec.tune import (
     Trial,
     check_grid,
+    check_resumable,
     fixed_text,
     grid_points,
     grid_text,
@@ -67,21 +70,24 @@ def run_tuned(data: Path, models: list[str], grid: dict[str, list[str]], work: P
     ``.json``). The first model is the baseline of every paired comparison. Every model's grid is checked before
     any training."""
     from bgmrec.models.base import STOPS
-    from bgmrec.runs import git_commit, machine
+    from bgmrec.runs import dataset_record, git_commit, machine
 
     if len(models) < 2 or len(set(models)) != len(models):
         raise ValueError(f"bench tuned compares at least two distinct models, the first the baseline; got {models}")
-    if not splits:
-        raise ValueError("bench tuned: name at least one split to compare on")
+    if not splits or len(set(splits)) != len(splits):
+        raise ValueError(f"bench tuned: name each split to compare on once, at least one; got {list(splits)}")
     per_model = model_sets(sets, models)
     ds = load_dataset(data)
     _check_splits(ds, data, splits)
     _check_work(work, models, out, resume)
-    for model in models:  # a field one model lacks fails now, not after the models before it trained
+    trained_on = dataset_record(data) if resume else {}
+    for model in models:  # a field one model lacks, or a grid --resume cannot finish, fails now, not after others
         try:
             check_grid(ds, data, model, grid, per_model[model], seed)
+            if resume:
+                check_resumable(data, model, grid, Path(work) / model, per_model[model], seed, trained_on)
         except ValueError as e:
-            raise ValueError(f"{model}: {e}") from None
+            raise ValueError(f"{model}: {str(e).replace('tune into a new --out', 'give a new --work')}") from None
     tuned: dict[str, _Tuned] = {}
     results: list[dict] = []  # every point of every model on every split, ranks kept for the pairings
     try:
@@ -99,13 +105,14 @@ def run_tuned(data: Path, models: list[str], grid: dict[str, list[str]], work: P
     lines = [TUNED_TITLE, "",
              f"Made by `{command}` at commit {git_commit()} on {machine()}, {time.strftime('%Y-%m-%d')}. Dataset "
              f"`{data}`. Every model was tuned by `bgmrec tune` on val over the same grid ({grid_text(grid)}), each "
-             "point trained with early stopping on val and ranked on the whole val split; a model with several "
-             "inference modes was ranked on val in its default mode, and its other modes are compared at the point "
-             "that mode chose. "
+             "point trained with early stopping on val and ranked on the whole val split"
+             + "".join(f"; {m} in its `{t.val_mode}` mode" for m, t in tuned.items() if t.val_mode)
+             + (", its other modes compared at the point that mode chose. "
+                if any(t.val_mode for t in tuned.values()) else ". ")
              + " ".join(f"{m}:{fixed_text(t.record)}" for m, t in tuned.items())
-             + f" The baseline is {base}. Full-catalogue Recall@10 throughout; changes are relative, with a 95% "
-             "paired bootstrap interval over the queries and a paired randomisation test's p-value (`bgmrec "
-             "compare`), given these trained models.", ""]
+             + f" The baseline is {base}. Full-catalogue Recall@10 throughout; changes are relative, at val's choice "
+             "with a 95% paired bootstrap interval over the queries and a paired randomisation test's p-value "
+             "(`bgmrec compare`), given these trained models.", ""]
     points = [point_name(p, grid) for p in grid_points(grid)]
     for split in splits:
         lines += _chosen_section(results, base, tuned, split)
@@ -114,7 +121,8 @@ def run_tuned(data: Path, models: list[str], grid: dict[str, list[str]], work: P
     if diverged:
         lines += ["Diverged in training, not ranked (their cells are blank): " + "; ".join(diverged) + ".", ""]
     figures = {"command": command, "data": str(data), "models": list(models), "baseline": base, "grid": grid,
-               "sets": dict(sets or {}), "seed": seed, "splits": list(splits),
+               "sets": dict(sets or {}), "seed": {m: t.record.get("seed") for m, t in tuned.items()},
+               "splits": list(splits), "val_mode": {m: t.val_mode for m, t in tuned.items()},
                "chosen": {m: t.chosen for m, t in tuned.items()},
                "val_recall_at_10": {m: t.val for m, t in tuned.items()},
                "diverged": {m: t.diverged for m, t in tuned.items()}, "results": without_ranks(results)}
@@ -138,8 +146,8 @@ def model_sets(sets: dict | None, models: list[str]) -> dict[str, dict]:
 
 
 def point_name(settings: dict[str, str], grid: dict[str, list[str]]) -> str:
-    """A grid point's name, its settings in the grid's order of fields (a grid resumed with its fields named in
-    another order names its points in the order it was started with)."""
+    """A grid point's name in the report, its settings in the order of ``grid``'s fields as given now: one name for
+    every model's point, whatever order each grid's folders were named in when it was started."""
     return trial_folder({k: settings[k] for k in grid})
 
 
@@ -158,18 +166,29 @@ def _check_splits(ds: Dataset, data: Path, splits: tuple[str, ...]) -> None:
 
 
 def _check_work(work: Path, models: list[str], out: Path, resume: bool) -> None:
-    """Refuse a ``--work`` folder holding anything but grids of ``tune`` and reports of this command (``out``
-    among them when it is written there), a model's folder in it that is not a grid, and, without ``resume``, a
+    """Refuse a report ``out`` that is not Markdown, lies in a folder below ``work``, or whose JSON beside it would
+    replace a file that is not an earlier report's figures; a ``work`` folder holding anything but grids of
+    ``tune`` and reports of this command; a model's entry in it that is not a grid; and, without ``resume``, a
     model's grid already there."""
-    work = Path(work)
+    work, out = Path(work), Path(out)
+    if out.suffix != ".md":
+        raise ValueError(f"--out {out}: the report is Markdown (a .md file); its figures go beside it as .json")
+    if out.resolve().parent != work.resolve() and out.resolve().is_relative_to(work.resolve()):
+        raise ValueError(f"--out {out}: inside a folder of --work {work}; write it into {work} itself or outside it")
+    figures = out.with_suffix(".json")
+    if figures.exists() and not _earlier_figures(figures):
+        raise ValueError(f"--out {out}: {figures} exists and is not the figures of an earlier bench tuned report; "
+                         "refusing to replace it (choose another --out)")
     grids = [p.name for p in output_folder_contents(work) if (p / "tuning.json").is_file()] if work.is_dir() else []
     reports = [p for p in work.glob("*.md") if first_line(p).startswith(TUNED_TITLE)] if work.is_dir() else []
     own = [*models, *grids, *(name for p in reports for name in (p.name, p.with_suffix(".json").name))]
-    if Path(out).resolve().parent == work.resolve():
-        own += [Path(out).name, Path(out).with_suffix(".json").name]
-    check_own_folder(work, "--work", "a work folder of bgmrec bench tuned", own)
+    if out.resolve().parent == work.resolve():
+        own += [out.name, figures.name]
+    check_own_folder(work, "--work", "a work folder of bgmrec bench tuned", [glob.escape(name) for name in own])
     for model in models:
         folder = work / model
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--work {work}: {folder} is a file, where the grid of {model} goes; give a new --work")
         if not output_folder_contents(folder):
             continue
         if not (folder / "tuning.json").is_file():
@@ -177,6 +196,15 @@ def _check_work(work: Path, models: list[str], out: Path, resume: bool) -> None:
         if not resume:
             raise ValueError(f"--work {work}: holds the grid of {model} from an earlier run; --resume finishes it "
                              "and reuses its points, or give a new --work")
+
+
+def _earlier_figures(path: Path) -> bool:
+    """Whether ``path`` holds the JSON figures of a bench tuned report (which a new report may replace)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(found, dict) and all(key in found for key in ("command", "models", "chosen", "results"))
 
 
 def _tuned(trials: list[Trial], grid: dict[str, list[str]], folder: Path) -> _Tuned:

@@ -208,6 +208,15 @@ def _grid_record(args: _GridArgs, grid: dict[str, list[str]], trained_on: dict) 
             "command": args.command(grid, args.resume)}
 
 
+def check_resumable(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets: dict | None,
+                    seed: int | None, trained_on: dict) -> None:
+    """Refuse (ValueError), before any training, a stopped grid in ``out`` that ``--resume`` could not finish with
+    these arguments (another grid, fixed fields, seed, dataset or code: :func:`_finished_points`); ``trained_on``:
+    the dataset's :func:`~bgmrec.runs.dataset_record`. Nothing to check when ``out`` holds no grid."""
+    args = _GridArgs(data, model, out, sets, seed, None, Console(quiet=True), True)
+    _finished_points(Path(out), _grid_record(args, grid, trained_on))
+
+
 class _Resumed(NamedTuple):
     """What ``--resume`` takes from the stopped grid in ``out`` (:func:`_resumed`)."""
 

@@ -657,7 +657,7 @@ def bench_tuned(
     from bgmrec.bench_tuned import run_tuned
     from bgmrec.tune import parse_grid
 
-    with said_when_stopped():  # the grid's note: how many points are done, and the command that finishes it
+    with said_when_stopped():  # the stop's note: the command that continues the benchmark
         run_tuned(data, list(comma_list(models)), parse_grid(grid), work, out or Path(work) / "tuned.md", console,
                   command_line(runs.command_argv(), "bgmrec bench tuned"), parse_sets(set_), seed,
                   comma_list(splits), resume)
