@@ -65,3 +65,24 @@ def tiny_spec(tiny_ds):
 def tiny_copy(tiny_dir, tmp_path) -> Path:
     """A private copy of the tiny dataset folder that a test may damage."""
     return Path(shutil.copytree(tiny_dir, tmp_path / "tiny"))
+
+
+@pytest.fixture
+def stop_training(monkeypatch):
+    """``stop_training(n)``: the ``n``-th training (``bgmrec.runs.train_model``) from now stops as Ctrl-C would;
+    returns the list of each training's positional arguments, in order (the stopped one's too)."""
+    import bgmrec.runs
+
+    def at(n: int) -> list[tuple]:
+        real, calls = bgmrec.runs.train_model, []
+
+        def stopped(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(bgmrec.runs, "train_model", stopped)
+        return calls
+
+    return at

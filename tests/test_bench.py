@@ -511,18 +511,11 @@ def test_quality_over_several_scales_writes_each_scale_when_done(tmp_path, monke
     assert "still to run" not in out.read_text()
 
 
-def test_a_stopped_quality_benchmark_says_how_many_runs_are_done_and_how_to_continue(tmp_path, monkeypatch, capsys):
+def test_a_stopped_quality_benchmark_says_how_many_runs_are_done_and_how_to_continue(tmp_path, stop_training,
+                                                                                     capsys):
     from bgmrec.cli import main
 
-    real, calls = bgmrec.runs.train_model, []
-
-    def stopped_at_the_third(*args, **kwargs):
-        calls.append(args[1])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_third)
+    calls = stop_training(3)
     work = tmp_path / "work"
     args = ["bench", "quality", "--scales", "tiny", "--seeds", "0,1", "--models", "random,popularity", "--work",
             str(work)]
@@ -531,7 +524,8 @@ def test_a_stopped_quality_benchmark_says_how_many_runs_are_done_and_how_to_cont
     assert last == (f"stopped (SIGINT): 2 of 4 runs finished in {work}; `{shlex.join(['bgmrec', *args])} --resume` "
                     "continues, reusing them")
     assert main([*args, "--resume"]) == 0
-    assert calls == ["random", "popularity", "random", "random", "popularity"]  # seed 0's not trained again
+    assert [args[1] for args in calls] == ["random", "popularity", "random", "random", "popularity"]  # seed 0's
+    #  runs not trained again
 
 
 def test_a_stop_while_a_plot_is_drawn_leaves_the_earlier_plot_whole(tmp_path, monkeypatch):

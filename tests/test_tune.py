@@ -21,22 +21,6 @@ def committed_code(monkeypatch):
     monkeypatch.setattr(bgmrec.runs, "git_commit", lambda: "abc1234")
 
 
-def stop_training_at_the_second(monkeypatch) -> list:
-    """Make the second training of a grid stop as Ctrl-C would; returns the list of run folders trained into."""
-    import bgmrec.runs
-
-    real, calls = bgmrec.runs.train_model, []
-
-    def stopped_at_the_second(*args, **kwargs):
-        calls.append(args[2])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bgmrec.runs, "train_model", stopped_at_the_second)
-    return calls
-
-
 def test_parse_grid_collects_repeated_keys_in_order():
     grid = parse_grid(["lr=0.002", "dropout=0.2", "lr = 0.0005", "hidden=256,128"])
     assert grid == {"lr": ["0.002", "0.0005"], "dropout": ["0.2"], "hidden": ["256,128"]}
@@ -160,30 +144,21 @@ def test_two_points_in_one_folder_are_refused(tiny_dir, tmp_path):
         unregister_model("noted-random")
 
 
-def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, monkeypatch):
-    import bgmrec.runs
-
-    real, calls = bgmrec.runs.train_model, []
-
-    def failing_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(bgmrec.runs, "train_model", failing_second)
+def test_the_summary_is_kept_after_every_point(tiny_dir, tmp_path, stop_training):
+    stop_training(2)
     with pytest.raises(KeyboardInterrupt):
         run_grid(tiny_dir, "popularity", {"seed": ["0", "1"]}, tmp_path / "tune")
     saved = json.loads((tmp_path / "tune" / "tuning.json").read_text())
     assert not saved["complete"] and [t["settings"] for t in saved["trials"]] == [{"seed": "0"}]
 
 
-def test_a_stopped_grid_says_how_many_points_are_done_and_how_to_finish_it(tiny_dir, tmp_path, monkeypatch, capsys):
+def test_a_stopped_grid_says_how_many_points_are_done_and_how_to_finish_it(tiny_dir, tmp_path, stop_training,
+                                                                          capsys):
     """tune stopped printed only "aborted (interrupted)": it now says how many points are done and the command
     that finishes the grid, which reuses them."""
     import shlex
 
-    calls = stop_training_at_the_second(monkeypatch)
+    calls = stop_training(2)
     out = tmp_path / "tune"
     assert main(["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out),
                  "--grid", "seed=0", "--grid", "seed=1", "--grid", "seed=2"]) == 130
@@ -193,7 +168,7 @@ def test_a_stopped_grid_says_how_many_points_are_done_and_how_to_finish_it(tiny_
     assert last == (f"stopped (SIGINT): 1 of 3 points of the grid finished; `{resumed}` finishes it without "
                     "training them again")
     assert main(shlex.split(resumed)[1:]) == 0
-    assert [Path(run).name for run in calls] == ["seed=0", "seed=1", "seed=1", "seed=2"]  # the first not again
+    assert [Path(args[2]).name for args in calls] == ["seed=0", "seed=1", "seed=1", "seed=2"]  # the first not again
 
 
 def test_resume_loads_a_point_trained_whole_whose_ranking_was_stopped(tiny_dir, tmp_path, monkeypatch):
@@ -636,11 +611,11 @@ def test_a_second_grid_into_the_same_folder_is_refused_while_the_first_runs(tiny
     assert not out.exists()
 
 
-def test_a_resumed_grid_keeps_the_command_that_started_it(tiny_dir, tmp_path, monkeypatch):
+def test_a_resumed_grid_keeps_the_command_that_started_it(tiny_dir, tmp_path, stop_training):
     # tune --resume recorded itself (with --resume) as the command that made the grid, in tuning.md and tuning.json
     import shlex
 
-    calls = stop_training_at_the_second(monkeypatch)
+    calls = stop_training(2)
     out = tmp_path / "tune"
     started = ["tune", "--data", str(tiny_dir), "--model", "popularity", "--out", str(out), "--grid", "seed=0",
                "--grid", "seed=1"]
