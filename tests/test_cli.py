@@ -555,6 +555,15 @@ def test_recommend_on_a_dataset_folder_as_catalogue_and_videos(cli_world, tmp_pa
     assert main(["recommend", "--run", str(run), "--catalog", str(tmp_path / "world"), "--features",
                  str(tmp_path / "world"), "--video-id", ds.video_ids[7]]) == 0
     assert f"[/]{ds.track_title[top[0][0]]}" in capsys.readouterr().out
+    # a video file: refused before the encoders load (it was embedded, then "clip 0: visual must have shape")
+    (tmp_path / "clip.mp4").write_bytes(b"never read")
+    assert main(["recommend", "--run", str(run), "--catalog", str(cli_world), "--video",
+                 str(tmp_path / "clip.mp4")]) == 2
+    dims = ds.dims()
+    assert " ".join(capsys.readouterr().err.split()) == (
+        f"error: {tmp_path / 'clip.mp4'}: the model was trained on video features of sizes {dims['video_visual']} "
+        f"(visual) and {dims['video_text']} (text), not those extract-videos gives a video file (1280, 384); give the "
+        "clip's features of the model's sizes (--features DIR --video-id ID)")
 
 
 def test_demo_on_a_few_models_reports_the_command_that_makes_it_again(tmp_path, capsys):
@@ -842,7 +851,7 @@ def test_a_stopped_train_saves_its_best_epoch_so_far_beside_the_run(cli_world, t
     best = max(range(2), key=lambda i: (rec.history[i]["val_recall@10"], rec.history[i]["val_mrr"]))
     assert err[-1] == (f"stopped ({name}): at epoch 3 of 5: the best epoch so far ({best + 1}, val R@10 "
                        f"{rec.history[best]['val_recall@10']:.3f}) saved to {partial} (evaluate it with --run "
-                       f"{partial}; train again to finish)")
+                       f"{partial}; train again, from the start, to finish)")
     assert sorted(p.name for p in run.parent.iterdir()) == ["cmvae", "cmvae.partial"]  # no temporary folder
     assert _folder_bytes(run) == before
     assert rec.name == "cmvae" and len(rec.history) == 2

@@ -155,6 +155,12 @@ def test_clear_errors(world, tmp_path, capsys):
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(world / "vf"), "--video-id", "nope"])
     assert code == 2 and "no video with id 'nope'" in one_line_err(capsys)
+    vf = shutil.copytree(world / "vf", tmp_path / "vf")  # a clip whose extraction failed: said so, not "no such id"
+    (vf / "failures.csv").write_text("file,reason\nsub/broken.mp4,cannot open as media: damaged\n", encoding="utf-8")
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(vf), "--video-id", "broken"])
+    assert code == 2 and one_line_err(capsys) == (f"error: {vf}/videos.csv: no video with id 'broken': its extraction "
+                                                  f"failed (cannot open as media: damaged; see {vf}/failures.csv)")
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(world / "vf"), "--video-id", "clip00", "--mode", "content"])
     assert code == 2 and "content" in one_line_err(capsys)
@@ -368,3 +374,22 @@ def test_a_clip_path_that_is_a_link_to_nothing_or_no_regular_file_is_named_as_ex
             assert one_line_err(capsys) == f"error: {tmp_path / name}: {reason}"
     assert main([*base, str(tmp_path / "nosuch.mp4")]) == 2  # no file, no link: as before
     assert one_line_err(capsys) == f"error: {tmp_path / 'nosuch.mp4'}: no such video file"
+
+
+def test_the_answers_own_warnings_are_on_stderr_beside_the_table_as_in_the_json(world, capsys, monkeypatch):
+    # the table showed only the clip's repeated-frames note: a clip far from the training videos (or a caption
+    # the model leaves out) was said in --json alone
+    from bgmrec.models.base import Recommender
+
+    monkeypatch.setattr(Recommender, "video_distance_from_training", lambda self, q: np.full(len(q), 680.0))
+    base = ["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--video",
+            str(world / "videos" / "clip05.mp4"), "--top", "2"]
+    capsys.readouterr()
+    assert main([*base, "--json"]) == 0
+    out, json_err = capsys.readouterr()
+    said = json.loads(out)["warnings"]
+    assert len(said) == 1 and said[0].startswith("its features lie up to 680 standard deviations")
+    assert main(base) == 0
+    out, err = capsys.readouterr()
+    assert "Song" in out and " ".join(err.split()) == " ".join(json_err.split()) == \
+        f"warning: {world / 'videos' / 'clip05.mp4'}: {said[0]}"

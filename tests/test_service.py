@@ -205,6 +205,13 @@ def test_a_catalogue_from_arrays_answers_as_the_same_catalogue_from_a_folder(tin
         Catalog.from_arrays(["a", "b"], np.zeros((2, 3), np.float32), genres=["pop"])
     with pytest.raises(TypeError, match="catalog must be a bgmrec.features.audio.Catalog"):
         ClipRecommender(cmvae, MusicCatalog.from_dataset(tiny_ds))
+    # one made in memory has no folder: named "the catalogue", not "None"
+    narrow = Catalog.from_arrays(folder.ids, folder.features[:, :10])
+    with pytest.raises(DatasetError, match=r"^the catalogue: tracks have 10 features, but the model was trained on "
+                                           rf"music features of dimension {folder.dim};"):
+        ClipRecommender(cmvae, narrow)
+    with pytest.raises(RequestError, match=r"^exclude: no track 'nosuch' in the catalogue$"):
+        ClipRecommender(cmvae, memory).recommend(clips[:1], 3, exclude=[["nosuch"]])
 
 
 def test_threads_are_set_in_every_thread_that_asks_for_recommendations(tiny_ds, cmvae, monkeypatch):
@@ -1132,7 +1139,7 @@ def test_a_model_trained_on_features_of_other_sizes_than_the_encoders_refuses_up
     client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), load_video_encoders=True,
                                    warn=said.append))
     refusal = (f"the model was trained on video features of sizes {tiny_ds.dims()['video_visual']} (visual) and "
-               f"{tiny_ds.dims()['video_text']} (text), not those extract-videos gives an upload (1280, 384); POST "
+               f"{tiny_ds.dims()['video_text']} (text), not those extract-videos gives a video file (1280, 384); POST "
                "/recommend takes features of the model's sizes")
     assert said == [f"POST /recommend/video will answer 501: {refusal}"]
     assert client.get("/health").json()["warnings"] == said

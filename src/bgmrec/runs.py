@@ -343,7 +343,8 @@ def save_stopped_run(rec, partial: Path, save_run, lost_teacher: bool = False) -
     except (DatasetError, ValueError, OSError) as e:
         return f"at epoch {done.epoch} of {done.epochs}: the best epoch so far could not be saved ({e})"
     return (f"at epoch {done.epoch} of {done.epochs}: the best epoch so far ({done.best_epoch}, val R@10 "
-            f"{done.best_recall:.3f}) saved to {partial} (evaluate it with --run {partial}; train again to finish)")
+            f"{done.best_recall:.3f}) saved to {partial} (evaluate it with --run {partial}; train again, from the "
+            "start, to finish)")
 
 
 def warn_about_features(ds, data: Path) -> list[str]:

@@ -601,14 +601,10 @@ def _vector(values: list[float], size: int, field: str) -> np.ndarray:
 def uploads_refused(spec) -> str | None:
     """Why a model of feature sizes ``spec`` cannot rank an uploaded video (trained on features of other sizes
     than the encoders of ``extract-videos`` give: a simulated world's), None when it can."""
-    from bgmrec.features.text import TEXT_DIM
-    from bgmrec.features.video import VISUAL_DIM
+    from bgmrec.features.recommend import video_files_refused
 
-    if (spec.video_visual, spec.video_text) == (VISUAL_DIM, TEXT_DIM):
-        return None
-    return (f"the model was trained on video features of sizes {spec.video_visual} (visual) and {spec.video_text} "
-            f"(text), not those extract-videos gives an upload ({VISUAL_DIM}, {TEXT_DIM}); POST /recommend takes "
-            "features of the model's sizes")
+    why = video_files_refused(spec)
+    return None if why is None else f"{why}; POST /recommend takes features of the model's sizes"
 
 
 class _MediaEncoders:

@@ -218,11 +218,37 @@ def test_a_changed_caption_is_embedded_again_and_counted(tmp_path, video_dir):
     caps.write_text("id,caption\nclip0,Surfing at dawn\nmute,Quiet city\n", encoding="utf-8")
     first = extract_videos(video_dir, out, captions=caps, config=VideoConfig(frames=4), progress=False,
                            frames=CountingFrames(), text=mf.text_encoder())
-    assert first.captions_embedded == 2
+    assert (first.captions_embedded, first.captions_cached) == (2, 0)
     caps.write_text("id,caption\nclip0,Surfing at dusk\nmute,Quiet city\n", encoding="utf-8")
     again = extract_videos(video_dir, out, captions=caps, config=VideoConfig(frames=4), progress=False,
                            frames=CountingFrames(), text=mf.text_encoder())
     assert again.captions_embedded == 1 and again.extracted == 0  # the frames from the cache, the caption anew
+    assert again.captions_cached == 1  # mute's: the videos without a caption are neither
+
+
+def test_the_summary_lists_the_videos_left_out_before_the_notes_on_those_kept(tmp_path, capsys):
+    # 11 "kept without text" notes filled the ten lines shown, and the corrupt clip was in failures.csv alone; the
+    # summary said "others from the cache" of captions when none came from it
+    from bgmrec.cli import main
+
+    d = tmp_path / "videos"
+    d.mkdir()
+    for i in range(12):
+        mf.write_video(d / f"clip{i:02d}.mp4", 0.5, 32, 32, 4, kind=i % 4, audio=False)
+    (d / "zbroken.mp4").write_bytes(b"not a video at all")
+    caps = tmp_path / "captions.csv"
+    caps.write_text("id,caption\nclip00,Surfing at dawn\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["extract-videos", str(d), "--out", str(tmp_path / "vids"), "--captions", str(caps), "--frames", "2",
+                 "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    summary = " ".join(lines[0].split())
+    assert ("(12 extracted, 0 from the cache, 1 failed, 11 without text; 1 caption(s) embedded, 0 from the "
+            "cache") in summary
+    listed = [line.strip() for line in lines if line.startswith("  ")]
+    assert listed[0].startswith("zbroken.mp4: ") and "kept without text" not in listed[0]
+    assert [x.split(":")[0] for x in listed[1:10]] == [f"clip{i:02d}.mp4" for i in range(1, 10)]
+    assert listed[10] == f"... 2 more in {tmp_path / 'vids' / 'failures.csv'}"
 
 
 def test_extracting_again_without_the_captions_says_how_many_videos_lose_theirs(tmp_path, video_dir, capsys):

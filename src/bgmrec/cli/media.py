@@ -42,11 +42,13 @@ def _summary(what: str, report) -> None:
     failed = [f for f in failures if not f[1].startswith(KEPT)]
     # notes on kept inputs by kind: "kept without text: ..." is counted as "2 without text"
     notes = Counter(reason.split(":", 1)[0].removeprefix(KEPT) for _, reason in failures if reason.startswith(KEPT))
-    captions = "" if captions_embedded is None else f"; {captions_embedded} caption(s) embedded, others from the cache"
+    captions = "" if captions_embedded is None else (f"; {captions_embedded} caption(s) embedded, "
+                                                     f"{report.captions_cached} from the cache")
     added = "" if report.added is None else f"; {len(report.added)} new since the last extraction in {out}" + (
         f" ({', '.join(map(repr, report.added[:3]))}{', ...' if len(report.added) > 3 else ''})" if report.added
         else "")
-    con.print(f"wrote {report.done} {what} to {out} ({report.extracted} extracted, {report.cached} from the cache, "
+    con.print(f"wrote {report.done} {what.removesuffix('s') if report.done == 1 else what} to {out} "
+              f"({report.extracted} extracted, {report.cached} from the cache, "
               f"{len(failed)} failed" + "".join(f", {k} {note}" for note, k in sorted(notes.items())) + captions
               + added + ")", markup=False)
     if report.cache_note is not None:
@@ -56,10 +58,11 @@ def _summary(what: str, report) -> None:
         con.print("pruned the cache: " + (f"{removed} entr{'y' if removed == 1 else 'ies'} no input of this "
                                           f"extraction uses removed ({freed / 2**10:,.0f} KB)" if removed else
                                           "every entry is used by this extraction, nothing removed"), markup=False)
-    for f, reason in failures[:10]:
+    listed = failed + [f for f in failures if f[1].startswith(KEPT)]  # the inputs left out first, then the notes
+    for f, reason in listed[:10]:
         con.print(f"  {f}: {reason}", markup=False, soft_wrap=True)
-    if len(failures) > 10:
-        con.print(f"  ... {len(failures) - 10} more in {out / 'failures.csv'}")
+    if len(listed) > 10:
+        con.print(f"  ... {len(listed) - 10} more in {out / 'failures.csv'}")
 
 
 def continue_from_cache(cache: Path) -> str:
@@ -162,7 +165,7 @@ def build_dataset_cmd(
                                                                   test_share=test_share, negatives=negatives,
                                                                   new_music_share=new_music_share),
                            warn=warn_on_stderr, professional_csv=professional, keep_splits_of=keep_splits_of)
-    split_by = ds.provenance.get("split_by")
+    split_by = "at random" if ds.provenance.get("split_by") == "random" else f"by {ds.provenance.get('split_by')}"
     kept = ds.provenance.get("splits_kept_from")
     dropped = ds.provenance.get("pairs", {}).get("dropped", {})
     untrained = {s: info["untrained_positives"] for s, info in ds.summary()["splits"].items()
@@ -177,9 +180,9 @@ def build_dataset_cmd(
                      + (f" ({lone_tracks} named by no usable pair: kept as candidates)" if lone_tracks else "")
                      + f", {ds.n_uploaders} uploaders, "
                      f"{ds.n_genres} genres; " + ", ".join(f"{s} {len(r)}" for s, r in ds.splits.items())
-                     + (f" (split by {split_by})" if kept is None else
+                     + (f" (split {split_by})" if kept is None else
                         f" ({sum(kept['kept'].values())} video(s) kept their split of {keep_splits_of}, "
-                        f"{kept['new']} new one(s) split by {split_by}"
+                        f"{kept['new']} new one(s) split {split_by}"
                         + (f"; {kept['new_music_held_again']} of its held-out track(s) held out again"
                            if "new_music_held_again" in kept else "") + ")")
                      + ("; dropped pairs: " + ", ".join(f"{k} {v}" for k, v in dropped.items() if v)
@@ -227,7 +230,7 @@ def _clip_from_file(video: str, caption: str | None, frames: int | None,
     """``recommend``'s clip embedded from a video file now: its features, label and the frames sampled (``frames``,
     else as the model's training videos were, else extract-videos' default)."""
     from bgmrec.features.cache import MediaError, regular_file_size
-    from bgmrec.features.recommend import ClipFeatures, frames_to_sample
+    from bgmrec.features.recommend import ClipFeatures, frames_to_sample, video_files_refused
     from bgmrec.features.text import TextEncoder
     from bgmrec.features.video import FrameEncoder, VideoConfig, embed_clip
 
@@ -239,6 +242,10 @@ def _clip_from_file(video: str, caption: str | None, frames: int | None,
         regular_file_size(Path(video))
     except MediaError as e:
         raise ValueError(f"{video}: {e}") from None
+    why = video_files_refused(model.spec)  # a simulated world's model: refused before the encoders load
+    if why is not None:
+        raise ValueError(f"{video}: {why}; give the clip's features of the model's sizes (--features DIR "
+                         "--video-id ID)")
     if frames is None:  # as the model's training videos were sampled, else extract-videos' default
         frames = frames_to_sample(model, VideoConfig.frames)
     try:
@@ -318,16 +325,21 @@ def recommend_cmd(
         clip, label, frames = _clip_from_features(features, video if video_id is None else video_id)
     else:  # a clip file (check_clip_options: one of the two)
         clip, label, frames = _clip_from_file(video, caption, frames, model)
-    with warnings.catch_warnings():  # every mismatch, each shown as "warning: ..." (cli.app's every_command)
-        warnings.simplefilter("always", FeatureMismatchWarning)
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FeatureMismatchWarning)
             result = recommend_clip(model, cat, clip, top, frames, exclude, genre or None)
-        except RequestError as e:  # named by the request's fields: here, by this command's options
-            message = str(e)
-            for field, option in (("exclude: ", "--exclude: "), ("genres: ", "--genre: ")):
-                message = option + message.removeprefix(field) if message.startswith(field) else message
-            raise ValueError(message) from None
-    for msg in clip.warnings:  # the clip's own (its frames repeated), shown as the mismatches are
+    except RequestError as e:  # named by the request's fields: here, by this command's options
+        message = str(e)
+        for field, option in (("exclude: ", "--exclude: "), ("genres: ", "--genre: ")):
+            message = option + message.removeprefix(field) if message.startswith(field) else message
+        raise ValueError(message) from None
+    finally:  # every mismatch shown as "warning: ..." (cli.app's every_command), also before an error
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    mismatches = sum(issubclass(w.category, FeatureMismatchWarning) for w in caught)
+    for msg in result["warnings"][mismatches:]:  # the clip's own: its frames repeated, far from training, ...
         warn_on_stderr(f"{label}: {msg}")
     result["warnings"][:0] = said  # the JSON says all that stderr said
     if json_:

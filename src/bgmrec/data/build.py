@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -302,6 +302,18 @@ def in_id_order(folder):
         if isinstance(value := getattr(folder, f.name), list | np.ndarray) and len(value) == n})
 
 
+def matched_ids(ids: list[str], known: Iterable[str]) -> list[str]:
+    """``ids`` with each one that is not in ``known`` but is written as exactly one of them but for its accents'
+    Unicode form (composed "é", or "e" and a combining accent, as macOS stores file names; :func:`same_text`)
+    replaced by that one: a pairs CSV exported from a database finds a clip as ``--meta`` and ``--captions`` rows
+    do."""
+    known = set(known)
+    by_form: dict[str, list[str]] = {}
+    for k in known:
+        by_form.setdefault(same_text(k), []).append(k)
+    return [i if i in known or len(by_form.get(same_text(i), ())) != 1 else by_form[same_text(i)][0] for i in ids]
+
+
 def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[str, int], videos_dir: Path,
                 music_dir: Path, warn: Callable[[str], None] | None) -> tuple[list[int], dict[str, int]]:
     """The rows of ``pairs`` naming an extracted video and a catalogue track, and how many were dropped for
@@ -336,9 +348,6 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
                 if spaced is not None:
                     hint = (f"; {first!r} and the extracted {spaced!r} differ only in spaces around them: write "
                             "ids without them")
-                if not hint and any(same_text(k) == same_text(first) for k in known):
-                    hint = ("; an id differs from it only in how its accents are written (composed or decomposed "
-                            "Unicode, as macOS writes file names): write them alike")
                 why = f": {failed[first]}" if first in failed else ""
                 warn(f"{csv_path}: {len(rows_of)} of {n} row(s) name {what} and were not used "
                      f"(e.g. line {pairs.lines[rows_of[0]]}: {first!r}{why}{hint})")
@@ -436,14 +445,16 @@ def _read_inputs(videos_dir: Path, music_dir: Path, pairs_csv: Path, professiona
     videos = load_video_features(Path(videos_dir), mmap=True)
     stored = id_order(videos.ids)
     cat = in_id_order(load_catalog(Path(music_dir)))
+    vid_ids = [videos.ids[i] for i in stored]
     pairs = read_pairs(Path(pairs_csv))
+    pairs = dataclasses.replace(pairs, video=matched_ids(pairs.video, vid_ids), track=matched_ids(pairs.track, cat.ids))
     if pairs.untimed and warn is not None:
         warn(f"{pairs_csv}: {len(pairs.untimed)} of {len(pairs.video)} row(s) have no time (e.g. line "
              f"{pairs.untimed[0]}); the split is random, not by time")
     if len(cat) < 2:
         raise DatasetError(f"{music_dir}: the catalogue has {len(cat)} track(s); a dataset needs at least 2")
     return _Inputs(videos_dir, music_dir, pairs_csv, professional_csv, videos, stored,
-                   [videos.ids[i] for i in stored], cat, {t: j for j, t in enumerate(cat.ids)}, pairs)
+                   vid_ids, cat, {t: j for j, t in enumerate(cat.ids)}, pairs)
 
 
 @dataclass(frozen=True)
@@ -468,6 +479,8 @@ def _usable_pairs(inputs: _Inputs, warn: Callable[[str], None] | None) -> _Usabl
     pro_keep, pro_dropped, pro = [], {}, None
     if professional_csv is not None:
         pro = read_pairs(Path(professional_csv), uploaders=False)
+        pro = dataclasses.replace(pro, video=matched_ids(pro.video, extracted),
+                                  track=matched_ids(pro.track, inputs.tpos))
         pro_keep, pro_dropped = usable_rows(pro, professional_csv, extracted, inputs.tpos, videos_dir, music_dir,
                                             warn)
         if not pro_keep:  # a dataset without its pgc split: the teacher-guided models would fail only at train
@@ -514,6 +527,8 @@ def _upload_rows(inputs: _Inputs, keep: list[int], warn: Callable[[str], None] |
     video_uploader = np.full(len(video_ids), -1, np.int64)
     for v, u in rows[::-1, [0, 2]]:
         video_uploader[v] = u
+    if warn is not None and (rows[:, 2] != video_uploader[rows[:, 0]]).any():
+        warn(_uploaders_warning(pairs, keep, inputs.pairs_csv))
     rows, row_of_pair = np.unique(rows, axis=0, return_inverse=True)  # a repeated row counts once
     if len(keep) > len(rows) and warn is not None:
         warn(_repeat_warning(pairs, keep, inputs.pairs_csv))
@@ -526,6 +541,23 @@ def _upload_rows(inputs: _Inputs, keep: list[int], warn: Callable[[str], None] |
              "number")
     pair_time = None if pairs.time is None else np.array([pairs.time[i] for i in keep], np.float64)
     return _Uploads(sel, video_ids, video_uploader, uploaders, rows, row_of_pair, pair_time, len(keep) - len(rows))
+
+
+def _uploaders_warning(pairs: Pairs, keep: list[int], pairs_csv: Path) -> str:
+    """The warning of the videos that the usable rows ``keep`` of ``pairs`` name with more than one uploader (there
+    is one): how many, and the first such row's line and ids beside its video's first row's."""
+    first: dict[str, int] = {}
+    other: dict[str, int] = {}
+    for i in keep:
+        j = first.setdefault(pairs.video[i], i)
+        if pairs.uploader[i] != pairs.uploader[j]:
+            other.setdefault(pairs.video[i], i)
+    i = min(other.values())
+    j = first[pairs.video[i]]
+    return (f"{pairs_csv}: {len(other)} video(s) are named with more than one uploader (e.g. line {pairs.lines[i]}: "
+            f"{pairs.video[i]!r} by {pairs.uploader[i]!r}, by {pairs.uploader[j]!r} on line {pairs.lines[j]}): a video "
+            "is one upload, so its rows should name one uploader; each video keeps its first row's (videos.csv), "
+            "and each row its own as the confounder's value")
 
 
 def _repeat_warning(pairs: Pairs, keep: list[int], pairs_csv: Path) -> str:

@@ -438,6 +438,11 @@ class Catalog:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
+    @property
+    def name(self) -> str:
+        """How messages name it: "the catalogue ROOT", or "the catalogue" when it was made in memory."""
+        return f"the catalogue {self.root}" if self.root is not None else "the catalogue"
+
     @classmethod
     def from_arrays(cls, ids: list[str], features: np.ndarray, genres: list[str] | None = None,
                     titles: list[str] | None = None, artists: list[str] | None = None) -> Catalog:
@@ -597,7 +602,7 @@ def extract_music(audio_dir: Path, out: Path, meta: Path | None = None, config: 
     kept = kept_items(items, vectors, bad, failures, "track", audio_dir, out, created)
     music = np.stack([vectors[t] for t, _, _ in kept]).astype(np.float32)
     rows = _track_rows(kept, metadata, audio_dir)
-    meta_warnings = _meta_warnings(Path(meta), metadata, items, kept, rows, audio_dir) if meta else []
+    meta_warnings = _meta_warnings(Path(meta), metadata, items, kept, rows, audio_dir, failures) if meta else []
     left_out, added = last_extraction(out, [r[0] for r in rows], "track", audio_dir, failures)
     lost = lost_metadata_warning(out, rows, Path(meta) if meta else None)
     manifest = _catalog_manifest(config, settings, feature_names, rows, failures, music)
@@ -682,13 +687,15 @@ def _track_rows(kept: list[tuple[str, Path, str]], metadata: dict[str, tuple[int
 
 
 def _meta_warnings(meta: Path, metadata: dict[str, tuple[int, dict[str, str]]], items: list[tuple[str, Path, str]],
-                   kept: list[tuple[str, Path, str]], rows: list[list[str]], audio_dir: Path) -> list[str]:
-    """The warnings on the metadata CSV ``meta``: rows naming no track file, tracks without a row or a CSV without
-    genres (:func:`meta_coverage_warnings`), and genre names written several ways."""
-    unused = unused_rows_warning(meta, metadata, items, audio_dir, "track file")
+                   kept: list[tuple[str, Path, str]], rows: list[list[str]], audio_dir: Path,
+                   failures: list[tuple[str, str]]) -> list[str]:
+    """The warnings on the metadata CSV ``meta``: rows naming no track file or one of ``failures`` (not extracted),
+    tracks without a row or a CSV without genres (:func:`meta_coverage_warnings`), and genre names written several
+    ways."""
+    unused = unused_rows_warning(meta, metadata, items, audio_dir, "track file", failures)
     uncovered = meta_coverage_warnings(meta, metadata, kept, audio_dir)
     spelled = genre_spelling_warning(meta, [r[3] for r in rows])
-    return [w for w in [unused, *uncovered, spelled] if w]
+    return [w for w in [*unused, *uncovered, spelled] if w]
 
 
 def _catalog_manifest(config: AudioConfig, settings: dict, feature_names: list[str], rows: list[list[str]],

@@ -58,6 +58,7 @@ class ExtractReport:
     failures: list[tuple[str, str]]  # (file, reason), warnings included (e.g. a video used without its caption)
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. metadata rows naming no file
     captions_embedded: int | None = None  # extract-videos with captions: those embedded in this run (not cached)
+    captions_cached: int | None = None  # extract-videos with captions: those whose vector came from the cache
     added: list[str] | None = None  # ids the folder's last extraction did not have (None: the folder held none)
     pruned: tuple[int, int] | None = None  # with prune_cache: (cache entries removed, their bytes)
     cache_note: str | None = None  # an explicit --cache that held nothing to reuse: a new cache (cache_reuse)
@@ -467,15 +468,31 @@ def media_keys(item_id: str, path: Path, folder: Path) -> tuple[str, str, str]:
 
 
 def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], items: list[tuple[str, Path, str]],
-                        folder: Path, what: str) -> str | None:
-    """A warning line when rows of ``table`` (from :func:`rows_by_key`) name none of the ``items`` of ``folder`` (by
-    their :func:`media_keys`), e.g. a typo in an id; ``what`` names the inputs ("track file")."""
+                        folder: Path, what: str, failures: list[tuple[str, str]] = ()) -> list[str]:
+    """The warning lines on rows of ``table`` (from :func:`rows_by_key`) that name none of the ``items`` of
+    ``folder`` (by their :func:`media_keys`), e.g. a typo in an id; ``what`` names the inputs ("track file"). A row
+    naming a file of ``failures`` ((path in ``folder``, reason) of the files not extracted: a second file of the
+    same id, an empty one) is told apart, with the reason: the file is there, and the row was not a typo."""
     used_lines = {table[k][0] for item_id, p, _ in items for k in media_keys(item_id, p, folder) if k in table}
-    unused = sorted({line: k for k, (line, _) in table.items() if line not in used_lines}.items())
-    if not unused:
-        return None
-    return (f"{len(unused)} row(s) of {path} name no {what} in {folder} and were not used (e.g. line "
-            f"{unused[0][0]}: {unused[0][1]!r})")
+    keys_of: dict[int, list[str]] = {}
+    for key, (line, _) in table.items():
+        keys_of.setdefault(line, []).append(key)
+    failed: dict[str, tuple[str, str]] = {}
+    for rel, reason in failures:
+        for key in (same_text(Path(rel).stem), same_text(Path(rel).name), same_text(Path(rel).as_posix())):
+            failed.setdefault(key, (rel, reason))
+    unused = sorted((line, keys) for line, keys in keys_of.items() if line not in used_lines)
+    missing = [(line, keys[-1]) for line, keys in unused if not any(k in failed for k in keys)]
+    skipped = [(line, next(k for k in keys if k in failed)) for line, keys in unused if any(k in failed for k in keys)]
+    out = []
+    if missing:
+        out.append(f"{len(missing)} row(s) of {path} name no {what} in {folder} and were not used (e.g. line "
+                   f"{missing[0][0]}: {missing[0][1]!r})")
+    if skipped:
+        line, key = skipped[0]
+        out.append(f"{len(skipped)} row(s) of {path} name a {what} in {folder} that was not extracted and were not "
+                   f"used (e.g. line {line}: {failed[key][0]!r}: {failed[key][1]})")
+    return out
 
 
 def check_output_folder(out: Path, kind: str, what: str, own: tuple[str, ...] = ()) -> None:

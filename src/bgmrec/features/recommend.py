@@ -147,6 +147,18 @@ def far_from_training_music(model: Recommender, music: MusicCatalog, ids: list[s
             "with the same extractor and settings")
 
 
+def video_files_refused(spec) -> str | None:
+    """Why a model of feature sizes ``spec`` cannot rank a video file (trained on features of other sizes than the
+    encoders of ``extract-videos`` give: a simulated world's), None when it can."""
+    from bgmrec.features.text import TEXT_DIM
+    from bgmrec.features.video import VISUAL_DIM
+
+    if (spec.video_visual, spec.video_text) == (VISUAL_DIM, TEXT_DIM):
+        return None
+    return (f"the model was trained on video features of sizes {spec.video_visual} (visual) and {spec.video_text} "
+            f"(text), not those extract-videos gives a video file ({VISUAL_DIM}, {TEXT_DIM})")
+
+
 def far_from_training_videos(model: Recommender, q: VideoQuery) -> list[list[str]]:
     """Per video of ``q``, the warning its answer carries when its features lie more than
     :data:`FAR_FROM_TRAINING_SD` standard deviations from the model's training videos (a network extrapolates:
@@ -169,7 +181,7 @@ def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatal
     """
     spec = model.spec
     if catalog.dim != spec.music:
-        raise DatasetError(f"{catalog.root}: tracks have {catalog.dim} features, but the model was "
+        raise DatasetError(f"{catalog.name}: tracks have {catalog.dim} features, but the model was "
                            f"trained on music features of dimension {spec.music}; extract the catalogue with "
                            f"the extractor the training data used")
     ids, _ = genre_positions(catalog.genre, spec.genres)
@@ -261,7 +273,7 @@ class ClipRecommender:
         if not isinstance(catalog, Catalog):
             raise TypeError(f"catalog must be a bgmrec.features.audio.Catalog (load_catalog, open_catalog or "
                             f"Catalog.from_arrays), got {type(catalog).__name__}")
-        check_distinct_ids(catalog.ids, f"the catalogue {catalog.root or ''}".rstrip())
+        check_distinct_ids(catalog.ids, catalog.name)
         self.model, self.catalog, self.threads = model, catalog, threads
         self.index_kind = index  # "exact" or "faiss", as ``bgmrec serve --index`` names it (``/health``'s index)
         self._thread_state = threading.local()
@@ -432,7 +444,7 @@ class ClipRecommender:
 
     def _position_of(self, track_id: str, field: str) -> int:
         if track_id not in self.position:
-            raise RequestError(f"{field}: no track {track_id!r} in the catalogue {self.catalog.root or ''}".rstrip())
+            raise RequestError(f"{field}: no track {track_id!r} in {self.catalog.name}")
         return self.position[track_id]
 
 
@@ -482,7 +494,7 @@ def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: in
     out = []
     differ = [k for k in music if k in now and k not in SETTINGS_NOT_IN_FEATURES and music[k] != now[k]]
     if differ:
-        out.append(f"the catalogue {catalog.root} was extracted with "
+        out.append(f"{catalog.name} was extracted with "
                    f"{', '.join(f'{k}={now[k]}' for k in differ)}, the model's training music with "
                    f"{', '.join(f'{k}={music[k]}' for k in differ)}; re-extract it with the training settings")
     if frames is not None and "frames" in videos and videos["frames"] != frames:

@@ -70,6 +70,7 @@ from bgmrec.features.cache import (
     check_output_folder,
     check_row_width,
     csv_records,
+    failed_inputs,
     kept_items,
     key_columns,
     last_extraction,
@@ -446,7 +447,9 @@ class VideoFeatures:
         try:
             return self.ids.index(video_id)
         except ValueError:
-            raise DatasetError(f"{self.root}/videos.csv: no video with id {video_id!r}") from None
+            failed = failed_inputs(self.root).get(video_id) if self.root is not None else None
+            why = f": its extraction failed ({failed}; see {self.root}/failures.csv)" if failed else ""
+            raise DatasetError(f"{self.root}/videos.csv: no video with id {video_id!r}{why}") from None
 
     def only(self, video_id: str) -> VideoFeatures:
         """The one video ``video_id`` (:meth:`position`), its rows copied: of memory-mapped arrays, only they are
@@ -525,7 +528,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     kept = kept_items(items, visual, reasons, failures, "video", video_dir, out, created)
     captions_of, no_text = _match_captions(kept, caps, captions, video_dir)
     failures = sorted(failures + no_text)
-    unused = unused_rows_warning(Path(captions), caps, items, video_dir, "video file") if captions else None
+    unused = unused_rows_warning(Path(captions), caps, items, video_dir, "video file", failures) if captions else []
     text_vecs, n_embedded = _embed_captions(kept, captions_of, tcache, text, progress)
     arrays = (np.stack([visual[v] for v, _, _ in kept]).astype(np.float32), text_vecs,
               np.array([bool(c) for c in captions_of], bool))  # visual, text, text_mask
@@ -537,9 +540,10 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     _write_videos(out, arrays, rows, failures, manifest)
     pruned = _prune_caches(vcache, tcache, kept, captions_of) if prune_cache else None
     return ExtractReport(out, len(kept), len(embedded), len(cached), failures,
-                         [w for w in [no_reuse, unused, left_out, lost] if w],
-                         captions_embedded=n_embedded if captions else None, added=added, pruned=pruned,
-                         cache_note=cache_note)
+                         [w for w in [no_reuse, *unused, left_out, lost] if w],
+                         captions_embedded=n_embedded if captions else None,
+                         captions_cached=sum(map(bool, captions_of)) - n_embedded if captions else None, added=added,
+                         pruned=pruned, cache_note=cache_note)
 
 
 def _decode_clip(path: Path, config: VideoConfig) -> tuple[np.ndarray | None, str]:
