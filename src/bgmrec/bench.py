@@ -795,7 +795,8 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
                  *intervened_section(cells, learners, seeds, redraws)]
         return write_report(out, lines, console)
     lines = [f"# How much of each model's error is in its per-track term ({scale} world, seeds {seed_list})", "",
-             made + "Full-catalogue Recall@10, mean ± standard deviation over seeds. *ranked*: the model as it ranks. "
+             made + "Full-catalogue Recall@10, mean ± population standard deviation over seeds. *ranked*: the model as "
+             "it ranks. "
              "*fitted track term*: the same scores with a scale and a per-track term fitted to the split's true "
              "choice probabilities by cross-entropy, on the val videos "
              f"({counts_per_world(n_videos, list(worlds))}; `TrackTermFit`: the truth of a simulated "

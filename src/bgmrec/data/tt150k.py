@@ -289,9 +289,12 @@ def _ids(col, label: str) -> np.ndarray:
     return out
 
 
-def evaluation_overlap_notes(splits: dict[str, np.ndarray], rep: InteropReport) -> None:
+def evaluation_overlap_notes(splits: dict[str, np.ndarray], rep: InteropReport,
+                             by_design: frozenset[frozenset[str]] = frozenset()) -> None:
     """Warn (``rep.notes``) of evaluation rows listed twice in a split, and of rows two evaluation splits share
-    (a model early-stopped on val and tested on the same queries; a copy of a file left in ``100neg/``)."""
+    (a model early-stopped on val and tested on the same queries; a copy of a file left in ``100neg/``), but for
+    the pairs of splits ``by_design`` (a bgmrec world's test and test_unbiased: the same videos, the track
+    redrawn, often the same one)."""
     names = [s for s in splits if s != "train"]
     for i, a in enumerate(names):
         repeated = len(splits[a]) - len(np.unique(splits[a][:, :2], axis=0))
@@ -299,6 +302,8 @@ def evaluation_overlap_notes(splits: dict[str, np.ndarray], rep: InteropReport) 
             rep.notes.append(f"warning: {a}: {repeated} of {len(splits[a])} rows repeat an earlier row's video and "
                              "music (kept: such a query counts once per listing)")
         for b in names[i + 1:]:
+            if frozenset((a, b)) in by_design:
+                continue
             shared = rows_trained_on(splits[b], splits[a])
             if shared.size:
                 video, music = (int(x) for x in splits[b][shared[0], :2])
@@ -567,7 +572,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
 
     ugc = _read_ugc_features(f, side, rep)
     train = _read_training_rows(f, ugc, rep)
-    evaluation = _read_evaluation_splits(f, ugc, train.rows, rep)
+    evaluation = _read_evaluation_splits(f, ugc, train.rows, side, rep)
     pgc = _read_pgc(f, pgc_music, side, ugc, rep)
     videos = _assemble_videos(f, ugc, pgc, train, rep)
     own_music = None if pgc is None else pgc.own_music
@@ -702,16 +707,20 @@ def _read_training_rows(f: _Folder, ugc: _UgcFeatures, rep: InteropReport) -> _T
     return _Training(np.stack([video, music, uploader], axis=1), genre, propensity, uploader_pref, prior_mean)
 
 
-def _read_evaluation_splits(f: _Folder, ugc: _UgcFeatures, train_rows: np.ndarray,
+def _read_evaluation_splits(f: _Folder, ugc: _UgcFeatures, train_rows: np.ndarray, side: dict | None,
                             rep: InteropReport) -> dict[str, _EvalSplit]:
     """Every evaluation split of ``100neg/`` by file stem (val, test, then the others by name), checked; rows
-    two of them share, or one lists twice, are warned of."""
+    two of them share, or one lists twice, are warned of, but not those a bgmrec export's test and test_unbiased
+    share (the sidecar ``side`` names them: the same videos, by construction)."""
     splits = {}
     for stem in _evaluation_stems(f, rep):
         split = _read_evaluation_split(f, stem, ugc, train_rows, rep)
         if split is not None:
             splits[stem] = split
-    evaluation_overlap_notes({stem: split.rows for stem, split in splits.items()}, rep)
+    named = {str(meta.get("name", stem)): stem for stem, meta in (side or {}).get("splits", {}).items()}
+    pair = {"test", "test_unbiased"}
+    by_design = frozenset({frozenset(named[n] for n in pair)} if pair <= set(named) else ())
+    evaluation_overlap_notes({stem: split.rows for stem, split in splits.items()}, rep, by_design)
     return splits
 
 
