@@ -148,7 +148,11 @@ def test_batch_reports_bad_media_and_caption_problems(tmp_path, video_dir):
     man = json.loads((out / "manifest.json").read_text())
     assert man["dims"] == {"visual": 1280, "text": 384} and man["ids"] == vf.ids
     assert man["counts"] == {"videos": 5, "with_text": 2, "failed": 4}
-    assert rep.warnings == [f"1 row(s) of {caps} name no video file in {video_dir} and were not used "
+    # the file's encoding is named once, beside each of its videos' notes
+    assert rep.warnings == [f"{caps}: 1 of 5 row(s) are not UTF-8 text (e.g. line 4), and their videos were kept "
+                            "without text: save the file as UTF-8 (a spreadsheet's 'CSV UTF-8'; Latin-1 or "
+                            "Windows-1252 accents are not)",
+                            f"1 row(s) of {caps} name no video file in {video_dir} and were not used "
                             "(e.g. line 6: 'ghost')"]
 
 
@@ -532,8 +536,8 @@ def test_a_clip_cut_off_after_half_its_samples_is_kept_and_noted_in_failures_csv
     capsys.readouterr()
     assert main(["extract-videos", str(d), "--out", str(out), "--no-progress"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert (f"(1 extracted, 1 from the cache, 0 failed, 1 with repeated frames; 0 new since the last extraction in "
-            f"{out})") in printed  # no captions: no count
+    assert (f"(1 extracted, 1 from the cache, 0 failed, 1 with repeated frames; no --captions: no video has text; 0 "
+            f"new since the last extraction in {out})") in printed  # no captions: no count, and said so
     assert f"cut.mkv: {note}" in printed
 
 

@@ -42,8 +42,9 @@ def _summary(what: str, report) -> None:
     failed = [f for f in failures if not f[1].startswith(KEPT)]
     # notes on kept inputs by kind: "kept without text: ..." is counted as "2 without text"
     notes = Counter(reason.split(":", 1)[0].removeprefix(KEPT) for _, reason in failures if reason.startswith(KEPT))
-    captions = "" if captions_embedded is None else (f"; {captions_embedded} caption(s) embedded, "
-                                                     f"{report.captions_cached} from the cache")
+    captions = (f"; {captions_embedded} caption(s) embedded, {report.captions_cached} from the cache"
+                if captions_embedded is not None else "; no --captions: no video has text" if what == "videos"
+                else "")
     added = "" if report.added is None else f"; {len(report.added)} new since the last extraction in {out}" + (
         f" ({', '.join(map(repr, report.added[:3]))}{', ...' if len(report.added) > 3 else ''})" if report.added
         else "")

@@ -529,6 +529,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     captions_of, no_text = _match_captions(kept, caps, captions, video_dir)
     failures = sorted(failures + no_text)
     unused = unused_rows_warning(Path(captions), caps, items, video_dir, "video file", failures) if captions else []
+    undecodable = not_utf8_warning(Path(captions), caps) if captions else None
     text_vecs, n_embedded = _embed_captions(kept, captions_of, tcache, text, progress)
     arrays = (np.stack([visual[v] for v, _, _ in kept]).astype(np.float32), text_vecs,
               np.array([bool(c) for c in captions_of], bool))  # visual, text, text_mask
@@ -540,7 +541,7 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     _write_videos(out, arrays, rows, failures, manifest)
     pruned = _prune_caches(vcache, tcache, kept, captions_of) if prune_cache else None
     return ExtractReport(out, len(kept), len(embedded), len(cached), failures,
-                         [w for w in [no_reuse, *unused, left_out, lost] if w],
+                         [w for w in [no_reuse, undecodable, *unused, left_out, lost] if w],
                          captions_embedded=n_embedded if captions else None,
                          captions_cached=sum(map(bool, captions_of)) - n_embedded if captions else None, added=added,
                          pruned=pruned, cache_note=cache_note)
@@ -583,6 +584,19 @@ def _embed_clips(todo: list[tuple[str, Path, str]], vcache: FeatureCache, frames
                     reasons[vid] = one_line(e)
             advance()
     return vectors, reasons
+
+
+def not_utf8_warning(path: Path, caps: dict[str, tuple[int, tuple[str, str]]]) -> str | None:
+    """One line for the captions CSV ``path`` when rows of it (``caps``, :func:`caption_rows`) are not UTF-8 text,
+    whose videos are each noted in failures.csv as kept without text: the file as a whole is likely in another
+    encoding. None when every row is UTF-8."""
+    reasons = {line: reason for line, (_, reason) in caps.values()}
+    bad = sorted(line for line, reason in reasons.items() if reason)
+    if not bad:
+        return None
+    return (f"{path}: {len(bad)} of {len(reasons)} row(s) are not UTF-8 text (e.g. line {bad[0]}), and their videos "
+            "were kept without text: save the file as UTF-8 (a spreadsheet's 'CSV UTF-8'; Latin-1 or Windows-1252 "
+            "accents are not)")
 
 
 def _match_captions(kept: list[tuple[str, Path, str]], caps: dict[str, tuple[int, tuple[str, str]]],
