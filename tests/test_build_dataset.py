@@ -724,6 +724,14 @@ def test_a_pair_whose_id_differs_from_a_file_stem_only_in_unicode_form_names_tha
     assert ds.n_videos == 12 and ds.track_ids[0] == "Beyonce\u0301"  # the catalogue's id, as its file is named
     rows = np.concatenate([np.asarray(r) for r in ds.splits.values()])
     assert [ds.video_ids[v] for v, t, _ in rows if t == 0] == ["v11"]
+    # but not onto another file: the composed one was there too, and its extraction failed
+    (cat / "failures.csv").write_text("file,reason\nBeyonc\u00e9.wav,empty file (0 bytes)\n", encoding="utf-8")
+    warnings = []
+    ds = build_dataset(vids, cat, pairs, tmp_path / "d2", warn=warnings.append)
+    assert warnings == [f"{pairs}: 1 of 12 row(s) name an extracted video but a track whose extraction failed (see "
+                        f"{cat / 'failures.csv'}) and were not used (e.g. line 13: 'Beyonc\u00e9': empty file (0 "
+                        "bytes))"]
+    assert ds.n_videos == 11
 
 
 def test_pairs_naming_an_input_whose_extraction_failed_are_told_apart_from_typos(tmp_path, folders, capsys):

@@ -161,6 +161,15 @@ def test_clear_errors(world, tmp_path, capsys):
                  str(vf), "--video-id", "broken"])
     assert code == 2 and one_line_err(capsys) == (f"error: {vf}/videos.csv: no video with id 'broken': its extraction "
                                                   f"failed (cannot open as media: damaged; see {vf}/failures.csv)")
+    (vf / "failures.csv").write_text("file,reason\nbro\u0301ken.mp4,empty file (0 bytes)\n", encoding="utf-8")
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(vf), "--video-id", "br\u00f3ken"])  # its accent written the other way
+    assert code == 2 and one_line_err(capsys).endswith("its extraction failed (empty file (0 bytes); see "
+                                                       f"{vf}/failures.csv)")
+    (vf / "failures.csv").write_text("not,this\n", encoding="utf-8")  # unreadable: the missing id is the error
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(vf), "--video-id", "broken"])
+    assert code == 2 and one_line_err(capsys) == f"error: {vf}/videos.csv: no video with id 'broken'"
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(world / "vf"), "--video-id", "clip00", "--mode", "content"])
     assert code == 2 and "content" in one_line_err(capsys)
@@ -393,3 +402,12 @@ def test_the_answers_own_warnings_are_on_stderr_beside_the_table_as_in_the_json(
     out, err = capsys.readouterr()
     assert "Song" in out and " ".join(err.split()) == " ".join(json_err.split()) == \
         f"warning: {world / 'videos' / 'clip05.mp4'}: {said[0]}"
+    # a model that reads no captions: said of every clip at once, and not again of this one (the JSON has both)
+    from bgmrec.features.recommend import CAPTION_LEFT_OUT, CAPTIONS_LEFT_OUT
+
+    monkeypatch.setattr(Recommender, "video_distance_from_training", lambda self, q: None)
+    monkeypatch.setattr(Recommender, "reads_captions", False, raising=False)
+    assert main([*base, "--caption", "street dance", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["warnings"] == [CAPTIONS_LEFT_OUT, CAPTION_LEFT_OUT]
+    assert " ".join(err.split()) == f"warning: {CAPTIONS_LEFT_OUT}"

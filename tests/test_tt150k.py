@@ -438,6 +438,13 @@ def test_export_import_round_trip_is_exact(tmp_path, tiny_world):
     shared = {tuple(r) for r in np.asarray(ds.splits["test"])[:, :2]} & {
         tuple(r) for r in np.asarray(ds.splits["test_unbiased"])[:, :2]}
     assert shared and not [n for n in back_rep.notes if "are rows of" in n], back_rep.notes
+    copied = shutil.copytree(tmp_path / "ref", tmp_path / "copied")  # but one file copied over the other is
+    for folder, name in (("100neg", "{}.npy"), ("", "video_popularity_{}.npy")):
+        where = copied / "data_matching" / folder
+        shutil.copyfile(where / name.format("test"), where / name.format("test_unbiased"))
+    n = len(ds.splits["test"])
+    assert any(note.startswith(f"warning: {n} of the {n} rows of test_unbiased are rows of test too")
+               for note in import_tt150k(copied, tmp_path / "copied_back").notes)
     back = load_dataset(tmp_path / "back")
     for name in ("video_visual", "video_text", "video_text_mask", "music", "track_genre", "track_new"):
         assert np.array_equal(np.asarray(getattr(ds, name)), np.asarray(getattr(back, name))), name

@@ -35,11 +35,12 @@ Make the model a ``--model`` name (an entry point of group ``bgmrec.models``, or
     from bgmrec.testing import RecommenderContractMixin
 
     class TestMyModel(RecommenderContractMixin):
-        model_name = "my-model"                       # the --model name
-        overrides = {"epochs": 2, "batch_size": 256}  # --set overrides that keep the fit quick
+        model_name = "my-model"  # the --model name
+        overrides = {"epochs": 2, "batch_size": 256, "val_queries": 100}  # --set overrides: a quick fit
 
-A subclass of bgmrec's networks (CMVAE, DecCM, the two towers) has the fields of :data:`SMALL_NET` too, and takes
-``{"epochs": 2, **SMALL_NET}``; a ``TrainConfig`` of your own has not (an unknown field is an error).
+A subclass of bgmrec's networks (CMVAE, DecCM, the two towers) takes ``{"epochs": 2, **SMALL_NET}``, which also
+sets their ``hidden`` and ``latent_dim``; a ``TrainConfig`` of your own has no such fields (an unknown field is an
+error).
 
 A contract test that one model is known to fail is recorded, not hidden: list it in ``known_bugs``
 (test name -> reason, with file:line) and the mixin marks it ``xfail(strict=True)`` for that class only,
@@ -71,7 +72,7 @@ from bgmrec.models.base import FeatureSpec, MusicCatalog, Recommender, SplitView
 from bgmrec.models.registry import build, prepare_teacher
 
 #: overrides that make every network of bgmrec's (and a subclass of one) small and quick on the tiny world; a
-#: config without these fields (a ``TrainConfig`` of a plugin's own) is refused them, naming the fields
+#: config without ``hidden`` and ``latent_dim`` (a ``TrainConfig`` of a plugin's own) is refused them, naming them
 SMALL_NET = {"hidden": "32", "latent_dim": 16, "batch_size": 256, "val_queries": 100}
 
 N_QUERIES = 24  # queries of the contract tests: the first rows of the class's ``split``

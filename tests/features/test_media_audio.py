@@ -181,7 +181,7 @@ def test_batch_reports_bad_files_and_continues(tmp_path, music_dir):
     mf.write_audio(music_dir / "zz" / "track1.wav", mf.tone(100, 1.0))
     meta = tmp_path / "meta.csv"
     meta.write_text("file,title,artist,genre\ntrack0.wav,Low,Ann,jazz\ntrack2.flac,Mid,Bob,pop\nghost,X,Y,Z\n"
-                    "zz/track1.wav,Dup,Cy,rock\n", encoding="utf-8")
+                    "zz/track1.wav,Dup,Cy,rock\nnotes,Lyrics,Di,pop\n", encoding="utf-8")
     out = tmp_path / "cat"
     rep = extract_music(music_dir, out, meta=meta, extractor=Counting(), progress=False)
     assert rep.done == 5
@@ -202,7 +202,8 @@ def test_batch_reports_bad_files_and_continues(tmp_path, music_dir):
     assert man["dim"] == 173 and len(man["feature_names"]) == 173 and man["ids"] == cat.ids
     assert man["counts"] == {"tracks": 5, "failures": 5, "inputs": 10}
     # the row naming the second file of id track1 names a file that is there: said apart, with why it was skipped
-    assert rep.warnings == [f"1 row(s) of {meta} name no track file in {music_dir} and were not used "
+    # notes.txt is no track file: the row naming "notes" names none (a typo, a file not copied)
+    assert rep.warnings == [f"2 row(s) of {meta} name no track file in {music_dir} and were not used "
                             "(e.g. line 4: 'ghost')",
                             f"1 row(s) of {meta} name a track file in {music_dir} that was not extracted and were "
                             "not used (e.g. line 5: 'zz/track1.wav': duplicate track id 'track1' (also track1.mp3))",

@@ -305,6 +305,8 @@ def recommend_cmd(
         raise ValueError("recommend: --mode personalised ranks with the uploader's genre taste, which this command "
                          "does not take; `bgmrec serve --mode personalised` takes it with each request (taste)")
     from bgmrec.features.recommend import (
+        CAPTION_LEFT_OUT,
+        CAPTIONS_LEFT_OUT,
         FeatureMismatchWarning,
         RequestError,
         open_catalog,
@@ -339,9 +341,12 @@ def recommend_cmd(
     finally:  # every mismatch shown as "warning: ..." (cli.app's every_command), also before an error
         for w in caught:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    mismatches = sum(issubclass(w.category, FeatureMismatchWarning) for w in caught)
-    for msg in result["warnings"][mismatches:]:  # the clip's own: its frames repeated, far from training, ...
-        warn_on_stderr(f"{label}: {msg}")
+    shown = {str(w.message) for w in caught if issubclass(w.category, FeatureMismatchWarning)}
+    if CAPTIONS_LEFT_OUT in shown:  # said of every clip already
+        shown.add(CAPTION_LEFT_OUT)
+    for msg in result["warnings"]:  # the clip's own: its frames repeated, far from training, ...
+        if msg not in shown:
+            warn_on_stderr(f"{label}: {msg}")
     result["warnings"][:0] = said  # the JSON says all that stderr said
     if json_:
         sys.stdout.write(json.dumps(result) + "\n")

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -302,16 +302,18 @@ def in_id_order(folder):
         if isinstance(value := getattr(folder, f.name), list | np.ndarray) and len(value) == n})
 
 
-def matched_ids(ids: list[str], known: Iterable[str]) -> list[str]:
+def matched_ids(ids: list[str], known: Iterable[str], failed: Container[str]) -> list[str]:
     """``ids`` with each one that is not in ``known`` but is written as exactly one of them but for its accents'
     Unicode form (composed "é", or "e" and a combining accent, as macOS stores file names; :func:`same_text`)
     replaced by that one: a pairs CSV exported from a database finds a clip as ``--meta`` and ``--captions`` rows
-    do."""
+    do. An id of an input whose extraction failed (``failed``: :func:`failed_inputs`) is left as it is, to be
+    dropped as one: another file, spelled alike, is not the one it names."""
     known = set(known)
     by_form: dict[str, list[str]] = {}
     for k in known:
         by_form.setdefault(same_text(k), []).append(k)
-    return [i if i in known or len(by_form.get(same_text(i), ())) != 1 else by_form[same_text(i)][0] for i in ids]
+    return [i if i in known or i in failed or len(by_form.get(same_text(i), ())) != 1 else by_form[same_text(i)][0]
+            for i in ids]
 
 
 def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[str, int], videos_dir: Path,
@@ -447,7 +449,9 @@ def _read_inputs(videos_dir: Path, music_dir: Path, pairs_csv: Path, professiona
     cat = in_id_order(load_catalog(Path(music_dir)))
     vid_ids = [videos.ids[i] for i in stored]
     pairs = read_pairs(Path(pairs_csv))
-    pairs = dataclasses.replace(pairs, video=matched_ids(pairs.video, vid_ids), track=matched_ids(pairs.track, cat.ids))
+    failed_videos, failed_tracks = failed_inputs(videos_dir), failed_inputs(music_dir)
+    pairs = dataclasses.replace(pairs, video=matched_ids(pairs.video, vid_ids, failed_videos),
+                                track=matched_ids(pairs.track, cat.ids, failed_tracks))
     if pairs.untimed and warn is not None:
         warn(f"{pairs_csv}: {len(pairs.untimed)} of {len(pairs.video)} row(s) have no time (e.g. line "
              f"{pairs.untimed[0]}); the split is random, not by time")
@@ -479,8 +483,8 @@ def _usable_pairs(inputs: _Inputs, warn: Callable[[str], None] | None) -> _Usabl
     pro_keep, pro_dropped, pro = [], {}, None
     if professional_csv is not None:
         pro = read_pairs(Path(professional_csv), uploaders=False)
-        pro = dataclasses.replace(pro, video=matched_ids(pro.video, extracted),
-                                  track=matched_ids(pro.track, inputs.tpos))
+        pro = dataclasses.replace(pro, video=matched_ids(pro.video, extracted, failed_inputs(videos_dir)),
+                                  track=matched_ids(pro.track, inputs.tpos, failed_inputs(music_dir)))
         pro_keep, pro_dropped = usable_rows(pro, professional_csv, extracted, inputs.tpos, videos_dir, music_dir,
                                             warn)
         if not pro_keep:  # a dataset without its pgc split: the teacher-guided models would fail only at train

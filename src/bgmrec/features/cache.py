@@ -41,6 +41,7 @@ import numpy as np
 from bgmrec.data.dataset import is_leftover, separator_hint, sha256_file
 
 KEPT = "kept "  # a failures.csv reason starting so is a note on an input that was kept, not a failure
+UNSUPPORTED = "unsupported format"  # a failures.csv reason starting so: a file of another kind, not media
 
 
 class MediaError(ValueError):
@@ -478,7 +479,9 @@ def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], items:
     for key, (line, _) in table.items():
         keys_of.setdefault(line, []).append(key)
     failed: dict[str, tuple[str, str]] = {}
-    for rel, reason in failures:
+    for rel, reason in failures:  # media files not extracted: not a lyrics file beside a song, not a kept input
+        if reason.startswith((KEPT, UNSUPPORTED)):
+            continue
         for key in (same_text(Path(rel).stem), same_text(Path(rel).name), same_text(Path(rel).as_posix())):
             failed.setdefault(key, (rel, reason))
     unused = sorted((line, keys) for line, keys in keys_of.items() if line not in used_lines)
@@ -710,7 +713,7 @@ def scan_media(folder: Path, extensions: tuple[str, ...], kind: str, exclude: tu
                 failures.append((rel, str(e)))
                 continue
             if p.suffix.lower() not in extensions:
-                failures.append((rel, f"unsupported format {p.suffix or '(no extension)'!r} "
+                failures.append((rel, f"{UNSUPPORTED} {p.suffix or '(no extension)'!r} "
                                       f"(expected {', '.join(e[1:] for e in extensions)})"))
             elif size == 0:
                 failures.append((rel, "empty file (0 bytes)"))

@@ -83,6 +83,7 @@ from bgmrec.features.cache import (
     read_manifest,
     regular_file_size,
     rows_by_key,
+    same_text,
     scan_media,
     sha256_text,
     split_cached,
@@ -447,8 +448,12 @@ class VideoFeatures:
         try:
             return self.ids.index(video_id)
         except ValueError:
-            failed = failed_inputs(self.root).get(video_id) if self.root is not None else None
-            why = f": its extraction failed ({failed}; see {self.root}/failures.csv)" if failed else ""
+            try:
+                failed = failed_inputs(self.root) if self.root is not None else {}
+            except DatasetError:  # an unreadable failures.csv: the missing id is still the error
+                failed = {}
+            reason = next((r for k, r in failed.items() if same_text(k) == same_text(video_id)), None)
+            why = f": its extraction failed ({reason}; see {self.root}/failures.csv)" if reason else ""
             raise DatasetError(f"{self.root}/videos.csv: no video with id {video_id!r}{why}") from None
 
     def only(self, video_id: str) -> VideoFeatures:
