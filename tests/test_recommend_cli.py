@@ -166,6 +166,12 @@ def test_clear_errors(world, tmp_path, capsys):
                  str(vf), "--video-id", "br\u00f3ken"])  # its accent written the other way
     assert code == 2 and one_line_err(capsys).endswith("its extraction failed (empty file (0 bytes); see "
                                                        f"{vf}/failures.csv)")
+    clip = world / "videos" / "clip05.mp4"  # --video with --features is an id; a file's path gets a hint
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(world / "vf"), "--video", str(clip)])
+    assert code == 2 and one_line_err(capsys) == (
+        f"error: {world / 'vf'}/videos.csv: no video with id '{clip}'; with --features, --video names an id of it, "
+        f"and {clip} is a file: give it without --features to embed it (or --video-id 'clip05')")
     (vf / "failures.csv").write_text("not,this\n", encoding="utf-8")  # unreadable: the missing id is the error
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(vf), "--video-id", "broken"])

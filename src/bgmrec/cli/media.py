@@ -304,6 +304,7 @@ def recommend_cmd(
     if mode == "personalised":
         raise ValueError("recommend: --mode personalised ranks with the uploader's genre taste, which this command "
                          "does not take; `bgmrec serve --mode personalised` takes it with each request (taste)")
+    from bgmrec.data.dataset import DatasetError
     from bgmrec.features.recommend import (
         CAPTION_LEFT_OUT,
         CAPTIONS_LEFT_OUT,
@@ -325,7 +326,13 @@ def recommend_cmd(
                          "not take; `bgmrec serve` takes it with each request (taste)")
     cat = open_catalog(catalog)
     if features is not None:
-        clip, label, frames = _clip_from_features(features, video if video_id is None else video_id)
+        try:
+            clip, label, frames = _clip_from_features(features, video if video_id is None else video_id)
+        except DatasetError as e:  # --video as an id, of a file: the user meant the file
+            if video_id is None and Path(video).is_file():
+                raise DatasetError(f"{e}; with --features, --video names an id of it, and {video} is a file: give "
+                                   f"it without --features to embed it (or --video-id {Path(video).stem!r})") from None
+            raise
     else:  # a clip file (check_clip_options: one of the two)
         clip, label, frames = _clip_from_file(video, caption, frames, model)
     caught: list[warnings.WarningMessage] = []
