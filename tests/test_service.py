@@ -475,6 +475,14 @@ def test_a_genre_filter_returns_the_best_tracks_of_those_genres(tiny_ds, cmvae, 
     got = recommender.recommend(clips, 5, genres=[wanted, None], exclude=[[of_wanted[0]], []])
     assert [t["id"] for t in got[0]["tracks"]] == of_wanted[1:6]  # the best of those genres, one excluded
     assert got[1]["tracks"] == everything[1]["tracks"][:5]  # None: every genre
+    # an excluded track outside the genres too (its position given twice), and one set of genres for several clips
+    # (the tracks outside it found once), exactly and through FAISS alike
+    outside = next(t["id"] for t in everything[0]["tracks"] if t["genre"] not in wanted)
+    wanted_1 = [t["id"] for t in everything[1]["tracks"] if t["genre"] in wanted]
+    for index in ("exact", "faiss"):
+        both = ClipRecommender(cmvae, tiny_catalog(tiny_ds), index).recommend(
+            clips, 5, genres=[wanted, list(reversed(wanted))], exclude=[[of_wanted[0], outside], []])
+        assert [[t["id"] for t in a["tracks"]] for a in both] == [of_wanted[1:6], wanted_1[:5]], index
     answer = client.post("/recommend", json={**clip_body(tiny_ds, 0), "top": 5, "genres": wanted}).json()
     assert [t["id"] for t in answer["tracks"]] == [t["id"] for t in recommender.recommend(
         clips[:1], 5, genres=[wanted])[0]["tracks"]]
@@ -847,9 +855,11 @@ def test_json_bodies_past_the_limit_get_a_413_before_they_are_read(tiny_ds, cmva
                                                  r"bytes for JSON", r.json()["detail"]), r.json()
 
 
-def _post_in_chunks(app, path: str, content_type: str, head: bytes, chunks: int, size: int = 2**16):
+def _post_in_chunks(app, path: str, content_type: str, head: bytes, chunks: int, size: int = 2**16,
+                    stall: bool = False):
     """POST ``head`` then ``chunks`` blocks of ``size`` bytes to the ASGI ``app`` without a Content-Length, as a
-    server hands a chunked body on; (status, JSON answer, body bytes the app pulled)."""
+    server hands a chunked body on, then the body's end, or (``stall``) nothing more, the connection kept open;
+    (status, JSON answer, body bytes the app pulled)."""
     import asyncio
 
     blocks = iter([head] + [b"x" * size] * chunks)
@@ -857,6 +867,8 @@ def _post_in_chunks(app, path: str, content_type: str, head: bytes, chunks: int,
 
     async def receive():
         block = next(blocks, None)
+        if block is None and stall:
+            await asyncio.Event().wait()
         pulled.append(len(block or b""))
         return {"type": "http.request", "body": block or b"", "more_body": block is not None}
 
@@ -895,6 +907,23 @@ def test_bodies_sent_without_a_length_are_counted_and_refused_past_the_limit(tin
     r = client.post("/recommend", content=iter([json.dumps(clip_body(tiny_ds, 0, top=2)).encode()]),
                     headers={"content-type": "application/json"})
     assert r.status_code == 200 and len(r.json()["tracks"]) == 2  # a small chunked body is read as before
+
+
+def test_a_body_that_stalls_gets_a_408_and_frees_its_batch_slot(tiny_ds, cmvae, monkeypatch):
+    # four clients that sent part of a batch and then nothing, their connections open, kept every batch out with
+    # 503 for as long as they stayed
+    monkeypatch.setattr(service, "BODY_IDLE_SECONDS", 0.2)
+    app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_batches=1)
+    for path, content_type, head in (("/recommend/batch", "application/json", b'{"clips": ['),
+                                     ("/recommend", "application/json", b'{"visual": ['),
+                                     ("/recommend/video", "multipart/form-data; boundary=b0undary",
+                                      b'--b0undary\r\ncontent-disposition: form-data; name="video"; '
+                                      b'filename="clip.mp4"\r\ncontent-type: video/mp4\r\n\r\n')):
+        status, answer, pulled = _post_in_chunks(app, path, content_type, head, chunks=2, stall=True)
+        assert (status, answer) == (408, {"detail": f"body: nothing of it arrived for 0.2 s after {pulled} bytes; "
+                                                    "send the request again"}), path
+    batch = {"clips": [clip_body(tiny_ds, i) for i in range(2)], "top": 2}
+    assert TestClient(app).post("/recommend/batch", json=batch).status_code == 200  # its one slot is free
 
 
 def test_the_json_limit_holds_a_full_batch_of_the_widest_values():

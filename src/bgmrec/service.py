@@ -21,7 +21,8 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
   answer's ``warnings`` say so (``[]`` in every other answer).
   The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
   do a caption over :data:`MAX_CAPTION` bytes (1 MB) and a JSON body larger than :func:`json_limit`
-  (64 MB, more for wider features), declared so or counted while it arrives (:class:`BodyLimit`).
+  (64 MB, more for wider features), declared so or counted while it arrives (:class:`BodyLimit`); a body of
+  which nothing arrives for :data:`BODY_IDLE_SECONDS` (30 s) gets 408.
 
 Every answer also carries ``served_by``: the model's name, its inference mode, the bgmrec version, the
 run folder's name and a SHA-256 of its ``config.json`` and ``weights.safetensors``, and the catalogue
@@ -45,6 +46,7 @@ its status, time and id (:class:`RequestLog`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -78,6 +80,7 @@ MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve -
 FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (caption, top, multipart framing)
 MAX_JSON = 64 * 2**20  # largest JSON body (bytes) at least; more for wide features (json_limit)
 JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
+BODY_IDLE_SECONDS = 30.0  # a request body of which nothing arrives for this long gets 408 (BodyLimit)
 VIDEO_FORM_FIELDS = ("video", "caption", "top", "exclude", "genres")  # the multipart fields of POST /recommend/video
 REPEATABLE_FORM_FIELDS = ("exclude", "genres")  # of those, the ones sent once per value (a field per track id or genre)
 MAX_CAPTION = 2**20  # the most bytes a text field of that form holds: Starlette's multipart parser's limit
@@ -188,7 +191,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         # log would show the traceback a second time)
         try:
             return await call_next(request)
-        except BodyTooLarge:  # the client's, answered by BodyLimit
+        except BodyRefused:  # the client's, answered by BodyLimit
             raise
         except Exception:
             logger.exception("%s %s failed (request %s)", request.method, request.url.path,
@@ -296,11 +299,8 @@ class AnswerJSON(Response):
         return to_json(content, inf_nan_mode="null")
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """A request body found past its limit while it was read (HTTP 413 with ``detail``)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(status_code=413, detail=detail)
+class BodyRefused(StarletteHTTPException):
+    """A request body refused while it was read: past its limit (HTTP 413), or stalled (408), with ``detail``."""
 
 
 class RequestLog:
@@ -374,7 +374,9 @@ class BatchSlots:
 class BodyLimit:
     """ASGI middleware: a request body larger than its path's limit gets HTTP 413, whether its size is declared
     (``Content-Length``: refused before a byte is read) or not (chunked: counted as it arrives, and refused as
-    soon as it passes the limit, so an upload without a length never fills the disk or the memory).
+    soon as it passes the limit, so an upload without a length never fills the disk or the memory); one of which
+    nothing arrives for :data:`BODY_IDLE_SECONDS` gets 408, so that a stalled or vanished client does not hold
+    its request's thread and batch slot (:class:`BatchSlots`) for as long as its connection stays open.
 
     ``limits`` maps a path to (bytes, detail), ``detail(size)`` giving the answer's one-line ``detail`` (``size``:
     the declared length, None for a body counted while read)."""
@@ -389,15 +391,22 @@ class BodyLimit:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return await JSONResponse(status_code=413, content={"detail": detail(int(declared))})(scope, receive, send)
-        seen, started = 0, False
+        seen, started, whole = 0, False, False
 
         async def counted():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, whole
+            if whole:  # once the body is in, the app may wait on for a disconnect as long as it likes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_IDLE_SECONDS)
+            except TimeoutError:  # re-raised by FastAPI's body parsing as the HTTP error it is, as below
+                raise BodyRefused(408, f"body: nothing of it arrived for {BODY_IDLE_SECONDS:g} s after "
+                                       f"{seen} bytes; send the request again") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:  # re-raised by FastAPI's body parsing as the HTTP error it is
-                    raise BodyTooLarge(detail(None))
+                whole = not message.get("more_body", False)
+                if seen > limit:
+                    raise BodyRefused(413, detail(None))
             return message
 
         async def sending(message):
@@ -407,10 +416,10 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted, sending)
-        except BodyTooLarge as e:  # raised where no exception handler answers it
+        except BodyRefused as e:  # raised where no exception handler answers it
             if started:
                 raise
-            await JSONResponse(status_code=413, content={"detail": e.detail})(scope, receive, send)
+            await JSONResponse(status_code=e.status_code, content={"detail": e.detail})(scope, receive, send)
 
 
 def index_settings(index) -> dict:
@@ -454,8 +463,8 @@ async def known_form_fields(request: Request) -> None:
 
 def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     """HTTP status and one-line ``detail`` for a request body the framework refused before validation with a
-    bare HTTP 400, named as the service names a body that is not JSON (422) or too large (413); None for any
-    other HTTP error.
+    bare HTTP 400, named as the service names a body that is not JSON (422), too large (413) or stalled (408);
+    None for any other HTTP error.
 
     FastAPI answers "There was an error parsing the body" to JSON that :func:`json.loads` refuses with anything
     but a ``JSONDecodeError`` (the cause is kept): nesting deeper than Python's recursion limit, bytes that are
@@ -464,15 +473,15 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     ("Part exceeded maximum size") without saying which field: most often the caption, or a video sent as a
     text part (no file name), so :data:`CAPTION_TOO_LARGE` names both; it refuses more than 1,000 text fields
     ("Too many fields"), which only long ``exclude`` or ``genres`` lists reach (:data:`TOO_MANY_FIELDS`). A body
-    :class:`BodyLimit` found too large while the framework parsed it is answered as the 413 it is.
+    :class:`BodyLimit` refused while the framework parsed it is answered as the 413 or 408 it is.
     """
     if exc.status_code != 400:
         return None
     cause = exc.__cause__
     while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:  # a middleware's task group
         cause = cause.exceptions[0]
-    if isinstance(cause, BodyTooLarge):  # FastAPI's parsing wrapped it as a body it could not parse
-        return 413, cause.detail
+    if isinstance(cause, BodyRefused):  # FastAPI's parsing wrapped it as a body it could not parse
+        return cause.status_code, cause.detail
     if isinstance(cause, RecursionError):
         return 422, ('body: JSON nested too deeply to parse (a request nests 4 levels at most: '
                      '{"clips": [{"visual": [...]}]})')

@@ -426,6 +426,7 @@ class ClipRecommender:
         if len(genres) != n:
             raise RequestError(f"genres has {len(genres)} lists for {n} clips")
         lists = [np.zeros(0, np.int64)] * n if excluded is None else excluded
+        outside: dict[frozenset, np.ndarray] = {}  # the tracks outside each distinct set of genres, found once
         for i, wanted in enumerate(genres):
             if wanted is None:
                 continue
@@ -439,7 +440,11 @@ class ClipRecommender:
             if unknown:
                 raise RequestError(f"{field}: unknown genre(s) {', '.join(map(str, unknown))}; the catalogue has "
                                    f"{', '.join(self.genre_names)}")
-            lists[i] = np.union1d(lists[i], np.flatnonzero(~np.isin(self._track_genre, list(wanted))))
+            key = frozenset(wanted)
+            if key not in outside:
+                outside[key] = np.flatnonzero(~np.isin(self._track_genre, list(key)))
+            # positions may repeat (an excluded track outside the genres): the search masks each once
+            lists[i] = np.concatenate([lists[i], outside[key]]) if len(lists[i]) else outside[key]
         return lists
 
     def _position_of(self, track_id: str, field: str) -> int:
