@@ -183,9 +183,21 @@ def test_clips_of_the_wrong_kind_or_size_name_the_clip_and_the_field(tiny_ds, cm
                          ([], "clips must be a non-empty list of ClipFeatures, got list"),
                          ([clip, "x"], "clip 1: expected ClipFeatures, got str"),
                          ([clip, narrow], f"clip 1: visual must have shape [{len(clip.visual)}] (the model's), "
-                                          f"got [{len(clip.visual) - 1}]")):
+                                          f"got [{len(clip.visual) - 1}]"),
+                         # a NaN was a DatasetError naming no clip; strings of digits and has_text="no" were taken
+                         ([clip, ClipFeatures(np.where(np.arange(len(clip.visual)) == 3, np.nan, clip.visual),
+                                              clip.text, True)],
+                          "clip 1: visual has values that are NaN, inf or beyond float32's range (position 3)"),
+                         ([ClipFeatures(clip.visual, np.full(len(clip.text), 1e39), True)],
+                          "clip 0: text has values that are NaN, inf or beyond float32's range (position 0)"),
+                         ([ClipFeatures(clip.visual.astype(str), clip.text, True)],
+                          "clip 0: visual must be real numbers, got values of dtype <U"),
+                         ([ClipFeatures(clip.visual, clip.text, "no")], "clip 0: has_text must be True or False, "
+                                                                         "got 'no'")):
         with pytest.raises(RequestError, match=re.escape(words)):
             recommender.recommend(clips, 3)
+    assert recommender.recommend([ClipFeatures(clip.visual, clip.text, np.bool_(True))], 3) == \
+        recommender.recommend([clip], 3)  # a NumPy bool, as a text mask gives it, is a bool
     assert recommender.recommend([clip], 3, exclude=[]) == recommender.recommend([clip], 3)  # [] excludes nothing
 
 

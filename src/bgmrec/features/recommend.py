@@ -378,6 +378,8 @@ class ClipRecommender:
         for i, c in enumerate(clips):
             if not isinstance(c, ClipFeatures):
                 raise RequestError(f"clip {i}: expected ClipFeatures, got {type(c).__name__}")
+            if not isinstance(c.has_text, bool | np.bool_):  # "no" is a true string
+                raise RequestError(f"clip {i}: has_text must be True or False, got {c.has_text!r}"[:160])
             if c.text is None and c.has_text:
                 raise RequestError(f"clip {i}: text is None but has_text is True; give the caption's vector, or "
                                    "has_text=False for a clip without one")
@@ -387,6 +389,14 @@ class ClipRecommender:
                 if np.shape(value) != (width,):
                     raise RequestError(f"clip {i}: {field_name} must have shape [{width}] (the model's), got "
                                        f"{list(np.shape(value))}")
+                values = np.asarray(value)
+                if values.dtype.kind not in "iuf":  # strings of digits were converted and answered
+                    raise RequestError(f"clip {i}: {field_name} must be real numbers, got values of dtype "
+                                       f"{values.dtype}")
+                bad = ~(np.isfinite(values) & (np.abs(values) <= np.finfo(np.float32).max))
+                if bad.any():  # float32's range: the model reads float32
+                    raise RequestError(f"clip {i}: {field_name} has values that are NaN, inf or beyond float32's "
+                                       f"range (position {int(np.flatnonzero(bad)[0])})")
         return VideoQuery(visual=np.stack([np.asarray(c.visual, np.float32) for c in clips]),
                           text=np.stack([np.asarray(t, np.float32) for t in texts]),
                           text_mask=np.array([bool(c.has_text) for c in clips], bool),
