@@ -854,7 +854,7 @@ def test_video_uploads_past_the_limit_get_a_413(tiny_ds, cmvae):
 def test_json_bodies_past_the_limit_get_a_413_before_they_are_read(tiny_ds, cmvae, monkeypatch):
     import bgmrec.service
 
-    monkeypatch.setattr(bgmrec.service, "json_limit", lambda spec: 5000)
+    monkeypatch.setattr(bgmrec.service, "json_limit", lambda spec, clips=1024: 5000)
     client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds))))
     assert client.get("/health").json()["max_json_bytes"] == 5000
     assert len(json.dumps(clip_body(tiny_ds, 0))) < 5000
@@ -865,6 +865,19 @@ def test_json_bodies_past_the_limit_get_a_413_before_they_are_read(tiny_ds, cmva
         r = client.post(path, json=body)
         assert r.status_code == 413 and re.match(r"body: \d+ bytes is larger than this server's limit of 5000 "
                                                  r"bytes for JSON", r.json()["detail"]), r.json()
+
+
+def test_one_clips_body_has_a_lower_limit_than_a_batchs(client):
+    from bgmrec.service import MAX_CLIP_JSON
+
+    health = client.get("/health").json()
+    assert health["max_clip_json_bytes"] == MAX_CLIP_JSON == 8 * 2**20 < health["max_json_bytes"]
+    body = b"x" * (MAX_CLIP_JSON + 1)  # refused from its Content-Length, unread
+    r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()) == (413, {"detail": f"body: {MAX_CLIP_JSON + 1} bytes is larger than this "
+                                                         f"server's limit of {MAX_CLIP_JSON} bytes for JSON (8 MB)"})
+    r = client.post("/recommend/batch", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422  # read, and refused as the JSON it is not
 
 
 def _post_in_chunks(app, path: str, content_type: str, head: bytes, chunks: int, size: int = 2**16,
@@ -902,7 +915,7 @@ def test_bodies_sent_without_a_length_are_counted_and_refused_past_the_limit(tin
     # whole, a chunked 100 MB JSON body read into memory, before any answer
     import bgmrec.service
 
-    monkeypatch.setattr(bgmrec.service, "json_limit", lambda spec: 5000)
+    monkeypatch.setattr(bgmrec.service, "json_limit", lambda spec, clips=1024: 5000)
     app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_upload=1000)
     head = (b'--b0undary\r\ncontent-disposition: form-data; name="video"; filename="clip.mp4"\r\n'
             b"content-type: video/mp4\r\n\r\n")
@@ -941,9 +954,11 @@ def test_a_body_that_stalls_gets_a_408_and_frees_its_batch_slot(tiny_ds, cmvae, 
 def test_the_json_limit_holds_a_full_batch_of_the_widest_values():
     from types import SimpleNamespace
 
-    from bgmrec.service import FORM_SLACK, MAX_BATCH, MAX_JSON, json_limit
+    from bgmrec.service import FORM_SLACK, MAX_BATCH, MAX_CLIP_JSON, MAX_JSON, json_limit
 
     assert json_limit(SimpleNamespace(video_visual=32, video_text=16)) == MAX_JSON  # the floor
+    # one clip's body has its own, lower floor: 6 million excludes in 57 MB took the server from 329 to 964 MB
+    assert json_limit(SimpleNamespace(video_visual=32, video_text=16), clips=1) == MAX_CLIP_JSON < MAX_JSON
     wide = SimpleNamespace(video_visual=2048, video_text=768)  # TT-150k's ResNet + BERT widths
     longest = json.dumps({"visual": [-0.12345678901234568] * 2048, "text": [-1.2345678901234567e-05] * 768,
                           "exclude": [], "taste": None})

@@ -21,8 +21,8 @@ catalogue, encoded and indexed once at start-up) in a FastAPI application:
   answer's ``warnings`` say so (``[]`` in every other answer).
   The upload is streamed to a temporary file; one larger than ``max_upload`` bytes gets HTTP 413, as
   do a caption over :data:`MAX_CAPTION` bytes (1 MB) and a JSON body larger than :func:`json_limit`
-  (64 MB, more for wider features), declared so or counted while it arrives (:class:`BodyLimit`); a body of
-  which nothing arrives for :data:`BODY_IDLE_SECONDS` (30 s) gets 408.
+  (a batch's: 64 MB, more for wider features; one clip's: 8 MB), declared so or counted while it arrives
+  (:class:`BodyLimit`); a body of which nothing arrives for :data:`BODY_IDLE_SECONDS` (30 s) gets 408.
 
 Every answer also carries ``served_by``: the model's name, its inference mode, the bgmrec version, the
 run folder's name and a SHA-256 of its ``config.json`` and ``weights.safetensors``, and the catalogue
@@ -78,7 +78,8 @@ MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
 MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve --max-upload-mb
 FORM_SLACK = 2**20  # a request body may exceed the video's limit by this much (caption, top, multipart framing)
-MAX_JSON = 64 * 2**20  # largest JSON body (bytes) at least; more for wide features (json_limit)
+MAX_JSON = 64 * 2**20  # largest JSON body (bytes) of a batch at least; more for wide features (json_limit)
+MAX_CLIP_JSON = 8 * 2**20  # largest JSON body of one clip (POST /recommend; its exclude list ~500,000 ids) at least
 JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
 BODY_IDLE_SECONDS = 30.0  # a request body of which nothing arrives for this long gets 408 (BodyLimit)
 VIDEO_FORM_FIELDS = ("video", "caption", "top", "exclude", "genres")  # the multipart fields of POST /recommend/video
@@ -163,7 +164,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     source = getattr(recommender.model, "source", None)  # the run's full path, in /health (answers name its folder)
     run_folder = str(Path(source).resolve().parent) if source else None
     against_training = catalog_against_training(recommender, said)
-    max_json = json_limit(spec)
+    max_json, max_clip_json = json_limit(spec), json_limit(spec, clips=1)
     too_large = (f"video: the upload is larger than this server's limit of {max_upload} bytes "
                  f"({max_upload / 2**20:g} MB; bgmrec serve --max-upload-mb)")
 
@@ -198,14 +199,14 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                              request.scope.get("state", {}).get("request_id"))
             return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
-    def json_too_large(size: int | None) -> str:
-        return (f"body: {f'{size} bytes is' if size is not None else 'the request is'} larger than this server's "
-                f"limit of {max_json} bytes for JSON ({max_json / 2**20:.0f} MB)")
+    def json_too_large(limit: int) -> Callable[[int | None], str]:
+        return lambda size: (f"body: {f'{size} bytes is' if size is not None else 'the request is'} larger than "
+                             f"this server's limit of {limit} bytes for JSON ({limit / 2**20:.0f} MB)")
 
     app.add_middleware(BatchSlots, path="/recommend/batch", slots=max_batches)
     app.add_middleware(BodyLimit, limits={"/recommend/video": (max_upload + FORM_SLACK, lambda size: too_large),
-                                          "/recommend": (max_json, json_too_large),
-                                          "/recommend/batch": (max_json, json_too_large)})
+                                          "/recommend": (max_clip_json, json_too_large(max_clip_json)),
+                                          "/recommend/batch": (max_json, json_too_large(max_json))})
     app.add_middleware(RequestLog)  # added last: outermost, so that it times and logs the 413s and 503s too
 
     @app.exception_handler(RequestValidationError)
@@ -244,7 +245,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
                 "index_settings": index_settings(recommender.index),
                 "features": {"visual": spec.video_visual, "text": spec.video_text}, "genres": list(spec.genres),
                 "catalog_genres": recommender.genre_names,
-                "max_upload_bytes": max_upload, "max_json_bytes": max_json, "max_caption_bytes": MAX_CAPTION,
+                "max_upload_bytes": max_upload, "max_json_bytes": max_json,
+                "max_clip_json_bytes": max_clip_json, "max_caption_bytes": MAX_CAPTION,
                 "video_frames": frames,  # sampled from each uploaded video (/recommend/video)
                 "threads": torch.get_num_threads(),  # torch's count (bgmrec serve --threads sets it in each thread)
                 "run_folder": run_folder, "catalog_against_training": against_training,
@@ -429,10 +431,12 @@ def index_settings(index) -> dict:
     return {"m": index.m, "ef_search": index.ef_search, "ef_construction": index.index.hnsw.efConstruction}
 
 
-def json_limit(spec) -> int:
-    """The largest JSON body a server of a model with feature sizes ``spec`` reads: :data:`MAX_JSON`, or
-    room for a full batch (:data:`MAX_BATCH` clips, every value at its longest) when that is more."""
-    return max(MAX_JSON, MAX_BATCH * (spec.video_visual + spec.video_text) * JSON_BYTES_PER_VALUE + FORM_SLACK)
+def json_limit(spec, clips: int = MAX_BATCH) -> int:
+    """The largest JSON body of ``clips`` clips a server of a model with feature sizes ``spec`` reads: a batch's
+    (``clips`` :data:`MAX_BATCH`) :data:`MAX_JSON`, one clip's :data:`MAX_CLIP_JSON` (a 64 MB body of one clip's
+    excludes took 635 MB to answer), or room for that many clips, every value at its longest, when that is more."""
+    floor = MAX_JSON if clips > 1 else MAX_CLIP_JSON
+    return max(floor, clips * (spec.video_visual + spec.video_text) * JSON_BYTES_PER_VALUE + FORM_SLACK)
 
 
 def upload_suffix(filename: str | None) -> str:
