@@ -732,6 +732,10 @@ def test_a_pair_whose_id_differs_from_a_file_stem_only_in_unicode_form_names_tha
                         f"{cat / 'failures.csv'}) and were not used (e.g. line 13: 'Beyonc\u00e9': empty file (0 "
                         "bytes))"]
     assert ds.n_videos == 11
+    # a file of another format spelled alike is no failed track: the pair still finds the song
+    (cat / "failures.csv").write_text("file,reason\nBeyonc\u00e9.txt,unsupported format '.txt' (expected wav)\n",
+                                      encoding="utf-8")
+    assert build_dataset(vids, cat, pairs, tmp_path / "d3").n_videos == 12
 
 
 def test_pairs_naming_an_input_whose_extraction_failed_are_told_apart_from_typos(tmp_path, folders, capsys):

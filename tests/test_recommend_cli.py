@@ -171,7 +171,10 @@ def test_clear_errors(world, tmp_path, capsys):
                  str(world / "vf"), "--video", str(clip)])
     assert code == 2 and one_line_err(capsys) == (
         f"error: {world / 'vf'}/videos.csv: no video with id '{clip}'; with --features, --video names an id of it, "
-        f"and {clip} is a file: give it without --features to embed it (or --video-id 'clip05')")
+        f"and {clip} is a file: give it without --features to embed it, or its id with --video-id")
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(tmp_path / "nowhere"), "--video", str(clip)])  # another error: as it is, without the hint
+    assert code == 2 and "--video names an id" not in one_line_err(capsys)
     (vf / "failures.csv").write_text("not,this\n", encoding="utf-8")  # unreadable: the missing id is the error
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(vf), "--video-id", "broken"])

@@ -220,7 +220,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         refused = body_refusal(exc)
         if refused is None:
             return await http_exception_handler(request, exc)
-        return JSONResponse(status_code=refused[0], content={"detail": refused[1]})
+        return JSONResponse(status_code=refused[0], content={"detail": refused[1]},
+                            headers={"Connection": "close"} if refused[0] == 408 else None)
 
     def answer(clips: list[Clip], top: int, batch: bool = False) -> list[dict]:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
@@ -421,7 +422,9 @@ class BodyLimit:
         except BodyRefused as e:  # raised where no exception handler answers it
             if started:
                 raise
-            await JSONResponse(status_code=e.status_code, content={"detail": e.detail})(scope, receive, send)
+            close = {"Connection": "close"} if e.status_code == 408 else {}  # RFC 9110: the client may be gone
+            await JSONResponse(status_code=e.status_code, content={"detail": e.detail}, headers=close)(
+                scope, receive, send)
 
 
 def index_settings(index) -> dict:

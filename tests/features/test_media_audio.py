@@ -212,6 +212,29 @@ def test_batch_reports_bad_files_and_continues(tmp_path, music_dir):
     assert np.load(out / "music.npy", allow_pickle=False).shape == (5, 173)
 
 
+def test_rows_naming_files_not_extracted_say_what_is_there(tmp_path):
+    # a row naming a failed song (a second file of its id) is told apart from a typo; a file of a format not read
+    # is named in the example, as the song itself (.aiff) or as what lies beside a missing one (.lrc), never as
+    # "not extracted" when it is not the song; a failed song's own reason wins over lyrics beside it
+    from bgmrec.features.cache import rows_by_key, unused_rows_warning
+
+    folder = tmp_path / "music"
+    rows = ["song2.aiff", "b", "c", "ghost"]
+    table = rows_by_key(tmp_path / "meta.csv", [(i + 2, [key], {}) for i, key in enumerate(rows)])
+    failures = [("song2.aiff", "unsupported format '.aiff' (expected wav)"),
+                ("b.lrc", "unsupported format '.lrc' (expected wav)"),
+                ("c.lrc", "unsupported format '.lrc' (expected wav)"), ("c.wav", "empty file (0 bytes)")]
+    assert unused_rows_warning(tmp_path / "meta.csv", table, [], folder, "track file", failures) == [
+        f"3 row(s) of {tmp_path / 'meta.csv'} name no track file in {folder} and were not used (e.g. line 2: "
+        "'song2.aiff'; 'song2.aiff' is there: unsupported format '.aiff' (expected wav))",
+        f"1 row(s) of {tmp_path / 'meta.csv'} name a track file in {folder} that was not extracted and were not "
+        "used (e.g. line 4: 'c.wav': empty file (0 bytes))"]
+    table = rows_by_key(tmp_path / "meta.csv", [(2, ["b"], {})])
+    assert unused_rows_warning(tmp_path / "meta.csv", table, [], folder, "track file", failures) == [
+        f"1 row(s) of {tmp_path / 'meta.csv'} name no track file in {folder} and were not used (e.g. line 2: 'b'; "
+        "'b.lrc' is there: unsupported format '.lrc' (expected wav))"]
+
+
 def test_cache_skips_done_files_and_resumes_after_interruption(tmp_path, music_dir):
     out = tmp_path / "cat"
     first = Counting(stop_after=2)

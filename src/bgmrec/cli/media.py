@@ -329,9 +329,9 @@ def recommend_cmd(
         try:
             clip, label, frames = _clip_from_features(features, video if video_id is None else video_id)
         except DatasetError as e:  # --video as an id, of a file: the user meant the file
-            if video_id is None and Path(video).is_file():
+            if video_id is None and Path(video).is_file() and f"no video with id {video!r}" in str(e):
                 raise DatasetError(f"{e}; with --features, --video names an id of it, and {video} is a file: give "
-                                   f"it without --features to embed it (or --video-id {Path(video).stem!r})") from None
+                                   "it without --features to embed it, or its id with --video-id") from None
             raise
     else:  # a clip file (check_clip_options: one of the two)
         clip, label, frames = _clip_from_file(video, caption, frames, model)

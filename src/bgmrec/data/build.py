@@ -92,6 +92,7 @@ from bgmrec.data.dataset import (
 from bgmrec.data.negatives import other_positives, sample_negatives  # a video's other tracks: no negatives
 from bgmrec.features.cache import (
     TRACK_ID_COLUMNS,
+    UNSUPPORTED,
     VIDEO_ID_COLUMNS,
     check_csv_file,
     failed_inputs,
@@ -302,11 +303,16 @@ def in_id_order(folder):
         if isinstance(value := getattr(folder, f.name), list | np.ndarray) and len(value) == n})
 
 
+def failed_media(folder: Path) -> dict[str, str]:
+    """:func:`failed_inputs` of ``folder`` but the files of a format not read (a ``.txt`` beside a clip is no clip)."""
+    return {k: r for k, r in failed_inputs(folder).items() if not r.startswith(UNSUPPORTED)}
+
+
 def matched_ids(ids: list[str], known: Iterable[str], failed: Container[str]) -> list[str]:
     """``ids`` with each one that is not in ``known`` but is written as exactly one of them but for its accents'
     Unicode form (composed "é", or "e" and a combining accent, as macOS stores file names; :func:`same_text`)
     replaced by that one: a pairs CSV exported from a database finds a clip as ``--meta`` and ``--captions`` rows
-    do. An id of an input whose extraction failed (``failed``: :func:`failed_inputs`) is left as it is, to be
+    do. An id of a media file whose extraction failed (``failed``: :func:`failed_media`) is left as it is, to be
     dropped as one: another file, spelled alike, is not the one it names."""
     known = set(known)
     by_form: dict[str, list[str]] = {}
@@ -449,9 +455,8 @@ def _read_inputs(videos_dir: Path, music_dir: Path, pairs_csv: Path, professiona
     cat = in_id_order(load_catalog(Path(music_dir)))
     vid_ids = [videos.ids[i] for i in stored]
     pairs = read_pairs(Path(pairs_csv))
-    failed_videos, failed_tracks = failed_inputs(videos_dir), failed_inputs(music_dir)
-    pairs = dataclasses.replace(pairs, video=matched_ids(pairs.video, vid_ids, failed_videos),
-                                track=matched_ids(pairs.track, cat.ids, failed_tracks))
+    pairs = dataclasses.replace(pairs, video=matched_ids(pairs.video, vid_ids, failed_media(videos_dir)),
+                                track=matched_ids(pairs.track, cat.ids, failed_media(music_dir)))
     if pairs.untimed and warn is not None:
         warn(f"{pairs_csv}: {len(pairs.untimed)} of {len(pairs.video)} row(s) have no time (e.g. line "
              f"{pairs.untimed[0]}); the split is random, not by time")
@@ -483,8 +488,8 @@ def _usable_pairs(inputs: _Inputs, warn: Callable[[str], None] | None) -> _Usabl
     pro_keep, pro_dropped, pro = [], {}, None
     if professional_csv is not None:
         pro = read_pairs(Path(professional_csv), uploaders=False)
-        pro = dataclasses.replace(pro, video=matched_ids(pro.video, extracted, failed_inputs(videos_dir)),
-                                  track=matched_ids(pro.track, inputs.tpos, failed_inputs(music_dir)))
+        pro = dataclasses.replace(pro, video=matched_ids(pro.video, extracted, failed_media(videos_dir)),
+                                  track=matched_ids(pro.track, inputs.tpos, failed_media(music_dir)))
         pro_keep, pro_dropped = usable_rows(pro, professional_csv, extracted, inputs.tpos, videos_dir, music_dir,
                                             warn)
         if not pro_keep:  # a dataset without its pgc split: the teacher-guided models would fail only at train

@@ -472,25 +472,30 @@ def unused_rows_warning(path: Path, table: dict[str, tuple[int, object]], items:
                         folder: Path, what: str, failures: list[tuple[str, str]] = ()) -> list[str]:
     """The warning lines on rows of ``table`` (from :func:`rows_by_key`) that name none of the ``items`` of
     ``folder`` (by their :func:`media_keys`), e.g. a typo in an id; ``what`` names the inputs ("track file"). A row
-    naming a file of ``failures`` ((path in ``folder``, reason) of the files not extracted: a second file of the
-    same id, an empty one) is told apart, with the reason: the file is there, and the row was not a typo."""
+    naming a media file of ``failures`` ((path in ``folder``, reason) of the files not extracted: a second file of
+    the same id, an empty one) is told apart, with the reason: the file is there, and the row was not a typo. A
+    file of a format not read that a row's example names (a song as ``.aiff``, or lyrics beside a missing song)
+    is said to be there, with its reason."""
     used_lines = {table[k][0] for item_id, p, _ in items for k in media_keys(item_id, p, folder) if k in table}
     keys_of: dict[int, list[str]] = {}
     for key, (line, _) in table.items():
         keys_of.setdefault(line, []).append(key)
-    failed: dict[str, tuple[str, str]] = {}
-    for rel, reason in failures:  # media files not extracted: not a lyrics file beside a song, not a kept input
-        if reason.startswith((KEPT, UNSUPPORTED)):
-            continue
-        for key in (same_text(Path(rel).stem), same_text(Path(rel).name), same_text(Path(rel).as_posix())):
-            failed.setdefault(key, (rel, reason))
+    failed: dict[str, tuple[str, str]] = {}  # media files not extracted (a kept input's note is no failure)
+    other_format: dict[str, tuple[str, str]] = {}  # files of a format not read: a song in another, or lyrics
+    for rel, reason in failures:
+        if not reason.startswith(KEPT):
+            target = other_format if reason.startswith(UNSUPPORTED) else failed
+            for key in (same_text(Path(rel).stem), same_text(Path(rel).name), same_text(Path(rel).as_posix())):
+                target.setdefault(key, (rel, reason))
     unused = sorted((line, keys) for line, keys in keys_of.items() if line not in used_lines)
-    missing = [(line, keys[-1]) for line, keys in unused if not any(k in failed for k in keys)]
+    missing = [(line, keys) for line, keys in unused if not any(k in failed for k in keys)]
     skipped = [(line, next(k for k in keys if k in failed)) for line, keys in unused if any(k in failed for k in keys)]
     out = []
-    if missing:
+    if missing:  # its example says what is there of another format, which may be the file or not (song.lrc)
+        line, keys = missing[0]
+        near = next((other_format[k] for k in keys if k in other_format), None)
         out.append(f"{len(missing)} row(s) of {path} name no {what} in {folder} and were not used (e.g. line "
-                   f"{missing[0][0]}: {missing[0][1]!r})")
+                   f"{line}: {keys[-1]!r}" + (f"; {near[0]!r} is there: {near[1]}" if near else "") + ")")
     if skipped:
         line, key = skipped[0]
         out.append(f"{len(skipped)} row(s) of {path} name a {what} in {folder} that was not extracted and were not "

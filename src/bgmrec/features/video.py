@@ -450,7 +450,7 @@ class VideoFeatures:
         except ValueError:
             try:
                 failed = failed_inputs(self.root) if self.root is not None else {}
-            except DatasetError:  # an unreadable failures.csv: the missing id is still the error
+            except (DatasetError, OSError):  # an unreadable failures.csv: the missing id is still the error
                 failed = {}
             reason = next((r for k, r in failed.items() if same_text(k) == same_text(video_id)), None)
             why = f": its extraction failed ({reason}; see {self.root}/failures.csv)" if reason else ""
