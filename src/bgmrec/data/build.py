@@ -92,10 +92,10 @@ from bgmrec.data.dataset import (
 from bgmrec.data.negatives import other_positives, sample_negatives  # a video's other tracks: no negatives
 from bgmrec.features.cache import (
     TRACK_ID_COLUMNS,
-    UNSUPPORTED,
     VIDEO_ID_COLUMNS,
     check_csv_file,
     failed_inputs,
+    failed_media,
     named_column,
     read_csv_lines,
     same_text,
@@ -301,11 +301,6 @@ def in_id_order(folder):
         f.name: ([value[i] for i in order] if isinstance(value, list) else value[order])
         for f in dataclasses.fields(folder)
         if isinstance(value := getattr(folder, f.name), list | np.ndarray) and len(value) == n})
-
-
-def failed_media(folder: Path) -> dict[str, str]:
-    """:func:`failed_inputs` of ``folder`` but the files of a format not read (a ``.txt`` beside a clip is no clip)."""
-    return {k: r for k, r in failed_inputs(folder).items() if not r.startswith(UNSUPPORTED)}
 
 
 def matched_ids(ids: list[str], known: Iterable[str], failed: Container[str]) -> list[str]:

@@ -203,6 +203,11 @@ def failed_inputs(folder: Path) -> dict[str, str]:
     return failed
 
 
+def failed_media(folder: Path) -> dict[str, str]:
+    """:func:`failed_inputs` of ``folder`` but the files of a format not read (a ``.txt`` beside a clip is no clip)."""
+    return {k: r for k, r in failed_inputs(folder).items() if not r.startswith(UNSUPPORTED)}
+
+
 def files_in(folder: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
     """Non-hidden entries under ``folder`` (recursively) other than folders, in sorted order: regular files,
     and the FIFOs, devices, sockets and symbolic links to nothing that :func:`regular_file_size` refuses.

@@ -70,7 +70,7 @@ from bgmrec.features.cache import (
     check_output_folder,
     check_row_width,
     csv_records,
-    failed_inputs,
+    failed_media,
     kept_items,
     key_columns,
     last_extraction,
@@ -449,7 +449,7 @@ class VideoFeatures:
             return self.ids.index(video_id)
         except ValueError:
             try:
-                failed = failed_inputs(self.root) if self.root is not None else {}
+                failed = failed_media(self.root) if self.root is not None else {}
             except (DatasetError, OSError):  # an unreadable failures.csv: the missing id is still the error
                 failed = {}
             reason = next((r for k, r in failed.items() if same_text(k) == same_text(video_id)), None)
