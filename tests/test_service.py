@@ -487,6 +487,12 @@ def test_a_genre_filter_returns_the_best_tracks_of_those_genres(tiny_ds, cmvae, 
     got = recommender.recommend(clips, 5, genres=[wanted, None], exclude=[[of_wanted[0]], []])
     assert [t["id"] for t in got[0]["tracks"]] == of_wanted[1:6]  # the best of those genres, one excluded
     assert got[1]["tracks"] == everything[1]["tracks"][:5]  # None: every genre
+    assert got[0]["warnings"] == got[1]["warnings"] == []
+    # every track of the wanted genres excluded: an empty answer that says why (it said nothing)
+    from bgmrec.features.recommend import NOTHING_LEFT
+
+    empty = recommender.recommend(clips[:1], 5, genres=[wanted], exclude=[of_wanted])[0]
+    assert (empty["tracks"], empty["warnings"]) == ([], [NOTHING_LEFT])
     # an excluded track outside the genres too (its position given twice), and one set of genres for several clips
     # (the tracks outside it found once), exactly and through FAISS alike
     outside = next(t["id"] for t in everything[0]["tracks"] if t["genre"] not in wanted)

@@ -243,6 +243,7 @@ def check_search(index: str, ef_search: int | None) -> None:
 CAPTIONS_LEFT_OUT = ("the model was trained on videos without captions: it learned nothing from text, and the "
                      "captions of clips are left out (to use them, train on a dataset of captioned videos)")
 CAPTION_LEFT_OUT = "its caption was left out: the model was trained on videos without captions"
+NOTHING_LEFT = "no track to answer with: exclude and genres leave none of the catalogue's tracks"
 
 
 class ClipRecommender:
@@ -346,7 +347,8 @@ class ClipRecommender:
                              "genre": cat.genre[j] or "unknown", "score": float(s)}
                             for j, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True) if j >= 0],
                  "modality_share": share, "warnings": [*clip.warnings, *far[i], *(
-                     [CAPTION_LEFT_OUT] if self.captions_left_out and clip.has_text else [])]}
+                     [CAPTION_LEFT_OUT] if self.captions_left_out and clip.has_text else []), *(
+                     [NOTHING_LEFT] if (np.asarray(row_ids) < 0).all() else [])]}
                 for i, (row_ids, row_scores, share, clip) in enumerate(zip(ids, scores, modality_shares(self.model, q),
                                                                            clips, strict=True))]
 
