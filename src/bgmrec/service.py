@@ -436,8 +436,8 @@ def index_settings(index) -> dict:
 
 def json_limit(spec, clips: int = MAX_BATCH) -> int:
     """The largest JSON body of ``clips`` clips a server of a model with feature sizes ``spec`` reads: a batch's
-    (``clips`` :data:`MAX_BATCH`) :data:`MAX_JSON`, one clip's :data:`MAX_CLIP_JSON` (a 64 MB body of one clip's
-    excludes took 635 MB to answer), or room for that many clips, every value at its longest, when that is more."""
+    (``clips`` :data:`MAX_BATCH`) :data:`MAX_JSON`, one clip's :data:`MAX_CLIP_JSON` (a 57 MB body of one clip's
+    excludes took 635 MB more to answer), or room for that many clips, every value at its longest, when that is more."""
     floor = MAX_JSON if clips > 1 else MAX_CLIP_JSON
     return max(floor, clips * (spec.video_visual + spec.video_text) * JSON_BYTES_PER_VALUE + FORM_SLACK)
 
