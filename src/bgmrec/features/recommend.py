@@ -391,16 +391,18 @@ class ClipRecommender:
                 if np.shape(value) != (width,):
                     raise RequestError(f"clip {i}: {field_name} must have shape [{width}] (the model's), got "
                                        f"{list(np.shape(value))}")
-                values = np.asarray(value)
-                if values.dtype.kind not in "iuf":  # strings of digits were converted and answered
+                if np.asarray(value).dtype.kind not in "iuf":  # strings of digits were converted and answered
                     raise RequestError(f"clip {i}: {field_name} must be real numbers, got values of dtype "
-                                       f"{values.dtype}")
-                bad = ~(np.isfinite(values) & (np.abs(values) <= np.finfo(np.float32).max))
-                if bad.any():  # float32's range: the model reads float32
-                    raise RequestError(f"clip {i}: {field_name} has values that are NaN, inf or beyond float32's "
-                                       f"range (position {int(np.flatnonzero(bad)[0])})")
-        return VideoQuery(visual=np.stack([np.asarray(c.visual, np.float32) for c in clips]),
-                          text=np.stack([np.asarray(t, np.float32) for t in texts]),
+                                       f"{np.asarray(value).dtype}")
+        with np.errstate(over="ignore"):  # past float32's range: inf, refused below with NaN and inf
+            arrays = {"visual": np.stack([np.asarray(c.visual, np.float32) for c in clips]),
+                      "text": np.stack([np.asarray(t, np.float32) for t in texts])}
+        for field_name, values in arrays.items():  # the whole batch at once, the first bad value named
+            bad = np.argwhere(~np.isfinite(values))
+            if len(bad):
+                raise RequestError(f"clip {bad[0, 0]}: {field_name} has values that are NaN, inf or beyond "
+                                   f"float32's range (position {bad[0, 1]})")
+        return VideoQuery(visual=arrays["visual"], text=arrays["text"],
                           text_mask=np.array([bool(c.has_text) for c in clips], bool),
                           confounder=self._taste(taste, len(clips)))
 
