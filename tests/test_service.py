@@ -440,6 +440,20 @@ def test_a_batch_gives_taste_for_every_clip_or_for_none(client, tiny_ds):
     assert r.status_code == 422 and "every clip of a batch or for none" in r.json()["detail"]
 
 
+def test_a_taste_sent_to_a_model_that_does_not_read_it_is_said_in_the_warnings(client, tiny_ds):
+    from bgmrec.features.recommend import TASTE_NOT_READ
+
+    plain = client.post("/recommend", json=clip_body(tiny_ds, 0, top=5)).json()
+    tasted = client.post("/recommend", json=clip_body(tiny_ds, 0, top=5, taste={tiny_ds.genres[0]: 1.0})).json()
+    assert tasted["tracks"] == plain["tracks"]  # CMVAE ranks without it (it was ignored without a word)
+    assert (plain["warnings"], tasted["warnings"]) == ([], [TASTE_NOT_READ])
+    batch = {"clips": [clip_body(tiny_ds, i, taste={tiny_ds.genres[1]: 2.0}) for i in range(2)], "top": 3}
+    assert [a["warnings"] for a in client.post("/recommend/batch", json=batch).json()["results"]] == [
+        [TASTE_NOT_READ]] * 2
+    bad = client.post("/recommend", json=clip_body(tiny_ds, 0, taste={"polka": 1.0}))  # still checked
+    assert bad.status_code == 422 and "unknown genre(s) polka" in bad.json()["detail"]
+
+
 def test_non_finite_features_are_refused(client, tiny_ds):
     body = clip_body(tiny_ds, 0)
     body["visual"][3] = float("nan")

@@ -244,6 +244,8 @@ CAPTIONS_LEFT_OUT = ("the model was trained on videos without captions: it learn
                      "captions of clips are left out (to use them, train on a dataset of captioned videos)")
 CAPTION_LEFT_OUT = "its caption was left out: the model was trained on videos without captions"
 NOTHING_LEFT = "no track to answer with: exclude and genres leave none of the catalogue's tracks"
+TASTE_NOT_READ = ("its taste was not read: this model ranks without the uploader's taste (only DecCM's "
+                  "personalised mode reads it)")
 
 
 class ClipRecommender:
@@ -315,7 +317,8 @@ class ClipRecommender:
 
         ``exclude`` gives track ids never to return, one list per clip; ``genres`` the catalogue genres to
         return tracks of, one list (or None: every genre) per clip; ``taste`` [n, G] the uploaders'
-        genre preferences, which only a model in personalised mode reads. A bad ``k``, ``exclude`` or
+        genre preferences, which only a model in personalised mode reads (given to another, each answer's
+        ``warnings`` say it was not read). A bad ``k``, ``exclude`` or
         ``genres`` of the wrong length, an unknown track id or genre in them raise :class:`RequestError`,
         and so do features for which the model's scores are not finite (finite but huge values can
         overflow); ``labels`` name the clips in that message (default "clip 0", "clip 1", ...).
@@ -348,7 +351,8 @@ class ClipRecommender:
                             for j, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True) if j >= 0],
                  "modality_share": share, "warnings": [*clip.warnings, *far[i], *(
                      [CAPTION_LEFT_OUT] if self.captions_left_out and clip.has_text else []), *(
-                     [NOTHING_LEFT] if (np.asarray(row_ids) < 0).all() else [])]}
+                     [NOTHING_LEFT] if (np.asarray(row_ids) < 0).all() else []), *(
+                     [TASTE_NOT_READ] if taste is not None and not self.model.needs_taste else [])]}
                 for i, (row_ids, row_scores, share, clip) in enumerate(zip(ids, scores, modality_shares(self.model, q),
                                                                            clips, strict=True))]
 
