@@ -153,18 +153,22 @@ def sampled_ranks(model: Recommender, ds: Dataset, split: str, chunk: int = 4096
 def _scorer(model, ds: Dataset, split: str):
     """``score(rows, tracks)``: the scores [n, K] of the queries ``rows`` (int [n, 3] of ``split``) against the
     dataset tracks ``tracks``, int [K] (the same for every query) or [n, K] (each query's own): the inner
-    products of the model's video and music embeddings (the music encoded once, here), or read from a scorer
+    products of the model's video and music embeddings (the music encoded once, after the first queries: their
+    errors, such as features of another width, come first), or read from a scorer
     given its scores, ``video_scores(videos, tracks)`` (a model of another codebase:
     :class:`~bgmrec.eval.scores.PrecomputedScores`)."""
     given = getattr(model, "video_scores", None)
     if given is not None:
         return lambda rows, tracks: given(rows[:, 0], tracks)
-    music = model.encode_music(MusicCatalog.from_dataset(ds))
-    items = torch.from_numpy(music)
+    encoded: dict[str, np.ndarray] = {}  # the music, encoded once, after the first queries (their errors first)
 
     def score(rows: np.ndarray, tracks: np.ndarray) -> np.ndarray:
         queries = model.encode_videos(VideoQuery.from_dataset(ds, rows[:, 0], rows[:, 2], split))
+        if not encoded:
+            encoded["music"] = model.encode_music(MusicCatalog.from_dataset(ds))
+        music = encoded["music"]
         check_embedding_widths(model, queries, music)
+        items = torch.from_numpy(music)
         if tracks.ndim == 1:
             return (torch.from_numpy(queries) @ items[torch.from_numpy(tracks)].T).numpy()
         return torch.einsum("nd,nkd->nk", torch.from_numpy(queries), items[torch.from_numpy(tracks)]).numpy()

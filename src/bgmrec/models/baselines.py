@@ -28,6 +28,8 @@ def video_input(q: VideoQuery) -> np.ndarray:
 
 @dataclass
 class RandomConfig(ModelConfig):
+    """The settings of ``random``."""
+
     dim: int = 32  # width of the random projections
 
     def __post_init__(self) -> None:
@@ -81,13 +83,11 @@ class PopularityRecommender(Recommender):
 
     Tracks are recognised by a hash of their features (:func:`~bgmrec.models.base.feature_digests`, as the
     neural models' track prior), so a catalogue may hold the training tracks in any order beside new ones (count
-    0). A run saved before 2026-11-23 recorded no hashes: it identifies tracks by catalogue position, so its
-    catalogue must be the training one, in its order.
+    0).
     """
 
     name = "popularity"
     uses_seed = False  # counts: nothing is drawn
-    reads_dataset_rows = True  # a run saved before 2026-11-23 knows its tracks by dataset position only
     reads_genre = False
 
     def __init__(self, config: ModelConfig, spec: FeatureSpec) -> None:
@@ -108,34 +108,26 @@ class PopularityRecommender(Recommender):
 
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:
         counts = np.zeros(len(c))
-        if len(self.digest) or not len(self.counts):
-            found, pos = find_by_features(self.digest, c.features)
-            counts[found] = self.counts[pos[found]]
-            if c.index is None and len(c) and self.counts.any() and not found.any():  # a served catalogue (a
-                # dataset's tracks carry their index: a run of another dataset is said so by its record)
-                warnings.warn(f"popularity: none of the {len(c)} tracks has the features of a training track "
-                              "(extracted again, with other settings or code?): every track counts 0, the ranking "
-                              "is a tie", NoTrainingTrackWarning, stacklevel=2)
-        else:  # a run saved without hashes: by catalogue position
-            idx = np.arange(len(c)) if c.index is None else c.index
-            known = idx < len(self.counts)
-            counts[known] = self.counts[idx[known]]
+        found, pos = find_by_features(self.digest, c.features)
+        counts[found] = self.counts[pos[found]]
+        if len(c) and self.counts.any() and not found.any():
+            warnings.warn(f"popularity: none of the {len(c)} tracks has the features of a training track "
+                          "(extracted again, with other settings or code?): every track counts 0, the ranking "
+                          "is a tie", NoTrainingTrackWarning, stacklevel=2)
         return np.log1p(counts)[:, None]
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts, "digest": self.digest}
 
     def check_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        if "digest" not in arrays and "digest" in self.state_shapes():  # saved before the hashes: counts alone
-            arrays = {**arrays, "digest": np.zeros(0, np.int64)}
         super().check_state_arrays(arrays)
-        digest, counts = arrays.get("digest"), arrays.get("counts")
-        if digest is not None and counts is not None and len(digest) and digest.shape != counts.shape:
+        digest, counts = arrays.get("digest"), arrays.get("counts")  # a subclass may keep others
+        if digest is not None and counts is not None and digest.shape != counts.shape:
             raise ValueError(f"digest has shape {list(digest.shape)}, counts {list(counts.shape)}: one hash per track")
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.counts = arrays["counts"]
-        self.digest = arrays.get("digest", np.zeros(0, np.int64))
+        self.digest = arrays["digest"]
 
 
 SPREAD_FLOOR = 0.1  # CCA scales a feature by at most 1 / (this share of the features' median standard deviation)
@@ -152,6 +144,8 @@ def spread_floor(sd: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CCAConfig(ModelConfig):
+    """The settings of ``cca``."""
+
     dim: int = 32  # canonical components kept (fewer when a side has fewer features)
     ridge: float = 1e-2  # added to each covariance's diagonal (relative to its mean variance)
 
@@ -161,7 +155,8 @@ class CCAConfig(ModelConfig):
 
 
 class CCARecommender(Recommender):
-    """Canonical correlation analysis between video and music features of training pairs.
+    """Canonical correlation analysis (Hotelling, "Relations between two sets of variates", Biometrika 1936)
+    between video and music features of training pairs, the CMVAE paper's baseline.
 
     Solves max corr(a^T x_v, b^T x_m) by whitening both sides (ridge-regularised covariances) and an
     SVD of the whitened cross-covariance; scores are inner products of the canonical variates,
