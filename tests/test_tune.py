@@ -476,9 +476,13 @@ def test_a_grid_that_failed_before_its_first_point_finished_leaves_the_folder_to
 def test_a_killed_training_s_leftovers_block_neither_a_new_grid_nor_a_resume(tiny_dir, tmp_path):
     out = tmp_path / "g"
     (out / ".seed=0.tmp-abcd").mkdir(parents=True)  # what a kill during the first point leaves
-    assert len(run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out)) == 1
+    trials = run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out)
+    assert [(t.settings, Path(t.run)) for t in trials] == [({"seed": "0"}, out / "seed=0")]
+    assert (out / "seed=0" / "config.json").is_file()  # the point trained into its own folder, beside the leftover
     (out / ".seed=1.tmp-efgh").mkdir()
-    assert len(run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)) == 1
+    resumed = run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)
+    assert [(t.settings, t.run, t.val_recall_at_10) for t in resumed] == [
+        (t.settings, t.run, t.val_recall_at_10) for t in trials]  # the finished point, as it was
 
 
 def test_resume_names_a_damaged_tuning_json(tiny_dir, tmp_path):

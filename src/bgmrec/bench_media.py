@@ -193,7 +193,7 @@ def bench_clip(tmp: Path, repeats: int, log) -> tuple[dict, object]:
     return res, (clip, caption, frames, text)
 
 
-def bench_recommend(tmp: Path, catalog_size: int, repeats: int, clip_ctx, log) -> dict:
+def bench_recommend(catalog_size: int, repeats: int, clip_ctx, log) -> dict:
     from bgmrec.features.audio import AudioExtractor, Catalog
     from bgmrec.features.recommend import ClipFeatures, recommend_clip
     from bgmrec.features.text import caption_text
@@ -270,7 +270,7 @@ def run_bench(n_tracks: int = 6, catalog_size: int = 3000, repeats: int = 5, log
                 "this process after music extraction": peak_rss_mb()}
         clip, ctx = bench_clip(tmp, repeats, log)
         peak["this process after clip embedding (EfficientNet + MiniLM loaded)"] = peak_rss_mb()
-        rec = bench_recommend(tmp, catalog_size, repeats, ctx, log)
+        rec = bench_recommend(catalog_size, repeats, ctx, log)
         peak["this process after recommend (random and CMVAE loaded)"] = peak_rss_mb()
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

@@ -637,3 +637,27 @@ def test_a_run_of_a_model_registered_by_a_script_says_to_register_it(tiny_dir, t
     with pytest.raises(ValueError, match=r"saved with __main__:ScriptPop, which no installed package provides: "
                                          r"register it \(bgmrec.models.registry.register_model\) before loading"):
         load_model(tmp_path / "run")
+
+
+def test_known_bugs_marks_a_contract_test_a_strict_xfail_for_that_class_only():
+    from bgmrec.testing import RecommenderContractMixin
+
+    class WithABug(RecommenderContractMixin):
+        model_name = "random"
+        known_bugs = {"test_empty_batch": "plugin.py:1 returns [0, 1] for an empty batch"}
+
+    class WithoutBugs(RecommenderContractMixin):
+        model_name = "random"
+
+    marks = getattr(WithABug.test_empty_batch, "pytestmark", [])
+    assert [(m.name, m.kwargs) for m in marks] == [
+        ("xfail", {"strict": True, "reason": "plugin.py:1 returns [0, 1] for an empty batch"})]
+    for unmarked in (RecommenderContractMixin.test_empty_batch, WithoutBugs.test_empty_batch,
+                     WithABug.test_encode_shapes):
+        assert not getattr(unmarked, "pytestmark", [])
+    with pytest.raises(AttributeError, match=r"^Misspelt.known_bugs names 'test_empty_bach', which is none of "
+                                             "its tests$"):  # at once, in words
+
+        class Misspelt(RecommenderContractMixin):
+            model_name = "random"
+            known_bugs = {"test_empty_bach": "typo"}

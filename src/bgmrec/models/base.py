@@ -69,8 +69,8 @@ class VideoQuery:
     text: np.ndarray  # float32 [n, Dt] caption + hashtag features (ignored where text_mask is False)
     text_mask: np.ndarray  # bool [n]; False: the video has no usable text
     confounder: np.ndarray | None = None  # float32 [n, G] the uploader's genre preferences, if known
-    index: np.ndarray | None = None  # int64 [n] dataset video indices (only the oracle uses them)
-    split: str | None = None  # the split the queries come from (only the oracle uses it)
+    index: np.ndarray | None = None  # int64 [n] dataset video indices (given only to a model that reads_dataset_rows)
+    split: str | None = None  # the split the queries come from (as index)
     genres: tuple[str, ...] | None = None  # the names of confounder's columns (None: the model's genres, in order)
 
     __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
@@ -108,6 +108,8 @@ class VideoQuery:
         return len(self.visual)
 
     def subset(self, rows: np.ndarray | slice) -> VideoQuery:
+        """The queries ``rows`` (indices, a boolean mask or a slice), every per-query field cut alike."""
+
         def pick(a):
             return None if a is None else a[rows]
 
@@ -144,7 +146,7 @@ class MusicCatalog:
 
     features: np.ndarray  # float32 [M, Dm]
     genre: np.ndarray  # int64 [M]
-    index: np.ndarray | None = None  # int64 [M] dataset track indices (only the oracle uses them)
+    index: np.ndarray | None = None  # int64 [M] dataset track indices (given only to a model that reads_dataset_rows)
     genres: tuple[str, ...] | None = None  # the names of the genre ids (None: ids already in the model's order)
 
     __repr__ = brief_repr  # arrays by shape, long lists by length: not every value
@@ -174,6 +176,7 @@ class MusicCatalog:
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> MusicCatalog:
+        """Every track of ``ds``, in dataset order, with its index and the dataset's genre names."""
         return cls(np.asarray(ds.music, np.float32), np.asarray(ds.track_genre, np.int64),
                    np.arange(ds.n_tracks), tuple(ds.genres))
 
@@ -197,6 +200,7 @@ class FeatureSpec:
 
     @classmethod
     def of(cls, ds: Dataset) -> FeatureSpec:
+        """The feature sizes and genre names of the dataset ``ds`` (what a model trained on it is given)."""
         d = ds.dims()
         return cls(d["video_visual"], d["video_text"], d["music"], tuple(ds.genres))
 
@@ -464,7 +468,7 @@ class Recommender(ABC):
     #: then warned of (:class:`GenreMappingWarning`)
     reads_genre: bool = True
     #: True only for a model that must know which dataset rows it scores (the oracle reads the world's truth by
-    #: them; popularity runs saved before 2026-11-23 know tracks by position): the others get queries and
+    #: them): the others get queries and
     #: catalogues without ``index`` and ``split``, so that no model can look up the held-out answers by them
     reads_dataset_rows: ClassVar[bool] = False
     #: True once ``fit`` has returned (every subclass's, see ``__init_subclass__``) or :func:`load_model` loaded it
@@ -722,9 +726,10 @@ class Recommender(ABC):
         """Hook after weights are restored from ``folder`` (DecCM resolves its teacher here)."""
 
     def save(self, out: Path) -> Path:
-        """Write ``weights.safetensors``, ``config.json`` and ``history.json`` into the folder ``out``, all
-        three or none (:func:`~bgmrec.data.dataset.write_files_together`: a failed save into an earlier run
-        leaves that run as it was, loadable). Refused before anything is written: a model never fitted
+        """Write ``weights.safetensors``, ``config.json`` and ``history.json`` (a model trained by epochs: the
+        others have none, and an older run's is removed) into the folder ``out``, all or none
+        (:func:`~bgmrec.data.dataset.write_files_together`: a failed save into an earlier run leaves that run as
+        it was, loadable). Refused before anything is written: a model never fitted
         (:attr:`fitted`), and state that :func:`load_model` would refuse: an array of a dtype safetensors
         cannot store, NaN or inf, or arrays that the model's own :meth:`check_state_arrays`, run as
         :func:`load_model` runs it (on the unfitted model of this config), refuses."""

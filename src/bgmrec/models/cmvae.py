@@ -50,6 +50,8 @@ SIMILARITIES = ("cosine", "dot")
 
 @dataclass
 class CMVAEConfig(TrainConfig):
+    """The settings of a CMVAE (``bgmrec models cmvae`` lists them): network, loss weights, inference."""
+
     latent_dim: int = 64  # size of the shared Gaussian latent space
     hidden: tuple[int, ...] = (512,)  # hidden widths of every encoder and decoder
     dropout: float = 0.2  # dropout in encoders and decoders
@@ -156,7 +158,8 @@ class CMVAE(TorchRecommender):
         return loss, logs
 
     def matching_loss(self, sim: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The matching term on a [B, B] matrix of cosines (or logits already including other terms)."""
+        """The matching term on a [B, B] matrix of similarities (:meth:`embed`'s: inner products, or cosines with
+        ``similarity='cosine'``), or logits already including other terms (the track prior, the taste path)."""
         cfg: CMVAEConfig = self.config
         if cfg.matching == "hinge":
             return hardest_negative_hinge(sim, cfg.margin, batch.same_track)

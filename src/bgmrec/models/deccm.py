@@ -89,6 +89,8 @@ _EPS = 1e-6
 
 @dataclass
 class DecCMConfig(CMVAEConfig):
+    """The settings of a DecCM: CMVAE's, and the adjustment, the teacher and the inference mode's."""
+
     adjustment: bool = True  # model the taste path t(c)[genre] (False: the "no adjustment" ablation)
     teacher: bool = True  # distil from a frozen PGC teacher (False: the "no teacher" ablation)
     alpha: float = 0.5  # weight of KL(q_student || q_teacher), per latent dimension, video + music (0: none)

@@ -20,6 +20,8 @@ from bgmrec.train import Batch, TrainConfig
 
 @dataclass
 class TwoTowerConfig(TrainConfig):
+    """The settings both two-tower baselines share: their towers."""
+
     latent_dim: int = 64  # size of the shared embedding space
     hidden: tuple[int, ...] = (512,)  # hidden widths of each tower (chosen on val of the small world)
     dropout: float = 0.2  # dropout in the towers
@@ -31,6 +33,8 @@ class TwoTowerConfig(TrainConfig):
 
 @dataclass
 class TwoTowerHingeConfig(TwoTowerConfig):
+    """The settings of ``twotower-hinge``."""
+
     margin: float = 0.2  # hinge margin on cosine similarities
 
     def __post_init__(self) -> None:
@@ -40,6 +44,8 @@ class TwoTowerHingeConfig(TwoTowerConfig):
 
 @dataclass
 class TwoTowerInfoNCEConfig(TwoTowerConfig):
+    """The settings of ``twotower-infonce``."""
+
     temperature: float = 0.1  # InfoNCE temperature (logits = cosine / temperature)
     track_prior: bool = True  # add temperature * log Q(m) to scores (InfoNCE learns log P(m|v) - log Q(m))
 
@@ -87,7 +93,8 @@ class TwoTower(TorchRecommender):
 
 
 class TwoTowerHinge(TwoTower):
-    """Two towers trained with the VSE++ hardest-negative hinge."""
+    """Two towers trained with the hardest-negative hinge of VSE++ (Faghri et al., "VSE++: Improving
+    Visual-Semantic Embeddings with Hard Negatives", BMVC 2018)."""
 
     name = "twotower-hinge"
     config_class = TwoTowerHingeConfig
@@ -98,7 +105,8 @@ class TwoTowerHinge(TwoTower):
 
 
 class TwoTowerInfoNCE(TwoTower):
-    """Two towers trained with symmetric InfoNCE."""
+    """Two towers trained with the symmetric InfoNCE of CLIP (Radford et al., "Learning Transferable Visual
+    Models From Natural Language Supervision", ICML 2021)."""
 
     name = "twotower-infonce"
     config_class = TwoTowerInfoNCEConfig
