@@ -714,7 +714,8 @@ def test_features_fingerprint_follows_every_feature_file_and_nothing_else(tiny_c
     assert features_fingerprint(tiny_copy) == before  # not a file the dataset loads
 
 
-def test_runs_without_a_usable_record_evaluate_without_a_word_of_the_record(cli_world, popularity_run, tmp_path, capsys):
+def test_runs_without_a_usable_record_evaluate_without_a_word_of_the_record(cli_world, popularity_run, tmp_path,
+                                                                             capsys):
     import shutil
 
     other = tmp_path / "seed1"

@@ -25,13 +25,12 @@ from bgmrec.data.dataset import FINGERPRINTS
 from bgmrec.demo import (
     BASELINE,
     DEMO_MODELS,
-    EVAL_SPLITS,
     check_own_folder,
     check_world_folder,
     ensure_world,
-    evaluate_run,
     world_parameters,
 )
+from bgmrec.eval.protocol import EVAL_SPLITS, evaluate_run
 from bgmrec.eval.report import markdown_from_rows, pyplot, save_figure
 
 if TYPE_CHECKING:
@@ -869,7 +868,7 @@ def _score_ceiling_world(plan: _CeilingPlan, seed: int, world: Path, figures: _C
     """Add one seed's world to ``figures``: each run's Recall@10 as it ranks and with :class:`TrackTermFit`, and
     the intervened world's models and the teacher-mixed references."""
     from bgmrec.data.dataset import load_dataset, read_json
-    from bgmrec.demo import evaluation_modes
+    from bgmrec.eval.protocol import evaluation_modes
     from bgmrec.models.base import load_model
 
     models, splits, intervened, redraws = plan.models, plan.splits, plan.intervened, plan.redraws

@@ -28,7 +28,8 @@ from rich.console import Console
 
 from bgmrec.bench import first_line, with_resume, write_report
 from bgmrec.data.dataset import load_dataset, read_json
-from bgmrec.demo import check_own_folder, evaluate_run
+from bgmrec.demo import check_own_folder
+from bgmrec.eval.protocol import evaluate_run
 from bgmrec.eval.report import change_cell, label, markdown_from_rows, paired_against, without_ranks
 from bgmrec.tune import (
     Trial,

@@ -13,8 +13,8 @@ from pathlib import Path
 from rich.console import Console
 
 from bgmrec.data.dataset import load_dataset, read_json, write_files_together, write_json_atomic
+from bgmrec.eval.protocol import EVAL_SPLITS, evaluate_run
 
-EVAL_SPLITS = ("test", "test_new_music", "test_unbiased")
 BASELINE = "cmvae"  # the model every other one is compared with, query by query
 DEMO_MODELS = ("random", "popularity", "cca", "twotower-hinge", "twotower-infonce", "cmvae", "cmvae-visual",
                "cmvae-concat", "cmvae-nocrossgen", "cmvae-noprior", "deccm", "deccm-noadjust", "deccm-noteacher",
@@ -104,31 +104,6 @@ def ensure_world(scale: str, seed: int, data: Path, console: Console, world: dic
     with progress_steps(f"simulating the {scale} world (seed {seed})", not console.quiet) as step:  # on stderr
         simulate_and_save(cfg, data, step)
     console.print(f"simulated the {scale} world into {data} ({time.perf_counter() - t0:.1f} s)")
-
-
-def evaluation_modes(model) -> list[str | None]:
-    """The inference modes a model is evaluated in (:meth:`~bgmrec.models.base.Recommender.modes_to_evaluate`),
-    or [None]: once, as it is."""
-    return list(model.modes_to_evaluate()) or [None]
-
-
-def evaluate_run(run: Path, ds, splits=EVAL_SPLITS, label: str | None = None, keep_ranks: bool = False) -> list[dict]:
-    """Evaluate a saved run on ``splits``, once per inference mode for models that have several
-    (``keep_ranks``: with each query's rank, for paired comparisons)."""
-    from bgmrec.eval.protocol import evaluate
-    from bgmrec.models.base import load_model
-
-    model = load_model(run)
-    results = []
-    for mode in evaluation_modes(model):
-        if mode is not None:
-            model.set_inference_mode(mode)
-        for split in splits:
-            if split in ds.splits and len(ds.splits[split]):
-                r = evaluate(model, ds, split, keep_ranks=keep_ranks)
-                r["label"] = label or model.name
-                results.append(r)
-    return results
 
 
 def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console: Console) -> list[dict]:

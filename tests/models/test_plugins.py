@@ -466,7 +466,7 @@ def test_the_listing_shows_a_class_s_own_first_docstring_line_as_plain_text(monk
 
 
 def test_a_plugin_with_inference_modes_is_evaluated_in_each(tiny_ds, tiny_spec, tmp_path, registered):
-    from bgmrec.demo import evaluate_run, evaluation_modes
+    from bgmrec.eval.protocol import evaluate_run, evaluation_modes
     from bgmrec.models.baselines import RandomConfig, RandomRecommender
     from bgmrec.models.deccm import DecCM, DecCMConfig
 

@@ -15,7 +15,7 @@ from bgmrec.data.dataset import Dataset, load_dataset
 from bgmrec.data.negatives import other_positives
 from bgmrec.eval import metrics as M
 from bgmrec.eval.significance import PairedComparison, check_settings, paired_comparison
-from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embedding_widths
+from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embedding_widths, load_model
 
 FULL_KS = (1, 5, 10, 20)
 SAMPLED_KS = (10, 15, 20, 25)
@@ -25,6 +25,8 @@ SAMPLED_METRICS = (*(f"recall@{k}" for k in SAMPLED_KS), *(f"ndcg@{k}" for k in 
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50, 100)
 RANK_KEYS = ("full_ranks", "sampled_ranks")  # what evaluate(keep_ranks=True) adds: per-query arrays, not JSON
 PAPERS_NEGATIVES = 100  # the papers' sampled protocol: each positive against 100 negatives (fewer if the split has)
+
+EVAL_SPLITS = ("test", "test_new_music", "test_unbiased")  # the test splits every report ranks on
 
 
 class EvaluationWarning(UserWarning):
@@ -174,6 +176,30 @@ def _scorer(model, ds: Dataset, split: str):
         return torch.einsum("nd,nkd->nk", torch.from_numpy(queries), items[torch.from_numpy(tracks)]).numpy()
 
     return score
+
+
+def evaluation_modes(model) -> list[str | None]:
+    """The inference modes a model is evaluated in (:meth:`~bgmrec.models.base.Recommender.modes_to_evaluate`),
+    or [None]: once, as it is."""
+    return list(model.modes_to_evaluate()) or [None]
+
+
+def evaluate_run(run: Path, ds: Dataset, splits=EVAL_SPLITS, label: str | None = None,
+                 keep_ranks: bool = False) -> list[dict]:
+    """:func:`evaluate` of the run folder ``run`` on each of ``splits`` that ``ds`` holds rows of, once per
+    inference mode for models that have several (:func:`evaluation_modes`), each result's ``label`` the
+    given one or the model's name (``keep_ranks``: with each query's rank, for paired comparisons)."""
+    model = load_model(run)
+    results = []
+    for mode in evaluation_modes(model):
+        if mode is not None:
+            model.set_inference_mode(mode)
+        for split in splits:
+            if split in ds.splits and len(ds.splits[split]):
+                r = evaluate(model, ds, split, keep_ranks=keep_ranks)
+                r["label"] = label or model.name
+                results.append(r)
+    return results
 
 
 def as_dataset(ds: Dataset | str | os.PathLike) -> Dataset:
