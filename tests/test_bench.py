@@ -678,3 +678,34 @@ def test_the_ceiling_report_gives_each_seed_s_count_of_val_videos_in_seed_order(
     assert f"on the val videos ({counts[0]} and {counts[1]} for seeds 0 and 1; `TrackTermFit`" in text
     assert counts_per_world([184, 184, 184], [0, 1, 2]) == "184 per world"
     assert counts_per_world([184, 173, 180], [2, 0, 1]) == "184, 173 and 180 for seeds 2, 0 and 1"
+
+
+@pytest.mark.parametrize("command", [
+    ["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity"],
+    ["bench", "ceiling", "--scale", "tiny", "--seeds", "0", "--models", "popularity", "--no-fit"],
+    ["bench", "gamma", "--scale", "tiny", "--gammas", "0"],
+    ["bench", "tuned", "--data", "DATA", "--models", "popularity,random", "--grid", "seed=0"],
+    ["bench-media"],
+])
+def test_every_bench_refuses_a_report_path_that_is_another_file_before_any_work(command, tiny_dir, tmp_path, capsys):
+    # bench quality --out DATASET/videos.csv replaced the dataset's videos.csv with its report (and dropped its
+    # figures and plots beside it); a user's notes.md went the same way
+    from bgmrec.cli import main
+
+    command = [str(tiny_dir) if part == "DATA" else part for part in command]
+    work = [] if command[0] == "bench-media" else ["--work", str(tmp_path / "work")]
+    videos = Path(shutil.copytree(tiny_dir, tmp_path / "data")) / "videos.csv"
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    for out, words in ((videos, "the report is Markdown (a .md file)"),
+                       (notes, "exists and is not a report of this bench; refusing to replace it"),
+                       (tmp_path / "data", "the report is Markdown")):
+        before = {p: p.read_bytes() for p in (videos, notes)}
+        capsys.readouterr()
+        assert main([*command, *work, "--out", str(out)]) == 2
+        assert f"--out {out}: {words}" in " ".join(capsys.readouterr().err.split())
+        assert {p: p.read_bytes() for p in (videos, notes)} == before
+        assert not (tmp_path / "work").exists()  # refused before any work
+    (tmp_path / "folder.md").mkdir()
+    assert main([*command, *work, "--out", str(tmp_path / "folder.md")]) == 2
+    assert "exists and is not a report of this bench" in " ".join(capsys.readouterr().err.split())

@@ -73,10 +73,11 @@ BENCH_ENTRIES = ("*-seed[0-9]*", "tt150k-speed", "benchmarks*.md", "benchmarks_*
 
 
 QUALITY_TITLE = "# Benchmarks: quality on the simulated worlds"  # the first line of a bench quality report
-REPORT_TITLES = (QUALITY_TITLE, "# The models against the learners trained on the intervened world (",  # how the
-                 "# How much of each model's error is in its per-track term (",  # first lines of the bench reports
-                 "# DecCM vs CMVAE as confounding grows (",  # begin: quality, ceiling (both kinds), gamma,
-                 "# Media benchmark")  # bench-media
+CEILING_TITLES = ("# The models against the learners trained on the intervened world (",  # --no-fit
+                  "# How much of each model's error is in its per-track term (")  # the first lines of its reports
+GAMMA_TITLE = "# DecCM vs CMVAE as confounding grows ("
+MEDIA_TITLE = "# Media benchmark"  # bench-media's
+REPORT_TITLES = (QUALITY_TITLE, *CEILING_TITLES, GAMMA_TITLE, MEDIA_TITLE)  # how the bench reports begin
 
 
 def check_work_folder(work: Path, out: Path) -> None:
@@ -92,6 +93,18 @@ def check_work_folder(work: Path, out: Path) -> None:
     check_own_folder(work, "--work", "a work folder of bgmrec bench", BENCH_ENTRIES + tuple(map(glob.escape, own)))
     for world in sorted(Path(work).glob("*-seed[0-9]*")) if Path(work).is_dir() else []:
         check_world_folder(world, f"--work {work}")
+
+
+def check_report_file(out: Path, titles: str | tuple[str, ...]) -> None:
+    """Refuse (ValueError), before any work, a report path ``out`` that is not a Markdown file, or that exists and
+    is not an earlier report of the same bench (empty, or its first line one of ``titles``): a report and the
+    figures written beside it replaced whatever ``--out`` named (a dataset's ``videos.csv``, a user's notes)."""
+    out = Path(out)
+    if out.suffix != ".md":
+        raise ValueError(f"--out {out}: the report is Markdown (a .md file); its figures go beside it")
+    if out.exists() and not (out.is_file() and (out.stat().st_size == 0 or first_line(out).startswith(titles))):
+        raise ValueError(f"--out {out}: exists and is not a report of this bench; refusing to replace it (choose "
+                         "another --out, or remove the file)")
 
 
 def first_line(path: Path) -> str:
@@ -278,6 +291,7 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
     world = dict(world or {})
     for scale in scales:  # a bad parameter fails now, not after the worlds and models before it
         world_parameters(scale, 0, world)
+    check_report_file(out, QUALITY_TITLE)
     check_work_folder(work, out)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -767,6 +781,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
 
     if not models:
         raise ValueError("no quality-benchmark runs to read: name at least one model")
+    check_report_file(out, CEILING_TITLES)
     check_model_names(models)
     check_intervened_models(intervened)
     if intervened and "test_unbiased" not in splits:
@@ -789,11 +804,11 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
             + ("" if commits == {now} else f" (scored with the code of commit {now})") + ". ")
     seed_list = ", ".join(map(str, seeds))
     if not fit_track_terms:
-        lines = [f"# The models against the learners trained on the intervened world ({scale} world, seeds "
+        lines = [f"{CEILING_TITLES[0]}{scale} world, seeds "
                  f"{seed_list})", "", made + "Without the per-track fits (`--no-fit`).", "",
                  *intervened_section(cells, learners, seeds, redraws)]
         return write_report(out, lines, console)
-    lines = [f"# How much of each model's error is in its per-track term ({scale} world, seeds {seed_list})", "",
+    lines = [f"{CEILING_TITLES[1]}{scale} world, seeds {seed_list})", "",
              made + "Full-catalogue Recall@10, mean ± population standard deviation over seeds. *ranked*: the model as "
              "it ranks. "
              "*fitted track term*: the same scores with a scale and a per-track term fitted to the split's true "
@@ -943,6 +958,7 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
     """CMVAE vs DecCM on ``test_unbiased`` as the confounding strength gamma grows (Markdown + plot), with
     CMVAE trained on each world's intervened version (:func:`intervened_dataset`, mean of ``redraws``) and
     CMVAE with DecCM's teacher mixed in (:class:`RunTeacher`)."""
+    check_report_file(out, GAMMA_TITLE)
     check_work_folder(work, out)
     rows = []
     for gamma in gammas:
@@ -1030,7 +1046,7 @@ def _gamma_sweep_lines(rows: list[dict], scale: str, seed: int, command: str, re
     from bgmrec.runs import git_commit, machine
 
     content = [r for r in rows if r["mode"] == "content"]  # one per gamma; the CMVAE and truth columns are shared
-    lines = [f"# DecCM vs CMVAE as confounding grows ({scale} world, seed {seed})", "",
+    lines = [f"{GAMMA_TITLE}{scale} world, seed {seed})", "",
              f"Made by `{command}` at commit {git_commit()} on {machine()}, {time.strftime('%Y-%m-%d')}. "
              "Full-catalogue Recall@10 and exposure TVD@10 on `test_unbiased` (positives drawn without taste or "
              "popularity); one world per gamma, everything else at its default.", "",

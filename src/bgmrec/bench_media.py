@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bgmrec.bench import MEDIA_TITLE
 from bgmrec.eval.report import markdown_from_rows
 
 TARGETS = {"music_x_per_core": 20.0, "clip_s": 0.6, "recommend_s": 1.0}
@@ -333,7 +334,7 @@ def write_markdown(res: dict, out: Path) -> Path:
         rows.append((f"peak memory (RSS): {stage}", f"{mb:.0f} MB", "", ""))
     mach = res["machine"]
     lines = [
-        "# Media benchmark (`bgmrec bench-media`)",
+        f"{MEDIA_TITLE} (`bgmrec bench-media`)",
         "",
         f"Machine: {mach['platform']}, {mach['processor']}, {mach['cpus']} CPUs; Python {mach['python']}, "
         f"torch {mach['torch']}. Date: {res['date']}. Load average at the end: "

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.console import Console
 
-from bgmrec.bench import first_line, with_resume, write_report
+from bgmrec.bench import check_report_file, first_line, with_resume, write_report
 from bgmrec.data.dataset import load_dataset, read_json
 from bgmrec.demo import check_own_folder
 from bgmrec.eval.protocol import evaluate_run
@@ -167,13 +167,13 @@ def _check_splits(ds: Dataset, data: Path, splits: tuple[str, ...]) -> None:
 
 
 def _check_work(work: Path, models: list[str], out: Path, resume: bool) -> None:
-    """Refuse a report ``out`` that is not Markdown, lies in a folder below ``work``, or whose JSON beside it would
+    """Refuse a report ``out`` that is not Markdown, is a file but an earlier report of this command
+    (:func:`~bgmrec.bench.check_report_file`), lies in a folder below ``work``, or whose JSON beside it would
     replace a file that is not an earlier report's figures; a ``work`` folder holding anything but grids of
     ``tune`` and reports of this command; a model's entry in it that is not a grid; and, without ``resume``, a
     model's grid already there."""
     work, out = Path(work), Path(out)
-    if out.suffix != ".md":
-        raise ValueError(f"--out {out}: the report is Markdown (a .md file); its figures go beside it as .json")
+    check_report_file(out, TUNED_TITLE)
     if out.resolve().parent != work.resolve() and out.resolve().is_relative_to(work.resolve()):
         raise ValueError(f"--out {out}: inside a folder of --work {work}; write it into {work} itself or outside it")
     figures = out.with_suffix(".json")

@@ -370,8 +370,10 @@ def bench_media_cmd(
     repeats: int = typer.Option(5, help="timed repeats of the warm clip and recommend measurements"),
 ) -> None:
     """Time music extraction, clip embedding and recommend; write a Markdown table with the machine."""
+    from bgmrec.bench import MEDIA_TITLE, check_report_file
     from bgmrec.bench_media import run_bench, write_markdown
 
+    check_report_file(out, MEDIA_TITLE)  # before the minutes of timing
     res = run_bench(n_tracks=tracks, catalog_size=catalog_size, repeats=repeats,
                     log=lambda m: _console(stderr=True).print(m, markup=False))
     write_markdown(res, out)
