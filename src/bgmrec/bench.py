@@ -781,7 +781,6 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
 
     if not models:
         raise ValueError("no quality-benchmark runs to read: name at least one model")
-    check_report_file(out, CEILING_TITLES)
     check_model_names(models)
     check_intervened_models(intervened)
     if intervened and "test_unbiased" not in splits:
@@ -792,6 +791,7 @@ def run_track_term_ceiling(scale: str, seeds: list[int], work: Path, out: Path, 
             raise ValueError("nothing to report without the per-track fits (--no-fit) and with no model for the "
                              "intervened world: name one (--intervened cmvae)")
         splits = ("test_unbiased",)
+    check_report_file(out, CEILING_TITLES)
     _check_ceiling_runs(worlds, seeds, models, scale, work)
     plan = _CeilingPlan(scale, models, tuple(splits), intervened, redraws, fit_track_terms)
     figures = _CeilingFigures()
