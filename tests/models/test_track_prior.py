@@ -175,6 +175,36 @@ def test_a_checkpoint_saved_without_the_prior_ranks_by_similarity(tiny_ds, tmp_p
     assert np.allclose(old.score(q, catalog), plain.score(q, catalog), atol=1e-5)
 
 
+def test_a_checkpoint_whose_prior_arrays_disagree_is_refused_naming_them(tiny_ds, tmp_path):
+    # a log_share one shorter than digest failed with an IndexError deep in numpy at the first ranking, a y_mean of
+    # two values with a RuntimeError of torch, coef and x_mean of other lengths in a matmul error naming no file;
+    # an unsorted digest was accepted and found the wrong tracks
+    from safetensors.numpy import load_file, save_file
+
+    from bgmrec.models.base import load_model
+
+    model = build("cmvae", FeatureSpec.of(tiny_ds), {"epochs": 1, "hidden": "16", "latent_dim": 8})
+    folder = model.fit(SplitView(tiny_ds, "train")).save(tmp_path / "run")
+    weights = load_file(str(folder / "weights.safetensors"))
+    n, w = len(weights["track_prior.digest"]), len(weights["track_prior.coef"])
+    assert n > 2 and w > 2 and load_model(folder).fitted  # as saved: loads
+    for key, damaged, words in (
+            ("log_share", weights["track_prior.log_share"][:-1],
+             rf"track_prior.log_share has shape \[{n - 1}\], track_prior.digest \[{n}\]: one log share per track hash"),
+            ("digest", weights["track_prior.digest"][::-1].copy(), r"track_prior.digest is not sorted"),
+            ("y_mean", np.zeros(2), r"track_prior.y_mean has shape \[2\]: one mean log share, or none"),
+            ("coef", weights["track_prior.coef"][:-1],
+             rf"track_prior.coef has shape \[{w - 1}\], track_prior.x_mean \[{w}\]: one regression weight per input")):
+        save_file({**weights, f"track_prior.{key}": damaged}, str(folder / "weights.safetensors"))
+        with pytest.raises(ValueError, match=rf"weights\.safetensors: {words}"):
+            load_model(folder)
+    # and a model whose prior disagrees is not saved (its check runs on save as on load)
+    model.module.track_prior.y_mean = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="track_prior.y_mean has shape"):
+        model.save(tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
 def test_popularity_recognises_its_training_tracks_in_a_catalogue_of_any_order(tiny_ds, tmp_path):
     # it took a track's count by catalogue position: served with the catalogue folder (extract-music's path order)
     # of a dataset listing tracks by id, or with a catalogue grown since, it ranked other tracks first, silently
@@ -204,4 +234,8 @@ def test_popularity_recognises_its_training_tracks_in_a_catalogue_of_any_order(t
     folder = model.save(tmp_path / "run")
     save_file({"counts": counts.astype(np.float64)}, str(folder / "weights.safetensors"))
     with pytest.raises(ValueError, match=r"weights\.safetensors: missing keys digest$"):
+        load_model(folder)
+    save_file({"counts": counts.astype(np.float64), "digest": model.digest[::-1].copy()},
+              str(folder / "weights.safetensors"))  # unsorted: it found the wrong tracks
+    with pytest.raises(ValueError, match=r"weights\.safetensors: digest is not sorted"):
         load_model(folder)

@@ -73,14 +73,21 @@ def _paired(baseline, candidate) -> np.ndarray:
     return np.stack([a, b], axis=1)
 
 
+MAX_RESAMPLES = 1_000_000  # a p-value's resolution of 1e-6; the bootstrap's means alone hold 8 bytes per resample
+
+
 def check_settings(resamples: int, level: float | None = 0.95) -> None:
-    """ValueError unless ``resamples`` >= 1 and ``level`` is in (0, 1) (checked before any ranking). With a
+    """ValueError unless 1 <= ``resamples`` <= :data:`MAX_RESAMPLES` and ``level`` is in (0, 1) (checked before any
+    ranking: 1e11 resamples failed after the ranking, allocating 1.46 TiB). With a
     ``level`` (an interval is made), each of the interval's two tails must hold at least one resample:
     ``resamples`` >= 2 / (1 - level), 40 at 95%."""
     from bgmrec.data.dataset import FieldError  # a ValueError naming the argument (a command's option: worded)
 
     if not isinstance(resamples, int | np.integer) or resamples < 1:
         raise FieldError(f"{{resamples}} must be an integer >= 1, got {resamples}", "resamples")
+    if resamples > MAX_RESAMPLES:
+        raise FieldError(f"{{resamples}} must be at most {MAX_RESAMPLES:,} (the default is 10,000), got {resamples}",
+                         "resamples")
     if level is None:
         return
     if not 0 < level < 1:  # False for NaN too

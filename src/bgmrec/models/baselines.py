@@ -124,6 +124,9 @@ class PopularityRecommender(Recommender):
         digest, counts = arrays.get("digest"), arrays.get("counts")  # a subclass may keep others
         if digest is not None and counts is not None and digest.shape != counts.shape:
             raise ValueError(f"digest has shape {list(digest.shape)}, counts {list(counts.shape)}: one hash per track")
+        if digest is not None and (np.diff(digest) <= 0).any():
+            raise ValueError("digest is not sorted (the track hashes are searched by bisection), or names a track "
+                             "twice")
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.counts = arrays["counts"]

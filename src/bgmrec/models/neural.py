@@ -101,6 +101,24 @@ class TrackPrior(nn.Module):
         self.x_mean = torch.zeros(0, dtype=torch.float64)
         self.coef = torch.zeros(0, dtype=torch.float64)
 
+    @staticmethod
+    def check_arrays(arrays: dict[str, np.ndarray], name: str) -> None:
+        """Raise ValueError, naming the arrays ``name.KEY``, unless the saved buffers ``arrays`` agree: one log share
+        per hash, the hashes sorted (they are searched by bisection), at most one mean, and as many regression
+        weights as input means (a damaged checkpoint failed deep inside numpy, or scored wrong)."""
+        digest, log_share, x_mean, coef, y_mean = (np.asarray(arrays[k]) for k in
+                                                   ("digest", "log_share", "x_mean", "coef", "y_mean"))
+        if log_share.shape != digest.shape:
+            raise ValueError(f"{name}.log_share has shape {list(log_share.shape)}, {name}.digest "
+                             f"{list(digest.shape)}: one log share per track hash")
+        if (np.diff(digest) < 0).any():
+            raise ValueError(f"{name}.digest is not sorted (the track hashes are searched by bisection)")
+        if len(y_mean) > 1:
+            raise ValueError(f"{name}.y_mean has shape {list(y_mean.shape)}: one mean log share, or none")
+        if coef.shape != x_mean.shape:
+            raise ValueError(f"{name}.coef has shape {list(coef.shape)}, {name}.x_mean {list(x_mean.shape)}: one "
+                             "regression weight per input")
+
     def exact(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found [M] bool, log share [M], NaN where not found) of tracks given by their features."""
         found, pos = find_by_features(self.digest.numpy(), features)
@@ -326,7 +344,11 @@ class TorchRecommender(Recommender):
         return out
 
     def check_state_arrays(self, arrays: dict) -> None:
-        super().check_state_arrays(self._with_missing_priors(arrays))
+        arrays = self._with_missing_priors(arrays)
+        super().check_state_arrays(arrays)
+        for name, sub in self.module.named_modules():
+            if isinstance(sub, TrackPrior):
+                TrackPrior.check_arrays({k: arrays[f"{name}.{k}"] for k in sub.state_dict()}, name)
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         tensors = self._with_missing_priors({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
