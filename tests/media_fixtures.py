@@ -187,6 +187,13 @@ def truncate(src: Path, dst: Path, keep: float = 0.3) -> Path:
     return Path(dst)
 
 
+def without_codec(src: Path, dst: Path) -> Path:
+    """Copy an MP4 with its 'minf' boxes renamed (a fuzzer's damage): its streams' codecs unknown, PyAV's
+    ``codec_context`` None."""
+    Path(dst).write_bytes(Path(src).read_bytes().replace(b"minf", b"Rinf"))
+    return Path(dst)
+
+
 # ---- expensive objects, built once per test process (shared by every media test module) ----------------
 
 @functools.cache

@@ -187,6 +187,11 @@ def test_clear_errors(world, tmp_path, capsys):
     code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--video",
                  str(bad)])
     assert code == 2 and "cannot open as media" in one_line_err(capsys)
+    damaged = mf.without_codec(world / "videos" / "clip05.mp4", tmp_path / "damaged.mp4")  # was a traceback
+    code = main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--video",
+                 str(damaged)])
+    assert code == 2 and one_line_err(capsys) == (f"error: {damaged}: no decoder for its video stream: a damaged "
+                                                  "header, or a codec FFmpeg does not decode")
 
 
 def test_the_service_answers_an_uploaded_video_as_the_cli(world, capsys, tmp_path):

@@ -434,6 +434,18 @@ def test_a_video_upload_without_the_media_packages_gets_a_501(client, monkeypatc
     assert r.status_code == 501 and r.json()["detail"].startswith("video upload needs the media extra")
 
 
+def test_an_upload_whose_video_stream_has_no_decoder_gets_a_422_naming_it(client, monkeypatch, tmp_path):
+    # a damaged mp4 (its stream's codec_context None) was an AttributeError: HTTP 500
+    pytest.importorskip("av")
+    import media_fixtures as mf
+
+    monkeypatch.setattr(service._MediaEncoders, "_load_locked", lambda self: (None, None))  # decoding refuses it first
+    bad = mf.without_codec(mf.write_video(tmp_path / "clip.mp4", 1.0, 96, 64, 8), tmp_path / "bad.mp4")
+    r = client.post("/recommend/video", files={"video": ("bad.mp4", bad.read_bytes(), "video/mp4")})
+    assert r.status_code == 422 and r.json() == {
+        "detail": "video bad.mp4: no decoder for its video stream: a damaged header, or a codec FFmpeg does not decode"}
+
+
 def test_a_batch_gives_taste_for_every_clip_or_for_none(client, tiny_ds):
     mixed = {"clips": [clip_body(tiny_ds, 0, taste={tiny_ds.genres[0]: 1.0}), clip_body(tiny_ds, 1)]}
     r = client.post("/recommend/batch", json=mixed)

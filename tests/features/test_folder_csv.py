@@ -3,6 +3,7 @@ bad ones are one-line errors naming the file, the line and the columns expected 
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -109,8 +110,6 @@ def test_a_folder_given_for_a_csv_is_named_as_one(tmp_path):
 
 
 def _manifest_edit(root, key, value):
-    import json
-
     man = json.loads((root / "manifest.json").read_text())
     man[key] = value
     (root / "manifest.json").write_text(json.dumps(man))
@@ -153,6 +152,17 @@ DAMAGED = {
                                      encoding="utf-8"), "c/tracks.csv: id 't0' is on two rows"),
     "music rows swapped": ("catalog", lambda r: _rows_swapped_after_extraction(r, "music.npy"),
                            "c/music.npy: not the content manifest.json records (content_hash "),
+    # a field of another JSON kind was a TypeError ('int' object is not subscriptable) or an AttributeError
+    "content hash a number": ("catalog", lambda r: _manifest_edit(r, "content_hash", 5),
+                              "c/manifest.json: field 'content_hash' must be a JSON string, found int"),
+    "catalogue dim text": ("catalog", lambda r: _manifest_edit(r, "dim", "5"),
+                           "c/manifest.json: field 'dim' must be a JSON integer, found str"),
+    "track ids text": ("catalog", lambda r: _manifest_edit(r, "ids", "t0 t1 t2"),
+                       "c/manifest.json: field 'ids' must be a JSON list, found str"),
+    "video counts a list": ("videos", lambda r: _manifest_edit(r, "counts", [3]),
+                            "v/manifest.json: field 'counts' must be a JSON object, found list"),
+    "video content hash null": ("videos", lambda r: _manifest_edit(r, "content_hash", None),
+                                "v/manifest.json: field 'content_hash' must be a JSON string, found NoneType"),
     "track count edited": ("catalog", lambda r: _manifest_edit(r, "counts", {"tracks": 999}),
                            "c/manifest.json: counts.tracks is 999, but the folder holds 3 rows"),
     "no tracks": ("catalog", lambda r: np.save(r / "music.npy", np.zeros((0, 5), np.float32)) or _manifest_edit(
@@ -202,6 +212,17 @@ def test_one_video_read_alone_is_refused_alike_but_for_the_content_hash(tmp_path
     with pytest.raises(DatasetError) as err:
         load_video_row(root, "v0")
     assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_manifest_without_content_hash_or_counts_is_loaded_unchecked(tmp_path):
+    """check_manifest_content checks the hash and counts a manifest has: hand-made folders (as these tests write, from
+    arrays) may leave them out; extract-music and extract-videos always write both."""
+    catalog = mf.write_catalog_folder(tmp_path / "c", np.zeros((3, 5), np.float32), ["pop"] * 3)
+    videos = mf.write_videos_folder(tmp_path / "v", 3)
+    for root in (catalog, videos):
+        assert not {"content_hash", "counts"} & set(json.loads((root / "manifest.json").read_text()))
+    assert load_catalog(catalog).ids == ["t0", "t1", "t2"]
+    assert load_video_features(videos).ids == ["v0", "v1", "v2"]
 
 
 def test_one_video_read_alone_is_its_row_of_the_folder_and_only_its_values_are_checked(tmp_path):

@@ -486,6 +486,26 @@ def test_a_clip_with_a_display_rotation_is_sampled_upright(tmp_path):
     np.testing.assert_array_equal(upright, np.rot90(stored, -1, axes=(1, 2)))
 
 
+NO_DECODER = "no decoder for its video stream: a damaged header, or a codec FFmpeg does not decode"
+
+
+def test_a_video_stream_without_a_decoder_is_refused_in_one_line_and_listed_in_failures_csv(tmp_path):
+    # a damaged mp4 (its stream's codec_context None) was an AttributeError: a traceback from recommend --video, a
+    # 500 from an upload, and "AttributeError: 'NoneType' object has no attribute 'width'" in failures.csv
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = mf.write_video(videos / "good.mp4", 1.0, 96, 64, 8)
+    bad = mf.without_codec(good, videos / "bad.mp4")
+    with pytest.raises(MediaError, match=f"^{NO_DECODER}$"):
+        sample_frames(bad, 4)
+    out = tmp_path / "vids"
+    rep = extract_videos(videos, out, config=VideoConfig(frames=4), progress=False, frames=CountingFrames(),
+                         text=mf.text_encoder())
+    assert rep.done == 1 and rep.failures == [("bad.mp4", NO_DECODER)]
+    with open(out / "failures.csv", encoding="utf-8") as f:
+        assert list(csv.reader(f)) == [["file", "reason"], ["bad.mp4", NO_DECODER]]
+
+
 def test_frames_larger_than_8k_are_refused_before_they_are_decoded(tmp_path, monkeypatch):
     import bgmrec.features.video as video
 

@@ -1106,7 +1106,16 @@ def _ints(values: list[str], where: str) -> np.ndarray:
         raise DatasetError(f"{where}: expected integers ({e})") from None
 
 
-_JSON_KINDS = {int: "integer", dict: "object", list: "list"}
+_JSON_KINDS = {int: "integer", str: "string", dict: "object", list: "list"}
+
+
+def check_field_kinds(man: dict, kinds: dict[str, type], where: str) -> None:
+    """Refuse a field of the JSON object ``man`` (read from ``where``) present but not of its kind in ``kinds``, in one
+    line naming the field (a ``"content_hash": 5`` was a TypeError: 'int' object is not subscriptable)."""
+    for key, kind in kinds.items():
+        if key in man and not isinstance(man[key], kind):
+            raise DatasetError(f"{where}: field {key!r} must be a JSON {_JSON_KINDS[kind]}, "
+                               f"found {type(man[key]).__name__}")
 
 
 def _ids(arr: np.ndarray) -> np.ndarray:
@@ -1156,13 +1165,12 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     if other is not None:
         raise DatasetError(f"{root} is {other[0]}, not a dataset{f': {other[1]}' if other[1] else ''}")
     man = read_json(root / "manifest.json", f"{root}/manifest.json")
-    for key, kind in (("format_version", int), ("counts", dict), ("modalities", dict), ("genres", list),
-                      ("splits", dict), ("provenance", dict)):
+    kinds = {"format_version": int, "counts": dict, "modalities": dict, "genres": list, "splits": dict,
+             "provenance": dict}
+    for key in kinds:
         if key not in man and key != "provenance":
             raise DatasetError(f"{root}/manifest.json: missing field {key!r}")
-        if key in man and not isinstance(man[key], kind):
-            raise DatasetError(f"{root}/manifest.json: field {key!r} must be a JSON "
-                               f"{_JSON_KINDS[kind]}, found {type(man[key]).__name__}")
+    check_field_kinds(man, kinds, f"{root}/manifest.json")
     if man["format_version"] != FORMAT_VERSION:
         raise DatasetError(f"{root}/manifest.json: format_version {man['format_version']!r}, "
                            f"this bgmrec reads {FORMAT_VERSION}")

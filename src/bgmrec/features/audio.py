@@ -735,8 +735,7 @@ def load_catalog(root: Path) -> Catalog:
     if feats.ndim != 2 or len(feats) != len(rows):
         raise DatasetError(f"{root}/music.npy: expected shape [{len(rows)}, *] (one row per tracks.csv row), "
                            f"found {list(feats.shape)}")
-    dim = man.get("dim")
-    check_float_matrix(feats, (len(rows), dim if isinstance(dim, int) else None), str(root), "music.npy")
+    check_float_matrix(feats, (len(rows), man.get("dim")), str(root), "music.npy")
     if not rows:
         raise DatasetError(f"{root}/tracks.csv: no tracks; a catalogue needs at least one")
     check_manifest_content(root, man, "music.npy", (feats,), "tracks", len(rows))

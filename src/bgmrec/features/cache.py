@@ -676,7 +676,7 @@ def check_manifest_content(root: Path, manifest: dict, files: str, arrays: tuple
 
     recorded = (manifest.get("counts") or {}).get(count_key)
     if recorded is not None and recorded != count:
-        raise DatasetError(f"{root}/manifest.json: counts.{count_key} is {recorded}, but the folder holds {count} "
+        raise DatasetError(f"{root}/manifest.json: counts.{count_key} is {recorded!r}, but the folder holds {count} "
                            "rows; it was changed since it was extracted: extract it again")
     recorded = manifest.get("content_hash") if arrays is not None else None
     if recorded is not None and recorded != (found := arrays_sha256(*arrays)):
@@ -686,17 +686,18 @@ def check_manifest_content(root: Path, manifest: dict, files: str, arrays: tuple
 
 
 def read_manifest(root: Path, kind: str, what: str) -> dict:
-    """The manifest of an extracted folder, checked to be of ``kind`` (errors name the folder)."""
-    from bgmrec.data.dataset import DatasetError, read_json
+    """The manifest of an extracted folder, checked to be of ``kind`` and its fields the loaders read to be of their
+    JSON kinds (errors name the folder)."""
+    from bgmrec.data.dataset import DatasetError, check_field_kinds, read_json
 
     if not Path(root).is_dir():
         raise DatasetError(f"{root}: not a {what} folder ({'a file' if Path(root).exists() else 'it does not exist'})")
     man = read_json(Path(root) / "manifest.json", f"{root}/manifest.json")
     if man.get("kind") != kind:
         raise DatasetError(f"{root}/manifest.json: expected kind {kind!r}, found {man.get('kind')!r}")
-    if not isinstance(man.get("settings", {}), dict):  # compared key by key with a model's training settings
-        raise DatasetError(f"{root}/manifest.json: field 'settings' must be a JSON object, "
-                           f"found {type(man['settings']).__name__}")
+    # of the kinds the loaders use (settings compared key by key with a model's training settings)
+    check_field_kinds(man, {"settings": dict, "counts": dict, "content_hash": str, "ids": list, "dim": int},
+                      f"{root}/manifest.json")
     return man
 
 

@@ -161,6 +161,8 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[
         if not container.streams.video:
             raise MediaError("no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # PyAV found no decoder: its codec unknown (a damaged mp4's 'minf' box)
+            raise MediaError("no decoder for its video stream: a damaged header, or a codec FFmpeg does not decode")
         width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
         if width * height > MAX_FRAME_PIXELS:  # each decoded frame would take gigabytes
             raise MediaError(f"frames of {width}x{height} pixels, more than this extractor decodes "
@@ -175,9 +177,9 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[
         else:
             duration = None
         try:
-            if duration and duration > 0 and _frame_count(stream, duration) >= n:
+            if duration and duration > 0 and tb and _frame_count(stream, duration) >= n:
                 frames = _frames_by_seeking(container, stream, start, duration, n, size)
-            else:  # no duration, or fewer frames than samples (a 1-frame clip): decode them all
+            else:  # no duration or time base, or fewer frames than samples (a 1-frame clip): decode them all
                 frames = _frames_by_scanning(container, stream, n, size, scan_seconds)
         except av.FFmpegError as e:
             raise MediaError(f"corrupt video: {one_line(e)}") from None
