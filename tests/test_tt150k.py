@@ -7,6 +7,9 @@ import json
 import os
 import pickle
 import shutil
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -368,15 +371,21 @@ class _RunsCommand:
         return (os.system, (self.cmd,))
 
 
-def _malicious_npy(path: Path, marker: Path) -> None:
-    """A well-formed object-array .npy header followed by a pickle that would run a command."""
+def _npy_of_pickle(path: Path, like: np.ndarray, pickled: bytes) -> Path:
+    """A well-formed .npy header of ``like``'s shape and dtype followed by the bytes ``pickled``."""
     from numpy.lib import format as npf
 
+    with open(path, "wb") as f:
+        npf.write_array_header_1_0(f, npf.header_data_from_array_1_0(like))
+        f.write(pickled)
+    return path
+
+
+def _malicious_npy(path: Path, marker: Path) -> None:
+    """A well-formed object-array .npy header followed by a pickle that would run a command."""
     arr = _object_rows([[0, 1, "0", [1.0, 0, 0, 0, 0, 0], 0.5]])
     arr[0, 3] = _RunsCommand(f"touch {marker}")
-    with open(path, "wb") as f:
-        npf.write_array_header_1_0(f, npf.header_data_from_array_1_0(arr))
-        pickle.dump(arr, f, protocol=3)
+    _npy_of_pickle(path, arr, pickle.dumps(arr, protocol=3))
 
 
 def test_malicious_pickle_is_refused_without_running_anything(tmp_path):
@@ -393,14 +402,9 @@ def test_malicious_pickle_is_refused_without_running_anything(tmp_path):
 
 
 def test_restricted_reader_refuses_other_globals_and_objects(tmp_path):
-    from numpy.lib import format as npf
-
-    p = tmp_path / "x.npy"
     arr = np.empty(1, object)
     arr[0] = {1, 2}  # a set is not plain TT-150k data (needs builtins.set)
-    with open(p, "wb") as f:
-        npf.write_array_header_1_0(f, npf.header_data_from_array_1_0(arr))
-        pickle.dump(arr, f, protocol=2)
+    p = _npy_of_pickle(tmp_path / "x.npy", arr, pickle.dumps(arr, protocol=2))
     with pytest.raises(DatasetError, match="x.npy"):
         read_npy(p, "x.npy", objects=True)
     # an object array where a numeric one is expected is refused before any pickle is read
@@ -409,6 +413,80 @@ def test_restricted_reader_refuses_other_globals_and_objects(tmp_path):
         read_npy(p, "x.npy")
     # numeric arrays and plain object rows are read
     assert read_npy(p, "x.npy", objects=True).tolist() == [[1, 2]]
+
+
+_READ_IN_CHILD = """
+import sys
+from bgmrec.data.dataset import DatasetError
+from bgmrec.data.tt150k import read_npy
+try:
+    print(read_npy(sys.argv[1], "x.npy", objects=True).tolist())
+except DatasetError as e:
+    print(e)
+"""
+
+
+def _read_npy_in_child(path: Path, memory: int | None = None) -> str:
+    """What ``read_npy`` prints or says of ``path`` in a child process (under a ``memory`` limit of address
+    space), so that a crash or an exhausted memory fails the test, not the test run."""
+    import resource
+
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_AS, (memory, memory))) if memory else None
+    done = subprocess.run([sys.executable, "-c", _READ_IN_CHILD, str(path)], capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr}"  # -11: a segfault
+    return done.stdout.strip()
+
+
+class _ArrayState:
+    """Pickles as NumPy pickles an array: ``_reconstruct`` of an empty array, then its ``state``."""
+
+    def __init__(self, *state) -> None:
+        self.state = state
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, (0,), b"b"), self.state
+
+
+def test_an_object_array_pickled_with_too_few_values_is_refused_before_numpy_reads_it(tmp_path):
+    """NumPy's ``ndarray.__setstate__`` reads past the end of a list shorter than the shape (a segfault)."""
+    short = pickle.dumps(_ArrayState(1, (10, 3), np.dtype(object), False, [7] * 25), protocol=3)
+    p = _npy_of_pickle(tmp_path / "x.npy", np.empty((10, 3), object), short)
+    assert _read_npy_in_child(p) == ("x.npy: not a readable object array (damaged pickle: an array of shape "
+                                     "[10, 3] (object) is pickled with 25 values; its shape needs 30)")
+    good = np.full((10, 3), 7, object)
+    assert _read_npy_in_child(_npy_of_pickle(p, good, pickle.dumps(good, protocol=3))) == str(good.tolist())
+
+
+def test_a_huge_memo_index_costs_no_memory(tmp_path):
+    """A LONG_BINPUT to memo index 1.6e9 made CPython's C unpickler grow its memo to that many slots (13 GB);
+    Python's unpickler keeps its memo in a dict, so the file reads as what it is under 1 GiB of address space."""
+    arr = _object_rows([[1, "a"], [2, "b"]])
+    raw = pickle.dumps(arr, protocol=3)
+    at = raw.index(b"q\x00")  # BINPUT 0 of the first global, never fetched again in this pickle
+    p = _npy_of_pickle(tmp_path / "x.npy", arr, raw[:at] + b"r" + struct.pack("<I", 1_600_000_000) + raw[at + 2:])
+    assert _read_npy_in_child(p, memory=2**30) == "[[1, 'a'], [2, 'b']]"
+
+
+@pytest.mark.parametrize("pickled,reason", [
+    (b"\x80\x03\x8e" + struct.pack("<Q", 2**64 - 1),
+     f"BINBYTES8 exceeds system's maximum size of {sys.maxsize} bytes"),  # was an uncaught OverflowError
+    (b"\x80\x05\x96" + struct.pack("<Q", 2**62), "a protocol-5 bytearray, which NumPy never writes in a .npy file"),
+    (pickle.dumps(np.empty(1, object), protocol=3)[:-9], "it ends early"),
+    (b"\x80\x03\xff", "invalid opcode b'\\xff'"),
+    (pickle.dumps(_ArrayState(1, (1,), np.dtype(object), False, b"x"), protocol=3),
+     "an array of dtype object is pickled with bytes for its values"),
+    (pickle.dumps(_ArrayState(1, (1,), np.dtype("V8"), False, bytes(8)), protocol=3),
+     "an array's state has dtype dtype('V8')"),
+], ids=["binbytes8 beyond memory", "bytearray8", "truncated", "no opcode", "object values as bytes", "void dtype"])
+def test_a_damaged_pickle_is_named_as_such(tmp_path, pickled, reason):
+    p = _npy_of_pickle(tmp_path / "x.npy", np.empty(1, object), pickled)
+    with pytest.raises(DatasetError) as e:
+        read_npy(p, "x.npy", objects=True)
+    assert str(e.value) == f"x.npy: not a readable object array (damaged pickle: {reason})"
 
 
 def test_objects_are_written_with_legacy_numpy_module_names(tmp_path):
