@@ -1544,6 +1544,16 @@ def test_report_makes_a_table_of_one_dataset_s_results_with_what_a_reviewer_chec
         (tmp_path / "broken.json").write_text(json.dumps({**broken, field: value}))
         assert main(["report", str(tmp_path / "broken.json")]) == 2
         assert "not a result of bgmrec evaluate --json (field " in capsys.readouterr().err
+    # a figure of another type said "Unknown format code 'f' for object of type 'str'", naming neither
+    for section, value, field in (("full", {**broken["full"], "recall@10": "x"}, "full.recall@10"),
+                                  ("bias", [0.1], "bias.exposure_tvd@10"),
+                                  ("ipw", {"recall@10": True}, "ipw.recall@10")):
+        (tmp_path / "broken.json").write_text(json.dumps({**broken, section: value}))
+        assert main(["report", str(tmp_path / "broken.json")]) == 2
+        assert (f"broken.json: not a result of bgmrec evaluate --json (field {field} is missing or of another type)"
+                in capsys.readouterr().err)
+    (tmp_path / "broken.json").write_text(json.dumps({**broken, "ipw": None}))  # absent figures: shown as such
+    assert main(["report", str(tmp_path / "broken.json")]) == 0
 
 
 def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorded(cli_world, popularity_run,

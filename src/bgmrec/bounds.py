@@ -13,6 +13,7 @@ BOUNDS = {
     ">= 2": lambda v: v >= 2,
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "in [0, 1)": lambda v: 0 <= v < 1,
+    "in [0, 2**63)": lambda v: 0 <= v < 2**63,  # a seed torch takes (2**70 failed inside torch's manual_seed)
     # sizes of a network: far above any useful one, below what ends in an allocation failure's traceback (a latent
     # of 100,000 asked the track prior's ridge regression for 75 GB; 10,000,000 hidden units torch for terabytes)
     "in [1, 4096]": lambda v: 1 <= v <= 4096,

@@ -236,6 +236,14 @@ CASES = {
     "format-version-text": (_manifest_field("format_version", "1"), "manifest.json", "must be a JSON integer"),
     "counts-text": (lambda root: _edit_manifest(root, lambda m: m["counts"].__setitem__("videos", "2600")),
                     "manifest.json", "counts.videos is '2600'"),
+    # a number written as text was shown as the number ("splits.test.rows is 184, splits/test.npy has 184 rows"); a
+    # null split entry said "'NoneType' object is not subscriptable"
+    "split-rows-text": (lambda root: _edit_manifest(root, lambda m: m["splits"]["test"].__setitem__("rows", str(
+        m["splits"]["test"]["rows"]))), "manifest.json", "splits.test.rows is '"),
+    "modalities-text": (lambda root: _edit_manifest(root, lambda m: m["modalities"].__setitem__("music", str(
+        m["modalities"]["music"]))), "manifest.json", "modalities.music is '"),
+    "split-entry-null": (lambda root: _edit_manifest(root, lambda m: m["splits"].__setitem__("val", None)),
+                         "manifest.json", "splits: field 'val' must be a JSON object, found NoneType"),
     "split-name-a-path": (_renamed_split("../../../outside"), "manifest.json", "split name '../../../outside'"),
     "split-name-hidden": (_renamed_split(".val"), "manifest.json", "not starting with '.'"),
     "split-name-backslash": (_renamed_split("a\\b"), "manifest.json", "without '/', '\\' or NUL"),

@@ -513,7 +513,8 @@ def test_an_integer_too_large_for_a_float_is_in_range(tiny_spec):
     ("cca", "ridge", -1, "ridge must be >= 0, got -1.0"),
     ("random", "dim", 0, "dim must be in [1, 4096], got 0"),
     ("twotower-hinge", "hidden", ",".join(["64"] * 17), "hidden must list at most 16 widths (hidden layers), got 17"),
-    ("popularity", "seed", -1, "seed must be >= 0, got -1"),
+    ("popularity", "seed", -1, "seed must be in [0, 2**63), got -1"),
+    ("cmvae", "seed", 2**70, "seed must be in [0, 2**63), got 1180591620717411303424"),  # was an error of torch's
     # infinities: lr=inf diverged with advice to lower lr to inf, temperature=inf trained to chance and was saved
     ("cmvae", "lr", "inf", "lr must be finite and > 0, got inf"),
     ("twotower-infonce", "temperature", "inf", "temperature must be finite and > 0, got inf"),

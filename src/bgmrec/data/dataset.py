@@ -1184,6 +1184,7 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
 
     for s in man["splits"]:  # before any split's file is opened by its name
         check_split_name(s, f"{root}/manifest.json")
+        check_field_kinds(man["splits"], {s: dict}, f"{root}/manifest.json: splits")  # a null entry too
     try:
         split_info = {s: SplitInfo(v["role"], v["candidates"]) for s, v in man["splits"].items()}
     except (TypeError, KeyError) as e:
@@ -1218,14 +1219,14 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
             raise DatasetError(f"{root}/manifest.json: counts.{key} is {counts.get(key)!r}, the tables hold {have}")
     for s, entry in man["splits"].items():
         if "rows" in entry and entry["rows"] != len(ds.splits[s]):
-            raise DatasetError(f"{root}/manifest.json: splits.{s}.rows is {entry['rows']}, "
+            raise DatasetError(f"{root}/manifest.json: splits.{s}.rows is {entry['rows']!r}, "
                                f"splits/{s}.npy has {len(ds.splits[s])} rows")
         k = entry.get("negatives")
         if k and k != ds.negatives[s].shape[1]:
-            raise DatasetError(f"{root}/manifest.json: splits.{s}.negatives is {k}, "
+            raise DatasetError(f"{root}/manifest.json: splits.{s}.negatives is {k!r}, "
                                f"negatives/{s}.npy has {ds.negatives[s].shape[1]} columns")
     for mod, dim in ds.dims().items():
         if man["modalities"].get(mod) != dim:
-            raise DatasetError(f"{root}/manifest.json: modalities.{mod} is {man['modalities'].get(mod)}, "
+            raise DatasetError(f"{root}/manifest.json: modalities.{mod} is {man['modalities'].get(mod)!r}, "
                                f"features/{mod}.npy has {dim} columns")
     return ds

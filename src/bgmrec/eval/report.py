@@ -281,6 +281,19 @@ def _check_result(name: str, r) -> None:
                  for v in runs.values())),
         ("warnings", isinstance(r, dict) and (r.get("warnings") is None or (
             isinstance(r.get("warnings"), list) and all(isinstance(w, str) for w in r["warnings"]))))) if not ok]
+
+    def number_or_none(path: tuple[str, ...]) -> bool:  # a figure the tables show ("x" failed in its formatting)
+        value = r
+        for key in path:
+            if value is None:
+                return True
+            if not isinstance(value, dict):
+                return False
+            value = value.get(key)
+        return value is None or typed(value, int | float)
+
+    if not problems and isinstance(r, dict):
+        problems = [".".join(path) for _, path in COLUMNS if not number_or_none(path)]
     if problems:
         raise ValueError(f"{name}: not a result of bgmrec evaluate --json (field {problems[0]} is missing or of "
                          "another type)")

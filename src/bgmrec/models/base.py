@@ -426,7 +426,7 @@ class ModelConfig:
     seed: int = 0  # seeds initialisation, batching and sampling
 
     def __post_init__(self) -> None:
-        check_bounds(self, seed=">= 0")
+        check_bounds(self, seed="in [0, 2**63)")
 
 
 #: what a stop raises: Ctrl-C's KeyboardInterrupt, and the SystemExit the command line turns SIGTERM and SIGHUP into
