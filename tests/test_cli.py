@@ -718,21 +718,22 @@ def test_features_fingerprint_follows_every_feature_file_and_nothing_else(tiny_c
     assert features_fingerprint(tiny_copy) == before  # not a file the dataset loads
 
 
-def test_runs_without_a_usable_record_evaluate_without_a_word_of_the_record(cli_world, popularity_run, tmp_path,
-                                                                             capsys):
+def test_a_damaged_record_is_said_and_one_before_fingerprints_is_not(cli_world, popularity_run, tmp_path, capsys):
     import shutil
 
     other = tmp_path / "seed1"
     assert main(["simulate", str(other), "--scale", "tiny", "--seed", "1"]) == 0
-    for record in ("{not json", json.dumps({"data": "somewhere"})):  # damaged; made before fingerprints
+    tie = ("warning: popularity: none of the 200 tracks has the features of a training track (extracted again, with "
+           "other settings or code?): every track counts 0, the ranking is a tie")  # the model's own word
+    damaged = [f"warning: {tmp_path / 'run'}: its run.json is not a readable record (not a JSON object), so whether "
+               f"it was trained on {other} is not checked"]
+    for record, said in (("{not json", damaged), ("[1, 2]", damaged),  # damaged: said
+                         (json.dumps({"data": "somewhere"}), [])):  # made before fingerprints: nothing to check
         run = Path(shutil.copytree(popularity_run, tmp_path / "run", dirs_exist_ok=True))
         (run / "run.json").write_text(record)
         capsys.readouterr()
         assert main(["evaluate", "--run", str(run), "--data", str(other)]) == 0
-        # nothing of the record; the model's own word that none of its training tracks is in this world
-        assert capsys.readouterr().err.splitlines() == [
-            "warning: popularity: none of the 200 tracks has the features of a training track (extracted again, with "
-            "other settings or code?): every track counts 0, the ranking is a tie"]
+        assert capsys.readouterr().err.splitlines() == [tie, *said]
 
 
 def test_git_commit_names_only_a_bgmrec_checkout_and_says_when_it_differs(tmp_path):

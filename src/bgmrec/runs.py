@@ -712,13 +712,17 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     other dataset's folder still there, how many of its queries' videos the run trained on, and how many of
     their tracks it never saw: :func:`training_overlap`); or the same dataset with other
     features (extracted again since), or other labels (frozen negatives, weights, genres, tastes, titles:
-    built again with another seed, or a catalogue relabelled). Silent for runs without that record; never an
-    error. Returns the message (for a result's JSON), None when silent."""
+    built again with another seed, or a catalogue relabelled); or that its ``run.json`` is damaged, so nothing
+    is checked. Silent for runs without that record or whose record predates it; never an error. Returns the
+    message (for a result's JSON), None when silent."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint, labels_fingerprint
     from bgmrec.features.recommend import warn_on_stderr
     from bgmrec.models.base import read_run_record
 
     info = read_run_record(run)
+    if not info and (Path(run) / "run.json").is_file():  # damaged: its silence hid a run of other data
+        return warn_on_stderr(f"{what + ' ' if what else ''}{run}: its run.json is not a readable record (not a JSON "
+                              f"object), so whether it was trained on {data} is not checked")
     try:
         other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
         trained_on = info.get("features_fingerprint")  # hashed only when there is one to compare with

@@ -203,8 +203,20 @@ def _repeated_track_id(root):
     (root / "tracks.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
 
 
+def _a_folder_at(rel: str):
+    def damage(root):
+        (root / rel).unlink()
+        (root / rel).mkdir()
+    return damage
+
+
 # (damage, file the error must name, a word the message must contain)
 CASES = {
+    # a folder where a file belongs was said to be a missing file
+    "folder-for-manifest": (_a_folder_at("manifest.json"), "manifest.json", "is a folder, not a file"),
+    "folder-for-npy": (_a_folder_at("features/video_text_mask.npy"), "features/video_text_mask.npy",
+                       "is a folder, not a file"),
+    "folder-for-csv": (_a_folder_at("videos.csv"), "videos.csv", "is a folder, not a file"),
     "missing-file": (_missing, "features/music.npy", "missing"),
     "feature-rows": (_feature_rows, "features/video_visual.npy", "shape"),
     "feature-width": (_feature_width, "features/music.npy", "columns"),

@@ -82,6 +82,19 @@ def test_unreadable_weights_name_the_file(runs, tmp_path, damage):
     assert _load_error(folder).startswith(f"{path}: not a safetensors file (")
 
 
+def test_a_folder_where_a_run_file_belongs_is_named_as_one(runs, tmp_path):
+    # it was said to be a missing file
+    folder = _copy(runs, "cmvae", tmp_path)
+    for name in ("weights.safetensors", "config.json"):
+        (folder / name).rename(folder / f"{name}.kept")
+        (folder / name).mkdir()
+        assert _load_error(folder) == f"{folder / name}: is a folder, not a file"
+        (folder / name).rmdir()
+        (folder / f"{name}.kept").rename(folder / name)
+    (folder / "config.json").unlink()
+    assert _load_error(folder) == f"{folder / 'config.json'}: file is missing (not a saved model folder)"
+
+
 def test_a_weight_of_another_shape_names_the_key_and_both_shapes(runs, tmp_path):
     folder = _copy(runs, "cmvae", tmp_path)
     _edit_weights(folder, lambda a: a.update({"music_enc.net.0.weight": a["music_enc.net.0.weight"][:, :-1].copy()}))

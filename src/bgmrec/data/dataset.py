@@ -945,12 +945,18 @@ def save_dataset(ds: Dataset, out: Path, extra_files: dict[str, np.ndarray] | No
     return out
 
 
+def check_is_file(path: Path, label: str | None = None, missing: str = "file is missing") -> None:
+    """A :class:`DatasetError` naming ``label`` (default ``path``) unless ``path`` is a file: "is a folder, not a
+    file" for a folder (it said the file was missing), else ``missing``."""
+    if not Path(path).is_file():
+        raise DatasetError(f"{label or path}: {'is a folder, not a file' if Path(path).is_dir() else missing}")
+
+
 def load_npy(path: Path, where: str | None = None, mmap: bool = True) -> np.ndarray:
     """Load an ``.npy`` file without pickle; errors name the file."""
     path = Path(path)
     label = where or str(path)
-    if not path.is_file():
-        raise DatasetError(f"{label}: file is missing")
+    check_is_file(path, label)
     _check_npy_header(path, label)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -1061,8 +1067,7 @@ def read_json(path: Path, where: str | None = None) -> dict:
     """A JSON object from ``path``; a :class:`DatasetError` naming the file (or ``where``) when it is missing,
     not UTF-8 JSON or not an object."""
     label = where or str(path)
-    if not Path(path).is_file():
-        raise DatasetError(f"{label}: file is missing")
+    check_is_file(path, label)
     obj = parse_json_file(path, label)
     if not isinstance(obj, dict):
         raise DatasetError(f"{label}: expected a JSON object")
@@ -1079,8 +1084,7 @@ def separator_hint(header) -> str:
 
 
 def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: file is missing")
+    check_is_file(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)

@@ -31,6 +31,7 @@ from bgmrec.data.dataset import (
     Dataset,
     DatasetError,
     brief_repr,
+    check_is_file,
     parse_json_file,
     write_files_together,
     write_json_atomic,
@@ -866,8 +867,7 @@ def load_model(folder: Path) -> Recommender:
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise DatasetError(f"{cfg_path}: file is missing (not a saved model folder)")
+    check_is_file(cfg_path, missing="file is missing (not a saved model folder)")
     meta = read_json(cfg_path)
     for key, (kind, what) in SAVED_FIELDS.items():
         if key not in meta and key != "learned":
@@ -893,8 +893,7 @@ def load_model(folder: Path) -> Recommender:
         raise DatasetError(f"{cfg_path}: {e}") from None
     model.source = str(cfg_path)
     wpath = folder / "weights.safetensors"
-    if not wpath.is_file():
-        raise DatasetError(f"{wpath}: file is missing")
+    check_is_file(wpath)
     try:
         arrays = load_file(str(wpath))
     except (SafetensorError, OSError) as e:
