@@ -259,6 +259,24 @@ def test_truth_round_trip_and_logits(tiny_world, tiny_dir):
         assert got[0, j] == pytest.approx(want, rel=1e-6)
 
 
+def test_a_damaged_truth_is_named_by_its_file(tiny_dir, tmp_path):
+    # a NaN in the truth made the oracle's fit say "training diverged", naming no file
+    import shutil
+
+    from bgmrec.data.dataset import DatasetError
+
+    root = Path(shutil.copytree(tiny_dir, tmp_path / "world"))
+    content = np.load(root / "truth/track_content.npy")
+    content[3, 1] = np.nan
+    np.save(root / "truth/track_content.npy", content)
+    with pytest.raises(DatasetError, match=re.escape(f"{root}/truth/track_content.npy: expected finite values (row [3] "
+                                                     "has NaN or inf)")):
+        load_truth(root)
+    np.save(root / "truth/track_content.npy", np.ones(5))
+    with pytest.raises(DatasetError, match=re.escape(f"{root}/truth/track_content.npy: expected shape [*, *]")):
+        load_truth(root)
+
+
 def test_config_json_round_trip_and_validation():
     cfg = world_config("tiny", gamma=0.5)
     assert WorldConfig.from_json(cfg.to_json()) == cfg

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bgmrec.bounds import check_bounds
-from bgmrec.data.dataset import Dataset, SplitInfo, load_npy, read_json, save_dataset
+from bgmrec.data.dataset import Dataset, SplitInfo, check_float_matrix, load_npy, read_json, save_dataset
 from bgmrec.data.negatives import block_rows, sample_negatives
 
 GENRE_NAMES = ("pop", "hiphop", "electronic", "rock", "classical", "folk", "jazz", "metal", "country", "latin")
@@ -510,11 +510,17 @@ def load_truth(root: Path) -> WorldTruth:
     """Read ``truth/`` of a simulated dataset folder."""
     root = Path(root)
     meta = read_json(root / "truth" / "world.json", f"{root}/truth/world.json")
+
+    def values(name: str, ndim: int) -> np.ndarray:  # finite floats, named (a NaN ended as "training diverged")
+        arr = load_npy(root / "truth" / name, mmap=False)
+        check_float_matrix(arr, (None,) * ndim, f"{root}/truth", name)
+        return arr
+
     return WorldTruth(
         config=WorldConfig.from_json(meta["config"]),
-        video_content=load_npy(root / "truth/video_content.npy", mmap=False),
-        track_content=load_npy(root / "truth/track_content.npy", mmap=False),
-        track_popularity=load_npy(root / "truth/track_popularity.npy", mmap=False),
+        video_content=values("video_content.npy", 2),
+        track_content=values("track_content.npy", 2),
+        track_popularity=values("track_popularity.npy", 1),
         video_text_kind=load_npy(root / "truth/video_text_kind.npy", mmap=False),
         processes={s: SplitProcess(**p) for s, p in meta["processes"].items()},
         uploader_pref=load_npy(root / "truth/uploader_pref.npy", mmap=False)
