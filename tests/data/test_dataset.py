@@ -203,6 +203,17 @@ def _repeated_track_id(root):
     (root / "tracks.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
 
 
+def _edit_csv_cell(path, line: int, column: str, value: str) -> None:
+    """Set ``column`` of the CSV file's ``line`` (1: the header) to ``value``."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    rows[line - 1][rows[0].index(column)] = value
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+
+
 def _a_folder_at(rel: str):
     def damage(root):
         (root / rel).unlink()
@@ -212,6 +223,11 @@ def _a_folder_at(rel: str):
 
 # (damage, file the error must name, a word the message must contain)
 CASES = {
+    # a track marked new=2 was taken as new, a video without an id was kept
+    "track-new-2": (lambda root: _edit_csv_cell(root / "tracks.csv", 3, "new", "2"), "tracks.csv column new",
+                    "expected 0 or 1, found 2 (track 1)"),
+    "video-id-empty": (lambda root: _edit_csv_cell(root / "videos.csv", 5, "id", ""), "videos.csv id",
+                       "non-empty names (entry 3 is empty)"),
     # a split cut short was blamed on its negatives, a row missing from videos.csv on the features
     "split-cut-short": (lambda root: np.save(root / "splits/test.npy", np.load(root / "splits/test.npy")[:100]),
                         "manifest.json", "splits.test.rows is 184, splits/test.npy has 100 rows"),

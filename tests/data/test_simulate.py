@@ -407,3 +407,16 @@ def test_the_professional_videos_can_choose_by_another_weight_of_content_than_te
     assert "pgc_beta_scale" not in truth.config.to_json() and loose.config.to_json()["pgc_beta_scale"] == 0.5
     with pytest.raises(ValueError, match="pgc_beta_scale"):
         world_config("tiny", pgc_beta_scale=-1.0)
+
+
+def test_simulate_refuses_a_place_it_may_not_write_before_simulating(tmp_path, monkeypatch):
+    # a file (or a folder of something else) as the world's folder was refused only after the whole simulation
+    import bgmrec.data.simulate as sim
+    from bgmrec.data.dataset import DatasetError
+
+    monkeypatch.setattr(sim, "simulate", lambda *a, **k: pytest.fail("simulated before the check"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(DatasetError, match="notes.txt: exists and is not a folder; refusing to replace it"):
+        sim.simulate_and_save(world_config("tiny"), notes)
+    assert notes.read_text() == "mine"

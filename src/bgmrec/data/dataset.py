@@ -290,6 +290,8 @@ class Dataset:
                              ("tracks.csv id", self.track_ids)):
             twice = first_repeated(names)
             _expect(twice is None, where, fname, f"distinct names ({twice!r} appears twice)")
+            empty = next((i for i, name in enumerate(names) if not str(name).strip()), None)
+            _expect(empty is None, where, fname, f"non-empty names (entry {empty} is empty)")
         self._check_provenance(where)
         for s in self.split_info:
             check_split_name(s, f"{where}/manifest.json")
@@ -1122,6 +1124,15 @@ def check_field_kinds(man: dict, kinds: dict[str, type], where: str) -> None:
                                f"found {type(man[key]).__name__}")
 
 
+def _flags(values: list[str], where: str) -> np.ndarray:
+    """0/1 values as bool (a 2 was read as True)."""
+    ints = _ints(values, where)
+    bad = np.flatnonzero((ints != 0) & (ints != 1))
+    if bad.size:
+        raise DatasetError(f"{where}: expected 0 or 1, found {ints[bad[0]]} (track {bad[0]})")
+    return ints.astype(bool)
+
+
 def _ids(arr: np.ndarray) -> np.ndarray:
     """Integer id arrays as int64 (what indexing expects); anything else is left for ``validate`` to name."""
     return np.asarray(arr, np.int64) if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.int64 else arr
@@ -1202,7 +1213,7 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
         track_genre=_ints(trks["genre"], f"{root}/tracks.csv column genre"),
         track_title=trks["title"],
         track_artist=trks["artist"],
-        track_new=_ints(trks["new"], f"{root}/tracks.csv column new").astype(bool),
+        track_new=_flags(trks["new"], f"{root}/tracks.csv column new"),
         uploader_pref=arr("uploaders.npy"),
         video_visual=arr("features/video_visual.npy"),
         video_text=arr("features/video_text.npy"),

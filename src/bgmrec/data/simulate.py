@@ -33,7 +33,15 @@ from typing import NamedTuple
 import numpy as np
 
 from bgmrec.bounds import check_bounds
-from bgmrec.data.dataset import Dataset, SplitInfo, check_float_matrix, load_npy, read_json, save_dataset
+from bgmrec.data.dataset import (
+    Dataset,
+    SplitInfo,
+    check_float_matrix,
+    check_replaceable,
+    load_npy,
+    read_json,
+    save_dataset,
+)
 from bgmrec.data.negatives import block_rows, sample_negatives
 
 GENRE_NAMES = ("pop", "hiphop", "electronic", "rock", "classical", "folk", "jazz", "metal", "country", "latin")
@@ -498,7 +506,8 @@ def save_world(ds: Dataset, truth: WorldTruth, out: Path) -> Path:
 def simulate_and_save(config: WorldConfig, out: Path, progress: Callable[[str], None] | None = None,
                       ) -> tuple[Dataset, WorldTruth]:
     """:func:`simulate` then :func:`save_world` into ``out``; ``progress`` as :func:`simulate` takes it, told
-    "writing OUT" last."""
+    "writing OUT" last. An ``out`` that may not be replaced is refused first, not after the simulation."""
+    check_replaceable(out)
     ds, truth = simulate(config, progress)
     if progress is not None:
         progress(f"writing {out}")
