@@ -175,6 +175,8 @@ REFUSALS = {
                                     "train.npy", "negative or NaN"),
     "genre distribution of the wrong length": (lambda s: _edit_train(s, lambda a: _set(a, 5, 3, np.ones(5))),
                                                "train.npy", "genre distribution"),
+    "genre distribution a string": (lambda s: _edit_train(s, lambda a: _set(a, 0, 3, "0.1 0.9")), "train.npy",
+                                    "row 0's column 3 (genre distribution) is a str; expected a list of 6 numbers"),
     "unparseable genre": (lambda s: _edit_train(s, lambda a: _set(a, 2, 2, "__import__('os')")),
                           "train.npy", "integer"),
     "missing user_prior_mean": (lambda s: os.remove(s / "data_matching/user_prior_mean.npy"),

@@ -418,6 +418,9 @@ def _parse_train(arr: np.ndarray, n_genres: int, label: str):
         raise DatasetError(f"{label}: rows of different lengths {sorted(lengths)}")
     width = lengths.pop()
     nested = width == 5 and isinstance(rows[0][3], list | tuple | np.ndarray)
+    if width == 5 and not nested and n_genres != 1:  # it said "rows of 5 values; expected 5"
+        raise DatasetError(f"{label}: row 0's column 3 (genre distribution) is a {type(rows[0][3]).__name__}; "
+                           f"expected a list of {n_genres} numbers")
     if nested:
         table = np.empty((len(rows), 5), object)
         for i, r in enumerate(rows):
