@@ -428,6 +428,41 @@ def test_the_request_log_quotes_the_path_and_says_when_the_client_left(caplog):
                         r'answer\)', left)
 
 
+def test_a_request_cancelled_by_the_server_s_stop_gets_a_503_and_a_log_line_not_a_traceback(caplog):
+    # stopped with a client still sending (past the 30 s the requests in flight get), uvicorn cancelled the task
+    # and logged "Exception in ASGI application" with a CancelledError traceback, and the client got nothing
+    import asyncio
+
+    from bgmrec.service import RequestLog
+
+    async def app(scope, receive, send):  # waits for a body that arrives too slowly
+        await asyncio.sleep(3600)
+
+    async def run() -> list[dict]:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": True}
+
+        async def send(m):
+            sent.append(m)
+
+        scope = {"type": "http", "method": "POST", "path": "/recommend", "headers": [], "client": ("10.0.0.1", 5)}
+        task = asyncio.create_task(RequestLog(app)(scope, receive, send))
+        await asyncio.sleep(0.01)
+        task.cancel()  # as uvicorn's shutdown does
+        await task  # ends, without raising
+        return sent
+
+    with caplog.at_level(logging.INFO, logger="bgmrec.service"):
+        sent = asyncio.run(run())
+    assert sent[0]["status"] == 503 and (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"]) == {"detail": "the server stopped before answering; retry"}
+    line, = [r.getMessage() for r in caplog.records if r.name == "bgmrec.service"]
+    assert re.fullmatch(r'10\.0\.0\.1:5 "POST /recommend" 503 \d+\.\d ms id=[0-9a-f]{32} \(cancelled: the server '
+                        r'stopped before its answer\)', line)
+
+
 def test_a_video_upload_without_the_media_packages_gets_a_501(client, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # "import av" fails, as without the media extra
     r = client.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})

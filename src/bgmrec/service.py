@@ -47,6 +47,7 @@ its status, time and id (:class:`RequestLog`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -312,7 +313,9 @@ class RequestLog:
     log (logger ``bgmrec.service``, level INFO) one line once the answer is sent or abandoned: client, method,
     path (percent-encoded, as uvicorn's access log has it: a decoded line break would forge a log line),
     status (``-``: none was sent, or the client left before its answer began, which the line then says),
-    milliseconds to the answer's last byte, and the id, which the traceback of a server fault names too. The
+    milliseconds to the answer's last byte, and the id, which the traceback of a server fault names too. A request
+    cancelled by the server's stop (its time for requests in flight run out) gets 503 if nothing was sent, and
+    its line says so (uvicorn logged the cancelled task's traceback). The
     id is the request's own ``X-Request-ID`` when that is 1 to 128 letters, digits or ``._:-`` (so a caller
     can follow one request through its own logs), else a new one."""
 
@@ -343,13 +346,21 @@ class RequestLog:
                 headers["server-timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
             await send(message)
 
+        stopped = False
         try:
             await self.app(scope, receiving, sending)
+        except asyncio.CancelledError:  # the server stopped (its graceful shutdown's time ran out) mid-request:
+            stopped = True  # said in its line, and a 503 sent if nothing was, not as uvicorn's traceback of the task
+            if status == "-" and not gone:
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    await JSONResponse(status_code=503, headers={"Connection": "close"}, content={
+                        "detail": "the server stopped before answering; retry"})(scope, receiving, sending)
         finally:
             client = scope.get("client")
             logger.info('%s "%s %s" %s %.1f ms id=%s%s', f"{client[0]}:{client[1]}" if client else "-",
                         scope["method"], quote(scope["path"]), status, (time.perf_counter() - start) * 1000,
-                        request_id, " (the client left before its answer)" if gone else "")
+                        request_id, " (the client left before its answer)" if gone else
+                        " (cancelled: the server stopped before its answer)" if stopped else "")
 
 
 class BatchSlots:
