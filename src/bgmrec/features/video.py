@@ -29,10 +29,10 @@ A videos folder (OUT_DIR) holds::
 The optional captions CSV (``--captions``) has a column ``id`` (file stem) or ``file`` (without either: one of
 ``video`` or ``video_id``, as the pairs CSV names it) and a column ``caption``, optionally ``hashtags``. It
 should be UTF-8; rows that are not valid UTF-8 are reported and their video is kept without text. A video
-with no row is kept without text and reported; an empty caption is simply "no text". An id (or file) on
-two rows is an error naming both lines; rows naming no video file are counted in a warning, and so are videos
-that had a caption in the folder's last extraction and have none in this one (run again without ``--captions``:
-nothing is carried over from the folder, the CSV is given every time).
+with no row is kept without text and reported; an empty caption (or one of punctuation alone) is simply "no
+text". An id (or file) on two rows is an error naming both lines; rows naming no video file are counted in a
+warning, and so are videos that had a caption in the folder's last extraction and have none in this one (run
+again without ``--captions``: nothing is carried over from the folder, the CSV is given every time).
 """
 
 from __future__ import annotations
