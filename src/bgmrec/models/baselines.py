@@ -120,11 +120,14 @@ class PopularityRecommender(Recommender):
         return {"counts": self.counts, "digest": self.digest}
 
     def check_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if "counts" in arrays and "digest" not in arrays and "digest" in self.state_shapes():
+            raise ValueError("missing keys digest: a run saved before 2026-11-23, which knew its tracks by dataset "
+                             "position only; train it again")
         super().check_state_arrays(arrays)
         digest, counts = arrays.get("digest"), arrays.get("counts")  # a subclass may keep others
         if digest is not None and counts is not None and digest.shape != counts.shape:
             raise ValueError(f"digest has shape {list(digest.shape)}, counts {list(counts.shape)}: one hash per track")
-        if digest is not None and (np.diff(digest) <= 0).any():
+        if digest is not None and (digest[1:] <= digest[:-1]).any():  # not np.diff: int64 hashes overflow it
             raise ValueError("digest is not sorted (the track hashes are searched by bisection), or names a track "
                              "twice")
 
