@@ -491,6 +491,43 @@ def test_a_damaged_pickle_is_named_as_such(tmp_path, pickled, reason):
     assert str(e.value) == f"x.npy: not a readable object array (damaged pickle: {reason})"
 
 
+class _Reduced:
+    """Pickles as ``callable(*args)``."""
+
+    def __init__(self, callable_, *args) -> None:
+        self.callable, self.args = callable_, args
+
+    def __reduce__(self):
+        return self.callable, self.args
+
+
+def test_a_pickle_declaring_an_array_of_any_size_is_refused(tmp_path):
+    # a 305-byte file declared an uninitialised array of 1.6 GB through _reconstruct without a state, a 179-byte
+    # one through numpy.ndarray called directly (a review): neither is how NumPy pickles an array
+    from numpy._core.multiarray import _reconstruct
+
+    for pickled, reason in (
+            (pickle.dumps(_Reduced(_reconstruct, np.ndarray, (200_000_000,), b"d"), protocol=3),
+             "an array reconstructed as ndarray of shape (200000000,), where NumPy writes an empty ndarray and then "
+             "its state (an array of any size could be declared so)"),
+            (pickle.dumps(_Reduced(np.ndarray, (200_000_000,), "f8"), protocol=3),
+             "numpy.ndarray called directly, which NumPy never writes (an array of any size could be declared so)"),
+            (b"\x80\x02cnumpy\nndarray\nJ" + struct.pack("<i", 200_000_000) + b"\x85X\x02\x00\x00\x00f8\x86\x81.",
+             # NEWOBJ of numpy.ndarray with ((200000000,), "f8"), which no pickler writes for an array
+             "numpy.ndarray called directly, which NumPy never writes (an array of any size could be declared so)")):
+        assert pickled.count(pickle.NEWOBJ) or pickled.count(pickle.REDUCE)
+        p = _npy_of_pickle(tmp_path / "x.npy", np.empty(1, object), pickled)
+        with pytest.raises(DatasetError) as e:
+            read_npy(p, "x.npy", objects=True)
+        assert str(e.value) == f"x.npy: not a readable object array (damaged pickle: {reason})"
+    arr = _object_rows([[1, "a", np.arange(6.0).reshape(2, 3), np.array(["x", "yz"])]])  # arrays within objects
+    for protocol in (2, 3, 4):  # as NumPy writes them: still read
+        back = read_npy(_npy_of_pickle(tmp_path / "ok.npy", arr, pickle.dumps(arr, protocol=protocol)), "ok.npy",
+                        objects=True)
+        assert back[0, :2].tolist() == [1, "a"] and np.array_equal(back[0, 2], arr[0, 2])
+        assert back[0, 3].tolist() == ["x", "yz"]
+
+
 def test_objects_are_written_with_legacy_numpy_module_names(tmp_path):
     arr = _object_rows([[1, 2, np.arange(3)]])
     save_object_npy(tmp_path / "a.npy", arr)

@@ -75,8 +75,10 @@ reconstruction callables and plain data; any other global (``os.system``, ``buil
 refused before anything runs. It is Python's own unpickler, not the C one: it checks each array's pickled
 state before NumPy reads it (an object array's list shorter than its shape crashed NumPy), its memo is a
 dict (a memo index of 10**9 grew the C unpickler's memo to gigabytes), and it reads from a copy of the
-file in memory, so a damaged length reads no further than the file's end. A damaged pickle is an error
-naming the file. Reading is several times slower than the C unpickler (about 2 s for 150 000 train rows).
+file in memory, so a damaged length reads no further than the file's end. Arrays are made only as NumPy
+pickles them (an empty array filled by its checked state): a few bytes cannot declare an array of any
+size. A damaged pickle is an error naming the file. Reading is several times slower than the C unpickler
+(about 2 s for 150 000 train rows).
 """
 
 from __future__ import annotations
@@ -145,8 +147,15 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): __import__("codecs").encode,  # bytes in protocol-2 pickles (Python 2 era)
     }
+    def reconstruct_empty(subtype, shape, dtype):  # as NumPy pickles an array: empty, then filled by its state
+        if subtype is not np.ndarray or not isinstance(shape, tuple) or shape != (0,):
+            raise pickle.UnpicklingError(f"an array reconstructed as {getattr(subtype, '__name__', subtype)} of "
+                                         f"shape {shape!r}, where NumPy writes an empty ndarray and then its state "
+                                         "(an array of any size could be declared so)")
+        return multiarray._reconstruct(subtype, shape, dtype)
+
     for mod in ("numpy.core", "numpy._core"):
-        allowed[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{mod}.multiarray", "_reconstruct")] = reconstruct_empty
         allowed[(f"{mod}.multiarray", "scalar")] = multiarray.scalar
         allowed[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
     return allowed
@@ -216,10 +225,32 @@ class RestrictedUnpickler(pickle._Unpickler):
             _check_array_state(self.stack[-1])
         super().load_build()
 
+    def _called(self, depth: int) -> None:
+        """Refuse ``numpy.ndarray`` called (or instantiated) directly, ``depth`` places down the stack: NumPy
+        never pickles an array so, and a pickle of a few bytes would declare an array of any size."""
+        if len(self.stack) >= depth and self.stack[-depth] is np.ndarray:
+            raise pickle.UnpicklingError("numpy.ndarray called directly, which NumPy never writes (an array of "
+                                         "any size could be declared so)")
+
+    def load_reduce(self):  # stack: callable, arguments
+        self._called(2)
+        super().load_reduce()
+
+    def load_newobj(self):  # stack: class, arguments
+        self._called(2)
+        super().load_newobj()
+
+    def load_newobj_ex(self):  # stack: class, arguments, keywords
+        self._called(3)
+        super().load_newobj_ex()
+
     def load_bytearray8(self):  # Python's unpickler would allocate the declared length before reading it
         raise pickle.UnpicklingError("a protocol-5 bytearray, which NumPy never writes in a .npy file")
 
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
     dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
 
