@@ -709,3 +709,23 @@ def test_every_bench_refuses_a_report_path_that_is_another_file_before_any_work(
     (tmp_path / "folder.md").mkdir()
     assert main([*command, *work, "--out", str(tmp_path / "folder.md")]) == 2
     assert "exists and is not a report of this bench" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_new_report_does_not_replace_the_files_of_its_figures_names_beside_it(tmp_path, capsys):
+    # bench gamma --out notes.md replaced the user's notes.png with its plot; bench quality its JSON and plots
+    from bgmrec.cli import main
+
+    for command, beside in ((["bench", "gamma", "--scale", "tiny", "--gammas", "0"], "notes.png"),
+                            (["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity"],
+                             "bench_tiny_test_unbiased.png"),
+                            (["bench", "quality", "--scales", "tiny", "--seeds", "0", "--models", "popularity"],
+                             "benchmarks_tiny.json")):
+        theirs = tmp_path / beside
+        theirs.write_bytes(b"mine")
+        capsys.readouterr()
+        assert main([*command, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "notes.md")]) == 2
+        assert (f"--out {tmp_path / 'notes.md'}: a new report, whose {beside} would replace the file of that name "
+                f"beside it; refusing (choose another --out, or remove {theirs})") in " ".join(
+            capsys.readouterr().err.split())
+        assert theirs.read_bytes() == b"mine" and not (tmp_path / "work").exists()
+        theirs.unlink()

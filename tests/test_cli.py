@@ -728,7 +728,7 @@ def test_a_damaged_record_is_said_and_one_before_fingerprints_is_not(cli_world, 
     damaged = [f"warning: {tmp_path / 'run'}: its run.json is not a readable record (not a JSON object), so whether "
                f"it was trained on {other} is not checked"]
     for record, said in (("{not json", damaged), ("[1, 2]", damaged),  # damaged: said
-                         (json.dumps({"data": "somewhere"}), [])):  # made before fingerprints: nothing to check
+                         ("{}", []), (json.dumps({"data": "somewhere"}), [])):  # before fingerprints: nothing to check
         run = Path(shutil.copytree(popularity_run, tmp_path / "run", dirs_exist_ok=True))
         (run / "run.json").write_text(record)
         capsys.readouterr()

@@ -724,3 +724,21 @@ def test_export_replaces_an_earlier_export_but_no_other_folder(tiny_world, tmp_p
     with pytest.raises(DatasetError, match="is not a TT-150k export"):
         export_tt150k(tiny_world, other)
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_import_refuses_a_place_it_may_not_write_before_reading_and_names_a_folder_for_a_file(tmp_path, monkeypatch):
+    # the whole source was read before a file at OUT was refused; a folder at train.npy was a "missing" file
+    import bgmrec.data.tt150k as tt
+
+    src = build_reference(tmp_path / "ref")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    monkeypatch.setattr(tt, "read_tt150k", lambda *a, **k: pytest.fail("read before the check"))
+    with pytest.raises(DatasetError, match="notes.txt: exists and is not a folder; refusing to replace it"):
+        import_tt150k(src, notes)
+    assert notes.read_text() == "mine"
+    monkeypatch.undo()
+    (src / "data_matching/train.npy").unlink()
+    (src / "data_matching/train.npy").mkdir()
+    with pytest.raises(DatasetError, match=r"train\.npy: is a folder, not a file$"):
+        import_tt150k(src, tmp_path / "ds")

@@ -95,16 +95,26 @@ def check_work_folder(work: Path, out: Path) -> None:
         check_world_folder(world, f"--work {work}")
 
 
-def check_report_file(out: Path, titles: str | tuple[str, ...]) -> None:
+def check_report_file(out: Path, titles: str | tuple[str, ...], beside: Sequence[Path] = (),
+                      shared: bool = False) -> None:
     """Refuse (ValueError), before any work, a report path ``out`` that is not a Markdown file, or that exists and
     is not an earlier report of the same bench (empty, or its first line one of ``titles``): a report and the
-    figures written beside it replaced whatever ``--out`` named (a dataset's ``videos.csv``, a user's notes)."""
+    figures written beside it replaced whatever ``--out`` named (a dataset's ``videos.csv``, a user's notes).
+    The files written ``beside`` it (figures, plots) may be replaced only along with an earlier report (with
+    ``shared``, named by the world, not the report: any report of this bench in that folder): beside a new one,
+    a file of that name is refused too (``--out notes.md`` replaced the user's ``notes.png``)."""
     out = Path(out)
     if out.suffix != ".md":
         raise ValueError(f"--out {out}: the report is Markdown (a .md file); its figures go beside it")
     if out.exists() and not (out.is_file() and (out.stat().st_size == 0 or first_line(out).startswith(titles))):
         raise ValueError(f"--out {out}: exists and is not a report of this bench; refusing to replace it (choose "
                          "another --out, or remove the file)")
+    earlier = out.is_file() and out.stat().st_size > 0 or shared and any(
+        first_line(p).startswith(titles) for p in out.parent.glob("*.md"))
+    taken = [Path(p) for p in beside if Path(p).exists()] if not earlier else []
+    if taken:
+        raise ValueError(f"--out {out}: a new report, whose {taken[0].name} would replace the file of that name "
+                         f"beside it; refusing (choose another --out, or remove {taken[0]})")
 
 
 def first_line(path: Path) -> str:
@@ -291,7 +301,9 @@ def _run_quality(scales: list[str], seeds: list[int], out: Path, work: Path, mod
     world = dict(world or {})
     for scale in scales:  # a bad parameter fails now, not after the worlds and models before it
         world_parameters(scale, 0, world)
-    check_report_file(out, QUALITY_TITLE)
+    labels = [world_label(scale, world) for scale in scales]
+    check_report_file(out, QUALITY_TITLE, [Path(out).parent / name for label in labels for name in (
+        f"benchmarks_{label}.json", *(f"bench_{label}_{split}.png" for split in EVAL_SPLITS))], shared=True)
     check_work_folder(work, out)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -958,7 +970,7 @@ def run_gamma_sweep(gammas: list[float], scale: str, seed: int, work: Path, out:
     """CMVAE vs DecCM on ``test_unbiased`` as the confounding strength gamma grows (Markdown + plot), with
     CMVAE trained on each world's intervened version (:func:`intervened_dataset`, mean of ``redraws``) and
     CMVAE with DecCM's teacher mixed in (:class:`RunTeacher`)."""
-    check_report_file(out, GAMMA_TITLE)
+    check_report_file(out, GAMMA_TITLE, [Path(out).with_suffix(".png")])
     check_work_folder(work, out)
     rows = []
     for gamma in gammas:

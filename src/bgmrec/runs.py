@@ -717,10 +717,10 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
     message (for a result's JSON), None when silent."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint, labels_fingerprint
     from bgmrec.features.recommend import warn_on_stderr
-    from bgmrec.models.base import read_run_record
+    from bgmrec.models.base import read_run_record, run_record_damaged
 
     info = read_run_record(run)
-    if not info and (Path(run) / "run.json").is_file():  # damaged: its silence hid a run of other data
+    if run_record_damaged(run):  # its silence hid a run of other data
         return warn_on_stderr(f"{what + ' ' if what else ''}{run}: its run.json is not a readable record (not a JSON "
                               f"object), so whether it was trained on {data} is not checked")
     try:

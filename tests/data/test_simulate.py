@@ -275,6 +275,12 @@ def test_a_damaged_truth_is_named_by_its_file(tiny_dir, tmp_path):
     np.save(root / "truth/track_content.npy", np.ones(5))
     with pytest.raises(DatasetError, match=re.escape(f"{root}/truth/track_content.npy: expected shape [*, *]")):
         load_truth(root)
+    shutil.copy(tiny_dir / "truth/track_content.npy", root / "truth/track_content.npy")
+    taste = np.load(root / "truth/uploader_pref.npy")
+    taste[0, 0] = np.inf  # the oracle reads the tastes too
+    np.save(root / "truth/uploader_pref.npy", taste)
+    with pytest.raises(DatasetError, match=re.escape(f"{root}/truth/uploader_pref.npy: expected finite values")):
+        load_truth(root)
 
 
 def test_config_json_round_trip_and_validation():

@@ -120,3 +120,20 @@ def test_a_clip_without_a_caption_may_give_no_text(tiny_ds):
                                          r"text features' width, np.zeros\(\(n, spec.video_text\), np.float32\), with "
                                          r"text_mask False$"):
         VideoQuery(visual[None], None, [False])
+
+
+def test_a_run_whose_record_is_damaged_says_its_training_settings_are_not_compared(tiny_ds, tmp_path):
+    # a damaged run.json read as none: the extraction settings of the training features were not compared, silently
+    from bgmrec.models.base import load_model, run_record_damaged
+
+    folder = build("cca", FeatureSpec.of(tiny_ds), {"dim": 8}).fit(SplitView(tiny_ds, "train")).save(tmp_path / "r")
+    said = (f"{folder}: its run.json is not a readable record (not a JSON object), so the settings its training "
+            "features were extracted with are not compared")
+    for record, damaged in ((None, False), ("{}", False), ('{"feature_settings": {}}', False), ("{not json", True),
+                            ("[1, 2]", True), ("null", True)):
+        (folder / "run.json").unlink(missing_ok=True)
+        if record is not None:
+            (folder / "run.json").write_text(record)
+        assert run_record_damaged(folder) is damaged
+        warnings_ = ClipRecommender(load_model(folder), open_catalog(tiny_ds.root)).warnings
+        assert warnings_ == ([said] if damaged else []), record

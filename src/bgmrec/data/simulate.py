@@ -532,6 +532,5 @@ def load_truth(root: Path) -> WorldTruth:
         track_popularity=values("track_popularity.npy", 1),
         video_text_kind=load_npy(root / "truth/video_text_kind.npy", mmap=False),
         processes={s: SplitProcess(**p) for s, p in meta["processes"].items()},
-        uploader_pref=load_npy(root / "truth/uploader_pref.npy", mmap=False)
-        if (root / "truth/uploader_pref.npy").is_file() else None,
+        uploader_pref=values("uploader_pref.npy", 2) if (root / "truth/uploader_pref.npy").is_file() else None,
     )

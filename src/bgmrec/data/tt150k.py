@@ -99,6 +99,8 @@ from bgmrec.data.dataset import (
     DatasetError,
     SplitInfo,
     atomic_write_dir,
+    check_is_file,
+    check_replaceable,
     check_split_name,
     load_dataset,
     parse_json_file,
@@ -277,8 +279,7 @@ def read_npy(path: Path, label: str, objects: bool = False) -> np.ndarray:
     Errors are :class:`DatasetError` naming ``label``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{label}: required file is missing")
+    check_is_file(path, label, missing="required file is missing")
     try:
         with open(path, "rb") as f:
             shape, dtype = read_npy_header(f, label)
@@ -1168,7 +1169,9 @@ def _apply_sidecar_splits(side: dict, src: Path, splits: _Splits, extra: dict[st
 
 
 def import_tt150k(src: Path, out: Path, pgc_music: str = "auto") -> InteropReport:
-    """Import a DecCM reference-layout folder ``src`` as a native dataset at ``out`` (atomic)."""
+    """Import a DecCM reference-layout folder ``src`` as a native dataset at ``out`` (atomic; an ``out`` that may not
+    be replaced is refused first, not after the whole source is read)."""
+    check_replaceable(Path(out))
     ds, extra, rep = read_tt150k(src, pgc_music)
     save_dataset(ds, Path(out), extra_files=extra, extra_json={"extra/import_report.json": rep.to_json()})
     return rep

@@ -42,6 +42,7 @@ from bgmrec.models.base import (
     check_embedding_widths,
     genre_positions,
     read_run_record,
+    run_record_damaged,
     unknown_genres_warning,
 )
 
@@ -511,10 +512,13 @@ def feature_settings_mismatches(model: Recommender, catalog: Catalog, frames: in
     """One line per feature setting that differs between the model's training data and what it is now
     given: the catalogue's extraction settings, and ``frames`` sampled per clip. A model's scores on
     features extracted otherwise can mean little. The training settings: :func:`training_feature_settings`;
-    [] when it records none."""
+    [] when it records none; a line saying they are not compared when the run's ``run.json`` is damaged."""
     music, videos = training_feature_settings(model)
     now = catalog.manifest.get("settings") or {}
-    out = []
+    source = getattr(model, "source", None)
+    out = [f"{Path(source).parent}: its run.json is not a readable record (not a JSON object), so the settings its "
+           "training features were extracted with are not compared"] if source and run_record_damaged(
+        Path(source).parent) else []
     differ = [k for k in music if k in now and k not in SETTINGS_NOT_IN_FEATURES and music[k] != now[k]]
     if differ:
         out.append(f"{catalog.name} was extracted with "

@@ -833,6 +833,18 @@ def read_run_record(run: Path) -> dict:
     return info if isinstance(info, dict) else {}
 
 
+def run_record_damaged(run: Path) -> bool:
+    """True when the run folder ``run`` has a ``run.json`` that is not a readable JSON object (which
+    :func:`read_run_record` reads as {}, as a run without one): what it records cannot be checked."""
+    path = Path(run) / "run.json"
+    if not path.is_file():
+        return False
+    try:
+        return not isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError, RecursionError):
+        return True
+
+
 def recorded_model_package(folder: Path) -> tuple[dict | None, str]:
     """The code a saved model of another package was made with, as its folder records it, and the file that
     says so: ``config.json``'s ``model_package`` (written by :meth:`Recommender.save` with the weights, also
