@@ -316,8 +316,31 @@ class _FlatVideos(PopularityRecommender):
 def test_an_encoding_that_is_not_a_matrix_is_refused_naming_the_method(tiny_ds, tiny_spec):
     model = _FlatVideos(PopularityRecommender.config_class(), tiny_spec).fit(SplitView(tiny_ds, "train"))
     with pytest.raises(ValueError, match=r"^flat-videos: encode_videos must give \[n, d\] embeddings, a row per "
-                                         r"input; got shape \[3\]$"):
+                                         r"input \(3\); got shape \[3\]$"):
         model.score(VideoQuery.from_dataset(tiny_ds, [0, 1, 2]), MusicCatalog.from_dataset(tiny_ds))
+
+
+class _RowShort(PopularityRecommender):
+    """A plugin's encoders one row short."""
+
+    name = "row-short"
+
+    def _encode_videos(self, q):
+        return super()._encode_videos(q)[:-1]
+
+    def _encode_music(self, c):
+        return super()._encode_music(c)[:-1]
+
+
+def test_an_encoding_of_another_row_count_is_refused_naming_the_method(tiny_ds, tiny_spec):
+    # one row short: evaluate failed with "positive columns must be 183 integers", the service with a 500
+    model = _RowShort(PopularityRecommender.config_class(), tiny_spec).fit(SplitView(tiny_ds, "train"))
+    with pytest.raises(ValueError, match=r"^row-short: encode_videos must give \[n, d\] embeddings, a row per "
+                                         r"input \(3\); got shape \[2, 1\]$"):
+        model.encode_videos(VideoQuery.from_dataset(tiny_ds, [0, 1, 2]))
+    with pytest.raises(ValueError, match=rf"^row-short: encode_music must give \[n, d\] embeddings, a row per "
+                                         rf"input \({tiny_ds.n_tracks}\); got shape \[{tiny_ds.n_tracks - 1}, 1\]$"):
+        model.encode_music(MusicCatalog.from_dataset(tiny_ds))
 
 
 def test_a_damaged_teacher_of_a_student_names_the_teacher_file(runs, tiny_spec, tmp_path):

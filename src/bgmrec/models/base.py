@@ -627,7 +627,7 @@ class Recommender(ABC):
                              "(VideoQuery.confounder)")
         if not self.reads_dataset_rows:
             q = dataclasses.replace(q, index=None, split=None)
-        return self._finite("encode_videos", self._encode_videos(q))
+        return self._finite("encode_videos", self._encode_videos(q), len(q))
 
     def encode_music(self, c: MusicCatalog) -> np.ndarray:
         """Music embeddings [M, d] (float32, finite). Genre ids of other genres (``c.genres``) are mapped to the
@@ -637,20 +637,21 @@ class Recommender(ABC):
         self.spec.check_music(c, self.source)
         if not self.reads_dataset_rows:
             c = dataclasses.replace(c, index=None)
-        return self._finite("encode_music", self._encode_music(c))
+        return self._finite("encode_music", self._encode_music(c), len(c))
 
-    def _finite(self, method: str, embeddings: np.ndarray) -> np.ndarray:
+    def _finite(self, method: str, embeddings: np.ndarray, rows: int) -> np.ndarray:
         """``embeddings`` as a C-contiguous, writable float32 array (a copy of a read-only one, such as a memory map
         of stored embeddings, which torch warns of and cannot share in the evaluation and the index), refused
-        (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value that is infinite, or becomes so as a
-        float32: its every score would be NaN or infinite."""
+        (ValueError) unless it is [``rows``, d], one row per input (a plugin's one row short failed deep in the
+        evaluation and the service), and (:class:`NonFiniteEmbeddingError`) where a row holds NaN or a value
+        that is infinite, or becomes so as a float32: its every score would be NaN or infinite."""
         if type(embeddings).__module__.partition(".")[0] == "torch":  # a tensor (one needing grad: numpy() fails)
             embeddings = embeddings.detach().float().cpu().numpy()  # float(): bfloat16 has no NumPy type
         with np.errstate(over="ignore"):  # what overflows the cast is refused below, by row
             out = np.require(np.asarray(embeddings, np.float32), requirements=["C", "W"])
-        if out.ndim != 2:
-            raise ValueError(f"{self.name}: {method} must give [n, d] embeddings, a row per input; got shape "
-                             f"{list(out.shape)}")
+        if out.ndim != 2 or len(out) != rows:
+            raise ValueError(f"{self.name}: {method} must give [n, d] embeddings, a row per input ({rows}); got "
+                             f"shape {list(out.shape)}")
         from bgmrec.index import non_finite_rows
 
         bad = non_finite_rows(out)
