@@ -612,6 +612,9 @@ def numbers(text: str, option: str, kind: type[int] | type[float]) -> list:
                          "e.g. 0,1,2") from None
     if not values:
         raise ValueError(f"{option}: give at least one value, e.g. 0,1,2")
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:  # --gammas 1,1.0 ran gamma 1 twice, each table row doubled
+        raise ValueError(f"{option} {text}: {twice:g} is given twice")
     return values
 
 
