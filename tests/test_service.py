@@ -909,6 +909,24 @@ def test_every_answer_says_which_run_and_catalogue_answered(tiny_ds, cmvae, tmp_
     assert hashed == ["config.json", "weights.safetensors"]  # once, at start-up
 
 
+def test_a_compressed_body_gets_a_415_saying_so(client, tiny_ds):
+    # gzip was not read: a gzipped JSON body was "not valid JSON", a plain one labelled gzip answered as if read
+    import gzip
+
+    plain = json.dumps(clip_body(tiny_ds, 0)).encode()
+    for body, encoding in ((gzip.compress(plain), "gzip"), (plain, "gzip"), (plain, " Deflate")):
+        r = client.post("/recommend", content=body, headers={"content-type": "application/json",
+                                                            "content-encoding": encoding})
+        assert r.status_code == 415 and r.headers["accept-encoding"] == "identity"
+        assert r.json() == {"detail": f"body: Content-Encoding {encoding.strip().lower()!r} is not read by this "
+                                      "server; send it uncompressed"}
+    r = client.post("/recommend/video", files={"video": ("clip.mp4", b"x", "video/mp4")},
+                    headers={"content-encoding": "gzip"})
+    assert r.status_code == 415
+    assert client.post("/recommend", content=plain, headers={"content-type": "application/json",
+                                                               "content-encoding": "identity"}).status_code == 200
+
+
 def test_video_uploads_past_the_limit_get_a_413(tiny_ds, cmvae):
     client = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_upload=1000))
     assert client.get("/health").json()["max_upload_bytes"] == 1000

@@ -392,6 +392,9 @@ class BodyLimit:
     nothing arrives for :data:`BODY_IDLE_SECONDS` gets 408, so that a stalled or vanished client does not hold
     its request's thread and batch slot (:class:`BatchSlots`) for as long as its connection stays open.
 
+    A body with a ``Content-Encoding`` (gzip, ...) gets 415 at once: it is not decompressed (a gzipped JSON body
+    was refused as invalid JSON, a plain body labelled gzip answered).
+
     ``limits`` maps a path to (bytes, detail), ``detail(size)`` giving the answer's one-line ``detail`` (``size``:
     the declared length, None for a body counted while read)."""
 
@@ -402,7 +405,13 @@ class BodyLimit:
         if scope["type"] != "http" or scope["path"] not in self.limits:
             return await self.app(scope, receive, send)
         limit, detail = self.limits[scope["path"]]
-        declared = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":  # a gzipped JSON body was "not valid JSON", a plain one labelled gzip answered
+            return await JSONResponse(status_code=415, headers={"Accept-Encoding": "identity"}, content={
+                "detail": f"body: Content-Encoding {encoding!r} is not read by this server; send it uncompressed"})(
+                scope, receive, send)
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return await JSONResponse(status_code=413, content={"detail": detail(int(declared))})(scope, receive, send)
         seen, started, whole = 0, False, False
