@@ -15,7 +15,8 @@ import torch
 
 from bgmrec.features.audio import Catalog
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, open_catalog, recommend_clip
-from bgmrec.models.base import FeatureSpec, MusicCatalog, SplitView, VideoQuery
+from bgmrec.models.base import FeatureSpec, ModelConfig, MusicCatalog, SplitView, VideoQuery
+from bgmrec.models.baselines import PopularityRecommender
 from bgmrec.models.registry import build
 
 pytest.importorskip("fastapi")
@@ -499,6 +500,19 @@ def test_a_taste_sent_to_a_model_that_does_not_read_it_is_said_in_the_warnings(c
         [TASTE_NOT_READ]] * 2
     bad = client.post("/recommend", json=clip_body(tiny_ds, 0, taste={"polka": 1.0}))  # still checked
     assert bad.status_code == 422 and "unknown genre(s) polka" in bad.json()["detail"]
+    # a model that reads a taste when given, without needing one (reads_taste), is not said to ignore it
+    model = _ReadsTasteIfGiven(ModelConfig(), FeatureSpec.of(tiny_ds)).fit(SplitView(tiny_ds, "train"))
+    recommender = ClipRecommender(model, tiny_catalog(tiny_ds))
+    taste = np.full((1, tiny_ds.n_genres), 1.0)
+    assert recommender.recommend([clip_of(tiny_ds, 0)], 3, taste=taste)[0]["warnings"] == []
+    assert recommender.recommend([clip_of(tiny_ds, 0)], 3)[0]["warnings"] == []  # and needs none
+
+
+class _ReadsTasteIfGiven(PopularityRecommender):
+    """A plugin reading the uploader's taste when a query has one."""
+
+    name = "reads-taste-if-given"
+    reads_taste = True
 
 
 def test_non_finite_features_are_refused(client, tiny_ds):

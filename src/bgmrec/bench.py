@@ -418,7 +418,7 @@ def _quality_world_sections(label: str, seeds: list[int], results: list[dict], p
 
 
 def queried_splits(ds) -> list[str]:
-    """The splits of :data:`~bgmrec.demo.EVAL_SPLITS` that hold queries in ``ds`` (the ones evaluated)."""
+    """The splits of :data:`~bgmrec.eval.protocol.EVAL_SPLITS` that hold queries in ``ds`` (the ones evaluated)."""
     return [split for split in EVAL_SPLITS if split in ds.splits and len(ds.splits[split])]
 
 

@@ -277,7 +277,7 @@ CASES = {
     "modalities-text": (lambda root: _edit_manifest(root, lambda m: m["modalities"].__setitem__("music", str(
         m["modalities"]["music"]))), "manifest.json", "modalities.music is '"),
     "split-entry-null": (lambda root: _edit_manifest(root, lambda m: m["splits"].__setitem__("val", None)),
-                         "manifest.json", "splits: field 'val' must be a JSON object, found NoneType"),
+                         "manifest.json", "splits: field 'val' must be a JSON object, found null"),
     "split-name-a-path": (_renamed_split("../../../outside"), "manifest.json", "split name '../../../outside'"),
     "split-name-hidden": (_renamed_split(".val"), "manifest.json", "not starting with '.'"),
     "split-name-backslash": (_renamed_split("a\\b"), "manifest.json", "without '/', '\\' or NUL"),

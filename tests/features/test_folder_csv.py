@@ -146,7 +146,7 @@ DAMAGED = {
     "music narrower than its manifest": ("catalog", lambda r: np.save(r / "music.npy", np.zeros((3, 4), np.float32)),
                                          "c/music.npy: expected shape [3, 5]"),
     "catalogue settings text": ("catalog", lambda r: _manifest_edit(r, "settings", "sample_rate=22050"),
-                                "c/manifest.json: field 'settings' must be a JSON object, found str"),
+                                "c/manifest.json: field 'settings' must be a JSON object, found string"),
     "track id twice": ("catalog", lambda r: _manifest_edit(r, "ids", ["t0", "t1", "t0"]) or (
         r / "tracks.csv").write_text(TRACKS_HEADER + "t0,A,,pop,a.wav,\nt1,B,,pop,b.wav,\nt0,C,,pop,c.wav,\n",
                                      encoding="utf-8"), "c/tracks.csv: id 't0' is on two rows"),
@@ -154,15 +154,17 @@ DAMAGED = {
                            "c/music.npy: not the content manifest.json records (content_hash "),
     # a field of another JSON kind was a TypeError ('int' object is not subscriptable) or an AttributeError
     "content hash a number": ("catalog", lambda r: _manifest_edit(r, "content_hash", 5),
-                              "c/manifest.json: field 'content_hash' must be a JSON string, found int"),
+                              "c/manifest.json: field 'content_hash' must be a JSON string, found integer"),
     "catalogue dim text": ("catalog", lambda r: _manifest_edit(r, "dim", "5"),
-                           "c/manifest.json: field 'dim' must be a JSON integer, found str"),
+                           "c/manifest.json: field 'dim' must be a JSON integer, found string"),
+    "catalogue dim true": ("catalog", lambda r: _manifest_edit(r, "dim", True),  # a bool is no integer here
+                           "c/manifest.json: field 'dim' must be a JSON integer, found true/false"),
     "track ids text": ("catalog", lambda r: _manifest_edit(r, "ids", "t0 t1 t2"),
-                       "c/manifest.json: field 'ids' must be a JSON list, found str"),
+                       "c/manifest.json: field 'ids' must be a JSON list, found string"),
     "video counts a list": ("videos", lambda r: _manifest_edit(r, "counts", [3]),
                             "v/manifest.json: field 'counts' must be a JSON object, found list"),
     "video content hash null": ("videos", lambda r: _manifest_edit(r, "content_hash", None),
-                                "v/manifest.json: field 'content_hash' must be a JSON string, found NoneType"),
+                                "v/manifest.json: field 'content_hash' must be a JSON string, found null"),
     "track count edited": ("catalog", lambda r: _manifest_edit(r, "counts", {"tracks": 999}),
                            "c/manifest.json: counts.tracks is 999, but the folder holds 3 rows"),
     "no tracks": ("catalog", lambda r: np.save(r / "music.npy", np.zeros((0, 5), np.float32)) or _manifest_edit(

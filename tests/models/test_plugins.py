@@ -661,3 +661,8 @@ def test_known_bugs_marks_a_contract_test_a_strict_xfail_for_that_class_only():
         class Misspelt(RecommenderContractMixin):
             model_name = "random"
             known_bugs = {"test_empty_bach": "typo"}
+    with pytest.raises(AttributeError, match=r"^Helper.known_bugs names 'make', which is none of its tests$"):
+
+        class Helper(RecommenderContractMixin):  # a method, but no test: it would be made an xfail
+            model_name = "random"
+            known_bugs = {"make": "not a test"}

@@ -947,11 +947,11 @@ def save_dataset(ds: Dataset, out: Path, extra_files: dict[str, np.ndarray] | No
     return out
 
 
-def check_is_file(path: Path, label: str | None = None, missing: str = "file is missing") -> None:
+def check_is_file(path: Path, label: str | None = None, missing: str = "file is missing", kind: str = "file") -> None:
     """A :class:`DatasetError` naming ``label`` (default ``path``) unless ``path`` is a file: "is a folder, not a
-    file" for a folder (it said the file was missing), else ``missing``."""
+    ``kind``" for a folder (it said the file was missing), else ``missing``."""
     if not Path(path).is_file():
-        raise DatasetError(f"{label or path}: {'is a folder, not a file' if Path(path).is_dir() else missing}")
+        raise DatasetError(f"{label or path}: {f'is a folder, not a {kind}' if Path(path).is_dir() else missing}")
 
 
 def load_npy(path: Path, where: str | None = None, mmap: bool = True) -> np.ndarray:
@@ -1115,21 +1115,30 @@ def _ints(values: list[str], where: str) -> np.ndarray:
 _JSON_KINDS = {int: "integer", str: "string", dict: "object", list: "list"}
 
 
+def json_kind(value) -> str:
+    """What ``value``, read from JSON, is in JSON's words: null, true/false, an integer, a number, a string, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return _JSON_KINDS.get(type(value)) or ("number" if isinstance(value, float) else type(value).__name__)
+
+
 def check_field_kinds(man: dict, kinds: dict[str, type], where: str) -> None:
     """Refuse a field of the JSON object ``man`` (read from ``where``) present but not of its kind in ``kinds``, in one
     line naming the field (a ``"content_hash": 5`` was a TypeError: 'int' object is not subscriptable)."""
     for key, kind in kinds.items():
-        if key in man and not isinstance(man[key], kind):
+        if key in man and (not isinstance(man[key], kind) or kind is int and isinstance(man[key], bool)):
             raise DatasetError(f"{where}: field {key!r} must be a JSON {_JSON_KINDS[kind]}, "
-                               f"found {type(man[key]).__name__}")
+                               f"found {json_kind(man[key])}")
 
 
-def _flags(values: list[str], where: str) -> np.ndarray:
-    """0/1 values as bool (a 2 was read as True)."""
+def _flags(values: list[str], where: str, row: str = "row") -> np.ndarray:
+    """0/1 values as bool (a 2 was read as True); an error names the first other value's ``row`` by position."""
     ints = _ints(values, where)
     bad = np.flatnonzero((ints != 0) & (ints != 1))
     if bad.size:
-        raise DatasetError(f"{where}: expected 0 or 1, found {ints[bad[0]]} (track {bad[0]})")
+        raise DatasetError(f"{where}: expected 0 or 1, found {ints[bad[0]]} ({row} {bad[0]})")
     return ints.astype(bool)
 
 
@@ -1199,7 +1208,7 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
 
     for s in man["splits"]:  # before any split's file is opened by its name
         check_split_name(s, f"{root}/manifest.json")
-        check_field_kinds(man["splits"], {s: dict}, f"{root}/manifest.json: splits")  # a null entry too
+    check_field_kinds(man["splits"], dict.fromkeys(man["splits"], dict), f"{root}/manifest.json: splits")
     try:
         split_info = {s: SplitInfo(v["role"], v["candidates"]) for s, v in man["splits"].items()}
     except (TypeError, KeyError) as e:
@@ -1213,7 +1222,7 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
         track_genre=_ints(trks["genre"], f"{root}/tracks.csv column genre"),
         track_title=trks["title"],
         track_artist=trks["artist"],
-        track_new=_flags(trks["new"], f"{root}/tracks.csv column new"),
+        track_new=_flags(trks["new"], f"{root}/tracks.csv column new", "track"),
         uploader_pref=arr("uploaders.npy"),
         video_visual=arr("features/video_visual.npy"),
         video_text=arr("features/video_text.npy"),

@@ -343,10 +343,9 @@ def csv_records(reader, path: Path) -> Iterator[tuple[int, list[str]]]:
 
 def check_csv_file(path: Path) -> None:
     """:class:`~bgmrec.data.dataset.DatasetError` unless ``path`` is a file (a folder is named as one)."""
-    from bgmrec.data.dataset import DatasetError
+    from bgmrec.data.dataset import check_is_file
 
-    if not path.is_file():
-        raise DatasetError(f"{path}: " + ("is a folder, not a CSV file" if path.is_dir() else "file is missing"))
+    check_is_file(path, kind="CSV file")
 
 
 def _csv_reason(error: str) -> str:

@@ -245,8 +245,8 @@ CAPTIONS_LEFT_OUT = ("the model was trained on videos without captions: it learn
                      "captions of clips are left out (to use them, train on a dataset of captioned videos)")
 CAPTION_LEFT_OUT = "its caption was left out: the model was trained on videos without captions"
 NOTHING_LEFT = "no track to answer with: exclude and genres leave none of the catalogue's tracks"
-TASTE_NOT_READ = ("its taste was not read: this model ranks without the uploader's taste (only DecCM's "
-                  "personalised mode reads it)")
+TASTE_NOT_READ = ("its taste was not read: this model ranks without the uploader's taste (DecCM reads it in its "
+                  "personalised mode)")
 
 
 class ClipRecommender:
@@ -353,7 +353,7 @@ class ClipRecommender:
                  "modality_share": share, "warnings": [*clip.warnings, *far[i], *(
                      [CAPTION_LEFT_OUT] if self.captions_left_out and clip.has_text else []), *(
                      [NOTHING_LEFT] if (np.asarray(row_ids) < 0).all() else []), *(
-                     [TASTE_NOT_READ] if taste is not None and not self.model.needs_taste else [])]}
+                     [TASTE_NOT_READ] if taste is not None and not self.model.reads_taste else [])]}
                 for i, (row_ids, row_scores, share, clip) in enumerate(zip(ids, scores, modality_shares(self.model, q),
                                                                            clips, strict=True))]
 

@@ -525,6 +525,13 @@ class Recommender(ABC):
         ``encode_videos``, ``bgmrec serve`` (HTTP 422) and ``bgmrec recommend`` then refuse a query without one."""
         return self.inference_mode == "personalised"
 
+    @property
+    def reads_taste(self) -> bool:
+        """Whether scoring reads a query's uploader taste when it is given: :attr:`needs_taste` by default. A model
+        that reads it when given but can do without overrides this (``reads_taste = True``); a taste given to a
+        model that does not read it is said in each answer's ``warnings``."""
+        return self.needs_taste
+
     def set_inference_mode(self, mode: str) -> None:
         """Choose how the model scores (only for models with several ``inference_modes``)."""
         if mode not in self.inference_modes:
