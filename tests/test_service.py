@@ -923,6 +923,21 @@ def test_every_answer_says_which_run_and_catalogue_answered(tiny_ds, cmvae, tmp_
     assert hashed == ["config.json", "weights.safetensors"]  # once, at start-up
 
 
+@pytest.mark.parametrize("content_type, body, reason", [
+    ("multipart/form-data; boundary=XYZ", b'--ABC\r\nContent-Disposition: form-data; name="video"; filename="a.mp4"'
+     b"\r\n\r\nxx\r\n--ABC--\r\n", "Invalid multipart data"),  # another boundary than declared
+    ("multipart/form-data", b"--XYZ\r\n", "Missing boundary in multipart"),
+    ("multipart/form-data; boundary=XYZ", b'--XYZ\r\nContent-Disposition: form-data; filename="a.mp4"\r\n\r\nxx\r\n'
+     b"--XYZ--\r\n", 'The Content-Disposition header field "name" must be provided'),
+], ids=["other boundary", "no boundary", "part without a name"])
+def test_a_form_the_framework_cannot_read_gets_a_422_saying_so(client, content_type, body, reason):
+    # they got the framework's bare 400 ("Invalid multipart data."), unlike every other body the client must fix
+    r = client.post("/recommend/video", content=body, headers={"content-type": content_type})
+    assert r.status_code == 422
+    assert r.json() == {"detail": f"body: not a readable multipart/form-data body ({reason}); send the video as the "
+                                  "form field 'video' (curl -F video=@clip.mp4)"}
+
+
 def test_a_compressed_body_gets_a_415_saying_so(client, tiny_ds):
     # gzip was not read: a gzipped JSON body was "not valid JSON", a plain one labelled gzip answered as if read
     import gzip
@@ -1250,7 +1265,7 @@ def test_a_text_field_past_the_forms_limit_gets_a_413_saying_so(client, tiny_ds,
     assert r.status_code == 413 and r.json() == too_large
     assert seen == [2**19]
     r = client.post("/recommend/video", content=b"\r\n", headers={"content-type": "multipart/form-data"})
-    assert r.status_code == 400  # other refusals of the multipart parser are left as they were
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: not a readable multipart/form-data body (")
 
 
 def test_a_form_of_too_many_fields_gets_a_422_saying_which_fields_count(client, tiny_ds, monkeypatch):

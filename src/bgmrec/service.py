@@ -499,7 +499,9 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     than be called bad JSON. Starlette's multipart parser refuses a text field over :data:`MAX_CAPTION` bytes
     ("Part exceeded maximum size") without saying which field: most often the caption, or a video sent as a
     text part (no file name), so :data:`CAPTION_TOO_LARGE` names both; it refuses more than 1,000 text fields
-    ("Too many fields"), which only long ``exclude`` or ``genres`` lists reach (:data:`TOO_MANY_FIELDS`). A body
+    ("Too many fields"), which only long ``exclude`` or ``genres`` lists reach (:data:`TOO_MANY_FIELDS`); any other
+    multipart body it cannot read (no boundary, a broken part header, a part without a name) gets 422 saying so,
+    with the framework's reason (a bare 400 before). A body
     :class:`BodyLimit` refused while the framework parsed it is answered as the 413 or 408 it is.
     """
     if exc.status_code != 400:
@@ -521,6 +523,9 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
         return 413, CAPTION_TOO_LARGE
     if isinstance(exc.__context__, MultiPartException) and str(exc.detail).startswith("Too many fields"):
         return 422, TOO_MANY_FIELDS
+    if isinstance(exc.__context__, MultiPartException) or str(exc.detail).startswith("Missing boundary"):
+        return 422, (f"body: not a readable multipart/form-data body ({str(exc.detail).rstrip('.')}); send the "
+                     "video as the form field 'video' (curl -F video=@clip.mp4)")
     return None
 
 
