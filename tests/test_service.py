@@ -952,8 +952,12 @@ def test_a_compressed_body_gets_a_415_saying_so(client, tiny_ds):
     r = client.post("/recommend/video", files={"video": ("clip.mp4", b"x", "video/mp4")},
                     headers={"content-encoding": "gzip"})
     assert r.status_code == 415
-    assert client.post("/recommend", content=plain, headers={"content-type": "application/json",
-                                                               "content-encoding": "identity"}).status_code == 200
+    for identity in ("identity", "", "Identity, identity"):  # as none
+        assert client.post("/recommend", content=plain, headers={"content-type": "application/json",
+                                                                   "content-encoding": identity}).status_code == 200
+    two = [("content-type", "application/json"), ("content-encoding", "identity"), ("content-encoding", "gzip")]
+    r = client.post("/recommend", content=plain, headers=two)
+    assert r.status_code == 415  # a second header is read too
 
 
 def test_video_uploads_past_the_limit_get_a_413(tiny_ds, cmvae):

@@ -114,7 +114,8 @@ def check_report_file(out: Path, titles: str | tuple[str, ...], beside: Sequence
     taken = [Path(p) for p in beside if Path(p).exists()] if not earlier else []
     if taken:
         raise ValueError(f"--out {out}: a new report, whose {taken[0].name} would replace the file of that name "
-                         f"beside it; refusing (choose another --out, or remove {taken[0]})")
+                         f"beside it; refusing (choose another {'folder for ' if shared else ''}--out, or remove "
+                         f"{taken[0]})")
 
 
 def first_line(path: Path) -> str:

@@ -352,7 +352,7 @@ class RequestLog:
         except asyncio.CancelledError:  # the server stopped (its graceful shutdown's time ran out) mid-request:
             stopped = True  # said in its line, and a 503 sent if nothing was, not as uvicorn's traceback of the task
             if status == "-" and not gone:
-                with contextlib.suppress(Exception):  # the connection may be gone already
+                with contextlib.suppress(Exception, asyncio.CancelledError):  # gone already, or cancelled again
                     await JSONResponse(status_code=503, headers={"Connection": "close"}, content={
                         "detail": "the server stopped before answering; retry"})(scope, receiving, sending)
         finally:
@@ -406,8 +406,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         limit, detail = self.limits[scope["path"]]
         headers = Headers(scope=scope)
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding != "identity":  # a gzipped JSON body was "not valid JSON", a plain one labelled gzip answered
+        encoding = next((e for value in headers.getlist("content-encoding") for e in (
+            part.strip().lower() for part in value.split(",")) if e not in ("", "identity")), None)
+        if encoding is not None:  # a gzipped JSON body was "not valid JSON", a plain one labelled gzip answered
             return await JSONResponse(status_code=415, headers={"Accept-Encoding": "identity"}, content={
                 "detail": f"body: Content-Encoding {encoding!r} is not read by this server; send it uncompressed"})(
                 scope, receive, send)
@@ -523,7 +524,7 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
         return 413, CAPTION_TOO_LARGE
     if isinstance(exc.__context__, MultiPartException) and str(exc.detail).startswith("Too many fields"):
         return 422, TOO_MANY_FIELDS
-    if isinstance(exc.__context__, MultiPartException) or str(exc.detail).startswith("Missing boundary"):
+    if isinstance(exc.__context__, MultiPartException):
         return 422, (f"body: not a readable multipart/form-data body ({str(exc.detail).rstrip('.')}); send the "
                      "video as the form field 'video' (curl -F video=@clip.mp4)")
     return None

@@ -67,10 +67,11 @@ def test_frame_embeddings_shape_determinism_and_content(tmp_path):
 def test_caption_text_and_empty_caption_is_no_text():
     assert caption_text("Beach day", "#sun_set #surf") == "Beach day sun set surf"
     # a caption of punctuation alone is no text too (a lone "#" was embedded); an emoji or a number is read
-    texts = ["a happy dance", "", "   ", "#rain", "#", "... !!", "\U0001F525", "2024", caption_text("#", "# #")]
+    texts = ["a happy dance", "", "   ", "#rain", "#", "... !!", "\U0001F525", "2024", caption_text("#", "# #"),
+             "#\ufe0f\u20e3", "\u6d77\u8fb9"]  # a keycap emoji (# and an enclosing mark), CJK
     emb, mask = mf.text_encoder().encode(texts)
-    assert emb.shape == (9, 384) and emb.dtype == np.float32
-    assert mask.tolist() == [True, False, False, True, False, False, True, True, False]
+    assert emb.shape == (11, 384) and emb.dtype == np.float32
+    assert mask.tolist() == [True, False, False, True, False, False, True, True, False, True, True]
     assert not emb[~mask].any()
     assert np.allclose(np.linalg.norm(emb[mask], axis=1), 1, atol=1e-4)
     assert mf.text_encoder().settings["no_text"] == "no letter, digit or symbol"  # extracted otherwise: said

@@ -246,6 +246,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._called(3)
         super().load_newobj_ex()
 
+    def _instantiate(self, klass, args):  # the protocol 0 and 1 opcodes INST and OBJ, which np.save never writes
+        if klass is np.ndarray:
+            raise pickle.UnpicklingError("numpy.ndarray called directly, which NumPy never writes (an array of "
+                                         "any size could be declared so)")
+        return super()._instantiate(klass, args)
+
     def load_bytearray8(self):  # Python's unpickler would allocate the declared length before reading it
         raise pickle.UnpicklingError("a protocol-5 bytearray, which NumPy never writes in a .npy file")
 

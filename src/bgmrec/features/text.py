@@ -39,8 +39,8 @@ def caption_text(caption: str | None, hashtags: str | None = None) -> str:
 
 def readable(text: str) -> bool:
     """Whether ``text`` has anything a sentence model can read: a letter, a digit or a symbol (an emoji, a
-    currency sign), not only spaces and punctuation."""
-    return any(unicodedata.category(c)[0] in "LNS" for c in text)
+    currency sign, a keycap such as #️⃣, whose mark encloses a "#"), not only spaces and punctuation."""
+    return any(unicodedata.category(c)[0] in "LNS" or unicodedata.category(c) == "Me" for c in text)
 
 
 _LOADING = threading.Lock()  # one load at a time (of any encoder): each saves and restores the same global settings
