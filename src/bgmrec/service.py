@@ -221,8 +221,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         refused = body_refusal(exc)
         if refused is None:
             return await http_exception_handler(request, exc)
-        return JSONResponse(status_code=refused[0], content={"detail": refused[1]},
-                            headers={"Connection": "close"} if refused[0] == 408 else None)
+        return refusal(*refused)
 
     def answer(clips: list[Clip], top: int, batch: bool = False) -> list[dict]:
         features = [clip_features(c.visual, c.text, spec, f"clips[{i}]" if batch else "")
@@ -301,6 +300,13 @@ class AnswerJSON(Response):
 
     def render(self, content) -> bytes:
         return to_json(content, inf_nan_mode="null")
+
+
+def refusal(status: int, detail: str) -> JSONResponse:
+    """The answer to a body refused (:func:`body_refusal`, :class:`BodyLimit`): ``{"detail": ...}``, and for a
+    408 ``Connection: close`` (RFC 9110: the client may be gone, and what it still sends is not a request)."""
+    return JSONResponse(status_code=status, content={"detail": detail},
+                        headers={"Connection": "close"} if status == 408 else None)
 
 
 class BodyRefused(StarletteHTTPException):
@@ -443,9 +449,7 @@ class BodyLimit:
         except BodyRefused as e:  # raised where no exception handler answers it
             if started:
                 raise
-            close = {"Connection": "close"} if e.status_code == 408 else {}  # RFC 9110: the client may be gone
-            await JSONResponse(status_code=e.status_code, content={"detail": e.detail}, headers=close)(
-                scope, receive, send)
+            await refusal(e.status_code, e.detail)(scope, receive, send)
 
 
 def index_settings(index) -> dict:

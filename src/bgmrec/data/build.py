@@ -95,7 +95,7 @@ from bgmrec.features.cache import (
     VIDEO_ID_COLUMNS,
     check_csv_file,
     failed_inputs,
-    failed_media,
+    media_failures,
     named_column,
     read_csv_lines,
     same_text,
@@ -307,8 +307,8 @@ def matched_ids(ids: list[str], known: Iterable[str], failed: Container[str]) ->
     """``ids`` with each one that is not in ``known`` but is written as exactly one of them but for its accents'
     Unicode form (composed "é", or "e" and a combining accent, as macOS stores file names; :func:`same_text`)
     replaced by that one: a pairs CSV exported from a database finds a clip as ``--meta`` and ``--captions`` rows
-    do. An id of a media file whose extraction failed (``failed``: :func:`failed_media`) is left as it is, to be
-    dropped as one: another file, spelled alike, is not the one it names."""
+    do. An id of a media file whose extraction failed (``failed``: :func:`~bgmrec.features.cache.media_failures`)
+    is left as it is, to be dropped as one: another file, spelled alike, is not the one it names."""
     known = set(known)
     by_form: dict[str, list[str]] = {}
     for k in known:
@@ -318,11 +318,13 @@ def matched_ids(ids: list[str], known: Iterable[str], failed: Container[str]) ->
 
 
 def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[str, int], videos_dir: Path,
-                music_dir: Path, warn: Callable[[str], None] | None) -> tuple[list[int], dict[str, int]]:
+                music_dir: Path, failed: tuple[dict[str, str], dict[str, str]],
+                warn: Callable[[str], None] | None) -> tuple[list[int], dict[str, int]]:
     """The rows of ``pairs`` naming an extracted video and a catalogue track, and how many were dropped for
-    naming a video or track whose extraction failed (its folder's ``failures.csv`` has its row), no other
-    extracted video, or no other catalogue track; ``warn`` is told of each kind, with its first line and id."""
-    failed_videos, failed_tracks = failed_inputs(videos_dir), failed_inputs(music_dir)
+    naming a video or track whose extraction failed (``failed``: the :func:`failed_inputs` of the two folders,
+    their ``failures.csv``), no other extracted video, or no other catalogue track; ``warn`` is told of each kind,
+    with its first line and id."""
+    failed_videos, failed_tracks = failed
     keep = [i for i in range(len(pairs.video)) if pairs.video[i] in extracted and pairs.track[i] in tpos]
     missing_video = [i for i, v in enumerate(pairs.video) if v not in extracted]
     missing_track = [i for i, (v, t) in enumerate(zip(pairs.video, pairs.track, strict=True))
@@ -433,6 +435,7 @@ class _Inputs:
     cat: Catalog
     tpos: dict[str, int]  # each track id's row in cat
     pairs: Pairs
+    failed: tuple[dict[str, str], dict[str, str]]  # failed_inputs of the videos and of the music folder, read once
 
 
 def _read_inputs(videos_dir: Path, music_dir: Path, pairs_csv: Path, professional_csv: Path | None,
@@ -449,16 +452,23 @@ def _read_inputs(videos_dir: Path, music_dir: Path, pairs_csv: Path, professiona
     stored = id_order(videos.ids)
     cat = in_id_order(load_catalog(Path(music_dir)))
     vid_ids = [videos.ids[i] for i in stored]
-    pairs = read_pairs(Path(pairs_csv))
-    pairs = dataclasses.replace(pairs, video=matched_ids(pairs.video, vid_ids, failed_media(videos_dir)),
-                                track=matched_ids(pairs.track, cat.ids, failed_media(music_dir)))
+    failed = failed_inputs(videos_dir), failed_inputs(music_dir)
+    pairs = _with_matched_ids(read_pairs(Path(pairs_csv)), vid_ids, cat.ids, failed)
     if pairs.untimed and warn is not None:
         warn(f"{pairs_csv}: {len(pairs.untimed)} of {len(pairs.video)} row(s) have no time (e.g. line "
              f"{pairs.untimed[0]}); the split is random, not by time")
     if len(cat) < 2:
         raise DatasetError(f"{music_dir}: the catalogue has {len(cat)} track(s); a dataset needs at least 2")
     return _Inputs(videos_dir, music_dir, pairs_csv, professional_csv, videos, stored,
-                   vid_ids, cat, {t: j for j, t in enumerate(cat.ids)}, pairs)
+                   vid_ids, cat, {t: j for j, t in enumerate(cat.ids)}, pairs, failed)
+
+
+def _with_matched_ids(pairs: Pairs, video_ids: Iterable[str], track_ids: Iterable[str],
+                      failed: tuple[dict[str, str], dict[str, str]]) -> Pairs:
+    """``pairs`` with its video and track ids matched to the extracted ones across accent forms
+    (:func:`matched_ids`), never onto another file when its own failed (``failed``: as :class:`_Inputs` has it)."""
+    return dataclasses.replace(pairs, video=matched_ids(pairs.video, video_ids, media_failures(failed[0])),
+                               track=matched_ids(pairs.track, track_ids, media_failures(failed[1])))
 
 
 @dataclass(frozen=True)
@@ -479,14 +489,14 @@ def _usable_pairs(inputs: _Inputs, warn: Callable[[str], None] | None) -> _Usabl
     extracted = set(inputs.vid_ids)
     videos_dir, music_dir, pairs_csv, professional_csv = (inputs.videos_dir, inputs.music_dir, inputs.pairs_csv,
                                                           inputs.professional_csv)
-    keep, dropped = usable_rows(inputs.pairs, pairs_csv, extracted, inputs.tpos, videos_dir, music_dir, warn)
+    keep, dropped = usable_rows(inputs.pairs, pairs_csv, extracted, inputs.tpos, videos_dir, music_dir,
+                                inputs.failed, warn)
     pro_keep, pro_dropped, pro = [], {}, None
     if professional_csv is not None:
-        pro = read_pairs(Path(professional_csv), uploaders=False)
-        pro = dataclasses.replace(pro, video=matched_ids(pro.video, extracted, failed_media(videos_dir)),
-                                  track=matched_ids(pro.track, inputs.tpos, failed_media(music_dir)))
+        pro = _with_matched_ids(read_pairs(Path(professional_csv), uploaders=False), extracted, inputs.tpos,
+                                inputs.failed)
         pro_keep, pro_dropped = usable_rows(pro, professional_csv, extracted, inputs.tpos, videos_dir, music_dir,
-                                            warn)
+                                            inputs.failed, warn)
         if not pro_keep:  # a dataset without its pgc split: the teacher-guided models would fail only at train
             raise DatasetError(f"{professional_csv}: no row names both an extracted video (from {videos_dir}) and a "
                                f"catalogue track (from {music_dir}); the professional videos make the split pgc")

@@ -204,8 +204,14 @@ def failed_inputs(folder: Path) -> dict[str, str]:
 
 
 def failed_media(folder: Path) -> dict[str, str]:
-    """:func:`failed_inputs` of ``folder`` but the files of a format not read (a ``.txt`` beside a clip is no clip)."""
-    return {k: r for k, r in failed_inputs(folder).items() if not r.startswith(UNSUPPORTED)}
+    """:func:`failed_inputs` of ``folder`` but the files of a format not read (:func:`media_failures`)."""
+    return media_failures(failed_inputs(folder))
+
+
+def media_failures(failed: dict[str, str]) -> dict[str, str]:
+    """Of ``failed`` (:func:`failed_inputs`), the media files: not those of a format not read (a ``.txt`` beside a
+    clip is no clip)."""
+    return {k: r for k, r in failed.items() if not r.startswith(UNSUPPORTED)}
 
 
 def files_in(folder: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
