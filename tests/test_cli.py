@@ -1824,3 +1824,27 @@ def test_an_output_under_a_file_is_refused_before_any_work_and_system_errors_tak
     assert _error(capsys) == "error: runs/x: No space left on device (runs/y)"
     with pytest.raises(OSError):
         report_error(OSError("no path: a fault of the program"))  # not the user's: its traceback is shown
+
+
+def test_an_error_raised_in_a_plugins_code_names_the_model_and_where(cli_world, tmp_path, capsys):
+    """A plugin's ValueError was printed as one line like bgmrec's own, so a user could not tell whose it was."""
+    import inspect
+
+    from bgmrec.models.baselines import PopularityRecommender
+    from bgmrec.models.registry import register_model, unregister_model
+
+    class Grumpy(PopularityRecommender):
+        name = "grumpy"
+
+        def fit(self, train, val=None, progress=False):
+            raise ValueError("no track pleases me")
+
+    line = inspect.getsourcelines(Grumpy.fit)[1] + 1
+    register_model("grumpy", Grumpy)
+    try:
+        assert main(["train", "--data", str(cli_world), "--model", "grumpy", "--out", str(tmp_path / "r")]) == 2
+    finally:
+        unregister_model("grumpy")
+    assert _error(capsys) == f"error: model 'grumpy' ({__file__}:{line}): no track pleases me"
+    assert main(["train", "--data", str(tmp_path / "none"), "--model", "popularity", "--out", str(tmp_path / "r")]) == 2
+    assert not _error(capsys).startswith("error: model ")  # bgmrec's own errors are as they were

@@ -46,11 +46,28 @@ def report_error(e: Exception) -> int:
     if isinstance(e, OSError) and e.filename is not None:  # a path the system refused: named, without a traceback
         message = f"{e.filename}: {e.strerror or e}" + (f" ({e.filename2})" if e.filename2 is not None else "")
     elif isinstance(e, DatasetError | ValueError | FileNotFoundError | KeyError):
-        message = str(e)
+        message = raised_in_model(e) + str(e)
     else:
         raise e
     print("error: " + " ".join(message.split()), file=sys.stderr)  # one line, printed as is (no markup, no wrapping)
     return 2
+
+
+def raised_in_model(e: BaseException) -> str:
+    """``model 'NAME' (file:line): `` when ``e`` was raised in, or through, the code of a model of another package
+    (or one registered in this process): its innermost frame there; else "". The one-line message had left a
+    plugin's error unattributed, as if bgmrec had said it."""
+    import traceback
+
+    from bgmrec.models.registry import plugin_modules
+
+    modules = plugin_modules()
+    where = ""
+    for frame, line in traceback.walk_tb(e.__traceback__):
+        name = modules.get(frame.f_globals.get("__name__", ""))
+        if name is not None:
+            where = f"model {name!r} ({frame.f_code.co_filename}:{line}): "
+    return where
 
 
 def missing_extra(e: BaseException) -> str | None:

@@ -107,6 +107,16 @@ def plugin_models() -> dict[str, EntryPoint | tuple[EntryPoint, ...]]:
     return {name: eps[0] if len(eps) == 1 else tuple(eps) for name, eps in found.items()}
 
 
+def plugin_modules() -> dict[str, str]:
+    """module name -> model name, for the models of other packages and those registered in this process (the
+    module their class is in: where an error raised in a model's own code comes from)."""
+    out: dict[str, str] = {}
+    for name, target in {**plugin_models(), **_REGISTERED}.items():
+        for one in target if isinstance(target, tuple) else (target,):
+            out.setdefault(_value(one).split(":")[0], name)
+    return out
+
+
 def model_names() -> list[str]:
     """Every ``--model`` name: built-in models, ablations, then the models of other packages and those
     registered in this process."""
