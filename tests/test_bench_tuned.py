@@ -264,3 +264,12 @@ def test_the_command_writes_the_report_into_its_work_folder(tiny_copy, tmp_path)
     assert text.startswith("# Models tuned alike on val")
     assert "Made by `bgmrec bench tuned --data" in text and "the same grid (lr in {0.001, 0.004})" in text
     assert "cmvae: Fixed for every point: epochs=1" in text
+
+
+@pytest.mark.parametrize("grid", [{"deccm.alpha": ["0.1", "1"]}, {"alpha": ["0.1", "1"]}])
+def test_a_grid_field_one_model_lacks_is_refused_saying_the_grid_is_every_models(tiny_copy, tmp_path, grid):
+    # was: "cmvae: CMVAEConfig has no field(s) ['deccm.alpha']; known: [...]", as if --grid took --set's form
+    with pytest.raises(ValueError, match=r"^--grid (deccm\.)?alpha: not a config field of cmvae; the grid is every "
+                       r"model's, each point paired across them, .*--set MODEL\.FIELD=VALUE"):
+        run_tuned(tiny_copy, ["cmvae", "deccm"], grid, tmp_path / "work", tmp_path / "t.md", QUIET, "cmd")
+    assert not (tmp_path / "work").exists()

@@ -82,6 +82,7 @@ def run_tuned(data: Path, models: list[str], grid: dict[str, list[str]], work: P
     _check_splits(ds, data, splits)
     _check_work(work, models, out, resume)
     trained_on = dataset_record(data) if resume else {}
+    _check_grid_fields(grid, models)
     for model in models:  # a field one model lacks, or a grid --resume cannot finish, fails now, not after others
         try:
             check_grid(ds, data, model, grid, per_model[model], seed)
@@ -144,6 +145,19 @@ def model_sets(sets: dict | None, models: list[str]) -> dict[str, dict]:
         else:
             raise ValueError(f"--set {key}={value}: {model!r} is not one of the models ({', '.join(models)})")
     return {m: {**shared, **own[m]} for m in models}
+
+
+def _check_grid_fields(grid: dict[str, list[str]], models: list[str]) -> None:
+    """Refuse a ``grid`` field one of ``models`` lacks, saying why the grid is every model's: a ``MODEL.FIELD`` (as
+    ``--set`` takes) or a field only DecCM has was refused as an unknown field of CMVAE's config."""
+    from bgmrec.models.registry import config_fields
+
+    for model in models:
+        lacking = [key for key in grid if key not in {f.name for f in config_fields(model)}]
+        if lacking:
+            raise ValueError(f"--grid {', '.join(lacking)}: not a config field of {model}; the grid is every model's, "
+                             "each point paired across them, so its fields must be fields of every model (fix one "
+                             "model's own field with --set MODEL.FIELD=VALUE, or tune it with bgmrec tune)")
 
 
 def point_name(settings: dict[str, str], grid: dict[str, list[str]]) -> str:
