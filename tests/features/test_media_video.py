@@ -160,6 +160,28 @@ def test_batch_reports_bad_media_and_caption_problems(tmp_path, video_dir):
                             "(e.g. line 6: 'ghost')"]
 
 
+def test_a_caption_with_nothing_to_read_is_extracted_as_no_text_and_noted(tmp_path, video_dir):
+    # was: "...", "#" or "!!!" were kept as text (text_mask True) with a zero vector, where an upload's or
+    # recommend --caption's same caption is no text: one clip, two inputs to the model
+    caps = tmp_path / "captions.csv"
+    caps.write_text("id,caption,hashtags\nclip0,...,\nclip1,,#\nclip2,!!!,\nclip3,ok,\nmute,\U0001F525,\n",
+                    encoding="utf-8")
+    out = tmp_path / "vids"
+    rep = extract_videos(video_dir, out, captions=caps, config=VideoConfig(frames=4), progress=False,
+                         frames=CountingFrames(), text=mf.text_encoder())
+    vf = load_video_features(out)
+    assert vf.text_mask.tolist() == [False, False, False, True, True] and not vf.text[:3].any()
+    assert vf.caption[:3] == ["...", "#", "!!!"]  # the caption as given is kept in videos.csv
+    assert (rep.captions_embedded, rep.captions_cached) == (2, 0)
+    with open(out / "failures.csv", encoding="utf-8") as f:
+        fails = {r["file"]: r["reason"] for r in csv.DictReader(f)}
+    assert fails["clip0.mp4"] == "kept without text: its caption '...' has no letter, digit or symbol to read"
+    assert fails["clip2.mp4"] == "kept without text: its caption '!!!' has no letter, digit or symbol to read"
+    assert fails["clip1.mp4"] == "kept without text: its caption '#' has no letter, digit or symbol to read"
+    assert "clip3.mp4" not in fails and "mute.mp4" not in fails
+    assert json.loads((out / "manifest.json").read_text())["counts"]["with_text"] == 2
+
+
 def test_cache_skips_done_videos_and_results_are_identical(tmp_path, video_dir):
     out = tmp_path / "vids"
     first = CountingFrames()

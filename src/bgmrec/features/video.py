@@ -91,7 +91,7 @@ from bgmrec.features.cache import (
     write_csv_atomic,
     write_failures,
 )
-from bgmrec.features.text import TEXT_DIM, TextEncoder, caption_text
+from bgmrec.features.text import TEXT_DIM, TextEncoder, caption_text, readable
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 IMAGE_FORMATS = ("image2", "image2pipe", "gif", "apng", "webp")  # FFmpeg demuxers of (animated) images, and *_pipe
@@ -537,20 +537,21 @@ def extract_videos(video_dir: Path, out: Path, captions: Path | None = None,
     failures = sorted(failures + no_text)
     unused = unused_rows_warning(Path(captions), caps, items, video_dir, "video file", failures) if captions else []
     undecodable = not_utf8_warning(Path(captions), caps) if captions else None
-    text_vecs, n_embedded = _embed_captions(kept, captions_of, tcache, text, progress)
+    texts = [c if readable(c) else "" for c in captions_of]  # what is embedded: "..." alone is no text, as uploads'
+    text_vecs, n_embedded = _embed_captions(kept, texts, tcache, text, progress)
     arrays = (np.stack([visual[v] for v, _, _ in kept]).astype(np.float32), text_vecs,
-              np.array([bool(c) for c in captions_of], bool))  # visual, text, text_mask
+              np.array([bool(c) for c in texts], bool))  # visual, text, text_mask
 
     manifest = _videos_manifest([v for v, _, _ in kept], frames, text, config, arrays, failures)
     left_out, added = last_extraction(out, manifest["ids"], "video", video_dir, failures)
     lost = lost_captions_warning(out, manifest["ids"], captions_of, Path(captions) if captions else None)
     rows = [[v, str(p.relative_to(video_dir)), c] for (v, p, _), c in zip(kept, captions_of, strict=True)]
     _write_videos(out, arrays, rows, failures, manifest)
-    pruned = _prune_caches(vcache, tcache, kept, captions_of) if prune_cache else None
+    pruned = _prune_caches(vcache, tcache, kept, texts) if prune_cache else None
     return ExtractReport(out, len(kept), len(embedded), len(cached), failures,
                          [w for w in [no_reuse, undecodable, *unused, left_out, lost] if w],
                          captions_embedded=n_embedded if captions else None,
-                         captions_cached=sum(map(bool, captions_of)) - n_embedded if captions else None, added=added,
+                         captions_cached=sum(map(bool, texts)) - n_embedded if captions else None, added=added,
                          pruned=pruned, cache_note=cache_note)
 
 
@@ -609,7 +610,8 @@ def not_utf8_warning(path: Path, caps: dict[str, tuple[int, tuple[str, str]]]) -
 def _match_captions(kept: list[tuple[str, Path, str]], caps: dict[str, tuple[int, tuple[str, str]]],
                     captions: Path | None, video_dir: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """Each kept clip's caption from ``caps`` ("" for none), and the failures.csv notes of those kept without text: a
-    row that is not UTF-8, or no row at all in the captions CSV given."""
+    row that is not UTF-8, a caption with nothing to read (:func:`~bgmrec.features.text.readable`), or no row at all
+    in the captions CSV given."""
     captions_of: list[str] = []
     no_text: list[tuple[str, str]] = []
     for vid, p, _ in kept:
@@ -619,6 +621,8 @@ def _match_captions(kept: list[tuple[str, Path, str]], caps: dict[str, tuple[int
         captions_of.append(caption)
         if reason:
             no_text.append((rel, f"{NO_TEXT}: {reason}"))
+        elif caption and not readable(caption):
+            no_text.append((rel, f"{NO_TEXT}: its caption {caption!r} has no letter, digit or symbol to read"))
         elif found is None and captions is not None:
             no_text.append((rel, f"{NO_TEXT}: no caption for {vid!r} in {Path(captions).name}"))
     return captions_of, no_text
