@@ -1848,3 +1848,41 @@ def test_an_error_raised_in_a_plugins_code_names_the_model_and_where(cli_world, 
     assert _error(capsys) == f"error: model 'grumpy' ({__file__}:{line}): no track pleases me"
     assert main(["train", "--data", str(tmp_path / "none"), "--model", "popularity", "--out", str(tmp_path / "r")]) == 2
     assert not _error(capsys).startswith("error: model ")  # bgmrec's own errors are as they were
+
+
+def test_a_folder_of_the_wrong_kind_is_named_for_what_it_is(cli_world, popularity_run, tmp_path, capsys):
+    # raw media, a dataset or a run given where another folder goes: each was "FOLDER/manifest.json: file is missing"
+    # or "FOLDER/config.json: file is missing", or the manifest's kind in bgmrec's own words ('music-catalog')
+    from bgmrec.features.audio import CATALOG_KIND
+
+    songs, clips, catalog = tmp_path / "songs", tmp_path / "uploads", tmp_path / "catalog"
+    (songs / "disc1").mkdir(parents=True)
+    (songs / "disc1" / "a.MP3").write_bytes(b"x")
+    (clips).mkdir()
+    (clips / "b.mp4").write_bytes(b"x")
+    catalog.mkdir()
+    (catalog / "manifest.json").write_text(json.dumps({"kind": CATALOG_KIND, "ids": ["a"], "counts": {}}))
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("video_id,track_id\nb,a\n")
+    raw_audio = f"a folder of audio files, not extracted yet (bgmrec extract-music {songs} --out FOLDER extracts them)"
+    raw_video = f"a folder of video files, not extracted yet (bgmrec extract-videos {clips} --out FOLDER extracts them)"
+    cases = {
+        ("recommend", "--run", str(popularity_run), "--catalog", str(songs), "--video", str(clips / "b.mp4")):
+            f"{songs}: not a music catalogue folder: it is {raw_audio}",
+        ("build-dataset", "--videos", str(clips), "--music", str(songs), "--pairs", str(pairs), "--out",
+         str(tmp_path / "d")): f"{clips}: not a video features folder: it is {raw_video}",
+        ("build-dataset", "--videos", str(catalog), "--music", str(catalog), "--pairs", str(pairs), "--out",
+         str(tmp_path / "d")):
+            f"{catalog}: not a video features folder: it is a music catalogue (written by extract-music)",
+        ("train", "--data", str(clips), "--model", "popularity", "--out", str(tmp_path / "r")):
+            f"{clips} is {raw_video}, not a dataset; build-dataset makes one from the extracted folders",
+        ("evaluate", "--run", str(cli_world), "--data", str(cli_world)):
+            f"{cli_world}: not a saved model folder: it is a dataset (written by simulate, build-dataset or "
+            "import-tt150k)",
+        ("evaluate", "--run", str(songs), "--data", str(cli_world)):
+            f"{songs}: not a saved model folder: it is {raw_audio}",
+    }
+    for argv, said in cases.items():
+        assert main(list(argv)) == 2, argv
+        assert _error(capsys) == f"error: {said}"
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()

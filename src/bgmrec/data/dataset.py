@@ -1180,6 +1180,44 @@ def other_folder(folder: Path) -> tuple[str, str | None] | None:
     return None
 
 
+#: a folder of media files given where an extracted or built folder goes: its files' kind -> (their extensions, the
+#: command that extracts them)
+MEDIA_FOLDERS = {"audio": ((".wav", ".mp3", ".ogg", ".flac", ".m4a"), "extract-music"),
+                 "video": ((".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"), "extract-videos")}
+
+
+def media_folder(folder: Path, scan: int = 10_000) -> str | None:
+    """What ``folder`` is when it has no manifest.json but media files (among its first ``scan`` entries, at any
+    depth), in words with the command that extracts them: raw audio or videos given where an extracted catalogue,
+    a videos folder or a dataset goes (which was "manifest.json: file is missing", a file the user had never
+    heard of); else None."""
+    import itertools
+
+    if (Path(folder) / "manifest.json").exists():
+        return None
+    counts = dict.fromkeys(MEDIA_FOLDERS, 0)
+    for p in itertools.islice(Path(folder).rglob("*"), scan):
+        for kind, (extensions, _) in MEDIA_FOLDERS.items():
+            counts[kind] += p.suffix.lower() in extensions
+    kind = max(counts, key=counts.__getitem__)
+    if not counts[kind]:
+        return None
+    return (f"a folder of {kind} files, not extracted yet (bgmrec {MEDIA_FOLDERS[kind][1]} {folder} --out FOLDER "
+            "extracts them)")
+
+
+def folder_is(folder: Path) -> str | None:
+    """What ``folder`` is, when it is not the kind its reader wanted, in words: another bgmrec folder
+    (:func:`other_folder`), a dataset, or a folder of media files (:func:`media_folder`); None when it is none of
+    these."""
+    other = other_folder(folder)
+    if other is not None:
+        return other[0]
+    if _written_here(folder / "manifest.json", "format_version"):
+        return "a dataset (written by simulate, build-dataset or import-tt150k)"
+    return media_folder(folder)
+
+
 def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     """Load and validate a dataset folder written by :func:`save_dataset` (or an importer)."""
     root = Path(root)
@@ -1188,6 +1226,9 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
     other = other_folder(root)  # an extracted catalogue, a run...: no dataset field would be the first thing said
     if other is not None:
         raise DatasetError(f"{root} is {other[0]}, not a dataset{f': {other[1]}' if other[1] else ''}")
+    media = media_folder(root)
+    if media is not None:
+        raise DatasetError(f"{root} is {media}, not a dataset; build-dataset makes one from the extracted folders")
     man = read_json(root / "manifest.json", f"{root}/manifest.json")
     kinds = {"format_version": int, "counts": dict, "modalities": dict, "genres": list, "splits": dict,
              "provenance": dict}

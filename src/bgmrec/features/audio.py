@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from bgmrec.data.dataset import (
+    MEDIA_FOLDERS,
     DatasetError,
     FieldError,
     brief_repr,
@@ -95,7 +96,7 @@ from bgmrec.features.cache import (
     write_failures,
 )
 
-AUDIO_EXTENSIONS = (".wav", ".mp3", ".ogg", ".flac", ".m4a")
+AUDIO_EXTENSIONS = MEDIA_FOLDERS["audio"][0]  # the files extract-music reads
 SAMPLE_RATES = (16000, 96000)  # Hz: the analysis rates accepted (AudioConfig.sample_rate)
 CATALOG_KIND = "music-catalog"
 

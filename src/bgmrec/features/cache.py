@@ -693,13 +693,17 @@ def check_manifest_content(root: Path, manifest: dict, files: str, arrays: tuple
 def read_manifest(root: Path, kind: str, what: str) -> dict:
     """The manifest of an extracted folder, checked to be of ``kind`` and its fields the loaders read to be of their
     JSON kinds (errors name the folder)."""
-    from bgmrec.data.dataset import DatasetError, check_field_kinds, read_json
+    from bgmrec.data.dataset import DatasetError, check_field_kinds, folder_is, read_json
 
     if not Path(root).is_dir():
         raise DatasetError(f"{root}: not a {what} folder ({'a file' if Path(root).exists() else 'it does not exist'})")
+    if not (Path(root) / "manifest.json").is_file() and folder_is(Path(root)) is not None:
+        raise DatasetError(f"{root}: not a {what} folder: it is {folder_is(Path(root))}")
     man = read_json(Path(root) / "manifest.json", f"{root}/manifest.json")
     if man.get("kind") != kind:
-        raise DatasetError(f"{root}/manifest.json: expected kind {kind!r}, found {man.get('kind')!r}")
+        found = folder_is(Path(root))
+        raise DatasetError(f"{root}: not a {what} folder: it is {found}" if found is not None else
+                           f"{root}/manifest.json: expected kind {kind!r}, found {man.get('kind')!r}")
     # of the kinds the loaders use (settings compared key by key with a model's training settings)
     check_field_kinds(man, {"settings": dict, "counts": dict, "content_hash": str, "ids": list, "dim": int},
                       f"{root}/manifest.json")

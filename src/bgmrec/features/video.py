@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from bgmrec.data.dataset import (
+    MEDIA_FOLDERS,
     DatasetError,
     FieldError,
     brief_repr,
@@ -93,7 +94,7 @@ from bgmrec.features.cache import (
 )
 from bgmrec.features.text import TEXT_DIM, TextEncoder, caption_text, readable
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+VIDEO_EXTENSIONS = MEDIA_FOLDERS["video"][0]  # the files extract-videos reads
 IMAGE_FORMATS = ("image2", "image2pipe", "gif", "apng", "webp")  # FFmpeg demuxers of (animated) images, and *_pipe
 VISUAL_DIM = 1280
 MAX_FRAME_PIXELS = 7680 * 4320  # the largest frame decoded (8K UHD): a larger one is refused before decoding

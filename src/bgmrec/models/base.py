@@ -882,11 +882,13 @@ def load_model(folder: Path) -> Recommender:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from bgmrec.data.dataset import read_json
+    from bgmrec.data.dataset import folder_is, read_json
     from bgmrec.models.registry import model_class
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
+    if folder.is_dir() and not cfg_path.exists() and folder_is(folder) is not None:
+        raise DatasetError(f"{folder}: not a saved model folder: it is {folder_is(folder)}")
     check_is_file(cfg_path, missing="file is missing (not a saved model folder)")
     meta = read_json(cfg_path)
     for key, (kind, what) in SAVED_FIELDS.items():
