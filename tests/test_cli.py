@@ -1550,6 +1550,16 @@ def test_report_makes_a_table_of_one_dataset_s_results_with_what_a_reviewer_chec
     assert main(["report", str(files[0]), str(tmp_path / "week2.json")]) == 0
     printed = capsys.readouterr().out
     assert "| popularity (popularity) | " in printed and "| popularity (week2) | " in printed
+    for seed in ("s0", "s1"):  # two seeds' runs in folders of one name: both rows were "popularity (popularity)"
+        shutil.copytree(popularity_run, tmp_path / seed / "popularity")
+        assert main(["evaluate", "--run", str(tmp_path / seed / "popularity"), "--data", str(cli_world), "--json",
+                     str(tmp_path / f"{seed}.json"), "--ranks", str(tmp_path / f"{seed}.csv")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--baseline",
+                 "popularity (s0/popularity)"]) == 0
+    printed = capsys.readouterr().out
+    assert "| popularity (s0/popularity) | " in printed and "| popularity (s1/popularity) | " in printed
+    assert "| popularity (s1/popularity) | +0.0% [" in printed  # the paired table against the one named
     broken = json.loads(files[0].read_text())
     for field, value in (("provenance", None), ("warnings", "oops"), ("n_queries", None)):
         (tmp_path / "broken.json").write_text(json.dumps({**broken, field: value}))

@@ -160,9 +160,8 @@ def results_report(named: list[tuple[str, dict]], baseline: str | None = None, m
             raise ValueError(f"{name}: {label(r)} on {r['split']}, from the same run or file, is already given by "
                              f"{seen[key]}")
         seen[key] = name
-    labels = [(label(r), r["split"]) for _, r in named]  # one label twice in a split: told apart by the source
-    results = [{**r, "label": f"{label(r)} ({Path(_source(r).get('folder') or _source(r).get('scores')).name})"
-                if labels.count((label(r), r["split"])) > 1 else label(r), "inference_mode": None} for _, r in named]
+    results = [{**r, "label": shown, "inference_mode": None}
+               for (_, r), shown in zip(named, _shown_labels([r for _, r in named]), strict=True)]
     shown_names = [r["label"] for r in results]
     if baseline is not None and baseline not in shown_names:
         raise ValueError(f"--baseline {baseline!r}: no row has this label (the rows: "
@@ -188,6 +187,26 @@ def results_report(named: list[tuple[str, dict]], baseline: str | None = None, m
                      f"{r['provenance'].get('bgmrec_version')} at commit {r['provenance'].get('commit')}; "
                      f"warnings: {'; '.join(r.get('warnings') or []) or 'none'}")
     return "\n".join(lines) + "\n"
+
+
+def _shown_labels(results: list[dict]) -> list[str]:
+    """Each result's label in the report: :func:`label`, and where two results of one split share it (two seeds, last
+    week's run and this week's), the end of each one's source path that tells them apart (``cmvae (s0/cmvae)``,
+    ``cmvae (s1/cmvae)``; the folder's name alone named both ``cmvae (cmvae)``)."""
+    shown = [label(r) for r in results]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(results):
+        groups.setdefault((shown[i], r["split"]), []).append(i)
+    for rows in (rows for rows in groups.values() if len(rows) > 1):
+        paths = [Path(_source(results[i]).get("folder") or _source(results[i]).get("scores") or "").parts
+                 for i in rows]
+        depth = next((d for d in range(1, max(map(len, paths)) + 1) if len({p[-d:] for p in paths}) == len(paths)),
+                     None)
+        for i, parts in zip(rows, paths, strict=True):
+            where = str(Path(*parts[-depth:])) if depth is not None and parts else \
+                f"{Path(*parts) if parts else 'no path'}, SHA-256 {str(_source(results[i]).get('sha256'))[:12]}"
+            shown[i] = f"{shown[i]} ({where})"
+    return shown
 
 
 def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, resamples: int,
