@@ -618,7 +618,8 @@ def test_bench_refuses_a_work_folder_of_another_kind_and_reuses_its_own(tiny_cop
         (work / name).write_text("# a report")
     (work / "tt150k-speed").mkdir()
     run_quality(["tiny"], [0], work / "mine.md", work, ["popularity"], console, "cmd", resume=True)
-    run_quality(["tiny"], [0], work / "benchmarks.md", work, ["popularity"], console, "cmd", resume=True)
+    with pytest.raises(ValueError, match=r"its benchmarks_tiny\.json would replace the one of the report mine\.md"):
+        run_quality(["tiny"], [0], work / "benchmarks.md", work, ["popularity"], console, "cmd", resume=True)
     # the other bench reports under names of their own (--out): refused by name before (a review)
     (work / "gsweep.md").write_text("# DecCM vs CMVAE as confounding grows (tiny world, seed 0)\n")
     (work / "gsweep.png").write_bytes(b"png")
@@ -730,3 +731,20 @@ def test_a_new_report_does_not_replace_the_files_of_its_figures_names_beside_it(
             capsys.readouterr().err.split())
         assert theirs.read_bytes() == b"mine" and not (tmp_path / "work").exists()
         theirs.unlink()
+
+
+def test_a_second_report_of_one_world_does_not_replace_the_figures_the_first_names(tmp_path):
+    # bench quality --out a.md, then --out b.md of the same world in that folder: b's JSON and plots replaced a's
+    from bgmrec.bench import QUALITY_TITLE, check_report_file
+
+    beside = [tmp_path / "benchmarks_tiny.json", tmp_path / "bench_tiny_test.png"]
+    for p in beside:
+        p.write_text("a's")
+    (tmp_path / "a.md").write_text(f"{QUALITY_TITLE}\n\n[benchmarks_tiny.json](benchmarks_tiny.json)\n")
+    with pytest.raises(ValueError, match=r"^--out .*b\.md: its benchmarks_tiny\.json would replace the one of the "
+                       r"report a\.md beside it \(the figures are named by the world, not the report\); refusing "
+                       r"\(choose another folder for --out, or remove .*a\.md\)$"):
+        check_report_file(tmp_path / "b.md", QUALITY_TITLE, beside, shared=True)
+    check_report_file(tmp_path / "a.md", QUALITY_TITLE, beside, shared=True)  # its own report, made again
+    (tmp_path / "a.md").write_text(f"{QUALITY_TITLE}\n\nanother world's figures\n")
+    check_report_file(tmp_path / "b.md", QUALITY_TITLE, beside, shared=True)  # named by no report: as before

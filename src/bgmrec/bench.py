@@ -101,21 +101,28 @@ def check_report_file(out: Path, titles: str | tuple[str, ...], beside: Sequence
     is not an earlier report of the same bench (empty, or its first line one of ``titles``): a report and the
     figures written beside it replaced whatever ``--out`` named (a dataset's ``videos.csv``, a user's notes).
     The files written ``beside`` it (figures, plots) may be replaced only along with an earlier report (with
-    ``shared``, named by the world, not the report: any report of this bench in that folder): beside a new one,
-    a file of that name is refused too (``--out notes.md`` replaced the user's ``notes.png``)."""
+    ``shared``, named by the world, not the report: any report of this bench in that folder, except a file
+    another report names, as a second report of one world replaced the first's JSON and plots): beside a new
+    one, a file of that name is refused too (``--out notes.md`` replaced the user's ``notes.png``)."""
     out = Path(out)
     if out.suffix != ".md":
         raise ValueError(f"--out {out}: the report is Markdown (a .md file); its figures go beside it")
     if out.exists() and not (out.is_file() and (out.stat().st_size == 0 or first_line(out).startswith(titles))):
         raise ValueError(f"--out {out}: exists and is not a report of this bench; refusing to replace it (choose "
                          "another --out, or remove the file)")
-    earlier = out.is_file() and out.stat().st_size > 0 or shared and any(
-        first_line(p).startswith(titles) for p in out.parent.glob("*.md"))
+    others = [p for p in out.parent.glob("*.md") if p.name != out.name and first_line(p).startswith(titles)]
+    earlier = out.is_file() and out.stat().st_size > 0 or shared and bool(others)
     taken = [Path(p) for p in beside if Path(p).exists()] if not earlier else []
     if taken:
         raise ValueError(f"--out {out}: a new report, whose {taken[0].name} would replace the file of that name "
                          f"beside it; refusing (choose another {'folder for ' if shared else ''}--out, or remove "
                          f"{taken[0]})")
+    for p in (Path(p) for p in beside if shared and Path(p).exists()):
+        owner = next((r for r in others if p.name in r.read_text(encoding="utf-8", errors="replace")), None)
+        if owner is not None:  # a second report of one world in the folder replaced the first's JSON and plots
+            raise ValueError(f"--out {out}: its {p.name} would replace the one of the report {owner.name} beside "
+                             f"it (the figures are named by the world, not the report); refusing (choose another "
+                             f"folder for --out, or remove {owner})")
 
 
 def first_line(path: Path) -> str:
@@ -399,7 +406,9 @@ def _quality_world_sections(label: str, seeds: list[int], results: list[dict], p
     from bgmrec.eval.report import PER_GENRE_NOTE, paired_markdown, paired_note, per_genre_markdown
 
     agg = aggregate(results)
-    sections = [f"## World `{label}` (seeds {', '.join(map(str, seeds))})", ""]
+    sections = [f"## World `{label}` (seeds {', '.join(map(str, seeds))})", "",
+                f"Every result of this world, per seed, as JSON: [benchmarks_{label}.json](benchmarks_{label}.json).",
+                ""]
     shown = [split for split in EVAL_SPLITS if any(r["split"] == split for r in results)]
     if len(shown) < len(EVAL_SPLITS):  # a world whose shares leave a split empty (--world new_track_share=0)
         empty = [f"`{split}`" for split in EVAL_SPLITS if split not in shown]
