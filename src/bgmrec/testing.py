@@ -336,7 +336,9 @@ class RecommenderContractMixin:
         loaded = load_model(folder)
         assert type(loaded) is type(model)
         assert loaded.config == model.config
-        np.testing.assert_array_equal(loaded.score(queries, catalog), model.score(queries, catalog))
+        np.testing.assert_array_equal(loaded.score(queries, catalog), model.score(queries, catalog), err_msg=(
+            f"{model.name}: loaded back, it scores otherwise: state_arrays() must return every array fit learns (and "
+            "load_state_arrays restore it)"))
         assert loaded.history == json.loads(json.dumps(model.history))
 
     def test_wrong_feature_width_raises(self, model, queries, catalog):
