@@ -448,8 +448,11 @@ def note_if_not_held_out(ds, split: str) -> str | None:
     if role == "val":
         note = (f"{split} is the validation split, by which models trained in epochs early-stop and tune chooses "
                 "settings: their figures on it are optimistic; report a test split's")
-    elif role in ("train", "teacher"):
+    elif role == "train":
         note = f"{split} is a training split (role {role}): its figures measure the fit, not how the model generalises"
+    elif role == "teacher":  # only a teacher-guided model's teacher trains on it (CMVAE never sees it)
+        note = (f"{split} is the teachers' training split (role {role}): a teacher-guided model's (DecCM's) figures "
+                "on it measure its teacher's fit; a model without a teacher never saw it")
     else:
         return None
     print(f"note: {note}", file=sys.stderr)
