@@ -35,7 +35,10 @@ def test_the_python_api_example_runs_as_written(tiny_dir, tmp_path, monkeypatch,
     exec(compile(code, str(README), "exec"), namespace)
     printed = capsys.readouterr().out
     assert printed.count("recall@10") >= 2 and "relative" in printed  # two evaluations and the comparison
-    assert namespace["ids"].shape == (2, 10) and namespace["shares"].shape == (2, 2)
+    assert namespace["rows"].shape == (2, 10) and namespace["shares"].shape == (2, 2)
+    ds = namespace["ds"]
+    assert namespace["track_ids"] == [[ds.track_ids[t] for t in r] for r in namespace["rows"].tolist()]
+    assert namespace["track_ids"][0][0].startswith("t")  # the dataset's ids, as tracks.csv has them
     for run in ("runs/cmvae", "runs/deccm", "runs/deccm2"):
         assert (tmp_path / run / "config.json").is_file(), run
     assert (tmp_path / "runs/deccm/teacher/config.json").is_file()
