@@ -296,6 +296,11 @@ def test_a_videos_uploader_is_the_one_of_its_first_pair_and_duplicates_are_count
     assert ds.provenance["pairs"]["dropped"] == dropped(unknown_video=1, unknown_track=0, duplicate=1)
 
 
+VAL_EMPTY = "without a val split, training runs every epoch (no early stopping) and tune cannot choose settings"
+TEST_EMPTY = ("without a test split, evaluate has no test queries to rank (test_new_music, when it has queries, or a "
+              "split of your own rows still can be)")
+
+
 def test_too_few_videos_for_val_and_test_are_built_with_a_warning(tmp_path, folders, capsys):
     from bgmrec.cli import main
 
@@ -305,8 +310,7 @@ def test_too_few_videos_for_val_and_test_are_built_with_a_warning(tmp_path, fold
     ds = build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append)
     assert {s: len(r) for s, r in ds.splits.items()} == {"train": 2, "val": 0, "test": 0}
     assert warnings == ["the val and test splits are empty: only 2 video(s) have usable pairs (a split with a "
-                        "share above 0 gets one from 3 on); validation metrics (early stopping, model selection) "
-                        "and test figures will be NaN"]
+                        f"share above 0 gets one from 3 on); {VAL_EMPTY}; {TEST_EMPTY}"]
     capsys.readouterr()
     assert main(["build-dataset", "--videos", str(vids), "--music", str(cat), "--pairs", str(pairs), "--out",
                  str(tmp_path / "d2")]) == 0
@@ -325,14 +329,13 @@ def test_a_share_of_0_leaves_its_split_empty(tmp_path, folders, with_time):
     ds = build_dataset(vids, cat, pairs, tmp_path / "d", BuildConfig(val_share=0.0), warn=warnings.append)
     videos = {s: len(np.unique(r[:, 0])) for s, r in ds.splits.items()}
     assert videos == {"train": 27, "val": 0, "test": 3}
-    assert warnings == ["the val split is empty (a share of 0); validation metrics (early stopping, model "
-                        "selection) will be NaN"]
+    assert warnings == [f"the val split is empty (a share of 0); {VAL_EMPTY}"]
     warnings.clear()
     ds = build_dataset(vids, cat, pairs, tmp_path / "e", BuildConfig(val_share=0.0, test_share=0.0),
                        warn=warnings.append)
     assert {s: len(r) for s, r in ds.splits.items()} == {"train": len(ds.splits["train"]), "val": 0, "test": 0}
-    assert warnings == ["the val and test splits are empty (a share of 0); validation metrics (early stopping, "
-                        "model selection) and test figures will be NaN"]
+    # was "... and test figures will be NaN": training runs on without early stopping, evaluate refuses test
+    assert warnings == [f"the val and test splits are empty (a share of 0); {VAL_EMPTY}; {TEST_EMPTY}"]
     ds = build_dataset(vids, cat, pairs, tmp_path / "f", BuildConfig(val_share=0.01, test_share=0.01))
     assert {s: len(np.unique(r[:, 0])) for s, r in ds.splits.items()} == {"train": 28, "val": 1, "test": 1}
 

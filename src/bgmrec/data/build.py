@@ -738,7 +738,7 @@ def _choose_splits(uploads: _Uploads, new_music_video: np.ndarray, held: np.ndar
 def _empty_splits_warning(splits: dict[str, np.ndarray], config: BuildConfig, n_split: int, kept: dict | None,
                           previous: _Previous | None) -> str | None:
     """The warning of an empty val or test split: why (a share of 0, or too few of the ``n_split`` videos split),
-    and what will be NaN. None when neither is empty."""
+    and what it means (:data:`CONSEQUENCES`). None when neither is empty."""
     empty = [s for s in ("val", "test") if not len(splits[s])]
     if not empty:
         return None
@@ -749,8 +749,14 @@ def _empty_splits_warning(splits: dict[str, np.ndarray], config: BuildConfig, n_
                "usable pairs (a split with a share above 0 gets one from 3 on)"
                if kept is None else f": only {kept['new']} video(s) with usable pairs are new since "
                f"{previous.folder} (a split with a share above 0 gets one of them from 3 on)")
-            + ("; validation metrics (early stopping, model selection)" if "val" in empty else "; test figures")
-            + (" and test figures" if len(empty) > 1 else "") + " will be NaN")
+            + "".join(CONSEQUENCES[s] for s in empty))
+
+
+#: what an empty val or test split of a built dataset means for what is done with it
+CONSEQUENCES = {"val": "; without a val split, training runs every epoch (no early stopping) and tune cannot "
+                       "choose settings",
+                "test": "; without a test split, evaluate has no test queries to rank (test_new_music, when it "
+                        "has queries, or a split of your own rows still can be)"}
 
 
 @dataclass(frozen=True)
