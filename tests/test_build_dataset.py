@@ -982,3 +982,15 @@ def test_a_video_named_with_two_uploaders_is_warned_of(tmp_path):
     assert ds.video_uploader[ds.video_ids.index("v0")] == 0  # u0: uploaders are sorted, u0 first
     rows = np.concatenate([np.asarray(r) for r in ds.splits.values()])
     assert sorted(int(u) for v, _, u in rows if ds.video_ids[v] == "v0") == [0, 2]  # u0 and u3 (u0, u1, u3)
+
+
+def test_a_pairs_csv_that_is_not_utf8_says_how_to_save_it(tmp_path, folders):
+    # captions said so; the pairs and track metadata CSVs gave the byte alone
+    vids, cat = folders
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_bytes("video_id,track_id,uploader_id\nv0,t1,Jos\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"pairs\.csv: line 2: not UTF-8 text \(byte 39: invalid continuation "
+                                           r"byte\); save the file as UTF-8 \(a spreadsheet's 'CSV UTF-8'; Latin-1 "
+                                           r"or Windows-1252 accents are not\)$"):
+        build_dataset(vids, cat, pairs, tmp_path / "d")
+    assert not (tmp_path / "d").exists()

@@ -25,9 +25,9 @@ CASES = {
                           ("tracks.csv: line 1: missing column 'id'", "found name,title")),
     "tracks not UTF-8": ("catalog", (TRACKS_HEADER + "t0,A,C,pop,t0.wav,\nt1,Caf\xe9,C,pop,t1.wav,\n"
                                      "t2,B,C,pop,t2.wav,\n").encode("latin-1"),
-                         ("tracks.csv: line 3: not UTF-8 text",)),
+                         ("tracks.csv: line 3: not UTF-8 text", "; save the file as UTF-8")),
     "videos not UTF-8": ("videos", (VIDEOS_HEADER + "v0,v0.mp4,caf\xe9\nv1,v1.mp4,\nv2,v2.mp4,\n").encode("latin-1"),
-                         ("videos.csv: line 2: not UTF-8 text",)),
+                         ("videos.csv: line 2: not UTF-8 text", "; save the file as UTF-8")),
     "videos without caption": ("videos", b"id,file\nv0,v0.mp4\nv1,v1.mp4\nv2,v2.mp4\n",
                                ("videos.csv: line 1: missing column 'caption'", "id,file,caption")),
     "video row of one field": ("videos", (VIDEOS_HEADER + "v0,v0.mp4,\nv1\nv2,v2.mp4,\n").encode(),

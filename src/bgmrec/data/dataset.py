@@ -947,6 +947,10 @@ def save_dataset(ds: Dataset, out: Path, extra_files: dict[str, np.ndarray] | No
     return out
 
 
+#: what to do with a CSV file that is not UTF-8 text, as every CSV reader says it
+SAVE_AS_UTF8 = "save the file as UTF-8 (a spreadsheet's 'CSV UTF-8'; Latin-1 or Windows-1252 accents are not)"
+
+
 def check_is_file(path: Path, label: str | None = None, missing: str = "file is missing", kind: str = "file") -> None:
     """A :class:`DatasetError` naming ``label`` (default ``path``) unless ``path`` is a file: "is a folder, not a
     ``kind``" for a folder (it said the file was missing), else ``missing``."""
@@ -1096,7 +1100,7 @@ def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
                                    + separator_hint(header))
             rows = list(reader)
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); {SAVE_AS_UTF8}") from None
     except csv.Error as e:  # e.g. a field longer than the csv module reads (131,072 characters)
         raise DatasetError(f"{path}: not a readable CSV file ({e})") from None
     bad = [i for i, r in enumerate(rows) if len(r) != len(columns)]

@@ -376,7 +376,7 @@ def read_csv_utf8(path: Path, columns: tuple[str, ...] = ()) -> list[dict[str, s
 
 def read_csv_lines(path: Path, columns: tuple[str, ...] = ()) -> list[tuple[int, dict[str, str]]]:
     """As :func:`read_csv_utf8`, each row with the physical line number it starts on."""
-    from bgmrec.data.dataset import DatasetError
+    from bgmrec.data.dataset import SAVE_AS_UTF8, DatasetError
 
     path = Path(path)
     check_csv_file(path)
@@ -385,7 +385,8 @@ def read_csv_lines(path: Path, columns: tuple[str, ...] = ()) -> list[tuple[int,
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise DatasetError(f"{path}: line {line}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise DatasetError(f"{path}: line {line}: not UTF-8 text (byte {e.start}: {e.reason}); {SAVE_AS_UTF8}") \
+            from None
     records = csv_records(csv.reader(io.StringIO(text, newline=""), strict=True), path)  # quoted fields may span lines
     header_line, header = next(records, (1, []))
     header = [h.strip().lower() for h in header]

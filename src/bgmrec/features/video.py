@@ -46,6 +46,7 @@ import numpy as np
 
 from bgmrec.data.dataset import (
     MEDIA_FOLDERS,
+    SAVE_AS_UTF8,
     DatasetError,
     FieldError,
     brief_repr,
@@ -604,8 +605,7 @@ def not_utf8_warning(path: Path, caps: dict[str, tuple[int, tuple[str, str]]]) -
     if not bad:
         return None
     return (f"{path}: {len(bad)} of {len(reasons)} row(s) are not UTF-8 text (e.g. line {bad[0]}), and their videos "
-            "were kept without text: save the file as UTF-8 (a spreadsheet's 'CSV UTF-8'; Latin-1 or Windows-1252 "
-            "accents are not)")
+            f"were kept without text: {SAVE_AS_UTF8}")
 
 
 def _match_captions(kept: list[tuple[str, Path, str]], caps: dict[str, tuple[int, tuple[str, str]]],
