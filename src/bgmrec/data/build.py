@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -353,10 +354,29 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
                 if spaced is not None:
                     hint = (f"; {first!r} and the extracted {spaced!r} differ only in spaces around them: write "
                             "ids without them")
+                padded = zeros_lost(first, known) if not hint else None
+                if padded is not None:
+                    hint = (f"; {first!r} may be the extracted {padded!r}, its leading zeros lost (a spreadsheet "
+                            "reads such ids as numbers): keep ids as text")
                 why = f": {failed[first]}" if first in failed else ""
                 warn(f"{csv_path}: {len(rows_of)} of {n} row(s) name {what} and were not used "
                      f"(e.g. line {pairs.lines[rows_of[0]]}: {first!r}{why}{hint})")
     return keep, {kind: len(rows_of) for kind, (rows_of, *_) in kinds.items()}
+
+
+#: an id of a prefix without digits, zeros, then a number (``t003``: the number ``3``)
+ZERO_PADDED = re.compile(r"\D*0*(\d+)")
+
+
+def zeros_lost(given: str, known) -> str | None:
+    """The first (in sorted order) of the ids ``known`` that the all-digit id ``given`` is with its leading zeros
+    lost, and any letters before them (``'3'`` for ``'003'`` or ``'t003'``), as a spreadsheet writes such ids back;
+    None when ``given`` is not all digits or no id matches."""
+    if not given.isdigit():
+        return None
+    number = given.lstrip("0") or "0"
+    return min((k for k in known if k != given and (m := ZERO_PADDED.fullmatch(k)) and m.group(1) == number),
+               default=None)
 
 
 def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.ndarray | None, n_tracks: int,
