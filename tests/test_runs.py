@@ -356,3 +356,31 @@ def test_a_killed_training_s_finished_teacher_is_kept_by_the_next_write(tiny_dir
             f"the teacher trained for it is kept at {kept}") in err
     assert f"reusing the teacher kept at {kept}" in err  # not trained again
     assert load_model(run).teacher_dir == str(kept.resolve()) and not (run / "teacher").exists()
+
+
+def test_training_a_deccm_into_its_own_folder_again_reuses_its_teacher_when_it_matches(tiny_dir, tmp_path, monkeypatch,
+                                                                                       capsys):
+    # trained again into --out (another student setting, more epochs), DecCM trained its teacher again from scratch,
+    # and --teacher OUT/teacher was refused (inside --out, replaced whole)
+    import bgmrec.models.deccm as deccm
+    from bgmrec.models.base import load_model
+
+    run = tmp_path / "deccm"
+    train_model(tiny_dir, "deccm", run, sets=TINY_DECCM, progress=False)
+    weights = (run / "teacher" / "weights.safetensors").read_bytes()
+    capsys.readouterr()
+    trained = []
+    real_train = deccm.train_teacher
+    monkeypatch.setattr(deccm, "train_teacher", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    train_model(tiny_dir, "deccm", run, sets={**TINY_DECCM, "alpha": "0.5"}, progress=False)  # a student setting
+    assert trained == [] and (run / "teacher" / "weights.safetensors").read_bytes() == weights
+    assert f"note: reusing the teacher of the run at {run}, trained on this data by this code with this teacher " \
+           "config (copied into the new run)" in capsys.readouterr().err
+    student = load_model(run)
+    assert student.config.alpha == 0.5 and student.teacher_dir == str((run / "teacher").resolve())
+    assert json.loads((run / "teacher" / "run.json").read_text())["teacher_config"]  # its record came along
+    train_model(tiny_dir, "deccm", run, sets={**TINY_DECCM, "seed": "1"}, progress=False)  # the teacher's seed too
+    assert trained == [1] and (run / "teacher" / "weights.safetensors").read_bytes() != weights
+    assert (f"note: the teacher of the run at {run} is not reused: it was trained with another config; a new "
+            "one is trained") in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm"]

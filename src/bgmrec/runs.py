@@ -15,6 +15,7 @@ import glob
 import hashlib
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -195,7 +196,9 @@ def train_model(data: Path, model: str, out: Path, epochs: int | None = None, se
     config's default, seed 0); giving one both ways with different values is refused.
 
     A teacher-guided model given no ``teacher`` reuses one kept beside ``out`` by a stopped or killed training
-    of it when that teacher's record matches (:func:`reuse_kept_teacher`), else trains one into ``out/teacher``.
+    of it when that teacher's record matches (:func:`reuse_kept_teacher`), else the teacher of the run at ``out``
+    it replaces, copied, when that one's matches (:func:`reuse_own_teacher`), else trains one into
+    ``out/teacher``.
 
     Stopped (:data:`~bgmrec.models.base.STOPS`), nothing is written at ``out`` (a run there before is left as it
     was; a DecCM teacher trained for it is kept beside it: :func:`keep_trained_teacher`) and the stop is raised
@@ -234,11 +237,15 @@ def _train_model(data, model, out, epochs, seed, sets, teacher, progress, partia
         rescue_killed_teacher(tmp, Path(out))
 
     recover_killed_write(Path(out), rescue)  # before a teacher kept beside ``out`` is looked for
+    own_teacher = None  # the teacher of the run at ``out`` that this one may take over (copied into it)
     if teacher is None and takes_teacher(type(rec), rec.config):
         from bgmrec.models.deccm import teacher_config
 
-        teacher = reuse_kept_teacher(Path(out), lambda: {**teacher_made_from(trained_on()),
-                                                         "teacher_config": repr(teacher_config(rec.config))})
+        def made() -> dict:
+            return {**teacher_made_from(trained_on()), "teacher_config": repr(teacher_config(rec.config))}
+
+        teacher = reuse_kept_teacher(Path(out), made)
+        own_teacher = reuse_own_teacher(Path(out), made) if teacher is None else None
     if teacher is not None:
         warn_if_not_a_teacher(teacher, data, ds)
     warn_about_features(ds, data)
@@ -261,7 +268,9 @@ def _train_model(data, model, out, epochs, seed, sets, teacher, progress, partia
 
     def write(folder: Path) -> None:
         trained_on()  # the run's record and, trained here, its teacher's
-        prepare_teacher(rec, ds, folder, teacher, progress)
+        if own_teacher is not None:  # the replaced run's, copied: the new run holds its teacher as one trained here
+            shutil.copytree(own_teacher, Path(folder) / "teacher")
+        prepare_teacher(rec, ds, folder, teacher if own_teacher is None else Path(folder) / "teacher", progress)
         trained = Path(folder) / "teacher"
         if teacher is None and (trained / "config.json").is_file():  # trained now, into the run: its record
             from bgmrec.models.deccm import teacher_config
@@ -677,6 +686,24 @@ def reuse_kept_teacher(out: Path, made) -> Path | None:
         print(f"note: {folder}, a teacher kept by an earlier training of {out}, is not reused: {why}",
               file=sys.stderr)
     return None
+
+
+def reuse_own_teacher(out: Path, made) -> Path | None:
+    """``out/teacher`` when the run at ``out``, which a training now replaces, has a teacher that can stand for the
+    one it would train (:func:`teacher_mismatch`; ``made()``: that teacher's record), said on stderr (why not,
+    too); None when it has none or it cannot. Training a DecCM into its own folder again (more epochs, another
+    student setting) trained its teacher again from scratch, and ``--teacher OUT/teacher`` is refused (inside
+    ``--out``, which is replaced whole)."""
+    own = Path(out) / "teacher"
+    if not (Path(out) / "config.json").is_file() or not (own / "config.json").is_file():
+        return None
+    why = teacher_mismatch(own, made())
+    if why is not None:
+        print(f"note: the teacher of the run at {out} is not reused: {why}; a new one is trained", file=sys.stderr)
+        return None
+    print(f"note: reusing the teacher of the run at {out}, trained on this data by this code with this teacher "
+          "config (copied into the new run)", file=sys.stderr)
+    return own
 
 
 RUN_ENTRIES = frozenset({"config.json", "weights.safetensors", "history.json", "run.json", "teacher",  # a run's own
