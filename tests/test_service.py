@@ -938,6 +938,25 @@ def test_a_form_the_framework_cannot_read_gets_a_422_saying_so(client, content_t
                                   "form field 'video' (curl -F video=@clip.mp4)"}
 
 
+def test_a_body_of_the_other_kind_than_the_endpoint_reads_is_named(client, tiny_ds):
+    # JSON sent to /recommend/video was "video: Field required"; a form sent to /recommend "body: Input should be a
+    # valid dictionary ... got bytes"
+    for headers, sent in (({"content-type": "application/json"}, "application/json"),
+                          ({}, "a body without a Content-Type")):
+        r = client.post("/recommend/video", content=json.dumps(clip_body(tiny_ds, 0)).encode(), headers=headers)
+        assert r.status_code == 422
+        assert r.json() == {"detail": "body: POST /recommend/video reads a multipart/form-data form (curl -F "
+                                      f"video=@clip.mp4), not {sent}; a clip's features as JSON go to POST /recommend"}
+    for path in ("/recommend", "/recommend/batch"):
+        r = client.post(path, files={"video": ("clip.mp4", b"x", "video/mp4")})
+        assert r.status_code == 422
+        assert r.json() == {"detail": f"body: POST {path} reads JSON (Content-Type: application/json), not "
+                                      "multipart/form-data; a video file goes to POST /recommend/video as a multipart "
+                                      "form"}
+    r = client.post("/recommend", json={**clip_body(tiny_ds, 0), "top": "many"})  # JSON to JSON: as before
+    assert r.status_code == 422 and r.json()["detail"].startswith("top: ")
+
+
 def test_a_compressed_body_gets_a_415_saying_so(client, tiny_ds):
     # gzip was not read: a gzipped JSON body was "not valid JSON", a plain one labelled gzip answered as if read
     import gzip

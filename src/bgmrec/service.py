@@ -211,8 +211,9 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     app.add_middleware(RequestLog)  # added last: outermost, so that it times and logs the 413s and 503s too
 
     @app.exception_handler(RequestValidationError)
-    def bad_request(_: Request, exc: RequestValidationError):
-        return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors()[0])})
+    def bad_request(request: Request, exc: RequestValidationError):
+        detail = wrong_body_kind(request.url.path, request.headers.get("content-type", ""))
+        return JSONResponse(status_code=422, content={"detail": detail or validation_detail(exc.errors()[0])})
 
     @app.exception_handler(StarletteHTTPException)
     async def unparsed_body(request: Request, exc: StarletteHTTPException):
@@ -531,6 +532,21 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
     if isinstance(exc.__context__, MultiPartException):
         return 422, (f"body: not a readable multipart/form-data body ({str(exc.detail).rstrip('.')}); send the "
                      "video as the form field 'video' (curl -F video=@clip.mp4)")
+    return None
+
+
+def wrong_body_kind(path: str, content_type: str) -> str | None:
+    """The ``detail`` of a request whose body is of the other kind than its endpoint reads: JSON (or anything but a
+    form) sent to ``POST /recommend/video``, which was answered "video: Field required", or a form sent to an
+    endpoint of JSON, answered "body: Input should be a valid dictionary"; None when the kind is the right one."""
+    kind = content_type.split(";")[0].strip().lower()
+    form = kind in ("multipart/form-data", "application/x-www-form-urlencoded")
+    if path == "/recommend/video" and kind != "multipart/form-data":
+        return (f"body: POST /recommend/video reads a multipart/form-data form (curl -F video=@clip.mp4), not "
+                f"{kind or 'a body without a Content-Type'}; a clip's features as JSON go to POST /recommend")
+    if path in ("/recommend", "/recommend/batch") and form:
+        return (f"body: POST {path} reads JSON (Content-Type: application/json), not {kind}; a video file goes to "
+                "POST /recommend/video as a multipart form")
     return None
 
 
