@@ -1612,6 +1612,20 @@ def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorde
     assert "Change of full-catalogue ndcg@10 over popularity on the same queries, with its 95% paired" in test_part
     assert "Not compared: mine (evaluated without --ranks)." in unbiased_part
     assert "vs popularity" not in unbiased_part
+    # the sampled protocol's metrics too, as compare gives them (report refused them as unknown metrics)
+    assert main(["compare", "--baseline", str(popularity_run), "--run", str(tmp_path / "mine.npy"), "--data",
+                 str(cli_world), "--split", "test", "--metric", "sampled_recall@10", "--json", str(compared)]) == 0
+    c = json.loads(compared.read_text())
+    capsys.readouterr()
+    test_files = [str(files["popularity", "test"]), str(files["mine", "test"])]
+    assert main(["report", *test_files, "--baseline", "popularity", "--metric", "sampled_recall@10"]) == 0
+    printed = capsys.readouterr().out
+    sampled_cell = change_cell(PairedComparison(**{k: c[k] for k in PairedComparison.__dataclass_fields__}))
+    assert f"| mine | {sampled_cell} |" in printed and sampled_cell != cell
+    assert "Change of sampled (1+K) recall@10 over popularity on the same queries" in printed
+    assert main(["report", *test_files, "--baseline", "popularity", "--metric", "ipw_recall@10"]) == 2
+    assert _error(capsys) == ("error: --metric ipw_recall@10: the ranks files evaluate --ranks writes hold no IPW "
+                              "weights; bgmrec compare --metric ipw_recall@10 pairs it on the dataset")
     # moved together to another folder, the ranks are found beside the results
     moved = tmp_path / "moved"
     moved.mkdir()

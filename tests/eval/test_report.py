@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bgmrec.eval.report import COLUMNS, markdown_table
 
 
@@ -128,3 +130,24 @@ def test_every_column_of_the_tables_names_a_figure_evaluate_reports(tiny_ds):
     result = evaluate(model, tiny_ds, "test")
     for header, path in (*COLUMNS, *QUALITY_METRICS):
         assert isinstance(metric_at(result, path), float), (header, path)
+
+
+def test_ranks_of_reads_the_protocol_s_column_and_names_a_split_without_sampled_ranks(tmp_path):
+    import hashlib
+
+    from bgmrec.eval.report import RANKS_HEADER, ranks_of
+
+    def result(text: str) -> dict:
+        (tmp_path / "r.csv").write_text(text)
+        return {"ranks_file": {"path": str(tmp_path / "r.csv"),
+                               "sha256": hashlib.sha256(text.encode()).hexdigest()}}
+
+    both = result(f"{RANKS_HEADER}\nv0,t1,3,17,2\nv1,t0,-1,1,1\n")
+    assert ranks_of("r.json", both)[1].tolist() == [17, 1]
+    queries, sampled = ranks_of("r.json", both, "sampled")
+    assert queries == [("v0", "t1", "3"), ("v1", "t0", "-1")] and sampled.tolist() == [2, 1]
+    full_only = result(f"{RANKS_HEADER}\nv0,t1,3,17,\n")
+    assert ranks_of("r.json", full_only)[1].tolist() == [17]
+    with pytest.raises(ValueError, match=r"r\.csv: no sampled ranks \(its split has no frozen negatives\); compare "
+                                         r"full-catalogue ranks$"):
+        ranks_of("r.json", full_only, "sampled")

@@ -169,7 +169,8 @@ def report(
     baseline: str | None = typer.Option(None, help="a row's label (as the tables show it): under each split's "
                                         "table, every other row's paired change over it (needs the results' "
                                         "evaluate --ranks files)"),
-    metric: str = typer.Option("recall@10", help="the metric the paired table compares: recall@K, ndcg@K or mrr"),
+    metric: str = typer.Option("recall@10", help="the metric the paired table compares: recall@K, ndcg@K or mrr "
+                                                 "(full-catalogue), or one of them after sampled_ (the 1+K protocol)"),
     resamples: int = typer.Option(10_000, help="bootstrap resamples and randomisation permutations"),
     level: float = typer.Option(0.95, help="the interval's confidence level"),
 ) -> None:
@@ -177,12 +178,14 @@ def report(
     against: the dataset's fingerprints, each row's run or score file, commit and warnings; with --baseline,
     each row's change over it with a paired interval and p-value."""
     from bgmrec.data.dataset import parse_json_file, write_text_atomic
-    from bgmrec.eval.metrics import parse_metric
+    from bgmrec.eval.metrics import compared_protocol
     from bgmrec.eval.report import results_report
     from bgmrec.eval.significance import check_settings
 
     if baseline is not None:
-        parse_metric(metric)
+        if compared_protocol(metric)[0] == "ipw":
+            raise ValueError(f"--metric {metric}: the ranks files evaluate --ranks writes hold no IPW weights; bgmrec "
+                             f"compare --metric {metric} pairs it on the dataset")
         check_settings(resamples, level)
     else:
         given = [f"--{name}" for name, value, default in (("metric", metric, "recall@10"), ("resamples", resamples,

@@ -316,3 +316,18 @@ def _check_groups(groups: np.ndarray, n_groups: int, what: str) -> None:
     if groups.size and (not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0 or groups.max() >= n_groups):
         raise ValueError(f"every {what} must be an integer in [0, {n_groups}), got values from "
                          f"{groups.min()} to {groups.max()} ({groups.dtype})")
+
+
+def compared_protocol(metric: str) -> tuple[str, str]:
+    """(protocol, rank metric) of a compared metric: "recall@10" ("full"), "sampled_recall@10" (the papers'
+    1+K protocol on the frozen negatives), "ipw_recall@10" (the same, weighted by
+    :meth:`~bgmrec.data.dataset.Dataset.ipw_weights`), each prefix before a metric of :data:`RANK_METRICS`;
+    ValueError naming the forms otherwise."""
+    lowered = metric.lower()
+    prefix = next((p for p in ("sampled_", "ipw_") if lowered.startswith(p)), "")
+    try:
+        parse_metric(metric[len(prefix):])
+    except ValueError:
+        raise ValueError(f"unknown metric {metric!r}; expected {expected_metrics()} (full-catalogue), or one of "
+                         "them after sampled_ or ipw_ (the sampled 1+K protocol, unweighted or IPW-weighted)") from None
+    return prefix.rstrip("_") or "full", metric[len(prefix):]

@@ -14,6 +14,7 @@ import torch
 from bgmrec.data.dataset import Dataset, load_dataset
 from bgmrec.data.negatives import other_positives
 from bgmrec.eval import metrics as M
+from bgmrec.eval.metrics import compared_protocol
 from bgmrec.eval.significance import PairedComparison, check_settings, paired_comparison
 from bgmrec.models.base import MusicCatalog, Recommender, VideoQuery, check_embedding_widths, load_model
 
@@ -289,24 +290,9 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
 COMPARED_PROTOCOLS = {"full": "full-catalogue", "sampled": "sampled 1+K", "ipw": "IPW-weighted sampled 1+K"}
 
 
-def compared_protocol(metric: str) -> tuple[str, str]:
-    """(protocol, rank metric) of a compared metric: "recall@10" ("full"), "sampled_recall@10" (the papers'
-    1+K protocol on the frozen negatives), "ipw_recall@10" (the same, weighted by :meth:`Dataset.ipw_weights`),
-    each prefix before a metric of :data:`~bgmrec.eval.metrics.RANK_METRICS`; ValueError naming the forms
-    otherwise."""
-    lowered = metric.lower()
-    prefix = next((p for p in ("sampled_", "ipw_") if lowered.startswith(p)), "")
-    try:
-        M.parse_metric(metric[len(prefix):])
-    except ValueError:
-        raise ValueError(f"unknown metric {metric!r}; expected {M.expected_metrics()} (full-catalogue), or one of "
-                         "them after sampled_ or ipw_ (the sampled 1+K protocol, unweighted or IPW-weighted)") from None
-    return prefix.rstrip("_") or "full", metric[len(prefix):]
-
-
 def query_values(model, ds: Dataset, split: str, metric: str, seed: int = 0) -> np.ndarray:
-    """Each query's value of a compared ``metric`` (:func:`compared_protocol`) whose mean is the figure
-    :func:`evaluate` reports: the metric's gain of the query's full or sampled rank; for an IPW metric, that
+    """Each query's value of a compared ``metric`` (:func:`~bgmrec.eval.metrics.compared_protocol`) whose mean is
+    the figure :func:`evaluate` reports: the metric's gain of the query's full or sampled rank; for an IPW metric, that
     gain times n w_i (w: the split's IPW weights, summing to 1), so that the plain mean over the n queries is
     the weighted figure and the paired tests of :mod:`bgmrec.eval.significance` apply to it unchanged."""
     protocol, rank_metric = compared_protocol(metric)

@@ -212,7 +212,7 @@ def _shown_labels(results: list[dict]) -> list[str]:
 def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, resamples: int,
                     level: float) -> list[str]:
     """The lines of one split's paired table against the row labelled ``baseline`` (none when the split lacks it)."""
-    from bgmrec.eval.metrics import query_gains
+    from bgmrec.eval.metrics import compared_protocol, query_gains
     from bgmrec.eval.significance import paired_comparison
 
     base = next(((name, r) for name, r in named if r["label"] == baseline), None)
@@ -221,8 +221,9 @@ def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, r
     if base[1].get("ranks_file") is None:
         raise ValueError(f"{base[0]}: the baseline {baseline} was evaluated without --ranks; a paired comparison "
                          "needs its per-query ranks (bgmrec evaluate ... --json FILE --ranks CSV)")
-    queries, ranks = ranks_of(*base)
-    gains = query_gains(ranks, metric)
+    protocol, rank_metric = compared_protocol(metric)
+    queries, ranks = ranks_of(*base, protocol)
+    gains = query_gains(ranks, rank_metric)
     compared, without = [], []
     for name, r in named:
         if r is base[1]:
@@ -233,12 +234,12 @@ def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, r
         if r.get("ranks_file") is None:
             without.append(f"{r['label']} (evaluated without --ranks)")
             continue
-        their_queries, their_ranks = ranks_of(name, r)
+        their_queries, their_ranks = ranks_of(name, r, protocol)
         if their_queries != queries:
             raise ValueError(f"{r['ranks_file']['path']}: not the queries of the baseline's ranks "
                              f"({base[1]['ranks_file']['path']}) in the same order; pairs need the same queries")
-        compared.append((r["label"], paired_comparison(gains, query_gains(their_ranks, metric), metric, resamples,
-                                                       level)))
+        compared.append((r["label"], paired_comparison(gains, query_gains(their_ranks, rank_metric), metric,
+                                                       resamples, level)))
     lines = [paired_note(baseline, metric, level), ""]
     if compared:
         lines += [paired_markdown({metric: compared}, baseline), ""]
@@ -247,11 +248,12 @@ def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, r
     return lines
 
 
-def ranks_of(name: str, result: dict) -> tuple[list[tuple[str, str, str]], np.ndarray]:
-    """(the queries as (video, track, uploader), their full-catalogue ranks) from the CSV that ``evaluate --ranks``
-    wrote for ``result`` (the result file ``name``), found at the path the result records or, moved together,
-    beside the result file. ValueError naming the file when it is missing, has changed since (its SHA-256), or is
-    not such a CSV."""
+def ranks_of(name: str, result: dict, protocol: str = "full") -> tuple[list[tuple[str, str, str]], np.ndarray]:
+    """(the queries as (video, track, uploader), their ranks in ``protocol``: "full" (the full catalogue) or
+    "sampled" (the 1+K protocol)) from the CSV that ``evaluate --ranks`` wrote for ``result`` (the result file
+    ``name``), found at the path the result records or, moved together, beside the result file. ValueError naming
+    the file when it is missing, has changed since (its SHA-256), is not such a CSV, or has no sampled ranks (a
+    split without frozen negatives)."""
     import csv
     import hashlib
     import io
@@ -273,9 +275,13 @@ def ranks_of(name: str, result: dict) -> tuple[list[tuple[str, str, str]], np.nd
         rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
         if not rows or ",".join(rows[0]) != RANKS_HEADER or any(len(row) != 5 for row in rows[1:]):
             raise ValueError
-        return [tuple(row[:3]) for row in rows[1:]], np.array([int(row[3]) for row in rows[1:]], np.int64)
+        column = [row[4 if protocol == "sampled" else 3] for row in rows[1:]]
+        ranks = None if "" in column and protocol == "sampled" else np.array([int(c) for c in column], np.int64)
     except (ValueError, csv.Error):  # also undecodable bytes and a rank that is no integer
         raise ValueError(f"{path}: not a ranks file of bgmrec evaluate (columns {RANKS_HEADER})") from None
+    if ranks is None:
+        raise ValueError(f"{path}: no sampled ranks (its split has no frozen negatives); compare full-catalogue ranks")
+    return [tuple(row[:3]) for row in rows[1:]], ranks
 
 
 def _source(result: dict) -> dict:
@@ -331,7 +337,9 @@ RANKS_HEADER = "video,track,uploader,full_rank,sampled_rank"  # evaluate --ranks
 
 def paired_note(baseline: str, metric: str = "Recall@10", level: float = 0.95) -> str:
     """What a paired table's cells are: the sentence above it."""
-    return (f"Change of full-catalogue {metric} over {baseline} on the same queries, with its "
+    sampled = metric.lower().startswith("sampled_")
+    return (f"Change of {'sampled (1+K) ' + metric[len('sampled_'):] if sampled else 'full-catalogue ' + metric} "
+            f"over {baseline} on the same queries, with its "
             f"{level * 100:.10g}% paired bootstrap interval and the p-value of a paired "
             "randomisation test (`bgmrec compare`): how sure each figure is given these trained models and queries, "
             "not how it varies over training seeds.")
