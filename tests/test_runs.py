@@ -384,3 +384,36 @@ def test_training_a_deccm_into_its_own_folder_again_reuses_its_teacher_when_it_m
     assert (f"note: the teacher of the run at {run} is not reused: it was trained with another config; a new "
             "one is trained") in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm"]
+
+
+@pytest.mark.filterwarnings("ignore::bgmrec.models.baselines.NoTrainingTrackWarning")  # popularity's, of that world
+def test_evaluating_a_saved_run_on_another_dataset_from_python_warns_as_the_commands_do(tiny_dir, tmp_path):
+    # evaluate(load_model(run), other world) scored at chance without a word; the command line warned
+    import warnings
+
+    from bgmrec.cli import main
+    from bgmrec.data.dataset import load_dataset
+    from bgmrec.eval.protocol import EvaluationWarning, compare, evaluate, evaluate_run
+    from bgmrec.models.base import load_model
+
+    run = tmp_path / "popularity"
+    train_model(tiny_dir, "popularity", run, progress=False)
+    assert main(["simulate", str(tmp_path / "seed1"), "--scale", "tiny", "--seed", "1"]) == 0
+    model, other = load_model(run), load_dataset(tmp_path / "seed1")
+    with pytest.warns(EvaluationWarning) as said:  # and popularity's own warning: no training track's features
+        evaluate(model, other, "test")
+    assert [str(w.message) for w in said if str(w.message).startswith(str(run))] == [
+        f"{run} was trained on another dataset ({Path(tiny_dir).resolve()}) than {tmp_path / 'seed1'}: 0 of the 173 "
+        "test queries' videos were in its training data (their figures are not held out), and 173 have a track it "
+        "never trained on"]
+    with pytest.warns(EvaluationWarning) as said:
+        compare(model, load_model(run), other, "test", resamples=100)
+    assert len([w for w in said if str(w.message).startswith(f"{run} was trained on another dataset")]) == 1  # once
+    with pytest.warns(EvaluationWarning) as said:
+        evaluate_run(run, other)  # every split: checked once
+    assert len([w for w in said if str(w.message).startswith(f"{run} was trained on another dataset")]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EvaluationWarning)
+        evaluate(model, load_dataset(tiny_dir), "test")  # its own dataset: nothing to say
+    with pytest.warns(EvaluationWarning, match=f"^{run} was trained on another dataset .* than {tmp_path / 'seed1'}$"):
+        evaluate(model, other.with_split("mine", other.splits["test"][:5]), "mine")  # a split added in memory

@@ -731,25 +731,24 @@ def check_run_folder(out: Path, teacher: Path | None = None) -> None:
                              "or train into another folder")
 
 
-def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None,
+def trained_on_other_data(run: Path, data: Path, what: str | None = None,
                                   split: str | None = None) -> str | None:
-    """Say on stderr when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
+    """What to say when ``run``'s ``run.json`` (written by train, tune, demo and bench) names another
     training dataset than ``data``: its figures there measure a transfer, and a test split of ``data`` may
     hold its training videos (``what`` names the run in the message; given the ``split`` evaluated, and the
     other dataset's folder still there, how many of its queries' videos the run trained on, and how many of
     their tracks it never saw: :func:`training_overlap`); or the same dataset with other
     features (extracted again since), or other labels (frozen negatives, weights, genres, tastes, titles:
     built again with another seed, or a catalogue relabelled); or that its ``run.json`` is damaged, so nothing
-    is checked. Silent for runs without that record or whose record predates it; never an error. Returns the
-    message (for a result's JSON), None when silent."""
+    is checked. None for runs without that record or whose record predates it, and when there is nothing to say;
+    never an error."""
     from bgmrec.data.dataset import DatasetError, dataset_fingerprint, features_fingerprint, labels_fingerprint
-    from bgmrec.features.recommend import warn_on_stderr
     from bgmrec.models.base import read_run_record, run_record_damaged
 
     info = read_run_record(run)
     if run_record_damaged(run):  # its silence hid a run of other data
-        return warn_on_stderr(f"{what + ' ' if what else ''}{run}: its run.json is not a readable record (not a JSON "
-                              f"object), so whether it was trained on {data} is not checked")
+        return (f"{what + ' ' if what else ''}{run}: its run.json is not a readable record (not a JSON "
+                f"object), so whether it was trained on {data} is not checked")
     try:
         other = info.get("data_fingerprint") not in (None, dataset_fingerprint(data))
         trained_on = info.get("features_fingerprint")  # hashed only when there is one to compare with
@@ -760,19 +759,29 @@ def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None
         return None
     name = f"{what + ' ' if what else ''}{run}"
     if other and info.get("data") == str(Path(data).resolve()):  # the same folder, written again since
-        return warn_on_stderr(f"{name} was trained on {data} as it was before it was built again (its splits or "
-                              "manifest changed since)")
+        return (f"{name} was trained on {data} as it was before it was built again (its splits or "
+                "manifest changed since)")
     if other:
         overlap = training_overlap(Path(info["data"]), data, split) if split and info.get("data") else ""
-        return warn_on_stderr(f"{name} was trained on another dataset ({info.get('data')}) than {data}{overlap}")
+        return f"{name} was trained on another dataset ({info.get('data')}) than {data}{overlap}"
     if refeatured:
-        return warn_on_stderr(f"{name} was trained on other features of this dataset than {data} holds now "
-                              "(extracted again since?)")
+        return (f"{name} was trained on other features of this dataset than {data} holds now "
+                "(extracted again since?)")
     if relabelled:
-        return warn_on_stderr(f"{name} was trained on this dataset's splits and features, but {data} now holds other "
-                              "frozen negatives, weights, genres, titles or uploaders (built again with another "
-                              "--seed, or a catalogue relabelled?): its sampled, IPW and per-genre figures can differ")
+        return (f"{name} was trained on this dataset's splits and features, but {data} now holds other "
+                "frozen negatives, weights, genres, titles or uploaders (built again with another "
+                "--seed, or a catalogue relabelled?): its sampled, IPW and per-genre figures can differ")
     return None
+
+
+def warn_if_trained_on_other_data(run: Path, data: Path, what: str | None = None,
+                                  split: str | None = None) -> str | None:
+    """:func:`trained_on_other_data` said on stderr, as the commands warn; returns it (for a result's JSON), None
+    when silent."""
+    from bgmrec.features.recommend import warn_on_stderr
+
+    said = trained_on_other_data(run, data, what, split)
+    return None if said is None else warn_on_stderr(said)
 
 
 def training_overlap(trained_on: Path, data: Path, split: str) -> str:
@@ -781,7 +790,8 @@ def training_overlap(trained_on: Path, data: Path, split: str) -> str:
     figures are not held out: last week's model scored 1.000 on this week's test split, 5 of 11 of whose videos
     it had trained on), and how many of them have a positive track it never saw (queries, not tracks). A video
     or track is the same when its id and its features (frames, music) are: simulated worlds of one scale share
-    ids, not videos. Empty when ``trained_on`` can no longer be read (built again in place, moved)."""
+    ids, not videos. Empty when ``trained_on`` can no longer be read (built again in place, moved), or ``data``'s
+    folder has no ``split`` (one added in memory)."""
     import numpy as np
 
     from bgmrec.data.dataset import DatasetError, load_dataset
@@ -789,6 +799,8 @@ def training_overlap(trained_on: Path, data: Path, split: str) -> str:
     try:
         old, new = load_dataset(trained_on), load_dataset(data)
     except (DatasetError, OSError):
+        return ""
+    if split not in new.splits:  # a split of the rows held in memory (Dataset.with_split), not of the folder
         return ""
 
     def keys(rows: np.ndarray, ids: list[str], features: np.ndarray) -> list[tuple[str, bytes]]:

@@ -355,8 +355,8 @@ def evaluate(
             result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split,
                                                                     keep_ranks=ranks_out is not None)}
         ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
-        said = run_warnings({run: rec}, data, split)  # once the figures exist: an error says nothing more
-        said += [m for m in (note_if_not_held_out(ds, split), *evaluated) if m]
+        said = evaluated + run_warnings({run: rec})  # once the figures exist: an error says nothing more
+        said += [m for m in (note_if_not_held_out(ds, split),) if m]
         for t in rich_tables([result]):
             console.print(t)
         if ranks is not None:  # its note on stderr with --json -: stdout is the JSON alone
@@ -427,16 +427,15 @@ def load_scorer(run: Path, ds, mode: str | None):
     return rec
 
 
-def run_warnings(loaded: dict[Path, object], data: Path, split: str) -> list[str]:
-    """The warnings of ``evaluate`` and ``compare`` on each run folder's loaded model (a run given twice: once):
-    trained on another dataset (with how much of ``split`` it trained on) or other features than ``data``, its
-    model's code changed, or its training stopped (a ``train`` stopped keeps its best epoch at ``OUT.partial``).
-    Printed on stderr, and returned for the result's JSON (``warnings``), where a reader of the figures alone sees
-    them too."""
+def run_warnings(loaded: dict[Path, object]) -> list[str]:
+    """The warnings of ``evaluate`` and ``compare`` on each run folder's loaded model (a run given twice: once)
+    besides the library's (a run trained on other data than the dataset's is an
+    :class:`~bgmrec.eval.protocol.EvaluationWarning` of the evaluation itself): its model's code changed, or its
+    training stopped (a ``train`` stopped keeps its best epoch at ``OUT.partial``). Printed on stderr, and returned
+    for the result's JSON (``warnings``), where a reader of the figures alone sees them too."""
     from bgmrec.eval.scores import is_score_file
 
-    said = [[runs.warn_if_trained_on_other_data(folder, data, split=split),
-             runs.warn_if_model_code_changed(folder, rec), runs.note_if_stopped(folder)]
+    said = [[runs.warn_if_model_code_changed(folder, rec), runs.note_if_stopped(folder)]
             if not is_score_file(folder) else rec.notes  # a score file's: said when it was read
             for folder, rec in loaded.items()]
     return [m for pair in said for m in pair if m is not None]
@@ -498,8 +497,8 @@ def compare(
         models = [load_scorer(folder, ds, m) for folder, m in ((baseline, baseline_mode), (run, mode))]
         with recorded_warnings(EvaluationWarning) as evaluated:  # for the JSON too (a trivial Recall@K, ...)
             c = paired(*models, ds, split, metric, resamples, level)
-        said = run_warnings(dict(zip((baseline, run), models, strict=True)), data, split)
-        said += [m for m in (note_if_not_held_out(ds, split), *evaluated) if m]
+        said = evaluated + run_warnings(dict(zip((baseline, run), models, strict=True)))
+        said += [m for m in (note_if_not_held_out(ds, split),) if m]
         names = [label({"model": runs.run_label(folder, rec), "inference_mode": rec.inference_mode})
                  for folder, rec in zip((baseline, run), models, strict=True)]
         described = f"{COMPARED_PROTOCOLS[protocol]} {rank_metric}"

@@ -189,7 +189,9 @@ def evaluate_run(run: Path, ds: Dataset, splits=EVAL_SPLITS, label: str | None =
                  keep_ranks: bool = False) -> list[dict]:
     """:func:`evaluate` of the run folder ``run`` on each of ``splits`` that ``ds`` holds rows of, once per
     inference mode for models that have several (:func:`evaluation_modes`), each result's ``label`` the
-    given one or the model's name (``keep_ranks``: with each query's rank, for paired comparisons)."""
+    given one or the model's name (``keep_ranks``: with each query's rank, for paired comparisons); one
+    :class:`EvaluationWarning` after them when the run was trained on other data (:func:`warn_if_trained_elsewhere`,
+    on the first split evaluated)."""
     model = load_model(run)
     results = []
     for mode in evaluation_modes(model):
@@ -197,9 +199,11 @@ def evaluate_run(run: Path, ds: Dataset, splits=EVAL_SPLITS, label: str | None =
             model.set_inference_mode(mode)
         for split in splits:
             if split in ds.splits and len(ds.splits[split]):
-                r = evaluate(model, ds, split, keep_ranks=keep_ranks)
+                r = evaluate(model, ds, split, keep_ranks=keep_ranks, check_run=False)
                 r["label"] = label or model.name
                 results.append(r)
+    if results:
+        warn_if_trained_elsewhere([model], ds, results[0]["split"])
     return results
 
 
@@ -229,13 +233,15 @@ def below_chance(model, result: dict) -> str | None:
 
 
 def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, seed: int = 0,
-             keep_ranks: bool = False) -> dict:
+             keep_ranks: bool = False, check_run: bool = True) -> dict:
     """Every figure of the protocol for one model on one split of the dataset ``ds`` (a :class:`Dataset` or its
     folder's path), as the JSON object ``evaluate --json`` writes.
 
     ``keep_ranks`` adds ``"full_ranks"``: each query's full-catalogue rank (a NumPy array, not JSON),
     what :func:`compare` and :func:`~bgmrec.eval.report.paired_rows` pair across models, and
-    ``"sampled_ranks"``, its rank in the sampled protocol (None for a split without negatives).
+    ``"sampled_ranks"``, its rank in the sampled protocol (None for a split without negatives). ``check_run``: an
+    :class:`EvaluationWarning` when the model's run was trained on other data (:func:`warn_if_trained_elsewhere`;
+    :func:`evaluate_run` checks once for all its evaluations).
     """
     ds = as_dataset(ds)
     if split not in ds.splits:
@@ -284,6 +290,8 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
                                      for name, v in zip(ds.genres, per_genre, strict=True)}
     if keep_ranks:
         result["full_ranks"], result["sampled_ranks"] = r, sr
+    if check_run:
+        warn_if_trained_elsewhere([model], ds, split)  # once the figures exist: an error says it alone
     return result
 
 
@@ -324,4 +332,24 @@ def compare(baseline: Recommender, candidate: Recommender, ds: Dataset | str | o
                       f"negatives, so its sampled Recall@{k} is 1 for every model; compare at a smaller K",
                       EvaluationWarning, stacklevel=2)
     base, cand = (query_values(m, ds, split, metric, seed) for m in (baseline, candidate))
-    return paired_comparison(base, cand, metric, resamples, level, seed)
+    compared = paired_comparison(base, cand, metric, resamples, level, seed)
+    warn_if_trained_elsewhere([baseline, candidate], ds, split)  # once the figures exist: an error says it alone
+    return compared
+
+
+def warn_if_trained_elsewhere(models: list, ds: Dataset, split: str) -> None:
+    """An :class:`EvaluationWarning` for each of ``models`` loaded from a run folder
+    (:func:`~bgmrec.models.base.load_model`, which records it) whose ``run.json`` says it was trained on another
+    dataset than ``ds``'s folder, or on other features or labels of it (:func:`~bgmrec.runs.trained_on_other_data`,
+    with how many of ``split``'s videos it trained on): the warning the commands give, which a Python caller of
+    :func:`evaluate` or :func:`compare` did not get (a run of another world scored at chance without a word). A
+    dataset held in memory only (no folder), and a scorer not loaded from a run, are not checked."""
+    from bgmrec.runs import trained_on_other_data
+
+    folders = [Path(m.source).parent for m in models if isinstance(getattr(m, "source", None), str)]
+    if ds.root is None:
+        return
+    for folder in dict.fromkeys(folders):  # one model compared with itself: said once
+        said = trained_on_other_data(folder, Path(ds.root), split=split)
+        if said is not None:
+            warnings.warn(said, EvaluationWarning, stacklevel=3)
