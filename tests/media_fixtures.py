@@ -218,14 +218,16 @@ def audio_extractor():
     return AudioExtractor()
 
 
-def write_catalog_folder(out: Path, features: np.ndarray, genres: list[str], order: list[int] | None = None) -> Path:
-    """A catalogue folder in the extract-music format from arrays (no media, for fast tests); track ``t{j}`` has
-    row ``j`` of ``features`` and ``genres``, and ``order`` is the tracks' row order (default: by number)."""
+def write_catalog_folder(out: Path, features: np.ndarray, genres: list[str], order: list[int] | None = None,
+                         prefix: str = "t") -> Path:
+    """A catalogue folder in the extract-music format from arrays (no media, for fast tests); track ``t{j}`` (the
+    ``prefix``, then ``j``) has row ``j`` of ``features`` and ``genres``, and ``order`` is the tracks' row order
+    (default: by number)."""
     from bgmrec.data.dataset import save_npy_atomic, write_json_atomic
 
     out = Path(out)
     order = list(range(len(features))) if order is None else list(order)
-    ids = [f"t{j}" for j in order]
+    ids = [f"{prefix}{j}" for j in order]
     features, genres = np.asarray(features)[order], [genres[j] for j in order]
     out.mkdir(parents=True, exist_ok=True)
     save_npy_atomic(out / "music.npy", np.asarray(features, np.float32))
@@ -238,15 +240,16 @@ def write_catalog_folder(out: Path, features: np.ndarray, genres: list[str], ord
 
 
 def write_videos_folder(out: Path, n: int, seed: int = 0, no_text: tuple[int, ...] = (),
-                        order: list[int] | None = None) -> Path:
-    """A videos folder in the extract-videos format with random vectors (no media, for fast tests); ``order``:
-    the videos' row order (default: by number), each video's vectors the same whatever the order."""
+                        order: list[int] | None = None, prefix: str = "v") -> Path:
+    """A videos folder in the extract-videos format with random vectors (no media, for fast tests), video ``i``'s
+    id ``v{i}`` (the ``prefix``, then ``i``); ``order``: the videos' row order (default: by number), each video's
+    vectors the same whatever the order."""
     from bgmrec.data.dataset import save_npy_atomic, write_json_atomic
 
     rng = np.random.default_rng(seed)
     out = Path(out)
     order = list(range(n)) if order is None else list(order)
-    ids = [f"v{i}" for i in order]
+    ids = [f"{prefix}{i}" for i in order]
     mask = np.array([i not in no_text for i in range(n)])
     text = rng.standard_normal((n, 384)).astype(np.float32) * mask[:, None]
     visual = rng.standard_normal((n, 1280)).astype(np.float32)

@@ -675,26 +675,28 @@ def test_pairs_naming_media_files_instead_of_ids_are_told_that_ids_are_file_stem
         "(e.g. line 12: 't4.wav'; ids are file stems: 't4', not 't4.wav')"]
 
 
-def test_ids_that_lost_their_leading_zeros_are_told_so(tmp_path, folders):
-    # a spreadsheet's round trip wrote v0's and t3's ids as numbers: '0' and '3', which the warning left unexplained
+def test_ids_that_lost_their_leading_zeros_are_told_so(tmp_path):
+    # a spreadsheet's round trip wrote the ids 000 and 003 as numbers: '0' and '3', which the warning left unexplained
     from bgmrec.data.build import zeros_lost
 
-    vids, cat = folders
+    vids = mf.write_videos_folder(tmp_path / "videos", 12, prefix="00")  # ids 000, 001, ..., 0011
+    cat = mf.write_catalog_folder(tmp_path / "music", np.ones((8, 12), np.float32), GENRES, prefix="00")
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text("video,track,uploader\n" + "".join(f"v{i},t{i % 6},u0\n" for i in range(1, 10))
-                     + "0,t1,u0\nv10,3,u0\n", encoding="utf-8")
+    pairs.write_text("video,track,uploader\n" + "".join(f"00{i},00{i % 3},u0\n" for i in range(1, 10))
+                     + "0,001,u0\n0010,3,u0\n", encoding="utf-8")
     warnings = []
     build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append,
                   config=BuildConfig(val_share=0.0, test_share=0.0))
     assert warnings[:2] == [
         f"{pairs}: 1 of 11 row(s) name no extracted video (of {vids}) and were not used (e.g. line 11: '0'; '0' may "
-        "be the extracted 'v0', its leading zeros lost (a spreadsheet reads such ids as numbers): keep ids as text)",
+        "be the extracted '000', its leading zeros lost (a spreadsheet reads such ids as numbers): keep ids as text)",
         f"{pairs}: 1 of 11 row(s) name an extracted video but no catalogue track (of {cat}) and were not used "
-        "(e.g. line 12: '3'; '3' may be the extracted 't3', its leading zeros lost (a spreadsheet reads such ids as "
+        "(e.g. line 12: '3'; '3' may be the extracted '003', its leading zeros lost (a spreadsheet reads such ids as "
         "numbers): keep ids as text)"]
-    assert zeros_lost("12", {"v0012", "t012", "0012", "v12a", "x"}) == "0012"  # the first in sorted order
-    assert zeros_lost("0", {"000"}) == "000" and zeros_lost("7", {"t70", "7"}) is None
-    assert zeros_lost("v3", {"v003"}) is None  # only an id written as a number lost its zeros
+    assert zeros_lost("12", {"0012", "012", "v0012", "12"}) == "0012"  # the first in sorted order
+    assert zeros_lost("0", {"000"}) == "000" and zeros_lost("7", {"70", "7"}) is None
+    assert zeros_lost("12", {"clip12", "v012"}) is None  # a spreadsheet keeps letters: no zeros were lost there
+    assert zeros_lost("003", {"3"}) is None and zeros_lost("v3", {"003"}) is None  # only a number lost its zeros
 
 
 def test_each_kind_of_dropped_pair_is_warned_of_with_its_first_line_and_the_summary_counts_the_unpaired(

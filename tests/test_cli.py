@@ -1626,6 +1626,10 @@ def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorde
     assert main(["report", *test_files, "--baseline", "popularity", "--metric", "ipw_recall@10"]) == 2
     assert _error(capsys) == ("error: --metric ipw_recall@10: the ranks files evaluate --ranks writes hold no IPW "
                               "weights; bgmrec compare --metric ipw_recall@10 pairs it on the dataset")
+    from bgmrec.eval.report import results_report
+
+    with pytest.raises(ValueError, match=r"^metric ipw_recall@10: the ranks files .* hold no IPW weights"):
+        results_report([(f, json.loads(Path(f).read_text())) for f in test_files], "popularity", "ipw_recall@10")
     # moved together to another folder, the ranks are found beside the results
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -1872,6 +1876,20 @@ def test_an_error_raised_in_a_plugins_code_names_the_model_and_where(cli_world, 
     finally:
         unregister_model("grumpy")
     assert _error(capsys) == f"error: model 'grumpy' ({__file__}:{line}): no track pleases me"
+
+    class Happy(Grumpy):  # a second model of the same module: the one run is named, not the module's first
+        name = "happy"
+
+    register_model("happy", Happy)
+    register_model("grumpy", Grumpy)
+    try:
+        assert main(["train", "--data", str(cli_world), "--model", "grumpy", "--out", str(tmp_path / "r")]) == 2
+        assert _error(capsys) == f"error: model 'grumpy' ({__file__}:{line}): no track pleases me"
+        assert main(["train", "--data", str(cli_world), "--model", "happy", "--out", str(tmp_path / "r")]) == 2
+        assert _error(capsys) == f"error: model 'happy' ({__file__}:{line}): no track pleases me"
+    finally:
+        unregister_model("happy")
+        unregister_model("grumpy")
     assert main(["train", "--data", str(tmp_path / "none"), "--model", "popularity", "--out", str(tmp_path / "r")]) == 2
     assert not _error(capsys).startswith("error: model ")  # bgmrec's own errors are as they were
 
@@ -1892,6 +1910,16 @@ def test_a_folder_of_the_wrong_kind_is_named_for_what_it_is(cli_world, popularit
     pairs.write_text("video_id,track_id\nb,a\n")
     raw_audio = f"a folder of audio files, not extracted yet (bgmrec extract-music {songs} --out FOLDER extracts them)"
     raw_video = f"a folder of video files, not extracted yet (bgmrec extract-videos {clips} --out FOLDER extracts them)"
+    (clips / ".hidden").mkdir()  # left out, as the extractors leave them out
+    for name in ("._b.mp3", ".hidden/c.mp3"):
+        (clips / name).write_bytes(b"x")
+    not_media = tmp_path / "notes"  # a stray song among other files: not a folder of media
+    not_media.mkdir()
+    for name in ("a.txt", "b.txt", "song.mp3"):
+        (not_media / name).write_bytes(b"x")
+    from bgmrec.data.dataset import media_folder
+
+    assert media_folder(not_media) is None and media_folder(tmp_path) is None  # tmp_path: catalog/'s, notes' files
     cases = {
         ("recommend", "--run", str(popularity_run), "--catalog", str(songs), "--video", str(clips / "b.mp4")):
             f"{songs}: not a music catalogue folder: it is {raw_audio}",

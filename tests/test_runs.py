@@ -372,18 +372,32 @@ def test_training_a_deccm_into_its_own_folder_again_reuses_its_teacher_when_it_m
     trained = []
     real_train = deccm.train_teacher
     monkeypatch.setattr(deccm, "train_teacher", lambda *a, **k: trained.append(1) or real_train(*a, **k))
-    train_model(tiny_dir, "deccm", run, sets={**TINY_DECCM, "alpha": "0.5"}, progress=False)  # a student setting
+    train_model(tiny_dir, "deccm", run, sets={**TINY_DECCM, "alpha": "0.25"}, progress=False)  # a student setting
     assert trained == [] and (run / "teacher" / "weights.safetensors").read_bytes() == weights
     assert f"note: reusing the teacher of the run at {run}, trained on this data by this code with this teacher " \
            "config (copied into the new run)" in capsys.readouterr().err
     student = load_model(run)
-    assert student.config.alpha == 0.5 and student.teacher_dir == str((run / "teacher").resolve())
+    assert student.config.alpha == 0.25 and student.teacher_dir == str((run / "teacher").resolve())
     assert json.loads((run / "teacher" / "run.json").read_text())["teacher_config"]  # its record came along
     train_model(tiny_dir, "deccm", run, sets={**TINY_DECCM, "seed": "1"}, progress=False)  # the teacher's seed too
     assert trained == [1] and (run / "teacher" / "weights.safetensors").read_bytes() != weights
     assert (f"note: the teacher of the run at {run} is not reused: it was trained with another config; a new "
             "one is trained") in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm"]
+    # stopped after taking it over: the run there is left whole, and no copy is kept beside it as "trained for it"
+    weights = (run / "teacher" / "weights.safetensors").read_bytes()
+
+    def stopped(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deccm.DecCM, "fit", stopped)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_dir, "deccm", run, sets={**TINY_DECCM, "seed": "1", "alpha": "0.25"}, progress=False)
+    assert "kept at" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deccm"]
+    assert (run / "teacher" / "weights.safetensors").read_bytes() == weights
+    assert load_model(run).config.alpha == 0.5  # the run before the stopped one: alpha as its default
 
 
 @pytest.mark.filterwarnings("ignore::bgmrec.models.baselines.NoTrainingTrackWarning")  # popularity's, of that world

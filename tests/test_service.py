@@ -955,6 +955,12 @@ def test_a_body_of_the_other_kind_than_the_endpoint_reads_is_named(client, tiny_
                                       "form"}
     r = client.post("/recommend", json={**clip_body(tiny_ds, 0), "top": "many"})  # JSON to JSON: as before
     assert r.status_code == 422 and r.json()["detail"].startswith("top: ")
+    from fastapi import FastAPI
+
+    outer = FastAPI()
+    outer.mount("/bgm", client.app)  # under a prefix: the endpoint is known by its own path
+    r = TestClient(outer).post("/bgm/recommend/video", json=clip_body(tiny_ds, 0))
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: POST /recommend/video reads a multipart")
 
 
 def test_a_compressed_body_gets_a_415_saying_so(client, tiny_ds):

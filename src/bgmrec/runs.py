@@ -283,7 +283,7 @@ def _train_model(data, model, out, epochs, seed, sets, teacher, progress, partia
             timing["seconds"] = time.perf_counter() - timing["start"]
             save_run(folder, {})
         except BaseException:  # stopped or failed: the run is discarded whole, a teacher trained for it is not
-            if teacher is None and (trained / "run.json").is_file():
+            if teacher is None and own_teacher is None and (trained / "run.json").is_file():  # a copy: the run has it
                 was = str(trained.resolve())
                 teachers["kept"] = keep_trained_teacher(trained, Path(out))
                 if teachers["kept"] is not None and getattr(rec, "teacher_dir", None) == was:
@@ -691,9 +691,9 @@ def reuse_kept_teacher(out: Path, made) -> Path | None:
 def reuse_own_teacher(out: Path, made) -> Path | None:
     """``out/teacher`` when the run at ``out``, which a training now replaces, has a teacher that can stand for the
     one it would train (:func:`teacher_mismatch`; ``made()``: that teacher's record), said on stderr (why not,
-    too); None when it has none or it cannot. Training a DecCM into its own folder again (more epochs, another
-    student setting) trained its teacher again from scratch, and ``--teacher OUT/teacher`` is refused (inside
-    ``--out``, which is replaced whole)."""
+    too); None when it has none or it cannot. Training a DecCM into its own folder again with another student
+    setting (``alpha``, ``inference``; the backbone's fields, epochs among them, are the teacher's too) trained its
+    teacher again from scratch, and ``--teacher OUT/teacher`` is refused (inside ``--out``, replaced whole)."""
     own = Path(out) / "teacher"
     if not (Path(out) / "config.json").is_file() or not (own / "config.json").is_file():
         return None

@@ -212,7 +212,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     @app.exception_handler(RequestValidationError)
     def bad_request(request: Request, exc: RequestValidationError):
-        detail = wrong_body_kind(request.url.path, request.headers.get("content-type", ""))
+        route = request.scope.get("route")  # its path as declared, under whatever prefix the app is mounted
+        detail = wrong_body_kind(getattr(route, "path", request.url.path), request.headers.get("content-type", ""))
         return JSONResponse(status_code=422, content={"detail": detail or validation_detail(exc.errors()[0])})
 
     @app.exception_handler(StarletteHTTPException)

@@ -55,18 +55,22 @@ def report_error(e: Exception) -> int:
 
 def raised_in_model(e: BaseException) -> str:
     """``model 'NAME' (file:line): `` when ``e`` was raised in, or through, the code of a model of another package
-    (or one registered in this process): its innermost frame there; else "". The one-line message had left a
+    (or one registered in this process): its innermost frame there, the model the method's ``self`` is (of a
+    module that holds several, each of them when the frame has none); else "". The one-line message had left a
     plugin's error unattributed, as if bgmrec had said it."""
     import traceback
 
+    from bgmrec.models.base import Recommender
     from bgmrec.models.registry import plugin_modules
 
     modules = plugin_modules()
     where = ""
     for frame, line in traceback.walk_tb(e.__traceback__):
-        name = modules.get(frame.f_globals.get("__name__", ""))
-        if name is not None:
-            where = f"model {name!r} ({frame.f_code.co_filename}:{line}): "
+        names = modules.get(frame.f_globals.get("__name__", ""))
+        if names:
+            own = frame.f_locals.get("self")
+            named = [own.name] if isinstance(own, Recommender) and own.name in names else names
+            where = f"model {' or '.join(map(repr, named))} ({frame.f_code.co_filename}:{line}): "
     return where
 
 
@@ -178,14 +182,12 @@ def report(
     against: the dataset's fingerprints, each row's run or score file, commit and warnings; with --baseline,
     each row's change over it with a paired interval and p-value."""
     from bgmrec.data.dataset import parse_json_file, write_text_atomic
-    from bgmrec.eval.metrics import compared_protocol
-    from bgmrec.eval.report import results_report
+    from bgmrec.eval.report import report_metric, results_report
     from bgmrec.eval.significance import check_settings
 
     if baseline is not None:
-        if compared_protocol(metric)[0] == "ipw":
-            raise ValueError(f"--metric {metric}: the ranks files evaluate --ranks writes hold no IPW weights; bgmrec "
-                             f"compare --metric {metric} pairs it on the dataset")
+        with options_named(metric="--metric"):
+            report_metric(metric)
         check_settings(resamples, level)
     else:
         given = [f"--{name}" for name, value, default in (("metric", metric, "recall@10"), ("resamples", resamples,

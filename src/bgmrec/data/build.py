@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -364,19 +363,13 @@ def usable_rows(pairs: Pairs, csv_path: Path, extracted: set[str], tpos: dict[st
     return keep, {kind: len(rows_of) for kind, (rows_of, *_) in kinds.items()}
 
 
-#: an id of a prefix without digits, zeros, then a number (``t003``: the number ``3``)
-ZERO_PADDED = re.compile(r"\D*0*(\d+)")
-
-
 def zeros_lost(given: str, known) -> str | None:
-    """The first (in sorted order) of the ids ``known`` that the all-digit id ``given`` is with its leading zeros
-    lost, and any letters before them (``'3'`` for ``'003'`` or ``'t003'``), as a spreadsheet writes such ids back;
-    None when ``given`` is not all digits or no id matches."""
-    if not given.isdigit():
+    """The first (in sorted order) of the all-digit ids ``known`` that ``given``, all digits and without a leading
+    zero, is with its leading zeros lost (``'3'`` for ``'003'``), as a spreadsheet writes such ids back; None when
+    none is."""
+    if not given.isdigit() or (given.startswith("0") and given != "0"):
         return None
-    number = given.lstrip("0") or "0"
-    return min((k for k in known if k != given and (m := ZERO_PADDED.fullmatch(k)) and m.group(1) == number),
-               default=None)
+    return min((k for k in known if k != given and k.isdigit() and (k.lstrip("0") or "0") == given), default=None)
 
 
 def held_out_tracks(rows: np.ndarray, row_of_pair: np.ndarray, pair_time: np.ndarray | None, n_tracks: int,

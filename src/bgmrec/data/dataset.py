@@ -1191,20 +1191,28 @@ MEDIA_FOLDERS = {"audio": ((".wav", ".mp3", ".ogg", ".flac", ".m4a"), "extract-m
 
 
 def media_folder(folder: Path, scan: int = 10_000) -> str | None:
-    """What ``folder`` is when it has no manifest.json but media files (among its first ``scan`` entries, at any
-    depth), in words with the command that extracts them: raw audio or videos given where an extracted catalogue,
-    a videos folder or a dataset goes (which was "manifest.json: file is missing", a file the user had never
-    heard of); else None."""
+    """What ``folder`` is when it has no manifest.json and media files are most of the files among its first
+    ``scan`` entries (at any depth, hidden ones left out as the extractors leave them out, and those of a bgmrec
+    folder inside it), in words with the command that extracts them: raw audio or videos given where an extracted
+    catalogue, a videos folder or a dataset goes (which was "manifest.json: file is missing", a file the user had
+    never heard of); else None."""
     import itertools
 
-    if (Path(folder) / "manifest.json").exists():
+    folder = Path(folder)
+    if (folder / "manifest.json").exists():
         return None
-    counts = dict.fromkeys(MEDIA_FOLDERS, 0)
-    for p in itertools.islice(Path(folder).rglob("*"), scan):
+    counts, files = dict.fromkeys(MEDIA_FOLDERS, 0), 0
+    for p in itertools.islice(folder.rglob("*"), scan):
+        parts = p.relative_to(folder).parts
+        if any(part.startswith(".") for part in parts) or any(
+                (folder.joinpath(*parts[:i]) / "manifest.json").is_file() for i in range(1, len(parts))) \
+                or not p.is_file():
+            continue
+        files += 1
         for kind, (extensions, _) in MEDIA_FOLDERS.items():
             counts[kind] += p.suffix.lower() in extensions
     kind = max(counts, key=counts.__getitem__)
-    if not counts[kind]:
+    if counts[kind] * 2 <= files:
         return None
     return (f"a folder of {kind} files, not extracted yet (bgmrec {MEDIA_FOLDERS[kind][1]} {folder} --out FOLDER "
             "extracts them)")

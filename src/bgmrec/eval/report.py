@@ -144,6 +144,8 @@ def results_report(named: list[tuple[str, dict]], baseline: str | None = None, m
 
     if not named:
         raise ValueError("give at least one result of bgmrec evaluate --json")
+    if baseline is not None:
+        report_metric(metric)
     for name, r in named:
         _check_result(name, r)
     first_name, first = named[0]
@@ -209,6 +211,21 @@ def _shown_labels(results: list[dict]) -> list[str]:
     return shown
 
 
+def report_metric(metric: str) -> str:
+    """The protocol ("full" or "sampled") of a metric a report's paired table can compare: one
+    :func:`~bgmrec.eval.metrics.compared_protocol` names, but not an IPW one, since the ranks files hold no IPW
+    weights (:class:`~bgmrec.data.dataset.FieldError` naming ``metric``; an IPW figure had been paired on the full
+    ranks and labelled IPW)."""
+    from bgmrec.data.dataset import FieldError
+    from bgmrec.eval.metrics import compared_protocol
+
+    protocol = compared_protocol(metric)[0]
+    if protocol == "ipw":
+        raise FieldError(f"{{metric}} {metric}: the ranks files evaluate --ranks writes hold no IPW weights; bgmrec "
+                         f"compare --metric {metric} pairs it on the dataset", "metric")
+    return protocol
+
+
 def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, resamples: int,
                     level: float) -> list[str]:
     """The lines of one split's paired table against the row labelled ``baseline`` (none when the split lacks it)."""
@@ -221,7 +238,7 @@ def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, r
     if base[1].get("ranks_file") is None:
         raise ValueError(f"{base[0]}: the baseline {baseline} was evaluated without --ranks; a paired comparison "
                          "needs its per-query ranks (bgmrec evaluate ... --json FILE --ranks CSV)")
-    protocol, rank_metric = compared_protocol(metric)
+    protocol, rank_metric = report_metric(metric), compared_protocol(metric)[1]
     queries, ranks = ranks_of(*base, protocol)
     gains = query_gains(ranks, rank_metric)
     compared, without = [], []
@@ -257,6 +274,9 @@ def ranks_of(name: str, result: dict, protocol: str = "full") -> tuple[list[tupl
     import csv
     import hashlib
     import io
+
+    if protocol not in ("full", "sampled"):
+        raise ValueError(f"protocol must be 'full' or 'sampled' (the ranks files' columns), got {protocol!r}")
 
     recorded = result["ranks_file"]
     if not (isinstance(recorded, dict) and isinstance(recorded.get("path"), str)

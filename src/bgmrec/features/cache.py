@@ -698,8 +698,9 @@ def read_manifest(root: Path, kind: str, what: str) -> dict:
 
     if not Path(root).is_dir():
         raise DatasetError(f"{root}: not a {what} folder ({'a file' if Path(root).exists() else 'it does not exist'})")
-    if not (Path(root) / "manifest.json").is_file() and folder_is(Path(root)) is not None:
-        raise DatasetError(f"{root}: not a {what} folder: it is {folder_is(Path(root))}")
+    found = None if (Path(root) / "manifest.json").is_file() else folder_is(Path(root))
+    if found is not None:
+        raise DatasetError(f"{root}: not a {what} folder: it is {found}")
     man = read_json(Path(root) / "manifest.json", f"{root}/manifest.json")
     if man.get("kind") != kind:
         found = folder_is(Path(root))

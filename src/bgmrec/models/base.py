@@ -887,8 +887,9 @@ def load_model(folder: Path) -> Recommender:
 
     folder = Path(folder)
     cfg_path = folder / "config.json"
-    if folder.is_dir() and not cfg_path.exists() and folder_is(folder) is not None:
-        raise DatasetError(f"{folder}: not a saved model folder: it is {folder_is(folder)}")
+    found = folder_is(folder) if folder.is_dir() and not cfg_path.exists() else None
+    if found is not None:
+        raise DatasetError(f"{folder}: not a saved model folder: it is {found}")
     check_is_file(cfg_path, missing="file is missing (not a saved model folder)")
     meta = read_json(cfg_path)
     for key, (kind, what) in SAVED_FIELDS.items():

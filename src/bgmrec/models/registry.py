@@ -107,13 +107,13 @@ def plugin_models() -> dict[str, EntryPoint | tuple[EntryPoint, ...]]:
     return {name: eps[0] if len(eps) == 1 else tuple(eps) for name, eps in found.items()}
 
 
-def plugin_modules() -> dict[str, str]:
-    """module name -> model name, for the models of other packages and those registered in this process (the
-    module their class is in: where an error raised in a model's own code comes from)."""
-    out: dict[str, str] = {}
+def plugin_modules() -> dict[str, list[str]]:
+    """module name -> the names of the models of other packages, and of those registered in this process, whose
+    class is in it (where an error raised in a model's own code comes from)."""
+    out: dict[str, list[str]] = {}
     for name, target in {**plugin_models(), **_REGISTERED}.items():
         for one in target if isinstance(target, tuple) else (target,):
-            out.setdefault(_value(one).split(":")[0], name)
+            out.setdefault(_value(one).split(":")[0], []).append(name)
     return out
 
 
