@@ -660,15 +660,21 @@ def test_times_without_a_zone_are_utc_whatever_the_machines_zone(tmp_path, monke
     assert times == [1704067200.0, 1704067200.0 + 3600, 1704067200.0]
 
 
-def test_pairs_naming_media_files_instead_of_ids_are_told_that_ids_are_file_stems(tmp_path, folders):
-    vids, cat = folders
+def first_warnings(vids, cat, tmp_path, rows: str):
+    """The pairs file of ``rows`` (video,track,uploader lines) and the first two warnings of a build from it."""
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text("video,track,uploader\n" + "".join(f"v{i}.mp4,t{i % 6},u0\n" for i in range(10))
-                     + "".join(f"v{i},t{i % 6}.wav,u0\n" for i in range(10, 20)) + "v20,t1,u0\n", encoding="utf-8")
+    pairs.write_text("video,track,uploader\n" + rows, encoding="utf-8")
     warnings = []
     build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append,
                   config=BuildConfig(val_share=0.0, test_share=0.0))
-    assert warnings[:2] == [
+    return pairs, warnings[:2]
+
+
+def test_pairs_naming_media_files_instead_of_ids_are_told_that_ids_are_file_stems(tmp_path, folders):
+    vids, cat = folders
+    pairs, warnings = first_warnings(vids, cat, tmp_path, "".join(f"v{i}.mp4,t{i % 6},u0\n" for i in range(10))
+                                     + "".join(f"v{i},t{i % 6}.wav,u0\n" for i in range(10, 20)) + "v20,t1,u0\n")
+    assert warnings == [
         f"{pairs}: 10 of 21 row(s) name no extracted video (of {vids}) and were not used (e.g. line 2: 'v0.mp4'; "
         "ids are file stems: 'v0', not 'v0.mp4')",
         f"{pairs}: 10 of 21 row(s) name an extracted video but no catalogue track (of {cat}) and were not used "
@@ -681,13 +687,9 @@ def test_ids_that_lost_their_leading_zeros_are_told_so(tmp_path):
 
     vids = mf.write_videos_folder(tmp_path / "videos", 12, prefix="00")  # ids 000, 001, ..., 0011
     cat = mf.write_catalog_folder(tmp_path / "music", np.ones((8, 12), np.float32), GENRES, prefix="00")
-    pairs = tmp_path / "pairs.csv"
-    pairs.write_text("video,track,uploader\n" + "".join(f"00{i},00{i % 3},u0\n" for i in range(1, 10))
-                     + "0,001,u0\n0010,3,u0\n", encoding="utf-8")
-    warnings = []
-    build_dataset(vids, cat, pairs, tmp_path / "d", warn=warnings.append,
-                  config=BuildConfig(val_share=0.0, test_share=0.0))
-    assert warnings[:2] == [
+    pairs, warnings = first_warnings(vids, cat, tmp_path, "".join(f"00{i},00{i % 3},u0\n" for i in range(1, 10))
+                                     + "0,001,u0\n0010,3,u0\n")
+    assert warnings == [
         f"{pairs}: 1 of 11 row(s) name no extracted video (of {vids}) and were not used (e.g. line 11: '0'; '0' may "
         "be the extracted '000', its leading zeros lost (a spreadsheet reads such ids as numbers): keep ids as text)",
         f"{pairs}: 1 of 11 row(s) name an extracted video but no catalogue track (of {cat}) and were not used "

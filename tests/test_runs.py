@@ -194,17 +194,10 @@ def test_a_model_whose_state_arrays_leave_out_what_fit_learns_is_not_saved(tiny_
     the saved model's scores with the fitted one's and refuses, leaving --out as it was (nothing, or the run
     there before)."""
     from bgmrec.models.base import load_model
-    from bgmrec.models.baselines import PopularityRecommender
     from bgmrec.models.registry import register_model, unregister_model
+    from unfitted import forgetful_model
 
-    class Forgetful(PopularityRecommender):  # learns counts in fit, saves none of them
-        name = "forgetful"
-
-        def state_arrays(self):
-            return {}
-
-        def load_state_arrays(self, arrays):
-            pass
+    Forgetful = forgetful_model()  # learns counts in fit, saves none of them
 
     refused = (r"^forgetful \(Forgetful\): loaded back from the folder it was saved to, it scores 32 val queries "
                r"otherwise \(by up to [\d.]+, scores up to [\d.]+\): state_arrays\(\) must return every array fit "

@@ -398,23 +398,14 @@ def test_the_contract_catches_a_model_that_trains_on_a_test_split(example_on_pat
 def test_the_contract_says_why_a_model_loaded_back_scores_otherwise(registered, tiny_ds, tiny_spec, tmp_path):
     # was a bare "Arrays are not equal ... 0.0 (ACTUAL), -7.69 (DESIRED)", where train says what to mend
     from bgmrec.models.base import MusicCatalog, VideoQuery
-    from bgmrec.models.baselines import PopularityRecommender
+    from unfitted import forgetful_model
 
-    class Forgetful(PopularityRecommender):  # learns counts in fit, saves none of them
-        name = "forgetful-contract"
-
-        def state_arrays(self):
-            return {}
-
-        def load_state_arrays(self, arrays):
-            pass
-
-    register_model("forgetful-contract", Forgetful)
-    registered.append("forgetful-contract")
-    contract = type("TestForgetful", (RecommenderContractMixin,), {"model_name": "forgetful-contract"})()
+    register_model("forgetful", forgetful_model())  # learns counts in fit, saves none of them
+    registered.append("forgetful")
+    contract = type("TestForgetful", (RecommenderContractMixin,), {"model_name": "forgetful"})()
     model = contract.make(tiny_ds, tiny_spec, tmp_path / "fit")
     rows = np.asarray(tiny_ds.splits["test"])[:8]
-    said = (r"forgetful-contract: loaded back, it scores otherwise: state_arrays\(\) must return every array fit "
+    said = (r"forgetful: loaded back, it scores otherwise: state_arrays\(\) must return every array fit "
             r"learns \(and load_state_arrays restore it\)")
     with pytest.raises(AssertionError, match=said):
         contract.test_save_load_round_trip(model, VideoQuery.from_dataset(tiny_ds, rows[:, 0], rows[:, 2], "test"),
