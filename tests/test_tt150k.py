@@ -745,3 +745,34 @@ def test_import_refuses_a_place_it_may_not_write_before_reading_and_names_a_fold
     (src / "data_matching/train.npy").mkdir()
     with pytest.raises(DatasetError, match=r"train\.npy: is a folder, not a file$"):
         import_tt150k(src, tmp_path / "ds")
+
+
+def test_a_reexport_of_an_import_writes_back_the_prior_and_propensity_it_kept(tmp_path):
+    # export recomputed user_prior_mean.npy and the propensity column from the rows, so the DecCM scripts scored a
+    # re-export with another prior than the authors' files held
+    ref = build_reference(tmp_path / "ref")
+    import_tt150k(ref, tmp_path / "ds")
+    report = export_tt150k(tmp_path / "ds", tmp_path / "ref2")
+    prior = [np.load(d / "data_matching" / "user_prior_mean.npy") for d in (ref, tmp_path / "ref2")]
+    assert np.array_equal(*prior)
+    rows = [np.load(d / "data_matching" / "train.npy", allow_pickle=True) for d in (ref, tmp_path / "ref2")]
+    assert [float(r[4]) for r in rows[0]] == [float(r[4]) for r in rows[1]]
+    assert "the imported user_prior_mean and propensity column written back as imported (not recomputed from the " \
+           "rows)" in report.notes
+    assert any("num_groups=6" in note for note in report.notes)
+
+
+def test_weights_that_do_not_sum_to_one_and_a_stray_file_among_the_negatives_are_named(tmp_path):
+    # weights summing to 184 were normalised without a word (the reference code sums them as given); an unrelated
+    # file in 100neg/ stopped the import with "expected rows", not saying why it was read
+    src = build_reference(tmp_path / "ref")
+    weights = src / "data_matching/video_popularity_test.npy"
+    np.save(weights, np.load(weights) * 184)
+    _, _, rep = read_tt150k(src)
+    assert ("data_matching/video_popularity_test.npy: its weights sum to 184, not 1; bgmrec's IPW figures normalise "
+            "them to 1, so the DecCM scripts' figures on these files are 184 times bgmrec's") in rep.notes
+    assert not any("video_popularity_val.npy: its weights" in n for n in rep.notes)
+    np.save(src / "data_matching/100neg/test_video_ids.npy", np.arange(5))
+    with pytest.raises(DatasetError, match=r"test_video_ids\.npy.*\(every \.npy file of data_matching/100neg is "
+                                           r"read as an evaluation split: move other files out of it\)$"):
+        read_tt150k(src)

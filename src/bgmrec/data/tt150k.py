@@ -844,7 +844,13 @@ def _read_evaluation_split(f: _Folder, stem: str, ugc: _UgcFeatures, train_rows:
     if stem not in ("val", "test") and rows.size == 0:  # an extra split left empty: nothing to evaluate
         rep.notes.append(f"{stem}: {fn} has no rows: not imported")
         return None
-    vid, mus, neg = _parse_neg(rows, f.lab(fn))
+    try:
+        vid, mus, neg = _parse_neg(rows, f.lab(fn))
+    except DatasetError as e:
+        if stem in ("val", "test"):
+            raise
+        raise DatasetError(f"{e} (every .npy file of {M_DIR}/100neg is read as an evaluation split: move other "
+                           "files out of it)") from None
     _check_evaluation_rows(f.lab(fn), stem, vid, mus, neg, ugc, train_rows, rep)
     if stem not in ("val", "test"):
         rep.notes.append(f"{stem}: imported as an evaluation split of its own (role test), as is every .npy of "
@@ -852,6 +858,10 @@ def _read_evaluation_split(f: _Folder, stem: str, ugc: _UgcFeatures, train_rows:
     wf, weights = _weight_file(stem), None
     if f.path(wf).is_file() or stem in ("val", "test"):
         weights = _weights(f.path(wf), f.lab(wf), len(vid))
+        if not math.isclose(weights.sum(), 1.0, rel_tol=1e-3):  # the reference code sums hits times weights as given
+            rep.notes.append(f"{wf}: its weights sum to {weights.sum():.6g}, not 1; bgmrec's IPW figures normalise "
+                             f"them to 1, so the DecCM scripts' figures on these files are {weights.sum():.6g} times "
+                             "bgmrec's")
     else:
         rep.missing.append(wf)
         rep.notes.append(f"{stem}: no {wf}; bgmrec uses inverse training popularity as its weights")
@@ -1258,7 +1268,7 @@ def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
         rep.notes.append(f"music: {music.shape[1]} columns written as two files of {vgg.shape[1]} "
                          f"(zero-padded); the true width is in {SIDECAR}")
     train_name = by_role["train"][0]
-    _save_train(ds, out, train_name, layout)
+    _save_train(ds, out, train_name, layout, rep)
     resampled, native = _save_evaluation_splits(ds, out, stems, layout, np.random.default_rng(seed), rep)
 
     teacher, pgc_holdout = None, 0
@@ -1278,8 +1288,9 @@ def _export_into(ds: Dataset, out: Path, seed: int) -> InteropReport:
                        "genres": ds.n_genres, "rows_train": len(ds.splits[train_name])})
     rep.dims = {"video_visual": int(ds.video_visual.shape[1]), "video_text": int(ds.video_text.shape[1]),
                 "music": int(music.shape[1]), "music_files": int(vgg.shape[1])}
-    rep.notes.append("the DecCM scripts hard-code dim_v=2048, dim_m=256 and num_music=3003: edit them to "
-                     f"dim_v={rep.dims['video_visual']}, dim_m={2 * vgg.shape[1]}, num_music={ds.n_tracks}")
+    rep.notes.append("the DecCM scripts hard-code dim_v=2048, dim_m=256, num_music=3003 and num_groups=6: edit "
+                     f"them to dim_v={rep.dims['video_visual']}, dim_m={2 * vgg.shape[1]}, num_music={ds.n_tracks} "
+                     f"and num_groups={ds.n_genres}")
     return rep
 
 
@@ -1313,22 +1324,55 @@ def _save_features(out: Path, files: tuple[str, str, str, str], ds: Dataset, vid
         np.save(out / text_file, np.where(mask[:, None], text, 0.0).astype(np.float32))
 
 
-def _save_train(ds: Dataset, out: Path, name: str, layout: _LayoutVideos) -> None:
+def _save_train(ds: Dataset, out: Path, name: str, layout: _LayoutVideos, rep: InteropReport) -> None:
     """``train.npy`` (rows [video, music, genre string, genre distribution, propensity]) of training split
-    ``name``, and ``user_prior_mean.npy``."""
+    ``name``, and ``user_prior_mean.npy``: of a dataset this module imported, the prior and the propensity column
+    it kept (:func:`_kept_train_columns`), else the rows' mean distribution and each track's share of the rows."""
     tr = np.asarray(ds.splits[name])
     layout.check(name, tr, False)
     prior = ds.confounder(tr[:, 2]).astype(np.float64)
     counts = np.bincount(tr[:, 1], minlength=ds.n_tracks)
-    propensity = counts[tr[:, 1]] / max(1, len(tr))
+    kept_mean, kept_propensity = _kept_train_columns(ds, len(tr))
+    propensity = counts[tr[:, 1]] / max(1, len(tr)) if kept_propensity is None else kept_propensity
+    if kept_mean is not None or kept_propensity is not None:
+        rep.notes.append("the imported " + " and ".join(
+            w for w, kept in (("user_prior_mean", kept_mean), ("propensity column", kept_propensity))
+            if kept is not None) + " written back as imported (not recomputed from the rows)")
     rows = np.empty((len(tr), 5), object)
     vids, mus, gen = layout.ref_of[tr[:, 0]].tolist(), tr[:, 1].tolist(), ds.track_genre[tr[:, 1]].tolist()
     for i in range(len(tr)):
         rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 4] = vids[i], mus[i], str(gen[i]), float(propensity[i])
         rows[i, 3] = prior[i].tolist()
     save_object_npy(out / F_TRAIN, rows)
-    mean = prior.mean(axis=0) if len(prior) else np.full(ds.n_genres, 1 / ds.n_genres)
+    mean = kept_mean if kept_mean is not None else prior.mean(axis=0) if len(prior) else \
+        np.full(ds.n_genres, 1 / ds.n_genres)
     np.save(out / F_PRIOR, mean)
+
+
+def _kept_train_columns(ds: Dataset, n_train: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(``user_prior_mean`` [G], the propensity column [n_train]) that an import of the layout kept of its source
+    (the manifest's provenance, ``extra/train_propensity.npy`` in the dataset's folder), each None when the
+    dataset has none of the right size and finite: an export had recomputed both from the rows, so the DecCM
+    scripts scored a re-export with another prior than the authors' files held."""
+    prov = ds.provenance or {}
+    if prov.get("importer") != "bgmrec.data.tt150k":
+        return None, None
+    mean = None
+    try:
+        given = np.asarray(prov.get("user_prior_mean"), np.float64)
+        mean = given if given.shape == (ds.n_genres,) and np.isfinite(given).all() else None
+    except (TypeError, ValueError):
+        pass
+    propensity = None
+    rel = prov.get("train_propensity")
+    if ds.root is not None and isinstance(rel, str) and rel == "extra/train_propensity.npy":
+        try:
+            given = np.load(Path(ds.root) / rel, allow_pickle=False)
+            if given.shape == (n_train,) and np.issubdtype(given.dtype, np.number) and np.isfinite(given).all():
+                propensity = given.astype(np.float64)
+        except (OSError, ValueError):
+            pass
+    return mean, propensity
 
 
 def _save_evaluation_splits(ds: Dataset, out: Path, stems: dict[str, str], layout: _LayoutVideos,
@@ -1422,6 +1466,6 @@ def _export_record(ds: Dataset, stems: dict[str, str], teacher: str | None, layo
         "resampled_negatives": resampled,
         "native_negatives": native,
         "source_provenance": ds.provenance,
-        "note": "Not read by the DecCM scripts. They hard-code dim_v=2048 and dim_m=256 and default "
+        "note": "Not read by the DecCM scripts. They hard-code dim_v=2048, dim_m=256 and num_groups=6 and default "
                 "num_music=3003; set them to the counts/dims here when running them on this folder.",
     }
