@@ -69,6 +69,8 @@ def test_health_says_what_is_served_and_what_a_request_needs(client, tiny_ds):
     assert info["features"] == {"visual": tiny_ds.video_visual.shape[1], "text": tiny_ds.video_text.shape[1]}
     assert info["genres"] == list(tiny_ds.genres) and info["index"] == "exact"  # as --index names it
     assert info["warnings"] == []  # the tiny world's own catalogue: nothing to warn of
+    head = client.head("/health")  # a load balancer's or monitor's check: it was 405
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_health_carries_the_start_up_warnings_of_a_catalogue_the_model_was_not_trained_on(tiny_ds, cmvae,
@@ -675,6 +677,7 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
 
     assert callable(started[f"signal {signal.SIGHUP}"])  # a closed terminal stops it as SIGTERM does, not at once
     assert started["checked"] == ("127.0.0.1", 8123)
+    assert main([*args, "--stop-seconds", "8"]) == 0 and started["timeout_graceful_shutdown"] == 8  # docker stop: 10
     assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
     assert main([*args, "--index", "annoy"]) == 2
     assert main([*args, "--max-upload-mb", "0.5"]) == 0
@@ -953,6 +956,10 @@ def test_a_body_of_the_other_kind_than_the_endpoint_reads_is_named(client, tiny_
         assert r.json() == {"detail": f"body: POST {path} reads JSON (Content-Type: application/json), not "
                                       "multipart/form-data; a video file goes to POST /recommend/video as a multipart "
                                       "form"}
+    for headers, sent in (({"content-type": "text/plain"}, "text/plain"), ({}, "without a Content-Type")):
+        r = client.post("/recommend", content=json.dumps(clip_body(tiny_ds, 0)).encode(), headers=headers)
+        assert (r.status_code, r.json()) == (422, {"detail": "body: POST /recommend reads JSON: send it with "
+                                                             f"Content-Type: application/json, not {sent}"})
     r = client.post("/recommend", json={**clip_body(tiny_ds, 0), "top": "many"})  # JSON to JSON: as before
     assert r.status_code == 422 and r.json()["detail"].startswith("top: ")
     from fastapi import FastAPI
@@ -1024,16 +1031,17 @@ def test_one_clips_body_has_a_lower_limit_than_a_batchs(client):
 
 
 def _post_in_chunks(app, path: str, content_type: str, head: bytes, chunks: int, size: int = 2**16,
-                    stall: bool = False):
+                    stall: bool = False, pause: float = 0.0):
     """POST ``head`` then ``chunks`` blocks of ``size`` bytes to the ASGI ``app`` without a Content-Length, as a
-    server hands a chunked body on, then the body's end, or (``stall``) nothing more, the connection kept open;
-    (status, JSON answer, body bytes the app pulled)."""
+    server hands a chunked body on (``pause`` seconds before each block), then the body's end, or (``stall``)
+    nothing more, the connection kept open; (status, JSON answer, body bytes the app pulled)."""
     import asyncio
 
     blocks = iter([head] + [b"x" * size] * chunks)
     pulled, sent = [], []
 
     async def receive():
+        await asyncio.sleep(pause)
         block = next(blocks, None)
         if block is None and stall:
             await asyncio.Event().wait()
@@ -1092,6 +1100,57 @@ def test_a_body_that_stalls_gets_a_408_and_frees_its_batch_slot(tiny_ds, cmvae, 
                                                     "send the request again"}), path
     batch = {"clips": [clip_body(tiny_ds, i) for i in range(2)], "top": 2}
     assert TestClient(app).post("/recommend/batch", json=batch).status_code == 200  # its one slot is free
+
+
+def test_a_body_that_trickles_gets_a_408_and_frees_its_batch_slot(tiny_ds, cmvae, monkeypatch):
+    # a byte every few seconds never tripped the idle limit: four such clients held every batch slot for good
+    monkeypatch.setattr(service, "BODY_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(service, "MIN_BODY_RATE", 1000)
+    app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_batches=1)
+    status, answer, pulled = _post_in_chunks(app, "/recommend/batch", "application/json", b'{"clips": [', chunks=100,
+                                             size=1, pause=0.05)
+    assert status == 408 and pulled < 20
+    assert re.fullmatch(rf"body: {pulled} bytes arrived in 0 s, slower than this server's minimum of 1000 "
+                        r"bytes/s; send the request again", answer["detail"]), answer
+    batch = {"clips": [clip_body(tiny_ds, i) for i in range(2)], "top": 2}
+    assert TestClient(app).post("/recommend/batch", json=batch).status_code == 200  # its one slot is free
+    status, _, _ = _post_in_chunks(app, "/recommend", "application/json", b'{"visual": [', chunks=6, size=500,
+                                   pause=0.05)  # as slowly, but at the minimum rate: read whole (and refused as JSON)
+    assert status == 422
+
+
+def test_a_batch_slot_is_free_once_the_answer_is_handed_on(tiny_ds, cmvae):
+    # freed only after the client had the whole answer, a client sending batches one after another found its own
+    # slot still taken: 49 of 200 answers were 503 with two clients and two slots
+    import asyncio
+
+    app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), max_batches=1)
+    body = json.dumps({"clips": [clip_body(tiny_ds, 0)], "top": 2}).encode()
+    statuses = []
+
+    async def one_after_another():
+        async def send(message):  # each answer's last part starts the next request, as a fast client does
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            if message["type"] == "http.response.body" and not message.get("more_body") and len(statuses) < 3:
+                await post()
+
+        async def post():
+            sent = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+            async def receive():
+                return next(sent, None) or await asyncio.Event().wait()
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": "/recommend/batch", "raw_path": b"/recommend/batch", "root_path": "",
+                     "query_string": b"", "headers": [(b"content-type", b"application/json")],
+                     "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+            await app(scope, receive, send)
+
+        await post()
+
+    asyncio.run(one_after_another())
+    assert statuses == [200, 200, 200]
 
 
 def test_the_json_limit_holds_a_full_batch_of_the_widest_values():
@@ -1410,3 +1469,41 @@ def test_the_api_pages_load_their_scripts_from_the_server(client, page, script):
     served = client.get(url)
     assert served.status_code == 200 and "javascript" in served.headers["content-type"] and len(served.content) > 1e5
     assert client.get("/openapi.json").json()["info"]["title"] == "bgmrec"
+
+
+def test_a_server_stopped_by_ctrl_c_exits_130_saying_so(tiny_dir, tmp_path):
+    # uvicorn.run swallowed the KeyboardInterrupt it raises once stopped: Ctrl-C ended serve with exit code 0 and
+    # no line, where every other command exits 130 with "stopped (SIGINT)"
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from bgmrec.runs import train_model
+
+    train_model(tiny_dir, "popularity", tmp_path / "run", progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bgmrec", "serve", "--run", str(tmp_path / "run"), "--catalog",
+                             str(tiny_dir), "--port", str(port), "--lazy-encoders"],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's Ctrl-C
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.rstrip().splitlines()[-1] == "stopped (SIGINT)"

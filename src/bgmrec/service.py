@@ -83,6 +83,7 @@ MAX_JSON = 64 * 2**20  # largest JSON body (bytes) of a batch at least; more for
 MAX_CLIP_JSON = 8 * 2**20  # largest JSON body of one clip (POST /recommend; its exclude list ~500,000 ids) at least
 JSON_BYTES_PER_VALUE = 32  # room for one feature value in a JSON body ("-0.12345678901234568, " is 22)
 BODY_IDLE_SECONDS = 30.0  # a request body of which nothing arrives for this long gets 408 (BodyLimit)
+MIN_BODY_RATE = 1024  # bytes/s: past BODY_IDLE_SECONDS, a body arriving more slowly on average gets 408 (BodyLimit)
 VIDEO_FORM_FIELDS = ("video", "caption", "top", "exclude", "genres")  # the multipart fields of POST /recommend/video
 REPEATABLE_FORM_FIELDS = ("exclude", "genres")  # of those, the ones sent once per value (a field per track id or genre)
 MAX_CAPTION = 2**20  # the most bytes a text field of that form holds: Starlette's multipart parser's limit
@@ -237,6 +238,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return recommender.recommend(features, top, [c.exclude for c in clips], taste, labels,
                                      [c.genres for c in clips])
 
+    @app.head("/health", include_in_schema=False)  # the load balancers' and monitors' check (it was 405)
     @app.get("/health")
     async def health() -> dict:  # on the event loop: answered while every worker thread is busy
         """The model and catalogue being served, and the feature sizes a request must have."""
@@ -372,9 +374,10 @@ class RequestLog:
 
 
 class BatchSlots:
-    """ASGI middleware: at most ``slots`` requests to ``path`` at once, from before their body is read until their
-    answer is sent (a batch of 1,024 clips holds its parsed body, its scores and up to 112 MB of answer); one more
-    gets HTTP 503 with ``Retry-After: 1`` at once, its body unread."""
+    """ASGI middleware: at most ``slots`` requests to ``path`` at once, from before their body is read until the
+    last part of their answer is handed to the server (a batch of 1,024 clips holds its parsed body, its scores and
+    up to 112 MB of answer; freed only once the client had it all, a client sending its batches one after another
+    found its own slot still taken); one more gets HTTP 503 with ``Retry-After: 1`` at once, its body unread."""
 
     def __init__(self, app, path: str, slots: int) -> None:
         self.app, self.path, self.slots, self.limit = app, path, threading.BoundedSemaphore(slots), slots
@@ -387,18 +390,32 @@ class BatchSlots:
                 "detail": f"busy: this server answers at most {self.limit} batch requests at once (bgmrec serve "
                           "--max-batches); retry shortly"})
             return await busy(scope, receive, send)
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.slots.release()
+
+        async def sending(message):
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()  # the answer's last bytes: freed before the client has them, to send its next batch
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, sending)
         finally:  # sent, failed or abandoned
-            self.slots.release()
+            release()
 
 
 class BodyLimit:
     """ASGI middleware: a request body larger than its path's limit gets HTTP 413, whether its size is declared
     (``Content-Length``: refused before a byte is read) or not (chunked: counted as it arrives, and refused as
     soon as it passes the limit, so an upload without a length never fills the disk or the memory); one of which
-    nothing arrives for :data:`BODY_IDLE_SECONDS` gets 408, so that a stalled or vanished client does not hold
-    its request's thread and batch slot (:class:`BatchSlots`) for as long as its connection stays open.
+    nothing arrives for :data:`BODY_IDLE_SECONDS`, or that arrives more slowly than :data:`MIN_BODY_RATE` on
+    average after that, gets 408, so that a stalled, vanished or trickling client does not hold its request's
+    thread and batch slot (:class:`BatchSlots`) for as long as its connection stays open.
 
     A body with a ``Content-Encoding`` (gzip, ...) gets 415 at once: it is not decompressed (a gzipped JSON body
     was refused as invalid JSON, a plain body labelled gzip answered).
@@ -423,7 +440,7 @@ class BodyLimit:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return await JSONResponse(status_code=413, content={"detail": detail(int(declared))})(scope, receive, send)
-        seen, started, whole = 0, False, False
+        seen, started, whole, began = 0, False, False, time.monotonic()
 
         async def counted():
             nonlocal seen, whole
@@ -439,6 +456,11 @@ class BodyLimit:
                 whole = not message.get("more_body", False)
                 if seen > limit:
                     raise BodyRefused(413, detail(None))
+                elapsed = time.monotonic() - began
+                if not whole and elapsed > BODY_IDLE_SECONDS and seen < MIN_BODY_RATE * elapsed:
+                    # a byte every few seconds never tripped the idle limit, and four such held every batch slot
+                    raise BodyRefused(408, f"body: {seen} bytes arrived in {elapsed:.0f} s, slower than this "
+                                           f"server's minimum of {MIN_BODY_RATE} bytes/s; send the request again")
             return message
 
         async def sending(message):
@@ -538,8 +560,9 @@ def body_refusal(exc: StarletteHTTPException) -> tuple[int, str] | None:
 
 def wrong_body_kind(path: str, content_type: str) -> str | None:
     """The ``detail`` of a request whose body is of the other kind than its endpoint reads: JSON (or anything but a
-    form) sent to ``POST /recommend/video``, which was answered "video: Field required", or a form sent to an
-    endpoint of JSON, answered "body: Input should be a valid dictionary"; None when the kind is the right one."""
+    form) sent to ``POST /recommend/video``, which was answered "video: Field required", or a form, or a body not
+    labelled JSON, sent to an endpoint of JSON, answered "body: Input should be a valid dictionary"; None when the
+    kind is the right one."""
     kind = content_type.split(";")[0].strip().lower()
     form = kind in ("multipart/form-data", "application/x-www-form-urlencoded")
     if path == "/recommend/video" and kind != "multipart/form-data":
@@ -548,6 +571,9 @@ def wrong_body_kind(path: str, content_type: str) -> str | None:
     if path in ("/recommend", "/recommend/batch") and form:
         return (f"body: POST {path} reads JSON (Content-Type: application/json), not {kind}; a video file goes to "
                 "POST /recommend/video as a multipart form")
+    if path in ("/recommend", "/recommend/batch") and kind != "application/json" and not kind.endswith("+json"):
+        return (f"body: POST {path} reads JSON: send it with Content-Type: application/json, not "
+                f"{kind or 'without a Content-Type'}")
     return None
 
 

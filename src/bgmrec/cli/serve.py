@@ -33,7 +33,7 @@ def check_can_listen(host: str, port: int) -> None:
         raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}){hint}") from None
 
 
-SHUTDOWN_SECONDS = 30  # what requests in flight get to finish once the server is stopped
+SHUTDOWN_SECONDS = 30.0  # what requests in flight get to finish once the server is stopped (--stop-seconds)
 
 
 @app.command("serve")
@@ -59,6 +59,9 @@ def serve_cmd(
                                                                       "video upload (about 4 s), not at start-up"),
     max_batches: int = typer.Option(4, min=1, help="batch requests answered at once (each can hold hundreds of MB); "
                                                    "more get 503 with Retry-After"),
+    stop_seconds: float = typer.Option(SHUTDOWN_SECONDS, min=0, help="once stopped (SIGTERM, Ctrl-C), what requests "
+                                       "in flight get to finish before the server exits; keep it below your "
+                                       "supervisor's kill deadline (docker stop: 10 s)"),
 ) -> None:
     """Serve "music for this video" over HTTP: POST /recommend, /recommend/batch, /recommend/video; GET /health."""
     try:
@@ -101,11 +104,11 @@ def serve_cmd(
                                   ef_search=ef_search, threads=threads)
     app = create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20), load_video_encoders=not lazy_encoders,
                      warn=warn_on_stderr, max_batches=max_batches)
-    # stopped (Ctrl-C, SIGTERM): requests in flight get SHUTDOWN_SECONDS to finish, then the server exits even if a
+    # stopped (Ctrl-C, SIGTERM): requests in flight get stop_seconds to finish, then the server exits even if a
     # client keeps its connection open (it kept the server up for as long as that client did)
-    with sighup_as_sigterm():
+    with sighup_as_sigterm(), interrupt_raised_on():
         # uvicorn's access log is replaced by the service's (RequestLog: the same and the time taken, the request id)
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=stop_seconds,
                     access_log=False, log_config=log_config())
 
 
@@ -129,6 +132,35 @@ def sighup_as_sigterm():
         yield
     finally:
         signal.signal(hup, before)
+
+
+@contextlib.contextmanager
+def interrupt_raised_on():
+    """Within: a Ctrl-C (SIGINT) that stopped the server is raised on as KeyboardInterrupt once the block ends.
+    uvicorn stops on it, raises it again through the handler it found, and then ``uvicorn.run`` swallows the
+    KeyboardInterrupt: the command exited 0, without the "stopped (SIGINT)" line and exit code 130 of every other
+    command stopped by Ctrl-C. Only where SIGINT has a handler of Python's (not ignored, as in a background job),
+    from the main thread; the handler before is put back on leaving."""
+    import signal
+    import threading
+
+    before = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if not callable(before):
+        yield
+        return
+    caught: list[int] = []
+
+    def noted(signum, frame) -> None:
+        caught.append(signum)
+        before(signum, frame)
+
+    signal.signal(signal.SIGINT, noted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def log_config() -> dict:
