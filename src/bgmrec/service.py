@@ -440,12 +440,13 @@ class BodyLimit:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return await JSONResponse(status_code=413, content={"detail": detail(int(declared))})(scope, receive, send)
-        seen, started, whole, began = 0, False, False, time.monotonic()
+        seen, started, whole, began = 0, False, False, None
 
         async def counted():
-            nonlocal seen, whole
+            nonlocal seen, whole, began
             if whole:  # once the body is in, the app may wait on for a disconnect as long as it likes
                 return await receive()
+            began = time.monotonic() if began is None else began  # the rate from the first read: not the app's wait
             try:
                 message = await asyncio.wait_for(receive(), BODY_IDLE_SECONDS)
             except TimeoutError:  # re-raised by FastAPI's body parsing as the HTTP error it is, as below
