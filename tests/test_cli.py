@@ -1915,11 +1915,16 @@ def test_a_folder_of_the_wrong_kind_is_named_for_what_it_is(cli_world, popularit
         (clips / name).write_bytes(b"x")
     not_media = tmp_path / "notes"  # a stray song among other files: not a folder of media
     not_media.mkdir()
-    for name in ("a.txt", "b.txt", "song.mp3"):
+    for name in ("a.pdf", "b.docx", "song.mp3"):
         (not_media / name).write_bytes(b"x")
     from bgmrec.data.dataset import media_folder
 
     assert media_folder(not_media) is None and media_folder(tmp_path) is None  # tmp_path: catalog/'s, notes' files
+    downloaded = tmp_path / "downloaded"  # a downloader's layout: each video beside its metadata and thumbnail
+    downloaded.mkdir()
+    for name in ("v1.mp4", "v1.info.json", "v1.webp", "v2.mp4", "v2.info.json", "v2.webp"):
+        (downloaded / name).write_bytes(b"x")
+    assert media_folder(downloaded).startswith("a folder of video files, not extracted yet")
     cases = {
         ("recommend", "--run", str(popularity_run), "--catalog", str(songs), "--video", str(clips / "b.mp4")):
             f"{songs}: not a music catalogue folder: it is {raw_audio}",

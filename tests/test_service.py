@@ -1110,8 +1110,8 @@ def test_a_body_that_trickles_gets_a_408_and_frees_its_batch_slot(tiny_ds, cmvae
     status, answer, pulled = _post_in_chunks(app, "/recommend/batch", "application/json", b'{"clips": [', chunks=100,
                                              size=1, pause=0.05)
     assert status == 408 and pulled < 20
-    assert re.fullmatch(rf"body: {pulled} bytes arrived in 0 s, slower than this server's minimum of 1000 "
-                        r"bytes/s; send the request again", answer["detail"]), answer
+    assert re.fullmatch(rf"body: {pulled} bytes arrived in 0 s of waiting for it, slower than this server's minimum "
+                        r"of 1000 bytes/s; send the request again", answer["detail"]), answer
     batch = {"clips": [clip_body(tiny_ds, i) for i in range(2)], "top": 2}
     assert TestClient(app).post("/recommend/batch", json=batch).status_code == 200  # its one slot is free
     status, _, _ = _post_in_chunks(app, "/recommend", "application/json", b'{"visual": [', chunks=6, size=500,

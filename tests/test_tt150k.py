@@ -760,6 +760,13 @@ def test_a_reexport_of_an_import_writes_back_the_prior_and_propensity_it_kept(tm
     assert "the imported user_prior_mean and propensity column written back as imported (not recomputed from the " \
            "rows)" in report.notes
     assert any("num_groups=6" in note for note in report.notes)
+    rows = tmp_path / "ds" / "splits" / "train.npy"  # the train rows changed since: the kept columns are not theirs
+    np.save(rows, np.load(rows)[::-1])
+    report = export_tt150k(tmp_path / "ds", tmp_path / "ref3")
+    assert not any(note.startswith("the imported") for note in report.notes)
+    again = np.load(tmp_path / "ref3" / "data_matching" / "train.npy", allow_pickle=True)
+    counts = np.bincount(again[:, 1].astype(int))
+    assert [float(r[4]) for r in again] == (counts[again[:, 1].astype(int)] / len(again)).tolist()  # the rows' own
 
 
 def test_weights_that_do_not_sum_to_one_and_a_stray_file_among_the_negatives_are_named(tmp_path):

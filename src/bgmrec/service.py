@@ -376,8 +376,8 @@ class RequestLog:
 class BatchSlots:
     """ASGI middleware: at most ``slots`` requests to ``path`` at once, from before their body is read until the
     last part of their answer is handed to the server (a batch of 1,024 clips holds its parsed body, its scores and
-    up to 112 MB of answer; freed only once the client had it all, a client sending its batches one after another
-    found its own slot still taken); one more gets HTTP 503 with ``Retry-After: 1`` at once, its body unread."""
+    up to 112 MB of answer; freed only once the app had returned, a fast client's next batch raced that release and
+    found the slot still taken); one more gets HTTP 503 with ``Retry-After: 1`` at once, its body unread."""
 
     def __init__(self, app, path: str, slots: int) -> None:
         self.app, self.path, self.slots, self.limit = app, path, threading.BoundedSemaphore(slots), slots
@@ -440,28 +440,29 @@ class BodyLimit:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return await JSONResponse(status_code=413, content={"detail": detail(int(declared))})(scope, receive, send)
-        seen, started, whole, began = 0, False, False, None
+        seen, started, whole, waited = 0, False, False, 0.0
 
         async def counted():
-            nonlocal seen, whole, began
+            nonlocal seen, whole, waited
             if whole:  # once the body is in, the app may wait on for a disconnect as long as it likes
                 return await receive()
-            began = time.monotonic() if began is None else began  # the rate from the first read: not the app's wait
+            asked = time.monotonic()
             try:
                 message = await asyncio.wait_for(receive(), BODY_IDLE_SECONDS)
             except TimeoutError:  # re-raised by FastAPI's body parsing as the HTTP error it is, as below
                 raise BodyRefused(408, f"body: nothing of it arrived for {BODY_IDLE_SECONDS:g} s after "
                                        f"{seen} bytes; send the request again") from None
+            waited += time.monotonic() - asked  # the time the body kept the app waiting, not the app's own pauses
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 whole = not message.get("more_body", False)
                 if seen > limit:
                     raise BodyRefused(413, detail(None))
-                elapsed = time.monotonic() - began
-                if not whole and elapsed > BODY_IDLE_SECONDS and seen < MIN_BODY_RATE * elapsed:
+                if not whole and waited > BODY_IDLE_SECONDS and seen < MIN_BODY_RATE * waited:
                     # a byte every few seconds never tripped the idle limit, and four such held every batch slot
-                    raise BodyRefused(408, f"body: {seen} bytes arrived in {elapsed:.0f} s, slower than this "
-                                           f"server's minimum of {MIN_BODY_RATE} bytes/s; send the request again")
+                    raise BodyRefused(408, f"body: {seen} bytes arrived in {waited:.0f} s of waiting for it, slower "
+                                           f"than this server's minimum of {MIN_BODY_RATE} bytes/s; send the request "
+                                           "again")
             return message
 
         async def sending(message):

@@ -301,7 +301,7 @@ def _ranked_trial(point: _Point, made: _PointRun, ds: Dataset,
     from bgmrec.eval.protocol import evaluate
     from bgmrec.eval.significance import paired_comparison
 
-    result = evaluate(made.rec, ds, "val", keep_ranks=True)
+    result = evaluate(made.rec, ds, "val", keep_ranks=True, check_run=False)  # trained on ds just now
     gains = query_gains(result["full_ranks"], "recall@10")
     against = None if first_gains is None else paired_comparison(first_gains, gains, "recall@10", level=LEVEL)
     return Trial(point.settings, str(point.run), result["full"]["recall@10"], result["full"]["mrr"], against,

@@ -1188,14 +1188,16 @@ def other_folder(folder: Path) -> tuple[str, str | None] | None:
 #: command that extracts them)
 MEDIA_FOLDERS = {"audio": ((".wav", ".mp3", ".ogg", ".flac", ".m4a"), "extract-music"),
                  "video": ((".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"), "extract-videos")}
+#: files that lie beside media files (a downloader's metadata, a thumbnail, subtitles): not counted against them
+SIDECAR_SUFFIXES = (".json", ".jpg", ".jpeg", ".png", ".webp", ".txt", ".nfo", ".srt", ".vtt", ".description")
 
 
 def media_folder(folder: Path, scan: int = 10_000) -> str | None:
     """What ``folder`` is when it has no manifest.json and media files are most of the files among its first
-    ``scan`` entries (at any depth, hidden ones left out as the extractors leave them out, and those of a bgmrec
-    folder inside it), in words with the command that extracts them: raw audio or videos given where an extracted
-    catalogue, a videos folder or a dataset goes (which was "manifest.json: file is missing", a file the user had
-    never heard of); else None."""
+    ``scan`` entries (at any depth; left out: hidden ones, as the extractors leave them out, those of a bgmrec
+    folder inside it, and the metadata that lies beside media, :data:`SIDECAR_SUFFIXES`), in words with the
+    command that extracts them: raw audio or videos given where an extracted catalogue, a videos folder or a
+    dataset goes (which was "manifest.json: file is missing", a file the user had never heard of); else None."""
     import itertools
 
     folder = Path(folder)
@@ -1204,7 +1206,7 @@ def media_folder(folder: Path, scan: int = 10_000) -> str | None:
     counts, files = dict.fromkeys(MEDIA_FOLDERS, 0), 0
     for p in itertools.islice(folder.rglob("*"), scan):
         parts = p.relative_to(folder).parts
-        if any(part.startswith(".") for part in parts) or any(
+        if any(part.startswith(".") for part in parts) or p.suffix.lower() in SIDECAR_SUFFIXES or any(
                 (folder.joinpath(*parts[:i]) / "manifest.json").is_file() for i in range(1, len(parts))) \
                 or not p.is_file():
             continue

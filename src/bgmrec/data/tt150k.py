@@ -708,6 +708,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
         provenance={"importer": "bgmrec.data.tt150k", "layout": "DecCM data_matching/ + data_pgc/",
                     "source": str(src), "user_prior_mean": train.prior_mean.tolist(),
                     "train_propensity": "extra/train_propensity.npy",
+                    "train_rows_sha256": _rows_digest(splits.rows["train"]),
                     "pgc_val": "extra/pgc_val.npy" if "extra/pgc_val.npy" in extra else None,
                     "pgc_music": "own" if own_music is not None else "shared"},
     )
@@ -1349,13 +1350,23 @@ def _save_train(ds: Dataset, out: Path, name: str, layout: _LayoutVideos, rep: I
     np.save(out / F_PRIOR, mean)
 
 
+def _rows_digest(rows) -> str:
+    """SHA-256 of a split's rows as int64: what an import's kept train columns belong to."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(rows), np.int64).tobytes()).hexdigest()
+
+
 def _kept_train_columns(ds: Dataset, n_train: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(``user_prior_mean`` [G], the propensity column [n_train]) that an import of the layout kept of its source
     (the manifest's provenance, ``extra/train_propensity.npy`` in the dataset's folder), each None when the
-    dataset has none of the right size and finite: an export had recomputed both from the rows, so the DecCM
-    scripts scored a re-export with another prior than the authors' files held."""
+    dataset has none of the right size and finite, or its train rows are not those imported (their SHA-256 in the
+    provenance): an export had recomputed both from the rows, so the DecCM scripts scored a re-export with another
+    prior than the authors' files held."""
     prov = ds.provenance or {}
-    if prov.get("importer") != "bgmrec.data.tt150k":
+    train = ds.split_names("train")
+    if prov.get("importer") != "bgmrec.data.tt150k" or len(train) != 1 or \
+            prov.get("train_rows_sha256") != _rows_digest(ds.splits[train[0]]):  # rows changed since: not theirs
         return None, None
     mean = None
     try:
