@@ -783,3 +783,14 @@ def test_weights_that_do_not_sum_to_one_and_a_stray_file_among_the_negatives_are
     with pytest.raises(DatasetError, match=r"test_video_ids\.npy.*\(every \.npy file of data_matching/100neg is "
                                            r"read as an evaluation split: move other files out of it\)$"):
         read_tt150k(src)
+
+
+def test_pgc_music_wider_than_the_ugc_music_is_refused_not_cut(tmp_path):
+    # columns past the UGC music's width were cut off without a word (a narrower file was refused)
+    src = build_reference(tmp_path / "ref")
+    smile = src / "data_pgc/opensmile_features_norm.npy"
+    wide = np.load(smile)
+    np.save(smile, np.hstack([wide, np.ones((len(wide), 128), wide.dtype)]))
+    with pytest.raises(DatasetError, match=r"data_pgc/vggish_features\.npy: music width \d+ differs from the UGC "
+                                           r"music's \d+$"):
+        read_tt150k(src)

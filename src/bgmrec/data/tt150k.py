@@ -934,9 +934,10 @@ def _read_pgc_music(f: _Folder, pgc_music: str, side: dict | None, music: np.nda
                     rep: InteropReport) -> np.ndarray | None:
     """The PGC music when it is appended as tracks of its own, None when it is the UGC catalogue: as
     ``pgc_music`` asks ("auto": shared when its files equal the UGC ones), or as the sidecar records."""
-    p_music = _read_music(f, F_P_VGGISH, F_P_SMILE)[:, : music.shape[1]]
-    if p_music.shape[1] != music.shape[1]:
-        raise DatasetError(f"{f.lab(F_P_VGGISH)}: music width {p_music.shape[1]} differs from the UGC "
+    whole = _read_music(f, F_P_VGGISH, F_P_SMILE)
+    p_music = whole[:, : music.shape[1]]  # past the UGC music's width: an export's zero padding, nothing else
+    if p_music.shape[1] != music.shape[1] or whole[:, music.shape[1]:].any():
+        raise DatasetError(f"{f.lab(F_P_VGGISH)}: music width {whole.shape[1]} differs from the UGC "
                            f"music's {music.shape[1]}")
     n_m = music.shape[0]
     same = p_music.shape == music.shape and np.array_equal(p_music, music)
