@@ -988,9 +988,30 @@ def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
     train_row = ds.splits["train"][:1].copy()
     train_row[0, 0] = ds.splits["test"][0, 0]
     save_dataset(ds.with_split("extra", train_row, role="train"), tmp_path / "two")
-    sides, held = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"])
+    sides, held, from_history = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"])
     assert sides.tolist() == [0, 2, ("train", "val", "test").index(sides_by_id(ds)["v0"]), -1]
     assert kept_record(tmp_path / "two", sides)["new"] == 1 and held == set()  # no new music held out
+    assert not from_history.any()  # save_dataset writes no history: every side is of its splits
+
+
+def test_a_held_out_video_missing_one_week_keeps_its_side_when_it_comes_back(tmp_path, folders):
+    # a week-1 test video missing from week 2 (its track withdrawn, its extraction failed) came back in week 3 as a
+    # new video, split by time into train: a week-3 model then trained on week 1's test videos, without a word
+    vids, cat = folders
+    week1 = tmp_path / "w1"
+    build_dataset(vids, cat, write_pairs(tmp_path / "p1.csv", n_videos=30, with_time=False), week1)  # seeded split
+    sides1 = sides_by_id(load_dataset(week1))
+    held = sorted(v for v, side in sides1.items() if side != "train")
+    assert held and json.loads((week1 / "held_out_videos.json").read_text())["videos"] == {
+        v: ("train", "val", "test").index(sides1[v]) for v in held}
+    lines = (tmp_path / "p1.csv").read_text().splitlines()
+    (tmp_path / "p2.csv").write_text("\n".join(line for line in lines if line.split(",")[0] not in held) + "\n")
+    build_dataset(vids, cat, tmp_path / "p2.csv", tmp_path / "w2", keep_splits_of=week1)  # they are missing
+    assert not set(held) & set(load_dataset(tmp_path / "w2").video_ids)
+    build_dataset(vids, cat, tmp_path / "p1.csv", tmp_path / "w3", keep_splits_of=tmp_path / "w2")  # back again
+    w3 = load_dataset(tmp_path / "w3")
+    assert {v: sides_by_id(w3)[v] for v in held} == {v: sides1[v] for v in held}
+    assert w3.provenance["splits_kept_from"]["held_out_earlier"] == len(held)
 
 
 def test_a_video_named_with_two_uploaders_is_warned_of(tmp_path):

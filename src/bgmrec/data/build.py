@@ -83,6 +83,7 @@ from bgmrec.data.dataset import (
     dataset_fingerprint,
     labels_fingerprint,
     load_dataset,
+    read_json,
     save_dataset,
     save_npy_rows,
     scratch_folder,
@@ -247,29 +248,57 @@ MANY_TRACKS = 100  # a video with more tracks than this is warned of (an upload 
 NEW_MUSIC_SIDE = 3  # kept_sides' side of a video of a new-music test split (test_new_music): a test side too
 
 
-def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, set[str]]:
-    """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, :data:`NEW_MUSIC_SIDE`
-    for a test split ranked among new music, -1 for a video it has in none of its splits; see the module
-    docstring), and the ids of the tracks that dataset held out of training (its new music)."""
-    prev = load_dataset(Path(previous))
+HELD_OUT_HISTORY = "held_out_videos.json"  # a built dataset's {"videos": {id: side}}: every video ever held out
+
+
+def split_sides(video_ids: list[str], splits: dict[str, np.ndarray], split_info: dict) -> dict[str, int]:
+    """Each video of a dataset (its ``video_ids``, ``splits`` and ``split_info``) that is in one of its splits, by
+    id: its side (0 train, 1 val, 2 test, :data:`NEW_MUSIC_SIDE` for a test split ranked among new music; a video
+    in splits of two roles takes the later)."""
     side_of_role = {"train": 0, "teacher": 0, "val": 1, "test": 2}
-    side = np.full(prev.n_videos, -1, np.int64)
-    for name, info in prev.split_info.items():
+    side = np.full(len(video_ids), -1, np.int64)
+    for name, info in split_info.items():
         if info.role in side_of_role:
-            videos = np.unique(prev.splits[name][:, 0])
+            videos = np.unique(np.asarray(splits[name])[:, 0])
             new_music = info.role == "test" and info.candidates == "new"
             side[videos] = np.maximum(side[videos], NEW_MUSIC_SIDE if new_music else side_of_role[info.role])
-    pos = {v: i for i, v in enumerate(prev.video_ids)}
-    sides = np.array([side[pos[v]] if v in pos else -1 for v in video_ids], np.int64)
-    return sides, {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}
+    return {video_ids[i]: int(side[i]) for i in np.flatnonzero(side >= 0)}
 
 
-def kept_record(previous: Path, sides: np.ndarray) -> dict:
+def held_out_history(folder: Path) -> dict[str, int]:
+    """The videos the dataset at ``folder`` or an earlier one whose splits it kept held out of training (val, test,
+    test_new_music), by id, with their side: its :data:`HELD_OUT_HISTORY` file ({} for a dataset without one)."""
+    path = Path(folder) / HELD_OUT_HISTORY
+    if not path.is_file():
+        return {}
+    videos = read_json(path).get("videos")
+    if not isinstance(videos, dict) or not all(type(v) is int and v in (1, 2, NEW_MUSIC_SIDE) for v in videos.values()):
+        raise DatasetError(f"{path}: field 'videos' must map video ids to a side 1 (val), 2 (test) or "
+                           f"{NEW_MUSIC_SIDE} (test_new_music)")
+    return videos
+
+
+def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, set[str], np.ndarray]:
+    """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, :data:`NEW_MUSIC_SIDE`
+    for a test split ranked among new music, -1 for a video it has in none of its splits; see the module
+    docstring), a video it lacks taking the side it had when an earlier week held it out (:func:`held_out_history`:
+    a test video missing one week, its track withdrawn or its extraction failed, came back as training data); the
+    ids of the tracks that dataset held out of training (its new music); and which sides came from that history."""
+    prev = load_dataset(Path(previous))
+    side = split_sides(prev.video_ids, prev.splits, prev.split_info)
+    history = held_out_history(Path(previous))
+    sides = np.array([side.get(v, history.get(v, -1)) for v in video_ids], np.int64)
+    from_history = np.array([v not in side and v in history for v in video_ids], bool)
+    return sides, {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}, from_history
+
+
+def kept_record(previous: Path, sides: np.ndarray, from_history: int = 0) -> dict:
     """The provenance of a build that kept the splits of ``previous``: its folder and splits' fingerprint, how many
-    of the videos split (``sides``, from :func:`kept_sides`, a new-music side as test) kept each side, and how many
-    were new."""
+    of the videos split (``sides``, from :func:`kept_sides`, a new-music side as test) kept each side, how many
+    were new, and how many of those kept took their side from an earlier week (``from_history``)."""
     return {"folder": str(previous), "splits_fingerprint": dataset_fingerprint(Path(previous)),
-            "kept": {name: int((sides == s).sum()) for s, name in enumerate(SIDES)}, "new": int((sides < 0).sum())}
+            "kept": {name: int((sides == s).sum()) for s, name in enumerate(SIDES)}, "new": int((sides < 0).sum()),
+            **({"held_out_earlier": from_history} if from_history else {})}
 
 
 def uploader_preferences(train_uploader: np.ndarray, train_genre: np.ndarray, n_uploaders: int,
@@ -625,6 +654,8 @@ class _Previous:
 
     folder: Path  # as given (the messages name it so)
     side: np.ndarray  # each of this build's videos' side in it (kept_sides)
+    from_history: np.ndarray  # bool per video: its side from an earlier week's held-out videos, not from it
+    history: dict[str, int]  # the videos it or an earlier week held out, by id (held_out_history)
     held: np.ndarray  # bool per track: held out of its training, and named by this build's pairs
     kept: np.ndarray  # bool per track: named by a video keeping its split (never held out)
 
@@ -632,7 +663,7 @@ class _Previous:
 def _previous_split(folder: Path, uploads: _Uploads, cat: Catalog) -> _Previous:
     """Each video's side in the earlier dataset at ``folder`` and the tracks it held out (:func:`kept_sides`),
     with the tracks the videos keeping their split name."""
-    side, held_ids = kept_sides(Path(folder), uploads.video_ids)
+    side, held_ids, from_history = kept_sides(Path(folder), uploads.video_ids)
     rows = uploads.rows
     held = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
     held[np.setdiff1d(np.arange(len(cat)), rows[:, 1])] = False  # those the pairs name
@@ -640,7 +671,7 @@ def _previous_split(folder: Path, uploads: _Uploads, cat: Catalog) -> _Previous:
     # never held: what videos keeping their split name (not last week's new-music queries: their own tracks)
     kept = np.zeros(len(cat), bool)
     kept[rows[(side_of_row >= 0) & (side_of_row != NEW_MUSIC_SIDE), 1]] = True
-    return _Previous(folder, side, held, kept)
+    return _Previous(folder, side, from_history, held_out_history(Path(folder)), held, kept)
 
 
 def _held_out(uploads: _Uploads, n_tracks: int, config: BuildConfig, previous: _Previous | None,
@@ -709,7 +740,7 @@ def _video_sides(uploads: _Uploads, new_music_video: np.ndarray, held: np.ndarra
         split_of_video[vids_in] = split_videos(vtime, len(vids_in), config)
     else:
         sides = np.minimum(previous.side[vids_in], SIDES.index("test"))  # last week's new music no longer held: test
-        kept = kept_record(Path(previous.folder), sides)
+        kept = kept_record(Path(previous.folder), sides, int(previous.from_history[vids_in].sum()))
         if held.any():
             kept["new_music_held_again"] = int((held & previous.held).sum())
         new = sides < 0
@@ -848,9 +879,10 @@ def _provenance(inputs: _Inputs, config: BuildConfig, splits: dict[str, np.ndarr
 
 
 def _write_dataset(out: Path, fields: dict, videos: VideoFeatures, rows: np.ndarray, uploaders: list[str],
-                   warn: Callable[[str], None] | None) -> Dataset:
+                   warn: Callable[[str], None] | None, history: dict[str, int]) -> Dataset:
     """Write at ``out`` the dataset of ``fields`` (all but the videos' features, copied from ``videos``' ``rows`` a
-    block at a time) and ``uploaders.json``; warns when it replaces a dataset of other splits or labels."""
+    block at a time), ``uploaders.json`` and the held-out ``history`` (:data:`HELD_OUT_HISTORY`); warns when it
+    replaces a dataset of other splits or labels."""
     before = _fingerprints(Path(out))
     check_replaceable(Path(out))  # before the rows are copied beside it (a gigabyte at 150k videos)
     with scratch_folder(Path(out)) as scratch:  # the features' rows copied in blocks there, then moved into place
@@ -858,7 +890,9 @@ def _write_dataset(out: Path, fields: dict, videos: VideoFeatures, rows: np.ndar
         features = {name: save_npy_rows(written[f"features/video_{name}.npy"], getattr(videos, name), rows)
                     for name in ("visual", "text")}
         ds = Dataset(**fields, video_visual=features["visual"], video_text=features["text"])
-        save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders}}, written=written)
+        save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders},
+                                                HELD_OUT_HISTORY: {"videos": dict(sorted(history.items()))}},
+                     written=written)
     if before is not None and before != _fingerprints(Path(out)) and warn is not None:
         warn(f"{out}: the dataset this build replaced had other splits, negatives, labels or manifest (other inputs "
              "or settings, or a bgmrec before 2026-11-23, which kept the folders' row order where videos and tracks "
@@ -917,7 +951,10 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         negatives=_frozen_negatives(splits, held, config),
         provenance=_provenance(inputs, config, splits, kept, dropped, pro, len(sel), uploads.rows),
     )
-    return _write_dataset(out, fields, inputs.videos, inputs.stored[sel], uploads.uploaders, warn)
+    history = dict(previous.history) if previous is not None else {}  # every video held out, this week or before
+    history.update({v: side for v, side in split_sides(fields["video_ids"], splits, fields["split_info"]).items()
+                    if side > 0})
+    return _write_dataset(out, fields, inputs.videos, inputs.stored[sel], uploads.uploaders, warn, history)
 
 
 def _fingerprints(folder: Path) -> tuple[str, str] | None:
