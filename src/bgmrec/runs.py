@@ -763,6 +763,9 @@ def trained_on_other_data(run: Path, data: Path, what: str | None = None,
                 "manifest changed since)")
     if other:
         overlap = training_overlap(Path(info["data"]), data, split) if split and info.get("data") else ""
+        if split and isinstance(info.get("data"), str) and not Path(info["data"]).is_dir():  # moved, deleted
+            overlap = (f"; that folder is gone, so whether {split}'s videos were in its training data is not "
+                       "checked (a test split can hold them)")
         return f"{name} was trained on another dataset ({info.get('data')}) than {data}{overlap}"
     if refeatured:
         return (f"{name} was trained on other features of this dataset than {data} holds now "
