@@ -988,10 +988,12 @@ def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
     train_row = ds.splits["train"][:1].copy()
     train_row[0, 0] = ds.splits["test"][0, 0]
     save_dataset(ds.with_split("extra", train_row, role="train"), tmp_path / "two")
-    sides, held, from_history = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"])
+    sides, held, from_history = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"], {})
     assert sides.tolist() == [0, 2, ("train", "val", "test").index(sides_by_id(ds)["v0"]), -1]
     assert kept_record(tmp_path / "two", sides)["new"] == 1 and held == set()  # no new music held out
-    assert not from_history.any()  # save_dataset writes no history: every side is of its splits
+    assert not from_history.any()  # no history: every side is of its splits
+    sides, _, from_history = kept_sides(tmp_path / "two", ["v25", "nobody"], {"nobody": 2, "v25": 1})
+    assert sides.tolist() == [0, 2] and from_history.tolist() == [False, True]  # its own splits first
 
 
 def test_a_held_out_video_missing_one_week_keeps_its_side_when_it_comes_back(tmp_path, folders):
@@ -1012,6 +1014,12 @@ def test_a_held_out_video_missing_one_week_keeps_its_side_when_it_comes_back(tmp
     w3 = load_dataset(tmp_path / "w3")
     assert {v: sides_by_id(w3)[v] for v in held} == {v: sides1[v] for v in held}
     assert w3.provenance["splits_kept_from"]["held_out_earlier"] == len(held)
+    from bgmrec.data.build import held_out_history
+
+    (tmp_path / "w3" / "held_out_videos.json").write_text('{"videos": {"v1": 0}}')  # train is no held-out side
+    with pytest.raises(DatasetError, match=r"held_out_videos\.json: field 'videos' must map video ids to a side 1 "
+                                           r"\(val\), 2 \(test\) or 3 \(test_new_music\)$"):
+        held_out_history(tmp_path / "w3")
 
 
 def test_a_video_named_with_two_uploaders_is_warned_of(tmp_path):

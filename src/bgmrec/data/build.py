@@ -278,15 +278,16 @@ def held_out_history(folder: Path) -> dict[str, int]:
     return videos
 
 
-def kept_sides(previous: Path, video_ids: list[str]) -> tuple[np.ndarray, set[str], np.ndarray]:
+def kept_sides(previous: Path, video_ids: list[str],
+               history: dict[str, int]) -> tuple[np.ndarray, set[str], np.ndarray]:
     """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, :data:`NEW_MUSIC_SIDE`
     for a test split ranked among new music, -1 for a video it has in none of its splits; see the module
-    docstring), a video it lacks taking the side it had when an earlier week held it out (:func:`held_out_history`:
-    a test video missing one week, its track withdrawn or its extraction failed, came back as training data); the
-    ids of the tracks that dataset held out of training (its new music); and which sides came from that history."""
+    docstring), a video it lacks taking the side it had when an earlier week held it out (``history``, its
+    :func:`held_out_history`: a test video missing one week, its track withdrawn or its extraction failed, came back
+    as training data); the ids of the tracks that dataset held out of training (its new music); and which sides
+    came from that history."""
     prev = load_dataset(Path(previous))
     side = split_sides(prev.video_ids, prev.splits, prev.split_info)
-    history = held_out_history(Path(previous))
     sides = np.array([side.get(v, history.get(v, -1)) for v in video_ids], np.int64)
     from_history = np.array([v not in side and v in history for v in video_ids], bool)
     return sides, {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}, from_history
@@ -663,7 +664,8 @@ class _Previous:
 def _previous_split(folder: Path, uploads: _Uploads, cat: Catalog) -> _Previous:
     """Each video's side in the earlier dataset at ``folder`` and the tracks it held out (:func:`kept_sides`),
     with the tracks the videos keeping their split name."""
-    side, held_ids, from_history = kept_sides(Path(folder), uploads.video_ids)
+    history = held_out_history(Path(folder))
+    side, held_ids, from_history = kept_sides(Path(folder), uploads.video_ids, history)
     rows = uploads.rows
     held = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
     held[np.setdiff1d(np.arange(len(cat)), rows[:, 1])] = False  # those the pairs name
@@ -671,7 +673,7 @@ def _previous_split(folder: Path, uploads: _Uploads, cat: Catalog) -> _Previous:
     # never held: what videos keeping their split name (not last week's new-music queries: their own tracks)
     kept = np.zeros(len(cat), bool)
     kept[rows[(side_of_row >= 0) & (side_of_row != NEW_MUSIC_SIDE), 1]] = True
-    return _Previous(folder, side, from_history, held_out_history(Path(folder)), held, kept)
+    return _Previous(folder, side, from_history, history, held, kept)
 
 
 def _held_out(uploads: _Uploads, n_tracks: int, config: BuildConfig, previous: _Previous | None,
