@@ -988,12 +988,13 @@ def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
     train_row = ds.splits["train"][:1].copy()
     train_row[0, 0] = ds.splits["test"][0, 0]
     save_dataset(ds.with_split("extra", train_row, role="train"), tmp_path / "two")
-    sides, held, from_history = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"], {})
+    sides, held, from_history, _ = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"], {})
     assert sides.tolist() == [0, 2, ("train", "val", "test").index(sides_by_id(ds)["v0"]), -1]
     assert kept_record(tmp_path / "two", sides)["new"] == 1 and held == set()  # no new music held out
     assert not from_history.any()  # no history: every side is of its splits
-    sides, _, from_history = kept_sides(tmp_path / "two", ["v25", "nobody"], {"nobody": 2, "v25": 1})
-    assert sides.tolist() == [0, 2] and from_history.tolist() == [False, True]  # its own splits first
+    kept = kept_sides(tmp_path / "two", ["v25", "nobody"], {"nobody": 2, "v25": 1})
+    assert kept.sides.tolist() == [0, 2] and kept.from_history.tolist() == [False, True]  # its own splits first
+    assert test_video in kept.lost and "v25" not in kept.lost  # held out there, and not in this build
 
 
 def test_a_held_out_video_missing_one_week_keeps_its_side_when_it_comes_back(tmp_path, folders):
@@ -1008,7 +1009,13 @@ def test_a_held_out_video_missing_one_week_keeps_its_side_when_it_comes_back(tmp
         v: ("train", "val", "test").index(sides1[v]) for v in held}
     lines = (tmp_path / "p1.csv").read_text().splitlines()
     (tmp_path / "p2.csv").write_text("\n".join(line for line in lines if line.split(",")[0] not in held) + "\n")
-    build_dataset(vids, cat, tmp_path / "p2.csv", tmp_path / "w2", keep_splits_of=week1)  # they are missing
+    warnings = []
+    build_dataset(vids, cat, tmp_path / "p2.csv", tmp_path / "w2", keep_splits_of=week1,
+                  warn=warnings.append)  # they are missing: said, and recorded
+    assert (f"{week1}: {len(held)} of its held-out (val, test) videos have no usable pair in this build (e.g. "
+            f"{held[0]!r}: its track withdrawn, its extraction failed?), so its figures and this build's are not on "
+            "the same queries; they keep their side if they come back") in warnings
+    assert load_dataset(tmp_path / "w2").provenance["splits_kept_from"]["held_out_missing"] == len(held)
     assert not set(held) & set(load_dataset(tmp_path / "w2").video_ids)
     build_dataset(vids, cat, tmp_path / "p1.csv", tmp_path / "w3", keep_splits_of=tmp_path / "w2")  # back again
     w3 = load_dataset(tmp_path / "w3")

@@ -69,7 +69,7 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -278,19 +278,29 @@ def held_out_history(folder: Path) -> dict[str, int]:
     return videos
 
 
-def kept_sides(previous: Path, video_ids: list[str],
-               history: dict[str, int]) -> tuple[np.ndarray, set[str], np.ndarray]:
+class KeptSides(NamedTuple):
+    """What a rebuild keeps of an earlier dataset's splits (:func:`kept_sides`)."""
+
+    sides: np.ndarray  # int64 per video of the build: its side there, or -1
+    held_ids: set[str]  # the tracks it held out of training (its new music)
+    from_history: np.ndarray  # bool per video: the side is of an earlier week's (held_out_history), not of its splits
+    lost: list[str]  # its val, test and test_new_music videos the build lacks, sorted
+
+
+def kept_sides(previous: Path, video_ids: list[str], history: dict[str, int]) -> KeptSides:
     """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, :data:`NEW_MUSIC_SIDE`
     for a test split ranked among new music, -1 for a video it has in none of its splits; see the module
     docstring), a video it lacks taking the side it had when an earlier week held it out (``history``, its
     :func:`held_out_history`: a test video missing one week, its track withdrawn or its extraction failed, came back
-    as training data); the ids of the tracks that dataset held out of training (its new music); and which sides
-    came from that history."""
+    as training data); the ids of the tracks that dataset held out of training (its new music); which sides came
+    from that history; and the videos it held out that the build lacks."""
     prev = load_dataset(Path(previous))
     side = split_sides(prev.video_ids, prev.splits, prev.split_info)
     sides = np.array([side.get(v, history.get(v, -1)) for v in video_ids], np.int64)
     from_history = np.array([v not in side and v in history for v in video_ids], bool)
-    return sides, {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}, from_history
+    here = set(video_ids)
+    return KeptSides(sides, {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}, from_history,
+                     sorted(v for v, s in side.items() if s > 0 and v not in here))
 
 
 def kept_record(previous: Path, sides: np.ndarray, from_history: int = 0) -> dict:
@@ -659,13 +669,14 @@ class _Previous:
     history: dict[str, int]  # the videos it or an earlier week held out, by id (held_out_history)
     held: np.ndarray  # bool per track: held out of its training, and named by this build's pairs
     kept: np.ndarray  # bool per track: named by a video keeping its split (never held out)
+    lost: list[str]  # its held-out videos (val, test, test_new_music) this build has no usable pair of
 
 
 def _previous_split(folder: Path, uploads: _Uploads, cat: Catalog) -> _Previous:
     """Each video's side in the earlier dataset at ``folder`` and the tracks it held out (:func:`kept_sides`),
     with the tracks the videos keeping their split name."""
     history = held_out_history(Path(folder))
-    side, held_ids, from_history = kept_sides(Path(folder), uploads.video_ids, history)
+    side, held_ids, from_history, lost = kept_sides(Path(folder), uploads.video_ids, history)
     rows = uploads.rows
     held = np.isin(np.asarray(cat.ids, dtype=object), list(held_ids))
     held[np.setdiff1d(np.arange(len(cat)), rows[:, 1])] = False  # those the pairs name
@@ -673,7 +684,7 @@ def _previous_split(folder: Path, uploads: _Uploads, cat: Catalog) -> _Previous:
     # never held: what videos keeping their split name (not last week's new-music queries: their own tracks)
     kept = np.zeros(len(cat), bool)
     kept[rows[(side_of_row >= 0) & (side_of_row != NEW_MUSIC_SIDE), 1]] = True
-    return _Previous(folder, side, from_history, history, held, kept)
+    return _Previous(folder, side, from_history, history, held, kept, lost)
 
 
 def _held_out(uploads: _Uploads, n_tracks: int, config: BuildConfig, previous: _Previous | None,
@@ -748,6 +759,13 @@ def _video_sides(uploads: _Uploads, new_music_video: np.ndarray, held: np.ndarra
         new = sides < 0
         sides[new] = split_videos(vtime[new] if vtime is not None else None, int(new.sum()), config)
         split_of_video[vids_in] = sides
+        lost = previous.lost if kept["new"] < len(vids_in) else []  # of another app's or world's ids: said below
+        if lost:
+            kept["held_out_missing"] = len(lost)
+        if lost and warn is not None:  # a withdrawn track or failed extraction shrank last week's test
+            warn(f"{previous.folder}: {len(lost)} of its held-out (val, test) videos have no usable pair in "
+                 f"this build (e.g. {lost[0]!r}: its track withdrawn, its extraction failed?), so its "
+                 "figures and this build's are not on the same queries; they keep their side if they come back")
         if kept["new"] == len(vids_in) and warn is not None:
             warn(f"{previous.folder}: none of this build's {len(vids_in)} videos with pairs is in a split of that "
                  "dataset (another app's or world's ids?); every video is split as new")
