@@ -977,7 +977,7 @@ def test_keeping_the_splits_of_a_dataset_of_other_videos_says_so(tmp_path, folde
 def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
     # a professional video of the earlier teacher split stays on the training side; one in splits of two roles
     # takes the later of train, val, test
-    from bgmrec.data.build import kept_record, kept_sides
+    from bgmrec.data.build import HeldOutHistory, kept_record, kept_sides
 
     vids, cat = folders
     pro = tmp_path / "pro.csv"
@@ -988,13 +988,15 @@ def test_a_kept_split_side_follows_the_split_roles(tmp_path, folders):
     train_row = ds.splits["train"][:1].copy()
     train_row[0, 0] = ds.splits["test"][0, 0]
     save_dataset(ds.with_split("extra", train_row, role="train"), tmp_path / "two")
-    sides, held, from_history, _ = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"], {})
+    sides, held, from_history, _ = kept_sides(tmp_path / "two", ["v25", test_video, "v0", "nobody"],
+                                              HeldOutHistory({}, []))
     assert sides.tolist() == [0, 2, ("train", "val", "test").index(sides_by_id(ds)["v0"]), -1]
     assert kept_record(tmp_path / "two", sides)["new"] == 1 and held == set()  # no new music held out
     assert not from_history.any()  # no history: every side is of its splits
-    kept = kept_sides(tmp_path / "two", ["v25", "nobody"], {"nobody": 2, "v25": 1})
+    kept = kept_sides(tmp_path / "two", ["v25", "nobody"], HeldOutHistory({"nobody": 2, "v25": 1}, ["t9"]))
     assert kept.sides.tolist() == [0, 2] and kept.from_history.tolist() == [False, True]  # its own splits first
     assert test_video in kept.lost and "v25" not in kept.lost  # held out there, and not in this build
+    assert kept.held_ids == {"t9"}  # a track held out in an earlier week: held again
 
 
 def test_a_held_out_video_missing_one_week_keeps_its_side_when_it_comes_back(tmp_path, folders):
@@ -1005,14 +1007,15 @@ def test_a_held_out_video_missing_one_week_keeps_its_side_when_it_comes_back(tmp
     build_dataset(vids, cat, write_pairs(tmp_path / "p1.csv", n_videos=30, with_time=False), week1)  # seeded split
     sides1 = sides_by_id(load_dataset(week1))
     held = sorted(v for v, side in sides1.items() if side != "train")
-    assert held and json.loads((week1 / "held_out_videos.json").read_text())["videos"] == {
-        v: ("train", "val", "test").index(sides1[v]) for v in held}
+    assert held and json.loads((week1 / "held_out_videos.json").read_text()) == {
+        "videos": {v: ("train", "val", "test").index(sides1[v]) for v in held}, "tracks": []}
     lines = (tmp_path / "p1.csv").read_text().splitlines()
     (tmp_path / "p2.csv").write_text("\n".join(line for line in lines if line.split(",")[0] not in held) + "\n")
     warnings = []
     build_dataset(vids, cat, tmp_path / "p2.csv", tmp_path / "w2", keep_splits_of=week1,
                   warn=warnings.append)  # they are missing: said, and recorded
-    assert (f"{week1}: {len(held)} of its held-out (val, test) videos have no usable pair in this build (e.g. "
+    assert (f"{week1}: {len(held)} of its held-out (val, test, test_new_music) videos have no usable upload in "
+            f"this build (e.g. "
             f"{held[0]!r}: its track withdrawn, its extraction failed?), so its figures and this build's are not on "
             "the same queries; they keep their side if they come back") in warnings
     assert load_dataset(tmp_path / "w2").provenance["splits_kept_from"]["held_out_missing"] == len(held)
@@ -1056,3 +1059,38 @@ def test_a_pairs_csv_that_is_not_utf8_says_how_to_save_it(tmp_path, folders):
                                            r"or Windows-1252 accents are not\)$"):
         build_dataset(vids, cat, pairs, tmp_path / "d")
     assert not (tmp_path / "d").exists()
+
+
+def test_the_held_out_history_follows_what_each_build_does(tmp_path, folders):
+    # a review: a history video placed in training since kept its old side; another world's history was carried on;
+    # a held-out track missing a week lost its status; a professional video this week was counted as missing
+    from bgmrec.data.build import held_out_history
+
+    vids, cat = folders
+    week1 = tmp_path / "w1"
+    build_dataset(vids, cat, write_pairs(tmp_path / "p1.csv", n_videos=30, with_time=False), week1,
+                  BuildConfig(new_music_share=0.25))
+    first = load_dataset(week1)
+    held_tracks = [first.track_ids[j] for j in np.flatnonzero(first.track_new)]
+    assert held_tracks and held_out_history(week1).tracks == held_tracks
+    held = sorted(v for v, side in sides_by_id(first).items() if side != "train")
+    lines = (tmp_path / "p1.csv").read_text().splitlines()
+    kept_lines = [line for line in lines if line.split(",")[0] != held[0] and line.split(",")[1] not in held_tracks]
+    (tmp_path / "p2.csv").write_text("\n".join(kept_lines) + "\n")
+    pro = tmp_path / "pro.csv"
+    pro.write_text(f"video,track\n{held[0]},t1\n")  # a held-out video of week 1 is a professional video now
+    warnings = []
+    build_dataset(vids, cat, tmp_path / "p2.csv", tmp_path / "w2", BuildConfig(new_music_share=0.25),
+                  keep_splits_of=week1, professional_csv=pro, warn=warnings.append)
+    history = held_out_history(tmp_path / "w2")
+    assert held[0] not in history.videos  # the teacher trains on it now: no longer held out
+    assert set(held_tracks) <= set(history.tracks)  # not in this week's data, still held out when they come back
+    assert not any(f"e.g. {held[0]!r}" in w for w in warnings)  # in the dataset, as a professional video
+    build_dataset(vids, cat, tmp_path / "p1.csv", tmp_path / "w3", BuildConfig(new_music_share=0.25),
+                  keep_splits_of=tmp_path / "w2")
+    third = load_dataset(tmp_path / "w3")
+    assert {third.track_ids[j] for j in np.flatnonzero(third.track_new)} >= set(held_tracks)  # held again
+    other = mf.write_videos_folder(tmp_path / "other-videos", 12, prefix="x")  # another app's ids
+    (tmp_path / "px.csv").write_text("video,track,uploader\n" + "".join(f"x{i},t{i % 6},u0\n" for i in range(12)))
+    build_dataset(other, cat, tmp_path / "px.csv", tmp_path / "wx", keep_splits_of=week1)
+    assert not any(v.startswith("v") for v in held_out_history(tmp_path / "wx").videos)  # week 1's not carried

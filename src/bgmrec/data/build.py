@@ -248,7 +248,7 @@ MANY_TRACKS = 100  # a video with more tracks than this is warned of (an upload 
 NEW_MUSIC_SIDE = 3  # kept_sides' side of a video of a new-music test split (test_new_music): a test side too
 
 
-HELD_OUT_HISTORY = "held_out_videos.json"  # a built dataset's {"videos": {id: side}}: every video ever held out
+HELD_OUT_HISTORY = "held_out_videos.json"  # a built dataset's {"videos": {id: side}, "tracks": [id]}: ever held out
 
 
 def split_sides(video_ids: list[str], splits: dict[str, np.ndarray], split_info: dict) -> dict[str, int]:
@@ -265,17 +265,26 @@ def split_sides(video_ids: list[str], splits: dict[str, np.ndarray], split_info:
     return {video_ids[i]: int(side[i]) for i in np.flatnonzero(side >= 0)}
 
 
-def held_out_history(folder: Path) -> dict[str, int]:
-    """The videos the dataset at ``folder`` or an earlier one whose splits it kept held out of training (val, test,
-    test_new_music), by id, with their side: its :data:`HELD_OUT_HISTORY` file ({} for a dataset without one)."""
+class HeldOutHistory(NamedTuple):
+    """What a dataset, or an earlier one whose splits it kept, held out of training (:data:`HELD_OUT_HISTORY`)."""
+
+    videos: dict[str, int]  # each video's held-out side (1 val, 2 test, NEW_MUSIC_SIDE) when last held out, by id
+    tracks: list[str]  # the tracks held out of training (new music), by id
+
+
+def held_out_history(folder: Path) -> HeldOutHistory:
+    """The :data:`HELD_OUT_HISTORY` file of the dataset at ``folder`` (empty for a dataset without one)."""
     path = Path(folder) / HELD_OUT_HISTORY
     if not path.is_file():
-        return {}
-    videos = read_json(path).get("videos")
+        return HeldOutHistory({}, [])
+    found = read_json(path)
+    videos, tracks = found.get("videos"), found.get("tracks", [])
     if not isinstance(videos, dict) or not all(type(v) is int and v in (1, 2, NEW_MUSIC_SIDE) for v in videos.values()):
         raise DatasetError(f"{path}: field 'videos' must map video ids to a side 1 (val), 2 (test) or "
                            f"{NEW_MUSIC_SIDE} (test_new_music)")
-    return videos
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+        raise DatasetError(f"{path}: field 'tracks' must be a list of track ids")
+    return HeldOutHistory(videos, tracks)
 
 
 class KeptSides(NamedTuple):
@@ -287,20 +296,20 @@ class KeptSides(NamedTuple):
     lost: list[str]  # its val, test and test_new_music videos the build lacks, sorted
 
 
-def kept_sides(previous: Path, video_ids: list[str], history: dict[str, int]) -> KeptSides:
+def kept_sides(previous: Path, video_ids: list[str], history: HeldOutHistory) -> KeptSides:
     """Each of ``video_ids``' side in the dataset at ``previous`` (0 train, 1 val, 2 test, :data:`NEW_MUSIC_SIDE`
     for a test split ranked among new music, -1 for a video it has in none of its splits; see the module
     docstring), a video it lacks taking the side it had when an earlier week held it out (``history``, its
     :func:`held_out_history`: a test video missing one week, its track withdrawn or its extraction failed, came back
-    as training data); the ids of the tracks that dataset held out of training (its new music); which sides came
-    from that history; and the videos it held out that the build lacks."""
+    as training data); the ids of the tracks that dataset or an earlier week held out of training (its new music);
+    which sides came from that history; and the videos it held out that the build lacks."""
     prev = load_dataset(Path(previous))
     side = split_sides(prev.video_ids, prev.splits, prev.split_info)
-    sides = np.array([side.get(v, history.get(v, -1)) for v in video_ids], np.int64)
-    from_history = np.array([v not in side and v in history for v in video_ids], bool)
+    sides = np.array([side.get(v, history.videos.get(v, -1)) for v in video_ids], np.int64)
+    from_history = np.array([v not in side and v in history.videos for v in video_ids], bool)
     here = set(video_ids)
-    return KeptSides(sides, {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)}, from_history,
-                     sorted(v for v, s in side.items() if s > 0 and v not in here))
+    return KeptSides(sides, {prev.track_ids[j] for j in np.flatnonzero(prev.track_new)} | set(history.tracks),
+                     from_history, sorted(v for v, s in side.items() if s > 0 and v not in here))
 
 
 def kept_record(previous: Path, sides: np.ndarray, from_history: int = 0) -> dict:
@@ -666,10 +675,10 @@ class _Previous:
     folder: Path  # as given (the messages name it so)
     side: np.ndarray  # each of this build's videos' side in it (kept_sides)
     from_history: np.ndarray  # bool per video: its side from an earlier week's held-out videos, not from it
-    history: dict[str, int]  # the videos it or an earlier week held out, by id (held_out_history)
+    history: HeldOutHistory  # what it or an earlier week held out (held_out_history)
     held: np.ndarray  # bool per track: held out of its training, and named by this build's pairs
     kept: np.ndarray  # bool per track: named by a video keeping its split (never held out)
-    lost: list[str]  # its held-out videos (val, test, test_new_music) this build has no usable pair of
+    lost: list[str]  # its held-out videos (val, test, test_new_music) this build has no usable upload of
 
 
 def _previous_split(folder: Path, uploads: _Uploads, cat: Catalog) -> _Previous:
@@ -759,13 +768,6 @@ def _video_sides(uploads: _Uploads, new_music_video: np.ndarray, held: np.ndarra
         new = sides < 0
         sides[new] = split_videos(vtime[new] if vtime is not None else None, int(new.sum()), config)
         split_of_video[vids_in] = sides
-        lost = previous.lost if kept["new"] < len(vids_in) else []  # of another app's or world's ids: said below
-        if lost:
-            kept["held_out_missing"] = len(lost)
-        if lost and warn is not None:  # a withdrawn track or failed extraction shrank last week's test
-            warn(f"{previous.folder}: {len(lost)} of its held-out (val, test) videos have no usable pair in "
-                 f"this build (e.g. {lost[0]!r}: its track withdrawn, its extraction failed?), so its "
-                 "figures and this build's are not on the same queries; they keep their side if they come back")
         if kept["new"] == len(vids_in) and warn is not None:
             warn(f"{previous.folder}: none of this build's {len(vids_in)} videos with pairs is in a split of that "
                  "dataset (another app's or world's ids?); every video is split as new")
@@ -899,7 +901,7 @@ def _provenance(inputs: _Inputs, config: BuildConfig, splits: dict[str, np.ndarr
 
 
 def _write_dataset(out: Path, fields: dict, videos: VideoFeatures, rows: np.ndarray, uploaders: list[str],
-                   warn: Callable[[str], None] | None, history: dict[str, int]) -> Dataset:
+                   warn: Callable[[str], None] | None, history: HeldOutHistory) -> Dataset:
     """Write at ``out`` the dataset of ``fields`` (all but the videos' features, copied from ``videos``' ``rows`` a
     block at a time), ``uploaders.json`` and the held-out ``history`` (:data:`HELD_OUT_HISTORY`); warns when it
     replaces a dataset of other splits or labels."""
@@ -911,7 +913,8 @@ def _write_dataset(out: Path, fields: dict, videos: VideoFeatures, rows: np.ndar
                     for name in ("visual", "text")}
         ds = Dataset(**fields, video_visual=features["visual"], video_text=features["text"])
         save_dataset(ds, Path(out), extra_json={"uploaders.json": {"ids": uploaders},
-                                                HELD_OUT_HISTORY: {"videos": dict(sorted(history.items()))}},
+                                                HELD_OUT_HISTORY: {"videos": dict(sorted(history.videos.items())),
+                                                                   "tracks": history.tracks}},
                      written=written)
     if before is not None and before != _fingerprints(Path(out)) and warn is not None:
         warn(f"{out}: the dataset this build replaced had other splits, negatives, labels or manifest (other inputs "
@@ -971,10 +974,31 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         negatives=_frozen_negatives(splits, held, config),
         provenance=_provenance(inputs, config, splits, kept, dropped, pro, len(sel), uploads.rows),
     )
-    history = dict(previous.history) if previous is not None else {}  # every video held out, this week or before
-    history.update({v: side for v, side in split_sides(fields["video_ids"], splits, fields["split_info"]).items()
-                    if side > 0})
-    return _write_dataset(out, fields, inputs.videos, inputs.stored[sel], uploads.uploaders, warn, history)
+    return _write_dataset(out, fields, inputs.videos, inputs.stored[sel], uploads.uploaders, warn,
+                          _held_out_now(fields, previous, kept, warn))
+
+
+def _held_out_now(fields: dict, previous: _Previous | None, kept: dict | None,
+                  warn: Callable[[str], None] | None) -> HeldOutHistory:
+    """The history a build writes (:data:`HELD_OUT_HISTORY`): the earlier dataset's (unless none of its videos is in
+    this build: another app's or world's), less the videos this build places anywhere, with this build's held-out
+    videos and tracks. Last week's held-out videos absent from this build (neither an upload with a usable pair
+    nor a professional video) are warned of and counted in ``kept`` (``held_out_missing``)."""
+    sides = split_sides(fields["video_ids"], fields["splits"], fields["split_info"])
+    ours = previous is not None and kept is not None and any(kept["kept"].values())  # not another app's or world's
+    carried = previous.history if ours else HeldOutHistory({}, [])
+    videos = {v: side for v, side in carried.videos.items() if v not in sides}  # a video placed now: as placed now
+    videos.update({v: side for v, side in sides.items() if side > 0})
+    tracks = sorted(set(carried.tracks) | {t for t, new in zip(fields["track_ids"], fields["track_new"], strict=True)
+                                           if new})
+    lost = [v for v in previous.lost if v not in sides] if ours else []
+    if lost:  # a withdrawn track or failed extraction shrank last week's test: its figures and this week's differ
+        kept["held_out_missing"] = len(lost)  # the provenance's splits_kept_from (the same dict)
+        if warn is not None:
+            warn(f"{previous.folder}: {len(lost)} of its held-out (val, test, test_new_music) videos have no usable "
+                 f"upload in this build (e.g. {lost[0]!r}: its track withdrawn, its extraction failed?), so its "
+                 "figures and this build's are not on the same queries; they keep their side if they come back")
+    return HeldOutHistory(videos, tracks)
 
 
 def _fingerprints(folder: Path) -> tuple[str, str] | None:
