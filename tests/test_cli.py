@@ -1405,11 +1405,15 @@ def test_evaluate_and_compare_json_carry_the_warning_of_a_run_trained_on_another
                  str(evaluated)]) == 0
     assert json.loads(evaluated.read_text())["warnings"] == []
     other_world.rename(tmp_path / "moved")  # its training data gone: the overlap is not checked, and it says so
-    assert main(["evaluate", "--run", str(tmp_path / "there"), "--data", str(cli_world), "--json",
-                 str(evaluated)]) == 0
-    assert json.loads(evaluated.read_text())["warnings"] == [
-        f"{tmp_path / 'there'} was trained on another dataset ({other_world.resolve()}) than {cli_world}; that folder "
-        "is gone, so whether test's videos were in its training data is not checked (a test split can hold them)"]
+    for emptied in (False, True):  # moved away, or a folder of that name that is no dataset
+        if emptied:
+            other_world.mkdir()
+        assert main(["evaluate", "--run", str(tmp_path / "there"), "--data", str(cli_world), "--json",
+                     str(evaluated)]) == 0
+        assert json.loads(evaluated.read_text())["warnings"] == [
+            f"{tmp_path / 'there'} was trained on another dataset ({other_world.resolve()}) than {cli_world}; that "
+            "folder is gone, so whether test's videos were in its training data is not checked (a test split can "
+            "hold them)"]
 
 
 def test_evaluate_writes_each_querys_ranks_for_paired_tests_elsewhere(cli_world, popularity_run, tmp_path):

@@ -762,10 +762,10 @@ def trained_on_other_data(run: Path, data: Path, what: str | None = None,
         return (f"{name} was trained on {data} as it was before it was built again (its splits or "
                 "manifest changed since)")
     if other:
-        overlap = training_overlap(Path(info["data"]), data, split) if split and info.get("data") else ""
-        if split and isinstance(info.get("data"), str) and not Path(info["data"]).is_dir():  # moved, deleted
-            overlap = (f"; that folder is gone, so whether {split}'s videos were in its training data is not "
-                       "checked (a test split can hold them)")
+        gone = isinstance(info.get("data"), str) and not (Path(info["data"]) / "manifest.json").is_file()
+        overlap = ("" if not split or not info.get("data") else
+                   f"; that folder is gone, so whether {split}'s videos were in its training data is not checked (a "
+                   "test split can hold them)" if gone else training_overlap(Path(info["data"]), data, split))
         return f"{name} was trained on another dataset ({info.get('data')}) than {data}{overlap}"
     if refeatured:
         return (f"{name} was trained on other features of this dataset than {data} holds now "
