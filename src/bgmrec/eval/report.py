@@ -211,25 +211,25 @@ def _shown_labels(results: list[dict]) -> list[str]:
     return shown
 
 
-def report_metric(metric: str) -> str:
-    """The protocol ("full" or "sampled") of a metric a report's paired table can compare: one
+def report_metric(metric: str) -> tuple[str, str]:
+    """(protocol, rank metric) of a metric a report's paired table can compare, protocol "full" or "sampled": one
     :func:`~bgmrec.eval.metrics.compared_protocol` names, but not an IPW one, since the ranks files hold no IPW
     weights (:class:`~bgmrec.data.dataset.FieldError` naming ``metric``; an IPW figure had been paired on the full
     ranks and labelled IPW)."""
     from bgmrec.data.dataset import FieldError
     from bgmrec.eval.metrics import compared_protocol
 
-    protocol = compared_protocol(metric)[0]
+    protocol, rank_metric = compared_protocol(metric)
     if protocol == "ipw":
         raise FieldError(f"{{metric}} {metric}: the ranks files evaluate --ranks writes hold no IPW weights; bgmrec "
                          f"compare --metric {metric} pairs it on the dataset", "metric")
-    return protocol
+    return protocol, rank_metric
 
 
 def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, resamples: int,
                     level: float) -> list[str]:
     """The lines of one split's paired table against the row labelled ``baseline`` (none when the split lacks it)."""
-    from bgmrec.eval.metrics import compared_protocol, query_gains
+    from bgmrec.eval.metrics import query_gains
     from bgmrec.eval.significance import paired_comparison
 
     base = next(((name, r) for name, r in named if r["label"] == baseline), None)
@@ -238,7 +238,7 @@ def _paired_section(named: list[tuple[str, dict]], baseline: str, metric: str, r
     if base[1].get("ranks_file") is None:
         raise ValueError(f"{base[0]}: the baseline {baseline} was evaluated without --ranks; a paired comparison "
                          "needs its per-query ranks (bgmrec evaluate ... --json FILE --ranks CSV)")
-    protocol, rank_metric = report_metric(metric), compared_protocol(metric)[1]
+    protocol, rank_metric = report_metric(metric)
     queries, ranks = ranks_of(*base, protocol)
     gains = query_gains(ranks, rank_metric)
     compared, without = [], []
@@ -357,8 +357,10 @@ RANKS_HEADER = "video,track,uploader,full_rank,sampled_rank"  # evaluate --ranks
 
 def paired_note(baseline: str, metric: str = "Recall@10", level: float = 0.95) -> str:
     """What a paired table's cells are: the sentence above it."""
-    sampled = metric.lower().startswith("sampled_")
-    return (f"Change of {'sampled (1+K) ' + metric[len('sampled_'):] if sampled else 'full-catalogue ' + metric} "
+    from bgmrec.eval.metrics import compared_protocol
+
+    protocol, rank_metric = compared_protocol(metric)
+    return (f"Change of {'sampled (1+K)' if protocol == 'sampled' else 'full-catalogue'} {rank_metric} "
             f"over {baseline} on the same queries, with its "
             f"{level * 100:.10g}% paired bootstrap interval and the p-value of a paired "
             "randomisation test (`bgmrec compare`): how sure each figure is given these trained models and queries, "
