@@ -154,7 +154,6 @@ def test_excluded_tracks_are_never_returned(client, tiny_ds):
 @pytest.mark.parametrize(("change", "words"), [
     ({"visual": [0.1, 0.2]}, "visual: expected"),
     ({"text": [0.0]}, "text: expected"),
-    ({"exclude": ["no-such-track"]}, "no track 'no-such-track'"),
     ({"top": 0}, "top: Input should be greater than or equal to 1"),
     ({"taste": {"polka": 1.0}}, "unknown genre(s) polka"),
     ({"taste": {"pop": 0.0}}, "taste: weights must be finite, non-negative and not all zero"),
@@ -165,12 +164,26 @@ def test_bad_requests_get_a_422_naming_the_field(client, tiny_ds, change, words)
     assert words in json.dumps(r.json()["detail"])
 
 
+def test_an_exclude_id_not_in_the_catalogue_is_passed_over_and_named(client, tiny_ds):
+    # an app's stored exclude list naming a track withdrawn from the catalogue since got a 422 on every request
+    body = clip_body(tiny_ds, 0)
+    first = client.post("/recommend", json=body).json()["tracks"][0]["id"]
+    r = client.post("/recommend", json={**body, "exclude": ["gone-1", first, "gone-2"]})
+    assert r.status_code == 200
+    assert first not in [t["id"] for t in r.json()["tracks"]]
+    assert r.json()["warnings"] == ["exclude: 2 track id(s) not in the catalogue, passed over: 'gone-1', 'gone-2'"]
+    many = [f"gone-{i}" for i in range(5)]
+    batch = client.post("/recommend/batch", json={"clips": [body, {**body, "exclude": many}]}).json()["results"]
+    assert batch[0]["warnings"] == []  # said of the clip whose list it was
+    assert batch[1]["warnings"] == [
+        "exclude: 5 track id(s) not in the catalogue, passed over: 'gone-0', 'gone-1', 'gone-2', ..."]
+
+
 @pytest.mark.parametrize(("k", "exclude", "words"), [
     (0, None, "top must be at least 1"),
     ("5", None, "top must be an integer, got '5'"),
     (2.5, None, "top must be an integer, got 2.5"),
     (3, [[], []], "exclude has 2 lists for 1 clips"),
-    (3, [["no-such-track"]], "exclude: no track 'no-such-track'"),
     (3, ["t00027"], "exclude[0] must be a list of track ids, got str 't00027'"),  # not iterated letter by letter
 ])
 def test_the_library_raises_a_request_error_for_the_callers_mistakes(tiny_ds, cmvae, k, exclude, words):
@@ -225,8 +238,8 @@ def test_a_catalogue_from_arrays_answers_as_the_same_catalogue_from_a_folder(tin
     with pytest.raises(DatasetError, match=r"^the catalogue: tracks have 10 features, but the model was trained on "
                                            rf"music features of dimension {folder.dim};"):
         ClipRecommender(cmvae, narrow)
-    with pytest.raises(RequestError, match=r"^exclude: no track 'nosuch' in the catalogue$"):
-        ClipRecommender(cmvae, memory).recommend(clips[:1], 3, exclude=[["nosuch"]])
+    assert ClipRecommender(cmvae, memory).recommend(clips[:1], 3, exclude=[["nosuch"]])[0]["warnings"] == [
+        "exclude: 1 track id(s) not in the catalogue, passed over: 'nosuch'"]
 
 
 def test_threads_are_set_in_every_thread_that_asks_for_recommendations(tiny_ds, cmvae, monkeypatch):
@@ -1265,11 +1278,13 @@ def test_a_video_upload_excludes_tracks_and_keeps_genres_as_a_features_request_d
     assert r.status_code == 200 and ids(r) == ids(want) and {t["genre"] for t in r.json()["tracks"]} == {genre}
     r = client.post("/recommend/video", files=video, data={"exclude": "", "genres": ""})  # -F exclude= -F genres=
     assert r.status_code == 200 and ids(r) == ids(client.post("/recommend/video", files=video))
+    r = client.post("/recommend/video", files=video, data={"exclude": ["no-such-track"]})  # passed over, as in JSON
+    assert r.status_code == 200 and r.json()["warnings"] == [
+        "exclude: 1 track id(s) not in the catalogue, passed over: 'no-such-track'"]
     embedded = []
     monkeypatch.setattr(service._MediaEncoders, "embed", lambda *args: embedded.append(1) or clip_of(tiny_ds, 0))
-    for field, value in (("exclude", "no-such-track"), ("genres", "no-such-genre")):
-        r = client.post("/recommend/video", files=video, data={field: [value]})
-        assert r.status_code == 422 and value in r.json()["detail"]
+    r = client.post("/recommend/video", files=video, data={"genres": ["no-such-genre"]})
+    assert r.status_code == 422 and "no-such-genre" in r.json()["detail"]
     assert embedded == []  # refused before the upload was embedded
 
 
@@ -1439,15 +1454,14 @@ def test_batches_past_the_limit_get_a_503_while_the_others_are_answered(tiny_ds,
         create_app(recommender, max_batches=0)
 
 
-def test_a_batchs_bad_taste_exclude_or_genres_is_named_by_its_clip(client, tiny_ds):
-    # one bad clip refused the batch saying only "exclude: no track 'nope'", of which clip it did not say
+def test_a_batchs_bad_taste_or_genres_is_named_by_its_clip(client, tiny_ds):
+    # one bad clip refused the batch saying only "genres: unknown genre(s) polka", of which clip it did not say
     def detail(clips):
         r = client.post("/recommend/batch", json={"clips": clips})
         assert r.status_code == 422
         return r.json()["detail"]
 
     good = clip_body(tiny_ds, 0)
-    assert detail([good, {**good, "exclude": ["nope"]}]).startswith("exclude[1]: no track 'nope' in the catalogue")
     assert detail([good, {**good, "genres": ["polka"]}]).startswith("genres[1]: unknown genre(s) polka")
     assert detail([{**good, "taste": {tiny_ds.genres[0]: 1.0}}, {**good, "taste": {"polka": 1.0}}]).startswith(
         "taste[1]: unknown genre(s) polka")

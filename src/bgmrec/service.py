@@ -30,9 +30,10 @@ folder's name and content hash (from its manifest), so a logged answer says exac
 They are computed once, at start-up.
 
 A request the caller must fix (a wrong size, a non-finite value, features for which the model's scores
-are not finite, an unknown field, a value of the wrong JSON type, an unknown track id or genre, no ``taste``
+are not finite, an unknown field, a value of the wrong JSON type, an unknown genre, no ``taste``
 in personalised mode, an unreadable video or an image, which ``extract-videos`` refuses too) gets HTTP 422
-with a one-line ``detail`` naming the field (in a batch, the clip: ``exclude[1]``); a video upload to a server
+with a one-line ``detail`` naming the field (in a batch, the clip: ``genres[1]``); an ``exclude`` id the
+catalogue has not is passed over and named in the answer's ``warnings``; a video upload to a server
 installed without the ``media`` extra, or serving a model of other feature sizes than the encoders give
 (:func:`uploads_refused`), gets 501. JSON fields are read strictly: ``"top": "5"``, ``true`` or ``5.0`` is
 not a count and ``"0.5"`` is not a feature value (pydantic's lax mode would convert them); only the video form's ``top``
@@ -283,7 +284,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
             raise HTTPException(501, f"video upload: {encoders.refused}")
         exclude = [t for t in exclude if t.strip()]
         genres = [g for g in genres or [] if g.strip()] or None
-        recommender.excluded_positions([exclude], [genres], 1)  # a bad id or genre before the upload's embedding
+        recommender.excluded_positions([exclude], [genres], 1)  # a bad genre before the upload's embedding
         with tempfile.NamedTemporaryFile(suffix=upload_suffix(video.filename)) as f:
             if not copy_limited(video.file, f, max_upload):
                 raise HTTPException(413, too_large)

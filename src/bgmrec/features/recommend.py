@@ -245,6 +245,19 @@ CAPTIONS_LEFT_OUT = ("the model was trained on videos without captions: it learn
                      "captions of clips are left out (to use them, train on a dataset of captioned videos)")
 CAPTION_LEFT_OUT = "its caption was left out: the model was trained on videos without captions"
 NOTHING_LEFT = "no track to answer with: exclude and genres leave none of the catalogue's tracks"
+EXCLUDE_NOT_IN_CATALOG = "exclude: {n} track id(s) not in the catalogue, passed over: {ids}"
+
+
+def not_in_catalog_warning(unknown: list[str]) -> list[str]:
+    """The answer's warning for ``exclude`` ids the catalogue has not (withdrawn since the app stored them, or
+    mistyped): they are passed over, not refused, so that an app's stored exclude list keeps working after a
+    catalogue update; the first three are named."""
+    if not unknown:
+        return []
+    named = ", ".join(repr(t) for t in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+    return [EXCLUDE_NOT_IN_CATALOG.format(n=len(unknown), ids=named)]
+
+
 TASTE_NOT_READ = ("its taste was not read: this model ranks without the uploader's taste (DecCM reads it in its "
                   "personalised mode)")
 
@@ -320,7 +333,8 @@ class ClipRecommender:
         return tracks of, one list (or None: every genre) per clip; ``taste`` [n, G] the uploaders'
         genre preferences, which only a model in personalised mode reads (given to another, each answer's
         ``warnings`` say it was not read). A bad ``k``, ``exclude`` or
-        ``genres`` of the wrong length, an unknown track id or genre in them raise :class:`RequestError`,
+        ``genres`` of the wrong length, an unknown genre in them raise :class:`RequestError` (an unknown
+        track id in ``exclude`` is passed over, and the clip's ``warnings`` name it),
         and so do features for which the model's scores are not finite (finite but huge values can
         overflow); ``labels`` name the clips in that message (default "clip 0", "clip 1", ...).
         """
@@ -332,6 +346,7 @@ class ClipRecommender:
             raise RequestError(f"top must be at least 1, got {k}")
         q = self._query(clips, taste)
         excluded = self.excluded_positions(exclude, genres, len(clips))
+        unknown = [[t for t in ids if t not in self.position] for ids in exclude] if exclude else [[]] * len(clips)
         self._use_threads()
         try:
             ids, scores = self.index.search(self.model.encode_videos(q), min(k, len(self.catalog)), excluded)
@@ -353,14 +368,16 @@ class ClipRecommender:
                  "modality_share": share, "warnings": [*clip.warnings, *far[i], *(
                      [CAPTION_LEFT_OUT] if self.captions_left_out and clip.has_text else []), *(
                      [NOTHING_LEFT] if (np.asarray(row_ids) < 0).all() else []), *(
-                     [TASTE_NOT_READ] if taste is not None and not self.model.reads_taste else [])]}
+                     [TASTE_NOT_READ] if taste is not None and not self.model.reads_taste else []),
+                     *not_in_catalog_warning(unknown[i])]}
                 for i, (row_ids, row_scores, share, clip) in enumerate(zip(ids, scores, modality_shares(self.model, q),
                                                                            clips, strict=True))]
 
     def excluded_positions(self, exclude: list[list[str]] | None, genres: list[list[str] | None] | None,
                            n: int) -> list[np.ndarray] | None:
         """The catalogue positions each of ``n`` clips must not get, from :meth:`recommend`'s ``exclude`` and
-        ``genres`` (None: none), or a :class:`RequestError` for a bad one; cheap, so a caller with an
+        ``genres`` (None: none), or a :class:`RequestError` for a bad one (an ``exclude`` id the catalogue has
+        not is passed over: :meth:`recommend` warns of it); cheap, so a caller with an
         expensive clip to embed (a video upload) can check them first."""
         if exclude is not None and len(exclude) == 0:
             exclude = None  # no lists: nothing excluded
@@ -370,8 +387,7 @@ class ClipRecommender:
             if isinstance(ids, str) or not isinstance(ids, list | tuple | set | frozenset | np.ndarray):
                 raise RequestError(f"exclude[{i}] must be a list of track ids, got {type(ids).__name__} {ids!r}"[:160])
         excluded = None if not exclude or not any(len(ids) for ids in exclude) else [
-            np.array([self._position_of(t, f"exclude[{i}]" if n > 1 else "exclude") for t in ids], np.int64)
-            for i, ids in enumerate(exclude)]
+            np.array([self.position[t] for t in ids if t in self.position], np.int64) for ids in exclude]
         return self._outside_genres(genres, n, excluded)
 
     def _query(self, clips: list[ClipFeatures], taste) -> VideoQuery:
@@ -465,11 +481,6 @@ class ClipRecommender:
             # positions may repeat (an excluded track outside the genres): the search masks each once
             lists[i] = np.concatenate([lists[i], outside[key]]) if len(lists[i]) else outside[key]
         return lists
-
-    def _position_of(self, track_id: str, field: str) -> int:
-        if track_id not in self.position:
-            raise RequestError(f"{field}: no track {track_id!r} in {self.catalog.name}")
-        return self.position[track_id]
 
 
 SETTINGS_NOT_IN_FEATURES = ("min_seconds", "threads", "silent_below_dbfs")  # extraction settings that do not
