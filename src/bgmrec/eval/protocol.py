@@ -260,7 +260,8 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
     unknown = int((rows[:, 2] < 0).sum())
     if mode == "personalised" and unknown:  # Dataset.confounder gives them the dataset's prior taste
         result["queries_without_uploader"] = unknown
-        warnings.warn(f"{unknown} of {len(rows)} {split} queries have no known uploader: personalised mode ranks "
+        warnings.warn(f"{getattr(model, 'label', model.name)} [personalised]: {unknown} of {len(rows)} {split} "
+                      "queries have no known uploader: it ranks "
                       "them with the dataset's prior taste, not their uploader's"
                       + ("; these figures are not personalised" if unknown == len(rows) else ""),
                       EvaluationWarning, stacklevel=2)
