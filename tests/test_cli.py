@@ -580,6 +580,86 @@ def test_recommend_on_a_dataset_folder_as_catalogue_and_videos(cli_world, tmp_pa
         "clip's features of the model's sizes (--features DIR --video-id ID)")
 
 
+def test_recommend_all_videos_writes_each_videos_answer_as_one_json_line(cli_world, tmp_path, capsys):
+    """An app's backfill: every video of a features folder ranked in blocks, each line the answer --json gives
+    for that video alone (there was no way but one command per video, or the Python API)."""
+    import bgmrec.features.recommend as rec
+
+    run = tmp_path / "cca"
+    assert main(["train", "--data", str(cli_world), "--model", "cca", "--out", str(run)]) == 0
+    ds = load_dataset(cli_world)
+    out = tmp_path / "answers.jsonl"
+    base = ["recommend", "--run", str(run), "--catalog", str(cli_world), "--features", str(cli_world), "--top", "3",
+            "--genre", ds.genres[1], "--genre", ds.genres[2]]
+    capsys.readouterr()
+    assert main([*base, "--all-videos", "--out", str(out)]) == 0
+    assert capsys.readouterr().err.strip().endswith(
+        f"wrote the top 3 tracks of {ds.n_videos} videos of {cli_world} to {out} (0 with warnings)")
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [a["video"] for a in lines] == list(ds.video_ids)  # every video, in the folder's order
+    assert list(lines[0]) == ["video", "tracks", "modality_share", "warnings"]
+    for i in (0, 7, ds.n_videos - 1):  # as one clip's --json, scores to float32's precision
+        assert main([*base, "--video-id", ds.video_ids[i], "--json"]) == 0
+        alone = json.loads(capsys.readouterr().out)
+        assert [t["id"] for t in lines[i]["tracks"]] == [t["id"] for t in alone["tracks"]]
+        assert [t["score"] for t in lines[i]["tracks"]] == pytest.approx([t["score"] for t in alone["tracks"]],
+                                                                          rel=1e-5)
+        assert {t["genre"] for t in lines[i]["tracks"]} <= {ds.genres[1], ds.genres[2]}
+    # in blocks of any size, the same lines (a block is one matrix product)
+    recommender = rec.ClipRecommender(load_model(run), rec.open_catalog(cli_world))
+    videos = rec.open_video_features(cli_world, mmap=True)
+    small = list(rec.recommend_videos(recommender, videos, 3, genres=[ds.genres[1], ds.genres[2]], at_once=7))
+    assert [[t["id"] for t in a["tracks"]] for a in small] == [[t["id"] for t in a["tracks"]] for a in lines]
+    with pytest.raises(ValueError, match="at_once must be a positive integer, got 0"):
+        next(rec.recommend_videos(recommender, videos, at_once=0))
+    # to stdout, the summary on stderr
+    assert main([*base, "--all-videos", "--out", "-"]) == 0
+    printed, err = capsys.readouterr()
+    assert printed == out.read_text(encoding="utf-8") and "to stdout" in err
+
+
+def test_recommend_all_videos_refuses_options_that_do_not_go_with_it_and_keeps_a_file_it_would_lose(
+        cli_world, popularity_run, tmp_path, capsys, monkeypatch):
+    import bgmrec.features.recommend as rec
+
+    base = ["recommend", "--run", str(popularity_run), "--catalog", str(cli_world)]
+    out = tmp_path / "answers.jsonl"
+    for args, words in (
+            (["--all-videos", "--out", str(out)], "error: --all-videos ranks for every video of --features DIR"),
+            (["--features", str(cli_world), "--all-videos", "--video-id", "v1", "--out", str(out)],
+             "--video and --video-id name one: give either"),
+            (["--features", str(cli_world), "--all-videos"], "error: --all-videos writes each video's answer as a line "
+                                                            "of JSON to --out FILE (- for stdout); give it"),
+            (["--features", str(cli_world), "--all-videos", "--out", str(out), "--json"],
+             "error: --all-videos writes JSON lines to --out; --json is the answer of one clip"),
+            (["--features", str(cli_world), "--video-id", "v1", "--out", str(out)],
+             f"error: --out {out} is written with --all-videos"),
+            (["--features", str(cli_world)], "error: --features needs --video-id ID (a video id in its videos.csv), "
+                                            "or --all-videos"),
+            (["--features", str(cli_world), "--all-videos", "--out", str(tmp_path)], "is a folder")):
+        capsys.readouterr()
+        assert main([*base, *args]) == 2, args
+        assert words in " ".join(capsys.readouterr().err.split()), args
+    assert not out.exists()
+    notes = tmp_path / "notes.txt"  # not an earlier --out: never replaced
+    notes.write_text("my notes\n", encoding="utf-8")
+    assert main([*base, "--features", str(cli_world), "--all-videos", "--out", str(notes)]) == 2
+    assert "exists and is not the answers of bgmrec recommend --all-videos" in capsys.readouterr().err
+    assert notes.read_text(encoding="utf-8") == "my notes\n"
+    # an earlier --out is replaced whole, or not at all: a failure midway leaves it as it was, and nothing beside
+    assert main([*base, "--features", str(cli_world), "--all-videos", "--out", str(out)]) == 0
+    before = out.read_bytes()
+
+    def fails_midway(*args, **kwargs):
+        yield {"video": "v", "tracks": [], "modality_share": {}, "warnings": []}
+        raise rec.RequestError("v: the model's scores for these features are not finite")
+
+    monkeypatch.setattr(rec, "recommend_videos", fails_midway)
+    assert main([*base, "--features", str(cli_world), "--all-videos", "--out", str(out), "--top", "2"]) == 2
+    assert "error: v: the model's scores for these features are not finite" in capsys.readouterr().err
+    assert out.read_bytes() == before and sorted(tmp_path.iterdir()) == sorted([out, notes])
+
+
 def test_demo_on_a_few_models_reports_the_command_that_makes_it_again(tmp_path, capsys):
     import shlex
 

@@ -373,6 +373,11 @@ def test_a_clip_cut_off_after_half_its_samples_is_ranked_and_the_answer_says_its
     assert json.loads(out)["warnings"] == [note] and f"{note}" in " ".join(err.split())
     assert main([*by_id, "whole"]) == 0
     assert json.loads(capsys.readouterr().out)["warnings"] == []
+    every = ["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+             str(tmp_path / "vf"), "--all-videos", "--out", "-"]
+    assert main(every) == 0  # failures.csv read once for all: each clip's note with its own answer
+    assert {a["video"]: a["warnings"] for a in map(json.loads, capsys.readouterr().out.splitlines())} == {
+        "cut": [note], "whole": []}
 
 
 def test_a_clip_path_that_is_a_link_to_nothing_or_no_regular_file_is_named_as_extract_videos_names_it(world,

@@ -194,9 +194,27 @@ def build_dataset_cmd(
 
 
 def check_clip_options(video: str | None, caption: str | None, features: Path | None, video_id: str | None,
-                       frames: int | None) -> None:
+                       frames: int | None, all_videos: bool = False, out: Path | None = None,
+                       json_: bool = False) -> None:
     """Refuse ``recommend``'s clip options that contradict one another or would go unused: one clip, either a
-    file (``--video`` with ``--caption``, ``--frames``) or extracted features (``--features`` with one id)."""
+    file (``--video`` with ``--caption``, ``--frames``) or extracted features (``--features`` with one id), or
+    every video of extracted features (``--features`` with ``--all-videos`` and ``--out``)."""
+    if all_videos:
+        if features is None:
+            raise ValueError("--all-videos ranks for every video of --features DIR (a videos folder of "
+                             "extract-videos, or a dataset folder); give it")
+        if video is not None or video_id is not None:
+            raise ValueError(f"--all-videos ranks for every video of --features {features}; --video and --video-id "
+                             "name one: give either")
+        if out is None:
+            raise ValueError("--all-videos writes each video's answer as a line of JSON to --out FILE (- for stdout); "
+                             "give it")
+        if json_:
+            raise ValueError("--all-videos writes JSON lines to --out; --json is the answer of one clip")
+        check_answers_file(out)
+    elif out is not None:
+        raise ValueError(f"--out {out} is written with --all-videos; one clip's answer is printed (as JSON with "
+                         "--json)")
     if features is None:
         if video_id is not None:
             raise ValueError(f"--video-id {video_id}: an id of a videos folder; give it with --features DIR (a clip "
@@ -207,14 +225,93 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
     if video is not None and video_id is not None:
         raise ValueError(f"--video {video} and --video-id {video_id} both name the clip of --features {features}; "
                          "give one (--video-id ID, or --video FILE without --features)")
-    if video is None and video_id is None:
-        raise ValueError("--features needs --video-id ID (a video id in its videos.csv)")
+    if video is None and video_id is None and not all_videos:
+        raise ValueError("--features needs --video-id ID (a video id in its videos.csv), or --all-videos")
     if caption is not None:
         raise ValueError(f"--caption is read for a clip file only (--video FILE without --features); --features "
                          f"{features} holds each clip's caption as extract-videos embedded it")
     if frames is not None:
         raise ValueError(f"--frames is read for a clip file only (--video FILE without --features); the clips of "
                          f"--features {features} were sampled when extract-videos ran")
+
+
+ANSWER_KEYS = ("video", "tracks")  # of each line of recommend --all-videos' --out
+
+
+def check_answers_file(path: Path) -> None:
+    """Refuse, before any work, an ``--out`` of ``recommend --all-videos`` that names a folder, something other
+    than a regular file, or an existing file that is neither empty nor an earlier ``--out`` (its first line a JSON
+    object with :data:`ANSWER_KEYS`): replacing it would lose what it holds."""
+    from bgmrec.cli.core import STDOUT, check_parent_folders
+
+    if path == STDOUT:
+        return
+    if path.is_dir():
+        raise ValueError(f"--out {path}: is a folder; give the path of a file to write the answers to")
+    check_parent_folders(path, "--out")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--out {path}: is not a regular file (a pipe or a device); give the path of a file, or - "
+                         "for stdout")
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+        try:
+            found = json.loads(first)
+        except (ValueError, RecursionError):
+            found = None
+        if not (isinstance(found, dict) and all(k in found for k in ANSWER_KEYS)):
+            raise ValueError(f"--out {path}: exists and is not the answers of bgmrec recommend --all-videos; refusing "
+                             "to replace it (choose another path, or remove the file)")
+
+
+def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: int, exclude: list[str],
+                   genres: list[str] | None, said: list[str]) -> None:
+    """``recommend --all-videos``: every video of ``features`` ranked, a line of JSON each, written to ``out``
+    whole or not at all (stdout for ``-``); ``said``: what was printed of the model, leading every answer's
+    ``warnings`` as it leads ``--json``'s."""
+    from bgmrec.cli.core import STDOUT
+    from bgmrec.data.dataset import replace_atomically
+    from bgmrec.features.cache import progress_bar
+    from bgmrec.features.recommend import (
+        ClipRecommender,
+        RequestError,
+        open_video_features,
+        recommend_videos,
+        warn_on_stderr,
+    )
+
+    videos = open_video_features(features, mmap=True)
+    frames = (videos.manifest.get("settings") or {}).get("frames")
+    recommender = ClipRecommender(model, catalog, frames=frames)
+    said = [*said, *(warn_on_stderr(m) for m in recommender.warnings)]
+    with_warnings = [0]
+
+    def write(f) -> None:
+        with progress_bar(f"ranking {len(videos)} videos", len(videos)) as advance:
+            for answer in recommend_videos(recommender, videos, top, exclude, genres or None):
+                answer["warnings"][:0] = said
+                with_warnings[0] += bool(answer["warnings"])
+                f.write(json.dumps(answer) + "\n")
+                advance()
+
+    try:
+        if out == STDOUT:
+            write(sys.stdout)
+        else:
+            replace_atomically(out, lambda tmp: _write_utf8(tmp, write))
+    except RequestError as e:  # named by the request's fields: here, by this command's options
+        message = str(e)
+        for field, option in (("exclude: ", "--exclude: "), ("genres: ", "--genre: ")):
+            message = option + message.removeprefix(field) if message.startswith(field) else message
+        raise ValueError(message) from None
+    where = "stdout" if out == STDOUT else str(out)
+    _console(stderr=True).print(f"wrote the top {top} tracks of {len(videos)} videos of {features} to {where} "
+                                f"({with_warnings[0]} with warnings)", markup=False)
+
+
+def _write_utf8(path: Path, write) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        write(f)
 
 
 def _clip_from_features(features: Path, vid: str) -> tuple[ClipFeatures, str, int | None]:
@@ -296,11 +393,18 @@ def recommend_cmd(
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content; personalised needs an uploader and is not offered here)"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    all_videos: bool = typer.Option(False, "--all-videos", help="rank for every video of --features (no "
+                                    "--video-id) and write a line of JSON per video to --out: the object --json "
+                                    "prints, its id as 'video' first"),
+    out: Path | None = typer.Option(None, help="with --all-videos: the JSON-lines file to write, whole or not at "
+                                               "all (- for stdout)"),
     threads: int | None = threads_option(),
 ) -> None:
-    """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features."""
+    """Rank the catalogue's tracks for one clip, from its file and caption or from extracted features; or for
+    every video of extracted features (--all-videos)."""
     use_threads(threads)
-    check_clip_options(video, caption, features, video_id, frames)  # before the model, the catalogue, the media
+    # before the model, the catalogue, the media
+    check_clip_options(video, caption, features, video_id, frames, all_videos, out, json_)
     if mode == "personalised":
         raise ValueError("recommend: --mode personalised ranks with the uploader's genre taste, which this command "
                          "does not take; `bgmrec serve --mode personalised` takes it with each request (taste)")
@@ -325,6 +429,9 @@ def recommend_cmd(
         raise ValueError(f"recommend: {model.name} ranks with the uploader's genre taste, which this command does "
                          "not take; `bgmrec serve` takes it with each request (taste)")
     cat = open_catalog(catalog)
+    if all_videos:
+        _recommend_all(model, cat, features, out, top, exclude, genre, said)
+        return
     if features is not None:
         try:
             clip, label, frames = _clip_from_features(features, video if video_id is None else video_id)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,14 +117,15 @@ def open_video(root: Path, video_id: str):
     return open_video_features(root).only(video_id) if _is_dataset(root) else load_video_row(root, video_id)
 
 
-def open_video_features(root: Path):
-    """The videos folder at ``root`` (:func:`~bgmrec.features.video.load_video_features`), or a dataset's
-    videos with their features (ids from its videos.csv; no files or captions) when ``root`` is a dataset."""
+def open_video_features(root: Path, mmap: bool = False):
+    """The videos folder at ``root`` (:func:`~bgmrec.features.video.load_video_features`; ``mmap``: its arrays
+    memory-mapped, not loaded), or a dataset's videos with their features (ids from its videos.csv; no files or
+    captions; memory-mapped as the dataset is) when ``root`` is a dataset."""
     from bgmrec.features.video import VideoFeatures, load_video_features
 
     ds = _dataset_at(root)
     if ds is None:
-        return load_video_features(root)
+        return load_video_features(root, mmap=mmap)
     n = ds.n_videos
     return VideoFeatures(list(ds.video_ids), [""] * n, [""] * n, np.asarray(ds.video_visual, np.float32),
                          np.asarray(ds.video_text, np.float32), np.asarray(ds.video_text_mask, bool),
@@ -131,6 +133,13 @@ def open_video_features(root: Path):
 
 
 FAR_FROM_TRAINING_SD = 20.0  # a catalogue track this many training standard deviations out is named at start-up
+
+
+def beyond_far(distance: float) -> str:
+    """``distance`` (above :data:`FAR_FROM_TRAINING_SD`) in 3 significant digits, more where those would round it
+    down to the threshold (it read "up to 20 standard deviations ... (more than 20)")."""
+    shown = f"{distance:.3g}"
+    return shown if float(shown) > FAR_FROM_TRAINING_SD else f"{distance:.6g}"
 
 
 def far_from_training_music(model: Recommender, music: MusicCatalog, ids: list[str]) -> str | None:
@@ -143,8 +152,8 @@ def far_from_training_music(model: Recommender, music: MusicCatalog, ids: list[s
     far = np.flatnonzero(distance > FAR_FROM_TRAINING_SD)
     worst = int(np.argmax(distance))
     return (f"{len(far)} catalogue track(s) have features more than {FAR_FROM_TRAINING_SD:g} standard deviations "
-            f"from the model's training music (up to {distance[worst]:.3g}, track {ids[worst]!r}): their scores "
-            "can be out of all proportion and top every list; give music like the training music, extracted "
+            f"from the model's training music (up to {beyond_far(distance[worst])}, track {ids[worst]!r}): their "
+            "scores can be out of all proportion and top every list; give music like the training music, extracted "
             "with the same extractor and settings")
 
 
@@ -168,7 +177,7 @@ def far_from_training_videos(model: Recommender, q: VideoQuery) -> list[list[str
     distance = model.video_distance_from_training(q)
     if distance is None:
         return [[] for _ in range(len(q))]
-    return [[f"its features lie up to {d:.3g} standard deviations from the model's training videos (more than "
+    return [[f"its features lie up to {beyond_far(d)} standard deviations from the model's training videos (more than "
              f"{FAR_FROM_TRAINING_SD:g}): its scores can be out of all proportion; give clips like the training "
              "videos, extracted with the same extractor and settings"] if d > FAR_FROM_TRAINING_SD else []
             for d in distance]
@@ -501,6 +510,31 @@ def recommend_clip(model: Recommender, catalog: Catalog, clip: ClipFeatures, k: 
         warnings.warn(msg, FeatureMismatchWarning, stacklevel=2)
     answer = recommender.recommend([clip], k, [list(exclude or [])], genres=[genres])[0]
     return {**answer, "warnings": [*said, *answer["warnings"]]}
+
+
+RANKED_AT_ONCE = 1024  # videos :func:`recommend_videos` ranks with one matrix product (serve's largest batch)
+
+
+def recommend_videos(recommender: ClipRecommender, videos, k: int = 10, exclude: list[str] | None = None,
+                     genres: list[str] | None = None, at_once: int = RANKED_AT_ONCE) -> Iterator[dict]:
+    """The answer of :meth:`ClipRecommender.recommend` for every video of ``videos`` (a
+    :class:`~bgmrec.features.video.VideoFeatures`, from :func:`open_video_features`), in its row order, each with
+    its ``video`` id first (``bgmrec recommend --all-videos``); ``exclude`` and ``genres`` hold for every video.
+    ``at_once`` videos are read and ranked together, so memory-mapped features are read a block at a time. A clip
+    whose scores are not finite is a :class:`RequestError` naming its video."""
+    if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1:
+        raise ValueError(f"at_once must be a positive integer, got {at_once!r}")
+    notes = videos.repeated_frame_notes()
+    for start in range(0, len(videos), at_once):
+        block = slice(start, min(start + at_once, len(videos)))
+        visual, text = (np.asarray(x[block], np.float32) for x in (videos.visual, videos.text))
+        ids, files, has_text = videos.ids[block], videos.file[block], np.asarray(videos.text_mask[block], bool)
+        clips = [ClipFeatures(v, t, bool(h), list(notes.get(f, [])))
+                 for v, t, h, f in zip(visual, text, has_text, files, strict=True)]
+        answers = recommender.recommend(clips, k, [list(exclude or [])] * len(clips), labels=list(ids),
+                                        genres=[genres] * len(clips))
+        for vid, answer in zip(ids, answers, strict=True):
+            yield {"video": vid, **answer}
 
 
 def training_feature_settings(model: Recommender) -> tuple[dict, dict]:

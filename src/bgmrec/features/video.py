@@ -472,12 +472,19 @@ class VideoFeatures:
         """The notes ``failures.csv`` holds on the clip ``video_id`` as it was extracted with frames repeated (a
         clip cut off): the warnings of its answer, as of the same clip given as a file; [] when there are none or
         no ``failures.csv`` (a dataset's videos)."""
+        notes = self.repeated_frame_notes()
+        return notes.get(self.file[self.position(video_id)], []) if notes else []
+
+    def repeated_frame_notes(self) -> dict[str, list[str]]:
+        """:meth:`notes` of every clip that has any, by its ``file`` (``failures.csv`` read once)."""
         path = None if self.root is None else Path(self.root) / "failures.csv"
         if path is None or not path.is_file():
-            return []
-        file = self.file[self.position(video_id)]
-        return [row["reason"] for row in read_csv_utf8(path, ("file", "reason"))
-                if row["file"] == file and row["reason"].startswith(REPEATED)]
+            return {}
+        notes: dict[str, list[str]] = {}
+        for row in read_csv_utf8(path, ("file", "reason")):
+            if row["reason"].startswith(REPEATED):
+                notes.setdefault(row["file"], []).append(row["reason"])
+        return notes
 
 
 def lost_captions_warning(out: Path, ids: list[str], captions_of: list[str], captions: Path | None) -> str | None:
