@@ -217,16 +217,6 @@ def test_linear_anneal(step, warmup, want):
     assert L.linear_anneal(step, warmup) == pytest.approx(want)
 
 
-def test_log_mean_exp():
-    x = torch.log(t([[1.0, 3.0]]))
-    assert L.log_mean_exp(x, 1).item() == pytest.approx(math.log(2.0))
-    w = torch.log(t([0.25, 0.75]))
-    assert L.log_mean_exp(x, 1, w).item() == pytest.approx(math.log(0.25 + 2.25))
-    big = t([[1000.0, 1000.0, 1000.0]])
-    assert L.log_mean_exp(big, 1).item() == pytest.approx(1000.0)  # no overflow
-    assert L.log_mean_exp(-big, 1).item() == pytest.approx(-1000.0)  # no underflow
-
-
 def test_mlp_and_standardizer():
     net = L.mlp(4, (8, 6), 3)
     assert net(torch.zeros(2, 4)).shape == (2, 3)
@@ -276,3 +266,29 @@ def test_backdoor_marginal_is_the_mean_of_the_per_taste_softmaxes():
     want = torch.stack([torch.softmax(scores + taste[k, genre], dim=1) for k in range(5)]).mean(0)
     torch.testing.assert_close(torch.exp(scores + h[:, genre]), want)
     assert L.backdoor_genre_offsets(scores[:, :0], genre[:0], taste).abs().sum().item() == 0.0
+
+
+def _offsets_by_definition(scores, genre, taste):
+    """h(v, g) = log (1/K) sum_k exp(taste_k[g] - log Z(v, k)), each log-sum-exp taken as written, in float64."""
+    scores, taste = scores.double(), taste.double()
+    log_z = torch.stack([torch.logsumexp(scores + taste[k, genre], dim=1) for k in range(len(taste))], 1)  # [n, K]
+    return torch.logsumexp(taste[None, :, :] - log_z[:, :, None], dim=1) - math.log(len(taste))
+
+
+def test_backdoor_offsets_hold_at_extreme_scores_and_for_a_genre_without_tracks():
+    # computed as matrix products of exponentials less their largest term: scores 600 nats apart (float32's exp
+    # spans 87), tastes far apart, and genre 3 with no reference track (no track to normalise: its offset is
+    # still the tastes' mean, as the definition gives)
+    gen = torch.Generator().manual_seed(1)
+    genre = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    scores = torch.randn(6, 8, generator=gen) * 3
+    scores[:, 0] += 300.0
+    scores[:, 5] -= 300.0
+    taste = torch.randn(7, 4, generator=gen) * 40
+    h = L.backdoor_genre_offsets(scores, genre, taste)
+    assert h.dtype == scores.dtype and torch.isfinite(h).all()
+    torch.testing.assert_close(h.double(), _offsets_by_definition(scores, genre, taste), rtol=1e-6, atol=1e-4)
+    many = torch.randn(300, 50, generator=gen, dtype=torch.float64)  # and a batch as the models score them
+    g50 = torch.randint(0, 5, (50,), generator=gen)
+    tastes = torch.randn(2000, 5, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(L.backdoor_genre_offsets(many, g50, tastes), _offsets_by_definition(many, g50, tastes))

@@ -174,13 +174,6 @@ def linear_anneal(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
-def log_mean_exp(x: torch.Tensor, dim: int, log_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """log sum_k w_k exp(x_k) with w summing to 1 (uniform when not given), computed stably."""
-    if log_weights is None:
-        return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
-    return torch.logsumexp(x + log_weights, dim=dim)
-
-
 def backdoor_genre_offsets(scores: torch.Tensor, ref_genre: torch.Tensor, taste: torch.Tensor) -> torch.Tensor:
     """h(v, g) = log (1/K) sum_k exp(taste_k[g] - log Z(v, k)), Z(v, k) = sum_r exp(scores_vr + taste_k[g_r]).
 
@@ -192,7 +185,26 @@ def backdoor_genre_offsets(scores: torch.Tensor, ref_genre: torch.Tensor, taste:
     g = taste.shape[1]
     if scores.shape[1] == 0:
         return torch.zeros(len(scores), g, dtype=scores.dtype)
-    onehot = nn.functional.one_hot(ref_genre, g).bool()  # [R, G]
-    s_g = torch.stack([torch.logsumexp(scores.masked_fill(~onehot[:, j], -torch.inf), dim=1) for j in range(g)], 1)
-    log_z = torch.logsumexp(s_g[:, None, :] + taste[None, :, :], dim=2)  # [n, K]
-    return log_mean_exp(taste[None, :, :] - log_z[:, :, None], dim=1)  # [n, G]
+    # each log-sum-exp as a matrix product of exponentials less their largest term, in float64 (whose range leaves
+    # terms below the largest by up to 700 nats, not 87): a loop of masked log-sum-exps over [n, R] per genre and two
+    # over [n, K, G] took 2.5 times as long (0.8 s for 1,024 videos against 850 tracks and 3,000 tastes)
+    x, tastes = scores.double(), taste.double()
+    per_track = ref_genre.expand(len(x), -1)
+    top = torch.full((len(x), g), -torch.inf, dtype=x.dtype).scatter_reduce(1, per_track, x, "amax")  # [n, G]
+    s_g = _log_of_sum(torch.exp(x - top.gather(1, per_track)) @ nn.functional.one_hot(ref_genre, g).double(), top)
+    a, b = _finite_max(s_g, 1), _finite_max(tastes, 1)  # [n], [K]
+    log_z = _log_of_sum(torch.exp(s_g - a[:, None]) @ torch.exp(tastes - b[:, None]).T, a[:, None] + b[None, :])
+    c, d = _finite_max(-log_z, 1), _finite_max(tastes, 0)  # [n], [G]
+    h = _log_of_sum(torch.exp(-log_z - c[:, None]) @ torch.exp(tastes - d[None, :]), c[:, None] + d[None, :])
+    return (h - math.log(len(tastes))).to(scores.dtype)  # [n, G]
+
+
+def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The largest value of ``x`` along ``dim``, 0 where every value is -inf (nothing to shift by)."""
+    top = x.amax(dim)
+    return torch.where(torch.isfinite(top), top, torch.zeros((), dtype=x.dtype))
+
+
+def _log_of_sum(sums: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """log of ``sums`` of exponentials taken less ``shift``, the shift added back (-inf for a sum of none)."""
+    return torch.log(sums) + torch.where(torch.isfinite(shift), shift, torch.zeros((), dtype=shift.dtype))
