@@ -852,6 +852,14 @@ def test_numbers_beside_dates_in_a_time_column_must_be_seconds_since_1970(tmp_pa
         read_pairs(p)
     p.write_text("video,track,uploader,time\nv0,t0,u0,3\nv1,t1,u1,1.5\n")  # numbers alone, any scale: kept
     assert read_pairs(p).time == [3.0, 1.5]
+    # but not two scales: one log's milliseconds among another's seconds made the earliest upload the latest (test)
+    p.write_text("video,track,uploader,time\nv0,t0,u0,1700000000000\nv1,t1,u1,1700000100\n")
+    with pytest.raises(DatasetError, match=r"^.*p.csv: line 2: time 1700000000000 beside seconds since 1970 \(e.g. "
+                                           r"line 3: 1700000100\) is on another scale \(milliseconds\? a counter\?\), "
+                                           r"so it would sort among them wrongly; give every time on one scale$"):
+        read_pairs(p)
+    p.write_text("video,track,uploader,time\nv0,t0,u0,1700000000000\nv1,t1,u1,1700000100000\n")  # all ms: kept
+    assert read_pairs(p).time == [1700000000000.0, 1700000100000.0]
 
 
 def test_an_output_folder_it_may_not_replace_is_refused_before_any_row_is_copied(tmp_path, folders, monkeypatch):

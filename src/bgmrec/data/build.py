@@ -194,6 +194,12 @@ def read_pairs(path: Path, uploaders: bool = True) -> Pairs:
         if dated is not None and odd is not None:  # numbers alone sort on any scale; beside dates, only as seconds
             raise DatasetError(f"{path}: line {odd[1]}: time {odd[0]:.15g} beside ISO-8601 dates (e.g. line {dated}) "
                                "is not seconds since 1970 (milliseconds? a date written as a number?); give one kind")
+        seconds = next(((t, line) for (t, kind), line in zip(parsed, lines, strict=True)
+                        if kind == "number" and EPOCH_SECONDS[0] <= t < EPOCH_SECONDS[1]), None)
+        if seconds is not None and odd is not None:  # one scale or another, not both: a log merged from two systems
+            raise DatasetError(f"{path}: line {odd[1]}: time {odd[0]:.15g} beside seconds since 1970 (e.g. line "
+                               f"{seconds[1]}: {seconds[0]:.15g}) is on another scale (milliseconds? a counter?), "
+                               "so it would sort among them wrongly; give every time on one scale")
         times = [t for t, _ in parsed]
     return Pairs(get["video"], get["track"], get["uploader"], times, untimed, lines)
 
