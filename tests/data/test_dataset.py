@@ -306,6 +306,23 @@ def test_malformed_folder_raises_naming_the_file(tiny_copy, case):
     assert "\n" not in msg  # one line
 
 
+def test_a_csv_saved_with_a_byte_order_mark_or_blank_lines_loads_as_written(tiny_copy, tiny_ds):
+    # a spreadsheet's "CSV UTF-8" (a BOM) was "expected header id,genre,..., found ['\\ufeffid', ...]", and a blank
+    # line an editor left at the end "row 2602 has 0 fields", where every other CSV bgmrec reads passes them
+    videos = (tiny_copy / "videos.csv").read_text(encoding="utf-8").splitlines()
+    (tiny_copy / "videos.csv").write_text("\n".join([videos[0], videos[1], "", *videos[2:]]) + "\n\n\n",
+                                          encoding="utf-8")
+    (tiny_copy / "tracks.csv").write_bytes(b"\xef\xbb\xbf" + (tiny_copy / "tracks.csv").read_bytes())
+    ds = load_dataset(tiny_copy)
+    assert list(ds.video_ids) == list(tiny_ds.video_ids) and list(ds.track_ids) == list(tiny_ds.track_ids)
+    assert list(ds.track_title) == list(tiny_ds.track_title)
+    lines = (tiny_copy / "tracks.csv").read_text(encoding="utf-8-sig").splitlines()
+    (tiny_copy / "tracks.csv").write_text("\n".join([lines[0], "", lines[1] + ",extra", *lines[2:]]) + "\n",
+                                          encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"tracks.csv: line 3 has 6 fields, expected 5$"):  # its line in the file
+        load_dataset(tiny_copy)
+
+
 def test_pickled_npy_is_refused_without_mmap_too(tiny_copy):
     _pickled(tiny_copy)
     with pytest.raises(DatasetError, match="pickle"):

@@ -1090,22 +1090,28 @@ def separator_hint(header) -> str:
 
 
 def _read_csv(path: Path, columns: list[str]) -> dict[str, list[str]]:
+    """The ``columns`` of a dataset's CSV file, checked; a byte-order mark (a spreadsheet's "CSV UTF-8") and blank
+    lines (one left at the end by an editor) are passed over, as the other CSV files bgmrec reads pass them."""
     check_is_file(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != columns:
                 raise DatasetError(f"{path}: expected header {','.join(columns)}, found {header}"
                                    + separator_hint(header))
-            rows = list(reader)
+            rows, lines = [], []
+            for r in reader:
+                if r:
+                    rows.append(r)
+                    lines.append(reader.line_num)
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); {SAVE_AS_UTF8}") from None
     except csv.Error as e:  # e.g. a field longer than the csv module reads (131,072 characters)
         raise DatasetError(f"{path}: not a readable CSV file ({e})") from None
     bad = [i for i, r in enumerate(rows) if len(r) != len(columns)]
     if bad:
-        raise DatasetError(f"{path}: row {bad[0] + 2} has {len(rows[bad[0]])} fields, expected {len(columns)}")
+        raise DatasetError(f"{path}: line {lines[bad[0]]} has {len(rows[bad[0]])} fields, expected {len(columns)}")
     return {c: [r[i] for r in rows] for i, c in enumerate(columns)}
 
 
