@@ -1936,6 +1936,33 @@ def test_an_output_under_a_file_is_refused_before_any_work_and_system_errors_tak
                      str(afile / "x")]) == 2
         assert _error(capsys) == (f"error: {option} {afile / 'x'}: cannot be made: {afile} is a file, where a folder "
                                   "must be")
+    # a folder that cannot be written (a read-only mount: root's permission bits do not tell), before the work: it was
+    # the whole evaluation, then "error: ro/.e.json.tmp-15568-824e8b32: Read-only file system" (a fuzz audit)
+    import os
+
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    real_access = os.access
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "access", lambda p, mode, **kw: Path(p) != readonly and real_access(p, mode, **kw))
+        for option in ("--json", "--ranks"):
+            assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), option,
+                         str(readonly / "sub" / "e.json")]) == 2
+            assert _error(capsys) == (f"error: {option} {readonly / 'sub' / 'e.json'}: cannot be written: "
+                                      f"{readonly} is not writable (read-only?)")
+    # and a write that fails all the same is named by its target, not by its temporary file (removing which failed
+    # too on a read-only file system, and that error was raised instead)
+    from bgmrec.data.dataset import write_json_atomic
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(self))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "write_text", read_only)
+        mp.setattr(Path, "unlink", read_only)
+        with pytest.raises(OSError) as err:
+            write_json_atomic(readonly / "e.json", {})
+    assert (err.value.errno, err.value.filename) == (30, str(readonly / "e.json"))
     from bgmrec.cli.core import report_error
 
     assert report_error(PermissionError(13, "Permission denied", "/srv/out.json")) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -732,12 +733,15 @@ def check_result_file(path: Path | None, command: str) -> Path | None:
 
 def check_parent_folders(path: Path, option: str) -> None:
     """Refuse, before any work, an output ``path`` of ``option`` whose nearest existing parent is not a folder (a
-    file where a folder must be: the write failed with a traceback once the work was done)."""
+    file where a folder must be: the write failed with a traceback once the work was done) or cannot be written
+    (its error came once the work was done)."""
     parent = Path(path).absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"{option} {path}: cannot be made: {parent} is a file, where a folder must be")
+    if not os.access(parent, os.W_OK | os.X_OK):  # a read-only file system or folder: said after all the work
+        raise ValueError(f"{option} {path}: cannot be written: {parent} is not writable (read-only?)")
 
 
 @contextmanager

@@ -796,6 +796,13 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 SHORT_WRITE = re.compile(r"\d+ requested and \d+ written|Not enough free space to write \d+ bytes after offset \d+")
 
 
+def remove_leftover(tmp: Path) -> None:
+    """Remove a failed write's temporary file, if it was made: on a read-only file system, where even removing a
+    file that is not there fails (EROFS), the write's own error, naming its target, is what is said."""
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
 def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
     """Make the file ``path`` by ``fill``-ing a temporary file beside it, then renaming that into place: a
     failed or stopped write leaves the old file as it was and no temporary file behind."""
@@ -806,7 +813,7 @@ def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
         fill(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        remove_leftover(tmp)
         raise_named(e, path, tmp)
         raise
 
@@ -860,7 +867,7 @@ def write_files_together(folder: Path, writers: dict[str, Callable[[Path], None]
             os.replace(tmp, folder / name)
     finally:
         for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
+            remove_leftover(tmp)
 
 
 def write_json_atomic(path: Path, obj) -> None:
