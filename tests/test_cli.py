@@ -1667,6 +1667,18 @@ def test_report_makes_a_table_of_one_dataset_s_results_with_what_a_reviewer_chec
                 in capsys.readouterr().err)
     (tmp_path / "broken.json").write_text(json.dumps({**broken, "ipw": None}))  # absent figures: shown as such
     assert main(["report", str(tmp_path / "broken.json")]) == 0
+    # a figure evaluate never gives went into the table as it was: "| popularity | 7.500 |", "(-5, 184 queries)"
+    for section, value, said in (
+            ("full", {**broken["full"], "recall@10": 7.5}, "field full.recall@10 is 7.5, which evaluate never gives "
+                                                           "(a rate, from 0 to 1)"),
+            ("full", {**broken["full"], "mrr": -3}, "field full.mrr is -3"),
+            ("full", {**broken["full"], "median_rank": 0.5}, "field full.median_rank is 0.5, which evaluate never "
+                                                             "gives (a rank, at least 1)"),
+            ("bias", {**broken["bias"], "coverage@10": float("nan")}, "field bias.coverage@10 is nan"),
+            ("n_queries", -5, "field n_queries is -5; evaluate ranks at least one query")):
+        (tmp_path / "broken.json").write_text(json.dumps({**broken, section: value}))
+        assert main(["report", str(tmp_path / "broken.json")]) == 2
+        assert f"broken.json: {said}" in " ".join(capsys.readouterr().err.split())
 
 
 def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorded(cli_world, popularity_run,

@@ -342,6 +342,15 @@ def _check_result(name: str, r) -> None:
     if problems:
         raise ValueError(f"{name}: not a result of bgmrec evaluate --json (field {problems[0]} is missing or of "
                          "another type)")
+    # an edited figure went into the paper's table as it was (7.500, a heading of -5 queries)
+    if r["n_queries"] < 1:
+        raise ValueError(f"{name}: field n_queries is {r['n_queries']}; evaluate ranks at least one query")
+    for _, path in COLUMNS:
+        value = metric_at(r, path)
+        lowest, highest = (1, math.inf) if path[-1] == "median_rank" else (0, 1)
+        if value is not None and not (math.isfinite(value) and lowest <= value <= highest):
+            raise ValueError(f"{name}: field {'.'.join(path)} is {value!r}, which evaluate never gives (a "
+                             + ("rank, at least 1)" if lowest == 1 else "rate, from 0 to 1)"))
 
 
 def markdown_from_rows(rows: list[list[str]]) -> str:
