@@ -197,6 +197,21 @@ def _provenance_field(key, value):
     return lambda root: _edit_manifest(root, lambda m: m.setdefault("provenance", {}).__setitem__(key, value))
 
 
+def _unlisted_weights(root):
+    (root / "weights").mkdir(exist_ok=True)
+    np.save(root / "weights/test.npy", np.ones(len(np.load(root / "splits/test.npy")), np.float32))
+
+
+def _split_field(split, key, value):
+    """A damage setting ``key`` of the manifest's entry of ``split`` to ``value`` (``...``: removing it)."""
+    def edit(m):
+        if value is ...:
+            del m["splits"][split][key]
+        else:
+            m["splits"][split][key] = value
+    return lambda root: _edit_manifest(root, edit)
+
+
 def _repeated_track_id(root):
     text = (root / "tracks.csv").read_text(encoding="utf-8").splitlines()
     text[2] = text[1].split(",")[0] + "," + ",".join(text[2].split(",")[1:])  # row 2 takes row 1's id
@@ -273,7 +288,8 @@ CASES = {
     # a number written as text was shown as the number ("splits.test.rows is 184, splits/test.npy has 184 rows"); a
     # null split entry said "'NoneType' object is not subscriptable"
     "split-rows-text": (lambda root: _edit_manifest(root, lambda m: m["splits"]["test"].__setitem__("rows", str(
-        m["splits"]["test"]["rows"]))), "manifest.json", "splits.test.rows is '"),
+        m["splits"]["test"]["rows"]))), "manifest.json: splits.test",
+        "field 'rows' must be a JSON integer, found string"),
     "modalities-text": (lambda root: _edit_manifest(root, lambda m: m["modalities"].__setitem__("music", str(
         m["modalities"]["music"]))), "manifest.json", "modalities.music is '"),
     "split-entry-null": (lambda root: _edit_manifest(root, lambda m: m["splits"].__setitem__("val", None)),
@@ -290,6 +306,23 @@ CASES = {
     "prior-huge": (_provenance_field("user_prior_mean", [10 ** 400] + [1] * 5), "provenance.user_prior_mean",
                    "finite numbers"),
     "prior-length": (_provenance_field("user_prior_mean", [1, 1]), "provenance.user_prior_mean", "list of 6"),
+    # a split's manifest entry read by truthiness (a fuzz audit): null or no negatives dropped the sampled and IPW
+    # figures without a word, "false" as weights opened a file, and a split file of the wrong shape was blamed on
+    # the manifest's row count
+    "negatives-null": (_split_field("test", "negatives", None), "manifest.json: splits.test",
+                       "field 'negatives' must be a JSON integer, found null"),
+    "negatives-gone": (_split_field("test", "negatives", ...), "manifest.json",
+                       "splits.test.negatives is None, but negatives/test.npy is there"),
+    "negatives-zero": (_split_field("test", "negatives", 0), "manifest.json",
+                       "splits.test.negatives is 0, but negatives/test.npy is there"),
+    "weights-text": (_split_field("test", "weights", "false"), "manifest.json: splits.test",
+                     "field 'weights' must be a JSON true/false, found string"),
+    "weights-unlisted": (_unlisted_weights, "manifest.json",
+                         "splits.test.weights is False, but weights/test.npy is there"),
+    "split-flat": (lambda root: np.save(root / "splits/test.npy", np.load(root / "splits/test.npy").reshape(-1)),
+                   "splits/test.npy", "shape"),
+    "split-transposed": (lambda root: np.save(root / "splits/test.npy", np.load(root / "splits/test.npy").T.copy()),
+                         "splits/test.npy", "shape"),
     "settings-text": (_provenance_field("settings", "sample_rate=22050"), "provenance.settings", "JSON object"),
 }
 

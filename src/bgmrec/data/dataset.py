@@ -1129,7 +1129,7 @@ def _ints(values: list[str], where: str) -> np.ndarray:
         raise DatasetError(f"{where}: expected integers ({e})") from None
 
 
-_JSON_KINDS = {int: "integer", str: "string", dict: "object", list: "list"}
+_JSON_KINDS = {int: "integer", str: "string", dict: "object", list: "list", bool: "true/false"}
 
 
 def json_kind(value) -> str:
@@ -1281,6 +1281,17 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
         split_info = {s: SplitInfo(v["role"], v["candidates"]) for s, v in man["splits"].items()}
     except (TypeError, KeyError) as e:
         raise DatasetError(f"{root}/manifest.json: split entries need 'role' and 'candidates' ({e})") from None
+    for s, entry in man["splits"].items():  # read by truthiness, "false" was a file to open and null no figures
+        check_field_kinds(entry, {"negatives": int, "weights": bool, "rows": int}, f"{root}/manifest.json: splits.{s}")
+        for field_name, rel in (("negatives", f"negatives/{s}.npy"), ("weights", f"weights/{s}.npy")):
+            there = (root / rel).is_file()
+            left_out = not entry.get(field_name) if field_name == "weights" else "negatives" not in entry or (
+                entry["negatives"] == 0 and there and np.shape(arr(rel))[1:2] not in ((), (0,)))  # 0: columns none
+            if left_out and there:
+                raise DatasetError(f"{root}/manifest.json: splits.{s}.{field_name} is {entry.get(field_name)!r}, but "
+                                   f"{rel} is there: the figures it gives would be left out without a word; give "
+                                   f"its {'columns' if field_name == 'negatives' else 'true'} there, or remove the "
+                                   "file")
     ds = Dataset(
         genres=list(man["genres"]),
         video_ids=vids["id"],
@@ -1313,7 +1324,8 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
 
     check_counts({"videos": ds.n_videos, "tracks": ds.n_tracks})  # the CSV tables' rows: before any array's check
     for s, entry in man["splits"].items():
-        if "rows" in entry and np.ndim(ds.splits[s]) and entry["rows"] != len(ds.splits[s]):
+        shaped = np.ndim(ds.splits[s]) == 2 and np.shape(ds.splits[s])[1] == 3  # else validate names the shape
+        if "rows" in entry and shaped and entry["rows"] != len(ds.splits[s]):
             raise DatasetError(f"{root}/manifest.json: splits.{s}.rows is {entry['rows']!r}, "
                                f"splits/{s}.npy has {len(ds.splits[s])} rows")
     ds.validate(str(root))
