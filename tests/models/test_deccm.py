@@ -500,6 +500,14 @@ def test_a_teacher_outside_the_student_is_found_after_moving_either_or_both(tiny
     assert lost.teacher_dir is None
     with pytest.raises(ValueError, match="with the weights it was trained with"):
         lost.score(q, cat)
+    # a teacher folder there, damaged: named as one of other weights, not as no folder at all (a fuzz audit)
+    shutil.copytree(grid.parent / "moved", tmp_path / "damaged")
+    weights = tmp_path / "damaged" / "first" / "teacher" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"with the weights it was trained with \(sha256 [0-9a-f]{12}\.\.\.\) \("
+                                         + re.escape(os.path.normpath(tmp_path / "damaged" / "first" / "teacher"))
+                                         + r" holds other weights: damaged, or another teacher's\)"):
+        load_model(tmp_path / "damaged" / "second").score(q, cat)
 
 
 def test_a_student_trained_without_a_teacher_takes_none_from_its_folder(tiny_dir, tmp_path):

@@ -418,11 +418,13 @@ class DecCM(CMVAE):
         saved before that record); attached when content mode mixes it in."""
         relative, written, digest = (self._teacher_record.get(k) for k in TEACHER_RECORD)
         candidates = [folder / p for p in dict.fromkeys([relative, "teacher", written]) if p]
+        others = []  # teacher folders there, of other weights
         for candidate in candidates:
             if candidate.resolve() == folder.resolve() or not (candidate / "weights.safetensors").is_file():
                 continue
             if digest is not None and weights_digest(candidate) != digest:
-                continue  # another teacher at the same place (a copied grid, a retrained run)
+                others.append(os.path.normpath(candidate))
+                continue  # another teacher at the same place (a copied grid, a retrained run), or damaged
             self.teacher_dir = str(candidate.resolve())
             if self._content_mode_mixes_teacher():
                 teacher = load_teacher(candidate)
@@ -434,7 +436,8 @@ class DecCM(CMVAE):
             return
         if relative or written:  # named by the error content mode raises
             self._teacher_sought = " or ".join(os.path.normpath(c) for c in candidates) + (
-                f" with the weights it was trained with (sha256 {digest[:12]}...)" if digest else "")
+                f" with the weights it was trained with (sha256 {digest[:12]}...)" if digest else "") + (
+                f" ({' and '.join(others)} holds other weights: damaged, or another teacher's)" if others else "")
 
     @classmethod
     def from_folder_config(cls, meta: dict) -> DecCM:
