@@ -384,6 +384,13 @@ CONFIG_EDITS = {
                            "list [])"),
     "config-flag-a-number": ("cmvae", lambda m: m["config"].update(track_prior=2),
                              "config.json: CMVAEConfig.track_prior: cannot use 2 as bool"),
+    # text a JSON type is written without: "false" was read as false, and the weights' keys were blamed (a fuzz
+    # audit: "weights.safetensors: unexpected keys track_prior.coef, ..."); a number as text was read as the number
+    "config-flag-as-text": ("cmvae", lambda m: m["config"].update(track_prior="false"),
+                            "config.json: CMVAEConfig.track_prior: cannot use 'false' as bool (text, where JSON writes "
+                            "this type without quotes)"),
+    "config-number-as-text": ("cmvae", lambda m: m["config"].update(latent_dim="8"),
+                              "config.json: CMVAEConfig.latent_dim: cannot use '8' as int (text, where JSON"),
     "config-field-out-of-range": ("cmvae", lambda m: m["config"].update(batch_size=0),
                                   "config.json: batch_size must be >= 2, got 0"),
 }

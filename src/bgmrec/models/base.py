@@ -784,7 +784,8 @@ class Recommender(ABC):
     @classmethod
     def from_folder_config(cls, meta: dict) -> Recommender:
         """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
-        return cls(config_from_dict(cls.config_class, meta["config"]), FeatureSpec.from_dict(meta["spec"]))
+        return cls(config_from_dict(cls.config_class, meta["config"], as_written=True),
+                   FeatureSpec.from_dict(meta["spec"]))
 
 
 class NonFiniteEmbeddingError(ValueError):
@@ -1028,10 +1029,21 @@ def _coerce(tp: Any, value: Any) -> Any:
     return tp(value)
 
 
-def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+def _takes_text(tp: Any) -> bool:
+    """Whether a config field of type ``tp`` holds text as JSON writes it: a string, or a choice of strings."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_text(a) for a in args if a is not type(None))
+    return tp is str or origin is typing.Literal and any(isinstance(a, str) for a in args)
+
+
+def config_from_dict(cls: type, values: dict[str, Any], as_written: bool = False) -> Any:
     """Build config dataclass ``cls`` from a dict, every field converted to its annotated type (a field not in
     ``values`` from its default). A ValueError naming the class and the field refuses an unknown key, a value
-    (or default) not of the field's type, and an annotation :func:`_coerce` cannot check."""
+    (or default) not of the field's type, and an annotation :func:`_coerce` cannot check. ``as_written``: the
+    values come from a saved ``config.json``, which holds each as JSON writes its type, so text where no text
+    belongs is refused (``"false"`` was read as false for a field of a run trained with it true, and the
+    weights' keys were blamed), where ``--set`` gives every value as text."""
     try:
         hints = typing.get_type_hints(cls)
     except Exception as e:  # whatever evaluating a config's annotations raises (a NameError, mostly)
@@ -1055,6 +1067,8 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
         else:
             raise ValueError(f"{cls.__name__}.{f.name}: missing (the field has no default)")
         try:
+            if as_written and f.name in values and isinstance(value, str) and not _takes_text(tp):
+                raise ValueError("text, where JSON writes this type without quotes")
             converted[f.name] = _coerce(tp, value)
         except (TypeError, ValueError) as e:
             given = repr(value) if f.name in values else f"its default {value!r}"
