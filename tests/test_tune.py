@@ -497,6 +497,11 @@ def test_resume_names_a_damaged_tuning_json(tiny_dir, tmp_path):
     (out / "tuning.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="written by a bgmrec before --resume existed"):
         run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)
+    for emptied in ({}, {"trials": []}):  # was said to be an older bgmrec's (a fuzz audit)
+        (out / "tuning.json").write_text(json.dumps(emptied))
+        with pytest.raises(ValueError, match=r"tuning.json is no record of a tune grid \(no field 'model'.*\): "
+                                             r"damaged or replaced; tune into a new --out$"):
+            run_grid(tiny_dir, "popularity", {"seed": ["0"]}, out, resume=True)
 
 
 def test_resume_refuses_a_teacher_retrained_in_place_or_gone(tiny_dir, tmp_path, monkeypatch):

@@ -416,6 +416,10 @@ def _finished_points(out: Path, record: dict) -> dict[str, dict]:
         stopped = read_json(path)
     except DatasetError as e:
         raise ValueError(f"--resume: {out} holds no grid of `bgmrec tune` to resume ({e})") from None
+    lacking = [k for k in ("model", "grid", "trials") if k not in stopped]
+    if lacking:  # what every tune wrote: damaged, not old (an emptied file was said to be an older bgmrec's)
+        raise ValueError(f"--resume: {path} is no record of a tune grid (no field {', '.join(map(repr, lacking))}): "
+                         "damaged or replaced; tune into a new --out")
     if "code" not in stopped:
         raise ValueError(f"--resume: {path} was written by a bgmrec before --resume existed, which recorded too "
                          "little to check the grid; tune into a new --out")
