@@ -241,6 +241,9 @@ CASES = {
     # a track marked new=2 was taken as new, a video without an id was kept
     "track-new-2": (lambda root: _edit_csv_cell(root / "tracks.csv", 3, "new", "2"), "tracks.csv column new",
                     "expected 0 or 1, found 2 (track 1)"),
+    "video-source-other": (lambda root: _edit_csv_cell(root / "videos.csv", 5, "source", "xyz"),
+                           "videos.csv column source", "expected ugc or pgc (an upload or a professional video), "
+                                                       "found 'xyz' (video 3)"),  # was accepted (a fuzz audit)
     "video-id-empty": (lambda root: _edit_csv_cell(root / "videos.csv", 5, "id", ""), "videos.csv id",
                        "non-empty names (entry 3 is empty)"),
     # a split cut short was blamed on its negatives, a row missing from videos.csv on the features

@@ -269,6 +269,9 @@ class Dataset:
         u = self.uploader_pref.shape[0] if self.uploader_pref.ndim == 2 else -1
         _expect(len(self.video_uploader) == n, where, "videos.csv", f"{n} uploader entries")
         _expect(len(self.video_source) == n, where, "videos.csv", f"{n} source entries")
+        odd = next((i for i, s in enumerate(self.video_source) if s not in VIDEO_SOURCES), None)
+        _expect(odd is None, where, "videos.csv column source", f"{' or '.join(VIDEO_SOURCES)} (an upload or a "
+                f"professional video), found {self.video_source[odd]!r} (video {odd})" if odd is not None else "")
         check_float_matrix(self.video_visual, (n, None), where, "features/video_visual.npy")
         check_float_matrix(self.video_text, (n, None), where, "features/video_text.npy")
         _check_shape(self.video_text_mask, (n,), where, "features/video_text_mask.npy")
@@ -409,6 +412,9 @@ def check_distinct_ids(ids: list[str], csv_path: str) -> None:
     twice = first_repeated(ids)
     if twice is not None:
         raise DatasetError(f"{csv_path}: id {twice!r} is on two rows; expected distinct ids")
+
+
+VIDEO_SOURCES = ("ugc", "pgc")  # a video's source: an upload, or a professional music video (the teacher's data)
 
 
 def _expect(ok: bool, where: str, fname: str, expected: str) -> None:
