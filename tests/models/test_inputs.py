@@ -214,6 +214,19 @@ def test_encodings_holding_nan_or_inf_are_refused_naming_the_first_row(tiny_ds, 
     assert refused.value.row == 2
 
 
+def test_weights_past_float32s_range_are_refused_without_numpys_warning(tiny_ds, tiny_spec, tmp_path):
+    # finite but huge track-prior weights printed "RuntimeWarning: invalid value encountered in matmul" from
+    # neural.py before the error naming the encoding (a fuzz audit)
+    folder = build("cmvae", tiny_spec, {**SMALL, "epochs": 1}).fit(SplitView(tiny_ds, "train")).save(tmp_path / "r")
+    huge = np.finfo(np.float64).max / 2  # of both signs: the product overflows to inf - inf
+    _edit_weights(folder, lambda a: a.__setitem__("track_prior.coef",
+                                                  np.resize([huge, -huge], a["track_prior.coef"].shape)))
+    model = load_model(folder)
+    with pytest.raises(NonFiniteEmbeddingError, match="encode_music gives NaN or inf"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.score(VideoQuery.from_dataset(tiny_ds, np.arange(3)), MusicCatalog.from_dataset(tiny_ds))
+
+
 @pytest.mark.parametrize("name", ["popularity", "cmvae"])
 def test_a_model_never_fitted_is_not_saved(tiny_ds, tiny_spec, tmp_path, name):
     """It was saved, and loaded back it ranked by its initial weights (CMVAE: at random; popularity: all tied)."""

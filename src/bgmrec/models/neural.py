@@ -326,7 +326,9 @@ class TorchRecommender(Recommender):
         e_m = self._music_embedding(c)
         if self.prior_scale() is None:
             return e_m
-        return np.hstack([e_m, self._track_log_q(c, self.prior_embedding(e_m))[:, None].astype(e_m.dtype)])
+        with np.errstate(over="ignore", invalid="ignore"):  # a weight past float32's range: refused by row, by name
+            log_q = self._track_log_q(c, self.prior_embedding(e_m))[:, None].astype(e_m.dtype)
+        return np.hstack([e_m, log_q])
 
     def _track_log_q(self, c: MusicCatalog, e_m: np.ndarray) -> np.ndarray:
         """[M] the log Q column of the catalogue's music encodings (``e_m``: their :meth:`prior_embedding`)."""
