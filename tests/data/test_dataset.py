@@ -257,6 +257,12 @@ CASES = {
     "folder-for-npy": (_a_folder_at("features/video_text_mask.npy"), "features/video_text_mask.npy",
                        "is a folder, not a file"),
     "folder-for-csv": (_a_folder_at("videos.csv"), "videos.csv", "is a folder, not a file"),
+    # a link loop was "file is missing", where the extractors say what it is (a fuzz audit)
+    "csv-link-loop": (lambda root: ((root / "videos.csv").unlink(), (root / "videos.csv").symlink_to("videos.csv")),
+                      "videos.csv", "is a symbolic link to nothing (its target is missing, or a loop)"),
+    "npy-link-to-nothing": (lambda root: ((root / "uploaders.npy").unlink(),
+                                          (root / "uploaders.npy").symlink_to(root / "gone.npy")),
+                            "uploaders.npy", "is a symbolic link to nothing"),
     "missing-file": (_missing, "features/music.npy", "missing"),
     "feature-rows": (_feature_rows, "features/video_visual.npy", "shape"),
     "feature-width": (_feature_width, "features/music.npy", "columns"),

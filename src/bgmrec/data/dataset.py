@@ -966,9 +966,13 @@ SAVE_AS_UTF8 = "save the file as UTF-8 (a spreadsheet's 'CSV UTF-8'; Latin-1 or 
 
 def check_is_file(path: Path, label: str | None = None, missing: str = "file is missing", kind: str = "file") -> None:
     """A :class:`DatasetError` naming ``label`` (default ``path``) unless ``path`` is a file: "is a folder, not a
-    ``kind``" for a folder (it said the file was missing), else ``missing``."""
-    if not Path(path).is_file():
-        raise DatasetError(f"{label or path}: {f'is a folder, not a {kind}' if Path(path).is_dir() else missing}")
+    ``kind``" for a folder (it said the file was missing), a link to nothing for a symbolic link whose target
+    is missing or a loop (said to be missing too), else ``missing``."""
+    path = Path(path)
+    if not path.is_file():
+        said = (f"is a folder, not a {kind}" if path.is_dir() else
+                "is a symbolic link to nothing (its target is missing, or a loop)" if path.is_symlink() else missing)
+        raise DatasetError(f"{label or path}: {said}")
 
 
 def load_npy(path: Path, where: str | None = None, mmap: bool = True) -> np.ndarray:
