@@ -127,8 +127,12 @@ def test_score_files_that_are_not_a_datasets_scores_are_refused_naming_file_and_
     refused(tmp_path / "ints.npz", tiny_ds, r"video_ids: expected a 1-D array of string ids \(as videos.csv's id "
                                             r"column\), found dtype int64")
     np.savez(tmp_path / "objects.npz", scores=np.zeros((1, m)), video_ids=vids[:1].astype(object), track_ids=tracks)
-    refused(tmp_path / "objects.npz", tiny_ds, r"objects.npz: not a score file numpy reads without pickle .*ids must "
-                                               r"be saved as strings")
+    refused(tmp_path / "objects.npz", tiny_ds, r"objects.npz: not a score file numpy reads without pickle .*it holds "
+                                               r"an array of Python objects, which is not unpickled; save ids as "
+                                               r"strings \(np.array\(ids, dtype=str\)\) and scores as numbers")
+    # object scores were said to be ids saved as objects (a fuzz audit)
+    np.savez(tmp_path / "objects.npz", scores=np.zeros((1, m)).astype(object), video_ids=vids[:1], track_ids=tracks)
+    refused(tmp_path / "objects.npz", tiny_ds, r"save ids as strings .* and scores as numbers")
     np.savez(tmp_path / "missing.npz", scores=np.zeros((1, m)))
     refused(tmp_path / "missing.npz", tiny_ds, "missing.npz: missing video_ids, track_ids; an .npz score file holds "
                                                r"scores, video_ids, track_ids \(found scores\)")

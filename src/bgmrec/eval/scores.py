@@ -155,7 +155,8 @@ def _read(path: Path, load):
         raise DatasetError(f"{path}: too large to read into memory; give only the rows of the split's query "
                            "videos (an .npz), or a full .npy, which is memory-mapped") from None
     except ValueError as e:  # object arrays (pickles), a header numpy cannot parse, a file cut short
-        hint = (": ids must be saved as strings (np.array(ids, dtype=str)), not Python objects"
+        hint = (": it holds an array of Python objects, which is not unpickled; save ids as strings (np.array(ids, "
+                "dtype=str)) and scores as numbers"
                 if "allow_pickle" in str(e) else ": the file is shorter than its header says (cut short?)"
                 if "mmap length" in str(e) else "")
         raise DatasetError(f"{path}: not a score file numpy reads without pickle ({e}){hint}") from None
