@@ -68,6 +68,40 @@ def test_builds_a_valid_dataset_split_by_time(tmp_path, folders):
     assert [loaded.video_text_mask[loaded.video_ids.index(v)] for v in ("v2", "v3", "v4")] == [True, False, False]
 
 
+def test_a_videos_folder_of_another_pipelines_widths_is_built_and_recommended_from(tmp_path, folders, capsys):
+    # a researcher's own features written as a videos folder: anything but 1280 and 384 columns was refused
+    # ("vf/visual.npy: expected shape [2300, 1280]"), though every model takes any width (a walkthrough)
+    from bgmrec.cli import main
+    from bgmrec.data.dataset import save_npy_atomic, write_json_atomic
+
+    vids, cat = folders
+    rng = np.random.default_rng(2)
+    save_npy_atomic(vids / "visual.npy", rng.standard_normal((30, 16)).astype(np.float32))
+    save_npy_atomic(vids / "text.npy", rng.standard_normal((30, 8)).astype(np.float32) * np.load(
+        vids / "text_mask.npy")[:, None])
+    manifest = json.loads((vids / "manifest.json").read_text())
+    write_json_atomic(vids / "manifest.json", {**manifest, "dims": {"visual": 16, "text": 8}})
+    ds = build_dataset(vids, cat, write_pairs(tmp_path / "pairs.csv"), tmp_path / "data", BuildConfig(seed=0))
+    assert ds.dims() == {"video_visual": 16, "video_text": 8, "music": 12}
+    assert main(["train", "--data", str(tmp_path / "data"), "--model", "cca", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(tmp_path / "run"), "--catalog", str(cat), "--features", str(vids),
+                 "--video-id", "v5", "--json", "--top", "3"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["tracks"]) == 3
+    # the manifest's widths are the arrays': other columns, or a width that is no count, are refused by name
+    write_json_atomic(vids / "manifest.json", {**manifest, "dims": {"visual": 32, "text": 8}})
+    with pytest.raises(DatasetError, match=r"visual.npy: expected shape \[30, 32\]"):
+        build_dataset(vids, cat, tmp_path / "pairs.csv", tmp_path / "data2", BuildConfig(seed=0))
+    write_json_atomic(vids / "manifest.json", {**manifest, "dims": {"visual": "16", "text": 8}})
+    with pytest.raises(DatasetError, match=r"manifest.json: dims.visual must be a positive integer \(the columns "
+                                           r"of visual.npy\), found '16'"):
+        build_dataset(vids, cat, tmp_path / "pairs.csv", tmp_path / "data2", BuildConfig(seed=0))
+    write_json_atomic(vids / "manifest.json", manifest)  # no dims: the encoders' widths, as extract-videos writes
+    with pytest.raises(DatasetError, match=r"visual.npy: 16 columns, not the 1280 extract-videos writes; a folder of "
+                                           r"another pipeline's features gives its widths in manifest.json's dims"):
+        build_dataset(vids, cat, tmp_path / "pairs.csv", tmp_path / "data2", BuildConfig(seed=0))
+
+
 def test_random_split_is_seeded(tmp_path, folders):
     vids, cat = folders
     pairs = write_pairs(tmp_path / "pairs.csv", with_time=False)

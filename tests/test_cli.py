@@ -1586,6 +1586,9 @@ def test_describe_says_what_a_dataset_holds_and_its_fingerprints(cli_world, tmp_
     summary = described["describe"]
     assert (summary["videos"], summary["tracks"], summary["uploaders"]) == (2600, 200, ds.n_uploaders)
     assert summary["new_tracks"] == int(ds.track_new.sum()) and summary["made_by"] == "bgmrec.data.simulate"
+    import dataclasses  # a dataset of one's own pipeline names it in its provenance's made_by (README); was unrecorded
+
+    assert dataclasses.replace(ds, provenance={"made_by": "my pipeline 2.1"}).summary()["made_by"] == "my pipeline 2.1"
     test = summary["splits"]["test_new_music"]
     assert test["rows"] == len(ds.splits["test_new_music"]) and test["candidates"] == "new"
     assert test["candidate_tracks"] == summary["new_tracks"]

@@ -321,13 +321,15 @@ CASES = {
     "negatives-null": (_split_field("test", "negatives", None), "manifest.json: splits.test",
                        "field 'negatives' must be a JSON integer, found null"),
     "negatives-gone": (_split_field("test", "negatives", ...), "manifest.json",
-                       "splits.test.negatives is None, but negatives/test.npy is there"),
+                       "splits.test.negatives is None, but negatives/test.npy is there: the figures it gives would "
+                       "be left out without a word; set it to 100, its columns, or remove the file"),
     "negatives-zero": (_split_field("test", "negatives", 0), "manifest.json",
                        "splits.test.negatives is 0, but negatives/test.npy is there"),
     "weights-text": (_split_field("test", "weights", "false"), "manifest.json: splits.test",
                      "field 'weights' must be a JSON true/false, found string"),
     "weights-unlisted": (_unlisted_weights, "manifest.json",
-                         "splits.test.weights is False, but weights/test.npy is there"),
+                         "splits.test.weights is False, but weights/test.npy is there: the figures it gives would "
+                         "be left out without a word; set it to true, or remove the file"),
     "split-flat": (lambda root: np.save(root / "splits/test.npy", np.load(root / "splits/test.npy").reshape(-1)),
                    "splits/test.npy", "shape"),
     "split-transposed": (lambda root: np.save(root / "splits/test.npy", np.load(root / "splits/test.npy").T.copy()),

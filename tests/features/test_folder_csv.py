@@ -179,7 +179,7 @@ DAMAGED = {
     "visual beyond float32": ("videos", lambda r: np.save(r / "visual.npy", np.full((3, 1280), 1e39)),
                               "v/visual.npy: expected values within float32's range"),
     "visual too narrow": ("videos", lambda r: np.save(r / "visual.npy", np.zeros((3, 7), np.float32)),
-                          "v/visual.npy: expected shape [3, 1280]"),
+                          "v/visual.npy: 7 columns, not the 1280 extract-videos writes"),
     "text as ints": ("videos", lambda r: np.save(r / "text.npy", np.zeros((3, 384), np.int32)),
                      "v/text.npy: expected a float array, found int32"),
     "text mask as floats": ("videos", lambda r: np.save(r / "text_mask.npy", np.full(3, 0.5)),

@@ -243,7 +243,8 @@ class Dataset:
         genre_of = np.asarray(self.track_genre)
         per_genre = np.bincount(genre_of, weights=positives, minlength=self.n_genres)
         made = self.provenance
-        source = next((str(made[k]) for k in ("simulator", "importer", "builder") if k in made), "unrecorded")
+        source = next((str(made[k]) for k in ("simulator", "importer", "builder", "made_by") if k in made),
+                      "unrecorded")
         return {
             "videos": self.n_videos, "tracks": self.n_tracks, "new_tracks": int(np.asarray(self.track_new).sum()),
             "uploaders": self.n_uploaders, "professional_videos": sum(s == "pgc" for s in self.video_source),
@@ -1298,10 +1299,11 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
             left_out = not entry.get(field_name) if field_name == "weights" else "negatives" not in entry or (
                 entry["negatives"] == 0 and there and np.shape(arr(rel))[1:2] not in ((), (0,)))  # 0: columns none
             if left_out and there:
+                should = (f"{np.shape(arr(rel))[1]}, its columns" if field_name == "negatives" and
+                          np.ndim(arr(rel)) == 2 else "true" if field_name == "weights" else "its columns")
                 raise DatasetError(f"{root}/manifest.json: splits.{s}.{field_name} is {entry.get(field_name)!r}, but "
-                                   f"{rel} is there: the figures it gives would be left out without a word; give "
-                                   f"its {'columns' if field_name == 'negatives' else 'true'} there, or remove the "
-                                   "file")
+                                   f"{rel} is there: the figures it gives would be left out without a word; set it "
+                                   f"to {should}, or remove the file")
     ds = Dataset(
         genres=list(man["genres"]),
         video_ids=vids["id"],

@@ -16,7 +16,10 @@ The answer is a dict, the object ``bgmrec recommend --json`` prints::
 ``modality_share`` says how much the frames and the caption drove the video's representation:
 the model's own ``modality_shares`` when it has one (CMVAE: each expert's share of the fused
 precision; DecCM's content mode: its student's and its teacher's, weighted as their scores), else
-visual 1 / text 0 for a clip without text, and null otherwise (the model does not say). ``warnings`` are
+visual 1 / text 0 for a clip without text, and null otherwise (the model does not say). It is how the
+fusion weighs the two, not how much the caption improves the ranking: an expert confident about noise (a
+caption unrelated to the music) still takes its share; an ablation (``cmvae-visual``) measures the worth.
+``warnings`` are
 the clip's own (:attr:`ClipFeatures.warnings`): a video file cut off after at least half its sample frames,
 ranked with its last decoded frame repeated, says so there
 (:func:`~bgmrec.features.video.embed_clip`).

@@ -17,6 +17,8 @@ A videos folder (OUT_DIR) holds::
 
     visual.npy      float32 [N, 1280]  mean EfficientNet-Lite0 frame embedding (allow_pickle=False)
     text.npy        float32 [N, 384]   caption + hashtag embedding (zeros where text_mask is False)
+                                       (other widths where the manifest's dims give them: another
+                                       pipeline's features, written as this folder)
     text_mask.npy   bool    [N]        False: the video has no usable caption
     videos.csv      id,file,caption    row i = video i (id = file stem)
     manifest.json   kind "video-features", extractor names and versions, settings, dims, id order,
@@ -52,6 +54,7 @@ from bgmrec.data.dataset import (
     brief_repr,
     check_distinct_ids,
     check_float_matrix,
+    json_kind,
     load_npy,
     save_npy_atomic,
     separator_hint,
@@ -715,6 +718,21 @@ def load_video_row(root: Path, video_id: str) -> VideoFeatures:
     return _load_videos(Path(root), video_id, mmap=True)
 
 
+def video_folder_dims(root: Path, man: dict) -> dict[str, int]:
+    """The widths of a videos folder's ``visual`` and ``text`` arrays, from its manifest's ``dims``: the encoders'
+    (:data:`VISUAL_DIM`, :data:`~bgmrec.features.text.TEXT_DIM`) where it gives none, any others where it does (a
+    folder written from another pipeline's features: such a model ranks extracted features, not video files)."""
+    dims = man.get("dims", {})
+    if not isinstance(dims, dict):
+        raise DatasetError(f"{root}/manifest.json: field 'dims' must be a JSON object, found {json_kind(dims)}")
+    out = {"visual": dims.get("visual", VISUAL_DIM), "text": dims.get("text", TEXT_DIM)}
+    for name, width in out.items():
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise DatasetError(f"{root}/manifest.json: dims.{name} must be a positive integer (the columns of "
+                               f"{name}.npy), found {width!r}")
+    return out
+
+
 def _load_videos(root: Path, video_id: str | None = None, mmap: bool = False) -> VideoFeatures:
     """:func:`load_video_features` (``video_id`` None: the whole folder) or :func:`load_video_row`."""
     whole = video_id is None
@@ -723,7 +741,8 @@ def _load_videos(root: Path, video_id: str | None = None, mmap: bool = False) ->
     arrays = {name: load_npy(root / name, f"{root}/{name}", mmap=mmap)
               for name in ("visual.npy", "text.npy", "text_mask.npy")}
     n = len(rows)
-    floats = {"visual.npy": (n, VISUAL_DIM), "text.npy": (n, TEXT_DIM)}
+    dims = video_folder_dims(root, man)
+    floats = {"visual.npy": (n, dims["visual"]), "text.npy": (n, dims["text"])}
     for name, shape in (*floats.items(), ("text_mask.npy", (n,))):
         arr = arrays[name]
         if arr.shape[:1] != (n,) or arr.ndim != len(shape):
@@ -733,6 +752,10 @@ def _load_videos(root: Path, video_id: str | None = None, mmap: bool = False) ->
             if arr.dtype != bool:
                 raise DatasetError(f"{root}/{name}: expected a bool array, found {arr.dtype}")
         else:  # one video's values are checked below, once it is found
+            if "dims" not in man and arr.ndim == 2 and arr.shape[1] != shape[1]:
+                raise DatasetError(f"{root}/{name}: {arr.shape[1]} columns, not the {shape[1]} extract-videos writes; "
+                                   "a folder of another pipeline's features gives its widths in manifest.json's "
+                                   'dims ({"visual": ..., "text": ...})')
             check_float_matrix(arr, shape, str(root), name, None if whole else np.zeros(0, np.int64))
     check_manifest_content(root, man, "visual.npy, text.npy and text_mask.npy",
                            tuple(arrays[name] for name in ("visual.npy", "text.npy", "text_mask.npy")) if whole
