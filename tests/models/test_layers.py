@@ -276,9 +276,8 @@ def _offsets_by_definition(scores, genre, taste):
 
 
 def test_backdoor_offsets_hold_at_extreme_scores_and_for_a_genre_without_tracks():
-    # computed as matrix products of exponentials less their largest term: scores 600 nats apart (float32's exp
-    # spans 87), tastes far apart, and genre 3 with no reference track (no track to normalise: its offset is
-    # still the tastes' mean, as the definition gives)
+    # computed as matrix products of exponentials less their largest terms: scores 600 nats apart (float32's exp
+    # spans 87), tastes far apart, and genre 3 with no reference track (its offset as the definition gives it)
     gen = torch.Generator().manual_seed(1)
     genre = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     scores = torch.randn(6, 8, generator=gen) * 3
@@ -292,3 +291,16 @@ def test_backdoor_offsets_hold_at_extreme_scores_and_for_a_genre_without_tracks(
     g50 = torch.randint(0, 5, (50,), generator=gen)
     tastes = torch.randn(2000, 5, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(L.backdoor_genre_offsets(many, g50, tastes), _offsets_by_definition(many, g50, tastes))
+    # where a product's two largest terms fall at different genres 800 nats apart, its sum underflows: such an
+    # entry is taken again exactly (it was nan and inf, a review); and a genre whose every score is -inf
+    scores, genre = t([[0.0, -800.0]]).double(), torch.tensor([0, 1])
+    taste = t([[-800.0, 0.0], [0.0, 0.0]]).double()
+    torch.testing.assert_close(L.backdoor_genre_offsets(scores, genre, taste),
+                               _offsets_by_definition(scores, genre, taste))
+    scores = torch.tensor([[0.0, -torch.inf, 1.0]], dtype=torch.float64)
+    taste = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(L.backdoor_genre_offsets(scores, torch.tensor([0, 1, 0]), taste),
+                               _offsets_by_definition(scores, torch.tensor([0, 1, 0]), taste))
+    wide = torch.randn(40, 9, generator=gen, dtype=torch.float64) * 400  # spreads of hundreds of nats, at random
+    g9, tastes = torch.randint(0, 3, (9,), generator=gen), torch.randn(5, 3, generator=gen, dtype=torch.float64) * 400
+    torch.testing.assert_close(L.backdoor_genre_offsets(wide, g9, tastes), _offsets_by_definition(wide, g9, tastes))
