@@ -594,7 +594,7 @@ def test_recommend_all_videos_writes_each_videos_answer_as_one_json_line(cli_wor
     capsys.readouterr()
     assert main([*base, "--all-videos", "--out", str(out)]) == 0
     assert capsys.readouterr().err.strip().endswith(
-        f"wrote the top 3 tracks of {ds.n_videos} videos of {cli_world} to {out} (0 with warnings)")
+        f"wrote the top 3 tracks of {ds.n_videos} videos of {cli_world} to {out} (0 with warnings of their own)")
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [a["video"] for a in lines] == list(ds.video_ids)  # every video, in the folder's order
     assert list(lines[0]) == ["video", "tracks", "modality_share", "warnings"]
@@ -636,7 +636,10 @@ def test_recommend_all_videos_refuses_options_that_do_not_go_with_it_and_keeps_a
              f"error: --out {out} is written with --all-videos"),
             (["--features", str(cli_world)], "error: --features needs --video-id ID (a video id in its videos.csv), "
                                             "or --all-videos"),
-            (["--features", str(cli_world), "--all-videos", "--out", str(tmp_path)], "is a folder")):
+            (["--features", str(cli_world), "--all-videos", "--out", str(tmp_path)], "is a folder"),
+            # named by the option, as for one clip (it was the batch's "genres[0]: ...", a review)
+            (["--features", str(cli_world), "--all-videos", "--out", str(out), "--genre", "polka"],
+             "error: --genre: unknown genre(s) polka; the catalogue has ")):
         capsys.readouterr()
         assert main([*base, *args]) == 2, args
         assert words in " ".join(capsys.readouterr().err.split()), args
@@ -658,6 +661,13 @@ def test_recommend_all_videos_refuses_options_that_do_not_go_with_it_and_keeps_a
     assert main([*base, "--features", str(cli_world), "--all-videos", "--out", str(out), "--top", "2"]) == 2
     assert "error: v: the model's scores for these features are not finite" in capsys.readouterr().err
     assert out.read_bytes() == before and sorted(tmp_path.iterdir()) == sorted([out, notes])
+    # an --out that is a symbolic link is written through (the link was replaced by a file, its target kept; a review)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    monkeypatch.undo()
+    assert main([*base, "--features", str(cli_world), "--all-videos", "--out", str(link), "--top", "1"]) == 0
+    assert link.is_symlink() and out.read_bytes() != before
+    assert all(len(json.loads(line)["tracks"]) == 1 for line in out.read_text(encoding="utf-8").splitlines())
 
 
 def test_demo_on_a_few_models_reports_the_command_that_makes_it_again(tmp_path, capsys):
@@ -1965,6 +1975,12 @@ def test_an_output_under_a_file_is_refused_before_any_work_and_system_errors_tak
                          str(readonly / "sub" / "e.json")]) == 2
             assert _error(capsys) == (f"error: {option} {readonly / 'sub' / 'e.json'}: cannot be written: "
                                       f"{readonly} is not writable (read-only?)")
+    # --ranks through a symbolic link writes its target, as --json does (the link was replaced by a file)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "ranks.csv").symlink_to(tmp_path / "kept" / "ranks.csv")
+    assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--ranks",
+                 str(tmp_path / "ranks.csv")]) == 0
+    assert (tmp_path / "ranks.csv").is_symlink() and (tmp_path / "kept" / "ranks.csv").stat().st_size > 0
     # and a write that fails all the same is named by its target, not by its temporary file (removing which failed
     # too on a read-only file system, and that error was raised instead)
     from bgmrec.data.dataset import write_json_atomic

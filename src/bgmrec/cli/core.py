@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -349,7 +349,7 @@ def evaluate(
 
     json_out = check_result_file(json_out, "evaluate")
     with result_on_stdout(json_out):
-        check_ranks_file(ranks_out)
+        ranks_out = check_ranks_file(ranks_out)
         if ranks_out is not None and json_out is not None and ranks_out.resolve() == json_out.resolve():
             raise ValueError(f"--ranks {ranks_out} and --json name the same file; give each its own")
         ds = load_dataset(data)
@@ -391,25 +391,20 @@ def _csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
 
 
-def check_ranks_file(path: Path | None) -> None:
-    """Refuse, before any work, an ``evaluate --ranks`` path that names a folder or an existing file that is
-    neither empty nor an earlier ``--ranks`` CSV."""
-    if path is None:
-        return
-    if path == STDOUT:  # one file on stdout: the result's JSON (--json -)
+def check_ranks_file(path: Path | None) -> Path | None:
+    """The file an ``evaluate --ranks`` path writes to (:func:`check_output_file`): an earlier ``--ranks`` CSV may be
+    replaced, and ``-`` is refused (stdout is the result's JSON, with ``--json -``)."""
+    if path == STDOUT:
         raise ValueError("--ranks -: give the path of a CSV file to write the ranks to (--json - prints the result "
                          "on stdout)")
-    if path.is_dir():
-        raise ValueError(f"--ranks {path}: is a folder; give the path of a CSV file to write the ranks to")
-    check_parent_folders(path, "--ranks")
     from bgmrec.eval.report import RANKS_HEADER
 
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as f:
-            first = f.readline(len(RANKS_HEADER) + 2).decode("utf-8", "replace").strip()
-        if first != RANKS_HEADER:
-            raise ValueError(f"--ranks {path}: exists and is not a ranks file of bgmrec evaluate; refusing to "
-                             "replace it (choose another path, or remove the file)")
+    def earlier_ranks(file: Path) -> bool:
+        with open(file, "rb") as f:
+            return f.readline(len(RANKS_HEADER) + 2).decode("utf-8", "replace").strip() == RANKS_HEADER
+
+    return check_output_file(path, "--ranks", "the ranks", "a ranks file of bgmrec evaluate", earlier_ranks,
+                             "CSV file")
 
 
 def load_scorer(run: Path, ds, mode: str | None):
@@ -705,29 +700,41 @@ STDOUT = Path("-")  # --json -: the result on stdout (for a pipe), the command's
 
 
 def check_result_file(path: Path | None, command: str) -> Path | None:
-    """The file a ``--json`` path of ``command`` writes to (a symbolic link's target; :data:`STDOUT` for ``-``).
-    Refused before any work: a folder, something other than a regular file (a pipe or a device: ``-`` is
-    stdout), or an existing file that is neither empty (as ``mktemp`` makes) nor an earlier result of the same
-    command (a dataset's manifest.json, a run's config.json, a features array: replacing it would break what it
-    belongs to)."""
-    if path is None or path == STDOUT:
+    """The file a ``--json`` path of ``command`` writes to (:func:`check_output_file`; :data:`STDOUT` for ``-``):
+    an earlier result of the same command may be replaced, not a dataset's manifest.json, a run's config.json
+    or a features array (replacing it would break what it belongs to)."""
+    if path == STDOUT:
         return path
+
+    def earlier_result(file: Path) -> bool:
+        try:
+            found = json.loads(file.read_text(encoding="utf-8")) if file.stat().st_size <= RESULT_BYTES else None
+        except (OSError, ValueError, RecursionError):
+            return False
+        return isinstance(found, dict) and any(all(key in found for key in keys) for keys in RESULT_KEYS[command])
+
+    return check_output_file(path, "--json", "the result", f"a result of bgmrec {command} --json", earlier_result)
+
+
+def check_output_file(path: Path | None, option: str, what: str, earlier: str, is_earlier: Callable[[Path], bool],
+                      kind: str = "file") -> Path | None:
+    """The file an output ``option`` names writes to (a symbolic link's target: replaced atomically, a link would
+    become a file), refused before any work when it is a folder, something other than a regular file (a pipe
+    or a device: reading one to check it waited for ever), in a folder that cannot be made or written
+    (:func:`check_parent_folders`), or an existing file that is neither empty (as ``mktemp`` makes) nor
+    ``earlier``, an output of the same kind (``is_earlier``): replacing another file would lose it."""
+    if path is None:
+        return None
     if path.is_dir():
-        raise ValueError(f"--json {path}: is a folder; give the path of a file to write the result to")
-    check_parent_folders(path, "--json")
-    if path.exists() and not path.is_file():  # reading a pipe to check it waited for ever
-        raise ValueError(f"--json {path}: is not a regular file (a pipe or a device); give the path of a file, or "
-                         "- for stdout")
-    path = path.resolve() if path.is_symlink() else path  # replaced atomically, a link would become a file
-    if not path.exists() or path.is_file() and path.stat().st_size == 0:
-        return path
-    try:
-        found = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size <= RESULT_BYTES else None
-    except (OSError, ValueError, RecursionError):
-        found = None
-    if not (isinstance(found, dict) and any(all(key in found for key in keys) for keys in RESULT_KEYS[command])):
-        raise ValueError(f"--json {path}: exists and is not a result of bgmrec {command} --json; refusing to replace "
-                         "it (choose another path, or remove the file)")
+        raise ValueError(f"{option} {path}: is a folder; give the path of a {kind} to write {what} to")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{option} {path}: is not a regular file (a pipe or a device); give the path of a file"
+                         + (", or - for stdout" if option != "--ranks" else ""))
+    path = path.resolve() if path.is_symlink() else path
+    check_parent_folders(path, option)
+    if path.is_file() and path.stat().st_size and not is_earlier(path):
+        raise ValueError(f"{option} {path}: exists and is not {earlier}; refusing to replace it (choose another "
+                         "path, or remove the file)")
     return path
 
 

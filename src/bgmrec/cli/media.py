@@ -195,10 +195,11 @@ def build_dataset_cmd(
 
 def check_clip_options(video: str | None, caption: str | None, features: Path | None, video_id: str | None,
                        frames: int | None, all_videos: bool = False, out: Path | None = None,
-                       json_: bool = False) -> None:
+                       json_: bool = False) -> Path | None:
     """Refuse ``recommend``'s clip options that contradict one another or would go unused: one clip, either a
     file (``--video`` with ``--caption``, ``--frames``) or extracted features (``--features`` with one id), or
-    every video of extracted features (``--features`` with ``--all-videos`` and ``--out``)."""
+    every video of extracted features (``--features`` with ``--all-videos`` and ``--out``). Returns the file
+    ``--out`` writes to (:func:`check_answers_file`)."""
     if all_videos:
         if features is None:
             raise ValueError("--all-videos ranks for every video of --features DIR (a videos folder of "
@@ -211,7 +212,7 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
                              "give it")
         if json_:
             raise ValueError("--all-videos writes JSON lines to --out; --json is the answer of one clip")
-        check_answers_file(out)
+        out = check_answers_file(out)
     elif out is not None:
         raise ValueError(f"--out {out} is written with --all-videos; one clip's answer is printed (as JSON with "
                          "--json)")
@@ -221,7 +222,7 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
                              "file is given as --video FILE)")
         if video is None:
             raise ValueError("give --video FILE [--caption TEXT], or --features DIR --video-id ID")
-        return
+        return out
     if video is not None and video_id is not None:
         raise ValueError(f"--video {video} and --video-id {video_id} both name the clip of --features {features}; "
                          "give one (--video-id ID, or --video FILE without --features)")
@@ -233,35 +234,31 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
     if frames is not None:
         raise ValueError(f"--frames is read for a clip file only (--video FILE without --features); the clips of "
                          f"--features {features} were sampled when extract-videos ran")
+    return out
 
 
 ANSWER_KEYS = ("video", "tracks")  # of each line of recommend --all-videos' --out
 
 
-def check_answers_file(path: Path) -> None:
-    """Refuse, before any work, an ``--out`` of ``recommend --all-videos`` that names a folder, something other
-    than a regular file, or an existing file that is neither empty nor an earlier ``--out`` (its first line a JSON
-    object with :data:`ANSWER_KEYS`): replacing it would lose what it holds."""
-    from bgmrec.cli.core import STDOUT, check_parent_folders
+def check_answers_file(path: Path) -> Path:
+    """The file an ``--out`` of ``recommend --all-videos`` writes to (:func:`~bgmrec.cli.core.check_output_file`;
+    ``-``: stdout): an earlier ``--out`` may be replaced (its first line a JSON object with :data:`ANSWER_KEYS`)."""
+    from bgmrec.cli.core import STDOUT, check_output_file
 
     if path == STDOUT:
-        return
-    if path.is_dir():
-        raise ValueError(f"--out {path}: is a folder; give the path of a file to write the answers to")
-    check_parent_folders(path, "--out")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"--out {path}: is not a regular file (a pipe or a device); give the path of a file, or - "
-                         "for stdout")
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as f:
-            first = f.readline(1 << 20)
+        return path
+
+    def earlier_answers(file: Path) -> bool:
+        with open(file, "rb") as f:
+            first = f.readline()  # a line of the top tracks of one video: as long as --top makes it
         try:
             found = json.loads(first)
         except (ValueError, RecursionError):
-            found = None
-        if not (isinstance(found, dict) and all(k in found for k in ANSWER_KEYS)):
-            raise ValueError(f"--out {path}: exists and is not the answers of bgmrec recommend --all-videos; refusing "
-                             "to replace it (choose another path, or remove the file)")
+            return False
+        return isinstance(found, dict) and all(k in found for k in ANSWER_KEYS)
+
+    return check_output_file(path, "--out", "the answers", "the answers of bgmrec recommend --all-videos",
+                             earlier_answers)
 
 
 def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: int, exclude: list[str],
@@ -289,24 +286,29 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
     def write(f) -> None:
         with progress_bar(f"ranking {len(videos)} videos", len(videos)) as advance:
             for answer in recommend_videos(recommender, videos, top, exclude, genres or None):
+                with_warnings[0] += bool(answer["warnings"])  # the clip's own
                 answer["warnings"][:0] = said
-                with_warnings[0] += bool(answer["warnings"])
                 f.write(json.dumps(answer) + "\n")
                 advance()
 
     try:
+        recommender.excluded_positions([list(exclude)], [genres or None], 1)  # a bad --genre before any line
         if out == STDOUT:
             write(sys.stdout)
         else:
             replace_atomically(out, lambda tmp: _write_utf8(tmp, write))
-    except RequestError as e:  # named by the request's fields: here, by this command's options
-        message = str(e)
-        for field, option in (("exclude: ", "--exclude: "), ("genres: ", "--genre: ")):
-            message = option + message.removeprefix(field) if message.startswith(field) else message
-        raise ValueError(message) from None
+    except RequestError as e:
+        raise _named_by_options(e) from None
     where = "stdout" if out == STDOUT else str(out)
     _console(stderr=True).print(f"wrote the top {top} tracks of {len(videos)} videos of {features} to {where} "
-                                f"({with_warnings[0]} with warnings)", markup=False)
+                                f"({with_warnings[0]} with warnings of their own)", markup=False)
+
+
+def _named_by_options(e: Exception) -> ValueError:
+    """A :class:`~bgmrec.features.recommend.RequestError` named by ``recommend``'s options, not the request's
+    fields (``genres: unknown genre(s) ...`` as ``--genre: ...``)."""
+    message = str(e)
+    return ValueError("--genre: " + message.removeprefix("genres: ") if message.startswith("genres: ") else message)
 
 
 def _write_utf8(path: Path, write) -> None:
@@ -404,7 +406,7 @@ def recommend_cmd(
     every video of extracted features (--all-videos)."""
     use_threads(threads)
     # before the model, the catalogue, the media
-    check_clip_options(video, caption, features, video_id, frames, all_videos, out, json_)
+    out = check_clip_options(video, caption, features, video_id, frames, all_videos, out, json_)
     if mode == "personalised":
         raise ValueError("recommend: --mode personalised ranks with the uploader's genre taste, which this command "
                          "does not take; `bgmrec serve --mode personalised` takes it with each request (taste)")
@@ -447,11 +449,8 @@ def recommend_cmd(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FeatureMismatchWarning)
             result = recommend_clip(model, cat, clip, top, frames, exclude, genre or None)
-    except RequestError as e:  # named by the request's fields: here, by this command's options
-        message = str(e)
-        for field, option in (("exclude: ", "--exclude: "), ("genres: ", "--genre: ")):
-            message = option + message.removeprefix(field) if message.startswith(field) else message
-        raise ValueError(message) from None
+    except RequestError as e:
+        raise _named_by_options(e) from None
     finally:  # every mismatch shown as "warning: ..." (cli.app's every_command), also before an error
         for w in caught:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
