@@ -172,6 +172,8 @@ def test_an_exclude_id_not_in_the_catalogue_is_passed_over_and_named(client, tin
     assert r.status_code == 200
     assert first not in [t["id"] for t in r.json()["tracks"]]
     assert r.json()["warnings"] == ["exclude: 2 track id(s) not in the catalogue, passed over: 'gone-1', 'gone-2'"]
+    twice = client.post("/recommend", json={**body, "exclude": ["gone-1", "gone-1"]}).json()["warnings"]
+    assert twice == ["exclude: 1 track id(s) not in the catalogue, passed over: 'gone-1'"]  # each id once
     many = [f"gone-{i}" for i in range(5)]
     batch = client.post("/recommend/batch", json={"clips": [body, {**body, "exclude": many}]}).json()["results"]
     assert batch[0]["warnings"] == []  # said of the clip whose list it was

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 
@@ -241,9 +242,10 @@ CASES = {
     # a track marked new=2 was taken as new, a video without an id was kept
     "track-new-2": (lambda root: _edit_csv_cell(root / "tracks.csv", 3, "new", "2"), "tracks.csv column new",
                     "expected 0 or 1, found 2 (track 1)"),
+    # any word was accepted (a fuzz audit)
     "video-source-other": (lambda root: _edit_csv_cell(root / "videos.csv", 5, "source", "xyz"),
                            "videos.csv column source", "expected ugc or pgc (an upload or a professional video), "
-                                                       "found 'xyz' (video 3)"),  # was accepted (a fuzz audit)
+                                                       "found 'xyz' (video 'v000003', row 3)"),
     "video-id-empty": (lambda root: _edit_csv_cell(root / "videos.csv", 5, "id", ""), "videos.csv id",
                        "non-empty names (entry 3 is empty)"),
     # a split cut short was blamed on its negatives, a row missing from videos.csv on the features
@@ -260,6 +262,11 @@ CASES = {
     # a link loop was "file is missing", where the extractors say what it is (a fuzz audit)
     "csv-link-loop": (lambda root: ((root / "videos.csv").unlink(), (root / "videos.csv").symlink_to("videos.csv")),
                       "videos.csv", "is a symbolic link to nothing (its target is missing, or a loop)"),
+    "csv-a-pipe": (lambda root: ((root / "videos.csv").unlink(), os.mkfifo(root / "videos.csv")), "videos.csv",
+                   "is not a regular file (a pipe, a socket or a device)"),
+    "csv-link-to-a-pipe": (lambda root: (os.mkfifo(root / "fifo"), (root / "videos.csv").unlink(),
+                                         (root / "videos.csv").symlink_to(root / "fifo")),
+                           "videos.csv", "is not a regular file (a pipe"),  # not a link to nothing (a review)
     "npy-link-to-nothing": (lambda root: ((root / "uploaders.npy").unlink(),
                                           (root / "uploaders.npy").symlink_to(root / "gone.npy")),
                             "uploaders.npy", "is a symbolic link to nothing"),
@@ -321,7 +328,7 @@ CASES = {
     "negatives-null": (_split_field("test", "negatives", None), "manifest.json: splits.test",
                        "field 'negatives' must be a JSON integer, found null"),
     "negatives-gone": (_split_field("test", "negatives", ...), "manifest.json",
-                       "splits.test.negatives is None, but negatives/test.npy is there: the figures it gives would "
+                       "splits.test.negatives is missing, but negatives/test.npy is there: the figures it gives would "
                        "be left out without a word; set it to 100, its columns, or remove the file"),
     "negatives-zero": (_split_field("test", "negatives", 0), "manifest.json",
                        "splits.test.negatives is 0, but negatives/test.npy is there"),

@@ -122,6 +122,8 @@ def test_personalised_figures_of_queries_without_an_uploader_say_so(tiny_ds):
                                                "queries have no known uploader: it ranks them with the dataset's "
                                                "prior taste, not their uploader's$"):
         assert evaluate(model, half, "test")["queries_without_uploader"] == len(test) // 2
+    with pytest.warns(EvaluationWarning, match=r"^s1/deccm \[personalised\]: "):  # a run's label, when given
+        assert evaluate(model, half, "test", label="s1/deccm")["label"] == "s1/deccm"
     test[:, 2] = -1
     with pytest.warns(EvaluationWarning, match="; these figures are not personalised$"):
         evaluate(model, half, "test")

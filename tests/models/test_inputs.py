@@ -402,6 +402,8 @@ CONFIG_EDITS = {
     "config-flag-as-text": ("cmvae", lambda m: m["config"].update(track_prior="false"),
                             "config.json: CMVAEConfig.track_prior: cannot use 'false' as bool (text, where JSON writes "
                             "this type without quotes)"),
+    "config-sizes-as-text": ("cmvae", lambda m: m["config"].update(hidden=["16"]),  # in a list too (a review)
+                             "config.json: CMVAEConfig.hidden: cannot use ['16'] as tuple[int, ...] (text, where"),
     "config-number-as-text": ("cmvae", lambda m: m["config"].update(latent_dim="8"),
                               "config.json: CMVAEConfig.latent_dim: cannot use '8' as int (text, where JSON"),
     "config-field-out-of-range": ("cmvae", lambda m: m["config"].update(batch_size=0),

@@ -355,8 +355,7 @@ def evaluate(
         ds = load_dataset(data)
         rec = load_scorer(run, ds, mode)
         with recorded_warnings(EvaluationWarning) as evaluated:  # for the JSON too (a trivial Recall@K, ...)
-            result = {"label": runs.run_label(run, rec), **run_eval(rec, ds, split,
-                                                                    keep_ranks=ranks_out is not None)}
+            result = run_eval(rec, ds, split, keep_ranks=ranks_out is not None, label=runs.run_label(run, rec))
         ranks = tuple(result.pop(key) for key in RANK_KEYS) if ranks_out is not None else None
         said = evaluated + run_warnings({run: rec})  # once the figures exist: an error says nothing more
         said += [m for m in (note_if_not_held_out(ds, split),) if m]

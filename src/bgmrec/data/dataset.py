@@ -272,7 +272,8 @@ class Dataset:
         _expect(len(self.video_source) == n, where, "videos.csv", f"{n} source entries")
         odd = next((i for i, s in enumerate(self.video_source) if s not in VIDEO_SOURCES), None)
         _expect(odd is None, where, "videos.csv column source", f"{' or '.join(VIDEO_SOURCES)} (an upload or a "
-                f"professional video), found {self.video_source[odd]!r} (video {odd})" if odd is not None else "")
+                f"professional video), found {self.video_source[odd]!r} (video {self.video_ids[odd]!r}, row {odd})"
+                if odd is not None else "")
         check_float_matrix(self.video_visual, (n, None), where, "features/video_visual.npy")
         check_float_matrix(self.video_text, (n, None), where, "features/video_text.npy")
         _check_shape(self.video_text_mask, (n,), where, "features/video_text_mask.npy")
@@ -967,11 +968,12 @@ SAVE_AS_UTF8 = "save the file as UTF-8 (a spreadsheet's 'CSV UTF-8'; Latin-1 or 
 
 def check_is_file(path: Path, label: str | None = None, missing: str = "file is missing", kind: str = "file") -> None:
     """A :class:`DatasetError` naming ``label`` (default ``path``) unless ``path`` is a file: "is a folder, not a
-    ``kind``" for a folder (it said the file was missing), a link to nothing for a symbolic link whose target
-    is missing or a loop (said to be missing too), else ``missing``."""
+    ``kind``" for a folder (it said the file was missing), a pipe or a device as such, a link to nothing for a
+    symbolic link whose target is missing or a loop (said to be missing too), else ``missing``."""
     path = Path(path)
     if not path.is_file():
         said = (f"is a folder, not a {kind}" if path.is_dir() else
+                "is not a regular file (a pipe, a socket or a device)" if path.exists() else
                 "is a symbolic link to nothing (its target is missing, or a loop)" if path.is_symlink() else missing)
         raise DatasetError(f"{label or path}: {said}")
 
@@ -1301,7 +1303,8 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
             if left_out and there:
                 should = (f"{np.shape(arr(rel))[1]}, its columns" if field_name == "negatives" and
                           np.ndim(arr(rel)) == 2 else "true" if field_name == "weights" else "its columns")
-                raise DatasetError(f"{root}/manifest.json: splits.{s}.{field_name} is {entry.get(field_name)!r}, but "
+                now = f"is {entry[field_name]!r}" if field_name in entry else "is missing"
+                raise DatasetError(f"{root}/manifest.json: splits.{s}.{field_name} {now}, but "
                                    f"{rel} is there: the figures it gives would be left out without a word; set it "
                                    f"to {should}, or remove the file")
     ds = Dataset(

@@ -199,8 +199,7 @@ def evaluate_run(run: Path, ds: Dataset, splits=EVAL_SPLITS, label: str | None =
             model.set_inference_mode(mode)
         for split in splits:
             if split in ds.splits and len(ds.splits[split]):
-                r = evaluate(model, ds, split, keep_ranks=keep_ranks, check_run=False)
-                r["label"] = label or model.name
+                r = evaluate(model, ds, split, keep_ranks=keep_ranks, check_run=False, label=label or model.name)
                 results.append(r)
     if results:
         warn_if_trained_elsewhere([model], ds, results[0]["split"])
@@ -233,7 +232,7 @@ def below_chance(model, result: dict) -> str | None:
 
 
 def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, seed: int = 0,
-             keep_ranks: bool = False, check_run: bool = True) -> dict:
+             keep_ranks: bool = False, check_run: bool = True, label: str | None = None) -> dict:
     """Every figure of the protocol for one model on one split of the dataset ``ds`` (a :class:`Dataset` or its
     folder's path), as the JSON object ``evaluate --json`` writes.
 
@@ -241,7 +240,8 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
     what :func:`compare` and :func:`~bgmrec.eval.report.paired_rows` pair across models, and
     ``"sampled_ranks"``, its rank in the sampled protocol (None for a split without negatives). ``check_run``: an
     :class:`EvaluationWarning` when the model's run was trained on other data (:func:`warn_if_trained_elsewhere`;
-    :func:`evaluate_run` checks once for all its evaluations).
+    :func:`evaluate_run` checks once for all its evaluations). ``label``: the result's ``label`` (default the
+    model's own, when it has one), which its warnings name it by (two runs of one model, compared).
     """
     ds = as_dataset(ds)
     if split not in ds.splits:
@@ -252,7 +252,8 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
     full = full_ranks(model, ds, split, seed=seed)
     warn_if_recall_is_trivial(split, full.n_candidates, FULL_KS, top_k=10)  # exposure_tvd@10's lists
     r = full.ranks
-    result: dict = {"model": model.name, **({"label": model.label} if hasattr(model, "label") else {}),
+    label = label if label is not None else getattr(model, "label", None)
+    result: dict = {"model": model.name, **({"label": label} if label is not None else {}),
                     "split": split, "n_queries": int(len(rows)), "n_candidates": full.n_candidates}
     mode = getattr(model, "inference_mode", None)
     if mode:
@@ -260,7 +261,7 @@ def evaluate(model: Recommender, ds: Dataset | str | os.PathLike, split: str, se
     unknown = int((rows[:, 2] < 0).sum())
     if mode == "personalised" and unknown:  # Dataset.confounder gives them the dataset's prior taste
         result["queries_without_uploader"] = unknown
-        warnings.warn(f"{getattr(model, 'label', model.name)} [personalised]: {unknown} of {len(rows)} {split} "
+        warnings.warn(f"{label or model.name} [personalised]: {unknown} of {len(rows)} {split} "
                       "queries have no known uploader: it ranks "
                       "them with the dataset's prior taste, not their uploader's"
                       + ("; these figures are not personalised" if unknown == len(rows) else ""),

@@ -52,7 +52,7 @@ from bgmrec.models.base import (
 
 
 class RequestError(ValueError):
-    """Input the caller must fix (a bad count, an unknown track id or genre); the message is one line naming the field.
+    """Input the caller must fix (a bad count, an unknown genre); the message is one line naming the field.
 
     The HTTP service answers it with 422 and any other error with 500, so raise it only for the caller's input.
     """
@@ -263,7 +263,8 @@ EXCLUDE_NOT_IN_CATALOG = "exclude: {n} track id(s) not in the catalogue, passed 
 def not_in_catalog_warning(unknown: list[str]) -> list[str]:
     """The answer's warning for ``exclude`` ids the catalogue has not (withdrawn since the app stored them, or
     mistyped): they are passed over, not refused, so that an app's stored exclude list keeps working after a
-    catalogue update; the first three are named."""
+    catalogue update; each named once, the first three by name."""
+    unknown = list(dict.fromkeys(unknown))
     if not unknown:
         return []
     named = ", ".join(repr(t) for t in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
@@ -525,8 +526,14 @@ def recommend_videos(recommender: ClipRecommender, videos, k: int = 10, exclude:
     its ``video`` id first (``bgmrec recommend --all-videos``); ``exclude`` and ``genres`` hold for every video.
     ``at_once`` videos are read and ranked together, so memory-mapped features are read a block at a time. A clip
     whose scores are not finite is a :class:`RequestError` naming its video."""
-    if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1:
+    if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 1:  # when called, not when iterated
         raise ValueError(f"at_once must be a positive integer, got {at_once!r}")
+    return _answers_in_blocks(recommender, videos, k, exclude, genres, at_once)
+
+
+def _answers_in_blocks(recommender: ClipRecommender, videos, k: int, exclude: list[str] | None,
+                       genres: list[str] | None, at_once: int) -> Iterator[dict]:
+    """:func:`recommend_videos`' answers, ``at_once`` videos ranked together."""
     notes = videos.repeated_frame_notes()
     for start in range(0, len(videos), at_once):
         block = slice(start, min(start + at_once, len(videos)))

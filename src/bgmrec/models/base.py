@@ -1029,12 +1029,18 @@ def _coerce(tp: Any, value: Any) -> Any:
     return tp(value)
 
 
-def _takes_text(tp: Any) -> bool:
-    """Whether a config field of type ``tp`` holds text as JSON writes it: a string, or a choice of strings."""
+def _written_as_text(tp: Any, value: Any) -> bool:
+    """Whether ``value``, read from JSON for a config field of type ``tp``, holds text where JSON writes that type
+    without quotes (``"false"`` for a flag, ``["256", "128"]`` for sizes): not a string or a choice of strings."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        return any(_takes_text(a) for a in args if a is not type(None))
-    return tp is str or origin is typing.Literal and any(isinstance(a, str) for a in args)
+        return all(_written_as_text(a, value) for a in args if a is not type(None))
+    if isinstance(value, str):
+        return not (tp is str or origin is typing.Literal and any(isinstance(a, str) for a in args))
+    if origin in (tuple, list) and isinstance(value, list | tuple) and args:
+        kinds = args if origin is tuple and args[-1] is not Ellipsis else args[:1] * len(value)
+        return any(_written_as_text(kind, x) for kind, x in zip(kinds, value, strict=False))
+    return False
 
 
 def config_from_dict(cls: type, values: dict[str, Any], as_written: bool = False) -> Any:
@@ -1067,7 +1073,7 @@ def config_from_dict(cls: type, values: dict[str, Any], as_written: bool = False
         else:
             raise ValueError(f"{cls.__name__}.{f.name}: missing (the field has no default)")
         try:
-            if as_written and f.name in values and isinstance(value, str) and not _takes_text(tp):
+            if as_written and f.name in values and _written_as_text(tp, value):
                 raise ValueError("text, where JSON writes this type without quotes")
             converted[f.name] = _coerce(tp, value)
         except (TypeError, ValueError) as e:

@@ -417,7 +417,11 @@ class DecCM(CMVAE):
         for a teacher outside the student) that holds a run with the recorded weights (any run for students
         saved before that record); attached when content mode mixes it in."""
         relative, written, digest = (self._teacher_record.get(k) for k in TEACHER_RECORD)
-        candidates = [folder / p for p in dict.fromkeys([relative, "teacher", written]) if p]
+        candidates, seen = [], set()  # in this order; one folder named once, however it is recorded
+        for p in (relative, "teacher", written):
+            if p and (folder / p).resolve() not in seen:
+                seen.add((folder / p).resolve())
+                candidates.append(folder / p)
         others = []  # teacher folders there, of other weights
         for candidate in candidates:
             if candidate.resolve() == folder.resolve() or not (candidate / "weights.safetensors").is_file():
@@ -437,7 +441,8 @@ class DecCM(CMVAE):
         if relative or written:  # named by the error content mode raises
             self._teacher_sought = " or ".join(os.path.normpath(c) for c in candidates) + (
                 f" with the weights it was trained with (sha256 {digest[:12]}...)" if digest else "") + (
-                f" ({' and '.join(others)} holds other weights: damaged, or another teacher's)" if others else "")
+                f" ({' and '.join(others)} hold{'s' if len(others) == 1 else ''} other weights: damaged, or another "
+                "teacher's)" if others else "")
 
     @classmethod
     def from_folder_config(cls, meta: dict) -> DecCM:
