@@ -283,9 +283,12 @@ def test_a_server_fault_gets_a_500_and_its_traceback_is_logged_not_shown(tiny_ds
     assert "Traceback" in caplog.text and "boom" in caplog.text
 
 
-def test_the_log_says_what_is_served_at_start_up_and_health_names_the_run_folder(tiny_ds, cmvae, tmp_path, caplog):
+def test_the_log_says_what_is_served_at_start_up_and_health_names_the_run_folder(tiny_ds, cmvae, tmp_path, caplog,
+                                                                                 monkeypatch):
     # after a switch of model the log could not tie requests to the model then served
     from bgmrec.models.base import load_model
+
+    monkeypatch.setattr(service, "uploads_refused", lambda spec: "no encoders here")  # a start-up warning
 
     cmvae.save(tmp_path / "week47" / "cmvae")
     recommender = ClipRecommender(load_model(tmp_path / "week47" / "cmvae"), tiny_catalog(tiny_ds))
@@ -294,6 +297,10 @@ def test_the_log_says_what_is_served_at_start_up_and_health_names_the_run_folder
     assert health["run_folder"] == str((tmp_path / "week47" / "cmvae").resolve())  # served_by names "cmvae" only
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving ")]
     assert f"run=cmvae run_sha256={health['served_by']['run_sha256']} " in line and "model=cmvae " in line
+    # what start-up warned of is in the log too, with its time (it was printed before the log had times)
+    assert health["warnings"] == ["POST /recommend/video will answer 501: no encoders here"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"start-up: {w}" for w in health["warnings"]]
 
 
 def test_health_says_how_the_catalogue_differs_from_the_training_dataset_s(tiny_dir, tiny_ds, cmvae, tmp_path):

@@ -180,6 +180,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         if against_training is not None:
             logger.info("catalogue against the training dataset's: %s",
                         " ".join(f"{k}={v}" for k, v in against_training.items()))
+        for message in startup_warnings:  # said as they were met too, before the log had its times
+            logger.warning("start-up: %s", message)
 
     # a start-up handler, not a lifespan: a lifespan replaces the start-up handlers an embedding app adds
     app.router.add_event_handler("startup", say_what_is_served)
