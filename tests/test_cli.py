@@ -2097,3 +2097,19 @@ def test_a_folder_of_the_wrong_kind_is_named_for_what_it_is(cli_world, popularit
         assert main(list(argv)) == 2, argv
         assert _error(capsys) == f"error: {said}"
     assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
+
+
+def test_no_command_shows_a_value_for_a_flag_in_its_help(capsys):
+    # Typer showed "--json <bool>", "--resume <bool>": a flag takes no value (its own --help still shows it)
+    import typer
+
+    from bgmrec.cli import app
+
+    root = typer.main.get_command(app)
+    paths = [[name] for name in root.commands] + [
+        [name, sub] for name, group in root.commands.items() for sub in getattr(group, "commands", {})]
+    for path in [[], *paths]:
+        capsys.readouterr()
+        assert main([*path, "--help"]) == 0, path
+        shown = capsys.readouterr().out
+        assert "--" in shown and not [line for line in shown.splitlines() if "<bool>" in line and "--help" not in line]

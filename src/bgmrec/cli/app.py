@@ -62,6 +62,12 @@ def make_console(stderr: bool = False, highlight: bool = True):
     return Console(stderr=stderr, highlight=highlight, width=None if terminal else 200, soft_wrap=not terminal)
 
 
+def flag(default: bool, *names: str, help: str, **more):
+    """A true/false option (``--json``, ``--progress/--no-progress``), shown in ``--help`` without the ``<bool>``
+    Typer gives every flag, which takes no value; ``more``: the rest of ``typer.Option``'s arguments."""
+    return typer.Option(default, *names, help=help, metavar="", **more)
+
+
 def threads_option():
     """The ``--threads`` option of the commands that train or score with torch (``serve`` has its own)."""
     return typer.Option(None, "--threads", min=1, help="torch's threads (default: one per core); on a machine "
@@ -137,7 +143,7 @@ def print_version(asked: bool) -> None:
 
 
 @app.callback()
-def every_command(ctx: typer.Context, version: bool = typer.Option(
+def every_command(ctx: typer.Context, version: bool = flag(
         False, "--version", is_eager=True, callback=print_version, help="print bgmrec's version and exit")) -> None:
     # runs before any command (and before its options are read): the command runs inside the context manager
     ctx.with_resource(library_warnings_on_one_line())

@@ -15,6 +15,7 @@ import typer
 from bgmrec import runs
 from bgmrec.cli.app import (
     app,
+    flag,
     make_console,
     options_named,
     recorded_warnings,
@@ -258,7 +259,7 @@ def train(
     set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
                                           help="config field override, key=value (repeatable)"),
     teacher: Path | None = typer.Option(None, help="DecCM: reuse this teacher run instead of training one"),
-    progress: bool = typer.Option(True, help="show each epoch on stderr (a bar on a terminal, else a line each)"),
+    progress: bool = flag(True, help="show each epoch on stderr (a bar on a terminal, else a line each)"),
     threads: int | None = threads_option(),
 ) -> None:
     """Train a model on the dataset's train split (early stopping on val) and save it. Stopped (Ctrl-C, SIGTERM,
@@ -302,7 +303,7 @@ def tune(
                                     "resumes a grid started without one)"),
     teacher: Path | None = typer.Option(None, help="DecCM: one teacher run for every point (else one is trained "
                                         "per backbone config and shared)"),
-    resume: bool = typer.Option(False, help="finish a stopped grid in --out (same arguments): its finished points "
+    resume: bool = flag(False, help="finish a stopped grid in --out (same arguments): its finished points "
                                 "are loaded, not retrained"),
     threads: int | None = threads_option(),
 ) -> None:
@@ -543,7 +544,7 @@ def bench_quality(
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds (one world per seed)"),
     models: str | None = typer.Option(None, help="comma-separated models (default: every demo model)"),
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
-    resume: bool = typer.Option(False, help="reuse runs in WORK trained by the same code (a hash of bgmrec's "
+    resume: bool = flag(False, help="reuse runs in WORK trained by the same code (a hash of bgmrec's "
                                             "sources) instead of retraining"),
     world: list[str] | None = typer.Option(None, "--world", metavar="KEY=VALUE",
                                            help="a world parameter changed from the presets, "
@@ -599,7 +600,7 @@ def bench_ceiling(
     intervened: str = typer.Option("cmvae", help="comma-separated models to train on the intervened world "
                                    "('' for none); each is also reported mixed with the teacher of the first "
                                    "run that mixes one into its content mode (deccm)"),
-    fit: bool = typer.Option(True, help="fit the per-track terms (minutes per model at tt150k); --no-fit "
+    fit: bool = flag(True, help="fit the per-track terms (minutes per model at tt150k); --no-fit "
                              "reports the intervened world's table alone"),
     threads: int | None = threads_option(),
 ) -> None:
@@ -669,7 +670,7 @@ def bench_tuned(
     splits: str = typer.Option("test_unbiased,test", help="comma-separated test splits to compare on"),
     work: Path = typer.Option(Path("runs/bench-tuned"), help="folder for each model's grid (WORK/MODEL)"),
     out: Path | None = typer.Option(None, help="Markdown report, its JSON beside it (default: WORK/tuned.md)"),
-    resume: bool = typer.Option(False, help="finish stopped grids in WORK and reuse their finished points"),
+    resume: bool = flag(False, help="finish stopped grids in WORK and reuse their finished points"),
     threads: int | None = threads_option(),
 ) -> None:
     """Models tuned alike on val (one grid, `bgmrec tune` each), compared on the test splits at val's choice and

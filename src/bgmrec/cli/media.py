@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from bgmrec.cli.app import app, make_console, options_named, said_when_stopped, threads_option, use_threads
+from bgmrec.cli.app import app, flag, make_console, options_named, said_when_stopped, threads_option, use_threads
 
 if TYPE_CHECKING:
     from bgmrec.features.recommend import ClipFeatures
@@ -91,8 +91,8 @@ def extract_music_cmd(
     cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache/audio); to reuse vectors across "
                                                  "output folders (a catalogue a week), one folder outside them, the "
                                                  "same every time, e.g. cache/audio"),
-    prune_cache: bool = typer.Option(False, "--prune-cache", help=PRUNE_HELP),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    prune_cache: bool = flag(False, "--prune-cache", help=PRUNE_HELP),
+    progress: bool = flag(True, help="show a progress bar"),
 ) -> None:
     """Decode every track and compute its feature vector (openSMILE eGeMAPS + librosa descriptors)."""
     from bgmrec.data.dataset import writing_lock
@@ -118,8 +118,8 @@ def extract_videos_cmd(
     cache: Path | None = typer.Option(None, help="cache folder (default OUT/.cache); to reuse vectors across output "
                                                  "folders (a videos folder a week), one folder outside them, the same "
                                                  "every time, e.g. cache/video"),
-    prune_cache: bool = typer.Option(False, "--prune-cache", help=PRUNE_HELP),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    prune_cache: bool = flag(False, "--prune-cache", help=PRUNE_HELP),
+    progress: bool = flag(True, help="show a progress bar"),
 ) -> None:
     """Embed each video's frames (EfficientNet-Lite0, 1280-d) and caption (MiniLM, 384-d)."""
     from bgmrec.data.dataset import writing_lock
@@ -394,8 +394,8 @@ def recommend_cmd(
                                                         "training videos were, else extract-videos' 8)"),
     mode: str | None = typer.Option(None, help="inference mode of models that have several (DecCM: backdoor, "
                                                "content; personalised needs an uploader and is not offered here)"),
-    json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
-    all_videos: bool = typer.Option(False, "--all-videos", help="rank for every video of --features (no "
+    json_: bool = flag(False, "--json", help="print one JSON object instead of a table"),
+    all_videos: bool = flag(False, "--all-videos", help="rank for every video of --features (no "
                                     "--video-id) and write a line of JSON per video to --out: the object --json "
                                     "prints, its id as 'video' first"),
     out: Path | None = typer.Option(None, help="with --all-videos: the JSON-lines file to write, whole or not at "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app, hangup_signal, options_named
+from bgmrec.cli.app import app, flag, hangup_signal, options_named
 
 
 def check_can_listen(host: str, port: int) -> None:
@@ -55,7 +55,7 @@ def serve_cmd(
                                                          "torch's, the cores this one server process may use, or "
                                                          "OMP_NUM_THREADS); concurrent requests each use this "
                                                          "many, so fewer contend less under load"),
-    lazy_encoders: bool = typer.Option(False, "--lazy-encoders", help="load the video encoders on the first "
+    lazy_encoders: bool = flag(False, "--lazy-encoders", help="load the video encoders on the first "
                                                                       "video upload (about 4 s), not at start-up"),
     max_batches: int = typer.Option(4, min=1, help="batch requests answered at once (each can hold hundreds of MB); "
                                                    "more get 503 with Retry-After"),
