@@ -618,6 +618,55 @@ def test_recommend_all_videos_writes_each_videos_answer_as_one_json_line(cli_wor
     assert printed == out.read_text(encoding="utf-8") and "to stdout" in err
 
 
+def test_recommend_all_videos_says_once_what_holds_for_every_video_and_refuses_a_run_of_empty_lines(
+        cli_world, popularity_run, tmp_path, capsys):
+    """What a stress test of a backfill found: an empty folder replaced an earlier answers file with nothing,
+    filters leaving no track wrote a line of no tracks per video with exit 0, an unknown --exclude id was in every
+    line and counted as each clip's own warning, and a killed run's hidden temporary file stayed for good."""
+    import subprocess
+
+    import media_fixtures as mf
+    from bgmrec.data.dataset import save_npy_atomic, write_json_atomic
+
+    ds = load_dataset(cli_world)
+    dims = ds.dims()
+    vids = mf.write_videos_folder(tmp_path / "vids", 4)
+    save_npy_atomic(vids / "visual.npy", np.asarray(ds.video_visual[:4], np.float32))
+    save_npy_atomic(vids / "text.npy", np.asarray(ds.video_text[:4], np.float32) * np.load(vids / "text_mask.npy")[
+        :, None])
+    manifest = json.loads((vids / "manifest.json").read_text())
+    write_json_atomic(vids / "manifest.json", {**manifest, "dims": {"visual": dims["video_visual"],
+                                                                     "text": dims["video_text"]}})
+    (vids / "failures.csv").write_text("file,reason\nbroken.mp4,cannot open as media: damaged\n", encoding="utf-8")
+    out = tmp_path / "answers.jsonl"
+    base = ["recommend", "--run", str(popularity_run), "--catalog", str(cli_world), "--all-videos", "--out", str(out)]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".answers.jsonl.tmp-{dead.pid}-0badf00d"
+    leftover.write_text("half a backfill", encoding="utf-8")
+    capsys.readouterr()
+    assert main([*base, "--features", str(vids), "--exclude", "gone", "--exclude", "gone", "--top", "100000"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("exclude: 1 track id(s) not in the catalogue, passed over: 'gone'") == 1  # said once
+    assert "removed 1 temporary file(s) that killed writes of it left" in err and not leftover.exists()
+    assert err.endswith(f"wrote the top {ds.n_tracks} tracks of 4 videos of {vids} to {out} (0 with warnings of "
+                        "their own); 1 video file(s) whose extraction failed have no line (its failures.csv)")
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [a["warnings"] for a in lines] == [["exclude: 1 track id(s) not in the catalogue, passed over: 'gone'"]] * 4
+    before = out.read_bytes()
+    empty = mf.write_videos_folder(tmp_path / "empty", 0)
+    save_npy_atomic(empty / "text_mask.npy", np.zeros(0, bool))
+    assert main([*base, "--features", str(empty)]) == 2
+    assert f"error: --features {empty} holds no video: nothing to rank ({out} is as it was)" in capsys.readouterr().err
+    genre = ds.genres[int(ds.track_genre[0])]
+    one_left = [t for j, t in enumerate(ds.track_ids) if ds.genres[int(ds.track_genre[j])] == genre]
+    args = [*base, "--features", str(cli_world), "--genre", genre]
+    assert main([*args, *(x for t in one_left for x in ("--exclude", t))]) == 2
+    assert (f"error: --exclude and --genre leave none of the catalogue's {ds.n_tracks} tracks to recommend ({out} "
+            "is as it was)") in " ".join(capsys.readouterr().err.split())
+    assert out.read_bytes() == before
+
+
 def test_recommend_all_videos_refuses_options_that_do_not_go_with_it_and_keeps_a_file_it_would_lose(
         cli_world, popularity_run, tmp_path, capsys, monkeypatch):
     import bgmrec.features.recommend as rec

@@ -735,6 +735,11 @@ def check_output_file(path: Path | None, option: str, what: str, earlier: str, i
     if path.is_file() and path.stat().st_size and not is_earlier(path):
         raise ValueError(f"{option} {path}: exists and is not {earlier}; refusing to replace it (choose another "
                          "path, or remove the file)")
+    from bgmrec.data.dataset import remove_killed_temporaries
+
+    if path.parent.is_dir() and (removed := remove_killed_temporaries(path)):
+        print(f"note: {option} {path}: removed {removed} temporary file(s) that killed writes of it left",
+              file=sys.stderr)
     return path
 
 

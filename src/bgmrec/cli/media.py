@@ -266,42 +266,62 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
     """``recommend --all-videos``: every video of ``features`` ranked, a line of JSON each, written to ``out``
     whole or not at all (stdout for ``-``); ``said``: what was printed of the model, leading every answer's
     ``warnings`` as it leads ``--json``'s."""
+    import numpy as np
+
     from bgmrec.cli.core import STDOUT
     from bgmrec.data.dataset import replace_atomically
-    from bgmrec.features.cache import progress_bar
+    from bgmrec.features.cache import KEPT, UNSUPPORTED, progress_bar, read_csv_utf8
     from bgmrec.features.recommend import (
         ClipRecommender,
         RequestError,
+        not_in_catalog_warning,
         open_video_features,
         recommend_videos,
         warn_on_stderr,
     )
 
     videos = open_video_features(features, mmap=True)
+    kept = "" if out == STDOUT else f" ({out} is as it was)"
+    if not len(videos):  # it replaced an earlier backfill with an empty file
+        raise ValueError(f"--features {features} holds no video: nothing to rank{kept}")
     frames = (videos.manifest.get("settings") or {}).get("frames")
     recommender = ClipRecommender(model, catalog, frames=frames)
-    said = [*said, *(warn_on_stderr(m) for m in recommender.warnings)]
+    unknown = [t for t in exclude if t not in recommender.position]  # the same for every video: said once
+    said = [*said, *(warn_on_stderr(m) for m in [*recommender.warnings, *not_in_catalog_warning(unknown)])]
+    try:
+        left_out = recommender.excluded_positions([list(exclude)], [genres or None], 1)  # a bad --genre first
+    except RequestError as e:
+        raise _named_by_options(e) from None
+    if left_out is not None and len(np.unique(left_out[0])) == len(catalog.ids):  # every line would be empty
+        raise ValueError(f"--exclude and --genre leave none of the catalogue's {len(catalog.ids)} tracks to "
+                         f"recommend{kept}")
     with_warnings = [0]
 
     def write(f) -> None:
         with progress_bar(f"ranking {len(videos)} videos", len(videos)) as advance:
             for answer in recommend_videos(recommender, videos, top, exclude, genres or None):
-                with_warnings[0] += bool(answer["warnings"])  # the clip's own
-                answer["warnings"][:0] = said
+                answer["warnings"] = [*said, *(w for w in answer["warnings"] if w not in said)]
+                with_warnings[0] += len(answer["warnings"]) > len(said)  # warnings of the clip's own
                 f.write(json.dumps(answer) + "\n")
                 advance()
 
-    try:
-        recommender.excluded_positions([list(exclude)], [genres or None], 1)  # a bad --genre before any line
-        if out == STDOUT:
-            write(sys.stdout)
-        else:
-            replace_atomically(out, lambda tmp: _write_utf8(tmp, write))
-    except RequestError as e:
-        raise _named_by_options(e) from None
+    with said_when_stopped(None if out == STDOUT else f"{out} is as it was"):
+        try:
+            if out == STDOUT:
+                write(sys.stdout)
+            else:
+                replace_atomically(out, lambda tmp: _write_utf8(tmp, write))
+        except RequestError as e:
+            raise _named_by_options(e) from None
     where = "stdout" if out == STDOUT else str(out)
-    _console(stderr=True).print(f"wrote the top {top} tracks of {len(videos)} videos of {features} to {where} "
-                                f"({with_warnings[0]} with warnings of their own)", markup=False)
+    failures = Path(features) / "failures.csv"
+    failed = sum(not row["reason"].startswith((KEPT, UNSUPPORTED)) for row in read_csv_utf8(
+        failures, ("file", "reason"))) if failures.is_file() else 0
+    _console(stderr=True).print(
+        f"wrote the top {min(top, len(catalog.ids))} tracks of {len(videos)} videos of {features} to {where} "
+        f"({with_warnings[0]} with warnings of their own)"
+        + (f"; {failed} video file(s) whose extraction failed have no line (its failures.csv)" if failed else ""),
+        markup=False)
 
 
 def _named_by_options(e: Exception) -> ValueError:

@@ -726,6 +726,20 @@ def recover_killed_write(out: Path, rescue: Callable[[Path], None] | None = None
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def remove_killed_temporaries(path: Path) -> int:
+    """Remove the temporary files (``.NAME.tmp-PID-*``, :func:`temporary_beside`) that writes of the file ``path``
+    killed midway (``kill -9``, an out-of-memory kill) left beside it, of processes no longer running; how many.
+    No handler saw those stops: a killed backfill's half-written answers stayed, hidden, beside the file."""
+    path, removed = Path(path), 0
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = entry.name[len(path.name) + 6:].split("-")[0]
+        if pid.isdigit() and entry.is_file() and not entry.is_symlink() and not _process_runs(int(pid)):
+            with contextlib.suppress(FileNotFoundError):  # tidied by another process meanwhile
+                entry.unlink()
+                removed += 1
+    return removed
+
+
 def _process_runs(pid: int) -> bool:
     """True when a process ``pid`` runs (or cannot be told apart from one: another user's)."""
     try:
