@@ -644,11 +644,14 @@ def test_recommend_all_videos_says_once_what_holds_for_every_video_and_refuses_a
     dead.wait()
     leftover = tmp_path / f".answers.jsonl.tmp-{dead.pid}-0badf00d"
     leftover.write_text("half a backfill", encoding="utf-8")
+    not_made_here = tmp_path / f".answers.jsonl.tmp-{dead.pid}"  # no name temporary_beside makes: kept
+    not_made_here.write_text("someone's", encoding="utf-8")
     capsys.readouterr()
     assert main([*base, "--features", str(vids), "--exclude", "gone", "--exclude", "gone", "--top", "100000"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert err.count("exclude: 1 track id(s) not in the catalogue, passed over: 'gone'") == 1  # said once
     assert "removed 1 temporary file(s) that killed writes of it left" in err and not leftover.exists()
+    assert not_made_here.exists()
     assert err.endswith(f"wrote the top {ds.n_tracks} tracks of 4 videos of {vids} to {out} (0 with warnings of "
                         "their own); 1 video file(s) whose extraction failed have no line (its failures.csv)")
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
@@ -665,6 +668,17 @@ def test_recommend_all_videos_says_once_what_holds_for_every_video_and_refuses_a
     assert (f"error: --exclude and --genre leave none of the catalogue's {ds.n_tracks} tracks to recommend ({out} "
             "is as it was)") in " ".join(capsys.readouterr().err.split())
     assert out.read_bytes() == before
+    # the summary says the tracks each line holds, fewer than --top when the options leave fewer (a review)
+    allowed = len(one_left)
+    assert main([*args, "--top", "500"]) == 0
+    assert f"wrote the top {min(500, allowed)} tracks of" in " ".join(capsys.readouterr().err.split())
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    for option in ("--out", "--ranks", "--json"):  # a link loop was a traceback ("Symlink loop from ...")
+        command = ([*base[:-2], "--features", str(cli_world), "--out", str(loop)] if option == "--out" else
+                   ["evaluate", "--run", str(popularity_run), "--data", str(cli_world), option, str(loop)])
+        assert main(command) == 2
+        assert f"error: {option} {loop}: is a symbolic link loop; give the path of a file" in capsys.readouterr().err
 
 
 def test_recommend_all_videos_refuses_options_that_do_not_go_with_it_and_keeps_a_file_it_would_lose(
@@ -1877,8 +1891,8 @@ def test_json_to_a_pipe_or_a_link_is_refused_or_written_through(cli_world, popul
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     assert main(["evaluate", "--run", str(popularity_run), "--data", str(cli_world), "--json", str(fifo)]) == 2
-    assert _error(capsys) == (f"error: --json {fifo}: is not a regular file (a pipe or a device); give the path of a "
-                              "file, or - for stdout")
+    assert _error(capsys) == (f"error: --json {fifo}: is not a regular file (a pipe, a socket or a device); give the "
+                              "path of a file, or - for stdout")
     target = tmp_path / "real.json"
     target.touch()
     link = tmp_path / "link.json"

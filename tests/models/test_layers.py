@@ -301,6 +301,10 @@ def test_backdoor_offsets_hold_at_extreme_scores_and_for_a_genre_without_tracks(
     taste = torch.randn(3, 2, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(L.backdoor_genre_offsets(scores, torch.tensor([0, 1, 0]), taste),
                                _offsets_by_definition(scores, torch.tensor([0, 1, 0]), taste))
+    # float32 factors: the underflow is met at 87 nats there, and taken again all the same (it was -inf; a review)
+    a, b = torch.tensor([[0.0, -110.0]]), torch.tensor([[-110.0], [0.0]])
+    torch.testing.assert_close(L.log_sum_exp_product(a, b), torch.logsumexp(a[:, :, None] + b[None], dim=1))
+    assert L.log_sum_exp_product(a, b).dtype == torch.float32
     wide = torch.randn(40, 9, generator=gen, dtype=torch.float64) * 400  # spreads of hundreds of nats, at random
     g9, tastes = torch.randint(0, 3, (9,), generator=gen), torch.randn(5, 3, generator=gen, dtype=torch.float64) * 400
     torch.testing.assert_close(L.backdoor_genre_offsets(wide, g9, tastes), _offsets_by_definition(wide, g9, tastes))

@@ -728,9 +728,12 @@ def check_output_file(path: Path | None, option: str, what: str, earlier: str, i
     if path.is_dir():
         raise ValueError(f"{option} {path}: is a folder; give the path of a {kind} to write {what} to")
     if path.exists() and not path.is_file():
-        raise ValueError(f"{option} {path}: is not a regular file (a pipe or a device); give the path of a file"
-                         + (", or - for stdout" if option != "--ranks" else ""))
-    path = path.resolve() if path.is_symlink() else path
+        raise ValueError(f"{option} {path}: is not a regular file (a pipe, a socket or a device); give the path of "
+                         "a file" + (", or - for stdout" if option != "--ranks" else ""))
+    try:
+        path = path.resolve() if path.is_symlink() else path
+    except (RuntimeError, OSError):  # a link loop: resolve() raised "Symlink loop from ..."
+        raise ValueError(f"{option} {path}: is a symbolic link loop; give the path of a file") from None
     check_parent_folders(path, option)
     if path.is_file() and path.stat().st_size and not is_earlier(path):
         raise ValueError(f"{option} {path}: exists and is not {earlier}; refusing to replace it (choose another "

@@ -238,6 +238,7 @@ def check_clip_options(video: str | None, caption: str | None, features: Path | 
 
 
 ANSWER_KEYS = ("video", "tracks")  # of each line of recommend --all-videos' --out
+ANSWER_LINE_BYTES = 64 * 2**20  # the longest first line an earlier --out is read for (--top 1000: about 110 KB)
 
 
 def check_answers_file(path: Path) -> Path:
@@ -249,8 +250,9 @@ def check_answers_file(path: Path) -> Path:
         return path
 
     def earlier_answers(file: Path) -> bool:
-        with open(file, "rb") as f:
-            first = f.readline()  # a line of the top tracks of one video: as long as --top makes it
+        with open(file, "rb") as f:  # a line of one video's top tracks: as long as --top makes it, within reason
+            first = f.readline(ANSWER_LINE_BYTES) if f.read(1) == b"{" else b""
+            first = b"{" + first if first.endswith(b"\n") else b""
         try:
             found = json.loads(first)
         except (ValueError, RecursionError):
@@ -281,7 +283,7 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
     )
 
     videos = open_video_features(features, mmap=True)
-    kept = "" if out == STDOUT else f" ({out} is as it was)"
+    kept = f" ({out} is as it was)" if out != STDOUT and out.exists() else ""
     if not len(videos):  # it replaced an earlier backfill with an empty file
         raise ValueError(f"--features {features} holds no video: nothing to rank{kept}")
     frames = (videos.manifest.get("settings") or {}).get("frames")
@@ -292,7 +294,8 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
         left_out = recommender.excluded_positions([list(exclude)], [genres or None], 1)  # a bad --genre first
     except RequestError as e:
         raise _named_by_options(e) from None
-    if left_out is not None and len(np.unique(left_out[0])) == len(catalog.ids):  # every line would be empty
+    allowed = len(catalog.ids) - (0 if left_out is None else len(np.unique(left_out[0])))
+    if not allowed:  # every line would be empty
         raise ValueError(f"--exclude and --genre leave none of the catalogue's {len(catalog.ids)} tracks to "
                          f"recommend{kept}")
     with_warnings = [0]
@@ -305,7 +308,7 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
                 f.write(json.dumps(answer) + "\n")
                 advance()
 
-    with said_when_stopped(None if out == STDOUT else f"{out} is as it was"):
+    with said_when_stopped(kept.strip(" ()") or None):
         try:
             if out == STDOUT:
                 write(sys.stdout)
@@ -318,7 +321,7 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
     failed = sum(not row["reason"].startswith((KEPT, UNSUPPORTED)) for row in read_csv_utf8(
         failures, ("file", "reason"))) if failures.is_file() else 0
     _console(stderr=True).print(
-        f"wrote the top {min(top, len(catalog.ids))} tracks of {len(videos)} videos of {features} to {where} "
+        f"wrote the top {min(top, allowed)} tracks of {len(videos)} videos of {features} to {where} "
         f"({with_warnings[0]} with warnings of their own)"
         + (f"; {failed} video file(s) whose extraction failed have no line (its failures.csv)" if failed else ""),
         markup=False)

@@ -729,14 +729,19 @@ def recover_killed_write(out: Path, rescue: Callable[[Path], None] | None = None
 def remove_killed_temporaries(path: Path) -> int:
     """Remove the temporary files (``.NAME.tmp-PID-*``, :func:`temporary_beside`) that writes of the file ``path``
     killed midway (``kill -9``, an out-of-memory kill) left beside it, of processes no longer running; how many.
-    No handler saw those stops: a killed backfill's half-written answers stayed, hidden, beside the file."""
+    No handler saw those stops: a killed backfill's half-written answers stayed, hidden, beside the file. Only
+    names :func:`temporary_beside` makes, of this machine's processes (a writer on another host sharing the
+    folder cannot be told from a dead one)."""
     path, removed = Path(path), 0
+    made = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)-[0-9a-f]{{8}}")
     for entry in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = entry.name[len(path.name) + 6:].split("-")[0]
-        if pid.isdigit() and entry.is_file() and not entry.is_symlink() and not _process_runs(int(pid)):
-            with contextlib.suppress(FileNotFoundError):  # tidied by another process meanwhile
+        found = made.fullmatch(entry.name)
+        if found and entry.is_file() and not entry.is_symlink() and not _process_runs(int(found[1])):
+            try:
                 entry.unlink()
-                removed += 1
+            except OSError:  # tidied by another process meanwhile, or not ours to remove
+                continue
+            removed += 1
     return removed
 
 
@@ -1317,7 +1322,7 @@ def load_dataset(root: Path, mmap: bool = True) -> Dataset:
             if left_out and there:
                 should = (f"{np.shape(arr(rel))[1]}, its columns" if field_name == "negatives" and
                           np.ndim(arr(rel)) == 2 else "true" if field_name == "weights" else "its columns")
-                now = f"is {entry[field_name]!r}" if field_name in entry else "is missing"
+                now = f"is {json.dumps(entry[field_name])}" if field_name in entry else "is missing"
                 raise DatasetError(f"{root}/manifest.json: splits.{s}.{field_name} {now}, but "
                                    f"{rel} is there: the figures it gives would be left out without a word; set it "
                                    f"to {should}, or remove the file")

@@ -203,16 +203,18 @@ UNDERFLOWING_SUM = 1e-280
 
 def log_sum_exp_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[n, K]: log sum_j exp(a[i, j] + b[j, k]) for ``a`` [n, J] and ``b`` [J, K], as a matrix product of
-    exponentials less each row's and each column's largest term. Where the largest terms of a row of ``a`` and
-    a column of ``b`` fall at different j, the product's terms are all below 1, and an entry whose sum underflows
-    (the two some 640 nats apart) is taken again as a log-sum-exp over j, exactly."""
+    exponentials less each row's and each column's largest term, in float64 (given in its own type). Where the
+    largest terms of a row of ``a`` and a column of ``b`` fall at different j, the product's terms are all below 1,
+    and an entry whose sum underflows (the two some 640 nats apart) is taken again as a log-sum-exp over j,
+    exactly."""
+    given, a, b = a.dtype, a.double(), b.double()  # float32's range ends 87 nats down: 1e-280 would be 0
     ra, cb = _finite(a.amax(1)), _finite(b.amax(0))
     sums = torch.exp(a - ra[:, None]) @ torch.exp(b - cb[None, :])
     out = torch.log(sums) + ra[:, None] + cb[None, :]
     row, col = torch.nonzero(~(sums >= UNDERFLOWING_SUM), as_tuple=True)  # NaN too
     if len(row):
         out[row, col] = torch.logsumexp(a[row] + b[:, col].T, dim=1)
-    return out
+    return out.to(given)
 
 
 def _finite(shift: torch.Tensor) -> torch.Tensor:
