@@ -272,7 +272,7 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
 
     from bgmrec.cli.core import STDOUT
     from bgmrec.data.dataset import replace_atomically
-    from bgmrec.features.cache import KEPT, UNSUPPORTED, progress_bar, read_csv_utf8
+    from bgmrec.features.cache import UNSUPPORTED, progress_bar, skipped_rows
     from bgmrec.features.recommend import (
         ClipRecommender,
         RequestError,
@@ -317,9 +317,7 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
         except RequestError as e:
             raise _named_by_options(e) from None
     where = "stdout" if out == STDOUT else str(out)
-    failures = Path(features) / "failures.csv"
-    failed = sum(not row["reason"].startswith((KEPT, UNSUPPORTED)) for row in read_csv_utf8(
-        failures, ("file", "reason"))) if failures.is_file() else 0
+    failed = sum(not reason.startswith(UNSUPPORTED) for _, reason in skipped_rows(features))  # media files only
     _console(stderr=True).print(
         f"wrote the top {min(top, allowed)} tracks of {len(videos)} videos of {features} to {where} "
         f"({with_warnings[0]} with warnings of their own)"

@@ -189,17 +189,23 @@ def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
     write_csv_atomic(path, ["file", "reason"], [[f, one_line(r)] for f, r in failures])
 
 
-def failed_inputs(folder: Path) -> dict[str, str]:
-    """``{id: reason}`` of the inputs an extracted folder's ``failures.csv`` says were skipped (not those kept with
-    a note), each by its file stem (the id it would have had) and its file name as the row gives it; {} without
-    the file. Tells a typo in an id from an input whose extraction failed."""
+def skipped_rows(folder: Path) -> list[tuple[str, str]]:
+    """(file, reason) of each input an extracted folder's ``failures.csv`` says was skipped (not those kept with a
+    note); [] without the file."""
     path = Path(folder) / "failures.csv"
     if not path.is_file():
-        return {}
+        return []
+    return [(row["file"], row["reason"]) for row in read_csv_utf8(path, ("file", "reason"))
+            if not row["reason"].startswith(KEPT)]
+
+
+def failed_inputs(folder: Path) -> dict[str, str]:
+    """``{id: reason}`` of the inputs an extracted folder's ``failures.csv`` says were skipped (:func:`skipped_rows`),
+    each by its file stem (the id it would have had) and its file name as the row gives it; {} without the file.
+    Tells a typo in an id from an input whose extraction failed."""
     failed = {}
-    for row in read_csv_utf8(path, ("file", "reason")):
-        if not row["reason"].startswith(KEPT):
-            failed[row["file"]] = failed[Path(row["file"]).stem] = row["reason"]
+    for file, reason in skipped_rows(folder):
+        failed[file] = failed[Path(file).stem] = reason
     return failed
 
 

@@ -752,7 +752,8 @@ def _load_videos(root: Path, video_id: str | None = None, mmap: bool = False) ->
             if arr.dtype != bool:
                 raise DatasetError(f"{root}/{name}: expected a bool array, found {arr.dtype}")
         else:  # one video's values are checked below, once it is found
-            if "dims" not in man and arr.ndim == 2 and arr.shape[1] != shape[1]:
+            given = man.get("dims") if isinstance(man.get("dims"), dict) else {}
+            if name.removesuffix(".npy") not in given and arr.ndim == 2 and arr.shape[1] != shape[1]:
                 raise DatasetError(f"{root}/{name}: {arr.shape[1]} columns, not the {shape[1]} extract-videos writes; "
                                    "a folder of another pipeline's features gives its widths in manifest.json's "
                                    'dims ({"visual": ..., "text": ...})')
