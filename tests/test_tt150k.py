@@ -123,6 +123,25 @@ def test_pgc_with_its_own_music_is_appended(tmp_path):
     assert shared.n_tracks == 150 and shared.provenance["pgc_music"] == "shared"
 
 
+def test_missing_val_and_test_weights_are_reported_and_the_protocols_own_used(tmp_path):
+    # a copy of the authors' files made without the popularity weights could not be imported at all
+    from bgmrec.eval.protocol import evaluate
+    from bgmrec.models.base import FeatureSpec, SplitView
+    from bgmrec.models.registry import build
+
+    src = build_reference(tmp_path / "ref")
+    for split in ("val", "test"):
+        os.remove(src / f"data_matching/video_popularity_{split}.npy")
+    rep = import_tt150k(src, tmp_path / "ds")
+    ds = load_dataset(tmp_path / "ds")
+    assert {"data_matching/video_popularity_val.npy", "data_matching/video_popularity_test.npy"} <= set(rep.missing)
+    assert ("test: no data_matching/video_popularity_test.npy; bgmrec uses inverse training popularity as its "
+            "weights") in rep.notes
+    assert "test" not in ds.weights and np.isclose(ds.ipw_weights("test").sum(), 1.0)
+    model = build("popularity", FeatureSpec.of(ds)).fit(SplitView(ds, "train"))
+    assert 0 <= evaluate(model, ds, "test")["ipw"]["recall@10"] <= 1
+
+
 def test_missing_optional_pgc_is_reported(tmp_path):
     ds, _, rep = read_tt150k(build_reference(tmp_path / "ref", pgc=False))
     assert "pgc" not in ds.splits and "data_pgc/" in rep.missing

@@ -13,7 +13,8 @@ scripts read, and therefore what this module reads and writes::
                                                                uploader genre distribution (G floats),
                                                                propensity for IPS]
         100neg/val.npy, 100neg/test.npy       object [n, 3]   [video, music, ndarray of 100 negative ids]
-        video_popularity_val.npy, ..._test.npy float [n]      inverse-popularity weight per row
+        video_popularity_val.npy, ..._test.npy float [n]      inverse-popularity weight per row (optional:
+                                                              without, bgmrec's own, 1 / (1 + training count))
         user_prior_mean.npy                   float [G]       mean uploader distribution over train
         text_features.npy                     float [N, Dt]   optional (bgmrec's addition; the scripts
                                                               declare ``dim_t`` but read no text)
@@ -857,7 +858,7 @@ def _read_evaluation_split(f: _Folder, stem: str, ugc: _UgcFeatures, train_rows:
         rep.notes.append(f"{stem}: imported as an evaluation split of its own (role test), as is every .npy of "
                          f"{M_DIR}/100neg but val and test")
     wf, weights = _weight_file(stem), None
-    if f.path(wf).is_file() or stem in ("val", "test"):
+    if f.path(wf).is_file():  # without it (a copy made without the weights), the protocol's own, with a note
         weights = _weights(f.path(wf), f.lab(wf), len(vid))
         if not math.isclose(weights.sum(), 1.0, rel_tol=1e-3):  # the reference code sums hits times weights as given
             rep.notes.append(f"{wf}: its weights sum to {weights.sum():.6g}, not 1; bgmrec's IPW figures normalise "
