@@ -969,14 +969,14 @@ def test_a_rebuild_can_keep_last_weeks_split_assignment(tmp_path, folders, with_
 
     vids, cat = folders
     week1 = build_dataset(vids, cat, write_pairs(tmp_path / "w1.csv", n_videos=20, with_time=with_time),
-                          tmp_path / "w1", BuildConfig(seed=3))
+                          tmp_path / "w1", BuildConfig(seed=3, negatives=3))  # 3 of 7: which ones is a draw
     week1_fingerprint = dataset_fingerprint(tmp_path / "w1")
     pairs = write_pairs(tmp_path / "w2.csv", n_videos=30, with_time=with_time)
     afresh = sides_by_id(build_dataset(vids, cat, pairs, tmp_path / "afresh", BuildConfig(seed=3)))
     before = sides_by_id(week1)
     assert any(afresh[v] != side for v, side in before.items())  # what the option is for
     warnings = []
-    week2 = build_dataset(vids, cat, pairs, tmp_path / "w2", BuildConfig(seed=3), warn=warnings.append,
+    week2 = build_dataset(vids, cat, pairs, tmp_path / "w2", BuildConfig(seed=3, negatives=3), warn=warnings.append,
                           keep_splits_of=tmp_path / "w1")
     after = sides_by_id(week2)
     assert warnings == []
@@ -989,6 +989,14 @@ def test_a_rebuild_can_keep_last_weeks_split_assignment(tmp_path, folders, with_
     if with_time:
         order = sorted(new, key=lambda v: ((1 + int(v[1:]) % 28) * 100 + int(v[1:]) % 24))
         assert [after[v] for v in order[-2:]] == ["val", "test"]
+    # and keep their frozen negatives: drawn row after row from one generator, a kept query got others next week
+    # (a determinism audit), so its sampled figures could not be set beside last week's
+    def negatives_by_query(ds):
+        return {(ds.video_ids[v], ds.track_ids[t]): tuple(sorted(ds.track_ids[j] for j in neg))
+                for s in ("val", "test") for (v, t, _), neg in zip(ds.splits[s].tolist(), ds.negatives[s], strict=True)}
+
+    last_week, this_week = negatives_by_query(week1), negatives_by_query(week2)
+    assert last_week and all(this_week[q] == negs for q, negs in last_week.items())
     kept = week2.provenance["splits_kept_from"]
     assert kept["new"] == 10 and kept["kept"] == {s: list(before.values()).count(s) for s in ("train", "val", "test")}
     assert kept["folder"] == str(tmp_path / "w1") and kept["splits_fingerprint"] == week1_fingerprint

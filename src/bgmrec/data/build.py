@@ -30,7 +30,9 @@ What is written (the format of :mod:`bgmrec.data.dataset`):
   ``test_new_music`` (ranked among those tracks), their videos in no other split, their professional pairs
   dropped;
 - frozen negatives for val and test: up to 100 per row (fewer when the catalogue is smaller),
-  drawn with :func:`bgmrec.data.negatives.sample_negatives`, never a track of the row's video;
+  drawn with :func:`bgmrec.data.negatives.negatives_by_id` from the seed and the ids of the row's video and
+  track and of the candidates (the same for a query kept from one build to the next), never a track of the row's
+  video;
 - ``uploaders.npy``: each uploader's genre distribution from their *training* pairs, smoothed
   towards the population share: ``(counts_u + alpha * p) / (n_u + alpha)`` with ``p`` the genre
   shares of all training pairs (add-one smoothed), so rows sum to 1 and an uploader with no
@@ -90,7 +92,7 @@ from bgmrec.data.dataset import (
     separator_hint,
     sha256_file,
 )
-from bgmrec.data.negatives import other_positives, sample_negatives  # a video's other tracks: no negatives
+from bgmrec.data.negatives import id_keys, negatives_by_id, other_positives  # a video's other tracks: no negatives
 from bgmrec.features.cache import (
     TRACK_ID_COLUMNS,
     VIDEO_ID_COLUMNS,
@@ -867,16 +869,24 @@ def _professional_split(inputs: _Inputs, usable: _Usable, n_uploads: int, held: 
     return _Professional(sel, ids, rows, len(pro.video), dropped)
 
 
-def _frozen_negatives(splits: dict[str, np.ndarray], held: np.ndarray, config: BuildConfig) -> dict[str, np.ndarray]:
-    """Up to ``config.negatives`` negatives per row of val, test and test_new_music (:func:`sample_negatives`),
-    among the tracks held out for test_new_music, else among the others."""
-    rng = np.random.default_rng(config.seed + 1)
+def _frozen_negatives(splits: dict[str, np.ndarray], held: np.ndarray, config: BuildConfig, video_ids: list[str],
+                      track_ids: list[str]) -> dict[str, np.ndarray]:
+    """Up to ``config.negatives`` negatives per row of val, test and test_new_music (:func:`negatives_by_id`),
+    among the tracks held out for test_new_music, else among the others: each row's from the seed, its video's
+    and track's ids and the candidates' ids alone, so a query ``--keep-splits-of`` keeps in its split keeps its
+    negatives next week (drawn row after row from one generator, it got others, and its sampled figures could not
+    be set beside last week's)."""
+    track_keys = id_keys(track_ids, f"bgmrec negatives {config.seed}")
     negatives = {}
     for s in ("val", "test", "test_new_music"):
-        if s in splits:  # drawn in this order from one generator: without new music, as before it existed
+        if s in splits:
+            rows = splits[s]
             candidates = np.flatnonzero(held if s == "test_new_music" else ~held)
             k = min(config.negatives, len(candidates) - 1)
-            negatives[s] = sample_negatives(splits[s][:, 1], candidates, k, rng, exclude=other_positives(splits[s]))
+            query_keys = id_keys([f"{video_ids[v]}\0{track_ids[t]}" for v, t in rows[:, :2].tolist()],
+                                 f"bgmrec queries {config.seed}")
+            negatives[s] = negatives_by_id(rows[:, 1], query_keys, candidates, track_keys, k,
+                                           exclude=other_positives(rows))
     return negatives
 
 
@@ -977,7 +987,7 @@ def build_dataset(videos_dir: Path, music_dir: Path, pairs_csv: Path, out: Path,
         music=inputs.cat.features,
         splits=splits,
         split_info={s: SPLIT_INFO[s] for s in splits},
-        negatives=_frozen_negatives(splits, held, config),
+        negatives=_frozen_negatives(splits, held, config, uploads.video_ids + pro_ids, list(inputs.cat.ids)),
         provenance=_provenance(inputs, config, splits, kept, dropped, pro, len(sel), uploads.rows),
     )
     return _write_dataset(out, fields, inputs.videos, inputs.stored[sel], uploads.uploaders, warn,

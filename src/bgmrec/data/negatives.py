@@ -38,6 +38,16 @@ def sample_negatives(positives: np.ndarray, candidates: np.ndarray, k: int, rng:
     -------
     int64 array [n, k], uniformly random k-subsets, drawn in blocks (vectorised, no per-row loop).
     """
+    def keys_of(rows: slice, cands: np.ndarray) -> np.ndarray:  # uniform in [0, 1), below the two marks
+        return rng.random((rows.stop - rows.start, len(cands)))
+
+    return _k_lowest(positives, candidates, k, exclude, chunk, keys_of, 2.0, np.inf)
+
+
+def _k_lowest(positives, candidates, k: int, exclude, chunk: int, keys_of, second, last) -> np.ndarray:
+    """[n, k] the candidates of each row whose keys are lowest, block by block: ``keys_of(rows, candidates)`` the
+    keys [rows, candidates] of a block of rows (a slice), below ``second``; the row's positive is given ``last``
+    (never taken) and the tracks ``exclude`` pairs with the row ``second`` (after every other candidate)."""
     positives = np.asarray(positives, np.int64)
     candidates = np.unique(np.asarray(candidates, np.int64))
     if k > len(candidates) - 1:
@@ -48,16 +58,47 @@ def sample_negatives(positives: np.ndarray, candidates: np.ndarray, k: int, rng:
     chunk = block_rows(chunk, len(candidates))
     for start in range(0, len(positives), chunk):
         pos = positives[start:start + chunk]
-        keys = rng.random((len(pos), len(candidates)))
+        keys = keys_of(slice(start, start + len(pos)), candidates)
         row, col = _candidate_columns(candidates, np.arange(len(pos)), pos)
-        keys[row, col] = np.inf  # the positive is never among the k smallest
+        keys[row, col] = last  # the positive is never among the k smallest
         if exclude is not None:
             here = (excluded_row >= start) & (excluded_row < start + len(pos))
             row, col = _candidate_columns(candidates, excluded_row[here] - start, excluded_track[here])
-            keys[row, col] = 2.0  # after every other candidate (keys are below 1), before the positive
+            keys[row, col] = second  # after every other candidate, before the positive
         pick = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < len(candidates) else np.argsort(keys, 1)
         out[start:start + chunk] = candidates[pick[:, :k]]
     return out
+
+
+def id_keys(ids: list[str], salt: str = "") -> np.ndarray:
+    """uint64 [len(ids)]: a hash of each id (with ``salt``), the same in every process and on every machine."""
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.blake2b(f"{salt}\0{i}".encode(), digest_size=8).digest(), "little")
+                     for i in ids], np.uint64)
+
+
+def _mixed(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: uint64 values whose bits depend on every bit of ``x`` (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def negatives_by_id(positives: np.ndarray, query_keys: np.ndarray, candidates: np.ndarray, track_keys: np.ndarray,
+                    k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None, chunk: int = 4096) -> np.ndarray:
+    """As :func:`sample_negatives`, each row's ``k`` negatives the candidates whose keys mixed with the row's (its
+    ``query_keys``, uint64 [n]; ``track_keys``, uint64 [M] by track id, :func:`id_keys`) are lowest: a row's
+    negatives depend on its own key and the candidates alone, not on the other rows or their order, so a query
+    kept from one build of a dataset to the next keeps its negatives while the candidates stay (a catalogue grown
+    since changes only those a new track displaces)."""
+    track_keys = np.asarray(track_keys, np.uint64)
+    query_keys = np.asarray(query_keys, np.uint64)
+
+    def keys_of(rows: slice, candidates: np.ndarray) -> np.ndarray:  # below the two marks
+        return np.minimum(_mixed(query_keys[rows][:, None] ^ track_keys[candidates][None, :]), np.uint64(2**64 - 3))
+
+    return _k_lowest(positives, candidates, k, exclude, chunk, keys_of, np.uint64(2**64 - 2), np.uint64(2**64 - 1))
 
 
 def _candidate_columns(candidates: np.ndarray, rows: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
