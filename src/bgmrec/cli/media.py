@@ -283,12 +283,13 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
     )
 
     videos = open_video_features(features, mmap=True)
-    kept = f" ({out} is as it was)" if out != STDOUT and out.exists() else ""
+    kept = f"{out} is as it was" if out != STDOUT and out.exists() else None  # said when the command fails or stops
     if not len(videos):  # it replaced an earlier backfill with an empty file
-        raise ValueError(f"--features {features} holds no video: nothing to rank{kept}")
+        raise ValueError(f"--features {features} holds no video: nothing to rank" + (f" ({kept})" if kept else ""))
     frames = (videos.manifest.get("settings") or {}).get("frames")
     recommender = ClipRecommender(model, catalog, frames=frames)
-    unknown = [t for t in exclude if t not in recommender.position]  # the same for every video: said once
+    unknown = [t for t in exclude if t not in recommender.position]  # the same for every video: said once, and
+    exclude = [t for t in exclude if t in recommender.position]  # not looked up again for each of them
     said = [*said, *(warn_on_stderr(m) for m in [*recommender.warnings, *not_in_catalog_warning(unknown)])]
     try:
         left_out = recommender.excluded_positions([list(exclude)], [genres or None], 1)  # a bad --genre first
@@ -297,18 +298,18 @@ def _recommend_all(model: Recommender, catalog, features: Path, out: Path, top: 
     allowed = len(catalog.ids) - (0 if left_out is None else len(np.unique(left_out[0])))
     if not allowed:  # every line would be empty
         raise ValueError(f"--exclude and --genre leave none of the catalogue's {len(catalog.ids)} tracks to "
-                         f"recommend{kept}")
+                         "recommend" + (f" ({kept})" if kept else ""))
     with_warnings = [0]
 
     def write(f) -> None:
         with progress_bar(f"ranking {len(videos)} videos", len(videos)) as advance:
             for answer in recommend_videos(recommender, videos, top, exclude, genres or None):
-                answer["warnings"] = [*said, *(w for w in answer["warnings"] if w not in said)]
-                with_warnings[0] += len(answer["warnings"]) > len(said)  # warnings of the clip's own
+                with_warnings[0] += bool(answer["warnings"])  # the clip's own
+                answer["warnings"][:0] = said
                 f.write(json.dumps(answer) + "\n")
                 advance()
 
-    with said_when_stopped(kept.strip(" ()") or None):
+    with said_when_stopped(kept):
         try:
             if out == STDOUT:
                 write(sys.stdout)
