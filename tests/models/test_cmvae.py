@@ -81,6 +81,26 @@ def test_a_subclass_fusing_by_its_own_video_posterior_reports_no_poe_shares(tiny
     assert modality_shares(model, q) == [{"visual": None, "text": None}] * 3  # what recommend and serve report
 
 
+
+def test_an_answer_s_shares_are_null_only_for_a_model_without_them_not_for_an_error(tiny_ds):
+    """A model without shares (the base contract's default) answers null shares; any other error in a model's
+    ``modality_shares`` is raised, not turned into null shares (it was: every ValueError, a wrong width among them)."""
+    from bgmrec.features.recommend import modality_shares
+    from bgmrec.models.base import NoModalityShares
+
+    q = VideoQuery(np.array(tiny_ds.video_visual[:3]), np.array(tiny_ds.video_text[:3]), np.array([False, True, True]))
+    popularity = as_fitted(build("popularity", FeatureSpec.of(tiny_ds), {}))
+    with pytest.raises(NoModalityShares, match="'popularity' does not weigh the frames against the caption"):
+        popularity.modality_shares(q)
+    assert modality_shares(popularity, q) == [{"visual": 1.0, "text": 0.0}] + [{"visual": None, "text": None}] * 2
+
+    class Broken(CMVAE):
+        def modality_shares(self, q):
+            raise ValueError("a bug of its own")
+
+    with pytest.raises(ValueError, match="a bug of its own"):
+        modality_shares(as_fitted(Broken(CMVAEConfig(), FeatureSpec.of(tiny_ds))), q)
+
 def test_no_cross_generation_ablation_has_no_decoders_and_no_recon_term(tiny_ds):
     from bgmrec.train import FeatureTensors
 

@@ -40,6 +40,7 @@ from bgmrec.data.dataset import DatasetError, brief_repr
 from bgmrec.features.audio import Catalog
 from bgmrec.models.base import (
     MusicCatalog,
+    NoModalityShares,
     NonFiniteEmbeddingError,
     Recommender,
     VideoQuery,
@@ -206,12 +207,10 @@ def music_catalog(model: Recommender, catalog: Catalog, warn=None) -> MusicCatal
 
 def modality_shares(model: Recommender, q: VideoQuery) -> list[dict[str, float | None]]:
     """Visual and text shares of each query (see the module docstring)."""
-    fn = getattr(model, "modality_shares", None)
-    if callable(fn):
-        try:
-            return [{"visual": float(v), "text": float(t)} for v, t in np.asarray(fn(q), np.float64)]
-        except ValueError:  # e.g. a fusion that does not separate the modalities
-            pass
+    try:
+        return [{"visual": float(v), "text": float(t)} for v, t in np.asarray(model.modality_shares(q), np.float64)]
+    except NoModalityShares:  # e.g. a fusion that does not separate the modalities
+        pass
     return [{"visual": 1.0, "text": 0.0} if not has_text else {"visual": None, "text": None}
             for has_text in np.asarray(q.text_mask, bool)]
 
@@ -317,7 +316,7 @@ class ClipRecommender:
 
         for mismatch in feature_settings_mismatches(model, catalog, frames):
             said(mismatch)
-        self.captions_left_out = not getattr(model, "reads_captions", True)
+        self.captions_left_out = not model.reads_captions
         if self.captions_left_out:
             said(CAPTIONS_LEFT_OUT)
         self.music = music_catalog(model, catalog, warn=said)

@@ -543,6 +543,18 @@ class Recommender(ABC):
         """The inference modes reports evaluate this model in: every mode it offers ([] for one mode)."""
         return list(self.inference_modes)
 
+    def modality_shares(self, q: VideoQuery) -> np.ndarray:
+        """[n, 2]: the shares of the frames and of the caption in each video's representation, each row summing to
+        1 (CMVAE: each expert's share of the fused precision). The default: :class:`NoModalityShares`, for a model
+        that keeps no such weighting."""
+        raise NoModalityShares(f"model {self.name!r} does not weigh the frames against the caption by shares")
+
+    @property
+    def reads_captions(self) -> bool:
+        """Whether the model's scores read a clip's caption (what an application says of the captions it is given);
+        True by default."""
+        return True
+
     def music_distance_from_training(self, c: MusicCatalog) -> np.ndarray | None:
         """[M]: how far each track's features lie from the model's training music, as the largest number of
         training standard deviations of any feature; None for a model that keeps no such statistics. A track
@@ -786,6 +798,12 @@ class Recommender(ABC):
         """Build an untrained model from a saved ``config.json`` object (ValueError naming a bad field)."""
         return cls(config_from_dict(cls.config_class, meta["config"], as_written=True),
                    FeatureSpec.from_dict(meta["spec"]))
+
+
+class NoModalityShares(ValueError):
+    """A model that does not weigh the frames against the caption by a share of its own
+    (:meth:`Recommender.modality_shares`): an answer then gives the shares only where they are plain (a clip
+    without caption: visual 1, text 0)."""
 
 
 class NonFiniteEmbeddingError(ValueError):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgmrec.models.base import VideoQuery, check_bounds
+from bgmrec.models.base import NoModalityShares, VideoQuery, check_bounds
 from bgmrec.models.layers import (
     GaussianEncoder,
     gaussian_nll,
@@ -201,15 +201,15 @@ class CMVAE(TorchRecommender):
         Per video: sum over latent dimensions of each expert's precision, divided by the sum over
         both data experts (the prior expert's constant share is left out). A video without text
         gets (1, 0). Only defined for PoE fusion; frames-only fusion gives (1, 0) everywhere. A module
-        that fuses by a ``video_posterior`` of its own (a subclass's) has no such shares: ValueError,
+        that fuses by a ``video_posterior`` of its own (a subclass's) has no such shares: NoModalityShares,
         unless the subclass overrides this method too. A model never fitted is refused (``check_fitted``).
         """
         self.check_fitted()
         self.spec.check_videos(q, self.source)
         if self.config.fusion == "concat":
-            raise ValueError("modality shares need fusion='poe' (concatenation mixes the modalities)")
+            raise NoModalityShares("modality shares need fusion='poe' (concatenation mixes the modalities)")
         if type(self.module).video_posterior is not CMVAEModule.video_posterior:
-            raise ValueError(f"modality shares are the product of experts' precisions, but {self.name}'s module "
+            raise NoModalityShares(f"modality shares are the product of experts' precisions, but {self.name}'s module "
                              "fuses by a video_posterior of its own: override modality_shares to report its shares")
         self.module.eval()
         if self.config.fusion == "visual":
