@@ -71,6 +71,7 @@ class FeatureTensors:
         self.dataset = ds
 
     def batch(self, rows: np.ndarray) -> Batch:
+        """The :class:`Batch` of split ``rows`` [B, 3] (video, track, uploader), features gathered by index."""
         v = torch.from_numpy(np.array(rows[:, 0], np.int64))
         t = torch.from_numpy(np.array(rows[:, 1], np.int64))
         return Batch(v, t, self.visual[v], self.text[v], self.text_mask[v], self.music[t], self.genre[t],

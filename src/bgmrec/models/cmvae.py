@@ -116,12 +116,16 @@ class CMVAEModule(nn.Module):
         return torch.stack(mus), torch.stack(lvs), torch.stack(mask)
 
     def video_posterior(self, visual, text, text_mask):
+        """(mu, logvar) of q(z | frames, caption), each [B, latent]: the product of the prior, frames and caption
+        experts (a caption's expert only where ``text_mask``), or with ``fusion="concat"``
+        one encoder of the concatenated, masked inputs."""
         if self.fusion == "concat":
             m = text_mask.to(visual.dtype)[:, None]
             return self.video_enc(torch.cat([self.norms.visual(visual), self.norms.text(text) * m, m], 1))
         return product_of_experts(*self.experts(visual, text, text_mask))
 
     def music_posterior(self, music):
+        """(mu, logvar) of q(z | music features), each [B, latent]."""
         return self.music_enc(self.norms.music(music))
 
 

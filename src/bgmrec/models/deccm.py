@@ -81,6 +81,7 @@ class SmallTeacherSplitWarning(UserWarning):
 
 
 MIN_TEACHER_VIDEOS = 100  # below this, train_teacher warns (its holdout, a tenth, would be under 10 clips)
+TEACHER_HOLDOUT = 0.1  # share of the professional videos the teacher early-stops on (train_teacher), seeded
 
 # what fixes the scale of the latent space and of the scores (tau * log P), which teacher and student must share
 TEACHER_MUST_SHARE = ("latent_dim", "similarity", "temperature", "matching", "track_prior")
@@ -584,13 +585,13 @@ def attach_teacher(model: Recommender, ds, out: Path, teacher_dir: Path | None =
 
 def train_teacher(student: DecCM, ds, folder: Path, progress: bool = False) -> CMVAE:
     """Train ``student``'s teacher (:func:`teacher_config`) on the dataset's professional music videos and
-    save it into ``folder``; early-stopped on a tenth of them held out, since the uploads' val split carries
-    the taste bias the teacher must not learn."""
+    save it into ``folder``; early-stopped on a share of them held out (:data:`TEACHER_HOLDOUT`), since the
+    uploads' val split carries the taste bias the teacher must not learn."""
     split = professional_split(ds)
     if split is None:
         raise ValueError("the dataset has no teacher split (professional music videos) to train a teacher on: "
                          "give a trained teacher's folder (teacher_dir) or set teacher=false")
-    fitted_on, held_out = SplitView(ds, split).holdout(0.1, student.config.seed)
+    fitted_on, held_out = SplitView(ds, split).holdout(TEACHER_HOLDOUT, student.config.seed)
     n_videos = len(np.unique(np.asarray(ds.splits[split])[:, 0]))  # a video with two tracks counts once
     if n_videos < MIN_TEACHER_VIDEOS:
         warnings.warn(f"the teacher is trained on only {n_videos} professional music videos (split {split!r}; "

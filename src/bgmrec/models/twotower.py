@@ -65,11 +65,14 @@ class TwoTowerModule(nn.Module):
         self.music = mlp(spec.music, cfg.hidden, cfg.latent_dim, cfg.dropout)
 
     def encode_video(self, visual, text, text_mask):
+        """[B, latent] unit vectors: the video tower over the frames, the caption (zero where ``text_mask`` is
+        False) and the mask itself."""
         m = text_mask.to(visual.dtype)[:, None]
         x = torch.cat([self.norms.visual(visual), self.norms.text(text) * m, m], dim=1)
         return nn.functional.normalize(self.video(x), dim=-1)
 
     def encode_music(self, music):
+        """[B, latent] unit vectors: the music tower."""
         return nn.functional.normalize(self.music(self.norms.music(music)), dim=-1)
 
 
@@ -81,6 +84,8 @@ class TwoTower(TorchRecommender):
         return TwoTowerModule(self.config, self.spec)
 
     def similarity(self, batch: Batch) -> torch.Tensor:
+        """[B, B] cosine similarity of each batch video (rows) with each batch track (columns); the diagonal
+        holds the uploads' own pairs."""
         v = self.module.encode_video(batch.visual, batch.text, batch.text_mask)
         m = self.module.encode_music(batch.music)
         return v @ m.T
