@@ -1,5 +1,5 @@
 """A PyTorch model for bgmrec written from scratch: what a :class:`~bgmrec.models.neural.TorchRecommender`
-must give, in one file (the README's "Adding a model" section points here; bgmrec's suite runs the
+must give, in one file (docs/extending.md, "A PyTorch model", points here; bgmrec's suite runs the
 model contract on it).
 
 ``bilinear-bpr`` embeds each side with one linear map and trains with BPR (Rendle et al., UAI 2009)

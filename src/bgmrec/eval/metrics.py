@@ -63,7 +63,7 @@ class RankMetric(NamedTuple):
     at_k: bool  # written name@K, with a cut-off K >= 1; else the name alone
 
 
-RANK_METRICS: dict[str, RankMetric] = {  # name -> its per-query gains; README, Development: adding a metric
+RANK_METRICS: dict[str, RankMetric] = {  # name -> its per-query gains; docs/contributing.md: adding a metric
     "recall": RankMetric(recall_gains, at_k=True),
     "ndcg": RankMetric(ndcg_gains, at_k=True),
     "mrr": RankMetric(reciprocal_ranks, at_k=False),
