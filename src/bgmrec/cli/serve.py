@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from bgmrec.cli.app import app, flag, hangup_signal, options_named
+from bgmrec.extras import extra_modules
 
 
 def check_can_listen(host: str, port: int) -> None:
@@ -64,12 +65,10 @@ def serve_cmd(
                                        "supervisor's kill deadline (docker stop: 10 s)"),
 ) -> None:
     """Serve "music for this video" over HTTP: POST /recommend, /recommend/batch, /recommend/video; GET /health."""
-    try:
+    with extra_modules():  # missing: one line naming the extra (report_error)
         import uvicorn
 
         from bgmrec.service import create_app
-    except ImportError as e:
-        raise ValueError(f"bgmrec serve needs the serve extra (pip install 'bgmrec[serve]'): {e}") from None
     if not 0 < max_upload_mb < float("inf") or max_upload_mb * 2**20 < 1:
         raise ValueError(f"--max-upload-mb must be a positive number (at least one byte), got {max_upload_mb}")
     from bgmrec.features.recommend import (

@@ -67,6 +67,7 @@ from bgmrec.data.dataset import (
     write_files_together,
     write_json_atomic,
 )
+from bgmrec.extras import extra_modules
 from bgmrec.features.cache import (
     TRACK_ID_COLUMNS,
     ExtractReport,
@@ -140,7 +141,8 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
     stereo file 3 dB louder than the same signal in mono). Raises :class:`MediaError` with a one-line
     reason for empty, unreadable, truncated or corrupt files and for files with no audio stream.
     """
-    import av
+    with extra_modules():
+        import av
 
     path = Path(path)
     size = path.stat().st_size
@@ -227,8 +229,9 @@ class AudioExtractor:
     @property
     def settings(self) -> dict:
         """Settings and library versions; their hash keys the cache."""
-        import librosa
-        import opensmile
+        with extra_modules():
+            import librosa
+            import opensmile
 
         # bgmrec.audio/2: mono is the mean of the channels (1 used FFmpeg's louder downmix); /3: openSMILE reads the
         # signal clipped to full scale (past it, /2's vectors of loud tracks were wrong); silent_below_dbfs keys the
@@ -238,7 +241,8 @@ class AudioExtractor:
 
     def _opensmile(self):
         if self._smile is None:
-            import opensmile
+            with extra_modules():
+                import opensmile
 
             fset = getattr(opensmile.FeatureSet, self.config.opensmile_set)
             self._smile = opensmile.Smile(feature_set=fset, feature_level=opensmile.FeatureLevel.Functionals)
@@ -262,13 +266,15 @@ class AudioExtractor:
         """Features [D] (float32) of a mono signal at ``config.sample_rate``, computed with one BLAS thread: the
         matrix products of the spectral features summed in another order on more threads (values differed by up
         to 8e-6 between OMP_NUM_THREADS=1 and 2), so a catalogue changed with the machine's cores."""
-        from threadpoolctl import threadpool_limits
+        with extra_modules():
+            from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="blas"):
             return self._extract_signal(y)
 
     def _extract_signal(self, y: np.ndarray) -> np.ndarray:
-        import librosa
+        with extra_modules():
+            import librosa
 
         c, sr = self.config, self.config.sample_rate
         y = np.asarray(y, np.float32)

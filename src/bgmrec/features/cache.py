@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from bgmrec.data.dataset import is_leftover, separator_hint, sha256_file
+from bgmrec.extras import extra_modules
 
 KEPT = "kept "  # a failures.csv reason starting so is a note on an input that was kept, not a failure
 UNSUPPORTED = "unsupported format"  # a failures.csv reason starting so: a file of another kind, not media
@@ -67,7 +68,8 @@ class ExtractReport:
 
 def av_version() -> str:
     """PyAV's version, recorded in a manifest as the decoder's."""
-    import av
+    with extra_modules():
+        import av
 
     return av.__version__
 

