@@ -503,7 +503,7 @@ def compare(
 
 @app.command()
 def demo(
-    scale: str = typer.Option("small", help="world preset"),
+    scale: str = typer.Option("small", help="world preset: tiny | small | tt150k"),
     out: Path = typer.Option(Path("runs/demo"), help="folder for data, runs, report.md and plots"),
     seed: int = typer.Option(0, help="world and training seed"),
     models: str | None = typer.Option(None, help="comma-separated model names (default: all)"),
@@ -526,7 +526,7 @@ def bench_quality(
     out: Path | None = typer.Option(None, help="Markdown report to write, plots and JSON beside it (default: "
                                     "WORK/benchmarks.md, with --world WORK/benchmarks+KEY=VALUE....md; the "
                                     "committed reports are docs/benchmarks.md and docs/benchmarks_tt150k.md)"),
-    scales: str = typer.Option("small", help="comma-separated world presets, e.g. small,tt150k"),
+    scales: str = typer.Option("small", help="comma-separated world presets (tiny, small, tt150k), e.g. small,tt150k"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds (one world per seed)"),
     models: str | None = typer.Option(None, help="comma-separated models (default: every demo model)"),
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
@@ -576,7 +576,7 @@ def bench_speed(
 def bench_ceiling(
     out: Path | None = typer.Option(None, help="Markdown report to write (default: WORK/track_term_ceiling.md, "
                                     "with --no-fit WORK/intervened_SCALE.md; the committed ones are in docs/)"),
-    scale: str = typer.Option("small", help="world preset of the quality benchmark's runs"),
+    scale: str = typer.Option("small", help="world preset of the quality benchmark's runs: tiny | small | tt150k"),
     seeds: str = typer.Option("0,1,2", help="comma-separated seeds whose runs to read"),
     work: Path = typer.Option(Path("runs/bench"), help="the quality benchmark's folder for worlds and runs"),
     redraws: int = typer.Option(3, min=1, help="draws of the intervened world per seed (a training for each)"),
@@ -629,7 +629,7 @@ def bench_gamma(
     out: Path | None = typer.Option(None, help="Markdown report, plot beside it (default: WORK/gamma_sweep.md; the "
                                     "committed one is docs/gamma_sweep.md)"),
     gammas: str = typer.Option("0,1,2", help="comma-separated confounding strengths"),
-    scale: str = typer.Option("small", help="world preset"),
+    scale: str = typer.Option("small", help="world preset: tiny | small | tt150k"),
     seed: int = typer.Option(0, help="world and training seed"),
     work: Path = typer.Option(Path("runs/bench"), help="folder for worlds and runs"),
     threads: int | None = threads_option(),
