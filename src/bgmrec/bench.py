@@ -732,12 +732,15 @@ class RunTeacher:
 
 
 def check_model_names(names) -> None:
-    """Refuse names the registry does not know, all at once."""
-    from bgmrec.models.registry import model_names
+    """Refuse names the registry does not know, all at once, then a class the registry refuses
+    (:func:`~bgmrec.models.registry.model_class`), before anything is trained."""
+    from bgmrec.models.registry import model_class, model_names
 
     unknown = [name for name in names if name not in model_names()]
     if unknown:
         raise ValueError(f"unknown model {', '.join(map(repr, unknown))}; choose among {', '.join(model_names())}")
+    for name in names:
+        model_class(name)
 
 
 def check_intervened_models(names) -> None:

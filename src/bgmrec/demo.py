@@ -114,11 +114,11 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
     (:func:`~bgmrec.data.dataset.write_files_together`): a stop before leaves an earlier demo's pair as it was."""
     from bgmrec.eval import report
     from bgmrec.models.packages import model_package, packages_note
-    from bgmrec.models.registry import resolve
+    from bgmrec.models.registry import model_class
     from bgmrec.runs import TEACHERS, SharedTeachers, git_commit, machine, train_model
 
-    for name in models or DEMO_MODELS:  # a typo fails now, not after the world and the models before it
-        resolve(name)
+    for name in models or DEMO_MODELS:  # a typo or an unusable class fails now, not after the world and the
+        model_class(name)  # models before it
     check_own_folder(out, "--out", "a folder of bgmrec demo", DEMO_ENTRIES)
     check_world_folder(out, f"--out {out}")
     t_start = time.perf_counter()

@@ -284,7 +284,8 @@ def test_config_json_with_or_without_the_class_record_loads(example_on_path, tmp
         load_model(folder)
     path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"its config.json says it was saved with __main__:ScriptPop, which no "
-                                         r"installed package provides: register it"):
+                                         r"installed package provides: install the package that holds it, or, in "
+                                         r"Python, register it"):
         load_model(folder)
 
 
@@ -652,7 +653,8 @@ def test_a_run_of_a_model_registered_by_a_script_says_to_register_it(tiny_dir, t
     unregister_model("script-pop")
     registered.remove("script-pop")
     with pytest.raises(ValueError, match=r"saved with __main__:ScriptPop, which no installed package provides: "
-                                         r"register it \(bgmrec.models.registry.register_model\) before loading"):
+                                         r"install the package that holds it, or, in Python, register it "
+                                         r"\(bgmrec.models.registry.register_model\) before loading"):
         load_model(tmp_path / "run")
 
 

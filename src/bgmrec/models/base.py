@@ -699,10 +699,13 @@ class Recommender(ABC):
         return ExactIndex(music).search(videos, k, exclude)
 
     # -- persistence --
+    @abstractmethod
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Learned state as named arrays (saved as safetensors)."""
-        return {}
+        """Learned state as named arrays (saved as safetensors): every array ``fit`` learns, ``{}`` for a model
+        that learns none. Abstract, so that a model cannot leave it out and be saved without its state (loaded
+        back, such a model scored by its initialisation: Recall@10 0.511 fitted, 0.054 reloaded, without a word)."""
 
+    @abstractmethod
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`state_arrays` returned (:func:`load_model` checks them first)."""
 
@@ -924,8 +927,8 @@ def load_model(folder: Path) -> Recommender:
         if made is not None and made.get("package"):
             made = f"{said} {made['class']} of package {made['package']!r} {made.get('version')}: install that package"
         elif made is not None:
-            made = (f"{said} {made['class']}, which no installed package provides: register it "
-                    "(bgmrec.models.registry.register_model) before loading")
+            made = (f"{said} {made['class']}, which no installed package provides: install the package that holds "
+                    "it, or, in Python, register it (bgmrec.models.registry.register_model) before loading")
         else:
             made = ""
         raise DatasetError(f"{cfg_path}: {e}{made}") from None

@@ -316,9 +316,25 @@ def _source(name: str) -> str:
 
 def _check_model(cls: type[Recommender], name: str, target: str) -> None:
     """Refuse, before anything is built or trained, a class the commands would misuse: a ``name`` other than
-    the --model name, or a ``config_class`` that is not a proper config (:func:`_check_config`)."""
+    the --model name, a ``config_class`` that is not a proper config (:func:`_check_config`), or methods of the
+    contract left abstract or ``score``/``recommend`` overridden (:func:`_check_methods`)."""
     _check_name(cls, name, target)
     _check_config(cls, name)
+    _check_methods(cls, name)
+
+
+def _check_methods(cls: type[Recommender], name: str) -> None:
+    # an abstract method left out failed at the first build, after a demo had trained the models before it, in a
+    # traceback; an overridden score was never called: every command ranks by the inner product of the encodings
+    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+    if abstract:
+        raise ValueError(f"model {name!r}: {cls.__qualname__} does not implement {', '.join(abstract)} (abstract "
+                         "in the Recommender contract; docs/extending.md)")
+    own = [m for m in ("score", "recommend") if getattr(cls, m) is not getattr(Recommender, m)]
+    if own:
+        raise ValueError(f"model {name!r}: {cls.__qualname__} overrides {' and '.join(own)}, which evaluate, "
+                         "recommend, serve and the indexes never call: they rank by the inner product of "
+                         "encode_videos and encode_music, so give the scores through those two encodings")
 
 
 def _check_config(cls: type[Recommender], name: str) -> None:
