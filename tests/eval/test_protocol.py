@@ -37,6 +37,12 @@ class ConstantRecommender(Recommender):
     def _encode_music(self, c: MusicCatalog) -> np.ndarray:
         return np.ones((len(c), 1))
 
+    def state_arrays(self) -> dict:
+        return {}  # learns nothing
+
+    def load_state_arrays(self, arrays: dict) -> None:
+        pass
+
 
 @pytest.fixture(scope="module")
 def fitted(tiny_ds, tiny_spec):
