@@ -1,5 +1,6 @@
-"""The optional parts of bgmrec (the extras of ``pyproject.toml``): which modules each installs, and one error
-that names the extra to install when one of them is missing, whether a command or a Python caller meets it.
+"""The optional parts of bgmrec (the extras of ``pyproject.toml``): which modules each installs, and the errors that
+name the extra to install (or to upgrade) when one of them is missing or does not fit, whether a command or a
+Python caller meets it.
 
 Modules of an extra are imported late, where they are used, inside :func:`extra_modules`::
 
@@ -10,6 +11,7 @@ Modules of an extra are imported late, where they are used, inside :func:`extra_
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 
 EXTRA_MODULES = {  # the top-level modules each optional extra installs, which bgmrec imports late
@@ -21,35 +23,74 @@ EXTRA_MODULES = {  # the top-level modules each optional extra installs, which b
 }
 
 
-class MissingExtraError(ModuleNotFoundError):
-    """A module of one of bgmrec's extras (:data:`EXTRA_MODULES`) is not installed: ``extra`` names which,
-    ``reason`` is Python's own words (``No module named 'av'``)."""
+def extra_of(module: str | None) -> str | None:
+    """The extra (:data:`EXTRA_MODULES`) that installs ``module`` (a dotted name: its top-level package's), or None."""
+    top = (module or "").split(".")[0]
+    return next((extra for extra, modules in EXTRA_MODULES.items() if top in modules), None)
+
+
+class ExtraError(ImportError):
+    """A module of one of bgmrec's extras cannot be imported: ``extra`` names which, ``reason`` is Python's own words.
+    Its message is whole (what to install): :class:`MissingExtraError` or :class:`ExtraMismatchError`."""
 
     def __init__(self, extra: str, reason: str, name: str | None) -> None:
-        super().__init__(f"this needs bgmrec's {extra} extra (pip install 'bgmrec[{extra}]'): {reason}", name=name)
+        super().__init__(self.advice(extra, reason), name=name)
         self.extra, self.reason = extra, reason
+
+    @staticmethod
+    def advice(extra: str, reason: str) -> str:
+        raise NotImplementedError
+
+    def __reduce__(self):  # pickled (a worker process's error) with the arguments it was made from
+        return type(self), (self.extra, self.reason, self.name)
+
+
+class MissingExtraError(ExtraError, ModuleNotFoundError):
+    """A module of an extra that is not installed."""
+
+    @staticmethod
+    def advice(extra: str, reason: str) -> str:
+        return f"this needs bgmrec's {extra} extra (pip install 'bgmrec[{extra}]'): {reason}"
+
+
+class ExtraMismatchError(ExtraError):
+    """A module of an extra that is installed but fails to import: another version than bgmrec's, or a broken
+    install (a submodule missing)."""
+
+    @staticmethod
+    def advice(extra: str, reason: str) -> str:
+        return (f"bgmrec's {extra} extra is installed but does not import (another version, or a broken install; "
+                f"pip install -U 'bgmrec[{extra}]'): {reason}")
 
 
 def missing_extra(e: BaseException) -> str | None:
-    """The extra (:data:`EXTRA_MODULES`) whose module ``e`` says is not installed, else None (a module of no
-    extra missing is a broken install; an ImportError other than a missing module, a wrong version)."""
+    """The extra whose module ``e`` says is not installed, else None (a module of no extra missing is a broken
+    install; an ImportError other than a missing module, a wrong version)."""
     if isinstance(e, MissingExtraError):
         return e.extra
-    if not isinstance(e, ModuleNotFoundError) or not e.name:
+    if not isinstance(e, ModuleNotFoundError) or isinstance(e, ExtraError) or not e.name:
         return None
-    top = e.name.split(".")[0]
-    return next((extra for extra, modules in EXTRA_MODULES.items() if top in modules), None)
+    return extra_of(e.name)
 
 
 @contextlib.contextmanager
 def extra_modules() -> Iterator[None]:
-    """Within: a module of an extra that is not installed raises :class:`MissingExtraError` naming the extra (a
-    Python caller of :func:`~bgmrec.features.video.embed_clip` had ``No module named 'av'`` alone); any other
-    import error is raised as it is."""
+    """Within: a module of an extra that cannot be imported raises :class:`MissingExtraError` naming the extra when
+    its package is not installed (a Python caller of :func:`~bgmrec.features.video.embed_clip` had ``No module
+    named 'av'`` alone), :class:`ExtraMismatchError` when it is but fails to import; any other import error is
+    raised as it is."""
     try:
         yield
-    except ModuleNotFoundError as e:
-        extra = missing_extra(e)
-        if extra is None or isinstance(e, MissingExtraError):
+    except ExtraError:
+        raise
+    except ImportError as e:
+        extra = extra_of(e.name)
+        if extra is None:
             raise
-        raise MissingExtraError(extra, str(e), e.name) from None
+        top = e.name.split(".")[0]
+        try:
+            installed = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):  # a package whose __init__ fails, or half imported
+            installed = True
+        missing = isinstance(e, ModuleNotFoundError) and not installed
+        raise (MissingExtraError if missing else ExtraMismatchError)(extra, str(e), e.name) from e

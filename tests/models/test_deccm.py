@@ -81,6 +81,36 @@ def test_the_adjustment_is_a_genre_offset_not_a_constant_per_query(tiny_ds):
     assert (np.ptp(by_genre, axis=1) > 0.05).all()  # and not one per query
 
 
+
+@pytest.mark.parametrize("taste_training", ["own", "batch"])
+def test_training_logits_add_each_row_s_taste_or_the_batch_s_monte_carlo_estimate_by_hand(tiny_ds, taste_training):
+    """own: logit_ij = sim_ij + tau t(c_i)[g_j] (P(Y | V, M, c) fitted on each upload's own uploader); batch: the
+    issue's reading of the backdoor sum in training, t(c_i) replaced by log (1/B) sum_k exp t(c_k), one term for
+    every row, computed here by hand."""
+    from bgmrec.models.deccm import DecCMConfig
+
+    model = _with_taste(tiny_ds)
+    model.config = DecCMConfig(**{**vars(model.config), "taste_training": taste_training})
+    rows = np.asarray(tiny_ds.splits["train"])[:4]
+    batch = FeatureTensors(tiny_ds).batch(rows)
+    sim = torch.arange(16, dtype=torch.float32).reshape(4, 4) / 10
+    got = model.match_logits(sim, batch).detach().double().numpy()
+    c = np.asarray(tiny_ds.confounder(rows[:, 2]), np.float64)  # [4, G]: each row's uploader's taste
+    t = 2.0 * np.log(c + 1e-6)  # the taste path set by hand: W = 2 I, b = 0
+    if taste_training == "batch":
+        t = np.tile(np.log(np.exp(t).mean(0)), (4, 1))  # the batch's Monte Carlo estimate, for every row
+    genre = np.asarray(tiny_ds.track_genre)[rows[:, 1]]
+    want = sim.double().numpy() + model.config.temperature * t[:, genre]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert (taste_training == "batch") == np.allclose(np.diff(got - sim.numpy(), axis=0), 0, atol=1e-6)
+
+
+def test_taste_training_is_own_or_batch():
+    from bgmrec.models.deccm import DecCMConfig
+
+    with pytest.raises(ValueError, match=r"taste_training must be one of \('own', 'batch'\), got 'mean'"):
+        DecCMConfig(taste_training="mean")
+
 def test_backdoor_score_is_the_monte_carlo_marginal(tiny_ds):
     """score(v, m) / tau == log P(m | do(v)), by brute force, where
     P(m | v, c) = softmax_r(f_vr + t(c)[g_r] + log Q(r)) (in-batch training learns f up to log Q),

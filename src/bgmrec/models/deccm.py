@@ -49,6 +49,7 @@ The teacher's block of the mixture keeps the teacher's own prior (its profession
 from __future__ import annotations
 
 import copy
+import math
 import os
 import types
 import warnings
@@ -67,6 +68,7 @@ from bgmrec.models.neural import TrackPrior
 from bgmrec.train import Batch, FeatureTensors
 
 MODES = ("backdoor", "content", "personalised")
+TASTE_TRAINING = ("own", "batch")  # DecCMConfig.taste_training
 
 
 class SettingWithoutEffectWarning(UserWarning):
@@ -96,6 +98,9 @@ class DecCMConfig(CMVAEConfig):
     teacher: bool = True  # distil from a frozen PGC teacher (False: the "no teacher" ablation)
     alpha: float = 0.5  # weight of KL(q_student || q_teacher), per latent dimension, video + music (0: none)
     taste_lr_scale: float = 20.0  # learning-rate multiplier of the taste path (few weights, O(1) values)
+    taste_training: str = "own"  # the taste term of each training upload: "own" (its uploader's c, fitting
+    #   P(Y | V, M, c)) or "batch" (log of the mean of exp t(c_k) over the batch's uploaders: the backdoor sum's
+    #   Monte Carlo estimate in training, the same term for every row)
     prior_samples: int = 512  # confounder values sampled from training uploads to estimate P(c)
     reference_tracks: int = 4000  # at most this many training tracks normalise P(m | v, c)
     inference: str = "backdoor"  # default inference mode: "backdoor" | "content" | "personalised"
@@ -109,6 +114,8 @@ class DecCMConfig(CMVAEConfig):
                      teacher_mix="in [0, 1]")
         if self.inference not in MODES:
             raise ValueError(f"inference must be one of {MODES}, got {self.inference!r}")
+        if self.taste_training not in TASTE_TRAINING:
+            raise ValueError(f"taste_training must be one of {TASTE_TRAINING}, got {self.taste_training!r}")
         if self.adjustment and self.matching != "infonce":
             raise ValueError("DecCM's adjustment needs matching='infonce' (its logits must be log-probabilities)")
 
@@ -251,11 +258,16 @@ class DecCM(CMVAE):
 
     def match_logits(self, sim: torch.Tensor, batch: Batch) -> torch.Tensor:
         """logit_ij = sim_ij / tau + t(c_i)[g_j] (times tau, as the matching term divides by it): row i's uploader
-        taste applied to column j's genre; the similarities alone without the adjustment."""
+        taste applied to column j's genre; the similarities alone without the adjustment. With
+        ``taste_training="batch"``, t(c_i) is replaced by log (1/B) sum_k exp t(c_k): the batch's confounder
+        values stand in for samples of P(c), the same term for every row."""
         if not self.config.adjustment:
             return sim
         genre = nn.functional.one_hot(batch.genre, len(self.spec.genres)).to(sim.dtype)
-        return sim + self.config.temperature * self.module.taste_logits(batch.confounder) @ genre.T
+        taste = self.module.taste_logits(batch.confounder)  # [B, G]
+        if self.config.taste_training == "batch":
+            taste = torch.logsumexp(taste, 0, keepdim=True) - math.log(len(taste))  # [1, G]
+        return sim + self.config.temperature * taste @ genre.T
 
     def extra_loss(self, batch: Batch, video_post, music_post, logs: dict) -> torch.Tensor | None:
         """alpha * KL(q_student || q_teacher) of the video and the music posteriors, per latent dimension."""
