@@ -58,3 +58,30 @@ def test_serve_without_its_extra_says_so_once_in_one_line(monkeypatch, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: this command needs the serve extra (pip install 'bgmrec[serve]'): ")
     assert err[-1].count("pip install") == 1 and "uvicorn" in err[-1]
+
+
+def test_an_installed_extra_that_fails_to_import_says_upgrade_not_install(capsys):
+    # an ImportError of another version (or a missing submodule of an installed package) said "not installed"
+    # (pip would answer "already satisfied"), or ended in a traceback on the command line
+    from bgmrec.cli.core import report_error
+    from bgmrec.extras import ExtraMismatchError
+
+    for attempt in ("from fastapi import not_a_name", "import fastapi.not_a_submodule"):
+        with pytest.raises(ExtraMismatchError) as raised, extra_modules():
+            exec(attempt)
+        e = raised.value
+        assert e.extra == "serve" and not isinstance(e, ModuleNotFoundError) and missing_extra(e) is None
+        assert str(e).startswith("bgmrec's serve extra is installed but does not import (another version, or a "
+                                 "broken install; pip install -U 'bgmrec[serve]'): ")
+        assert report_error(e) == 2 and capsys.readouterr().err == f"error: {e}\n"
+
+
+def test_the_extras_errors_survive_pickling():
+    import pickle
+
+    from bgmrec.extras import ExtraMismatchError
+
+    for kind in (MissingExtraError, ExtraMismatchError):
+        e = pickle.loads(pickle.dumps(kind("media", "No module named 'av'", "av")))
+        assert type(e) is kind and (e.extra, e.reason, e.name) == ("media", "No module named 'av'", "av")
+        assert str(e) == str(kind("media", "No module named 'av'", "av"))

@@ -491,7 +491,8 @@ def test_a_request_cancelled_by_the_server_s_stop_gets_a_503_and_a_log_line_not_
 def test_a_video_upload_without_the_media_packages_gets_a_501(client, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # "import av" fails, as without the media extra
     r = client.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})
-    assert r.status_code == 501 and r.json()["detail"].startswith("video upload needs the media extra")
+    assert r.status_code == 501 and r.json()["detail"].startswith(
+        "video upload, on the server: this needs bgmrec's media extra (pip install 'bgmrec[media]'): ")
 
 
 def test_an_upload_whose_video_stream_has_no_decoder_gets_a_422_naming_it(client, monkeypatch, tmp_path):
@@ -732,9 +733,18 @@ def test_a_server_without_the_media_packages_says_at_start_up_that_video_uploads
     recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds))
     health = TestClient(create_app(recommender, load_video_encoders=True, warn=said.append)).get("/health").json()
     assert health["status"] == "ok" and health["warnings"] == said
-    assert said[0].startswith("POST /recommend/video will answer 501: the encoders of uploaded videos need the "
-                              "media extra (pip install 'bgmrec[media]'): ")
+    assert said[0].startswith("POST /recommend/video will answer 501: the encoders of uploaded videos: this needs "
+                              "bgmrec's media extra (pip install 'bgmrec[media]'): ")
     assert TestClient(create_app(recommender)).get("/health").json()["warnings"] == []  # not loaded: not checked
+
+
+@pytest.mark.parametrize("module", ["av", "efficientnet_lite_pytorch", "sentence_transformers"])
+def test_a_missing_media_module_is_advised_once(tiny_ds, cmvae, monkeypatch, module):
+    # the server's words around the extras' own said "pip install" twice for every module but av
+    monkeypatch.setitem(sys.modules, module, None)
+    said = []
+    create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), load_video_encoders=True, warn=said.append)
+    assert len(said) == 1 and said[0].count("pip install") == 1 and module in said[0]
 
 
 @pytest.mark.media

@@ -63,7 +63,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from bgmrec.extras import extra_modules
+from bgmrec.extras import ExtraError, extra_modules
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, taste_vector
 
 with extra_modules():  # the serve extra
@@ -162,8 +162,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         try:
             encoders.load()
         except ImportError as e:
-            said(f"POST /recommend/video will answer 501: the encoders of uploaded videos need the media extra "
-                 f"(pip install 'bgmrec[media]'): {e}")
+            said(f"POST /recommend/video will answer 501: the encoders of uploaded videos: {media_advice(e)}")
 
     personalised = recommender.model.needs_taste  # DecCM's personalised mode, or a model that always reads taste
     identity = served_by(recommender)
@@ -720,7 +719,8 @@ class _MediaEncoders:
             self._load_locked()
 
     def _load_locked(self):
-        import av  # noqa: F401  (decodes the uploads: missing, the server says so at start-up)
+        with extra_modules():
+            import av  # noqa: F401  (decodes the uploads: missing, the server says so at start-up)
 
         from bgmrec.features.text import TextEncoder
         from bgmrec.features.video import FrameEncoder
@@ -749,9 +749,15 @@ class _MediaEncoders:
             except MediaError as e:
                 raise RequestError(f"video {name}: {e}") from None
             except ImportError as e:
-                raise HTTPException(501, "video upload needs the media extra on the server "
-                                         f"(pip install 'bgmrec[media]'): {e}") from None
+                raise HTTPException(501, f"video upload, on the server: {media_advice(e)}") from None
         return ClipFeatures(*features)
+
+
+def media_advice(e: ImportError) -> str:
+    """What a missing or mismatched media extra needs, in one line (:mod:`bgmrec.extras`' words when it said)."""
+    if isinstance(e, ExtraError):
+        return str(e)
+    return f"this needs bgmrec's media extra (pip install 'bgmrec[media]'): {e}"
 
 
 def _version() -> str:

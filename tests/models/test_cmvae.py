@@ -81,7 +81,6 @@ def test_a_subclass_fusing_by_its_own_video_posterior_reports_no_poe_shares(tiny
     assert modality_shares(model, q) == [{"visual": None, "text": None}] * 3  # what recommend and serve report
 
 
-
 def test_an_answer_s_shares_are_null_only_for_a_model_without_them_not_for_an_error(tiny_ds):
     """A model without shares (the base contract's default) answers null shares; any other error in a model's
     ``modality_shares`` is raised, not turned into null shares (it was: every ValueError, a wrong width among them)."""

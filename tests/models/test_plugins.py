@@ -544,7 +544,7 @@ def torch_example():
 
 
 class TestTorchExample(RecommenderContractMixin):
-    """The README's PyTorch example passes the contract every built-in model passes."""
+    """The PyTorch example (examples/torch_model.py) passes the contract every built-in model passes."""
 
     model_name = "bilinear-bpr"
     overrides = {"epochs": 3}

@@ -138,7 +138,6 @@ def test_a_config_whose_annotations_cannot_be_read_is_refused_in_words(registere
         register_model("hiding", model)
 
 
-
 class Forgetful(Recommender):  # learns, but leaves out what save writes and load_model reads back
     name = "forgetful"
 
@@ -169,13 +168,13 @@ class OwnScore(RandomRecommender):  # scores of its own, which no command calls
 @pytest.mark.parametrize("model,message", [
     # was: registered, listed, trained; a demo trained every model before it, then a 56-line TypeError traceback
     (BareTorch, "model 'bare-torch': BareTorch does not implement build_module, music_embedding, training_loss, "
-                "video_embedding (abstract in the Recommender contract; docs/extending.md)"),
+                "video_embedding (abstract methods of the model contract; docs/extending.md)"),
     # was: saved without its state, loaded back scoring by its initialisation (R@10 0.511 fitted, 0.054 reloaded)
-    (Forgetful, "model 'forgetful': Forgetful does not implement load_state_arrays, state_arrays (abstract in the "
-                "Recommender contract; docs/extending.md)"),
+    (Forgetful, "model 'forgetful': Forgetful does not implement load_state_arrays, state_arrays (abstract "
+                "methods of the model contract; docs/extending.md)"),
     # was: evaluate, recommend and serve ranked by the encodings, ignoring it, without a word
-    (OwnScore, "model 'own-score': OwnScore overrides score, which evaluate, recommend, serve and the indexes never "
-               "call: they rank by the inner product of encode_videos and encode_music, so give the scores through "
+    (OwnScore, "model 'own-score': OwnScore overrides score, which evaluate, recommend, serve and the indexes do not "
+               "rank by: they rank by the inner product of encode_videos and encode_music, so give the scores through "
                "those two encodings"),
 ])
 def test_a_model_leaving_the_contract_abstract_or_scoring_its_own_way_is_refused(model, message, registered):

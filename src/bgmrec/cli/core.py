@@ -24,7 +24,7 @@ from bgmrec.cli.app import (
     use_threads,
 )
 from bgmrec.eval.metrics import expected_metrics
-from bgmrec.extras import MissingExtraError, missing_extra
+from bgmrec.extras import ExtraError, MissingExtraError, missing_extra
 
 console = make_console()
 
@@ -38,6 +38,9 @@ def report_error(e: Exception) -> int:
     if extra is not None:
         reason = e.reason if isinstance(e, MissingExtraError) else e
         print(f"error: this command needs the {extra} extra (pip install 'bgmrec[{extra}]'): {reason}", file=sys.stderr)
+        return 2
+    if isinstance(e, ExtraError):  # installed, but another version's or broken: its message says what to do
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if isinstance(e, OSError) and e.filename is not None:  # a path the system refused: named, without a traceback
         message = f"{e.filename}: {e.strerror or e}" + (f" ({e.filename2})" if e.filename2 is not None else "")

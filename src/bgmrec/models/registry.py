@@ -329,11 +329,11 @@ def _check_methods(cls: type[Recommender], name: str) -> None:
     abstract = sorted(getattr(cls, "__abstractmethods__", ()))
     if abstract:
         raise ValueError(f"model {name!r}: {cls.__qualname__} does not implement {', '.join(abstract)} (abstract "
-                         "in the Recommender contract; docs/extending.md)")
+                         "methods of the model contract; docs/extending.md)")
     own = [m for m in ("score", "recommend") if getattr(cls, m) is not getattr(Recommender, m)]
     if own:
         raise ValueError(f"model {name!r}: {cls.__qualname__} overrides {' and '.join(own)}, which evaluate, "
-                         "recommend, serve and the indexes never call: they rank by the inner product of "
+                         "recommend, serve and the indexes do not rank by: they rank by the inner product of "
                          "encode_videos and encode_music, so give the scores through those two encodings")
 
 
