@@ -2176,3 +2176,19 @@ def test_no_command_shows_a_value_for_a_flag_in_its_help(capsys):
         assert main([*path, "--help"]) == 0, path
         shown = capsys.readouterr().out
         assert "--" in shown and not [line for line in shown.splitlines() if "<bool>" in line and "--help" not in line]
+
+
+def test_the_command_line_lets_openblas_threads_sleep_before_numpy_loads_it():
+    """OPENBLAS_THREAD_TIMEOUT is read once, when numpy loads OpenBLAS: the command line sets it (to 2**4 cycles of
+    spinning, not 2**28) before anything imports numpy, and keeps a value the user set."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os, sys; import bgmrec; assert 'numpy' not in sys.modules; import bgmrec.cli; "
+             "print(os.environ['OPENBLAS_THREAD_TIMEOUT'])")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    for given, want in ((None, "4"), ("12", "12")):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                             env={**env, **({"OPENBLAS_THREAD_TIMEOUT": given} if given else {})})
+        assert out.stdout.strip() == want

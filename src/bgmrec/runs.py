@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import gc
 import glob
 import hashlib
 import platform
@@ -101,7 +102,19 @@ def code_digest(root: Path) -> str:
     """A short SHA-256 of the ``*.py`` files under ``root`` (with their paths) as code, docstrings removed: what
     the code does, not how it is commented or laid out (every other string counts: help texts, messages). Each
     file is hashed as :func:`ast.unparse` writes it back (source text, stabler across Python versions than the
-    tree's dump); a file that does not parse (a contributor's work in progress), as its bytes."""
+    tree's dump); a file that does not parse (a contributor's work in progress), as its bytes. The garbage
+    collector is paused meanwhile: the trees are acyclic, and the collections their allocations set off scanned
+    torch's objects (0.8 s of every train and evaluate, 0.4 s without them)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _code_digest(root)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _code_digest(root: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         if not path.is_file():  # an editor's lock, a dangling link named *.py: no code

@@ -7,7 +7,13 @@ import sys
 import threading
 import time
 
-from bgmrec.cli import core, interop, media, serve  # noqa: F401  (modules register their commands)
+# numpy's OpenBLAS workers spin for about 2**28 cycles after each call before they sleep: between the track prior's
+# small solves of every epoch they held the core a torch thread shares (--threads 1), and `bgmrec demo --scale tiny
+# --threads 1` took 30 s of CPU for 19 s of wall time (17 s and 18 s with 2**4 cycles). Read once, when numpy loads
+# OpenBLAS (imported below): the number of threads, so every result, is unchanged; a value the user set is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from bgmrec.cli import core, interop, media, serve  # noqa: E402, F401  (modules register their commands)
 from bgmrec.cli.app import STOP_NOTES, app, hangup_signal
 
 INTERRUPTED = 130  # exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
