@@ -548,6 +548,19 @@ def test_an_offset_alone_is_silent(tmp_path):
         features(dc)
 
 
+
+@pytest.mark.parametrize("start", [0, 1000])
+def test_a_float_file_of_samples_that_are_not_numbers_is_a_failure_saying_so(tmp_path, start):
+    # was: librosa's "ParameterError: Audio buffer is not finite everywhere", after openSMILE's RuntimeWarning
+    import soundfile
+
+    y = (0.3 * np.sin(np.arange(3 * SR) / 10)).astype(np.float32)
+    y[start:start + 1000] = np.nan
+    soundfile.write(tmp_path / "nan.wav", y, SR, subtype="FLOAT")
+    with pytest.raises(MediaError, match=rf"^samples that are not numbers \(NaN or inf\) from {start / SR:.2f} s: a "
+                                         "damaged float file$"):
+        features(tmp_path / "nan.wav")
+
 def test_meta_csv_takes_the_pairs_csvs_names_of_the_track_column(tmp_path):
     from bgmrec.features.audio import read_track_meta
 

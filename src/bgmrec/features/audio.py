@@ -139,7 +139,8 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
 
     Mono is the mean of the channels (FFmpeg's own downmix adds them at -3 dB each, which makes a
     stereo file 3 dB louder than the same signal in mono). Raises :class:`MediaError` with a one-line
-    reason for empty, unreadable, truncated or corrupt files and for files with no audio stream.
+    reason for empty, unreadable, truncated or corrupt files, for files with no audio stream and for samples
+    that are not numbers (NaN or inf, in a float file).
     """
     with extra_modules():
         import av
@@ -181,6 +182,10 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
         codec = stream.codec_context.name or ""
     y = np.concatenate(chunks)[:need] if chunks else np.zeros(0, np.float32)
     seconds = len(y) / sample_rate
+    bad = np.flatnonzero(~np.isfinite(y))
+    if bad.size:  # a float file's damaged samples: librosa's "buffer is not finite" said it, after openSMILE's warning
+        raise MediaError(f"samples that are not numbers (NaN or inf) from {bad[0] / sample_rate:.2f} s: a damaged "
+                         "float file")
     if declared is not None and not codec.startswith("mp3"):  # mp3 durations are estimates
         expected = min(declared, max_seconds)
         if seconds < 0.9 * expected - 0.25:
