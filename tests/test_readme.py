@@ -47,12 +47,15 @@ def test_the_python_api_example_runs_as_written(tiny_dir, tmp_path, monkeypatch,
 
 
 def test_the_metrics_compare_accepts_are_listed_from_the_metric_table():
-    """The README's compare line and compare's --metric help list what bgmrec.eval.metrics.RANK_METRICS holds (a
-    metric once added still read "expected recall@K, ndcg@K or mrr" in both)."""
+    """The README's and docs/cli.md's compare lines and the --metric help of compare and report list what
+    bgmrec.eval.metrics.RANK_METRICS holds (a metric once added still read "expected recall@K, ndcg@K or mrr" in
+    them: report's help was written out by hand)."""
     import inspect
 
-    from bgmrec.cli.core import compare
+    from bgmrec.cli.core import compare, report
     from bgmrec.eval.metrics import expected_metrics, metric_forms
 
-    assert f"[--metric {' | '.join(metric_forms())}]" in README.read_text()
-    assert expected_metrics() in inspect.signature(compare).parameters["metric"].default.help
+    for page in (README, README.parent / "docs" / "cli.md"):
+        assert f"[--metric {' | '.join(metric_forms())}]" in page.read_text(), page
+    for command in (compare, report):
+        assert expected_metrics() in inspect.signature(command).parameters["metric"].default.help, command

@@ -164,7 +164,7 @@ def report(
     baseline: str | None = typer.Option(None, help="a row's label (as the tables show it): under each split's "
                                         "table, every other row's paired change over it (needs the results' "
                                         "evaluate --ranks files)"),
-    metric: str = typer.Option("recall@10", help="the metric the paired table compares: recall@K, ndcg@K or mrr "
+    metric: str = typer.Option("recall@10", help=f"the metric the paired table compares: {expected_metrics()} "
                                                  "(full-catalogue), or one of them after sampled_ (the 1+K protocol)"),
     resamples: int = typer.Option(10_000, help="bootstrap resamples and randomisation permutations"),
     level: float = typer.Option(0.95, help="the interval's confidence level"),
