@@ -1540,3 +1540,14 @@ def test_a_server_stopped_by_ctrl_c_exits_130_saying_so(tiny_dir, tmp_path):
         proc.kill()
     assert proc.returncode == 130, err[-2000:]
     assert err.rstrip().splitlines()[-1] == "stopped (SIGINT)"
+
+
+def test_video_uploads_past_their_slots_get_a_503_at_once(tiny_ds, cmvae, monkeypatch):
+    # a security review: uploads queued behind one long decode held every worker thread, and a JSON request sent
+    # meanwhile waited 37 s
+    monkeypatch.setattr(service, "UPLOAD_SLOTS", 0)  # every slot taken
+    app = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds))))
+    r = app.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})
+    assert (r.status_code, r.headers["retry-after"]) == (503, "1")
+    assert r.json()["detail"] == "busy: this server takes at most 0 video uploads at once; retry shortly"
+    assert app.get("/health").status_code == 200

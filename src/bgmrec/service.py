@@ -79,6 +79,8 @@ with extra_modules():  # the serve extra
     from starlette.formparsers import MultiPartException
 
 MAX_BATCHES = 4  # batch requests answered at once by default (each can hold hundreds of MB; bgmrec serve --max-batches)
+UPLOAD_SLOTS = 2  # video uploads taken at once (decoded one at a time): one more gets 503, not a worker thread
+DECODE_SECONDS = 60.0  # one upload's decoding at most: a small file of huge frames or timestamps took minutes
 MAX_TOP = 1000  # the most tracks one answer may hold
 MAX_BATCH = 1024  # the most clips one batch request may hold
 MAX_UPLOAD = 200 * 2**20  # default largest video upload (bytes); bgmrec serve --max-upload-mb
@@ -210,7 +212,11 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return lambda size: (f"body: {f'{size} bytes is' if size is not None else 'the request is'} larger than "
                              f"this server's limit of {limit} bytes for JSON ({limit / 2**20:.0f} MB)")
 
-    app.add_middleware(BatchSlots, path="/recommend/batch", slots=max_batches)
+    app.add_middleware(BatchSlots, path="/recommend/batch", slots=max_batches,
+                       busy=f"busy: this server answers at most {max_batches} batch requests at once (bgmrec serve "
+                            "--max-batches); retry shortly")
+    app.add_middleware(BatchSlots, path="/recommend/video", slots=UPLOAD_SLOTS,
+                       busy=f"busy: this server takes at most {UPLOAD_SLOTS} video uploads at once; retry shortly")
     app.add_middleware(BodyLimit, limits={"/recommend/video": (max_upload + FORM_SLACK, lambda size: too_large),
                                           "/recommend": (max_clip_json, json_too_large(max_clip_json)),
                                           "/recommend/batch": (max_json, json_too_large(max_json))})
@@ -382,18 +388,18 @@ class BatchSlots:
     """ASGI middleware: at most ``slots`` requests to ``path`` at once, from before their body is read until the
     last part of their answer is handed to the server (a batch of 1,024 clips holds its parsed body, its scores and
     up to 112 MB of answer; freed only once the app had returned, a fast client's next batch raced that release and
-    found the slot still taken); one more gets HTTP 503 with ``Retry-After: 1`` at once, its body unread."""
+    found the slot still taken); one more gets HTTP 503 with ``Retry-After: 1`` and the ``detail`` ``busy`` at once,
+    its body unread. Video uploads take such slots too: queued behind one long decode, they had held every worker
+    thread, and a JSON request waited for them."""
 
-    def __init__(self, app, path: str, slots: int) -> None:
-        self.app, self.path, self.slots, self.limit = app, path, threading.BoundedSemaphore(slots), slots
+    def __init__(self, app, path: str, slots: int, busy: str) -> None:
+        self.app, self.path, self.slots, self.busy = app, path, threading.BoundedSemaphore(slots), busy
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
         if not self.slots.acquire(blocking=False):
-            busy = JSONResponse(status_code=503, headers={"Retry-After": "1"}, content={
-                "detail": f"busy: this server answers at most {self.limit} batch requests at once (bgmrec serve "
-                          "--max-batches); retry shortly"})
+            busy = JSONResponse(status_code=503, headers={"Retry-After": "1"}, content={"detail": self.busy})
             return await busy(scope, receive, send)
         held = True
 
@@ -745,7 +751,7 @@ class _MediaEncoders:
 
                 frame_encoder, text_encoder = self._load_locked()
                 features = embed_clip(path, caption or None, frame_encoder, text_encoder,
-                                      VideoConfig(frames=self.frames))
+                                      VideoConfig(frames=self.frames), deadline=time.monotonic() + DECODE_SECONDS)
             except MediaError as e:
                 raise RequestError(f"video {name}: {e}") from None
             except ImportError as e:

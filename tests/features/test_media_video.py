@@ -641,3 +641,37 @@ def test_symbolic_link_loops_and_links_to_nothing_are_named_as_such(tmp_path, ca
     for command in ("extract-videos", "extract-music"):
         code, err = run_cli(capsys, command, str(tmp_path / "loop"), "--out", str(tmp_path / "o"), "--no-progress")
         assert code == 2 and "loop: not a folder of " in err and err.endswith("(a symbolic link loop)"), err
+
+
+def test_a_playlist_named_as_a_clip_is_not_opened(tmp_path):
+    # a security review: an ffconcat playlist uploaded as clip.mp4 made the server decode a file of its own disk
+    from bgmrec.features.video import decode_samples
+
+    mf.write_video(tmp_path / "theirs.mp4")
+    (tmp_path / "clip.mp4").write_text("ffconcat version 1.0\nfile theirs.mp4\n", encoding="utf-8")
+    with pytest.raises(MediaError, match=r"^cannot open as media: .*; only video files are opened \(mp4, mov, mkv, "
+                                         r"webm, avi, flv, MPEG streams, raw H.264 or HEVC\), not playlists$"):
+        decode_samples(tmp_path / "clip.mp4", 4, 32, 600.0)
+    assert decode_samples(tmp_path / "theirs.mp4", 4, 32, 600.0)[1] == 4  # the clip itself is read
+
+
+def test_a_decode_past_its_deadline_or_a_frame_past_8k_is_refused(tmp_path):
+    # a small file of huge frames (a first one small, the size changed mid-stream) or of dense timestamps kept a
+    # server's upload decoding for minutes to hours
+    import time
+    from types import SimpleNamespace
+
+    from bgmrec.features.video import MAX_FRAME_PIXELS, _checked_frames, decode_samples
+
+    clip = mf.write_video(tmp_path / "clip.mp4")
+    with pytest.raises(MediaError, match=r"^still decoding after this server's time for one video \(at 0\.\d s "
+                                         r"of it\): a clip too long or too large to sample; send a shorter or "
+                                         r"smaller one$"):
+        decode_samples(clip, 4, 32, 600.0, deadline=time.monotonic() - 1)
+    assert decode_samples(clip, 4, 32, 600.0, deadline=time.monotonic() + 60)[1] == 4
+    small, huge = SimpleNamespace(width=64, height=64, time=0.0), SimpleNamespace(width=12000, height=12000, time=2.5)
+    frames = _checked_frames(lambda stream: iter([small, huge]), None, None)()
+    assert next(frames) is small and MAX_FRAME_PIXELS < 12000 * 12000
+    with pytest.raises(MediaError, match=r"^a frame of 12000x12000 pixels \(at 2\.5 s\), more than this extractor "
+                                         r"decodes \(33,177,600 pixels, 8K UHD\)$"):
+        next(frames)

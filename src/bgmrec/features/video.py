@@ -40,6 +40,8 @@ again without ``--captions``: nothing is carried over from the folder, the CSV i
 from __future__ import annotations
 
 import csv
+import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,6 +105,10 @@ VIDEO_EXTENSIONS = MEDIA_FOLDERS["video"][0]  # the files extract-videos reads
 IMAGE_FORMATS = ("image2", "image2pipe", "gif", "apng", "webp")  # FFmpeg demuxers of (animated) images, and *_pipe
 VISUAL_DIM = 1280
 MAX_FRAME_PIXELS = 7680 * 4320  # the largest frame decoded (8K UHD): a larger one is refused before decoding
+#: FFmpeg's demuxers of video files: VIDEO_EXTENSIONS' containers (mp4, mov, m4v; mkv, webm; avi), and FLV, MPEG
+#: transport and program streams, raw H.264 and HEVC; no other is opened, but for images' (refused, by name): an
+#: ffconcat playlist named clip.mp4 made a server decode a file of its disk that the playlist named
+VIDEO_DEMUXERS = ("mov", "matroska", "avi", "flv", "mpegts", "mpeg", "h264", "hevc")
 MAX_FRAMES_PER_SEEK = 1000  # frames decoded from a keyframe to reach one sample time, at most (40 s at 25 fps)
 VIDEOS_KIND = "video-features"
 NO_TEXT = f"{KEPT}without text"
@@ -148,11 +154,26 @@ def sample_frames(path: Path, n: int = 8, size: int = 224, scan_seconds: float =
     return decode_samples(path, n, size, scan_seconds)[0]
 
 
-def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[np.ndarray, int]:
+@functools.cache
+def _demuxers_opened() -> str:
+    """FFmpeg's ``format_whitelist``: :data:`VIDEO_DEMUXERS`, and the image demuxers this FFmpeg has (so that an
+    image is named as one and refused, :func:`_refuse_images`)."""
+    with extra_modules():
+        import av
+
+    images = sorted(f for f in av.formats_available if f in IMAGE_FORMATS or f.endswith("_pipe"))
+    return ",".join((*VIDEO_DEMUXERS, *images))
+
+
+def decode_samples(path: Path, n: int, size: int, scan_seconds: float,
+                   deadline: float | None = None) -> tuple[np.ndarray, int]:
     """:func:`sample_frames`' frames, and how many of the ``n`` sample times decoded: at least half must (a
     :class:`MediaError` otherwise), the last decoded frame standing in for the others (a clip cut off). A path
     that is no regular file (a FIFO, never opened) or a symbolic link to nothing is a :class:`MediaError` saying
-    so, in the words of extract-videos' failures.csv (:func:`~bgmrec.features.cache.regular_file_size`)."""
+    so, in the words of extract-videos' failures.csv (:func:`~bgmrec.features.cache.regular_file_size`). Only the
+    containers of :data:`VIDEO_DEMUXERS` are opened; a frame of more than :data:`MAX_FRAME_PIXELS` is refused
+    (also one past a first frame of fewer: its size can change mid-stream); ``deadline`` (``time.monotonic()``'s
+    clock): a decode still running then is a :class:`MediaError` (a server's bound on one upload's work)."""
     with extra_modules():
         import av
 
@@ -160,9 +181,13 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[
     if regular_file_size(path) == 0:
         raise MediaError("empty file (0 bytes)")
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(str(path), metadata_errors="ignore",
+                            container_options={"format_whitelist": _demuxers_opened()})
     except (av.FFmpegError, OSError) as e:
-        raise MediaError(f"cannot open as media: {one_line(e)}") from None
+        kinds = ("; only video files are opened (mp4, mov, mkv, webm, avi, flv, MPEG streams, raw H.264 or HEVC), "
+                 "not playlists") if isinstance(
+            e, av.ArgumentError) else ""
+        raise MediaError(f"cannot open as media: {one_line(e)}{kinds}") from None
     with container:
         _refuse_images(container)
         if not container.streams.video:
@@ -183,11 +208,12 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float) -> tuple[
             duration = container.duration / 1_000_000
         else:
             duration = None
+        decoded = _checked_frames(container.decode, stream, deadline)
         try:
             if duration and duration > 0 and tb and _frame_count(stream, duration) >= n:
-                frames = _frames_by_seeking(container, stream, start, duration, n, size)
+                frames = _frames_by_seeking(container, decoded, stream, start, duration, n, size)
             else:  # no duration or time base, or fewer frames than samples (a 1-frame clip): decode them all
-                frames = _frames_by_scanning(container, stream, n, size, scan_seconds)
+                frames = _frames_by_scanning(decoded, stream, n, size, scan_seconds)
         except av.FFmpegError as e:
             raise MediaError(f"corrupt video: {one_line(e)}") from None
     if not frames:
@@ -227,7 +253,25 @@ def _frame_count(stream, duration: float) -> float:
     return duration * rate
 
 
-def _frames_by_seeking(container, stream, start: float, duration: float, n: int, size: int) -> list:
+def _checked_frames(decode, stream, deadline: float | None):
+    """``decode(stream)``, each frame checked as it comes: a :class:`MediaError` for one of more than
+    :data:`MAX_FRAME_PIXELS` (the header's size is checked before; a stream can change it later) and once
+    ``deadline`` (``time.monotonic()``) has passed."""
+
+    def frames():
+        for f in decode(stream):
+            if f.width * f.height > MAX_FRAME_PIXELS:
+                raise MediaError(f"a frame of {f.width}x{f.height} pixels (at {f.time or 0:.1f} s), more than this "
+                                 f"extractor decodes ({MAX_FRAME_PIXELS:,} pixels, 8K UHD)")
+            if deadline is not None and time.monotonic() > deadline:
+                raise MediaError(f"still decoding after this server's time for one video (at {f.time or 0:.1f} s "
+                                 "of it): a clip too long or too large to sample; send a shorter or smaller one")
+            yield f
+
+    return frames
+
+
+def _frames_by_seeking(container, decoded, stream, start: float, duration: float, n: int, size: int) -> list:
     """The frame at each of ``n`` evenly spaced times, each decoded from the keyframe before it; a
     :class:`MediaError` when keyframes are more than :data:`MAX_FRAMES_PER_SEEK` frames apart (an hour-long
     clip with one keyframe made every sample decode it from the start: minutes per upload)."""
@@ -242,11 +286,11 @@ def _frames_by_seeking(container, stream, start: float, duration: float, n: int,
         chosen = None
         try:
             container.seek(int(t / tb), stream=stream, backward=True)
-            for decoded, f in enumerate(container.decode(stream), 1):
+            for count, f in enumerate(decoded(), 1):
                 chosen = f
                 if f.time is None or f.time >= t - 0.5 / rate:
                     break
-                if decoded >= MAX_FRAMES_PER_SEEK:
+                if count >= MAX_FRAMES_PER_SEEK:
                     raise MediaError(f"keyframes more than {MAX_FRAMES_PER_SEEK:,} frames apart (from "
                                      f"{f.time:.1f} s on): re-encode the clip with a keyframe every few seconds")
         except av.FFmpegError:  # damaged GOP: skip this sample; too few samples is reported
@@ -256,7 +300,7 @@ def _frames_by_seeking(container, stream, start: float, duration: float, n: int,
     return frames
 
 
-def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: float) -> list:
+def _frames_by_scanning(decoded, stream, n: int, size: int, scan_seconds: float) -> list:
     """Streams without a duration: decode up to ``scan_seconds``, keeping evenly spaced frames.
 
     Every ``step``-th frame is kept; when more than 4n are kept, every other one is dropped and the
@@ -264,7 +308,7 @@ def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: floa
     """
     rate = float(stream.average_rate or stream.guessed_rate or 25.0)
     kept, step = [], 1
-    for index, f in enumerate(container.decode(stream)):
+    for index, f in enumerate(decoded()):
         t = f.time if f.time is not None else index / rate  # raw streams carry no timestamps
         if t > scan_seconds:
             break
@@ -385,13 +429,15 @@ def _fold_batchnorm(net):
 
 
 def embed_clip(path: Path, caption: str | None, frames: FrameEncoder, text: TextEncoder,
-               config: VideoConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool, list[str]]:
+               config: VideoConfig | None = None,
+               deadline: float | None = None) -> tuple[np.ndarray, np.ndarray, bool, list[str]]:
     """One clip from its file and caption: visual [1280], text [384], has-text flag, and the warnings its answer
     carries (:class:`~bgmrec.features.recommend.ClipFeatures` takes the four): the note of
     :func:`repeated_frames_note` for a clip cut off after at least half its sample frames, else none (what
-    ``bgmrec recommend --video`` and an upload to ``bgmrec serve`` tell the user)."""
+    ``bgmrec recommend --video`` and an upload to ``bgmrec serve`` tell the user). ``deadline``: as
+    :func:`decode_samples` takes it."""
     config = config or VideoConfig()
-    clip, decoded = decode_samples(path, config.frames, config.size, config.scan_seconds)
+    clip, decoded = decode_samples(path, config.frames, config.size, config.scan_seconds, deadline)
     visual = frames.embed_clip(clip)
     emb, mask = text.encode([caption_text(caption)])
     note = repeated_frames_note(decoded, len(clip))
