@@ -1551,3 +1551,17 @@ def test_video_uploads_past_their_slots_get_a_503_at_once(tiny_ds, cmvae, monkey
     assert (r.status_code, r.headers["retry-after"]) == (503, "1")
     assert r.json()["detail"] == "busy: this server takes at most 0 video uploads at once; retry shortly"
     assert app.get("/health").status_code == 200
+
+
+def test_serve_on_a_public_address_says_to_put_a_proxy_in_front(tiny_ds, cmvae, tmp_path, monkeypatch, capsys):
+    from bgmrec.cli import main
+    from bgmrec.cli.serve import public_address_note
+
+    assert public_address_note("127.0.0.1") is None and public_address_note("localhost") is None
+    assert public_address_note("0.0.0.0").startswith("--host 0.0.0.0 is reachable from other machines")
+    args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main([*args, "--lazy-encoders"]) == 0 and "reachable from other machines" not in capsys.readouterr().err
+    assert main([*args, "--lazy-encoders", "--host", "0.0.0.0"]) == 0
+    assert ("warning: --host 0.0.0.0 is reachable from other machines, and the server checks no Host or Origin header: "
+            "put a reverse proxy in front of it (docs/serving.md, Video uploads)") in capsys.readouterr().err

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import typer
 
 from bgmrec.cli.app import app, flag, hangup_signal, options_named
 from bgmrec.extras import extra_modules
+
+
+def public_address_note(host: str) -> str | None:
+    """What a server listening on ``host`` needs said when that is not a loopback address (reachable from other
+    machines, with no Host or Origin check: docs/serving.md), else None."""
+    import ipaddress
+    import socket
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)}
+        if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+            return None
+    except (OSError, ValueError):
+        pass
+    return (f"--host {host} is reachable from other machines, and the server checks no Host or Origin header: "
+            "put a reverse proxy in front of it (docs/serving.md, Video uploads)")
 
 
 def check_can_listen(host: str, port: int) -> None:
@@ -82,6 +99,9 @@ def serve_cmd(
     with options_named(index="--index", ef_search="--ef-search"):  # before the model and the catalogue are loaded
         check_search(index, ef_search)
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
+    note = public_address_note(host)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     import torch
 
     from bgmrec.features.video import VideoConfig
