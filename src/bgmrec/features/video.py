@@ -184,9 +184,9 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float,
         container = av.open(str(path), metadata_errors="ignore",
                             container_options={"format_whitelist": _demuxers_opened()})
     except (av.FFmpegError, OSError) as e:
-        kinds = ("; only video files are opened (mp4, mov, mkv, webm, avi, flv, MPEG streams, raw H.264 or HEVC), "
-                 "not playlists") if isinstance(
-            e, av.ArgumentError) else ""
+        kinds = "" if not isinstance(e, av.ArgumentError) else (  # a demuxer not listed: FFmpeg's EINVAL
+            "; only video files are opened (mp4, mov, mkv, webm, avi, flv, MPEG streams, raw H.264 or HEVC), not "
+            "playlists")
         raise MediaError(f"cannot open as media: {one_line(e)}{kinds}") from None
     with container:
         _refuse_images(container)
