@@ -1549,7 +1549,7 @@ def test_video_uploads_past_their_slots_get_a_503_at_once(tiny_ds, cmvae, monkey
     app = TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds))))
     r = app.post("/recommend/video", files={"video": ("clip.mp4", b"not read", "video/mp4")})
     assert (r.status_code, r.headers["retry-after"]) == (503, "1")
-    assert r.json()["detail"] == "busy: this server takes at most 0 video uploads at once; retry shortly"
+    assert r.json()["detail"] == "busy: this server embeds at most 0 video uploads at once; retry shortly"
     assert app.get("/health").status_code == 200
 
 

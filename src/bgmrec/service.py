@@ -212,11 +212,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         return lambda size: (f"body: {f'{size} bytes is' if size is not None else 'the request is'} larger than "
                              f"this server's limit of {limit} bytes for JSON ({limit / 2**20:.0f} MB)")
 
-    app.add_middleware(BatchSlots, path="/recommend/batch", slots=max_batches,
-                       busy=f"busy: this server answers at most {max_batches} batch requests at once (bgmrec serve "
-                            "--max-batches); retry shortly")
-    app.add_middleware(BatchSlots, path="/recommend/video", slots=UPLOAD_SLOTS,
-                       busy=f"busy: this server takes at most {UPLOAD_SLOTS} video uploads at once; retry shortly")
+    app.add_middleware(BatchSlots, path="/recommend/batch", slots=max_batches)
     app.add_middleware(BodyLimit, limits={"/recommend/video": (max_upload + FORM_SLACK, lambda size: too_large),
                                           "/recommend": (max_clip_json, json_too_large(max_clip_json)),
                                           "/recommend/batch": (max_json, json_too_large(max_json))})
@@ -295,7 +291,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         exclude = [t for t in exclude if t.strip()]
         genres = [g for g in genres or [] if g.strip()] or None
         recommender.excluded_positions([exclude], [genres], 1)  # a bad genre before the upload's embedding
-        with tempfile.NamedTemporaryFile(suffix=upload_suffix(video.filename)) as f:
+        with encoders.slot(), tempfile.NamedTemporaryFile(suffix=upload_suffix(video.filename)) as f:
             if not copy_limited(video.file, f, max_upload):
                 raise HTTPException(413, too_large)
             f.flush()
@@ -388,18 +384,18 @@ class BatchSlots:
     """ASGI middleware: at most ``slots`` requests to ``path`` at once, from before their body is read until the
     last part of their answer is handed to the server (a batch of 1,024 clips holds its parsed body, its scores and
     up to 112 MB of answer; freed only once the app had returned, a fast client's next batch raced that release and
-    found the slot still taken); one more gets HTTP 503 with ``Retry-After: 1`` and the ``detail`` ``busy`` at once,
-    its body unread. Video uploads take such slots too: queued behind one long decode, they had held every worker
-    thread, and a JSON request waited for them."""
+    found the slot still taken); one more gets HTTP 503 with ``Retry-After: 1`` at once, its body unread."""
 
-    def __init__(self, app, path: str, slots: int, busy: str) -> None:
-        self.app, self.path, self.slots, self.busy = app, path, threading.BoundedSemaphore(slots), busy
+    def __init__(self, app, path: str, slots: int) -> None:
+        self.app, self.path, self.slots, self.limit = app, path, threading.BoundedSemaphore(slots), slots
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
         if not self.slots.acquire(blocking=False):
-            busy = JSONResponse(status_code=503, headers={"Retry-After": "1"}, content={"detail": self.busy})
+            busy = JSONResponse(status_code=503, headers={"Retry-After": "1"}, content={
+                "detail": f"busy: this server answers at most {self.limit} batch requests at once (bgmrec serve "
+                          "--max-batches); retry shortly"})
             return await busy(scope, receive, send)
         held = True
 
@@ -717,6 +713,21 @@ class _MediaEncoders:
         self.frames, self.refused = frames, refused
         self._lock = threading.Lock()
         self._loaded = None
+        self._slots = threading.BoundedSemaphore(UPLOAD_SLOTS) if UPLOAD_SLOTS else None
+
+    @contextlib.contextmanager
+    def slot(self):
+        """One of :data:`UPLOAD_SLOTS` for an upload whose body has arrived, from its copy to its embedding, else
+        HTTP 503 with ``Retry-After: 1`` at once: queued behind one long decode, uploads had held every worker
+        thread, and a JSON request waited 37 s for one (taken once the body is read, so that a client trickling
+        its body holds no slot)."""
+        if self._slots is None or not self._slots.acquire(blocking=False):
+            raise HTTPException(503, f"busy: this server embeds at most {UPLOAD_SLOTS} video uploads at once; retry "
+                                     "shortly", headers={"Retry-After": "1"})
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def load(self) -> None:
         """Load both encoders' networks now (about 4 s), so that the first upload is answered as fast as the

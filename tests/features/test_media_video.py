@@ -650,7 +650,7 @@ def test_a_playlist_named_as_a_clip_is_not_opened(tmp_path):
     mf.write_video(tmp_path / "theirs.mp4")
     (tmp_path / "clip.mp4").write_text("ffconcat version 1.0\nfile theirs.mp4\n", encoding="utf-8")
     with pytest.raises(MediaError, match=r"^cannot open as media: .*; only video files are opened \(mp4, mov, mkv, "
-                                         r"webm, avi, flv, MPEG streams, raw H.264 or HEVC\), not playlists$"):
+                                         r"webm, avi and other video formats\), not playlists or other files$"):
         decode_samples(tmp_path / "clip.mp4", 4, 32, 600.0)
     assert decode_samples(tmp_path / "theirs.mp4", 4, 32, 600.0)[1] == 4  # the clip itself is read
 
@@ -675,3 +675,18 @@ def test_a_decode_past_its_deadline_or_a_frame_past_8k_is_refused(tmp_path):
     with pytest.raises(MediaError, match=r"^a frame of 12000x12000 pixels \(at 2\.5 s\), more than this extractor "
                                          r"decodes \(33,177,600 pixels, 8K UHD\)$"):
         next(frames)
+
+
+def test_a_file_name_is_never_read_as_a_protocol_s_url(tmp_path, monkeypatch):
+    # a review: extract-videos hands FFmpeg names relative to its folder, and one named tcp:127.0.0.1:9.mp4 made
+    # FFmpeg open a TCP connection, one named concat:a.mp4|b.mp4 read both files
+    from bgmrec.features.video import decode_samples
+
+    monkeypatch.chdir(tmp_path)
+    mf.write_video(tmp_path / "a.mp4", seconds=1.0)
+    mf.write_video(tmp_path / "b.mp4", seconds=3.0)
+    (tmp_path / "concat:a.mp4|b.mp4").write_bytes((tmp_path / "b.mp4").read_bytes())
+    assert decode_samples(Path("concat:a.mp4|b.mp4"), 4, 32, 600.0)[1] == 4  # the file, as itself
+    (tmp_path / "tcp:127.0.0.1:9.mp4").write_bytes(b"junk")
+    with pytest.raises(MediaError, match=r"^cannot open as media: InvalidDataError"):  # a file, not a connection
+        decode_samples(Path("tcp:127.0.0.1:9.mp4"), 4, 32, 600.0)

@@ -151,7 +151,8 @@ def decode_audio(path: Path, sample_rate: int = 22050, max_seconds: float = 60.0
         raise MediaError("empty file (0 bytes)")
     _check_riff(path, size)
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(str(path.absolute()), metadata_errors="ignore",  # a name is never a protocol's URL
+                            container_options={"protocol_whitelist": "file"})
     except (av.FFmpegError, OSError) as e:
         raise MediaError(f"cannot open as media: {one_line(e)}") from None
     need = int(round(max_seconds * sample_rate))

@@ -105,10 +105,12 @@ VIDEO_EXTENSIONS = MEDIA_FOLDERS["video"][0]  # the files extract-videos reads
 IMAGE_FORMATS = ("image2", "image2pipe", "gif", "apng", "webp")  # FFmpeg demuxers of (animated) images, and *_pipe
 VISUAL_DIM = 1280
 MAX_FRAME_PIXELS = 7680 * 4320  # the largest frame decoded (8K UHD): a larger one is refused before decoding
-#: FFmpeg's demuxers of video files: VIDEO_EXTENSIONS' containers (mp4, mov, m4v; mkv, webm; avi), and FLV, MPEG
-#: transport and program streams, raw H.264 and HEVC; no other is opened, but for images' (refused, by name): an
-#: ffconcat playlist named clip.mp4 made a server decode a file of its disk that the playlist named
-VIDEO_DEMUXERS = ("mov", "matroska", "avi", "flv", "mpegts", "mpeg", "h264", "hevc")
+#: FFmpeg's demuxers of video files: VIDEO_EXTENSIONS' containers (mp4, mov, m4v; mkv, webm; avi; a raw MPEG-4
+#: stream named .m4v), FLV, MPEG streams, raw H.264, HEVC and MPEG video, IVF, Ogg, ASF (wmv), MXF and DV; no other
+#: is opened, but for images' (refused, by name): an ffconcat playlist named clip.mp4 made a server decode a file of
+#: its disk that the playlist named
+VIDEO_DEMUXERS = ("mov", "matroska", "avi", "m4v", "flv", "mpegts", "mpeg", "h264", "hevc", "mpegvideo", "ivf", "ogg",
+                  "asf", "mxf", "dv")
 MAX_FRAMES_PER_SEEK = 1000  # frames decoded from a keyframe to reach one sample time, at most (40 s at 25 fps)
 VIDEOS_KIND = "video-features"
 NO_TEXT = f"{KEPT}without text"
@@ -181,12 +183,12 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float,
     if regular_file_size(path) == 0:
         raise MediaError("empty file (0 bytes)")
     try:
-        container = av.open(str(path), metadata_errors="ignore",
-                            container_options={"format_whitelist": _demuxers_opened()})
+        container = av.open(str(path.absolute()), metadata_errors="ignore",  # a name is never a protocol's URL
+                            container_options={"format_whitelist": _demuxers_opened(), "protocol_whitelist": "file"})
     except (av.FFmpegError, OSError) as e:
         kinds = "" if not isinstance(e, av.ArgumentError) else (  # a demuxer not listed: FFmpeg's EINVAL
-            "; only video files are opened (mp4, mov, mkv, webm, avi, flv, MPEG streams, raw H.264 or HEVC), not "
-            "playlists")
+            "; only video files are opened (mp4, mov, mkv, webm, avi and other video formats), not playlists or "
+            "other files")
         raise MediaError(f"cannot open as media: {one_line(e)}{kinds}") from None
     with container:
         _refuse_images(container)
@@ -200,6 +202,9 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float,
             raise MediaError(f"frames of {width}x{height} pixels, more than this extractor decodes "
                              f"({MAX_FRAME_PIXELS:,} pixels, 8K UHD)")
         stream.thread_type = "AUTO"
+        # the decoder refuses a larger frame before allocating it (a stream can change its size after a small first
+        # frame: 787 MB for one of 16000x16000 before the frames' own check saw it)
+        stream.codec_context.options = {"max_pixels": str(MAX_FRAME_PIXELS)}
         tb = stream.time_base
         start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
         if stream.duration is not None and tb:
