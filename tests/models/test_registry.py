@@ -69,6 +69,18 @@ def registered():
         unregister_model(name)
 
 
+
+def assert_refused_when_registered_and_when_resolved(model, message: str, registered: list[str]) -> None:
+    """``model`` refused with ``message`` by register_model, and, registered as 'module:Class' (imported on first
+    use), by model_class."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        register_model(model.name, model)
+    register_model(model.name, f"{__name__}:{model.__qualname__}")  # imported on first use: refused then
+    registered.append(model.name)
+    with pytest.raises(ValueError, match=re.escape(message.partition(": ")[2])):
+        model_class(model.name)
+
+
 @pytest.mark.parametrize("model,message", [
     # was: --set ridge=2 said "UndecoratedConfig has no field(s) ['ridge']; known: ['dim', 'seed']"
     (Undecorated, "model 'undecorated': UndecoratedConfig is not a dataclass of its own: decorate it with @dataclass "
@@ -89,12 +101,7 @@ def registered():
 ])
 def test_a_model_whose_config_class_is_not_a_proper_config_is_refused_naming_the_class_to_fix(model, message,
                                                                                              registered):
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        register_model(model.name, model)
-    register_model(model.name, f"{__name__}:{model.__qualname__}")  # imported on first use: refused then
-    registered.append(model.name)
-    with pytest.raises(ValueError, match=re.escape(message.partition(": ")[2])):
-        model_class(model.name)
+    assert_refused_when_registered_and_when_resolved(model, message, registered)
 
 
 def test_an_undecorated_config_subclass_declaring_no_fields_is_accepted(registered):
@@ -178,12 +185,7 @@ class OwnScore(RandomRecommender):  # scores of its own, which no command calls
                "those two encodings"),
 ])
 def test_a_model_leaving_the_contract_abstract_or_scoring_its_own_way_is_refused(model, message, registered):
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        register_model(model.name, model)
-    register_model(model.name, f"{__name__}:{model.__qualname__}")  # imported on first use: refused then
-    registered.append(model.name)
-    with pytest.raises(ValueError, match=re.escape(message.partition(": ")[2])):
-        model_class(model.name)
+    assert_refused_when_registered_and_when_resolved(model, message, registered)
 
 
 def test_demo_and_bench_refuse_an_unusable_model_before_anything_is_simulated(registered, tmp_path, capsys):
