@@ -31,15 +31,14 @@ def extra_of(module: str | None) -> str | None:
 
 class ExtraError(ImportError):
     """A module of one of bgmrec's extras cannot be imported: ``extra`` names which, ``reason`` is Python's own words.
-    Its message is whole (what to install): :class:`MissingExtraError` or :class:`ExtraMismatchError`."""
+    Its message is whole (what to install, from the subclass's ``advice``): :class:`MissingExtraError` or
+    :class:`ExtraMismatchError`."""
+
+    advice: str  # the message, of {extra} and {reason}
 
     def __init__(self, extra: str, reason: str, name: str | None) -> None:
-        super().__init__(self.advice(extra, reason), name=name)
+        super().__init__(self.advice.format(extra=extra, reason=reason), name=name)
         self.extra, self.reason = extra, reason
-
-    @staticmethod
-    def advice(extra: str, reason: str) -> str:
-        raise NotImplementedError
 
     def __reduce__(self):  # pickled (a worker process's error) with the arguments it was made from
         return type(self), (self.extra, self.reason, self.name)
@@ -48,19 +47,15 @@ class ExtraError(ImportError):
 class MissingExtraError(ExtraError, ModuleNotFoundError):
     """A module of an extra that is not installed."""
 
-    @staticmethod
-    def advice(extra: str, reason: str) -> str:
-        return f"this needs bgmrec's {extra} extra (pip install 'bgmrec[{extra}]'): {reason}"
+    advice = "this needs bgmrec's {extra} extra (pip install 'bgmrec[{extra}]'): {reason}"
 
 
 class ExtraMismatchError(ExtraError):
     """A module of an extra that is installed but fails to import: another version than bgmrec's, or a broken
     install (a submodule missing)."""
 
-    @staticmethod
-    def advice(extra: str, reason: str) -> str:
-        return (f"bgmrec's {extra} extra is installed but does not import (another version, or a broken install; "
-                f"pip install -U 'bgmrec[{extra}]'): {reason}")
+    advice = ("bgmrec's {extra} extra is installed but does not import (another version, or a broken install; "
+              "pip install -U 'bgmrec[{extra}]'): {reason}")
 
 
 def missing_extra(e: BaseException) -> str | None:

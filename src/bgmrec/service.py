@@ -713,7 +713,7 @@ class _MediaEncoders:
         self.frames, self.refused = frames, refused
         self._lock = threading.Lock()
         self._loaded = None
-        self._slots = threading.BoundedSemaphore(UPLOAD_SLOTS) if UPLOAD_SLOTS else None
+        self._slots = threading.BoundedSemaphore(UPLOAD_SLOTS)
 
     @contextlib.contextmanager
     def slot(self):
@@ -721,7 +721,7 @@ class _MediaEncoders:
         HTTP 503 with ``Retry-After: 1`` at once: queued behind one long decode, uploads had held every worker
         thread, and a JSON request waited 37 s for one (taken once the body is read, so that a client trickling
         its body holds no slot)."""
-        if self._slots is None or not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False):
             raise HTTPException(503, f"busy: this server embeds at most {UPLOAD_SLOTS} video uploads at once; retry "
                                      "shortly", headers={"Retry-After": "1"})
         try:

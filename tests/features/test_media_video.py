@@ -670,7 +670,7 @@ def test_a_decode_past_its_deadline_or_a_frame_past_8k_is_refused(tmp_path):
         decode_samples(clip, 4, 32, 600.0, deadline=time.monotonic() - 1)
     assert decode_samples(clip, 4, 32, 600.0, deadline=time.monotonic() + 60)[1] == 4
     small, huge = SimpleNamespace(width=64, height=64, time=0.0), SimpleNamespace(width=12000, height=12000, time=2.5)
-    frames = _checked_frames(lambda stream: iter([small, huge]), None, None)()
+    frames = _checked_frames(SimpleNamespace(decode=lambda stream: iter([small, huge])), None, None)
     assert next(frames) is small and MAX_FRAME_PIXELS < 12000 * 12000
     with pytest.raises(MediaError, match=r"^a frame of 12000x12000 pixels \(at 2\.5 s\), more than this extractor "
                                          r"decodes \(33,177,600 pixels, 8K UHD\)$"):

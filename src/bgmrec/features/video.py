@@ -213,12 +213,11 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float,
             duration = container.duration / 1_000_000
         else:
             duration = None
-        decoded = _checked_frames(container.decode, stream, deadline)
         try:
             if duration and duration > 0 and tb and _frame_count(stream, duration) >= n:
-                frames = _frames_by_seeking(container, decoded, stream, start, duration, n, size)
+                frames = _frames_by_seeking(container, stream, start, duration, n, size, deadline)
             else:  # no duration or time base, or fewer frames than samples (a 1-frame clip): decode them all
-                frames = _frames_by_scanning(decoded, stream, n, size, scan_seconds)
+                frames = _frames_by_scanning(container, stream, n, size, scan_seconds, deadline)
         except av.FFmpegError as e:
             raise MediaError(f"corrupt video: {one_line(e)}") from None
     if not frames:
@@ -258,25 +257,22 @@ def _frame_count(stream, duration: float) -> float:
     return duration * rate
 
 
-def _checked_frames(decode, stream, deadline: float | None):
-    """``decode(stream)``, each frame checked as it comes: a :class:`MediaError` for one of more than
+def _checked_frames(container, stream, deadline: float | None):
+    """``container.decode(stream)``, each frame checked as it comes: a :class:`MediaError` for one of more than
     :data:`MAX_FRAME_PIXELS` (the header's size is checked before; a stream can change it later) and once
     ``deadline`` (``time.monotonic()``) has passed."""
-
-    def frames():
-        for f in decode(stream):
-            if f.width * f.height > MAX_FRAME_PIXELS:
-                raise MediaError(f"a frame of {f.width}x{f.height} pixels (at {f.time or 0:.1f} s), more than this "
-                                 f"extractor decodes ({MAX_FRAME_PIXELS:,} pixels, 8K UHD)")
-            if deadline is not None and time.monotonic() > deadline:
-                raise MediaError(f"still decoding after this server's time for one video (at {f.time or 0:.1f} s "
-                                 "of it): a clip too long or too large to sample; send a shorter or smaller one")
-            yield f
-
-    return frames
+    for f in container.decode(stream):
+        if f.width * f.height > MAX_FRAME_PIXELS:
+            raise MediaError(f"a frame of {f.width}x{f.height} pixels (at {f.time or 0:.1f} s), more than this "
+                             f"extractor decodes ({MAX_FRAME_PIXELS:,} pixels, 8K UHD)")
+        if deadline is not None and time.monotonic() > deadline:
+            raise MediaError(f"still decoding after this server's time for one video (at {f.time or 0:.1f} s "
+                             "of it): a clip too long or too large to sample; send a shorter or smaller one")
+        yield f
 
 
-def _frames_by_seeking(container, decoded, stream, start: float, duration: float, n: int, size: int) -> list:
+def _frames_by_seeking(container, stream, start: float, duration: float, n: int, size: int,
+                       deadline: float | None) -> list:
     """The frame at each of ``n`` evenly spaced times, each decoded from the keyframe before it; a
     :class:`MediaError` when keyframes are more than :data:`MAX_FRAMES_PER_SEEK` frames apart (an hour-long
     clip with one keyframe made every sample decode it from the start: minutes per upload)."""
@@ -291,7 +287,7 @@ def _frames_by_seeking(container, decoded, stream, start: float, duration: float
         chosen = None
         try:
             container.seek(int(t / tb), stream=stream, backward=True)
-            for count, f in enumerate(decoded(), 1):
+            for count, f in enumerate(_checked_frames(container, stream, deadline), 1):
                 chosen = f
                 if f.time is None or f.time >= t - 0.5 / rate:
                     break
@@ -305,7 +301,7 @@ def _frames_by_seeking(container, decoded, stream, start: float, duration: float
     return frames
 
 
-def _frames_by_scanning(decoded, stream, n: int, size: int, scan_seconds: float) -> list:
+def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: float, deadline: float | None) -> list:
     """Streams without a duration: decode up to ``scan_seconds``, keeping evenly spaced frames.
 
     Every ``step``-th frame is kept; when more than 4n are kept, every other one is dropped and the
@@ -313,7 +309,7 @@ def _frames_by_scanning(decoded, stream, n: int, size: int, scan_seconds: float)
     """
     rate = float(stream.average_rate or stream.guessed_rate or 25.0)
     kept, step = [], 1
-    for index, f in enumerate(decoded()):
+    for index, f in enumerate(_checked_frames(container, stream, deadline)):
         t = f.time if f.time is not None else index / rate  # raw streams carry no timestamps
         if t > scan_seconds:
             break
