@@ -46,9 +46,16 @@ def test_round_trip(tiny_world, tiny_ds, tmp_path):
 
 
 def test_ipw_weights_default_inverse_popularity(tiny_ds):
-    counts = np.bincount(tiny_ds.splits["train"][:, 1], minlength=tiny_ds.n_tracks)
-    want = 1.0 / (1.0 + counts[tiny_ds.splits["test"][:, 1]])
-    np.testing.assert_allclose(tiny_ds.ipw_weights("test"), want / want.sum())
+    # by hand: tracks 0, 1 and 2 have 3, 1 and 0 training rows, so test rows of tracks 0, 1, 2 weigh 1/4, 1/2, 1,
+    # normalised by their sum 7/4
+    def rows(tracks):
+        return np.array([[0, t, 0] for t in tracks], np.int64)
+
+    roles = {s: info.role for s, info in tiny_ds.split_info.items()}
+    splits = {s: rows([0, 0, 0, 1]) if s == "train" else rows([]).reshape(0, 3) for s in tiny_ds.splits}
+    assert roles["train"] == "train" and sum(r == "train" for r in roles.values()) == 1
+    ds = dataclasses.replace(tiny_ds, splits={**splits, "test": rows([0, 1, 2])}, weights={})
+    np.testing.assert_allclose(ds.ipw_weights("test"), [1 / 7, 2 / 7, 4 / 7], rtol=1e-12)
 
 
 def test_confounder_prior_for_unknown_uploader(tiny_ds):

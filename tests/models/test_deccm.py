@@ -62,7 +62,16 @@ def test_adjustment_changes_the_order_of_tracks(tiny_ds):
     g = tiny_ds.n_genres
     likes_first = np.tile(np.r_[0.9, np.full(g - 1, 0.1 / (g - 1))], (20, 1)).astype(np.float32)
     likes_last = likes_first[:, ::-1].copy()
-    assert (_order(model, tiny_ds, videos, likes_first) != _order(model, tiny_ds, videos, likes_last)).any()
+    first_fan, last_fan = _order(model, tiny_ds, videos, likes_first), _order(model, tiny_ds, videos, likes_last)
+    assert (first_fan != last_fan).any()
+    # and in the taste's direction: each fan's top 10 holds more of the genre they like than the other fan's
+    genre = np.asarray(tiny_ds.track_genre)
+
+    def top10_share(order, of_genre):
+        return (genre[order[:, :10]] == of_genre).mean()
+
+    assert top10_share(first_fan, 0) > top10_share(last_fan, 0)
+    assert top10_share(last_fan, g - 1) > top10_share(first_fan, g - 1)
 
 
 def test_the_adjustment_is_a_genre_offset_not_a_constant_per_query(tiny_ds):
