@@ -1804,6 +1804,20 @@ def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorde
     printed = capsys.readouterr().out
     sampled_cell = change_cell(PairedComparison(**{k: c[k] for k in PairedComparison.__dataclass_fields__}))
     assert f"| mine | {sampled_cell} |" in printed and sampled_cell != cell
+    # --level reaches both: compare's interval and report's cell and sentence are of the level asked for
+    assert main(["compare", "--baseline", str(popularity_run), "--run", str(tmp_path / "mine.npy"), "--data",
+                 str(cli_world), "--split", "test", "--metric", "sampled_recall@10", "--level", "0.8", "--json",
+                 str(compared)]) == 0
+    c80 = json.loads(compared.read_text())
+    lo95, hi95 = c["difference_ci"]
+    lo80, hi80 = c80["difference_ci"]
+    assert c80["level"] == 0.8 and lo95 < lo80 < hi80 < hi95  # narrower, from the same bootstrap replicates
+    capsys.readouterr()
+    assert main(["report", *test_files, "--baseline", "popularity", "--metric", "sampled_recall@10", "--level",
+                 "0.8"]) == 0
+    printed = capsys.readouterr().out
+    cell80 = change_cell(PairedComparison(**{k: c80[k] for k in PairedComparison.__dataclass_fields__}))
+    assert f"| mine | {cell80} |" in printed and cell80 != sampled_cell and "80% paired bootstrap" in printed
     assert "Change of sampled (1+K) recall@10 over popularity on the same queries" in printed
     assert main(["report", *test_files, "--baseline", "popularity", "--metric", "ipw_recall@10"]) == 2
     assert _error(capsys) == ("error: --metric ipw_recall@10: the ranks files evaluate --ranks writes hold no IPW "
