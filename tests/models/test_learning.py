@@ -256,6 +256,30 @@ def test_a_diverging_training_says_when_and_what_to_change(tiny_ds, tiny_spec):
         model.fit(SplitView(tiny_ds, "train"), SplitView(tiny_ds, "val"))
 
 
+@pytest.mark.parametrize("grad_clip", [1e-3, 1e6])
+def test_every_step_s_gradient_norm_is_clipped_to_grad_clip(tiny_ds, tiny_spec, monkeypatch, grad_clip):
+    """The optimiser steps on gradients whose global norm is at most ``grad_clip``; far above every step's norm
+    (1e6), they are the loss's own, larger than 1e-3."""
+    import torch
+
+    norms = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    model = build("cmvae", tiny_spec, {"epochs": "1", "hidden": "16", "latent_dim": "4", "grad_clip": grad_clip})
+    model.fit(SplitView(tiny_ds, "train"), None)
+    assert len(norms) > 1
+    if grad_clip < 1:
+        assert max(norms) <= grad_clip * (1 + 1e-5)
+    else:
+        assert min(norms) > 1e-3
+
+
 def test_the_progress_bar_is_stopped_however_training_ends(tiny_ds, tiny_spec, monkeypatch):
     """A bar left running keeps the terminal's cursor hidden after Ctrl-C or SIGTERM."""
     import rich.progress
