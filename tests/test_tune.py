@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,18 @@ def test_a_stopped_grid_says_how_many_points_are_done_and_how_to_finish_it(tiny_
                     "training them again")
     assert main(shlex.split(resumed)[1:]) == 0
     assert [Path(args[2]).name for args in calls] == ["seed=0", "seed=1", "seed=1", "seed=2"]  # the first not again
+
+
+def test_tune_s_epochs_are_lines_on_stderr_in_a_log_as_train_s_are(tiny_dir, tmp_path, capsys):
+    """tune drew epochs only when stdout was a terminal: in a CI log or a file nothing showed a point's
+    training, where train prints a line per epoch on stderr."""
+    out = tmp_path / "tune"
+    assert main(["tune", "--data", str(tiny_dir), "--model", "cmvae", "--out", str(out), "--grid", "lr=0.002",
+                 "--grid", "lr=0.001", "--set", "epochs=2", "--set", "hidden=16", "--set", "latent_dim=4"]) == 0
+    said = capsys.readouterr()
+    epochs = [line for line in said.err.splitlines() if re.match(r"cmvae epoch \d+ loss .* val R@10 ", line)]
+    assert len(epochs) == 4, said.err  # two epochs of each of the two points
+    assert "[1/2] cmvae lr=0.002" in said.out and "best: " in said.out
 
 
 def test_resume_loads_a_point_trained_whole_whose_ranking_was_stopped(tiny_dir, tmp_path, monkeypatch):

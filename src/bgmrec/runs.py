@@ -637,7 +637,7 @@ class SharedTeachers:
             self.console.print(f"    teacher {folder.name}: training on the professional videos")
 
             def write(tmp: Path) -> None:
-                train_teacher(student, self.ds, tmp, progress=self.console.is_terminal)
+                train_teacher(student, self.ds, tmp, progress=not self.console.quiet)
                 write_json_atomic(tmp / "run.json", made)
 
             atomic_write_dir(folder, write, marker="config.json", version_key="bgmrec_version", what="a model run")

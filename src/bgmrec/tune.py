@@ -289,7 +289,7 @@ def _point_run(args: _GridArgs, point: _Point, record: dict, teachers: SharedTea
     if isinstance(shared, TrainingDiverged):
         raise TrainingDiverged(f"its teacher: {shared}")
     rec, seconds = train_model(args.data, args.model, point.run, sets=point.fields,
-                               teacher=args.teacher if shared is None else shared, progress=args.console.is_terminal)
+                               teacher=args.teacher if shared is None else shared, progress=not args.console.quiet)
     return _PointRun(rec, len(rec.history), seconds)
 
 

@@ -240,7 +240,8 @@ def list_models(
 def train(
     data: Path = typer.Option(..., help="dataset folder"),
     model: str = typer.Option(..., help="model name (see `bgmrec models`)"),
-    out: Path = typer.Option(..., help="run folder to write (config.json, weights.safetensors, history.json)"),
+    out: Path = typer.Option(..., help="run folder to write (config.json, weights.safetensors, run.json; "
+                             "history.json of a model trained in epochs)"),
     epochs: int | None = typer.Option(None, min=1, help="maximum epochs (trainable models; the others ignore it, "
                                       "with a warning); same as --set epochs=N"),
     seed: int | None = typer.Option(None, min=0, help="seed for initialisation and batching (default 0); same as "
