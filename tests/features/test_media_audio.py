@@ -290,6 +290,26 @@ def test_pruning_the_cache_keeps_the_entries_of_this_extraction_alone(tmp_path, 
     assert "pruned the cache: every entry is used by this extraction, nothing removed" in capsys.readouterr().out
 
 
+def test_extract_music_s_sample_rate_and_seconds_reach_the_analysis(tmp_path, music_dir):
+    """--sample-rate and --seconds were tested only as refusals: a valid value is what the tracks are analysed
+    at (the manifest's settings, the vectors) and what the cache is keyed by."""
+    from bgmrec.cli import main
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "track1.mp3").write_bytes((music_dir / "track1.mp3").read_bytes())
+    vectors = {}
+    for rate, seconds in ((22050, 30.0), (16000, 30.0), (22050, 0.5)):
+        out = tmp_path / f"cat-{rate}-{seconds}"
+        assert main(["extract-music", str(one), "--out", str(out), "--workers", "1", "--no-progress",
+                     "--sample-rate", str(rate), "--seconds", str(seconds), "--cache", str(tmp_path / "cache")]) == 0
+        settings = json.loads((out / "manifest.json").read_text())["settings"]
+        assert (settings["sample_rate"], settings["max_seconds"]) == (rate, seconds)
+        vectors[rate, seconds] = np.load(out / "music.npy")
+    default = vectors[22050, 30.0]
+    assert not np.allclose(vectors[16000, 30.0], default) and not np.allclose(vectors[22050, 0.5], default)
+
+
 def test_a_damaged_cache_entry_is_analysed_again_not_stacked(tmp_path, music_dir):
     out = tmp_path / "cat"
     extract_music(music_dir, out, extractor=Counting(), progress=False)
