@@ -151,3 +151,39 @@ def test_ranks_of_reads_the_protocol_s_column_and_names_a_split_without_sampled_
     with pytest.raises(ValueError, match=r"r\.csv: no sampled ranks \(its split has no frozen negatives\); compare "
                                          r"full-catalogue ranks$"):
         ranks_of("r.json", full_only, "sampled")
+
+
+def test_the_plots_draw_each_result_s_own_figures(tmp_path, monkeypatch):
+    """The plot tests checked only that a PNG was written: here the drawn series are read back (the truth's bars
+    are the positives' shares, each model's its top-10 shares; the recall curves are each model's, the oracle
+    dashed)."""
+    import numpy as np
+
+    from bgmrec.eval import report
+
+    drawn = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, out, dpi: (drawn.append(fig), out)[1])
+    truth = {"pop": 0.6, "rock": 0.3, "folk": 0.1}
+    results = [{"model": m, "split": "test", "inference_mode": mode,
+                "full_recall_curve": {"1": r1, "10": r1 + 0.2, "100": r1 + 0.4},
+                "bias": {"truth_genre_share": truth, "genre_share@10": shares}}
+               for m, mode, r1, shares in (("cmvae", None, 0.1, {"pop": 0.8, "rock": 0.15, "folk": 0.05}),
+                                           ("deccm", "content", 0.2, {"pop": 0.5, "rock": 0.3, "folk": 0.2}),
+                                           ("oracle", None, 0.3, {"pop": 0.55, "rock": 0.3, "folk": 0.15}))]
+    results.append({**results[0], "split": "val", "model": "other"})  # another split's: not drawn
+
+    report.plot_genre_shares(results, "test", tmp_path / "g.png")
+    bars = drawn[-1].axes[0].containers
+    assert [c.get_label() for c in bars] == ["truth (positives)", "cmvae", "deccm [content]", "oracle"]
+    for c, shares in zip(bars, [truth, *(r["bias"]["genre_share@10"] for r in results[:3])], strict=True):
+        np.testing.assert_allclose([b.get_height() for b in c], list(shares.values()))
+
+    report.plot_recall_curves(results, "test", tmp_path / "r.png")
+    lines = drawn[-1].axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["cmvae", "deccm [content]", "oracle"]
+    for line, r in zip(lines, results[:3], strict=True):
+        np.testing.assert_allclose(line.get_xdata(), [1, 10, 100])
+        np.testing.assert_allclose(line.get_ydata(), list(r["full_recall_curve"].values()))
+    assert [line.get_linestyle() for line in lines] == ["-", "-", "--"]
+    for fig in drawn:
+        report.pyplot().close(fig)
