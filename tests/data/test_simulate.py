@@ -426,3 +426,22 @@ def test_simulate_refuses_a_place_it_may_not_write_before_simulating(tmp_path, m
     with pytest.raises(DatasetError, match="notes.txt: exists and is not a folder; refusing to replace it"):
         sim.simulate_and_save(world_config("tiny"), notes)
     assert notes.read_text() == "mine"
+
+
+def test_each_video_s_text_noise_is_log_normal_around_text_noise(tiny_world):
+    """The per-video text noise level (why the text expert's precision varies, and PoE weighs it): the same world
+    without text noise gives each caption's clean features (the noise draws are the same), so a video's residual
+    is its own level times standard normals; its level's log has median log(text_noise) and sd text_noise_spread,
+    and with no spread every level is text_noise."""
+    ds, _ = tiny_world
+    without_noise = simulate(world_config("tiny", text_noise=0.0))[0]
+    np.testing.assert_array_equal(without_noise.video_visual, ds.video_visual)  # the same world otherwise
+    clean = np.asarray(without_noise.video_text, np.float64)
+    has_text = np.asarray(ds.video_text_mask, bool)
+    for spread in (0.8, 0.0):
+        noisy = ds if spread == 0.8 else simulate(world_config("tiny", text_noise_spread=0.0))[0]
+        residual = np.asarray(noisy.video_text, np.float64)[has_text] - clean[has_text]
+        log_level = np.log(np.sqrt((residual**2).mean(axis=1)))  # each video's level, from its text_dim draws
+        assert np.median(log_level) == pytest.approx(np.log(0.4), abs=0.05)
+        estimation_sd = 1 / np.sqrt(2 * residual.shape[1])  # of the log of a level estimated from text_dim draws
+        assert log_level.std() == pytest.approx(np.hypot(spread, estimation_sd), abs=0.05)
