@@ -733,6 +733,48 @@ def test_a_test_row_that_is_a_training_pair_is_refused(tiny_world, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_val_row_that_is_a_training_pair_is_refused(tiny_world):
+    """Model selection on a val row whose answer was trained on leaks it, as a test row does (the check
+    covered val and test; only test was tested)."""
+    ds, _ = tiny_world
+    val = np.array(ds.splits["val"])
+    val[3, :2] = ds.splits["train"][7, :2]
+    with pytest.raises(DatasetError, match=r"splits/val.npy: expected no \(video, track\) pair of a training split "
+                                           r"\(row \[3\]"):
+        _replaced(ds, splits={"val": val}).validate()
+
+
+def test_a_val_row_of_a_held_out_track_is_refused_whatever_its_candidates(tiny_world):
+    from bgmrec.data.dataset import SplitInfo
+
+    ds, _ = tiny_world
+    val = np.array(ds.splits["val"])
+    val[2, 1] = int(np.flatnonzero(ds.track_new)[0])
+    with pytest.raises(DatasetError, match=r"splits/val.npy: expected only tracks not marked new in tracks.csv "
+                                           r"\(a train/val row uses a held-out track\)"):
+        _replaced(ds, splits={"val": val}, split_info={"val": SplitInfo("val", "all")}).validate()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("weights", -1.0, r"weights/test.npy: expected finite numeric weights >= 0, not all zero"),
+    ("track_genre", -1, r"tracks.csv genre: expected ids in \[0, \d+\) \(entry \[4\] is \[-1\]\)"),
+])
+def test_a_negative_weight_or_genre_id_is_refused(tiny_world, field, value, words):
+    """A negative IPW weight (the sum still positive) and a genre id of -1 (read as the last genre) are
+    refused, naming the file."""
+    ds, _ = tiny_world
+    if field == "weights":
+        w = np.ones(len(ds.splits["test"]))
+        w[4] = value
+        bad = _replaced(ds, weights={"test": w})
+    else:
+        genre = np.array(ds.track_genre)
+        genre[4] = value
+        bad = dataclasses.replace(ds, track_genre=genre)
+    with pytest.raises(DatasetError, match=words):
+        bad.validate()
+
+
 def test_another_folder_bgmrec_writes_is_named_for_what_it_is_not_a_missing_field(tiny_ds, tmp_path):
     # a catalogue given as a dataset said "catalog/manifest.json: missing field 'format_version'"
     from bgmrec.data.tt150k import SIDECAR
