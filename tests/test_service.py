@@ -155,6 +155,7 @@ def test_excluded_tracks_are_never_returned(client, tiny_ds):
     ({"visual": [0.1, 0.2]}, "visual: expected"),
     ({"text": [0.0]}, "text: expected"),
     ({"top": 0}, "top: Input should be greater than or equal to 1"),
+    ({"top": 1001}, "top: Input should be less than or equal to 1000"),
     ({"taste": {"polka": 1.0}}, "unknown genre(s) polka"),
     ({"taste": {"pop": 0.0}}, "taste: weights must be finite, non-negative and not all zero"),
 ])
@@ -162,6 +163,16 @@ def test_bad_requests_get_a_422_naming_the_field(client, tiny_ds, change, words)
     r = client.post("/recommend", json={**clip_body(tiny_ds, 0), **change})
     assert r.status_code == 422
     assert words in json.dumps(r.json()["detail"])
+
+
+def test_a_batch_of_more_clips_than_max_batch_gets_a_422(client, tiny_ds):
+    from bgmrec.service import MAX_BATCH
+
+    body = clip_body(tiny_ds, 0)
+    r = client.post("/recommend/batch", json={"clips": [body] * (MAX_BATCH + 1), "top": 1})
+    assert r.status_code == 422 and f"at most {MAX_BATCH} items" in json.dumps(r.json()["detail"])
+    r = client.post("/recommend/batch", json={"clips": [body, body], "top": 1001})
+    assert r.status_code == 422 and "top: Input should be less than or equal to 1000" in json.dumps(r.json()["detail"])
 
 
 def test_an_exclude_id_not_in_the_catalogue_is_passed_over_and_named(client, tiny_ds):
