@@ -137,3 +137,19 @@ def test_a_run_whose_record_is_damaged_says_its_training_settings_are_not_compar
         assert run_record_damaged(folder) is damaged
         warnings_ = ClipRecommender(load_model(folder), open_catalog(tiny_ds.root)).warnings
         assert warnings_ == ([said] if damaged else []), record
+
+
+def test_catalogue_tracks_without_a_genre_are_the_genre_unknown(tiny_ds, popularity):
+    """Extraction stores a track without genre as "": answers label it "unknown", so "unknown" is what a
+    request's genres may name for it (and "" is no genre name)."""
+    empty = set(tiny_ds.track_ids[:3])
+    catalog = catalog_of(tiny_ds)
+    catalog.genre = ["" if i in empty else g for i, g in zip(catalog.ids, catalog.genre, strict=True)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FeatureMismatchWarning)  # "unknown" is no genre the model was trained on
+        rec = ClipRecommender(popularity, catalog)
+    assert "unknown" in rec.genre_names and "" not in rec.genre_names
+    clip = ClipFeatures(np.asarray(tiny_ds.video_visual[0]), np.asarray(tiny_ds.video_text[0]),
+                        bool(tiny_ds.video_text_mask[0]))
+    tracks = rec.recommend([clip], 10, genres=[["unknown"]])[0]["tracks"]
+    assert {t["id"] for t in tracks} == empty and {t["genre"] for t in tracks} == {"unknown"}
