@@ -602,6 +602,18 @@ def test_export_import_round_trip_is_exact(tmp_path, tiny_world):
     assert np.array_equal(ds.confounder(tr[:, 2]), back.confounder(tb[:, 2]))
 
 
+@pytest.mark.parametrize("width", [257, 301])
+def test_music_wider_than_the_layout_s_two_parts_round_trips_exactly(tmp_path, tiny_world, width):
+    """The layout keeps music as two files of 128 columns each; wider music is split in halves (the second
+    zero-padded when the width is odd) and put back whole."""
+    import dataclasses
+
+    wide = np.random.default_rng(width).normal(size=(tiny_world.n_tracks, width)).astype(np.float32)
+    export_tt150k(dataclasses.replace(tiny_world, music=wide), tmp_path / "ref")
+    import_tt150k(tmp_path / "ref", tmp_path / "back")
+    assert np.array_equal(np.asarray(load_dataset(tmp_path / "back").music), wide)
+
+
 def test_export_of_a_catalogue_too_small_for_the_layout_s_negatives_says_how_large_it_must_be(tmp_path):
     small, _ = simulate(world_config("tiny", n_tracks=60))
     with pytest.raises(ValueError, match=f"60 tracks cannot give {N_NEG} negatives: .* at least {N_NEG + 1} tracks"):
