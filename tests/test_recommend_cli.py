@@ -250,6 +250,13 @@ def test_features_extracted_otherwise_than_the_training_data_are_warned_of(world
     assert main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
                  str(tmp_path / "vf2"), "--video-id", "clip05", "--json"]) == 0
     assert "clips are sampled at 2 frames, the model's training videos at 4" in one_line_err(capsys)
+    # a backfill of that folder says it too: once on stderr, and in every line's warnings
+    answers = tmp_path / "answers.jsonl"
+    assert main(["recommend", "--run", str(world / "run"), "--catalog", str(world / "catalog"), "--features",
+                 str(tmp_path / "vf2"), "--all-videos", "--out", str(answers)]) == 0
+    assert "clips are sampled at 2 frames, the model's training videos at 4" in one_line_err(capsys)
+    lines = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert lines and all(any("clips are sampled at 2 frames" in w for w in a["warnings"]) for a in lines)
 
 
 def test_recommend_refuses_personalised_mode_and_a_folder_as_the_clip_naming_what_to_do(world, tmp_path, capsys):
