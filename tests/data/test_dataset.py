@@ -675,6 +675,26 @@ def test_sample_negatives_do_not_depend_on_the_block(monkeypatch):
     assert set(rng.shapes) == {(4, len(cand))} and len(rng.shapes) == 250
 
 
+@pytest.mark.parametrize("draw", ["random", "by_id"])
+def test_an_excluded_track_outside_the_candidates_changes_no_negative(draw):
+    """A new-music row's video may have another, existing track: it is no candidate, so excluding it must leave
+    the row's negatives as they are (looked up among the candidates, a track that is none had landed on the
+    column of another and pushed that candidate back)."""
+    from bgmrec.data.negatives import id_keys, negatives_by_id, sample_negatives
+
+    cand = np.arange(10, 16)  # tracks 0 to 9 are not candidates; 4 of a row's other 5 are drawn
+    pos = np.array([12, 13, 15])
+    outside = (np.array([0, 1, 2]), np.array([3, 5, 9]))  # each row's other positive, outside the candidates
+
+    def draw_negatives(exclude):
+        if draw == "random":
+            return sample_negatives(pos, cand, 4, np.random.default_rng(4), exclude=exclude)
+        return negatives_by_id(pos, id_keys(["a", "b", "c"]), cand, id_keys([f"t{i}" for i in range(16)]), 4,
+                               exclude=exclude)
+
+    np.testing.assert_array_equal(draw_negatives(outside), draw_negatives(None))
+
+
 def test_sample_negatives_all_others_and_too_many():
     from bgmrec.data.negatives import sample_negatives
 
