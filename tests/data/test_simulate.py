@@ -442,6 +442,13 @@ def test_each_video_s_text_noise_is_log_normal_around_text_noise(tiny_world):
         noisy = ds if spread == 0.8 else simulate(world_config("tiny", text_noise_spread=0.0))[0]
         residual = np.asarray(noisy.video_text, np.float64)[has_text] - clean[has_text]
         log_level = np.log(np.sqrt((residual**2).mean(axis=1)))  # each video's level, from its text_dim draws
-        assert np.median(log_level) == pytest.approx(np.log(0.4), abs=0.05)
-        estimation_sd = 1 / np.sqrt(2 * residual.shape[1])  # of the log of a level estimated from text_dim draws
-        assert log_level.std() == pytest.approx(np.hypot(spread, estimation_sd), abs=0.05)
+        # a level estimated from k draws is the true one times sqrt(chi2_k / k): its log is shifted by half the
+        # log of chi2_k's median over k (Wilson-Hilferty) and spread by half the sd of log chi2_k
+        # (sqrt(trigamma(k / 2)), its series)
+        k, n = residual.shape[1], len(residual)
+        shift = 1.5 * np.log(1 - 2 / (9 * k))
+        half_k = k / 2
+        sd = np.hypot(spread, 0.5 * np.sqrt(1 / half_k + 1 / (2 * half_k**2) + 1 / (6 * half_k**3)))
+        # within 3 standard errors of a sample median and of a sample sd
+        assert np.median(log_level) == pytest.approx(np.log(0.4) + shift, abs=3 * 1.2533 * sd / np.sqrt(n))
+        assert log_level.std() == pytest.approx(sd, abs=3 * sd / np.sqrt(2 * n))
