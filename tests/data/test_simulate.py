@@ -429,26 +429,26 @@ def test_simulate_refuses_a_place_it_may_not_write_before_simulating(tmp_path, m
 
 
 def test_each_video_s_text_noise_is_log_normal_around_text_noise(tiny_world):
-    """The per-video text noise level (why the text expert's precision varies, and PoE weighs it): the same world
-    without text noise gives each caption's clean features (the noise draws are the same), so a video's residual
-    is its own level times standard normals; its level's log has median log(text_noise) and sd text_noise_spread,
-    and with no spread every level is text_noise."""
+    """The per-video text noise level (why the text expert's precision varies, and PoE weighs it). The noise
+    draws do not depend on the levels, so the same world without text noise gives each caption's clean features,
+    and without spread the same noise at the level text_noise:
+    - those residuals are text_noise times standard normals (their root mean square is text_noise);
+    - each video's own residual is that one times a single factor exp(text_noise_spread z), the same for every
+      feature of the video, whose log has mean 0 and sd text_noise_spread over the videos.
+    Each figure within 3 standard errors of its sample statistic."""
     ds, _ = tiny_world
-    without_noise = simulate(world_config("tiny", text_noise=0.0))[0]
-    np.testing.assert_array_equal(without_noise.video_visual, ds.video_visual)  # the same world otherwise
-    clean = np.asarray(without_noise.video_text, np.float64)
+    config = world_config("tiny")
+    clean, flat = (simulate(world_config("tiny", **change))[0] for change in ({"text_noise": 0.0},
+                                                                             {"text_noise_spread": 0.0}))
+    np.testing.assert_array_equal(clean.video_visual, ds.video_visual)  # the same world otherwise
     has_text = np.asarray(ds.video_text_mask, bool)
-    for spread in (0.8, 0.0):
-        noisy = ds if spread == 0.8 else simulate(world_config("tiny", text_noise_spread=0.0))[0]
-        residual = np.asarray(noisy.video_text, np.float64)[has_text] - clean[has_text]
-        log_level = np.log(np.sqrt((residual**2).mean(axis=1)))  # each video's level, from its text_dim draws
-        # a level estimated from k draws is the true one times sqrt(chi2_k / k): its log is shifted by half the
-        # log of chi2_k's median over k (Wilson-Hilferty) and spread by half the sd of log chi2_k
-        # (sqrt(trigamma(k / 2)), its series)
-        k, n = residual.shape[1], len(residual)
-        shift = 1.5 * np.log(1 - 2 / (9 * k))
-        half_k = k / 2
-        sd = np.hypot(spread, 0.5 * np.sqrt(1 / half_k + 1 / (2 * half_k**2) + 1 / (6 * half_k**3)))
-        # within 3 standard errors of a sample median and of a sample sd
-        assert np.median(log_level) == pytest.approx(np.log(0.4) + shift, abs=3 * 1.2533 * sd / np.sqrt(n))
-        assert log_level.std() == pytest.approx(sd, abs=3 * sd / np.sqrt(2 * n))
+    clean_text = np.asarray(clean.video_text, np.float64)[has_text]
+    at_median = np.asarray(flat.video_text, np.float64)[has_text] - clean_text
+    own = np.asarray(ds.video_text, np.float64)[has_text] - clean_text
+    assert np.sqrt((at_median**2).mean()) == pytest.approx(config.text_noise, rel=3 / np.sqrt(2 * at_median.size))
+    factor = (own * at_median).sum(axis=1) / (at_median**2).sum(axis=1)  # each video's, by least squares
+    np.testing.assert_allclose(own, factor[:, None] * at_median, atol=1e-5)  # one factor for all its features
+    log_factor, n = np.log(factor), len(factor)
+    spread = config.text_noise_spread
+    assert log_factor.mean() == pytest.approx(0.0, abs=3 * spread / np.sqrt(n))
+    assert log_factor.std() == pytest.approx(spread, rel=3 / np.sqrt(2 * n))
