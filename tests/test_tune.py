@@ -174,14 +174,21 @@ def test_a_stopped_grid_says_how_many_points_are_done_and_how_to_finish_it(tiny_
 
 def test_tune_s_epochs_are_lines_on_stderr_in_a_log_as_train_s_are(tiny_dir, tmp_path, capsys):
     """tune drew epochs only when stdout was a terminal: in a CI log or a file nothing showed a point's
-    training, where train prints a line per epoch on stderr."""
-    out = tmp_path / "tune"
-    assert main(["tune", "--data", str(tiny_dir), "--model", "cmvae", "--out", str(out), "--grid", "lr=0.002",
-                 "--grid", "lr=0.001", "--set", "epochs=2", "--set", "hidden=16", "--set", "latent_dim=4"]) == 0
+    training, nor its shared teacher's, where train prints a line per epoch on stderr; --no-progress, as
+    train's, turns them off."""
+    small = ["--set", "epochs=2", "--set", "hidden=16", "--set", "latent_dim=4"]
+    assert main(["tune", "--data", str(tiny_dir), "--model", "deccm", "--out", str(tmp_path / "shown"), "--grid",
+                 "lr=0.002", "--grid", "lr=0.001", *small]) == 0
     said = capsys.readouterr()
-    epochs = [line for line in said.err.splitlines() if re.match(r"cmvae epoch \d+ loss .* val R@10 ", line)]
-    assert len(epochs) == 4, said.err  # two epochs of each of the two points
-    assert "[1/2] cmvae lr=0.002" in said.out and "best: " in said.out
+    epochs = re.findall(r"^(deccm|deccm's teacher \(cmvae\)) epoch \d+ loss .* val R@10 ", said.err, re.MULTILINE)
+    assert epochs.count("deccm") == 4, said.err  # two epochs of each of the two points
+    assert epochs.count("deccm's teacher (cmvae)") >= 1  # the teacher both points share, trained once
+    assert "[1/2] deccm lr=0.002" in said.out and "best: " in said.out
+    teacher = next((tmp_path / "shown" / "teachers").iterdir())  # not trained again
+    assert main(["tune", "--data", str(tiny_dir), "--model", "deccm", "--out", str(tmp_path / "quiet"), "--grid",
+                 "lr=0.002", *small, "--teacher", str(teacher), "--no-progress"]) == 0
+    said = capsys.readouterr()
+    assert " epoch " not in said.err and "[1/1] deccm lr=0.002" in said.out
 
 
 def test_resume_loads_a_point_trained_whole_whose_ranking_was_stopped(tiny_dir, tmp_path, monkeypatch):

@@ -95,7 +95,7 @@ def run_tuned(data: Path, models: list[str], grid: dict[str, list[str]], work: P
     try:
         for model in models:
             trials = run_grid(data, model, grid, Path(work) / model, per_model[model], seed, console=console,
-                              resume=resume)
+                              resume=resume, progress=True)
             tuned[model] = _tuned(trials, grid, Path(work) / model)
             for t in trials:
                 results += _point_results(Path(t.run), ds, splits, model, point_name(t.settings, grid))

@@ -128,7 +128,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
     ds = load_dataset(data)
     results: list[dict] = []
     timings = {}
-    teachers = SharedTeachers(out / TEACHERS, ds, console)  # DecCM and its ablations share one teacher
+    teachers = SharedTeachers(out / TEACHERS, ds, console, progress=True)  # DecCM and its ablations share one teacher
     for name in models or DEMO_MODELS:
         run = out / "runs" / name
         _, seconds = train_model(data, name, run, seed=seed, teacher=teachers.for_model(name, {"seed": seed}),

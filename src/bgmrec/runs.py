@@ -582,10 +582,12 @@ class SharedTeachers:
     run again, or ``tune --resume``), under any folder name, is loaded, so the runs that already refer to it
     keep it; otherwise one is trained and replaces ``root/<name>``, so a teacher of another world, features,
     config or code, or one that does not load, is never taken. ``data_record``: the dataset's
-    :func:`dataset_record` when the caller has taken it already (else it is taken when a teacher is first needed).
+    :func:`dataset_record` when the caller has taken it already (else it is taken when a teacher is first needed);
+    ``progress``: each teacher's training shows its epochs on stderr, as ``train``'s (``fit``'s ``progress``).
     """
 
-    def __init__(self, root: Path, ds, console: Console, data_record: dict | None = None) -> None:
+    def __init__(self, root: Path, ds, console: Console, data_record: dict | None = None,
+                 progress: bool = False) -> None:
         if ds.root is None:
             raise ValueError("SharedTeachers needs a dataset loaded from its folder (load_dataset): a teacher's "
                              "record holds the folder's fingerprints")
@@ -596,6 +598,7 @@ class SharedTeachers:
         self._made: dict | None = None  # the dataset's fingerprints and the code, once a teacher needs them
         # the dataset's record when the caller took it (its features' fingerprint reads every feature byte: once)
         self._data_record = data_record
+        self.progress = progress  # a teacher's training shows its epochs on stderr
 
     def for_model(self, model: str, sets: dict, name: str | None = None) -> Path | None:
         """The teacher folder for the model ``model`` with the config fields ``sets`` (as
@@ -637,7 +640,7 @@ class SharedTeachers:
             self.console.print(f"    teacher {folder.name}: training on the professional videos")
 
             def write(tmp: Path) -> None:
-                train_teacher(student, self.ds, tmp, progress=not self.console.quiet)
+                train_teacher(student, self.ds, tmp, progress=self.progress)
                 write_json_atomic(tmp / "run.json", made)
 
             atomic_write_dir(folder, write, marker="config.json", version_key="bgmrec_version", what="a model run")

@@ -84,7 +84,7 @@ def trial_folder(settings: dict[str, str]) -> str:
 
 def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets: dict | None = None,
              seed: int | None = None, teacher: Path | None = None, console: Console | None = None,
-             resume: bool = False) -> list[Trial]:
+             resume: bool = False, progress: bool = False) -> list[Trial]:
     """Train ``model`` at every point of ``grid`` (on top of ``sets``) into ``out/<point>``, rank each on
     val, write ``out/tuning.json`` (after every point) and ``out/tuning.md``; return the trials, best val
     Recall@10 first. Both files record the command that started the grid (:func:`tune_command`; with ``resume``,
@@ -92,7 +92,9 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
     every point used (``seed`` None: ``sets``' seed or the config's default, 0); ``tuning.md`` also says the
     inference mode each point was ranked in, for a model with several. The last ``tuning.json`` (``complete``)
     and ``tuning.md`` are renamed into place together (:func:`~bgmrec.data.dataset.write_files_together`), so
-    a stop while they are written leaves no summary of one grid beside the record of another.
+    a stop while they are written leaves no summary of one grid beside the record of another. ``console``: where a
+    line per point is said (none by default); ``progress``: each point's training (and a shared teacher's) shows
+    its epochs on stderr, as ``train``'s.
 
     ``out`` must be a new or empty folder, or with ``resume`` the folder of a stopped run of the same grid
     (same model, dataset, grid, fixed fields and seed, as its ``tuning.json`` records; the seed as used, so
@@ -113,7 +115,7 @@ def run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets
 
     with writing_lock(Path(out)), note_on_stop(lambda: resume_note(
             Path(out), len(grid_points(grid)), tune_command(data, model, out, grid, sets, seed, teacher, resume=True))):
-        return _run_grid(data, model, grid, out, sets, seed, teacher, console, resume)
+        return _run_grid(data, model, grid, out, sets, seed, teacher, console, resume, progress)
 
 
 def resume_note(out: Path, points: int, resumed: str) -> str:
@@ -130,7 +132,7 @@ def resume_note(out: Path, points: int, resumed: str) -> str:
 
 
 def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, sets: dict | None, seed: int | None,
-              teacher: Path | None, console: Console | None, resume: bool) -> list[Trial]:
+              teacher: Path | None, console: Console | None, resume: bool, progress: bool) -> list[Trial]:
     """:func:`run_grid`'s work: the grid's record (:func:`_grid_record`, :func:`_resumed`), then each point trained
     or loaded (:func:`_point_run`), ranked on val (:func:`_ranked_trial`) and saved, and the summary."""
     from bgmrec.data.dataset import write_json_atomic
@@ -138,7 +140,7 @@ def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, set
     from bgmrec.train import TrainingDiverged
 
     console = console or Console(quiet=True)
-    args = _GridArgs(data, model, out, sets, seed, teacher, console, resume)
+    args = _GridArgs(data, model, out, sets, seed, teacher, console, resume, progress)
     trained_on = dataset_record(data)  # taken once: the features' fingerprint reads every feature byte
     record = _grid_record(args, grid, trained_on)
     record, grid, finished = _resumed(args, grid, record) if resume else (record, grid, {})
@@ -147,7 +149,7 @@ def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, set
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "trials": []})
-    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console, trained_on)  # a stopped grid's are loaded
+    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console, trained_on, progress)  # a stopped grid's: loaded
     trials: list[Trial] = []
     diverged: list[dict] = stopped_diverged(Path(out)) if resume else []  # points a resumed grid does not retry
     first_gains = None
@@ -185,6 +187,7 @@ class _GridArgs:
     teacher: Path | None
     console: Console
     resume: bool
+    progress: bool = False  # each point's training shows its epochs on stderr
 
     def command(self, grid: dict[str, list[str]], resume: bool = False) -> str:
         """The ``bgmrec tune`` command of these arguments and ``grid`` (:func:`tune_command`)."""
@@ -289,7 +292,7 @@ def _point_run(args: _GridArgs, point: _Point, record: dict, teachers: SharedTea
     if isinstance(shared, TrainingDiverged):
         raise TrainingDiverged(f"its teacher: {shared}")
     rec, seconds = train_model(args.data, args.model, point.run, sets=point.fields,
-                               teacher=args.teacher if shared is None else shared, progress=not args.console.quiet)
+                               teacher=args.teacher if shared is None else shared, progress=args.progress)
     return _PointRun(rec, len(rec.history), seconds)
 
 

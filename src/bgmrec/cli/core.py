@@ -295,6 +295,7 @@ def tune(
                                         "per backbone config and shared)"),
     resume: bool = flag(False, help="finish a stopped grid in --out (same arguments): its finished points "
                                 "are loaded, not retrained"),
+    progress: bool = flag(True, help="show each point's epochs on stderr (a bar on a terminal, else a line each)"),
     threads: int | None = threads_option(),
 ) -> None:
     """Grid search on val: train every combination of --grid values, rank each on val, compare with the first."""
@@ -304,7 +305,8 @@ def tune(
     from bgmrec.tune import parse_grid, run_grid, tuning_rows
 
     with said_when_stopped():  # how many points are done, and the command that finishes the grid
-        trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console, resume)
+        trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console, resume,
+                          progress)
     head, *rows = tuning_rows(trials)
     t = Table(title=f"{model} on val, best first (written to {out / 'tuning.md'})")
     for i, h in enumerate(head):
