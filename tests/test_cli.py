@@ -1761,8 +1761,8 @@ def test_report_makes_a_table_of_one_dataset_s_results_with_what_a_reviewer_chec
         assert f"broken.json: {said}" in " ".join(capsys.readouterr().err.split())
 
 
-def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorded(cli_world, popularity_run,
-                                                                                  tmp_path, capsys):
+def test_report_pairs_each_row_with_the_baseline_from_the_ranks_evaluate_recorded_at_the_level_asked(
+        cli_world, popularity_run, tmp_path, capsys):
     # a researcher's table for a paper wants each model's change over the baseline with its interval, from the
     # evaluate --json files they have, without ranking again (compare needs the runs and the dataset)
     import numpy as np

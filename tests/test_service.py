@@ -165,7 +165,7 @@ def test_bad_requests_get_a_422_naming_the_field(client, tiny_ds, change, words)
     assert words in json.dumps(r.json()["detail"])
 
 
-def test_a_batch_of_more_clips_than_max_batch_gets_a_422(client, tiny_ds):
+def test_a_batch_past_its_limits_gets_a_422_naming_them(client, tiny_ds):
     from bgmrec.service import MAX_BATCH
 
     body = clip_body(tiny_ds, 0)

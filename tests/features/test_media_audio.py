@@ -275,13 +275,14 @@ def test_pruning_the_cache_keeps_the_entries_of_this_extraction_alone(tmp_path, 
     (other / "settings.json").write_text("{}")
     (music_dir / "track4.m4a").unlink()  # a track gone from the collection
     rep = extract_music(music_dir, out, extractor=Counting(), progress=False)
-    assert rep.pruned is None and len(list(cache.rglob("*.npy"))) == 11  # kept unless asked
+    assert rep.pruned is None and len(list(cache.rglob("*.npy"))) == len(entries) + len(stale)  # kept unless asked
     sizes = {p: p.stat().st_size for p in cache.rglob("*.npy")}
     rep = extract_music(music_dir, out, extractor=(again := Counting()), progress=False, prune_cache=True)
     assert again.calls == 0 and rep.cached == 4
     left = sorted(cache.rglob("*.npy"))
     assert len(left) == 4 and set(left) < set(entries)  # this run's four tracks
-    assert rep.pruned == (7, sum(size for p, size in sizes.items() if p not in left))  # the gone track's, the stale
+    assert rep.pruned == (1 + len(stale), sum(size for p, size in sizes.items() if p not in left))  # the gone
+    # track's and the other settings' entries
     assert not (cache / "0123456789abcdef").exists()  # the other settings' folder, emptied, is gone
     assert {r[5] for r in csv.reader((out / "tracks.csv").open())} - {"sha256"} == {p.stem for p in left}
     mf.write_audio(music_dir / "track4.m4a", mf.chord([660.0], 1.5))
