@@ -423,7 +423,7 @@ def test_modality_shares_follow_the_scores_mixture(tiny_dir, tmp_path):
     ds = load_dataset(tiny_dir)
     model = _student_with_teacher(ds, tmp_path / "run")
     q = VideoQuery.from_dataset(ds, np.arange(8))
-    w = model.config.teacher_mix
+    model.config.teacher_mix = w = 0.25  # not the default's 0.5, where the two weights are alike
     model.set_inference_mode("backdoor")
     student = model.modality_shares(q)
     teacher = model.teacher.modality_shares(q)
@@ -778,6 +778,30 @@ def test_a_teacher_on_another_scale_is_refused(tiny_ds, setting):
     student.set_teacher(as_fitted(build("cmvae", FeatureSpec.of(tiny_ds), {})), None)  # the student's own: taken
     with pytest.raises(ValueError, match=r"^the teacher \(cmvae\) is not fitted: fit it on the professional videos"):
         build("deccm", FeatureSpec.of(tiny_ds), {}).set_teacher(build("cmvae", FeatureSpec.of(tiny_ds), {}), None)
+
+
+def test_a_teacher_of_other_feature_widths_is_refused(tiny_ds):
+    import dataclasses
+
+    spec = FeatureSpec.of(tiny_ds)
+    other = dataclasses.replace(spec, video_visual=spec.video_visual + 1)
+    student = build("deccm", spec, {})
+    with pytest.raises(ValueError, match="^the teacher was trained on other feature dimensions than the student$"):
+        student.set_teacher(as_fitted(build("cmvae", other, {})), None)
+    assert student.teacher is None
+
+
+def test_a_deccm_student_is_refused_as_a_teacher(tiny_dir, tmp_path):
+    """A teacher is a CMVAE fitted on the professional videos: a student (a CMVAE subclass) given as one would
+    have been distilled from and mixed in."""
+    from bgmrec.models.deccm import load_teacher
+
+    ds = load_dataset(tiny_dir)
+    _student_with_teacher(ds, tmp_path / "run").save(tmp_path / "student")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'student'}: a teacher must be a cmvae run, found 'deccm'$"):
+        load_teacher(tmp_path / "student")
+    with pytest.raises(ValueError, match="a teacher must be a cmvae run, found 'deccm'"):
+        prepare_teacher(build("deccm", FeatureSpec.of(ds), {}), ds, tmp_path / "again", tmp_path / "student")
 
 
 def test_a_teacher_given_to_a_model_that_takes_none_is_refused(tiny_dir, tmp_path):
