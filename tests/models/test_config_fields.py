@@ -135,3 +135,13 @@ def test_a_path_given_for_a_string_field_is_taken_as_its_string_and_a_missing_fi
     assert with_overrides(NamedConfig(), {"cache": Path("x")}).cache == "x"
     assert _error(RequiredConfig, {}) == "RequiredConfig.width: missing (the field has no default)"
     assert config_from_dict(RequiredConfig, {"width": "3"}).width == 3
+
+
+@pytest.mark.parametrize(("given", "read"), [("true", True), ("True", True), ("1", True), ("yes", True),
+                                             ("YES", True), ("false", False), ("0", False), ("no", False),
+                                             ("No", False), (True, True), (0, False)])
+def test_a_boolean_field_reads_every_spelling_it_accepts(given, read):
+    """--set teacher=yes was accepted and read as False when "yes" was left out of the true words."""
+    from bgmrec.models.deccm import DecCMConfig
+
+    assert config_from_dict(DecCMConfig, {"teacher": given}).teacher is read
