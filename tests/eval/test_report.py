@@ -7,8 +7,8 @@ import pytest
 from bgmrec.eval.report import COLUMNS, markdown_table
 
 
-def _result(model: str, median: float) -> dict:
-    return {"model": model, "split": "test", "full": {"recall@10": 0.5, "median_rank": median}}
+def _result(model: str, median: float, recall: float = 0.5) -> dict:
+    return {"model": model, "split": "test", "full": {"recall@10": recall, "median_rank": median}}
 
 
 def test_median_ranks_are_written_as_they_are_not_rounded_to_even():
@@ -28,8 +28,24 @@ def test_a_pipe_in_a_label_is_escaped():
 def test_the_ratio_to_the_oracle_shows_only_beside_an_oracle():
     alone = markdown_table([_result("a", 3.0)], "test").splitlines()
     assert "oracle" not in alone[0]
-    both = markdown_table([_result("a", 3.0), _result("oracle", 1.0)], "test").splitlines()
-    assert both[0].endswith("| R@10 / oracle |") and both[2].endswith("| 1.00 |")
+    both = markdown_table([_result("a", 3.0, recall=0.2), _result("oracle", 1.0, recall=0.8)], "test").splitlines()
+    assert both[0].endswith("| R@10 / oracle |") and both[2].endswith("| 0.25 |") and both[3].endswith("| 1.00 |")
+
+
+def test_one_run_s_results_in_two_inference_modes_are_two_rows():
+    """evaluate --json of one DecCM run in backdoor and in content mode, on one split: two rows, not the second
+    refused as the same source's figures given twice."""
+    from bgmrec.eval.report import results_report
+
+    def result(mode: str, recall: float) -> dict:
+        return {**_result("deccm", 2.0, recall), "n_queries": 4, "inference_mode": mode,
+                "provenance": {"runs": {"run": {"folder": "/runs/deccm"}}}}
+
+    report = results_report([("b.json", result("backdoor", 0.5)), ("c.json", result("content", 0.75))])
+    assert "| deccm [backdoor] | " in report and "| deccm [content] | " in report
+    with pytest.raises(ValueError, match=r"^c.json: deccm \[content\] on test, from the same run or file, is "
+                                         r"already given by b.json$"):
+        results_report([("b.json", result("content", 0.5)), ("c.json", result("content", 0.75))])
 
 
 def test_paired_against_compares_every_other_model_with_the_baseline_on_its_queries():
