@@ -1501,12 +1501,17 @@ def test_shared_teachers_train_one_teacher_per_teacher_config(tiny_ds, tmp_path,
     assert again() == first and trained == [4, 8, 16, 4]
     (first / "run.json").write_text(json.dumps({**record, "features_fingerprint": "features extracted again"}))
     assert again() == first and trained == [4, 8, 16, 4, 4]
+    (first / "run.json").write_text(json.dumps({**record, "code": "0+other"}))  # trained by other code
+    from bgmrec.runs import teacher_mismatch
+
+    assert teacher_mismatch(first, record) == "it was trained with another code"
+    assert again() == first and trained == [4, 8, 16, 4, 4, 4]
     (first / "run.json").unlink()
-    assert again() == first and trained == [4, 8, 16, 4, 4, 4]
-    assert again() == first and trained == [4, 8, 16, 4, 4, 4]
+    assert again() == first and trained == [4, 8, 16, 4, 4, 4, 4]
+    assert again() == first and trained == [4, 8, 16, 4, 4, 4, 4]
     weights = first / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # damaged under a matching record: trained again
-    assert again() == first and trained == [4, 8, 16, 4, 4, 4, 4]
+    assert again() == first and trained == [4, 8, 16, 4, 4, 4, 4, 4]
     in_memory = dataclasses.replace(tiny_ds, root=None)
     with pytest.raises(ValueError, match="loaded from its folder"):
         SharedTeachers(tmp_path / "teachers", in_memory, console)
