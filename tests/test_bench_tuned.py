@@ -273,3 +273,22 @@ def test_a_grid_field_one_model_lacks_is_refused_saying_the_grid_is_every_models
                        r"model's, each point paired across them, .*--set MODEL\.FIELD=VALUE"):
         run_tuned(tiny_copy, ["cmvae", "deccm"], grid, tmp_path / "work", tmp_path / "t.md", QUIET, "cmd")
     assert not (tmp_path / "work").exists()
+
+
+def test_the_per_point_summary_is_the_mean_median_and_range_of_the_changes():
+    """Over three points whose changes are -10%, +2% and +30% (where a two-point grid's mean is its median)."""
+    from bgmrec.bench_tuned import _per_point_section
+
+    def result(model: str, point: str, hits: int) -> dict:  # 100 queries, ``hits`` of them ranked first
+        ranks = np.where(np.arange(100) < hits, 1, 500)
+        return {"model": model, "split": "test", "point": point, "full": {"recall@10": hits / 100},
+                "full_ranks": ranks}
+
+    results = [r for point, hits in (("a", 45), ("b", 51), ("c", 65))
+               for r in (result("cmvae", point, 50), result("deccm", point, hits))]
+    lines = _per_point_section(results, "cmvae", ["a", "b", "c"], "test")
+    assert "| a | 0.5000 | 0.4500 (-10.0%) |" in lines[4]
+    summary = lines[6].splitlines()
+    assert summary[0] == ("| model | points | mean change | median | lowest | highest | points above the "
+                          "baseline |")
+    assert summary[2] == "| deccm | 3 | +7.3% | +2.0% | -10.0% | +30.0% | 2 |"
