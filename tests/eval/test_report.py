@@ -203,3 +203,23 @@ def test_the_plots_draw_each_result_s_own_figures(tmp_path, monkeypatch):
     assert [line.get_linestyle() for line in lines] == ["-", "-", "--"]
     for fig in drawn:
         report.pyplot().close(fig)
+
+
+def test_an_oracle_evaluated_with_ranks_is_not_paired_as_a_contender(tmp_path):
+    """The oracle is the upper bound: named as not compared, however it was evaluated."""
+    import hashlib
+
+    from bgmrec.eval.report import RANKS_HEADER, results_report
+
+    def result(model: str, ranks: list[int]) -> dict:
+        path = tmp_path / f"{model}.csv"
+        path.write_text(RANKS_HEADER + "\n" + "".join(f"v{i},t{i},u,{r},{r}\n" for i, r in enumerate(ranks)))
+        return {**_result(model, 2.0, sum(r <= 10 for r in ranks) / len(ranks)), "n_queries": len(ranks),
+                "provenance": {"runs": {"run": {"folder": f"/runs/{model}"}}},
+                "ranks_file": {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+
+    named = [(f"{m}.json", result(m, ranks)) for m, ranks in (("cmvae", [1, 20, 3, 30]), ("deccm", [1, 2, 3, 30]),
+                                                              ("oracle", [1, 1, 1, 1]))]
+    paired = results_report(named, baseline="cmvae", resamples=500).split("Change of full-catalogue")[1]
+    assert "| deccm | +50.0% " in paired and "| oracle |" not in paired
+    assert "Not compared: oracle (the upper bound)." in paired
