@@ -425,3 +425,18 @@ def test_evaluating_a_saved_run_on_another_dataset_from_python_warns_as_the_comm
         evaluate(model, load_dataset(tiny_dir), "test")  # its own dataset: nothing to say
     with pytest.warns(EvaluationWarning, match=f"^{run} was trained on another dataset .* than {tmp_path / 'seed1'}$"):
         evaluate(model, other.with_split("mine", other.splits["test"][:5]), "mine")  # a split added in memory
+
+
+def test_an_option_and_a_set_of_one_number_in_two_spellings_agree():
+    """--seed 7 with --set seed=7.0 (or " 7") say the same: numbers are compared as numbers, not as text."""
+    from bgmrec.runs import option_into_sets
+
+    for spelling in ("7", "7.0", " 7", "7e0"):
+        sets = {"seed": spelling}
+        option_into_sets(sets, "seed", 7)
+        assert sets == {"seed": 7}
+    with pytest.raises(ValueError, match=r"^--seed 7 and --set seed=7.5 disagree; give seed once$"):
+        option_into_sets({"seed": "7.5"}, "seed", 7)
+    sets = {"inference": "content"}
+    option_into_sets(sets, "inference", "content")  # words compared as words
+    assert sets == {"inference": "content"}
