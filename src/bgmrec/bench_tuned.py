@@ -63,13 +63,13 @@ class _Tuned:
 
 def run_tuned(data: Path, models: list[str], grid: dict[str, list[str]], work: Path, out: Path, console: Console,
               command: str, sets: dict | None = None, seed: int | None = None,
-              splits: tuple[str, ...] = DEFAULT_SPLITS, resume: bool = False) -> Path:
+              splits: tuple[str, ...] = DEFAULT_SPLITS, resume: bool = False, progress: bool = False) -> Path:
     """Tune each of ``models`` on ``data``'s val split over ``grid`` (one :func:`~bgmrec.tune.run_grid` per model
     into ``work/<model>``; ``sets`` fixed for every point, a key ``MODEL.FIELD`` for that model's points alone;
     ``seed`` for every point; ``resume`` finishes stopped grids and reuses finished points), rank every point on
     ``splits`` (test splits) and write the Markdown report ``out``, its JSON figures beside it (``out`` with
     ``.json``). The first model is the baseline of every paired comparison. Every model's grid is checked before
-    any training."""
+    any training. ``progress``: every point's training (and a shared teacher's) shows its epochs on stderr."""
     from bgmrec.models.base import STOPS
     from bgmrec.runs import dataset_record, git_commit, machine
 
@@ -95,7 +95,7 @@ def run_tuned(data: Path, models: list[str], grid: dict[str, list[str]], work: P
     try:
         for model in models:
             trials = run_grid(data, model, grid, Path(work) / model, per_model[model], seed, console=console,
-                              resume=resume, progress=True)
+                              resume=resume, progress=progress)
             tuned[model] = _tuned(trials, grid, Path(work) / model)
             for t in trials:
                 results += _point_results(Path(t.run), ds, splits, model, point_name(t.settings, grid))

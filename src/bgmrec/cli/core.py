@@ -295,7 +295,8 @@ def tune(
                                         "per backbone config and shared)"),
     resume: bool = flag(False, help="finish a stopped grid in --out (same arguments): its finished points "
                                 "are loaded, not retrained"),
-    progress: bool = flag(True, help="show each point's epochs on stderr (a bar on a terminal, else a line each)"),
+    progress: bool = flag(True, help="show each point's epochs, and its shared teacher's, on stderr (a bar on a "
+                               "terminal, else a line each)"),
     threads: int | None = threads_option(),
 ) -> None:
     """Grid search on val: train every combination of --grid values, rank each on val, compare with the first."""
@@ -306,7 +307,7 @@ def tune(
 
     with said_when_stopped():  # how many points are done, and the command that finishes the grid
         trials = run_grid(data, model, parse_grid(grid), out, parse_sets(set_), seed, teacher, console, resume,
-                          progress)
+                          progress=progress)
     head, *rows = tuning_rows(trials)
     t = Table(title=f"{model} on val, best first (written to {out / 'tuning.md'})")
     for i, h in enumerate(head):
@@ -675,7 +676,7 @@ def bench_tuned(
     with said_when_stopped():  # the stop's note: the command that continues the benchmark
         run_tuned(data, list(comma_list(models)), parse_grid(grid), work, out or Path(work) / "tuned.md", console,
                   command_line(runs.command_argv(), "bgmrec bench tuned"), parse_sets(set_), seed,
-                  comma_list(splits), resume)
+                  comma_list(splits), resume, progress=True)
 
 
 #: keys by which a command knows its own ``--json`` result, which it may replace (and nothing else): each tuple
