@@ -241,6 +241,13 @@ def test_resume_loads_a_point_trained_whole_whose_ranking_was_stopped(tiny_dir, 
                                             "trials": [t for t in tuning["trials"] if "seed=1" not in t["run"]]})
     run_grid(tiny_dir, "popularity", grid, out, resume=True)
     assert trained == ["seed=0", "seed=1", "seed=2", "seed=1"]
+    # a stopped training's record (its best epoch so far, saved as if whole) is no finished point either
+    record = json.loads((out / "seed=1" / "run.json").read_text())
+    write_json_atomic(out / "seed=1" / "run.json", {**record, "stopped_at_epoch": 1})
+    write_json_atomic(out / "tuning.json", {**tuning, "complete": False,
+                                            "trials": [t for t in tuning["trials"] if "seed=1" not in t["run"]]})
+    run_grid(tiny_dir, "popularity", grid, out, resume=True)
+    assert trained == ["seed=0", "seed=1", "seed=2", "seed=1", "seed=1"]
 
 
 def test_deccm_points_share_one_teacher_per_backbone_config_apart_from_their_folders(tiny_dir, tmp_path):
