@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bgmrec.eval.report import COLUMNS, markdown_table
@@ -205,21 +207,37 @@ def test_the_plots_draw_each_result_s_own_figures(tmp_path, monkeypatch):
         report.pyplot().close(fig)
 
 
-def test_an_oracle_evaluated_with_ranks_is_not_paired_as_a_contender(tmp_path):
-    """The oracle is the upper bound: named as not compared, however it was evaluated."""
+def _ranked(folder: Path, model: str, ranks: list[int], order: list[int] | None = None) -> tuple[str, dict]:
+    """(file name, result) of ``model`` evaluated with ``--ranks``: its ranks CSV (the queries v0, v1, ... in
+    ``order``) written in ``folder`` and recorded with its SHA-256."""
     import hashlib
 
-    from bgmrec.eval.report import RANKS_HEADER, results_report
+    from bgmrec.eval.report import RANKS_HEADER
 
-    def result(model: str, ranks: list[int]) -> dict:
-        path = tmp_path / f"{model}.csv"
-        path.write_text(RANKS_HEADER + "\n" + "".join(f"v{i},t{i},u,{r},{r}\n" for i, r in enumerate(ranks)))
-        return {**_result(model, 2.0, sum(r <= 10 for r in ranks) / len(ranks)), "n_queries": len(ranks),
-                "provenance": {"runs": {"run": {"folder": f"/runs/{model}"}}},
-                "ranks_file": {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+    path = folder / f"{model}.csv"
+    path.write_text(RANKS_HEADER + "\n" + "".join(f"v{i},t{i},u,{ranks[i]},{ranks[i]}\n"
+                                                  for i in order or range(len(ranks))))
+    return f"{model}.json", {
+        **_result(model, 2.0, sum(r <= 10 for r in ranks) / len(ranks)), "n_queries": len(ranks),
+        "provenance": {"runs": {"run": {"folder": f"/runs/{model}"}}},
+        "ranks_file": {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
 
-    named = [(f"{m}.json", result(m, ranks)) for m, ranks in (("cmvae", [1, 20, 3, 30]), ("deccm", [1, 2, 3, 30]),
-                                                              ("oracle", [1, 1, 1, 1]))]
+
+def test_an_oracle_evaluated_with_ranks_is_not_paired_as_a_contender(tmp_path):
+    """The oracle is the upper bound: named as not compared, however it was evaluated."""
+    from bgmrec.eval.report import results_report
+
+    named = [_ranked(tmp_path, m, ranks) for m, ranks in (("cmvae", [1, 20, 3, 30]), ("deccm", [1, 2, 3, 30]),
+                                                          ("oracle", [1, 1, 1, 1]))]
     paired = results_report(named, baseline="cmvae", resamples=500).split("Change of full-catalogue")[1]
     assert "| deccm | +50.0% " in paired and "| oracle |" not in paired
     assert "Not compared: oracle (the upper bound)." in paired
+
+
+def test_ranks_of_the_same_queries_in_another_order_are_refused_not_paired_row_by_row(tmp_path):
+    from bgmrec.eval.report import results_report
+
+    named = [_ranked(tmp_path, "cmvae", [1, 20, 3, 30]), _ranked(tmp_path, "deccm", [1, 2, 3, 30], [1, 0, 2, 3])]
+    with pytest.raises(ValueError, match=r"deccm.csv: not the queries of the baseline's ranks \(.*cmvae.csv\) in the "
+                                         r"same order; pairs need the same queries"):
+        results_report(named, baseline="cmvae", resamples=500)
