@@ -377,7 +377,8 @@ def _quality_world(scale: str, label: str, seed: int, work: Path, models: list[s
     made = dataset_record(data)  # each row of the JSON names its world's fingerprints; --resume compares them
     world_fingerprints = {key: made[key] for key in FINGERPRINTS}
     seed_results: list[dict] = []
-    teachers = SharedTeachers(data.parent / TEACHERS, ds, console, made, progress=True)  # DecCM and its ablations: one
+    # DecCM and its ablations share one teacher
+    teachers = SharedTeachers(data.parent / TEACHERS, ds, console, made, progress=True)
     for name in models or DEMO_MODELS:
         run = data.parent / "runs" / name
         teacher = teachers.for_model(name, {"seed": seed})  # for a finished run too: the same folder

@@ -149,7 +149,8 @@ def _run_grid(data: Path, model: str, grid: dict[str, list[str]], out: Path, set
     if not resume or not (Path(out) / "tuning.json").is_file():  # from now on ``out`` holds a grid to resume
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "tuning.json", {**record, "complete": False, "trials": []})
-    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console, trained_on, progress=progress)  # a stopped grid's
+    # the points' shared teachers (a stopped grid's are loaded)
+    teachers = SharedTeachers(Path(out) / TEACHERS, ds, console, trained_on, progress=progress)
     trials: list[Trial] = []
     diverged: list[dict] = stopped_diverged(Path(out)) if resume else []  # points a resumed grid does not retry
     first_gains = None
