@@ -118,7 +118,7 @@ def run_demo(scale: str, out: Path, seed: int, models: list[str] | None, console
     from bgmrec.runs import TEACHERS, SharedTeachers, git_commit, machine, train_model
 
     for name in models or DEMO_MODELS:  # a typo or an unusable class fails now, not after the world and the
-        model_class(name)  # models before it
+        model_class(name)  # models trained before it
     check_own_folder(out, "--out", "a folder of bgmrec demo", DEMO_ENTRIES)
     check_world_folder(out, f"--out {out}")
     t_start = time.perf_counter()

@@ -63,7 +63,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from bgmrec.extras import ExtraError, extra_modules
+from bgmrec.extras import ExtraError, MissingExtraError, extra_modules
 from bgmrec.features.recommend import ClipFeatures, ClipRecommender, RequestError, taste_vector
 
 with extra_modules():  # the serve extra
@@ -772,9 +772,7 @@ class _MediaEncoders:
 
 def media_advice(e: ImportError) -> str:
     """What a missing or mismatched media extra needs, in one line (:mod:`bgmrec.extras`' words when it said)."""
-    if isinstance(e, ExtraError):
-        return str(e)
-    return f"this needs bgmrec's media extra (pip install 'bgmrec[media]'): {e}"
+    return str(e if isinstance(e, ExtraError) else MissingExtraError("media", str(e), e.name))
 
 
 def _version() -> str:

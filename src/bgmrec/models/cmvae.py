@@ -213,8 +213,9 @@ class CMVAE(TorchRecommender):
         if self.config.fusion == "concat":
             raise NoModalityShares("modality shares need fusion='poe' (concatenation mixes the modalities)")
         if type(self.module).video_posterior is not CMVAEModule.video_posterior:
-            raise NoModalityShares(f"modality shares are the product of experts' precisions, but {self.name}'s module "
-                             "fuses by a video_posterior of its own: override modality_shares to report its shares")
+            raise NoModalityShares(f"modality shares are the product of experts' precisions, but {self.name}'s "
+                                   "module fuses by a video_posterior of its own: override modality_shares to report "
+                                   "its shares")
         self.module.eval()
         if self.config.fusion == "visual":
             return np.tile([1.0, 0.0], (len(q), 1))
