@@ -662,6 +662,12 @@ def test_faiss_index_serves_the_same_tracks(tiny_ds, cmvae, client):
     assert np.mean(overlap) >= 0.95
 
 
+def local_client(app) -> TestClient:
+    """A client of ``app`` sending what a client of ``bgmrec serve``'s default address does (``Host:
+    127.0.0.1:8000``; TestClient's own, ``testserver``, is refused there)."""
+    return TestClient(app, base_url="http://127.0.0.1:8000")
+
+
 def serve_command(ds, model, folder: Path, monkeypatch) -> tuple[list[str], dict]:
     """``bgmrec serve``'s arguments for ``model`` saved in ``folder`` and ``ds``'s catalogue, and the dict
     that receives what it passes to uvicorn.run (patched: nothing listens) and the address it checked first
@@ -712,19 +718,19 @@ def test_serve_command_loads_the_run_and_catalogue_and_starts_uvicorn(tiny_ds, c
     assert callable(started[f"signal {signal.SIGHUP}"])  # a closed terminal stops it as SIGTERM does, not at once
     assert started["checked"] == ("127.0.0.1", 8123)
     assert main([*args, "--stop-seconds", "8"]) == 0 and started["timeout_graceful_shutdown"] == 8  # docker stop: 10
-    assert TestClient(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
+    assert local_client(started["app"]).get("/health").json()["tracks"] == tiny_ds.n_tracks
     assert main([*args, "--index", "annoy"]) == 2
     assert main([*args, "--max-upload-mb", "0.5"]) == 0
-    health = TestClient(started["app"]).get("/health").json()
+    health = local_client(started["app"]).get("/health").json()
     assert health["max_upload_bytes"] == 2**19 and health["served_by"]["run"] == "run"
     assert main([*args, "--max-upload-mb", "0"]) == 2
     assert health["video_frames"] == 8  # extract-videos' default: the run records no training frames
     record = tmp_path / "run" / "run.json"  # one that does: uploads are sampled as its training videos were
     record.write_text(json.dumps({"feature_settings": {"videos": {"frames": 4}}}))
     assert main(args) == 0
-    assert TestClient(started["app"]).get("/health").json()["video_frames"] == 4
+    assert local_client(started["app"]).get("/health").json()["video_frames"] == 4
     assert main([*args, "--frames", "6"]) == 0
-    assert TestClient(started["app"]).get("/health").json()["video_frames"] == 6
+    assert local_client(started["app"]).get("/health").json()["video_frames"] == 6
 
 
 def test_serve_loads_the_video_encoders_at_start_up_unless_told_to_wait_for_the_first_upload(tiny_ds, cmvae, tmp_path,
@@ -781,7 +787,7 @@ def test_serve_takes_a_dataset_folder_as_its_catalogue(tiny_ds, cmvae, tmp_path,
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app))
     monkeypatch.setattr("bgmrec.cli.serve.check_can_listen", lambda host, port: None)
     assert main(["serve", "--run", str(tmp_path / "run"), "--catalog", str(tiny_ds.root)]) == 0
-    served = TestClient(started["app"]).post("/recommend", json=clip_body(tiny_ds, 5)).json()["tracks"]
+    served = local_client(started["app"]).post("/recommend", json=clip_body(tiny_ds, 5)).json()["tracks"]
     top, _ = cmvae.recommend(VideoQuery.from_dataset(tiny_ds, [5]), MusicCatalog.from_dataset(tiny_ds), 10)
     assert [t["id"] for t in served] == [tiny_ds.track_ids[j] for j in top[0]]
 
@@ -835,13 +841,13 @@ def test_serve_sets_the_faiss_search_breadth_and_health_reports_it(tiny_ds, cmva
 
     args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
     assert main([*args, "--index", "faiss", "--ef-search", "64"]) == 0
-    health = TestClient(started["app"]).get("/health").json()
+    health = local_client(started["app"]).get("/health").json()
     assert health["index"] == "faiss" and health["index_settings"]["ef_search"] == 64
     assert main([*args, "--index", "faiss"]) == 0
-    assert TestClient(started["app"]).get("/health").json()["index_settings"] == {
+    assert local_client(started["app"]).get("/health").json()["index_settings"] == {
         "m": 32, "ef_search": 256, "ef_construction": 100}
     assert main(args) == 0
-    assert TestClient(started["app"]).get("/health").json()["index_settings"] == {}
+    assert local_client(started["app"]).get("/health").json()["index_settings"] == {}
     assert main([*args, "--ef-search", "64"]) == 2  # read by the faiss index only
 
 
@@ -860,11 +866,11 @@ def test_serve_sets_torchs_threads_and_health_reports_them(tiny_ds, cmvae, tmp_p
     args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
     default = torch.get_num_threads()
     assert main(args) == 0  # torch's own count, reported
-    assert TestClient(started["app"]).get("/health").json()["threads"] == default
+    assert local_client(started["app"]).get("/health").json()["threads"] == default
     for n in (default + 1, 1):
         assert main([*args, "--threads", str(n)]) == 0
         assert torch.get_num_threads() == n
-        assert TestClient(started["app"]).get("/health").json()["threads"] == n  # as a request's thread sees it
+        assert local_client(started["app"]).get("/health").json()["threads"] == n  # as a request's thread sees it
     assert main([*args, "--threads", "0"]) == 2
 
 
@@ -1574,5 +1580,110 @@ def test_serve_on_a_public_address_says_to_put_a_proxy_in_front(tiny_ds, cmvae, 
     capsys.readouterr()
     assert main([*args, "--lazy-encoders"]) == 0 and "reachable from other machines" not in capsys.readouterr().err
     assert main([*args, "--lazy-encoders", "--host", "0.0.0.0"]) == 0
-    assert ("warning: --host 0.0.0.0 is reachable from other machines, and the server checks no Host or Origin header: "
-            "put a reverse proxy in front of it (docs/serving.md, Video uploads)") in capsys.readouterr().err
+    assert ("warning: --host 0.0.0.0 is reachable from other machines, and answers requests of any Host header (a "
+            "page served by DNS rebinding can read its answers; --allowed-host names the ones to answer): put a "
+            "reverse proxy in front of it (docs/serving.md, Video uploads)") in capsys.readouterr().err
+    assert TestClient(started["app"], base_url="http://203.0.113.7:8000").get("/health").status_code == 200  # any Host
+    assert main([*args, "--lazy-encoders", "--host", "0.0.0.0", "--allowed-host", "api.example.com"]) == 0
+    assert ("warning: --host 0.0.0.0 is reachable from other machines: put a reverse proxy in front of it "
+            "(docs/serving.md, Video uploads)") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "name"), [("localhost", "localhost"), ("LocalHost:8000", "localhost"),
+                                             ("[::1]:8000", "::1"), ("[::1]", "::1"), ("::1", "::1"),
+                                             ("Example.COM.:443", "example.com"), ("127.0.0.1:80", "127.0.0.1")])
+def test_a_host_header_names_its_host_without_port_brackets_or_trailing_dot(value, name):
+    assert service.host_name(value) == name
+
+
+def test_a_request_to_a_host_not_answered_gets_a_400_and_one_from_another_site_s_page_a_403(tiny_ds, cmvae, caplog):
+    # every web page a visitor opened could post to the server, and one served by DNS rebinding read /health
+    app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)),
+                     allowed_hosts=["LOCALHOST", "[::1]", "127.0.0.1:8000", "*.example.com"])
+    for base in ("http://localhost:8000", "http://localhost.", "http://[::1]:8000", "http://127.0.0.1",
+                 "https://api.example.com", "http://a.b.example.com:81"):
+        assert TestClient(app, base_url=base).get("/health").status_code == 200, base
+    for base in ("http://testserver", "http://example.com", "http://evil.example:8000", "http://127.0.0.2:8000",
+                 "http://localhost.evil.example", "http://notexample.com"):
+        r = TestClient(app, base_url=base).get("/health")
+        host = base.split("//")[1]
+        assert (r.status_code, r.json()) == (400, {"detail": f"Host: {host!r} is not a name this server answers to "
+                                                             "(bgmrec serve --allowed-host)"}), base
+    local = TestClient(app, base_url="http://localhost:8000")
+    body = clip_body(tiny_ds, 5)
+    assert local.post("/recommend", json=body).status_code == 200  # no Origin: curl, an app's backend
+    # the page's own origin (the service's /docs page sends it on POST), in either case, with a trailing slash
+    for own in ("http://localhost:8000", "HTTP://LOCALHOST:8000/"):
+        assert local.post("/recommend", json=body, headers={"Origin": own}).status_code == 200, own
+    with caplog.at_level(logging.INFO, logger="bgmrec.service"):
+        for other in ("http://evil.example", "null", "http://localhost:8001", "https://localhost:8000.evil.example"):
+            # a body the service would refuse (422) if it were read: refused before
+            r = local.post("/recommend", content=b"{", headers={"Origin": other, "Content-Type": "application/json"})
+            assert (r.status_code, r.json()) == (403, {"detail": f"Origin: {other!r}: this server answers no "
+                                                                 "requests of that site's pages (bgmrec serve "
+                                                                 "--allow-origin)"}), other
+            assert "access-control-allow-origin" not in r.headers
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "bgmrec.service"]
+    assert len(lines) == 4 and all('"POST /recommend" 403 ' in line for line in lines)  # in the request log
+
+
+def test_an_allowed_origin_s_pages_are_answered_with_cors_headers(tiny_ds, cmvae):
+    recommender = ClipRecommender(cmvae, tiny_catalog(tiny_ds))
+    client = TestClient(create_app(recommender, allowed_origins=["https://App.example.com/"]))
+    body = clip_body(tiny_ds, 5)
+    r = client.post("/recommend", json=body, headers={"Origin": "https://app.example.com"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert {"x-request-id", "server-timing"} <= set(r.headers["access-control-expose-headers"].split(", "))
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    r = client.options("/recommend", headers={"Origin": "https://app.example.com", **preflight})  # before JSON's POST
+    assert r.status_code == 200 and "POST" in r.headers["access-control-allow-methods"]
+    assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+    for other in ("http://app.example.com", "https://app.example.com:8443", "https://other.example"):
+        assert client.options("/recommend", headers={"Origin": other, **preflight}).status_code == 403, other
+        assert client.post("/recommend", json=body, headers={"Origin": other}).status_code == 403, other
+    anyone = TestClient(create_app(recommender, allowed_origins=["*"]))
+    r = anyone.post("/recommend", json=body, headers={"Origin": "https://other.example"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+    plain = TestClient(create_app(recommender)).post("/recommend", json=body)
+    assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
+
+
+@pytest.mark.parametrize(("hosts", "origins", "words"), [
+    (None, ["app.example.com"], "allowed origin 'app.example.com' is not scheme://host[:port]"),
+    (None, ["https://app.example.com/page"], "allowed origin 'https://app.example.com/page' is not"),
+    (None, ["ftp://app.example.com"], "allowed origin 'ftp://app.example.com' is not"),
+    (None, "https://app.example.com", "lists of names, not one string"),
+    ("localhost", [], "lists of names, not one string"),
+    (["localhost", ""], [], "allowed hosts: an empty name in ['localhost', '']"),
+])
+def test_bad_allowed_hosts_or_origins_are_refused_naming_them(tiny_ds, cmvae, hosts, origins, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)), allowed_hosts=hosts, allowed_origins=origins)
+
+
+def test_serve_on_a_loopback_address_answers_loopback_names_unless_told_others(tiny_ds, cmvae, tmp_path, monkeypatch,
+                                                                              capsys, caplog):
+    from bgmrec.cli import main
+
+    args, started = serve_command(tiny_ds, cmvae, tmp_path, monkeypatch)
+    assert main([*args, "--lazy-encoders"]) == 0  # on 127.0.0.1 by default
+    for base, status in (("http://127.0.0.1:8000", 200), ("http://localhost:8000", 200), ("http://[::1]:8000", 200),
+                         ("http://testserver", 400), ("http://rebound.example:8000", 400)):
+        assert TestClient(started["app"], base_url=base).get("/health").status_code == status, base
+    with caplog.at_level(logging.INFO, logger="bgmrec.service"), TestClient(started["app"]):  # its start-up log
+        pass
+    assert "answering Host 127.0.0.1, localhost, ::1; Origin its own or none" in caplog.messages
+    args_told = [*args, "--lazy-encoders", "--allowed-host", "api.example.com", "--allowed-host", "*.internal",
+                 "--allow-origin", "https://app.example.com"]
+    assert main(args_told) == 0
+    for base, status in (("http://api.example.com", 200), ("http://gpu1.internal:8000", 200),
+                         ("http://127.0.0.1:8000", 400)):  # the names told replace the loopback ones
+        assert TestClient(started["app"], base_url=base).get("/health").status_code == status, base
+    r = TestClient(started["app"], base_url="http://api.example.com").get(
+        "/health", headers={"Origin": "https://app.example.com"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+    started.clear()
+    capsys.readouterr()
+    assert main([*args, "--allow-origin", "app.example.com"]) == 2
+    assert "allowed origin 'app.example.com' is not scheme://host[:port]" in capsys.readouterr().err
+    assert started == {}  # refused before the model, the catalogue and the server

@@ -43,6 +43,11 @@ with a generic ``detail``, the traceback logged (logger ``bgmrec.service``).
 
 Every answer carries ``X-Request-ID`` and ``Server-Timing``, and the same logger has a line per request with
 its status, time and id (:class:`RequestLog`).
+
+Requests a web page makes a visitor's browser send are refused (:class:`HostOriginCheck`): one carrying another
+site's ``Origin`` gets 403 unless ``allowed_origins`` names it (and then gets CORS headers), and with
+``allowed_hosts`` a ``Host`` header naming none of them gets 400 (``bgmrec serve`` on a loopback address
+answers only loopback names, which a page served by DNS rebinding does not send).
 """
 
 from __future__ import annotations
@@ -56,10 +61,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 
@@ -70,6 +76,7 @@ with extra_modules():  # the serve extra
     from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
+    from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import JSONResponse, Response
     from fastapi_offline import FastAPIOffline
     from pydantic import BaseModel, ConfigDict, Field
@@ -138,9 +145,13 @@ class Batch(BaseModel):
 
 def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = MAX_UPLOAD,
                load_video_encoders: bool = False, warn: Callable[[str], None] | None = None,
-               max_batches: int = MAX_BATCHES) -> FastAPI:
+               max_batches: int = MAX_BATCHES, allowed_hosts: Sequence[str] | None = None,
+               allowed_origins: Sequence[str] = ()) -> FastAPI:
     """The FastAPI application answering with ``recommender``; ``frames`` sampled per uploaded video, uploads
     of at most ``max_upload`` bytes, at most ``max_batches`` batch requests answered at once (503 past them).
+    Requests whose ``Host`` header names none of ``allowed_hosts`` (None: any) get 400, and those carrying an
+    ``Origin`` header other than their own or one of ``allowed_origins`` get 403 (:class:`HostOriginCheck`); an
+    allowed origin's browser requests get CORS headers.
     With ``load_video_encoders`` the frame and caption encoders are loaded here, not on the first video upload.
     A start-up warning (``warn``, and ``/health``'s ``warnings``) says when video uploads will get 501: a model
     trained on features of other sizes than the encoders' (a simulated world's), or, when the encoders are
@@ -149,6 +160,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         raise ValueError(f"max_upload must be at least 1 byte, got {max_upload}")
     if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
         raise ValueError(f"max_batches must be a positive integer, got {max_batches!r}")
+    allowed = AllowedCallers.of(allowed_hosts, allowed_origins)  # a bad name refused before any work
     spec = recommender.model.spec
     encoders = _MediaEncoders(frames, uploads_refused(spec))
     startup_warnings = list(recommender.warnings)
@@ -184,6 +196,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
         if against_training is not None:
             logger.info("catalogue against the training dataset's: %s",
                         " ".join(f"{k}={v}" for k, v in against_training.items()))
+        logger.info("answering %s", allowed)
         for message in startup_warnings:  # said as they were met too, before the log had its times
             logger.warning("start-up: %s", message)
 
@@ -216,7 +229,12 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
     app.add_middleware(BodyLimit, limits={"/recommend/video": (max_upload + FORM_SLACK, lambda size: too_large),
                                           "/recommend": (max_clip_json, json_too_large(max_clip_json)),
                                           "/recommend/batch": (max_json, json_too_large(max_json))})
-    app.add_middleware(RequestLog)  # added last: outermost, so that it times and logs the 413s and 503s too
+    if allowed.origins:  # an allowed page's script may read the answers (and send JSON: a preflight)
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed.origins), allow_methods=["GET", "POST"],
+                           allow_headers=["content-type", REQUEST_ID_HEADER],
+                           expose_headers=[REQUEST_ID_HEADER, "server-timing"])
+    app.add_middleware(HostOriginCheck, allowed=allowed)  # before any body is read
+    app.add_middleware(RequestLog)  # added last: outermost, so that it times and logs the 400s, 403s, 413s and 503s
 
     @app.exception_handler(RequestValidationError)
     def bad_request(request: Request, exc: RequestValidationError):
@@ -414,6 +432,93 @@ class BatchSlots:
             await self.app(scope, receive, sending)
         finally:  # sent, failed or abandoned
             release()
+
+
+@dataclass(frozen=True)
+class AllowedCallers:
+    """Whom the service answers (:class:`HostOriginCheck`): requests whose ``Host`` header names one of ``hosts``
+    (None: any host; an entry ``*.example.com`` matches its subdomains, ``*`` any), and whose ``Origin``, when
+    they carry one, is their own (the ``Host`` they were sent to) or one of ``origins`` (``*``: any). Build it
+    with :meth:`of`, which normalises the names."""
+
+    hosts: tuple[str, ...] | None  # names or addresses, lower case, IPv6 without brackets, no port or trailing dot
+    origins: tuple[str, ...]  # scheme://host[:port], lower case, or "*"
+
+    @classmethod
+    def of(cls, hosts: Sequence[str] | None, origins: Sequence[str]) -> AllowedCallers:
+        """``hosts`` (names or addresses; a port is dropped) and ``origins`` (``scheme://host[:port]``), normalised;
+        a bad entry raises ValueError naming it."""
+        if isinstance(hosts, str) or isinstance(origins, str):
+            raise ValueError("allowed hosts and origins are lists of names, not one string")
+        names = None if hosts is None else tuple(host_name(h) for h in hosts)
+        if names is not None and not all(names):
+            raise ValueError(f"allowed hosts: an empty name in {list(hosts)}")
+        kept = []
+        for origin in origins:
+            parts = urlsplit(origin.strip().lower().rstrip("/"))
+            if origin.strip() != "*" and (parts.scheme not in ("http", "https") or not parts.hostname
+                                          or parts.path or parts.query or parts.fragment or parts.username):
+                raise ValueError(f"allowed origin {origin!r} is not scheme://host[:port] (e.g. https://app.example.com)"
+                                 " or *")
+            kept.append("*" if origin.strip() == "*" else f"{parts.scheme}://{parts.netloc}")
+        return cls(names, tuple(kept))
+
+    def __str__(self) -> str:
+        hosts = "any Host" if self.hosts is None or "*" in self.hosts else f"Host {', '.join(self.hosts)}"
+        origins = ("any Origin" if "*" in self.origins else
+                   f"Origin its own or {', '.join(self.origins)}" if self.origins else "Origin its own or none")
+        return f"{hosts}; {origins}"
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request whose ``Host`` header is ``host`` is answered."""
+        name = host_name(host)
+        return self.hosts is None or any(h == "*" or h == name or (h.startswith("*.") and name.endswith(h[1:]))
+                                         for h in self.hosts)
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        """Whether a request whose ``Origin`` header is ``origin``, sent to ``host``, is answered."""
+        origin = origin.strip().lower().rstrip("/")
+        return ("*" in self.origins or origin in self.origins
+                or (bool(host) and urlsplit(origin).netloc == host.strip().lower()))
+
+
+class HostOriginCheck:
+    """ASGI middleware against requests a web page makes its visitor's browser send. Any page may post to any
+    address (a form or a plain ``fetch`` asks no permission), and one served by DNS rebinding reads the answers
+    of an address it names as its own host. A request whose ``Host`` header ``allowed`` does not answer gets HTTP
+    400; one whose ``Origin`` it does not answer gets 403; both before the body is read. Browsers send ``Origin``
+    on every POST and every cross-origin request (the service's own ``/docs`` page sends its own); a request
+    without one (curl, an app's backend, an HTTP library) passes that check."""
+
+    def __init__(self, app, allowed: AllowedCallers) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        host, origin = headers.get("host", ""), headers.get("origin")
+        if not self.allowed.host_allowed(host):
+            refused = JSONResponse(status_code=400, content={
+                "detail": f"Host: {host!r} is not a name this server answers to (bgmrec serve --allowed-host)"})
+            return await refused(scope, receive, send)
+        if origin is not None and not self.allowed.origin_allowed(origin, host):
+            refused = JSONResponse(status_code=403, content={
+                "detail": f"Origin: {origin!r}: this server answers no requests of that site's pages (bgmrec serve "
+                          "--allow-origin)"})
+            return await refused(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def host_name(value: str) -> str:
+    """The name or address a ``Host`` header's value names, lower case, without its port, an IPv6 address's
+    brackets or a trailing dot: ``[::1]:8000`` is ``::1``, ``Example.COM.:443`` is ``example.com``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        value = value[1:value.find("]")] if "]" in value else value
+    elif value.count(":") == 1:
+        value = value.split(":")[0]
+    return value.rstrip(".")
 
 
 class BodyLimit:

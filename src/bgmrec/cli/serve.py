@@ -11,21 +11,39 @@ import typer
 from bgmrec.cli.app import app, flag, hangup_signal, options_named
 from bgmrec.extras import extra_modules
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # the Host names a loopback server answers by default
 
-def public_address_note(host: str) -> str | None:
-    """What a server listening on ``host`` needs said when that is not a loopback address (reachable from other
-    machines, with no Host or Origin check: docs/serving.md), else None."""
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` resolves to is a loopback one (False when it does not resolve)."""
     import ipaddress
     import socket
 
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)}
-        if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
-            return None
+        return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
     except (OSError, ValueError):
-        pass
-    return (f"--host {host} is reachable from other machines, and the server checks no Host or Origin header: "
-            "put a reverse proxy in front of it (docs/serving.md, Video uploads)")
+        return False
+
+
+def hosts_to_answer(host: str, allowed_hosts: list[str] | None) -> list[str] | None:
+    """The ``Host`` names a server listening on ``host`` answers: ``--allowed-host``'s when given; else, on a
+    loopback address, that address and :data:`LOOPBACK_NAMES` (a page served by DNS rebinding names its own
+    host, so it is refused); else None, any name (a public server's names are not known here)."""
+    if allowed_hosts:
+        return allowed_hosts
+    return list(dict.fromkeys([host, *LOOPBACK_NAMES])) if is_loopback(host) else None
+
+
+def public_address_note(host: str, hosts_checked: bool = False) -> str | None:
+    """What a server listening on ``host`` needs said when that is not a loopback address (reachable from other
+    machines: docs/serving.md), and, unless ``hosts_checked``, that it answers any ``Host``; else None."""
+    if is_loopback(host):
+        return None
+    unchecked = ("" if hosts_checked else ", and answers requests of any Host header (a page served by DNS "
+                 "rebinding can read its answers; --allowed-host names the ones to answer)")
+    return (f"--host {host} is reachable from other machines{unchecked}: put a reverse proxy in front of it "
+            "(docs/serving.md, Video uploads)")
 
 
 def check_can_listen(host: str, port: int) -> None:
@@ -80,12 +98,20 @@ def serve_cmd(
     stop_seconds: float = typer.Option(SHUTDOWN_SECONDS, min=0, help="once stopped (SIGTERM, Ctrl-C), what requests "
                                        "in flight get to finish before the server exits; keep it below your "
                                        "supervisor's kill deadline (docker stop: 10 s)"),
+    allowed_host: list[str] | None = typer.Option(None, "--allowed-host", help="a name (or address) requests' Host "
+                                                  "header may give, others get 400; repeat for more; *.example.com "
+                                                  "its subdomains, * any (default: on a loopback --host, the loopback "
+                                                  "names; else any)"),
+    allow_origin: list[str] | None = typer.Option(None, "--allow-origin", help="a web page's origin "
+                                                  "(https://app.example.com) whose browser requests are answered, "
+                                                  "with CORS headers; repeat for more; * any (default: none, so "
+                                                  "requests with another site's Origin header get 403)"),
 ) -> None:
     """Serve "music for this video" over HTTP: POST /recommend, /recommend/batch, /recommend/video; GET /health."""
     with extra_modules():  # missing: one line naming the extra (report_error)
         import uvicorn
 
-        from bgmrec.service import create_app
+        from bgmrec.service import AllowedCallers, create_app
     if not 0 < max_upload_mb < float("inf") or max_upload_mb * 2**20 < 1:
         raise ValueError(f"--max-upload-mb must be a positive number (at least one byte), got {max_upload_mb}")
     from bgmrec.features.recommend import (
@@ -98,8 +124,10 @@ def serve_cmd(
 
     with options_named(index="--index", ef_search="--ef-search"):  # before the model and the catalogue are loaded
         check_search(index, ef_search)
+    hosts = hosts_to_answer(host, allowed_host)
+    AllowedCallers.of(hosts, allow_origin or [])  # a bad --allowed-host or --allow-origin before the loading
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
-    note = public_address_note(host)
+    note = public_address_note(host, hosts_checked=bool(allowed_host))
     if note:
         print(f"warning: {note}", file=sys.stderr)
     import torch
@@ -122,7 +150,8 @@ def serve_cmd(
     recommender = ClipRecommender(model, open_catalog(catalog), index, warn=warn_on_stderr, frames=frames,
                                   ef_search=ef_search, threads=threads)
     app = create_app(recommender, frames, max_upload=int(max_upload_mb * 2**20), load_video_encoders=not lazy_encoders,
-                     warn=warn_on_stderr, max_batches=max_batches)
+                     warn=warn_on_stderr, max_batches=max_batches, allowed_hosts=hosts,
+                     allowed_origins=allow_origin or [])
     # stopped (Ctrl-C, SIGTERM): requests in flight get stop_seconds to finish, then the server exits even if a
     # client keeps its connection open (it kept the server up for as long as that client did)
     with sighup_as_sigterm(), interrupt_raised_on():
