@@ -1587,6 +1587,8 @@ def test_serve_on_a_public_address_says_to_put_a_proxy_in_front(tiny_ds, cmvae, 
     assert main([*args, "--lazy-encoders", "--host", "0.0.0.0", "--allowed-host", "api.example.com"]) == 0
     assert ("warning: --host 0.0.0.0 is reachable from other machines: put a reverse proxy in front of it "
             "(docs/serving.md, Video uploads)") in capsys.readouterr().err
+    assert main([*args, "--lazy-encoders", "--host", "0.0.0.0", "--allowed-host", "*"]) == 0  # any Host, said so
+    assert "and answers requests of any Host header" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("value", "name"), [("localhost", "localhost"), ("LocalHost:8000", "localhost"),
@@ -1620,7 +1622,7 @@ def test_a_request_to_a_host_not_answered_gets_a_400_and_one_from_another_site_s
             # a body the service would refuse (422) if it were read: refused before
             r = local.post("/recommend", content=b"{", headers={"Origin": other, "Content-Type": "application/json"})
             assert (r.status_code, r.json()) == (403, {"detail": f"Origin: {other!r}: this server answers no "
-                                                                 "requests of that site's pages (bgmrec serve "
+                                                                 "requests from pages of that origin (bgmrec serve "
                                                                  "--allow-origin)"}), other
             assert "access-control-allow-origin" not in r.headers
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "bgmrec.service"]
@@ -1638,6 +1640,13 @@ def test_an_allowed_origin_s_pages_are_answered_with_cors_headers(tiny_ds, cmvae
     r = client.options("/recommend", headers={"Origin": "https://app.example.com", **preflight})  # before JSON's POST
     assert r.status_code == 200 and "POST" in r.headers["access-control-allow-methods"]
     assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+    r = client.options("/health", headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "GET",
+                                           "Access-Control-Request-Headers": "x-request-id"})  # a caller's own id
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+    # an allowed origin given with its default port is the origin browsers send without it
+    told_443 = TestClient(create_app(recommender, allowed_origins=["https://app.example.com:443"]))
+    r = told_443.post("/recommend", json=body, headers={"Origin": "https://app.example.com"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
     for other in ("http://app.example.com", "https://app.example.com:8443", "https://other.example"):
         assert client.options("/recommend", headers={"Origin": other, **preflight}).status_code == 403, other
         assert client.post("/recommend", json=body, headers={"Origin": other}).status_code == 403, other
@@ -1648,6 +1657,30 @@ def test_an_allowed_origin_s_pages_are_answered_with_cors_headers(tiny_ds, cmvae
     assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
 
 
+@pytest.mark.parametrize(("value", "origin"), [
+    ("https://app.example.com", "https://app.example.com"), (" HTTPS://App.Example.com:443/ ", "https://app.example.com"),
+    ("http://localhost:80", "http://localhost"), ("http://localhost:8000", "http://localhost:8000"),
+    ("https://app.example.com:80", "https://app.example.com:80"), ("http://[::1]:8000", "http://[::1]:8000"),
+    ("null", None), ("app.example.com", None), ("ftp://app.example.com", None), ("https://app.example.com/page", None),
+    ("https://app.example.com?q", None), ("http://user@app.example.com", None), ("http://:pw@app.example.com", None),
+    ("http://app.example.com:99999", None), ("http://[::1", None), ("https://", None)])
+def test_an_origin_is_read_as_browsers_send_it_or_not_at_all(value, origin):
+    assert service.origin_of(value) == origin
+
+
+def test_a_page_s_own_origin_is_the_host_it_posted_to_on_any_port_and_scheme_a_proxy_passes():
+    same = service.AllowedCallers.of(None, []).origin_allowed
+    assert same("http://localhost:8000", "LocalHost:8000") and same(" http://localhost:8000 ", "localhost:8000")
+    # a TLS proxy passing the page's Host on: the page's origin is https, the Host has no scheme and maybe no port
+    assert same("https://api.example.com", "api.example.com") and same("https://api.example.com", "api.example.com:443")
+    assert same("http://api.example.com", "api.example.com:80")
+    assert not same("http://api.example.com", "api.example.com:443")
+    assert not same("http://localhost:8000", "localhost:8001") and not same("http://localhost", "localhost:8000")
+    for host in ("", "localhost"):  # no Host (HTTP/1.0): no page is its own; null is no origin
+        assert not same("null", host) and not same("http://[::1", "[::1]")
+    assert not same("http://localhost:8000", "")
+
+
 @pytest.mark.parametrize(("hosts", "origins", "words"), [
     (None, ["app.example.com"], "allowed origin 'app.example.com' is not scheme://host[:port]"),
     (None, ["https://app.example.com/page"], "allowed origin 'https://app.example.com/page' is not"),
@@ -1655,6 +1688,12 @@ def test_an_allowed_origin_s_pages_are_answered_with_cors_headers(tiny_ds, cmvae
     (None, "https://app.example.com", "lists of names, not one string"),
     ("localhost", [], "lists of names, not one string"),
     (["localhost", ""], [], "allowed hosts: an empty name in ['localhost', '']"),
+    (["http://api.example.com"], [], "allowed host 'http://api.example.com' is not a name or an address"),
+    (["api.example.com/x"], [], "allowed host 'api.example.com/x' is not a name or an address"),
+    (["user@api.example.com"], [], "allowed host 'user@api.example.com' is not a name or an address"),
+    (None, ["http://:pw@app.example.com"], "allowed origin 'http://:pw@app.example.com' is not"),
+    (None, ["http://app.example.com:99999"], "allowed origin 'http://app.example.com:99999' is not"),
+    (None, ["http://[::1"], "allowed origin 'http://[::1' is not"),
 ])
 def test_bad_allowed_hosts_or_origins_are_refused_naming_them(tiny_ds, cmvae, hosts, origins, words):
     with pytest.raises(ValueError, match=re.escape(words)):
@@ -1673,6 +1712,9 @@ def test_serve_on_a_loopback_address_answers_loopback_names_unless_told_others(t
     with caplog.at_level(logging.INFO, logger="bgmrec.service"), TestClient(started["app"]):  # its start-up log
         pass
     assert "answering Host 127.0.0.1, localhost, ::1; Origin its own or none" in caplog.messages
+    assert main([*args, "--lazy-encoders", "--host", "127.0.0.2"]) == 0  # another loopback address: its own name too
+    for base, status in (("http://127.0.0.2:8000", 200), ("http://localhost:8000", 200), ("http://testserver", 400)):
+        assert TestClient(started["app"], base_url=base).get("/health").status_code == status, base
     args_told = [*args, "--lazy-encoders", "--allowed-host", "api.example.com", "--allowed-host", "*.internal",
                  "--allow-origin", "https://app.example.com"]
     assert main(args_told) == 0

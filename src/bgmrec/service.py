@@ -442,7 +442,7 @@ class AllowedCallers:
     with :meth:`of`, which normalises the names."""
 
     hosts: tuple[str, ...] | None  # names or addresses, lower case, IPv6 without brackets, no port or trailing dot
-    origins: tuple[str, ...]  # scheme://host[:port], lower case, or "*"
+    origins: tuple[str, ...]  # scheme://host[:port] as browsers send it (origin_of), or "*"
 
     @classmethod
     def of(cls, hosts: Sequence[str] | None, origins: Sequence[str]) -> AllowedCallers:
@@ -450,23 +450,25 @@ class AllowedCallers:
         a bad entry raises ValueError naming it."""
         if isinstance(hosts, str) or isinstance(origins, str):
             raise ValueError("allowed hosts and origins are lists of names, not one string")
+        for h in hosts or ():
+            if "/" in h or "@" in h:
+                raise ValueError(f"allowed host {h!r} is not a name or an address (api.example.com, 10.0.0.5, ::1, "
+                                 "*.example.com): no scheme, path or user")
         names = None if hosts is None else tuple(host_name(h) for h in hosts)
         if names is not None and not all(names):
             raise ValueError(f"allowed hosts: an empty name in {list(hosts)}")
         kept = []
         for origin in origins:
-            parts = urlsplit(origin.strip().lower().rstrip("/"))
-            if origin.strip() != "*" and (parts.scheme not in ("http", "https") or not parts.hostname
-                                          or parts.path or parts.query or parts.fragment or parts.username):
+            kept.append("*" if origin.strip() == "*" else origin_of(origin))
+            if kept[-1] is None:
                 raise ValueError(f"allowed origin {origin!r} is not scheme://host[:port] (e.g. https://app.example.com)"
                                  " or *")
-            kept.append("*" if origin.strip() == "*" else f"{parts.scheme}://{parts.netloc}")
         return cls(names, tuple(kept))
 
     def __str__(self) -> str:
         hosts = "any Host" if self.hosts is None or "*" in self.hosts else f"Host {', '.join(self.hosts)}"
         origins = ("any Origin" if "*" in self.origins else
-                   f"Origin its own or {', '.join(self.origins)}" if self.origins else "Origin its own or none")
+                   f"Origin its own, {', '.join(self.origins)} or none" if self.origins else "Origin its own or none")
         return f"{hosts}; {origins}"
 
     def host_allowed(self, host: str) -> bool:
@@ -476,10 +478,35 @@ class AllowedCallers:
                                          for h in self.hosts)
 
     def origin_allowed(self, origin: str, host: str) -> bool:
-        """Whether a request whose ``Origin`` header is ``origin``, sent to ``host``, is answered."""
-        origin = origin.strip().lower().rstrip("/")
-        return ("*" in self.origins or origin in self.origins
-                or (bool(host) and urlsplit(origin).netloc == host.strip().lower()))
+        """Whether a request whose ``Origin`` header is ``origin``, sent to ``host``, is answered: ``null`` or
+        anything else not an origin (:func:`origin_of`) only when any is."""
+        own = origin_of(origin)
+        if "*" in self.origins or own in self.origins:
+            return True
+        if own is None:
+            return False
+        scheme, authority = own.split("://")
+        host = host.strip().lower()
+        return host in (authority, f"{authority}:{DEFAULT_PORTS[scheme]}")  # as the Host it was sent to
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}  # the schemes of an origin the service answers, and their ports
+
+
+def origin_of(value: str) -> str | None:
+    """``value`` as browsers send an ``Origin``: ``scheme://host[:port]``, lower case, without the scheme's default
+    port (``HTTPS://App.example.com:443/`` is ``https://app.example.com``); None when it is not one of http or
+    https (``null``, a path, a user name, a port past 65535)."""
+    try:
+        parts = urlsplit(value.strip().lower())
+        port = parts.port
+    except ValueError:  # a bad port, an unclosed IPv6 bracket
+        return None
+    if (parts.scheme not in DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        return None
+    name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{name}" + ("" if port in (None, DEFAULT_PORTS[parts.scheme]) else f":{port}")
 
 
 class HostOriginCheck:
@@ -487,8 +514,8 @@ class HostOriginCheck:
     address (a form or a plain ``fetch`` asks no permission), and one served by DNS rebinding reads the answers
     of an address it names as its own host. A request whose ``Host`` header ``allowed`` does not answer gets HTTP
     400; one whose ``Origin`` it does not answer gets 403; both before the body is read. Browsers send ``Origin``
-    on every POST and every cross-origin request (the service's own ``/docs`` page sends its own); a request
-    without one (curl, an app's backend, an HTTP library) passes that check."""
+    on every POST and every script's request to another origin (the service's own ``/docs`` page sends its own);
+    a request without one (curl, an app's backend, an HTTP library, a page's image) passes that check."""
 
     def __init__(self, app, allowed: AllowedCallers) -> None:
         self.app, self.allowed = app, allowed
@@ -504,8 +531,8 @@ class HostOriginCheck:
             return await refused(scope, receive, send)
         if origin is not None and not self.allowed.origin_allowed(origin, host):
             refused = JSONResponse(status_code=403, content={
-                "detail": f"Origin: {origin!r}: this server answers no requests of that site's pages (bgmrec serve "
-                          "--allow-origin)"})
+                "detail": f"Origin: {origin!r}: this server answers no requests from pages of that origin "
+                          "(bgmrec serve --allow-origin)"})
             return await refused(scope, receive, send)
         await self.app(scope, receive, send)
 

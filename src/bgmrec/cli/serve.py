@@ -101,7 +101,8 @@ def serve_cmd(
     allowed_host: list[str] | None = typer.Option(None, "--allowed-host", help="a name (or address) requests' Host "
                                                   "header may give, others get 400; repeat for more; *.example.com "
                                                   "its subdomains, * any (default: on a loopback --host, the loopback "
-                                                  "names; else any)"),
+                                                  "names, which these replace: add localhost for local health checks; "
+                                                  "else any)"),
     allow_origin: list[str] | None = typer.Option(None, "--allow-origin", help="a web page's origin "
                                                   "(https://app.example.com) whose browser requests are answered, "
                                                   "with CORS headers; repeat for more; * any (default: none, so "
@@ -127,7 +128,7 @@ def serve_cmd(
     hosts = hosts_to_answer(host, allowed_host)
     AllowedCallers.of(hosts, allow_origin or [])  # a bad --allowed-host or --allow-origin before the loading
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
-    note = public_address_note(host, hosts_checked=bool(allowed_host))
+    note = public_address_note(host, hosts_checked=hosts is not None and "*" not in hosts)
     if note:
         print(f"warning: {note}", file=sys.stderr)
     import torch
