@@ -1255,6 +1255,45 @@ def test_an_uploads_file_name_gives_its_temporary_file_a_video_extension_at_most
     assert seen == [suffix]
 
 
+def test_an_upload_s_decode_ends_when_the_server_stops(tiny_ds, cmvae, monkeypatch):
+    # a decode in progress when the server stopped ran on to its 60-s deadline, past --stop-seconds (and a server
+    # killed then left the upload's temporary file behind)
+    import time
+
+    import bgmrec.features.video as video
+    from bgmrec.features.cache import MediaError
+
+    limits = []
+
+    def embed_clip(path, caption, frames, text, config, limit):
+        limits.append(limit)
+        limit.check(0.0)  # as the decode does at each packet
+        clip = clip_of(tiny_ds, 0)
+        return clip.visual, clip.text, clip.has_text, []
+
+    monkeypatch.setattr(service._MediaEncoders, "_load_locked", lambda self: (None, None))
+    monkeypatch.setattr(video, "embed_clip", embed_clip)
+    upload = {"video": ("clip.mp4", b"not read", "video/mp4")}
+    with TestClient(create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)))) as client:  # started, then stopped
+        before = time.monotonic()
+        assert client.post("/recommend/video", files=upload).status_code == 200
+        assert before + service.DECODE_SECONDS <= limits[0].deadline <= time.monotonic() + service.DECODE_SECONDS
+        assert not limits[0].stop.is_set()
+        r = client.post("/recommend/video", files=upload)
+        assert r.status_code == 200 and limits[1].stop is limits[0].stop  # one server's uploads: one stop
+    assert limits[0].stop.is_set()  # the server stopped: a decode still running ends at its next packet
+    with pytest.raises(MediaError, match="^the server stopped while this video was decoded"):
+        limits[0].check(0.0)
+    # a decode ended so is the server's 503 (as a request cancelled by the stop), not the video's 422
+    app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)))
+    with TestClient(app) as client:
+        app.router.on_shutdown[-1]()  # stopping: the requests still in flight
+        r = client.post("/recommend/video", files=upload)
+    assert (r.status_code, r.headers["connection"]) == (503, "close")
+    assert r.json()["detail"] == ("video clip.mp4: the server stopped while this video was decoded (at 0.0 s of it); "
+                                  "send it again")
+
+
 def test_a_body_that_is_not_json_or_an_upload_without_a_file_gets_a_422_saying_so(client):
     # these were "[0]: JSON decode error" and "video: Value error, Expected UploadFile, received: <class 'str'>"
     r = client.post("/recommend", content=b'{"visual": [1,,2]}', headers={"content-type": "application/json"})

@@ -202,6 +202,8 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     # a start-up handler, not a lifespan: a lifespan replaces the start-up handlers an embedding app adds
     app.router.add_event_handler("startup", say_what_is_served)
+    # stopping (once the requests in flight had their time): a decode still running is abandoned at its next packet
+    app.router.add_event_handler("shutdown", encoders.stop.set)
 
     @app.exception_handler(RequestError)
     def bad_input(_: Request, exc: RequestError):
@@ -839,10 +841,12 @@ def uploads_refused(spec) -> str | None:
 
 class _MediaEncoders:
     """The frame and caption encoders of ``extract-videos``, loaded once (at start-up, or on the first upload) and
-    shared by requests; ``refused``: why uploads cannot be ranked at all (:func:`uploads_refused`)."""
+    shared by requests; ``refused``: why uploads cannot be ranked at all (:func:`uploads_refused`); ``stop``: set
+    when the server stops, which ends a decode in progress (:class:`~bgmrec.features.video.DecodeLimit`)."""
 
     def __init__(self, frames: int, refused: str | None = None) -> None:
         self.frames, self.refused = frames, refused
+        self.stop = threading.Event()
         self._lock = threading.Lock()
         self._loaded = None
         self._slots = threading.BoundedSemaphore(UPLOAD_SLOTS)
@@ -890,12 +894,15 @@ class _MediaEncoders:
 
         with self._lock:
             try:
-                from bgmrec.features.video import VideoConfig, embed_clip
+                from bgmrec.features.video import DecodeLimit, VideoConfig, embed_clip
 
                 frame_encoder, text_encoder = self._load_locked()
+                limit = DecodeLimit(time.monotonic() + DECODE_SECONDS, self.stop)
                 features = embed_clip(path, caption or None, frame_encoder, text_encoder,
-                                      VideoConfig(frames=self.frames), deadline=time.monotonic() + DECODE_SECONDS)
+                                      VideoConfig(frames=self.frames), limit)
             except MediaError as e:
+                if self.stop.is_set():  # the server's, not the video's
+                    raise HTTPException(503, f"video {name}: {e}", headers={"Connection": "close"}) from None
                 raise RequestError(f"video {name}: {e}") from None
             except ImportError as e:
                 raise HTTPException(501, f"video upload, on the server: {media_advice(e)}") from None

@@ -659,22 +659,56 @@ def test_a_decode_past_its_deadline_or_a_frame_past_8k_is_refused(tmp_path):
     # a small file of huge frames (a first one small, the size changed mid-stream) or of dense timestamps kept a
     # server's upload decoding for minutes to hours
     import time
+    from fractions import Fraction
     from types import SimpleNamespace
 
-    from bgmrec.features.video import MAX_FRAME_PIXELS, _checked_frames, decode_samples
+    from bgmrec.features.video import MAX_FRAME_PIXELS, DecodeLimit, _checked_frames, decode_samples
 
     clip = mf.write_video(tmp_path / "clip.mp4")
     with pytest.raises(MediaError, match=r"^still decoding after this server's time for one video \(at 0\.\d s "
                                          r"of it\): a clip too long or too large to sample; send a shorter or "
                                          r"smaller one$"):
-        decode_samples(clip, 4, 32, 600.0, deadline=time.monotonic() - 1)
-    assert decode_samples(clip, 4, 32, 600.0, deadline=time.monotonic() + 60)[1] == 4
+        decode_samples(clip, 4, 32, 600.0, DecodeLimit(time.monotonic() - 1))
+    assert decode_samples(clip, 4, 32, 600.0, DecodeLimit(time.monotonic() + 60))[1] == 4
+
+    def container(*packets):  # packets of (seconds, frames it decodes to), as PyAV's demux gives them
+        return SimpleNamespace(demux=lambda stream: iter(SimpleNamespace(
+            pts=None if t is None else int(t * 1000), time_base=Fraction(1, 1000), decode=lambda f=f: iter(f))
+            for t, f in packets))
+
     small, huge = SimpleNamespace(width=64, height=64, time=0.0), SimpleNamespace(width=12000, height=12000, time=2.5)
-    frames = _checked_frames(SimpleNamespace(decode=lambda stream: iter([small, huge])), None, None)
+    frames = _checked_frames(container((0.0, [small]), (2.5, [huge])), None, None)
     assert next(frames) is small and MAX_FRAME_PIXELS < 12000 * 12000
     with pytest.raises(MediaError, match=r"^a frame of 12000x12000 pixels \(at 2\.5 s\), more than this extractor "
                                          r"decodes \(33,177,600 pixels, 8K UHD\)$"):
         next(frames)
+    # packets that make no frame are checked too (a file of millions of them overran a deadline checked per frame)
+    empty = container((0.0, []), (None, []), (1.5, []), (1.6, [small]))
+    passed = DecodeLimit(time.monotonic() - 1)
+    with pytest.raises(MediaError, match=r"^still decoding after this server's time for one video \(at 0\.0 s"):
+        next(_checked_frames(empty, None, passed))
+    ticks = iter([0.0, 0.0, 99.0])  # the deadline passes at the third packet (1.5 s), which makes no frame
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr("bgmrec.features.video.time.monotonic", lambda: next(ticks))
+        with pytest.raises(MediaError, match=r"^still decoding after this server's time for one video \(at 1\.5 s"):
+            next(_checked_frames(empty, None, DecodeLimit(50.0)))
+
+
+def test_a_decode_stops_at_its_next_packet_once_the_server_stops(tmp_path):
+    # a decode in progress when the server stopped ran on to its 60-s deadline, past the server's time to stop
+    import threading
+    import time
+
+    from bgmrec.features.video import DecodeLimit, decode_samples
+
+    clip = mf.write_video(tmp_path / "clip.mp4")
+    stop = threading.Event()
+    limit = DecodeLimit(time.monotonic() + 60, stop)
+    assert decode_samples(clip, 4, 32, 600.0, limit)[1] == 4  # not stopped: decoded
+    stop.set()
+    with pytest.raises(MediaError, match=r"^the server stopped while this video was decoded \(at 0\.\d s of it\); "
+                                         r"send it again$"):
+        decode_samples(clip, 4, 32, 600.0, limit)
 
 
 def test_a_file_name_is_never_read_as_a_protocol_s_url(tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -167,15 +168,34 @@ def _demuxers_opened() -> str:
     return ",".join((*VIDEO_DEMUXERS, *images))
 
 
+@dataclass(frozen=True)
+class DecodeLimit:
+    """Where a server stops decoding one upload (:func:`decode_samples` checks it at every packet read):
+    at ``deadline`` (``time.monotonic()``'s clock), or once ``stop`` is set (the server stopping: its decode
+    had run on to its deadline, past the server's time to stop, and a server killed then left the upload's
+    temporary file behind)."""
+
+    deadline: float  # time.monotonic() past which a decode still running is refused
+    stop: threading.Event | None = None  # set: the decode is abandoned at its next packet
+
+    def check(self, at: float) -> None:
+        """A :class:`MediaError` once the decode must stop; ``at``: seconds into the clip, for its message."""
+        if self.stop is not None and self.stop.is_set():
+            raise MediaError(f"the server stopped while this video was decoded (at {at:.1f} s of it); send it again")
+        if time.monotonic() > self.deadline:
+            raise MediaError(f"still decoding after this server's time for one video (at {at:.1f} s of it): a clip "
+                             "too long or too large to sample; send a shorter or smaller one")
+
+
 def decode_samples(path: Path, n: int, size: int, scan_seconds: float,
-                   deadline: float | None = None) -> tuple[np.ndarray, int]:
+                   limit: DecodeLimit | None = None) -> tuple[np.ndarray, int]:
     """:func:`sample_frames`' frames, and how many of the ``n`` sample times decoded: at least half must (a
     :class:`MediaError` otherwise), the last decoded frame standing in for the others (a clip cut off). A path
     that is no regular file (a FIFO, never opened) or a symbolic link to nothing is a :class:`MediaError` saying
     so, in the words of extract-videos' failures.csv (:func:`~bgmrec.features.cache.regular_file_size`). Only the
     containers of :data:`VIDEO_DEMUXERS` are opened; a frame of more than :data:`MAX_FRAME_PIXELS` is refused
-    (also one past a first frame of fewer: its size can change mid-stream); ``deadline`` (``time.monotonic()``'s
-    clock): a decode still running then is a :class:`MediaError` (a server's bound on one upload's work)."""
+    (also one past a first frame of fewer: its size can change mid-stream); ``limit``: a decode past it is a
+    :class:`MediaError` (a server's bound on one upload's work)."""
     with extra_modules():
         import av
 
@@ -215,9 +235,9 @@ def decode_samples(path: Path, n: int, size: int, scan_seconds: float,
             duration = None
         try:
             if duration and duration > 0 and tb and _frame_count(stream, duration) >= n:
-                frames = _frames_by_seeking(container, stream, start, duration, n, size, deadline)
+                frames = _frames_by_seeking(container, stream, start, duration, n, size, limit)
             else:  # no duration or time base, or fewer frames than samples (a 1-frame clip): decode them all
-                frames = _frames_by_scanning(container, stream, n, size, scan_seconds, deadline)
+                frames = _frames_by_scanning(container, stream, n, size, scan_seconds, limit)
         except av.FFmpegError as e:
             raise MediaError(f"corrupt video: {one_line(e)}") from None
     if not frames:
@@ -257,22 +277,27 @@ def _frame_count(stream, duration: float) -> float:
     return duration * rate
 
 
-def _checked_frames(container, stream, deadline: float | None):
-    """``container.decode(stream)``, each frame checked as it comes: a :class:`MediaError` for one of more than
-    :data:`MAX_FRAME_PIXELS` (the header's size is checked before; a stream can change it later) and once
-    ``deadline`` (``time.monotonic()``) has passed."""
-    for f in container.decode(stream):
-        if f.width * f.height > MAX_FRAME_PIXELS:
-            raise MediaError(f"a frame of {f.width}x{f.height} pixels (at {f.time or 0:.1f} s), more than this "
-                             f"extractor decodes ({MAX_FRAME_PIXELS:,} pixels, 8K UHD)")
-        if deadline is not None and time.monotonic() > deadline:
-            raise MediaError(f"still decoding after this server's time for one video (at {f.time or 0:.1f} s "
-                             "of it): a clip too long or too large to sample; send a shorter or smaller one")
-        yield f
+def _checked_frames(container, stream, limit: DecodeLimit | None):
+    """``container.decode(stream)`` (its packets decoded one by one, as it does), each frame checked as it comes:
+    a :class:`MediaError` for one of more than :data:`MAX_FRAME_PIXELS` (the header's size is checked before; a
+    stream can change it later); ``limit`` checked at every packet, including those that make no frame (a file
+    of millions of empty packets had overrun a deadline checked at each frame by a second)."""
+    at = 0.0  # seconds into the clip: of the last frame, else of the last packet with a time
+    for packet in container.demux(stream):
+        if packet.pts is not None and packet.time_base:
+            at = float(packet.pts * packet.time_base)
+        if limit is not None:
+            limit.check(at)
+        for f in packet.decode():
+            at = f.time if f.time is not None else at
+            if f.width * f.height > MAX_FRAME_PIXELS:
+                raise MediaError(f"a frame of {f.width}x{f.height} pixels (at {at:.1f} s), more than this "
+                                 f"extractor decodes ({MAX_FRAME_PIXELS:,} pixels, 8K UHD)")
+            yield f
 
 
 def _frames_by_seeking(container, stream, start: float, duration: float, n: int, size: int,
-                       deadline: float | None) -> list:
+                       limit: DecodeLimit | None) -> list:
     """The frame at each of ``n`` evenly spaced times, each decoded from the keyframe before it; a
     :class:`MediaError` when keyframes are more than :data:`MAX_FRAMES_PER_SEEK` frames apart (an hour-long
     clip with one keyframe made every sample decode it from the start: minutes per upload)."""
@@ -287,7 +312,7 @@ def _frames_by_seeking(container, stream, start: float, duration: float, n: int,
         chosen = None
         try:
             container.seek(int(t / tb), stream=stream, backward=True)
-            for count, f in enumerate(_checked_frames(container, stream, deadline), 1):
+            for count, f in enumerate(_checked_frames(container, stream, limit), 1):
                 chosen = f
                 if f.time is None or f.time >= t - 0.5 / rate:
                     break
@@ -301,7 +326,7 @@ def _frames_by_seeking(container, stream, start: float, duration: float, n: int,
     return frames
 
 
-def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: float, deadline: float | None) -> list:
+def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: float, limit: DecodeLimit | None) -> list:
     """Streams without a duration: decode up to ``scan_seconds``, keeping evenly spaced frames.
 
     Every ``step``-th frame is kept; when more than 4n are kept, every other one is dropped and the
@@ -309,7 +334,7 @@ def _frames_by_scanning(container, stream, n: int, size: int, scan_seconds: floa
     """
     rate = float(stream.average_rate or stream.guessed_rate or 25.0)
     kept, step = [], 1
-    for index, f in enumerate(_checked_frames(container, stream, deadline)):
+    for index, f in enumerate(_checked_frames(container, stream, limit)):
         t = f.time if f.time is not None else index / rate  # raw streams carry no timestamps
         if t > scan_seconds:
             break
@@ -431,14 +456,14 @@ def _fold_batchnorm(net):
 
 def embed_clip(path: Path, caption: str | None, frames: FrameEncoder, text: TextEncoder,
                config: VideoConfig | None = None,
-               deadline: float | None = None) -> tuple[np.ndarray, np.ndarray, bool, list[str]]:
+               limit: DecodeLimit | None = None) -> tuple[np.ndarray, np.ndarray, bool, list[str]]:
     """One clip from its file and caption: visual [1280], text [384], has-text flag, and the warnings its answer
     carries (:class:`~bgmrec.features.recommend.ClipFeatures` takes the four): the note of
     :func:`repeated_frames_note` for a clip cut off after at least half its sample frames, else none (what
-    ``bgmrec recommend --video`` and an upload to ``bgmrec serve`` tell the user). ``deadline``: as
+    ``bgmrec recommend --video`` and an upload to ``bgmrec serve`` tell the user). ``limit``: as
     :func:`decode_samples` takes it."""
     config = config or VideoConfig()
-    clip, decoded = decode_samples(path, config.frames, config.size, config.scan_seconds, deadline)
+    clip, decoded = decode_samples(path, config.frames, config.size, config.scan_seconds, limit)
     visual = frames.embed_clip(clip)
     emb, mask = text.encode([caption_text(caption)])
     note = repeated_frames_note(decoded, len(clip))
