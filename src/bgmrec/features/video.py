@@ -171,9 +171,8 @@ def _demuxers_opened() -> str:
 @dataclass(frozen=True)
 class DecodeLimit:
     """Where a server stops decoding one upload (:func:`decode_samples` checks it at every packet read):
-    at ``deadline`` (``time.monotonic()``'s clock), or once ``stop`` is set (the server stopping: its decode
-    had run on to its deadline, past the server's time to stop, and a server killed then left the upload's
-    temporary file behind)."""
+    at ``deadline`` (``time.monotonic()``'s clock), or once ``stop`` is set (the server stopping: a decode had
+    run on to its deadline, past the server's time to stop, and the server waited for it to exit)."""
 
     deadline: float  # time.monotonic() past which a decode still running is refused
     stop: threading.Event | None = None  # set: the decode is abandoned at its next packet
