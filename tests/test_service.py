@@ -1294,6 +1294,23 @@ def test_an_upload_s_decode_ends_when_the_server_stops(tiny_ds, cmvae, monkeypat
                                   "send it again")
 
 
+def test_an_upload_s_spooled_copy_is_freed_before_its_decode(client, tiny_ds, monkeypatch):
+    # the framework's spooled file stayed open (on disk past 1 MB) beside the decoder's copy until the answer:
+    # two copies of every upload on disk while it was decoded
+    spooled, open_at_embed = [], []
+    real_copy = service.copy_limited
+    monkeypatch.setattr(service, "copy_limited",
+                        lambda src, dst, limit: spooled.append(src) or real_copy(src, dst, limit))
+
+    def embed(self, path, caption, label):
+        open_at_embed.append((not spooled[-1].closed, path.stat().st_size))
+        return clip_of(tiny_ds, 0)
+
+    monkeypatch.setattr(service._MediaEncoders, "embed", embed)
+    r = client.post("/recommend/video", files={"video": ("clip.mp4", b"x" * (2 * 2**20), "video/mp4")})
+    assert r.status_code == 200 and open_at_embed == [(False, 2 * 2**20)]  # closed; the decoder's copy whole
+
+
 def test_a_body_that_is_not_json_or_an_upload_without_a_file_gets_a_422_saying_so(client):
     # these were "[0]: JSON decode error" and "video: Value error, Expected UploadFile, received: <class 'str'>"
     r = client.post("/recommend", content=b'{"visual": [1,,2]}', headers={"content-type": "application/json"})

@@ -315,6 +315,7 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
             if not copy_limited(video.file, f, max_upload):
                 raise HTTPException(413, too_large)
             f.flush()
+            video.file.close()  # the framework's spooled copy: one copy on disk while it is decoded, not two
             clip = encoders.embed(Path(f.name), caption, video.filename or "video")
         return AnswerJSON({**recommender.recommend([clip], top, [exclude], genres=[genres])[0],
                            "served_by": identity})
