@@ -35,6 +35,16 @@ def pytest_configure(config) -> None:
         AudioExtractor().warm_up()
 
 
+@pytest.fixture(autouse=True)
+def torch_generator_given_back():
+    """Every test leaves torch's global generator as it found it (several seed it): what a test draws does
+    not depend on which tests ran before it in its worker."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> tuple[Dataset, WorldTruth]:
     """The ``tiny`` world in memory (seed 0), as :func:`bgmrec.data.simulate.simulate` returns it."""

@@ -1284,14 +1284,24 @@ def test_an_upload_s_decode_ends_when_the_server_stops(tiny_ds, cmvae, monkeypat
     assert limits[0].stop.is_set()  # the server stopped: a decode still running ends at its next packet
     with pytest.raises(MediaError, match="^the server stopped while this video was decoded"):
         limits[0].check(0.0)
-    # a decode ended so is the server's 503 (as a request cancelled by the stop), not the video's 422
+    # a decode ended so is the server's 503, not the video's 422 (an embedding app's client sees it; under uvicorn
+    # the requests still in flight are cancelled before the app stops, and RequestLog answers them 503)
     app = create_app(ClipRecommender(cmvae, tiny_catalog(tiny_ds)))
     with TestClient(app) as client:
         app.router.on_shutdown[-1]()  # stopping: the requests still in flight
         r = client.post("/recommend/video", files=upload)
-    assert (r.status_code, r.headers["connection"]) == (503, "close")
-    assert r.json()["detail"] == ("video clip.mp4: the server stopped while this video was decoded (at 0.0 s of it); "
-                                  "send it again")
+        assert (r.status_code, r.headers["connection"]) == (503, "close")
+        assert r.json()["detail"] == ("video clip.mp4: the server stopped while this video was decoded (at 0.0 s of "
+                                      "it); send it again")
+
+        def corrupt(*args):
+            raise MediaError("corrupt video: invalid data")
+
+        monkeypatch.setattr(video, "embed_clip", corrupt)  # the video's own fault, while stopping: still a 422
+        assert client.post("/recommend/video", files=upload).status_code == 422
+    monkeypatch.setattr(video, "embed_clip", embed_clip)
+    with TestClient(app) as client:  # the same app started again: its uploads are decoded again
+        assert client.post("/recommend/video", files=upload).status_code == 200
 
 
 def test_an_upload_s_spooled_copy_is_freed_before_its_decode(client, tiny_ds, monkeypatch):
@@ -1643,8 +1653,9 @@ def test_serve_on_a_public_address_says_to_put_a_proxy_in_front(tiny_ds, cmvae, 
     assert main([*args, "--lazy-encoders", "--host", "0.0.0.0", "--allowed-host", "api.example.com"]) == 0
     assert ("warning: --host 0.0.0.0 is reachable from other machines: put a reverse proxy in front of it "
             "(docs/serving.md, Video uploads)") in capsys.readouterr().err
-    assert main([*args, "--lazy-encoders", "--host", "0.0.0.0", "--allowed-host", "*"]) == 0  # any Host, said so
-    assert "and answers requests of any Host header" in capsys.readouterr().err
+    for anyone in ("*", " * "):  # any Host, said so (as the server reads the name)
+        assert main([*args, "--lazy-encoders", "--host", "0.0.0.0", "--allowed-host", anyone]) == 0
+        assert "and answers requests of any Host header" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("value", "name"), [("localhost", "localhost"), ("LocalHost:8000", "localhost"),
@@ -1673,6 +1684,8 @@ def test_a_request_to_a_host_not_answered_gets_a_400_and_one_from_another_site_s
     # the page's own origin (the service's /docs page sends it on POST), in either case, with a trailing slash
     for own in ("http://localhost:8000", "HTTP://LOCALHOST:8000/"):
         assert local.post("/recommend", json=body, headers={"Origin": own}).status_code == 200, own
+    r = local.get("/health", headers={"Origin": "http://evil.example"})  # a script's GET: refused as a POST is
+    assert r.status_code == 403 and r.json()["detail"].startswith("Origin: 'http://evil.example'")
     with caplog.at_level(logging.INFO, logger="bgmrec.service"):
         for other in ("http://evil.example", "null", "http://localhost:8001", "https://localhost:8000.evil.example"):
             # a body the service would refuse (422) if it were read: refused before

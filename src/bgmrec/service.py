@@ -202,8 +202,10 @@ def create_app(recommender: ClipRecommender, frames: int = 8, max_upload: int = 
 
     # a start-up handler, not a lifespan: a lifespan replaces the start-up handlers an embedding app adds
     app.router.add_event_handler("startup", say_what_is_served)
-    # stopping (once the requests in flight had their time): a decode still running is abandoned at its next packet
+    # stopping (once the requests in flight had their time): a decode still running is abandoned at its next packet;
+    # started again (the same app served anew, or in a test client's second context): uploads decoded again
     app.router.add_event_handler("shutdown", encoders.stop.set)
+    app.router.add_event_handler("startup", encoders.stop.clear)
 
     @app.exception_handler(RequestError)
     def bad_input(_: Request, exc: RequestError):
@@ -895,15 +897,16 @@ class _MediaEncoders:
 
         with self._lock:
             try:
-                from bgmrec.features.video import DecodeLimit, VideoConfig, embed_clip
+                from bgmrec.features.video import DecodeLimit, DecodeStopped, VideoConfig, embed_clip
 
                 frame_encoder, text_encoder = self._load_locked()
                 limit = DecodeLimit(time.monotonic() + DECODE_SECONDS, self.stop)
                 features = embed_clip(path, caption or None, frame_encoder, text_encoder,
                                       VideoConfig(frames=self.frames), limit)
+            except DecodeStopped as e:  # the server's, not the video's (seen by a client only of an embedding app:
+                # uvicorn cancels the requests still in flight before it stops the app, and RequestLog answers them)
+                raise HTTPException(503, f"video {name}: {e}", headers={"Connection": "close"}) from None
             except MediaError as e:
-                if self.stop.is_set():  # the server's, not the video's
-                    raise HTTPException(503, f"video {name}: {e}", headers={"Connection": "close"}) from None
                 raise RequestError(f"video {name}: {e}") from None
             except ImportError as e:
                 raise HTTPException(501, f"video upload, on the server: {media_advice(e)}") from None

@@ -126,9 +126,9 @@ def serve_cmd(
     with options_named(index="--index", ef_search="--ef-search"):  # before the model and the catalogue are loaded
         check_search(index, ef_search)
     hosts = hosts_to_answer(host, allowed_host)
-    AllowedCallers.of(hosts, allow_origin or [])  # a bad --allowed-host or --allow-origin before the loading
+    allowed = AllowedCallers.of(hosts, allow_origin or [])  # a bad --allowed-host or --allow-origin before loading
     check_can_listen(host, port)  # before the model and the catalogue are loaded, not after (uvicorn's exit 3)
-    note = public_address_note(host, hosts_checked=hosts is not None and "*" not in hosts)
+    note = public_address_note(host, hosts_checked=allowed.hosts is not None and "*" not in allowed.hosts)
     if note:
         print(f"warning: {note}", file=sys.stderr)
     import torch

@@ -168,6 +168,11 @@ def _demuxers_opened() -> str:
     return ",".join((*VIDEO_DEMUXERS, *images))
 
 
+class DecodeStopped(MediaError):
+    """A decode abandoned because the server stops (:class:`DecodeLimit`'s ``stop``): the server's doing, not the
+    video's."""
+
+
 @dataclass(frozen=True)
 class DecodeLimit:
     """Where a server stops decoding one upload (:func:`decode_samples` checks it at every packet read):
@@ -178,9 +183,10 @@ class DecodeLimit:
     stop: threading.Event | None = None  # set: the decode is abandoned at its next packet
 
     def check(self, at: float) -> None:
-        """A :class:`MediaError` once the decode must stop; ``at``: seconds into the clip, for its message."""
+        """A :class:`MediaError` once the decode must stop (:class:`DecodeStopped` when the server stops); ``at``:
+        seconds into the clip, for its message."""
         if self.stop is not None and self.stop.is_set():
-            raise MediaError(f"the server stopped while this video was decoded (at {at:.1f} s of it); send it again")
+            raise DecodeStopped(f"the server stopped while this video was decoded (at {at:.1f} s of it); send it again")
         if time.monotonic() > self.deadline:
             raise MediaError(f"still decoding after this server's time for one video (at {at:.1f} s of it): a clip "
                              "too long or too large to sample; send a shorter or smaller one")
