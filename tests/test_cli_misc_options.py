@@ -74,5 +74,5 @@ def test_import_tt150k_pgc_music_option_reaches_the_importer(tmp_path, capsys):
     # a value that is none of them is refused, nothing written
     capsys.readouterr()
     assert main(["import-tt150k", str(src), str(tmp_path / "bad"), "--pgc-music", "bogus"]) == 2
-    assert "pgc_music must be auto, shared or own, not 'bogus'" in capsys.readouterr().err
+    assert "error: --pgc-music must be auto, shared or own, not 'bogus'" in capsys.readouterr().err  # the option
     assert not (tmp_path / "bad").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from bgmrec.cli.app import app, make_console
+from bgmrec.cli.app import app, make_console, options_named
 
 
 def print_report(title: str, report) -> None:
@@ -49,7 +49,7 @@ def import_tt150k_cmd(
     from bgmrec.data.dataset import writing_lock
     from bgmrec.data.tt150k import import_tt150k
 
-    with writing_lock(out, ""):
+    with writing_lock(out, ""), options_named(pgc_music="--pgc-music"):
         report = import_tt150k(src, out, pgc_music=pgc_music)
     print_report(f"imported {src} -> {out}", report)
 

@@ -98,6 +98,7 @@ from bgmrec.data.dataset import (
     SPLIT_ROLES,
     Dataset,
     DatasetError,
+    FieldError,
     SplitInfo,
     atomic_write_dir,
     check_is_file,
@@ -658,7 +659,8 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     The dataset, side files for ``save_dataset`` (``extra/...``) and the report.
     """
     if pgc_music not in ("auto", "shared", "own"):
-        raise ValueError(f"pgc_music must be auto, shared or own, not {pgc_music!r}")
+        given = repr(pgc_music).replace("{", "{{").replace("}", "}}")  # the user's text inside a template
+        raise FieldError(f"{{pgc_music}} must be auto, shared or own, not {given}", "pgc_music")
     src = Path(src)
     _check_layout_folder(src)
     f, rep = _Folder(src), InteropReport()
