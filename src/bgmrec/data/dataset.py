@@ -85,6 +85,11 @@ class FieldError(ValueError):
         """The message with each field called ``names[field]`` (its own name where ``names`` has none)."""
         return self.template.format(**{f: names.get(f, f) for f in self.fields})
 
+    @staticmethod
+    def given(value) -> str:
+        """``repr(value)`` as text of a template: its braces doubled (a user's ``'{x}'`` is not a field)."""
+        return repr(value).replace("{", "{{").replace("}", "}}")
+
 
 class DatasetFieldError(FieldError, DatasetError):
     """A dataset that cannot be made with these config values (both a :class:`FieldError` and a

@@ -659,8 +659,7 @@ def read_tt150k(src: Path, pgc_music: str = "auto") -> tuple[Dataset, dict[str, 
     The dataset, side files for ``save_dataset`` (``extra/...``) and the report.
     """
     if pgc_music not in ("auto", "shared", "own"):
-        given = repr(pgc_music).replace("{", "{{").replace("}", "}}")  # the user's text inside a template
-        raise FieldError(f"{{pgc_music}} must be auto, shared or own, not {given}", "pgc_music")
+        raise FieldError(f"{{pgc_music}} must be auto, shared or own, not {FieldError.given(pgc_music)}", "pgc_music")
     src = Path(src)
     _check_layout_folder(src)
     f, rep = _Folder(src), InteropReport()

@@ -244,7 +244,7 @@ def check_search(index: str, ef_search: int | None) -> None:
     before loading anything)."""
     from bgmrec.data.dataset import FieldError
 
-    given = repr(index).replace("{", "{{").replace("}", "}}")  # the user's text inside a template
+    given = FieldError.given(index)
     if index not in ("exact", "faiss"):
         raise FieldError(f"{{index}} must be 'exact' or 'faiss', got {given}", "index")
     if ef_search is not None and (index != "faiss" or ef_search < 1):
